@@ -1,0 +1,93 @@
+"""The ``objmail`` command: one entry point, a subcommand per operation.
+
+Each subcommand lives in its own module under ``ops/`` and registers itself
+through :data:`COMMAND_MODULES`; this module only parses arguments, loads the config
+once and dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ops.config import Config, ConfigError, find_config_path, load_config
+
+#: Exit codes (sysexits.h), so scripts can tell usage errors from outages.
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOUSER = 67
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+
+class CommandContext:
+    """What every subcommand receives: parsed args, the config, where to print."""
+
+    def __init__(self, args: argparse.Namespace, config: Config, config_path: Path | None,
+                 environ: dict[str, str]) -> None:
+        self.args = args
+        self.config = config
+        self.config_path = config_path
+        self.environ = environ
+        self.out = sys.stdout
+        self.err = sys.stderr
+
+    def say(self, message: str) -> None:
+        print(message, file=self.out, flush=True)
+
+    def warn(self, message: str) -> None:
+        print(message, file=self.err, flush=True)
+
+
+Handler = Callable[[CommandContext], int]
+
+
+#: Modules that each add one subcommand with ``register(subparsers)``.
+COMMAND_MODULES = ("ops.dev_command",)
+
+
+def _register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="objmail", description="objmail: operate a distributed mail store.")
+    parser.add_argument("--config", metavar="FILE",
+                        help="config file (default: $OBJMAIL_CONFIG, ./objmail.toml, "
+                             "./var/objmail.toml, else built-in defaults)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _register_all(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    environ = dict(os.environ)
+    try:
+        path = find_config_path(args.config, environ, Path.cwd())
+        config = load_config(path, environ)
+    except ConfigError as exc:
+        print(f"objmail: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    ctx = CommandContext(args, config, path, environ)
+    handler: Handler = args.handler
+    try:
+        return handler(ctx)
+    except KeyboardInterrupt:
+        print("objmail: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

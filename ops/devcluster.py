@@ -1,0 +1,367 @@
+"""The local objmail cluster behind ``objmail dev up|down|status`` and the test fixtures.
+
+A :class:`DevCluster` turns a :class:`~ops.config.Config` plus a run directory
+into an ordered list of stages.  Each stage is a process kind (PostgreSQL, the
+six Redis Cluster nodes, object servers, ...) with the processes it runs and a
+step that follows their start (create the database, form the Redis Cluster).
+Adding a process kind is one more ``_stage_*`` method listed in ``stages``.
+
+PostgreSQL and Redis are not started when the config points at existing
+servers (``external_pg`` / ``external_redis``, set when OBJMAIL_PG_DSN or
+OBJMAIL_REDIS_NODES are given).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ops import binaries
+from ops.config import Config, parse_hostport, to_toml
+from ops.launcher import Launcher, LaunchError, ProcessSpec, ProcessStatus, tcp_connectable
+
+#: Zones given to the dev object servers in turn.
+DEV_ZONES = ("a", "b", "c")
+
+
+@dataclass(frozen=True)
+class DevOptions:
+    """What the local cluster consists of, beyond the ports in the config."""
+
+    objstore_count: int = 3
+    #: Stages to run; None = all that exist.
+    only: frozenset[str] | None = None
+    external_pg: bool = False
+    external_redis: bool = False
+    #: Trade durability for speed (tests): fsync off in PostgreSQL.
+    fast: bool = False
+    redis_node_timeout_ms: int = 5000
+    install_missing: bool = True
+
+
+@dataclass
+class Stage:
+    """One kind of process and what to do once its processes run."""
+
+    name: str
+    specs: list[ProcessSpec]
+    after_start: Callable[[], None] | None = None
+    before_start: Callable[[], None] | None = None
+    started: list[str] = field(default_factory=list)
+
+
+class DevCluster:
+    """A complete objmail cluster under one directory."""
+
+    def __init__(self, config: Config, run_dir: Path, options: DevOptions | None = None) -> None:
+        self.config = config
+        self.run_dir = run_dir.resolve()
+        self.options = options or DevOptions()
+        self.launcher = Launcher(self.run_dir)
+        self.config_path = self.run_dir / "objmail.toml"
+
+    # -- the plan -------------------------------------------------------------------
+
+    @property
+    def pg_port(self) -> int:
+        return urlsplit(self.config.cluster.pg_dsn).port or 5432
+
+    @property
+    def redis_addresses(self) -> list[tuple[str, int]]:
+        return self.config.cluster.redis_startup_nodes
+
+    @property
+    def objstore_addresses(self) -> list[tuple[str, int]]:
+        host, port = parse_hostport(self.config.objstore.listen)
+        return [(host, port + i) for i in range(self.options.objstore_count)]
+
+    def stages(self) -> list[Stage]:
+        """Every stage in start order; each builder skips what the options exclude."""
+        stages = [self._stage_postgres(), self._stage_redis(), self._stage_objstore()]
+        return [s for s in stages
+                if s is not None and (self.options.only is None or s.name in self.options.only)]
+
+    def _stage_postgres(self) -> Stage | None:
+        if self.options.external_pg:
+            return None
+        data = self.run_dir / "pg" / "data"
+        sockdir = self.run_dir / "pg" / "sock"
+        postgres = binaries.require(binaries.POSTGRES, install=self.options.install_missing)
+        bindir = os.path.dirname(postgres)
+        user = _postgres_user()
+        port = self.pg_port
+        argv = [postgres, "-D", str(data), "-p", str(port), "-k", str(sockdir),
+                "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=300"]
+        if self.options.fast:
+            argv += ["-c", "fsync=off", "-c", "synchronous_commit=off",
+                     "-c", "full_page_writes=off"]
+        isready = os.path.join(bindir, "pg_isready")
+
+        def probe() -> bool:
+            if not tcp_connectable("127.0.0.1", port):
+                return False
+            if os.path.exists(isready):
+                return subprocess.run(
+                    [isready, "-q", "-h", "127.0.0.1", "-p", str(port)],
+                    check=False, timeout=5).returncode == 0
+            return True
+
+        def before() -> None:
+            if (data / "PG_VERSION").exists():
+                return
+            data.mkdir(parents=True, exist_ok=True)
+            sockdir.mkdir(parents=True, exist_ok=True)
+            if user is not None:
+                _make_traversable(self.run_dir)
+                for path in (data, sockdir):
+                    shutil.chown(path, user, user)
+            initdb = binaries.require(binaries.INITDB, install=self.options.install_missing)
+            result = subprocess.run(
+                [initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                 "--no-locale", "--no-sync"],
+                user=user, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise LaunchError(f"initdb failed for {data}:\n{result.stderr.strip()}")
+
+        spec = ProcessSpec("postgres", "postgres", tuple(argv), (port,), probe, user=user,
+                           stop_signal=signal.SIGINT, ready_timeout=60)
+        return Stage("postgres", [spec], after_start=self._create_database, before_start=before)
+
+    def _create_database(self) -> None:
+        dsn = self.config.cluster.pg_dsn
+        parts = urlsplit(dsn)
+        dbname = parts.path.lstrip("/") or "postgres"
+        admin_dsn = parts._replace(path="/postgres").geturl()
+
+        async def create() -> None:
+            import asyncpg
+
+            conn = await asyncpg.connect(admin_dsn)
+            try:
+                exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1",
+                                             dbname)
+                if not exists:
+                    await conn.execute(f'CREATE DATABASE "{dbname}"')
+            finally:
+                await conn.close()
+
+        asyncio.run(create())
+
+    def _stage_redis(self) -> Stage | None:
+        if self.options.external_redis:
+            return None
+        server = binaries.require(binaries.REDIS_SERVER, install=self.options.install_missing)
+        specs = []
+        for host, port in self.redis_addresses:
+            node_dir = self.run_dir / "redis" / str(port)
+            argv = [server, "--port", str(port), "--bind", host, "--protected-mode", "no",
+                    "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", str(self.options.redis_node_timeout_ms),
+                    "--dir", str(node_dir), "--appendonly", "yes",
+                    "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
+                    "--logfile", ""]
+            specs.append(ProcessSpec(f"redis-{port}", "redis", tuple(argv),
+                                     (port, port + 10000), _redis_ping_probe(host, port),
+                                     host=host, cwd=str(self.run_dir)))
+
+        def before() -> None:
+            for _host, port in self.redis_addresses:
+                (self.run_dir / "redis" / str(port)).mkdir(parents=True, exist_ok=True)
+
+        return Stage("redis", specs, after_start=self._form_redis_cluster, before_start=before)
+
+    def _form_redis_cluster(self) -> None:
+        """Create the cluster once; later starts just wait for it to be healthy again."""
+        addresses = self.redis_addresses
+        infos = [_redis_cluster_info(h, p) for h, p in addresses]
+        formed = all(int(i.get("cluster_known_nodes", "1")) >= len(addresses) for i in infos)
+        if not formed:
+            if any(int(i.get("cluster_known_nodes", "1")) > 1 for i in infos):
+                raise LaunchError(
+                    "the Redis nodes know some but not all of each other; remove "
+                    f"{self.run_dir / 'redis'} to start the Redis Cluster afresh")
+            cli = binaries.require(binaries.REDIS_CLI, install=self.options.install_missing)
+            replicas = "1" if len(addresses) >= 6 else "0"
+            result = subprocess.run(
+                [cli, "--cluster", "create", *[f"{h}:{p}" for h, p in addresses],
+                 "--cluster-replicas", replicas, "--cluster-yes"],
+                capture_output=True, text=True, check=False, timeout=120)
+            if result.returncode != 0:
+                raise LaunchError(
+                    f"redis-cli --cluster create failed:\n{result.stdout[-2000:]}"
+                    f"{result.stderr[-2000:]}")
+        wait_redis_cluster_ok(addresses, timeout=60)
+
+    def _stage_objstore(self) -> Stage | None:
+        specs = []
+        for i, (host, port) in enumerate(self.objstore_addresses, start=1):
+            specs.append(self.objstored_spec(
+                f"objstored-{i}", host, port, self.run_dir / "objstore" / str(i),
+                zone=DEV_ZONES[(i - 1) % len(DEV_ZONES)]))
+        if not specs:
+            return None
+        return Stage("objstore", specs)
+
+    def objstored_spec(self, name: str, host: str, port: int, data_dir: Path, *,
+                       zone: str, extra_args: Sequence[str] = (),
+                       config_path: Path | None = None) -> ProcessSpec:
+        """One object server; also used by tests that need a special one."""
+        argv = [sys.executable, "-m", "objstore.main", "--listen", f"{host}:{port}",
+                "--data", str(data_dir), "--config", str(config_path or self.config_path),
+                "--node-id", name, "--zone", zone, *extra_args]
+        return ProcessSpec(name, "objstored", tuple(argv), (port,),
+                           _memcache_version_probe(host, port), host=host,
+                           cwd=str(_project_root()))
+
+    # -- operations -----------------------------------------------------------------
+
+    def write_config(self) -> Path:
+        """The config every daemon of this cluster reads (``var/objmail.toml``)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        text = ("# Written by `objmail dev up`; every daemon of this cluster reads it.\n"
+                + to_toml(self.config))
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.config_path)
+        return self.config_path
+
+    def up(self, progress: Callable[[str], None] = lambda _msg: None) -> list[str]:
+        """Start every missing process; return the names of those started.
+
+        :raises LaunchError: a port is taken, a process failed, or a step failed;
+            the message names the part and its log.
+        """
+        self.write_config()
+        stages = self.stages()
+        # Check every port before starting anything, so a clash leaves nothing behind.
+        self.launcher.check_ports([s for st in stages for s in st.specs])
+        started: list[str] = []
+        for stage in stages:
+            if stage.before_start is not None:
+                stage.before_start()
+            for spec in stage.specs:
+                progress(f"{spec.name}: starting on port {spec.port}")
+                t0 = time.monotonic()
+                if self.launcher.start(spec):
+                    started.append(spec.name)
+                    progress(f"{spec.name}: ready in {time.monotonic() - t0:.1f}s")
+                else:
+                    progress(f"{spec.name}: already running")
+            if stage.after_start is not None:
+                stage.after_start()
+        return started
+
+    def down(self, progress: Callable[[str], None] = lambda _msg: None) -> list[str]:
+        """Stop every process this cluster started (reverse order)."""
+        stopped = []
+        for stage in reversed(self.stages()):
+            for spec in reversed(stage.specs):
+                if self.launcher.stop(spec):
+                    stopped.append(spec.name)
+                    progress(f"{spec.name}: stopped")
+        return stopped
+
+    def status(self) -> list[ProcessStatus]:
+        return [self.launcher.status(spec) for stage in self.stages() for spec in stage.specs]
+
+    def spec(self, name: str) -> ProcessSpec:
+        for stage in self.stages():
+            for spec in stage.specs:
+                if spec.name == name:
+                    return spec
+        raise KeyError(name)
+
+
+def wait_redis_cluster_ok(addresses: Sequence[tuple[str, int]], timeout: float) -> None:
+    """Wait until every node says ``cluster_state:ok`` and knows all the others."""
+    deadline = time.monotonic() + timeout
+    while True:
+        infos = [_redis_cluster_info(h, p) for h, p in addresses]
+        if all(i.get("cluster_state") == "ok"
+               and int(i.get("cluster_known_nodes", "0")) >= len(addresses) for i in infos):
+            return
+        if time.monotonic() > deadline:
+            bad = [f"{h}:{p} ({i.get('cluster_state', 'unreachable')})"
+                   for (h, p), i in zip(addresses, infos, strict=True)
+                   if i.get("cluster_state") != "ok"]
+            raise LaunchError(f"Redis Cluster not ok after {timeout:.0f}s: {', '.join(bad)}")
+        time.sleep(0.2)
+
+
+def _redis_cluster_info(host: str, port: int) -> dict[str, str]:
+    import redis
+
+    try:
+        client = redis.Redis(host=host, port=port, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            raw = client.execute_command("CLUSTER", "INFO")
+        finally:
+            client.close()
+    except redis.RedisError:
+        return {}
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+def _redis_ping_probe(host: str, port: int) -> Callable[[], bool]:
+    def probe() -> bool:
+        import redis
+
+        client = redis.Redis(host=host, port=port, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+
+    return probe
+
+
+def _memcache_version_probe(host: str, port: int) -> Callable[[], bool]:
+    def probe() -> bool:
+        import socket
+
+        with socket.create_connection((host, port), timeout=1) as sock:
+            sock.sendall(b"version\r\n")
+            return sock.recv(64).startswith(b"VERSION ")
+
+    return probe
+
+
+def _postgres_user() -> str | None:
+    """PostgreSQL refuses to run as root: run it as the 'postgres' account then."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        raise LaunchError("running as root, PostgreSQL needs the 'postgres' account, "
+                          "which the Debian package 'postgresql' creates") from None
+    return "postgres"
+
+
+def _make_traversable(path: Path) -> None:
+    # The postgres account must reach its data dir under our (root-owned) run dir;
+    # temporary directories are created 0700.
+    for p in [path, *path.parents]:
+        if p == Path("/"):
+            break
+        try:
+            mode = p.stat().st_mode
+            if not mode & 0o001:
+                os.chmod(p, mode | 0o011)
+        except PermissionError:
+            break
+
+
+def _project_root() -> Path:
+    return Path(__file__).resolve().parent.parent

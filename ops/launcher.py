@@ -1,0 +1,270 @@
+"""Start, watch and stop local daemons, one pid file and one log per process.
+
+Theory of operation: a :class:`ProcessSpec` says how to run one daemon, which
+ports it binds and how to tell that it is ready.  :class:`Launcher` keeps a
+run directory with ``run/<name>.pid`` and ``log/<name>.log`` per process.
+``start`` is idempotent (a live process named in its pid file is left alone),
+checks the ports before it starts anything (so a clash names the port instead
+of surfacing as a crash in some log), and waits for readiness with a timeout.
+``stop`` signals exactly the processes whose pid files it wrote, after checking
+that the pid still belongs to the same program, and escalates to SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class LaunchError(RuntimeError):
+    """A process could not be started or did not become ready."""
+
+
+#: A readiness/health probe: True when the process serves.
+Probe = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """How to run one daemon of the cluster."""
+
+    name: str
+    kind: str
+    argv: tuple[str, ...]
+    ports: tuple[int, ...]
+    probe: Probe
+    host: str = "127.0.0.1"
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: Run as this user (PostgreSQL refuses to run as root).
+    user: str | None = None
+    stop_signal: int = signal.SIGTERM
+    ready_timeout: float = 30.0
+    cwd: str | None = None
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    """One row of ``objmail dev status``."""
+
+    name: str
+    kind: str
+    port: int
+    pid: int | None
+    healthy: bool
+    log: Path
+
+    @property
+    def state(self) -> str:
+        if self.pid is None:
+            return "stopped"
+        return "healthy" if self.healthy else "unhealthy"
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on (or holds) ``host:port``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        # SO_REUSEADDR: a TIME_WAIT leftover is not "in use"; a listener is.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            return True
+        raise
+    finally:
+        sock.close()
+    return False
+
+
+def tcp_connectable(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (our own exited child not yet reaped) is not alive.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), or None.
+
+    Stored next to the pid so that a recycled pid is never mistaken for ours.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+class Launcher:
+    """Processes of one run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.pid_dir = run_dir / "run"
+        self.log_dir = run_dir / "log"
+
+    def pidfile(self, name: str) -> Path:
+        return self.pid_dir / f"{name}.pid"
+
+    def logfile(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def pid_of(self, spec: ProcessSpec) -> int | None:
+        """The live pid recorded for ``spec``, or None (stale pid files are removed)."""
+        path = self.pidfile(spec.name)
+        try:
+            fields = path.read_text().split()
+            pid = int(fields[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        recorded_start = fields[1] if len(fields) > 1 else None
+        if _pid_alive(pid) and (recorded_start is None or _start_time(pid) == recorded_start):
+            return pid
+        path.unlink(missing_ok=True)
+        return None
+
+    def status(self, spec: ProcessSpec) -> ProcessStatus:
+        pid = self.pid_of(spec)
+        healthy = pid is not None and _safe_probe(spec.probe)
+        return ProcessStatus(spec.name, spec.kind, spec.port, pid, healthy,
+                             self.logfile(spec.name))
+
+    def check_ports(self, specs: Sequence[ProcessSpec]) -> None:
+        """Fail, naming the port, when a process we must start finds its port taken."""
+        for spec in specs:
+            if self.pid_of(spec) is not None:
+                continue
+            for port in spec.ports:
+                if port_in_use(spec.host, port):
+                    raise LaunchError(
+                        f"port {port} on {spec.host} is already in use; {spec.name} needs it "
+                        f"(stop whatever listens there, or choose other ports)")
+
+    def start(self, spec: ProcessSpec) -> bool:
+        """Start ``spec`` unless it runs already; wait until it is ready.
+
+        :returns: True when a process was started, False when it already ran.
+        :raises LaunchError: it exited early or was not ready in time.
+        """
+        self.pid_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.pid_of(spec) is not None:
+            self.wait_ready(spec, None)
+            return False
+        self.check_ports([spec])
+        log_path = self.logfile(spec.name)
+        with open(log_path, "ab") as log:
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting "
+                      f"{' '.join(spec.argv)}\n".encode())
+            log.flush()
+            env = dict(os.environ)
+            env.update(spec.env)
+            proc = subprocess.Popen(
+                list(spec.argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, cwd=spec.cwd, user=spec.user, start_new_session=True, close_fds=True)
+        self.pidfile(spec.name).write_text(f"{proc.pid} {_start_time(proc.pid) or ''}\n")
+        self.wait_ready(spec, proc)
+        return True
+
+    def wait_ready(self, spec: ProcessSpec, proc: subprocess.Popen[bytes] | None) -> None:
+        deadline = time.monotonic() + spec.ready_timeout
+        delay = 0.02
+        while True:
+            if proc is not None and proc.poll() is not None:
+                self.pidfile(spec.name).unlink(missing_ok=True)
+                raise LaunchError(
+                    f"{spec.name} exited with status {proc.returncode} while starting; "
+                    f"see {self.logfile(spec.name)}:\n{self.tail(spec.name)}")
+            if _safe_probe(spec.probe):
+                return
+            if time.monotonic() > deadline:
+                raise LaunchError(
+                    f"{spec.name} was not ready on port {spec.port} after "
+                    f"{spec.ready_timeout:.0f}s; see {self.logfile(spec.name)}:\n"
+                    f"{self.tail(spec.name)}")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+    def stop(self, spec: ProcessSpec, timeout: float = 15.0) -> bool:
+        """Stop the process of ``spec`` if it runs; SIGKILL after ``timeout``.
+
+        :returns: True when a process was stopped.
+        """
+        pid = self.pid_of(spec)
+        if pid is None:
+            return False
+        self.signal(spec, spec.stop_signal)
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.02)
+        if _pid_alive(pid):
+            self.signal(spec, signal.SIGKILL)
+            while _pid_alive(pid):
+                _reap(pid)
+                time.sleep(0.02)
+        _reap(pid)
+        self.pidfile(spec.name).unlink(missing_ok=True)
+        return True
+
+    def signal(self, spec: ProcessSpec, sig: int) -> None:
+        """Send ``sig`` to the process group of ``spec`` (its workers too)."""
+        pid = self.pid_of(spec)
+        if pid is None:
+            return
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            os.kill(pid, sig)
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        try:
+            data = self.logfile(name).read_bytes()[-8192:]
+        except OSError:
+            return "(no log)"
+        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+def _reap(pid: int) -> None:
+    # Processes started by this interpreter are our children: collect them so
+    # they do not linger as zombies (relevant to test sessions).
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _safe_probe(probe: Probe) -> bool:
+    try:
+        return probe()
+    except Exception:
+        return False

@@ -1,0 +1,124 @@
+"""Session fixtures: a real local cluster started by the project's own launcher.
+
+Every service runs from the system binaries on loopback, on free ports, under a
+temporary directory, and is always stopped at the end of the session, even when
+tests fail.  Each kind of service is a separate fixture, so a test run that
+needs only PostgreSQL starts only PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ops.config import ClusterConfig, Config, ObjstoreConfig
+from ops.devcluster import DevCluster, DevOptions
+from ops.launcher import port_in_use
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+def free_port_block(count: int, *, bus_offset: int | None = None,
+                    rng: random.Random | None = None) -> int:
+    """First port of ``count`` consecutive free loopback ports.
+
+    :param bus_offset: also require ``port + bus_offset`` free (Redis Cluster's bus).
+    """
+    rng = rng or random.Random()
+    for _ in range(500):
+        base = rng.randrange(20000, 40000)
+        ports = list(range(base, base + count))
+        if bus_offset:
+            ports += [p + bus_offset for p in ports]
+        if not any(port_in_use("127.0.0.1", p) for p in ports):
+            return base
+    raise RuntimeError("no free block of loopback ports found")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class TestCluster:
+    """The session's cluster: config and the launcher's view of it."""
+
+    config: Config
+    run_dir: Path
+    options: DevOptions
+
+    def cluster(self, *stages: str) -> DevCluster:
+        opts = dataclasses.replace(self.options, only=frozenset(stages))
+        return DevCluster(self.config, self.run_dir, opts)
+
+    @property
+    def pg_dsn(self) -> str:
+        return self.config.cluster.pg_dsn
+
+    @property
+    def redis_nodes(self) -> list[str]:
+        return list(self.config.cluster.redis_nodes)
+
+
+def make_test_config(rng: random.Random | None = None) -> Config:
+    """A config whose every port is free right now."""
+    redis_base = free_port_block(6, bus_offset=10000, rng=rng)
+    objstore_base = free_port_block(3, rng=rng)
+    cluster = ClusterConfig(
+        pg_dsn=f"postgresql://postgres@127.0.0.1:{_free_port()}/objmail",
+        redis_nodes=tuple(f"127.0.0.1:{redis_base + i}" for i in range(6)))
+    objstore = ObjstoreConfig(listen=f"127.0.0.1:{objstore_base}", report_interval=1.0,
+                              report_ttl=5)
+    return Config(cluster=cluster, objstore=objstore)
+
+
+@pytest.fixture(scope="session")
+def test_cluster(tmp_path_factory: pytest.TempPathFactory) -> TestCluster:
+    run_dir = tmp_path_factory.mktemp("cluster")
+    config = make_test_config()
+    options = DevOptions(fast=True, redis_node_timeout_ms=2000)
+    tc = TestCluster(config, run_dir, options)
+    tc.cluster().write_config()
+    return tc
+
+
+@contextlib.contextmanager
+def running(tc: TestCluster, *stages: str) -> Iterator[DevCluster]:
+    """Run ``stages`` of the session's cluster for the duration of the block."""
+    cluster = tc.cluster(*stages)
+    try:
+        cluster.up()
+        yield cluster
+    finally:
+        cluster.down()
+
+
+@pytest.fixture(scope="session")
+def postgres(test_cluster: TestCluster) -> Iterator[str]:
+    """DSN of a private PostgreSQL with the objmail database created."""
+    with running(test_cluster, "postgres"):
+        yield test_cluster.pg_dsn
+
+
+@dataclass
+class RunningRedis:
+    """The session's Redis Cluster: startup nodes, and the launcher to kill/restart nodes."""
+
+    nodes: list[str]
+    cluster: DevCluster
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(test_cluster: TestCluster) -> Iterator[RunningRedis]:
+    """A 6-node Redis Cluster (3 masters, 3 replicas) on loopback."""
+    with running(test_cluster, "redis") as cluster:
+        yield RunningRedis(test_cluster.redis_nodes, cluster)

@@ -1,0 +1,172 @@
+"""System tests of the local cluster launcher against real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+from redis.cluster import RedisCluster
+
+from ops.config import ClusterConfig, parse_hostport
+from ops.devcluster import DevCluster, DevOptions
+from ops.launcher import LaunchError, port_in_use
+from tests.conftest import RunningRedis, make_test_config
+
+
+def test_redis_cluster_spreads_keys_over_three_masters(redis_cluster: RunningRedis) -> None:
+    """Keys written through RedisCluster land on all three masters and read back."""
+    host, port = parse_hostport(redis_cluster.nodes[0])
+    rc = RedisCluster(host=host, port=port, decode_responses=True)
+    try:
+        masters = {f"{n.host}:{n.port}" for n in rc.get_primaries()}
+        assert len(masters) == 3
+        seen: set[str] = set()
+        for i in range(200):
+            key = f"objmail:test:{i}"
+            rc.set(key, f"value-{i}")
+            seen.add(f"{rc.get_node_from_key(key).host}:{rc.get_node_from_key(key).port}")
+        assert seen == masters
+        for i in range(200):
+            assert rc.get(f"objmail:test:{i}") == f"value-{i}"
+    finally:
+        rc.close()
+
+
+def test_postgres_table_roundtrip(postgres: str) -> None:
+    """A table created in the launched PostgreSQL holds what was written to it."""
+
+    async def run() -> list[tuple[int, str]]:
+        conn = await asyncpg.connect(postgres)
+        try:
+            await conn.execute("CREATE TEMP TABLE t (id int PRIMARY KEY, name text)")
+            await conn.executemany("INSERT INTO t VALUES ($1, $2)", [(1, "a"), (2, "ü")])
+            rows = await conn.fetch("SELECT id, name FROM t ORDER BY id")
+            return [(r["id"], r["name"]) for r in rows]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(run()) == [(1, "a"), (2, "ü")]
+
+
+def _processes_mentioning(needles: list[str]) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(n in cmd for n in needles):
+            found.append(f"{pid}: {cmd}")
+    return found
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> DevCluster:
+    """A cluster of PostgreSQL + Redis of this test alone."""
+    config = make_test_config()
+    return DevCluster(config, tmp_path / "var",
+                      DevOptions(only=frozenset({"postgres", "redis"}), fast=True,
+                                 redis_node_timeout_ms=2000))
+
+
+def _needles(cluster: DevCluster) -> list[str]:
+    ports = [p for _h, p in cluster.redis_addresses]
+    return [f"127.0.0.1:{p} [cluster]" for p in ports] + [str(cluster.run_dir / "pg")]
+
+
+def test_up_is_idempotent_and_down_leaves_nothing(own_cluster: DevCluster) -> None:
+    """up starts everything once, a second up starts nothing, down leaves no process."""
+    try:
+        started = own_cluster.up()
+        assert len(started) == 7
+        assert all(s.state == "healthy" for s in own_cluster.status())
+        pids = {s.name: s.pid for s in own_cluster.status()}
+        assert own_cluster.up() == []
+        assert {s.name: s.pid for s in own_cluster.status()} == pids
+    finally:
+        stopped = own_cluster.down()
+    assert len(stopped) == 7
+    assert _processes_mentioning(_needles(own_cluster)) == []
+    assert all(s.state == "stopped" for s in own_cluster.status())
+    for _host, port in own_cluster.redis_addresses:
+        assert not port_in_use("127.0.0.1", port)
+
+
+def test_restart_after_down_reuses_data(own_cluster: DevCluster) -> None:
+    """After down, up brings the same Redis Cluster back with its data."""
+    host, port = own_cluster.redis_addresses[0]
+    try:
+        own_cluster.up()
+        rc = RedisCluster(host=host, port=port)
+        rc.set("objmail:test:persist", b"kept")
+        rc.close()
+        # Redis rewrites its AOF on a clean shutdown, so the key survives.
+        own_cluster.down()
+        own_cluster.up()
+        rc = RedisCluster(host=host, port=port)
+        assert rc.get("objmail:test:persist") == b"kept"
+        rc.close()
+    finally:
+        own_cluster.down()
+
+
+def test_port_taken_is_named(own_cluster: DevCluster) -> None:
+    """up refuses to start when a port is taken, names the port, and starts nothing."""
+    _host, port = own_cluster.redis_addresses[2]
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", port))
+    blocker.listen()
+    try:
+        with pytest.raises(LaunchError, match=f"port {port} "):
+            own_cluster.up()
+        assert all(s.state == "stopped" for s in own_cluster.status())
+    finally:
+        blocker.close()
+        own_cluster.down()
+
+
+def test_cli_up_status_down(tmp_path: Path) -> None:
+    """`objmail dev up/status/down` work from the command line with their exit codes."""
+    config = make_test_config()
+    conf = tmp_path / "objmail.toml"
+    redis_nodes = ", ".join(f'"{n}"' for n in config.cluster.redis_nodes)
+    conf.write_text(f'[cluster]\npg_dsn = "{config.cluster.pg_dsn}"\n'
+                    f"redis_nodes = [{redis_nodes}]\n")
+    run_dir = tmp_path / "var"
+    # Only PostgreSQL and Redis here: external servers are not started at all.
+    env = dict(os.environ, OBJMAIL_CONFIG=str(conf))
+    env.pop("OBJMAIL_PG_DSN", None)
+    env.pop("OBJMAIL_REDIS_NODES", None)
+
+    def objmail(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "ops.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=180, check=False)
+
+    try:
+        up = objmail("dev", "up", "--dir", str(run_dir), "--objstores", "0")
+        assert up.returncode == 0, up.stderr
+        status = objmail("dev", "status", "--dir", str(run_dir), "--objstores", "0")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert status.stdout.count("healthy") == 7
+    finally:
+        down = objmail("dev", "down", "--dir", str(run_dir), "--objstores", "0")
+    assert down.returncode == 0
+    assert "stopped 7 process(es)" in down.stdout
+
+
+def test_env_override_points_at_existing_servers(test_cluster) -> None:
+    """OBJMAIL_PG_DSN / OBJMAIL_REDIS_NODES mean: use those, start no PostgreSQL or Redis."""
+    config = dataclasses.replace(test_cluster.config, cluster=ClusterConfig())
+    cluster = DevCluster(config, Path("/nonexistent"),
+                         DevOptions(external_pg=True, external_redis=True, objstore_count=0))
+    assert cluster.stages() == []
