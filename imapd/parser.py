@@ -1,0 +1,595 @@
+"""The sans-IO IMAP command parser: bytes in with :meth:`Parser.feed`, events out with
+:meth:`Parser.next_event`.
+
+Theory of operation
+-------------------
+IMAP commands are lines, except that a line ending in a literal marker (``{n}``, ``{n+}`` or
+``~{n}``) is followed by ``n`` raw octets and then by more of the same command. The parser
+*frames* the stream into whole commands and hands each to :func:`imapd.grammar.parse_command`.
+
+States (see :class:`ParserState`):
+
+``COMMAND``
+    Looking for the end of a command line. A line without a marker completes the command:
+    the grammar runs and the event is the :class:`~imapd.commands.Command` or a
+    :class:`BadCommand`. A line with a marker starts a literal; a synchronizing one first
+    yields :class:`ContinuationNeeded` and moves to ``AWAIT_DECISION``.
+``AWAIT_DECISION``
+    The server must call :meth:`Parser.accept_literal` (then send ``+ ...``) or
+    :meth:`Parser.reject_literal` (then send a tagged NO/BAD; the client will not send the
+    literal, and its next line is a new command). Until then :data:`NEED_DATA` is returned.
+``LITERAL``
+    Collecting a literal's octets; then back to ``COMMAND`` for the rest of the command.
+``SKIP_LITERAL`` / ``SKIP_LINE``
+    Discarding the rest of a command that has already been answered (line too long,
+    non-synchronizing literal too large): octets are counted, not stored, and non-synchronizing
+    literals announced by the discarded text are skipped too, so the next command is found
+    at its real start.
+``IDLE`` / ``AUTHENTICATE``
+    Entered by :meth:`Parser.start_idle` and :meth:`Parser.start_authenticate`: the next line
+    is raw (``DONE``, or a base64 SASL response / ``*``) and yields :class:`IdleDone` or
+    :class:`AuthResponse`; both return to ``COMMAND``.
+``FATAL``
+    More than :attr:`Limits.max_buffer` octets were fed without being consumed, or a refused
+    literal was too large to skip: :class:`Fatal` is returned forever; the server says BYE
+    and closes.
+
+Every octet is examined a bounded number of times: the search for a line end resumes where
+the last one stopped, literal octets are moved once into their own buffer, and consumed
+input is dropped in amortised O(1). Feeding a 10 MB literal one byte or 4 KiB at a time is
+linear.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import re
+from dataclasses import dataclass
+
+from imapd.commands import Command
+from imapd.grammar import COMMAND_NAMES, UID_COMMAND_NAMES, CommandError, parse_command
+from imapd.lexer import Frame
+from imapd.response import TOOBIG, BadCharset, ResponseCode, Status, Tagged, Untagged
+
+__all__ = [
+    "NEED_DATA",
+    "AuthResponse",
+    "BadCommand",
+    "ContinuationNeeded",
+    "Event",
+    "Fatal",
+    "IdleDone",
+    "Limits",
+    "NeedData",
+    "Parser",
+    "ParserState",
+]
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The parser's named limits; each is enforced by :class:`Parser`.
+
+    :ivar max_line: octets of command text in one command, literals excluded (all its lines
+        together); also the longest IDLE or AUTHENTICATE line.
+    :ivar max_literal: the largest literal outside APPEND (passwords, search strings, names).
+    :ivar max_append_literal: the largest literal of an APPEND (one message).
+    :ivar max_command_literals: all literal octets of one command together (MULTIAPPEND).
+    :ivar max_discard: the largest refused non-synchronizing literal the parser reads and
+        throws away; beyond it the connection is given up (:class:`Fatal`).
+    :ivar max_buffer: octets fed but not yet consumed; beyond it, :class:`Fatal`. The adapter
+        keeps below it by pausing the transport at :attr:`pause_buffer`.
+    :ivar pause_buffer: octets buffered at which :attr:`Parser.should_pause` turns true.
+    :ivar max_search_depth: deepest nesting of SEARCH criteria (parentheses, NOT, OR).
+    """
+
+    max_line: int = 64 * KiB
+    max_literal: int = 64 * KiB
+    max_append_literal: int = 64 * MiB
+    max_command_literals: int = 64 * MiB + 64 * KiB
+    max_discard: int = 256 * MiB
+    max_buffer: int = 1 * MiB
+    pause_buffer: int = 256 * KiB
+    max_search_depth: int = 64
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_line",
+            "max_literal",
+            "max_append_literal",
+            "max_command_literals",
+            "max_buffer",
+            "pause_buffer",
+            "max_search_depth",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"Limits.{name} must be positive")
+        if self.max_discard < 0:
+            raise ValueError("Limits.max_discard must not be negative")
+        if self.max_buffer <= self.max_line:
+            raise ValueError("Limits.max_buffer must exceed max_line, or long lines turn fatal")
+        if self.pause_buffer > self.max_buffer:
+            raise ValueError("Limits.pause_buffer must not exceed max_buffer")
+
+
+# -- events -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NeedData:
+    """No event until more bytes are fed (or a literal decision is made)."""
+
+
+NEED_DATA = NeedData()
+
+
+@dataclass(frozen=True)
+class ContinuationNeeded:
+    """A synchronizing literal of ``size`` octets was announced by command ``tag``.
+
+    The server calls :meth:`Parser.accept_literal` and sends ``+ Ready``, or
+    :meth:`Parser.reject_literal` and sends a tagged NO/BAD.
+
+    :ivar command: the command word(s) read so far, upper-case (``APPEND``, ``UID SEARCH``);
+        empty if unreadable.
+    """
+
+    tag: str | None
+    command: str
+    size: int
+
+
+@dataclass(frozen=True)
+class BadCommand:
+    """The client sent something that is not a valid command; the rest of it is dropped.
+
+    :ivar tag: the command's tag, or None when it could not be read (answer untagged).
+    :ivar status: BAD for syntax and limits; NO where an RFC says so (unknown SEARCH charset,
+        APPEND literal too large).
+    :ivar code: the response code to send, if any (TOOBIG, BADCHARSET).
+    """
+
+    tag: str | None
+    text: str
+    code: ResponseCode | None = None
+    status: Status = Status.BAD
+
+    def response(self) -> Tagged | Untagged:
+        """The reply the server sends for this event."""
+        if self.tag is None:
+            return Untagged(Status.BAD, self.text, self.code)
+        return Tagged(self.tag, self.status, self.text, self.code)
+
+
+@dataclass(frozen=True)
+class IdleDone:
+    """The line that ends IDLE arrived; ``ok`` is False if it was not ``DONE`` (answer BAD)."""
+
+    tag: str
+    ok: bool
+
+
+@dataclass(frozen=True)
+class AuthResponse:
+    """A SASL client response during AUTHENTICATE; ``data`` is None if the client sent ``*``
+    to cancel (answer BAD)."""
+
+    tag: str
+    data: bytes | None
+
+
+@dataclass(frozen=True)
+class Fatal:
+    """The connection cannot continue; send ``* BYE text`` and close."""
+
+    text: str
+
+
+Event = Command | NeedData | ContinuationNeeded | BadCommand | IdleDone | AuthResponse | Fatal
+
+
+class ParserState(enum.Enum):
+    """Where the parser is in the stream (see the module docstring)."""
+
+    COMMAND = "COMMAND"
+    AWAIT_DECISION = "AWAIT_DECISION"
+    LITERAL = "LITERAL"
+    SKIP_LITERAL = "SKIP_LITERAL"
+    SKIP_LINE = "SKIP_LINE"
+    IDLE = "IDLE"
+    AUTHENTICATE = "AUTHENTICATE"
+    FATAL = "FATAL"
+
+
+_MARKER_AT_END = re.compile(rb"(~?)\{([0-9]{1,20})(\+?)\}\Z")
+_MARKER_TAIL = 32  # longer than any marker we act on: "~{" + 20 digits + "+}"
+_HEAD = re.compile(rb"([^\x00-\x20\x7f-\xff(){%*\"\\+]+) ([A-Za-z]+)(?: ([A-Za-z]+))?")
+_COMPACT_AT = 64 * KiB
+
+
+@dataclass(frozen=True)
+class _Marker:
+    size: int
+    sync: bool
+    binary: bool
+
+
+def _marker(line: bytes) -> _Marker | None:
+    found = _MARKER_AT_END.search(line, max(0, len(line) - _MARKER_TAIL))
+    if found is None:
+        return None
+    return _Marker(int(found.group(2)), sync=not found.group(3), binary=bool(found.group(1)))
+
+
+def _known_command(words: str) -> bool:
+    if words.startswith("UID "):
+        return words[4:] in UID_COMMAND_NAMES
+    return words in COMMAND_NAMES
+
+
+def _head(first_line: bytes) -> tuple[str | None, str]:
+    """The tag and command word(s) of a (possibly partial) first line."""
+    found = _HEAD.match(first_line)
+    if found is None:
+        space = first_line.find(b" ")
+        raw_tag = first_line[: space if space >= 0 else len(first_line)]
+        valid = _HEAD.match(raw_tag + b" X") is not None and raw_tag != b"*"
+        return (raw_tag.decode("ascii") if valid else None), ""
+    tag = found.group(1).decode("ascii")
+    words = found.group(2).decode("ascii").upper()
+    if words == "UID" and found.group(3):
+        words += " " + found.group(3).decode("ascii").upper()
+    return (None if tag == "*" else tag), words
+
+
+class Parser:
+    """Turns the client's byte stream into IMAP events; see the module docstring."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._buf = bytearray()
+        self._pos = 0  # start of unconsumed input (and of the current line)
+        self._scan = 0  # where the search for the next LF resumes
+        self._state = ParserState.COMMAND
+        self._fatal_text = ""
+        # The command being framed.
+        self._segments: list[bytes] = []
+        self._literals: list[bytes] = []
+        self._text_length = 0
+        self._literal_total = 0
+        self._tag: str | None = None
+        self._command = ""
+        # The literal being read or skipped.
+        self._literal = bytearray()
+        self._remaining = 0
+        self._pending: _Marker | None = None
+        # Skipping: the last octets of the discarded line, to spot a literal marker.
+        self._skip_tail = b""
+        # IDLE / AUTHENTICATE.
+        self._mode_tag = ""
+
+    # -- input ------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes received from the client. Never raises for any input."""
+        if self._state is ParserState.FATAL or not data:
+            return
+        if self._state is ParserState.LITERAL and self._pos == len(self._buf):
+            # Fast path: literal octets go straight to the literal, not via the buffer.
+            take = min(self._remaining, len(data))
+            self._literal += memoryview(data)[:take]
+            self._remaining -= take
+            data = data[take:]
+            if not data:
+                return
+        self._buf += data
+        if self.buffered_bytes > self.limits.max_buffer:
+            self._die("Too much pipelined data")
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Octets fed but not yet consumed (literal octets already collected excluded)."""
+        return len(self._buf) - self._pos
+
+    @property
+    def should_pause(self) -> bool:
+        """The adapter should stop reading (``pauseProducing``) until events are consumed."""
+        return self.buffered_bytes >= self.limits.pause_buffer
+
+    @property
+    def state(self) -> ParserState:
+        """The current state (for the adapter's sanity checks and tests)."""
+        return self._state
+
+    # -- decisions and modes --------------------------------------------------------------------
+
+    def accept_literal(self) -> None:
+        """Accept the synchronizing literal announced by the last :class:`ContinuationNeeded`.
+
+        :raises RuntimeError: if no literal is awaiting a decision.
+        """
+        if self._state is not ParserState.AWAIT_DECISION or self._pending is None:
+            raise RuntimeError("no synchronizing literal is awaiting a decision")
+        self._begin_literal(self._pending.size)
+        self._pending = None
+
+    def reject_literal(self) -> None:
+        """Refuse the synchronizing literal; the partial command is dropped.
+
+        :raises RuntimeError: if no literal is awaiting a decision.
+        """
+        if self._state is not ParserState.AWAIT_DECISION:
+            raise RuntimeError("no synchronizing literal is awaiting a decision")
+        self._pending = None
+        self._reset_command()
+        self._state = ParserState.COMMAND
+
+    def start_idle(self, tag: str) -> None:
+        """Expect the line ending IDLE (call after answering IDLE with ``+ idling``)."""
+        self._enter_raw_mode(ParserState.IDLE, tag)
+
+    def start_authenticate(self, tag: str) -> None:
+        """Expect one SASL response line (call after sending a :class:`Challenge`)."""
+        self._enter_raw_mode(ParserState.AUTHENTICATE, tag)
+
+    def _enter_raw_mode(self, state: ParserState, tag: str) -> None:
+        if self._state is ParserState.FATAL:
+            return
+        if self._state is not ParserState.COMMAND or self._segments:
+            raise RuntimeError(f"cannot enter {state.value} in the middle of a command")
+        self._state = state
+        self._mode_tag = tag
+
+    # -- output ---------------------------------------------------------------------------------
+
+    def next_event(self) -> Event:
+        """The next event, or :data:`NEED_DATA`. Never raises for any input."""
+        while True:
+            state = self._state
+            if state is ParserState.FATAL:
+                return Fatal(self._fatal_text)
+            if state is ParserState.AWAIT_DECISION:
+                return NEED_DATA
+            if state is ParserState.LITERAL:
+                if not self._read_literal():
+                    return NEED_DATA
+                continue
+            if state is ParserState.SKIP_LITERAL:
+                if not self._skip_literal():
+                    return NEED_DATA
+                continue
+            if state is ParserState.SKIP_LINE:
+                if not self._skip_line():
+                    return NEED_DATA
+                continue
+            line = self._take_line()
+            if line is None:
+                overflow = self._line_overflow()
+                if overflow is not None:
+                    return overflow
+                return NEED_DATA
+            event = self._on_line(line)
+            if event is not None:
+                return event
+
+    # -- lines --------------------------------------------------------------------------------
+
+    def _take_line(self) -> bytes | None:
+        """Consume and return the next line without its line end, if it is complete."""
+        newline = self._buf.find(b"\n", self._scan)
+        if newline < 0:
+            self._scan = len(self._buf)
+            return None
+        end = newline - 1 if newline > self._pos and self._buf[newline - 1] == 0x0D else newline
+        line = bytes(self._buf[self._pos : end])
+        self._consume(newline + 1)
+        return line
+
+    def _line_overflow(self) -> Event | None:
+        """If the incomplete line is already too long, answer it and start skipping."""
+        pending = len(self._buf) - self._pos
+        if self._text_length + pending <= self.limits.max_line:
+            return None
+        state = self._state
+        head = bytes(self._buf[self._pos : self._pos + 256]) if not self._segments else b""
+        tag, _ = _head(self._segments[0] if self._segments else head)
+        self._start_skip_line()
+        if state is ParserState.IDLE:
+            return IdleDone(self._mode_tag, ok=False)
+        if state is ParserState.AUTHENTICATE:
+            return BadCommand(self._mode_tag, "SASL response line too long", TOOBIG)
+        return BadCommand(tag, "Command line too long", TOOBIG)
+
+    def _on_line(self, line: bytes) -> Event | None:
+        if self._state is ParserState.IDLE:
+            self._state = ParserState.COMMAND
+            return IdleDone(self._mode_tag, ok=line.upper() == b"DONE")
+        if self._state is ParserState.AUTHENTICATE:
+            self._state = ParserState.COMMAND
+            if len(line) > self.limits.max_line:
+                return BadCommand(self._mode_tag, "SASL response line too long", TOOBIG)
+            return self._auth_line(line)
+        if not self._segments and not line:
+            return None  # stray empty line between commands: ignore, as most servers do
+        self._text_length += len(line)
+        if self._text_length > self.limits.max_line:
+            tag, _ = _head(self._segments[0] if self._segments else line)
+            marker = _marker(line)
+            self._reset_command()
+            if marker is not None and not marker.sync:
+                return self._skip_nonsync(tag, marker, "Command line too long")
+            return BadCommand(tag, "Command line too long", TOOBIG)
+        self._segments.append(line)
+        marker = _marker(line)
+        if marker is None:
+            return self._complete()
+        if len(self._segments) == 1:
+            self._tag, self._command = _head(line)
+        return self._on_marker(marker)
+
+    def _auth_line(self, line: bytes) -> Event:
+        if line == b"*":
+            return AuthResponse(self._mode_tag, None)
+        try:
+            return AuthResponse(self._mode_tag, base64.b64decode(line, validate=True))
+        except binascii.Error:
+            return BadCommand(self._mode_tag, "Invalid base64 in SASL response")
+
+    def _complete(self) -> Event:
+        frame = Frame(tuple(self._segments), tuple(self._literals))
+        self._reset_command()
+        try:
+            return parse_command(frame, self.limits.max_search_depth)
+        except CommandError as exc:
+            if exc.bad_charset:
+                return BadCommand(exc.tag, exc.text, BadCharset(), Status.NO)
+            return BadCommand(exc.tag, exc.text)
+        except RecursionError:
+            # max_search_depth keeps SEARCH shallow; this guards any other nesting.
+            return BadCommand(_frame_tag(frame), "Command nested too deeply")
+
+    # -- literals ---------------------------------------------------------------------------
+
+    def _literal_limit(self) -> int:
+        limit = (
+            self.limits.max_append_literal if self._command == "APPEND" else self.limits.max_literal
+        )
+        return min(limit, self.limits.max_command_literals - self._literal_total)
+
+    def _on_marker(self, marker: _Marker) -> Event | None:
+        tag, command = self._tag, self._command
+        refusal: tuple[str, ResponseCode | None, Status] | None = None
+        if tag is None:
+            refusal = ("Invalid or missing tag", None, Status.BAD)
+        elif not _known_command(command):
+            refusal = (f"Unknown command {command[:30]}".rstrip(), None, Status.BAD)
+        elif marker.size > self._literal_limit():
+            # RFC 7889 wants NO [TOOBIG] for an APPEND over the limit; RFC 7888 BAD otherwise.
+            status = Status.NO if command == "APPEND" and marker.sync else Status.BAD
+            refusal = ("Literal too large", TOOBIG, status)
+        if refusal is not None:
+            # Refused before any octet of the literal: the rest of the command is dropped.
+            self._reset_command()
+            text, code, status = refusal
+            if not marker.sync:
+                return self._skip_nonsync(tag, marker, text, code)
+            return BadCommand(tag, text, code, status)
+        if marker.sync:
+            self._pending = marker
+            self._state = ParserState.AWAIT_DECISION
+            return ContinuationNeeded(tag, self._command, marker.size)
+        self._begin_literal(marker.size)
+        return None
+
+    def _skip_nonsync(
+        self, tag: str | None, marker: _Marker, text: str, code: ResponseCode | None = TOOBIG
+    ) -> Event:
+        """Answer a command whose non-synchronizing literal is already on its way, and skip it."""
+        if marker.size > self.limits.max_discard:
+            self._die("Literal too large to skip")
+        else:
+            self._remaining = marker.size
+            self._state = ParserState.SKIP_LITERAL
+        return BadCommand(tag, text, code)
+
+    def _begin_literal(self, size: int) -> None:
+        self._literal = bytearray()
+        self._remaining = size
+        self._literal_total += size
+        self._state = ParserState.LITERAL
+
+    def _read_literal(self) -> bool:
+        """Move available literal octets out of the buffer; True once the literal is whole."""
+        take = min(self._remaining, len(self._buf) - self._pos)
+        if take:
+            with memoryview(self._buf) as view, view[self._pos : self._pos + take] as part:
+                self._literal += part
+            self._remaining -= take
+            self._consume(self._pos + take)
+        if self._remaining:
+            return False
+        self._literals.append(bytes(self._literal))
+        self._literal = bytearray()
+        self._state = ParserState.COMMAND
+        return True
+
+    # -- skipping -------------------------------------------------------------------------------
+
+    def _start_skip_line(self) -> None:
+        self._reset_command()
+        self._skip_tail = b""
+        self._state = ParserState.SKIP_LINE
+
+    def _skip_literal(self) -> bool:
+        take = min(self._remaining, len(self._buf) - self._pos)
+        self._remaining -= take
+        self._consume(self._pos + take)
+        if self._remaining:
+            return False
+        self._skip_tail = b""
+        self._state = ParserState.SKIP_LINE
+        return True
+
+    def _skip_line(self) -> bool:
+        """Discard up to the end of the current line; follow a non-synchronizing literal."""
+        newline = self._buf.find(b"\n", self._scan)
+        if newline < 0:
+            end = len(self._buf)
+            self._skip_tail = (
+                self._skip_tail + bytes(self._buf[max(self._pos, end - _MARKER_TAIL) : end])
+            )[-_MARKER_TAIL:]
+            self._consume(end)
+            return False
+        start = max(self._pos, newline - _MARKER_TAIL)
+        tail = (self._skip_tail + bytes(self._buf[start:newline]))[-_MARKER_TAIL:]
+        self._consume(newline + 1)
+        self._skip_tail = b""
+        marker = _marker(tail.rstrip(b"\r"))
+        if marker is not None and not marker.sync:
+            if marker.size > self.limits.max_discard:
+                self._die("Literal too large to skip")
+                return True
+            self._remaining = marker.size
+            self._state = ParserState.SKIP_LITERAL
+            return True
+        # A synchronizing literal is never sent: the client waits for "+" and gets our answer.
+        self._state = ParserState.COMMAND
+        return True
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _consume(self, end: int) -> None:
+        self._pos = end
+        self._scan = end
+        if self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = self._scan = 0
+        elif self._pos >= _COMPACT_AT and self._pos * 2 >= len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = self._scan = 0
+
+    def _reset_command(self) -> None:
+        self._segments = []
+        self._literals = []
+        self._text_length = 0
+        self._literal_total = 0
+        self._tag = None
+        self._command = ""
+
+    def _die(self, text: str) -> None:
+        self._state = ParserState.FATAL
+        self._fatal_text = text
+        self._buf = bytearray()
+        self._pos = self._scan = 0
+        self._literal = bytearray()
+        self._reset_command()
+
+
+def _frame_tag(frame: Frame) -> str | None:
+    """The tag of a frame, if readable."""
+    return _head(frame.segments[0])[0]

@@ -1,0 +1,736 @@
+"""Server responses (RFC 3501 section 7 and 9, plus the extensions' responses and codes).
+
+Responses are frozen dataclasses; :func:`render` turns one into a list of byte chunks whose
+concatenation is the wire form (``transport.writeSequence(render(r))``). Chunks let a FETCH
+body go out as ``{n}\\r\\n`` followed by the caller's own bytes objects, never copied into one
+big string.
+
+What the writer guarantees:
+
+* every response ends with CRLF, and CR or LF never appear outside literals;
+* human-readable text is 7-bit printable (anything else becomes ``?``), never empty, and
+  never begins with ``[`` unless it carries a response code;
+* a string goes out quoted when it can be (7-bit, no NUL/CR/LF), else as a literal whose
+  length is exact; ``astring`` positions use an atom when safe and never the atom ``NIL``;
+  ``None`` is ``NIL``;
+* mailbox names are encoded in modified UTF-7 and always quoted;
+* flags, capabilities and other atoms are checked, so a bad one raises ValueError (a bug in
+  the caller, not something to send).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import enum
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from imapd import datetimes, mutf7
+from imapd.sequence import SequenceSet
+
+__all__ = [
+    "ALERT",
+    "ALREADYEXISTS",
+    "AUTHENTICATIONFAILED",
+    "AUTHORIZATIONFAILED",
+    "CANNOT",
+    "CLIENTBUG",
+    "CLOSED",
+    "CONTACTADMIN",
+    "CORRUPTION",
+    "EXPIRED",
+    "EXPUNGEISSUED",
+    "INUSE",
+    "LIMIT",
+    "NOMODSEQ",
+    "NONEXISTENT",
+    "NOPERM",
+    "OVERQUOTA",
+    "PARSE",
+    "PRIVACYREQUIRED",
+    "READ_ONLY",
+    "READ_WRITE",
+    "SERVERBUG",
+    "TOOBIG",
+    "TRYCREATE",
+    "UIDNOTSTICKY",
+    "UNAVAILABLE",
+    "AppendUid",
+    "BadCharset",
+    "CapabilityCode",
+    "CapabilityData",
+    "Challenge",
+    "Code",
+    "Continuation",
+    "CopyUid",
+    "Enabled",
+    "Exists",
+    "Expunge",
+    "FetchData",
+    "FetchDate",
+    "FetchFlags",
+    "FetchItem",
+    "FetchLiteral",
+    "FetchModSeq",
+    "FetchNumber",
+    "FetchRaw",
+    "Flags",
+    "HighestModSeq",
+    "IdData",
+    "ListItem",
+    "Modified",
+    "NamespaceData",
+    "PermanentFlags",
+    "Recent",
+    "Response",
+    "ResponseCode",
+    "SearchData",
+    "Status",
+    "StatusData",
+    "Tagged",
+    "UidNext",
+    "UidValidity",
+    "Unseen",
+    "Untagged",
+    "Vanished",
+    "astring",
+    "mailbox",
+    "nstring",
+    "render",
+    "render_all",
+    "string",
+    "to_bytes",
+]
+
+CRLF = b"\r\n"
+
+_ATOM = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\\]]+\Z")
+_ASTRING_ATOM = re.compile(rb"[^\x00-\x20\x7f-\xff(){%*\"\\]+\Z")
+_FLAG = re.compile(r"\\?[^\x00-\x20\x7f-\U0010ffff(){%*\"\\\]]+\Z|\\\*\Z")
+_QUOTABLE = re.compile(rb"[^\x00\r\n\x80-\xff]*\Z")
+_NOT_TEXT = re.compile(r"[^\x20-\x7e]")
+_TAG = re.compile(r"[^\x00-\x20\x7f-\U0010ffff(){%*\"\\+]+\Z")
+
+
+# -- strings ----------------------------------------------------------------------------------
+
+
+def string(value: bytes | str) -> bytes:
+    """A ``string``: quoted when 7-bit without NUL/CR/LF, else a literal (str is UTF-8)."""
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    if _QUOTABLE.match(data):
+        return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return b"{%d}\r\n" % len(data) + data
+
+
+def astring(value: bytes | str) -> bytes:
+    """An ``astring``: an atom when safe (and not ``NIL``), else :func:`string`."""
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    if _ASTRING_ATOM.match(data) and data.upper() != b"NIL":
+        return data
+    return string(data)
+
+
+def nstring(value: bytes | str | None) -> bytes:
+    """An ``nstring``: ``NIL`` for None, else :func:`string`."""
+    return b"NIL" if value is None else string(value)
+
+
+def mailbox(name: str) -> bytes:
+    """A mailbox name: modified UTF-7, quoted (a literal only if encoding left CR/LF, never)."""
+    return string(mutf7.encode(name).encode("ascii"))
+
+
+def _atom(value: str, what: str) -> bytes:
+    data = value.encode("ascii", "replace")
+    if not _ATOM.match(data):
+        raise ValueError(f"{what} {value!r} is not an atom")
+    return data
+
+
+def _flag(value: str) -> bytes:
+    if not _FLAG.match(value):
+        raise ValueError(f"flag {value!r} is not a valid IMAP flag")
+    return value.encode("ascii")
+
+
+def _flag_list(flags: Iterable[str]) -> bytes:
+    return b"(" + b" ".join(_flag(flag) for flag in flags) + b")"
+
+
+def _text(text: str, default: str) -> bytes:
+    cleaned = _NOT_TEXT.sub("?", text).strip() or default
+    return cleaned.encode("ascii")
+
+
+def _number(value: int, what: str, minimum: int = 0) -> bytes:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, not {value!r}")
+    return b"%d" % value
+
+
+# -- response codes ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Code:
+    """A response code without arguments, e.g. ``[TRYCREATE]``."""
+
+    name: str
+
+    def render(self) -> bytes:
+        """The code without brackets."""
+        return _atom(self.name, "response code")
+
+
+ALERT = Code("ALERT")
+ALREADYEXISTS = Code("ALREADYEXISTS")
+AUTHENTICATIONFAILED = Code("AUTHENTICATIONFAILED")
+AUTHORIZATIONFAILED = Code("AUTHORIZATIONFAILED")
+CANNOT = Code("CANNOT")
+CLIENTBUG = Code("CLIENTBUG")
+CLOSED = Code("CLOSED")
+CONTACTADMIN = Code("CONTACTADMIN")
+CORRUPTION = Code("CORRUPTION")
+EXPIRED = Code("EXPIRED")
+EXPUNGEISSUED = Code("EXPUNGEISSUED")
+INUSE = Code("INUSE")
+LIMIT = Code("LIMIT")
+NOMODSEQ = Code("NOMODSEQ")
+NONEXISTENT = Code("NONEXISTENT")
+NOPERM = Code("NOPERM")
+OVERQUOTA = Code("OVERQUOTA")
+PARSE = Code("PARSE")
+PRIVACYREQUIRED = Code("PRIVACYREQUIRED")
+READ_ONLY = Code("READ-ONLY")
+READ_WRITE = Code("READ-WRITE")
+SERVERBUG = Code("SERVERBUG")
+TOOBIG = Code("TOOBIG")
+TRYCREATE = Code("TRYCREATE")
+UIDNOTSTICKY = Code("UIDNOTSTICKY")
+UNAVAILABLE = Code("UNAVAILABLE")
+
+
+@dataclass(frozen=True)
+class CapabilityCode:
+    """``[CAPABILITY IMAP4rev1 ...]``."""
+
+    capabilities: tuple[str, ...]
+
+    def render(self) -> bytes:
+        """The code without brackets."""
+        return b" ".join([b"CAPABILITY", *(_atom(cap, "capability") for cap in self.capabilities)])
+
+
+@dataclass(frozen=True)
+class PermanentFlags:
+    """``[PERMANENTFLAGS (...)]``; ``\\*`` may be among the flags."""
+
+    flags: tuple[str, ...]
+
+    def render(self) -> bytes:
+        """The code without brackets."""
+        return b"PERMANENTFLAGS " + _flag_list(self.flags)
+
+
+@dataclass(frozen=True)
+class UidNext:
+    """``[UIDNEXT n]``."""
+
+    value: int
+
+    def render(self) -> bytes:
+        """The code without brackets."""
+        return b"UIDNEXT " + _number(self.value, "UIDNEXT", 1)
+
+
+@dataclass(frozen=True)
+class UidValidity:
+    """``[UIDVALIDITY n]``."""
+
+    value: int
+
+    def render(self) -> bytes:
+        """The code without brackets."""
+        return b"UIDVALIDITY " + _number(self.value, "UIDVALIDITY", 1)
+
+
+@dataclass(frozen=True)
+class Unseen:
+    """``[UNSEEN n]``: sequence number of the first unseen message."""
+
+    value: int
+
+    def render(self) -> bytes:
+        """The code without brackets."""
+        return b"UNSEEN " + _number(self.value, "UNSEEN", 1)
+
+
+@dataclass(frozen=True)
+class HighestModSeq:
+    """``[HIGHESTMODSEQ n]`` (RFC 7162)."""
+
+    value: int
+
+    def render(self) -> bytes:
+        """The code without brackets."""
+        return b"HIGHESTMODSEQ " + _number(self.value, "HIGHESTMODSEQ", 1)
+
+
+@dataclass(frozen=True)
+class AppendUid:
+    """``[APPENDUID uidvalidity uids]`` (RFC 4315)."""
+
+    uidvalidity: int
+    uids: SequenceSet
+
+    def render(self) -> bytes:
+        """The code without brackets."""
+        return b"APPENDUID %s %s" % (
+            _number(self.uidvalidity, "UIDVALIDITY", 1),
+            _concrete_set(self.uids),
+        )
+
+
+@dataclass(frozen=True)
+class CopyUid:
+    """``[COPYUID uidvalidity source-uids destination-uids]`` (RFC 4315)."""
+
+    uidvalidity: int
+    source: SequenceSet
+    destination: SequenceSet
+
+    def render(self) -> bytes:
+        """The code without brackets."""
+        return b"COPYUID %s %s %s" % (
+            _number(self.uidvalidity, "UIDVALIDITY", 1),
+            _concrete_set(self.source),
+            _concrete_set(self.destination),
+        )
+
+
+@dataclass(frozen=True)
+class Modified:
+    """``[MODIFIED set]`` (RFC 7162): messages STORE UNCHANGEDSINCE left alone."""
+
+    ids: SequenceSet
+
+    def render(self) -> bytes:
+        """The code without brackets."""
+        return b"MODIFIED " + _concrete_set(self.ids)
+
+
+@dataclass(frozen=True)
+class BadCharset:
+    """``[BADCHARSET (UTF-8 US-ASCII)]``: the charsets SEARCH supports."""
+
+    charsets: tuple[str, ...] = ("US-ASCII", "UTF-8")
+
+    def render(self) -> bytes:
+        """The code without brackets."""
+        if not self.charsets:
+            return b"BADCHARSET"
+        return b"BADCHARSET (" + b" ".join(astring(name) for name in self.charsets) + b")"
+
+
+ResponseCode = (
+    Code
+    | CapabilityCode
+    | PermanentFlags
+    | UidNext
+    | UidValidity
+    | Unseen
+    | HighestModSeq
+    | AppendUid
+    | CopyUid
+    | Modified
+    | BadCharset
+)
+
+
+def _concrete_set(ids: SequenceSet) -> bytes:
+    if ids.saved or ids.uses_star:
+        raise ValueError("a response needs a sequence set without '*' or '$'")
+    return str(ids).encode("ascii")
+
+
+# -- status responses -------------------------------------------------------------------------
+
+
+class Status(enum.Enum):
+    """Status condition words."""
+
+    OK = "OK"
+    NO = "NO"
+    BAD = "BAD"
+    PREAUTH = "PREAUTH"
+    BYE = "BYE"
+
+
+_DEFAULT_TEXT = {
+    Status.OK: "Completed",
+    Status.NO: "Failed",
+    Status.BAD: "Error",
+    Status.PREAUTH: "Logged in",
+    Status.BYE: "Logging out",
+}
+
+
+def _condition(status: Status, code: ResponseCode | None, text: str) -> bytes:
+    body = _text(text, _DEFAULT_TEXT[status])
+    if code is not None:
+        return b"%s [%s] %s" % (status.value.encode("ascii"), code.render(), body)
+    if body.startswith(b"["):
+        body = b"- " + body  # or the client would read it as a response code
+    return b"%s %s" % (status.value.encode("ascii"), body)
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """The tagged completion of a command: ``tag OK|NO|BAD [code] text``."""
+
+    tag: str
+    status: Status
+    text: str = ""
+    code: ResponseCode | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in (Status.OK, Status.NO, Status.BAD):
+            raise ValueError(f"a tagged response cannot be {self.status.value}")
+        if not _TAG.match(self.tag):
+            raise ValueError(f"invalid tag {self.tag!r}")
+
+
+@dataclass(frozen=True)
+class Untagged:
+    """An untagged status response: ``* OK|NO|BAD|PREAUTH|BYE [code] text``."""
+
+    status: Status
+    text: str = ""
+    code: ResponseCode | None = None
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """A continuation request: ``+ text`` (literal acknowledgement, IDLE)."""
+
+    text: str = "Ready"
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """A SASL challenge: ``+ base64``; an empty challenge is ``+ `` (RFC 3501 6.2.2)."""
+
+    data: bytes = b""
+
+
+# -- untagged data ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CapabilityData:
+    """``* CAPABILITY ...``."""
+
+    capabilities: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Exists:
+    """``* n EXISTS``."""
+
+    count: int
+
+
+@dataclass(frozen=True)
+class Recent:
+    """``* n RECENT``."""
+
+    count: int
+
+
+@dataclass(frozen=True)
+class Expunge:
+    """``* n EXPUNGE``."""
+
+    seq: int
+
+
+@dataclass(frozen=True)
+class Flags:
+    """``* FLAGS (...)``: the flags defined in the mailbox."""
+
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ListItem:
+    """``* LIST (attributes) "delimiter" mailbox`` or the same as LSUB.
+
+    :ivar child_info: LIST-EXTENDED ``CHILDINFO`` extended data, e.g. ``("SUBSCRIBED",)``.
+    """
+
+    mailbox: str
+    attributes: tuple[str, ...] = ()
+    delimiter: str | None = "/"
+    lsub: bool = False
+    child_info: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StatusData:
+    """``* STATUS mailbox (item value ...)``."""
+
+    mailbox: str
+    items: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class SearchData:
+    """``* SEARCH n n ...`` with ``(MODSEQ n)`` when a CONDSTORE search found messages."""
+
+    numbers: tuple[int, ...]
+    modseq: int | None = None
+
+
+@dataclass(frozen=True)
+class NamespaceData:
+    """``* NAMESPACE personal other shared``; each is None or ``((prefix, delimiter), ...)``."""
+
+    personal: tuple[tuple[str, str | None], ...] | None = (("", "/"),)
+    other: tuple[tuple[str, str | None], ...] | None = None
+    shared: tuple[tuple[str, str | None], ...] | None = None
+
+
+@dataclass(frozen=True)
+class IdData:
+    """``* ID (...)`` or ``* ID NIL``."""
+
+    parameters: tuple[tuple[str, str | None], ...] | None
+
+
+@dataclass(frozen=True)
+class Enabled:
+    """``* ENABLED ...`` (RFC 5161)."""
+
+    capabilities: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Vanished:
+    """``* VANISHED [(EARLIER)] uids`` (RFC 7162 QRESYNC)."""
+
+    uids: SequenceSet
+    earlier: bool = False
+
+
+# -- FETCH ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FetchFlags:
+    """``FLAGS (...)``."""
+
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FetchNumber:
+    """``NAME n`` for UID, RFC822.SIZE and BINARY.SIZE[...]."""
+
+    name: str
+    value: int
+
+
+@dataclass(frozen=True)
+class FetchDate:
+    """``INTERNALDATE "dd-Mon-yyyy hh:mm:ss +zzzz"``."""
+
+    value: dt.datetime
+
+
+@dataclass(frozen=True)
+class FetchModSeq:
+    """``MODSEQ (n)`` (RFC 7162)."""
+
+    value: int
+
+
+@dataclass(frozen=True)
+class FetchRaw:
+    """``NAME data`` where ``data`` is already IMAP syntax (ENVELOPE, BODYSTRUCTURE, BODY
+    from the database); written as is."""
+
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class FetchLiteral:
+    """``NAME {n}`` + octets for BODY[...], RFC822*, BINARY[...].
+
+    :ivar name: the attribute's ``response_name``.
+    :ivar data: the octets as one bytes object or a tuple of chunks (written without
+        copying); None is ``NIL`` (a section that does not exist).
+    :ivar binary: write a ``literal8`` (``~{n}``), as BINARY requires for octets with NUL.
+    """
+
+    name: str
+    data: bytes | tuple[bytes, ...] | None
+    binary: bool = False
+
+
+FetchItem = FetchFlags | FetchNumber | FetchDate | FetchModSeq | FetchRaw | FetchLiteral
+
+
+@dataclass(frozen=True)
+class FetchData:
+    """``* seq FETCH (items)``."""
+
+    seq: int
+    items: tuple[FetchItem, ...]
+
+
+Response = (
+    Tagged
+    | Untagged
+    | Continuation
+    | Challenge
+    | CapabilityData
+    | Exists
+    | Recent
+    | Expunge
+    | Flags
+    | ListItem
+    | StatusData
+    | SearchData
+    | NamespaceData
+    | IdData
+    | Enabled
+    | Vanished
+    | FetchData
+)
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+def _namespace(entries: tuple[tuple[str, str | None], ...] | None) -> bytes:
+    if entries is None:
+        return b"NIL"
+    parts = [b"(" + mailbox(prefix) + b" " + nstring(delim) + b")" for prefix, delim in entries]
+    return b"(" + b"".join(parts) + b")"
+
+
+def _fetch_items(seq: int, items: tuple[FetchItem, ...]) -> list[bytes]:
+    chunks: list[bytes] = []
+    line = [b"* %s FETCH (" % _number(seq, "FETCH sequence number", 1)]
+    for index, item in enumerate(items):
+        if index:
+            line.append(b" ")
+        match item:
+            case FetchFlags(flags):
+                line.append(b"FLAGS " + _flag_list(flags))
+            case FetchNumber(name, value):
+                line.append(b"%s %s" % (name.encode("ascii"), _number(value, name)))
+            case FetchDate(value):
+                line.append(b'INTERNALDATE "%s"' % datetimes.format_datetime(value).encode("ascii"))
+            case FetchModSeq(value):
+                line.append(b"MODSEQ (%s)" % _number(value, "MODSEQ"))
+            case FetchRaw(name, data):
+                line.append(name.encode("ascii") + b" " + data)
+            case FetchLiteral(name, data, binary):
+                line.append(name.encode("ascii") + b" ")
+                if data is None:
+                    line.append(b"NIL")
+                    continue
+                parts = (data,) if isinstance(data, bytes) else data
+                size = sum(len(part) for part in parts)
+                line.append(b"%s{%d}\r\n" % (b"~" if binary else b"", size))
+                chunks.append(b"".join(line))
+                chunks.extend(part for part in parts if part)
+                line = []
+            case _:
+                raise TypeError(f"not a FETCH item: {item!r}")
+    line.append(b")\r\n")
+    chunks.append(b"".join(line))
+    return chunks
+
+
+def _line(response: Response) -> bytes:
+    match response:
+        case Tagged(tag, status, text, code):
+            return tag.encode("ascii") + b" " + _condition(status, code, text)
+        case Untagged(status, text, code):
+            return b"* " + _condition(status, code, text)
+        case Continuation(text):
+            return b"+ " + _NOT_TEXT.sub("?", text).encode("ascii")
+        case Challenge(data):
+            return b"+ " + base64.b64encode(data)
+        case CapabilityData(capabilities):
+            return b" ".join([b"* CAPABILITY", *(_atom(cap, "capability") for cap in capabilities)])
+        case Exists(count):
+            return b"* %s EXISTS" % _number(count, "EXISTS")
+        case Recent(count):
+            return b"* %s RECENT" % _number(count, "RECENT")
+        case Expunge(seq):
+            return b"* %s EXPUNGE" % _number(seq, "EXPUNGE", 1)
+        case Flags(flags):
+            return b"* FLAGS " + _flag_list(flags)
+        case ListItem(name, attributes, delimiter, lsub, child_info):
+            line = b"* %s %s %s %s" % (
+                b"LSUB" if lsub else b"LIST",
+                _flag_list(attributes),
+                nstring(delimiter),
+                mailbox(name),
+            )
+            if child_info:
+                line += b' ("CHILDINFO" (%s))' % b" ".join(string(v) for v in child_info)
+            return line
+        case StatusData(name, items):
+            pairs = b" ".join(
+                _atom(item, "STATUS item") + b" " + _number(value, item) for item, value in items
+            )
+            return b"* STATUS %s (%s)" % (mailbox(name), pairs)
+        case SearchData(numbers, modseq):
+            line = b" ".join([b"* SEARCH", *(_number(n, "SEARCH result", 1) for n in numbers)])
+            if modseq is not None and numbers:
+                line += b" (MODSEQ %s)" % _number(modseq, "MODSEQ")
+            return line
+        case NamespaceData(personal, other, shared):
+            return b"* NAMESPACE %s %s %s" % (
+                _namespace(personal),
+                _namespace(other),
+                _namespace(shared),
+            )
+        case IdData(parameters):
+            if parameters is None:
+                return b"* ID NIL"
+            pairs = b" ".join(string(field) + b" " + nstring(value) for field, value in parameters)
+            return b"* ID (" + pairs + b")"
+        case Enabled(capabilities):
+            return b" ".join([b"* ENABLED", *(_atom(cap, "capability") for cap in capabilities)])
+        case Vanished(uids, earlier):
+            return b"* VANISHED %s%s" % (b"(EARLIER) " if earlier else b"", _concrete_set(uids))
+    raise TypeError(f"not a response: {response!r}")
+
+
+def render(response: Response) -> list[bytes]:
+    """The wire form of ``response`` as chunks to write in order."""
+    if isinstance(response, FetchData):
+        return _fetch_items(response.seq, response.items)
+    return [_line(response) + CRLF]
+
+
+def render_all(responses: Iterable[Response]) -> list[bytes]:
+    """The chunks of several responses, in order."""
+    chunks: list[bytes] = []
+    for response in responses:
+        chunks.extend(render(response))
+    return chunks
+
+
+def to_bytes(response: Response) -> bytes:
+    """The wire form of ``response`` as one bytes object (small responses, tests)."""
+    return b"".join(render(response))
