@@ -156,6 +156,10 @@ class DevCluster:
                 await conn.close()
 
         asyncio.run(create())
+        # A usable cluster has the schema of this release (idempotent when already there).
+        from metadata.migrate import migrate_dsn
+
+        migrate_dsn(dsn)
 
     def _stage_redis(self) -> Stage | None:
         if self.options.external_redis:

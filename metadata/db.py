@@ -1,0 +1,114 @@
+"""The PostgreSQL connection pool, and the one place driver errors become store errors.
+
+The pool is an ``asyncpg`` pool, so it belongs to the event loop that creates it: create it
+with :meth:`Database.open` once the loop runs (under Twisted, once the asyncio reactor is
+installed and running) and close it on that same loop.  Every multi-row change runs in
+:meth:`Database.transaction`; reads that need one consistent view too.
+
+Driver exceptions that mean "PostgreSQL is not there" (refused connection, server shutdown,
+connection lost mid-query, pool acquire timeout) leave as :class:`~metadata.errors.Unavailable`
+and "the schema is missing" as :class:`~metadata.errors.SchemaError`; callers map only these
+two to their protocol.  Everything else (constraint violations the store did not expect,
+syntax errors) stays a driver exception: a bug.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+
+from metadata.errors import SchemaError, Unavailable
+
+__all__ = ["Database", "translate_errors"]
+
+#: Driver errors that mean the server is unreachable or went away.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+)
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Re-raise driver errors as :class:`Unavailable` / :class:`SchemaError` (see module doc)."""
+    try:
+        yield
+    except (asyncpg.exceptions.UndefinedTableError,
+            asyncpg.exceptions.UndefinedColumnError) as exc:
+        raise SchemaError(f"database schema missing or outdated ({exc}); "
+                          "run `objmail db migrate`") from exc
+    except _UNAVAILABLE as exc:
+        raise Unavailable(f"PostgreSQL unavailable: {exc or type(exc).__name__}") from exc
+
+
+def _lost(conn: asyncpg.Connection, exc: BaseException) -> bool:
+    """Whether ``exc`` comes from ``conn`` having gone away."""
+    cause: BaseException | None = exc.__context__
+    while cause is not None:
+        if isinstance(cause, _UNAVAILABLE):
+            return True
+        cause = cause.__context__
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # already released by the pool: it saw the loss
+        return True
+
+
+class Database:
+    """A pool of connections to the metadata database."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str, acquire_timeout: float = 10.0) -> None:
+        self.pool = pool
+        self.dsn = dsn
+        self.acquire_timeout = acquire_timeout
+
+    @classmethod
+    async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10,
+                   acquire_timeout: float = 10.0, command_timeout: float | None = 60.0,
+                   ) -> Database:
+        """Connect the pool (``min_size`` connections at once).
+
+        :param acquire_timeout: seconds to wait for a free connection before
+            :class:`Unavailable`.
+        :param command_timeout: seconds a single statement may run.
+        :raises Unavailable: PostgreSQL cannot be reached.
+        """
+        with translate_errors():
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+                                             command_timeout=command_timeout,
+                                             timeout=acquire_timeout)
+        return cls(pool, dsn, acquire_timeout)
+
+    async def close(self) -> None:
+        """Close every connection (waits for those in use to be released)."""
+        await self.pool.close()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection outside any transaction (each statement commits alone)."""
+        with translate_errors():
+            async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, *, readonly: bool = False,
+                          isolation: str = "read_committed") -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection inside one transaction, committed when the block ends
+        normally and rolled back when it raises."""
+        with translate_errors():
+            async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+                try:
+                    async with conn.transaction(readonly=readonly, isolation=isolation):
+                        yield conn
+                except asyncpg.InterfaceError as exc:
+                    # Ending a transaction on a connection that died raises this, hiding
+                    # the error that killed it.
+                    if _lost(conn, exc):
+                        raise Unavailable(f"PostgreSQL connection lost: {exc}") from exc
+                    raise

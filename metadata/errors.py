@@ -1,0 +1,73 @@
+"""The metadata store's exceptions: one shallow hierarchy, mapped to protocol words by callers.
+
+Callers (IMAP, LMTP, the CLI) catch :class:`MetadataError` subclasses and answer in their own
+protocol's terms: :class:`Unavailable` is ``NO [UNAVAILABLE]`` / ``451 4.3.0`` / EX_TEMPFAIL,
+:class:`OverQuota` is ``NO [OVERQUOTA]`` / ``552 5.2.2``, :class:`NoSuchUser` is
+``550 5.1.1``.  A misuse of this API by our own code (a bad argument type, a negative size)
+raises ``ValueError``/``TypeError`` instead: that is a bug, not a condition to answer.
+"""
+
+from __future__ import annotations
+
+
+class MetadataError(Exception):
+    """Base of every condition the metadata store reports."""
+
+
+class Unavailable(MetadataError):
+    """PostgreSQL cannot be reached or went away mid-transaction; nothing was committed
+    unless the caller saw the call return."""
+
+
+class SchemaError(MetadataError):
+    """The database schema is missing, older than the code, or differs from the migrations
+    that were applied (``objmail db migrate`` / ``objmail db status`` tell more)."""
+
+
+class NoSuchUser(MetadataError):
+    """No user has this name or id."""
+
+
+class UserExists(MetadataError):
+    """A user with this name (compared case-insensitively) already exists."""
+
+
+class InvalidName(MetadataError):
+    """A user or mailbox name is empty, too long or holds characters it must not."""
+
+
+class NoSuchMailbox(MetadataError):
+    """The user has no mailbox of this name or id (or it cannot be selected)."""
+
+
+class MailboxExists(MetadataError):
+    """The user already has a mailbox of this name."""
+
+
+class MailboxRefused(MetadataError):
+    """The operation is not allowed on this mailbox: deleting INBOX, deleting a
+    ``\\Noselect`` name that still has children, renaming a mailbox under itself."""
+
+
+class OverQuota(MetadataError):
+    """Storing the messages would take the user past their quota.
+
+    :ivar used: bytes in use before the refused change.
+    :ivar limit: the user's quota in bytes.
+    :ivar needed: bytes the refused change would have added.
+    """
+
+    def __init__(self, used: int, limit: int, needed: int) -> None:
+        self.used = used
+        self.limit = limit
+        self.needed = needed
+        super().__init__(f"over quota: {used} + {needed} bytes exceeds the limit of {limit}")
+
+
+class UidsExhausted(MetadataError):
+    """The mailbox's next UID would pass 2^32-1; it must be recreated with a new
+    UIDVALIDITY (RFC 3501 2.3.1.1)."""
+
+
+class NoSuchMessage(MetadataError):
+    """A message named by UID disappeared (expunged concurrently) during the operation."""

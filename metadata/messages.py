@@ -1,0 +1,545 @@
+"""Messages in mailboxes: delivery, FETCH rows, STORE, COPY/MOVE, EXPUNGE, SEARCH.
+
+Theory of operation.  A delivery inserts the ``messages`` row and its ``message_blobs``
+references first (new rows: nobody else can be waiting on them), then takes the next UID with
+``UPDATE mailboxes SET uidnext = uidnext + 1 ... RETURNING``, inserts the mailbox entry,
+charges the user's quota and queues a notification, all in one transaction.  The
+``UPDATE`` holds the mailbox row lock until commit, so concurrent deliveries to one mailbox
+get strictly increasing UIDs *and commit in UID order*: a session that has seen UID n never
+sees a smaller UID appear later.  A rolled-back delivery hands its UID back unobserved.
+
+Rows are locked in one order everywhere, which rules out deadlocks between the store's own
+transactions: mailbox rows (ascending id), then ``messages`` rows (ascending id), then the
+user's ``user_usage`` row last.
+
+A message row is shared by every copy of the message in the user's mailboxes (COPY adds an
+entry, not a message).  Removing entries deletes the message, and its blob references, when
+no entry is left; the check runs after locking the message rows, so two sessions expunging
+the last two copies at once cannot both believe the other keeps it.  Quota counts entries
+(each copy), as IMAP QUOTA's STORAGE resource does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable
+from typing import Literal
+
+import asyncpg
+
+from metadata.db import Database
+from metadata.errors import (
+    NoSuchMailbox,
+    NoSuchMessage,
+    NoSuchUser,
+    OverQuota,
+    UidsExhausted,
+)
+from metadata.flags import NO_FLAGS, Flags
+from metadata.notify import Change, publish
+from metadata.records import (
+    BLOB_ID,
+    Appended,
+    CopyResult,
+    Expunged,
+    FlagState,
+    MessageEntry,
+    MessageRow,
+    MoveResult,
+    SearchHits,
+    StoreResult,
+)
+from metadata.search import Criterion, compile_criteria
+from metadata.uidset import MAX_UID, UidSet
+
+__all__ = ["FETCH_ITEMS", "Messages", "StoreMode"]
+
+#: Cached data :meth:`Messages.fetch` can return besides flags, dates and size.
+FETCH_ITEMS = frozenset({"skeleton", "envelope", "bodystructure", "body", "header", "sections"})
+_ITEM_COLUMNS = {
+    "skeleton": "m.skeleton_id",
+    "envelope": "m.envelope",
+    "bodystructure": "m.bodystructure",
+    "body": "m.body",
+    "header": "m.header_block",
+    "sections": "m.section_map",
+}
+_ITEM_FIELDS = {
+    "skeleton": "skeleton_id",
+    "envelope": "envelope",
+    "bodystructure": "bodystructure",
+    "body": "body",
+    "header": "header_block",
+    "sections": "section_map",
+}
+
+#: Characters of decoded text fed to the full-text vector, headers and body.  PostgreSQL
+#: refuses a tsvector above 1 MB; these bounds keep even adversarial text below it.
+HEADER_TEXT_LIMIT = 50_000
+BODY_TEXT_LIMIT = 150_000
+#: Characters kept of each casefolded header value and address field.
+FIELD_TEXT_LIMIT = 10_000
+#: Characters kept of Message-ID (it is indexed; btree entries must stay small).
+MESSAGE_ID_LIMIT = 600
+
+StoreMode = Literal["add", "remove", "replace"]
+
+_RANGES = "unnest($3::bigint[], $4::bigint[]) AS r(lo, hi)"
+
+
+def _clean(text: str, limit: int) -> str:
+    """Text PostgreSQL accepts: no NUL, no lone surrogate, at most ``limit`` characters."""
+    text = text[:limit].replace("\x00", "")
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _fold(text: str, limit: int = FIELD_TEXT_LIMIT) -> str:
+    return _clean(text, limit).casefold()
+
+
+def _offset_minutes(when: dt.datetime) -> int:
+    offset = when.utcoffset()
+    if offset is None:
+        raise ValueError("internaldate must be timezone-aware")
+    minutes, rest = divmod(int(offset.total_seconds()), 60)
+    if rest:
+        raise ValueError("internaldate offset must be whole minutes")
+    return minutes
+
+
+def _local(when: dt.datetime, offset_minutes: int) -> dt.datetime:
+    return when.astimezone(dt.timezone(dt.timedelta(minutes=offset_minutes)))
+
+
+def _flags(record: asyncpg.Record) -> Flags:
+    return Flags(record["flags"], tuple(record["keywords"]))
+
+
+async def lock_mailboxes(conn: asyncpg.Connection, user_id: int,
+                         mailbox_ids: Iterable[int]) -> dict[int, asyncpg.Record]:
+    """Lock selectable mailboxes in ascending id order; return their rows by id.
+
+    :raises NoSuchMailbox: one does not exist or is ``\\Noselect``.
+    """
+    wanted = sorted(set(mailbox_ids))
+    rows = await conn.fetch(
+        "SELECT id, uidvalidity, uidnext, highestmodseq, noselect FROM mailboxes "
+        "WHERE user_id = $1 AND id = ANY($2::bigint[]) ORDER BY id FOR NO KEY UPDATE",
+        user_id, wanted)
+    found = {row["id"]: row for row in rows if not row["noselect"]}
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise NoSuchMailbox(f"no selectable mailbox with id {missing[0]}")
+    return found
+
+
+async def charge(conn: asyncpg.Connection, user_id: int, size: int, count: int) -> None:
+    """Add ``size`` bytes and ``count`` entries to the user's usage, within the quota.
+
+    :raises OverQuota: when a positive ``size`` would pass a non-zero quota.
+    :raises NoSuchUser: the user has no usage row (deleted concurrently).
+    """
+    done = await conn.fetchval(
+        "UPDATE user_usage SET used_bytes = used_bytes + $2, "
+        "message_count = message_count + $3 WHERE user_id = $1 AND "
+        "($2 <= 0 OR quota_bytes = 0 OR used_bytes + $2 <= quota_bytes) RETURNING 1",
+        user_id, size, count)
+    if done is None:
+        row = await conn.fetchrow(
+            "SELECT used_bytes, quota_bytes FROM user_usage WHERE user_id = $1", user_id)
+        if row is None:
+            raise NoSuchUser(f"no user with id {user_id}")
+        raise OverQuota(row["used_bytes"], row["quota_bytes"], size)
+
+
+async def delete_entries(conn: asyncpg.Connection, user_id: int, mailbox_id: int,
+                         uids: UidSet | None, *, only_deleted: bool) -> list[asyncpg.Record]:
+    """Delete mailbox entries (all, or those in ``uids``; only ``\\Deleted`` ones if asked);
+    return their ``uid, message_id, size`` by UID.  References are left to
+    :func:`drop_orphans`."""
+    condition = " AND mm.flags & 8 <> 0" if only_deleted else ""
+    if uids is None:
+        rows = await conn.fetch(
+            "DELETE FROM mailbox_messages mm WHERE mm.user_id = $1 AND mm.mailbox_id = $2"
+            f"{condition} RETURNING mm.uid, mm.message_id, mm.size", user_id, mailbox_id)
+    elif not uids:
+        return []
+    else:
+        lows, highs = uids.arrays()
+        rows = await conn.fetch(
+            f"DELETE FROM mailbox_messages mm USING {_RANGES} WHERE mm.user_id = $1 "
+            f"AND mm.mailbox_id = $2 AND mm.uid BETWEEN r.lo AND r.hi{condition} "
+            "RETURNING mm.uid, mm.message_id, mm.size", user_id, mailbox_id, lows, highs)
+    return sorted(rows, key=lambda r: r["uid"])
+
+
+async def drop_orphans(conn: asyncpg.Connection, user_id: int,
+                       message_ids: Iterable[int]) -> tuple[int, int]:
+    """Delete the messages among ``message_ids`` that no mailbox entry uses any more, with
+    their blob references; return (messages, references) deleted.
+
+    The message rows are locked first; the check is a later statement, so it sees every
+    entry committed by whoever held them before.
+    """
+    ids = sorted(set(message_ids))
+    if not ids:
+        return 0, 0
+    await conn.execute("SELECT 1 FROM messages WHERE user_id = $1 AND id = ANY($2::bigint[]) "
+                       "ORDER BY id FOR UPDATE", user_id, ids)
+    orphans = await conn.fetchval(
+        "SELECT coalesce(array_agg(x.id), '{}') FROM unnest($2::bigint[]) AS x(id) "
+        "WHERE NOT EXISTS (SELECT 1 FROM mailbox_messages mm "
+        "WHERE mm.user_id = $1 AND mm.message_id = x.id)", user_id, ids)
+    if not orphans:
+        return 0, 0
+    refs = await conn.fetchval(
+        "WITH gone AS (DELETE FROM message_blobs WHERE user_id = $1 "
+        "AND message_id = ANY($2::bigint[]) RETURNING 1) SELECT count(*) FROM gone",
+        user_id, orphans)
+    await conn.execute("DELETE FROM messages WHERE user_id = $1 AND id = ANY($2::bigint[])",
+                       user_id, orphans)
+    return len(orphans), int(refs)
+
+
+async def remove_entries(conn: asyncpg.Connection, user_id: int, mailbox_id: int,
+                         uids: UidSet | None, *, only_deleted: bool, highestmodseq: int,
+                         tombstones: bool = True, refund: bool = True) -> Expunged:
+    """Expunge entries from a mailbox whose row the caller has locked: delete them, record
+    tombstones, bump HIGHESTMODSEQ, drop orphaned messages and references, refund quota
+    (unless the caller re-files the entries elsewhere), and notify.  Everything happens in
+    the caller's transaction."""
+    rows = await delete_entries(conn, user_id, mailbox_id, uids, only_deleted=only_deleted)
+    if not rows:
+        return Expunged((), None)
+    modseq = highestmodseq + 1
+    removed = [r["uid"] for r in rows]
+    await conn.execute("UPDATE mailboxes SET highestmodseq = $3 WHERE user_id = $1 AND id = $2",
+                       user_id, mailbox_id, modseq)
+    if tombstones:
+        await conn.execute(
+            "INSERT INTO expunged_uids (user_id, mailbox_id, uid, modseq) "
+            "SELECT $1, $2, u, $4 FROM unnest($3::bigint[]) AS u "
+            "ON CONFLICT (user_id, mailbox_id, uid) DO UPDATE SET modseq = excluded.modseq",
+            user_id, mailbox_id, removed, modseq)
+    await drop_orphans(conn, user_id, (r["message_id"] for r in rows))
+    if refund:
+        await charge(conn, user_id, -sum(r["size"] for r in rows), -len(rows))
+    await publish(conn, Change(user_id, "expunge", mailbox_id, modseq=modseq))
+    return Expunged(tuple(removed), modseq)
+
+
+def _header_text(row: MessageRow) -> str:
+    return "\n".join(f"{name}: {value}" for name, value in row.headers)
+
+
+class Messages:
+    """Message operations on one user's mailboxes; every method is one transaction."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def insert(self, user_id: int, mailbox_id: int, row: MessageRow,
+                     blob_ids: Iterable[str], *, internaldate: dt.datetime,
+                     flags: Flags = NO_FLAGS) -> Appended:
+        """Store a delivered or APPENDed message and give it the mailbox's next UID.
+
+        :param blob_ids: the part blobs the message references (the skeleton is added).
+        :param internaldate: timezone-aware; its offset is kept for INTERNALDATE.
+        :raises NoSuchMailbox: the mailbox is gone or ``\\Noselect``.
+        :raises OverQuota: the user's quota cannot take ``row.size`` more bytes.
+        :raises UidsExhausted: the mailbox has used every 32-bit UID.
+        """
+        offset = _offset_minutes(internaldate)
+        blobs = sorted({row.skeleton_id, *blob_ids})
+        for blob in blobs:
+            if not BLOB_ID.match(blob):
+                raise ValueError(f"blob id is not a lowercase hex SHA-256: {blob!r}")
+        header_fields = json.dumps([[_clean(name, 200).lower(), _fold(value)]
+                                    for name, value in row.headers])
+        sent_date = row.sent_at.date() if row.sent_at is not None else None
+        async with self.db.transaction() as conn:
+            message_id = await conn.fetchval(
+                "INSERT INTO messages (user_id, skeleton_id, size, sent_at, sent_date, "
+                "search_subject, search_from, search_to, search_cc, search_bcc, "
+                "message_id_header, header_fields, header_block, envelope, bodystructure, "
+                "body, section_map, search_vector) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
+                "$9, $10, $11, $12::jsonb, $13, $14, $15, $16, $17, "
+                "setweight(to_tsvector('simple', $18), 'A') || "
+                "setweight(to_tsvector('simple', $19), 'D')) RETURNING id",
+                user_id, row.skeleton_id, row.size, row.sent_at, sent_date,
+                _fold(row.subject), _fold(row.from_addr), _fold(row.to_addr),
+                _fold(row.cc_addr), _fold(row.bcc_addr),
+                _clean(row.message_id, MESSAGE_ID_LIMIT), header_fields, row.header_block,
+                row.envelope, row.bodystructure, row.body, row.section_map,
+                _fold(_header_text(row), HEADER_TEXT_LIMIT),
+                _fold(row.body_text, BODY_TEXT_LIMIT))
+            await conn.execute(
+                "INSERT INTO message_blobs (user_id, message_id, blob_id) "
+                "SELECT $1, $2, b FROM unnest($3::text[]) AS b", user_id, message_id, blobs)
+            # The mailbox lock is taken as late as possible: it is held until commit.
+            alloc = await conn.fetchrow(
+                "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 "
+                "WHERE user_id = $1 AND id = $2 AND NOT noselect AND uidnext <= $3 "
+                "RETURNING uidnext - 1 AS uid, highestmodseq, uidvalidity",
+                user_id, mailbox_id, MAX_UID)
+            if alloc is None:
+                await self._explain_no_uid(conn, user_id, mailbox_id)
+            await conn.execute(
+                "INSERT INTO mailbox_messages (user_id, mailbox_id, uid, message_id, flags, "
+                "keywords, modseq, internaldate, internaldate_offset, size) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                user_id, mailbox_id, alloc["uid"], message_id, flags.system,
+                list(flags.keywords), alloc["highestmodseq"], internaldate, offset, row.size)
+            await charge(conn, user_id, row.size, 1)
+            await publish(conn, Change(user_id, "append", mailbox_id, uidnext=alloc["uid"] + 1,
+                                       modseq=alloc["highestmodseq"]))
+        return Appended(alloc["uidvalidity"], alloc["uid"], alloc["highestmodseq"], message_id)
+
+    @staticmethod
+    async def _explain_no_uid(conn: asyncpg.Connection, user_id: int, mailbox_id: int) -> None:
+        row = await conn.fetchrow("SELECT noselect, uidnext FROM mailboxes "
+                                  "WHERE user_id = $1 AND id = $2", user_id, mailbox_id)
+        if row is None or row["noselect"]:
+            raise NoSuchMailbox(f"no selectable mailbox with id {mailbox_id}")
+        raise UidsExhausted(f"mailbox {mailbox_id} has used every UID")
+
+    async def fetch(self, user_id: int, mailbox_id: int, uids: UidSet, *,
+                    items: Iterable[str] = (), changed_since: int | None = None,
+                    ) -> list[MessageEntry]:
+        """The entries whose UID is in ``uids``, by UID, with the cached ``items`` asked for
+        (names from :data:`FETCH_ITEMS`).
+
+        :param changed_since: only entries whose mod-sequence is above it (CHANGEDSINCE).
+        """
+        wanted = sorted(set(items))
+        unknown = set(wanted) - FETCH_ITEMS
+        if unknown:
+            raise ValueError(f"unknown fetch items {sorted(unknown)}")
+        if not uids:
+            return []
+        columns = "".join(f", {_ITEM_COLUMNS[item]}" for item in wanted)
+        join = (" JOIN messages m ON m.user_id = $1 AND m.id = mm.message_id"
+                if wanted else "")
+        lows, highs = uids.arrays()
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT mm.uid, mm.message_id, mm.flags, mm.keywords, mm.modseq, "
+                f"mm.internaldate, mm.internaldate_offset, mm.size{columns} "
+                f"FROM {_RANGES} JOIN mailbox_messages mm ON mm.user_id = $1 "
+                f"AND mm.mailbox_id = $2 AND mm.uid BETWEEN r.lo AND r.hi{join} "
+                "WHERE ($5::bigint IS NULL OR mm.modseq > $5) ORDER BY mm.uid",
+                user_id, mailbox_id, lows, highs, changed_since)
+        entries = []
+        for r in rows:
+            extra = {_ITEM_FIELDS[item]: r[_ITEM_COLUMNS[item][2:]] for item in wanted}
+            entries.append(MessageEntry(
+                uid=r["uid"], message_id=r["message_id"], flags=_flags(r), modseq=r["modseq"],
+                internaldate=_local(r["internaldate"], r["internaldate_offset"]),
+                size=r["size"], **extra))
+        return entries
+
+    async def uids(self, user_id: int, mailbox_id: int) -> list[int]:
+        """Every UID of the mailbox, ascending: a session's sequence-number map."""
+        async with self.db.connection() as conn:
+            rows = await conn.fetch("SELECT uid FROM mailbox_messages WHERE user_id = $1 "
+                                    "AND mailbox_id = $2 ORDER BY uid", user_id, mailbox_id)
+        return [r["uid"] for r in rows]
+
+    async def store_flags(self, user_id: int, mailbox_id: int, uids: UidSet, mode: StoreMode,
+                          flags: Flags, *, unchanged_since: int | None = None) -> StoreResult:
+        """STORE FLAGS / +FLAGS / -FLAGS over ``uids``, one new mod-sequence for the
+        messages it changes (none if nothing changes).
+
+        :param unchanged_since: CONDSTORE UNCHANGEDSINCE: messages whose mod-sequence is
+            above it are left alone and reported in ``modified``.
+        """
+        if mode == "add":
+            new_flags = "mm.flags | $5"
+            new_keywords = ("mm.keywords || ARRAY(SELECT k FROM unnest($6::text[]) "
+                            "WITH ORDINALITY AS t(k, n) WHERE k <> ALL (mm.keywords) ORDER BY n)")
+            changes = "(mm.flags | $5 <> mm.flags OR NOT mm.keywords @> $6::text[])"
+        elif mode == "remove":
+            new_flags = "mm.flags & ~$5"
+            new_keywords = ("ARRAY(SELECT k FROM unnest(mm.keywords) WITH ORDINALITY "
+                            "AS t(k, n) WHERE k <> ALL ($6::text[]) ORDER BY n)")
+            changes = "(mm.flags & $5 <> 0 OR mm.keywords && $6::text[])"
+        elif mode == "replace":
+            new_flags = "$5"
+            new_keywords = "$6::text[]"
+            changes = ("(mm.flags <> $5 OR NOT (mm.keywords @> $6::text[] "
+                       "AND mm.keywords <@ $6::text[]))")
+        else:
+            raise ValueError(f"unknown store mode {mode!r}")
+        if not uids:
+            return StoreResult((), (), (), None)
+        lows, highs = uids.arrays()
+        async with self.db.transaction() as conn:
+            mailbox = (await lock_mailboxes(conn, user_id, [mailbox_id]))[mailbox_id]
+            modseq = mailbox["highestmodseq"] + 1
+            changed = await conn.fetch(
+                f"UPDATE mailbox_messages mm SET flags = {new_flags}, "
+                f"keywords = {new_keywords}, modseq = $7 FROM {_RANGES} "
+                "WHERE mm.user_id = $1 AND mm.mailbox_id = $2 AND mm.uid BETWEEN r.lo AND r.hi "
+                f"AND {changes} AND ($8::bigint IS NULL OR mm.modseq <= $8) RETURNING mm.uid",
+                user_id, mailbox_id, lows, highs, flags.system, list(flags.keywords), modseq,
+                unchanged_since)
+            rows = await conn.fetch(
+                "SELECT mm.uid, mm.flags, mm.keywords, mm.modseq "
+                f"FROM {_RANGES} JOIN mailbox_messages mm ON mm.user_id = $1 "
+                "AND mm.mailbox_id = $2 AND mm.uid BETWEEN r.lo AND r.hi ORDER BY mm.uid",
+                user_id, mailbox_id, lows, highs)
+            changed_uids = sorted(r["uid"] for r in changed)
+            if changed_uids:
+                await conn.execute("UPDATE mailboxes SET highestmodseq = $3 "
+                                   "WHERE user_id = $1 AND id = $2", user_id, mailbox_id, modseq)
+                await publish(conn, Change(user_id, "flags", mailbox_id, modseq=modseq))
+        done = set(changed_uids)
+        modified = () if unchanged_since is None else tuple(
+            r["uid"] for r in rows if r["uid"] not in done and r["modseq"] > unchanged_since)
+        states = tuple(FlagState(r["uid"], _flags(r), r["modseq"]) for r in rows)
+        return StoreResult(states, tuple(changed_uids), modified,
+                           modseq if changed_uids else None)
+
+    async def _copy_into(self, conn: asyncpg.Connection, user_id: int, source: int,
+                         uids: UidSet, target: asyncpg.Record) -> tuple[CopyResult, int]:
+        """Copy entries into the locked ``target``; return the result and the bytes added."""
+        lows, highs = uids.arrays()
+        sources = await conn.fetch(
+            f"SELECT mm.uid, mm.size FROM {_RANGES} JOIN mailbox_messages mm "
+            "ON mm.user_id = $1 AND mm.mailbox_id = $2 AND mm.uid BETWEEN r.lo AND r.hi "
+            "ORDER BY mm.uid", user_id, source, lows, highs)
+        if not sources:
+            return CopyResult(target["uidvalidity"], (), ()), 0
+        count = len(sources)
+        source_uids = [r["uid"] for r in sources]
+        alloc = await conn.fetchrow(
+            "UPDATE mailboxes SET uidnext = uidnext + $3, highestmodseq = highestmodseq + 1 "
+            "WHERE user_id = $1 AND id = $2 AND uidnext + $3 - 1 <= $4 "
+            "RETURNING uidnext - $3 AS first, highestmodseq",
+            user_id, target["id"], count, MAX_UID)
+        if alloc is None:
+            raise UidsExhausted(f"mailbox {target['id']} cannot take {count} more UIDs")
+        first = alloc["first"]
+        try:
+            inserted = await conn.execute(
+                "INSERT INTO mailbox_messages (user_id, mailbox_id, uid, message_id, flags, "
+                "keywords, modseq, internaldate, internaldate_offset, size) "
+                "SELECT mm.user_id, $3, $4 + s.n - 1, mm.message_id, mm.flags, mm.keywords, "
+                "$5, mm.internaldate, mm.internaldate_offset, mm.size "
+                "FROM unnest($6::bigint[]) WITH ORDINALITY AS s(uid, n) "
+                "JOIN mailbox_messages mm ON mm.user_id = $1 AND mm.mailbox_id = $2 "
+                "AND mm.uid = s.uid",
+                user_id, source, target["id"], first, alloc["highestmodseq"], source_uids)
+        except asyncpg.exceptions.ForeignKeyViolationError:
+            raise NoSuchMessage("a message was expunged while it was being copied") from None
+        if inserted != f"INSERT 0 {count}":
+            raise NoSuchMessage("a message was expunged while it was being copied")
+        await publish(conn, Change(user_id, "append", target["id"], uidnext=first + count,
+                                   modseq=alloc["highestmodseq"]))
+        return (CopyResult(target["uidvalidity"], tuple(source_uids),
+                           tuple(range(first, first + count))),
+                sum(r["size"] for r in sources))
+
+    async def copy(self, user_id: int, source: int, uids: UidSet, target: int) -> CopyResult:
+        """COPY (UIDPLUS): the entries of ``uids`` get new UIDs in ``target``, in source UID
+        order, with their flags, INTERNALDATE and size; the message rows are shared.
+
+        :raises NoSuchMailbox: either mailbox is gone or ``\\Noselect``.
+        :raises OverQuota: the copies do not fit in the user's quota.
+        :raises NoSuchMessage: a message was expunged concurrently.
+        """
+        async with self.db.transaction() as conn:
+            locked = await lock_mailboxes(conn, user_id, [target])
+            if source != target:
+                await self._check_mailbox(conn, user_id, source)
+            result, size = await self._copy_into(conn, user_id, source, uids, locked[target])
+            if result.source_uids:
+                await charge(conn, user_id, size, len(result.dest_uids))
+        return result
+
+    @staticmethod
+    async def _check_mailbox(conn: asyncpg.Connection, user_id: int, mailbox_id: int) -> None:
+        selectable = await conn.fetchval("SELECT NOT noselect FROM mailboxes "
+                                         "WHERE user_id = $1 AND id = $2", user_id, mailbox_id)
+        if not selectable:
+            raise NoSuchMailbox(f"no selectable mailbox with id {mailbox_id}")
+
+    async def move(self, user_id: int, source: int, uids: UidSet, target: int) -> MoveResult:
+        """MOVE (RFC 6851): copy into ``target`` and expunge from ``source`` atomically.
+        Quota is unchanged; the message rows and their references stay as they are."""
+        async with self.db.transaction() as conn:
+            locked = await lock_mailboxes(conn, user_id, [source, target])
+            copied, _size = await self._copy_into(conn, user_id, source, uids, locked[target])
+            if not copied.source_uids:
+                return MoveResult(copied, Expunged((), None))
+            highest = await conn.fetchval("SELECT highestmodseq FROM mailboxes "
+                                          "WHERE user_id = $1 AND id = $2", user_id, source)
+            rows = await delete_entries(conn, user_id, source,
+                                        UidSet.from_uids(copied.source_uids), only_deleted=False)
+            modseq = highest + 1
+            removed = [r["uid"] for r in rows]
+            await conn.execute("UPDATE mailboxes SET highestmodseq = $3 "
+                               "WHERE user_id = $1 AND id = $2", user_id, source, modseq)
+            await conn.execute(
+                "INSERT INTO expunged_uids (user_id, mailbox_id, uid, modseq) "
+                "SELECT $1, $2, u, $4 FROM unnest($3::bigint[]) AS u ON CONFLICT "
+                "(user_id, mailbox_id, uid) DO UPDATE SET modseq = excluded.modseq",
+                user_id, source, removed, modseq)
+            await publish(conn, Change(user_id, "expunge", source, modseq=modseq))
+        return MoveResult(copied, Expunged(tuple(removed), modseq))
+
+    async def expunge(self, user_id: int, mailbox_id: int,
+                      uids: UidSet | None = None) -> Expunged:
+        """EXPUNGE (or UID EXPUNGE over ``uids``): remove the ``\\Deleted`` entries, drop
+        the references of messages no entry uses any more, refund quota, leave tombstones
+        for VANISHED; one transaction."""
+        async with self.db.transaction() as conn:
+            mailbox = (await lock_mailboxes(conn, user_id, [mailbox_id]))[mailbox_id]
+            return await remove_entries(conn, user_id, mailbox_id, uids, only_deleted=True,
+                                        highestmodseq=mailbox["highestmodseq"])
+
+    async def search(self, user_id: int, mailbox_id: int, criterion: Criterion) -> SearchHits:
+        """UIDs of the entries matching ``criterion`` (see :mod:`metadata.search`)."""
+        compiled = compile_criteria(criterion, first_param=3)
+        join = (" JOIN messages m ON m.user_id = $1 AND m.id = mm.message_id"
+                if compiled.needs_message else "")
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT mm.uid, mm.modseq FROM mailbox_messages mm{join} "
+                f"WHERE mm.user_id = $1 AND mm.mailbox_id = $2 AND {compiled.sql} "
+                "ORDER BY mm.uid", user_id, mailbox_id, *compiled.params)
+        return SearchHits(tuple(r["uid"] for r in rows),
+                          max((r["modseq"] for r in rows), default=None))
+
+    async def vanished(self, user_id: int, mailbox_id: int, since_modseq: int,
+                       uids: UidSet | None = None) -> list[int]:
+        """UIDs expunged after ``since_modseq`` (QRESYNC ``VANISHED (EARLIER)``)."""
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT uid FROM expunged_uids WHERE user_id = $1 AND mailbox_id = $2 "
+                "AND modseq > $3 ORDER BY uid", user_id, mailbox_id, since_modseq)
+        found = [r["uid"] for r in rows]
+        return found if uids is None else [u for u in found if u in uids]
+
+    async def claim_recent(self, user_id: int, mailbox_id: int) -> tuple[int, int]:
+        """Claim ``\\Recent`` for the calling session: UIDs in ``[low, high)`` are recent to
+        it and to no other session (RFC 3501 2.3.2).  A read-write SELECT calls it, and again
+        when it learns of new messages."""
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(
+                "UPDATE mailboxes mb SET recent_uid = mb.uidnext FROM (SELECT recent_uid "
+                "FROM mailboxes WHERE user_id = $1 AND id = $2 FOR NO KEY UPDATE) AS old "
+                "WHERE mb.user_id = $1 AND mb.id = $2 RETURNING old.recent_uid, mb.uidnext",
+                user_id, mailbox_id)
+        if row is None:
+            raise NoSuchMailbox(f"no mailbox with id {mailbox_id}")
+        return row["recent_uid"], row["uidnext"]
+
+    async def blob_ids(self, user_id: int, message_id: int) -> list[str]:
+        """The blobs a message references (skeleton included), sorted."""
+        async with self.db.connection() as conn:
+            rows = await conn.fetch("SELECT blob_id FROM message_blobs WHERE user_id = $1 "
+                                    "AND message_id = $2 ORDER BY blob_id", user_id, message_id)
+        return [r["blob_id"] for r in rows]
+

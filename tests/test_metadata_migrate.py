@@ -1,0 +1,185 @@
+"""Versioned migrations against a real PostgreSQL, and the shape of the resulting schema."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from metadata.errors import SchemaError
+from metadata.migrate import (
+    MIGRATIONS_DIR,
+    Migration,
+    check_schema,
+    load_migrations,
+    migrate,
+    migrate_dsn,
+    status,
+    status_dsn,
+)
+from tests.metadata_support import fresh_database
+
+TABLES = {"schema_migrations", "users", "user_usage", "mailboxes", "subscriptions", "messages",
+          "message_blobs", "mailbox_messages", "expunged_uids"}
+
+
+def copy_migrations(tmp_path: Path) -> Path:
+    target = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, target)
+    return target
+
+
+async def fetch(dsn: str, sql: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(sql))
+    finally:
+        await conn.close()
+
+
+def test_shipped_migrations_load_in_order() -> None:
+    """The packaged migrations run 1, 2, ... and carry a SHA-256 of their bytes."""
+    migrations = load_migrations()
+    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    assert migrations[0].name == "initial"
+    assert all(len(m.checksum) == 64 for m in migrations)
+
+
+@pytest.mark.parametrize("files", [
+    ["0001_a.sql", "0003_c.sql"],
+    ["0001_a.sql", "0001_b.sql"],
+    ["1_a.sql"],
+    ["0001_Bad-Name.sql"],
+])
+def test_load_refuses_bad_sets(tmp_path: Path, files: list[str]) -> None:
+    """Gaps, repeated versions and badly named files are refused when loading."""
+    for name in files:
+        (tmp_path / name).write_text("SELECT 1;")
+    with pytest.raises(SchemaError):
+        load_migrations(tmp_path)
+
+
+def test_migrate_twice_is_a_no_op(postgres: str) -> None:
+    """The first migrate creates every table and records version 1; the second applies
+    nothing and leaves the record untouched; status moves from pending to applied."""
+    with fresh_database(postgres, migrate=False) as dsn:
+        assert [s.state for s in status_dsn(dsn)] == ["pending"]
+        first = migrate_dsn(dsn)
+        assert [m.version for m in first] == [1]
+        rows = asyncio.run(fetch(dsn, "SELECT * FROM schema_migrations"))
+        assert migrate_dsn(dsn) == []
+        assert asyncio.run(fetch(dsn, "SELECT * FROM schema_migrations")) == rows
+        assert [s.state for s in status_dsn(dsn)] == ["applied"]
+        tables = {r["tablename"] for r in asyncio.run(fetch(
+            dsn, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))}
+        assert tables == TABLES
+
+
+def test_concurrent_migrators_apply_once(postgres: str) -> None:
+    """Two processes migrating at once apply each migration exactly once."""
+    with fresh_database(postgres, migrate=False) as dsn:
+        async def run() -> list[list[int]]:
+            conns = [await asyncpg.connect(dsn) for _ in range(2)]
+            try:
+                done = await asyncio.gather(*(migrate(c) for c in conns))
+                return [[m.version for m in d] for d in done]
+            finally:
+                for c in conns:
+                    await c.close()
+
+        assert sorted(asyncio.run(run())) == [[], [1]]
+
+
+def test_edited_applied_migration_is_refused(postgres: str, tmp_path: Path) -> None:
+    """After a migration file changes, migrate and check_schema refuse and status says
+    modified; restoring the file makes the database acceptable again."""
+    directory = copy_migrations(tmp_path)
+    with fresh_database(postgres, migrate=False) as dsn:
+        migrate_dsn(dsn, load_migrations(directory))
+        path = directory / "0001_initial.sql"
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n-- an innocent-looking edit\n")
+        edited = load_migrations(directory)
+        with pytest.raises(SchemaError, match="changed after it was applied"):
+            migrate_dsn(dsn, edited)
+        assert [s.state for s in status_dsn(dsn, edited)] == ["modified"]
+
+        async def check(migs: list[Migration]) -> None:
+            conn = await asyncpg.connect(dsn)
+            try:
+                await check_schema(conn, migs)
+            finally:
+                await conn.close()
+
+        with pytest.raises(SchemaError):
+            asyncio.run(check(edited))
+        path.write_bytes(original)
+        asyncio.run(check(load_migrations(directory)))
+
+
+def test_newer_database_and_pending_migrations_are_refused(postgres: str,
+                                                           tmp_path: Path) -> None:
+    """A database with a version this release does not know is refused; check_schema
+    names pending migrations."""
+    directory = copy_migrations(tmp_path)
+    (directory / "0002_add_column.sql").write_text(
+        "ALTER TABLE users ADD COLUMN nickname text;")
+    with fresh_database(postgres, migrate=False) as dsn:
+        async def run() -> None:
+            conn = await asyncpg.connect(dsn)
+            try:
+                await migrate(conn, load_migrations(MIGRATIONS_DIR))
+                with pytest.raises(SchemaError, match="pending: 0002_add_column"):
+                    await check_schema(conn, load_migrations(directory))
+                assert [m.version for m in await migrate(conn, load_migrations(directory))] == [2]
+                await check_schema(conn, load_migrations(directory))
+                states = await status(conn, load_migrations(MIGRATIONS_DIR))
+                assert [s.state for s in states] == ["applied", "unknown"]
+                with pytest.raises(SchemaError, match="newer than this code"):
+                    await migrate(conn, load_migrations(MIGRATIONS_DIR))
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+
+
+def test_failing_migration_rolls_back_alone(postgres: str, tmp_path: Path) -> None:
+    """A migration whose SQL fails leaves nothing of itself behind and is not recorded;
+    the migrations before it stay applied."""
+    directory = copy_migrations(tmp_path)
+    (directory / "0002_broken.sql").write_text(
+        "CREATE TABLE half_done (x int);\nSELECT no_such_function();\n")
+    with fresh_database(postgres, migrate=False) as dsn:
+        with pytest.raises(asyncpg.UndefinedFunctionError):
+            migrate_dsn(dsn, load_migrations(directory))
+        states = status_dsn(dsn, load_migrations(directory))
+        assert [s.state for s in states] == ["applied", "pending"]
+        tables = {r["tablename"] for r in asyncio.run(fetch(
+            dsn, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))}
+        assert "half_done" not in tables and "users" in tables
+
+
+def test_per_user_keys_and_indexes_lead_with_user_id(postgres: str) -> None:
+    """Every table with a user_id column (the Citus distribution column) starts its primary
+    key and every index with it, except the one index gc uses to look blobs up."""
+    with fresh_database(postgres) as dsn:
+        rows = asyncio.run(fetch(dsn, """
+            SELECT t.relname AS tbl, i.relname AS idx, a.attname AS first_col,
+                   x.indisprimary AS pk, pg_get_indexdef(x.indexrelid) AS def
+            FROM pg_index x
+            JOIN pg_class i ON i.oid = x.indexrelid
+            JOIN pg_class t ON t.oid = x.indrelid
+            JOIN pg_namespace n ON n.oid = t.relnamespace AND n.nspname = 'public'
+            LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = x.indkey[0]
+            WHERE EXISTS (SELECT 1 FROM pg_attribute u WHERE u.attrelid = t.oid
+                          AND u.attname = 'user_id' AND NOT u.attisdropped)"""))
+        assert {r["tbl"] for r in rows} == TABLES - {"schema_migrations", "users"}
+        offenders = [r["idx"] for r in rows if r["first_col"] != "user_id"]
+        assert offenders == ["message_blobs_blob_idx"]
+        gin = [r["def"] for r in rows if r["idx"] == "messages_search_idx"]
+        assert gin and "gin (user_id, search_vector)" in gin[0]
+        partial = {r["idx"]: r["def"] for r in rows if "WHERE" in r["def"]}
+        assert "mailbox_messages_unseen_idx" in partial

@@ -1,0 +1,189 @@
+"""SEARCH criteria: their SQL translation (pure) and their meaning on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Iterator
+
+import pytest
+
+from metadata.flags import DELETED, FLAGGED, SEEN, Flags
+from metadata.search import (
+    AllOf,
+    AnyOf,
+    BodyContains,
+    Criterion,
+    DateMatches,
+    Everything,
+    HasFlag,
+    HasKeyword,
+    HeaderContains,
+    ModSeqAtLeast,
+    Not,
+    SizeMatches,
+    TextContains,
+    UidIn,
+    compile_criteria,
+)
+from metadata.store import MetadataStore
+from metadata.uidset import UidSet
+from tests.metadata_support import FAST_SCRYPT, fresh_database, sample_row
+
+PARIS = dt.timezone(dt.timedelta(hours=2))
+TOKYO = dt.timezone(dt.timedelta(hours=9))
+
+
+def test_placeholders_are_numbered_from_first_param() -> None:
+    """Parameters follow the caller's own ($1 user, $2 mailbox) in order of appearance."""
+    compiled = compile_criteria(AllOf((HasKeyword("Work"), SizeMatches("larger", 10))),
+                                first_param=3)
+    assert "$3::text" in compiled.sql and "$4::bigint" in compiled.sql
+    assert compiled.params == ("Work", 10)
+    assert not compiled.needs_message
+
+
+def test_unseen_uses_the_partial_index_predicate() -> None:
+    """NOT SEEN compiles to the exact predicate of the unseen partial index."""
+    assert compile_criteria(Not(HasFlag(SEEN))).sql == "(mm.flags & 1 = 0)"
+
+
+def test_message_join_only_when_needed() -> None:
+    """Criteria on messages columns ask for the join; entry-only criteria do not."""
+    assert compile_criteria(HeaderContains("Subject", "x")).needs_message
+    assert compile_criteria(BodyContains("x")).needs_message
+    assert compile_criteria(DateMatches("sent", "on", dt.date(2024, 1, 1))).needs_message
+    assert not compile_criteria(DateMatches("internal", "on", dt.date(2024, 1, 1))).needs_message
+    assert not compile_criteria(BodyContains("  ")).needs_message
+
+
+def test_values_never_reach_the_sql_text() -> None:
+    """Search strings travel as parameters, so quotes cannot break out of the query."""
+    evil = "x'); DROP TABLE users; --"
+    compiled = compile_criteria(AnyOf((HeaderContains("X-Evil", evil), BodyContains(evil))))
+    assert "DROP" not in compiled.sql
+    assert evil.casefold() in compiled.params
+
+
+def test_empty_combinations_and_bad_input() -> None:
+    """An empty AnyOf matches nothing, an empty AllOf everything; junk is refused."""
+    assert compile_criteria(AnyOf(())).sql == "FALSE"
+    assert compile_criteria(AllOf(())).sql == "TRUE"
+    assert compile_criteria(UidIn(UidSet(()))).sql == "FALSE"
+    with pytest.raises(TypeError):
+        compile_criteria("ALL")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        HasFlag(3)
+
+
+@pytest.fixture(scope="module")
+def dsn(postgres: str) -> Iterator[str]:
+    with fresh_database(postgres) as target:
+        yield target
+
+
+@pytest.fixture(scope="module")
+def mailbox(dsn: str) -> tuple[int, int]:
+    """A mailbox of five messages with known headers, bodies, dates, sizes and flags."""
+
+    async def build() -> tuple[int, int]:
+        store = await MetadataStore.open(dsn, pool_min=1, pool_max=2,
+                                         password_params=FAST_SCRYPT)
+        try:
+            user = await store.users.create("searcher", "pw")
+            inbox = (await store.mailboxes.get(user.id, "INBOX")).id
+            rows = [
+                (sample_row("s1", size=500, subject="Quarterly Invoice", from_addr="Émile Zola "
+                            "<emile@example.fr>", body_text="Please find the invoice attached.",
+                            sent_at=dt.datetime(2024, 3, 1, 23, 30, tzinfo=PARIS)),
+                 dt.datetime(2024, 3, 2, 0, 30, tzinfo=PARIS), Flags(SEEN)),
+                (sample_row("s2", size=1500, subject="Lunch?", from_addr="bob@example.org",
+                            body_text="Are we still on for lunch tomorrow?",
+                            headers=(("From", "bob@example.org"), ("Subject", "Lunch?"),
+                                     ("X-Spam-Flag", "YES"))),
+                 dt.datetime(2024, 3, 3, 8, 0, tzinfo=TOKYO), Flags(FLAGGED, ("Work",))),
+                (sample_row("s3", size=3000, subject="ÜBER wichtige Nachricht",
+                            from_addr="Jürgen <j@example.de>", body_text="Grüße aus Köln"),
+                 dt.datetime(2024, 3, 4, 12, 0, tzinfo=dt.UTC), Flags(SEEN | DELETED)),
+                (sample_row("s4", size=100, subject="", from_addr="", body_text="",
+                            headers=()),
+                 dt.datetime(2024, 3, 5, 12, 0, tzinfo=dt.UTC), Flags()),
+                (sample_row("s5", size=2000, subject="Re: Quarterly Invoice",
+                            from_addr="alice@example.org",
+                            body_text="Thanks, paid. See 'quoted' text and back\\slash."),
+                 dt.datetime(2024, 3, 6, 12, 0, tzinfo=dt.UTC), Flags(0, ("Work", "$Done"))),
+            ]
+            for row, when, flags in rows:
+                await store.messages.insert(user.id, inbox, row, [], internaldate=when,
+                                            flags=flags)
+            return user.id, inbox
+        finally:
+            await store.close()
+
+    return asyncio.run(build())
+
+
+CASES: list[tuple[str, Criterion, tuple[int, ...]]] = [
+    ("all", Everything(), (1, 2, 3, 4, 5)),
+    ("seen", HasFlag(SEEN), (1, 3)),
+    ("unseen", Not(HasFlag(SEEN)), (2, 4, 5)),
+    ("deleted", HasFlag(DELETED), (3,)),
+    ("keyword", HasKeyword("Work"), (2, 5)),
+    ("unkeyword", Not(HasKeyword("Work")), (1, 3, 4)),
+    ("subject substring any case", HeaderContains("SUBJECT", "invoice"), (1, 5)),
+    ("subject unicode case folding", HeaderContains("Subject", "über"), (3,)),
+    ("from display name accents", HeaderContains("From", "ÉMILE"), (1,)),
+    ("from address", HeaderContains("from", "@example.org"), (2, 5)),
+    ("any header by name", HeaderContains("X-Spam-Flag", "yes"), (2,)),
+    ("header presence", HeaderContains("x-spam-flag", ""), (2,)),
+    ("header absent value", HeaderContains("X-Spam-Flag", "no"), ()),
+    ("subject presence", HeaderContains("Subject", ""), (1, 2, 3, 5)),
+    ("body word", BodyContains("invoice"), (1,)),
+    ("body word prefix", BodyContains("invoic"), (1,)),
+    ("body all words", BodyContains("lunch tomorrow"), (2,)),
+    ("body words missing", BodyContains("lunch yesterday"), ()),
+    ("body full case folding (ß = SS)", BodyContains("GRÜSSE"), (3,)),
+    ("body unicode same spelling", BodyContains("grüße köln"), (3,)),
+    ("body ignores headers", BodyContains("quarterly"), ()),
+    ("text sees headers", TextContains("quarterly"), (1, 5)),
+    ("body with quotes", BodyContains("'quoted' back\\slash"), (5,)),
+    ("body punctuation only", BodyContains("!!!"), ()),
+    ("not body punctuation only", Not(BodyContains("!!!")), (1, 2, 3, 4, 5)),
+    ("body empty", BodyContains(""), (1, 2, 3, 4, 5)),
+    ("internal on, own zone", DateMatches("internal", "on", dt.date(2024, 3, 2)), (1,)),
+    ("internal on, tokyo", DateMatches("internal", "on", dt.date(2024, 3, 3)), (2,)),
+    ("internal before", DateMatches("internal", "before", dt.date(2024, 3, 4)), (1, 2)),
+    ("internal since", DateMatches("internal", "since", dt.date(2024, 3, 4)), (3, 4, 5)),
+    ("sent on, own zone", DateMatches("sent", "on", dt.date(2024, 3, 1)), (1,)),
+    ("sent missing never matches", DateMatches("sent", "since", dt.date(1970, 1, 1)), (1,)),
+    ("not sent, null-safe", Not(DateMatches("sent", "before", dt.date(2000, 1, 1))),
+     (1, 2, 3, 4, 5)),
+    ("larger", SizeMatches("larger", 1500), (3, 5)),
+    ("smaller", SizeMatches("smaller", 500), (4,)),
+    ("uid ranges", UidIn(UidSet.of([(1, 2), (5, 9)])), (1, 2, 5)),
+    ("modseq", ModSeqAtLeast(5), (4, 5)),
+    ("or", AnyOf((HasFlag(DELETED), HasKeyword("$Done"))), (3, 5)),
+    ("and", AllOf((HasKeyword("Work"), Not(HasFlag(FLAGGED)))), (5,)),
+    ("nested", Not(AnyOf((HasFlag(SEEN),
+                          AllOf((HasKeyword("Work"), SizeMatches("larger", 1000)))))), (4,)),
+]
+
+
+@pytest.mark.parametrize(("label", "criterion", "expected"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_search(dsn: str, mailbox: tuple[int, int], label: str, criterion: Criterion,
+                expected: tuple[int, ...]) -> None:
+    """Each criterion finds exactly the expected messages of the sample mailbox."""
+
+    async def run() -> tuple[tuple[int, ...], int | None]:
+        store = await MetadataStore.open(dsn, pool_min=1, pool_max=1, check_schema=False)
+        try:
+            hits = await store.messages.search(*mailbox, criterion)
+            return hits.uids, hits.highest_modseq
+        finally:
+            await store.close()
+
+    uids, highest = asyncio.run(run())
+    assert uids == expected, label
+    # Each sample message was delivered at mod-sequence uid + 1 and never changed.
+    assert highest == (max(expected) + 1 if expected else None)

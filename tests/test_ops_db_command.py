@@ -1,0 +1,63 @@
+"""``objmail db migrate|status`` against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from ops.cli import EX_CONFIG, EX_OK, EX_UNAVAILABLE, main
+from tests.metadata_support import fresh_database, with_database
+
+
+def config_file(tmp_path: Path, dsn: str) -> str:
+    path = tmp_path / "objmail.toml"
+    path.write_text(f'[cluster]\npg_dsn = "{dsn}"\n')
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def _no_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OBJMAIL_PG_DSN", raising=False)
+
+
+def test_migrate_then_status(postgres: str, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    """status reports pending (EX_CONFIG), migrate applies 0001 once, a second migrate says
+    up to date, and status then reports applied with exit 0, also as JSON."""
+    with fresh_database(postgres, migrate=False) as dsn:
+        cfg = config_file(tmp_path, dsn)
+        assert main(["--config", cfg, "db", "status"]) == EX_CONFIG
+        out = capsys.readouterr()
+        assert "pending" in out.out and "objmail db migrate" in out.err
+
+        assert main(["--config", cfg, "db", "migrate"]) == EX_OK
+        assert "applied 0001_initial" in capsys.readouterr().out
+        assert main(["--config", cfg, "db", "migrate"]) == EX_OK
+        assert "up to date (version 1)" in capsys.readouterr().out
+        assert main(["--config", cfg, "db", "migrate", "--json"]) == EX_OK
+        assert json.loads(capsys.readouterr().out) == {"applied": [], "version": 1}
+
+        assert main(["--config", cfg, "db", "status", "--json"]) == EX_OK
+        states = json.loads(capsys.readouterr().out)
+        assert [(s["version"], s["name"], s["state"]) for s in states] == [
+            (1, "initial", "applied")]
+        assert states[0]["applied_at"]
+
+
+def test_unreachable_and_missing_database(postgres: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A server nobody answers on gives EX_UNAVAILABLE; a database that does not exist
+    gives EX_CONFIG with a hint; both name the problem."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = config_file(tmp_path, f"postgresql://postgres@127.0.0.1:{port}/objmail")
+    assert main(["--config", cfg, "db", "migrate"]) == EX_UNAVAILABLE
+    assert "PostgreSQL unavailable" in capsys.readouterr().err
+
+    cfg = config_file(tmp_path, with_database(postgres, "objmail_no_such_db"))
+    assert main(["--config", cfg, "db", "status"]) == EX_CONFIG
+    assert "does not exist" in capsys.readouterr().err
