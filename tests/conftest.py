@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,29 @@ from ops.devcluster import DevCluster, DevOptions
 from ops.launcher import port_in_use
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest's default base temp dir keeps only the 3 newest runs and deletes
+    # older ones, data directories of a still running session included: give
+    # each run its own, removed at the end when everything passed.
+    if config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="objmail-tests-")
+        config.stash[_OWN_BASETEMP] = Path(config.option.basetemp)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_BASETEMP, None)
+    if own is not None and config.stash.get(_PASSED, False):
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_PASSED] = exitstatus == 0
+
+
+_OWN_BASETEMP = pytest.StashKey[Path]()
+_PASSED = pytest.StashKey[bool]()
 
 
 def free_port_block(count: int, *, bus_offset: int | None = None,
