@@ -1,0 +1,201 @@
+"""Text for full-text search: decoded header fields and decoded text parts.
+
+Delivery feeds this to PostgreSQL (``to_tsvector``), once. Everything is decoded as
+well as it reasonably can be and nothing raises: RFC 2047 encoded words in headers,
+Content-Transfer-Encoding (base64, quoted-printable) and charsets in bodies, HTML
+reduced to its text. Unknown or lying charsets fall back to UTF-8, then Latin-1,
+with replacement characters rather than errors. Output is bounded
+(:data:`MAX_TEXT_CHARS` of body text, :data:`MAX_FIELD_CHARS` per header field) and
+free of NUL characters, which PostgreSQL text cannot hold.
+"""
+
+from __future__ import annotations
+
+import binascii
+import codecs
+import datetime as dt
+import email.utils
+import html
+import re
+from dataclasses import dataclass
+
+from metadata.bodystructure import part_data
+from metadata.mimetree import MimePart, MimeTree, PartKind, iter_parts, parse
+
+__all__ = [
+    "MAX_FIELD_CHARS",
+    "MAX_PART_BYTES",
+    "MAX_TEXT_CHARS",
+    "SearchText",
+    "decode_header",
+    "html_to_text",
+    "search_text",
+]
+
+#: Body text kept per message (characters); the rest is not indexed.
+MAX_TEXT_CHARS = 256 * 1024
+#: Characters kept per header field.
+MAX_FIELD_CHARS = 4096
+#: Raw bytes of one text part looked at; a huge part is indexed by its beginning.
+MAX_PART_BYTES = 4 * MAX_TEXT_CHARS
+
+_ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+_BETWEEN_WORDS = re.compile(rb"\?=[ \t\r\n]+=\?")
+_FOLD = re.compile(rb"\r?\n[ \t]")
+_HTML_DROP = re.compile(r"<(script|style|head)\b.*?</\1\s*>|<!--.*?-->", re.I | re.S)
+_HTML_BREAK = re.compile(r"<(?:br|p|div|tr|li|h[1-6]|table|blockquote)\b[^>]*>", re.I)
+_HTML_TAG = re.compile(r"<[^>]*>")
+_SPACES = re.compile(r"[ \t\f\v]+")
+_BLANK_LINES = re.compile(r"\n\s*\n+")
+
+
+@dataclass(frozen=True, slots=True)
+class SearchText:
+    """What SEARCH needs about one message, decoded."""
+
+    subject: str
+    from_: str
+    to: str
+    cc: str
+    bcc: str
+    body: str
+    message_id: str = ""
+    #: The Date field, timezone-aware (UTC when it names no zone), or None.
+    sent_at: dt.datetime | None = None
+    #: Every top-level header field as (name, decoded value), in order (SEARCH HEADER).
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _codec(charset: bytes | str | None) -> str:
+    """A Python codec name for a MIME charset, falling back to UTF-8."""
+    if isinstance(charset, bytes):
+        charset = charset.decode("ascii", "replace")
+    name = (charset or "").strip().strip('"').split("*", 1)[0]  # RFC 2231 language tag
+    if not name:
+        return "utf-8"
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        return "utf-8"
+    # us-ascii text is routinely 8-bit in practice; UTF-8 is a superset.
+    return "utf-8" if info.name == "ascii" else info.name
+
+
+def _to_str(data: bytes, charset: bytes | str | None = None) -> str:
+    codec = _codec(charset)
+    try:
+        text = data.decode(codec)
+    except (UnicodeDecodeError, LookupError):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = data.decode("latin-1")
+    except Exception:  # a broken codec (an odd CJK one) must not stop delivery
+        text = data.decode("utf-8", "replace")
+    return text.replace("\0", "")
+
+
+def _decode_word(match: re.Match[bytes]) -> bytes:
+    charset, enc, text = match.group(1), match.group(2).upper(), match.group(3)
+    try:
+        if enc == b"B":
+            data = binascii.a2b_base64(text + b"=" * (-len(text) % 4))
+        else:
+            data = binascii.a2b_qp(text.replace(b"_", b" "))
+    except binascii.Error:
+        return match.group(0)
+    # Re-encode as UTF-8 so the whole field can be decoded once.
+    return _to_str(data, charset).encode("utf-8", "surrogatepass")
+
+
+def decode_header(value: bytes) -> str:
+    """Unfold a header value and decode RFC 2047 encoded words in it."""
+    value = _FOLD.sub(b" ", value)
+    if b"=?" in value:
+        value = _BETWEEN_WORDS.sub(b"?==?", value)
+        value = _ENCODED_WORD.sub(_decode_word, value)
+    return _to_str(value)[:MAX_FIELD_CHARS].strip()
+
+
+def html_to_text(markup: str) -> str:
+    """Cheap HTML to text: drop scripts, styles and comments, tags become spaces or
+    line breaks, entities are decoded."""
+    markup = _HTML_DROP.sub(" ", markup)
+    markup = _HTML_BREAK.sub("\n", markup)
+    markup = _HTML_TAG.sub(" ", markup)
+    return html.unescape(markup)
+
+
+def _tidy(text: str) -> str:
+    text = _SPACES.sub(" ", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+def _part_text(raw: bytes, part: MimePart) -> str | None:
+    """Decoded text of a text/* leaf, or None for other parts."""
+    if part.kind is not PartKind.LEAF or part.overflow:
+        return None
+    d = part_data(part)
+    ctype = (d.content_type or b"text").lower()
+    subtype = (d.content_subtype or b"").lower()
+    if ctype != b"text":
+        return None
+    charset = next((v for k, v in d.params if k.lower() == b"charset"), None)
+    body = raw[part.body.start : min(part.body.end, part.body.start + MAX_PART_BYTES)]
+    cte = (d.transfer_encoding or b"").lower()
+    try:
+        if cte == b"base64":
+            body = binascii.a2b_base64(re.sub(rb"[^A-Za-z0-9+/]", b"", body) + b"==")
+        elif cte == b"quoted-printable":
+            body = binascii.a2b_qp(body)
+    except binascii.Error:
+        pass  # index what was sent
+    text = _to_str(body, charset)
+    if subtype == b"html":
+        text = html_to_text(text)
+    return _tidy(text)
+
+
+def _field(part: MimePart, name: bytes) -> str:
+    return ", ".join(decode_header(v) for v in part.header_values(name))[:MAX_FIELD_CHARS]
+
+
+def _sent_at(part: MimePart) -> dt.datetime | None:
+    values = part.header_values(b"date")
+    if not values:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(decode_header(values[-1]))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
+
+def search_text(raw: bytes, tree: MimeTree | None = None) -> SearchText:
+    """Decoded header fields and body text of *raw* (parsed again unless *tree* is
+    given)."""
+    if tree is None:
+        tree = parse(raw)
+    root = tree.root
+    chunks: list[str] = []
+    size = 0
+    for part in iter_parts(root):
+        if size >= MAX_TEXT_CHARS:
+            break
+        text = _part_text(raw, part)
+        if text:
+            chunks.append(text[: MAX_TEXT_CHARS - size])
+            size += len(chunks[-1])
+    return SearchText(
+        subject=_field(root, b"subject"),
+        from_=_field(root, b"from"),
+        to=_field(root, b"to"),
+        cc=_field(root, b"cc"),
+        bcc=_field(root, b"bcc"),
+        body="\n\n".join(chunks),
+        message_id=_field(root, b"message-id"),
+        sent_at=_sent_at(root),
+        headers=tuple(
+            (_to_str(h.name)[:MAX_FIELD_CHARS], decode_header(h.value)) for h in root.headers
+        ),
+    )
