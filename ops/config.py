@@ -130,6 +130,9 @@ class ObjstoreConfig:
     report_ttl: int = 30
     hot_keys: int = 32
     idle_timeout: float = 0.0
+    max_pipeline: int = 1024
+    slow_reader_timeout: float = 30.0
+    expire_sweep_interval: float = 60.0
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, "listen")
@@ -144,6 +147,12 @@ class ObjstoreConfig:
         _check(self.report_ttl > self.report_interval, "report_ttl",
                "must be longer than report_interval, or every node looks down")
         _check(self.capacity_bytes >= 0, "capacity_bytes", "must not be negative")
+        _check(self.idle_timeout >= 0, "idle_timeout", "must be 0 (off) or positive")
+        _check(self.max_pipeline >= 1, "max_pipeline", "must be at least 1")
+        _check(self.slow_reader_timeout >= 0, "slow_reader_timeout",
+               "must be 0 (off) or positive")
+        _check(self.expire_sweep_interval >= 0, "expire_sweep_interval",
+               "must be 0 (off) or positive")
 
 
 @dataclass(frozen=True)
@@ -161,6 +170,7 @@ class DirectorConfig:
     disk_cache_dir: str = ""
     disk_cache_bytes: int = 1 * GIB
     pool_size: int = 8
+    index_buckets: int = 65536
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, "listen")
@@ -171,6 +181,9 @@ class DirectorConfig:
                "must be -1 (off) or 0..9")
         _check(self.timeout > 0, "timeout", "must be positive")
         _check(self.pool_size >= 1, "pool_size", "must be at least 1")
+        _check(16 <= self.index_buckets <= 1 << 28
+               and self.index_buckets & (self.index_buckets - 1) == 0, "index_buckets",
+               f"must be a power of two from 16 to 2^28, got {self.index_buckets}")
 
 
 @dataclass(frozen=True)
