@@ -1,0 +1,56 @@
+"""The director's exceptions: one shallow hierarchy, mapped to protocol words at the edge."""
+
+from __future__ import annotations
+
+
+class DirectorError(Exception):
+    """Base of every error the director package raises on purpose."""
+
+
+class IndexUnavailable(DirectorError):
+    """Redis Cluster did not answer within the retry deadline (outage, failover too long)."""
+
+
+class IndexLayoutMismatch(DirectorError):
+    """The index in Redis was created with another bucket count than the config says."""
+
+
+class RegistryError(DirectorError):
+    """A node registry operation was refused; the message says why."""
+
+
+class UnknownNode(RegistryError):
+    """No node with this id (or number) is registered."""
+
+
+class RemoveRefused(RegistryError):
+    """``node remove`` would lose data: the node holds the only copy of some blobs.
+
+    :param sole_copies: how many blobs have this node as their only location.
+    :param examples: a few of those blob ids.
+    """
+
+    def __init__(self, node_id: str, sole_copies: int, examples: tuple[str, ...]) -> None:
+        self.node_id = node_id
+        self.sole_copies = sole_copies
+        self.examples = examples
+        super().__init__(
+            f"node {node_id} holds the only copy of {sole_copies} blob(s) "
+            f"(e.g. {', '.join(examples)}); drain it (objmail node drain {node_id}) and "
+            f"remove it once the directors have copied them elsewhere")
+
+
+class BlobError(DirectorError):
+    """A blob could not be stored or read."""
+
+
+class BlobUnavailable(BlobError):
+    """No replica could serve the blob, or too few object servers took a write."""
+
+
+class BlobNotFound(BlobError):
+    """The index knows no such blob (never stored, or collected)."""
+
+
+class BlobCorrupt(BlobError):
+    """Every replica that answered returned bytes that do not hash to the blob's id."""

@@ -1,0 +1,449 @@
+"""The location index in Redis Cluster: blob id -> numbers of the nodes holding it.
+
+Layout (see :mod:`director.keys` and docs/redis-schema.md): blobs are spread over a
+fixed number of bucket hashes, each small enough to stay listpack-encoded; the field
+is the binary tail of the id and the value the sorted node numbers, ``b"3,7"``.
+Node numbers map to node ids through :mod:`director.registry`.
+
+Every method is a batch (grouped per bucket, pipelined per master) run by
+:class:`~director.redisconn.ClusterRunner`, so a Redis failover costs a retry, not an
+error, and writes are acknowledged only once a Redis replica holds them.  Merging
+and removing node numbers are Lua scripts, atomic per bucket, so two directors
+recording replicas of the same blob at once both get recorded.
+
+"Which blobs are on node N" is answered by scanning buckets and filtering
+(:meth:`LocationIndex.iterate` with ``node=N``): a per-node set would cost as much
+memory again per replica, and draining or repairing a node is rare work that can
+afford a scan (the object server's ``lru_crawler metadump all`` inventory is the
+other source).
+
+:class:`SyncLocationIndex` wraps the same API for scripts that have no event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from director.errors import IndexLayoutMismatch
+from director.keys import (
+    IndexLayout,
+    Keyspace,
+    check_blob_id,
+    decode_nodes,
+    encode_nodes,
+)
+from director.redisconn import (
+    ClusterRunner,
+    Command,
+    LuaScript,
+    RetryPolicy,
+    chunked,
+    new_cluster_client,
+)
+
+T = TypeVar("T")
+
+#: Commands per pipeline; each is one bucket's worth of fields.
+BATCH_COMMANDS = 500
+#: Buckets read per pipeline when scanning.
+SCAN_BUCKETS = 256
+
+# KEYS[1] = bucket; ARGV = field, numbers, field, numbers...  Merges the numbers into
+# each field's list (sorted, unique) and returns the merged lists.
+_ADD = LuaScript("objmail_index_add", """
+local key = KEYS[1]
+local out = {}
+for i = 1, #ARGV, 2 do
+  local field = ARGV[i]
+  local cur = redis.call('HGET', key, field)
+  local seen, nums = {}, {}
+  local function take(text)
+    for n in string.gmatch(text, '%d+') do
+      local v = tonumber(n)
+      if not seen[v] then seen[v] = true; nums[#nums + 1] = v end
+    end
+  end
+  if cur then take(cur) end
+  take(ARGV[i + 1])
+  table.sort(nums)
+  local val = table.concat(nums, ',')
+  if val ~= cur then redis.call('HSET', key, field, val) end
+  out[#out + 1] = val
+end
+return out
+""")
+
+# KEYS[1] = bucket; ARGV[1] = keep_last ('1' keeps a field whose last number would go);
+# then field, number pairs.  Returns each field's remaining list ('' = none left).
+_REMOVE = LuaScript("objmail_index_remove", """
+local key = KEYS[1]
+local keep_last = ARGV[1] == '1'
+local out = {}
+for i = 2, #ARGV, 2 do
+  local field = ARGV[i]
+  local gone = tonumber(ARGV[i + 1])
+  local cur = redis.call('HGET', key, field)
+  if not cur then
+    out[#out + 1] = ''
+  else
+    local nums = {}
+    for n in string.gmatch(cur, '%d+') do
+      local v = tonumber(n)
+      if v ~= gone then nums[#nums + 1] = v end
+    end
+    if #nums == 0 then
+      if keep_last then out[#out + 1] = cur
+      else redis.call('HDEL', key, field); out[#out + 1] = '' end
+    else
+      local val = table.concat(nums, ',')
+      if val ~= cur then redis.call('HSET', key, field, val) end
+      out[#out + 1] = val
+    end
+  end
+end
+return out
+""")
+
+
+@dataclass(frozen=True)
+class ScanPage:
+    """One step of a scan: entries of some buckets and where to resume."""
+
+    entries: tuple[tuple[str, tuple[int, ...]], ...]
+    #: Bucket to resume from; None when the scan is complete.
+    next_cursor: int | None
+    buckets_done: int
+
+
+@dataclass(frozen=True)
+class SoleCopies:
+    """Blobs whose only recorded location is one node."""
+
+    count: int
+    examples: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StripResult:
+    """Outcome of removing a node number from every index entry."""
+
+    #: Entries the node was taken out of (another node still holds them).
+    removed: int
+    #: Entries left alone because the node was their only location.
+    kept_sole: int
+
+
+class LocationIndex:
+    """Async client of the location index; create with :meth:`open`.
+
+    Node numbers are the registry's small integers (:attr:`director.nodes.Node.number`).
+    """
+
+    def __init__(self, runner: ClusterRunner, layout: IndexLayout,
+                 keys: Keyspace | None = None) -> None:
+        self.runner = runner
+        self.layout = layout
+        self.keys = keys or Keyspace()
+        runner.register(_ADD, _REMOVE)
+
+    @classmethod
+    async def open(cls, addresses: Sequence[str], *, buckets: int,
+                   keys: Keyspace | None = None, retry: RetryPolicy | None = None,
+                   wait_replicas: int = 1, runner: ClusterRunner | None = None,
+                   clock: Callable[[], float] = time.time) -> LocationIndex:
+        """Connect and check that the index was created with ``buckets`` buckets.
+
+        The first client to open an index records its bucket count in Redis; every
+        later one must agree, since a different count would look every blob up in
+        the wrong bucket.
+
+        :raises IndexLayoutMismatch: Redis says another bucket count.
+        :raises IndexUnavailable: Redis Cluster cannot be reached.
+        """
+        keys = keys or Keyspace()
+        owned = runner is None
+        if runner is None:
+            runner = ClusterRunner(new_cluster_client(addresses), retry=retry,
+                                   wait_replicas=wait_replicas)
+        layout = IndexLayout(buckets)
+        meta = keys.index_meta
+        try:
+            await runner.run("index meta", [
+                Command(meta, ("HSETNX", meta, "buckets", buckets)),
+                Command(meta, ("HSETNX", meta, "created", repr(clock()))),
+            ], durable=True)
+            (stored,) = await runner.run("index meta", [Command(meta, ("HGET", meta, "buckets"))])
+        except BaseException:
+            if owned:
+                await runner.aclose()
+            raise
+        if int(stored) != buckets:
+            if owned:
+                await runner.aclose()
+            raise IndexLayoutMismatch(
+                f"director.index_buckets is {buckets} but the index in Redis was created "
+                f"with {int(stored)} buckets; set index_buckets = {int(stored)}")
+        return cls(runner, layout, keys)
+
+    async def aclose(self) -> None:
+        """Close the connections (the runner's, shared with whoever else uses it)."""
+        await self.runner.aclose()
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def lookup(self, ids: Iterable[str]) -> dict[str, tuple[int, ...]]:
+        """Node numbers for each id; ``()`` for an id the index does not know."""
+        groups = self._group(ids)
+        commands = [Command(key, ("HMGET", key, *fields))
+                    for key, (fields, _ids) in groups.items()]
+        found: dict[str, tuple[int, ...]] = {}
+        flat = [(key, ids_) for key, (_f, ids_) in groups.items()]
+        offset = 0
+        for chunk in chunked(commands, BATCH_COMMANDS):
+            replies = await self.runner.run("index lookup", chunk)
+            for (_key, ids_), values in zip(flat[offset:offset + len(chunk)], replies,
+                                            strict=True):
+                for blob_id, value in zip(ids_, values, strict=True):
+                    found[blob_id] = decode_nodes(value)
+            offset += len(chunk)
+        return found
+
+    async def locations(self, blob_id: str) -> tuple[int, ...]:
+        """Node numbers holding one blob (``()`` when unknown)."""
+        return (await self.lookup([blob_id]))[blob_id]
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def add_locations(self, blob_id: str, nodes: Iterable[int]) -> tuple[int, ...]:
+        """Record that ``nodes`` hold ``blob_id`` (merged with what is known); returns
+        every location now recorded.  Acknowledged once a Redis replica has it."""
+        return (await self.add_many({blob_id: nodes}))[blob_id]
+
+    async def add_many(self, entries: Mapping[str, Iterable[int]]
+                       ) -> dict[str, tuple[int, ...]]:
+        """:meth:`add_locations` for many blobs in few round trips."""
+        by_key: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+        for blob_id, nodes in entries.items():
+            check_blob_id(blob_id)
+            by_key[self._key(blob_id)].append((blob_id, encode_nodes(nodes)))
+        return await self._scripted(_ADD, by_key, prefix=())
+
+    async def remove_location(self, blob_id: str, node: int, *,
+                              keep_last: bool = False) -> tuple[int, ...]:
+        """Forget that ``node`` holds ``blob_id``; returns the locations left.
+
+        :param keep_last: leave the entry alone when ``node`` is its only location
+            (used when stripping a removed node, which must never lose a blob's last
+            location); otherwise the entry goes with its last location.
+        """
+        return (await self.remove_many({blob_id: node}, keep_last=keep_last))[blob_id]
+
+    async def remove_many(self, entries: Mapping[str, int], *,
+                          keep_last: bool = False) -> dict[str, tuple[int, ...]]:
+        by_key: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+        for blob_id, node in entries.items():
+            check_blob_id(blob_id)
+            by_key[self._key(blob_id)].append((blob_id, str(int(node)).encode()))
+        return await self._scripted(_REMOVE, by_key, prefix=(b"1" if keep_last else b"0",))
+
+    async def delete(self, blob_id: str) -> bool:
+        """Drop a blob from the index entirely (gc); True if it was there."""
+        return await self.delete_many([blob_id]) == 1
+
+    async def delete_many(self, ids: Iterable[str]) -> int:
+        groups = self._group(ids)
+        commands = [Command(key, ("HDEL", key, *fields)) for key, (fields, _i) in groups.items()]
+        removed = 0
+        for chunk in chunked(commands, BATCH_COMMANDS):
+            removed += sum(int(r) for r in await self.runner.run("index delete", chunk,
+                                                                  durable=True))
+        return removed
+
+    # -- scanning -----------------------------------------------------------------------
+
+    async def scan(self, cursor: int = 0, *, buckets: int = SCAN_BUCKETS,
+                   node: int | None = None) -> ScanPage:
+        """Entries of buckets ``cursor .. cursor+buckets-1``, optionally only those
+        listing ``node``.  Resume with ``next_cursor``; a scan sees every blob that
+        stays indexed throughout, in bucket order."""
+        total = self.layout.buckets
+        if not 0 <= cursor < total:
+            raise ValueError(f"scan cursor {cursor} outside 0..{total - 1}")
+        end = min(total, cursor + buckets)
+        names = [self.keys.index_bucket(self.layout.bucket_name(b)) for b in range(cursor, end)]
+        replies = await self.runner.run(
+            "index scan", [Command(k, ("HGETALL", k)) for k in names])
+        entries = []
+        for bucket, reply in zip(range(cursor, end), replies, strict=True):
+            for field, value in _pairs(reply):
+                nums = decode_nodes(value)
+                if node is None or node in nums:
+                    entries.append((self.layout.blob_id(bucket, field), nums))
+        return ScanPage(tuple(entries), end if end < total else None, end)
+
+    async def iterate(self, *, start: int = 0, node: int | None = None,
+                      buckets: int = SCAN_BUCKETS) -> AsyncIterator[ScanPage]:
+        """Every page of a full scan from bucket ``start`` (a saved ``next_cursor``)."""
+        cursor: int | None = start
+        while cursor is not None:
+            page = await self.scan(cursor, buckets=buckets, node=node)
+            yield page
+            cursor = page.next_cursor
+
+    async def count(self) -> int:
+        """Blobs in the index (HLEN of every bucket: a full pass, for tools)."""
+        total = 0
+        names = [self.keys.index_bucket(self.layout.bucket_name(b))
+                 for b in range(self.layout.buckets)]
+        for chunk in chunked([Command(k, ("HLEN", k)) for k in names], BATCH_COMMANDS * 4):
+            total += sum(int(r) for r in await self.runner.run("index count", chunk))
+        return total
+
+    async def sole_copies(self, node: int, *, examples: int = 5,
+                          progress: Callable[[int, int], None] | None = None) -> SoleCopies:
+        """Blobs whose only location is ``node`` (what ``node remove`` refuses on)."""
+        count = 0
+        found: list[str] = []
+        async for page in self.iterate(node=node):
+            for blob_id, nums in page.entries:
+                if nums == (node,):
+                    count += 1
+                    if len(found) < examples:
+                        found.append(blob_id)
+            if progress is not None:
+                progress(page.buckets_done, self.layout.buckets)
+        return SoleCopies(count, tuple(found))
+
+    async def strip_node(self, node: int, *,
+                         progress: Callable[[int, int], None] | None = None) -> StripResult:
+        """Take ``node`` out of every entry that has another location too."""
+        removed = kept = 0
+        async for page in self.iterate(node=node):
+            todo = {blob_id: node for blob_id, nums in page.entries if len(nums) > 1}
+            kept += sum(1 for _b, nums in page.entries if nums == (node,))
+            if todo:
+                left = await self.remove_many(todo, keep_last=True)
+                removed += sum(1 for nums in left.values() if node not in nums)
+                kept += sum(1 for nums in left.values() if node in nums)
+            if progress is not None:
+                progress(page.buckets_done, self.layout.buckets)
+        return StripResult(removed, kept)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _key(self, blob_id: str) -> str:
+        return self.keys.index_bucket(self.layout.bucket_name(self.layout.bucket_of(blob_id)))
+
+    def _group(self, ids: Iterable[str]) -> dict[str, tuple[list[bytes], list[str]]]:
+        groups: dict[str, tuple[list[bytes], list[str]]] = {}
+        for blob_id in ids:
+            check_blob_id(blob_id)
+            key = self._key(blob_id)
+            fields, members = groups.setdefault(key, ([], []))
+            fields.append(self.layout.field_of(blob_id))
+            members.append(blob_id)
+        return groups
+
+    async def _scripted(self, script: LuaScript, by_key: Mapping[str, list[tuple[str, bytes]]],
+                        prefix: tuple[bytes, ...]) -> dict[str, tuple[int, ...]]:
+        commands = []
+        order = []
+        for key, items in by_key.items():
+            argv: list[bytes] = list(prefix)
+            for blob_id, value in items:
+                argv += [self.layout.field_of(blob_id), value]
+            commands.append(Command.script(script, key, *argv))
+            order.append(items)
+        out: dict[str, tuple[int, ...]] = {}
+        offset = 0
+        for chunk in chunked(commands, BATCH_COMMANDS):
+            replies = await self.runner.run(script.name, chunk, durable=True)
+            for items, values in zip(order[offset:offset + len(chunk)], replies, strict=True):
+                for (blob_id, _v), value in zip(items, values, strict=True):
+                    out[blob_id] = decode_nodes(value)
+            offset += len(chunk)
+        return out
+
+
+def _pairs(reply: Any) -> list[tuple[bytes, bytes]]:
+    """HGETALL's reply as (field, value) pairs (a dict from redis-py, or a flat list)."""
+    if isinstance(reply, dict):
+        return list(reply.items())
+    return list(zip(reply[0::2], reply[1::2], strict=True))
+
+
+class SyncLocationIndex:
+    """The same index for synchronous scripts: runs the async client on a private loop.
+
+    Not for use inside a running event loop (use :class:`LocationIndex` there).
+    """
+
+    def __init__(self, index: LocationIndex, loop: asyncio.AbstractEventLoop) -> None:
+        self._index = index
+        self._loop = loop
+
+    @classmethod
+    def open(cls, addresses: Sequence[str], *, buckets: int, keys: Keyspace | None = None,
+             retry: RetryPolicy | None = None, wait_replicas: int = 1) -> SyncLocationIndex:
+        loop = asyncio.new_event_loop()
+        try:
+            index = loop.run_until_complete(LocationIndex.open(
+                addresses, buckets=buckets, keys=keys, retry=retry,
+                wait_replicas=wait_replicas))
+        except BaseException:
+            loop.close()
+            raise
+        return cls(index, loop)
+
+    @property
+    def index(self) -> LocationIndex:
+        return self._index
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        try:
+            self._run(self._index.aclose())
+        finally:
+            self._loop.close()
+
+    def __enter__(self) -> SyncLocationIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def lookup(self, ids: Iterable[str]) -> dict[str, tuple[int, ...]]:
+        return self._run(self._index.lookup(ids))
+
+    def locations(self, blob_id: str) -> tuple[int, ...]:
+        return self._run(self._index.locations(blob_id))
+
+    def add_locations(self, blob_id: str, nodes: Iterable[int]) -> tuple[int, ...]:
+        return self._run(self._index.add_locations(blob_id, nodes))
+
+    def add_many(self, entries: Mapping[str, Iterable[int]]) -> dict[str, tuple[int, ...]]:
+        return self._run(self._index.add_many(entries))
+
+    def remove_location(self, blob_id: str, node: int, *,
+                        keep_last: bool = False) -> tuple[int, ...]:
+        return self._run(self._index.remove_location(blob_id, node, keep_last=keep_last))
+
+    def delete(self, blob_id: str) -> bool:
+        return self._run(self._index.delete(blob_id))
+
+    def delete_many(self, ids: Iterable[str]) -> int:
+        return self._run(self._index.delete_many(ids))
+
+    def scan(self, cursor: int = 0, *, buckets: int = SCAN_BUCKETS,
+             node: int | None = None) -> ScanPage:
+        return self._run(self._index.scan(cursor, buckets=buckets, node=node))
+
+    def count(self) -> int:
+        return self._run(self._index.count())

@@ -1,0 +1,176 @@
+"""Where a new blob goes: weighted rendezvous hashing over the active nodes.
+
+Theory of operation.  Every (blob, node) pair gets a pseudo-random ``u`` in (0, 1)
+from a 64-bit mix of the blob key's hash and the node id's hash; the node's score is
+``weight / -ln(u)`` and nodes are ranked by score (highest random weight hashing in
+its weighted form: a node wins a blob with probability proportional to its weight,
+and adding or removing a node only moves the blobs it wins or held).
+
+Weights combine three things, each damped so that placement nudges rather than
+stampedes (the leveler moves existing data; placement only steers new writes):
+
+* the configured weight (set it proportional to capacity for mixed hardware);
+* the free fraction of the node's capacity raised to ``1 / free_root``: with the
+  default cube root a new empty node draws about 1.5 times the writes of a 70%-full
+  peer instead of 3.3 times, so it is not flooded with every new (hot) blob;
+* the reported load: a node busier than the average of its peers loses weight as
+  ``1 / (1 + load_penalty * (ops / mean - 1))``.
+
+Nodes that are not ``active`` (draining, down, removed, new), not in the write tier
+or nearly full (free fraction below ``min_free_fraction``) are never candidates.
+
+Replicas go to distinct zones when there are enough: the ranked list is reordered
+in *zone rounds* (each zone's best node, by score, then each zone's second best...),
+so the first ``replicas`` entries span as many zones as exist and the fallbacks
+keep the same preference.  Everything here is pure and deterministic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from director.nodes import Node, NodeState
+
+_MASK = (1 << 64) - 1
+_TWO64 = float(1 << 64)
+
+
+@dataclass(frozen=True)
+class PlacementPolicy:
+    """How placement weighs nodes; defaults are the recommended values."""
+
+    #: Copies of each blob (DirectorConfig.replicas).
+    replicas: int = 2
+    #: Only nodes of this tier take new blobs; None = any tier.
+    tier: str | None = "ssd"
+    #: Weight grows as free_fraction ** (1 / free_root); 1 = proportional to free space.
+    free_root: float = 3.0
+    #: Nodes with less free space than this fraction of capacity take no new blobs.
+    min_free_fraction: float = 0.02
+    #: How strongly a node busier than its peers' mean is avoided (0 = ignore load).
+    load_penalty: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be at least 1, got {self.replicas}")
+        if self.free_root < 1:
+            raise ValueError(f"free_root must be at least 1, got {self.free_root}")
+        if not 0 <= self.min_free_fraction < 1:
+            raise ValueError(f"min_free_fraction must be in [0, 1), got {self.min_free_fraction}")
+        if self.load_penalty < 0:
+            raise ValueError(f"load_penalty must not be negative, got {self.load_penalty}")
+
+
+def hash64(text: str) -> int:
+    """64-bit hash of a string (blob key or node id)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def node_weight(node: Node, policy: PlacementPolicy, mean_ops: float) -> float:
+    """Placement weight of ``node``; 0 means it takes no new blobs.
+
+    :param mean_ops: mean reported ops/s over the eligible nodes (load reference).
+    """
+    report = node.report
+    if node.state is not NodeState.ACTIVE or report is None or node.weight <= 0:
+        return 0.0
+    if policy.tier is not None and node.tier != policy.tier:
+        return 0.0
+    free = report.free_fraction
+    if free < policy.min_free_fraction or free <= 0:
+        return 0.0
+    weight = node.weight * free ** (1.0 / policy.free_root)
+    if policy.load_penalty and mean_ops > 0 and report.ops_per_sec > mean_ops:
+        weight /= 1.0 + policy.load_penalty * (report.ops_per_sec / mean_ops - 1.0)
+    return weight
+
+
+def _mean_ops(nodes: Iterable[Node]) -> float:
+    loads = [n.report.ops_per_sec for n in nodes if n.report is not None]
+    return sum(loads) / len(loads) if loads else 0.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Ranked candidates for one blob."""
+
+    #: Where the blob goes: the first ``replicas`` candidates (fewer if too few nodes).
+    targets: tuple[Node, ...]
+    #: The remaining candidates in order, to use when a write to a target fails.
+    fallbacks: tuple[Node, ...]
+
+    @property
+    def candidates(self) -> tuple[Node, ...]:
+        return self.targets + self.fallbacks
+
+
+class Placer:
+    """Placement over one snapshot of the registry; build once, call per put.
+
+    The weights are computed at construction, so a placer reflects the reports it
+    was built from; rebuild it when the registry snapshot is refreshed.
+    """
+
+    def __init__(self, nodes: Iterable[Node], policy: PlacementPolicy | None = None) -> None:
+        self.policy = policy or PlacementPolicy()
+        pool = [n for n in nodes if n.state is NodeState.ACTIVE
+                and (self.policy.tier is None or n.tier == self.policy.tier)]
+        mean = _mean_ops(pool)
+        weighted = [(n, node_weight(n, self.policy, mean)) for n in pool]
+        # Sorted by id so that equal scores (practically never) break ties the same way.
+        self._eligible = sorted(((n, w) for n, w in weighted if w > 0), key=lambda p: p[0].id)
+        self._seeds = [(hash64(n.id), w, n) for n, w in self._eligible]
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Node id -> weight, for the eligible nodes only."""
+        return {n.id: w for n, w in self._eligible}
+
+    @property
+    def eligible(self) -> list[Node]:
+        return [n for n, _w in self._eligible]
+
+    def ranked(self, key: str) -> list[Node]:
+        """Eligible nodes by descending rendezvous score for ``key`` (no zone rule)."""
+        return [n for _s, n in self._scored(key)]
+
+    def _scored(self, key: str) -> list[tuple[float, Node]]:
+        h = hash64(key)
+        log = math.log
+        scored = []
+        for seed, weight, node in self._seeds:
+            # splitmix64's finaliser (a bijective 64-bit avalanche) of key ^ node,
+            # inlined: this loop runs once per node per put.
+            x = h ^ seed
+            x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+            x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+            x ^= x >> 31
+            u = (x + 0.5) / _TWO64
+            scored.append((-weight / log(u), node))
+        scored.sort(key=lambda p: p[0], reverse=True)
+        return scored
+
+    def candidates(self, key: str) -> list[Node]:
+        """Every eligible node, ordered in zone rounds of descending score."""
+        rounds: dict[str, int] = {}
+        keyed = []
+        for position, (_score, node) in enumerate(self._scored(key)):
+            r = rounds.get(node.zone, 0)
+            rounds[node.zone] = r + 1
+            keyed.append((r, position, node))
+        keyed.sort(key=lambda t: (t[0], t[1]))
+        return [node for _r, _p, node in keyed]
+
+    def place(self, key: str, replicas: int | None = None) -> Placement:
+        """Targets and fallbacks for a new blob ``key`` (its id)."""
+        want = self.policy.replicas if replicas is None else replicas
+        ordered = self.candidates(key)
+        return Placement(tuple(ordered[:want]), tuple(ordered[want:]))
+
+
+def place(key: str, nodes: Sequence[Node], policy: PlacementPolicy | None = None) -> Placement:
+    """One-off placement (builds a :class:`Placer`; keep one for repeated use)."""
+    return Placer(nodes, policy).place(key)

@@ -1,0 +1,283 @@
+"""Talking to Redis Cluster through failovers: retries with backoff, and durable acks.
+
+Theory of operation.  Every index, registry and repair-queue operation is a batch of
+idempotent commands (reads, merges, deletes) run by :class:`ClusterRunner`.  A batch
+is one redis-py cluster pipeline (grouped by slot owner, one round trip per master).
+When a master dies the batch fails with connection errors, then ``CLUSTERDOWN`` or
+``MOVED`` while its replica takes over; the runner drops the cached topology, sleeps
+with exponential backoff and full jitter, and re-runs the whole batch, until the
+retry deadline passes (then :class:`~director.errors.IndexUnavailable`).
+
+Redis replicates asynchronously, so a write a master acknowledged can still die with
+it.  For writes the runner therefore appends ``WAIT numreplicas timeout`` for every
+master the batch touched, on the same connection as the writes (a per-node target in
+the pipeline), and returns only once a replica holds them: an acknowledged write
+survives the failover of its master.  A master whose replica is missing answers
+``WAIT`` short after ``wait_timeout``; the write still counts (availability first),
+it is counted in :attr:`RunnerStats.unconfirmed_writes`, and that master is not
+waited on for ``degraded_hold`` seconds (doubling, up to five minutes, while it stays
+short: a cluster built without replicas) so that every batch does not stall.
+
+Lua scripts are called with ``EVALSHA``; a master that does not know a script yet
+(new or just promoted) answers ``NOSCRIPT`` and the runner loads the scripts on every
+master and runs the batch again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from redis import exceptions as rx
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from director.errors import DirectorError, IndexUnavailable
+from ops.config import parse_hostport
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Errors that mean "the cluster is changing or unreachable": retry after a pause.
+RETRYABLE: tuple[type[BaseException], ...] = (
+    rx.ConnectionError, rx.TimeoutError, rx.ClusterDownError, rx.TryAgainError,
+    rx.MovedError, rx.AskError, rx.SlotNotCoveredError, rx.ReadOnlyError,
+    rx.BusyLoadingError, rx.MasterDownError, OSError, asyncio.TimeoutError,
+)
+
+
+#: Longest pause in waiting on a master whose replicas keep failing to acknowledge.
+MAX_DEGRADED_HOLD = 300.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long and how often to retry an operation against Redis Cluster."""
+
+    #: Give up (IndexUnavailable) after this many seconds of failures for one batch.
+    deadline: float = 30.0
+    first_delay: float = 0.05
+    max_delay: float = 2.0
+
+
+@dataclass(frozen=True)
+class LuaScript:
+    """A script run by SHA; loaded on demand on every master."""
+
+    name: str
+    source: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command of a batch; ``key`` routes it (and its ``WAIT``) to a master."""
+
+    key: str
+    args: tuple[Any, ...]
+
+    @classmethod
+    def script(cls, script: LuaScript, key: str, *argv: Any) -> Command:
+        return cls(key, ("EVALSHA", script.sha, 1, key, *argv))
+
+
+@dataclass
+class RunnerStats:
+    """Counters for metrics and tests."""
+
+    batches: int = 0
+    retries: int = 0
+    script_loads: int = 0
+    unconfirmed_writes: int = 0
+    last_error: str = ""
+
+
+def startup_nodes(addresses: Sequence[str]) -> list[ClusterNode]:
+    """ClusterNode objects for ``host:port`` strings (the config's redis_nodes)."""
+    return [ClusterNode(*parse_hostport(a, "cluster.redis_nodes")) for a in addresses]
+
+
+def new_cluster_client(addresses: Sequence[str], *, socket_timeout: float = 2.0) -> RedisCluster:
+    """An unconnected asyncio cluster client; the runner does the retrying.
+
+    redis-py's own retries are kept to one quick attempt so that the backoff and the
+    deadline are ours (and the same for every operation).
+    """
+    return RedisCluster(startup_nodes=startup_nodes(addresses), socket_timeout=socket_timeout,
+                        socket_connect_timeout=socket_timeout, retry=Retry(NoBackoff(), 1),
+                        decode_responses=False)
+
+
+class ClusterRunner:
+    """Runs command batches with retries, backoff and (for writes) replica acks.
+
+    :param sleep: injected so tests can run the backoff without waiting.
+    :param wait_replicas: replicas that must hold a write before it is acknowledged
+        (0 = do not wait).
+    """
+
+    def __init__(self, client: RedisCluster, *, retry: RetryPolicy | None = None,
+                 wait_replicas: int = 1, wait_timeout: float = 0.5,
+                 degraded_hold: float = 10.0,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
+        self.client = client
+        self.retry = retry or RetryPolicy()
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = max(1, int(wait_timeout * 1000))
+        self.degraded_hold = degraded_hold
+        self.stats = RunnerStats()
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._rng = rng or random.Random()
+        self._scripts: dict[str, LuaScript] = {}
+        #: master name -> (monotonic time until which it is not waited on, hold used)
+        self._degraded: dict[str, tuple[float, float]] = {}
+
+    def register(self, *scripts: LuaScript) -> None:
+        for script in scripts:
+            self._scripts[script.sha] = script
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def call(self, what: str, fn: Callable[[RedisCluster], Awaitable[T]]) -> T:
+        """Run ``fn(client)`` (one idempotent operation) with retries."""
+        return await self._retrying(what, lambda: self._initialized_call(fn))
+
+    async def run(self, what: str, commands: Sequence[Command], *,
+                  durable: bool = False) -> list[Any]:
+        """Run a batch, retried as a whole; results in command order.
+
+        :param durable: the batch writes: acknowledge only once replicas hold it.
+        :raises IndexUnavailable: still failing when the retry deadline passed.
+        :raises DirectorError: Redis refused a command for a reason retrying cannot fix.
+        """
+        if not commands:
+            return []
+        return await self._retrying(what, lambda: self._run_once(commands, durable))
+
+    # -- internals ----------------------------------------------------------------------
+
+    async def _initialized_call(self, fn: Callable[[RedisCluster], Awaitable[T]]) -> T:
+        await self._initialize()
+        return await fn(self.client)
+
+    async def _initialize(self) -> None:
+        try:
+            await self.client.initialize()
+        except rx.RedisClusterException as exc:
+            # "cannot be connected" / "slots not covered" while the cluster changes.
+            raise rx.ConnectionError(str(exc)) from exc
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        deadline = self._monotonic() + self.retry.deadline
+        failures = 0
+        while True:
+            try:
+                return await attempt()
+            except _ScriptsMissing:
+                await self._load_scripts()
+                continue
+            except RETRYABLE as exc:
+                failures += 1
+                self.stats.retries += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                now = self._monotonic()
+                if now >= deadline:
+                    raise IndexUnavailable(
+                        f"Redis Cluster unavailable for {what} after {failures} attempt(s) "
+                        f"in {self.retry.deadline:.0f}s: {self.stats.last_error}") from exc
+                log.info("redis %s failed (%s); retry %d", what, self.stats.last_error, failures)
+                # Forget the topology: the next attempt asks the cluster who owns what.
+                await self.client.aclose()
+                delay = min(self.retry.max_delay, self.retry.first_delay * 2 ** (failures - 1))
+                await self._sleep(min(delay * self._rng.uniform(0.5, 1.0),
+                                      max(0.0, deadline - now)))
+
+    async def _run_once(self, commands: Sequence[Command], durable: bool) -> list[Any]:
+        await self._initialize()
+        client = self.client
+        pipe = client.pipeline()
+        masters: dict[str, ClusterNode] = {}
+        for cmd in commands:
+            pipe.execute_command(*cmd.args)
+            if durable:
+                node = client.get_node_from_key(cmd.key)
+                if node is not None:
+                    masters[node.name] = node
+        waits: list[str] = []
+        if durable and self.wait_replicas > 0:
+            now = self._monotonic()
+            for name, node in masters.items():
+                if self._degraded.get(name, (0.0, 0.0))[0] <= now:
+                    pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms,
+                                         target_nodes=node)
+                    waits.append(name)
+        # Redirections must fail the attempt rather than be followed one by one:
+        # a write followed elsewhere would escape its WAIT.
+        results = await pipe.execute(raise_on_error=False, allow_redirections=False)
+        self.stats.batches += 1
+        replies = list(results[:len(commands)])
+        self._check(replies)
+        for name, acked in zip(waits, results[len(commands):], strict=True):
+            if isinstance(acked, BaseException):
+                self._check([acked])
+            elif int(acked) >= self.wait_replicas:
+                self._degraded.pop(name, None)
+            else:
+                _until, last_hold = self._degraded.get(name, (0.0, 0.0))
+                hold = min(MAX_DEGRADED_HOLD, last_hold * 2 or self.degraded_hold)
+                self._degraded[name] = (self._monotonic() + hold, hold)
+                self.stats.unconfirmed_writes += sum(
+                    1 for c in commands if _node_name(client, c.key) == name)
+                log.warning("redis master %s: write acknowledged by %s of %d replica(s); "
+                            "not waiting on it for %.0fs", name, acked, self.wait_replicas,
+                            hold)
+        return replies
+
+    def _check(self, replies: Sequence[Any]) -> None:
+        errors = [r for r in replies if isinstance(r, BaseException)]
+        if not errors:
+            return
+        if any(isinstance(e, rx.NoScriptError) for e in errors):
+            raise _ScriptsMissing()
+        for e in errors:
+            if isinstance(e, RETRYABLE):
+                raise e
+        raise DirectorError(f"Redis refused a command: {errors[0]}") from errors[0]
+
+    async def _load_scripts(self) -> None:
+        async def load(client: RedisCluster) -> None:
+            for script in self._scripts.values():
+                await client.execute_command("SCRIPT", "LOAD", script.source,
+                                             target_nodes=client.get_primaries())
+
+        self.stats.script_loads += 1
+        await self.call("SCRIPT LOAD", load)
+
+
+def _node_name(client: RedisCluster, key: str) -> str:
+    node = client.get_node_from_key(key)
+    return node.name if node is not None else ""
+
+
+class _ScriptsMissing(Exception):
+    """A master answered NOSCRIPT: load the scripts and run the batch again."""
+
+
+def chunked(commands: Sequence[Command], size: int) -> list[Sequence[Command]]:
+    """Split a long batch into pipelines of at most ``size`` commands."""
+    return [commands[i:i + size] for i in range(0, len(commands), size)]

@@ -1,0 +1,259 @@
+"""``objmail node add|list|drain|activate|remove``: the object servers in the registry.
+
+Registration is explicit (see :mod:`director.registry`): an object server that
+reports to Redis but was never added is listed as ``new`` and gets no blobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from director.errors import (
+    IndexLayoutMismatch,
+    IndexUnavailable,
+    RegistryError,
+    RemoveRefused,
+    UnknownNode,
+)
+from director.nodes import Node, NodeState
+from director.redisconn import RetryPolicy
+from director.redisstate import RedisState
+from director.registry import remove_node
+from ops.cli import (
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_OK,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    CommandContext,
+)
+
+#: An operator waits this long for an unreachable Redis before being told so.
+CLI_RETRY = RetryPolicy(deadline=10.0)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("node", help="register, list, drain and remove object servers")
+    actions = parser.add_subparsers(dest="node_action", metavar="ACTION", required=True)
+
+    add = actions.add_parser("add", help="register an object server; it then takes blobs")
+    add.add_argument("address", metavar="ADDR", help="host:port the object server serves on")
+    add.add_argument("--zone", required=True, help="failure domain (replicas spread over zones)")
+    add.add_argument("--tier", required=True, help="storage class, e.g. ssd or hdd")
+    add.add_argument("--weight", type=float, default=1.0,
+                     help="relative share of new blobs; make it proportional to capacity "
+                          "for mixed hardware (default 1)")
+    add.add_argument("--id", dest="node_id",
+                     help="node id (default: the id the object server at ADDR reports)")
+    add.set_defaults(handler=run_add)
+
+    lst = actions.add_parser("list", help="table of nodes, their state and load")
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
+    lst.add_argument("--all", action="store_true", help="include removed nodes")
+    lst.set_defaults(handler=run_list)
+
+    drain = actions.add_parser("drain", help="stop new blobs going to a node; directors "
+                                             "move its blobs away")
+    drain.add_argument("node_id", metavar="ID")
+    drain.set_defaults(handler=run_drain)
+
+    activate = actions.add_parser("activate", help="undo a drain")
+    activate.add_argument("node_id", metavar="ID")
+    activate.set_defaults(handler=run_activate)
+
+    remove = actions.add_parser("remove", help="remove a node for good (refused while it "
+                                               "holds the only copy of any blob)")
+    remove.add_argument("node_id", metavar="ID")
+    remove.set_defaults(handler=run_remove)
+
+
+def with_state(ctx: CommandContext, work: Callable[[RedisState], Awaitable[int]]) -> int:
+    """Open the director's Redis state, run ``work``, map failures to exit codes."""
+
+    async def main() -> int:
+        state = await RedisState.open(ctx.config.cluster, ctx.config.director, retry=CLI_RETRY)
+        async with state:
+            return await work(state)
+
+    try:
+        return asyncio.run(main())
+    except IndexUnavailable as exc:
+        ctx.warn(f"objmail: {exc}")
+        return EX_UNAVAILABLE
+    except IndexLayoutMismatch as exc:
+        ctx.warn(f"objmail: configuration error: {exc}")
+        return EX_CONFIG
+    except RemoveRefused as exc:
+        ctx.warn(f"objmail: refused: {exc}")
+        return EX_TEMPFAIL
+    except (RegistryError, UnknownNode) as exc:
+        ctx.warn(f"objmail: {exc}")
+        return EX_DATAERR
+
+
+def progress_printer(ctx: CommandContext, what: str) -> Callable[[int, int], None]:
+    """A progress line on stderr when it is a terminal (scans can take minutes)."""
+    last = [0.0]
+    tty = ctx.err.isatty()
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if tty and (now - last[0] > 0.2 or done == total):
+            last[0] = now
+            end = "\n" if done == total else ""
+            print(f"\r{what}: {100 * done // max(total, 1)}%", end=end, file=ctx.err,
+                  flush=True)
+
+    return show
+
+
+# -- add ------------------------------------------------------------------------------
+
+
+def run_add(ctx: CommandContext) -> int:
+    args = ctx.args
+
+    async def work(state: RedisState) -> int:
+        report = await state.registry.reporter_at(args.address)
+        node_id = args.node_id or (report.node_id if report is not None else None)
+        if node_id is None:
+            ctx.warn(f"objmail: no object server reports from {args.address} (is it running "
+                     f"and pointed at this Redis Cluster?); pass --id to register it anyway")
+            return EX_DATAERR
+        node = await state.registry.add(node_id, args.address, zone=args.zone,
+                                        tier=args.tier, weight=args.weight)
+        ctx.say(f"added node {node.id} (number {node.number}) at {node.address}: zone "
+                f"{node.zone}, tier {node.tier}, weight {node.weight:g}; state {node.state}")
+        if report is not None and (report.zone, report.tier) != (node.zone, node.tier):
+            ctx.warn(f"note: the object server itself reports zone {report.zone}, tier "
+                     f"{report.tier}; placement uses the registry's zone {node.zone}, "
+                     f"tier {node.tier}")
+        if node.state is NodeState.DOWN:
+            ctx.warn(f"note: no live load report from {node.id} yet; it gets blobs once it "
+                     "reports")
+        return EX_OK
+
+    return with_state(ctx, work)
+
+
+# -- list -----------------------------------------------------------------------------
+
+
+def run_list(ctx: CommandContext) -> int:
+    async def work(state: RedisState) -> int:
+        snapshot = await state.registry.snapshot()
+        nodes = [n for n in snapshot.nodes
+                 if ctx.args.all or n.state is not NodeState.REMOVED]
+        nodes += await state.registry.unregistered()
+        now = time.time()
+        if ctx.args.json:
+            ctx.say(json.dumps([node_json(n, now) for n in nodes], indent=2))
+        else:
+            for line in node_table(nodes, now):
+                ctx.say(line)
+        return EX_OK
+
+    return with_state(ctx, work)
+
+
+def node_json(node: Node, now: float) -> dict[str, Any]:
+    r = node.report
+    return {
+        "id": node.id, "number": node.number or None, "address": node.address,
+        "zone": node.zone, "tier": node.tier, "weight": node.weight,
+        "state": node.state.value, "admin_state": node.admin_state.value,
+        "capacity_bytes": r.capacity_bytes if r else None,
+        "used_bytes": r.used_bytes if r else None,
+        "items": r.items if r else None,
+        "ops_per_sec": r.ops_per_sec if r else None,
+        "report_age": round(max(0.0, now - r.reported_at), 1) if r else None,
+    }
+
+
+def node_table(nodes: list[Node], now: float) -> list[str]:
+    header = ("ID", "NUM", "ADDRESS", "ZONE", "TIER", "STATE", "USED/CAPACITY", "ITEMS",
+              "OPS/S", "REPORT")
+    rows = [header]
+    for n in nodes:
+        r = n.report
+        rows.append((
+            n.id, str(n.number) if n.number else "-", n.address, n.zone, n.tier,
+            state_label(n),
+            f"{human_bytes(r.used_bytes)}/{human_bytes(r.capacity_bytes)}" if r else "-",
+            str(r.items) if r else "-",
+            f"{r.ops_per_sec:.1f}" if r else "-",
+            f"{human_age(now - r.reported_at)} ago" if r else "none"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    right = {1, 7, 8}
+    return ["  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                      for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+            for row in rows]
+
+
+def state_label(node: Node) -> str:
+    """The effective state, plus the operator's when it says more (a draining node that
+    is down is still being drained once it is back)."""
+    if node.state is NodeState.DOWN and node.admin_state is NodeState.DRAINING:
+        return "down (draining)"
+    return node.state.value
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if value < 1024:
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}P"
+
+
+def human_age(seconds: float) -> str:
+    s = max(0, int(seconds))
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h"
+
+
+# -- drain / activate / remove --------------------------------------------------------
+
+
+def run_drain(ctx: CommandContext) -> int:
+    async def work(state: RedisState) -> int:
+        node = await state.registry.drain(ctx.args.node_id)
+        items = f"its {node.report.items} blobs" if node.report else "its blobs"
+        ctx.say(f"node {node.id} is draining: it takes no new blobs and the directors move "
+                f"{items} to other nodes; objmail node remove {node.id} once it is empty")
+        return EX_OK
+
+    return with_state(ctx, work)
+
+
+def run_activate(ctx: CommandContext) -> int:
+    async def work(state: RedisState) -> int:
+        node = await state.registry.activate(ctx.args.node_id)
+        ctx.say(f"node {node.id} is active again (state {node.state})")
+        return EX_OK
+
+    return with_state(ctx, work)
+
+
+def run_remove(ctx: CommandContext) -> int:
+    async def work(state: RedisState) -> int:
+        outcome = await remove_node(state.registry, state.index, ctx.args.node_id,
+                                    progress=progress_printer(ctx, "scanning the index"))
+        ctx.say(f"removed node {outcome.node.id} (number {outcome.node.number}); took it out "
+                f"of {outcome.strip.removed} index entries")
+        if outcome.strip.kept_sole:
+            ctx.warn(f"warning: {outcome.strip.kept_sole} blob(s) were written to "
+                     f"{outcome.node.id} while it was being removed and are only there; "
+                     "they stay indexed on it until repaired")
+        return EX_OK
+
+    return with_state(ctx, work)

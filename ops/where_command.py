@@ -1,0 +1,77 @@
+"""``objmail where BLOB_ID``: which object servers hold a blob, and the raw Redis lookup.
+
+Exits 0 when the blob is indexed, 1 when it is not (like ``grep``), 65 for a string
+that is not a blob id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+
+from director.keys import IndexLayout, InvalidBlobId, Keyspace, check_blob_id
+from director.redisstate import RedisState
+from ops.cli import EX_DATAERR, EX_OK, CommandContext
+from ops.config import parse_hostport
+from ops.node_command import with_state
+
+#: Exit status when the blob is not in the index.
+EX_NOT_INDEXED = 1
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("where", help="which object servers hold a blob")
+    parser.add_argument("blob_id", metavar="BLOB_ID", help="64 hex digits (SHA-256)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(handler=run)
+
+
+def redis_cli_line(blob_id: str, layout: IndexLayout, keys: Keyspace, node: str) -> str:
+    """A shell line that asks Redis directly (the field is binary: redis-cli reads the
+    ``\\xHH`` escapes from a quoted argument on its standard input)."""
+    key = keys.index_bucket(layout.bucket_name(layout.bucket_of(blob_id)))
+    field = "".join(f"\\x{b:02x}" for b in layout.field_of(blob_id))
+    host, port = parse_hostport(node)
+    command = f'HGET {key} "{field}"'
+    return f"printf '%s\\n' {shlex.quote(command)} | redis-cli -c -h {host} -p {port}"
+
+
+def run(ctx: CommandContext) -> int:
+    try:
+        blob_id = check_blob_id(ctx.args.blob_id.strip().lower())
+    except InvalidBlobId as exc:
+        ctx.warn(f"objmail where: {exc}")
+        return EX_DATAERR
+
+    async def work(state: RedisState) -> int:
+        numbers = await state.index.locations(blob_id)
+        snapshot = await state.registry.snapshot()
+        layout, keys = state.index.layout, state.index.keys
+        bucket = keys.index_bucket(layout.bucket_name(layout.bucket_of(blob_id)))
+        cli = redis_cli_line(blob_id, layout, keys, ctx.config.cluster.redis_nodes[0])
+        rows = []
+        for number in numbers:
+            node = snapshot.by_number(number)
+            rows.append({"number": number, "id": node.id if node else None,
+                         "address": node.address if node else None,
+                         "zone": node.zone if node else None,
+                         "tier": node.tier if node else None,
+                         "state": node.state.value if node else "unknown"})
+        if ctx.args.json:
+            ctx.say(json.dumps({"blob": blob_id, "indexed": bool(numbers), "bucket": bucket,
+                                "field_hex": layout.field_of(blob_id).hex(), "nodes": rows,
+                                "redis_cli": cli}, indent=2))
+        else:
+            ctx.say(f"blob {blob_id}")
+            if not numbers:
+                ctx.say("  not in the index")
+            for row in rows:
+                ctx.say(f"  node {row['number']:>4}  {row['id'] or '(not registered)'}  "
+                        f"{row['address'] or '-'}  zone {row['zone'] or '-'}  "
+                        f"tier {row['tier'] or '-'}  {row['state']}")
+            ctx.say(f"  index: {bucket} (hash), field = id bytes {layout.field_offset}..31")
+            ctx.say(f"  raw:   {cli}")
+        return EX_OK if numbers else EX_NOT_INDEXED
+
+    return with_state(ctx, work)

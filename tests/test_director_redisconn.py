@@ -1,0 +1,205 @@
+"""Tests of the Redis Cluster runner: retries, backoff, deadline, NOSCRIPT, durable acks."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis
+from redis import exceptions as rx
+from redis.asyncio.cluster import RedisCluster
+
+from director.errors import DirectorError, IndexUnavailable
+from director.redisconn import ClusterRunner, Command, LuaScript, RetryPolicy, new_cluster_client
+from ops.config import parse_hostport
+from tests.conftest import RunningRedis, free_port_block
+
+
+class Sleeps:
+    """Records the backoff instead of waiting it out."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await asyncio.sleep(0)
+
+
+def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+def prefix() -> str:
+    return f"t-{uuid.uuid4().hex[:8]}:"
+
+
+def wait_replication_links(nodes: list[str], timeout: float = 30.0) -> None:
+    """Wait until every master has an online replica: the cluster says ``ok`` as soon as
+    the slots are served, while the replicas may still be in their first sync (and
+    cannot acknowledge a WAIT yet)."""
+    deadline = time.monotonic() + timeout
+    for node in nodes:
+        host, port = parse_hostport(node)
+        client = redis.Redis(host=host, port=port, decode_responses=True)
+        try:
+            while True:
+                info = client.info("replication")
+                if info["role"] != "master" or any(
+                        isinstance(v, dict) and v.get("state") == "online"
+                        for k, v in info.items() if k.startswith("slave")):
+                    break
+                assert time.monotonic() < deadline, f"{node}: no replica came online"
+                time.sleep(0.1)
+        finally:
+            client.close()
+
+
+def test_durable_batch_is_confirmed_by_a_replica(redis_cluster: RunningRedis) -> None:
+    """Writes spread over every master come back in order, each master's WAIT answered."""
+    wait_replication_links(redis_cluster.nodes)
+
+    async def go() -> tuple[list[Any], int, int]:
+        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        try:
+            p = prefix()
+            writes = [Command(f"{p}{i}", ("SET", f"{p}{i}", str(i))) for i in range(60)]
+            await runner.run("test write", writes, durable=True)
+            reads = [Command(f"{p}{i}", ("GET", f"{p}{i}")) for i in range(60)]
+            got = await runner.run("test read", reads)
+            masters = {getattr(runner.client.get_node_from_key(c.key), "name", None)
+                       for c in writes}
+            return got, runner.stats.unconfirmed_writes, len(masters)
+        finally:
+            await runner.aclose()
+
+    got, unconfirmed, masters = run(go)
+    assert got == [str(i).encode() for i in range(60)]
+    assert unconfirmed == 0
+    assert masters == 3
+
+
+def test_unreachable_cluster_fails_after_the_deadline_with_backoff() -> None:
+    """Nothing listening: IndexUnavailable after the deadline, delays growing to the cap."""
+    port = free_port_block(2)
+    sleeps = Sleeps()
+    clock = [0.0]
+
+    async def fake_sleep(delay: float) -> None:
+        clock[0] += delay
+        await sleeps(delay)
+
+    async def go() -> ClusterRunner:
+        runner = ClusterRunner(new_cluster_client([f"127.0.0.1:{port}"], socket_timeout=0.2),
+                               retry=RetryPolicy(deadline=5.0, first_delay=0.1, max_delay=1.0),
+                               sleep=fake_sleep, monotonic=lambda: clock[0],
+                               rng=random.Random(7))
+        try:
+            with pytest.raises(IndexUnavailable, match="unavailable for test op"):
+                await runner.run("test op", [Command("k", ("GET", "k"))])
+            return runner
+        finally:
+            await runner.aclose()
+
+    runner = run(go)
+    assert runner.stats.retries >= 5
+    assert all(d <= 1.0 for d in sleeps.delays)
+    assert sleeps.delays[0] <= 0.1 and max(sleeps.delays) > 0.5
+    assert sum(sleeps.delays) == pytest.approx(5.0, abs=1e-9)
+
+
+def test_transient_errors_are_retried(redis_cluster: RunningRedis) -> None:
+    """An operation failing twice with connection errors succeeds on the third try."""
+    sleeps = Sleeps()
+    attempts = [0]
+
+    async def flaky(client: RedisCluster) -> str:
+        attempts[0] += 1
+        if attempts[0] < 3:
+            raise rx.ConnectionError("injected")
+        return "done"
+
+    async def go() -> tuple[str, int]:
+        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes), sleep=sleeps)
+        try:
+            return await runner.call("flaky", flaky), runner.stats.retries
+        finally:
+            await runner.aclose()
+
+    assert run(go) == ("done", 2)
+    assert len(sleeps.delays) == 2
+
+
+def test_scripts_are_loaded_again_after_a_script_flush(redis_cluster: RunningRedis) -> None:
+    """A master that lost its scripts (new, promoted, flushed) answers NOSCRIPT; the
+    runner loads them and the batch succeeds."""
+    script = LuaScript("echo", "return redis.call('SET', KEYS[1], ARGV[1])")
+
+    async def go() -> tuple[list[Any], int]:
+        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        runner.register(script)
+        try:
+            await runner.call("flush", lambda c: c.execute_command(
+                "SCRIPT", "FLUSH", target_nodes=c.get_primaries()))
+            p = prefix()
+            replies = await runner.run("scripted", [
+                Command.script(script, f"{p}{i}", "v") for i in range(10)], durable=True)
+            return replies, runner.stats.script_loads
+        finally:
+            await runner.aclose()
+
+    replies, loads = run(go)
+    assert replies == [b"OK"] * 10
+    assert loads == 1
+
+
+def test_refused_commands_are_not_retried(redis_cluster: RunningRedis) -> None:
+    """A command Redis refuses for good (WRONGTYPE) raises at once, without retries."""
+
+    async def go() -> int:
+        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        try:
+            key = f"{prefix()}str"
+            await runner.run("set", [Command(key, ("SET", key, "x"))])
+            with pytest.raises(DirectorError, match="WRONGTYPE"):
+                await runner.run("hget", [Command(key, ("HGET", key, "f"))])
+            return runner.stats.retries
+        finally:
+            await runner.aclose()
+
+    assert run(go) == 0
+
+
+def test_short_waits_are_counted_and_back_off(redis_cluster: RunningRedis) -> None:
+    """A master that cannot get enough replicas to acknowledge (2 asked, 1 exists): the
+    write still succeeds, is counted unconfirmed, and that master is not waited on
+    again until its hold (doubling while it stays short) has passed."""
+    wait_replication_links(redis_cluster.nodes)
+    clock = [0.0]
+
+    async def go() -> list[tuple[int, float]]:
+        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes), wait_replicas=2,
+                               wait_timeout=0.05, degraded_hold=10.0,
+                               monotonic=lambda: clock[0])
+        key = f"{prefix()}k"
+        seen = []
+        try:
+            for advance in (0.0, 1.0, 10.0, 15.0, 10.0):
+                clock[0] += advance
+                started = time.monotonic()
+                await runner.run("w", [Command(key, ("SET", key, "v"))], durable=True)
+                seen.append((runner.stats.unconfirmed_writes, time.monotonic() - started))
+            return seen
+        finally:
+            await runner.aclose()
+
+    seen = run(go)
+    # t=0 waits and is short; t=1 is inside the 10 s hold; t=11 waits again (short, the
+    # hold becomes 20 s); t=26 is inside the doubled hold; t=36 waits once more.
+    assert [count for count, _s in seen] == [1, 1, 2, 2, 3]
+    assert seen[0][1] >= 0.05 and seen[1][1] < 0.05

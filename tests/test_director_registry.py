@@ -1,0 +1,238 @@
+"""Tests of the node registry against the real Redis Cluster, with real load reports."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from director.errors import RegistryError, RemoveRefused, UnknownNode
+from director.index import LocationIndex
+from director.keys import Keyspace
+from director.nodes import NodeState
+from director.placement import PlacementPolicy
+from director.redisconn import ClusterRunner, Command, new_cluster_client
+from director.registry import Registry, remove_node
+from objstore.reporter import Identity, LoadSample, RedisClusterSink, build_report
+from objstore.stats import OP_NAMES
+from tests.conftest import RunningRedis
+
+GIB = 1 << 30
+
+
+def report_fields(node_id: str, address: str, *, zone: str = "a", tier: str = "ssd",
+                  used: int = 10 * GIB, capacity: int = 100 * GIB) -> dict[str, str]:
+    """A report exactly as objstored builds it."""
+    ident = Identity(node_id=node_id, address=address, zone=zone, tier=tier)
+    zeros = [0] * len(OP_NAMES)
+    prev = LoadSample(at=time.time() - 5, capacity_bytes=capacity, used_bytes=used, items=0,
+                      ops=zeros)
+    cur = LoadSample(at=time.time(), capacity_bytes=capacity, used_bytes=used, items=42,
+                     ops=[5] * len(OP_NAMES))
+    fields, _hot = build_report(ident, prev, cur, hot_keys=0)
+    return fields
+
+
+class Env:
+    """A registry under a private key prefix, plus a way to publish reports there."""
+
+    def __init__(self, runner: ClusterRunner, keys: Keyspace) -> None:
+        self.runner = runner
+        self.keys = keys
+        self.registry = Registry(runner, keys)
+
+    async def report(self, node_id: str, address: str, *, ttl_ms: int = 30_000,
+                     **kw: Any) -> None:
+        key = self.keys.report(node_id)
+        fields = report_fields(node_id, address, **kw)
+        await self.runner.run("report", [
+            Command(key, ("HSET", key, *[x for kv in fields.items() for x in kv])),
+            Command(key, ("PEXPIRE", key, ttl_ms))])
+
+
+def with_env(redis_cluster: RunningRedis, body: Callable[[Env], Awaitable[Any]],
+             keys: Keyspace | None = None) -> Any:
+    async def go() -> Any:
+        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        try:
+            return await body(Env(runner, keys or Keyspace(f"t-{uuid.uuid4().hex[:8]}:")))
+        finally:
+            await runner.aclose()
+
+    return asyncio.run(go())
+
+
+def test_add_numbers_nodes_and_reads_their_reports(redis_cluster: RunningRedis) -> None:
+    """Added nodes get numbers 1, 2, ...; with a live report a node is active, without
+    one it is down; the snapshot carries the report's figures."""
+
+    async def body(env: Env) -> Any:
+        await env.report("n1", "10.0.0.1:11211")
+        a = await env.registry.add("n1", "10.0.0.1:11211", zone="a", tier="ssd")
+        b = await env.registry.add("n2", "10.0.0.2:11211", zone="b", tier="hdd", weight=2.5)
+        return a, b, await env.registry.snapshot()
+
+    a, b, snap = with_env(redis_cluster, body)
+    assert (a.number, a.state) == (1, NodeState.ACTIVE)
+    assert (b.number, b.state, b.weight, b.tier) == (2, NodeState.DOWN, 2.5, "hdd")
+    assert [n.id for n in snap.nodes] == ["n1", "n2"]
+    assert snap.by_number(1).report.items == 42
+    assert snap.by_number(1).report.used_bytes == 10 * GIB
+    assert [n.id for n in snap.resolve([2, 9, 1])] == ["n2", "n1"]
+
+
+@pytest.mark.parametrize(("node_id", "address", "words"), [
+    ("n1", "10.0.0.9:1", "already registered"),
+    ("n9", "10.0.0.1:11211", "already registered as node n1"),
+    ("bad{id}", "10.0.0.9:1", "not a node id"),
+    ("n9", "no-port", "host:port"),
+])
+def test_add_refuses_duplicates_and_bad_values(redis_cluster: RunningRedis, node_id: str,
+                                               address: str, words: str) -> None:
+    """A second node with the same id or address, or an unusable id/address, is refused."""
+
+    async def body(env: Env) -> None:
+        await env.registry.add("n1", "10.0.0.1:11211", zone="a", tier="ssd")
+        with pytest.raises(RegistryError, match=words):
+            await env.registry.add(node_id, address, zone="a", tier="ssd")
+
+    with_env(redis_cluster, body)
+
+
+def test_states_drain_activate_remove_readd(redis_cluster: RunningRedis) -> None:
+    """Drain and activate flip the admin state; a removed node cannot be drained, and
+    adding it again revives it with its old number."""
+
+    async def body(env: Env) -> list[Any]:
+        r = env.registry
+        await env.report("n1", "10.0.0.1:1")
+        await r.add("n1", "10.0.0.1:1", zone="a", tier="ssd")
+        await r.add("n2", "10.0.0.2:1", zone="a", tier="ssd")
+        out: list[Any] = [(await r.drain("n1")).state, (await r.activate("n1")).state]
+        await r.set_state("n1", NodeState.REMOVED)
+        with pytest.raises(RegistryError, match="was removed"):
+            await r.drain("n1")
+        with pytest.raises(UnknownNode):
+            await r.drain("nobody")
+        with pytest.raises(RegistryError, match="not a state"):
+            await r.set_state("n2", NodeState.DOWN)
+        back = await r.add("n1", "10.0.0.1:1", zone="b", tier="ssd")
+        out += [back.number, back.state, back.zone]
+        return out
+
+    assert with_env(redis_cluster, body) == [NodeState.DRAINING, NodeState.ACTIVE, 1,
+                                             NodeState.ACTIVE, "b"]
+
+
+def test_node_whose_report_expires_is_down(redis_cluster: RunningRedis) -> None:
+    """When the object server stops reporting, its report expires and it shows as down."""
+
+    async def body(env: Env) -> tuple[NodeState, NodeState]:
+        await env.report("n1", "10.0.0.1:1", ttl_ms=300)
+        before = (await env.registry.add("n1", "10.0.0.1:1", zone="a", tier="ssd")).state
+        await asyncio.sleep(0.5)
+        return before, (await env.registry.get("n1")).state
+
+    assert with_env(redis_cluster, body) == (NodeState.ACTIVE, NodeState.DOWN)
+
+
+def test_reporting_but_unregistered_nodes_are_new(redis_cluster: RunningRedis) -> None:
+    """A node that reports but was never added is listed as new, found by its address,
+    and is not in the snapshot placement uses."""
+
+    async def body(env: Env) -> Any:
+        await env.report("fresh", "10.0.0.7:11211", zone="c")
+        await env.report("known", "10.0.0.8:11211")
+        await env.registry.add("known", "10.0.0.8:11211", zone="a", tier="ssd")
+        new = await env.registry.unregistered()
+        found = await env.registry.reporter_at("10.0.0.7:11211")
+        missing = await env.registry.reporter_at("10.0.0.9:11211")
+        return new, found, missing, await env.registry.snapshot()
+
+    new, found, missing, snap = with_env(redis_cluster, body)
+    assert [(n.id, n.state, n.zone) for n in new] == [("fresh", NodeState.NEW, "c")]
+    assert found is not None and found.node_id == "fresh"
+    assert missing is None
+    assert snap.get("fresh") is None
+
+
+def test_snapshot_feeds_placement(redis_cluster: RunningRedis) -> None:
+    """Placement over a snapshot uses only active, reporting nodes of the write tier."""
+
+    async def body(env: Env) -> Any:
+        r = env.registry
+        for i, zone in enumerate("abc", start=1):
+            await env.report(f"n{i}", f"10.0.0.{i}:1", zone=zone)
+            await r.add(f"n{i}", f"10.0.0.{i}:1", zone=zone, tier="ssd")
+        await r.add("silent", "10.0.0.9:1", zone="a", tier="ssd")
+        await env.report("cold", "10.0.0.8:1", tier="hdd")
+        await r.add("cold", "10.0.0.8:1", zone="b", tier="hdd")
+        await r.drain("n3")
+        return await r.snapshot()
+
+    snap = with_env(redis_cluster, body)
+    placer = snap.placer(PlacementPolicy(replicas=2, tier="ssd"))
+    assert set(placer.weights) == {"n1", "n2"}
+    placement = placer.place(hashlib.sha256(b"x").hexdigest())
+    assert {n.id for n in placement.targets} == {"n1", "n2"}
+    assert {n.state for n in snap.nodes} == {NodeState.ACTIVE, NodeState.DRAINING,
+                                             NodeState.DOWN}
+
+
+def test_remove_is_refused_while_a_node_holds_sole_copies(redis_cluster: RunningRedis) -> None:
+    """remove_node refuses (and changes nothing) while the node is some blob's only
+    location; once every blob has another copy it removes the node and strips it from
+    the index."""
+    keys = Keyspace(f"t-{uuid.uuid4().hex[:8]}:")
+    ids = [hashlib.sha256(f"rm{i}".encode()).hexdigest() for i in range(100)]
+
+    async def body(env: Env) -> Any:
+        index = await LocationIndex.open(redis_cluster.nodes, buckets=16, keys=keys,
+                                         runner=env.runner)
+        r = env.registry
+        a = await r.add("a", "10.0.0.1:1", zone="a", tier="ssd")
+        b = await r.add("b", "10.0.0.2:1", zone="b", tier="ssd")
+        await index.add_many({x: [a.number, b.number] for x in ids})
+        await index.add_many({x: [a.number] for x in blob_ids_only_on_a})
+        with pytest.raises(RemoveRefused) as refused:
+            await remove_node(r, index, "a")
+        unchanged = (await r.get("a")).admin_state
+        await index.add_many({x: [b.number] for x in blob_ids_only_on_a})
+        outcome = await remove_node(r, index, "a")
+        after = await index.lookup(ids + blob_ids_only_on_a)
+        return refused.value, unchanged, outcome, after, b.number
+
+    blob_ids_only_on_a = [hashlib.sha256(f"sole{i}".encode()).hexdigest() for i in range(3)]
+    refused, unchanged, outcome, after, b_number = with_env(redis_cluster, body, keys)
+    assert refused.sole_copies == 3 and set(refused.examples) == set(blob_ids_only_on_a)
+    assert "drain" in str(refused)
+    assert unchanged is NodeState.ACTIVE
+    assert outcome.node.state is NodeState.REMOVED
+    assert (outcome.strip.removed, outcome.strip.kept_sole) == (103, 0)
+    assert set(after.values()) == {(b_number,)}
+
+
+def test_reports_written_by_objstored_are_read(redis_cluster: RunningRedis) -> None:
+    """A report written by objstored's own Redis writer (default key names) is what the
+    registry reads for that node."""
+    node_id = f"obj-{uuid.uuid4().hex[:10]}"
+    address = f"10.{uuid.uuid4().int % 250}.0.1:11211"
+    sink = RedisClusterSink(redis_cluster.nodes)
+    try:
+        sink.write(node_id, report_fields(node_id, address, zone="z9"), {}, 30)
+    finally:
+        sink.close()
+
+    async def body(env: Env) -> Any:
+        report = await env.registry.reporter_at(address)
+        node = await env.registry.add(node_id, address, zone="z9", tier="ssd")
+        return report, node
+
+    report, node = with_env(redis_cluster, body, Keyspace())
+    assert report is not None and (report.node_id, report.zone) == (node_id, "z9")
+    assert node.state is NodeState.ACTIVE and node.report is not None

@@ -1,0 +1,112 @@
+"""Tests of the under-replication queue against the real Redis Cluster, clock injected."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from director.keys import InvalidBlobId, Keyspace
+from director.redisconn import ClusterRunner, new_cluster_client
+from director.repairqueue import RepairQueue
+from tests.conftest import RunningRedis
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def blob_ids(n: int, salt: str) -> list[str]:
+    return [hashlib.sha256(f"{salt}{i}".encode()).hexdigest() for i in range(n)]
+
+
+def with_queue(redis_cluster: RunningRedis, clock: Clock,
+               body: Callable[[RepairQueue], Awaitable[Any]]) -> Any:
+    async def go() -> Any:
+        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        queue = RepairQueue(runner, Keyspace(f"t-{uuid.uuid4().hex[:8]}:"), clock=clock)
+        try:
+            return await body(queue)
+        finally:
+            await runner.aclose()
+
+    return asyncio.run(go())
+
+
+def test_queue_deduplicates_and_keeps_the_earliest_due_time(
+        redis_cluster: RunningRedis) -> None:
+    """A blob reported again is one entry, still due at its first time."""
+    clock = Clock()
+    ids = blob_ids(5, "dedup")
+
+    async def body(q: RepairQueue) -> tuple[int, int, int, list[str]]:
+        first = await q.add(ids[:3])
+        again = await q.add(ids, delay=60)
+        backlog = await q.backlog()
+        return first, again, backlog, await q.claim(10)
+
+    first, again, backlog, claimed = with_queue(redis_cluster, clock, body)
+    assert (first, again, backlog) == (3, 2, 5)
+    assert sorted(claimed) == sorted(ids[:3])  # the two new ones are due in a minute
+
+
+def test_claims_are_leases(redis_cluster: RunningRedis) -> None:
+    """Claimed blobs are not handed out again until the lease runs out; done ones never."""
+    clock = Clock()
+    ids = blob_ids(40, "lease")
+
+    async def body(q: RepairQueue) -> tuple[Any, ...]:
+        await q.add(ids)
+        first = await q.claim(100, lease=30)
+        during = await q.claim(100, lease=30)
+        await q.done(first[:10])
+        clock.now += 31
+        after = await q.claim(100, lease=30)
+        return first, during, after, await q.backlog()
+
+    first, during, after, backlog = with_queue(redis_cluster, clock, body)
+    assert sorted(first) == sorted(ids)
+    assert during == []
+    assert sorted(after) == sorted(first[10:])
+    assert backlog == 30
+
+
+def test_claim_limit_is_respected_and_every_entry_comes_out_once(
+        redis_cluster: RunningRedis) -> None:
+    """Small claims never exceed their limit and, shard after shard, hand out every
+    queued blob exactly once."""
+    clock = Clock()
+    ids = blob_ids(100, "limit")
+
+    async def body(q: RepairQueue) -> list[list[str]]:
+        await q.add(ids)
+        rounds = []
+        for _ in range(60):
+            got = await q.claim(7, lease=600)
+            rounds.append(got)
+            if not got and await q.backlog() == 100 and sum(map(len, rounds)) == 100:
+                break
+        return rounds
+
+    rounds = with_queue(redis_cluster, clock, body)
+    assert all(len(r) <= 7 for r in rounds)
+    everything = [b for r in rounds for b in r]
+    assert sorted(everything) == sorted(ids)
+
+
+def test_queue_refuses_non_blob_ids(redis_cluster: RunningRedis) -> None:
+    """Only blob ids can be queued."""
+
+    async def body(q: RepairQueue) -> None:
+        with pytest.raises(InvalidBlobId):
+            await q.add(["../etc"])
+
+    with_queue(redis_cluster, Clock(), body)
