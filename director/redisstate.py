@@ -38,7 +38,7 @@ class RedisState:
         :raises IndexLayoutMismatch: ``director.index_buckets`` differs from the index's.
         :raises IndexUnavailable: Redis Cluster cannot be reached within the deadline.
         """
-        keys = keys or Keyspace()
+        keys = keys or Keyspace(cluster.redis_prefix)
         runner = ClusterRunner(new_cluster_client(cluster.redis_nodes), retry=retry)
         try:
             index = await LocationIndex.open(cluster.redis_nodes,

@@ -12,6 +12,7 @@ Validation errors name the offending key (``objstore.max_item_size: ...``).
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -96,8 +97,11 @@ class ClusterConfig:
         "127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003",
         "127.0.0.1:7004", "127.0.0.1:7005", "127.0.0.1:7006",
     )
+    redis_prefix: str = "objmail:"
 
     def __post_init__(self) -> None:
+        _check(bool(re.fullmatch(r"[A-Za-z0-9_.:-]*:", self.redis_prefix)), "redis_prefix",
+               f"must be letters, digits, '_.:-' and end with ':', got {self.redis_prefix!r}")
         _check(bool(self.redis_nodes), "redis_nodes", "at least one startup node is needed")
         for node in self.redis_nodes:
             parse_hostport(node, "redis_nodes")

@@ -1,0 +1,280 @@
+"""An asyncio memcached client for talking to object servers.
+
+Theory of operation: one :class:`MemcacheConnection` is an asyncio protocol that
+pipelines requests: each request is written at once and a future is queued; the
+sans-IO :class:`objstore.replies.ReplyParser` turns the byte stream back into
+replies, which resolve the futures in order.  A reply that cannot be parsed, a
+timeout or a lost connection fails *every* pending request on that connection
+and closes it, because a memcached stream cannot be resynchronised.
+
+:class:`NodeClient` keeps a small pool of such connections to one object server,
+opened lazily and replaced when they die, and exposes typed operations that raise
+the :class:`NodeError` family instead of returning protocol replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from objstore.replies import (
+    NEED_DATA,
+    ErrorReply,
+    Expect,
+    MetadumpEntry,
+    MetadumpReply,
+    MetaReply,
+    Reply,
+    ReplyError,
+    ReplyParser,
+    StatsReply,
+    Status,
+    Value,
+    Values,
+    VersionReply,
+)
+
+
+class NodeError(Exception):
+    """An object server could not serve a request."""
+
+
+class NodeUnavailable(NodeError):
+    """No connection could be made, or it broke."""
+
+
+class NodeTimeout(NodeError):
+    """The server did not answer in time."""
+
+
+class NodeProtocolError(NodeError):
+    """The server answered something that is not the memcached protocol."""
+
+
+class NodeRefused(NodeError):
+    """The server answered with an error reply (CLIENT_ERROR, SERVER_ERROR, ERROR)."""
+
+    def __init__(self, reply: ErrorReply) -> None:
+        super().__init__(reply.line.decode(errors="replace"))
+        self.reply = reply
+
+
+class MemcacheConnection(asyncio.Protocol):
+    """One pipelined connection."""
+
+    def __init__(self, max_value: int) -> None:
+        self._parser = ReplyParser(max_value=max_value)
+        self._pending: deque[asyncio.Future[Reply]] = deque()
+        self._transport: asyncio.Transport | None = None
+        self.closed = False
+
+    # asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed(data)
+        while self._pending:
+            try:
+                reply = self._parser.next_reply()
+            except ReplyError as exc:
+                self._fail(NodeProtocolError(str(exc)))
+                return
+            if reply is NEED_DATA:
+                return
+            fut = self._pending.popleft()
+            if not fut.done():
+                fut.set_result(reply)  # type: ignore[arg-type]
+        if data and not self._pending and self._parser.pending == 0:
+            # Bytes nobody asked for: the stream is out of step.
+            with contextlib.suppress(ReplyError):
+                if self._parser.next_reply() is not NEED_DATA:
+                    self._fail(NodeProtocolError("unsolicited reply"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(NodeUnavailable(f"connection lost: {exc}" if exc else "connection closed"))
+
+    # requests --------------------------------------------------------------------------
+
+    @property
+    def load(self) -> int:
+        return len(self._pending)
+
+    def request(self, chunks: Sequence[bytes], expect: Expect) -> asyncio.Future[Reply]:
+        """Write one request (already serialised) and return the future of its reply."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Reply] = loop.create_future()
+        if self.closed or self._transport is None:
+            fut.set_exception(NodeUnavailable("connection closed"))
+            return fut
+        self._parser.expect(expect)
+        self._pending.append(fut)
+        self._transport.writelines(chunks)
+        return fut
+
+    def abort(self, error: NodeError) -> None:
+        self._fail(error)
+
+    def _fail(self, error: NodeError) -> None:
+        self.closed = True
+        while self._pending:
+            fut = self._pending.popleft()
+            if not fut.done():
+                fut.set_exception(error)
+        if self._transport is not None:
+            self._transport.abort()
+
+
+@dataclass(frozen=True)
+class NodeAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class NodeClient:
+    """Pooled, pipelined access to one object server.
+
+    :param pool_size: connections kept open at most; requests go to the least busy.
+    :param timeout: seconds to wait for connecting and for each reply.
+    """
+
+    def __init__(self, address: NodeAddress, *, pool_size: int = 4, timeout: float = 2.0,
+                 max_value: int = 64 * 1024 * 1024 + 1024) -> None:
+        self.address = address
+        self.pool_size = pool_size
+        self.timeout = timeout
+        self.max_value = max_value
+        self._conns: list[MemcacheConnection] = []
+        self._connecting = 0
+
+    async def _connection(self) -> MemcacheConnection:
+        self._conns = [c for c in self._conns if not c.closed]
+        idle = min(self._conns, key=lambda c: c.load, default=None)
+        if idle is not None and (idle.load == 0
+                                 or len(self._conns) + self._connecting >= self.pool_size):
+            return idle
+        loop = asyncio.get_running_loop()
+        self._connecting += 1
+        try:
+            _transport, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: MemcacheConnection(self.max_value),
+                                       self.address.host, self.address.port),
+                self.timeout)
+        except (TimeoutError, OSError) as exc:
+            if idle is not None:
+                return idle
+            raise NodeUnavailable(f"{self.address}: cannot connect: {exc or 'timeout'}") from exc
+        finally:
+            self._connecting -= 1
+        self._conns.append(conn)
+        return conn
+
+    async def call(self, chunks: Sequence[bytes], expect: Expect,
+                   timeout: float | None = None) -> Reply:
+        """Send one raw request and wait for its reply (``timeout`` overrides the default)."""
+        conn = await self._connection()
+        fut = conn.request(chunks, expect)
+        limit = self.timeout if timeout is None else timeout
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(fut), limit)
+        except TimeoutError:
+            # Later replies on this connection would be misattributed: drop it.
+            conn.abort(NodeTimeout(f"{self.address}: no reply within {limit}s"))
+            raise NodeTimeout(f"{self.address}: no reply within {limit}s") from None
+        except NodeError as exc:
+            raise type(exc)(f"{self.address}: {exc}") from exc
+        if isinstance(reply, ErrorReply):
+            raise NodeRefused(reply)
+        return reply
+
+    async def close(self) -> None:
+        for conn in self._conns:
+            conn.abort(NodeUnavailable("client closed"))
+        self._conns.clear()
+
+    # typed operations ------------------------------------------------------------------
+
+    async def get(self, key: bytes) -> Value | None:
+        reply = await self.call([b"get " + key + b"\r\n"], Expect.GET)
+        if not isinstance(reply, Values):
+            raise NodeProtocolError(f"{self.address}: get answered {reply!r}")
+        return reply.items[0] if reply.items else None
+
+    async def get_many(self, keys: Sequence[bytes]) -> dict[bytes, Value]:
+        if not keys:
+            return {}
+        reply = await self.call([b"get " + b" ".join(keys) + b"\r\n"], Expect.GET)
+        if not isinstance(reply, Values):
+            raise NodeProtocolError(f"{self.address}: get answered {reply!r}")
+        return {v.key: v for v in reply.items}
+
+    async def store(self, verb: bytes, key: bytes, value: bytes, flags: int = 0,
+                    exptime: int = 0) -> bytes:
+        """set/add/replace; returns the status word (STORED, NOT_STORED...)."""
+        header = b"%s %s %d %d %d\r\n" % (verb, key, flags, exptime, len(value))
+        reply = await self.call([header, value, b"\r\n"], Expect.LINE)
+        if not isinstance(reply, Status):
+            raise NodeProtocolError(f"{self.address}: {verb.decode()} answered {reply!r}")
+        return reply.word
+
+    async def set(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bool:
+        return await self.store(b"set", key, value, flags, exptime) == b"STORED"
+
+    async def add(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bool:
+        return await self.store(b"add", key, value, flags, exptime) == b"STORED"
+
+    async def delete(self, key: bytes) -> bool:
+        reply = await self.call([b"delete " + key + b"\r\n"], Expect.LINE)
+        if not isinstance(reply, Status):
+            raise NodeProtocolError(f"{self.address}: delete answered {reply!r}")
+        return reply.word == b"DELETED"
+
+    async def touch(self, key: bytes, exptime: int) -> bool:
+        reply = await self.call([b"touch %s %d\r\n" % (key, exptime)], Expect.LINE)
+        if not isinstance(reply, Status):
+            raise NodeProtocolError(f"{self.address}: touch answered {reply!r}")
+        return reply.word == b"TOUCHED"
+
+    async def exists(self, key: bytes) -> bool:
+        """True when the server holds ``key`` (a meta get without the value)."""
+        reply = await self.call([b"mg " + key + b"\r\n"], Expect.META)
+        if not isinstance(reply, MetaReply):
+            raise NodeProtocolError(f"{self.address}: mg answered {reply!r}")
+        return reply.code in (b"HD", b"VA")
+
+    async def meta(self, line: bytes, value: bytes | None = None) -> MetaReply:
+        """A raw meta command (``mg key v f``...), with a data block for ms."""
+        chunks = [line + b"\r\n"] if value is None else [line + b"\r\n", value, b"\r\n"]
+        reply = await self.call(chunks, Expect.META)
+        if not isinstance(reply, MetaReply):
+            raise NodeProtocolError(f"{self.address}: meta answered {reply!r}")
+        return reply
+
+    async def version(self) -> bytes:
+        reply = await self.call([b"version\r\n"], Expect.LINE)
+        if not isinstance(reply, VersionReply):
+            raise NodeProtocolError(f"{self.address}: version answered {reply!r}")
+        return reply.version
+
+    async def stats(self, group: bytes = b"") -> dict[str, str]:
+        line = b"stats " + group + b"\r\n" if group else b"stats\r\n"
+        reply = await self.call([line], Expect.STATS)
+        if not isinstance(reply, StatsReply):
+            raise NodeProtocolError(f"{self.address}: stats answered {reply!r}")
+        return reply.as_dict()
+
+    async def metadump(self, timeout: float = 300.0) -> tuple[MetadumpEntry, ...]:
+        """Every key the server holds (``lru_crawler metadump all``)."""
+        reply = await self.call([b"lru_crawler metadump all\r\n"], Expect.METADUMP, timeout)
+        if not isinstance(reply, MetadumpReply):
+            raise NodeProtocolError(f"{self.address}: metadump answered {reply!r}")
+        return reply.entries

@@ -1,0 +1,98 @@
+"""Unit tests of the stored-value encoding: compression, encryption, manifests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from director.codec import (
+    FLAG_AESGCM,
+    FLAG_MANIFEST,
+    FLAG_ZLIB,
+    BlobCodec,
+    CodecError,
+    Manifest,
+    blob_id,
+    load_key,
+)
+
+KEY = bytes(range(32))
+TEXT = b"Subject: hello\r\n\r\n" + b"compressible text, " * 500
+RANDOM = os.urandom(8192)
+
+
+def test_compresses_only_what_shrinks() -> None:
+    """Text is stored zlib-compressed; random bytes are stored as they are."""
+    codec = BlobCodec(compression_level=1)
+    packed, flags = codec.encode(TEXT, blob_id(TEXT))
+    assert flags == FLAG_ZLIB and len(packed) < len(TEXT) // 4
+    assert codec.decode(packed, flags, blob_id(TEXT)) == TEXT
+    raw, flags = codec.encode(RANDOM, blob_id(RANDOM))
+    assert flags == 0 and raw == RANDOM
+
+
+def test_compression_off() -> None:
+    """Level -1 never compresses."""
+    assert BlobCodec(compression_level=-1).encode(TEXT, blob_id(TEXT)) == (TEXT, 0)
+
+
+def test_encryption_roundtrip_and_binding_to_id() -> None:
+    """Encrypted values decode only with the key and only under their own id."""
+    codec = BlobCodec(1, KEY)
+    bid = blob_id(TEXT)
+    stored, flags = codec.encode(TEXT, bid)
+    assert flags == FLAG_ZLIB | FLAG_AESGCM
+    assert TEXT[:40] not in stored
+    assert codec.decode(stored, flags, bid) == TEXT
+    with pytest.raises(CodecError, match="decryption failed"):
+        codec.decode(stored, flags, blob_id(b"other"))
+    with pytest.raises(CodecError, match="no encryption key"):
+        BlobCodec(1).decode(stored, flags, bid)
+    with pytest.raises(CodecError, match="decryption failed"):
+        BlobCodec(1, bytes(32)).decode(stored, flags, bid)
+
+
+def test_tampered_values_are_refused() -> None:
+    """A flipped byte in an encrypted or compressed value is an error, never data."""
+    bid = blob_id(TEXT)
+    stored, flags = BlobCodec(1, KEY).encode(TEXT, bid)
+    bad = bytearray(stored)
+    bad[20] ^= 1
+    with pytest.raises(CodecError):
+        BlobCodec(1, KEY).decode(bytes(bad), flags, bid)
+    packed, flags = BlobCodec(1).encode(TEXT, bid)
+    with pytest.raises(CodecError):
+        BlobCodec(1).decode(packed[:-10], flags, bid)
+
+
+def test_unknown_flags_are_refused() -> None:
+    """Flags this version does not know mean the value cannot be decoded safely."""
+    with pytest.raises(CodecError, match="unknown encoding flags"):
+        BlobCodec(1).decode(b"x", 0x100, blob_id(b"x"))
+
+
+def test_manifest_roundtrip_and_validation() -> None:
+    """A manifest lists chunk ids and the total size; junk is not a manifest."""
+    ids = tuple(blob_id(bytes([i])) for i in range(3))
+    manifest = Manifest(3_000_000, ids)
+    assert Manifest.from_bytes(manifest.to_bytes()) == manifest
+    codec = BlobCodec(1, KEY)
+    stored, flags = codec.encode_manifest(manifest, blob_id(b"whole"))
+    assert flags & FLAG_MANIFEST
+    assert Manifest.from_bytes(codec.decode(stored, flags, blob_id(b"whole"))) == manifest
+    for junk in (b"", b"OMCH\x01", b"nope" * 10, manifest.to_bytes()[:-1]):
+        with pytest.raises(CodecError):
+            Manifest.from_bytes(junk)
+
+
+def test_load_key(tmp_path: Path) -> None:
+    """Keys load from raw 32 bytes or 64 hex digits; anything else is refused."""
+    (tmp_path / "raw").write_bytes(KEY)
+    (tmp_path / "hex").write_text(KEY.hex() + "\n")
+    (tmp_path / "short").write_bytes(b"short")
+    assert load_key(str(tmp_path / "raw")) == KEY
+    assert load_key(str(tmp_path / "hex")) == KEY
+    with pytest.raises(CodecError, match="32-byte key"):
+        load_key(str(tmp_path / "short"))

@@ -1,0 +1,127 @@
+"""Tables for the sans-IO LMTP reader: commands, DATA framing, dot-stuffing, limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from imapd.lmtp_parser import (
+    NEED_DATA,
+    Command,
+    LineTooLong,
+    LMTPParser,
+    MessageData,
+)
+
+
+def events(parser: LMTPParser) -> list[object]:
+    out = []
+    while (event := parser.next_event()) is not NEED_DATA:
+        out.append(event)
+    return out
+
+
+def feed_bytewise(parser: LMTPParser, data: bytes) -> list[object]:
+    out: list[object] = []
+    for i in range(len(data)):
+        parser.feed(data[i:i + 1])
+        out += events(parser)
+    return out
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    (b"LHLO mx.example.org\r\n", Command("LHLO", "mx.example.org")),
+    (b"lhlo  mx\r\n", Command("LHLO", "mx")),
+    (b"MAIL FROM:<a@b.c> SIZE=100 BODY=8BITMIME\r\n",
+     Command("MAIL", "FROM:<a@b.c> SIZE=100 BODY=8BITMIME")),
+    (b"RCPT TO:<u@d>\n", Command("RCPT", "TO:<u@d>")),
+    (b"DATA\r\n", Command("DATA", "")),
+    (b"QUIT\r\n", Command("QUIT", "")),
+])
+def test_command_lines(line: bytes, expected: Command) -> None:
+    """A command line gives its upper-cased verb and its argument, whole or byte by byte."""
+    parser = LMTPParser()
+    parser.feed(line)
+    assert events(parser) == [expected]
+    assert feed_bytewise(LMTPParser(), line) == [expected]
+
+
+def test_pipelined_commands_and_trailing_partial_line() -> None:
+    """Several pipelined commands come out in order; a partial line waits."""
+    parser = LMTPParser()
+    parser.feed(b"MAIL FROM:<>\r\nRCPT TO:<a@x>\r\nRCPT TO:<b@x>\r\nDA")
+    assert events(parser) == [Command("MAIL", "FROM:<>"), Command("RCPT", "TO:<a@x>"),
+                              Command("RCPT", "TO:<b@x>")]
+    parser.feed(b"TA\r\n")
+    assert events(parser) == [Command("DATA", "")]
+
+
+MESSAGE = (b"From: a@b\r\nSubject: dots\r\n\r\n..leading dot was stuffed\r\n"
+           b"middle . dot\r\n.\r\nnot end: stuffed single dot above\r\n")
+WIRE = (b"From: a@b\r\nSubject: dots\r\n\r\n...leading dot was stuffed\r\n"
+        b"middle . dot\r\n..\r\nnot end: stuffed single dot above\r\n.\r\nQUIT\r\n")
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_data_unstuffs_and_stops_at_lone_dot(bytewise: bool) -> None:
+    """DATA undoes dot-stuffing, keeps every other byte, and ends at the lone dot line."""
+    parser = LMTPParser()
+    parser.start_data()
+    if bytewise:
+        got = feed_bytewise(parser, WIRE)
+    else:
+        parser.feed(WIRE)
+        got = events(parser)
+    assert got == [MessageData(MESSAGE, len(MESSAGE)), Command("QUIT", "")]
+
+
+def test_data_keeps_bare_lf_and_8bit() -> None:
+    """Bare LF line endings and 8-bit bytes pass through DATA unchanged."""
+    parser = LMTPParser()
+    parser.start_data()
+    message = b"Subject: \xe9t\xe9\n\nbody\xff\n"
+    parser.feed(message + b".\n")
+    assert events(parser) == [MessageData(message, len(message))]
+
+
+def test_too_big_message_is_read_to_the_end_but_not_kept() -> None:
+    """A message over max_message is consumed to its end and flagged too_big."""
+    parser = LMTPParser(max_message=10)
+    parser.start_data()
+    parser.feed(b"0123456789abcdef\r\nmore\r\n.\r\nNOOP\r\n")
+    (data, noop) = events(parser)
+    assert isinstance(data, MessageData) and data.too_big and data.data == b""
+    assert data.size == 24
+    assert noop == Command("NOOP", "")
+
+
+def test_long_command_line_is_refused_and_bounded() -> None:
+    """A command line over max_line is dropped (memory stays bounded) and reported once."""
+    parser = LMTPParser(max_line=64)
+    for _ in range(100):
+        parser.feed(b"x" * 1000)
+        assert events(parser) == []
+        assert len(parser._buf) <= 1000 + 64
+    parser.feed(b"\r\nNOOP\r\n")
+    assert events(parser) == [LineTooLong(), Command("NOOP", "")]
+
+
+def test_start_data_twice_is_a_bug() -> None:
+    """Calling start_data while already in DATA is our own misuse: it raises."""
+    parser = LMTPParser()
+    parser.start_data()
+    with pytest.raises(RuntimeError):
+        parser.start_data()
+
+
+def test_large_message_is_linear() -> None:
+    """A 20 MB message fed in 64 KiB reads is assembled exactly (no quadratic rescans)."""
+    body = b"".join(b"line %07d of the message body, some filler text\r\n" % i
+                    for i in range(400_000))
+    wire = body + b".\r\n"
+    parser = LMTPParser(max_message=64 << 20)
+    parser.start_data()
+    got = []
+    for i in range(0, len(wire), 65536):
+        parser.feed(wire[i:i + 65536])
+        got += events(parser)
+    assert got == [MessageData(body, len(body))]
