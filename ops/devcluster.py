@@ -49,6 +49,17 @@ class DevOptions:
     install_missing: bool = True
 
 
+@dataclass(frozen=True)
+class DevObjstore:
+    """One object server of the dev cluster; its name is also its node id."""
+
+    name: str
+    host: str
+    port: int
+    zone: str
+    data_dir: Path
+
+
 @dataclass
 class Stage:
     """One kind of process and what to do once its processes run."""
@@ -205,16 +216,53 @@ class DevCluster:
                     f"redis-cli --cluster create failed:\n{result.stdout[-2000:]}"
                     f"{result.stderr[-2000:]}")
         wait_redis_cluster_ok(addresses, timeout=60)
+        wait_redis_replicas(addresses, timeout=60)
 
     def _stage_objstore(self) -> Stage | None:
-        specs = []
-        for i, (host, port) in enumerate(self.objstore_addresses, start=1):
-            specs.append(self.objstored_spec(
-                f"objstored-{i}", host, port, self.run_dir / "objstore" / str(i),
-                zone=DEV_ZONES[(i - 1) % len(DEV_ZONES)]))
+        specs = [self.objstored_spec(n.name, n.host, n.port, n.data_dir, zone=n.zone)
+                 for n in self.dev_objstores()]
         if not specs:
             return None
-        return Stage("objstore", specs)
+        return Stage("objstore", specs, after_start=self._register_objstores)
+
+    def _register_objstores(self) -> None:
+        """Add the dev object servers to the registry (what ``objmail node add`` does)
+        and wait until each reports, so the cluster takes blobs once ``up`` returns."""
+        from director.nodes import NodeState
+        from director.redisstate import RedisState
+
+        wanted = self.dev_objstores()
+
+        async def register() -> None:
+            state = await RedisState.open(self.config.cluster, self.config.director)
+            try:
+                known = {n.id: n for n in (await state.registry.snapshot()).nodes}
+                for n in wanted:
+                    if n.name not in known:
+                        await state.registry.add(n.name, f"{n.host}:{n.port}", zone=n.zone,
+                                                 tier=self.config.objstore.tier)
+                deadline = time.monotonic() + 30
+                while True:
+                    nodes = {n.id: n for n in (await state.registry.snapshot()).nodes}
+                    waiting = [n.name for n in wanted
+                               if nodes[n.name].state is not NodeState.ACTIVE]
+                    if not waiting:
+                        return
+                    if time.monotonic() > deadline:
+                        raise LaunchError(
+                            f"object servers registered but not reporting to Redis: "
+                            f"{', '.join(waiting)}; see their logs in {self.launcher.log_dir}")
+                    await asyncio.sleep(0.2)
+            finally:
+                await state.aclose()
+
+        asyncio.run(register())
+
+    def dev_objstores(self) -> list[DevObjstore]:
+        """The object servers of this cluster: ``objstored-<n>`` in zones a, b, c..."""
+        return [DevObjstore(f"objstored-{i}", host, port, DEV_ZONES[(i - 1) % len(DEV_ZONES)],
+                            self.run_dir / "objstore" / str(i))
+                for i, (host, port) in enumerate(self.objstore_addresses, start=1)]
 
     def objstored_spec(self, name: str, host: str, port: int, data_dir: Path, *,
                        zone: str, extra_args: Sequence[str] = (),
@@ -300,6 +348,33 @@ def wait_redis_cluster_ok(addresses: Sequence[tuple[str, int]], timeout: float) 
                    if i.get("cluster_state") != "ok"]
             raise LaunchError(f"Redis Cluster not ok after {timeout:.0f}s: {', '.join(bad)}")
         time.sleep(0.2)
+
+
+def wait_redis_replicas(addresses: Sequence[tuple[str, int]], timeout: float) -> None:
+    """Wait until every master has an online replica.
+
+    The cluster says ``ok`` as soon as the slots are served, while replicas may still
+    be in their first sync and cannot acknowledge a ``WAIT`` yet; the director's
+    durable writes need them.
+    """
+    import redis
+
+    deadline = time.monotonic() + timeout
+    for host, port in addresses:
+        client = redis.Redis(host=host, port=port, decode_responses=True, socket_timeout=2)
+        try:
+            while True:
+                info = client.info("replication")
+                if info["role"] != "master" or any(
+                        isinstance(v, dict) and v.get("state") == "online"
+                        for k, v in info.items() if k.startswith("slave")):
+                    break
+                if time.monotonic() > deadline:
+                    raise LaunchError(f"Redis master {host}:{port}: no replica came online "
+                                      f"after {timeout:.0f}s")
+                time.sleep(0.1)
+        finally:
+            client.close()
 
 
 def _redis_cluster_info(host: str, port: int) -> dict[str, str]:

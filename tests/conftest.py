@@ -147,3 +147,25 @@ def redis_cluster(test_cluster: TestCluster) -> Iterator[RunningRedis]:
     """A 6-node Redis Cluster (3 masters, 3 replicas) on loopback."""
     with running(test_cluster, "redis") as cluster:
         yield RunningRedis(test_cluster.redis_nodes, cluster)
+
+
+@dataclass
+class RunningObjstores:
+    """Redis Cluster plus the dev object servers, registered and reporting."""
+
+    config: Config
+    cluster: DevCluster
+
+
+@pytest.fixture(scope="session")
+def objstore_cluster(test_cluster: TestCluster,
+                     redis_cluster: RunningRedis) -> Iterator[RunningObjstores]:
+    """Three objstored (zones a, b, c) added to the registry, as `objmail dev up` does."""
+    with running(test_cluster, "objstore") as cluster:
+        yield RunningObjstores(test_cluster.config, cluster)
+
+
+@pytest.fixture(scope="session")
+def storage_cluster(postgres: str, objstore_cluster: RunningObjstores) -> Config:
+    """PostgreSQL (migrated) + Redis Cluster + registered object servers: their config."""
+    return objstore_cluster.config

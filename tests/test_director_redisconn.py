@@ -10,13 +10,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import redis
 from redis import exceptions as rx
 from redis.asyncio.cluster import RedisCluster
 
 from director.errors import DirectorError, IndexUnavailable
 from director.redisconn import ClusterRunner, Command, LuaScript, RetryPolicy, new_cluster_client
 from ops.config import parse_hostport
+from ops.devcluster import wait_redis_replicas
 from tests.conftest import RunningRedis, free_port_block
 
 
@@ -40,24 +40,8 @@ def prefix() -> str:
 
 
 def wait_replication_links(nodes: list[str], timeout: float = 30.0) -> None:
-    """Wait until every master has an online replica: the cluster says ``ok`` as soon as
-    the slots are served, while the replicas may still be in their first sync (and
-    cannot acknowledge a WAIT yet)."""
-    deadline = time.monotonic() + timeout
-    for node in nodes:
-        host, port = parse_hostport(node)
-        client = redis.Redis(host=host, port=port, decode_responses=True)
-        try:
-            while True:
-                info = client.info("replication")
-                if info["role"] != "master" or any(
-                        isinstance(v, dict) and v.get("state") == "online"
-                        for k, v in info.items() if k.startswith("slave")):
-                    break
-                assert time.monotonic() < deadline, f"{node}: no replica came online"
-                time.sleep(0.1)
-        finally:
-            client.close()
+    """Wait until every master has an online replica again (after a failover)."""
+    wait_redis_replicas([parse_hostport(n) for n in nodes], timeout)
 
 
 def test_durable_batch_is_confirmed_by_a_replica(redis_cluster: RunningRedis) -> None:

@@ -1,0 +1,310 @@
+"""LMTP delivery (RFC 2033) for MTAs such as Postfix and Exim.
+
+The session logic (:class:`LMTPSession`) is asyncio code that turns parsed
+commands into replies; :class:`LMTPProtocol` is the thin Twisted adapter that
+feeds :class:`~imapd.lmtp_parser.LMTPParser`, runs one command at a time in
+order (so PIPELINING clients get replies in sequence), and writes the replies.
+
+Per RFC 2033, DATA is answered once per accepted recipient, in RCPT order, and
+a recipient's 250 is sent only after its mailbox entry committed.  The message
+is analysed and its blobs stored once for all recipients; each recipient then
+gets its own transaction, so one recipient's failure never affects another's.
+
+Replies (enhanced status codes, RFC 3463):
+``550 5.1.1`` unknown user, ``552 5.2.2`` over quota, ``552 5.3.4`` too big,
+``451 4.3.0`` PostgreSQL or object servers unavailable (the MTA retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IAddress
+from twisted.python.failure import Failure
+
+from director.errors import DirectorError
+from imapd.lmtp_parser import (
+    MAX_LINE,
+    NEED_DATA,
+    Command,
+    LineTooLong,
+    LMTPParser,
+    MessageData,
+)
+from metadata.delivery import Deliverer, MessageTooBig
+from metadata.errors import (
+    MetadataError,
+    NoSuchMailbox,
+    NoSuchUser,
+    OverQuota,
+    Unavailable,
+)
+from metadata.records import User
+from ops.config import Config
+
+log = logging.getLogger(__name__)
+
+#: Recipients accepted in one transaction (RFC 5321 asks for at least 100).
+MAX_RECIPIENTS = 1000
+#: ``<local@domain>`` with optional ESMTP parameters after it.
+_PATH = re.compile(r"^\s*<([^<>]*)>\s*(.*)$")
+
+
+@dataclass
+class Transaction:
+    """One MAIL FROM .. DATA exchange."""
+
+    sender: str
+    declared_size: int | None = None
+    recipients: list[tuple[str, User, str]] = field(default_factory=list)
+
+
+def _parse_path(argument: str, keyword: str) -> tuple[str, str] | None:
+    """``FROM:<a@b> SIZE=10`` -> (``a@b``, ``SIZE=10``), or None when malformed."""
+    head, sep, rest = argument.partition(":")
+    if not sep or head.strip().upper() != keyword:
+        return None
+    match = _PATH.match(rest)
+    if match is None:
+        return None
+    return match.group(1).strip(), match.group(2).strip()
+
+
+def _params(text: str) -> dict[str, str]:
+    out = {}
+    for token in text.split():
+        name, _, value = token.partition("=")
+        out[name.upper()] = value
+    return out
+
+
+class LMTPSession:
+    """The state of one LMTP connection; each method returns the reply lines."""
+
+    def __init__(self, deliverer: Deliverer, config: Config, hostname: str) -> None:
+        self.deliverer = deliverer
+        self.hostname = hostname
+        self.max_size = config.imapd.max_message_size
+        self.greeted = False
+        self.txn: Transaction | None = None
+
+    def greeting(self) -> list[str]:
+        return [f"220 {self.hostname} LMTP objmail ready"]
+
+    async def handle(self, cmd: Command) -> tuple[list[str], bool]:
+        """Reply lines for ``cmd``, and whether to start reading DATA."""
+        verb = cmd.verb
+        if verb == "LHLO":
+            if not cmd.argument:
+                return ["501 5.5.4 LHLO needs a host name"], False
+            self.greeted = True
+            self.txn = None
+            return [f"250-{self.hostname}", "250-PIPELINING", "250-ENHANCEDSTATUSCODES",
+                    "250-8BITMIME", f"250-SIZE {self.max_size}", "250 RSET"], False
+        if verb in ("HELO", "EHLO"):
+            return ["500 5.5.1 This is LMTP: say LHLO"], False
+        if verb == "NOOP":
+            return ["250 2.0.0 OK"], False
+        if verb == "RSET":
+            self.txn = None
+            return ["250 2.0.0 OK"], False
+        if verb == "QUIT":
+            return [f"221 2.0.0 {self.hostname} closing connection"], False
+        if verb == "VRFY":
+            return ["252 2.5.2 Cannot VRFY; send the message and see"], False
+        if verb == "HELP":
+            return ["214 2.0.0 LHLO MAIL RCPT DATA RSET NOOP QUIT"], False
+        if not self.greeted and verb in ("MAIL", "RCPT", "DATA"):
+            return ["503 5.5.1 Say LHLO first"], False
+        if verb == "MAIL":
+            return self._mail(cmd.argument), False
+        if verb == "RCPT":
+            return await self._rcpt(cmd.argument), False
+        if verb == "DATA":
+            if self.txn is None:
+                return ["503 5.5.1 Need MAIL first"], False
+            if not self.txn.recipients:
+                return ["503 5.5.1 No valid recipients"], False
+            return ["354 Start mail input; end with <CRLF>.<CRLF>"], True
+        return [f"500 5.5.2 Unknown command {verb[:20]!r}"], False
+
+    def _mail(self, argument: str) -> list[str]:
+        if self.txn is not None:
+            return ["503 5.5.1 Nested MAIL command"]
+        parsed = _parse_path(argument, "FROM")
+        if parsed is None:
+            return ["501 5.5.4 Syntax: MAIL FROM:<address>"]
+        sender, rest = parsed
+        params = _params(rest)
+        size: int | None = None
+        if "SIZE" in params:
+            if not params["SIZE"].isdigit():
+                return ["501 5.5.4 Bad SIZE parameter"]
+            size = int(params["SIZE"])
+            if size > self.max_size:
+                return [f"552 5.3.4 Message size exceeds fixed limit of {self.max_size}"]
+        body = params.get("BODY", "7BIT").upper()
+        if body not in ("7BIT", "8BITMIME"):
+            return ["501 5.5.4 BODY must be 7BIT or 8BITMIME"]
+        self.txn = Transaction(sender, size)
+        return ["250 2.1.0 Sender OK"]
+
+    async def _rcpt(self, argument: str) -> list[str]:
+        if self.txn is None:
+            return ["503 5.5.1 Need MAIL before RCPT"]
+        parsed = _parse_path(argument, "TO")
+        if parsed is None or not parsed[0]:
+            return ["501 5.5.4 Syntax: RCPT TO:<address>"]
+        if len(self.txn.recipients) >= MAX_RECIPIENTS:
+            return ["452 4.5.3 Too many recipients"]
+        address = parsed[0]
+        try:
+            user, mailbox = await self._resolve(address)
+        except NoSuchUser:
+            return [f"550 5.1.1 <{address}>: no such user here"]
+        except (Unavailable, DirectorError, OSError) as exc:
+            log.warning("RCPT %s: %s", address, exc)
+            return ["451 4.3.0 Temporary failure looking up the recipient"]
+        self.txn.recipients.append((address, user, mailbox))
+        return [f"250 2.1.5 <{address}> OK"]
+
+    async def _resolve(self, address: str) -> tuple[User, str]:
+        """The user an address names: the whole address if a user has that name,
+        else its local part; ``user+Folder@dom`` delivers to Folder if it exists."""
+        users = self.deliverer.store.users
+        try:
+            return await users.get(address), "INBOX"
+        except NoSuchUser:
+            pass
+        local = address.rpartition("@")[0] if "@" in address else address
+        name, _, detail = local.partition("+")
+        user = await users.get(name)
+        if detail:
+            try:
+                box = await self.deliverer.store.mailboxes.get(user.id, detail)
+                return user, box.name
+            except NoSuchMailbox:
+                pass
+        return user, "INBOX"
+
+    async def data(self, message: MessageData) -> list[str]:
+        """One reply per accepted recipient, in RCPT order."""
+        txn, self.txn = self.txn, None
+        assert txn is not None
+        count = len(txn.recipients)
+        if message.too_big or message.size > self.max_size:
+            return [f"552 5.3.4 Message size exceeds fixed limit of {self.max_size}"] * count
+        try:
+            prepared = await self.deliverer.prepare(message.data)
+            await self.deliverer.upload(prepared)
+        except MessageTooBig:
+            return [f"552 5.3.4 Message size exceeds fixed limit of {self.max_size}"] * count
+        except (MetadataError, DirectorError, OSError) as exc:
+            log.warning("delivery from <%s> failed: %s", txn.sender, exc)
+            return ["451 4.3.0 Temporary failure storing the message"] * count
+
+        async def one(address: str, user: User, mailbox: str) -> str:
+            try:
+                done = await self.deliverer.commit(user, prepared, mailbox=mailbox)
+            except OverQuota:
+                return f"552 5.2.2 <{address}>: mailbox full"
+            except NoSuchUser:
+                return f"550 5.1.1 <{address}>: no such user here"
+            except (MetadataError, DirectorError, OSError) as exc:
+                log.warning("delivery to <%s> failed: %s", address, exc)
+                return f"451 4.3.0 <{address}>: temporary failure"
+            log.info("delivered to %s %s uid %d (%d bytes)", user.name, done.mailbox,
+                     done.uid, done.size)
+            return f"250 2.0.0 <{address}> delivered as UID {done.uid}"
+
+        return list(await asyncio.gather(*(one(*r) for r in txn.recipients)))
+
+
+class LMTPProtocol(protocol.Protocol):
+    """Feeds the parser, runs one command at a time, writes replies."""
+
+    transport: Any  # ITCPTransport (Twisted's stubs type it too loosely to call)
+
+    def __init__(self, session: LMTPSession, max_line: int, max_message: int) -> None:
+        self.session = session
+        self.parser = LMTPParser(max_line=max_line, max_message=max_message)
+        self._busy = False
+        self._closing = False
+
+    def connectionMade(self) -> None:
+        self._write(self.session.greeting())
+
+    def dataReceived(self, data: bytes) -> None:
+        self.parser.feed(data)
+        self._pump()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._closing = True
+
+    def _write(self, lines: list[str]) -> None:
+        self.transport.write("".join(f"{line}\r\n" for line in lines).encode())
+
+    def _pump(self) -> None:
+        while not self._busy and not self._closing:
+            event = self.parser.next_event()
+            if event is NEED_DATA:
+                return
+            if isinstance(event, LineTooLong):
+                self._write(["500 5.5.2 Line too long"])
+                continue
+            if isinstance(event, Command):
+                self._run(self.session.handle(event), event.verb == "QUIT")
+            elif isinstance(event, MessageData):
+                self._run(self._data(event), False)
+
+    async def _data(self, event: MessageData) -> tuple[list[str], bool]:
+        return await self.session.data(event), False
+
+    def _run(self, coro: Awaitable[tuple[list[str], bool]], quit_after: bool) -> None:
+        self._busy = True
+        d = defer.Deferred.fromFuture(asyncio.ensure_future(coro))
+
+        def done(result: tuple[list[str], bool]) -> None:
+            lines, start_data = result
+            if self._closing:
+                return
+            self._write(lines)
+            if start_data:
+                self.parser.start_data()
+            if quit_after:
+                self._closing = True
+                self.transport.loseConnection()
+
+        def failed(failure: Failure) -> None:
+            log.error("LMTP session error: %s", failure.getTraceback())
+            if not self._closing:
+                self._write(["451 4.3.0 Internal error"])
+
+        def next_(_: object) -> None:
+            self._busy = False
+            self._pump()
+
+        d.addCallbacks(done, failed)
+        d.addBoth(next_)
+
+
+class LMTPFactory(protocol.Factory):
+    """Builds one :class:`LMTPProtocol` per MTA connection."""
+
+    def __init__(self, deliverer: Deliverer, config: Config,
+                 hostname: Callable[[], str] = socket.getfqdn) -> None:
+        self.deliverer = deliverer
+        self.config = config
+        self.hostname = hostname()
+
+    def buildProtocol(self, addr: IAddress | None) -> LMTPProtocol:
+        session = LMTPSession(self.deliverer, self.config, self.hostname)
+        conf = self.config.imapd
+        return LMTPProtocol(session, max_line=MAX_LINE, max_message=conf.max_message_size)

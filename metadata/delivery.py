@@ -1,0 +1,179 @@
+"""Delivering a message: split it, store its blobs, then commit its metadata.
+
+One code path for LMTP, ``objmail deliver`` and IMAP APPEND.  The order is the
+design's: (1) analyse the raw bytes once (split into skeleton + part blobs, render
+ENVELOPE/BODYSTRUCTURE, extract search text); (2) store the blobs through the
+director client (dedup: a known blob is not uploaded again); (3) one PostgreSQL
+transaction inserts the message, its blob references and the mailbox entry.  The
+caller acknowledges only after (3) returned.  A crash between (2) and (3) leaves
+unreferenced blobs, which gc collects after its grace period; nothing is ever
+visible without its blobs.
+
+A message delivered to many recipients (one LMTP transaction with many RCPT) is
+analysed and uploaded once; each recipient then gets its own transaction, so one
+recipient's failure (unknown, over quota) never affects another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from metadata.bodystructure import render_body, render_bodystructure
+from metadata.envelope import tree_envelope
+from metadata.errors import MetadataError, OverQuota
+from metadata.flags import Flags
+from metadata.mimetree import parse
+from metadata.records import MessageRow, User
+from metadata.searchtext import search_text
+from metadata.sections import section_map
+from metadata.splitter import SplitMessage, split
+from metadata.store import MetadataStore
+from ops.config import Config
+
+#: Messages at least this large are analysed off the event loop's thread, so a
+#: multi-megabyte parse does not stall every other session for its duration.
+OFFLOAD_BYTES = 256 * 1024
+
+
+class MessageTooBig(MetadataError):
+    """The message exceeds ``imapd.max_message_size``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
+
+
+class BlobStore(Protocol):
+    """What delivery needs of the director client (``director.client.BlobClient``)."""
+
+    async def put_many(self, blobs: Sequence[bytes]) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class PreparedMessage:
+    """A message analysed once, ready to be stored for any number of recipients."""
+
+    raw_size: int
+    split: SplitMessage
+    row: MessageRow
+
+    @property
+    def blob_ids(self) -> tuple[str, ...]:
+        """The part blobs (the skeleton excluded)."""
+        return tuple(self.split.blobs)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """Where a message landed for one recipient."""
+
+    user: str
+    mailbox: str
+    mailbox_id: int
+    uidvalidity: int
+    uid: int
+    message_id: int
+    size: int
+
+
+def prepare(raw: bytes, threshold: int) -> PreparedMessage:
+    """Analyse ``raw`` (pure, CPU-bound): split, pre-render, extract search text."""
+    stored = split(raw, threshold)
+    tree = stored.tree if stored.tree is not None else parse(raw)
+    text = search_text(raw, tree)
+    row = MessageRow(
+        skeleton_id=stored.skeleton_id,
+        size=tree.vsize,
+        header_block=raw[tree.root.header.start:tree.root.header.end],
+        envelope=tree_envelope(tree),
+        bodystructure=render_bodystructure(tree),
+        body=render_body(tree),
+        section_map=section_map(tree).to_bytes(),
+        sent_at=text.sent_at,
+        subject=text.subject,
+        from_addr=text.from_,
+        to_addr=text.to,
+        cc_addr=text.cc,
+        bcc_addr=text.bcc,
+        message_id=text.message_id,
+        headers=text.headers,
+        body_text=text.body,
+    )
+    return PreparedMessage(len(raw), stored, row)
+
+
+class Deliverer:
+    """Delivers messages into users' mailboxes.
+
+    :param store: the metadata store (PostgreSQL).
+    :param blobs: the director client (object servers).
+    """
+
+    def __init__(self, store: MetadataStore, blobs: BlobStore, config: Config) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.threshold = config.metadata.split_threshold
+        self.max_size = config.imapd.max_message_size
+
+    def check_size(self, size: int) -> None:
+        """:raises MessageTooBig: ``size`` exceeds the configured limit."""
+        if size > self.max_size:
+            raise MessageTooBig(size, self.max_size)
+
+    async def prepare(self, raw: bytes) -> PreparedMessage:
+        """Analyse ``raw`` once; large messages on a worker thread."""
+        self.check_size(len(raw))
+        if len(raw) < OFFLOAD_BYTES:
+            return prepare(raw, self.threshold)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, prepare, raw, self.threshold)
+
+    async def upload(self, prepared: PreparedMessage) -> None:
+        """Store the skeleton and part blobs (known ones are not uploaded again).
+
+        :raises director.errors.BlobUnavailable: too few object servers took them.
+        """
+        stored = prepared.split
+        await self.blobs.put_many([stored.skeleton_bytes, *stored.blobs.values()])
+
+    async def commit(self, user: User, prepared: PreparedMessage, *, mailbox: str = "INBOX",
+                     flags: Iterable[str] = (),
+                     internaldate: dt.datetime | None = None) -> Delivered:
+        """Insert the message for ``user`` in one transaction (blobs already stored)."""
+        box = await self.store.mailboxes.get(user.id, mailbox)
+        when = internaldate or dt.datetime.now(dt.UTC)
+        appended = await self.store.messages.insert(
+            user.id, box.id, prepared.row, prepared.blob_ids, internaldate=when,
+            flags=Flags.from_names(flags))
+        return Delivered(user.name, box.name, box.id, appended.uidvalidity, appended.uid,
+                         appended.message_id, prepared.row.size)
+
+    async def deliver(self, user: str, raw: bytes, *, mailbox: str = "INBOX",
+                      flags: Iterable[str] = (),
+                      internaldate: dt.datetime | None = None) -> Delivered:
+        """Deliver ``raw`` to one mailbox of one user.
+
+        :raises NoSuchUser, NoSuchMailbox, OverQuota, Unavailable, MessageTooBig:
+            nothing was committed.
+        :raises director.errors.BlobUnavailable: too few object servers; nothing
+            was committed.
+        """
+        self.check_size(len(raw))
+        account = await self.store.users.get(user)
+        mailbox_row = await self.store.mailboxes.get(account.id, mailbox)
+        _check_quota(account, len(raw))
+        prepared = await self.prepare(raw)
+        await self.upload(prepared)
+        return await self.commit(account, prepared, mailbox=mailbox_row.name, flags=flags,
+                                 internaldate=internaldate)
+
+
+def _check_quota(user: User, size: int) -> None:
+    """Refuse early when the message cannot fit (the insert checks again, atomically)."""
+    if user.quota_bytes and user.used_bytes + size > user.quota_bytes:
+        raise OverQuota(user.used_bytes, user.quota_bytes, size)

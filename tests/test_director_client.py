@@ -1,0 +1,211 @@
+"""System tests of the blob client against real objstored processes and Redis Cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from director.client import BlobClient
+from director.codec import FLAG_AESGCM, FLAG_MANIFEST, FLAG_ZLIB, chunk_key
+from director.errors import BlobNotFound
+from director.memcache_client import NodeAddress, NodeClient
+from ops.config import Config, parse_hostport
+from tests.conftest import CORPUS, RunningObjstores
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def open_client(config: Config) -> BlobClient:
+    return await BlobClient.open(config)
+
+
+async def raw_get(address: str, key: str):
+    host, port = parse_hostport(address)
+    node = NodeClient(NodeAddress(host, port))
+    try:
+        return await node.get(key.encode())
+    finally:
+        await node.close()
+
+
+async def raw_set(address: str, key: str, value: bytes, flags: int) -> None:
+    host, port = parse_hostport(address)
+    node = NodeClient(NodeAddress(host, port))
+    try:
+        assert await node.set(key.encode(), value, flags)
+    finally:
+        await node.close()
+
+
+@pytest.fixture
+def config(objstore_cluster: RunningObjstores) -> Config:
+    return objstore_cluster.config
+
+
+def test_put_get_replicates_in_distinct_zones(config: Config) -> None:
+    """A put stores `replicas` copies on nodes of distinct zones; get returns the bytes."""
+    data = b"hello objmail " + os.urandom(32)
+
+    async def go() -> None:
+        client = await open_client(config)
+        try:
+            bid = await client.put(data)
+            assert bid == hashlib.sha256(data).hexdigest()
+            numbers = await client.index.locations(bid)
+            assert len(numbers) == config.director.replicas
+            nodes = (await client.snapshot()).resolve(numbers)
+            assert len({n.zone for n in nodes}) == len(nodes)
+            for node in nodes:
+                got = await raw_get(node.address, bid)
+                assert got is not None
+            client.cache.memory.discard(bid)
+            assert await client.get(bid) == data
+        finally:
+            await client.aclose()
+
+    run(go())
+
+
+def test_dedup_uploads_once(config: Config) -> None:
+    """Putting the same content twice uploads it once; the second put is an index hit."""
+    data = os.urandom(10_000)
+
+    async def go() -> None:
+        client = await open_client(config)
+        try:
+            await client.put(data)
+            await client.put(data)
+            assert client.stats.uploads == 1
+            assert client.stats.dedup_hits == 1
+            ids = await client.put_many([data, data, b"x" * 5000])
+            assert client.stats.uploads == 2
+            assert ids[0] == ids[1]
+        finally:
+            await client.aclose()
+
+    run(go())
+
+
+def test_corpus_roundtrip_and_compression_flag(config: Config) -> None:
+    """Real messages round-trip exactly; text is stored zlib-compressed on the servers."""
+    files = sorted(p for p in (CORPUS / "apache-spamassassin").rglob("*") if p.is_file())[:20]
+    datas = [p.read_bytes() for p in files]
+
+    async def go() -> None:
+        client = await open_client(config)
+        try:
+            ids = await client.put_many(datas)
+            client.cache.memory = type(client.cache.memory)(0)  # no cache: read the servers
+            got = await client.get_many(ids)
+            assert [got[i] for i in ids] == datas
+            biggest = max(range(len(datas)), key=lambda i: len(datas[i]))
+            numbers = await client.index.locations(ids[biggest])
+            node = (await client.snapshot()).resolve(numbers)[0]
+            raw = await raw_get(node.address, ids[biggest])
+            assert raw.flags & FLAG_ZLIB
+            assert len(raw.value) < len(datas[biggest])
+        finally:
+            await client.aclose()
+
+    run(go())
+
+
+def test_large_blob_is_chunked(config: Config) -> None:
+    """A blob larger than the item size is stored as chunks plus a manifest and read back."""
+    data = os.urandom(2 * config.objstore.max_item_size + 12345)
+
+    async def go() -> None:
+        client = await open_client(config)
+        try:
+            bid = await client.put(data)
+            numbers = await client.index.locations(bid)
+            node = (await client.snapshot()).resolve(numbers)[0]
+            head = await raw_get(node.address, bid)
+            assert head.flags & FLAG_MANIFEST
+            assert await raw_get(node.address, chunk_key(bid, 2)) is not None
+            client.cache.memory.discard(bid)
+            assert await client.get(bid) == data
+            client.cache.memory.discard(bid)
+            pieces = [p async for p in client.iter_chunks(bid)]
+            assert len(pieces) == 3 and b"".join(pieces) == data
+        finally:
+            await client.aclose()
+
+    run(go())
+
+
+def test_corrupt_replica_fails_over_and_queues_repair(config: Config) -> None:
+    """Bytes that do not hash to the id are never returned: the next replica serves."""
+    data = b"precious " + os.urandom(64)
+
+    async def go() -> None:
+        client = await open_client(config)
+        try:
+            bid = await client.put(data)
+            nodes = await client._ordered(bid, await client.index.locations(bid))
+            await raw_set(nodes[0].address, bid, b"evil bytes", 0)
+            client.cache.memory.discard(bid)
+            before = await client.repair.backlog()
+            assert await client.get(bid) == data
+            assert client.stats.bad_replicas == 1
+            assert await client.repair.backlog() >= before + 1
+            await client.repair.done([bid])
+        finally:
+            await client.aclose()
+
+    run(go())
+
+
+def test_encrypted_blobs_are_opaque_on_servers(config: Config, tmp_path: Path) -> None:
+    """With a key, object servers hold ciphertext; the client still reads plain bytes."""
+    key_file = tmp_path / "key"
+    key_file.write_text(os.urandom(32).hex())
+    enc = dataclasses.replace(config, director=dataclasses.replace(
+        config.director, encryption_key_file=str(key_file)))
+    secret = b"Subject: secret\r\n\r\n" + b"the quarterly numbers are " * 20 + os.urandom(8)
+
+    async def go() -> None:
+        client = await open_client(enc)
+        try:
+            bid = await client.put(secret)
+            numbers = await client.index.locations(bid)
+            for node in (await client.snapshot()).resolve(numbers):
+                raw = await raw_get(node.address, bid)
+                assert raw.flags & FLAG_AESGCM
+                assert b"quarterly" not in raw.value
+            client.cache.memory.discard(bid)
+            assert await client.get(bid) == secret
+        finally:
+            await client.aclose()
+
+    run(go())
+
+
+def test_delete_removes_everywhere(config: Config) -> None:
+    """delete drops every copy and the index entry; get then says not found."""
+    data = os.urandom(3000)
+
+    async def go() -> None:
+        client = await open_client(config)
+        try:
+            bid = await client.put(data)
+            nodes = (await client.snapshot()).resolve(await client.index.locations(bid))
+            assert await client.delete(bid)
+            for node in nodes:
+                assert await raw_get(node.address, bid) is None
+            assert not await client.exists(bid)
+            with pytest.raises(BlobNotFound):
+                await client.get(bid)
+        finally:
+            await client.aclose()
+
+    run(go())
+
+

@@ -1,0 +1,134 @@
+"""LMTP session tests over the real storage stack (PostgreSQL, Redis Cluster, objstored).
+
+The wire-level tests with Python's smtplib.LMTP against a running imapd are in
+tests/test_imapd_lmtp_wire.py; here the session logic is driven command by command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from imapd.lmtp import LMTPSession
+from imapd.lmtp_parser import Command, MessageData
+from metadata.uidset import UidSet
+from ops.config import Config
+from tests.conftest import CORPUS
+from tests.mailstack import MailStack, open_stack
+
+
+@pytest.fixture(scope="module")
+def stack(storage_cluster: Config) -> Iterator[MailStack]:
+    with open_stack(storage_cluster) as s:
+        yield s
+
+
+def session(stack: MailStack) -> LMTPSession:
+    return LMTPSession(stack.deliverer, stack.config, "lmtp.test")
+
+
+def say(stack: MailStack, s: LMTPSession, line: str) -> list[str]:
+    verb, _, arg = line.partition(" ")
+    lines, _start = stack.run(s.handle(Command(verb.upper(), arg)))
+    return lines
+
+
+def codes(lines: list[str]) -> list[str]:
+    return [line[:9] for line in lines]
+
+
+def test_lhlo_advertises_extensions(stack: MailStack) -> None:
+    """LHLO answers with PIPELINING, ENHANCEDSTATUSCODES, 8BITMIME and SIZE."""
+    s = session(stack)
+    lines = say(stack, s, "LHLO mx.example")
+    assert lines[0] == "250-lmtp.test"
+    assert {"250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-8BITMIME"} <= set(lines)
+    assert f"250-SIZE {stack.config.imapd.max_message_size}" in lines
+    assert say(stack, s, "EHLO x")[0].startswith("500 5.5.1")
+
+
+def test_one_reply_per_recipient_in_rcpt_order(stack: MailStack) -> None:
+    """DATA answers each accepted recipient in RCPT order: delivered, over quota."""
+    ok = stack.new_user("ok")
+    full = stack.new_user("full", quota=100)
+    s = session(stack)
+    say(stack, s, "LHLO mx")
+    assert codes(say(stack, s, "MAIL FROM:<sender@example.org> BODY=8BITMIME")) == ["250 2.1.0"]
+    assert codes(say(stack, s, f"RCPT TO:<{ok.name}@example.org>")) == ["250 2.1.5"]
+    assert codes(say(stack, s, "RCPT TO:<nobody-at-all@example.org>")) == ["550 5.1.1"]
+    assert codes(say(stack, s, f"RCPT TO:<{full.name}@example.org>")) == ["250 2.1.5"]
+    lines, start = stack.run(s.handle(Command("DATA", "")))
+    assert codes(lines) == ["354 Start"] and start
+    raw = (CORPUS / "apache-james-mime4j/mimetools-testmsgs/twopart.msg").read_bytes()
+    replies = stack.run(s.data(MessageData(raw, len(raw))))
+    assert codes(replies) == ["250 2.0.0", "552 5.2.2"]
+    box = stack.run(stack.store.mailboxes.status(ok.id, "INBOX"))
+    assert box.messages == 1
+    assert stack.run(stack.store.mailboxes.status(full.id, "INBOX")).messages == 0
+
+
+def test_plus_detail_and_full_address(stack: MailStack) -> None:
+    """user+Folder@domain delivers into Folder; an unknown folder falls back to INBOX."""
+    user = stack.new_user("plus")
+    s = session(stack)
+    say(stack, s, "LHLO mx")
+    say(stack, s, "MAIL FROM:<>")
+    say(stack, s, f"RCPT TO:<{user.name}+Archive@example.org>")
+    say(stack, s, f"RCPT TO:<{user.name}+NoSuchFolder@example.org>")
+    stack.run(s.handle(Command("DATA", "")))
+    replies = stack.run(s.data(MessageData(b"Subject: p\r\n\r\nx\r\n", 20)))
+    assert codes(replies) == ["250 2.0.0", "250 2.0.0"]
+    assert stack.run(stack.store.mailboxes.status(user.id, "Archive")).messages == 1
+    assert stack.run(stack.store.mailboxes.status(user.id, "INBOX")).messages == 1
+
+
+def test_sequence_errors(stack: MailStack) -> None:
+    """Commands out of order get 503; bad syntax gets 501; an oversize SIZE gets 552."""
+    s = session(stack)
+    assert codes(say(stack, s, "MAIL FROM:<a@b>")) == ["503 5.5.1"]
+    say(stack, s, "LHLO mx")
+    assert codes(say(stack, s, "RCPT TO:<a@b>")) == ["503 5.5.1"]
+    assert codes(say(stack, s, "DATA")) == ["503 5.5.1"]
+    assert codes(say(stack, s, "MAIL FROM:a@b")) == ["501 5.5.4"]
+    limit = stack.config.imapd.max_message_size
+    assert codes(say(stack, s, f"MAIL FROM:<a@b> SIZE={limit + 1}")) == ["552 5.3.4"]
+    assert codes(say(stack, s, "MAIL FROM:<a@b>")) == ["250 2.1.0"]
+    assert codes(say(stack, s, "MAIL FROM:<a@b>")) == ["503 5.5.1"]
+    assert codes(say(stack, s, "DATA")) == ["503 5.5.1"]  # no valid recipient
+    assert codes(say(stack, s, "RSET")) == ["250 2.0.0"]
+    assert codes(say(stack, s, "BOGUS")) == ["500 5.5.2"]
+
+
+def test_too_big_data_gets_552_per_recipient(stack: MailStack) -> None:
+    """A message that turned out larger than the limit is refused for each recipient."""
+    a, b = stack.new_user("a"), stack.new_user("b")
+    s = session(stack)
+    say(stack, s, "LHLO mx")
+    say(stack, s, "MAIL FROM:<>")
+    say(stack, s, f"RCPT TO:<{a.name}>")
+    say(stack, s, f"RCPT TO:<{b.name}>")
+    stack.run(s.handle(Command("DATA", "")))
+    replies = stack.run(s.data(MessageData(b"", 10**9, too_big=True)))
+    assert codes(replies) == ["552 5.3.4", "552 5.3.4"]
+
+
+def test_stored_message_is_exact(stack: MailStack) -> None:
+    """What LMTP delivered reads back byte for byte."""
+    from metadata.splitter import parse_skeleton, reassemble
+
+    user = stack.new_user("exact")
+    raw = (CORPUS / "apache-james-mime4j/mimetools-testmsgs/frag.msg").read_bytes()
+    s = session(stack)
+    say(stack, s, "LHLO mx")
+    say(stack, s, "MAIL FROM:<>")
+    say(stack, s, f"RCPT TO:<{user.name}@x>")
+    stack.run(s.handle(Command("DATA", "")))
+    assert codes(stack.run(s.data(MessageData(raw, len(raw))))) == ["250 2.0.0"]
+    box = stack.run(stack.store.mailboxes.get(user.id, "INBOX"))
+    (entry,) = stack.run(stack.store.messages.fetch(user.id, box.id, UidSet.all(),
+                                                    items={"skeleton"}))
+    assert entry.skeleton_id is not None
+    skel = stack.run(stack.blobs.get(entry.skeleton_id))
+    blobs = stack.run(stack.blobs.get_many(parse_skeleton(skel).blob_ids()))
+    assert reassemble(skel, blobs) == raw
