@@ -1,0 +1,261 @@
+"""Load reports from an object server to Redis Cluster.
+
+Every ``report_interval`` seconds objstored writes (see docs/redis-schema.md, "Load reports
+(written by objstored)")::
+
+    objmail:node:{<node_id>}:report   hash: identity, capacity, usage, ops/s by command
+    objmail:node:{<node_id>}:hot      sorted set: hottest keys, score = reads/s
+
+both with a TTL of ``report_ttl`` seconds, so a node that stops reporting disappears and is
+seen as down.  The hash tag ``{<node_id>}`` keeps one node's keys in one slot, which lets one
+MULTI/EXEC replace both atomically.
+
+Serving never waits for Redis: the blocking redis-py cluster client runs in a worker thread
+(``run_in_thread``, Twisted's ``deferToThread`` in production) and a failed report is retried
+with exponential backoff while the server carries on.  What to report is decided by the pure
+function :func:`build_report`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from twisted.internet import defer
+
+from objstore.stats import OP_NAMES
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX: Final = "objmail:node:"
+#: Longest wait between two attempts while Redis is unreachable.
+MAX_BACKOFF: Final = 60.0
+
+
+def report_key(node_id: str) -> str:
+    """The hash holding a node's last load report."""
+    return f"{KEY_PREFIX}{{{node_id}}}:report"
+
+
+def hot_key(node_id: str) -> str:
+    """The sorted set of a node's hottest keys (score: reads per second)."""
+    return f"{KEY_PREFIX}{{{node_id}}}:hot"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is reporting."""
+
+    node_id: str
+    address: str
+    zone: str
+    tier: str
+    workers: int = 1
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class LoadSample:
+    """Cumulative figures at one instant (counters only grow)."""
+
+    at: float
+    capacity_bytes: int
+    used_bytes: int
+    items: int
+    ops: Sequence[int]  # cumulative count per OP_NAMES entry
+    hot: Sequence[tuple[bytes, int]] = ()  # key -> reads since the last report
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def build_report(identity: Identity, previous: LoadSample | None, current: LoadSample,
+                 hot_keys: int) -> tuple[dict[str, str], dict[bytes, float]]:
+    """The hash fields and hot-key scores to write, from two consecutive samples.
+
+    Rates are per second over the time between the samples (0 for the first report).
+    """
+    elapsed = current.at - previous.at if previous is not None else 0.0
+    fields: dict[str, str] = {
+        "node_id": identity.node_id,
+        "addr": identity.address,
+        "zone": identity.zone,
+        "tier": identity.tier,
+        "workers": str(identity.workers),
+        "version": identity.version,
+        "capacity_bytes": str(current.capacity_bytes),
+        "used_bytes": str(current.used_bytes),
+        "items": str(current.items),
+        "reported_at": f"{current.at:.3f}",
+        "interval": f"{elapsed:.3f}",
+    }
+    total = 0.0
+    for i, name in enumerate(OP_NAMES):
+        rate = 0.0
+        if previous is not None and elapsed > 0:
+            rate = max(current.ops[i] - previous.ops[i], 0) / elapsed
+        total += rate
+        fields[f"ops_{name}"] = f"{rate:.1f}"
+    fields["ops_per_sec"] = f"{total:.1f}"
+    for name, value in sorted(current.extra.items()):
+        fields[name] = str(value)
+    hot: dict[bytes, float] = {}
+    if elapsed > 0:
+        for key, count in sorted(current.hot, key=lambda kv: kv[1], reverse=True)[:hot_keys]:
+            hot[key] = round(count / elapsed, 1)
+    return fields, hot
+
+
+class ReportSink(Protocol):
+    """Where reports go (Redis Cluster in production)."""
+
+    def write(self, node_id: str, fields: dict[str, str], hot: dict[bytes, float],
+              ttl: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class RedisClusterSink:
+    """Writes reports with redis-py's (blocking) cluster client; call from a thread.
+
+    The client is created on first use and dropped after any error, so a cluster that was
+    down or has moved is rediscovered on the next attempt.
+
+    :param nodes: startup nodes as ``host:port`` strings.
+    """
+
+    def __init__(self, nodes: Sequence[str], timeout: float = 2.0) -> None:
+        self._nodes = list(nodes)
+        self._timeout = timeout
+        self._client: Any = None
+
+    def _connect(self) -> Any:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        startup = []
+        for node in self._nodes:
+            host, _, port = node.rpartition(":")
+            startup.append(ClusterNode(host.strip("[]"), int(port)))
+        return RedisCluster(startup_nodes=startup, socket_timeout=self._timeout,
+                            socket_connect_timeout=self._timeout,
+                            cluster_error_retry_attempts=1)
+
+    def write(self, node_id: str, fields: dict[str, str], hot: dict[bytes, float],
+              ttl: int) -> None:
+        if self._client is None:
+            self._client = self._connect()
+        try:
+            rkey, hkey = report_key(node_id), hot_key(node_id)
+            # Same hash tag, same slot: one MULTI/EXEC replaces the whole report.
+            pipe = self._client.pipeline(transaction=True)
+            pipe.delete(rkey, hkey)
+            pipe.hset(rkey, mapping=fields)
+            pipe.expire(rkey, ttl)
+            if hot:
+                pipe.zadd(hkey, hot)
+                pipe.expire(hkey, ttl)
+            pipe.execute()
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # closing a broken client may fail too; nothing to do
+                log.debug("closing the Redis client failed", exc_info=True)
+
+
+class LoadReporter:
+    """Schedules reports: every ``interval`` seconds, with backoff while Redis fails.
+
+    :param identity: the node.
+    :param sample: returns the current :class:`LoadSample` (reactor thread).
+    :param sink: where reports go; its ``write`` runs via ``run_in_thread``.
+    :param clock: scheduler (a ``task.Clock`` in tests).
+    :param run_in_thread: ``deferToThread`` or, in tests, a synchronous stand-in.
+    """
+
+    def __init__(self, identity: Identity, sample: Callable[[], LoadSample], sink: ReportSink,
+                 clock: Any, run_in_thread: Callable[..., defer.Deferred[Any]],
+                 interval: float, ttl: int, hot_keys: int = 32,
+                 on_report: Callable[[], None] | None = None) -> None:
+        self.identity = identity
+        self._sample = sample
+        self._sink = sink
+        self._clock = clock
+        self._run = run_in_thread
+        self.interval = interval
+        self.ttl = ttl
+        self.hot_keys = hot_keys
+        self._on_report = on_report
+        self._previous: LoadSample | None = None
+        self._call: Any = None
+        self._busy = False
+        self._stopped = True
+        self.failures = 0
+        self.reports = 0
+        self.last_error = ""
+
+    def start(self) -> None:
+        self._stopped = False
+        self._schedule(0)
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _schedule(self, delay: float) -> None:
+        if not self._stopped:
+            self._call = self._clock.callLater(delay, self._tick)
+
+    def _tick(self) -> None:
+        self._call = None
+        self.report_once().addBoth(self._after)
+
+    def _after(self, ok: object) -> None:
+        if ok is True:
+            self._schedule(self.interval)
+        else:
+            delay = min(self.interval * 2 ** min(self.failures, 10), MAX_BACKOFF)
+            self._schedule(max(delay, self.interval))
+
+    def report_once(self) -> defer.Deferred[bool]:
+        """Take a sample and write one report; fires True on success, False on failure."""
+        if self._busy:
+            return defer.succeed(False)
+        current = self._sample()
+        fields, hot = build_report(self.identity, self._previous, current, self.hot_keys)
+        self._busy = True
+        d = self._run(self._sink.write, self.identity.node_id, fields, hot, self.ttl)
+
+        def ok(_: object) -> bool:
+            self._busy = False
+            self._previous = current
+            self.failures = 0
+            self.reports += 1
+            if self._on_report is not None:
+                self._on_report()
+            return True
+
+        def failed(reason: Any) -> bool:
+            self._busy = False
+            # The rates of the next report must span from the last *sent* sample, but the
+            # hot-key counts restart: keep the sample so the interval stays consistent.
+            self._previous = current
+            self.failures += 1
+            self.last_error = str(reason.value)
+            log.warning("load report to Redis failed (%d in a row): %s", self.failures,
+                        reason.value)
+            return False
+
+        return d.addCallbacks(ok, failed)
+
+
+def wall_clock() -> float:
+    return time.time()

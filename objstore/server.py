@@ -1,0 +1,453 @@
+"""The Twisted side of objstored: a thin protocol around the parser and the handler.
+
+Theory of operation
+-------------------
+Bytes go to :class:`~objstore.protocol.CommandParser`; each command goes to
+:class:`~objstore.handler.Handler`, whose answer is a reply (written at once), a Deferred
+(a write waiting for its group commit) or an iterator of chunks (a metadump stream).
+Replies leave in request order: each answer takes a slot in a FIFO and the FIFO is written
+out up to its first unfinished slot.  A read that follows a pending write on the same
+connection waits until that write is durable, so a client reads its own writes.
+
+Back-pressure lives here and nowhere else:
+
+* the protocol is a streaming producer for its transport: when the transport's buffer is
+  full (a slow reader) it stops reading and stops executing buffered commands; a reader that
+  stays slow for ``slow_reader_timeout`` seconds is cut off;
+* at most ``max_pipeline`` answers may be outstanding per connection, then reading pauses;
+* ``max_connections`` connections at most, the next one gets memcached's
+  ``ERROR Too many open connections`` and is closed;
+* ``idle_timeout`` (0 = off) closes connections that say nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from typing import Any, Final
+
+from twisted.internet import defer, interfaces
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python import failure
+from zope.interface import implementer
+
+from objstore import protocol as p
+from objstore.handler import Handler
+from objstore.replies import ErrorReply, Reply, serialize_into
+from objstore.stats import Counters
+from ops.config import ObjstoreConfig
+
+log = logging.getLogger(__name__)
+
+TOO_MANY_CONNECTIONS: Final = b"ERROR Too many open connections\r\n"
+#: Write what has accumulated once it exceeds this, so the transport can push back.
+FLUSH_THRESHOLD: Final = 256 * 1024
+E_INTERNAL: Final = ErrorReply(b"SERVER_ERROR", b"internal error")
+
+
+class _Slot:
+    """One answer in the reply FIFO."""
+
+    __slots__ = ("chunks", "ready", "stream")
+
+    def __init__(self, chunks: list[bytes] | None = None,
+                 stream: Iterator[bytes] | None = None) -> None:
+        self.chunks = chunks
+        self.stream = stream
+        self.ready = chunks is not None
+
+
+@implementer(interfaces.IPushProducer)
+class ObjstoreProtocol(Protocol, TimeoutMixin):
+    """One client connection."""
+
+    factory: ObjstoreFactory
+    transport: Any  # an ITCPTransport that is also an IConsumer
+
+    def __init__(self, factory: ObjstoreFactory) -> None:
+        self.factory = factory
+        self.handler = factory.handler
+        self.counters = factory.counters
+        self.parser = p.CommandParser(factory.limits)
+        self._is_write = factory.handler.is_write
+        self._slots: collections.deque[_Slot] = collections.deque()
+        self._out: list[bytes] = []
+        self._out_len = 0
+        self._inflight = 0
+        self._held: p.Command | None = None
+        self._output_paused = False
+        self._reading_paused = False
+        self._closing = False
+        self._gone = False
+        self._processing = False
+        self._slow_timer: Any = None
+        self._counted = False
+        self._direct_socket: Any = None
+
+    def callLater(self, period: Any, func: Any) -> Any:
+        """TimeoutMixin's scheduler: the factory's injected clock."""
+        return self.factory.clock.callLater(period, func)
+
+    # -- connection lifecycle -------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        f = self.factory
+        c = self.counters
+        if f.open_connections >= f.config.max_connections:
+            c.rejected_connections += 1
+            self.transport.write(TOO_MANY_CONNECTIONS)
+            self._closing = True
+            self.transport.loseConnection()
+            return
+        self._counted = True
+        f.protocols.add(self)
+        f.open_connections += 1
+        c.curr_connections += 1
+        c.total_connections += 1
+        self.transport.registerProducer(self, True)
+        # Twisted's TCP transport exposes its socket and buffers; anything else (TLS, test
+        # transports) goes through transport.writeSequence only.
+        sock = getattr(self.transport, "socket", None)
+        if (sock is not None and hasattr(self.transport, "dataBuffer")
+                and hasattr(self.transport, "_tempDataBuffer") and hasattr(sock, "sendmsg")):
+            self._direct_socket = sock
+        if f.config.idle_timeout > 0:
+            self.setTimeout(f.config.idle_timeout)
+
+    def connectionLost(self, reason: failure.Failure | None = None) -> None:
+        self._gone = True
+        self.setTimeout(None)
+        self._cancel_slow_timer()
+        if self._counted:
+            self._counted = False
+            self.factory.protocols.discard(self)
+            self.factory.open_connections -= 1
+            self.counters.curr_connections -= 1
+        self._slots.clear()
+        self._out = []
+
+    def close_gracefully(self) -> None:
+        """Stop taking commands; close once the pending replies are written."""
+        self._closing = True
+        self._maybe_close()
+
+    def timeoutConnection(self) -> None:
+        self.counters.idle_dropped += 1
+        self._close_now(abort=False)
+
+    def _close_now(self, abort: bool) -> None:
+        self._closing = True
+        with contextlib.suppress(RuntimeError):
+            self.transport.unregisterProducer()
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    # -- input ----------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.counters.bytes_read += len(data)
+        self.parser.feed(data)
+        if self.timeOut:
+            self.resetTimeout()
+        self._process()
+
+    def _process(self) -> None:
+        """Execute buffered commands until input runs out or something says wait."""
+        if self._processing or self._gone:
+            return
+        self._processing = True
+        try:
+            parser = self.parser
+            handler = self.handler
+            limit = self.factory.config.max_pipeline
+            while not self._closing and not self._output_paused:
+                if self._held is not None:
+                    if self._inflight:
+                        break
+                    cmd: p.Command | p.NeedData = self._held
+                    self._held = None
+                else:
+                    if len(self._slots) >= limit:
+                        self._pause_reading()
+                        break
+                    cmd = parser.next_command()
+                    if cmd is p.NEED_DATA:
+                        break
+                    if self._inflight and not self._is_write(cmd):  # type: ignore[arg-type]
+                        # Reads wait for this connection's pending writes.
+                        self._held = cmd  # type: ignore[assignment]
+                        break
+                if isinstance(cmd, p.Quit):
+                    self._closing = True
+                    break
+                try:
+                    answer = handler.execute(cmd)  # type: ignore[arg-type]
+                except Exception:
+                    log.exception("command %r failed", cmd)
+                    answer = E_INTERNAL
+                self._answer(answer)
+                if isinstance(cmd, p.ProtocolError) and cmd.fatal:
+                    self._closing = True
+                    break
+                if self._out_len > FLUSH_THRESHOLD:
+                    self._flush()
+            if self._reading_paused and len(self._slots) < limit and not self._output_paused:
+                self._resume_reading()
+        finally:
+            self._processing = False
+        self._flush()
+        if self._closing:
+            self._maybe_close()
+
+    def _answer(self, answer: Reply | defer.Deferred[Reply | None] | Iterator[bytes]
+                | list[bytes] | None) -> None:
+        if answer is None:
+            return
+        if type(answer) is list:
+            # Wire chunks ready to go (the handler's fast path).
+            if self._slots:
+                self._slots.append(_Slot(answer))
+            else:
+                self._out += answer
+                for chunk in answer:
+                    self._out_len += len(chunk)
+            return
+        if isinstance(answer, defer.Deferred):
+            slot = _Slot()
+            self._slots.append(slot)
+            self._inflight += 1
+            answer.addCallbacks(self._write_done, self._write_failed, callbackArgs=(slot,),
+                                errbackArgs=(slot,))
+            return
+        if isinstance(answer, Iterator):
+            self._slots.append(_Slot(stream=answer))
+            self._drain()
+            return
+        if self._slots:
+            chunks: list[bytes] = []
+            serialize_into(answer, chunks)  # type: ignore[arg-type]
+            self._slots.append(_Slot(chunks))
+        else:
+            out = self._out
+            before = len(out)
+            serialize_into(answer, out)  # type: ignore[arg-type]
+            for i in range(before, len(out)):
+                self._out_len += len(out[i])
+
+    # -- write completions ----------------------------------------------------------------
+
+    def _write_done(self, reply: Reply | None, slot: _Slot) -> None:
+        chunks: list[bytes] = []
+        if reply is not None:
+            serialize_into(reply, chunks)
+        slot.chunks = chunks
+        slot.ready = True
+        self._inflight -= 1
+        if self._gone:
+            return
+        self._drain()
+        self._flush()
+        if self._held is not None or self._reading_paused or self.parser.buffered:
+            self._process()
+        elif self._closing:
+            self._maybe_close()
+
+    def _write_failed(self, reason: failure.Failure, slot: _Slot) -> None:
+        log.error("write failed: %s", reason.getTraceback())
+        self._write_done(E_INTERNAL, slot)
+
+    def _drain(self) -> None:
+        """Move finished slots at the head of the FIFO to the output."""
+        slots = self._slots
+        while slots:
+            head = slots[0]
+            if head.stream is not None:
+                if self._output_paused or self._gone:
+                    return
+                chunk = next(head.stream, None)
+                if chunk is None:
+                    slots.popleft()
+                    continue
+                self._out.append(chunk)
+                self._out_len += len(chunk)
+                self._flush()  # may pause us if the reader is slow
+                continue
+            if not head.ready:
+                return
+            slots.popleft()
+            assert head.chunks is not None
+            out = self._out
+            for chunk in head.chunks:
+                out.append(chunk)
+                self._out_len += len(chunk)
+
+    def _flush(self) -> None:
+        if not self._out or self._gone:
+            return
+        self.counters.bytes_written += self._out_len
+        out = self._out
+        self._out = []
+        self._out_len = 0
+        transport = self.transport
+        sock = self._direct_socket
+        if (sock is not None and transport.connected and not transport.disconnecting
+                and not transport.dataBuffer and not transport._tempDataBuffer):
+            # Nothing queued in Twisted: send now with one gathered write (writev) instead
+            # of queueing, which costs two epoll_ctl calls and a loop turn per reply.
+            try:
+                sent = sock.sendmsg(out) if len(out) <= _IOV_MAX else 0
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0  # let Twisted's own write notice and report the failure
+            if sent:
+                out = _drop_prefix(out, sent)
+                if not out:
+                    return
+        transport.writeSequence(out)
+
+    def _maybe_close(self) -> None:
+        if not self._slots and not self._gone:
+            self._flush()
+            self._close_now(abort=False)
+
+    # -- back-pressure --------------------------------------------------------------------
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full: stop reading and executing."""
+        if self._output_paused:
+            return
+        self._output_paused = True
+        self.transport.pauseProducing()
+        timeout = self.factory.config.slow_reader_timeout
+        if timeout > 0 and self._slow_timer is None:
+            self._slow_timer = self.factory.clock.callLater(timeout, self._slow_reader)
+
+    def resumeProducing(self) -> None:
+        """The transport drained: carry on."""
+        if not self._output_paused:
+            return
+        self._output_paused = False
+        self._cancel_slow_timer()
+        if not self._reading_paused:
+            self.transport.resumeProducing()
+        self._drain()
+        self._flush()
+        self._process()
+
+    def stopProducing(self) -> None:
+        self._gone = True
+
+    def _cancel_slow_timer(self) -> None:
+        if self._slow_timer is not None:
+            if self._slow_timer.active():
+                self._slow_timer.cancel()
+            self._slow_timer = None
+
+    def _slow_reader(self) -> None:
+        self._slow_timer = None
+        self.counters.slow_readers_dropped += 1
+        log.warning("dropping a client that did not read its replies for %ss",
+                    self.factory.config.slow_reader_timeout)
+        self._close_now(abort=True)
+
+
+class ObjstoreFactory(Factory):
+    """Holds what every connection shares.
+
+    :param handler: executes commands.
+    :param config: this server's settings (limits, timeouts).
+    :param counters: this process's counters.
+    :param clock: scheduler for timeouts (a ``task.Clock`` in tests).
+    """
+
+    protocol = ObjstoreProtocol  # type: ignore[assignment]
+
+    def __init__(self, handler: Handler, config: ObjstoreConfig, counters: Counters,
+                 clock: Any) -> None:
+        self.handler = handler
+        self.config = config
+        self.counters = counters
+        self.clock = clock
+        self.open_connections = 0
+        self.protocols: set[ObjstoreProtocol] = set()
+        self.limits = p.Limits(max_line=config.max_line, max_item_size=config.max_item_size)
+
+    def buildProtocol(self, addr: Any) -> ObjstoreProtocol:  # type: ignore[override]
+        return ObjstoreProtocol(self)
+
+    def close_all(self, timeout: float) -> defer.Deferred[None]:
+        """Close every connection once its pending replies are out (shutdown); fires when
+        all are gone or after ``timeout`` seconds."""
+        for proto in list(self.protocols):
+            proto.close_gracefully()
+        done: defer.Deferred[None] = defer.Deferred()
+        deadline = self.clock.seconds() + timeout
+
+        def check() -> None:
+            if not self.protocols or self.clock.seconds() >= deadline:
+                done.callback(None)
+            else:
+                self.clock.callLater(0.05, check)
+
+        check()
+        return done
+
+
+_IOV_MAX: Final = 1024
+
+
+def _drop_prefix(chunks: list[bytes], count: int) -> list[bytes]:
+    """The chunks left after the first ``count`` bytes were sent."""
+    for i, chunk in enumerate(chunks):
+        if count < len(chunk):
+            rest = chunks[i:]
+            if count:
+                rest[0] = chunk[count:]
+            return rest
+        count -= len(chunk)
+    return []
+
+
+def reuseport_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    """A listening, non-blocking TCP socket with SO_REUSEPORT, so several worker
+    processes can each accept on the same port (the kernel spreads connections)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def listen(reactor: Any, host: str, port: int, factory: ObjstoreFactory) -> Any:
+    """Listen on ``host:port`` with SO_REUSEPORT; returns Twisted's listening port."""
+    sock = reuseport_socket(host, port)
+    try:
+        return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+    finally:
+        sock.close()  # adoptStreamPort dup()s the descriptor

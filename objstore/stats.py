@@ -1,0 +1,233 @@
+"""Counters of one object server: memcached's stats, ops by command, hottest keys.
+
+:class:`Counters` is what the handler and the protocol increment (plain attributes: the hot
+path pays one attribute add).  With ``--workers N`` every worker also publishes its counters
+and hottest keys into its slot of a small memory-mapped file in the data directory
+(:class:`SharedSlots`), so ``stats`` on any worker and the load report of worker 0 show the
+whole node.  Publishing happens every second; another worker's figures may lag that much.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Final
+
+#: memcached's counters (same names, same meaning), then ours.
+COUNTER_NAMES: Final = (
+    "cmd_get", "cmd_set", "cmd_flush", "cmd_touch", "cmd_meta",
+    "get_hits", "get_misses", "get_expired", "get_flushed",
+    "delete_misses", "delete_hits", "incr_misses", "incr_hits", "decr_misses", "decr_hits",
+    "cas_misses", "cas_hits", "cas_badval", "touch_hits", "touch_misses",
+    "store_too_large", "store_no_memory",
+    "bytes_read", "bytes_written",
+    "curr_connections", "total_connections", "rejected_connections",
+    "corrupt_reads", "slow_readers_dropped", "idle_dropped",
+)
+
+#: Commands whose rate the load report gives (``ops_<name>``); others count as ``other``.
+OP_NAMES: Final = (
+    "get", "gets", "gat", "gats", "set", "add", "replace", "append", "prepend", "cas",
+    "delete", "incr", "decr", "touch", "mg", "ms", "md", "ma", "mn", "me",
+    "stats", "flush_all", "version", "verbosity", "metadump", "other",
+)
+OP_INDEX: Final = {name.encode(): i for i, name in enumerate(OP_NAMES)}
+OTHER: Final = OP_INDEX[b"other"]
+
+
+class Counters:
+    """Counters of this process.  ``ops[i]`` counts commands named ``OP_NAMES[i]``."""
+
+    __slots__ = (*COUNTER_NAMES, "ops")
+    cmd_get: int
+    cmd_set: int
+    cmd_flush: int
+    cmd_touch: int
+    cmd_meta: int
+    get_hits: int
+    get_misses: int
+    get_expired: int
+    get_flushed: int
+    delete_misses: int
+    delete_hits: int
+    incr_misses: int
+    incr_hits: int
+    decr_misses: int
+    decr_hits: int
+    cas_misses: int
+    cas_hits: int
+    cas_badval: int
+    touch_hits: int
+    touch_misses: int
+    store_too_large: int
+    store_no_memory: int
+    bytes_read: int
+    bytes_written: int
+    curr_connections: int
+    total_connections: int
+    rejected_connections: int
+    corrupt_reads: int
+    slow_readers_dropped: int
+    idle_dropped: int
+    ops: list[int]
+
+    def __init__(self) -> None:
+        for name in COUNTER_NAMES:
+            setattr(self, name, 0)
+        self.ops = [0] * len(OP_NAMES)
+
+    def snapshot(self) -> list[int]:
+        """All values in a fixed order: COUNTER_NAMES then OP_NAMES."""
+        return [getattr(self, n) for n in COUNTER_NAMES] + self.ops
+
+    def reset(self) -> None:
+        """``stats reset``: zero everything but the gauges."""
+        keep = self.curr_connections
+        for name in COUNTER_NAMES:
+            setattr(self, name, 0)
+        self.ops = [0] * len(OP_NAMES)
+        self.curr_connections = keep
+
+
+def totals(snapshots: Iterable[Sequence[int]]) -> dict[str, int]:
+    """Sum snapshots from several workers into ``{name: value}`` (ops as ``ops_<name>``)."""
+    names = [*COUNTER_NAMES, *(f"ops_{n}" for n in OP_NAMES)]
+    sums = [0] * len(names)
+    for snap in snapshots:
+        for i, v in enumerate(snap):
+            sums[i] += v
+    return dict(zip(names, sums, strict=True))
+
+
+class HotKeys:
+    """Approximate hottest keys by sampled counting with a bounded table.
+
+    Every ``sample``-th read is counted (so the hot path mostly pays a decrement); when the
+    table is full the colder half is dropped (a coarse space-saving sketch).
+
+    :param capacity: most keys tracked.
+    :param sample: count one read in this many.
+    """
+
+    __slots__ = ("_countdown", "capacity", "counts", "sample")
+
+    def __init__(self, capacity: int = 1024, sample: int = 8) -> None:
+        self.capacity = capacity
+        self.sample = sample
+        self.counts: dict[bytes, int] = {}
+        self._countdown = sample
+
+    def hit(self, key: bytes) -> None:
+        self._countdown -= 1
+        if self._countdown:
+            return
+        self._countdown = self.sample
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + self.sample
+        if len(counts) > self.capacity:
+            keep = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)
+            self.counts = dict(keep[: self.capacity // 2])
+
+    def top(self, n: int) -> list[tuple[bytes, int]]:
+        """The ``n`` hottest keys with their estimated read counts, hottest first."""
+        return sorted(self.counts.items(), key=lambda kv: kv[1], reverse=True)[:n]
+
+    def clear(self) -> None:
+        self.counts = {}
+
+
+# -- sharing between worker processes ---------------------------------------------------
+
+_NUMBERS: Final = len(COUNTER_NAMES) + len(OP_NAMES)
+_HOT_BYTES: Final = 16 * 1024
+# slot: <Q sequence><Q pid><numbers * Q><I hot length><hot bytes>
+_SLOT_HEAD: Final = struct.Struct(f"<QQ{_NUMBERS}QI")
+SLOT_SIZE: Final = _SLOT_HEAD.size + _HOT_BYTES
+
+
+def _encode_hot(items: Sequence[tuple[bytes, int]]) -> bytes:
+    out = bytearray()
+    for key, count in items:
+        entry = struct.pack("<BQ", len(key), count) + key
+        if len(out) + len(entry) > _HOT_BYTES:
+            break
+        out += entry
+    return bytes(out)
+
+
+def _decode_hot(data: bytes) -> list[tuple[bytes, int]]:
+    out = []
+    i = 0
+    while i + 9 <= len(data):
+        n, count = struct.unpack_from("<BQ", data, i)
+        i += 9
+        out.append((data[i:i + n], count))
+        i += n
+    return out
+
+
+class SharedSlots:
+    """A file of one slot per worker holding its latest counters and hot keys.
+
+    Writers are single (each worker owns its slot); readers retry while a slot's sequence
+    number is odd or changes under them (a seqlock), so they never see a torn slot.
+
+    :param path: the file (created and sized on first use).
+    :param workers: number of slots.
+    :param index: this worker's slot.
+    """
+
+    def __init__(self, path: str | Path, workers: int, index: int) -> None:
+        self.workers = workers
+        self.index = index
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            size = SLOT_SIZE * workers
+            if os.fstat(fd).st_size < size:
+                os.ftruncate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self._seq = 0
+
+    def publish(self, numbers: Sequence[int], hot: Sequence[tuple[bytes, int]]) -> None:
+        offset = self.index * SLOT_SIZE
+        hot_bytes = _encode_hot(hot)
+        self._seq += 1  # odd: write in progress
+        struct.pack_into("<Q", self._map, offset, self._seq)
+        _SLOT_HEAD.pack_into(self._map, offset, self._seq, os.getpid(), *numbers, len(hot_bytes))
+        self._map[offset + _SLOT_HEAD.size: offset + _SLOT_HEAD.size + len(hot_bytes)] = hot_bytes
+        self._seq += 1
+        struct.pack_into("<Q", self._map, offset, self._seq)
+
+    def read(self, index: int) -> tuple[list[int], list[tuple[bytes, int]]] | None:
+        """Another worker's last published slot, or None if it never published."""
+        offset = index * SLOT_SIZE
+        for _ in range(100):
+            seq1 = struct.unpack_from("<Q", self._map, offset)[0]
+            if seq1 == 0:
+                return None
+            if seq1 % 2:
+                continue
+            head = _SLOT_HEAD.unpack_from(self._map, offset)
+            hot_len = head[-1]
+            start = offset + _SLOT_HEAD.size
+            hot = bytes(self._map[start:start + min(hot_len, _HOT_BYTES)])
+            if struct.unpack_from("<Q", self._map, offset)[0] == seq1:
+                return list(head[2:-1]), _decode_hot(hot)
+        return None
+
+    def others(self) -> list[tuple[list[int], list[tuple[bytes, int]]]]:
+        out = []
+        for i in range(self.workers):
+            if i != self.index:
+                slot = self.read(i)
+                if slot is not None:
+                    out.append(slot)
+        return out
+
+    def close(self) -> None:
+        self._map.close()

@@ -1,0 +1,288 @@
+"""Benchmark objstored against memcached and Redis (appendonly, appendfsync everysec).
+
+One run starts every server on loopback in a temporary directory, drives it, stops it, and
+prints a Markdown table (ops/s and p99 latency, medians of ``--reps`` runs) with the ratios
+objstored/memcached and objstored/Redis, plus the raw results as JSON.
+
+Load generators:
+
+* memcached and objstored: ``mcload`` (ops/bench/mcload.c, compiled here with ``cc``), a
+  one-thread epoll client that keeps ``depth`` requests in flight on each of ``--conns``
+  connections over a fixed key set.  memaslap (Debian's ``memcaslap``) cannot pipeline,
+  reports latency in power-of-two buckets and needs >= 1024 keys per connection.
+  To show the generator saturates memcached, the memcached CPU time used during each run is
+  reported (100 % per thread = saturated).
+* Redis: ``redis-benchmark`` (``-P`` for pipelining).
+
+Usage::
+
+    python -m ops.bench.objstore_bench [--seconds 4] [--reps 3] [--workers 2]
+        [--sizes 100,4096,65536,1048576] [--json results.json]
+
+The machine has two cores shared with the load generator; run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+KEYSPACE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class Result:
+    target: str
+    op: str
+    size: int
+    depth: int
+    ops_per_sec: float
+    p99_us: float
+    server_cpu: float = 0.0  # CPU seconds per wall second used by the server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User+system CPU of the processes and their children threads (from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+        except (OSError, IndexError):
+            pass
+    return total
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True)
+    return [pid] + [int(p) for p in out.stdout.split()]
+
+
+@contextmanager
+def process(args: list[str], port: int, **kw: object) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            **kw)  # type: ignore[call-overload]
+    try:
+        wait_port(port)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def build_mcload(workdir: Path) -> Path:
+    exe = workdir / "mcload"
+    subprocess.run(["cc", "-O2", "-o", str(exe), str(HERE / "mcload.c")], check=True)
+    return exe
+
+
+def keys_for(size: int) -> int:
+    return max(50, min(1000, KEYSPACE_BYTES // max(size, 1)))
+
+
+def run_mcload(exe: Path, port: int, op: str, size: int, depth: int, conns: int,
+               seconds: int, pids: list[int]) -> Result:
+    args = [str(exe), "-p", str(port), "-c", str(conns), "-d", str(depth), "-t",
+            str(seconds), "-s", str(size), "-k", str(keys_for(size)), "-o", op]
+    before = cpu_seconds(pids)
+    start = time.monotonic()
+    out = subprocess.run(args, capture_output=True, check=True, timeout=seconds * 10 + 120)
+    elapsed = time.monotonic() - start
+    data = json.loads(out.stdout)
+    cpu = (cpu_seconds(pids) - before) / elapsed
+    return Result("", op, size, depth, data["ops_per_sec"], data["p99_us"], cpu)
+
+
+def warm(exe: Path, port: int, size: int) -> None:
+    subprocess.run([str(exe), "-p", str(port), "-c", "1", "-d", "1", "-t", "1", "-s",
+                    str(size), "-k", str(keys_for(size)), "-o", "get", "-W"],
+                   capture_output=True, check=True, timeout=600)
+
+
+def run_redis_benchmark(port: int, op: str, size: int, depth: int, conns: int,
+                        seconds: int, pids: list[int]) -> Result:
+    # Aim for ~seconds of work from a rough rate guess; redis-benchmark counts requests.
+    guess = 80_000 if size <= 4096 else 20_000 if size <= 65536 else 1_500
+    n = max(guess * seconds * (4 if depth > 1 else 1), 1000)
+    args = ["redis-benchmark", "-p", str(port), "-t", op, "-d", str(size), "-c", str(conns),
+            "-n", str(n), "-r", str(keys_for(size)), "--csv", "-q"]
+    if depth > 1:
+        args += ["-P", str(depth)]
+    before = cpu_seconds(pids)
+    start = time.monotonic()
+    out = subprocess.run(args, capture_output=True, check=True, timeout=seconds * 20 + 300)
+    elapsed = time.monotonic() - start
+    lines = [ln for ln in out.stdout.decode().splitlines() if ln.startswith('"')]
+    header = [h.strip('"') for h in lines[0].split(",")]
+    row = dict(zip(header, (v.strip('"') for v in lines[-1].split(",")), strict=True))
+    cpu = (cpu_seconds(pids) - before) / elapsed
+    return Result("redis", op, size, depth, float(row["rps"]),
+                  float(row["p99_latency_ms"]) * 1000, cpu)
+
+
+def median_result(results: list[Result]) -> Result:
+    results = sorted(results, key=lambda r: r.ops_per_sec)
+    mid = results[len(results) // 2]
+    return Result(mid.target, mid.op, mid.size, mid.depth,
+                  statistics.median(r.ops_per_sec for r in results),
+                  statistics.median(r.p99_us for r in results),
+                  statistics.median(r.server_cpu for r in results))
+
+
+def human(size: int) -> str:
+    for unit, n in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= n and size % n == 0:
+            return f"{size // n} {unit}"
+    return f"{size} B"
+
+
+def table(results: dict[tuple[str, str, int, int], Result], sizes: list[int],
+          depths: list[int]) -> str:
+    lines = [
+        "| op | value | pipeline | memcached ops/s (p99 µs, cpu) | objstored ops/s (p99 µs) "
+        "| Redis everysec ops/s (p99 µs) | objstored/memcached | objstored/Redis |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for op in ("get", "set"):
+        for size in sizes:
+            for depth in depths:
+                m = results.get(("memcached", op, size, depth))
+                o = results.get(("objstored", op, size, depth))
+                r = results.get(("redis", op, size, depth))
+                if o is None:
+                    continue
+
+                def cell(x: Result | None, cpu: bool = False) -> str:
+                    if x is None:
+                        return "-"
+                    extra = f", {x.server_cpu * 100:.0f}% cpu" if cpu else ""
+                    return f"{x.ops_per_sec:,.0f} ({x.p99_us:,.0f}{extra})"
+
+                ratio_m = f"{o.ops_per_sec / m.ops_per_sec:.2f}x" if m else "-"
+                ratio_r = f"{o.ops_per_sec / r.ops_per_sec:.2f}x" if r else "-"
+                lines.append(f"| {op.upper()} | {human(size)} | {depth if depth > 1 else 'no'} "
+                             f"| {cell(m, cpu=True)} | {cell(o)} | {cell(r)} | {ratio_m} "
+                             f"| {ratio_r} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--conns", type=int, default=50)
+    ap.add_argument("--workers", type=int, default=2, help="objstored --workers")
+    ap.add_argument("--memcached-threads", type=int, default=2)
+    ap.add_argument("--sizes", default="100,4096,65536,1048576")
+    ap.add_argument("--depths", default="1,16", help="requests in flight per connection")
+    ap.add_argument("--targets", default="memcached,objstored,redis")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    depths = [int(d) for d in args.depths.split(",")]
+    targets = args.targets.split(",")
+    for tool in ("cc", "memcached", "redis-server", "redis-benchmark"):
+        if not shutil.which(tool):
+            print(f"{tool} is required", file=sys.stderr)
+            return 2
+    results: dict[tuple[str, str, int, int], Result] = {}
+    with tempfile.TemporaryDirectory(prefix="objstore-bench-") as tmp:
+        work = Path(tmp)
+        mcload = build_mcload(work)
+
+        def bench_mc_like(name: str, port: int, pid: int) -> None:
+            for size in sizes:
+                warm(mcload, port, size)
+                for op in ("get", "set"):
+                    for depth in depths:
+                        pids = children(pid)
+                        runs = [run_mcload(mcload, port, op, size, depth, args.conns,
+                                           args.seconds, pids) for _ in range(args.reps)]
+                        res = median_result(runs)
+                        res.target = name
+                        results[(name, op, size, depth)] = res
+                        print(f"{name} {op} {size} depth={depth}: {res.ops_per_sec:,.0f} ops/s "
+                              f"p99 {res.p99_us:,.0f} us cpu {res.server_cpu:.2f}",
+                              file=sys.stderr)
+
+        if "memcached" in targets:
+            port = free_port()
+            cmd = ["memcached", "-p", str(port), "-U", "0", "-l", "127.0.0.1", "-t",
+                   str(args.memcached_threads), "-m", "2048", "-c", "4096", "-I", "2m"]
+            if os.geteuid() == 0:
+                cmd += ["-u", "root"]
+            with process(cmd, port) as proc:
+                bench_mc_like("memcached", port, proc.pid)
+        if "objstored" in targets:
+            port = free_port()
+            config = work / "objstored.toml"
+            config.write_text("[objstore]\nmax_connections = 4096\n"
+                              f"[cluster]\nredis_nodes = [\"127.0.0.1:{free_port()}\"]\n")
+            cmd = [sys.executable, "-m", "objstore.main", "--config", str(config), "--listen",
+                   f"127.0.0.1:{port}", "--data", str(work / "objstored"), "--workers",
+                   str(args.workers), "--max-item-size", "2M"]
+            with process(cmd, port, cwd=REPO) as proc:
+                bench_mc_like("objstored", port, proc.pid)
+        if "redis" in targets:
+            port = free_port()
+            rdir = work / "redis"
+            rdir.mkdir()
+            cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--appendonly",
+                   "yes", "--appendfsync", "everysec", "--save", "", "--dir", str(rdir)]
+            with process(cmd, port) as proc:
+                for size in sizes:
+                    for op in ("set", "get"):  # set first so gets hit
+                        for depth in depths:
+                            runs = [run_redis_benchmark(port, op, size, depth, args.conns,
+                                                        args.seconds, [proc.pid])
+                                    for _ in range(args.reps)]
+                            res = median_result(runs)
+                            results[("redis", op, size, depth)] = res
+                            print(f"redis {op} {size} depth={depth}: "
+                                  f"{res.ops_per_sec:,.0f} ops/s p99 {res.p99_us:,.0f} us",
+                                  file=sys.stderr)
+    print(table(results, sizes, depths))
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in results.values()], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

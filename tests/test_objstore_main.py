@@ -1,0 +1,234 @@
+"""objstored as a process: command line, node id, SIGTERM, --workers, connection limit,
+load reports in a real Redis Cluster and serving while Redis is gone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymemcache.client.base import Client
+
+from objstore.main import resolve_node_id
+from ops.config import ConfigError
+from tests.objstore_process import REPO, Objstored, free_port, objstored, write_config
+
+
+def client(server: Objstored) -> Client:
+    return Client((server.host, server.port), timeout=10, connect_timeout=5,
+                  default_noreply=False)
+
+
+def test_node_id_is_generated_once_and_kept(tmp_path: Path) -> None:
+    """Without --node-id an id is generated on first start and reused afterwards."""
+    first = resolve_node_id(tmp_path, "")
+    assert first.startswith("obj-") and resolve_node_id(tmp_path, "") == first
+    assert resolve_node_id(tmp_path, first) == first
+
+
+def test_node_id_mismatch_and_bad_characters(tmp_path: Path) -> None:
+    """A data dir refuses another node's id; ids with braces would break the hash tags."""
+    (tmp_path / "a").mkdir()
+    resolve_node_id(tmp_path / "a", "node-a")
+    with pytest.raises(ConfigError, match="belongs to node 'node-a'"):
+        resolve_node_id(tmp_path / "a", "node-b")
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ConfigError, match="braces"):
+        resolve_node_id(tmp_path / "b", "bad{id}")
+
+
+def _run_objstored(args: list[str], timeout: float = 20) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "objstore.main", *args], cwd=REPO,
+                          capture_output=True, timeout=timeout)
+
+
+def test_cli_errors_name_the_key(tmp_path: Path) -> None:
+    """Bad settings stop objstored at once with exit 2 and a message naming the key."""
+    cfg = tmp_path / "c.toml"
+    write_config(cfg, {}, None)
+    port = free_port()
+    common = ["--config", str(cfg), "--listen", f"127.0.0.1:{port}", "--data",
+              str(tmp_path / "d")]
+    too_big = _run_objstored([*common, "--max-item-size", "100M"])
+    assert too_big.returncode == 2 and b"max_item_size" in too_big.stderr
+    bad_workers = _run_objstored([*common, "--workers", "0"])
+    assert bad_workers.returncode == 2 and b"workers" in bad_workers.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        in_use = _run_objstored(["--config", str(cfg), "--data", str(tmp_path / "e"),
+                                 "--listen", f"127.0.0.1:{busy.getsockname()[1]}"])
+    assert in_use.returncode == 2 and b"objstore.listen" in in_use.stderr
+
+
+def test_sigterm_exits_zero_and_keeps_acknowledged_writes(tmp_path: Path) -> None:
+    """SIGTERM ends objstored with exit 0; what it acknowledged is there after a restart,
+    under the same node id."""
+    with objstored(tmp_path, extra_args=["--node-id", "node-7", "--zone", "b",
+                                         "--tier", "hdd"]) as s:
+        mc = client(s)
+        for i in range(200):
+            assert mc.set(f"k{i}", b"v%d" % i)
+        settings = mc.stats()
+        assert settings[b"node_id"] == b"node-7" and settings[b"zone"] == b"b"
+        mc.close()
+        assert s.stop() == 0
+        assert (s.data_dir / "node_id").read_text().strip() == "node-7"
+        s.extra_args = []
+        s.start()
+        mc = client(s)
+        assert mc.get_many([f"k{i}" for i in range(200)]) == {
+            f"k{i}": b"v%d" % i for i in range(200)}
+        assert mc.stats()[b"node_id"] == b"node-7"
+        mc.close()
+
+
+def test_data_dir_is_locked(tmp_path: Path) -> None:
+    """A second objstored on the same data directory refuses to start."""
+    with objstored(tmp_path) as s:
+        other = _run_objstored(["--config", str(s.config_path), "--data", str(s.data_dir),
+                                "--listen", f"127.0.0.1:{free_port()}"])
+        assert other.returncode == 2 and b"in use by another objstored" in other.stderr
+
+
+def test_workers_share_port_and_store(tmp_path: Path) -> None:
+    """--workers 2: both processes accept on one port and serve one store; SIGTERM stops
+    them all with exit 0."""
+    with objstored(tmp_path, workers=2) as s:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 20
+        while len(pids) < 2 and time.monotonic() < deadline:
+            mc = client(s)
+            pids.add(mc.stats()[b"pid"])
+            mc.close()
+        assert len(pids) == 2, "connections never reached a second worker"
+        writers = [client(s) for _ in range(6)]
+        for n, mc in enumerate(writers):
+            for i in range(50):
+                assert mc.set(f"w{n}-{i}", b"%d" % i)
+        readers = [client(s) for _ in range(6)]
+        for mc in readers:
+            got = mc.get_many([f"w{n}-{i}" for n in range(6) for i in range(50)])
+            assert len(got) == 300
+        # Every worker's counters reach the node totals within the publishing period.
+        time.sleep(1.5)
+        assert readers[0].stats()[b"cmd_set"] >= 300
+        for mc in writers + readers:
+            mc.close()
+        assert s.proc is not None
+        children = _children(s.proc.pid)
+        assert len(children) == 2
+        assert s.stop() == 0
+        for pid in children:
+            assert not _alive(pid)
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is not alive for our purposes.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def test_worker_killed_is_restarted(tmp_path: Path) -> None:
+    """If a worker dies, the supervisor starts a new one and the port keeps serving."""
+    with objstored(tmp_path, workers=2) as s:
+        assert s.proc is not None
+        victim = _children(s.proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            kids = _children(s.proc.pid)
+            if len(kids) == 2 and victim not in kids:
+                break
+            time.sleep(0.1)
+        assert len(_children(s.proc.pid)) == 2 and victim not in _children(s.proc.pid)
+        mc = client(s)
+        assert mc.set("after", b"x") and mc.get("after") == b"x"
+        mc.close()
+
+
+def test_connection_limit(tmp_path: Path) -> None:
+    """Past max_connections a client gets memcached's error and is closed."""
+    with objstored(tmp_path, max_connections=3) as s:
+        held = [s.connect() for _ in range(3)]
+        for sock in held:
+            sock.sendall(b"version\r\n")
+            assert sock.recv(100).startswith(b"VERSION")
+        extra = s.connect()
+        assert extra.recv(100) == b"ERROR Too many open connections\r\n"
+        assert extra.recv(100) == b""
+        extra.close()
+        held.pop().close()
+        time.sleep(0.2)
+        with s.connect() as again:
+            again.sendall(b"version\r\n")
+            assert again.recv(100).startswith(b"VERSION")
+        for sock in held:
+            sock.close()
+
+
+def test_serves_while_redis_is_down(tmp_path: Path) -> None:
+    """With no Redis reachable objstored serves normally and keeps retrying its report."""
+    with objstored(tmp_path, report_interval=0.2, report_ttl=2) as s:
+        mc = client(s)
+        for i in range(20):
+            assert mc.set(f"r{i}", b"x")
+            assert mc.get(f"r{i}") == b"x"
+        time.sleep(1.0)
+        assert mc.version()
+        mc.close()
+        assert "load report to Redis failed" in s.log_tail(200)
+
+
+def test_load_report_appears_in_redis_cluster(tmp_path: Path, redis_cluster: Any) -> None:
+    """objstored writes its load report and hot keys to Redis Cluster, with a TTL."""
+    from redis.cluster import ClusterNode, RedisCluster
+
+    nodes = list(redis_cluster.nodes)
+    with objstored(tmp_path, redis_nodes=nodes, report_interval=0.5, report_ttl=3,
+                   extra_args=["--node-id", "rep-1", "--zone", "z9"]) as s:
+        mc = client(s)
+        mc.set("hot-key", b"x")
+        for _ in range(400):
+            mc.get("hot-key")
+        host, _, port = nodes[0].rpartition(":")
+        rc = RedisCluster(startup_nodes=[ClusterNode(host, int(port))])
+        deadline = time.monotonic() + 20
+        report: Any = {}
+        hot: Any = []
+        while time.monotonic() < deadline:
+            report = rc.hgetall("objmail:node:{rep-1}:report")
+            hot = rc.zrevrange("objmail:node:{rep-1}:hot", 0, -1, withscores=True)
+            if report and hot and float(report[b"ops_get"]) > 0:
+                break
+            time.sleep(0.2)
+            mc.get("hot-key")
+        assert report[b"node_id"] == b"rep-1" and report[b"zone"] == b"z9"
+        assert report[b"addr"] == s.address.encode()
+        assert int(report[b"items"]) == 1 and int(report[b"used_bytes"]) > 0
+        assert int(report[b"capacity_bytes"]) > 0
+        assert hot and hot[0][0] == b"hot-key"
+        assert 0 < rc.ttl("objmail:node:{rep-1}:report") <= 3
+        mc.close()
+        assert s.stop() == 0
+        # A node that stops reporting disappears when its report expires.
+        deadline = time.monotonic() + 10
+        while rc.exists("objmail:node:{rep-1}:report") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not rc.exists("objmail:node:{rep-1}:report")
+        rc.close()

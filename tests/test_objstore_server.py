@@ -1,0 +1,218 @@
+"""The Twisted adapter on StringTransport: reply order, read-your-writes, back-pressure,
+limits and timeouts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from objstore.server import TOO_MANY_CONNECTIONS, reuseport_socket
+from tests.objstore_harness import Harness, exchange
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(tmp_path)
+    yield harness
+    harness.close()
+
+
+def test_set_then_get(h: Harness) -> None:
+    """A stored value comes back from get on the same connection."""
+    proto, tr = h.connect()
+    assert exchange(proto, tr, b"set k 3 0 2\r\nhi\r\n") == b"STORED\r\n"
+    assert exchange(proto, tr, b"get k\r\n") == b"VALUE k 3 2\r\nhi\r\nEND\r\n"
+
+
+def test_replies_wait_for_group_commit_and_keep_order(h: Harness) -> None:
+    """STORED is sent only after the commit, and replies keep request order."""
+    held = h.hold_writes()
+    proto, tr = h.connect()
+    out = exchange(proto, tr, b"version\r\nset a 0 0 1\r\n1\r\nset b 0 0 1\r\n2\r\nmn\r\n")
+    # version is answered; the sets wait for the commit; mn waits behind them.
+    assert out.startswith(b"VERSION ")
+    assert b"STORED" not in out and b"MN" not in out
+    assert len(held.queue) == 2
+    held.release()
+    assert tr.value() == b"STORED\r\nSTORED\r\nMN\r\n"
+
+
+def test_read_your_writes_after_noreply(h: Harness) -> None:
+    """A get after a pending noreply set on the same connection sees the new value."""
+    held = h.hold_writes()
+    proto, tr = h.connect()
+    assert exchange(proto, tr, b"set k 0 0 3 noreply\r\nnew\r\nget k\r\n") == b""
+    held.release()
+    assert tr.value() == b"VALUE k 0 3\r\nnew\r\nEND\r\n"
+
+
+PIPELINE = (b"set a 0 0 5\r\nhello\r\nget a b\r\nmg a v c\r\nincr n 1\r\nbogus\r\n"
+            b"delete a noreply\r\nms c 2 T0 k\r\nhi\r\nmn\r\nget a c\r\n")
+
+
+def test_pipeline_split_at_every_byte_boundary(tmp_path: Path) -> None:
+    """The same pipeline gives the same bytes however the network cuts it."""
+    reference = None
+    for cut in range(len(PIPELINE) + 1):
+        harness = Harness(tmp_path / f"c{cut}")
+        harness.clock.advance(0)
+        proto, tr = harness.connect()
+        proto.dataReceived(PIPELINE[:cut])
+        proto.dataReceived(PIPELINE[cut:])
+        # CAS uniques are the same in every fresh store, so whole replies compare.
+        got = tr.value()
+        harness.close()
+        if reference is None:
+            reference = got
+            assert got.startswith(b"STORED\r\nVALUE a 0 5\r\nhello\r\nEND\r\nVA 5 c1\r\n")
+            assert got.endswith(b"HD kc\r\nMN\r\nVALUE c 0 2\r\nhi\r\nEND\r\n")
+        assert got == reference, cut
+
+
+def test_quit_closes_after_earlier_replies(h: Harness) -> None:
+    """quit closes the connection once the replies before it are out."""
+    held = h.hold_writes()
+    proto, tr = h.connect()
+    proto.dataReceived(b"set a 0 0 1\r\nx\r\nquit\r\nget a\r\n")
+    assert not tr.disconnecting
+    held.release()
+    assert tr.value() == b"STORED\r\n"
+    assert tr.disconnecting
+
+
+def test_line_too_long_closes(tmp_path: Path) -> None:
+    """A line past max_line gets CLIENT_ERROR line too long and the connection closes."""
+    h = Harness(tmp_path, max_line=512)
+    proto, tr = h.connect()
+    assert exchange(proto, tr, b"touch " + b"a" * 600) == b"CLIENT_ERROR line too long\r\n"
+    assert tr.disconnecting
+    h.close()
+
+
+def test_connection_limit(tmp_path: Path) -> None:
+    """Past max_connections a client gets memcached's error and is closed; a slot freed by
+    a disconnect is reused."""
+    h = Harness(tmp_path, max_connections=2)
+    a, _ = h.connect()
+    h.connect()
+    third, tr3 = h.connect()
+    assert tr3.value() == TOO_MANY_CONNECTIONS and tr3.disconnecting
+    assert h.counters.rejected_connections == 1
+    assert h.counters.curr_connections == 2
+    third.connectionLost(None)
+    assert h.counters.curr_connections == 2
+    a.connectionLost(None)
+    _, tr4 = h.connect()
+    assert not tr4.disconnecting
+    h.close()
+
+
+def test_idle_timeout(tmp_path: Path) -> None:
+    """A connection silent for idle_timeout seconds is closed; activity resets the timer."""
+    h = Harness(tmp_path, idle_timeout=10.0)
+    proto, tr = h.connect()
+    h.clock.advance(9)
+    exchange(proto, tr, b"version\r\n")
+    h.clock.advance(9)
+    assert not tr.disconnecting
+    h.clock.advance(2)
+    assert tr.disconnecting
+    assert h.counters.idle_dropped == 1
+    h.close()
+
+
+def test_slow_reader_stops_execution_and_is_cut_off(tmp_path: Path) -> None:
+    """While the transport is full no command runs; a reader slow past the timeout is
+    aborted."""
+    h = Harness(tmp_path, slow_reader_timeout=5.0)
+    proto, tr = h.connect()
+    proto.pauseProducing()  # what the transport does when its buffer is full
+    assert tr.producerState == "paused"
+    assert exchange(proto, tr, b"version\r\nversion\r\n") == b""
+    h.clock.advance(4)
+    proto.resumeProducing()
+    assert tr.value().count(b"VERSION") == 2
+    proto.pauseProducing()
+    h.clock.advance(6)
+    assert tr.disconnected  # aborted
+    assert h.counters.slow_readers_dropped == 1
+    h.close()
+
+
+def test_pipeline_depth_pauses_reading(tmp_path: Path) -> None:
+    """With max_pipeline answers outstanding the protocol stops reading, and resumes when
+    they complete."""
+    h = Harness(tmp_path, max_pipeline=3)
+    held = h.hold_writes()
+    proto, tr = h.connect()
+    proto.dataReceived(b"".join(b"set k%d 0 0 1\r\nx\r\n" % i for i in range(6)))
+    assert len(held.queue) == 3
+    assert tr.producerState == "paused"
+    held.release()
+    assert len(held.queue) == 3
+    held.release()
+    assert tr.value() == b"STORED\r\n" * 6
+    assert tr.producerState == "producing"
+    h.close()
+
+
+def test_metadump_streams_every_key_then_end(tmp_path: Path) -> None:
+    """lru_crawler metadump lists every item (across several batches) and ends with END."""
+    h = Harness(tmp_path)
+    proto, tr = h.connect()
+    n = 2500
+    proto.dataReceived(b"".join(b"set key%05d 0 0 1 noreply\r\nx\r\n" % i for i in range(n)))
+    out = exchange(proto, tr, b"lru_crawler metadump all\r\n")
+    lines = out.split(b"\n")
+    assert out.endswith(b"END\r\n")
+    assert len([ln for ln in lines if ln.startswith(b"key=")]) == n
+    assert lines[0].startswith(b"key=key00000 exp=-1 la=1800000000 cas=1 fetch=no cls=1 size=")
+    h.close()
+
+
+def test_metadump_pauses_with_a_slow_reader(tmp_path: Path) -> None:
+    """A metadump stream stops producing while the transport is full."""
+    h = Harness(tmp_path)
+    proto, tr = h.connect()
+    proto.dataReceived(b"".join(b"set key%05d 0 0 1 noreply\r\nx\r\n" % i for i in range(2500)))
+    tr.clear()
+    # Pause as soon as the first chunk is written, as a full socket buffer would.
+    original = tr.writeSequence
+
+    def write_and_pause(data: list[bytes]) -> None:
+        original(data)
+        proto.pauseProducing()
+
+    tr.writeSequence = write_and_pause  # type: ignore[method-assign]
+    proto.dataReceived(b"lru_crawler metadump all\r\n")
+    first = tr.value()
+    assert 0 < first.count(b"key=") < 2500 and not first.endswith(b"END\r\n")
+    tr.writeSequence = original  # type: ignore[method-assign]
+    proto.resumeProducing()
+    assert tr.value().count(b"key=") == 2500 and tr.value().endswith(b"END\r\n")
+    h.close()
+
+
+def test_connection_lost_with_pending_writes(h: Harness) -> None:
+    """A client that leaves with writes pending does not break the server; the writes
+    still commit."""
+    held = h.hold_writes()
+    proto, _tr = h.connect()
+    proto.dataReceived(b"set k 0 0 1\r\nx\r\n")
+    proto.connectionLost(None)
+    held.release()
+    assert h.storage.get(b"k") is not None
+    assert h.counters.curr_connections == 0
+
+
+def test_reuseport_socket_allows_a_second_listener() -> None:
+    """Two SO_REUSEPORT listeners can share one port (how workers share it)."""
+    a = reuseport_socket("127.0.0.1", 0)
+    try:
+        port = a.getsockname()[1]
+        b = reuseport_socket("127.0.0.1", port)
+        b.close()
+    finally:
+        a.close()

@@ -1,0 +1,76 @@
+"""Counters, hot keys and the slots that share them between worker processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from objstore.stats import (
+    COUNTER_NAMES,
+    OP_INDEX,
+    OP_NAMES,
+    Counters,
+    HotKeys,
+    SharedSlots,
+    totals,
+)
+
+
+def test_counters_snapshot_and_reset() -> None:
+    """A snapshot lists every counter then every op; reset keeps the connection gauge."""
+    c = Counters()
+    c.cmd_get += 3
+    c.curr_connections = 2
+    c.ops[OP_INDEX[b"mg"]] += 5
+    snap = c.snapshot()
+    assert len(snap) == len(COUNTER_NAMES) + len(OP_NAMES)
+    t = totals([snap, snap])
+    assert t["cmd_get"] == 6 and t["ops_mg"] == 10
+    c.reset()
+    assert c.cmd_get == 0 and c.curr_connections == 2 and sum(c.ops) == 0
+
+
+def test_hot_keys_rank_and_bound() -> None:
+    """The hottest keys rank first and the table never exceeds its capacity."""
+    hot = HotKeys(capacity=100, sample=1)
+    for i in range(1000):
+        hot.hit(b"cold%d" % i)
+        if i % 2 == 0:
+            hot.hit(b"hot")
+    assert len(hot.counts) <= 100
+    assert hot.top(1) == [(b"hot", 500)]
+
+
+def test_hot_keys_sampling_estimates_counts() -> None:
+    """With sampling every n-th read counts n, so totals stay right on average."""
+    hot = HotKeys(sample=8)
+    for _ in range(800):
+        hot.hit(b"k")
+    assert hot.top(1) == [(b"k", 800)]
+    hot.clear()
+    assert hot.top(5) == []
+
+
+def test_shared_slots_between_processes(tmp_path: Path) -> None:
+    """What one worker process publishes, another reads, hot keys included."""
+    path = tmp_path / "workers.stats"
+    mine = SharedSlots(path, workers=2, index=0)
+    assert mine.others() == []
+    script = (
+        "import sys\n"
+        "from objstore.stats import SharedSlots, Counters\n"
+        "c = Counters(); c.cmd_get = 41; c.ops[0] = 7\n"
+        "SharedSlots(sys.argv[1], 2, 1).publish(c.snapshot(), [(b'hotkey', 99)])\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True,
+                   cwd=Path(__file__).resolve().parents[1])
+    [(numbers, hot)] = mine.others()
+    t = totals([numbers])
+    assert t["cmd_get"] == 41 and t["ops_get"] == 7
+    assert hot == [(b"hotkey", 99)]
+    mine.publish(Counters().snapshot(), [])
+    assert SharedSlots(path, 2, 1).read(0) == ([0] * len(numbers), [])
+    assert os.path.getsize(path) > 0
+    mine.close()
