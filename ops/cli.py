@@ -49,7 +49,15 @@ Handler = Callable[[CommandContext], int]
 
 
 #: Modules that each add one subcommand with ``register(subparsers)``.
-COMMAND_MODULES = ("ops.dev_command", "ops.node_command", "ops.where_command", "ops.db_command", "ops.user_command")
+COMMAND_MODULES = (
+    "ops.dev_command",
+    "ops.node_command",
+    "ops.where_command",
+    "ops.db_command",
+    "ops.user_command",
+    "ops.deliver_command",
+    "ops.stats_command",
+)
 
 
 def _register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -219,8 +219,14 @@ class ImapdConfig:
     max_message_size: int = 64 * MIB
     idle_timeout: float = 1800.0
     login_delay: float = 1.0
+    max_connections: int = 4096
+    pop3_idle_timeout: float = 600.0
+    notify_keepalive: float = 30.0
 
     def __post_init__(self) -> None:
+        _check(self.max_connections >= 1, "max_connections", "must be at least 1")
+        _check(self.pop3_idle_timeout >= 0, "pop3_idle_timeout", "must be 0 (off) or positive")
+        _check(self.notify_keepalive > 0, "notify_keepalive", "must be positive")
         for key in ("imap_listen", "imaps_listen", "pop3_listen", "lmtp_listen"):
             value = getattr(self, key)
             if value:

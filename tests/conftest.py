@@ -74,7 +74,7 @@ def _free_port() -> int:
 
 
 @dataclass
-class TestCluster:
+class SessionCluster:
     """The session's cluster: config and the launcher's view of it."""
 
     config: Config
@@ -107,17 +107,17 @@ def make_test_config(rng: random.Random | None = None) -> Config:
 
 
 @pytest.fixture(scope="session")
-def test_cluster(tmp_path_factory: pytest.TempPathFactory) -> TestCluster:
+def test_cluster(tmp_path_factory: pytest.TempPathFactory) -> SessionCluster:
     run_dir = tmp_path_factory.mktemp("cluster")
     config = make_test_config()
     options = DevOptions(fast=True, redis_node_timeout_ms=2000)
-    tc = TestCluster(config, run_dir, options)
+    tc = SessionCluster(config, run_dir, options)
     tc.cluster().write_config()
     return tc
 
 
 @contextlib.contextmanager
-def running(tc: TestCluster, *stages: str) -> Iterator[DevCluster]:
+def running(tc: SessionCluster, *stages: str) -> Iterator[DevCluster]:
     """Run ``stages`` of the session's cluster for the duration of the block."""
     cluster = tc.cluster(*stages)
     try:
@@ -128,7 +128,7 @@ def running(tc: TestCluster, *stages: str) -> Iterator[DevCluster]:
 
 
 @pytest.fixture(scope="session")
-def postgres(test_cluster: TestCluster) -> Iterator[str]:
+def postgres(test_cluster: SessionCluster) -> Iterator[str]:
     """DSN of a private PostgreSQL with the objmail database created."""
     with running(test_cluster, "postgres"):
         yield test_cluster.pg_dsn
@@ -143,7 +143,7 @@ class RunningRedis:
 
 
 @pytest.fixture(scope="session")
-def redis_cluster(test_cluster: TestCluster) -> Iterator[RunningRedis]:
+def redis_cluster(test_cluster: SessionCluster) -> Iterator[RunningRedis]:
     """A 6-node Redis Cluster (3 masters, 3 replicas) on loopback."""
     with running(test_cluster, "redis") as cluster:
         yield RunningRedis(test_cluster.redis_nodes, cluster)
@@ -158,7 +158,7 @@ class RunningObjstores:
 
 
 @pytest.fixture(scope="session")
-def objstore_cluster(test_cluster: TestCluster,
+def objstore_cluster(test_cluster: SessionCluster,
                      redis_cluster: RunningRedis) -> Iterator[RunningObjstores]:
     """Three objstored (zones a, b, c) added to the registry, as `objmail dev up` does."""
     with running(test_cluster, "objstore") as cluster:
