@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -16,12 +17,17 @@ from ops.launcher import LaunchError
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("dev", help="run a complete local cluster under ./var")
-    parser.add_argument("action", choices=("up", "down", "status"))
+    parser.add_argument("action", choices=("up", "down", "status", "demo"),
+                        help="up: start what is missing; down: stop all; status: a table; "
+                             "demo: create the demo user with sample mail")
     parser.add_argument("--dir", default="var", type=Path,
                         help="run directory for data, logs and pid files (default ./var)")
     parser.add_argument("--objstores", type=int, default=3,
                         help="number of object servers (default 3, zones a, b, c)")
     parser.add_argument("--json", action="store_true", help="machine-readable status")
+    parser.add_argument("--user", default="demo", help="demo user name (default demo)")
+    parser.add_argument("--password", default="demo",
+                        help="demo user's password (default demo; local cluster only)")
     parser.set_defaults(handler=run)
 
 
@@ -44,6 +50,8 @@ def run(ctx: CommandContext) -> int:
         cluster = make_cluster(ctx)
         if ctx.args.action == "up":
             return _up(ctx, cluster)
+        if ctx.args.action == "demo":
+            return _demo(ctx, cluster)
         if ctx.args.action == "down":
             stopped = cluster.down(progress=ctx.say)
             ctx.say(f"stopped {len(stopped)} process(es)" if stopped else "nothing was running")
@@ -78,3 +86,52 @@ def _status(ctx: CommandContext, cluster: DevCluster) -> int:
             pid = str(r.pid) if r.pid else "-"
             ctx.say(f"{r.name:<14} {r.kind:<10} {r.port:>6} {pid:>8}  {r.state:<10} {r.log}")
     return EX_OK if all(r.state == "healthy" for r in rows) else EX_UNAVAILABLE
+
+
+def _demo(ctx: CommandContext, cluster: DevCluster) -> int:
+    """Create the demo user and deliver the sample mail once (idempotent)."""
+    from director.client import BlobClient
+    from metadata.delivery import Deliverer
+    from metadata.errors import NoSuchUser
+    from metadata.store import MetadataStore
+    from ops.demo import demo_messages
+
+    config = cluster.config
+    name, password = ctx.args.user, ctx.args.password
+
+    async def seed() -> int:
+        store = await MetadataStore.open(config.cluster.pg_dsn, pool_min=1, pool_max=2)
+        try:
+            try:
+                user = await store.users.get(name)
+            except NoSuchUser:
+                user = await store.users.create(name, password)
+                ctx.say(f"created user {name!r} with password {password!r}")
+            if (await store.mailboxes.status(user.id, "INBOX")).messages:
+                return 0
+            blobs = await BlobClient.open(config)
+            try:
+                deliverer = Deliverer(store, blobs, config)
+                messages = demo_messages(name)
+                for raw in messages:
+                    await deliverer.deliver(name, raw)
+                return len(messages)
+            finally:
+                await blobs.aclose()
+        finally:
+            await store.close()
+
+    delivered = asyncio.run(seed())
+    if delivered:
+        ctx.say(f"delivered {delivered} sample messages to {name}'s INBOX")
+    imap = config.imapd.imap_listen
+    host, _, port = imap.rpartition(":")
+    ctx.say(f"""
+Connect an IMAP client to the local cluster:
+  server {host}, port {port}, no encryption (or STARTTLS), user {name!r}, password {password!r}
+  e.g.  python3 -c "import imaplib; m = imaplib.IMAP4('{host}', {port}); \\
+        m.login('{name}', '{password}'); print(m.select('INBOX'))"
+  or    mutt -f imap://{name}@{host}:{port}/INBOX
+POP3 on {config.imapd.pop3_listen}, LMTP delivery on {config.imapd.lmtp_listen}.
+See what dedup saved: .venv/bin/objmail stats""")
+    return EX_OK
