@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import Counter
 
 import pytest
@@ -186,16 +185,6 @@ def test_tier_none_accepts_every_tier() -> None:
     nodes = [make_node(1, tier="ssd"), make_node(2, tier="hdd")]
     placer = Placer(nodes, PlacementPolicy(replicas=1, tier=None))
     assert set(primary_shares(placer, IDS[:2_000])) == {"node-1", "node-2"}
-
-
-def test_placement_is_fast_enough_per_put() -> None:
-    """Placing one blob over 50 nodes takes well under a millisecond."""
-    placer = Placer([make_node(i, zone="abc"[i % 3]) for i in range(1, 51)])
-    t0 = time.perf_counter()
-    for blob in IDS[:2_000]:
-        placer.place(blob)
-    per_put = (time.perf_counter() - t0) / 2_000
-    assert per_put < 1e-3
 
 
 def test_policy_rejects_nonsense() -> None:
