@@ -18,6 +18,7 @@ Replies (enhanced status codes, RFC 3463):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import socket
@@ -232,14 +233,39 @@ class LMTPProtocol(protocol.Protocol):
 
     transport: Any  # ITCPTransport (Twisted's stubs type it too loosely to call)
 
-    def __init__(self, session: LMTPSession, max_line: int, max_message: int) -> None:
+    def __init__(self, factory: LMTPFactory, session: LMTPSession, max_line: int,
+                 max_message: int) -> None:
+        self.factory = factory
         self.session = session
         self.parser = LMTPParser(max_line=max_line, max_message=max_message)
         self._busy = False
         self._closing = False
+        self._shutdown = False
 
     def connectionMade(self) -> None:
+        # Replies are small and a client waits for each: do not let Nagle hold them.
+        with contextlib.suppress(AttributeError, OSError):
+            self.transport.setTcpNoDelay(True)
+        if len(self.factory.connections) >= self.factory.max_connections:
+            self._write([f"421 4.3.2 {self.session.hostname} too many connections, "
+                         "try again later"])
+            self._closing = True
+            self.transport.loseConnection()
+            return
+        self.factory.connections.add(self)
         self._write(self.session.greeting())
+
+    def shutdown(self) -> None:
+        """Say 421 and close, at once when idle, else once the current command ends."""
+        self._shutdown = True
+        if not self._busy:
+            self._goodbye()
+
+    def _goodbye(self) -> None:
+        if not self._closing:
+            self._write([f"421 4.3.2 {self.session.hostname} shutting down"])
+            self._closing = True
+            self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         self.parser.feed(data)
@@ -247,6 +273,7 @@ class LMTPProtocol(protocol.Protocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._closing = True
+        self.factory.connections.discard(self)
 
     def _write(self, lines: list[str]) -> None:
         self.transport.write("".join(f"{line}\r\n" for line in lines).encode())
@@ -289,7 +316,10 @@ class LMTPProtocol(protocol.Protocol):
 
         def next_(_: object) -> None:
             self._busy = False
-            self._pump()
+            if self._shutdown:
+                self._goodbye()
+            else:
+                self._pump()
 
         d.addCallbacks(done, failed)
         d.addBoth(next_)
@@ -303,8 +333,19 @@ class LMTPFactory(protocol.Factory):
         self.deliverer = deliverer
         self.config = config
         self.hostname = hostname()
+        self.max_connections = config.imapd.max_connections
+        self.connections: set[LMTPProtocol] = set()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self.connections)
+
+    def shutdown(self) -> None:
+        """Close every connection (deliveries in progress finish first)."""
+        for conn in list(self.connections):
+            conn.shutdown()
 
     def buildProtocol(self, addr: IAddress | None) -> LMTPProtocol:
         session = LMTPSession(self.deliverer, self.config, self.hostname)
-        conf = self.config.imapd
-        return LMTPProtocol(session, max_line=MAX_LINE, max_message=conf.max_message_size)
+        return LMTPProtocol(self, session, max_line=MAX_LINE,
+                            max_message=self.config.imapd.max_message_size)

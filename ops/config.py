@@ -175,9 +175,12 @@ class DirectorConfig:
     disk_cache_bytes: int = 1 * GIB
     pool_size: int = 8
     index_buckets: int = 65536
+    metrics_listen: str = "127.0.0.1:9101"
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, "listen")
+        if self.metrics_listen:
+            parse_hostport(self.metrics_listen, "metrics_listen")
         _check(1 <= self.replicas <= 8, "replicas", f"must be 1..8, got {self.replicas}")
         _check(1 <= self.write_quorum <= self.replicas, "write_quorum",
                f"must be 1..replicas ({self.replicas}), got {self.write_quorum}")
@@ -222,8 +225,11 @@ class ImapdConfig:
     max_connections: int = 4096
     pop3_idle_timeout: float = 600.0
     notify_keepalive: float = 30.0
+    metrics_listen: str = "127.0.0.1:9102"
 
     def __post_init__(self) -> None:
+        if self.metrics_listen:
+            parse_hostport(self.metrics_listen, "metrics_listen")
         _check(self.max_connections >= 1, "max_connections", "must be at least 1")
         _check(self.pop3_idle_timeout >= 0, "pop3_idle_timeout", "must be 0 (off) or positive")
         _check(self.notify_keepalive > 0, "notify_keepalive", "must be positive")

@@ -1,0 +1,245 @@
+"""Message text for FETCH ``BODY[...]`` / ``RFC822*`` and POP3 RETR/TOP, read from blobs.
+
+What PostgreSQL already holds is used first: the top-level header (``BODY[HEADER]``,
+``RFC822.HEADER``, ``HEADER.FIELDS``) comes from ``messages.header_block`` without any
+blob.  Everything else needs the message's *skeleton* (one small blob) and then only the
+part blobs that the requested window overlaps: :func:`blobs_for_window` walks the skeleton's
+segments counting IMAP-view octets with the sizes the skeleton records, so ``BODY[1]<0.2048>``
+of a message with a 20 MB attachment never fetches the attachment.
+
+:class:`BodyReader` serves a whole batch of FETCH entries with two round trips to the blob
+store at most: every skeleton at once, then every part blob the batch needs at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from director.errors import BlobUnavailable
+from imapd.fetchatts import BodySection, Section, SectionText
+from imapd.headerfields import filter_fields
+from metadata.records import MessageEntry
+from metadata.sections import SectionMap, SectionRange, imap_view
+from metadata.splitter import (
+    BlobSegment,
+    Segment,
+    Skeleton,
+    parse_skeleton,
+    read_imap_range,
+)
+
+__all__ = [
+    "BlobSource",
+    "BodyReader",
+    "blobs_for_window",
+    "locate_spec",
+    "needs_skeleton",
+    "slice_window",
+]
+
+
+class BlobSource(Protocol):
+    """What reading bodies needs from the blob store (``director.client.BlobClient``)."""
+
+    async def get(self, blob_id: str) -> bytes: ...
+
+    async def get_many(self, ids: Iterable[str]) -> dict[str, bytes]: ...
+
+
+def _overlapping(skeleton: Skeleton, start: int, end: int) -> Iterator[tuple[int, Segment]]:
+    pos = 0
+    for seg in skeleton.segments:
+        seg_end = pos + seg.length
+        if seg_end > start and pos < end:
+            yield pos, seg
+        if seg_end >= end:
+            return
+        pos = seg_end
+
+
+def blobs_for_window(skeleton: Skeleton, section: SectionRange, origin: int = 0,
+                     count: int | None = None) -> tuple[str, ...]:
+    """The blob ids :func:`metadata.splitter.read_imap_range` needs to return ``count``
+    IMAP-view octets of ``section`` from ``origin`` (all of it when ``count`` is None).
+
+    Whole blobs are measured by their recorded view length, exactly as the reader counts
+    them; a blob cut by the section's edge (which section boundaries never do for the
+    splitter's own skeletons) makes every later blob of the section count as needed.
+    """
+    stop = section.vsize if count is None else min(section.vsize, origin + count)
+    if origin >= stop:
+        return ()
+    needed: dict[str, None] = {}
+    v = 0
+    after_cr = False
+    uncertain = False
+    for pos, seg in _overlapping(skeleton, section.start, section.end):
+        lo = max(section.start - pos, 0)
+        hi = min(section.end - pos, seg.length)
+        first = pos <= section.start
+        if uncertain:
+            if isinstance(seg, BlobSegment):
+                needed[seg.blob_id] = None
+            continue
+        if isinstance(seg, BlobSegment):
+            if lo == 0 and hi == seg.length:
+                width = seg.vlength + (1 if first and seg.lf_after_cr else 0)
+                if not (v + width <= origin or v >= stop):
+                    needed[seg.blob_id] = None
+                v += width
+                after_cr = seg.ends_cr
+                continue
+            if v >= stop:
+                break
+            needed[seg.blob_id] = None
+            uncertain = True
+            continue
+        if v >= stop:
+            break
+        data = seg.data[lo:hi]
+        v += len(imap_view(data, after_cr=after_cr and not first))
+        after_cr = data.endswith(b"\r")
+    return tuple(needed)
+
+
+def slice_window(data: bytes, origin: int, count: int | None) -> bytes:
+    """``<origin.count>`` of already-converted octets (empty past the end)."""
+    if origin >= len(data):
+        return b""
+    return data[origin:] if count is None else data[origin:origin + count]
+
+
+def locate_spec(section: Section) -> str:
+    """The :meth:`SectionMap.locate` specifier of a section; HEADER.FIELDS[.NOT] read the
+    HEADER they filter."""
+    numbers = ".".join(str(n) for n in section.part)
+    text = section.text
+    if text in (SectionText.HEADER_FIELDS, SectionText.HEADER_FIELDS_NOT):
+        word = "HEADER"
+    else:
+        word = text.value if text is not None else ""
+    if numbers and word:
+        return f"{numbers}.{word}"
+    return numbers or word
+
+
+def _top_header(section: Section) -> bool:
+    return not section.part and section.text in (
+        SectionText.HEADER, SectionText.HEADER_FIELDS, SectionText.HEADER_FIELDS_NOT)
+
+
+def needs_skeleton(atts: Iterable[BodySection]) -> bool:
+    """Whether any of ``atts`` needs more than the stored top-level header."""
+    return any(not _top_header(att.section) for att in atts)
+
+
+def _filtered(header: bytes, section: Section) -> bytes:
+    return filter_fields(header, section.fields,
+                         exclude=section.text is SectionText.HEADER_FIELDS_NOT)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one (message, attribute) pair is answered."""
+
+    range: SectionRange | None
+    whole: bool
+    """Read the whole range (then filter or slice in memory) rather than a window."""
+
+
+class BodyReader:
+    """Reads body sections for batches of FETCH entries (see the module docstring).
+
+    Entries must carry ``skeleton_id``, ``section_map`` and ``header_block``
+    (``Messages.fetch(..., items={"skeleton", "sections", "header"})``).
+    """
+
+    def __init__(self, blobs: BlobSource) -> None:
+        self.blobs = blobs
+
+    async def read(self, entries: Sequence[MessageEntry], atts: Sequence[BodySection],
+                   ) -> dict[tuple[int, BodySection], bytes]:
+        """The IMAP-view octets of every attribute of every entry, by ``(uid, att)``.
+
+        A section that names no part is answered with empty octets.
+
+        :raises metadata.splitter.SkeletonError: a stored skeleton or blob is corrupt.
+        :raises ValueError: a stored section map is corrupt.
+        """
+        result: dict[tuple[int, BodySection], bytes] = {}
+        deep = [att for att in atts if not _top_header(att.section)]
+        for entry in entries:
+            header = entry.header_block or b""
+            for att in atts:
+                if _top_header(att.section):
+                    data = header
+                    if att.section.fields:
+                        data = _filtered(data, att.section)
+                    result[entry.uid, att] = self._window(imap_view(data), att)
+        if not deep or not entries:
+            return result
+        skeletons = await self._skeletons(entries)
+        plans: dict[tuple[int, BodySection], _Plan] = {}
+        wanted: dict[str, None] = {}
+        for entry in entries:
+            skeleton = skeletons[entry.uid]
+            sections = SectionMap.from_bytes(entry.section_map or b"")
+            for att in deep:
+                rng = sections.locate(locate_spec(att.section))
+                whole = bool(att.section.fields)
+                plans[entry.uid, att] = _Plan(rng, whole)
+                if rng is None:
+                    continue
+                if whole or att.partial is None:
+                    ids = blobs_for_window(skeleton, rng)
+                else:
+                    ids = blobs_for_window(skeleton, rng, att.partial.origin, att.partial.count)
+                wanted.update(dict.fromkeys(ids))
+        parts = await self.blobs.get_many(wanted) if wanted else {}
+        missing = wanted.keys() - parts.keys()
+        if missing:
+            raise BlobUnavailable(f"blob {min(missing)} could not be read")
+        for entry in entries:
+            skeleton = skeletons[entry.uid]
+            for att in deep:
+                plan = plans[entry.uid, att]
+                result[entry.uid, att] = self._answer(skeleton, parts, plan, att)
+        return result
+
+    async def read_message(self, entry: MessageEntry) -> bytes:
+        """The whole message as IMAP and POP3 send it (CRLF line ends, NUL as 0x80)."""
+        whole = BodySection(Section(), peek=True)
+        return (await self.read([entry], [whole]))[entry.uid, whole]
+
+    async def _skeletons(self, entries: Sequence[MessageEntry]) -> dict[int, Skeleton]:
+        if any(not entry.skeleton_id for entry in entries):
+            raise ValueError("FETCH entries were read without their skeleton id")
+        ids = {entry.skeleton_id for entry in entries if entry.skeleton_id}
+        stored = await self.blobs.get_many(ids)
+        missing = ids - stored.keys()
+        if missing:
+            raise BlobUnavailable(f"skeleton {min(missing)} could not be read")
+        parsed = {blob_id: parse_skeleton(stored[blob_id]) for blob_id in ids}
+        return {entry.uid: parsed[entry.skeleton_id] for entry in entries
+                if entry.skeleton_id is not None}
+
+    @staticmethod
+    def _window(data: bytes, att: BodySection) -> bytes:
+        if att.partial is None:
+            return data
+        return slice_window(data, att.partial.origin, att.partial.count)
+
+    def _answer(self, skeleton: Skeleton, parts: Mapping[str, bytes], plan: _Plan,
+                att: BodySection) -> bytes:
+        if plan.range is None:
+            return b""
+        if plan.whole:
+            header = read_imap_range(skeleton, parts, plan.range)
+            return self._window(_filtered(header, att.section), att)
+        if att.partial is None:
+            return read_imap_range(skeleton, parts, plan.range)
+        return read_imap_range(skeleton, parts, plan.range, att.partial.origin,
+                               att.partial.count)
+

@@ -1,0 +1,718 @@
+"""One IMAP session: the state machine and an async handler per command.
+
+Theory of operation
+-------------------
+States (RFC 3501 3)::
+
+    NOT_AUTHENTICATED --LOGIN/AUTHENTICATE--> AUTHENTICATED --SELECT/EXAMINE--> SELECTED
+           |                                      ^    |                        |
+           |                                      |    +--------LOGOUT----------+--> LOGOUT
+           +--------------------LOGOUT------------|-----------------------------+
+                                   CLOSE/UNSELECT/failed SELECT
+
+The adapter (:mod:`imapd.server`) hands over one event at a time, in order, and waits for
+:meth:`Session.dispatch` to finish before it reads the next: a command, or the raw line
+that ends IDLE or answers a SASL challenge.  Each handler sends its untagged responses
+through the :class:`~imapd.connection.Connection` and returns the tagged completion, which
+``dispatch`` sends after reporting other sessions' changes, when IMAP allows them.
+
+Changes made elsewhere arrive on the process's :class:`~metadata.notify.ChangeListener`
+(subscribed at login, for the user): the callback only marks the session dirty; the
+selected mailbox re-reads what moved (:meth:`SelectedMailbox.refresh`) at the end of the
+next command, or at once while the client IDLEs.  One asyncio lock serialises commands and
+those background refreshes, so responses never interleave.
+
+Errors are mapped to IMAP words here and only here: PostgreSQL or the object servers
+unreachable is ``NO [UNAVAILABLE]``, a client mistake BAD, a bug ``NO [SERVERBUG]`` with the
+traceback logged; the session survives all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.internet import task
+
+from director.errors import BlobCorrupt, DirectorError
+from imapd import commands as c
+from imapd.backend import Backend
+from imapd.capabilities import ENABLEABLE, capabilities
+from imapd.connection import Connection
+from imapd.fetch import Unsupported
+from imapd.mailboxview import InvalidSequence
+from imapd.parser import AuthResponse, ContinuationNeeded, IdleDone
+from imapd.response import (
+    ALREADYEXISTS,
+    AUTHENTICATIONFAILED,
+    AUTHORIZATIONFAILED,
+    CANNOT,
+    CLOSED,
+    CORRUPTION,
+    EXPUNGEISSUED,
+    LIMIT,
+    NONEXISTENT,
+    OVERQUOTA,
+    PRIVACYREQUIRED,
+    READ_ONLY,
+    READ_WRITE,
+    SERVERBUG,
+    TOOBIG,
+    TRYCREATE,
+    UNAVAILABLE,
+    AppendUid,
+    CapabilityCode,
+    CapabilityData,
+    Challenge,
+    Code,
+    Continuation,
+    Enabled,
+    IdData,
+    ListItem,
+    NamespaceData,
+    Response,
+    Status,
+    StatusData,
+    Tagged,
+    Untagged,
+)
+from imapd.sasl import ProxyRefused, SaslError, decode_plain
+from imapd.selected import Extensions, MailboxGone, SelectedMailbox, TryCreate
+from imapd.sequence import SequenceSet
+from metadata.delivery import MessageTooBig
+from metadata.errors import (
+    InvalidName,
+    MailboxExists,
+    MailboxRefused,
+    NoSuchMailbox,
+    NoSuchMessage,
+    OverQuota,
+    SchemaError,
+    UidsExhausted,
+    Unavailable,
+)
+from metadata.flags import DELETED, Flags, InvalidFlag
+from metadata.mailboxes import SPECIAL_USES
+from metadata.mailboxnames import DELIMITER
+from metadata.records import ListedMailbox, User
+from metadata.splitter import SkeletonError
+from metadata.uidset import UidSet
+from ops.config import ImapdConfig
+
+__all__ = ["MAX_BAD_COMMANDS", "MAX_FAILED_LOGINS", "SERVER_ID", "Session", "State"]
+
+log = logging.getLogger(__name__)
+
+#: What ID (RFC 2971) tells clients.
+SERVER_ID = (("name", "objmail"), ("vendor", "objmail"), ("support-url", None))
+#: Failed logins before the server hangs up.
+MAX_FAILED_LOGINS = 5
+#: Consecutive BAD answers before the server hangs up on a client that sends garbage.
+MAX_BAD_COMMANDS = 20
+
+
+class State(enum.Enum):
+    NOT_AUTHENTICATED = "not authenticated"
+    AUTHENTICATED = "authenticated"
+    SELECTED = "selected"
+    LOGOUT = "logout"
+
+
+_ANY = frozenset(State) - {State.LOGOUT}
+_NOT_AUTH = frozenset({State.NOT_AUTHENTICATED})
+_AUTH = frozenset({State.AUTHENTICATED, State.SELECTED})
+_SELECTED = frozenset({State.SELECTED})
+
+# Commands during which EXPUNGE must not be sent (RFC 3501 7.4.1): sequence numbers in
+# their answers would become ambiguous.
+_NO_EXPUNGE = (c.Fetch, c.Store, c.Search)
+
+_Handler = Callable[[Any], Awaitable[Tagged | None]]
+
+
+class Session:
+    """One connection's IMAP session (see the module docstring)."""
+
+    def __init__(self, backend: Backend, conn: Connection) -> None:
+        self.backend = backend
+        self.conn = conn
+        self.state = State.NOT_AUTHENTICATED
+        self.user: User | None = None
+        self.selected: SelectedMailbox | None = None
+        self.ext = Extensions()
+        self._lock = asyncio.Lock()
+        self._dirty = False
+        self._idle_tag: str | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._failed_logins = 0
+        self._bad_in_a_row = 0
+        self._subscribed = False
+        self._handlers: dict[type[c.Command], tuple[frozenset[State], _Handler]] = {
+            c.Capability: (_ANY, self._capability),
+            c.Noop: (_ANY, self._noop),
+            c.Logout: (_ANY, self._logout),
+            c.Id: (_ANY, self._id),
+            c.StartTLS: (_NOT_AUTH, self._starttls),
+            c.Login: (_NOT_AUTH, self._login),
+            c.Authenticate: (_NOT_AUTH, self._authenticate),
+            c.Enable: (_AUTH, self._enable),
+            c.Select: (_AUTH, self._select),
+            c.Examine: (_AUTH, self._select),
+            c.Create: (_AUTH, self._create),
+            c.Delete: (_AUTH, self._delete),
+            c.Rename: (_AUTH, self._rename),
+            c.Subscribe: (_AUTH, self._subscribe),
+            c.Unsubscribe: (_AUTH, self._unsubscribe),
+            c.List: (_AUTH, self._list),
+            c.Lsub: (_AUTH, self._lsub),
+            c.Status: (_AUTH, self._status),
+            c.Append: (_AUTH, self._append),
+            c.Namespace: (_AUTH, self._namespace),
+            c.Idle: (_AUTH, self._idle),
+            c.Check: (_SELECTED, self._noop),
+            c.Close: (_SELECTED, self._close),
+            c.Unselect: (_SELECTED, self._unselect),
+            c.Expunge: (_SELECTED, self._expunge),
+            c.UidExpunge: (_SELECTED, self._uid_expunge),
+            c.Search: (_SELECTED, self._search),
+            c.Fetch: (_SELECTED, self._fetch),
+            c.Store: (_SELECTED, self._store),
+            c.Copy: (_SELECTED, self._copy),
+            c.Move: (_SELECTED, self._move),
+        }
+
+    # -- what the adapter calls ----------------------------------------------------------
+
+    @property
+    def config(self) -> ImapdConfig:
+        return self.backend.config
+
+    def capabilities(self) -> tuple[str, ...]:
+        return capabilities(authenticated=self.user is not None, secure=self.conn.secure,
+                            tls_available=self.conn.tls_available,
+                            allow_plaintext_auth=self.config.allow_plaintext_auth)
+
+    def greeting(self) -> Response:
+        """The first line the client reads."""
+        return Untagged(Status.OK, "objmail IMAP4rev1 server ready",
+                        CapabilityCode(self.capabilities()))
+
+    def literal_refusal(self, event: ContinuationNeeded) -> Response | None:
+        """None to accept a synchronizing literal, else the refusal: no APPEND data is
+        taken from a client that has not logged in."""
+        if event.command == "APPEND" and self.state is State.NOT_AUTHENTICATED:
+            if event.tag is None:  # the parser refuses these itself; be safe
+                return Untagged(Status.BAD, "Log in first")
+            return Tagged(event.tag, Status.NO, "Log in first")
+        return None
+
+    def bad_command(self) -> bool:
+        """Count a BAD answer from the parser; True when the client should be cut off."""
+        self._bad_in_a_row += 1
+        return self._bad_in_a_row >= MAX_BAD_COMMANDS
+
+    async def dispatch(self, event: c.Command | IdleDone | AuthResponse) -> None:
+        """Handle one event from the parser, then report changes and complete it."""
+        started = time.perf_counter()
+        async with self._lock:
+            if isinstance(event, IdleDone):
+                tagged: Tagged | None = await self._idle_done(event)
+            elif isinstance(event, AuthResponse):
+                tagged = await self._guard(event.tag, self._auth_response(event))
+            else:
+                tagged = await self._command(event)
+            if tagged is None:
+                return
+            if self.selected is not None and self._dirty and self.state is State.SELECTED:
+                allow = not isinstance(event, _NO_EXPUNGE) or getattr(event, "uid", False)
+                await self._report_changes(allow_expunge=allow)
+            if tagged.status is Status.BAD:
+                if self.bad_command():
+                    self.conn.send([tagged, Untagged(Status.BYE, "Too many invalid commands")])
+                    self._end()
+                    return
+            else:
+                self._bad_in_a_row = 0
+            self.conn.send([tagged])
+            self.backend.metrics.observe("imap", _command_name(event), tagged.status.value,
+                                         time.perf_counter() - started)
+
+    async def close(self) -> None:
+        """The connection is gone: stop listening for changes."""
+        self.state = State.LOGOUT
+        self._idle_tag = None
+        if self._subscribed and self.user is not None:
+            self._subscribed = False
+            try:
+                await self.backend.changes.unsubscribe(self.user.id, self._on_change)
+            except Exception:  # the listener may be closing too
+                log.debug("unsubscribe failed", exc_info=True)
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    async def _command(self, cmd: c.Command) -> Tagged | None:
+        states, handler = self._handlers[type(cmd)]
+        if self.state not in states:
+            return Tagged(cmd.tag, Status.BAD, self._wrong_state(cmd))
+        return await self._guard(cmd.tag, handler(cmd))
+
+    def _wrong_state(self, cmd: c.Command) -> str:
+        if self.state is State.NOT_AUTHENTICATED:
+            return f"{cmd.display_name} needs you to log in first"
+        if self.state is State.AUTHENTICATED and type(cmd) not in (
+                c.StartTLS, c.Login, c.Authenticate):
+            return f"{cmd.display_name} needs a selected mailbox"
+        return f"{cmd.display_name} is not valid in the {self.state.value} state"
+
+    async def _guard(self, tag: str, work: Awaitable[Tagged | None]) -> Tagged | None:
+        """Run a handler; every failure becomes a tagged answer, never a dead session."""
+        try:
+            return await work
+        except MailboxGone:
+            self.conn.send([Untagged(Status.BYE, "The selected mailbox was deleted")])
+            self._end()
+            return None
+        except (Unavailable, DirectorError) as exc:
+            if isinstance(exc, BlobCorrupt):
+                log.error("corrupt blob for user %s: %s", self._who(), exc)
+                return Tagged(tag, Status.NO, "Message data is corrupt", CORRUPTION)
+            log.warning("backend unavailable for user %s: %s", self._who(), exc)
+            return Tagged(tag, Status.NO, "Temporarily unavailable, try again", UNAVAILABLE)
+        except SkeletonError as exc:
+            log.error("corrupt message for user %s: %s", self._who(), exc)
+            return Tagged(tag, Status.NO, "Message data is corrupt", CORRUPTION)
+        except TryCreate:
+            return Tagged(tag, Status.NO, "No such mailbox", TRYCREATE)
+        except NoSuchMailbox:
+            return Tagged(tag, Status.NO, "No such mailbox", NONEXISTENT)
+        except MailboxExists:
+            return Tagged(tag, Status.NO, "Mailbox already exists", ALREADYEXISTS)
+        except InvalidName as exc:
+            return Tagged(tag, Status.NO, f"Invalid mailbox name: {exc}", CANNOT)
+        except MailboxRefused as exc:
+            return Tagged(tag, Status.NO, str(exc), CANNOT)
+        except OverQuota:
+            return Tagged(tag, Status.NO, "Quota exceeded", OVERQUOTA)
+        except MessageTooBig:
+            return Tagged(tag, Status.NO, "Message too large", TOOBIG)
+        except UidsExhausted:
+            return Tagged(tag, Status.NO, "Mailbox has used every UID", LIMIT)
+        except NoSuchMessage:
+            return Tagged(tag, Status.NO, "Some messages were expunged meanwhile",
+                          EXPUNGEISSUED)
+        except (InvalidFlag, InvalidSequence, Unsupported) as exc:
+            return Tagged(tag, Status.BAD, str(exc))
+        except SchemaError as exc:
+            log.error("metadata schema problem: %s", exc)
+            return Tagged(tag, Status.NO, "Server misconfigured", SERVERBUG)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("command failed for user %s from %s", self._who(), self.conn.peer)
+            return Tagged(tag, Status.NO, "Internal server error", SERVERBUG)
+
+    def _who(self) -> str:
+        return self.user.name if self.user is not None else "-"
+
+    def _end(self) -> None:
+        self.state = State.LOGOUT
+        self._idle_tag = None
+        self.conn.close()
+
+    # -- changes made elsewhere ------------------------------------------------------------
+
+    def _on_change(self, change: Any) -> None:
+        """ChangeListener callback: never blocks, never raises."""
+        if self.state is State.LOGOUT:
+            return
+        selected = self.selected
+        if change.kind in ("flags", "expunge", "append"):
+            if selected is None or change.mailbox_id != selected.mailbox_id:
+                return
+            if selected.is_own_change(change.kind, change.uidnext, change.modseq):
+                return
+        elif change.kind == "mailbox" and (selected is None or change.mailbox_id not in (
+                None, selected.mailbox_id)):
+            return
+        self._dirty = True
+        if self._idle_tag is not None and (self._refresh_task is None
+                                           or self._refresh_task.done()):
+            self._refresh_task = asyncio.ensure_future(self._idle_refresh())
+
+    async def _idle_refresh(self) -> None:
+        async with self._lock:
+            while self._dirty and self._idle_tag is not None and self.selected is not None:
+                try:
+                    await self._report_changes(allow_expunge=True)
+                except Exception:
+                    log.exception("IDLE update failed for user %s", self._who())
+                    return
+
+    async def _report_changes(self, *, allow_expunge: bool) -> None:
+        selected = self.selected
+        if selected is None:
+            return
+        self._dirty = False
+        try:
+            out, pending = await selected.refresh(allow_expunge=allow_expunge)
+        except MailboxGone:
+            self.conn.send([Untagged(Status.BYE, "The selected mailbox was deleted")])
+            self._end()
+            return
+        except (Unavailable, DirectorError) as exc:
+            # Nothing is lost: the watermarks did not move; the next command retries.
+            log.warning("cannot read mailbox changes: %s", exc)
+            self._dirty = True
+            return
+        if pending:
+            self._dirty = True
+        self.conn.send(out)
+
+    # -- any state -----------------------------------------------------------------------------
+
+    async def _capability(self, cmd: c.Capability) -> Tagged:
+        self.conn.send([CapabilityData(self.capabilities())])
+        return Tagged(cmd.tag, Status.OK, "Capability completed")
+
+    async def _noop(self, cmd: c.Noop | c.Check) -> Tagged:
+        if self.selected is not None:
+            self._dirty = True  # NOOP is the client's explicit poll
+        return Tagged(cmd.tag, Status.OK, f"{cmd.NAME} completed")
+
+    async def _logout(self, cmd: c.Logout) -> None:
+        self.conn.send([Untagged(Status.BYE, "Logging out"),
+                        Tagged(cmd.tag, Status.OK, "Logout completed")])
+        self._end()
+        return None
+
+    async def _id(self, cmd: c.Id) -> Tagged:
+        if cmd.parameters:
+            log.info("client %s identifies as %s", self.conn.peer,
+                     ", ".join(f"{k}={v}" for k, v in cmd.parameters))
+        self.conn.send([IdData(SERVER_ID)])
+        return Tagged(cmd.tag, Status.OK, "ID completed")
+
+    async def _enable(self, cmd: c.Enable) -> Tagged:
+        enabled: list[str] = []
+        for name in cmd.capabilities:
+            if name not in ENABLEABLE:
+                continue
+            if name == "QRESYNC" and not self.ext.qresync:
+                self.ext.qresync = True
+                self.ext.condstore = True
+                enabled.append(name)
+            elif name == "CONDSTORE" and "CONDSTORE" not in enabled:
+                self.ext.condstore = True
+                enabled.append(name)
+        self.conn.send([Enabled(tuple(enabled))])
+        return Tagged(cmd.tag, Status.OK, "Enabled")
+
+    # -- not authenticated -----------------------------------------------------------------
+
+    def _plaintext_ok(self) -> bool:
+        return self.conn.secure or bool(self.config.allow_plaintext_auth)
+
+    async def _starttls(self, cmd: c.StartTLS) -> Tagged | None:
+        if self.conn.secure:
+            return Tagged(cmd.tag, Status.BAD, "TLS is already active")
+        if not self.conn.tls_available:
+            return Tagged(cmd.tag, Status.NO, "TLS is not available")
+        self.conn.send([Tagged(cmd.tag, Status.OK, "Begin TLS negotiation now")])
+        self.conn.start_tls()
+        return None
+
+    async def _login(self, cmd: c.Login) -> Tagged | None:
+        if not self._plaintext_ok():
+            return Tagged(cmd.tag, Status.NO, "Log in over TLS (STARTTLS) only",
+                          PRIVACYREQUIRED)
+        user = await self.backend.store.users.authenticate(cmd.username, cmd.password)
+        return await self._logged_in(cmd.tag, user, cmd.username)
+
+    async def _authenticate(self, cmd: c.Authenticate) -> Tagged | None:
+        if cmd.mechanism != "PLAIN":
+            return Tagged(cmd.tag, Status.NO, f"Unsupported mechanism {cmd.mechanism[:20]}")
+        if not self._plaintext_ok():
+            return Tagged(cmd.tag, Status.NO, "Authenticate over TLS (STARTTLS) only",
+                          PRIVACYREQUIRED)
+        if cmd.initial_response is None:
+            self.conn.send([Challenge(b"")])
+            self.conn.start_authenticate(cmd.tag)
+            return None
+        return await self._plain(cmd.tag, cmd.initial_response)
+
+    async def _auth_response(self, event: AuthResponse) -> Tagged | None:
+        if event.data is None:
+            return Tagged(event.tag, Status.BAD, "Authentication cancelled")
+        return await self._plain(event.tag, event.data)
+
+    async def _plain(self, tag: str, message: bytes) -> Tagged | None:
+        try:
+            credentials = decode_plain(message)
+        except ProxyRefused:
+            return Tagged(tag, Status.NO, "Acting as another user is not allowed",
+                          AUTHORIZATIONFAILED)
+        except SaslError as exc:
+            return Tagged(tag, Status.BAD, f"Invalid PLAIN message: {exc}")
+        user = await self.backend.store.users.authenticate(credentials.username,
+                                                           credentials.password)
+        return await self._logged_in(tag, user, credentials.username)
+
+    async def _logged_in(self, tag: str, user: User | None, name: str) -> Tagged | None:
+        self.backend.metrics.login("imap", user is not None)
+        if user is None:
+            self._failed_logins += 1
+            log.warning("failed login for %r from %s (%d)", name[:100], self.conn.peer,
+                        self._failed_logins)
+            delay = float(self.config.login_delay)
+            if delay > 0:
+                await task.deferLater(self.backend.clock, delay, lambda: None).asFuture(
+                    asyncio.get_running_loop())
+            if self._failed_logins >= MAX_FAILED_LOGINS:
+                self.conn.send([Tagged(tag, Status.NO, "Authentication failed",
+                                       AUTHENTICATIONFAILED),
+                                Untagged(Status.BYE, "Too many failed logins")])
+                self._end()
+                return None
+            return Tagged(tag, Status.NO, "Authentication failed", AUTHENTICATIONFAILED)
+        # Subscribe before any state is read, so no change falls in between.
+        await self.backend.changes.subscribe(user.id, self._on_change)
+        self._subscribed = True
+        self.user = user
+        self.state = State.AUTHENTICATED
+        log.info("login %s from %s", user.name, self.conn.peer)
+        return Tagged(tag, Status.OK, "Logged in", CapabilityCode(self.capabilities()))
+
+    # -- authenticated -----------------------------------------------------------------------
+
+    @property
+    def _user(self) -> User:
+        assert self.user is not None  # guaranteed by the state table
+        return self.user
+
+    def _deselect(self) -> None:
+        if self.selected is not None and self.ext.qresync:
+            self.conn.send([Untagged(Status.OK, "Previous mailbox closed", CLOSED)])
+        self.selected = None
+        self._dirty = False
+        self.state = State.AUTHENTICATED
+
+    async def _select(self, cmd: c.SelectBase) -> Tagged:
+        self._deselect()
+        if cmd.qresync is not None and not self.ext.qresync:
+            return Tagged(cmd.tag, Status.BAD, "QRESYNC must be enabled first")
+        if cmd.condstore:
+            self.ext.condstore = True
+        selected, out = await SelectedMailbox.open(self.backend, self._user, cmd, self.ext)
+        self.conn.send(out)
+        self.selected = selected
+        self.state = State.SELECTED
+        code = READ_ONLY if cmd.READ_ONLY else READ_WRITE
+        return Tagged(cmd.tag, Status.OK, f"{cmd.NAME} completed", code)
+
+    async def _create(self, cmd: c.Create) -> Tagged:
+        if len(cmd.special_use) > 1:
+            return Tagged(cmd.tag, Status.NO, "One special use per mailbox", Code("USEATTR"))
+        special = cmd.special_use[0] if cmd.special_use else None
+        if special is not None and special not in SPECIAL_USES:
+            return Tagged(cmd.tag, Status.NO, f"{special} is not supported", Code("USEATTR"))
+        await self.backend.store.mailboxes.create(self._user.id, cmd.mailbox,
+                                                  special_use=special)
+        return Tagged(cmd.tag, Status.OK, "Create completed")
+
+    async def _delete(self, cmd: c.Delete) -> Tagged:
+        mailboxes = self.backend.store.mailboxes
+        doomed = await mailboxes.get(self._user.id, cmd.mailbox, selectable=False)
+        await mailboxes.delete(self._user.id, cmd.mailbox)
+        if self.selected is not None and self.selected.mailbox_id == doomed.id:
+            self._deselect()
+        return Tagged(cmd.tag, Status.OK, "Delete completed")
+
+    async def _rename(self, cmd: c.Rename) -> Tagged:
+        await self.backend.store.mailboxes.rename(self._user.id, cmd.mailbox, cmd.new_name)
+        return Tagged(cmd.tag, Status.OK, "Rename completed")
+
+    async def _subscribe(self, cmd: c.Subscribe) -> Tagged:
+        await self.backend.store.mailboxes.subscribe(self._user.id, cmd.mailbox)
+        return Tagged(cmd.tag, Status.OK, "Subscribe completed")
+
+    async def _unsubscribe(self, cmd: c.Unsubscribe) -> Tagged:
+        await self.backend.store.mailboxes.unsubscribe(self._user.id, cmd.mailbox)
+        return Tagged(cmd.tag, Status.OK, "Unsubscribe completed")
+
+    async def _list(self, cmd: c.List) -> Tagged:
+        if len(cmd.patterns) == 1 and cmd.patterns[0] == "" and not cmd.extended:
+            # RFC 3501 6.3.8: the hierarchy delimiter and root.
+            self.conn.send([ListItem("", ("\\Noselect",), DELIMITER)])
+            return Tagged(cmd.tag, Status.OK, "List completed")
+        select = set(cmd.select_options)
+        wanted = set(cmd.return_options)
+        subscribed_only = "SUBSCRIBED" in select
+        show_subscribed = subscribed_only or "SUBSCRIBED" in wanted
+        special_only = "SPECIAL-USE" in select
+        found: dict[str, ListedMailbox] = {}
+        for pattern in cmd.patterns:
+            if not pattern:
+                continue
+            full = _join(cmd.reference, pattern)
+            for item in await self.backend.store.mailboxes.list(
+                    self._user.id, full, subscribed_only=subscribed_only):
+                found.setdefault(item.name, item)
+        out: list[Response] = []
+        for item in found.values():
+            if special_only and (item.mailbox is None or not item.mailbox.special_use):
+                continue
+            attrs = tuple(a for a in item.attributes
+                          if (a != "\\Subscribed" or show_subscribed)
+                          and (a != "\\NonExistent" or subscribed_only))
+            out.append(ListItem(item.name, attrs, DELIMITER))
+            if cmd.return_status and item.mailbox is not None and not item.mailbox.noselect:
+                out.append(await self._status_data(item.name, cmd.return_status))
+        self.conn.send(out)
+        return Tagged(cmd.tag, Status.OK, "List completed")
+
+    async def _lsub(self, cmd: c.Lsub) -> Tagged:
+        if cmd.pattern == "":
+            self.conn.send([ListItem("", ("\\Noselect",), DELIMITER, lsub=True)])
+            return Tagged(cmd.tag, Status.OK, "Lsub completed")
+        items = await self.backend.store.mailboxes.list(
+            self._user.id, _join(cmd.reference, cmd.pattern), subscribed_only=True)
+        self.conn.send([
+            ListItem(item.name, tuple(a for a in item.attributes
+                                      if a not in ("\\Subscribed", "\\NonExistent")),
+                     DELIMITER, lsub=True)
+            for item in items])
+        return Tagged(cmd.tag, Status.OK, "Lsub completed")
+
+    async def _status_data(self, name: str, items: tuple[str, ...]) -> StatusData:
+        st = await self.backend.store.mailboxes.status(self._user.id, name)
+        values = {
+            "MESSAGES": st.messages,
+            "RECENT": st.recent,
+            "UIDNEXT": st.uidnext,
+            "UIDVALIDITY": st.uidvalidity,
+            "UNSEEN": st.unseen,
+            "HIGHESTMODSEQ": st.highestmodseq,
+            "SIZE": st.size,
+            "DELETED": st.deleted,
+        }
+        if "HIGHESTMODSEQ" in items:
+            self.ext.condstore = True
+        return StatusData(st.mailbox.name, tuple((item, values[item]) for item in items))
+
+    async def _status(self, cmd: c.Status) -> Tagged:
+        self.conn.send([await self._status_data(cmd.mailbox, cmd.items)])
+        return Tagged(cmd.tag, Status.OK, "Status completed")
+
+    async def _append(self, cmd: c.Append) -> Tagged:
+        user = self._user
+        done = []
+        try:
+            for message in cmd.messages:
+                done.append(await self.backend.deliverer.deliver(
+                    user.name, message.data, mailbox=cmd.mailbox, flags=message.flags,
+                    internaldate=message.internaldate))
+        except NoSuchMailbox:
+            raise TryCreate(cmd.mailbox) from None
+        except BaseException:
+            if done:  # MULTIAPPEND is all or nothing (RFC 3502)
+                await self._undo_append(done)
+            raise
+        if self.selected is not None and done[0].mailbox_id == self.selected.mailbox_id:
+            self._dirty = True  # RFC 3501 6.3.11: announce it with EXISTS now
+        code = AppendUid(done[0].uidvalidity, SequenceSet.from_values(d.uid for d in done))
+        return Tagged(cmd.tag, Status.OK, "Append completed", code)
+
+    async def _undo_append(self, done: list[Any]) -> None:
+        messages = self.backend.store.messages
+        uids = UidSet.from_uids(d.uid for d in done)
+        try:
+            await messages.store_flags(self._user.id, done[0].mailbox_id, uids, "add",
+                                       Flags(DELETED))
+            await messages.expunge(self._user.id, done[0].mailbox_id, uids)
+        except Exception:
+            log.exception("could not undo a partial MULTIAPPEND for %s", self._who())
+
+    async def _namespace(self, cmd: c.Namespace) -> Tagged:
+        self.conn.send([NamespaceData()])
+        return Tagged(cmd.tag, Status.OK, "Namespace completed")
+
+    async def _idle(self, cmd: c.Idle) -> None:
+        self.conn.send([Continuation("idling")])
+        self.conn.start_idle(cmd.tag)
+        self._idle_tag = cmd.tag
+        if self._dirty and self.selected is not None:
+            self._refresh_task = asyncio.ensure_future(self._idle_refresh())
+        return None
+
+    async def _idle_done(self, event: IdleDone) -> Tagged:
+        self._idle_tag = None
+        if not event.ok:
+            return Tagged(event.tag, Status.BAD, "Expected DONE")
+        return Tagged(event.tag, Status.OK, "IDLE terminated")
+
+    # -- selected ----------------------------------------------------------------------------
+
+    @property
+    def _selected(self) -> SelectedMailbox:
+        assert self.selected is not None  # guaranteed by the state table
+        return self.selected
+
+    async def _close(self, cmd: c.Close) -> Tagged:
+        tagged = await self._selected.expunge(cmd.tag, self.conn, silent=True)
+        self.selected = None
+        self._dirty = False
+        self.state = State.AUTHENTICATED
+        return tagged
+
+    async def _unselect(self, cmd: c.Unselect) -> Tagged:
+        self.selected = None
+        self._dirty = False
+        self.state = State.AUTHENTICATED
+        return Tagged(cmd.tag, Status.OK, "Unselect completed")
+
+    async def _expunge(self, cmd: c.Expunge) -> Tagged:
+        return await self._selected.expunge(cmd.tag, self.conn)
+
+    async def _uid_expunge(self, cmd: c.UidExpunge) -> Tagged:
+        return await self._selected.expunge(cmd.tag, self.conn, cmd)
+
+    async def _search(self, cmd: c.Search) -> Tagged:
+        return await self._selected.search(cmd, self.conn)
+
+    async def _fetch(self, cmd: c.Fetch) -> Tagged:
+        return await self._selected.fetch(cmd, self.conn)
+
+    async def _store(self, cmd: c.Store) -> Tagged:
+        return await self._selected.store(cmd, self.conn)
+
+    async def _copy(self, cmd: c.Copy) -> Tagged:
+        tagged = await self._selected.copy(cmd, self.conn)
+        if tagged.code is not None and self.selected is not None:
+            self._dirty = True  # a copy into the selected mailbox shows up as EXISTS
+        return tagged
+
+    async def _move(self, cmd: c.Move) -> Tagged:
+        return await self._selected.move(cmd, self.conn)
+
+
+def _command_name(event: c.Command | IdleDone | AuthResponse) -> str:
+    if isinstance(event, IdleDone):
+        return "IDLE"
+    if isinstance(event, AuthResponse):
+        return "AUTHENTICATE"
+    return event.display_name
+
+
+def _join(reference: str, pattern: str) -> str:
+    """LIST's reference and pattern as one name pattern (RFC 3501 6.3.8)."""
+    if not reference or pattern.startswith(DELIMITER):
+        return pattern
+    if reference.endswith(DELIMITER):
+        return reference + pattern
+    return reference + DELIMITER + pattern
+
+

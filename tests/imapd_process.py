@@ -1,0 +1,163 @@
+"""A real imapd process over the real cluster, for the end-to-end tests (the one place
+that starts it).
+
+Until ``objmail dev up`` has an imapd stage, this helper does what that stage will do with
+the project's own launcher (:class:`ops.launcher.Launcher` + :class:`ProcessSpec`, as
+``ops/devcluster.py`` runs objstored): over the session's storage cluster (the conftest
+``storage_cluster`` fixture: PostgreSQL, Redis Cluster, registered object servers) it
+generates a self-signed certificate, writes a config with free ports, and runs
+``python -m imapd.main`` until the module's tests end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from director.client import BlobClient
+from metadata.delivery import Delivered, Deliverer
+from metadata.store import MetadataStore
+from ops.config import Config, ImapdConfig, to_toml
+from ops.launcher import Launcher, ProcessSpec
+from tests.conftest import SessionCluster
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for localhost (openssl from the system)."""
+    cert, key = directory / "imapd-cert.pem", directory / "imapd-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,"
+                    "IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def _greets(host: str, port: int, prefix: bytes) -> bool:
+    with socket.create_connection((host, port), timeout=1) as sock:
+        return sock.recv(200).startswith(prefix)
+
+
+@dataclass
+class Imapd:
+    """A running imapd: its ports, config and the launcher that owns it."""
+
+    name: str
+    config: Config
+    config_path: Path
+    launcher: Launcher
+    spec: ProcessSpec
+    host: str = "127.0.0.1"
+
+    @property
+    def imap_port(self) -> int:
+        return int(self.config.imapd.imap_listen.rsplit(":", 1)[1])
+
+    @property
+    def imaps_port(self) -> int:
+        return int(self.config.imapd.imaps_listen.rsplit(":", 1)[1])
+
+    @property
+    def lmtp_port(self) -> int:
+        return int(self.config.imapd.lmtp_listen.rsplit(":", 1)[1])
+
+    @property
+    def pop3_port(self) -> int:
+        return int(self.config.imapd.pop3_listen.rsplit(":", 1)[1])
+
+    def log(self) -> str:
+        return self.launcher.tail(self.name, 60)
+
+    def stop(self) -> None:
+        self.launcher.stop(self.spec)
+
+
+def imapd_spec(name: str, config_path: Path, imapd: ImapdConfig) -> ProcessSpec:
+    host, port = imapd.imap_listen.rsplit(":", 1)
+    ports = tuple(int(a.rsplit(":", 1)[1]) for a in (imapd.imap_listen, imapd.pop3_listen,
+                                                     imapd.imaps_listen, imapd.lmtp_listen)
+                  if a)
+    argv = (sys.executable, "-m", "imapd.main", "--config", str(config_path))
+    return ProcessSpec(name, "imapd", argv, ports,
+                       lambda: _greets(host, int(port), b"* OK "), host=host,
+                       cwd=str(REPO), ready_timeout=30)
+
+
+def start_imapd(tc: SessionCluster, name: str, tls: tuple[Path, Path], **imapd: object) -> Imapd:
+    """Run one imapd on free ports against the session's cluster."""
+    settings: dict[str, object] = {
+        "imap_listen": f"127.0.0.1:{free_port()}",
+        "imaps_listen": f"127.0.0.1:{free_port()}",
+        "pop3_listen": f"127.0.0.1:{free_port()}",
+        "lmtp_listen": "",
+        "tls_cert": str(tls[0]),
+        "tls_key": str(tls[1]),
+        "allow_plaintext_auth": True,
+        "login_delay": 0.2,
+        "metrics_listen": f"127.0.0.1:{free_port()}",
+    }
+    settings.update(imapd)
+    config = dataclasses.replace(tc.config, imapd=ImapdConfig(**settings))  # type: ignore[arg-type]
+    path = tc.run_dir / f"{name}.toml"
+    path.write_text(to_toml(config))
+    launcher = Launcher(tc.run_dir)
+    spec = imapd_spec(name, path, config.imapd)
+    launcher.start(spec)
+    return Imapd(name, config, path, launcher, spec)
+
+
+class Mail:
+    """Users and deliveries for the tests, through the real Deliverer and BlobClient (what
+    LMTP does), from the test process."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def create_user(self, name: str, password: str = "secret") -> None:
+        async def create() -> None:
+            store = await MetadataStore.open(self.config.cluster.pg_dsn, pool_min=1,
+                                             pool_max=2)
+            try:
+                await store.users.create(name, password)
+            finally:
+                await store.close()
+
+        asyncio.run(create())
+
+    def deliver(self, user: str, messages: Iterable[bytes], mailbox: str = "INBOX",
+                ) -> list[Delivered]:
+        async def deliver() -> list[Delivered]:
+            store = await MetadataStore.open(self.config.cluster.pg_dsn, pool_min=1,
+                                             pool_max=2)
+            blobs = await BlobClient.open(self.config)
+            try:
+                deliverer = Deliverer(store, blobs, self.config)
+                return [await deliverer.deliver(user, raw, mailbox=mailbox)
+                        for raw in messages]
+            finally:
+                await blobs.aclose()
+                await store.close()
+
+        return asyncio.run(deliver())
+
+
+def imaps_context() -> ssl.SSLContext:
+    """A client context that accepts the test's self-signed certificate."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context

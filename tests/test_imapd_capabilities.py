@@ -1,0 +1,34 @@
+"""What CAPABILITY announces in each situation."""
+
+from __future__ import annotations
+
+from imapd.capabilities import capabilities
+
+
+def test_cleartext_without_plaintext_auth() -> None:
+    """Cleartext with a certificate: STARTTLS and LOGINDISABLED, no AUTH=PLAIN."""
+    caps = capabilities(authenticated=False, secure=False, tls_available=True,
+                        allow_plaintext_auth=False)
+    assert caps[0] == "IMAP4rev1"
+    assert "STARTTLS" in caps and "LOGINDISABLED" in caps and "AUTH=PLAIN" not in caps
+
+
+def test_tls_or_allowed_plaintext() -> None:
+    """Over TLS (or when plaintext is allowed) AUTH=PLAIN replaces LOGINDISABLED, and
+    STARTTLS is gone once TLS is active."""
+    caps = capabilities(authenticated=False, secure=True, tls_available=True,
+                        allow_plaintext_auth=False)
+    assert "AUTH=PLAIN" in caps and "STARTTLS" not in caps and "LOGINDISABLED" not in caps
+    caps = capabilities(authenticated=False, secure=False, tls_available=False,
+                        allow_plaintext_auth=True)
+    assert "AUTH=PLAIN" in caps and "STARTTLS" not in caps
+
+
+def test_after_login() -> None:
+    """Authenticated sessions get the extensions of the issue, and no login words."""
+    caps = capabilities(authenticated=True, secure=False, tls_available=True,
+                        allow_plaintext_auth=False)
+    for name in ("IDLE", "NAMESPACE", "UIDPLUS", "MOVE", "SPECIAL-USE", "LITERAL+", "ENABLE",
+                 "ID", "UNSELECT", "CONDSTORE", "QRESYNC"):
+        assert name in caps
+    assert "STARTTLS" not in caps and "LOGINDISABLED" not in caps

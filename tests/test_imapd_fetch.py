@@ -1,0 +1,55 @@
+"""FETCH planning and response items."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from imapd import fetchatts
+from imapd.fetch import Unsupported, fetch_items, flag_names, plan_fetch
+from imapd.fetchatts import FetchItem
+from imapd.response import FetchFlags, FetchLiteral, FetchModSeq, FetchNumber, FetchRaw
+from metadata.flags import SEEN, Flags
+from metadata.records import MessageEntry
+
+
+def test_metadata_only_fetch_reads_no_skeleton() -> None:
+    """FLAGS/ENVELOPE/BODYSTRUCTURE read their columns; a top-level header reads the
+    stored header only; any other section also needs skeleton and section map."""
+    plan = plan_fetch(fetchatts.parse(b"(FLAGS ENVELOPE BODYSTRUCTURE)"), uid=False,
+                      changedsince=None)
+    assert plan.items == {"envelope", "bodystructure"} and not plan.sets_seen
+    plan = plan_fetch(fetchatts.parse(b"BODY.PEEK[HEADER.FIELDS (FROM)]"), uid=False,
+                      changedsince=None)
+    assert plan.items == {"header"} and not plan.sets_seen
+    plan = plan_fetch(fetchatts.parse(b"BODY[1]"), uid=False, changedsince=None)
+    assert plan.items == {"header", "skeleton", "sections"} and plan.sets_seen
+
+
+def test_uid_and_modseq_are_added_when_required() -> None:
+    """UID FETCH answers UID first though not asked; CHANGEDSINCE adds MODSEQ."""
+    plan = plan_fetch(fetchatts.parse(b"FLAGS"), uid=True, changedsince=5)
+    assert plan.atts == (FetchItem.UID, FetchItem.FLAGS, FetchItem.MODSEQ)
+
+
+def test_binary_is_not_offered() -> None:
+    """BINARY is not announced, so asking for it is Unsupported (BAD)."""
+    with pytest.raises(Unsupported):
+        plan_fetch(fetchatts.parse(b"BINARY[1]"), uid=False, changedsince=None)
+
+
+def test_items_in_the_order_asked() -> None:
+    """Items come in the order of the request; \\Recent joins FLAGS when recent; FLAGS
+    is appended when fetching just set \\Seen."""
+    entry = MessageEntry(uid=7, message_id=1, flags=Flags(SEEN, ("$A",)), modseq=12,
+                         internaldate=dt.datetime(2024, 1, 2, tzinfo=dt.UTC), size=99,
+                         envelope=b"(env)")
+    atts = fetchatts.parse(b"(RFC822.SIZE ENVELOPE BODY.PEEK[]<0.5> MODSEQ)")
+    plan = plan_fetch(atts, uid=True, changedsince=None)
+    body = plan.bodies[0]
+    items = fetch_items(plan, entry, {(7, body): b"hello"}, recent=True, add_flags=True)
+    assert items == (FetchNumber("UID", 7), FetchNumber("RFC822.SIZE", 99),
+                     FetchRaw("ENVELOPE", b"(env)"), FetchLiteral("BODY[]<0>", b"hello"),
+                     FetchModSeq(12), FetchFlags(("\\Seen", "$A", "\\Recent")))
+    assert flag_names(Flags(), recent=False) == ()

@@ -1,0 +1,150 @@
+"""LMTP over the wire: Python's smtplib.LMTP against a real imapd process.
+
+Also the fan-out case of the design: one attachment delivered in 1,000 different
+messages to 1,000 users from 10 parallel LMTP connections, stored once.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import smtplib
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from metadata.splitter import parse_skeleton, reassemble
+from metadata.uidset import UidSet
+from ops.config import Config
+from ops.stats_command import collect
+from tests.conftest import CORPUS, SessionCluster
+from tests.imapd_process import Imapd, free_port, self_signed, start_imapd
+from tests.mailstack import MailStack, open_stack
+
+
+@pytest.fixture(scope="module")
+def imapd(storage_cluster: Config, test_cluster: SessionCluster,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Imapd]:
+    tls = self_signed(tmp_path_factory.mktemp("tls"))
+    server = start_imapd(test_cluster, "imapd-lmtp", tls,
+                         lmtp_listen=f"127.0.0.1:{free_port()}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(storage_cluster: Config) -> Iterator[MailStack]:
+    with open_stack(storage_cluster) as s:
+        yield s
+
+
+def lmtp(server: Imapd) -> smtplib.LMTP:
+    client = smtplib.LMTP()
+    client.connect("127.0.0.1", server.lmtp_port)
+    return client
+
+
+def test_smtplib_delivers_to_several_recipients(imapd: Imapd, stack: MailStack) -> None:
+    """One LMTP transaction, three recipients: 250 for known users, 550 for the unknown."""
+    a, b = stack.new_user("wa"), stack.new_user("wb")
+    # A CRLF message with no line starting with a dot: smtplib sends it unchanged.
+    raw = (CORPUS / "apache-james-mime4j/mimetools-testmsgs/bluedot-simple.msg").read_bytes()
+    assert b"\r\n." not in raw and raw.count(b"\n") == raw.count(b"\r\n")
+    client = lmtp(imapd)
+    try:
+        code, lines = client.ehlo("mx.test")
+        assert code == 250 and b"PIPELINING" in lines and b"ENHANCEDSTATUSCODES" in lines
+        refused = client.sendmail("sender@example.org",
+                                  [f"{a.name}@example.org", "nobody-x@example.org",
+                                   f"{b.name}@example.org"], raw)
+    finally:
+        client.quit()
+    assert set(refused) == {"nobody-x@example.org"}
+    assert refused["nobody-x@example.org"][0] == 550
+    for user in (a, b):
+        box = stack.run(stack.store.mailboxes.get(user.id, "INBOX"))
+        (entry,) = stack.run(stack.store.messages.fetch(user.id, box.id, UidSet.all(),
+                                                        items={"skeleton"}))
+        assert entry.skeleton_id is not None
+        skeleton = stack.run(stack.blobs.get(entry.skeleton_id))
+        parts = stack.run(stack.blobs.get_many(parse_skeleton(skeleton).blob_ids()))
+        assert reassemble(skeleton, parts) == raw
+
+
+def test_oversize_is_refused_at_mail_from(imapd: Imapd) -> None:
+    """SIZE above the limit is refused with 552 5.3.4 before any data is sent."""
+    client = lmtp(imapd)
+    try:
+        client.ehlo("mx.test")
+        code, msg = client.mail("a@b", [f"SIZE={imapd.config.imapd.max_message_size + 1}"])
+        assert code == 552 and msg.startswith(b"5.3.4")
+    finally:
+        client.quit()
+
+
+FANOUT_USERS = 1000
+CONNECTIONS = 10
+
+
+def fanout_message(user: str, n: int, attachment: bytes) -> bytes:
+    body = base64.encodebytes(attachment).replace(b"\n", b"\r\n")
+    return (b"From: hr@example.org\r\nTo: " + user.encode() + b"@example.org\r\n"
+            b"Subject: Handbook, copy " + str(n).encode() + b"\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\n"
+            b"Content-Type: text/plain\r\n\r\nHello " + user.encode() + b"\r\n--XX\r\n"
+            b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n" +
+            body + b"--XX--\r\n")
+
+
+def test_fanout_from_parallel_connections(imapd: Imapd, stack: MailStack) -> None:
+    """1,000 messages sharing one attachment, over 10 LMTP connections: all delivered,
+    the attachment stored once."""
+    attachment = b"%PDF-1.5\n" + os.urandom(64 * 1024)
+    users = [stack.new_user("fo").name for _ in range(FANOUT_USERS)]
+    before = stack.run(collect(stack.config))
+
+    def connection(share: list[int]) -> int:
+        client = lmtp(imapd)
+        try:
+            client.ehlo("mx.test")
+            for n in share:
+                refused = client.sendmail("hr@example.org", [f"{users[n]}@example.org"],
+                                          fanout_message(users[n], n, attachment))
+                assert not refused
+            return len(share)
+        finally:
+            client.quit()
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(CONNECTIONS) as pool:
+        shares = [list(range(i, FANOUT_USERS, CONNECTIONS)) for i in range(CONNECTIONS)]
+        assert sum(pool.map(connection, shares)) == FANOUT_USERS
+    elapsed = time.monotonic() - started
+    after = stack.run(collect(stack.config))
+    print(f"\n{FANOUT_USERS} deliveries over {CONNECTIONS} LMTP connections: "
+          f"{elapsed:.1f}s, {FANOUT_USERS / elapsed:.0f} msg/s")
+    assert after.messages - before.messages == FANOUT_USERS
+    assert after.blobs - before.blobs == FANOUT_USERS + 1  # skeletons + one attachment
+    physical = after.physical_bytes - before.physical_bytes
+    assert physical < stack.config.director.replicas * (len(attachment) + FANOUT_USERS * 2048)
+
+
+def test_lmtp_refuses_connections_over_the_limit(storage_cluster: Config,
+                                                 test_cluster: SessionCluster,
+                                                 tmp_path: Path) -> None:
+    """Past max_connections, a new LMTP client gets 421 and is closed."""
+    server = start_imapd(test_cluster, "imapd-lmtp-limit", self_signed(tmp_path),
+                         lmtp_listen=f"127.0.0.1:{free_port()}", max_connections=1)
+    try:
+        first = lmtp(server)
+        with pytest.raises(smtplib.SMTPConnectError) as info:
+            smtplib.LMTP("127.0.0.1", server.lmtp_port)  # raises on a non-220 greeting
+        assert info.value.smtp_code == 421
+        first.quit()
+    finally:
+        server.stop()

@@ -1,0 +1,62 @@
+"""The imapd process entry point: the listener list, bad configuration, failed start."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, cast
+
+from imapd.main import EX_CONFIG, Services, listeners, main
+from imapd.pop3server import Pop3Factory
+from imapd.server import IMAPFactory
+from ops.config import Config, ImapdConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def services(imapd: ImapdConfig, tls: object = None) -> Services:
+    from imapd.backend import Backend
+
+    backend = Backend(cast(Any, None), cast(Any, None), cast(Any, None), cast(Any, None),
+                      imapd, cast(Any, None))
+    return Services(Config(imapd=imapd), None, None, None, None, backend, tls)
+
+
+def test_listeners_follow_the_config() -> None:
+    """IMAP and POP3 always (unless their address is empty); IMAPS only with a TLS
+    context, and then with the context attached for listenSSL."""
+    found = listeners(services(ImapdConfig()))
+    assert [(x.name, x.address) for x in found] == [("imap", "127.0.0.1:1143"),
+                                                    ("pop3", "127.0.0.1:1110")]
+    assert isinstance(found[0].factory, IMAPFactory)
+    assert isinstance(found[1].factory, Pop3Factory)
+    tls = object()
+    found = listeners(services(ImapdConfig(pop3_listen=""), tls))
+    assert [x.name for x in found] == ["imap", "imaps"]
+    assert found[1].tls is tls and found[1].factory.secure and found[0].factory.tls is tls
+
+
+def test_bad_config_exits_with_ex_config(tmp_path: Path) -> None:
+    """A config with an unknown key is refused before anything starts (exit 78)."""
+    path = tmp_path / "bad.toml"
+    path.write_text("[imapd]\nno_such_key = 1\n")
+    assert main(["--config", str(path)]) == EX_CONFIG
+
+
+def test_unreachable_postgresql_fails_the_start(tmp_path: Path) -> None:
+    """With PostgreSQL unreachable the process logs why and exits 1 instead of serving."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "imapd.toml"
+    path.write_text(f'[cluster]\npg_dsn = "postgresql://postgres@127.0.0.1:{dead}/x"\n'
+                    f'[imapd]\nimap_listen = "127.0.0.1:{port}"\npop3_listen = ""\n')
+    result = subprocess.run([sys.executable, "-m", "imapd.main", "--config", str(path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert "imapd could not start" in result.stderr and "Unavailable" in result.stderr

@@ -1,0 +1,384 @@
+"""The selected state over a real PostgreSQL: SELECT/EXAMINE data, every FETCH item, STORE,
+SEARCH (answered by PostgreSQL), COPY/MOVE/EXPUNGE with UIDPLUS, CONDSTORE and QRESYNC."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable, Iterator
+
+import pytest
+
+from metadata.bodystructure import render_body, render_bodystructure
+from metadata.envelope import tree_envelope
+from metadata.mimetree import parse
+from metadata.sections import SectionMap, imap_view, section_map
+from metadata.splitter import split
+from tests.imapd_support import (
+    ATTACHMENT,
+    NESTED,
+    PICTURE,
+    PLAIN_LF,
+    Client,
+    Env,
+    corpus,
+    environment,
+)
+from tests.metadata_support import fresh_database
+
+
+@pytest.fixture(scope="module")
+def dsn(postgres: str) -> Iterator[str]:
+    with fresh_database(postgres) as target:
+        yield target
+
+
+_counter = iter(range(1_000_000))
+
+
+def run(dsn: str, body: Callable[[Env, Client, str], Awaitable[None]],
+        messages: tuple[str, ...] = (ATTACHMENT, NESTED, PLAIN_LF)) -> None:
+    """Deliver corpus ``messages`` to a fresh user's INBOX, log a client in, run ``body``."""
+
+    async def main() -> None:
+        async with environment(dsn) as env:
+            name = f"user{next(_counter)}"
+            await env.user(name)
+            for message in messages:
+                await env.deliver(name, corpus(message))
+            client = env.client()
+            await client.login(name)
+            await body(env, client, name)
+            await client.close()
+
+    asyncio.run(main())
+
+
+def literal(reply: bytes, name: bytes) -> bytes:
+    """The octets of FETCH item ``name`` in ``reply`` (a single-message FETCH)."""
+    start = reply.index(name + b" {")
+    size_end = reply.index(b"}\r\n", start)
+    size = int(reply[start + len(name) + 2:size_end])
+    begin = size_end + 3
+    return reply[begin:begin + size]
+
+
+def test_select_reports_the_mailbox(dsn: str) -> None:
+    """SELECT sends FLAGS, EXISTS, RECENT, UNSEEN, PERMANENTFLAGS, UIDVALIDITY, UIDNEXT and
+    HIGHESTMODSEQ, then OK [READ-WRITE]; EXAMINE is [READ-ONLY] with no permanent flags."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        reply = await c.send("a SELECT INBOX")
+        assert re.fullmatch(
+            rb"\* FLAGS \(\\Seen \\Answered \\Flagged \\Deleted \\Draft\)\r\n"
+            rb"\* 3 EXISTS\r\n\* 3 RECENT\r\n"
+            rb"\* OK \[UNSEEN 1\] First unseen message is 1\r\n"
+            rb"\* OK \[PERMANENTFLAGS \(\\Seen \\Answered \\Flagged \\Deleted \\Draft \\\*\)\] "
+            rb"Flags permitted\r\n"
+            rb"\* OK \[UIDVALIDITY \d+\] UIDs valid\r\n"
+            rb"\* OK \[UIDNEXT 4\] Predicted next UID\r\n"
+            rb"\* OK \[HIGHESTMODSEQ \d+\] Highest\r\n"
+            rb"a OK \[READ-WRITE\] SELECT completed\r\n", reply), reply
+        reply = await c.send("b EXAMINE INBOX")
+        assert b"* 0 RECENT" in reply  # the first SELECT claimed them
+        assert b"[PERMANENTFLAGS ()]" in reply and reply.endswith(b"b OK [READ-ONLY] EXAMINE completed\r\n")
+        assert await c.send("c STORE 1 +FLAGS (\\Seen)") == b"c NO Mailbox is read-only\r\n"
+        await c.send("d FETCH 1 BODY[TEXT]")
+        assert b"FLAGS ()" in await c.send("e FETCH 1 FLAGS")  # EXAMINE never sets \Seen
+
+    run(dsn, body)
+
+
+def test_fetch_metadata_items_come_from_postgresql(dsn: str) -> None:
+    """FLAGS, INTERNALDATE, RFC822.SIZE, ENVELOPE, BODY and BODYSTRUCTURE match what the
+    MIME layer computes from the delivered bytes, and no blob is read for them."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        await c.send("a SELECT INBOX")
+        raw = corpus(ATTACHMENT)
+        tree = parse(raw)
+        env.blobs.reads.clear()
+        reply = await c.send("b FETCH 1 (FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODY "
+                             "BODYSTRUCTURE UID)")
+        assert env.blobs.reads == []
+        assert reply.startswith(b"* 1 FETCH (FLAGS (\\Recent) INTERNALDATE \"")
+        assert b" RFC822.SIZE %d " % len(imap_view(raw)) in reply
+        assert b" ENVELOPE " + tree_envelope(tree) + b" " in reply
+        assert b" BODY " + render_body(tree) + b" " in reply
+        assert b" BODYSTRUCTURE " + render_bodystructure(tree) + b" UID 1)\r\n" in reply
+        all_macro = await c.send("c FETCH 1:2 ALL")
+        assert all_macro.count(b"ENVELOPE (") == 2 and b"c OK FETCH completed" in all_macro
+
+    run(dsn, body)
+
+
+@pytest.mark.parametrize("message", [ATTACHMENT, NESTED, PLAIN_LF, PICTURE])
+def test_every_section_matches_the_delivered_bytes(dsn: str, message: str) -> None:
+    """BODY.PEEK[section] for every section the message has (numbered parts, MIME, HEADER,
+    TEXT, nested message parts) is exactly that byte range of the delivered message in the
+    IMAP view; RFC822, RFC822.HEADER and RFC822.TEXT too."""
+    raw = corpus(message)
+    tree = parse(raw)
+    sections = section_map(tree)
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        await c.send("a SELECT INBOX")
+        specs = [spec for spec, rng in sections.sections() if rng is not None]
+        atts = " ".join(f"BODY.PEEK[{spec}]" for spec in specs)
+        reply = await c.send(f"b FETCH 1 ({atts})")
+        for spec in specs:
+            rng = sections.locate(spec)
+            assert rng is not None
+            want = imap_view(raw[rng.start:rng.end])
+            got = literal(reply, f"BODY[{spec}]".encode())
+            assert got == want, spec
+        reply = await c.send("c FETCH 1 (RFC822.HEADER RFC822.TEXT)")
+        assert b"FLAGS (\\Seen \\Recent)" in reply  # RFC822.TEXT sets \Seen
+        header = sections.locate("HEADER")
+        text = sections.locate("TEXT")
+        assert header is not None and text is not None
+        assert literal(reply, b"RFC822.HEADER") == imap_view(raw[header.start:header.end])
+        assert literal(reply, b"RFC822.TEXT") == imap_view(raw[text.start:text.end])
+        reply = await c.send("d FETCH 1 RFC822")
+        assert literal(reply, b"RFC822") == imap_view(raw)
+
+    run(dsn, body, (message,))
+
+
+def test_partial_fetch_reads_only_the_blobs_it_needs(dsn: str) -> None:
+    """BODY[]<0.200> of a message with a large attachment reads the skeleton but not the
+    attachment's blob; BODY[2]<10.20> reads it and returns those 20 octets; a window past
+    the end is empty; headers never touch a blob."""
+    raw = corpus(ATTACHMENT)
+    stored = split(raw)
+    attachment = next(iter(stored.blobs))
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        await c.send("a SELECT INBOX")
+        env.blobs.reads.clear()
+        reply = await c.send("b FETCH 1 BODY.PEEK[]<0.200>")
+        assert literal(reply, b"BODY[]<0>") == imap_view(raw)[:200]
+        assert env.blobs.reads == [stored.skeleton_id]
+        env.blobs.reads.clear()
+        reply = await c.send("c FETCH 1 BODY.PEEK[2]<10.20>")
+        part = SectionMap.from_bytes(section_map(parse(raw)).to_bytes()).locate("2")
+        assert part is not None
+        assert literal(reply, b"BODY[2]<10>") == imap_view(raw[part.start:part.end])[10:30]
+        assert attachment in env.blobs.reads
+        reply = await c.send("d FETCH 1 BODY.PEEK[]<99999999.10>")
+        assert b"BODY[]<99999999> {0}\r\n)" in reply
+        env.blobs.reads.clear()
+        await c.send("e FETCH 1:3 (BODY.PEEK[HEADER] BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert env.blobs.reads == []
+
+    run(dsn, body)
+
+
+def test_header_fields_are_filtered_from_the_stored_header(dsn: str) -> None:
+    """HEADER.FIELDS keeps the named fields with their continuation lines and the blank
+    line; HEADER.FIELDS.NOT keeps the others; names compare case-insensitively."""
+    raw = b"From: a@example.org\nSubject: folded\n  second line\nX-Other: 1\nTo: b@x\n\nbody\n"
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        await env.deliver(name, raw)
+        await c.send("a SELECT INBOX")
+        reply = await c.send("b FETCH 1 (BODY.PEEK[HEADER.FIELDS (subject TO)] "
+                             "BODY.PEEK[HEADER.FIELDS.NOT (SUBJECT TO)])")
+        assert literal(reply, b"BODY[HEADER.FIELDS (SUBJECT TO)]") == (
+            b"Subject: folded\r\n  second line\r\nTo: b@x\r\n\r\n")
+        assert literal(reply, b"BODY[HEADER.FIELDS.NOT (SUBJECT TO)]") == (
+            b"From: a@example.org\r\nX-Other: 1\r\n\r\n")
+        reply = await c.send("c FETCH 1 BODY.PEEK[HEADER.FIELDS (SUBJECT)]<0.7>")
+        assert literal(reply, b"BODY[HEADER.FIELDS (SUBJECT)]<0>") == b"Subject"
+
+    run(dsn, body, ())
+
+
+def test_fetch_body_sets_seen_and_reports_it(dsn: str) -> None:
+    """A non-PEEK body fetch sets \\Seen and includes FLAGS in the response even when not
+    asked; a second fetch does not report FLAGS again."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        await c.send("a SELECT INBOX")
+        reply = await c.send("b FETCH 3 BODY[HEADER]")
+        assert reply.endswith(b" FLAGS (\\Seen \\Recent))\r\nb OK FETCH completed\r\n")
+        reply = await c.send("c FETCH 3 BODY[HEADER]")
+        assert b"FLAGS" not in reply
+
+    run(dsn, body)
+
+
+def test_store_modes_and_responses(dsn: str) -> None:
+    """+FLAGS, -FLAGS and FLAGS change flags and keywords and answer FETCH (UID for UID
+    STORE); .SILENT answers nothing; a new keyword is announced with FLAGS."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        await c.send("a SELECT INBOX")
+        assert await c.send("b STORE 1:2 +FLAGS (\\Flagged $Todo)") == (
+            b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Todo)\r\n"
+            b"* 1 FETCH (FLAGS (\\Flagged $Todo \\Recent))\r\n"
+            b"* 2 FETCH (FLAGS (\\Flagged $Todo \\Recent))\r\n"
+            b"b OK STORE completed\r\n")
+        assert await c.send("c UID STORE 2 -FLAGS (\\Flagged)") == (
+            b"* 2 FETCH (UID 2 FLAGS ($Todo \\Recent))\r\nc OK UID STORE completed\r\n")
+        assert await c.send("d STORE 3 FLAGS.SILENT (\\Answered \\Draft)") == (
+            b"d OK STORE completed\r\n")
+        assert await c.send("e FETCH 3 FLAGS") == (
+            b"* 3 FETCH (FLAGS (\\Answered \\Draft \\Recent))\r\ne OK FETCH completed\r\n")
+        assert (await c.send("f STORE 9 +FLAGS (\\Seen)")).startswith(b"f BAD")
+        assert (await c.send("g STORE 1 +FLAGS (\\Recent)")).startswith(b"g BAD")
+        assert await c.send("h UID STORE 99 +FLAGS (\\Seen)") == b"h OK UID STORE completed\r\n"
+
+    run(dsn, body)
+
+
+def test_condstore_modseq_changedsince_and_unchangedsince(dsn: str) -> None:
+    """FETCH MODSEQ and CHANGEDSINCE return only what changed after a mod-sequence, STORE
+    UNCHANGEDSINCE refuses messages changed since with [MODIFIED], SEARCH MODSEQ reports
+    the highest mod-sequence, and STATUS reports HIGHESTMODSEQ."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        reply = await c.send("a SELECT INBOX (CONDSTORE)")
+        highest = int(re.search(rb"HIGHESTMODSEQ (\d+)", reply).group(1))  # type: ignore[union-attr]
+        stored = await c.send("b STORE 2 +FLAGS (\\Seen)")
+        modseq = int(re.search(rb"MODSEQ \((\d+)\)", stored).group(1))  # type: ignore[union-attr]
+        assert modseq > highest
+        assert await c.send(f"c FETCH 1:* (FLAGS) (CHANGEDSINCE {highest})") == (
+            f"* 2 FETCH (FLAGS (\\Seen \\Recent) MODSEQ ({modseq}))\r\n"
+            "c OK FETCH completed\r\n").encode()
+        assert await c.send(f"d STORE 1:2 (UNCHANGEDSINCE {highest}) +FLAGS (\\Flagged)") == (
+            f"* 1 FETCH (FLAGS (\\Flagged \\Recent) MODSEQ ({modseq + 1}))\r\n"
+            "d OK [MODIFIED 2] Conditional STORE failed\r\n").encode()
+        assert await c.send(f"e SEARCH MODSEQ {modseq + 1}") == (
+            f"* SEARCH 1 (MODSEQ {modseq + 1})\r\ne OK SEARCH completed\r\n").encode()
+        assert await c.send("f STATUS INBOX (HIGHESTMODSEQ)") == (
+            f'* STATUS "INBOX" (HIGHESTMODSEQ {modseq + 1})\r\n'
+            "f OK Status completed\r\n").encode()
+
+    run(dsn, body)
+
+
+def test_search_keys_are_answered_by_postgresql(dsn: str) -> None:
+    """Flag, header, full-text, date, size, UID, sequence and boolean keys select the
+    expected messages; UID SEARCH answers UIDs; an unknown charset is NO [BADCHARSET]."""
+    messages = (
+        b"From: Alice <alice@example.org>\r\nTo: bob@example.org\r\nSubject: Invoice 42\r\n"
+        b"Date: Mon, 1 Jul 2024 10:00:00 +0000\r\n\r\nPlease pay the invoice soon.\r\n",
+        b"From: carol@example.net\r\nSubject: Lunch?\r\nX-Team: blue\r\n"
+        b"Date: Fri, 5 Jul 2024 12:00:00 +0000\r\n\r\nAre you free for lunch tomorrow?\r\n",
+        b"From: dave@example.com\r\nSubject: Report\r\nDate: Sat, 6 Jul 2024 08:00:00 +0000"
+        b"\r\n\r\n" + b"numbers " * 400 + b"\r\n",
+    )
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        for raw in messages:
+            await env.deliver(name, raw)
+        await c.send("a SELECT INBOX")
+        await c.send("b STORE 2 +FLAGS (\\Seen $Lunch)")
+        cases = {
+            "ALL": b"1 2 3",
+            "SEEN": b"2",
+            "UNSEEN": b"1 3",
+            "KEYWORD $Lunch": b"2",
+            "FROM alice": b"1",
+            "SUBJECT invoice": b"1",
+            'HEADER X-Team "blu"': b"2",
+            "BODY lunch": b"2",
+            "TEXT invoice": b"1",
+            "BODY invoic": b"1",
+            "SENTBEFORE 5-Jul-2024": b"1",
+            "SENTON 5-Jul-2024": b"2",
+            "SENTSINCE 6-Jul-2024": b"3",
+            "LARGER 1000": b"3",
+            "SMALLER 1000": b"1 2",
+            "2:3": b"2 3",
+            "UID 1,3": b"1 3",
+            "OR FROM carol FROM dave": b"2 3",
+            "NOT FROM carol": b"1 3",
+            "(UNSEEN SUBJECT report)": b"3",
+            "RECENT": b"1 2 3",
+            "NEW": b"1 3",
+            "OLD": b"",
+            "SINCE 1-Jan-2000": b"1 2 3",
+            "BEFORE 1-Jan-2000": b"",
+        }
+        for criteria, want in cases.items():
+            reply = await c.send(f"s SEARCH {criteria}")
+            expect = b"* SEARCH" + (b" " + want if want else b"") + b"\r\ns OK SEARCH completed\r\n"
+            assert reply == expect, criteria
+        assert await c.send("u UID SEARCH FROM dave") == (
+            b"* SEARCH 3\r\nu OK UID SEARCH completed\r\n")
+        assert await c.send("v SEARCH CHARSET UTF-8 SUBJECT lunch") == (
+            b"* SEARCH 2\r\nv OK SEARCH completed\r\n")
+        assert (await c.send("w SEARCH CHARSET KLINGON ALL")).startswith(
+            b"w NO [BADCHARSET")
+        assert (await c.send("x SEARCH 7")).startswith(b"x BAD")
+
+    run(dsn, body, ())
+
+
+def test_copy_move_and_expunge_with_uidplus(dsn: str) -> None:
+    """COPY and MOVE answer COPYUID, MOVE expunges from the source with EXPUNGE responses,
+    UID EXPUNGE removes only the named deleted messages, CLOSE expunges silently."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        await c.send("a CREATE Kept")
+        select = await c.send("b SELECT Kept")
+        kept_validity = re.search(rb"UIDVALIDITY (\d+)", select).group(1)  # type: ignore[union-attr]
+        await c.send("c SELECT INBOX")
+        assert await c.send("d COPY 1:2 Kept") == (
+            b"d OK [COPYUID " + kept_validity + b" 1:2 1:2] COPY completed\r\n")
+        assert (await c.send("e COPY 1 Missing")).startswith(b"e NO [TRYCREATE]")
+        assert await c.send("f UID MOVE 2 Kept") == (
+            b"* OK [COPYUID " + kept_validity + b" 2 3] Moved\r\n* 2 EXPUNGE\r\n"
+            b"f OK UID MOVE completed\r\n")
+        await c.send("g STORE 1:2 +FLAGS.SILENT (\\Deleted)")
+        assert await c.send("h UID EXPUNGE 3") == (
+            b"* 2 EXPUNGE\r\nh OK UID EXPUNGE completed\r\n")
+        assert await c.send("i FETCH 1:* UID") == (
+            b"* 1 FETCH (UID 1)\r\ni OK FETCH completed\r\n")
+        assert await c.send("j CLOSE") == b"j OK Close completed\r\n"
+        assert b"MESSAGES 0" in await c.send("k STATUS INBOX (MESSAGES)")
+        assert b"MESSAGES 3" in await c.send("l STATUS Kept (MESSAGES)")
+        await c.send("m SELECT Kept")
+        await c.send("n STORE 1 +FLAGS (\\Deleted)")
+        assert await c.send("o UNSELECT") == b"o OK Unselect completed\r\n"
+        assert b"MESSAGES 3" in await c.send("p STATUS Kept (MESSAGES)")
+        assert (await c.send("q EXPUNGE")).startswith(b"q BAD")
+
+    run(dsn, body)
+
+
+def test_copy_into_the_selected_mailbox_announces_exists(dsn: str) -> None:
+    """COPY of a message into the selected mailbox is followed by EXISTS for the copy."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        await c.send("a SELECT INBOX")
+        reply = await c.send("b COPY 1 INBOX")
+        assert reply.startswith(b"* 4 EXISTS\r\n* 4 RECENT\r\nb OK [COPYUID ")
+
+    run(dsn, body)
+
+
+def test_qresync_select_and_vanished(dsn: str) -> None:
+    """After ENABLE QRESYNC, SELECT (QRESYNC ...) reports what vanished and changed since
+    the client's mod-sequence, UID FETCH ... (CHANGEDSINCE n VANISHED) reports VANISHED
+    (EARLIER), and expunges are sent as VANISHED."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        assert (await c.send("a SELECT INBOX (QRESYNC (1 1))")).startswith(b"a BAD")
+        await c.send("b ENABLE QRESYNC")
+        reply = await c.send("c SELECT INBOX")
+        validity = int(re.search(rb"UIDVALIDITY (\d+)", reply).group(1))  # type: ignore[union-attr]
+        highest = int(re.search(rb"HIGHESTMODSEQ (\d+)", reply).group(1))  # type: ignore[union-attr]
+        await c.send("d STORE 1 +FLAGS.SILENT (\\Deleted)")
+        assert await c.send("e EXPUNGE") == b"* VANISHED 1\r\ne OK EXPUNGE completed\r\n"
+        await c.send("f STORE 1 +FLAGS.SILENT (\\Answered)")
+        reply = await c.send(f"g SELECT INBOX (QRESYNC ({validity} {highest} 1:3))")
+        assert reply.startswith(b"* OK [CLOSED] Previous mailbox closed\r\n")
+        assert b"* VANISHED (EARLIER) 1\r\n" in reply
+        assert re.search(rb"\* 1 FETCH \(UID 2 FLAGS \(\\Answered\) MODSEQ \(\d+\)\)", reply)
+        reply = await c.send(f"h UID FETCH 1:* (FLAGS) (CHANGEDSINCE {highest} VANISHED)")
+        assert reply.startswith(b"* VANISHED (EARLIER) 1\r\n* 1 FETCH (UID 2 FLAGS")
+
+    run(dsn, body)
