@@ -20,8 +20,19 @@ first; each replica is tried in turn (with a per-request timeout), its bytes are
 decoded and their hash verified.  A replica that errs, times out, misses or returns
 bad bytes is skipped and queued for repair; the first verified copy wins.
 
+*Items* (:meth:`BlobClient.put_item`, :meth:`BlobClient.get_items`...) are what
+directord stores for plain memcached clients: a value and client flags under any key,
+stored as given.  They take the same paths: placement and quorum writes on the key's
+index id (:func:`director.keys.item_index_id`), failover reads in the same replica
+order.  A blob id used as an item key is still checked against its content when read.
+
 The registry snapshot (nodes, states, load) is refreshed at most every
-:data:`REGISTRY_REFRESH` seconds, lazily, by whichever call finds it stale.
+:data:`REGISTRY_REFRESH` seconds, lazily, by whichever call finds it stale.  Between
+refreshes a node can die: one that could not be reached, timed out or answered
+garbage is *suspect* for :data:`SUSPECT_FOR` seconds, read last and written after the
+other candidates, so a dead or hung server costs one failed request, not one per
+request until its load report expires.  Index lookups and location records of
+concurrent calls are coalesced into shared Redis batches (:class:`Coalescer`).
 """
 
 from __future__ import annotations
@@ -30,10 +41,18 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from director.cache import BlobCache, DiskCache
 from director.codec import (
@@ -48,22 +67,34 @@ from director.codec import (
 )
 from director.errors import BlobCorrupt, BlobNotFound, BlobUnavailable, DirectorError
 from director.index import LocationIndex
-from director.memcache_client import NodeAddress, NodeClient, NodeError
+from director.keys import is_blob_id, item_index_id
+from director.memcache_client import (
+    NodeAddress,
+    NodeClient,
+    NodeError,
+    NodeProtocolError,
+    NodeTimeout,
+    NodeUnavailable,
+)
 from director.nodes import Node, NodeState
 from director.placement import PlacementPolicy, Placer
 from director.redisstate import RedisState
 from director.registry import Registry, RegistrySnapshot
 from director.repairqueue import RepairQueue
+from objstore.replies import Value
 from ops.config import Config, parse_hostport
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+A = TypeVar("A")
 
 #: Seconds a registry snapshot is used before it is read again.
 REGISTRY_REFRESH = 2.0
 #: Chunks of one chunked blob read or written at the same time.
 CHUNK_PARALLELISM = 4
+#: Seconds a node that failed to answer is tried after the others.
+SUSPECT_FOR = 5.0
 
 
 @dataclass
@@ -75,10 +106,87 @@ class ClientStats:
     uploads: int = 0
     bytes_uploaded: int = 0
     gets: int = 0
+    item_puts: int = 0
+    item_gets: int = 0
     failovers: int = 0
     bad_replicas: int = 0
     repairs_queued: int = 0
     by_node_errors: dict[str, int] = field(default_factory=dict)
+
+
+class _Missing(NodeError):
+    """The replica answered, and does not hold the key."""
+
+
+class Coalescer(Generic[A]):
+    """Coalesces concurrent index operations into one Redis batch.
+
+    While a batch is in flight, new requests wait and leave together in the next one; a
+    request arriving when none is in flight leaves on the next turn of the loop, with
+    whatever else arrived in that turn.  Under load, batches grow and the Python cost of
+    a Redis round trip (a cluster pipeline, a ``WAIT`` for writes) is shared by many
+    requests; idle, a request waits one loop turn.  Every waiter is answered only when
+    its batch completed (for writes: acknowledged by a Redis replica).
+
+    :param run: the batch operation: id -> argument in, id -> node numbers out.
+    :param merge: combines two requests' arguments for the same id in one batch.
+    """
+
+    def __init__(self, run: Callable[[dict[str, A]], Awaitable[Mapping[str, tuple[int, ...]]]],
+                 merge: Callable[[A, A], A]) -> None:
+        self._run = run
+        self._merge = merge
+        self._waiting: dict[str, tuple[A, list[asyncio.Future[tuple[int, ...]]]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    async def many(self, requests: Mapping[str, A]) -> dict[str, tuple[int, ...]]:
+        """Node numbers for each id after the operation (``()``: none)."""
+        loop = asyncio.get_running_loop()
+        mine: dict[str, asyncio.Future[tuple[int, ...]]] = {}
+        for bid, arg in requests.items():
+            fut = mine[bid] = loop.create_future()
+            queued = self._waiting.get(bid)
+            if queued is None:
+                self._waiting[bid] = (arg, [fut])
+            else:
+                self._waiting[bid] = (self._merge(queued[0], arg), [*queued[1], fut])
+        if self._task is None and self._waiting:
+            self._task = loop.create_task(self._drain())
+        return {bid: await fut for bid, fut in mine.items()}
+
+    async def one(self, bid: str, arg: A) -> tuple[int, ...]:
+        return (await self.many({bid: arg}))[bid]
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, {}
+                self.batches += 1
+                try:
+                    found = await self._run({bid: arg for bid, (arg, _f) in batch.items()})
+                except BaseException as exc:  # each waiter gets the batch's error
+                    for _arg, futs in batch.values():
+                        for fut in futs:
+                            if fut.done():
+                                continue
+                            if isinstance(exc, Exception):
+                                fut.set_exception(exc)
+                            else:
+                                fut.cancel()
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for bid, (_arg, futs) in batch.items():
+                    for fut in futs:
+                        if not fut.done():
+                            fut.set_result(tuple(found.get(bid, ())))
+        finally:
+            self._task = None
+            for _arg, futs in self._waiting.values():  # only when cancelled (loop closing)
+                for fut in futs:
+                    if not fut.done():
+                        fut.cancel()
 
 
 class BlobClient:
@@ -104,6 +212,10 @@ class BlobClient:
         self._snapshot_at = float("-inf")
         self._refresh_lock = asyncio.Lock()
         self._nodes: dict[str, NodeClient] = {}
+        self._suspect_until: dict[str, float] = {}
+        self._lookups: Coalescer[None] = Coalescer(
+            lambda reqs: index.lookup(list(reqs)), lambda a, _b: a)
+        self._adds: Coalescer[frozenset[int]] = Coalescer(index.add_many, frozenset.union)
         # Largest stored value an object server takes, minus room for the envelope.
         self.chunk_size = config.objstore.max_item_size - ENVELOPE_SLACK
 
@@ -158,7 +270,24 @@ class BlobClient:
 
     def _node_failed(self, node: Node, exc: BaseException) -> None:
         self.stats.by_node_errors[node.id] = self.stats.by_node_errors.get(node.id, 0) + 1
-        log.warning("object server %s (%s): %s", node.id, node.address, exc)
+        if not isinstance(exc, NodeUnavailable | NodeTimeout | NodeProtocolError | OSError):
+            log.warning("object server %s (%s): %s", node.id, node.address, exc)
+            return
+        # Logged once per suspect period: a dead node must not flood the log.
+        if not self._suspect(node):
+            log.warning("object server %s (%s) is suspect for %.0fs: %s", node.id,
+                        node.address, SUSPECT_FOR, exc)
+        self._suspect_until[node.id] = self._clock() + SUSPECT_FOR
+
+    def _suspect(self, node: Node) -> bool:
+        """True while ``node`` recently failed to answer."""
+        until = self._suspect_until.get(node.id)
+        if until is None:
+            return False
+        if self._clock() >= until:
+            del self._suspect_until[node.id]
+            return False
+        return True
 
     # -- put ----------------------------------------------------------------------------
 
@@ -173,7 +302,7 @@ class BlobClient:
         """Store several blobs: one index lookup for all, uploads in parallel."""
         ids = [blob_id(b) for b in blobs]
         self.stats.puts += len(blobs)
-        known = await self.index.lookup(ids)
+        known = await self._lookups.many(dict.fromkeys(ids))
         todo: dict[str, bytes] = {}
         for bid, data in zip(ids, blobs, strict=True):
             if known.get(bid):
@@ -185,13 +314,30 @@ class BlobClient:
         return ids
 
     async def _upload(self, bid: str, data: bytes) -> None:
+        items = self._encode(bid, data)
+        done = await self._place_and_write(
+            f"blob {bid}", bid, lambda node: self._write_items(node, items))
+        await self._adds.one(bid, frozenset(n.number for n in done))
+        self.stats.uploads += 1
+        self.stats.bytes_uploaded += len(data)
+        if len(done) < self.dconf.replicas:
+            await self._queue_repair([bid])
+
+    async def _place_and_write(self, what: str, index_id: str,
+                               write: Callable[[Node], Awaitable[None]]) -> list[Node]:
+        """Run ``write`` on ``replicas`` nodes placed by ``index_id``, in parallel; a node
+        that fails is replaced by the next placement candidate.
+
+        :returns: the nodes that took the write, at least ``write_quorum`` of them.
+        :raises BlobUnavailable: fewer than ``write_quorum`` did.
+        """
         placer = await self._placer_now()
-        candidates = placer.candidates(bid)
+        # Suspect nodes stay candidates, after the others (sorted() is stable).
+        candidates = sorted(placer.candidates(index_id), key=self._suspect)
         if len(candidates) < self.dconf.write_quorum:
             raise BlobUnavailable(
                 f"only {len(candidates)} active object server(s) in tier "
                 f"{self.dconf.write_tier!r}; write_quorum is {self.dconf.write_quorum}")
-        items = self._encode(bid, data)
         want = min(self.dconf.replicas, len(candidates))
         queue = list(candidates)
         done: list[Node] = []
@@ -200,7 +346,7 @@ class BlobClient:
             while queue:
                 node = queue.pop(0)
                 try:
-                    await self._write_items(node, items)
+                    await write(node)
                 except (NodeError, OSError) as exc:
                     self._node_failed(node, exc)
                     continue
@@ -210,13 +356,9 @@ class BlobClient:
         await asyncio.gather(*(slot() for _ in range(want)))
         if len(done) < self.dconf.write_quorum:
             raise BlobUnavailable(
-                f"blob {bid}: only {len(done)} of {self.dconf.write_quorum} required object "
+                f"{what}: only {len(done)} of {self.dconf.write_quorum} required object "
                 f"servers took the write")
-        await self.index.add_locations(bid, [n.number for n in done])
-        self.stats.uploads += 1
-        self.stats.bytes_uploaded += len(data)
-        if len(done) < self.dconf.replicas:
-            await self._queue_repair([bid])
+        return done
 
     def _encode(self, bid: str, data: bytes) -> list[tuple[str, bytes, int]]:
         """Object-server (key, value, flags) items for one blob: chunks, then the head."""
@@ -270,7 +412,7 @@ class BlobClient:
         if cached is not None:
             return cached
         self.stats.gets += 1
-        locations = await self.index.locations(bid)
+        locations = await self._lookups.one(bid, None)
         data = await self._read(bid, locations)
         self.cache.put(bid, data)
         return data
@@ -287,7 +429,7 @@ class BlobClient:
                 missing.append(bid)
         if missing:
             self.stats.gets += len(missing)
-            locations = await self.index.lookup(missing)
+            locations = await self._lookups.many(dict.fromkeys(missing))
             datas = await asyncio.gather(*(self._read(b, locations.get(b, ()))
                                            for b in missing))
             for bid, data in zip(missing, datas, strict=True):
@@ -301,7 +443,7 @@ class BlobClient:
         if cached is not None:
             yield cached
             return
-        locations = await self.index.locations(bid)
+        locations = await self._lookups.one(bid, None)
         replicas = await self._ordered(bid, locations)
         value, flags, _node = await self._first_good(bid, replicas, whole=False)
         if not flags & FLAG_MANIFEST:
@@ -321,12 +463,12 @@ class BlobClient:
             snap = await self.snapshot(force=True)
             nodes = [n for n in snap.resolve(numbers) if n.state is not NodeState.REMOVED]
 
-        def rank(node: Node) -> tuple[int, float]:
-            # Live nodes first, least busy first; "down" ones are still worth a try
-            # last (a late load report is not a dead disk).
+        def rank(node: Node) -> tuple[int, bool, float]:
+            # Live nodes first, least busy first; suspect and "down" ones are still
+            # worth a try last (a late load report is not a dead disk).
             live = 0 if node.readable else 1
             ops = node.report.ops_per_sec if node.report else 0.0
-            return (live, ops)
+            return (live, self._suspect(node), ops)
 
         return sorted(nodes, key=rank)
 
@@ -341,45 +483,77 @@ class BlobClient:
 
         :param whole: reassemble a chunked blob (else return its manifest).
         """
+
+        async def attempt(node: Node) -> tuple[bytes, int, Node]:
+            got = await self.node_client(node).get(bid.encode())
+            if got is None:
+                raise _Missing(f"{node.address}: does not have it")
+            data = self.codec.decode(got.value, got.flags, bid)
+            if got.flags & FLAG_MANIFEST:
+                if not whole:
+                    Manifest.from_bytes(data)  # validates
+                    return data, got.flags, node
+                data = await self._read_chunked(bid, Manifest.from_bytes(data),
+                                                [node, *[r for r in replicas if r != node]])
+            if blob_id(data) != bid:
+                raise CodecError("content does not match its id")
+            return data, got.flags, node
+
+        found = await self._first_replica(f"blob {bid}", bid, replicas, attempt,
+                                          miss_ok=False, repair=True)
+        assert found is not None
+        return found
+
+    async def _first_replica(self, what: str, index_id: str, replicas: list[Node],
+                             attempt: Callable[[Node], Awaitable[T]], *, miss_ok: bool,
+                             repair: bool) -> T | None:
+        """The result of ``attempt`` on the first replica where it succeeds: failover.
+
+        ``attempt`` raises :class:`CodecError` for bad bytes, :class:`_Missing` when the
+        replica lacks the key, :class:`NodeError` when it cannot answer.  Replicas that
+        failed are queued for repair when ``repair``.
+
+        :returns: None when every replica answered that it lacks the key and ``miss_ok``.
+        :raises BlobCorrupt: every replica had bad bytes.
+        :raises BlobUnavailable: no replica could serve it.
+        """
         errors: list[str] = []
-        corrupt = 0
+        corrupt = misses = 0
         bad: list[Node] = []
         for i, node in enumerate(replicas):
             if i:
                 self.stats.failovers += 1
             try:
-                got = await self.node_client(node).get(bid.encode())
-                if got is None:
-                    raise NodeError(f"{node.address}: does not have it")
-                data = self.codec.decode(got.value, got.flags, bid)
-                if got.flags & FLAG_MANIFEST:
-                    if not whole:
-                        Manifest.from_bytes(data)  # validates
-                        return data, got.flags, node
-                    data = await self._read_chunked(bid, Manifest.from_bytes(data),
-                                                    [node, *[r for r in replicas if r != node]])
-                if blob_id(data) != bid:
-                    raise CodecError("content does not match its id")
+                result = await attempt(node)
             except CodecError as exc:
                 corrupt += 1
                 bad.append(node)
                 self.stats.bad_replicas += 1
                 errors.append(f"{node.id}: {exc}")
-                log.error("blob %s on %s (%s) is corrupt: %s", bid, node.id, node.address, exc)
+                log.error("%s on %s (%s) is corrupt: %s", what, node.id, node.address, exc)
+                continue
+            except _Missing as exc:
+                misses += 1
+                bad.append(node)
+                errors.append(f"{node.id}: {exc}")
+                if not miss_ok:
+                    self._node_failed(node, exc)
                 continue
             except (NodeError, OSError, BlobUnavailable) as exc:
                 self._node_failed(node, exc)
                 bad.append(node)
                 errors.append(f"{node.id}: {exc}")
                 continue
-            if bad:
-                await self._queue_repair([bid])
-            return data, got.flags, node
-        if bad:
-            await self._queue_repair([bid])
+            if bad and repair:
+                await self._queue_repair([index_id])
+            return result
+        if bad and repair:
+            await self._queue_repair([index_id])
+        if miss_ok and misses == len(errors):
+            return None
         if corrupt and corrupt == len(errors):
-            raise BlobCorrupt(f"blob {bid}: every replica is corrupt ({'; '.join(errors)})")
-        raise BlobUnavailable(f"blob {bid}: no replica could serve it ({'; '.join(errors)})")
+            raise BlobCorrupt(f"{what}: every replica is corrupt ({'; '.join(errors)})")
+        raise BlobUnavailable(f"{what}: no replica could serve it ({'; '.join(errors)})")
 
     async def _read_chunked(self, bid: str, manifest: Manifest, replicas: list[Node]) -> bytes:
         sem = asyncio.Semaphore(CHUNK_PARALLELISM)
@@ -412,11 +586,149 @@ class BlobClient:
                 self._node_failed(node, exc)
         raise BlobUnavailable(f"blob {bid}: chunk {n} unreadable ({'; '.join(errors)})")
 
+    # -- items (directord) --------------------------------------------------------------
+
+    def check_stored(self, bid: str, value: bytes, flags: int) -> None:
+        """Check a stored value of blob ``bid`` as an object server returned it: it must
+        decode (per its flags) to content whose hash is ``bid``, or be a valid manifest.
+
+        :raises CodecError: it does not.
+        """
+        data = self.codec.decode(value, flags, bid)
+        if flags & FLAG_MANIFEST:
+            Manifest.from_bytes(data)
+        elif blob_id(data) != bid:
+            raise CodecError("content does not match its id")
+
+    async def put_item(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0, *,
+                       only_new: bool = False) -> bool:
+        """Store ``value`` and ``flags`` under ``key``, as given, on ``replicas`` object
+        servers placed by the key's index id; record the locations.
+
+        A previous value of the key on nodes that did not take this write is deleted
+        there and dropped from the index, so reads never find an older value.
+
+        :param exptime: memcached expiry, passed to the object servers.
+        :param only_new: memcached's ``add``: do nothing when the key holds a value.
+        :returns: False when ``only_new`` found a value (``NOT_STORED``), else True.
+        :raises BlobUnavailable: fewer than ``write_quorum`` object servers took it.
+        """
+        index_id = item_index_id(key)
+        known = await self._lookups.one(index_id, None)
+        if only_new and known and await self._read_item(key, index_id, known) is not None:
+            return False
+
+        async def write(node: Node) -> None:
+            if not await self.node_client(node).set(key, value, flags, exptime):
+                raise NodeError(f"{node.address}: set {key!r} not stored")
+
+        what = _item_name(key)
+        done = await self._place_and_write(what, index_id, write)
+        numbers = [n.number for n in done]
+        await self._adds.one(index_id, frozenset(numbers))
+        self.stats.item_puts += 1
+        stale = [n for n in known if n not in numbers]
+        if stale:
+            await self._drop_copies(key, index_id, stale)
+        if is_blob_id(key) and len(done) < self.dconf.replicas:
+            await self._queue_repair([index_id])
+        return True
+
+    async def _drop_copies(self, key: bytes, index_id: str, numbers: Sequence[int]) -> None:
+        """Forget (and best-effort delete) copies of ``key`` on ``numbers``."""
+        for node in (await self.snapshot()).resolve(numbers):
+            try:
+                await self.node_client(node).delete(key)
+            except (NodeError, OSError) as exc:
+                # Not in the index any more, so never read; inventory cleans it up.
+                self._node_failed(node, exc)
+        for number in numbers:
+            await self.index.remove_location(index_id, number)
+
+    async def get_item(self, key: bytes, *, cas: bool = False) -> Value | None:
+        """The item stored under ``key`` (with the replica's cas unique when ``cas``),
+        or None when no replica holds it."""
+        return (await self.get_items([key], cas=cas)).get(key)
+
+    async def get_items(self, keys: Sequence[bytes], *, cas: bool = False
+                        ) -> dict[bytes, Value]:
+        """Several items: one index lookup, reads in parallel; misses are left out.
+
+        :raises BlobUnavailable: some key is indexed but no replica could answer for it.
+        :raises BlobCorrupt: a blob id key whose every replica had bad bytes.
+        """
+        unique = list(dict.fromkeys(keys))
+        ids = {key: item_index_id(key) for key in unique}
+        locations = await self._lookups.many(dict.fromkeys(ids.values()))
+        self.stats.item_gets += len(unique)
+
+        async def one(key: bytes) -> Value | None:
+            numbers = locations.get(ids[key], ())
+            if not numbers:
+                return None
+            return await self._read_item(key, ids[key], numbers, cas=cas)
+
+        found = await asyncio.gather(*(one(k) for k in unique))
+        return {k: v for k, v in zip(unique, found, strict=True) if v is not None}
+
+    async def _read_item(self, key: bytes, index_id: str, numbers: Sequence[int], *,
+                         cas: bool = False) -> Value | None:
+        replicas = await self._ordered(index_id, numbers)
+        blob = is_blob_id(key)
+
+        async def attempt(node: Node) -> Value:
+            got = await self.node_client(node).get(key, cas=cas)
+            if got is None:
+                raise _Missing(f"{node.address}: does not have it")
+            if blob:
+                self.check_stored(index_id, got.value, got.flags)
+            return got
+
+        return await self._first_replica(_item_name(key), index_id, replicas, attempt,
+                                         miss_ok=True, repair=blob)
+
+    async def delete_item(self, key: bytes) -> bool:
+        """Delete ``key`` from every object server holding it and from the index.
+
+        :returns: False when no replica held it (``NOT_FOUND``); True when one deleted
+            it or could not be asked (the index no longer points there either way).
+        """
+        index_id = item_index_id(key)
+        numbers = await self._lookups.one(index_id, None)
+        if not numbers:
+            return False
+        outcomes = await self._on_each(key, numbers, lambda c: c.delete(key))
+        await self.index.delete(index_id)
+        self.cache.memory.discard(index_id)
+        return any(o is not False for o in outcomes)
+
+    async def touch_item(self, key: bytes, exptime: int) -> bool:
+        """Set a new expiry on every copy of ``key``; True when one replica had it."""
+        numbers = await self._lookups.one(item_index_id(key), None)
+        if not numbers:
+            return False
+        outcomes = await self._on_each(key, numbers, lambda c: c.touch(key, exptime))
+        return any(o is True for o in outcomes)
+
+    async def _on_each(self, key: bytes, numbers: Sequence[int],
+                       op: Callable[[NodeClient], Awaitable[bool]]) -> list[bool | None]:
+        """``op`` on every replica in parallel; None for a replica that could not answer."""
+        nodes = (await self.snapshot()).resolve(numbers)
+
+        async def one(node: Node) -> bool | None:
+            try:
+                return await op(self.node_client(node))
+            except (NodeError, OSError) as exc:
+                self._node_failed(node, exc)
+                return None
+
+        return list(await asyncio.gather(*(one(n) for n in nodes)))
+
     # -- exists / delete ----------------------------------------------------------------
 
     async def exists(self, bid: str) -> bool:
         """True when the index knows ``bid`` (it was stored and not collected)."""
-        return bool(await self.index.locations(bid))
+        return bool(await self._lookups.one(bid, None))
 
     async def delete(self, bid: str) -> bool:
         """Remove ``bid`` from every object server holding it and from the index.
@@ -424,7 +736,7 @@ class BlobClient:
         Meant for gc, which has checked that nothing references it.  Copies on
         unreachable nodes are found later by inventory reconciliation.
         """
-        numbers = await self.index.locations(bid)
+        numbers = await self._lookups.one(bid, None)
         if not numbers:
             return False
         snap = await self.snapshot()
@@ -471,6 +783,15 @@ class SyncBlobClient:
     def delete(self, bid: str) -> bool:
         return self._run(self.client.delete(bid))
 
+    def put_item(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bool:
+        return self._run(self.client.put_item(key, value, flags, exptime))
+
+    def get_item(self, key: bytes) -> Value | None:
+        return self._run(self.client.get_item(key))
+
+    def delete_item(self, key: bytes) -> bool:
+        return self._run(self.client.delete_item(key))
+
     def close(self) -> None:
         self._run(self.client.aclose())
         self._loop.close()
@@ -480,3 +801,8 @@ class SyncBlobClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _item_name(key: bytes) -> str:
+    """How errors and logs name an item (its key, printable)."""
+    return f"item {key.decode('ascii', 'backslashreplace')}"

@@ -16,7 +16,11 @@ flag bit    meaning
 ==========  =====================================================================
 
 Compression is skipped when it does not save at least 1/16 of the size (already
-compressed attachments, JPEGs, ZIPs), so reading them costs no inflate.
+compressed attachments, JPEGs, ZIPs), so reading them costs no inflate.  For blobs of
+:data:`SAMPLE_FROM` bytes and more, a :data:`SAMPLE_BYTES` sample from the middle is
+compressed first and the whole only if the sample shrinks: trying to deflate a 256 KiB
+JPEG costs about 5 ms of CPU, the sample 0.2 ms (a blob whose middle does not compress
+but whose rest would is stored plain: a missed saving, never a wrong value).
 
 The blob id is always the SHA-256 of the plain content; readers verify it.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +45,10 @@ NONCE_BYTES = 12
 TAG_BYTES = 16
 #: Room left in an object-server item for the encryption envelope and slack.
 ENVELOPE_SLACK = 1024
+#: Blobs at least this large are compressed only if a sample of them compresses.
+SAMPLE_FROM = 64 * 1024
+#: Size of that sample.
+SAMPLE_BYTES = 16 * 1024
 
 _MANIFEST_MAGIC = b"OMCH\x01"
 _MANIFEST_HEAD = struct.Struct(">5sQI")  # magic, total size, chunk count
@@ -57,6 +66,14 @@ def blob_id(data: bytes | memoryview) -> str:
 def chunk_key(blob_id_: str, index: int) -> str:
     """The object-server key of chunk ``index`` of a chunked blob."""
     return f"{blob_id_}/{index}"
+
+
+_CHUNK_KEY = re.compile(rb"[0-9a-f]{64}/[0-9]+")
+
+
+def is_chunk_key(key: bytes) -> bool:
+    """True for a key of the :func:`chunk_key` form (reserved for chunks of blobs)."""
+    return _CHUNK_KEY.fullmatch(key) is not None
 
 
 @dataclass(frozen=True)
@@ -125,7 +142,7 @@ class BlobCodec:
         """The stored form of ``data`` and its flags."""
         flags = 0
         payload = data
-        if self.compression_level >= 0 and len(data) >= 64:
+        if self.compression_level >= 0 and len(data) >= 64 and self._worth_trying(data):
             packed = zlib_ng.compress(data, self.compression_level)
             if len(packed) <= len(data) - (len(data) >> 4):
                 payload, flags = packed, FLAG_ZLIB
@@ -134,6 +151,14 @@ class BlobCodec:
             payload = nonce + self._aead.encrypt(nonce, payload, blob_id_.encode())
             flags |= FLAG_AESGCM
         return payload, flags
+
+    def _worth_trying(self, data: bytes) -> bool:
+        """False when a sample from the middle of a large blob does not compress."""
+        if len(data) < SAMPLE_FROM:
+            return True
+        start = (len(data) - SAMPLE_BYTES) // 2
+        packed = zlib_ng.compress(data[start:start + SAMPLE_BYTES], self.compression_level)
+        return len(packed) <= SAMPLE_BYTES - (SAMPLE_BYTES >> 4)
 
     def encode_manifest(self, manifest: Manifest, blob_id_: str) -> tuple[bytes, int]:
         payload, flags = self.encode(manifest.to_bytes(), blob_id_)

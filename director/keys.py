@@ -15,12 +15,15 @@ already says) and the value is the sorted, comma-separated small node numbers
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-#: Prefix of every key objmail writes.
-PREFIX = "objmail:"
+from objstore.reporter import DEFAULT_PREFIX, report_key
+
+#: Prefix of every key objmail writes (``cluster.redis_prefix`` by default).
+PREFIX = DEFAULT_PREFIX
 
 #: Hash tag shared by the registry keys, so one Lua script can update them together.
 REGISTRY_TAG = "{reg}"
@@ -32,7 +35,11 @@ MAX_BUCKET_BITS = 28
 #: Shards of the repair queue (one sorted set each, spread over the masters).
 REPAIR_SHARDS = 16
 
+#: What directord hashes in front of a client key to make its index id (see item_index_id).
+ITEM_ID_PREFIX = b"objmail-item:"
+
 _BLOB_ID = re.compile(r"[0-9a-f]{64}")
+_BLOB_ID_BYTES = re.compile(rb"[0-9a-f]{64}")
 
 
 class InvalidBlobId(ValueError):
@@ -47,6 +54,25 @@ def check_blob_id(blob_id: str) -> str:
     if not isinstance(blob_id, str) or not _BLOB_ID.fullmatch(blob_id):
         raise InvalidBlobId(f"not a blob id (64 lowercase hex digits): {blob_id!r}")
     return blob_id
+
+
+def is_blob_id(key: bytes) -> bool:
+    """True when an object-server key is a blob id (64 lowercase hex digits)."""
+    return _BLOB_ID_BYTES.fullmatch(key) is not None
+
+
+def item_index_id(key: bytes) -> str:
+    """The location-index id of an object-server key.
+
+    A blob id is its own index id.  Any other key (an item a memcached client stored
+    through directord) is indexed under the SHA-256 of :data:`ITEM_ID_PREFIX` + key, which
+    spreads such keys over the buckets like blob ids and keeps them apart from blob ids
+    (a blob whose content were exactly prefix + key would share the entry, which costs
+    reads a miss on the other's nodes, never wrong data).
+    """
+    if _BLOB_ID_BYTES.fullmatch(key):
+        return key.decode("ascii")
+    return hashlib.sha256(ITEM_ID_PREFIX + key).hexdigest()
 
 
 def check_node_id(node_id: str) -> str:
@@ -182,20 +208,20 @@ class Keyspace:
         """STRING counter: the last node number handed out."""
         return f"{self.prefix}{REGISTRY_TAG}:next-number"
 
-    # -- load reports (written by objstored: objstore/reporter.py) ------------------------
+    # -- load reports (written by objstored: objstore/reporter.py names them) -------------
 
     def report(self, node_id: str) -> str:
         """HASH with a TTL: the node's latest load report."""
-        return f"{self.prefix}node:{{{node_id}}}:report"
+        return report_key(node_id, self.prefix)
 
     @property
     def report_pattern(self) -> str:
         """SCAN MATCH pattern for every report key (braces are not special in it)."""
-        return f"{self.prefix}node:{{*}}:report"
+        return report_key("*", self.prefix)
 
     def report_node_id(self, key: str) -> str | None:
         """The node id in a report key, or None for any other key."""
-        head, tail = f"{self.prefix}node:{{", "}:report"
-        if key.startswith(head) and key.endswith(tail):
+        head, _, tail = report_key("\0", self.prefix).partition("\0")
+        if key.startswith(head) and key.endswith(tail) and len(key) > len(head) + len(tail):
             return key[len(head):-len(tail)]
         return None

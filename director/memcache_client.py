@@ -203,11 +203,19 @@ class NodeClient:
 
     # typed operations ------------------------------------------------------------------
 
-    async def get(self, key: bytes) -> Value | None:
-        reply = await self.call([b"get " + key + b"\r\n"], Expect.GET)
+    async def get(self, key: bytes, *, cas: bool = False) -> Value | None:
+        """The item (``gets`` when ``cas``: with its cas unique), or None."""
+        verb = b"gets " if cas else b"get "
+        reply = await self.call([verb + key + b"\r\n"], Expect.GET)
         if not isinstance(reply, Values):
             raise NodeProtocolError(f"{self.address}: get answered {reply!r}")
-        return reply.items[0] if reply.items else None
+        if not reply.items:
+            return None
+        item = reply.items[0]
+        if item.key != key:
+            # A reply for another key means the stream is not what we think it is.
+            raise NodeProtocolError(f"{self.address}: asked for {key!r}, got {item.key!r}")
+        return item
 
     async def get_many(self, keys: Sequence[bytes]) -> dict[bytes, Value]:
         if not keys:

@@ -43,6 +43,7 @@ from objstore.replies import (
     VersionReply,
     format_metadump_line,
 )
+from objstore.server import Answer
 from objstore.stats import OP_INDEX, OTHER, Counters, HotKeys
 from objstore.storage import (
     ArithOp,
@@ -107,8 +108,6 @@ _META_NAMES: Final = frozenset((b"mg", b"ms", b"md", b"ma", b"mn", b"me"))
 METADUMP_BATCH: Final = 1000
 
 Outcome_ = Reply | None
-#: A reply object, nothing (noreply), a pending write, a stream, or ready wire chunks.
-Answer = Reply | None | defer.Deferred[Reply | None] | Iterator[bytes] | list[bytes]
 
 
 class Handler:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ops.config import (
+    ClusterConfig,
     ConfigError,
     ObjstoreConfig,
     find_config_path,
@@ -66,7 +67,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _config_from_args(args: argparse.Namespace) -> tuple[ObjstoreConfig, tuple[str, ...]]:
+def _config_from_args(args: argparse.Namespace) -> tuple[ObjstoreConfig, ClusterConfig]:
     path = find_config_path(args.config, os.environ, Path.cwd())
     config = load_config(path, os.environ)
     changes: dict[str, Any] = {}
@@ -82,7 +83,7 @@ def _config_from_args(args: argparse.Namespace) -> tuple[ObjstoreConfig, tuple[s
         section = dataclasses.replace(config.objstore, **changes)
     except ConfigError as exc:
         raise ConfigError(f"objstore.{exc.key}", exc.message) from None
-    return section, config.cluster.redis_nodes
+    return section, config.cluster
 
 
 def resolve_node_id(data_dir: Path, wanted: str) -> str:
@@ -142,7 +143,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_worker(config: ObjstoreConfig, redis_nodes: Sequence[str], node_id: str,
+def run_worker(config: ObjstoreConfig, cluster: ClusterConfig, node_id: str,
                index: int) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code."""
     from twisted.internet import reactor, task
@@ -220,9 +221,10 @@ def run_worker(config: ObjstoreConfig, redis_nodes: Sequence[str], node_id: str,
                        "lmdb_map_size": info["lmdb_map_size"],
                        "lmdb_used_bytes": info["lmdb_used_bytes"], "pid": os.getpid()})
 
-        reporter = LoadReporter(identity, sample, RedisClusterSink(redis_nodes), r,
-                                deferToThread, config.report_interval, config.report_ttl,
-                                config.hot_keys, on_report=hot.clear)
+        sink = RedisClusterSink(cluster.redis_nodes, prefix=cluster.redis_prefix)
+        reporter = LoadReporter(identity, sample, sink, r, deferToThread,
+                                config.report_interval, config.report_ttl, config.hot_keys,
+                                on_report=hot.clear)
         reporter.start()
 
         if config.expire_sweep_interval > 0:
@@ -270,7 +272,7 @@ def _run_callbacks(batch: list[tuple[Any, Any]]) -> None:
             log.exception("write completion callback failed")
 
 
-def supervise(config: ObjstoreConfig, redis_nodes: Sequence[str], node_id: str) -> int:
+def supervise(config: ObjstoreConfig, cluster: ClusterConfig, node_id: str) -> int:
     """Fork ``config.workers`` workers and keep them running until SIGTERM/SIGINT."""
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
@@ -283,7 +285,7 @@ def supervise(config: ObjstoreConfig, redis_nodes: Sequence[str], node_id: str) 
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 _die_with_parent()
-                code = run_worker(config, redis_nodes, node_id, index)
+                code = run_worker(config, cluster, node_id, index)
             except BaseException:
                 log.exception("worker %d crashed", index)
             finally:
@@ -327,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s")
     try:
-        config, redis_nodes = _config_from_args(args)
+        config, cluster = _config_from_args(args)
         data_dir = Path(config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         node_id = resolve_node_id(data_dir, config.node_id)
@@ -340,8 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if config.workers == 1:
-            return run_worker(config, redis_nodes, node_id, 0)
-        return supervise(config, redis_nodes, node_id)
+            return run_worker(config, cluster, node_id, 0)
+        return supervise(config, cluster, node_id)
     finally:
         os.close(lock_fd)
 

@@ -3,10 +3,10 @@
 Every ``report_interval`` seconds objstored writes (see docs/redis-schema.md, "Load reports
 (written by objstored)")::
 
-    objmail:node:{<node_id>}:report   hash: identity, capacity, usage, ops/s by command
-    objmail:node:{<node_id>}:hot      sorted set: hottest keys, score = reads/s
+    <prefix>node:{<node_id>}:report   hash: identity, capacity, usage, ops/s by command
+    <prefix>node:{<node_id>}:hot      sorted set: hottest keys, score = reads/s
 
-both with a TTL of ``report_ttl`` seconds, so a node that stops reporting disappears and is
+where ``<prefix>`` is ``cluster.redis_prefix`` (``objmail:`` by default), both with a TTL of ``report_ttl`` seconds, so a node that stops reporting disappears and is
 seen as down.  The hash tag ``{<node_id>}`` keeps one node's keys in one slot, which lets one
 MULTI/EXEC replace both atomically.
 
@@ -30,19 +30,22 @@ from objstore.stats import OP_NAMES
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX: Final = "objmail:node:"
+#: The installation's key prefix unless ``cluster.redis_prefix`` says otherwise.
+DEFAULT_PREFIX: Final = "objmail:"
 #: Longest wait between two attempts while Redis is unreachable.
 MAX_BACKOFF: Final = 60.0
 
 
-def report_key(node_id: str) -> str:
+# These two functions are the one definition of the report keys: the director reads them
+# through director.keys.Keyspace, which calls these.
+def report_key(node_id: str, prefix: str = DEFAULT_PREFIX) -> str:
     """The hash holding a node's last load report."""
-    return f"{KEY_PREFIX}{{{node_id}}}:report"
+    return f"{prefix}node:{{{node_id}}}:report"
 
 
-def hot_key(node_id: str) -> str:
+def hot_key(node_id: str, prefix: str = DEFAULT_PREFIX) -> str:
     """The sorted set of a node's hottest keys (score: reads per second)."""
-    return f"{KEY_PREFIX}{{{node_id}}}:hot"
+    return f"{prefix}node:{{{node_id}}}:hot"
 
 
 @dataclass(frozen=True)
@@ -123,11 +126,15 @@ class RedisClusterSink:
     down or has moved is rediscovered on the next attempt.
 
     :param nodes: startup nodes as ``host:port`` strings.
+    :param prefix: ``cluster.redis_prefix``, which keeps installations sharing one Redis
+        Cluster apart.
     """
 
-    def __init__(self, nodes: Sequence[str], timeout: float = 2.0) -> None:
+    def __init__(self, nodes: Sequence[str], timeout: float = 2.0,
+                 prefix: str = DEFAULT_PREFIX) -> None:
         self._nodes = list(nodes)
         self._timeout = timeout
+        self._prefix = prefix
         self._client: Any = None
 
     def _connect(self) -> Any:
@@ -146,7 +153,7 @@ class RedisClusterSink:
         if self._client is None:
             self._client = self._connect()
         try:
-            rkey, hkey = report_key(node_id), hot_key(node_id)
+            rkey, hkey = report_key(node_id, self._prefix), hot_key(node_id, self._prefix)
             # Same hash tag, same slot: one MULTI/EXEC replaces the whole report.
             pipe = self._client.pipeline(transaction=True)
             pipe.delete(rkey, hkey)

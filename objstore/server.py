@@ -1,13 +1,16 @@
-"""The Twisted side of objstored: a thin protocol around the parser and the handler.
+"""The Twisted side of a memcached-protocol server: a thin protocol around the parser and
+a command handler.
 
 Theory of operation
 -------------------
-Bytes go to :class:`~objstore.protocol.CommandParser`; each command goes to
-:class:`~objstore.handler.Handler`, whose answer is a reply (written at once), a Deferred
-(a write waiting for its group commit) or an iterator of chunks (a metadump stream).
-Replies leave in request order: each answer takes a slot in a FIFO and the FIFO is written
-out up to its first unfinished slot.  A read that follows a pending write on the same
-connection waits until that write is durable, so a client reads its own writes.
+Bytes go to :class:`~objstore.protocol.CommandParser`; each command goes to a
+:class:`CommandHandler` (objstored's :class:`~objstore.handler.Handler`, directord's
+:class:`~director.proxy.ProxyHandler`), whose answer is a reply (written at once), a
+Deferred (a write waiting for its group commit, a read waiting for another server) or an
+iterator of chunks (a metadump stream).  Replies leave in request order: each answer takes
+a slot in a FIFO and the FIFO is written out up to its first unfinished slot.  A read that
+follows a pending write on the same connection waits until that write is done, so a client
+reads its own writes; reads answered later (Deferreds) run concurrently.
 
 Back-pressure lives here and nowhere else:
 
@@ -26,6 +29,7 @@ import collections
 import contextlib
 import logging
 import socket
+import typing
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -36,12 +40,42 @@ from twisted.python import failure
 from zope.interface import implementer
 
 from objstore import protocol as p
-from objstore.handler import Handler
 from objstore.replies import ErrorReply, Reply, serialize_into
 from objstore.stats import Counters
-from ops.config import ObjstoreConfig
 
 log = logging.getLogger(__name__)
+
+#: What a handler answers: a reply, nothing (noreply), a reply to come, a stream of
+#: chunks, or wire chunks ready to go.
+Answer = Reply | None | defer.Deferred[Reply | None] | Iterator[bytes] | list[bytes]
+
+
+class CommandHandler(typing.Protocol):
+    """Executes parsed commands; the protocol below only moves bytes and keeps order."""
+
+    def execute(self, cmd: p.Command) -> Answer:
+        """Run one command (never Quit: the protocol handles that).  A Deferred answer
+        must not fail: errors are replies."""
+
+    def is_write(self, cmd: p.Command) -> bool:
+        """True when later reads on the same connection must wait for this command."""
+
+
+class ConnectionSettings(typing.Protocol):
+    """The limits the protocol enforces (:class:`~ops.config.ObjstoreConfig` has them)."""
+
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def max_line(self) -> int: ...
+    @property
+    def max_item_size(self) -> int: ...
+    @property
+    def max_pipeline(self) -> int: ...
+    @property
+    def idle_timeout(self) -> float: ...
+    @property
+    def slow_reader_timeout(self) -> float: ...
 
 TOO_MANY_CONNECTIONS: Final = b"ERROR Too many open connections\r\n"
 #: Write what has accumulated once it exceeds this, so the transport can push back.
@@ -50,15 +84,16 @@ E_INTERNAL: Final = ErrorReply(b"SERVER_ERROR", b"internal error")
 
 
 class _Slot:
-    """One answer in the reply FIFO."""
+    """One answer in the reply FIFO; ``write`` marks a pending write that holds reads."""
 
-    __slots__ = ("chunks", "ready", "stream")
+    __slots__ = ("chunks", "ready", "stream", "write")
 
     def __init__(self, chunks: list[bytes] | None = None,
-                 stream: Iterator[bytes] | None = None) -> None:
+                 stream: Iterator[bytes] | None = None, write: bool = False) -> None:
         self.chunks = chunks
         self.stream = stream
         self.ready = chunks is not None
+        self.write = write
 
 
 @implementer(interfaces.IPushProducer)
@@ -193,7 +228,7 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
                 except Exception:
                     log.exception("command %r failed", cmd)
                     answer = E_INTERNAL
-                self._answer(answer)
+                self._answer(answer, cmd)
                 if isinstance(cmd, p.ProtocolError) and cmd.fatal:
                     self._closing = True
                     break
@@ -207,8 +242,7 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         if self._closing:
             self._maybe_close()
 
-    def _answer(self, answer: Reply | defer.Deferred[Reply | None] | Iterator[bytes]
-                | list[bytes] | None) -> None:
+    def _answer(self, answer: Answer, cmd: p.Command | p.NeedData) -> None:
         if answer is None:
             return
         if type(answer) is list:
@@ -221,10 +255,11 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
                     self._out_len += len(chunk)
             return
         if isinstance(answer, defer.Deferred):
-            slot = _Slot()
+            slot = _Slot(write=self._is_write(cmd))  # type: ignore[arg-type]
             self._slots.append(slot)
-            self._inflight += 1
-            answer.addCallbacks(self._write_done, self._write_failed, callbackArgs=(slot,),
+            if slot.write:
+                self._inflight += 1
+            answer.addCallbacks(self._answer_done, self._answer_failed, callbackArgs=(slot,),
                                 errbackArgs=(slot,))
             return
         if isinstance(answer, Iterator):
@@ -242,15 +277,16 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
             for i in range(before, len(out)):
                 self._out_len += len(out[i])
 
-    # -- write completions ----------------------------------------------------------------
+    # -- completions of deferred answers --------------------------------------------------
 
-    def _write_done(self, reply: Reply | None, slot: _Slot) -> None:
+    def _answer_done(self, reply: Reply | None, slot: _Slot) -> None:
         chunks: list[bytes] = []
         if reply is not None:
             serialize_into(reply, chunks)
         slot.chunks = chunks
         slot.ready = True
-        self._inflight -= 1
+        if slot.write:
+            self._inflight -= 1
         if self._gone:
             return
         self._drain()
@@ -260,9 +296,9 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         elif self._closing:
             self._maybe_close()
 
-    def _write_failed(self, reason: failure.Failure, slot: _Slot) -> None:
-        log.error("write failed: %s", reason.getTraceback())
-        self._write_done(E_INTERNAL, slot)
+    def _answer_failed(self, reason: failure.Failure, slot: _Slot) -> None:
+        log.error("command failed: %s", reason.getTraceback())
+        self._answer_done(E_INTERNAL, slot)
 
     def _drain(self) -> None:
         """Move finished slots at the head of the FIFO to the output."""
@@ -375,14 +411,14 @@ class ObjstoreFactory(Factory):
 
     :param handler: executes commands.
     :param config: this server's settings (limits, timeouts).
-    :param counters: this process's counters.
+    :param counters: this process's counters (connections, bytes).
     :param clock: scheduler for timeouts (a ``task.Clock`` in tests).
     """
 
     protocol = ObjstoreProtocol  # type: ignore[assignment]
 
-    def __init__(self, handler: Handler, config: ObjstoreConfig, counters: Counters,
-                 clock: Any) -> None:
+    def __init__(self, handler: CommandHandler, config: ConnectionSettings,
+                 counters: Counters, clock: Any) -> None:
         self.handler = handler
         self.config = config
         self.counters = counters

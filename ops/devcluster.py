@@ -14,6 +14,7 @@ OBJMAIL_REDIS_NODES are given).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import pwd
 import shutil
@@ -21,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -75,11 +76,32 @@ class DevCluster:
     """A complete objmail cluster under one directory."""
 
     def __init__(self, config: Config, run_dir: Path, options: DevOptions | None = None) -> None:
-        self.config = config
         self.run_dir = run_dir.resolve()
         self.options = options or DevOptions()
+        self.config = self._with_dev_tls(config)
         self.launcher = Launcher(self.run_dir)
         self.config_path = self.run_dir / "objmail.toml"
+
+    def _with_dev_tls(self, config: Config) -> Config:
+        """Give imapd the cluster's self-signed certificate unless one is configured.
+
+        On loopback only, plaintext LOGIN is allowed too, so that a first try with any
+        client works; a real deployment keeps ``allow_plaintext_auth = false``.
+        """
+        imapd = config.imapd
+        if imapd.tls_cert:
+            return config
+        cert, key = self.tls_paths
+        loopback = all(parse_hostport(a)[0] in ("127.0.0.1", "::1", "localhost")
+                       for a in (imapd.imap_listen, imapd.pop3_listen) if a)
+        return dataclasses.replace(config, imapd=dataclasses.replace(
+            imapd, tls_cert=str(cert), tls_key=str(key),
+            allow_plaintext_auth=imapd.allow_plaintext_auth or loopback))
+
+    @property
+    def tls_paths(self) -> tuple[Path, Path]:
+        """The dev cluster's self-signed certificate and key."""
+        return self.run_dir / "tls" / "imapd-cert.pem", self.run_dir / "tls" / "imapd-key.pem"
 
     # -- the plan -------------------------------------------------------------------
 
@@ -98,7 +120,8 @@ class DevCluster:
 
     def stages(self) -> list[Stage]:
         """Every stage in start order; each builder skips what the options exclude."""
-        stages = [self._stage_postgres(), self._stage_redis(), self._stage_objstore()]
+        stages = [self._stage_postgres(), self._stage_redis(), self._stage_objstore(),
+                  self._stage_directord(), self._stage_imapd()]
         return [s for s in stages
                 if s is not None and (self.options.only is None or s.name in self.options.only)]
 
@@ -157,7 +180,16 @@ class DevCluster:
         async def create() -> None:
             import asyncpg
 
-            conn = await asyncpg.connect(admin_dsn)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    conn = await asyncpg.connect(admin_dsn)
+                    break
+                except asyncpg.CannotConnectNowError:
+                    # pg_isready can say yes a moment before the server's recovery ends.
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)
             try:
                 exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1",
                                              dbname)
@@ -268,12 +300,68 @@ class DevCluster:
                        zone: str, extra_args: Sequence[str] = (),
                        config_path: Path | None = None) -> ProcessSpec:
         """One object server; also used by tests that need a special one."""
-        argv = [sys.executable, "-m", "objstore.main", "--listen", f"{host}:{port}",
-                "--data", str(data_dir), "--config", str(config_path or self.config_path),
-                "--node-id", name, "--zone", zone, *extra_args]
-        return ProcessSpec(name, "objstored", tuple(argv), (port,),
+        return objstored_process_spec(name, host, port, data_dir,
+                                      config_path or self.config_path,
+                                      ["--node-id", name, "--zone", zone, *extra_args])
+
+    def _stage_directord(self) -> Stage | None:
+        # It fronts this cluster's object servers: none (--objstores 0, only the
+        # databases wanted), no proxy.
+        if self.options.objstore_count == 0:
+            return None
+        host, port = parse_hostport(self.config.director.listen)
+        return Stage("directord", [self.directord_spec(host, port)])
+
+    def directord_spec(self, host: str, port: int, *, name: str = "directord",
+                       config_path: Path | None = None) -> ProcessSpec:
+        """The memcached proxy; ready when it answers ``version`` (it opens its port only
+        once Redis Cluster is reachable)."""
+        argv = [sys.executable, "-m", "director.main", "--config",
+                str(config_path or self.config_path), "--listen", f"{host}:{port}"]
+        ports = [port]
+        if self.config.director.metrics_listen:
+            ports.append(parse_hostport(self.config.director.metrics_listen)[1])
+        return ProcessSpec(name, "directord", tuple(argv), tuple(ports),
                            _memcache_version_probe(host, port), host=host,
-                           cwd=str(_project_root()))
+                           cwd=str(_project_root()), ready_timeout=60)
+
+    def _stage_imapd(self) -> Stage | None:
+        # The mailbox server needs object servers to serve anything.
+        if self.options.objstore_count == 0:
+            return None
+
+        def before() -> None:
+            cert, key = self.tls_paths
+            if cert.exists() and key.exists():
+                return
+            openssl = binaries.require(binaries.OPENSSL, install=self.options.install_missing)
+            cert.parent.mkdir(parents=True, exist_ok=True)
+            result = subprocess.run(
+                [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "825",
+                 "-subj", "/CN=localhost", "-addext",
+                 "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key),
+                 "-out", str(cert)], capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise LaunchError(f"openssl could not make the dev certificate:\n"
+                                  f"{result.stderr.strip()}")
+            key.chmod(0o600)
+
+        return Stage("imapd", [self.imapd_spec()], before_start=before)
+
+    def imapd_spec(self, *, name: str = "imapd", config: Config | None = None,
+                   config_path: Path | None = None) -> ProcessSpec:
+        """The mailbox server (IMAP, IMAPS, POP3, LMTP); ready when it greets ``* OK``."""
+        conf = (config or self.config).imapd
+        addresses = [a for a in (conf.imap_listen, conf.pop3_listen, conf.lmtp_listen,
+                                 conf.imaps_listen if conf.tls_cert else "",
+                                 conf.metrics_listen) if a]
+        host, port = parse_hostport(conf.imap_listen)
+        argv = [sys.executable, "-m", "imapd.main", "--config",
+                str(config_path or self.config_path)]
+        return ProcessSpec(name, "imapd", tuple(argv),
+                           tuple(parse_hostport(a)[1] for a in addresses),
+                           _greeting_probe(host, port, b"* OK "), host=host,
+                           cwd=str(_project_root()), ready_timeout=60)
 
     # -- operations -----------------------------------------------------------------
 
@@ -332,6 +420,18 @@ class DevCluster:
                 if spec.name == name:
                     return spec
         raise KeyError(name)
+
+
+def objstored_process_spec(name: str, host: str, port: int, data_dir: Path,
+                           config_path: Path, extra_args: Sequence[str] = (), *,
+                           env: Mapping[str, str] | None = None) -> ProcessSpec:
+    """How the launcher runs one objstored (``python -m objstore.main``), ready once it
+    answers ``version``: the dev cluster's object servers and the tests' own."""
+    argv = [sys.executable, "-m", "objstore.main", "--listen", f"{host}:{port}",
+            "--data", str(data_dir), "--config", str(config_path), *extra_args]
+    return ProcessSpec(name, "objstored", tuple(argv), (port,),
+                       _memcache_version_probe(host, port), host=host, env=dict(env or {}),
+                       cwd=str(_project_root()))
 
 
 def wait_redis_cluster_ok(addresses: Sequence[tuple[str, int]], timeout: float) -> None:
@@ -412,6 +512,16 @@ def _memcache_version_probe(host: str, port: int) -> Callable[[], bool]:
         with socket.create_connection((host, port), timeout=1) as sock:
             sock.sendall(b"version\r\n")
             return sock.recv(64).startswith(b"VERSION ")
+
+    return probe
+
+
+def _greeting_probe(host: str, port: int, prefix: bytes) -> Callable[[], bool]:
+    def probe() -> bool:
+        import socket
+
+        with socket.create_connection((host, port), timeout=1) as sock:
+            return sock.recv(256).startswith(prefix)
 
     return probe
 

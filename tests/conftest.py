@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.config import ClusterConfig, Config, ObjstoreConfig
+from ops.config import ClusterConfig, Config, DirectorConfig, ImapdConfig, ObjstoreConfig
 from ops.devcluster import DevCluster, DevOptions
 from ops.launcher import port_in_use
 
@@ -103,7 +103,14 @@ def make_test_config(rng: random.Random | None = None) -> Config:
         redis_nodes=tuple(f"127.0.0.1:{redis_base + i}" for i in range(6)))
     objstore = ObjstoreConfig(listen=f"127.0.0.1:{objstore_base}", report_interval=1.0,
                               report_ttl=5)
-    return Config(cluster=cluster, objstore=objstore)
+
+    def free() -> str:
+        return f"127.0.0.1:{_free_port()}"
+
+    director = DirectorConfig(listen=free(), metrics_listen=free())
+    imapd = ImapdConfig(imap_listen=free(), imaps_listen=free(), pop3_listen=free(),
+                        lmtp_listen=free(), metrics_listen=free(), login_delay=0.2)
+    return Config(cluster=cluster, objstore=objstore, director=director, imapd=imapd)
 
 
 @pytest.fixture(scope="session")

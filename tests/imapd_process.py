@@ -1,12 +1,11 @@
 """A real imapd process over the real cluster, for the end-to-end tests (the one place
 that starts it).
 
-Until ``objmail dev up`` has an imapd stage, this helper does what that stage will do with
-the project's own launcher (:class:`ops.launcher.Launcher` + :class:`ProcessSpec`, as
-``ops/devcluster.py`` runs objstored): over the session's storage cluster (the conftest
-``storage_cluster`` fixture: PostgreSQL, Redis Cluster, registered object servers) it
-generates a self-signed certificate, writes a config with free ports, and runs
-``python -m imapd.main`` until the module's tests end.
+It runs the launcher's imapd spec (:meth:`ops.devcluster.DevCluster.imapd_spec`, what
+``objmail dev up`` starts) with a config of its own: over the session's storage cluster
+(the conftest ``storage_cluster`` fixture: PostgreSQL, Redis Cluster, registered object
+servers) it generates a self-signed certificate, writes a config with free ports, and
+runs ``python -m imapd.main`` until the module's tests end.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import dataclasses
 import socket
 import ssl
 import subprocess
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +25,6 @@ from metadata.store import MetadataStore
 from ops.config import Config, ImapdConfig, to_toml
 from ops.launcher import Launcher, ProcessSpec
 from tests.conftest import SessionCluster
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -45,11 +41,6 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
                     "IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
     return cert, key
-
-
-def _greets(host: str, port: int, prefix: bytes) -> bool:
-    with socket.create_connection((host, port), timeout=1) as sock:
-        return sock.recv(200).startswith(prefix)
 
 
 @dataclass
@@ -86,17 +77,6 @@ class Imapd:
         self.launcher.stop(self.spec)
 
 
-def imapd_spec(name: str, config_path: Path, imapd: ImapdConfig) -> ProcessSpec:
-    host, port = imapd.imap_listen.rsplit(":", 1)
-    ports = tuple(int(a.rsplit(":", 1)[1]) for a in (imapd.imap_listen, imapd.pop3_listen,
-                                                     imapd.imaps_listen, imapd.lmtp_listen)
-                  if a)
-    argv = (sys.executable, "-m", "imapd.main", "--config", str(config_path))
-    return ProcessSpec(name, "imapd", argv, ports,
-                       lambda: _greets(host, int(port), b"* OK "), host=host,
-                       cwd=str(REPO), ready_timeout=30)
-
-
 def start_imapd(tc: SessionCluster, name: str, tls: tuple[Path, Path], **imapd: object) -> Imapd:
     """Run one imapd on free ports against the session's cluster."""
     settings: dict[str, object] = {
@@ -114,9 +94,10 @@ def start_imapd(tc: SessionCluster, name: str, tls: tuple[Path, Path], **imapd: 
     config = dataclasses.replace(tc.config, imapd=ImapdConfig(**settings))  # type: ignore[arg-type]
     path = tc.run_dir / f"{name}.toml"
     path.write_text(to_toml(config))
-    launcher = Launcher(tc.run_dir)
-    spec = imapd_spec(name, path, config.imapd)
-    launcher.start(spec)
+    cluster = tc.cluster()
+    spec = cluster.imapd_spec(name=name, config=config, config_path=path)
+    cluster.launcher.start(spec)
+    launcher = cluster.launcher
     return Imapd(name, config, path, launcher, spec)
 
 

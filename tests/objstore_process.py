@@ -1,25 +1,31 @@
-"""Start a real objstored process for system tests (the one place that does it).
+"""Start a real objstored process for system tests, through the project's launcher.
 
-Until the objstore tests move to the project launcher, this helper runs
-``python -m objstore.main`` on a free loopback port with a private config file and
-data directory, waits until it answers ``version``, and always stops it.
+Each server is an :class:`ops.launcher.ProcessSpec` built by
+:func:`ops.devcluster.objstored_process_spec` (the dev cluster's object servers use the same)
+and run by an :class:`ops.launcher.Launcher` in the test's directory: a pid file, a log, a
+readiness probe (``version``), signals to the process group.  On top of the launcher this
+helper reaps the process itself, because tests check objstored's exit status.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ops.devcluster import objstored_process_spec
+from ops.launcher import Launcher, ProcessSpec
+
 REPO = Path(__file__).resolve().parents[1]
+#: Exit status reported when the process was reaped by someone else (status unknown).
+UNKNOWN_STATUS = -1
 
 
 def free_port() -> int:
@@ -47,36 +53,44 @@ class Objstored:
     port: int
     workers: int = 1
     extra_args: list[str] = field(default_factory=list)
-    proc: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
     host: str = "127.0.0.1"
+    run_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.launcher = Launcher(self.run_dir or self.data_dir.parent)
+
+    @property
+    def name(self) -> str:
+        return f"objstored-{self.port}"
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def log_path(self) -> Path:
+        return self.launcher.logfile(self.name)
+
+    def spec(self, ready_timeout: float = 15.0) -> ProcessSpec:
+        spec = objstored_process_spec(
+            self.name, self.host, self.port, self.data_dir, self.config_path,
+            ["--workers", str(self.workers), *self.extra_args],
+            # The test's config names the Redis to report to, whatever the environment says.
+            env={"OBJMAIL_REDIS_NODES": ""})
+        return dataclasses.replace(spec, ready_timeout=ready_timeout)
+
+    @property
+    def pid(self) -> int | None:
+        """The live process (the supervisor with --workers), or None."""
+        return self.launcher.pid_of(self.spec())
+
     def start(self, timeout: float = 15.0) -> None:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        self.log_path = self.data_dir.parent / f"objstored-{self.port}.log"
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        args = [sys.executable, "-m", "objstore.main", "--config", str(self.config_path),
-                "--listen", self.address, "--data", str(self.data_dir),
-                "--workers", str(self.workers), *self.extra_args]
-        env = dict(os.environ)
-        env.pop("OBJMAIL_REDIS_NODES", None)
-        self.proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                     env=env)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"objstored exited with {self.proc.returncode}:\n"
-                                   + self.log_tail())
-            if self.answers_version():
-                return
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError("objstored did not become ready:\n" + self.log_tail())
+        """Start it and wait until it answers ``version``.
+
+        :raises ops.launcher.LaunchError: it exited or was not ready in time (with its log).
+        """
+        assert self.pid is None, "already running"
+        self.launcher.start(self.spec(timeout))
 
     def answers_version(self) -> bool:
         try:
@@ -87,26 +101,40 @@ class Objstored:
             return False
 
     def log_tail(self, lines: int = 30) -> str:
-        if self.log_path is None or not self.log_path.exists():
+        if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM and wait; returns the exit code."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc is not None else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
+        return self._signal_and_reap(signal.SIGTERM, timeout)
 
     def kill(self) -> None:
-        """SIGKILL (crash simulation); with workers, the children follow via PDEATHSIG."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        """SIGKILL (crash simulation) to the process and its workers."""
+        self._signal_and_reap(signal.SIGKILL, 10.0)
+
+    def _signal_and_reap(self, sig: int, timeout: float) -> int:
+        pid = self.pid
+        if pid is None:
+            return 0
+        self.launcher.signal(self.spec(), sig)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                # Reaped elsewhere (subprocess's cleanup of dropped Popen objects): it is
+                # gone, with an unknown status.
+                self.launcher.pidfile(self.name).unlink(missing_ok=True)
+                return UNKNOWN_STATUS
+            if done == pid:
+                self.launcher.pidfile(self.name).unlink(missing_ok=True)
+                return os.waitstatus_to_exitcode(status)
+            if time.monotonic() > deadline:
+                self.launcher.signal(self.spec(), signal.SIGKILL)
+                raise TimeoutError(f"{self.name} did not exit within {timeout}s after "
+                                   f"signal {sig}:\n{self.log_tail()}")
+            time.sleep(0.02)
 
     def connect(self, timeout: float = 5.0) -> socket.socket:
         s = socket.create_connection((self.host, self.port), timeout=timeout)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from director.client import BlobClient
+from director.client import BlobClient, Coalescer
 from director.codec import FLAG_AESGCM, FLAG_MANIFEST, FLAG_ZLIB, chunk_key
 from director.errors import BlobNotFound
 from director.memcache_client import NodeAddress, NodeClient
@@ -209,3 +209,35 @@ def test_delete_removes_everywhere(config: Config) -> None:
     run(go())
 
 
+
+
+def test_coalescer_batches_concurrent_requests() -> None:
+    """Requests made while a batch is in flight leave together in the next one; each
+    waiter gets its own ids' answer, duplicates are merged, errors reach every waiter."""
+    batches: list[dict[str, frozenset[int]]] = []
+    fail = [False]
+
+    async def run_batch(reqs: dict[str, frozenset[int]]) -> dict[str, tuple[int, ...]]:
+        batches.append(dict(reqs))
+        await asyncio.sleep(0.01)
+        if fail[0]:
+            raise ConnectionError("redis went away")
+        return {k: tuple(sorted(v)) for k, v in reqs.items()}
+
+    async def go() -> None:
+        c: Coalescer[frozenset[int]] = Coalescer(run_batch, frozenset.union)
+        first = asyncio.ensure_future(c.one("a", frozenset({1})))
+        await asyncio.sleep(0)  # the first batch is now in flight
+        rest = await asyncio.gather(c.one("b", frozenset({2})), c.one("a", frozenset({3})),
+                                    c.many({"c": frozenset({4}), "b": frozenset({6})}))
+        assert await first == (1,)
+        assert rest == [(2, 6), (3,), {"c": (4,), "b": (2, 6)}]
+        assert batches == [{"a": {1}}, {"b": {2, 6}, "a": {3}, "c": {4}}]
+        fail[0] = True
+        results = await asyncio.gather(c.one("x", frozenset({1})), c.one("y", frozenset({1})),
+                                       return_exceptions=True)
+        assert all(isinstance(r, ConnectionError) for r in results)
+        fail[0] = False
+        assert await c.one("z", frozenset({9})) == (9,)
+
+    run(go())

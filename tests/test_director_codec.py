@@ -11,10 +11,14 @@ from director.codec import (
     FLAG_AESGCM,
     FLAG_MANIFEST,
     FLAG_ZLIB,
+    SAMPLE_BYTES,
+    SAMPLE_FROM,
     BlobCodec,
     CodecError,
     Manifest,
     blob_id,
+    chunk_key,
+    is_chunk_key,
     load_key,
 )
 
@@ -96,3 +100,27 @@ def test_load_key(tmp_path: Path) -> None:
     assert load_key(str(tmp_path / "hex")) == KEY
     with pytest.raises(CodecError, match="32-byte key"):
         load_key(str(tmp_path / "short"))
+
+
+def test_chunk_keys_are_recognised() -> None:
+    """Keys of the chunk form are recognised (directord reserves them); others are not."""
+    bid = blob_id(b"x")
+    assert is_chunk_key(chunk_key(bid, 0).encode()) and is_chunk_key(chunk_key(bid, 12).encode())
+    assert not is_chunk_key(bid.encode())
+    assert not is_chunk_key(b"photos/1")
+    assert not is_chunk_key(chunk_key(bid, 1).encode() + b"x")
+
+
+def test_large_blobs_are_compressed_only_if_a_sample_compresses() -> None:
+    """A large blob whose middle does not compress is stored plain without deflating it
+    whole; a large compressible one is compressed."""
+    codec = BlobCodec(compression_level=1)
+    big_text = TEXT * 20
+    assert len(big_text) >= SAMPLE_FROM
+    packed, flags = codec.encode(big_text, blob_id(big_text))
+    assert flags == FLAG_ZLIB and codec.decode(packed, flags, blob_id(big_text)) == big_text
+    # Compressible around a random middle: the sample decides, the blob stays plain.
+    middle = os.urandom(2 * SAMPLE_BYTES)
+    half = TEXT * 10
+    mixed = half + middle + half
+    assert codec.encode(mixed, blob_id(mixed)) == (mixed, 0)

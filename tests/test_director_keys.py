@@ -15,6 +15,8 @@ from director.keys import (
     check_node_id,
     decode_nodes,
     encode_nodes,
+    is_blob_id,
+    item_index_id,
 )
 from objstore.reporter import report_key
 
@@ -125,3 +127,24 @@ def test_repair_shards_follow_the_first_hex_digit() -> None:
     keys = Keyspace()
     assert keys.repair_shard(keys.repair_shard_of("f" + "0" * 63)) == "objmail:repair:f"
     assert {keys.repair_shard_of(i) for i in IDS} == set(range(16))
+
+
+def test_report_keys_follow_the_installation_prefix() -> None:
+    """Under a private prefix the registry reads reports where objstored writes them."""
+    keys = Keyspace("t9:")
+    assert keys.report("n1") == report_key("n1", "t9:") == "t9:node:{n1}:report"
+    assert keys.report_pattern == "t9:node:{*}:report"
+    assert keys.report_node_id(report_key("n1", "t9:")) == "n1"
+    assert keys.report_node_id(report_key("n1")) is None
+
+
+def test_item_index_ids() -> None:
+    """A blob id is its own index id; any other key maps to the SHA-256 of a fixed prefix
+    and the key, which is a valid, different blob id."""
+    bid = hashlib.sha256(b"content").hexdigest()
+    assert is_blob_id(bid.encode()) and item_index_id(bid.encode()) == bid
+    assert item_index_id(b"user:42") == hashlib.sha256(b"objmail-item:user:42").hexdigest()
+    assert check_blob_id(item_index_id(b"user:42"))
+    upper = bid.upper().encode()
+    assert not is_blob_id(upper) and item_index_id(upper) != bid
+    assert not is_blob_id(bid.encode() + b"/0")

@@ -14,7 +14,7 @@ from imapd.lmtp_parser import (
 
 
 def events(parser: LMTPParser) -> list[object]:
-    out = []
+    out: list[object] = []
     while (event := parser.next_event()) is not NEED_DATA:
         out.append(event)
     return out

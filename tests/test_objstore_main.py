@@ -121,8 +121,8 @@ def test_workers_share_port_and_store(tmp_path: Path) -> None:
         assert readers[0].stats()[b"cmd_set"] >= 300
         for mc in writers + readers:
             mc.close()
-        assert s.proc is not None
-        children = _children(s.proc.pid)
+        assert s.pid is not None
+        children = _children(s.pid)
         assert len(children) == 2
         assert s.stop() == 0
         for pid in children:
@@ -147,16 +147,17 @@ def _alive(pid: int) -> bool:
 def test_worker_killed_is_restarted(tmp_path: Path) -> None:
     """If a worker dies, the supervisor starts a new one and the port keeps serving."""
     with objstored(tmp_path, workers=2) as s:
-        assert s.proc is not None
-        victim = _children(s.proc.pid)[0]
+        supervisor = s.pid
+        assert supervisor is not None
+        victim = _children(supervisor)[0]
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            kids = _children(s.proc.pid)
+            kids = _children(supervisor)
             if len(kids) == 2 and victim not in kids:
                 break
             time.sleep(0.1)
-        assert len(_children(s.proc.pid)) == 2 and victim not in _children(s.proc.pid)
+        assert len(_children(supervisor)) == 2 and victim not in _children(supervisor)
         mc = client(s)
         assert mc.set("after", b"x") and mc.get("after") == b"x"
         mc.close()

@@ -34,6 +34,13 @@ def test_key_names_use_a_hash_tag() -> None:
     assert hot_key("n1") == "objmail:node:{n1}:hot"
 
 
+def test_key_names_follow_the_configured_prefix() -> None:
+    """cluster.redis_prefix replaces objmail: so installations sharing a Redis Cluster
+    keep their reports apart."""
+    assert report_key("n1", "site2:") == "site2:node:{n1}:report"
+    assert hot_key("n1", "site2:") == "site2:node:{n1}:hot"
+
+
 def test_first_report_has_identity_and_zero_rates() -> None:
     """The first report names the node and its usage; rates need a second sample."""
     fields, hot = build_report(IDENT, None, sample(100.0, 50, [(b"k", 10)]), 32)

@@ -7,8 +7,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from twisted.internet import defer, task
+from twisted.internet.testing import StringTransport
 
-from objstore.server import TOO_MANY_CONNECTIONS, reuseport_socket
+from objstore import protocol as p
+from objstore.replies import Reply, Status, Value, Values
+from objstore.server import (
+    TOO_MANY_CONNECTIONS,
+    Answer,
+    ObjstoreFactory,
+    reuseport_socket,
+)
+from objstore.stats import Counters
+from ops.config import ObjstoreConfig
 from tests.objstore_harness import Harness, exchange
 
 
@@ -216,3 +227,50 @@ def test_reuseport_socket_allows_a_second_listener() -> None:
         b.close()
     finally:
         a.close()
+
+
+class _DeferredHandler:
+    """A handler whose every answer comes later (as directord's do): the test fires them."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[bytes, defer.Deferred[Reply | None]]] = []
+
+    @staticmethod
+    def is_write(cmd: p.Command) -> bool:
+        return isinstance(cmd, p.Store)
+
+    def execute(self, cmd: p.Command) -> Answer:
+        d: defer.Deferred[Reply | None] = defer.Deferred()
+        key = cmd.keys[0] if isinstance(cmd, p.Get) else getattr(cmd, "key", b"")
+        self.pending.append((key, d))
+        return d
+
+    def fire(self, key: bytes, reply: Reply) -> None:
+        for i, (k, d) in enumerate(self.pending):
+            if k == key:
+                del self.pending[i]
+                d.callback(reply)
+                return
+        raise AssertionError(f"no pending command for {key!r}")
+
+
+def test_any_handler_deferred_reads_run_together_replies_keep_order(tmp_path: Path) -> None:
+    """With a handler whose reads answer later, pipelined reads all start at once, replies
+    leave in request order, and a read behind a pending write waits for it."""
+    handler = _DeferredHandler()
+    clock = task.Clock()
+    factory = ObjstoreFactory(handler, ObjstoreConfig(), Counters(), clock)
+    proto = factory.buildProtocol(None)
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    proto.dataReceived(b"get a\r\nget b\r\nset w 0 0 1\r\nx\r\nget c\r\n")
+    # Both reads and the write started; the read after the write is held.
+    assert [k for k, _ in handler.pending] == [b"a", b"b", b"w"]
+    handler.fire(b"b", Values((Value(b"b", 0, b"2"),)))
+    assert tr.value() == b""  # a is still owed first
+    handler.fire(b"a", Values(()))
+    assert tr.value() == b"END\r\nVALUE b 0 1\r\n2\r\nEND\r\n"
+    handler.fire(b"w", Status(b"STORED"))
+    assert [k for k, _ in handler.pending] == [b"c"]
+    handler.fire(b"c", Values(()))
+    assert tr.value().endswith(b"STORED\r\nEND\r\n")

@@ -7,7 +7,6 @@ import hashlib
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -325,9 +324,7 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
                 time.sleep(0.2)
                 if acked.exists() and acked.read_text().count("\n") >= 2000:
                     break
-            assert s.proc is not None
-            os.kill(s.proc.pid, signal.SIGKILL)
-            s.proc.wait(10)
+            s.kill()
             writer.wait(30)
         finally:
             writer.kill()

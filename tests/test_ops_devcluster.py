@@ -170,3 +170,26 @@ def test_env_override_points_at_existing_servers(test_cluster) -> None:
     cluster = DevCluster(config, Path("/nonexistent"),
                          DevOptions(external_pg=True, external_redis=True, objstore_count=0))
     assert cluster.stages() == []
+
+
+def test_whole_cluster_up_twice_status_down(tmp_path: Path) -> None:
+    """Every kind of process comes up healthy, a second up changes nothing, and down
+    leaves no process of the cluster behind."""
+    config = make_test_config()
+    cluster = DevCluster(config, tmp_path / "var",
+                         DevOptions(fast=True, redis_node_timeout_ms=2000))
+    try:
+        started = cluster.up()
+        kinds = {s.kind for s in cluster.status()}
+        assert kinds == {"postgres", "redis", "objstored", "directord", "imapd"}
+        assert len(started) == 12
+        assert all(s.state == "healthy" for s in cluster.status()), cluster.status()
+        pids = {s.name: s.pid for s in cluster.status()}
+        assert cluster.up() == []
+        assert {s.name: s.pid for s in cluster.status()} == pids
+    finally:
+        stopped = cluster.down()
+    assert len(stopped) == 12
+    assert all(s.state == "stopped" for s in cluster.status())
+    leftovers = _processes_mentioning([*_needles(cluster), str(cluster.run_dir)])
+    assert leftovers == []

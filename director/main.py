@@ -1,0 +1,183 @@
+"""``directord``: the memcached-protocol proxy in front of the object servers.
+
+``directord [--config FILE] [--listen HOST:PORT] [--metrics-listen HOST:PORT]``
+
+Twisted runs on the asyncio reactor, so the asyncio blob client (redis-py's asyncio
+cluster client, the pipelined object-server connections) shares the reactor's loop;
+:mod:`director.proxy` bridges the two with ``Deferred.fromFuture``.  The client is opened
+(Redis Cluster reached, index layout checked) before the port is, so a directord that
+answers ``version`` can serve.  The objstored protocol adapter serves the connections,
+with objstored's connection limits (``objstore.max_connections``, ``max_line``,
+``max_pipeline``, ``idle_timeout``, ``slow_reader_timeout``) and its item size: a value
+larger than an object server takes is refused as memcached refuses it.
+
+SIGTERM (or SIGINT) stops accepting, lets every connection finish the replies it owes
+(5 s at most), closes the client and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from ops.config import Config, ConfigError, find_config_path, load_config, parse_hostport
+
+log = logging.getLogger("directord")
+
+#: Seconds connections get to finish their replies at shutdown.
+DRAIN_TIMEOUT: Final = 5.0
+#: Exit status when Redis Cluster or a port cannot be had at startup.
+EXIT_START_FAILED: Final = 1
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="directord",
+                                 description="objmail director: a memcached-protocol proxy "
+                                             "that places, replicates and finds blobs")
+    ap.add_argument("--config", help="objmail.toml (default: $OBJMAIL_CONFIG, ./objmail.toml, "
+                                     "./var/objmail.toml)")
+    ap.add_argument("--listen", help="host:port to serve memcached clients on "
+                                     "(default: director.listen)")
+    ap.add_argument("--metrics-listen",
+                    help="host:port of the Prometheus endpoint, '' for none "
+                         "(default: director.metrics_listen)")
+    return ap
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config file's settings with the command line's overrides.
+
+    :raises ConfigError: a bad file or value, named by its key.
+    """
+    path = find_config_path(args.config, os.environ, Path.cwd())
+    config = load_config(path, os.environ)
+    changes: dict[str, Any] = {}
+    if args.listen is not None:
+        changes["listen"] = args.listen
+    if args.metrics_listen is not None:
+        changes["metrics_listen"] = args.metrics_listen
+    try:
+        director = dataclasses.replace(config.director, **changes)
+    except ConfigError as exc:
+        raise ConfigError(f"director.{exc.key}", exc.message) from None
+    return dataclasses.replace(config, director=director)
+
+
+def serve(config: Config) -> int:
+    """Run directord until SIGTERM/SIGINT; returns the exit status."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    from twisted.internet import asyncioreactor
+
+    asyncioreactor.install(loop)
+    from twisted.internet import defer, reactor
+    from twisted.logger import STDLibLogObserver, globalLogBeginner
+    from twisted.web.server import Site
+
+    from director.client import BlobClient
+    from director.metrics import MetricsResource, ProxyMetrics, Sample
+    from director.proxy import ProxyHandler
+    from objstore.server import ObjstoreFactory
+    from objstore.stats import Counters
+
+    globalLogBeginner.beginLoggingTo([STDLibLogObserver()],  # type: ignore[list-item]
+                                   redirectStandardIO=False)
+    r: Any = reactor
+    dconf = config.director
+    status = [0]
+    ports: list[Any] = []
+    metrics = ProxyMetrics()
+    counters = Counters()
+    state: dict[str, Any] = {}
+
+    def extra_samples() -> Iterator[Sample]:
+        client: BlobClient | None = state.get("client")
+        yield Sample("directord_connections", "gauge", "Open client connections.",
+                     counters.curr_connections)
+        if client is None:
+            return
+        st = client.stats
+        for name, value, text in (
+                ("failovers", st.failovers, "Reads that moved on to the next replica."),
+                ("bad_replicas", st.bad_replicas, "Replicas that returned corrupt bytes."),
+                ("repairs_queued", st.repairs_queued, "Blobs queued for re-replication."),
+                ("item_puts", st.item_puts, "Items written to object servers."),
+                ("item_gets", st.item_gets, "Item keys looked up.")):
+            yield Sample(f"directord_{name}_total", "counter", text, value)
+        yield Sample("directord_index_retries_total", "counter",
+                     "Redis Cluster batches retried (failover, timeouts).",
+                     client.index.runner.stats.retries)
+        for node_id, count in sorted(st.by_node_errors.items()):
+            yield Sample("directord_object_server_errors_total", "counter",
+                         "Failed requests to an object server, by node.", count,
+                         (("node", node_id),))
+
+    def start() -> defer.Deferred[Any]:
+        d = defer.Deferred.fromFuture(asyncio.ensure_future(BlobClient.open(config)))
+        d.addCallback(listen)
+        d.addErrback(failed_to_start)
+        return d
+
+    def listen(client: BlobClient) -> None:
+        state["client"] = client
+        handler = ProxyHandler(client, metrics, cache_bytes=dconf.cache_bytes)
+        # Same protocol, same clients as objstored: its connection limits and item size.
+        factory = ObjstoreFactory(handler, config.objstore, counters, r)
+        state["factory"] = factory
+        host, port = parse_hostport(dconf.listen, "director.listen")
+        ports.append(r.listenTCP(port, factory, interface=host, backlog=1024))
+        if dconf.metrics_listen:
+            mhost, mport = parse_hostport(dconf.metrics_listen, "director.metrics_listen")
+            site = Site(MetricsResource(lambda: metrics.render(extra_samples())))
+            ports.append(r.listenTCP(mport, site, interface=mhost))
+        log.info("directord (pid %d) serving memcached clients on %s, metrics on %s; "
+                 "Redis prefix %r", os.getpid(), dconf.listen, dconf.metrics_listen or "-",
+                 config.cluster.redis_prefix)
+
+    def failed_to_start(reason: Any) -> None:
+        log.error("directord cannot start: %s", reason.getErrorMessage())
+        status[0] = EXIT_START_FAILED
+        r.stop()
+
+    def shutdown() -> defer.Deferred[None]:
+        log.info("directord stopping: no new connections, finishing replies")
+        d: defer.Deferred[Any] = defer.gatherResults(
+            [defer.maybeDeferred(p.stopListening) for p in ports])
+        factory = state.get("factory")
+        if factory is not None:
+            d.addCallback(lambda _: factory.close_all(timeout=DRAIN_TIMEOUT))
+        client = state.get("client")
+        if client is not None:
+            d.addCallback(lambda _: defer.Deferred.fromFuture(
+                asyncio.ensure_future(client.aclose())))
+        d.addErrback(lambda f: log.error("shutdown: %s", f.getErrorMessage()))
+        return d
+
+    r.callWhenRunning(start)
+    r.addSystemEventTrigger("before", "shutdown", shutdown)
+    r.run()
+    log.info("directord stopped")
+    return status[0]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s")
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"directord: {exc}", file=sys.stderr)
+        return 2
+    return serve(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

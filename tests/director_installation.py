@@ -1,0 +1,175 @@
+"""A private objmail installation on the session's Redis Cluster, for director system tests.
+
+Tests that kill object servers, or register broken ones, must not disturb the session's
+shared object servers: each module gets its own installation instead, under its own
+``cluster.redis_prefix`` (so its registry, index and load reports are its own), with its
+own object servers (and directord) started by the project's launcher
+(:class:`ops.devcluster.DevCluster`) on free ports.  At the end every process is stopped
+and every Redis key under the prefix is deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redis.cluster import ClusterNode, RedisCluster
+
+from director.nodes import NodeState
+from director.redisstate import RedisState
+from objstore.reporter import report_key
+from ops.config import ClusterConfig, Config, DirectorConfig, ObjstoreConfig, parse_hostport
+from ops.devcluster import DevCluster, DevObjstore, DevOptions
+from ops.launcher import ProcessSpec
+from tests.conftest import free_port_block
+
+
+@dataclass
+class Installation:
+    """A running private installation."""
+
+    config: Config
+    cluster: DevCluster
+
+    @property
+    def prefix(self) -> str:
+        return self.config.cluster.redis_prefix
+
+    def objstores(self) -> list[DevObjstore]:
+        return self.cluster.dev_objstores()
+
+    def spec(self, name: str) -> ProcessSpec:
+        return self.cluster.spec(name)
+
+    def kill(self, name: str) -> None:
+        """kill -9 one process and wait until it is gone."""
+        spec = self.spec(name)
+        pid = self.cluster.launcher.pid_of(spec)
+        assert pid is not None, f"{name} is not running"
+        self.cluster.launcher.signal(spec, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self.cluster.launcher.pid_of(spec) is not None:
+            assert time.monotonic() < deadline, f"{name} survived SIGKILL"
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.02)
+
+    def start(self, name: str) -> None:
+        """(Re)start one process through the launcher and wait until it serves."""
+        self.cluster.launcher.start(self.spec(name))
+
+    def redis(self) -> RedisCluster:
+        host, port = parse_hostport(self.config.cluster.redis_nodes[0])
+        return RedisCluster(startup_nodes=[ClusterNode(host, port)])
+
+
+def private_config(redis_nodes: list[str], objstores: int, **director: Any) -> Config:
+    """A config of its own: a fresh Redis prefix and free ports for everything.
+
+    Load reports live 15 s so that a Redis failover (reporters back off while it lasts)
+    does not make the object servers look down.
+    """
+    objstore_base = free_port_block(objstores)
+    director_base = free_port_block(2)
+    return Config(
+        cluster=ClusterConfig(redis_nodes=tuple(redis_nodes),
+                              redis_prefix=f"t{uuid.uuid4().hex[:10]}:"),
+        objstore=ObjstoreConfig(listen=f"127.0.0.1:{objstore_base}", report_interval=1.0,
+                                report_ttl=15),
+        director=dataclasses.replace(
+            DirectorConfig(listen=f"127.0.0.1:{director_base}",
+                           metrics_listen=f"127.0.0.1:{director_base + 1}",
+                           index_buckets=1024), **director))
+
+
+@contextlib.contextmanager
+def private_installation(redis_nodes: list[str], run_dir: Path, *, objstores: int = 4,
+                         stages: tuple[str, ...] = ("objstore",),
+                         before_start: Callable[[Config], None] | None = None,
+                         **director: Any) -> Iterator[Installation]:
+    """Run ``objstores`` objstored (zones a, b, c, a...) registered under a private
+    prefix, plus the other ``stages`` (e.g. ``directord``), for the block.
+
+    :param before_start: called with the config before anything starts (to register
+        nodes that must get the lowest node numbers).
+    :param director: ``[director]`` settings to change.
+    """
+    config = private_config(redis_nodes, objstores, **director)
+    cluster = DevCluster(config, run_dir, DevOptions(
+        objstore_count=objstores, only=frozenset(stages), install_missing=False))
+    try:
+        if before_start is not None:
+            before_start(config)
+        cluster.up()
+        yield Installation(config, cluster)
+    finally:
+        try:
+            cluster.down()
+        finally:
+            drop_prefix(config)
+
+
+def drop_prefix(config: Config) -> None:
+    """Delete every Redis key of the installation (its prefix) on every master."""
+    host, port = parse_hostport(config.cluster.redis_nodes[0])
+    rc = RedisCluster(startup_nodes=[ClusterNode(host, port)])
+    try:
+        for key in list(rc.scan_iter(match=f"{config.cluster.redis_prefix}*", count=1000)):
+            rc.delete(key)
+    finally:
+        rc.close()
+
+
+def register_node(config: Config, node_id: str, address: str, *, zone: str, tier: str,
+                  ops_per_sec: float = 0.0, ttl: int = 3600) -> int:
+    """Register a node that is not an objstored (a test's fake server) and give it a live
+    load report, as objstored would write; returns its node number."""
+    async def go() -> int:
+        state = await RedisState.open(config.cluster, config.director)
+        try:
+            node = await state.registry.add(node_id, address, zone=zone, tier=tier)
+            return node.number
+        finally:
+            await state.aclose()
+
+    number = asyncio.run(go())
+    host, port = parse_hostport(config.cluster.redis_nodes[0])
+    rc = RedisCluster(startup_nodes=[ClusterNode(host, port)])
+    try:
+        key = report_key(node_id, config.cluster.redis_prefix)
+        rc.hset(key, mapping={
+            "node_id": node_id, "addr": address, "zone": zone, "tier": tier,
+            "capacity_bytes": str(1 << 30), "used_bytes": "0", "items": "0",
+            "ops_per_sec": f"{ops_per_sec:.1f}", "reported_at": f"{time.time():.3f}"})
+        rc.expire(key, ttl)
+    finally:
+        rc.close()
+    return number
+
+
+def wait_state(config: Config, node_id: str, wanted: NodeState, timeout: float = 30) -> None:
+    """Wait until the registry shows ``node_id`` in state ``wanted``."""
+    async def go() -> None:
+        state = await RedisState.open(config.cluster, config.director)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                node = (await state.registry.snapshot()).get(node_id)
+                if node is not None and node.state is wanted:
+                    return
+                assert time.monotonic() < deadline, \
+                    f"{node_id} is {node.state if node else 'unknown'}, not {wanted}"
+                await asyncio.sleep(0.2)
+        finally:
+            await state.aclose()
+
+    asyncio.run(go())

@@ -1,0 +1,336 @@
+"""directord against real clients: pymemcache and libmemcached's memcp/memcat talking to a
+real directord process in front of real objstored processes and Redis Cluster.
+
+The module runs a private installation (its own Redis prefix, four object servers and a
+directord, started by the project launcher), so killing an object server here disturbs
+no other test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from pymemcache.client.base import Client
+from pymemcache.exceptions import MemcacheServerError
+
+from director.client import BlobClient
+from director.codec import FLAG_ZLIB, BlobCodec, blob_id
+from director.keys import item_index_id
+from director.proxy import VERSION, unsupported
+from ops.config import Config, parse_hostport
+from tests.conftest import CORPUS, RunningRedis
+from tests.director_installation import Installation, private_installation
+
+T = TypeVar("T")
+
+MEMCP = shutil.which("memcp") or shutil.which("memccp")
+MEMCAT = shutil.which("memcat") or shutil.which("memccat")
+
+
+@pytest.fixture(scope="module")
+def installation(redis_cluster: RunningRedis,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
+    with private_installation(redis_cluster.nodes, tmp_path_factory.mktemp("proxy"),
+                              stages=("objstore", "directord"), timeout=1.0) as inst:
+        yield inst
+
+
+@pytest.fixture
+def address(installation: Installation) -> tuple[str, int]:
+    return parse_hostport(installation.config.director.listen)
+
+
+def client(address: tuple[str, int], **kw: object) -> Client:
+    kw.setdefault("default_noreply", False)
+    return Client(address, timeout=10, connect_timeout=5, **kw)
+
+
+def exchange(address: tuple[str, int], request: bytes, until: bytes = b"\r\n") -> bytes:
+    """Send raw bytes, read until the reply ends with ``until``."""
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(request)
+        out = b""
+        while not out.endswith(until):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+def with_client(config: Config, body: Callable[[BlobClient], Awaitable[T]]) -> T:
+    """Run ``body`` with a blob client of the installation, on a fresh event loop."""
+    async def go() -> T:
+        blobs = await BlobClient.open(config)
+        try:
+            return await body(blobs)
+        finally:
+            await blobs.aclose()
+
+    return asyncio.run(go())
+
+
+def test_set_get_add_delete_touch(address: tuple[str, int]) -> None:
+    """The classic commands behave as memcached's: set overwrites, add refuses a present
+    key, delete removes, touch answers for present keys only."""
+    mc = client(address)
+    key = f"k-{os.urandom(4).hex()}"
+    assert mc.get(key) is None
+    assert mc.set(key, b"one")
+    assert mc.get(key) == b"one"
+    assert mc.set(key, b"two")
+    assert mc.get(key) == b"two"
+    assert not mc.add(key, b"three")
+    assert mc.get(key) == b"two"
+    assert mc.add(key + "-new", b"fresh") and mc.get(key + "-new") == b"fresh"
+    assert mc.touch(key, 3600)
+    assert not mc.touch(key + "-none", 10)
+    assert mc.delete(key)
+    assert mc.get(key) is None
+    assert not mc.delete(key)
+    assert mc.get_many([key, key + "-new", "absent"]) == {key + "-new": b"fresh"}
+    value, cas = mc.gets(key + "-new")
+    assert value == b"fresh" and int(cas) > 0
+    mc.close()
+
+
+def test_binary_values_and_flags_are_kept_exactly(address: tuple[str, int]) -> None:
+    """Values with every byte (CR LF included) and client flags come back as set."""
+    key = f"bin-{os.urandom(4).hex()}".encode()
+    value = bytes(range(256)) * 40 + b"\r\nEND\r\n" + os.urandom(1000)
+    reply = exchange(address, b"set %s 4242 0 %d\r\n%s\r\n" % (key, len(value), value))
+    assert reply == b"STORED\r\n"
+    reply = exchange(address, b"get %s\r\n" % key, until=b"END\r\n")
+    assert reply == b"VALUE %s 4242 %d\r\n%s\r\nEND\r\n" % (key, len(value), value)
+
+
+def test_set_replicates_as_given_in_distinct_zones(installation: Installation,
+                                                   address: tuple[str, int]) -> None:
+    """A set stores the value and flags unchanged on `replicas` object servers of
+    distinct zones, recorded in the index under the key's index id."""
+    key = f"repl-{os.urandom(4).hex()}".encode()
+    value = b"x" * 5000  # compressible, but stored as given
+    assert exchange(address, b"set %s 7 0 %d\r\n%s\r\n" % (key, len(value), value)) == \
+        b"STORED\r\n"
+
+    async def body(blobs: BlobClient) -> None:
+        numbers = await blobs.index.locations(item_index_id(key))
+        nodes = (await blobs.snapshot()).resolve(numbers)
+        assert len(nodes) == installation.config.director.replicas
+        assert len({n.zone for n in nodes}) == len(nodes)
+        for node in nodes:
+            got = await blobs.node_client(node).get(key)
+            assert got is not None and (got.flags, got.value) == (7, value)
+
+    with_client(installation.config, body)
+
+
+def test_noreply_then_read_sees_the_writes(address: tuple[str, int]) -> None:
+    """noreply writes answer nothing; a read on the same connection sees them."""
+    mc = client(address, default_noreply=True)
+    keys = [f"nr-{os.urandom(3).hex()}-{i}" for i in range(20)]
+    for i, key in enumerate(keys):
+        mc.set(key, b"%d" % i)
+    assert mc.get_many(keys) == {k: b"%d" % i for i, k in enumerate(keys)}
+    mc.delete(keys[0])
+    assert mc.get(keys[0]) is None
+    mc.close()
+
+
+def test_values_up_to_the_item_size(installation: Installation,
+                                    address: tuple[str, int]) -> None:
+    """A value of exactly the object servers' item size is stored; one byte more is
+    refused in memcached's words, and the key's old value is gone."""
+    limit = installation.config.objstore.max_item_size
+    mc = client(address)
+    key = f"big-{os.urandom(4).hex()}"
+    big = os.urandom(limit)
+    assert mc.set(key, big)
+    assert mc.get(key) == big
+    with pytest.raises(MemcacheServerError, match="object too large for cache"):
+        mc.set(key, big + b"!")
+    assert mc.get(key) is None
+    assert mc.version() == VERSION
+    mc.close()
+
+
+@pytest.mark.parametrize(("request_", "name"), [
+    (b"incr n 1\r\n", b"incr"), (b"decr n 1\r\n", b"decr"),
+    (b"append k 0 0 1\r\nx\r\n", b"append"), (b"prepend k 0 0 1\r\nx\r\n", b"prepend"),
+    (b"replace k 0 0 1\r\nx\r\n", b"replace"), (b"cas k 0 0 1 5\r\nx\r\n", b"cas"),
+    (b"gat 10 k\r\n", b"gat"), (b"gats 10 k\r\n", b"gats"), (b"stats\r\n", b"stats"),
+    (b"flush_all\r\n", b"flush_all"), (b"verbosity 1\r\n", b"verbosity"),
+    (b"lru_crawler metadump all\r\n", b"lru_crawler"), (b"ma n\r\n", b"ma"),
+    (b"me k\r\n", b"me"),
+])
+def test_other_commands_are_refused_by_name(address: tuple[str, int], request_: bytes,
+                                            name: bytes) -> None:
+    """Commands directord does not proxy get SERVER_ERROR naming the command."""
+    assert exchange(address, request_) == b"SERVER_ERROR %s not supported by directord\r\n" \
+        % name
+    assert unsupported(name).line == b"SERVER_ERROR %s not supported by directord" % name
+
+
+def test_unknown_and_malformed_commands(address: tuple[str, int]) -> None:
+    """Garbage gets memcached's own words, and the connection goes on."""
+    assert exchange(address, b"bogus\r\nversion\r\n", until=b"directord\r\n") == \
+        b"ERROR\r\nVERSION " + VERSION + b"\r\n"
+    assert exchange(address, b"set k x 0 1\r\n") == b"CLIENT_ERROR bad command line format\r\n"
+    assert exchange(address, b"incr n 1 noreply\r\nversion\r\n") == \
+        b"VERSION " + VERSION + b"\r\n"
+
+
+def test_meta_commands(address: tuple[str, int]) -> None:
+    """ms/mg/md/mn work with the flags a proxy can honour; others are refused."""
+    key = f"meta-{os.urandom(4).hex()}".encode()
+    assert exchange(address, b"ms %s 5 F7 T0 k Oab\r\nhello\r\n" % key) == \
+        b"HD k%s Oab\r\n" % key
+    assert exchange(address, b"mg %s s v f k\r\n" % key, until=b"hello\r\n") == \
+        b"VA 5 s5 f7 k%s\r\nhello\r\n" % key
+    assert exchange(address, b"mg %s-none v k q\r\nmn\r\n" % key) == b"MN\r\n"
+    assert exchange(address, b"mg %s-none v k\r\n" % key) == b"EN k%s-none\r\n" % key
+    assert exchange(address, b"ms %s 2 ME\r\nzz\r\n" % key) == b"NS\r\n"
+    assert exchange(address, b"ms %s 2 MR\r\nzz\r\n" % key) == \
+        b"SERVER_ERROR ms mode R not supported by directord\r\n"
+    assert exchange(address, b"mg %s t v\r\n" % key) == \
+        b"SERVER_ERROR mg flag(s) t not supported by directord\r\n"
+    assert exchange(address, b"md %s q\r\nmn\r\n" % key) == b"MN\r\n"
+    assert exchange(address, b"md %s\r\n" % key) == b"NF\r\n"
+
+
+def test_blob_ids_read_encoded_and_are_guarded(installation: Installation,
+                                               address: tuple[str, int]) -> None:
+    """A blob stored by the library reads through directord as stored (compressed, with
+    the flag that says so); a value that is not the blob's content is refused; a second
+    set is a dedup hit; blob ids cannot be deleted or made to expire."""
+    files = sorted(p for p in (CORPUS / "apache-spamassassin").rglob("*") if p.is_file())
+    data = files[0].read_bytes() + os.urandom(8)
+    bid = with_client(installation.config, lambda blobs: blobs.put(data))
+    reply = exchange(address, b"get %s\r\n" % bid.encode(), until=b"END\r\n")
+    head, _, rest = reply.partition(b"\r\n")
+    _value, _key, flags_s, size_s = head.split()
+    flags, size = int(flags_s), int(size_s)
+    assert flags & FLAG_ZLIB and size < len(data)
+    assert BlobCodec().decode(rest[:size], flags, bid) == data
+
+    other = os.urandom(300)
+    other_id = blob_id(other)
+    assert exchange(address, b"set %s 0 0 3\r\nbad\r\n" % other_id.encode()).startswith(
+        b"CLIENT_ERROR value does not match its blob id")
+    assert exchange(address, b"set %s 0 0 %d\r\n%s\r\n" % (
+        other_id.encode(), len(other), other)) == b"STORED\r\n"
+    assert with_client(installation.config, lambda blobs: blobs.get(other_id)) == other
+    assert exchange(address, b"set %s 0 0 %d\r\n%s\r\n" % (
+        other_id.encode(), len(other), other)) == b"STORED\r\n"
+    assert exchange(address, b"add %s 0 0 %d\r\n%s\r\n" % (
+        other_id.encode(), len(other), other)) == b"NOT_STORED\r\n"
+    assert exchange(address, b"delete %s\r\n" % other_id.encode()).startswith(
+        b"CLIENT_ERROR blob ids are deleted by gc")
+    assert exchange(address, b"touch %s 60\r\n" % other_id.encode()).startswith(
+        b"CLIENT_ERROR blob ids never expire")
+    assert exchange(address, b"set %s/0 0 0 1\r\nx\r\n" % other_id.encode()).startswith(
+        b"CLIENT_ERROR keys <blob id>/<n> are reserved")
+    mc = client(address)
+    assert mc.get(other_id) == other  # read, then served from the cache
+    assert mc.get(other_id) == other
+    mc.close()
+    metrics = scrape(installation)
+    assert _metric(metrics, "directord_dedup_hits_total") >= 2
+    assert _metric(metrics, "directord_cache_hits_total") >= 1
+
+
+def scrape(installation: Installation) -> str:
+    host, port = parse_hostport(installation.config.director.metrics_listen)
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        return resp.read().decode()
+
+
+def _metric(text: str, line_start: str) -> float:
+    """The value of the sample whose name and labels are exactly ``line_start``."""
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == line_start:
+            return float(value)
+    raise AssertionError(f"{line_start} not in metrics:\n{text}")
+
+
+def test_metrics_endpoint(installation: Installation, address: tuple[str, int]) -> None:
+    """GET /metrics counts requests and errors by command and times them."""
+    mc = client(address)
+    mc.set("metrics-key", b"v")
+    mc.get("metrics-key")
+    mc.close()
+    exchange(address, b"incr n 1\r\n")
+    text = scrape(installation)
+    assert _metric(text, 'directord_requests_total{command="set"}') >= 1
+    assert _metric(text, 'directord_errors_total{command="incr",kind="unsupported"}') >= 1
+    assert _metric(text, 'directord_request_seconds_bucket{command="get",le="+Inf"}') >= 1
+    assert _metric(text, 'directord_request_seconds_count{command="get"}') >= 1
+    assert _metric(text, "directord_connections") >= 0
+    assert "# TYPE directord_request_seconds histogram" in text
+
+
+@pytest.mark.skipif(MEMCP is None or MEMCAT is None, reason="libmemcached-tools missing")
+def test_memcp_and_memcat_roundtrip_a_file(address: tuple[str, int], tmp_path: Path) -> None:
+    """libmemcached's memcp stores a file through directord and memcat reads it back
+    byte for byte, flags included."""
+    source = max((p for p in (CORPUS / "apache-spamassassin").rglob("*") if p.is_file()),
+                 key=lambda p: p.stat().st_size)
+    name = f"mail-{os.urandom(4).hex()}.eml"
+    copy = tmp_path / name
+    copy.write_bytes(source.read_bytes())
+    servers = f"{address[0]}:{address[1]}"
+    assert MEMCP is not None and MEMCAT is not None
+    put = subprocess.run([MEMCP, "--servers", servers, "--flags", "99", str(copy)],
+                         capture_output=True, timeout=60)
+    assert put.returncode == 0, put.stderr
+    out = tmp_path / "out"
+    got = subprocess.run([MEMCAT, "--servers", servers, f"--file={out}", name],
+                         capture_output=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    assert out.read_bytes() == source.read_bytes()
+    flags = subprocess.run([MEMCAT, "--servers", servers, "--flags", name],
+                           capture_output=True, timeout=60)
+    assert flags.stdout.startswith(b"99\n")
+
+
+def test_get_fails_over_when_a_replica_dies(installation: Installation,
+                                            address: tuple[str, int]) -> None:
+    """kill -9 the replica directord reads first: gets still answer from the other
+    replica; the restarted server serves again."""
+    mc = client(address)
+    keys = [f"fo-{os.urandom(4).hex()}-{i}" for i in range(30)]
+    for key in keys:
+        assert mc.set(key, key.encode() * 3)
+
+    async def read_order(blobs: BlobClient) -> list[str]:
+        index_id = item_index_id(keys[0].encode())
+        numbers = await blobs.index.locations(index_id)
+        return [n.id for n in await blobs._ordered(index_id, numbers)]
+
+    victim = with_client(installation.config, read_order)[0]
+    installation.kill(victim)
+    try:
+        started = time.monotonic()
+        assert mc.get_many(keys) == {k: k.encode() * 3 for k in keys}
+        for key in keys:
+            assert mc.get(key) == key.encode() * 3
+        assert time.monotonic() - started < 30
+        assert mc.set(b"after-kill", b"still writing")
+        assert mc.get(b"after-kill") == b"still writing"
+        assert _metric(scrape(installation), "directord_failovers_total") >= 1
+    finally:
+        installation.start(victim)
+    assert mc.set(b"after-restart", b"x") and mc.get(b"after-restart") == b"x"
+    mc.close()
