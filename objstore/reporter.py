@@ -138,15 +138,18 @@ class RedisClusterSink:
         self._client: Any = None
 
     def _connect(self) -> Any:
+        from redis.backoff import NoBackoff
         from redis.cluster import ClusterNode, RedisCluster
+        from redis.retry import Retry
 
         startup = []
         for node in self._nodes:
             host, _, port = node.rpartition(":")
             startup.append(ClusterNode(host.strip("[]"), int(port)))
+        # No retries inside redis-py: a failed report is retried by the scheduler.
         return RedisCluster(startup_nodes=startup, socket_timeout=self._timeout,
                             socket_connect_timeout=self._timeout,
-                            cluster_error_retry_attempts=1)
+                            retry=Retry(NoBackoff(), 0))
 
     def write(self, node_id: str, fields: dict[str, str], hot: dict[bytes, float],
               ttl: int) -> None:
@@ -229,7 +232,10 @@ class LoadReporter:
         if ok is True:
             self._schedule(self.interval)
         else:
-            delay = min(self.interval * 2 ** min(self.failures, 10), MAX_BACKOFF)
+            # Back off, but retry well within the report's lifetime: once Redis is
+            # back, the node must report before directors see it as down.
+            cap = min(MAX_BACKOFF, max(self.interval, self.ttl / 3))
+            delay = min(self.interval * 2 ** min(self.failures, 10), cap)
             self._schedule(max(delay, self.interval))
 
     def report_once(self) -> defer.Deferred[bool]:
