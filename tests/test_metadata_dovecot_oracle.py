@@ -1,8 +1,8 @@
 """Differential tests: our cached FETCH data against a real Dovecot, byte for byte.
 
-A private Dovecot (Debian's dovecot-imapd) is started on a free loopback port with a
-throw-away configuration and a maildir holding every corpus message plus generated
-ones. For each message we compare RFC822.SIZE, ENVELOPE, BODY and BODYSTRUCTURE with
+A private Dovecot (Debian's dovecot-imapd, run by :class:`ops.bench.dovecot.PrivateDovecot`)
+is started on a free loopback port with a throw-away configuration and a maildir holding
+every corpus message plus generated ones. For each message we compare RFC822.SIZE, ENVELOPE, BODY and BODYSTRUCTURE with
 what :mod:`metadata.envelope` / :mod:`metadata.bodystructure` render, and
 ``BODY[section]`` / ``BODY[section]<partial>`` with the ranges of
 :mod:`metadata.sections` read through :mod:`metadata.splitter`.
@@ -23,18 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import getpass
-import grp
 import imaplib
-import os
-import pwd
 import random
 import re
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,12 +36,12 @@ from metadata.envelope import tree_envelope
 from metadata.mimetree import parse
 from metadata.sections import imap_view, section_map
 from metadata.splitter import read_imap_range, split
+from ops.bench.dovecot import PrivateDovecot, dovecot_installed
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 
 pytestmark = pytest.mark.skipif(
-    not Path(DOVECOT).exists() or not CORPUS.is_dir(),
+    not dovecot_installed() or not CORPUS.is_dir(),
     reason="Dovecot (dovecot-imapd) or the corpus is not installed",
 )
 
@@ -165,76 +156,6 @@ GENERATED_MESSAGES = [_generated(random.Random(seed)) for seed in range(GENERATE
 # --- the server --------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _config(root: Path, port: int) -> str:
-    if os.geteuid() == 0:
-        # Dovecot refuses to run login processes or mail access as root.
-        login_user = "dovenull" if _user_exists("dovenull") else "nobody"
-        internal_user = "root"
-        mail_uid = pwd.getpwnam("nobody").pw_uid if _user_exists("nobody") else 65534
-        mail_gid = pwd.getpwnam("nobody").pw_gid if _user_exists("nobody") else 65534
-    else:
-        login_user = internal_user = getpass.getuser()
-        mail_uid, mail_gid = os.getuid(), os.getgid()
-    return f"""
-base_dir = {root}/run
-state_dir = {root}/state
-log_path = {root}/dovecot.log
-protocols = imap
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-default_internal_user = {internal_user}
-default_internal_group = {_group_of(internal_user)}
-default_login_user = {login_user}
-first_valid_uid = 0
-first_valid_gid = 0
-mail_location = maildir:{root}/mail/%u
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {root}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid={mail_uid} gid={mail_gid} home={root}/home/%u
-}}
-service imap-login {{
-  chroot =
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-service anvil {{
-  chroot =
-}}
-"""
-
-
-def _user_exists(name: str) -> bool:
-    """Whether the system knows user *name*."""
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-def _group_of(user: str) -> str:
-    """The name of *user*'s primary group."""
-    return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
-
-
 class Oracle:
     """A running Dovecot and the UID of each message name in its INBOX."""
 
@@ -271,74 +192,30 @@ def _message_files() -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def oracle() -> Iterator[Oracle]:
-    # Not pytest's tmp_path: its parents are private to us, and Dovecot's mail
-    # processes run as an unprivileged user that must reach the maildir.
-    root = Path(tempfile.mkdtemp(prefix="objmail-dovecot-"))
-    root.chmod(0o711)
-    try:
-        yield from _run_dovecot(root)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _run_dovecot(root: Path) -> Iterator[Oracle]:
-    """Start Dovecot over a maildir of every test message; stop it whatever happens."""
-    port = _free_port()
-    for sub in ("run", "state", "home", "mail/tester/cur", "mail/tester/new", "mail/tester/tmp"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    (root / "dovecot.conf").write_text(_config(root, port))
-    (root / "passwd").write_text("tester:{PLAIN}secret\n")
-    messages = _message_files()
-    files: dict[str, str] = {}
-    for i, (name, raw) in enumerate(messages.items()):
-        base = f"{1_600_000_000 + i}.M{i}P1.objmail"
-        (root / "mail" / "tester" / "cur" / f"{base}:2,").write_bytes(raw)
-        files[base] = name
-    if os.geteuid() == 0:
-        uid = pwd.getpwnam("nobody").pw_uid if _user_exists("nobody") else 65534
-        gid = pwd.getpwnam("nobody").pw_gid if _user_exists("nobody") else 65534
-        for path in [root / "mail", root / "home", *(root / "mail").rglob("*")]:
-            os.chown(path, uid, gid)
-    proc = subprocess.Popen(
-        [DOVECOT, "-F", "-c", str(root / "dovecot.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    imap: imaplib.IMAP4 | None = None
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                log = root / "dovecot.log"
-                pytest.fail(f"dovecot exited: {log.read_text() if log.exists() else '(no log)'}")
-            try:
-                imap = imaplib.IMAP4("127.0.0.1", port, timeout=30)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        imap.login("tester", "secret")
-        typ, _ = imap.select("INBOX", readonly=True)
-        assert typ == "OK"
-        uids: dict[str, int] = {}
-        uidlist = (root / "mail" / "tester" / "dovecot-uidlist").read_text()
-        for entry in uidlist.splitlines()[1:]:
-            uid_text, rest = entry.split(" ", 1)
-            filename = rest[rest.index(":") + 1 :].split(":", 1)[0]
-            uids[files[filename]] = int(uid_text)
-        assert len(uids) == len(messages)
-        yield Oracle(imap, uids, messages)
-    finally:
-        if imap is not None:
+    """Dovecot over a maildir of every test message; stopped and removed whatever happens."""
+    with PrivateDovecot(["tester"], password="secret", protocols=("imap",)) as dovecot:
+        messages = _message_files()
+        files: dict[str, str] = {}
+        for i, (name, raw) in enumerate(messages.items()):
+            base = f"{1_600_000_000 + i}.M{i}P1.objmail"
+            dovecot.put_message("tester", base, raw)
+            files[base] = name
+        imap = imaplib.IMAP4("127.0.0.1", dovecot.imap_port, timeout=30)
+        try:
+            imap.login("tester", "secret")
+            typ, _ = imap.select("INBOX", readonly=True)
+            assert typ == "OK"
+            uids: dict[str, int] = {}
+            uidlist = (dovecot.maildir("tester") / "dovecot-uidlist").read_text()
+            for entry in uidlist.splitlines()[1:]:
+                uid_text, rest = entry.split(" ", 1)
+                filename = rest[rest.index(":") + 1 :].split(":", 1)[0]
+                uids[files[filename]] = int(uid_text)
+            assert len(uids) == len(messages)
+            yield Oracle(imap, uids, messages)
+        finally:
             with contextlib.suppress(OSError, imaplib.IMAP4.error):
                 imap.logout()
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # --- comparisons -------------------------------------------------------------------

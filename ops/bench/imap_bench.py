@@ -23,6 +23,16 @@ reports compare directly:
 
 The client is a minimal asyncio IMAP reader (tagged responses, literals) so that the load
 generator itself is not the bottleneck: it never parses more than it needs.
+
+``--compare`` runs the comparison of BENCHMARKS.md in one go: it starts an objmail cluster
+(:class:`ops.bench.common.ObjmailCluster`, the stages of ``objmail dev up``, durable) and a
+private Dovecot (:class:`ops.bench.dovecot.PrivateDovecot`, maildir), creates the users
+``bench0..`` in both, delivers the same ``--seed`` corpus messages to each user's INBOX on
+both servers through their LMTP listeners, then runs the mix ``--reps`` times against each
+(alternating which goes first) and prints per-command rates and latencies, the medians, and
+the ratio objmail/Dovecot::
+
+    .venv/bin/python -m ops.bench.imap_bench --compare --clients 20 --duration 30 --reps 3
 """
 
 from __future__ import annotations
@@ -41,6 +51,21 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ops.bench.common import (
+    DEFAULT_CORPUS,
+    LmtpClient,
+    ObjmailCluster,
+    corpus_messages,
+    lmtp_payload,
+    load_text,
+    markdown_table,
+    median,
+    percentile,
+    tree_cpu_seconds,
+    wait_for_quiet,
+)
+from ops.bench.dovecot import PrivateDovecot
 
 DEFAULT_MIX = "fetch_headers=30,fetch_message=15,search=15,store=15,append=10,expunge=5,noop=10"
 _LITERAL = re.compile(rb"\{(\d+)\+?\}\r\n$")
@@ -113,14 +138,6 @@ class Stats:
             self.latencies[name].extend(values)
         for name, count in other.errors.items():
             self.errors[name] += count
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    index = min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))
-    return ordered[index]
 
 
 def parse_mix(text: str) -> list[tuple[str, int]]:
@@ -227,10 +244,7 @@ OPERATIONS = ("fetch_headers", "fetch_message", "search", "store", "append", "ex
 
 
 def load_corpus(directory: Path, limit: int) -> list[bytes]:
-    files = sorted(p for p in directory.rglob("*") if p.is_file()
-                   and p.name not in ("FEATURES.tsv", "MANIFEST.sha256", "README.md")
-                   and "LICENSES" not in p.parts and p.stat().st_size < 512 * 1024)
-    return [p.read_bytes() for p in files[:limit]]
+    return corpus_messages(directory, limit, max_size=512 * 1024)
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
