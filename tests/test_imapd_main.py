@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
+from imapd.lmtp import LMTPFactory
 from imapd.main import EX_CONFIG, Services, listeners, main
 from imapd.pop3server import Pop3Factory
 from imapd.server import IMAPFactory
@@ -25,15 +26,17 @@ def services(imapd: ImapdConfig, tls: object = None) -> Services:
 
 
 def test_listeners_follow_the_config() -> None:
-    """IMAP and POP3 always (unless their address is empty); IMAPS only with a TLS
+    """IMAP, POP3 and LMTP always (unless their address is empty); IMAPS only with a TLS
     context, and then with the context attached for listenSSL."""
     found = listeners(services(ImapdConfig()))
     assert [(x.name, x.address) for x in found] == [("imap", "127.0.0.1:1143"),
-                                                    ("pop3", "127.0.0.1:1110")]
+                                                    ("pop3", "127.0.0.1:1110"),
+                                                    ("lmtp", "127.0.0.1:2424")]
     assert isinstance(found[0].factory, IMAPFactory)
     assert isinstance(found[1].factory, Pop3Factory)
+    assert isinstance(found[2].factory, LMTPFactory)
     tls = object()
-    found = listeners(services(ImapdConfig(pop3_listen=""), tls))
+    found = listeners(services(ImapdConfig(pop3_listen="", lmtp_listen=""), tls))
     assert [x.name for x in found] == ["imap", "imaps"]
     assert found[1].tls is tls and found[1].factory.secure and found[0].factory.tls is tls
 
