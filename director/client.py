@@ -78,6 +78,7 @@ from director.memcache_client import (
 )
 from director.nodes import Node, NodeState
 from director.placement import PlacementPolicy, Placer
+from director.redisconn import RetryPolicy
 from director.redisstate import RedisState
 from director.registry import Registry, RegistrySnapshot
 from director.repairqueue import RepairQueue
@@ -220,10 +221,14 @@ class BlobClient:
         self.chunk_size = config.objstore.max_item_size - ENVELOPE_SLACK
 
     @classmethod
-    async def open(cls, config: Config) -> BlobClient:
-        """Connect to Redis Cluster; object-server connections open on first use."""
+    async def open(cls, config: Config, *, retry: RetryPolicy | None = None) -> BlobClient:
+        """Connect to Redis Cluster; object-server connections open on first use.
+
+        :param retry: how long Redis operations are retried (``objmail`` commands wait
+            less than daemons).
+        """
         dconf = config.director
-        state = await RedisState.open(config.cluster, dconf)
+        state = await RedisState.open(config.cluster, dconf, retry=retry)
         key = load_key(dconf.encryption_key_file) if dconf.encryption_key_file else None
         disk = (DiskCache(Path(dconf.disk_cache_dir), dconf.disk_cache_bytes)
                 if dconf.disk_cache_dir else None)

@@ -54,3 +54,21 @@ class BlobNotFound(BlobError):
 
 class BlobCorrupt(BlobError):
     """Every replica that answered returned bytes that do not hash to the blob's id."""
+
+
+class LeaseHeld(DirectorError):
+    """Another director holds the lease of a background job: it runs the job now.
+
+    :param job: the job (``repair``, ``level``, ``drain:<node id>``).
+    :param holder: the holder's token (``host:pid:random``), None if it just ended.
+    """
+
+    def __init__(self, job: str, holder: str | None) -> None:
+        self.job = job
+        self.holder = holder
+        super().__init__(f"job {job} is being run by another director "
+                         f"({holder or 'just finished'})")
+
+
+class LeaseLost(DirectorError):
+    """This director's lease on a job ran out (another may have taken over): stop."""

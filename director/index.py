@@ -110,6 +110,43 @@ return out
 """)
 
 
+# KEYS[1] = bucket; ARGV = field, numbers to add, numbers to remove, ... (comma lists,
+# possibly empty).  Changes only entries that exist and never empties one: a blob gc
+# dropped meanwhile stays dropped, and a blob keeps its last location.  Returns each
+# field's list after the change ('' = no such entry).
+_UPDATE = LuaScript("objmail_index_update", """
+local key = KEYS[1]
+local out = {}
+for i = 1, #ARGV, 3 do
+  local field = ARGV[i]
+  local cur = redis.call('HGET', key, field)
+  if not cur then
+    out[#out + 1] = ''
+  else
+    local gone, seen, nums = {}, {}, {}
+    for n in string.gmatch(ARGV[i + 2], '%d+') do gone[tonumber(n)] = true end
+    local function take(text)
+      for n in string.gmatch(text, '%d+') do
+        local v = tonumber(n)
+        if not seen[v] and not gone[v] then seen[v] = true; nums[#nums + 1] = v end
+      end
+    end
+    take(cur)
+    take(ARGV[i + 1])
+    if #nums == 0 then
+      out[#out + 1] = cur
+    else
+      table.sort(nums)
+      local val = table.concat(nums, ',')
+      if val ~= cur then redis.call('HSET', key, field, val) end
+      out[#out + 1] = val
+    end
+  end
+end
+return out
+""")
+
+
 @dataclass(frozen=True)
 class ScanPage:
     """One step of a scan: entries of some buckets and where to resume."""
@@ -149,7 +186,7 @@ class LocationIndex:
         self.runner = runner
         self.layout = layout
         self.keys = keys or Keyspace()
-        runner.register(_ADD, _REMOVE)
+        runner.register(_ADD, _REMOVE, _UPDATE)
 
     @classmethod
     async def open(cls, addresses: Sequence[str], *, buckets: int,
@@ -250,6 +287,45 @@ class LocationIndex:
             check_blob_id(blob_id)
             by_key[self._key(blob_id)].append((blob_id, str(int(node)).encode()))
         return await self._scripted(_REMOVE, by_key, prefix=(b"1" if keep_last else b"0",))
+
+    async def update(self, blob_id: str, *, add: Iterable[int] = (),
+                     remove: Iterable[int] = ()) -> tuple[int, ...]:
+        """Add and remove locations of a blob the index knows, in one atomic step.
+
+        Used when background work moves or re-replicates a copy: an entry that is
+        gone (gc deleted the blob meanwhile) is not brought back, and an entry is
+        never left without a location (it keeps its old list instead).
+
+        :returns: the locations now recorded; ``()`` when the index does not know it.
+        """
+        return (await self.update_many({blob_id: (add, remove)}))[blob_id]
+
+    async def update_many(self, entries: Mapping[str, tuple[Iterable[int], Iterable[int]]]
+                          ) -> dict[str, tuple[int, ...]]:
+        """:meth:`update` for many blobs: id -> (numbers to add, numbers to remove)."""
+        by_key: dict[str, list[tuple[str, bytes, bytes]]] = defaultdict(list)
+        for blob_id, (add, remove) in entries.items():
+            check_blob_id(blob_id)
+            by_key[self._key(blob_id)].append((
+                blob_id, ",".join(str(int(n)) for n in add).encode(),
+                ",".join(str(int(n)) for n in remove).encode()))
+        commands = []
+        order = []
+        for key, items in by_key.items():
+            argv: list[bytes] = []
+            for blob_id, plus, minus in items:
+                argv += [self.layout.field_of(blob_id), plus, minus]
+            commands.append(Command.script(_UPDATE, key, *argv))
+            order.append(items)
+        out: dict[str, tuple[int, ...]] = {}
+        offset = 0
+        for chunk in chunked(commands, BATCH_COMMANDS):
+            replies = await self.runner.run(_UPDATE.name, chunk, durable=True)
+            for items, values in zip(order[offset:offset + len(chunk)], replies, strict=True):
+                for (blob_id, _p, _m), value in zip(items, values, strict=True):
+                    out[blob_id] = decode_nodes(value)
+            offset += len(chunk)
+        return out
 
     async def delete(self, blob_id: str) -> bool:
         """Drop a blob from the index entirely (gc); True if it was there."""

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from objstore.reporter import DEFAULT_PREFIX, report_key
+from objstore.reporter import DEFAULT_PREFIX, hot_key, report_key
 
 #: Prefix of every key objmail writes (``cluster.redis_prefix`` by default).
 PREFIX = DEFAULT_PREFIX
@@ -84,6 +84,16 @@ def check_node_id(node_id: str) -> str:
             or any(c.isspace() or not c.isprintable() for c in node_id):
         raise ValueError(f"not a node id (printable, no braces or blanks): {node_id!r}")
     return node_id
+
+
+def check_job_name(job: str) -> str:
+    """Return ``job`` if it can name a background job (``repair``, ``drain:<node id>``):
+    the same characters as a node id.
+
+    :raises ValueError: anything else.
+    """
+    check_node_id(job)
+    return job
 
 
 def encode_nodes(numbers: Iterable[int]) -> bytes:
@@ -192,6 +202,19 @@ class Keyspace:
     def repair_shard_of(self, blob_id: str) -> int:
         return int(blob_id[0], 16) % REPAIR_SHARDS
 
+    # -- background work (director/background.py) ------------------------------------
+
+    def lease(self, job: str) -> str:
+        """STRING with a TTL: who runs ``job`` now (a token naming the director)."""
+        return f"{self.prefix}lease:{{{check_job_name(job)}}}"
+
+    def job(self, job: str) -> str:
+        """HASH: a background job's persisted progress (cursor, counters, times).
+
+        Shares the lease's hash tag, so an operator finds both together.
+        """
+        return f"{self.prefix}job:{{{check_job_name(job)}}}"
+
     # -- node registry (one hash slot: {reg}) ----------------------------------------
 
     def node(self, node_id: str) -> str:
@@ -213,6 +236,10 @@ class Keyspace:
     def report(self, node_id: str) -> str:
         """HASH with a TTL: the node's latest load report."""
         return report_key(node_id, self.prefix)
+
+    def hot(self, node_id: str) -> str:
+        """ZSET with a TTL: the node's hottest keys, score = reads per second."""
+        return hot_key(node_id, self.prefix)
 
     @property
     def report_pattern(self) -> str:

@@ -70,6 +70,27 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return dataclasses.replace(config, director=director)
 
 
+def start_background(client: Any, clock: Any) -> list[Any]:
+    """Start the background jobs whose interval is set (repair, drain, level), each on
+    a LoopingCall of ``clock``; returns their loops (:class:`director.background.Loop`)."""
+    from director.background import Loop
+    from director.drainer import drain_all
+    from director.leveler import Leveler
+    from director.repairer import Repairer
+
+    dconf = client.dconf
+    loops: list[Loop] = []
+    if dconf.repair_interval:
+        loops.append(Repairer(client).run_forever(clock, dconf.repair_interval))
+    if dconf.level_interval:
+        loops.append(Leveler(client).run_forever(clock, dconf.level_interval))
+    if dconf.drain_interval:
+        loop = Loop(clock, dconf.drain_interval, "drain", lambda: drain_all(client))
+        loop.start()
+        loops.append(loop)
+    return loops
+
+
 def serve(config: Config) -> int:
     """Run directord until SIGTERM/SIGINT; returns the exit status."""
     loop = asyncio.new_event_loop()
@@ -137,6 +158,7 @@ def serve(config: Config) -> int:
             mhost, mport = parse_hostport(dconf.metrics_listen, "director.metrics_listen")
             site = Site(MetricsResource(lambda: metrics.render(extra_samples())))
             ports.append(r.listenTCP(mport, site, interface=mhost))
+        state["loops"] = start_background(client, r)
         log.info("directord (pid %d) serving memcached clients on %s, metrics on %s; "
                  "Redis prefix %r", os.getpid(), dconf.listen, dconf.metrics_listen or "-",
                  config.cluster.redis_prefix)
@@ -153,6 +175,11 @@ def serve(config: Config) -> int:
         factory = state.get("factory")
         if factory is not None:
             d.addCallback(lambda _: factory.close_all(timeout=DRAIN_TIMEOUT))
+        loops = state.get("loops") or []
+        if loops:
+            # A pass in progress is cancelled; its lease is released on the way out.
+            d.addCallback(lambda _: defer.Deferred.fromFuture(asyncio.ensure_future(
+                asyncio.gather(*(loop.stop() for loop in loops)))))
         client = state.get("client")
         if client is not None:
             d.addCallback(lambda _: defer.Deferred.fromFuture(

@@ -208,6 +208,22 @@ class ClusterRunner:
                                       max(0.0, deadline - now)))
 
     async def _run_once(self, commands: Sequence[Command], durable: bool) -> list[Any]:
+        replies = await self._execute(commands, durable)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, rx.NoScriptError)]
+        if missing:
+            # A master that lacks our scripts (new, or a replica just promoted): load them
+            # and re-run only those commands. Re-running the whole batch would apply the
+            # commands that did run twice, and a script such as a queue claim is not
+            # idempotent.
+            await self._load_scripts()
+            again = await self._execute([commands[i] for i in missing], durable)
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        self._check(replies)
+        return replies
+
+    async def _execute(self, commands: Sequence[Command], durable: bool) -> list[Any]:
+        """One pipeline round trip; replies (or exceptions) in command order."""
         await self._initialize()
         client = self.client
         pipe = client.pipeline()
@@ -231,7 +247,6 @@ class ClusterRunner:
         results = await pipe.execute(raise_on_error=False, allow_redirections=False)
         self.stats.batches += 1
         replies = list(results[:len(commands)])
-        self._check(replies)
         for name, acked in zip(waits, results[len(commands):], strict=True):
             if isinstance(acked, BaseException):
                 self._check([acked])

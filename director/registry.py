@@ -196,6 +196,20 @@ class Registry:
                 return node.report
         return None
 
+    async def hot(self, node_ids: Sequence[str], limit: int = 100
+                  ) -> dict[str, tuple[tuple[str, float], ...]]:
+        """Each node's hottest keys from its load report, hottest first: key -> reads
+        per second over the node's last report interval (none when nothing was read)."""
+        replies = await self.runner.run("registry hot", [
+            Command(self.keys.hot(i), ("ZREVRANGE", self.keys.hot(i), 0, limit - 1,
+                                       "WITHSCORES")) for i in node_ids])
+        out = {}
+        for node_id, reply in zip(node_ids, replies, strict=True):
+            pairs = reply if reply and isinstance(reply[0], list | tuple) else \
+                list(zip(reply[0::2], reply[1::2], strict=True))
+            out[node_id] = tuple((_text(k), float(v)) for k, v in pairs)
+        return out
+
     # -- writing ------------------------------------------------------------------------
 
     async def add(self, node_id: str, address: str, *, zone: str, tier: str,

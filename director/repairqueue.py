@@ -89,6 +89,16 @@ class RepairQueue:
         return [m.decode() if isinstance(m, bytes) else str(m)
                 for reply in replies for m in reply]
 
+    async def retry_later(self, ids: Iterable[str], delay: float) -> None:
+        """Make (claimed or new) entries due ``delay`` seconds from now: a blob that
+        cannot be repaired yet goes back to the queue."""
+        due = repr(self._clock() + delay)
+        commands = []
+        for blob_id in ids:
+            key = self.keys.repair_shard(self.keys.repair_shard_of(check_blob_id(blob_id)))
+            commands.append(Command(key, ("ZADD", key, due, blob_id)))
+        await self.runner.run("repair retry", commands, durable=True)
+
     async def done(self, ids: Iterable[str]) -> int:
         """Remove repaired blobs from the queue; returns how many were queued."""
         commands = []

@@ -57,6 +57,9 @@ COMMAND_MODULES = (
     "ops.user_command",
     "ops.deliver_command",
     "ops.stats_command",
+    "ops.repair_command",
+    "ops.level_command",
+    "ops.inventory_command",
 )
 
 

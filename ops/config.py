@@ -176,6 +176,19 @@ class DirectorConfig:
     pool_size: int = 8
     index_buckets: int = 65536
     metrics_listen: str = "127.0.0.1:9101"
+    lease_ttl: float = 60.0
+    repair_interval: float = 30.0
+    repair_batch: int = 256
+    repair_max_blobs: int = 10000
+    repair_retry_delay: float = 300.0
+    repair_down_grace: float = 600.0
+    repair_scan_buckets: int = 4096
+    drain_interval: float = 10.0
+    drain_max_blobs: int = 10000
+    level_interval: float = 300.0
+    level_tolerance: float = 0.05
+    level_bytes_per_pass: int = 256 * MIB
+    level_scan_entries: int = 2000
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, "listen")
@@ -191,6 +204,17 @@ class DirectorConfig:
         _check(16 <= self.index_buckets <= 1 << 28
                and self.index_buckets & (self.index_buckets - 1) == 0, "index_buckets",
                f"must be a power of two from 16 to 2^28, got {self.index_buckets}")
+        _check(self.lease_ttl >= 1, "lease_ttl", "must be at least 1 second")
+        for key in ("repair_interval", "drain_interval", "level_interval"):
+            _check(getattr(self, key) >= 0, key, "must be 0 (off) or positive")
+        for key in ("repair_batch", "repair_max_blobs", "repair_scan_buckets",
+                    "drain_max_blobs", "level_scan_entries"):
+            _check(getattr(self, key) >= 1, key, "must be at least 1")
+        _check(self.repair_retry_delay >= 0, "repair_retry_delay", "must not be negative")
+        _check(self.repair_down_grace >= 0, "repair_down_grace", "must not be negative")
+        _check(0 < self.level_tolerance < 1, "level_tolerance",
+               f"must be a fraction of capacity between 0 and 1, got {self.level_tolerance}")
+        _check(self.level_bytes_per_pass >= 1, "level_bytes_per_pass", "must be at least 1")
 
 
 @dataclass(frozen=True)

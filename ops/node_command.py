@@ -60,6 +60,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     drain = actions.add_parser("drain", help="stop new blobs going to a node; directors "
                                              "move its blobs away")
     drain.add_argument("node_id", metavar="ID")
+    drain.add_argument("--wait", action="store_true",
+                       help="move the blobs now, in the foreground, until the node is empty "
+                            "(Ctrl-C stops; run again to resume)")
+    drain.add_argument("--json", action="store_true",
+                       help="with --wait: machine-readable result")
     drain.set_defaults(handler=run_drain)
 
     activate = actions.add_parser("activate", help="undo a drain")
@@ -227,12 +232,79 @@ def human_age(seconds: float) -> str:
 def run_drain(ctx: CommandContext) -> int:
     async def work(state: RedisState) -> int:
         node = await state.registry.drain(ctx.args.node_id)
+        if ctx.args.wait:
+            return EX_OK
         items = f"its {node.report.items} blobs" if node.report else "its blobs"
         ctx.say(f"node {node.id} is draining: it takes no new blobs and the directors move "
                 f"{items} to other nodes; objmail node remove {node.id} once it is empty")
         return EX_OK
 
-    return with_state(ctx, work)
+    code = with_state(ctx, work)
+    if code != EX_OK or not ctx.args.wait:
+        return code
+    return drain_until_empty(ctx, ctx.args.node_id)
+
+
+def drain_until_empty(ctx: CommandContext, node_id: str) -> int:
+    """``node drain --wait``: run the node's drain passes here until the index lists
+    nothing on it; while another director holds the drain's lease, follow its saved
+    progress instead.  Exits 0 when empty, 75 when blobs are left that cannot be moved
+    (lost, or their only source unreachable), 130 after Ctrl-C (a rerun resumes)."""
+    from director.drainer import Drainer, DrainStats
+    from director.errors import LeaseHeld
+    from ops.jobrun import EX_INTERRUPTED, ProgressLine, combine, human, run_job
+
+    async def work(client: Any, stop: Any) -> int:
+        drainer = Drainer(client, node_id)
+        line = ProgressLine(ctx, f"draining {node_id}")
+        passes: list[DrainStats] = []
+        moved = 0
+
+        def show(stats: Any) -> None:
+            where = f"bucket {stats.cursor}/{stats.buckets}" if stats.buckets else ""
+            line.show(f"{moved + stats.moved} blob(s) moved, {human(stats.bytes)}; {where}")
+
+        try:
+            while True:
+                try:
+                    stats = await drainer.run_once(stop=stop, progress=show)
+                except LeaseHeld as exc:
+                    saved = await drainer.progress()
+                    line.show(f"{exc.holder} is draining it: {saved.moved} moved, bucket "
+                              f"{saved.cursor}/{saved.buckets}", force=True)
+                    if saved.empty or stop():
+                        stats = saved
+                    else:
+                        await asyncio.sleep(1.0)
+                        continue
+                passes.append(stats)
+                moved += stats.moved
+                if stats.empty or stop() or not stats.draining \
+                        or (stats.remaining and not stats.interrupted):
+                    break
+        finally:
+            line.done()
+        last = passes[-1]
+        if ctx.args.json:
+            ctx.say(json.dumps(combine(passes), indent=2))
+        elif last.empty:
+            ctx.say(f"node {node_id} is empty: moved {moved} blob(s) in {len(passes)} "
+                    f"pass(es); remove it with: objmail node remove {node_id}")
+        elif stop():
+            ctx.say(f"stopped at bucket {last.cursor} of {last.buckets} after moving {moved} "
+                    f"blob(s); run the same command again to resume")
+        elif not last.draining:
+            ctx.warn(f"objmail: node {node_id} is no longer draining (activated or removed "
+                     f"meanwhile); stopped after moving {moved} blob(s)")
+        else:
+            ctx.warn(f"objmail: {last.remaining} blob(s) are still listed on {node_id} and "
+                     f"cannot be moved now (lost, or no readable copy): e.g. "
+                     f"{', '.join(last.examples)}")
+        if last.empty:
+            return EX_OK
+        return EX_INTERRUPTED if stop() else EX_TEMPFAIL
+
+    return run_job(ctx, work)
 
 
 def run_activate(ctx: CommandContext) -> int:

@@ -334,3 +334,22 @@ def restore_roles(redis_cluster: RunningRedis, masters: list[tuple[str, int]]) -
             client.close()
     wait_redis_cluster_ok(cluster.redis_addresses, timeout=60)
     wait_replication_links(redis_cluster.nodes)
+
+
+def test_update_moves_locations_of_known_blobs_only(redis_cluster: RunningRedis) -> None:
+    """update adds and removes node numbers in one step, never empties an entry, and
+    never brings back a blob the index does not know (gc collected it meanwhile)."""
+    a, b, gone = blob_ids(3, "upd")
+
+    async def body(index: LocationIndex) -> list[Any]:
+        await index.add_many({a: [1, 2], b: [3]})
+        return [await index.update(a, add=[5], remove=[1]),
+                await index.update(b, remove=[3]),
+                await index.update(gone, add=[4]),
+                await index.lookup([a, b, gone]),
+                await index.update_many({a: ([2, 6], [5]), b: ([7], [3])})]
+
+    moved, kept, absent, found, many = with_index(redis_cluster, 256, body)
+    assert moved == (2, 5) and kept == (3,) and absent == ()
+    assert found == {a: (2, 5), b: (3,), gone: ()}
+    assert many == {a: (2, 6), b: (7,)}

@@ -187,3 +187,31 @@ def test_short_waits_are_counted_and_back_off(redis_cluster: RunningRedis) -> No
     # hold becomes 20 s); t=26 is inside the doubled hold; t=36 waits once more.
     assert [count for count, _s in seen] == [1, 1, 2, 2, 3]
     assert seen[0][1] >= 0.05 and seen[1][1] < 0.05
+
+
+def test_script_missing_on_one_master_runs_every_command_once(
+        redis_cluster: RunningRedis) -> None:
+    """When one master lacks a script (a promoted replica), only its commands are re-run
+    after loading it: a non-idempotent script in the same batch never runs twice."""
+    bump = LuaScript("objmail_test_bump", "return redis.call('INCR', KEYS[1])")
+
+    async def go() -> list[int]:
+        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        runner.register(bump)
+        try:
+            await runner.call("load", lambda c: c.execute_command(
+                "SCRIPT", "LOAD", bump.source, target_nodes=c.get_primaries()))
+            p = prefix()
+            keys = [f"{p}{i}" for i in range(30)]
+            victim = runner.client.get_node_from_key(keys[0])
+            await runner.call("flush", lambda c: c.execute_command(
+                "SCRIPT", "FLUSH", target_nodes=victim))
+            replies = await runner.run("bump", [Command.script(bump, k) for k in keys],
+                                       durable=True)
+            counts = await runner.run("read", [Command(k, ("GET", k)) for k in keys])
+            assert [int(r) for r in replies] == [1] * len(keys)
+            return [int(c) for c in counts]
+        finally:
+            await runner.aclose()
+
+    assert asyncio.run(go()) == [1] * 30

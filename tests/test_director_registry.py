@@ -236,3 +236,25 @@ def test_reports_written_by_objstored_are_read(redis_cluster: RunningRedis) -> N
     report, node = with_env(redis_cluster, body, Keyspace())
     assert report is not None and (report.node_id, report.zone) == (node_id, "z9")
     assert node.state is NodeState.ACTIVE and node.report is not None
+
+
+def test_hot_keys_written_by_objstored_are_read_hottest_first(
+        redis_cluster: RunningRedis) -> None:
+    """The hottest keys objstored's writer publishes for a node come back hottest first
+    with their reads per second; a node that published none has none."""
+    node_id = f"obj-{uuid.uuid4().hex[:10]}"
+    quiet = f"obj-{uuid.uuid4().hex[:10]}"
+    hot = {b"cold-ish": 1.5, b"hottest": 90.0, b"warm": 12.0}
+    sink = RedisClusterSink(redis_cluster.nodes)
+    try:
+        sink.write(node_id, report_fields(node_id, "10.9.9.9:11211"), hot, 30)
+    finally:
+        sink.close()
+
+    async def body(env: Env) -> Any:
+        return (await env.registry.hot([node_id, quiet], limit=2),
+                await env.registry.hot([node_id]))
+
+    two, every = with_env(redis_cluster, body, Keyspace())
+    assert two == {node_id: (("hottest", 90.0), ("warm", 12.0)), quiet: ()}
+    assert [k for k, _s in every[node_id]] == ["hottest", "warm", "cold-ish"]

@@ -110,3 +110,25 @@ def test_queue_refuses_non_blob_ids(redis_cluster: RunningRedis) -> None:
             await q.add(["../etc"])
 
     with_queue(redis_cluster, Clock(), body)
+
+
+def test_retry_later_puts_claimed_entries_back_with_a_delay(
+        redis_cluster: RunningRedis) -> None:
+    """A claimed blob sent back with a delay is due again only after it (not after the
+    claim's lease); with no delay it is due at once."""
+    clock = Clock()
+    ids = blob_ids(4, "retry")
+
+    async def body(q: RepairQueue) -> tuple[Any, ...]:
+        await q.add(ids)
+        claimed = await q.claim(10, lease=300)
+        await q.retry_later(claimed[:2], 60)
+        await q.retry_later(claimed[2:3], 0)
+        now = await q.claim(10, lease=300)
+        clock.now += 61
+        later = await q.claim(10, lease=300)
+        return claimed, now, later
+
+    claimed, now, later = with_queue(redis_cluster, clock, body)
+    assert now == claimed[2:3]
+    assert sorted(later) == sorted(claimed[:2])

@@ -1,0 +1,243 @@
+"""The directors' background work: one resumable pass per job, and two ways to drive it.
+
+Theory of operation.  Each job (repair, drain of one node, level) is a
+:class:`BackgroundJob` whose :meth:`~BackgroundJob.run_pass` does a bounded amount of work
+and returns its :class:`PassStats`.  A pass resumes from the job's persisted state
+(:mod:`director.jobstate`: an index cursor, the repair queue's own leases) and saves it
+after every page of work, so interrupting a pass (Ctrl-C, a crash, a lost lease, an item
+limit) loses at most the item in hand.  Between items the pass calls
+:meth:`PassControl.checkpoint`, which renews the job's lease, honours a stop request and
+reports progress.
+
+Two drivers run passes:
+
+* :meth:`BackgroundJob.run_once` takes the job's lease (:mod:`director.lease`), runs one
+  pass and releases it: the ``objmail`` commands and the tests use it;
+* :meth:`BackgroundJob.run_forever` runs ``run_once`` every ``interval`` seconds on a
+  Twisted ``LoopingCall`` driven by an injected clock (directord passes its reactor);
+  ``LoopingCall`` waits for a pass to end before it schedules the next one, and a pass
+  that fails is logged, never allowed to stop the loop.
+
+Several directors can run the same drivers: whoever takes a job's lease runs the pass;
+the others find it held (:class:`~director.errors.LeaseHeld`) and try again next time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+
+from director.errors import DirectorError, LeaseHeld, LeaseLost
+from director.jobstate import JobState
+from director.lease import Lease, new_token
+
+if TYPE_CHECKING:
+    from director.client import BlobClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassStats:
+    """What one pass did; each job adds its own counters.
+
+    :param items: blobs (or moves) handled, successfully or not.
+    :param total: items known to be waiting when the pass started, if known (progress).
+    :param bytes: bytes copied between object servers.
+    :param errors: items that failed and were left for a later pass.
+    :param interrupted: the pass stopped early (stop request, item limit, lost lease).
+    """
+
+    job: str
+    items: int = 0
+    total: int | None = None
+    bytes: int = 0
+    errors: int = 0
+    interrupted: bool = False
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+S = TypeVar("S", bound=PassStats)
+
+
+class PassControl:
+    """What a pass consults between items.
+
+    :param lease: the job's lease, renewed at each checkpoint (None: not leased, for
+        passes run directly by tests).
+    :param max_items: stop after this many items (tests interrupt passes with it).
+    :param stop: returns True when the pass should stop (an operator's Ctrl-C).
+    :param progress: called with the stats at each checkpoint.
+    """
+
+    def __init__(self, *, lease: Lease | None = None, max_items: int | None = None,
+                 stop: Callable[[], bool] | None = None,
+                 progress: Callable[[PassStats], None] | None = None) -> None:
+        self.lease = lease
+        self.max_items = max_items
+        self._stop = stop
+        self._progress = progress
+        self.lost = False
+
+    async def checkpoint(self, stats: PassStats) -> bool:
+        """True when the pass may go on to its next item; False to stop now (and
+        ``stats.interrupted`` is set)."""
+        if self._progress is not None:
+            self._progress(stats)
+        go_on = not (self._stop is not None and self._stop()) and not (
+            self.max_items is not None and stats.items >= self.max_items)
+        if go_on and self.lease is not None:
+            try:
+                await self.lease.keep()
+            except LeaseLost as exc:
+                log.warning("%s: %s; stopping the pass", stats.job, exc)
+                self.lost = True
+                go_on = False
+        if not go_on:
+            stats.interrupted = True
+        return go_on
+
+    def state(self, job: BackgroundJob[Any]) -> JobState:
+        """The job's progress hash, written under this control's lease."""
+        return JobState(job.runner, job.keys, job.job, lease=self.lease)
+
+
+class BackgroundJob(ABC, Generic[S]):
+    """A background job of one director.
+
+    :param client: the director's blob client (index, registry, repair queue, object
+        server connections, codec).
+    :param clock: monotonic seconds (lease renewals, durations).
+    :param now: wall-clock seconds (times saved in Redis).
+    """
+
+    #: The job's name: its lease and state keys.
+    job: str
+
+    def __init__(self, client: BlobClient, *, clock: Callable[[], float] = time.monotonic,
+                 now: Callable[[], float] = time.time, token: str | None = None) -> None:
+        self.client = client
+        self.dconf = client.dconf
+        self.index = client.index
+        self.runner = client.index.runner
+        self.keys = client.index.keys
+        self.clock = clock
+        self.now = now
+        self.token = token or new_token()
+
+    @abstractmethod
+    async def run_pass(self, control: PassControl) -> S:
+        """Do one bounded, resumable pass of work."""
+
+    def lease(self) -> Lease:
+        return Lease(self.runner, self.keys, self.job, ttl=self.dconf.lease_ttl,
+                     token=self.token, clock=self.clock)
+
+    async def run_once(self, *, max_items: int | None = None,
+                       stop: Callable[[], bool] | None = None,
+                       progress: Callable[[PassStats], None] | None = None) -> S:
+        """Take the job's lease, run one pass, give the lease back.
+
+        :raises LeaseHeld: another director runs this job now.
+        :raises LeaseLost: the lease ran out during the pass and another director took
+            the job over (the pass stopped where it was; its successor resumes).
+        """
+        lease = self.lease()
+        if not await lease.acquire():
+            raise LeaseHeld(self.job, await lease.holder())
+        started = self.clock()
+        try:
+            stats = await self.run_pass(PassControl(lease=lease, max_items=max_items,
+                                                    stop=stop, progress=progress))
+        finally:
+            try:
+                await lease.release()
+            except DirectorError as exc:  # it runs out by itself
+                log.warning("%s: could not release the lease: %s", self.job, exc)
+        stats.seconds = round(self.clock() - started, 3)
+        return stats
+
+    def run_forever(self, clock: IReactorTime, interval: float) -> Loop:
+        """Run :meth:`run_once` every ``interval`` seconds until the returned loop is
+        stopped; the first pass starts after one interval."""
+        loop = Loop(clock, interval, self.job, self._once_logged)
+        loop.start()
+        return loop
+
+    async def _once_logged(self) -> None:
+        stats = await self.run_once()
+        if stats.items or stats.errors:
+            log.info("%s: %s", self.job, stats)
+
+
+class Loop:
+    """Calls ``work`` (a coroutine function, run on the asyncio loop the reactor shares)
+    every ``interval`` seconds on a ``LoopingCall`` driven by ``clock``.
+
+    A run that finds the job's lease held is skipped quietly; one that fails is logged;
+    neither stops the loop.  :meth:`stop` also cancels a run in progress, whose
+    ``finally`` clauses still release its lease.
+    """
+
+    def __init__(self, clock: IReactorTime, interval: float, name: str,
+                 work: Callable[[], Awaitable[object]]) -> None:
+        if interval <= 0:
+            raise ValueError(f"{name}: interval must be positive, got {interval}")
+        self.clock = clock
+        self.interval = interval
+        self.name = name
+        self._work = work
+        self.runs = 0
+        self.failures = 0
+        self._task: asyncio.Task[None] | None = None
+        self._call = task.LoopingCall(self._tick)
+        self._call.clock = clock
+
+    @property
+    def running(self) -> bool:
+        return bool(self._call.running)
+
+    def start(self) -> None:
+        done = self._call.start(self.interval, now=False)
+        done.addErrback(lambda f: log.error("%s: loop ended: %s", self.name,
+                                            f.getErrorMessage()))
+
+    async def stop(self) -> None:
+        if self._call.running:
+            self._call.stop()
+        running = self._task
+        if running is not None and not running.done():
+            running.cancel()
+            await running
+
+    def _tick(self) -> defer.Deferred[None]:
+        self._task = asyncio.ensure_future(self._guarded())
+        return defer.Deferred.fromFuture(self._task)
+
+    async def _guarded(self) -> None:
+        self.runs += 1
+        try:
+            await self._work()
+        except LeaseHeld as exc:
+            log.debug("%s", exc)
+        except LeaseLost as exc:
+            log.warning("%s: %s; another director carries on", self.name, exc)
+        except asyncio.CancelledError:
+            # Only stop() cancels: the task is this loop's own and ends here.
+            log.info("%s: pass cancelled (stopping)", self.name)
+        except Exception:
+            self.failures += 1
+            log.exception("%s: background pass failed; retrying in %gs", self.name,
+                          self.interval)

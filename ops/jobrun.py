@@ -1,0 +1,164 @@
+"""Running a director's background job in the foreground of an ``objmail`` command.
+
+Shared by ``objmail repair``, ``objmail level`` and ``objmail node drain --wait``: open
+a blob client, turn the first Ctrl-C into a stop request that the pass honours at its
+next checkpoint (so only the item in hand is at stake, and a rerun resumes from the
+saved cursor; a second Ctrl-C aborts at once), draw a progress line on a terminal, and
+map the director's errors to exit codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from director.background import PassStats
+from director.client import BlobClient
+from director.errors import (
+    IndexLayoutMismatch,
+    IndexUnavailable,
+    LeaseHeld,
+    LeaseLost,
+    RegistryError,
+    UnknownNode,
+)
+from director.redisconn import RetryPolicy
+from ops.cli import (
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    CommandContext,
+)
+
+#: An operator waits this long for an unreachable Redis before being told so.
+CLI_RETRY = RetryPolicy(deadline=10.0)
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+EX_INTERRUPTED = 130
+
+
+class StopFlag:
+    """Set by the first Ctrl-C; the second cancels the command outright."""
+
+    def __init__(self, ctx: CommandContext, task: asyncio.Task[Any] | None) -> None:
+        self.ctx = ctx
+        self.task = task
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def press(self) -> None:
+        if self.requested:
+            if self.task is not None:
+                self.task.cancel()
+            return
+        self.requested = True
+        self.ctx.warn("\nstopping after the current blob (Ctrl-C again to abort now); "
+                      "run the command again to resume")
+
+
+class ProgressLine:
+    """One line on stderr, rewritten at most five times a second, when it is a tty."""
+
+    def __init__(self, ctx: CommandContext, what: str) -> None:
+        self.ctx = ctx
+        self.what = what
+        self.tty = ctx.err.isatty()
+        self._last = 0.0
+        self._shown = False
+
+    def show(self, text: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.tty and (force or now - self._last > 0.2):
+            self._last = now
+            self._shown = True
+            print(f"\r\033[K{self.what}: {text}", end="", file=self.ctx.err, flush=True)
+
+    def done(self) -> None:
+        if self._shown:
+            print(file=self.ctx.err, flush=True)
+            self._shown = False
+
+    def stats(self, stats: PassStats) -> None:
+        total = f"/{stats.total}" if stats.total is not None else ""
+        self.show(f"{stats.items}{total} items, {human(stats.bytes)} copied"
+                  + (f", {stats.errors} failed" if stats.errors else ""))
+
+
+def run_job(ctx: CommandContext,
+            work: Callable[[BlobClient, StopFlag], Awaitable[int]]) -> int:
+    """Open the blob client, run ``work`` with a stop flag wired to Ctrl-C, close."""
+
+    async def main() -> int:
+        flag = StopFlag(ctx, asyncio.current_task())
+        loop = asyncio.get_running_loop()
+        client = await BlobClient.open(ctx.config, retry=CLI_RETRY)
+        # Not possible outside the main thread: Ctrl-C then just interrupts.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGINT, flag.press)
+        try:
+            return await work(client, flag)
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGINT)
+            await client.aclose()
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        ctx.warn("objmail: aborted")
+        return EX_INTERRUPTED
+    except LeaseHeld as exc:
+        ctx.warn(f"objmail: {exc}; try again later")
+        return EX_TEMPFAIL
+    except LeaseLost as exc:
+        ctx.warn(f"objmail: {exc}; another director carries the job on")
+        return EX_TEMPFAIL
+    except IndexUnavailable as exc:
+        ctx.warn(f"objmail: {exc}")
+        return EX_UNAVAILABLE
+    except IndexLayoutMismatch as exc:
+        ctx.warn(f"objmail: configuration error: {exc}")
+        return EX_CONFIG
+    except (RegistryError, UnknownNode) as exc:
+        ctx.warn(f"objmail: {exc}")
+        return EX_DATAERR
+
+
+#: Integer stats that are levels, not counts: a combined result keeps the last one.
+GAUGES = frozenset({"total", "cursor", "buckets", "remaining", "backlog"})
+
+
+def combine(passes: list[Any]) -> dict[str, Any]:
+    """Several passes' stats as one JSON object: numbers summed, the last pass's other
+    fields, lists concatenated (capped), plus the number of passes."""
+    if not passes:
+        return {"passes": 0}
+    out: dict[str, Any] = {}
+    for stats in passes:
+        for key, value in dataclasses.asdict(stats).items():
+            counter = (isinstance(value, int) and not isinstance(value, bool)
+                       and key not in GAUGES) or key == "seconds"
+            if counter:
+                out[key] = round(out.get(key, 0) + value, 3)
+            elif isinstance(value, list):
+                out[key] = (out.get(key, []) + value)[:1000]
+            else:
+                out[key] = value
+    out["passes"] = len(passes)
+    return out
+
+
+def human(n: float) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"

@@ -1,0 +1,128 @@
+"""Verified copies between real object servers: reading a replica as stored, probing what
+it is, writing it elsewhere and deleting it (a private installation of three objstored)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+import pytest
+
+from director.client import BlobClient
+from director.codec import FLAG_MANIFEST, chunk_key
+from director.copier import (
+    delete_copy,
+    probe,
+    read_verified,
+    stored_size,
+    write_verified,
+)
+from director.memcache_client import NodeAddress, NodeClient
+from director.nodes import Node
+from director.planner import Health
+from ops.config import Config
+from tests.conftest import CORPUS, RunningRedis
+from tests.director_installation import Installation, private_installation
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def inst(redis_cluster: RunningRedis,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
+    with private_installation(redis_cluster.nodes, tmp_path_factory.mktemp("copier"),
+                              objstores=3, cache_bytes=0, timeout=0.5) as installation:
+        yield installation
+
+
+def run(config: Config, body: Callable[[BlobClient], Awaitable[T]]) -> T:
+    async def go() -> T:
+        client = await BlobClient.open(config)
+        try:
+            return await body(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def corpus_message() -> bytes:
+    """A real message from the shared corpus (the largest of one source directory)."""
+    files = sorted((CORPUS / "apache-james-mime4j").rglob("*.msg"), key=lambda p: p.stat().st_size)
+    return files[-1].read_bytes()
+
+
+async def holders(client: BlobClient, bid: str) -> tuple[list[Node], list[Node]]:
+    """The nodes holding ``bid`` and the others."""
+    snap = await client.snapshot(force=True)
+    numbers = await client.index.locations(bid)
+    return ([n for n in snap.nodes if n.number in numbers],
+            [n for n in snap.nodes if n.number not in numbers])
+
+
+@pytest.mark.parametrize("kind", ["message", "chunked"])
+def test_copy_is_byte_identical_and_verified(inst: Installation, kind: str) -> None:
+    """A replica read as stored verifies against its id (a chunked blob chunk by chunk);
+    written to a node without it, it reads back identical, flags included; deleted, the
+    head and every chunk are gone."""
+    size = inst.config.objstore.max_item_size
+    data = corpus_message() if kind == "message" else os.urandom(int(2.5 * size))
+
+    async def body(client: BlobClient) -> None:
+        bid = await client.put(data)
+        (source, *_), (target, *_) = await holders(client, bid)
+        blob = await read_verified(client.node_client(source), client.codec, bid)
+        assert blob.size == len(data)
+        assert len(blob.items) == (1 if kind == "message" else 4)
+        assert bool(blob.items[-1].flags & FLAG_MANIFEST) == (kind == "chunked")
+        assert await stored_size(client.node_client(source), client.codec, bid) == \
+            (len(blob.items[0].value) if kind == "message" else len(data))
+        dest = client.node_client(target)
+        assert (await probe(dest, client.codec, bid)).health is Health.MISSING
+        await write_verified(dest, blob)
+        copy = await read_verified(dest, client.codec, bid)
+        assert copy == blob
+        assert await delete_copy(dest, blob.keys) == len(blob.items)
+        for key in blob.keys:
+            assert await dest.get(key) is None
+        assert await stored_size(dest, client.codec, bid) is None
+
+    run(inst.config, body)
+
+
+def test_probe_tells_missing_corrupt_and_unreachable_apart(inst: Installation) -> None:
+    """A replica with wrong bytes is corrupt, one without the blob or without one of its
+    chunks is missing, a closed port is unreachable; none of them raises."""
+    size = inst.config.objstore.max_item_size
+    small = b"copier probe " + os.urandom(300)
+    big = os.urandom(int(1.5 * size))
+
+    async def body(client: BlobClient) -> None:
+        sid, bid = await client.put_many([small, big])
+        (s_node, *_), _ = await holders(client, sid)
+        (b_node, *_), _ = await holders(client, bid)
+        s_client, b_client = client.node_client(s_node), client.node_client(b_node)
+        assert (await probe(s_client, client.codec, sid)).health is Health.GOOD
+        head = await s_client.get(sid.encode())
+        assert head is not None
+        await s_client.set(sid.encode(), b"not the blob at all", head.flags)
+        bad = await probe(s_client, client.codec, sid)
+        assert bad.health is Health.CORRUPT and bad.blob is None
+        chunk = chunk_key(bid, 1).encode()
+        saved = await b_client.get(chunk)
+        assert saved is not None
+        await b_client.set(chunk, saved.value[:-1] + bytes([saved.value[-1] ^ 1]), saved.flags)
+        assert (await probe(b_client, client.codec, bid)).health is Health.CORRUPT
+        await b_client.delete(chunk)
+        assert (await probe(b_client, client.codec, bid)).health is Health.MISSING
+        await b_client.set(chunk, saved.value, saved.flags)
+        assert (await probe(b_client, client.codec, bid)).health is Health.GOOD
+        closed = NodeClient(NodeAddress("127.0.0.1", 1), timeout=0.5)
+        try:
+            assert (await probe(closed, client.codec, sid)).health is Health.UNREACHABLE
+        finally:
+            await closed.close()
+
+    run(inst.config, body)

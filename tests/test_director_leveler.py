@@ -1,0 +1,226 @@
+"""Leveling with real processes: a new, empty object server joins three full ones and
+receives blobs from them, the hot ones (named by the load reports) first, until every
+node's usage is within the configured tolerance; ``objmail level --dry-run`` and
+``--once``.
+
+The module runs a private installation of three objstored (zones a, b, c) that report a
+capacity of 8 MiB each, so that a few MiB of blobs make a measurable usage; the fourth
+(zone d) is started and added by the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from pymemcache.client.base import Client as MemcacheClient
+
+from director.client import BlobClient
+from director.copier import read_verified
+from director.leveler import Leveler
+from director.nodes import NodeState
+from director.planner import NodeUsage, usage
+from ops.cli import EX_OK, main
+from ops.config import MIB, Config
+from ops.devcluster import DevCluster, DevOptions
+from tests.conftest import RunningRedis, free_port_block
+from tests.director_installation import Installation, drop_prefix, private_config
+
+T = TypeVar("T")
+
+CAPACITY = 8 * MIB
+TOLERANCE = 0.02
+BLOB = 40 * 1024
+
+
+@contextlib.contextmanager
+def capacity_installation(redis_nodes: list[str], run_dir: Path) -> Iterator[Installation]:
+    """Like ``private_installation``, with a reported capacity of CAPACITY per node."""
+    config = private_config(redis_nodes, 3, cache_bytes=0, timeout=0.5,
+                            level_tolerance=TOLERANCE, level_bytes_per_pass=16 * MIB)
+    config = dataclasses.replace(config, objstore=dataclasses.replace(
+        config.objstore, capacity_bytes=CAPACITY))
+    cluster = DevCluster(config, run_dir, DevOptions(
+        objstore_count=3, only=frozenset({"objstore"}), install_missing=False))
+    try:
+        cluster.up()
+        yield Installation(config, cluster)
+    finally:
+        try:
+            cluster.down()
+        finally:
+            drop_prefix(config)
+
+
+@pytest.fixture(scope="module")
+def inst(redis_cluster: RunningRedis,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
+    with capacity_installation(redis_cluster.nodes,
+                               tmp_path_factory.mktemp("level")) as installation:
+        yield installation
+
+
+def run(config: Config, body: Callable[[BlobClient], Awaitable[T]]) -> T:
+    async def go() -> T:
+        client = await BlobClient.open(config)
+        try:
+            return await body(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+class HotReader:
+    """Reads some keys from one object server over and over, in a thread, so that its
+    load reports name them as its hottest."""
+
+    def __init__(self, address: str, keys: list[str]) -> None:
+        host, port = address.rsplit(":", 1)
+        self.client = MemcacheClient((host, int(port)), timeout=2)
+        self.keys = keys
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        # One key at a time, in random order: objstored counts every 8th read, so a
+        # fixed cycle of 4 keys would only ever count the same one.
+        rng = random.Random(7)
+        while not self.stop.is_set():
+            self.client.get(rng.choice(self.keys))
+
+    def __enter__(self) -> HotReader:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.client.close()
+
+
+def spread_now(config: Config, since: float) -> float:
+    """The largest deviation from the mean usage, from reports written after ``since``."""
+    async def body(client: BlobClient) -> float:
+        deadline = time.monotonic() + 20
+        while True:
+            snap = await client.snapshot(force=True)
+            nodes = [n for n in snap.nodes if n.state is NodeState.ACTIVE]
+            if all(n.report is not None and n.report.reported_at > since for n in nodes):
+                return usage([NodeUsage(n.id, n.number, n.zone, n.report.used_bytes,
+                                        n.report.capacity_bytes)
+                              for n in nodes if n.report is not None]).spread
+            assert time.monotonic() < deadline, "no fresh load reports"
+            await asyncio.sleep(0.2)
+
+    return run(config, body)
+
+
+def test_new_node_gets_hot_blobs_first_until_level(inst: Installation,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Three nodes 20% full and a new empty one: the dry run plans moves onto the new
+    node, a source's hot blobs before its others; a pass carries them out (each a
+    verified copy, the index updated, the source copy deleted), leaving every node
+    within tolerance by the next load reports, every blob readable with 2 copies; a
+    further pass finds nothing to do."""
+    datas = [os.urandom(BLOB) for _ in range(60)]
+
+    async def write(client: BlobClient) -> tuple[list[str], dict[str, int]]:
+        ids = await client.put_many(datas)
+        found = await client.index.lookup(ids)
+        snap = await client.snapshot(force=True)
+        return ids, {n.id: sum(1 for b in ids if n.number in found[b]) for n in snap.nodes}
+
+    ids, counts = run(inst.config, write)
+    # The fullest node is surely a source: its hot blobs must move first.
+    hot_node = next(o for o in inst.objstores() if o.name == max(counts, key=counts.__getitem__))
+
+    async def pick_hot(client: BlobClient) -> list[str]:
+        number = (await client.snapshot()).get(hot_node.name).number  # type: ignore[union-attr]
+        found = await client.index.lookup(ids)
+        return [b for b in ids if number in found[b]][:4]
+
+    hot = run(inst.config, pick_hot)
+    port = free_port_block(1)
+    spec = inst.cluster.objstored_spec("objstored-new", "127.0.0.1", port,
+                                       inst.cluster.run_dir / "objstore" / "new", zone="d")
+    inst.cluster.launcher.start(spec)
+    try:
+        async def add(client: BlobClient) -> None:
+            await client.registry.add("objstored-new", f"127.0.0.1:{port}", zone="d",
+                                      tier="ssd")
+            deadline = time.monotonic() + 20
+            while (await client.snapshot(force=True)).get(
+                    "objstored-new").state is not NodeState.ACTIVE:  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "the new node does not report"
+                await asyncio.sleep(0.2)
+
+        run(inst.config, add)
+        config = str(inst.cluster.config_path)
+        with HotReader(f"{hot_node.host}:{hot_node.port}", hot):
+            async def reported(client: BlobClient) -> None:
+                deadline = time.monotonic() + 20
+                while True:
+                    scores = dict((await client.registry.hot([hot_node.name]))[hot_node.name])
+                    if all(scores.get(k, 0) > 0 for k in hot):
+                        return
+                    assert time.monotonic() < deadline, f"not hot yet: {scores}"
+                    await asyncio.sleep(0.2)
+
+            run(inst.config, reported)
+            capsys.readouterr()
+            assert main(["--config", config, "level", "--dry-run", "--json"]) == EX_OK
+            plan = json.loads(capsys.readouterr().out)
+            assert not plan["balanced"] and plan["spread"] > 0.1
+            to_new = sum(m["size"] for m in plan["moves"] if m["target"] == "objstored-new")
+            assert to_new >= 0.8 * plan["bytes"], "the new node takes most of the moves"
+            stats = run(inst.config, lambda client: Leveler(client).run_once())
+        finished = time.time()
+        assert stats.moved == stats.planned > 0 and stats.skipped == 0
+        from_hot = [m for m in stats.moves if m["source"] == hot_node.name]
+        assert [m["blob"] for m in from_hot[:len(hot)]] and \
+            {m["blob"] for m in from_hot[:len(hot)]} == set(hot), \
+            "the hot node's hot blobs move before its others"
+        assert all(m["heat"] > 0 for m in from_hot[:len(hot)])
+        assert all(m["heat"] == 0 for m in from_hot[len(hot):])
+        assert stats.hot_moved >= len(hot)
+        assert stats.spread_planned <= TOLERANCE
+        assert spread_now(inst.config, finished) <= TOLERANCE
+
+        async def check(client: BlobClient) -> int:
+            snap = await client.snapshot(force=True)
+            found = await client.index.lookup(ids)
+            new = snap.get("objstored-new")
+            assert new is not None
+            for bid in ids:
+                assert len(found[bid]) == 2
+                for number in found[bid]:
+                    node = snap.by_number(number)
+                    assert node is not None
+                    await read_verified(client.node_client(node), client.codec, bid)
+            assert await client.get_many(ids) == dict(zip(ids, datas, strict=True))
+            moved_away = [m["blob"] for m in stats.moves]
+            for bid in moved_away:
+                source = snap.get(next(m["source"] for m in stats.moves if m["blob"] == bid))
+                assert source is not None and source.number not in found[bid]
+                assert await client.node_client(source).get(bid.encode()) is None
+            return sum(1 for bid in ids if new.number in found[bid])
+
+        assert run(inst.config, check) == sum(1 for m in stats.moves
+                                              if m["target"] == "objstored-new")
+        capsys.readouterr()
+        assert main(["--config", config, "level", "--once", "--json"]) == EX_OK
+        again = json.loads(capsys.readouterr().out)
+        assert again["balanced"] and again["moved"] == 0
+    finally:
+        inst.cluster.launcher.stop(spec)
