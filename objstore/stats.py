@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import random
 import struct
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -105,26 +106,35 @@ def totals(snapshots: Iterable[Sequence[int]]) -> dict[str, int]:
 class HotKeys:
     """Approximate hottest keys by sampled counting with a bounded table.
 
-    Every ``sample``-th read is counted (so the hot path mostly pays a decrement); when the
-    table is full the colder half is dropped (a coarse space-saving sketch).
+    One read in ``sample`` on average is counted (so the hot path mostly pays a
+    decrement); the gap to the next counted read is drawn at random, because a fixed
+    stride would count only some keys of a client that cycles through a few of them.
+    When the table is full the colder half is dropped (a coarse space-saving sketch).
 
     :param capacity: most keys tracked.
-    :param sample: count one read in this many.
+    :param sample: count one read in this many, on average.
+    :param rng: randomness (seeded in tests).
     """
 
-    __slots__ = ("_countdown", "capacity", "counts", "sample")
+    __slots__ = ("_countdown", "_rng", "capacity", "counts", "sample")
 
-    def __init__(self, capacity: int = 1024, sample: int = 8) -> None:
+    def __init__(self, capacity: int = 1024, sample: int = 8,
+                 rng: random.Random | None = None) -> None:
         self.capacity = capacity
         self.sample = sample
         self.counts: dict[bytes, int] = {}
-        self._countdown = sample
+        self._rng = rng or random.Random()
+        self._countdown = self._gap()
+
+    def _gap(self) -> int:
+        # Uniform over 1 .. 2*sample-1: mean ``sample``, so each count weighs ``sample``.
+        return self._rng.randint(1, 2 * self.sample - 1) if self.sample > 1 else 1
 
     def hit(self, key: bytes) -> None:
         self._countdown -= 1
         if self._countdown:
             return
-        self._countdown = self.sample
+        self._countdown = self._gap()
         counts = self.counts
         counts[key] = counts.get(key, 0) + self.sample
         if len(counts) > self.capacity:
