@@ -34,6 +34,9 @@ class Delivered(Protocol):
     @property
     def mailbox_id(self) -> int: ...
 
+    @property
+    def modseq(self) -> int: ...
+
 
 class MessageDeliverer(Protocol):
     """Stores a message for a user: blobs first, then the metadata transaction

@@ -10,6 +10,7 @@ re-render the request.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 
@@ -124,9 +125,10 @@ class BodySection:
         """Fetching this sets ``\\Seen`` (in a read-write mailbox)."""
         return not self.peek
 
-    @property
+    @functools.cached_property
     def response_name(self) -> str:
-        """Name of the item in the FETCH response (``BODY.PEEK`` answers as ``BODY``)."""
+        """Name of the item in the FETCH response (``BODY.PEEK`` answers as ``BODY``);
+        worked out once per attribute, not once per message of a FETCH."""
         if self.alias is not None:
             return self.alias
         name = f"BODY[{self.section.render()}]"

@@ -137,13 +137,15 @@ class LMTPParser:
                     return NEED_DATA  # cannot tell the terminator from stuffing yet
                 pos += 1  # undo dot-stuffing
                 self._pos = pos
-            nl = buf.find(b"\n", pos)
-            if nl < 0:
+            # Every line up to the next one that starts with a dot is kept as it is:
+            # one slice for all of them, not a Python step per line.
+            dot = buf.find(b"\n.", pos)
+            if dot < 0:
                 self._keep(buf[pos:])
                 self._pos = len(buf)
-                self._bol = False
+                self._bol = buf[-1] == 0x0A
             else:
-                self._keep(buf[pos:nl + 1])
-                self._pos = nl + 1
+                self._keep(buf[pos:dot + 1])
+                self._pos = dot + 1
                 self._bol = True
         return NEED_DATA

@@ -143,6 +143,14 @@ class MailboxView:
     def _claimed(self, uid: int) -> bool:
         return any(low <= uid < high for low, high in self.recent_claims)
 
+    def only_own_since(self, watermark: int, highest: int) -> bool:
+        """Whether every mod-sequence in ``(watermark, highest]`` is this session's own
+        change (its STOREs, EXPUNGEs, APPENDs), which it has answered already: then no
+        other session changed anything there, and re-reading the range finds nothing."""
+        own = self.own_modseqs
+        return highest - watermark <= len(own) and all(
+            m in own for m in range(watermark + 1, highest + 1))
+
     def forget_own(self) -> None:
         """Drop own mod-sequences the flag watermark has passed."""
         self.own_modseqs = {m for m in self.own_modseqs if m > self.flags_modseq}

@@ -226,9 +226,10 @@ class SelectedMailbox:
             raise MailboxGone("the selected mailbox was deleted")
         out: list[Response] = []
         if allow_expunge and mailbox.highestmodseq > view.expunge_modseq:
-            gone = await store.messages.vanished(self.user.id, view.mailbox_id,
-                                                 view.expunge_modseq)
-            out += self.expunged(gone)
+            if not view.only_own_since(view.expunge_modseq, mailbox.highestmodseq):
+                gone = await store.messages.vanished(self.user.id, view.mailbox_id,
+                                                     view.expunge_modseq)
+                out += self.expunged(gone)
             view.expunge_modseq = mailbox.highestmodseq
         announced_next = view.uidnext
         if mailbox.uidnext > view.uidnext:
@@ -243,7 +244,8 @@ class SelectedMailbox:
             if added:
                 out += [Exists(view.exists), Recent(len(view.recent))]
         if mailbox.highestmodseq > view.flags_modseq:
-            if announced_next > 1 and view.uids:
+            if (announced_next > 1 and view.uids
+                    and not view.only_own_since(view.flags_modseq, mailbox.highestmodseq)):
                 changed = await store.messages.fetch(
                     self.user.id, view.mailbox_id, UidSet.of([(1, announced_next - 1)]),
                     changed_since=view.flags_modseq)

@@ -623,6 +623,9 @@ class Session:
             raise
         if self.selected is not None and done[0].mailbox_id == self.selected.mailbox_id:
             self._dirty = True  # RFC 3501 6.3.11: announce it with EXISTS now
+            # Its mod-sequences are this session's own: no flags of announced messages
+            # changed and nothing was expunged with them.
+            self.selected.view.own_modseqs.update(d.modseq for d in done if d.modseq)
         code = AppendUid(done[0].uidvalidity, SequenceSet.from_values(d.uid for d in done))
         return Tagged(cmd.tag, Status.OK, "Append completed", code)
 

@@ -47,6 +47,19 @@ def translate_errors() -> Iterator[None]:
         raise Unavailable(f"PostgreSQL unavailable: {exc or type(exc).__name__}") from exc
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What the pool runs on a connection given back, after its own rollback of an open
+    transaction: nothing.
+
+    asyncpg's default sends ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL`` on every release, a round trip as costly as the query the connection was
+    taken for (most IMAP commands take one or two).  Pooled connections never carry session
+    state to clean: LISTEN has its own connection (:mod:`metadata.notify`), the migration
+    lock its own (:mod:`metadata.migrate`), and nothing here runs ``SET`` or cursors
+    ``WITH HOLD``.
+    """
+
+
 def _lost(conn: asyncpg.Connection, exc: BaseException) -> bool:
     """Whether ``exc`` comes from ``conn`` having gone away."""
     cause: BaseException | None = exc.__context__
@@ -82,18 +95,23 @@ class Database:
         with translate_errors():
             pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
                                              command_timeout=command_timeout,
-                                             timeout=acquire_timeout)
+                                             timeout=acquire_timeout, reset=_keep_session)
         return cls(pool, dsn, acquire_timeout)
 
     async def close(self) -> None:
         """Close every connection (waits for those in use to be released)."""
         await self.pool.close()
 
+    def _acquire_timeout(self) -> float | None:
+        """No timeout when a connection sits idle in the pool: it is handed over without
+        waiting, and arming a timer for it costs as much as the pool's own work."""
+        return None if self.pool.get_idle_size() else self.acquire_timeout
+
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection outside any transaction (each statement commits alone)."""
         with translate_errors():
-            async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+            async with self.pool.acquire(timeout=self._acquire_timeout()) as conn:
                 yield conn
 
     @contextlib.asynccontextmanager
@@ -102,7 +120,7 @@ class Database:
         """A pooled connection inside one transaction, committed when the block ends
         normally and rolled back when it raises."""
         with translate_errors():
-            async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+            async with self.pool.acquire(timeout=self._acquire_timeout()) as conn:
                 try:
                     async with conn.transaction(readonly=readonly, isolation=isolation):
                         yield conn

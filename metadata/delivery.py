@@ -27,7 +27,7 @@ from metadata.envelope import tree_envelope
 from metadata.errors import MetadataError, OverQuota
 from metadata.flags import Flags
 from metadata.mimetree import parse
-from metadata.records import MessageRow, User
+from metadata.records import Mailbox, MessageRow, User
 from metadata.searchtext import search_text
 from metadata.sections import section_map
 from metadata.splitter import SplitMessage, split
@@ -79,6 +79,8 @@ class Delivered:
     uid: int
     message_id: int
     size: int
+    modseq: int = 0
+    """The mailbox's mod-sequence after this delivery (the entry's own)."""
 
 
 def prepare(raw: bytes, threshold: int) -> PreparedMessage:
@@ -142,16 +144,21 @@ class Deliverer:
         await self.blobs.put_many([stored.skeleton_bytes, *stored.blobs.values()])
 
     async def commit(self, user: User, prepared: PreparedMessage, *, mailbox: str = "INBOX",
-                     flags: Iterable[str] = (),
-                     internaldate: dt.datetime | None = None) -> Delivered:
-        """Insert the message for ``user`` in one transaction (blobs already stored)."""
-        box = await self.store.mailboxes.get(user.id, mailbox)
+                     flags: Iterable[str] = (), internaldate: dt.datetime | None = None,
+                     box: Mailbox | None = None) -> Delivered:
+        """Insert the message for ``user`` in one transaction (blobs already stored).
+
+        :param box: the row of ``mailbox`` when the caller has just read it (saves a
+            query; the insert itself refuses a mailbox deleted meanwhile).
+        """
+        if box is None:
+            box = await self.store.mailboxes.get(user.id, mailbox)
         when = internaldate or dt.datetime.now(dt.UTC)
         appended = await self.store.messages.insert(
             user.id, box.id, prepared.row, prepared.blob_ids, internaldate=when,
             flags=Flags.from_names(flags))
         return Delivered(user.name, box.name, box.id, appended.uidvalidity, appended.uid,
-                         appended.message_id, prepared.row.size)
+                         appended.message_id, prepared.row.size, appended.modseq)
 
     async def deliver(self, user: str, raw: bytes, *, mailbox: str = "INBOX",
                       flags: Iterable[str] = (),
@@ -170,7 +177,7 @@ class Deliverer:
         prepared = await self.prepare(raw)
         await self.upload(prepared)
         return await self.commit(account, prepared, mailbox=mailbox_row.name, flags=flags,
-                                 internaldate=internaldate)
+                                 internaldate=internaldate, box=mailbox_row)
 
 
 def _check_quota(user: User, size: int) -> None:

@@ -37,7 +37,7 @@ from metadata.errors import (
     UidsExhausted,
 )
 from metadata.flags import NO_FLAGS, Flags
-from metadata.notify import Change, publish
+from metadata.notify import Change, channel, encode, publish
 from metadata.records import (
     BLOB_ID,
     Appended,
@@ -229,6 +229,16 @@ async def remove_entries(conn: asyncpg.Connection, user_id: int, mailbox_id: int
     return Expunged(tuple(removed), modseq)
 
 
+async def _bump_and_publish(conn: asyncpg.Connection, change: Change) -> None:
+    """Set the mailbox's HIGHESTMODSEQ to ``change.modseq`` and :func:`publish` ``change``
+    in one statement (one round trip of the few a STORE takes)."""
+    assert change.mailbox_id is not None and change.modseq is not None
+    await conn.execute(
+        "WITH bump AS (UPDATE mailboxes SET highestmodseq = $3 WHERE user_id = $1 "
+        "AND id = $2) SELECT pg_notify($4, $5)", change.user_id, change.mailbox_id,
+        change.modseq, channel(change.user_id), encode(change))
+
+
 def _header_text(row: MessageRow) -> str:
     return "\n".join(f"{name}: {value}" for name, value in row.headers)
 
@@ -377,23 +387,26 @@ class Messages:
         async with self.db.transaction() as conn:
             mailbox = (await lock_mailboxes(conn, user_id, [mailbox_id]))[mailbox_id]
             modseq = mailbox["highestmodseq"] + 1
-            changed = await conn.fetch(
-                f"UPDATE mailbox_messages mm SET flags = {new_flags}, "
+            # One round trip for the update and every entry's state after it: the outer
+            # SELECT sees the entries as they were before the statement, which for the
+            # unchanged ones is as they are (the mailbox lock keeps other STOREs out).
+            rows = await conn.fetch(
+                f"WITH changed AS (UPDATE mailbox_messages mm SET flags = {new_flags}, "
                 f"keywords = {new_keywords}, modseq = $7 FROM {_RANGES} "
                 "WHERE mm.user_id = $1 AND mm.mailbox_id = $2 AND mm.uid BETWEEN r.lo AND r.hi "
-                f"AND {changes} AND ($8::bigint IS NULL OR mm.modseq <= $8) RETURNING mm.uid",
+                f"AND {changes} AND ($8::bigint IS NULL OR mm.modseq <= $8) "
+                "RETURNING mm.uid, mm.flags, mm.keywords, mm.modseq) "
+                "SELECT uid, flags, keywords, modseq, true AS changed FROM changed "
+                "UNION ALL SELECT mm.uid, mm.flags, mm.keywords, mm.modseq, false "
+                f"FROM {_RANGES} JOIN mailbox_messages mm ON mm.user_id = $1 "
+                "AND mm.mailbox_id = $2 AND mm.uid BETWEEN r.lo AND r.hi "
+                "WHERE mm.uid NOT IN (SELECT uid FROM changed) ORDER BY uid",
                 user_id, mailbox_id, lows, highs, flags.system, list(flags.keywords), modseq,
                 unchanged_since)
-            rows = await conn.fetch(
-                "SELECT mm.uid, mm.flags, mm.keywords, mm.modseq "
-                f"FROM {_RANGES} JOIN mailbox_messages mm ON mm.user_id = $1 "
-                "AND mm.mailbox_id = $2 AND mm.uid BETWEEN r.lo AND r.hi ORDER BY mm.uid",
-                user_id, mailbox_id, lows, highs)
-            changed_uids = sorted(r["uid"] for r in changed)
+            changed_uids = [r["uid"] for r in rows if r["changed"]]
             if changed_uids:
-                await conn.execute("UPDATE mailboxes SET highestmodseq = $3 "
-                                   "WHERE user_id = $1 AND id = $2", user_id, mailbox_id, modseq)
-                await publish(conn, Change(user_id, "flags", mailbox_id, modseq=modseq))
+                await _bump_and_publish(conn, Change(user_id, "flags", mailbox_id,
+                                                     modseq=modseq))
         done = set(changed_uids)
         modified = () if unchanged_since is None else tuple(
             r["uid"] for r in rows if r["uid"] not in done and r["modseq"] > unchanged_since)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imapd.headerfields import filter_fields, split_fields
 
@@ -46,3 +48,30 @@ def test_a_line_without_colon_is_never_a_named_field() -> None:
     block = b"garbage line\r\nSubject: s\r\n\r\n"
     assert filter_fields(block, ["GARBAGE LINE"]) == b"\r\n"
     assert filter_fields(block, ["SUBJECT"], exclude=True) == b"garbage line\r\n\r\n"
+
+
+def _reference(block: bytes, names: list[str]) -> bytes:
+    """HEADER.FIELDS the slow way: every field from split_fields, compared by name."""
+    wanted = {name.upper().encode("ascii", "replace") for name in names}
+    kept = [raw if raw.endswith(b"\n") else raw + b"\r\n"
+            for name, raw in split_fields(block) if name in wanted]
+    return b"".join(kept) + b"\r\n"
+
+
+_LINES = st.lists(st.sampled_from([
+    b"From: a@b", b"from :x", b"FROM\t: y", b"From x: no", b" From: folded", b"\tmore",
+    b"To: c", b"Subject: s", b"Subject", b"X-To: d", b"garbage", b"", b" ", b"Date: now",
+    b"Fro: short", b"From:", b"Subject: \xff\x00", b"to:to:to",
+]), max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_LINES, st.sampled_from([b"\n", b"\r\n"]), st.booleans(),
+       st.lists(st.sampled_from(["From", "TO", "subject", "date", "X-To", "Nope"]),
+                min_size=1, max_size=4))
+def test_named_fields_scan_matches_field_walk(lines: list[bytes], eol: bytes, final: bool,
+                                             names: list[str]) -> None:
+    """Keeping named fields by scanning for their lines gives the same bytes as walking
+    every field (folding, blank lines, missing final newline, odd spacing, any case)."""
+    block = eol.join(lines) + (eol if final else b"")
+    assert filter_fields(block, names) == _reference(block, names)

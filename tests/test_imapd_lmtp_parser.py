@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imapd.lmtp_parser import (
     NEED_DATA,
@@ -125,3 +127,31 @@ def test_large_message_is_linear() -> None:
         parser.feed(wire[i:i + 65536])
         got += events(parser)
     assert got == [MessageData(body, len(body))]
+
+
+_LINE = st.sampled_from([b"", b".", b"..", b".x", b"x.", b"text", b"\xff.", b" .", b"\r",
+                         b"...", b"a.b"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_LINE, st.sampled_from([b"\r\n", b"\n"])), max_size=20),
+       st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=10))
+def test_any_message_survives_stuffing_in_any_reads(lines: list[tuple[bytes, bytes]],
+                                                    reads: list[int]) -> None:
+    """Whatever the lines (leading dots, CR, LF or CRLF) and however the reads split the
+    wire, DATA gives back exactly the message an MTA dot-stuffed."""
+    message = b"".join(text + eol for text, eol in lines)
+    wire = b"".join((b"." + text if text.startswith(b".") else text) + eol
+                    for text, eol in lines) + b".\r\nNOOP\r\n"
+    parser = LMTPParser()
+    parser.start_data()
+    got: list[object] = []
+    pos = 0
+    i = 0
+    while pos < len(wire):
+        size = reads[i % len(reads)]
+        parser.feed(wire[pos:pos + size])
+        got += events(parser)
+        pos += size
+        i += 1
+    assert got == [MessageData(message, len(message)), Command("NOOP", "")]

@@ -69,3 +69,15 @@ def test_uid_sets_are_compact_ranges() -> None:
     v = view([3, 5, 9, 12, 40])
     pairs = v.resolve(SequenceSet.parse("1:3,5"), uid=False)
     assert v.uid_set(pairs).ranges == ((3, 9), (40, 40))
+
+
+def test_only_own_since_needs_every_modseq_of_the_range() -> None:
+    """A range of mod-sequences is skippable only when each one is the session's own:
+    one foreign change (or a gap) in it means it must be read."""
+    v = view([3, 5])
+    v.own_modseqs = {6, 7, 9}
+    assert v.only_own_since(5, 7)
+    assert v.only_own_since(5, 5)  # an empty range
+    assert not v.only_own_since(5, 8)  # 8 is someone else's
+    assert not v.only_own_since(6, 9)
+    assert v.only_own_since(8, 9)

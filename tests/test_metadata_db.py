@@ -74,3 +74,46 @@ def test_missing_schema_and_lost_connection(unmigrated: str) -> None:
             await db.close()
 
     asyncio.run(run())
+
+
+def test_release_sends_no_reset_query_but_rolls_back(unmigrated: str) -> None:
+    """A connection given back to the pool is not reset with a query (session settings
+    survive, so no round trip was spent), yet a transaction left open is rolled back."""
+
+    async def run() -> None:
+        db = await Database.open(unmigrated, min_size=1, max_size=1)
+        try:
+            async with db.connection() as conn:
+                await conn.execute("SET application_name = 'objmail-pool-test'")
+                await conn.execute("CREATE TABLE IF NOT EXISTS kept (v int)")
+            async with db.connection() as conn:
+                assert await conn.fetchval("SHOW application_name") == "objmail-pool-test"
+                await conn.execute("RESET application_name")
+                await conn.execute("BEGIN")
+                await conn.execute("INSERT INTO kept VALUES (1)")
+            async with db.connection() as conn:
+                assert not conn.is_in_transaction()
+                assert await conn.fetchval("SELECT count(*) FROM kept") == 0
+        finally:
+            await db.close()
+
+    asyncio.run(run())
+
+
+def test_exhausted_pool_times_out_as_unavailable(unmigrated: str) -> None:
+    """With every connection busy, a caller waits at most acquire_timeout and gets
+    Unavailable; with one idle, it gets it at once."""
+
+    async def run() -> None:
+        db = await Database.open(unmigrated, min_size=1, max_size=1, acquire_timeout=0.3)
+        try:
+            async with db.connection():
+                with pytest.raises(Unavailable):
+                    async with db.transaction():
+                        pass
+            async with db.connection() as conn:
+                assert await conn.fetchval("SELECT 1") == 1
+        finally:
+            await db.close()
+
+    asyncio.run(asyncio.wait_for(run(), 10))

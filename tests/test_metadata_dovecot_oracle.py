@@ -2,10 +2,10 @@
 
 A private Dovecot (Debian's dovecot-imapd, run by :class:`ops.bench.dovecot.PrivateDovecot`)
 is started on a free loopback port with a throw-away configuration and a maildir holding
-every corpus message plus generated ones. For each message we compare RFC822.SIZE, ENVELOPE, BODY and BODYSTRUCTURE with
-what :mod:`metadata.envelope` / :mod:`metadata.bodystructure` render, and
-``BODY[section]`` / ``BODY[section]<partial>`` with the ranges of
-:mod:`metadata.sections` read through :mod:`metadata.splitter`.
+every corpus message plus generated ones. For each message we compare RFC822.SIZE,
+ENVELOPE, BODY and BODYSTRUCTURE with what :mod:`metadata.envelope` /
+:mod:`metadata.bodystructure` render, and ``BODY[section]`` / ``BODY[section]<partial>``
+with the ranges of :mod:`metadata.sections` read through :mod:`metadata.splitter`.
 
 Known differences (see ``KNOWN_DIFFERENCES``): Dovecot answers a plain us-ascii 7bit
 text message in two ways: its *first* answer keeps the sender's spelling

@@ -10,8 +10,9 @@ the mix until ``--duration`` runs out:
 ``fetch_message``  ``UID FETCH <random 1> BODY.PEEK[]``
 ``search``         ``UID SEARCH`` on a flag, a header word, or a body word
 ``store``          ``UID STORE <random 1> +FLAGS/-FLAGS (\\Flagged)``
-``append``         ``APPEND INBOX`` of a corpus message
-``expunge``        ``UID STORE <oldest> +FLAGS (\\Deleted)`` then ``EXPUNGE``
+``append``         ``APPEND INBOX`` of a corpus message (its UID from APPENDUID)
+``expunge``        ``UID STORE <oldest> +FLAGS (\\Deleted)`` then ``EXPUNGE``; the oldest
+                   messages beyond ``--seed`` go at once, so the mailbox stays near that size
 ``noop``           ``NOOP``
 
 LOGIN and SELECT are timed once per client (and again with ``--reconnect``).  The same
@@ -33,6 +34,9 @@ both servers through their LMTP listeners, then runs the mix ``--reps`` times ag
 the ratio objmail/Dovecot::
 
     .venv/bin/python -m ops.bench.imap_bench --compare --clients 20 --duration 30 --reps 3
+
+``--imapd N`` starts N-1 more imapd processes over the same storage and spreads the
+objmail clients over them, as a load balancer in front of stateless frontends would.
 """
 
 from __future__ import annotations
@@ -51,10 +55,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ops.bench.common import (
     DEFAULT_CORPUS,
-    LmtpClient,
     ObjmailCluster,
     corpus_messages,
     lmtp_payload,
@@ -70,6 +74,7 @@ from ops.bench.dovecot import PrivateDovecot
 DEFAULT_MIX = "fetch_headers=30,fetch_message=15,search=15,store=15,append=10,expunge=5,noop=10"
 _LITERAL = re.compile(rb"\{(\d+)\+?\}\r\n$")
 _UID = re.compile(rb"UID (\d+)")
+_APPENDUID = re.compile(rb"\[APPENDUID \d+ (\d+)\]")
 _SEARCH = re.compile(rb"^\* SEARCH([ \d]*)", re.MULTILINE)
 
 
@@ -84,6 +89,7 @@ class Connection:
         self.reader = reader
         self.writer = writer
         self.counter = 0
+        self.last_tagged = b""
 
     @classmethod
     async def open(cls, host: str, port: int, tls: ssl.SSLContext | None) -> Connection:
@@ -117,6 +123,7 @@ class Connection:
             if line.startswith(tag + b" "):
                 if not line[len(tag) + 1:].startswith(b"OK"):
                     raise ImapError(line.decode("ascii", "replace").strip())
+                self.last_tagged = line
                 return b"".join(chunks)
             chunks.append(line)
 
@@ -180,7 +187,9 @@ class Client:
             tls = ssl.create_default_context()
             tls.check_hostname = False
             tls.verify_mode = ssl.CERT_NONE
-        self.conn = await Connection.open(args.host, args.port, tls)
+        # Clients are spread over the servers' ports in turn (several imapd frontends).
+        ports = getattr(args, "ports", None) or [args.port]
+        self.conn = await Connection.open(args.host, ports[self.n % len(ports)], tls)
         user = args.user_format.format(n=self.n)
         await self.timed("login", b'LOGIN "%s" "%s"' % (user.encode(), args.password.encode()))
         await self.timed("select", b"SELECT INBOX")
@@ -201,7 +210,13 @@ class Client:
     async def append(self) -> None:
         raw = self.rng.choice(self.corpus)
         await self.timed("append", b"APPEND INBOX ()", raw)
-        await self.refresh_uids()
+        assert self.conn is not None
+        # UIDPLUS gives the new UID; without it, ask for them all (an untimed command).
+        found = _APPENDUID.search(self.conn.last_tagged)
+        if found:
+            self.uids.append(int(found.group(1)))
+        else:
+            await self.refresh_uids()
 
     async def run_one(self, name: str) -> None:
         if name == "fetch_headers":
@@ -221,10 +236,13 @@ class Client:
             await self.append()
         elif name == "expunge":
             if len(self.uids) > self.args.seed // 2:
-                oldest = b"%d" % self.uids[0]
+                # The oldest message, or all beyond the seed size, so that appends and
+                # expunges keep the mailbox near its seed size however long the run.
+                count = max(1, len(self.uids) - self.args.seed)
+                oldest = b",".join(b"%d" % uid for uid in self.uids[:count])
                 await self.timed("expunge", b"UID STORE " + oldest + b" +FLAGS (\\Deleted)")
                 await self.timed("expunge", b"EXPUNGE")
-                self.uids.pop(0)
+                del self.uids[:count]
         elif name == "noop":
             await self.timed(name, b"NOOP")
 
@@ -247,7 +265,11 @@ def load_corpus(directory: Path, limit: int) -> list[bytes]:
     return corpus_messages(directory, limit, max_size=512 * 1024)
 
 
-async def run(args: argparse.Namespace) -> dict[str, object]:
+async def run(args: argparse.Namespace, cpu_pids: Sequence[int] = ()) -> dict[str, Any]:
+    """One load run against ``args.host:args.port``; the report.
+
+    :param cpu_pids: server processes whose CPU time (trees) is reported per command.
+    """
     corpus = load_corpus(Path(args.corpus), args.corpus_limit)
     if not corpus:
         raise SystemExit(f"no messages under {args.corpus}")
@@ -256,10 +278,14 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     clients = [Client(n, args, corpus, random.Random(args.seed_rng + n), Stats())
                for n in range(args.first_user, args.first_user + args.clients)]
     await asyncio.gather(*(c.connect() for c in clients))
+    cpu0 = tree_cpu_seconds(cpu_pids)
+    own0 = time.process_time()
     start = time.monotonic()
     deadline = start + args.duration
     await asyncio.gather(*(c.loop(mix, deadline) for c in clients))
     elapsed = time.monotonic() - start
+    cpu = tree_cpu_seconds(cpu_pids) - cpu0
+    own = time.process_time() - own0
     await asyncio.gather(*(c.conn.close() for c in clients if c.conn is not None))
     for client in clients:
         stats.merge(client.stats)
@@ -276,9 +302,135 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             "p99_ms": round(percentile(values, 99) * 1000, 2),
             "errors": stats.errors.get(name, 0),
         }
-    return {"host": args.host, "port": args.port, "clients": args.clients,
-            "duration_s": round(elapsed, 2), "commands_per_second": round(loop_total / elapsed, 1),
-            "mix": args.mix, "per_command": per_command}
+    report: dict[str, Any] = {
+        "host": args.host, "port": args.port, "clients": args.clients,
+        "duration_s": round(elapsed, 2), "commands_per_second": round(loop_total / elapsed, 1),
+        "mix": args.mix, "per_command": per_command,
+        # This generator's own CPU: when it nears one core, it limits the rate it measures.
+        "client_cpu_cores": round(own / elapsed, 2)}
+    if cpu_pids:
+        report["server_cpu_ms_per_command"] = round(cpu * 1000 / max(loop_total, 1), 3)
+        report["server_cpu_cores"] = round(cpu / elapsed, 2)
+    return report
+
+
+# -- objmail against Dovecot --------------------------------------------------------------
+
+TARGETS = ("objmail", "dovecot")
+
+
+def seed_deliveries(args: argparse.Namespace, corpus: Sequence[bytes],
+                    users: Sequence[str]) -> list[tuple[str, bytes]]:
+    """``--seed`` messages per user, the same bytes for both servers."""
+    from ops.bench.lmtp_bench import stamped
+
+    out = []
+    for n, user in enumerate(users):
+        for k in range(args.seed):
+            raw = corpus[(n * args.seed + k) % len(corpus)]
+            out.append((f"{user}@example.org", lmtp_payload(stamped(raw, f"seed.{n}.{k}"))))
+    return out
+
+
+def compare_table(reports: dict[str, list[dict[str, Any]]]) -> str:
+    """Per command and for the whole mix: medians over the reps of each server."""
+
+    def cmd(target: str, name: str, key: str) -> float | None:
+        values = []
+        for r in reports.get(target, []):
+            row = r["per_command"].get(name)
+            if row is not None and row[key] is not None:
+                values.append(float(row[key]))
+        return median(values) if values else None
+
+    def fmt(x: float | None, digits: int = 0) -> str:
+        return "-" if x is None else f"{x:,.{digits}f}"
+
+    names: list[str] = []
+    for target_reports in reports.values():
+        for r in target_reports:
+            for name in r["per_command"]:
+                if name not in names:
+                    names.append(name)
+    rows = []
+    for name in [*OPERATIONS, "login", "select"]:
+        if name not in names:
+            continue
+        o_rate, d_rate = cmd("objmail", name, "per_second"), cmd("dovecot", name, "per_second")
+        ratio = f"{o_rate / d_rate:.2f}x" if o_rate is not None and d_rate else "-"
+        rows.append([name, fmt(o_rate), fmt(cmd("objmail", name, "p50_ms"), 1),
+                     fmt(cmd("objmail", name, "p99_ms"), 1), fmt(d_rate),
+                     fmt(cmd("dovecot", name, "p50_ms"), 1),
+                     fmt(cmd("dovecot", name, "p99_ms"), 1), ratio])
+    totals = {t: median(float(r["commands_per_second"]) for r in rs)
+              for t, rs in reports.items() if rs}
+    ratio = (f"**{totals['objmail'] / totals['dovecot']:.2f}x**"
+             if totals.get("dovecot") and "objmail" in totals else "-")
+    rows.append(["**mix**", f"**{fmt(totals.get('objmail'))}**", "", "",
+                 f"**{fmt(totals.get('dovecot'))}**", "", "", ratio])
+    table = markdown_table(["command", "objmail /s", "p50 ms", "p99 ms", "Dovecot /s",
+                            "p50 ms", "p99 ms", "objmail/Dovecot"], rows)
+    reps = []
+    for target, rs in reports.items():
+        per_rep = " / ".join(f"{float(r['commands_per_second']):,.0f}"
+                             for r in rs)
+        cpu = median(float(r.get("server_cpu_ms_per_command", 0)) for r in rs)
+        cores = median(float(r.get("server_cpu_cores", 0)) for r in rs)
+        errors = sum(int(row["errors"]) for r in rs
+                     for row in r["per_command"].values())
+        client = median(float(r.get("client_cpu_cores", 0)) for r in rs)
+        reps.append(f"{target}: commands/s per rep {per_rep}; server CPU {cpu:.2f} ms per "
+                    f"command, {cores:.2f} cores busy; load generator {client:.2f} cores; "
+                    f"{errors} errors")
+    return table + "\n\n" + "\n".join(reps)
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Start both servers, give them the same mail, run the mix against each."""
+    from ops.bench.lmtp_bench import deliver_batch
+
+    corpus = load_corpus(Path(args.corpus), args.corpus_limit)
+    if not corpus:
+        raise SystemExit(f"no messages under {args.corpus}")
+    targets = args.targets.split(",")
+    users = [args.user_format.format(n=n)
+             for n in range(args.first_user, args.first_user + args.clients)]
+    reports: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
+    with ObjmailCluster() as objmail, PrivateDovecot(users, password=args.password) as dovecot:
+        objmail.add_users(users, args.password)
+        imap_ports = [objmail.imap_port] + [objmail.add_imapd(f"imapd-{k}")[0]
+                                            for k in range(2, args.imapd + 1)]
+        servers = {"objmail": (imap_ports, objmail.lmtp_port, objmail.server_pids()),
+                   "dovecot": ([dovecot.imap_port], dovecot.lmtp_port, [dovecot.pid or 0])}
+        seed = seed_deliveries(args, corpus, users)
+        for target in targets:
+            _imap, lmtp, _pids = servers[target]
+            elapsed, _lat, refused = asyncio.run(deliver_batch(lmtp, seed, 10))
+            if refused:
+                raise SystemExit(f"{target} refused {refused} of the seed messages")
+            print(f"{target}: {len(seed)} seed messages delivered by LMTP in {elapsed:.1f}s",
+                  file=sys.stderr)
+        load = wait_for_quiet(args.max_load, args.wait)
+        load_before = load_text()
+        print(f"load average before measuring: {load_before}", file=sys.stderr)
+        for rep in range(args.reps):
+            order = targets if rep % 2 == 0 else list(reversed(targets))
+            for target in order:
+                imap, _lmtp, pids = servers[target]
+                run_args = argparse.Namespace(**{**vars(args), "port": imap[0], "ports": imap,
+                                                 "host": "127.0.0.1", "tls": False})
+                report = asyncio.run(run(run_args, cpu_pids=pids))
+                reports[target].append(report)
+                print(f"rep {rep + 1} {target}: {report['commands_per_second']} commands/s "
+                      f"(load {load_text()})", file=sys.stderr)
+    print(compare_table(reports))
+    print(f"\nobjmail with {args.imapd} imapd process(es); "
+          f"{args.clients} clients, {args.duration:.0f} s per rep, {args.reps} reps, seed "
+          f"{args.seed} messages per INBOX, mix {args.mix}; load average before: "
+          f"{load:.2f} ({load_before}), after: {load_text()}")
+    if args.json_file:
+        Path(args.json_file).write_text(json.dumps(reports, indent=1))
+    return 0
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -293,16 +445,27 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--password", default="secret")
     ap.add_argument("--mix", default=DEFAULT_MIX, help="name=weight,... of " + ", ".join(OPERATIONS))
     ap.add_argument("--seed", type=int, default=50, help="messages each INBOX holds before")
-    ap.add_argument("--corpus", default=str(Path(__file__).resolve().parents[3] / "shared"
-                                            / "corpus"))
+    ap.add_argument("--corpus", default=str(DEFAULT_CORPUS))
     ap.add_argument("--corpus-limit", type=int, default=200)
     ap.add_argument("--seed-rng", type=int, default=1)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--compare", action="store_true",
+                    help="start objmail and Dovecot with the same mail and run against both")
+    ap.add_argument("--targets", default=",".join(TARGETS), help="with --compare")
+    ap.add_argument("--reps", type=int, default=3, help="with --compare")
+    ap.add_argument("--max-load", type=float, default=1.0,
+                    help="with --compare: wait for the 1-minute load average to drop below")
+    ap.add_argument("--wait", type=float, default=1200, help="longest wait for that, s")
+    ap.add_argument("--json-file", help="with --compare: write every run's report here")
+    ap.add_argument("--imapd", type=int, default=1,
+                    help="with --compare: objmail imapd processes, clients spread over them")
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
+    if args.compare:
+        return compare(args)
     report = asyncio.run(run(args))
     if args.json:
         print(json.dumps(report, indent=2))

@@ -1,0 +1,347 @@
+"""What the mail benchmarks (lmtp_bench, imap_bench, fanout_bench) share: the corpus,
+statistics, machine load, a minimal LMTP client, CPU accounting of process trees, and an
+objmail cluster started for one run.
+
+The objmail cluster is the one ``objmail dev up`` starts (:class:`ops.devcluster.DevCluster`:
+PostgreSQL, a 6-node Redis Cluster, three objstored, directord, imapd), on free loopback
+ports under a temporary directory, *durable* (PostgreSQL with fsync and synchronous commit,
+objstored acknowledging after its LMDB commit), with the release's default settings
+otherwise; it is always stopped and removed at the end.  Dovecot, the reference, comes
+from :mod:`ops.bench.dovecot`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from ops.bench.director_bench import free_block
+from ops.bench.objstore_bench import free_port
+from ops.config import (
+    ClusterConfig,
+    Config,
+    DirectorConfig,
+    ImapdConfig,
+    ObjstoreConfig,
+    parse_hostport,
+    to_toml,
+)
+from ops.devcluster import DevCluster, DevOptions
+from ops.launcher import ProcessSpec
+
+__all__ = [
+    "DEFAULT_CORPUS", "LmtpClient", "LmtpError", "ObjmailCluster", "corpus_messages",
+    "lmtp_payload", "load_text", "markdown_table", "median", "objmail_config", "percentile",
+    "process_tree", "tree_cpu_seconds", "wait_for_quiet",
+]
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
+_NOT_MAIL = ("FEATURES.tsv", "MANIFEST.sha256", "README.md")
+
+
+# -- the corpus -------------------------------------------------------------------------
+
+
+def corpus_messages(directory: Path, limit: int | None = None,
+                    max_size: int = 512 * 1024) -> list[bytes]:
+    """The corpus messages under ``directory`` (sorted by path, so every run and every
+    server gets the same ones), at most ``limit``, each below ``max_size`` bytes."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name not in _NOT_MAIL
+                   and "LICENSES" not in p.parts and p.stat().st_size < max_size)
+    return [p.read_bytes() for p in files[:limit]]
+
+
+# -- statistics and the machine ---------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The nearest-rank ``p``-th percentile (0 for no values)."""
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    index = min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def median(values: Iterable[float]) -> float:
+    found = list(values)
+    return statistics.median(found) if found else 0.0
+
+
+def load_text() -> str:
+    """The 1, 5 and 15 minute load averages, as ``uptime`` shows them."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f}, {five:.2f}, {fifteen:.2f}"
+
+
+def wait_for_quiet(max_load: float, timeout: float,
+                   say: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> float:
+    """Wait until the 1-minute load average is below ``max_load`` (at most ``timeout``
+    seconds); the load average then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        load = os.getloadavg()[0]
+        if load < max_load or time.monotonic() >= deadline:
+            return load
+        say(f"load average {load:.2f} >= {max_load}: waiting")
+        time.sleep(15)
+
+
+def process_tree(roots: Iterable[int]) -> list[int]:
+    """``roots`` and all their live descendants (PostgreSQL backends, Dovecot's children)."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found = [r for r in roots if r in parent]
+    seen = set(found)
+    i = 0
+    while i < len(found):
+        for pid, ppid in parent.items():
+            if ppid == found[i] and pid not in seen:
+                seen.add(pid)
+                found.append(pid)
+        i += 1
+    return found
+
+
+def tree_cpu_seconds(roots: Iterable[int]) -> float:
+    """User + system CPU seconds of the process trees under ``roots``, reaped children
+    included (a snapshot; take the difference around a measurement)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in process_tree(roots):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return total / ticks
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- LMTP -------------------------------------------------------------------------------
+
+
+class LmtpError(Exception):
+    """An unexpected LMTP reply or a dropped connection."""
+
+
+_LINE_START_DOT = re.compile(rb"(?m)^\.")
+_BARE_EOL = re.compile(rb"\r\n|\r|\n")
+
+
+def lmtp_payload(raw: bytes) -> bytes:
+    """``raw`` as DATA puts it on the wire: CRLF line ends (what an MTA sends), leading
+    dots doubled, the final ``.`` line added."""
+    data = _LINE_START_DOT.sub(b"..", _BARE_EOL.sub(b"\r\n", raw))
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
+class LmtpClient:
+    """One LMTP connection (RFC 2033) that pipelines MAIL, RCPT and DATA (RFC 2920)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, host: str, port: int, name: str = "bench.local") -> LmtpClient:
+        reader, writer = await asyncio.open_connection(host, port)
+        client = cls(reader, writer)
+        await client._expect(220)
+        writer.write(f"LHLO {name}\r\n".encode())
+        await client._expect(250)
+        return client
+
+    async def _reply(self) -> tuple[int, str]:
+        text = []
+        while True:
+            line = await self.reader.readline()
+            if not line:
+                raise LmtpError("connection closed")
+            text.append(line[4:].decode(errors="replace").strip())
+            if line[3:4] != b"-":
+                return int(line[:3]), " ".join(text)
+
+    async def _expect(self, code: int) -> str:
+        got, text = await self._reply()
+        if got != code:
+            raise LmtpError(f"expected {code}, got {got} {text}")
+        return text
+
+    async def deliver(self, sender: str, recipients: Sequence[str], payload: bytes) -> list[int]:
+        """Deliver ``payload`` (from :func:`lmtp_payload`); the reply code of each
+        recipient (a refused RCPT gives its own code and no DATA reply)."""
+        head = [f"MAIL FROM:<{sender}>"] + [f"RCPT TO:<{r}>" for r in recipients] + ["DATA"]
+        self.writer.write("".join(f"{line}\r\n" for line in head).encode())
+        await self._expect(250)
+        codes = [(await self._reply())[0] for _ in recipients]
+        accepted = [i for i, c in enumerate(codes) if c == 250]
+        data_code, text = await self._reply()
+        if data_code != 354:
+            if accepted:
+                raise LmtpError(f"DATA refused: {data_code} {text}")
+            return codes
+        self.writer.write(payload)
+        for i in accepted:
+            codes[i] = (await self._reply())[0]
+        return codes
+
+    async def close(self) -> None:
+        try:
+            self.writer.write(b"QUIT\r\n")
+            await asyncio.wait_for(self._reply(), 5)
+        except (LmtpError, OSError, TimeoutError):
+            pass
+        self.writer.close()
+
+
+# -- objmail ----------------------------------------------------------------------------
+
+
+def objmail_config(seed: int | None = None) -> Config:
+    """The release's defaults on free loopback ports."""
+    rng = random.Random(seed)
+    redis = free_block(6, rng, bus_offset=10000)
+    objstore = free_block(3, rng)
+
+    def free() -> str:
+        return f"127.0.0.1:{free_port()}"
+
+    return Config(
+        cluster=ClusterConfig(pg_dsn=f"postgresql://postgres@127.0.0.1:{free_port()}/objmail",
+                              redis_nodes=tuple(f"127.0.0.1:{redis + i}" for i in range(6))),
+        objstore=ObjstoreConfig(listen=f"127.0.0.1:{objstore}"),
+        director=DirectorConfig(listen=free(), metrics_listen=free()),
+        imapd=ImapdConfig(imap_listen=free(), imaps_listen=free(), pop3_listen=free(),
+                          lmtp_listen=free(), metrics_listen=free()))
+
+
+@dataclass
+class ObjmailCluster:
+    """A whole objmail cluster for one benchmark run (a context manager).
+
+    :param config: from :func:`objmail_config` unless given.
+    :param progress: where start-up messages go.
+    """
+
+    config: Config | None = None
+    progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
+
+    def __post_init__(self) -> None:
+        if self.config is None:
+            self.config = objmail_config()
+        self._tmp = tempfile.TemporaryDirectory(prefix="objmail-bench-")
+        self.cluster = DevCluster(self.config, Path(self._tmp.name) / "var",
+                                  DevOptions(objstore_count=3))
+        self.config = self.cluster.config
+        self._extra: list[ProcessSpec] = []
+
+    @property
+    def conf(self) -> Config:
+        assert self.config is not None
+        return self.config
+
+    @property
+    def imap_port(self) -> int:
+        return parse_hostport(self.conf.imapd.imap_listen)[1]
+
+    @property
+    def lmtp_port(self) -> int:
+        return parse_hostport(self.conf.imapd.lmtp_listen)[1]
+
+    def pid(self, name: str) -> int | None:
+        """The pid of one process of the cluster (``imapd``, ``postgres``, ...)."""
+        return self.cluster.launcher.pid_of(self.cluster.spec(name))
+
+    def server_pids(self) -> list[int]:
+        """Every process the cluster runs (PostgreSQL's backends come with their parent)."""
+        pids = [p.pid for p in self.cluster.status() if p.pid is not None]
+        launcher = self.cluster.launcher
+        return pids + [pid for spec in self._extra if (pid := launcher.pid_of(spec))]
+
+    def add_imapd(self, name: str) -> tuple[int, int]:
+        """Start one more imapd over the same storage, as a second frontend behind a load
+        balancer would be (imapd keeps no state); its IMAP and LMTP ports."""
+        def free() -> str:
+            return f"127.0.0.1:{free_port()}"
+
+        imapd = dataclasses.replace(self.conf.imapd, imap_listen=free(), imaps_listen=free(),
+                                    pop3_listen=free(), lmtp_listen=free(),
+                                    metrics_listen=free())
+        config = dataclasses.replace(self.conf, imapd=imapd)
+        path = self.cluster.run_dir / f"{name}.toml"
+        path.write_text(to_toml(config))
+        spec = self.cluster.imapd_spec(name=name, config=config, config_path=path)
+        self._extra.append(spec)
+        self.cluster.launcher.start(spec)
+        return parse_hostport(imapd.imap_listen)[1], parse_hostport(imapd.lmtp_listen)[1]
+
+    def add_users(self, names: Sequence[str], password: str, *, fast_hash: bool = False) -> None:
+        """Create the users (with the default mailboxes).
+
+        :param fast_hash: a cheap scrypt cost, for many users that never log in.
+        """
+        from metadata.passwords import DEFAULT_PARAMS, ScryptParams
+        from metadata.store import MetadataStore
+
+        params = ScryptParams(log_n=4) if fast_hash else DEFAULT_PARAMS
+
+        async def create() -> None:
+            store = await MetadataStore.open(self.conf.cluster.pg_dsn, pool_min=1, pool_max=4,
+                                             password_params=params)
+            try:
+                sem = asyncio.Semaphore(4)
+
+                async def one(name: str) -> None:
+                    async with sem:
+                        await store.users.create(name, password)
+
+                await asyncio.gather(*(one(n) for n in names))
+            finally:
+                await store.close()
+
+        asyncio.run(create())
+
+    def __enter__(self) -> ObjmailCluster:
+        try:
+            self.cluster.up(progress=self.progress)
+        except BaseException:
+            self._down()
+            raise
+        return self
+
+    def _down(self) -> None:
+        try:
+            for spec in reversed(self._extra):
+                self.cluster.launcher.stop(spec)
+            self.cluster.down(progress=self.progress)
+        finally:
+            self._tmp.cleanup()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._down()

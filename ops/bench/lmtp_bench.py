@@ -1,0 +1,213 @@
+"""LMTP delivery benchmark: objmail's imapd LMTP listener against Dovecot's LMTP into
+maildir, in one run, in messages/s and per-message latency.
+
+One run starts an objmail cluster (:class:`ops.bench.common.ObjmailCluster`: the stages of
+``objmail dev up``, durable, ``replicas = 2``) and a private Dovecot
+(:class:`ops.bench.dovecot.PrivateDovecot`, maildir, ``mail_fsync = optimized``), creates the
+same ``--users`` in both, then, ``--reps`` times and alternating which server goes first,
+delivers ``--messages`` corpus messages to each over ``--conns`` parallel LMTP connections
+(one recipient per message, users in turn).  It reports the median messages/s, the median
+p50/p99 latency of a delivery (MAIL to the recipient's 250), the CPU seconds the servers'
+process trees used per message, and the ratio objmail/Dovecot.
+
+Every delivery carries a ``Received:`` line unique to it (an MTA adds one), so no two
+deliveries are the same message: objmail stores a new skeleton for each, while a part body
+of 4 KiB or more that a corpus message shares with an earlier delivery of it is a dedup hit
+(as a forwarded attachment would be).  Messages go out with CRLF line ends, as an MTA sends
+them.
+
+Usage::
+
+    python -m ops.bench.lmtp_bench [--corpus /work/shared/corpus] [--messages 1000]
+        [--conns 10] [--users 10] [--reps 3] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ops.bench.common import (
+    DEFAULT_CORPUS,
+    LmtpClient,
+    ObjmailCluster,
+    corpus_messages,
+    lmtp_payload,
+    load_text,
+    markdown_table,
+    median,
+    percentile,
+    tree_cpu_seconds,
+    wait_for_quiet,
+)
+from ops.bench.dovecot import PrivateDovecot
+
+TARGETS = ("objmail", "dovecot")
+
+
+@dataclass
+class Run:
+    """One timed batch of deliveries to one server."""
+
+    target: str
+    messages: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    cpu_ms_per_message: float
+    refused: int
+
+    @property
+    def per_second(self) -> float:
+        return self.messages / self.seconds if self.seconds else 0.0
+
+
+def stamped(raw: bytes, tag: str) -> bytes:
+    """``raw`` behind a ``Received:`` line naming this delivery."""
+    line = (f"Received: from bench.local by mx.bench.local with LMTP id {tag};\r\n"
+            "\tSat, 1 Jan 2022 00:00:00 +0000\r\n").encode()
+    return line + raw
+
+
+async def deliver_batch(port: int, payloads: Sequence[tuple[str, bytes]], conns: int,
+                        sender: str = "bench@example.org") -> tuple[float, list[float], int]:
+    """Deliver ``(recipient, payload)`` pairs over ``conns`` connections sharing one queue;
+    the wall time, each delivery's latency, and how many were not accepted."""
+    queue = list(reversed(payloads))
+    latencies: list[float] = []
+    refused = 0
+    clients = await asyncio.gather(*(LmtpClient.open("127.0.0.1", port) for _ in range(conns)))
+
+    async def worker(client: LmtpClient) -> None:
+        nonlocal refused
+        while queue:
+            rcpt, payload = queue.pop()
+            t0 = time.perf_counter()
+            codes = await client.deliver(sender, [rcpt], payload)
+            latencies.append(time.perf_counter() - t0)
+            refused += sum(1 for c in codes if c != 250)
+
+    start = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker(c) for c in clients))
+        elapsed = time.perf_counter() - start
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
+    return elapsed, latencies, refused
+
+
+def batch(corpus: Sequence[bytes], users: Sequence[str], count: int, tag: str,
+          offset: int) -> list[tuple[str, bytes]]:
+    """``count`` deliveries cycling through the corpus and the users."""
+    out = []
+    for i in range(count):
+        raw = corpus[(offset + i) % len(corpus)]
+        out.append((f"{users[i % len(users)]}@example.org", lmtp_payload(stamped(raw, f"{tag}.{i}"))))
+    return out
+
+
+def measure(target: str, port: int, pids: Sequence[int], deliveries: list[tuple[str, bytes]],
+            conns: int) -> Run:
+    cpu0 = tree_cpu_seconds(pids)
+    elapsed, latencies, refused = asyncio.run(deliver_batch(port, deliveries, conns))
+    cpu = tree_cpu_seconds(pids) - cpu0
+    return Run(target, len(deliveries), elapsed, percentile(latencies, 50) * 1000,
+               percentile(latencies, 99) * 1000, cpu * 1000 / len(deliveries), refused)
+
+
+def summary(runs: Sequence[Run]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for target in TARGETS:
+        mine = [r for r in runs if r.target == target]
+        if mine:
+            out[target] = {
+                "per_second": median(r.per_second for r in mine),
+                "p50_ms": median(r.p50_ms for r in mine),
+                "p99_ms": median(r.p99_ms for r in mine),
+                "cpu_ms_per_message": median(r.cpu_ms_per_message for r in mine),
+                "refused": sum(r.refused for r in mine),
+            }
+    return out
+
+
+def report(runs: Sequence[Run], args: argparse.Namespace, load_before: str) -> str:
+    s = summary(runs)
+    rows = []
+    for target in TARGETS:
+        if target not in s:
+            continue
+        row = s[target]
+        reps = " / ".join(f"{r.per_second:,.0f}" for r in runs if r.target == target)
+        rows.append([target, reps, f"**{row['per_second']:,.0f}**", f"{row['p50_ms']:,.1f}",
+                     f"{row['p99_ms']:,.1f}", f"{row['cpu_ms_per_message']:,.2f}",
+                     int(row["refused"])])
+    table = markdown_table(["server", "msgs/s per rep", "median msgs/s", "p50 ms", "p99 ms",
+                            "server CPU ms/msg", "refused"], rows)
+    lines = [table, ""]
+    if "objmail" in s and "dovecot" in s and s["dovecot"]["per_second"]:
+        ratio = s["objmail"]["per_second"] / s["dovecot"]["per_second"]
+        lines.append(f"objmail / Dovecot: {ratio:.2f}x messages/s")
+    lines.append(f"{args.messages} messages per rep, {args.conns} connections, {args.users} "
+                 f"users, {args.reps} reps; load average before: {load_before}, after: "
+                 f"{load_text()}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    ap.add_argument("--messages", type=int, default=1000, help="deliveries per rep and server")
+    ap.add_argument("--conns", type=int, default=10, help="parallel LMTP connections")
+    ap.add_argument("--users", type=int, default=10)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--max-load", type=float, default=1.0,
+                    help="wait for the 1-minute load average to drop below this")
+    ap.add_argument("--wait", type=float, default=1200, help="longest wait for that, s")
+    ap.add_argument("--json", type=Path, help="also write every run here")
+    args = ap.parse_args(argv)
+    targets = args.targets.split(",")
+    corpus = corpus_messages(args.corpus, max_size=64 * 1024 * 1024)
+    if not corpus:
+        raise SystemExit(f"no messages under {args.corpus}")
+    users = [f"bench{n}" for n in range(args.users)]
+    runs: list[Run] = []
+    with ObjmailCluster() as objmail, PrivateDovecot(users, password="secret") as dovecot:
+        objmail.add_users(users, "secret", fast_hash=True)
+        servers = {
+            "objmail": (objmail.lmtp_port, objmail.server_pids()),
+            "dovecot": (dovecot.lmtp_port, [dovecot.pid or 0]),
+        }
+        # Warm-up: connections, caches, first-time mailbox creation (not measured).
+        for target in targets:
+            port, _ = servers[target]
+            asyncio.run(deliver_batch(port, batch(corpus, users, 2 * len(users), "warm", 0),
+                                      args.conns))
+        load_before = f"{wait_for_quiet(args.max_load, args.wait):.2f} (1 min); {load_text()}"
+        print(f"load average before measuring: {load_text()}", file=sys.stderr)
+        for rep in range(args.reps):
+            order = targets if rep % 2 == 0 else list(reversed(targets))
+            for target in order:
+                port, pids = servers[target]
+                deliveries = batch(corpus, users, args.messages, f"{target}.{rep}",
+                                   rep * args.messages)
+                run = measure(target, port, pids, deliveries, args.conns)
+                runs.append(run)
+                print(f"rep {rep + 1} {target}: {run.per_second:,.1f} msgs/s, p99 "
+                      f"{run.p99_ms:,.1f} ms, {run.cpu_ms_per_message:.2f} CPU ms/msg, "
+                      f"{run.refused} refused (load {load_text()})", file=sys.stderr)
+    print(report(runs, args, load_before))
+    if args.json:
+        args.json.write_text(json.dumps({"runs": [asdict(r) for r in runs],
+                                         "summary": summary(runs)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
