@@ -3,9 +3,9 @@
 What PostgreSQL already holds is used first: the top-level header (``BODY[HEADER]``,
 ``RFC822.HEADER``, ``HEADER.FIELDS``) comes from ``messages.header_block`` without any
 blob.  Everything else needs the message's *skeleton* (one small blob) and then only the
-part blobs that the requested window overlaps: :func:`blobs_for_window` walks the skeleton's
-segments counting IMAP-view octets with the sizes the skeleton records, so ``BODY[1]<0.2048>``
-of a message with a 20 MB attachment never fetches the attachment.
+part blobs that the requested window overlaps: :func:`metadata.splitter.blobs_for_window`
+walks the skeleton's segments counting IMAP-view octets with the sizes the skeleton records,
+so ``BODY[1]<0.2048>`` of a message with a 20 MB attachment never fetches the attachment.
 
 :class:`BodyReader` serves a whole batch of FETCH entries with two round trips to the blob
 store at most: every skeleton at once, then every part blob the batch needs at once.
@@ -13,7 +13,7 @@ store at most: every skeleton at once, then every part blob the batch needs at o
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,9 +23,8 @@ from imapd.headerfields import filter_fields
 from metadata.records import MessageEntry
 from metadata.sections import SectionMap, SectionRange, imap_view
 from metadata.splitter import (
-    BlobSegment,
-    Segment,
     Skeleton,
+    blobs_for_window,
     parse_skeleton,
     read_imap_range,
 )
@@ -46,62 +45,6 @@ class BlobSource(Protocol):
     async def get(self, blob_id: str) -> bytes: ...
 
     async def get_many(self, ids: Iterable[str]) -> dict[str, bytes]: ...
-
-
-def _overlapping(skeleton: Skeleton, start: int, end: int) -> Iterator[tuple[int, Segment]]:
-    pos = 0
-    for seg in skeleton.segments:
-        seg_end = pos + seg.length
-        if seg_end > start and pos < end:
-            yield pos, seg
-        if seg_end >= end:
-            return
-        pos = seg_end
-
-
-def blobs_for_window(skeleton: Skeleton, section: SectionRange, origin: int = 0,
-                     count: int | None = None) -> tuple[str, ...]:
-    """The blob ids :func:`metadata.splitter.read_imap_range` needs to return ``count``
-    IMAP-view octets of ``section`` from ``origin`` (all of it when ``count`` is None).
-
-    Whole blobs are measured by their recorded view length, exactly as the reader counts
-    them; a blob cut by the section's edge (which section boundaries never do for the
-    splitter's own skeletons) makes every later blob of the section count as needed.
-    """
-    stop = section.vsize if count is None else min(section.vsize, origin + count)
-    if origin >= stop:
-        return ()
-    needed: dict[str, None] = {}
-    v = 0
-    after_cr = False
-    uncertain = False
-    for pos, seg in _overlapping(skeleton, section.start, section.end):
-        lo = max(section.start - pos, 0)
-        hi = min(section.end - pos, seg.length)
-        first = pos <= section.start
-        if uncertain:
-            if isinstance(seg, BlobSegment):
-                needed[seg.blob_id] = None
-            continue
-        if isinstance(seg, BlobSegment):
-            if lo == 0 and hi == seg.length:
-                width = seg.vlength + (1 if first and seg.lf_after_cr else 0)
-                if not (v + width <= origin or v >= stop):
-                    needed[seg.blob_id] = None
-                v += width
-                after_cr = seg.ends_cr
-                continue
-            if v >= stop:
-                break
-            needed[seg.blob_id] = None
-            uncertain = True
-            continue
-        if v >= stop:
-            break
-        data = seg.data[lo:hi]
-        v += len(imap_view(data, after_cr=after_cr and not first))
-        after_cr = data.endswith(b"\r")
-    return tuple(needed)
 
 
 def slice_window(data: bytes, origin: int, count: int | None) -> bytes:

@@ -52,6 +52,7 @@ __all__ = [
     "SplitMessage",
     "blob_id",
     "blobs_for_range",
+    "blobs_for_window",
     "iter_range",
     "parse_skeleton",
     "read_imap_range",
@@ -508,6 +509,51 @@ def iter_range(
 def read_range(skeleton: Skeleton, blobs: Mapping[str, bytes], start: int, end: int) -> bytes:
     """Message bytes ``[start, end)``."""
     return b"".join(iter_range(skeleton, blobs, start, end))
+
+
+def blobs_for_window(skeleton: Skeleton, section: SectionRange, origin: int = 0,
+                     count: int | None = None) -> tuple[str, ...]:
+    """The blob ids :func:`metadata.splitter.read_imap_range` needs to return ``count``
+    IMAP-view octets of ``section`` from ``origin`` (all of it when ``count`` is None).
+
+    Whole blobs are measured by their recorded view length, exactly as the reader counts
+    them; a blob cut by the section's edge (which section boundaries never do for the
+    splitter's own skeletons) makes every later blob of the section count as needed.
+    """
+    stop = section.vsize if count is None else min(section.vsize, origin + count)
+    if origin >= stop:
+        return ()
+    needed: dict[str, None] = {}
+    v = 0
+    after_cr = False
+    uncertain = False
+    for pos, seg in _overlapping(skeleton, section.start, section.end):
+        lo = max(section.start - pos, 0)
+        hi = min(section.end - pos, seg.length)
+        first = pos <= section.start
+        if uncertain:
+            if isinstance(seg, BlobSegment):
+                needed[seg.blob_id] = None
+            continue
+        if isinstance(seg, BlobSegment):
+            if lo == 0 and hi == seg.length:
+                width = seg.vlength + (1 if first and seg.lf_after_cr else 0)
+                if not (v + width <= origin or v >= stop):
+                    needed[seg.blob_id] = None
+                v += width
+                after_cr = seg.ends_cr
+                continue
+            if v >= stop:
+                break
+            needed[seg.blob_id] = None
+            uncertain = True
+            continue
+        if v >= stop:
+            break
+        data = seg.data[lo:hi]
+        v += len(imap_view(data, after_cr=after_cr and not first))
+        after_cr = data.endswith(b"\r")
+    return tuple(needed)
 
 
 def read_imap_range(
