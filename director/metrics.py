@@ -80,43 +80,57 @@ class ProxyMetrics:
     def render(self, extra: Iterable[Sample] = ()) -> bytes:
         """The exposition text: our metrics, then ``extra``."""
         out: list[str] = []
-        _family(out, "directord_requests_total", "counter",
+        family(out, "directord_requests_total", "counter",
                 "Requests handled, by memcached command.",
                 [((("command", c),), n) for c, n in sorted(self.requests.items())])
-        _family(out, "directord_errors_total", "counter",
+        family(out, "directord_errors_total", "counter",
                 "Requests answered with an error, by command and kind.",
                 [((("command", c), ("kind", k)), n)
                  for (c, k), n in sorted(self.errors.items())])
-        _family(out, "directord_dedup_hits_total", "counter",
+        family(out, "directord_dedup_hits_total", "counter",
                 "Blob-id sets answered without upload: the index knew the blob.",
                 [((), self.dedup_hits)])
-        _family(out, "directord_cache_hits_total", "counter",
+        family(out, "directord_cache_hits_total", "counter",
                 "Blob-id gets served from directord's memory cache.", [((), self.cache_hits)])
-        _family(out, "directord_cache_misses_total", "counter",
+        family(out, "directord_cache_misses_total", "counter",
                 "Blob-id gets that had to read an object server.", [((), self.cache_misses)])
-        name = "directord_request_seconds"
-        out.append(f"# HELP {name} Time from a parsed request to its reply, by command.")
-        out.append(f"# TYPE {name} histogram")
-        for command, hist in sorted(self.latency.items()):
-            running = 0
-            for bound, count in zip((*hist.bounds, float("inf")), hist.counts, strict=True):
-                running += count
-                le = "+Inf" if bound == float("inf") else repr(bound)
-                out.append(f"{name}_bucket{_labels((('command', command), ('le', le)))} "
-                           f"{running}")
-            out.append(f"{name}_sum{_labels((('command', command),))} {hist.total!r}")
-            out.append(f"{name}_count{_labels((('command', command),))} {hist.count}")
-        by_name: dict[str, list[Sample]] = {}
-        for sample in extra:
-            by_name.setdefault(sample.name, []).append(sample)
-        for sname, samples in by_name.items():
-            _family(out, sname, samples[0].kind, samples[0].help,
-                    [(s.labels, s.value) for s in samples])
+        histogram_family(out, "directord_request_seconds",
+                         "Time from a parsed request to its reply, by command.",
+                         [((("command", c),), h) for c, h in sorted(self.latency.items())])
+        sample_families(out, extra)
         return ("\n".join(out) + "\n").encode()
 
 
-def _family(out: list[str], name: str, kind: str, help_: str,
-            rows: list[tuple[tuple[tuple[str, str], ...], float]]) -> None:
+Labels = tuple[tuple[str, str], ...]
+
+
+def histogram_family(out: list[str], name: str, help_: str,
+                     rows: Iterable[tuple[Labels, Histogram]]) -> None:
+    """Append one histogram family (cumulative buckets, sum, count) per label set."""
+    out.append(f"# HELP {name} {help_}")
+    out.append(f"# TYPE {name} histogram")
+    for base, hist in rows:
+        running = 0
+        for bound, count in zip((*hist.bounds, float("inf")), hist.counts, strict=True):
+            running += count
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            out.append(f"{name}_bucket{_labels((*base, ('le', le)))} {running}")
+        out.append(f"{name}_sum{_labels(base)} {hist.total!r}")
+        out.append(f"{name}_count{_labels(base)} {hist.count}")
+
+
+def sample_families(out: list[str], samples: Iterable[Sample]) -> None:
+    """Append the caller's samples, one family per name."""
+    by_name: dict[str, list[Sample]] = {}
+    for sample in samples:
+        by_name.setdefault(sample.name, []).append(sample)
+    for sname, group in by_name.items():
+        family(out, sname, group[0].kind, group[0].help, [(s.labels, s.value) for s in group])
+
+
+def family(out: list[str], name: str, kind: str, help_: str,
+           rows: Iterable[tuple[Labels, float]]) -> None:
+    """Append one counter or gauge family."""
     out.append(f"# HELP {name} {help_}")
     out.append(f"# TYPE {name} {kind}")
     for labels, value in rows:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from director.metrics import Histogram, Sample
+from director.metrics import Histogram, Sample, family, histogram_family, sample_families
 
 __all__ = ["ImapMetrics"]
 
@@ -41,45 +41,15 @@ class ImapMetrics:
     def render(self, extra: Iterable[Sample] = ()) -> bytes:
         """The exposition text: our families, then ``extra``."""
         out: list[str] = []
-        _family(out, "imapd_commands_total", "counter",
+        family(out, "imapd_commands_total", "counter",
                 "Commands answered, by protocol, command and status.",
                 [((("protocol", p), ("command", c), ("status", s)), n)
                  for (p, c, s), n in sorted(self.commands.items())])
-        _family(out, "imapd_logins_total", "counter", "Login attempts, by protocol and result.",
+        family(out, "imapd_logins_total", "counter", "Login attempts, by protocol and result.",
                 [((("protocol", p), ("result", r)), n) for (p, r), n in sorted(self.logins.items())])
-        name = "imapd_command_seconds"
-        out.append(f"# HELP {name} Time from a parsed command to its answer.")
-        out.append(f"# TYPE {name} histogram")
-        for (protocol, command), hist in sorted(self.latency.items()):
-            base = (("protocol", protocol), ("command", command))
-            running = 0
-            for bound, count in zip((*hist.bounds, float("inf")), hist.counts, strict=True):
-                running += count
-                le = "+Inf" if bound == float("inf") else repr(bound)
-                out.append(f"{name}_bucket{_labels((*base, ('le', le)))} {running}")
-            out.append(f"{name}_sum{_labels(base)} {hist.total!r}")
-            out.append(f"{name}_count{_labels(base)} {hist.count}")
-        grouped: dict[str, list[Sample]] = {}
-        for sample in extra:
-            grouped.setdefault(sample.name, []).append(sample)
-        for sname, samples in grouped.items():
-            _family(out, sname, samples[0].kind, samples[0].help,
-                    [(s.labels, s.value) for s in samples])
+        histogram_family(out, "imapd_command_seconds",
+                         "Time from a parsed command to its answer.",
+                         [((("protocol", p), ("command", c)), h)
+                          for (p, c), h in sorted(self.latency.items())])
+        sample_families(out, extra)
         return ("\n".join(out) + "\n").encode()
-
-
-def _family(out: list[str], name: str, kind: str, help_: str,
-            rows: list[tuple[tuple[tuple[str, str], ...], float]]) -> None:
-    out.append(f"# HELP {name} {help_}")
-    out.append(f"# TYPE {name} {kind}")
-    for labels, value in rows:
-        number = str(int(value)) if float(value).is_integer() else repr(float(value))
-        out.append(f"{name}{_labels(labels)} {number}")
-
-
-def _labels(labels: tuple[tuple[str, str], ...]) -> str:
-    if not labels:
-        return ""
-    escaped = (v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-               for _k, v in labels)
-    return "{" + ",".join(f'{k}="{v}"' for (k, _v), v in zip(labels, escaped, strict=True)) + "}"
