@@ -19,10 +19,10 @@ def make_node(i: int, *, zone: str = "a", tier: str = "ssd", weight: float = 1.0
               used: int = 500 * GIB, ops: float = 100.0, reported: bool = True,
               node_id: str | None = None) -> Node:
     nid = node_id or f"node-{i}"
-    report = LoadReport(node_id=nid, address=f"10.0.0.{i}:11211", zone=zone, tier=tier,
+    report = LoadReport(node_id=nid, address=f"127.255.0.{i}:11211", zone=zone, tier=tier,
                         capacity_bytes=capacity, used_bytes=used, items=0, ops_per_sec=ops,
                         reported_at=1.0) if reported else None
-    return Node(id=nid, number=i, address=f"10.0.0.{i}:11211", zone=zone, tier=tier,
+    return Node(id=nid, number=i, address=f"127.255.0.{i}:11211", zone=zone, tier=tier,
                 weight=weight, admin_state=state, report=report, added_at=1.0)
 
 

@@ -72,9 +72,9 @@ def test_add_numbers_nodes_and_reads_their_reports(redis_cluster: RunningRedis) 
     one it is down; the snapshot carries the report's figures."""
 
     async def body(env: Env) -> Any:
-        await env.report("n1", "10.0.0.1:11211")
-        a = await env.registry.add("n1", "10.0.0.1:11211", zone="a", tier="ssd")
-        b = await env.registry.add("n2", "10.0.0.2:11211", zone="b", tier="hdd", weight=2.5)
+        await env.report("n1", "127.255.0.1:11211")
+        a = await env.registry.add("n1", "127.255.0.1:11211", zone="a", tier="ssd")
+        b = await env.registry.add("n2", "127.255.0.2:11211", zone="b", tier="hdd", weight=2.5)
         return a, b, await env.registry.snapshot()
 
     a, b, snap = with_env(redis_cluster, body)
@@ -87,9 +87,9 @@ def test_add_numbers_nodes_and_reads_their_reports(redis_cluster: RunningRedis) 
 
 
 @pytest.mark.parametrize(("node_id", "address", "words"), [
-    ("n1", "10.0.0.9:1", "already registered"),
-    ("n9", "10.0.0.1:11211", "already registered as node n1"),
-    ("bad{id}", "10.0.0.9:1", "not a node id"),
+    ("n1", "127.255.0.9:1", "already registered"),
+    ("n9", "127.255.0.1:11211", "already registered as node n1"),
+    ("bad{id}", "127.255.0.9:1", "not a node id"),
     ("n9", "no-port", "host:port"),
 ])
 def test_add_refuses_duplicates_and_bad_values(redis_cluster: RunningRedis, node_id: str,
@@ -97,7 +97,7 @@ def test_add_refuses_duplicates_and_bad_values(redis_cluster: RunningRedis, node
     """A second node with the same id or address, or an unusable id/address, is refused."""
 
     async def body(env: Env) -> None:
-        await env.registry.add("n1", "10.0.0.1:11211", zone="a", tier="ssd")
+        await env.registry.add("n1", "127.255.0.1:11211", zone="a", tier="ssd")
         with pytest.raises(RegistryError, match=words):
             await env.registry.add(node_id, address, zone="a", tier="ssd")
 
@@ -110,9 +110,9 @@ def test_states_drain_activate_remove_readd(redis_cluster: RunningRedis) -> None
 
     async def body(env: Env) -> list[Any]:
         r = env.registry
-        await env.report("n1", "10.0.0.1:1")
-        await r.add("n1", "10.0.0.1:1", zone="a", tier="ssd")
-        await r.add("n2", "10.0.0.2:1", zone="a", tier="ssd")
+        await env.report("n1", "127.255.0.1:1")
+        await r.add("n1", "127.255.0.1:1", zone="a", tier="ssd")
+        await r.add("n2", "127.255.0.2:1", zone="a", tier="ssd")
         out: list[Any] = [(await r.drain("n1")).state, (await r.activate("n1")).state]
         await r.set_state("n1", NodeState.REMOVED)
         with pytest.raises(RegistryError, match="was removed"):
@@ -121,7 +121,7 @@ def test_states_drain_activate_remove_readd(redis_cluster: RunningRedis) -> None
             await r.drain("nobody")
         with pytest.raises(RegistryError, match="not a state"):
             await r.set_state("n2", NodeState.DOWN)
-        back = await r.add("n1", "10.0.0.1:1", zone="b", tier="ssd")
+        back = await r.add("n1", "127.255.0.1:1", zone="b", tier="ssd")
         out += [back.number, back.state, back.zone]
         return out
 
@@ -133,8 +133,8 @@ def test_node_whose_report_expires_is_down(redis_cluster: RunningRedis) -> None:
     """When the object server stops reporting, its report expires and it shows as down."""
 
     async def body(env: Env) -> tuple[NodeState, NodeState]:
-        await env.report("n1", "10.0.0.1:1", ttl_ms=300)
-        before = (await env.registry.add("n1", "10.0.0.1:1", zone="a", tier="ssd")).state
+        await env.report("n1", "127.255.0.1:1", ttl_ms=300)
+        before = (await env.registry.add("n1", "127.255.0.1:1", zone="a", tier="ssd")).state
         await asyncio.sleep(0.5)
         return before, (await env.registry.get("n1")).state
 
@@ -146,12 +146,12 @@ def test_reporting_but_unregistered_nodes_are_new(redis_cluster: RunningRedis) -
     and is not in the snapshot placement uses."""
 
     async def body(env: Env) -> Any:
-        await env.report("fresh", "10.0.0.7:11211", zone="c")
-        await env.report("known", "10.0.0.8:11211")
-        await env.registry.add("known", "10.0.0.8:11211", zone="a", tier="ssd")
+        await env.report("fresh", "127.255.0.7:11211", zone="c")
+        await env.report("known", "127.255.0.8:11211")
+        await env.registry.add("known", "127.255.0.8:11211", zone="a", tier="ssd")
         new = await env.registry.unregistered()
-        found = await env.registry.reporter_at("10.0.0.7:11211")
-        missing = await env.registry.reporter_at("10.0.0.9:11211")
+        found = await env.registry.reporter_at("127.255.0.7:11211")
+        missing = await env.registry.reporter_at("127.255.0.9:11211")
         return new, found, missing, await env.registry.snapshot()
 
     new, found, missing, snap = with_env(redis_cluster, body)
@@ -167,11 +167,11 @@ def test_snapshot_feeds_placement(redis_cluster: RunningRedis) -> None:
     async def body(env: Env) -> Any:
         r = env.registry
         for i, zone in enumerate("abc", start=1):
-            await env.report(f"n{i}", f"10.0.0.{i}:1", zone=zone)
-            await r.add(f"n{i}", f"10.0.0.{i}:1", zone=zone, tier="ssd")
-        await r.add("silent", "10.0.0.9:1", zone="a", tier="ssd")
-        await env.report("cold", "10.0.0.8:1", tier="hdd")
-        await r.add("cold", "10.0.0.8:1", zone="b", tier="hdd")
+            await env.report(f"n{i}", f"127.255.0.{i}:1", zone=zone)
+            await r.add(f"n{i}", f"127.255.0.{i}:1", zone=zone, tier="ssd")
+        await r.add("silent", "127.255.0.9:1", zone="a", tier="ssd")
+        await env.report("cold", "127.255.0.8:1", tier="hdd")
+        await r.add("cold", "127.255.0.8:1", zone="b", tier="hdd")
         await r.drain("n3")
         return await r.snapshot()
 
@@ -195,8 +195,8 @@ def test_remove_is_refused_while_a_node_holds_sole_copies(redis_cluster: Running
         index = await LocationIndex.open(redis_cluster.nodes, buckets=16, keys=keys,
                                          runner=env.runner)
         r = env.registry
-        a = await r.add("a", "10.0.0.1:1", zone="a", tier="ssd")
-        b = await r.add("b", "10.0.0.2:1", zone="b", tier="ssd")
+        a = await r.add("a", "127.255.0.1:1", zone="a", tier="ssd")
+        b = await r.add("b", "127.255.0.2:1", zone="b", tier="ssd")
         await index.add_many({x: [a.number, b.number] for x in ids})
         await index.add_many({x: [a.number] for x in blob_ids_only_on_a})
         with pytest.raises(RemoveRefused) as refused:
@@ -221,8 +221,11 @@ def test_reports_written_by_objstored_are_read(redis_cluster: RunningRedis) -> N
     """A report written by objstored's own Redis writer (default key names) is what the
     registry reads for that node."""
     node_id = f"obj-{uuid.uuid4().hex[:10]}"
-    address = f"10.{uuid.uuid4().int % 250}.0.1:11211"
-    sink = RedisClusterSink(redis_cluster.nodes)
+    address = f"127.{1 + uuid.uuid4().int % 250}.0.1:9"
+    # A private prefix: a node registered active in the shared keyspace would draw the
+    # other tests' writes to an address nothing serves.
+    keys = Keyspace(f"t-{uuid.uuid4().hex[:8]}:")
+    sink = RedisClusterSink(redis_cluster.nodes, prefix=keys.prefix)
     try:
         sink.write(node_id, report_fields(node_id, address, zone="z9"), {}, 30)
     finally:
@@ -233,7 +236,7 @@ def test_reports_written_by_objstored_are_read(redis_cluster: RunningRedis) -> N
         node = await env.registry.add(node_id, address, zone="z9", tier="ssd")
         return report, node
 
-    report, node = with_env(redis_cluster, body, Keyspace())
+    report, node = with_env(redis_cluster, body, keys)
     assert report is not None and (report.node_id, report.zone) == (node_id, "z9")
     assert node.state is NodeState.ACTIVE and node.report is not None
 
@@ -245,9 +248,10 @@ def test_hot_keys_written_by_objstored_are_read_hottest_first(
     node_id = f"obj-{uuid.uuid4().hex[:10]}"
     quiet = f"obj-{uuid.uuid4().hex[:10]}"
     hot = {b"cold-ish": 1.5, b"hottest": 90.0, b"warm": 12.0}
-    sink = RedisClusterSink(redis_cluster.nodes)
+    keys = Keyspace(f"t-{uuid.uuid4().hex[:8]}:")
+    sink = RedisClusterSink(redis_cluster.nodes, prefix=keys.prefix)
     try:
-        sink.write(node_id, report_fields(node_id, "10.9.9.9:11211"), hot, 30)
+        sink.write(node_id, report_fields(node_id, "127.255.9.9:11211"), hot, 30)
     finally:
         sink.close()
 
@@ -255,6 +259,6 @@ def test_hot_keys_written_by_objstored_are_read_hottest_first(
         return (await env.registry.hot([node_id, quiet], limit=2),
                 await env.registry.hot([node_id]))
 
-    two, every = with_env(redis_cluster, body, Keyspace())
+    two, every = with_env(redis_cluster, body, keys)
     assert two == {node_id: (("hottest", 90.0), ("warm", 12.0)), quiet: ()}
     assert [k for k, _s in every[node_id]] == ["hottest", "warm", "cold-ish"]

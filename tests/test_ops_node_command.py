@@ -45,8 +45,9 @@ def unique(name: str) -> str:
 
 
 def unique_address() -> str:
+    """A loopback address nothing listens on: these nodes are registered, never reached."""
     n = uuid.uuid4().int
-    return f"10.{n % 250}.{(n >> 8) % 250}.{(n >> 16) % 250}:11211"
+    return f"127.{1 + n % 250}.{(n >> 8) % 250}.{(n >> 16) % 250}:9"
 
 
 def listed(cli: Cli, *extra: str) -> dict[str, dict[str, object]]:
