@@ -40,6 +40,7 @@ from twisted.python import failure
 from zope.interface import implementer
 
 from objstore import protocol as p
+from objstore.directwrite import nothing_queued, send_now
 from objstore.replies import ErrorReply, Reply, serialize_into
 from objstore.stats import Counters
 
@@ -334,20 +335,10 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         self._out_len = 0
         transport = self.transport
         sock = self._direct_socket
-        if (sock is not None and transport.connected and not transport.disconnecting
-                and not transport.dataBuffer and not transport._tempDataBuffer):
-            # Nothing queued in Twisted: send now with one gathered write (writev) instead
-            # of queueing, which costs two epoll_ctl calls and a loop turn per reply.
-            try:
-                sent = sock.sendmsg(out) if len(out) <= _IOV_MAX else 0
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                sent = 0  # let Twisted's own write notice and report the failure
-            if sent:
-                out = _drop_prefix(out, sent)
-                if not out:
-                    return
+        if sock is not None and nothing_queued(transport):
+            out = send_now(sock, out)
+            if not out:
+                return
         transport.writeSequence(out)
 
     def _maybe_close(self) -> None:
@@ -446,21 +437,6 @@ class ObjstoreFactory(Factory):
 
         check()
         return done
-
-
-_IOV_MAX: Final = 1024
-
-
-def _drop_prefix(chunks: list[bytes], count: int) -> list[bytes]:
-    """The chunks left after the first ``count`` bytes were sent."""
-    for i, chunk in enumerate(chunks):
-        if count < len(chunk):
-            rest = chunks[i:]
-            if count:
-                rest[0] = chunk[count:]
-            return rest
-        count -= len(chunk)
-    return []
 
 
 def reuseport_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:

@@ -405,23 +405,3 @@ def test_too_much_pipelined_data_is_fatal() -> None:
 
     run(body)
 
-
-def test_nagle_is_switched_off_through_tls_wrappers() -> None:
-    """no_delay finds setTcpNoDelay on the transport or on the TCP transport a TLS
-    wrapper sits on, and leaves transports without one alone."""
-    from imapd.server import no_delay
-
-    class Tcp:
-        delay: bool | None = None
-
-        def setTcpNoDelay(self, enabled: bool) -> None:
-            self.delay = enabled
-
-    class Wrapper:
-        def __init__(self, inner: object) -> None:
-            self.transport = inner
-
-    tcp = Tcp()
-    no_delay(Wrapper(tcp))
-    assert tcp.delay is True
-    no_delay(StringTransport())  # nothing to switch: no error
