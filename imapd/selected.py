@@ -76,7 +76,7 @@ from imapd.sequence import MAX_NUMBER, SequenceSet
 from metadata.errors import NoSuchMailbox
 from metadata.flags import SEEN, SYSTEM_FLAGS, Flags
 from metadata.messages import StoreMode as StoreModeName
-from metadata.records import User
+from metadata.records import CopyResult, User
 from metadata.uidset import MAX_UID, UidSet
 
 __all__ = ["Extensions", "MailboxGone", "SelectedMailbox", "TryCreate"]
@@ -415,30 +415,28 @@ class SelectedMailbox:
         except NoSuchMailbox:
             raise TryCreate(f"no mailbox {name!r}") from None
 
-    async def copy(self, cmd: Copy, conn: Connection) -> Tagged:
-        """COPY / UID COPY with UIDPLUS COPYUID."""
+    async def _transfer(self, cmd: Copy | Move) -> tuple[list[tuple[int, int]], int]:
+        """The messages COPY or MOVE names and the id of its target mailbox."""
         if cmd.sequence.saved:
             raise Unsupported("$ (SEARCHRES) is not supported")
         pairs = self.view.resolve(cmd.sequence, uid=cmd.uid)
-        target = await self._target(cmd.mailbox)
+        return pairs, await self._target(cmd.mailbox)
+
+    async def copy(self, cmd: Copy, conn: Connection) -> Tagged:
+        """COPY / UID COPY with UIDPLUS COPYUID."""
+        pairs, target = await self._transfer(cmd)
         if not pairs:
             return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
         result = await self.backend.store.messages.copy(self.user.id, self.view.mailbox_id,
                                                         self.view.uid_set(pairs), target)
-        code: ResponseCode | None = None
-        if result.source_uids:
-            code = CopyUid(result.uidvalidity, SequenceSet.from_values(result.source_uids),
-                           SequenceSet.from_values(result.dest_uids))
+        code: ResponseCode | None = _copy_uid(result) if result.source_uids else None
         return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed", code)
 
     async def move(self, cmd: Move, conn: Connection) -> Tagged:
         """MOVE / UID MOVE (RFC 6851): COPYUID untagged, then the expunges."""
         if self.view.read_only:
             return Tagged(cmd.tag, Status.NO, "Mailbox is read-only")
-        if cmd.sequence.saved:
-            raise Unsupported("$ (SEARCHRES) is not supported")
-        pairs = self.view.resolve(cmd.sequence, uid=cmd.uid)
-        target = await self._target(cmd.mailbox)
+        pairs, target = await self._transfer(cmd)
         if not pairs:
             return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
         if target == self.view.mailbox_id:
@@ -449,9 +447,7 @@ class SelectedMailbox:
             self.view.own_modseqs.add(result.expunged.modseq)
         copied = result.copied
         if copied.source_uids:
-            conn.send([Untagged(Status.OK, "Moved", CopyUid(
-                copied.uidvalidity, SequenceSet.from_values(copied.source_uids),
-                SequenceSet.from_values(copied.dest_uids)))])
+            conn.send([Untagged(Status.OK, "Moved", _copy_uid(copied))])
         conn.send(self.expunged(result.expunged.uids))
         return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
 
@@ -478,3 +474,9 @@ class SelectedMailbox:
         conn.send(self.expunged(result.uids))
         name = "UID EXPUNGE" if cmd is not None else "EXPUNGE"
         return Tagged(tag, Status.OK, f"{name} completed")
+
+
+def _copy_uid(result: CopyResult) -> CopyUid:
+    """UIDPLUS's COPYUID code for a copy (RFC 4315 3)."""
+    return CopyUid(result.uidvalidity, SequenceSet.from_values(result.source_uids),
+                   SequenceSet.from_values(result.dest_uids))

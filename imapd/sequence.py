@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
+from metadata.uidset import merge_ranges
+
 __all__ = ["MAX_NUMBER", "STAR", "SequenceSet", "SequenceSetError"]
 
 STAR: Final = 0
@@ -36,17 +38,6 @@ def _number(text: str) -> int:
     if value > MAX_NUMBER:
         raise SequenceSetError(f"number {text} is above {MAX_NUMBER}")
     return value
-
-
-def _merge(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-    merged: list[tuple[int, int]] = []
-    for low, high in sorted(ranges):
-        if merged and low <= merged[-1][1] + 1:
-            if high > merged[-1][1]:
-                merged[-1] = (merged[-1][0], high)
-        else:
-            merged.append((low, high))
-    return tuple(merged)
 
 
 @dataclass(frozen=True, repr=False)
@@ -112,7 +103,7 @@ class SequenceSet:
             raise ValueError("cannot build a sequence set from no values")
         if ordered[0] < 1:
             raise ValueError(f"sequence number {ordered[0]} is out of range")
-        return cls(_merge((value, value) for value in ordered))
+        return cls(merge_ranges((value, value) for value in ordered))
 
     @property
     def uses_star(self) -> bool:
@@ -144,7 +135,7 @@ class SequenceSet:
             if low > largest:
                 continue
             clamped.append((low, min(high, largest)))
-        return _merge(clamped)
+        return merge_ranges(clamped)
 
     def values(self, largest: int) -> Iterator[int]:
         """Members in ``1..largest``, ascending and without repeats; lazy, so ``1:*`` is cheap."""
@@ -181,7 +172,7 @@ class SequenceSet:
         if largest is None:
             if self.uses_star:
                 raise ValueError("normalising a set with '*' needs the largest number")
-            return SequenceSet(_merge((min(p), max(p)) for p in self.ranges))
+            return SequenceSet(merge_ranges((min(p), max(p)) for p in self.ranges))
         resolved = self.resolve(largest)
         if not resolved:
             raise ValueError("no member of the set is in use")

@@ -49,6 +49,7 @@ for _c in range(256):
         _ATEXT[_c] = 2
 _ATEXT_TABLE = bytes(_ATEXT)
 _TOKEN_TABLE = bytes(1 if (v & 3) or i == ord(".") else 0 for i, v in enumerate(_ATEXT_TABLE))
+_ATEXT_OR_DOT_TABLE = bytes(1 if v or i == ord(".") else 0 for i, v in enumerate(_ATEXT_TABLE))
 _LWSP = frozenset(b" \t\r\n")
 
 _SPACE, _TAB, _CR, _LF = 0x20, 0x09, 0x0D, 0x0A
@@ -102,10 +103,8 @@ class Tokenizer:
         while self.pos < self.end:
             c = data[self.pos]
             if c == 0:
-                if lc is not None and self.nul_replacement is not None:
-                    lc += data[start : self.pos]
-                    lc += self.nul_replacement
-                    start = self.pos + 1
+                if lc is not None:
+                    start = self._replace_nul(lc, start)
             elif c == _LPAREN:
                 level += 1
             elif c == _RPAREN:
@@ -117,11 +116,7 @@ class Tokenizer:
                     return 1 if self.pos < self.end else 0
             elif c == _LF:
                 if lc is not None:
-                    stop = self.pos
-                    if stop > start and data[stop - 1] == _CR:
-                        stop -= 1
-                    lc += data[start:stop]
-                    start = self.pos + 1
+                    start = self._unfold(lc, start)
             elif c == _BSLASH:
                 self.pos += 1
                 if self.pos >= self.end:
@@ -134,6 +129,35 @@ class Tokenizer:
                     start = self.pos
             self.pos += 1
         return -1
+
+    def _replace_nul(self, out: bytearray, start: int) -> int:
+        """At a NUL inside a quoted item: flush the text since ``start`` and the
+        replacement when one is set (else the NUL stays in the text); where text resumes."""
+        if self.nul_replacement is None:
+            return start
+        out += self.data[start : self.pos]
+        out += self.nul_replacement
+        return self.pos + 1
+
+    def _unfold(self, out: bytearray, start: int) -> int:
+        """At an LF inside a quoted item: flush the text since ``start`` without the line
+        break (CRLF or bare LF), which unfolds it; where text resumes."""
+        stop = self.pos
+        if stop > start and self.data[stop - 1] == _CR:
+            stop -= 1
+        out += self.data[start:stop]
+        return self.pos + 1
+
+    def _take_run(self, out: bytearray, table: bytes) -> int:
+        """Append the bytes from the cursor that ``table`` marks, then skip whitespace."""
+        data, end = self.data, self.end
+        start = self.pos
+        while self.pos < end and table[data[self.pos]]:
+            self.pos += 1
+        out += data[start : self.pos]
+        if self.pos < end:
+            return self.skip_lwsp()
+        return 0
 
     def skip_lwsp(self) -> int:
         """Skip whitespace and comments."""
@@ -151,19 +175,9 @@ class Tokenizer:
 
     def parse_atom(self, out: bytearray) -> int:
         """One atom."""
-        data, end = self.data, self.end
-        if self.pos >= end or not _ATEXT_TABLE[data[self.pos]]:
+        if self.pos >= self.end or not _ATEXT_TABLE[self.data[self.pos]]:
             return -1
-        start = self.pos
-        self.pos += 1
-        while self.pos < end:
-            if _ATEXT_TABLE[data[self.pos]]:
-                self.pos += 1
-                continue
-            out += data[start : self.pos]
-            return self.skip_lwsp()
-        out += data[start : self.pos]
-        return 0
+        return self._take_run(out, _ATEXT_TABLE)
 
     def parse_dot_atom(self, out: bytearray) -> int:
         """A strict dot-atom (domains); whitespace around dots is tolerated."""
@@ -194,14 +208,7 @@ class Tokenizer:
 
     def parse_mime_token(self, out: bytearray) -> int:
         """A MIME token (may be empty: callers check)."""
-        data, end = self.data, self.end
-        start = self.pos
-        while self.pos < end and _TOKEN_TABLE[data[self.pos]]:
-            self.pos += 1
-        out += data[start : self.pos]
-        if self.pos < end:
-            return self.skip_lwsp()
-        return 0
+        return self._take_run(out, _TOKEN_TABLE)
 
     def parse_quoted_string(self, out: bytearray) -> int:
         """A quoted string; the cursor is on the opening quote. Folding CRLFs are removed."""
@@ -211,20 +218,13 @@ class Tokenizer:
         while self.pos < end:
             c = data[self.pos]
             if c == 0:
-                if self.nul_replacement is not None:
-                    out += data[start : self.pos]
-                    out += self.nul_replacement
-                    start = self.pos + 1
+                start = self._replace_nul(out, start)
             elif c == _DQUOTE:
                 out += data[start : self.pos]
                 self.pos += 1
                 return self.skip_lwsp()
             elif c == _LF:
-                stop = self.pos
-                if stop > start and data[stop - 1] == _CR:
-                    stop -= 1
-                out += data[start:stop]
-                start = self.pos + 1
+                start = self._unfold(out, start)
             elif c == _BSLASH:
                 self.pos += 1
                 if self.pos >= end:
@@ -237,16 +237,6 @@ class Tokenizer:
             self.pos += 1
         return -1
 
-    def _parse_atom_or_dot(self, out: bytearray) -> int:
-        data, end = self.data, self.end
-        start = self.pos
-        while self.pos < end and (_ATEXT_TABLE[data[self.pos]] or data[self.pos] == _DOT):
-            self.pos += 1
-        out += data[start : self.pos]
-        if self.pos < end:
-            return self.skip_lwsp()
-        return 0
-
     def parse_phrase(self, out: bytearray) -> int:
         """A phrase (display name): words joined by one space, obsolete dots allowed."""
         data = self.data
@@ -258,7 +248,7 @@ class Tokenizer:
             if data[self.pos] == _DQUOTE:
                 ret = self.parse_quoted_string(out)
             else:
-                ret = self._parse_atom_or_dot(out)
+                ret = self._take_run(out, _ATEXT_OR_DOT_TABLE)
             if ret <= 0:
                 return ret
             c = data[self.pos]
@@ -274,10 +264,7 @@ class Tokenizer:
         while self.pos < end:
             c = data[self.pos]
             if c == 0:
-                if self.nul_replacement is not None:
-                    out += data[start : self.pos]
-                    out += self.nul_replacement
-                    start = self.pos + 1
+                start = self._replace_nul(out, start)
             elif c == _LBRACKET:
                 return -1
             elif c == _RBRACKET:
@@ -285,11 +272,7 @@ class Tokenizer:
                 self.pos += 1
                 return self.skip_lwsp()
             elif c == _LF:
-                stop = self.pos
-                if stop > start and data[stop - 1] == _CR:
-                    stop -= 1
-                out += data[start:stop]
-                start = self.pos + 1
+                start = self._unfold(out, start)
             elif c == _BSLASH:
                 self.pos += 1
                 if self.pos >= end:

@@ -11,13 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["MAX_UID", "UidSet"]
+__all__ = ["MAX_UID", "UidSet", "merge_ranges"]
 
 #: UIDs are unsigned 32-bit non-zero numbers (RFC 3501 2.3.1.1).
 MAX_UID = 0xFFFFFFFF
 
 
-def _merge(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+def merge_ranges(ranges: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Inclusive ``(low, high)`` ranges (each with ``low <= high``) sorted, with ranges
+    that overlap or touch joined into one; IMAP sequence sets are merged the same way."""
     merged: list[tuple[int, int]] = []
     for low, high in sorted(ranges):
         if merged and low <= merged[-1][1] + 1:
@@ -38,13 +40,13 @@ class UidSet:
         for low, high in self.ranges:
             if not 1 <= low <= high <= MAX_UID:
                 raise ValueError(f"invalid UID range {low}:{high}")
-        if _merge(self.ranges) != self.ranges:
+        if merge_ranges(self.ranges) != self.ranges:
             raise ValueError("UID ranges must be sorted and merged (use UidSet.of)")
 
     @classmethod
     def of(cls, ranges: Iterable[tuple[int, int]]) -> UidSet:
         """Sort and merge ``ranges`` (a pair written high-to-low is turned around)."""
-        return cls(_merge((min(lo, hi), max(lo, hi)) for lo, hi in ranges))
+        return cls(merge_ranges((min(lo, hi), max(lo, hi)) for lo, hi in ranges))
 
     @classmethod
     def from_uids(cls, uids: Iterable[int]) -> UidSet:

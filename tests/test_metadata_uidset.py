@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from metadata.uidset import MAX_UID, UidSet
+from metadata.uidset import MAX_UID, UidSet, merge_ranges
 
 
 def test_of_sorts_merges_and_turns_ranges_around() -> None:
@@ -38,3 +38,12 @@ def test_bounds() -> None:
         UidSet(((1, MAX_UID + 1),))
     with pytest.raises(ValueError):
         UidSet(((5, 6), (1, 2)))
+
+
+def test_merge_ranges_joins_overlapping_and_touching_ranges() -> None:
+    """merge_ranges sorts ranges and joins those that overlap, touch or contain each
+    other, leaving a gap of one number as two ranges."""
+    assert merge_ranges([(10, 12), (1, 3), (4, 6), (2, 2), (8, 8)]) == (
+        (1, 6), (8, 8), (10, 12))
+    assert merge_ranges([(1, 9), (3, 4)]) == ((1, 9),)
+    assert merge_ranges([]) == ()
