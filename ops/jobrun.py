@@ -19,22 +19,13 @@ from typing import Any
 
 from director.background import PassStats
 from director.client import BlobClient
-from director.errors import (
-    IndexLayoutMismatch,
-    IndexUnavailable,
-    LeaseHeld,
-    LeaseLost,
-    RegistryError,
-    UnknownNode,
-)
+from director.errors import LeaseHeld, LeaseLost
 from director.redisconn import RetryPolicy
 from ops.cli import (
-    EX_CONFIG,
-    EX_DATAERR,
     EX_TEMPFAIL,
-    EX_UNAVAILABLE,
     CommandContext,
 )
+from ops.director_exit import DIRECTOR_FAILURES, director_exit
 
 #: An operator waits this long for an unreachable Redis before being told so.
 CLI_RETRY = RetryPolicy(deadline=10.0)
@@ -120,15 +111,8 @@ def run_job(ctx: CommandContext,
     except LeaseLost as exc:
         ctx.warn(f"objmail: {exc}; another director carries the job on")
         return EX_TEMPFAIL
-    except IndexUnavailable as exc:
-        ctx.warn(f"objmail: {exc}")
-        return EX_UNAVAILABLE
-    except IndexLayoutMismatch as exc:
-        ctx.warn(f"objmail: configuration error: {exc}")
-        return EX_CONFIG
-    except (RegistryError, UnknownNode) as exc:
-        ctx.warn(f"objmail: {exc}")
-        return EX_DATAERR
+    except DIRECTOR_FAILURES as exc:
+        return director_exit(ctx, exc)
 
 
 #: Integer stats that are levels, not counts: a combined result keeps the last one.

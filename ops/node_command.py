@@ -13,25 +13,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from director.errors import (
-    IndexLayoutMismatch,
-    IndexUnavailable,
-    RegistryError,
-    RemoveRefused,
-    UnknownNode,
-)
+from director.errors import RemoveRefused
 from director.nodes import Node, NodeState
 from director.redisconn import RetryPolicy
 from director.redisstate import RedisState
 from director.registry import remove_node
 from ops.cli import (
-    EX_CONFIG,
     EX_DATAERR,
     EX_OK,
     EX_TEMPFAIL,
-    EX_UNAVAILABLE,
     CommandContext,
 )
+from ops.director_exit import DIRECTOR_FAILURES, director_exit
 
 #: An operator waits this long for an unreachable Redis before being told so.
 CLI_RETRY = RetryPolicy(deadline=10.0)
@@ -87,18 +80,11 @@ def with_state(ctx: CommandContext, work: Callable[[RedisState], Awaitable[int]]
 
     try:
         return asyncio.run(main())
-    except IndexUnavailable as exc:
-        ctx.warn(f"objmail: {exc}")
-        return EX_UNAVAILABLE
-    except IndexLayoutMismatch as exc:
-        ctx.warn(f"objmail: configuration error: {exc}")
-        return EX_CONFIG
     except RemoveRefused as exc:
         ctx.warn(f"objmail: refused: {exc}")
         return EX_TEMPFAIL
-    except (RegistryError, UnknownNode) as exc:
-        ctx.warn(f"objmail: {exc}")
-        return EX_DATAERR
+    except DIRECTOR_FAILURES as exc:
+        return director_exit(ctx, exc)
 
 
 def progress_printer(ctx: CommandContext, what: str) -> Callable[[int, int], None]:
