@@ -1,6 +1,6 @@
-"""What the mail benchmarks (lmtp_bench, imap_bench, fanout_bench) share: the corpus,
-statistics, machine load, a minimal LMTP client, CPU accounting of process trees, and an
-objmail cluster started for one run.
+"""What the benchmarks share: the corpus, statistics, machine load, free loopback ports,
+Markdown tables, a minimal LMTP client and a pool delivering over it, CPU accounting of
+process trees, and an objmail cluster started for one run.
 
 The objmail cluster is the one ``objmail dev up`` starts (:class:`ops.devcluster.DevCluster`:
 PostgreSQL, a 6-node Redis Cluster, three objstored, directord, imapd), on free loopback
@@ -17,6 +17,7 @@ import dataclasses
 import os
 import random
 import re
+import socket
 import statistics
 import sys
 import tempfile
@@ -25,9 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any, ClassVar, Protocol, TypeVar
 
-from ops.bench.director_bench import free_block
-from ops.bench.objstore_bench import free_port
 from ops.config import (
     ClusterConfig,
     Config,
@@ -38,12 +38,13 @@ from ops.config import (
     to_toml,
 )
 from ops.devcluster import DevCluster, DevOptions
-from ops.launcher import ProcessSpec
+from ops.launcher import ProcessSpec, port_in_use
 
 __all__ = [
     "DEFAULT_CORPUS", "LmtpClient", "LmtpError", "ObjmailCluster", "corpus_messages",
-    "lmtp_payload", "load_text", "markdown_table", "median", "objmail_config", "percentile",
-    "process_tree", "tree_cpu_seconds", "wait_for_quiet",
+    "deliver_over", "free_block", "free_port", "human", "lmtp_payload", "load_text",
+    "markdown_table", "median", "median_run", "objmail_config", "percentile", "process_tree",
+    "tree_cpu_seconds", "wait_for_port", "wait_for_quiet",
 ]
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
@@ -77,6 +78,25 @@ def percentile(values: Sequence[float], p: float) -> float:
 def median(values: Iterable[float]) -> float:
     found = list(values)
     return statistics.median(found) if found else 0.0
+
+
+class _Timed(Protocol):
+    """A benchmark result (a dataclass) with a rate and a tail latency."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+    ops_per_sec: float
+    p99_us: float
+
+
+TimedT = TypeVar("TimedT", bound=_Timed)
+
+
+def median_run(runs: Sequence[TimedT], **combined: float) -> TimedT:
+    """The middle of ``runs`` by ops/s, carrying the medians of their ops/s and p99
+    latency and the ``combined`` fields the caller computed over all of them."""
+    mid = sorted(runs, key=lambda r: r.ops_per_sec)[len(runs) // 2]
+    return dataclasses.replace(mid, ops_per_sec=statistics.median(r.ops_per_sec for r in runs),
+                               p99_us=statistics.median(r.p99_us for r in runs), **combined)
 
 
 def load_text() -> str:
@@ -134,10 +154,52 @@ def tree_cpu_seconds(roots: Iterable[int]) -> float:
     return total / ticks
 
 
+def human(size: int) -> str:
+    """A byte count as the tables show it (``4 KiB``, ``1 MiB``, ``100 B``)."""
+    for unit, n in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= n and size % n == 0:
+            return f"{size // n} {unit}"
+    return f"{size} B"
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# -- loopback ports ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_block(count: int, rng: random.Random, bus_offset: int = 0) -> int:
+    """First of ``count`` consecutive free loopback ports (and their bus ports)."""
+    for _ in range(500):
+        base = rng.randrange(20000, 40000)
+        ports = [*range(base, base + count)]
+        if bus_offset:
+            ports += [p + bus_offset for p in ports]
+        if not any(port_in_use("127.0.0.1", p) for p in ports):
+            return base
+    raise RuntimeError("no free block of loopback ports")
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    """Return once something accepts connections on loopback ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
 
 
 # -- LMTP -------------------------------------------------------------------------------
@@ -217,6 +279,38 @@ class LmtpClient:
         except (LmtpError, OSError, TimeoutError):
             pass
         self.writer.close()
+
+
+async def deliver_over(clients: Sequence[LmtpClient], count: int,
+                       delivery: Callable[[int], tuple[str, str, bytes]],
+                       ) -> tuple[float, list[float], int]:
+    """Deliver messages ``0 .. count - 1`` over the open ``clients``, which take them from
+    one queue and are closed at the end; the wall time, each delivery's latency, and how
+    many recipients were refused.
+
+    :param delivery: message ``n``'s sender, recipient and payload, made just before it is
+        sent (so that a large batch never sits in memory whole).
+    """
+    queue = list(reversed(range(count)))
+    latencies: list[float] = []
+    refused = 0
+
+    async def worker(client: LmtpClient) -> None:
+        nonlocal refused
+        while queue:
+            sender, rcpt, payload = delivery(queue.pop())
+            t0 = time.perf_counter()
+            codes = await client.deliver(sender, [rcpt], payload)
+            latencies.append(time.perf_counter() - t0)
+            refused += sum(1 for c in codes if c != 250)
+
+    start = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker(c) for c in clients))
+        elapsed = time.perf_counter() - start
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
+    return elapsed, latencies, refused
 
 
 # -- objmail ----------------------------------------------------------------------------

@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import random
-import statistics
 import struct
 import sys
 import tempfile
@@ -46,10 +44,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from director.client import BlobClient
-from ops.bench.objstore_bench import build_mcload, human, keys_for, run_mcload, warm
+from ops.bench.common import free_block, human, markdown_table, median_run
+from ops.bench.objstore_bench import build_mcload, keys_for, run_mcload, warm
 from ops.config import ClusterConfig, Config, DirectorConfig, ObjstoreConfig, parse_hostport
 from ops.devcluster import DevCluster, DevOptions
-from ops.launcher import port_in_use
 
 TARGETS = ("objstored", "directord", "library")
 
@@ -62,18 +60,6 @@ class Result:
     ops_per_sec: float
     p99_us: float
     errors: int = 0
-
-
-def free_block(count: int, rng: random.Random, bus_offset: int = 0) -> int:
-    """First of ``count`` consecutive free loopback ports (and their bus ports)."""
-    for _ in range(500):
-        base = rng.randrange(20000, 40000)
-        ports = [*range(base, base + count)]
-        if bus_offset:
-            ports += [p + bus_offset for p in ports]
-        if not any(port_in_use("127.0.0.1", p) for p in ports):
-            return base
-    raise RuntimeError("no free block of loopback ports")
 
 
 def bench_config(rng: random.Random) -> Config:
@@ -141,10 +127,7 @@ async def library_run(config: Config, op: str, size: int, conns: int, seconds: f
 
 
 def median(results: list[Result]) -> Result:
-    mid = sorted(results, key=lambda r: r.ops_per_sec)[len(results) // 2]
-    return dataclasses.replace(mid, ops_per_sec=statistics.median(r.ops_per_sec for r in results),
-                               p99_us=statistics.median(r.p99_us for r in results),
-                               errors=sum(r.errors for r in results))
+    return median_run(results, errors=sum(r.errors for r in results))
 
 
 def table(results: dict[tuple[str, str, int], Result], sizes: list[int]) -> str:
@@ -154,11 +137,7 @@ def table(results: dict[tuple[str, str, int], Result], sizes: list[int]) -> str:
         errs = f", {r.errors} errors" if r.errors else ""
         return f"{r.ops_per_sec:,.0f} ({r.p99_us / 1000:,.1f} ms{errs})"
 
-    lines = [
-        "| op | blob | direct objstored, 1 copy | directord, 2 replicas + index "
-        "| library, 2 replicas + index | directord / direct | library / direct |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    rows: list[list[str]] = []
     for op, lib_op in (("get", "get"), ("set", "put")):
         for size in sizes:
             o = results.get(("objstored", op, size))
@@ -167,12 +146,13 @@ def table(results: dict[tuple[str, str, int], Result], sizes: list[int]) -> str:
             rd = f"{d.ops_per_sec / o.ops_per_sec:.2f}x" if o and d else "-"
             rb = f"{b.ops_per_sec / o.ops_per_sec:.2f}x" if o and b else "-"
             name = "GET" if op == "get" else "PUT (set)"
-            lines.append(f"| {name} | {human(size)} | {cell(o)} | {cell(d)} | {cell(b)} "
-                         f"| {rd} | {rb} |")
+            rows.append([name, human(size), cell(o), cell(d), cell(b), rd, rb])
     for size in sizes:
         r = results.get(("library", "dedup", size))
-        lines.append(f"| PUT, dedup hit | {human(size)} | - | - | {cell(r)} | - | - |")
-    return "\n".join(lines)
+        rows.append(["PUT, dedup hit", human(size), "-", "-", cell(r), "-", "-"])
+    return markdown_table(["op", "blob", "direct objstored, 1 copy",
+                           "directord, 2 replicas + index", "library, 2 replicas + index",
+                           "directord / direct", "library / direct"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,7 @@ from pathlib import Path
 from ops.bench.common import (
     LmtpClient,
     ObjmailCluster,
+    deliver_over,
     load_text,
     markdown_table,
     percentile,
@@ -145,34 +146,20 @@ async def deliver_all(ports: Sequence[int], users: Sequence[str], body: bytes, p
                       ) -> tuple[float, list[float], int]:
     """One message per user over ``conns`` connections (spread over the LMTP ``ports``);
     wall time, latencies, refusals."""
-    queue = list(reversed(range(len(users))))
-    latencies: list[float] = []
-    refused = 0
     clients = await asyncio.gather(*(LmtpClient.open("127.0.0.1", ports[i % len(ports)])
                                      for i in range(conns)))
     watching = asyncio.ensure_future(watch.run()) if watch is not None else None
 
-    async def worker(client: LmtpClient) -> None:
-        nonlocal refused
-        while queue:
-            n = queue.pop()
-            payload = message_head(users[n], n, phase) + body + TAIL
-            t0 = time.perf_counter()
-            codes = await client.deliver("hr@example.org", [f"{users[n]}@example.org"],
-                                         payload)
-            latencies.append(time.perf_counter() - t0)
-            refused += sum(1 for c in codes if c != 250)
+    def delivery(n: int) -> tuple[str, str, bytes]:
+        return ("hr@example.org", f"{users[n]}@example.org",
+                message_head(users[n], n, phase) + body + TAIL)
 
-    start = time.perf_counter()
     try:
-        await asyncio.gather(*(worker(c) for c in clients))
-        elapsed = time.perf_counter() - start
+        return await deliver_over(clients, len(users), delivery)
     finally:
-        await asyncio.gather(*(c.close() for c in clients))
         if watch is not None and watching is not None:
             watch.stop()
             await watching
-    return elapsed, latencies, refused
 
 
 def run_phase(cluster: ObjmailCluster, users: Sequence[str], conns: int, size: int,

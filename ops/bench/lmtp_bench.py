@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from ops.bench.common import (
     LmtpClient,
     ObjmailCluster,
     corpus_messages,
+    deliver_over,
     lmtp_payload,
     load_text,
     markdown_table,
@@ -79,27 +79,9 @@ async def deliver_batch(port: int, payloads: Sequence[tuple[str, bytes]], conns:
                         sender: str = "bench@example.org") -> tuple[float, list[float], int]:
     """Deliver ``(recipient, payload)`` pairs over ``conns`` connections sharing one queue;
     the wall time, each delivery's latency, and how many were not accepted."""
-    queue = list(reversed(payloads))
-    latencies: list[float] = []
-    refused = 0
     clients = await asyncio.gather(*(LmtpClient.open("127.0.0.1", port) for _ in range(conns)))
-
-    async def worker(client: LmtpClient) -> None:
-        nonlocal refused
-        while queue:
-            rcpt, payload = queue.pop()
-            t0 = time.perf_counter()
-            codes = await client.deliver(sender, [rcpt], payload)
-            latencies.append(time.perf_counter() - t0)
-            refused += sum(1 for c in codes if c != 250)
-
-    start = time.perf_counter()
-    try:
-        await asyncio.gather(*(worker(c) for c in clients))
-        elapsed = time.perf_counter() - start
-    finally:
-        await asyncio.gather(*(c.close() for c in clients))
-    return elapsed, latencies, refused
+    return await deliver_over(clients, len(payloads),
+                              lambda n: (sender, payloads[n][0], payloads[n][1]))
 
 
 def batch(corpus: Sequence[bytes], users: Sequence[str], count: int, tag: str,

@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ops.bench.common import free_port, human, markdown_table, median_run, wait_for_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -54,23 +55,6 @@ class Result:
     ops_per_sec: float
     p99_us: float
     server_cpu: float = 0.0  # CPU seconds per wall second used by the server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -96,7 +80,7 @@ def process(args: list[str], port: int, **kw: object) -> Iterator[subprocess.Pop
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             **kw)  # type: ignore[call-overload]
     try:
-        wait_port(port)
+        wait_for_port(port)
         yield proc
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -105,6 +89,16 @@ def process(args: list[str], port: int, **kw: object) -> Iterator[subprocess.Pop
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def run_load(args: list[str], pids: list[int], timeout: float) -> tuple[bytes, float]:
+    """Run a load generator to completion: its output, and the CPU seconds per wall
+    second the server processes ``pids`` used meanwhile."""
+    before = cpu_seconds(pids)
+    start = time.monotonic()
+    out = subprocess.run(args, capture_output=True, check=True, timeout=timeout)
+    elapsed = time.monotonic() - start
+    return out.stdout, (cpu_seconds(pids) - before) / elapsed
 
 
 def build_mcload(workdir: Path) -> Path:
@@ -121,12 +115,8 @@ def run_mcload(exe: Path, port: int, op: str, size: int, depth: int, conns: int,
                seconds: int, pids: list[int]) -> Result:
     args = [str(exe), "-p", str(port), "-c", str(conns), "-d", str(depth), "-t",
             str(seconds), "-s", str(size), "-k", str(keys_for(size)), "-o", op]
-    before = cpu_seconds(pids)
-    start = time.monotonic()
-    out = subprocess.run(args, capture_output=True, check=True, timeout=seconds * 10 + 120)
-    elapsed = time.monotonic() - start
-    data = json.loads(out.stdout)
-    cpu = (cpu_seconds(pids) - before) / elapsed
+    stdout, cpu = run_load(args, pids, timeout=seconds * 10 + 120)
+    data = json.loads(stdout)
     return Result("", op, size, depth, data["ops_per_sec"], data["p99_us"], cpu)
 
 
@@ -145,41 +135,21 @@ def run_redis_benchmark(port: int, op: str, size: int, depth: int, conns: int,
             "-n", str(n), "-r", str(keys_for(size)), "--csv", "-q"]
     if depth > 1:
         args += ["-P", str(depth)]
-    before = cpu_seconds(pids)
-    start = time.monotonic()
-    out = subprocess.run(args, capture_output=True, check=True, timeout=seconds * 20 + 300)
-    elapsed = time.monotonic() - start
-    lines = [ln for ln in out.stdout.decode().splitlines() if ln.startswith('"')]
+    stdout, cpu = run_load(args, pids, timeout=seconds * 20 + 300)
+    lines = [ln for ln in stdout.decode().splitlines() if ln.startswith('"')]
     header = [h.strip('"') for h in lines[0].split(",")]
     row = dict(zip(header, (v.strip('"') for v in lines[-1].split(",")), strict=True))
-    cpu = (cpu_seconds(pids) - before) / elapsed
     return Result("redis", op, size, depth, float(row["rps"]),
                   float(row["p99_latency_ms"]) * 1000, cpu)
 
 
 def median_result(results: list[Result]) -> Result:
-    results = sorted(results, key=lambda r: r.ops_per_sec)
-    mid = results[len(results) // 2]
-    return Result(mid.target, mid.op, mid.size, mid.depth,
-                  statistics.median(r.ops_per_sec for r in results),
-                  statistics.median(r.p99_us for r in results),
-                  statistics.median(r.server_cpu for r in results))
-
-
-def human(size: int) -> str:
-    for unit, n in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= n and size % n == 0:
-            return f"{size // n} {unit}"
-    return f"{size} B"
+    return median_run(results, server_cpu=statistics.median(r.server_cpu for r in results))
 
 
 def table(results: dict[tuple[str, str, int, int], Result], sizes: list[int],
           depths: list[int]) -> str:
-    lines = [
-        "| op | value | pipeline | memcached ops/s (p99 µs, cpu) | objstored ops/s (p99 µs) "
-        "| Redis everysec ops/s (p99 µs) | objstored/memcached | objstored/Redis |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for op in ("get", "set"):
         for size in sizes:
             for depth in depths:
@@ -197,10 +167,11 @@ def table(results: dict[tuple[str, str, int, int], Result], sizes: list[int],
 
                 ratio_m = f"{o.ops_per_sec / m.ops_per_sec:.2f}x" if m else "-"
                 ratio_r = f"{o.ops_per_sec / r.ops_per_sec:.2f}x" if r else "-"
-                lines.append(f"| {op.upper()} | {human(size)} | {depth if depth > 1 else 'no'} "
-                             f"| {cell(m, cpu=True)} | {cell(o)} | {cell(r)} | {ratio_m} "
-                             f"| {ratio_r} |")
-    return "\n".join(lines)
+                rows.append([op.upper(), human(size), depth if depth > 1 else "no",
+                             cell(m, cpu=True), cell(o), cell(r), ratio_m, ratio_r])
+    return markdown_table(["op", "value", "pipeline", "memcached ops/s (p99 µs, cpu)",
+                           "objstored ops/s (p99 µs)", "Redis everysec ops/s (p99 µs)",
+                           "objstored/memcached", "objstored/Redis"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
