@@ -25,7 +25,7 @@ def test_registry_index_and_queue_share_one_runner(redis_cluster: RunningRedis) 
     async def go() -> tuple[bool, tuple[int, ...], int]:
         async with await RedisState.open(cluster, DirectorConfig(index_buckets=128),
                                          keys=keys) as state:
-            node = await state.registry.add("n1", "10.0.0.1:1", zone="a", tier="ssd")
+            node = await state.registry.add("n1", "127.255.0.1:1", zone="a", tier="ssd")
             await state.index.add_locations(blob, [node.number])
             await state.repairs.add([blob])
             shared = state.index.runner is state.registry.runner is state.repairs.runner
