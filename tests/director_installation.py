@@ -17,20 +17,24 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import pytest
 from redis.cluster import ClusterNode, RedisCluster
 
+from director.client import BlobClient
 from director.nodes import NodeState
 from director.redisstate import RedisState
 from objstore.reporter import report_key
 from ops.config import ClusterConfig, Config, DirectorConfig, ObjstoreConfig, parse_hostport
 from ops.devcluster import DevCluster, DevObjstore, DevOptions
 from ops.launcher import ProcessSpec
-from tests.conftest import free_port_block
+from tests.conftest import RunningRedis, free_port_block
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -95,15 +99,20 @@ def private_config(redis_nodes: list[str], objstores: int, **director: Any) -> C
 def private_installation(redis_nodes: list[str], run_dir: Path, *, objstores: int = 4,
                          stages: tuple[str, ...] = ("objstore",),
                          before_start: Callable[[Config], None] | None = None,
+                         objstore_settings: Mapping[str, Any] | None = None,
                          **director: Any) -> Iterator[Installation]:
     """Run ``objstores`` objstored (zones a, b, c, a...) registered under a private
     prefix, plus the other ``stages`` (e.g. ``directord``), for the block.
 
     :param before_start: called with the config before anything starts (to register
         nodes that must get the lowest node numbers).
+    :param objstore_settings: ``[objstore]`` settings to change.
     :param director: ``[director]`` settings to change.
     """
     config = private_config(redis_nodes, objstores, **director)
+    if objstore_settings:
+        config = dataclasses.replace(config, objstore=dataclasses.replace(
+            config.objstore, **objstore_settings))
     cluster = DevCluster(config, run_dir, DevOptions(
         objstore_count=objstores, only=frozenset(stages), install_missing=False))
     try:
@@ -116,6 +125,35 @@ def private_installation(redis_nodes: list[str], run_dir: Path, *, objstores: in
             cluster.down()
         finally:
             drop_prefix(config)
+
+
+def installation_fixture(name: str, **settings: Any) -> Any:
+    """A module-scoped fixture running a :func:`private_installation` (under a temporary
+    directory named ``name``) for the module's tests; ``settings`` go to it unchanged.
+
+    Assign it to the fixture's name: ``inst = installation_fixture("drain", objstores=4)``.
+    """
+
+    @pytest.fixture(scope="module")
+    def installation(redis_cluster: RunningRedis,
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
+        with private_installation(redis_cluster.nodes, tmp_path_factory.mktemp(name),
+                                  **settings) as inst:
+            yield inst
+
+    return installation
+
+
+def with_client(config: Config, body: Callable[[BlobClient], Awaitable[T]]) -> T:
+    """Run ``body`` with a fresh blob client of the installation, on a fresh event loop."""
+    async def go() -> T:
+        client = await BlobClient.open(config)
+        try:
+            return await body(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
 
 
 def drop_prefix(config: Config) -> None:

@@ -15,9 +15,12 @@ import dataclasses
 import socket
 import ssl
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from director.client import BlobClient
 from metadata.delivery import Delivered, Deliverer
@@ -99,6 +102,41 @@ def start_imapd(tc: SessionCluster, name: str, tls: tuple[Path, Path], **imapd: 
     cluster.launcher.start(spec)
     launcher = cluster.launcher
     return Imapd(name, config, path, launcher, spec)
+
+
+def imapd_fixtures(name: str) -> tuple[Any, Any, Any, Any]:
+    """The module-scoped fixtures of a module that runs one imapd, to be assigned to these
+    names (they ask for each other by name)::
+
+        cluster, certificate, imapd, mail = imapd_fixtures("imapd-1")
+
+    ``cluster``: the session's PostgreSQL, Redis Cluster and registered object servers;
+    ``certificate``: a self-signed one for localhost; ``imapd``: the process ``name`` over
+    both; ``mail``: users and deliveries (:class:`Mail`).
+    """
+
+    @pytest.fixture(scope="module")
+    def cluster(test_cluster: SessionCluster, storage_cluster: object) -> SessionCluster:
+        """The session's PostgreSQL, Redis Cluster and registered object servers."""
+        return test_cluster
+
+    @pytest.fixture(scope="module")
+    def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+        return self_signed(tmp_path_factory.mktemp("tls"))
+
+    @pytest.fixture(scope="module")
+    def imapd(cluster: SessionCluster, certificate: tuple[Path, Path]) -> Iterator[Imapd]:
+        server = start_imapd(cluster, name, certificate)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+    @pytest.fixture(scope="module")
+    def mail(cluster: SessionCluster) -> Mail:
+        return Mail(cluster.config)
+
+    return cluster, certificate, imapd, mail
 
 
 class Mail:

@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 from director.client import BlobClient
 from metadata.delivery import Deliverer
 from metadata.records import User
+from metadata.splitter import parse_skeleton, reassemble
 from metadata.store import MetadataStore
+from metadata.uidset import UidSet
 from ops.config import Config
 from tests.metadata_support import FAST_SCRYPT
 
@@ -39,6 +41,17 @@ class MailStack:
         """A user with a unique name and the default mailboxes."""
         name = f"{prefix}{secrets.token_hex(4)}"
         return self.run(self.store.users.create(name, "secret", quota_bytes=quota))
+
+    def only_message(self, user: User, mailbox: str = "INBOX") -> bytes:
+        """The bytes of the one message in ``user``'s ``mailbox``, reassembled from its
+        skeleton and blobs (asserting there is exactly one and it has a skeleton)."""
+        box = self.run(self.store.mailboxes.get(user.id, mailbox))
+        (entry,) = self.run(self.store.messages.fetch(user.id, box.id, UidSet.all(),
+                                                      items={"skeleton"}))
+        assert entry.skeleton_id is not None
+        skeleton = self.run(self.blobs.get(entry.skeleton_id))
+        parts = self.run(self.blobs.get_many(parse_skeleton(skeleton).blob_ids()))
+        return reassemble(skeleton, parts)
 
 
 @contextlib.contextmanager

@@ -3,10 +3,7 @@ it is, writing it elsewhere and deleting it (a private installation of three obj
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
 
 import pytest
 
@@ -22,30 +19,10 @@ from director.copier import (
 from director.memcache_client import NodeAddress, NodeClient
 from director.nodes import Node
 from director.planner import Health
-from ops.config import Config
-from tests.conftest import CORPUS, RunningRedis
-from tests.director_installation import Installation, private_installation
+from tests.conftest import CORPUS
+from tests.director_installation import Installation, installation_fixture, with_client
 
-T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def inst(redis_cluster: RunningRedis,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
-    with private_installation(redis_cluster.nodes, tmp_path_factory.mktemp("copier"),
-                              objstores=3, cache_bytes=0, timeout=0.5) as installation:
-        yield installation
-
-
-def run(config: Config, body: Callable[[BlobClient], Awaitable[T]]) -> T:
-    async def go() -> T:
-        client = await BlobClient.open(config)
-        try:
-            return await body(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(go())
+inst = installation_fixture("copier", objstores=3, cache_bytes=0, timeout=0.5)
 
 
 def corpus_message() -> bytes:
@@ -89,7 +66,7 @@ def test_copy_is_byte_identical_and_verified(inst: Installation, kind: str) -> N
             assert await dest.get(key) is None
         assert await stored_size(dest, client.codec, bid) is None
 
-    run(inst.config, body)
+    with_client(inst.config, body)
 
 
 def test_probe_tells_missing_corrupt_and_unreachable_apart(inst: Installation) -> None:
@@ -125,4 +102,4 @@ def test_probe_tells_missing_corrupt_and_unreachable_apart(inst: Installation) -
         finally:
             await closed.close()
 
-    run(inst.config, body)
+    with_client(inst.config, body)

@@ -7,11 +7,8 @@ The module runs a private installation: four objstored (zones a, b, c, a), 2 rep
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
 
 import pytest
 
@@ -21,30 +18,10 @@ from director.drainer import Drainer
 from director.index import SCAN_BUCKETS
 from director.keys import is_blob_id
 from ops.cli import EX_OK, EX_TEMPFAIL, main
-from ops.config import Config
-from tests.conftest import CORPUS, RunningRedis
-from tests.director_installation import Installation, private_installation
+from tests.conftest import CORPUS
+from tests.director_installation import Installation, installation_fixture, with_client
 
-T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def inst(redis_cluster: RunningRedis,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
-    with private_installation(redis_cluster.nodes, tmp_path_factory.mktemp("drain"),
-                              objstores=4, cache_bytes=0, timeout=0.5) as installation:
-        yield installation
-
-
-def run(config: Config, body: Callable[[BlobClient], Awaitable[T]]) -> T:
-    async def go() -> T:
-        client = await BlobClient.open(config)
-        try:
-            return await body(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(go())
+inst = installation_fixture("drain", objstores=4, cache_bytes=0, timeout=0.5)
 
 
 def test_drain_survives_an_interruption_and_empties_the_node(
@@ -77,7 +54,7 @@ def test_drain_survives_an_interruption_and_empties_the_node(
         await client.registry.drain(victim)
         return ids, node.number, first_page
 
-    ids, number, first_page = run(inst.config, prepare)
+    ids, number, first_page = with_client(inst.config, prepare)
 
     async def interrupted(client: BlobClient) -> None:
         drainer = Drainer(client, victim)
@@ -95,7 +72,7 @@ def test_drain_survives_an_interruption_and_empties_the_node(
             got = await client.get_item(key)
             assert got is not None and got.value == value
 
-    run(inst.config, interrupted)
+    with_client(inst.config, interrupted)
     config = str(inst.cluster.config_path)
     capsys.readouterr()
     code = main(["--config", config, "node", "drain", victim, "--wait", "--json"])
@@ -131,7 +108,7 @@ def test_drain_survives_an_interruption_and_empties_the_node(
             "the drained node's copies were deleted"
         assert not [e.key for e in left if e.key in items]
 
-    run(inst.config, check)
+    with_client(inst.config, check)
 
 
 def test_drain_reports_a_blob_it_cannot_move(inst: Installation,
@@ -148,7 +125,7 @@ def test_drain_reports_a_blob_it_cannot_move(inst: Installation,
         assert node is not None
         await client.index.add_locations(ghost, [node.number])
 
-    run(inst.config, plant)
+    with_client(inst.config, plant)
     config = str(inst.cluster.config_path)
     try:
         capsys.readouterr()
@@ -164,9 +141,9 @@ def test_drain_reports_a_blob_it_cannot_move(inst: Installation,
                                            node=node.number)
             return [b for b, _nums in page.entries]
 
-        assert run(inst.config, left) == [ghost]
+        assert with_client(inst.config, left) == [ghost]
         code = main(["--config", config, "node", "remove", victim])
         assert code == EX_TEMPFAIL and ghost in capsys.readouterr().err
     finally:
-        run(inst.config, lambda client: client.index.delete(ghost))
+        with_client(inst.config, lambda client: client.index.delete(ghost))
         main(["--config", config, "node", "activate", victim])

@@ -9,15 +9,13 @@ lowest node numbers and, being idle, are read first) in a tier that takes no new
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socketserver
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TypeVar
 
 import pytest
 
@@ -35,11 +33,10 @@ from tests.director_installation import (
     private_installation,
     register_node,
     wait_state,
+    with_client,
 )
 from tests.test_director_index import current_masters, restore_roles
 from tests.test_director_redisconn import wait_replication_links
-
-T = TypeVar("T")
 
 #: Seconds the client waits for an object server's reply in this module.
 TIMEOUT = 0.5
@@ -132,18 +129,6 @@ def setup(redis_cluster: RunningRedis,
             fake.server.server_close()
 
 
-def run(config: Config, body: Callable[[BlobClient], Awaitable[T]]) -> T:
-    """``body`` with a fresh blob client of the installation, on a fresh event loop."""
-    async def go() -> T:
-        client = await BlobClient.open(config)
-        try:
-            return await body(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(go())
-
-
 def blobs(n: int, tag: str) -> list[bytes]:
     """Distinct blobs of a few sizes, compressible and not."""
     out = []
@@ -166,7 +151,7 @@ def test_fakes_never_take_new_blobs(setup: Setup) -> None:
                    for f in setup.fakes.values())
         return {n for numbers in found.values() for n in numbers}
 
-    used = run(setup.config, body)
+    used = with_client(setup.config, body)
     assert not used & {f.number for f in setup.fakes.values()}
 
 
@@ -188,7 +173,7 @@ def test_kill_9_one_objstored(setup: Setup) -> None:
         assert all(len(found[i]) == replicas for i in ids)
         return ids, [i for i in ids[:-1] if number in found[i]]
 
-    ids, on_victim = run(setup.config, write_before)
+    ids, on_victim = with_client(setup.config, write_before)
     assert on_victim, f"{victim} got none of {len(ids)} blobs"
     time.sleep(2.5)  # a full idle report interval: every server reports 0 ops/s
     inst.kill(victim)
@@ -214,7 +199,7 @@ def test_kill_9_one_objstored(setup: Setup) -> None:
             assert [await client.get(i) for i in new_ids] == during
             return failovers, again, first, [found[i] for i in new_ids], number
 
-        failovers, again, first, placed, number = run(setup.config, outage)
+        failovers, again, first, placed, number = with_client(setup.config, outage)
         assert first >= len(on_victim), "the dead server should be read first for its blobs"
         assert failovers >= 1, "reads that tried the dead server first failed over"
         assert again == 0, "a server that failed is read last for a while"
@@ -237,7 +222,7 @@ def test_kill_9_one_objstored(setup: Setup) -> None:
                 return
         raise AssertionError(f"no new blob was placed on the restarted {victim}")
 
-    run(setup.config, after)
+    with_client(setup.config, after)
 
 
 def _index_with(setup: Setup, bid: str, fake: str) -> None:
@@ -245,7 +230,7 @@ def _index_with(setup: Setup, bid: str, fake: str) -> None:
     async def body(client: BlobClient) -> None:
         await client.index.add_locations(bid, [setup.fakes[fake].number])
 
-    run(setup.config, body)
+    with_client(setup.config, body)
 
 
 @pytest.mark.parametrize("fake", ["hang", "garbage", "liar"])
@@ -253,7 +238,7 @@ def test_bad_server_is_failed_over(setup: Setup, fake: str) -> None:
     """A replica that hangs times out, one that answers garbage or wrong bytes is caught;
     either way the read fails over to a good replica and returns the right bytes."""
     data = f"failover through {fake} ".encode() * 30 + os.urandom(16)
-    bid = run(setup.config, lambda client: client.put(data))
+    bid = with_client(setup.config, lambda client: client.put(data))
     _index_with(setup, bid, fake)
 
     async def read(client: BlobClient) -> tuple[bytes, float, list[str]]:
@@ -262,7 +247,7 @@ def test_bad_server_is_failed_over(setup: Setup, fake: str) -> None:
         got = await client.get(bid)
         return got, time.monotonic() - started, [n.id for n in order]
 
-    got, took, order = run(setup.config, read)
+    got, took, order = with_client(setup.config, read)
     assert order[0] == setup.fakes[fake].node_id, "the idle fake must be read first"
     assert got == data
     if fake == "hang":
@@ -283,7 +268,7 @@ def test_bad_server_is_failed_over_for_items(setup: Setup, fake: str) -> None:
         assert client.stats.failovers >= 1
         return None if item is None else item.value
 
-    assert run(setup.config, body) == b"item value"
+    assert with_client(setup.config, body) == b"item value"
 
 
 def test_nothing_corrupt_is_returned(setup: Setup) -> None:
@@ -303,7 +288,7 @@ def test_nothing_corrupt_is_returned(setup: Setup) -> None:
         assert client.stats.bad_replicas >= 2
         await client.index.delete(bid)
 
-    run(setup.config, body)
+    with_client(setup.config, body)
 
 
 def test_reports_go_under_the_installation_prefix(setup: Setup) -> None:
@@ -359,7 +344,7 @@ def test_redis_master_killed_loses_no_acknowledged_put(setup: Setup,
         return acked, client.index.runner.stats.retries, longest
 
     try:
-        acked, retries, longest = run(config, go)
+        acked, retries, longest = with_client(config, go)
     finally:
         restore_roles(redis_cluster, masters)
         # Object servers (this session's too) back off while Redis fails: leave only
@@ -379,7 +364,7 @@ def test_redis_master_killed_loses_no_acknowledged_put(setup: Setup,
         wrong = [bid for bid, data in acked if got[bid] != data]
         return unindexed + wrong
 
-    assert run(config, check) == []
+    assert with_client(config, check) == []
 
 
 def live_reports(setup: Setup) -> set[bytes]:

@@ -4,11 +4,8 @@ installation of two objstored)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
 
 import pytest
 
@@ -16,30 +13,9 @@ from director.client import BlobClient
 from director.copier import read_verified
 from director.repairer import Repairer
 from ops.cli import EX_OK, EX_TEMPFAIL, main
-from ops.config import Config
-from tests.conftest import RunningRedis
-from tests.director_installation import Installation, private_installation
+from tests.director_installation import Installation, installation_fixture, with_client
 
-T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def inst(redis_cluster: RunningRedis,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
-    with private_installation(redis_cluster.nodes, tmp_path_factory.mktemp("inventory"),
-                              objstores=2, cache_bytes=0, timeout=0.5) as installation:
-        yield installation
-
-
-def run(config: Config, body: Callable[[BlobClient], Awaitable[T]]) -> T:
-    async def go() -> T:
-        client = await BlobClient.open(config)
-        try:
-            return await body(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(go())
+inst = installation_fixture("inventory", objstores=2, cache_bytes=0, timeout=0.5)
 
 
 def test_inventory_queues_lost_copies_and_reports_stray_keys(
@@ -65,7 +41,7 @@ def test_inventory_queues_lost_copies_and_reports_stray_keys(
         await client.repair.done(await client.repair.claim(1000))
         return ids[3]
 
-    lost = run(inst.config, prepare)
+    lost = with_client(inst.config, prepare)
     config = str(inst.cluster.config_path)
     capsys.readouterr()
     assert main(["--config", config, "inventory", node_id, "--json"]) == EX_TEMPFAIL
@@ -82,7 +58,7 @@ def test_inventory_queues_lost_copies_and_reports_stray_keys(
         assert node is not None
         await read_verified(client.node_client(node), client.codec, lost)
 
-    run(inst.config, repair)
+    with_client(inst.config, repair)
     assert main(["--config", config, "inventory"]) == EX_TEMPFAIL
     out = capsys.readouterr().out
     assert f"{node_id}:" in out and "0 missing there" in out and stray in out
@@ -92,6 +68,6 @@ def test_inventory_queues_lost_copies_and_reports_stray_keys(
         assert node is not None
         await client.node_client(node).delete(stray.encode())
 
-    run(inst.config, clean)
+    with_client(inst.config, clean)
     assert main(["--config", config, "inventory", "--json"]) == EX_OK
     assert all(r["missing"] == r["unindexed"] == 0 for r in json.loads(capsys.readouterr().out))

@@ -11,16 +11,11 @@ capacity of 8 MiB each, so that a few MiB of blobs make a measurable usage; the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import json
 import os
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from pymemcache.client.base import Client as MemcacheClient
@@ -32,53 +27,18 @@ from director.nodes import NodeState
 from director.planner import NodeUsage, usage
 from ops.cli import EX_OK, main
 from ops.config import MIB, Config
-from ops.devcluster import DevCluster, DevOptions
-from tests.conftest import RunningRedis, free_port_block
-from tests.director_installation import Installation, drop_prefix, private_config
-
-T = TypeVar("T")
+from tests.conftest import free_port_block
+from tests.director_installation import Installation, installation_fixture, with_client
 
 CAPACITY = 8 * MIB
 TOLERANCE = 0.02
 BLOB = 40 * 1024
 
 
-@contextlib.contextmanager
-def capacity_installation(redis_nodes: list[str], run_dir: Path) -> Iterator[Installation]:
-    """Like ``private_installation``, with a reported capacity of CAPACITY per node."""
-    config = private_config(redis_nodes, 3, cache_bytes=0, timeout=0.5,
-                            level_tolerance=TOLERANCE, level_bytes_per_pass=16 * MIB)
-    config = dataclasses.replace(config, objstore=dataclasses.replace(
-        config.objstore, capacity_bytes=CAPACITY))
-    cluster = DevCluster(config, run_dir, DevOptions(
-        objstore_count=3, only=frozenset({"objstore"}), install_missing=False))
-    try:
-        cluster.up()
-        yield Installation(config, cluster)
-    finally:
-        try:
-            cluster.down()
-        finally:
-            drop_prefix(config)
-
-
-@pytest.fixture(scope="module")
-def inst(redis_cluster: RunningRedis,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
-    with capacity_installation(redis_cluster.nodes,
-                               tmp_path_factory.mktemp("level")) as installation:
-        yield installation
-
-
-def run(config: Config, body: Callable[[BlobClient], Awaitable[T]]) -> T:
-    async def go() -> T:
-        client = await BlobClient.open(config)
-        try:
-            return await body(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(go())
+inst = installation_fixture("level", objstores=3,
+                            objstore_settings={"capacity_bytes": CAPACITY}, cache_bytes=0,
+                            timeout=0.5, level_tolerance=TOLERANCE,
+                            level_bytes_per_pass=16 * MIB)
 
 
 class HotReader:
@@ -123,7 +83,7 @@ def spread_now(config: Config, since: float) -> float:
             assert time.monotonic() < deadline, "no fresh load reports"
             await asyncio.sleep(0.2)
 
-    return run(config, body)
+    return with_client(config, body)
 
 
 def test_new_node_gets_hot_blobs_first_until_level(inst: Installation,
@@ -141,7 +101,7 @@ def test_new_node_gets_hot_blobs_first_until_level(inst: Installation,
         snap = await client.snapshot(force=True)
         return ids, {n.id: sum(1 for b in ids if n.number in found[b]) for n in snap.nodes}
 
-    ids, counts = run(inst.config, write)
+    ids, counts = with_client(inst.config, write)
     # The fullest node is surely a source: its hot blobs must move first.
     hot_node = next(o for o in inst.objstores() if o.name == max(counts, key=counts.__getitem__))
 
@@ -150,7 +110,7 @@ def test_new_node_gets_hot_blobs_first_until_level(inst: Installation,
         found = await client.index.lookup(ids)
         return [b for b in ids if number in found[b]][:4]
 
-    hot = run(inst.config, pick_hot)
+    hot = with_client(inst.config, pick_hot)
     port = free_port_block(1)
     spec = inst.cluster.objstored_spec("objstored-new", "127.0.0.1", port,
                                        inst.cluster.run_dir / "objstore" / "new", zone="d")
@@ -165,7 +125,7 @@ def test_new_node_gets_hot_blobs_first_until_level(inst: Installation,
                 assert time.monotonic() < deadline, "the new node does not report"
                 await asyncio.sleep(0.2)
 
-        run(inst.config, add)
+        with_client(inst.config, add)
         config = str(inst.cluster.config_path)
         with HotReader(f"{hot_node.host}:{hot_node.port}", hot):
             async def reported(client: BlobClient) -> None:
@@ -177,14 +137,14 @@ def test_new_node_gets_hot_blobs_first_until_level(inst: Installation,
                     assert time.monotonic() < deadline, f"not hot yet: {scores}"
                     await asyncio.sleep(0.2)
 
-            run(inst.config, reported)
+            with_client(inst.config, reported)
             capsys.readouterr()
             assert main(["--config", config, "level", "--dry-run", "--json"]) == EX_OK
             plan = json.loads(capsys.readouterr().out)
             assert not plan["balanced"] and plan["spread"] > 0.1
             to_new = sum(m["size"] for m in plan["moves"] if m["target"] == "objstored-new")
             assert to_new >= 0.8 * plan["bytes"], "the new node takes most of the moves"
-            stats = run(inst.config, lambda client: Leveler(client).run_once())
+            stats = with_client(inst.config, lambda client: Leveler(client).run_once())
         finished = time.time()
         assert stats.moved == stats.planned > 0 and stats.skipped == 0
         from_hot = [m for m in stats.moves if m["source"] == hot_node.name]
@@ -216,7 +176,7 @@ def test_new_node_gets_hot_blobs_first_until_level(inst: Installation,
                 assert await client.node_client(source).get(bid.encode()) is None
             return sum(1 for bid in ids if new.number in found[bid])
 
-        assert run(inst.config, check) == sum(1 for m in stats.moves
+        assert with_client(inst.config, check) == sum(1 for m in stats.moves
                                               if m["target"] == "objstored-new")
         capsys.readouterr()
         assert main(["--config", config, "level", "--once", "--json"]) == EX_OK

@@ -8,16 +8,13 @@ no other test.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from pymemcache.client.base import Client
@@ -27,22 +24,16 @@ from director.client import BlobClient
 from director.codec import FLAG_ZLIB, BlobCodec, blob_id
 from director.keys import item_index_id
 from director.proxy import VERSION, unsupported
-from ops.config import Config, parse_hostport
-from tests.conftest import CORPUS, RunningRedis
-from tests.director_installation import Installation, private_installation
-
-T = TypeVar("T")
+from ops.config import parse_hostport
+from tests.conftest import CORPUS
+from tests.director_installation import Installation, installation_fixture, with_client
 
 MEMCP = shutil.which("memcp") or shutil.which("memccp")
 MEMCAT = shutil.which("memcat") or shutil.which("memccat")
 
 
-@pytest.fixture(scope="module")
-def installation(redis_cluster: RunningRedis,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
-    with private_installation(redis_cluster.nodes, tmp_path_factory.mktemp("proxy"),
-                              stages=("objstore", "directord"), timeout=1.0) as inst:
-        yield inst
+installation = installation_fixture("proxy", stages=("objstore", "directord"),
+                                    timeout=1.0)
 
 
 @pytest.fixture
@@ -66,18 +57,6 @@ def exchange(address: tuple[str, int], request: bytes, until: bytes = b"\r\n") -
                 break
             out += chunk
         return out
-
-
-def with_client(config: Config, body: Callable[[BlobClient], Awaitable[T]]) -> T:
-    """Run ``body`` with a blob client of the installation, on a fresh event loop."""
-    async def go() -> T:
-        blobs = await BlobClient.open(config)
-        try:
-            return await body(blobs)
-        finally:
-            await blobs.aclose()
-
-    return asyncio.run(go())
 
 
 def test_set_get_add_delete_touch(address: tuple[str, int]) -> None:

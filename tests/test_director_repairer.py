@@ -14,9 +14,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -28,31 +26,12 @@ from director.lease import Lease
 from director.nodes import Node
 from director.repairer import Repairer
 from ops.cli import EX_OK, EX_TEMPFAIL, main
-from ops.config import Config, to_toml
-from tests.conftest import CORPUS, RunningRedis
-from tests.director_installation import Installation, private_installation
+from ops.config import to_toml
+from tests.conftest import CORPUS
+from tests.director_installation import Installation, installation_fixture, with_client
 
-T = TypeVar("T")
-
-
-@pytest.fixture(scope="module")
-def inst(redis_cluster: RunningRedis,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
-    with private_installation(redis_cluster.nodes, tmp_path_factory.mktemp("repair"),
-                              objstores=3, write_quorum=1, cache_bytes=0, timeout=0.5,
-                              repair_retry_delay=60.0) as installation:
-        yield installation
-
-
-def run(config: Config, body: Callable[[BlobClient], Awaitable[T]]) -> T:
-    async def go() -> T:
-        client = await BlobClient.open(config)
-        try:
-            return await body(client)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(go())
+inst = installation_fixture("repair", objstores=3, write_quorum=1, cache_bytes=0, timeout=0.5,
+                            repair_retry_delay=60.0)
 
 
 def corpus_blobs(n: int, tag: str) -> list[bytes]:
@@ -108,7 +87,7 @@ def test_corrupt_and_missing_replicas_are_rewritten(inst: Installation) -> None:
             assert damaged[bid].number in await client.index.locations(bid)
         assert await client.get_many(ids) == dict(zip(ids, datas, strict=True))
 
-    run(inst.config, body)
+    with_client(inst.config, body)
 
 
 def test_blobs_written_while_nodes_were_down_get_their_copies(inst: Installation) -> None:
@@ -128,7 +107,7 @@ def test_blobs_written_while_nodes_were_down_get_their_copies(inst: Installation
             assert await client.repair.backlog() >= len(ids)
             return ids
 
-        ids = run(inst.config, write)
+        ids = with_client(inst.config, write)
     finally:
         inst.start(first)
         inst.start(second)
@@ -142,7 +121,7 @@ def test_blobs_written_while_nodes_were_down_get_their_copies(inst: Installation
             assert len(holders) == 2 and third in holders
         assert await client.get_many(ids) == dict(zip(ids, datas, strict=True))
 
-    run(inst.config, repair)
+    with_client(inst.config, repair)
 
 
 def test_only_one_director_runs_repair_at_a_time(inst: Installation, tmp_path: Path,
@@ -159,7 +138,7 @@ def test_only_one_director_runs_repair_at_a_time(inst: Installation, tmp_path: P
         assert await blocker.acquire()
         return len(held), len(ran), blocker.token
 
-    held, ran, token = run(inst.config, body)
+    held, ran, token = with_client(inst.config, body)
     assert (held, ran) == (1, 1)
     try:
         capsys.readouterr()
@@ -186,7 +165,7 @@ def test_repair_cli_reports_json(inst: Installation,
         await client.repair.add([bid])
         return bid
 
-    bid = run(inst.config, damage)
+    bid = with_client(inst.config, damage)
     capsys.readouterr()
     code = main(["--config", str(inst.cluster.config_path), "repair", "--once", "--json"])
     out, err = capsys.readouterr()
@@ -195,7 +174,7 @@ def test_repair_cli_reports_json(inst: Installation,
     assert stats["job"] == "repair" and stats["passes"] == 1
     assert stats["swept_buckets"] == inst.config.director.index_buckets
     assert stats["sweep_wrapped"] and stats["rewritten"] == 1 and stats["repaired"] >= 1
-    assert len(run(inst.config, lambda c: verified_holders(c, bid))) == 2
+    assert len(with_client(inst.config, lambda c: verified_holders(c, bid))) == 2
 
 
 def test_directord_repairs_in_the_background(inst: Installation, tmp_path: Path) -> None:
@@ -216,7 +195,7 @@ def test_directord_repairs_in_the_background(inst: Installation, tmp_path: Path)
         await client.repair.add([bid])
         return bid
 
-    bid = run(inst.config, damage)
+    bid = with_client(inst.config, damage)
     inst.cluster.launcher.start(spec)
     try:
         async def wait(client: BlobClient) -> None:
@@ -226,7 +205,7 @@ def test_directord_repairs_in_the_background(inst: Installation, tmp_path: Path)
                 await asyncio.sleep(0.2)
             assert len(await verified_holders(client, bid)) == 2
 
-        run(inst.config, wait)
+        with_client(inst.config, wait)
     finally:
         inst.cluster.launcher.stop(spec)
 
@@ -247,7 +226,7 @@ def test_blobs_of_a_removed_node_are_re_replicated(inst: Installation,
         await client.repair.done(await client.repair.claim(1000))  # an empty queue
         return [b for b in ids if number in found[b]]
 
-    on_victim = run(inst.config, write)
+    on_victim = with_client(inst.config, write)
     assert on_victim
     capsys.readouterr()
     assert main(["--config", str(inst.cluster.config_path), "node", "remove", victim]) == EX_OK
@@ -264,4 +243,4 @@ def test_blobs_of_a_removed_node_are_re_replicated(inst: Installation,
         by_id = {blob_id(d): d for d in datas}
         assert await client.get_many(on_victim) == {b: by_id[b] for b in on_victim}
 
-    run(inst.config, repair)
+    with_client(inst.config, repair)

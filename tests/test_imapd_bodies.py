@@ -4,7 +4,6 @@ splitter's reader over the corpus), section specifiers, and the batch reader."""
 from __future__ import annotations
 
 import asyncio
-import csv
 import datetime as dt
 import random
 
@@ -18,13 +17,13 @@ from metadata.mimetree import parse
 from metadata.records import MessageEntry
 from metadata.sections import imap_view, section_map
 from metadata.splitter import parse_skeleton, read_imap_range, split
+from tests.corpus_features import feature_rows
 from tests.imapd_support import ATTACHMENT, CORPUS, MemoryBlobs, corpus
 
 
 def _corpus_with_blobs() -> list[str]:
-    rows = list(csv.reader((CORPUS / "FEATURES.tsv").open(), delimiter="\t"))[1:]
-    picked = [f"{src}/{path}" for src, path, size, feats in rows
-              if "attachment" in feats and int(size) < 300_000]
+    picked = [f"{r['source']}/{r['path']}" for r in feature_rows()
+              if "attachment" in r["features"] and int(r["bytes"]) < 300_000]
     return picked[:25]
 
 

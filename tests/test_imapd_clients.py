@@ -24,15 +24,13 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from imapclient import IMAPClient
 
 from metadata.sections import imap_view
-from tests.conftest import SessionCluster as Cluster
-from tests.imapd_process import Imapd, Mail, self_signed, start_imapd
+from tests.imapd_process import Imapd, Mail, imapd_fixtures
 from tests.imapd_support import corpus
 
 pytestmark = pytest.mark.timeout(120)
@@ -55,29 +53,7 @@ ROUNDTRIP_MESSAGES = (
 )
 
 
-@pytest.fixture(scope="module")
-def cluster(test_cluster: Cluster, storage_cluster: object) -> Cluster:
-    """The session's PostgreSQL, Redis Cluster and registered object servers."""
-    return test_cluster
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return self_signed(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def imapd(cluster: Cluster, certificate: tuple[Path, Path]) -> Iterator[Imapd]:
-    server = start_imapd(cluster, "imapd-clients", certificate)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def mail(cluster: Cluster) -> Mail:
-    return Mail(cluster.config)
+cluster, certificate, imapd, mail = imapd_fixtures("imapd-clients")
 
 
 def new_user(mail: Mail, label: str) -> str:

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from metadata.splitter import parse_skeleton, reassemble
-from metadata.uidset import UidSet
 from ops.config import Config
 from ops.stats_command import collect
 from tests.conftest import CORPUS, SessionCluster
@@ -67,13 +65,7 @@ def test_smtplib_delivers_to_several_recipients(imapd: Imapd, stack: MailStack) 
     assert set(refused) == {"nobody-x@example.org"}
     assert refused["nobody-x@example.org"][0] == 550
     for user in (a, b):
-        box = stack.run(stack.store.mailboxes.get(user.id, "INBOX"))
-        (entry,) = stack.run(stack.store.messages.fetch(user.id, box.id, UidSet.all(),
-                                                        items={"skeleton"}))
-        assert entry.skeleton_id is not None
-        skeleton = stack.run(stack.blobs.get(entry.skeleton_id))
-        parts = stack.run(stack.blobs.get_many(parse_skeleton(skeleton).blob_ids()))
-        assert reassemble(skeleton, parts) == raw
+        assert stack.only_message(user) == raw
 
 
 def test_oversize_is_refused_at_mail_from(imapd: Imapd) -> None:

@@ -12,7 +12,6 @@ import signal
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,8 +23,8 @@ from tests.conftest import SessionCluster as Cluster
 from tests.imapd_process import (
     Imapd,
     Mail,
+    imapd_fixtures,
     imaps_context,
-    self_signed,
     start_imapd,
 )
 from tests.imapd_support import ATTACHMENT, NESTED, PICTURE, corpus
@@ -33,29 +32,7 @@ from tests.imapd_support import ATTACHMENT, NESTED, PICTURE, corpus
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def cluster(test_cluster: Cluster, storage_cluster: object) -> Cluster:
-    """The session's PostgreSQL, Redis Cluster and registered object servers."""
-    return test_cluster
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return self_signed(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="module")
-def imapd(cluster: Cluster, certificate: tuple[Path, Path]) -> Iterator[Imapd]:
-    server = start_imapd(cluster, "imapd-1", certificate)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def mail(cluster: Cluster) -> Mail:
-    return Mail(cluster.config)
+cluster, certificate, imapd, mail = imapd_fixtures("imapd-1")
 
 
 _names = iter(range(1_000_000))

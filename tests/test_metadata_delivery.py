@@ -7,7 +7,6 @@ from its skeleton and blobs (the tags in the test id name the features).
 from __future__ import annotations
 
 import asyncio
-import csv
 import dataclasses
 import hashlib
 import secrets
@@ -22,13 +21,12 @@ from metadata.splitter import parse_skeleton, reassemble
 from metadata.uidset import UidSet
 from ops.config import Config
 from tests.conftest import CORPUS
+from tests.corpus_features import feature_rows
 from tests.mailstack import MailStack, open_stack
 
 
 def corpus_files() -> list[tuple[str, str]]:
-    with open(CORPUS / "FEATURES.tsv", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    return [(f"{r['source']}/{r['path']}", r["features"]) for r in rows]
+    return [(f"{r['source']}/{r['path']}", r["features"]) for r in feature_rows()]
 
 
 MANIFEST = {line.split()[1][2:]: line.split()[0]

@@ -22,12 +22,10 @@ down, failures included.
 from __future__ import annotations
 
 import contextlib
-import csv
 import imaplib
 import random
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -37,8 +35,8 @@ from metadata.mimetree import parse
 from metadata.sections import imap_view, section_map
 from metadata.splitter import read_imap_range, split
 from ops.bench.dovecot import PrivateDovecot, dovecot_installed
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+from tests.conftest import CORPUS
+from tests.corpus_features import feature_rows
 
 pytestmark = pytest.mark.skipif(
     not dovecot_installed() or not CORPUS.is_dir(),
@@ -65,14 +63,7 @@ GENERATED = 60
 FETCH_ITEMS = "(RFC822.SIZE ENVELOPE BODY BODYSTRUCTURE)"
 
 
-def _corpus_rows() -> list[dict[str, str]]:
-    if not CORPUS.is_dir():
-        return []
-    with (CORPUS / "FEATURES.tsv").open(newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
-
-
-ROWS = _corpus_rows()
+ROWS = feature_rows()
 
 
 def _corpus_id(row: dict[str, str]) -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import time
-from pathlib import Path
 
 import pytest
 
@@ -16,18 +14,10 @@ from metadata.mimetree import (
     iter_parts,
     parse,
 )
+from tests.conftest import CORPUS
+from tests.corpus_features import feature_rows
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-
-
-def _rows() -> list[dict[str, str]]:
-    if not CORPUS.is_dir():
-        return []
-    with (CORPUS / "FEATURES.tsv").open(newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
-
-
-ROWS = _rows()
+ROWS = feature_rows()
 
 
 def _text(raw: bytes, span: Span | None) -> bytes:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import csv
 import datetime as dt
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -18,8 +16,8 @@ from metadata.searchtext import (
     html_to_text,
     search_text,
 )
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+from tests.conftest import CORPUS
+from tests.corpus_features import feature_rows
 
 
 @pytest.mark.parametrize(
@@ -128,9 +126,7 @@ def test_junk_never_raises(body: bytes) -> None:
 @pytest.mark.skipif(not CORPUS.is_dir(), reason="corpus not available")
 def test_corpus() -> None:
     """Every corpus message yields search text; UTF-16 and encoded subjects decode."""
-    with (CORPUS / "FEATURES.tsv").open(newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    for row in rows:
+    for row in feature_rows():
         search_text((CORPUS / row["source"] / row["path"]).read_bytes())
     utf16 = search_text((CORPUS / "apache-spamassassin" / "spam" / "utf16.eml").read_bytes())
     assert utf16.subject == "Design and manufacturing"

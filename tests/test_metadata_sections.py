@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import pytest
 
 from metadata.mimetree import parse
 from metadata.sections import SectionError, SectionMap, SectionRange, imap_view, section_map
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+from tests.conftest import CORPUS
+from tests.corpus_features import feature_rows
 
 NESTED = (
     b"Subject: outer\r\n"
@@ -122,17 +119,10 @@ def test_sections_enumeration() -> None:
     ]  # fmt: skip
 
 
-def _rows() -> list[dict[str, str]]:
-    if not CORPUS.is_dir():
-        return []
-    with (CORPUS / "FEATURES.tsv").open(newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
-
-
 @pytest.mark.skipif(not CORPUS.is_dir(), reason="corpus not available")
 def test_corpus_vsizes_match_views() -> None:
     """For every corpus section, vsize equals the size of its IMAP view."""
-    for row in _rows():
+    for row in feature_rows():
         raw = (CORPUS / row["source"] / row["path"]).read_bytes()
         smap = section_map(parse(raw))
         for section, rng in list(smap.sections())[:20]:

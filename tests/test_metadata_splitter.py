@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import base64
-import csv
 import dataclasses
 import hashlib
 import random
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,18 +27,10 @@ from metadata.splitter import (
     reassemble,
     split,
 )
+from tests.conftest import CORPUS
+from tests.corpus_features import feature_rows
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-
-
-def _rows() -> list[dict[str, str]]:
-    if not CORPUS.is_dir():
-        return []
-    with (CORPUS / "FEATURES.tsv").open(newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
-
-
-ROWS = _rows()
+ROWS = feature_rows()
 
 
 class Recording(Mapping[str, bytes]):
