@@ -66,6 +66,7 @@ from director.codec import (
     load_key,
 )
 from director.errors import BlobCorrupt, BlobNotFound, BlobUnavailable, DirectorError
+from director.gcwatch import GcWatch
 from director.index import LocationIndex
 from director.keys import is_blob_id, item_index_id
 from director.memcache_client import (
@@ -217,6 +218,7 @@ class BlobClient:
         self._lookups: Coalescer[None] = Coalescer(
             lambda reqs: index.lookup(list(reqs)), lambda a, _b: a)
         self._adds: Coalescer[frozenset[int]] = Coalescer(index.add_many, frozenset.union)
+        self.gc_watch = GcWatch(index, clock=clock)
         # Largest stored value an object server takes, minus room for the envelope.
         self.chunk_size = config.objstore.max_item_size - ENVELOPE_SLACK
 
@@ -307,6 +309,8 @@ class BlobClient:
         """Store several blobs: one index lookup for all, uploads in parallel."""
         ids = [blob_id(b) for b in blobs]
         self.stats.puts += len(blobs)
+        # Before the lookup: a running gc must not collect what this put dedups onto.
+        await self.gc_watch.before_put(ids)
         known = await self._lookups.many(dict.fromkeys(ids))
         todo: dict[str, bytes] = {}
         for bid, data in zip(ids, blobs, strict=True):

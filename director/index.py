@@ -147,6 +147,25 @@ return out
 """)
 
 
+# KEYS[1] = bucket, KEYS[2] = the bucket's gc touched set; ARGV = field, expected value,
+# ...  Deletes each entry whose value is still the expected one and that no put announced
+# since gc began (director/collector.py); returns 1 (deleted) or 0 for each field.
+_COLLECT = LuaScript("objmail_index_collect", """
+local out = {}
+for i = 1, #ARGV, 2 do
+  local field = ARGV[i]
+  if redis.call('SISMEMBER', KEYS[2], field) == 1
+      or redis.call('HGET', KEYS[1], field) ~= ARGV[i + 1] then
+    out[#out + 1] = 0
+  else
+    redis.call('HDEL', KEYS[1], field)
+    out[#out + 1] = 1
+  end
+end
+return out
+""")
+
+
 @dataclass(frozen=True)
 class ScanPage:
     """One step of a scan: entries of some buckets and where to resume."""
@@ -186,7 +205,7 @@ class LocationIndex:
         self.runner = runner
         self.layout = layout
         self.keys = keys or Keyspace()
-        runner.register(_ADD, _REMOVE, _UPDATE)
+        runner.register(_ADD, _REMOVE, _UPDATE, _COLLECT)
 
     @classmethod
     async def open(cls, addresses: Sequence[str], *, buckets: int,
@@ -339,6 +358,51 @@ class LocationIndex:
             removed += sum(int(r) for r in await self.runner.run("index delete", chunk,
                                                                   durable=True))
         return removed
+
+    # -- gc (director/collector.py) -----------------------------------------------------
+
+    async def touch_many(self, ids: Iterable[str], ttl: int) -> None:
+        """Announce that ``ids`` are being put, so that a running gc keeps them; the
+        announcements expire after ``ttl`` seconds."""
+        commands = []
+        for key, (fields, _ids) in self._group(ids).items():
+            touched = self.keys.gc_touched(key)
+            commands += [Command(touched, ("SADD", touched, *fields)),
+                         Command(touched, ("EXPIRE", touched, int(ttl)))]
+        for chunk in chunked(commands, BATCH_COMMANDS):
+            await self.runner.run("gc touch", chunk, durable=True)
+
+    async def collect_many(self, entries: Mapping[str, Iterable[int]]) -> set[str]:
+        """Delete the entries whose locations are still exactly ``entries[id]`` and that
+        no put announced (:meth:`touch_many`) meanwhile; the ids deleted."""
+        by_key: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+        for blob_id, nodes in entries.items():
+            check_blob_id(blob_id)
+            by_key[self._key(blob_id)].append((blob_id, encode_nodes(nodes)))
+        commands = []
+        order = []
+        for key, items in by_key.items():
+            argv: list[bytes] = []
+            for blob_id, value in items:
+                argv += [self.layout.field_of(blob_id), value]
+            commands.append(Command(key, ("EVALSHA", _COLLECT.sha, 2, key,
+                                          self.keys.gc_touched(key), *argv)))
+            order.append(items)
+        deleted: set[str] = set()
+        offset = 0
+        for chunk in chunked(commands, BATCH_COMMANDS):
+            replies = await self.runner.run(_COLLECT.name, chunk, durable=True)
+            for items, flags in zip(order[offset:offset + len(chunk)], replies, strict=True):
+                deleted.update(b for (b, _v), f in zip(items, flags, strict=True) if int(f))
+            offset += len(chunk)
+        return deleted
+
+    async def forget_touched(self, start: int, end: int) -> None:
+        """Drop the put announcements of buckets ``start .. end-1`` (gc swept them)."""
+        keys = [self.keys.gc_touched(self.keys.index_bucket(self.layout.bucket_name(b)))
+                for b in range(start, end)]
+        for chunk in chunked([Command(k, ("DEL", k)) for k in keys], BATCH_COMMANDS):
+            await self.runner.run("gc forget", chunk, durable=True)
 
     # -- scanning -----------------------------------------------------------------------
 

@@ -215,6 +215,12 @@ class Keyspace:
         """
         return f"{self.prefix}job:{{{check_job_name(job)}}}"
 
+    def gc_touched(self, bucket_key: str) -> str:
+        """SET (intset/listpack): binary id tails that puts announced while gc runs, for
+        one index bucket.  Its hash tag is the bucket's whole key, so the two share a slot
+        and gc's compare-and-delete script sees both (director/collector.py)."""
+        return f"{self.prefix}gc:{{{bucket_key}}}"
+
     # -- node registry (one hash slot: {reg}) ----------------------------------------
 
     def node(self, node_id: str) -> str:

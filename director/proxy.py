@@ -259,6 +259,8 @@ class ProxyHandler:
 
     async def _store_async(self, key: bytes, value: bytes, flags: int, exptime: int,
                            only_new: bool) -> Reply:
+        if is_blob_id(key):
+            await self.client.gc_watch.before_put([key.decode("ascii")])
         if is_blob_id(key) and await self.client.exists(key.decode("ascii")):
             # Same id, same content: nothing to upload.
             self.metrics.dedup_hits += 1

@@ -60,6 +60,7 @@ COMMAND_MODULES = (
     "ops.repair_command",
     "ops.level_command",
     "ops.inventory_command",
+    "ops.gc_command",
 )
 
 

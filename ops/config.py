@@ -189,6 +189,7 @@ class DirectorConfig:
     level_tolerance: float = 0.05
     level_bytes_per_pass: int = 256 * MIB
     level_scan_entries: int = 2000
+    gc_grace: float = 3600.0
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, "listen")
@@ -212,6 +213,7 @@ class DirectorConfig:
             _check(getattr(self, key) >= 1, key, "must be at least 1")
         _check(self.repair_retry_delay >= 0, "repair_retry_delay", "must not be negative")
         _check(self.repair_down_grace >= 0, "repair_down_grace", "must not be negative")
+        _check(self.gc_grace >= 0, "gc_grace", "must not be negative")
         _check(0 < self.level_tolerance < 1, "level_tolerance",
                f"must be a fraction of capacity between 0 and 1, got {self.level_tolerance}")
         _check(self.level_bytes_per_pass >= 1, "level_bytes_per_pass", "must be at least 1")

@@ -1,0 +1,215 @@
+"""gc with real processes: PostgreSQL references, a private index in the session's Redis
+Cluster and three objstored of the module's own; deliveries through the real Deliverer.
+
+What is checked: after a user is deleted, exactly the blobs no message references any
+more leave the index and every object server, and the remaining users' mail reads back
+byte for byte; a put that dedups onto an unreferenced blob while gc runs keeps it; a blob
+uploaded again after gc dropped its index entry survives gc's conditional deletes; an
+interrupted sweep resumes from its cursor; ``objmail gc`` and its dry run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from director.client import BlobClient
+from director.collector import RUN_FIELDS, Collector, GcStats
+from director.gcwatch import GC_FLAG_TTL
+from director.jobstate import JobState
+from ops.cli import EX_OK, main
+from ops.config import Config, to_toml
+from tests.conftest import CORPUS
+from tests.director_installation import Installation, installation_fixture
+from tests.mailstack import MailStack, open_stack
+
+pytestmark = pytest.mark.timeout(180)
+
+inst = installation_fixture("gc", objstores=3, cache_bytes=0)
+
+
+@pytest.fixture(scope="module")
+def config(inst: Installation, postgres: str, tmp_path_factory: pytest.TempPathFactory,
+           ) -> Config:
+    """The installation's config with the session's PostgreSQL (migrated)."""
+    return dataclasses.replace(inst.config, cluster=dataclasses.replace(
+        inst.config.cluster, pg_dsn=postgres))
+
+
+@pytest.fixture()
+def stack(config: Config) -> Iterator[MailStack]:
+    with open_stack(config) as s:
+        yield s
+
+
+def message_with_attachment(attachment: bytes, tag: str) -> bytes:
+    """A real corpus message's headers over a multipart body carrying ``attachment``."""
+    head = sorted((CORPUS / "mikel-mail").rglob("*.eml"))[0].read_bytes().split(b"\n\n")[0]
+    head = b"\n".join(line for line in head.split(b"\n")
+                      if not line.lower().startswith((b"content-", b"mime-version")))
+    body = (b"MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"gc-b\"\n"
+            b"X-GC-Test: " + tag.encode() + b"\n\n--gc-b\nContent-Type: text/plain\n\n"
+            b"see attached\n--gc-b\nContent-Type: application/octet-stream\n"
+            b"Content-Transfer-Encoding: base64\n\n")
+    encoded = base64.encodebytes(attachment)
+    return head + b"\n" + body + encoded + b"--gc-b--\n"
+
+
+async def index_ids(client: BlobClient) -> set[str]:
+    ids: set[str] = set()
+    async for page in client.index.iterate():
+        ids.update(b for b, _n in page.entries)
+    return ids
+
+
+async def held_anywhere(client: BlobClient, bid: str) -> list[str]:
+    """Object servers of the installation that still hold an item named ``bid``."""
+    snap = await client.snapshot(force=True)
+    out = []
+    for node in snap.nodes:
+        if await client.node_client(node).exists(bid.encode()):
+            out.append(node.id)
+    return out
+
+
+def collector(stack: MailStack, grace: float = 0.0) -> Collector:
+    return Collector(stack.blobs, stack.store.references, grace=grace)
+
+
+async def full_run(stack: MailStack, grace: float = 0.0) -> GcStats:
+    stats = await collector(stack, grace).run_once()
+    assert stats.finished and not stats.errors, stats
+    return stats
+
+
+def test_gc_collects_exactly_what_no_message_references(stack: MailStack) -> None:
+    """After a user is deleted, gc drops from the index and from every object server
+    the blobs of their messages that nobody else's message uses, and an orphan upload
+    (a delivery that died before its commit); the other user's mail is untouched."""
+    keep, gone = stack.new_user("gck"), stack.new_user("gcg")
+    shared = os.urandom(20_000)
+    stack.run(stack.deliverer.deliver(keep.name, message_with_attachment(shared, "s1")))
+    stack.run(stack.deliverer.deliver(gone.name, message_with_attachment(shared, "s2")))
+    stack.run(stack.deliverer.deliver(gone.name,
+                                      message_with_attachment(os.urandom(9000), "own")))
+    orphan = stack.run(stack.blobs.put(os.urandom(5000)))
+    kept_bytes = stack.only_message(keep)
+    stack.run(stack.store.users.delete(gone.name))
+
+    before = stack.run(index_ids(stack.blobs))
+    still_used = stack.run(stack.store.references.referenced(before))
+    assert orphan in before and orphan not in still_used
+    doomed = before - still_used
+    assert len(doomed) >= 4  # the orphan, the own attachment, two skeletons
+
+    stats = stack.run(full_run(stack))
+    after = stack.run(index_ids(stack.blobs))
+    assert after == still_used
+    assert stats.collected == len(doomed) and stats.referenced == len(still_used)
+    assert stats.copies_deleted == 2 * len(doomed)  # two replicas each
+    for bid in doomed:
+        assert stack.run(held_anywhere(stack.blobs, bid)) == []
+    assert stack.only_message(keep) == kept_bytes
+    state = stack.run(JobState(stack.blobs.index.runner, stack.blobs.index.keys, "gc").load())
+    assert not set(RUN_FIELDS) & set(state) and "last_finished" in state
+
+
+def test_a_put_while_gc_runs_keeps_its_blob(stack: MailStack) -> None:
+    """A dedup hit on an unreferenced blob after gc announced itself keeps the blob
+    through that run (its reference may be about to commit); the next run collects it."""
+    data = os.urandom(6000)
+    bid = stack.run(stack.blobs.put(data))
+    gc = collector(stack)
+    first = stack.run(gc.run_once(stop=lambda: True))  # announce, then stop in the guard
+    assert first.interrupted and first.phase == "guard"
+
+    async def dedup_put() -> str:
+        await asyncio.sleep(GC_FLAG_TTL + 0.1)  # the client's reading of the flag is stale
+        return await stack.blobs.put(data)
+
+    assert stack.run(dedup_put()) == bid
+    assert stack.blobs.gc_watch.announced >= 1
+    stats = stack.run(gc.run_once())
+    assert stats.finished and stats.kept >= 1 and bid not in stats.examples
+    assert stack.run(stack.blobs.get(bid)) == data
+
+    async def later() -> GcStats:
+        await asyncio.sleep(GC_FLAG_TTL + 0.1)
+        return await full_run(stack)
+
+    stack.run(later())
+    assert not stack.run(stack.blobs.exists(bid))
+    assert stack.run(held_anywhere(stack.blobs, bid)) == []
+
+
+def test_a_blob_uploaded_again_survives_the_conditional_deletes(stack: MailStack) -> None:
+    """gc reads each copy's CAS unique before it drops the index entry; a put that finds
+    the entry gone uploads new copies, which gc's ``md <key> C<cas>`` leaves alone."""
+    data = os.urandom(7000)
+    gc = collector(stack)
+
+    async def race() -> GcStats:
+        bid = await stack.blobs.put(data)
+        numbers = await stack.blobs.index.locations(bid)
+        snap = await stack.blobs.snapshot(force=True)
+        doomed = await gc._examine(bid, numbers, snap.resolve(numbers))
+        assert doomed is not None and len(doomed.items) == 2
+        assert await stack.blobs.index.collect_many({bid: numbers}) == {bid}
+        assert await stack.blobs.put(data) == bid  # a miss now: uploaded again
+        stats = GcStats()
+        await gc._delete_copies(doomed, stats)
+        return stats
+
+    stats = stack.run(race())
+    assert stats.copies_deleted == 0 and stats.copies_kept >= 1
+    bid = stack.run(stack.blobs.put(data))
+    assert stack.run(stack.blobs.get(bid)) == data
+
+
+def test_an_interrupted_sweep_resumes_where_it_stopped(stack: MailStack) -> None:
+    """A run stopped mid-sweep (item limit) saves its bucket cursor and keeps its
+    announcement; the next invocation goes on from there, without a second grace
+    period, and collects the rest."""
+    orphans = stack.run(stack.blobs.put_many([os.urandom(4100) for _ in range(150)]))
+    gc = collector(stack, grace=0.0)
+    first = stack.run(gc.run_once(max_items=40))
+    assert first.interrupted and not first.finished
+    state = stack.run(gc.status())
+    cursor = int(float(state["cursor"]))
+    buckets = stack.blobs.index.layout.buckets
+    assert 0 < cursor < buckets and "active_since" in state
+    left = stack.run(index_ids(stack.blobs)) & set(orphans)
+    assert 0 < len(left) < len(orphans)
+    second = stack.run(gc.run_once())
+    assert second.finished and second.guard_left == 0.0
+    assert first.collected + second.collected >= len(orphans)
+    assert not stack.run(index_ids(stack.blobs)) & set(orphans)
+
+
+def test_objmail_gc_command(stack: MailStack, config: Config, tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    """``objmail gc --dry-run`` counts without deleting; ``objmail gc --grace 0`` runs
+    to the end; ``--status`` then shows no run in progress."""
+    orphan = stack.run(stack.blobs.put(os.urandom(4500)))
+    path = tmp_path / "objmail.toml"
+    path.write_text(to_toml(config))
+    capsys.readouterr()
+    assert main(["--config", str(path), "gc", "--dry-run", "--json"]) == EX_OK
+    survey = json.loads(capsys.readouterr().out)
+    assert survey["unreferenced"] >= 1 and survey["entries"] >= survey["unreferenced"]
+    assert stack.run(stack.blobs.exists(orphan))
+
+    assert main(["--config", str(path), "gc", "--grace", "0", "--json"]) == EX_OK
+    result = json.loads(capsys.readouterr().out)
+    assert result["finished"] and result["collected"] >= 1
+    assert not stack.run(stack.blobs.exists(orphan))
+
+    assert main(["--config", str(path), "gc", "--status"]) == EX_OK
+    assert "no run in progress" in capsys.readouterr().out
