@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -86,6 +87,51 @@ def port_in_use(host: str, port: int) -> bool:
     finally:
         sock.close()
     return False
+
+
+#: Lowest port handed out for test and benchmark servers (clear of the defaults below it).
+_FIRST_FREE_PORT = 12000
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_port_block(count: int = 1, *, bus_offset: int = 0, host: str = "127.0.0.1",
+                    rng: random.Random | None = None) -> int:
+    """First of ``count`` consecutive ports nothing holds (and ``port + bus_offset`` too).
+
+    The ports come from below the kernel's ephemeral range.  Inside it, any outgoing
+    connection may take a server's port as its local port while the server is down (on
+    loopback, a client reconnecting to a dead server can even connect to itself), and
+    the server cannot bind it again when it restarts.
+    """
+    rng = rng or random.Random()
+    low, high = ephemeral_port_range()
+    span = count + bus_offset
+    ranges = [(a, b - span) for a, b in ((_FIRST_FREE_PORT, low), (high + 1, 65536))
+              if b - span > a]
+    if not ranges:  # an odd kernel setting: accept the ephemeral range
+        ranges = [(1024, 65536 - span)]
+    for _ in range(500):
+        start, stop = rng.choice(ranges)
+        base = rng.randrange(start, stop)
+        ports = [*range(base, base + count)]
+        if bus_offset:
+            ports += [p + bus_offset for p in ports]
+        if not any(port_in_use(host, p) for p in ports):
+            return base
+    raise LaunchError(f"no {count} consecutive free ports on {host}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """One port nothing holds, outside the ephemeral range (see :func:`free_port_block`)."""
+    return free_port_block(1, host=host)
 
 
 def tcp_connectable(host: str, port: int, timeout: float = 0.5) -> bool:

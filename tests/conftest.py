@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import random
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import pytest
 
 from ops.config import ClusterConfig, Config, DirectorConfig, ImapdConfig, ObjstoreConfig
 from ops.devcluster import DevCluster, DevOptions
-from ops.launcher import port_in_use
+from ops.launcher import free_port, free_port_block
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
@@ -48,29 +47,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 _OWN_BASETEMP = pytest.StashKey[Path]()
 _PASSED = pytest.StashKey[bool]()
-
-
-def free_port_block(count: int, *, bus_offset: int | None = None,
-                    rng: random.Random | None = None) -> int:
-    """First port of ``count`` consecutive free loopback ports.
-
-    :param bus_offset: also require ``port + bus_offset`` free (Redis Cluster's bus).
-    """
-    rng = rng or random.Random()
-    for _ in range(500):
-        base = rng.randrange(20000, 40000)
-        ports = list(range(base, base + count))
-        if bus_offset:
-            ports += [p + bus_offset for p in ports]
-        if not any(port_in_use("127.0.0.1", p) for p in ports):
-            return base
-    raise RuntimeError("no free block of loopback ports found")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -99,13 +75,13 @@ def make_test_config(rng: random.Random | None = None) -> Config:
     redis_base = free_port_block(6, bus_offset=10000, rng=rng)
     objstore_base = free_port_block(3, rng=rng)
     cluster = ClusterConfig(
-        pg_dsn=f"postgresql://postgres@127.0.0.1:{_free_port()}/objmail",
+        pg_dsn=f"postgresql://postgres@127.0.0.1:{free_port()}/objmail",
         redis_nodes=tuple(f"127.0.0.1:{redis_base + i}" for i in range(6)))
     objstore = ObjstoreConfig(listen=f"127.0.0.1:{objstore_base}", report_interval=1.0,
                               report_ttl=5)
 
     def free() -> str:
-        return f"127.0.0.1:{_free_port()}"
+        return f"127.0.0.1:{free_port()}"
 
     director = DirectorConfig(listen=free(), metrics_listen=free())
     imapd = ImapdConfig(imap_listen=free(), imaps_listen=free(), pop3_listen=free(),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 import ssl
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -26,14 +25,8 @@ from director.client import BlobClient
 from metadata.delivery import Delivered, Deliverer
 from metadata.store import MetadataStore
 from ops.config import Config, ImapdConfig, to_toml
-from ops.launcher import Launcher, ProcessSpec
+from ops.launcher import Launcher, ProcessSpec, free_port
 from tests.conftest import SessionCluster
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:

@@ -21,17 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from ops.devcluster import objstored_process_spec
-from ops.launcher import Launcher, ProcessSpec
+from ops.launcher import Launcher, ProcessSpec, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 #: Exit status reported when the process was reaped by someone else (status unknown).
 UNKNOWN_STATUS = -1
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _toml(value: Any) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from imapd.main import EX_CONFIG, Services, listeners, main
 from imapd.pop3server import Pop3Factory
 from imapd.server import IMAPFactory
 from ops.config import Config, ImapdConfig
+from ops.launcher import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,12 +50,7 @@ def test_bad_config_exits_with_ex_config(tmp_path: Path) -> None:
 
 def test_unreachable_postgresql_fails_the_start(tmp_path: Path) -> None:
     """With PostgreSQL unreachable the process logs why and exits 1 instead of serving."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = s.getsockname()[1]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    dead, port = free_port(), free_port()
     path = tmp_path / "imapd.toml"
     path.write_text(f'[cluster]\npg_dsn = "postgresql://postgres@127.0.0.1:{dead}/x"\n'
                     f'[imapd]\nimap_listen = "127.0.0.1:{port}"\npop3_listen = ""\n')

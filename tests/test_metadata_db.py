@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Iterator
 
 import asyncpg
@@ -11,13 +10,8 @@ import pytest
 
 from metadata.db import Database
 from metadata.errors import SchemaError, Unavailable
+from ops.launcher import free_port
 from tests.metadata_support import fresh_database
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +22,7 @@ def unmigrated(postgres: str) -> Iterator[str]:
 
 def test_unreachable_server_is_unavailable() -> None:
     """Opening a pool on a port nobody listens on raises Unavailable, not a driver error."""
-    dsn = f"postgresql://postgres@127.0.0.1:{_closed_port()}/objmail"
+    dsn = f"postgresql://postgres@127.0.0.1:{free_port()}/objmail"
     with pytest.raises(Unavailable):
         asyncio.run(Database.open(dsn, min_size=1, max_size=1))
 

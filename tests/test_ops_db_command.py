@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 
 from ops.cli import EX_CONFIG, EX_OK, EX_UNAVAILABLE, main
+from ops.launcher import free_port
 from tests.metadata_support import fresh_database, with_database
 
 
@@ -51,9 +51,7 @@ def test_unreachable_and_missing_database(postgres: str, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     """A server nobody answers on gives EX_UNAVAILABLE; a database that does not exist
     gives EX_CONFIG with a hint; both name the problem."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cfg = config_file(tmp_path, f"postgresql://postgres@127.0.0.1:{port}/objmail")
     assert main(["--config", cfg, "db", "migrate"]) == EX_UNAVAILABLE
     assert "PostgreSQL unavailable" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -16,7 +17,13 @@ from redis.cluster import RedisCluster
 
 from ops.config import ClusterConfig, parse_hostport
 from ops.devcluster import DevCluster, DevOptions
-from ops.launcher import LaunchError, port_in_use
+from ops.launcher import (
+    LaunchError,
+    ephemeral_port_range,
+    free_port,
+    free_port_block,
+    port_in_use,
+)
 from tests.conftest import RunningRedis, make_test_config
 
 
@@ -193,3 +200,17 @@ def test_whole_cluster_up_twice_status_down(tmp_path: Path) -> None:
     assert all(s.state == "stopped" for s in cluster.status())
     leftovers = _processes_mentioning([*_needles(cluster), str(cluster.run_dir)])
     assert leftovers == []
+
+
+def test_free_ports_stay_out_of_the_ephemeral_range() -> None:
+    """Ports handed to servers never come from the range the kernel picks outgoing
+    connections' local ports from: a client reconnecting to a killed server there can
+    take its port, and the restart then finds it "already in use" (as a CI run did)."""
+    low, high = ephemeral_port_range()
+    rng = random.Random(7)
+    for _ in range(200):
+        base = free_port_block(6, bus_offset=10000, rng=rng)
+        for port in [*range(base, base + 6), *range(base + 10000, base + 10006)]:
+            assert not low <= port <= high, port
+            assert not port_in_use("127.0.0.1", port)
+        assert not low <= free_port() <= high

@@ -38,7 +38,7 @@ from ops.config import (
     to_toml,
 )
 from ops.devcluster import DevCluster, DevOptions
-from ops.launcher import ProcessSpec, port_in_use
+from ops.launcher import ProcessSpec, free_port, free_port_block
 
 __all__ = [
     "DEFAULT_CORPUS", "LmtpClient", "LmtpError", "ObjmailCluster", "corpus_messages",
@@ -171,23 +171,9 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> s
 # -- loopback ports ---------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on (the kernel's pick)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def free_block(count: int, rng: random.Random, bus_offset: int = 0) -> int:
     """First of ``count`` consecutive free loopback ports (and their bus ports)."""
-    for _ in range(500):
-        base = rng.randrange(20000, 40000)
-        ports = [*range(base, base + count)]
-        if bus_offset:
-            ports += [p + bus_offset for p in ports]
-        if not any(port_in_use("127.0.0.1", p) for p in ports):
-            return base
-    raise RuntimeError("no free block of loopback ports")
+    return free_port_block(count, bus_offset=bus_offset, rng=rng)
 
 
 def wait_for_port(port: int, timeout: float = 20.0) -> None:

@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from ops.launcher import free_port
+
 __all__ = ["DOVECOT", "DovecotError", "PrivateDovecot", "dovecot_installed"]
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
@@ -45,11 +47,6 @@ def dovecot_installed() -> bool:
     """Whether a ``dovecot`` binary is there to run."""
     return Path(DOVECOT).exists()
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _user_exists(name: str) -> bool:
@@ -85,8 +82,8 @@ class PrivateDovecot:
         # nobody and must reach the maildirs.
         self.root = Path(tempfile.mkdtemp(prefix="objmail-dovecot-"))
         self.root.chmod(0o711)
-        self.imap_port = _free_port()
-        self.lmtp_port = _free_port()
+        self.imap_port = free_port()
+        self.lmtp_port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
         if os.geteuid() == 0:
             self.login_user = "dovenull" if _user_exists("dovenull") else "nobody"
