@@ -61,6 +61,7 @@ COMMAND_MODULES = (
     "ops.level_command",
     "ops.inventory_command",
     "ops.gc_command",
+    "ops.scrub_command",
 )
 
 
