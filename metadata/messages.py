@@ -356,6 +356,17 @@ class Messages:
                                     "AND mailbox_id = $2 ORDER BY uid", user_id, mailbox_id)
         return [r["uid"] for r in rows]
 
+    async def skeleton_counts(self, user_id: int, mailbox_id: int) -> dict[str, int]:
+        """Skeleton id -> how many entries of the mailbox hold that message (a skeleton
+        id is the hash of the message's bytes): what a resumed import skips."""
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT m.skeleton_id, count(*) AS n FROM mailbox_messages e "
+                "JOIN messages m ON m.user_id = e.user_id AND m.id = e.message_id "
+                "WHERE e.user_id = $1 AND e.mailbox_id = $2 GROUP BY m.skeleton_id",
+                user_id, mailbox_id)
+        return {r["skeleton_id"]: r["n"] for r in rows}
+
     async def store_flags(self, user_id: int, mailbox_id: int, uids: UidSet, mode: StoreMode,
                           flags: Flags, *, unchanged_since: int | None = None) -> StoreResult:
         """STORE FLAGS / +FLAGS / -FLAGS over ``uids``, one new mod-sequence for the

@@ -62,6 +62,7 @@ COMMAND_MODULES = (
     "ops.inventory_command",
     "ops.gc_command",
     "ops.scrub_command",
+    "ops.import_command",
 )
 
 
