@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import pytest
 from redis.cluster import ClusterNode, RedisCluster
 
-from director.client import BlobClient
+from director.client import REGISTRY_REFRESH, BlobClient
 from director.nodes import NodeState
 from director.redisstate import RedisState
 from objstore.reporter import report_key
@@ -154,6 +154,28 @@ def with_client(config: Config, body: Callable[[BlobClient], Awaitable[T]]) -> T
             await client.aclose()
 
     return asyncio.run(go())
+
+
+def wait_idle(config: Config, timeout: float = 30.0) -> None:
+    """Return once every reporting node's last load report says 0 ops/s, and every
+    director's cached registry snapshot is old enough to be read again.
+
+    Readers order replicas by reported load: a test that predicts which replica a
+    director reads first must let both see the same, idle, reports.
+    """
+    async def go(client: BlobClient) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            snap = await client.snapshot(force=True)
+            busy = {n.id: n.report.ops_per_sec for n in snap.nodes
+                    if n.report is not None and n.report.ops_per_sec > 0}
+            if not busy:
+                return
+            assert time.monotonic() < deadline, f"nodes not idle: {busy}"
+            await asyncio.sleep(0.2)
+
+    with_client(config, go)
+    time.sleep(REGISTRY_REFRESH + 0.1)
 
 
 def drop_prefix(config: Config) -> None:

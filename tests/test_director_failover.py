@@ -32,6 +32,7 @@ from tests.director_installation import (
     Installation,
     private_installation,
     register_node,
+    wait_idle,
     wait_state,
     with_client,
 )
@@ -175,7 +176,7 @@ def test_kill_9_one_objstored(setup: Setup) -> None:
 
     ids, on_victim = with_client(setup.config, write_before)
     assert on_victim, f"{victim} got none of {len(ids)} blobs"
-    time.sleep(2.5)  # a full idle report interval: every server reports 0 ops/s
+    wait_idle(setup.config)  # every server reports 0 ops/s: ties go by node number
     inst.kill(victim)
     during = blobs(30, "during")
     try:

@@ -26,7 +26,12 @@ from director.keys import item_index_id
 from director.proxy import VERSION, unsupported
 from ops.config import parse_hostport
 from tests.conftest import CORPUS
-from tests.director_installation import Installation, installation_fixture, with_client
+from tests.director_installation import (
+    Installation,
+    installation_fixture,
+    wait_idle,
+    with_client,
+)
 
 MEMCP = shutil.which("memcp") or shutil.which("memccp")
 MEMCAT = shutil.which("memcat") or shutil.which("memccat")
@@ -298,6 +303,7 @@ def test_get_fails_over_when_a_replica_dies(installation: Installation,
         numbers = await blobs.index.locations(index_id)
         return [n.id for n in await blobs._ordered(index_id, numbers)]
 
+    wait_idle(installation.config)  # directord and this client: the same replica order
     victim = with_client(installation.config, read_order)[0]
     installation.kill(victim)
     try:
