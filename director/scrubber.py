@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from director.client import BlobClient
 
 #: Index buckets per step (the cursor is saved after each).
-SCRUB_PAGE_BUCKETS = 16
+SCRUB_PAGE_BUCKETS = 64
 #: Blobs verified at the same time.
 SCRUB_PARALLELISM = 8
 #: Blob ids kept as examples of bad copies.
