@@ -18,11 +18,11 @@ from dataclasses import asdict
 
 from director.client import BlobClient
 from director.collector import RUN_FIELDS, Collector, GcStats
-from director.jobstate import JobState, number
+from director.jobstate import number
 from metadata.errors import MetadataError
 from metadata.store import MetadataStore
 from ops.cli import EX_OK, EX_TEMPFAIL, CommandContext
-from ops.jobrun import EX_INTERRUPTED, ProgressLine, StopFlag, combine, run_job
+from ops.jobrun import EX_INTERRUPTED, ProgressLine, StopFlag, cancel_run, combine, run_job
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,7 +60,7 @@ def run(ctx: CommandContext) -> int:
             if ctx.args.status:
                 return await status(ctx, collector)
             if ctx.args.cancel:
-                return await cancel(ctx, collector)
+                return await cancel_run(ctx, collector, RUN_FIELDS)
             return await collect(ctx, collector, stop)
         except MetadataError as exc:
             ctx.warn(f"objmail: PostgreSQL: {exc}; run gc again to resume")
@@ -134,19 +134,4 @@ async def status(ctx: CommandContext, collector: Collector) -> int:
         ctx.say(f"gc: a run is in progress since {number(fields, 'active_since'):.0f}; "
                 f"collecting from {number(fields, 'guard_until'):.0f}; "
                 f"{int(number(fields, 'cursor'))}/{buckets} buckets swept")
-    return EX_OK
-
-
-async def cancel(ctx: CommandContext, collector: Collector) -> int:
-    lease = collector.lease()
-    if not await lease.acquire():
-        ctx.warn(f"objmail: gc is running now (held by {await lease.holder()}); "
-                 "stop it first")
-        return EX_TEMPFAIL
-    try:
-        state = JobState(collector.runner, collector.keys, collector.job, lease=lease)
-        await state.forget(*RUN_FIELDS)
-    finally:
-        await lease.release()
-    ctx.say("gc: no run in progress now")
     return EX_OK

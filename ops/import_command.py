@@ -27,6 +27,7 @@ from metadata.mailboxnames import INBOX
 from metadata.store import MetadataStore
 from ops.cli import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, CommandContext
 from ops.deliver_command import EX_CANTCREAT, EX_NOPERM
+from ops.director_exit import DIRECTOR_FAILURES, director_exit
 from ops.importer import Importer, ImportStats
 from ops.jobrun import EX_INTERRUPTED, ProgressLine, StopFlag, human
 from ops.mailsource import SourceError, SourceFolder, discover
@@ -91,6 +92,8 @@ def run(ctx: CommandContext) -> int:
     except NoSuchUser as exc:
         ctx.warn(f"objmail import: {exc}")
         return EX_NOUSER
+    except DIRECTOR_FAILURES as exc:  # the index or registry refused: not a retry case
+        return director_exit(ctx, exc)
     except (MetadataError, DirectorError, OSError) as exc:
         ctx.warn(f"objmail import: temporary failure: {exc}")
         return EX_TEMPFAIL

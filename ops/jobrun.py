@@ -14,14 +14,16 @@ import contextlib
 import dataclasses
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from director.background import PassStats
+from director.background import BackgroundJob, PassStats
 from director.client import BlobClient
 from director.errors import LeaseHeld, LeaseLost
+from director.jobstate import JobState
 from director.redisconn import RetryPolicy
 from ops.cli import (
+    EX_OK,
     EX_TEMPFAIL,
     CommandContext,
 )
@@ -113,6 +115,22 @@ def run_job(ctx: CommandContext,
         return EX_TEMPFAIL
     except DIRECTOR_FAILURES as exc:
         return director_exit(ctx, exc)
+
+
+async def cancel_run(ctx: CommandContext, job: BackgroundJob[Any], fields: Sequence[str]) -> int:
+    """Forget a resumable job's run in progress (its ``fields``) under the job's lease, so
+    the next invocation starts afresh; refused while a director runs the job."""
+    lease = job.lease()
+    if not await lease.acquire():
+        ctx.warn(f"objmail: {job.job} is running now (held by {await lease.holder()}); "
+                 "stop it first")
+        return EX_TEMPFAIL
+    try:
+        await JobState(job.runner, job.keys, job.job, lease=lease).forget(*fields)
+    finally:
+        await lease.release()
+    ctx.say(f"{job.job}: no run in progress now")
+    return EX_OK
 
 
 #: Integer stats that are levels, not counts: a combined result keeps the last one.

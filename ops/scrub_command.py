@@ -15,11 +15,18 @@ import argparse
 import json
 
 from director.client import BlobClient
-from director.jobstate import JobState
 from director.scrubber import RUN_FIELDS, Scrubber, ScrubStats
 from ops.cli import EX_OK, EX_TEMPFAIL, EX_USAGE, CommandContext
 from ops.config import ConfigError, parse_size
-from ops.jobrun import EX_INTERRUPTED, ProgressLine, StopFlag, combine, human, run_job
+from ops.jobrun import (
+    EX_INTERRUPTED,
+    ProgressLine,
+    StopFlag,
+    cancel_run,
+    combine,
+    human,
+    run_job,
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,7 +67,7 @@ def run(ctx: CommandContext) -> int:
         if ctx.args.status:
             return await status(ctx, scrubber)
         if ctx.args.cancel:
-            return await cancel(ctx, scrubber)
+            return await cancel_run(ctx, scrubber, RUN_FIELDS)
         return await scrub(ctx, scrubber, stop)
 
     return run_job(ctx, work)
@@ -112,19 +119,4 @@ async def status(ctx: CommandContext, scrubber: Scrubber) -> int:
                 f"{fields['cursor']}/{scrubber.index.layout.buckets} buckets, "
                 f"{fields.get('items', 0):.0f} blobs, {fields.get('corrupt', 0):.0f} corrupt "
                 f"and {fields.get('missing', 0):.0f} missing copies so far")
-    return EX_OK
-
-
-async def cancel(ctx: CommandContext, scrubber: Scrubber) -> int:
-    lease = scrubber.lease()
-    if not await lease.acquire():
-        ctx.warn(f"objmail: {scrubber.job} is running now (held by {await lease.holder()}); "
-                 "stop it first")
-        return EX_TEMPFAIL
-    try:
-        await JobState(scrubber.runner, scrubber.keys, scrubber.job, lease=lease).forget(
-            *RUN_FIELDS)
-    finally:
-        await lease.release()
-    ctx.say(f"{scrubber.job}: no run in progress now")
     return EX_OK
