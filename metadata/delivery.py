@@ -26,6 +26,7 @@ from metadata.bodystructure import render_body, render_bodystructure
 from metadata.envelope import tree_envelope
 from metadata.errors import MetadataError, OverQuota
 from metadata.flags import Flags
+from metadata.messages import NewMessage
 from metadata.mimetree import parse
 from metadata.records import Mailbox, MessageRow, User
 from metadata.searchtext import search_text
@@ -151,14 +152,26 @@ class Deliverer:
         :param box: the row of ``mailbox`` when the caller has just read it (saves a
             query; the insert itself refuses a mailbox deleted meanwhile).
         """
+        (done,) = await self.commit_many(user, [(prepared, flags, internaldate)],
+                                         mailbox=mailbox, box=box)
+        return done
+
+    async def commit_many(self, user: User,
+                          messages: Sequence[tuple[PreparedMessage, Iterable[str],
+                                                   dt.datetime | None]], *,
+                          mailbox: str = "INBOX", box: Mailbox | None = None,
+                          ) -> list[Delivered]:
+        """Insert several ``(prepared, flags, internaldate)`` messages (blobs already
+        stored) in one transaction, with consecutive UIDs in this order: all or none."""
         if box is None:
             box = await self.store.mailboxes.get(user.id, mailbox)
-        when = internaldate or dt.datetime.now(dt.UTC)
-        appended = await self.store.messages.insert(
-            user.id, box.id, prepared.row, prepared.blob_ids, internaldate=when,
-            flags=Flags.from_names(flags))
-        return Delivered(user.name, box.name, box.id, appended.uidvalidity, appended.uid,
-                         appended.message_id, prepared.row.size, appended.modseq)
+        now = dt.datetime.now(dt.UTC)
+        appended = await self.store.messages.insert_many(user.id, box.id, [
+            NewMessage(prepared.row, prepared.blob_ids, when or now, Flags.from_names(flags))
+            for prepared, flags, when in messages])
+        return [Delivered(user.name, box.name, box.id, a.uidvalidity, a.uid, a.message_id,
+                          prepared.row.size, a.modseq)
+                for a, (prepared, _f, _w) in zip(appended, messages, strict=True)]
 
     async def deliver(self, user: str, raw: bytes, *, mailbox: str = "INBOX",
                       flags: Iterable[str] = (),

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import asyncpg
@@ -53,7 +54,7 @@ from metadata.records import (
 from metadata.search import Criterion, compile_criteria
 from metadata.uidset import MAX_UID, UidSet
 
-__all__ = ["FETCH_ITEMS", "Messages", "StoreMode"]
+__all__ = ["FETCH_ITEMS", "Messages", "NewMessage", "StoreMode"]
 
 #: Cached data :meth:`Messages.fetch` can return besides flags, dates and size.
 FETCH_ITEMS = frozenset({"skeleton", "envelope", "bodystructure", "body", "header", "sections"})
@@ -132,6 +133,44 @@ async def lock_mailboxes(conn: asyncpg.Connection, user_id: int,
     if missing:
         raise NoSuchMailbox(f"no selectable mailbox with id {missing[0]}")
     return found
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """One message for :meth:`Messages.insert_many`.
+
+    :param blob_ids: the part blobs it references (the skeleton is added).
+    :param internaldate: timezone-aware; its offset is kept for INTERNALDATE.
+    """
+
+    row: MessageRow
+    blob_ids: tuple[str, ...]
+    internaldate: dt.datetime
+    flags: Flags = NO_FLAGS
+
+
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (user_id, skeleton_id, size, sent_at, sent_date, "
+    "search_subject, search_from, search_to, search_cc, search_bcc, "
+    "message_id_header, header_fields, header_block, envelope, bodystructure, "
+    "body, section_map, search_vector) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
+    "$9, $10, $11, $12::jsonb, $13, $14, $15, $16, $17, "
+    "setweight(to_tsvector('simple', $18), 'A') || "
+    "setweight(to_tsvector('simple', $19), 'D')) RETURNING id")
+
+
+def _message_values(user_id: int, row: MessageRow) -> tuple[object, ...]:
+    """The parameters of :data:`_INSERT_MESSAGE` for ``row`` (casefolded search text)."""
+    header_fields = json.dumps([[_clean(name, 200).lower(), _fold(value)]
+                                for name, value in row.headers])
+    sent_date = row.sent_at.date() if row.sent_at is not None else None
+    return (user_id, row.skeleton_id, row.size, row.sent_at, sent_date,
+            _fold(row.subject), _fold(row.from_addr), _fold(row.to_addr),
+            _fold(row.cc_addr), _fold(row.bcc_addr),
+            _clean(row.message_id, MESSAGE_ID_LIMIT), header_fields, row.header_block,
+            row.envelope, row.bodystructure, row.body, row.section_map,
+            _fold(_header_text(row), HEADER_TEXT_LIMIT),
+            _fold(row.body_text, BODY_TEXT_LIMIT))
 
 
 async def charge(conn: asyncpg.Connection, user_id: int, size: int, count: int) -> None:
@@ -260,51 +299,57 @@ class Messages:
         :raises OverQuota: the user's quota cannot take ``row.size`` more bytes.
         :raises UidsExhausted: the mailbox has used every 32-bit UID.
         """
-        offset = _offset_minutes(internaldate)
-        blobs = sorted({row.skeleton_id, *blob_ids})
-        for blob in blobs:
-            if not BLOB_ID.match(blob):
-                raise ValueError(f"blob id is not a lowercase hex SHA-256: {blob!r}")
-        header_fields = json.dumps([[_clean(name, 200).lower(), _fold(value)]
-                                    for name, value in row.headers])
-        sent_date = row.sent_at.date() if row.sent_at is not None else None
+        (appended,) = await self.insert_many(user_id, mailbox_id, [
+            NewMessage(row, tuple(blob_ids), internaldate, flags)])
+        return appended
+
+    async def insert_many(self, user_id: int, mailbox_id: int,
+                          new: Sequence[NewMessage]) -> list[Appended]:
+        """Store several messages in one transaction, with consecutive UIDs in the order
+        given and one mod-sequence: one commit (one fsync) for all, which is what makes
+        a bulk import fast.  All or none are stored; the errors are :meth:`insert`'s (the
+        quota is checked against their total size).  The mailbox stays locked from the
+        UID allocation to the commit, so batches should be small (tens of messages).
+        """
+        if not new:
+            return []
+        blob_lists = []
+        for message in new:
+            blobs = sorted({message.row.skeleton_id, *message.blob_ids})
+            for blob in blobs:
+                if not BLOB_ID.match(blob):
+                    raise ValueError(f"blob id is not a lowercase hex SHA-256: {blob!r}")
+            blob_lists.append(blobs)
         async with self.db.transaction() as conn:
-            message_id = await conn.fetchval(
-                "INSERT INTO messages (user_id, skeleton_id, size, sent_at, sent_date, "
-                "search_subject, search_from, search_to, search_cc, search_bcc, "
-                "message_id_header, header_fields, header_block, envelope, bodystructure, "
-                "body, section_map, search_vector) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
-                "$9, $10, $11, $12::jsonb, $13, $14, $15, $16, $17, "
-                "setweight(to_tsvector('simple', $18), 'A') || "
-                "setweight(to_tsvector('simple', $19), 'D')) RETURNING id",
-                user_id, row.skeleton_id, row.size, row.sent_at, sent_date,
-                _fold(row.subject), _fold(row.from_addr), _fold(row.to_addr),
-                _fold(row.cc_addr), _fold(row.bcc_addr),
-                _clean(row.message_id, MESSAGE_ID_LIMIT), header_fields, row.header_block,
-                row.envelope, row.bodystructure, row.body, row.section_map,
-                _fold(_header_text(row), HEADER_TEXT_LIMIT),
-                _fold(row.body_text, BODY_TEXT_LIMIT))
+            message_ids = [await conn.fetchval(_INSERT_MESSAGE, *_message_values(user_id, m.row))
+                           for m in new]
             await conn.execute(
                 "INSERT INTO message_blobs (user_id, message_id, blob_id) "
-                "SELECT $1, $2, b FROM unnest($3::text[]) AS b", user_id, message_id, blobs)
+                "SELECT $1, m, b FROM unnest($2::bigint[], $3::text[]) AS t(m, b)", user_id,
+                [mid for mid, blobs in zip(message_ids, blob_lists, strict=True) for _ in blobs],
+                [b for blobs in blob_lists for b in blobs])
             # The mailbox lock is taken as late as possible: it is held until commit.
             alloc = await conn.fetchrow(
-                "UPDATE mailboxes SET uidnext = uidnext + 1, highestmodseq = highestmodseq + 1 "
-                "WHERE user_id = $1 AND id = $2 AND NOT noselect AND uidnext <= $3 "
-                "RETURNING uidnext - 1 AS uid, highestmodseq, uidvalidity",
-                user_id, mailbox_id, MAX_UID)
+                "UPDATE mailboxes SET uidnext = uidnext + $4, "
+                "highestmodseq = highestmodseq + 1 WHERE user_id = $1 AND id = $2 "
+                "AND NOT noselect AND uidnext + $4 - 1 <= $3 "
+                "RETURNING uidnext - $4 AS first_uid, highestmodseq, uidvalidity",
+                user_id, mailbox_id, MAX_UID, len(new))
             if alloc is None:
                 await self._explain_no_uid(conn, user_id, mailbox_id)
-            await conn.execute(
+            first, modseq = alloc["first_uid"], alloc["highestmodseq"]
+            await conn.executemany(
                 "INSERT INTO mailbox_messages (user_id, mailbox_id, uid, message_id, flags, "
                 "keywords, modseq, internaldate, internaldate_offset, size) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                user_id, mailbox_id, alloc["uid"], message_id, flags.system,
-                list(flags.keywords), alloc["highestmodseq"], internaldate, offset, row.size)
-            await charge(conn, user_id, row.size, 1)
-            await publish(conn, Change(user_id, "append", mailbox_id, uidnext=alloc["uid"] + 1,
-                                       modseq=alloc["highestmodseq"]))
-        return Appended(alloc["uidvalidity"], alloc["uid"], alloc["highestmodseq"], message_id)
+                [(user_id, mailbox_id, first + n, mid, m.flags.system, list(m.flags.keywords),
+                  modseq, m.internaldate, _offset_minutes(m.internaldate), m.row.size)
+                 for n, (m, mid) in enumerate(zip(new, message_ids, strict=True))])
+            await charge(conn, user_id, sum(m.row.size for m in new), len(new))
+            await publish(conn, Change(user_id, "append", mailbox_id,
+                                       uidnext=first + len(new), modseq=modseq))
+        return [Appended(alloc["uidvalidity"], first + n, modseq, mid)
+                for n, mid in enumerate(message_ids)]
 
     @staticmethod
     async def _explain_no_uid(conn: asyncpg.Connection, user_id: int, mailbox_id: int) -> None:

@@ -14,7 +14,9 @@ running the same import again skips what landed and carries on (a message delete
 the mailbox meanwhile is imported again, which is what "import this folder" means).
 
 **Throughput.**  Up to ``window`` messages are analysed and uploaded at once, and
-committed in source order, so UIDs follow the source's order.
+committed in source order, ``batch`` per transaction (one commit, so one fsync, for
+16 messages; UIDs follow the source's order).  A batch is all or nothing: an error
+(over quota, PostgreSQL gone) leaves the batch for the rerun.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from ops.mailsource import SourceFolder, SourceMessage
 
 log = logging.getLogger(__name__)
 
-#: Messages analysed and uploaded ahead of the one being committed.
-WINDOW = 8
+#: Messages analysed and uploaded ahead of the commits.
+WINDOW = 32
+#: Messages committed per PostgreSQL transaction (one fsync for all of them).
+BATCH = 16
 #: Origins kept as examples of messages that could not be imported.
 EXAMPLES = 10
 
@@ -70,14 +74,15 @@ class Importer:
     """
 
     def __init__(self, store: MetadataStore, deliverer: Deliverer, user: User, *,
-                 create: bool = True, window: int = WINDOW,
+                 create: bool = True, window: int = WINDOW, batch: int = BATCH,
                  stop: Callable[[], bool] = lambda: False,
                  progress: Callable[[ImportStats], None] | None = None) -> None:
         self.store = store
         self.deliverer = deliverer
         self.user = user
         self.create = create
-        self.window = max(1, window)
+        self.batch = max(1, batch)
+        self.window = max(self.batch, window)
         self.stop = stop
         self.progress = progress
         #: The current (or last) run's stats, also when it raised.
@@ -130,26 +135,30 @@ class Importer:
             await self.deliverer.upload(prepared)
             return prepared
 
-        async def commit_oldest() -> None:
-            msg, task = pending.popleft()
-            stats.messages += 1
-            try:
-                prepared = await task
-            except MessageTooBig as exc:
-                stats.failed += 1
-                if len(stats.failures) < EXAMPLES:
-                    stats.failures.append(f"{msg.origin}: {exc}")
-                log.warning("import: %s: %s", msg.origin, exc)
-            else:
+        async def commit_batch() -> None:
+            """Commit the oldest ``batch`` staged messages in one transaction."""
+            ready: list[tuple[SourceMessage, PreparedMessage]] = []
+            for _ in range(min(self.batch, len(pending))):
+                msg, task = pending.popleft()
+                stats.messages += 1
+                try:
+                    prepared = await task
+                except MessageTooBig as exc:
+                    stats.failed += 1
+                    if len(stats.failures) < EXAMPLES:
+                        stats.failures.append(f"{msg.origin}: {exc}")
+                    log.warning("import: %s: %s", msg.origin, exc)
+                    continue
                 if prepared is None:
                     stats.skipped += 1
                 else:
-                    await self.deliverer.commit(self.user, prepared, mailbox=name,
-                                                flags=msg.flags,
-                                                internaldate=msg.internaldate)
-                    stats.imported += 1
-                    stats.folders[name] += 1
-                    stats.bytes += prepared.raw_size
+                    ready.append((msg, prepared))
+            if ready:
+                await self.deliverer.commit_many(
+                    self.user, [(p, m.flags, m.internaldate) for m, p in ready], mailbox=name)
+                stats.imported += len(ready)
+                stats.folders[name] += len(ready)
+                stats.bytes += sum(p.raw_size for _m, p in ready)
             if self.progress is not None:
                 self.progress(stats)
 
@@ -161,9 +170,9 @@ class Importer:
                 # Staged in order: ``seen`` counts copies in source order.
                 pending.append((msg, asyncio.ensure_future(stage(msg))))
                 if len(pending) >= self.window:
-                    await commit_oldest()
-            while pending:  # what is uploaded already is committed, even when stopping
-                await commit_oldest()
+                    await commit_batch()
+            while pending:  # what is staged is committed, even when stopping
+                await commit_batch()
         finally:
             for _msg, task in pending:
                 task.cancel()

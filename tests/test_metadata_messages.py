@@ -14,6 +14,7 @@ import pytest
 
 from metadata.errors import NoSuchMailbox, NoSuchUser, OverQuota, UidsExhausted
 from metadata.flags import ANSWERED, DELETED, FLAGGED, SEEN, Flags
+from metadata.messages import NewMessage
 from metadata.notify import Change, ChangeListener
 from metadata.records import User
 from metadata.store import MetadataStore
@@ -493,6 +494,50 @@ def test_uids_exhausted(dsn: str) -> None:
             with pytest.raises(UidsExhausted):
                 await store.messages.insert(user.id, inbox, sample_row("e2"), [],
                                             internaldate=NOW)
+
+    asyncio.run(run())
+
+
+def test_insert_many_is_one_transaction_with_consecutive_uids(dsn: str) -> None:
+    """A batch gets consecutive UIDs in its order and one mod-sequence, each entry its own
+    flags, date and references; a batch over quota, or one that would pass the last UID,
+    stores none of its messages."""
+
+    async def run() -> None:
+        async with opened(dsn) as store:
+            user, inbox = await new_user(store, "batch", quota=10_000)
+            await store.messages.insert(user.id, inbox, sample_row("b0"), [],
+                                        internaldate=NOW)
+            later = NOW + dt.timedelta(hours=1)
+            batch = [NewMessage(sample_row("b1", size=100), (blob("b1"),), NOW, Flags(SEEN)),
+                     NewMessage(sample_row("b2", size=200), (), later, Flags(0, ("$Work",))),
+                     NewMessage(sample_row("b3", size=300), (blob("b1"),), NOW)]
+            done = await store.messages.insert_many(user.id, inbox, batch)
+            assert [a.uid for a in done] == [2, 3, 4]
+            assert len({a.modseq for a in done}) == 1
+            assert len({a.message_id for a in done}) == 3
+            entries = await store.messages.fetch(user.id, inbox, UidSet.from_uids([2, 3, 4]))
+            assert [(e.flags, e.internaldate, e.size) for e in entries] == [
+                (Flags(SEEN), NOW, 100), (Flags(0, ("$Work",)), later, 200),
+                (Flags(0), NOW, 300)]
+            assert await store.references.count(blob("b1")) == 2
+            before = await store.users.get_by_id(user.id)
+            with pytest.raises(OverQuota):
+                await store.messages.insert_many(user.id, inbox, [
+                    NewMessage(sample_row(f"q{n}", size=4000), (blob(f"q{n}"),), NOW)
+                    for n in range(3)])
+            assert await store.references.count(blob("q0")) == 0
+            assert (await store.users.get_by_id(user.id)).used_bytes == before.used_bytes
+            conn = await asyncpg.connect(dsn)
+            await conn.execute("UPDATE mailboxes SET uidnext = $3 WHERE user_id = $1 "
+                               "AND id = $2", user.id, inbox, MAX_UID)
+            await conn.close()
+            with pytest.raises(UidsExhausted):
+                await store.messages.insert_many(user.id, inbox, [
+                    NewMessage(sample_row("x1"), (), NOW), NewMessage(sample_row("x2"), (),
+                                                                      NOW)])
+            assert await store.messages.uids(user.id, inbox) == [1, 2, 3, 4]
+            assert await store.messages.insert_many(user.id, inbox, []) == []
 
     asyncio.run(run())
 

@@ -149,11 +149,11 @@ def test_an_interrupted_import_resumes_without_duplicates(stack: MailStack,
     def progress(stats: ImportStats) -> None:
         committed[0] = stats.imported
 
-    stopped = run_import(stack, user, root, window=4, progress=progress,
+    stopped = run_import(stack, user, root, window=4, batch=2, progress=progress,
                          stop=lambda: committed[0] >= 3)
     assert stopped.interrupted and 3 <= stopped.imported < 13
     assert len(mailbox_messages(stack, user, "INBOX")) == stopped.imported
-    rest = run_import(stack, user, root, window=4)
+    rest = run_import(stack, user, root, window=4, batch=2)
     assert not rest.interrupted
     assert rest.skipped == stopped.imported and rest.imported == 13 - stopped.imported
     assert [raw for raw, _f, _d in mailbox_messages(stack, user, "INBOX")] == [*m, m[0]]
