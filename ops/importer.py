@@ -16,7 +16,9 @@ the mailbox meanwhile is imported again, which is what "import this folder" mean
 **Throughput.**  Up to ``window`` messages are analysed and uploaded at once, and
 committed in source order, ``batch`` per transaction (one commit, so one fsync, for
 16 messages; UIDs follow the source's order).  A batch is all or nothing: an error
-(over quota, PostgreSQL gone) leaves the batch for the rerun.
+(PostgreSQL gone) leaves the batch for the rerun; one over quota is committed message by
+message, so the mailbox fills up to the quota as single deliveries would, then the
+import stops.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from metadata.delivery import Deliverer, MessageTooBig, PreparedMessage
-from metadata.errors import MailboxExists, NoSuchMailbox
+from metadata.errors import MailboxExists, NoSuchMailbox, OverQuota
 from metadata.records import User
 from metadata.store import MetadataStore
 from ops.mailsource import SourceFolder, SourceMessage
@@ -117,6 +119,17 @@ class Importer:
                 box = await self.store.mailboxes.get(self.user.id, name)
         return box.id, box.name
 
+    async def _commit(self, ready: list[tuple[SourceMessage, PreparedMessage]], name: str,
+                      stats: ImportStats) -> None:
+        """Commit ``ready`` in one transaction and count it."""
+        if not ready:
+            return
+        await self.deliverer.commit_many(
+            self.user, [(p, m.flags, m.internaldate) for m, p in ready], mailbox=name)
+        stats.imported += len(ready)
+        stats.folders[name] += len(ready)
+        stats.bytes += sum(p.raw_size for _m, p in ready)
+
     async def _folder(self, folder: SourceFolder, stats: ImportStats) -> None:
         box_id, name = await self._mailbox_id(folder.mailbox, stats)
         stats.folders.setdefault(name, 0)
@@ -153,12 +166,14 @@ class Importer:
                     stats.skipped += 1
                 else:
                     ready.append((msg, prepared))
-            if ready:
-                await self.deliverer.commit_many(
-                    self.user, [(p, m.flags, m.internaldate) for m, p in ready], mailbox=name)
-                stats.imported += len(ready)
-                stats.folders[name] += len(ready)
-                stats.bytes += sum(p.raw_size for _m, p in ready)
+            try:
+                await self._commit(ready, name, stats)
+            except OverQuota:
+                if len(ready) < 2:
+                    raise
+                # Fill up to the quota as single deliveries would, then stop.
+                for one in ready:
+                    await self._commit([one], name, stats)
             if self.progress is not None:
                 self.progress(stats)
 

@@ -5,6 +5,7 @@ messages; every imported message read back from its blobs byte for byte.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from metadata.delivery import Deliverer
 from metadata.records import User
 from metadata.splitter import parse_skeleton, reassemble
 from metadata.uidset import UidSet
@@ -188,6 +190,30 @@ def test_command_errors(stack: MailStack, tmp_path: Path, test_cluster: SessionC
                  str(NICE)]) == 73
     assert "Nope" in capsys.readouterr().err
     assert stack.run(stack.store.mailboxes.status(user.id, "INBOX")).messages == 0
+    # Over quota: the mailbox fills up to it (as deliveries would), then the import stops.
+    first = next(iter(discover(NICE)[0].messages())).raw
+    # Its IMAP size counts a CRLF per LF; the next message is 1 KB more.
+    tight = stack.new_user("tight", quota=len(first) + first.count(b"\n") + 200)
+    assert main([*cfg, "import", "-u", tight.name, str(NICE)]) == 77
+    assert "over quota" in capsys.readouterr().err.lower()
+    assert stack.run(stack.store.mailboxes.status(tight.id, "INBOX")).messages == 1
+
+
+def test_messages_over_the_size_limit_are_refused_and_the_rest_imported(
+        stack: MailStack) -> None:
+    """A message larger than ``imapd.max_message_size`` is counted and named, and the
+    import goes on with the others."""
+    sizes = [len((RLUG / f"mbox.rlug-{n}").read_bytes()) - 1 for n in range(5)]
+    limit = sorted(sizes)[2]  # the three smallest fit
+    config = dataclasses.replace(stack.config, imapd=dataclasses.replace(
+        stack.config.imapd, max_message_size=limit))
+    user = stack.new_user("limits")
+    importer = Importer(stack.store, Deliverer(stack.store, stack.blobs, config), user)
+    stats = stack.run(importer.run(discover(RLUG / "mbox.rlug")))
+    assert (stats.imported, stats.failed) == (3, 2)
+    assert len(stats.failures) == 2 and all("mbox.rlug message" in f for f in stats.failures)
+    assert sorted(len(raw) for raw, _f, _d in mailbox_messages(stack, user, "INBOX")) == \
+        sorted(n for n in sizes if n <= limit)
 
 
 def test_flag_and_date_parsing() -> None:
