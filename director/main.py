@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ops.config import Config, ConfigError, find_config_path, load_config, parse_hostport
+from ops.eventloop import new_event_loop
 
 log = logging.getLogger("directord")
 
@@ -93,8 +94,7 @@ def start_background(client: Any, clock: Any) -> list[Any]:
 
 def serve(config: Config) -> int:
     """Run directord until SIGTERM/SIGINT; returns the exit status."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
+    loop = new_event_loop()
     from twisted.internet import asyncioreactor
 
     asyncioreactor.install(loop)

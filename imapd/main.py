@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ops.config import Config, ConfigError, find_config_path, load_config, parse_hostport
+from ops.eventloop import new_event_loop
 
 __all__ = ["EX_CONFIG", "Listener", "MailServer", "Services", "listeners", "main"]
 
@@ -206,8 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from twisted.internet import asyncioreactor
 
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
+    loop = new_event_loop()
     asyncioreactor.install(loop)
     from twisted.internet import defer
     from twisted.internet import reactor as _reactor
