@@ -28,7 +28,6 @@ from imapd.parser import (
     AuthResponse,
     BadCommand,
     ContinuationNeeded,
-    Fatal,
     IdleDone,
     NeedData,
     Parser,
@@ -156,8 +155,6 @@ class Client:
             if isinstance(event, BadCommand):
                 self.conn.send([event.response()])
                 continue
-            if isinstance(event, Fatal):
-                raise AssertionError(f"parser gave up: {event.text}")
             assert isinstance(event, (IdleDone, AuthResponse)) or hasattr(event, "tag")
             await self.session.dispatch(event)
         return self.wire(self.conn.sent[start:])
