@@ -279,7 +279,7 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
             self.parser.feed(data)
         self._pump()
         if (self.parser.buffered_bytes >= self.pause_buffer and not self._reading_paused
-                and not self._gone):
+                and not self._gone and not self._closing):
             self._reading_paused = True
             self.transport.pauseProducing()
 
