@@ -133,6 +133,7 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._counted = False
         self._peer = "-"
+        self._abort_call: Any = None
 
     # -- what the subclass supplies -------------------------------------------------------
 
@@ -199,6 +200,17 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
         # TLSMemoryBIOProtocol); clients waiting for EOF would hang otherwise.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
+        idle = self.factory.idle_timeout
+        if idle > 0 and not self._gone:
+            # loseConnection waits for the output to be read: a client that never reads
+            # (one pipelining without reading its replies) is cut off after one more period.
+            self._abort_call = self.factory.clock.callLater(idle, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_call = None
+        if not self._gone:
+            self.logger.info("aborting %s: it did not read its last replies", self._peer)
+            self.transport.abortConnection()
 
     # -- connection lifecycle -------------------------------------------------------------
 
@@ -232,6 +244,9 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
     def connectionLost(self, reason: failure.Failure | None = None) -> None:
         self._gone = True
         self.setTimeout(None)
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
         self._wake_drainers()
         if self._counted:
             self._counted = False

@@ -187,7 +187,8 @@ def test_too_much_pipelined_data_is_refused_after_the_delivery() -> None:
 
 
 def test_idle_timeout_uses_the_injected_clock() -> None:
-    """A connection silent for idle_timeout gets 421 4.4.2 and is closed; input resets it."""
+    """A connection silent for idle_timeout gets 421 4.4.2 and is closed; input resets it;
+    a client that does not read the goodbye within one more period is aborted."""
 
     async def body() -> None:
         h = Harness(idle_timeout=60.0)
@@ -198,7 +199,9 @@ def test_idle_timeout_uses_the_injected_clock() -> None:
         assert not h.transport.disconnecting
         h.clock.advance(2)
         assert h.output() == b"421 4.4.2 lmtp.test Idle for too long, closing connection\r\n"
-        assert h.transport.disconnecting
+        assert h.transport.disconnecting and not h.transport.disconnected
+        h.clock.advance(60)
+        assert h.transport.disconnected
 
     run(body)
 
