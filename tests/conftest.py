@@ -23,7 +23,17 @@ from ops.config import ClusterConfig, Config, DirectorConfig, ImapdConfig, Objst
 from ops.devcluster import DevCluster, DevOptions
 from ops.launcher import free_port, free_port_block
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+def _find_corpus() -> Path:
+    # The corpus sits in ``shared/`` beside the checkout: two levels up from a clone,
+    # three from a worktree under ``wt/``.
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "shared" / "corpus").is_dir():
+            return parent / "shared" / "corpus"
+    return Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+CORPUS = _find_corpus()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import task
@@ -41,9 +40,8 @@ from metadata.notify import ChangeListener
 from metadata.records import User
 from metadata.store import MetadataStore
 from ops.config import Config, ImapdConfig
+from tests.conftest import CORPUS
 from tests.metadata_support import FAST_SCRYPT
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
 #: Corpus messages the tests use, chosen for their structure.
 ATTACHMENT = "apache-james-mime4j/mimetools-testmsgs/twopart.msg"  # LF, 42 KB base64 blob
