@@ -48,6 +48,7 @@ def _run_objstored(args: list[str], timeout: float = 20) -> subprocess.Completed
                           capture_output=True, timeout=timeout)
 
 
+@pytest.mark.system
 def test_cli_errors_name_the_key(tmp_path: Path) -> None:
     """Bad settings stop objstored at once with exit 2 and a message naming the key."""
     cfg = tmp_path / "c.toml"
@@ -67,6 +68,7 @@ def test_cli_errors_name_the_key(tmp_path: Path) -> None:
     assert in_use.returncode == 2 and b"objstore.listen" in in_use.stderr
 
 
+@pytest.mark.system
 def test_sigterm_exits_zero_and_keeps_acknowledged_writes(tmp_path: Path) -> None:
     """SIGTERM ends objstored with exit 0; what it acknowledged is there after a restart,
     under the same node id."""
@@ -89,6 +91,7 @@ def test_sigterm_exits_zero_and_keeps_acknowledged_writes(tmp_path: Path) -> Non
         mc.close()
 
 
+@pytest.mark.system
 def test_data_dir_is_locked(tmp_path: Path) -> None:
     """A second objstored on the same data directory refuses to start."""
     with objstored(tmp_path) as s:
@@ -97,6 +100,7 @@ def test_data_dir_is_locked(tmp_path: Path) -> None:
         assert other.returncode == 2 and b"in use by another objstored" in other.stderr
 
 
+@pytest.mark.system
 def test_workers_share_port_and_store(tmp_path: Path) -> None:
     """--workers 2: both processes accept on one port and serve one store; SIGTERM stops
     them all with exit 0."""
@@ -144,6 +148,7 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
+@pytest.mark.system
 def test_worker_killed_is_restarted(tmp_path: Path) -> None:
     """If a worker dies, the supervisor starts a new one and the port keeps serving."""
     with objstored(tmp_path, workers=2) as s:
@@ -163,6 +168,7 @@ def test_worker_killed_is_restarted(tmp_path: Path) -> None:
         mc.close()
 
 
+@pytest.mark.system
 def test_connection_limit(tmp_path: Path) -> None:
     """Past max_connections a client gets memcached's error and is closed."""
     with objstored(tmp_path, max_connections=3) as s:
@@ -183,6 +189,7 @@ def test_connection_limit(tmp_path: Path) -> None:
             sock.close()
 
 
+@pytest.mark.system
 def test_serves_while_redis_is_down(tmp_path: Path) -> None:
     """With no Redis reachable objstored serves normally and keeps retrying its report."""
     with objstored(tmp_path, report_interval=0.2, report_ttl=2) as s:
