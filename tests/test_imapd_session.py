@@ -19,9 +19,9 @@ from tests.imapd_support import (
     TcpProxy,
     corpus,
     environment,
-    eventually,
 )
 from tests.metadata_support import fresh_database
+from tests.waiting import eventually
 
 
 @pytest.fixture(scope="module")
@@ -349,14 +349,15 @@ def test_two_sessions_see_each_others_changes_at_the_right_moments(dsn: str) -> 
         for client in (a, b):
             await client.login(name)
             await client.send("s SELECT INBOX")
+        heard = await env.hear(name)
         reply = await a.send("a1 STORE 2 +FLAGS (\\Flagged)")
         assert reply.endswith(b"a1 OK STORE completed\r\n")
-        await asyncio.sleep(0.2)
+        await heard.of("flags")
         assert await b.send("b1 NOOP") == (
             b"* 2 FETCH (UID 2 FLAGS (\\Flagged))\r\nb1 OK NOOP completed\r\n")
         await a.send("a2 STORE 1 +FLAGS (\\Deleted)")
         assert await a.send("a3 EXPUNGE") == b"* 1 EXPUNGE\r\na3 OK EXPUNGE completed\r\n"
-        await asyncio.sleep(0.2)
+        await heard.of("expunge")
         during = await b.send("b2 FETCH 1:3 (UID)")
         assert b"EXPUNGE" not in during
         assert b"* 2 FETCH (UID 2)" in during and b"* 1 FETCH" not in during
@@ -364,7 +365,7 @@ def test_two_sessions_see_each_others_changes_at_the_right_moments(dsn: str) -> 
         assert await b.send("b4 FETCH 1:* (UID)") == (
             b"* 1 FETCH (UID 2)\r\n* 2 FETCH (UID 3)\r\nb4 OK FETCH completed\r\n")
         await env.deliver(name, b"Subject: new\r\n\r\nnew\r\n")
-        await asyncio.sleep(0.2)
+        await heard.of("append")
         assert await b.send("b5 NOOP") == b"* 3 EXISTS\r\n* 1 RECENT\r\nb5 OK NOOP completed\r\n"
         # A claimed \Recent for the first three at SELECT; the new one went to B.
         assert await a.send("a4 NOOP") == b"* 3 EXISTS\r\n* 2 RECENT\r\na4 OK NOOP completed\r\n"
@@ -381,10 +382,12 @@ def test_deleting_the_selected_mailbox_elsewhere_ends_the_session(dsn: str) -> N
         a, b = env.client(), env.client()
         await a.login(name)
         await b.login(name)
+        heard = await env.hear(name)
         await a.send("a CREATE Doomed")
+        await heard.of("mailbox")
         await a.send("b SELECT Doomed")
         assert (await b.send("c DELETE Doomed")).startswith(b"c OK")
-        await asyncio.sleep(0.2)
+        await heard.of("mailbox")
         assert await a.send("d NOOP") == b"* BYE The selected mailbox was deleted\r\n"
         assert a.conn.closed
 
