@@ -243,7 +243,7 @@ async def environment(dsn: str, *, store_dsn: str | None = None,
     listener = ChangeListener(dsn, reconnect_delay=0.1)
     await listener.start()
     blobs = MemoryBlobs()
-    env = Env(store, blobs, Deliverer(store, blobs, config), listener, config, task.Clock())
+    env = Env(store, blobs, Deliverer(store, blobs, config.metadata, config.imapd.max_message_size), listener, config, task.Clock())
     try:
         yield env
     finally:

@@ -1,0 +1,20 @@
+"""The metadata layer's config: the ``[metadata]`` section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runtime.config import KIB, check
+
+
+@dataclass(frozen=True)
+class MetadataConfig:
+    """PostgreSQL access and message splitting."""
+
+    split_threshold: int = 4 * KIB
+    pool_min: int = 2
+    pool_max: int = 10
+
+    def __post_init__(self) -> None:
+        check(self.split_threshold >= 64, "split_threshold", "must be at least 64 bytes")
+        check(1 <= self.pool_min <= self.pool_max, "pool_min", "must be 1..pool_max")
