@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 from metadata.bodystructure import part_data
+from metadata.envelope import parse_addresses
 from metadata.mimetree import MimePart, MimeTree, PartKind, iter_parts, parse
 
 __all__ = [
@@ -160,15 +161,38 @@ def _field(part: MimePart, name: bytes) -> str:
     return ", ".join(decode_header(v) for v in part.header_values(name))[:MAX_FIELD_CHARS]
 
 
+def _address_field(part: MimePart, name: bytes) -> str:
+    """The decoded field, then its addresses as the ENVELOPE reads them (comments and
+    folding whitespace gone): ``<user (c)@ (c) example.org>`` is also found as
+    ``user@example.org``."""
+    text = _field(part, name)
+    found = []
+    for value in part.header_values(name):
+        for addr in parse_addresses(value):
+            if addr.mailbox is None or addr.domain is None:
+                continue  # a group marker
+            spec = _to_str(addr.mailbox + b"@" + addr.domain)
+            found.append(f"{decode_header(addr.name)} <{spec}>" if addr.name else spec)
+    normalized = ", ".join(found)
+    if normalized and normalized != text:
+        text = f"{text}\n{normalized}"
+    return text[: 2 * MAX_FIELD_CHARS]
+
+
 def _sent_at(part: MimePart) -> dt.datetime | None:
+    """The Date field, or None when it does not parse or names an instant the store cannot
+    hold (a year outside 1..9999 once in UTC, e.g. ``31 Dec 9999 23:59:59 -1200``)."""
     values = part.header_values(b"date")
     if not values:
         return None
     try:
         when = email.utils.parsedate_to_datetime(decode_header(values[-1]))
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        when.astimezone(dt.UTC)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+    return when
 
 
 def search_text(raw: bytes, tree: MimeTree | None = None) -> SearchText:
@@ -188,10 +212,10 @@ def search_text(raw: bytes, tree: MimeTree | None = None) -> SearchText:
             size += len(chunks[-1])
     return SearchText(
         subject=_field(root, b"subject"),
-        from_=_field(root, b"from"),
-        to=_field(root, b"to"),
-        cc=_field(root, b"cc"),
-        bcc=_field(root, b"bcc"),
+        from_=_address_field(root, b"from"),
+        to=_address_field(root, b"to"),
+        cc=_address_field(root, b"cc"),
+        bcc=_address_field(root, b"bcc"),
         body="\n\n".join(chunks),
         message_id=_field(root, b"message-id"),
         sent_at=_sent_at(root),

@@ -21,7 +21,7 @@ from typing import Any
 
 from twisted.internet import task
 
-from director.errors import BlobUnavailable
+from director.errors import BlobNotFound, BlobUnavailable
 from imapd.backend import Backend
 from imapd.parser import (
     AuthResponse,
@@ -85,6 +85,8 @@ class MemoryBlobs:
         out = {}
         for bid in ids:
             self.reads.append(bid)
+            if bid not in self.data:
+                raise BlobNotFound(f"no blob {bid}")
             out[bid] = self.data[bid]
         return out
 

@@ -435,7 +435,7 @@ def test_object_servers_down_gives_unavailable_and_the_session_survives(dsn: str
         await c.send("a SELECT INBOX")
         env.blobs.unavailable = True
         assert await c.send("b FETCH 1 BODY.PEEK[]") == (
-            b"b NO [UNAVAILABLE] Temporarily unavailable, try again\r\n")
+            b"b NO [UNAVAILABLE] Some messages could not be read now (UID 1), try again\r\n")
         assert (await c.send(append_line("c", "INBOX", b"Subject: x\r\n\r\ny\r\n"))).startswith(
             b"c NO [UNAVAILABLE]")
         meta = await c.send("d FETCH 1 (RFC822.SIZE ENVELOPE BODY.PEEK[HEADER])")
