@@ -224,7 +224,7 @@ def test_keywords_reach_the_sessions_of_another_process(cluster: Cluster,
         kinds = [r[0] if r[0] == b"FLAGS" else r[1] for r in heard if isinstance(r, tuple)]
         assert b"FLAGS" in kinds and kinds.index(b"FLAGS") < kinds.index(b"FETCH"), heard
         flags = next(r[1] for r in heard if isinstance(r, tuple) and r[0] == b"FLAGS")
-        assert {b"$Label1", b"$Label2"} <= set(flags)  # type: ignore[arg-type]
+        assert {b"$Label1", b"$Label2"} <= set(flags)
         assert set(watcher.get_flags([1])[1]) == {b"$Label1", b"$Label2"}
         watcher.logout()
         actor.logout()
