@@ -94,6 +94,8 @@ class Users:
 
         :raises NoSuchUser: there is none.
         """
+        if "\x00" in name:  # PostgreSQL text cannot hold NUL: no user is called that
+            raise NoSuchUser("no user with a NUL in the name")
         async with self.db.connection() as conn:
             row = await conn.fetchrow(f"{_SELECT} WHERE lower(u.name) = lower($1)", name)
         if row is None:
@@ -120,9 +122,11 @@ class Users:
         A hash made with other scrypt parameters than the current ones is replaced on
         success, so raising the cost reaches every active user.
         """
-        async with self.db.connection() as conn:
-            row = await conn.fetchrow(
-                "SELECT id, password_hash FROM users WHERE lower(name) = lower($1)", name)
+        row = None
+        if "\x00" not in name:  # PostgreSQL text cannot hold NUL: no user is called that
+            async with self.db.connection() as conn:
+                row = await conn.fetchrow(
+                    "SELECT id, password_hash FROM users WHERE lower(name) = lower($1)", name)
         if row is not None:
             stored = row["password_hash"]
         else:

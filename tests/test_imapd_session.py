@@ -542,3 +542,19 @@ def test_a_keyword_new_to_the_mailbox_reaches_every_session_before_its_fetch(
             await client.close()
 
     run(dsn, body)
+
+
+def test_a_nul_in_a_login_literal_is_a_failed_login(dsn: str) -> None:
+    """LOGIN with a NUL inside a literal user name is a failed login (NO
+    [AUTHENTICATIONFAILED]), not a server error; the session can still log in."""
+
+    async def body(env: Env) -> None:
+        name = fresh("nul")
+        await env.user(name)
+        client = env.client()
+        user = f"{name}\x00x".encode()
+        reply = await client.send(b"a LOGIN {%d+}\r\n%s secret" % (len(user), user))
+        assert reply == b"a NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
+        await client.login(name)
+
+    run(dsn, body)
