@@ -132,7 +132,7 @@ class Client:
 
     def __init__(self, backend: Backend, *, secure: bool = False) -> None:
         self.conn = ScriptedConnection(secure=secure)
-        self.parser = Parser(limits_for(backend.config))
+        self.parser = Parser(limits_for(backend.config), prelogin=True)
         self.conn.parser = self.parser
         self.session = Session(backend, self.conn)
         self.tasks: list[asyncio.Task[None]] = []
@@ -161,6 +161,8 @@ class Client:
                 raise AssertionError(f"parser gave up: {event.text}")
             assert isinstance(event, (IdleDone, AuthResponse)) or hasattr(event, "tag")
             await self.session.dispatch(event)
+            if self.session.user is not None:  # as the adapter does once logged in
+                self.parser.end_prelogin()
         return self.wire(self.conn.sent[start:])
 
     async def login(self, user: str = "alice", password: str = "secret") -> bytes:
