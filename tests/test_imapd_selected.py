@@ -530,16 +530,21 @@ def test_invalid_modified_utf7_names_no_mailbox(dsn: str) -> None:
 
 def test_search_from_ignores_comments_and_body_is_a_substring_search(dsn: str) -> None:
     """SEARCH FROM matches an address written with comments and folding whitespace as the
-    ENVELOPE reads it; SEARCH BODY and TEXT find a string inside a word, in any case."""
+    ENVELOPE reads it; SEARCH BODY and TEXT find a string inside a word, in any case, also
+    in the parts of a multipart whose boundary follows ``;;``."""
 
     async def body(env: Env, c: Client, name: str) -> None:
         await env.deliver(name, b"From: <user-from (comment)@ (comment) domain.org>\r\n"
                                 b"Subject: keys\r\n\r\nasdfghjkl qwerty\r\n")
+        await env.deliver(name, corpus("apache-james-mime4j/mimetools-testmsgs/"
+                                       "double-semicolon.msg"))
         await c.send("a SELECT INBOX")
         assert await c.send("b SEARCH FROM user-from@domain.org") == (
             b"* SEARCH 4\r\nb OK SEARCH completed\r\n")
         assert await c.send("c SEARCH BODY SDFGHJK") == b"* SEARCH 4\r\nc OK SEARCH completed\r\n"
         assert await c.send("d SEARCH TEXT eys") == b"* SEARCH 4\r\nd OK SEARCH completed\r\n"
         assert await c.send("e SEARCH BODY eys") == b"* SEARCH\r\ne OK SEARCH completed\r\n"
+        assert await c.send('f SEARCH BODY "worse part"') == (
+            b"* SEARCH 5\r\nf OK SEARCH completed\r\n")
 
     run(dsn, body)

@@ -153,3 +153,20 @@ def test_a_date_the_store_cannot_hold_is_dropped() -> None:
     assert late.sent_at is None
     kept = search_text(b"Date: Fri, 31 Dec 9999 13:59:59 +1200\r\n\r\nx\r\n")
     assert kept.sent_at is not None and kept.sent_at.year == 9999
+
+
+def test_text_of_a_multipart_whose_boundary_follows_double_semicolons() -> None:
+    """A multipart whose boundary parameter follows ``;;`` (which the strict reading, like
+    Dovecot's BODYSTRUCTURE, does not see) still has its parts' text indexed."""
+    raw = (CORPUS / "apache-james-mime4j/mimetools-testmsgs/double-semicolon.msg").read_bytes()
+    assert search_text(raw).body == "The better part\n\nThe worse part"
+
+
+@pytest.mark.parametrize("delimiter", [b"----=_Next_0001", b"----=_Next_ 0001"])
+def test_text_of_a_multipart_whose_boundary_value_is_folded(delimiter: bytes) -> None:
+    """A boundary value folded across lines is matched whether the delimiter lines keep the
+    fold's space (RFC 5322 unfolding) or drop it (what the sender meant)."""
+    raw = (b'Content-Type: multipart/alternative; boundary="----=_Next_\r\n 0001"\r\n\r\n'
+           b"preamble\r\n--" + delimiter + b"\r\nContent-Type: text/plain\r\n\r\nfolded body"
+           b"\r\n--" + delimiter + b"--\r\n")
+    assert search_text(raw).body == "folded body"
