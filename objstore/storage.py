@@ -44,6 +44,8 @@ from typing import Final, Protocol
 import lmdb
 from zlib_ng import zlib_ng
 
+from objstore.stats import count_commit
+
 log = logging.getLogger(__name__)
 
 HEADER: Final = struct.Struct("<BBHIqQII")
@@ -173,6 +175,8 @@ class Result:
     number: int | None = None
     win: bytes = b""
     records: tuple[Record | None, ...] = ()
+    #: for the sweep (ReapOp): keys examined.
+    scanned: int = 0
 
 
 class _Txn:
@@ -558,7 +562,7 @@ class ReapOp(WriteOp):
         tx.storage.counters["reclaimed"] += len(expired)
         # number = how many were removed; record.key = where to resume (b"" = wrapped).
         resume = last + b"\x00" if found else b""
-        return Result(Outcome.OK, Record(resume, b"", 0, 0, 0, 0), len(expired))
+        return Result(Outcome.OK, Record(resume, b"", 0, 0, 0, 0), len(expired), scanned=seen)
 
 
 Callback = Callable[[Result], None]
@@ -744,8 +748,9 @@ class Storage:
                 tx = _Txn(self, txn, now)
                 results = [op.apply(tx) for op in ops]
                 tx.finish()
-            self.counters["commits"] += 1
-            self.counters["committed_ops"] += len(ops)
+                committing = time.perf_counter()
+            # The commit (pages written, fdatasync) is what every write of the batch waits on.
+            count_commit(self.counters, time.perf_counter() - committing, len(ops))
             return results
         except lmdb.MapFullError:
             if len(ops) == 1:
