@@ -134,6 +134,7 @@ def exit_code(exc: BaseException, unavailable: tuple[type[BaseException], ...] =
 
 def report(name: str, exc: BaseException, code: int) -> None:
     """Log why ``name`` did not start, in the configured log format."""
+    log = logging.getLogger(name.split()[0])  # the daemon's logger: "objstored worker 1"
     if code == EX_CONFIG:
         log.error("%s: bad configuration: %s", name, exc)
     elif code == EX_SOFTWARE:
