@@ -245,7 +245,7 @@ class Worker:
             handler.sync_storage_counters()
             return node_totals()
 
-        registry = self.registry = new_registry("objstore", VERSION.decode())
+        registry = self.registry = new_registry("objstore")
         registry.register(ObjstoreCollector(config, node_figures, storage.info,
                                             lambda: node_hot(4096)))
         jobs = JobMetrics(registry, "objstore", r.seconds)
