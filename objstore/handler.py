@@ -115,6 +115,11 @@ Outcome_ = Reply | None
 log = logging.getLogger(__name__)
 
 
+def _write_failed(outcome: Outcome) -> Reply:
+    """The error for a write that did not happen (store full, failed, refused)."""
+    return _STORE_OUTCOMES.get(outcome, E_FAILED)
+
+
 def _write_refused(reason: failure.Failure, op: WriteOp,
                    then: Callable[[Result], Reply | None]) -> Reply | None:
     """A write the store refused (it is shutting down) is answered as a failed write."""
@@ -212,8 +217,8 @@ class Handler:
                 return _EMPTY
 
             def touched(res: Result) -> Reply:
-                if res.outcome is Outcome.FAILED:
-                    return E_FAILED
+                if res.outcome not in (Outcome.TOUCHED, Outcome.NOT_FOUND):
+                    return _write_failed(res.outcome)
                 records = res.records
                 return self._values(keys, records, with_cas, touch=True)
 
@@ -344,7 +349,7 @@ class Handler:
                 c.touch_misses += 1
                 reply = _NOT_FOUND
             else:
-                reply = E_FAILED
+                reply = _write_failed(res.outcome)
             return None if cmd.noreply else reply
 
         return self._write(TouchOp((cmd.key,), cmd.exptime), done)
@@ -365,7 +370,7 @@ class Handler:
             return E_FLUSH_DISABLED
         self.counters.cmd_flush += 1
         return self._write(FlushOp(cmd.delay), lambda res: None if cmd.noreply else (
-            _OK if res.outcome is Outcome.OK else E_FAILED))
+            _OK if res.outcome is Outcome.OK else _write_failed(res.outcome)))
 
     def _protocol_error(self, cmd: p.ProtocolError) -> Answer:
         if cmd.noreply:
@@ -566,8 +571,8 @@ class Handler:
         return self._mg_reply(cmd, rec, win)
 
     def _mg_written(self, cmd: p.MetaGet, res: Result) -> Reply | None:
-        if res.outcome is Outcome.FAILED:
-            return E_FAILED
+        if res.outcome not in (Outcome.OK, Outcome.NOT_FOUND):
+            return _write_failed(res.outcome)
         return self._mg_reply(cmd, res.record, res.win)
 
     def _mg_reply(self, cmd: p.MetaGet, rec: Record | None, win: bytes) -> Reply | None:
