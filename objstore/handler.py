@@ -23,6 +23,7 @@ from twisted.internet import defer
 from twisted.python import failure
 
 from objstore import protocol as p
+from objstore.config import ObjstoreConfig
 from objstore.items import (
     ArithOp,
     DeleteOp,
@@ -60,7 +61,6 @@ from objstore.replies import (
 )
 from objstore.server import Answer
 from objstore.stats import OP_INDEX, OTHER, Counters, HotKeys
-from ops.config import ObjstoreConfig
 
 #: What ``version`` answers: memcached's protocol level, then who we are.
 VERSION: Final = b"1.6.18-objstore"

@@ -3,8 +3,6 @@ memcached's replies for each command, the meta commands' flags, stats, and the r
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -225,12 +223,3 @@ def test_refused_flush_all_is_not_ok(tmp_path: Path, backend: str) -> None:
     h.storage.use_committer(committer)
     assert run(h, b"flush_all\r\n") == [b"SERVER_ERROR storage failure\r\n"]
     h.close()
-
-
-def test_handler_and_memory_store_do_not_load_lmdb() -> None:
-    """The handler depends on the item protocol only: it and the memory backend import
-    without loading lmdb."""
-    script = ("import sys, objstore.handler, objstore.memstore\n"
-              "assert not [m for m in sys.modules if 'lmdb' in m], sorted(sys.modules)\n")
-    subprocess.run([sys.executable, "-c", script], check=True,
-                   cwd=Path(__file__).resolve().parents[1])
