@@ -127,13 +127,15 @@ class MailServer:
         from imapd.tls import server_context
         from metadata.delivery import Deliverer
         from metadata.notify import ChangeListener
+        from metadata.passwords import VerifiedLogins
         from metadata.store import MetadataStore
 
         config = self.config
         tls = server_context(config.imapd)
-        store = await MetadataStore.open(config.cluster.pg_dsn,
-                                         pool_min=config.metadata.pool_min,
-                                         pool_max=config.metadata.pool_max)
+        store = await MetadataStore.open(
+            config.cluster.pg_dsn, pool_min=config.metadata.pool_min,
+            pool_max=config.metadata.pool_max,
+            verified=VerifiedLogins(ttl=config.metadata.login_cache_ttl))
         changes = ChangeListener(config.cluster.pg_dsn, keepalive=config.imapd.notify_keepalive)
         await changes.start()
         blobs = await BlobClient.open(config.cluster, config.director)

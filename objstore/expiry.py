@@ -4,7 +4,7 @@ Theory of operation.  An expired item is invisible at once (every read checks th
 and a read that finds one queues its deletion; the sweep removes the ones nobody reads.
 A *pass* walks the whole store in key order, ``batch`` keys per *step*, one step every
 ``interval`` seconds (1000 keys a minute by default), each step one write transaction
-(:class:`~objstore.storage.ReapOp`) queued behind the clients' writes in group commit.
+(:class:`~objstore.items.ReapOp`) queued behind the clients' writes in group commit.
 A pass ends when the walk passes the last key: that is the job's success.
 
 The position is not kept in memory only: after every step the cursor, with when the
@@ -31,7 +31,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from objstore.storage import Outcome, ReapOp, Result, Storage
+from objstore.items import ItemStore, Outcome, ReapOp, Result
 from runtime.metrics import JobRecorder
 
 __all__ = ["JOB", "STATE_FILE", "ExpirySweep", "SweepState"]
@@ -87,7 +87,7 @@ class ExpirySweep:
     :param recorder: the job's metrics, or None.
     """
 
-    def __init__(self, storage: Storage, state_path: Path, clock: IReactorTime,
+    def __init__(self, storage: ItemStore, state_path: Path, clock: IReactorTime,
                  recorder: JobRecorder | None = None, batch: int = BATCH) -> None:
         self.storage = storage
         self.state_path = state_path
@@ -126,11 +126,7 @@ class ExpirySweep:
             state.expected = self.storage.info()["curr_items"]
         if self.recorder is not None:
             self.recorder.started(at=state.started)
-        d: defer.Deferred[Result] = defer.Deferred()
-        try:
-            self.storage.submit(ReapOp(state.cursor, self.batch), d.callback)
-        except Exception:
-            d.errback(Failure())
+        d = self.storage.write(ReapOp(state.cursor, self.batch))
         return d.addCallback(self._stepped).addErrback(self._failed)
 
     def _stepped(self, result: Result) -> None:

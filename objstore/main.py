@@ -186,18 +186,19 @@ class Worker:
 
         from objstore.expiry import STATE_FILE, ExpirySweep
         from objstore.handler import VERSION, Handler
+        from objstore.items import Result
+        from objstore.lmdbstore import LmdbStore
         from objstore.metrics import ObjstoreCollector
         from objstore.reporter import Identity, LoadReporter, LoadSample, RedisClusterSink
         from objstore.server import ObjstoreFactory, listen
         from objstore.stats import OP_NAMES, Counters, HotKeys, SharedSlots, totals
-        from objstore.storage import Result, Storage
         from runtime.metrics import JobMetrics, listen_metrics, new_registry
 
         config, r, index = self.config, self.reactor, self.index
         data_dir = Path(config.data_dir)
-        storage = self.storage = Storage(data_dir / LMDB_DIR, map_size=config.map_size,
-                                         max_item_size=config.max_item_size,
-                                         max_readers=max(126, 64 * config.workers))
+        storage = self.storage = LmdbStore(data_dir / LMDB_DIR, map_size=config.map_size,
+                                           max_item_size=config.max_item_size,
+                                           max_readers=max(126, 64 * config.workers))
         counters = Counters()
         hot = HotKeys()
         shared = self.shared = (SharedSlots(data_dir / SHARED_STATS_FILE, config.workers, index)

@@ -44,7 +44,7 @@ class ObjstoreCollector:
 
     :param totals: the node's counters summed over its workers
         (:func:`objstore.stats.totals`).
-    :param info: the store's figures (:meth:`objstore.storage.Storage.info`).
+    :param info: the store's figures (:meth:`objstore.items.ItemStore.info`).
     :param hot: the node's hot keys with their read counts in the current window.
     """
 

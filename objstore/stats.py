@@ -43,7 +43,7 @@ OTHER: Final = OP_INDEX[b"other"]
 #: fdatasync included); +Inf is implied.
 COMMIT_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 _COMMIT_BUCKET_NAMES: Final = tuple(f"commit_bucket_{i}" for i in range(len(COMMIT_BUCKETS) + 1))
-#: The store's own counts (kept by :class:`~objstore.storage.Storage` in its commit
+#: The store's own counts (kept by the store, :class:`~objstore.items.BaseStore`, in its commit
 #: thread), shared between workers after the counters and the ops: commits, ops committed,
 #: expired items deleted, commit time (microseconds), then the commit-time buckets.
 STORE_NAMES: Final = ("commits", "committed_ops", "reclaimed", "commit_microseconds",
@@ -108,7 +108,7 @@ class Counters:
         return [getattr(self, n) for n in COUNTER_NAMES] + self.ops + self.store
 
     def sync_store(self, counts: dict[str, int]) -> None:
-        """Copy the store's counts (``Storage.counters``) for sharing."""
+        """Copy the store's counts (its ``counters``) for sharing."""
         self.store = [counts.get(name, 0) for name in STORE_NAMES]
 
     def reset(self) -> None:

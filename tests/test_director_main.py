@@ -29,6 +29,7 @@ def run_directord(args: list[str], timeout: float = 60) -> subprocess.CompletedP
                           env={**os.environ, "OBJMAIL_REDIS_NODES": ""})
 
 
+@pytest.mark.system
 def test_cli_errors_name_the_key(tmp_path: Path) -> None:
     """A bad address on the command line or in the file stops directord at once with
     exit 78 (EX_CONFIG), naming the key, in the log format asked for."""
@@ -46,6 +47,7 @@ def test_cli_errors_name_the_key(tmp_path: Path) -> None:
     assert fields["level"] == "error" and "director.replicas" in fields["msg"]
 
 
+@pytest.mark.system
 @pytest.mark.slow
 def test_unreachable_redis_exits_unavailable(tmp_path: Path) -> None:
     """With no Redis Cluster to reach, directord gives up after the retry deadline

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
 from imapd.config import ImapdConfig, ImapdProcessConfig
 from imapd.lmtp import LMTPFactory
 from imapd.main import EX_CONFIG, Services, listeners
@@ -56,6 +58,7 @@ def json_lines(stderr: str) -> list[dict[str, object]]:
     return lines
 
 
+@pytest.mark.system
 def test_bad_config_exits_with_ex_config(tmp_path: Path) -> None:
     """A config with an unknown key is refused before anything starts (exit 78), the
     message naming the key, as a JSON line with --log-format json."""
@@ -70,6 +73,7 @@ def test_bad_config_exits_with_ex_config(tmp_path: Path) -> None:
     assert bad.returncode == 78 and "imapd.metrics_listen" in bad.stderr
 
 
+@pytest.mark.system
 def test_unreachable_postgresql_fails_the_start(tmp_path: Path) -> None:
     """With PostgreSQL unreachable the process logs why (JSON lines with --log-format
     json) and exits 69 (EX_UNAVAILABLE) instead of serving."""
