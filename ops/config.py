@@ -25,6 +25,11 @@ KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
 
+#: The smallest ``director.gc_grace`` (and ``objmail gc --grace``) accepted by default:
+#: gc's guard must outlast nearly every delivery from upload to commit, or slow ones fail
+#: (temporarily: the commit re-checks its blobs) instead of landing.
+MIN_GC_GRACE = 600.0
+
 #: Environment variables that point objmail at existing servers.
 ENV_PG_DSN = "OBJMAIL_PG_DSN"
 ENV_REDIS_NODES = "OBJMAIL_REDIS_NODES"
@@ -190,6 +195,9 @@ class DirectorConfig:
     level_bytes_per_pass: int = 256 * MIB
     level_scan_entries: int = 2000
     gc_grace: float = 3600.0
+    gc_min_grace: float = MIN_GC_GRACE
+    index_write_replicas: int = 1
+    index_write_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, "listen")
@@ -213,7 +221,13 @@ class DirectorConfig:
             _check(getattr(self, key) >= 1, key, "must be at least 1")
         _check(self.repair_retry_delay >= 0, "repair_retry_delay", "must not be negative")
         _check(self.repair_down_grace >= 0, "repair_down_grace", "must not be negative")
-        _check(self.gc_grace >= 0, "gc_grace", "must not be negative")
+        _check(self.gc_min_grace >= 0, "gc_min_grace", "must not be negative")
+        _check(self.gc_grace >= self.gc_min_grace, "gc_grace",
+               f"must be at least gc_min_grace ({self.gc_min_grace:g} s), got "
+               f"{self.gc_grace:g}")
+        _check(0 <= self.index_write_replicas <= 8, "index_write_replicas",
+               f"must be 0..8, got {self.index_write_replicas}")
+        _check(self.index_write_timeout > 0, "index_write_timeout", "must be positive")
         _check(0 < self.level_tolerance < 1, "level_tolerance",
                f"must be a fraction of capacity between 0 and 1, got {self.level_tolerance}")
         _check(self.level_bytes_per_pass >= 1, "level_bytes_per_pass", "must be at least 1")
