@@ -258,7 +258,8 @@ class ClusterRunner:
             raise WriteUnconfirmed(
                 f"Redis write not acknowledged by enough replicas within "
                 f"{self.wait_timeout_ms} ms on master(s) {', '.join(short)}; not applied "
-                "durably, try again")
+                "durably, try again (a Redis Cluster built without replicas needs "
+                "director.index_write_replicas = 0)")
         return replies
 
     def _check(self, replies: Sequence[Any]) -> None:

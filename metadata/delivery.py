@@ -204,7 +204,8 @@ class Deliverer:
         now = dt.datetime.now(dt.UTC)
         ids = {b for prepared, _f, _w in messages
                for b in (prepared.row.skeleton_id, *prepared.blob_ids)}
-        oldest = min(prepared.gc_generation for prepared, _f, _w in messages)
+        oldest = min((prepared.gc_generation for prepared, _f, _w in messages),
+                     default=UNKNOWN_GENERATION)
 
         async def fence() -> None:
             await self.blobs.check_kept(ids, oldest)
