@@ -63,7 +63,6 @@ from director.gcwatch import GC_FLAG_MARGIN, GC_FLAG_TTL, GC_JOB
 from director.jobstate import JobState, integer, number
 from director.memcache_client import NodeError
 from director.nodes import Node
-from ops.config import MIN_GC_GRACE
 
 if TYPE_CHECKING:
     from director.client import BlobClient
@@ -79,8 +78,7 @@ EXAMPLES = 10
 #: The job-hash fields of a run in progress (forgotten when it ends).
 RUN_FIELDS = ("active_since", "guard_until", "touch_ttl", "cursor")
 
-__all__ = ["MIN_GC_GRACE", "RUN_FIELDS", "Collector", "GcStats", "ReferenceChecker",
-           "Survey"]
+__all__ = ["RUN_FIELDS", "Collector", "GcStats", "ReferenceChecker", "Survey"]
 
 
 class ReferenceChecker(Protocol):
