@@ -67,6 +67,7 @@ from director.codec import (
     chunk_key,
     load_key,
 )
+from director.config import DirectorConfig, DirectordConfig
 from director.errors import BlobCorrupt, BlobNotFound, BlobUnavailable, DirectorError
 from director.gcwatch import GcWatch
 from director.index import LocationIndex
@@ -86,7 +87,7 @@ from director.redisstate import RedisState
 from director.registry import Registry, RegistrySnapshot
 from director.repairqueue import RepairQueue
 from objstore.replies import Value
-from ops.config import Config, parse_hostport
+from runtime.config import ClusterConfig, parse_hostport
 
 log = logging.getLogger(__name__)
 
@@ -196,12 +197,11 @@ class Coalescer(Generic[A]):
 class BlobClient:
     """Blob access for one process; build with :meth:`open`, close with :meth:`aclose`."""
 
-    def __init__(self, config: Config, index: LocationIndex, registry: Registry,
+    def __init__(self, dconf: DirectorConfig, index: LocationIndex, registry: Registry,
                  repair: RepairQueue, *, codec: BlobCodec | None = None,
                  cache: BlobCache | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.config = config
-        self.dconf = config.director
+        self.dconf = dconf
         self.index = index
         self.registry = registry
         self.repair = repair
@@ -228,21 +228,21 @@ class BlobClient:
                                                                frozenset.union)
         self.gc_watch = GcWatch(index, clock=clock)
         # Largest stored value an object server takes, minus room for the envelope.
-        self.chunk_size = config.objstore.max_item_size - ENVELOPE_SLACK
+        self.chunk_size = dconf.object_max_item_size - ENVELOPE_SLACK
 
     @classmethod
-    async def open(cls, config: Config, *, retry: RetryPolicy | None = None) -> BlobClient:
+    async def open(cls, cluster: ClusterConfig, dconf: DirectorConfig, *,
+                   retry: RetryPolicy | None = None) -> BlobClient:
         """Connect to Redis Cluster; object-server connections open on first use.
 
         :param retry: how long Redis operations are retried (``objmail`` commands wait
             less than daemons).
         """
-        dconf = config.director
-        state = await RedisState.open(config.cluster, dconf, retry=retry)
+        state = await RedisState.open(cluster, dconf, retry=retry)
         key = load_key(dconf.encryption_key_file) if dconf.encryption_key_file else None
         disk = (DiskCache(Path(dconf.disk_cache_dir), dconf.disk_cache_bytes)
                 if dconf.disk_cache_dir else None)
-        return cls(config, state.index, state.registry, state.repairs,
+        return cls(dconf, state.index, state.registry, state.repairs,
                    codec=BlobCodec(dconf.compression_level, key),
                    cache=BlobCache(dconf.cache_bytes, disk))
 
@@ -279,7 +279,7 @@ class BlobClient:
             host, port = parse_hostport(node.address)
             client = NodeClient(NodeAddress(host, port), pool_size=self.dconf.pool_size,
                                 timeout=self.dconf.timeout,
-                                max_value=self.config.objstore.max_item_size + 1024)
+                                max_value=self.dconf.object_max_item_size + 1024)
             self._nodes[node.address] = client
         return client
 
@@ -814,9 +814,9 @@ class BlobClient:
 class SyncBlobClient:
     """A blocking facade for scripts: runs a private event loop."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: DirectordConfig) -> None:
         self._loop = asyncio.new_event_loop()
-        self.client = self._run(BlobClient.open(config))
+        self.client = self._run(BlobClient.open(config.cluster, config.director))
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._loop.run_until_complete(coro)

@@ -36,7 +36,7 @@ from director.redisconn import (
     RetryPolicy,
     new_cluster_client,
 )
-from ops.config import parse_hostport
+from runtime.config import parse_hostport
 
 if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster

@@ -28,12 +28,13 @@ import pytest
 
 from director.client import BlobClient
 from director.collector import RUN_FIELDS, Collector, GcStats
+from director.config import MIN_GC_GRACE
 from director.gcwatch import GC_FLAG_TTL
 from director.jobstate import JobState
 from imapd.lmtp import LMTPSession
 from imapd.lmtp_parser import Command, MessageData
 from ops.cli import EX_OK, EX_USAGE, main
-from ops.config import MIN_GC_GRACE, Config, ConfigError, DirectorConfig, to_toml
+from ops.config import Config, ConfigError, DirectorConfig, to_toml
 from tests.conftest import CORPUS
 from tests.director_installation import Installation, installation_fixture
 from tests.mailstack import MailStack, open_stack
@@ -228,7 +229,7 @@ def test_objmail_gc_command(stack: MailStack, config: Config, tmp_path: Path,
 
 def lmtp(stack: MailStack, recipient: str) -> LMTPSession:
     """An LMTP session past RCPT, ready for DATA."""
-    session = LMTPSession(stack.deliverer, stack.config, "lmtp.test")
+    session = LMTPSession(stack.deliverer, stack.config.imapd, "lmtp.test")
     for verb, arg in (("LHLO", "mx"), ("MAIL", "FROM:<sender@example.org>"),
                       ("RCPT", f"TO:<{recipient}@example.org>"), ("DATA", "")):
         lines, _start = stack.run(session.handle(Command(verb, arg)))
@@ -355,7 +356,7 @@ def test_a_grace_below_the_minimum_is_refused(config: Config, tmp_path: Path,
     assert "below the minimum of 600 s" in capsys.readouterr().err
 
     async def build() -> None:
-        client = await BlobClient.open(strict)
+        client = await BlobClient.open(strict.cluster, strict.director)
         try:
             with pytest.raises(ValueError, match="below the minimum"):
                 Collector(client, _NoReferences(), grace=3.0)

@@ -15,12 +15,13 @@ import pytest
 
 from director.client import BlobClient
 from director.codec import blob_id
+from director.config import MIN_GC_GRACE
 from director.copier import read_verified
 from director.keys import item_index_id
 from director.repairer import Repairer
 from metadata.uidset import UidSet
 from ops.cli import EX_OK, EX_TEMPFAIL, EX_USAGE, main
-from ops.config import MIN_GC_GRACE, to_toml
+from ops.config import to_toml
 from tests.director_installation import Installation, installation_fixture, with_client
 from tests.mailstack import open_stack
 
