@@ -31,8 +31,12 @@ import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from director.nodes import Node, NodeState
+
+if TYPE_CHECKING:
+    from ops.config import DirectorConfig
 
 _MASK = (1 << 64) - 1
 _TWO64 = float(1 << 64)
@@ -40,11 +44,15 @@ _TWO64 = float(1 << 64)
 
 @dataclass(frozen=True)
 class PlacementPolicy:
-    """How placement weighs nodes; defaults are the recommended values."""
+    """Where copies of a blob may go and how many are wanted: built once from the
+    ``[director]`` config (:meth:`from_config`) and asked by placement, puts, repair,
+    drain and level alike.  Defaults are the recommended values."""
 
     #: Copies of each blob (DirectorConfig.replicas).
     replicas: int = 2
-    #: Only nodes of this tier take new blobs; None = any tier.
+    #: Copies a put must have made before it succeeds (DirectorConfig.write_quorum).
+    write_quorum: int = 1
+    #: Only nodes of this tier take new copies; None = any tier (DirectorConfig.write_tier).
     tier: str | None = "ssd"
     #: Weight grows as free_fraction ** (1 / free_root); 1 = proportional to free space.
     free_root: float = 3.0
@@ -56,12 +64,26 @@ class PlacementPolicy:
     def __post_init__(self) -> None:
         if self.replicas < 1:
             raise ValueError(f"replicas must be at least 1, got {self.replicas}")
+        if not 1 <= self.write_quorum <= self.replicas:
+            raise ValueError(f"write_quorum must be 1..replicas ({self.replicas}), "
+                             f"got {self.write_quorum}")
         if self.free_root < 1:
             raise ValueError(f"free_root must be at least 1, got {self.free_root}")
         if not 0 <= self.min_free_fraction < 1:
             raise ValueError(f"min_free_fraction must be in [0, 1), got {self.min_free_fraction}")
         if self.load_penalty < 0:
             raise ValueError(f"load_penalty must not be negative, got {self.load_penalty}")
+
+    @classmethod
+    def from_config(cls, dconf: DirectorConfig) -> PlacementPolicy:
+        """The policy the ``[director]`` section describes."""
+        return cls(replicas=dconf.replicas, write_quorum=dconf.write_quorum,
+                   tier=dconf.write_tier or None)
+
+    def may_hold(self, node: Node) -> bool:
+        """Whether ``node`` may take new copies (before weighing how much room and load
+        it has): an active node of the write tier."""
+        return node.state is NodeState.ACTIVE and (self.tier is None or node.tier == self.tier)
 
 
 def hash64(text: str) -> int:
@@ -75,9 +97,7 @@ def node_weight(node: Node, policy: PlacementPolicy, mean_ops: float) -> float:
     :param mean_ops: mean reported ops/s over the eligible nodes (load reference).
     """
     report = node.report
-    if node.state is not NodeState.ACTIVE or report is None or node.weight <= 0:
-        return 0.0
-    if policy.tier is not None and node.tier != policy.tier:
+    if not policy.may_hold(node) or report is None or node.weight <= 0:
         return 0.0
     free = report.free_fraction
     if free < policy.min_free_fraction or free <= 0:
@@ -116,8 +136,7 @@ class Placer:
 
     def __init__(self, nodes: Iterable[Node], policy: PlacementPolicy | None = None) -> None:
         self.policy = policy or PlacementPolicy()
-        pool = [n for n in nodes if n.state is NodeState.ACTIVE
-                and (self.policy.tier is None or n.tier == self.policy.tier)]
+        pool = [n for n in nodes if self.policy.may_hold(n)]
         mean = _mean_ops(pool)
         weighted = [(n, node_weight(n, self.policy, mean)) for n in pool]
         # Sorted by id so that equal scores (practically never) break ties the same way.

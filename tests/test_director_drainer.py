@@ -13,7 +13,6 @@ import os
 import pytest
 
 from director.client import BlobClient
-from director.copier import read_verified
 from director.drainer import Drainer
 from director.index import SCAN_BUCKETS
 from director.keys import is_blob_id
@@ -95,8 +94,8 @@ def test_drain_survives_an_interruption_and_empties_the_node(
             for n in holders:
                 node = snap.by_number(n)
                 assert node is not None
-                assert (await read_verified(client.node_client(node), client.codec,
-                                            bid)).blob_id == bid
+                assert (await client.reader.read(bid, client.node_client(node),
+                                                 content=False)).blob_id == bid
         assert await client.get_many(ids) == dict(zip(ids, datas, strict=True))
         for key, value in items.items():
             got = await client.get_item(key)

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from director.blobids import BlobIds
 from director.client import BlobClient
-from director.codec import BlobCodec, blob_id
+from director.codec import BlobCodec
 from director.errors import BlobCorrupt, BlobUnavailable
 from director.keys import item_index_id
 from director.nodes import NodeState
@@ -276,7 +277,7 @@ def test_nothing_corrupt_is_returned(setup: Setup) -> None:
     """When the only replicas left hang, lie or babble, get raises instead of returning
     anything: BlobCorrupt when every answer had wrong bytes, BlobUnavailable otherwise."""
     data = os.urandom(500)
-    bid = blob_id(data)
+    bid = BlobIds().id_of(data)
 
     async def body(client: BlobClient) -> None:
         await client.index.add_locations(bid, [setup.fakes["liar"].number])

@@ -10,7 +10,6 @@ import os
 import pytest
 
 from director.client import BlobClient
-from director.copier import read_verified
 from director.repairer import Repairer
 from ops.cli import EX_OK, EX_TEMPFAIL, main
 from tests.director_installation import Installation, installation_fixture, with_client
@@ -56,7 +55,7 @@ def test_inventory_queues_lost_copies_and_reports_stray_keys(
         assert stats.rewritten == 1
         node = (await client.snapshot()).get(node_id)
         assert node is not None
-        await read_verified(client.node_client(node), client.codec, lost)
+        await client.reader.read(lost, client.node_client(node))
 
     with_client(inst.config, repair)
     assert main(["--config", config, "inventory"]) == EX_TEMPFAIL

@@ -20,8 +20,9 @@ import pytest
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheServerError
 
+from director.blobids import BlobIds
 from director.client import BlobClient
-from director.codec import FLAG_ZLIB, BlobCodec, blob_id
+from director.codec import FLAG_ZLIB, BlobCodec
 from director.keys import item_index_id
 from director.proxy import VERSION, unsupported
 from ops.config import parse_hostport
@@ -208,7 +209,7 @@ def test_blob_ids_read_encoded_and_are_guarded(installation: Installation,
     assert BlobCodec().decode(rest[:size], flags, bid) == data
 
     other = os.urandom(300)
-    other_id = blob_id(other)
+    other_id = BlobIds().id_of(other)
     assert exchange(address, b"set %s 0 0 3\r\nbad\r\n" % other_id.encode()).startswith(
         b"CLIENT_ERROR value does not match its blob id")
     assert exchange(address, b"set %s 0 0 %d\r\n%s\r\n" % (
