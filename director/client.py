@@ -68,6 +68,7 @@ from director.blobreader import (
 )
 from director.cache import BlobCache, DiskCache
 from director.codec import ENVELOPE_SLACK, BlobCodec, CodecError, load_key
+from director.config import DirectorConfig
 from director.copier import delete_copy, write_items
 from director.errors import BlobCorrupt, BlobNotFound, BlobUnavailable, DirectorError
 from director.gcwatch import GcWatch
@@ -82,13 +83,14 @@ from director.memcache_client import (
     NodeUnavailable,
 )
 from director.nodes import Node, NodeState
-from director.placement import PlacementPolicy, Placer
+from director.placement import Placer
+from director.policy import PlacementPolicy
 from director.redisconn import RetryPolicy
 from director.redisstate import RedisState
 from director.registry import Registry, RegistrySnapshot
 from director.repairqueue import RepairQueue
 from objstore.replies import Value
-from ops.config import Config, parse_hostport
+from runtime.config import ClusterConfig, parse_hostport
 
 log = logging.getLogger(__name__)
 
@@ -192,12 +194,11 @@ class Coalescer(Generic[A]):
 class BlobClient:
     """Blob access for one process; build with :meth:`open`, close with :meth:`aclose`."""
 
-    def __init__(self, config: Config, index: LocationIndex, registry: Registry,
+    def __init__(self, dconf: DirectorConfig, index: LocationIndex, registry: Registry,
                  repair: RepairQueue, *, codec: BlobCodec | None = None,
                  ids: BlobIds | None = None, cache: BlobCache | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.config = config
-        self.dconf = config.director
+        self.dconf = dconf
         self.index = index
         self.registry = registry
         self.repair = repair
@@ -222,22 +223,22 @@ class BlobClient:
         self._adds: Coalescer[frozenset[int]] = Coalescer(index.add_many, frozenset.union)
         self.gc_watch = GcWatch(index, clock=clock)
         # Largest stored value an object server takes, minus room for the envelope.
-        self.chunk_size = config.objstore.max_item_size - ENVELOPE_SLACK
+        self.chunk_size = dconf.object_max_item_size - ENVELOPE_SLACK
 
     @classmethod
-    async def open(cls, config: Config, *, retry: RetryPolicy | None = None) -> BlobClient:
+    async def open(cls, cluster: ClusterConfig, dconf: DirectorConfig, *,
+                   retry: RetryPolicy | None = None) -> BlobClient:
         """Connect to Redis Cluster; object-server connections open on first use.
 
         :param retry: how long Redis operations are retried (``objmail`` commands wait
             less than daemons).
         """
-        dconf = config.director
-        state = await RedisState.open(config.cluster, dconf, retry=retry)
+        state = await RedisState.open(cluster, dconf, retry=retry)
         key = load_key(dconf.encryption_key_file) if dconf.encryption_key_file else None
         ids = BlobIds()
         disk = (DiskCache(Path(dconf.disk_cache_dir), dconf.disk_cache_bytes, ids)
                 if dconf.disk_cache_dir else None)
-        return cls(config, state.index, state.registry, state.repairs,
+        return cls(dconf, state.index, state.registry, state.repairs,
                    codec=BlobCodec(dconf.compression_level, key), ids=ids,
                    cache=BlobCache(dconf.cache_bytes, disk))
 
@@ -274,7 +275,7 @@ class BlobClient:
             host, port = parse_hostport(node.address)
             client = NodeClient(NodeAddress(host, port), pool_size=self.dconf.pool_size,
                                 timeout=self.dconf.timeout,
-                                max_value=self.config.objstore.max_item_size + 1024)
+                                max_value=self.dconf.object_max_item_size + 1024)
             self._nodes[node.address] = client
         return client
 

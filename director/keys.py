@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from objstore.reporter import DEFAULT_PREFIX, hot_key, report_key
+from runtime.nodekeys import DEFAULT_PREFIX, hot_key, report_key
 
 #: Prefix of every key objmail writes (``cluster.redis_prefix`` by default).
 PREFIX = DEFAULT_PREFIX

@@ -27,8 +27,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from ops.config import Config, ConfigError, find_config_path, load_config, parse_hostport
-from ops.eventloop import new_event_loop
+from director.config import DirectordConfig
+from runtime.config import ConfigError, find_config_path, load, parse_hostport
+from runtime.eventloop import new_event_loop
 
 log = logging.getLogger("directord")
 
@@ -52,13 +53,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace) -> DirectordConfig:
     """The config file's settings with the command line's overrides.
 
     :raises ConfigError: a bad file or value, named by its key.
     """
     path = find_config_path(args.config, os.environ, Path.cwd())
-    config = load_config(path, os.environ)
+    config = load(DirectordConfig, path, os.environ)
     changes: dict[str, Any] = {}
     if args.listen is not None:
         changes["listen"] = args.listen
@@ -92,7 +93,7 @@ def start_background(client: Any, clock: Any) -> list[Any]:
     return loops
 
 
-def serve(config: Config) -> int:
+def serve(config: DirectordConfig) -> int:
     """Run directord until SIGTERM/SIGINT; returns the exit status."""
     loop = new_event_loop()
     from twisted.internet import asyncioreactor
@@ -141,7 +142,7 @@ def serve(config: Config) -> int:
                          (("node", node_id),))
 
     def start() -> defer.Deferred[Any]:
-        d = defer.Deferred.fromFuture(asyncio.ensure_future(BlobClient.open(config)))
+        d = defer.Deferred.fromFuture(asyncio.ensure_future(BlobClient.open(config.cluster, config.director)))
         d.addCallback(listen)
         d.addErrback(failed_to_start)
         return d
@@ -149,8 +150,8 @@ def serve(config: Config) -> int:
     def listen(client: BlobClient) -> None:
         state["client"] = client
         handler = ProxyHandler(client, metrics, cache_bytes=dconf.cache_bytes)
-        # Same protocol, same clients as objstored: its connection limits and item size.
-        factory = ObjstoreFactory(handler, config.objstore, counters, r)
+        # The same protocol adapter as objstored's, with directord's own limits.
+        factory = ObjstoreFactory(handler, dconf, counters, r)
         state["factory"] = factory
         host, port = parse_hostport(dconf.listen, "director.listen")
         ports.append(r.listenTCP(port, factory, interface=host, backlog=1024))

@@ -40,7 +40,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from director.errors import DirectorError, IndexUnavailable
-from ops.config import parse_hostport
+from runtime.config import parse_hostport
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from director.config import DirectorConfig
 from director.index import LocationIndex
 from director.keys import Keyspace
 from director.redisconn import ClusterRunner, RetryPolicy, new_cluster_client
 from director.registry import Registry
 from director.repairqueue import RepairQueue
-from ops.config import ClusterConfig, DirectorConfig
+from runtime.config import ClusterConfig
 
 
 @dataclass

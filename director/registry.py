@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 from director.errors import RegistryError, RemoveRefused, UnknownNode
 from director.keys import Keyspace, check_node_id
 from director.nodes import ADMIN_STATES, LoadReport, Node, NodeState, parse_report
-from director.placement import PlacementPolicy, Placer
+from director.placement import Placer
+from director.policy import PlacementPolicy
 from director.redisconn import (
     ClusterRunner,
     Command,
@@ -35,7 +36,7 @@ from director.redisconn import (
     RetryPolicy,
     new_cluster_client,
 )
-from ops.config import parse_hostport
+from runtime.config import parse_hostport
 
 if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster

@@ -31,6 +31,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.python.failure import Failure
 
 from director.errors import DirectorError
+from imapd.config import ImapdConfig
 from imapd.lmtp_parser import (
     MAX_LINE,
     NEED_DATA,
@@ -48,7 +49,6 @@ from metadata.errors import (
     Unavailable,
 )
 from metadata.records import User
-from ops.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,10 @@ def _params(text: str) -> dict[str, str]:
 class LMTPSession:
     """The state of one LMTP connection; each method returns the reply lines."""
 
-    def __init__(self, deliverer: Deliverer, config: Config, hostname: str) -> None:
+    def __init__(self, deliverer: Deliverer, config: ImapdConfig, hostname: str) -> None:
         self.deliverer = deliverer
         self.hostname = hostname
-        self.max_size = config.imapd.max_message_size
+        self.max_size = config.max_message_size
         self.greeted = False
         self.txn: Transaction | None = None
 
@@ -328,12 +328,12 @@ class LMTPProtocol(protocol.Protocol):
 class LMTPFactory(protocol.Factory):
     """Builds one :class:`LMTPProtocol` per MTA connection."""
 
-    def __init__(self, deliverer: Deliverer, config: Config,
+    def __init__(self, deliverer: Deliverer, config: ImapdConfig,
                  hostname: Callable[[], str] = socket.getfqdn) -> None:
         self.deliverer = deliverer
         self.config = config
         self.hostname = hostname()
-        self.max_connections = config.imapd.max_connections
+        self.max_connections = config.max_connections
         self.connections: set[LMTPProtocol] = set()
 
     @property
@@ -348,4 +348,4 @@ class LMTPFactory(protocol.Factory):
     def buildProtocol(self, addr: IAddress | None) -> LMTPProtocol:
         session = LMTPSession(self.deliverer, self.config, self.hostname)
         return LMTPProtocol(self, session, max_line=MAX_LINE,
-                            max_message=self.config.imapd.max_message_size)
+                            max_message=self.config.max_message_size)

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ops.config import Config, ConfigError, find_config_path, load_config, parse_hostport
-from ops.eventloop import new_event_loop
+from imapd.config import ImapdProcessConfig
+from runtime.config import ConfigError, find_config_path, load, parse_hostport
+from runtime.eventloop import new_event_loop
 
 __all__ = ["EX_CONFIG", "Listener", "MailServer", "Services", "listeners", "main"]
 
@@ -50,7 +51,7 @@ class Listener:
 class Services:
     """What the listeners share, built once the loop runs."""
 
-    config: Config
+    config: ImapdProcessConfig
     store: Any
     blobs: Any
     deliverer: Any
@@ -76,14 +77,14 @@ def listeners(services: Services) -> list[Listener]:
         found.append(Listener("imaps", conf.imaps_listen,
                               IMAPFactory(backend, tls=tls, secure=True), tls))
     found.append(Listener("lmtp", conf.lmtp_listen,
-                          LMTPFactory(services.deliverer, services.config)))
+                          LMTPFactory(services.deliverer, services.config.imapd)))
     return [listener for listener in found if listener.address]
 
 
 class MailServer:
     """The running process: services, ports, and an orderly stop."""
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: ImapdProcessConfig, reactor: Any) -> None:
         self.config = config
         self.reactor = reactor
         self.services: Services | None = None
@@ -101,17 +102,19 @@ class MailServer:
         from imapd.tls import server_context
         from metadata.delivery import Deliverer
         from metadata.notify import ChangeListener
+        from metadata.passwords import VerifiedLogins
         from metadata.store import MetadataStore
 
         config = self.config
         tls = server_context(config.imapd)
-        store = await MetadataStore.open(config.cluster.pg_dsn,
-                                         pool_min=config.metadata.pool_min,
-                                         pool_max=config.metadata.pool_max)
+        store = await MetadataStore.open(
+            config.cluster.pg_dsn, pool_min=config.metadata.pool_min,
+            pool_max=config.metadata.pool_max,
+            verified=VerifiedLogins(ttl=config.metadata.login_cache_ttl))
         changes = ChangeListener(config.cluster.pg_dsn, keepalive=config.imapd.notify_keepalive)
         await changes.start()
-        blobs = await BlobClient.open(config)
-        deliverer = Deliverer(store, blobs, config)
+        blobs = await BlobClient.open(config.cluster, config.director)
+        deliverer = Deliverer(store, blobs, config.metadata, config.imapd.max_message_size)
         backend = Backend(store, blobs, deliverer, changes, config.imapd, self.reactor)
         self.services = Services(config, store, blobs, deliverer, changes, backend, tls)
         names: list[str] = []
@@ -199,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = load_config(find_config_path(args.config, os.environ, Path.cwd()),
+        config = load(ImapdProcessConfig, find_config_path(args.config, os.environ, Path.cwd()),
                              os.environ)
     except ConfigError as exc:
         print(f"imapd: {exc}", file=sys.stderr)

@@ -42,6 +42,7 @@ from director.errors import BlobCorrupt, DirectorError
 from imapd import commands as c
 from imapd.backend import Backend
 from imapd.capabilities import ENABLEABLE, capabilities
+from imapd.config import ImapdConfig
 from imapd.connection import Connection
 from imapd.fetch import Unsupported
 from imapd.mailboxview import InvalidSequence
@@ -101,7 +102,6 @@ from metadata.mailboxnames import DELIMITER
 from metadata.records import ListedMailbox, User
 from metadata.splitter import SkeletonError
 from metadata.uidset import UidSet
-from ops.config import ImapdConfig
 
 __all__ = ["MAX_BAD_COMMANDS", "MAX_FAILED_LOGINS", "SERVER_ID", "Session", "State"]
 

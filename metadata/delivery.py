@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from metadata.bodystructure import render_body, render_bodystructure
+from metadata.config import MetadataConfig
 from metadata.envelope import tree_envelope
 from metadata.errors import MetadataError, OverQuota
 from metadata.flags import Flags
@@ -33,7 +34,6 @@ from metadata.searchtext import search_text
 from metadata.sections import section_map
 from metadata.splitter import SplitMessage, blob_id, split
 from metadata.store import MetadataStore
-from ops.config import Config
 
 #: Messages at least this large are analysed off the event loop's thread, so a
 #: multi-megabyte parse does not stall every other session for its duration.
@@ -128,13 +128,15 @@ class Deliverer:
 
     :param store: the metadata store (PostgreSQL).
     :param blobs: the director client (object servers).
+    :param max_message_size: the frontend's limit (``imapd.max_message_size``).
     """
 
-    def __init__(self, store: MetadataStore, blobs: BlobStore, config: Config) -> None:
+    def __init__(self, store: MetadataStore, blobs: BlobStore, config: MetadataConfig,
+                 max_message_size: int) -> None:
         self.store = store
         self.blobs = blobs
-        self.threshold = config.metadata.split_threshold
-        self.max_size = config.imapd.max_message_size
+        self.threshold = config.split_threshold
+        self.max_size = max_message_size
 
     def check_size(self, size: int) -> None:
         """:raises MessageTooBig: ``size`` exceeds the configured limit."""

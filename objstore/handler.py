@@ -21,6 +21,7 @@ from typing import Final
 from twisted.internet import defer
 
 from objstore import protocol as p
+from objstore.config import ObjstoreConfig
 from objstore.replies import (
     DELETED,
     EXISTS,
@@ -58,7 +59,6 @@ from objstore.storage import (
     TouchOp,
     WriteOp,
 )
-from ops.config import ObjstoreConfig
 
 #: What ``version`` answers: memcached's protocol level, then who we are.
 VERSION: Final = b"1.6.18-objstore"

@@ -32,12 +32,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from ops.config import (
+from objstore.config import ObjstoreConfig, ObjstoredConfig
+from runtime.config import (
     ClusterConfig,
     ConfigError,
-    ObjstoreConfig,
     find_config_path,
-    load_config,
+    load,
     parse_hostport,
     parse_size,
 )
@@ -69,7 +69,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def _config_from_args(args: argparse.Namespace) -> tuple[ObjstoreConfig, ClusterConfig]:
     path = find_config_path(args.config, os.environ, Path.cwd())
-    config = load_config(path, os.environ)
+    config = load(ObjstoredConfig, path, os.environ)
     changes: dict[str, Any] = {}
     for attr, key in (("listen", "listen"), ("data", "data_dir"), ("node_id", "node_id"),
                       ("zone", "zone"), ("tier", "tier"), ("workers", "workers"),

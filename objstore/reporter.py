@@ -1,5 +1,7 @@
 """Load reports from an object server to Redis Cluster.
 
+The key names are defined once in :mod:`runtime.nodekeys` (the director reads them).
+
 Every ``report_interval`` seconds objstored writes (see docs/redis-schema.md, "Load reports
 (written by objstored)")::
 
@@ -27,25 +29,12 @@ from typing import Any, Final, Protocol
 from twisted.internet import defer
 
 from objstore.stats import OP_NAMES
+from runtime.nodekeys import DEFAULT_PREFIX, hot_key, report_key
 
 log = logging.getLogger(__name__)
 
-#: The installation's key prefix unless ``cluster.redis_prefix`` says otherwise.
-DEFAULT_PREFIX: Final = "objmail:"
 #: Longest wait between two attempts while Redis is unreachable.
 MAX_BACKOFF: Final = 60.0
-
-
-# These two functions are the one definition of the report keys: the director reads them
-# through director.keys.Keyspace, which calls these.
-def report_key(node_id: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """The hash holding a node's last load report."""
-    return f"{prefix}node:{{{node_id}}}:report"
-
-
-def hot_key(node_id: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """The sorted set of a node's hottest keys (score: reads per second)."""
-    return f"{prefix}node:{{{node_id}}}:hot"
 
 
 @dataclass(frozen=True)

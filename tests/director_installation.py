@@ -28,10 +28,10 @@ from redis.cluster import ClusterNode, RedisCluster
 from director.client import REGISTRY_REFRESH, BlobClient
 from director.nodes import NodeState
 from director.redisstate import RedisState
-from objstore.reporter import report_key
 from ops.config import ClusterConfig, Config, DirectorConfig, ObjstoreConfig, parse_hostport
 from ops.devcluster import DevCluster, DevObjstore, DevOptions
 from ops.launcher import ProcessSpec
+from runtime.nodekeys import report_key
 from tests.conftest import RunningRedis, free_port_block
 
 T = TypeVar("T")
@@ -147,7 +147,7 @@ def installation_fixture(name: str, **settings: Any) -> Any:
 def with_client(config: Config, body: Callable[[BlobClient], Awaitable[T]]) -> T:
     """Run ``body`` with a fresh blob client of the installation, on a fresh event loop."""
     async def go() -> T:
-        client = await BlobClient.open(config)
+        client = await BlobClient.open(config.cluster, config.director)
         try:
             return await body(client)
         finally:

@@ -25,9 +25,9 @@ from director.codec import BlobCodec
 from director.errors import BlobCorrupt, BlobUnavailable
 from director.keys import item_index_id
 from director.nodes import NodeState
-from objstore.reporter import report_key
 from ops.config import Config
 from ops.devcluster import wait_redis_cluster_ok
+from runtime.nodekeys import report_key
 from tests.conftest import RunningRedis
 from tests.director_installation import (
     Installation,

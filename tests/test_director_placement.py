@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 from director.nodes import LoadReport, Node, NodeState
-from director.placement import PlacementPolicy, Placer, node_weight, place
-from ops.config import DirectorConfig
+from director.placement import Placer, node_weight, place
+from director.policy import PlacementPolicy
 
 GIB = 1 << 30
 IDS = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(100_000)]
@@ -186,26 +186,3 @@ def test_tier_none_accepts_every_tier() -> None:
     nodes = [make_node(1, tier="ssd"), make_node(2, tier="hdd")]
     placer = Placer(nodes, PlacementPolicy(replicas=1, tier=None))
     assert set(primary_shares(placer, IDS[:2_000])) == {"node-1", "node-2"}
-
-
-def test_policy_rejects_nonsense() -> None:
-    """A policy with zero replicas or a root below 1 is refused with its name."""
-    with pytest.raises(ValueError, match="replicas"):
-        PlacementPolicy(replicas=0)
-    with pytest.raises(ValueError, match="free_root"):
-        PlacementPolicy(free_root=0.5)
-    with pytest.raises(ValueError, match="write_quorum"):
-        PlacementPolicy(replicas=2, write_quorum=3)
-
-
-def test_policy_from_config_says_who_may_hold_copies() -> None:
-    """The policy built from [director] carries replicas, write quorum and write tier;
-    only active nodes of that tier may take copies (an empty tier means any tier)."""
-    policy = PlacementPolicy.from_config(
-        DirectorConfig(replicas=3, write_quorum=2, write_tier="hdd"))
-    assert (policy.replicas, policy.write_quorum, policy.tier) == (3, 2, "hdd")
-    assert policy.may_hold(make_node(1, tier="hdd"))
-    assert not policy.may_hold(make_node(2, tier="ssd"))
-    assert not policy.may_hold(make_node(3, tier="hdd", state=NodeState.DRAINING))
-    anywhere = PlacementPolicy.from_config(DirectorConfig(write_tier=""))
-    assert anywhere.tier is None and anywhere.may_hold(make_node(4, tier="ssd"))

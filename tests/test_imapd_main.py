@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
+from imapd.config import ImapdConfig, ImapdProcessConfig
 from imapd.lmtp import LMTPFactory
 from imapd.main import EX_CONFIG, Services, listeners, main
 from imapd.pop3server import Pop3Factory
 from imapd.server import IMAPFactory
-from ops.config import Config, ImapdConfig
 from ops.launcher import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +24,7 @@ def services(imapd: ImapdConfig, tls: object = None) -> Services:
 
     backend = Backend(cast(Any, None), cast(Any, None), cast(Any, None), cast(Any, None),
                       imapd, cast(Any, None))
-    return Services(Config(imapd=imapd), None, None, None, None, backend, tls)
+    return Services(ImapdProcessConfig(imapd=imapd), None, None, None, None, backend, tls)
 
 
 def test_listeners_follow_the_config() -> None:
@@ -48,6 +50,7 @@ def test_bad_config_exits_with_ex_config(tmp_path: Path) -> None:
     assert main(["--config", str(path)]) == EX_CONFIG
 
 
+@pytest.mark.system
 def test_unreachable_postgresql_fails_the_start(tmp_path: Path) -> None:
     """With PostgreSQL unreachable the process logs why and exits 1 instead of serving."""
     dead, port = free_port(), free_port()

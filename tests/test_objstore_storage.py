@@ -395,6 +395,7 @@ def test_map_full_fails_only_what_does_not_fit(tmp_path: Path, clock: FakeClock)
     store.close()
 
 
+@pytest.mark.system
 def test_two_processes_share_one_environment(tmp_path: Path, clock: FakeClock) -> None:
     """Another process on the same directory (as a second worker) sees our writes, and its
     writes never reuse one of our CAS uniques."""

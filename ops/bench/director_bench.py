@@ -83,7 +83,7 @@ def blob(size: int, n: int, base: bytes) -> bytes:
 async def library_run(config: Config, op: str, size: int, conns: int, seconds: float,
                       base: bytes, counter: list[int], stored: list[str]) -> Result:
     """``conns`` tasks doing ``op`` for ``seconds`` (after a short unmeasured start)."""
-    client = await BlobClient.open(config)
+    client = await BlobClient.open(config.cluster, config.director)
     latencies: list[float] = []
     errors = 0
     settle = max(0.5, seconds / 10)
