@@ -72,6 +72,20 @@ class PassStats:
 S = TypeVar("S", bound=PassStats)
 
 
+async def throttle(control: PassControl, stats: PassStats, *, rate: float | None,
+                   done: float, elapsed: Callable[[], float],
+                   sleep: Callable[[float], Awaitable[Any]]) -> bool:
+    """Wait until ``done`` units (bytes read) fit in ``rate`` per second of ``elapsed()``
+    time, checking in between; False when the pass was told to stop."""
+    if rate is None:
+        return True
+    while (ahead := done / rate - elapsed()) > 0:
+        await sleep(min(ahead, 1.0))
+        if not await control.checkpoint(stats):
+            return False
+    return True
+
+
 class PassControl:
     """What a pass consults between items.
 
