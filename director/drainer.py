@@ -372,15 +372,30 @@ class Drainer(BackgroundJob[DrainStats]):
 
 
 async def drain_all(client: BlobClient, *, token: str | None = None,
-                    clock: Callable[[], float] = time.monotonic) -> list[DrainStats]:
-    """One pass for every draining node whose lease is free (directord's drain tick)."""
+                    clock: Callable[[], float] = time.monotonic,
+                    progress: Callable[[int, int | None], None] | None = None,
+                    ) -> list[DrainStats]:
+    """One pass for every draining node whose lease is free (directord's drain tick).
+
+    :param progress: told the blobs handled so far over all the nodes, and how many
+        they held when their pass began (when every node reported it).
+    """
     snap = await client.snapshot(force=True)
-    out = []
+    out: list[DrainStats] = []
+
+    def report(stats: PassStats) -> None:
+        if progress is not None:
+            done = [*out, stats]
+            totals = [s.total for s in done]
+            progress(sum(s.items for s in done),
+                     None if None in totals else sum(t or 0 for t in totals))
+
     for node in snap.nodes:
         if node.admin_state is not NodeState.DRAINING:
             continue
         try:
-            out.append(await Drainer(client, node.id, token=token, clock=clock).run_once())
+            out.append(await Drainer(client, node.id, token=token, clock=clock).run_once(
+                progress=report))
         except LeaseHeld as exc:
             log.debug("%s", exc)
     return out

@@ -264,7 +264,7 @@ def test_metrics_endpoint(installation: Installation, address: tuple[str, int]) 
     assert _metric(text, 'directord_errors_total{command="incr",kind="unsupported"}') >= 1
     assert _metric(text, 'directord_request_seconds_bucket{command="get",le="+Inf"}') >= 1
     assert _metric(text, 'directord_request_seconds_count{command="get"}') >= 1
-    assert _metric(text, "directord_connections") >= 0
+    assert _metric(text, "directord_open_connections") >= 0
     assert "# TYPE directord_request_seconds histogram" in text
 
 
