@@ -28,7 +28,8 @@ from director.errors import RegistryError, RemoveRefused, UnknownNode
 from director.index import LocationIndex, StripResult
 from director.keys import Keyspace, check_node_id
 from director.nodes import ADMIN_STATES, LoadReport, Node, NodeState, parse_report
-from director.placement import PlacementPolicy, Placer
+from director.placement import Placer
+from director.policy import PlacementPolicy
 from director.redisconn import (
     ClusterRunner,
     Command,

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,15 +66,21 @@ class MemoryBlobs:
     async def put(self, data: bytes) -> str:
         return (await self.put_many([data]))[0]
 
+    def id_of(self, content: bytes) -> str:
+        return hashlib.sha256(content).hexdigest()
+
     async def put_many(self, blobs: Sequence[bytes]) -> list[str]:
+        ids = [self.id_of(data) for data in blobs]
+        await self.put_named(dict(zip(ids, blobs, strict=True)), self.id_of)
+        return ids
+
+    async def put_named(self, blobs: Mapping[str, bytes],
+                        named_by: Callable[[bytes], str]) -> None:
         if self.unavailable:
             raise BlobUnavailable("object servers unreachable (test switch)")
-        ids = []
-        for data in blobs:
-            bid = hashlib.sha256(data).hexdigest()
+        for bid, data in blobs.items():
+            assert named_by == self.id_of or self.id_of(data) == bid
             self.data[bid] = data
-            ids.append(bid)
-        return ids
 
     async def gc_generation(self) -> int:
         return 0  # this twin never collects anything

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from director.blobids import BlobIds
 from director.client import BlobClient
-from director.codec import BlobCodec, blob_id
+from director.codec import BlobCodec
 from director.errors import BlobCorrupt, BlobUnavailable, WriteUnconfirmed
 from director.keys import item_index_id
 from director.nodes import NodeState
@@ -277,7 +278,7 @@ def test_nothing_corrupt_is_returned(setup: Setup) -> None:
     """When the only replicas left hang, lie or babble, get raises instead of returning
     anything: BlobCorrupt when every answer had wrong bytes, BlobUnavailable otherwise."""
     data = os.urandom(500)
-    bid = blob_id(data)
+    bid = BlobIds().id_of(data)
 
     async def body(client: BlobClient) -> None:
         await client.index.add_locations(bid, [setup.fakes["liar"].number])
@@ -401,7 +402,7 @@ def test_index_writes_fail_while_the_replica_is_stopped(setup: Setup,
         master = runner.client.get_primaries()[0]
         data = next(d for d in (os.urandom(700) for _ in range(10_000))
                     if getattr(runner.client.get_node_from_key(
-                        client.index.bucket_key(blob_id(d))), "name", "") == master.name)
+                        client.index.bucket_key(client.id_of(d))), "name", "") == master.name)
         info = await runner.client.execute_command("INFO", "replication",
                                                    target_nodes=master)
         replica = replica_port(info)

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from director.errors import IndexLayoutMismatch, WriteUnconfirmed
-from director.index import LocationIndex, SyncLocationIndex
+from director.index import LocationIndex
 from director.keys import IndexLayout, InvalidBlobId, Keyspace
 from ops.config import parse_hostport
 from ops.devcluster import wait_redis_cluster_ok
@@ -238,18 +238,21 @@ def test_invalid_ids_are_refused(redis_cluster: RunningRedis) -> None:
     with_index(redis_cluster, 256, body)
 
 
-def test_sync_facade(redis_cluster: RunningRedis) -> None:
-    """Scripts without an event loop get the same index through SyncLocationIndex."""
-    ids = blob_ids(20, "sync")
-    with SyncLocationIndex.open(redis_cluster.nodes, buckets=128,
-                                keys=fresh_keys()) as index:
-        assert index.add_locations(ids[0], [4, 2]) == (2, 4)
-        index.add_many({b: [1] for b in ids[1:]})
-        assert index.lookup(ids[:2]) == {ids[0]: (2, 4), ids[1]: (1,)}
-        assert index.remove_location(ids[0], 4) == (2,)
-        assert index.delete(ids[1])
-        assert index.count() == 19
-        assert len(index.scan(0, buckets=128).entries) == 19
+def test_single_blob_operations_agree_with_count_and_scan(redis_cluster: RunningRedis) -> None:
+    """Locations added one blob at a time come back sorted, a removed location and a
+    deleted entry are gone from lookups, and count and scan see the same entries."""
+    ids = blob_ids(20, "single")
+
+    async def body(index: LocationIndex) -> None:
+        assert await index.add_locations(ids[0], [4, 2]) == (2, 4)
+        await index.add_many({b: [1] for b in ids[1:]})
+        assert await index.lookup(ids[:2]) == {ids[0]: (2, 4), ids[1]: (1,)}
+        assert await index.remove_location(ids[0], 4) == (2,)
+        assert await index.delete(ids[1])
+        assert await index.count() == 19
+        assert len((await index.scan(0, buckets=128)).entries) == 19
+
+    with_index(redis_cluster, 128, body)
 
 
 @pytest.mark.slow
