@@ -11,23 +11,25 @@ error, and writes are acknowledged only once a Redis replica holds them.  Mergin
 and removing node numbers are Lua scripts, atomic per bucket, so two directors
 recording replicas of the same blob at once both get recorded.
 
+Blob ids and directord's plain-key items (indexed under :func:`director.keys.item_index_id`)
+live in two key spaces with the same layout: ``ix:<bucket>`` and ``ixi:<bucket>``
+(:meth:`LocationIndex.item_space`).  gc sweeps the blobs' space only, so a plain item,
+which no message references, is never collected.
+
 "Which blobs are on node N" is answered by scanning buckets and filtering
 (:meth:`LocationIndex.iterate` with ``node=N``): a per-node set would cost as much
 memory again per replica, and draining or repairing a node is rare work that can
 afford a scan (the object server's ``lru_crawler metadump all`` inventory is the
 other source).
-
-:class:`SyncLocationIndex` wraps the same API for scripts that have no event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from director.errors import IndexLayoutMismatch
 from director.keys import (
@@ -45,8 +47,6 @@ from director.redisconn import (
     chunked,
     new_cluster_client,
 )
-
-T = TypeVar("T")
 
 #: Commands per pipeline; each is one bucket's worth of fields.
 BATCH_COMMANDS = 500
@@ -201,11 +201,18 @@ class LocationIndex:
     """
 
     def __init__(self, runner: ClusterRunner, layout: IndexLayout,
-                 keys: Keyspace | None = None) -> None:
+                 keys: Keyspace | None = None, *, items: bool = False) -> None:
         self.runner = runner
         self.layout = layout
         self.keys = keys or Keyspace()
+        #: This is the key space of directord's plain items, not of blobs.
+        self.items = items
+        self._bucket_key = self.keys.item_bucket if items else self.keys.index_bucket
         runner.register(_ADD, _REMOVE, _UPDATE, _COLLECT)
+
+    def item_space(self) -> LocationIndex:
+        """The same index over directord's plain items (same runner and layout)."""
+        return LocationIndex(self.runner, self.layout, self.keys, items=True)
 
     @classmethod
     async def open(cls, addresses: Sequence[str], *, buckets: int,
@@ -399,7 +406,7 @@ class LocationIndex:
 
     async def forget_touched(self, start: int, end: int) -> None:
         """Drop the put announcements of buckets ``start .. end-1`` (gc swept them)."""
-        keys = [self.keys.gc_touched(self.keys.index_bucket(self.layout.bucket_name(b)))
+        keys = [self.keys.gc_touched(self._bucket_key(self.layout.bucket_name(b)))
                 for b in range(start, end)]
         for chunk in chunked([Command(k, ("DEL", k)) for k in keys], BATCH_COMMANDS):
             await self.runner.run("gc forget", chunk, durable=True)
@@ -415,7 +422,7 @@ class LocationIndex:
         if not 0 <= cursor < total:
             raise ValueError(f"scan cursor {cursor} outside 0..{total - 1}")
         end = min(total, cursor + buckets)
-        names = [self.keys.index_bucket(self.layout.bucket_name(b)) for b in range(cursor, end)]
+        names = [self._bucket_key(self.layout.bucket_name(b)) for b in range(cursor, end)]
         replies = await self.runner.run(
             "index scan", [Command(k, ("HGETALL", k)) for k in names])
         entries = []
@@ -438,7 +445,7 @@ class LocationIndex:
     async def count(self) -> int:
         """Blobs in the index (HLEN of every bucket: a full pass, for tools)."""
         total = 0
-        names = [self.keys.index_bucket(self.layout.bucket_name(b))
+        names = [self._bucket_key(self.layout.bucket_name(b))
                  for b in range(self.layout.buckets)]
         for chunk in chunked([Command(k, ("HLEN", k)) for k in names], BATCH_COMMANDS * 4):
             total += sum(int(r) for r in await self.runner.run("index count", chunk))
@@ -476,8 +483,11 @@ class LocationIndex:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _key(self, blob_id: str) -> str:
-        return self.keys.index_bucket(self.layout.bucket_name(self.layout.bucket_of(blob_id)))
+    def bucket_key(self, blob_id: str) -> str:
+        """The Redis key of the bucket that holds ``blob_id`` in this key space."""
+        return self._bucket_key(self.layout.bucket_name(self.layout.bucket_of(blob_id)))
+
+    _key = bucket_key
 
     def _group(self, ids: Iterable[str]) -> dict[str, tuple[list[bytes], list[str]]]:
         groups: dict[str, tuple[list[bytes], list[str]]] = {}
@@ -515,75 +525,3 @@ def _pairs(reply: Any) -> list[tuple[bytes, bytes]]:
     if isinstance(reply, dict):
         return list(reply.items())
     return list(zip(reply[0::2], reply[1::2], strict=True))
-
-
-class SyncLocationIndex:
-    """The same index for synchronous scripts: runs the async client on a private loop.
-
-    Not for use inside a running event loop (use :class:`LocationIndex` there).
-    """
-
-    def __init__(self, index: LocationIndex, loop: asyncio.AbstractEventLoop) -> None:
-        self._index = index
-        self._loop = loop
-
-    @classmethod
-    def open(cls, addresses: Sequence[str], *, buckets: int, keys: Keyspace | None = None,
-             retry: RetryPolicy | None = None, wait_replicas: int = 1) -> SyncLocationIndex:
-        loop = asyncio.new_event_loop()
-        try:
-            index = loop.run_until_complete(LocationIndex.open(
-                addresses, buckets=buckets, keys=keys, retry=retry,
-                wait_replicas=wait_replicas))
-        except BaseException:
-            loop.close()
-            raise
-        return cls(index, loop)
-
-    @property
-    def index(self) -> LocationIndex:
-        return self._index
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._loop.run_until_complete(coro)
-
-    def close(self) -> None:
-        try:
-            self._run(self._index.aclose())
-        finally:
-            self._loop.close()
-
-    def __enter__(self) -> SyncLocationIndex:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def lookup(self, ids: Iterable[str]) -> dict[str, tuple[int, ...]]:
-        return self._run(self._index.lookup(ids))
-
-    def locations(self, blob_id: str) -> tuple[int, ...]:
-        return self._run(self._index.locations(blob_id))
-
-    def add_locations(self, blob_id: str, nodes: Iterable[int]) -> tuple[int, ...]:
-        return self._run(self._index.add_locations(blob_id, nodes))
-
-    def add_many(self, entries: Mapping[str, Iterable[int]]) -> dict[str, tuple[int, ...]]:
-        return self._run(self._index.add_many(entries))
-
-    def remove_location(self, blob_id: str, node: int, *,
-                        keep_last: bool = False) -> tuple[int, ...]:
-        return self._run(self._index.remove_location(blob_id, node, keep_last=keep_last))
-
-    def delete(self, blob_id: str) -> bool:
-        return self._run(self._index.delete(blob_id))
-
-    def delete_many(self, ids: Iterable[str]) -> int:
-        return self._run(self._index.delete_many(ids))
-
-    def scan(self, cursor: int = 0, *, buckets: int = SCAN_BUCKETS,
-             node: int | None = None) -> ScanPage:
-        return self._run(self._index.scan(cursor, buckets=buckets, node=node))
-
-    def count(self) -> int:
-        return self._run(self._index.count())

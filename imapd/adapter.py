@@ -25,9 +25,10 @@ between batches instead of buffering it whole in memory.
 
 Everything about the connection lives here and nowhere else: the idle timeout (on the
 injected clock), STARTTLS/STLS (``transport.startTLS``, after which a fresh parser discards
-any plaintext the client pipelined), the connection limit and count, and failing nothing
-silently when the client disconnects in the middle of a command (the command completes; its
-output is dropped; the session is closed after it).
+any plaintext the client pipelined), the connection limits and count (in all, and per
+client address, so one host cannot take every slot), and failing nothing silently when the
+client disconnects in the middle of a command (the command completes; its output is
+dropped; the session is closed after it).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def no_delay(transport: Any) -> None:
 class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
     """One connection; the subclass supplies its parser, session and protocol words.
 
-    :ivar too_many_connections: written, raw, to a client over the connection limit.
+    :cvar too_many_connections: written, raw, to a client over the connection limit.
     :cvar idle_words: the last words before the idle timeout closes the connection.
     :cvar logger: the subclass module's logger (crashes are reported there).
     :cvar session_name: how a crash report names the session.
@@ -109,7 +110,7 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
         transport that ignores the pause gets there).
     """
 
-    too_many_connections: bytes
+    too_many_connections: ClassVar[bytes]
     idle_words: ClassVar[str]
     logger: ClassVar[logging.Logger]
     session_name: ClassVar[str] = "session"
@@ -132,6 +133,7 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
         self._output_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._counted = False
+        self._host = "?"
         self._peer = "-"
         self._abort_call: Any = None
 
@@ -156,6 +158,10 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
     def _handle(self, session: SessionT, event: object) -> bool:
         """Act on one parser event; False when the parser needs more data."""
         raise NotImplementedError
+
+    def _refuse(self) -> None:
+        """Tell a client over the connection limit so (it is closed next)."""
+        self.transport.write(self.too_many_connections)
 
     def _protocol_error(self, error: RemoteProtocolError) -> None:
         """The client broke a limit: say why in the protocol's words, and close."""
@@ -220,15 +226,19 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
-        self._peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        self._host = str(getattr(peer, "host", "?"))
+        self._peer = f"{self._host}:{getattr(peer, 'port', '?')}"
         factory = self.factory
-        if factory.open_connections >= factory.max_connections:
-            self.transport.write(self.too_many_connections)
+        from_host = factory.per_address.get(self._host, 0)
+        if factory.open_connections >= factory.max_connections or (
+                0 < factory.max_per_address <= from_host):
+            self._refuse()
             self._closing = True
             self.transport.loseConnection()
             return
         self._counted = True
         factory.open_connections += 1
+        factory.per_address[self._host] = from_host + 1
         factory.protocols.add(self)
         no_delay(self.transport)
         self._accepted()
@@ -252,6 +262,9 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
             self._counted = False
             self.factory.open_connections -= 1
             self.factory.protocols.discard(self)
+            left = self.factory.per_address.pop(self._host) - 1
+            if left:
+                self.factory.per_address[self._host] = left
         if not self._busy:
             self._close_session()
 
@@ -350,6 +363,8 @@ class SessionFactory(Factory, Generic[ProtocolT]):
     """Builds connections and holds what they share.
 
     :param max_connections: connections served at once; the next is refused.
+    :param max_per_address: connections served at once from one client address (0: no
+        limit).
     :param idle_timeout: seconds of silence before a connection is closed (0: never).
     :param clock: an ``IReactorTime`` for the idle timeout.
     :param tls: the context factory for STARTTLS (and, for the implicit-TLS listener,
@@ -359,13 +374,16 @@ class SessionFactory(Factory, Generic[ProtocolT]):
     :ivar protocols: those connections.
     """
 
-    def __init__(self, *, max_connections: int, idle_timeout: float, clock: Any,
-                 tls: Any = None, secure: bool = False) -> None:
+    def __init__(self, *, max_connections: int, max_per_address: int, idle_timeout: float,
+                 clock: Any, tls: Any = None, secure: bool = False) -> None:
         self.max_connections = max_connections
+        self.max_per_address = max_per_address
         self.idle_timeout = idle_timeout
         self.clock = clock
         self.tls = tls
         self.secure = secure
         self.open_connections = 0
+        #: Connections per client address (``max_per_address`` at most).
+        self.per_address: dict[str, int] = {}
         self.protocols: set[ProtocolT] = set()
 

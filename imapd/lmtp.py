@@ -42,8 +42,10 @@ from imapd.lmtp_parser import (
     LMTPParser,
     MessageData,
 )
+from imapd.metrics import ImapMetrics
 from metadata.delivery import Deliverer, MessageTooBig
 from metadata.errors import (
+    InvalidName,
     MetadataError,
     NoSuchMailbox,
     NoSuchUser,
@@ -59,6 +61,7 @@ log = logging.getLogger(__name__)
 MAX_RECIPIENTS = 1000
 #: ``<local@domain>`` with optional ESMTP parameters after it.
 _PATH = re.compile(r"^\s*<([^<>]*)>\s*(.*)$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: Unconsumed input at which reading pauses (pipelined commands, or what follows a
 #: message whose delivery is not answered yet).
 PAUSE_BUFFER = 64 * 1024
@@ -178,6 +181,8 @@ class LMTPSession:
         if len(self.txn.recipients) >= MAX_RECIPIENTS:
             return ["452 4.5.3 Too many recipients"]
         address = parsed[0]
+        if _CONTROL.search(address):  # no user is called that (NUL cannot even be looked up)
+            return [f"550 5.1.1 <{_CONTROL.sub('', address)}>: no such user here"]
         try:
             user, mailbox = await self._resolve(address)
         except NoSuchUser:
@@ -203,29 +208,44 @@ class LMTPSession:
             try:
                 box = await self.deliverer.store.mailboxes.get(user.id, detail)
                 return user, box.name
-            except NoSuchMailbox:
+            except (NoSuchMailbox, InvalidName):
                 pass
         return user, "INBOX"
 
     async def data(self, message: MessageData) -> list[str]:
+        """Exactly one reply per accepted recipient, in RCPT order, whatever happens: the
+        MTA waits for each, and one missing reply stalls the connection until it times
+        out (RFC 2033 4.2).  An unexpected failure is a temporary one for every recipient
+        not answered."""
+        assert self.txn is not None
+        count = len(self.txn.recipients)
+        try:
+            replies = await self._data_replies(message)
+        except Exception:
+            log.exception("LMTP DATA failed")
+            replies = []
+        if len(replies) != count:
+            replies = ["451 4.3.0 Internal error, try again later"] * count
+        return replies
+
+    async def _data_replies(self, message: MessageData) -> list[str]:
         """One reply per accepted recipient, in RCPT order."""
         txn, self.txn = self.txn, None
         assert txn is not None
         count = len(txn.recipients)
         if message.too_big or message.size > self.max_size:
             return [f"552 5.3.4 Message size exceeds fixed limit of {self.max_size}"] * count
-        try:
-            prepared = await self.deliverer.prepare(message.data)
-            await self.deliverer.upload(prepared)
-        except MessageTooBig:
-            return [f"552 5.3.4 Message size exceeds fixed limit of {self.max_size}"] * count
-        except (MetadataError, DirectorError, OSError) as exc:
-            log.warning("delivery from <%s> failed: %s", txn.sender, exc)
-            return ["451 4.3.0 Temporary failure storing the message"] * count
 
         async def one(address: str, user: User, mailbox: str) -> str:
             try:
+                # Each recipient's copy starts with its own trace fields; the rest of the
+                # message splits into the same blobs, so only a small skeleton is new.
+                prepared = await self.deliverer.prepare(
+                    trace_fields(txn.sender, address, message.data) + message.data)
+                await self.deliverer.upload(prepared)
                 done = await self.deliverer.commit(user, prepared, mailbox=mailbox)
+            except MessageTooBig:
+                return f"552 5.3.4 Message size exceeds fixed limit of {self.max_size}"
             except OverQuota:
                 return f"552 5.2.2 <{address}>: mailbox full"
             except NoSuchUser:
@@ -233,6 +253,9 @@ class LMTPSession:
             except (MetadataError, DirectorError, OSError) as exc:
                 log.warning("delivery to <%s> failed: %s", address, exc)
                 return f"451 4.3.0 <{address}>: temporary failure"
+            except Exception:
+                log.exception("delivery to <%s> failed", address)
+                return f"451 4.3.0 <{address}>: internal error, try again later"
             log.info("delivered to %s %s uid %d (%d bytes)", user.name, done.mailbox,
                      done.uid, done.size)
             return f"250 2.0.0 <{address}> delivered as UID {done.uid}"
@@ -240,8 +263,23 @@ class LMTPSession:
         return list(await asyncio.gather(*(one(*r) for r in txn.recipients)))
 
 
+def trace_fields(sender: str, recipient: str, raw: bytes) -> bytes:
+    """``Return-Path:`` (the envelope sender) and ``Delivered-To:`` (the recipient) as the
+    final delivery agent adds them (RFC 5321 4.4), with the message's own line ending.
+    Control characters an MTA could slip into an address are dropped."""
+    first = raw.find(b"\n")
+    eol = b"\n" if first == 0 or (first > 0 and raw[first - 1] != 0x0D) else b"\r\n"
+
+    def clean(address: str) -> bytes:
+        return _CONTROL.sub("", address).encode("utf-8", "replace")
+
+    return (b"Return-Path: <" + clean(sender) + b">" + eol
+            + b"Delivered-To: " + clean(recipient) + eol)
+
+
 class LMTPProtocol(SessionProtocol[LMTPSession, LMTPParser]):
-    """One LMTP connection: feeds the parser, runs one command at a time, writes replies."""
+    """One LMTP connection: feeds the parser, runs one command at a time, writes replies
+    (and counts them, by the command they answer, in the factory's metrics)."""
 
     idle_words = "Idle for too long, closing connection"
     logger = log
@@ -253,8 +291,6 @@ class LMTPProtocol(SessionProtocol[LMTPSession, LMTPParser]):
 
     def __init__(self, factory: LMTPFactory) -> None:
         super().__init__(factory)
-        self.too_many_connections = self._lines(
-            [f"421 4.3.2 {factory.hostname} too many connections, try again later"])
         self._shutdown = False
 
     def _new_parser(self) -> LMTPParser:
@@ -263,16 +299,20 @@ class LMTPProtocol(SessionProtocol[LMTPSession, LMTPParser]):
     def _new_session(self) -> LMTPSession:
         return LMTPSession(self.factory.deliverer, self.factory.config, self.factory.hostname)
 
+    def _refuse(self) -> None:
+        self._write([f"421 4.3.2 {self.factory.hostname} too many connections, "
+                     "try again later"], "CONNECT")
+
     def _greet(self, session: LMTPSession) -> None:
-        self._write(session.greeting())
+        self._write(session.greeting(), "CONNECT")
 
     def goodbye(self, text: str) -> None:
-        self._write([f"421 4.4.2 {self.factory.hostname} {text}"])
+        self._write([f"421 4.4.2 {self.factory.hostname} {text}"], "IDLE")
 
     def _protocol_error(self, error: RemoteProtocolError) -> None:
         # The 500 answers the input that broke the limit; the 421 says the channel closes.
         self._write([f"500 5.5.6 {error.reason}",
-                     f"421 4.4.2 {self.factory.hostname} closing connection"])
+                     f"421 4.4.2 {self.factory.hostname} closing connection"], "LIMIT")
         self.close()
 
     def shutdown(self) -> None:
@@ -284,16 +324,14 @@ class LMTPProtocol(SessionProtocol[LMTPSession, LMTPParser]):
 
     def _say_shutdown(self) -> None:
         if not self._closing and not self._gone:
-            self._write([f"421 4.3.2 {self.factory.hostname} shutting down"])
+            self._write([f"421 4.3.2 {self.factory.hostname} shutting down"], "SHUTDOWN")
             self.close()
 
-    @staticmethod
-    def _lines(lines: list[str]) -> bytes:
-        return "".join(f"{line}\r\n" for line in lines).encode()
-
-    def _write(self, lines: list[str]) -> None:
+    def _write(self, lines: list[str], command: str) -> None:
+        """Send ``lines``, the reply (or replies) to ``command``, and count them."""
         if not self._gone:
-            self.transport.write(self._lines(lines))
+            self.transport.write("".join(f"{line}\r\n" for line in lines).encode())
+            self.factory.metrics.lmtp_sent(command, lines)
 
     # -- input ----------------------------------------------------------------------------
 
@@ -303,7 +341,7 @@ class LMTPProtocol(SessionProtocol[LMTPSession, LMTPParser]):
         elif isinstance(event, MessageData):
             self._dispatch(self._message(session, event))
         elif isinstance(event, LineTooLong):
-            self._write(["500 5.5.2 Line too long"])
+            self._write(["500 5.5.2 Line too long"], "LINE")
         else:  # NEED_DATA, or PAUSED until the delivery is answered
             return False
         return True
@@ -318,20 +356,18 @@ class LMTPProtocol(SessionProtocol[LMTPSession, LMTPParser]):
             lines, start_data = ["451 4.3.0 Internal error"], False
         if self._closing or self._gone:
             return
-        self._write(lines)
+        self._write(lines, cmd.verb)
         if start_data:
             self.parser.start_data()
         if cmd.verb == "QUIT":
             self.close()
 
     async def _message(self, session: LMTPSession, message: MessageData) -> None:
-        try:
-            lines = await session.data(message)
-        except Exception:
-            log.exception("LMTP delivery error for %s", self.peer)
-            lines = ["451 4.3.0 Internal error"]
+        # LMTPSession.data answers every recipient whatever happens; a crash here is a bug
+        # the adapter reports with 421 and a close (a missing reply would stall the MTA).
+        lines = await session.data(message)
         if not self._closing:
-            self._write(lines)
+            self._write(lines, "DATA")
         # Answered: what was pipelined behind the message is read now.
         self.parser.resume()
 
@@ -344,16 +380,21 @@ class LMTPProtocol(SessionProtocol[LMTPSession, LMTPParser]):
 class LMTPFactory(SessionFactory[LMTPProtocol]):
     """Builds one :class:`LMTPProtocol` per MTA connection.
 
+    There is no per-address limit: every connection comes from the MTA's host.
+
+    :param metrics: where replies are counted by code (imapd shares its sessions').
     :param clock: an ``IReactorTime`` for the idle timeout (default: the reactor).
     """
 
     def __init__(self, deliverer: Deliverer, config: ImapdConfig,
-                 hostname: Callable[[], str] = socket.getfqdn, *, clock: Any = None) -> None:
+                 hostname: Callable[[], str] = socket.getfqdn,
+                 metrics: ImapMetrics | None = None, *, clock: Any = None) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
-        super().__init__(max_connections=config.max_connections,
+        super().__init__(max_connections=config.max_connections, max_per_address=0,
                          idle_timeout=config.idle_timeout, clock=clock)
         self.deliverer = deliverer
+        self.metrics = metrics if metrics is not None else ImapMetrics()
         self.config = config
         self.hostname = hostname()
 

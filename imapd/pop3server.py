@@ -98,10 +98,12 @@ class Pop3Factory(SessionFactory[Pop3Protocol]):
                  clock: Any = None) -> None:
         config = backend.config
         super().__init__(max_connections=config.max_connections,
+                         max_per_address=config.max_connections_per_address,
                          idle_timeout=config.pop3_idle_timeout,
                          clock=clock if clock is not None else backend.clock, tls=tls,
                          secure=secure)
         self.backend = backend
+        self.config = config
 
     def buildProtocol(self, addr: Any) -> Pop3Protocol:  # type: ignore[override]
         return Pop3Protocol(self, secure=self.secure)

@@ -9,6 +9,15 @@ caller acknowledges only after (3) returned.  A crash between (2) and (3) leaves
 unreferenced blobs, which gc collects after its grace period; nothing is ever
 visible without its blobs.
 
+gc decides from committed references, so a delivery slow enough (a mailbox lock
+held for minutes) could otherwise commit a reference to a blob gc collected while it
+waited.  The fence: before (2) the delivery reads gc's generation
+(:meth:`BlobStore.gc_generation`), and the last statement of (3), after every lock it
+waited for, asks the director whether gc may have collected any of its blobs since
+(:meth:`BlobStore.check_kept`); if so the transaction rolls back with a temporary error
+(LMTP 451, IMAP ``NO [UNAVAILABLE]``) and the sender retries.  When no gc ran meanwhile
+the check is free (docs/director.md, "gc").
+
 A message delivered to many recipients (one LMTP transaction with many RCPT) is
 analysed and uploaded once; each recipient then gets its own transaction, so one
 recipient's failure (unknown, over quota) never affects another's.
@@ -18,8 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from metadata.bodystructure import render_body, render_bodystructure
@@ -32,7 +41,7 @@ from metadata.mimetree import parse
 from metadata.records import Mailbox, MessageRow, User
 from metadata.searchtext import search_text
 from metadata.sections import section_map
-from metadata.splitter import SplitMessage, split
+from metadata.splitter import SplitMessage, blob_id, split
 from metadata.store import MetadataStore
 
 #: Messages at least this large are analysed off the event loop's thread, so a
@@ -49,10 +58,35 @@ class MessageTooBig(MetadataError):
         super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
 
 
+#: The gc generation of a message prepared without reading it: its commit always checks.
+UNKNOWN_GENERATION = -1
+
+
 class BlobStore(Protocol):
     """What delivery needs of the director client (``director.client.BlobClient``)."""
 
-    async def put_many(self, blobs: Sequence[bytes]) -> list[str]: ...
+    def id_of(self, content: bytes) -> str:
+        """The id the store names ``content`` by: the splitter names blobs with it."""
+        ...
+
+    async def put_named(self, blobs: Mapping[str, bytes],
+                        named_by: Callable[[bytes], str]) -> None:
+        """Store blobs (id -> bytes) whose ids ``named_by`` computed; when it is the
+        store's own :meth:`id_of` they are not hashed again."""
+        ...
+
+    async def gc_generation(self) -> int:
+        """gc's generation now; read before uploading blobs a commit will reference."""
+        ...
+
+    async def check_kept(self, ids: Iterable[str], generation: int) -> None:
+        """Called last in a commit transaction: keep ``ids`` from gc from now on.
+
+        :param generation: what :meth:`gc_generation` returned before their upload
+            (:data:`UNKNOWN_GENERATION` when it was not read).
+        :raises director.errors.BlobUnavailable: gc collected some of them since.
+        """
+        ...
 
 
 @dataclass(frozen=True)
@@ -62,6 +96,8 @@ class PreparedMessage:
     raw_size: int
     split: SplitMessage
     row: MessageRow
+    #: gc's generation read before the upload (see the module docstring).
+    gc_generation: int = UNKNOWN_GENERATION
 
     @property
     def blob_ids(self) -> tuple[str, ...]:
@@ -84,9 +120,14 @@ class Delivered:
     """The mailbox's mod-sequence after this delivery (the entry's own)."""
 
 
-def prepare(raw: bytes, threshold: int) -> PreparedMessage:
-    """Analyse ``raw`` (pure, CPU-bound): split, pre-render, extract search text."""
-    stored = split(raw, threshold)
+def prepare(raw: bytes, threshold: int,
+            id_of: Callable[[bytes], str] = blob_id) -> PreparedMessage:
+    """Analyse ``raw`` (pure, CPU-bound): split, pre-render, extract search text.
+
+    :param id_of: names the blobs (the blob store's :meth:`BlobStore.id_of`, so that
+        storing them needs no second hash).
+    """
+    stored = split(raw, threshold, id_of=id_of)
     tree = stored.tree if stored.tree is not None else parse(raw)
     text = search_text(raw, tree)
     row = MessageRow(
@@ -131,12 +172,17 @@ class Deliverer:
             raise MessageTooBig(size, self.max_size)
 
     async def prepare(self, raw: bytes) -> PreparedMessage:
-        """Analyse ``raw`` once; large messages on a worker thread."""
+        """Analyse ``raw`` once; large messages on a worker thread.  The result also
+        carries gc's generation as of now, before any upload of its blobs."""
         self.check_size(len(raw))
+        generation = await self.blobs.gc_generation()
         if len(raw) < OFFLOAD_BYTES:
-            return prepare(raw, self.threshold)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, prepare, raw, self.threshold)
+            prepared = prepare(raw, self.threshold, self.blobs.id_of)
+        else:
+            loop = asyncio.get_running_loop()
+            prepared = await loop.run_in_executor(None, prepare, raw, self.threshold,
+                                                  self.blobs.id_of)
+        return replace(prepared, gc_generation=generation)
 
     async def upload(self, prepared: PreparedMessage) -> None:
         """Store the skeleton and part blobs (known ones are not uploaded again).
@@ -144,7 +190,7 @@ class Deliverer:
         :raises director.errors.BlobUnavailable: too few object servers took them.
         """
         stored = prepared.split
-        await self.blobs.put_many([stored.skeleton_bytes, *stored.blobs.values()])
+        await self.blobs.put_named(stored.named_blobs, stored.named_by)
 
     async def commit(self, user: User, prepared: PreparedMessage, *, mailbox: str = "INBOX",
                      flags: Iterable[str] = (), internaldate: dt.datetime | None = None,
@@ -164,13 +210,25 @@ class Deliverer:
                           mailbox: str = "INBOX", box: Mailbox | None = None,
                           ) -> list[Delivered]:
         """Insert several ``(prepared, flags, internaldate)`` messages (blobs already
-        stored) in one transaction, with consecutive UIDs in this order: all or none."""
+        stored) in one transaction, with consecutive UIDs in this order: all or none.
+
+        :raises director.errors.BlobUnavailable: gc collected some of their blobs while
+            they waited to commit; nothing was committed (a temporary failure).
+        """
         if box is None:
             box = await self.store.mailboxes.get(user.id, mailbox)
         now = dt.datetime.now(dt.UTC)
+        ids = {b for prepared, _f, _w in messages
+               for b in (prepared.row.skeleton_id, *prepared.blob_ids)}
+        oldest = min((prepared.gc_generation for prepared, _f, _w in messages),
+                     default=UNKNOWN_GENERATION)
+
+        async def fence() -> None:
+            await self.blobs.check_kept(ids, oldest)
+
         appended = await self.store.messages.insert_many(user.id, box.id, [
             NewMessage(prepared.row, prepared.blob_ids, when or now, Flags.from_names(flags))
-            for prepared, flags, when in messages])
+            for prepared, flags, when in messages], before_commit=fence)
         return [Delivered(user.name, box.name, box.id, a.uidvalidity, a.uid, a.message_id,
                           prepared.row.size, a.modseq)
                 for a, (prepared, _f, _w) in zip(appended, messages, strict=True)]

@@ -15,14 +15,13 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import task
 
-from director.errors import BlobUnavailable
+from director.errors import BlobNotFound, BlobUnavailable
 from imapd.backend import Backend
 from imapd.parser import (
     AuthResponse,
@@ -36,13 +35,13 @@ from imapd.response import Response, render_all
 from imapd.server import limits_for
 from imapd.session import Session
 from metadata.delivery import Deliverer
-from metadata.notify import ChangeListener
+from metadata.notify import Change, ChangeListener
 from metadata.records import User
 from metadata.store import MetadataStore
 from ops.config import Config, ImapdConfig
+from tests.conftest import CORPUS
 from tests.metadata_support import FAST_SCRYPT
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+from tests.waiting import eventually
 
 #: Corpus messages the tests use, chosen for their structure.
 ATTACHMENT = "apache-james-mime4j/mimetools-testmsgs/twopart.msg"  # LF, 42 KB base64 blob
@@ -66,15 +65,29 @@ class MemoryBlobs:
     async def put(self, data: bytes) -> str:
         return (await self.put_many([data]))[0]
 
+    def id_of(self, content: bytes) -> str:
+        return hashlib.sha256(content).hexdigest()
+
     async def put_many(self, blobs: Sequence[bytes]) -> list[str]:
+        ids = [self.id_of(data) for data in blobs]
+        await self.put_named(dict(zip(ids, blobs, strict=True)), self.id_of)
+        return ids
+
+    async def put_named(self, blobs: Mapping[str, bytes],
+                        named_by: Callable[[bytes], str]) -> None:
         if self.unavailable:
             raise BlobUnavailable("object servers unreachable (test switch)")
-        ids = []
-        for data in blobs:
-            bid = hashlib.sha256(data).hexdigest()
+        for bid, data in blobs.items():
+            assert named_by == self.id_of or self.id_of(data) == bid
             self.data[bid] = data
-            ids.append(bid)
-        return ids
+
+    async def gc_generation(self) -> int:
+        return 0  # this twin never collects anything
+
+    async def check_kept(self, ids: Iterable[str], generation: int) -> None:
+        missing = [bid for bid in ids if bid not in self.data]
+        if missing:
+            raise BlobUnavailable(f"blob {missing[0]} is gone (test twin)")
 
     async def get(self, blob_id: str) -> bytes:
         return (await self.get_many([blob_id]))[blob_id]
@@ -85,6 +98,8 @@ class MemoryBlobs:
         out = {}
         for bid in ids:
             self.reads.append(bid)
+            if bid not in self.data:
+                raise BlobNotFound(f"no blob {bid}")
             out[bid] = self.data[bid]
         return out
 
@@ -130,7 +145,7 @@ class Client:
 
     def __init__(self, backend: Backend, *, secure: bool = False) -> None:
         self.conn = ScriptedConnection(secure=secure)
-        self.parser = Parser(limits_for(backend.config))
+        self.parser = Parser(limits_for(backend.config), prelogin=True)
         self.conn.parser = self.parser
         self.session = Session(backend, self.conn)
         self.tasks: list[asyncio.Task[None]] = []
@@ -157,6 +172,8 @@ class Client:
                 continue
             assert isinstance(event, (IdleDone, AuthResponse)) or hasattr(event, "tag")
             await self.session.dispatch(event)
+            if self.session.user is not None:  # as the adapter does once logged in
+                self.parser.end_prelogin()
         return self.wire(self.conn.sent[start:])
 
     async def login(self, user: str = "alice", password: str = "secret") -> bytes:
@@ -201,6 +218,29 @@ class Env:
                       flags: Iterable[str] = ()) -> Any:
         return await self.deliverer.deliver(user, raw, mailbox=mailbox, flags=flags)
 
+    async def hear(self, user: str) -> Heard:
+        """Listen to ``user``'s changes from now on, after every session logged in so far."""
+        heard = Heard()
+        await self.listener.subscribe(self.users[user].id, heard.changes.append)
+        return heard
+
+
+class Heard:
+    """One user's changes as the environment's listener delivers them.
+
+    Subscribed after the sessions under test, it hears each change after them (the
+    listener calls back in subscription order): once it has, so have they.
+    """
+
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+
+    async def of(self, kind: str) -> None:
+        """Wait until a change of ``kind`` was heard, then forget what was heard."""
+        await eventually(lambda: any(c.kind == kind for c in self.changes),
+                         what=f"a {kind!r} notification")
+        self.changes.clear()
+
 
 @contextlib.asynccontextmanager
 async def environment(dsn: str, *, store_dsn: str | None = None,
@@ -224,15 +264,6 @@ async def environment(dsn: str, *, store_dsn: str | None = None,
     finally:
         await listener.close()
         await store.close()
-
-
-async def eventually(check: Any, timeout: float = 5.0) -> None:
-    """Wait until ``check()`` is true (notifications cross a real PostgreSQL)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 class TcpProxy:

@@ -15,7 +15,7 @@ from director.errors import RegistryError, RemoveRefused, UnknownNode
 from director.index import LocationIndex
 from director.keys import Keyspace
 from director.nodes import NodeState
-from director.placement import PlacementPolicy
+from director.policy import PlacementPolicy
 from director.redisconn import ClusterRunner, Command, new_cluster_client
 from director.registry import Registry, remove_node
 from objstore.reporter import Identity, LoadSample, RedisClusterSink, build_report

@@ -111,7 +111,8 @@ MESSAGE = b"Subject: hi\r\n\r\n..dot\r\n.\r\n"
 
 def test_pipelined_commands_and_a_message_are_answered_in_order() -> None:
     """The greeting, then one reply per pipelined command in order, the message read after
-    354 with its dot-stuffing undone, and one reply per recipient."""
+    354 with its dot-stuffing undone, and one reply per recipient, each counted by the
+    command it answers."""
 
     async def body() -> None:
         h = Harness()
@@ -121,6 +122,9 @@ def test_pipelined_commands_and_a_message_are_answered_in_order() -> None:
                        b"354 go ahead\r\n250 2.0.0 <a@x> delivered\r\n"
                        b"250 2.0.0 <b@x> delivered\r\n")
         assert h.session.messages == [MessageData(b"Subject: hi\r\n\r\n.dot\r\n", 21)]
+        replies = h.factory.metrics.lmtp_replies
+        assert replies["DATA", "250"] == 2 and replies["RCPT", "250"] == 2
+        assert replies["CONNECT", "220"] == 1
         assert await h.feed(b"QUIT\r\n") == b"221 2.0.0 bye\r\n"
         assert h.transport.disconnecting and h.transport.producer is None
 

@@ -19,9 +19,9 @@ from tests.imapd_support import (
     TcpProxy,
     corpus,
     environment,
-    eventually,
 )
 from tests.metadata_support import fresh_database
+from tests.waiting import eventually
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +161,34 @@ def test_commands_outside_their_state_are_bad(dsn: str) -> None:
             b"b BAD FETCH needs a selected mailbox\r\n")
         assert (await client.send(f"c LOGIN {name} secret")).startswith(b"c BAD ")
         assert await client.send("d NOOP") == b"d OK NOOP completed\r\n"
+
+    run(dsn, body)
+
+
+def test_unannounced_extensions_are_refused(dsn: str) -> None:
+    """BINARY and ESEARCH/SEARCHRES are not in CAPABILITY, and their FETCH items, SEARCH
+    RETURN and the ``$`` sequence set are BAD while the session goes on; a literal8 APPEND
+    is stored with its octets unchanged."""
+
+    async def body(env: Env) -> None:
+        name = fresh("bea")
+        await env.user(name)
+        client = env.client()
+        caps = (await client.send("a CAPABILITY")).split(b"\r\n")[0].split()
+        await client.login(name)
+        caps += (await client.send("b CAPABILITY")).split(b"\r\n")[0].split()
+        assert not {b"BINARY", b"ESEARCH", b"SEARCHRES"} & set(caps)
+        raw = b"Subject: b\r\n\r\nbody\r\n"
+        reply = await client.send(b"c APPEND INBOX ~{%d+}\r\n%s\r\n" % (len(raw), raw))
+        assert reply.startswith(b"c OK [APPENDUID ")
+        await client.send("d SELECT INBOX")
+        for command in ("e FETCH 1 (BINARY[1])", "f FETCH 1 (BINARY.SIZE[1])",
+                        "g SEARCH RETURN (MIN) ALL", "h SEARCH RETURN (SAVE) ALL",
+                        "i FETCH $ (UID)"):
+            tag = command.split()[0].encode()
+            assert (await client.send(command)).startswith(tag + b" BAD "), command
+        assert await client.send("j FETCH 1 (BODY.PEEK[])") == (
+            b"* 1 FETCH (BODY[] {%d}\r\n%s)\r\nj OK FETCH completed\r\n" % (len(raw), raw))
 
     run(dsn, body)
 
@@ -349,14 +377,15 @@ def test_two_sessions_see_each_others_changes_at_the_right_moments(dsn: str) -> 
         for client in (a, b):
             await client.login(name)
             await client.send("s SELECT INBOX")
+        heard = await env.hear(name)
         reply = await a.send("a1 STORE 2 +FLAGS (\\Flagged)")
         assert reply.endswith(b"a1 OK STORE completed\r\n")
-        await asyncio.sleep(0.2)
+        await heard.of("flags")
         assert await b.send("b1 NOOP") == (
             b"* 2 FETCH (UID 2 FLAGS (\\Flagged))\r\nb1 OK NOOP completed\r\n")
         await a.send("a2 STORE 1 +FLAGS (\\Deleted)")
         assert await a.send("a3 EXPUNGE") == b"* 1 EXPUNGE\r\na3 OK EXPUNGE completed\r\n"
-        await asyncio.sleep(0.2)
+        await heard.of("expunge")
         during = await b.send("b2 FETCH 1:3 (UID)")
         assert b"EXPUNGE" not in during
         assert b"* 2 FETCH (UID 2)" in during and b"* 1 FETCH" not in during
@@ -364,7 +393,7 @@ def test_two_sessions_see_each_others_changes_at_the_right_moments(dsn: str) -> 
         assert await b.send("b4 FETCH 1:* (UID)") == (
             b"* 1 FETCH (UID 2)\r\n* 2 FETCH (UID 3)\r\nb4 OK FETCH completed\r\n")
         await env.deliver(name, b"Subject: new\r\n\r\nnew\r\n")
-        await asyncio.sleep(0.2)
+        await heard.of("append")
         assert await b.send("b5 NOOP") == b"* 3 EXISTS\r\n* 1 RECENT\r\nb5 OK NOOP completed\r\n"
         # A claimed \Recent for the first three at SELECT; the new one went to B.
         assert await a.send("a4 NOOP") == b"* 3 EXISTS\r\n* 2 RECENT\r\na4 OK NOOP completed\r\n"
@@ -381,10 +410,12 @@ def test_deleting_the_selected_mailbox_elsewhere_ends_the_session(dsn: str) -> N
         a, b = env.client(), env.client()
         await a.login(name)
         await b.login(name)
+        heard = await env.hear(name)
         await a.send("a CREATE Doomed")
+        await heard.of("mailbox")
         await a.send("b SELECT Doomed")
         assert (await b.send("c DELETE Doomed")).startswith(b"c OK")
-        await asyncio.sleep(0.2)
+        await heard.of("mailbox")
         assert await a.send("d NOOP") == b"* BYE The selected mailbox was deleted\r\n"
         assert a.conn.closed
 
@@ -404,7 +435,7 @@ def test_object_servers_down_gives_unavailable_and_the_session_survives(dsn: str
         await c.send("a SELECT INBOX")
         env.blobs.unavailable = True
         assert await c.send("b FETCH 1 BODY.PEEK[]") == (
-            b"b NO [UNAVAILABLE] Temporarily unavailable, try again\r\n")
+            b"b NO [UNAVAILABLE] Some messages could not be read now (UID 1), try again\r\n")
         assert (await c.send(append_line("c", "INBOX", b"Subject: x\r\n\r\ny\r\n"))).startswith(
             b"c NO [UNAVAILABLE]")
         meta = await c.send("d FETCH 1 (RFC822.SIZE ENVELOPE BODY.PEEK[HEADER])")
@@ -470,3 +501,60 @@ def test_postgresql_down_gives_unavailable_and_the_session_survives(dsn: str) ->
         await proxy.cut()
 
     asyncio.run(main())
+
+
+def test_a_keyword_new_to_the_mailbox_reaches_every_session_before_its_fetch(
+        dsn: str) -> None:
+    """When one session stores a keyword the mailbox never had, another session of that
+    mailbox gets FLAGS and PERMANENTFLAGS (keeping the keywords in use) before the FETCH
+    that shows it, at its next command or at once while it IDLEs, or in its own FETCH."""
+
+    async def body(env: Env) -> None:
+        name = fresh("kw")
+        await env.user(name)
+        for n in range(2):
+            await env.deliver(name, f"Subject: m{n}\r\n\r\nbody {n}\r\n".encode(),
+                              flags=["$Label1"] if n == 0 else [])
+        a, b, idler = env.client(), env.client(), env.client()
+        for client in (a, b, idler):
+            await client.login(name)
+            assert b"$Label1)" in await client.send("s SELECT INBOX")
+        assert await idler.send("i IDLE") == b"+ idling\r\n"
+        mark = len(idler.conn.sent)
+        heard = await env.hear(name)
+        await a.send("a1 STORE 1 +FLAGS ($Label2)")
+        await heard.of("flags")
+        flags = b"\\Seen \\Answered \\Flagged \\Deleted \\Draft $Label1 $Label2"
+        announced = (b"* FLAGS (" + flags + b")\r\n* OK [PERMANENTFLAGS (" + flags
+                     + b" \\*)] Flags permitted\r\n")
+        assert await b.send("b1 NOOP") == (
+            announced + b"* 1 FETCH (UID 1 FLAGS ($Label1 $Label2))\r\nb1 OK NOOP completed\r\n")
+        await eventually(lambda: idler.since(mark).startswith(announced))
+        assert b"* 1 FETCH (UID 1 FLAGS ($Label1 $Label2))" in idler.since(mark)
+        # Changes are reported after a command's own answer: FETCH announces the keyword.
+        await a.send("a2 STORE 2 +FLAGS ($Label3)")
+        await heard.of("flags")
+        reply = await b.send("b2 FETCH 2 FLAGS")
+        assert reply.startswith(b"* FLAGS (" + flags + b" $Label3)\r\n* OK [PERMANENTFLAGS ")
+        assert b"Flags permitted\r\n* 2 FETCH (FLAGS ($Label3))\r\n" in reply
+        assert reply.count(b"* FLAGS") == 1
+        for client in (a, b, idler):
+            await client.close()
+
+    run(dsn, body)
+
+
+def test_a_nul_in_a_login_literal_is_a_failed_login(dsn: str) -> None:
+    """LOGIN with a NUL inside a literal user name is a failed login (NO
+    [AUTHENTICATIONFAILED]), not a server error; the session can still log in."""
+
+    async def body(env: Env) -> None:
+        name = fresh("nul")
+        await env.user(name)
+        client = env.client()
+        user = f"{name}\x00x".encode()
+        reply = await client.send(b"a LOGIN {%d+}\r\n%s secret" % (len(user), user))
+        assert reply == b"a NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
+        await client.login(name)
+
+    run(dsn, body)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from imapclient import IMAPClient
-from imapclient.exceptions import IMAPClientError
+from imapclient.exceptions import IMAPClientError, LoginError
+from prometheus_client.parser import text_string_to_metric_families
 
 from metadata.sections import imap_view
 from tests.conftest import SessionCluster as Cluster
@@ -197,19 +198,73 @@ def test_two_processes_see_each_others_changes(cluster: Cluster,
         second.stop()
 
 
+def test_keywords_reach_the_sessions_of_another_process(cluster: Cluster,
+                                                      certificate: tuple[Path, Path],
+                                                      imapd: Imapd, mail: Mail) -> None:
+    """SELECT lists the keywords in use in FLAGS and PERMANENTFLAGS (with \\*); when a
+    session on another imapd process stores a new keyword, the next NOOP answers FLAGS,
+    keeping the old keyword, before the FETCH that shows the new one."""
+    second = start_imapd(cluster, "imapd-2", certificate)
+    try:
+        user = new_user(mail)
+        mail.deliver(user, [b"Subject: k\r\n\r\nk\r\n"])
+        actor = connect(second, user)
+        actor.select_folder("INBOX")
+        actor.add_flags([1], [b"$Label1"])
+        watcher = connect(imapd, user)
+        selected = watcher.select_folder("INBOX")
+        assert b"$Label1" in selected[b"FLAGS"]
+        assert {b"$Label1", b"\\*"} <= set(selected[b"PERMANENTFLAGS"])
+        actor.add_flags([1], [b"$Label2"])
+        heard: list[object] = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+                isinstance(r, tuple) and b"FETCH" in r for r in heard):
+            heard.extend(watcher.noop()[1])
+            time.sleep(0.1)
+        kinds = [r[0] if r[0] == b"FLAGS" else r[1] for r in heard if isinstance(r, tuple)]
+        assert b"FLAGS" in kinds and kinds.index(b"FLAGS") < kinds.index(b"FETCH"), heard
+        flags = next(r[1] for r in heard if isinstance(r, tuple) and r[0] == b"FLAGS")
+        assert {b"$Label1", b"$Label2"} <= set(flags)
+        assert set(watcher.get_flags([1])[1]) == {b"$Label1", b"$Label2"}
+        watcher.logout()
+        actor.logout()
+    finally:
+        second.stop()
+
+
 def test_metrics_endpoint_counts_commands(imapd: Imapd, mail: Mail) -> None:
-    """GET /metrics on imapd.metrics_listen shows the commands and logins just made and
-    the open connections per listener."""
+    """GET /metrics on imapd.metrics_listen shows the commands, successful and failed
+    logins just made, the open connections per listener, and build and process metrics;
+    every name of ours starts with imapd_."""
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        url = f"http://{imapd.config.imapd.metrics_listen}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    failed = (("protocol", "imap"), ("result", "failed"))
+    before = scrape()
     user = new_user(mail)
     with connect(imapd, user) as c:
         c.select_folder("INBOX")
         c.noop()
-        url = f"http://{imapd.config.imapd.metrics_listen}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            text = response.read().decode()
-    assert 'imapd_commands_total{protocol="imap",command="SELECT",status="OK"}' in text
-    assert 'imapd_logins_total{protocol="imap",result="ok"}' in text
-    assert 'imapd_open_connections{listener="imap"}' in text
+        got = scrape()
+    wrong = connect(imapd)
+    with pytest.raises(LoginError):
+        wrong.login(user, "not the password")
+    wrong.logout()
+    after = scrape()
+    select = (("command", "SELECT"), ("protocol", "imap"), ("status", "OK"))
+    assert got["imapd_commands_total", select] >= 1
+    assert got["imapd_logins_total", (("protocol", "imap"), ("result", "ok"))] >= 1
+    assert got["imapd_open_connections", (("listener", "imap"),)] >= 1
+    assert after["imapd_logins_total", failed] == before["imapd_logins_total", failed] + 1
+    assert any(name == "imapd_build_info" for name, _ in after)
+    assert after["process_resident_memory_bytes", ()] > 0
+    ours = {name for name, _ in after if not name.startswith(("process_", "python_"))}
+    assert all(name.startswith("imapd_") for name in ours), ours
 
 
 def test_garbage_over_a_raw_socket_gets_bad_and_the_server_lives(imapd: Imapd) -> None:
