@@ -272,6 +272,8 @@ def test_pipelining_during_a_delivery_keeps_memory_bounded(
                     replies += chunk
         assert replies.startswith(f"250 2.0.0 <{user.name}@example.org> delivered".encode())
         assert b"250 2.0.0 OK\r\n" in replies
-        assert stack.only_message(user) == raw
+        assert stack.only_message(user) == (
+            f"Return-Path: <s@example.org>\r\nDelivered-To: {user.name}@example.org\r\n"
+            .encode() + raw)
     finally:
         server.stop()
