@@ -173,8 +173,8 @@ class ReceiveBuffer:
         return max(count, 0)
 
     def clear(self) -> None:
-        """Drop everything buffered."""
-        self._data = bytearray()
+        """Drop everything buffered (and release its memory)."""
+        self._data.clear()
         self._start = self._scan = 0
 
     def _consume(self, end: int) -> None:
