@@ -45,6 +45,7 @@ from director.redisconn import (
     chunked,
     new_cluster_client,
 )
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 T = TypeVar("T")
 
@@ -211,6 +212,7 @@ class LocationIndex:
     async def open(cls, addresses: Sequence[str], *, buckets: int,
                    keys: Keyspace | None = None, retry: RetryPolicy | None = None,
                    wait_replicas: int = 1, runner: ClusterRunner | None = None,
+                   auth: RedisAuth = NO_REDIS_AUTH,
                    clock: Callable[[], float] = time.time) -> LocationIndex:
         """Connect and check that the index was created with ``buckets`` buckets.
 
@@ -224,7 +226,7 @@ class LocationIndex:
         keys = keys or Keyspace()
         owned = runner is None
         if runner is None:
-            runner = ClusterRunner(new_cluster_client(addresses), retry=retry,
+            runner = ClusterRunner(new_cluster_client(addresses, auth=auth), retry=retry,
                                    wait_replicas=wait_replicas)
         layout = IndexLayout(buckets)
         meta = keys.index_meta
@@ -529,12 +531,13 @@ class SyncLocationIndex:
 
     @classmethod
     def open(cls, addresses: Sequence[str], *, buckets: int, keys: Keyspace | None = None,
-             retry: RetryPolicy | None = None, wait_replicas: int = 1) -> SyncLocationIndex:
+             retry: RetryPolicy | None = None, wait_replicas: int = 1,
+             auth: RedisAuth = NO_REDIS_AUTH) -> SyncLocationIndex:
         loop = asyncio.new_event_loop()
         try:
             index = loop.run_until_complete(LocationIndex.open(
                 addresses, buckets=buckets, keys=keys, retry=retry,
-                wait_replicas=wait_replicas))
+                wait_replicas=wait_replicas, auth=auth))
         except BaseException:
             loop.close()
             raise

@@ -30,6 +30,7 @@ from typing import Any, Final
 from director.config import DirectordConfig
 from runtime.config import ConfigError, find_config_path, load, parse_hostport
 from runtime.eventloop import new_event_loop
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth, load_credentials
 
 log = logging.getLogger("directord")
 
@@ -93,8 +94,11 @@ def start_background(client: Any, clock: Any) -> list[Any]:
     return loops
 
 
-def serve(config: DirectordConfig) -> int:
-    """Run directord until SIGTERM/SIGINT; returns the exit status."""
+def serve(config: DirectordConfig, auth: RedisAuth = NO_REDIS_AUTH) -> int:
+    """Run directord until SIGTERM/SIGINT; returns the exit status.
+
+    :param auth: Redis credentials (``runtime.secrets.load_credentials``).
+    """
     loop = new_event_loop()
     from twisted.internet import asyncioreactor
 
@@ -142,7 +146,8 @@ def serve(config: DirectordConfig) -> int:
                          (("node", node_id),))
 
     def start() -> defer.Deferred[Any]:
-        d = defer.Deferred.fromFuture(asyncio.ensure_future(BlobClient.open(config.cluster, config.director)))
+        d = defer.Deferred.fromFuture(asyncio.ensure_future(
+            BlobClient.open(config.cluster, config.director, auth=auth)))
         d.addCallback(listen)
         d.addErrback(failed_to_start)
         return d
@@ -201,10 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s")
     try:
         config = config_from_args(args)
+        auth = load_credentials(config.cluster).redis
     except ConfigError as exc:
         print(f"directord: {exc}", file=sys.stderr)
         return 2
-    return serve(config)
+    return serve(config, auth)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from redis.backoff import NoBackoff
 
 from director.errors import DirectorError, IndexUnavailable
 from runtime.config import parse_hostport
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +109,19 @@ def startup_nodes(addresses: Sequence[str]) -> list[ClusterNode]:
     return [ClusterNode(*parse_hostport(a, "cluster.redis_nodes")) for a in addresses]
 
 
-def new_cluster_client(addresses: Sequence[str], *, socket_timeout: float = 2.0) -> RedisCluster:
+def new_cluster_client(addresses: Sequence[str], *, socket_timeout: float = 2.0,
+                       auth: RedisAuth = NO_REDIS_AUTH) -> RedisCluster:
     """An unconnected asyncio cluster client; the runner does the retrying.
 
     redis-py's own retries are kept to one quick attempt so that the backoff and the
     deadline are ours (and the same for every operation).
+
+    :param auth: ACL user, password and TLS (``runtime.secrets.load_credentials``); every
+        node the client discovers is opened with them.
     """
     return RedisCluster(startup_nodes=startup_nodes(addresses), socket_timeout=socket_timeout,
                         socket_connect_timeout=socket_timeout, retry=Retry(NoBackoff(), 1),
-                        decode_responses=False)
+                        decode_responses=False, **auth.client_kwargs())
 
 
 class ClusterRunner:

@@ -26,6 +26,7 @@ from typing import Any
 from imapd.config import ImapdProcessConfig
 from runtime.config import ConfigError, find_config_path, load, parse_hostport
 from runtime.eventloop import new_event_loop
+from runtime.secrets import Credentials, load_credentials
 
 __all__ = ["EX_CONFIG", "Listener", "MailServer", "Services", "listeners", "main"]
 
@@ -84,9 +85,11 @@ def listeners(services: Services) -> list[Listener]:
 class MailServer:
     """The running process: services, ports, and an orderly stop."""
 
-    def __init__(self, config: ImapdProcessConfig, reactor: Any) -> None:
+    def __init__(self, config: ImapdProcessConfig, reactor: Any,
+                 credentials: Credentials | None = None) -> None:
         self.config = config
         self.reactor = reactor
+        self.credentials = credentials or Credentials()
         self.services: Services | None = None
         self.ports: list[Any] = []
         self.factories: list[Any] = []
@@ -104,14 +107,16 @@ class MailServer:
         from metadata.notify import ChangeListener
         from metadata.store import MetadataStore
 
-        config = self.config
+        config, creds = self.config, self.credentials
         tls = server_context(config.imapd)
         store = await MetadataStore.open(config.cluster.pg_dsn,
                                          pool_min=config.metadata.pool_min,
-                                         pool_max=config.metadata.pool_max)
-        changes = ChangeListener(config.cluster.pg_dsn, keepalive=config.imapd.notify_keepalive)
+                                         pool_max=config.metadata.pool_max,
+                                         password=creds.pg_password)
+        changes = ChangeListener(config.cluster.pg_dsn, keepalive=config.imapd.notify_keepalive,
+                                 password=creds.pg_password)
         await changes.start()
-        blobs = await BlobClient.open(config.cluster, config.director)
+        blobs = await BlobClient.open(config.cluster, config.director, auth=creds.redis)
         deliverer = Deliverer(store, blobs, config.metadata, config.imapd.max_message_size)
         backend = Backend(store, blobs, deliverer, changes, config.imapd, self.reactor)
         self.services = Services(config, store, blobs, deliverer, changes, backend, tls)
@@ -202,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load(ImapdProcessConfig, find_config_path(args.config, os.environ, Path.cwd()),
                              os.environ)
+        credentials = load_credentials(config.cluster)
     except ConfigError as exc:
         print(f"imapd: {exc}", file=sys.stderr)
         return EX_CONFIG
@@ -214,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from twisted.internet import reactor as _reactor
 
     reactor: Any = _reactor
-    server = MailServer(config, reactor)
+    server = MailServer(config, reactor, credentials)
 
     def started_failed(reason: Any) -> None:
         if reason.check(ConfigError):

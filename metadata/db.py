@@ -84,8 +84,11 @@ class Database:
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10,
                    acquire_timeout: float = 10.0, command_timeout: float | None = 60.0,
-                   ) -> Database:
+                   password: str | None = None) -> Database:
         """Connect the pool (``min_size`` connections at once).
+
+        :param password: the DSN user's password (``cluster.pg_password_file``, read by
+            ``main()``), kept out of the DSN so it never shows in a config or a log.
 
         :param acquire_timeout: seconds to wait for a free connection before
             :class:`Unavailable`.
@@ -93,7 +96,8 @@ class Database:
         :raises Unavailable: PostgreSQL cannot be reached.
         """
         with translate_errors():
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+            pool = await asyncpg.create_pool(dsn, password=password,
+                                             min_size=min_size, max_size=max_size,
                                              command_timeout=command_timeout,
                                              timeout=acquire_timeout, reset=_keep_session)
         return cls(pool, dsn, acquire_timeout)

@@ -33,14 +33,18 @@ class MetadataStore:
     @classmethod
     async def open(cls, dsn: str, *, pool_min: int = 2, pool_max: int = 10,
                    check_schema: bool = True,
-                   password_params: ScryptParams = DEFAULT_PARAMS) -> MetadataStore:
+                   password_params: ScryptParams = DEFAULT_PARAMS,
+                   password: str | None = None) -> MetadataStore:
         """Connect a pool and, unless told not to, refuse a schema that is not this
         release's.
+
+        :param password: PostgreSQL password of the DSN's user (read by ``main()`` from
+            ``cluster.pg_password_file``).
 
         :raises Unavailable: PostgreSQL cannot be reached.
         :raises SchemaError: migrations are pending, modified or unknown.
         """
-        db = await Database.open(dsn, min_size=pool_min, max_size=pool_max)
+        db = await Database.open(dsn, min_size=pool_min, max_size=pool_max, password=password)
         try:
             if check_schema:
                 async with db.connection() as conn:

@@ -41,6 +41,7 @@ from runtime.config import (
     parse_hostport,
     parse_size,
 )
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth, load_credentials
 
 log = logging.getLogger("objstored")
 
@@ -144,8 +145,11 @@ def _die_with_parent() -> None:
 
 
 def run_worker(config: ObjstoreConfig, cluster: ClusterConfig, node_id: str,
-               index: int) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit code."""
+               index: int, auth: RedisAuth = NO_REDIS_AUTH) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit code.
+
+    :param auth: Redis credentials for the load reports (worker 0 writes them).
+    """
     from twisted.internet import reactor, task
     from twisted.internet.threads import deferToThread
     from twisted.logger import STDLibLogObserver, globalLogBeginner
@@ -221,7 +225,7 @@ def run_worker(config: ObjstoreConfig, cluster: ClusterConfig, node_id: str,
                        "lmdb_map_size": info["lmdb_map_size"],
                        "lmdb_used_bytes": info["lmdb_used_bytes"], "pid": os.getpid()})
 
-        sink = RedisClusterSink(cluster.redis_nodes, prefix=cluster.redis_prefix)
+        sink = RedisClusterSink(cluster.redis_nodes, prefix=cluster.redis_prefix, auth=auth)
         reporter = LoadReporter(identity, sample, sink, r, deferToThread,
                                 config.report_interval, config.report_ttl, config.hot_keys,
                                 on_report=hot.clear)
@@ -272,7 +276,8 @@ def _run_callbacks(batch: list[tuple[Any, Any]]) -> None:
             log.exception("write completion callback failed")
 
 
-def supervise(config: ObjstoreConfig, cluster: ClusterConfig, node_id: str) -> int:
+def supervise(config: ObjstoreConfig, cluster: ClusterConfig, node_id: str,
+              auth: RedisAuth = NO_REDIS_AUTH) -> int:
     """Fork ``config.workers`` workers and keep them running until SIGTERM/SIGINT."""
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
@@ -285,7 +290,7 @@ def supervise(config: ObjstoreConfig, cluster: ClusterConfig, node_id: str) -> i
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 _die_with_parent()
-                code = run_worker(config, cluster, node_id, index)
+                code = run_worker(config, cluster, node_id, index, auth)
             except BaseException:
                 log.exception("worker %d crashed", index)
             finally:
@@ -330,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s")
     try:
         config, cluster = _config_from_args(args)
+        auth = load_credentials(cluster).redis
         data_dir = Path(config.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         node_id = resolve_node_id(data_dir, config.node_id)
@@ -342,8 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if config.workers == 1:
-            return run_worker(config, cluster, node_id, 0)
-        return supervise(config, cluster, node_id)
+            return run_worker(config, cluster, node_id, 0, auth)
+        return supervise(config, cluster, node_id, auth)
     finally:
         os.close(lock_fd)
 
