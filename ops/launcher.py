@@ -51,6 +51,8 @@ class ProcessSpec:
     stop_signal: int = signal.SIGTERM
     ready_timeout: float = 30.0
     cwd: str | None = None
+    #: Files the daemon creates (data, AOF, LMDB) are its owner's alone.
+    umask: int = 0o077
 
     @property
     def port(self) -> int:
@@ -259,7 +261,8 @@ class Launcher:
             env.update(spec.env)
             proc = subprocess.Popen(
                 list(spec.argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, cwd=spec.cwd, user=spec.user, start_new_session=True, close_fds=True)
+                env=env, cwd=spec.cwd, user=spec.user, umask=spec.umask,
+                start_new_session=True, close_fds=True)
         self.pidfile(spec.name).write_text(f"{proc.pid} {_start_time(proc.pid) or ''}\n")
         self.wait_ready(spec, proc)
         return True

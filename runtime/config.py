@@ -291,12 +291,13 @@ def to_toml(config: Any) -> str:
         lines.append(f"[{section.name}]")
         sub = getattr(config, section.name)
         for f in dataclasses.fields(sub):
-            lines.append(f"{f.name} = {_toml_value(getattr(sub, f.name))}")
+            lines.append(f"{f.name} = {toml_value(getattr(sub, f.name))}")
         lines.append("")
     return "\n".join(lines)
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """``value`` (bool, number, string or list of them) written as TOML."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -304,5 +305,5 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, tuple | list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot render {value!r} as TOML")

@@ -39,14 +39,16 @@ def read_secret(path: str | Path, key: str) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NOCTTY)
     except OSError as exc:
         raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
+    try:
+        mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise ConfigError(key, f"{path} is not a regular file")
         if mode & 0o077:
             raise ConfigError(key, f"{path} is accessible by group or others (mode "
                                    f"{stat.S_IMODE(mode):04o}); chmod 600 {path}")
-        data = f.read(MAX_SECRET_BYTES + 1)
+        data = os.read(fd, MAX_SECRET_BYTES + 1)
+    finally:
+        os.close(fd)
     if len(data) > MAX_SECRET_BYTES:
         raise ConfigError(key, f"{path} is longer than {MAX_SECRET_BYTES} bytes: "
                                f"not a password file")

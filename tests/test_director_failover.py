@@ -120,7 +120,7 @@ def setup(redis_cluster: RunningRedis,
                                         tier="hdd")
 
     try:
-        with private_installation(redis_cluster.nodes, tmp_path_factory.mktemp("failover"),
+        with private_installation(redis_cluster, tmp_path_factory.mktemp("failover"),
                                   before_start=register_fakes, timeout=TIMEOUT,
                                   cache_bytes=0) as inst:
             yield Setup(inst, fakes)
@@ -317,7 +317,7 @@ def test_redis_master_killed_loses_no_acknowledged_put(setup: Setup,
     backoff through the failover, and every put it acknowledged is indexed and readable
     afterwards."""
     cluster = redis_cluster.cluster
-    wait_replication_links(redis_cluster.nodes)
+    wait_replication_links(redis_cluster)
     masters = current_masters(redis_cluster)
     config = setup.config
     reporting = live_reports(setup)
@@ -341,7 +341,7 @@ def test_redis_master_killed_loses_no_acknowledged_put(setup: Setup,
             longest = max(longest, time.monotonic() - started)
             acked += list(zip(ids, datas, strict=True))
         cluster.launcher.start(spec)
-        wait_redis_cluster_ok(cluster.redis_addresses, timeout=60)
+        wait_redis_cluster_ok(cluster.redis_addresses, timeout=60, auth=redis_cluster.auth)
         return acked, client.index.runner.stats.retries, longest
 
     try:

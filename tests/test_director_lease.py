@@ -27,7 +27,7 @@ class Clock:
 def with_runner(redis_cluster: RunningRedis,
                 body: Callable[[ClusterRunner, Keyspace], Awaitable[Any]]) -> Any:
     async def go() -> Any:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes, auth=redis_cluster.auth))
         try:
             return await body(runner, Keyspace(f"t-{uuid.uuid4().hex[:8]}:"))
         finally:

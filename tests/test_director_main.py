@@ -34,7 +34,7 @@ def test_cli_errors_name_the_key(tmp_path: Path) -> None:
 
 def test_port_in_use_exits_nonzero(tmp_path: Path, redis_cluster: RunningRedis) -> None:
     """A taken port is reported and directord exits 1 instead of running deaf."""
-    config = private_config(redis_cluster.nodes, 0)
+    config = private_config(redis_cluster, 0)
     cfg = tmp_path / "c.toml"
     cfg.write_text(to_toml(config))
     with socket.socket() as busy:
@@ -50,7 +50,7 @@ def test_port_in_use_exits_nonzero(tmp_path: Path, redis_cluster: RunningRedis) 
 def test_sigterm_exits_zero(tmp_path: Path, redis_cluster: RunningRedis) -> None:
     """Started by the launcher, directord answers version; SIGTERM makes it finish and
     exit 0."""
-    with private_installation(redis_cluster.nodes, tmp_path, objstores=0, stages=()) as inst:
+    with private_installation(redis_cluster, tmp_path, objstores=0, stages=()) as inst:
         spec = inst.cluster.directord_spec(*parse_hostport(inst.config.director.listen))
         launcher = inst.cluster.launcher
         launcher.start(spec)

@@ -39,17 +39,17 @@ def prefix() -> str:
     return f"t-{uuid.uuid4().hex[:8]}:"
 
 
-def wait_replication_links(nodes: list[str], timeout: float = 30.0) -> None:
+def wait_replication_links(redis: RunningRedis, timeout: float = 30.0) -> None:
     """Wait until every master has an online replica again (after a failover)."""
-    wait_redis_replicas([parse_hostport(n) for n in nodes], timeout)
+    wait_redis_replicas([parse_hostport(n) for n in redis.nodes], timeout, auth=redis.auth)
 
 
 def test_durable_batch_is_confirmed_by_a_replica(redis_cluster: RunningRedis) -> None:
     """Writes spread over every master come back in order, each master's WAIT answered."""
-    wait_replication_links(redis_cluster.nodes)
+    wait_replication_links(redis_cluster)
 
     async def go() -> tuple[list[Any], int, int]:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes, auth=redis_cluster.auth))
         try:
             p = prefix()
             writes = [Command(f"{p}{i}", ("SET", f"{p}{i}", str(i))) for i in range(60)]
@@ -109,7 +109,7 @@ def test_transient_errors_are_retried(redis_cluster: RunningRedis) -> None:
         return "done"
 
     async def go() -> tuple[str, int]:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes), sleep=sleeps)
+        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes, auth=redis_cluster.auth), sleep=sleeps)
         try:
             return await runner.call("flaky", flaky), runner.stats.retries
         finally:
@@ -125,7 +125,7 @@ def test_scripts_are_loaded_again_after_a_script_flush(redis_cluster: RunningRed
     script = LuaScript("echo", "return redis.call('SET', KEYS[1], ARGV[1])")
 
     async def go() -> tuple[list[Any], int]:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes, auth=redis_cluster.auth))
         runner.register(script)
         try:
             await runner.call("flush", lambda c: c.execute_command(
@@ -146,7 +146,7 @@ def test_refused_commands_are_not_retried(redis_cluster: RunningRedis) -> None:
     """A command Redis refuses for good (WRONGTYPE) raises at once, without retries."""
 
     async def go() -> int:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes, auth=redis_cluster.auth))
         try:
             key = f"{prefix()}str"
             await runner.run("set", [Command(key, ("SET", key, "x"))])
@@ -163,11 +163,11 @@ def test_short_waits_are_counted_and_back_off(redis_cluster: RunningRedis) -> No
     """A master that cannot get enough replicas to acknowledge (2 asked, 1 exists): the
     write still succeeds, is counted unconfirmed, and that master is not waited on
     again until its hold (doubling while it stays short) has passed."""
-    wait_replication_links(redis_cluster.nodes)
+    wait_replication_links(redis_cluster)
     clock = [0.0]
 
     async def go() -> list[tuple[int, float]]:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes), wait_replicas=2,
+        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes, auth=redis_cluster.auth), wait_replicas=2,
                                wait_timeout=0.05, degraded_hold=10.0,
                                monotonic=lambda: clock[0])
         key = f"{prefix()}k"
@@ -196,7 +196,7 @@ def test_script_missing_on_one_master_runs_every_command_once(
     bump = LuaScript("objmail_test_bump", "return redis.call('INCR', KEYS[1])")
 
     async def go() -> list[int]:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes, auth=redis_cluster.auth))
         runner.register(bump)
         try:
             await runner.call("load", lambda c: c.execute_command(

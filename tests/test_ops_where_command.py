@@ -29,7 +29,7 @@ def test_where_lists_the_nodes_holding_a_blob(cli: Cli, redis_cluster: RunningRe
     num = listed(cli)[a]["number"]
     assert isinstance(num, int)
     blob = hashlib.sha256(uuid.uuid4().bytes).hexdigest()
-    with SyncLocationIndex.open(redis_cluster.nodes,
+    with SyncLocationIndex.open(redis_cluster.nodes, auth=redis_cluster.auth,
                                 buckets=DirectorConfig().index_buckets) as index:
         index.add_locations(blob, [num, 99_999])
     code, out, _err = cli("where", blob)
@@ -58,9 +58,11 @@ def test_printed_redis_cli_line_answers_the_same(redis_cluster: RunningRedis) ->
     keys = Keyspace(f"t-{uuid.uuid4().hex[:8]}:")
     tricky = "0000" + "0a0d092022275c7c00" + "ab" * 21
     assert len(tricky) == 64
-    with SyncLocationIndex.open(redis_cluster.nodes, buckets=65536, keys=keys) as index:
+    with SyncLocationIndex.open(redis_cluster.nodes, auth=redis_cluster.auth, buckets=65536, keys=keys) as index:
         index.add_locations(tricky, [3, 11])
-    line = redis_cli_line(tricky, IndexLayout(65536), keys, redis_cluster.nodes[0])
+    line = redis_cli_line(tricky, IndexLayout(65536), keys, redis_cluster.cluster.config.cluster)
+    assert redis_cluster.auth.password is not None
+    assert "REDISCLI_AUTH=" in line and redis_cluster.auth.password not in line
     result = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=20,
                             check=False)
     assert result.returncode == 0, result.stderr
