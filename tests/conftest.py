@@ -26,9 +26,11 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode
 from redis.cluster import RedisCluster as SyncRedisCluster
 
+from director.redisconn import new_cluster_client
 from ops.config import ClusterConfig, Config, DirectorConfig, ImapdConfig, ObjstoreConfig
 from ops.devcluster import DevCluster, DevOptions
 from ops.launcher import free_port, free_port_block
@@ -175,6 +177,10 @@ class RunningRedis:
     nodes: list[str]
     cluster: DevCluster
     auth: RedisAuth
+
+    def client(self, **kwargs: Any) -> AsyncRedisCluster:
+        """An unconnected asyncio cluster client with the credentials (for a runner)."""
+        return new_cluster_client(self.nodes, auth=self.auth, **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,8 @@ def with_index(redis_cluster: RunningRedis, buckets: int,
                body: Callable[[LocationIndex], Awaitable[Any]],
                keys: Keyspace | None = None) -> Any:
     async def go() -> Any:
-        index = await LocationIndex.open(redis_cluster.nodes, auth=redis_cluster.auth, buckets=buckets,
+        index = await LocationIndex.open(redis_cluster.nodes,
+                                         auth=redis_cluster.auth, buckets=buckets,
                                          keys=keys or fresh_keys())
         try:
             return await body(index)
@@ -80,8 +81,10 @@ def test_concurrent_writers_of_the_same_blobs_both_count(redis_cluster: RunningR
     ids = blob_ids(2000, "conc")
 
     async def go() -> dict[str, tuple[int, ...]]:
-        a = await LocationIndex.open(redis_cluster.nodes, auth=redis_cluster.auth, buckets=64, keys=keys)
-        b = await LocationIndex.open(redis_cluster.nodes, auth=redis_cluster.auth, buckets=64, keys=keys)
+        a = await LocationIndex.open(redis_cluster.nodes,
+                                     auth=redis_cluster.auth, buckets=64, keys=keys)
+        b = await LocationIndex.open(redis_cluster.nodes,
+                                     auth=redis_cluster.auth, buckets=64, keys=keys)
         try:
             for i in range(0, len(ids), 100):
                 chunk = ids[i:i + 100]
@@ -141,7 +144,8 @@ def test_scan_sees_every_blob_once_and_resumes_from_its_cursor(
     want = {b: ((1, 2) if i % 3 else (2, 3)) for i, b in enumerate(ids)}
 
     async def go() -> tuple[list[tuple[str, tuple[int, ...]]], list[str], int]:
-        first = await LocationIndex.open(redis_cluster.nodes, auth=redis_cluster.auth, buckets=64, keys=keys)
+        first = await LocationIndex.open(redis_cluster.nodes,
+                                         auth=redis_cluster.auth, buckets=64, keys=keys)
         await first.add_many(dict(want))
         seen: list[tuple[str, tuple[int, ...]]] = []
         page = await first.scan(0, buckets=10)
@@ -149,7 +153,8 @@ def test_scan_sees_every_blob_once_and_resumes_from_its_cursor(
         cursor = page.next_cursor
         await first.aclose()
         assert cursor == 10
-        second = await LocationIndex.open(redis_cluster.nodes, auth=redis_cluster.auth, buckets=64, keys=keys)
+        second = await LocationIndex.open(redis_cluster.nodes,
+                                          auth=redis_cluster.auth, buckets=64, keys=keys)
         try:
             async for p in second.iterate(start=cursor, buckets=7):
                 seen += p.entries
@@ -263,7 +268,8 @@ def test_master_failover_loses_no_acknowledged_location(redis_cluster: RunningRe
     masters = current_masters(redis_cluster)
 
     async def go() -> tuple[list[str], dict[str, tuple[int, ...]], int, str, float]:
-        index = await LocationIndex.open(redis_cluster.nodes, auth=redis_cluster.auth, buckets=1024, keys=keys)
+        index = await LocationIndex.open(redis_cluster.nodes,
+                                         auth=redis_cluster.auth, buckets=1024, keys=keys)
         victim = index.runner.client.get_primaries()[0]
         spec = cluster.spec(f"redis-{victim.port}")
         acked: list[str] = []

@@ -16,7 +16,7 @@ from director.index import LocationIndex
 from director.keys import Keyspace
 from director.nodes import NodeState
 from director.placement import PlacementPolicy
-from director.redisconn import ClusterRunner, Command, new_cluster_client
+from director.redisconn import ClusterRunner, Command
 from director.registry import Registry, remove_node
 from objstore.reporter import Identity, LoadSample, RedisClusterSink, build_report
 from objstore.stats import OP_NAMES
@@ -58,7 +58,7 @@ class Env:
 def with_env(redis_cluster: RunningRedis, body: Callable[[Env], Awaitable[Any]],
              keys: Keyspace | None = None) -> Any:
     async def go() -> Any:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes, auth=redis_cluster.auth))
+        runner = ClusterRunner(redis_cluster.client())
         try:
             return await body(Env(runner, keys or Keyspace(f"t-{uuid.uuid4().hex[:8]}:")))
         finally:
@@ -192,7 +192,8 @@ def test_remove_is_refused_while_a_node_holds_sole_copies(redis_cluster: Running
     ids = [hashlib.sha256(f"rm{i}".encode()).hexdigest() for i in range(100)]
 
     async def body(env: Env) -> Any:
-        index = await LocationIndex.open(redis_cluster.nodes, auth=redis_cluster.auth, buckets=16, keys=keys,
+        index = await LocationIndex.open(redis_cluster.nodes,
+                                         auth=redis_cluster.auth, buckets=16, keys=keys,
                                          runner=env.runner)
         r = env.registry
         a = await r.add("a", "127.255.0.1:1", zone="a", tier="ssd")

@@ -232,10 +232,11 @@ def test_redis_refuses_clients_without_credentials(redis_cluster: RunningRedis) 
     assert answer.startswith(b"-NOAUTH ") and answer.count(b"-NOAUTH ") == 2, answer
     password = redis_cluster.auth.password
     assert password is not None and redis_cluster.auth.username == DEV_REDIS_USER
-    for refused in ({}, {"password": "wrong"},
-                    {"username": DEV_REDIS_USER, "password": "wrong"},
-                    {"username": "default", "password": password}):
-        client = redis.Redis(host=host, port=port, socket_timeout=5, **refused)
+    refused: list[tuple[str | None, str | None]] = [
+        (None, None), (None, "wrong"), (DEV_REDIS_USER, "wrong"), ("default", password)]
+    for username, wrong in refused:
+        client = redis.Redis(host=host, port=port, socket_timeout=5, username=username,
+                             password=wrong)
         try:
             with pytest.raises(redis.AuthenticationError):
                 client.ping()

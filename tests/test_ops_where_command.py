@@ -58,7 +58,8 @@ def test_printed_redis_cli_line_answers_the_same(redis_cluster: RunningRedis) ->
     keys = Keyspace(f"t-{uuid.uuid4().hex[:8]}:")
     tricky = "0000" + "0a0d092022275c7c00" + "ab" * 21
     assert len(tricky) == 64
-    with SyncLocationIndex.open(redis_cluster.nodes, auth=redis_cluster.auth, buckets=65536, keys=keys) as index:
+    with SyncLocationIndex.open(redis_cluster.nodes,
+                                auth=redis_cluster.auth, buckets=65536, keys=keys) as index:
         index.add_locations(tricky, [3, 11])
     line = redis_cli_line(tricky, IndexLayout(65536), keys, redis_cluster.cluster.config.cluster)
     assert redis_cluster.auth.password is not None
