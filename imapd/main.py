@@ -35,6 +35,8 @@ log = logging.getLogger("imapd")
 EX_CONFIG = 78
 #: Seconds given to running commands to finish at shutdown.
 SHUTDOWN_GRACE = 2.0
+#: Seconds a login waits for Redis to check its failure counts before skipping them.
+LOGIN_LIMIT_DEADLINE = 2.0
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,9 @@ class MailServer:
         await changes.start()
         blobs = await BlobClient.open(config.cluster, config.director, auth=creds.redis)
         deliverer = Deliverer(store, blobs, config.metadata, config.imapd.max_message_size)
-        backend = Backend(store, blobs, deliverer, changes, config.imapd, self.reactor)
+        logins = login_limiter(config, creds)
+        backend = Backend(store, blobs, deliverer, changes, config.imapd, self.reactor,
+                          logins=logins)
         self.services = Services(config, store, blobs, deliverer, changes, backend, tls)
         names: list[str] = []
         for listener in listeners(self.services):
@@ -184,12 +188,35 @@ class MailServer:
         services, self.services = self.services, None
         if services is None:
             return
-        for closing in (services.changes.close, services.blobs.aclose, services.store.close):
+        closings = [services.changes.close, services.blobs.aclose, services.store.close]
+        aclose = getattr(services.backend.logins, "aclose", None)
+        if aclose is not None:
+            closings.append(aclose)
+        for closing in closings:
             try:
                 await closing()
             except Exception:
                 log.exception("error while closing %s", closing)
         log.info("imapd stopped")
+
+
+def login_limiter(config: ImapdProcessConfig, credentials: Credentials) -> Any:
+    """The failed-login limiter every process shares through Redis, or none when both
+    limits are 0.  It has its own Redis client with a short retry deadline: a login
+    waits at most that long for Redis (then the limit is skipped, see imapd.logins)."""
+    from director.redisconn import ClusterRunner, RetryPolicy, new_cluster_client
+    from imapd.logins import NoLoginLimit, RedisLoginLimiter
+
+    conf = config.imapd
+    if not conf.login_fail_limit and not conf.login_fail_limit_ip:
+        return NoLoginLimit()
+    runner = ClusterRunner(new_cluster_client(config.cluster.redis_nodes,
+                                              auth=credentials.redis),
+                           retry=RetryPolicy(deadline=LOGIN_LIMIT_DEADLINE), wait_replicas=0)
+    return RedisLoginLimiter(runner, config.cluster.redis_prefix,
+                             user_limit=conf.login_fail_limit,
+                             address_limit=conf.login_fail_limit_ip,
+                             window=conf.login_fail_window)
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
