@@ -107,14 +107,16 @@ class MailServer:
         from imapd.tls import server_context
         from metadata.delivery import Deliverer
         from metadata.notify import ChangeListener
+        from metadata.passwords import VerifiedLogins
         from metadata.store import MetadataStore
 
         config, creds = self.config, self.credentials
         tls = server_context(config.imapd)
-        store = await MetadataStore.open(config.cluster.pg_dsn,
-                                         pool_min=config.metadata.pool_min,
-                                         pool_max=config.metadata.pool_max,
-                                         password=creds.pg_password)
+        store = await MetadataStore.open(
+            config.cluster.pg_dsn, pool_min=config.metadata.pool_min,
+            pool_max=config.metadata.pool_max,
+            verified=VerifiedLogins(ttl=config.metadata.login_cache_ttl),
+            password=creds.pg_password)
         changes = ChangeListener(config.cluster.pg_dsn, keepalive=config.imapd.notify_keepalive,
                                  password=creds.pg_password)
         await changes.start()

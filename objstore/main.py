@@ -155,10 +155,11 @@ def run_worker(config: ObjstoreConfig, cluster: ClusterConfig, node_id: str,
     from twisted.logger import STDLibLogObserver, globalLogBeginner
 
     from objstore.handler import VERSION, Handler
+    from objstore.items import ReapOp, Result
+    from objstore.lmdbstore import LmdbStore
     from objstore.reporter import Identity, LoadReporter, LoadSample, RedisClusterSink
     from objstore.server import ObjstoreFactory, listen
     from objstore.stats import OP_NAMES, Counters, HotKeys, SharedSlots, totals
-    from objstore.storage import ReapOp, Result, Storage
 
     # The group-commit thread and the reactor share the GIL; the default 5 ms switch
     # interval would make a finished fsync wait behind the reactor (and vice versa) for up
@@ -168,9 +169,9 @@ def run_worker(config: ObjstoreConfig, cluster: ClusterConfig, node_id: str,
                                    redirectStandardIO=False)
     r: Any = reactor
     data_dir = Path(config.data_dir)
-    storage = Storage(data_dir / LMDB_DIR, map_size=config.map_size,
-                      max_item_size=config.max_item_size,
-                      max_readers=max(126, 64 * config.workers))
+    storage = LmdbStore(data_dir / LMDB_DIR, map_size=config.map_size,
+                        max_item_size=config.max_item_size,
+                        max_readers=max(126, 64 * config.workers))
     counters = Counters()
     hot = HotKeys()
     shared = (SharedSlots(data_dir / SHARED_STATS_FILE, config.workers, index)

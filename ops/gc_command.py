@@ -22,7 +22,15 @@ from director.jobstate import number
 from metadata.errors import MetadataError
 from metadata.store import MetadataStore
 from ops.cli import EX_OK, EX_TEMPFAIL, CommandContext
-from ops.jobrun import EX_INTERRUPTED, ProgressLine, StopFlag, cancel_run, combine, run_job
+from ops.jobrun import (
+    EX_INTERRUPTED,
+    ProgressLine,
+    StopFlag,
+    cancel_run,
+    combine,
+    run_job,
+    when,
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -129,10 +137,10 @@ async def status(ctx: CommandContext, collector: Collector) -> int:
         ctx.say(json.dumps({"running": running, **fields}, indent=2))
     elif not running:
         last = number(fields, "last_finished", 0.0)
-        ctx.say("gc: no run in progress" + (f"; last finished at {last:.0f}" if last else ""))
+        ctx.say("gc: no run in progress" + (f"; last finished at {when(last)}" if last else ""))
     else:
         buckets = collector.index.layout.buckets
-        ctx.say(f"gc: a run is in progress since {number(fields, 'active_since'):.0f}; "
-                f"collecting from {number(fields, 'guard_until'):.0f}; "
+        ctx.say(f"gc: a run is in progress since {when(number(fields, 'active_since'))}; "
+                f"collecting from {when(number(fields, 'guard_until'))}; "
                 f"{int(number(fields, 'cursor'))}/{buckets} buckets swept")
     return EX_OK

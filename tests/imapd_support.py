@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import task
@@ -37,13 +36,13 @@ from imapd.response import Response, render_all
 from imapd.server import limits_for
 from imapd.session import Session
 from metadata.delivery import Deliverer
-from metadata.notify import ChangeListener
+from metadata.notify import Change, ChangeListener
 from metadata.records import User
 from metadata.store import MetadataStore
 from ops.config import Config, ImapdConfig
+from tests.conftest import CORPUS
 from tests.metadata_support import FAST_SCRYPT
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+from tests.waiting import eventually
 
 #: Corpus messages the tests use, chosen for their structure.
 ATTACHMENT = "apache-james-mime4j/mimetools-testmsgs/twopart.msg"  # LF, 42 KB base64 blob
@@ -204,6 +203,29 @@ class Env:
                       flags: Iterable[str] = ()) -> Any:
         return await self.deliverer.deliver(user, raw, mailbox=mailbox, flags=flags)
 
+    async def hear(self, user: str) -> Heard:
+        """Listen to ``user``'s changes from now on, after every session logged in so far."""
+        heard = Heard()
+        await self.listener.subscribe(self.users[user].id, heard.changes.append)
+        return heard
+
+
+class Heard:
+    """One user's changes as the environment's listener delivers them.
+
+    Subscribed after the sessions under test, it hears each change after them (the
+    listener calls back in subscription order): once it has, so have they.
+    """
+
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+
+    async def of(self, kind: str) -> None:
+        """Wait until a change of ``kind`` was heard, then forget what was heard."""
+        await eventually(lambda: any(c.kind == kind for c in self.changes),
+                         what=f"a {kind!r} notification")
+        self.changes.clear()
+
 
 @contextlib.asynccontextmanager
 async def environment(dsn: str, *, store_dsn: str | None = None,
@@ -227,15 +249,6 @@ async def environment(dsn: str, *, store_dsn: str | None = None,
     finally:
         await listener.close()
         await store.close()
-
-
-async def eventually(check: Any, timeout: float = 5.0) -> None:
-    """Wait until ``check()`` is true (notifications cross a real PostgreSQL)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 class TcpProxy:

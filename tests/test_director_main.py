@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ops.config import parse_hostport, to_toml
 from tests.conftest import RunningRedis
 from tests.director_installation import private_config, private_installation
@@ -22,6 +24,7 @@ def run_directord(args: list[str], timeout: float = 60) -> subprocess.CompletedP
                           env={**os.environ, "OBJMAIL_REDIS_NODES": ""})
 
 
+@pytest.mark.system
 def test_cli_errors_name_the_key(tmp_path: Path) -> None:
     """A bad address on the command line stops directord at once, exit 2, naming the key."""
     cfg = tmp_path / "c.toml"

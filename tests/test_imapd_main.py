@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
 from imapd.config import ImapdConfig, ImapdProcessConfig
 from imapd.lmtp import LMTPFactory
 from imapd.main import EX_CONFIG, Services, listeners, main
@@ -48,6 +50,7 @@ def test_bad_config_exits_with_ex_config(tmp_path: Path) -> None:
     assert main(["--config", str(path)]) == EX_CONFIG
 
 
+@pytest.mark.system
 def test_unreachable_postgresql_fails_the_start(tmp_path: Path) -> None:
     """With PostgreSQL unreachable the process logs why and exits 1 instead of serving."""
     dead, port = free_port(), free_port()

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from objstore.stats import (
     COUNTER_NAMES,
     OP_INDEX,
@@ -66,6 +68,7 @@ def test_hot_keys_sampling_sees_every_key_of_a_short_cycle() -> None:
     assert all(700 < c < 1300 for c in counts.values())
 
 
+@pytest.mark.system
 def test_shared_slots_between_processes(tmp_path: Path) -> None:
     """What one worker process publishes, another reads, hot keys included."""
     path = tmp_path / "workers.stats"

@@ -94,6 +94,7 @@ def _needles(cluster: DevCluster) -> list[str]:
     return [f"127.0.0.1:{p} [cluster]" for p in ports] + [str(cluster.run_dir / "pg")]
 
 
+@pytest.mark.system
 def test_up_is_idempotent_and_down_leaves_nothing(own_cluster: DevCluster) -> None:
     """up starts everything once, a second up starts nothing, down leaves no process."""
     try:
@@ -112,6 +113,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(own_cluster: DevCluster) -> No
         assert not port_in_use("127.0.0.1", port)
 
 
+@pytest.mark.system
 def test_restart_after_down_reuses_data(own_cluster: DevCluster) -> None:
     """After down, up brings the same Redis Cluster back with its data."""
     host, port = own_cluster.redis_addresses[0]
@@ -130,6 +132,7 @@ def test_restart_after_down_reuses_data(own_cluster: DevCluster) -> None:
         own_cluster.down()
 
 
+@pytest.mark.system
 def test_port_taken_is_named(own_cluster: DevCluster) -> None:
     """up refuses to start when a port is taken, names the port, and starts nothing."""
     _host, port = own_cluster.redis_addresses[2]
@@ -145,6 +148,7 @@ def test_port_taken_is_named(own_cluster: DevCluster) -> None:
         own_cluster.down()
 
 
+@pytest.mark.system
 def test_cli_up_status_down(tmp_path: Path) -> None:
     """`objmail dev up/status/down` work from the command line with their exit codes."""
     config = make_test_config()
@@ -182,6 +186,7 @@ def test_env_override_points_at_existing_servers(test_cluster) -> None:
     assert cluster.stages() == []
 
 
+@pytest.mark.system
 def test_whole_cluster_up_twice_status_down(tmp_path: Path) -> None:
     """Every kind of process comes up healthy, a second up changes nothing, and down
     leaves no process of the cluster behind."""
