@@ -268,6 +268,7 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, R
         launcher.stop(spec)
 
 
+@pytest.mark.system
 def test_cluster_client_speaks_tls_with_client_certificate_and_acl_user(
         tls_redis: tuple[str, RedisAuth]) -> None:
     """With redis_tls, the CA, a client certificate and the ACL user, the director's cluster

@@ -13,6 +13,7 @@ from OpenSSL import SSL
 
 from imapd.tls import ServerTLS, server_context
 from ops.config import ConfigError, ImapdConfig
+from tests.tls_support import make_certificates
 
 
 def make_pair(directory: Path, name: str) -> tuple[Path, Path]:
@@ -104,7 +105,8 @@ def client_context(*, maximum: ssl.TLSVersion | None = None,
 
 @pytest.fixture(scope="module")
 def rsa_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return make_pair(tmp_path_factory.mktemp("tls-rsa"), "localhost")
+    files = make_certificates(tmp_path_factory.mktemp("tls-rsa"), rsa_keys=True)
+    return files.server_cert, files.server_key
 
 
 def context_for(pair: tuple[Path, Path], min_version: str = "1.2") -> ServerTLS:

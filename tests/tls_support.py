@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
@@ -27,16 +27,20 @@ def _name(common: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def _write_key(path: Path, key: PrivateKey) -> None:
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                        serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
     path.chmod(0o600)
 
 
-def make_certificates(directory: Path) -> TlsFiles:
+def make_certificates(directory: Path, *, rsa_keys: bool = False) -> TlsFiles:
     """A CA and, signed by it, a server certificate (localhost, 127.0.0.1) and a client
-    certificate, valid for a day."""
+    certificate, valid for a day; P-256 keys, or RSA-2048 ones for the leaves (to test
+    ECDHE-RSA suites)."""
     directory.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -51,8 +55,9 @@ def make_certificates(directory: Path) -> TlsFiles:
           .sign(ca_key, hashes.SHA256()))
 
     def leaf(common: str, usage: x509.ObjectIdentifier,
-             san: list[x509.GeneralName]) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key = ec.generate_private_key(ec.SECP256R1())
+             san: list[x509.GeneralName]) -> tuple[x509.Certificate, PrivateKey]:
+        key: PrivateKey = (rsa.generate_private_key(public_exponent=65537, key_size=2048)
+                           if rsa_keys else ec.generate_private_key(ec.SECP256R1()))
         cert = (x509.CertificateBuilder().subject_name(_name(common)).issuer_name(ca.subject)
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - dt.timedelta(minutes=5))
