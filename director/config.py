@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 
 from runtime.config import GIB, KIB, MIB, ClusterConfig, check, parse_hostport
 
+#: The smallest ``director.gc_grace`` (and ``objmail gc --grace``) accepted by default:
+#: gc's guard must outlast nearly every delivery from upload to commit, or slow ones fail
+#: (temporarily: the commit re-checks its blobs) instead of landing.
+MIN_GC_GRACE = 600.0
+
 
 @dataclass(frozen=True)
 class DirectorConfig:
@@ -45,6 +50,9 @@ class DirectorConfig:
     level_bytes_per_pass: int = 256 * MIB
     level_scan_entries: int = 2000
     gc_grace: float = 3600.0
+    gc_min_grace: float = MIN_GC_GRACE
+    index_write_replicas: int = 1
+    index_write_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, "listen")
@@ -78,7 +86,13 @@ class DirectorConfig:
             check(getattr(self, key) >= 1, key, "must be at least 1")
         check(self.repair_retry_delay >= 0, "repair_retry_delay", "must not be negative")
         check(self.repair_down_grace >= 0, "repair_down_grace", "must not be negative")
-        check(self.gc_grace >= 0, "gc_grace", "must not be negative")
+        check(self.gc_min_grace >= 0, "gc_min_grace", "must not be negative")
+        check(self.gc_grace >= self.gc_min_grace, "gc_grace",
+              f"must be at least gc_min_grace ({self.gc_min_grace:g} s), got "
+              f"{self.gc_grace:g}")
+        check(0 <= self.index_write_replicas <= 8, "index_write_replicas",
+              f"must be 0..8, got {self.index_write_replicas}")
+        check(self.index_write_timeout > 0, "index_write_timeout", "must be positive")
         check(0 < self.level_tolerance < 1, "level_tolerance",
                f"must be a fraction of capacity between 0 and 1, got {self.level_tolerance}")
         check(self.level_bytes_per_pass >= 1, "level_bytes_per_pass", "must be at least 1")

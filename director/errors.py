@@ -11,6 +11,12 @@ class IndexUnavailable(DirectorError):
     """Redis Cluster did not answer within the retry deadline (outage, failover too long)."""
 
 
+class WriteUnconfirmed(IndexUnavailable):
+    """A Redis write was not acknowledged by ``director.index_write_replicas`` replicas
+    within ``director.index_write_timeout``: it would not survive a master failover, so
+    it does not count (a temporary failure)."""
+
+
 class IndexLayoutMismatch(DirectorError):
     """The index in Redis was created with another bucket count than the config says."""
 

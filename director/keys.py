@@ -188,6 +188,12 @@ class Keyspace:
         """HASH (listpack): binary id tail -> ``b"n1,n2"``."""
         return f"{self.prefix}ix:{bucket_name}"
 
+    def item_bucket(self, bucket_name: str) -> str:
+        """HASH (listpack), as :meth:`index_bucket`, for the items memcached clients store
+        through directord under plain keys (field: the tail of
+        :func:`item_index_id`).  A key space of its own: gc sweeps only the blobs'."""
+        return f"{self.prefix}ixi:{bucket_name}"
+
     @property
     def index_meta(self) -> str:
         """HASH: ``buckets`` (fixed when the index is first used), ``created``."""

@@ -45,7 +45,9 @@ class RedisState:
         :raises IndexUnavailable: Redis Cluster cannot be reached within the deadline.
         """
         keys = keys or Keyspace(cluster.redis_prefix)
-        runner = ClusterRunner(new_cluster_client(cluster.redis_nodes, auth=auth), retry=retry)
+        runner = ClusterRunner(new_cluster_client(cluster.redis_nodes, auth=auth), retry=retry,
+                               wait_replicas=director.index_write_replicas,
+                               wait_timeout=director.index_write_timeout)
         try:
             index = await LocationIndex.open(cluster.redis_nodes,
                                              buckets=director.index_buckets, keys=keys,

@@ -36,7 +36,7 @@ from imapd.backend import Backend
 from imapd.bodies import BodyReader
 from imapd.logins import LIMITED_TEXT, LoginsLimited, authenticate
 from imapd.pop3parser import AuthLine, Pop3Command, err, multiline, ok
-from imapd.sasl import SaslError, decode_plain
+from imapd.sasl import ProxyRefused, SaslError, decode_plain
 from metadata.errors import MetadataError, NoSuchMailbox, Unavailable
 from metadata.flags import DELETED, Flags
 from metadata.records import User
@@ -225,7 +225,9 @@ class Pop3Session:
             return err("Authentication cancelled")
         try:
             credentials = decode_plain(base64.b64decode(data, validate=True))
-        except (binascii.Error, SaslError):
+        except (binascii.Error, SaslError) as exc:
+            if isinstance(exc, ProxyRefused):  # a refused login all the same
+                self.backend.metrics.login("pop3", False)
             return err("Invalid PLAIN response")
         return await self._password_login(credentials.username, credentials.password,
                                           reply=False)

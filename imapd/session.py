@@ -453,6 +453,7 @@ class Session:
         try:
             credentials = decode_plain(message)
         except ProxyRefused:
+            self.backend.metrics.login("imap", False)  # a refused login all the same
             return Tagged(tag, Status.NO, "Acting as another user is not allowed",
                           AUTHORIZATIONFAILED)
         except SaslError as exc:

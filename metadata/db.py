@@ -6,7 +6,7 @@ installed and running) and close it on that same loop.  Every multi-row change r
 :meth:`Database.transaction`; reads that need one consistent view too.
 
 Driver exceptions that mean "PostgreSQL is not there" (refused connection, server shutdown,
-connection lost mid-query, pool acquire timeout) leave as :class:`~metadata.errors.Unavailable`
+connection lost mid-query, pool acquire timeout, refused credentials) leave as :class:`~metadata.errors.Unavailable`
 and "the schema is missing" as :class:`~metadata.errors.SchemaError`; callers map only these
 two to their protocol.  Everything else (constraint violations the store did not expect,
 syntax errors) stays a driver exception: a bug.
@@ -45,6 +45,10 @@ def translate_errors() -> Iterator[None]:
                           "run `objmail db migrate`") from exc
     except _UNAVAILABLE as exc:
         raise Unavailable(f"PostgreSQL unavailable: {exc or type(exc).__name__}") from exc
+    except asyncpg.exceptions.InvalidAuthorizationSpecificationError as exc:
+        # A wrong password or user, or pg_hba.conf refusing us: unusable until an operator
+        # fixes the credentials (a daemon exits 69 at start-up, a command says NO/451).
+        raise Unavailable(f"PostgreSQL refused the credentials: {exc}") from exc
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -31,9 +31,12 @@ class ObjstoreConfig:
     max_pipeline: int = 1024
     slow_reader_timeout: float = 30.0
     expire_sweep_interval: float = 60.0
+    metrics_listen: str = "127.0.0.1:9111"
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, "listen")
+        if self.metrics_listen:
+            parse_hostport(self.metrics_listen, "metrics_listen")
         check(1 <= self.workers <= 64, "workers", f"must be 1..64, got {self.workers}")
         check(KIB <= self.max_item_size <= 64 * MIB, "max_item_size",
                f"must be between 1 KiB and 64 MiB, got {self.max_item_size}")

@@ -424,6 +424,7 @@ class Handler:
         sc = self.storage.counters
         self.counters.corrupt_reads = sc["corrupt_reads"]
         self.counters.get_expired = sc["get_expired"]
+        self.counters.sync_store(sc)
 
     def _general_stats(self) -> tuple[tuple[bytes, bytes], ...]:
         now = self._clock()

@@ -97,6 +97,8 @@ class Result:
     number: int | None = None
     win: bytes = b""
     records: tuple[Record | None, ...] = ()
+    #: for the sweep (ReapOp): keys examined.
+    scanned: int = 0
 
 
 class Txn(Protocol):
@@ -429,8 +431,8 @@ class QuarantineOp(WriteOp):
 class ReapOp(WriteOp):
     """Delete up to ``limit`` expired items from ``start`` on (a resumable sweep).
 
-    The result's ``number`` is how many were removed, ``record.key`` where to resume
-    (b"" once the sweep wrapped around).
+    The result's ``number`` is how many were removed, ``scanned`` how many keys were
+    examined, ``record.key`` where to resume (b"" once the sweep wrapped around).
     """
 
     start: bytes = b""
@@ -442,12 +444,14 @@ class ReapOp(WriteOp):
         expired: list[bytes] = []
         last = b""
         more = False
+        scanned = 0
         entries = tx.iterate(self.start)
-        for seen, (key, rec) in enumerate(entries):
-            if seen == self.limit:
+        for key, rec in entries:
+            if scanned == self.limit:
                 more = True
                 break
             last = key
+            scanned += 1
             if rec is not None and not alive(rec, now, oldest):
                 expired.append(key)
         del entries  # done iterating before writing
@@ -455,7 +459,8 @@ class ReapOp(WriteOp):
             tx.delete(key)
         tx.counters["reclaimed"] += len(expired)
         resume = last + b"\x00" if more else b""
-        return Result(Outcome.OK, Record(resume, b"", 0, 0, 0, 0), len(expired))
+        return Result(Outcome.OK, Record(resume, b"", 0, 0, 0, 0), len(expired),
+                      scanned=scanned)
 
 
 Callback = Callable[[Result], None]

@@ -24,13 +24,16 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from twisted.internet import defer
 
 from objstore.stats import OP_NAMES
 from runtime.nodekeys import DEFAULT_PREFIX, hot_key, report_key
 from runtime.secrets import NO_REDIS_AUTH, RedisAuth
+
+if TYPE_CHECKING:
+    from runtime.metrics import JobRecorder
 
 log = logging.getLogger(__name__)
 
@@ -179,12 +182,14 @@ class LoadReporter:
     :param sink: where reports go; its ``write`` runs via ``run_in_thread``.
     :param clock: scheduler (a ``task.Clock`` in tests).
     :param run_in_thread: ``deferToThread`` or, in tests, a synchronous stand-in.
+    :param recorder: the job metrics of the reports (``objstore_job_*{job="load_report"}``).
     """
 
     def __init__(self, identity: Identity, sample: Callable[[], LoadSample], sink: ReportSink,
                  clock: Any, run_in_thread: Callable[..., defer.Deferred[Any]],
                  interval: float, ttl: int, hot_keys: int = 32,
-                 on_report: Callable[[], None] | None = None) -> None:
+                 on_report: Callable[[], None] | None = None,
+                 recorder: JobRecorder | None = None) -> None:
         self.identity = identity
         self._sample = sample
         self._sink = sink
@@ -194,6 +199,7 @@ class LoadReporter:
         self.ttl = ttl
         self.hot_keys = hot_keys
         self._on_report = on_report
+        self._recorder = recorder
         self._previous: LoadSample | None = None
         self._call: Any = None
         self._busy = False
@@ -237,6 +243,8 @@ class LoadReporter:
         current = self._sample()
         fields, hot = build_report(self.identity, self._previous, current, self.hot_keys)
         self._busy = True
+        if self._recorder is not None:
+            self._recorder.started()
         d = self._run(self._sink.write, self.identity.node_id, fields, hot, self.ttl)
 
         def ok(_: object) -> bool:
@@ -244,6 +252,8 @@ class LoadReporter:
             self._previous = current
             self.failures = 0
             self.reports += 1
+            if self._recorder is not None:
+                self._recorder.succeeded()
             if self._on_report is not None:
                 self._on_report()
             return True
@@ -255,6 +265,8 @@ class LoadReporter:
             self._previous = current
             self.failures += 1
             self.last_error = str(reason.value)
+            if self._recorder is not None:
+                self._recorder.failed()
             log.warning("load report to Redis failed (%d in a row): %s", self.failures,
                         reason.value)
             return False

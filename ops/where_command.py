@@ -52,10 +52,14 @@ def redis_cli_command(cluster: ClusterConfig, node: str | None = None) -> str:
 
 
 def redis_cli_line(blob_id: str, layout: IndexLayout, keys: Keyspace,
-                   cluster: ClusterConfig) -> str:
+                   cluster: ClusterConfig, *, items: bool = False) -> str:
     """A shell line that asks Redis directly (the field is binary: redis-cli reads the
-    ``\\xHH`` escapes from a quoted argument on its standard input)."""
-    key = keys.index_bucket(layout.bucket_name(layout.bucket_of(blob_id)))
+    ``\\xHH`` escapes from a quoted argument on its standard input).
+
+    :param items: the id is a directord item's (its own key space).
+    """
+    bucket = layout.bucket_name(layout.bucket_of(blob_id))
+    key = keys.item_bucket(bucket) if items else keys.index_bucket(bucket)
     field = "".join(f"\\x{b:02x}" for b in layout.field_of(blob_id))
     command = f'HGET {key} "{field}"'
     return f"printf '%s\\n' {shlex.quote(command)} | {redis_cli_command(cluster)}"
@@ -69,11 +73,16 @@ def run(ctx: CommandContext) -> int:
         return EX_DATAERR
 
     async def work(state: RedisState) -> int:
-        numbers = await state.index.locations(blob_id)
+        index = state.index
+        numbers = await index.locations(blob_id)
+        if not numbers:  # perhaps the index id of a directord item
+            items = index.item_space()
+            if found := await items.locations(blob_id):
+                index, numbers = items, found
         snapshot = await state.registry.snapshot()
-        layout, keys = state.index.layout, state.index.keys
-        bucket = keys.index_bucket(layout.bucket_name(layout.bucket_of(blob_id)))
-        cli = redis_cli_line(blob_id, layout, keys, ctx.config.cluster)
+        layout, keys = index.layout, index.keys
+        bucket = index.bucket_key(blob_id)
+        cli = redis_cli_line(blob_id, layout, keys, ctx.config.cluster, items=index.items)
         rows = []
         for number in numbers:
             node = snapshot.by_number(number)

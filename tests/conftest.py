@@ -201,11 +201,12 @@ def make_test_config(rng: random.Random | None = None) -> Config:
     """A config whose every port is free right now."""
     redis_base = free_port_block(6, bus_offset=10000, rng=rng)
     objstore_base = free_port_block(3, rng=rng)
+    objstore_metrics = free_port_block(3, rng=rng)
     cluster = ClusterConfig(
         pg_dsn=f"postgresql://postgres@127.0.0.1:{free_port()}/objmail",
         redis_nodes=tuple(f"127.0.0.1:{redis_base + i}" for i in range(6)))
     objstore = ObjstoreConfig(listen=f"127.0.0.1:{objstore_base}", report_interval=1.0,
-                              report_ttl=5)
+                              report_ttl=5, metrics_listen=f"127.0.0.1:{objstore_metrics}")
 
     def free() -> str:
         return f"127.0.0.1:{free_port()}"

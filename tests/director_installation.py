@@ -83,12 +83,13 @@ def private_config(redis: RunningRedis, objstores: int, **director: Any) -> Conf
     does not make the object servers look down.
     """
     objstore_base = free_port_block(objstores)
+    objstore_metrics = free_port_block(max(objstores, 1))
     director_base = free_port_block(2)
     return Config(
         cluster=dataclasses.replace(redis.cluster.config.cluster,
                                     redis_prefix=f"t{uuid.uuid4().hex[:10]}:"),
         objstore=ObjstoreConfig(listen=f"127.0.0.1:{objstore_base}", report_interval=1.0,
-                                report_ttl=15),
+                                report_ttl=15, metrics_listen=f"127.0.0.1:{objstore_metrics}"),
         director=dataclasses.replace(
             DirectorConfig(listen=f"127.0.0.1:{director_base}",
                            metrics_listen=f"127.0.0.1:{director_base + 1}",

@@ -76,6 +76,14 @@ class MemoryBlobs:
             ids.append(bid)
         return ids
 
+    async def gc_generation(self) -> int:
+        return 0  # this twin never collects anything
+
+    async def check_kept(self, ids: Iterable[str], generation: int) -> None:
+        missing = [bid for bid in ids if bid not in self.data]
+        if missing:
+            raise BlobUnavailable(f"blob {missing[0]} is gone (test twin)")
+
     async def get(self, blob_id: str) -> bytes:
         return (await self.get_many([blob_id]))[blob_id]
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ops.config import parse_hostport, to_toml
+from ops.launcher import free_port
+from runtime.secrets import write_secret
 from tests.conftest import RunningRedis
 from tests.director_installation import private_config, private_installation
 from tests.objstore_process import REPO
@@ -26,17 +32,74 @@ def run_directord(args: list[str], timeout: float = 60) -> subprocess.CompletedP
 
 @pytest.mark.system
 def test_cli_errors_name_the_key(tmp_path: Path) -> None:
-    """A bad address on the command line stops directord at once, exit 2, naming the key."""
+    """A bad address on the command line or in the file stops directord at once with
+    exit 78 (EX_CONFIG), naming the key, in the log format asked for."""
     cfg = tmp_path / "c.toml"
     cfg.write_text("")
     bad = run_directord(["--config", str(cfg), "--listen", "nohost"])
-    assert bad.returncode == 2 and b"director.listen" in bad.stderr
+    assert bad.returncode == 78 and b"director.listen" in bad.stderr
     bad = run_directord(["--config", str(cfg), "--metrics-listen", "x:99999"])
-    assert bad.returncode == 2 and b"director.metrics_listen" in bad.stderr
+    assert bad.returncode == 78 and b"director.metrics_listen" in bad.stderr
+    cfg.write_text("[director]\nreplicas = 0\n")
+    bad = run_directord(["--config", str(cfg), "--log-format", "json"])
+    (line,) = bad.stderr.decode().splitlines()
+    fields = json.loads(line)
+    assert bad.returncode == 78 and list(fields) == ["ts", "level", "logger", "pid", "msg"]
+    assert fields["level"] == "error" and "director.replicas" in fields["msg"]
+
+
+@pytest.mark.system
+@pytest.mark.slow
+def test_unreachable_redis_exits_unavailable(tmp_path: Path) -> None:
+    """With no Redis Cluster to reach, directord gives up after the retry deadline
+    with exit 69 (EX_UNAVAILABLE) instead of serving."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[cluster]\nredis_nodes = ["127.0.0.1:{free_port()}"]\n'
+                   f'[director]\nlisten = "127.0.0.1:{free_port()}"\nmetrics_listen = ""\n')
+    result = run_directord(["--config", str(cfg)], timeout=120)
+    assert result.returncode == 69, result.stderr[-2000:]
+    assert b"directord cannot start" in result.stderr
+
+
+@pytest.mark.system
+def test_a_secret_file_others_can_read_exits_config(tmp_path: Path) -> None:
+    """A Redis password file readable by group or others is a configuration error:
+    exit 78 before anything starts, naming the key and how to fix the mode."""
+    secret = tmp_path / "redis.password"
+    secret.write_text("hunter2\n")
+    secret.chmod(0o644)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[cluster]\nredis_password_file = "{secret}"\n'
+                   f'[director]\nlisten = "127.0.0.1:{free_port()}"\nmetrics_listen = ""\n')
+    result = run_directord(["--config", str(cfg)])
+    assert result.returncode == 78, result.stderr[-2000:]
+    assert b"cluster.redis_password_file" in result.stderr and b"chmod 600" in result.stderr
+    assert b"hunter2" not in result.stderr
+
+
+def test_a_wrong_redis_password_exits_unavailable(tmp_path: Path,
+                                                  redis_cluster: RunningRedis) -> None:
+    """Redis refusing directord's password stops the start at once (not after the retry
+    deadline) with exit 69 (EX_UNAVAILABLE) and a message saying the credentials were
+    refused, without the password."""
+    secret = tmp_path / "wrong.password"
+    write_secret(secret, "not-the-password")
+    config = private_config(redis_cluster, 0)
+    config = dataclasses.replace(config, cluster=dataclasses.replace(
+        config.cluster, redis_password_file=str(secret)))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(to_toml(config))
+    started = time.monotonic()
+    result = run_directord(["--config", str(cfg), "--metrics-listen", ""])
+    assert result.returncode == 69, result.stderr[-2000:]
+    assert time.monotonic() - started < 20
+    assert b"refused the credentials" in result.stderr
+    assert b"not-the-password" not in result.stderr
 
 
 def test_port_in_use_exits_nonzero(tmp_path: Path, redis_cluster: RunningRedis) -> None:
-    """A taken port is reported and directord exits 1 instead of running deaf."""
+    """A taken port is reported and directord exits 71 (EX_OSERR) instead of running
+    deaf."""
     config = private_config(redis_cluster, 0)
     cfg = tmp_path / "c.toml"
     cfg.write_text(to_toml(config))
@@ -46,15 +109,17 @@ def test_port_in_use_exits_nonzero(tmp_path: Path, redis_cluster: RunningRedis) 
         port = busy.getsockname()[1]
         result = run_directord(["--config", str(cfg), "--listen", f"127.0.0.1:{port}",
                                 "--metrics-listen", ""])
-    assert result.returncode == 1
+    assert result.returncode == 71
     assert b"cannot start" in result.stderr and str(port).encode() in result.stderr
 
 
 def test_sigterm_exits_zero(tmp_path: Path, redis_cluster: RunningRedis) -> None:
-    """Started by the launcher, directord answers version; SIGTERM makes it finish and
-    exit 0."""
+    """Started by the launcher, directord answers version and /metrics (directord_*
+    samples with its jobs, build and process metrics), logs JSON lines when asked;
+    SIGTERM makes it finish and exit 0."""
     with private_installation(redis_cluster, tmp_path, objstores=0, stages=()) as inst:
         spec = inst.cluster.directord_spec(*parse_hostport(inst.config.director.listen))
+        spec = dataclasses.replace(spec, argv=(*spec.argv, "--log-format", "json"))
         launcher = inst.cluster.launcher
         launcher.start(spec)
         pid = launcher.pid_of(spec)
@@ -62,6 +127,19 @@ def test_sigterm_exits_zero(tmp_path: Path, redis_cluster: RunningRedis) -> None
         with socket.create_connection(parse_hostport(inst.config.director.listen)) as sock:
             sock.sendall(b"version\r\n")
             assert sock.recv(100) == b"VERSION 1.6.18-directord\r\n"
+        host, port = parse_hostport(inst.config.director.metrics_listen)
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+        assert got["directord_open_connections", ()] == 0
+        assert got["directord_failovers_total", ()] == 0
+        for job in ("repair", "level", "drain"):
+            assert got["directord_job_failures_total", (("job", job),)] == 0
+        assert any(name == "directord_build_info" for name, _ in got)
+        assert got["process_open_fds", ()] > 0
+        ours = {name for name, _ in got if not name.startswith(("process_", "python_"))}
+        assert all(name.startswith("directord_") for name in ours), ours
         launcher.signal(spec, signal.SIGTERM)
         deadline = time.monotonic() + 20
         while True:
@@ -71,4 +149,8 @@ def test_sigterm_exits_zero(tmp_path: Path, redis_cluster: RunningRedis) -> None
             assert time.monotonic() < deadline, "directord ignored SIGTERM"
             time.sleep(0.05)
         assert os.waitstatus_to_exitcode(status) == 0
-        assert "directord stopped" in launcher.logfile("directord").read_text()
+        # The launcher heads each run in the log with a "--- ... starting" line of its own.
+        lines = [json.loads(x) for x in launcher.logfile("directord").read_text().splitlines()
+                 if not x.startswith("--- ")]
+        assert all(list(x)[:5] == ["ts", "level", "logger", "pid", "msg"] for x in lines)
+        assert any(x["msg"] == "directord stopped" for x in lines)

@@ -3,15 +3,18 @@ load reports in a real Redis Cluster and serving while Redis is gone."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pymemcache.client.base import Client
 
 from objstore.main import resolve_node_id
@@ -50,22 +53,72 @@ def _run_objstored(args: list[str], timeout: float = 20) -> subprocess.Completed
 
 @pytest.mark.system
 def test_cli_errors_name_the_key(tmp_path: Path) -> None:
-    """Bad settings stop objstored at once with exit 2 and a message naming the key."""
+    """Bad settings stop objstored at once with exit 78 (EX_CONFIG) and a message naming
+    the key; a port already taken is 71 (EX_OSERR), also naming the key."""
     cfg = tmp_path / "c.toml"
     write_config(cfg, {}, None)
     port = free_port()
     common = ["--config", str(cfg), "--listen", f"127.0.0.1:{port}", "--data",
               str(tmp_path / "d")]
     too_big = _run_objstored([*common, "--max-item-size", "100M"])
-    assert too_big.returncode == 2 and b"max_item_size" in too_big.stderr
+    assert too_big.returncode == 78 and b"objstore.max_item_size" in too_big.stderr
     bad_workers = _run_objstored([*common, "--workers", "0"])
-    assert bad_workers.returncode == 2 and b"workers" in bad_workers.stderr
+    assert bad_workers.returncode == 78 and b"objstore.workers" in bad_workers.stderr
+    bad_metrics = _run_objstored([*common, "--metrics-listen", "nohost"])
+    assert bad_metrics.returncode == 78 and b"objstore.metrics_listen" in bad_metrics.stderr
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         in_use = _run_objstored(["--config", str(cfg), "--data", str(tmp_path / "e"),
                                  "--listen", f"127.0.0.1:{busy.getsockname()[1]}"])
-    assert in_use.returncode == 2 and b"objstore.listen" in in_use.stderr
+    assert in_use.returncode == 71 and b"objstore.listen" in in_use.stderr
+
+
+def scrape(server: Objstored) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the server's /metrics, parsed by prometheus_client."""
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as resp:
+        text = resp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+@pytest.mark.system
+def test_metrics_endpoint_and_json_logs(tmp_path: Path) -> None:
+    """objstored serves /metrics with objstore_* samples that follow what clients do
+    (commands, items, commit batches and their latency histogram, connections, job
+    metrics, build and process metrics), and --log-format json writes only JSON lines
+    with the stable field set."""
+    with objstored(tmp_path, metrics=True, extra_args=["--log-format", "json"]) as s:
+        mc = client(s)
+        for i in range(20):
+            assert mc.set(f"m{i}", b"x" * 100)
+        assert mc.get("m1") == b"x" * 100 and mc.get("nope") is None
+        got = scrape(s)
+        assert got["objstore_commands_total", (("command", "set"),)] == 20
+        assert got["objstore_get_hits_total", ()] == 1
+        assert got["objstore_get_misses_total", ()] == 1
+        assert got["objstore_items", ()] == 20
+        assert got["objstore_open_connections", ()] == 1
+        assert got["objstore_commit_batches_total", ()] >= 1
+        assert got["objstore_committed_ops_total", ()] >= 20
+        assert got["objstore_commit_seconds_count", ()] == got["objstore_commit_batches_total", ()]
+        assert got["objstore_commit_seconds_bucket", (("le", "+Inf"),)] \
+            == got["objstore_commit_seconds_count", ()]
+        assert got["objstore_job_failures_total", (("job", "expiry"),)] == 0
+        assert ("objstore_job_failures_total", (("job", "load_report"),)) in got
+        assert [v for (name, _), v in got.items() if name == "objstore_build_info"] == [1]
+        assert got["process_resident_memory_bytes", ()] > 0
+        ours = {name for name, _ in got if not name.startswith(("process_", "python_"))}
+        assert all(name.startswith("objstore_") for name in ours), ours
+        mc.close()
+        assert s.stop() == 0
+        # The launcher heads each run in the log with a "--- ... starting" line of its own.
+        lines = [x for x in s.log_path.read_text().splitlines() if not x.startswith("--- ")]
+    assert lines
+    for line in lines:
+        fields = json.loads(line)
+        assert list(fields)[:5] == ["ts", "level", "logger", "pid", "msg"], line
+    assert any("serving" in json.loads(line)["msg"] for line in lines)
 
 
 @pytest.mark.system
@@ -93,18 +146,18 @@ def test_sigterm_exits_zero_and_keeps_acknowledged_writes(tmp_path: Path) -> Non
 
 @pytest.mark.system
 def test_data_dir_is_locked(tmp_path: Path) -> None:
-    """A second objstored on the same data directory refuses to start."""
+    """A second objstored on the same data directory refuses to start (exit 71)."""
     with objstored(tmp_path) as s:
         other = _run_objstored(["--config", str(s.config_path), "--data", str(s.data_dir),
                                 "--listen", f"127.0.0.1:{free_port()}"])
-        assert other.returncode == 2 and b"in use by another objstored" in other.stderr
+        assert other.returncode == 71 and b"in use by another objstored" in other.stderr
 
 
 @pytest.mark.system
 def test_workers_share_port_and_store(tmp_path: Path) -> None:
-    """--workers 2: both processes accept on one port and serve one store; SIGTERM stops
-    them all with exit 0."""
-    with objstored(tmp_path, workers=2) as s:
+    """--workers 2: both processes accept on one port and serve one store; /metrics
+    (worker 0) counts every worker's commands; SIGTERM stops them all with exit 0."""
+    with objstored(tmp_path, workers=2, metrics=True) as s:
         pids: set[int] = set()
 
         def both_workers_answered() -> bool:
@@ -126,6 +179,8 @@ def test_workers_share_port_and_store(tmp_path: Path) -> None:
         # Every worker's counters reach the node totals within the publishing period.
         wait_until(lambda: readers[0].stats()[b"cmd_set"] >= 300, 10,
                    what="both workers' sets in the node totals")
+        wait_until(lambda: scrape(s)["objstore_commands_total", (("command", "set"),)] >= 300,
+                   10, what="both workers' sets in worker 0's /metrics")
         for mc in writers + readers:
             mc.close()
         assert s.pid is not None

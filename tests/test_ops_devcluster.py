@@ -210,6 +210,23 @@ def test_whole_cluster_up_twice_status_down(tmp_path: Path) -> None:
     assert leftovers == []
 
 
+def test_dev_objstores_get_their_own_metrics_ports(tmp_path: Path) -> None:
+    """objstored-n serves metrics on objstore.metrics_listen's port + n - 1 (9111, 9112,
+    9113 by default), passed on its command line and checked as one of its ports; one
+    started specially serves none unless told where."""
+    from ops.config import Config
+
+    cluster = DevCluster(Config(), tmp_path, DevOptions(objstore_count=3))
+    specs = [cluster.spec(f"objstored-{n}") for n in (1, 2, 3)]
+    for n, spec in enumerate(specs, start=1):
+        at = spec.argv.index("--metrics-listen")
+        assert spec.argv[at + 1] == f"127.0.0.1:{9110 + n}"
+        assert spec.ports == (11210 + n, 9110 + n)
+    special = cluster.objstored_spec("x", "127.0.0.1", 1, tmp_path, zone="a")
+    assert special.argv[special.argv.index("--metrics-listen") + 1] == ""
+    assert special.ports == (1,)
+
+
 def test_free_ports_stay_out_of_the_ephemeral_range() -> None:
     """Ports handed to servers never come from the range the kernel picks outgoing
     connections' local ports from: a client reconnecting to a killed server there can

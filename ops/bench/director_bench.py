@@ -69,7 +69,8 @@ def bench_config(rng: random.Random) -> Config:
     director = free_block(2, rng)
     return Config(
         cluster=ClusterConfig(redis_nodes=tuple(f"127.0.0.1:{redis + i}" for i in range(6))),
-        objstore=ObjstoreConfig(listen=f"127.0.0.1:{objstore}", max_connections=4096),
+        objstore=ObjstoreConfig(listen=f"127.0.0.1:{objstore}", max_connections=4096,
+                                metrics_listen=f"127.0.0.1:{free_block(3, rng)}"),
         # No frontend cache: every get is measured reading an object server.
         director=DirectorConfig(listen=f"127.0.0.1:{director}",
                                 metrics_listen=f"127.0.0.1:{director + 1}", cache_bytes=0,
