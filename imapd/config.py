@@ -29,6 +29,7 @@ class ImapdConfig:
     max_literal: int = 64 * MIB
     max_message_size: int = 64 * MIB
     idle_timeout: float = 1800.0
+    prelogin_timeout: float = 60.0
     login_delay: float = 1.0
     #: Failed logins per account, per client address (IPv6: per /64), in a sliding
     #: window, before further attempts are refused; 0 = no limit.
@@ -36,6 +37,7 @@ class ImapdConfig:
     login_fail_limit_ip: int = 50
     login_fail_window: float = 600.0
     max_connections: int = 4096
+    max_connections_per_address: int = 100
     pop3_idle_timeout: float = 600.0
     notify_keepalive: float = 30.0
     metrics_listen: str = "127.0.0.1:9102"
@@ -44,6 +46,9 @@ class ImapdConfig:
         if self.metrics_listen:
             parse_hostport(self.metrics_listen, "metrics_listen")
         check(self.max_connections >= 1, "max_connections", "must be at least 1")
+        check(self.max_connections_per_address >= 0, "max_connections_per_address",
+              "must be 0 (no limit) or positive")
+        check(self.prelogin_timeout >= 0, "prelogin_timeout", "must be 0 (off) or positive")
         check(self.pop3_idle_timeout >= 0, "pop3_idle_timeout", "must be 0 (off) or positive")
         check(self.notify_keepalive > 0, "notify_keepalive", "must be positive")
         for key in ("imap_listen", "imaps_listen", "pop3_listen", "lmtp_listen"):

@@ -47,6 +47,7 @@ from imapd.connection import Connection
 from imapd.fetch import Unsupported
 from imapd.logins import LIMITED_TEXT, LoginsLimited, authenticate
 from imapd.mailboxview import InvalidSequence
+from imapd.mutf7 import Undecodable
 from imapd.parser import AuthResponse, ContinuationNeeded, IdleDone
 from imapd.response import (
     ALREADYEXISTS,
@@ -133,6 +134,19 @@ _SELECTED = frozenset({State.SELECTED})
 _NO_EXPUNGE = (c.Fetch, c.Store, c.Search)
 
 _Handler = Callable[[Any], Awaitable[Tagged | None]]
+
+#: The commands that name mailboxes (see :func:`_undecodable`).
+_NAMING = (c.SelectBase, c.Create, c.Delete, c.Rename, c.Subscribe, c.Unsubscribe, c.List,
+           c.Lsub, c.Status, c.Append, c.Copy, c.Move)
+
+
+def _undecodable(cmd: c.Command) -> bool:
+    """Whether ``cmd`` names a mailbox (or LIST pattern) that is not modified UTF-7."""
+    for value in vars(cmd).values():
+        if isinstance(value, Undecodable) or (
+                isinstance(value, tuple) and any(isinstance(v, Undecodable) for v in value)):
+            return True
+    return False
 
 
 class Session:
@@ -259,7 +273,21 @@ class Session:
         states, handler = self._handlers[type(cmd)]
         if self.state not in states:
             return Tagged(cmd.tag, Status.BAD, self._wrong_state(cmd))
+        if isinstance(cmd, _NAMING) and _undecodable(cmd):
+            return self._no_such_name(cmd)
         return await self._guard(cmd.tag, handler(cmd))
+
+    def _no_such_name(self, cmd: c.Command) -> Tagged:
+        """A command naming a mailbox in invalid modified UTF-7: no mailbox has that name,
+        so LIST and LSUB find nothing and the others fail (SELECT unselects first)."""
+        if isinstance(cmd, c.List | c.Lsub):
+            return Tagged(cmd.tag, Status.OK, f"{cmd.NAME.capitalize()} completed")
+        if isinstance(cmd, c.SelectBase):
+            self._deselect()
+        text = "Mailbox name is not valid modified UTF-7"
+        if isinstance(cmd, c.Create | c.Rename):
+            return Tagged(cmd.tag, Status.NO, text, CANNOT)
+        return Tagged(cmd.tag, Status.NO, text, NONEXISTENT)
 
     def _wrong_state(self, cmd: c.Command) -> str:
         if self.state is State.NOT_AUTHENTICATED:

@@ -21,7 +21,7 @@ import asyncpg
 
 from metadata.errors import SchemaError, Unavailable
 
-__all__ = ["Database", "translate_errors"]
+__all__ = ["SERVER_SETTINGS", "Database", "translate_errors"]
 
 #: Driver errors that mean the server is unreachable or went away.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -32,6 +32,12 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
     asyncpg.exceptions.ConnectionDoesNotExistError,
 )
+
+
+#: Set on every pooled connection when it opens.  The queries are short OLTP ones over one
+#: user's rows; a trigram SEARCH over a large mailbox can pass the planner's JIT cost
+#: threshold, and compiling it takes longer than running it.
+SERVER_SETTINGS = {"jit": "off"}
 
 
 @contextlib.contextmanager
@@ -103,7 +109,8 @@ class Database:
             pool = await asyncpg.create_pool(dsn, password=password,
                                              min_size=min_size, max_size=max_size,
                                              command_timeout=command_timeout,
-                                             timeout=acquire_timeout, reset=_keep_session)
+                                             timeout=acquire_timeout, reset=_keep_session,
+                                             server_settings=SERVER_SETTINGS)
         return cls(pool, dsn, acquire_timeout)
 
     async def close(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from twisted.internet import task
 
-from director.errors import BlobUnavailable
+from director.errors import BlobNotFound, BlobUnavailable
 from imapd.backend import Backend
 from imapd.parser import (
     AuthResponse,
@@ -93,6 +93,8 @@ class MemoryBlobs:
         out = {}
         for bid in ids:
             self.reads.append(bid)
+            if bid not in self.data:
+                raise BlobNotFound(f"no blob {bid}")
             out[bid] = self.data[bid]
         return out
 
@@ -138,7 +140,7 @@ class Client:
 
     def __init__(self, backend: Backend, *, secure: bool = False) -> None:
         self.conn = ScriptedConnection(secure=secure)
-        self.parser = Parser(limits_for(backend.config))
+        self.parser = Parser(limits_for(backend.config), prelogin=True)
         self.conn.parser = self.parser
         self.session = Session(backend, self.conn)
         self.tasks: list[asyncio.Task[None]] = []
@@ -167,6 +169,8 @@ class Client:
                 raise AssertionError(f"parser gave up: {event.text}")
             assert isinstance(event, (IdleDone, AuthResponse)) or hasattr(event, "tag")
             await self.session.dispatch(event)
+            if self.session.user is not None:  # as the adapter does once logged in
+                self.parser.end_prelogin()
         return self.wire(self.conn.sent[start:])
 
     async def login(self, user: str = "alice", password: str = "secret") -> bytes:

@@ -221,6 +221,41 @@ def test_two_processes_see_each_others_changes(cluster: Cluster,
         second.stop()
 
 
+def test_keywords_reach_the_sessions_of_another_process(cluster: Cluster,
+                                                      certificate: tuple[Path, Path],
+                                                      imapd: Imapd, mail: Mail) -> None:
+    """SELECT lists the keywords in use in FLAGS and PERMANENTFLAGS (with \\*); when a
+    session on another imapd process stores a new keyword, the next NOOP answers FLAGS,
+    keeping the old keyword, before the FETCH that shows the new one."""
+    second = start_imapd(cluster, "imapd-2", certificate)
+    try:
+        user = new_user(mail)
+        mail.deliver(user, [b"Subject: k\r\n\r\nk\r\n"])
+        actor = connect(second, user)
+        actor.select_folder("INBOX")
+        actor.add_flags([1], [b"$Label1"])
+        watcher = connect(imapd, user)
+        selected = watcher.select_folder("INBOX")
+        assert b"$Label1" in selected[b"FLAGS"]
+        assert {b"$Label1", b"\\*"} <= set(selected[b"PERMANENTFLAGS"])
+        actor.add_flags([1], [b"$Label2"])
+        heard: list[object] = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+                isinstance(r, tuple) and b"FETCH" in r for r in heard):
+            heard.extend(watcher.noop()[1])
+            time.sleep(0.1)
+        kinds = [r[0] if r[0] == b"FLAGS" else r[1] for r in heard if isinstance(r, tuple)]
+        assert b"FLAGS" in kinds and kinds.index(b"FLAGS") < kinds.index(b"FETCH"), heard
+        flags = next(r[1] for r in heard if isinstance(r, tuple) and r[0] == b"FLAGS")
+        assert {b"$Label1", b"$Label2"} <= set(flags)
+        assert set(watcher.get_flags([1])[1]) == {b"$Label1", b"$Label2"}
+        watcher.logout()
+        actor.logout()
+    finally:
+        second.stop()
+
+
 def test_metrics_endpoint_counts_commands(imapd: Imapd, mail: Mail) -> None:
     """GET /metrics on imapd.metrics_listen shows the commands, successful and failed
     logins just made, the open connections per listener, and build and process metrics;
