@@ -137,7 +137,7 @@ def test_fanout_from_parallel_connections(imapd: Imapd, stack: MailStack) -> Non
     the attachment stored once."""
     attachment = b"%PDF-1.5\n" + os.urandom(64 * 1024)
     users = [stack.new_user("fo").name for _ in range(FANOUT_USERS)]
-    before = stack.run(collect(stack.config))
+    before = stack.run(collect(stack.config, stack.credentials))
 
     def connection(share: list[int]) -> int:
         client = lmtp(imapd)
@@ -156,7 +156,7 @@ def test_fanout_from_parallel_connections(imapd: Imapd, stack: MailStack) -> Non
         shares = [list(range(i, FANOUT_USERS, CONNECTIONS)) for i in range(CONNECTIONS)]
         assert sum(pool.map(connection, shares)) == FANOUT_USERS
     elapsed = time.monotonic() - started
-    after = stack.run(collect(stack.config))
+    after = stack.run(collect(stack.config, stack.credentials))
     print(f"\n{FANOUT_USERS} deliveries over {CONNECTIONS} LMTP connections: "
           f"{elapsed:.1f}s, {FANOUT_USERS / elapsed:.0f} msg/s")
     assert after.messages - before.messages == FANOUT_USERS
