@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from runtime.config import GIB, KIB, MIB, ClusterConfig, check, parse_hostport
+from runtime.config import GIB, KIB, MIB, ClusterConfig, check, check_tls_files, parse_hostport
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,14 @@ class ObjstoreConfig:
     slow_reader_timeout: float = 30.0
     expire_sweep_interval: float = 60.0
     metrics_listen: str = "127.0.0.1:9111"
+    #: memcached's authfile (``user:password`` lines, mode 0600): clients must
+    #: authenticate as one of them; empty = anyone may connect.
+    auth_file: str = ""
+    #: PEM certificate (chain) and key: the port speaks TLS only.
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: PEM CA: clients must present a certificate it signed.
+    tls_ca: str = ""
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, "listen")
@@ -54,6 +62,7 @@ class ObjstoreConfig:
                "must be 0 (off) or positive")
         check(self.expire_sweep_interval >= 0, "expire_sweep_interval",
                "must be 0 (off) or positive")
+        check_tls_files(self.tls_cert, self.tls_key, self.tls_ca)
 
 @dataclass(frozen=True)
 class ObjstoredConfig:

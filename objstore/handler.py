@@ -452,7 +452,7 @@ class Handler:
                      "store_no_memory", "bytes_read", "bytes_written"):
             rows.append((name, totals[name]))
         rows += [
-            ("auth_cmds", 0), ("auth_errors", 0),
+            ("auth_cmds", totals["auth_cmds"]), ("auth_errors", totals["auth_errors"]),
             ("limit_maxbytes", capacity), ("accepting_conns", 1), ("threads", cfg.workers),
             ("curr_items", info["curr_items"]), ("total_items", totals["cmd_set"]),
             ("bytes", info["bytes"]), ("evictions", 0), ("reclaimed", sc["reclaimed"]),
@@ -484,6 +484,7 @@ class Handler:
             ("chunk_size", 48), ("num_threads", cfg.workers), ("stat_key_prefix", ":"),
             ("detail_enabled", "no"), ("reqs_per_event", 20), ("cas_enabled", "yes"),
             ("tcp_backlog", 1024), ("binding_protocol", "ascii"), ("auth_enabled_sasl", "no"),
+            ("auth_enabled_ascii", cfg.auth_file or "no"),
             ("item_size_max", cfg.max_item_size), ("maxconns_fast", "yes"),
             ("slab_reassign", "no"), ("slab_automove", 0), ("lru_crawler", "no"),
             ("flush_enabled", "yes" if cfg.flush_all_enabled else "no"),

@@ -18,6 +18,10 @@ SIGTERM and restarts a worker that dies.  Worker 0 also sends the load reports, 
 expiry sweep and serves the node's Prometheus metrics (``objstore.metrics_listen``), the
 other workers' counters read from the shared stats file.  SIGTERM makes a worker stop
 accepting, commit what is queued, send the replies, and exit 0.
+
+The files that say who may use the port (``objstore.auth_file``, memcached's authfile;
+``tls_cert``/``tls_key``/``tls_ca``) are read once, before the workers fork; a missing,
+malformed or (the auth file) group- or world-readable one exits 78.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from objstore.config import ObjstoreConfig, ObjstoredConfig
+from objstore.server import OPEN, Security
 from runtime import logs
 from runtime.config import ClusterConfig, ConfigError, parse_hostport, parse_size
 from runtime.daemon import (
@@ -166,11 +171,14 @@ class Worker:
     """
 
     def __init__(self, config: ObjstoreConfig, cluster: ClusterConfig, index: int,
-                 reactor: Any, auth: RedisAuth = NO_REDIS_AUTH) -> None:
+                 reactor: Any, auth: RedisAuth = NO_REDIS_AUTH,
+                 security: Security = OPEN) -> None:
         self.config = config
         self.cluster = cluster
         #: Redis credentials for the load reports (worker 0 writes them).
         self.auth = auth
+        #: Who may use the port (auth file, TLS), read once before the workers forked.
+        self.security = security
         self.index = index
         self.reactor = reactor
         self.storage: Any = None
@@ -218,11 +226,15 @@ class Worker:
 
         storage.start(deliver, config.group_commit_max)
         handler = Handler(storage, config, counters, hot, node_totals, node_id=config.node_id)
-        self.factory = ObjstoreFactory(handler, config, counters, r)
+        security = self.security
+        self.factory = ObjstoreFactory(handler, config, counters, r, auth=security.auth)
         host, port = parse_hostport(config.listen, "objstore.listen")
-        self.ports.append(listen(r, host, port, self.factory))
-        log.info("objstored worker %d (pid %d) node %s serving %s, data in %s", index,
-                 os.getpid(), config.node_id, config.listen, data_dir)
+        self.ports.append(listen(r, host, port, self.factory, tls=security.tls))
+        log.info("objstored worker %d (pid %d) node %s serving %s%s%s, data in %s", index,
+                 os.getpid(), config.node_id, config.listen,
+                 " over TLS" if security.tls is not None else "",
+                 f", {len(security.auth)} user(s) may authenticate"
+                 if security.auth is not None else "", data_dir)
 
         if shared is not None:
             def publish() -> None:
@@ -319,10 +331,11 @@ class Worker:
 
 
 def run_worker(config: ObjstoreConfig, cluster: ClusterConfig, index: int,
-               auth: RedisAuth = NO_REDIS_AUTH) -> int:
+               auth: RedisAuth = NO_REDIS_AUTH, security: Security = OPEN) -> int:
     """Serve until SIGTERM/SIGINT on Twisted's default reactor; returns the exit code.
 
     :param auth: Redis credentials for the load reports (``runtime.secrets``).
+    :param security: who may use the port (:meth:`Security.load`).
     """
     # The group-commit thread and the reactor share the GIL; the default 5 ms switch
     # interval would make a finished fsync wait behind the reactor (and vice versa) for up
@@ -331,7 +344,7 @@ def run_worker(config: ObjstoreConfig, cluster: ClusterConfig, index: int,
     logs.route_twisted()
     from twisted.internet import reactor
 
-    worker = Worker(config, cluster, index, reactor, auth)
+    worker = Worker(config, cluster, index, reactor, auth, security)
     code = run_reactor(reactor, f"objstored worker {index}", worker.start, worker.stop)
     worker.close()
     log.info("worker %d stopped", index)
@@ -347,7 +360,7 @@ def _run_callbacks(batch: list[tuple[Any, Any]]) -> None:
 
 
 def supervise(config: ObjstoreConfig, cluster: ClusterConfig,
-              auth: RedisAuth = NO_REDIS_AUTH) -> int:
+              auth: RedisAuth = NO_REDIS_AUTH, security: Security = OPEN) -> int:
     """Fork ``config.workers`` workers and keep them running until SIGTERM/SIGINT."""
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
@@ -360,7 +373,7 @@ def supervise(config: ObjstoreConfig, cluster: ClusterConfig,
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 _die_with_parent()
-                code = run_worker(config, cluster, index, auth)
+                code = run_worker(config, cluster, index, auth, security)
             except BaseException:
                 log.exception("worker %d crashed", index)
             finally:
@@ -403,12 +416,14 @@ def serve(config: ObjstoredConfig) -> int:
     """Read the secrets, take the data directory, check the ports, run the worker(s);
     the exit status.
 
-    :raises ConfigError: a secret file is missing or not private (78).
+    :raises ConfigError: a secret, auth or TLS file is missing, malformed or (a secret)
+        not private (78).
     :raises StartError: the data directory or a port is taken (71).
     """
     section = config.objstore
     # Read once, before forking: every worker gets them, none reads the files again.
     auth = load_credentials(config.cluster).redis
+    security = Security.load("objstore", section)
     lock_fd = _lock_data_dir(Path(section.data_dir))
     try:
         _check_port_free(section.listen, "objstore.listen")
@@ -416,8 +431,8 @@ def serve(config: ObjstoredConfig) -> int:
             # Worker 0 would otherwise fail, be restarted, and fail again.
             _check_port_free(section.metrics_listen, "objstore.metrics_listen")
         if section.workers == 1:
-            return run_worker(section, config.cluster, 0, auth)
-        return supervise(section, config.cluster, auth)
+            return run_worker(section, config.cluster, 0, auth, security)
+        return supervise(section, config.cluster, auth, security)
     finally:
         os.close(lock_fd)
 

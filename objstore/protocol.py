@@ -521,6 +521,11 @@ class CommandParser:
     def limits(self) -> Limits:
         return self._limits
 
+    def set_limits(self, limits: Limits) -> None:
+        """Enforce ``limits`` from the next command on (a connection that authenticated
+        leaves the small limits of an unauthenticated one, :mod:`objstore.auth`)."""
+        self._limits = limits
+
     @property
     def buffered(self) -> int:
         """Bytes held but not yet parsed (for tests of the memory bound)."""

@@ -21,6 +21,15 @@ Back-pressure lives here and nowhere else:
 * ``max_connections`` connections at most, the next one gets memcached's
   ``ERROR Too many open connections`` and is closed;
 * ``idle_timeout`` (0 = off) closes connections that say nothing.
+
+Authentication lives here too, once for objstored and directord: with an auth table, a
+connection's commands go to :func:`objstore.auth.authenticate` instead of the handler
+until one authenticates it, and its parser enforces the small
+:data:`~objstore.auth.AUTH_LIMITS` until then.  TLS is the transport's business
+(:func:`listen` wraps the factory); the one thing this adapter must know is that replies
+are written straight to the socket only on a plain TCP connection (a TLS wrapper passes
+attribute lookups through to the TCP transport under it, so duck typing would find the
+raw socket there and send plaintext).
 """
 
 from __future__ import annotations
@@ -31,15 +40,17 @@ import logging
 import socket
 import typing
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Final
 
-from twisted.internet import defer, interfaces
+from twisted.internet import defer, interfaces, tcp
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python import failure
 from zope.interface import implementer
 
 from objstore import protocol as p
+from objstore.auth import AUTH_LIMITS, AuthTable, authenticate
 from objstore.replies import ErrorReply, Reply, serialize_into
 from objstore.stats import Counters
 from runtime.directwrite import nothing_queued, send_now
@@ -79,6 +90,52 @@ class ConnectionSettings(typing.Protocol):
     @property
     def slow_reader_timeout(self) -> float: ...
 
+class SecuritySettings(typing.Protocol):
+    """Who may use a listener (``[objstore]`` and ``[director]`` both have these keys)."""
+
+    @property
+    def auth_file(self) -> str: ...
+    @property
+    def tls_cert(self) -> str: ...
+    @property
+    def tls_key(self) -> str: ...
+    @property
+    def tls_ca(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Security:
+    """What a listener demands of its clients, read once at start-up.
+
+    :param auth: the users who may connect (None: anyone).
+    :param tls: the server context factory (None: plaintext).
+    """
+
+    auth: AuthTable | None = None
+    tls: Any = None
+
+    @classmethod
+    def load(cls, section: str, settings: SecuritySettings) -> Security:
+        """Read the auth file and the TLS files ``settings`` name.
+
+        :param section: the config section, for the keys errors name.
+        :raises ConfigError: a file is missing, unreadable, not private (the auth file)
+            or malformed.
+        """
+        auth = (AuthTable.load(settings.auth_file, f"{section}.auth_file")
+                if settings.auth_file else None)
+        tls = None
+        if settings.tls_cert:
+            from runtime.tls import server_context
+
+            tls = server_context(section, settings.tls_cert, settings.tls_key,
+                                 settings.tls_ca)
+        return cls(auth, tls)
+
+
+#: Plaintext, no authentication.
+OPEN: Final = Security()
+
 TOO_MANY_CONNECTIONS: Final = b"ERROR Too many open connections\r\n"
 #: Write what has accumulated once it exceeds this, so the transport can push back.
 FLUSH_THRESHOLD: Final = 256 * 1024
@@ -109,7 +166,9 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         self.factory = factory
         self.handler = factory.handler
         self.counters = factory.counters
-        self.parser = p.CommandParser(factory.limits)
+        self._auth = factory.auth
+        self._authenticated = factory.auth is None
+        self.parser = p.CommandParser(factory.limits if self._auth is None else AUTH_LIMITS)
         self._is_write = factory.handler.is_write
         self._slots: collections.deque[_Slot] = collections.deque()
         self._out: list[bytes] = []
@@ -146,12 +205,10 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         c.curr_connections += 1
         c.total_connections += 1
         self.transport.registerProducer(self, True)
-        # Twisted's TCP transport exposes its socket and buffers; anything else (TLS, test
+        # Only Twisted's own TCP connection may be bypassed: anything else (TLS, test
         # transports) goes through transport.writeSequence only.
-        sock = getattr(self.transport, "socket", None)
-        if (sock is not None and hasattr(self.transport, "dataBuffer")
-                and hasattr(self.transport, "_tempDataBuffer") and hasattr(sock, "sendmsg")):
-            self._direct_socket = sock
+        if isinstance(self.transport, tcp.Connection):
+            self._direct_socket = self.transport.socket
         if f.config.idle_timeout > 0:
             self.setTimeout(f.config.idle_timeout)
 
@@ -226,6 +283,12 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
                         # Reads wait for this connection's pending writes.
                         self._held = cmd  # type: ignore[assignment]
                         break
+                if not self._authenticated:
+                    self._answer(self._authenticate(cmd), cmd)  # type: ignore[arg-type]
+                    if type(cmd) is p.Quit or (type(cmd) is p.ProtocolError and cmd.fatal):
+                        self._closing = True
+                        break
+                    continue
                 if isinstance(cmd, p.Quit):
                     self._closing = True
                     break
@@ -247,6 +310,19 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         self._flush()
         if self._closing:
             self._maybe_close()
+
+    def _authenticate(self, cmd: p.Command) -> Reply:
+        """The gate's reply to a command of a connection not authenticated yet."""
+        assert self._auth is not None
+        reply, outcome = authenticate(cmd, self._auth)
+        if outcome is not None:
+            self.counters.auth_cmds += 1
+            if outcome:
+                self._authenticated = True
+                self.parser.set_limits(self.factory.limits)
+            else:
+                self.counters.auth_errors += 1
+        return reply
 
     def _answer(self, answer: Answer, cmd: p.Command | p.NeedData) -> None:
         if answer is None:
@@ -409,13 +485,15 @@ class ObjstoreFactory(Factory):
     :param config: this server's settings (limits, timeouts).
     :param counters: this process's counters (connections, bytes).
     :param clock: scheduler for timeouts (a ``task.Clock`` in tests).
+    :param auth: who may connect (memcached's ``-Y`` authentication), None = anyone.
     """
 
     protocol = ObjstoreProtocol  # type: ignore[assignment]
 
     def __init__(self, handler: CommandHandler, config: ConnectionSettings,
-                 counters: Counters, clock: Any) -> None:
+                 counters: Counters, clock: Any, auth: AuthTable | None = None) -> None:
         self.handler = handler
+        self.auth = auth
         self.config = config
         self.counters = counters
         self.clock = clock
@@ -461,10 +539,20 @@ def reuseport_socket(host: str, port: int, backlog: int = 1024) -> socket.socket
     return sock
 
 
-def listen(reactor: Any, host: str, port: int, factory: ObjstoreFactory) -> Any:
-    """Listen on ``host:port`` with SO_REUSEPORT; returns Twisted's listening port."""
+def listen(reactor: Any, host: str, port: int, factory: ObjstoreFactory,
+           tls: Any = None) -> Any:
+    """Listen on ``host:port`` with SO_REUSEPORT; returns Twisted's listening port.
+
+    :param tls: a server context factory (:func:`runtime.tls.server_context`): every
+        connection speaks TLS from its first byte.
+    """
+    served: Any = factory
+    if tls is not None:
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        served = TLSMemoryBIOFactory(tls, False, factory)  # type: ignore[arg-type]
     sock = reuseport_socket(host, port)
     try:
-        return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+        return reactor.adoptStreamPort(sock.fileno(), sock.family, served)
     finally:
         sock.close()  # adoptStreamPort dup()s the descriptor

@@ -28,6 +28,7 @@ COUNTER_NAMES: Final = (
     "bytes_read", "bytes_written",
     "curr_connections", "total_connections", "rejected_connections",
     "corrupt_reads", "slow_readers_dropped", "idle_dropped",
+    "auth_cmds", "auth_errors",
 )
 
 #: Commands whose rate the load report gives (``ops_<name>``); others count as ``other``.
@@ -93,6 +94,8 @@ class Counters:
     corrupt_reads: int
     slow_readers_dropped: int
     idle_dropped: int
+    auth_cmds: int
+    auth_errors: int
     ops: list[int]
     #: The store's counts (STORE_NAMES), copied from it by :meth:`sync_store`.
     store: list[int]

@@ -93,6 +93,15 @@ def check(cond: bool, key: str, message: str) -> None:
         raise ConfigError(key, message)
 
 
+def check_tls_files(cert: str, key: str, ca: str, prefix: str = "") -> None:
+    """A listener's ``<prefix>tls_cert``/``tls_key``/``tls_ca``: the certificate and the
+    key together, a CA (which verifies clients) only with them."""
+    check(bool(cert) == bool(key), f"{prefix}tls_key",
+          f"{prefix}tls_cert and {prefix}tls_key must be set together")
+    check(not ca or bool(cert), f"{prefix}tls_ca",
+          f"verifies clients of a TLS listener: needs {prefix}tls_cert")
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """Where the shared services are; overridden by OBJMAIL_PG_DSN / OBJMAIL_REDIS_NODES."""

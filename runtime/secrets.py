@@ -21,8 +21,8 @@ from typing import Any
 
 from runtime.config import ClusterConfig, ConfigError
 
-__all__ = ["NO_REDIS_AUTH", "Credentials", "RedisAuth", "load_credentials", "read_secret",
-           "write_secret"]
+__all__ = ["NO_REDIS_AUTH", "Credentials", "RedisAuth", "load_credentials", "read_authfile",
+           "read_secret", "write_secret"]
 
 #: Longest secret file read; a password is short, anything longer is the wrong file.
 MAX_SECRET_BYTES = 4096
@@ -60,6 +60,36 @@ def read_secret(path: str | Path, key: str) -> str:
     if not text:
         raise ConfigError(key, f"{path} is empty")
     return text
+
+
+def read_authfile(path: str | Path, key: str) -> tuple[tuple[str, str], ...]:
+    """The ``(user, password)`` entries of a memcached authfile (``memcached -Y``): one
+    ``user:password`` per line, the password running from the first ``:`` to the end of
+    the line.  Read as :func:`read_secret` reads (private file, at most 4 KiB).
+
+    Stricter than memcached where memcached would load an entry no client can ever use
+    (it splits ``user password`` on spaces): a user or password that is empty or holds
+    a space is refused.  Blank lines are skipped (memcached refuses them).
+
+    :raises ConfigError: the file is unusable (see :func:`read_secret`), or a line has no
+        ``:``, an empty or spaced user or password; the error names the line, never the
+        password.
+    """
+    entries = []
+    for number, line in enumerate(read_secret(path, key).split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if not line:
+            continue
+        user, sep, password = line.partition(":")
+        if not sep:
+            raise ConfigError(key, f"{path} line {number}: expected user:password")
+        if not user or not password or " " in user or " " in password:
+            raise ConfigError(key, f"{path} line {number}: the user and the password must "
+                                   f"be non-empty and hold no space")
+        entries.append((user, password))
+    if not entries:
+        raise ConfigError(key, f"{path} holds no user:password line")
+    return tuple(entries)
 
 
 def write_secret(path: Path, secret: str) -> None:
