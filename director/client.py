@@ -77,6 +77,8 @@ from director.gcwatch import GcWatch
 from director.index import LocationIndex
 from director.keys import is_blob_id, item_index_id
 from director.memcache_client import (
+    OPEN_ACCESS,
+    NodeAccess,
     NodeAddress,
     NodeClient,
     NodeError,
@@ -200,8 +202,11 @@ class BlobClient:
     def __init__(self, dconf: DirectorConfig, index: LocationIndex, registry: Registry,
                  repair: RepairQueue, *, codec: BlobCodec | None = None,
                  ids: BlobIds | None = None, cache: BlobCache | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 access: NodeAccess = OPEN_ACCESS) -> None:
         self.dconf = dconf
+        #: How connections to object servers are made (credentials, TLS).
+        self.access = access
         self.index = index
         self.registry = registry
         self.repair = repair
@@ -237,13 +242,19 @@ class BlobClient:
     @classmethod
     async def open(cls, cluster: ClusterConfig, dconf: DirectorConfig, *,
                    retry: RetryPolicy | None = None,
-                   auth: RedisAuth = NO_REDIS_AUTH) -> BlobClient:
+                   auth: RedisAuth = NO_REDIS_AUTH,
+                   access: NodeAccess | None = None) -> BlobClient:
         """Connect to Redis Cluster; object-server connections open on first use.
 
         :param retry: how long Redis operations are retried (``objmail`` commands wait
             less than daemons).
         :param auth: Redis credentials (``runtime.secrets.load_credentials(cluster)``).
+        :param access: credentials and TLS for the object servers; None reads the files
+            ``dconf`` names (:meth:`NodeAccess.load`) now.
+        :raises ConfigError: a file ``dconf`` names is missing or malformed.
         """
+        if access is None:
+            access = NodeAccess.load(dconf)
         state = await RedisState.open(cluster, dconf, retry=retry, auth=auth)
         key = load_key(dconf.encryption_key_file) if dconf.encryption_key_file else None
         ids = BlobIds()
@@ -251,7 +262,7 @@ class BlobClient:
                 if dconf.disk_cache_dir else None)
         return cls(dconf, state.index, state.registry, state.repairs,
                    codec=BlobCodec(dconf.compression_level, key), ids=ids,
-                   cache=BlobCache(dconf.cache_bytes, disk))
+                   cache=BlobCache(dconf.cache_bytes, disk), access=access)
 
     async def aclose(self) -> None:
         for node in self._nodes.values():
@@ -286,7 +297,8 @@ class BlobClient:
             host, port = parse_hostport(node.address)
             client = NodeClient(NodeAddress(host, port), pool_size=self.dconf.pool_size,
                                 timeout=self.dconf.timeout,
-                                max_value=self.dconf.object_max_item_size + 1024)
+                                max_value=self.dconf.object_max_item_size + 1024,
+                                access=self.access)
             self._nodes[node.address] = client
         return client
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from runtime.config import GIB, KIB, MIB, ClusterConfig, check, parse_hostport
+from runtime.config import (
+    GIB,
+    KIB,
+    MIB,
+    ClusterConfig,
+    check,
+    check_tls_files,
+    parse_hostport,
+)
 
 #: The smallest ``director.gc_grace`` (and ``objmail gc --grace``) accepted by default:
 #: gc's guard must outlast nearly every delivery from upload to commit, or slow ones fail
@@ -53,6 +61,19 @@ class DirectorConfig:
     gc_min_grace: float = MIN_GC_GRACE
     index_write_replicas: int = 1
     index_write_timeout: float = 1.0
+    #: directord's clients: memcached's authfile (``user:password`` lines, mode 0600)
+    #: and TLS (certificate, key; a CA makes client certificates required).
+    auth_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    #: How this director reaches the object servers: a memcached authfile whose first
+    #: ``user:password`` it authenticates with, and TLS (on when a CA is set; the client
+    #: certificate and key are for object servers that verify clients).
+    objstore_auth_file: str = ""
+    objstore_tls_ca: str = ""
+    objstore_tls_cert: str = ""
+    objstore_tls_key: str = ""
 
     def __post_init__(self) -> None:
         parse_hostport(self.listen, "listen")
@@ -96,6 +117,11 @@ class DirectorConfig:
         check(0 < self.level_tolerance < 1, "level_tolerance",
                f"must be a fraction of capacity between 0 and 1, got {self.level_tolerance}")
         check(self.level_bytes_per_pass >= 1, "level_bytes_per_pass", "must be at least 1")
+        check_tls_files(self.tls_cert, self.tls_key, self.tls_ca)
+        check(bool(self.objstore_tls_cert) == bool(self.objstore_tls_key), "objstore_tls_key",
+              "objstore_tls_cert and objstore_tls_key must be set together")
+        check(not self.objstore_tls_cert or bool(self.objstore_tls_ca), "objstore_tls_ca",
+              "a client certificate is for TLS, which objstore_tls_ca turns on")
 
 @dataclass(frozen=True)
 class DirectordConfig:

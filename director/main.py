@@ -12,7 +12,11 @@ two with ``Deferred.fromFuture``.  :meth:`Directord.start` opens the client (Red
 reached, index layout checked) before the port, so a directord that answers ``version``
 can serve.  The objstored protocol adapter serves the connections, with directord's own
 limits (``director.max_connections``, ``max_line``, ``max_pipeline``, ``idle_timeout``,
-``slow_reader_timeout``, ``max_item_size``).
+``slow_reader_timeout``, ``max_item_size``), and its own access rules: memcached's
+authentication with ``director.auth_file``, TLS with ``tls_cert``/``tls_key``/``tls_ca``.
+What directord needs to reach the object servers (``director.objstore_auth_file``,
+``objstore_tls_*``) is read in :func:`serve` too, with the auth and TLS files: a missing
+or malformed one exits 78 before anything starts.
 
 SIGTERM (or SIGINT) stops accepting, lets every connection finish the replies it owes
 (5 s at most), stops the background jobs, closes the client and exits 0.
@@ -26,7 +30,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from director.config import DirectordConfig
 from director.errors import IndexUnavailable
@@ -36,6 +40,10 @@ from runtime.daemon import arg_parser, load_config, replace_section, run_daemon,
 from runtime.eventloop import install_asyncio_reactor
 from runtime.metrics import JobMetrics
 from runtime.secrets import NO_REDIS_AUTH, RedisAuth, load_credentials
+
+if TYPE_CHECKING:
+    from director.memcache_client import NodeAccess
+    from objstore.server import Security
 
 log = logging.getLogger("directord")
 
@@ -98,10 +106,13 @@ class Directord:
     """The running proxy: the blob client, the ports, the background jobs.
 
     :param auth: Redis credentials (``runtime.secrets.load_credentials``).
+    :param security: who may use directord's port (None: anyone, in plaintext).
+    :param access: how to reach the object servers (None: read from the config).
     """
 
     def __init__(self, config: DirectordConfig, reactor: Any,
-                 auth: RedisAuth = NO_REDIS_AUTH) -> None:
+                 auth: RedisAuth = NO_REDIS_AUTH, security: Security | None = None,
+                 access: NodeAccess | None = None) -> None:
         from director.metrics import DirectordCollector, ProxyMetrics
         from objstore.stats import Counters
         from runtime.metrics import new_registry
@@ -109,6 +120,8 @@ class Directord:
         self.config = config
         self.reactor = reactor
         self.auth = auth
+        self.security = security
+        self.access = access
         self.client: Any = None
         self.factory: Any = None
         self.ports: list[Any] = []
@@ -128,23 +141,31 @@ class Directord:
         """
         from director.client import BlobClient
         from director.proxy import ProxyHandler
-        from objstore.server import ObjstoreFactory
+        from objstore.server import OPEN, ObjstoreFactory
         from runtime.metrics import listen_metrics
 
         config, dconf, r = self.config, self.config.director, self.reactor
-        self.client = await BlobClient.open(config.cluster, dconf, auth=self.auth)
+        security = self.security or OPEN
+        self.client = await BlobClient.open(config.cluster, dconf, auth=self.auth,
+                                            access=self.access)
         handler = ProxyHandler(self.client, self.metrics, cache_bytes=dconf.cache_bytes)
         # The same protocol adapter as objstored's, with directord's own limits.
-        self.factory = ObjstoreFactory(handler, dconf, self.counters, r)
+        self.factory = ObjstoreFactory(handler, dconf, self.counters, r, auth=security.auth)
         host, port = parse_hostport(dconf.listen, "director.listen")
-        self.ports.append(r.listenTCP(port, self.factory, interface=host, backlog=1024))
+        if security.tls is not None:
+            self.ports.append(r.listenSSL(port, self.factory, security.tls, interface=host,
+                                          backlog=1024))
+        else:
+            self.ports.append(r.listenTCP(port, self.factory, interface=host, backlog=1024))
         if dconf.metrics_listen:
             self.ports.append(listen_metrics(r, dconf.metrics_listen, "director.metrics_listen",
                                              self.registry))
         self.loops = start_background(self.client, r, self.jobs)
-        log.info("directord (pid %d) serving memcached clients on %s, metrics on %s; "
-                 "Redis prefix %r", os.getpid(), dconf.listen, dconf.metrics_listen or "-",
-                 config.cluster.redis_prefix)
+        log.info("directord (pid %d) serving memcached clients on %s%s%s, metrics on %s; "
+                 "Redis prefix %r", os.getpid(), dconf.listen,
+                 " over TLS" if security.tls is not None else "",
+                 " (authenticated)" if security.auth is not None else "",
+                 dconf.metrics_listen or "-", config.cluster.redis_prefix)
 
     async def stop(self) -> None:
         """Stop accepting, finish the replies owed, stop the jobs, close the client."""
@@ -166,12 +187,18 @@ class Directord:
 def serve(config: DirectordConfig) -> int:
     """Run directord until SIGTERM/SIGINT; returns the exit status.
 
-    :raises ConfigError: a secret file is missing or not private (78).
+    :raises ConfigError: a secret, auth or TLS file is missing, malformed or (a secret)
+        not private (78).
     """
+    from director.memcache_client import NodeAccess
+    from objstore.server import Security
+
     auth = load_credentials(config.cluster).redis
+    security = Security.load("director", config.director)
+    access = NodeAccess.load(config.director)
     reactor = install_asyncio_reactor()
     logs.route_twisted()
-    server = Directord(config, reactor, auth)
+    server = Directord(config, reactor, auth, security, access)
     code = run_reactor(reactor, "directord", server.start, server.stop,
                        unavailable=(IndexUnavailable,))
     log.info("directord stopped")

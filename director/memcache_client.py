@@ -10,17 +10,30 @@ and closes it, because a memcached stream cannot be resynchronised.
 :class:`NodeClient` keeps a small pool of such connections to one object server,
 opened lazily and replaced when they die, and exposes typed operations that raise
 the :class:`NodeError` family instead of returning protocol replies.
+
+Each new connection is made as :class:`NodeAccess` says (``[director] objstore_*``):
+over TLS when a CA is configured, and, with credentials, authenticated before it takes
+any request.  Authentication is memcached's text-protocol one (:mod:`objstore.auth`):
+the client first sends ``version``; a server that answers ``CLIENT_ERROR
+unauthenticated`` gets the authenticating ``set``, one that answers ``VERSION`` does not
+require authentication and the connection is used as it is (so credentials never land
+in the store of a server that would take the ``set`` as data).  Refused credentials are
+:class:`NodeAuthFailed`: the node is unavailable, with the server's words.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import ssl
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import cast
+from dataclasses import dataclass, field
+from typing import Final, cast
 
+from director.config import DirectorConfig
+from objstore.auth import E_UNAUTHENTICATED, auth_request
 from objstore.replies import (
     NEED_DATA,
     ErrorReply,
@@ -37,6 +50,9 @@ from objstore.replies import (
     Values,
     VersionReply,
 )
+from runtime.secrets import read_authfile
+
+log = logging.getLogger(__name__)
 
 
 class NodeError(Exception):
@@ -45,6 +61,10 @@ class NodeError(Exception):
 
 class NodeUnavailable(NodeError):
     """No connection could be made, or it broke."""
+
+
+class NodeAuthFailed(NodeUnavailable):
+    """The server refused this director's credentials (or wants some and none are set)."""
 
 
 class NodeTimeout(NodeError):
@@ -133,6 +153,39 @@ class MemcacheConnection(asyncio.Protocol):
 
 
 @dataclass(frozen=True)
+class NodeAccess:
+    """How connections to object servers are made: memcached text-protocol credentials
+    and a TLS client context (None: plaintext).  ``repr`` hides the password."""
+
+    user: str = ""
+    password: str = field(default="", repr=False)
+    tls: ssl.SSLContext | None = None
+
+    @classmethod
+    def load(cls, dconf: DirectorConfig) -> NodeAccess:
+        """Read ``director.objstore_auth_file`` (its first ``user:password``) and the
+        ``objstore_tls_*`` files, once.
+
+        :raises ConfigError: a file is missing, unreadable, not private or malformed.
+        """
+        user = password = ""
+        if dconf.objstore_auth_file:
+            user, password = read_authfile(dconf.objstore_auth_file,
+                                           "director.objstore_auth_file")[0]
+        tls = None
+        if dconf.objstore_tls_ca:
+            from runtime.tls import client_context
+
+            tls = client_context(dconf.objstore_tls_ca, dconf.objstore_tls_cert,
+                                 dconf.objstore_tls_key, prefix="director.objstore_")
+        return cls(user, password, tls)
+
+
+#: Plaintext, no credentials.
+OPEN_ACCESS: Final = NodeAccess()
+
+
+@dataclass(frozen=True)
 class NodeAddress:
     host: str
     port: int
@@ -145,17 +198,22 @@ class NodeClient:
     """Pooled, pipelined access to one object server.
 
     :param pool_size: connections kept open at most; requests go to the least busy.
-    :param timeout: seconds to wait for connecting and for each reply.
+    :param timeout: seconds to wait for connecting (TLS and authentication included) and
+        for each reply.
+    :param access: credentials and TLS for new connections.
     """
 
     def __init__(self, address: NodeAddress, *, pool_size: int = 4, timeout: float = 2.0,
-                 max_value: int = 64 * 1024 * 1024 + 1024) -> None:
+                 max_value: int = 64 * 1024 * 1024 + 1024,
+                 access: NodeAccess = OPEN_ACCESS) -> None:
         self.address = address
         self.pool_size = pool_size
         self.timeout = timeout
         self.max_value = max_value
+        self.access = access
         self._conns: list[MemcacheConnection] = []
         self._connecting = 0
+        self._warned_open = False
 
     async def _connection(self) -> MemcacheConnection:
         self._conns = [c for c in self._conns if not c.closed]
@@ -163,13 +221,9 @@ class NodeClient:
         if idle is not None and (idle.load == 0
                                  or len(self._conns) + self._connecting >= self.pool_size):
             return idle
-        loop = asyncio.get_running_loop()
         self._connecting += 1
         try:
-            _transport, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: MemcacheConnection(self.max_value),
-                                       self.address.host, self.address.port),
-                self.timeout)
+            conn = await asyncio.wait_for(self._open(), self.timeout)
         except (TimeoutError, OSError) as exc:
             if idle is not None:
                 return idle
@@ -178,6 +232,45 @@ class NodeClient:
             self._connecting -= 1
         self._conns.append(conn)
         return conn
+
+    async def _open(self) -> MemcacheConnection:
+        """A new connection, over TLS and authenticated when :attr:`access` says so."""
+        access = self.access
+        loop = asyncio.get_running_loop()
+        host = self.address.host
+        _transport, conn = await loop.create_connection(
+            lambda: MemcacheConnection(self.max_value), host, self.address.port,
+            ssl=access.tls, server_hostname=host if access.tls is not None else None)
+        if not access.user:
+            return conn
+        try:
+            await self._authenticate(conn)
+        except BaseException:
+            conn.abort(NodeUnavailable("authentication did not complete"))
+            raise
+        return conn
+
+    async def _authenticate(self, conn: MemcacheConnection) -> None:
+        """Log ``conn`` in, unless the server says it needs no credentials.
+
+        :raises NodeAuthFailed: the server refused the credentials.
+        """
+        probe = await conn.request([b"version\r\n"], Expect.LINE)
+        if isinstance(probe, VersionReply):
+            if not self._warned_open:
+                self._warned_open = True
+                log.warning("object server %s does not require authentication; "
+                            "connecting without it", self.address)
+            return
+        if probe != E_UNAUTHENTICATED:
+            raise NodeProtocolError(f"{self.address}: version answered {probe!r}")
+        reply = await conn.request(auth_request(self.access.user, self.access.password),
+                                   Expect.LINE)
+        if not (isinstance(reply, Status) and reply.word == b"STORED"):
+            words = reply.line.decode(errors="replace") if isinstance(reply, ErrorReply) \
+                else repr(reply)
+            raise NodeAuthFailed(f"{self.address}: authentication as "
+                                 f"{self.access.user!r} refused: {words}")
 
     async def call(self, chunks: Sequence[bytes], expect: Expect,
                    timeout: float | None = None) -> Reply:
@@ -194,6 +287,9 @@ class NodeClient:
         except NodeError as exc:
             raise type(exc)(f"{self.address}: {exc}") from exc
         if isinstance(reply, ErrorReply):
+            if reply == E_UNAUTHENTICATED:
+                raise NodeAuthFailed(f"{self.address}: the server requires authentication "
+                                     f"(director.objstore_auth_file)")
             raise NodeRefused(reply)
         return reply
 

@@ -9,6 +9,12 @@ Adding a process kind is one more ``_stage_*`` method listed in ``stages``.
 PostgreSQL and Redis are not started when the config points at existing
 servers (``external_pg`` / ``external_redis``, set when OBJMAIL_PG_DSN or
 OBJMAIL_REDIS_NODES are given).
+
+Every generated password lives under ``<run dir>/secrets`` (0700, files 0600): Redis's,
+PostgreSQL's, and the blob plane's memcached authfile (``blob-auth``, one
+``objmail:<password>`` line), which the object servers (``objstore.auth_file``),
+directord (``director.auth_file``) and every blob client (``director.objstore_auth_file``)
+all name, so no client gets at a blob without it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from secrets import token_urlsafe
 from typing import Any
 from urllib.parse import urlsplit
 
+from director.memcache_client import OPEN_ACCESS, NodeAccess
+from objstore.auth import auth_request
 from ops import binaries
 from ops.config import Config, parse_hostport, to_toml
 from ops.launcher import (
@@ -40,13 +48,22 @@ from ops.launcher import (
     private_dir,
     tcp_connectable,
 )
-from runtime.secrets import Credentials, RedisAuth, load_credentials, write_secret
+from runtime.secrets import (
+    Credentials,
+    RedisAuth,
+    load_credentials,
+    read_authfile,
+    write_secret,
+)
 
 #: Zones given to the dev object servers in turn.
 DEV_ZONES = ("a", "b", "c")
 
 #: The Redis ACL user the dev cluster creates for objmail (the ``default`` user is off).
 DEV_REDIS_USER = "objmail"
+
+#: The user of the blob plane's authfile (object servers and directord).
+DEV_BLOB_USER = "objmail"
 
 
 @dataclass(frozen=True)
@@ -100,6 +117,7 @@ class DevCluster:
         self.launcher = Launcher(self.run_dir)
         self.config_path = self.run_dir / "objmail.toml"
         self._credentials: Credentials | None = None
+        self._node_access: NodeAccess | None = None
 
     def _with_dev_tls(self, config: Config) -> Config:
         """Give imapd the cluster's self-signed certificate unless one is configured.
@@ -127,9 +145,15 @@ class DevCluster:
         """Where the generated passwords live (mode 0700, files 0600)."""
         return self.run_dir / "secrets"
 
+    @property
+    def blob_auth_path(self) -> Path:
+        """The generated memcached authfile of the blob plane."""
+        return self.secrets_dir / "blob-auth"
+
     def _with_dev_credentials(self, config: Config) -> Config:
-        """Name the cluster's generated Redis and PostgreSQL password files in its config,
-        unless the config names its own or points at servers this cluster does not run."""
+        """Name the cluster's generated password files in its config: Redis's and
+        PostgreSQL's unless the config names its own or points at servers this cluster
+        does not run, and the blob plane's authfile unless the config names one."""
         cluster = config.cluster
         changes: dict[str, Any] = {}
         if not self.options.external_redis and not cluster.redis_password_file:
@@ -137,9 +161,17 @@ class DevCluster:
             changes["redis_password_file"] = str(self.secrets_dir / "redis-password")
         if not self.options.external_pg and not cluster.pg_password_file:
             changes["pg_password_file"] = str(self.secrets_dir / "pg-password")
-        if not changes:
-            return config
-        return dataclasses.replace(config, cluster=dataclasses.replace(cluster, **changes))
+        if changes:
+            config = dataclasses.replace(config, cluster=dataclasses.replace(cluster, **changes))
+        director = config.director
+        if not (config.objstore.auth_file or director.auth_file
+                or director.objstore_auth_file):
+            blob_auth = str(self.blob_auth_path)
+            config = dataclasses.replace(
+                config, objstore=dataclasses.replace(config.objstore, auth_file=blob_auth),
+                director=dataclasses.replace(director, auth_file=blob_auth,
+                                             objstore_auth_file=blob_auth))
+        return config
 
     def ensure_secrets(self) -> None:
         """Create the generated password files that do not exist yet (0600, in a 0700
@@ -150,6 +182,15 @@ class DevCluster:
             if path is not None and path.parent == self.secrets_dir and not path.exists():
                 private_dir(self.secrets_dir)
                 write_secret(path, token_urlsafe(32))
+        director = self.config.director
+        path = self.blob_auth_path
+        if path in {Path(p) for p in (self.config.objstore.auth_file, director.auth_file,
+                                      director.objstore_auth_file) if p} \
+                and not path.exists():
+            private_dir(self.secrets_dir)
+            # memcached's authfile format: the object servers and directord read it as
+            # such, the blob clients take its first (only) line.
+            write_secret(path, f"{DEV_BLOB_USER}:{token_urlsafe(32)}")
 
     @property
     def credentials(self) -> Credentials:
@@ -163,6 +204,26 @@ class DevCluster:
 
     def _redis_auth(self) -> RedisAuth:
         return self.credentials.redis
+
+    @property
+    def node_access(self) -> NodeAccess:
+        """How a client reaches this cluster's object servers (``director.objstore_*``),
+        read once (after :meth:`ensure_secrets`).
+
+        :raises ConfigError: a file the config names is missing or malformed.
+        """
+        if self._node_access is None:
+            self._node_access = NodeAccess.load(self.config.director)
+        return self._node_access
+
+    def directord_access(self) -> NodeAccess:
+        """How a client logs in to directord: the first user of ``director.auth_file``
+        (plaintext: the readiness probe of a TLS directord needs a client of its own)."""
+        path = self.config.director.auth_file
+        if not path:
+            return OPEN_ACCESS
+        user, password = read_authfile(path, "director.auth_file")[0]
+        return NodeAccess(user, password)
 
     # -- the plan -------------------------------------------------------------------
 
@@ -410,7 +471,8 @@ class DevCluster:
         return objstored_process_spec(name, host, port, data_dir,
                                       config_path or self.config_path,
                                       ["--node-id", name, "--zone", zone, *extra_args],
-                                      metrics_listen=metrics_listen)
+                                      metrics_listen=metrics_listen,
+                                      access=lambda: self.node_access)
 
     def _stage_directord(self) -> Stage | None:
         # It fronts this cluster's object servers: none (--objstores 0, only the
@@ -430,8 +492,8 @@ class DevCluster:
         if self.config.director.metrics_listen:
             ports.append(parse_hostport(self.config.director.metrics_listen)[1])
         return ProcessSpec(name, "directord", tuple(argv), tuple(ports),
-                           _memcache_version_probe(host, port), host=host,
-                           cwd=str(_project_root()), ready_timeout=60)
+                           memcache_version_probe(host, port, self.directord_access),
+                           host=host, cwd=str(_project_root()), ready_timeout=60)
 
     def _stage_imapd(self) -> Stage | None:
         # The mailbox server needs object servers to serve anything.
@@ -535,20 +597,24 @@ class DevCluster:
 def objstored_process_spec(name: str, host: str, port: int, data_dir: Path,
                            config_path: Path, extra_args: Sequence[str] = (), *,
                            env: Mapping[str, str] | None = None,
-                           metrics_listen: str = "") -> ProcessSpec:
+                           metrics_listen: str = "",
+                           access: Callable[[], NodeAccess] = lambda: OPEN_ACCESS
+                           ) -> ProcessSpec:
     """How the launcher runs one objstored (``python -m objstore.main``), ready once it
     answers ``version``: the dev cluster's object servers and the tests' own.
 
     :param metrics_listen: where it serves metrics; "" for nowhere (several object
         servers share the host, so the config's one address cannot serve them all).
+    :param access: how the readiness probe connects (credentials, TLS), asked at each
+        probe.
     """
     argv = [sys.executable, "-m", "objstore.main", "--listen", f"{host}:{port}",
             "--data", str(data_dir), "--config", str(config_path),
             "--metrics-listen", metrics_listen, *extra_args]
     ports = (port, parse_hostport(metrics_listen)[1]) if metrics_listen else (port,)
     return ProcessSpec(name, "objstored", tuple(argv), ports,
-                       _memcache_version_probe(host, port), host=host, env=dict(env or {}),
-                       cwd=str(_project_root()))
+                       memcache_version_probe(host, port, access), host=host,
+                       env=dict(env or {}), cwd=str(_project_root()))
 
 
 def wait_redis_cluster_ok(addresses: Sequence[tuple[str, int]], timeout: float, *,
@@ -665,15 +731,35 @@ def _redis_ping_probe(host: str, port: int,
     return probe
 
 
-def _memcache_version_probe(host: str, port: int) -> Callable[[], bool]:
+def memcache_version_probe(host: str, port: int,
+                           access: Callable[[], NodeAccess]) -> Callable[[], bool]:
+    """A probe that connects as ``access()`` says (TLS, then memcached's authentication),
+    and is true once the server answers ``version``."""
     def probe() -> bool:
         import socket
 
-        with socket.create_connection((host, port), timeout=1) as sock:
+        how = access()
+        with socket.create_connection((host, port), timeout=1) as raw:
+            sock = (how.tls.wrap_socket(raw, server_hostname=host) if how.tls is not None
+                    else raw)
+            if how.user:
+                sock.sendall(b"".join(auth_request(how.user, how.password)))
+                if _read_line(sock) != b"STORED\r\n":
+                    return False
             sock.sendall(b"version\r\n")
-            return sock.recv(64).startswith(b"VERSION ")
+            return _read_line(sock).startswith(b"VERSION ")
 
     return probe
+
+
+def _read_line(sock: Any) -> bytes:
+    line = b""
+    while not line.endswith(b"\n") and len(line) < 256:
+        chunk = sock.recv(256 - len(line))
+        if not chunk:
+            break
+        line += chunk
+    return line
 
 
 def _greeting_probe(host: str, port: int, prefix: bytes) -> Callable[[], bool]:

@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from director.errors import DirectorError
-from director.memcache_client import NodeAddress, NodeClient, NodeError
+from director.memcache_client import NodeAccess, NodeAddress, NodeClient, NodeError
 from director.nodes import Node, NodeState
 from director.redisstate import RedisState
 from metadata.errors import MetadataError
@@ -42,10 +42,10 @@ class StorageStats:
         return self.logical_bytes / self.unique_bytes if self.unique_bytes else 0.0
 
 
-async def node_bytes(node: Node, timeout: float) -> int | None:
+async def node_bytes(node: Node, timeout: float, access: NodeAccess) -> int | None:
     """Bytes a node holds right now (its ``stats``), or None when it does not answer."""
     host, port = parse_hostport(node.address)
-    client = NodeClient(NodeAddress(host, port), pool_size=1, timeout=timeout)
+    client = NodeClient(NodeAddress(host, port), pool_size=1, timeout=timeout, access=access)
     try:
         return int((await client.stats())["bytes"])
     except (NodeError, OSError, KeyError, ValueError):
@@ -67,7 +67,9 @@ async def collect(config: Config, credentials: Credentials) -> StorageStats:
         nodes = [n for n in (await state.registry.snapshot()).nodes
                  if n.state is not NodeState.REMOVED]
         blobs = await state.index.count()
-    live = await asyncio.gather(*(node_bytes(n, config.director.timeout) for n in nodes))
+    access = NodeAccess.load(config.director)
+    live = await asyncio.gather(*(node_bytes(n, config.director.timeout, access)
+                                  for n in nodes))
     physical = 0
     unreachable = 0
     for node, got in zip(nodes, live, strict=True):
