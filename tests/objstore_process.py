@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from director.memcache_client import OPEN_ACCESS, NodeAccess
 from ops.devcluster import objstored_process_spec
 from ops.launcher import Launcher, ProcessSpec, free_port
 
@@ -52,6 +53,8 @@ class Objstored:
     run_dir: Path | None = None
     #: Where it serves /metrics (None: it serves none).
     metrics_port: int | None = None
+    #: How the readiness probe connects (the credentials and TLS it demands).
+    access: NodeAccess = OPEN_ACCESS
 
     def __post_init__(self) -> None:
         self.launcher = Launcher(self.run_dir or self.data_dir.parent)
@@ -79,7 +82,8 @@ class Objstored:
             ["--workers", str(self.workers), *self.extra_args],
             # The test's config names the Redis to report to, whatever the environment says.
             env={"OBJMAIL_REDIS_NODES": ""},
-            metrics_listen=(f"{self.host}:{self.metrics_port}" if self.metrics_port else ""))
+            metrics_listen=(f"{self.host}:{self.metrics_port}" if self.metrics_port else ""),
+            access=lambda: self.access)
         return dataclasses.replace(spec, ready_timeout=ready_timeout)
 
     @property
@@ -159,9 +163,10 @@ def write_config(path: Path, objstore: dict[str, Any], redis_nodes: list[str] | 
 def objstored(tmp_path: Path, *, workers: int = 1, redis_nodes: list[str] | None = None,
               cluster: Mapping[str, Any] | None = None,
               extra_args: list[str] | None = None, metrics: bool = False,
-              **objstore: Any) -> Iterator[Objstored]:
+              access: NodeAccess = OPEN_ACCESS, **objstore: Any) -> Iterator[Objstored]:
     """Run objstored for the block; ``objstore`` keys go to its config section; with
-    ``metrics`` it serves /metrics on a free port.
+    ``metrics`` it serves /metrics on a free port; ``access`` is how the readiness probe
+    gets in (an ``auth_file`` or TLS in ``objstore`` demand it).
 
     Without ``redis_nodes`` the reporter points at a port where nothing listens, so tests
     never touch a Redis they did not start.  ``cluster`` adds ``[cluster]`` keys (the
@@ -175,7 +180,7 @@ def objstored(tmp_path: Path, *, workers: int = 1, redis_nodes: list[str] | None
     objstore.setdefault("map_size", 256 * 1024 * 1024)
     write_config(config_path, objstore, redis_nodes, cluster)
     server = Objstored(data_dir, config_path, free_port(), workers, list(extra_args or []),
-                       metrics_port=free_port() if metrics else None)
+                       metrics_port=free_port() if metrics else None, access=access)
     server.start()
     try:
         yield server
