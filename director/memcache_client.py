@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Final, cast
 
 from director.config import DirectorConfig
-from objstore.auth import E_UNAUTHENTICATED, auth_request
+from objstore.auth import AUTH_REFUSALS, E_UNAUTHENTICATED, auth_request
 from objstore.replies import (
     NEED_DATA,
     ErrorReply,
@@ -287,9 +287,11 @@ class NodeClient:
         except NodeError as exc:
             raise type(exc)(f"{self.address}: {exc}") from exc
         if isinstance(reply, ErrorReply):
-            if reply == E_UNAUTHENTICATED:
+            if reply in AUTH_REFUSALS:
+                # Only a connection that did not log in hears these.
                 raise NodeAuthFailed(f"{self.address}: the server requires authentication "
-                                     f"(director.objstore_auth_file)")
+                                     f"(director.objstore_auth_file): "
+                                     f"{reply.line.decode(errors='replace')}")
             raise NodeRefused(reply)
         return reply
 

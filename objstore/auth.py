@@ -44,13 +44,15 @@ from objstore import protocol as p
 from objstore.replies import STORED, ErrorReply, Reply, Status
 from runtime.secrets import read_authfile
 
-__all__ = ["AUTH_KEY", "AUTH_LIMITS", "E_AUTH_FAILURE", "E_UNAUTHENTICATED", "AuthTable",
-           "auth_request", "authenticate"]
+__all__ = ["AUTH_KEY", "AUTH_LIMITS", "AUTH_REFUSALS", "E_AUTH_FAILURE", "E_UNAUTHENTICATED",
+           "AuthTable", "auth_request", "authenticate"]
 
 E_UNAUTHENTICATED: Final = ErrorReply(b"CLIENT_ERROR", b"unauthenticated")
 E_AUTH_FAILURE: Final = ErrorReply(b"CLIENT_ERROR", b"authentication failure")
 E_AUTH_FORMAT: Final = ErrorReply(b"CLIENT_ERROR", b"bad authentication token format")
 E_AUTH_TERMINATION: Final = ErrorReply(b"CLIENT_ERROR", b"bad command line termination")
+#: What a client that did not log in may hear (a set before login is a login attempt).
+AUTH_REFUSALS: Final = frozenset((E_UNAUTHENTICATED, E_AUTH_FAILURE, E_AUTH_FORMAT))
 _STORED: Final = Status(STORED)
 
 #: What an unauthenticated client may send: memcached's 2048-byte line, and a value far

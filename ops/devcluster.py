@@ -733,8 +733,9 @@ def _redis_ping_probe(host: str, port: int,
 
 def memcache_version_probe(host: str, port: int,
                            access: Callable[[], NodeAccess]) -> Callable[[], bool]:
-    """A probe that connects as ``access()`` says (TLS, then memcached's authentication),
-    and is true once the server answers ``version``."""
+    """A probe that connects as ``access()`` says (TLS) and is true once the server
+    answers ``version``, logging in first when the server asks for it (as the blob
+    client does: credentials never go to a server that would store them)."""
     def probe() -> bool:
         import socket
 
@@ -742,12 +743,15 @@ def memcache_version_probe(host: str, port: int,
         with socket.create_connection((host, port), timeout=1) as raw:
             sock = (how.tls.wrap_socket(raw, server_hostname=host) if how.tls is not None
                     else raw)
-            if how.user:
+            sock.sendall(b"version\r\n")
+            reply = _read_line(sock)
+            if reply == b"CLIENT_ERROR unauthenticated\r\n" and how.user:
                 sock.sendall(b"".join(auth_request(how.user, how.password)))
                 if _read_line(sock) != b"STORED\r\n":
                     return False
-            sock.sendall(b"version\r\n")
-            return _read_line(sock).startswith(b"VERSION ")
+                sock.sendall(b"version\r\n")
+                reply = _read_line(sock)
+            return reply.startswith(b"VERSION ")
 
     return probe
 

@@ -120,7 +120,8 @@ def private_installation(redis: RunningRedis, run_dir: Path, *, objstores: int =
         if before_start is not None:
             before_start(config)
         cluster.up()
-        yield Installation(config, cluster)
+        # The cluster's config: with the credentials it generated (blob plane included).
+        yield Installation(cluster.config, cluster)
     finally:
         try:
             cluster.down()

@@ -29,6 +29,7 @@ from director.scrubber import Scrubber
 from ops.config import parse_hostport
 from tests.conftest import CORPUS
 from tests.director_installation import Installation, installation_fixture, with_client
+from tests.memcache_auth import login_request
 
 inst = installation_fixture("blobreader", objstores=3, stages=("objstore", "directord"),
                             cache_bytes=0, timeout=1.0, repair_interval=0.0,
@@ -68,7 +69,10 @@ def directord_get(inst: Installation, bid: str) -> bytes:
     """The raw reply of directord to ``get <bid>``."""
     with socket.create_connection(parse_hostport(inst.config.director.listen),
                                   timeout=10) as sock:
-        sock.sendall(b"get %s\r\n" % bid.encode())
+        # Log in (the installation's directord demands it): its STORED leads the reply.
+        login = login_request(inst.cluster.directord_access())
+        sock.sendall(login + b"get %s\r\n" % bid.encode())
+        logged_in = b"STORED\r\n" if login else b""
         out = b""
         while not (out.endswith(b"END\r\n") or (out.startswith(b"SERVER_ERROR")
                    and out.endswith(b"\r\n"))):
@@ -76,6 +80,8 @@ def directord_get(inst: Installation, bid: str) -> bytes:
             if not piece:
                 break
             out += piece
+            if out.startswith(logged_in):
+                out, logged_in = out[len(logged_in):], b""
         return out
 
 

@@ -13,7 +13,7 @@ import pytest
 from director.client import BlobClient, Coalescer
 from director.codec import FLAG_AESGCM, FLAG_MANIFEST, FLAG_ZLIB, chunk_key
 from director.errors import BlobNotFound
-from director.memcache_client import NodeAddress, NodeClient
+from director.memcache_client import NodeAccess, NodeAddress, NodeClient
 from ops.config import Config, parse_hostport
 from tests.conftest import CORPUS, RunningObjstores, redis_auth
 
@@ -27,18 +27,19 @@ async def open_client(config: Config) -> BlobClient:
                                  auth=redis_auth(config.cluster))
 
 
-async def raw_get(address: str, key: str):
+async def raw_get(address: str, key: str, access: NodeAccess):
     host, port = parse_hostport(address)
-    node = NodeClient(NodeAddress(host, port))
+    node = NodeClient(NodeAddress(host, port), access=access)
     try:
         return await node.get(key.encode())
     finally:
         await node.close()
 
 
-async def raw_set(address: str, key: str, value: bytes, flags: int) -> None:
+async def raw_set(address: str, key: str, value: bytes, flags: int,
+                  access: NodeAccess) -> None:
     host, port = parse_hostport(address)
-    node = NodeClient(NodeAddress(host, port))
+    node = NodeClient(NodeAddress(host, port), access=access)
     try:
         assert await node.set(key.encode(), value, flags)
     finally:
@@ -64,7 +65,7 @@ def test_put_get_replicates_in_distinct_zones(config: Config) -> None:
             nodes = (await client.snapshot()).resolve(numbers)
             assert len({n.zone for n in nodes}) == len(nodes)
             for node in nodes:
-                got = await raw_get(node.address, bid)
+                got = await raw_get(node.address, bid, client.access)
                 assert got is not None
             client.cache.memory.discard(bid)
             assert await client.get(bid) == data
@@ -109,7 +110,7 @@ def test_corpus_roundtrip_and_compression_flag(config: Config) -> None:
             biggest = max(range(len(datas)), key=lambda i: len(datas[i]))
             numbers = await client.index.locations(ids[biggest])
             node = (await client.snapshot()).resolve(numbers)[0]
-            raw = await raw_get(node.address, ids[biggest])
+            raw = await raw_get(node.address, ids[biggest], client.access)
             assert raw.flags & FLAG_ZLIB
             assert len(raw.value) < len(datas[biggest])
         finally:
@@ -128,9 +129,9 @@ def test_large_blob_is_chunked(config: Config) -> None:
             bid = await client.put(data)
             numbers = await client.index.locations(bid)
             node = (await client.snapshot()).resolve(numbers)[0]
-            head = await raw_get(node.address, bid)
+            head = await raw_get(node.address, bid, client.access)
             assert head.flags & FLAG_MANIFEST
-            assert await raw_get(node.address, chunk_key(bid, 2)) is not None
+            assert await raw_get(node.address, chunk_key(bid, 2), client.access) is not None
             client.cache.memory.discard(bid)
             assert await client.get(bid) == data
             client.cache.memory.discard(bid)
@@ -151,7 +152,7 @@ def test_corrupt_replica_fails_over_and_queues_repair(config: Config) -> None:
         try:
             bid = await client.put(data)
             nodes = await client._ordered(bid, await client.index.locations(bid))
-            await raw_set(nodes[0].address, bid, b"evil bytes", 0)
+            await raw_set(nodes[0].address, bid, b"evil bytes", 0, client.access)
             client.cache.memory.discard(bid)
             before = await client.repair.backlog()
             assert await client.get(bid) == data
@@ -178,7 +179,7 @@ def test_encrypted_blobs_are_opaque_on_servers(config: Config, tmp_path: Path) -
             bid = await client.put(secret)
             numbers = await client.index.locations(bid)
             for node in (await client.snapshot()).resolve(numbers):
-                raw = await raw_get(node.address, bid)
+                raw = await raw_get(node.address, bid, client.access)
                 assert raw.flags & FLAG_AESGCM
                 assert b"quarterly" not in raw.value
             client.cache.memory.discard(bid)
@@ -200,7 +201,7 @@ def test_delete_removes_everywhere(config: Config) -> None:
             nodes = (await client.snapshot()).resolve(await client.index.locations(bid))
             assert await client.delete(bid)
             for node in nodes:
-                assert await raw_get(node.address, bid) is None
+                assert await raw_get(node.address, bid, client.access) is None
             assert not await client.exists(bid)
             with pytest.raises(BlobNotFound):
                 await client.get(bid)

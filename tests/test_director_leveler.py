@@ -18,16 +18,17 @@ import threading
 import time
 
 import pytest
-from pymemcache.client.base import Client as MemcacheClient
 
 from director.client import BlobClient
 from director.leveler import Leveler
+from director.memcache_client import NodeAccess
 from director.nodes import Node, NodeState
 from director.planner import NodeUsage, usage
 from ops.cli import EX_OK, main
 from ops.config import MIB, Config
 from tests.conftest import free_port_block
 from tests.director_installation import Installation, installation_fixture, with_client
+from tests.memcache_auth import LoginClient
 
 CAPACITY = 8 * MIB
 TOLERANCE = 0.02
@@ -44,9 +45,9 @@ class HotReader:
     """Reads some keys from one object server over and over, in a thread, so that its
     load reports name them as its hottest."""
 
-    def __init__(self, address: str, keys: list[str]) -> None:
+    def __init__(self, address: str, keys: list[str], access: NodeAccess) -> None:
         host, port = address.rsplit(":", 1)
-        self.client = MemcacheClient((host, int(port)), timeout=2)
+        self.client = LoginClient((host, int(port)), access, timeout=2)
         self.keys = keys
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -133,7 +134,7 @@ def test_new_node_gets_hot_blobs_first_until_level(inst: Installation,
 
         with_client(inst.config, add)
         config = str(inst.cluster.config_path)
-        with HotReader(f"{hot_node.host}:{hot_node.port}", hot):
+        with HotReader(f"{hot_node.host}:{hot_node.port}", hot, inst.cluster.node_access):
             async def reported(client: BlobClient) -> None:
                 deadline = time.monotonic() + 20
                 while True:

@@ -21,6 +21,7 @@ from ops.launcher import free_port
 from runtime.secrets import write_secret
 from tests.conftest import RunningRedis
 from tests.director_installation import private_config, private_installation
+from tests.memcache_auth import login_request
 from tests.objstore_process import REPO
 
 
@@ -126,7 +127,12 @@ def test_sigterm_exits_zero(tmp_path: Path, redis_cluster: RunningRedis) -> None
         assert pid is not None
         with socket.create_connection(parse_hostport(inst.config.director.listen)) as sock:
             sock.sendall(b"version\r\n")
-            assert sock.recv(100) == b"VERSION 1.6.18-directord\r\n"
+            assert sock.recv(100) == b"CLIENT_ERROR unauthenticated\r\n"
+            sock.sendall(login_request(inst.cluster.directord_access()) + b"version\r\n")
+            reply = b""
+            while not reply.endswith(b"directord\r\n"):
+                reply += sock.recv(100)
+            assert reply == b"STORED\r\nVERSION 1.6.18-directord\r\n"
         host, port = parse_hostport(inst.config.director.metrics_listen)
         with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as resp:
             text = resp.read().decode()

@@ -3,17 +3,22 @@ real directord process in front of real objstored processes and Redis Cluster.
 
 The module runs a private installation (its own Redis prefix, four object servers and a
 directord, started by the project launcher), so killing an object server here disturbs
-no other test.
+no other test.  As every dev cluster, it demands memcached's authentication on its blob
+plane: the clients here log in first (:mod:`tests.memcache_auth`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import shutil
 import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,9 +30,11 @@ from director.client import BlobClient
 from director.codec import FLAG_ZLIB, BlobCodec
 from director.collector import Collector
 from director.keys import item_index_id
+from director.memcache_client import NodeAccess
 from director.proxy import VERSION, unsupported
 from metadata.store import MetadataStore
-from ops.config import parse_hostport
+from ops.config import parse_hostport, to_toml
+from ops.launcher import free_port
 from tests.conftest import CORPUS
 from tests.director_installation import (
     Installation,
@@ -35,6 +42,7 @@ from tests.director_installation import (
     wait_idle,
     with_client,
 )
+from tests.memcache_auth import LoginClient, login_request
 
 MEMCP = shutil.which("memcp") or shutil.which("memccp")
 MEMCAT = shutil.which("memcat") or shutil.which("memccat")
@@ -44,19 +52,38 @@ installation = installation_fixture("proxy", stages=("objstore", "directord"),
                                     timeout=1.0, gc_min_grace=0.0)
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """directord's address and the credentials it demands."""
+
+    host: str
+    port: int
+    access: NodeAccess
+
+
 @pytest.fixture
-def address(installation: Installation) -> tuple[str, int]:
-    return parse_hostport(installation.config.director.listen)
+def address(installation: Installation) -> Endpoint:
+    host, port = parse_hostport(installation.config.director.listen)
+    return Endpoint(host, port, installation.cluster.directord_access())
 
 
-def client(address: tuple[str, int], **kw: object) -> Client:
+def client(address: Endpoint, **kw: object) -> Client:
+    """pymemcache, logged in on each connection."""
     kw.setdefault("default_noreply", False)
-    return Client(address, timeout=10, connect_timeout=5, **kw)
+    return LoginClient((address.host, address.port), address.access, timeout=10,
+                       connect_timeout=5, **kw)
 
 
-def exchange(address: tuple[str, int], request: bytes, until: bytes = b"\r\n") -> bytes:
-    """Send raw bytes, read until the reply ends with ``until``."""
-    with socket.create_connection(address, timeout=10) as sock:
+def exchange(address: Endpoint, request: bytes, until: bytes = b"\r\n") -> bytes:
+    """Log in, send raw bytes, read until the reply ends with ``until``."""
+    with socket.create_connection((address.host, address.port), timeout=10) as sock:
+        login = login_request(address.access)
+        if login:
+            sock.sendall(login)
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                reply += sock.recv(1)
+            assert reply == b"STORED\r\n"
         sock.sendall(request)
         out = b""
         while not out.endswith(until):
@@ -67,7 +94,7 @@ def exchange(address: tuple[str, int], request: bytes, until: bytes = b"\r\n") -
         return out
 
 
-def test_set_get_add_delete_touch(address: tuple[str, int]) -> None:
+def test_set_get_add_delete_touch(address: Endpoint) -> None:
     """The classic commands behave as memcached's: set overwrites, add refuses a present
     key, delete removes, touch answers for present keys only."""
     mc = client(address)
@@ -91,7 +118,7 @@ def test_set_get_add_delete_touch(address: tuple[str, int]) -> None:
     mc.close()
 
 
-def test_binary_values_and_flags_are_kept_exactly(address: tuple[str, int]) -> None:
+def test_binary_values_and_flags_are_kept_exactly(address: Endpoint) -> None:
     """Values with every byte (CR LF included) and client flags come back as set."""
     key = f"bin-{os.urandom(4).hex()}".encode()
     value = bytes(range(256)) * 40 + b"\r\nEND\r\n" + os.urandom(1000)
@@ -102,7 +129,7 @@ def test_binary_values_and_flags_are_kept_exactly(address: tuple[str, int]) -> N
 
 
 def test_set_replicates_as_given_in_distinct_zones(installation: Installation,
-                                                   address: tuple[str, int]) -> None:
+                                                   address: Endpoint) -> None:
     """A set stores the value and flags unchanged on `replicas` object servers of
     distinct zones, recorded in the items' index key space under the key's index id."""
     key = f"repl-{os.urandom(4).hex()}".encode()
@@ -122,7 +149,7 @@ def test_set_replicates_as_given_in_distinct_zones(installation: Installation,
     with_client(installation.config, body)
 
 
-def test_noreply_then_read_sees_the_writes(address: tuple[str, int]) -> None:
+def test_noreply_then_read_sees_the_writes(address: Endpoint) -> None:
     """noreply writes answer nothing; a read on the same connection sees them."""
     mc = client(address, default_noreply=True)
     keys = [f"nr-{os.urandom(3).hex()}-{i}" for i in range(20)]
@@ -135,7 +162,7 @@ def test_noreply_then_read_sees_the_writes(address: tuple[str, int]) -> None:
 
 
 def test_values_up_to_the_item_size(installation: Installation,
-                                    address: tuple[str, int]) -> None:
+                                    address: Endpoint) -> None:
     """A value of exactly the object servers' item size is stored; one byte more is
     refused in memcached's words, and the key's old value is gone."""
     limit = installation.config.objstore.max_item_size
@@ -160,7 +187,7 @@ def test_values_up_to_the_item_size(installation: Installation,
     (b"lru_crawler metadump all\r\n", b"lru_crawler"), (b"ma n\r\n", b"ma"),
     (b"me k\r\n", b"me"),
 ])
-def test_other_commands_are_refused_by_name(address: tuple[str, int], request_: bytes,
+def test_other_commands_are_refused_by_name(address: Endpoint, request_: bytes,
                                             name: bytes) -> None:
     """Commands directord does not proxy get SERVER_ERROR naming the command."""
     assert exchange(address, request_) == b"SERVER_ERROR %s not supported by directord\r\n" \
@@ -168,7 +195,7 @@ def test_other_commands_are_refused_by_name(address: tuple[str, int], request_: 
     assert unsupported(name).line == b"SERVER_ERROR %s not supported by directord" % name
 
 
-def test_unknown_and_malformed_commands(address: tuple[str, int]) -> None:
+def test_unknown_and_malformed_commands(address: Endpoint) -> None:
     """Garbage gets memcached's own words, and the connection goes on."""
     assert exchange(address, b"bogus\r\nversion\r\n", until=b"directord\r\n") == \
         b"ERROR\r\nVERSION " + VERSION + b"\r\n"
@@ -177,7 +204,7 @@ def test_unknown_and_malformed_commands(address: tuple[str, int]) -> None:
         b"VERSION " + VERSION + b"\r\n"
 
 
-def test_meta_commands(address: tuple[str, int]) -> None:
+def test_meta_commands(address: Endpoint) -> None:
     """ms/mg/md/mn work with the flags a proxy can honour; others are refused."""
     key = f"meta-{os.urandom(4).hex()}".encode()
     assert exchange(address, b"ms %s 5 F7 T0 k Oab\r\nhello\r\n" % key) == \
@@ -196,7 +223,7 @@ def test_meta_commands(address: tuple[str, int]) -> None:
 
 
 def test_blob_ids_read_encoded_and_are_guarded(installation: Installation,
-                                               address: tuple[str, int]) -> None:
+                                               address: Endpoint) -> None:
     """A blob stored by the library reads through directord as stored (compressed, with
     the flag that says so); a value that is not the blob's content is refused; a second
     set is a dedup hit; blob ids cannot be deleted or made to expire."""
@@ -252,7 +279,7 @@ def _metric(text: str, line_start: str) -> float:
     raise AssertionError(f"{line_start} not in metrics:\n{text}")
 
 
-def test_metrics_endpoint(installation: Installation, address: tuple[str, int]) -> None:
+def test_metrics_endpoint(installation: Installation, address: Endpoint) -> None:
     """GET /metrics counts requests and errors by command and times them."""
     mc = client(address)
     mc.set("metrics-key", b"v")
@@ -268,32 +295,73 @@ def test_metrics_endpoint(installation: Installation, address: tuple[str, int]) 
     assert "# TYPE directord_request_seconds histogram" in text
 
 
+def test_unauthenticated_clients_are_refused(address: Endpoint) -> None:
+    """A client that did not log in gets CLIENT_ERROR unauthenticated for get, delete
+    and metadump, and its set is a refused login: nothing reaches the object servers."""
+    key = f"anon-{os.urandom(4).hex()}".encode()
+    open_ = Endpoint(address.host, address.port, NodeAccess())
+    for request in (b"get %s\r\n" % key, b"delete %s\r\n" % key,
+                    b"lru_crawler metadump all\r\n", b"version\r\n"):
+        assert exchange(open_, request) == b"CLIENT_ERROR unauthenticated\r\n"
+    assert exchange(open_, b"set %s 0 0 5\r\nvalue\r\n" % key) == \
+        b"CLIENT_ERROR bad authentication token format\r\n"
+    assert exchange(open_, b"set %s 0 0 11\r\nvalue value\r\n" % key) == \
+        b"CLIENT_ERROR authentication failure\r\n"
+    wrong = Endpoint(address.host, address.port, NodeAccess(address.access.user, "wrong"))
+    with pytest.raises(AssertionError):
+        exchange(wrong, b"get %s\r\n" % key)
+    assert exchange(address, b"get %s\r\n" % key, until=b"END\r\n") == b"END\r\n"
+
+
 @pytest.mark.skipif(MEMCP is None or MEMCAT is None, reason="libmemcached-tools missing")
-def test_memcp_and_memcat_roundtrip_a_file(address: tuple[str, int], tmp_path: Path) -> None:
+def test_memcp_and_memcat_roundtrip_a_file(installation: Installation, tmp_path: Path) -> None:
     """libmemcached's memcp stores a file through directord and memcat reads it back
-    byte for byte, flags included."""
+    byte for byte, flags included.  libmemcached 1.1 cannot log in with the text
+    protocol, so they talk to a second directord without ``director.auth_file`` (in
+    front of the same, authenticated, object servers), and the first one refuses them."""
     source = max((p for p in (CORPUS / "apache-spamassassin").rglob("*") if p.is_file()),
                  key=lambda p: p.stat().st_size)
     name = f"mail-{os.urandom(4).hex()}.eml"
     copy = tmp_path / name
     copy.write_bytes(source.read_bytes())
-    servers = f"{address[0]}:{address[1]}"
     assert MEMCP is not None and MEMCAT is not None
-    put = subprocess.run([MEMCP, "--servers", servers, "--flags", "99", str(copy)],
-                         capture_output=True, timeout=60)
-    assert put.returncode == 0, put.stderr
-    out = tmp_path / "out"
-    got = subprocess.run([MEMCAT, "--servers", servers, f"--file={out}", name],
-                         capture_output=True, timeout=60)
-    assert got.returncode == 0, got.stderr
-    assert out.read_bytes() == source.read_bytes()
-    flags = subprocess.run([MEMCAT, "--servers", servers, "--flags", name],
-                           capture_output=True, timeout=60)
-    assert flags.stdout.startswith(b"99\n")
+    refused = subprocess.run([MEMCP, "--servers", installation.config.director.listen,
+                              str(copy)], capture_output=True, timeout=60)
+    assert refused.returncode != 0
+    with open_directord(installation, tmp_path) as servers:
+        put = subprocess.run([MEMCP, "--servers", servers, "--flags", "99", str(copy)],
+                             capture_output=True, timeout=60)
+        assert put.returncode == 0, put.stderr
+        out = tmp_path / "out"
+        got = subprocess.run([MEMCAT, "--servers", servers, f"--file={out}", name],
+                             capture_output=True, timeout=60)
+        assert got.returncode == 0, got.stderr
+        assert out.read_bytes() == source.read_bytes()
+        flags = subprocess.run([MEMCAT, "--servers", servers, "--flags", name],
+                               capture_output=True, timeout=60)
+        assert flags.stdout.startswith(b"99\n")
+
+
+@contextlib.contextmanager
+def open_directord(installation: Installation, tmp_path: Path) -> Iterator[str]:
+    """A second directord of the installation whose own port demands no login."""
+    config = dataclasses.replace(installation.config, director=dataclasses.replace(
+        installation.config.director, auth_file="", metrics_listen=""))
+    path = tmp_path / "open-directord.toml"
+    path.write_text(to_toml(config))
+    host, port = parse_hostport(installation.config.director.listen)
+    port = free_port()
+    spec = installation.cluster.directord_spec(host, port, name="directord-open",
+                                               config_path=path)
+    installation.cluster.launcher.start(spec)
+    try:
+        yield f"{host}:{port}"
+    finally:
+        installation.cluster.launcher.stop(spec)
 
 
 def test_get_fails_over_when_a_replica_dies(installation: Installation,
-                                            address: tuple[str, int]) -> None:
+                                            address: Endpoint) -> None:
     """kill -9 the replica directord reads first: gets still answer from the other
     replica; the restarted server serves again."""
     mc = client(address)
@@ -325,7 +393,7 @@ def test_get_fails_over_when_a_replica_dies(installation: Installation,
 
 
 def test_items_set_through_directord_survive_gc(installation: Installation, postgres: str,
-                                                address: tuple[str, int]) -> None:
+                                                address: Endpoint) -> None:
     """Issue 11, data loss 3: ``set mykey`` through directord, a whole gc run (which keeps
     only what messages reference), then ``get mykey`` still returns the value: plain keys
     live in the items' key space, which gc never sweeps, while a blob id set through
