@@ -351,8 +351,9 @@ def open_directord(installation: Installation, tmp_path: Path) -> Iterator[str]:
     path.write_text(to_toml(config))
     host, port = parse_hostport(installation.config.director.listen)
     port = free_port()
-    spec = installation.cluster.directord_spec(host, port, name="directord-open",
-                                               config_path=path)
+    spec = dataclasses.replace(  # no metrics port: the installation's directord has it
+        installation.cluster.directord_spec(host, port, name="directord-open",
+                                            config_path=path), ports=(port,))
     installation.cluster.launcher.start(spec)
     try:
         yield f"{host}:{port}"

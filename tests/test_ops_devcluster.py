@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import imaplib
 import os
 import random
+import smtplib
 import socket
 import stat
 import subprocess
@@ -17,8 +19,14 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from ops.config import ClusterConfig, parse_hostport
-from ops.devcluster import DEV_REDIS_USER, DevCluster, DevOptions, wait_redis_replicas
+from ops.config import ClusterConfig, Config, parse_hostport
+from ops.devcluster import (
+    DEV_BLOB_USER,
+    DEV_REDIS_USER,
+    DevCluster,
+    DevOptions,
+    wait_redis_replicas,
+)
 from ops.launcher import (
     LaunchError,
     ephemeral_port_range,
@@ -26,7 +34,8 @@ from ops.launcher import (
     free_port_block,
     port_in_use,
 )
-from tests.conftest import RunningRedis, SessionCluster, make_test_config
+from tests.conftest import CORPUS, RunningRedis, SessionCluster, make_test_config
+from tests.imapd_process import Mail, self_signed, start_imapd
 
 
 def test_redis_cluster_spreads_keys_over_three_masters(redis_cluster: RunningRedis) -> None:
@@ -345,3 +354,57 @@ def test_secrets_logs_and_data_are_private(postgres: str, redis_cluster: Running
         except OSError:
             continue
         assert not any(p in cmdline for p in passwords if p), f"password in ps: {pid}"
+
+
+def test_blob_plane_refuses_strangers_while_mail_flows(
+        storage_cluster: Config, test_cluster: SessionCluster, tmp_path: Path) -> None:
+    """The dev cluster's object servers demand memcached's login: a client without it is
+    refused get, set, delete and metadump on every one of them, while mail delivered over
+    LMTP is fetched back byte for byte over IMAP (imapd's blob client logs in)."""
+    raw = (CORPUS / "apache-james-mime4j/mimetools-testmsgs/bluedot-simple.msg").read_bytes()
+    stack_user = f"blob{os.urandom(3).hex()}"
+    Mail(storage_cluster).create_user(stack_user, "pw")
+    server = start_imapd(test_cluster, "imapd-blobauth", self_signed(tmp_path),
+                         lmtp_listen=f"127.0.0.1:{free_port()}")
+    try:
+        client = smtplib.LMTP()
+        client.connect("127.0.0.1", server.lmtp_port)
+        try:
+            assert client.sendmail("s@example.org", [f"{stack_user}@example.org"], raw) == {}
+        finally:
+            client.quit()
+        for host, port in test_cluster.cluster("objstore").objstore_addresses:
+            with socket.create_connection((host, port), timeout=5) as sock:
+                for request, reply in (
+                        (b"get k\r\n", b"CLIENT_ERROR unauthenticated\r\n"),
+                        (b"delete k\r\n", b"CLIENT_ERROR unauthenticated\r\n"),
+                        (b"lru_crawler metadump all\r\n", b"CLIENT_ERROR unauthenticated\r\n"),
+                        (b"set k 0 0 11\r\nstolen blob\r\n",
+                         b"CLIENT_ERROR authentication failure\r\n")):
+                    sock.sendall(request)
+                    got = b""
+                    while not got.endswith(b"\r\n"):
+                        got += sock.recv(256)
+                    assert got == reply, (port, request)
+        with imaplib.IMAP4("127.0.0.1", server.imap_port) as imap:
+            imap.login(stack_user, "pw")
+            imap.select("INBOX", readonly=True)
+            _status, data = imap.fetch("1", "(BODY.PEEK[])")
+        fetched = data[0][1]  # type: ignore[index]
+        assert isinstance(fetched, bytes) and fetched.endswith(raw) and fetched.startswith(b"Return-Path: <s@example.org>")
+    finally:
+        server.stop()
+
+
+def test_blob_plane_credentials_are_generated_private(test_cluster: SessionCluster) -> None:
+    """objmail dev up writes the blob plane's authfile (one objmail:<password> line, 0600)
+    under its secrets directory and names it for the object servers, directord and the
+    blob clients; the password is in no config file."""
+    config = test_cluster.config
+    path = test_cluster.run_dir / "secrets" / "blob-auth"
+    assert {config.objstore.auth_file, config.director.auth_file,
+            config.director.objstore_auth_file} == {str(path)}
+    assert _mode(path) == 0o600
+    user, _, password = path.read_text().strip().partition(":")
+    assert user == DEV_BLOB_USER and len(password) >= 32
+    assert password not in (test_cluster.run_dir / "objmail.toml").read_text()
