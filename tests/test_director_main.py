@@ -19,10 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from ops.config import parse_hostport, to_toml
 from ops.launcher import free_port
 from runtime.secrets import write_secret
+from runtime.tls import client_context
 from tests.conftest import RunningRedis
 from tests.director_installation import private_config, private_installation
 from tests.memcache_auth import login_request
 from tests.objstore_process import REPO
+from tests.tls_support import make_certificates
 
 
 def run_directord(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
@@ -160,3 +162,66 @@ def test_sigterm_exits_zero(tmp_path: Path, redis_cluster: RunningRedis) -> None
                  if not x.startswith("--- ")]
         assert all(list(x)[:5] == ["ts", "level", "logger", "pid", "msg"] for x in lines)
         assert any(x["msg"] == "directord stopped" for x in lines)
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("key", ["auth_file", "objstore_auth_file"])
+def test_an_auth_file_others_can_read_exits_config(tmp_path: Path, key: str) -> None:
+    """directord's own auth file and the one it logs in to object servers with are
+    refused when group or others may read them: exit 78 naming the key, before Redis is
+    even tried."""
+    path = tmp_path / "blob-auth"
+    path.write_text("objmail:hunter2\n")
+    path.chmod(0o640)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[cluster]\nredis_nodes = ["127.0.0.1:{free_port()}"]\n'
+                   f'[director]\nlisten = "127.0.0.1:{free_port()}"\nmetrics_listen = ""\n'
+                   f'{key} = "{path}"\n')
+    result = run_directord(["--config", str(cfg)])
+    assert result.returncode == 78, result.stderr[-2000:]
+    assert f"director.{key}".encode() in result.stderr and b"hunter2" not in result.stderr
+
+
+def test_tls_listener_with_login(tmp_path: Path, redis_cluster: RunningRedis) -> None:
+    """With tls_cert/tls_key (and the dev cluster's auth file) directord speaks TLS only:
+    a TLS client is refused until it logs in, then served; a plaintext client gets no
+    memcached reply."""
+    certs = make_certificates(tmp_path / "tls")
+    with private_installation(redis_cluster, tmp_path, objstores=0, stages=()) as inst:
+        config = dataclasses.replace(inst.config, director=dataclasses.replace(
+            inst.config.director, tls_cert=str(certs.server_cert),
+            tls_key=str(certs.server_key), metrics_listen=""))
+        cfg = tmp_path / "tls.toml"
+        cfg.write_text(to_toml(config))
+        host, port = parse_hostport(config.director.listen)
+        proc = subprocess.Popen([sys.executable, "-m", "director.main", "--config", str(cfg)],
+                                cwd=REPO, stderr=subprocess.PIPE,
+                                env={**os.environ, "OBJMAIL_REDIS_NODES": ""})
+        try:
+            context = client_context(str(certs.ca), prefix="test.")
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    raw = socket.create_connection((host, port), timeout=5)
+                    break
+                except OSError:
+                    assert proc.poll() is None and time.monotonic() < deadline
+                    time.sleep(0.1)
+            with context.wrap_socket(raw, server_hostname=host) as sock:
+                sock.sendall(b"version\r\n")
+                assert sock.recv(100) == b"CLIENT_ERROR unauthenticated\r\n"
+                sock.sendall(login_request(inst.cluster.directord_access()) + b"version\r\n")
+                reply = b""
+                while not reply.endswith(b"directord\r\n"):
+                    reply += sock.recv(100)
+                assert reply == b"STORED\r\nVERSION 1.6.18-directord\r\n"
+            with socket.create_connection((host, port), timeout=5) as plain:
+                plain.sendall(b"version\r\n")
+                try:
+                    got = plain.recv(100)
+                except (ConnectionResetError, TimeoutError):
+                    got = b""
+                assert b"VERSION" not in got and b"CLIENT_ERROR" not in got
+        finally:
+            proc.terminate()
+            assert proc.wait(30) == 0
