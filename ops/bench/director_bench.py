@@ -187,16 +187,19 @@ def main(argv: list[str] | None = None) -> int:
             mcload = build_mcload(work)
             direct_port = parse_hostport(config.objstore.listen)[1]
             proxy_port = parse_hostport(config.director.listen)[1]
+            # The dev cluster's blob plane wants a login; mcload logs every connection in.
+            access = cluster.node_access
+            login = ["-a", f"{access.user}:{access.password}"] if access.user else []
             for size in sizes:
                 for target, port in (("objstored", direct_port), ("directord", proxy_port)):
                     if target not in targets:
                         continue
-                    warm(mcload, port, size)
+                    warm(mcload, port, size, login)
                     for op in ("get", "set"):
                         runs = []
                         for _ in range(args.reps):
                             r = run_mcload(mcload, port, op, size, 1, args.conns,
-                                           args.seconds, [])
+                                           args.seconds, [], login)
                             runs.append(Result(target, op, size, r.ops_per_sec, r.p99_us))
                         record(median(runs))
                 if "library" in targets:

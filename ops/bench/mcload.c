@@ -9,9 +9,12 @@
  * Why not memaslap: it cannot pipeline, reports latency only in power-of-two buckets, and
  * insists on at least 1024 keys per connection, which at 1 MiB values is 50 GB.
  *
- * Build: cc -O2 -o mcload mcload.c
+ * Build: cc -O2 -o mcload mcload.c   (with TLS: cc -O2 -DMCLOAD_TLS -o mcload mcload.c -lssl -lcrypto)
  * Usage: mcload -h 127.0.0.1 -p 11211 -c 50 -d 1 -t 5 -s 100 -k 1000 -o get [-W]
+ *               [-a user:password] [-T ca.pem]
  *   -W  first store every key once (so gets hit)
+ *   -a  log every connection in first (memcached -Y: a set whose value is "user password")
+ *   -T  speak TLS, trusting this CA (the server's name is not checked: loopback benchmark)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -27,12 +30,17 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef MCLOAD_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
 
 #define HIST_MAX 2000000 /* 2 s at 1 us resolution; slower goes to the last bucket */
 #define RBUF 65536
 
 typedef struct {
     int fd;
+    void *ssl;          /* SSL * when -T */
     int inflight;
     uint64_t *sent_at; /* ring of send times, size depth */
     int head, tail;
@@ -51,6 +59,11 @@ static char *value;
 static uint32_t *hist;
 static unsigned long long done_ops, misses, errors;
 static int measuring;
+static const char *login;   /* "user password", -a */
+static const char *tls_ca;  /* -T */
+#ifdef MCLOAD_TLS
+static SSL_CTX *tls_ctx;
+#endif
 
 static uint64_t now_us(void) {
     struct timespec ts;
@@ -59,6 +72,70 @@ static uint64_t now_us(void) {
 }
 
 static void die(const char *what) { perror(what); exit(2); }
+
+/* read/write through TLS when the connection has it; -1 with errno EAGAIN when it would
+ * block (TLS: in either direction; the edge-triggered loop retries on any event). */
+static ssize_t conn_read(conn_t *c, void *buf, size_t n) {
+#ifdef MCLOAD_TLS
+    if (c->ssl) {
+        int r = SSL_read(c->ssl, buf, (int)n);
+        if (r > 0) return r;
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) { errno = EAGAIN; return -1; }
+        if (e == SSL_ERROR_ZERO_RETURN) return 0;
+        ERR_print_errors_fp(stderr);
+        errno = EIO;
+        return -1;
+    }
+#endif
+    return read(c->fd, buf, n);
+}
+
+static ssize_t conn_write(conn_t *c, const void *buf, size_t n) {
+#ifdef MCLOAD_TLS
+    if (c->ssl) {
+        int r = SSL_write(c->ssl, buf, (int)n);
+        if (r > 0) return r;
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) { errno = EAGAIN; return -1; }
+        ERR_print_errors_fp(stderr);
+        errno = EIO;
+        return -1;
+    }
+#endif
+    return write(c->fd, buf, n);
+}
+
+/* Blocking: TLS handshake and login, before the connection goes non-blocking. */
+static void secure(conn_t *c) {
+    if (tls_ca) {
+#ifdef MCLOAD_TLS
+        SSL *ssl = SSL_new(tls_ctx);
+        SSL_set_fd(ssl, c->fd);
+        if (SSL_connect(ssl) != 1) { ERR_print_errors_fp(stderr); exit(2); }
+        c->ssl = ssl;
+#else
+        fprintf(stderr, "built without TLS (-DMCLOAD_TLS)\n");
+        exit(2);
+#endif
+    }
+    if (login) {
+        char line[600];
+        int n = snprintf(line, sizeof line, "set auth 0 0 %zu\r\n%s\r\n", strlen(login), login);
+        if (conn_write(c, line, n) != n) die("login write");
+        char reply[64];
+        size_t got = 0;
+        while (got < 8) {
+            ssize_t r = conn_read(c, reply + got, sizeof reply - got);
+            if (r <= 0) die("login read");
+            got += r;
+        }
+        if (got != 8 || memcmp(reply, "STORED\r\n", 8) != 0) {
+            fprintf(stderr, "login refused: %.*s", (int)got, reply);
+            exit(2);
+        }
+    }
+}
 
 static int connect_one(void) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -70,7 +147,6 @@ static int connect_one(void) {
     if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) die("connect");
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    fcntl(fd, F_SETFL, O_NONBLOCK);
     return fd;
 }
 
@@ -103,7 +179,7 @@ static void queue_request(conn_t *c, int get, unsigned long key) {
 
 static int flush_out(conn_t *c) {
     while (c->out_off < c->out_len) {
-        ssize_t w = write(c->fd, c->out + c->out_off, c->out_len - c->out_off);
+        ssize_t w = conn_write(c, c->out + c->out_off, c->out_len - c->out_off);
         if (w < 0) {
             if (errno == EAGAIN) return 0;
             die("write");
@@ -188,19 +264,19 @@ static void warmup(void) {
     conn_t c = {0};
     int saved_depth = depth;
     depth = 64;
-    c.fd = connect_one();
+    c.fd = connect_one(); /* blocking is fine here */
+    secure(&c);
     c.sent_at = calloc(depth, sizeof(uint64_t));
-    fcntl(c.fd, F_SETFL, 0); /* blocking is fine here */
     unsigned long key = 0, acked = 0;
     while (acked < (unsigned long)nkeys) {
         while (c.inflight < depth && key < (unsigned long)nkeys) queue_request(&c, 0, key++);
         while (c.out_off < c.out_len) {
-            ssize_t w = write(c.fd, c.out + c.out_off, c.out_len - c.out_off);
+            ssize_t w = conn_write(&c, c.out + c.out_off, c.out_len - c.out_off);
             if (w <= 0) die("write");
             c.out_off += w;
         }
         c.out_off = c.out_len = 0;
-        ssize_t r = read(c.fd, c.in + c.in_len, RBUF - c.in_len);
+        ssize_t r = conn_read(&c, c.in + c.in_len, RBUF - c.in_len);
         if (r <= 0) die("read");
         c.in_len += r;
         acked += parse(&c);
@@ -213,7 +289,7 @@ static void warmup(void) {
 
 int main(int argc, char **argv) {
     int opt;
-    while ((opt = getopt(argc, argv, "h:p:c:d:t:s:k:o:W")) != -1) {
+    while ((opt = getopt(argc, argv, "h:p:c:d:t:s:k:o:Wa:T:")) != -1) {
         switch (opt) {
         case 'h': host = optarg; break;
         case 'p': port = atoi(optarg); break;
@@ -224,9 +300,30 @@ int main(int argc, char **argv) {
         case 'k': nkeys = atol(optarg); break;
         case 'o': is_get = strcmp(optarg, "get") == 0; break;
         case 'W': warm = 1; break;
+        case 'a': {
+            /* user:password -> "user password" */
+            char *v = strdup(optarg), *colon = strchr(v, ':');
+            if (!colon) { fprintf(stderr, "-a wants user:password\n"); return 2; }
+            *colon = ' ';
+            login = v;
+            break;
+        }
+        case 'T': tls_ca = optarg; break;
         default: fprintf(stderr, "bad option\n"); return 2;
         }
     }
+#ifdef MCLOAD_TLS
+    if (tls_ca) {
+        tls_ctx = SSL_CTX_new(TLS_client_method());
+        if (!tls_ctx || SSL_CTX_load_verify_locations(tls_ctx, tls_ca, NULL) != 1) {
+            ERR_print_errors_fp(stderr);
+            return 2;
+        }
+        SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_PEER, NULL);
+        SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE
+                                  | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    }
+#endif
     value = malloc(size + 1);
     for (long i = 0; i < size; i++) value[i] = 'a' + i % 26;
     hist = calloc(HIST_MAX, sizeof(uint32_t));
@@ -237,6 +334,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < nconns; i++) {
         conn_t *c = &conns[i];
         c->fd = connect_one();
+        secure(c);
+        fcntl(c->fd, F_SETFL, O_NONBLOCK);
         c->sent_at = calloc(depth, sizeof(uint64_t));
         c->next_key = i % nkeys;
         struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET, .data.ptr = c};
@@ -258,7 +357,7 @@ int main(int argc, char **argv) {
             conn_t *c = evs[i].data.ptr;
             if (evs[i].events & EPOLLIN) {
                 for (;;) {
-                    ssize_t r = read(c->fd, c->in + c->in_len, RBUF - c->in_len);
+                    ssize_t r = conn_read(c, c->in + c->in_len, RBUF - c->in_len);
                     if (r < 0) { if (errno == EAGAIN) break; die("read"); }
                     if (r == 0) { fprintf(stderr, "server closed a connection\n"); exit(2); }
                     c->in_len += r;

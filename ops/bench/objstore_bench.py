@@ -14,10 +14,16 @@ Load generators:
   reported (100 % per thread = saturated).
 * Redis: ``redis-benchmark`` (``-P`` for pipelining).
 
+``--security plain,auth,tls,auth+tls`` runs objstored once per setting: with an auth file
+(every mcload connection logs in first, as ``memcached -Y`` clients do), with TLS (a
+self-signed certificate made by ``openssl``; mcload is then built against OpenSSL), or
+both; a second table gives each setting's throughput against plain objstored's.
+
 Usage::
 
     python -m ops.bench.objstore_bench [--seconds 4] [--reps 3] [--workers 2]
-        [--sizes 100,4096,65536,1048576] [--json results.json]
+        [--sizes 100,4096,65536,1048576] [--security plain,auth,tls,auth+tls]
+        [--json results.json]
 
 The machine has two cores shared with the load generator; run it on a quiet machine.
 """
@@ -35,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,10 +107,41 @@ def run_load(args: list[str], pids: list[int], timeout: float) -> tuple[bytes, f
     return out.stdout, (cpu_seconds(pids) - before) / elapsed
 
 
-def build_mcload(workdir: Path) -> Path:
-    exe = workdir / "mcload"
-    subprocess.run(["cc", "-O2", "-o", str(exe), str(HERE / "mcload.c")], check=True)
+def build_mcload(workdir: Path, tls: bool = False) -> Path:
+    """Compile the load generator (against OpenSSL when ``tls``: libssl-dev)."""
+    exe = workdir / ("mcload-tls" if tls else "mcload")
+    extra = ["-DMCLOAD_TLS", "-lssl", "-lcrypto"] if tls else []
+    subprocess.run(["cc", "-O2", "-o", str(exe), str(HERE / "mcload.c"), *extra], check=True)
     return exe
+
+
+#: objstored's settings --security may ask for.
+SECURITY = ("plain", "auth", "tls", "auth+tls")
+BENCH_USER = "bench"
+
+
+def security_setup(work: Path, setting: str) -> tuple[str, list[str]]:
+    """The ``[objstore]`` lines for ``setting`` and the mcload options that match."""
+    lines, args = [], []
+    if "auth" in setting.split("+"):
+        path = work / "blob-auth"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{BENCH_USER}:{os.urandom(16).hex()}\n")
+        lines.append(f'auth_file = "{path}"')
+        args += ["-a", path.read_text().strip()]
+    if "tls" in setting.split("+"):
+        cert, key = work / "cert.pem", work / "key.pem"
+        if not cert.exists():
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                            "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj",
+                            "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                            "-keyout", str(key), "-out", str(cert)], check=True,
+                           capture_output=True)
+        lines += [f'tls_cert = "{cert}"', f'tls_key = "{key}"']
+        args += ["-T", str(cert)]
+    return "\n".join(lines) + "\n", args
 
 
 def keys_for(size: int) -> int:
@@ -112,17 +149,19 @@ def keys_for(size: int) -> int:
 
 
 def run_mcload(exe: Path, port: int, op: str, size: int, depth: int, conns: int,
-               seconds: int, pids: list[int]) -> Result:
+               seconds: int, pids: list[int], extra: list[str] | None = None) -> Result:
+    """One mcload run; ``extra`` options (``-a user:pw``, ``-T ca.pem``) go to mcload."""
     args = [str(exe), "-p", str(port), "-c", str(conns), "-d", str(depth), "-t",
-            str(seconds), "-s", str(size), "-k", str(keys_for(size)), "-o", op]
+            str(seconds), "-s", str(size), "-k", str(keys_for(size)), "-o", op,
+            *(extra or [])]
     stdout, cpu = run_load(args, pids, timeout=seconds * 10 + 120)
     data = json.loads(stdout)
     return Result("", op, size, depth, data["ops_per_sec"], data["p99_us"], cpu)
 
 
-def warm(exe: Path, port: int, size: int) -> None:
+def warm(exe: Path, port: int, size: int, extra: list[str] | None = None) -> None:
     subprocess.run([str(exe), "-p", str(port), "-c", "1", "-d", "1", "-t", "1", "-s",
-                    str(size), "-k", str(keys_for(size)), "-o", "get", "-W"],
+                    str(size), "-k", str(keys_for(size)), "-o", "get", "-W", *(extra or [])],
                    capture_output=True, check=True, timeout=600)
 
 
@@ -174,6 +213,29 @@ def table(results: dict[tuple[str, str, int, int], Result], sizes: list[int],
                            "objstored/memcached", "objstored/Redis"], rows)
 
 
+def security_table(results: dict[tuple[str, str, int, int], Result], sizes: list[int],
+                   depths: list[int], settings: list[str]) -> str:
+    """objstored with each --security setting, and its ratio to plain objstored."""
+    rows = []
+    for op in ("get", "set"):
+        for size in sizes:
+            for depth in depths:
+                plain = results.get(("objstored", op, size, depth))
+                row: list[object] = [op.upper(), human(size), depth if depth > 1 else "no"]
+                for setting in settings:
+                    name = "objstored" if setting == "plain" else f"objstored {setting}"
+                    r = results.get((name, op, size, depth))
+                    if r is None:
+                        row.append("-")
+                        continue
+                    ratio = f", {r.ops_per_sec / plain.ops_per_sec:.2f}x" \
+                        if plain and setting != "plain" else ""
+                    row.append(f"{r.ops_per_sec:,.0f} (p99 {r.p99_us:,.0f} µs{ratio})")
+                rows.append(row)
+    return markdown_table(["op", "value", "pipeline",
+                           *(f"objstored {s}" for s in settings)], rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=int, default=4)
@@ -184,11 +246,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="100,4096,65536,1048576")
     ap.add_argument("--depths", default="1,16", help="requests in flight per connection")
     ap.add_argument("--targets", default="memcached,objstored,redis")
+    ap.add_argument("--security", default="plain",
+                    help=f"objstored runs, comma-separated, among {','.join(SECURITY)}")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     depths = [int(d) for d in args.depths.split(",")]
     targets = args.targets.split(",")
+    settings = args.security.split(",")
+    if not set(settings) <= set(SECURITY):
+        print(f"--security: choose among {', '.join(SECURITY)}", file=sys.stderr)
+        return 2
     for tool in ("cc", "memcached", "redis-server", "redis-benchmark"):
         if not shutil.which(tool):
             print(f"{tool} is required", file=sys.stderr)
@@ -196,22 +264,44 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, str, int, int], Result] = {}
     with tempfile.TemporaryDirectory(prefix="objstore-bench-") as tmp:
         work = Path(tmp)
-        mcload = build_mcload(work)
+        mcload = build_mcload(work, tls=any("tls" in s for s in settings))
 
-        def bench_mc_like(name: str, port: int, pid: int) -> None:
+        def bench_mc_like(name: str, port: int, pid: int,
+                          extra: list[str] | None = None) -> None:
             for size in sizes:
-                warm(mcload, port, size)
+                warm(mcload, port, size, extra)
                 for op in ("get", "set"):
                     for depth in depths:
                         pids = children(pid)
                         runs = [run_mcload(mcload, port, op, size, depth, args.conns,
-                                           args.seconds, pids) for _ in range(args.reps)]
+                                           args.seconds, pids, extra)
+                                for _ in range(args.reps)]
                         res = median_result(runs)
                         res.target = name
                         results[(name, op, size, depth)] = res
                         print(f"{name} {op} {size} depth={depth}: {res.ops_per_sec:,.0f} ops/s "
                               f"p99 {res.p99_us:,.0f} us cpu {res.server_cpu:.2f}",
                               file=sys.stderr)
+
+        def bench_interleaved(servers: list[tuple[str, int, int, list[str]]]) -> None:
+            for size in sizes:
+                for _name, port, _pid, extra in servers:
+                    warm(mcload, port, size, extra)
+                for op in ("get", "set"):
+                    for depth in depths:
+                        runs: dict[str, list[Result]] = {name: [] for name, *_ in servers}
+                        for _ in range(args.reps):
+                            for name, port, pid, extra in servers:
+                                runs[name].append(run_mcload(
+                                    mcload, port, op, size, depth, args.conns, args.seconds,
+                                    children(pid), extra))
+                        for name, *_ in servers:
+                            res = median_result(runs[name])
+                            res.target = name
+                            results[(name, op, size, depth)] = res
+                            print(f"{name} {op} {size} depth={depth}: "
+                                  f"{res.ops_per_sec:,.0f} ops/s p99 {res.p99_us:,.0f} us "
+                                  f"cpu {res.server_cpu:.2f}", file=sys.stderr)
 
         if "memcached" in targets:
             port = free_port()
@@ -222,15 +312,24 @@ def main(argv: list[str] | None = None) -> int:
             with process(cmd, port) as proc:
                 bench_mc_like("memcached", port, proc.pid)
         if "objstored" in targets:
-            port = free_port()
-            config = work / "objstored.toml"
-            config.write_text("[objstore]\nmax_connections = 4096\n"
-                              f"[cluster]\nredis_nodes = [\"127.0.0.1:{free_port()}\"]\n")
-            cmd = [sys.executable, "-m", "objstore.main", "--config", str(config), "--listen",
-                   f"127.0.0.1:{port}", "--data", str(work / "objstored"), "--workers",
-                   str(args.workers), "--max-item-size", "2M"]
-            with process(cmd, port, cwd=REPO) as proc:
-                bench_mc_like("objstored", port, proc.pid)
+            # One server per setting, all running; every measurement runs each setting in
+            # turn, so the machine's changing load falls on all of them alike.
+            with ExitStack() as stack:
+                servers = []
+                for setting in settings:
+                    port = free_port()
+                    config = work / f"objstored-{setting}.toml"
+                    lines, extra = security_setup(work, setting)
+                    config.write_text("[objstore]\nmax_connections = 4096\n" + lines +
+                                      f"[cluster]\nredis_nodes = [\"127.0.0.1:{free_port()}\"]\n")
+                    cmd = [sys.executable, "-m", "objstore.main", "--config", str(config),
+                           "--listen", f"127.0.0.1:{port}", "--data",
+                           str(work / f"objstored-{setting}"), "--workers", str(args.workers),
+                           "--max-item-size", "2M", "--metrics-listen", ""]
+                    proc = stack.enter_context(process(cmd, port, cwd=REPO))
+                    name = "objstored" if setting == "plain" else f"objstored {setting}"
+                    servers.append((name, port, proc.pid, extra))
+                bench_interleaved(servers)
         if "redis" in targets:
             port = free_port()
             rdir = work / "redis"
@@ -250,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
                                   f"{res.ops_per_sec:,.0f} ops/s p99 {res.p99_us:,.0f} us",
                                   file=sys.stderr)
     print(table(results, sizes, depths))
+    if settings != ["plain"]:
+        print()
+        print(security_table(results, sizes, depths, settings))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results.values()], indent=1))
     return 0
