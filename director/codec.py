@@ -36,6 +36,9 @@ from dataclasses import dataclass
 
 from zlib_ng import zlib_ng
 
+from director.errors import BadKeyFile, DirectorError
+from runtime import errors as kinds
+
 FLAG_ZLIB = 0x1
 FLAG_AESGCM = 0x2
 FLAG_MANIFEST = 0x4
@@ -54,7 +57,7 @@ _MANIFEST_MAGIC = b"OMCH\x01"
 _MANIFEST_HEAD = struct.Struct(">5sQI")  # magic, total size, chunk count
 
 
-class CodecError(ValueError):
+class CodecError(DirectorError, kinds.Corruption):
     """Stored bytes cannot be decoded: wrong key, corrupt value or unknown flags."""
 
 
@@ -110,7 +113,7 @@ def load_key(path: str) -> bytes:
             pass
     if len(raw) == 32:
         return raw
-    raise CodecError(f"{path}: expected a 32-byte key (raw or 64 hex digits)")
+    raise BadKeyFile(f"{path}: expected a 32-byte key (raw or 64 hex digits)")
 
 
 class BlobCodec:
@@ -130,7 +133,7 @@ class BlobCodec:
             from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
             if len(key) != 32:
-                raise CodecError("the encryption key must be 32 bytes (AES-256)")
+                raise BadKeyFile("the encryption key must be 32 bytes (AES-256)")
             self._aead = AESGCM(key)
 
     @property

@@ -1,22 +1,40 @@
-"""The director's exceptions: one shallow hierarchy, mapped to protocol words at the edge."""
+"""The director's exceptions: one shallow hierarchy under :class:`DirectorError`.
+
+Each class is also one of the kinds in :mod:`runtime.errors` (corruption, unavailable,
+limit, invalid input, misconfigured); the protocols' error maps (memcached for directord,
+IMAP/POP3/LMTP in imapd, exit codes in ops) choose the words for a kind once.  The
+object-server client's :class:`~director.memcache_client.NodeError` and the codec's
+:class:`~director.codec.CodecError` belong here too.
+"""
 
 from __future__ import annotations
+
+from runtime import errors as kinds
 
 
 class DirectorError(Exception):
     """Base of every error the director package raises on purpose."""
 
 
-class IndexUnavailable(DirectorError):
-    """Redis Cluster did not answer within the retry deadline (outage, failover too long)."""
+class IndexUnavailable(DirectorError, kinds.Unavailable):
+    """Redis Cluster cannot serve the index: unreachable, still failing when the retry
+    deadline passed (outage, failover too long), or refusing commands (out of memory)."""
 
 
-class IndexLayoutMismatch(DirectorError):
+class IndexLayoutMismatch(DirectorError, kinds.Misconfigured):
     """The index in Redis was created with another bucket count than the config says."""
 
 
-class RegistryError(DirectorError):
+class BadKeyFile(DirectorError, kinds.Misconfigured):
+    """The encryption key file (``director.encryption_key_file``) holds no usable key."""
+
+
+class RegistryError(DirectorError, kinds.InvalidInput):
     """A node registry operation was refused; the message says why."""
+
+
+class RegistryDamaged(DirectorError, kinds.Corruption):
+    """A node's record in the registry cannot be read (edited by hand, or damaged)."""
 
 
 class UnknownNode(RegistryError):
@@ -44,19 +62,20 @@ class BlobError(DirectorError):
     """A blob could not be stored or read."""
 
 
-class BlobUnavailable(BlobError):
+class BlobUnavailable(BlobError, kinds.Unavailable):
     """No replica could serve the blob, or too few object servers took a write."""
 
 
-class BlobNotFound(BlobError):
-    """The index knows no such blob (never stored, or collected)."""
+class BlobNotFound(BlobError, kinds.Corruption):
+    """The index knows no such blob (never stored, or collected): whoever refers to it
+    refers to data the store does not hold."""
 
 
-class BlobCorrupt(BlobError):
+class BlobCorrupt(BlobError, kinds.Corruption):
     """Every replica that answered returned bytes that do not hash to the blob's id."""
 
 
-class LeaseHeld(DirectorError):
+class LeaseHeld(DirectorError, kinds.Unavailable):
     """Another director holds the lease of a background job: it runs the job now.
 
     :param job: the job (``repair``, ``level``, ``drain:<node id>``).
@@ -70,5 +89,5 @@ class LeaseHeld(DirectorError):
                          f"({holder or 'just finished'})")
 
 
-class LeaseLost(DirectorError):
+class LeaseLost(DirectorError, kinds.Unavailable):
     """This director's lease on a job ran out (another may have taken over): stop."""

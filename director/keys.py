@@ -20,7 +20,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from director.errors import DirectorError
 from objstore.reporter import DEFAULT_PREFIX, hot_key, report_key
+from runtime import errors as kinds
 
 #: Prefix of every key objmail writes (``cluster.redis_prefix`` by default).
 PREFIX = DEFAULT_PREFIX
@@ -42,7 +44,7 @@ _BLOB_ID = re.compile(r"[0-9a-f]{64}")
 _BLOB_ID_BYTES = re.compile(rb"[0-9a-f]{64}")
 
 
-class InvalidBlobId(ValueError):
+class InvalidBlobId(DirectorError, kinds.InvalidInput):
     """A string that is not a blob id (64 lowercase hex digits, a SHA-256)."""
 
 

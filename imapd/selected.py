@@ -43,6 +43,7 @@ from imapd.commands import (
     UidExpunge,
 )
 from imapd.connection import Connection
+from imapd.errors import MailboxGone, TryCreate
 from imapd.fetch import Unsupported, fetch_items, flag_names, plan_fetch
 from imapd.mailboxview import MailboxView
 from imapd.response import (
@@ -94,15 +95,6 @@ _STORE_MODES: dict[StoreMode, StoreModeName] = {
     StoreMode.REPLACE: "replace",
 }
 _SYSTEM_NAMES = tuple(SYSTEM_FLAGS.values())
-
-
-class MailboxGone(Exception):
-    """The selected mailbox was deleted or recreated by someone else: the session must
-    end (``* BYE``), since its UIDs mean nothing any more."""
-
-
-class TryCreate(Exception):
-    """The target mailbox of COPY/MOVE/APPEND does not exist (``NO [TRYCREATE]``)."""
 
 
 @dataclass

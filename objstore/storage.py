@@ -44,6 +44,8 @@ from typing import Final, Protocol
 import lmdb
 from zlib_ng import zlib_ng
 
+from objstore.errors import CorruptRecord, StorageError
+
 log = logging.getLogger(__name__)
 
 HEADER: Final = struct.Struct("<BBHIqQII")
@@ -62,14 +64,6 @@ _META_CAS: Final = b"cas"
 _META_BYTES: Final = b"used_bytes"
 _META_OLDEST: Final = b"oldest_live"
 _Q: Final = struct.Struct("<Q")
-
-
-class StorageError(Exception):
-    """Base of the storage errors."""
-
-
-class CorruptRecord(StorageError):
-    """A record failed its checksum or is not a record at all."""
 
 
 def checksum(key: bytes, prefix: bytes | memoryview, value: bytes | memoryview) -> int:
