@@ -10,9 +10,10 @@ a recipient's 250 is sent only after its mailbox entry committed.  The message
 is analysed and its blobs stored once for all recipients; each recipient then
 gets its own transaction, so one recipient's failure never affects another's.
 
-Replies (enhanced status codes, RFC 3463):
-``550 5.1.1`` unknown user, ``552 5.2.2`` over quota, ``552 5.3.4`` too big,
-``451 4.3.0`` PostgreSQL or object servers unavailable (the MTA retries).
+Replies (enhanced status codes, RFC 3463) to failures come from the one LMTP error map,
+:func:`imapd.errormap.lmtp_reply`: ``550 5.1.1`` unknown user, ``552 5.2.2`` over quota,
+``552 5.3.4`` too big, ``451 4.3.0`` PostgreSQL or object servers unavailable (the MTA
+retries), ``554 5.3.0`` corrupt stored data.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IAddress
 from twisted.python.failure import Failure
 
-from director.errors import DirectorError
+from imapd.errormap import lmtp_reply, log_failure
 from imapd.lmtp_parser import (
     MAX_LINE,
     NEED_DATA,
@@ -40,13 +41,7 @@ from imapd.lmtp_parser import (
     MessageData,
 )
 from metadata.delivery import Deliverer, MessageTooBig
-from metadata.errors import (
-    MetadataError,
-    NoSuchMailbox,
-    NoSuchUser,
-    OverQuota,
-    Unavailable,
-)
+from metadata.errors import InvalidName, NoSuchMailbox, NoSuchUser
 from metadata.records import User
 from ops.config import Config
 
@@ -168,11 +163,9 @@ class LMTPSession:
         address = parsed[0]
         try:
             user, mailbox = await self._resolve(address)
-        except NoSuchUser:
-            return [f"550 5.1.1 <{address}>: no such user here"]
-        except (Unavailable, DirectorError, OSError) as exc:
-            log.warning("RCPT %s: %s", address, exc)
-            return ["451 4.3.0 Temporary failure looking up the recipient"]
+        except Exception as exc:  # CancelledError is not one
+            log_failure(log, exc, f"RCPT <{address}>")
+            return [lmtp_reply(exc, address)]
         self.txn.recipients.append((address, user, mailbox))
         return [f"250 2.1.5 <{address}> OK"]
 
@@ -191,7 +184,7 @@ class LMTPSession:
             try:
                 box = await self.deliverer.store.mailboxes.get(user.id, detail)
                 return user, box.name
-            except NoSuchMailbox:
+            except (NoSuchMailbox, InvalidName):  # no such folder: the INBOX gets it
                 pass
         return user, "INBOX"
 
@@ -201,26 +194,20 @@ class LMTPSession:
         assert txn is not None
         count = len(txn.recipients)
         if message.too_big or message.size > self.max_size:
-            return [f"552 5.3.4 Message size exceeds fixed limit of {self.max_size}"] * count
+            return [lmtp_reply(MessageTooBig(message.size, self.max_size))] * count
         try:
             prepared = await self.deliverer.prepare(message.data)
             await self.deliverer.upload(prepared)
-        except MessageTooBig:
-            return [f"552 5.3.4 Message size exceeds fixed limit of {self.max_size}"] * count
-        except (MetadataError, DirectorError, OSError) as exc:
-            log.warning("delivery from <%s> failed: %s", txn.sender, exc)
-            return ["451 4.3.0 Temporary failure storing the message"] * count
+        except Exception as exc:
+            log_failure(log, exc, f"delivery from <{txn.sender}>")
+            return [lmtp_reply(exc)] * count
 
         async def one(address: str, user: User, mailbox: str) -> str:
             try:
                 done = await self.deliverer.commit(user, prepared, mailbox=mailbox)
-            except OverQuota:
-                return f"552 5.2.2 <{address}>: mailbox full"
-            except NoSuchUser:
-                return f"550 5.1.1 <{address}>: no such user here"
-            except (MetadataError, DirectorError, OSError) as exc:
-                log.warning("delivery to <%s> failed: %s", address, exc)
-                return f"451 4.3.0 <{address}>: temporary failure"
+            except Exception as exc:
+                log_failure(log, exc, f"delivery to <{address}>")
+                return lmtp_reply(exc, address)
             log.info("delivered to %s %s uid %d (%d bytes)", user.name, done.mailbox,
                      done.uid, done.size)
             return f"250 2.0.0 <{address}> delivered as UID {done.uid}"
