@@ -15,16 +15,18 @@ syntax errors) stays a driver exception: a bug.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
 from metadata.errors import SchemaError, Unavailable
 
-__all__ = ["Database", "translate_errors"]
+__all__ = ["UNAVAILABLE", "Database", "translate_errors", "unreachable", "where"]
 
 #: Driver errors that mean the server is unreachable or went away.
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
+UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
@@ -43,8 +45,34 @@ def translate_errors() -> Iterator[None]:
             asyncpg.exceptions.UndefinedColumnError) as exc:
         raise SchemaError(f"database schema missing or outdated ({exc}); "
                           "run `objmail db migrate`") from exc
-    except _UNAVAILABLE as exc:
+    except UNAVAILABLE as exc:
         raise Unavailable(f"PostgreSQL unavailable: {exc or type(exc).__name__}") from exc
+
+
+def unreachable(dsn: str, exc: BaseException) -> Unavailable:
+    """The error for a connection to ``dsn`` that could not be made: one line naming the
+    server and the cause (``PostgreSQL unreachable at db1:5432/objmail: Connection
+    refused``)."""
+    return Unavailable(f"PostgreSQL unreachable at {where(dsn)}: {_reason(exc)}")
+
+
+def where(dsn: str) -> str:
+    """``host:port/database`` of a DSN, for messages: never its user or password."""
+    if "://" not in dsn:
+        return "the configured server (cluster.pg_dsn)"
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2] or parse_qs(parts.query).get(
+        "host", ["localhost"])[0]
+    return host + (parts.path if parts.path not in ("", "/") else "")
+
+
+def _reason(exc: BaseException) -> str:
+    """The cause in a few words (``Connection refused``), not the driver's internals."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -64,7 +92,7 @@ def _lost(conn: asyncpg.Connection, exc: BaseException) -> bool:
     """Whether ``exc`` comes from ``conn`` having gone away."""
     cause: BaseException | None = exc.__context__
     while cause is not None:
-        if isinstance(cause, _UNAVAILABLE):
+        if isinstance(cause, UNAVAILABLE):
             return True
         cause = cause.__context__
     try:
@@ -92,10 +120,12 @@ class Database:
         :param command_timeout: seconds a single statement may run.
         :raises Unavailable: PostgreSQL cannot be reached.
         """
-        with translate_errors():
+        try:
             pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
                                              command_timeout=command_timeout,
                                              timeout=acquire_timeout, reset=_keep_session)
+        except UNAVAILABLE as exc:
+            raise unreachable(dsn, exc) from exc
         return cls(pool, dsn, acquire_timeout)
 
     async def close(self) -> None:

@@ -15,15 +15,16 @@ from pathlib import Path
 
 from ops.config import Config, ConfigError, find_config_path, load_config
 
-#: Exit codes (sysexits.h), so scripts can tell usage errors from outages.
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_NOUSER = 67
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
+# The exit codes live with the one error map; commands and tests also take them from here.
+from ops.exitcodes import EX_CONFIG as EX_CONFIG
+from ops.exitcodes import EX_DATAERR as EX_DATAERR
+from ops.exitcodes import EX_INTERRUPTED as EX_INTERRUPTED
+from ops.exitcodes import EX_NOUSER as EX_NOUSER
+from ops.exitcodes import EX_OK as EX_OK
+from ops.exitcodes import EX_SOFTWARE as EX_SOFTWARE
+from ops.exitcodes import EX_TEMPFAIL as EX_TEMPFAIL
+from ops.exitcodes import EX_UNAVAILABLE as EX_UNAVAILABLE
+from ops.exitcodes import EX_USAGE as EX_USAGE
 
 
 class CommandContext:
@@ -100,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(ctx)
     except KeyboardInterrupt:
         print("objmail: interrupted", file=sys.stderr)
-        return 130
+        return EX_INTERRUPTED
 
 
 if __name__ == "__main__":
