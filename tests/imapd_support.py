@@ -62,14 +62,24 @@ class MemoryBlobs:
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
         self.reads: list[str] = []
-        self.unavailable = False
+        #: What every call raises while set (failure injection).
+        self.failure: Exception | None = None
+
+    @property
+    def unavailable(self) -> bool:
+        return isinstance(self.failure, BlobUnavailable)
+
+    @unavailable.setter
+    def unavailable(self, down: bool) -> None:
+        self.failure = BlobUnavailable("object servers unreachable (test switch)") \
+            if down else None
 
     async def put(self, data: bytes) -> str:
         return (await self.put_many([data]))[0]
 
     async def put_many(self, blobs: Sequence[bytes]) -> list[str]:
-        if self.unavailable:
-            raise BlobUnavailable("object servers unreachable (test switch)")
+        if self.failure is not None:
+            raise self.failure
         ids = []
         for data in blobs:
             bid = hashlib.sha256(data).hexdigest()
@@ -81,8 +91,8 @@ class MemoryBlobs:
         return (await self.get_many([blob_id]))[blob_id]
 
     async def get_many(self, ids: Iterable[str]) -> dict[str, bytes]:
-        if self.unavailable:
-            raise BlobUnavailable("object servers unreachable (test switch)")
+        if self.failure is not None:
+            raise self.failure
         out = {}
         for bid in ids:
             self.reads.append(bid)
