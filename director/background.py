@@ -16,7 +16,9 @@ Two drivers run passes:
 * :meth:`BackgroundJob.run_forever` runs ``run_once`` every ``interval`` seconds on a
   Twisted ``LoopingCall`` driven by an injected clock (directord passes its reactor);
   ``LoopingCall`` waits for a pass to end before it schedules the next one, and a pass
-  that fails is logged, never allowed to stop the loop.
+  that fails is logged, never allowed to stop the loop.  Given the daemon's
+  :class:`~runtime.metrics.JobMetrics`, the loop reports every pass (its end, duration,
+  failure) and the pass its progress at each checkpoint: ``directord_job_*{job=...}``.
 
 Several directors can run the same drivers: whoever takes a job's lease runs the pass;
 the others find it held (:class:`~director.errors.LeaseHeld`) and try again next time.
@@ -42,6 +44,7 @@ from director.lease import Lease, new_token
 
 if TYPE_CHECKING:
     from director.client import BlobClient
+    from runtime.metrics import JobMetrics, JobRecorder
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,20 @@ class PassStats:
 
 
 S = TypeVar("S", bound=PassStats)
+
+
+async def throttle(control: PassControl, stats: PassStats, *, rate: float | None,
+                   done: float, elapsed: Callable[[], float],
+                   sleep: Callable[[float], Awaitable[Any]]) -> bool:
+    """Wait until ``done`` units (bytes read) fit in ``rate`` per second of ``elapsed()``
+    time, checking in between; False when the pass was told to stop."""
+    if rate is None:
+        return True
+    while (ahead := done / rate - elapsed()) > 0:
+        await sleep(min(ahead, 1.0))
+        if not await control.checkpoint(stats):
+            return False
+    return True
 
 
 class PassControl:
@@ -169,17 +186,24 @@ class BackgroundJob(ABC, Generic[S]):
         stats.seconds = round(self.clock() - started, 3)
         return stats
 
-    def run_forever(self, clock: IReactorTime, interval: float) -> Loop:
+    def run_forever(self, clock: IReactorTime, interval: float,
+                    jobs: JobMetrics | None = None) -> Loop:
         """Run :meth:`run_once` every ``interval`` seconds until the returned loop is
-        stopped; the first pass starts after one interval."""
-        loop = Loop(clock, interval, self.job, self._once_logged)
+        stopped; the first pass starts after one interval.
+
+        :param jobs: where the passes are reported (None: nowhere).
+        """
+        recorder = jobs.job(self.job) if jobs is not None else None
+
+        async def once_logged() -> None:
+            stats = await self.run_once(progress=None if recorder is None else (
+                lambda s: recorder.progress(s.items, s.total)))
+            if stats.items or stats.errors:
+                log.info("%s: %s", self.job, stats)
+
+        loop = Loop(clock, interval, self.job, once_logged, recorder)
         loop.start()
         return loop
-
-    async def _once_logged(self) -> None:
-        stats = await self.run_once()
-        if stats.items or stats.errors:
-            log.info("%s: %s", self.job, stats)
 
 
 class Loop:
@@ -189,16 +213,22 @@ class Loop:
     A run that finds the job's lease held is skipped quietly; one that fails is logged;
     neither stops the loop.  :meth:`stop` also cancels a run in progress, whose
     ``finally`` clauses still release its lease.
+
+    :param recorder: told of each run: its start, then its success, its failure (an
+        error, or a lease lost midway), or that it did not run (lease held elsewhere,
+        cancelled).
     """
 
     def __init__(self, clock: IReactorTime, interval: float, name: str,
-                 work: Callable[[], Awaitable[object]]) -> None:
+                 work: Callable[[], Awaitable[object]],
+                 recorder: JobRecorder | None = None) -> None:
         if interval <= 0:
             raise ValueError(f"{name}: interval must be positive, got {interval}")
         self.clock = clock
         self.interval = interval
         self.name = name
         self._work = work
+        self.recorder = recorder
         self.runs = 0
         self.failures = 0
         self._task: asyncio.Task[None] | None = None
@@ -228,16 +258,30 @@ class Loop:
 
     async def _guarded(self) -> None:
         self.runs += 1
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.started()
         try:
             await self._work()
         except LeaseHeld as exc:
             log.debug("%s", exc)
+            if recorder is not None:
+                recorder.abandoned()
         except LeaseLost as exc:
             log.warning("%s: %s; another director carries on", self.name, exc)
+            if recorder is not None:
+                recorder.failed()
         except asyncio.CancelledError:
             # Only stop() cancels: the task is this loop's own and ends here.
             log.info("%s: pass cancelled (stopping)", self.name)
+            if recorder is not None:
+                recorder.abandoned()
         except Exception:
             self.failures += 1
             log.exception("%s: background pass failed; retrying in %gs", self.name,
                           self.interval)
+            if recorder is not None:
+                recorder.failed()
+        else:
+            if recorder is not None:
+                recorder.succeeded()

@@ -24,7 +24,9 @@ bad bytes is skipped and queued for repair; the first verified copy wins.
 directord stores for plain memcached clients: a value and client flags under any key,
 stored as given.  They take the same paths: placement and quorum writes on the key's
 index id (:func:`director.keys.item_index_id`), failover reads in the same replica
-order.  A blob id used as an item key is still checked against its content when read.
+order.  A blob id used as an item key is still checked against its content when read,
+and indexed with the blobs; any other key is indexed in the items' own key space
+(:meth:`~director.index.LocationIndex.item_space`), which gc never sweeps.
 
 The registry snapshot (nodes, states, load) is refreshed at most every
 :data:`REGISTRY_REFRESH` seconds, lazily, by whichever call finds it stale.  Between
@@ -65,6 +67,7 @@ from director.codec import (
     chunk_key,
     load_key,
 )
+from director.config import DirectorConfig, DirectordConfig
 from director.errors import BlobCorrupt, BlobNotFound, BlobUnavailable, DirectorError
 from director.gcwatch import GcWatch
 from director.index import LocationIndex
@@ -84,7 +87,7 @@ from director.redisstate import RedisState
 from director.registry import Registry, RegistrySnapshot
 from director.repairqueue import RepairQueue
 from objstore.replies import Value
-from ops.config import Config, parse_hostport
+from runtime.config import ClusterConfig, parse_hostport
 
 log = logging.getLogger(__name__)
 
@@ -194,12 +197,11 @@ class Coalescer(Generic[A]):
 class BlobClient:
     """Blob access for one process; build with :meth:`open`, close with :meth:`aclose`."""
 
-    def __init__(self, config: Config, index: LocationIndex, registry: Registry,
+    def __init__(self, dconf: DirectorConfig, index: LocationIndex, registry: Registry,
                  repair: RepairQueue, *, codec: BlobCodec | None = None,
                  cache: BlobCache | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.config = config
-        self.dconf = config.director
+        self.dconf = dconf
         self.index = index
         self.registry = registry
         self.repair = repair
@@ -218,23 +220,29 @@ class BlobClient:
         self._lookups: Coalescer[None] = Coalescer(
             lambda reqs: index.lookup(list(reqs)), lambda a, _b: a)
         self._adds: Coalescer[frozenset[int]] = Coalescer(index.add_many, frozenset.union)
+        #: The index of directord's plain-key items (a key space gc never sweeps).
+        self.items = index.item_space()
+        self._item_lookups: Coalescer[None] = Coalescer(
+            lambda reqs: self.items.lookup(list(reqs)), lambda a, _b: a)
+        self._item_adds: Coalescer[frozenset[int]] = Coalescer(self.items.add_many,
+                                                               frozenset.union)
         self.gc_watch = GcWatch(index, clock=clock)
         # Largest stored value an object server takes, minus room for the envelope.
-        self.chunk_size = config.objstore.max_item_size - ENVELOPE_SLACK
+        self.chunk_size = dconf.object_max_item_size - ENVELOPE_SLACK
 
     @classmethod
-    async def open(cls, config: Config, *, retry: RetryPolicy | None = None) -> BlobClient:
+    async def open(cls, cluster: ClusterConfig, dconf: DirectorConfig, *,
+                   retry: RetryPolicy | None = None) -> BlobClient:
         """Connect to Redis Cluster; object-server connections open on first use.
 
         :param retry: how long Redis operations are retried (``objmail`` commands wait
             less than daemons).
         """
-        dconf = config.director
-        state = await RedisState.open(config.cluster, dconf, retry=retry)
+        state = await RedisState.open(cluster, dconf, retry=retry)
         key = load_key(dconf.encryption_key_file) if dconf.encryption_key_file else None
         disk = (DiskCache(Path(dconf.disk_cache_dir), dconf.disk_cache_bytes)
                 if dconf.disk_cache_dir else None)
-        return cls(config, state.index, state.registry, state.repairs,
+        return cls(dconf, state.index, state.registry, state.repairs,
                    codec=BlobCodec(dconf.compression_level, key),
                    cache=BlobCache(dconf.cache_bytes, disk))
 
@@ -271,7 +279,7 @@ class BlobClient:
             host, port = parse_hostport(node.address)
             client = NodeClient(NodeAddress(host, port), pool_size=self.dconf.pool_size,
                                 timeout=self.dconf.timeout,
-                                max_value=self.config.objstore.max_item_size + 1024)
+                                max_value=self.dconf.object_max_item_size + 1024)
             self._nodes[node.address] = client
         return client
 
@@ -623,7 +631,8 @@ class BlobClient:
         :raises BlobUnavailable: fewer than ``write_quorum`` object servers took it.
         """
         index_id = item_index_id(key)
-        known = await self._lookups.one(index_id, None)
+        lookups, adds, index = self._item_space(key)
+        known = await lookups.one(index_id, None)
         if only_new and known and await self._read_item(key, index_id, known) is not None:
             return False
 
@@ -634,16 +643,25 @@ class BlobClient:
         what = _item_name(key)
         done = await self._place_and_write(what, index_id, write)
         numbers = [n.number for n in done]
-        await self._adds.one(index_id, frozenset(numbers))
+        await adds.one(index_id, frozenset(numbers))
         self.stats.item_puts += 1
         stale = [n for n in known if n not in numbers]
         if stale:
-            await self._drop_copies(key, index_id, stale)
+            await self._drop_copies(key, index, index_id, stale)
         if is_blob_id(key) and len(done) < self.dconf.replicas:
             await self._queue_repair([index_id])
         return True
 
-    async def _drop_copies(self, key: bytes, index_id: str, numbers: Sequence[int]) -> None:
+    def _item_space(self, key: bytes) -> tuple[Coalescer[None], Coalescer[frozenset[int]],
+                                               LocationIndex]:
+        """Where an item key is indexed: a blob id with the blobs (gc owns it), any
+        other key in the items' key space."""
+        if is_blob_id(key):
+            return self._lookups, self._adds, self.index
+        return self._item_lookups, self._item_adds, self.items
+
+    async def _drop_copies(self, key: bytes, index: LocationIndex, index_id: str,
+                           numbers: Sequence[int]) -> None:
         """Forget (and best-effort delete) copies of ``key`` on ``numbers``."""
         for node in (await self.snapshot()).resolve(numbers):
             try:
@@ -652,7 +670,7 @@ class BlobClient:
                 # Not in the index any more, so never read; inventory cleans it up.
                 self._node_failed(node, exc)
         for number in numbers:
-            await self.index.remove_location(index_id, number)
+            await index.remove_location(index_id, number)
 
     async def get_item(self, key: bytes, *, cas: bool = False) -> Value | None:
         """The item stored under ``key`` (with the replica's cas unique when ``cas``),
@@ -668,7 +686,11 @@ class BlobClient:
         """
         unique = list(dict.fromkeys(keys))
         ids = {key: item_index_id(key) for key in unique}
-        locations = await self._lookups.many(dict.fromkeys(ids.values()))
+        blobs = [ids[k] for k in unique if is_blob_id(k)]
+        plain = [ids[k] for k in unique if not is_blob_id(k)]
+        locations = await self._lookups.many(dict.fromkeys(blobs)) if blobs else {}
+        if plain:
+            locations.update(await self._item_lookups.many(dict.fromkeys(plain)))
         self.stats.item_gets += len(unique)
 
         async def one(key: bytes) -> Value | None:
@@ -703,17 +725,18 @@ class BlobClient:
             it or could not be asked (the index no longer points there either way).
         """
         index_id = item_index_id(key)
-        numbers = await self._lookups.one(index_id, None)
+        lookups, _adds, index = self._item_space(key)
+        numbers = await lookups.one(index_id, None)
         if not numbers:
             return False
         outcomes = await self._on_each(key, numbers, lambda c: c.delete(key))
-        await self.index.delete(index_id)
+        await index.delete(index_id)
         self.cache.memory.discard(index_id)
         return any(o is not False for o in outcomes)
 
     async def touch_item(self, key: bytes, exptime: int) -> bool:
         """Set a new expiry on every copy of ``key``; True when one replica had it."""
-        numbers = await self._lookups.one(item_index_id(key), None)
+        numbers = await self._item_space(key)[0].one(item_index_id(key), None)
         if not numbers:
             return False
         outcomes = await self._on_each(key, numbers, lambda c: c.touch(key, exptime))
@@ -732,6 +755,24 @@ class BlobClient:
                 return None
 
         return list(await asyncio.gather(*(one(n) for n in nodes)))
+
+    # -- gc fence (metadata/delivery.py; director/gcwatch.py) -----------------------------
+
+    async def gc_generation(self) -> int:
+        """gc's generation: read it before uploading blobs that a commit will reference."""
+        return await self.gc_watch.generation()
+
+    async def check_kept(self, ids: Iterable[str], generation: int) -> None:
+        """The last step of a commit that references ``ids``: from now on gc keeps them.
+
+        :param generation: :meth:`gc_generation` as read before their upload.
+        :raises BlobUnavailable: gc collected some of them since (the commit must roll
+            back; storing the message again uploads them again).
+        """
+        gone = await self.gc_watch.collected_since(ids, generation)
+        if gone:
+            raise BlobUnavailable(f"gc collected {len(gone)} blob(s) of this delivery while "
+                                  f"it waited to commit (e.g. {gone[0]}); try again")
 
     # -- exists / delete ----------------------------------------------------------------
 
@@ -773,9 +814,9 @@ class BlobClient:
 class SyncBlobClient:
     """A blocking facade for scripts: runs a private event loop."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: DirectordConfig) -> None:
         self._loop = asyncio.new_event_loop()
-        self.client = self._run(BlobClient.open(config))
+        self.client = self._run(BlobClient.open(config.cluster, config.director))
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._loop.run_until_complete(coro)

@@ -8,11 +8,12 @@ One gc run (job ``gc``, one director at a time, resumable) goes:
    its job hash.  From then on every put announces the ids it stores before it looks
    them up (:mod:`director.gcwatch`).
 2. **Guard.**  It waits until ``guard_until``: the grace period (``director.gc_grace``,
-   longer than any delivery from its first upload to its commit) plus how long a client
-   may act on a stale reading of the announcement.  Every delivery that started before
-   the announcement has committed its references, or failed, by then.
+   at least ``director.gc_min_grace``; longer than a delivery normally takes from its
+   first upload to its commit) plus how long a client may act on a stale reading of the
+   announcement.  Nearly every delivery that started before the announcement has
+   committed its references, or failed, by then; a slower one is fenced (below).
 3. **Sweep.**  Bucket by bucket from a saved cursor: the entries of a page of index
-   buckets are the candidates; ``References.referenced`` keeps those some message uses
+   buckets are the candidates; the :class:`ReferenceChecker` keeps those some message uses
    now (**mark**); for each of the others, every holder's CAS unique of the blob's head
    and chunks is read, then one script per bucket drops the index entries that still
    list the same nodes and that no put announced (:meth:`LocationIndex.collect_many`),
@@ -27,12 +28,24 @@ node that cannot be asked keeps its blobs in the index for the next run.  Announ
 of a bucket are dropped once the bucket is swept, and expire on their own
 (``touch_ttl``).
 
+A delivery that takes longer than the grace period from its upload to its commit (it
+waited minutes for a mailbox lock) is not protected by the guard: its reference is not
+committed when the mark looks.  Each announcement therefore bumps ``generation`` in the
+job hash, and a delivery's commit transaction re-checks its blobs when a run was
+announced since its upload (:meth:`director.gcwatch.GcWatch.collected_since`): a blob
+this run collected is gone from the index, and the delivery rolls back with a temporary
+error instead of committing a reference to nothing.
+
 The index is the list of what exists: a copy an object server holds without an index
 entry (a crash between upload and indexing, a node that was unreachable when gc deleted)
-is inventory's business (``objmail inventory``), not gc's.
+is reclaimed by ``objmail inventory --fix`` (:mod:`director.inventory`), not by gc.
 
-gc treats PostgreSQL as the only owner of blobs: a blob stored through directord by a
-plain memcached client and referenced by no message is collected like an orphan.
+gc treats PostgreSQL as the only owner of blobs: a blob stored through directord under
+its blob id and referenced by no message is collected like an orphan.  directord's
+plain-key items live in their own index key space, which gc never scans.
+
+The metadata store is reached through :class:`ReferenceChecker` (``objmail gc`` wires
+:class:`metadata.references.References` to it): the director does not import metadata.
 """
 
 from __future__ import annotations
@@ -40,9 +53,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from director.background import BackgroundJob, PassControl, PassStats
 from director.codec import FLAG_MANIFEST, CodecError, Manifest, chunk_key
@@ -53,7 +66,6 @@ from director.nodes import Node
 
 if TYPE_CHECKING:
     from director.client import BlobClient
-    from metadata.references import References
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +77,16 @@ GC_PARALLELISM = 16
 EXAMPLES = 10
 #: The job-hash fields of a run in progress (forgotten when it ends).
 RUN_FIELDS = ("active_since", "guard_until", "touch_ttl", "cursor")
+
+__all__ = ["RUN_FIELDS", "Collector", "GcStats", "ReferenceChecker", "Survey"]
+
+
+class ReferenceChecker(Protocol):
+    """Which blob ids some message references now (the metadata store answers)."""
+
+    async def referenced(self, blob_ids: Iterable[str]) -> set[str]:
+        """The members of ``blob_ids`` that at least one committed message references."""
+        ...
 
 
 @dataclass
@@ -118,14 +140,16 @@ class _Doomed:
 class Collector(BackgroundJob[GcStats]):
     """The gc job of one director (see the module docstring).
 
-    :param references: metadata's read-only view of blob references.
-    :param grace: seconds to wait after announcing (``director.gc_grace`` by default).
+    :param references: which blobs messages reference (the metadata store's view).
+    :param grace: seconds to wait after announcing (``director.gc_grace`` by default);
+        at least ``director.gc_min_grace``.
     :param sleep: how the guard waits (tests pass a faster one).
+    :raises ValueError: ``grace`` is below ``director.gc_min_grace``.
     """
 
     job = GC_JOB
 
-    def __init__(self, client: BlobClient, references: References, *,
+    def __init__(self, client: BlobClient, references: ReferenceChecker, *,
                  grace: float | None = None,
                  sleep: Callable[[float], Any] = asyncio.sleep,
                  clock: Callable[[], float] = time.monotonic,
@@ -133,6 +157,9 @@ class Collector(BackgroundJob[GcStats]):
         super().__init__(client, clock=clock, now=now, token=token)
         self.references = references
         self.grace = self.dconf.gc_grace if grace is None else grace
+        if self.grace < self.dconf.gc_min_grace:
+            raise ValueError(f"gc grace of {self.grace:g} s is below the minimum of "
+                             f"{self.dconf.gc_min_grace:g} s (director.gc_min_grace)")
         self._sleep = sleep
 
     # -- a run --------------------------------------------------------------------------
@@ -142,7 +169,7 @@ class Collector(BackgroundJob[GcStats]):
         fields = await state.load()
         stats = GcStats(buckets=self.index.layout.buckets)
         if "active_since" not in fields:
-            fields = await self._announce(state)
+            fields = await self._announce(state, integer(fields, "generation"))
         guard_until = number(fields, "guard_until")
         while (left := guard_until - self.now()) > 0:
             stats.guard_left = round(left, 1)
@@ -170,9 +197,12 @@ class Collector(BackgroundJob[GcStats]):
         stats.interrupted = False  # the run is over; nothing was cut short
         return stats
 
-    async def _announce(self, state: JobState) -> dict[str, str]:
+    async def _announce(self, state: JobState, generation: int) -> dict[str, str]:
         now = self.now()
         fields: dict[str, str | int | float] = {
+            # Deliveries that uploaded before this announcement re-check their blobs
+            # when they commit (director/gcwatch.py).
+            "generation": generation + 1,
             "active_since": now,
             "guard_until": now + self.grace + GC_FLAG_TTL + GC_FLAG_MARGIN,
             # An announcement must outlive the deliveries it protects (they commit

@@ -22,15 +22,20 @@ verifies, the draining node's location is dropped if others exist (the blob is q
 for repair), and when it was the only location the blob is lost and left listed
 (``objmail node remove`` will refuse).
 
-Items stored through directord under plain keys are indexed under a hash of their key,
-which cannot be turned back into the key; at the start of each sweep the node's key list
-(``lru_crawler metadump all``) names them, and each one the index places on the node is
-copied with its flags and expiry, like a blob.
+Items stored through directord under plain keys are indexed (in the items' key space)
+under a hash of their key, which cannot be turned back into the key; at the start of each
+sweep the node's key list (``lru_crawler metadump all``) names them, and each one the
+index places on the node is copied with its flags and expiry, like a blob.
 
-At the end of a sweep a confirming scan counts the entries still listing the node: none
-means the node is **empty** (``empty_at`` in the job's state); ``objmail node remove``
-then succeeds.  Leftovers (lost blobs, unreachable sources) are retried by a new sweep
-after ``repair_retry_delay`` seconds.
+At the end of a sweep a confirming scan counts the entries still listing the node (blobs
+and items), and the node's key list counts the keys it still holds (``keys_left``;
+expired items aside): a copy no index entry names (a delete that failed, a put that
+missed its quorum) is still on the disk the operator is about to pull, so the node is
+**empty** (``empty_at`` in the job's state) only when both are zero; ``objmail node
+remove`` then succeeds.  Unindexed keys are not the drain's to judge (that needs the
+metadata store's references): ``objmail inventory --fix`` reclaims them once older than
+the gc grace period.  A node that is down cannot be listed, so only its entries count.
+Leftovers are retried by a new sweep after ``repair_retry_delay`` seconds.
 """
 
 from __future__ import annotations
@@ -76,7 +81,9 @@ class DrainStats(PassStats):
     :param cursor: index bucket the sweep resumes from (0 after a complete sweep).
     :param buckets: buckets in the index (the sweep's length).
     :param remaining: entries still listing the node after a complete sweep.
-    :param empty: the index lists nothing on the node any more.
+    :param keys_left: keys the node still holds after a complete sweep (None: it could
+        not be listed).
+    :param empty: the index lists nothing on the node any more, and it holds no key.
     :param draining: the node was draining (False: activated again, removed, unknown;
         the pass did nothing).
     """
@@ -91,6 +98,7 @@ class DrainStats(PassStats):
     cursor: int = 0
     buckets: int = 0
     remaining: int | None = None
+    keys_left: int | None = None
     empty: bool = False
     examples: list[str] = field(default_factory=list)
 
@@ -116,6 +124,8 @@ class Drainer(BackgroundJob[DrainStats]):
         stats.draining = True
         if "remaining" in fields:
             stats.remaining = integer(fields, "remaining")
+        if "keys_left" in fields:
+            stats.keys_left = integer(fields, "keys_left")
         return stats
 
     async def run_pass(self, control: PassControl) -> DrainStats:
@@ -140,9 +150,10 @@ class Drainer(BackgroundJob[DrainStats]):
                 else:
                     await state.forget("empty_at")
             return stats
-        if integer(fields, "remaining") and \
+        if (integer(fields, "remaining") or integer(fields, "keys_left")) and \
                 now - number(fields, "swept_at") < self.dconf.repair_retry_delay:
             stats.remaining = integer(fields, "remaining")
+            stats.keys_left = integer(fields, "keys_left")
             stats.cursor = integer(fields, "cursor")
             stats.examples = [e for e in fields.get("examples", "").split(",") if e]
             return stats  # leftovers from the last sweep: wait before trying them again
@@ -183,7 +194,8 @@ class Drainer(BackgroundJob[DrainStats]):
             stats.empty = await self._confirm_empty(node, stats)
             done: dict[str, str | int | float] = {
                 "cursor": 0, **totals, "swept_at": self.now(),
-                "remaining": stats.remaining or 0, "updated_at": self.now(),
+                "remaining": stats.remaining or 0, "keys_left": stats.keys_left or 0,
+                "updated_at": self.now(),
                 "examples": ",".join(stats.examples)}
             if stats.empty:
                 done["empty_at"] = self.now()
@@ -194,14 +206,36 @@ class Drainer(BackgroundJob[DrainStats]):
             return stats
 
     async def _confirm_empty(self, node: Node, stats: DrainStats) -> bool:
+        """True when no entry of either key space lists the node and it holds no key."""
         left = 0
-        async for page in self.index.iterate(node=node.number):
-            left += len(page.entries)
-            for bid, _nums in page.entries:
-                if len(stats.examples) < EXAMPLES and bid not in stats.examples:
-                    stats.examples.append(bid)
+        for space in (self.index, self.client.items):
+            async for page in space.iterate(node=node.number):
+                left += len(page.entries)
+                for bid, _nums in page.entries:
+                    if len(stats.examples) < EXAMPLES and bid not in stats.examples:
+                        stats.examples.append(bid)
         stats.remaining = left
-        return left == 0
+        stats.keys_left = await self._keys_left(node, stats)
+        if stats.keys_left is None:
+            return left == 0 and not node.readable
+        return left == 0 and stats.keys_left == 0
+
+    async def _keys_left(self, node: Node, stats: DrainStats) -> int | None:
+        """Keys the node still holds (expired items aside); None when it cannot be
+        listed (down, or the listing failed: then it does not count as empty)."""
+        if not node.readable:
+            return None
+        try:
+            dump = await self.client.node_client(node).metadump()
+        except (NodeError, OSError) as exc:
+            log.warning("drain %s: could not list its keys (%s)", self.node_id, exc)
+            stats.errors += 1
+            return None
+        now = time.time()
+        held = [e.key for e in dump if not 0 < e.exp <= now]
+        for key in held[:EXAMPLES - len(stats.examples)]:
+            stats.examples.append(key.decode("ascii", "backslashreplace"))
+        return len(held)
 
     # -- blobs --------------------------------------------------------------------------
 
@@ -292,7 +326,7 @@ class Drainer(BackgroundJob[DrainStats]):
         if not entries:
             return
         ids = {key: item_index_id(key) for key in entries}
-        where = await self.index.lookup(set(ids.values()))
+        where = await self.client.items.lookup(set(ids.values()))
         now = time.time()
         for key, entry in entries.items():
             nums = where.get(ids[key], ())
@@ -307,7 +341,7 @@ class Drainer(BackgroundJob[DrainStats]):
         got = await source.get(key)
         if got is None or 0 < exp <= now:  # gone or expired meanwhile
             if len(nums) > 1:
-                await self.index.update(index_id, remove=[node.number])
+                await self.client.items.update(index_id, remove=[node.number])
             return
         plan = plan_drain(nums, node.number, {n.number: n for n in snap.nodes},
                           placer.candidates(index_id), self.dconf.replicas)
@@ -325,7 +359,7 @@ class Drainer(BackgroundJob[DrainStats]):
         if not made:
             stats.errors += 1
             return
-        await self.index.update(index_id, add=made, remove=[node.number])
+        await self.client.items.update(index_id, add=made, remove=[node.number])
         with contextlib.suppress(NodeError, OSError):  # unindexed there now: never read
             await source.delete(key)
         stats.items_moved += 1
@@ -338,15 +372,30 @@ class Drainer(BackgroundJob[DrainStats]):
 
 
 async def drain_all(client: BlobClient, *, token: str | None = None,
-                    clock: Callable[[], float] = time.monotonic) -> list[DrainStats]:
-    """One pass for every draining node whose lease is free (directord's drain tick)."""
+                    clock: Callable[[], float] = time.monotonic,
+                    progress: Callable[[int, int | None], None] | None = None,
+                    ) -> list[DrainStats]:
+    """One pass for every draining node whose lease is free (directord's drain tick).
+
+    :param progress: told the blobs handled so far over all the nodes, and how many
+        they held when their pass began (when every node reported it).
+    """
     snap = await client.snapshot(force=True)
-    out = []
+    out: list[DrainStats] = []
+
+    def report(stats: PassStats) -> None:
+        if progress is not None:
+            done = [*out, stats]
+            totals = [s.total for s in done]
+            progress(sum(s.items for s in done),
+                     None if None in totals else sum(t or 0 for t in totals))
+
     for node in snap.nodes:
         if node.admin_state is not NodeState.DRAINING:
             continue
         try:
-            out.append(await Drainer(client, node.id, token=token, clock=clock).run_once())
+            out.append(await Drainer(client, node.id, token=token, clock=clock).run_once(
+                progress=report))
         except LeaseHeld as exc:
             log.debug("%s", exc)
     return out

@@ -21,6 +21,12 @@ class IndexUnavailable(DirectorError, kinds.Unavailable):
     deadline passed (outage, failover too long), or refusing commands (out of memory)."""
 
 
+class WriteUnconfirmed(IndexUnavailable):
+    """A Redis write was not acknowledged by ``director.index_write_replicas`` replicas
+    within ``director.index_write_timeout``: it would not survive a master failover, so
+    it does not count (a temporary failure)."""
+
+
 class IndexLayoutMismatch(DirectorError, kinds.Misconfigured):
     """The index in Redis was created with another bucket count than the config says."""
 

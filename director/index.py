@@ -11,6 +11,11 @@ error, and writes are acknowledged only once a Redis replica holds them.  Mergin
 and removing node numbers are Lua scripts, atomic per bucket, so two directors
 recording replicas of the same blob at once both get recorded.
 
+Blob ids and directord's plain-key items (indexed under :func:`director.keys.item_index_id`)
+live in two key spaces with the same layout: ``ix:<bucket>`` and ``ixi:<bucket>``
+(:meth:`LocationIndex.item_space`).  gc sweeps the blobs' space only, so a plain item,
+which no message references, is never collected.
+
 "Which blobs are on node N" is answered by scanning buckets and filtering
 (:meth:`LocationIndex.iterate` with ``node=N``): a per-node set would cost as much
 memory again per replica, and draining or repairing a node is rare work that can
@@ -201,11 +206,18 @@ class LocationIndex:
     """
 
     def __init__(self, runner: ClusterRunner, layout: IndexLayout,
-                 keys: Keyspace | None = None) -> None:
+                 keys: Keyspace | None = None, *, items: bool = False) -> None:
         self.runner = runner
         self.layout = layout
         self.keys = keys or Keyspace()
+        #: This is the key space of directord's plain items, not of blobs.
+        self.items = items
+        self._bucket_key = self.keys.item_bucket if items else self.keys.index_bucket
         runner.register(_ADD, _REMOVE, _UPDATE, _COLLECT)
+
+    def item_space(self) -> LocationIndex:
+        """The same index over directord's plain items (same runner and layout)."""
+        return LocationIndex(self.runner, self.layout, self.keys, items=True)
 
     @classmethod
     async def open(cls, addresses: Sequence[str], *, buckets: int,
@@ -399,7 +411,7 @@ class LocationIndex:
 
     async def forget_touched(self, start: int, end: int) -> None:
         """Drop the put announcements of buckets ``start .. end-1`` (gc swept them)."""
-        keys = [self.keys.gc_touched(self.keys.index_bucket(self.layout.bucket_name(b)))
+        keys = [self.keys.gc_touched(self._bucket_key(self.layout.bucket_name(b)))
                 for b in range(start, end)]
         for chunk in chunked([Command(k, ("DEL", k)) for k in keys], BATCH_COMMANDS):
             await self.runner.run("gc forget", chunk, durable=True)
@@ -415,7 +427,7 @@ class LocationIndex:
         if not 0 <= cursor < total:
             raise ValueError(f"scan cursor {cursor} outside 0..{total - 1}")
         end = min(total, cursor + buckets)
-        names = [self.keys.index_bucket(self.layout.bucket_name(b)) for b in range(cursor, end)]
+        names = [self._bucket_key(self.layout.bucket_name(b)) for b in range(cursor, end)]
         replies = await self.runner.run(
             "index scan", [Command(k, ("HGETALL", k)) for k in names])
         entries = []
@@ -438,7 +450,7 @@ class LocationIndex:
     async def count(self) -> int:
         """Blobs in the index (HLEN of every bucket: a full pass, for tools)."""
         total = 0
-        names = [self.keys.index_bucket(self.layout.bucket_name(b))
+        names = [self._bucket_key(self.layout.bucket_name(b))
                  for b in range(self.layout.buckets)]
         for chunk in chunked([Command(k, ("HLEN", k)) for k in names], BATCH_COMMANDS * 4):
             total += sum(int(r) for r in await self.runner.run("index count", chunk))
@@ -476,8 +488,11 @@ class LocationIndex:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _key(self, blob_id: str) -> str:
-        return self.keys.index_bucket(self.layout.bucket_name(self.layout.bucket_of(blob_id)))
+    def bucket_key(self, blob_id: str) -> str:
+        """The Redis key of the bucket that holds ``blob_id`` in this key space."""
+        return self._bucket_key(self.layout.bucket_name(self.layout.bucket_of(blob_id)))
+
+    _key = bucket_key
 
     def _group(self, ids: Iterable[str]) -> dict[str, tuple[list[bytes], list[str]]]:
         groups: dict[str, tuple[list[bytes], list[str]]] = {}

@@ -21,8 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from director.errors import DirectorError
-from objstore.reporter import DEFAULT_PREFIX, hot_key, report_key
 from runtime import errors as kinds
+from runtime.nodekeys import DEFAULT_PREFIX, hot_key, report_key
 
 #: Prefix of every key objmail writes (``cluster.redis_prefix`` by default).
 PREFIX = DEFAULT_PREFIX
@@ -189,6 +189,12 @@ class Keyspace:
     def index_bucket(self, bucket_name: str) -> str:
         """HASH (listpack): binary id tail -> ``b"n1,n2"``."""
         return f"{self.prefix}ix:{bucket_name}"
+
+    def item_bucket(self, bucket_name: str) -> str:
+        """HASH (listpack), as :meth:`index_bucket`, for the items memcached clients store
+        through directord under plain keys (field: the tail of
+        :func:`item_index_id`).  A key space of its own: gc sweeps only the blobs'."""
+        return f"{self.prefix}ixi:{bucket_name}"
 
     @property
     def index_meta(self) -> str:

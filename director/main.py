@@ -1,79 +1,74 @@
 """``directord``: the memcached-protocol proxy in front of the object servers.
 
-``directord [--config FILE] [--listen HOST:PORT] [--metrics-listen HOST:PORT]``
+``directord [--config FILE] [--listen HOST:PORT] [--metrics-listen HOST:PORT]
+[--log-format text|json] [--log-level LEVEL]``
 
-Twisted runs on the asyncio reactor, so the asyncio blob client (redis-py's asyncio
-cluster client, the pipelined object-server connections) shares the reactor's loop;
-:mod:`director.proxy` bridges the two with ``Deferred.fromFuture``.  The client is opened
-(Redis Cluster reached, index layout checked) before the port is, so a directord that
-answers ``version`` can serve.  The objstored protocol adapter serves the connections,
-with objstored's connection limits (``objstore.max_connections``, ``max_line``,
-``max_pipeline``, ``idle_timeout``, ``slow_reader_timeout``) and its item size: a value
-larger than an object server takes is refused as memcached refuses it.
+It runs as every objmail daemon does (:func:`runtime.daemon.run_daemon`): exit status 78
+for a bad configuration, 69 when Redis Cluster cannot be reached at start-up, 71 when a
+port is taken.  Twisted runs on the asyncio reactor (:mod:`runtime.eventloop`: uvloop's
+loop), so the asyncio blob client (redis-py's asyncio cluster client, the pipelined
+object-server connections) shares the reactor's loop; :mod:`director.proxy` bridges the
+two with ``Deferred.fromFuture``.  :meth:`Directord.start` opens the client (Redis Cluster
+reached, index layout checked) before the port, so a directord that answers ``version``
+can serve.  The objstored protocol adapter serves the connections, with directord's own
+limits (``director.max_connections``, ``max_line``, ``max_pipeline``, ``idle_timeout``,
+``slow_reader_timeout``, ``max_item_size``).
 
 SIGTERM (or SIGINT) stops accepting, lets every connection finish the replies it owes
-(5 s at most), closes the client and exits 0.
+(5 s at most), stops the background jobs, closes the client and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Final
 
-from ops.config import Config, ConfigError, find_config_path, load_config, parse_hostport
-from ops.eventloop import new_event_loop
+from director.config import DirectordConfig
+from director.errors import IndexUnavailable
+from runtime import logs
+from runtime.config import parse_hostport
+from runtime.daemon import arg_parser, load_config, replace_section, run_daemon, run_reactor
+from runtime.eventloop import install_asyncio_reactor
+from runtime.metrics import JobMetrics
 
 log = logging.getLogger("directord")
 
 #: Seconds connections get to finish their replies at shutdown.
 DRAIN_TIMEOUT: Final = 5.0
-#: Exit status when Redis Cluster or a port cannot be had at startup.
-EXIT_START_FAILED: Final = 1
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="directord",
-                                 description="objmail director: a memcached-protocol proxy "
-                                             "that places, replicates and finds blobs")
-    ap.add_argument("--config", help="objmail.toml (default: $OBJMAIL_CONFIG, ./objmail.toml, "
-                                     "./var/objmail.toml)")
+    ap = arg_parser("directord", "objmail director: a memcached-protocol proxy that places, "
+                                 "replicates and finds blobs",
+                    metrics_key="director.metrics_listen")
     ap.add_argument("--listen", help="host:port to serve memcached clients on "
                                      "(default: director.listen)")
-    ap.add_argument("--metrics-listen",
-                    help="host:port of the Prometheus endpoint, '' for none "
-                         "(default: director.metrics_listen)")
     return ap
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def configure(args: argparse.Namespace) -> DirectordConfig:
     """The config file's settings with the command line's overrides.
 
     :raises ConfigError: a bad file or value, named by its key.
     """
-    path = find_config_path(args.config, os.environ, Path.cwd())
-    config = load_config(path, os.environ)
-    changes: dict[str, Any] = {}
-    if args.listen is not None:
-        changes["listen"] = args.listen
-    if args.metrics_listen is not None:
-        changes["metrics_listen"] = args.metrics_listen
-    try:
-        director = dataclasses.replace(config.director, **changes)
-    except ConfigError as exc:
-        raise ConfigError(f"director.{exc.key}", exc.message) from None
-    return dataclasses.replace(config, director=director)
+    config = load_config(DirectordConfig, args)
+    changes = {key: value for key, value in (("listen", args.listen),
+                                             ("metrics_listen", args.metrics_listen))
+               if value is not None}
+    return replace_section(config, "director", changes)
 
 
-def start_background(client: Any, clock: Any) -> list[Any]:
+def start_background(client: Any, clock: Any, jobs: JobMetrics | None = None) -> list[Any]:
     """Start the background jobs whose interval is set (repair, drain, level), each on
-    a LoopingCall of ``clock``; returns their loops (:class:`director.background.Loop`)."""
+    a LoopingCall of ``clock``; returns their loops (:class:`director.background.Loop`).
+
+    :param jobs: where the jobs' metrics go (``directord_job_*{job=...}``).
+    """
     from director.background import Loop
     from director.drainer import drain_all
     from director.leveler import Leveler
@@ -82,128 +77,99 @@ def start_background(client: Any, clock: Any) -> list[Any]:
     dconf = client.dconf
     loops: list[Loop] = []
     if dconf.repair_interval:
-        loops.append(Repairer(client).run_forever(clock, dconf.repair_interval))
+        loops.append(Repairer(client).run_forever(clock, dconf.repair_interval, jobs))
     if dconf.level_interval:
-        loops.append(Leveler(client).run_forever(clock, dconf.level_interval))
+        loops.append(Leveler(client).run_forever(clock, dconf.level_interval, jobs))
     if dconf.drain_interval:
-        loop = Loop(clock, dconf.drain_interval, "drain", lambda: drain_all(client))
+        recorder = jobs.job("drain") if jobs is not None else None
+        progress = recorder.progress if recorder is not None else None
+
+        async def drain() -> None:
+            await drain_all(client, progress=progress)
+
+        loop = Loop(clock, dconf.drain_interval, "drain", drain, recorder)
         loop.start()
         loops.append(loop)
     return loops
 
 
-def serve(config: Config) -> int:
-    """Run directord until SIGTERM/SIGINT; returns the exit status."""
-    loop = new_event_loop()
-    from twisted.internet import asyncioreactor
+class Directord:
+    """The running proxy: the blob client, the ports, the background jobs."""
 
-    asyncioreactor.install(loop)
-    from twisted.internet import defer, reactor
-    from twisted.logger import STDLibLogObserver, globalLogBeginner
-    from twisted.web.server import Site
+    def __init__(self, config: DirectordConfig, reactor: Any) -> None:
+        from director.metrics import DirectordCollector, ProxyMetrics
+        from objstore.stats import Counters
+        from runtime.metrics import new_registry
 
-    from director.client import BlobClient
-    from director.metrics import MetricsResource, ProxyMetrics, Sample
-    from director.proxy import ProxyHandler
-    from objstore.server import ObjstoreFactory
-    from objstore.stats import Counters
+        self.config = config
+        self.reactor = reactor
+        self.client: Any = None
+        self.factory: Any = None
+        self.ports: list[Any] = []
+        self.loops: list[Any] = []
+        self.metrics = ProxyMetrics()
+        self.counters = Counters()
+        self.registry = new_registry("directord")
+        self.registry.register(DirectordCollector(
+            self.metrics, lambda: self.counters.curr_connections, lambda: self.client))
+        self.jobs = JobMetrics(self.registry, "directord", reactor.seconds)
 
-    globalLogBeginner.beginLoggingTo([STDLibLogObserver()],  # type: ignore[list-item]
-                                   redirectStandardIO=False)
-    r: Any = reactor
-    dconf = config.director
-    status = [0]
-    ports: list[Any] = []
-    metrics = ProxyMetrics()
-    counters = Counters()
-    state: dict[str, Any] = {}
+    async def start(self) -> None:
+        """Open the blob client, then the ports, then start the background jobs.
 
-    def extra_samples() -> Iterator[Sample]:
-        client: BlobClient | None = state.get("client")
-        yield Sample("directord_connections", "gauge", "Open client connections.",
-                     counters.curr_connections)
-        if client is None:
-            return
-        st = client.stats
-        for name, value, text in (
-                ("failovers", st.failovers, "Reads that moved on to the next replica."),
-                ("bad_replicas", st.bad_replicas, "Replicas that returned corrupt bytes."),
-                ("repairs_queued", st.repairs_queued, "Blobs queued for re-replication."),
-                ("item_puts", st.item_puts, "Items written to object servers."),
-                ("item_gets", st.item_gets, "Item keys looked up.")):
-            yield Sample(f"directord_{name}_total", "counter", text, value)
-        yield Sample("directord_index_retries_total", "counter",
-                     "Redis Cluster batches retried (failover, timeouts).",
-                     client.index.runner.stats.retries)
-        for node_id, count in sorted(st.by_node_errors.items()):
-            yield Sample("directord_object_server_errors_total", "counter",
-                         "Failed requests to an object server, by node.", count,
-                         (("node", node_id),))
+        :raises IndexUnavailable: Redis Cluster cannot be reached (exit 69).
+        :raises CannotListenError: a port is taken (exit 71).
+        """
+        from director.client import BlobClient
+        from director.proxy import ProxyHandler
+        from objstore.server import ObjstoreFactory
+        from runtime.metrics import listen_metrics
 
-    def start() -> defer.Deferred[Any]:
-        d = defer.Deferred.fromFuture(asyncio.ensure_future(BlobClient.open(config)))
-        d.addCallback(listen)
-        d.addErrback(failed_to_start)
-        return d
-
-    def listen(client: BlobClient) -> None:
-        state["client"] = client
-        handler = ProxyHandler(client, metrics, cache_bytes=dconf.cache_bytes)
-        # Same protocol, same clients as objstored: its connection limits and item size.
-        factory = ObjstoreFactory(handler, config.objstore, counters, r)
-        state["factory"] = factory
+        config, dconf, r = self.config, self.config.director, self.reactor
+        self.client = await BlobClient.open(config.cluster, dconf)
+        handler = ProxyHandler(self.client, self.metrics, cache_bytes=dconf.cache_bytes)
+        # The same protocol adapter as objstored's, with directord's own limits.
+        self.factory = ObjstoreFactory(handler, dconf, self.counters, r)
         host, port = parse_hostport(dconf.listen, "director.listen")
-        ports.append(r.listenTCP(port, factory, interface=host, backlog=1024))
+        self.ports.append(r.listenTCP(port, self.factory, interface=host, backlog=1024))
         if dconf.metrics_listen:
-            mhost, mport = parse_hostport(dconf.metrics_listen, "director.metrics_listen")
-            site = Site(MetricsResource(lambda: metrics.render(extra_samples())))
-            ports.append(r.listenTCP(mport, site, interface=mhost))
-        state["loops"] = start_background(client, r)
+            self.ports.append(listen_metrics(r, dconf.metrics_listen, "director.metrics_listen",
+                                             self.registry))
+        self.loops = start_background(self.client, r, self.jobs)
         log.info("directord (pid %d) serving memcached clients on %s, metrics on %s; "
                  "Redis prefix %r", os.getpid(), dconf.listen, dconf.metrics_listen or "-",
                  config.cluster.redis_prefix)
 
-    def failed_to_start(reason: Any) -> None:
-        log.error("directord cannot start: %s", reason.getErrorMessage())
-        status[0] = EXIT_START_FAILED
-        r.stop()
-
-    def shutdown() -> defer.Deferred[None]:
+    async def stop(self) -> None:
+        """Stop accepting, finish the replies owed, stop the jobs, close the client."""
+        loop = asyncio.get_running_loop()
         log.info("directord stopping: no new connections, finishing replies")
-        d: defer.Deferred[Any] = defer.gatherResults(
-            [defer.maybeDeferred(p.stopListening) for p in ports])
-        factory = state.get("factory")
-        if factory is not None:
-            d.addCallback(lambda _: factory.close_all(timeout=DRAIN_TIMEOUT))
-        loops = state.get("loops") or []
-        if loops:
-            # A pass in progress is cancelled; its lease is released on the way out.
-            d.addCallback(lambda _: defer.Deferred.fromFuture(asyncio.ensure_future(
-                asyncio.gather(*(loop.stop() for loop in loops)))))
-        client = state.get("client")
-        if client is not None:
-            d.addCallback(lambda _: defer.Deferred.fromFuture(
-                asyncio.ensure_future(client.aclose())))
-        d.addErrback(lambda f: log.error("shutdown: %s", f.getErrorMessage()))
-        return d
+        for port in self.ports:
+            stopped = port.stopListening()
+            if stopped is not None:
+                await stopped.asFuture(loop)
+        self.ports.clear()
+        if self.factory is not None:
+            await self.factory.close_all(timeout=DRAIN_TIMEOUT).asFuture(loop)
+        # A pass in progress is cancelled; its lease is released on the way out.
+        await asyncio.gather(*(job.stop() for job in self.loops))
+        if self.client is not None:
+            await self.client.aclose()
 
-    r.callWhenRunning(start)
-    r.addSystemEventTrigger("before", "shutdown", shutdown)
-    r.run()
+
+def serve(config: DirectordConfig) -> int:
+    """Run directord until SIGTERM/SIGINT; returns the exit status."""
+    reactor = install_asyncio_reactor()
+    logs.route_twisted()
+    server = Directord(config, reactor)
+    code = run_reactor(reactor, "directord", server.start, server.stop,
+                       unavailable=(IndexUnavailable,))
     log.info("directord stopped")
-    return status[0]
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s")
-    try:
-        config = config_from_args(args)
-    except ConfigError as exc:
-        print(f"directord: {exc}", file=sys.stderr)
-        return 2
-    return serve(config)
+    return run_daemon("directord", argv, build_arg_parser(), configure, serve)
 
 
 if __name__ == "__main__":

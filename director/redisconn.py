@@ -15,12 +15,17 @@ instead of waiting out the whole deadline.
 Redis replicates asynchronously, so a write a master acknowledged can still die with
 it.  For writes the runner therefore appends ``WAIT numreplicas timeout`` for every
 master the batch touched, on the same connection as the writes (a per-node target in
-the pipeline), and returns only once a replica holds them: an acknowledged write
-survives the failover of its master.  A master whose replica is missing answers
-``WAIT`` short after ``wait_timeout``; the write still counts (availability first),
-it is counted in :attr:`RunnerStats.unconfirmed_writes`, and that master is not
-waited on for ``degraded_hold`` seconds (doubling, up to five minutes, while it stays
-short: a cluster built without replicas) so that every batch does not stall.
+the pipeline), and returns only once ``wait_replicas`` replicas hold them
+(``director.index_write_replicas``): an acknowledged write survives the failover of its
+master.  A master whose replicas do not all acknowledge within ``wait_timeout``
+(``director.index_write_timeout``: its replica is down, or it is a replica just promoted
+whose old master has not come back) fails the batch with
+:class:`~director.errors.WriteUnconfirmed`, at once and without a retry (the write may
+stand on the master alone, which is harmless: every batch is idempotent and is redone by
+the caller's retry).  Callers turn it into a temporary failure: LMTP ``451``, IMAP
+``NO [UNAVAILABLE]``, directord ``SERVER_ERROR``.  With ``wait_replicas = 0`` nothing is
+waited for, and a master failover can lose the writes of its last moments (a lost
+location: the blob is unreadable until ``objmail inventory --fix`` adopts the copies).
 
 Lua scripts are called with ``EVALSHA``; a master that does not know a script yet
 (new or just promoted) answers ``NOSCRIPT`` and the runner loads the scripts on every
@@ -44,8 +49,8 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from director.errors import IndexUnavailable
-from ops.config import parse_hostport
+from director.errors import IndexUnavailable, WriteUnconfirmed
+from runtime.config import parse_hostport
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +62,6 @@ RETRYABLE: tuple[type[BaseException], ...] = (
     rx.MovedError, rx.AskError, rx.SlotNotCoveredError, rx.ReadOnlyError,
     rx.BusyLoadingError, rx.MasterDownError, OSError, asyncio.TimeoutError,
 )
-
-
-#: Longest pause in waiting on a master whose replicas keep failing to acknowledge.
-MAX_DEGRADED_HOLD = 300.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class RunnerStats:
     batches: int = 0
     retries: int = 0
     script_loads: int = 0
+    #: Write batches failed because a master's replicas did not acknowledge them.
     unconfirmed_writes: int = 0
     last_error: str = ""
 
@@ -133,11 +135,11 @@ class ClusterRunner:
     :param sleep: injected so tests can run the backoff without waiting.
     :param wait_replicas: replicas that must hold a write before it is acknowledged
         (0 = do not wait).
+    :param wait_timeout: seconds to wait for them before the write fails.
     """
 
     def __init__(self, client: RedisCluster, *, retry: RetryPolicy | None = None,
-                 wait_replicas: int = 1, wait_timeout: float = 0.5,
-                 degraded_hold: float = 10.0,
+                 wait_replicas: int = 1, wait_timeout: float = 1.0,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  monotonic: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None) -> None:
@@ -145,7 +147,6 @@ class ClusterRunner:
         self.retry = retry or RetryPolicy()
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = max(1, int(wait_timeout * 1000))
-        self.degraded_hold = degraded_hold
         self.stats = RunnerStats()
         self._sleep = sleep
         self._monotonic = monotonic
@@ -154,8 +155,6 @@ class ClusterRunner:
         #: Whether an operation ever succeeded (until then, connection errors mean
         #: "unreachable", see RetryPolicy.unreachable).
         self._reached = False
-        #: master name -> (monotonic time until which it is not waited on, hold used)
-        self._degraded: dict[str, tuple[float, float]] = {}
 
     def register(self, *scripts: LuaScript) -> None:
         for script in scripts:
@@ -173,6 +172,8 @@ class ClusterRunner:
         """Run a batch, retried as a whole; results in command order.
 
         :param durable: the batch writes: acknowledge only once replicas hold it.
+        :raises WriteUnconfirmed: ``durable``, and a master's replicas did not
+            acknowledge within ``wait_timeout`` (not retried).
         :raises IndexUnavailable: still failing when the retry deadline passed, or Redis
             refused a command for a reason retrying cannot fix.
         """
@@ -268,31 +269,29 @@ class ClusterRunner:
                     masters[node.name] = node
         waits: list[str] = []
         if durable and self.wait_replicas > 0:
-            now = self._monotonic()
             for name, node in masters.items():
-                if self._degraded.get(name, (0.0, 0.0))[0] <= now:
-                    pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms,
-                                         target_nodes=node)
-                    waits.append(name)
+                pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms,
+                                     target_nodes=node)
+                waits.append(name)
         # Redirections must fail the attempt rather than be followed one by one:
         # a write followed elsewhere would escape its WAIT.
         results = await pipe.execute(raise_on_error=False, allow_redirections=False)
         self.stats.batches += 1
         replies = list(results[:len(commands)])
+        short: list[str] = []
         for name, acked in zip(waits, results[len(commands):], strict=True):
             if isinstance(acked, BaseException):
                 self._check([acked])
-            elif int(acked) >= self.wait_replicas:
-                self._degraded.pop(name, None)
-            else:
-                _until, last_hold = self._degraded.get(name, (0.0, 0.0))
-                hold = min(MAX_DEGRADED_HOLD, last_hold * 2 or self.degraded_hold)
-                self._degraded[name] = (self._monotonic() + hold, hold)
-                self.stats.unconfirmed_writes += sum(
-                    1 for c in commands if _node_name(client, c.key) == name)
-                log.warning("redis master %s: write acknowledged by %s of %d replica(s); "
-                            "not waiting on it for %.0fs", name, acked, self.wait_replicas,
-                            hold)
+            elif int(acked) < self.wait_replicas:
+                short.append(f"{name} ({int(acked)} of {self.wait_replicas})")
+        if short:
+            self._check(replies)  # a command's own error says more than the WAIT
+            self.stats.unconfirmed_writes += 1
+            raise WriteUnconfirmed(
+                f"Redis write not acknowledged by enough replicas within "
+                f"{self.wait_timeout_ms} ms on master(s) {', '.join(short)}; not applied "
+                "durably, try again (a Redis Cluster built without replicas needs "
+                "director.index_write_replicas = 0)")
         return replies
 
     def _check(self, replies: Sequence[Any]) -> None:
@@ -340,11 +339,6 @@ def _reason(exc: BaseException) -> str:
         if isinstance(e, OSError) and e.errno:
             return os.strerror(e.errno)
     return " ".join(str(chain[-1]).split()) or type(chain[-1]).__name__
-
-
-def _node_name(client: RedisCluster, key: str) -> str:
-    node = client.get_node_from_key(key)
-    return node.name if node is not None else ""
 
 
 class _ScriptsMissing(Exception):

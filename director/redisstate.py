@@ -12,12 +12,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from director.config import DirectorConfig
 from director.index import LocationIndex
 from director.keys import Keyspace
 from director.redisconn import ClusterRunner, RetryPolicy, new_cluster_client
 from director.registry import Registry
 from director.repairqueue import RepairQueue
-from ops.config import ClusterConfig, DirectorConfig
+from runtime.config import ClusterConfig
 
 
 @dataclass
@@ -39,7 +40,9 @@ class RedisState:
         :raises IndexUnavailable: Redis Cluster cannot be reached within the deadline.
         """
         keys = keys or Keyspace(cluster.redis_prefix)
-        runner = ClusterRunner(new_cluster_client(cluster.redis_nodes), retry=retry)
+        runner = ClusterRunner(new_cluster_client(cluster.redis_nodes), retry=retry,
+                               wait_replicas=director.index_write_replicas,
+                               wait_timeout=director.index_write_timeout)
         try:
             index = await LocationIndex.open(cluster.redis_nodes,
                                              buckets=director.index_buckets, keys=keys,

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from director.errors import RegistryDamaged, RegistryError, RemoveRefused, UnknownNode
+from director.index import LocationIndex, StripResult
 from director.keys import Keyspace, check_node_id
 from director.nodes import ADMIN_STATES, LoadReport, Node, NodeState, parse_report
 from director.placement import PlacementPolicy, Placer
@@ -35,12 +36,10 @@ from director.redisconn import (
     RetryPolicy,
     new_cluster_client,
 )
-from ops.config import parse_hostport
+from runtime.config import parse_hostport
 
 if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
-
-    from director.index import LocationIndex, StripResult
 
 # KEYS: node record, id->number map, number counter.  ARGV: id, address, zone, tier,
 # weight, now.  A removed node may be added again: it keeps its number.
@@ -294,13 +293,16 @@ async def remove_node(registry: Registry, index: LocationIndex, node_id: str, *,
     :raises UnknownNode: no such node.
     """
     node = await registry.get(node_id)
+    spaces = (index, index.item_space())  # blobs, then directord's plain items
     if node.admin_state is not NodeState.REMOVED:
-        sole = await index.sole_copies(node.number, progress=progress)
-        if sole.count:
-            raise RemoveRefused(node_id, sole.count, sole.examples)
+        for space in spaces:
+            sole = await space.sole_copies(node.number, progress=progress)
+            if sole.count:
+                raise RemoveRefused(node_id, sole.count, sole.examples)
         node = await registry.set_state(node_id, NodeState.REMOVED)
-    strip = await index.strip_node(node.number, progress=progress)
-    return RemoveOutcome(node, strip)
+    strips = [await space.strip_node(node.number, progress=progress) for space in spaces]
+    return RemoveOutcome(node, StripResult(sum(s.removed for s in strips),
+                                           sum(s.kept_sole for s in strips)))
 
 
 def _node_from(node_id: str, record: dict[bytes, bytes], report: LoadReport | None) -> Node:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from director.background import BackgroundJob, PassControl, PassStats
+from director.background import BackgroundJob, PassControl, PassStats, throttle
 from director.copier import probe
 from director.jobstate import JobState, integer, number
 from director.planner import Health
@@ -184,13 +184,8 @@ class Scrubber(BackgroundJob[ScrubStats]):
     async def _throttle(self, control: PassControl, stats: ScrubStats, started: float,
                         read: int) -> bool:
         """Wait until ``read`` bytes are within the rate; False when told to stop."""
-        if self.rate is None:
-            return True
-        while (ahead := read / self.rate - (self.clock() - started)) > 0:
-            await self._sleep(min(ahead, 1.0))
-            if not await control.checkpoint(stats):
-                return False
-        return True
+        return await throttle(control, stats, rate=self.rate, done=read,
+                              elapsed=lambda: self.clock() - started, sleep=self._sleep)
 
     async def status(self) -> dict[str, Any]:
         """The job hash as an operator wants it (``objmail scrub --status``)."""

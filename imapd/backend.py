@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from imapd.bodies import BlobSource
+from imapd.config import ImapdConfig
 from imapd.metrics import ImapMetrics
 from metadata.notify import Change
 from metadata.store import MetadataStore
-from ops.config import ImapdConfig
 
 __all__ = ["Backend", "BlobSource", "ChangeFeed", "Delivered", "MessageDeliverer"]
 

@@ -31,6 +31,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IAddress
 from twisted.python.failure import Failure
 
+from imapd.config import ImapdConfig
 from imapd.errormap import lmtp_reply, log_failure
 from imapd.lmtp_parser import (
     MAX_LINE,
@@ -40,10 +41,10 @@ from imapd.lmtp_parser import (
     LMTPParser,
     MessageData,
 )
+from imapd.metrics import ImapMetrics
 from metadata.delivery import Deliverer, MessageTooBig
 from metadata.errors import InvalidName, NoSuchMailbox, NoSuchUser
 from metadata.records import User
-from ops.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,10 @@ def _params(text: str) -> dict[str, str]:
 class LMTPSession:
     """The state of one LMTP connection; each method returns the reply lines."""
 
-    def __init__(self, deliverer: Deliverer, config: Config, hostname: str) -> None:
+    def __init__(self, deliverer: Deliverer, config: ImapdConfig, hostname: str) -> None:
         self.deliverer = deliverer
         self.hostname = hostname
-        self.max_size = config.imapd.max_message_size
+        self.max_size = config.max_message_size
         self.greeted = False
         self.txn: Transaction | None = None
 
@@ -235,12 +236,12 @@ class LMTPProtocol(protocol.Protocol):
             self.transport.setTcpNoDelay(True)
         if len(self.factory.connections) >= self.factory.max_connections:
             self._write([f"421 4.3.2 {self.session.hostname} too many connections, "
-                         "try again later"])
+                         "try again later"], "CONNECT")
             self._closing = True
             self.transport.loseConnection()
             return
         self.factory.connections.add(self)
-        self._write(self.session.greeting())
+        self._write(self.session.greeting(), "CONNECT")
 
     def shutdown(self) -> None:
         """Say 421 and close, at once when idle, else once the current command ends."""
@@ -250,7 +251,7 @@ class LMTPProtocol(protocol.Protocol):
 
     def _goodbye(self) -> None:
         if not self._closing:
-            self._write([f"421 4.3.2 {self.session.hostname} shutting down"])
+            self._write([f"421 4.3.2 {self.session.hostname} shutting down"], "SHUTDOWN")
             self._closing = True
             self.transport.loseConnection()
 
@@ -262,8 +263,10 @@ class LMTPProtocol(protocol.Protocol):
         self._closing = True
         self.factory.connections.discard(self)
 
-    def _write(self, lines: list[str]) -> None:
+    def _write(self, lines: list[str], command: str) -> None:
+        """Send ``lines``, the reply (or replies) to ``command``, and count them."""
         self.transport.write("".join(f"{line}\r\n" for line in lines).encode())
+        self.factory.metrics.lmtp_sent(command, lines)
 
     def _pump(self) -> None:
         while not self._busy and not self._closing:
@@ -271,17 +274,18 @@ class LMTPProtocol(protocol.Protocol):
             if event is NEED_DATA:
                 return
             if isinstance(event, LineTooLong):
-                self._write(["500 5.5.2 Line too long"])
+                self._write(["500 5.5.2 Line too long"], "LINE")
                 continue
             if isinstance(event, Command):
-                self._run(self.session.handle(event), event.verb == "QUIT")
+                self._run(self.session.handle(event), event.verb == "QUIT", event.verb)
             elif isinstance(event, MessageData):
-                self._run(self._data(event), False)
+                self._run(self._data(event), False, "DATA")
 
     async def _data(self, event: MessageData) -> tuple[list[str], bool]:
         return await self.session.data(event), False
 
-    def _run(self, coro: Awaitable[tuple[list[str], bool]], quit_after: bool) -> None:
+    def _run(self, coro: Awaitable[tuple[list[str], bool]], quit_after: bool,
+             verb: str) -> None:
         self._busy = True
         d = defer.Deferred.fromFuture(asyncio.ensure_future(coro))
 
@@ -289,7 +293,7 @@ class LMTPProtocol(protocol.Protocol):
             lines, start_data = result
             if self._closing:
                 return
-            self._write(lines)
+            self._write(lines, verb)
             if start_data:
                 self.parser.start_data()
             if quit_after:
@@ -299,7 +303,7 @@ class LMTPProtocol(protocol.Protocol):
         def failed(failure: Failure) -> None:
             log.error("LMTP session error: %s", failure.getTraceback())
             if not self._closing:
-                self._write(["451 4.3.0 Internal error"])
+                self._write(["451 4.3.0 Internal error"], verb)
 
         def next_(_: object) -> None:
             self._busy = False
@@ -315,12 +319,15 @@ class LMTPProtocol(protocol.Protocol):
 class LMTPFactory(protocol.Factory):
     """Builds one :class:`LMTPProtocol` per MTA connection."""
 
-    def __init__(self, deliverer: Deliverer, config: Config,
-                 hostname: Callable[[], str] = socket.getfqdn) -> None:
+    def __init__(self, deliverer: Deliverer, config: ImapdConfig,
+                 hostname: Callable[[], str] = socket.getfqdn,
+                 metrics: ImapMetrics | None = None) -> None:
         self.deliverer = deliverer
+        #: Where replies are counted by code (imapd shares its sessions' metrics).
+        self.metrics = metrics if metrics is not None else ImapMetrics()
         self.config = config
         self.hostname = hostname()
-        self.max_connections = config.imapd.max_connections
+        self.max_connections = config.max_connections
         self.connections: set[LMTPProtocol] = set()
 
     @property
@@ -335,4 +342,4 @@ class LMTPFactory(protocol.Factory):
     def buildProtocol(self, addr: IAddress | None) -> LMTPProtocol:
         session = LMTPSession(self.deliverer, self.config, self.hostname)
         return LMTPProtocol(self, session, max_line=MAX_LINE,
-                            max_message=self.config.imapd.max_message_size)
+                            max_message=self.config.max_message_size)

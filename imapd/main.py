@@ -1,14 +1,18 @@
 """``imapd``: the mailbox server process (IMAP, IMAPS, POP3 and LMTP).
 
-``imapd [--config FILE]``
+``imapd [--config FILE] [--metrics-listen HOST:PORT] [--log-format text|json]
+[--log-level LEVEL]``
 
-``main()`` loads the config once, installs Twisted's asyncio reactor (before anything
-imports the reactor), and runs.  Once the loop runs, :meth:`MailServer.start` builds the
-process-wide services in order (the PostgreSQL pool, the change listener, the blob client,
-the deliverer) and then opens every listener of :func:`listeners`.  SIGTERM/SIGINT stop the
+It runs as every objmail daemon does (:func:`runtime.daemon.run_daemon`): the config is
+loaded once, Twisted's asyncio reactor is installed on uvloop's loop
+(:mod:`runtime.eventloop`) before anything imports the reactor, and the reactor runs.
+Once the loop runs, :meth:`MailServer.start` builds the process-wide services in order
+(the PostgreSQL pool, the change listener, the blob client, the deliverer) and then opens
+every listener of :func:`listeners` and the metrics endpoint.  SIGTERM/SIGINT stop the
 reactor; before it stops, :meth:`MailServer.stop` closes the listeners, says BYE to every
-connection, and closes the services.  Exit status: 0 after a clean stop, 1 when start-up
-failed (the log says why), 78 (EX_CONFIG) for a bad configuration.
+connection, and closes the services.  Exit status: 0 after a clean stop, 78 (EX_CONFIG)
+for a bad configuration, 69 (EX_UNAVAILABLE) when PostgreSQL or Redis Cluster cannot be
+reached at start-up, 71 when a port is taken, 70 for anything else (the log says why).
 """
 
 from __future__ import annotations
@@ -20,17 +24,27 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from ops.config import Config, ConfigError, find_config_path, load_config, parse_hostport
-from ops.eventloop import new_event_loop
+from director.errors import IndexUnavailable
+from imapd.config import ImapdProcessConfig
+from metadata.errors import Unavailable
+from runtime import logs
+from runtime.config import parse_hostport
+from runtime.daemon import (
+    EX_CONFIG,
+    arg_parser,
+    load_config,
+    replace_section,
+    run_daemon,
+    run_reactor,
+)
+from runtime.eventloop import install_asyncio_reactor
 
 __all__ = ["EX_CONFIG", "Listener", "MailServer", "Services", "listeners", "main"]
 
 log = logging.getLogger("imapd")
 
-EX_CONFIG = 78
 #: Seconds given to running commands to finish at shutdown.
 SHUTDOWN_GRACE = 2.0
 
@@ -50,7 +64,7 @@ class Listener:
 class Services:
     """What the listeners share, built once the loop runs."""
 
-    config: Config
+    config: ImapdProcessConfig
     store: Any
     blobs: Any
     deliverer: Any
@@ -76,45 +90,59 @@ def listeners(services: Services) -> list[Listener]:
         found.append(Listener("imaps", conf.imaps_listen,
                               IMAPFactory(backend, tls=tls, secure=True), tls))
     found.append(Listener("lmtp", conf.lmtp_listen,
-                          LMTPFactory(services.deliverer, services.config)))
+                          LMTPFactory(services.deliverer, services.config.imapd,
+                                      metrics=backend.metrics)))
     return [listener for listener in found if listener.address]
 
 
 class MailServer:
     """The running process: services, ports, and an orderly stop."""
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: ImapdProcessConfig, reactor: Any) -> None:
+        from imapd.metrics import ImapdCollector, ImapMetrics
+        from runtime.metrics import new_registry
+
         self.config = config
         self.reactor = reactor
         self.services: Services | None = None
         self.ports: list[Any] = []
         self.factories: list[Any] = []
-        self.exit_code = 0
+        self.names: list[str] = []
+        #: What the sessions count, exported with the process's other metrics.
+        self.metrics = ImapMetrics()
+        self.registry = new_registry("imapd")
+        self.registry.register(self.metrics)
+        self.registry.register(ImapdCollector(
+            lambda: list(zip(self.names, self.factories, strict=True)), lambda: self.services))
 
     async def start(self) -> None:
         """Build the services and listen.
 
-        :raises Exception: anything that prevents serving (logged by the caller).
+        :raises Unavailable: PostgreSQL cannot be reached (exit 69).
+        :raises IndexUnavailable: Redis Cluster cannot be reached (exit 69).
+        :raises Exception: anything else that prevents serving (logged by the caller).
         """
         from director.client import BlobClient
         from imapd.backend import Backend
         from imapd.tls import server_context
         from metadata.delivery import Deliverer
         from metadata.notify import ChangeListener
+        from metadata.passwords import VerifiedLogins
         from metadata.store import MetadataStore
 
         config = self.config
         tls = server_context(config.imapd)
-        store = await MetadataStore.open(config.cluster.pg_dsn,
-                                         pool_min=config.metadata.pool_min,
-                                         pool_max=config.metadata.pool_max)
+        store = await MetadataStore.open(
+            config.cluster.pg_dsn, pool_min=config.metadata.pool_min,
+            pool_max=config.metadata.pool_max,
+            verified=VerifiedLogins(ttl=config.metadata.login_cache_ttl))
         changes = ChangeListener(config.cluster.pg_dsn, keepalive=config.imapd.notify_keepalive)
         await changes.start()
-        blobs = await BlobClient.open(config)
-        deliverer = Deliverer(store, blobs, config)
-        backend = Backend(store, blobs, deliverer, changes, config.imapd, self.reactor)
+        blobs = await BlobClient.open(config.cluster, config.director)
+        deliverer = Deliverer(store, blobs, config.metadata, config.imapd.max_message_size)
+        backend = Backend(store, blobs, deliverer, changes, config.imapd, self.reactor,
+                          metrics=self.metrics)
         self.services = Services(config, store, blobs, deliverer, changes, backend, tls)
-        names: list[str] = []
         for listener in listeners(self.services):
             host, port = parse_hostport(listener.address, f"imapd.{listener.name}_listen")
             if listener.tls is not None:
@@ -124,38 +152,15 @@ class MailServer:
                 listening = self.reactor.listenTCP(port, listener.factory, interface=host)
             self.ports.append(listening)
             self.factories.append(listener.factory)
-            names.append(listener.name)
+            self.names.append(listener.name)
             log.info("%s listening on %s", listener.name, listener.address)
         if config.imapd.metrics_listen:
-            self._serve_metrics(backend, changes, blobs, names)
+            from runtime.metrics import listen_metrics
+
+            self.ports.append(listen_metrics(self.reactor, config.imapd.metrics_listen,
+                                             "imapd.metrics_listen", self.registry))
+            log.info("metrics on http://%s/metrics", config.imapd.metrics_listen)
         log.info("imapd ready (pid %d)", os.getpid())
-
-    def _serve_metrics(self, backend: Any, changes: Any, blobs: Any, names: list[str]) -> None:
-        from twisted.web.server import Site
-
-        from director.metrics import MetricsResource, Sample
-
-        factories = list(zip(names, self.factories, strict=True))
-
-        def samples() -> list[Sample]:
-            out = [Sample("imapd_open_connections", "gauge", "Open client connections.",
-                          float(getattr(f, "open_connections", 0)), (("listener", name),))
-                   for name, f in factories]
-            out.append(Sample("imapd_change_listener_reconnects_total", "counter",
-                              "Times the LISTEN connection to PostgreSQL was re-established.",
-                              float(changes.reconnects)))
-            stats = getattr(blobs, "stats", None)
-            for attr in ("gets", "failovers", "bad_replicas"):
-                if stats is not None and hasattr(stats, attr):
-                    out.append(Sample(f"imapd_blob_{attr}_total", "counter",
-                                      f"Blob client {attr.replace('_', ' ')}.",
-                                      float(getattr(stats, attr))))
-            return out
-
-        host, port = parse_hostport(self.config.imapd.metrics_listen, "imapd.metrics_listen")
-        site = Site(MetricsResource(lambda: backend.metrics.render(samples())))
-        self.ports.append(self.reactor.listenTCP(port, site, interface=host))
-        log.info("metrics on http://%s/metrics", self.config.imapd.metrics_listen)
 
     async def stop(self) -> None:
         """Stop listening, end every connection, close the services."""
@@ -187,56 +192,32 @@ class MailServer:
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="imapd", description="objmail mailbox server "
-                                 "(IMAP4rev1, IMAPS, POP3)")
-    ap.add_argument("--config", help="objmail.toml (default: $OBJMAIL_CONFIG, ./objmail.toml, "
-                    "./var/objmail.toml)")
-    return ap
+    return arg_parser("imapd", "objmail mailbox server (IMAP4rev1, IMAPS, POP3, LMTP)",
+                      metrics_key="imapd.metrics_listen")
+
+
+def configure(args: argparse.Namespace) -> ImapdProcessConfig:
+    """The config file with the command line's overrides.
+
+    :raises ConfigError: a bad file or value, named by its key.
+    """
+    config = load_config(ImapdProcessConfig, args)
+    if args.metrics_listen is not None:
+        config = replace_section(config, "imapd", {"metrics_listen": args.metrics_listen})
+    return config
+
+
+def serve(config: ImapdProcessConfig) -> int:
+    """Run imapd until SIGTERM/SIGINT; the exit status."""
+    reactor = install_asyncio_reactor()
+    logs.route_twisted()
+    server = MailServer(config, reactor)
+    return run_reactor(reactor, "imapd", server.start, server.stop,
+                       unavailable=(Unavailable, IndexUnavailable))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_config(find_config_path(args.config, os.environ, Path.cwd()),
-                             os.environ)
-    except ConfigError as exc:
-        print(f"imapd: {exc}", file=sys.stderr)
-        return EX_CONFIG
-
-    from twisted.internet import asyncioreactor
-
-    loop = new_event_loop()
-    asyncioreactor.install(loop)
-    from twisted.internet import defer
-    from twisted.internet import reactor as _reactor
-
-    reactor: Any = _reactor
-    server = MailServer(config, reactor)
-
-    def started_failed(reason: Any) -> None:
-        if reason.check(ConfigError):
-            log.error("%s", reason.value)
-            server.exit_code = EX_CONFIG
-        else:
-            log.error("imapd could not start: %s", reason.getTraceback())
-            server.exit_code = 1
-        reactor.stop()
-
-    def start() -> None:
-        d = defer.Deferred.fromFuture(asyncio.ensure_future(server.start()))
-        d.addErrback(started_failed)
-
-    def stop() -> Any:
-        d = defer.Deferred.fromFuture(asyncio.ensure_future(server.stop()))
-        d.addErrback(lambda reason: log.error("unclean stop: %s", reason.getTraceback()))
-        return d
-
-    reactor.callWhenRunning(start)
-    reactor.addSystemEventTrigger("before", "shutdown", stop)
-    reactor.run()
-    return server.exit_code
+    return run_daemon("imapd", argv, build_arg_parser(), configure, serve)
 
 
 if __name__ == "__main__":

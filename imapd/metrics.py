@@ -1,30 +1,48 @@
-"""imapd's Prometheus metrics: commands, their outcome and latency, logins, connections.
+"""imapd's Prometheus metrics: commands, their outcome and latency, logins, LMTP replies.
 
-:class:`ImapMetrics` is bookkeeping without I/O: sessions report each command they finish
-(protocol, command name, status word, seconds) and each login attempt; the process adds
-gauges it reads at scrape time (open connections per listener, change-listener reconnects,
-blob-client counters) as :class:`~director.metrics.Sample` values.  The exposition is
-Prometheus' text format 0.0.4, served at ``GET /metrics`` by
-:class:`director.metrics.MetricsResource` on ``imapd.metrics_listen``.
+:class:`ImapMetrics` is bookkeeping without I/O: the IMAP and POP3 sessions report each
+command they finish (protocol, command name, status word, seconds) and each login
+attempt, the LMTP adapter each reply it sends (by command and reply code).  It is a
+collector: registered in the process's registry (:func:`runtime.metrics.new_registry`),
+it turns the counts into metric families when Prometheus scrapes, along with the gauges
+:class:`ImapdCollector` reads then (open connections per listener, change-listener
+reconnects, blob-client counters).  Every name is listed in docs/metrics.md.
+
+The series an operator alerts on exist from the start, at 0 (failed logins, LMTP 4xx and
+5xx), so that a rate over them is 0 rather than empty before the first failure.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Final
 
-from director.metrics import Histogram, Sample, family, histogram_family, sample_families
+from prometheus_client.metrics_core import Metric
 
-__all__ = ["ImapMetrics"]
+from runtime.metrics import Histogram, counter_family, gauge_family, histogram_family
+
+__all__ = ["LMTP_COMMANDS", "ImapMetrics", "ImapdCollector"]
+
+#: LMTP commands counted by name (anything else is ``other``: a client must not be able
+#: to make up label values); ``CONNECT`` is the greeting or the refusal of a connection.
+LMTP_COMMANDS: Final = frozenset(("CONNECT", "LHLO", "HELO", "EHLO", "MAIL", "RCPT", "DATA",
+                                  "RSET", "NOOP", "QUIT", "VRFY", "HELP", "SHUTDOWN",
+                                  "LINE"))
+#: (command, code) pairs present from the start: deliveries and their refusals.
+_LMTP_SEEDED: Final = tuple((command, code) for command in ("RCPT", "DATA")
+                            for code in ("250", "451", "452", "550", "552"))
 
 
 class ImapMetrics:
-    """What the IMAP and POP3 sessions of one process count."""
+    """What the IMAP, POP3 and LMTP connections of one process count."""
 
     def __init__(self) -> None:
         self.commands: Counter[tuple[str, str, str]] = Counter()
         self.latency: dict[tuple[str, str], Histogram] = {}
-        self.logins: Counter[tuple[str, str]] = Counter()
+        self.logins: Counter[tuple[str, str]] = Counter(
+            {(p, r): 0 for p in ("imap", "pop3") for r in ("ok", "failed")})
+        self.lmtp_replies: Counter[tuple[str, str]] = Counter(dict.fromkeys(_LMTP_SEEDED, 0))
 
     def observe(self, protocol: str, command: str, status: str, seconds: float) -> None:
         """One finished command: ``status`` is OK/NO/BAD (IMAP) or +OK/-ERR (POP3)."""
@@ -38,18 +56,60 @@ class ImapMetrics:
     def login(self, protocol: str, ok: bool) -> None:
         self.logins[protocol, "ok" if ok else "failed"] += 1
 
-    def render(self, extra: Iterable[Sample] = ()) -> bytes:
-        """The exposition text: our families, then ``extra``."""
-        out: list[str] = []
-        family(out, "imapd_commands_total", "counter",
-                "Commands answered, by protocol, command and status.",
-                [((("protocol", p), ("command", c), ("status", s)), n)
-                 for (p, c, s), n in sorted(self.commands.items())])
-        family(out, "imapd_logins_total", "counter", "Login attempts, by protocol and result.",
-                [((("protocol", p), ("result", r)), n) for (p, r), n in sorted(self.logins.items())])
-        histogram_family(out, "imapd_command_seconds",
-                         "Time from a parsed command to its answer.",
-                         [((("protocol", p), ("command", c)), h)
-                          for (p, c), h in sorted(self.latency.items())])
-        sample_families(out, extra)
-        return ("\n".join(out) + "\n").encode()
+    def lmtp_sent(self, command: str, lines: Iterable[str]) -> None:
+        """Count the replies in ``lines`` (a reply ends with a line whose code is followed
+        by a space: DATA answers one per recipient) as answers to ``command``."""
+        if command not in LMTP_COMMANDS:
+            command = "other"
+        for line in lines:
+            if line[3:4] != "-":
+                self.lmtp_replies[command, line[:3]] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        yield counter_family("imapd_commands",
+                             "Commands answered, by protocol, command and status.",
+                             ["protocol", "command", "status"],
+                             [(k, n) for k, n in sorted(self.commands.items())])
+        yield counter_family("imapd_logins", "Login attempts, by protocol and result.",
+                             ["protocol", "result"],
+                             [(k, n) for k, n in sorted(self.logins.items())])
+        yield counter_family("imapd_lmtp_replies",
+                             "LMTP replies sent, by command and reply code (DATA: one per "
+                             "recipient).", ["command", "code"],
+                             [(k, n) for k, n in sorted(self.lmtp_replies.items())])
+        yield histogram_family("imapd_command_seconds",
+                               "Time from a parsed command to its answer.",
+                               ["protocol", "command"],
+                               [(k, h) for k, h in sorted(self.latency.items())])
+
+
+class ImapdCollector:
+    """imapd's gauges and the counters of the services it uses, read at scrape time.
+
+    :param listeners: (name, factory) of every listener; a factory counts its
+        ``open_connections``.
+    :param services: the running services (``changes``, ``blobs``), None until started.
+    """
+
+    def __init__(self, listeners: Callable[[], Sequence[tuple[str, Any]]],
+                 services: Callable[[], Any]) -> None:
+        self._listeners = listeners
+        self._services = services
+
+    def collect(self) -> Iterator[Metric]:
+        yield gauge_family("imapd_open_connections", "Open client connections, by listener.",
+                           ["listener"],
+                           [((name,), getattr(f, "open_connections", 0))
+                            for name, f in self._listeners()])
+        services = self._services()
+        if services is None:
+            return
+        yield counter_family("imapd_change_listener_reconnects",
+                             "Times the LISTEN connection to PostgreSQL was re-established.",
+                             rows=[((), services.changes.reconnects)])
+        stats = getattr(services.blobs, "stats", None)
+        for attr in ("gets", "failovers", "bad_replicas"):
+            if stats is not None and hasattr(stats, attr):
+                yield counter_family(f"imapd_blob_{attr}",
+                                     f"Blob client {attr.replace('_', ' ')}.",
+                                     rows=[((), getattr(stats, attr))])

@@ -35,7 +35,7 @@ from imapd.backend import Backend
 from imapd.bodies import BodyReader
 from imapd.errormap import log_failure, pop3_error
 from imapd.pop3parser import AuthLine, Pop3Command, err, multiline, ok
-from imapd.sasl import SaslError, decode_plain
+from imapd.sasl import ProxyRefused, SaslError, decode_plain
 from metadata.errors import NoSuchMailbox, Unavailable
 from metadata.flags import DELETED, Flags
 from metadata.records import User
@@ -219,7 +219,9 @@ class Pop3Session:
             return err("Authentication cancelled")
         try:
             credentials = decode_plain(base64.b64decode(data, validate=True))
-        except (binascii.Error, SaslError):
+        except (binascii.Error, SaslError) as exc:
+            if isinstance(exc, ProxyRefused):  # a refused login all the same
+                self.backend.metrics.login("pop3", False)
             return err("Invalid PLAIN response")
         user = await self.backend.store.users.authenticate(credentials.username,
                                                            credentials.password)

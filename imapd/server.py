@@ -20,6 +20,7 @@ from twisted.internet import tcp
 from imapd.adapter import SessionFactory, SessionProtocol
 from imapd.backend import Backend
 from imapd.commands import Command
+from imapd.config import ImapdConfig
 from imapd.parser import (
     AuthResponse,
     BadCommand,
@@ -32,8 +33,7 @@ from imapd.parser import (
 )
 from imapd.response import Continuation, Status, Untagged, render_all
 from imapd.session import Session
-from objstore.directwrite import IOV_MAX, nothing_queued, send_now
-from ops.config import ImapdConfig
+from runtime.directwrite import IOV_MAX, nothing_queued, send_now
 
 __all__ = ["IMAPFactory", "IMAPServerProtocol", "limits_for"]
 

@@ -43,6 +43,7 @@ from twisted.internet import task
 from imapd import commands as c
 from imapd.backend import Backend
 from imapd.capabilities import ENABLEABLE, capabilities
+from imapd.config import ImapdConfig
 from imapd.connection import Connection
 from imapd.errormap import imap_error, log_failure
 from imapd.parser import AuthResponse, ContinuationNeeded, IdleDone
@@ -80,7 +81,6 @@ from metadata.mailboxes import SPECIAL_USES
 from metadata.mailboxnames import DELIMITER
 from metadata.records import ListedMailbox, User
 from metadata.uidset import UidSet
-from ops.config import ImapdConfig
 from runtime import errors as kinds
 
 __all__ = ["MAX_BAD_COMMANDS", "MAX_FAILED_LOGINS", "SERVER_ID", "Session", "State"]
@@ -398,6 +398,7 @@ class Session:
         try:
             credentials = decode_plain(message)
         except ProxyRefused:
+            self.backend.metrics.login("imap", False)  # a refused login all the same
             return Tagged(tag, Status.NO, "Acting as another user is not allowed",
                           AUTHORIZATIONFAILED)
         except SaslError as exc:

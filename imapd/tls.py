@@ -18,7 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from OpenSSL import SSL
 
-from ops.config import ConfigError, ImapdConfig
+from imapd.config import ImapdConfig
+from runtime.config import ConfigError
 
 __all__ = ["ServerTLS", "server_context"]
 

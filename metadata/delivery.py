@@ -9,6 +9,15 @@ caller acknowledges only after (3) returned.  A crash between (2) and (3) leaves
 unreferenced blobs, which gc collects after its grace period; nothing is ever
 visible without its blobs.
 
+gc decides from committed references, so a delivery slow enough (a mailbox lock
+held for minutes) could otherwise commit a reference to a blob gc collected while it
+waited.  The fence: before (2) the delivery reads gc's generation
+(:meth:`BlobStore.gc_generation`), and the last statement of (3), after every lock it
+waited for, asks the director whether gc may have collected any of its blobs since
+(:meth:`BlobStore.check_kept`); if so the transaction rolls back with a temporary error
+(LMTP 451, IMAP ``NO [UNAVAILABLE]``) and the sender retries.  When no gc ran meanwhile
+the check is free (docs/director.md, "gc").
+
 A message delivered to many recipients (one LMTP transaction with many RCPT) is
 analysed and uploaded once; each recipient then gets its own transaction, so one
 recipient's failure (unknown, over quota) never affects another's.
@@ -19,10 +28,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from metadata.bodystructure import render_body, render_bodystructure
+from metadata.config import MetadataConfig
 from metadata.envelope import tree_envelope
 from metadata.errors import MessageTooBig, OverQuota
 from metadata.flags import Flags
@@ -33,17 +43,33 @@ from metadata.searchtext import search_text
 from metadata.sections import section_map
 from metadata.splitter import SplitMessage, split
 from metadata.store import MetadataStore
-from ops.config import Config
 
 #: Messages at least this large are analysed off the event loop's thread, so a
 #: multi-megabyte parse does not stall every other session for its duration.
 OFFLOAD_BYTES = 256 * 1024
 
 
+#: The gc generation of a message prepared without reading it: its commit always checks.
+UNKNOWN_GENERATION = -1
+
+
 class BlobStore(Protocol):
     """What delivery needs of the director client (``director.client.BlobClient``)."""
 
     async def put_many(self, blobs: Sequence[bytes]) -> list[str]: ...
+
+    async def gc_generation(self) -> int:
+        """gc's generation now; read before uploading blobs a commit will reference."""
+        ...
+
+    async def check_kept(self, ids: Iterable[str], generation: int) -> None:
+        """Called last in a commit transaction: keep ``ids`` from gc from now on.
+
+        :param generation: what :meth:`gc_generation` returned before their upload
+            (:data:`UNKNOWN_GENERATION` when it was not read).
+        :raises director.errors.BlobUnavailable: gc collected some of them since.
+        """
+        ...
 
 
 @dataclass(frozen=True)
@@ -53,6 +79,8 @@ class PreparedMessage:
     raw_size: int
     split: SplitMessage
     row: MessageRow
+    #: gc's generation read before the upload (see the module docstring).
+    gc_generation: int = UNKNOWN_GENERATION
 
     @property
     def blob_ids(self) -> tuple[str, ...]:
@@ -106,13 +134,15 @@ class Deliverer:
 
     :param store: the metadata store (PostgreSQL).
     :param blobs: the director client (object servers).
+    :param max_message_size: the frontend's limit (``imapd.max_message_size``).
     """
 
-    def __init__(self, store: MetadataStore, blobs: BlobStore, config: Config) -> None:
+    def __init__(self, store: MetadataStore, blobs: BlobStore, config: MetadataConfig,
+                 max_message_size: int) -> None:
         self.store = store
         self.blobs = blobs
-        self.threshold = config.metadata.split_threshold
-        self.max_size = config.imapd.max_message_size
+        self.threshold = config.split_threshold
+        self.max_size = max_message_size
 
     def check_size(self, size: int) -> None:
         """:raises MessageTooBig: ``size`` exceeds the configured limit."""
@@ -120,12 +150,16 @@ class Deliverer:
             raise MessageTooBig(size, self.max_size)
 
     async def prepare(self, raw: bytes) -> PreparedMessage:
-        """Analyse ``raw`` once; large messages on a worker thread."""
+        """Analyse ``raw`` once; large messages on a worker thread.  The result also
+        carries gc's generation as of now, before any upload of its blobs."""
         self.check_size(len(raw))
+        generation = await self.blobs.gc_generation()
         if len(raw) < OFFLOAD_BYTES:
-            return prepare(raw, self.threshold)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, prepare, raw, self.threshold)
+            prepared = prepare(raw, self.threshold)
+        else:
+            loop = asyncio.get_running_loop()
+            prepared = await loop.run_in_executor(None, prepare, raw, self.threshold)
+        return replace(prepared, gc_generation=generation)
 
     async def upload(self, prepared: PreparedMessage) -> None:
         """Store the skeleton and part blobs (known ones are not uploaded again).
@@ -153,13 +187,25 @@ class Deliverer:
                           mailbox: str = "INBOX", box: Mailbox | None = None,
                           ) -> list[Delivered]:
         """Insert several ``(prepared, flags, internaldate)`` messages (blobs already
-        stored) in one transaction, with consecutive UIDs in this order: all or none."""
+        stored) in one transaction, with consecutive UIDs in this order: all or none.
+
+        :raises director.errors.BlobUnavailable: gc collected some of their blobs while
+            they waited to commit; nothing was committed (a temporary failure).
+        """
         if box is None:
             box = await self.store.mailboxes.get(user.id, mailbox)
         now = dt.datetime.now(dt.UTC)
+        ids = {b for prepared, _f, _w in messages
+               for b in (prepared.row.skeleton_id, *prepared.blob_ids)}
+        oldest = min((prepared.gc_generation for prepared, _f, _w in messages),
+                     default=UNKNOWN_GENERATION)
+
+        async def fence() -> None:
+            await self.blobs.check_kept(ids, oldest)
+
         appended = await self.store.messages.insert_many(user.id, box.id, [
             NewMessage(prepared.row, prepared.blob_ids, when or now, Flags.from_names(flags))
-            for prepared, flags, when in messages])
+            for prepared, flags, when in messages], before_commit=fence)
         return [Delivered(user.name, box.name, box.id, a.uidvalidity, a.uid, a.message_id,
                           prepared.row.size, a.modseq)
                 for a, (prepared, _f, _w) in zip(appended, messages, strict=True)]

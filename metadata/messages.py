@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -304,12 +304,18 @@ class Messages:
         return appended
 
     async def insert_many(self, user_id: int, mailbox_id: int,
-                          new: Sequence[NewMessage]) -> list[Appended]:
+                          new: Sequence[NewMessage], *,
+                          before_commit: Callable[[], Awaitable[None]] | None = None,
+                          ) -> list[Appended]:
         """Store several messages in one transaction, with consecutive UIDs in the order
         given and one mod-sequence: one commit (one fsync) for all, which is what makes
         a bulk import fast.  All or none are stored; the errors are :meth:`insert`'s (the
         quota is checked against their total size).  The mailbox stays locked from the
         UID allocation to the commit, so batches should be small (tens of messages).
+
+        :param before_commit: awaited as the transaction's last step, once every lock is
+            held; whatever it raises rolls the transaction back and propagates (delivery's
+            gc fence: metadata/delivery.py).
         """
         if not new:
             return []
@@ -348,6 +354,8 @@ class Messages:
             await charge(conn, user_id, sum(m.row.size for m in new), len(new))
             await publish(conn, Change(user_id, "append", mailbox_id,
                                        uidnext=first + len(new), modseq=modseq))
+            if before_commit is not None:
+                await before_commit()
         return [Appended(alloc["uidvalidity"], first + n, modseq, mid)
                 for n, mid in enumerate(message_ids)]
 

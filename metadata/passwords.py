@@ -18,9 +18,13 @@ import hashlib
 import hmac
 import os
 import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PARAMS", "ScryptParams", "hash_password", "needs_rehash", "verify_password"]
+__all__ = ["DEFAULT_PARAMS", "ScryptParams", "VerifiedLogins", "hash_password", "needs_rehash",
+           "verify_password"]
 
 _PREFIX = "$scrypt$"
 _FORMAT = re.compile(r"\$scrypt\$ln=([0-9]{1,2}),r=([0-9]{1,3}),p=([0-9]{1,3})"
@@ -134,3 +138,59 @@ def needs_rehash(stored: str, params: ScryptParams = DEFAULT_PARAMS) -> bool:
     log_n, r, p, salt, key = parsed
     return ((log_n, r, p, len(salt), len(key))
             != (params.log_n, params.r, params.p, params.salt_bytes, params.key_bytes))
+
+
+class VerifiedLogins:
+    """Passwords this process verified recently, so a client that logs in again and
+    again (a phone polling every minute, a webmail opening a connection per request)
+    pays scrypt once per ``ttl`` instead of every time.
+
+    An entry is an HMAC, under a random key that never leaves the process, of the
+    stored hash and the password: neither is kept, a memory dump does not reveal a
+    password that could be tested offline faster than scrypt, and because the stored
+    hash is part of the entry a password change (``objmail user passwd``, from any
+    process) makes every entry of the old one miss at once.  Only successes are
+    remembered; failures always pay scrypt (and the login rate limit).
+
+    :param ttl: seconds an entry is honoured.
+    :param max_entries: bound on memory; the oldest entries go first.
+    :param clock: monotonic seconds (injected for tests).
+    """
+
+    def __init__(self, ttl: float = 300.0, max_entries: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._clock = clock
+        self._key = os.urandom(32)
+        self._entries: OrderedDict[bytes, float] = OrderedDict()
+
+    def _entry(self, password: str, stored: str) -> bytes:
+        return hmac.digest(self._key, stored.encode("ascii", "replace") + b"\0"
+                           + password.encode("utf-8", "surrogatepass"), "sha256")
+
+    def known(self, password: str, stored: str) -> bool:
+        """Whether ``password`` was verified against ``stored`` less than ``ttl`` ago."""
+        if self.ttl <= 0:
+            return False
+        entry = self._entry(password, stored)
+        expires = self._entries.get(entry)
+        if expires is None:
+            return False
+        if expires <= self._clock():
+            del self._entries[entry]
+            return False
+        return True
+
+    def remember(self, password: str, stored: str) -> None:
+        """Record a successful verification of ``password`` against ``stored``."""
+        if self.ttl <= 0:
+            return
+        entry = self._entry(password, stored)
+        self._entries[entry] = self._clock() + self.ttl
+        self._entries.move_to_end(entry)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)

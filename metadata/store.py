@@ -13,7 +13,7 @@ from metadata import migrate
 from metadata.db import Database
 from metadata.mailboxes import Mailboxes
 from metadata.messages import Messages
-from metadata.passwords import DEFAULT_PARAMS, ScryptParams
+from metadata.passwords import DEFAULT_PARAMS, ScryptParams, VerifiedLogins
 from metadata.references import References
 from metadata.users import Users
 
@@ -23,9 +23,10 @@ __all__ = ["MetadataStore"]
 class MetadataStore:
     """Users, mailboxes, messages and references over one :class:`Database`."""
 
-    def __init__(self, db: Database, *, password_params: ScryptParams = DEFAULT_PARAMS) -> None:
+    def __init__(self, db: Database, *, password_params: ScryptParams = DEFAULT_PARAMS,
+                 verified: VerifiedLogins | None = None) -> None:
         self.db = db
-        self.users = Users(db, password_params=password_params)
+        self.users = Users(db, password_params=password_params, verified=verified)
         self.mailboxes = Mailboxes(db)
         self.messages = Messages(db)
         self.references = References(db)
@@ -33,9 +34,13 @@ class MetadataStore:
     @classmethod
     async def open(cls, dsn: str, *, pool_min: int = 2, pool_max: int = 10,
                    check_schema: bool = True,
-                   password_params: ScryptParams = DEFAULT_PARAMS) -> MetadataStore:
+                   password_params: ScryptParams = DEFAULT_PARAMS,
+                   verified: VerifiedLogins | None = None) -> MetadataStore:
         """Connect a pool and, unless told not to, refuse a schema that is not this
         release's.
+
+        :param verified: the process's cache of recently verified logins (default: one
+            with a 300 s TTL).
 
         :raises Unavailable: PostgreSQL cannot be reached.
         :raises SchemaError: migrations are pending, modified or unknown.
@@ -48,7 +53,7 @@ class MetadataStore:
         except BaseException:
             await db.close()
             raise
-        return cls(db, password_params=password_params)
+        return cls(db, password_params=password_params, verified=verified)
 
     async def close(self) -> None:
         await self.db.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 
 import asyncpg
 
@@ -19,6 +20,7 @@ from metadata.notify import Change, publish
 from metadata.passwords import (
     DEFAULT_PARAMS,
     ScryptParams,
+    VerifiedLogins,
     hash_password,
     needs_rehash,
     verify_password,
@@ -33,6 +35,9 @@ _USER_NAME = re.compile(r"[^\x00-\x20\x7f\s]+\Z")
 
 _SELECT = ("SELECT u.id, u.name, u.created_at, g.quota_bytes, g.used_bytes, g.message_count "
            "FROM users u JOIN user_usage g ON g.user_id = u.id")
+
+
+_SELECT_WITH_HASH = _SELECT.replace("SELECT u.id,", "SELECT u.password_hash, u.id,", 1)
 
 
 def validate_user_name(name: str) -> str:
@@ -55,9 +60,13 @@ def _user(row: asyncpg.Record) -> User:
 class Users:
     """The user directory and per-user usage."""
 
-    def __init__(self, db: Database, *, password_params: ScryptParams = DEFAULT_PARAMS) -> None:
+    def __init__(self, db: Database, *, password_params: ScryptParams = DEFAULT_PARAMS,
+                 verified: VerifiedLogins | None = None,
+                 verify: Callable[[str, str], bool] = verify_password) -> None:
         self.db = db
         self.password_params = password_params
+        self.verified = verified if verified is not None else VerifiedLogins()
+        self._verify = verify
         self._decoy: str | None = None
 
     async def _hash(self, password: str) -> str:
@@ -122,20 +131,24 @@ class Users:
     async def authenticate(self, name: str, password: str) -> User | None:
         """The user if ``password`` is theirs, else None (unknown name included).
 
+        One query fetches the user and the stored hash.  A password verified against the
+        same stored hash within :attr:`verified`'s TTL is not run through scrypt again.
         A hash made with other scrypt parameters than the current ones is replaced on
         success, so raising the cost reaches every active user.
         """
         async with self.db.connection() as conn:
             row = await conn.fetchrow(
-                "SELECT id, password_hash FROM users WHERE lower(name) = lower($1)", name)
+                f"{_SELECT_WITH_HASH} WHERE lower(u.name) = lower($1)", name)
         if row is not None:
             stored = row["password_hash"]
+            if self.verified.known(password, stored):
+                return _user(row)
         else:
             if self._decoy is None:
                 # Checked against when the name is unknown, to spend the same time.
                 self._decoy = await self._hash("objmail-decoy-password")
             stored = self._decoy
-        ok = await asyncio.to_thread(verify_password, password, stored)
+        ok = await asyncio.to_thread(self._verify, password, stored)
         if row is None or not ok:
             return None
         if needs_rehash(stored, self.password_params):
@@ -143,7 +156,9 @@ class Users:
             async with self.db.connection() as conn:
                 await conn.execute("UPDATE users SET password_hash = $2 WHERE id = $1 "
                                    "AND password_hash = $3", row["id"], fresh, stored)
-        return await self.get_by_id(row["id"])
+            stored = fresh
+        self.verified.remember(password, stored)
+        return _user(row)
 
     async def set_password(self, name: str, password: str) -> None:
         """Replace the user's password.

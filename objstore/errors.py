@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from runtime import errors as kinds
 
-__all__ = ["CorruptRecord", "ObjstoreError", "StorageError", "StoreClosed"]
+__all__ = ["CorruptRecord", "ObjstoreError", "StorageError"]
 
 
 class ObjstoreError(Exception):
@@ -21,7 +21,3 @@ class StorageError(ObjstoreError):
 
 class CorruptRecord(StorageError, kinds.Corruption):
     """A record failed its checksum or is not a record at all."""
-
-
-class StoreClosed(StorageError, kinds.Unavailable):
-    """The store is shutting down and takes no more writes."""

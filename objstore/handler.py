@@ -12,6 +12,7 @@ This is the one place where store outcomes become memcached's words.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import resource
 import time
@@ -19,8 +20,23 @@ from collections.abc import Callable, Iterator
 from typing import Final
 
 from twisted.internet import defer
+from twisted.python import failure
 
 from objstore import protocol as p
+from objstore.config import ObjstoreConfig
+from objstore.items import (
+    ArithOp,
+    DeleteOp,
+    FlushOp,
+    ItemStore,
+    MetaGetOp,
+    Outcome,
+    Result,
+    StoreOp,
+    TouchOp,
+    WriteOp,
+)
+from objstore.record import Record, StorageError
 from objstore.replies import (
     DELETED,
     EXISTS,
@@ -45,20 +61,6 @@ from objstore.replies import (
 )
 from objstore.server import Answer
 from objstore.stats import OP_INDEX, OTHER, Counters, HotKeys
-from objstore.storage import (
-    ArithOp,
-    DeleteOp,
-    FlushOp,
-    MetaGetOp,
-    Outcome,
-    Record,
-    Result,
-    Storage,
-    StoreOp,
-    TouchOp,
-    WriteOp,
-)
-from ops.config import ObjstoreConfig
 
 #: What ``version`` answers: memcached's protocol level, then who we are.
 VERSION: Final = b"1.6.18-objstore"
@@ -80,6 +82,7 @@ _OK: Final = Status(OK)
 _EMPTY: Final = Values(())
 _CRLF_END: Final = b"\r\nEND\r\n"
 _MN: Final = MetaReply(b"MN")
+_FAILED: Final = Result(Outcome.FAILED)
 
 _STORE_OUTCOMES: Final[dict[Outcome, Reply]] = {
     Outcome.STORED: _STORED,
@@ -109,11 +112,26 @@ METADUMP_BATCH: Final = 1000
 
 Outcome_ = Reply | None
 
+log = logging.getLogger(__name__)
+
+
+def _write_failed(outcome: Outcome) -> Reply:
+    """The error for a write that did not happen (store full, failed, refused)."""
+    return _STORE_OUTCOMES.get(outcome, E_FAILED)
+
+
+def _write_refused(reason: failure.Failure, op: WriteOp,
+                   then: Callable[[Result], Reply | None]) -> Reply | None:
+    """A write the store refused (it is shutting down) is answered as a failed write."""
+    reason.trap(StorageError)
+    log.error("write %r refused: %s", op, reason.getErrorMessage())
+    return then(_FAILED)
+
 
 class Handler:
     """Turns commands into replies.
 
-    :param storage: the store.
+    :param storage: the store (any :class:`~objstore.items.ItemStore` backend).
     :param config: this server's section of the config.
     :param counters: this process's counters.
     :param hot: hot-key tracker fed by reads.
@@ -121,7 +139,7 @@ class Handler:
     :param clock: unix time source.
     """
 
-    def __init__(self, storage: Storage, config: ObjstoreConfig, counters: Counters,
+    def __init__(self, storage: ItemStore, config: ObjstoreConfig, counters: Counters,
                  hot: HotKeys, node_totals: Callable[[], dict[str, int]],
                  clock: Callable[[], float] = time.time, node_id: str = "") -> None:
         self.storage = storage
@@ -179,9 +197,8 @@ class Handler:
 
     def _write(self, op: WriteOp, then: Callable[[Result], Reply | None]) -> defer.Deferred[
             Reply | None]:
-        d: defer.Deferred[Result] = defer.Deferred()
-        self.storage.submit(op, d.callback)
-        return d.addCallback(then)
+        return self.storage.write(op).addCallbacks(then, _write_refused,
+                                                   errbackArgs=(op, then))
 
     def _now(self) -> int:
         return int(self._clock())
@@ -200,6 +217,8 @@ class Handler:
                 return _EMPTY
 
             def touched(res: Result) -> Reply:
+                if res.outcome not in (Outcome.TOUCHED, Outcome.NOT_FOUND):
+                    return _write_failed(res.outcome)
                 records = res.records
                 return self._values(keys, records, with_cas, touch=True)
 
@@ -326,9 +345,11 @@ class Handler:
             if res.outcome is Outcome.TOUCHED:
                 c.touch_hits += 1
                 reply: Reply = _TOUCHED
-            else:
+            elif res.outcome is Outcome.NOT_FOUND:
                 c.touch_misses += 1
                 reply = _NOT_FOUND
+            else:
+                reply = _write_failed(res.outcome)
             return None if cmd.noreply else reply
 
         return self._write(TouchOp((cmd.key,), cmd.exptime), done)
@@ -348,7 +369,8 @@ class Handler:
             # Refused even with noreply: silently keeping data would be worse.
             return E_FLUSH_DISABLED
         self.counters.cmd_flush += 1
-        return self._write(FlushOp(cmd.delay), lambda _r: None if cmd.noreply else _OK)
+        return self._write(FlushOp(cmd.delay), lambda res: None if cmd.noreply else (
+            _OK if res.outcome is Outcome.OK else _write_failed(res.outcome)))
 
     def _protocol_error(self, cmd: p.ProtocolError) -> Answer:
         if cmd.noreply:
@@ -402,6 +424,7 @@ class Handler:
         sc = self.storage.counters
         self.counters.corrupt_reads = sc["corrupt_reads"]
         self.counters.get_expired = sc["get_expired"]
+        self.counters.sync_store(sc)
 
     def _general_stats(self) -> tuple[tuple[bytes, bytes], ...]:
         now = self._clock()
@@ -539,14 +562,19 @@ class Handler:
             if f.ttl is not None:
                 c.cmd_touch += 1
             op = MetaGetOp(key, f.ttl, f.vivify, f.recache)
-            return self._write(op, lambda res: self._mg_reply(cmd, res.record, res.win))
+            return self._write(op, lambda res: self._mg_written(cmd, res))
         rec = self.storage.get(key)
         if rec is not None and rec.stale and not rec.win_sent:
             # The first reader of a stale item wins the right to recache: a write.
             op = MetaGetOp(key)
-            return self._write(op, lambda res: self._mg_reply(cmd, res.record, res.win))
+            return self._write(op, lambda res: self._mg_written(cmd, res))
         win = b"Z" if rec is not None and rec.win_sent else b""
         return self._mg_reply(cmd, rec, win)
+
+    def _mg_written(self, cmd: p.MetaGet, res: Result) -> Reply | None:
+        if res.outcome not in (Outcome.OK, Outcome.NOT_FOUND):
+            return _write_failed(res.outcome)
+        return self._mg_reply(cmd, res.record, res.win)
 
     def _mg_reply(self, cmd: p.MetaGet, rec: Record | None, win: bytes) -> Reply | None:
         c = self.counters

@@ -1,16 +1,23 @@
 """``objstored``: parse the command line, load the config, run one or N worker processes.
 
 ``objstored --listen 127.0.0.1:11211 --data DIR [--config FILE] [--node-id ID] [--zone Z]
-[--tier T] [--workers N] [--max-item-size BYTES] [--flush-all-enabled]``
+[--tier T] [--workers N] [--max-item-size BYTES] [--flush-all-enabled]
+[--metrics-listen HOST:PORT] [--log-format text|json] [--log-level LEVEL]``
 
-The data directory holds ``lmdb/`` (the store), ``node_id`` (generated on first start unless
-given), ``objstored.lock`` (one server per directory) and, with several workers,
-``workers.stats`` (their shared counters).
+It runs as every objmail daemon does (:func:`runtime.daemon.run_daemon`: logging, exit
+status 78 for a bad configuration, 71 when the port or the data directory is taken).
+The data directory holds ``lmdb/`` (the store), ``node_id`` (generated on first start
+unless given), ``objstored.lock`` (one server per directory), ``expiry.state`` (where the
+expiry sweep is, :mod:`objstore.expiry`) and, with several workers, ``workers.stats``
+(their shared counters).
 
 With ``--workers N`` the first process is a supervisor: it forks N workers, each of which
-opens the LMDB environment itself (after the fork, as LMDB requires) and listens on the same
-port with SO_REUSEPORT; the supervisor forwards SIGTERM and restarts a worker that dies.
-SIGTERM makes a worker stop accepting, commit what is queued, send the replies, and exit 0.
+opens the LMDB environment itself (after the fork, as LMDB requires), runs Twisted's
+default reactor and listens on the same port with SO_REUSEPORT; the supervisor forwards
+SIGTERM and restarts a worker that dies.  Worker 0 also sends the load reports, runs the
+expiry sweep and serves the node's Prometheus metrics (``objstore.metrics_listen``), the
+other workers' counters read from the shared stats file.  SIGTERM makes a worker stop
+accepting, commit what is queued, send the replies, and exit 0.
 """
 
 from __future__ import annotations
@@ -18,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import dataclasses
 import errno
 import fcntl
 import logging
@@ -32,14 +38,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from ops.config import (
-    ClusterConfig,
-    ConfigError,
-    ObjstoreConfig,
-    find_config_path,
+from objstore.config import ObjstoreConfig, ObjstoredConfig
+from runtime import logs
+from runtime.config import ClusterConfig, ConfigError, parse_hostport, parse_size
+from runtime.daemon import (
+    StartError,
+    arg_parser,
     load_config,
-    parse_hostport,
-    parse_size,
+    replace_section,
+    run_daemon,
+    run_reactor,
 )
 
 log = logging.getLogger("objstored")
@@ -52,11 +60,10 @@ _PR_SET_PDEATHSIG: Final = 1
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="objstored",
-                                 description="objmail object server (memcached protocol on LMDB)")
+    ap = arg_parser("objstored", "objmail object server (memcached protocol on LMDB)",
+                    metrics_key="objstore.metrics_listen")
     ap.add_argument("--listen", help="host:port to listen on (default from config)")
     ap.add_argument("--data", help="data directory (default from config)")
-    ap.add_argument("--config", help="objmail.toml (default: $OBJMAIL_CONFIG, ./objmail.toml)")
     ap.add_argument("--node-id", help="node id (default: generated once, kept in the data dir)")
     ap.add_argument("--zone", help="failure zone reported to the directors")
     ap.add_argument("--tier", help="storage tier reported to the directors (ssd, hdd...)")
@@ -67,23 +74,28 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _config_from_args(args: argparse.Namespace) -> tuple[ObjstoreConfig, ClusterConfig]:
-    path = find_config_path(args.config, os.environ, Path.cwd())
-    config = load_config(path, os.environ)
+def configure(args: argparse.Namespace) -> ObjstoredConfig:
+    """The config file with the command line's overrides, the data directory made and
+    the node id settled (:func:`resolve_node_id`).
+
+    :raises ConfigError: a bad file or value, named by its key.
+    """
+    config = load_config(ObjstoredConfig, args)
     changes: dict[str, Any] = {}
     for attr, key in (("listen", "listen"), ("data", "data_dir"), ("node_id", "node_id"),
                       ("zone", "zone"), ("tier", "tier"), ("workers", "workers"),
-                      ("flush_all_enabled", "flush_all_enabled")):
+                      ("flush_all_enabled", "flush_all_enabled"),
+                      ("metrics_listen", "metrics_listen")):
         value = getattr(args, attr)
         if value is not None:
             changes[key] = value
     if args.max_item_size is not None:
         changes["max_item_size"] = parse_size(args.max_item_size, "--max-item-size")
-    try:
-        section = dataclasses.replace(config.objstore, **changes)
-    except ConfigError as exc:
-        raise ConfigError(f"objstore.{exc.key}", exc.message) from None
-    return section, config.cluster
+    config = replace_section(config, "objstore", changes)
+    data_dir = Path(config.objstore.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    node_id = resolve_node_id(data_dir, config.objstore.node_id)
+    return replace_section(config, "objstore", {"node_id": node_id})
 
 
 def resolve_node_id(data_dir: Path, wanted: str) -> str:
@@ -115,24 +127,25 @@ def _lock_data_dir(data_dir: Path) -> int:
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise ConfigError("objstore.data_dir",
-                              f"{data_dir} is in use by another objstored") from None
+            raise StartError(f"objstore.data_dir: {data_dir} is in use by another "
+                             "objstored") from None
         raise
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(address: str, key: str) -> None:
     """SO_REUSEPORT would let us share a port with a stranger; refuse that up front."""
+    host, port = parse_hostport(address, key)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise ConfigError("objstore.listen", f"cannot listen on {host}:{port}: "
-                              f"{exc.strerror}") from None
+            raise StartError(f"{key}: cannot listen on {host}:{port}: "
+                             f"{exc.strerror}") from None
 
 
 def _die_with_parent() -> None:
@@ -143,125 +156,178 @@ def _die_with_parent() -> None:
         pass
 
 
-def run_worker(config: ObjstoreConfig, cluster: ClusterConfig, node_id: str,
-               index: int) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit code."""
-    from twisted.internet import reactor, task
-    from twisted.internet.threads import deferToThread
-    from twisted.logger import STDLibLogObserver, globalLogBeginner
+class Worker:
+    """One serving process: the store, the port, and (worker 0) the node's duties.
 
-    from objstore.handler import VERSION, Handler
-    from objstore.reporter import Identity, LoadReporter, LoadSample, RedisClusterSink
-    from objstore.server import ObjstoreFactory, listen
-    from objstore.stats import OP_NAMES, Counters, HotKeys, SharedSlots, totals
-    from objstore.storage import ReapOp, Result, Storage
+    :meth:`start` opens the store and listens; :meth:`stop` (before the reactor shuts
+    down) stops accepting, commits what is queued and lets the connections finish;
+    :meth:`close` (after the reactor stopped) closes the store.
+    """
 
-    # The group-commit thread and the reactor share the GIL; the default 5 ms switch
-    # interval would make a finished fsync wait behind the reactor (and vice versa) for up
-    # to 5 ms, capping durable writes at a few hundred batches per second.
-    sys.setswitchinterval(0.0002)
-    globalLogBeginner.beginLoggingTo([STDLibLogObserver()],  # type: ignore[list-item]
-                                   redirectStandardIO=False)
-    r: Any = reactor
-    data_dir = Path(config.data_dir)
-    storage = Storage(data_dir / LMDB_DIR, map_size=config.map_size,
-                      max_item_size=config.max_item_size,
-                      max_readers=max(126, 64 * config.workers))
-    counters = Counters()
-    hot = HotKeys()
-    shared = (SharedSlots(data_dir / SHARED_STATS_FILE, config.workers, index)
-              if config.workers > 1 else None)
+    def __init__(self, config: ObjstoreConfig, cluster: ClusterConfig, index: int,
+                 reactor: Any) -> None:
+        self.config = config
+        self.cluster = cluster
+        self.index = index
+        self.reactor = reactor
+        self.storage: Any = None
+        self.shared: Any = None
+        self.factory: Any = None
+        self.ports: list[Any] = []
+        self.loops: list[Any] = []
+        self.reporter: Any = None
+        self.sweep: Any = None
+        #: This process's metrics (worker 0 only: it answers for the node).
+        self.registry: Any = None
 
-    def node_totals() -> dict[str, int]:
-        snaps = [counters.snapshot()]
+    def start(self) -> None:
+        from twisted.internet import task
+        from twisted.internet.threads import deferToThread
+
+        from objstore.expiry import STATE_FILE, ExpirySweep
+        from objstore.handler import VERSION, Handler
+        from objstore.items import Result
+        from objstore.lmdbstore import LmdbStore
+        from objstore.metrics import ObjstoreCollector
+        from objstore.reporter import Identity, LoadReporter, LoadSample, RedisClusterSink
+        from objstore.server import ObjstoreFactory, listen
+        from objstore.stats import OP_NAMES, Counters, HotKeys, SharedSlots, totals
+        from runtime.metrics import JobMetrics, listen_metrics, new_registry
+
+        config, r, index = self.config, self.reactor, self.index
+        data_dir = Path(config.data_dir)
+        storage = self.storage = LmdbStore(data_dir / LMDB_DIR, map_size=config.map_size,
+                                           max_item_size=config.max_item_size,
+                                           max_readers=max(126, 64 * config.workers))
+        counters = Counters()
+        hot = HotKeys()
+        shared = self.shared = (SharedSlots(data_dir / SHARED_STATS_FILE, config.workers, index)
+                                if config.workers > 1 else None)
+
+        def node_totals() -> dict[str, int]:
+            snaps = [counters.snapshot()]
+            if shared is not None:
+                snaps += [numbers for numbers, _hot in shared.others()]
+            return totals(snaps)
+
+        def deliver(batch: list[tuple[Any, Result]]) -> None:
+            r.callFromThread(_run_callbacks, batch)
+
+        storage.start(deliver, config.group_commit_max)
+        handler = Handler(storage, config, counters, hot, node_totals, node_id=config.node_id)
+        self.factory = ObjstoreFactory(handler, config, counters, r)
+        host, port = parse_hostport(config.listen, "objstore.listen")
+        self.ports.append(listen(r, host, port, self.factory))
+        log.info("objstored worker %d (pid %d) node %s serving %s, data in %s", index,
+                 os.getpid(), config.node_id, config.listen, data_dir)
+
         if shared is not None:
-            snaps += [numbers for numbers, _hot in shared.others()]
-        return totals(snaps)
+            def publish() -> None:
+                handler.sync_storage_counters()
+                shared.publish(counters.snapshot(), hot.top(256))
+            self._every(task.LoopingCall(publish), 1.0, now=True)
 
-    def deliver(batch: list[tuple[Any, Result]]) -> None:
-        r.callFromThread(_run_callbacks, batch)
+        if index != 0:
+            if config.workers > 1:
+                # Other workers' hot keys reach worker 0 through their slot; restart
+                # their window.
+                self._every(task.LoopingCall(hot.clear), config.report_interval)
+            return
 
-    storage.start(deliver, config.group_commit_max)
-    handler = Handler(storage, config, counters, hot, node_totals, node_id=node_id)
-    factory = ObjstoreFactory(handler, config, counters, r)
-    host, port = parse_hostport(config.listen, "objstore.listen")
-    listening = listen(r, host, port, factory)
-    log.info("objstored worker %d (pid %d) node %s serving %s, data in %s", index,
-             os.getpid(), node_id, config.listen, data_dir)
-
-    loops: list[task.LoopingCall] = []
-    if shared is not None:
-        def publish() -> None:
-            handler.sync_storage_counters()
-            shared.publish(counters.snapshot(), hot.top(256))
-        loops.append(task.LoopingCall(publish))
-        loops[-1].start(1.0, now=True)
-
-    reporter: LoadReporter | None = None
-    if index == 0:
-        identity = Identity(node_id=node_id, address=config.listen, zone=config.zone,
-                            tier=config.tier, workers=config.workers, version=VERSION.decode())
-
-        def sample() -> LoadSample:
-            handler.sync_storage_counters()
-            info = storage.info()
-            counts = node_totals()
-            merged = dict(hot.top(4096))
+        def node_hot(n: int) -> list[tuple[bytes, int]]:
+            merged = dict(hot.top(n))
             if shared is not None:
                 for _numbers, their_hot in shared.others():
                     for key, count in their_hot:
                         merged[key] = merged.get(key, 0) + count
+            return list(merged.items())
+
+        def node_figures() -> dict[str, int]:
+            handler.sync_storage_counters()
+            return node_totals()
+
+        registry = self.registry = new_registry("objstore")
+        registry.register(ObjstoreCollector(config, node_figures, storage.info,
+                                            lambda: node_hot(4096)))
+        jobs = JobMetrics(registry, "objstore", r.seconds)
+        identity = Identity(node_id=config.node_id, address=config.listen, zone=config.zone,
+                            tier=config.tier, workers=config.workers,
+                            version=VERSION.decode())
+
+        def sample() -> LoadSample:
+            info = storage.info()
+            counts = node_figures()
             return LoadSample(
                 at=time.time(), capacity_bytes=config.capacity_bytes or config.map_size,
                 used_bytes=info["bytes"], items=info["curr_items"],
-                ops=[counts[f"ops_{n}"] for n in OP_NAMES], hot=list(merged.items()),
+                ops=[counts[f"ops_{n}"] for n in OP_NAMES], hot=node_hot(4096),
                 extra={"curr_connections": counts["curr_connections"],
                        "corrupt_reads": counts["corrupt_reads"],
                        "quarantined_items": info["quarantined_items"],
                        "lmdb_map_size": info["lmdb_map_size"],
                        "lmdb_used_bytes": info["lmdb_used_bytes"], "pid": os.getpid()})
 
-        sink = RedisClusterSink(cluster.redis_nodes, prefix=cluster.redis_prefix)
-        reporter = LoadReporter(identity, sample, sink, r, deferToThread,
-                                config.report_interval, config.report_ttl, config.hot_keys,
-                                on_report=hot.clear)
-        reporter.start()
-
+        sink = RedisClusterSink(self.cluster.redis_nodes, prefix=self.cluster.redis_prefix)
+        self.reporter = LoadReporter(identity, sample, sink, r, deferToThread,
+                                     config.report_interval, config.report_ttl,
+                                     config.hot_keys, on_report=hot.clear,
+                                     recorder=jobs.job("load_report"))
+        self.reporter.start()
         if config.expire_sweep_interval > 0:
-            cursor = [b""]
+            self.sweep = ExpirySweep(storage, data_dir / STATE_FILE, r, jobs.job("expiry"))
+            self.sweep.run_forever(config.expire_sweep_interval)
+        if config.metrics_listen:
+            self.ports.append(listen_metrics(r, config.metrics_listen,
+                                             "objstore.metrics_listen", registry))
+            log.info("metrics on http://%s/metrics", config.metrics_listen)
 
-            def sweep() -> None:
-                def moved(res: Result) -> None:
-                    cursor[0] = res.record.key if res.record is not None else b""
-                storage.submit(ReapOp(cursor[0], 1000), moved)
-            loops.append(task.LoopingCall(sweep))
-            loops[-1].start(config.expire_sweep_interval, now=False)
-    elif config.workers > 1:
-        # Other workers' hot keys reach worker 0 through their slot; restart their window.
-        loops.append(task.LoopingCall(hot.clear))
-        loops[-1].start(config.report_interval, now=False)
+    def _every(self, loop: Any, interval: float, now: bool = False) -> None:
+        loop.clock = self.reactor
+        loop.start(interval, now=now)
+        self.loops.append(loop)
 
-    def shutdown() -> Any:
+    def stop(self) -> Any:
         from twisted.internet import defer
+        from twisted.internet.threads import deferToThread
 
-        log.info("worker %d stopping: no new connections, committing queued writes", index)
-        for loop in loops:
+        log.info("worker %d stopping: no new connections, committing queued writes",
+                 self.index)
+        for loop in self.loops:
             if loop.running:
                 loop.stop()
-        if reporter is not None:
-            reporter.stop()
-        d = defer.maybeDeferred(listening.stopListening)
-        d.addCallback(lambda _: deferToThread(storage.close_committer))
-        d.addCallback(lambda _: factory.close_all(timeout=5.0))
+        if self.sweep is not None:
+            self.sweep.stop()
+        if self.reporter is not None:
+            self.reporter.stop()
+        d: Any = defer.gatherResults([defer.maybeDeferred(p.stopListening)
+                                      for p in self.ports])
+        if self.storage is not None:
+            d.addCallback(lambda _: deferToThread(self.storage.close_committer))
+        if self.factory is not None:
+            d.addCallback(lambda _: self.factory.close_all(timeout=5.0))
         return d
 
-    r.addSystemEventTrigger("before", "shutdown", shutdown)
-    r.run()
-    storage.close()
-    if shared is not None:
-        shared.close()
+    def close(self) -> None:
+        if self.storage is not None:
+            self.storage.close()
+        if self.shared is not None:
+            self.shared.close()
+
+
+def run_worker(config: ObjstoreConfig, cluster: ClusterConfig, index: int) -> int:
+    """Serve until SIGTERM/SIGINT on Twisted's default reactor; returns the exit code."""
+    # The group-commit thread and the reactor share the GIL; the default 5 ms switch
+    # interval would make a finished fsync wait behind the reactor (and vice versa) for up
+    # to 5 ms, capping durable writes at a few hundred batches per second.
+    sys.setswitchinterval(0.0002)
+    logs.route_twisted()
+    from twisted.internet import reactor
+
+    worker = Worker(config, cluster, index, reactor)
+    code = run_reactor(reactor, f"objstored worker {index}", worker.start, worker.stop)
+    worker.close()
     log.info("worker %d stopped", index)
-    return 0
+    return code
 
 
 def _run_callbacks(batch: list[tuple[Any, Any]]) -> None:
@@ -272,7 +338,7 @@ def _run_callbacks(batch: list[tuple[Any, Any]]) -> None:
             log.exception("write completion callback failed")
 
 
-def supervise(config: ObjstoreConfig, cluster: ClusterConfig, node_id: str) -> int:
+def supervise(config: ObjstoreConfig, cluster: ClusterConfig) -> int:
     """Fork ``config.workers`` workers and keep them running until SIGTERM/SIGINT."""
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
@@ -285,7 +351,7 @@ def supervise(config: ObjstoreConfig, cluster: ClusterConfig, node_id: str) -> i
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 _die_with_parent()
-                code = run_worker(config, cluster, node_id, index)
+                code = run_worker(config, cluster, index)
             except BaseException:
                 log.exception("worker %d crashed", index)
             finally:
@@ -324,28 +390,27 @@ def supervise(config: ObjstoreConfig, cluster: ClusterConfig, node_id: str) -> i
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_arg_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s")
+def serve(config: ObjstoredConfig) -> int:
+    """Take the data directory, check the ports, run the worker(s); the exit status.
+
+    :raises StartError: the data directory or a port is taken (71).
+    """
+    section = config.objstore
+    lock_fd = _lock_data_dir(Path(section.data_dir))
     try:
-        config, cluster = _config_from_args(args)
-        data_dir = Path(config.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        node_id = resolve_node_id(data_dir, config.node_id)
-        config = dataclasses.replace(config, node_id=node_id)
-        lock_fd = _lock_data_dir(data_dir)
-        host, port = parse_hostport(config.listen, "objstore.listen")
-        _check_port_free(host, port)
-    except ConfigError as exc:
-        print(f"objstored: {exc}", file=sys.stderr)
-        return 2
-    try:
-        if config.workers == 1:
-            return run_worker(config, cluster, node_id, 0)
-        return supervise(config, cluster, node_id)
+        _check_port_free(section.listen, "objstore.listen")
+        if section.metrics_listen:
+            # Worker 0 would otherwise fail, be restarted, and fail again.
+            _check_port_free(section.metrics_listen, "objstore.metrics_listen")
+        if section.workers == 1:
+            return run_worker(section, config.cluster, 0)
+        return supervise(section, config.cluster)
     finally:
         os.close(lock_fd)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_daemon("objstored", argv, build_arg_parser(), configure, serve)
 
 
 if __name__ == "__main__":

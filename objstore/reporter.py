@@ -1,5 +1,7 @@
 """Load reports from an object server to Redis Cluster.
 
+The key names are defined once in :mod:`runtime.nodekeys` (the director reads them).
+
 Every ``report_interval`` seconds objstored writes (see docs/redis-schema.md, "Load reports
 (written by objstored)")::
 
@@ -22,30 +24,20 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from twisted.internet import defer
 
 from objstore.stats import OP_NAMES
+from runtime.nodekeys import DEFAULT_PREFIX, hot_key, report_key
+
+if TYPE_CHECKING:
+    from runtime.metrics import JobRecorder
 
 log = logging.getLogger(__name__)
 
-#: The installation's key prefix unless ``cluster.redis_prefix`` says otherwise.
-DEFAULT_PREFIX: Final = "objmail:"
 #: Longest wait between two attempts while Redis is unreachable.
 MAX_BACKOFF: Final = 60.0
-
-
-# These two functions are the one definition of the report keys: the director reads them
-# through director.keys.Keyspace, which calls these.
-def report_key(node_id: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """The hash holding a node's last load report."""
-    return f"{prefix}node:{{{node_id}}}:report"
-
-
-def hot_key(node_id: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """The sorted set of a node's hottest keys (score: reads per second)."""
-    return f"{prefix}node:{{{node_id}}}:hot"
 
 
 @dataclass(frozen=True)
@@ -187,12 +179,14 @@ class LoadReporter:
     :param sink: where reports go; its ``write`` runs via ``run_in_thread``.
     :param clock: scheduler (a ``task.Clock`` in tests).
     :param run_in_thread: ``deferToThread`` or, in tests, a synchronous stand-in.
+    :param recorder: the job metrics of the reports (``objstore_job_*{job="load_report"}``).
     """
 
     def __init__(self, identity: Identity, sample: Callable[[], LoadSample], sink: ReportSink,
                  clock: Any, run_in_thread: Callable[..., defer.Deferred[Any]],
                  interval: float, ttl: int, hot_keys: int = 32,
-                 on_report: Callable[[], None] | None = None) -> None:
+                 on_report: Callable[[], None] | None = None,
+                 recorder: JobRecorder | None = None) -> None:
         self.identity = identity
         self._sample = sample
         self._sink = sink
@@ -202,6 +196,7 @@ class LoadReporter:
         self.ttl = ttl
         self.hot_keys = hot_keys
         self._on_report = on_report
+        self._recorder = recorder
         self._previous: LoadSample | None = None
         self._call: Any = None
         self._busy = False
@@ -245,6 +240,8 @@ class LoadReporter:
         current = self._sample()
         fields, hot = build_report(self.identity, self._previous, current, self.hot_keys)
         self._busy = True
+        if self._recorder is not None:
+            self._recorder.started()
         d = self._run(self._sink.write, self.identity.node_id, fields, hot, self.ttl)
 
         def ok(_: object) -> bool:
@@ -252,6 +249,8 @@ class LoadReporter:
             self._previous = current
             self.failures = 0
             self.reports += 1
+            if self._recorder is not None:
+                self._recorder.succeeded()
             if self._on_report is not None:
                 self._on_report()
             return True
@@ -263,6 +262,8 @@ class LoadReporter:
             self._previous = current
             self.failures += 1
             self.last_error = str(reason.value)
+            if self._recorder is not None:
+                self._recorder.failed()
             log.warning("load report to Redis failed (%d in a row): %s", self.failures,
                         reason.value)
             return False

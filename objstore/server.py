@@ -40,9 +40,9 @@ from twisted.python import failure
 from zope.interface import implementer
 
 from objstore import protocol as p
-from objstore.directwrite import nothing_queued, send_now
 from objstore.replies import ErrorReply, Reply, error_reply, serialize_into
 from objstore.stats import Counters
+from runtime.directwrite import nothing_queued, send_now
 from runtime.errors import kind_of
 
 log = logging.getLogger(__name__)

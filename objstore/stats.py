@@ -9,6 +9,7 @@ whole node.  Publishing happens every second; another worker's figures may lag t
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import os
 import random
@@ -38,11 +39,30 @@ OP_NAMES: Final = (
 OP_INDEX: Final = {name.encode(): i for i, name in enumerate(OP_NAMES)}
 OTHER: Final = OP_INDEX[b"other"]
 
+#: Upper bounds (seconds) of the commit-time histogram (one write transaction's commit,
+#: fdatasync included); +Inf is implied.
+COMMIT_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+_COMMIT_BUCKET_NAMES: Final = tuple(f"commit_bucket_{i}" for i in range(len(COMMIT_BUCKETS) + 1))
+#: The store's own counts (kept by the store, :class:`~objstore.items.BaseStore`, in its commit
+#: thread), shared between workers after the counters and the ops: commits, ops committed,
+#: expired items deleted, commit time (microseconds), then the commit-time buckets.
+STORE_NAMES: Final = ("commits", "committed_ops", "reclaimed", "commit_microseconds",
+                      *_COMMIT_BUCKET_NAMES)
+
+
+def count_commit(counts: dict[str, int], seconds: float, ops: int) -> None:
+    """Count one committed write transaction of ``ops`` ops that took ``seconds`` to
+    commit, into the store's counts (a ``collections.Counter``)."""
+    counts["commits"] += 1
+    counts["committed_ops"] += ops
+    counts["commit_microseconds"] += int(seconds * 1e6)
+    counts[_COMMIT_BUCKET_NAMES[bisect.bisect_left(COMMIT_BUCKETS, seconds)]] += 1
+
 
 class Counters:
     """Counters of this process.  ``ops[i]`` counts commands named ``OP_NAMES[i]``."""
 
-    __slots__ = (*COUNTER_NAMES, "ops")
+    __slots__ = (*COUNTER_NAMES, "ops", "store")
     cmd_get: int
     cmd_set: int
     cmd_flush: int
@@ -74,15 +94,22 @@ class Counters:
     slow_readers_dropped: int
     idle_dropped: int
     ops: list[int]
+    #: The store's counts (STORE_NAMES), copied from it by :meth:`sync_store`.
+    store: list[int]
 
     def __init__(self) -> None:
         for name in COUNTER_NAMES:
             setattr(self, name, 0)
         self.ops = [0] * len(OP_NAMES)
+        self.store = [0] * len(STORE_NAMES)
 
     def snapshot(self) -> list[int]:
-        """All values in a fixed order: COUNTER_NAMES then OP_NAMES."""
-        return [getattr(self, n) for n in COUNTER_NAMES] + self.ops
+        """All values in a fixed order: COUNTER_NAMES, OP_NAMES, STORE_NAMES."""
+        return [getattr(self, n) for n in COUNTER_NAMES] + self.ops + self.store
+
+    def sync_store(self, counts: dict[str, int]) -> None:
+        """Copy the store's counts (its ``counters``) for sharing."""
+        self.store = [counts.get(name, 0) for name in STORE_NAMES]
 
     def reset(self) -> None:
         """``stats reset``: zero everything but the gauges."""
@@ -95,7 +122,7 @@ class Counters:
 
 def totals(snapshots: Iterable[Sequence[int]]) -> dict[str, int]:
     """Sum snapshots from several workers into ``{name: value}`` (ops as ``ops_<name>``)."""
-    names = [*COUNTER_NAMES, *(f"ops_{n}" for n in OP_NAMES)]
+    names = [*COUNTER_NAMES, *(f"ops_{n}" for n in OP_NAMES), *STORE_NAMES]
     sums = [0] * len(names)
     for snap in snapshots:
         for i, v in enumerate(snap):
@@ -151,7 +178,7 @@ class HotKeys:
 
 # -- sharing between worker processes ---------------------------------------------------
 
-_NUMBERS: Final = len(COUNTER_NAMES) + len(OP_NAMES)
+_NUMBERS: Final = len(COUNTER_NAMES) + len(OP_NAMES) + len(STORE_NAMES)
 _HOT_BYTES: Final = 16 * 1024
 # slot: <Q sequence><Q pid><numbers * Q><I hot length><hot bytes>
 _SLOT_HEAD: Final = struct.Struct(f"<QQ{_NUMBERS}QI")

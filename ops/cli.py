@@ -21,6 +21,7 @@ from ops.exitcodes import EX_DATAERR as EX_DATAERR
 from ops.exitcodes import EX_INTERRUPTED as EX_INTERRUPTED
 from ops.exitcodes import EX_NOUSER as EX_NOUSER
 from ops.exitcodes import EX_OK as EX_OK
+from ops.exitcodes import EX_SIGPIPE as EX_SIGPIPE
 from ops.exitcodes import EX_SOFTWARE as EX_SOFTWARE
 from ops.exitcodes import EX_TEMPFAIL as EX_TEMPFAIL
 from ops.exitcodes import EX_UNAVAILABLE as EX_UNAVAILABLE
@@ -74,14 +75,32 @@ def _register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         importlib.import_module(name).register(sub)
 
 
+CONFIG_HELP = ("config file (default: $OBJMAIL_CONFIG, ./objmail.toml, ./var/objmail.toml, "
+               "else built-in defaults)")
+
+
+def _accept_config_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Let ``--config`` follow any subcommand too (``objmail user add --config F``).
+
+    The subparsers' default is SUPPRESS, so an option given before the subcommand is
+    not overwritten by a subparser that did not see it.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                if not any("--config" in a.option_strings for a in child._actions):
+                    child.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                                       help=CONFIG_HELP)
+                _accept_config_everywhere(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="objmail", description="objmail: operate a distributed mail store.")
-    parser.add_argument("--config", metavar="FILE",
-                        help="config file (default: $OBJMAIL_CONFIG, ./objmail.toml, "
-                             "./var/objmail.toml, else built-in defaults)")
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _register_all(sub)
+    _accept_config_everywhere(parser)
     return parser
 
 
@@ -102,6 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("objmail: interrupted", file=sys.stderr)
         return EX_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``objmail user list | head``): stop quietly, as cat does.
+        # Python would report the failed flush of stdout at exit, so point it at devnull.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EX_SIGPIPE
 
 
 if __name__ == "__main__":

@@ -41,9 +41,9 @@ def run(ctx: CommandContext) -> int:
     async def deliver() -> int:
         store = await MetadataStore.open(ctx.config.cluster.pg_dsn, pool_min=1, pool_max=2)
         try:
-            blobs = await BlobClient.open(ctx.config)
+            blobs = await BlobClient.open(ctx.config.cluster, ctx.config.director)
             try:
-                done = await Deliverer(store, blobs, ctx.config).deliver(
+                done = await Deliverer(store, blobs, ctx.config.metadata, ctx.config.imapd.max_message_size).deliver(
                     ctx.args.user, raw, mailbox=ctx.args.mailbox, flags=ctx.args.flags,
                     internaldate=dt.datetime.now(dt.UTC))
             finally:

@@ -109,9 +109,9 @@ def _demo(ctx: CommandContext, cluster: DevCluster) -> int:
                 ctx.say(f"created user {name!r} with password {password!r}")
             if (await store.mailboxes.status(user.id, "INBOX")).messages:
                 return 0
-            blobs = await BlobClient.open(config)
+            blobs = await BlobClient.open(config.cluster, config.director)
             try:
-                deliverer = Deliverer(store, blobs, config)
+                deliverer = Deliverer(store, blobs, config.metadata, config.imapd.max_message_size)
                 messages = demo_messages(name)
                 for raw in messages:
                     await deliverer.deliver(name, raw)

@@ -52,13 +52,17 @@ class DevOptions:
 
 @dataclass(frozen=True)
 class DevObjstore:
-    """One object server of the dev cluster; its name is also its node id."""
+    """One object server of the dev cluster; its name is also its node id.
+
+    :param metrics_listen: where it serves its Prometheus metrics ("" = nowhere).
+    """
 
     name: str
     host: str
     port: int
     zone: str
     data_dir: Path
+    metrics_listen: str = ""
 
 
 @dataclass
@@ -251,7 +255,8 @@ class DevCluster:
         wait_redis_replicas(addresses, timeout=60)
 
     def _stage_objstore(self) -> Stage | None:
-        specs = [self.objstored_spec(n.name, n.host, n.port, n.data_dir, zone=n.zone)
+        specs = [self.objstored_spec(n.name, n.host, n.port, n.data_dir, zone=n.zone,
+                                     metrics_listen=n.metrics_listen)
                  for n in self.dev_objstores()]
         if not specs:
             return None
@@ -291,18 +296,32 @@ class DevCluster:
         asyncio.run(register())
 
     def dev_objstores(self) -> list[DevObjstore]:
-        """The object servers of this cluster: ``objstored-<n>`` in zones a, b, c..."""
-        return [DevObjstore(f"objstored-{i}", host, port, DEV_ZONES[(i - 1) % len(DEV_ZONES)],
-                            self.run_dir / "objstore" / str(i))
-                for i, (host, port) in enumerate(self.objstore_addresses, start=1)]
+        """The object servers of this cluster: ``objstored-<n>`` in zones a, b, c...,
+        serving metrics on consecutive ports from ``objstore.metrics_listen``'s (9111,
+        9112... by default), as they listen on consecutive ports from ``objstore.listen``."""
+        metrics = self.config.objstore.metrics_listen
+        out = []
+        for i, (host, port) in enumerate(self.objstore_addresses, start=1):
+            if metrics:
+                mhost, mport = parse_hostport(metrics)
+                metrics_listen = f"{mhost}:{mport + i - 1}"
+            else:
+                metrics_listen = ""
+            out.append(DevObjstore(f"objstored-{i}", host, port,
+                                   DEV_ZONES[(i - 1) % len(DEV_ZONES)],
+                                   self.run_dir / "objstore" / str(i), metrics_listen))
+        return out
 
     def objstored_spec(self, name: str, host: str, port: int, data_dir: Path, *,
                        zone: str, extra_args: Sequence[str] = (),
-                       config_path: Path | None = None) -> ProcessSpec:
-        """One object server; also used by tests that need a special one."""
+                       config_path: Path | None = None,
+                       metrics_listen: str = "") -> ProcessSpec:
+        """One object server; also used by tests that need a special one (which serve no
+        metrics unless given where: the config's port belongs to ``objstored-1``)."""
         return objstored_process_spec(name, host, port, data_dir,
                                       config_path or self.config_path,
-                                      ["--node-id", name, "--zone", zone, *extra_args])
+                                      ["--node-id", name, "--zone", zone, *extra_args],
+                                      metrics_listen=metrics_listen)
 
     def _stage_directord(self) -> Stage | None:
         # It fronts this cluster's object servers: none (--objstores 0, only the
@@ -424,12 +443,19 @@ class DevCluster:
 
 def objstored_process_spec(name: str, host: str, port: int, data_dir: Path,
                            config_path: Path, extra_args: Sequence[str] = (), *,
-                           env: Mapping[str, str] | None = None) -> ProcessSpec:
+                           env: Mapping[str, str] | None = None,
+                           metrics_listen: str = "") -> ProcessSpec:
     """How the launcher runs one objstored (``python -m objstore.main``), ready once it
-    answers ``version``: the dev cluster's object servers and the tests' own."""
+    answers ``version``: the dev cluster's object servers and the tests' own.
+
+    :param metrics_listen: where it serves metrics; "" for nowhere (several object
+        servers share the host, so the config's one address cannot serve them all).
+    """
     argv = [sys.executable, "-m", "objstore.main", "--listen", f"{host}:{port}",
-            "--data", str(data_dir), "--config", str(config_path), *extra_args]
-    return ProcessSpec(name, "objstored", tuple(argv), (port,),
+            "--data", str(data_dir), "--config", str(config_path),
+            "--metrics-listen", metrics_listen, *extra_args]
+    ports = (port, parse_hostport(metrics_listen)[1]) if metrics_listen else (port,)
+    return ProcessSpec(name, "objstored", tuple(argv), ports,
                        _memcache_version_probe(host, port), host=host, env=dict(env or {}),
                        cwd=str(_project_root()))
 

@@ -45,6 +45,7 @@ __all__ = [
     "EX_NOPERM",
     "EX_NOUSER",
     "EX_OK",
+    "EX_SIGPIPE",
     "EX_SOFTWARE",
     "EX_TEMPFAIL",
     "EX_UNAVAILABLE",
@@ -68,6 +69,8 @@ EX_NOPERM = 77
 EX_CONFIG = 78
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
 EX_INTERRUPTED = 130
+#: What a shell reports for a process killed by SIGPIPE (128 + 13).
+EX_SIGPIPE = 141
 
 #: What :func:`fail` maps (``except FAILURES as exc: return fail(ctx, exc)``); anything
 #: else is a bug.

@@ -4,7 +4,9 @@ no message references any more.
 Runs the gc job (:mod:`director.collector`) in the foreground under its lease.  A run
 announces itself, waits out the grace period (``director.gc_grace``, or ``--grace``)
 so that deliveries in flight commit their references, then sweeps the index bucket by
-bucket.  Ctrl-C stops at the next page of buckets; running the command again resumes the
+bucket.  ``--grace`` below ``director.gc_min_grace`` (:data:`ops.config.MIN_GC_GRACE`,
+600 s, by default) is refused: a delivery slower than the grace fails with a temporary
+error rather than losing its blobs, but it still fails.  Ctrl-C stops at the next page of buckets; running the command again resumes the
 same run where it stopped (its grace period already served).  ``--dry-run`` counts the
 unreferenced blobs without deleting or announcing anything; ``--status`` shows a run in
 progress; ``--cancel`` ends one, so puts stop announcing themselves.
@@ -21,9 +23,17 @@ from director.collector import RUN_FIELDS, Collector, GcStats
 from director.jobstate import number
 from metadata.errors import Unavailable
 from metadata.store import MetadataStore
-from ops.cli import EX_OK, EX_TEMPFAIL, CommandContext
+from ops.cli import EX_OK, EX_TEMPFAIL, EX_USAGE, CommandContext
 from ops.exitcodes import fail
-from ops.jobrun import EX_INTERRUPTED, ProgressLine, StopFlag, cancel_run, combine, run_job
+from ops.jobrun import (
+    EX_INTERRUPTED,
+    ProgressLine,
+    StopFlag,
+    cancel_run,
+    combine,
+    run_job,
+    when,
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,7 +41,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                        "sweep after a grace period; resumable)")
     parser.add_argument("--grace", type=float, default=None, metavar="SECONDS",
                         help="wait this long after announcing before collecting "
-                             "(default director.gc_grace); a resumed run keeps its own")
+                             "(default director.gc_grace; at least director.gc_min_grace); "
+                             "a resumed run keeps its own")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--dry-run", action="store_true",
                       help="count unreferenced blobs; delete nothing")
@@ -43,13 +54,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(ctx: CommandContext) -> int:
-    if ctx.args.grace is not None and ctx.args.grace < 0:
-        ctx.warn("objmail: --grace must not be negative")
-        return 64
+    least = ctx.config.director.gc_min_grace
+    if ctx.args.grace is not None and not ctx.args.grace >= least:
+        ctx.warn(f"objmail: --grace {ctx.args.grace:g} is below the minimum of {least:g} s "
+                 "(director.gc_min_grace): deliveries slower than the grace would fail")
+        return EX_USAGE
 
     async def work(client: BlobClient, stop: StopFlag) -> int:
         store = await MetadataStore.open(ctx.config.cluster.pg_dsn, pool_min=1, pool_max=2)
         try:
+            # metadata's References is the collector's ReferenceChecker.
             collector = Collector(client, store.references, grace=ctx.args.grace)
             if ctx.args.dry_run:
                 return await dry_run(ctx, collector)
@@ -123,10 +137,10 @@ async def status(ctx: CommandContext, collector: Collector) -> int:
         ctx.say(json.dumps({"running": running, **fields}, indent=2))
     elif not running:
         last = number(fields, "last_finished", 0.0)
-        ctx.say("gc: no run in progress" + (f"; last finished at {last:.0f}" if last else ""))
+        ctx.say("gc: no run in progress" + (f"; last finished at {when(last)}" if last else ""))
     else:
         buckets = collector.index.layout.buckets
-        ctx.say(f"gc: a run is in progress since {number(fields, 'active_since'):.0f}; "
-                f"collecting from {number(fields, 'guard_until'):.0f}; "
+        ctx.say(f"gc: a run is in progress since {when(number(fields, 'active_since'))}; "
+                f"collecting from {when(number(fields, 'guard_until'))}; "
                 f"{int(number(fields, 'cursor'))}/{buckets} buckets swept")
     return EX_OK

@@ -76,10 +76,10 @@ def run(ctx: CommandContext) -> int:
         loop.add_signal_handler(signal.SIGINT, flag.press)
         store = await MetadataStore.open(ctx.config.cluster.pg_dsn, pool_min=1, pool_max=4)
         try:
-            blobs = await BlobClient.open(ctx.config)
+            blobs = await BlobClient.open(ctx.config.cluster, ctx.config.director)
             try:
                 user = await store.users.get(ctx.args.user)
-                importer = Importer(store, Deliverer(store, blobs, ctx.config), user,
+                importer = Importer(store, Deliverer(store, blobs, ctx.config.metadata, ctx.config.imapd.max_message_size), user,
                                     create=not ctx.args.no_create, stop=flag,
                                     progress=progress)
                 try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -84,7 +85,7 @@ def run_job(ctx: CommandContext,
     async def main() -> int:
         flag = StopFlag(ctx, asyncio.current_task())
         loop = asyncio.get_running_loop()
-        client = await BlobClient.open(ctx.config, retry=CLI_RETRY)
+        client = await BlobClient.open(ctx.config.cluster, ctx.config.director, retry=CLI_RETRY)
         # Not possible outside the main thread: Ctrl-C then just interrupts.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGINT, flag.press)
@@ -142,6 +143,18 @@ def combine(passes: list[Any]) -> dict[str, Any]:
                 out[key] = value
     out["passes"] = len(passes)
     return out
+
+
+def when(epoch: float, now: float | None = None) -> str:
+    """An epoch as an operator reads it: ``2026-12-07 15:20:01 UTC (3 min ago)``."""
+    stamp = dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    ago = (time.time() if now is None else now) - epoch
+    if ago < 0:
+        return stamp
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if ago >= size:
+            return f"{stamp} ({ago / size:.0f} {unit} ago)"
+    return f"{stamp} ({ago:.0f} s ago)"
 
 
 def human(n: float) -> str:

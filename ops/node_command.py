@@ -227,7 +227,8 @@ def drain_until_empty(ctx: CommandContext, node_id: str) -> int:
     """``node drain --wait``: run the node's drain passes here until the index lists
     nothing on it; while another director holds the drain's lease, follow its saved
     progress instead.  Exits 0 when empty, 75 when blobs are left that cannot be moved
-    (lost, or their only source unreachable), 130 after Ctrl-C (a rerun resumes)."""
+    (lost, or their only source unreachable) or the node still holds keys no index entry
+    names, 130 after Ctrl-C (a rerun resumes)."""
     from director.drainer import Drainer, DrainStats
     from director.errors import LeaseHeld
     from ops.jobrun import ProgressLine, combine, human, run_job
@@ -257,8 +258,9 @@ def drain_until_empty(ctx: CommandContext, node_id: str) -> int:
                         continue
                 passes.append(stats)
                 moved += stats.moved
+                # A finished sweep that left something: stop and say what.
                 if stats.empty or stop() or not stats.draining \
-                        or (stats.remaining and not stats.interrupted):
+                        or (stats.remaining is not None and not stats.interrupted):
                     break
         finally:
             line.done()
@@ -274,10 +276,16 @@ def drain_until_empty(ctx: CommandContext, node_id: str) -> int:
         elif not last.draining:
             ctx.warn(f"objmail: node {node_id} is no longer draining (activated or removed "
                      f"meanwhile); stopped after moving {moved} blob(s)")
-        else:
+        elif last.remaining:
             ctx.warn(f"objmail: {last.remaining} blob(s) are still listed on {node_id} and "
                      f"cannot be moved now (lost, or no readable copy): e.g. "
                      f"{', '.join(last.examples)}")
+        else:
+            what = ("its keys could not be listed" if last.keys_left is None else
+                    f"it still holds {last.keys_left} key(s) no index entry names (copies "
+                    f"left by failed deletes or writes), e.g. {', '.join(last.examples)}")
+            ctx.warn(f"objmail: node {node_id} is not empty: {what}; objmail inventory "
+                     f"--fix {node_id} reclaims them once older than director.gc_grace")
         if last.empty:
             return EX_OK
         return EX_INTERRUPTED if stop() else EX_TEMPFAIL

@@ -26,6 +26,7 @@ from ops.jobrun import (
     combine,
     human,
     run_job,
+    when,
 )
 
 
@@ -112,10 +113,10 @@ async def status(ctx: CommandContext, scrubber: Scrubber) -> int:
     elif not fields["running"]:
         last = fields.get("last_finished", 0.0)
         ctx.say(f"{scrubber.job}: no run in progress" + (
-            f"; the last finished at {last:.0f} with {fields.get('last_bad', 0):.0f} bad "
+            f"; the last finished at {when(last)} with {fields.get('last_bad', 0):.0f} bad "
             f"copies in {fields.get('last_items', 0):.0f} blobs" if last else ""))
     else:
-        ctx.say(f"{scrubber.job}: a run is in progress since {fields['started_at']:.0f}: "
+        ctx.say(f"{scrubber.job}: a run is in progress since {when(fields['started_at'])}: "
                 f"{fields['cursor']}/{scrubber.index.layout.buckets} buckets, "
                 f"{fields.get('items', 0):.0f} blobs, {fields.get('corrupt', 0):.0f} corrupt "
                 f"and {fields.get('missing', 0):.0f} missing copies so far")

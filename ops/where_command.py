@@ -28,10 +28,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(handler=run)
 
 
-def redis_cli_line(blob_id: str, layout: IndexLayout, keys: Keyspace, node: str) -> str:
+def redis_cli_line(blob_id: str, layout: IndexLayout, keys: Keyspace, node: str, *,
+                   items: bool = False) -> str:
     """A shell line that asks Redis directly (the field is binary: redis-cli reads the
-    ``\\xHH`` escapes from a quoted argument on its standard input)."""
-    key = keys.index_bucket(layout.bucket_name(layout.bucket_of(blob_id)))
+    ``\\xHH`` escapes from a quoted argument on its standard input).
+
+    :param items: the id is a directord item's (its own key space).
+    """
+    bucket = layout.bucket_name(layout.bucket_of(blob_id))
+    key = keys.item_bucket(bucket) if items else keys.index_bucket(bucket)
     field = "".join(f"\\x{b:02x}" for b in layout.field_of(blob_id))
     host, port = parse_hostport(node)
     command = f'HGET {key} "{field}"'
@@ -45,11 +50,17 @@ def run(ctx: CommandContext) -> int:
         return fail(ctx, exc, "objmail where")
 
     async def work(state: RedisState) -> int:
-        numbers = await state.index.locations(blob_id)
+        index = state.index
+        numbers = await index.locations(blob_id)
+        if not numbers:  # perhaps the index id of a directord item
+            items = index.item_space()
+            if found := await items.locations(blob_id):
+                index, numbers = items, found
         snapshot = await state.registry.snapshot()
-        layout, keys = state.index.layout, state.index.keys
-        bucket = keys.index_bucket(layout.bucket_name(layout.bucket_of(blob_id)))
-        cli = redis_cli_line(blob_id, layout, keys, ctx.config.cluster.redis_nodes[0])
+        layout, keys = index.layout, index.keys
+        bucket = index.bucket_key(blob_id)
+        cli = redis_cli_line(blob_id, layout, keys, ctx.config.cluster.redis_nodes[0],
+                             items=index.items)
         rows = []
         for number in numbers:
             node = snapshot.by_number(number)

@@ -12,8 +12,9 @@ import contextlib
 import dataclasses
 import random
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,17 @@ from ops.config import ClusterConfig, Config, DirectorConfig, ImapdConfig, Objst
 from ops.devcluster import DevCluster, DevOptions
 from ops.launcher import free_port, free_port_block
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+def _find_corpus() -> Path:
+    # The corpus sits in ``shared/`` beside the checkout: two levels up from a clone,
+    # three from a worktree under ``wt/``.
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "shared" / "corpus").is_dir():
+            return parent / "shared" / "corpus"
+    return Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+CORPUS = _find_corpus()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,6 +58,71 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 _OWN_BASETEMP = pytest.StashKey[Path]()
 _PASSED = pytest.StashKey[bool]()
+
+#: The fixtures below that start services.  Every other fixture that runs one (a private
+#: installation, imapd, directord) asks for one of these, so a test whose fixture closure
+#: holds none of them needs no service.
+SERVICE_FIXTURES = frozenset({"postgres", "redis_cluster", "objstore_cluster",
+                              "storage_cluster"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `system` every test that needs a service fixture, so ``-m "not system"``
+    runs the fast, in-process layer alone.  Tests that start processes on their own
+    carry ``pytest.mark.system`` themselves; :func:`_refuse_spawn` catches the ones that
+    forget."""
+    for item in items:
+        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.system)
+
+
+#: What runs now that must not start processes (collection, a fast test), else None.
+_fast_test: str | None = None
+_SPAWN_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.posix_spawn", "os.spawn",
+                           "os.fork", "os.exec"})
+
+
+def _refuse_spawn(event: str, args: tuple[object, ...]) -> None:
+    # An audit hook sees every way of starting a process, fixtures and libraries included.
+    if _fast_test is not None and event in _SPAWN_EVENTS:
+        raise RuntimeError(f"{_fast_test}: a process started ({event} {args[:1]!r}) "
+                           "outside a system test; mark the test pytest.mark.system")
+
+
+sys.addaudithook(_refuse_spawn)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session: pytest.Session) -> Generator[None, object, object]:
+    # Importing a test module starts nothing: services belong in fixtures.
+    global _fast_test
+    _fast_test = "collection"
+    try:
+        return (yield)
+    finally:
+        _fast_test = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    return (yield from _fast_only(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    return (yield from _fast_only(item))
+
+
+def _fast_only(item: pytest.Item) -> Iterator[None]:
+    # Not during teardown: the last test before a module or session ends tears down
+    # fixtures (and stops services) that were set up for others.
+    global _fast_test
+    _fast_test = None if item.get_closest_marker("system") else item.nodeid
+    try:
+        return (yield)
+    finally:
+        _fast_test = None
 
 
 @dataclass
@@ -74,11 +150,12 @@ def make_test_config(rng: random.Random | None = None) -> Config:
     """A config whose every port is free right now."""
     redis_base = free_port_block(6, bus_offset=10000, rng=rng)
     objstore_base = free_port_block(3, rng=rng)
+    objstore_metrics = free_port_block(3, rng=rng)
     cluster = ClusterConfig(
         pg_dsn=f"postgresql://postgres@127.0.0.1:{free_port()}/objmail",
         redis_nodes=tuple(f"127.0.0.1:{redis_base + i}" for i in range(6)))
     objstore = ObjstoreConfig(listen=f"127.0.0.1:{objstore_base}", report_interval=1.0,
-                              report_ttl=5)
+                              report_ttl=5, metrics_listen=f"127.0.0.1:{objstore_metrics}")
 
     def free() -> str:
         return f"127.0.0.1:{free_port()}"

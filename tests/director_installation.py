@@ -28,10 +28,10 @@ from redis.cluster import ClusterNode, RedisCluster
 from director.client import REGISTRY_REFRESH, BlobClient
 from director.nodes import NodeState
 from director.redisstate import RedisState
-from objstore.reporter import report_key
 from ops.config import ClusterConfig, Config, DirectorConfig, ObjstoreConfig, parse_hostport
 from ops.devcluster import DevCluster, DevObjstore, DevOptions
 from ops.launcher import ProcessSpec
+from runtime.nodekeys import report_key
 from tests.conftest import RunningRedis, free_port_block
 
 T = TypeVar("T")
@@ -83,12 +83,13 @@ def private_config(redis_nodes: list[str], objstores: int, **director: Any) -> C
     does not make the object servers look down.
     """
     objstore_base = free_port_block(objstores)
+    objstore_metrics = free_port_block(max(objstores, 1))
     director_base = free_port_block(2)
     return Config(
         cluster=ClusterConfig(redis_nodes=tuple(redis_nodes),
                               redis_prefix=f"t{uuid.uuid4().hex[:10]}:"),
         objstore=ObjstoreConfig(listen=f"127.0.0.1:{objstore_base}", report_interval=1.0,
-                                report_ttl=15),
+                                report_ttl=15, metrics_listen=f"127.0.0.1:{objstore_metrics}"),
         director=dataclasses.replace(
             DirectorConfig(listen=f"127.0.0.1:{director_base}",
                            metrics_listen=f"127.0.0.1:{director_base + 1}",
@@ -147,7 +148,7 @@ def installation_fixture(name: str, **settings: Any) -> Any:
 def with_client(config: Config, body: Callable[[BlobClient], Awaitable[T]]) -> T:
     """Run ``body`` with a fresh blob client of the installation, on a fresh event loop."""
     async def go() -> T:
-        client = await BlobClient.open(config)
+        client = await BlobClient.open(config.cluster, config.director)
         try:
             return await body(client)
         finally:

@@ -155,9 +155,9 @@ class Mail:
         async def deliver() -> list[Delivered]:
             store = await MetadataStore.open(self.config.cluster.pg_dsn, pool_min=1,
                                              pool_max=2)
-            blobs = await BlobClient.open(self.config)
+            blobs = await BlobClient.open(self.config.cluster, self.config.director)
             try:
-                deliverer = Deliverer(store, blobs, self.config)
+                deliverer = Deliverer(store, blobs, self.config.metadata, self.config.imapd.max_message_size)
                 return [await deliverer.deliver(user, raw, mailbox=mailbox)
                         for raw in messages]
             finally:

@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import task
@@ -37,13 +36,13 @@ from imapd.response import Response, render_all
 from imapd.server import limits_for
 from imapd.session import Session
 from metadata.delivery import Deliverer
-from metadata.notify import ChangeListener
+from metadata.notify import Change, ChangeListener
 from metadata.records import User
 from metadata.store import MetadataStore
 from ops.config import Config, ImapdConfig
+from tests.conftest import CORPUS
 from tests.metadata_support import FAST_SCRYPT
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+from tests.waiting import eventually
 
 #: Corpus messages the tests use, chosen for their structure.
 ATTACHMENT = "apache-james-mime4j/mimetools-testmsgs/twopart.msg"  # LF, 42 KB base64 blob
@@ -86,6 +85,14 @@ class MemoryBlobs:
             self.data[bid] = data
             ids.append(bid)
         return ids
+
+    async def gc_generation(self) -> int:
+        return 0  # this twin never collects anything
+
+    async def check_kept(self, ids: Iterable[str], generation: int) -> None:
+        missing = [bid for bid in ids if bid not in self.data]
+        if missing:
+            raise BlobUnavailable(f"blob {missing[0]} is gone (test twin)")
 
     async def get(self, blob_id: str) -> bytes:
         return (await self.get_many([blob_id]))[blob_id]
@@ -214,6 +221,29 @@ class Env:
                       flags: Iterable[str] = ()) -> Any:
         return await self.deliverer.deliver(user, raw, mailbox=mailbox, flags=flags)
 
+    async def hear(self, user: str) -> Heard:
+        """Listen to ``user``'s changes from now on, after every session logged in so far."""
+        heard = Heard()
+        await self.listener.subscribe(self.users[user].id, heard.changes.append)
+        return heard
+
+
+class Heard:
+    """One user's changes as the environment's listener delivers them.
+
+    Subscribed after the sessions under test, it hears each change after them (the
+    listener calls back in subscription order): once it has, so have they.
+    """
+
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+
+    async def of(self, kind: str) -> None:
+        """Wait until a change of ``kind`` was heard, then forget what was heard."""
+        await eventually(lambda: any(c.kind == kind for c in self.changes),
+                         what=f"a {kind!r} notification")
+        self.changes.clear()
+
 
 @contextlib.asynccontextmanager
 async def environment(dsn: str, *, store_dsn: str | None = None,
@@ -231,21 +261,12 @@ async def environment(dsn: str, *, store_dsn: str | None = None,
     listener = ChangeListener(dsn, reconnect_delay=0.1)
     await listener.start()
     blobs = MemoryBlobs()
-    env = Env(store, blobs, Deliverer(store, blobs, config), listener, config, task.Clock())
+    env = Env(store, blobs, Deliverer(store, blobs, config.metadata, config.imapd.max_message_size), listener, config, task.Clock())
     try:
         yield env
     finally:
         await listener.close()
         await store.close()
-
-
-async def eventually(check: Any, timeout: float = 5.0) -> None:
-    """Wait until ``check()`` is true (notifications cross a real PostgreSQL)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 class TcpProxy:

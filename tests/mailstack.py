@@ -59,9 +59,9 @@ def open_stack(config: Config) -> Iterator[MailStack]:
     loop = asyncio.new_event_loop()
     store = loop.run_until_complete(MetadataStore.open(
         config.cluster.pg_dsn, pool_min=1, pool_max=20, password_params=FAST_SCRYPT))
-    blobs = loop.run_until_complete(BlobClient.open(config))
+    blobs = loop.run_until_complete(BlobClient.open(config.cluster, config.director))
     try:
-        yield MailStack(loop, config, store, blobs, Deliverer(store, blobs, config))
+        yield MailStack(loop, config, store, blobs, Deliverer(store, blobs, config.metadata, config.imapd.max_message_size))
     finally:
         loop.run_until_complete(blobs.aclose())
         loop.run_until_complete(store.close())

@@ -1,4 +1,5 @@
-"""An objstore protocol wired to a real store on StringTransport, for adapter tests.
+"""An objstore protocol wired to a store on StringTransport, for adapter tests, and the
+store backends the fast semantic tests run over.
 
 Writes can be held pending (:class:`HeldCommitter`) to test ordering and back-pressure;
 by default they commit inline, which keeps tests deterministic.
@@ -7,52 +8,80 @@ by default they commit inline, which keeps tests deterministic.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
 from objstore.handler import Handler
+from objstore.items import BaseStore, Result, WriteOp
+from objstore.lmdbstore import LmdbStore
+from objstore.memstore import MemStore
 from objstore.server import ObjstoreFactory, ObjstoreProtocol
 from objstore.stats import Counters, HotKeys, totals
-from objstore.storage import Callback, Result, Storage, WriteOp
 from ops.config import ObjstoreConfig
 
 MIB = 1024 * 1024
+#: The backends semantic tests are parametrized over: the seam holds if both pass.
+BACKENDS = ("lmdb", "memory")
+
+
+class FakeClock:
+    """A unix clock the test sets by hand."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def open_store(backend: str, path: Path, *, max_item_size: int = MIB,
+               clock: Callable[[], float], map_size: int = 64 * MIB) -> BaseStore:
+    """A fresh store of the named backend (``path`` is used by LMDB only)."""
+    if backend == "lmdb":
+        return LmdbStore(path, map_size=map_size, max_item_size=max_item_size, clock=clock)
+    if backend == "memory":
+        return MemStore(max_item_size=max_item_size, clock=clock)
+    raise ValueError(f"unknown backend {backend!r}")
 
 
 class HeldCommitter:
     """Queues writes until :meth:`release` commits them as one batch."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: BaseStore) -> None:
         self.storage = storage
-        self.queue: list[tuple[WriteOp, Callback | None]] = []
+        self.queue: list[tuple[WriteOp, defer.Deferred[Result]]] = []
 
-    def submit(self, op: WriteOp, callback: Callback | None) -> None:
-        self.queue.append((op, callback))
+    def submit(self, op: WriteOp) -> defer.Deferred[Result]:
+        d: defer.Deferred[Result] = defer.Deferred()
+        self.queue.append((op, d))
+        return d
 
     def release(self) -> None:
         batch, self.queue = self.queue, []
-        results: list[Result] = self.storage.apply_batch([op for op, _ in batch])
-        for (_, cb), res in zip(batch, results, strict=True):
-            if cb is not None:
-                cb(res)
+        results = self.storage.apply_batch([op for op, _ in batch])
+        for (_, d), res in zip(batch, results, strict=True):
+            d.callback(res)
 
     def stop(self) -> None:
         self.release()
 
 
 class Harness:
-    """A factory over a real LMDB store in ``tmp_path`` and a ``task.Clock``."""
+    """A factory over a store (a real LMDB one in ``tmp_path`` unless ``backend`` says
+    otherwise) and a ``task.Clock``."""
 
-    def __init__(self, tmp_path: Path, **config: Any) -> None:
+    def __init__(self, tmp_path: Path, backend: str = "lmdb", **config: Any) -> None:
         self.clock = task.Clock()
         self.clock.advance(1_800_000_000)
+        self.backend = backend
         self.config = dataclasses.replace(ObjstoreConfig(map_size=64 * MIB), **config)
-        self.storage = Storage(tmp_path / "lmdb", map_size=self.config.map_size,
-                               max_item_size=self.config.max_item_size,
-                               clock=self.clock.seconds)
+        self.storage = open_store(backend, tmp_path / "lmdb", map_size=self.config.map_size,
+                                  max_item_size=self.config.max_item_size,
+                                  clock=self.clock.seconds)
         self.counters = Counters()
         self.hot = HotKeys(sample=1)
         self.handler = Handler(self.storage, self.config, self.counters, self.hot,

@@ -50,6 +50,8 @@ class Objstored:
     extra_args: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
     run_dir: Path | None = None
+    #: Where it serves /metrics (None: it serves none).
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         self.launcher = Launcher(self.run_dir or self.data_dir.parent)
@@ -63,6 +65,11 @@ class Objstored:
         return f"{self.host}:{self.port}"
 
     @property
+    def metrics_url(self) -> str:
+        assert self.metrics_port is not None, "started without metrics"
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
     def log_path(self) -> Path:
         return self.launcher.logfile(self.name)
 
@@ -71,7 +78,8 @@ class Objstored:
             self.name, self.host, self.port, self.data_dir, self.config_path,
             ["--workers", str(self.workers), *self.extra_args],
             # The test's config names the Redis to report to, whatever the environment says.
-            env={"OBJMAIL_REDIS_NODES": ""})
+            env={"OBJMAIL_REDIS_NODES": ""},
+            metrics_listen=(f"{self.host}:{self.metrics_port}" if self.metrics_port else ""))
         return dataclasses.replace(spec, ready_timeout=ready_timeout)
 
     @property
@@ -147,8 +155,10 @@ def write_config(path: Path, objstore: dict[str, Any], redis_nodes: list[str] | 
 
 @contextlib.contextmanager
 def objstored(tmp_path: Path, *, workers: int = 1, redis_nodes: list[str] | None = None,
-              extra_args: list[str] | None = None, **objstore: Any) -> Iterator[Objstored]:
-    """Run objstored for the block; ``objstore`` keys go to its config section.
+              extra_args: list[str] | None = None, metrics: bool = False,
+              **objstore: Any) -> Iterator[Objstored]:
+    """Run objstored for the block; ``objstore`` keys go to its config section; with
+    ``metrics`` it serves /metrics on a free port.
 
     Without ``redis_nodes`` the reporter points at a port where nothing listens, so tests
     never touch a Redis they did not start.
@@ -160,7 +170,8 @@ def objstored(tmp_path: Path, *, workers: int = 1, redis_nodes: list[str] | None
         redis_nodes = [f"127.0.0.1:{free_port()}"]
     objstore.setdefault("map_size", 256 * 1024 * 1024)
     write_config(config_path, objstore, redis_nodes)
-    server = Objstored(data_dir, config_path, free_port(), workers, list(extra_args or []))
+    server = Objstored(data_dir, config_path, free_port(), workers, list(extra_args or []),
+                       metrics_port=free_port() if metrics else None)
     server.start()
     try:
         yield server

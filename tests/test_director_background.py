@@ -130,3 +130,55 @@ def test_loop_waits_for_a_slow_pass_and_stop_cancels_it() -> None:
         assert cleaned.is_set() and not loop.running
 
     asyncio.run(go())
+
+
+def test_loop_reports_passes_to_job_metrics() -> None:
+    """Each run on the injected clock moves the job metrics: a success sets the
+    last-success time and the duration, a failure counts, a run that found the lease
+    held changes neither; progress reported by the pass shows."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from runtime.metrics import JobMetrics, new_registry
+
+    def value(name: str) -> float | None:
+        for family in text_string_to_metric_families(generate_latest(registry).decode()):
+            for s in family.samples:
+                if s.name == name and s.labels == {"job": "repair"}:
+                    return s.value
+        return None
+
+    clock = task.Clock()
+    registry = new_registry("directord", "t")
+    jobs = JobMetrics(registry, "directord", clock.seconds)
+
+    async def go() -> None:
+        outcomes = iter([None, RuntimeError("boom"), LeaseHeld("repair", "other")])
+
+        async def work() -> None:
+            assert loop.recorder is not None
+            loop.recorder.progress(3, 10)
+            clock.advance(2.0)  # the pass takes two seconds of the clock
+            outcome = next(outcomes)
+            if outcome is not None:
+                raise outcome
+
+        loop = Loop(cast(IReactorTime, clock), 30.0, "repair", work, jobs.job("repair"))
+        loop.start()
+        clock.advance(30.0)
+        await settle()
+        assert value("directord_job_last_success_timestamp_seconds") == 32.0
+        assert value("directord_job_duration_seconds") == 2.0
+        assert (value("directord_job_pass_items"), value("directord_job_pass_items_expected")) \
+            == (3, 10)
+        clock.advance(30.0)
+        await settle()
+        assert value("directord_job_failures_total") == 1
+        clock.advance(30.0)
+        await settle()
+        assert value("directord_job_failures_total") == 1
+        assert value("directord_job_last_success_timestamp_seconds") == 32.0
+        assert value("directord_job_running") == 0
+        await loop.stop()
+
+    asyncio.run(go())

@@ -23,7 +23,7 @@ def run(coro):
 
 
 async def open_client(config: Config) -> BlobClient:
-    return await BlobClient.open(config)
+    return await BlobClient.open(config.cluster, config.director)
 
 
 async def raw_get(address: str, key: str):

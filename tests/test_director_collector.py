@@ -5,7 +5,12 @@ What is checked: after a user is deleted, exactly the blobs no message reference
 more leave the index and every object server, and the remaining users' mail reads back
 byte for byte; a put that dedups onto an unreferenced blob while gc runs keeps it; a blob
 uploaded again after gc dropped its index entry survives gc's conditional deletes; an
-interrupted sweep resumes from its cursor; ``objmail gc`` and its dry run.
+interrupted sweep resumes from its cursor; ``objmail gc`` and its dry run; a delivery
+stuck behind a mailbox lock while gc collects its blobs fails with 451 (or, when its
+blobs were stored again meanwhile, lands readable), never 250 and unreadable;
+directord's plain items survive gc; a grace below the minimum is refused.
+
+The installation sets ``director.gc_min_grace = 0`` so that runs need not wait minutes.
 """
 
 from __future__ import annotations
@@ -18,21 +23,25 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from director.client import BlobClient
 from director.collector import RUN_FIELDS, Collector, GcStats
+from director.config import MIN_GC_GRACE
 from director.gcwatch import GC_FLAG_TTL
 from director.jobstate import JobState
-from ops.cli import EX_OK, main
-from ops.config import Config, to_toml
+from imapd.lmtp import LMTPSession
+from imapd.lmtp_parser import Command, MessageData
+from ops.cli import EX_OK, EX_USAGE, main
+from ops.config import Config, ConfigError, DirectorConfig, to_toml
 from tests.conftest import CORPUS
 from tests.director_installation import Installation, installation_fixture
 from tests.mailstack import MailStack, open_stack
 
 pytestmark = pytest.mark.timeout(180)
 
-inst = installation_fixture("gc", objstores=3, cache_bytes=0)
+inst = installation_fixture("gc", objstores=3, cache_bytes=0, gc_min_grace=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +222,152 @@ def test_objmail_gc_command(stack: MailStack, config: Config, tmp_path: Path,
 
     assert main(["--config", str(path), "gc", "--status"]) == EX_OK
     assert "no run in progress" in capsys.readouterr().out
+
+
+# -- deliveries racing gc -------------------------------------------------------------
+
+
+def lmtp(stack: MailStack, recipient: str) -> LMTPSession:
+    """An LMTP session past RCPT, ready for DATA."""
+    session = LMTPSession(stack.deliverer, stack.config.imapd, "lmtp.test")
+    for verb, arg in (("LHLO", "mx"), ("MAIL", "FROM:<sender@example.org>"),
+                      ("RCPT", f"TO:<{recipient}@example.org>"), ("DATA", "")):
+        lines, _start = stack.run(session.handle(Command(verb, arg)))
+        assert lines[0][:1] in ("2", "3"), lines
+    return session
+
+
+async def commit_waiting(dsn: str, user_id: int) -> None:
+    """Return once a transaction waits for a lock on one of the user's mailbox rows."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for _ in range(400):
+            if await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE 'UPDATE mailboxes SET uidnext%'"):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no delivery of user {user_id} waits for its mailbox")
+    finally:
+        await conn.close()
+
+
+def race_gc(stack: MailStack, raw: bytes, recipient: str, user_id: int, *,
+            meanwhile: bytes | None = None, other: str = "") -> tuple[str, GcStats]:
+    """Deliver ``raw`` over LMTP while another transaction holds the recipient's INBOX
+    row lock; meanwhile a whole gc run goes by (and, with ``meanwhile``, that message is
+    delivered to ``other``); then the lock goes and the delivery's reply is returned."""
+    session = lmtp(stack, recipient)
+    second = lmtp(stack, other) if meanwhile is not None else None
+    dsn = stack.config.cluster.pg_dsn
+
+    async def go() -> tuple[str, GcStats]:
+        locker = await asyncpg.connect(dsn)
+        try:
+            held = locker.transaction()
+            await held.start()
+            await locker.execute("SELECT 1 FROM mailboxes WHERE user_id = $1 "
+                                 "AND name = 'INBOX' FOR UPDATE", user_id)
+            delivery = asyncio.ensure_future(session.data(MessageData(raw, len(raw))))
+            await commit_waiting(dsn, user_id)  # uploaded; its commit waits for the lock
+            stats = await collector(stack).run_once()
+            if second is not None and meanwhile is not None:
+                (reply,) = await second.data(MessageData(meanwhile, len(meanwhile)))
+                assert reply.startswith("250"), reply
+            await held.rollback()
+            (reply,) = await delivery
+            return reply, stats
+        finally:
+            await locker.close()
+
+    return stack.run(go())
+
+
+def test_a_delivery_that_waits_out_gc_fails_temporarily(stack: MailStack) -> None:
+    """The repro of issue 11 (data loss 2): while a delivery's commit waits for a locked
+    INBOX, a gc run collects the blobs it uploaded; its commit then finds them gone, rolls
+    back and answers 451 (nothing committed), and the retried delivery lands readable."""
+    user = stack.new_user("race")
+    raw = message_with_attachment(os.urandom(30_000), "race")
+    reply, stats = race_gc(stack, raw, user.name, user.id)
+    assert stats.finished and stats.collected >= 2, stats  # the skeleton and attachment
+    assert reply.startswith("451 4.3.0"), reply
+    assert stack.run(stack.store.mailboxes.status(user.id, "INBOX")).messages == 0
+    assert stack.blobs.gc_watch.fence_refusals >= 1
+
+    (again,) = stack.run(lmtp(stack, user.name).data(MessageData(raw, len(raw))))
+    assert again.startswith("250 2.0.0"), again
+    assert stack.only_message(user) == raw
+
+
+def test_a_delivery_whose_blobs_came_back_lands_readable(stack: MailStack) -> None:
+    """When the same message is delivered to someone else after gc collected the waiting
+    delivery's blobs (uploading them again), the waiting commit finds them indexed and
+    lands: 250, and both copies read back byte for byte."""
+    user, other = stack.new_user("race"), stack.new_user("again")
+    raw = message_with_attachment(os.urandom(30_000), "again")
+    reply, stats = race_gc(stack, raw, user.name, user.id, meanwhile=raw, other=other.name)
+    assert stats.collected >= 2, stats
+    assert reply.startswith("250 2.0.0"), reply
+    assert stack.only_message(user) == raw
+    assert stack.only_message(other) == raw
+
+
+def test_a_commit_pays_nothing_when_no_gc_ran(stack: MailStack) -> None:
+    """A delivery during which no gc run was announced commits without looking its blobs
+    up again (the fence reads only gc's job hash, at most once a second)."""
+    user = stack.new_user("calm")
+    checks = stack.blobs.gc_watch.fence_checks
+    stack.run(stack.deliverer.deliver(user.name, message_with_attachment(os.urandom(9000),
+                                                                         "calm")))
+    assert stack.blobs.gc_watch.fence_checks == checks
+
+
+# -- directord items, and the minimum grace -------------------------------------------
+
+
+def test_directord_items_survive_gc(stack: MailStack) -> None:
+    """Items a memcached client stored through directord under plain keys (issue 11,
+    data loss 3) are indexed in their own key space, which gc never sweeps: after a full
+    run they still read back, with their flags."""
+    key = f"mykey-{os.urandom(4).hex()}".encode()
+    value = os.urandom(3000)
+    assert stack.run(stack.blobs.put_item(key, value, flags=9))
+    stats = stack.run(full_run(stack))
+    got = stack.run(stack.blobs.get_item(key))
+    assert got is not None and (got.value, got.flags) == (value, 9)
+    assert key.decode() not in stats.examples
+
+
+def test_a_grace_below_the_minimum_is_refused(config: Config, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """``director.gc_grace`` below ``gc_min_grace`` (600 s by default) is a config error
+    naming the key, ``objmail gc --grace`` below it exits 64 saying why, and a collector
+    built with a shorter grace is a ValueError."""
+    assert DirectorConfig().gc_min_grace == MIN_GC_GRACE == 600.0
+    with pytest.raises(ConfigError, match="gc_grace: must be at least gc_min_grace"):
+        DirectorConfig(gc_grace=3)
+    strict = dataclasses.replace(config, director=dataclasses.replace(
+        config.director, gc_min_grace=MIN_GC_GRACE))
+    path = tmp_path / "objmail.toml"
+    path.write_text(to_toml(strict))
+    capsys.readouterr()
+    assert main(["--config", str(path), "gc", "--grace", "3"]) == EX_USAGE
+    assert "below the minimum of 600 s" in capsys.readouterr().err
+
+    async def build() -> None:
+        client = await BlobClient.open(strict.cluster, strict.director)
+        try:
+            with pytest.raises(ValueError, match="below the minimum"):
+                Collector(client, _NoReferences(), grace=3.0)
+        finally:
+            await client.aclose()
+
+    asyncio.run(build())
+
+
+class _NoReferences:
+    """A reference checker for a collector that is never run."""
+
+    async def referenced(self, blob_ids: object) -> set[str]:
+        raise AssertionError("not called")

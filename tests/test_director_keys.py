@@ -18,7 +18,7 @@ from director.keys import (
     is_blob_id,
     item_index_id,
 )
-from objstore.reporter import report_key
+from runtime.nodekeys import report_key
 
 IDS = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(2000)]
 

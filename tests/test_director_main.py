@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from ops.config import parse_hostport, to_toml
+from ops.launcher import free_port
 from tests.conftest import RunningRedis
 from tests.director_installation import private_config, private_installation
 from tests.objstore_process import REPO
@@ -22,18 +29,40 @@ def run_directord(args: list[str], timeout: float = 60) -> subprocess.CompletedP
                           env={**os.environ, "OBJMAIL_REDIS_NODES": ""})
 
 
+@pytest.mark.system
 def test_cli_errors_name_the_key(tmp_path: Path) -> None:
-    """A bad address on the command line stops directord at once, exit 2, naming the key."""
+    """A bad address on the command line or in the file stops directord at once with
+    exit 78 (EX_CONFIG), naming the key, in the log format asked for."""
     cfg = tmp_path / "c.toml"
     cfg.write_text("")
     bad = run_directord(["--config", str(cfg), "--listen", "nohost"])
-    assert bad.returncode == 2 and b"director.listen" in bad.stderr
+    assert bad.returncode == 78 and b"director.listen" in bad.stderr
     bad = run_directord(["--config", str(cfg), "--metrics-listen", "x:99999"])
-    assert bad.returncode == 2 and b"director.metrics_listen" in bad.stderr
+    assert bad.returncode == 78 and b"director.metrics_listen" in bad.stderr
+    cfg.write_text("[director]\nreplicas = 0\n")
+    bad = run_directord(["--config", str(cfg), "--log-format", "json"])
+    (line,) = bad.stderr.decode().splitlines()
+    fields = json.loads(line)
+    assert bad.returncode == 78 and list(fields) == ["ts", "level", "logger", "pid", "msg"]
+    assert fields["level"] == "error" and "director.replicas" in fields["msg"]
+
+
+@pytest.mark.system
+@pytest.mark.slow
+def test_unreachable_redis_exits_unavailable(tmp_path: Path) -> None:
+    """With no Redis Cluster to reach, directord gives up after the retry deadline
+    with exit 69 (EX_UNAVAILABLE) instead of serving."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[cluster]\nredis_nodes = ["127.0.0.1:{free_port()}"]\n'
+                   f'[director]\nlisten = "127.0.0.1:{free_port()}"\nmetrics_listen = ""\n')
+    result = run_directord(["--config", str(cfg)], timeout=120)
+    assert result.returncode == 69, result.stderr[-2000:]
+    assert b"directord cannot start" in result.stderr
 
 
 def test_port_in_use_exits_nonzero(tmp_path: Path, redis_cluster: RunningRedis) -> None:
-    """A taken port is reported and directord exits 1 instead of running deaf."""
+    """A taken port is reported and directord exits 71 (EX_OSERR) instead of running
+    deaf."""
     config = private_config(redis_cluster.nodes, 0)
     cfg = tmp_path / "c.toml"
     cfg.write_text(to_toml(config))
@@ -43,15 +72,17 @@ def test_port_in_use_exits_nonzero(tmp_path: Path, redis_cluster: RunningRedis) 
         port = busy.getsockname()[1]
         result = run_directord(["--config", str(cfg), "--listen", f"127.0.0.1:{port}",
                                 "--metrics-listen", ""])
-    assert result.returncode == 1
+    assert result.returncode == 71
     assert b"cannot start" in result.stderr and str(port).encode() in result.stderr
 
 
 def test_sigterm_exits_zero(tmp_path: Path, redis_cluster: RunningRedis) -> None:
-    """Started by the launcher, directord answers version; SIGTERM makes it finish and
-    exit 0."""
+    """Started by the launcher, directord answers version and /metrics (directord_*
+    samples with its jobs, build and process metrics), logs JSON lines when asked;
+    SIGTERM makes it finish and exit 0."""
     with private_installation(redis_cluster.nodes, tmp_path, objstores=0, stages=()) as inst:
         spec = inst.cluster.directord_spec(*parse_hostport(inst.config.director.listen))
+        spec = dataclasses.replace(spec, argv=(*spec.argv, "--log-format", "json"))
         launcher = inst.cluster.launcher
         launcher.start(spec)
         pid = launcher.pid_of(spec)
@@ -59,6 +90,19 @@ def test_sigterm_exits_zero(tmp_path: Path, redis_cluster: RunningRedis) -> None
         with socket.create_connection(parse_hostport(inst.config.director.listen)) as sock:
             sock.sendall(b"version\r\n")
             assert sock.recv(100) == b"VERSION 1.6.18-directord\r\n"
+        host, port = parse_hostport(inst.config.director.metrics_listen)
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+        assert got["directord_open_connections", ()] == 0
+        assert got["directord_failovers_total", ()] == 0
+        for job in ("repair", "level", "drain"):
+            assert got["directord_job_failures_total", (("job", job),)] == 0
+        assert any(name == "directord_build_info" for name, _ in got)
+        assert got["process_open_fds", ()] > 0
+        ours = {name for name, _ in got if not name.startswith(("process_", "python_"))}
+        assert all(name.startswith("directord_") for name in ours), ours
         launcher.signal(spec, signal.SIGTERM)
         deadline = time.monotonic() + 20
         while True:
@@ -68,4 +112,8 @@ def test_sigterm_exits_zero(tmp_path: Path, redis_cluster: RunningRedis) -> None
             assert time.monotonic() < deadline, "directord ignored SIGTERM"
             time.sleep(0.05)
         assert os.waitstatus_to_exitcode(status) == 0
-        assert "directord stopped" in launcher.logfile("directord").read_text()
+        # The launcher heads each run in the log with a "--- ... starting" line of its own.
+        lines = [json.loads(x) for x in launcher.logfile("directord").read_text().splitlines()
+                 if not x.startswith("--- ")]
+        assert all(list(x)[:5] == ["ts", "level", "logger", "pid", "msg"] for x in lines)
+        assert any(x["msg"] == "directord stopped" for x in lines)

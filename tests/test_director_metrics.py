@@ -1,44 +1,33 @@
-"""directord's metrics: counting, the Prometheus text format, and the HTTP resource."""
+"""directord's metrics: per-request counting and what the collector exports, parsed back
+with prometheus_client's own parser."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
-from twisted.web.test.requesthelper import DummyRequest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from director.metrics import (
-    CONTENT_TYPE,
-    LATENCY_BUCKETS,
-    Histogram,
-    MetricsResource,
-    ProxyMetrics,
-    Sample,
-)
+from director.client import ClientStats
+from director.metrics import DirectordCollector, ProxyMetrics
+from director.redisconn import RunnerStats
+from runtime.metrics import new_registry
 
 
-def lines(text: bytes) -> dict[str, str]:
-    """sample name with labels -> value, comments left out."""
+def scrape(collector: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    registry = new_registry("directord", "t")
+    registry.register(collector)
     out = {}
-    for line in text.decode().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = value
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for s in family.samples:
+            out[s.name, tuple(sorted(s.labels.items()))] = s.value
     return out
 
 
-def test_histogram_buckets_include_their_bound() -> None:
-    """A value equal to a bucket's bound counts in that bucket; above the last, in +Inf."""
-    h = Histogram()
-    h.observe(LATENCY_BUCKETS[0])
-    h.observe(LATENCY_BUCKETS[0] * 1.01)
-    h.observe(1000.0)
-    assert h.counts[0] == 1 and h.counts[1] == 1 and h.counts[-1] == 1
-    assert h.count == 3 and h.total > 1000
-
-
-def test_render_counts_errors_and_cumulative_histogram() -> None:
+def test_requests_errors_and_cumulative_histogram() -> None:
     """Requests and errors are counted per command; buckets are cumulative and end at
-    +Inf with the total count."""
+    +Inf with the total count; dedup and cache counters are exported."""
     m = ProxyMetrics()
     m.observe("get", 0.0004)
     m.observe("get", 0.003)
@@ -46,46 +35,37 @@ def test_render_counts_errors_and_cumulative_histogram() -> None:
     m.observe("incr", 0.0, "unsupported")
     m.dedup_hits = 2
     m.cache_hits, m.cache_misses = 5, 1
-    got = lines(m.render())
-    assert got['directord_requests_total{command="get"}'] == "2"
-    assert got['directord_errors_total{command="set",kind="server"}'] == "1"
-    assert got['directord_errors_total{command="incr",kind="unsupported"}'] == "1"
-    assert got['directord_request_seconds_bucket{command="get",le="0.0005"}'] == "1"
-    assert got['directord_request_seconds_bucket{command="get",le="0.0025"}'] == "1"
-    assert got['directord_request_seconds_bucket{command="get",le="0.005"}'] == "2"
-    assert got['directord_request_seconds_bucket{command="get",le="+Inf"}'] == "2"
-    assert got['directord_request_seconds_count{command="get"}'] == "2"
-    assert abs(float(got['directord_request_seconds_sum{command="get"}']) - 0.0034) < 1e-12
-    assert got["directord_dedup_hits_total"] == "2"
-    assert (got["directord_cache_hits_total"], got["directord_cache_misses_total"]) == (
-        "5", "1")
+    got = scrape(DirectordCollector(m, lambda: 3, lambda: None))
+    assert got["directord_requests_total", (("command", "get"),)] == 2
+    assert got["directord_errors_total", (("command", "set"), ("kind", "server"))] == 1
+    assert got["directord_errors_total", (("command", "incr"), ("kind", "unsupported"))] == 1
+    bucket = "directord_request_seconds_bucket"
+    assert got[bucket, (("command", "get"), ("le", "0.0005"))] == 1
+    assert got[bucket, (("command", "get"), ("le", "0.0025"))] == 1
+    assert got[bucket, (("command", "get"), ("le", "0.005"))] == 2
+    assert got[bucket, (("command", "get"), ("le", "+Inf"))] == 2
+    assert got["directord_request_seconds_count", (("command", "get"),)] == 2
+    assert abs(got["directord_request_seconds_sum", (("command", "get"),)] - 0.0034) < 1e-12
+    assert got["directord_dedup_hits_total", ()] == 2
+    assert (got["directord_cache_hits_total", ()], got["directord_cache_misses_total", ()]) \
+        == (5, 1)
+    assert got["directord_open_connections", ()] == 3
+    assert ("directord_failovers_total", ()) not in got, "no client yet: no client counters"
 
 
-def test_extra_samples_and_label_escaping() -> None:
-    """Caller samples are grouped by name under one TYPE line; label values are
-    escaped as the format requires."""
-    m = ProxyMetrics()
-    text = m.render([
-        Sample("directord_failovers_total", "counter", "Failovers.", 3),
-        Sample("directord_object_server_errors_total", "counter", "Errors.", 1,
-               (("node", 'a"b\\c\nd'),)),
-        Sample("directord_object_server_errors_total", "counter", "Errors.", 2,
-               (("node", "n2"),)),
-    ]).decode()
-    assert "directord_failovers_total 3\n" in text
-    assert text.count("# TYPE directord_object_server_errors_total counter") == 1
-    assert 'directord_object_server_errors_total{node="a\\"b\\\\c\\nd"} 1' in text
-    assert 'directord_object_server_errors_total{node="n2"} 2' in text
-
-
-def test_resource_serves_metrics_path_only() -> None:
-    """GET /metrics answers the exposition with Prometheus' content type; other paths 404."""
-    res = MetricsResource(lambda: b"x 1\n")
-    req: Any = DummyRequest([b"metrics"])
-    req.path = b"/metrics"
-    assert res.render_GET(req) == b"x 1\n"
-    assert req.responseHeaders.getRawHeaders(b"content-type") == [CONTENT_TYPE]
-    other: Any = DummyRequest([b""])
-    other.path = b"/"
-    assert b"/metrics" in res.render_GET(other)
-    assert other.responseCode == 404
+def test_client_counters_and_errors_by_node() -> None:
+    """Once the blob client is open its counters are exported, and failed requests to
+    object servers are counted per node under directord_object_server_errors_total."""
+    stats = ClientStats(failovers=4, bad_replicas=1, item_puts=9)
+    stats.by_node_errors.update({"obj-1": 2, "obj-2": 5})
+    runner_stats = RunnerStats()
+    runner_stats.retries = 6
+    client = SimpleNamespace(stats=stats, index=SimpleNamespace(
+        runner=SimpleNamespace(stats=runner_stats)))
+    got = scrape(DirectordCollector(ProxyMetrics(), lambda: 0, lambda: client))
+    assert got["directord_failovers_total", ()] == 4
+    assert got["directord_bad_replicas_total", ()] == 1
+    assert got["directord_item_puts_total", ()] == 9
+    assert got["directord_index_retries_total", ()] == 6
+    assert got["directord_object_server_errors_total", (("node", "obj-1"),)] == 2
+    assert got["directord_object_server_errors_total", (("node", "obj-2"),)] == 5

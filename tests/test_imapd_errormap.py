@@ -161,7 +161,7 @@ async def _deliver_two(env: Env, failure: Exception | None) -> list[str]:
     """One LMTP transaction for two users with the blob store failing as ``failure``."""
     ann = await env.user(f"ann{id(failure)}")
     bob = await env.user(f"bob{id(failure)}")
-    s = LMTPSession(env.deliverer, env.config, "lmtp.test")
+    s = LMTPSession(env.deliverer, env.config.imapd, "lmtp.test")
     await s.handle(Command("LHLO", "mx"))
     await s.handle(Command("MAIL", "FROM:<x@y.org>"))
     for user in (ann, bob):

@@ -24,7 +24,7 @@ def stack(storage_cluster: Config) -> Iterator[MailStack]:
 
 
 def session(stack: MailStack) -> LMTPSession:
-    return LMTPSession(stack.deliverer, stack.config, "lmtp.test")
+    return LMTPSession(stack.deliverer, stack.config.imapd, "lmtp.test")
 
 
 def say(stack: MailStack, s: LMTPSession, line: str) -> list[str]:

@@ -10,11 +10,13 @@ import base64
 import os
 import smtplib
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ops.config import Config
 from ops.stats_command import collect
@@ -66,6 +68,37 @@ def test_smtplib_delivers_to_several_recipients(imapd: Imapd, stack: MailStack) 
     assert refused["nobody-x@example.org"][0] == 550
     for user in (a, b):
         assert stack.only_message(user) == raw
+
+
+def lmtp_replies(server: Imapd) -> dict[tuple[str, str], float]:
+    """imapd_lmtp_replies_total from the process's /metrics: (command, code) -> count."""
+    url = f"http://{server.config.imapd.metrics_listen}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {(s.labels["command"], s.labels["code"]): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == "imapd_lmtp_replies_total"}
+
+
+def test_deliveries_and_refusals_are_counted_by_reply_code(imapd: Imapd,
+                                                           stack: MailStack) -> None:
+    """/metrics counts LMTP replies by command and code: a delivery is DATA 250, an
+    unknown recipient RCPT 550, a message over the size limit MAIL 552."""
+    user = stack.new_user("wm")
+    before = lmtp_replies(imapd)
+    client = lmtp(imapd)
+    try:
+        client.ehlo("mx.test")
+        client.sendmail("s@example.org", [f"{user.name}@example.org", "nobody-m@example.org"],
+                        b"Subject: counted\r\n\r\nbody\r\n")
+        code, _msg = client.mail("a@b", [f"SIZE={imapd.config.imapd.max_message_size + 1}"])
+        assert code == 552
+    finally:
+        client.quit()
+    after = lmtp_replies(imapd)
+    for key in (("DATA", "250"), ("RCPT", "550"), ("MAIL", "552")):
+        assert after[key] == before.get(key, 0) + 1, key
+    assert after["DATA", "451"] == before["DATA", "451"] == 0
 
 
 def test_oversize_is_refused_at_mail_from(imapd: Imapd) -> None:

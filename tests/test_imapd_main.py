@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
+from imapd.config import ImapdConfig, ImapdProcessConfig
 from imapd.lmtp import LMTPFactory
-from imapd.main import EX_CONFIG, Services, listeners, main
+from imapd.main import EX_CONFIG, Services, listeners
 from imapd.pop3server import Pop3Factory
 from imapd.server import IMAPFactory
-from ops.config import Config, ImapdConfig
 from ops.launcher import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +25,7 @@ def services(imapd: ImapdConfig, tls: object = None) -> Services:
 
     backend = Backend(cast(Any, None), cast(Any, None), cast(Any, None), cast(Any, None),
                       imapd, cast(Any, None))
-    return Services(Config(imapd=imapd), None, None, None, None, backend, tls)
+    return Services(ImapdProcessConfig(imapd=imapd), None, None, None, None, backend, tls)
 
 
 def test_listeners_follow_the_config() -> None:
@@ -41,20 +44,45 @@ def test_listeners_follow_the_config() -> None:
     assert found[1].tls is tls and found[1].factory.secure and found[0].factory.tls is tls
 
 
+def run_imapd(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "imapd.main", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def json_lines(stderr: str) -> list[dict[str, object]]:
+    """Every line of ``stderr``, each of which must be a JSON object with the stable
+    field set."""
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    for fields in lines:
+        assert list(fields)[:5] == ["ts", "level", "logger", "pid", "msg"], fields
+    return lines
+
+
+@pytest.mark.system
 def test_bad_config_exits_with_ex_config(tmp_path: Path) -> None:
-    """A config with an unknown key is refused before anything starts (exit 78)."""
+    """A config with an unknown key is refused before anything starts (exit 78), the
+    message naming the key, as a JSON line with --log-format json."""
     path = tmp_path / "bad.toml"
     path.write_text("[imapd]\nno_such_key = 1\n")
-    assert main(["--config", str(path)]) == EX_CONFIG
+    result = run_imapd(["--config", str(path), "--log-format", "json"])
+    assert result.returncode == EX_CONFIG == 78
+    (line,) = json_lines(result.stderr)
+    assert line["level"] == "error" and "imapd.no_such_key" in str(line["msg"])
+    path.write_text("")
+    bad = run_imapd(["--config", str(path), "--metrics-listen", "nohost"])
+    assert bad.returncode == 78 and "imapd.metrics_listen" in bad.stderr
 
 
+@pytest.mark.system
 def test_unreachable_postgresql_fails_the_start(tmp_path: Path) -> None:
-    """With PostgreSQL unreachable the process logs why and exits 1 instead of serving."""
+    """With PostgreSQL unreachable the process logs why (JSON lines with --log-format
+    json) and exits 69 (EX_UNAVAILABLE) instead of serving."""
     dead, port = free_port(), free_port()
     path = tmp_path / "imapd.toml"
     path.write_text(f'[cluster]\npg_dsn = "postgresql://postgres@127.0.0.1:{dead}/x"\n'
-                    f'[imapd]\nimap_listen = "127.0.0.1:{port}"\npop3_listen = ""\n')
-    result = subprocess.run([sys.executable, "-m", "imapd.main", "--config", str(path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 1
-    assert "imapd could not start" in result.stderr and "Unavailable" in result.stderr
+                    f'[imapd]\nimap_listen = "127.0.0.1:{port}"\npop3_listen = ""\n'
+                    'metrics_listen = ""\n')
+    result = run_imapd(["--config", str(path), "--log-format", "json"])
+    assert result.returncode == 69, result.stderr[-2000:]
+    errors = [x for x in json_lines(result.stderr) if x["level"] == "error"]
+    assert any("imapd cannot start" in str(x["msg"]) for x in errors)

@@ -1,30 +1,109 @@
-"""imapd's metric bookkeeping and its Prometheus text."""
+"""imapd's metric bookkeeping and what its collectors export, parsed back with
+prometheus_client's parser; LMTP replies counted through the real adapter."""
 
 from __future__ import annotations
 
-from director.metrics import Sample
-from imapd.metrics import ImapMetrics
+import asyncio
+from types import SimpleNamespace
+from typing import Any, cast
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.testing import StringTransport
+
+from imapd.config import ImapdConfig
+from imapd.lmtp import LMTPFactory
+from imapd.metrics import ImapdCollector, ImapMetrics
+from metadata.errors import Unavailable
+from runtime.metrics import new_registry
 
 
-def test_commands_logins_and_extra_samples_render() -> None:
-    """Counters by protocol/command/status, login results, a cumulative latency histogram
-    and caller-supplied gauges all appear in the exposition."""
+def scrape(*collectors: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    registry = new_registry("imapd", "t")
+    for collector in collectors:
+        registry.register(collector)
+    out = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for s in family.samples:
+            out[s.name, tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def test_commands_logins_and_gauges_are_exported() -> None:
+    """Counters by protocol/command/status, login results, a cumulative latency
+    histogram, open connections per listener and the services' counters appear."""
     m = ImapMetrics()
     m.observe("imap", "UID FETCH", "OK", 0.003)
     m.observe("imap", "UID FETCH", "OK", 0.2)
     m.observe("pop3", "RETR", "-ERR", 0.001)
     m.login("imap", True)
-    m.login("imap", False)
-    text = m.render([Sample("imapd_open_connections", "gauge", "Open.", 3.0,
-                            (("listener", "imap"),))]).decode()
-    lines = text.splitlines()
-    assert 'imapd_commands_total{protocol="imap",command="UID FETCH",status="OK"} 2' in lines
-    assert 'imapd_commands_total{protocol="pop3",command="RETR",status="-ERR"} 1' in lines
-    assert 'imapd_logins_total{protocol="imap",result="failed"} 1' in lines
-    assert ('imapd_command_seconds_bucket{protocol="imap",command="UID FETCH",le="0.005"} 1'
-            in lines)
-    assert ('imapd_command_seconds_bucket{protocol="imap",command="UID FETCH",le="+Inf"} 2'
-            in lines)
-    assert 'imapd_command_seconds_count{protocol="imap",command="UID FETCH"} 2' in lines
-    assert 'imapd_open_connections{listener="imap"} 3' in lines
-    assert "# TYPE imapd_command_seconds histogram" in lines
+    m.login("pop3", False)
+    factory = SimpleNamespace(open_connections=3)
+    services = SimpleNamespace(changes=SimpleNamespace(reconnects=2),
+                               blobs=SimpleNamespace(stats=SimpleNamespace(
+                                   gets=7, failovers=1, bad_replicas=0)))
+    got = scrape(m, ImapdCollector(lambda: [("imap", factory)], lambda: services))
+    commands = "imapd_commands_total"
+    assert got[commands, (("command", "UID FETCH"), ("protocol", "imap"), ("status", "OK"))] == 2
+    assert got[commands, (("command", "RETR"), ("protocol", "pop3"), ("status", "-ERR"))] == 1
+    assert got["imapd_logins_total", (("protocol", "imap"), ("result", "ok"))] == 1
+    assert got["imapd_logins_total", (("protocol", "pop3"), ("result", "failed"))] == 1
+    hist = (("command", "UID FETCH"), ("protocol", "imap"))
+    assert got["imapd_command_seconds_bucket", (*hist[:1], ("le", "0.005"), hist[1])] == 1
+    assert got["imapd_command_seconds_count", hist] == 2
+    assert got["imapd_open_connections", (("listener", "imap"),)] == 3
+    assert got["imapd_change_listener_reconnects_total", ()] == 2
+    assert got["imapd_blob_gets_total", ()] == 7
+
+
+def test_alerting_series_exist_before_the_first_failure() -> None:
+    """Failed logins and LMTP 451/550 are exported at 0 from the start, so a rate over
+    them is 0, not empty, until something fails."""
+    got = scrape(ImapMetrics())
+    for protocol in ("imap", "pop3"):
+        assert got["imapd_logins_total", (("protocol", protocol), ("result", "failed"))] == 0
+    for command in ("RCPT", "DATA"):
+        for code in ("250", "451", "550"):
+            assert got["imapd_lmtp_replies_total", (("code", code), ("command", command))] == 0
+
+
+def test_lmtp_replies_counted_per_recipient_and_per_code() -> None:
+    """A multi-line reply counts once, DATA's replies once per recipient, and a verb the
+    client made up is counted as 'other'."""
+    m = ImapMetrics()
+    m.lmtp_sent("LHLO", ["250-host", "250-PIPELINING", "250 RSET"])
+    m.lmtp_sent("DATA", ["250 2.0.0 <a> delivered", "451 4.3.0 <b>: temporary failure"])
+    m.lmtp_sent("XYZZY", ["500 5.5.2 Unknown command"])
+    assert m.lmtp_replies["LHLO", "250"] == 1
+    assert (m.lmtp_replies["DATA", "250"], m.lmtp_replies["DATA", "451"]) == (1, 1)
+    assert m.lmtp_replies["other", "500"] == 1
+
+
+class _Users:
+    async def get(self, name: str) -> Any:
+        raise Unavailable("PostgreSQL is unreachable")
+
+
+def test_lmtp_451_on_unreachable_database_is_counted() -> None:
+    """When the recipient lookup finds PostgreSQL unreachable, the MTA gets 451 and
+    imapd_lmtp_replies_total{command="RCPT",code="451"} counts it."""
+    async def go() -> None:
+        metrics = ImapMetrics()
+        # Only the lookup is reached before the 451: a deliverer whose store says
+        # PostgreSQL is down is all the session touches.
+        deliverer = cast(Any, SimpleNamespace(store=SimpleNamespace(users=_Users())))
+        factory = LMTPFactory(deliverer, ImapdConfig(), lambda: "lmtp.test", metrics=metrics)
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.dataReceived(b"LHLO mx\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@example.org>\r\n")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        replies = transport.value().decode().splitlines()
+        assert replies[-1].startswith("451 4.3.0")
+        got = scrape(metrics)
+        assert got["imapd_lmtp_replies_total", (("code", "451"), ("command", "RCPT"))] == 1
+        assert got["imapd_lmtp_replies_total", (("code", "220"), ("command", "CONNECT"))] == 1
+        assert got["imapd_lmtp_replies_total", (("code", "250"), ("command", "MAIL"))] == 1
+
+    asyncio.run(go())

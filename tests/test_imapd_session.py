@@ -19,9 +19,9 @@ from tests.imapd_support import (
     TcpProxy,
     corpus,
     environment,
-    eventually,
 )
 from tests.metadata_support import fresh_database
+from tests.waiting import eventually
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +161,34 @@ def test_commands_outside_their_state_are_bad(dsn: str) -> None:
             b"b BAD FETCH needs a selected mailbox\r\n")
         assert (await client.send(f"c LOGIN {name} secret")).startswith(b"c BAD ")
         assert await client.send("d NOOP") == b"d OK NOOP completed\r\n"
+
+    run(dsn, body)
+
+
+def test_unannounced_extensions_are_refused(dsn: str) -> None:
+    """BINARY and ESEARCH/SEARCHRES are not in CAPABILITY, and their FETCH items, SEARCH
+    RETURN and the ``$`` sequence set are BAD while the session goes on; a literal8 APPEND
+    is stored with its octets unchanged."""
+
+    async def body(env: Env) -> None:
+        name = fresh("bea")
+        await env.user(name)
+        client = env.client()
+        caps = (await client.send("a CAPABILITY")).split(b"\r\n")[0].split()
+        await client.login(name)
+        caps += (await client.send("b CAPABILITY")).split(b"\r\n")[0].split()
+        assert not {b"BINARY", b"ESEARCH", b"SEARCHRES"} & set(caps)
+        raw = b"Subject: b\r\n\r\nbody\r\n"
+        reply = await client.send(b"c APPEND INBOX ~{%d+}\r\n%s\r\n" % (len(raw), raw))
+        assert reply.startswith(b"c OK [APPENDUID ")
+        await client.send("d SELECT INBOX")
+        for command in ("e FETCH 1 (BINARY[1])", "f FETCH 1 (BINARY.SIZE[1])",
+                        "g SEARCH RETURN (MIN) ALL", "h SEARCH RETURN (SAVE) ALL",
+                        "i FETCH $ (UID)"):
+            tag = command.split()[0].encode()
+            assert (await client.send(command)).startswith(tag + b" BAD "), command
+        assert await client.send("j FETCH 1 (BODY.PEEK[])") == (
+            b"* 1 FETCH (BODY[] {%d}\r\n%s)\r\nj OK FETCH completed\r\n" % (len(raw), raw))
 
     run(dsn, body)
 
@@ -349,14 +377,15 @@ def test_two_sessions_see_each_others_changes_at_the_right_moments(dsn: str) -> 
         for client in (a, b):
             await client.login(name)
             await client.send("s SELECT INBOX")
+        heard = await env.hear(name)
         reply = await a.send("a1 STORE 2 +FLAGS (\\Flagged)")
         assert reply.endswith(b"a1 OK STORE completed\r\n")
-        await asyncio.sleep(0.2)
+        await heard.of("flags")
         assert await b.send("b1 NOOP") == (
             b"* 2 FETCH (UID 2 FLAGS (\\Flagged))\r\nb1 OK NOOP completed\r\n")
         await a.send("a2 STORE 1 +FLAGS (\\Deleted)")
         assert await a.send("a3 EXPUNGE") == b"* 1 EXPUNGE\r\na3 OK EXPUNGE completed\r\n"
-        await asyncio.sleep(0.2)
+        await heard.of("expunge")
         during = await b.send("b2 FETCH 1:3 (UID)")
         assert b"EXPUNGE" not in during
         assert b"* 2 FETCH (UID 2)" in during and b"* 1 FETCH" not in during
@@ -364,7 +393,7 @@ def test_two_sessions_see_each_others_changes_at_the_right_moments(dsn: str) -> 
         assert await b.send("b4 FETCH 1:* (UID)") == (
             b"* 1 FETCH (UID 2)\r\n* 2 FETCH (UID 3)\r\nb4 OK FETCH completed\r\n")
         await env.deliver(name, b"Subject: new\r\n\r\nnew\r\n")
-        await asyncio.sleep(0.2)
+        await heard.of("append")
         assert await b.send("b5 NOOP") == b"* 3 EXISTS\r\n* 1 RECENT\r\nb5 OK NOOP completed\r\n"
         # A claimed \Recent for the first three at SELECT; the new one went to B.
         assert await a.send("a4 NOOP") == b"* 3 EXISTS\r\n* 2 RECENT\r\na4 OK NOOP completed\r\n"
@@ -381,10 +410,12 @@ def test_deleting_the_selected_mailbox_elsewhere_ends_the_session(dsn: str) -> N
         a, b = env.client(), env.client()
         await a.login(name)
         await b.login(name)
+        heard = await env.hear(name)
         await a.send("a CREATE Doomed")
+        await heard.of("mailbox")
         await a.send("b SELECT Doomed")
         assert (await b.send("c DELETE Doomed")).startswith(b"c OK")
-        await asyncio.sleep(0.2)
+        await heard.of("mailbox")
         assert await a.send("d NOOP") == b"* BYE The selected mailbox was deleted\r\n"
         assert a.conn.closed
 

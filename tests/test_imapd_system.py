@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from imapclient import IMAPClient
-from imapclient.exceptions import IMAPClientError
+from imapclient.exceptions import IMAPClientError, LoginError
+from prometheus_client.parser import text_string_to_metric_families
 
 from metadata.sections import imap_view
 from tests.conftest import SessionCluster as Cluster
@@ -198,18 +199,37 @@ def test_two_processes_see_each_others_changes(cluster: Cluster,
 
 
 def test_metrics_endpoint_counts_commands(imapd: Imapd, mail: Mail) -> None:
-    """GET /metrics on imapd.metrics_listen shows the commands and logins just made and
-    the open connections per listener."""
+    """GET /metrics on imapd.metrics_listen shows the commands, successful and failed
+    logins just made, the open connections per listener, and build and process metrics;
+    every name of ours starts with imapd_."""
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        url = f"http://{imapd.config.imapd.metrics_listen}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    failed = (("protocol", "imap"), ("result", "failed"))
+    before = scrape()
     user = new_user(mail)
     with connect(imapd, user) as c:
         c.select_folder("INBOX")
         c.noop()
-        url = f"http://{imapd.config.imapd.metrics_listen}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            text = response.read().decode()
-    assert 'imapd_commands_total{protocol="imap",command="SELECT",status="OK"}' in text
-    assert 'imapd_logins_total{protocol="imap",result="ok"}' in text
-    assert 'imapd_open_connections{listener="imap"}' in text
+        got = scrape()
+    wrong = connect(imapd)
+    with pytest.raises(LoginError):
+        wrong.login(user, "not the password")
+    wrong.logout()
+    after = scrape()
+    select = (("command", "SELECT"), ("protocol", "imap"), ("status", "OK"))
+    assert got["imapd_commands_total", select] >= 1
+    assert got["imapd_logins_total", (("protocol", "imap"), ("result", "ok"))] >= 1
+    assert got["imapd_open_connections", (("listener", "imap"),)] >= 1
+    assert after["imapd_logins_total", failed] == before["imapd_logins_total", failed] + 1
+    assert any(name == "imapd_build_info" for name, _ in after)
+    assert after["process_resident_memory_bytes", ()] > 0
+    ours = {name for name, _ in after if not name.startswith(("process_", "python_"))}
+    assert all(name.startswith("imapd_") for name in ours), ours
 
 
 def test_garbage_over_a_raw_socket_gets_bad_and_the_server_lives(imapd: Imapd) -> None:

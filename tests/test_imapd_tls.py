@@ -24,6 +24,7 @@ def test_no_certificate_means_no_tls() -> None:
     assert server_context(ImapdConfig()) is None
 
 
+@pytest.mark.system
 def test_a_matching_pair_and_a_chain_load(tmp_path: Path) -> None:
     """A certificate with its key loads; a file holding a chain (leaf first) too."""
     cert, key = make_pair(tmp_path, "leaf")
@@ -34,6 +35,7 @@ def test_a_matching_pair_and_a_chain_load(tmp_path: Path) -> None:
     assert server_context(ImapdConfig(tls_cert=str(chain), tls_key=str(key))) is not None
 
 
+@pytest.mark.system
 def test_problems_name_the_key(tmp_path: Path) -> None:
     """A missing file, a file without a certificate and a key of another certificate are
     ConfigErrors naming imapd.tls_cert / imapd.tls_key."""

@@ -38,10 +38,10 @@ from ops.bench.dovecot import PrivateDovecot, dovecot_installed
 from tests.conftest import CORPUS
 from tests.corpus_features import feature_rows
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.system, pytest.mark.skipif(
     not dovecot_installed() or not CORPUS.is_dir(),
     reason="Dovecot (dovecot-imapd) or the corpus is not installed",
-)
+)]
 
 #: Corpus files whose *first* Dovecot BODY/BODYSTRUCTURE answer differs from ours,
 #: with the reason. Everything else must match Dovecot exactly.

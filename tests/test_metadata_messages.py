@@ -20,6 +20,7 @@ from metadata.records import User
 from metadata.store import MetadataStore
 from metadata.uidset import MAX_UID, UidSet
 from tests.metadata_support import FAST_SCRYPT, blob, fresh_database, sample_row
+from tests.waiting import eventually
 
 NOW = dt.datetime(2024, 3, 9, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-8)))
 
@@ -120,10 +121,7 @@ def test_concurrent_deliveries_get_increasing_uids_in_commit_order(dsn: str) -> 
             assert sorted(u for uids in results for u in uids) == list(range(1, total + 1))
             assert (await store.mailboxes.get(user.id, "INBOX")).uidnext == total + 1
 
-            for _ in range(100):
-                if len(seen) == total:
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(lambda: len(seen) >= total, 5, what=f"{total} notifications")
             uidnexts = [c.uidnext for c in seen if c.kind == "append"]
             assert uidnexts == list(range(2, total + 2))
 

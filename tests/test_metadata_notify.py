@@ -14,6 +14,7 @@ from metadata.notify import Change, ChangeListener, channel, decode, encode, pub
 from metadata.store import MetadataStore
 from metadata.uidset import UidSet
 from tests.metadata_support import FAST_SCRYPT, fresh_database, sample_row
+from tests.waiting import eventually
 
 NOW = dt.datetime(2024, 7, 1, tzinfo=dt.UTC)
 
@@ -52,11 +53,25 @@ def dsn(postgres: str) -> Iterator[str]:
 
 
 async def wait_for(events: list[Change], count: int, timeout: float = 10.0) -> None:
-    async def poll() -> None:
-        while len(events) < count:
-            await asyncio.sleep(0.02)
+    await eventually(lambda: len(events) >= count, timeout, what=f"{count} notification(s)")
 
-    await asyncio.wait_for(poll(), timeout)
+
+#: A user id no test creates, for :func:`barrier`'s marker.
+MARKER_USER = 999_999_999
+
+
+async def barrier(listener: ChangeListener, dsn: str) -> None:
+    """Return once every notification committed before the call has reached ``listener``
+    (PostgreSQL delivers them in commit order: a marker committed now comes after all)."""
+    marker: list[Change] = []
+    await listener.subscribe(MARKER_USER, marker.append)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await publish(conn, Change(MARKER_USER, "mailbox"))
+    finally:
+        await conn.close()
+    await wait_for(marker, 1)
+    await listener.unsubscribe(MARKER_USER, marker.append)
 
 
 def test_changes_reach_another_connection_after_commit(dsn: str) -> None:
@@ -89,7 +104,7 @@ def test_changes_reach_another_connection_after_commit(dsn: str) -> None:
             ]
             await listener.unsubscribe(user.id, events.append)
             await store.messages.insert(user.id, inbox, sample_row("l2"), [], internaldate=NOW)
-            await asyncio.sleep(0.3)
+            await barrier(listener, dsn)
             assert len(events) == 2
         finally:
             await listener.close()
@@ -112,10 +127,10 @@ def test_uncommitted_change_is_not_heard(dsn: str) -> None:
             tx = conn.transaction()
             await tx.start()
             await publish(conn, Change(99, "mailbox", 1))
-            await asyncio.sleep(0.3)
+            await barrier(listener, dsn)
             assert events == []
             await tx.rollback()
-            await asyncio.sleep(0.3)
+            await barrier(listener, dsn)
             assert events == []
             async with conn.transaction():
                 await publish(conn, Change(99, "mailbox", 2))

@@ -10,6 +10,7 @@ import pytest
 from metadata.passwords import (
     MAX_PASSWORD_BYTES,
     ScryptParams,
+    VerifiedLogins,
     hash_password,
     needs_rehash,
     verify_password,
@@ -98,3 +99,51 @@ def test_bad_parameters_rejected() -> None:
         ScryptParams(log_n=0)
     with pytest.raises(ValueError):
         ScryptParams(r=0)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_verified_logins_remember_successes_for_their_ttl() -> None:
+    """A remembered password is known against the same stored hash until the TTL passes."""
+    clock = FakeClock()
+    cache = VerifiedLogins(ttl=60, clock=clock)
+    assert not cache.known("pw", "$scrypt$A")
+    cache.remember("pw", "$scrypt$A")
+    assert cache.known("pw", "$scrypt$A")
+    assert not cache.known("pw2", "$scrypt$A")
+    assert not cache.known("pw", "$scrypt$B")  # the password was changed: a miss
+    clock.now += 59.9
+    assert cache.known("pw", "$scrypt$A")
+    clock.now += 0.2
+    assert not cache.known("pw", "$scrypt$A")
+    assert len(cache) == 0
+
+
+def test_verified_logins_keep_neither_password_nor_hash() -> None:
+    """Entries are keyed digests: the password and stored hash appear nowhere in them."""
+    cache = VerifiedLogins()
+    cache.remember("correct horse", "$scrypt$ln=14,r=8,p=1$salt$key")
+    entries = list(cache._entries)
+    assert len(entries) == 1 and len(entries[0]) == 32
+    assert b"correct horse" not in entries[0] and b"scrypt" not in entries[0]
+    # Another process (another random key) does not recognise the entry.
+    assert not VerifiedLogins().known("correct horse", "$scrypt$ln=14,r=8,p=1$salt$key")
+
+
+def test_verified_logins_are_bounded() -> None:
+    """The oldest entries are dropped beyond max_entries; ttl 0 turns the cache off."""
+    cache = VerifiedLogins(max_entries=3)
+    for n in range(5):
+        cache.remember(f"pw{n}", "h")
+    assert len(cache) == 3
+    assert not cache.known("pw0", "h") and not cache.known("pw1", "h")
+    assert cache.known("pw4", "h")
+    off = VerifiedLogins(ttl=0)
+    off.remember("pw", "h")
+    assert not off.known("pw", "h") and len(off) == 0

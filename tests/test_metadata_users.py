@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from metadata.errors import InvalidName, InvalidPassword, NoSuchUser, UserExists
-from metadata.passwords import ScryptParams
+from metadata.passwords import ScryptParams, verify_password
 from metadata.store import MetadataStore
 from tests.metadata_support import FAST_SCRYPT, blob, fresh_database, sample_row
 
@@ -170,5 +170,33 @@ def test_delete_removes_every_row_of_the_user(dsn: str) -> None:
             with pytest.raises(NoSuchUser):
                 await store.users.delete("harry")
             assert await store.users.authenticate("harry", "pw") is None
+
+    asyncio.run(run())
+
+
+def test_a_verified_password_skips_scrypt_until_it_changes(dsn: str) -> None:
+    """A second login with the same password runs no scrypt; a password changed by
+    another process is refused at once, and the new one accepted."""
+    calls: list[str] = []
+
+    def counting(password: str, stored: str) -> bool:
+        calls.append(password)
+        return verify_password(password, stored)
+
+    async def run() -> None:
+        async with opened(dsn) as store, opened(dsn) as admin:
+            store.users._verify = counting
+            await store.users.create("ivan", "first")
+            assert await store.users.authenticate("ivan", "first") is not None
+            assert calls == ["first"]
+            for _ in range(20):
+                assert await store.users.authenticate("IVAN", "first") is not None
+            assert calls == ["first"]
+            assert await store.users.authenticate("ivan", "wrong") is None
+            assert calls == ["first", "wrong"]
+            await admin.users.set_password("ivan", "second")
+            assert await store.users.authenticate("ivan", "first") is None
+            assert await store.users.authenticate("ivan", "second") is not None
+            assert calls == ["first", "wrong", "first", "second"]
 
     asyncio.run(run())

@@ -7,7 +7,7 @@ import socket
 
 from twisted.internet.testing import StringTransport
 
-from objstore.directwrite import IOV_MAX, drop_prefix, nothing_queued, send_now
+from runtime.directwrite import IOV_MAX, drop_prefix, nothing_queued, send_now
 
 
 def test_drop_prefix_cuts_inside_and_between_chunks() -> None:

@@ -1,5 +1,5 @@
-"""Command semantics, bytes in and bytes out, against a real store: memcached's replies for
-each command, the meta commands' flags, stats, and the refusals."""
+"""Command semantics, bytes in and bytes out, over both store backends (LMDB and memory):
+memcached's replies for each command, the meta commands' flags, stats, and the refusals."""
 
 from __future__ import annotations
 
@@ -8,13 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from objstore.groupcommit import GroupCommitter
 from objstore.handler import VERSION
-from tests.objstore_harness import Harness, exchange
+from tests.objstore_harness import BACKENDS, Harness, exchange
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(tmp_path, max_item_size=4096)
+def h(tmp_path: Path, backend: str) -> Iterator[Harness]:
+    harness = Harness(tmp_path, backend, max_item_size=4096)
     yield harness
     harness.close()
 
@@ -128,9 +134,9 @@ def test_expiry_through_the_protocol(h: Harness) -> None:
     assert exchange(proto, tr, b"get a\r\n") == b"END\r\n"
 
 
-def test_flush_all_when_enabled(tmp_path: Path) -> None:
+def test_flush_all_when_enabled(tmp_path: Path, backend: str) -> None:
     """flush_all empties the store when the config allows it."""
-    h = Harness(tmp_path, flush_all_enabled=True)
+    h = Harness(tmp_path, backend, flush_all_enabled=True)
     assert run(h, b"set a 0 0 1\r\nx\r\n", b"flush_all\r\n", b"get a\r\n",
                b"flush_all 0 noreply\r\nmn\r\n") == [
         b"STORED\r\n", b"OK\r\n", b"END\r\n", b"MN\r\n"]
@@ -157,7 +163,16 @@ def test_stats_counts_and_lmdb_figures(h: Harness) -> None:
     assert (s[b"cmd_get"], s[b"get_hits"], s[b"get_misses"]) == (b"2", b"1", b"1")
     assert (s[b"cmd_set"], s[b"curr_items"], s[b"delete_misses"]) == (b"1", b"1", b"1")
     assert s[b"bytes"] == b"36"
+
+
+def test_stats_lmdb_figures(tmp_path: Path) -> None:
+    """On LMDB, stats reports the map size configured and the pages in use."""
+    h = Harness(tmp_path, "lmdb")
+    run(h, b"set a 0 0 3\r\nabc\r\n")
+    s = _stats(h)
     assert int(s[b"lmdb_map_size"]) == h.config.map_size
+    assert int(s[b"lmdb_used_pages"]) > 0 and int(s[b"group_commits"]) == 1
+    h.close()
 
 
 def test_stats_settings_items_slabs(h: Harness) -> None:
@@ -179,3 +194,32 @@ def test_hot_keys_follow_reads(h: Harness) -> None:
     exchange(proto, tr, b"set a 0 0 1\r\nx\r\nset b 0 0 1\r\ny\r\n")
     exchange(proto, tr, b"get a\r\n" * 5 + b"get b\r\n" + b"mg a v\r\n")
     assert [k for k, _ in h.hot.top(2)] == [b"a", b"b"]
+
+
+@pytest.mark.parametrize(("requests", "replies"), [
+    ([b"set a 0 0 1\r\nx\r\nget a\r\n", b"set a 0 0 1 noreply\r\nx\r\nmn\r\n"],
+     [b"SERVER_ERROR storage failure\r\nEND\r\n", b"MN\r\n"]),
+    ([b"delete a\r\n", b"incr a 1\r\n", b"touch a 1\r\n", b"gat 1 a\r\n", b"mg a T1\r\n",
+      b"ms a 1\r\nx\r\n", b"md a\r\n", b"ma a\r\n"],
+     [b"SERVER_ERROR storage failure\r\n"] * 8),
+])
+def test_refused_write_answers_server_error(h: Harness, requests: list[bytes],
+                                            replies: list[bytes]) -> None:
+    """A write the store refuses (its committer stopped during shutdown) is answered
+    SERVER_ERROR storage failure (silenced by noreply), in order, for every write command."""
+    committer = GroupCommitter(h.storage, lambda batch: None, 8)
+    committer.start()
+    committer.stop()
+    h.storage.use_committer(committer)
+    assert run(h, *requests) == replies
+
+
+def test_refused_flush_all_is_not_ok(tmp_path: Path, backend: str) -> None:
+    """A flush_all the store refuses is answered SERVER_ERROR, never OK."""
+    h = Harness(tmp_path, backend, flush_all_enabled=True)
+    committer = GroupCommitter(h.storage, lambda batch: None, 8)
+    committer.start()
+    committer.stop()
+    h.storage.use_committer(committer)
+    assert run(h, b"flush_all\r\n") == [b"SERVER_ERROR storage failure\r\n"]
+    h.close()

@@ -3,21 +3,24 @@ load reports in a real Redis Cluster and serving while Redis is gone."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pymemcache.client.base import Client
 
 from objstore.main import resolve_node_id
 from ops.config import ConfigError
 from tests.objstore_process import REPO, Objstored, free_port, objstored, write_config
+from tests.waiting import wait_until
 
 
 def client(server: Objstored) -> Client:
@@ -48,25 +51,77 @@ def _run_objstored(args: list[str], timeout: float = 20) -> subprocess.Completed
                           capture_output=True, timeout=timeout)
 
 
+@pytest.mark.system
 def test_cli_errors_name_the_key(tmp_path: Path) -> None:
-    """Bad settings stop objstored at once with exit 2 and a message naming the key."""
+    """Bad settings stop objstored at once with exit 78 (EX_CONFIG) and a message naming
+    the key; a port already taken is 71 (EX_OSERR), also naming the key."""
     cfg = tmp_path / "c.toml"
     write_config(cfg, {}, None)
     port = free_port()
     common = ["--config", str(cfg), "--listen", f"127.0.0.1:{port}", "--data",
               str(tmp_path / "d")]
     too_big = _run_objstored([*common, "--max-item-size", "100M"])
-    assert too_big.returncode == 2 and b"max_item_size" in too_big.stderr
+    assert too_big.returncode == 78 and b"objstore.max_item_size" in too_big.stderr
     bad_workers = _run_objstored([*common, "--workers", "0"])
-    assert bad_workers.returncode == 2 and b"workers" in bad_workers.stderr
+    assert bad_workers.returncode == 78 and b"objstore.workers" in bad_workers.stderr
+    bad_metrics = _run_objstored([*common, "--metrics-listen", "nohost"])
+    assert bad_metrics.returncode == 78 and b"objstore.metrics_listen" in bad_metrics.stderr
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         in_use = _run_objstored(["--config", str(cfg), "--data", str(tmp_path / "e"),
                                  "--listen", f"127.0.0.1:{busy.getsockname()[1]}"])
-    assert in_use.returncode == 2 and b"objstore.listen" in in_use.stderr
+    assert in_use.returncode == 71 and b"objstore.listen" in in_use.stderr
 
 
+def scrape(server: Objstored) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the server's /metrics, parsed by prometheus_client."""
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as resp:
+        text = resp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+@pytest.mark.system
+def test_metrics_endpoint_and_json_logs(tmp_path: Path) -> None:
+    """objstored serves /metrics with objstore_* samples that follow what clients do
+    (commands, items, commit batches and their latency histogram, connections, job
+    metrics, build and process metrics), and --log-format json writes only JSON lines
+    with the stable field set."""
+    with objstored(tmp_path, metrics=True, extra_args=["--log-format", "json"]) as s:
+        mc = client(s)
+        for i in range(20):
+            assert mc.set(f"m{i}", b"x" * 100)
+        assert mc.get("m1") == b"x" * 100 and mc.get("nope") is None
+        got = scrape(s)
+        assert got["objstore_commands_total", (("command", "set"),)] == 20
+        assert got["objstore_get_hits_total", ()] == 1
+        assert got["objstore_get_misses_total", ()] == 1
+        assert got["objstore_items", ()] == 20
+        assert got["objstore_open_connections", ()] == 1
+        assert got["objstore_commit_batches_total", ()] >= 1
+        assert got["objstore_committed_ops_total", ()] >= 20
+        assert got["objstore_commit_seconds_count", ()] == got["objstore_commit_batches_total", ()]
+        assert got["objstore_commit_seconds_bucket", (("le", "+Inf"),)] \
+            == got["objstore_commit_seconds_count", ()]
+        assert got["objstore_job_failures_total", (("job", "expiry"),)] == 0
+        assert ("objstore_job_failures_total", (("job", "load_report"),)) in got
+        assert [v for (name, _), v in got.items() if name == "objstore_build_info"] == [1]
+        assert got["process_resident_memory_bytes", ()] > 0
+        ours = {name for name, _ in got if not name.startswith(("process_", "python_"))}
+        assert all(name.startswith("objstore_") for name in ours), ours
+        mc.close()
+        assert s.stop() == 0
+        # The launcher heads each run in the log with a "--- ... starting" line of its own.
+        lines = [x for x in s.log_path.read_text().splitlines() if not x.startswith("--- ")]
+    assert lines
+    for line in lines:
+        fields = json.loads(line)
+        assert list(fields)[:5] == ["ts", "level", "logger", "pid", "msg"], line
+    assert any("serving" in json.loads(line)["msg"] for line in lines)
+
+
+@pytest.mark.system
 def test_sigterm_exits_zero_and_keeps_acknowledged_writes(tmp_path: Path) -> None:
     """SIGTERM ends objstored with exit 0; what it acknowledged is there after a restart,
     under the same node id."""
@@ -89,25 +144,30 @@ def test_sigterm_exits_zero_and_keeps_acknowledged_writes(tmp_path: Path) -> Non
         mc.close()
 
 
+@pytest.mark.system
 def test_data_dir_is_locked(tmp_path: Path) -> None:
-    """A second objstored on the same data directory refuses to start."""
+    """A second objstored on the same data directory refuses to start (exit 71)."""
     with objstored(tmp_path) as s:
         other = _run_objstored(["--config", str(s.config_path), "--data", str(s.data_dir),
                                 "--listen", f"127.0.0.1:{free_port()}"])
-        assert other.returncode == 2 and b"in use by another objstored" in other.stderr
+        assert other.returncode == 71 and b"in use by another objstored" in other.stderr
 
 
+@pytest.mark.system
 def test_workers_share_port_and_store(tmp_path: Path) -> None:
-    """--workers 2: both processes accept on one port and serve one store; SIGTERM stops
-    them all with exit 0."""
-    with objstored(tmp_path, workers=2) as s:
+    """--workers 2: both processes accept on one port and serve one store; /metrics
+    (worker 0) counts every worker's commands; SIGTERM stops them all with exit 0."""
+    with objstored(tmp_path, workers=2, metrics=True) as s:
         pids: set[int] = set()
-        deadline = time.monotonic() + 20
-        while len(pids) < 2 and time.monotonic() < deadline:
+
+        def both_workers_answered() -> bool:
             mc = client(s)
             pids.add(mc.stats()[b"pid"])
             mc.close()
-        assert len(pids) == 2, "connections never reached a second worker"
+            return len(pids) == 2
+
+        wait_until(both_workers_answered, 20, interval=0,
+                   what="a connection reaching the second worker")
         writers = [client(s) for _ in range(6)]
         for n, mc in enumerate(writers):
             for i in range(50):
@@ -117,8 +177,10 @@ def test_workers_share_port_and_store(tmp_path: Path) -> None:
             got = mc.get_many([f"w{n}-{i}" for n in range(6) for i in range(50)])
             assert len(got) == 300
         # Every worker's counters reach the node totals within the publishing period.
-        time.sleep(1.5)
-        assert readers[0].stats()[b"cmd_set"] >= 300
+        wait_until(lambda: readers[0].stats()[b"cmd_set"] >= 300, 10,
+                   what="both workers' sets in the node totals")
+        wait_until(lambda: scrape(s)["objstore_commands_total", (("command", "set"),)] >= 300,
+                   10, what="both workers' sets in worker 0's /metrics")
         for mc in writers + readers:
             mc.close()
         assert s.pid is not None
@@ -144,6 +206,7 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
+@pytest.mark.system
 def test_worker_killed_is_restarted(tmp_path: Path) -> None:
     """If a worker dies, the supervisor starts a new one and the port keeps serving."""
     with objstored(tmp_path, workers=2) as s:
@@ -151,18 +214,18 @@ def test_worker_killed_is_restarted(tmp_path: Path) -> None:
         assert supervisor is not None
         victim = _children(supervisor)[0]
         os.kill(victim, signal.SIGKILL)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
+
+        def replaced() -> bool:
             kids = _children(supervisor)
-            if len(kids) == 2 and victim not in kids:
-                break
-            time.sleep(0.1)
-        assert len(_children(supervisor)) == 2 and victim not in _children(supervisor)
+            return len(kids) == 2 and victim not in kids
+
+        wait_until(replaced, 15, interval=0.1, what="a new worker in place of the killed one")
         mc = client(s)
         assert mc.set("after", b"x") and mc.get("after") == b"x"
         mc.close()
 
 
+@pytest.mark.system
 def test_connection_limit(tmp_path: Path) -> None:
     """Past max_connections a client gets memcached's error and is closed."""
     with objstored(tmp_path, max_connections=3) as s:
@@ -175,14 +238,19 @@ def test_connection_limit(tmp_path: Path) -> None:
         assert extra.recv(100) == b""
         extra.close()
         held.pop().close()
-        time.sleep(0.2)
-        with s.connect() as again:
-            again.sendall(b"version\r\n")
-            assert again.recv(100).startswith(b"VERSION")
+
+        def served() -> bool:
+            # Until the server has seen the close, a new connection is still one too many.
+            with s.connect() as again:
+                again.sendall(b"version\r\n")
+                return again.recv(100).startswith(b"VERSION")
+
+        wait_until(served, 5, what="a connection accepted once one was closed")
         for sock in held:
             sock.close()
 
 
+@pytest.mark.system
 def test_serves_while_redis_is_down(tmp_path: Path) -> None:
     """With no Redis reachable objstored serves normally and keeps retrying its report."""
     with objstored(tmp_path, report_interval=0.2, report_ttl=2) as s:
@@ -190,10 +258,10 @@ def test_serves_while_redis_is_down(tmp_path: Path) -> None:
         for i in range(20):
             assert mc.set(f"r{i}", b"x")
             assert mc.get(f"r{i}") == b"x"
-        time.sleep(1.0)
+        wait_until(lambda: "load report to Redis failed" in s.log_tail(200), 10,
+                   what="a failed load report in the log")
         assert mc.version()
         mc.close()
-        assert "load report to Redis failed" in s.log_tail(200)
 
 
 def test_load_report_appears_in_redis_cluster(tmp_path: Path, redis_cluster: Any) -> None:
@@ -209,16 +277,19 @@ def test_load_report_appears_in_redis_cluster(tmp_path: Path, redis_cluster: Any
             mc.get("hot-key")
         host, _, port = nodes[0].rpartition(":")
         rc = RedisCluster(startup_nodes=[ClusterNode(host, int(port))])
-        deadline = time.monotonic() + 20
         report: Any = {}
         hot: Any = []
-        while time.monotonic() < deadline:
+
+        def reported() -> bool:
+            nonlocal report, hot
             report = rc.hgetall("objmail:node:{rep-1}:report")
             hot = rc.zrevrange("objmail:node:{rep-1}:hot", 0, -1, withscores=True)
             if report and hot and float(report[b"ops_get"]) > 0:
-                break
-            time.sleep(0.2)
+                return True
             mc.get("hot-key")
+            return False
+
+        wait_until(reported, 20, interval=0.2, what="a load report with gets and hot keys")
         assert report[b"node_id"] == b"rep-1" and report[b"zone"] == b"z9"
         assert report[b"addr"] == s.address.encode()
         assert int(report[b"items"]) == 1 and int(report[b"used_bytes"]) > 0
@@ -228,8 +299,6 @@ def test_load_report_appears_in_redis_cluster(tmp_path: Path, redis_cluster: Any
         mc.close()
         assert s.stop() == 0
         # A node that stops reporting disappears when its report expires.
-        deadline = time.monotonic() + 10
-        while rc.exists("objmail:node:{rep-1}:report") and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not rc.exists("objmail:node:{rep-1}:report")
+        wait_until(lambda: not rc.exists("objmail:node:{rep-1}:report"), 10, interval=0.2,
+                   what="the stopped node's report expired")
         rc.close()

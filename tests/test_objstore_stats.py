@@ -2,33 +2,48 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from objstore.stats import (
+    COMMIT_BUCKETS,
     COUNTER_NAMES,
     OP_INDEX,
     OP_NAMES,
+    STORE_NAMES,
     Counters,
     HotKeys,
     SharedSlots,
+    count_commit,
     totals,
 )
 
 
 def test_counters_snapshot_and_reset() -> None:
-    """A snapshot lists every counter then every op; reset keeps the connection gauge."""
+    """A snapshot lists every counter, every op, then the store's counts; reset keeps the
+    connection gauge."""
     c = Counters()
     c.cmd_get += 3
     c.curr_connections = 2
     c.ops[OP_INDEX[b"mg"]] += 5
+    store: collections.Counter[str] = collections.Counter()
+    count_commit(store, 0.003, 4)
+    count_commit(store, 2.0, 1)
+    c.sync_store(store)
     snap = c.snapshot()
-    assert len(snap) == len(COUNTER_NAMES) + len(OP_NAMES)
+    assert len(snap) == len(COUNTER_NAMES) + len(OP_NAMES) + len(STORE_NAMES)
     t = totals([snap, snap])
     assert t["cmd_get"] == 6 and t["ops_mg"] == 10
+    assert (t["commits"], t["committed_ops"], t["commit_microseconds"]) == (4, 10, 4_006_000)
+    # 3 ms falls in the 5 ms bucket, 2 s above the last bound (+Inf).
+    assert t[f"commit_bucket_{COMMIT_BUCKETS.index(0.005)}"] == 2
+    assert t[f"commit_bucket_{len(COMMIT_BUCKETS)}"] == 2
     c.reset()
     assert c.cmd_get == 0 and c.curr_connections == 2 and sum(c.ops) == 0
 
@@ -66,6 +81,7 @@ def test_hot_keys_sampling_sees_every_key_of_a_short_cycle() -> None:
     assert all(700 < c < 1300 for c in counts.values())
 
 
+@pytest.mark.system
 def test_shared_slots_between_processes(tmp_path: Path) -> None:
     """What one worker process publishes, another reads, hot keys included."""
     path = tmp_path / "workers.stats"

@@ -24,6 +24,8 @@ from pymemcache.exceptions import (
 
 from tests.objstore_process import Objstored, free_port, objstored
 
+pytestmark = pytest.mark.system
+
 MIB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[1]
 

@@ -91,6 +91,7 @@ def _needles(cluster: DevCluster) -> list[str]:
     return [f"127.0.0.1:{p} [cluster]" for p in ports] + [str(cluster.run_dir / "pg")]
 
 
+@pytest.mark.system
 def test_up_is_idempotent_and_down_leaves_nothing(own_cluster: DevCluster) -> None:
     """up starts everything once, a second up starts nothing, down leaves no process."""
     try:
@@ -109,6 +110,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(own_cluster: DevCluster) -> No
         assert not port_in_use("127.0.0.1", port)
 
 
+@pytest.mark.system
 def test_restart_after_down_reuses_data(own_cluster: DevCluster) -> None:
     """After down, up brings the same Redis Cluster back with its data."""
     host, port = own_cluster.redis_addresses[0]
@@ -127,6 +129,7 @@ def test_restart_after_down_reuses_data(own_cluster: DevCluster) -> None:
         own_cluster.down()
 
 
+@pytest.mark.system
 def test_port_taken_is_named(own_cluster: DevCluster) -> None:
     """up refuses to start when a port is taken, names the port, and starts nothing."""
     _host, port = own_cluster.redis_addresses[2]
@@ -142,6 +145,7 @@ def test_port_taken_is_named(own_cluster: DevCluster) -> None:
         own_cluster.down()
 
 
+@pytest.mark.system
 def test_cli_up_status_down(tmp_path: Path) -> None:
     """`objmail dev up/status/down` work from the command line with their exit codes."""
     config = make_test_config()
@@ -179,6 +183,7 @@ def test_env_override_points_at_existing_servers(test_cluster) -> None:
     assert cluster.stages() == []
 
 
+@pytest.mark.system
 def test_whole_cluster_up_twice_status_down(tmp_path: Path) -> None:
     """Every kind of process comes up healthy, a second up changes nothing, and down
     leaves no process of the cluster behind."""
@@ -200,6 +205,23 @@ def test_whole_cluster_up_twice_status_down(tmp_path: Path) -> None:
     assert all(s.state == "stopped" for s in cluster.status())
     leftovers = _processes_mentioning([*_needles(cluster), str(cluster.run_dir)])
     assert leftovers == []
+
+
+def test_dev_objstores_get_their_own_metrics_ports(tmp_path: Path) -> None:
+    """objstored-n serves metrics on objstore.metrics_listen's port + n - 1 (9111, 9112,
+    9113 by default), passed on its command line and checked as one of its ports; one
+    started specially serves none unless told where."""
+    from ops.config import Config
+
+    cluster = DevCluster(Config(), tmp_path, DevOptions(objstore_count=3))
+    specs = [cluster.spec(f"objstored-{n}") for n in (1, 2, 3)]
+    for n, spec in enumerate(specs, start=1):
+        at = spec.argv.index("--metrics-listen")
+        assert spec.argv[at + 1] == f"127.0.0.1:{9110 + n}"
+        assert spec.ports == (11210 + n, 9110 + n)
+    special = cluster.objstored_spec("x", "127.0.0.1", 1, tmp_path, zone="a")
+    assert special.argv[special.argv.index("--metrics-listen") + 1] == ""
+    assert special.ports == (1,)
 
 
 def test_free_ports_stay_out_of_the_ephemeral_range() -> None:

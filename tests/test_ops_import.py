@@ -208,7 +208,7 @@ def test_messages_over_the_size_limit_are_refused_and_the_rest_imported(
     config = dataclasses.replace(stack.config, imapd=dataclasses.replace(
         stack.config.imapd, max_message_size=limit))
     user = stack.new_user("limits")
-    importer = Importer(stack.store, Deliverer(stack.store, stack.blobs, config), user)
+    importer = Importer(stack.store, Deliverer(stack.store, stack.blobs, config.metadata, config.imapd.max_message_size), user)
     stats = stack.run(importer.run(discover(RLUG / "mbox.rlug")))
     assert (stats.imported, stats.failed) == (3, 2)
     assert len(stats.failures) == 2 and all("mbox.rlug message" in f for f in stats.failures)

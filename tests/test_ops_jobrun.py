@@ -9,7 +9,7 @@ from typing import Any
 
 from director.drainer import DrainStats
 from director.repairer import RepairStats
-from ops.jobrun import StopFlag, combine, human
+from ops.jobrun import StopFlag, combine, human, when
 
 
 class Ctx:
@@ -68,3 +68,13 @@ def test_human_sizes() -> None:
     """Byte counts print in binary units."""
     assert [human(n) for n in (0, 1023, 1536, 5 << 20, 3 << 40)] == \
         ["0 B", "1023 B", "1.5 KiB", "5.0 MiB", "3.0 TiB"]
+
+
+def test_when_reads_as_a_date_and_an_age() -> None:
+    """Status lines show a UTC date and how long ago, never a bare epoch."""
+    epoch = 1_796_656_801.0  # 2026-12-07 15:20:01 UTC
+    assert when(epoch, now=epoch + 5) == "2026-12-07 15:20:01 UTC (5 s ago)"
+    assert when(epoch, now=epoch + 180) == "2026-12-07 15:20:01 UTC (3 min ago)"
+    assert when(epoch, now=epoch + 7200) == "2026-12-07 15:20:01 UTC (2 h ago)"
+    assert when(epoch, now=epoch + 3 * 86400) == "2026-12-07 15:20:01 UTC (3 d ago)"
+    assert when(epoch, now=epoch - 1) == "2026-12-07 15:20:01 UTC"

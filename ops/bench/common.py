@@ -314,7 +314,8 @@ def objmail_config(seed: int | None = None) -> Config:
     return Config(
         cluster=ClusterConfig(pg_dsn=f"postgresql://postgres@127.0.0.1:{free_port()}/objmail",
                               redis_nodes=tuple(f"127.0.0.1:{redis + i}" for i in range(6))),
-        objstore=ObjstoreConfig(listen=f"127.0.0.1:{objstore}"),
+        objstore=ObjstoreConfig(listen=f"127.0.0.1:{objstore}",
+                                metrics_listen=f"127.0.0.1:{free_block(3, rng)}"),
         director=DirectorConfig(listen=free(), metrics_listen=free()),
         imapd=ImapdConfig(imap_listen=free(), imaps_listen=free(), pop3_listen=free(),
                           lmtp_listen=free(), metrics_listen=free()))

@@ -11,6 +11,7 @@ wheel) the standard loop serves the same way.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -23,3 +24,19 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
         loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     return loop
+
+
+def install_asyncio_reactor() -> Any:
+    """Install Twisted's asyncio reactor on :func:`new_event_loop`'s loop (before anything
+    imports ``twisted.internet.reactor``); the reactor.
+
+    imapd and directord run on it, so that their asyncio clients share its loop.
+    objstored does not: it keeps Twisted's default (epoll) reactor, chosen in each worker
+    after the fork, and needs nothing from asyncio.
+    """
+    from twisted.internet import asyncioreactor
+
+    asyncioreactor.install(new_event_loop())
+    from twisted.internet import reactor
+
+    return reactor

@@ -1,0 +1,105 @@
+"""The director's config: the ``[director]`` section, and what directord reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from runtime.config import GIB, KIB, MIB, ClusterConfig, check, parse_hostport
+
+#: The smallest ``director.gc_grace`` (and ``objmail gc --grace``) accepted by default:
+#: gc's guard must outlast nearly every delivery from upload to commit, or slow ones fail
+#: (temporarily: the commit re-checks its blobs) instead of landing.
+MIN_GC_GRACE = 600.0
+
+
+@dataclass(frozen=True)
+class DirectorConfig:
+    """Placement, replication and the blob client used in-process and by directord."""
+
+    listen: str = "127.0.0.1:11311"
+    max_connections: int = 1024
+    max_line: int = 8 * KIB
+    max_item_size: int = 1 * MIB
+    max_pipeline: int = 1024
+    idle_timeout: float = 0.0
+    slow_reader_timeout: float = 30.0
+    replicas: int = 2
+    write_quorum: int = 2
+    write_tier: str = "ssd"
+    compression_level: int = 1
+    encryption_key_file: str = ""
+    object_max_item_size: int = 1 * MIB
+    timeout: float = 2.0
+    cache_bytes: int = 64 * MIB
+    disk_cache_dir: str = ""
+    disk_cache_bytes: int = 1 * GIB
+    pool_size: int = 8
+    index_buckets: int = 65536
+    metrics_listen: str = "127.0.0.1:9101"
+    lease_ttl: float = 60.0
+    repair_interval: float = 30.0
+    repair_batch: int = 256
+    repair_max_blobs: int = 10000
+    repair_retry_delay: float = 300.0
+    repair_down_grace: float = 600.0
+    repair_scan_buckets: int = 4096
+    drain_interval: float = 10.0
+    drain_max_blobs: int = 10000
+    level_interval: float = 300.0
+    level_tolerance: float = 0.05
+    level_bytes_per_pass: int = 256 * MIB
+    level_scan_entries: int = 2000
+    gc_grace: float = 3600.0
+    gc_min_grace: float = MIN_GC_GRACE
+    index_write_replicas: int = 1
+    index_write_timeout: float = 1.0
+
+    def __post_init__(self) -> None:
+        parse_hostport(self.listen, "listen")
+        if self.metrics_listen:
+            parse_hostport(self.metrics_listen, "metrics_listen")
+        check(self.max_connections >= 1, "max_connections", "must be at least 1")
+        check(self.max_line >= 512, "max_line", "must be at least 512")
+        check(KIB <= self.max_item_size <= 64 * MIB, "max_item_size",
+              f"must be between 1 KiB and 64 MiB, got {self.max_item_size}")
+        check(self.max_pipeline >= 1, "max_pipeline", "must be at least 1")
+        check(self.idle_timeout >= 0, "idle_timeout", "must be 0 (off) or positive")
+        check(self.slow_reader_timeout >= 0, "slow_reader_timeout",
+              "must be 0 (off) or positive")
+        check(1 <= self.replicas <= 8, "replicas", f"must be 1..8, got {self.replicas}")
+        check(1 <= self.write_quorum <= self.replicas, "write_quorum",
+               f"must be 1..replicas ({self.replicas}), got {self.write_quorum}")
+        check(-1 <= self.compression_level <= 9, "compression_level",
+               "must be -1 (off) or 0..9")
+        check(KIB <= self.object_max_item_size <= 64 * MIB, "object_max_item_size",
+              "must be between 1 KiB and 64 MiB (the object servers' max_item_size)")
+        check(self.timeout > 0, "timeout", "must be positive")
+        check(self.pool_size >= 1, "pool_size", "must be at least 1")
+        check(16 <= self.index_buckets <= 1 << 28
+               and self.index_buckets & (self.index_buckets - 1) == 0, "index_buckets",
+               f"must be a power of two from 16 to 2^28, got {self.index_buckets}")
+        check(self.lease_ttl >= 1, "lease_ttl", "must be at least 1 second")
+        for key in ("repair_interval", "drain_interval", "level_interval"):
+            check(getattr(self, key) >= 0, key, "must be 0 (off) or positive")
+        for key in ("repair_batch", "repair_max_blobs", "repair_scan_buckets",
+                    "drain_max_blobs", "level_scan_entries"):
+            check(getattr(self, key) >= 1, key, "must be at least 1")
+        check(self.repair_retry_delay >= 0, "repair_retry_delay", "must not be negative")
+        check(self.repair_down_grace >= 0, "repair_down_grace", "must not be negative")
+        check(self.gc_min_grace >= 0, "gc_min_grace", "must not be negative")
+        check(self.gc_grace >= self.gc_min_grace, "gc_grace",
+              f"must be at least gc_min_grace ({self.gc_min_grace:g} s), got "
+              f"{self.gc_grace:g}")
+        check(0 <= self.index_write_replicas <= 8, "index_write_replicas",
+              f"must be 0..8, got {self.index_write_replicas}")
+        check(self.index_write_timeout > 0, "index_write_timeout", "must be positive")
+        check(0 < self.level_tolerance < 1, "level_tolerance",
+               f"must be a fraction of capacity between 0 and 1, got {self.level_tolerance}")
+        check(self.level_bytes_per_pass >= 1, "level_bytes_per_pass", "must be at least 1")
+
+@dataclass(frozen=True)
+class DirectordConfig:
+    """What directord reads of the file."""
+
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    director: DirectorConfig = field(default_factory=DirectorConfig)
