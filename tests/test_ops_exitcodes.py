@@ -143,6 +143,7 @@ def objmail(cwd: Path, *args: str, env: dict[str, str], stdin: str = ""
     return result, time.monotonic() - started
 
 
+@pytest.mark.system
 def test_commands_fail_fast_with_one_line_when_redis_and_postgres_are_down(
         tmp_path: Path) -> None:
     """With Redis Cluster and PostgreSQL on closed ports, commands of each kind exit 69
@@ -170,6 +171,7 @@ def test_commands_fail_fast_with_one_line_when_redis_and_postgres_are_down(
         assert took < 9.0, (args, took)
 
 
+@pytest.mark.system
 def test_deliver_defers_when_postgres_is_down(tmp_path: Path) -> None:
     """objmail deliver, an LDA, exits 75 (the MTA retries) rather than 69 (it bounces)."""
     env = {"OBJMAIL_PG_DSN": f"postgresql://objmail@127.0.0.1:{free_port()}/objmail"}
