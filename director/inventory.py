@@ -59,7 +59,6 @@ from typing import TYPE_CHECKING, Any
 from director.background import BackgroundJob, PassControl, PassStats, throttle
 from director.codec import CodecError, is_chunk_key
 from director.collector import ReferenceChecker
-from director.copier import probe
 from director.jobstate import JobState
 from director.keys import is_blob_id, item_index_id
 from director.memcache_client import NodeError
@@ -263,12 +262,12 @@ class Inventory(BackgroundJob[InventoryStats]):
         async def one(bid: str, found: _Unindexed) -> None:
             nonlocal read
             elsewhere = [n for n in where.get(bid, ()) if n != node.number]
-            if bid in live and len(elsewhere) < self.dconf.replicas:
+            if bid in live and len(elsewhere) < self.client.policy.replicas:
                 if elsewhere and not takes_blobs:
                     stats.kept += 1  # repair fills the copies elsewhere first
                     return
                 async with sem:
-                    seen = await probe(client, self.client.codec, bid)
+                    seen = await self.client.reader.probe(bid, client)
                 if seen.blob is not None:
                     read += seen.blob.stored_bytes
                     adopt.append(bid)
@@ -301,7 +300,7 @@ class Inventory(BackgroundJob[InventoryStats]):
         and the stored bytes read to tell."""
         client = self.client.node_client(node)
         if found.head is not None:
-            seen = await probe(client, self.client.codec, bid)
+            seen = await self.client.reader.probe(bid, client)
             if seen.health is Health.UNREACHABLE:
                 return None, 0
             return seen.blob is not None, seen.blob.stored_bytes if seen.blob else 0

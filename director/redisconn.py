@@ -51,6 +51,7 @@ from redis.backoff import NoBackoff
 
 from director.errors import IndexUnavailable, WriteUnconfirmed
 from runtime.config import parse_hostport
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +119,19 @@ def startup_nodes(addresses: Sequence[str]) -> list[ClusterNode]:
     return [ClusterNode(*parse_hostport(a, "cluster.redis_nodes")) for a in addresses]
 
 
-def new_cluster_client(addresses: Sequence[str], *, socket_timeout: float = 2.0) -> RedisCluster:
+def new_cluster_client(addresses: Sequence[str], *, socket_timeout: float = 2.0,
+                       auth: RedisAuth = NO_REDIS_AUTH) -> RedisCluster:
     """An unconnected asyncio cluster client; the runner does the retrying.
 
     redis-py's own retries are kept to one quick attempt so that the backoff and the
     deadline are ours (and the same for every operation).
+
+    :param auth: ACL user, password and TLS (``runtime.secrets.load_credentials``); every
+        node the client discovers is opened with them.
     """
     return RedisCluster(startup_nodes=startup_nodes(addresses), socket_timeout=socket_timeout,
                         socket_connect_timeout=socket_timeout, retry=Retry(NoBackoff(), 1),
-                        decode_responses=False)
+                        decode_responses=False, **auth.client_kwargs())
 
 
 class ClusterRunner:
@@ -196,6 +201,8 @@ class ClusterRunner:
                 # connect timeout: bound the whole first connection.
                 await asyncio.wait_for(self.client.initialize(), self.retry.unreachable)
         except rx.RedisClusterException as exc:
+            if isinstance(exc.__cause__, rx.AuthenticationError):
+                raise exc.__cause__ from None  # wrong credentials: not retried
             # "cannot be connected" / "slots not covered" while the cluster changes.
             raise rx.ConnectionError(str(exc)) from exc
 
@@ -208,6 +215,12 @@ class ClusterRunner:
             except _ScriptsMissing:
                 await self._load_scripts()
                 continue
+            except rx.AuthenticationError as exc:
+                # Retrying cannot fix a wrong ACL user or password (a ConnectionError to
+                # redis-py): say so at once, exit 69 at start-up, not after the deadline.
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                raise IndexUnavailable(f"Redis Cluster at {self._where()} refused the "
+                                       f"credentials: {exc}") from exc
             except RETRYABLE as exc:
                 failures += 1
                 self.stats.retries += 1
@@ -230,11 +243,15 @@ class ClusterRunner:
                 self._reached = True
                 return result
 
+    def _where(self) -> str:
+        """The startup nodes, for messages (the first three)."""
+        names = list(self.client.nodes_manager.startup_nodes)
+        return ",".join(names[:3]) + (",..." if len(names) > 3 else "")
+
     def _give_up(self, exc: BaseException, unreachable: bool) -> str:
         """One line for whoever reads it (an operator): where, and why, without the
         internals of which batch happened to fail."""
-        names = list(self.client.nodes_manager.startup_nodes)
-        where = ",".join(names[:3]) + (",..." if len(names) > 3 else "")
+        where = self._where()
         if unreachable:
             return f"Redis Cluster unreachable at {where}: {_reason(exc)}"
         return (f"Redis Cluster unavailable at {where} for {self.retry.deadline:.0f}s: "

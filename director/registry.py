@@ -28,7 +28,8 @@ from director.errors import RegistryDamaged, RegistryError, RemoveRefused, Unkno
 from director.index import LocationIndex, StripResult
 from director.keys import Keyspace, check_node_id
 from director.nodes import ADMIN_STATES, LoadReport, Node, NodeState, parse_report
-from director.placement import PlacementPolicy, Placer
+from director.placement import Placer
+from director.policy import PlacementPolicy
 from director.redisconn import (
     ClusterRunner,
     Command,
@@ -37,6 +38,7 @@ from director.redisconn import (
     new_cluster_client,
 )
 from runtime.config import parse_hostport
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
@@ -111,9 +113,9 @@ class Registry:
 
     @classmethod
     async def open(cls, addresses: Sequence[str], *, keys: Keyspace | None = None,
-                   retry: RetryPolicy | None = None,
+                   retry: RetryPolicy | None = None, auth: RedisAuth = NO_REDIS_AUTH,
                    clock: Callable[[], float] = time.time) -> Registry:
-        runner = ClusterRunner(new_cluster_client(addresses), retry=retry)
+        runner = ClusterRunner(new_cluster_client(addresses, auth=auth), retry=retry)
         return cls(runner, keys, clock=clock)
 
     async def aclose(self) -> None:

@@ -18,7 +18,8 @@ between batches instead of buffering it whole in memory.
 
 Everything about the connection lives here and nowhere else: the idle timeout (on the
 injected clock), STARTTLS/STLS (``transport.startTLS``, after which a fresh parser discards
-any plaintext the client pipelined), the connection limit, and failing nothing silently
+any plaintext the client pipelined), the connection limits (in all, and per client
+address, so one host cannot take every slot), and failing nothing silently
 when the client disconnects in the middle of a command (the command completes; its output
 is dropped; the session is closed after it).
 """
@@ -114,6 +115,7 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
         self._output_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._counted = False
+        self._host = "?"
         self._peer = "-"
 
     # -- what the subclass supplies -------------------------------------------------------
@@ -189,15 +191,19 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
-        self._peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        self._host = str(getattr(peer, "host", "?"))
+        self._peer = f"{self._host}:{getattr(peer, 'port', '?')}"
         factory = self.factory
-        if factory.open_connections >= factory.max_connections:
+        from_host = factory.per_address.get(self._host, 0)
+        if factory.open_connections >= factory.max_connections or (
+                0 < factory.max_per_address <= from_host):
             self.transport.write(self.too_many_connections)
             self._closing = True
             self.transport.loseConnection()
             return
         self._counted = True
         factory.open_connections += 1
+        factory.per_address[self._host] = from_host + 1
         factory.protocols.add(self)
         no_delay(self.transport)
         self._accepted()
@@ -218,6 +224,9 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
             self._counted = False
             self.factory.open_connections -= 1
             self.factory.protocols.discard(self)
+            left = self.factory.per_address.pop(self._host) - 1
+            if left:
+                self.factory.per_address[self._host] = left
         if not self._busy:
             self._close_session()
 
@@ -321,5 +330,8 @@ class SessionFactory(Factory, Generic[ProtocolT]):
         self.clock = clock if clock is not None else backend.clock
         self.max_connections = backend.config.max_connections
         self.open_connections = 0
+        #: Connections per client address (``max_per_address`` at most; 0: no limit).
+        self.max_per_address = backend.config.max_connections_per_address
+        self.per_address: dict[str, int] = {}
         self.protocols: set[ProtocolT] = set()
 

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 MAX_RECIPIENTS = 1000
 #: ``<local@domain>`` with optional ESMTP parameters after it.
 _PATH = re.compile(r"^\s*<([^<>]*)>\s*(.*)$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass
@@ -162,6 +163,8 @@ class LMTPSession:
         if len(self.txn.recipients) >= MAX_RECIPIENTS:
             return ["452 4.5.3 Too many recipients"]
         address = parsed[0]
+        if _CONTROL.search(address):  # no user is called that (NUL cannot even be looked up)
+            return [f"550 5.1.1 <{_CONTROL.sub('', address)}>: no such user here"]
         try:
             user, mailbox = await self._resolve(address)
         except Exception as exc:  # CancelledError is not one
@@ -190,21 +193,36 @@ class LMTPSession:
         return user, "INBOX"
 
     async def data(self, message: MessageData) -> list[str]:
+        """Exactly one reply per accepted recipient, in RCPT order, whatever happens: the
+        MTA waits for each, and one missing reply stalls the connection until it times
+        out (RFC 2033 4.2).  An unexpected failure is a temporary one for every recipient
+        not answered."""
+        assert self.txn is not None
+        count = len(self.txn.recipients)
+        try:
+            replies = await self._data_replies(message)
+        except Exception:
+            log.exception("LMTP DATA failed")
+            replies = []
+        if len(replies) != count:
+            replies = ["451 4.3.0 Internal error, try again later"] * count
+        return replies
+
+    async def _data_replies(self, message: MessageData) -> list[str]:
         """One reply per accepted recipient, in RCPT order."""
         txn, self.txn = self.txn, None
         assert txn is not None
         count = len(txn.recipients)
         if message.too_big or message.size > self.max_size:
             return [lmtp_reply(MessageTooBig(message.size, self.max_size))] * count
-        try:
-            prepared = await self.deliverer.prepare(message.data)
-            await self.deliverer.upload(prepared)
-        except Exception as exc:
-            log_failure(log, exc, f"delivery from <{txn.sender}>")
-            return [lmtp_reply(exc)] * count
 
         async def one(address: str, user: User, mailbox: str) -> str:
             try:
+                # Each recipient's copy starts with its own trace fields; the rest of the
+                # message splits into the same blobs, so only a small skeleton is new.
+                prepared = await self.deliverer.prepare(
+                    trace_fields(txn.sender, address, message.data) + message.data)
+                await self.deliverer.upload(prepared)
                 done = await self.deliverer.commit(user, prepared, mailbox=mailbox)
             except Exception as exc:
                 log_failure(log, exc, f"delivery to <{address}>")
@@ -214,6 +232,20 @@ class LMTPSession:
             return f"250 2.0.0 <{address}> delivered as UID {done.uid}"
 
         return list(await asyncio.gather(*(one(*r) for r in txn.recipients)))
+
+
+def trace_fields(sender: str, recipient: str, raw: bytes) -> bytes:
+    """``Return-Path:`` (the envelope sender) and ``Delivered-To:`` (the recipient) as the
+    final delivery agent adds them (RFC 5321 4.4), with the message's own line ending.
+    Control characters an MTA could slip into an address are dropped."""
+    first = raw.find(b"\n")
+    eol = b"\n" if first == 0 or (first > 0 and raw[first - 1] != 0x0D) else b"\r\n"
+
+    def clean(address: str) -> bytes:
+        return _CONTROL.sub("", address).encode("utf-8", "replace")
+
+    return (b"Return-Path: <" + clean(sender) + b">" + eol
+            + b"Delivered-To: " + clean(recipient) + eol)
 
 
 class LMTPProtocol(protocol.Protocol):

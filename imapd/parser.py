@@ -86,6 +86,10 @@ class Limits:
         keeps below it by pausing the transport at :attr:`pause_buffer`.
     :ivar pause_buffer: octets buffered at which :attr:`Parser.should_pause` turns true.
     :ivar max_search_depth: deepest nesting of SEARCH criteria (parentheses, NOT, OR).
+    :ivar max_prelogin_literal: the largest literal of any command before
+        :meth:`Parser.end_prelogin` (RFC 7888 LITERAL-'s bound): a client that has not
+        logged in has no use for more, and a larger non-synchronizing one is answered BAD
+        and the connection given up instead of reading (or skipping) its octets.
     """
 
     max_line: int = 64 * KiB
@@ -96,6 +100,7 @@ class Limits:
     max_buffer: int = 1 * MiB
     pause_buffer: int = 256 * KiB
     max_search_depth: int = 64
+    max_prelogin_literal: int = 4 * KiB
 
     def __post_init__(self) -> None:
         for name in (
@@ -106,6 +111,7 @@ class Limits:
             "max_buffer",
             "pause_buffer",
             "max_search_depth",
+            "max_prelogin_literal",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Limits.{name} must be positive")
@@ -250,7 +256,9 @@ def _head(first_line: bytes) -> tuple[str | None, str]:
 class Parser:
     """Turns the client's byte stream into IMAP events; see the module docstring."""
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, *, prelogin: bool = False) -> None:
+        """:param prelogin: the client has not logged in yet: literals are bound by
+        :attr:`Limits.max_prelogin_literal` until :meth:`end_prelogin`."""
         self.limits = limits or Limits()
         self._buf = bytearray()
         self._pos = 0  # start of unconsumed input (and of the current line)
@@ -272,6 +280,7 @@ class Parser:
         self._skip_tail = b""
         # IDLE / AUTHENTICATE.
         self._mode_tag = ""
+        self._prelogin = prelogin
 
     # -- input ------------------------------------------------------------------------------
 
@@ -328,6 +337,10 @@ class Parser:
         self._pending = None
         self._reset_command()
         self._state = ParserState.COMMAND
+
+    def end_prelogin(self) -> None:
+        """The client has logged in: literals up to the full limits from now on."""
+        self._prelogin = False
 
     def start_idle(self, tag: str) -> None:
         """Expect the line ending IDLE (call after answering IDLE with ``+ idling``)."""
@@ -459,7 +472,14 @@ class Parser:
         limit = (
             self.limits.max_append_literal if self._command == "APPEND" else self.limits.max_literal
         )
+        if self._prelogin:
+            limit = min(limit, self.limits.max_prelogin_literal)
         return min(limit, self.limits.max_command_literals - self._literal_total)
+
+    def _max_discard(self) -> int:
+        """The largest refused non-synchronizing literal read and thrown away: none before
+        login (the connection is given up instead)."""
+        return 0 if self._prelogin else self.limits.max_discard
 
     def _on_marker(self, marker: _Marker) -> Event | None:
         tag, command = self._tag, self._command
@@ -490,7 +510,7 @@ class Parser:
         self, tag: str | None, marker: _Marker, text: str, code: ResponseCode | None = TOOBIG
     ) -> Event:
         """Answer a command whose non-synchronizing literal is already on its way, and skip it."""
-        if marker.size > self.limits.max_discard:
+        if marker.size > self._max_discard():
             self._die("Literal too large to skip")
         else:
             self._remaining = marker.size
@@ -551,7 +571,7 @@ class Parser:
         self._skip_tail = b""
         marker = _marker(tail.rstrip(b"\r"))
         if marker is not None and not marker.sync:
-            if marker.size > self.limits.max_discard:
+            if marker.size > self._max_discard():
                 self._die("Literal too large to skip")
                 return True
             self._remaining = marker.size

@@ -6,7 +6,7 @@ installed and running) and close it on that same loop.  Every multi-row change r
 :meth:`Database.transaction`; reads that need one consistent view too.
 
 Driver exceptions that mean "PostgreSQL is not there" (refused connection, server shutdown,
-connection lost mid-query, pool acquire timeout) leave as :class:`~metadata.errors.Unavailable`
+connection lost mid-query, pool acquire timeout, refused credentials) leave as :class:`~metadata.errors.Unavailable`
 and "the schema is missing" as :class:`~metadata.errors.SchemaError`; callers map only these
 two to their protocol.  Everything else (constraint violations the store did not expect,
 syntax errors) stays a driver exception: a bug.
@@ -23,7 +23,8 @@ import asyncpg
 
 from metadata.errors import SchemaError, Unavailable
 
-__all__ = ["UNAVAILABLE", "Database", "translate_errors", "unreachable", "where"]
+__all__ = ["SERVER_SETTINGS", "UNAVAILABLE", "Database", "translate_errors", "unreachable",
+           "where"]
 
 #: Driver errors that mean the server is unreachable or went away.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -34,6 +35,12 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
     asyncpg.exceptions.ConnectionDoesNotExistError,
 )
+
+
+#: Set on every pooled connection when it opens.  The queries are short OLTP ones over one
+#: user's rows; a trigram SEARCH over a large mailbox can pass the planner's JIT cost
+#: threshold, and compiling it takes longer than running it.
+SERVER_SETTINGS = {"jit": "off"}
 
 
 @contextlib.contextmanager
@@ -47,6 +54,10 @@ def translate_errors() -> Iterator[None]:
                           "run `objmail db migrate`") from exc
     except UNAVAILABLE as exc:
         raise Unavailable(f"PostgreSQL unavailable: {exc or type(exc).__name__}") from exc
+    except asyncpg.exceptions.InvalidAuthorizationSpecificationError as exc:
+        # A wrong password or user, or pg_hba.conf refusing us: unusable until an operator
+        # fixes the credentials (a daemon exits 69 at start-up, a command says NO/451).
+        raise Unavailable(f"PostgreSQL refused the credentials: {exc}") from exc
 
 
 def unreachable(dsn: str, exc: BaseException) -> Unavailable:
@@ -112,20 +123,26 @@ class Database:
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10,
                    acquire_timeout: float = 10.0, command_timeout: float | None = 60.0,
-                   ) -> Database:
+                   password: str | None = None) -> Database:
         """Connect the pool (``min_size`` connections at once).
+
+        :param password: the DSN user's password (``cluster.pg_password_file``, read by
+            ``main()``), kept out of the DSN so it never shows in a config or a log.
 
         :param acquire_timeout: seconds to wait for a free connection before
             :class:`Unavailable`.
         :param command_timeout: seconds a single statement may run.
         :raises Unavailable: PostgreSQL cannot be reached.
         """
-        try:
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                             command_timeout=command_timeout,
-                                             timeout=acquire_timeout, reset=_keep_session)
-        except UNAVAILABLE as exc:
-            raise unreachable(dsn, exc) from exc
+        with translate_errors():  # refused credentials
+            try:
+                pool = await asyncpg.create_pool(dsn, password=password,
+                                                 min_size=min_size, max_size=max_size,
+                                                 command_timeout=command_timeout,
+                                                 timeout=acquire_timeout, reset=_keep_session,
+                                                 server_settings=SERVER_SETTINGS)
+            except UNAVAILABLE as exc:
+                raise unreachable(dsn, exc) from exc
         return cls(pool, dsn, acquire_timeout)
 
     async def close(self) -> None:

@@ -190,9 +190,10 @@ async def check_schema(conn: asyncpg.Connection,
 
 
 async def _with_connection(dsn: str, migrations: Sequence[Migration] | None,
-                           apply: bool) -> list[Migration] | list[MigrationState]:
+                           apply: bool, password: str | None,
+                           ) -> list[Migration] | list[MigrationState]:
     try:
-        conn = await asyncpg.connect(dsn)
+        conn = await asyncpg.connect(dsn, password=password)
     except UNAVAILABLE as exc:
         raise unreachable(dsn, exc) from exc
     try:
@@ -203,13 +204,15 @@ async def _with_connection(dsn: str, migrations: Sequence[Migration] | None,
         await conn.close()
 
 
-def migrate_dsn(dsn: str, migrations: Sequence[Migration] | None = None) -> list[Migration]:
+def migrate_dsn(dsn: str, migrations: Sequence[Migration] | None = None, *,
+                password: str | None = None) -> list[Migration]:
     """:func:`migrate` on a fresh connection to ``dsn``, for synchronous callers (CLI, launcher)."""
-    result = asyncio.run(_with_connection(dsn, migrations, apply=True))
+    result = asyncio.run(_with_connection(dsn, migrations, True, password))
     return [m for m in result if isinstance(m, Migration)]
 
 
-def status_dsn(dsn: str, migrations: Sequence[Migration] | None = None) -> list[MigrationState]:
+def status_dsn(dsn: str, migrations: Sequence[Migration] | None = None, *,
+               password: str | None = None) -> list[MigrationState]:
     """:func:`status` on a fresh connection to ``dsn``, for synchronous callers."""
-    result = asyncio.run(_with_connection(dsn, migrations, apply=False))
+    result = asyncio.run(_with_connection(dsn, migrations, False, password))
     return [s for s in result if isinstance(s, MigrationState)]

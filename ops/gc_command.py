@@ -61,7 +61,8 @@ def run(ctx: CommandContext) -> int:
         return EX_USAGE
 
     async def work(client: BlobClient, stop: StopFlag) -> int:
-        store = await MetadataStore.open(ctx.config.cluster.pg_dsn, pool_min=1, pool_max=2)
+        store = await MetadataStore.open(ctx.config.cluster.pg_dsn, pool_min=1, pool_max=2,
+                                         password=ctx.credentials.pg_password)
         try:
             # metadata's References is the collector's ReferenceChecker.
             collector = Collector(client, store.references, grace=ctx.args.grace)

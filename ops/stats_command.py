@@ -23,6 +23,7 @@ from ops.cli import EX_OK, CommandContext
 from ops.config import Config, parse_hostport
 from ops.exitcodes import FAILURES, fail
 from ops.node_command import CLI_RETRY
+from runtime.secrets import Credentials
 
 
 @dataclass(frozen=True)
@@ -54,18 +55,21 @@ async def node_bytes(node: Node, timeout: float) -> int | None:
         await client.close()
 
 
-async def collect(config: Config, *, retry: RetryPolicy | None = None) -> StorageStats:
+async def collect(config: Config, credentials: Credentials, *,
+                  retry: RetryPolicy | None = None) -> StorageStats:
     """Gather the figures from PostgreSQL, the registry, the index and the nodes.
 
     :param retry: how long Redis operations are retried (the command waits less than the
         daemons' default).
     """
-    store = await MetadataStore.open(config.cluster.pg_dsn, pool_min=1, pool_max=2)
+    store = await MetadataStore.open(config.cluster.pg_dsn, pool_min=1, pool_max=2,
+                                     password=credentials.pg_password)
     try:
         totals = await store.users.totals()
     finally:
         await store.close()
-    async with await RedisState.open(config.cluster, config.director, retry=retry) as state:
+    async with await RedisState.open(config.cluster, config.director, retry=retry,
+                                     auth=credentials.redis) as state:
         nodes = [n for n in (await state.registry.snapshot()).nodes
                  if n.state is not NodeState.REMOVED]
         blobs = await state.index.count()
@@ -91,7 +95,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(ctx: CommandContext) -> int:
     try:
-        stats = asyncio.run(collect(ctx.config, retry=CLI_RETRY))
+        stats = asyncio.run(collect(ctx.config, ctx.credentials, retry=CLI_RETRY))
     except FAILURES as exc:
         return fail(ctx, exc, "objmail stats")
     if ctx.args.json:

@@ -35,7 +35,7 @@ from imapd.lmtp import LMTPSession
 from imapd.lmtp_parser import Command, MessageData
 from ops.cli import EX_OK, EX_USAGE, main
 from ops.config import Config, ConfigError, DirectorConfig, to_toml
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, redis_auth
 from tests.director_installation import Installation, installation_fixture
 from tests.mailstack import MailStack, open_stack
 
@@ -356,7 +356,8 @@ def test_a_grace_below_the_minimum_is_refused(config: Config, tmp_path: Path,
     assert "below the minimum of 600 s" in capsys.readouterr().err
 
     async def build() -> None:
-        client = await BlobClient.open(strict.cluster, strict.director)
+        client = await BlobClient.open(strict.cluster, strict.director,
+                                       auth=redis_auth(strict.cluster))
         try:
             with pytest.raises(ValueError, match="below the minimum"):
                 Collector(client, _NoReferences(), grace=3.0)

@@ -50,7 +50,8 @@ def lmtp(server: Imapd) -> smtplib.LMTP:
 
 
 def test_smtplib_delivers_to_several_recipients(imapd: Imapd, stack: MailStack) -> None:
-    """One LMTP transaction, three recipients: 250 for known users, 550 for the unknown."""
+    """One LMTP transaction, three recipients: 250 for known users, 550 for the unknown;
+    each stored copy starts with its trace fields."""
     a, b = stack.new_user("wa"), stack.new_user("wb")
     # A CRLF message with no line starting with a dot: smtplib sends it unchanged.
     raw = (CORPUS / "apache-james-mime4j/mimetools-testmsgs/bluedot-simple.msg").read_bytes()
@@ -67,7 +68,9 @@ def test_smtplib_delivers_to_several_recipients(imapd: Imapd, stack: MailStack) 
     assert set(refused) == {"nobody-x@example.org"}
     assert refused["nobody-x@example.org"][0] == 550
     for user in (a, b):
-        assert stack.only_message(user) == raw
+        assert stack.only_message(user) == (
+            f"Return-Path: <sender@example.org>\r\nDelivered-To: {user.name}@example.org\r\n"
+            .encode() + raw)
 
 
 def lmtp_replies(server: Imapd) -> dict[tuple[str, str], float]:
@@ -131,7 +134,7 @@ def test_fanout_from_parallel_connections(imapd: Imapd, stack: MailStack) -> Non
     the attachment stored once."""
     attachment = b"%PDF-1.5\n" + os.urandom(64 * 1024)
     users = [stack.new_user("fo").name for _ in range(FANOUT_USERS)]
-    before = stack.run(collect(stack.config))
+    before = stack.run(collect(stack.config, stack.credentials))
 
     def connection(share: list[int]) -> int:
         client = lmtp(imapd)
@@ -150,7 +153,7 @@ def test_fanout_from_parallel_connections(imapd: Imapd, stack: MailStack) -> Non
         shares = [list(range(i, FANOUT_USERS, CONNECTIONS)) for i in range(CONNECTIONS)]
         assert sum(pool.map(connection, shares)) == FANOUT_USERS
     elapsed = time.monotonic() - started
-    after = stack.run(collect(stack.config))
+    after = stack.run(collect(stack.config, stack.credentials))
     print(f"\n{FANOUT_USERS} deliveries over {CONNECTIONS} LMTP connections: "
           f"{elapsed:.1f}s, {FANOUT_USERS / elapsed:.0f} msg/s")
     assert after.messages - before.messages == FANOUT_USERS

@@ -976,3 +976,30 @@ def test_fuzz_mutated_lines_resync(line, edits):
     events = feed_whole(bytes(body) + b"\r\nzz NOOP\r\n", FUZZ_LIMITS)
     assert events[-1] == c.Noop("zz")
     assert len(events) <= 2
+
+
+def test_before_login_literals_are_bound_by_max_prelogin_literal():
+    """Before end_prelogin, a literal above max_prelogin_literal is refused: synchronizing
+    with BAD [TOOBIG] before any octet, non-synchronizing with BAD [TOOBIG] and
+    Fatal, none of its octets kept; fed whole or byte by byte; after end_prelogin the
+    usual limits apply."""
+    limits = dataclasses.replace(SMALL, max_prelogin_literal=10)
+    parser = Parser(limits, prelogin=True)
+    parser.feed(b"a LOGIN {10+}\r\n0123456789 x\r\nb LOGIN {11}\r\n")
+    assert drain(parser) == [c.Login("a", "0123456789", "x"),
+                             BadCommand("b", "Literal too large", TOOBIG, Status.BAD)]
+    parser.end_prelogin()
+    parser.feed(b"c APPEND INBOX {11}\r\n")
+    assert parser.next_event() == ContinuationNeeded("c", "APPEND", 11)
+    wire = b"a APPEND INBOX {200+}\r\n" + b"x" * 200 + b"\r\nb NOOP\r\n"
+    for bytewise in (False, True):
+        parser = Parser(limits, prelogin=True)
+        events: list[Event] = []
+        for chunk in ([wire[i:i + 1] for i in range(len(wire))] if bytewise else [wire]):
+            parser.feed(chunk)
+            events.extend(drain(parser))
+            if events and isinstance(events[-1], Fatal):
+                break
+        assert events == [BadCommand("a", "Literal too large", TOOBIG),
+                          Fatal("Literal too large to skip")]
+        assert parser.buffered_bytes == 0
