@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -51,6 +50,7 @@ from redis.backoff import NoBackoff
 
 from director.errors import IndexUnavailable, WriteUnconfirmed
 from runtime.config import parse_hostport
+from runtime.errors import reason
 from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 log = logging.getLogger(__name__)
@@ -253,9 +253,9 @@ class ClusterRunner:
         internals of which batch happened to fail."""
         where = self._where()
         if unreachable:
-            return f"Redis Cluster unreachable at {where}: {_reason(exc)}"
+            return f"Redis Cluster unreachable at {where}: {reason(exc)}"
         return (f"Redis Cluster unavailable at {where} for {self.retry.deadline:.0f}s: "
-                f"{_reason(exc)}")
+                f"{reason(exc)}")
 
     async def _run_once(self, commands: Sequence[Command], durable: bool) -> list[Any]:
         replies = await self._execute(commands, durable)
@@ -345,17 +345,6 @@ def _connection_failed(exc: BaseException) -> bool:
     """Whether ``exc`` comes from a connection that could not be made (a socket error
     underneath), as opposed to a cluster that answered (CLUSTERDOWN, MOVED...)."""
     return any(isinstance(e, OSError) for e in _causes(exc))
-
-
-def _reason(exc: BaseException) -> str:
-    """The root cause in a few words: ``Connection refused``, ``timed out``..."""
-    chain = _causes(exc)
-    for e in reversed(chain):
-        if isinstance(e, TimeoutError):
-            return "timed out"
-        if isinstance(e, OSError) and e.errno:
-            return os.strerror(e.errno)
-    return " ".join(str(chain[-1]).split()) or type(chain[-1]).__name__
 
 
 class _ScriptsMissing(Exception):

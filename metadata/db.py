@@ -15,13 +15,13 @@ syntax errors) stays a driver exception: a bug.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
 from metadata.errors import SchemaError, Unavailable
+from runtime.errors import reason
 
 __all__ = ["SERVER_SETTINGS", "UNAVAILABLE", "Database", "translate_errors", "unreachable",
            "where"]
@@ -64,7 +64,7 @@ def unreachable(dsn: str, exc: BaseException) -> Unavailable:
     """The error for a connection to ``dsn`` that could not be made: one line naming the
     server and the cause (``PostgreSQL unreachable at db1:5432/objmail: Connection
     refused``)."""
-    return Unavailable(f"PostgreSQL unreachable at {where(dsn)}: {_reason(exc)}")
+    return Unavailable(f"PostgreSQL unreachable at {where(dsn)}: {reason(exc)}")
 
 
 def where(dsn: str) -> str:
@@ -75,15 +75,6 @@ def where(dsn: str) -> str:
     host = parts.netloc.rpartition("@")[2] or parse_qs(parts.query).get(
         "host", ["localhost"])[0]
     return host + (parts.path if parts.path not in ("", "/") else "")
-
-
-def _reason(exc: BaseException) -> str:
-    """The cause in a few words (``Connection refused``), not the driver's internals."""
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno)
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -15,6 +15,9 @@ an internal error and logs with its traceback.
 
 from __future__ import annotations
 
+import os
+import ssl
+
 __all__ = [
     "KINDS",
     "Corruption",
@@ -24,6 +27,7 @@ __all__ = [
     "Misconfigured",
     "Unavailable",
     "kind_of",
+    "reason",
 ]
 
 
@@ -73,3 +77,21 @@ def kind_of(exc: BaseException) -> type[Error] | None:
     if isinstance(exc, OSError):
         return Unavailable
     return None
+
+
+def reason(exc: BaseException) -> str:
+    """Why a connection failed, in a few words an operator reads (``Connection refused``,
+    ``timed out``, ``TLS handshake failed (CERTIFICATE_VERIFY_FAILED)``), from the
+    innermost cause of ``exc`` that says it, rather than a driver's message."""
+    chain = [exc]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None \
+            and nxt not in chain:
+        chain.append(nxt)
+    for e in reversed(chain):
+        if isinstance(e, ssl.SSLError):  # its errno is OpenSSL's, not the OS's
+            return f"TLS handshake failed ({getattr(e, 'reason', None) or e.strerror or e})"
+        if isinstance(e, TimeoutError):
+            return "timed out"
+        if isinstance(e, OSError) and e.errno:
+            return os.strerror(e.errno)
+    return " ".join(str(chain[-1]).split()) or type(chain[-1]).__name__

@@ -131,7 +131,8 @@ def test_a_cluster_reached_before_gets_the_whole_deadline(redis_cluster: Running
             raise rx.ConnectionError("injected") from exc
 
     async def go() -> str:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes),
+        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes,
+                                                  auth=redis_cluster.auth),
                                retry=RetryPolicy(deadline=8.0, unreachable=1.0),
                                sleep=fake_sleep, monotonic=lambda: clock[0])
         try:
@@ -325,8 +326,9 @@ def test_cluster_client_speaks_tls_with_client_certificate_and_acl_user(
             await runner.aclose()
 
     assert asyncio.run(batch(auth)) == [b"v"]
-    refused = [(dataclasses.replace(auth, tls=False), "cannot be connected"),
-               (dataclasses.replace(auth, tls_cert="", tls_key=""), "cannot be connected"),
+    refused = [(dataclasses.replace(auth, tls=False), "unreachable at"),
+               (dataclasses.replace(auth, tls_cert="", tls_key=""),
+                "unreachable at .*: TLS handshake failed"),
                (dataclasses.replace(auth, password=None), "invalid username-password")]
     for wrong, why in refused:
         with pytest.raises(IndexUnavailable, match=why):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import ssl
 
 import pytest
 
@@ -70,3 +71,29 @@ def test_kind_of(exc: BaseException, kind: type | None) -> None:
     """kind_of names an error's kind; an OSError that escaped unwrapped counts as
     unavailable; anything else is a bug (None)."""
     assert kinds.kind_of(exc) is kind
+
+
+def _raised_from(outer: Exception, inner: BaseException) -> Exception:
+    try:
+        try:
+            raise inner
+        except BaseException as exc:
+            raise outer from exc
+    except Exception as caught:
+        return caught
+
+
+@pytest.mark.parametrize(("exc", "text"), [
+    (_raised_from(RuntimeError("Error 111 connecting to h:1. Connect call failed"),
+                  ConnectionRefusedError(111, "Connect call failed ('h', 1)")),
+     "Connection refused"),
+    (_raised_from(RuntimeError("driver internals"), TimeoutError()), "timed out"),
+    (_raised_from(RuntimeError("x"), ssl.SSLCertVerificationError(
+        1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")),
+     "TLS handshake failed"),
+    (RuntimeError("no  socket\nunderneath"), "no socket underneath"),
+])
+def test_reason_names_the_root_cause(exc: Exception, text: str) -> None:
+    """reason() gives the innermost cause in an operator's words: the OS's for a socket
+    error, never OpenSSL's errno read as an OS one, else the message on one line."""
+    assert kinds.reason(exc).startswith(text)
