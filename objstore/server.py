@@ -44,6 +44,7 @@ from objstore.replies import ErrorReply, Reply, error_reply, serialize_into
 from objstore.stats import Counters
 from runtime.directwrite import nothing_queued, send_now
 from runtime.errors import kind_of
+from runtime.receivebuffer import RemoteProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,11 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
                     if len(self._slots) >= limit:
                         self._pause_reading()
                         break
-                    cmd = parser.next_command()
+                    try:
+                        cmd = parser.next_command()
+                    except RemoteProtocolError as exc:
+                        # The peer broke a limit: memcached's words for it, then close.
+                        cmd = p.ProtocolError(b"CLIENT_ERROR " + exc.reason.encode(), fatal=True)
                     if cmd is p.NEED_DATA:
                         break
                     if self._inflight and not self._is_write(cmd):  # type: ignore[arg-type]
