@@ -62,6 +62,7 @@ COMMAND_MODULES = (
     "ops.repair_command",
     "ops.level_command",
     "ops.inventory_command",
+    "ops.index_command",
     "ops.gc_command",
     "ops.scrub_command",
     "ops.import_command",
