@@ -59,6 +59,7 @@ COMMAND_MODULES = (
     "ops.user_command",
     "ops.deliver_command",
     "ops.stats_command",
+    "ops.status_command",
     "ops.repair_command",
     "ops.level_command",
     "ops.inventory_command",
