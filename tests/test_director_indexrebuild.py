@@ -5,6 +5,7 @@ resumes where it was stopped; it keeps gc and the node's inventory from running.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from typing import Any
 
@@ -16,6 +17,7 @@ from director.errors import LeaseHeld
 from director.indexrebuild import IndexRebuild
 from director.keys import item_index_id
 from director.lease import Lease
+from ops.cli import EX_OK, EX_TEMPFAIL, EX_USAGE, main
 from tests.director_installation import Installation, installation_fixture, with_client
 
 inst = installation_fixture("indexrebuild", objstores=3, cache_bytes=0, timeout=0.5)
@@ -153,3 +155,34 @@ def test_rebuild_keeps_gc_and_inventory_out(inst: Installation) -> None:
     job, seen = with_client(inst.config, go)
     assert job == "gc"
     assert seen == [False, False, True, True]
+
+
+def test_index_rebuild_command(inst: Installation, capsys: pytest.CaptureFixture[str]) -> None:
+    """objmail index rebuild --status shows a run stopped midway, --cancel forgets it, a
+    run to the end says what it did and exits 75 while a copy is bad (the first test's
+    foreign key), naming it; an unknown --node is a usage error."""
+    async def cut(client: BlobClient) -> None:
+        blobs, items = await put_mail_like(client, 10)
+        await forget(client, list(blobs), items)
+        assert (await IndexRebuild(client, page=4).run_once(max_items=1)).interrupted
+
+    with_client(inst.config, cut)
+    config = str(inst.cluster.config_path)
+
+    def objmail(*args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = main(["--config", config, "index", "rebuild", *args])
+        return code, capsys.readouterr().out
+
+    code, out = objmail("--status", "--json")
+    assert code == EX_OK and json.loads(out)["running"] and json.loads(out)["items"] == 4
+    code, out = objmail("--status")
+    assert "a run is in progress since" in out and "4 entries done" in out
+    assert objmail("--cancel")[0] == EX_OK
+    assert "no run in progress" in objmail("--status")[1]
+    code, out = objmail()
+    assert code == EX_TEMPFAIL, out
+    assert "index-rebuild: done: 3 of 3 node(s)" in out and ", 1 bad," in out
+    assert "bad copy (left unindexed): objstored-1: " in out
+    assert "the last finished at" in objmail("--status")[1]
+    assert objmail("--node", "nosuch")[0] == EX_USAGE
