@@ -25,14 +25,16 @@ from director.client import BlobClient
 from director.indexrebuild import RUN_FIELDS, IndexRebuild, RebuildStats
 from director.nodes import Node
 from ops.cli import EX_OK, EX_TEMPFAIL, EX_USAGE, CommandContext
-from ops.config import ConfigError, parse_size
+from ops.config import ConfigError
 from ops.jobrun import (
     EX_INTERRUPTED,
     ProgressLine,
     StopFlag,
+    add_run_arguments,
     cancel_run,
     combine,
     human,
+    parse_rate,
     run_job,
     when,
 )
@@ -46,28 +48,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "rebuild", help="index every verified copy the object servers hold (online, "
                         "resumable); registers lost nodes again with their numbers")
     rebuild.add_argument("--node", metavar="ID", help="only this object server's keys")
-    rebuild.add_argument("--rate", metavar="BYTES", default=None,
-                         help="read at most this much per second to verify copies (e.g. "
-                              "50M; default: no limit)")
-    what = rebuild.add_mutually_exclusive_group()
-    what.add_argument("--status", action="store_true", help="show a run in progress")
-    what.add_argument("--cancel", action="store_true",
-                      help="forget a run in progress (the next one starts afresh)")
-    rebuild.add_argument("--json", action="store_true", help="machine-readable output")
+    add_run_arguments(rebuild, "read at most this much per second to verify copies (e.g. "
+                               "50M; default: no limit)")
     rebuild.set_defaults(handler=run)
 
 
 def run(ctx: CommandContext) -> int:
-    rate: float | None = None
-    if ctx.args.rate is not None:
-        try:
-            rate = float(parse_size(ctx.args.rate, "--rate"))
-        except ConfigError as exc:
-            ctx.warn(f"objmail: {exc}")
-            return EX_USAGE
-        if rate <= 0:
-            ctx.warn("objmail: --rate must be positive")
-            return EX_USAGE
+    try:
+        rate = parse_rate(ctx.args.rate)
+    except ConfigError as exc:
+        ctx.warn(f"objmail: {exc}")
+        return EX_USAGE
 
     async def work(client: BlobClient, stop: StopFlag) -> int:
         job = IndexRebuild(client, node_id=ctx.args.node, rate=rate)
