@@ -9,11 +9,12 @@ their id when read, so a damaged cache file costs a miss, never bad data.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+
+from director.blobids import BlobIds
 
 
 @dataclass
@@ -71,9 +72,10 @@ class DiskCache:
     immutable-blob cache is a fair approximation of LRU at no write cost per hit.
     """
 
-    def __init__(self, path: Path, max_bytes: int) -> None:
+    def __init__(self, path: Path, max_bytes: int, ids: BlobIds) -> None:
         import lmdb
 
+        self._ids = ids
         path.mkdir(parents=True, exist_ok=True)
         # The map is sized above the bound so eviction, not MapFullError, limits it.
         self._env = lmdb.open(str(path), map_size=max(max_bytes * 2, 1 << 24), max_dbs=2,
@@ -92,7 +94,7 @@ class DiskCache:
             data = txn.get(key.encode())
         if data is None:
             return None
-        if hashlib.sha256(data).hexdigest() != key:
+        if self._ids.id_of(data) != key:
             self.discard(key)
             return None
         return bytes(data)

@@ -1,14 +1,16 @@
 """The replicating blob client: put, get, exists and delete of content-addressed blobs.
 
-Used in-process by imapd, the LMTP delivery path and ops tools (asyncio), and by
-scripts through :class:`SyncBlobClient`.
+Used in-process (asyncio) by imapd, the LMTP delivery path, directord and ops tools.
 
 Theory of operation.
 
-*put(data)*: the id is the SHA-256 of the content.  If the location index knows
+*put(data)*: the id is computed from the content (:mod:`director.blobids`; a caller
+that named its blobs with :meth:`BlobClient.id_of` already passes them named, through
+:meth:`BlobClient.put_named`, and they are not hashed again).  If the location index knows
 the id, nothing is uploaded (dedup).  Otherwise the blob is encoded (zlib-ng,
 optional AES-GCM; see :mod:`director.codec`), placed by weighted rendezvous
-hashing on ``replicas`` active nodes in distinct zones, and written to them in
+hashing on ``replicas`` active nodes in distinct zones (:class:`PlacementPolicy`, built
+once from the config), and written to them in
 parallel.  A target that fails is replaced by the next fallback candidate.  The
 put succeeds once ``write_quorum`` nodes acknowledged (STORED means committed to
 disk on the object server); the locations are then recorded in the index, and a
@@ -16,17 +18,20 @@ repair entry is queued when fewer than ``replicas`` copies were made.  Blobs lar
 than an object server's item size are cut into chunks stored next to a manifest.
 
 *get(id)*: memory/disk cache, else the index's locations, ordered live-and-idle
-first; each replica is tried in turn (with a per-request timeout), its bytes are
-decoded and their hash verified.  A replica that errs, times out, misses or returns
-bad bytes is skipped and queued for repair; the first verified copy wins.
+first; each replica is tried in turn (with a per-request timeout) and read by
+:class:`director.blobreader.BlobReader`, which verifies the whole content against the
+id (a chunk missing or bad on that replica is taken from another).  A replica that
+errs, times out, misses or returns bad bytes is skipped and queued for repair; the
+first verified copy wins.
 
 *Items* (:meth:`BlobClient.put_item`, :meth:`BlobClient.get_items`...) are what
 directord stores for plain memcached clients: a value and client flags under any key,
 stored as given.  They take the same paths: placement and quorum writes on the key's
 index id (:func:`director.keys.item_index_id`), failover reads in the same replica
-order.  A blob id used as an item key is still checked against its content when read,
-and indexed with the blobs; any other key is indexed in the items' own key space
-(:meth:`~director.index.LocationIndex.item_space`), which gc never sweeps.
+order.  A blob id used as an item key is read and verified whole, as by get, before its
+stored head is returned, and indexed with the blobs; any other key is indexed in the
+items' own key space (:meth:`~director.index.LocationIndex.item_space`), which gc never
+sweeps.
 
 The registry snapshot (nodes, states, load) is refreshed at most every
 :data:`REGISTRY_REFRESH` seconds, lazily, by whichever call finds it stale.  Between
@@ -40,34 +45,33 @@ concurrent calls are coalesced into shared Redis batches (:class:`Coalescer`).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterator,
     Awaitable,
     Callable,
-    Coroutine,
     Iterable,
     Mapping,
     Sequence,
 )
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
-from director.cache import BlobCache, DiskCache
-from director.codec import (
-    ENVELOPE_SLACK,
-    FLAG_MANIFEST,
-    BlobCodec,
-    CodecError,
-    Manifest,
-    blob_id,
-    chunk_key,
-    load_key,
+from director.blobids import BlobIds
+from director.blobreader import (
+    BlobReader,
+    ChunkErrorHook,
+    NotHeld,
+    VerifiedBlob,
+    stored_form,
 )
-from director.config import DirectorConfig, DirectordConfig
+from director.cache import BlobCache, DiskCache
+from director.codec import ENVELOPE_SLACK, BlobCodec, CodecError, load_key
+from director.config import DirectorConfig
+from director.copier import delete_copy, write_items
 from director.errors import BlobCorrupt, BlobNotFound, BlobUnavailable, DirectorError
 from director.gcwatch import GcWatch
 from director.index import LocationIndex
@@ -81,13 +85,15 @@ from director.memcache_client import (
     NodeUnavailable,
 )
 from director.nodes import Node, NodeState
-from director.placement import PlacementPolicy, Placer
+from director.placement import Placer
+from director.policy import PlacementPolicy
 from director.redisconn import RetryPolicy
 from director.redisstate import RedisState
 from director.registry import Registry, RegistrySnapshot
 from director.repairqueue import RepairQueue
 from objstore.replies import Value
 from runtime.config import ClusterConfig, parse_hostport
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +102,6 @@ A = TypeVar("A")
 
 #: Seconds a registry snapshot is used before it is read again.
 REGISTRY_REFRESH = 2.0
-#: Chunks of one chunked blob read or written at the same time.
-CHUNK_PARALLELISM = 4
 #: Seconds a node that failed to answer is tried after the others.
 SUSPECT_FOR = 5.0
 
@@ -117,10 +121,6 @@ class ClientStats:
     bad_replicas: int = 0
     repairs_queued: int = 0
     by_node_errors: dict[str, int] = field(default_factory=dict)
-
-
-class _Missing(NodeError):
-    """The replica answered, and does not hold the key."""
 
 
 class Coalescer(Generic[A]):
@@ -199,18 +199,22 @@ class BlobClient:
 
     def __init__(self, dconf: DirectorConfig, index: LocationIndex, registry: Registry,
                  repair: RepairQueue, *, codec: BlobCodec | None = None,
-                 cache: BlobCache | None = None,
+                 ids: BlobIds | None = None, cache: BlobCache | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.dconf = dconf
         self.index = index
         self.registry = registry
         self.repair = repair
         self.codec = codec or BlobCodec(self.dconf.compression_level)
+        #: How blob ids are computed and checked (the one place: director.blobids).
+        self.ids = ids or BlobIds()
+        #: Reads blobs back from object servers, verified whole; every reader uses it.
+        self.reader = BlobReader(self.codec, self.ids)
+        #: Where copies go and how many: asked by puts, repair, drain and level.
+        self.policy = PlacementPolicy.from_config(self.dconf)
         self.cache = cache or BlobCache(self.dconf.cache_bytes)
         self.stats = ClientStats()
         self._clock = clock
-        self._policy = PlacementPolicy(replicas=self.dconf.replicas,
-                                       tier=self.dconf.write_tier or None)
         self._snapshot: RegistrySnapshot | None = None
         self._placer: Placer | None = None
         self._snapshot_at = float("-inf")
@@ -232,18 +236,21 @@ class BlobClient:
 
     @classmethod
     async def open(cls, cluster: ClusterConfig, dconf: DirectorConfig, *,
-                   retry: RetryPolicy | None = None) -> BlobClient:
+                   retry: RetryPolicy | None = None,
+                   auth: RedisAuth = NO_REDIS_AUTH) -> BlobClient:
         """Connect to Redis Cluster; object-server connections open on first use.
 
         :param retry: how long Redis operations are retried (``objmail`` commands wait
             less than daemons).
+        :param auth: Redis credentials (``runtime.secrets.load_credentials(cluster)``).
         """
-        state = await RedisState.open(cluster, dconf, retry=retry)
+        state = await RedisState.open(cluster, dconf, retry=retry, auth=auth)
         key = load_key(dconf.encryption_key_file) if dconf.encryption_key_file else None
-        disk = (DiskCache(Path(dconf.disk_cache_dir), dconf.disk_cache_bytes)
+        ids = BlobIds()
+        disk = (DiskCache(Path(dconf.disk_cache_dir), dconf.disk_cache_bytes, ids)
                 if dconf.disk_cache_dir else None)
         return cls(dconf, state.index, state.registry, state.repairs,
-                   codec=BlobCodec(dconf.compression_level, key),
+                   codec=BlobCodec(dconf.compression_level, key), ids=ids,
                    cache=BlobCache(dconf.cache_bytes, disk))
 
     async def aclose(self) -> None:
@@ -264,7 +271,7 @@ class BlobClient:
             if force or self._snapshot is None or \
                     self._clock() - self._snapshot_at >= REGISTRY_REFRESH:
                 self._snapshot = await self.registry.snapshot()
-                self._placer = self._snapshot.placer(self._policy)
+                self._placer = self._snapshot.placer(self.policy)
                 self._snapshot_at = self._clock()
         return self._snapshot
 
@@ -313,31 +320,57 @@ class BlobClient:
         """
         return (await self.put_many([data]))[0]
 
+    def id_of(self, content: bytes) -> str:
+        """The id this client names ``content`` by (what :meth:`put` returns for it):
+        callers that name blobs themselves use it, then pass them to :meth:`put_named`."""
+        return self.ids.id_of(content)
+
     async def put_many(self, blobs: Sequence[bytes]) -> list[str]:
-        """Store several blobs: one index lookup for all, uploads in parallel."""
-        ids = [blob_id(b) for b in blobs]
+        """Store several blobs: one index lookup for all, uploads in parallel; their ids
+        in order."""
+        ids = [self.ids.id_of(b) for b in blobs]
         self.stats.puts += len(blobs)
+        known = await self._store(dict(zip(ids, blobs, strict=True)))
+        self.stats.dedup_hits += sum(bid in known for bid in ids)
+        return ids
+
+    async def put_named(self, blobs: Mapping[str, bytes],
+                        named_by: Callable[[bytes], str]) -> None:
+        """Store blobs that the caller named already (id -> content), as :meth:`put_many`
+        does, without hashing them again when ``named_by`` is this client's
+        :meth:`id_of` (the splitter names a message's blobs with it).  Any other function
+        is not trusted: each id is computed again and must match.
+
+        :raises ValueError: an id that is not its content's (a bug of the caller).
+        """
+        if named_by != self.id_of:
+            for bid, data in blobs.items():
+                if self.ids.id_of(data) != bid:
+                    raise ValueError(f"blob named {bid} does not have that id here "
+                                     f"(named by {named_by!r}, not by this client's ids)")
+        self.stats.puts += len(blobs)
+        self.stats.dedup_hits += len(await self._store(blobs))
+
+    async def _store(self, blobs: Mapping[str, bytes]) -> set[str]:
+        """Upload the blobs (id -> content) the index does not know yet; returns the ids
+        it knew (dedup hits)."""
+        ids = list(blobs)
         # Before the lookup: a running gc must not collect what this put dedups onto.
         await self.gc_watch.before_put(ids)
         known = await self._lookups.many(dict.fromkeys(ids))
-        todo: dict[str, bytes] = {}
-        for bid, data in zip(ids, blobs, strict=True):
-            if known.get(bid):
-                self.stats.dedup_hits += 1
-            else:
-                todo.setdefault(bid, data)
+        todo = {bid: data for bid, data in blobs.items() if not known.get(bid)}
         if todo:
             await asyncio.gather(*(self._upload(bid, data) for bid, data in todo.items()))
-        return ids
+        return {bid for bid in ids if bid not in todo}
 
     async def _upload(self, bid: str, data: bytes) -> None:
-        items = self._encode(bid, data)
+        items = stored_form(self.codec, self.ids, bid, data, self.chunk_size)
         done = await self._place_and_write(
-            f"blob {bid}", bid, lambda node: self._write_items(node, items))
+            f"blob {bid}", bid, lambda node: write_items(self.node_client(node), items))
         await self._adds.one(bid, frozenset(n.number for n in done))
         self.stats.uploads += 1
         self.stats.bytes_uploaded += len(data)
-        if len(done) < self.dconf.replicas:
+        if len(done) < self.policy.replicas:
             await self._queue_repair([bid])
 
     async def _place_and_write(self, what: str, index_id: str,
@@ -351,11 +384,12 @@ class BlobClient:
         placer = await self._placer_now()
         # Suspect nodes stay candidates, after the others (sorted() is stable).
         candidates = sorted(placer.candidates(index_id), key=self._suspect)
-        if len(candidates) < self.dconf.write_quorum:
+        policy = self.policy
+        if len(candidates) < policy.write_quorum:
             raise BlobUnavailable(
                 f"only {len(candidates)} active object server(s) in tier "
-                f"{self.dconf.write_tier!r}; write_quorum is {self.dconf.write_quorum}")
-        want = min(self.dconf.replicas, len(candidates))
+                f"{policy.tier!r}; write_quorum is {policy.write_quorum}")
+        want = min(policy.replicas, len(candidates))
         queue = list(candidates)
         done: list[Node] = []
 
@@ -371,42 +405,11 @@ class BlobClient:
                 return
 
         await asyncio.gather(*(slot() for _ in range(want)))
-        if len(done) < self.dconf.write_quorum:
+        if len(done) < policy.write_quorum:
             raise BlobUnavailable(
-                f"{what}: only {len(done)} of {self.dconf.write_quorum} required object "
+                f"{what}: only {len(done)} of {policy.write_quorum} required object "
                 f"servers took the write")
         return done
-
-    def _encode(self, bid: str, data: bytes) -> list[tuple[str, bytes, int]]:
-        """Object-server (key, value, flags) items for one blob: chunks, then the head."""
-        if len(data) <= self.chunk_size:
-            payload, flags = self.codec.encode(data, bid)
-            return [(bid, payload, flags)]
-        items = []
-        chunk_ids = []
-        for n, start in enumerate(range(0, len(data), self.chunk_size)):
-            chunk = data[start:start + self.chunk_size]
-            chunk_ids.append(hashlib.sha256(chunk).hexdigest())
-            payload, flags = self.codec.encode(chunk, bid)
-            items.append((chunk_key(bid, n), payload, flags))
-        head, flags = self.codec.encode_manifest(Manifest(len(data), tuple(chunk_ids)), bid)
-        items.append((bid, head, flags))
-        return items
-
-    async def _write_items(self, node: Node, items: list[tuple[str, bytes, int]]) -> None:
-        client = self.node_client(node)
-        # Chunks first, the head last: a head that exists implies its chunks do.
-        *chunks, head = items
-        sem = asyncio.Semaphore(CHUNK_PARALLELISM)
-
-        async def write(key: str, value: bytes, flags: int) -> None:
-            async with sem:
-                if not await client.set(key.encode(), value, flags):
-                    raise NodeError(f"{node.address}: set {key} not stored")
-
-        if chunks:
-            await asyncio.gather(*(write(k, v, f) for k, v, f in chunks))
-        await write(*head)
 
     async def _queue_repair(self, ids: Iterable[str]) -> None:
         ids = list(ids)
@@ -455,20 +458,53 @@ class BlobClient:
         return out
 
     async def iter_chunks(self, bid: str) -> AsyncIterator[bytes]:
-        """The content of ``bid`` in pieces, without holding a chunked blob whole."""
+        """The content of ``bid`` in pieces, without holding a chunked blob whole.
+
+        Each piece is released once it verified against the blob's manifest, the last
+        one only once the whole content verified against ``bid``
+        (:meth:`director.blobreader.BlobReader.stream`).  When a replica fails before the
+        first piece, the next one is tried; once pieces were released, a failure raises
+        and the pieces so far must be discarded (the bad replica is queued for repair).
+
+        :raises BlobNotFound, BlobUnavailable, BlobCorrupt: as :meth:`get`.
+        """
         cached = self.cache.get(bid)
         if cached is not None:
             yield cached
             return
         locations = await self._lookups.one(bid, None)
         replicas = await self._ordered(bid, locations)
-        value, flags, _node = await self._first_good(bid, replicas, whole=False)
-        if not flags & FLAG_MANIFEST:
-            yield value
-            return
-        manifest = Manifest.from_bytes(value)
-        for n, cid in enumerate(manifest.chunk_ids):
-            yield await self._read_chunk(bid, n, cid, replicas)
+        trouble: list[Node] = []
+
+        async def attempt(node: Node) -> tuple[AsyncGenerator[bytes, None], bytes]:
+            sources, hook = self._chunk_sources(node, replicas, trouble)
+            pieces = self.reader.stream(bid, self.node_client(node), chunk_sources=sources,
+                                        on_chunk_error=hook)
+            try:
+                return pieces, await anext(pieces)
+            except BaseException:
+                await pieces.aclose()
+                raise
+
+        found = await self._first_replica(f"blob {bid}", bid, replicas, attempt,
+                                          miss_ok=False, repair=True)
+        assert found is not None
+        pieces, first = found
+        try:
+            yield first
+            async for piece in pieces:
+                yield piece
+        except CodecError as exc:
+            self.stats.bad_replicas += 1
+            await self._queue_repair([bid])
+            raise BlobCorrupt(f"blob {bid}: {exc}") from exc
+        except (NodeError, OSError, NotHeld) as exc:
+            await self._queue_repair([bid])
+            raise BlobUnavailable(f"blob {bid}: {exc}") from exc
+        finally:
+            await pieces.aclose()
+        if trouble:
+            await self._queue_repair([bid])
 
     async def _ordered(self, bid: str, numbers: Sequence[int]) -> list[Node]:
         if not numbers:
@@ -491,42 +527,54 @@ class BlobClient:
 
     async def _read(self, bid: str, numbers: Sequence[int]) -> bytes:
         replicas = await self._ordered(bid, numbers)
-        value, _flags, _node = await self._first_good(bid, replicas, whole=True)
-        return value
+        blob = await self._read_verified(bid, replicas, content=True)
+        assert blob is not None and blob.content is not None
+        return blob.content
 
-    async def _first_good(self, bid: str, replicas: list[Node], *,
-                          whole: bool) -> tuple[bytes, int, Node]:
-        """Read ``bid`` from the first replica that has good bytes.
+    async def _read_verified(self, bid: str, replicas: list[Node], *, content: bool,
+                             cas: bool = False, what: str | None = None,
+                             miss_ok: bool = False) -> VerifiedBlob | None:
+        """Blob ``bid`` from the first replica whose copy verifies whole
+        (:meth:`_first_replica`); a chunk that replica lacks or holds bad is taken from
+        another, and the blob queued for repair.
 
-        :param whole: reassemble a chunked blob (else return its manifest).
+        :param what: how errors name the blob (default ``blob <id>``).
+        :returns: None when every replica lacks it and ``miss_ok``.
         """
+        trouble: list[Node] = []
 
-        async def attempt(node: Node) -> tuple[bytes, int, Node]:
-            got = await self.node_client(node).get(bid.encode())
-            if got is None:
-                raise _Missing(f"{node.address}: does not have it")
-            data = self.codec.decode(got.value, got.flags, bid)
-            if got.flags & FLAG_MANIFEST:
-                if not whole:
-                    Manifest.from_bytes(data)  # validates
-                    return data, got.flags, node
-                data = await self._read_chunked(bid, Manifest.from_bytes(data),
-                                                [node, *[r for r in replicas if r != node]])
-            if blob_id(data) != bid:
-                raise CodecError("content does not match its id")
-            return data, got.flags, node
+        async def attempt(node: Node) -> VerifiedBlob:
+            sources, hook = self._chunk_sources(node, replicas, trouble)
+            return await self.reader.read(bid, self.node_client(node), chunk_sources=sources,
+                                          on_chunk_error=hook, content=content, cas=cas)
 
-        found = await self._first_replica(f"blob {bid}", bid, replicas, attempt,
-                                          miss_ok=False, repair=True)
-        assert found is not None
+        found = await self._first_replica(what or f"blob {bid}", bid, replicas, attempt,
+                                          miss_ok=miss_ok, repair=True)
+        if trouble:
+            await self._queue_repair([bid])
         return found
+
+    def _chunk_sources(self, node: Node, replicas: Sequence[Node], trouble: list[Node]
+                       ) -> tuple[list[NodeClient], ChunkErrorHook]:
+        """Where the reader takes chunks from (``node``, then the other replicas), and
+        its hook for a replica that failed to give one (noted in ``trouble``)."""
+        order = [node, *(r for r in replicas if r is not node)]
+        clients = [self.node_client(n) for n in order]
+        by_client = {id(c): n for c, n in zip(clients, order, strict=True)}
+
+        def failed(client: NodeClient, exc: Exception) -> None:
+            bad = by_client[id(client)]
+            trouble.append(bad)
+            self._node_failed(bad, exc)
+
+        return clients, failed
 
     async def _first_replica(self, what: str, index_id: str, replicas: list[Node],
                              attempt: Callable[[Node], Awaitable[T]], *, miss_ok: bool,
                              repair: bool) -> T | None:
         """The result of ``attempt`` on the first replica where it succeeds: failover.
 
-        ``attempt`` raises :class:`CodecError` for bad bytes, :class:`_Missing` when the
+        ``attempt`` raises :class:`CodecError` for bad bytes, :class:`NotHeld` when the
         replica lacks the key, :class:`NodeError` when it cannot answer.  Replicas that
         failed are queued for repair when ``repair``.
 
@@ -549,7 +597,7 @@ class BlobClient:
                 errors.append(f"{node.id}: {exc}")
                 log.error("%s on %s (%s) is corrupt: %s", what, node.id, node.address, exc)
                 continue
-            except _Missing as exc:
+            except NotHeld as exc:
                 misses += 1
                 bad.append(node)
                 errors.append(f"{node.id}: {exc}")
@@ -572,50 +620,7 @@ class BlobClient:
             raise BlobCorrupt(f"{what}: every replica is corrupt ({'; '.join(errors)})")
         raise BlobUnavailable(f"{what}: no replica could serve it ({'; '.join(errors)})")
 
-    async def _read_chunked(self, bid: str, manifest: Manifest, replicas: list[Node]) -> bytes:
-        sem = asyncio.Semaphore(CHUNK_PARALLELISM)
-
-        async def one(n: int, cid: str) -> bytes:
-            async with sem:
-                return await self._read_chunk(bid, n, cid, replicas)
-
-        parts = await asyncio.gather(*(one(n, c) for n, c in enumerate(manifest.chunk_ids)))
-        data = b"".join(parts)
-        if len(data) != manifest.size:
-            raise CodecError(f"chunks add up to {len(data)} bytes, manifest says "
-                             f"{manifest.size}")
-        return data
-
-    async def _read_chunk(self, bid: str, n: int, cid: str, replicas: list[Node]) -> bytes:
-        key = chunk_key(bid, n)
-        errors = []
-        for node in replicas:
-            try:
-                got = await self.node_client(node).get(key.encode())
-                if got is None:
-                    raise NodeError(f"{node.address}: chunk {n} missing")
-                data = self.codec.decode(got.value, got.flags, key)
-                if hashlib.sha256(data).hexdigest() != cid:
-                    raise CodecError(f"chunk {n} does not match the manifest")
-                return data
-            except (NodeError, OSError, CodecError) as exc:
-                errors.append(f"{node.id}: {exc}")
-                self._node_failed(node, exc)
-        raise BlobUnavailable(f"blob {bid}: chunk {n} unreadable ({'; '.join(errors)})")
-
     # -- items (directord) --------------------------------------------------------------
-
-    def check_stored(self, bid: str, value: bytes, flags: int) -> None:
-        """Check a stored value of blob ``bid`` as an object server returned it: it must
-        decode (per its flags) to content whose hash is ``bid``, or be a valid manifest.
-
-        :raises CodecError: it does not.
-        """
-        data = self.codec.decode(value, flags, bid)
-        if flags & FLAG_MANIFEST:
-            Manifest.from_bytes(data)
-        elif blob_id(data) != bid:
-            raise CodecError("content does not match its id")
 
     async def put_item(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0, *,
                        only_new: bool = False) -> bool:
@@ -648,7 +653,7 @@ class BlobClient:
         stale = [n for n in known if n not in numbers]
         if stale:
             await self._drop_copies(key, index, index_id, stale)
-        if is_blob_id(key) and len(done) < self.dconf.replicas:
+        if is_blob_id(key) and len(done) < self.policy.replicas:
             await self._queue_repair([index_id])
         return True
 
@@ -705,18 +710,23 @@ class BlobClient:
     async def _read_item(self, key: bytes, index_id: str, numbers: Sequence[int], *,
                          cas: bool = False) -> Value | None:
         replicas = await self._ordered(index_id, numbers)
-        blob = is_blob_id(key)
+        what = _item_name(key)
+        if is_blob_id(key):
+            # Served as stored (a chunked blob: its manifest), once verified whole.
+            blob = await self._read_verified(index_id, replicas, content=False, cas=cas,
+                                             what=what, miss_ok=True)
+            if blob is None:
+                return None
+            return Value(key, blob.head.flags, blob.head.value, blob.cas)
 
         async def attempt(node: Node) -> Value:
             got = await self.node_client(node).get(key, cas=cas)
             if got is None:
-                raise _Missing(f"{node.address}: does not have it")
-            if blob:
-                self.check_stored(index_id, got.value, got.flags)
+                raise NotHeld(f"{node.address}: does not have it")
             return got
 
-        return await self._first_replica(_item_name(key), index_id, replicas, attempt,
-                                         miss_ok=True, repair=blob)
+        return await self._first_replica(what, index_id, replicas, attempt, miss_ok=True,
+                                         repair=False)
 
     async def delete_item(self, key: bytes) -> bool:
         """Delete ``key`` from every object server holding it and from the index.
@@ -795,13 +805,8 @@ class BlobClient:
         async def drop(node: Node) -> None:
             client = self.node_client(node)
             try:
-                got = await client.get(bid.encode())
-                if got is not None and got.flags & FLAG_MANIFEST:
-                    manifest = Manifest.from_bytes(self.codec.decode(got.value, got.flags, bid))
-                    for n in range(len(manifest.chunk_ids)):
-                        await client.delete(chunk_key(bid, n).encode())
-                await client.delete(bid.encode())
-            except (NodeError, OSError, CodecError) as exc:
+                await delete_copy(client, await self.reader.stored_keys(bid, client))
+            except (NodeError, OSError) as exc:
                 self._node_failed(node, exc)
 
         await asyncio.gather(*(drop(n) for n in nodes))
@@ -809,48 +814,6 @@ class BlobClient:
         if self.cache.disk is not None:
             self.cache.disk.discard(bid)
         return await self.index.delete(bid)
-
-
-class SyncBlobClient:
-    """A blocking facade for scripts: runs a private event loop."""
-
-    def __init__(self, config: DirectordConfig) -> None:
-        self._loop = asyncio.new_event_loop()
-        self.client = self._run(BlobClient.open(config.cluster, config.director))
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._loop.run_until_complete(coro)
-
-    def put(self, data: bytes) -> str:
-        return self._run(self.client.put(data))
-
-    def get(self, bid: str) -> bytes:
-        return self._run(self.client.get(bid))
-
-    def exists(self, bid: str) -> bool:
-        return self._run(self.client.exists(bid))
-
-    def delete(self, bid: str) -> bool:
-        return self._run(self.client.delete(bid))
-
-    def put_item(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0) -> bool:
-        return self._run(self.client.put_item(key, value, flags, exptime))
-
-    def get_item(self, key: bytes) -> Value | None:
-        return self._run(self.client.get_item(key))
-
-    def delete_item(self, key: bytes) -> bool:
-        return self._run(self.client.delete_item(key))
-
-    def close(self) -> None:
-        self._run(self.client.aclose())
-        self._loop.close()
-
-    def __enter__(self) -> SyncBlobClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _item_name(key: bytes) -> str:

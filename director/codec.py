@@ -22,12 +22,12 @@ compressed first and the whole only if the sample shrinks: trying to deflate a 2
 JPEG costs about 5 ms of CPU, the sample 0.2 ms (a blob whose middle does not compress
 but whose rest would is stored plain: a missed saving, never a wrong value).
 
-The blob id is always the SHA-256 of the plain content; readers verify it.
+The blob id is computed from the plain content (:mod:`director.blobids`); reading a
+blob back and verifying it whole is :mod:`director.blobreader`'s work.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import struct
@@ -56,11 +56,6 @@ _MANIFEST_HEAD = struct.Struct(">5sQI")  # magic, total size, chunk count
 
 class CodecError(ValueError):
     """Stored bytes cannot be decoded: wrong key, corrupt value or unknown flags."""
-
-
-def blob_id(data: bytes | memoryview) -> str:
-    """The content address of ``data``: lowercase hex SHA-256."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def chunk_key(blob_id_: str, index: int) -> str:

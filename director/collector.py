@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from director.background import BackgroundJob, PassControl, PassStats
-from director.codec import FLAG_MANIFEST, CodecError, Manifest, chunk_key
+from director.codec import FLAG_MANIFEST, CodecError
 from director.gcwatch import GC_FLAG_MARGIN, GC_FLAG_TTL, GC_JOB
 from director.jobstate import JobState, integer, number
 from director.memcache_client import NodeError
@@ -261,14 +261,12 @@ class Collector(BackgroundJob[GcStats]):
                 found = [(head, int(reply.flag("c") or 0))]
                 if int(reply.flag("f") or 0) & FLAG_MANIFEST:
                     got = await client.get(head)
-                    if got is not None:
-                        manifest = Manifest.from_bytes(
-                            self.client.codec.decode(got.value, got.flags, bid))
-                        for n in range(len(manifest.chunk_ids)):
-                            key = chunk_key(bid, n).encode()
-                            chunk = await client.meta(b"mg " + key + b" c")
-                            if chunk.code in (b"HD", b"VA"):
-                                found.append((key, int(chunk.flag("c") or 0)))
+                    chunks = (self.client.reader.chunk_keys(bid, got.value, got.flags)
+                              if got is not None else ())
+                    for key in chunks:
+                        chunk = await client.meta(b"mg " + key + b" c")
+                        if chunk.code in (b"HD", b"VA"):
+                            found.append((key, int(chunk.flag("c") or 0)))
             except (NodeError, OSError, CodecError, ValueError) as exc:
                 log.warning("gc: %s on %s not examined (%s); kept for the next run",
                             bid, node.id, exc)

@@ -1,12 +1,10 @@
-"""Verified copies of a blob between object servers: what repair, drain and level share.
+"""Copies of a blob between object servers: what repair, drain and level share.
 
-A blob is copied *as stored*: the head (the value under the blob id) and, for a chunked
-blob, its chunks (``<id>/<n>``), with their flags, exactly as the object server holds
-them, so a compressed or encrypted blob is never decoded and re-encoded on the way (a
-director without the encryption key could not).  Before anything is copied the source's
-bytes are verified as a read is: decoded per their flags and hashed against the id
-(each chunk against the manifest, the total size against the manifest's).  Bad bytes
-are never copied.
+A copy is of a :class:`director.blobreader.VerifiedBlob`, the only thing
+:func:`write_verified` takes: the blob's items exactly as the source object server
+stores them (the head under the blob id and, for a chunked blob, its chunks ``<id>/<n>``,
+with their flags), read back by :class:`director.blobreader.BlobReader` and verified
+whole against the id first.  Bytes that did not verify are never copied.
 
 Writing puts the chunks first and the head last (a head that exists implies its chunks
 do, as for a put), then checks every item on the target with a meta get returning its
@@ -17,14 +15,12 @@ objstored, so the check proves presence without moving the bytes back.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-from director.codec import FLAG_MANIFEST, BlobCodec, CodecError, Manifest, blob_id, chunk_key
+from director.blobreader import StoredItem, VerifiedBlob
 from director.memcache_client import NodeClient, NodeError
-from director.planner import Health
 
-#: Chunks of one blob read, written or checked at the same time.
+#: Items of one blob written or checked at the same time.
 PARALLELISM = 4
 
 
@@ -32,113 +28,35 @@ class CopyFailed(NodeError):
     """A target did not take a copy (refused, unreachable, or the check failed)."""
 
 
-@dataclass(frozen=True)
-class StoredItem:
-    """One object-server item as stored: key, value bytes and flags."""
+async def write_items(client: NodeClient, items: Sequence[StoredItem]) -> None:
+    """Store a blob's items on ``client``'s server: the chunks, then the head (the last
+    item), so that a head that exists implies its chunks do.
 
-    key: bytes
-    value: bytes
-    flags: int
-
-
-@dataclass(frozen=True)
-class StoredBlob:
-    """A blob as one object server stores it, verified.
-
-    :param items: the chunks in order, then the head.
-    :param size: bytes of content (what the id hashes).
-    """
-
-    blob_id: str
-    items: tuple[StoredItem, ...]
-    size: int
-
-    @property
-    def stored_bytes(self) -> int:
-        """Bytes of stored values (what the copy transfers)."""
-        return sum(len(i.value) for i in self.items)
-
-    @property
-    def keys(self) -> tuple[bytes, ...]:
-        return tuple(i.key for i in self.items)
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What one replica of a blob was found to be; ``blob`` only when good."""
-
-    health: Health
-    blob: StoredBlob | None = None
-    detail: str = ""
-
-
-class _Missing(Exception):
-    pass
-
-
-async def read_verified(client: NodeClient, codec: BlobCodec, bid: str) -> StoredBlob:
-    """The blob as ``client``'s server stores it, verified against its id.
-
-    :raises LookupError: the server does not hold the blob (or one of its chunks).
-    :raises CodecError: bytes that do not verify.
-    :raises NodeError: the server could not be asked.
-    """
-    head = await client.get(bid.encode())
-    if head is None:
-        raise LookupError(f"{client.address}: does not hold {bid}")
-    data = codec.decode(head.value, head.flags, bid)
-    head_item = StoredItem(head.key, head.value, head.flags)
-    if not head.flags & FLAG_MANIFEST:
-        if blob_id(data) != bid:
-            raise CodecError("content does not match its id")
-        return StoredBlob(bid, (head_item,), len(data))
-    manifest = Manifest.from_bytes(data)
-    sem = asyncio.Semaphore(PARALLELISM)
-
-    async def chunk(n: int, cid: str) -> tuple[StoredItem, int]:
-        key = chunk_key(bid, n)
-        async with sem:
-            got = await client.get(key.encode())
-        if got is None:
-            raise LookupError(f"{client.address}: chunk {n} of {bid} is missing")
-        plain = codec.decode(got.value, got.flags, key)
-        if hashlib.sha256(plain).hexdigest() != cid:
-            raise CodecError(f"chunk {n} does not match the manifest")
-        return StoredItem(got.key, got.value, got.flags), len(plain)
-
-    chunks = await asyncio.gather(*(chunk(n, c) for n, c in enumerate(manifest.chunk_ids)))
-    total = sum(size for _item, size in chunks)
-    if total != manifest.size:
-        raise CodecError(f"chunks add up to {total} bytes, manifest says {manifest.size}")
-    return StoredBlob(bid, (*(item for item, _s in chunks), head_item), total)
-
-
-async def probe(client: NodeClient, codec: BlobCodec, bid: str) -> Probe:
-    """Read and verify one replica; never raises for what the replica does."""
-    try:
-        return Probe(Health.GOOD, await read_verified(client, codec, bid))
-    except LookupError as exc:
-        return Probe(Health.MISSING, detail=str(exc))
-    except CodecError as exc:
-        return Probe(Health.CORRUPT, detail=str(exc))
-    except (NodeError, OSError) as exc:
-        return Probe(Health.UNREACHABLE, detail=str(exc) or type(exc).__name__)
-
-
-async def write_verified(client: NodeClient, blob: StoredBlob) -> None:
-    """Store ``blob``'s items on ``client``'s server (chunks, then the head), then check
-    each is there with the size and flags written.
-
-    :raises CopyFailed: a write was refused or the check failed.
+    :raises CopyFailed: a write was refused.
     :raises NodeError: the server could not be reached.
     """
-    *chunks, head = blob.items
+    *chunks, head = items
     sem = asyncio.Semaphore(PARALLELISM)
 
     async def put(item: StoredItem) -> None:
         async with sem:
             if not await client.set(item.key, item.value, item.flags):
                 raise CopyFailed(f"{client.address}: set {item.key.decode()} not stored")
+
+    if chunks:
+        await asyncio.gather(*(put(c) for c in chunks))
+    await put(head)
+
+
+async def write_verified(client: NodeClient, blob: VerifiedBlob) -> None:
+    """Store ``blob``'s items on ``client``'s server (:func:`write_items`), then check
+    each is there with the size and flags written.
+
+    :raises CopyFailed: a write was refused or the check failed.
+    :raises NodeError: the server could not be reached.
+    """
+    await write_items(client, blob.items)
+    sem = asyncio.Semaphore(PARALLELISM)
 
     async def check(item: StoredItem) -> None:
         async with sem:
@@ -148,9 +66,6 @@ async def write_verified(client: NodeClient, blob: StoredBlob) -> None:
             raise CopyFailed(f"{client.address}: {item.key.decode()} reads back as "
                              f"{reply.code.decode()} {b' '.join(reply.flags).decode()}")
 
-    if chunks:
-        await asyncio.gather(*(put(c) for c in chunks))
-    await put(head)
     await asyncio.gather(*(check(i) for i in blob.items))
 
 
@@ -164,22 +79,3 @@ async def delete_copy(client: NodeClient, keys: tuple[bytes, ...]) -> int:
     for key in chunks:
         deleted += int(await client.delete(key))
     return deleted
-
-
-async def stored_size(client: NodeClient, codec: BlobCodec, bid: str) -> int | None:
-    """Bytes a blob occupies on a server (a chunked blob: its content size, from the
-    manifest), or None when the server does not hold it."""
-    reply = await client.meta(b"mg " + bid.encode() + b" s f")
-    if reply.code not in (b"HD", b"VA"):
-        return None
-    size = int(reply.flag("s") or b"0")
-    flags = int(reply.flag("f") or b"0")
-    if not flags & FLAG_MANIFEST:
-        return size
-    head = await client.get(bid.encode())
-    if head is None:
-        return None
-    try:
-        return Manifest.from_bytes(codec.decode(head.value, head.flags, bid)).size
-    except CodecError:
-        return size

@@ -48,15 +48,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from director.background import BackgroundJob, PassControl, PassStats
+from director.blobreader import VerifiedBlob
 from director.codec import is_chunk_key
-from director.copier import StoredBlob, delete_copy, probe, write_verified
+from director.copier import delete_copy, write_verified
 from director.errors import LeaseHeld
 from director.index import SCAN_BUCKETS
 from director.jobstate import JobState, integer, number
 from director.keys import is_blob_id, item_index_id
 from director.memcache_client import NodeClient, NodeError
 from director.nodes import Node, NodeState
-from director.placement import PlacementPolicy, Placer
+from director.placement import Placer
 from director.planner import COUNTING, Health, plan_drain
 from director.registry import RegistrySnapshot
 
@@ -157,8 +158,7 @@ class Drainer(BackgroundJob[DrainStats]):
             stats.cursor = integer(fields, "cursor")
             stats.examples = [e for e in fields.get("examples", "").split(",") if e]
             return stats  # leftovers from the last sweep: wait before trying them again
-        placer = snap.placer(PlacementPolicy(replicas=self.dconf.replicas,
-                                             tier=self.dconf.write_tier or None))
+        placer = snap.placer(self.client.policy)
         cursor = integer(fields, "cursor")
         if not 0 <= cursor < self.index.layout.buckets:
             cursor = 0
@@ -244,13 +244,13 @@ class Drainer(BackgroundJob[DrainStats]):
         """Move one blob off the draining ``node`` (see the module docstring)."""
         here = None
         if node.readable:
-            here = await probe(self.client.node_client(node), self.client.codec, bid)
-        source: StoredBlob | None = here.blob if here is not None else None
+            here = await self.client.reader.probe(bid, self.client.node_client(node))
+        source: VerifiedBlob | None = here.blob if here is not None else None
         others = [n for n in snap.resolve([x for x in nums if x != node.number])
                   if n.state in COUNTING]
         if source is None:
             for other in others:
-                found = await probe(self.client.node_client(other), self.client.codec, bid)
+                found = await self.client.reader.probe(bid, self.client.node_client(other))
                 if found.blob is not None:
                     source = found.blob
                     break
@@ -269,7 +269,7 @@ class Drainer(BackgroundJob[DrainStats]):
                 self._example(stats, bid)
             return
         plan = plan_drain(nums, node.number, {n.number: n for n in snap.nodes},
-                          placer.candidates(bid), self.dconf.replicas)
+                          placer.candidates(bid), self.client.policy.replicas)
         made: list[int] = []
         for target in plan.targets:
             if len(made) >= plan.need:
@@ -295,7 +295,7 @@ class Drainer(BackgroundJob[DrainStats]):
                     await self._delete(target_node, source.keys)
         if node.readable and here is not None and here.health is not Health.UNREACHABLE:
             await self._delete(node, source.keys)
-        if len(others) + len(made) < self.dconf.replicas:
+        if len(others) + len(made) < self.client.policy.replicas:
             await self.client.repair.add([bid])
         stats.moved += 1
 
@@ -344,7 +344,7 @@ class Drainer(BackgroundJob[DrainStats]):
                 await self.client.items.update(index_id, remove=[node.number])
             return
         plan = plan_drain(nums, node.number, {n.number: n for n in snap.nodes},
-                          placer.candidates(index_id), self.dconf.replicas)
+                          placer.candidates(index_id), self.client.policy.replicas)
         made: list[int] = []
         for target in plan.targets:
             if len(made) >= plan.need:

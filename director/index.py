@@ -21,18 +21,15 @@ which no message references, is never collected.
 memory again per replica, and draining or repairing a node is rare work that can
 afford a scan (the object server's ``lru_crawler metadump all`` inventory is the
 other source).
-
-:class:`SyncLocationIndex` wraps the same API for scripts that have no event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from director.errors import IndexLayoutMismatch
 from director.keys import (
@@ -50,8 +47,7 @@ from director.redisconn import (
     chunked,
     new_cluster_client,
 )
-
-T = TypeVar("T")
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 #: Commands per pipeline; each is one bucket's worth of fields.
 BATCH_COMMANDS = 500
@@ -223,6 +219,7 @@ class LocationIndex:
     async def open(cls, addresses: Sequence[str], *, buckets: int,
                    keys: Keyspace | None = None, retry: RetryPolicy | None = None,
                    wait_replicas: int = 1, runner: ClusterRunner | None = None,
+                   auth: RedisAuth = NO_REDIS_AUTH,
                    clock: Callable[[], float] = time.time) -> LocationIndex:
         """Connect and check that the index was created with ``buckets`` buckets.
 
@@ -236,7 +233,7 @@ class LocationIndex:
         keys = keys or Keyspace()
         owned = runner is None
         if runner is None:
-            runner = ClusterRunner(new_cluster_client(addresses), retry=retry,
+            runner = ClusterRunner(new_cluster_client(addresses, auth=auth), retry=retry,
                                    wait_replicas=wait_replicas)
         layout = IndexLayout(buckets)
         meta = keys.index_meta
@@ -530,75 +527,3 @@ def _pairs(reply: Any) -> list[tuple[bytes, bytes]]:
     if isinstance(reply, dict):
         return list(reply.items())
     return list(zip(reply[0::2], reply[1::2], strict=True))
-
-
-class SyncLocationIndex:
-    """The same index for synchronous scripts: runs the async client on a private loop.
-
-    Not for use inside a running event loop (use :class:`LocationIndex` there).
-    """
-
-    def __init__(self, index: LocationIndex, loop: asyncio.AbstractEventLoop) -> None:
-        self._index = index
-        self._loop = loop
-
-    @classmethod
-    def open(cls, addresses: Sequence[str], *, buckets: int, keys: Keyspace | None = None,
-             retry: RetryPolicy | None = None, wait_replicas: int = 1) -> SyncLocationIndex:
-        loop = asyncio.new_event_loop()
-        try:
-            index = loop.run_until_complete(LocationIndex.open(
-                addresses, buckets=buckets, keys=keys, retry=retry,
-                wait_replicas=wait_replicas))
-        except BaseException:
-            loop.close()
-            raise
-        return cls(index, loop)
-
-    @property
-    def index(self) -> LocationIndex:
-        return self._index
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._loop.run_until_complete(coro)
-
-    def close(self) -> None:
-        try:
-            self._run(self._index.aclose())
-        finally:
-            self._loop.close()
-
-    def __enter__(self) -> SyncLocationIndex:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def lookup(self, ids: Iterable[str]) -> dict[str, tuple[int, ...]]:
-        return self._run(self._index.lookup(ids))
-
-    def locations(self, blob_id: str) -> tuple[int, ...]:
-        return self._run(self._index.locations(blob_id))
-
-    def add_locations(self, blob_id: str, nodes: Iterable[int]) -> tuple[int, ...]:
-        return self._run(self._index.add_locations(blob_id, nodes))
-
-    def add_many(self, entries: Mapping[str, Iterable[int]]) -> dict[str, tuple[int, ...]]:
-        return self._run(self._index.add_many(entries))
-
-    def remove_location(self, blob_id: str, node: int, *,
-                        keep_last: bool = False) -> tuple[int, ...]:
-        return self._run(self._index.remove_location(blob_id, node, keep_last=keep_last))
-
-    def delete(self, blob_id: str) -> bool:
-        return self._run(self._index.delete(blob_id))
-
-    def delete_many(self, ids: Iterable[str]) -> int:
-        return self._run(self._index.delete_many(ids))
-
-    def scan(self, cursor: int = 0, *, buckets: int = SCAN_BUCKETS,
-             node: int | None = None) -> ScanPage:
-        return self._run(self._index.scan(cursor, buckets=buckets, node=node))
-
-    def count(self) -> int:
-        return self._run(self._index.count())

@@ -59,7 +59,6 @@ from typing import TYPE_CHECKING, Any
 from director.background import BackgroundJob, PassControl, PassStats, throttle
 from director.codec import CodecError
 from director.collector import ReferenceChecker
-from director.copier import probe
 from director.jobstate import JobState
 from director.listing import HeldBlob, Listing, index_verified
 from director.memcache_client import NodeError
@@ -229,7 +228,7 @@ class Inventory(BackgroundJob[InventoryStats]):
         others: list[str] = []
         for bid in page:
             elsewhere = [n for n in where.get(bid, ()) if n != node.number]
-            if bid in live and len(elsewhere) < self.dconf.replicas:
+            if bid in live and len(elsewhere) < self.client.policy.replicas:
                 if elsewhere and not takes_blobs:
                     stats.kept += 1  # repair fills the copies elsewhere first
                 else:
@@ -270,7 +269,7 @@ class Inventory(BackgroundJob[InventoryStats]):
         and the stored bytes read to tell."""
         client = self.client.node_client(node)
         if found.head is not None:
-            seen = await probe(client, self.client.codec, bid)
+            seen = await self.client.reader.probe(bid, client)
             if seen.health is Health.UNREACHABLE:
                 return None, 0
             return seen.blob is not None, seen.blob.stored_bytes if seen.blob else 0

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from director.background import BackgroundJob, PassControl, PassStats
-from director.copier import delete_copy, probe, stored_size, write_verified
+from director.copier import delete_copy, write_verified
 from director.index import SCAN_BUCKETS
 from director.jobstate import JobState, integer
 from director.keys import is_blob_id
@@ -191,7 +191,7 @@ class Leveler(BackgroundJob[LevelStats]):
         if src is None or dst is None or not src.readable or dst.state is not NodeState.ACTIVE:
             stats.skipped += 1
             return False
-        found = await probe(self.client.node_client(src), self.client.codec, move.blob_id)
+        found = await self.client.reader.probe(move.blob_id, self.client.node_client(src))
         if found.blob is None:
             log.warning("level: %s on %s is %s (%s); queued for repair", move.blob_id,
                         src.id, found.health.value, found.detail)
@@ -221,9 +221,9 @@ class Leveler(BackgroundJob[LevelStats]):
     # -- gathering ----------------------------------------------------------------------
 
     def _levelled(self, snap: RegistrySnapshot) -> list[Node]:
-        tier = self.dconf.write_tier or None
-        return [n for n in snap.nodes if n.state is NodeState.ACTIVE and n.report is not None
-                and n.report.capacity_bytes > 0 and (tier is None or n.tier == tier)]
+        policy = self.client.policy
+        return [n for n in snap.nodes if policy.may_hold(n) and n.report is not None
+                and n.report.capacity_bytes > 0]
 
     async def _hot(self, sources: Sequence[Node]) -> dict[str, list[BlobCandidate]]:
         """Each source's hottest blobs that the index confirms it holds, with sizes."""
@@ -274,7 +274,7 @@ class Leveler(BackgroundJob[LevelStats]):
         async def one(bid: str, holders: tuple[int, ...], heat: float) -> BlobCandidate | None:
             async with sem:
                 try:
-                    size = await stored_size(client, self.client.codec, bid)
+                    size = await self.client.reader.stored_size(bid, client)
                 except (NodeError, OSError):
                     return None
             if size is None:

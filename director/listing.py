@@ -8,10 +8,10 @@ never an entry of its own, any other key is an item directord stored for a memca
 client, indexed in the items' own key space under :func:`director.keys.item_index_id`.
 
 A blob copy goes into the index only once it has been read back from the node and
-verified against its id with this installation's codec (:func:`director.copier.probe`,
-the directors' one verified reader: decoded per its flags, hashed against the id, each
-chunk against the manifest): another installation's key, a corrupt record or a head
-whose chunks are missing is never indexed.  Items carry no id to check them against;
+verified whole against its id with this installation's codec
+(:meth:`director.blobreader.BlobReader.probe`, the directors' one verified reader):
+another installation's key, a corrupt record or a head whose chunks are missing is
+never indexed.  Items carry no id to check them against;
 they are recorded as they are listed.
 """
 
@@ -22,8 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from director.blobreader import Probe
 from director.codec import is_chunk_key
-from director.copier import Probe, probe
 from director.keys import is_blob_id, item_index_id
 from director.planner import Health
 from objstore.replies import MetadumpEntry
@@ -126,7 +126,7 @@ async def verify_copies(client: BlobClient, node: Node, bids: Sequence[str], *,
 
     async def one(bid: str) -> Probe:
         async with sem:
-            return await probe(conn, client.codec, bid)
+            return await client.reader.probe(bid, conn)
 
     return dict(zip(bids, await asyncio.gather(*(one(b) for b in bids)), strict=True))
 

@@ -32,36 +32,11 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from director.nodes import Node, NodeState
+from director.nodes import Node
+from director.policy import PlacementPolicy
 
 _MASK = (1 << 64) - 1
 _TWO64 = float(1 << 64)
-
-
-@dataclass(frozen=True)
-class PlacementPolicy:
-    """How placement weighs nodes; defaults are the recommended values."""
-
-    #: Copies of each blob (DirectorConfig.replicas).
-    replicas: int = 2
-    #: Only nodes of this tier take new blobs; None = any tier.
-    tier: str | None = "ssd"
-    #: Weight grows as free_fraction ** (1 / free_root); 1 = proportional to free space.
-    free_root: float = 3.0
-    #: Nodes with less free space than this fraction of capacity take no new blobs.
-    min_free_fraction: float = 0.02
-    #: How strongly a node busier than its peers' mean is avoided (0 = ignore load).
-    load_penalty: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.replicas < 1:
-            raise ValueError(f"replicas must be at least 1, got {self.replicas}")
-        if self.free_root < 1:
-            raise ValueError(f"free_root must be at least 1, got {self.free_root}")
-        if not 0 <= self.min_free_fraction < 1:
-            raise ValueError(f"min_free_fraction must be in [0, 1), got {self.min_free_fraction}")
-        if self.load_penalty < 0:
-            raise ValueError(f"load_penalty must not be negative, got {self.load_penalty}")
 
 
 def hash64(text: str) -> int:
@@ -75,9 +50,7 @@ def node_weight(node: Node, policy: PlacementPolicy, mean_ops: float) -> float:
     :param mean_ops: mean reported ops/s over the eligible nodes (load reference).
     """
     report = node.report
-    if node.state is not NodeState.ACTIVE or report is None or node.weight <= 0:
-        return 0.0
-    if policy.tier is not None and node.tier != policy.tier:
+    if not policy.may_hold(node) or report is None or node.weight <= 0:
         return 0.0
     free = report.free_fraction
     if free < policy.min_free_fraction or free <= 0:
@@ -116,8 +89,7 @@ class Placer:
 
     def __init__(self, nodes: Iterable[Node], policy: PlacementPolicy | None = None) -> None:
         self.policy = policy or PlacementPolicy()
-        pool = [n for n in nodes if n.state is NodeState.ACTIVE
-                and (self.policy.tier is None or n.tier == self.policy.tier)]
+        pool = [n for n in nodes if self.policy.may_hold(n)]
         mean = _mean_ops(pool)
         weighted = [(n, node_weight(n, self.policy, mean)) for n in pool]
         # Sorted by id so that equal scores (practically never) break ties the same way.

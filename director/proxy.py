@@ -16,11 +16,13 @@ is ``SERVER_ERROR <why>``, a value that would corrupt a blob is ``CLIENT_ERROR <
 
 Blob ids are content addresses shared by many messages, so a key that is a blob id (64
 lowercase hex digits) is guarded: a stored value must decode, per its flags
-(:mod:`director.codec`), to content with that hash; a blob already indexed is not
-uploaded again (a dedup hit); blob ids never expire and are deleted only by gc, which
-collects those no message references.  Every other key is the client's own: it is
-indexed in the items' key space (:meth:`director.index.LocationIndex.item_space`),
-which gc never sweeps, so it lives until the client deletes it or it expires.  Keys of
+(:mod:`director.codec`), to content with that id; a value read is returned as stored
+(a chunked blob's manifest) only once the whole content verified against the id
+(:mod:`director.blobreader`); a blob already indexed is not uploaded again (a dedup
+hit); blob ids never expire and are deleted only by gc, which collects those no message
+references.  Every other key is the client's own: it is indexed in the items' key space
+(:meth:`director.index.LocationIndex.item_space`), which gc never sweeps, so it lives
+until the client deletes it or it expires.  Keys of
 the form ``<blob id>/<n>`` are reserved for chunks of large blobs.  Values of blob ids
 read through directord are cached in memory (they never change); other keys are not,
 since another directord may change them.
@@ -197,7 +199,7 @@ class ProxyHandler:
         if flags & FLAG_MANIFEST:
             return E_BLOB_MANIFEST
         try:
-            self.client.check_stored(key.decode("ascii"), value, flags)
+            self.client.reader.check_value(key.decode("ascii"), value, flags)
         except CodecError as exc:
             return ErrorReply(b"CLIENT_ERROR", b"value does not match its blob id: "
                               + _one_line(str(exc)))

@@ -39,7 +39,8 @@ from director.errors import RegistryError, RemoveRefused, UnknownNode
 from director.index import LocationIndex, StripResult
 from director.keys import Keyspace, check_node_id
 from director.nodes import ADMIN_STATES, LoadReport, Node, NodeState, parse_report
-from director.placement import PlacementPolicy, Placer
+from director.placement import Placer
+from director.policy import PlacementPolicy
 from director.redisconn import (
     ClusterRunner,
     Command,
@@ -48,6 +49,7 @@ from director.redisconn import (
     new_cluster_client,
 )
 from runtime.config import parse_hostport
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
@@ -143,9 +145,9 @@ class Registry:
 
     @classmethod
     async def open(cls, addresses: Sequence[str], *, keys: Keyspace | None = None,
-                   retry: RetryPolicy | None = None,
+                   retry: RetryPolicy | None = None, auth: RedisAuth = NO_REDIS_AUTH,
                    clock: Callable[[], float] = time.time) -> Registry:
-        runner = ClusterRunner(new_cluster_client(addresses), retry=retry)
+        runner = ClusterRunner(new_cluster_client(addresses, auth=auth), retry=retry)
         return cls(runner, keys, clock=clock)
 
     async def aclose(self) -> None:

@@ -12,7 +12,7 @@ lease) does two things:
    which nobody reads and nobody queued.
 2. **Repair** blobs from the queue (:mod:`director.repairqueue`: claimed with a lease, so
    a director that dies mid-way loses nothing).  For each blob every location is probed
-   (read and verified, :func:`director.copier.probe`), the pure planner
+   (read and verified whole, :meth:`director.blobreader.BlobReader.probe`), the pure planner
    (:func:`director.planner.plan_repair`) says what to do, and it is done: missing or
    corrupt copies on active nodes are written again in place, new copies go to
    placement candidates that do not hold the blob, the index entry is updated (new
@@ -21,7 +21,10 @@ lease) does two things:
    gc collected meanwhile), and the entry leaves the queue.  A blob with no good copy
    reachable now, or not enough nodes to copy to, goes back with ``repair_retry_delay``;
    one whose every replica answered "not here" is lost (or an item stored through
-   directord, which the queue cannot name) and is reported, not retried.
+   directord, which the queue cannot name) and is reported, not retried.  Only a copy
+   that verified is ever written: when copies disagree the verified one wins, and a
+   blob whose copies all fail to verify is reported corrupt and left as it is (a forged
+   copy is never propagated over a missing one).
 
 Down nodes are tracked in the job's state (``down:<node id>`` = first seen down): their
 copies still count for ``repair_down_grace`` seconds, so a reboot does not set off a
@@ -35,12 +38,13 @@ import logging
 from dataclasses import dataclass, field
 
 from director.background import BackgroundJob, PassControl, PassStats
-from director.copier import Probe, StoredBlob, probe, write_verified
+from director.blobreader import Probe, VerifiedBlob
+from director.copier import write_verified
 from director.index import SCAN_BUCKETS
 from director.jobstate import JobState, number
 from director.memcache_client import NodeError
 from director.nodes import Node, NodeState
-from director.placement import PlacementPolicy, Placer
+from director.placement import Placer
 from director.planner import Health, Replica, down_waiting, needs_repair, plan_repair
 from director.registry import RegistrySnapshot
 
@@ -64,6 +68,8 @@ class RepairStats(PassStats):
         draining nodes).
     :param unrepairable: blobs sent back to the queue with a delay (no good copy
         reachable, or too few nodes to copy to).
+    :param corrupt: of the unrepairable, blobs with no copy that verifies and at least
+        one that does not (corrupt or forged): reported, never copied.
     :param lost: blobs whose every replica answered that it does not hold them.
     :param gone: queued blobs the index no longer knows (collected).
     :param swept_buckets: index buckets the sweep checked.
@@ -80,6 +86,7 @@ class RepairStats(PassStats):
     rewritten: int = 0
     forgotten: int = 0
     unrepairable: int = 0
+    corrupt: int = 0
     lost: int = 0
     gone: int = 0
     swept_buckets: int = 0
@@ -101,8 +108,7 @@ class Repairer(BackgroundJob[RepairStats]):
         snap = await self.client.snapshot(force=True)
         state = control.state(self)
         waiting = await self._track_down(state, snap)
-        placer = snap.placer(PlacementPolicy(replicas=self.dconf.replicas,
-                                             tier=self.dconf.write_tier or None))
+        placer = snap.placer(self.client.policy)
         if await self._sweep(control, state, snap, waiting, stats):
             await self._drain_queue(control, snap, placer, waiting, stats)
         stats.backlog = await queue.backlog()
@@ -143,7 +149,7 @@ class Repairer(BackgroundJob[RepairStats]):
             cursor = 0
         left = self.dconf.repair_scan_buckets
         nodes = {n.number: n for n in snap.nodes}
-        want = self.dconf.replicas
+        want = self.client.policy.replicas
         while left > 0:
             page = await self.index.scan(cursor, buckets=min(SCAN_BUCKETS, left))
             if any(n not in nodes for _bid, nums in page.entries for n in nums):
@@ -212,11 +218,11 @@ class Repairer(BackgroundJob[RepairStats]):
                 return Replica(num, node, Health.GONE)
             if node.state is NodeState.DOWN:
                 return Replica(num, node, Health.DOWN)
-            probes[num] = await probe(self.client.node_client(node), self.client.codec, bid)
+            probes[num] = await self.client.reader.probe(bid, self.client.node_client(node))
             return Replica(num, node, probes[num].health)
 
         replicas = list(await asyncio.gather(*(look(n) for n in locations)))
-        plan = plan_repair(replicas, placer.candidates(bid), self.dconf.replicas,
+        plan = plan_repair(replicas, placer.candidates(bid), self.client.policy.replicas,
                            waiting=waiting)
         unsure = any(r.number in waiting and r.health is Health.DOWN for r in replicas)
         if plan.whole:
@@ -238,6 +244,11 @@ class Repairer(BackgroundJob[RepairStats]):
                           ", ".join(str(n) for n in locations))
                 await queue.done([bid])
             else:
+                bad = {n: p.detail for n, p in probes.items() if p.health is Health.CORRUPT}
+                if bad:
+                    stats.corrupt += 1
+                    log.error("blob %s: no copy verifies; not copying any (corrupt: %s)",
+                              bid, "; ".join(f"node {n}: {d}" for n, d in bad.items()))
                 stats.unrepairable += 1
                 await queue.retry_later([bid], self.dconf.repair_retry_delay)
             if len(stats.examples) < EXAMPLES:
@@ -255,7 +266,8 @@ class Repairer(BackgroundJob[RepairStats]):
             stats.forgotten += len(plan.forget)
         stats.rewritten += fixed
         stats.copies_made += made
-        if plan.counted + fixed + made >= self.dconf.replicas and fixed == len(plan.rewrite):
+        if plan.counted + fixed + made >= self.client.policy.replicas \
+                and fixed == len(plan.rewrite):
             stats.repaired += 1
             if unsure:
                 await queue.retry_later([bid], self.dconf.repair_retry_delay)
@@ -268,17 +280,17 @@ class Repairer(BackgroundJob[RepairStats]):
             await queue.retry_later([bid], self.dconf.repair_retry_delay)
 
     async def _last_resort(self, bid: str, replicas: list[Replica],
-                           probes: dict[int, Probe]) -> StoredBlob | None:
+                           probes: dict[int, Probe]) -> VerifiedBlob | None:
         """A removed node that still serves may hold the only good copy: read it."""
         for r in replicas:
             if r.health is Health.GONE and r.node is not None:
-                found = await probe(self.client.node_client(r.node), self.client.codec, bid)
+                found = await self.client.reader.probe(bid, self.client.node_client(r.node))
                 if found.blob is not None:
                     probes[r.number] = found
                     return found.blob
         return None
 
-    async def _write_each(self, nodes: tuple[Node, ...], source: StoredBlob,
+    async def _write_each(self, nodes: tuple[Node, ...], source: VerifiedBlob,
                           stats: RepairStats) -> int:
         ok = 0
         for node in nodes:
@@ -286,7 +298,7 @@ class Repairer(BackgroundJob[RepairStats]):
                 ok += 1
         return ok
 
-    async def _write_first(self, targets: tuple[Node, ...], need: int, source: StoredBlob,
+    async def _write_first(self, targets: tuple[Node, ...], need: int, source: VerifiedBlob,
                            stats: RepairStats) -> list[Node]:
         made: list[Node] = []
         for node in targets:
@@ -296,7 +308,7 @@ class Repairer(BackgroundJob[RepairStats]):
                 made.append(node)
         return made
 
-    async def _write(self, node: Node, source: StoredBlob, stats: RepairStats) -> bool:
+    async def _write(self, node: Node, source: VerifiedBlob, stats: RepairStats) -> bool:
         try:
             await write_verified(self.client.node_client(node), source)
         except (NodeError, OSError) as exc:

@@ -8,8 +8,9 @@ handing back other bytes) until the day its good copy is lost too.  A scrub run 
 ``scrub``, or ``scrub:<node id>`` for one node's copies) goes once round the index, a
 page of buckets at a time from a cursor saved in its job hash, and for every location of
 every entry reads the copy from that object server and verifies it as repair does
-(:func:`director.copier.probe`: decoded per its flags, hashed against the id, each chunk
-against the manifest).  A copy found corrupt or missing queues its blob for repair,
+(:meth:`director.blobreader.BlobReader.probe`: decoded per its flags, each chunk checked
+against the manifest and the whole content against the id, so a forged manifest with
+matching chunks is found too).  A copy found corrupt or missing queues its blob for repair,
 which rewrites it from a good copy; a node that cannot be asked is counted and left for
 a later run (repair's down-node handling owns outages).  Scrub itself writes nothing to
 the object servers.
@@ -29,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from director.background import BackgroundJob, PassControl, PassStats, throttle
-from director.copier import probe
 from director.jobstate import JobState, integer, number
 from director.planner import Health
 
@@ -156,7 +156,7 @@ class Scrubber(BackgroundJob[ScrubStats]):
                     stats.unreachable += 1
                     continue
                 async with sem:
-                    found = await probe(self.client.node_client(node), self.client.codec, bid)
+                    found = await self.client.reader.probe(bid, self.client.node_client(node))
                 if found.health is Health.GOOD:
                     assert found.blob is not None
                     stats.copies += 1

@@ -23,6 +23,14 @@ _DATE_TIME = re.compile(
 )
 
 
+#: The years an APPEND date-time may have, in its own zone and in UTC: what the store and
+#: every later rendering of INTERNALDATE can hold.  Python's range is 1..9999, and the
+#: PostgreSQL driver turns its two extremes into -infinity/infinity (read back naive), so
+#: the first and last year are left out.
+MIN_YEAR = 2
+MAX_YEAR = 9998
+
+
 class DateError(ValueError):
     """A date or date-time is not in IMAP syntax or does not exist."""
 
@@ -61,7 +69,7 @@ def parse_datetime(text: bytes | str) -> dt.datetime:
     offset = dt.timedelta(hours=int(zone_h), minutes=int(zone_m))
     try:
         zone = dt.timezone(-offset if sign == b"-" else offset)
-        return dt.datetime(
+        value = dt.datetime(
             int(year),
             _month(month),
             int(day),
@@ -72,6 +80,13 @@ def parse_datetime(text: bytes | str) -> dt.datetime:
         )
     except ValueError as exc:
         raise DateError(f"no such date-time: {exc}") from None
+    try:
+        utc = value.astimezone(dt.UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not (MIN_YEAR <= utc.year <= MAX_YEAR and MIN_YEAR <= value.year <= MAX_YEAR):
+        raise DateError(f"date-time out of range (years {MIN_YEAR} to {MAX_YEAR})")
+    return value
 
 
 def format_datetime(value: dt.datetime) -> str:

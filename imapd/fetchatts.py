@@ -233,8 +233,8 @@ def _header_list(lexer: Lexer) -> tuple[str, ...]:
             raise ParseError("header field names are ASCII") from None
         if not name or any(ch <= " " or ch == ":" or ch == "\x7f" for ch in name):
             raise ParseError("invalid header field name")
-        if name not in fields:
-            fields.append(name)
+        # Repeats are kept: the response echoes the list as requested (RFC 3501 7.4.2).
+        fields.append(name)
         if lexer.accept(b")"):
             return tuple(fields)
         lexer.sp()

@@ -265,7 +265,7 @@ class Lexer:
     def mailbox(self) -> str:
         """Read a ``mailbox``: modified UTF-7 decoded; any case of INBOX becomes ``INBOX``."""
         name = _decode_mailbox(self.astring())
-        return "INBOX" if name.upper() == "INBOX" else name
+        return "INBOX" if name.upper() == "INBOX" and type(name) is str else name
 
     def list_mailbox(self) -> str:
         """Read a ``list-mailbox`` (a pattern that may hold the wildcards ``%`` and ``*``)."""
@@ -342,7 +342,8 @@ class Lexer:
 
 
 def _decode_mailbox(raw: bytes) -> str:
+    """The decoded name, or the raw one marked :class:`~imapd.mutf7.Undecodable`."""
     try:
         return mutf7.decode(raw)
-    except mutf7.MUTF7Error as exc:
-        raise ParseError(str(exc)) from None
+    except mutf7.MUTF7Error:
+        return mutf7.Undecodable(raw.decode("latin-1"))

@@ -12,11 +12,23 @@ import base64
 import binascii
 import re
 
-__all__ = ["MUTF7Error", "decode", "encode"]
+__all__ = ["MUTF7Error", "Undecodable", "decode", "encode"]
 
 
 class MUTF7Error(ValueError):
     """A mailbox name is not valid modified UTF-7."""
+
+
+class Undecodable(str):
+    """A mailbox name as a client sent it (ASCII) that is not valid modified UTF-7.
+
+    Such a name is not a syntax error (any astring is a mailbox name, RFC 3501 9): it
+    names no mailbox, so SELECT answers NO and LIST finds nothing.  Its text is the raw
+    octets, which may equal the decoded name of a real mailbox; the session checks the type
+    before any lookup.
+    """
+
+    __slots__ = ()
 
 
 _PRINTABLE_FIRST = 0x20

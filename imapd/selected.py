@@ -25,10 +25,12 @@ and a repeated FLAGS is idempotent), never missed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from director.errors import BlobCorrupt, BlobNotFound, DirectorError
 from imapd.backend import Backend
 from imapd.bodies import BodyReader
 from imapd.commands import (
@@ -44,8 +46,11 @@ from imapd.commands import (
 )
 from imapd.connection import Connection
 from imapd.fetch import Unsupported, fetch_items, flag_names, plan_fetch
+from imapd.fetchatts import BodySection
 from imapd.mailboxview import MailboxView
 from imapd.response import (
+    CORRUPTION,
+    UNAVAILABLE,
     CopyUid,
     Exists,
     FetchData,
@@ -76,7 +81,7 @@ from imapd.sequence import MAX_NUMBER, SequenceSet
 from metadata.errors import NoSuchMailbox
 from metadata.flags import SEEN, SYSTEM_FLAGS, Flags
 from metadata.messages import StoreMode as StoreModeName
-from metadata.records import CopyResult, User
+from metadata.records import CopyResult, MessageEntry, User
 from metadata.uidset import MAX_UID, UidSet
 
 __all__ = ["Extensions", "MailboxGone", "SelectedMailbox", "TryCreate"]
@@ -94,6 +99,11 @@ _STORE_MODES: dict[StoreMode, StoreModeName] = {
     StoreMode.REPLACE: "replace",
 }
 _SYSTEM_NAMES = tuple(SYSTEM_FLAGS.values())
+#: What reading one message's body can fail with; FETCH returns the other messages.
+_READ_FAILURES = (DirectorError, ValueError)
+#: Of those, the failures retrying will not cure: the data is damaged or gone for good
+#: (SkeletonError is a ValueError, like a damaged section map).
+_LASTING = (BlobCorrupt, BlobNotFound, ValueError)
 
 
 class MailboxGone(Exception):
@@ -161,9 +171,11 @@ class SelectedMailbox:
         else:
             low, high = await store.messages.claim_recent(user.id, mailbox.id)
             view.claim_recent(low, high)
+        view.keywords.update(mailbox.keywords)
         selected = cls(backend, user, view, ext)
+        flags, permanent = selected._flag_lists()
         out: list[Response] = [
-            FlagsResponse(_SYSTEM_NAMES),
+            flags,
             Exists(view.exists),
             Recent(len(view.recent)),
         ]
@@ -171,9 +183,8 @@ class SelectedMailbox:
             seq = view.seq_of(status.first_unseen_uid)
             if seq is not None:
                 out.append(Untagged(Status.OK, f"First unseen message is {seq}", Unseen(seq)))
-        permanent = () if cmd.READ_ONLY else (*_SYSTEM_NAMES, "\\*")
         out += [
-            Untagged(Status.OK, "Flags permitted", PermanentFlags(permanent)),
+            permanent,
             Untagged(Status.OK, "UIDs valid", UidValidity(mailbox.uidvalidity)),
             Untagged(Status.OK, "Predicted next UID", UidNext(mailbox.uidnext)),
             Untagged(Status.OK, "Highest", HighestModSeq(mailbox.highestmodseq)),
@@ -224,7 +235,8 @@ class SelectedMailbox:
             raise MailboxGone("the selected mailbox was deleted") from None
         if mailbox.noselect or mailbox.uidvalidity != view.uidvalidity:
             raise MailboxGone("the selected mailbox was deleted")
-        out: list[Response] = []
+        # A keyword new to the mailbox is announced before anything that may show it.
+        out: list[Response] = self._keyword_news(mailbox.keywords)
         if allow_expunge and mailbox.highestmodseq > view.expunge_modseq:
             if not view.only_own_since(view.expunge_modseq, mailbox.highestmodseq):
                 gone = await store.messages.vanished(self.user.id, view.mailbox_id,
@@ -233,16 +245,7 @@ class SelectedMailbox:
             view.expunge_modseq = mailbox.highestmodseq
         announced_next = view.uidnext
         if mailbox.uidnext > view.uidnext:
-            entries = await store.messages.fetch(
-                self.user.id, view.mailbox_id,
-                UidSet.of([(view.uidnext, min(mailbox.uidnext - 1, MAX_UID))]))
-            added = view.add(e.uid for e in entries)
-            view.uidnext = mailbox.uidnext
-            if not view.read_only:
-                low, high = await store.messages.claim_recent(self.user.id, view.mailbox_id)
-                view.claim_recent(low, high)
-            if added:
-                out += [Exists(view.exists), Recent(len(view.recent))]
+            out += await self._announce_new(mailbox.uidnext)
         if mailbox.highestmodseq > view.flags_modseq:
             if (announced_next > 1 and view.uids
                     and not view.only_own_since(view.flags_modseq, mailbox.highestmodseq)):
@@ -259,12 +262,43 @@ class SelectedMailbox:
         pending = mailbox.highestmodseq > view.expunge_modseq
         return out, pending
 
+    async def _announce_new(self, uidnext: int) -> list[Response]:
+        """EXISTS and RECENT for the messages from the view's UIDNEXT to ``uidnext``."""
+        store = self.backend.store
+        view = self.view
+        entries = await store.messages.fetch(
+            self.user.id, view.mailbox_id, UidSet.of([(view.uidnext, min(uidnext - 1, MAX_UID))]))
+        out = self._keyword_news(k for e in entries for k in e.flags.keywords)
+        added = view.add(e.uid for e in entries)
+        view.uidnext = max(view.uidnext, uidnext)
+        if not view.read_only:
+            low, high = await store.messages.claim_recent(self.user.id, view.mailbox_id)
+            view.claim_recent(low, high)
+        if added:
+            out += [Exists(view.exists), Recent(len(view.recent))]
+        return out
+
+    def _flag_lists(self) -> tuple[FlagsResponse, Untagged]:
+        """FLAGS and the PERMANENTFLAGS OK: the system flags and every keyword announced
+        (read-write: any new keyword may be created, ``\\*``)."""
+        names = (*_SYSTEM_NAMES, *sorted(self.view.keywords))
+        permanent = () if self.view.read_only else (*names, "\\*")
+        return (FlagsResponse(names),
+                Untagged(Status.OK, "Flags permitted", PermanentFlags(permanent)))
+
+    def _keyword_news(self, keywords: Iterable[str]) -> list[Response]:
+        """FLAGS and PERMANENTFLAGS again when ``keywords`` holds one the client was not
+        told of: it must hear of a keyword before a FETCH shows it (RFC 3501 7.2.6).
+        Announced keywords are never taken back."""
+        known = self.view.keywords
+        fresh = [k for k in keywords if k not in known]
+        if not fresh:
+            return []
+        known.update(fresh)
+        return list(self._flag_lists())
+
     def _flag_news(self, seq: int, uid: int, flags: Flags, modseq: int) -> list[Response]:
-        out: list[Response] = []
-        new_keywords = set(flags.keywords) - self.view.keywords
-        if new_keywords:
-            self.view.keywords |= new_keywords
-            out.append(FlagsResponse((*_SYSTEM_NAMES, *sorted(self.view.keywords))))
+        out = self._keyword_news(flags.keywords)
         items: list[ResponseItem] = [
             FetchNumber("UID", uid),
             FetchFlagsItem(flag_names(flags, uid in self.view.recent)),
@@ -315,25 +349,73 @@ class SelectedMailbox:
                 conn.send([Vanished(SequenceSet.from_values(gone), earlier=True)])
         if not pairs:
             return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
-        seen_now: set[int] = set()
-        if plan.sets_seen and not view.read_only:
-            result = await store.messages.store_flags(self.user.id, view.mailbox_id,
-                                                      view.uid_set(pairs), "add", Flags(SEEN))
-            if result.modseq is not None:
-                view.own_modseqs.add(result.modseq)
-            seen_now = set(result.changed)
+        marks_seen = plan.sets_seen and not view.read_only
         batch = BODY_BATCH if plan.bodies else META_BATCH
+        failed: dict[int, Exception] = {}
         for chunk in _chunks(pairs, batch):
             seqs = {uid: seq for seq, uid in chunk}
             entries = await store.messages.fetch(self.user.id, view.mailbox_id,
                                                  view.uid_set(chunk), items=plan.items,
                                                  changed_since=cmd.changedsince)
-            bodies = await self.reader.read(entries, plan.bodies) if plan.bodies else {}
-            conn.send([FetchData(seqs[e.uid], fetch_items(
+            bodies: dict[tuple[int, BodySection], bytes] = {}
+            if plan.bodies:
+                bodies, lost = await self._read_bodies(entries, plan.bodies)
+                if lost:
+                    failed.update(lost)
+                    entries = [e for e in entries if e.uid not in lost]
+            seen_now: set[int] = set()
+            if marks_seen:
+                # \Seen goes only on what is returned, once it could be read.
+                entries, seen_now = await self._mark_seen(entries)
+            out: list[Response] = self._keyword_news(
+                k for e in entries for k in e.flags.keywords)
+            out += [FetchData(seqs[e.uid], fetch_items(
                 plan, e, bodies, recent=e.uid in view.recent, add_flags=e.uid in seen_now))
-                for e in entries])
+                for e in entries]
+            conn.send(out)
             await conn.drain()
+        if failed:
+            return _fetch_failure(cmd, failed)
         return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
+
+    async def _read_bodies(self, entries: Sequence[MessageEntry],
+                           atts: Sequence[BodySection],
+                           ) -> tuple[dict[tuple[int, BodySection], bytes], dict[int, Exception]]:
+        """The body sections of ``entries``, and the messages that could not be read (by
+        UID): when the batch fails, each message is read alone, so one unreadable
+        message does not hide the others."""
+        try:
+            return await self.reader.read(entries, atts), {}
+        except _READ_FAILURES as exc:
+            if len(entries) == 1:
+                return {}, {entries[0].uid: exc}
+        bodies: dict[tuple[int, BodySection], bytes] = {}
+        lost: dict[int, Exception] = {}
+        for entry in entries:
+            try:
+                bodies.update(await self.reader.read([entry], atts))
+            except _READ_FAILURES as exc:
+                lost[entry.uid] = exc
+        return bodies, lost
+
+    async def _mark_seen(self, entries: list[MessageEntry],
+                         ) -> tuple[list[MessageEntry], set[int]]:
+        """Set \\Seen on ``entries``; return them with their new flags (and mod-sequence)
+        and the UIDs that changed.  No query when all are seen already."""
+        unseen = [e.uid for e in entries if not e.flags.system & SEEN]
+        if not unseen:
+            return entries, set()
+        view = self.view
+        result = await self.backend.store.messages.store_flags(
+            self.user.id, view.mailbox_id, UidSet.from_uids(unseen), "add", Flags(SEEN))
+        if result.modseq is None:
+            return entries, set()
+        view.own_modseqs.add(result.modseq)
+        states = {st.uid: st for st in result.states if st.uid in result.changed}
+        updated = [dataclasses.replace(e, flags=states[e.uid].flags,
+                                       modseq=states[e.uid].modseq)
+                   if e.uid in states else e for e in entries]
+        return updated, set(states)
 
     # -- STORE ---------------------------------------------------------------------------------
 
@@ -355,11 +437,7 @@ class SelectedMailbox:
             unchanged_since=cmd.unchangedsince)
         if result.modseq is not None:
             view.own_modseqs.add(result.modseq)
-        out: list[Response] = []
-        new_keywords = set(flags.keywords) - view.keywords
-        if new_keywords and cmd.mode is not StoreMode.REMOVE:
-            view.keywords |= new_keywords
-            out.append(FlagsResponse((*_SYSTEM_NAMES, *sorted(view.keywords))))
+        out = self._keyword_news(k for st in result.states for k in st.flags.keywords)
         changed = set(result.changed)
         refused = set(result.modified)
         for state in result.states:
@@ -439,8 +517,6 @@ class SelectedMailbox:
         pairs, target = await self._transfer(cmd)
         if not pairs:
             return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
-        if target == self.view.mailbox_id:
-            return Tagged(cmd.tag, Status.NO, "Cannot move a message into its own mailbox")
         result = await self.backend.store.messages.move(self.user.id, self.view.mailbox_id,
                                                         self.view.uid_set(pairs), target)
         if result.expunged.modseq is not None:
@@ -449,6 +525,12 @@ class SelectedMailbox:
         if copied.source_uids:
             conn.send([Untagged(Status.OK, "Moved", _copy_uid(copied))])
         conn.send(self.expunged(result.expunged.uids))
+        if target == self.view.mailbox_id and copied.dest_uids:
+            # A move within the mailbox (RFC 6851 allows it): the copies are new messages.
+            # Their mod-sequence (the expunge's minus one, same transaction) is our own.
+            if result.expunged.modseq is not None:
+                self.view.own_modseqs.add(result.expunged.modseq - 1)
+            conn.send(await self._announce_new(copied.dest_uids[-1] + 1))
         return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
 
     async def expunge(self, tag: str, conn: Connection, cmd: UidExpunge | None = None,
@@ -474,6 +556,21 @@ class SelectedMailbox:
         conn.send(self.expunged(result.uids))
         name = "UID EXPUNGE" if cmd is not None else "EXPUNGE"
         return Tagged(tag, Status.OK, f"{name} completed")
+
+
+def _fetch_failure(cmd: Fetch, failed: dict[int, Exception]) -> Tagged:
+    """The tagged NO of a FETCH that returned what it could read: CORRUPTION when a
+    message's data is damaged or gone for good, else UNAVAILABLE (worth retrying)."""
+    uids = SequenceSet.from_values(sorted(failed))
+    lasting = [e for e in failed.values() if isinstance(e, _LASTING)]
+    for uid, exc in failed.items():
+        log.log(logging.ERROR if isinstance(exc, _LASTING) else logging.WARNING,
+                "FETCH of mailbox entry UID %d failed: %s", uid, exc)
+    if lasting:
+        return Tagged(cmd.tag, Status.NO, f"Message data is corrupt or lost (UID {uids})",
+                      CORRUPTION)
+    return Tagged(cmd.tag, Status.NO, f"Some messages could not be read now (UID {uids}), "
+                  "try again", UNAVAILABLE)
 
 
 def _copy_uid(result: CopyResult) -> CopyUid:

@@ -6,8 +6,10 @@ The connection handling (one command at a time, back-pressure both ways, the idl
 STARTTLS, the connection limit, disconnects mid-command) is shared with POP3 and explained
 in :mod:`imapd.adapter`.  What is IMAP's own lives here: the parser limits, answering a
 synchronizing literal's continuation request (or refusing the literal) before the command
-reaches the session, the BYE words, and writing responses straight to the socket when
-nothing is queued in Twisted.
+reaches the session, the BYE words, writing responses straight to the socket when
+nothing is queued in Twisted, and what holds until the client logs in: literals of a few
+KiB at most (:attr:`~imapd.parser.Limits.max_prelogin_literal`) and a deadline to log in
+(``imapd.prelogin_timeout``) that no trickle of bytes postpones.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from imapd.parser import (
     AuthResponse,
     BadCommand,
     ContinuationNeeded,
-    Fatal,
     IdleDone,
     Limits,
     NeedData,
@@ -67,22 +68,27 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
 
     def __init__(self, factory: IMAPFactory, *, secure: bool = False) -> None:
         super().__init__(factory, secure=secure)
+        self.pause_buffer = factory.limits.pause_buffer
+        self.max_buffer = factory.limits.max_buffer
         self._direct_socket: Any = None
+        self._logged_in = False
+        self._login_deadline: Any = None  # an IDelayedCall while the client has not logged in
 
     def _new_parser(self) -> Parser:
-        return Parser(self.factory.limits)
+        # A new connection, or one starting TLS (which happens before login).
+        return Parser(self.factory.limits, prelogin=True)
 
     def _new_session(self) -> Session:
         return self.factory.new_session(self)
 
     def _greet(self, session: Session) -> None:
         self.send([session.greeting()])
+        timeout = self.factory.config.prelogin_timeout
+        if timeout > 0:
+            self._login_deadline = self.factory.clock.callLater(timeout, self._too_slow)
 
     def goodbye(self, text: str) -> None:
         self.send([Untagged(Status.BYE, text)])
-
-    def _should_pause(self) -> bool:
-        return self.parser.should_pause
 
     def _accepted(self) -> None:
         # Only Twisted's own TCP connection may be bypassed.  A TLS wrapper (IMAPS) passes
@@ -133,12 +139,34 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
             if session.bad_command():
                 self.send([Untagged(Status.BYE, "Too many invalid commands")])
                 self.close()
-        elif isinstance(event, Fatal):
-            self.send([Untagged(Status.BYE, event.text)])
-            self.close()
         elif isinstance(event, Command | IdleDone | AuthResponse):
-            self._dispatch(session.dispatch(event))
+            self._dispatch(self._run(session, event))
         return True
+
+    async def _run(self, session: Session, event: Command | IdleDone | AuthResponse) -> None:
+        """Dispatch one event; once it logged the client in, lift the pre-login limits
+        before the parser reads what the client pipelined after it."""
+        await session.dispatch(event)
+        if not self._logged_in and session.user is not None:
+            self._logged_in = True
+            self.parser.end_prelogin()
+            if self._login_deadline is not None:
+                self._login_deadline.cancel()
+                self._login_deadline = None
+
+    def _too_slow(self) -> None:
+        """The client did not log in within ``prelogin_timeout`` of connecting, busy or
+        not: the idle timeout alone lets a byte a second keep a slot forever."""
+        self._login_deadline = None
+        if not self._gone and not self._closing:
+            self.goodbye("Log in sooner next time")
+            self.close()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._login_deadline is not None:
+            self._login_deadline.cancel()
+            self._login_deadline = None
+        super().connectionLost(reason)
 
 
 class IMAPFactory(SessionFactory[IMAPServerProtocol]):
@@ -153,9 +181,15 @@ class IMAPFactory(SessionFactory[IMAPServerProtocol]):
 
     def __init__(self, backend: Backend, *, tls: Any = None, secure: bool = False,
                  clock: Any = None) -> None:
-        super().__init__(backend, tls=tls, secure=secure, clock=clock)
-        self.limits = limits_for(backend.config)
-        self.idle_timeout = backend.config.idle_timeout
+        config = backend.config
+        super().__init__(max_connections=config.max_connections,
+                         max_per_address=config.max_connections_per_address,
+                         idle_timeout=config.idle_timeout,
+                         clock=clock if clock is not None else backend.clock, tls=tls,
+                         secure=secure)
+        self.backend = backend
+        self.config = config
+        self.limits = limits_for(config)
 
     def buildProtocol(self, addr: Any) -> IMAPServerProtocol:  # type: ignore[override]
         return IMAPServerProtocol(self, secure=self.secure)

@@ -45,7 +45,9 @@ from imapd.capabilities import ENABLEABLE, capabilities
 from imapd.config import ImapdConfig
 from imapd.connection import Connection
 from imapd.fetch import Unsupported
+from imapd.logins import LIMITED_TEXT, LoginsLimited, authenticate
 from imapd.mailboxview import InvalidSequence
+from imapd.mutf7 import Undecodable
 from imapd.parser import AuthResponse, ContinuationNeeded, IdleDone
 from imapd.response import (
     ALREADYEXISTS,
@@ -132,6 +134,19 @@ _SELECTED = frozenset({State.SELECTED})
 _NO_EXPUNGE = (c.Fetch, c.Store, c.Search)
 
 _Handler = Callable[[Any], Awaitable[Tagged | None]]
+
+#: The commands that name mailboxes (see :func:`_undecodable`).
+_NAMING = (c.SelectBase, c.Create, c.Delete, c.Rename, c.Subscribe, c.Unsubscribe, c.List,
+           c.Lsub, c.Status, c.Append, c.Copy, c.Move)
+
+
+def _undecodable(cmd: c.Command) -> bool:
+    """Whether ``cmd`` names a mailbox (or LIST pattern) that is not modified UTF-7."""
+    for value in vars(cmd).values():
+        if isinstance(value, Undecodable) or (
+                isinstance(value, tuple) and any(isinstance(v, Undecodable) for v in value)):
+            return True
+    return False
 
 
 class Session:
@@ -258,7 +273,21 @@ class Session:
         states, handler = self._handlers[type(cmd)]
         if self.state not in states:
             return Tagged(cmd.tag, Status.BAD, self._wrong_state(cmd))
+        if isinstance(cmd, _NAMING) and _undecodable(cmd):
+            return self._no_such_name(cmd)
         return await self._guard(cmd.tag, handler(cmd))
+
+    def _no_such_name(self, cmd: c.Command) -> Tagged:
+        """A command naming a mailbox in invalid modified UTF-7: no mailbox has that name,
+        so LIST and LSUB find nothing and the others fail (SELECT unselects first)."""
+        if isinstance(cmd, c.List | c.Lsub):
+            return Tagged(cmd.tag, Status.OK, f"{cmd.NAME.capitalize()} completed")
+        if isinstance(cmd, c.SelectBase):
+            self._deselect()
+        text = "Mailbox name is not valid modified UTF-7"
+        if isinstance(cmd, c.Create | c.Rename):
+            return Tagged(cmd.tag, Status.NO, text, CANNOT)
+        return Tagged(cmd.tag, Status.NO, text, NONEXISTENT)
 
     def _wrong_state(self, cmd: c.Command) -> str:
         if self.state is State.NOT_AUTHENTICATED:
@@ -429,8 +458,7 @@ class Session:
         if not self._plaintext_ok():
             return Tagged(cmd.tag, Status.NO, "Log in over TLS (STARTTLS) only",
                           PRIVACYREQUIRED)
-        user = await self.backend.store.users.authenticate(cmd.username, cmd.password)
-        return await self._logged_in(cmd.tag, user, cmd.username)
+        return await self._password_login(cmd.tag, cmd.username, cmd.password)
 
     async def _authenticate(self, cmd: c.Authenticate) -> Tagged | None:
         if cmd.mechanism != "PLAIN":
@@ -458,27 +486,37 @@ class Session:
                           AUTHORIZATIONFAILED)
         except SaslError as exc:
             return Tagged(tag, Status.BAD, f"Invalid PLAIN message: {exc}")
-        user = await self.backend.store.users.authenticate(credentials.username,
-                                                           credentials.password)
-        return await self._logged_in(tag, user, credentials.username)
+        return await self._password_login(tag, credentials.username, credentials.password)
+
+    async def _password_login(self, tag: str, name: str, password: str) -> Tagged | None:
+        try:
+            user = await authenticate(self.backend.store.users, self.backend.logins,
+                                      self.conn.peer, name, password)
+        except LoginsLimited:
+            return await self._login_failed(name, Tagged(tag, Status.NO, LIMITED_TEXT,
+                                                         UNAVAILABLE))
+        return await self._logged_in(tag, user, name)
+
+    async def _login_failed(self, name: str, answer: Tagged) -> Tagged | None:
+        self.backend.metrics.login("imap", False)
+        self._failed_logins += 1
+        log.warning("failed login for %r from %s (%d): %s", name[:100], self.conn.peer,
+                    self._failed_logins, answer.text)
+        delay = float(self.config.login_delay)
+        if delay > 0:
+            await task.deferLater(self.backend.clock, delay, lambda: None).asFuture(
+                asyncio.get_running_loop())
+        if self._failed_logins >= MAX_FAILED_LOGINS:
+            self.conn.send([answer, Untagged(Status.BYE, "Too many failed logins")])
+            self._end()
+            return None
+        return answer
 
     async def _logged_in(self, tag: str, user: User | None, name: str) -> Tagged | None:
-        self.backend.metrics.login("imap", user is not None)
         if user is None:
-            self._failed_logins += 1
-            log.warning("failed login for %r from %s (%d)", name[:100], self.conn.peer,
-                        self._failed_logins)
-            delay = float(self.config.login_delay)
-            if delay > 0:
-                await task.deferLater(self.backend.clock, delay, lambda: None).asFuture(
-                    asyncio.get_running_loop())
-            if self._failed_logins >= MAX_FAILED_LOGINS:
-                self.conn.send([Tagged(tag, Status.NO, "Authentication failed",
-                                       AUTHENTICATIONFAILED),
-                                Untagged(Status.BYE, "Too many failed logins")])
-                self._end()
-                return None
-            return Tagged(tag, Status.NO, "Authentication failed", AUTHENTICATIONFAILED)
+            return await self._login_failed(name, Tagged(
+                tag, Status.NO, "Authentication failed", AUTHENTICATIONFAILED))
+        self.backend.metrics.login("imap", True)
         # Subscribe before any state is read, so no change falls in between.
         await self.backend.changes.subscribe(user.id, self._on_change)
         self._subscribed = True

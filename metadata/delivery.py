@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -41,7 +41,7 @@ from metadata.mimetree import parse
 from metadata.records import Mailbox, MessageRow, User
 from metadata.searchtext import search_text
 from metadata.sections import section_map
-from metadata.splitter import SplitMessage, split
+from metadata.splitter import SplitMessage, blob_id, split
 from metadata.store import MetadataStore
 
 #: Messages at least this large are analysed off the event loop's thread, so a
@@ -65,7 +65,15 @@ UNKNOWN_GENERATION = -1
 class BlobStore(Protocol):
     """What delivery needs of the director client (``director.client.BlobClient``)."""
 
-    async def put_many(self, blobs: Sequence[bytes]) -> list[str]: ...
+    def id_of(self, content: bytes) -> str:
+        """The id the store names ``content`` by: the splitter names blobs with it."""
+        ...
+
+    async def put_named(self, blobs: Mapping[str, bytes],
+                        named_by: Callable[[bytes], str]) -> None:
+        """Store blobs (id -> bytes) whose ids ``named_by`` computed; when it is the
+        store's own :meth:`id_of` they are not hashed again."""
+        ...
 
     async def gc_generation(self) -> int:
         """gc's generation now; read before uploading blobs a commit will reference."""
@@ -112,9 +120,14 @@ class Delivered:
     """The mailbox's mod-sequence after this delivery (the entry's own)."""
 
 
-def prepare(raw: bytes, threshold: int) -> PreparedMessage:
-    """Analyse ``raw`` (pure, CPU-bound): split, pre-render, extract search text."""
-    stored = split(raw, threshold)
+def prepare(raw: bytes, threshold: int,
+            id_of: Callable[[bytes], str] = blob_id) -> PreparedMessage:
+    """Analyse ``raw`` (pure, CPU-bound): split, pre-render, extract search text.
+
+    :param id_of: names the blobs (the blob store's :meth:`BlobStore.id_of`, so that
+        storing them needs no second hash).
+    """
+    stored = split(raw, threshold, id_of=id_of)
     tree = stored.tree if stored.tree is not None else parse(raw)
     text = search_text(raw, tree)
     row = MessageRow(
@@ -164,10 +177,11 @@ class Deliverer:
         self.check_size(len(raw))
         generation = await self.blobs.gc_generation()
         if len(raw) < OFFLOAD_BYTES:
-            prepared = prepare(raw, self.threshold)
+            prepared = prepare(raw, self.threshold, self.blobs.id_of)
         else:
             loop = asyncio.get_running_loop()
-            prepared = await loop.run_in_executor(None, prepare, raw, self.threshold)
+            prepared = await loop.run_in_executor(None, prepare, raw, self.threshold,
+                                                  self.blobs.id_of)
         return replace(prepared, gc_generation=generation)
 
     async def upload(self, prepared: PreparedMessage) -> None:
@@ -176,7 +190,7 @@ class Deliverer:
         :raises director.errors.BlobUnavailable: too few object servers took them.
         """
         stored = prepared.split
-        await self.blobs.put_many([stored.skeleton_bytes, *stored.blobs.values()])
+        await self.blobs.put_named(stored.named_blobs, stored.named_by)
 
     async def commit(self, user: User, prepared: PreparedMessage, *, mailbox: str = "INBOX",
                      flags: Iterable[str] = (), internaldate: dt.datetime | None = None,

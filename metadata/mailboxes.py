@@ -50,13 +50,15 @@ DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
 SPECIAL_USES = frozenset({"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent",
                           "\\Trash"})
 
-_COLUMNS = "user_id, id, name, uidvalidity, uidnext, highestmodseq, special_use, noselect"
+_COLUMNS = ("user_id, id, name, uidvalidity, uidnext, highestmodseq, special_use, noselect, "
+            "keywords")
 _SUBTREE = "(name = $2 OR starts_with(name, $2 || '/'))"
 
 
 def _mailbox(row: asyncpg.Record) -> Mailbox:
     return Mailbox(row["user_id"], row["id"], row["name"], row["uidvalidity"], row["uidnext"],
-                   row["highestmodseq"], row["special_use"], row["noselect"])
+                   row["highestmodseq"], row["special_use"], row["noselect"],
+                   tuple(row["keywords"]))
 
 
 def _normalize(name: str) -> str:
@@ -158,7 +160,7 @@ class Mailboxes:
                 uidvalidity = await allocate_uidvalidity(conn, user_id)
                 row = await conn.fetchrow(
                     "UPDATE mailboxes SET noselect = false, uidvalidity = $3, uidnext = 1, "
-                    "recent_uid = 1, special_use = $4 WHERE user_id = $1 AND id = $2 "
+                    "recent_uid = 1, special_use = $4, keywords = '{}' WHERE user_id = $1 AND id = $2 "
                     f"RETURNING {_COLUMNS}", user_id, existing[name]["id"], uidvalidity,
                     special_use)
                 mailbox = _mailbox(row)
@@ -314,8 +316,10 @@ class Mailboxes:
             "WHERE user_id = $1 AND mailbox_id = $2 RETURNING uid",
             user_id, inbox["id"], target.id)
         if moved:
-            await conn.execute("UPDATE mailboxes SET uidnext = $3 WHERE user_id = $1 AND id = $2",
-                               user_id, target.id, len(moved) + 1)
+            await conn.execute(
+                "UPDATE mailboxes SET uidnext = $3, keywords = (SELECT keywords FROM mailboxes "
+                "WHERE user_id = $1 AND id = $4) WHERE user_id = $1 AND id = $2",
+                user_id, target.id, len(moved) + 1, inbox["id"])
             await remove_entries(conn, user_id, inbox["id"], None, only_deleted=False,
                                  highestmodseq=inbox["highestmodseq"], refund=False)
         return await _get_by_id(conn, user_id, target.id)

@@ -75,8 +75,8 @@ _ITEM_FIELDS = {
     "sections": "section_map",
 }
 
-#: Characters of decoded text fed to the full-text vector, headers and body.  PostgreSQL
-#: refuses a tsvector above 1 MB; these bounds keep even adversarial text below it.
+#: Characters of decoded text kept for SEARCH TEXT/BODY, headers and body: bounds on what
+#: the trigram indexes hold per message.
 HEADER_TEXT_LIMIT = 50_000
 BODY_TEXT_LIMIT = 150_000
 #: Characters kept of each casefolded header value and address field.
@@ -153,10 +153,8 @@ _INSERT_MESSAGE = (
     "INSERT INTO messages (user_id, skeleton_id, size, sent_at, sent_date, "
     "search_subject, search_from, search_to, search_cc, search_bcc, "
     "message_id_header, header_fields, header_block, envelope, bodystructure, "
-    "body, section_map, search_vector) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
-    "$9, $10, $11, $12::jsonb, $13, $14, $15, $16, $17, "
-    "setweight(to_tsvector('simple', $18), 'A') || "
-    "setweight(to_tsvector('simple', $19), 'D')) RETURNING id")
+    "body, section_map, search_header, search_body) VALUES ($1, $2, $3, $4, $5, $6, $7, "
+    "$8, $9, $10, $11, $12::jsonb, $13, $14, $15, $16, $17, $18, $19) RETURNING id")
 
 
 def _message_values(user_id: int, row: MessageRow) -> tuple[object, ...]:
@@ -268,14 +266,24 @@ async def remove_entries(conn: asyncpg.Connection, user_id: int, mailbox_id: int
     return Expunged(tuple(removed), modseq)
 
 
-async def _bump_and_publish(conn: asyncpg.Connection, change: Change) -> None:
-    """Set the mailbox's HIGHESTMODSEQ to ``change.modseq`` and :func:`publish` ``change``
-    in one statement (one round trip of the few a STORE takes)."""
+async def _bump_and_publish(conn: asyncpg.Connection, change: Change,
+                            keywords: Sequence[str] = ()) -> None:
+    """Set the mailbox's HIGHESTMODSEQ to ``change.modseq``, add ``keywords`` to its
+    keyword list and :func:`publish` ``change``, in one statement (one round trip of the
+    few a STORE takes)."""
     assert change.mailbox_id is not None and change.modseq is not None
     await conn.execute(
-        "WITH bump AS (UPDATE mailboxes SET highestmodseq = $3 WHERE user_id = $1 "
-        "AND id = $2) SELECT pg_notify($4, $5)", change.user_id, change.mailbox_id,
-        change.modseq, channel(change.user_id), encode(change))
+        f"WITH bump AS (UPDATE mailboxes SET highestmodseq = $3, {_add_keywords('$6')} "
+        "WHERE user_id = $1 AND id = $2) SELECT pg_notify($4, $5)", change.user_id,
+        change.mailbox_id, change.modseq, channel(change.user_id), encode(change),
+        list(keywords))
+
+
+def _add_keywords(param: str) -> str:
+    """SQL setting a mailbox row's ``keywords`` with the text array ``param`` added (those
+    it lacks, in order): the mailbox's keyword list only grows."""
+    return (f"keywords = keywords || ARRAY(SELECT k FROM unnest({param}::text[]) WITH ORDINALITY "
+            "AS t(k, n) WHERE k <> ALL (keywords) ORDER BY n)")
 
 
 def _header_text(row: MessageRow) -> str:
@@ -335,12 +343,13 @@ class Messages:
                 [mid for mid, blobs in zip(message_ids, blob_lists, strict=True) for _ in blobs],
                 [b for blobs in blob_lists for b in blobs])
             # The mailbox lock is taken as late as possible: it is held until commit.
+            keywords = dict.fromkeys(k for m in new for k in m.flags.keywords)
             alloc = await conn.fetchrow(
                 "UPDATE mailboxes SET uidnext = uidnext + $4, "
-                "highestmodseq = highestmodseq + 1 WHERE user_id = $1 AND id = $2 "
-                "AND NOT noselect AND uidnext + $4 - 1 <= $3 "
+                f"highestmodseq = highestmodseq + 1, {_add_keywords('$5')} "
+                "WHERE user_id = $1 AND id = $2 AND NOT noselect AND uidnext + $4 - 1 <= $3 "
                 "RETURNING uidnext - $4 AS first_uid, highestmodseq, uidvalidity",
-                user_id, mailbox_id, MAX_UID, len(new))
+                user_id, mailbox_id, MAX_UID, len(new), list(keywords))
             if alloc is None:
                 await self._explain_no_uid(conn, user_id, mailbox_id)
             first, modseq = alloc["first_uid"], alloc["highestmodseq"]
@@ -469,8 +478,9 @@ class Messages:
                 unchanged_since)
             changed_uids = [r["uid"] for r in rows if r["changed"]]
             if changed_uids:
-                await _bump_and_publish(conn, Change(user_id, "flags", mailbox_id,
-                                                     modseq=modseq))
+                await _bump_and_publish(
+                    conn, Change(user_id, "flags", mailbox_id, modseq=modseq),
+                    flags.keywords if mode != "remove" else ())
         done = set(changed_uids)
         modified = () if unchanged_since is None else tuple(
             r["uid"] for r in rows if r["uid"] not in done and r["modseq"] > unchanged_since)
@@ -490,11 +500,15 @@ class Messages:
             return CopyResult(target["uidvalidity"], (), ()), 0
         count = len(sources)
         source_uids = [r["uid"] for r in sources]
+        # The copies bring their keywords into the target's keyword list.
         alloc = await conn.fetchrow(
-            "UPDATE mailboxes SET uidnext = uidnext + $3, highestmodseq = highestmodseq + 1 "
+            "UPDATE mailboxes SET uidnext = uidnext + $3, highestmodseq = highestmodseq + 1, "
+            "keywords = keywords || ARRAY(SELECT DISTINCT k FROM mailbox_messages mm, "
+            "unnest(mm.keywords) AS k WHERE mm.user_id = $1 AND mm.mailbox_id = $5 "
+            "AND mm.uid = ANY($6::bigint[]) AND k <> ALL (mailboxes.keywords)) "
             "WHERE user_id = $1 AND id = $2 AND uidnext + $3 - 1 <= $4 "
             "RETURNING uidnext - $3 AS first, highestmodseq",
-            user_id, target["id"], count, MAX_UID)
+            user_id, target["id"], count, MAX_UID, source, source_uids)
         if alloc is None:
             raise UidsExhausted(f"mailbox {target['id']} cannot take {count} more UIDs")
         first = alloc["first"]
@@ -581,11 +595,19 @@ class Messages:
         compiled = compile_criteria(criterion, first_param=3)
         join = (" JOIN messages m ON m.user_id = $1 AND m.id = mm.message_id"
                 if compiled.needs_message else "")
-        async with self.db.connection() as conn:
-            rows = await conn.fetch(
-                f"SELECT mm.uid, mm.modseq FROM mailbox_messages mm{join} "
-                f"WHERE mm.user_id = $1 AND mm.mailbox_id = $2 AND {compiled.sql} "
-                "ORDER BY mm.uid", user_id, mailbox_id, *compiled.params)
+        query = (f"SELECT mm.uid, mm.modseq FROM mailbox_messages mm{join} "
+                 f"WHERE mm.user_id = $1 AND mm.mailbox_id = $2 AND {compiled.sql} "
+                 "ORDER BY mm.uid")
+        if not compiled.substring:
+            async with self.db.connection() as conn:
+                rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
+        else:
+            # Whether the trigram index pays depends on the string and the mailbox size: a
+            # generic plan (which a prepared statement switches to after five runs) knows
+            # neither and would walk every entry of a 100,000-message mailbox.
+            async with self.db.transaction(readonly=True) as conn:
+                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
         return SearchHits(tuple(r["uid"] for r in rows),
                           max((r["modseq"] for r in rows), default=None))
 

@@ -78,6 +78,8 @@ class Mailbox:
     highestmodseq: int
     special_use: str | None
     noselect: bool
+    #: Every keyword ever set on one of its entries (FLAGS at SELECT; grows only).
+    keywords: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,10 @@ NOT, OR, lists                  :class:`Not`, :class:`AnyOf`, :class:`AllOf`
 :func:`compile_criteria` is pure: it returns SQL text over the aliases ``mm``
 (``mailbox_messages``) and ``m`` (``messages``) and the parameter values, and says whether
 the ``messages`` join is needed.  Header and address tests are case-insensitive substring
-tests on casefolded text (exact RFC 3501 semantics); BODY and TEXT use the full-text vector,
-every word of the search string matching as a word prefix (so ``invoic`` finds ``invoice``;
-a string with no word characters at all matches nothing, the empty string everything).
+tests on casefolded text (exact RFC 3501 semantics), and so are BODY and TEXT, on the
+casefolded body and header text that the ``pg_trgm`` GIN indexes serve (``ILIKE`` with the
+string escaped: a pattern of three characters or more is looked up by its trigrams).  The
+empty string matches everything.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ __all__ = [
     "TextContains",
     "UidIn",
     "compile_criteria",
+    "like_escape",
 ]
 
 #: Headers with their own column (the rest are searched in ``header_fields``).
@@ -112,14 +114,14 @@ class HeaderContains(Criterion):
 
 @dataclass(frozen=True)
 class BodyContains(Criterion):
-    """Messages whose body text holds every word of ``value`` (BODY)."""
+    """Messages whose body text contains ``value``, ignoring case (BODY)."""
 
     value: str
 
 
 @dataclass(frozen=True)
 class TextContains(Criterion):
-    """Messages whose header or body holds every word of ``value`` (TEXT)."""
+    """Messages whose header or body text contains ``value``, ignoring case (TEXT)."""
 
     value: str
 
@@ -183,6 +185,9 @@ class CompiledSearch:
     sql: str
     params: tuple[Any, ...]
     needs_message: bool
+    #: It holds a BODY/TEXT substring test: plan it for its parameters every time (see
+    #: :meth:`metadata.messages.Messages.search`).
+    substring: bool = False
 
 
 @dataclass
@@ -190,6 +195,7 @@ class _Builder:
     first_param: int
     params: list[Any] = field(default_factory=list)
     needs_message: bool = False
+    substring: bool = False
 
     def param(self, value: Any, cast: str = "") -> str:
         self.params.append(value)
@@ -216,9 +222,9 @@ class _Builder:
             case HeaderContains(name, value):
                 return self.header(name, value)
             case BodyContains(value):
-                return self.fulltext(value, "D")
+                return self.fulltext(value, ("m.search_body",))
             case TextContains(value):
-                return self.fulltext(value, "")
+                return self.fulltext(value, ("m.search_header", "m.search_body"))
             case DateMatches(which, op, day):
                 if which == "internal":
                     column = ("((mm.internaldate AT TIME ZONE 'UTC')"
@@ -256,13 +262,20 @@ class _Builder:
             test += f" AND strpos(h.f->>1, {self.param(folded, '::text')}) > 0"
         return f"EXISTS (SELECT 1 FROM jsonb_array_elements(m.header_fields) AS h(f) WHERE {test})"
 
-    def fulltext(self, value: str, weights: str) -> str:
-        if not value.strip():
+    def fulltext(self, value: str, columns: tuple[str, ...]) -> str:
+        """A substring test on the casefolded body (and, for TEXT, header) text, which the
+        trigram indexes serve."""
+        folded = value.casefold()
+        if not folded:
             return "TRUE"
-        self.needs_message = True
-        query = (f"objmail_search_query({self.param(value.casefold(), '::text')}, "
-                 f"'{weights}')")
-        return f"COALESCE(m.search_vector @@ {query}, FALSE)"
+        self.needs_message = self.substring = True
+        pattern = self.param("%" + like_escape(folded) + "%", "::text")
+        return "(" + " OR ".join(f"{column} ILIKE {pattern}" for column in columns) + ")"
+
+
+def like_escape(text: str) -> str:
+    """``text`` as a LIKE pattern matching itself (backslash is LIKE's escape character)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def compile_criteria(criterion: Criterion, first_param: int = 1) -> CompiledSearch:
@@ -272,4 +285,4 @@ def compile_criteria(criterion: Criterion, first_param: int = 1) -> CompiledSear
     """
     builder = _Builder(first_param)
     sql = builder.build(criterion)
-    return CompiledSearch(sql, tuple(builder.params), builder.needs_message)
+    return CompiledSearch(sql, tuple(builder.params), builder.needs_message, builder.substring)

@@ -17,9 +17,11 @@ import datetime as dt
 import email.utils
 import html
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from metadata.bodystructure import part_data
+from metadata.envelope import parse_addresses
 from metadata.mimetree import MimePart, MimeTree, PartKind, iter_parts, parse
 
 __all__ = [
@@ -46,6 +48,9 @@ _HTML_DROP = re.compile(r"<(script|style|head)\b.*?</\1\s*>|<!--.*?-->", re.I | 
 _HTML_BREAK = re.compile(r"<(?:br|p|div|tr|li|h[1-6]|table|blockquote)\b[^>]*>", re.I)
 _HTML_TAG = re.compile(r"<[^>]*>")
 _SPACES = re.compile(r"[ \t\f\v]+")
+_FOLD_KEEP = re.compile(rb"\r?\n(?=[ \t])")
+_FOLD_DROP = re.compile(rb"\r?\n[ \t]+")
+_BOUNDARY_PARAM = re.compile(rb'(?i)[;\s]boundary\s*=\s*(?:"([^"]*)"|([^\s;"]+))')
 _BLANK_LINES = re.compile(r"\n\s*\n+")
 
 
@@ -160,15 +165,87 @@ def _field(part: MimePart, name: bytes) -> str:
     return ", ".join(decode_header(v) for v in part.header_values(name))[:MAX_FIELD_CHARS]
 
 
+def _address_field(part: MimePart, name: bytes) -> str:
+    """The decoded field, then its addresses as the ENVELOPE reads them (comments and
+    folding whitespace gone): ``<user (c)@ (c) example.org>`` is also found as
+    ``user@example.org``."""
+    text = _field(part, name)
+    found = []
+    for value in part.header_values(name):
+        for addr in parse_addresses(value):
+            if addr.mailbox is None or addr.domain is None:
+                continue  # a group marker
+            spec = _to_str(addr.mailbox + b"@" + addr.domain)
+            found.append(f"{decode_header(addr.name)} <{spec}>" if addr.name else spec)
+    normalized = ", ".join(found)
+    if normalized and normalized != text:
+        text = f"{text}\n{normalized}"
+    return text[: 2 * MAX_FIELD_CHARS]
+
+
 def _sent_at(part: MimePart) -> dt.datetime | None:
+    """The Date field, or None when it does not parse or names an instant the store cannot
+    hold (a year outside 1..9999 once in UTC, e.g. ``31 Dec 9999 23:59:59 -1200``)."""
     values = part.header_values(b"date")
     if not values:
         return None
     try:
         when = email.utils.parsedate_to_datetime(decode_header(values[-1]))
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        when.astimezone(dt.UTC)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+    return when
+
+
+def _lenient_boundaries(part: MimePart) -> list[bytes]:
+    """Boundaries a multipart's Content-Type may mean that the strict reading (which must
+    match Dovecot's BODYSTRUCTURE) missed: a parameter after ``;;``, or a value folded
+    across lines, unfolded as RFC 5322 says and with the line break's whitespace gone."""
+    values = part.header_values(b"content-type")
+    if not values:
+        return []
+    found: list[bytes] = []
+    for text in (_FOLD_KEEP.sub(b"", values[0]), _FOLD_DROP.sub(b"", values[0])):
+        match = _BOUNDARY_PARAM.search(text)
+        if match is not None:
+            value = match.group(1) if match.group(1) is not None else match.group(2)
+            if value and value not in found:
+                found.append(value)
+    return found
+
+
+def _multipart_text(raw: bytes, part: MimePart) -> list[str] | None:
+    """The text of a multipart whose delimiters the strict reading did not find, read
+    again with a boundary found leniently; None when that finds nothing either."""
+    body = raw[part.body.start : part.body.end]
+    for boundary in _lenient_boundaries(part):
+        if b"--" + boundary not in body:
+            continue
+        synthetic = b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\r\n\r\n' + body
+        tree = parse(synthetic)
+        if not tree.root.delimiters:
+            continue
+        texts = [_part_text(synthetic, p) for p in iter_parts(tree.root)]
+        return [t for t in texts if t]
+    return None
+
+
+def _texts(raw: bytes, root: MimePart) -> Iterator[str]:
+    """The decoded text of every text part, in document order."""
+    stack = [root]
+    while stack:
+        part = stack.pop()
+        if part.kind is PartKind.MULTIPART and not part.delimiters:
+            recovered = _multipart_text(raw, part)
+            if recovered is not None:
+                yield from recovered
+                continue
+        text = _part_text(raw, part)
+        if text:
+            yield text
+        stack.extend(reversed(part.children))
 
 
 def search_text(raw: bytes, tree: MimeTree | None = None) -> SearchText:
@@ -179,19 +256,17 @@ def search_text(raw: bytes, tree: MimeTree | None = None) -> SearchText:
     root = tree.root
     chunks: list[str] = []
     size = 0
-    for part in iter_parts(root):
+    for text in _texts(raw, root):
         if size >= MAX_TEXT_CHARS:
             break
-        text = _part_text(raw, part)
-        if text:
-            chunks.append(text[: MAX_TEXT_CHARS - size])
-            size += len(chunks[-1])
+        chunks.append(text[: MAX_TEXT_CHARS - size])
+        size += len(chunks[-1])
     return SearchText(
         subject=_field(root, b"subject"),
-        from_=_field(root, b"from"),
-        to=_field(root, b"to"),
-        cc=_field(root, b"cc"),
-        bcc=_field(root, b"bcc"),
+        from_=_address_field(root, b"from"),
+        to=_address_field(root, b"to"),
+        cc=_address_field(root, b"cc"),
+        bcc=_address_field(root, b"bcc"),
         body="\n\n".join(chunks),
         message_id=_field(root, b"message-id"),
         sent_at=_sent_at(root),

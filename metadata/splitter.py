@@ -1,7 +1,9 @@
 """Split a message into a skeleton and content-addressed blobs, and put it back.
 
 Why: a PDF mailed to a thousand people should be stored once. Every leaf body of at
-least ``threshold`` bytes becomes a blob whose id is the SHA-256 of its stored bytes;
+least ``threshold`` bytes becomes a blob whose id is computed from its stored bytes
+(the SHA-256 by default; delivery passes the blob store's own id function, so the store
+need not hash them again);
 everything else (headers, boundaries, preambles, epilogues, small parts) stays in the
 *skeleton*, itself one small blob. ``reassemble(split(m)) == m`` for every message,
 byte for byte: nothing is normalised, and a message the MIME parser cannot make sense
@@ -143,12 +145,14 @@ class BlobSegment:
     recipe: Base64Recipe | None = None
     stored_length: int = -1
 
-    def expand(self, stored: bytes) -> bytes:
+    def expand(self, stored: bytes, *, verify: bool = True) -> bytes:
         """The message bytes, from the blob's stored bytes.
 
+        :param verify: check the bytes' SHA-256 against the id (False: the caller named
+            the bytes itself a moment ago).
         :raises SkeletonError: if the stored bytes are not this segment's.
         """
-        if blob_id(stored) != self.blob_id:
+        if verify and blob_id(stored) != self.blob_id:
             raise SkeletonError(f"blob {self.blob_id} fails its hash check")
         data = stored if self.recipe is None else self.recipe.encode(stored)
         if len(data) != self.length:
@@ -208,17 +212,23 @@ class Skeleton:
 
 @dataclass(frozen=True, slots=True)
 class SplitMessage:
-    """The result of :func:`split`: what delivery writes."""
+    """The result of :func:`split`: what delivery writes.
+
+    :ivar skeleton_id: the skeleton's own content address (it is stored as a blob too).
+    :ivar named_by: the function that computed the ids (of the blobs and the skeleton).
+    """
 
     skeleton: Skeleton
     skeleton_bytes: bytes
     blobs: Mapping[str, bytes]
     tree: MimeTree | None
+    skeleton_id: str
+    named_by: Callable[[bytes], str]
 
     @property
-    def skeleton_id(self) -> str:
-        """The skeleton's own content address (it is stored as a blob too)."""
-        return blob_id(self.skeleton_bytes)
+    def named_blobs(self) -> dict[str, bytes]:
+        """Everything to store, id -> bytes: the skeleton, then the part blobs."""
+        return {self.skeleton_id: self.skeleton_bytes, **self.blobs}
 
 
 # --- encoding helpers --------------------------------------------------------------
@@ -349,7 +359,7 @@ def _base64_recipe(body: bytes) -> tuple[Base64Recipe, bytes] | None:
 
 
 def _blob_segment(
-    raw: bytes, start: int, end: int, recode_base64: bool
+    raw: bytes, start: int, end: int, recode_base64: bool, id_of: Callable[[bytes], str]
 ) -> tuple[BlobSegment, bytes]:
     body = raw[start:end]
     lf_after_cr = body.startswith(b"\n") and start > 0 and raw[start - 1] == 0x0D
@@ -360,19 +370,21 @@ def _blob_segment(
         recipe, decoded = found
         return (
             BlobSegment(
-                blob_id(decoded), len(body), vlength, ends_cr, lf_after_cr, recipe, len(decoded)
+                id_of(decoded), len(body), vlength, ends_cr, lf_after_cr, recipe, len(decoded)
             ),
             decoded,
         )
     return BlobSegment(
-        blob_id(body), len(body), vlength, ends_cr, lf_after_cr, None, len(body)
+        id_of(body), len(body), vlength, ends_cr, lf_after_cr, None, len(body)
     ), body
 
 
-def _opaque(raw: bytes, threshold: int) -> tuple[list[Segment], dict[str, bytes]]:
+def _opaque(
+    raw: bytes, threshold: int, id_of: Callable[[bytes], str]
+) -> tuple[list[Segment], dict[str, bytes]]:
     if len(raw) < threshold:
         return [InlineSegment(raw)] if raw else [], {}
-    seg, stored = _blob_segment(raw, 0, len(raw), False)
+    seg, stored = _blob_segment(raw, 0, len(raw), False, id_of)
     return [seg], {seg.blob_id: stored}
 
 
@@ -382,12 +394,14 @@ def split(
     *,
     recode_base64: bool = True,
     parser: Callable[[bytes], MimeTree] = parse,
+    id_of: Callable[[bytes], str] = blob_id,
 ) -> SplitMessage:
     """Cut *raw* into a skeleton and blobs (see the module docstring).
 
     :param threshold: leaf bodies of at least this many bytes become blobs.
     :param recode_base64: store canonical base64 bodies decoded (dedups across MUAs).
     :param parser: the MIME parser (injectable so the opaque fallback can be tested).
+    :param id_of: names the blobs and the skeleton (the blob store's id function).
     """
     if threshold < 1:
         raise ValueError("threshold must be at least 1")
@@ -399,7 +413,7 @@ def split(
     segments: list[Segment] = []
     blobs: dict[str, bytes] = {}
     if tree is None:
-        segments, blobs = _opaque(raw, threshold)
+        segments, blobs = _opaque(raw, threshold, id_of)
     else:
         pos = 0
         for part in iter_parts(tree.root):
@@ -413,7 +427,7 @@ def split(
             recode = (
                 recode_base64 and (part_data(part).transfer_encoding or b"").lower() == b"base64"
             )
-            seg, stored = _blob_segment(raw, start, end, recode)
+            seg, stored = _blob_segment(raw, start, end, recode, id_of)
             segments.append(seg)
             blobs[seg.blob_id] = stored
             pos = end
@@ -423,18 +437,22 @@ def split(
     skeleton = Skeleton(
         tuple(segments), len(raw), vsize, hashlib.sha256(raw).digest(), tree is None
     )
-    if tree is not None and b"".join(_expand_all(skeleton, blobs)) != raw:
+    # The blobs were named from these very bytes: checking their ids again is wasted work.
+    if tree is not None and b"".join(_expand_all(skeleton, blobs, verify=False)) != raw:
         # Cannot happen unless the parser's offsets are wrong; exactness comes first.
-        segments, blobs = _opaque(raw, threshold)
+        segments, blobs = _opaque(raw, threshold, id_of)
         skeleton = Skeleton(tuple(segments), len(raw), vsize, skeleton.sha256, True)
         tree = None
-    return SplitMessage(skeleton, skeleton.to_bytes(), blobs, tree)
+    skeleton_bytes = skeleton.to_bytes()
+    return SplitMessage(skeleton, skeleton_bytes, blobs, tree, id_of(skeleton_bytes), id_of)
 
 
 # --- reassembly and range reads ----------------------------------------------------
 
 
-def _expand_all(skeleton: Skeleton, blobs: Mapping[str, bytes]) -> Iterator[bytes]:
+def _expand_all(
+    skeleton: Skeleton, blobs: Mapping[str, bytes], *, verify: bool = True
+) -> Iterator[bytes]:
     for seg in skeleton.segments:
         if isinstance(seg, InlineSegment):
             yield seg.data
@@ -442,7 +460,7 @@ def _expand_all(skeleton: Skeleton, blobs: Mapping[str, bytes]) -> Iterator[byte
             stored = blobs.get(seg.blob_id)
             if stored is None:
                 raise SkeletonError(f"missing blob {seg.blob_id}")
-            yield seg.expand(stored)
+            yield seg.expand(stored, verify=verify)
 
 
 def reassemble(skeleton_bytes: bytes, blobs: Mapping[str, bytes], *, verify: bool = True) -> bytes:

@@ -103,6 +103,8 @@ class Users:
 
         :raises NoSuchUser: there is none.
         """
+        if "\x00" in name:  # PostgreSQL text cannot hold NUL: no user is called that
+            raise NoSuchUser("no user with a NUL in the name")
         async with self.db.connection() as conn:
             row = await conn.fetchrow(f"{_SELECT} WHERE lower(u.name) = lower($1)", name)
         if row is None:
@@ -131,9 +133,11 @@ class Users:
         A hash made with other scrypt parameters than the current ones is replaced on
         success, so raising the cost reaches every active user.
         """
-        async with self.db.connection() as conn:
-            row = await conn.fetchrow(
-                f"{_SELECT_WITH_HASH} WHERE lower(u.name) = lower($1)", name)
+        row = None
+        if "\x00" not in name:  # PostgreSQL text cannot hold NUL: no user is called that
+            async with self.db.connection() as conn:
+                row = await conn.fetchrow(
+                    f"{_SELECT_WITH_HASH} WHERE lower(u.name) = lower($1)", name)
         if row is not None:
             stored = row["password_hash"]
             if self.verified.known(password, stored):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from director.blobids import BlobIds
 from director.cache import BlobCache, DiskCache, MemoryCache
-from director.codec import blob_id
+
+IDS = BlobIds()
+blob_id = IDS.id_of
 
 
 def blob(i: int, size: int = 100) -> tuple[str, bytes]:
@@ -40,12 +43,12 @@ def test_memory_cache_skips_huge_entries() -> None:
 
 def test_disk_cache_survives_reopen_and_evicts(tmp_path: Path) -> None:
     """The LMDB tier keeps entries across reopen and stays within its bound."""
-    disk = DiskCache(tmp_path / "c", 8000)
+    disk = DiskCache(tmp_path / "c", 8000, IDS)
     entries = [blob(i, 900) for i in range(20)]
     for key, data in entries:
         disk.put(key, data)
     disk.close()
-    disk = DiskCache(tmp_path / "c", 8000)
+    disk = DiskCache(tmp_path / "c", 8000, IDS)
     kept = [k for k, _d in entries if disk.get(k) is not None]
     assert 0 < len(kept) < 20
     assert kept == [k for k, _d in entries][-len(kept):]  # oldest written go first
@@ -55,7 +58,7 @@ def test_disk_cache_survives_reopen_and_evicts(tmp_path: Path) -> None:
 
 def test_disk_cache_never_serves_bad_bytes(tmp_path: Path) -> None:
     """A disk entry whose bytes no longer match its id is dropped, not served."""
-    disk = DiskCache(tmp_path / "c", 1 << 20)
+    disk = DiskCache(tmp_path / "c", 1 << 20, IDS)
     key, data = blob(7)
     wrong_key, _ = blob(8)
     disk.put(wrong_key, data)  # bytes stored under an id they do not hash to
@@ -67,7 +70,7 @@ def test_disk_cache_never_serves_bad_bytes(tmp_path: Path) -> None:
 
 def test_blob_cache_counts_hits_and_promotes_from_disk(tmp_path: Path) -> None:
     """Hits from disk are promoted to memory; hits and misses are counted."""
-    cache = BlobCache(1 << 20, DiskCache(tmp_path / "c", 1 << 20))
+    cache = BlobCache(1 << 20, DiskCache(tmp_path / "c", 1 << 20, IDS))
     key, data = blob(3)
     assert cache.get(key) is None
     cache.put(key, data)

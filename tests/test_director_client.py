@@ -15,7 +15,7 @@ from director.codec import FLAG_AESGCM, FLAG_MANIFEST, FLAG_ZLIB, chunk_key
 from director.errors import BlobNotFound
 from director.memcache_client import NodeAddress, NodeClient
 from ops.config import Config, parse_hostport
-from tests.conftest import CORPUS, RunningObjstores
+from tests.conftest import CORPUS, RunningObjstores, redis_auth
 
 
 def run(coro):
@@ -23,7 +23,8 @@ def run(coro):
 
 
 async def open_client(config: Config) -> BlobClient:
-    return await BlobClient.open(config.cluster, config.director)
+    return await BlobClient.open(config.cluster, config.director,
+                                 auth=redis_auth(config.cluster))
 
 
 async def raw_get(address: str, key: str):
@@ -239,5 +240,31 @@ def test_coalescer_batches_concurrent_requests() -> None:
         assert all(isinstance(r, ConnectionError) for r in results)
         fail[0] = False
         assert await c.one("z", frozenset({9})) == (9,)
+
+    run(go())
+
+
+def test_put_named_trusts_only_its_own_id_function(config: Config) -> None:
+    """Blobs named by the client's own ``id_of`` are stored under the names given (no
+    second hash); names from any other function are computed again, and a name that is
+    not its content's id is refused before anything is stored."""
+    data = b"named once " + os.urandom(64)
+    other = b"named elsewhere " + os.urandom(64)
+
+    async def go() -> None:
+        client = await open_client(config)
+        try:
+            bid = client.id_of(data)
+            await client.put_named({bid: data}, client.id_of)
+            assert client.stats.uploads == 1 and await client.get(bid) == data
+            oid = hashlib.sha256(other).hexdigest()
+            await client.put_named({oid: other}, lambda c: hashlib.sha256(c).hexdigest())
+            assert await client.get(oid) == other
+            wrong = hashlib.sha256(b"something else").hexdigest()
+            with pytest.raises(ValueError, match="does not have that id"):
+                await client.put_named({wrong: other}, lambda c: wrong)
+            assert not await client.exists(wrong) and client.stats.uploads == 2
+        finally:
+            await client.aclose()
 
     run(go())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from director.blobids import BlobIds
 from director.codec import (
     FLAG_AESGCM,
     FLAG_MANIFEST,
@@ -16,12 +17,12 @@ from director.codec import (
     BlobCodec,
     CodecError,
     Manifest,
-    blob_id,
     chunk_key,
     is_chunk_key,
     load_key,
 )
 
+blob_id = BlobIds().id_of
 KEY = bytes(range(32))
 TEXT = b"Subject: hello\r\n\r\n" + b"compressible text, " * 500
 RANDOM = os.urandom(8192)

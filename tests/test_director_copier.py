@@ -9,13 +9,7 @@ import pytest
 
 from director.client import BlobClient
 from director.codec import FLAG_MANIFEST, chunk_key
-from director.copier import (
-    delete_copy,
-    probe,
-    read_verified,
-    stored_size,
-    write_verified,
-)
+from director.copier import delete_copy, write_verified
 from director.memcache_client import NodeAddress, NodeClient
 from director.nodes import Node
 from director.planner import Health
@@ -41,7 +35,8 @@ async def holders(client: BlobClient, bid: str) -> tuple[list[Node], list[Node]]
 
 @pytest.mark.parametrize("kind", ["message", "chunked"])
 def test_copy_is_byte_identical_and_verified(inst: Installation, kind: str) -> None:
-    """A replica read as stored verifies against its id (a chunked blob chunk by chunk);
+    """A replica read as stored verifies against its id (a chunked blob whole and chunk by
+    chunk);
     written to a node without it, it reads back identical, flags included; deleted, the
     head and every chunk are gone."""
     size = inst.config.objstore.max_item_size
@@ -50,21 +45,24 @@ def test_copy_is_byte_identical_and_verified(inst: Installation, kind: str) -> N
     async def body(client: BlobClient) -> None:
         bid = await client.put(data)
         (source, *_), (target, *_) = await holders(client, bid)
-        blob = await read_verified(client.node_client(source), client.codec, bid)
-        assert blob.size == len(data)
+        reader = client.reader
+        blob = await reader.read(bid, client.node_client(source), content=False)
+        assert blob.size == len(data) and blob.content is None
         assert len(blob.items) == (1 if kind == "message" else 4)
         assert bool(blob.items[-1].flags & FLAG_MANIFEST) == (kind == "chunked")
-        assert await stored_size(client.node_client(source), client.codec, bid) == \
+        assert await reader.stored_size(bid, client.node_client(source)) == \
             (len(blob.items[0].value) if kind == "message" else len(data))
         dest = client.node_client(target)
-        assert (await probe(dest, client.codec, bid)).health is Health.MISSING
+        assert (await reader.probe(bid, dest)).health is Health.MISSING
         await write_verified(dest, blob)
-        copy = await read_verified(dest, client.codec, bid)
+        copy = await reader.read(bid, dest, content=False)
         assert copy == blob
+        assert await reader.stored_keys(bid, dest) == blob.keys
         assert await delete_copy(dest, blob.keys) == len(blob.items)
         for key in blob.keys:
             assert await dest.get(key) is None
-        assert await stored_size(dest, client.codec, bid) is None
+        assert await reader.stored_size(bid, dest) is None
+        assert await reader.stored_keys(bid, dest) == ()
 
     with_client(inst.config, body)
 
@@ -81,24 +79,24 @@ def test_probe_tells_missing_corrupt_and_unreachable_apart(inst: Installation) -
         (s_node, *_), _ = await holders(client, sid)
         (b_node, *_), _ = await holders(client, bid)
         s_client, b_client = client.node_client(s_node), client.node_client(b_node)
-        assert (await probe(s_client, client.codec, sid)).health is Health.GOOD
+        assert (await client.reader.probe(sid, s_client)).health is Health.GOOD
         head = await s_client.get(sid.encode())
         assert head is not None
         await s_client.set(sid.encode(), b"not the blob at all", head.flags)
-        bad = await probe(s_client, client.codec, sid)
+        bad = await client.reader.probe(sid, s_client)
         assert bad.health is Health.CORRUPT and bad.blob is None
         chunk = chunk_key(bid, 1).encode()
         saved = await b_client.get(chunk)
         assert saved is not None
         await b_client.set(chunk, saved.value[:-1] + bytes([saved.value[-1] ^ 1]), saved.flags)
-        assert (await probe(b_client, client.codec, bid)).health is Health.CORRUPT
+        assert (await client.reader.probe(bid, b_client)).health is Health.CORRUPT
         await b_client.delete(chunk)
-        assert (await probe(b_client, client.codec, bid)).health is Health.MISSING
+        assert (await client.reader.probe(bid, b_client)).health is Health.MISSING
         await b_client.set(chunk, saved.value, saved.flags)
-        assert (await probe(b_client, client.codec, bid)).health is Health.GOOD
+        assert (await client.reader.probe(bid, b_client)).health is Health.GOOD
         closed = NodeClient(NodeAddress("127.0.0.1", 1), timeout=0.5)
         try:
-            assert (await probe(closed, client.codec, sid)).health is Health.UNREACHABLE
+            assert (await client.reader.probe(sid, closed)).health is Health.UNREACHABLE
         finally:
             await closed.close()
 

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from director.blobids import BlobIds
 from director.client import BlobClient
-from director.codec import blob_id
-from director.copier import read_verified
 from director.drainer import Drainer
 from director.index import SCAN_BUCKETS
 from director.jobstate import JobState
@@ -102,8 +101,8 @@ def test_drain_survives_an_interruption_and_empties_the_node(
             for n in holders:
                 node = snap.by_number(n)
                 assert node is not None
-                assert (await read_verified(client.node_client(node), client.codec,
-                                            bid)).blob_id == bid
+                assert (await client.reader.read(bid, client.node_client(node),
+                                                 content=False)).blob_id == bid
         assert await client.get_many(ids) == dict(zip(ids, datas, strict=True))
         for key, value in items.items():
             got = await client.get_item(key)
@@ -169,13 +168,14 @@ def test_drain_counts_keys_no_index_entry_names(inst: Installation, postgres: st
     path.write_text(to_toml(config))
     victim = inst.objstores()[3].name
     leftover = b"a put that missed its quorum " + os.urandom(100)
+    leftover_id = BlobIds().id_of(leftover)
 
     async def plant(client: BlobClient) -> None:
         await client.put_many([b"drain neighbour " + os.urandom(64) for _ in range(8)])
         node = (await client.snapshot(force=True)).get(victim)
         assert node is not None
-        payload, flags = client.codec.encode(leftover, blob_id(leftover))
-        assert await client.node_client(node).set(blob_id(leftover).encode(), payload, flags)
+        payload, flags = client.codec.encode(leftover, leftover_id)
+        assert await client.node_client(node).set(leftover_id.encode(), payload, flags)
         await client.registry.drain(victim)
 
     with_client(config, plant)
@@ -186,7 +186,7 @@ def test_drain_counts_keys_no_index_entry_names(inst: Installation, postgres: st
         assert code == EX_TEMPFAIL
         result = json.loads(out)
         assert not result["empty"] and result["remaining"] == 0 and result["keys_left"] == 1
-        assert blob_id(leftover) in result["examples"]
+        assert leftover_id in result["examples"]
         code = main(["--config", str(path), "node", "drain", victim, "--wait"])
         assert code == EX_TEMPFAIL and "inventory --fix" in capsys.readouterr().err
 

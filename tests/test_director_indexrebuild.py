@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from director.blobids import BlobIds
 from director.client import BlobClient
-from director.codec import blob_id, chunk_key
+from director.codec import chunk_key
 from director.errors import LeaseHeld
 from director.indexrebuild import IndexRebuild
 from director.keys import item_index_id
@@ -61,7 +62,7 @@ def test_rebuild_indexes_every_verified_copy(inst: Installation) -> None:
         conn = client.node_client(node)
         bogus = os.urandom(32).hex()  # another installation's key, or a corrupt one
         await conn.set(bogus.encode(), b"not a blob of ours")
-        orphan = blob_id(b"a blob whose head is elsewhere")
+        orphan = BlobIds().id_of(b"a blob whose head is elsewhere")
         await conn.set(chunk_key(orphan, 0).encode(), b"chunk")
         await forget(client, ids, items)
         assert all(not n for n in (await client.index.lookup(ids)).values())

@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 
 from director.client import BlobClient
-from director.codec import blob_id
 from director.config import MIN_GC_GRACE
-from director.copier import read_verified
 from director.keys import item_index_id
 from director.repairer import Repairer
 from metadata.uidset import UidSet
@@ -67,7 +65,7 @@ def test_inventory_queues_lost_copies_and_reports_stray_keys(
         assert stats.rewritten == 1
         node = (await client.snapshot()).get(node_id)
         assert node is not None
-        await read_verified(client.node_client(node), client.codec, lost)
+        await client.reader.read(lost, client.node_client(node))
 
     with_client(inst.config, repair)
     assert main(["--config", config, "inventory"]) == EX_TEMPFAIL
@@ -125,9 +123,10 @@ def test_inventory_fix_reclaims_unindexed_copies(inst: Installation, postgres: s
         await client.node_client(node).set(stray.encode(), b"not a blob of ours")
         # A put that missed its quorum: one copy on one node, never indexed.
         data = b"missed quorum " + os.urandom(200)
-        payload, flags = client.codec.encode(data, blob_id(data))
-        await client.node_client(node).set(blob_id(data).encode(), payload, flags)
-        return [*ids, blob_id(data)]
+        bid = client.id_of(data)
+        payload, flags = client.codec.encode(data, bid)
+        await client.node_client(node).set(bid.encode(), payload, flags)
+        return [*ids, bid]
 
     doomed = with_client(config, plant)
     capsys.readouterr()

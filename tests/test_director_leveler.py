@@ -21,7 +21,6 @@ import pytest
 from pymemcache.client.base import Client as MemcacheClient
 
 from director.client import BlobClient
-from director.copier import read_verified
 from director.leveler import Leveler
 from director.nodes import Node, NodeState
 from director.planner import NodeUsage, usage
@@ -177,7 +176,7 @@ def test_new_node_gets_hot_blobs_first_until_level(inst: Installation,
                 for number in found[bid]:
                     node = snap.by_number(number)
                     assert node is not None
-                    await read_verified(client.node_client(node), client.codec, bid)
+                    await client.reader.read(bid, client.node_client(node))
             assert await client.get_many(ids) == dict(zip(ids, datas, strict=True))
             moved_away = [m["blob"] for m in stats.moves]
             for bid in moved_away:

@@ -20,8 +20,9 @@ import pytest
 from pymemcache.client.base import Client
 from pymemcache.exceptions import MemcacheServerError
 
+from director.blobids import BlobIds
 from director.client import BlobClient
-from director.codec import FLAG_ZLIB, BlobCodec, blob_id
+from director.codec import FLAG_ZLIB, BlobCodec
 from director.collector import Collector
 from director.keys import item_index_id
 from director.proxy import VERSION, unsupported
@@ -210,7 +211,7 @@ def test_blob_ids_read_encoded_and_are_guarded(installation: Installation,
     assert BlobCodec().decode(rest[:size], flags, bid) == data
 
     other = os.urandom(300)
-    other_id = blob_id(other)
+    other_id = BlobIds().id_of(other)
     assert exchange(address, b"set %s 0 0 3\r\nbad\r\n" % other_id.encode()).startswith(
         b"CLIENT_ERROR value does not match its blob id")
     assert exchange(address, b"set %s 0 0 %d\r\n%s\r\n" % (
@@ -333,7 +334,7 @@ def test_items_set_through_directord_survive_gc(installation: Installation, post
     key = f"mykey-{os.urandom(4).hex()}"
     orphan = b"an orphan blob set through directord " + os.urandom(64)
     assert mc.set(key, b"kept by gc")
-    assert mc.set(blob_id(orphan), orphan)
+    assert mc.set(BlobIds().id_of(orphan), orphan)
 
     async def gc(blobs: BlobClient) -> int:
         store = await MetadataStore.open(postgres, pool_min=1, pool_max=2)
@@ -347,5 +348,5 @@ def test_items_set_through_directord_survive_gc(installation: Installation, post
     assert with_client(installation.config, gc) >= 1
     assert mc.get(key) == b"kept by gc"
     # (directord's memory cache may still answer for the orphan: read the index.)
-    assert not with_client(installation.config, lambda b: b.exists(blob_id(orphan)))
+    assert not with_client(installation.config, lambda b: b.exists(BlobIds().id_of(orphan)))
     mc.close()

@@ -15,8 +15,8 @@ from director.errors import RegistryError, RemoveRefused, UnknownNode
 from director.index import LocationIndex
 from director.keys import Keyspace
 from director.nodes import NodeState
-from director.placement import PlacementPolicy
-from director.redisconn import ClusterRunner, Command, new_cluster_client
+from director.policy import PlacementPolicy
+from director.redisconn import ClusterRunner, Command
 from director.registry import Registry, remove_node
 from objstore.reporter import (
     Identity,
@@ -65,7 +65,7 @@ class Env:
 def with_env(redis_cluster: RunningRedis, body: Callable[[Env], Awaitable[Any]],
              keys: Keyspace | None = None) -> Any:
     async def go() -> Any:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        runner = ClusterRunner(redis_cluster.client())
         try:
             return await body(Env(runner, keys or Keyspace(f"t-{uuid.uuid4().hex[:8]}:")))
         finally:
@@ -199,7 +199,8 @@ def test_remove_is_refused_while_a_node_holds_sole_copies(redis_cluster: Running
     ids = [hashlib.sha256(f"rm{i}".encode()).hexdigest() for i in range(100)]
 
     async def body(env: Env) -> Any:
-        index = await LocationIndex.open(redis_cluster.nodes, buckets=16, keys=keys,
+        index = await LocationIndex.open(redis_cluster.nodes,
+                                         auth=redis_cluster.auth, buckets=16, keys=keys,
                                          runner=env.runner)
         r = env.registry
         a = await r.add("a", "127.255.0.1:1", zone="a", tier="ssd")
@@ -232,7 +233,7 @@ def test_reports_written_by_objstored_are_read(redis_cluster: RunningRedis) -> N
     # A private prefix: a node registered active in the shared keyspace would draw the
     # other tests' writes to an address nothing serves.
     keys = Keyspace(f"t-{uuid.uuid4().hex[:8]}:")
-    sink = RedisClusterSink(redis_cluster.nodes, prefix=keys.prefix)
+    sink = RedisClusterSink(redis_cluster.nodes, prefix=keys.prefix, auth=redis_cluster.auth)
     try:
         sink.write(node_id, report_fields(node_id, address, zone="z9"), {}, 30)
     finally:
@@ -256,7 +257,7 @@ def test_hot_keys_written_by_objstored_are_read_hottest_first(
     quiet = f"obj-{uuid.uuid4().hex[:10]}"
     hot = {b"cold-ish": 1.5, b"hottest": 90.0, b"warm": 12.0}
     keys = Keyspace(f"t-{uuid.uuid4().hex[:8]}:")
-    sink = RedisClusterSink(redis_cluster.nodes, prefix=keys.prefix)
+    sink = RedisClusterSink(redis_cluster.nodes, prefix=keys.prefix, auth=redis_cluster.auth)
     try:
         sink.write(node_id, report_fields(node_id, "127.255.9.9:11211"), hot, 30)
     finally:
@@ -305,7 +306,7 @@ def test_objstored_writer_reads_its_registry_number(redis_cluster: RunningRedis)
     node_id = f"obj-{uuid.uuid4().hex[:10]}"
     address = f"127.{1 + uuid.uuid4().int % 250}.0.2:9"
     keys = Keyspace(f"t-{uuid.uuid4().hex[:8]}:")
-    sink = RedisClusterSink(redis_cluster.nodes, prefix=keys.prefix)
+    sink = RedisClusterSink(redis_cluster.nodes, prefix=keys.prefix, auth=redis_cluster.auth)
 
     def write() -> Registration | None:
         return sink.write(node_id, report_fields(node_id, address), {}, 30)

@@ -19,8 +19,6 @@ from pathlib import Path
 import pytest
 
 from director.client import BlobClient
-from director.codec import blob_id
-from director.copier import read_verified
 from director.errors import LeaseHeld
 from director.lease import Lease
 from director.nodes import Node
@@ -49,7 +47,7 @@ async def verified_holders(client: BlobClient, bid: str) -> list[str]:
     for number in await client.index.locations(bid):
         node = snap.by_number(number)
         assert node is not None
-        blob = await read_verified(client.node_client(node), client.codec, bid)
+        blob = await client.reader.read(bid, client.node_client(node), content=False)
         assert blob.blob_id == bid
         out.append(node.id)
     return sorted(out)
@@ -240,7 +238,7 @@ def test_blobs_of_a_removed_node_are_re_replicated(inst: Installation,
         for bid in on_victim:
             holders = await verified_holders(client, bid)
             assert len(holders) == 2 and victim not in holders
-        by_id = {blob_id(d): d for d in datas}
+        by_id = {client.id_of(d): d for d in datas}
         assert await client.get_many(on_victim) == {b: by_id[b] for b in on_victim}
 
     with_client(inst.config, repair)

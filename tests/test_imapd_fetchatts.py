@@ -70,6 +70,11 @@ CASES = [
         ["BODY[HEADER.FIELDS (DATE FROM)]"],
     ),
     (
+        b"BODY.PEEK[HEADER.FIELDS (FROM FROM)]",
+        (BodySection(Section(text=SectionText.HEADER_FIELDS, fields=("FROM", "FROM")), True),),
+        ["BODY[HEADER.FIELDS (FROM FROM)]"],
+    ),
+    (
         b'BODY.PEEK[HEADER.FIELDS.NOT (Received "X-Odd(Name)")]',
         (
             BodySection(

@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 
 from imapd.lexer import Frame, Lexer, ParseError, is_atom, normalize_flag
+from imapd.mutf7 import Undecodable
 
 
 def lex(line: bytes, *literals: bytes) -> Lexer:
@@ -91,11 +92,15 @@ def test_mailbox_names(line, expected):
     assert lex(line).mailbox() == expected
 
 
-@pytest.mark.parametrize("line", [b'"caf\xc3\xa9"', b"&AGE-", b'"&U,BTFw"'])
+@pytest.mark.parametrize("line", [b'"caf\xc3\xa9"', b"&AGE-", b'"&U,BTFw"', b"inbox&"])
 def test_invalid_mailbox_names(line):
-    """A mailbox name that is not canonical modified UTF-7 is a ParseError."""
-    with pytest.raises(ParseError):
-        lex(line).mailbox()
+    """A mailbox name that is not canonical modified UTF-7 is no syntax error: it is read as
+    sent, marked Undecodable (and never taken for INBOX)."""
+    name = lex(line).mailbox()
+    assert isinstance(name, Undecodable)
+    assert name == line.strip(b'"').decode("latin-1")
+    pattern = lex(line + b"%").list_mailbox()
+    assert isinstance(pattern, Undecodable)
 
 
 def test_list_mailbox_allows_wildcards():

@@ -7,11 +7,15 @@ tests/test_imapd_lmtp_wire.py; here the session logic is driven command by comma
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from imapd.lmtp import LMTPSession
+from imapd.lmtp import LMTPSession, trace_fields
 from imapd.lmtp_parser import Command, MessageData
+from metadata.delivery import Delivered, Deliverer
+from metadata.records import User
+from metadata.uidset import UidSet
 from ops.config import Config
 from tests.conftest import CORPUS
 from tests.mailstack import MailStack, open_stack
@@ -113,7 +117,7 @@ def test_too_big_data_gets_552_per_recipient(stack: MailStack) -> None:
 
 
 def test_stored_message_is_exact(stack: MailStack) -> None:
-    """What LMTP delivered reads back byte for byte."""
+    """What LMTP delivered reads back byte for byte, after its trace fields."""
 
     user = stack.new_user("exact")
     raw = (CORPUS / "apache-james-mime4j/mimetools-testmsgs/frag.msg").read_bytes()
@@ -123,4 +127,98 @@ def test_stored_message_is_exact(stack: MailStack) -> None:
     say(stack, s, f"RCPT TO:<{user.name}@x>")
     stack.run(s.handle(Command("DATA", "")))
     assert codes(stack.run(s.data(MessageData(raw, len(raw))))) == ["250 2.0.0"]
-    assert stack.only_message(user) == raw
+    assert stack.only_message(user) == trace_fields("", f"{user.name}@x", raw) + raw
+
+
+def test_trace_fields_follow_the_message_line_ending() -> None:
+    """Return-Path and Delivered-To take the message's line ending and drop control
+    characters an address could carry."""
+    assert trace_fields("a@b", "c@d", b"Subject: x\r\n\r\n") == (
+        b"Return-Path: <a@b>\r\nDelivered-To: c@d\r\n")
+    assert trace_fields("", "c@d", b"Subject: x\n\n") == (
+        b"Return-Path: <>\nDelivered-To: c@d\n")
+    assert trace_fields("a\r\nX: y@b", "c\x00@d", b"") == (
+        b"Return-Path: <aX: y@b>\r\nDelivered-To: c@d\r\n")
+
+
+def test_each_recipient_gets_its_trace_fields_and_shares_the_blobs(stack: MailStack) -> None:
+    """Two recipients of one DATA each get Return-Path and their own Delivered-To on top of
+    the message; the attachment is one blob referenced by both copies."""
+    a, b = stack.new_user("ra"), stack.new_user("rb")
+    raw = (CORPUS / "apache-james-mime4j/mimetools-testmsgs/twopart.msg").read_bytes()
+    s = session(stack)
+    say(stack, s, "LHLO mx")
+    say(stack, s, "MAIL FROM:<bounce@example.org>")
+    say(stack, s, f"RCPT TO:<{a.name}@example.org>")
+    say(stack, s, f"RCPT TO:<{b.name}+Archive@example.org>")
+    stack.run(s.handle(Command("DATA", "")))
+    assert codes(stack.run(s.data(MessageData(raw, len(raw))))) == ["250 2.0.0", "250 2.0.0"]
+    assert stack.only_message(a) == (
+        f"Return-Path: <bounce@example.org>\nDelivered-To: {a.name}@example.org\n".encode()
+        + raw)
+    assert stack.only_message(b, "Archive").startswith(
+        f"Return-Path: <bounce@example.org>\nDelivered-To: {b.name}+Archive@example.org\n"
+        .encode())
+
+    def blobs(user: User, mailbox: str) -> set[str]:
+        box = stack.run(stack.store.mailboxes.get(user.id, mailbox))
+        (entry,) = stack.run(stack.store.messages.fetch(user.id, box.id, UidSet.all()))
+        return set(stack.run(stack.store.messages.blob_ids(user.id, entry.message_id)))
+
+    shared = blobs(a, "INBOX") & blobs(b, "Archive")
+    assert len(shared) == 1 and len(blobs(a, "INBOX")) == 2
+
+
+def test_a_nul_in_rcpt_to_is_an_unknown_user(stack: MailStack) -> None:
+    """An address holding a NUL (or another control character) is answered 550 5.1.1."""
+    user = stack.new_user("nul")
+    s = session(stack)
+    say(stack, s, "LHLO mx")
+    say(stack, s, "MAIL FROM:<>")
+    assert say(stack, s, f"RCPT TO:<{user.name}\x00@example.org>") == [
+        f"550 5.1.1 <{user.name}@example.org>: no such user here"]
+    assert codes(say(stack, s, f"RCPT TO:<{user.name}+a\x00b@example.org>")) == ["550 5.1.1"]
+
+
+def test_a_date_the_store_cannot_hold_is_delivered_to_every_recipient(
+        stack: MailStack) -> None:
+    """A Date: beyond what the store holds does not fail delivery: one 250 per recipient,
+    and the header is kept as sent."""
+    a, b = stack.new_user("da"), stack.new_user("db")
+    raw = b"Date: Fri, 31 Dec 9999 23:59:59 -1200\r\nSubject: late\r\n\r\nx\r\n"
+    s = session(stack)
+    say(stack, s, "LHLO mx")
+    say(stack, s, "MAIL FROM:<>")
+    say(stack, s, f"RCPT TO:<{a.name}>")
+    say(stack, s, f"RCPT TO:<{b.name}>")
+    stack.run(s.handle(Command("DATA", "")))
+    assert codes(stack.run(s.data(MessageData(raw, len(raw))))) == ["250 2.0.0", "250 2.0.0"]
+    assert stack.only_message(b).endswith(raw)
+
+
+class _FailingFor(Deliverer):
+    """The real deliverer, except that committing for one user hits a bug."""
+
+    doomed = 0
+
+    async def commit(self, user: User, *args: Any, **kwargs: Any) -> Delivered:
+        if user.id == self.doomed:
+            raise RuntimeError("a bug in delivery")
+        return await super().commit(user, *args, **kwargs)
+
+
+def test_an_unexpected_failure_still_answers_every_recipient(stack: MailStack) -> None:
+    """A bug while delivering to one recipient answers it 451 and the others as usual:
+    never fewer replies than accepted recipients."""
+    ok, doomed = stack.new_user("ok"), stack.new_user("doomed")
+    failing = _FailingFor(stack.store, stack.blobs, stack.config.metadata,
+                          stack.config.imapd.max_message_size)
+    failing.doomed = doomed.id
+    s = LMTPSession(failing, stack.config.imapd, "lmtp.test")
+    say(stack, s, "LHLO mx")
+    say(stack, s, "MAIL FROM:<>")
+    say(stack, s, f"RCPT TO:<{doomed.name}>")
+    say(stack, s, f"RCPT TO:<{ok.name}>")
+    stack.run(s.handle(Command("DATA", "")))
+    raw = b"Subject: x\r\n\r\nx\r\n"
+    assert codes(stack.run(s.data(MessageData(raw, len(raw))))) == ["451 4.3.0", "250 2.0.0"]

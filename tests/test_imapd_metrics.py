@@ -114,9 +114,10 @@ def test_lmtp_451_on_unreachable_database_is_counted() -> None:
 def test_frontend_cache_hits_misses_and_bytes_are_exported(tmp_path: Path) -> None:
     """The blob client's frontend cache is exported: hits by tier (memory, disk), misses,
     memory evictions and the bytes each tier holds."""
+    from director.blobids import BlobIds
     from director.cache import BlobCache, DiskCache
 
-    cache = BlobCache(4096, DiskCache(tmp_path / "cache", 1 << 20))
+    cache = BlobCache(4096, DiskCache(tmp_path / "cache", 1 << 20, BlobIds()))
     blobs = {hashlib.sha256(bytes([i]) * 400).hexdigest(): bytes([i]) * 400 for i in range(12)}
     for key, data in blobs.items():
         assert cache.get(key) is None

@@ -14,6 +14,7 @@ from metadata.envelope import tree_envelope
 from metadata.mimetree import parse
 from metadata.sections import SectionMap, imap_view, section_map
 from metadata.splitter import split
+from metadata.uidset import UidSet
 from tests.imapd_support import (
     ATTACHMENT,
     NESTED,
@@ -210,12 +211,15 @@ def test_fetch_body_sets_seen_and_reports_it(dsn: str) -> None:
 
 def test_store_modes_and_responses(dsn: str) -> None:
     """+FLAGS, -FLAGS and FLAGS change flags and keywords and answer FETCH (UID for UID
-    STORE); .SILENT answers nothing; a new keyword is announced with FLAGS."""
+    STORE); .SILENT answers nothing; a new keyword is announced with FLAGS and
+    PERMANENTFLAGS."""
 
     async def body(env: Env, c: Client, name: str) -> None:
         await c.send("a SELECT INBOX")
         assert await c.send("b STORE 1:2 +FLAGS (\\Flagged $Todo)") == (
             b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Todo)\r\n"
+            b"* OK [PERMANENTFLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Todo \\*)]"
+            b" Flags permitted\r\n"
             b"* 1 FETCH (FLAGS (\\Flagged $Todo \\Recent))\r\n"
             b"* 2 FETCH (FLAGS (\\Flagged $Todo \\Recent))\r\n"
             b"b OK STORE completed\r\n")
@@ -380,5 +384,167 @@ def test_qresync_select_and_vanished(dsn: str) -> None:
         assert re.search(rb"\* 1 FETCH \(UID 2 FLAGS \(\\Answered\) MODSEQ \(\d+\)\)", reply)
         reply = await c.send(f"h UID FETCH 1:* (FLAGS) (CHANGEDSINCE {highest} VANISHED)")
         assert reply.startswith(b"* VANISHED (EARLIER) 1\r\n* 1 FETCH (UID 2 FLAGS")
+
+    run(dsn, body)
+
+
+def test_flags_list_every_keyword_in_use_and_never_drop_one(dsn: str) -> None:
+    """SELECT's FLAGS and PERMANENTFLAGS list the keywords already on messages (with \\* in
+    PERMANENTFLAGS); storing another keyword re-announces both lists with the old one kept."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        await env.deliver(name, b"Subject: k\r\n\r\nk\r\n", flags=["$Label1"])
+        reply = await c.send("a SELECT INBOX")
+        assert b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Label1)\r\n" in reply
+        assert (b"* OK [PERMANENTFLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Label1"
+                b" \\*)] Flags permitted\r\n") in reply
+        reply = await c.send("b STORE 4 +FLAGS ($Label2)")
+        assert reply.startswith(
+            b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Label1 $Label2)\r\n"
+            b"* OK [PERMANENTFLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Label1 $Label2"
+            b" \\*)] Flags permitted\r\n* 4 FETCH (FLAGS ($Label1 $Label2 \\Recent))\r\n")
+        assert b"FLAGS (\\Seen" not in await c.send("c STORE 4 -FLAGS ($Label1 $Label2)")
+        reply = await c.send("d EXAMINE INBOX")
+        assert b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Label1 $Label2)\r\n" \
+            in reply and b"[PERMANENTFLAGS ()]" in reply
+
+    run(dsn, body)
+
+
+def test_append_with_a_new_keyword_announces_flags_before_exists(dsn: str) -> None:
+    """APPEND into the selected mailbox with a keyword the mailbox never had sends FLAGS and
+    PERMANENTFLAGS before the EXISTS of the new message."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        await c.send("a SELECT INBOX")
+        raw = b"Subject: a\r\n\r\na\r\n"
+        reply = await c.send(f"b APPEND INBOX ($Fresh) {{{len(raw)}+}}\r\n".encode() + raw
+                             + b"\r\n")
+        assert reply.startswith(
+            b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Fresh)\r\n"
+            b"* OK [PERMANENTFLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $Fresh \\*)]"
+            b" Flags permitted\r\n* 4 EXISTS\r\n"), reply
+
+    run(dsn, body)
+
+
+def test_header_fields_echo_the_requested_list_with_repeats(dsn: str) -> None:
+    """BODY.PEEK[HEADER.FIELDS (FROM FROM)] is answered as BODY[HEADER.FIELDS (FROM FROM)]."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        await env.deliver(name, b"From: a@example.org\r\nTo: b@example.org\r\n\r\nx\r\n")
+        await c.send("a SELECT INBOX")
+        reply = await c.send("b FETCH 4 (BODY.PEEK[HEADER.FIELDS (FROM FROM)])")
+        assert reply == (b"* 4 FETCH (BODY[HEADER.FIELDS (FROM FROM)] {23}\r\n"
+                         b"From: a@example.org\r\n\r\n)\r\nb OK FETCH completed\r\n")
+
+    run(dsn, body)
+
+
+def test_move_into_the_selected_mailbox(dsn: str) -> None:
+    """MOVE to the selected mailbox itself works (RFC 6851): COPYUID, EXPUNGE, then EXISTS;
+    the message keeps its flags under its new UID."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        await c.send("a SELECT INBOX")
+        await c.send("b STORE 1 +FLAGS.SILENT (\\Flagged)")
+        reply = await c.send("c MOVE 1 INBOX")
+        validity = re.search(rb"COPYUID (\d+) 1 4\]", reply)
+        assert validity is not None, reply
+        assert reply == (b"* OK [COPYUID " + validity.group(1) + b" 1 4] Moved\r\n"
+                         b"* 1 EXPUNGE\r\n* 3 EXISTS\r\n* 3 RECENT\r\n"
+                         b"c OK MOVE completed\r\n")
+        assert await c.send("d FETCH 1:* (UID FLAGS)") == (
+            b"* 1 FETCH (UID 2 FLAGS (\\Recent))\r\n* 2 FETCH (UID 3 FLAGS (\\Recent))\r\n"
+            b"* 3 FETCH (UID 4 FLAGS (\\Flagged \\Recent))\r\nd OK FETCH completed\r\n")
+        assert await c.send("e NOOP") == b"e OK NOOP completed\r\n"
+
+    run(dsn, body)
+
+
+def test_fetch_returns_what_it_can_read_and_seen_marks_only_that(dsn: str) -> None:
+    """With one message's skeleton gone for good, FETCH BODY[] of three returns the two
+    readable ones (and sets \\Seen on them only), then answers NO [CORRUPTION] naming it."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        await c.send("a SELECT INBOX")
+        user = env.users[name]
+        box = await env.store.mailboxes.get(user.id, "INBOX")
+        entries = await env.store.messages.fetch(user.id, box.id, UidSet.of([(2, 2)]),
+                                                 items={"skeleton"})
+        del env.blobs.data[entries[0].skeleton_id or ""]
+        reply = await c.send("b UID FETCH 1:3 (FLAGS BODY[])")
+        assert b"* 1 FETCH (UID 1 FLAGS (\\Seen \\Recent) BODY[] {" in reply
+        assert b"* 3 FETCH (UID 3 FLAGS (\\Seen \\Recent) BODY[] {" in reply
+        assert b"* 2 FETCH" not in reply
+        assert reply.endswith(b"b NO [CORRUPTION] Message data is corrupt or lost (UID 2)\r\n")
+        assert await c.send("c FETCH 2 FLAGS") == (
+            b"* 2 FETCH (FLAGS (\\Recent))\r\nc OK FETCH completed\r\n")
+
+    run(dsn, body)
+
+
+def test_append_dates_the_store_cannot_hold_are_refused(dsn: str) -> None:
+    """APPEND refuses an INTERNALDATE whose instant or local time falls outside years
+    2..9998 (BAD, nothing stored); the earliest date it takes fetches back as given."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        raw = b"Subject: d\r\n\r\nd\r\n"
+        for date in ("01-Jan-0001 00:00:00 +0000", "01-Jan-0002 00:00:00 +0100",
+                     "31-Dec-9998 23:59:59 -1200"):
+            reply = await c.send(f'a APPEND INBOX "{date}" {{{len(raw)}+}}\r\n'.encode() + raw
+                                 + b"\r\n")
+            assert reply.startswith(b"a BAD"), reply
+        reply = await c.send(
+            f'b APPEND INBOX "01-Jan-0002 00:00:00 +0000" {{{len(raw)}+}}\r\n'.encode() + raw
+            + b"\r\n")
+        assert reply.startswith(b"b OK [APPENDUID"), reply
+        await c.send("c SELECT INBOX")
+        assert await c.send("d FETCH 4 (INTERNALDATE ENVELOPE)") == (
+            b'* 4 FETCH (INTERNALDATE "01-Jan-0002 00:00:00 +0000" ENVELOPE (NIL "d" NIL NIL'
+            b' NIL NIL NIL NIL NIL NIL))\r\nd OK FETCH completed\r\n')
+        assert b"* SEARCH 4\r\n" in await c.send("e SEARCH BEFORE 1-Jan-1000")
+        assert b"MESSAGES 4" in await c.send("f STATUS INBOX (MESSAGES)")
+
+    run(dsn, body)
+
+
+def test_invalid_modified_utf7_names_no_mailbox(dsn: str) -> None:
+    """A mailbox name that is not modified UTF-7 is not a syntax error: SELECT answers NO
+    (and unselects), LIST an empty OK, CREATE NO [CANNOT]."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        await c.send("a SELECT INBOX")
+        bad = "\"!#$&'+,-.0123456789:;<=>?@^_`|[}\""
+        reply = await c.send(f"b SELECT {bad}")
+        assert reply == b"b NO [NONEXISTENT] Mailbox name is not valid modified UTF-7\r\n"
+        assert (await c.send("c FETCH 1 UID")).startswith(b"c BAD")
+        assert await c.send(f'd LIST "" {bad[:-1]}%*"') == b"d OK List completed\r\n"
+        assert (await c.send("e CREATE &Jjo")).startswith(b"e NO [CANNOT]")
+        assert (await c.send("f CREATE &-Jjo")).startswith(b"f OK")
+        assert (await c.send("g SELECT &Jjo")).startswith(b"g NO [NONEXISTENT]")
+        assert (await c.send("h SELECT &-Jjo")).startswith(b"* FLAGS")
+
+    run(dsn, body)
+
+
+def test_search_from_ignores_comments_and_body_is_a_substring_search(dsn: str) -> None:
+    """SEARCH FROM matches an address written with comments and folding whitespace as the
+    ENVELOPE reads it; SEARCH BODY and TEXT find a string inside a word, in any case, also
+    in the parts of a multipart whose boundary follows ``;;``."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        await env.deliver(name, b"From: <user-from (comment)@ (comment) domain.org>\r\n"
+                                b"Subject: keys\r\n\r\nasdfghjkl qwerty\r\n")
+        await env.deliver(name, corpus("apache-james-mime4j/mimetools-testmsgs/"
+                                       "double-semicolon.msg"))
+        await c.send("a SELECT INBOX")
+        assert await c.send("b SEARCH FROM user-from@domain.org") == (
+            b"* SEARCH 4\r\nb OK SEARCH completed\r\n")
+        assert await c.send("c SEARCH BODY SDFGHJK") == b"* SEARCH 4\r\nc OK SEARCH completed\r\n"
+        assert await c.send("d SEARCH TEXT eys") == b"* SEARCH 4\r\nd OK SEARCH completed\r\n"
+        assert await c.send("e SEARCH BODY eys") == b"* SEARCH\r\ne OK SEARCH completed\r\n"
+        assert await c.send('f SEARCH BODY "worse part"') == (
+            b"* SEARCH 5\r\nf OK SEARCH completed\r\n")
 
     run(dsn, body)

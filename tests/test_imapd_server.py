@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from twisted.internet import task
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.python import failure
 
@@ -49,6 +50,7 @@ class TwinSession:
         self.gates: dict[str, asyncio.Event] = {}
         self.closed = False
         self.bads = 0
+        self.user: str | None = None
 
     def greeting(self) -> Response:
         return Untagged(Status.OK, "twin ready")
@@ -91,6 +93,8 @@ class TwinSession:
                 await self.conn.drain()
         if isinstance(event, c.Check):
             raise RuntimeError("twin crash")
+        if isinstance(event, c.Login):
+            self.user = event.username
         self.conn.send([Tagged(tag, Status.OK, f"{event.NAME} done")])
 
     async def close(self) -> None:
@@ -317,7 +321,7 @@ def test_idle_timeout_uses_the_injected_clock() -> None:
     """A connection silent for idle_timeout gets BYE and is closed; input resets it."""
 
     async def body() -> None:
-        h = Harness(idle_timeout=60.0)
+        h = Harness(idle_timeout=60.0, prelogin_timeout=0)
         h.output()
         h.clock.advance(59)
         await h.feed(b"a NOOP\r\n")
@@ -405,3 +409,79 @@ def test_too_much_pipelined_data_is_fatal() -> None:
 
     run(body)
 
+
+
+def test_before_login_literals_are_small_and_a_big_one_is_not_read() -> None:
+    """Before login a literal above a few KiB is refused: a synchronizing one before any
+    octet is sent, a non-synchronizing one with BAD [TOOBIG] and BYE, without reading
+    it; after LOGIN the full limits apply, also to what was pipelined behind LOGIN."""
+
+    async def body() -> None:
+        h = Harness()
+        h.output()
+        assert await h.feed(b"a LOGIN {5000}\r\n") == b"a BAD [TOOBIG] Literal too large\r\n"
+        assert await h.feed(b"b LOGIN {5+}\r\nalice secret\r\n") == b"b OK LOGIN done\r\n"
+        reply = await h.feed(b"c SELECT {5000+}\r\n" + b"x" * 5000 + b"\r\n")
+        assert reply == b"c OK SELECT done\r\n"
+        late = Harness()
+        late.output()
+        reply = await late.feed(b"a APPEND INBOX {60000000+}\r\n" + b"x" * 10_000)
+        assert reply == (b"a BAD [TOOBIG] Literal too large\r\n"
+                         b"* BYE Literal too large to skip\r\n")
+        assert late.transport.disconnecting
+        assert late.proto.parser.buffered_bytes == 0
+        pipelined = Harness()
+        pipelined.output()
+        reply = await pipelined.feed(b"a LOGIN alice secret\r\nb SELECT {6000+}\r\n"
+                                     + b"y" * 6000 + b"\r\n")
+        assert reply == b"a OK LOGIN done\r\nb OK SELECT done\r\n"
+
+    run(body)
+
+
+def test_a_client_that_does_not_log_in_is_cut_off_however_busy() -> None:
+    """prelogin_timeout counts from the greeting and input does not postpone it; logging
+    in cancels it and the idle timeout alone remains."""
+
+    async def body() -> None:
+        h = Harness(prelogin_timeout=60.0)
+        h.output()
+        for _ in range(59):
+            await h.feed(b"a NOOP\r\n")
+            h.clock.advance(1)
+        assert not h.transport.disconnecting
+        h.clock.advance(1)
+        assert h.output().endswith(b"* BYE Log in sooner next time\r\n")
+        assert h.transport.disconnecting
+        quick = Harness(prelogin_timeout=60.0, idle_timeout=1800.0)
+        quick.output()
+        assert await quick.feed(b"a LOGIN alice secret\r\n") == b"a OK LOGIN done\r\n"
+        quick.clock.advance(600)
+        assert not quick.transport.disconnecting
+
+    run(body)
+
+
+def test_connection_limit_per_address() -> None:
+    """Past max_connections_per_address connections from one host, the next from it gets
+    BYE while another host still gets in; closing one makes room again."""
+
+    async def body() -> None:
+        factory = TwinFactory(ImapdConfig(max_connections_per_address=2), task.Clock())
+
+        def connect(host: str) -> tuple[IMAPServerProtocol, StringTransport]:
+            proto = factory.buildProtocol(None)
+            transport = StringTransport(peerAddress=IPv4Address("TCP", host, 4000))
+            proto.makeConnection(transport)
+            return proto, transport
+
+        first, _ = connect("192.0.2.1")
+        connect("192.0.2.1")
+        _, refused = connect("192.0.2.1")
+        assert refused.value() == b"* BYE Too many connections, try again later\r\n"
+        assert connect("192.0.2.2")[1].value() == b"* OK twin ready\r\n"
+        first.connectionLost(failure.Failure(ConnectionError("done")))
+        assert connect("192.0.2.1")[1].value() == b"* OK twin ready\r\n"
+        assert factory.per_address == {"192.0.2.1": 2, "192.0.2.2": 1}
+
+    run(body)

@@ -435,7 +435,7 @@ def test_object_servers_down_gives_unavailable_and_the_session_survives(dsn: str
         await c.send("a SELECT INBOX")
         env.blobs.unavailable = True
         assert await c.send("b FETCH 1 BODY.PEEK[]") == (
-            b"b NO [UNAVAILABLE] Temporarily unavailable, try again\r\n")
+            b"b NO [UNAVAILABLE] Some messages could not be read now (UID 1), try again\r\n")
         assert (await c.send(append_line("c", "INBOX", b"Subject: x\r\n\r\ny\r\n"))).startswith(
             b"c NO [UNAVAILABLE]")
         meta = await c.send("d FETCH 1 (RFC822.SIZE ENVELOPE BODY.PEEK[HEADER])")
@@ -475,7 +475,8 @@ def test_postgresql_down_gives_unavailable_and_the_session_survives(dsn: str) ->
     async def main() -> None:
         proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
         await proxy.start()
-        store_dsn = target._replace(netloc=f"{target.username}@127.0.0.1:{proxy.port}").geturl()
+        userinfo = target.netloc.rpartition("@")[0]  # user and password
+        store_dsn = target._replace(netloc=f"{userinfo}@127.0.0.1:{proxy.port}").geturl()
         async with environment(dsn, store_dsn=store_dsn) as env:
             name = fresh("max")
             await env.user(name)
@@ -501,3 +502,60 @@ def test_postgresql_down_gives_unavailable_and_the_session_survives(dsn: str) ->
         await proxy.cut()
 
     asyncio.run(main())
+
+
+def test_a_keyword_new_to_the_mailbox_reaches_every_session_before_its_fetch(
+        dsn: str) -> None:
+    """When one session stores a keyword the mailbox never had, another session of that
+    mailbox gets FLAGS and PERMANENTFLAGS (keeping the keywords in use) before the FETCH
+    that shows it, at its next command or at once while it IDLEs, or in its own FETCH."""
+
+    async def body(env: Env) -> None:
+        name = fresh("kw")
+        await env.user(name)
+        for n in range(2):
+            await env.deliver(name, f"Subject: m{n}\r\n\r\nbody {n}\r\n".encode(),
+                              flags=["$Label1"] if n == 0 else [])
+        a, b, idler = env.client(), env.client(), env.client()
+        for client in (a, b, idler):
+            await client.login(name)
+            assert b"$Label1)" in await client.send("s SELECT INBOX")
+        assert await idler.send("i IDLE") == b"+ idling\r\n"
+        mark = len(idler.conn.sent)
+        heard = await env.hear(name)
+        await a.send("a1 STORE 1 +FLAGS ($Label2)")
+        await heard.of("flags")
+        flags = b"\\Seen \\Answered \\Flagged \\Deleted \\Draft $Label1 $Label2"
+        announced = (b"* FLAGS (" + flags + b")\r\n* OK [PERMANENTFLAGS (" + flags
+                     + b" \\*)] Flags permitted\r\n")
+        assert await b.send("b1 NOOP") == (
+            announced + b"* 1 FETCH (UID 1 FLAGS ($Label1 $Label2))\r\nb1 OK NOOP completed\r\n")
+        await eventually(lambda: idler.since(mark).startswith(announced))
+        assert b"* 1 FETCH (UID 1 FLAGS ($Label1 $Label2))" in idler.since(mark)
+        # Changes are reported after a command's own answer: FETCH announces the keyword.
+        await a.send("a2 STORE 2 +FLAGS ($Label3)")
+        await heard.of("flags")
+        reply = await b.send("b2 FETCH 2 FLAGS")
+        assert reply.startswith(b"* FLAGS (" + flags + b" $Label3)\r\n* OK [PERMANENTFLAGS ")
+        assert b"Flags permitted\r\n* 2 FETCH (FLAGS ($Label3))\r\n" in reply
+        assert reply.count(b"* FLAGS") == 1
+        for client in (a, b, idler):
+            await client.close()
+
+    run(dsn, body)
+
+
+def test_a_nul_in_a_login_literal_is_a_failed_login(dsn: str) -> None:
+    """LOGIN with a NUL inside a literal user name is a failed login (NO
+    [AUTHENTICATIONFAILED]), not a server error; the session can still log in."""
+
+    async def body(env: Env) -> None:
+        name = fresh("nul")
+        await env.user(name)
+        client = env.client()
+        user = f"{name}\x00x".encode()
+        reply = await client.send(b"a LOGIN {%d+}\r\n%s secret" % (len(user), user))
+        assert reply == b"a NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
+        await client.login(name)
+
+    run(dsn, body)

@@ -10,6 +10,7 @@ import imaplib
 import poplib
 import signal
 import socket
+import ssl
 import time
 import urllib.request
 from pathlib import Path
@@ -160,6 +161,28 @@ def test_imaps_starttls_and_authenticate_plain(imapd: Imapd, mail: Mail) -> None
     c.logout()
 
 
+def test_imaps_prefers_tls13_and_refuses_suites_without_forward_secrecy(
+        imapd: Imapd) -> None:
+    """The IMAPS port negotiates TLS 1.3 with a default client; a TLS 1.2 client offering
+    only RSA key exchange (AES256-SHA) is refused, one offering ECDHE-AES-GCM served."""
+
+    def negotiate(context: ssl.SSLContext) -> tuple[str | None, str | None]:
+        with socket.create_connection(("127.0.0.1", imapd.imaps_port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.recv(5) == b"* OK "
+            cipher = tls.cipher()
+            return tls.version(), cipher[0] if cipher else None
+
+    assert negotiate(imaps_context())[0] == "TLSv1.3"
+    old = imaps_context()
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    old.set_ciphers("AES256-SHA:@SECLEVEL=0")
+    with pytest.raises(ssl.SSLError):
+        negotiate(old)
+    old.set_ciphers("ECDHE-RSA-AES256-GCM-SHA384")
+    assert negotiate(old) == ("TLSv1.2", "ECDHE-RSA-AES256-GCM-SHA384")
+
+
 def test_two_processes_see_each_others_changes(cluster: Cluster,
                                                certificate: tuple[Path, Path],
                                                imapd: Imapd, mail: Mail) -> None:
@@ -192,6 +215,41 @@ def test_two_processes_see_each_others_changes(cluster: Cluster,
         wait_for(b"EXPUNGE")
         watcher.idle_done()
         assert watcher.search() == [2]
+        watcher.logout()
+        actor.logout()
+    finally:
+        second.stop()
+
+
+def test_keywords_reach_the_sessions_of_another_process(cluster: Cluster,
+                                                      certificate: tuple[Path, Path],
+                                                      imapd: Imapd, mail: Mail) -> None:
+    """SELECT lists the keywords in use in FLAGS and PERMANENTFLAGS (with \\*); when a
+    session on another imapd process stores a new keyword, the next NOOP answers FLAGS,
+    keeping the old keyword, before the FETCH that shows the new one."""
+    second = start_imapd(cluster, "imapd-2", certificate)
+    try:
+        user = new_user(mail)
+        mail.deliver(user, [b"Subject: k\r\n\r\nk\r\n"])
+        actor = connect(second, user)
+        actor.select_folder("INBOX")
+        actor.add_flags([1], [b"$Label1"])
+        watcher = connect(imapd, user)
+        selected = watcher.select_folder("INBOX")
+        assert b"$Label1" in selected[b"FLAGS"]
+        assert {b"$Label1", b"\\*"} <= set(selected[b"PERMANENTFLAGS"])
+        actor.add_flags([1], [b"$Label2"])
+        heard: list[object] = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+                isinstance(r, tuple) and b"FETCH" in r for r in heard):
+            heard.extend(watcher.noop()[1])
+            time.sleep(0.1)
+        kinds = [r[0] if r[0] == b"FLAGS" else r[1] for r in heard if isinstance(r, tuple)]
+        assert b"FLAGS" in kinds and kinds.index(b"FLAGS") < kinds.index(b"FETCH"), heard
+        flags = next(r[1] for r in heard if isinstance(r, tuple) and r[0] == b"FLAGS")
+        assert {b"$Label1", b"$Label2"} <= set(flags)
+        assert set(watcher.get_flags([1])[1]) == {b"$Label1", b"$Label2"}
         watcher.logout()
         actor.logout()
     finally:

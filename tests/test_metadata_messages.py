@@ -183,8 +183,8 @@ def test_fan_out_of_one_blob_does_not_serialise(dsn: str) -> None:
             await tx.start()
             msg = await held.fetchval(
                 "INSERT INTO messages (user_id, skeleton_id, size, header_block, envelope, "
-                "bodystructure, body, section_map, search_vector) VALUES "
-                "($1, $2, 10, '', '', '', '', '', '') RETURNING id", first_user, blob("held"))
+                "bodystructure, body, section_map) VALUES "
+                "($1, $2, 10, '', '', '', '', '') RETURNING id", first_user, blob("held"))
             await held.execute("INSERT INTO message_blobs VALUES ($1, $2, $3)",
                                first_user, msg, shared)
             await held.execute("UPDATE user_usage SET used_bytes = used_bytes + 10 "

@@ -22,6 +22,10 @@ from metadata.migrate import (
 )
 from tests.metadata_support import fresh_database
 
+#: How many migrations ship, and the version a test's extra migration takes.
+SHIPPED = len(load_migrations())
+NEXT = SHIPPED + 1
+
 TABLES = {"schema_migrations", "users", "user_usage", "mailboxes", "subscriptions", "messages",
           "message_blobs", "mailbox_messages", "expunged_uids"}
 
@@ -66,13 +70,13 @@ def test_migrate_twice_is_a_no_op(postgres: str) -> None:
     """The first migrate creates every table and records version 1; the second applies
     nothing and leaves the record untouched; status moves from pending to applied."""
     with fresh_database(postgres, migrate=False) as dsn:
-        assert [s.state for s in status_dsn(dsn)] == ["pending"]
+        assert [s.state for s in status_dsn(dsn)] == ["pending"] * SHIPPED
         first = migrate_dsn(dsn)
-        assert [m.version for m in first] == [1]
+        assert [m.version for m in first] == list(range(1, NEXT))
         rows = asyncio.run(fetch(dsn, "SELECT * FROM schema_migrations"))
         assert migrate_dsn(dsn) == []
         assert asyncio.run(fetch(dsn, "SELECT * FROM schema_migrations")) == rows
-        assert [s.state for s in status_dsn(dsn)] == ["applied"]
+        assert [s.state for s in status_dsn(dsn)] == ["applied"] * SHIPPED
         tables = {r["tablename"] for r in asyncio.run(fetch(
             dsn, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))}
         assert tables == TABLES
@@ -90,7 +94,7 @@ def test_concurrent_migrators_apply_once(postgres: str) -> None:
                 for c in conns:
                     await c.close()
 
-        assert sorted(asyncio.run(run())) == [[], [1]]
+        assert sorted(asyncio.run(run())) == [[], list(range(1, NEXT))]
 
 
 def test_edited_applied_migration_is_refused(postgres: str, tmp_path: Path) -> None:
@@ -105,7 +109,8 @@ def test_edited_applied_migration_is_refused(postgres: str, tmp_path: Path) -> N
         edited = load_migrations(directory)
         with pytest.raises(SchemaError, match="changed after it was applied"):
             migrate_dsn(dsn, edited)
-        assert [s.state for s in status_dsn(dsn, edited)] == ["modified"]
+        assert [s.state for s in status_dsn(dsn, edited)] == (
+            ["modified"] + ["applied"] * (SHIPPED - 1))
 
         async def check(migs: list[Migration]) -> None:
             conn = await asyncpg.connect(dsn)
@@ -125,19 +130,20 @@ def test_newer_database_and_pending_migrations_are_refused(postgres: str,
     """A database with a version this release does not know is refused; check_schema
     names pending migrations."""
     directory = copy_migrations(tmp_path)
-    (directory / "0002_add_column.sql").write_text(
+    (directory / f"{NEXT:04d}_add_column.sql").write_text(
         "ALTER TABLE users ADD COLUMN nickname text;")
     with fresh_database(postgres, migrate=False) as dsn:
         async def run() -> None:
             conn = await asyncpg.connect(dsn)
             try:
                 await migrate(conn, load_migrations(MIGRATIONS_DIR))
-                with pytest.raises(SchemaError, match="pending: 0002_add_column"):
+                with pytest.raises(SchemaError, match=f"pending: {NEXT:04d}_add_column"):
                     await check_schema(conn, load_migrations(directory))
-                assert [m.version for m in await migrate(conn, load_migrations(directory))] == [2]
+                assert [m.version for m in await migrate(conn, load_migrations(directory))] == [
+                    NEXT]
                 await check_schema(conn, load_migrations(directory))
                 states = await status(conn, load_migrations(MIGRATIONS_DIR))
-                assert [s.state for s in states] == ["applied", "unknown"]
+                assert [s.state for s in states] == ["applied"] * SHIPPED + ["unknown"]
                 with pytest.raises(SchemaError, match="newer than this code"):
                     await migrate(conn, load_migrations(MIGRATIONS_DIR))
             finally:
@@ -150,13 +156,13 @@ def test_failing_migration_rolls_back_alone(postgres: str, tmp_path: Path) -> No
     """A migration whose SQL fails leaves nothing of itself behind and is not recorded;
     the migrations before it stay applied."""
     directory = copy_migrations(tmp_path)
-    (directory / "0002_broken.sql").write_text(
+    (directory / f"{NEXT:04d}_broken.sql").write_text(
         "CREATE TABLE half_done (x int);\nSELECT no_such_function();\n")
     with fresh_database(postgres, migrate=False) as dsn:
         with pytest.raises(asyncpg.UndefinedFunctionError):
             migrate_dsn(dsn, load_migrations(directory))
         states = status_dsn(dsn, load_migrations(directory))
-        assert [s.state for s in states] == ["applied", "pending"]
+        assert [s.state for s in states] == ["applied"] * SHIPPED + ["pending"]
         tables = {r["tablename"] for r in asyncio.run(fetch(
             dsn, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))}
         assert "half_done" not in tables and "users" in tables
@@ -179,7 +185,47 @@ def test_per_user_keys_and_indexes_lead_with_user_id(postgres: str) -> None:
         assert {r["tbl"] for r in rows} == TABLES - {"schema_migrations", "users"}
         offenders = [r["idx"] for r in rows if r["first_col"] != "user_id"]
         assert offenders == ["message_blobs_blob_idx"]
-        gin = [r["def"] for r in rows if r["idx"] == "messages_search_idx"]
-        assert gin and "gin (user_id, search_vector)" in gin[0]
+        gin = [r["def"] for r in rows if r["idx"] == "messages_search_body_trgm_idx"]
+        assert gin and "gin (user_id, search_body gin_trgm_ops)" in gin[0]
         partial = {r["idx"]: r["def"] for r in rows if "WHERE" in r["def"]}
         assert "mailbox_messages_unseen_idx" in partial
+
+
+def test_version_2_keeps_old_rows_searchable_and_lists_mailbox_keywords(
+        postgres: str) -> None:
+    """Migrating a version-1 database gives old messages the words of their vector as
+    search text (headers and body apart) and each mailbox the keywords its entries carry."""
+    with fresh_database(postgres, migrate=False) as dsn:
+        async def run() -> tuple[asyncpg.Record, list[str]]:
+            conn = await asyncpg.connect(dsn)
+            try:
+                await migrate(conn, load_migrations()[:1])
+                user = await conn.fetchval(
+                    "INSERT INTO users (name, password_hash) VALUES ('old', 'x') RETURNING id")
+                box = await conn.fetchval(
+                    "INSERT INTO mailboxes (user_id, name, uidvalidity, uidnext) "
+                    "VALUES ($1, 'INBOX', 1, 3) RETURNING id", user)
+                msg = await conn.fetchval(
+                    "INSERT INTO messages (user_id, skeleton_id, size, header_block, envelope, "
+                    "bodystructure, body, section_map, search_vector) VALUES ($1, $2, 10, '', "
+                    "'', '', '', '', setweight(to_tsvector('simple', 'subject: hello'), 'A') "
+                    "|| setweight(to_tsvector('simple', 'an invoice'), 'D')) RETURNING id",
+                    user, "0" * 64)
+                for uid, keywords in ((1, ["$Label1"]), (2, ["$Label2", "$Label1"])):
+                    await conn.execute(
+                        "INSERT INTO mailbox_messages (user_id, mailbox_id, uid, message_id, "
+                        "keywords, modseq, internaldate, size) VALUES ($1, $2, $3, $4, $5, 1, "
+                        "now(), 10)", user, box, uid, msg, keywords)
+                await migrate(conn)
+                row = await conn.fetchrow(
+                    "SELECT search_header, search_body FROM messages WHERE id = $1", msg)
+                keywords = await conn.fetchval("SELECT keywords FROM mailboxes WHERE id = $1",
+                                               box)
+                return row, keywords
+            finally:
+                await conn.close()
+
+        row, keywords = asyncio.run(run())
+        assert sorted(row["search_header"].split()) == ["hello", "subject"]
+        assert sorted(row["search_body"].split()) == ["an", "invoice"]
+        assert keywords == ["$Label1", "$Label2"]

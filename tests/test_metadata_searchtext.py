@@ -131,3 +131,42 @@ def test_corpus() -> None:
     utf16 = search_text((CORPUS / "apache-spamassassin" / "spam" / "utf16.eml").read_bytes())
     assert utf16.subject == "Design and manufacturing"
     assert "Dear potencial partner" in utf16.body
+
+
+def test_address_fields_are_also_searchable_as_the_envelope_reads_them() -> None:
+    """An address with comments and folding whitespace is kept as sent and also as the
+    ENVELOPE reads it, so SEARCH FROM user-from@domain.org finds it; plain ones are not
+    repeated."""
+    raw = (b"From: <user-from (comment)@ (comment) domain.org>\r\n"
+           b"To: =?utf-8?q?J=C3=BCrgen?= <j@example.de>, undisclosed: ;\r\n"
+           b"Cc: c@example.com\r\n\r\nbody\r\n")
+    st_ = search_text(raw)
+    assert st_.from_ == "<user-from (comment)@ (comment) domain.org>\nuser-from@domain.org"
+    assert st_.to == "Jürgen <j@example.de>, undisclosed: ;\nJürgen <j@example.de>"
+    assert st_.cc == "c@example.com"
+
+
+def test_a_date_the_store_cannot_hold_is_dropped() -> None:
+    """A Date: whose instant falls beyond year 9999 in UTC gives no sent date (the message
+    is stored all the same); a late but valid one is kept."""
+    late = search_text(b"Date: Fri, 31 Dec 9999 23:59:59 -1200\r\n\r\nx\r\n")
+    assert late.sent_at is None
+    kept = search_text(b"Date: Fri, 31 Dec 9999 13:59:59 +1200\r\n\r\nx\r\n")
+    assert kept.sent_at is not None and kept.sent_at.year == 9999
+
+
+def test_text_of_a_multipart_whose_boundary_follows_double_semicolons() -> None:
+    """A multipart whose boundary parameter follows ``;;`` (which the strict reading, like
+    Dovecot's BODYSTRUCTURE, does not see) still has its parts' text indexed."""
+    raw = (CORPUS / "apache-james-mime4j/mimetools-testmsgs/double-semicolon.msg").read_bytes()
+    assert search_text(raw).body == "The better part\n\nThe worse part"
+
+
+@pytest.mark.parametrize("delimiter", [b"----=_Next_0001", b"----=_Next_ 0001"])
+def test_text_of_a_multipart_whose_boundary_value_is_folded(delimiter: bytes) -> None:
+    """A boundary value folded across lines is matched whether the delimiter lines keep the
+    fold's space (RFC 5322 unfolding) or drop it (what the sender meant)."""
+    raw = (b'Content-Type: multipart/alternative; boundary="----=_Next_\r\n 0001"\r\n\r\n'
+           b"preamble\r\n--" + delimiter + b"\r\nContent-Type: text/plain\r\n\r\nfolded body"
+           b"\r\n--" + delimiter + b"--\r\n")
+    assert search_text(raw).body == "folded body"

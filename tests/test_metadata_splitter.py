@@ -274,6 +274,24 @@ def test_same_attachment_two_messages_same_blob() -> None:
     assert set(one.blobs) == set(two.blobs)
 
 
+def test_each_blob_is_named_once_by_the_given_id_function() -> None:
+    """split names every blob and the skeleton with the id function it is given, calling
+    it once per stored blob (the store then needs no second hash), and says which
+    function named them."""
+    raw = _message(_attachment(BIG, eol=b"\r\n", width=76), eol=b"\r\n")
+    calls: list[int] = []
+
+    def counting(data: bytes) -> str:
+        calls.append(len(data))
+        return "f" * 63 + str(len(calls) % 10)
+
+    stored = split(raw, id_of=counting)
+    assert stored.named_by is counting
+    assert len(calls) == len(stored.blobs) + 1 == 2
+    assert list(stored.named_blobs) == [stored.skeleton_id, *stored.blobs]
+    assert stored.named_blobs[stored.skeleton_id] == stored.skeleton_bytes
+
+
 def test_base64_dedups_across_line_ends_and_widths() -> None:
     """A base64 attachment sent with CRLF/76 and LF/64 is stored once, decoded (a
     quarter smaller), and both messages come back exactly."""

@@ -70,10 +70,11 @@ class Sink:
         self.writes: list[tuple[str, dict[str, str], dict[bytes, float], int]] = []
 
     def write(self, node_id: str, fields: dict[str, str], hot: dict[bytes, float],
-              ttl: int) -> None:
+              ttl: int) -> Registration | None:
         if self.fail:
             raise ConnectionError("redis is down")
         self.writes.append((node_id, fields, hot, ttl))
+        return None  # never registered
 
     def close(self) -> None:
         pass

@@ -21,7 +21,7 @@ import redis
 from director.redisstate import RedisState
 from ops.config import Config, parse_hostport
 from ops.devcluster import DevCluster, DevOptions
-from tests.conftest import CORPUS, make_test_config
+from tests.conftest import CORPUS, make_test_config, redis_auth
 from tests.imapd_process import Mail
 from tests.imapd_support import corpus
 
@@ -60,7 +60,7 @@ def installation(postgres: str, tmp_path: Path) -> Iterator[DevCluster]:
         options, only=frozenset({"redis", "objstore", "imapd"})))
     try:
         redis_only.up()
-        asyncio.run(_register_ghost(config))
+        asyncio.run(_register_ghost(redis_only.config))
         cluster.up()
         yield cluster
     finally:
@@ -68,7 +68,8 @@ def installation(postgres: str, tmp_path: Path) -> Iterator[DevCluster]:
 
 
 async def _register_ghost(config: Config) -> None:
-    state = await RedisState.open(config.cluster, config.director)
+    state = await RedisState.open(config.cluster, config.director,
+                                  auth=redis_auth(config.cluster))
     try:
         await state.registry.add("ghost", "127.0.0.1:9", zone="z", tier="ssd")
     finally:
@@ -76,7 +77,8 @@ async def _register_ghost(config: Config) -> None:
 
 
 async def _numbers(config: Config) -> dict[str, int]:
-    state = await RedisState.open(config.cluster, config.director)
+    state = await RedisState.open(config.cluster, config.director,
+                                  auth=redis_auth(config.cluster))
     try:
         return {n.id: n.number for n in (await state.registry.snapshot()).nodes}
     finally:
@@ -130,9 +132,10 @@ class FetchLoop:
 
 def flush_every_master(config: Config) -> int:
     masters = 0
+    auth = redis_auth(config.cluster).client_kwargs()
     for address in config.cluster.redis_nodes:
         host, port = parse_hostport(address)
-        client = redis.Redis(host=host, port=port)
+        client = redis.Redis(host=host, port=port, **auth)
         try:
             if client.info("replication")["role"] == "master":
                 client.flushall()

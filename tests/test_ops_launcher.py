@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -24,10 +25,8 @@ def _spec(name: str, *argv: str) -> ProcessSpec:
 
 
 def _gone(pid: int) -> bool:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
@@ -41,9 +40,9 @@ def test_pid_file_holds_one_pid(tmp_path: Path) -> None:
     launcher = Launcher(tmp_path)
     spec = _spec("sleeper")
     assert launcher.start(spec)
+    pid = launcher.pid_of(spec)
+    assert pid is not None
     try:
-        pid = launcher.pid_of(spec)
-        assert pid is not None
         assert launcher.pidfile("sleeper").read_text().split() == [str(pid)]
         assert launcher.startfile("sleeper").read_text().strip() == _start_time(pid)
         launcher.startfile("sleeper").write_text("1\n")  # as if the pid had been recycled

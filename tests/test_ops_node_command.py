@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from director.index import SyncLocationIndex
+from director.keys import Keyspace
 from ops.cli import EX_CONFIG, EX_DATAERR, EX_OK, EX_TEMPFAIL, main
 from ops.config import ENV_REDIS_NODES, DirectorConfig
-from tests.conftest import RunningRedis, free_port_block
+from tests.conftest import RunningRedis, credential_keys, free_port_block
+from tests.test_director_index import with_index
 
 
 class Cli:
@@ -36,7 +37,8 @@ def cli(redis_cluster: RunningRedis, capsys: pytest.CaptureFixture[str], tmp_pat
         monkeypatch: pytest.MonkeyPatch) -> Cli:
     monkeypatch.setenv(ENV_REDIS_NODES, ",".join(redis_cluster.nodes))
     config = tmp_path / "objmail.toml"
-    config.write_text("# defaults; Redis from OBJMAIL_REDIS_NODES\n")
+    config.write_text("# defaults; Redis from OBJMAIL_REDIS_NODES\n[cluster]\n"
+                      + credential_keys(redis_cluster.cluster.config.cluster))
     return Cli(capsys, config)
 
 
@@ -150,18 +152,20 @@ def test_remove_refused_while_sole_copies_exist(cli: Cli, redis_cluster: Running
     num_a, num_b = rows[a]["number"], rows[b]["number"]
     assert isinstance(num_a, int) and isinstance(num_b, int)
     blob = uuid.uuid4().hex * 2
-    with SyncLocationIndex.open(redis_cluster.nodes,
-                                buckets=DirectorConfig().index_buckets) as index:
-        index.add_locations(blob, [num_a])
-        code, _out, err = cli("node", "remove", a)
-        assert code == EX_TEMPFAIL
-        assert "only copy of 1 blob" in err and blob in err
-        assert listed(cli)[a]["admin_state"] == "active"
-        index.add_locations(blob, [num_b])
-        code, out, err = cli("node", "remove", a)
-        assert code == EX_OK, err
-        assert "took it out of 1 index entries" in out
-        assert index.locations(blob) == (num_b,)
+    buckets = DirectorConfig().index_buckets
+    with_index(redis_cluster, buckets, lambda index: index.add_locations(blob, [num_a]),
+               Keyspace())
+    code, _out, err = cli("node", "remove", a)
+    assert code == EX_TEMPFAIL
+    assert "only copy of 1 blob" in err and blob in err
+    assert listed(cli)[a]["admin_state"] == "active"
+    with_index(redis_cluster, buckets, lambda index: index.add_locations(blob, [num_b]),
+               Keyspace())
+    code, out, err = cli("node", "remove", a)
+    assert code == EX_OK, err
+    assert "took it out of 1 index entries" in out
+    assert with_index(redis_cluster, buckets, lambda index: index.locations(blob),
+                      Keyspace()) == (num_b,)
     assert a not in listed(cli)
     assert listed(cli, "--all")[a]["state"] == "removed"
 
@@ -170,7 +174,7 @@ def test_index_bucket_count_mismatch_is_a_config_error(cli: Cli, tmp_path: Path)
     """A config whose index_buckets differs from the index's is refused with exit 78."""
     assert cli("node", "list")[0] == EX_OK  # the index exists with the default count
     other = tmp_path / "other.toml"
-    other.write_text("[director]\nindex_buckets = 128\n")
+    other.write_text(cli.config.read_text() + "[director]\nindex_buckets = 128\n")
     code, _out, err = Cli(cli.capsys, other)("node", "list")
     assert code == EX_CONFIG
     assert "index_buckets" in err

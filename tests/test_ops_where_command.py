@@ -10,12 +10,12 @@ import uuid
 
 import pytest
 
-from director.index import SyncLocationIndex
 from director.keys import IndexLayout, Keyspace
 from ops.cli import EX_DATAERR, EX_OK
 from ops.config import DirectorConfig
 from ops.where_command import EX_NOT_INDEXED, redis_cli_line
 from tests.conftest import RunningRedis
+from tests.test_director_index import with_index
 from tests.test_ops_node_command import Cli, cli, listed, unique, unique_address
 
 __all__ = ["cli"]  # the fixture, shared with the node command tests
@@ -29,9 +29,8 @@ def test_where_lists_the_nodes_holding_a_blob(cli: Cli, redis_cluster: RunningRe
     num = listed(cli)[a]["number"]
     assert isinstance(num, int)
     blob = hashlib.sha256(uuid.uuid4().bytes).hexdigest()
-    with SyncLocationIndex.open(redis_cluster.nodes,
-                                buckets=DirectorConfig().index_buckets) as index:
-        index.add_locations(blob, [num, 99_999])
+    with_index(redis_cluster, DirectorConfig().index_buckets,
+               lambda index: index.add_locations(blob, [num, 99_999]), Keyspace())
     code, out, _err = cli("where", blob)
     assert code == EX_OK
     assert f"{a}  {addr}  zone za" in out
@@ -58,9 +57,10 @@ def test_printed_redis_cli_line_answers_the_same(redis_cluster: RunningRedis) ->
     keys = Keyspace(f"t-{uuid.uuid4().hex[:8]}:")
     tricky = "0000" + "0a0d092022275c7c00" + "ab" * 21
     assert len(tricky) == 64
-    with SyncLocationIndex.open(redis_cluster.nodes, buckets=65536, keys=keys) as index:
-        index.add_locations(tricky, [3, 11])
-    line = redis_cli_line(tricky, IndexLayout(65536), keys, redis_cluster.nodes[0])
+    with_index(redis_cluster, 65536, lambda index: index.add_locations(tricky, [3, 11]), keys)
+    line = redis_cli_line(tricky, IndexLayout(65536), keys, redis_cluster.cluster.config.cluster)
+    assert redis_cluster.auth.password is not None
+    assert "REDISCLI_AUTH=" in line and redis_cluster.auth.password not in line
     result = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=20,
                             check=False)
     assert result.returncode == 0, result.stderr
