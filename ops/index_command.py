@@ -5,9 +5,9 @@ Runs the rebuild job (:mod:`director.indexrebuild`) in the foreground under its 
 online: mail keeps flowing, and each blob reads again as soon as a node holding it has
 been rebuilt.  First, every object server that reports the registry number it kept but
 that the registry does not know (the registry was lost with the index) is registered
-again with that number, so the rebuilt entries name the same numbers as before; with an
-empty registry the command waits up to ``objstore.report_ttl`` for the object servers'
-first reports.  Every blob copy the index does not already place on its node is read
+again with that number, so the rebuilt entries name the same numbers as before; after
+such a loss the command first waits for the object servers' reports (until none has
+come back for two ``objstore.report_interval``, at most ``objstore.report_ttl``).  Every blob copy the index does not already place on its node is read
 back and verified before it is indexed.  Ctrl-C stops after the page in hand; running
 the command again resumes the run, its counters intact.  ``--status`` shows a run in
 progress; ``--cancel`` forgets it.  Exits 0 when every node was rebuilt and every copy
@@ -82,15 +82,22 @@ def run(ctx: CommandContext) -> int:
 
 
 async def reregister(ctx: CommandContext, client: BlobClient, stop: StopFlag) -> list[Node]:
-    """Register again the object servers that kept a number the registry lost; with an
-    empty registry, wait for their reports first (they come back within an interval)."""
+    """Register again the object servers that kept a number the registry lost.
+
+    When the registry was lost (it is empty, or some server came back), keep looking
+    until no newcomer has appeared for two report intervals: every live object server
+    reports again within one (bounded by ``objstore.report_ttl``)."""
+    interval = ctx.config.objstore.report_interval
     deadline = time.monotonic() + ctx.config.objstore.report_ttl
     back = await client.registry.reregister()
-    while not back and not (await client.snapshot(force=True)).nodes:
-        if stop() or time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(0.5)
-        back = await client.registry.reregister()
+    lost = bool(back) or not (await client.snapshot(force=True)).nodes
+    quiet_until = time.monotonic() + 2 * interval
+    while lost and not stop() and time.monotonic() < min(deadline, quiet_until):
+        await asyncio.sleep(min(0.5, interval))
+        more = await client.registry.reregister()
+        if more:
+            back += more
+            quiet_until = time.monotonic() + 2 * interval
     for node in back:
         if not ctx.args.json:
             ctx.say(f"registered {node.id} again as number {node.number} (the number it "
