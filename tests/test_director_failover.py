@@ -164,8 +164,8 @@ def test_kill_9_one_objstored(setup: Setup) -> None:
     inst = setup.installation
     replicas = inst.config.director.replicas
     before = [*blobs(60, "before"), os.urandom(int(1.5 * inst.config.objstore.max_item_size))]
-    # The victim is the real server with the lowest node number: once the load reports
-    # say every server is idle, it is the first replica read for every blob it holds.
+    # Reads pick among idle replicas at random: the victim is read first for about half
+    # of the blobs it holds.
     victim = inst.objstores()[0].name
 
     async def write_before(client: BlobClient) -> tuple[list[str], list[str]]:
@@ -178,7 +178,7 @@ def test_kill_9_one_objstored(setup: Setup) -> None:
 
     ids, on_victim = with_client(setup.config, write_before)
     assert on_victim, f"{victim} got none of {len(ids)} blobs"
-    wait_idle(setup.config)  # every server reports 0 ops/s: ties go by node number
+    wait_idle(setup.config)  # every server reports 0 ops/s: replicas weigh the same
     inst.kill(victim)
     during = blobs(30, "during")
     try:
@@ -186,7 +186,9 @@ def test_kill_9_one_objstored(setup: Setup) -> None:
                                                       int]:
             snap = await client.snapshot(force=True)
             number = snap.get(victim).number  # type: ignore[union-attr]
-            first = 0
+            # Once its report is late (a few report intervals) the victim is down, read
+            # last without a try; until then reads try it and fail over.
+            first = 0 if snap.get(victim).readable else -1  # type: ignore[union-attr]
             for bid in ids:
                 order = await client._ordered(bid, await client.index.locations(bid))
                 first += order[0].id == victim
@@ -203,8 +205,9 @@ def test_kill_9_one_objstored(setup: Setup) -> None:
             return failovers, again, first, [found[i] for i in new_ids], number
 
         failovers, again, first, placed, number = with_client(setup.config, outage)
-        assert first >= len(on_victim), "the dead server should be read first for its blobs"
-        assert failovers >= 1, "reads that tried the dead server first failed over"
+        if first >= 0:
+            assert first >= 1, "the dead server is still read first for some of its blobs"
+            assert failovers >= 1, "reads that tried the dead server first failed over"
         assert again == 0, "a server that failed is read last for a while"
         assert all(len(p) == replicas and number not in p for p in placed)
     finally:
