@@ -1,7 +1,7 @@
 """Leveling with real processes: a new, empty object server joins three full ones and
 receives blobs from them, the hot ones (named by the load reports) first, until every
-node's usage is within the configured tolerance; ``objmail level --dry-run`` and
-``--once``.
+node's bytes are within the configured tolerance of its target (the mean, for these
+equal capacities); ``objmail level --dry-run`` and ``--once``.
 
 The module runs a private installation of three objstored (zones a, b, c) that report a
 capacity of 8 MiB each, so that a few MiB of blobs make a measurable usage; the fourth
@@ -30,7 +30,7 @@ from tests.conftest import free_port_block
 from tests.director_installation import Installation, installation_fixture, with_client
 
 CAPACITY = 8 * MIB
-TOLERANCE = 0.02
+TOLERANCE = 0.10
 BLOB = 40 * 1024
 
 
@@ -81,7 +81,7 @@ async def fresh_reports(client: BlobClient, since: float) -> list[Node]:
 
 
 def spread_now(config: Config, since: float) -> float:
-    """The largest deviation from the mean usage, from reports written after ``since``."""
+    """The largest deviation from a node's target, from reports written after ``since``."""
     async def body(client: BlobClient) -> float:
         nodes = await fresh_reports(client, since)
         return usage([NodeUsage(n.id, n.number, n.zone, n.report.used_bytes,
