@@ -49,7 +49,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +83,8 @@ CLAIM_LEASE = 300.0
 EXAMPLES = 5
 #: After a node is lost, a pass sweeps this many times ``repair_scan_buckets``.
 FULL_SWEEP_FACTOR = 16
+#: Blobs repaired at the same time.
+PARALLELISM = 16
 
 
 @dataclass
@@ -270,6 +272,9 @@ class Repairer(BackgroundJob[RepairStats]):
 
     async def _drain_queue(self, control: PassControl, snap: RegistrySnapshot, placer: Placer,
                            waiting: frozenset[int], stats: RepairStats) -> None:
+        """Repair claimed blobs, :data:`PARALLELISM` at a time (a blob's repair is a few
+        round trips; one at a time leaves the disks and the network idle), until the
+        queue has nothing due or ``repair_max_blobs`` were claimed."""
         queue = self.client.repair
         budget = self.dconf.repair_max_blobs
         while stats.claimed < budget:
@@ -278,20 +283,34 @@ class Repairer(BackgroundJob[RepairStats]):
             if not ids:
                 return
             stats.claimed += len(ids)
-            for i, bid in enumerate(ids):
-                try:
-                    await self.repair_blob(bid, snap, placer, waiting, stats)
-                except NodeError as exc:  # a target failing in an unexpected way
-                    log.warning("repair of %s failed: %s", bid, exc)
-                    stats.errors += 1
-                    await queue.retry_later([bid], self.dconf.repair_retry_delay)
-                stats.items += 1
-                if not await control.checkpoint(stats):
-                    # Hand the rest back at once: only the blob in hand was at stake.
-                    rest = ids[i + 1:]
-                    if rest:
-                        await queue.retry_later(rest, 0.0)
-                    return
+            todo = iter(ids)
+            stop = asyncio.Event()
+            await asyncio.gather(*(self._worker(todo, stop, control, snap, placer, waiting,
+                                                stats)
+                                   for _ in range(min(PARALLELISM, len(ids)))))
+            if stop.is_set():
+                # Hand the rest back at once: only the blobs in hand were at stake.
+                rest = list(todo)
+                if rest:
+                    await queue.retry_later(rest, 0.0)
+                return
+
+    async def _worker(self, todo: Iterator[str], stop: asyncio.Event, control: PassControl,
+                      snap: RegistrySnapshot, placer: Placer, waiting: frozenset[int],
+                      stats: RepairStats) -> None:
+        """Repair blobs from ``todo`` (shared with the other workers) until it runs out
+        or the pass is told to stop (then ``stop`` is set)."""
+        for bid in todo:
+            try:
+                await self.repair_blob(bid, snap, placer, waiting, stats)
+            except NodeError as exc:  # a target failing in an unexpected way
+                log.warning("repair of %s failed: %s", bid, exc)
+                stats.errors += 1
+                await self.client.repair.retry_later([bid], self.dconf.repair_retry_delay)
+            stats.items += 1
+            if stop.is_set() or not await control.checkpoint(stats):
+                stop.set()
+                return
 
     async def repair_blob(self, bid: str, snap: RegistrySnapshot, placer: Placer,
                           waiting: frozenset[int], stats: RepairStats) -> None:

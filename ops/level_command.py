@@ -93,7 +93,6 @@ def run(ctx: CommandContext) -> int:
         idle = 0
         try:
             while True:
-                started = time.time()
                 try:
                     stats = await leveler.run_once(stop=stop, progress=progress.show)
                 except LeaseHeld as exc:
@@ -102,6 +101,7 @@ def run(ctx: CommandContext) -> int:
                     line.show(f"{exc.holder} is leveling; waiting", force=True)
                     await asyncio.sleep(1.0)
                     continue
+                finished = time.time()  # the next plan needs reports counting every move
                 progress.passed(stats)
                 passes.append(stats)
                 idle = idle + 1 if not stats.moved else 0
@@ -110,7 +110,7 @@ def run(ctx: CommandContext) -> int:
                 if not stats.moved and (not args.wait or idle >= IDLE_PASSES):
                     break
                 line.show("waiting for fresh load reports", force=True)
-                await fresh_reports(client, started, ctx.config.objstore.report_ttl)
+                await fresh_reports(client, finished, ctx.config.objstore.report_ttl)
         finally:
             line.done()
         report(ctx, passes, leveler.tolerance)
