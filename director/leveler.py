@@ -53,6 +53,7 @@ from director.jobstate import JobState, integer
 from director.keys import is_blob_id
 from director.memcache_client import NodeError
 from director.nodes import Node, NodeState
+from director.placement import relative_loads
 from director.planner import (
     BlobCandidate,
     Move,
@@ -221,7 +222,7 @@ class Leveler(BackgroundJob[LevelStats]):
         if cursors and saving:  # a dry run leaves the cursors alone
             await state.save({f"cursor:{k}": v for k, v in cursors.items()})
         return planned(plan_moves(usages, hot, tolerance, self.dconf.level_bytes_per_pass,
-                                  cold=cold, busy=busy, loads=relative_loads(loads),
+                                  cold=cold, busy=busy, loads=load_ratios(loads),
                                   seed=integer(fields, "passes")))
 
     async def run_pass(self, control: PassControl) -> LevelStats:
@@ -379,15 +380,11 @@ class Leveler(BackgroundJob[LevelStats]):
                         exc)
 
 
-def relative_loads(loads: Sequence[NodeLoad]) -> dict[str, float]:
+def load_ratios(loads: Sequence[NodeLoad]) -> dict[str, float]:
     """Each node's load relative to the mean: the larger of its CPU and its I/O over
-    their means (a figure nobody reports counts as 0 for all)."""
-    if not loads:
-        return {}
-    mean_cpu = sum(n.cpu for n in loads) / len(loads)
-    mean_io = sum(n.io for n in loads) / len(loads)
-    return {n.node_id: max(n.cpu / mean_cpu if mean_cpu > 0 else 0.0,
-                           n.io / mean_io if mean_io > 0 else 0.0) for n in loads}
+    their means."""
+    ratios = relative_loads([n.cpu for n in loads], [n.io for n in loads])
+    return {n.node_id: r for n, r in zip(loads, ratios, strict=True)}
 
 
 def eta(remaining: float, rate: float) -> float | None:

@@ -172,16 +172,23 @@ def place(key: str, nodes: Sequence[Node], policy: PlacementPolicy | None = None
     return Placer(nodes, policy).place(key)
 
 
-def read_loads(nodes: Sequence[Node]) -> list[float]:
-    """Each node's load relative to the mean of ``nodes``: the larger of its ops/s and
-    its CPU over their means (a figure nobody reports counts as 0 for all)."""
-    def relative(values: list[float]) -> list[float]:
-        mean = sum(values) / len(values) if values else 0.0
-        return [v / mean if mean > 0 else 0.0 for v in values]
+def relative_loads(*columns: Sequence[float]) -> list[float]:
+    """Each node's load relative to the mean: for every node (one value per column, the
+    nodes in the same order in each), the largest of its values over their column's
+    mean (a column nobody reports, all 0, counts as 0)."""
+    out: list[float] = []
+    for column in columns:
+        mean = sum(column) / len(column) if column else 0.0
+        rel = [v / mean if mean > 0 else 0.0 for v in column]
+        out = rel if not out else [max(a, b) for a, b in zip(out, rel, strict=True)]
+    return out
 
-    ops = relative([n.report.ops_per_sec if n.report else 0.0 for n in nodes])
-    cpu = relative([n.report.cpu_process if n.report else 0.0 for n in nodes])
-    return [max(o, c) for o, c in zip(ops, cpu, strict=True)]
+
+def read_loads(nodes: Sequence[Node]) -> list[float]:
+    """Each node's load for reads, relative to the others': the larger of its ops/s and
+    its CPU over their means."""
+    return relative_loads([n.report.ops_per_sec if n.report else 0.0 for n in nodes],
+                          [n.report.cpu_process if n.report else 0.0 for n in nodes])
 
 
 def read_order(nodes: Sequence[Node], rng: random.Random, *,

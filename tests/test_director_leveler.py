@@ -21,9 +21,9 @@ import pytest
 from pymemcache.client.base import Client as MemcacheClient
 
 from director.client import BlobClient
-from director.leveler import Leveler
+from director.leveler import Leveler, eta, load_ratios
 from director.nodes import Node, NodeState
-from director.planner import NodeUsage, usage
+from director.planner import NodeLoad, NodeUsage, usage
 from ops.cli import EX_OK, main
 from ops.config import MIB, Config
 from tests.conftest import free_port_block
@@ -193,3 +193,14 @@ def test_new_node_gets_hot_blobs_first_until_level(inst: Installation,
         assert again["balanced"] and again["moved"] == 0
     finally:
         inst.cluster.launcher.stop(spec)
+
+
+def test_load_ratios_and_eta() -> None:
+    """A node's load ratio is the larger of its CPU and its I/O over their means (a figure
+    nobody reports counts for nothing); the ETA is what is left over the rate, unknown
+    without a rate."""
+    ratios = load_ratios([NodeLoad("a", 2.0, 0.0), NodeLoad("b", 0.0, 300.0),
+                          NodeLoad("c", 1.0, 0.0)])
+    assert ratios == {"a": 2.0, "b": 3.0, "c": 1.0}
+    assert load_ratios([NodeLoad("a", 0, 0), NodeLoad("b", 0, 0)]) == {"a": 0.0, "b": 0.0}
+    assert eta(100, 20) == 5.0 and eta(0, 0) == 0.0 and eta(10, 0) is None
