@@ -95,6 +95,7 @@ from director.registry import Registry, RegistrySnapshot
 from director.repairqueue import RepairQueue
 from objstore.replies import Value
 from runtime.config import ClusterConfig, parse_hostport
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 log = logging.getLogger(__name__)
 
@@ -240,13 +241,15 @@ class BlobClient:
 
     @classmethod
     async def open(cls, cluster: ClusterConfig, dconf: DirectorConfig, *,
-                   retry: RetryPolicy | None = None) -> BlobClient:
+                   retry: RetryPolicy | None = None,
+                   auth: RedisAuth = NO_REDIS_AUTH) -> BlobClient:
         """Connect to Redis Cluster; object-server connections open on first use.
 
         :param retry: how long Redis operations are retried (``objmail`` commands wait
             less than daemons).
+        :param auth: Redis credentials (``runtime.secrets.load_credentials(cluster)``).
         """
-        state = await RedisState.open(cluster, dconf, retry=retry)
+        state = await RedisState.open(cluster, dconf, retry=retry, auth=auth)
         key = load_key(dconf.encryption_key_file) if dconf.encryption_key_file else None
         ids = BlobIds()
         disk = (DiskCache(Path(dconf.disk_cache_dir), dconf.disk_cache_bytes, ids)

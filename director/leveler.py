@@ -78,6 +78,9 @@ SIZE_PARALLELISM = 16
 PARALLELISM = 4
 #: Moves kept in a pass's stats (for ``--json``; the counters cover all of them).
 KEPT_MOVES = 1000
+#: Moves per debug log line (a pass can make thousands: one line each would flood the
+#: log, one line for all of them made a 474 KB line).
+MOVES_PER_LOG_LINE = 50
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,8 @@ class LevelStats(PassStats):
     :param rate: bytes per second moved so far; ``eta`` seconds to move ``to_move`` at it.
     :param deviations: node id -> its deviation once the planned moves are done.
     :param moves: each move: blob, source, target, size, heat, done (the first
-        :data:`KEPT_MOVES`).
+        :data:`KEPT_MOVES`; left out of the repr, which the background loop logs:
+        :func:`log_pass` logs them in batches).
     """
 
     job: str = "level"
@@ -147,6 +151,25 @@ class LevelStats(PassStats):
     busy: list[str] = field(default_factory=list)
     deviations: dict[str, float] = field(default_factory=dict)
     moves: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+
+def log_pass(stats: LevelStats) -> None:
+    """One summary line at info level; the moves at debug level, in lines of at most
+    :data:`MOVES_PER_LOG_LINE` moves."""
+    if not stats.planned:
+        return
+    log.info("level: %d of %d planned move(s) done (%d hot, %d off busy nodes), %d skipped, "
+             "%d bytes copied at %.0f bytes/s; deviation %.4f, %.4f once done; %d bytes "
+             "were above the targets", stats.moved, stats.planned, stats.hot_moved,
+             stats.busy_moved, stats.skipped, stats.bytes, stats.rate, stats.spread_before,
+             stats.spread_planned, stats.to_move)
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    for at in range(0, len(stats.moves), MOVES_PER_LOG_LINE):
+        batch = stats.moves[at:at + MOVES_PER_LOG_LINE]
+        log.debug("level: moves %d-%d of %d: %s", at + 1, at + len(batch), len(stats.moves),
+                  "; ".join(f"{m['blob']} {m['source']}->{m['target']} {m['size']}B"
+                            + ("" if m["done"] else " skipped") for m in batch))
 
 
 class Leveler(BackgroundJob[LevelStats]):
@@ -263,6 +286,7 @@ class Leveler(BackgroundJob[LevelStats]):
         await state.save({"passes": integer(fields, "passes") + 1, "last_pass_at": self.now(),
                           "last_moved": stats.moved, "last_bytes": stats.bytes,
                           "spread": stats.spread_before, "to_move": stats.to_move})
+        log_pass(stats)
         return stats
 
     async def move(self, move: Move, snap: RegistrySnapshot, stats: LevelStats,

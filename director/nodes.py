@@ -66,6 +66,9 @@ class LoadReport:
     #: Unix time the report was written.
     reported_at: float
     hot_keys: tuple[str, ...] = ()
+    #: The registry number the node was given and keeps in its data dir (0: none), so
+    #: that re-registering it after the registry was lost gives it the same one.
+    number: int = 0
     #: Free bytes of the data dir's filesystem (-1: not reported).
     fs_free_bytes: int = -1
     #: CPU the object server's processes used, in cores (1.0 = one core busy).
@@ -178,6 +181,7 @@ def parse_report(fields: dict[bytes, bytes] | dict[str, str], *,
             tier=text.get("tier", ""), capacity_bytes=int(text["capacity_bytes"]),
             used_bytes=int(text["used_bytes"]), items=int(text.get("items", "0")),
             ops_per_sec=num("ops_per_sec"), reported_at=float(text["reported_at"]),
+            number=int(text.get("number", "0")),
             fs_free_bytes=int(text.get("fs_free_bytes", "-1")),
             cpu_process=num("cpu_process"), cpu_host=num("cpu_host"),
             io_read_bps=num("io_read_bps"), io_write_bps=num("io_write_bps"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import os
 import pwd
 import shutil
@@ -25,14 +26,30 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from secrets import token_urlsafe
+from typing import Any
 from urllib.parse import urlsplit
 
 from ops import binaries
 from ops.config import Config, parse_hostport, to_toml
-from ops.launcher import Launcher, LaunchError, ProcessSpec, ProcessStatus, tcp_connectable
+from ops.launcher import (
+    Launcher,
+    LaunchError,
+    ProcessSpec,
+    ProcessStatus,
+    private_dir,
+    tcp_connectable,
+)
+from runtime.secrets import Credentials, RedisAuth, load_credentials, write_secret
+
+#: First line of the config ``dev up`` writes (``objmail dev`` knows its run dir by it).
+DEV_CONFIG_HEADER = "# Written by `objmail dev up`"
 
 #: Zones given to the dev object servers in turn.
 DEV_ZONES = ("a", "b", "c")
+
+#: The Redis ACL user the dev cluster creates for objmail (the ``default`` user is off).
+DEV_REDIS_USER = "objmail"
 
 
 @dataclass(frozen=True)
@@ -82,9 +99,10 @@ class DevCluster:
     def __init__(self, config: Config, run_dir: Path, options: DevOptions | None = None) -> None:
         self.run_dir = run_dir.resolve()
         self.options = options or DevOptions()
-        self.config = self._with_dev_tls(config)
+        self.config = self._with_dev_credentials(self._with_dev_tls(config))
         self.launcher = Launcher(self.run_dir)
         self.config_path = self.run_dir / "objmail.toml"
+        self._credentials: Credentials | None = None
 
     def _with_dev_tls(self, config: Config) -> Config:
         """Give imapd the cluster's self-signed certificate unless one is configured.
@@ -106,6 +124,48 @@ class DevCluster:
     def tls_paths(self) -> tuple[Path, Path]:
         """The dev cluster's self-signed certificate and key."""
         return self.run_dir / "tls" / "imapd-cert.pem", self.run_dir / "tls" / "imapd-key.pem"
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Where the generated passwords live (mode 0700, files 0600)."""
+        return self.run_dir / "secrets"
+
+    def _with_dev_credentials(self, config: Config) -> Config:
+        """Name the cluster's generated Redis and PostgreSQL password files in its config,
+        unless the config names its own or points at servers this cluster does not run."""
+        cluster = config.cluster
+        changes: dict[str, Any] = {}
+        if not self.options.external_redis and not cluster.redis_password_file:
+            changes["redis_user"] = cluster.redis_user or DEV_REDIS_USER
+            changes["redis_password_file"] = str(self.secrets_dir / "redis-password")
+        if not self.options.external_pg and not cluster.pg_password_file:
+            changes["pg_password_file"] = str(self.secrets_dir / "pg-password")
+        if not changes:
+            return config
+        return dataclasses.replace(config, cluster=dataclasses.replace(cluster, **changes))
+
+    def ensure_secrets(self) -> None:
+        """Create the generated password files that do not exist yet (0600, in a 0700
+        directory); a file the config names outside :attr:`secrets_dir` is the operator's."""
+        cluster = self.config.cluster
+        for name in (cluster.redis_password_file, cluster.pg_password_file):
+            path = Path(name) if name else None
+            if path is not None and path.parent == self.secrets_dir and not path.exists():
+                private_dir(self.secrets_dir)
+                write_secret(path, token_urlsafe(32))
+
+    @property
+    def credentials(self) -> Credentials:
+        """The secrets the cluster's config names, read once (after :meth:`ensure_secrets`).
+
+        :raises ConfigError: a secret file is missing or not private.
+        """
+        if self._credentials is None:
+            self._credentials = load_credentials(self.config.cluster)
+        return self._credentials
+
+    def _redis_auth(self) -> RedisAuth:
+        return self.credentials.redis
 
     # -- the plan -------------------------------------------------------------------
 
@@ -157,17 +217,31 @@ class DevCluster:
         def before() -> None:
             if (data / "PG_VERSION").exists():
                 return
-            data.mkdir(parents=True, exist_ok=True)
-            sockdir.mkdir(parents=True, exist_ok=True)
             if user is not None:
                 _make_traversable(self.run_dir)
-                for path in (data, sockdir):
-                    shutil.chown(path, user, user)
+            for path in (data.parent, data, sockdir):
+                private_dir(path, owner=user)
+            password = self.credentials.pg_password
+            if password is None:
+                raise LaunchError("the dev PostgreSQL needs cluster.pg_password_file")
+            # initdb reads the superuser's password from a file it can open (it runs as
+            # the postgres account under root); the file goes once initdb is done.
+            pwfile = data.parent / "initdb-password"
+            pwfile.unlink(missing_ok=True)
+            write_secret(pwfile, password)
+            if user is not None:
+                shutil.chown(pwfile, user, user)
             initdb = binaries.require(binaries.INITDB, install=self.options.install_missing)
-            result = subprocess.run(
-                [initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                 "--no-locale", "--no-sync"],
-                user=user, capture_output=True, text=True, check=False)
+            superuser = urlsplit(self.config.cluster.pg_dsn).username or "postgres"
+            try:
+                # scram-sha-256 for local and host connections: no client gets in without
+                # the password, and the server keeps only a salted verifier of it.
+                result = subprocess.run(
+                    [initdb, "-D", str(data), "-U", superuser, "--auth=scram-sha-256",
+                     f"--pwfile={pwfile}", "-E", "UTF8", "--no-locale", "--no-sync"],
+                    user=user, capture_output=True, text=True, check=False)
+            finally:
+                pwfile.unlink(missing_ok=True)
             if result.returncode != 0:
                 raise LaunchError(f"initdb failed for {data}:\n{result.stderr.strip()}")
 
@@ -177,6 +251,7 @@ class DevCluster:
 
     def _create_database(self) -> None:
         dsn = self.config.cluster.pg_dsn
+        password = self.credentials.pg_password
         parts = urlsplit(dsn)
         dbname = parts.path.lstrip("/") or "postgres"
         admin_dsn = parts._replace(path="/postgres").geturl()
@@ -187,7 +262,7 @@ class DevCluster:
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    conn = await asyncpg.connect(admin_dsn)
+                    conn = await asyncpg.connect(admin_dsn, password=password)
                     break
                 except asyncpg.CannotConnectNowError:
                     # pg_isready can say yes a moment before the server's recovery ends.
@@ -206,35 +281,48 @@ class DevCluster:
         # A usable cluster has the schema of this release (idempotent when already there).
         from metadata.migrate import migrate_dsn
 
-        migrate_dsn(dsn)
+        migrate_dsn(dsn, password=password)
 
     def _stage_redis(self) -> Stage | None:
         if self.options.external_redis:
             return None
         server = binaries.require(binaries.REDIS_SERVER, install=self.options.install_missing)
+        auth_conf = self.run_dir / "redis" / "auth.conf"
         specs = []
         for host, port in self.redis_addresses:
             node_dir = self.run_dir / "redis" / str(port)
-            argv = [server, "--port", str(port), "--bind", host, "--protected-mode", "no",
+            # The ACL and replication passwords come from a 0600 file, never argv (`ps`).
+            argv = [server, str(auth_conf), "--port", str(port), "--bind", host,
+                    "--protected-mode", "yes",
                     "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", str(self.options.redis_node_timeout_ms),
                     "--dir", str(node_dir), "--appendonly", "yes",
                     "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
                     "--logfile", ""]
-            specs.append(ProcessSpec(f"redis-{port}", "redis", tuple(argv),
-                                     (port, port + 10000), _redis_ping_probe(host, port),
+            specs.append(ProcessSpec(_redis_name(port), "redis", tuple(argv),
+                                     (port, port + 10000),
+                                     _redis_ping_probe(host, port, self._redis_auth),
                                      host=host, cwd=str(self.run_dir)))
 
         def before() -> None:
+            private_dir(self.run_dir / "redis")
             for _host, port in self.redis_addresses:
-                (self.run_dir / "redis" / str(port)).mkdir(parents=True, exist_ok=True)
+                private_dir(self.run_dir / "redis" / str(port))
+            _write_private(auth_conf, redis_auth_conf(self._redis_auth()))
 
         return Stage("redis", specs, after_start=self._form_redis_cluster, before_start=before)
 
     def _form_redis_cluster(self) -> None:
-        """Create the cluster once; later starts just wait for it to be healthy again."""
+        """Create the cluster once; later starts just wait for it to be healthy again
+        (without the nodes held stopped: the cluster fails over around them)."""
         addresses = self.redis_addresses
-        infos = [_redis_cluster_info(h, p) for h, p in addresses]
+        auth = self._redis_auth()
+        held = {(h, p) for h, p in addresses if self.launcher.held(_redis_name(p))}
+        if held:
+            running = [a for a in addresses if a not in held]
+            wait_redis_cluster_ok(running, timeout=60, auth=auth, known=len(addresses))
+            return
+        infos = [_redis_cluster_info(h, p, auth) for h, p in addresses]
         formed = all(int(i.get("cluster_known_nodes", "1")) >= len(addresses) for i in infos)
         if not formed:
             if any(int(i.get("cluster_known_nodes", "1")) > 1 for i in infos):
@@ -243,16 +331,19 @@ class DevCluster:
                     f"{self.run_dir / 'redis'} to start the Redis Cluster afresh")
             cli = binaries.require(binaries.REDIS_CLI, install=self.options.install_missing)
             replicas = "1" if len(addresses) >= 6 else "0"
+            user = ["--user", auth.username] if auth.username else []
+            # redis-cli takes the password from REDISCLI_AUTH: not in argv, so not in `ps`.
+            env = dict(os.environ, REDISCLI_AUTH=auth.password) if auth.password else None
             result = subprocess.run(
-                [cli, "--cluster", "create", *[f"{h}:{p}" for h, p in addresses],
+                [cli, *user, "--cluster", "create", *[f"{h}:{p}" for h, p in addresses],
                  "--cluster-replicas", replicas, "--cluster-yes"],
-                capture_output=True, text=True, check=False, timeout=120)
+                capture_output=True, text=True, check=False, timeout=120, env=env)
             if result.returncode != 0:
                 raise LaunchError(
                     f"redis-cli --cluster create failed:\n{result.stdout[-2000:]}"
                     f"{result.stderr[-2000:]}")
-        wait_redis_cluster_ok(addresses, timeout=60)
-        wait_redis_replicas(addresses, timeout=60)
+        wait_redis_cluster_ok(addresses, timeout=60, auth=auth)
+        wait_redis_replicas(addresses, timeout=60, auth=auth)
 
     def _stage_objstore(self) -> Stage | None:
         specs = [self.objstored_spec(n.name, n.host, n.port, n.data_dir, zone=n.zone,
@@ -260,7 +351,13 @@ class DevCluster:
                  for n in self.dev_objstores()]
         if not specs:
             return None
-        return Stage("objstore", specs, after_start=self._register_objstores)
+
+        def before() -> None:
+            for n in self.dev_objstores():
+                private_dir(n.data_dir)
+
+        return Stage("objstore", specs, after_start=self._register_objstores,
+                     before_start=before)
 
     def _register_objstores(self) -> None:
         """Add the dev object servers to the registry (what ``objmail node add`` does)
@@ -269,9 +366,11 @@ class DevCluster:
         from director.redisstate import RedisState
 
         wanted = self.dev_objstores()
+        held = {n.name for n in wanted if self.launcher.held(n.name)}
 
         async def register() -> None:
-            state = await RedisState.open(self.config.cluster, self.config.director)
+            state = await RedisState.open(self.config.cluster, self.config.director,
+                                          auth=self._redis_auth())
             try:
                 known = {n.id: n for n in (await state.registry.snapshot()).nodes}
                 for n in wanted:
@@ -281,8 +380,9 @@ class DevCluster:
                 deadline = time.monotonic() + 30
                 while True:
                     nodes = {n.id: n for n in (await state.registry.snapshot()).nodes}
-                    waiting = [n.name for n in wanted
-                               if nodes[n.name].state is not NodeState.ACTIVE]
+                    # Held ones (objmail dev stop) stay down: no report to wait for.
+                    waiting = [n.name for n in wanted if n.name not in held
+                               and nodes[n.name].state is not NodeState.ACTIVE]
                     if not waiting:
                         return
                     if time.monotonic() > deadline:
@@ -354,7 +454,7 @@ class DevCluster:
             if cert.exists() and key.exists():
                 return
             openssl = binaries.require(binaries.OPENSSL, install=self.options.install_missing)
-            cert.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(cert.parent)
             result = subprocess.run(
                 [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "825",
                  "-subj", "/CN=localhost", "-addext",
@@ -385,9 +485,11 @@ class DevCluster:
     # -- operations -----------------------------------------------------------------
 
     def write_config(self) -> Path:
-        """The config every daemon of this cluster reads (``var/objmail.toml``)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        text = ("# Written by `objmail dev up`; every daemon of this cluster reads it.\n"
+        """The config every daemon of this cluster reads (``var/objmail.toml``), and the
+        password files it names."""
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.ensure_secrets()
+        text = (f"{DEV_CONFIG_HEADER}; every daemon of this cluster reads it.\n"
                 + to_toml(self.config))
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(text)
@@ -395,40 +497,120 @@ class DevCluster:
         return self.config_path
 
     def up(self, progress: Callable[[str], None] = lambda _msg: None) -> list[str]:
-        """Start every missing process; return the names of those started.
+        """Start every process that is not running, except those the operator stopped
+        with :meth:`stop_named` (held: named in ``progress``, left stopped); return the
+        names of those started.
 
         :raises LaunchError: a port is taken, a process failed, or a step failed;
             the message names the part and its log.
         """
         self.write_config()
         stages = self.stages()
+        held = {spec.name for st in stages for spec in st.specs
+                if self.launcher.held(spec.name)}
         # Check every port before starting anything, so a clash leaves nothing behind.
-        self.launcher.check_ports([s for st in stages for s in st.specs])
+        self.launcher.check_ports([s for st in stages for s in st.specs if s.name not in held])
         started: list[str] = []
         for stage in stages:
-            if stage.before_start is not None:
-                stage.before_start()
-            for spec in stage.specs:
-                progress(f"{spec.name}: starting on port {spec.port}")
-                t0 = time.monotonic()
-                if self.launcher.start(spec):
-                    started.append(spec.name)
-                    progress(f"{spec.name}: ready in {time.monotonic() - t0:.1f}s")
-                else:
-                    progress(f"{spec.name}: already running")
-            if stage.after_start is not None:
-                stage.after_start()
+            for name in sorted(held.intersection(s.name for s in stage.specs)):
+                progress(f"{name}: held (stopped with objmail dev stop); objmail dev start "
+                         f"{name} starts it")
+            wanted = [s for s in stage.specs if s.name not in held]
+            if wanted:
+                started += self._start_stage(stage, wanted, progress)
+        return started
+
+    def _start_stage(self, stage: Stage, specs: Sequence[ProcessSpec],
+                     progress: Callable[[str], None]) -> list[str]:
+        """Start ``specs`` of ``stage`` (those not running), with the stage's steps."""
+        if stage.before_start is not None:
+            stage.before_start()
+        started = []
+        for spec in specs:
+            progress(f"{spec.name}: starting on port {spec.port}")
+            t0 = time.monotonic()
+            if self.launcher.start(spec):
+                started.append(spec.name)
+                progress(f"{spec.name}: ready in {time.monotonic() - t0:.1f}s")
+            else:
+                progress(f"{spec.name}: already running")
+        if stage.after_start is not None:
+            stage.after_start()
         return started
 
     def down(self, progress: Callable[[str], None] = lambda _msg: None) -> list[str]:
-        """Stop every process this cluster started (reverse order)."""
-        stopped = []
+        """Stop every process this cluster started (reverse order) and forget which were
+        held, so the next :meth:`up` starts everything.
+
+        :raises LaunchError: some process survived SIGKILL (the others were stopped).
+        """
+        stopped: list[str] = []
+        failed: list[str] = []
         for stage in reversed(self.stages()):
             for spec in reversed(stage.specs):
+                try:
+                    if self.launcher.stop(spec):
+                        stopped.append(spec.name)
+                        progress(f"{spec.name}: stopped")
+                except LaunchError as exc:
+                    failed.append(str(exc))
+                    progress(f"{spec.name}: {exc}")
+                self.launcher.release(spec.name)
+        if failed:
+            raise LaunchError("; ".join(failed))
+        return stopped
+
+    # -- one component ----------------------------------------------------------------
+
+    def select(self, names: Sequence[str]) -> list[tuple[Stage, list[ProcessSpec]]]:
+        """The processes ``names`` mean, by stage in start order: a process name
+        (``objstored-2``), a kind (``objstored``, ``redis``) or a stage (``objstore``).
+
+        :raises KeyError: a name that is none of these (the message lists the names).
+        """
+        stages = self.stages()
+        wanted: set[str] = set()
+        for name in names:
+            hit = {spec.name for st in stages for spec in st.specs
+                   if name in (spec.name, spec.kind, st.name)}
+            if not hit:
+                known = ", ".join(spec.name for st in stages for spec in st.specs)
+                raise KeyError(f"no process {name!r} in this cluster (one of: {known}, or a "
+                               "kind such as objstored, redis)")
+            wanted |= hit
+        return [(st, [s for s in st.specs if s.name in wanted]) for st in stages
+                if any(s.name in wanted for s in st.specs)]
+
+    def stop_named(self, names: Sequence[str],
+                   progress: Callable[[str], None] = lambda _msg: None) -> list[str]:
+        """Stop the processes ``names`` mean and hold them: :meth:`up` leaves them
+        stopped until :meth:`start_named` (or :meth:`down`, which forgets every hold)."""
+        stopped = []
+        for _stage, specs in reversed(self.select(names)):
+            for spec in reversed(specs):
+                self.launcher.hold(spec.name)
                 if self.launcher.stop(spec):
                     stopped.append(spec.name)
-                    progress(f"{spec.name}: stopped")
+                    progress(f"{spec.name}: stopped (held until objmail dev start "
+                             f"{spec.name})")
+                else:
+                    progress(f"{spec.name}: was not running (held until objmail dev start "
+                             f"{spec.name})")
         return stopped
+
+    def start_named(self, names: Sequence[str],
+                    progress: Callable[[str], None] = lambda _msg: None) -> list[str]:
+        """Release and start the processes ``names`` mean (those not running), with
+        their stage's steps (a registration, the Redis Cluster's health)."""
+        selected = self.select(names)
+        self.write_config()
+        self.launcher.check_ports([s for _st, specs in selected for s in specs])
+        started = []
+        for stage, specs in selected:
+            for spec in specs:
+                self.launcher.release(spec.name)
+            started += self._start_stage(stage, specs, progress)
+        return started
 
     def status(self) -> list[ProcessStatus]:
         return [self.launcher.status(spec) for stage in self.stages() for spec in stage.specs]
@@ -460,13 +642,16 @@ def objstored_process_spec(name: str, host: str, port: int, data_dir: Path,
                        cwd=str(_project_root()))
 
 
-def wait_redis_cluster_ok(addresses: Sequence[tuple[str, int]], timeout: float) -> None:
-    """Wait until every node says ``cluster_state:ok`` and knows all the others."""
+def wait_redis_cluster_ok(addresses: Sequence[tuple[str, int]], timeout: float, *,
+                          auth: RedisAuth, known: int | None = None) -> None:
+    """Wait until every node says ``cluster_state:ok`` and knows all the others (or
+    ``known`` nodes, when some of the cluster's nodes are not among ``addresses``)."""
     deadline = time.monotonic() + timeout
+    known = len(addresses) if known is None else known
     while True:
-        infos = [_redis_cluster_info(h, p) for h, p in addresses]
+        infos = [_redis_cluster_info(h, p, auth) for h, p in addresses]
         if all(i.get("cluster_state") == "ok"
-               and int(i.get("cluster_known_nodes", "0")) >= len(addresses) for i in infos):
+               and int(i.get("cluster_known_nodes", "0")) >= known for i in infos):
             return
         if time.monotonic() > deadline:
             bad = [f"{h}:{p} ({i.get('cluster_state', 'unreachable')})"
@@ -476,7 +661,8 @@ def wait_redis_cluster_ok(addresses: Sequence[tuple[str, int]], timeout: float) 
         time.sleep(0.2)
 
 
-def wait_redis_replicas(addresses: Sequence[tuple[str, int]], timeout: float) -> None:
+def wait_redis_replicas(addresses: Sequence[tuple[str, int]], timeout: float, *,
+                        auth: RedisAuth) -> None:
     """Wait until every master has an online replica.
 
     The cluster says ``ok`` as soon as the slots are served, while replicas may still
@@ -487,7 +673,8 @@ def wait_redis_replicas(addresses: Sequence[tuple[str, int]], timeout: float) ->
 
     deadline = time.monotonic() + timeout
     for host, port in addresses:
-        client = redis.Redis(host=host, port=port, decode_responses=True, socket_timeout=2)
+        client = redis.Redis(host=host, port=port, decode_responses=True, socket_timeout=2,
+                             **auth.client_kwargs())
         try:
             while True:
                 info = client.info("replication")
@@ -503,11 +690,12 @@ def wait_redis_replicas(addresses: Sequence[tuple[str, int]], timeout: float) ->
             client.close()
 
 
-def _redis_cluster_info(host: str, port: int) -> dict[str, str]:
+def _redis_cluster_info(host: str, port: int, auth: RedisAuth) -> dict[str, str]:
     import redis
 
     try:
-        client = redis.Redis(host=host, port=port, socket_timeout=2, socket_connect_timeout=2)
+        client = redis.Redis(host=host, port=port, socket_timeout=2, socket_connect_timeout=2,
+                             **auth.client_kwargs())
         try:
             raw = client.execute_command("CLUSTER", "INFO")
         finally:
@@ -518,11 +706,54 @@ def _redis_cluster_info(host: str, port: int) -> dict[str, str]:
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
 
-def _redis_ping_probe(host: str, port: int) -> Callable[[], bool]:
+def _redis_name(port: int) -> str:
+    return f"redis-{port}"
+
+
+def redis_auth_conf(auth: RedisAuth) -> str:
+    """The dev Redis's ACL and replication settings (a config file, mode 0600).
+
+    objmail's user may do everything (``~* &* +@all``); the server keeps only the SHA-256
+    of its password.  The ``default`` user is off, so a client that does not
+    authenticate can run no command.  Replicas authenticate to their master as the same
+    user (``masteruser``/``masterauth``), so replication and failover keep working.
+    """
+    if auth.password is None:
+        raise LaunchError("the dev Redis needs cluster.redis_password_file")
+    digest = hashlib.sha256(auth.password.encode()).hexdigest()
+    user = auth.username or "default"
+    lines = ["# Written by `objmail dev up`: who may use this Redis.",
+             "protected-mode yes"]
+    if user != "default":
+        lines.append("user default off")
+    lines += [f"user {user} on #{digest} ~* &* +@all",
+              f"masterauth {_redis_conf_quote(auth.password)}"]
+    if user != "default":
+        lines.append(f"masteruser {user}")
+    return "\n".join(lines) + "\n"
+
+
+def _redis_conf_quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace ``path`` atomically with ``text``, mode 0600 from its creation."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    tmp.replace(path)
+
+
+def _redis_ping_probe(host: str, port: int,
+                      auth: Callable[[], RedisAuth]) -> Callable[[], bool]:
     def probe() -> bool:
         import redis
 
-        client = redis.Redis(host=host, port=port, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis(host=host, port=port, socket_timeout=1, socket_connect_timeout=1,
+                             **auth().client_kwargs())
         try:
             return bool(client.ping())
         finally:

@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from director.errors import RemoveRefused
@@ -80,7 +80,8 @@ def with_state(ctx: CommandContext, work: Callable[[RedisState], Awaitable[int]]
     """Open the director's Redis state, run ``work``, map failures to exit codes."""
 
     async def main() -> int:
-        state = await RedisState.open(ctx.config.cluster, ctx.config.director, retry=CLI_RETRY)
+        state = await RedisState.open(ctx.config.cluster, ctx.config.director, retry=CLI_RETRY,
+                                      auth=ctx.credentials.redis)
         async with state:
             return await work(state)
 
@@ -194,8 +195,13 @@ def node_table(nodes: list[Node], now: float) -> list[str]:
             f"{r.cpu_process:.2f}" if r else "-",
             human_bytes(int(r.io_bps)) if r else "-",
             f"{human_age(now - r.reported_at)} ago" if r else "none"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    right = {1, 7, 8, 9, 10}
+    return format_table(rows, right={1, 7, 8, 9, 10})
+
+
+def format_table(rows: Sequence[Sequence[str]], right: Collection[int] = ()) -> list[str]:
+    """Rows as aligned columns (the first row is the header); columns in ``right`` are
+    right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.rjust(w) if i in right else cell.ljust(w)
                       for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
             for row in rows]

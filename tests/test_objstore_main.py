@@ -269,14 +269,18 @@ def test_load_report_appears_in_redis_cluster(tmp_path: Path, redis_cluster: Any
     from redis.cluster import ClusterNode, RedisCluster
 
     nodes = list(redis_cluster.nodes)
+    conf = redis_cluster.cluster.config.cluster
     with objstored(tmp_path, redis_nodes=nodes, report_interval=0.5, report_ttl=3,
+                   cluster={"redis_user": conf.redis_user,
+                            "redis_password_file": conf.redis_password_file},
                    extra_args=["--node-id", "rep-1", "--zone", "z9"]) as s:
         mc = client(s)
         mc.set("hot-key", b"x")
         for _ in range(400):
             mc.get("hot-key")
         host, _, port = nodes[0].rpartition(":")
-        rc = RedisCluster(startup_nodes=[ClusterNode(host, int(port))])
+        rc = RedisCluster(startup_nodes=[ClusterNode(host, int(port))],
+                          **redis_cluster.auth.client_kwargs())
         report: Any = {}
         hot: Any = []
 
@@ -302,3 +306,18 @@ def test_load_report_appears_in_redis_cluster(tmp_path: Path, redis_cluster: Any
         wait_until(lambda: not rc.exists("objmail:node:{rep-1}:report"), 10, interval=0.2,
                    what="the stopped node's report expired")
         rc.close()
+
+
+def test_node_number_is_kept_in_the_data_dir(tmp_path: Path) -> None:
+    """The registry number objstored learns is kept in its data dir (read back at the
+    next start), 0 forgets it, and an unreadable file counts as none."""
+    from objstore.main import NODE_NUMBER_FILE, keep_node_number, read_node_number
+
+    assert read_node_number(tmp_path) == 0
+    keep_node_number(tmp_path, 12)
+    assert read_node_number(tmp_path) == 12
+    assert (tmp_path / NODE_NUMBER_FILE).read_text() == "12\n"
+    keep_node_number(tmp_path, 0)
+    assert not (tmp_path / NODE_NUMBER_FILE).exists()
+    (tmp_path / NODE_NUMBER_FILE).write_text("garbage")
+    assert read_node_number(tmp_path) == 0
