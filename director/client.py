@@ -17,12 +17,13 @@ disk on the object server); the locations are then recorded in the index, and a
 repair entry is queued when fewer than ``replicas`` copies were made.  Blobs larger
 than an object server's item size are cut into chunks stored next to a manifest.
 
-*get(id)*: memory/disk cache, else the index's locations, ordered live-and-idle
-first; each replica is tried in turn (with a per-request timeout) and read by
-:class:`director.blobreader.BlobReader`, which verifies the whole content against the
-id (a chunk missing or bad on that replica is taken from another).  A replica that
-errs, times out, misses or returns bad bytes is skipped and queued for repair; the
-first verified copy wins.
+*get(id)*: memory/disk cache, else the index's locations, live ones first in a random
+order weighted by inverse load (:func:`director.placement.read_order`: reads spread over
+the replicas instead of herding onto the one that looked idlest); each replica is tried
+in turn (with a per-request timeout) and read by :class:`director.blobreader.BlobReader`,
+which verifies the whole content against the id (a chunk missing or bad on that replica
+is taken from another).  A replica that errs, times out, misses or returns bad bytes is
+skipped and queued for repair; the first verified copy wins.
 
 *Items* (:meth:`BlobClient.put_item`, :meth:`BlobClient.get_items`...) are what
 directord stores for plain memcached clients: a value and client flags under any key,
@@ -46,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -85,7 +87,7 @@ from director.memcache_client import (
     NodeUnavailable,
 )
 from director.nodes import Node, NodeState
-from director.placement import Placer
+from director.placement import Placer, read_order
 from director.policy import PlacementPolicy
 from director.redisconn import RetryPolicy
 from director.redisstate import RedisState
@@ -200,7 +202,8 @@ class BlobClient:
     def __init__(self, dconf: DirectorConfig, index: LocationIndex, registry: Registry,
                  repair: RepairQueue, *, codec: BlobCodec | None = None,
                  ids: BlobIds | None = None, cache: BlobCache | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
         self.dconf = dconf
         self.index = index
         self.registry = registry
@@ -215,6 +218,8 @@ class BlobClient:
         self.cache = cache or BlobCache(self.dconf.cache_bytes)
         self.stats = ClientStats()
         self._clock = clock
+        #: Picks which replica a read tries first (:func:`director.placement.read_order`).
+        self._rng = rng or random.Random()
         self._snapshot: RegistrySnapshot | None = None
         self._placer: Placer | None = None
         self._snapshot_at = float("-inf")
@@ -516,14 +521,8 @@ class BlobClient:
             snap = await self.snapshot(force=True)
             nodes = [n for n in snap.resolve(numbers) if n.state is not NodeState.REMOVED]
 
-        def rank(node: Node) -> tuple[int, bool, float]:
-            # Live nodes first, least busy first; suspect and "down" ones are still
-            # worth a try last (a late load report is not a dead disk).
-            live = 0 if node.readable else 1
-            ops = node.report.ops_per_sec if node.report else 0.0
-            return (live, self._suspect(node), ops)
-
-        return sorted(nodes, key=rank)
+        return read_order(nodes, self._rng,
+                          suspect=[n.id for n in nodes if self._suspect(n)])
 
     async def _read(self, bid: str, numbers: Sequence[int]) -> bytes:
         replicas = await self._ordered(bid, numbers)

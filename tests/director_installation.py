@@ -162,8 +162,9 @@ def wait_idle(config: Config, timeout: float = 30.0) -> None:
     """Return once every reporting node's last load report says 0 ops/s, and every
     director's cached registry snapshot is old enough to be read again.
 
-    Readers order replicas by reported load: a test that predicts which replica a
-    director reads first must let both see the same, idle, reports.
+    Readers weigh replicas by inverse reported load (:func:`director.placement.read_order`):
+    a test that wants every replica equally likely to be read first waits for idle
+    reports.
     """
     async def go(client: BlobClient) -> None:
         deadline = time.monotonic() + timeout
