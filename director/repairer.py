@@ -24,7 +24,9 @@ lease) does two things:
    directord, which the queue cannot name) and is reported, not retried.  Only a copy
    that verified is ever written: when copies disagree the verified one wins, and a
    blob whose copies all fail to verify is reported corrupt and left as it is (a forged
-   copy is never propagated over a missing one).
+   copy is never propagated over a missing one).  A copy sealed under a key this keyring
+   lacks (:class:`~director.errors.KeyUnavailable`) stops the pass with every claimed
+   blob handed back: a configuration problem is never taken for damage.
 
 Down nodes are tracked in the job's state (``down:<node id>`` = first seen down): their
 copies still count for ``repair_down_grace`` seconds, so a reboot does not set off a
@@ -40,6 +42,7 @@ from dataclasses import dataclass, field
 from director.background import BackgroundJob, PassControl, PassStats
 from director.blobreader import Probe, VerifiedBlob
 from director.copier import write_verified
+from director.errors import KeyUnavailable
 from director.index import SCAN_BUCKETS
 from director.jobstate import JobState, number
 from director.memcache_client import NodeError
@@ -190,6 +193,11 @@ class Repairer(BackgroundJob[RepairStats]):
                     log.warning("repair of %s failed: %s", bid, exc)
                     stats.errors += 1
                     await queue.retry_later([bid], self.dconf.repair_retry_delay)
+                except KeyUnavailable:
+                    # The keyring lacks a key: nothing here is known bad.  Hand every
+                    # claimed blob back untouched and stop (a configuration error).
+                    await queue.retry_later(ids[i:], 0.0)
+                    raise
                 stats.items += 1
                 if not await control.checkpoint(stats):
                     # Hand the rest back at once: only the blob in hand was at stake.

@@ -65,6 +65,7 @@ COMMAND_MODULES = (
     "ops.gc_command",
     "ops.scrub_command",
     "ops.import_command",
+    "ops.keys_command",
 )
 
 
@@ -118,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(ctx)
+    except ConfigError as exc:  # met when the command opens what the config names
+        print(f"objmail: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
     except KeyboardInterrupt:
         print("objmail: interrupted", file=sys.stderr)
         return 130

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from director.keyring import Keyring, write_keyring
 from ops import binaries
 from ops.config import Config, parse_hostport, to_toml
 from ops.launcher import Launcher, LaunchError, ProcessSpec, ProcessStatus, tcp_connectable
@@ -82,7 +83,7 @@ class DevCluster:
     def __init__(self, config: Config, run_dir: Path, options: DevOptions | None = None) -> None:
         self.run_dir = run_dir.resolve()
         self.options = options or DevOptions()
-        self.config = self._with_dev_tls(config)
+        self.config = self._with_dev_keyring(self._with_dev_tls(config))
         self.launcher = Launcher(self.run_dir)
         self.config_path = self.run_dir / "objmail.toml"
 
@@ -101,6 +102,20 @@ class DevCluster:
         return dataclasses.replace(config, imapd=dataclasses.replace(
             imapd, tls_cert=str(cert), tls_key=str(key),
             allow_plaintext_auth=imapd.allow_plaintext_auth or loopback))
+
+    @property
+    def keyring_path(self) -> Path:
+        """The dev cluster's keyring, made by :meth:`write_config` when missing."""
+        return self.run_dir / "keyring.toml"
+
+    def _with_dev_keyring(self, config: Config) -> Config:
+        """Point the director at the cluster's own keyring unless the config names one
+        (or runs without encryption on purpose): encryption is on by default."""
+        director = config.director
+        if director.keyring_file or director.allow_plaintext:
+            return config
+        return dataclasses.replace(config, director=dataclasses.replace(
+            director, keyring_file=str(self.keyring_path)))
 
     @property
     def tls_paths(self) -> tuple[Path, Path]:
@@ -385,8 +400,12 @@ class DevCluster:
     # -- operations -----------------------------------------------------------------
 
     def write_config(self) -> Path:
-        """The config every daemon of this cluster reads (``var/objmail.toml``)."""
+        """The config every daemon of this cluster reads (``var/objmail.toml``), and the
+        keyring it names when that is the cluster's own and does not exist yet."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if Path(self.config.director.keyring_file) == self.keyring_path \
+                and not self.keyring_path.exists():
+            write_keyring(self.keyring_path, Keyring.generate())
         text = ("# Written by `objmail dev up`; every daemon of this cluster reads it.\n"
                 + to_toml(self.config))
         tmp = self.config_path.with_suffix(".tmp")

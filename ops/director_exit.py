@@ -9,13 +9,19 @@ lease) in front of them.
 
 from __future__ import annotations
 
-from director.errors import DirectorError, IndexLayoutMismatch, IndexUnavailable, RegistryError
+from director.errors import (
+    DirectorError,
+    IndexLayoutMismatch,
+    IndexUnavailable,
+    KeyUnavailable,
+    RegistryError,
+)
 from ops.cli import EX_CONFIG, EX_DATAERR, EX_UNAVAILABLE, CommandContext
 
 __all__ = ["DIRECTOR_FAILURES", "director_exit"]
 
 #: The errors :func:`director_exit` maps (``except DIRECTOR_FAILURES as exc:``).
-DIRECTOR_FAILURES = (IndexUnavailable, IndexLayoutMismatch, RegistryError)
+DIRECTOR_FAILURES = (IndexUnavailable, IndexLayoutMismatch, RegistryError, KeyUnavailable)
 
 
 def director_exit(ctx: CommandContext, exc: DirectorError) -> int:
@@ -27,7 +33,7 @@ def director_exit(ctx: CommandContext, exc: DirectorError) -> int:
     if isinstance(exc, IndexUnavailable):
         ctx.warn(f"objmail: {exc}")
         return EX_UNAVAILABLE
-    if isinstance(exc, IndexLayoutMismatch):
+    if isinstance(exc, IndexLayoutMismatch | KeyUnavailable):
         ctx.warn(f"objmail: configuration error: {exc}")
         return EX_CONFIG
     if isinstance(exc, RegistryError):

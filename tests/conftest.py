@@ -169,11 +169,11 @@ def make_test_config(rng: random.Random | None = None) -> Config:
 @pytest.fixture(scope="session")
 def test_cluster(tmp_path_factory: pytest.TempPathFactory) -> SessionCluster:
     run_dir = tmp_path_factory.mktemp("cluster")
-    config = make_test_config()
     options = DevOptions(fast=True, redis_node_timeout_ms=2000)
-    tc = SessionCluster(config, run_dir, options)
-    tc.cluster().write_config()
-    return tc
+    # The launcher's config: the cluster's own keyring in it, as `objmail dev up` makes.
+    dev = DevCluster(make_test_config(), run_dir, options)
+    dev.write_config()
+    return SessionCluster(dev.config, run_dir, options)
 
 
 @contextlib.contextmanager

@@ -116,6 +116,8 @@ def private_installation(redis_nodes: list[str], run_dir: Path, *, objstores: in
             config.objstore, **objstore_settings))
     cluster = DevCluster(config, run_dir, DevOptions(
         objstore_count=objstores, only=frozenset(stages), install_missing=False))
+    config = cluster.config  # with the installation's own keyring
+    cluster.write_config()
     try:
         if before_start is not None:
             before_start(config)
