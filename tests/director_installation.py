@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 import pytest
 from redis.cluster import ClusterNode, RedisCluster
 
-from director.client import REGISTRY_REFRESH, BlobClient
+from director.client import REGISTRY_REFRESH, BlobClient, open_keys
+from director.codec import BlobCodec
 from director.nodes import NodeState
 from director.redisstate import RedisState
 from ops.config import ClusterConfig, Config, DirectorConfig, ObjstoreConfig, parse_hostport
@@ -145,6 +146,13 @@ def installation_fixture(name: str, **settings: Any) -> Any:
             yield inst
 
     return installation
+
+
+def installation_codec(config: Config) -> BlobCodec:
+    """The codec the installation's blob clients use (its keyring), for tests that read
+    stored values themselves."""
+    keyring, legacy = open_keys(config.director)
+    return BlobCodec(config.director.compression_level, keyring, legacy_key=legacy)
 
 
 def with_client(config: Config, body: Callable[[BlobClient], Awaitable[T]]) -> T:
