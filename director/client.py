@@ -101,6 +101,7 @@ from director.registry import Registry, RegistrySnapshot
 from director.repairqueue import RepairQueue
 from objstore.replies import Value
 from runtime.config import ClusterConfig, ConfigError, parse_hostport
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 log = logging.getLogger(__name__)
 
@@ -246,14 +247,16 @@ class BlobClient:
 
     @classmethod
     async def open(cls, cluster: ClusterConfig, dconf: DirectorConfig, *,
-                   retry: RetryPolicy | None = None) -> BlobClient:
+                   retry: RetryPolicy | None = None,
+                   auth: RedisAuth = NO_REDIS_AUTH) -> BlobClient:
         """Connect to Redis Cluster; object-server connections open on first use.
 
         :param retry: how long Redis operations are retried (``objmail`` commands wait
             less than daemons).
+        :param auth: Redis credentials (``runtime.secrets.load_credentials(cluster)``).
         """
         keyring, legacy = open_keys(dconf)
-        state = await RedisState.open(cluster, dconf, retry=retry)
+        state = await RedisState.open(cluster, dconf, retry=retry, auth=auth)
         try:
             keys = KeyRegistry(state.runner, state.index.keys)
             await keys.check(installation_fingerprints(keyring, legacy))

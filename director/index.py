@@ -47,6 +47,7 @@ from director.redisconn import (
     chunked,
     new_cluster_client,
 )
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 #: Commands per pipeline; each is one bucket's worth of fields.
 BATCH_COMMANDS = 500
@@ -218,6 +219,7 @@ class LocationIndex:
     async def open(cls, addresses: Sequence[str], *, buckets: int,
                    keys: Keyspace | None = None, retry: RetryPolicy | None = None,
                    wait_replicas: int = 1, runner: ClusterRunner | None = None,
+                   auth: RedisAuth = NO_REDIS_AUTH,
                    clock: Callable[[], float] = time.time) -> LocationIndex:
         """Connect and check that the index was created with ``buckets`` buckets.
 
@@ -231,7 +233,7 @@ class LocationIndex:
         keys = keys or Keyspace()
         owned = runner is None
         if runner is None:
-            runner = ClusterRunner(new_cluster_client(addresses), retry=retry,
+            runner = ClusterRunner(new_cluster_client(addresses, auth=auth), retry=retry,
                                    wait_replicas=wait_replicas)
         layout = IndexLayout(buckets)
         meta = keys.index_meta

@@ -38,7 +38,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from runtime.config import ConfigError
+from runtime.secrets import read_secret
 
 #: The config key every keyring error names.
 KEYRING_KEY = "director.keyring_file"
@@ -57,6 +57,8 @@ SECRET_BYTES = 32
 MAX_KEY_ID = 0xFFFF
 #: The key id of the legacy single-key file.
 LEGACY_KEY_ID = 0
+#: The largest keyring file read (room for hundreds of keys).
+MAX_KEYRING_BYTES = 64 * 1024
 
 _ID_INFO = b"objmail blob id v1"
 _ENC_INFO = b"objmail blob encryption v1"
@@ -153,27 +155,18 @@ def load_keyring(path: str | Path) -> Keyring:
     :raises KeyringError: missing, readable by group or others, or malformed; the
         message says which and how to fix it.
     """
-    path = Path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         raise KeyringError(f"{path} does not exist (create it with `objmail keys new "
-                           f"--out {path}`)") from None
-    except OSError as exc:
-        raise KeyringError(f"{path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        if mode & 0o077:
-            raise KeyringError(f"{path} is readable by group or others (mode "
-                               f"{stat.S_IMODE(mode):04o}); run chmod 600 {path}")
-        try:
-            doc = tomllib.load(f)
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise KeyringError(f"{path} is not valid TOML: {exc}") from None
+                           f"--out {path}`)")
     try:
-        return _parse(doc)
+        text = read_secret(path, KEYRING_KEY, limit=MAX_KEYRING_BYTES)
+        return _parse(tomllib.loads(text))
     except KeyringError as exc:
         raise KeyringError(f"{path}: {exc.message}") from None
+    except ConfigError as exc:
+        raise KeyringError(exc.message) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise KeyringError(f"{path} is not valid TOML: {exc}") from None
 
 
 def _parse(doc: Mapping[str, object]) -> Keyring:

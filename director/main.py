@@ -35,6 +35,7 @@ from runtime.config import parse_hostport
 from runtime.daemon import arg_parser, load_config, replace_section, run_daemon, run_reactor
 from runtime.eventloop import install_asyncio_reactor
 from runtime.metrics import JobMetrics
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth, load_credentials
 
 log = logging.getLogger("directord")
 
@@ -94,15 +95,20 @@ def start_background(client: Any, clock: Any, jobs: JobMetrics | None = None) ->
 
 
 class Directord:
-    """The running proxy: the blob client, the ports, the background jobs."""
+    """The running proxy: the blob client, the ports, the background jobs.
 
-    def __init__(self, config: DirectordConfig, reactor: Any) -> None:
+    :param auth: Redis credentials (``runtime.secrets.load_credentials``).
+    """
+
+    def __init__(self, config: DirectordConfig, reactor: Any,
+                 auth: RedisAuth = NO_REDIS_AUTH) -> None:
         from director.metrics import DirectordCollector, ProxyMetrics
         from objstore.stats import Counters
         from runtime.metrics import new_registry
 
         self.config = config
         self.reactor = reactor
+        self.auth = auth
         self.client: Any = None
         self.factory: Any = None
         self.ports: list[Any] = []
@@ -126,7 +132,7 @@ class Directord:
         from runtime.metrics import listen_metrics
 
         config, dconf, r = self.config, self.config.director, self.reactor
-        self.client = await BlobClient.open(config.cluster, dconf)
+        self.client = await BlobClient.open(config.cluster, dconf, auth=self.auth)
         handler = ProxyHandler(self.client, self.metrics, cache_bytes=dconf.cache_bytes)
         # The same protocol adapter as objstored's, with directord's own limits.
         self.factory = ObjstoreFactory(handler, dconf, self.counters, r)
@@ -158,10 +164,14 @@ class Directord:
 
 
 def serve(config: DirectordConfig) -> int:
-    """Run directord until SIGTERM/SIGINT; returns the exit status."""
+    """Run directord until SIGTERM/SIGINT; returns the exit status.
+
+    :raises ConfigError: a secret file is missing or not private (78).
+    """
+    auth = load_credentials(config.cluster).redis
     reactor = install_asyncio_reactor()
     logs.route_twisted()
-    server = Directord(config, reactor)
+    server = Directord(config, reactor, auth)
     code = run_reactor(reactor, "directord", server.start, server.stop,
                        unavailable=(IndexUnavailable,))
     log.info("directord stopped")

@@ -46,6 +46,7 @@ from redis.backoff import NoBackoff
 
 from director.errors import DirectorError, IndexUnavailable, WriteUnconfirmed
 from runtime.config import parse_hostport
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +111,19 @@ def startup_nodes(addresses: Sequence[str]) -> list[ClusterNode]:
     return [ClusterNode(*parse_hostport(a, "cluster.redis_nodes")) for a in addresses]
 
 
-def new_cluster_client(addresses: Sequence[str], *, socket_timeout: float = 2.0) -> RedisCluster:
+def new_cluster_client(addresses: Sequence[str], *, socket_timeout: float = 2.0,
+                       auth: RedisAuth = NO_REDIS_AUTH) -> RedisCluster:
     """An unconnected asyncio cluster client; the runner does the retrying.
 
     redis-py's own retries are kept to one quick attempt so that the backoff and the
     deadline are ours (and the same for every operation).
+
+    :param auth: ACL user, password and TLS (``runtime.secrets.load_credentials``); every
+        node the client discovers is opened with them.
     """
     return RedisCluster(startup_nodes=startup_nodes(addresses), socket_timeout=socket_timeout,
                         socket_connect_timeout=socket_timeout, retry=Retry(NoBackoff(), 1),
-                        decode_responses=False)
+                        decode_responses=False, **auth.client_kwargs())
 
 
 class ClusterRunner:
@@ -180,6 +185,8 @@ class ClusterRunner:
         try:
             await self.client.initialize()
         except rx.RedisClusterException as exc:
+            if isinstance(exc.__cause__, rx.AuthenticationError):
+                raise exc.__cause__ from None  # wrong credentials: not retried
             # "cannot be connected" / "slots not covered" while the cluster changes.
             raise rx.ConnectionError(str(exc)) from exc
 
@@ -192,6 +199,12 @@ class ClusterRunner:
             except _ScriptsMissing:
                 await self._load_scripts()
                 continue
+            except rx.AuthenticationError as exc:
+                # Retrying cannot fix a wrong ACL user or password (a ConnectionError to
+                # redis-py): say so at once, exit 69 at start-up, not after the deadline.
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                raise IndexUnavailable(f"Redis Cluster refused the credentials for {what}: "
+                                       f"{exc}") from exc
             except RETRYABLE as exc:
                 failures += 1
                 self.stats.retries += 1

@@ -19,6 +19,7 @@ from director.redisconn import ClusterRunner, RetryPolicy, new_cluster_client
 from director.registry import Registry
 from director.repairqueue import RepairQueue
 from runtime.config import ClusterConfig
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 
 @dataclass
@@ -33,14 +34,18 @@ class RedisState:
     @classmethod
     async def open(cls, cluster: ClusterConfig, director: DirectorConfig, *,
                    keys: Keyspace | None = None, retry: RetryPolicy | None = None,
+                   auth: RedisAuth = NO_REDIS_AUTH,
                    clock: Callable[[], float] = time.time) -> RedisState:
         """Connect to ``cluster.redis_nodes`` and check the index layout.
+
+        :param auth: the credentials ``runtime.secrets.load_credentials`` read for
+            ``cluster``.
 
         :raises IndexLayoutMismatch: ``director.index_buckets`` differs from the index's.
         :raises IndexUnavailable: Redis Cluster cannot be reached within the deadline.
         """
         keys = keys or Keyspace(cluster.redis_prefix)
-        runner = ClusterRunner(new_cluster_client(cluster.redis_nodes), retry=retry,
+        runner = ClusterRunner(new_cluster_client(cluster.redis_nodes, auth=auth), retry=retry,
                                wait_replicas=director.index_write_replicas,
                                wait_timeout=director.index_write_timeout)
         try:

@@ -38,6 +38,7 @@ from director.redisconn import (
     new_cluster_client,
 )
 from runtime.config import parse_hostport
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
@@ -112,9 +113,9 @@ class Registry:
 
     @classmethod
     async def open(cls, addresses: Sequence[str], *, keys: Keyspace | None = None,
-                   retry: RetryPolicy | None = None,
+                   retry: RetryPolicy | None = None, auth: RedisAuth = NO_REDIS_AUTH,
                    clock: Callable[[], float] = time.time) -> Registry:
-        runner = ClusterRunner(new_cluster_client(addresses), retry=retry)
+        runner = ClusterRunner(new_cluster_client(addresses, auth=auth), retry=retry)
         return cls(runner, keys, clock=clock)
 
     async def aclose(self) -> None:

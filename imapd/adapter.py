@@ -1,5 +1,5 @@
-"""What the IMAP and POP3 Twisted adapters share: one connection between a transport, a
-sans-IO parser and a session, one command at a time.
+"""What the IMAP, POP3 and LMTP Twisted adapters share: one connection between a transport,
+a sans-IO parser and a session, one command at a time.
 
 Theory of operation
 -------------------
@@ -8,9 +8,16 @@ subclass (:meth:`SessionProtocol._handle`), which either answers it at once (gar
 literal to accept) or passes it to the session's ``dispatch`` coroutine on the asyncio loop
 Twisted runs on (:meth:`SessionProtocol._dispatch`); only when that finished does the
 adapter look at the next event.  Pipelined commands therefore wait, unparsed, in the
-parser's buffer and are answered strictly in order; when too many pile up
-(:meth:`SessionProtocol._should_pause`) the adapter stops reading from the socket until they
-are consumed.
+parser's buffer and are answered strictly in order; once :attr:`SessionProtocol.pause_buffer`
+octets pile up the adapter stops reading from the socket until they are consumed, so what
+the client sends beyond that stays in the kernel.  A transport that delivers more than
+:attr:`SessionProtocol.max_buffer` octets all the same ends the connection ("Too much
+pipelined data").
+
+A client that breaks a limit the parser cannot recover from makes ``next_event`` raise
+:class:`~runtime.receivebuffer.RemoteProtocolError`; the adapter answers it in the
+protocol's words (:meth:`SessionProtocol._protocol_error`: IMAP ``* BYE``, POP3 ``-ERR``,
+LMTP ``500``/``421``) and closes.
 
 Back-pressure the other way: the adapter is the transport's push producer, so a client
 that reads slowly pauses it, and :meth:`SessionProtocol.drain` makes a long answer wait
@@ -18,10 +25,10 @@ between batches instead of buffering it whole in memory.
 
 Everything about the connection lives here and nowhere else: the idle timeout (on the
 injected clock), STARTTLS/STLS (``transport.startTLS``, after which a fresh parser discards
-any plaintext the client pipelined), the connection limits (in all, and per client
-address, so one host cannot take every slot), and failing nothing silently
-when the client disconnects in the middle of a command (the command completes; its output
-is dropped; the session is closed after it).
+any plaintext the client pipelined), the connection limits and count (in all, and per
+client address, so one host cannot take every slot), and failing nothing silently when the
+client disconnects in the middle of a command (the command completes; its output is
+dropped; the session is closed after it).
 """
 
 from __future__ import annotations
@@ -38,9 +45,12 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python import failure
 from zope.interface import implementer
 
-from imapd.backend import Backend
+from runtime.receivebuffer import RemoteProtocolError
 
-__all__ = ["SessionFactory", "SessionProtocol", "no_delay"]
+__all__ = ["TOO_MUCH_DATA", "SessionFactory", "SessionProtocol", "no_delay"]
+
+#: The reason given when more than max_buffer octets were received and not consumed.
+TOO_MUCH_DATA = "Too much pipelined data"
 
 
 class _Session(TypingProtocol):
@@ -55,6 +65,9 @@ class _Parser(TypingProtocol):
     def feed(self, data: bytes) -> None: ...
 
     def next_event(self) -> object: ...
+
+    @property
+    def buffered_bytes(self) -> int: ...
 
 
 SessionT = TypeVar("SessionT", bound=_Session)
@@ -92,12 +105,17 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
     :cvar idle_words: the last words before the idle timeout closes the connection.
     :cvar logger: the subclass module's logger (crashes are reported there).
     :cvar session_name: how a crash report names the session.
+    :ivar pause_buffer: unconsumed input at which reading pauses.
+    :ivar max_buffer: unconsumed input beyond which the connection is given up (only a
+        transport that ignores the pause gets there).
     """
 
     too_many_connections: ClassVar[bytes]
     idle_words: ClassVar[str]
     logger: ClassVar[logging.Logger]
     session_name: ClassVar[str] = "session"
+    pause_buffer: int
+    max_buffer: int
 
     factory: SessionFactory[Any]
     transport: Any
@@ -117,6 +135,7 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
         self._counted = False
         self._host = "?"
         self._peer = "-"
+        self._abort_call: Any = None
 
     # -- what the subclass supplies -------------------------------------------------------
 
@@ -136,13 +155,18 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
         """Write a final message (IMAP ``* BYE``, POP3 ``-ERR``) before closing."""
         raise NotImplementedError
 
-    def _should_pause(self) -> bool:
-        """The parser holds so much unconsumed input that reading should pause."""
-        raise NotImplementedError
-
     def _handle(self, session: SessionT, event: object) -> bool:
         """Act on one parser event; False when the parser needs more data."""
         raise NotImplementedError
+
+    def _refuse(self) -> None:
+        """Tell a client over the connection limit so (it is closed next)."""
+        self.transport.write(self.too_many_connections)
+
+    def _protocol_error(self, error: RemoteProtocolError) -> None:
+        """The client broke a limit: say why in the protocol's words, and close."""
+        self.goodbye(error.reason)
+        self.close()
 
     # -- the session's view of the connection --------------------------------------------
 
@@ -182,6 +206,17 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
         # TLSMemoryBIOProtocol); clients waiting for EOF would hang otherwise.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
+        idle = self.factory.idle_timeout
+        if idle > 0 and not self._gone:
+            # loseConnection waits for the output to be read: a client that never reads
+            # (one pipelining without reading its replies) is cut off after one more period.
+            self._abort_call = self.factory.clock.callLater(idle, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_call = None
+        if not self._gone:
+            self.logger.info("aborting %s: it did not read its last replies", self._peer)
+            self.transport.abortConnection()
 
     # -- connection lifecycle -------------------------------------------------------------
 
@@ -197,7 +232,7 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
         from_host = factory.per_address.get(self._host, 0)
         if factory.open_connections >= factory.max_connections or (
                 0 < factory.max_per_address <= from_host):
-            self.transport.write(self.too_many_connections)
+            self._refuse()
             self._closing = True
             self.transport.loseConnection()
             return
@@ -219,6 +254,9 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
     def connectionLost(self, reason: failure.Failure | None = None) -> None:
         self._gone = True
         self.setTimeout(None)
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
         self._wake_drainers()
         if self._counted:
             self._counted = False
@@ -264,9 +302,12 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
         if self._gone or self._closing:
             return
         self.resetTimeout()
-        self.parser.feed(data)
+        if self.parser.buffered_bytes <= self.max_buffer:
+            # Beyond it nothing more is kept: the pump reports the overflow in turn.
+            self.parser.feed(data)
         self._pump()
-        if self._should_pause() and not self._reading_paused and not self._gone:
+        if (self.parser.buffered_bytes >= self.pause_buffer and not self._reading_paused
+                and not self._gone and not self._closing):
             self._reading_paused = True
             self.transport.pauseProducing()
 
@@ -275,16 +316,25 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
         if self._pumping:
             return
         self._pumping = True
+        parser = self.parser
         try:
             while not self._busy and not self._gone and not self._closing:
                 session = self.session
                 if session is None:
                     return
-                if not self._handle(session, self.parser.next_event()):
+                try:
+                    if parser.buffered_bytes > self.max_buffer:
+                        raise RemoteProtocolError(TOO_MUCH_DATA)
+                    event = parser.next_event()
+                except RemoteProtocolError as error:
+                    self._protocol_error(error)
+                    break
+                if not self._handle(session, event):
                     break
         finally:
             self._pumping = False
-        if self._reading_paused and not self._should_pause() and not self._gone:
+        if (self._reading_paused and parser.buffered_bytes < self.pause_buffer
+                and not self._gone):
             self._reading_paused = False
             self.transport.resumeProducing()
 
@@ -310,28 +360,30 @@ class SessionProtocol(Protocol, TimeoutMixin, Generic[SessionT, ParserT]):
 
 
 class SessionFactory(Factory, Generic[ProtocolT]):
-    """Builds connections over one :class:`~imapd.backend.Backend`.
+    """Builds connections and holds what they share.
 
+    :param max_connections: connections served at once; the next is refused.
+    :param max_per_address: connections served at once from one client address (0: no
+        limit).
+    :param idle_timeout: seconds of silence before a connection is closed (0: never).
+    :param clock: an ``IReactorTime`` for the idle timeout.
     :param tls: the context factory for STARTTLS (and, for the implicit-TLS listener,
         built with ``secure=True`` and wrapped by ``listenSSL``); None when no certificate
         is set.
-    :param clock: an ``IReactorTime`` for the idle timeout (default: the backend's).
-    :ivar idle_timeout: seconds of silence before a connection is closed (0: never).
+    :ivar open_connections: connections counted against ``max_connections`` now.
+    :ivar protocols: those connections.
     """
 
-    idle_timeout: float
-
-    def __init__(self, backend: Backend, *, tls: Any = None, secure: bool = False,
-                 clock: Any = None) -> None:
-        self.backend = backend
-        self.config = backend.config
+    def __init__(self, *, max_connections: int, max_per_address: int, idle_timeout: float,
+                 clock: Any, tls: Any = None, secure: bool = False) -> None:
+        self.max_connections = max_connections
+        self.max_per_address = max_per_address
+        self.idle_timeout = idle_timeout
+        self.clock = clock
         self.tls = tls
         self.secure = secure
-        self.clock = clock if clock is not None else backend.clock
-        self.max_connections = backend.config.max_connections
         self.open_connections = 0
-        #: Connections per client address (``max_per_address`` at most; 0: no limit).
-        self.max_per_address = backend.config.max_connections_per_address
+        #: Connections per client address (``max_per_address`` at most).
         self.per_address: dict[str, int] = {}
         self.protocols: set[ProtocolT] = set()
 

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from imapd.bodies import BlobSource
 from imapd.config import ImapdConfig
+from imapd.logins import LoginLimiter, NoLoginLimit
 from imapd.metrics import ImapMetrics
 from metadata.notify import Change
 from metadata.store import MetadataStore
@@ -62,6 +63,7 @@ class Backend:
     :ivar clock: an ``IReactorTime``: the reactor, a ``task.Clock`` in tests (login
         delays use it).
     :ivar metrics: where sessions count commands and logins.
+    :ivar logins: failed-login limits shared by every process (Redis), or none.
     """
 
     store: MetadataStore
@@ -71,3 +73,4 @@ class Backend:
     config: ImapdConfig
     clock: Any
     metrics: ImapMetrics = field(default_factory=ImapMetrics)
+    logins: LoginLimiter = field(default_factory=NoLoginLimit)

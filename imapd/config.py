@@ -8,6 +8,9 @@ from director.config import DirectorConfig
 from metadata.config import MetadataConfig
 from runtime.config import KIB, MIB, ClusterConfig, check, parse_hostport
 
+#: The values of ``imapd.tls_min_version``.
+TLS_VERSIONS = ("1.2", "1.3")
+
 
 @dataclass(frozen=True)
 class ImapdConfig:
@@ -19,6 +22,8 @@ class ImapdConfig:
     lmtp_listen: str = "127.0.0.1:2424"
     tls_cert: str = ""
     tls_key: str = ""
+    #: Oldest TLS version accepted: "1.2" (forward-secret AEAD suites only) or "1.3".
+    tls_min_version: str = "1.2"
     allow_plaintext_auth: bool = False
     max_line: int = 64 * KIB
     max_literal: int = 64 * MIB
@@ -26,6 +31,11 @@ class ImapdConfig:
     idle_timeout: float = 1800.0
     prelogin_timeout: float = 60.0
     login_delay: float = 1.0
+    #: Failed logins per account, per client address (IPv6: per /64), in a sliding
+    #: window, before further attempts are refused; 0 = no limit.
+    login_fail_limit: int = 10
+    login_fail_limit_ip: int = 50
+    login_fail_window: float = 600.0
     max_connections: int = 4096
     max_connections_per_address: int = 100
     pop3_idle_timeout: float = 600.0
@@ -48,6 +58,12 @@ class ImapdConfig:
         check(bool(self.tls_cert) == bool(self.tls_key), "tls_key",
                "tls_cert and tls_key must be set together")
         check(self.max_line >= 1024, "max_line", "must be at least 1024")
+        check(self.tls_min_version in TLS_VERSIONS, "tls_min_version",
+              f"must be one of {', '.join(TLS_VERSIONS)}, got {self.tls_min_version!r}")
+        check(self.login_fail_limit >= 0, "login_fail_limit", "must be 0 (off) or positive")
+        check(self.login_fail_limit_ip >= 0, "login_fail_limit_ip",
+              "must be 0 (off) or positive")
+        check(self.login_fail_window > 0, "login_fail_window", "must be positive")
 
 @dataclass(frozen=True)
 class ImapdProcessConfig:

@@ -4,6 +4,11 @@ The session logic (:class:`LMTPSession`) is asyncio code that turns parsed
 commands into replies; :class:`LMTPProtocol` is the thin Twisted adapter that
 feeds :class:`~imapd.lmtp_parser.LMTPParser`, runs one command at a time in
 order (so PIPELINING clients get replies in sequence), and writes the replies.
+The connection handling is IMAP's and POP3's (:mod:`imapd.adapter`): the
+connection limit and count, the idle timeout, and back-pressure both ways.  While
+a message is delivered the parser is paused and reading stops once
+``PAUSE_BUFFER`` octets wait, so what a client pipelines meanwhile stays in the
+socket; a command is not started while the client leaves its replies unread.
 
 Per RFC 2033, DATA is answered once per accepted recipient, in RCPT order, and
 a recipient's 250 is sent only after its mailbox entry committed.  The message
@@ -18,23 +23,20 @@ Replies (enhanced status codes, RFC 3463):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IAddress
-from twisted.python.failure import Failure
 
 from director.errors import DirectorError
+from imapd.adapter import SessionFactory, SessionProtocol
 from imapd.config import ImapdConfig
 from imapd.lmtp_parser import (
     MAX_LINE,
-    NEED_DATA,
     Command,
     LineTooLong,
     LMTPParser,
@@ -51,6 +53,7 @@ from metadata.errors import (
     Unavailable,
 )
 from metadata.records import User
+from runtime.receivebuffer import RemoteProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,11 @@ MAX_RECIPIENTS = 1000
 #: ``<local@domain>`` with optional ESMTP parameters after it.
 _PATH = re.compile(r"^\s*<([^<>]*)>\s*(.*)$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Unconsumed input at which reading pauses (pipelined commands, or what follows a
+#: message whose delivery is not answered yet).
+PAUSE_BUFFER = 64 * 1024
+#: Unconsumed input beyond which the connection is given up.
+MAX_BUFFER = 1024 * 1024
 
 
 @dataclass
@@ -101,6 +109,10 @@ class LMTPSession:
 
     def greeting(self) -> list[str]:
         return [f"220 {self.hostname} LMTP objmail ready"]
+
+    async def close(self) -> None:
+        """The connection ended: an open transaction is dropped, nothing to release."""
+        self.txn = None
 
     async def handle(self, cmd: Command) -> tuple[list[str], bool]:
         """Reply lines for ``cmd``, and whether to start reading DATA."""
@@ -265,130 +277,131 @@ def trace_fields(sender: str, recipient: str, raw: bytes) -> bytes:
             + b"Delivered-To: " + clean(recipient) + eol)
 
 
-class LMTPProtocol(protocol.Protocol):
-    """Feeds the parser, runs one command at a time, writes replies."""
+class LMTPProtocol(SessionProtocol[LMTPSession, LMTPParser]):
+    """One LMTP connection: feeds the parser, runs one command at a time, writes replies
+    (and counts them, by the command they answer, in the factory's metrics)."""
 
-    transport: Any  # ITCPTransport (Twisted's stubs type it too loosely to call)
+    idle_words = "Idle for too long, closing connection"
+    logger = log
+    session_name = "LMTP session"
+    pause_buffer = PAUSE_BUFFER
+    max_buffer = MAX_BUFFER
 
-    def __init__(self, factory: LMTPFactory, session: LMTPSession, max_line: int,
-                 max_message: int) -> None:
-        self.factory = factory
-        self.session = session
-        self.parser = LMTPParser(max_line=max_line, max_message=max_message)
-        self._busy = False
-        self._closing = False
+    factory: LMTPFactory
+
+    def __init__(self, factory: LMTPFactory) -> None:
+        super().__init__(factory)
         self._shutdown = False
 
-    def connectionMade(self) -> None:
-        # Replies are small and a client waits for each: do not let Nagle hold them.
-        with contextlib.suppress(AttributeError, OSError):
-            self.transport.setTcpNoDelay(True)
-        if len(self.factory.connections) >= self.factory.max_connections:
-            self._write([f"421 4.3.2 {self.session.hostname} too many connections, "
-                         "try again later"], "CONNECT")
-            self._closing = True
-            self.transport.loseConnection()
-            return
-        self.factory.connections.add(self)
-        self._write(self.session.greeting(), "CONNECT")
+    def _new_parser(self) -> LMTPParser:
+        return LMTPParser(max_line=MAX_LINE, max_message=self.factory.config.max_message_size)
+
+    def _new_session(self) -> LMTPSession:
+        return LMTPSession(self.factory.deliverer, self.factory.config, self.factory.hostname)
+
+    def _refuse(self) -> None:
+        self._write([f"421 4.3.2 {self.factory.hostname} too many connections, "
+                     "try again later"], "CONNECT")
+
+    def _greet(self, session: LMTPSession) -> None:
+        self._write(session.greeting(), "CONNECT")
+
+    def goodbye(self, text: str) -> None:
+        self._write([f"421 4.4.2 {self.factory.hostname} {text}"], "IDLE")
+
+    def _protocol_error(self, error: RemoteProtocolError) -> None:
+        # The 500 answers the input that broke the limit; the 421 says the channel closes.
+        self._write([f"500 5.5.6 {error.reason}",
+                     f"421 4.4.2 {self.factory.hostname} closing connection"], "LIMIT")
+        self.close()
 
     def shutdown(self) -> None:
-        """Say 421 and close, at once when idle, else once the current command ends."""
+        """Say 421 and close, at once when idle, else once the current command ends (a
+        delivery is answered before the connection closes)."""
         self._shutdown = True
         if not self._busy:
-            self._goodbye()
+            self._say_shutdown()
 
-    def _goodbye(self) -> None:
-        if not self._closing:
-            self._write([f"421 4.3.2 {self.session.hostname} shutting down"], "SHUTDOWN")
-            self._closing = True
-            self.transport.loseConnection()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.parser.feed(data)
-        self._pump()
-
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self._closing = True
-        self.factory.connections.discard(self)
+    def _say_shutdown(self) -> None:
+        if not self._closing and not self._gone:
+            self._write([f"421 4.3.2 {self.factory.hostname} shutting down"], "SHUTDOWN")
+            self.close()
 
     def _write(self, lines: list[str], command: str) -> None:
         """Send ``lines``, the reply (or replies) to ``command``, and count them."""
-        self.transport.write("".join(f"{line}\r\n" for line in lines).encode())
-        self.factory.metrics.lmtp_sent(command, lines)
+        if not self._gone:
+            self.transport.write("".join(f"{line}\r\n" for line in lines).encode())
+            self.factory.metrics.lmtp_sent(command, lines)
 
-    def _pump(self) -> None:
-        while not self._busy and not self._closing:
-            event = self.parser.next_event()
-            if event is NEED_DATA:
-                return
-            if isinstance(event, LineTooLong):
-                self._write(["500 5.5.2 Line too long"], "LINE")
-                continue
-            if isinstance(event, Command):
-                self._run(self.session.handle(event), event.verb == "QUIT", event.verb)
-            elif isinstance(event, MessageData):
-                self._run(self._data(event), False, "DATA")
+    # -- input ----------------------------------------------------------------------------
 
-    async def _data(self, event: MessageData) -> tuple[list[str], bool]:
-        return await self.session.data(event), False
+    def _handle(self, session: LMTPSession, event: object) -> bool:
+        if isinstance(event, Command):
+            self._dispatch(self._command(session, event))
+        elif isinstance(event, MessageData):
+            self._dispatch(self._message(session, event))
+        elif isinstance(event, LineTooLong):
+            self._write(["500 5.5.2 Line too long"], "LINE")
+        else:  # NEED_DATA, or PAUSED until the delivery is answered
+            return False
+        return True
 
-    def _run(self, coro: Awaitable[tuple[list[str], bool]], quit_after: bool,
-             verb: str) -> None:
-        self._busy = True
-        d = defer.Deferred.fromFuture(asyncio.ensure_future(coro))
+    async def _command(self, session: LMTPSession, cmd: Command) -> None:
+        # Start nothing while the client leaves replies unread: they would pile up here.
+        await self.drain()
+        try:
+            lines, start_data = await session.handle(cmd)
+        except Exception:
+            log.exception("LMTP session error for %s", self.peer)
+            lines, start_data = ["451 4.3.0 Internal error"], False
+        if self._closing or self._gone:
+            return
+        self._write(lines, cmd.verb)
+        if start_data:
+            self.parser.start_data()
+        if cmd.verb == "QUIT":
+            self.close()
 
-        def done(result: tuple[list[str], bool]) -> None:
-            lines, start_data = result
-            if self._closing:
-                return
-            self._write(lines, verb)
-            if start_data:
-                self.parser.start_data()
-            if quit_after:
-                self._closing = True
-                self.transport.loseConnection()
+    async def _message(self, session: LMTPSession, message: MessageData) -> None:
+        # LMTPSession.data answers every recipient whatever happens; a crash here is a bug
+        # the adapter reports with 421 and a close (a missing reply would stall the MTA).
+        lines = await session.data(message)
+        if not self._closing:
+            self._write(lines, "DATA")
+        # Answered: what was pipelined behind the message is read now.
+        self.parser.resume()
 
-        def failed(failure: Failure) -> None:
-            log.error("LMTP session error: %s", failure.getTraceback())
-            if not self._closing:
-                self._write(["451 4.3.0 Internal error"], verb)
-
-        def next_(_: object) -> None:
-            self._busy = False
-            if self._shutdown:
-                self._goodbye()
-            else:
-                self._pump()
-
-        d.addCallbacks(done, failed)
-        d.addBoth(next_)
+    def _finished(self, result: object) -> None:
+        if self._shutdown:
+            self._say_shutdown()
+        super()._finished(result)
 
 
-class LMTPFactory(protocol.Factory):
-    """Builds one :class:`LMTPProtocol` per MTA connection."""
+class LMTPFactory(SessionFactory[LMTPProtocol]):
+    """Builds one :class:`LMTPProtocol` per MTA connection.
+
+    There is no per-address limit: every connection comes from the MTA's host.
+
+    :param metrics: where replies are counted by code (imapd shares its sessions').
+    :param clock: an ``IReactorTime`` for the idle timeout (default: the reactor).
+    """
 
     def __init__(self, deliverer: Deliverer, config: ImapdConfig,
                  hostname: Callable[[], str] = socket.getfqdn,
-                 metrics: ImapMetrics | None = None) -> None:
+                 metrics: ImapMetrics | None = None, *, clock: Any = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        super().__init__(max_connections=config.max_connections, max_per_address=0,
+                         idle_timeout=config.idle_timeout, clock=clock)
         self.deliverer = deliverer
-        #: Where replies are counted by code (imapd shares its sessions' metrics).
         self.metrics = metrics if metrics is not None else ImapMetrics()
         self.config = config
         self.hostname = hostname()
-        self.max_connections = config.max_connections
-        self.connections: set[LMTPProtocol] = set()
-
-    @property
-    def open_connections(self) -> int:
-        return len(self.connections)
 
     def shutdown(self) -> None:
         """Close every connection (deliveries in progress finish first)."""
-        for conn in list(self.connections):
+        for conn in list(self.protocols):
             conn.shutdown()
 
-    def buildProtocol(self, addr: IAddress | None) -> LMTPProtocol:
-        session = LMTPSession(self.deliverer, self.config, self.hostname)
-        return LMTPProtocol(self, session, max_line=MAX_LINE,
-                            max_message=self.config.max_message_size)
+    def buildProtocol(self, addr: IAddress | None) -> LMTPProtocol:  # type: ignore[override]
+        return LMTPProtocol(self)

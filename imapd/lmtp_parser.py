@@ -1,18 +1,22 @@
 """Sans-IO LMTP (RFC 2033) command and DATA reader.
 
-Theory of operation: bytes go in with :meth:`LMTPParser.feed`; :meth:`next_event`
-returns a :class:`Command`, a :class:`MessageData`, a :class:`LineTooLong`, or
-:data:`NEED_DATA`.  The reader is in one of two modes.  In *command* mode it cuts
-lines.  After the server answered ``354`` to DATA it calls :meth:`start_data`,
-and the reader collects the message until the lone ``.`` line, undoing
-dot-stuffing (RFC 5321 4.5.2) and keeping every other byte as sent; a message
-longer than ``max_message`` is read to its end but not kept (the event says
-``too_big``), so the session can answer 552 and carry on.
+Theory of operation: bytes go in with :meth:`LMTPParser.feed` and wait in a
+:class:`~runtime.receivebuffer.ReceiveBuffer`; :meth:`LMTPParser.next_event` returns a
+:class:`Command`, a :class:`MessageData`, a :class:`LineTooLong`, :data:`NEED_DATA` or
+:data:`PAUSED`.  The reader is in one of three modes.  In *command* mode it cuts lines.
+After the server answered ``354`` to DATA it calls :meth:`start_data`, and the reader
+collects the message until the lone ``.`` line, undoing dot-stuffing (RFC 5321 4.5.2) and
+keeping every other byte as sent; a message longer than ``max_message`` is read to its end
+but not kept (the event says ``too_big``), so the session can answer 552 and carry on.
+After the message it is *paused* (h11's PAUSED): :data:`PAUSED` comes back, whatever was
+pipelined behind the message, until the server answered the delivery and calls
+:meth:`resume`; the adapter stops reading meanwhile, so those bytes stay in the socket.
 
-Limits: a command line longer than ``max_line`` is consumed to its end and
-reported as :class:`LineTooLong` (the session answers 500); buffered bytes never
-exceed ``max_line`` plus one read in command mode, and the message bound in data
-mode.
+Limits: a command line longer than ``max_line`` (without its line end) is consumed to its
+end and reported as :class:`LineTooLong` (the session answers 500), so buffered bytes never
+exceed ``max_line`` plus one read in command mode; message bytes are moved out of the buffer
+as they arrive, and the message is bounded by ``max_message``.  What piles up behind a
+command or a paused message is the adapter's to bound (:mod:`imapd.adapter`).
 """
 
 from __future__ import annotations
@@ -20,17 +24,37 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from runtime.receivebuffer import NEED_DATA, NeedData, ReceiveBuffer
 
-class _NeedData:
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = _NeedData()
+__all__ = [
+    "MAX_LINE",
+    "NEED_DATA",
+    "PAUSED",
+    "Command",
+    "Event",
+    "LMTPParser",
+    "LineTooLong",
+    "MessageData",
+    "NeedData",
+    "Paused",
+]
 
 #: RFC 5321 allows 512 octets per command line; clients with long addresses and
 #: ESMTP parameters send more, so be generous but bounded.
 MAX_LINE: Final = 4096
+
+
+class Paused:
+    """Type of :data:`PAUSED`: a message was read and its delivery is not answered yet."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PAUSED"
+
+
+#: What :meth:`LMTPParser.next_event` returns between a message and :meth:`~LMTPParser.resume`.
+PAUSED: Final = Paused()
 
 
 @dataclass(frozen=True)
@@ -55,7 +79,7 @@ class LineTooLong:
     """A command line exceeded ``max_line`` (it was discarded)."""
 
 
-Event = Command | MessageData | LineTooLong | _NeedData
+Event = Command | MessageData | LineTooLong | NeedData | Paused
 
 
 class LMTPParser:
@@ -64,10 +88,10 @@ class LMTPParser:
     def __init__(self, *, max_line: int = MAX_LINE, max_message: int = 64 * 1024 * 1024) -> None:
         self.max_line = max_line
         self.max_message = max_message
-        self._buf = bytearray()
-        self._pos = 0
+        self._buf = ReceiveBuffer()
         self._discarding = False
         self._data_mode = False
+        self._paused = False
         self._bol = True
         self._message = bytearray()
         self._size = 0
@@ -76,76 +100,99 @@ class LMTPParser:
     def in_data(self) -> bool:
         return self._data_mode
 
+    @property
+    def paused(self) -> bool:
+        """True between a message and :meth:`resume`."""
+        return self._paused
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Octets fed and not yet consumed (message octets already collected excluded)."""
+        return len(self._buf)
+
     def feed(self, data: bytes) -> None:
-        if self._pos:
-            # Compact once per read, not once per line: lines are cut by offsets.
-            del self._buf[:self._pos]
-            self._pos = 0
         self._buf += data
 
     def start_data(self) -> None:
-        """Switch to reading a message (call after replying 354)."""
-        if self._data_mode:
+        """Switch to reading a message (call after replying 354).
+
+        :raises RuntimeError: already reading or holding a message (our own misuse).
+        """
+        if self._data_mode or self._paused:
             raise RuntimeError("already reading DATA")
         self._data_mode = True
         self._bol = True
         self._message = bytearray()
         self._size = 0
 
+    def resume(self) -> None:
+        """The delivery was answered: go on with the commands pipelined behind the message.
+
+        :raises RuntimeError: not paused (our own misuse).
+        """
+        if not self._paused:
+            raise RuntimeError("not paused after a message")
+        self._paused = False
+
     def next_event(self) -> Event:
+        if self._paused:
+            return PAUSED
         if self._data_mode:
             return self._next_data()
         buf = self._buf
-        nl = buf.find(b"\n", self._pos)
-        if nl < 0:
-            if len(buf) - self._pos > self.max_line:
+        line = buf.maybe_extract_line()
+        if line is None:
+            if len(buf) > self.max_line:
                 # Keep nothing of an endless line; report it once it ends.
                 self._discarding = True
-                del buf[:]
-                self._pos = 0
+                buf.clear()
             return NEED_DATA
-        line = bytes(buf[self._pos:nl + 1])
-        self._pos = nl + 1
         if self._discarding or len(line) > self.max_line:
             self._discarding = False
             return LineTooLong()
-        text = line.rstrip(b"\r\n").decode("utf-8", errors="replace").strip()
-        verb, _, argument = text.partition(" ")
+        verb, _, argument = line.decode("utf-8", errors="replace").strip().partition(" ")
         return Command(verb.upper(), argument.strip())
 
-    def _keep(self, chunk: bytes | bytearray) -> None:
-        self._size += len(chunk)
+    def _keep(self, count: int) -> None:
+        """Move the next ``count`` message octets out of the buffer (or drop them once the
+        message is too big to keep)."""
+        self._size += count
         if self._size <= self.max_message:
-            self._message += chunk
-        elif self._message:
-            self._message = bytearray()
+            self._buf.move_at_most(count, self._message)
+        else:
+            self._buf.discard_at_most(count)
+            if self._message:
+                self._message = bytearray()
 
     def _next_data(self) -> Event:
         buf = self._buf
-        while self._pos < len(buf):
-            pos = self._pos
-            if self._bol and buf[pos] == 0x2E:  # "."
-                rest = bytes(buf[pos:pos + 3])
-                if rest in (b".\r\n",) or rest[:2] == b".\n":
-                    self._pos = pos + (3 if rest == b".\r\n" else 2)
-                    self._data_mode = False
-                    too_big = self._size > self.max_message
-                    data = b"" if too_big else bytes(self._message)
-                    self._message = bytearray()
-                    return MessageData(data, self._size, too_big)
-                if rest in (b".", b".\r"):
-                    return NEED_DATA  # cannot tell the terminator from stuffing yet
-                pos += 1  # undo dot-stuffing
-                self._pos = pos
+        while buf:
+            if self._bol:
+                head = buf.peek(3)
+                if head[:1] == b".":
+                    if head == b".\r\n" or head[:2] == b".\n":
+                        buf.discard_at_most(len(head) if head == b".\r\n" else 2)
+                        return self._end_of_message()
+                    if head in (b".", b".\r"):
+                        return NEED_DATA  # cannot tell the terminator from stuffing yet
+                    buf.discard_at_most(1)  # undo dot-stuffing
+                    self._bol = False
+                    continue
             # Every line up to the next one that starts with a dot is kept as it is:
-            # one slice for all of them, not a Python step per line.
-            dot = buf.find(b"\n.", pos)
+            # one move for all of them, not a Python step per line.
+            dot = buf.find(b"\n.")
             if dot < 0:
-                self._keep(buf[pos:])
-                self._pos = len(buf)
-                self._bol = buf[-1] == 0x0A
+                self._bol = buf.endswith(b"\n")
+                self._keep(len(buf))
             else:
-                self._keep(buf[pos:dot + 1])
-                self._pos = dot + 1
                 self._bol = True
+                self._keep(dot + 1)
         return NEED_DATA
+
+    def _end_of_message(self) -> MessageData:
+        self._data_mode = False
+        self._paused = True
+        too_big = self._size > self.max_message
+        data = b"" if too_big else bytes(self._message)
+        self._message = bytearray()
+        return MessageData(data, self._size, too_big)

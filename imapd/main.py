@@ -40,6 +40,7 @@ from runtime.daemon import (
     run_reactor,
 )
 from runtime.eventloop import install_asyncio_reactor
+from runtime.secrets import Credentials, load_credentials
 
 __all__ = ["EX_CONFIG", "Listener", "MailServer", "Services", "listeners", "main"]
 
@@ -47,6 +48,8 @@ log = logging.getLogger("imapd")
 
 #: Seconds given to running commands to finish at shutdown.
 SHUTDOWN_GRACE = 2.0
+#: Seconds a login waits for Redis to check its failure counts before skipping them.
+LOGIN_LIMIT_DEADLINE = 2.0
 
 
 @dataclass(frozen=True)
@@ -98,12 +101,14 @@ def listeners(services: Services) -> list[Listener]:
 class MailServer:
     """The running process: services, ports, and an orderly stop."""
 
-    def __init__(self, config: ImapdProcessConfig, reactor: Any) -> None:
+    def __init__(self, config: ImapdProcessConfig, reactor: Any,
+                 credentials: Credentials | None = None) -> None:
         from imapd.metrics import ImapdCollector, ImapMetrics
         from runtime.metrics import new_registry
 
         self.config = config
         self.reactor = reactor
+        self.credentials = credentials or Credentials()
         self.services: Services | None = None
         self.ports: list[Any] = []
         self.factories: list[Any] = []
@@ -130,18 +135,21 @@ class MailServer:
         from metadata.passwords import VerifiedLogins
         from metadata.store import MetadataStore
 
-        config = self.config
+        config, creds = self.config, self.credentials
         tls = server_context(config.imapd)
         store = await MetadataStore.open(
             config.cluster.pg_dsn, pool_min=config.metadata.pool_min,
             pool_max=config.metadata.pool_max,
-            verified=VerifiedLogins(ttl=config.metadata.login_cache_ttl))
-        changes = ChangeListener(config.cluster.pg_dsn, keepalive=config.imapd.notify_keepalive)
+            verified=VerifiedLogins(ttl=config.metadata.login_cache_ttl),
+            password=creds.pg_password)
+        changes = ChangeListener(config.cluster.pg_dsn, keepalive=config.imapd.notify_keepalive,
+                                 password=creds.pg_password)
         await changes.start()
-        blobs = await BlobClient.open(config.cluster, config.director)
+        blobs = await BlobClient.open(config.cluster, config.director, auth=creds.redis)
         deliverer = Deliverer(store, blobs, config.metadata, config.imapd.max_message_size)
+        logins = login_limiter(config, creds)
         backend = Backend(store, blobs, deliverer, changes, config.imapd, self.reactor,
-                          metrics=self.metrics)
+                          metrics=self.metrics, logins=logins)
         self.services = Services(config, store, blobs, deliverer, changes, backend, tls)
         for listener in listeners(self.services):
             host, port = parse_hostport(listener.address, f"imapd.{listener.name}_listen")
@@ -183,12 +191,35 @@ class MailServer:
         services, self.services = self.services, None
         if services is None:
             return
-        for closing in (services.changes.close, services.blobs.aclose, services.store.close):
+        closings = [services.changes.close, services.blobs.aclose, services.store.close]
+        aclose = getattr(services.backend.logins, "aclose", None)
+        if aclose is not None:
+            closings.append(aclose)
+        for closing in closings:
             try:
                 await closing()
             except Exception:
                 log.exception("error while closing %s", closing)
         log.info("imapd stopped")
+
+
+def login_limiter(config: ImapdProcessConfig, credentials: Credentials) -> Any:
+    """The failed-login limiter every process shares through Redis, or none when both
+    limits are 0.  It has its own Redis client with a short retry deadline: a login
+    waits at most that long for Redis (then the limit is skipped, see imapd.logins)."""
+    from director.redisconn import ClusterRunner, RetryPolicy, new_cluster_client
+    from imapd.logins import NoLoginLimit, RedisLoginLimiter
+
+    conf = config.imapd
+    if not conf.login_fail_limit and not conf.login_fail_limit_ip:
+        return NoLoginLimit()
+    runner = ClusterRunner(new_cluster_client(config.cluster.redis_nodes,
+                                              auth=credentials.redis),
+                           retry=RetryPolicy(deadline=LOGIN_LIMIT_DEADLINE), wait_replicas=0)
+    return RedisLoginLimiter(runner, config.cluster.redis_prefix,
+                             user_limit=conf.login_fail_limit,
+                             address_limit=conf.login_fail_limit_ip,
+                             window=conf.login_fail_window)
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -208,10 +239,14 @@ def configure(args: argparse.Namespace) -> ImapdProcessConfig:
 
 
 def serve(config: ImapdProcessConfig) -> int:
-    """Run imapd until SIGTERM/SIGINT; the exit status."""
+    """Run imapd until SIGTERM/SIGINT; the exit status.
+
+    :raises ConfigError: a secret file is missing or not private (78).
+    """
+    credentials = load_credentials(config.cluster)
     reactor = install_asyncio_reactor()
     logs.route_twisted()
-    server = MailServer(config, reactor)
+    server = MailServer(config, reactor, credentials)
     return run_reactor(reactor, "imapd", server.start, server.stop,
                        unavailable=(Unavailable, IndexUnavailable))
 

@@ -30,14 +30,16 @@ States (see :class:`ParserState`):
     is raw (``DONE``, or a base64 SASL response / ``*``) and yields :class:`IdleDone` or
     :class:`AuthResponse`; both return to ``COMMAND``.
 ``FATAL``
-    More than :attr:`Limits.max_buffer` octets were fed without being consumed, or a refused
-    literal was too large to skip: :class:`Fatal` is returned forever; the server says BYE
+    More than :attr:`Limits.max_buffer` octets were buffered without completing an event
+    (the rule of :class:`~runtime.receivebuffer.ReceiveBuffer`), or a refused literal was too
+    large to skip: :meth:`Parser.next_event` raises
+    :class:`~runtime.receivebuffer.RemoteProtocolError` from then on; the server says BYE
     and closes.
 
-Every octet is examined a bounded number of times: the search for a line end resumes where
-the last one stopped, literal octets are moved once into their own buffer, and consumed
-input is dropped in amortised O(1). Feeding a 10 MB literal one byte or 4 KiB at a time is
-linear.
+Every octet is examined a bounded number of times: bytes wait in a
+:class:`~runtime.receivebuffer.ReceiveBuffer`, whose search for a line end resumes where the
+last one stopped; literal octets are moved once into their own buffer, and consumed input
+is dropped in amortised O(1). Feeding a 10 MB literal one byte or 4 KiB at a time is linear.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from imapd.commands import Command
 from imapd.grammar import COMMAND_NAMES, UID_COMMAND_NAMES, CommandError, parse_command
 from imapd.lexer import Frame
 from imapd.response import TOOBIG, BadCharset, ResponseCode, Status, Tagged, Untagged
+from runtime.receivebuffer import NEED_DATA, NeedData, ReceiveBuffer, RemoteProtocolError
 
 __all__ = [
     "NEED_DATA",
@@ -59,12 +62,12 @@ __all__ = [
     "BadCommand",
     "ContinuationNeeded",
     "Event",
-    "Fatal",
     "IdleDone",
     "Limits",
     "NeedData",
     "Parser",
     "ParserState",
+    "RemoteProtocolError",
 ]
 
 KiB = 1024
@@ -81,9 +84,10 @@ class Limits:
     :ivar max_append_literal: the largest literal of an APPEND (one message).
     :ivar max_command_literals: all literal octets of one command together (MULTIAPPEND).
     :ivar max_discard: the largest refused non-synchronizing literal the parser reads and
-        throws away; beyond it the connection is given up (:class:`Fatal`).
-    :ivar max_buffer: octets fed but not yet consumed; beyond it, :class:`Fatal`. The adapter
-        keeps below it by pausing the transport at :attr:`pause_buffer`.
+        throws away; beyond it the connection is given up (RemoteProtocolError).
+    :ivar max_buffer: octets buffered without completing an event; beyond it,
+        RemoteProtocolError.  The adapter also gives up when it holds more than this
+        unconsumed, and keeps below it by pausing the transport at :attr:`pause_buffer`.
     :ivar pause_buffer: octets buffered at which :attr:`Parser.should_pause` turns true.
     :ivar max_search_depth: deepest nesting of SEARCH criteria (parentheses, NOT, OR).
     :ivar max_prelogin_literal: the largest literal of any command before
@@ -124,14 +128,6 @@ class Limits:
 
 
 # -- events -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NeedData:
-    """No event until more bytes are fed (or a literal decision is made)."""
-
-
-NEED_DATA = NeedData()
 
 
 @dataclass(frozen=True)
@@ -189,14 +185,7 @@ class AuthResponse:
     data: bytes | None
 
 
-@dataclass(frozen=True)
-class Fatal:
-    """The connection cannot continue; send ``* BYE text`` and close."""
-
-    text: str
-
-
-Event = Command | NeedData | ContinuationNeeded | BadCommand | IdleDone | AuthResponse | Fatal
+Event = Command | NeedData | ContinuationNeeded | BadCommand | IdleDone | AuthResponse
 
 
 class ParserState(enum.Enum):
@@ -215,7 +204,8 @@ class ParserState(enum.Enum):
 _MARKER_AT_END = re.compile(rb"(~?)\{([0-9]{1,20})(\+?)\}\Z")
 _MARKER_TAIL = 32  # longer than any marker we act on: "~{" + 20 digits + "+}"
 _HEAD = re.compile(rb"([^\x00-\x20\x7f-\xff(){%*\"\\+]+) ([A-Za-z]+)(?: ([A-Za-z]+))?")
-_COMPACT_AT = 64 * KiB
+#: The reason given when more than max_buffer octets wait without completing an event.
+TOO_MUCH_DATA = "Too much pipelined data"
 
 
 @dataclass(frozen=True)
@@ -260,11 +250,8 @@ class Parser:
         """:param prelogin: the client has not logged in yet: literals are bound by
         :attr:`Limits.max_prelogin_literal` until :meth:`end_prelogin`."""
         self.limits = limits or Limits()
-        self._buf = bytearray()
-        self._pos = 0  # start of unconsumed input (and of the current line)
-        self._scan = 0  # where the search for the next LF resumes
+        self._buf = ReceiveBuffer()
         self._state = ParserState.COMMAND
-        self._fatal_text = ""
         # The command being framed.
         self._segments: list[bytes] = []
         self._literals: list[bytes] = []
@@ -288,7 +275,7 @@ class Parser:
         """Add bytes received from the client. Never raises for any input."""
         if self._state is ParserState.FATAL or not data:
             return
-        if self._state is ParserState.LITERAL and self._pos == len(self._buf):
+        if self._state is ParserState.LITERAL and not self._buf:
             # Fast path: literal octets go straight to the literal, not via the buffer.
             take = min(self._remaining, len(data))
             self._literal += memoryview(data)[:take]
@@ -297,13 +284,11 @@ class Parser:
             if not data:
                 return
         self._buf += data
-        if self.buffered_bytes > self.limits.max_buffer:
-            self._die("Too much pipelined data")
 
     @property
     def buffered_bytes(self) -> int:
         """Octets fed but not yet consumed (literal octets already collected excluded)."""
-        return len(self._buf) - self._pos
+        return len(self._buf)
 
     @property
     def should_pause(self) -> bool:
@@ -361,55 +346,54 @@ class Parser:
     # -- output ---------------------------------------------------------------------------------
 
     def next_event(self) -> Event:
-        """The next event, or :data:`NEED_DATA`. Never raises for any input."""
+        """The next event, or :data:`NEED_DATA`.
+
+        :raises RemoteProtocolError: the client broke a limit the connection cannot survive
+            (see ``FATAL`` in the module docstring); raised again on every later call.
+        """
         while True:
             state = self._state
-            if state is ParserState.FATAL:
-                return Fatal(self._fatal_text)
-            if state is ParserState.AWAIT_DECISION:
-                return NEED_DATA
+            if state is ParserState.FATAL or state is ParserState.AWAIT_DECISION:
+                return self._need_data()
             if state is ParserState.LITERAL:
                 if not self._read_literal():
-                    return NEED_DATA
+                    return self._need_data()
                 continue
             if state is ParserState.SKIP_LITERAL:
                 if not self._skip_literal():
-                    return NEED_DATA
+                    return self._need_data()
                 continue
             if state is ParserState.SKIP_LINE:
                 if not self._skip_line():
-                    return NEED_DATA
+                    return self._need_data()
                 continue
-            line = self._take_line()
+            line = self._buf.maybe_extract_line()
             if line is None:
                 overflow = self._line_overflow()
                 if overflow is not None:
                     return overflow
-                return NEED_DATA
+                return self._need_data()
             event = self._on_line(line)
             if event is not None:
                 return event
 
-    # -- lines --------------------------------------------------------------------------------
+    def _need_data(self) -> NeedData:
+        """NEED_DATA, unless too much waits without completing an event (or we failed)."""
+        try:
+            return self._buf.need_data(self.limits.max_buffer, TOO_MUCH_DATA)
+        except RemoteProtocolError as exc:
+            self._die(exc.reason)
+            raise
 
-    def _take_line(self) -> bytes | None:
-        """Consume and return the next line without its line end, if it is complete."""
-        newline = self._buf.find(b"\n", self._scan)
-        if newline < 0:
-            self._scan = len(self._buf)
-            return None
-        end = newline - 1 if newline > self._pos and self._buf[newline - 1] == 0x0D else newline
-        line = bytes(self._buf[self._pos : end])
-        self._consume(newline + 1)
-        return line
+    # -- lines --------------------------------------------------------------------------------
 
     def _line_overflow(self) -> Event | None:
         """If the incomplete line is already too long, answer it and start skipping."""
-        pending = len(self._buf) - self._pos
+        pending = len(self._buf)
         if self._text_length + pending <= self.limits.max_line:
             return None
         state = self._state
-        head = bytes(self._buf[self._pos : self._pos + 256]) if not self._segments else b""
+        head = self._buf.peek(256) if not self._segments else b""
         tag, _ = _head(self._segments[0] if self._segments else head)
         self._start_skip_line()
         if state is ParserState.IDLE:
@@ -525,12 +509,7 @@ class Parser:
 
     def _read_literal(self) -> bool:
         """Move available literal octets out of the buffer; True once the literal is whole."""
-        take = min(self._remaining, len(self._buf) - self._pos)
-        if take:
-            with memoryview(self._buf) as view, view[self._pos : self._pos + take] as part:
-                self._literal += part
-            self._remaining -= take
-            self._consume(self._pos + take)
+        self._remaining -= self._buf.move_at_most(self._remaining, self._literal)
         if self._remaining:
             return False
         self._literals.append(bytes(self._literal))
@@ -546,9 +525,7 @@ class Parser:
         self._state = ParserState.SKIP_LINE
 
     def _skip_literal(self) -> bool:
-        take = min(self._remaining, len(self._buf) - self._pos)
-        self._remaining -= take
-        self._consume(self._pos + take)
+        self._remaining -= self._buf.discard_at_most(self._remaining)
         if self._remaining:
             return False
         self._skip_tail = b""
@@ -557,17 +534,16 @@ class Parser:
 
     def _skip_line(self) -> bool:
         """Discard up to the end of the current line; follow a non-synchronizing literal."""
-        newline = self._buf.find(b"\n", self._scan)
-        if newline < 0:
-            end = len(self._buf)
-            self._skip_tail = (
-                self._skip_tail + bytes(self._buf[max(self._pos, end - _MARKER_TAIL) : end])
-            )[-_MARKER_TAIL:]
-            self._consume(end)
+        buf = self._buf
+        line = buf.maybe_extract_line()
+        if line is None:
+            # Keep only the last octets, where a literal marker would be.
+            buf.discard_at_most(len(buf) - _MARKER_TAIL)
+            self._skip_tail = (self._skip_tail + (buf.maybe_extract_at_most(_MARKER_TAIL) or b""))[
+                -_MARKER_TAIL:
+            ]
             return False
-        start = max(self._pos, newline - _MARKER_TAIL)
-        tail = (self._skip_tail + bytes(self._buf[start:newline]))[-_MARKER_TAIL:]
-        self._consume(newline + 1)
+        tail = (self._skip_tail + line[-_MARKER_TAIL:])[-_MARKER_TAIL:]
         self._skip_tail = b""
         marker = _marker(tail.rstrip(b"\r"))
         if marker is not None and not marker.sync:
@@ -583,16 +559,6 @@ class Parser:
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
-    def _consume(self, end: int) -> None:
-        self._pos = end
-        self._scan = end
-        if self._pos == len(self._buf):
-            self._buf.clear()
-            self._pos = self._scan = 0
-        elif self._pos >= _COMPACT_AT and self._pos * 2 >= len(self._buf):
-            del self._buf[: self._pos]
-            self._pos = self._scan = 0
-
     def _reset_command(self) -> None:
         self._segments = []
         self._literals = []
@@ -602,10 +568,9 @@ class Parser:
         self._command = ""
 
     def _die(self, text: str) -> None:
+        """Give up: the next :meth:`next_event` raises RemoteProtocolError(text), forever."""
         self._state = ParserState.FATAL
-        self._fatal_text = text
-        self._buf = bytearray()
-        self._pos = self._scan = 0
+        self._buf.fail(text)
         self._literal = bytearray()
         self._reset_command()
 

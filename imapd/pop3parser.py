@@ -1,10 +1,12 @@
 """The sans-IO side of POP3 (RFC 1939, RFC 2449 CAPA, RFC 2595 STLS, RFC 5034 AUTH):
 command lines in, reply bytes out.
 
-POP3 is one line per command (``USER alice``), so the parser only frames lines and splits
-keyword and arguments; it enforces a line limit (RFC 2449 allows 255 octets, clients send
-longer SASL lines, so the default is larger) and a bound on buffered input, and has one raw
-mode for the line that answers an AUTH challenge.  Replies are a status line or a status
+POP3 is one line per command (``USER alice``), so the parser only frames lines (read from a
+:class:`~runtime.receivebuffer.ReceiveBuffer`) and splits keyword and arguments; it
+enforces a line limit (RFC 2449 allows 255 octets, clients send longer SASL lines, so the
+default is larger: a longer line is answered and skipped) and the buffer's bound on input
+that completes no line (:class:`~runtime.receivebuffer.RemoteProtocolError`), and has one
+raw mode for the line that answers an AUTH challenge.  Replies are a status line or a status
 line followed by dot-stuffed data (:func:`multiline`), returned as chunks so a message
 body is written as it was read, without one more copy.
 """
@@ -13,14 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runtime.receivebuffer import NEED_DATA, NeedData, ReceiveBuffer, RemoteProtocolError
+
 __all__ = [
     "NEED_DATA",
     "AuthLine",
     "BadLine",
-    "Fatal",
     "NeedData",
     "Pop3Command",
     "Pop3Parser",
+    "RemoteProtocolError",
     "dot_stuff",
     "err",
     "multiline",
@@ -29,18 +33,10 @@ __all__ = [
 
 #: Longest command line accepted (octets, without CRLF).
 MAX_LINE = 2048
-#: Octets buffered without being consumed (the pipelining bound).
+#: Octets buffered without completing a line; the adapter also bounds unconsumed input by it.
 MAX_BUFFER = 256 * 1024
 #: Arguments a command may carry.
 MAX_ARGS = 4
-
-
-@dataclass(frozen=True)
-class NeedData:
-    """Nothing more until more bytes are fed."""
-
-
-NEED_DATA = NeedData()
 
 
 @dataclass(frozen=True)
@@ -69,14 +65,7 @@ class AuthLine:
     data: bytes
 
 
-@dataclass(frozen=True)
-class Fatal:
-    """Too much unconsumed input: reply and close."""
-
-    text: str
-
-
-Event = Pop3Command | BadLine | AuthLine | Fatal | NeedData
+Event = Pop3Command | BadLine | AuthLine | NeedData
 
 
 class Pop3Parser:
@@ -85,19 +74,12 @@ class Pop3Parser:
     def __init__(self, *, max_line: int = MAX_LINE, max_buffer: int = MAX_BUFFER) -> None:
         self.max_line = max_line
         self.max_buffer = max_buffer
-        self._buf = bytearray()
-        self._scan = 0
+        self._buf = ReceiveBuffer()
         self._skipping = False
         self._auth = False
-        self._fatal: str | None = None
 
     def feed(self, data: bytes) -> None:
-        if self._fatal is not None:
-            return
         self._buf += data
-        if len(self._buf) > self.max_buffer:
-            self._fatal = "Too much pipelined data"
-            self._buf = bytearray()
 
     def expect_auth_line(self) -> None:
         """The next line answers an AUTH challenge."""
@@ -108,23 +90,23 @@ class Pop3Parser:
         return len(self._buf)
 
     def next_event(self) -> Event:
+        """The next event, or :data:`NEED_DATA`.
+
+        :raises RemoteProtocolError: more than ``max_buffer`` octets complete no line;
+            raised again on every later call.
+        """
+        buf = self._buf
         while True:
-            if self._fatal is not None:
-                return Fatal(self._fatal)
-            newline = self._buf.find(b"\n", self._scan)
-            if newline < 0:
-                self._scan = len(self._buf)
-                if len(self._buf) > self.max_line and not self._skipping:
+            line = buf.maybe_extract_line()
+            if line is None:
+                if len(buf) > self.max_line and not self._skipping:
                     self._skipping = True
                     self._auth = False
                     return BadLine("Line too long")
                 if self._skipping:
-                    self._buf.clear()
-                    self._scan = 0
-                return NEED_DATA
-            line = bytes(self._buf[:newline]).rstrip(b"\r")
-            del self._buf[:newline + 1]
-            self._scan = 0
+                    buf.clear()
+                return buf.need_data(self.max_buffer, "Too much pipelined data")
+            line = line.rstrip(b"\r")
             if self._skipping:
                 self._skipping = False
                 continue

@@ -15,7 +15,15 @@ from typing import Any
 
 from imapd.adapter import SessionFactory, SessionProtocol
 from imapd.backend import Backend
-from imapd.pop3parser import AuthLine, BadLine, Fatal, NeedData, Pop3Command, Pop3Parser, err
+from imapd.pop3parser import (
+    MAX_BUFFER,
+    AuthLine,
+    BadLine,
+    NeedData,
+    Pop3Command,
+    Pop3Parser,
+    err,
+)
 from imapd.pop3session import Pop3Session
 
 __all__ = ["Pop3Factory", "Pop3Protocol"]
@@ -35,6 +43,8 @@ class Pop3Protocol(SessionProtocol[Pop3Session, Pop3Parser]):
     idle_words = "Idle for too long, closing"
     logger = log
     session_name = "POP3 session"
+    pause_buffer = PAUSE_BUFFER
+    max_buffer = MAX_BUFFER
 
     factory: Pop3Factory
 
@@ -54,9 +64,6 @@ class Pop3Protocol(SessionProtocol[Pop3Session, Pop3Parser]):
     def goodbye(self, text: str) -> None:
         self.write([err(text)])
 
-    def _should_pause(self) -> bool:
-        return self.parser.buffered_bytes >= PAUSE_BUFFER
-
     # -- Pop3Connection ------------------------------------------------------------------------
 
     def write(self, chunks: Sequence[bytes]) -> None:
@@ -71,10 +78,7 @@ class Pop3Protocol(SessionProtocol[Pop3Session, Pop3Parser]):
     def _handle(self, session: Pop3Session, event: object) -> bool:
         if isinstance(event, NeedData):
             return False
-        if isinstance(event, Fatal):
-            self.write([err(event.text)])
-            self.close()
-        elif isinstance(event, BadLine):
+        if isinstance(event, BadLine):
             self.write([err(event.text)])
             self._bad += 1
             if self._bad >= MAX_BAD_LINES:
@@ -92,8 +96,14 @@ class Pop3Factory(SessionFactory[Pop3Protocol]):
 
     def __init__(self, backend: Backend, *, tls: Any = None, secure: bool = False,
                  clock: Any = None) -> None:
-        super().__init__(backend, tls=tls, secure=secure, clock=clock)
-        self.idle_timeout = backend.config.pop3_idle_timeout
+        config = backend.config
+        super().__init__(max_connections=config.max_connections,
+                         max_per_address=config.max_connections_per_address,
+                         idle_timeout=config.pop3_idle_timeout,
+                         clock=clock if clock is not None else backend.clock, tls=tls,
+                         secure=secure)
+        self.backend = backend
+        self.config = config
 
     def buildProtocol(self, addr: Any) -> Pop3Protocol:  # type: ignore[override]
         return Pop3Protocol(self, secure=self.secure)

@@ -34,6 +34,7 @@ from twisted.internet import task
 from director.errors import DirectorError
 from imapd.backend import Backend
 from imapd.bodies import BodyReader
+from imapd.logins import LIMITED_TEXT, LoginsLimited, authenticate
 from imapd.pop3parser import AuthLine, Pop3Command, err, multiline, ok
 from imapd.sasl import ProxyRefused, SaslError, decode_plain
 from metadata.errors import MetadataError, NoSuchMailbox, Unavailable
@@ -201,8 +202,7 @@ class Pop3Session:
             self._write([err("Send USER first")])
             return
         name, self._username = self._username, None
-        user = await self.backend.store.users.authenticate(name, args[0] if args else "")
-        await self._logged_in(user, name)
+        await self._password_login(name, args[0] if args else "")
 
     async def _auth(self, args: tuple[str, ...]) -> None:
         if not args:
@@ -229,20 +229,30 @@ class Pop3Session:
             if isinstance(exc, ProxyRefused):  # a refused login all the same
                 self.backend.metrics.login("pop3", False)
             return err("Invalid PLAIN response")
-        user = await self.backend.store.users.authenticate(credentials.username,
-                                                           credentials.password)
-        return await self._logged_in(user, credentials.username, reply=False)
+        return await self._password_login(credentials.username, credentials.password,
+                                          reply=False)
 
-    async def _logged_in(self, user: User | None, name: str, *, reply: bool = True) -> bytes:
+    async def _password_login(self, name: str, password: str, *, reply: bool = True) -> bytes:
+        try:
+            user = await authenticate(self.backend.store.users, self.backend.logins,
+                                      self.conn.peer, name, password)
+        except LoginsLimited:
+            return await self._logged_in(None, name, reply=reply, limited=True)
+        return await self._logged_in(user, name, reply=reply)
+
+    async def _logged_in(self, user: User | None, name: str, *, reply: bool = True,
+                         limited: bool = False) -> bytes:
         self.backend.metrics.login("pop3", user is not None)
         if user is None:
             self._failed += 1
-            log.warning("failed POP3 login for %r from %s", name[:100], self.conn.peer)
+            log.warning("failed POP3 login for %r from %s%s", name[:100], self.conn.peer,
+                        " (limited)" if limited else "")
             delay = float(self.backend.config.login_delay)
             if delay > 0:
                 await task.deferLater(self.backend.clock, delay, lambda: None).asFuture(
                     asyncio.get_running_loop())
-            answer = err("Authentication failed", "AUTH")
+            answer = (err(LIMITED_TEXT, "SYS/TEMP") if limited
+                      else err("Authentication failed", "AUTH"))
             if self._failed >= MAX_FAILED_LOGINS:
                 self._write([answer])
                 self.conn.close()

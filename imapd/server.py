@@ -27,7 +27,6 @@ from imapd.parser import (
     AuthResponse,
     BadCommand,
     ContinuationNeeded,
-    Fatal,
     IdleDone,
     Limits,
     NeedData,
@@ -69,6 +68,8 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
 
     def __init__(self, factory: IMAPFactory, *, secure: bool = False) -> None:
         super().__init__(factory, secure=secure)
+        self.pause_buffer = factory.limits.pause_buffer
+        self.max_buffer = factory.limits.max_buffer
         self._direct_socket: Any = None
         self._logged_in = False
         self._login_deadline: Any = None  # an IDelayedCall while the client has not logged in
@@ -88,9 +89,6 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
 
     def goodbye(self, text: str) -> None:
         self.send([Untagged(Status.BYE, text)])
-
-    def _should_pause(self) -> bool:
-        return self.parser.should_pause
 
     def _accepted(self) -> None:
         # Only Twisted's own TCP connection may be bypassed.  A TLS wrapper (IMAPS) passes
@@ -141,9 +139,6 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
             if session.bad_command():
                 self.send([Untagged(Status.BYE, "Too many invalid commands")])
                 self.close()
-        elif isinstance(event, Fatal):
-            self.send([Untagged(Status.BYE, event.text)])
-            self.close()
         elif isinstance(event, Command | IdleDone | AuthResponse):
             self._dispatch(self._run(session, event))
         return True
@@ -186,9 +181,15 @@ class IMAPFactory(SessionFactory[IMAPServerProtocol]):
 
     def __init__(self, backend: Backend, *, tls: Any = None, secure: bool = False,
                  clock: Any = None) -> None:
-        super().__init__(backend, tls=tls, secure=secure, clock=clock)
-        self.limits = limits_for(backend.config)
-        self.idle_timeout = backend.config.idle_timeout
+        config = backend.config
+        super().__init__(max_connections=config.max_connections,
+                         max_per_address=config.max_connections_per_address,
+                         idle_timeout=config.idle_timeout,
+                         clock=clock if clock is not None else backend.clock, tls=tls,
+                         secure=secure)
+        self.backend = backend
+        self.config = config
+        self.limits = limits_for(config)
 
     def buildProtocol(self, addr: Any) -> IMAPServerProtocol:  # type: ignore[override]
         return IMAPServerProtocol(self, secure=self.secure)

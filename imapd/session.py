@@ -45,6 +45,7 @@ from imapd.capabilities import ENABLEABLE, capabilities
 from imapd.config import ImapdConfig
 from imapd.connection import Connection
 from imapd.fetch import Unsupported
+from imapd.logins import LIMITED_TEXT, LoginsLimited, authenticate
 from imapd.mailboxview import InvalidSequence
 from imapd.mutf7 import Undecodable
 from imapd.parser import AuthResponse, ContinuationNeeded, IdleDone
@@ -457,8 +458,7 @@ class Session:
         if not self._plaintext_ok():
             return Tagged(cmd.tag, Status.NO, "Log in over TLS (STARTTLS) only",
                           PRIVACYREQUIRED)
-        user = await self.backend.store.users.authenticate(cmd.username, cmd.password)
-        return await self._logged_in(cmd.tag, user, cmd.username)
+        return await self._password_login(cmd.tag, cmd.username, cmd.password)
 
     async def _authenticate(self, cmd: c.Authenticate) -> Tagged | None:
         if cmd.mechanism != "PLAIN":
@@ -486,27 +486,37 @@ class Session:
                           AUTHORIZATIONFAILED)
         except SaslError as exc:
             return Tagged(tag, Status.BAD, f"Invalid PLAIN message: {exc}")
-        user = await self.backend.store.users.authenticate(credentials.username,
-                                                           credentials.password)
-        return await self._logged_in(tag, user, credentials.username)
+        return await self._password_login(tag, credentials.username, credentials.password)
+
+    async def _password_login(self, tag: str, name: str, password: str) -> Tagged | None:
+        try:
+            user = await authenticate(self.backend.store.users, self.backend.logins,
+                                      self.conn.peer, name, password)
+        except LoginsLimited:
+            return await self._login_failed(name, Tagged(tag, Status.NO, LIMITED_TEXT,
+                                                         UNAVAILABLE))
+        return await self._logged_in(tag, user, name)
+
+    async def _login_failed(self, name: str, answer: Tagged) -> Tagged | None:
+        self.backend.metrics.login("imap", False)
+        self._failed_logins += 1
+        log.warning("failed login for %r from %s (%d): %s", name[:100], self.conn.peer,
+                    self._failed_logins, answer.text)
+        delay = float(self.config.login_delay)
+        if delay > 0:
+            await task.deferLater(self.backend.clock, delay, lambda: None).asFuture(
+                asyncio.get_running_loop())
+        if self._failed_logins >= MAX_FAILED_LOGINS:
+            self.conn.send([answer, Untagged(Status.BYE, "Too many failed logins")])
+            self._end()
+            return None
+        return answer
 
     async def _logged_in(self, tag: str, user: User | None, name: str) -> Tagged | None:
-        self.backend.metrics.login("imap", user is not None)
         if user is None:
-            self._failed_logins += 1
-            log.warning("failed login for %r from %s (%d)", name[:100], self.conn.peer,
-                        self._failed_logins)
-            delay = float(self.config.login_delay)
-            if delay > 0:
-                await task.deferLater(self.backend.clock, delay, lambda: None).asFuture(
-                    asyncio.get_running_loop())
-            if self._failed_logins >= MAX_FAILED_LOGINS:
-                self.conn.send([Tagged(tag, Status.NO, "Authentication failed",
-                                       AUTHENTICATIONFAILED),
-                                Untagged(Status.BYE, "Too many failed logins")])
-                self._end()
-                return None
-            return Tagged(tag, Status.NO, "Authentication failed", AUTHENTICATIONFAILED)
+            return await self._login_failed(name, Tagged(
+                tag, Status.NO, "Authentication failed", AUTHENTICATIONFAILED))
+        self.backend.metrics.login("imap", True)
         # Subscribe before any state is read, so no change falls in between.
         await self.backend.changes.subscribe(user.id, self._on_change)
         self._subscribed = True

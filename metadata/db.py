@@ -6,7 +6,7 @@ installed and running) and close it on that same loop.  Every multi-row change r
 :meth:`Database.transaction`; reads that need one consistent view too.
 
 Driver exceptions that mean "PostgreSQL is not there" (refused connection, server shutdown,
-connection lost mid-query, pool acquire timeout) leave as :class:`~metadata.errors.Unavailable`
+connection lost mid-query, pool acquire timeout, refused credentials) leave as :class:`~metadata.errors.Unavailable`
 and "the schema is missing" as :class:`~metadata.errors.SchemaError`; callers map only these
 two to their protocol.  Everything else (constraint violations the store did not expect,
 syntax errors) stays a driver exception: a bug.
@@ -51,6 +51,10 @@ def translate_errors() -> Iterator[None]:
                           "run `objmail db migrate`") from exc
     except _UNAVAILABLE as exc:
         raise Unavailable(f"PostgreSQL unavailable: {exc or type(exc).__name__}") from exc
+    except asyncpg.exceptions.InvalidAuthorizationSpecificationError as exc:
+        # A wrong password or user, or pg_hba.conf refusing us: unusable until an operator
+        # fixes the credentials (a daemon exits 69 at start-up, a command says NO/451).
+        raise Unavailable(f"PostgreSQL refused the credentials: {exc}") from exc
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -90,8 +94,11 @@ class Database:
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10,
                    acquire_timeout: float = 10.0, command_timeout: float | None = 60.0,
-                   ) -> Database:
+                   password: str | None = None) -> Database:
         """Connect the pool (``min_size`` connections at once).
+
+        :param password: the DSN user's password (``cluster.pg_password_file``, read by
+            ``main()``), kept out of the DSN so it never shows in a config or a log.
 
         :param acquire_timeout: seconds to wait for a free connection before
             :class:`Unavailable`.
@@ -99,7 +106,8 @@ class Database:
         :raises Unavailable: PostgreSQL cannot be reached.
         """
         with translate_errors():
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+            pool = await asyncpg.create_pool(dsn, password=password,
+                                             min_size=min_size, max_size=max_size,
                                              command_timeout=command_timeout,
                                              timeout=acquire_timeout, reset=_keep_session,
                                              server_settings=SERVER_SETTINGS)

@@ -189,8 +189,9 @@ async def check_schema(conn: asyncpg.Connection,
 
 
 async def _with_connection(dsn: str, migrations: Sequence[Migration] | None,
-                           apply: bool) -> list[Migration] | list[MigrationState]:
-    conn = await asyncpg.connect(dsn)
+                           apply: bool, password: str | None,
+                           ) -> list[Migration] | list[MigrationState]:
+    conn = await asyncpg.connect(dsn, password=password)
     try:
         if apply:
             return await migrate(conn, migrations)
@@ -199,13 +200,15 @@ async def _with_connection(dsn: str, migrations: Sequence[Migration] | None,
         await conn.close()
 
 
-def migrate_dsn(dsn: str, migrations: Sequence[Migration] | None = None) -> list[Migration]:
+def migrate_dsn(dsn: str, migrations: Sequence[Migration] | None = None, *,
+                password: str | None = None) -> list[Migration]:
     """:func:`migrate` on a fresh connection to ``dsn``, for synchronous callers (CLI, launcher)."""
-    result = asyncio.run(_with_connection(dsn, migrations, apply=True))
+    result = asyncio.run(_with_connection(dsn, migrations, True, password))
     return [m for m in result if isinstance(m, Migration)]
 
 
-def status_dsn(dsn: str, migrations: Sequence[Migration] | None = None) -> list[MigrationState]:
+def status_dsn(dsn: str, migrations: Sequence[Migration] | None = None, *,
+               password: str | None = None) -> list[MigrationState]:
     """:func:`status` on a fresh connection to ``dsn``, for synchronous callers."""
-    result = asyncio.run(_with_connection(dsn, migrations, apply=False))
+    result = asyncio.run(_with_connection(dsn, migrations, False, password))
     return [s for s in result if isinstance(s, MigrationState)]

@@ -109,11 +109,14 @@ class ChangeListener:
 
     Create and :meth:`start` it on the running loop.  Callbacks run on the loop and must
     not block; a session typically sets a flag or schedules its own refresh.
+
+    :param password: PostgreSQL password of the DSN's user (kept for reconnections).
     """
 
     def __init__(self, dsn: str, *, reconnect_delay: float = 1.0, keepalive: float = 30.0,
-                 ) -> None:
+                 password: str | None = None) -> None:
         self.dsn = dsn
+        self._password = password
         self.reconnect_delay = reconnect_delay
         self.keepalive = keepalive
         self._subscribers: dict[int, list[Callback]] = {}
@@ -195,7 +198,7 @@ class ChangeListener:
 
     async def _connect(self) -> None:
         with translate_errors():
-            conn = await asyncpg.connect(self.dsn)
+            conn = await asyncpg.connect(self.dsn, password=self._password)
         try:
             conn.add_termination_listener(self._on_terminated)
             with translate_errors():

@@ -35,17 +35,20 @@ class MetadataStore:
     async def open(cls, dsn: str, *, pool_min: int = 2, pool_max: int = 10,
                    check_schema: bool = True,
                    password_params: ScryptParams = DEFAULT_PARAMS,
-                   verified: VerifiedLogins | None = None) -> MetadataStore:
+                   verified: VerifiedLogins | None = None,
+                   password: str | None = None) -> MetadataStore:
         """Connect a pool and, unless told not to, refuse a schema that is not this
         release's.
 
         :param verified: the process's cache of recently verified logins (default: one
             with a 300 s TTL).
+        :param password: PostgreSQL password of the DSN's user (read by ``main()`` from
+            ``cluster.pg_password_file``).
 
         :raises Unavailable: PostgreSQL cannot be reached.
         :raises SchemaError: migrations are pending, modified or unknown.
         """
-        db = await Database.open(dsn, min_size=pool_min, max_size=pool_max)
+        db = await Database.open(dsn, min_size=pool_min, max_size=pool_max, password=password)
         try:
             if check_schema:
                 async with db.connection() as conn:

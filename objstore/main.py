@@ -49,6 +49,7 @@ from runtime.daemon import (
     run_daemon,
     run_reactor,
 )
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth, load_credentials
 
 log = logging.getLogger("objstored")
 
@@ -165,9 +166,11 @@ class Worker:
     """
 
     def __init__(self, config: ObjstoreConfig, cluster: ClusterConfig, index: int,
-                 reactor: Any) -> None:
+                 reactor: Any, auth: RedisAuth = NO_REDIS_AUTH) -> None:
         self.config = config
         self.cluster = cluster
+        #: Redis credentials for the load reports (worker 0 writes them).
+        self.auth = auth
         self.index = index
         self.reactor = reactor
         self.storage: Any = None
@@ -267,7 +270,8 @@ class Worker:
                        "lmdb_map_size": info["lmdb_map_size"],
                        "lmdb_used_bytes": info["lmdb_used_bytes"], "pid": os.getpid()})
 
-        sink = RedisClusterSink(self.cluster.redis_nodes, prefix=self.cluster.redis_prefix)
+        sink = RedisClusterSink(self.cluster.redis_nodes, prefix=self.cluster.redis_prefix,
+                                auth=self.auth)
         self.reporter = LoadReporter(identity, sample, sink, r, deferToThread,
                                      config.report_interval, config.report_ttl,
                                      config.hot_keys, on_report=hot.clear,
@@ -314,8 +318,12 @@ class Worker:
             self.shared.close()
 
 
-def run_worker(config: ObjstoreConfig, cluster: ClusterConfig, index: int) -> int:
-    """Serve until SIGTERM/SIGINT on Twisted's default reactor; returns the exit code."""
+def run_worker(config: ObjstoreConfig, cluster: ClusterConfig, index: int,
+               auth: RedisAuth = NO_REDIS_AUTH) -> int:
+    """Serve until SIGTERM/SIGINT on Twisted's default reactor; returns the exit code.
+
+    :param auth: Redis credentials for the load reports (``runtime.secrets``).
+    """
     # The group-commit thread and the reactor share the GIL; the default 5 ms switch
     # interval would make a finished fsync wait behind the reactor (and vice versa) for up
     # to 5 ms, capping durable writes at a few hundred batches per second.
@@ -323,7 +331,7 @@ def run_worker(config: ObjstoreConfig, cluster: ClusterConfig, index: int) -> in
     logs.route_twisted()
     from twisted.internet import reactor
 
-    worker = Worker(config, cluster, index, reactor)
+    worker = Worker(config, cluster, index, reactor, auth)
     code = run_reactor(reactor, f"objstored worker {index}", worker.start, worker.stop)
     worker.close()
     log.info("worker %d stopped", index)
@@ -338,7 +346,8 @@ def _run_callbacks(batch: list[tuple[Any, Any]]) -> None:
             log.exception("write completion callback failed")
 
 
-def supervise(config: ObjstoreConfig, cluster: ClusterConfig) -> int:
+def supervise(config: ObjstoreConfig, cluster: ClusterConfig,
+              auth: RedisAuth = NO_REDIS_AUTH) -> int:
     """Fork ``config.workers`` workers and keep them running until SIGTERM/SIGINT."""
     children: dict[int, int] = {}  # pid -> worker index
     stopping = False
@@ -351,7 +360,7 @@ def supervise(config: ObjstoreConfig, cluster: ClusterConfig) -> int:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 _die_with_parent()
-                code = run_worker(config, cluster, index)
+                code = run_worker(config, cluster, index, auth)
             except BaseException:
                 log.exception("worker %d crashed", index)
             finally:
@@ -391,11 +400,15 @@ def supervise(config: ObjstoreConfig, cluster: ClusterConfig) -> int:
 
 
 def serve(config: ObjstoredConfig) -> int:
-    """Take the data directory, check the ports, run the worker(s); the exit status.
+    """Read the secrets, take the data directory, check the ports, run the worker(s);
+    the exit status.
 
+    :raises ConfigError: a secret file is missing or not private (78).
     :raises StartError: the data directory or a port is taken (71).
     """
     section = config.objstore
+    # Read once, before forking: every worker gets them, none reads the files again.
+    auth = load_credentials(config.cluster).redis
     lock_fd = _lock_data_dir(Path(section.data_dir))
     try:
         _check_port_free(section.listen, "objstore.listen")
@@ -403,8 +416,8 @@ def serve(config: ObjstoredConfig) -> int:
             # Worker 0 would otherwise fail, be restarted, and fail again.
             _check_port_free(section.metrics_listen, "objstore.metrics_listen")
         if section.workers == 1:
-            return run_worker(section, config.cluster, 0)
-        return supervise(section, config.cluster)
+            return run_worker(section, config.cluster, 0, auth)
+        return supervise(section, config.cluster, auth)
     finally:
         os.close(lock_fd)
 

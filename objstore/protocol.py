@@ -8,9 +8,10 @@ returns :data:`NEED_DATA`.  The parser is in one of three states:
 
 ``line``
     waiting for a command line ending in ``\\n`` (a ``\\r`` before it is dropped).  A line
-    that has no ``\\n`` within :attr:`Limits.max_line` bytes (:attr:`Limits.max_get_line`
-    for a multi-get) yields a fatal :class:`ProtocolError` and the parser stops (memcached
-    closes such connections too).
+    longer than :attr:`Limits.max_line` bytes (:attr:`Limits.max_get_line` for a multi-get),
+    complete or not, raises :class:`~runtime.receivebuffer.RemoteProtocolError` ("line too
+    long") and the parser stops: memcached closes such connections too, and the server
+    answers ``CLIENT_ERROR line too long`` first.
 ``data``
     a storage command (``set``... ``cas``, ``ms``) announced ``n`` bytes; the parser waits
     for ``n + 2`` bytes and checks that they end in ``\\r\\n`` (else ``CLIENT_ERROR bad data
@@ -19,8 +20,9 @@ returns :data:`NEED_DATA`.  The parser is in one of three states:
     the announced value exceeds :attr:`Limits.max_item_size`: the parser has already
     yielded :class:`TooLarge` and now discards ``n + 2`` bytes without buffering them.
 
-Buffered bytes never exceed ``max(max_get_line, max_item_size + 2)`` plus one ``feed`` chunk,
-and the line search resumes where it stopped, so a buffer is never rescanned.
+Bytes are held in a :class:`~runtime.receivebuffer.ReceiveBuffer`: buffered bytes never
+exceed ``max(max_get_line, max_item_size + 2)`` plus one ``feed`` chunk, and the line search
+resumes where it stopped, so a buffer is never rescanned.
 
 Error words, tokenisation (split on spaces only, repeated spaces collapse), the arity of each
 command and the ``noreply`` rules follow memcached 1.6 (checked against memcached 1.6.18);
@@ -38,6 +40,13 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from objstore.replies import serialize
+from runtime.receivebuffer import (
+    NEED_DATA,
+    BadBlockEnd,
+    NeedData,
+    ReceiveBuffer,
+    RemoteProtocolError,
+)
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -60,6 +69,7 @@ __all__ = [
     "NeedData",
     "ProtocolError",
     "Quit",
+    "RemoteProtocolError",
     "Stats",
     "Store",
     "TooLarge",
@@ -101,21 +111,8 @@ E_MS_MODE: Final = b"CLIENT_ERROR invalid mode for ms M token"
 E_MA_MODE: Final = b"CLIENT_ERROR invalid mode for ma M token"
 
 
-class NeedData:
-    """Type of :data:`NEED_DATA`: the parser needs more bytes before the next command."""
-
-    _instance: NeedData | None = None
-
-    def __new__(cls) -> NeedData:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = NeedData()
+#: The reason of the RemoteProtocolError for an overlong line (the reply is E_LINE_TOO_LONG).
+LINE_TOO_LONG: Final = "line too long"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +120,8 @@ class Limits:
     """Named limits the parser enforces.
 
     :param max_key: longest key in bytes (memcached: 250).
-    :param max_line: longest command line, without its end; longer is fatal.
+    :param max_line: longest command line, without its end; longer is fatal
+        (:class:`~runtime.receivebuffer.RemoteProtocolError`).
     :param max_item_size: largest value accepted; larger is ``SERVER_ERROR object too large``.
     :param max_get_line: longest line of a get/gets/gat/gats: multi-gets of many keys are
         legitimate (memcached lets them grow without bound; we stop here).
@@ -297,7 +295,9 @@ class MetaNoop:
 class ProtocolError:
     """The request was malformed; ``message`` is memcached's reply line, without CRLF.
 
-    ``fatal`` errors end the connection after the reply (the stream cannot be resynced);
+    ``fatal`` errors end the connection after the reply: the parser raises
+    :class:`~runtime.receivebuffer.RemoteProtocolError` when the stream cannot be resynced,
+    and the server answers with a fatal ProtocolError in its place, in request order.
     ``noreply`` is set when the request asked for silence, which memcached honours even for
     most errors.
     """
@@ -339,6 +339,11 @@ def is_valid_key(key: bytes, max_key: int = MAX_KEY_LENGTH) -> bool:
 
 
 _KEY_ALLOWED_DELETE: Final = bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100))
+
+
+def _is_get(line: bytes) -> bool:
+    """Only a get may pass max_line (up to max_get_line): multi-gets of many keys."""
+    return line.lstrip(b" ").startswith((b"get ", b"gets ", b"gat ", b"gats "))
 
 
 def _uint(token: bytes, limit: int) -> int | None:
@@ -501,13 +506,11 @@ class CommandParser:
     :param limits: the named limits to enforce.
     """
 
-    __slots__ = ("_buf", "_closed", "_limits", "_pending", "_pos", "_scan", "_swallow")
+    __slots__ = ("_buf", "_closed", "_limits", "_pending", "_swallow")
 
     def __init__(self, limits: Limits | None = None) -> None:
         self._limits = limits or Limits()
-        self._buf = bytearray()
-        self._pos = 0  # start of unparsed bytes in _buf
-        self._scan = 0  # where the search for "\n" resumes
+        self._buf = ReceiveBuffer()
         self._swallow = 0  # bytes still to discard after TooLarge
         # A storage command line already parsed, waiting for its data block:
         # (name, key, flags, exptime, length, cas, noreply, meta flags or None)
@@ -521,12 +524,12 @@ class CommandParser:
     @property
     def buffered(self) -> int:
         """Bytes held but not yet parsed (for tests of the memory bound)."""
-        return len(self._buf) - self._pos
+        return len(self._buf)
 
     @property
     def closed(self) -> bool:
-        """True after a fatal error or ``quit``; further input is ignored."""
-        return self._closed
+        """True after ``quit`` or a line too long; further input is ignored."""
+        return self._closed or self._buf.failed
 
     def feed(self, data: bytes) -> None:
         """Add bytes received from the peer."""
@@ -541,91 +544,56 @@ class CommandParser:
         self._buf += data
 
     def next_command(self) -> Command | NeedData:
-        """Return the next complete command, or :data:`NEED_DATA`."""
+        """Return the next complete command, or :data:`NEED_DATA`.
+
+        :raises RemoteProtocolError: a line is longer than the limits allow (memcached's
+            ``CLIENT_ERROR line too long``); the parser stays failed.
+        """
         if self._closed:
             return NEED_DATA
+        buf = self._buf
         if self._swallow:
             # feed() may have buffered bytes in the same call that announced the swallow.
-            have = len(self._buf) - self._pos
-            n = min(self._swallow, have)
-            self._pos += n
-            self._swallow -= n
-            self._scan = self._pos
-            self._compact()
+            self._swallow -= buf.discard_at_most(self._swallow)
             if self._swallow:
                 return NEED_DATA
         if self._pending is not None:
             return self._data_block()
-        buf = self._buf
-        nl = buf.find(b"\n", self._scan)
-        if nl < 0:
-            if len(buf) - self._pos > self._limits.max_line and self._line_too_long(len(buf)):
-                return self._fatal_line()
-            self._scan = len(buf)
-            return NEED_DATA
-        end = nl - 1 if nl > self._pos and buf[nl - 1] == 0x0D else nl
-        if end - self._pos > self._limits.max_line and self._line_too_long(end):
-            return self._fatal_line()
-        line = bytes(buf[self._pos:end])
-        self._pos = self._scan = nl + 1
+        line = buf.maybe_extract_line()
+        if line is None:
+            limits = self._limits
+            limit = limits.max_line
+            if len(buf) > limit and _is_get(buf.peek(128)):
+                limit = limits.max_get_line
+            return buf.need_data(limit, LINE_TOO_LONG)
+        if len(line) > self._limits.max_line and (
+                len(line) > self._limits.max_get_line or not _is_get(line[:128])):
+            raise buf.fail(LINE_TOO_LONG)
         cmd = self._parse_line(line)
         if cmd is None:  # a storage command: its data block follows
             return self._data_block()
-        self._compact()
         return cmd
-
-    def _line_too_long(self, end: int) -> bool:
-        """Past max_line: only a get may go on, up to max_get_line."""
-        if end - self._pos > self._limits.max_get_line:
-            return True
-        head = bytes(self._buf[self._pos:self._pos + 128]).lstrip(b" ")
-        return not head.startswith((b"get ", b"gets ", b"gat ", b"gats "))
-
-    def _fatal_line(self) -> ProtocolError:
-        self._closed = True
-        self._buf = bytearray()
-        self._pos = self._scan = 0
-        return ProtocolError(E_LINE_TOO_LONG, fatal=True)
-
-    def _compact(self) -> None:
-        pos = self._pos
-        if pos >= len(self._buf):
-            self._buf.clear()
-            self._pos = self._scan = 0
-        elif pos > 65536:
-            del self._buf[:pos]
-            self._scan -= pos
-            self._pos = 0
 
     def _data_block(self) -> Command | NeedData:
         assert self._pending is not None
         name, key, flags, exptime, length, cas, noreply, meta = self._pending
-        start = self._pos
-        stop = start + length
-        if len(self._buf) < stop + 2:
-            self._scan = len(self._buf)
+        try:
+            value = self._buf.maybe_extract_exactly(length, b"\r\n")
+        except BadBlockEnd:
+            # memcached consumed exactly n + 2 bytes too.  A meta set always reports
+            # errors; classic commands honour noreply.
+            self._pending = None
+            return ProtocolError(E_BAD_CHUNK, noreply=noreply and meta is None)
+        if value is None:
             return NEED_DATA
         self._pending = None
-        buf = self._buf
-        ok = buf[stop] == 0x0D and buf[stop + 1] == 0x0A
-        value = bytes(memoryview(buf)[start:stop]) if ok else b""
-        self._pos = self._scan = stop + 2
-        self._compact()
-        if not ok:
-            # A meta set always reports errors; classic commands honour noreply.
-            return ProtocolError(E_BAD_CHUNK, noreply=noreply and meta is None)
         if meta is not None:
             return MetaSet(key, value, meta)
         return Store(name, key, flags, exptime, value, cas, noreply)
 
     def _too_large(self, name: bytes, key: bytes, length: int, noreply: bool) -> TooLarge:
         # Discard the value and its CRLF as it arrives instead of buffering it.
-        have = len(self._buf) - self._pos
-        n = min(have, length + 2)
-        self._pos += n
-        self._scan = self._pos
-        self._swallow = length + 2 - n
-        self._compact()
+        self._swallow_now(length + 2)
         return TooLarge(name, key, noreply)
 
     def _parse_line(self, line: bytes) -> Command | None:
@@ -731,11 +699,7 @@ class CommandParser:
         return MetaArith(key, flags)
 
     def _swallow_now(self, count: int) -> None:
-        have = len(self._buf) - self._pos
-        n = min(have, count)
-        self._pos += n
-        self._scan = self._pos
-        self._swallow = count - n
+        self._swallow = count - self._buf.discard_at_most(count)
 
     def _delete(self, tokens: list[bytes]) -> Command:
         n = len(tokens)

@@ -10,8 +10,9 @@ Theory of operation of :class:`ReplyParser`: replies arrive in request order.  M
 line; ``VALUE`` blocks (get), ``STAT`` lines (stats) and metadump lines run until ``END``;
 ``VA`` (meta) carries one data block.  The first token decides the shape, the expectation
 only decides what a bare ``END`` is (an empty get, stats or metadump).  A line longer than
-``max_line`` or a value longer than ``max_value`` raises :class:`ReplyError`: the
-connection must then be dropped, the stream cannot be trusted.
+``max_line`` or a value longer than ``max_value`` raises :class:`ReplyError` (a
+:class:`~runtime.receivebuffer.RemoteProtocolError`): the connection must then be dropped,
+the stream cannot be trusted.  Bytes wait in a :class:`~runtime.receivebuffer.ReceiveBuffer`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote_to_bytes
+
+from runtime.receivebuffer import (
+    NEED_DATA,
+    BadBlockEnd,
+    NeedData,
+    ReceiveBuffer,
+    RemoteProtocolError,
+)
 
 __all__ = [
     "NEED_DATA",
@@ -59,15 +68,6 @@ END: Final = b"END"
 
 #: Meta reply codes.
 META_CODES: Final = frozenset((b"VA", b"HD", b"EN", b"NF", b"NS", b"EX", b"MN"))
-
-
-class _NeedData:
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-#: Returned by :meth:`ReplyParser.next_reply` when the reply is not complete yet.
-NEED_DATA: Final = _NeedData()
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +266,7 @@ class Expect(enum.Enum):
     METADUMP = "metadump"
 
 
-class ReplyError(ValueError):
+class ReplyError(RemoteProtocolError, ValueError):
     """The server sent something that is not a memcached reply; drop the connection."""
 
 
@@ -302,9 +302,7 @@ class ReplyParser:
     """
 
     def __init__(self, max_line: int = 64 * 1024, max_value: int = 64 * 1024 * 1024 + 1024) -> None:
-        self._buf = bytearray()
-        self._pos = 0
-        self._scan = 0
+        self._buf = ReceiveBuffer()
         self._max_line = max_line
         self._max_value = max_value
         self._expect: deque[Expect] = deque()
@@ -328,44 +326,26 @@ class ReplyParser:
         self._buf += data
 
     def _line(self) -> bytes | None:
-        buf = self._buf
-        nl = buf.find(b"\n", self._scan)
-        if nl < 0:
-            if len(buf) - self._pos > self._max_line:
-                raise ReplyError("reply line too long")
-            self._scan = len(buf)
-            return None
-        end = nl - 1 if nl > self._pos and buf[nl - 1] == 0x0D else nl
-        line = bytes(buf[self._pos:end])
-        self._pos = self._scan = nl + 1
+        line = self._buf.maybe_extract_line()
+        if line is None:
+            try:
+                self._buf.need_data(self._max_line, "reply line too long")
+            except RemoteProtocolError as exc:
+                raise ReplyError(exc.reason) from None
         return line
 
-    def _compact(self) -> None:
-        if self._pos >= len(self._buf):
-            self._buf.clear()
-            self._pos = self._scan = 0
-        elif self._pos > 65536:
-            del self._buf[:self._pos]
-            self._scan -= self._pos
-            self._pos = 0
-
     def _take_block(self, length: int) -> bytes | None:
-        start = self._pos
-        if len(self._buf) < start + length + 2:
-            return None
-        if self._buf[start + length:start + length + 2] != CRLF:
-            raise ReplyError("value block does not end in CRLF")
-        data = bytes(memoryview(self._buf)[start:start + length])
-        self._pos = self._scan = start + length + 2
-        return data
+        try:
+            return self._buf.maybe_extract_exactly(length, CRLF)
+        except BadBlockEnd:
+            raise ReplyError("value block does not end in CRLF") from None
 
     def _done(self, reply: Reply) -> Reply:
         if self._expect:
             self._expect.popleft()
-        self._compact()
         return reply
 
-    def next_reply(self) -> Reply | _NeedData:
+    def next_reply(self) -> Reply | NeedData:
         """The next complete reply, or :data:`NEED_DATA`.
 
         :raises ReplyError: the bytes are not a memcached reply.

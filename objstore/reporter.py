@@ -30,6 +30,7 @@ from twisted.internet import defer
 
 from objstore.stats import OP_NAMES
 from runtime.nodekeys import DEFAULT_PREFIX, hot_key, report_key
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 if TYPE_CHECKING:
     from runtime.metrics import JobRecorder
@@ -120,13 +121,15 @@ class RedisClusterSink:
     :param nodes: startup nodes as ``host:port`` strings.
     :param prefix: ``cluster.redis_prefix``, which keeps installations sharing one Redis
         Cluster apart.
+    :param auth: ACL user, password and TLS for Redis (read by ``main()``).
     """
 
     def __init__(self, nodes: Sequence[str], timeout: float = 2.0,
-                 prefix: str = DEFAULT_PREFIX) -> None:
+                 prefix: str = DEFAULT_PREFIX, auth: RedisAuth = NO_REDIS_AUTH) -> None:
         self._nodes = list(nodes)
         self._timeout = timeout
         self._prefix = prefix
+        self._auth = auth
         self._client: Any = None
 
     def _connect(self) -> Any:
@@ -141,7 +144,7 @@ class RedisClusterSink:
         # No retries inside redis-py: a failed report is retried by the scheduler.
         return RedisCluster(startup_nodes=startup, socket_timeout=self._timeout,
                             socket_connect_timeout=self._timeout,
-                            retry=Retry(NoBackoff(), 0))
+                            retry=Retry(NoBackoff(), 0), **self._auth.client_kwargs())
 
     def write(self, node_id: str, fields: dict[str, str], hot: dict[bytes, float],
               ttl: int) -> None:

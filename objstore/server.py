@@ -43,6 +43,7 @@ from objstore import protocol as p
 from objstore.replies import ErrorReply, Reply, serialize_into
 from objstore.stats import Counters
 from runtime.directwrite import nothing_queued, send_now
+from runtime.receivebuffer import RemoteProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,11 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
                     if len(self._slots) >= limit:
                         self._pause_reading()
                         break
-                    cmd = parser.next_command()
+                    try:
+                        cmd = parser.next_command()
+                    except RemoteProtocolError as exc:
+                        # The peer broke a limit: memcached's words for it, then close.
+                        cmd = p.ProtocolError(b"CLIENT_ERROR " + exc.reason.encode(), fatal=True)
                     if cmd is p.NEED_DATA:
                         break
                     if self._inflight and not self._is_write(cmd):  # type: ignore[arg-type]

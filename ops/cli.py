@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ops.config import Config, ConfigError, find_config_path, load_config
+from runtime.secrets import Credentials, load_credentials
 
 #: Exit codes (sysexits.h), so scripts can tell usage errors from outages.
 EX_OK = 0
@@ -39,6 +40,18 @@ class CommandContext:
         self.environ = environ
         self.out = sys.stdout
         self.err = sys.stderr
+        self._credentials: Credentials | None = None
+
+    @property
+    def credentials(self) -> Credentials:
+        """The Redis and PostgreSQL secrets the config names, read on first use (commands
+        that connect to neither, such as ``dev down``, never need them).
+
+        :raises ConfigError: a secret file is missing or not private.
+        """
+        if self._credentials is None:
+            self._credentials = load_credentials(self.config.cluster)
+        return self._credentials
 
     def say(self, message: str) -> None:
         print(message, file=self.out, flush=True)
@@ -119,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(ctx)
-    except ConfigError as exc:  # met when the command opens what the config names
+    except ConfigError as exc:
         print(f"objmail: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG
     except KeyboardInterrupt:

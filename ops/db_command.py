@@ -48,8 +48,9 @@ def run(ctx: CommandContext) -> int:
 
 
 def _migrate(ctx: CommandContext, dsn: str) -> int:
-    applied = migrate_dsn(dsn)
-    states = status_dsn(dsn)
+    password = ctx.credentials.pg_password
+    applied = migrate_dsn(dsn, password=password)
+    states = status_dsn(dsn, password=password)
     version = max((s.version for s in states if s.state == "applied"), default=0)
     if ctx.args.json:
         ctx.say(json.dumps({"applied": [f"{m.version:04d}_{m.name}" for m in applied],
@@ -64,7 +65,7 @@ def _migrate(ctx: CommandContext, dsn: str) -> int:
 
 
 def _status(ctx: CommandContext, dsn: str) -> int:
-    states = status_dsn(dsn)
+    states = status_dsn(dsn, password=ctx.credentials.pg_password)
     if ctx.args.json:
         ctx.say(json.dumps([{"version": s.version, "name": s.name, "state": s.state,
                              "applied_at": s.applied_at.isoformat() if s.applied_at else None}

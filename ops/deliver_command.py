@@ -42,9 +42,12 @@ def run(ctx: CommandContext) -> int:
         return EX_DATAERR
 
     async def deliver() -> int:
-        store = await MetadataStore.open(ctx.config.cluster.pg_dsn, pool_min=1, pool_max=2)
+        creds = ctx.credentials
+        store = await MetadataStore.open(ctx.config.cluster.pg_dsn, pool_min=1, pool_max=2,
+                                         password=creds.pg_password)
         try:
-            blobs = await BlobClient.open(ctx.config.cluster, ctx.config.director)
+            blobs = await BlobClient.open(ctx.config.cluster, ctx.config.director,
+                                          auth=creds.redis)
             try:
                 done = await Deliverer(store, blobs, ctx.config.metadata, ctx.config.imapd.max_message_size).deliver(
                     ctx.args.user, raw, mailbox=ctx.args.mailbox, flags=ctx.args.flags,

@@ -13,6 +13,7 @@ from ops.cli import EX_OK, EX_UNAVAILABLE, CommandContext
 from ops.config import ENV_PG_DSN, ENV_REDIS_NODES, load_config
 from ops.devcluster import DevCluster, DevOptions
 from ops.launcher import LaunchError
+from runtime.secrets import load_credentials
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -98,9 +99,12 @@ def _demo(ctx: CommandContext, cluster: DevCluster) -> int:
 
     config = cluster.config
     name, password = ctx.args.user, ctx.args.password
+    # The cluster's own config names its generated secrets (ctx.config may not).
+    creds = load_credentials(config.cluster)
 
     async def seed() -> int:
-        store = await MetadataStore.open(config.cluster.pg_dsn, pool_min=1, pool_max=2)
+        store = await MetadataStore.open(config.cluster.pg_dsn, pool_min=1, pool_max=2,
+                                         password=creds.pg_password)
         try:
             try:
                 user = await store.users.get(name)
@@ -109,7 +113,7 @@ def _demo(ctx: CommandContext, cluster: DevCluster) -> int:
                 ctx.say(f"created user {name!r} with password {password!r}")
             if (await store.mailboxes.status(user.id, "INBOX")).messages:
                 return 0
-            blobs = await BlobClient.open(config.cluster, config.director)
+            blobs = await BlobClient.open(config.cluster, config.director, auth=creds.redis)
             try:
                 deliverer = Deliverer(store, blobs, config.metadata, config.imapd.max_message_size)
                 messages = demo_messages(name)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import os
 import pwd
 import shutil
@@ -25,15 +26,28 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from secrets import token_urlsafe
+from typing import Any
 from urllib.parse import urlsplit
 
 from director.keyring import Keyring, write_keyring
 from ops import binaries
 from ops.config import Config, parse_hostport, to_toml
-from ops.launcher import Launcher, LaunchError, ProcessSpec, ProcessStatus, tcp_connectable
+from ops.launcher import (
+    Launcher,
+    LaunchError,
+    ProcessSpec,
+    ProcessStatus,
+    private_dir,
+    tcp_connectable,
+)
+from runtime.secrets import Credentials, RedisAuth, load_credentials, write_secret
 
 #: Zones given to the dev object servers in turn.
 DEV_ZONES = ("a", "b", "c")
+
+#: The Redis ACL user the dev cluster creates for objmail (the ``default`` user is off).
+DEV_REDIS_USER = "objmail"
 
 
 @dataclass(frozen=True)
@@ -83,9 +97,11 @@ class DevCluster:
     def __init__(self, config: Config, run_dir: Path, options: DevOptions | None = None) -> None:
         self.run_dir = run_dir.resolve()
         self.options = options or DevOptions()
-        self.config = self._with_dev_keyring(self._with_dev_tls(config))
+        self.config = self._with_dev_keyring(self._with_dev_credentials(
+            self._with_dev_tls(config)))
         self.launcher = Launcher(self.run_dir)
         self.config_path = self.run_dir / "objmail.toml"
+        self._credentials: Credentials | None = None
 
     def _with_dev_tls(self, config: Config) -> Config:
         """Give imapd the cluster's self-signed certificate unless one is configured.
@@ -105,8 +121,8 @@ class DevCluster:
 
     @property
     def keyring_path(self) -> Path:
-        """The dev cluster's keyring, made by :meth:`write_config` when missing."""
-        return self.run_dir / "keyring.toml"
+        """The dev cluster's keyring, made by :meth:`ensure_secrets` when missing."""
+        return self.secrets_dir / "keyring.toml"
 
     def _with_dev_keyring(self, config: Config) -> Config:
         """Point the director at the cluster's own keyring unless the config names one
@@ -121,6 +137,53 @@ class DevCluster:
     def tls_paths(self) -> tuple[Path, Path]:
         """The dev cluster's self-signed certificate and key."""
         return self.run_dir / "tls" / "imapd-cert.pem", self.run_dir / "tls" / "imapd-key.pem"
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Where the generated passwords live (mode 0700, files 0600)."""
+        return self.run_dir / "secrets"
+
+    def _with_dev_credentials(self, config: Config) -> Config:
+        """Name the cluster's generated Redis and PostgreSQL password files in its config,
+        unless the config names its own or points at servers this cluster does not run."""
+        cluster = config.cluster
+        changes: dict[str, Any] = {}
+        if not self.options.external_redis and not cluster.redis_password_file:
+            changes["redis_user"] = cluster.redis_user or DEV_REDIS_USER
+            changes["redis_password_file"] = str(self.secrets_dir / "redis-password")
+        if not self.options.external_pg and not cluster.pg_password_file:
+            changes["pg_password_file"] = str(self.secrets_dir / "pg-password")
+        if not changes:
+            return config
+        return dataclasses.replace(config, cluster=dataclasses.replace(cluster, **changes))
+
+    def ensure_secrets(self) -> None:
+        """Create the generated password files and keyring that do not exist yet (0600,
+        in a 0700 directory); a file the config names outside :attr:`secrets_dir` is the
+        operator's."""
+        cluster = self.config.cluster
+        for name in (cluster.redis_password_file, cluster.pg_password_file):
+            path = Path(name) if name else None
+            if path is not None and path.parent == self.secrets_dir and not path.exists():
+                private_dir(self.secrets_dir)
+                write_secret(path, token_urlsafe(32))
+        if Path(self.config.director.keyring_file) == self.keyring_path \
+                and not self.keyring_path.exists():
+            private_dir(self.secrets_dir)
+            write_keyring(self.keyring_path, Keyring.generate())
+
+    @property
+    def credentials(self) -> Credentials:
+        """The secrets the cluster's config names, read once (after :meth:`ensure_secrets`).
+
+        :raises ConfigError: a secret file is missing or not private.
+        """
+        if self._credentials is None:
+            self._credentials = load_credentials(self.config.cluster)
+        return self._credentials
+
+    def _redis_auth(self) -> RedisAuth:
+        return self.credentials.redis
 
     # -- the plan -------------------------------------------------------------------
 
@@ -172,17 +235,31 @@ class DevCluster:
         def before() -> None:
             if (data / "PG_VERSION").exists():
                 return
-            data.mkdir(parents=True, exist_ok=True)
-            sockdir.mkdir(parents=True, exist_ok=True)
             if user is not None:
                 _make_traversable(self.run_dir)
-                for path in (data, sockdir):
-                    shutil.chown(path, user, user)
+            for path in (data.parent, data, sockdir):
+                private_dir(path, owner=user)
+            password = self.credentials.pg_password
+            if password is None:
+                raise LaunchError("the dev PostgreSQL needs cluster.pg_password_file")
+            # initdb reads the superuser's password from a file it can open (it runs as
+            # the postgres account under root); the file goes once initdb is done.
+            pwfile = data.parent / "initdb-password"
+            pwfile.unlink(missing_ok=True)
+            write_secret(pwfile, password)
+            if user is not None:
+                shutil.chown(pwfile, user, user)
             initdb = binaries.require(binaries.INITDB, install=self.options.install_missing)
-            result = subprocess.run(
-                [initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                 "--no-locale", "--no-sync"],
-                user=user, capture_output=True, text=True, check=False)
+            superuser = urlsplit(self.config.cluster.pg_dsn).username or "postgres"
+            try:
+                # scram-sha-256 for local and host connections: no client gets in without
+                # the password, and the server keeps only a salted verifier of it.
+                result = subprocess.run(
+                    [initdb, "-D", str(data), "-U", superuser, "--auth=scram-sha-256",
+                     f"--pwfile={pwfile}", "-E", "UTF8", "--no-locale", "--no-sync"],
+                    user=user, capture_output=True, text=True, check=False)
+            finally:
+                pwfile.unlink(missing_ok=True)
             if result.returncode != 0:
                 raise LaunchError(f"initdb failed for {data}:\n{result.stderr.strip()}")
 
@@ -192,6 +269,7 @@ class DevCluster:
 
     def _create_database(self) -> None:
         dsn = self.config.cluster.pg_dsn
+        password = self.credentials.pg_password
         parts = urlsplit(dsn)
         dbname = parts.path.lstrip("/") or "postgres"
         admin_dsn = parts._replace(path="/postgres").geturl()
@@ -202,7 +280,7 @@ class DevCluster:
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    conn = await asyncpg.connect(admin_dsn)
+                    conn = await asyncpg.connect(admin_dsn, password=password)
                     break
                 except asyncpg.CannotConnectNowError:
                     # pg_isready can say yes a moment before the server's recovery ends.
@@ -221,35 +299,42 @@ class DevCluster:
         # A usable cluster has the schema of this release (idempotent when already there).
         from metadata.migrate import migrate_dsn
 
-        migrate_dsn(dsn)
+        migrate_dsn(dsn, password=password)
 
     def _stage_redis(self) -> Stage | None:
         if self.options.external_redis:
             return None
         server = binaries.require(binaries.REDIS_SERVER, install=self.options.install_missing)
+        auth_conf = self.run_dir / "redis" / "auth.conf"
         specs = []
         for host, port in self.redis_addresses:
             node_dir = self.run_dir / "redis" / str(port)
-            argv = [server, "--port", str(port), "--bind", host, "--protected-mode", "no",
+            # The ACL and replication passwords come from a 0600 file, never argv (`ps`).
+            argv = [server, str(auth_conf), "--port", str(port), "--bind", host,
+                    "--protected-mode", "yes",
                     "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", str(self.options.redis_node_timeout_ms),
                     "--dir", str(node_dir), "--appendonly", "yes",
                     "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
                     "--logfile", ""]
             specs.append(ProcessSpec(f"redis-{port}", "redis", tuple(argv),
-                                     (port, port + 10000), _redis_ping_probe(host, port),
+                                     (port, port + 10000),
+                                     _redis_ping_probe(host, port, self._redis_auth),
                                      host=host, cwd=str(self.run_dir)))
 
         def before() -> None:
+            private_dir(self.run_dir / "redis")
             for _host, port in self.redis_addresses:
-                (self.run_dir / "redis" / str(port)).mkdir(parents=True, exist_ok=True)
+                private_dir(self.run_dir / "redis" / str(port))
+            _write_private(auth_conf, redis_auth_conf(self._redis_auth()))
 
         return Stage("redis", specs, after_start=self._form_redis_cluster, before_start=before)
 
     def _form_redis_cluster(self) -> None:
         """Create the cluster once; later starts just wait for it to be healthy again."""
         addresses = self.redis_addresses
-        infos = [_redis_cluster_info(h, p) for h, p in addresses]
+        auth = self._redis_auth()
+        infos = [_redis_cluster_info(h, p, auth) for h, p in addresses]
         formed = all(int(i.get("cluster_known_nodes", "1")) >= len(addresses) for i in infos)
         if not formed:
             if any(int(i.get("cluster_known_nodes", "1")) > 1 for i in infos):
@@ -258,16 +343,19 @@ class DevCluster:
                     f"{self.run_dir / 'redis'} to start the Redis Cluster afresh")
             cli = binaries.require(binaries.REDIS_CLI, install=self.options.install_missing)
             replicas = "1" if len(addresses) >= 6 else "0"
+            user = ["--user", auth.username] if auth.username else []
+            # redis-cli takes the password from REDISCLI_AUTH: not in argv, so not in `ps`.
+            env = dict(os.environ, REDISCLI_AUTH=auth.password) if auth.password else None
             result = subprocess.run(
-                [cli, "--cluster", "create", *[f"{h}:{p}" for h, p in addresses],
+                [cli, *user, "--cluster", "create", *[f"{h}:{p}" for h, p in addresses],
                  "--cluster-replicas", replicas, "--cluster-yes"],
-                capture_output=True, text=True, check=False, timeout=120)
+                capture_output=True, text=True, check=False, timeout=120, env=env)
             if result.returncode != 0:
                 raise LaunchError(
                     f"redis-cli --cluster create failed:\n{result.stdout[-2000:]}"
                     f"{result.stderr[-2000:]}")
-        wait_redis_cluster_ok(addresses, timeout=60)
-        wait_redis_replicas(addresses, timeout=60)
+        wait_redis_cluster_ok(addresses, timeout=60, auth=auth)
+        wait_redis_replicas(addresses, timeout=60, auth=auth)
 
     def _stage_objstore(self) -> Stage | None:
         specs = [self.objstored_spec(n.name, n.host, n.port, n.data_dir, zone=n.zone,
@@ -275,7 +363,13 @@ class DevCluster:
                  for n in self.dev_objstores()]
         if not specs:
             return None
-        return Stage("objstore", specs, after_start=self._register_objstores)
+
+        def before() -> None:
+            for n in self.dev_objstores():
+                private_dir(n.data_dir)
+
+        return Stage("objstore", specs, after_start=self._register_objstores,
+                     before_start=before)
 
     def _register_objstores(self) -> None:
         """Add the dev object servers to the registry (what ``objmail node add`` does)
@@ -286,7 +380,8 @@ class DevCluster:
         wanted = self.dev_objstores()
 
         async def register() -> None:
-            state = await RedisState.open(self.config.cluster, self.config.director)
+            state = await RedisState.open(self.config.cluster, self.config.director,
+                                          auth=self._redis_auth())
             try:
                 known = {n.id: n for n in (await state.registry.snapshot()).nodes}
                 for n in wanted:
@@ -369,7 +464,7 @@ class DevCluster:
             if cert.exists() and key.exists():
                 return
             openssl = binaries.require(binaries.OPENSSL, install=self.options.install_missing)
-            cert.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(cert.parent)
             result = subprocess.run(
                 [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "825",
                  "-subj", "/CN=localhost", "-addext",
@@ -401,11 +496,9 @@ class DevCluster:
 
     def write_config(self) -> Path:
         """The config every daemon of this cluster reads (``var/objmail.toml``), and the
-        keyring it names when that is the cluster's own and does not exist yet."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if Path(self.config.director.keyring_file) == self.keyring_path \
-                and not self.keyring_path.exists():
-            write_keyring(self.keyring_path, Keyring.generate())
+        password files and keyring it names."""
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.ensure_secrets()
         text = ("# Written by `objmail dev up`; every daemon of this cluster reads it.\n"
                 + to_toml(self.config))
         tmp = self.config_path.with_suffix(".tmp")
@@ -479,11 +572,12 @@ def objstored_process_spec(name: str, host: str, port: int, data_dir: Path,
                        cwd=str(_project_root()))
 
 
-def wait_redis_cluster_ok(addresses: Sequence[tuple[str, int]], timeout: float) -> None:
+def wait_redis_cluster_ok(addresses: Sequence[tuple[str, int]], timeout: float, *,
+                          auth: RedisAuth) -> None:
     """Wait until every node says ``cluster_state:ok`` and knows all the others."""
     deadline = time.monotonic() + timeout
     while True:
-        infos = [_redis_cluster_info(h, p) for h, p in addresses]
+        infos = [_redis_cluster_info(h, p, auth) for h, p in addresses]
         if all(i.get("cluster_state") == "ok"
                and int(i.get("cluster_known_nodes", "0")) >= len(addresses) for i in infos):
             return
@@ -495,7 +589,8 @@ def wait_redis_cluster_ok(addresses: Sequence[tuple[str, int]], timeout: float) 
         time.sleep(0.2)
 
 
-def wait_redis_replicas(addresses: Sequence[tuple[str, int]], timeout: float) -> None:
+def wait_redis_replicas(addresses: Sequence[tuple[str, int]], timeout: float, *,
+                        auth: RedisAuth) -> None:
     """Wait until every master has an online replica.
 
     The cluster says ``ok`` as soon as the slots are served, while replicas may still
@@ -506,7 +601,8 @@ def wait_redis_replicas(addresses: Sequence[tuple[str, int]], timeout: float) ->
 
     deadline = time.monotonic() + timeout
     for host, port in addresses:
-        client = redis.Redis(host=host, port=port, decode_responses=True, socket_timeout=2)
+        client = redis.Redis(host=host, port=port, decode_responses=True, socket_timeout=2,
+                             **auth.client_kwargs())
         try:
             while True:
                 info = client.info("replication")
@@ -522,11 +618,12 @@ def wait_redis_replicas(addresses: Sequence[tuple[str, int]], timeout: float) ->
             client.close()
 
 
-def _redis_cluster_info(host: str, port: int) -> dict[str, str]:
+def _redis_cluster_info(host: str, port: int, auth: RedisAuth) -> dict[str, str]:
     import redis
 
     try:
-        client = redis.Redis(host=host, port=port, socket_timeout=2, socket_connect_timeout=2)
+        client = redis.Redis(host=host, port=port, socket_timeout=2, socket_connect_timeout=2,
+                             **auth.client_kwargs())
         try:
             raw = client.execute_command("CLUSTER", "INFO")
         finally:
@@ -537,11 +634,50 @@ def _redis_cluster_info(host: str, port: int) -> dict[str, str]:
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
 
-def _redis_ping_probe(host: str, port: int) -> Callable[[], bool]:
+def redis_auth_conf(auth: RedisAuth) -> str:
+    """The dev Redis's ACL and replication settings (a config file, mode 0600).
+
+    objmail's user may do everything (``~* &* +@all``); the server keeps only the SHA-256
+    of its password.  The ``default`` user is off, so a client that does not
+    authenticate can run no command.  Replicas authenticate to their master as the same
+    user (``masteruser``/``masterauth``), so replication and failover keep working.
+    """
+    if auth.password is None:
+        raise LaunchError("the dev Redis needs cluster.redis_password_file")
+    digest = hashlib.sha256(auth.password.encode()).hexdigest()
+    user = auth.username or "default"
+    lines = ["# Written by `objmail dev up`: who may use this Redis.",
+             "protected-mode yes"]
+    if user != "default":
+        lines.append("user default off")
+    lines += [f"user {user} on #{digest} ~* &* +@all",
+              f"masterauth {_redis_conf_quote(auth.password)}"]
+    if user != "default":
+        lines.append(f"masteruser {user}")
+    return "\n".join(lines) + "\n"
+
+
+def _redis_conf_quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace ``path`` atomically with ``text``, mode 0600 from its creation."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    tmp.replace(path)
+
+
+def _redis_ping_probe(host: str, port: int,
+                      auth: Callable[[], RedisAuth]) -> Callable[[], bool]:
     def probe() -> bool:
         import redis
 
-        client = redis.Redis(host=host, port=port, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis(host=host, port=port, socket_timeout=1, socket_connect_timeout=1,
+                             **auth().client_kwargs())
         try:
             return bool(client.ping())
         finally:

@@ -62,7 +62,8 @@ def run(ctx: CommandContext) -> int:
     async def work(client: BlobClient, stop: StopFlag) -> int:
         try:
             store = await MetadataStore.open(ctx.config.cluster.pg_dsn, pool_min=1,
-                                             pool_max=2)
+                                             pool_max=2,
+                                             password=ctx.credentials.pg_password)
         except (MetadataError, OSError) as exc:
             ctx.warn(f"objmail: PostgreSQL is unavailable: {exc}")
             return EX_TEMPFAIL

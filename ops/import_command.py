@@ -69,9 +69,12 @@ def run(ctx: CommandContext) -> int:
         flag = StopFlag(ctx, asyncio.current_task())
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, flag.press)
-        store = await MetadataStore.open(ctx.config.cluster.pg_dsn, pool_min=1, pool_max=4)
+        creds = ctx.credentials
+        store = await MetadataStore.open(ctx.config.cluster.pg_dsn, pool_min=1, pool_max=4,
+                                         password=creds.pg_password)
         try:
-            blobs = await BlobClient.open(ctx.config.cluster, ctx.config.director)
+            blobs = await BlobClient.open(ctx.config.cluster, ctx.config.director,
+                                          auth=creds.redis)
             try:
                 user = await store.users.get(ctx.args.user)
                 importer = Importer(store, Deliverer(store, blobs, ctx.config.metadata, ctx.config.imapd.max_message_size), user,

@@ -92,7 +92,8 @@ def run_job(ctx: CommandContext,
     async def main() -> int:
         flag = StopFlag(ctx, asyncio.current_task())
         loop = asyncio.get_running_loop()
-        client = await BlobClient.open(ctx.config.cluster, ctx.config.director, retry=CLI_RETRY)
+        client = await BlobClient.open(ctx.config.cluster, ctx.config.director, retry=CLI_RETRY,
+                                       auth=ctx.credentials.redis)
         # Not possible outside the main thread: Ctrl-C then just interrupts.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGINT, flag.press)

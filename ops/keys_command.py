@@ -230,7 +230,7 @@ def rotate_keys(ctx: CommandContext) -> int:
                 "every frontend and restart them")
         # A client of the grown keyring: it records the new key, then seals with it.
         fresh = await BlobClient.open(ctx.config.cluster, ctx.config.director,
-                                      retry=CLI_RETRY)
+                                      retry=CLI_RETRY, auth=ctx.credentials.redis)
         try:
             return await rotate(ctx, Rekeyer(fresh, rate=rate), stop)
         finally:

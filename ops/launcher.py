@@ -16,6 +16,7 @@ import contextlib
 import errno
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 
 class LaunchError(RuntimeError):
@@ -49,6 +51,8 @@ class ProcessSpec:
     stop_signal: int = signal.SIGTERM
     ready_timeout: float = 30.0
     cwd: str | None = None
+    #: Files the daemon creates (data, AOF, LMDB) are its owner's alone.
+    umask: int = 0o077
 
     @property
     def port(self) -> int:
@@ -132,6 +136,27 @@ def free_port_block(count: int = 1, *, bus_offset: int = 0, host: str = "127.0.0
 def free_port(host: str = "127.0.0.1") -> int:
     """One port nothing holds, outside the ephemeral range (see :func:`free_port_block`)."""
     return free_port_block(1, host=host)
+
+
+def private_dir(path: Path, *, owner: str | None = None) -> Path:
+    """Create ``path`` (and missing parents) and make it 0700: logs and data of the
+    cluster may hold mail and secrets.
+
+    :param owner: the account that must own it (the PostgreSQL data of a root launcher).
+    """
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    if owner is not None:
+        shutil.chown(path, owner, owner)
+    return path
+
+
+def open_private_log(path: Path) -> BinaryIO:
+    """``path`` opened for appending, 0600 (a daemon's log may quote mail); a log an
+    older launcher left readable is made private too."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")
 
 
 def tcp_connectable(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -221,14 +246,14 @@ class Launcher:
         :returns: True when a process was started, False when it already ran.
         :raises LaunchError: it exited early or was not ready in time.
         """
-        self.pid_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.pid_dir)
+        private_dir(self.log_dir)
         if self.pid_of(spec) is not None:
             self.wait_ready(spec, None)
             return False
         self.check_ports([spec])
         log_path = self.logfile(spec.name)
-        with open(log_path, "ab") as log:
+        with open_private_log(log_path) as log:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting "
                       f"{' '.join(spec.argv)}\n".encode())
             log.flush()
@@ -236,7 +261,8 @@ class Launcher:
             env.update(spec.env)
             proc = subprocess.Popen(
                 list(spec.argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, cwd=spec.cwd, user=spec.user, start_new_session=True, close_fds=True)
+                env=env, cwd=spec.cwd, user=spec.user, umask=spec.umask,
+                start_new_session=True, close_fds=True)
         self.pidfile(spec.name).write_text(f"{proc.pid} {_start_time(proc.pid) or ''}\n")
         self.wait_ready(spec, proc)
         return True

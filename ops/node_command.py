@@ -74,7 +74,8 @@ def with_state(ctx: CommandContext, work: Callable[[RedisState], Awaitable[int]]
     """Open the director's Redis state, run ``work``, map failures to exit codes."""
 
     async def main() -> int:
-        state = await RedisState.open(ctx.config.cluster, ctx.config.director, retry=CLI_RETRY)
+        state = await RedisState.open(ctx.config.cluster, ctx.config.director, retry=CLI_RETRY,
+                                      auth=ctx.credentials.redis)
         async with state:
             return await work(state)
 

@@ -22,6 +22,7 @@ from metadata.errors import MetadataError
 from metadata.store import MetadataStore
 from ops.cli import EX_OK, EX_TEMPFAIL, CommandContext
 from ops.config import Config, parse_hostport
+from runtime.secrets import Credentials
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,16 @@ async def node_bytes(node: Node, timeout: float) -> int | None:
         await client.close()
 
 
-async def collect(config: Config) -> StorageStats:
+async def collect(config: Config, credentials: Credentials) -> StorageStats:
     """Gather the figures from PostgreSQL, the registry, the index and the nodes."""
-    store = await MetadataStore.open(config.cluster.pg_dsn, pool_min=1, pool_max=2)
+    store = await MetadataStore.open(config.cluster.pg_dsn, pool_min=1, pool_max=2,
+                                     password=credentials.pg_password)
     try:
         totals = await store.users.totals()
     finally:
         await store.close()
-    async with await RedisState.open(config.cluster, config.director) as state:
+    async with await RedisState.open(config.cluster, config.director,
+                                     auth=credentials.redis) as state:
         nodes = [n for n in (await state.registry.snapshot()).nodes
                  if n.state is not NodeState.REMOVED]
         blobs = await state.index.count()
@@ -86,7 +89,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(ctx: CommandContext) -> int:
     try:
-        stats = asyncio.run(collect(ctx.config))
+        stats = asyncio.run(collect(ctx.config, ctx.credentials))
     except (MetadataError, DirectorError, OSError) as exc:
         ctx.warn(f"objmail stats: {exc}")
         return EX_TEMPFAIL

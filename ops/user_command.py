@@ -153,7 +153,8 @@ def run(ctx: CommandContext, *, stdin: TextIO | None = None, prompt: Prompt | No
 
 
 async def _dispatch(ctx: CommandContext, action: str, password: str | None, quota: int) -> int:
-    store = await MetadataStore.open(ctx.config.cluster.pg_dsn, pool_min=1, pool_max=2)
+    store = await MetadataStore.open(ctx.config.cluster.pg_dsn, pool_min=1, pool_max=2,
+                                     password=ctx.credentials.pg_password)
     try:
         name = getattr(ctx.args, "name", "")
         if action == "add":

@@ -13,7 +13,7 @@ import shlex
 from director.keys import IndexLayout, InvalidBlobId, Keyspace, check_blob_id
 from director.redisstate import RedisState
 from ops.cli import EX_DATAERR, EX_OK, CommandContext
-from ops.config import parse_hostport
+from ops.config import ClusterConfig, parse_hostport
 from ops.node_command import with_state
 
 #: Exit status when the blob is not in the index.
@@ -27,8 +27,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(handler=run)
 
 
-def redis_cli_line(blob_id: str, layout: IndexLayout, keys: Keyspace, node: str, *,
-                   items: bool = False) -> str:
+def redis_cli_command(cluster: ClusterConfig, node: str | None = None) -> str:
+    """``redis-cli -c -h H -p P`` with the config's credentials, for a shell.
+
+    The password is read from its file into ``REDISCLI_AUTH`` by the shell, so it shows
+    neither in the printed line nor in ``ps`` (as ``-a`` would).
+    """
+    host, port = parse_hostport(node or cluster.redis_nodes[0])
+    words = ["redis-cli"]
+    if cluster.redis_user:
+        words += ["--user", shlex.quote(cluster.redis_user)]
+    if cluster.redis_tls:
+        words.append("--tls")
+        if cluster.redis_tls_ca:
+            words += ["--cacert", shlex.quote(cluster.redis_tls_ca)]
+        if cluster.redis_tls_cert:
+            words += ["--cert", shlex.quote(cluster.redis_tls_cert),
+                      "--key", shlex.quote(cluster.redis_tls_key)]
+    words += ["-c", "-h", host, "-p", str(port)]
+    line = " ".join(words)
+    if cluster.redis_password_file:
+        line = f'REDISCLI_AUTH="$(cat {shlex.quote(cluster.redis_password_file)})" {line}'
+    return line
+
+
+def redis_cli_line(blob_id: str, layout: IndexLayout, keys: Keyspace,
+                   cluster: ClusterConfig, *, items: bool = False) -> str:
     """A shell line that asks Redis directly (the field is binary: redis-cli reads the
     ``\\xHH`` escapes from a quoted argument on its standard input).
 
@@ -37,9 +61,8 @@ def redis_cli_line(blob_id: str, layout: IndexLayout, keys: Keyspace, node: str,
     bucket = layout.bucket_name(layout.bucket_of(blob_id))
     key = keys.item_bucket(bucket) if items else keys.index_bucket(bucket)
     field = "".join(f"\\x{b:02x}" for b in layout.field_of(blob_id))
-    host, port = parse_hostport(node)
     command = f'HGET {key} "{field}"'
-    return f"printf '%s\\n' {shlex.quote(command)} | redis-cli -c -h {host} -p {port}"
+    return f"printf '%s\\n' {shlex.quote(command)} | {redis_cli_command(cluster)}"
 
 
 def run(ctx: CommandContext) -> int:
@@ -59,8 +82,7 @@ def run(ctx: CommandContext) -> int:
         snapshot = await state.registry.snapshot()
         layout, keys = index.layout, index.keys
         bucket = index.bucket_key(blob_id)
-        cli = redis_cli_line(blob_id, layout, keys, ctx.config.cluster.redis_nodes[0],
-                             items=index.items)
+        cli = redis_cli_line(blob_id, layout, keys, ctx.config.cluster, items=index.items)
         rows = []
         for number in numbers:
             node = snapshot.by_number(number)

@@ -103,6 +103,18 @@ class ClusterConfig:
         "127.0.0.1:7004", "127.0.0.1:7005", "127.0.0.1:7006",
     )
     redis_prefix: str = "objmail:"
+    #: Redis ACL user objmail authenticates as ("" = the ``default`` user).
+    redis_user: str = ""
+    #: File holding the Redis password (mode 0600); "" = no AUTH.
+    redis_password_file: str = ""
+    redis_tls: bool = False
+    #: CA bundle that signed the Redis servers' certificates ("" = the system's).
+    redis_tls_ca: str = ""
+    #: Client certificate and key, for a Redis that verifies clients (tls-auth-clients).
+    redis_tls_cert: str = ""
+    redis_tls_key: str = ""
+    #: File holding the password of the pg_dsn user (mode 0600); "" = none or ~/.pgpass.
+    pg_password_file: str = ""
 
     def __post_init__(self) -> None:
         check(bool(re.fullmatch(r"[A-Za-z0-9_.:-]*:", self.redis_prefix)), "redis_prefix",
@@ -112,20 +124,16 @@ class ClusterConfig:
             parse_hostport(node, "redis_nodes")
         check(self.pg_dsn.startswith(("postgresql://", "postgres://")), "pg_dsn",
                f"expected a postgresql:// URL, got {self.pg_dsn!r}")
+        check(not self.redis_user or bool(self.redis_password_file), "redis_password_file",
+               "redis_user needs a password file")
+        check(bool(self.redis_tls_cert) == bool(self.redis_tls_key), "redis_tls_key",
+               "redis_tls_cert and redis_tls_key must be set together")
+        for key in ("redis_tls_ca", "redis_tls_cert"):
+            check(self.redis_tls or not getattr(self, key), key, "needs redis_tls = true")
 
     @property
     def redis_startup_nodes(self) -> list[tuple[str, int]]:
         return [parse_hostport(n, "cluster.redis_nodes") for n in self.redis_nodes]
-
-
-
-
-
-
-
-
-
-
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -283,12 +291,13 @@ def to_toml(config: Any) -> str:
         lines.append(f"[{section.name}]")
         sub = getattr(config, section.name)
         for f in dataclasses.fields(sub):
-            lines.append(f"{f.name} = {_toml_value(getattr(sub, f.name))}")
+            lines.append(f"{f.name} = {toml_value(getattr(sub, f.name))}")
         lines.append("")
     return "\n".join(lines)
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """``value`` (bool, number, string or list of them) written as TOML."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -296,5 +305,5 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, tuple | list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot render {value!r} as TOML")

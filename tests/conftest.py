@@ -4,12 +4,18 @@ Every service runs from the system binaries on loopback, on free ports, under a
 temporary directory, and is always stopped at the end of the session, even when
 tests fail.  Each kind of service is a separate fixture, so a test run that
 needs only PostgreSQL starts only PostgreSQL.
+
+As with ``objmail dev up``, Redis and PostgreSQL demand the passwords the launcher
+generated (``<run dir>/secrets``); the config the daemons read names the files, and test
+code gets them from :attr:`SessionCluster.credentials` (the ``postgres`` fixture's DSN
+carries the password, for test code only).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import random
 import shutil
 import sys
@@ -17,12 +23,21 @@ import tempfile
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
 
 import pytest
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import ClusterNode
+from redis.cluster import RedisCluster as SyncRedisCluster
 
+from director.redisconn import new_cluster_client
 from ops.config import ClusterConfig, Config, DirectorConfig, ImapdConfig, ObjstoreConfig
 from ops.devcluster import DevCluster, DevOptions
 from ops.launcher import free_port, free_port_block
+from runtime.config import parse_hostport
+from runtime.config import toml_value as to_toml_value
+from runtime.secrets import Credentials, RedisAuth, load_credentials
 
 
 def _find_corpus() -> Path:
@@ -145,6 +160,42 @@ class SessionCluster:
     def redis_nodes(self) -> list[str]:
         return list(self.config.cluster.redis_nodes)
 
+    @functools.cached_property
+    def credentials(self) -> Credentials:
+        """The generated Redis and PostgreSQL passwords (read once per session)."""
+        return self.cluster().credentials
+
+
+def redis_auth(cluster: ClusterConfig) -> RedisAuth:
+    """The Redis credentials ``cluster`` names, read as a daemon's main() reads them."""
+    return load_credentials(cluster).redis
+
+
+def sync_cluster_client(cluster: ClusterConfig, **kwargs: Any) -> SyncRedisCluster:
+    """A blocking redis-py cluster client of ``cluster``, with its credentials (for tests
+    that look at Redis keys directly)."""
+    host, port = parse_hostport(cluster.redis_nodes[0])
+    return SyncRedisCluster(startup_nodes=[ClusterNode(host, port)],
+                            **redis_auth(cluster).client_kwargs(), **kwargs)
+
+
+def credential_keys(cluster: ClusterConfig) -> str:
+    """The ``[cluster]`` lines naming ``cluster``'s credentials, for config files tests
+    write by hand (the section header is the caller's)."""
+    return "".join(f"{name} = {to_toml_value(getattr(cluster, name))}\n"
+                   for name in ("redis_user", "redis_password_file", "pg_password_file"))
+
+
+def dsn_with_password(dsn: str, password: str | None) -> str:
+    """``dsn`` with ``password`` in it: for test code that passes DSNs around; the
+    daemons read ``cluster.pg_password_file`` instead."""
+    if password is None:
+        return dsn
+    parts = urlsplit(dsn)
+    userinfo = f"{parts.username or ''}:{quote(password, safe='')}"
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{userinfo}@{host}").geturl()
+
 
 def make_test_config(rng: random.Random | None = None) -> Config:
     """A config whose every port is free right now."""
@@ -170,10 +221,11 @@ def make_test_config(rng: random.Random | None = None) -> Config:
 def test_cluster(tmp_path_factory: pytest.TempPathFactory) -> SessionCluster:
     run_dir = tmp_path_factory.mktemp("cluster")
     options = DevOptions(fast=True, redis_node_timeout_ms=2000)
-    # The launcher's config: the cluster's own keyring in it, as `objmail dev up` makes.
-    dev = DevCluster(make_test_config(), run_dir, options)
-    dev.write_config()
-    return SessionCluster(dev.config, run_dir, options)
+    # The launcher's config: the one given plus the password files it generates.
+    config = DevCluster(make_test_config(), run_dir, options).config
+    tc = SessionCluster(config, run_dir, options)
+    tc.cluster().write_config()
+    return tc
 
 
 @contextlib.contextmanager
@@ -189,24 +241,30 @@ def running(tc: SessionCluster, *stages: str) -> Iterator[DevCluster]:
 
 @pytest.fixture(scope="session")
 def postgres(test_cluster: SessionCluster) -> Iterator[str]:
-    """DSN of a private PostgreSQL with the objmail database created."""
+    """DSN of a private PostgreSQL with the objmail database created (password included)."""
     with running(test_cluster, "postgres"):
-        yield test_cluster.pg_dsn
+        yield dsn_with_password(test_cluster.pg_dsn, test_cluster.credentials.pg_password)
 
 
 @dataclass
 class RunningRedis:
-    """The session's Redis Cluster: startup nodes, and the launcher to kill/restart nodes."""
+    """The session's Redis Cluster: startup nodes, the credentials it demands, and the
+    launcher to kill/restart nodes."""
 
     nodes: list[str]
     cluster: DevCluster
+    auth: RedisAuth
+
+    def client(self, **kwargs: Any) -> AsyncRedisCluster:
+        """An unconnected asyncio cluster client with the credentials (for a runner)."""
+        return new_cluster_client(self.nodes, auth=self.auth, **kwargs)
 
 
 @pytest.fixture(scope="session")
 def redis_cluster(test_cluster: SessionCluster) -> Iterator[RunningRedis]:
     """A 6-node Redis Cluster (3 masters, 3 replicas) on loopback."""
     with running(test_cluster, "redis") as cluster:
-        yield RunningRedis(test_cluster.redis_nodes, cluster)
+        yield RunningRedis(test_cluster.redis_nodes, cluster, cluster.credentials.redis)
 
 
 @dataclass

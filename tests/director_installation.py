@@ -23,17 +23,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import RedisCluster
 
 from director.client import REGISTRY_REFRESH, BlobClient, open_keys
 from director.codec import BlobCodec
 from director.nodes import NodeState
 from director.redisstate import RedisState
-from ops.config import ClusterConfig, Config, DirectorConfig, ObjstoreConfig, parse_hostport
+from ops.config import Config, DirectorConfig, ObjstoreConfig
 from ops.devcluster import DevCluster, DevObjstore, DevOptions
 from ops.launcher import ProcessSpec
 from runtime.nodekeys import report_key
-from tests.conftest import RunningRedis, free_port_block
+from tests.conftest import RunningRedis, free_port_block, redis_auth, sync_cluster_client
 
 T = TypeVar("T")
 
@@ -73,12 +73,12 @@ class Installation:
         self.cluster.launcher.start(self.spec(name))
 
     def redis(self) -> RedisCluster:
-        host, port = parse_hostport(self.config.cluster.redis_nodes[0])
-        return RedisCluster(startup_nodes=[ClusterNode(host, port)])
+        return sync_cluster_client(self.config.cluster)
 
 
-def private_config(redis_nodes: list[str], objstores: int, **director: Any) -> Config:
-    """A config of its own: a fresh Redis prefix and free ports for everything.
+def private_config(redis: RunningRedis, objstores: int, **director: Any) -> Config:
+    """A config of its own on the session's Redis Cluster (and its credentials): a fresh
+    Redis prefix and free ports for everything.
 
     Load reports live 15 s so that a Redis failover (reporters back off while it lasts)
     does not make the object servers look down.
@@ -87,8 +87,8 @@ def private_config(redis_nodes: list[str], objstores: int, **director: Any) -> C
     objstore_metrics = free_port_block(max(objstores, 1))
     director_base = free_port_block(2)
     return Config(
-        cluster=ClusterConfig(redis_nodes=tuple(redis_nodes),
-                              redis_prefix=f"t{uuid.uuid4().hex[:10]}:"),
+        cluster=dataclasses.replace(redis.cluster.config.cluster,
+                                    redis_prefix=f"t{uuid.uuid4().hex[:10]}:"),
         objstore=ObjstoreConfig(listen=f"127.0.0.1:{objstore_base}", report_interval=1.0,
                                 report_ttl=15, metrics_listen=f"127.0.0.1:{objstore_metrics}"),
         director=dataclasses.replace(
@@ -98,7 +98,7 @@ def private_config(redis_nodes: list[str], objstores: int, **director: Any) -> C
 
 
 @contextlib.contextmanager
-def private_installation(redis_nodes: list[str], run_dir: Path, *, objstores: int = 4,
+def private_installation(redis: RunningRedis, run_dir: Path, *, objstores: int = 4,
                          stages: tuple[str, ...] = ("objstore",),
                          before_start: Callable[[Config], None] | None = None,
                          objstore_settings: Mapping[str, Any] | None = None,
@@ -111,7 +111,7 @@ def private_installation(redis_nodes: list[str], run_dir: Path, *, objstores: in
     :param objstore_settings: ``[objstore]`` settings to change.
     :param director: ``[director]`` settings to change.
     """
-    config = private_config(redis_nodes, objstores, **director)
+    config = private_config(redis, objstores, **director)
     if objstore_settings:
         config = dataclasses.replace(config, objstore=dataclasses.replace(
             config.objstore, **objstore_settings))
@@ -141,7 +141,7 @@ def installation_fixture(name: str, **settings: Any) -> Any:
     @pytest.fixture(scope="module")
     def installation(redis_cluster: RunningRedis,
                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
-        with private_installation(redis_cluster.nodes, tmp_path_factory.mktemp(name),
+        with private_installation(redis_cluster, tmp_path_factory.mktemp(name),
                                   **settings) as inst:
             yield inst
 
@@ -158,7 +158,8 @@ def installation_codec(config: Config) -> BlobCodec:
 def with_client(config: Config, body: Callable[[BlobClient], Awaitable[T]]) -> T:
     """Run ``body`` with a fresh blob client of the installation, on a fresh event loop."""
     async def go() -> T:
-        client = await BlobClient.open(config.cluster, config.director)
+        client = await BlobClient.open(config.cluster, config.director,
+                                       auth=redis_auth(config.cluster))
         try:
             return await body(client)
         finally:
@@ -191,8 +192,7 @@ def wait_idle(config: Config, timeout: float = 30.0) -> None:
 
 def drop_prefix(config: Config) -> None:
     """Delete every Redis key of the installation (its prefix) on every master."""
-    host, port = parse_hostport(config.cluster.redis_nodes[0])
-    rc = RedisCluster(startup_nodes=[ClusterNode(host, port)])
+    rc = sync_cluster_client(config.cluster)
     try:
         for key in list(rc.scan_iter(match=f"{config.cluster.redis_prefix}*", count=1000)):
             rc.delete(key)
@@ -205,7 +205,8 @@ def register_node(config: Config, node_id: str, address: str, *, zone: str, tier
     """Register a node that is not an objstored (a test's fake server) and give it a live
     load report, as objstored would write; returns its node number."""
     async def go() -> int:
-        state = await RedisState.open(config.cluster, config.director)
+        state = await RedisState.open(config.cluster, config.director,
+                                      auth=redis_auth(config.cluster))
         try:
             node = await state.registry.add(node_id, address, zone=zone, tier=tier)
             return node.number
@@ -213,8 +214,7 @@ def register_node(config: Config, node_id: str, address: str, *, zone: str, tier
             await state.aclose()
 
     number = asyncio.run(go())
-    host, port = parse_hostport(config.cluster.redis_nodes[0])
-    rc = RedisCluster(startup_nodes=[ClusterNode(host, port)])
+    rc = sync_cluster_client(config.cluster)
     try:
         key = report_key(node_id, config.cluster.redis_prefix)
         rc.hset(key, mapping={
@@ -230,7 +230,8 @@ def register_node(config: Config, node_id: str, address: str, *, zone: str, tier
 def wait_state(config: Config, node_id: str, wanted: NodeState, timeout: float = 30) -> None:
     """Wait until the registry shows ``node_id`` in state ``wanted``."""
     async def go() -> None:
-        state = await RedisState.open(config.cluster, config.director)
+        state = await RedisState.open(config.cluster, config.director,
+                                      auth=redis_auth(config.cluster))
         try:
             deadline = time.monotonic() + timeout
             while True:

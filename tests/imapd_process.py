@@ -26,6 +26,7 @@ from metadata.delivery import Delivered, Deliverer
 from metadata.store import MetadataStore
 from ops.config import Config, ImapdConfig, to_toml
 from ops.launcher import Launcher, ProcessSpec, free_port
+from runtime.secrets import load_credentials
 from tests.conftest import SessionCluster
 
 
@@ -138,11 +139,13 @@ class Mail:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.credentials = load_credentials(config.cluster)
 
     def create_user(self, name: str, password: str = "secret") -> None:
         async def create() -> None:
             store = await MetadataStore.open(self.config.cluster.pg_dsn, pool_min=1,
-                                             pool_max=2)
+                                             pool_max=2,
+                                             password=self.credentials.pg_password)
             try:
                 await store.users.create(name, password)
             finally:
@@ -154,8 +157,10 @@ class Mail:
                 ) -> list[Delivered]:
         async def deliver() -> list[Delivered]:
             store = await MetadataStore.open(self.config.cluster.pg_dsn, pool_min=1,
-                                             pool_max=2)
-            blobs = await BlobClient.open(self.config.cluster, self.config.director)
+                                             pool_max=2,
+                                             password=self.credentials.pg_password)
+            blobs = await BlobClient.open(self.config.cluster, self.config.director,
+                                          auth=self.credentials.redis)
             try:
                 deliverer = Deliverer(store, blobs, self.config.metadata, self.config.imapd.max_message_size)
                 return [await deliverer.deliver(user, raw, mailbox=mailbox)

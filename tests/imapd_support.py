@@ -27,7 +27,6 @@ from imapd.parser import (
     AuthResponse,
     BadCommand,
     ContinuationNeeded,
-    Fatal,
     IdleDone,
     NeedData,
     Parser,
@@ -171,8 +170,6 @@ class Client:
             if isinstance(event, BadCommand):
                 self.conn.send([event.response()])
                 continue
-            if isinstance(event, Fatal):
-                raise AssertionError(f"parser gave up: {event.text}")
             assert isinstance(event, (IdleDone, AuthResponse)) or hasattr(event, "tag")
             await self.session.dispatch(event)
             if self.session.user is not None:  # as the adapter does once logged in

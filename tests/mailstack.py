@@ -21,6 +21,7 @@ from metadata.splitter import parse_skeleton, reassemble
 from metadata.store import MetadataStore
 from metadata.uidset import UidSet
 from ops.config import Config
+from runtime.secrets import Credentials, load_credentials
 from tests.metadata_support import FAST_SCRYPT
 
 T = TypeVar("T")
@@ -33,6 +34,7 @@ class MailStack:
     store: MetadataStore
     blobs: BlobClient
     deliverer: Deliverer
+    credentials: Credentials
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
@@ -57,11 +59,14 @@ class MailStack:
 @contextlib.contextmanager
 def open_stack(config: Config) -> Iterator[MailStack]:
     loop = asyncio.new_event_loop()
+    creds = load_credentials(config.cluster)
     store = loop.run_until_complete(MetadataStore.open(
-        config.cluster.pg_dsn, pool_min=1, pool_max=20, password_params=FAST_SCRYPT))
-    blobs = loop.run_until_complete(BlobClient.open(config.cluster, config.director))
+        config.cluster.pg_dsn, pool_min=1, pool_max=20, password_params=FAST_SCRYPT,
+        password=creds.pg_password))
+    blobs = loop.run_until_complete(BlobClient.open(config.cluster, config.director,
+                                                    auth=creds.redis))
     try:
-        yield MailStack(loop, config, store, blobs, Deliverer(store, blobs, config.metadata, config.imapd.max_message_size))
+        yield MailStack(loop, config, store, blobs, Deliverer(store, blobs, config.metadata, config.imapd.max_message_size), creds)
     finally:
         loop.run_until_complete(blobs.aclose())
         loop.run_until_complete(store.close())

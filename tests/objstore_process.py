@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,23 +145,27 @@ class Objstored:
         return s
 
 
-def write_config(path: Path, objstore: dict[str, Any], redis_nodes: list[str] | None) -> None:
+def write_config(path: Path, objstore: dict[str, Any], redis_nodes: list[str] | None,
+                 cluster: Mapping[str, Any] | None = None) -> None:
     lines = ["[objstore]"]
     lines += [f"{k} = {_toml(v)}" for k, v in objstore.items()]
     if redis_nodes is not None:
         lines += ["", "[cluster]", f"redis_nodes = {_toml(redis_nodes)}"]
+        lines += [f"{k} = {_toml(v)}" for k, v in (cluster or {}).items()]
     path.write_text("\n".join(lines) + "\n")
 
 
 @contextlib.contextmanager
 def objstored(tmp_path: Path, *, workers: int = 1, redis_nodes: list[str] | None = None,
+              cluster: Mapping[str, Any] | None = None,
               extra_args: list[str] | None = None, metrics: bool = False,
               **objstore: Any) -> Iterator[Objstored]:
     """Run objstored for the block; ``objstore`` keys go to its config section; with
     ``metrics`` it serves /metrics on a free port.
 
     Without ``redis_nodes`` the reporter points at a port where nothing listens, so tests
-    never touch a Redis they did not start.
+    never touch a Redis they did not start.  ``cluster`` adds ``[cluster]`` keys (the
+    Redis credentials' files).
     """
     tmp_path.mkdir(parents=True, exist_ok=True)
     data_dir = tmp_path / f"data-{free_port()}"
@@ -169,7 +173,7 @@ def objstored(tmp_path: Path, *, workers: int = 1, redis_nodes: list[str] | None
     if redis_nodes is None:
         redis_nodes = [f"127.0.0.1:{free_port()}"]
     objstore.setdefault("map_size", 256 * 1024 * 1024)
-    write_config(config_path, objstore, redis_nodes)
+    write_config(config_path, objstore, redis_nodes, cluster)
     server = Objstored(data_dir, config_path, free_port(), workers, list(extra_args or []),
                        metrics_port=free_port() if metrics else None)
     server.start()

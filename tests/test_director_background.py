@@ -14,7 +14,7 @@ from director.background import Loop, PassControl, PassStats
 from director.errors import LeaseHeld
 from director.keys import Keyspace
 from director.lease import Lease
-from director.redisconn import ClusterRunner, new_cluster_client
+from director.redisconn import ClusterRunner
 from tests.conftest import RunningRedis
 
 
@@ -50,7 +50,7 @@ def test_checkpoint_stops_a_pass_whose_lease_was_lost(redis_cluster: RunningRedi
     """A pass whose lease ran out and was taken by another director stops at its next
     checkpoint."""
     async def go() -> None:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        runner = ClusterRunner(redis_cluster.client())
         keys = Keyspace(f"t-{uuid.uuid4().hex[:8]}:")
         try:
             now = [0.0]

@@ -15,7 +15,7 @@ from director.codec import FLAG_MANIFEST, FLAG_SEALED, FLAG_ZLIB, chunk_key, key
 from director.errors import BlobNotFound, KeyUnavailable
 from director.memcache_client import NodeAddress, NodeClient
 from ops.config import Config, parse_hostport
-from tests.conftest import CORPUS, RunningObjstores
+from tests.conftest import CORPUS, RunningObjstores, redis_auth
 
 
 def run(coro):
@@ -23,7 +23,8 @@ def run(coro):
 
 
 async def open_client(config: Config) -> BlobClient:
-    return await BlobClient.open(config.cluster, config.director)
+    return await BlobClient.open(config.cluster, config.director,
+                                 auth=redis_auth(config.cluster))
 
 
 async def raw_get(address: str, key: str):

@@ -122,7 +122,7 @@ def setup(redis_cluster: RunningRedis,
                                         tier="hdd")
 
     try:
-        with private_installation(redis_cluster.nodes, tmp_path_factory.mktemp("failover"),
+        with private_installation(redis_cluster, tmp_path_factory.mktemp("failover"),
                                   before_start=register_fakes, timeout=TIMEOUT,
                                   cache_bytes=0) as inst:
             yield Setup(inst, fakes)
@@ -320,7 +320,7 @@ def test_redis_master_killed_loses_no_acknowledged_put(setup: Setup,
     replica itself, cannot confirm fail temporarily), and every put it acknowledged is
     indexed and readable afterwards."""
     cluster = redis_cluster.cluster
-    wait_replication_links(redis_cluster.nodes)
+    wait_replication_links(redis_cluster)
     masters = current_masters(redis_cluster)
     config = setup.config
     reporting = live_reports(setup)
@@ -351,7 +351,7 @@ def test_redis_master_killed_loses_no_acknowledged_put(setup: Setup,
             longest = max(longest, time.monotonic() - started)
             acked += list(zip(ids, datas, strict=True))
         cluster.launcher.start(spec)
-        wait_redis_cluster_ok(cluster.redis_addresses, timeout=60)
+        wait_redis_cluster_ok(cluster.redis_addresses, timeout=60, auth=redis_cluster.auth)
         return acked, client.index.runner.stats.retries, longest
 
     try:
@@ -394,7 +394,7 @@ def test_index_writes_fail_while_the_replica_is_stopped(setup: Setup,
     451) after director.index_write_timeout instead of being acknowledged without a copy;
     once the replica runs again the same put succeeds and reads back."""
     cluster = redis_cluster.cluster
-    wait_replication_links(redis_cluster.nodes)
+    wait_replication_links(redis_cluster)
 
     async def go(client: BlobClient) -> None:
         runner = client.index.runner
@@ -416,7 +416,7 @@ def test_index_writes_fail_while_the_replica_is_stopped(setup: Setup,
             assert setup.config.director.index_write_timeout <= took < 10
         finally:
             cluster.launcher.signal(spec, signal.SIGCONT)
-        wait_replication_links(redis_cluster.nodes)
+        wait_replication_links(redis_cluster)
         bid = await client.put(data)
         assert await client.get(bid) == data
 

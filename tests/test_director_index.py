@@ -38,7 +38,8 @@ def with_index(redis_cluster: RunningRedis, buckets: int,
                body: Callable[[LocationIndex], Awaitable[Any]],
                keys: Keyspace | None = None) -> Any:
     async def go() -> Any:
-        index = await LocationIndex.open(redis_cluster.nodes, buckets=buckets,
+        index = await LocationIndex.open(redis_cluster.nodes,
+                                         auth=redis_cluster.auth, buckets=buckets,
                                          keys=keys or fresh_keys())
         try:
             return await body(index)
@@ -80,8 +81,10 @@ def test_concurrent_writers_of_the_same_blobs_both_count(redis_cluster: RunningR
     ids = blob_ids(2000, "conc")
 
     async def go() -> dict[str, tuple[int, ...]]:
-        a = await LocationIndex.open(redis_cluster.nodes, buckets=64, keys=keys)
-        b = await LocationIndex.open(redis_cluster.nodes, buckets=64, keys=keys)
+        a = await LocationIndex.open(redis_cluster.nodes,
+                                     auth=redis_cluster.auth, buckets=64, keys=keys)
+        b = await LocationIndex.open(redis_cluster.nodes,
+                                     auth=redis_cluster.auth, buckets=64, keys=keys)
         try:
             for i in range(0, len(ids), 100):
                 chunk = ids[i:i + 100]
@@ -141,7 +144,8 @@ def test_scan_sees_every_blob_once_and_resumes_from_its_cursor(
     want = {b: ((1, 2) if i % 3 else (2, 3)) for i, b in enumerate(ids)}
 
     async def go() -> tuple[list[tuple[str, tuple[int, ...]]], list[str], int]:
-        first = await LocationIndex.open(redis_cluster.nodes, buckets=64, keys=keys)
+        first = await LocationIndex.open(redis_cluster.nodes,
+                                         auth=redis_cluster.auth, buckets=64, keys=keys)
         await first.add_many(dict(want))
         seen: list[tuple[str, tuple[int, ...]]] = []
         page = await first.scan(0, buckets=10)
@@ -149,7 +153,8 @@ def test_scan_sees_every_blob_once_and_resumes_from_its_cursor(
         cursor = page.next_cursor
         await first.aclose()
         assert cursor == 10
-        second = await LocationIndex.open(redis_cluster.nodes, buckets=64, keys=keys)
+        second = await LocationIndex.open(redis_cluster.nodes,
+                                          auth=redis_cluster.auth, buckets=64, keys=keys)
         try:
             async for p in second.iterate(start=cursor, buckets=7):
                 seen += p.entries
@@ -202,7 +207,7 @@ def test_buckets_stay_listpacks_and_small(redis_cluster: RunningRedis) -> None:
     from redis.cluster import RedisCluster
 
     host, port = parse_hostport(redis_cluster.nodes[0])
-    rc = RedisCluster(host=host, port=port)
+    rc = RedisCluster(host=host, port=port, **redis_cluster.auth.client_kwargs())
     try:
         layout = IndexLayout(64)
         names = [keys.index_bucket(layout.bucket_name(b)) for b in range(64)]
@@ -264,11 +269,12 @@ def test_master_failover_loses_no_acknowledged_location(redis_cluster: RunningRe
     afterwards."""
     cluster = redis_cluster.cluster
     keys = fresh_keys()
-    wait_replication_links(redis_cluster.nodes)
+    wait_replication_links(redis_cluster)
     masters = current_masters(redis_cluster)
 
     async def go() -> tuple[list[str], dict[str, tuple[int, ...]], int, str, float]:
-        index = await LocationIndex.open(redis_cluster.nodes, buckets=1024, keys=keys)
+        index = await LocationIndex.open(redis_cluster.nodes,
+                                         auth=redis_cluster.auth, buckets=1024, keys=keys)
         victim = index.runner.client.get_primaries()[0]
         spec = cluster.spec(f"redis-{victim.port}")
         acked: list[str] = []
@@ -296,7 +302,7 @@ def test_master_failover_loses_no_acknowledged_location(redis_cluster: RunningRe
                 acked += ids
             # The killed node comes back as a replica of the one that took over.
             cluster.launcher.start(spec)
-            wait_redis_cluster_ok(cluster.redis_addresses, timeout=60)
+            wait_redis_cluster_ok(cluster.redis_addresses, timeout=60, auth=redis_cluster.auth)
             found = await index.lookup(acked)
             assert refused == index.runner.stats.unconfirmed_writes
             return acked, found, index.runner.stats.retries, victim.name, longest
@@ -316,7 +322,8 @@ def test_master_failover_loses_no_acknowledged_location(redis_cluster: RunningRe
 def current_masters(redis_cluster: RunningRedis) -> list[tuple[str, int]]:
     masters = []
     for host, port in redis_cluster.cluster.redis_addresses:
-        client = redis.Redis(host=host, port=port, decode_responses=True)
+        client = redis.Redis(host=host, port=port, decode_responses=True,
+                             **redis_cluster.auth.client_kwargs())
         try:
             if client.info("replication")["role"] == "master":
                 masters.append((host, port))
@@ -332,12 +339,13 @@ def restore_roles(redis_cluster: RunningRedis, masters: list[tuple[str, int]]) -
     for stage in cluster.stages():
         for spec in stage.specs:
             cluster.launcher.start(spec)
-    wait_redis_cluster_ok(cluster.redis_addresses, timeout=60)
+    wait_redis_cluster_ok(cluster.redis_addresses, timeout=60, auth=redis_cluster.auth)
     for host, port in masters:
-        client = redis.Redis(host=host, port=port, decode_responses=True)
+        client = redis.Redis(host=host, port=port, decode_responses=True,
+                             **redis_cluster.auth.client_kwargs())
         try:
             if client.info("replication")["role"] != "master":
-                wait_replication_links(redis_cluster.nodes)
+                wait_replication_links(redis_cluster)
                 client.execute_command("CLUSTER", "FAILOVER")
                 deadline = time.monotonic() + 30
                 while client.info("replication")["role"] != "master":
@@ -345,8 +353,8 @@ def restore_roles(redis_cluster: RunningRedis, masters: list[tuple[str, int]]) -
                     time.sleep(0.1)
         finally:
             client.close()
-    wait_redis_cluster_ok(cluster.redis_addresses, timeout=60)
-    wait_replication_links(redis_cluster.nodes)
+    wait_redis_cluster_ok(cluster.redis_addresses, timeout=60, auth=redis_cluster.auth)
+    wait_replication_links(redis_cluster)
 
 
 def test_update_moves_locations_of_known_blobs_only(redis_cluster: RunningRedis) -> None:

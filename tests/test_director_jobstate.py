@@ -11,7 +11,7 @@ from director.errors import LeaseLost
 from director.jobstate import JobState, integer, number
 from director.keys import Keyspace
 from director.lease import Lease
-from director.redisconn import ClusterRunner, new_cluster_client
+from director.redisconn import ClusterRunner
 from tests.conftest import RunningRedis
 
 
@@ -19,7 +19,7 @@ def test_state_round_trips_and_is_fenced_by_the_lease(redis_cluster: RunningRedi
     """The lease holder saves progress; a director without the lease cannot overwrite it
     (LeaseLost, nothing written); anyone can read it; clear removes it."""
     async def go() -> None:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        runner = ClusterRunner(redis_cluster.client())
         keys = Keyspace(f"t-{uuid.uuid4().hex[:8]}:")
         try:
             holder = Lease(runner, keys, "drain:n1", ttl=30)

@@ -12,7 +12,7 @@ import pytest
 from director.errors import LeaseLost
 from director.keys import Keyspace
 from director.lease import Lease, new_token
-from director.redisconn import ClusterRunner, Command, new_cluster_client
+from director.redisconn import ClusterRunner, Command
 from tests.conftest import RunningRedis
 
 
@@ -27,7 +27,7 @@ class Clock:
 def with_runner(redis_cluster: RunningRedis,
                 body: Callable[[ClusterRunner, Keyspace], Awaitable[Any]]) -> Any:
     async def go() -> Any:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        runner = ClusterRunner(redis_cluster.client())
         try:
             return await body(runner, Keyspace(f"t-{uuid.uuid4().hex[:8]}:"))
         finally:

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ops.config import parse_hostport, to_toml
 from ops.launcher import free_port
+from runtime.secrets import write_secret
 from tests.conftest import RunningRedis
 from tests.director_installation import private_config, private_installation
 from tests.objstore_process import REPO
@@ -60,10 +61,46 @@ def test_unreachable_redis_exits_unavailable(tmp_path: Path) -> None:
     assert b"directord cannot start" in result.stderr
 
 
+@pytest.mark.system
+def test_a_secret_file_others_can_read_exits_config(tmp_path: Path) -> None:
+    """A Redis password file readable by group or others is a configuration error:
+    exit 78 before anything starts, naming the key and how to fix the mode."""
+    secret = tmp_path / "redis.password"
+    secret.write_text("hunter2\n")
+    secret.chmod(0o644)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[cluster]\nredis_password_file = "{secret}"\n'
+                   f'[director]\nlisten = "127.0.0.1:{free_port()}"\nmetrics_listen = ""\n')
+    result = run_directord(["--config", str(cfg)])
+    assert result.returncode == 78, result.stderr[-2000:]
+    assert b"cluster.redis_password_file" in result.stderr and b"chmod 600" in result.stderr
+    assert b"hunter2" not in result.stderr
+
+
+def test_a_wrong_redis_password_exits_unavailable(tmp_path: Path,
+                                                  redis_cluster: RunningRedis) -> None:
+    """Redis refusing directord's password stops the start at once (not after the retry
+    deadline) with exit 69 (EX_UNAVAILABLE) and a message saying the credentials were
+    refused, without the password."""
+    secret = tmp_path / "wrong.password"
+    write_secret(secret, "not-the-password")
+    config = private_config(redis_cluster, 0)
+    config = dataclasses.replace(config, cluster=dataclasses.replace(
+        config.cluster, redis_password_file=str(secret)))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(to_toml(config))
+    started = time.monotonic()
+    result = run_directord(["--config", str(cfg), "--metrics-listen", ""])
+    assert result.returncode == 69, result.stderr[-2000:]
+    assert time.monotonic() - started < 20
+    assert b"refused the credentials" in result.stderr
+    assert b"not-the-password" not in result.stderr
+
+
 def test_port_in_use_exits_nonzero(tmp_path: Path, redis_cluster: RunningRedis) -> None:
     """A taken port is reported and directord exits 71 (EX_OSERR) instead of running
     deaf."""
-    config = private_config(redis_cluster.nodes, 0)
+    config = private_config(redis_cluster, 0)
     cfg = tmp_path / "c.toml"
     cfg.write_text(to_toml(config))
     with socket.socket() as busy:
@@ -80,7 +117,7 @@ def test_sigterm_exits_zero(tmp_path: Path, redis_cluster: RunningRedis) -> None
     """Started by the launcher, directord answers version and /metrics (directord_*
     samples with its jobs, build and process metrics), logs JSON lines when asked;
     SIGTERM makes it finish and exit 0."""
-    with private_installation(redis_cluster.nodes, tmp_path, objstores=0, stages=()) as inst:
+    with private_installation(redis_cluster, tmp_path, objstores=0, stages=()) as inst:
         spec = inst.cluster.directord_spec(*parse_hostport(inst.config.director.listen))
         spec = dataclasses.replace(spec, argv=(*spec.argv, "--log-format", "json"))
         launcher = inst.cluster.launcher

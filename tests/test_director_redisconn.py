@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
+import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from redis import exceptions as rx
 from redis.asyncio.cluster import RedisCluster
 
 from director.errors import DirectorError, IndexUnavailable, WriteUnconfirmed
 from director.redisconn import ClusterRunner, Command, LuaScript, RetryPolicy, new_cluster_client
+from objstore.reporter import RedisClusterSink
 from ops.config import parse_hostport
-from ops.devcluster import wait_redis_replicas
+from ops.devcluster import redis_auth_conf, wait_redis_cluster_ok, wait_redis_replicas
+from ops.launcher import Launcher, ProcessSpec
+from runtime.nodekeys import report_key
+from runtime.secrets import RedisAuth
 from tests.conftest import RunningRedis, free_port_block
+from tests.tls_support import make_certificates
 
 
 class Sleeps:
@@ -39,17 +47,17 @@ def prefix() -> str:
     return f"t-{uuid.uuid4().hex[:8]}:"
 
 
-def wait_replication_links(nodes: list[str], timeout: float = 30.0) -> None:
+def wait_replication_links(redis: RunningRedis, timeout: float = 30.0) -> None:
     """Wait until every master has an online replica again (after a failover)."""
-    wait_redis_replicas([parse_hostport(n) for n in nodes], timeout)
+    wait_redis_replicas([parse_hostport(n) for n in redis.nodes], timeout, auth=redis.auth)
 
 
 def test_durable_batch_is_confirmed_by_a_replica(redis_cluster: RunningRedis) -> None:
     """Writes spread over every master come back in order, each master's WAIT answered."""
-    wait_replication_links(redis_cluster.nodes)
+    wait_replication_links(redis_cluster)
 
     async def go() -> tuple[list[Any], int, int]:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        runner = ClusterRunner(redis_cluster.client())
         try:
             p = prefix()
             writes = [Command(f"{p}{i}", ("SET", f"{p}{i}", str(i))) for i in range(60)]
@@ -109,7 +117,7 @@ def test_transient_errors_are_retried(redis_cluster: RunningRedis) -> None:
         return "done"
 
     async def go() -> tuple[str, int]:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes), sleep=sleeps)
+        runner = ClusterRunner(redis_cluster.client(), sleep=sleeps)
         try:
             return await runner.call("flaky", flaky), runner.stats.retries
         finally:
@@ -125,7 +133,7 @@ def test_scripts_are_loaded_again_after_a_script_flush(redis_cluster: RunningRed
     script = LuaScript("echo", "return redis.call('SET', KEYS[1], ARGV[1])")
 
     async def go() -> tuple[list[Any], int]:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        runner = ClusterRunner(redis_cluster.client())
         runner.register(script)
         try:
             await runner.call("flush", lambda c: c.execute_command(
@@ -146,7 +154,7 @@ def test_refused_commands_are_not_retried(redis_cluster: RunningRedis) -> None:
     """A command Redis refuses for good (WRONGTYPE) raises at once, without retries."""
 
     async def go() -> int:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        runner = ClusterRunner(redis_cluster.client())
         try:
             key = f"{prefix()}str"
             await runner.run("set", [Command(key, ("SET", key, "x"))])
@@ -163,11 +171,10 @@ def test_a_write_too_few_replicas_acknowledge_fails(redis_cluster: RunningRedis)
     """A master that cannot get enough replicas to acknowledge (2 asked, 1 exists): the
     durable write fails with WriteUnconfirmed (a temporary error) after the WAIT timeout,
     without retrying, every time it is tried; a read-only batch is not affected."""
-    wait_replication_links(redis_cluster.nodes)
+    wait_replication_links(redis_cluster)
 
     async def go() -> list[float]:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes), wait_replicas=2,
-                               wait_timeout=0.05)
+        runner = ClusterRunner(redis_cluster.client(), wait_replicas=2, wait_timeout=0.05)
         key = f"{prefix()}k"
         took = []
         try:
@@ -193,7 +200,7 @@ def test_script_missing_on_one_master_runs_every_command_once(
     bump = LuaScript("objmail_test_bump", "return redis.call('INCR', KEYS[1])")
 
     async def go() -> list[int]:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        runner = ClusterRunner(redis_cluster.client())
         runner.register(bump)
         try:
             await runner.call("load", lambda c: c.execute_command(
@@ -212,3 +219,83 @@ def test_script_missing_on_one_master_runs_every_command_once(
             await runner.aclose()
 
     assert asyncio.run(go()) == [1] * 30
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, RedisAuth]]:
+    """A one-node Redis Cluster that speaks only TLS, verifies client certificates and has
+    an ACL user (the default user off): its address and the credentials it accepts."""
+    work = tmp_path_factory.mktemp("redis-tls")
+    certs = make_certificates(work / "tls")
+    password = secrets.token_urlsafe(16)
+    auth = RedisAuth("objmail", password, tls=True, tls_ca=str(certs.ca),
+                     tls_cert=str(certs.client_cert), tls_key=str(certs.client_key))
+    conf = work / "auth.conf"
+    conf.write_text(redis_auth_conf(auth))
+    conf.chmod(0o600)
+    port = free_port_block(1, bus_offset=10000)
+    argv = ["redis-server", str(conf), "--port", "0", "--tls-port", str(port),
+            "--bind", "127.0.0.1", "--tls-cert-file", str(certs.server_cert),
+            "--tls-key-file", str(certs.server_key), "--tls-ca-cert-file", str(certs.ca),
+            "--tls-auth-clients", "yes", "--tls-cluster", "yes", "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf", "--dir", str(work), "--save", "",
+            "--appendonly", "no", "--logfile", ""]
+
+    def probe() -> bool:
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1,
+                             **auth.client_kwargs())
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+
+    launcher = Launcher(work)
+    spec = ProcessSpec("redis-tls", "redis", tuple(argv), (port, port + 10000), probe)
+    launcher.start(spec)
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port, **auth.client_kwargs())
+        try:
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        finally:
+            client.close()
+        wait_redis_cluster_ok([("127.0.0.1", port)], timeout=30, auth=auth)
+        yield f"127.0.0.1:{port}", auth
+    finally:
+        launcher.stop(spec)
+
+
+@pytest.mark.system
+def test_cluster_client_speaks_tls_with_client_certificate_and_acl_user(
+        tls_redis: tuple[str, RedisAuth]) -> None:
+    """With redis_tls, the CA, a client certificate and the ACL user, the director's cluster
+    client and objstored's report sink work; plaintext, a missing client certificate or
+    a missing password are refused."""
+    address, auth = tls_redis
+
+    async def batch(with_auth: RedisAuth) -> list[Any]:
+        runner = ClusterRunner(new_cluster_client([address], auth=with_auth),
+                               retry=RetryPolicy(deadline=0.5), wait_replicas=0)
+        try:
+            await runner.run("tls write", [Command("t:k", ("SET", "t:k", "v"))], durable=True)
+            return await runner.run("tls read", [Command("t:k", ("GET", "t:k"))])
+        finally:
+            await runner.aclose()
+
+    assert asyncio.run(batch(auth)) == [b"v"]
+    refused = [(dataclasses.replace(auth, tls=False), "cannot be connected"),
+               (dataclasses.replace(auth, tls_cert="", tls_key=""), "cannot be connected"),
+               (dataclasses.replace(auth, password=None), "invalid username-password")]
+    for wrong, why in refused:
+        with pytest.raises(IndexUnavailable, match=why):
+            asyncio.run(batch(wrong))
+    sink = RedisClusterSink([address], prefix="t:", auth=auth)
+    try:
+        sink.write("tls-node", {"node_id": "tls-node"}, {}, 60)
+    finally:
+        sink.close()
+    client = redis.Redis(host="127.0.0.1", port=int(address.rsplit(":", 1)[1]),
+                         **auth.client_kwargs())
+    try:
+        assert client.hget(report_key("tls-node", "t:"), "node_id") == b"tls-node"
+    finally:
+        client.close()

@@ -24,7 +24,7 @@ def test_registry_index_and_queue_share_one_runner(redis_cluster: RunningRedis) 
 
     async def go() -> tuple[bool, tuple[int, ...], int]:
         async with await RedisState.open(cluster, DirectorConfig(index_buckets=128),
-                                         keys=keys) as state:
+                                         keys=keys, auth=redis_cluster.auth) as state:
             node = await state.registry.add("n1", "127.255.0.1:1", zone="a", tier="ssd")
             await state.index.add_locations(blob, [node.number])
             await state.repairs.add([blob])
@@ -40,7 +40,8 @@ def test_config_bucket_count_must_match_the_index(redis_cluster: RunningRedis) -
     cluster = ClusterConfig(redis_nodes=tuple(redis_cluster.nodes))
 
     async def go(buckets: int) -> None:
-        state = await RedisState.open(cluster, DirectorConfig(index_buckets=buckets), keys=keys)
+        state = await RedisState.open(cluster, DirectorConfig(index_buckets=buckets), keys=keys,
+                                      auth=redis_cluster.auth)
         await state.aclose()
 
     asyncio.run(go(1024))

@@ -16,7 +16,7 @@ from director.index import LocationIndex
 from director.keys import Keyspace
 from director.nodes import NodeState
 from director.policy import PlacementPolicy
-from director.redisconn import ClusterRunner, Command, new_cluster_client
+from director.redisconn import ClusterRunner, Command
 from director.registry import Registry, remove_node
 from objstore.reporter import Identity, LoadSample, RedisClusterSink, build_report
 from objstore.stats import OP_NAMES
@@ -58,7 +58,7 @@ class Env:
 def with_env(redis_cluster: RunningRedis, body: Callable[[Env], Awaitable[Any]],
              keys: Keyspace | None = None) -> Any:
     async def go() -> Any:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        runner = ClusterRunner(redis_cluster.client())
         try:
             return await body(Env(runner, keys or Keyspace(f"t-{uuid.uuid4().hex[:8]}:")))
         finally:
@@ -192,7 +192,8 @@ def test_remove_is_refused_while_a_node_holds_sole_copies(redis_cluster: Running
     ids = [hashlib.sha256(f"rm{i}".encode()).hexdigest() for i in range(100)]
 
     async def body(env: Env) -> Any:
-        index = await LocationIndex.open(redis_cluster.nodes, buckets=16, keys=keys,
+        index = await LocationIndex.open(redis_cluster.nodes,
+                                         auth=redis_cluster.auth, buckets=16, keys=keys,
                                          runner=env.runner)
         r = env.registry
         a = await r.add("a", "127.255.0.1:1", zone="a", tier="ssd")
@@ -225,7 +226,7 @@ def test_reports_written_by_objstored_are_read(redis_cluster: RunningRedis) -> N
     # A private prefix: a node registered active in the shared keyspace would draw the
     # other tests' writes to an address nothing serves.
     keys = Keyspace(f"t-{uuid.uuid4().hex[:8]}:")
-    sink = RedisClusterSink(redis_cluster.nodes, prefix=keys.prefix)
+    sink = RedisClusterSink(redis_cluster.nodes, prefix=keys.prefix, auth=redis_cluster.auth)
     try:
         sink.write(node_id, report_fields(node_id, address, zone="z9"), {}, 30)
     finally:
@@ -249,7 +250,7 @@ def test_hot_keys_written_by_objstored_are_read_hottest_first(
     quiet = f"obj-{uuid.uuid4().hex[:10]}"
     hot = {b"cold-ish": 1.5, b"hottest": 90.0, b"warm": 12.0}
     keys = Keyspace(f"t-{uuid.uuid4().hex[:8]}:")
-    sink = RedisClusterSink(redis_cluster.nodes, prefix=keys.prefix)
+    sink = RedisClusterSink(redis_cluster.nodes, prefix=keys.prefix, auth=redis_cluster.auth)
     try:
         sink.write(node_id, report_fields(node_id, "127.255.9.9:11211"), hot, 30)
     finally:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from director.keys import InvalidBlobId, Keyspace
-from director.redisconn import ClusterRunner, new_cluster_client
+from director.redisconn import ClusterRunner
 from director.repairqueue import RepairQueue
 from tests.conftest import RunningRedis
 
@@ -31,7 +31,7 @@ def blob_ids(n: int, salt: str) -> list[str]:
 def with_queue(redis_cluster: RunningRedis, clock: Clock,
                body: Callable[[RepairQueue], Awaitable[Any]]) -> Any:
     async def go() -> Any:
-        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes))
+        runner = ClusterRunner(redis_cluster.client())
         queue = RepairQueue(runner, Keyspace(f"t-{uuid.uuid4().hex[:8]}:"), clock=clock)
         try:
             return await body(queue)

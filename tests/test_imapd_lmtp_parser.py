@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from imapd.lmtp_parser import (
     NEED_DATA,
+    PAUSED,
     Command,
     LineTooLong,
     LMTPParser,
@@ -16,8 +17,12 @@ from imapd.lmtp_parser import (
 
 
 def events(parser: LMTPParser) -> list[object]:
+    """Every event available now; a delivery is answered at once (resume after PAUSED)."""
     out: list[object] = []
     while (event := parser.next_event()) is not NEED_DATA:
+        if event is PAUSED:
+            parser.resume()
+            continue
         out.append(event)
     return out
 
@@ -105,6 +110,56 @@ def test_long_command_line_is_refused_and_bounded() -> None:
         assert len(parser._buf) <= 1000 + 64
     parser.feed(b"\r\nNOOP\r\n")
     assert events(parser) == [LineTooLong(), Command("NOOP", "")]
+
+
+def test_paused_after_the_message_until_resumed() -> None:
+    """After the message the parser returns PAUSED, however much is pipelined behind it,
+    until resume(); then the pipelined commands come out in order."""
+    parser = LMTPParser()
+    parser.start_data()
+    parser.feed(b"Subject: x\r\n\r\nbody\r\n.\r\nRSET\r\n")
+    assert parser.next_event() == MessageData(b"Subject: x\r\n\r\nbody\r\n", 20)
+    assert parser.paused
+    parser.feed(b"NOOP\r\n" * 1000)
+    assert parser.next_event() is PAUSED
+    assert parser.next_event() is PAUSED
+    assert parser.buffered_bytes == len(b"RSET\r\n") + 6000
+    parser.resume()
+    assert not parser.paused
+    assert events(parser) == [Command("RSET", "")] + [Command("NOOP", "")] * 1000
+
+
+def test_resume_and_start_data_out_of_turn_are_bugs() -> None:
+    """resume() without a paused message, and start_data() while paused, are our own
+    misuse: they raise."""
+    parser = LMTPParser()
+    with pytest.raises(RuntimeError):
+        parser.resume()
+    parser.start_data()
+    parser.feed(b"x\r\n.\r\n")
+    assert parser.next_event() == MessageData(b"x\r\n", 3)
+    with pytest.raises(RuntimeError):
+        parser.start_data()
+
+
+@pytest.mark.parametrize("trailing", [b"", b"QUIT\r\n", b"QU"])
+def test_message_whole_bytewise_and_with_trailing_data(trailing: bytes) -> None:
+    """A message with stuffed dots reads the same fed whole or one byte at a time, and
+    what trails it is left for after resume()."""
+    for bytewise in (False, True):
+        parser = LMTPParser()
+        parser.start_data()
+        wire = WIRE.split(b".\r\nQUIT")[0] + b".\r\n" + trailing
+        if bytewise:
+            got = feed_bytewise(parser, wire)
+        else:
+            parser.feed(wire)
+            got = events(parser)
+        expected: list[object] = [MessageData(MESSAGE, len(MESSAGE))]
+        if trailing.endswith(b"\n"):
+            expected.append(Command("QUIT", ""))
+        assert got == expected
+        assert parser.buffered_bytes == (0 if trailing.endswith(b"\n") else len(trailing))
 
 
 def test_start_data_twice_is_a_bug() -> None:

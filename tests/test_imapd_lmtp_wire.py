@@ -7,8 +7,11 @@ messages to 1,000 users from 10 parallel LMTP connections, stored once.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import smtplib
+import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -134,7 +137,7 @@ def test_fanout_from_parallel_connections(imapd: Imapd, stack: MailStack) -> Non
     the attachment stored once."""
     attachment = b"%PDF-1.5\n" + os.urandom(64 * 1024)
     users = [stack.new_user("fo").name for _ in range(FANOUT_USERS)]
-    before = stack.run(collect(stack.config))
+    before = stack.run(collect(stack.config, stack.credentials))
 
     def connection(share: list[int]) -> int:
         client = lmtp(imapd)
@@ -153,7 +156,7 @@ def test_fanout_from_parallel_connections(imapd: Imapd, stack: MailStack) -> Non
         shares = [list(range(i, FANOUT_USERS, CONNECTIONS)) for i in range(CONNECTIONS)]
         assert sum(pool.map(connection, shares)) == FANOUT_USERS
     elapsed = time.monotonic() - started
-    after = stack.run(collect(stack.config))
+    after = stack.run(collect(stack.config, stack.credentials))
     print(f"\n{FANOUT_USERS} deliveries over {CONNECTIONS} LMTP connections: "
           f"{elapsed:.1f}s, {FANOUT_USERS / elapsed:.0f} msg/s")
     assert after.messages - before.messages == FANOUT_USERS
@@ -174,5 +177,103 @@ def test_lmtp_refuses_connections_over_the_limit(storage_cluster: Config,
             smtplib.LMTP("127.0.0.1", server.lmtp_port)  # raises on a non-220 greeting
         assert info.value.smtp_code == 421
         first.quit()
+    finally:
+        server.stop()
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process ``pid``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def read_reply(sock: socket.socket) -> list[bytes]:
+    """One (possibly multi-line) SMTP reply, read line by line from ``sock``."""
+    lines: list[bytes] = []
+    data = b""
+    while True:
+        while b"\n" not in data:
+            chunk = sock.recv(1)
+            assert chunk, f"connection closed after {lines!r}"
+            data += chunk
+        line, _, data = data.partition(b"\n")
+        lines.append(line.rstrip(b"\r"))
+        if line[3:4] != b"-":
+            return lines
+
+
+FLOOD = 100 * 1024 * 1024
+
+
+def test_pipelining_during_a_delivery_keeps_memory_bounded(
+        storage_cluster: Config, test_cluster: SessionCluster, stack: MailStack,
+        tmp_path: Path) -> None:
+    """A client that pipelines ~100 MB of commands behind a message without reading its
+    replies gets the delivery done, imapd's memory stays bounded (reading pauses, the
+    bytes stay in the socket), and the stalled connection is cut off (a reset) after the
+    idle timeout and one more period."""
+    server = start_imapd(test_cluster, "imapd-lmtp-flood", self_signed(tmp_path),
+                         lmtp_listen=f"127.0.0.1:{free_port()}", idle_timeout=2.0)
+    user = stack.new_user("flood")
+    raw = (CORPUS / "apache-james-mime4j/mimetools-testmsgs/bluedot-simple.msg").read_bytes()
+    assert b"\r\n." not in raw
+    try:
+        pid = server.launcher.pid_of(server.spec)
+        assert pid is not None
+        sock = socket.create_connection(("127.0.0.1", server.lmtp_port))
+        with sock:
+            assert read_reply(sock)[0].startswith(b"220 ")
+            for command in (b"LHLO mx.test", b"MAIL FROM:<s@example.org>",
+                            f"RCPT TO:<{user.name}@example.org>".encode(), b"DATA"):
+                sock.sendall(command + b"\r\n")
+                assert read_reply(sock)[-1][:1] in (b"2", b"3")
+            baseline = peak = rss_bytes(pid)
+            done = threading.Event()
+
+            def sample() -> None:
+                nonlocal peak
+                while not done.is_set():
+                    peak = max(peak, rss_bytes(pid))
+                    time.sleep(0.05)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            sent = 0
+            error: OSError | None = None
+            started = time.monotonic()
+            try:
+                sock.sendall(raw + b".\r\n")
+                chunk = b"NOOP\r\n" * (64 * 1024 // 6)
+                sock.settimeout(1.0)
+                while sent < FLOOD:
+                    assert time.monotonic() - started < 60, "imapd neither read nor closed"
+                    try:
+                        sent += sock.send(chunk)
+                    except TimeoutError:
+                        continue
+                    except OSError as exc:  # the reset that ends a stalled connection
+                        error = exc
+                        break
+            finally:
+                done.set()
+                sampler.join()
+            print(f"\nsent {sent / 2**20:.1f} MiB before {error!r}; imapd RSS "
+                  f"{baseline / 2**20:.0f} -> peak {peak / 2**20:.0f} MiB")
+            assert isinstance(error, ConnectionResetError | BrokenPipeError)
+            assert sent < FLOOD
+            assert peak - baseline < 32 * 1024 * 1024
+            # What arrived before the reset is still readable: the delivery came first.
+            replies = b""
+            sock.settimeout(5.0)
+            with contextlib.suppress(OSError):
+                while len(replies) < 1 << 24 and (chunk := sock.recv(1 << 16)):
+                    replies += chunk
+        assert replies.startswith(f"250 2.0.0 <{user.name}@example.org> delivered".encode())
+        assert b"250 2.0.0 OK\r\n" in replies
+        assert stack.only_message(user) == (
+            f"Return-Path: <s@example.org>\r\nDelivered-To: {user.name}@example.org\r\n"
+            .encode() + raw)
     finally:
         server.stop()

@@ -16,6 +16,8 @@ from imapd.main import EX_CONFIG, Services, listeners
 from imapd.pop3server import Pop3Factory
 from imapd.server import IMAPFactory
 from ops.launcher import free_port
+from runtime.secrets import write_secret
+from tests.conftest import SessionCluster
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,3 +88,22 @@ def test_unreachable_postgresql_fails_the_start(tmp_path: Path) -> None:
     assert result.returncode == 69, result.stderr[-2000:]
     errors = [x for x in json_lines(result.stderr) if x["level"] == "error"]
     assert any("imapd cannot start" in str(x["msg"]) for x in errors)
+
+
+@pytest.mark.system
+def test_a_wrong_postgresql_password_fails_the_start(tmp_path: Path, postgres: str,
+                                                     test_cluster: SessionCluster) -> None:
+    """PostgreSQL refusing imapd's password (cluster.pg_password_file) stops the start
+    with exit 69 (EX_UNAVAILABLE) and a message saying the credentials were refused,
+    without the password."""
+    secret = tmp_path / "wrong.password"
+    write_secret(secret, "not-the-password")
+    path = tmp_path / "imapd.toml"
+    path.write_text(f'[cluster]\npg_dsn = "{test_cluster.pg_dsn}"\n'
+                    f'pg_password_file = "{secret}"\n'
+                    f'[imapd]\nimap_listen = "127.0.0.1:{free_port()}"\npop3_listen = ""\n'
+                    f'lmtp_listen = ""\nmetrics_listen = ""\n')
+    result = run_imapd(["--config", str(path)])
+    assert result.returncode == 69, result.stderr[-2000:]
+    assert "PostgreSQL refused the credentials" in result.stderr
+    assert "not-the-password" not in result.stderr

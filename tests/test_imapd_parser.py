@@ -20,11 +20,11 @@ from imapd.parser import (
     BadCommand,
     ContinuationNeeded,
     Event,
-    Fatal,
     IdleDone,
     Limits,
     Parser,
     ParserState,
+    RemoteProtocolError,
 )
 from imapd.response import TOOBIG, BadCharset, Status, Tagged, Untagged
 from imapd.searchkeys import All, And, Flag, Header, Not, SeqNumbers, Uid
@@ -39,8 +39,6 @@ def drain(parser: Parser, accept: bool = True) -> list[Event]:
         if event is NEED_DATA:
             return events
         events.append(event)
-        if isinstance(event, Fatal):
-            return events
         if isinstance(event, ContinuationNeeded):
             if accept:
                 parser.accept_literal()
@@ -651,21 +649,24 @@ def test_max_command_literals():
 
 
 def test_max_discard():
-    """A {n+} literal too large even to skip ends the connection with Fatal."""
+    """A {n+} literal too large even to skip is answered, then the parser gives up: every
+    later next_event raises RemoteProtocolError and input is dropped."""
     parser = Parser(SMALL)
     parser.feed(b"a APPEND INBOX {1001+}\r\n")
-    events = drain(parser)
-    assert events == [
-        BadCommand("a", "Literal too large", TOOBIG),
-        Fatal("Literal too large to skip"),
-    ]
+    assert parser.next_event() == BadCommand("a", "Literal too large", TOOBIG)
+    with pytest.raises(RemoteProtocolError, match="Literal too large to skip"):
+        parser.next_event()
+    assert parser.state is ParserState.FATAL
     parser.feed(b"b NOOP\r\n")
-    assert parser.next_event() == Fatal("Literal too large to skip")
+    with pytest.raises(RemoteProtocolError, match="Literal too large to skip"):
+        parser.next_event()
     assert parser.buffered_bytes == 0
 
 
 def test_max_buffer_and_pause():
-    """should_pause turns on at pause_buffer; past max_buffer the parser gives up with Fatal."""
+    """should_pause turns on at pause_buffer; complete commands may exceed max_buffer (the
+    adapter bounds those), but more than max_buffer octets without a complete event (here,
+    literal data sent before the continuation) raise RemoteProtocolError."""
     parser = Parser(SMALL)
     parser.feed(b"a NOOP\r\n" * 62)  # 496 octets
     assert not parser.should_pause
@@ -674,13 +675,20 @@ def test_max_buffer_and_pause():
     assert len(drain(parser)) == 63
     assert not parser.should_pause and parser.buffered_bytes == 0
 
-    parser.feed(b"a NOOP\r\n" * 250)  # 2000 octets: at the limit, still fine
-    assert parser.state is ParserState.COMMAND
+    parser.feed(b"a NOOP\r\n" * 300)  # 2400 octets of complete commands
+    assert len(drain(parser)) == 300
+
+    parser.feed(b"a LOGIN {10}\r\n" + b"x" * 2000)  # at the limit while awaiting "+"
+    assert parser.next_event() == ContinuationNeeded("a", "LOGIN", 10)
+    assert parser.next_event() is NEED_DATA
     parser.feed(b"x")
-    assert parser.next_event() == Fatal("Too much pipelined data")
+    with pytest.raises(RemoteProtocolError, match="Too much pipelined data"):
+        parser.next_event()
     assert parser.buffered_bytes == 0
     parser.feed(b"b NOOP\r\n" * 1000)
     assert parser.buffered_bytes == 0
+    with pytest.raises(RemoteProtocolError, match="Too much pipelined data"):
+        parser.next_event()
 
 
 def test_max_search_depth():
@@ -805,7 +813,7 @@ class CountingBuffer(bytearray):
 def test_long_line_fed_bytewise_is_scanned_once():
     """Feeding a 64 KiB line one byte at a time never rescans what was already searched."""
     parser = Parser()
-    parser._buf = CountingBuffer()  # white box: the property is about the internal search
+    parser._buf._data = CountingBuffer()  # white box: the property is about the search
     CountingBuffer.scanned = 0
     line = b"a UID FETCH " + b",".join(b"%d" % n for n in range(1, 11000)) + b" (FLAGS)\r\n"
     assert len(line) < Limits().max_line
@@ -896,7 +904,11 @@ VALID_LINES = [wire for _, wire, _ in REAL_CLIENTS if b"{" not in wire]
 def fuzz_drive(parser: Parser, data: st.DataObject, limits: Limits) -> None:
     """Consume events with random server decisions; check the invariants after each."""
     for _ in range(10_000):
-        event = parser.next_event()
+        try:
+            event = parser.next_event()
+        except RemoteProtocolError:
+            assert parser.state is ParserState.FATAL and parser.buffered_bytes == 0
+            return
         assert isinstance(
             event,
             (
@@ -906,13 +918,12 @@ def fuzz_drive(parser: Parser, data: st.DataObject, limits: Limits) -> None:
                 BadCommand,
                 IdleDone,
                 AuthResponse,
-                Fatal,
             ),
         )
         assert parser.buffered_bytes <= limits.max_buffer
         assert len(parser._literal) <= limits.max_append_literal  # white box: memory bound
         assert sum(map(len, parser._literals)) <= limits.max_command_literals
-        if event is NEED_DATA or isinstance(event, Fatal):
+        if event is NEED_DATA:
             return
         if isinstance(event, BadCommand):
             event.response()  # always renderable
@@ -935,7 +946,8 @@ def fuzz_drive(parser: Parser, data: st.DataObject, limits: Limits) -> None:
     data=st.data(),
 )
 def test_fuzz_random_input(pieces, data):
-    """Random bytes and protocol fragments in random chunks never raise and never exceed the limits."""
+    """Random bytes and protocol fragments in random chunks raise nothing but
+    RemoteProtocolError and never exceed the limits."""
     stream = b"".join(pieces)
     parser = Parser(FUZZ_LIMITS)
     position = 0
@@ -980,9 +992,9 @@ def test_fuzz_mutated_lines_resync(line, edits):
 
 def test_before_login_literals_are_bound_by_max_prelogin_literal():
     """Before end_prelogin, a literal above max_prelogin_literal is refused: synchronizing
-    with BAD [TOOBIG] before any octet, non-synchronizing with BAD [TOOBIG] and
-    Fatal, none of its octets kept; fed whole or byte by byte; after end_prelogin the
-    usual limits apply."""
+    with BAD [TOOBIG] before any octet, non-synchronizing with BAD [TOOBIG] and then
+    RemoteProtocolError, none of its octets kept; fed whole or byte by byte; after
+    end_prelogin the usual limits apply."""
     limits = dataclasses.replace(SMALL, max_prelogin_literal=10)
     parser = Parser(limits, prelogin=True)
     parser.feed(b"a LOGIN {10+}\r\n0123456789 x\r\nb LOGIN {11}\r\n")
@@ -995,11 +1007,15 @@ def test_before_login_literals_are_bound_by_max_prelogin_literal():
     for bytewise in (False, True):
         parser = Parser(limits, prelogin=True)
         events: list[Event] = []
+        error = None
         for chunk in ([wire[i:i + 1] for i in range(len(wire))] if bytewise else [wire]):
             parser.feed(chunk)
-            events.extend(drain(parser))
-            if events and isinstance(events[-1], Fatal):
+            try:
+                while (event := parser.next_event()) is not NEED_DATA:
+                    events.append(event)
+            except RemoteProtocolError as exc:
+                error = exc.reason
                 break
-        assert events == [BadCommand("a", "Literal too large", TOOBIG),
-                          Fatal("Literal too large to skip")]
+        assert events == [BadCommand("a", "Literal too large", TOOBIG)]
+        assert error == "Literal too large to skip"
         assert parser.buffered_bytes == 0

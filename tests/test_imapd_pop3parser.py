@@ -8,9 +8,9 @@ from imapd.pop3parser import (
     NEED_DATA,
     AuthLine,
     BadLine,
-    Fatal,
     Pop3Command,
     Pop3Parser,
+    RemoteProtocolError,
     dot_stuff,
     err,
     multiline,
@@ -59,13 +59,19 @@ def test_long_line_is_refused_and_skipped() -> None:
 
 
 def test_auth_line_and_buffer_limit() -> None:
-    """After expect_auth_line the next line is raw; too much unconsumed input is Fatal."""
+    """After expect_auth_line the next line is raw; more than max_buffer octets without a
+    line end raise RemoteProtocolError, and keep raising."""
     parser = Pop3Parser(max_buffer=1000)
     parser.expect_auth_line()
     parser.feed(b"AGFsaWNlAHB3\r\nQUIT\r\n")
     assert events(parser) == [AuthLine(b"AGFsaWNlAHB3"), Pop3Command("QUIT")]
     parser.feed(b"x" * 2000)
-    assert parser.next_event() == Fatal("Too much pipelined data")
+    with pytest.raises(RemoteProtocolError, match="Too much pipelined data"):
+        parser.next_event()
+    parser.feed(b"NOOP\r\n")
+    assert parser.buffered_bytes == 0
+    with pytest.raises(RemoteProtocolError, match="Too much pipelined data"):
+        parser.next_event()
 
 
 def test_password_is_not_in_repr() -> None:

@@ -475,7 +475,8 @@ def test_postgresql_down_gives_unavailable_and_the_session_survives(dsn: str) ->
     async def main() -> None:
         proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
         await proxy.start()
-        store_dsn = target._replace(netloc=f"{target.username}@127.0.0.1:{proxy.port}").geturl()
+        userinfo = target.netloc.rpartition("@")[0]  # user and password
+        store_dsn = target._replace(netloc=f"{userinfo}@127.0.0.1:{proxy.port}").geturl()
         async with environment(dsn, store_dsn=store_dsn) as env:
             name = fresh("max")
             await env.user(name)

@@ -10,6 +10,7 @@ import imaplib
 import poplib
 import signal
 import socket
+import ssl
 import time
 import urllib.request
 from pathlib import Path
@@ -158,6 +159,28 @@ def test_imaps_starttls_and_authenticate_plain(imapd: Imapd, mail: Mail) -> None
     c.plain_login(user, "secret")
     assert c.list_folders(pattern="INBOX")
     c.logout()
+
+
+def test_imaps_prefers_tls13_and_refuses_suites_without_forward_secrecy(
+        imapd: Imapd) -> None:
+    """The IMAPS port negotiates TLS 1.3 with a default client; a TLS 1.2 client offering
+    only RSA key exchange (AES256-SHA) is refused, one offering ECDHE-AES-GCM served."""
+
+    def negotiate(context: ssl.SSLContext) -> tuple[str | None, str | None]:
+        with socket.create_connection(("127.0.0.1", imapd.imaps_port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            assert tls.recv(5) == b"* OK "
+            cipher = tls.cipher()
+            return tls.version(), cipher[0] if cipher else None
+
+    assert negotiate(imaps_context())[0] == "TLSv1.3"
+    old = imaps_context()
+    old.maximum_version = ssl.TLSVersion.TLSv1_2
+    old.set_ciphers("AES256-SHA:@SECLEVEL=0")
+    with pytest.raises(ssl.SSLError):
+        negotiate(old)
+    old.set_ciphers("ECDHE-RSA-AES256-GCM-SHA384")
+    assert negotiate(old) == ("TLSv1.2", "ECDHE-RSA-AES256-GCM-SHA384")
 
 
 def test_two_processes_see_each_others_changes(cluster: Cluster,

@@ -269,14 +269,18 @@ def test_load_report_appears_in_redis_cluster(tmp_path: Path, redis_cluster: Any
     from redis.cluster import ClusterNode, RedisCluster
 
     nodes = list(redis_cluster.nodes)
+    conf = redis_cluster.cluster.config.cluster
     with objstored(tmp_path, redis_nodes=nodes, report_interval=0.5, report_ttl=3,
+                   cluster={"redis_user": conf.redis_user,
+                            "redis_password_file": conf.redis_password_file},
                    extra_args=["--node-id", "rep-1", "--zone", "z9"]) as s:
         mc = client(s)
         mc.set("hot-key", b"x")
         for _ in range(400):
             mc.get("hot-key")
         host, _, port = nodes[0].rpartition(":")
-        rc = RedisCluster(startup_nodes=[ClusterNode(host, int(port))])
+        rc = RedisCluster(startup_nodes=[ClusterNode(host, int(port))],
+                          **redis_cluster.auth.client_kwargs())
         report: Any = {}
         hot: Any = []
 

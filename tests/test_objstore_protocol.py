@@ -25,6 +25,7 @@ from objstore.protocol import (
     MetaSet,
     ProtocolError,
     Quit,
+    RemoteProtocolError,
     Stats,
     Store,
     TooLarge,
@@ -226,22 +227,29 @@ def test_pipeline_split_at_every_boundary(cut: int) -> None:
 
 
 def test_line_too_long_is_fatal_and_bounded() -> None:
-    """A line without end past max_line yields one fatal error and buffers nothing more."""
+    """A line without end past max_line raises RemoteProtocolError, again on every later
+    call, and buffers nothing more."""
     parser = CommandParser(Limits(max_line=1024))
     parser.feed(b"touch " + b"a" * 1000)
     assert parser.next_command() is NEED_DATA
     parser.feed(b"a" * 100)
-    assert parser.next_command() == ProtocolError(p.E_LINE_TOO_LONG, fatal=True)
+    with pytest.raises(RemoteProtocolError, match=r"^line too long$"):
+        parser.next_command()
     assert parser.closed
     parser.feed(b"x" * 1_000_000)
     assert parser.buffered == 0
-    assert parser.next_command() is NEED_DATA
+    with pytest.raises(RemoteProtocolError, match=r"^line too long$"):
+        parser.next_command()
 
 
 def test_complete_line_over_limit_is_refused() -> None:
-    """A line that arrives whole but exceeds max_line is refused the same way."""
-    assert parse_all(b"touch " + b"k" * 1100 + b" 1\r\n", Limits(max_line=1024)) == [
-        ProtocolError(p.E_LINE_TOO_LONG, fatal=True)]
+    """A line that arrives whole but exceeds max_line is refused the same way, and the
+    commands pipelined behind it are dropped."""
+    parser = CommandParser(Limits(max_line=1024))
+    parser.feed(b"touch " + b"k" * 1100 + b" 1\r\nversion\r\n")
+    with pytest.raises(RemoteProtocolError, match=r"^line too long$"):
+        parser.next_command()
+    assert parser.buffered == 0
 
 
 def test_multiget_lines_may_exceed_max_line_up_to_max_get_line() -> None:
@@ -251,8 +259,10 @@ def test_multiget_lines_may_exceed_max_line_up_to_max_get_line() -> None:
     line = b"gets " + b" ".join(keys) + b"\r\n"
     assert parse_all(line, limits, chunk=500) == [Get(keys, with_cas=True)]
     keys = tuple(b"key%04d" % i for i in range(1100))
-    assert parse_all(b"get " + b" ".join(keys) + b"\r\n", limits, chunk=500) == [
-        ProtocolError(p.E_LINE_TOO_LONG, fatal=True)]
+    with pytest.raises(RemoteProtocolError, match=r"^line too long$"):
+        parse_all(b"get " + b" ".join(keys) + b"\r\n", limits, chunk=500)
+    with pytest.raises(RemoteProtocolError, match=r"^line too long$"):
+        parse_all(b"get " + b" ".join(keys) + b"\r\n", limits)
 
 
 def test_huge_declared_length_is_swallowed_without_buffering() -> None:
@@ -333,14 +343,19 @@ def test_encode_refuses_parser_outcomes() -> None:
                      b"lru_crawler metadump ", b"incr ", b"O"])),
     max_size=40), st.integers(min_value=1, max_value=17))
 def test_fuzz_no_exception_and_bounded(pieces: list[bytes], chunk: int) -> None:
-    """Arbitrary input never raises, and the buffer stays within the limits."""
+    """Arbitrary input raises nothing but RemoteProtocolError (after which the parser stays
+    failed and empty), and the buffer stays within the limits."""
     limits = Limits(max_line=600, max_item_size=2048)
     parser = CommandParser(limits)
     data = b"".join(pieces)
     for i in range(0, len(data), chunk):
         parser.feed(data[i:i + chunk])
         while True:
-            cmd = parser.next_command()
+            try:
+                cmd = parser.next_command()
+            except RemoteProtocolError:
+                assert parser.closed and parser.buffered == 0
+                break
             if cmd is NEED_DATA:
                 break
             assert isinstance(cmd, (Get, Store, Delete, Arith, Touch, Version, Verbosity, Quit,

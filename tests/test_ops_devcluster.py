@@ -7,16 +7,18 @@ import dataclasses
 import os
 import random
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import asyncpg
 import pytest
+import redis
 from redis.cluster import RedisCluster
 
 from ops.config import ClusterConfig, parse_hostport
-from ops.devcluster import DevCluster, DevOptions
+from ops.devcluster import DEV_REDIS_USER, DevCluster, DevOptions, wait_redis_replicas
 from ops.launcher import (
     LaunchError,
     ephemeral_port_range,
@@ -24,13 +26,14 @@ from ops.launcher import (
     free_port_block,
     port_in_use,
 )
-from tests.conftest import RunningRedis, make_test_config
+from tests.conftest import RunningRedis, SessionCluster, make_test_config
 
 
 def test_redis_cluster_spreads_keys_over_three_masters(redis_cluster: RunningRedis) -> None:
     """Keys written through RedisCluster land on all three masters and read back."""
     host, port = parse_hostport(redis_cluster.nodes[0])
-    rc = RedisCluster(host=host, port=port, decode_responses=True)
+    rc = RedisCluster(host=host, port=port, decode_responses=True,
+                      **redis_cluster.auth.client_kwargs())
     try:
         masters = {f"{n.host}:{n.port}" for n in rc.get_primaries()}
         assert len(masters) == 3
@@ -116,13 +119,13 @@ def test_restart_after_down_reuses_data(own_cluster: DevCluster) -> None:
     host, port = own_cluster.redis_addresses[0]
     try:
         own_cluster.up()
-        rc = RedisCluster(host=host, port=port)
+        rc = RedisCluster(host=host, port=port, **own_cluster.credentials.redis.client_kwargs())
         rc.set("objmail:test:persist", b"kept")
         rc.close()
         # Redis rewrites its AOF on a clean shutdown, so the key survives.
         own_cluster.down()
         own_cluster.up()
-        rc = RedisCluster(host=host, port=port)
+        rc = RedisCluster(host=host, port=port, **own_cluster.credentials.redis.client_kwargs())
         assert rc.get("objmail:test:persist") == b"kept"
         rc.close()
     finally:
@@ -236,3 +239,109 @@ def test_free_ports_stay_out_of_the_ephemeral_range() -> None:
             assert not low <= port <= high, port
             assert not port_in_use("127.0.0.1", port)
         assert not low <= free_port() <= high
+
+
+def test_redis_refuses_clients_without_credentials(redis_cluster: RunningRedis) -> None:
+    """The launcher's Redis runs no command for a client that has not authenticated, nor
+    for a wrong password or the disabled default user; objmail's ACL user gets in, and
+    the replicas, authenticating as that user, stay online."""
+    host, port = parse_hostport(redis_cluster.nodes[0])
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(b"PING\r\nGET objmail:x\r\n")
+        answer = b""
+        while answer.count(b"\r\n") < 2:
+            answer += sock.recv(4096)
+    assert answer.startswith(b"-NOAUTH ") and answer.count(b"-NOAUTH ") == 2, answer
+    password = redis_cluster.auth.password
+    assert password is not None and redis_cluster.auth.username == DEV_REDIS_USER
+    refused: list[tuple[str | None, str | None]] = [
+        (None, None), (None, "wrong"), (DEV_REDIS_USER, "wrong"), ("default", password)]
+    for username, wrong in refused:
+        client = redis.Redis(host=host, port=port, socket_timeout=5, username=username,
+                             password=wrong)
+        try:
+            with pytest.raises(redis.AuthenticationError):
+                client.ping()
+        finally:
+            client.close()
+    with pytest.raises(redis.RedisClusterException, match="HELLO must be called"):
+        RedisCluster(host=host, port=port, socket_timeout=5)
+    client = redis.Redis(host=host, port=port, socket_timeout=5,
+                         **redis_cluster.auth.client_kwargs())
+    try:
+        assert client.ping()
+        assert client.config_get("protected-mode") == {"protected-mode": "yes"}
+    finally:
+        client.close()
+    wait_redis_replicas(redis_cluster.cluster.redis_addresses, timeout=5,
+                        auth=redis_cluster.auth)
+
+
+def test_postgres_refuses_connections_without_the_password(
+        postgres: str, test_cluster: SessionCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launcher's PostgreSQL (scram-sha-256 for every connection) refuses a client
+    without the password or with a wrong one, and keeps only a SCRAM verifier of it."""
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", "/nonexistent")
+    dsn = test_cluster.pg_dsn
+    password = test_cluster.credentials.pg_password
+    assert password is not None and password not in dsn
+
+    async def run() -> tuple[list[str], str]:
+        for wrong in (None, "", "wrong"):
+            with pytest.raises(asyncpg.InvalidPasswordError):
+                await asyncpg.connect(dsn, password=wrong)
+        conn = await asyncpg.connect(dsn, password=password)
+        try:
+            methods = await conn.fetch("SELECT DISTINCT auth_method FROM pg_hba_file_rules")
+            verifier = await conn.fetchval(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = current_user")
+        finally:
+            await conn.close()
+        return [r["auth_method"] for r in methods], verifier
+
+    methods, verifier = asyncio.run(run())
+    assert methods == ["scram-sha-256"]
+    assert verifier.startswith("SCRAM-SHA-256$") and password not in verifier
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_secrets_logs_and_data_are_private(postgres: str, redis_cluster: RunningRedis,
+                                           test_cluster: SessionCluster) -> None:
+    """The generated passwords are 0600 files in a 0700 directory; logs, Redis and
+    PostgreSQL data are in 0700 directories and nothing in them is readable by group or
+    others; no password shows in the config or in any process's command line (ps)."""
+    run_dir = test_cluster.run_dir
+    cluster = test_cluster.config.cluster
+    secret_files = [Path(cluster.redis_password_file), Path(cluster.pg_password_file)]
+    assert {p.parent for p in secret_files} == {run_dir / "secrets"}
+    assert _mode(run_dir / "secrets") == 0o700
+    assert all(_mode(p) == 0o600 for p in secret_files)
+    assert _mode(run_dir / "redis" / "auth.conf") == 0o600
+    trees = [run_dir / "secrets", run_dir / "log", run_dir / "redis", run_dir / "pg"]
+    exposed = []
+    for tree in trees:
+        assert _mode(tree) == 0o700, tree
+        for root, dirs, files in os.walk(tree):
+            for name in dirs + files:
+                path = Path(root) / name
+                mode = path.lstat().st_mode
+                # A socket's own mode is moot inside a 0700 directory.
+                if mode & 0o077 and not stat.S_ISSOCK(mode):
+                    exposed.append(f"{stat.S_IMODE(mode):04o} {path}")
+    assert exposed == []
+    assert _mode(run_dir / "pg" / "data") == 0o700
+    passwords = [test_cluster.credentials.pg_password, redis_cluster.auth.password]
+    assert all(passwords)
+    config_text = (run_dir / "objmail.toml").read_text()
+    assert str(secret_files[0]) in config_text
+    assert not any(p in config_text for p in passwords if p)
+    for pid in os.listdir("/proc"):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        assert not any(p in cmdline for p in passwords if p), f"password in ps: {pid}"

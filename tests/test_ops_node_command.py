@@ -16,7 +16,7 @@ import pytest
 from director.keys import Keyspace
 from ops.cli import EX_CONFIG, EX_DATAERR, EX_OK, EX_TEMPFAIL, main
 from ops.config import ENV_REDIS_NODES, DirectorConfig
-from tests.conftest import RunningRedis, free_port_block
+from tests.conftest import RunningRedis, credential_keys, free_port_block
 from tests.test_director_index import with_index
 
 
@@ -37,7 +37,8 @@ def cli(redis_cluster: RunningRedis, capsys: pytest.CaptureFixture[str], tmp_pat
         monkeypatch: pytest.MonkeyPatch) -> Cli:
     monkeypatch.setenv(ENV_REDIS_NODES, ",".join(redis_cluster.nodes))
     config = tmp_path / "objmail.toml"
-    config.write_text("# defaults; Redis from OBJMAIL_REDIS_NODES\n")
+    config.write_text("# defaults; Redis from OBJMAIL_REDIS_NODES\n[cluster]\n"
+                      + credential_keys(redis_cluster.cluster.config.cluster))
     return Cli(capsys, config)
 
 
@@ -173,7 +174,7 @@ def test_index_bucket_count_mismatch_is_a_config_error(cli: Cli, tmp_path: Path)
     """A config whose index_buckets differs from the index's is refused with exit 78."""
     assert cli("node", "list")[0] == EX_OK  # the index exists with the default count
     other = tmp_path / "other.toml"
-    other.write_text("[director]\nindex_buckets = 128\n")
+    other.write_text(cli.config.read_text() + "[director]\nindex_buckets = 128\n")
     code, _out, err = Cli(cli.capsys, other)("node", "list")
     assert code == EX_CONFIG
     assert "index_buckets" in err

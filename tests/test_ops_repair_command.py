@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ops.cli import EX_CONFIG, EX_OK, main
-from tests.conftest import RunningRedis
+from tests.conftest import RunningRedis, credential_keys
 
 
 def config_file(tmp_path: Path, redis_cluster: RunningRedis, buckets: int = 64) -> Path:
@@ -19,6 +19,7 @@ def config_file(tmp_path: Path, redis_cluster: RunningRedis, buckets: int = 64) 
     nodes = ", ".join(f'"{n}"' for n in redis_cluster.nodes)
     path.write_text(f'[cluster]\nredis_nodes = [{nodes}]\n'
                     f'redis_prefix = "t{uuid.uuid4().hex[:8]}:"\n'
+                    + credential_keys(redis_cluster.cluster.config.cluster) +
                     f'[director]\nindex_buckets = {buckets}\n')
     return path
 

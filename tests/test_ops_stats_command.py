@@ -53,7 +53,7 @@ def test_fanout_attachment_is_stored_once(stack: MailStack) -> None:
     """200 messages sharing a 256 KiB PDF grow physical bytes by ~1 copy x replicas."""
     pdf = b"%PDF-1.4\n" + os.urandom(ATTACHMENT)  # incompressible, like a real PDF
     users = [stack.new_user("fan") for _ in range(USERS)]
-    before = stack.run(collect(stack.config))
+    before = stack.run(collect(stack.config, stack.credentials))
 
     async def deliver_all() -> None:
         gate = asyncio.Semaphore(10)  # ten deliveries in flight, like 10 LMTP connections
@@ -65,7 +65,7 @@ def test_fanout_attachment_is_stored_once(stack: MailStack) -> None:
         await asyncio.gather(*(one(n) for n in range(USERS)))
 
     stack.run(deliver_all())
-    after = stack.run(collect(stack.config))
+    after = stack.run(collect(stack.config, stack.credentials))
     logical = after.logical_bytes - before.logical_bytes
     physical = after.physical_bytes - before.physical_bytes
     replicas = stack.config.director.replicas
@@ -86,7 +86,7 @@ def test_stats_cli_json(stack: MailStack, test_cluster: SessionCluster,
     with redirect_stdout(out):
         assert cli.main(["stats", "--json"]) == 0
     got = json.loads(out.getvalue())
-    expected = stack.run(collect(stack.config))
+    expected = stack.run(collect(stack.config, stack.credentials))
     assert got["users"] == expected.users
     assert got["logical_bytes"] == expected.logical_bytes
     assert got["blobs"] == expected.blobs

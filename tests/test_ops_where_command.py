@@ -58,7 +58,9 @@ def test_printed_redis_cli_line_answers_the_same(redis_cluster: RunningRedis) ->
     tricky = "0000" + "0a0d092022275c7c00" + "ab" * 21
     assert len(tricky) == 64
     with_index(redis_cluster, 65536, lambda index: index.add_locations(tricky, [3, 11]), keys)
-    line = redis_cli_line(tricky, IndexLayout(65536), keys, redis_cluster.nodes[0])
+    line = redis_cli_line(tricky, IndexLayout(65536), keys, redis_cluster.cluster.config.cluster)
+    assert redis_cluster.auth.password is not None
+    assert "REDISCLI_AUTH=" in line and redis_cluster.auth.password not in line
     result = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=20,
                             check=False)
     assert result.returncode == 0, result.stderr

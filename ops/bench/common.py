@@ -393,7 +393,8 @@ class ObjmailCluster:
 
         async def create() -> None:
             store = await MetadataStore.open(self.conf.cluster.pg_dsn, pool_min=1, pool_max=4,
-                                             password_params=params)
+                                             password_params=params,
+                                             password=self.cluster.credentials.pg_password)
             try:
                 sem = asyncio.Semaphore(4)
 

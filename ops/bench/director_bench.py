@@ -48,6 +48,7 @@ from ops.bench.common import free_block, human, markdown_table, median_run
 from ops.bench.objstore_bench import build_mcload, keys_for, run_mcload, warm
 from ops.config import ClusterConfig, Config, DirectorConfig, ObjstoreConfig, parse_hostport
 from ops.devcluster import DevCluster, DevOptions
+from runtime.secrets import RedisAuth
 
 TARGETS = ("objstored", "directord", "library")
 
@@ -81,10 +82,11 @@ def blob(size: int, n: int, base: bytes) -> bytes:
     return struct.pack(">Q", n) + base[8:size]
 
 
-async def library_run(config: Config, op: str, size: int, conns: int, seconds: float,
-                      base: bytes, counter: list[int], stored: list[str]) -> Result:
+async def library_run(config: Config, auth: RedisAuth, op: str, size: int, conns: int,
+                      seconds: float, base: bytes, counter: list[int],
+                      stored: list[str]) -> Result:
     """``conns`` tasks doing ``op`` for ``seconds`` (after a short unmeasured start)."""
-    client = await BlobClient.open(config.cluster, config.director)
+    client = await BlobClient.open(config.cluster, config.director, auth=auth)
     latencies: list[float] = []
     errors = 0
     settle = max(0.5, seconds / 10)
@@ -202,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
                     counter = [0]
                     stored: list[str] = []
                     for op in ("put", "get", "dedup"):
-                        runs = [asyncio.run(library_run(config, op, size, args.conns,
-                                                        args.seconds, base, counter, stored))
+                        runs = [asyncio.run(library_run(cluster.config,
+                                                        cluster.credentials.redis, op, size,
+                                                        args.conns, args.seconds, base,
+                                                        counter, stored))
                                 for _ in range(args.reps)]
                         record(median(runs))
         finally:

@@ -116,8 +116,9 @@ class LockWatch:
     QUERY = ("SELECT count(*) FILTER (WHERE wait_event_type = 'Lock') FROM pg_stat_activity "
              "WHERE datname = current_database() AND pid <> pg_backend_pid()")
 
-    def __init__(self, dsn: str, interval: float = 0.02) -> None:
+    def __init__(self, dsn: str, password: str | None, interval: float = 0.02) -> None:
         self.dsn = dsn
+        self.password = password
         self.interval = interval
         self.samples = 0
         self.waiting = 0
@@ -126,7 +127,7 @@ class LockWatch:
     async def run(self) -> None:
         import asyncpg
 
-        conn = await asyncpg.connect(self.dsn)
+        conn = await asyncpg.connect(self.dsn, password=self.password)
         try:
             while not self._stop.is_set():
                 if await conn.fetchval(self.QUERY):
@@ -167,7 +168,7 @@ def run_phase(cluster: ObjmailCluster, users: Sequence[str], conns: int, size: i
     body = attachment_part(size)
     message_bytes = len(message_head(users[0], 0, phase) + body + TAIL)
     pids = cluster.server_pids()
-    watch = LockWatch(cluster.conf.cluster.pg_dsn)
+    watch = LockWatch(cluster.conf.cluster.pg_dsn, cluster.cluster.credentials.pg_password)
     cpu0 = tree_cpu_seconds(pids)
     elapsed, latencies, refused = asyncio.run(
         deliver_all(ports or [cluster.lmtp_port], users, body, phase, conns, watch))
@@ -224,11 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parallel = run_phase(cluster, users, args.conns, size, "parallel")
         print(f"{args.conns} connections: {parallel.per_second:.1f} msgs/s "
               f"(load {load_text()})", file=sys.stderr)
-        stats = asyncio.run(collect(cluster.conf))
+        stats = asyncio.run(collect(cluster.conf, cluster.cluster.credentials))
         serial = run_phase(cluster, users, 1, size, "serial")
         print(f"1 connection: {serial.per_second:.1f} msgs/s (load {load_text()})",
               file=sys.stderr)
-        after = asyncio.run(collect(cluster.conf))
+        after = asyncio.run(collect(cluster.conf, cluster.cluster.credentials))
         phases = [parallel, serial]
         if args.imapd > 1:
             ports = [cluster.lmtp_port] + [cluster.add_imapd(f"imapd-{k}")[1]

@@ -35,6 +35,7 @@ from director.keys import Keyspace
 from ops.config import ClusterConfig, Config, ObjstoreConfig, parse_hostport
 from ops.devcluster import DevCluster, DevOptions
 from ops.launcher import port_in_use
+from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 
 @dataclass
@@ -53,14 +54,15 @@ class RunResult:
         return (self.used_after - self.used_before) / self.blobs
 
 
-def masters(nodes: Sequence[str]) -> list[redis.Redis]:
+def masters(nodes: Sequence[str], auth: RedisAuth) -> list[redis.Redis]:
     """Plain clients of the cluster's current masters (INFO is per process)."""
     from redis.cluster import RedisCluster
 
     host, port = parse_hostport(nodes[0])
-    rc = RedisCluster(host=host, port=port)
+    rc = RedisCluster(host=host, port=port, **auth.client_kwargs())
     try:
-        return [redis.Redis(host=n.host, port=n.port) for n in rc.get_primaries()]
+        return [redis.Redis(host=n.host, port=n.port, **auth.client_kwargs())
+                for n in rc.get_primaries()]
     finally:
         rc.close()
 
@@ -94,15 +96,15 @@ def wait_replicas_online(nodes: list[redis.Redis], timeout: float = 60.0) -> Non
             time.sleep(0.1)
 
 
-def warm_up(nodes: Sequence[str], args: argparse.Namespace) -> None:
+def warm_up(nodes: Sequence[str], auth: RedisAuth, args: argparse.Namespace) -> None:
     """Index and drop a throwaway batch, so that one-time allocations (replication
     backlog blocks, script cache, connection buffers) are not charged to run 1."""
     rng = random.Random(args.seed - 1)
     keys = Keyspace(f"objmail-bench-warmup-{rng.randrange(1 << 30):x}:")
-    primaries = masters(nodes)
+    primaries = masters(nodes, auth)
     try:
         wait_replicas_online(primaries)
-        asyncio.run(index_blobs(nodes, keys, args.buckets, random_ids(100_000, rng),
+        asyncio.run(index_blobs(nodes, auth, keys, args.buckets, random_ids(100_000, rng),
                                 args.replicas, args.nodes, rng))
         delete_keys(primaries, keys.prefix)
     finally:
@@ -114,9 +116,10 @@ def random_ids(count: int, rng: random.Random) -> list[str]:
     return [hashlib.sha256(rng.randbytes(16)).hexdigest() for _ in range(count)]
 
 
-async def index_blobs(nodes: Sequence[str], keys: Keyspace, buckets: int, ids: list[str],
-                      replicas: int, node_count: int, rng: random.Random) -> float:
-    index = await LocationIndex.open(nodes, buckets=buckets, keys=keys)
+async def index_blobs(nodes: Sequence[str], auth: RedisAuth, keys: Keyspace, buckets: int,
+                      ids: list[str], replicas: int, node_count: int,
+                      rng: random.Random) -> float:
+    index = await LocationIndex.open(nodes, buckets=buckets, keys=keys, auth=auth)
     try:
         numbers = list(range(1, node_count + 1))
         t0 = time.monotonic()
@@ -129,14 +132,14 @@ async def index_blobs(nodes: Sequence[str], keys: Keyspace, buckets: int, ids: l
         await index.aclose()
 
 
-def bucket_stats(nodes: Sequence[str], keys: Keyspace, buckets: int,
+def bucket_stats(nodes: Sequence[str], auth: RedisAuth, keys: Keyspace, buckets: int,
                  sample: int, rng: random.Random) -> tuple[float, int]:
     from redis.cluster import RedisCluster
 
     from director.keys import IndexLayout
 
     host, port = parse_hostport(nodes[0])
-    rc = RedisCluster(host=host, port=port)
+    rc = RedisCluster(host=host, port=port, **auth.client_kwargs())
     layout = IndexLayout(buckets)
     try:
         chosen = rng.sample(range(buckets), min(sample, buckets))
@@ -160,20 +163,21 @@ def delete_keys(nodes: list[redis.Redis], prefix: str) -> None:
         pipe.execute()
 
 
-def one_run(nodes: Sequence[str], args: argparse.Namespace, run: int) -> RunResult:
+def one_run(nodes: Sequence[str], auth: RedisAuth, args: argparse.Namespace,
+            run: int) -> RunResult:
     rng = random.Random(args.seed + run)
     prefix = f"objmail-bench-{run}-{rng.randrange(1 << 30):x}:"
     keys = Keyspace(prefix)
     ids = random_ids(args.blobs, rng)
-    primaries = masters(nodes)
+    primaries = masters(nodes, auth)
     try:
         wait_replicas_caught_up(primaries)
         before = used_memory(primaries)
-        seconds = asyncio.run(index_blobs(nodes, keys, args.buckets, ids, args.replicas,
+        seconds = asyncio.run(index_blobs(nodes, auth, keys, args.buckets, ids, args.replicas,
                                           args.nodes, rng))
         wait_replicas_caught_up(primaries)
         after = used_memory(primaries)
-        share, biggest = bucket_stats(nodes, keys, args.buckets, 200, rng)
+        share, biggest = bucket_stats(nodes, auth, keys, args.buckets, 200, rng)
         # The meta hash is one small key; it is part of the index, so it stays counted.
         return RunResult(args.blobs, args.buckets, args.replicas, before, after, seconds,
                          share, biggest)
@@ -219,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cluster: DevCluster | None = None
     tmp: tempfile.TemporaryDirectory[str] | None = None
+    auth = NO_REDIS_AUTH  # an existing cluster given by --redis-nodes: no AUTH
     if args.redis_nodes:
         nodes = [n.strip() for n in args.redis_nodes.split(",") if n.strip()]
     else:
@@ -226,11 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster = own_cluster(Path(tmp.name))
         cluster.up()
         nodes = list(cluster.config.cluster.redis_nodes)
+        auth = cluster.credentials.redis
     try:
-        warm_up(nodes, args)
+        warm_up(nodes, auth, args)
         results = []
         for run in range(args.runs):
-            r = one_run(nodes, args, run)
+            r = one_run(nodes, auth, args, run)
             results.append(r)
             if not args.json:
                 print(f"run {run + 1}: {r.blobs} blobs x{r.replicas}, {r.buckets} buckets: "
