@@ -27,6 +27,7 @@ from redis.cluster import RedisCluster
 
 from director.client import REGISTRY_REFRESH, BlobClient, open_keys
 from director.codec import BlobCodec
+from director.keyring import Keyring, write_keyring
 from director.nodes import NodeState
 from director.redisstate import RedisState
 from ops.config import Config, DirectorConfig, ObjstoreConfig
@@ -146,6 +147,14 @@ def installation_fixture(name: str, **settings: Any) -> Any:
             yield inst
 
     return installation
+
+
+def with_new_keyring(config: Config, directory: Path) -> Config:
+    """``config`` with a fresh keyring of its own, written (0600) under ``directory``."""
+    path = directory / "keyring.toml"
+    write_keyring(path, Keyring.generate())
+    return dataclasses.replace(config, director=dataclasses.replace(
+        config.director, keyring_file=str(path)))
 
 
 def installation_codec(config: Config) -> BlobCodec:
