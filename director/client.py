@@ -4,11 +4,16 @@ Used in-process (asyncio) by imapd, the LMTP delivery path, directord and ops to
 
 Theory of operation.
 
+*Keys*: :meth:`BlobClient.open` loads the keyring the config names (refusing to run
+without one unless ``director.allow_plaintext``), checks it against the fingerprints the
+installation recorded in Redis (:mod:`director.keyregistry`), and builds the keyed
+:class:`BlobIds` and the sealing :class:`BlobCodec` from it.
+
 *put(data)*: the id is computed from the content (:mod:`director.blobids`; a caller
 that named its blobs with :meth:`BlobClient.id_of` already passes them named, through
 :meth:`BlobClient.put_named`, and they are not hashed again).  If the location index knows
-the id, nothing is uploaded (dedup).  Otherwise the blob is encoded (zlib-ng,
-optional AES-GCM; see :mod:`director.codec`), placed by weighted rendezvous
+the id, nothing is uploaded (dedup).  Otherwise the blob is encoded (zlib-ng, then
+AES-GCM under the keyring's current key; see :mod:`director.codec`), placed by weighted rendezvous
 hashing on ``replicas`` active nodes in distinct zones (:class:`PlacementPolicy`, built
 once from the config), and written to them in
 parallel.  A target that fails is replaced by the next fallback candidate.  The
@@ -254,6 +259,7 @@ class BlobClient:
         :param retry: how long Redis operations are retried (``objmail`` commands wait
             less than daemons).
         :param auth: Redis credentials (``runtime.secrets.load_credentials(cluster)``).
+        :raises KeyringError: see :func:`open_keys` and :meth:`KeyRegistry.check`.
         """
         keyring, legacy = open_keys(dconf)
         state = await RedisState.open(cluster, dconf, retry=retry, auth=auth)

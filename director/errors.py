@@ -76,8 +76,8 @@ class KeyUnavailable(DirectorError):
     def __init__(self, key_id: int, why: str) -> None:
         self.key_id = key_id
         super().__init__(f"cannot decrypt: value encrypted under key id {key_id}, and {why} "
-                         "(director.keyring_file must hold every key id `objmail keys "
-                         "status` lists)")
+                         "(every frontend's keyring must hold each key id `objmail keys "
+                         "status` lists; docs/security.md, Keys)")
 
 
 class LeaseHeld(DirectorError):
