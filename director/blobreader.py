@@ -46,10 +46,11 @@ from dataclasses import dataclass
 
 from director.blobids import BlobIds, IdHasher
 from director.codec import FLAG_MANIFEST, BlobCodec, CodecError, Manifest, chunk_key
-from director.errors import BlobUnavailable, KeyUnavailable
+from director.errors import BlobUnavailable, DirectorError, KeyUnavailable
 from director.memcache_client import NodeClient, NodeError
 from director.planner import Health
 from objstore.replies import Value
+from runtime import errors as kinds
 
 #: Chunks of one blob fetched at the same time.
 PARALLELISM = 4
@@ -58,8 +59,9 @@ PARALLELISM = 4
 ChunkErrorHook = Callable[[NodeClient, Exception], None]
 
 
-class NotHeld(LookupError):
-    """The object server answered that it does not hold the blob (or one of its chunks)."""
+class NotHeld(DirectorError, kinds.Unavailable):
+    """The object server answered that it does not hold the blob (or one of its chunks):
+    another replica (or a repair) may serve it."""
 
 
 @dataclass(frozen=True)

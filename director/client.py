@@ -78,6 +78,7 @@ from director.codec import ENVELOPE_SLACK, BlobCodec, CodecError, load_key
 from director.config import DirectorConfig
 from director.copier import delete_copy, write_items
 from director.errors import (
+    BadKeyFile,
     BlobCorrupt,
     BlobNotFound,
     BlobUnavailable,
@@ -866,7 +867,7 @@ def open_keys(dconf: DirectorConfig) -> tuple[Keyring | None, bytes | None]:
     if dconf.encryption_key_file:
         try:
             legacy = load_key(dconf.encryption_key_file)
-        except (OSError, CodecError) as exc:
+        except (OSError, BadKeyFile) as exc:
             raise ConfigError("director.encryption_key_file", str(exc)) from None
     return keyring, legacy
 

@@ -56,7 +56,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from zlib_ng import zlib_ng
 
-from director.errors import KeyUnavailable
+from director.errors import BadKeyFile, DirectorError, KeyUnavailable
+from runtime import errors as kinds
 
 if TYPE_CHECKING:
     from director.keyring import Keyring
@@ -85,8 +86,9 @@ _MANIFEST_MAGIC = b"OMCH\x01"
 _MANIFEST_HEAD = struct.Struct(">5sQI")  # magic, total size, chunk count
 
 
-class CodecError(ValueError):
-    """Stored bytes cannot be decoded: corrupt or forged value, or unknown flags."""
+class CodecError(DirectorError, kinds.Corruption):
+    """Stored bytes cannot be decoded: corrupt or forged value, or unknown flags (a
+    missing key is :class:`~director.errors.KeyUnavailable`, not this)."""
 
 
 def key_id_of(flags: int) -> int | None:
@@ -147,7 +149,7 @@ def load_key(path: str) -> bytes:
             pass
     if len(raw) == 32:
         return raw
-    raise CodecError(f"{path}: expected a 32-byte key (raw or 64 hex digits)")
+    raise BadKeyFile(f"{path}: expected a 32-byte key (raw or 64 hex digits)")
 
 
 class BlobCodec:
@@ -170,7 +172,7 @@ class BlobCodec:
         self._legacy: AESGCM | None = None
         if legacy_key is not None:
             if len(legacy_key) != 32:
-                raise CodecError("the encryption key must be 32 bytes (AES-256)")
+                raise BadKeyFile("the encryption key must be 32 bytes (AES-256)")
             self._legacy = AESGCM(legacy_key)
         # Per key id: an HMAC object with the encryption key absorbed, copied per blob.
         self._blob_keys = {kid: hmac.new(key, digestmod=hashlib.sha256)

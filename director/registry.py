@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from director.errors import RegistryError, RemoveRefused, UnknownNode
+from director.errors import RegistryDamaged, RegistryError, RemoveRefused, UnknownNode
 from director.index import LocationIndex, StripResult
 from director.keys import Keyspace, check_node_id
 from director.nodes import ADMIN_STATES, LoadReport, Node, NodeState, parse_report
@@ -388,7 +388,7 @@ def _node_from(node_id: str, record: dict[bytes, bytes], report: LoadReport | No
                     else None,
                     added_at=float(text.get("added", "0")))
     except (KeyError, ValueError) as exc:
-        raise RegistryError(f"registry record of node {node_id} is damaged: {exc}") from exc
+        raise RegistryDamaged(f"registry record of node {node_id} is damaged: {exc}") from exc
 
 
 def _same_address(a: str, b: str) -> bool:

@@ -14,10 +14,12 @@ import re
 from collections.abc import Callable
 
 from imapd import commands as c
+from imapd.errors import ImapdError
 from imapd.fetchatts import parse_fetch_atts
 from imapd.lexer import Frame, Lexer, ParseError
 from imapd.searchkeys import UnknownCharset, parse_search_keys
 from imapd.sequence import SequenceSet
+from runtime import errors as kinds
 
 __all__ = ["COMMAND_NAMES", "UID_COMMAND_NAMES", "CommandError", "parse_command"]
 
@@ -32,7 +34,7 @@ _SPECIAL_USE_CASE = {name.upper(): name for name in _SPECIAL_USE}
 _ESEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
 
 
-class CommandError(Exception):
+class CommandError(ImapdError, kinds.InvalidInput):
     """A command could not be parsed.
 
     :ivar tag: the command's tag, None if even that was unreadable.

@@ -18,13 +18,15 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 
+from imapd.errors import ImapdError
 from imapd.sequence import SequenceSet
 from metadata.uidset import UidSet
+from runtime import errors as kinds
 
 __all__ = ["InvalidSequence", "MailboxView"]
 
 
-class InvalidSequence(ValueError):
+class InvalidSequence(ImapdError, kinds.InvalidInput):
     """A sequence number beyond the messages the client knows (answered BAD)."""
 
 

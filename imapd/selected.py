@@ -45,6 +45,7 @@ from imapd.commands import (
     UidExpunge,
 )
 from imapd.connection import Connection
+from imapd.errors import MailboxGone, TryCreate
 from imapd.fetch import Unsupported, fetch_items, flag_names, plan_fetch
 from imapd.fetchatts import BodySection
 from imapd.mailboxview import MailboxView
@@ -104,15 +105,6 @@ _READ_FAILURES = (DirectorError, ValueError)
 #: Of those, the failures retrying will not cure: the data is damaged or gone for good
 #: (SkeletonError is a ValueError, like a damaged section map).
 _LASTING = (BlobCorrupt, BlobNotFound, ValueError)
-
-
-class MailboxGone(Exception):
-    """The selected mailbox was deleted or recreated by someone else: the session must
-    end (``* BYE``), since its UIDs mean nothing any more."""
-
-
-class TryCreate(Exception):
-    """The target mailbox of COPY/MOVE/APPEND does not exist (``NO [TRYCREATE]``)."""
 
 
 @dataclass

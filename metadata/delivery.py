@@ -34,7 +34,7 @@ from typing import Protocol
 from metadata.bodystructure import render_body, render_bodystructure
 from metadata.config import MetadataConfig
 from metadata.envelope import tree_envelope
-from metadata.errors import MetadataError, OverQuota
+from metadata.errors import MessageTooBig, OverQuota
 from metadata.flags import Flags
 from metadata.messages import NewMessage
 from metadata.mimetree import parse
@@ -47,15 +47,6 @@ from metadata.store import MetadataStore
 #: Messages at least this large are analysed off the event loop's thread, so a
 #: multi-megabyte parse does not stall every other session for its duration.
 OFFLOAD_BYTES = 256 * 1024
-
-
-class MessageTooBig(MetadataError):
-    """The message exceeds ``imapd.max_message_size``."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        self.size = size
-        self.limit = limit
-        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
 
 
 #: The gc generation of a message prepared without reading it: its commit always checks.

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from metadata.bodystructure import part_data
+from metadata.errors import CorruptMessage
 from metadata.mimetree import MimeTree, PartKind, iter_parts, parse
 from metadata.sections import SectionRange, imap_view
 
@@ -74,7 +75,7 @@ _EOL_CRLF = 0x01
 _EOL_FINAL = 0x02
 
 
-class SkeletonError(ValueError):
+class SkeletonError(CorruptMessage):
     """Stored skeleton or blobs do not make up a valid message (corruption: never serve)."""
 
 

@@ -40,9 +40,10 @@ from twisted.python import failure
 from zope.interface import implementer
 
 from objstore import protocol as p
-from objstore.replies import ErrorReply, Reply, serialize_into
+from objstore.replies import ErrorReply, Reply, error_reply, serialize_into
 from objstore.stats import Counters
 from runtime.directwrite import nothing_queued, send_now
+from runtime.errors import kind_of
 from runtime.receivebuffer import RemoteProtocolError
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,15 @@ class ConnectionSettings(typing.Protocol):
 TOO_MANY_CONNECTIONS: Final = b"ERROR Too many open connections\r\n"
 #: Write what has accumulated once it exceeds this, so the transport can push back.
 FLUSH_THRESHOLD: Final = 256 * 1024
-E_INTERNAL: Final = ErrorReply(b"SERVER_ERROR", b"internal error")
+
+
+def _failed(exc: Exception, cmd: object) -> ErrorReply:
+    """The reply to a handler that raised: a bug is logged with its traceback."""
+    if kind_of(exc) is None:
+        log.exception("command %r failed", cmd)
+    else:
+        log.warning("command %r failed: %s", cmd, exc)
+    return error_reply(exc)
 
 
 class _Slot:
@@ -231,9 +240,8 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
                     break
                 try:
                     answer = handler.execute(cmd)  # type: ignore[arg-type]
-                except Exception:
-                    log.exception("command %r failed", cmd)
-                    answer = E_INTERNAL
+                except Exception as exc:
+                    answer = _failed(exc, cmd)
                 self._answer(answer, cmd)
                 if isinstance(cmd, p.ProtocolError) and cmd.fatal:
                     self._closing = True
@@ -303,8 +311,12 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
             self._maybe_close()
 
     def _answer_failed(self, reason: failure.Failure, slot: _Slot) -> None:
-        log.error("command failed: %s", reason.getTraceback())
-        self._answer_done(E_INTERNAL, slot)
+        exc = reason.value if reason.value is not None else Exception("unknown failure")
+        if kind_of(exc) is None:
+            log.error("command failed: %s", reason.getTraceback())
+        else:
+            log.warning("command failed: %s", reason.getErrorMessage())
+        self._answer_done(error_reply(exc), slot)
 
     def _drain(self) -> None:
         """Move finished slots at the head of the FIFO to the output."""

@@ -35,14 +35,16 @@ from director.client import BlobClient
 from director.keyring import Keyring, KeyringError, fingerprint, load_keyring, write_keyring
 from director.rekeyer import PLAINTEXT, RUN_FIELDS, Census, Rekeyer, RekeyStats, census
 from ops.cli import EX_CONFIG, EX_OK, EX_TEMPFAIL, EX_USAGE, CommandContext
-from ops.config import ConfigError, parse_size
+from ops.config import ConfigError
 from ops.jobrun import (
     CLI_RETRY,
     EX_INTERRUPTED,
     ProgressLine,
     StopFlag,
+    add_run_arguments,
     cancel_run,
     human,
+    parse_rate,
     run_job,
     when,
 )
@@ -74,13 +76,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                             "copy under it (resumable)")
     rotate.add_argument("--no-new-key", action="store_true",
                         help="re-encrypt under the current key without adding one")
-    rotate.add_argument("--rate", metavar="BYTES", default=None,
-                        help="read and write at most this much per second (e.g. 50M)")
-    what = rotate.add_mutually_exclusive_group()
-    what.add_argument("--status", action="store_true", help="show a run in progress")
-    what.add_argument("--cancel", action="store_true",
-                      help="forget a run in progress (the next one starts afresh)")
-    rotate.add_argument("--json", action="store_true", help="machine-readable output")
+    add_run_arguments(rotate, "read and write at most this much per second (e.g. 50M; "
+                              "default: no limit)")
     rotate.set_defaults(handler=rotate_keys)
 
 
@@ -200,16 +197,11 @@ def report_status(ctx: CommandContext, keyring: Keyring, found: Census,
 
 
 def rotate_keys(ctx: CommandContext) -> int:
-    rate: float | None = None
-    if ctx.args.rate is not None:
-        try:
-            rate = float(parse_size(ctx.args.rate, "--rate"))
-        except ConfigError as exc:
-            ctx.warn(f"objmail: {exc}")
-            return EX_USAGE
-        if rate <= 0:
-            ctx.warn("objmail: --rate must be positive")
-            return EX_USAGE
+    try:
+        rate = parse_rate(ctx.args.rate)
+    except ConfigError as exc:
+        ctx.warn(f"objmail: {exc}")
+        return EX_USAGE
     path = _configured(ctx)
     load_keyring(path)  # a bad keyring is reported before anything else is done
 

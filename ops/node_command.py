@@ -13,20 +13,15 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
-from director.errors import RemoveRefused
 from director.nodes import Node, NodeState
 from director.redisconn import RetryPolicy
 from director.redisstate import RedisState
 from director.registry import remove_node
-from ops.cli import (
-    EX_DATAERR,
-    EX_OK,
-    EX_TEMPFAIL,
-    CommandContext,
-)
-from ops.director_exit import DIRECTOR_FAILURES, director_exit
+from ops.cli import CommandContext
+from ops.exitcodes import EX_DATAERR, EX_INTERRUPTED, EX_OK, EX_TEMPFAIL, FAILURES, fail
 
-#: An operator waits this long for an unreachable Redis before being told so.
+#: An operator waits this long for a Redis Cluster in trouble before being told so (one
+#: that cannot be reached at all is reported after RetryPolicy.unreachable seconds).
 CLI_RETRY = RetryPolicy(deadline=10.0)
 
 
@@ -81,11 +76,8 @@ def with_state(ctx: CommandContext, work: Callable[[RedisState], Awaitable[int]]
 
     try:
         return asyncio.run(main())
-    except RemoveRefused as exc:
-        ctx.warn(f"objmail: refused: {exc}")
-        return EX_TEMPFAIL
-    except DIRECTOR_FAILURES as exc:
-        return director_exit(ctx, exc)
+    except FAILURES as exc:
+        return fail(ctx, exc)
 
 
 def progress_printer(ctx: CommandContext, what: str) -> Callable[[int, int], None]:
@@ -245,7 +237,7 @@ def drain_until_empty(ctx: CommandContext, node_id: str) -> int:
     names, 130 after Ctrl-C (a rerun resumes)."""
     from director.drainer import Drainer, DrainStats
     from director.errors import LeaseHeld
-    from ops.jobrun import EX_INTERRUPTED, ProgressLine, combine, human, run_job
+    from ops.jobrun import ProgressLine, combine, human, run_job
 
     async def work(client: Any, stop: Any) -> int:
         drainer = Drainer(client, node_id)

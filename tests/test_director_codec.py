@@ -25,7 +25,7 @@ from director.codec import (
     key_id_of,
     load_key,
 )
-from director.errors import KeyUnavailable
+from director.errors import BadKeyFile, KeyUnavailable
 from director.keyring import Keyring
 
 blob_id = BlobIds().id_of
@@ -152,13 +152,14 @@ def test_manifest_roundtrip_and_validation() -> None:
 
 
 def test_load_key(tmp_path: Path) -> None:
-    """Keys load from raw 32 bytes or 64 hex digits; anything else is refused."""
+    """Keys load from raw 32 bytes or 64 hex digits; anything else is refused as a
+    misconfiguration (BadKeyFile), not as corrupt data."""
     (tmp_path / "raw").write_bytes(KEY)
     (tmp_path / "hex").write_text(KEY.hex() + "\n")
     (tmp_path / "short").write_bytes(b"short")
     assert load_key(str(tmp_path / "raw")) == KEY
     assert load_key(str(tmp_path / "hex")) == KEY
-    with pytest.raises(CodecError, match="32-byte key"):
+    with pytest.raises(BadKeyFile, match="32-byte key"):
         load_key(str(tmp_path / "short"))
 
 

@@ -447,6 +447,36 @@ def test_object_servers_down_gives_unavailable_and_the_session_survives(dsn: str
     run(dsn, body)
 
 
+def test_corrupt_section_map_and_corrupt_skeleton_get_the_same_answer(
+        dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A damaged section map (once a bare ValueError, NO [SERVERBUG]) and a damaged
+    skeleton both answer NO [CORRUPTION], are logged as errors, and the session goes on."""
+    corrupt = b"t NO [CORRUPTION] Message data is corrupt\r\n"
+
+    async def body(env: Env) -> None:
+        name = fresh("cora")
+        await env.user(name)
+        first = await env.deliver(name, corpus(NESTED))
+        second = await env.deliver(name, b"Subject: two\r\n\r\nsecond\r\n")
+        async with env.store.db.connection() as conn:
+            await conn.execute("UPDATE messages SET section_map = $2 WHERE id = $1",
+                               first.message_id, b"OMSM\x01\x05junk")
+            skeleton = await conn.fetchval("SELECT skeleton_id FROM messages WHERE id = $1",
+                                           second.message_id)
+        env.blobs.data[skeleton] = b"OMSK\x01 not a skeleton any more"
+        c = env.client()
+        await c.login(name)
+        await c.send("a SELECT INBOX")
+        with caplog.at_level("ERROR", logger="imapd.session"):
+            assert (await c.send("t FETCH 1 BODY.PEEK[1]")).endswith(corrupt)
+            assert (await c.send("t FETCH 2 BODY.PEEK[1]")).endswith(corrupt)
+        assert [r.levelname for r in caplog.records if r.name == "imapd.session"] == [
+            "ERROR", "ERROR"]
+        assert (await c.send("z NOOP")) == b"z OK NOOP completed\r\n"
+
+    run(dsn, body)
+
+
 def test_garbage_is_bad_and_endless_bad_commands_are_cut_off(dsn: str) -> None:
     """Unparsable lines get BAD (untagged when the tag is unreadable) and the session goes
     on; twenty BAD answers in a row end the connection with BYE."""
