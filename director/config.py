@@ -27,6 +27,8 @@ class DirectorConfig:
     write_quorum: int = 2
     write_tier: str = "ssd"
     compression_level: int = 1
+    keyring_file: str = ""
+    allow_plaintext: bool = False
     encryption_key_file: str = ""
     object_max_item_size: int = 1 * MIB
     timeout: float = 2.0

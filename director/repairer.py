@@ -30,7 +30,9 @@ lease) does two things:
    directord, which the queue cannot name) and is reported, not retried.  Only a copy
    that verified is ever written: when copies disagree the verified one wins, and a
    blob whose copies all fail to verify is reported corrupt and left as it is (a forged
-   copy is never propagated over a missing one).
+   copy is never propagated over a missing one).  A copy sealed under a key this keyring
+   lacks (:class:`~director.errors.KeyUnavailable`) stops the pass with every claimed
+   blob handed back: a configuration problem is never taken for damage.
 
 Down nodes are tracked in the job's state (``down:<node id>`` = first seen down, which
 is as soon as its load report is late: :attr:`director.nodes.LoadReport.stale`): their
@@ -56,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 from director.background import BackgroundJob, PassControl, PassStats, RateLimiter
 from director.blobreader import Probe, VerifiedBlob
 from director.copier import write_verified
+from director.errors import KeyUnavailable
 from director.index import SCAN_BUCKETS
 from director.jobstate import JobState, integer, number
 from director.memcache_client import NodeError
@@ -285,14 +288,18 @@ class Repairer(BackgroundJob[RepairStats]):
             stats.claimed += len(ids)
             todo = iter(ids)
             stop = asyncio.Event()
-            await asyncio.gather(*(self._worker(todo, stop, control, snap, placer, waiting,
-                                                stats)
-                                   for _ in range(min(PARALLELISM, len(ids)))))
+            results = await asyncio.gather(
+                *(self._worker(todo, stop, control, snap, placer, waiting, stats)
+                  for _ in range(min(PARALLELISM, len(ids)))), return_exceptions=True)
             if stop.is_set():
                 # Hand the rest back at once: only the blobs in hand were at stake.
                 rest = list(todo)
                 if rest:
                     await queue.retry_later(rest, 0.0)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            if stop.is_set():
                 return
 
     async def _worker(self, todo: Iterator[str], stop: asyncio.Event, control: PassControl,
@@ -307,6 +314,13 @@ class Repairer(BackgroundJob[RepairStats]):
                 log.warning("repair of %s failed: %s", bid, exc)
                 stats.errors += 1
                 await self.client.repair.retry_later([bid], self.dconf.repair_retry_delay)
+            except KeyUnavailable:
+                # The keyring lacks a key: nothing here is known bad.  Hand the blob back
+                # untouched, stop every worker (the rest go back too) and fail the pass:
+                # a configuration error.
+                stop.set()
+                await self.client.repair.retry_later([bid], 0.0)
+                raise
             stats.items += 1
             if stop.is_set() or not await control.checkpoint(stats):
                 stop.set()

@@ -22,7 +22,6 @@ import pytest
 
 from director.blobids import BlobIds
 from director.client import BlobClient
-from director.codec import BlobCodec
 from director.errors import BlobCorrupt, BlobUnavailable, WriteUnconfirmed
 from director.keys import item_index_id
 from director.nodes import NodeState
@@ -32,6 +31,7 @@ from runtime.nodekeys import report_key
 from tests.conftest import RunningRedis
 from tests.director_installation import (
     Installation,
+    installation_codec,
     private_installation,
     register_node,
     wait_idle,
@@ -217,7 +217,7 @@ def test_kill_9_one_objstored(setup: Setup) -> None:
     async def after(client: BlobClient) -> None:
         node = (await client.snapshot(force=True)).get(victim)
         assert node is not None
-        codec = BlobCodec(inst.config.director.compression_level)
+        codec = installation_codec(inst.config)
         for bid in on_victim:
             raw = await client.node_client(node).get(bid.encode())
             assert raw is not None

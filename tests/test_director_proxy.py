@@ -22,7 +22,7 @@ from pymemcache.exceptions import MemcacheServerError
 
 from director.blobids import BlobIds
 from director.client import BlobClient
-from director.codec import FLAG_ZLIB, BlobCodec
+from director.codec import FLAG_ZLIB
 from director.collector import Collector
 from director.keys import item_index_id
 from director.proxy import VERSION, unsupported
@@ -31,6 +31,7 @@ from ops.config import parse_hostport
 from tests.conftest import CORPUS
 from tests.director_installation import (
     Installation,
+    installation_codec,
     installation_fixture,
     wait_idle,
     with_client,
@@ -208,7 +209,7 @@ def test_blob_ids_read_encoded_and_are_guarded(installation: Installation,
     _value, _key, flags_s, size_s = head.split()
     flags, size = int(flags_s), int(size_s)
     assert flags & FLAG_ZLIB and size < len(data)
-    assert BlobCodec().decode(rest[:size], flags, bid) == data
+    assert installation_codec(installation.config).decode(rest[:size], flags, bid) == data
 
     other = os.urandom(300)
     other_id = BlobIds().id_of(other)
