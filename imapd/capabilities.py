@@ -28,6 +28,8 @@ _AUTHENTICATED = (
     "QRESYNC",
     "LIST-STATUS",
     "STATUS=SIZE",
+    "ESEARCH",
+    "SEARCHRES",
 )
 
 #: What ENABLE (RFC 5161) can switch on.

@@ -5,10 +5,10 @@ Extensions: IDLE (RFC 2177), NAMESPACE (RFC 2342), UIDPLUS (RFC 4315: UID EXPUNG
 (RFC 6851), SPECIAL-USE (RFC 6154: CREATE ... (USE (...)), LIST RETURN (SPECIAL-USE)),
 LIST-EXTENDED syntax (RFC 5258), LITERAL+ (RFC 7888, in the parser), ENABLE (RFC 5161),
 ID (RFC 2971), UNSELECT (RFC 3691), CONDSTORE and QRESYNC (RFC 7162), MULTIAPPEND (RFC 3502),
-SASL-IR (RFC 4959).  The syntax of BINARY (RFC 3516: ``literal8``, ``BINARY[...]`` items) and
-of ESEARCH/SEARCHRES (RFC 4731, RFC 5182: ``SEARCH RETURN``, ``$``) is parsed too, but those
-extensions are not announced (:mod:`imapd.capabilities`) and the session answers their
-FETCH items, SEARCH RETURN and ``$`` with BAD.
+SASL-IR (RFC 4959), ESEARCH and SEARCHRES (RFC 4731, RFC 5182: ``SEARCH RETURN``, ``$``).
+The syntax of BINARY (RFC 3516: ``literal8``, ``BINARY[...]`` items) is parsed too, but
+BINARY is not announced (:mod:`imapd.capabilities`) and the session answers its FETCH items
+with BAD.
 
 Every command carries its ``tag``; ``NAME`` is the command word as IMAP spells it. Mailbox
 names are decoded from modified UTF-7, and any case of ``INBOX`` is ``"INBOX"``. The commands
@@ -373,8 +373,7 @@ class Search(Command):
     :ivar charset: the CHARSET named by the client, upper-cased (strings in ``criteria``
         are already decoded with it).
     :ivar return_options: ESEARCH return options (``MIN``, ``MAX``, ``ALL``, ``COUNT``,
-        ``SAVE``) when the client wrote ``RETURN (...)``; None for a plain SEARCH.  ESEARCH
-        is not announced: the session refuses them with BAD.
+        ``SAVE``) when the client wrote ``RETURN (...)``; None for a plain SEARCH.
     """
 
     NAME: ClassVar[str] = "SEARCH"

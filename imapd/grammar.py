@@ -156,6 +156,15 @@ def _enable(lexer: Lexer, tag: str, uid: bool) -> c.Command:
 # -- authenticated --------------------------------------------------------------------------
 
 
+def _known_set(lexer: Lexer) -> SequenceSet:
+    """A set of QRESYNC's SELECT parameter: ``$`` means nothing there, as SELECT empties
+    the saved search result (RFC 5182 2.1)."""
+    ids = lexer.sequence_set()
+    if ids.saved:
+        raise ParseError("'$' cannot be used in SELECT")
+    return ids
+
+
 def _qresync(lexer: Lexer) -> c.QResync:
     lexer.sp()
     lexer.expect(b"(")
@@ -166,14 +175,14 @@ def _qresync(lexer: Lexer) -> c.QResync:
     seq_match: tuple[SequenceSet, SequenceSet] | None = None
     if lexer.accept(b" "):
         if lexer.peek() != ord("("):
-            known_uids = lexer.sequence_set()
+            known_uids = _known_set(lexer)
             if not lexer.accept(b" "):
                 lexer.expect(b")")
                 return c.QResync(uidvalidity, modseq, known_uids)
         lexer.expect(b"(")
-        known_seqs = lexer.sequence_set()
+        known_seqs = _known_set(lexer)
         lexer.sp()
-        seq_match = (known_seqs, lexer.sequence_set())
+        seq_match = (known_seqs, _known_set(lexer))
         lexer.expect(b")")
     lexer.expect(b")")
     return c.QResync(uidvalidity, modseq, known_uids, seq_match)

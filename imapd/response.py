@@ -65,6 +65,7 @@ __all__ = [
     "Code",
     "Continuation",
     "CopyUid",
+    "ESearchData",
     "Enabled",
     "Exists",
     "Expunge",
@@ -495,6 +496,20 @@ class SearchData:
 
 
 @dataclass(frozen=True)
+class ESearchData:
+    """``* ESEARCH (TAG "t") [UID] MIN n MAX n COUNT n ALL set [MODSEQ n]`` (RFC 4731, with
+    RFC 7162's MODSEQ); an item that is None is left out."""
+
+    tag: str
+    uid: bool = False
+    min: int | None = None
+    max: int | None = None
+    count: int | None = None
+    all: SequenceSet | None = None
+    modseq: int | None = None
+
+
+@dataclass(frozen=True)
 class NamespaceData:
     """``* NAMESPACE personal other shared``; each is None or ``((prefix, delimiter), ...)``."""
 
@@ -605,6 +620,7 @@ Response = (
     | ListItem
     | StatusData
     | SearchData
+    | ESearchData
     | NamespaceData
     | IdData
     | Enabled
@@ -698,6 +714,21 @@ def _line(response: Response) -> bytes:
             if modseq is not None and numbers:
                 line += b" (MODSEQ %s)" % _number(modseq, "MODSEQ")
             return line
+        case ESearchData(tag, uid, low, high, count, found, modseq):
+            parts = [b'* ESEARCH (TAG ' + string(tag) + b")"]
+            if uid:
+                parts.append(b"UID")
+            if low is not None:
+                parts.append(b"MIN " + _number(low, "ESEARCH MIN", 1))
+            if high is not None:
+                parts.append(b"MAX " + _number(high, "ESEARCH MAX", 1))
+            if count is not None:
+                parts.append(b"COUNT " + _number(count, "ESEARCH COUNT"))
+            if found is not None:
+                parts.append(b"ALL " + _concrete_set(found))
+            if modseq is not None:
+                parts.append(b"MODSEQ " + _number(modseq, "MODSEQ"))
+            return b" ".join(parts)
         case NamespaceData(personal, other, shared):
             return b"* NAMESPACE %s %s %s" % (
                 _namespace(personal),

@@ -608,8 +608,8 @@ class Messages:
             async with self.db.transaction(readonly=True) as conn:
                 await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
                 rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
-        return SearchHits(tuple(r["uid"] for r in rows),
-                          max((r["modseq"] for r in rows), default=None))
+        modseqs = tuple(r["modseq"] for r in rows)
+        return SearchHits(tuple(r["uid"] for r in rows), max(modseqs, default=None), modseqs)
 
     async def vanished(self, user_id: int, mailbox_id: int, since_modseq: int,
                        uids: UidSet | None = None) -> list[int]:

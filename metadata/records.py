@@ -260,7 +260,12 @@ class MoveResult:
 @dataclass(frozen=True)
 class SearchHits:
     """SEARCH results: matching UIDs ascending, and the highest mod-sequence among them
-    (for the CONDSTORE ``(MODSEQ n)`` response); None when nothing matched."""
+    (for the CONDSTORE ``(MODSEQ n)`` response); None when nothing matched.
+
+    :ivar modseqs: each UID's mod-sequence, in the order of ``uids`` (ESEARCH's MODSEQ of
+        only the MIN/MAX messages, RFC 7162 3.1.10).
+    """
 
     uids: tuple[int, ...]
     highest_modseq: int | None
+    modseqs: tuple[int, ...] = ()

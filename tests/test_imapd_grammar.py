@@ -298,6 +298,7 @@ ERRORS = [
     (b"a UID EXPUNGE", (), "a", "UID EXPUNGE"),
     (b"a SEARCH", (), "a", "SEARCH"),
     (b"a SEARCH RETURN (BOGUS) ALL", (), "a", "return option"),
+    (b"a SELECT INBOX (QRESYNC (1 2 $))", (), "a", "'$'"),
     (b'a ID ("name")', (), "a", "ID"),
     (b"a ID (" + b'"k" "v" ' * 31 + b")", (), "a", "ID"),
     (b"a ENABLE", (), "a", "ENABLE"),

@@ -548,3 +548,89 @@ def test_search_from_ignores_comments_and_body_is_a_substring_search(dsn: str) -
             b"* SEARCH 5\r\nf OK SEARCH completed\r\n")
 
     run(dsn, body)
+
+
+def _six_flagged_mailbox() -> tuple[bytes, ...]:
+    return tuple(b"Subject: m%d\r\n\r\nbody %d\r\n" % (n, n) for n in range(1, 7))
+
+
+async def _expunge_first_flag_some(c: Client) -> None:
+    """UIDs 1..6, then UID 1 expunged (sequence numbers 1..5 are UIDs 2..6) and UIDs 2, 4
+    and 5 (sequence numbers 1, 3, 4) flagged."""
+    await c.send("s1 SELECT INBOX")
+    await c.send("s2 STORE 1 +FLAGS.SILENT (\\Deleted)")
+    assert await c.send("s3 EXPUNGE") == b"* 1 EXPUNGE\r\ns3 OK EXPUNGE completed\r\n"
+    await c.send("s4 UID STORE 2,4:5 +FLAGS.SILENT (\\Flagged)")
+
+
+def test_esearch_return_options(dsn: str) -> None:
+    """SEARCH RETURN answers one ESEARCH line tagged with the command (RFC 4731's examples):
+    MIN/MAX/ALL are left out when nothing matched, COUNT 0 is not, RETURN () is ALL, UID
+    SEARCH answers UIDs, and a MODSEQ search adds the mod-sequence of what is returned."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        for raw in _six_flagged_mailbox():
+            await env.deliver(name, raw)
+        await _expunge_first_flag_some(c)
+        cases = {
+            "a SEARCH RETURN (MIN COUNT) FLAGGED": b'* ESEARCH (TAG "a") MIN 1 COUNT 3',
+            "b SEARCH RETURN () FLAGGED": b'* ESEARCH (TAG "b") ALL 1,3:4',
+            "c SEARCH RETURN (MIN MAX) KEYWORD none": b'* ESEARCH (TAG "c")',
+            "d UID SEARCH RETURN (MIN MAX) ALL": b'* ESEARCH (TAG "d") UID MIN 2 MAX 6',
+            "e SEARCH RETURN (COUNT) KEYWORD none": b'* ESEARCH (TAG "e") COUNT 0',
+            "f UID SEARCH RETURN (ALL) FLAGGED": b'* ESEARCH (TAG "f") UID ALL 2,4:5',
+            "g SEARCH RETURN (MAX ALL COUNT MIN) 2:5": (
+                b'* ESEARCH (TAG "g") MIN 2 MAX 5 COUNT 4 ALL 2:5'),
+        }
+        for command, expected in cases.items():
+            tag, rest = command.split(" ", 1)
+            name = rest.split(" RETURN")[0]
+            assert await c.send(command) == (
+                expected + f"\r\n{tag} OK {name} completed\r\n".encode()), command
+        reply = await c.send("h UID STORE 5 +FLAGS.SILENT (\\Seen)")
+        modseq = int(re.search(rb"MODSEQ \((\d+)\)", await c.send(
+            "i UID FETCH 5 (MODSEQ)")).group(1))  # type: ignore[union-attr]
+        assert reply.endswith(b"h OK UID STORE completed\r\n")
+        assert await c.send("j SEARCH RETURN (MIN) MODSEQ 1") == (
+            b'* ESEARCH (TAG "j") MIN 1 MODSEQ %d\r\nj OK SEARCH completed\r\n'
+            % (modseq - 1))
+        assert await c.send("k SEARCH RETURN (COUNT) MODSEQ 1") == (
+            b'* ESEARCH (TAG "k") COUNT 5 MODSEQ %d\r\nk OK SEARCH completed\r\n' % modseq)
+
+    run(dsn, body, messages=())
+
+
+def test_searchres_saves_a_result_for_dollar(dsn: str) -> None:
+    """SEARCH RETURN (SAVE) answers no ESEARCH and keeps the result as ``$`` for later
+    FETCH, SEARCH, STORE and COPY (RFC 5182's examples); with only MIN/MAX it keeps those;
+    expunged messages leave it; a failed SAVE search and SELECT empty it."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        for raw in _six_flagged_mailbox():
+            await env.deliver(name, raw)
+        await _expunge_first_flag_some(c)
+        assert await c.send("a SEARCH RETURN (SAVE) FLAGGED") == b"a OK SEARCH completed\r\n"
+        assert await c.send("b FETCH $ (UID)") == (
+            b"* 1 FETCH (UID 2)\r\n* 3 FETCH (UID 4)\r\n* 4 FETCH (UID 5)\r\n"
+            b"b OK FETCH completed\r\n")
+        assert await c.send("c UID SEARCH $ NOT UID 4") == (
+            b"* SEARCH 2 5\r\nc OK UID SEARCH completed\r\n")
+        assert await c.send("d SEARCH RETURN (SAVE MIN MAX) $ NOT 3") == (
+            b'* ESEARCH (TAG "d") MIN 1 MAX 4\r\nd OK SEARCH completed\r\n')
+        assert await c.send("e SEARCH RETURN (ALL) UID $") == (
+            b'* ESEARCH (TAG "e") ALL 1,4\r\ne OK SEARCH completed\r\n')
+        assert await c.send("f UID STORE $ +FLAGS.SILENT (\\Deleted)") == (
+            b"f OK UID STORE completed\r\n")
+        await c.send("g0 CREATE Kept")
+        assert (await c.send("g COPY $ Kept")).startswith(b"g OK [COPYUID ")
+        assert await c.send("h EXPUNGE") == (
+            b"* 1 EXPUNGE\r\n* 3 EXPUNGE\r\nh OK EXPUNGE completed\r\n")
+        assert await c.send("i FETCH $ (UID)") == b"i OK FETCH completed\r\n"
+        await c.send("j SEARCH RETURN (SAVE) ALL")
+        assert (await c.send("k SEARCH RETURN (SAVE) 99")).startswith(b"k BAD ")
+        assert await c.send("l FETCH $ (UID)") == b"l OK FETCH completed\r\n"
+        await c.send("m SEARCH RETURN (SAVE) ALL")
+        await c.send("n SELECT INBOX")
+        assert await c.send("o FETCH $ (UID)") == b"o OK FETCH completed\r\n"
+
+    run(dsn, body, messages=())
