@@ -30,6 +30,10 @@ _AUTHENTICATED = (
     "STATUS=SIZE",
     "ESEARCH",
     "SEARCHRES",
+    "SORT",
+    "SORT=DISPLAY",
+    "THREAD=ORDEREDSUBJECT",
+    "THREAD=REFERENCES",
 )
 
 #: What ENABLE (RFC 5161) can switch on.

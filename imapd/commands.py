@@ -56,11 +56,15 @@ __all__ = [
     "Search",
     "Select",
     "SelectBase",
+    "Sort",
+    "SortKey",
     "StartTLS",
     "Status",
     "Store",
     "StoreMode",
     "Subscribe",
+    "Thread",
+    "ThreadAlgorithm",
     "UidExpunge",
     "Unselect",
     "Unsubscribe",
@@ -381,6 +385,50 @@ class Search(Command):
     charset: str | None = None
     uid: bool = False
     return_options: tuple[str, ...] | None = None
+
+
+class SortKey(enum.Enum):
+    """A SORT key (RFC 5256 ``sort-key``, RFC 5957 DISPLAYFROM/DISPLAYTO)."""
+
+    ARRIVAL = "ARRIVAL"
+    CC = "CC"
+    DATE = "DATE"
+    FROM = "FROM"
+    SIZE = "SIZE"
+    SUBJECT = "SUBJECT"
+    TO = "TO"
+    DISPLAYFROM = "DISPLAYFROM"
+    DISPLAYTO = "DISPLAYTO"
+
+
+@dataclass(frozen=True)
+class Sort(Command):
+    """SORT / UID SORT (RFC 5256): ``criteria`` ordered by ``keys``, each ``(key,
+    reverse)``, most significant first."""
+
+    NAME: ClassVar[str] = "SORT"
+    keys: tuple[tuple[SortKey, bool], ...]
+    charset: str
+    criteria: SearchKey
+    uid: bool = False
+
+
+class ThreadAlgorithm(enum.Enum):
+    """THREAD algorithms (RFC 5256)."""
+
+    ORDEREDSUBJECT = "ORDEREDSUBJECT"
+    REFERENCES = "REFERENCES"
+
+
+@dataclass(frozen=True)
+class Thread(Command):
+    """THREAD / UID THREAD (RFC 5256)."""
+
+    NAME: ClassVar[str] = "THREAD"
+    algorithm: ThreadAlgorithm
+    charset: str
+    criteria: SearchKey
+    uid: bool = False
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from imapd import commands as c
 from imapd.errors import ImapdError
 from imapd.fetchatts import parse_fetch_atts
 from imapd.lexer import Frame, Lexer, ParseError
-from imapd.searchkeys import UnknownCharset, parse_search_keys
+from imapd.searchkeys import SearchKey, UnknownCharset, parse_search_keys
 from imapd.sequence import SequenceSet
 from runtime import errors as kinds
 
@@ -389,6 +389,45 @@ def _search(lexer: Lexer, tag: str, uid: bool, max_depth: int = 64) -> c.Command
     return c.Search(tag, criteria, charset, uid, return_options)
 
 
+def _charset_and_criteria(lexer: Lexer, max_depth: int) -> tuple[str, SearchKey]:
+    """SORT's and THREAD's ``SP charset 1*(SP search-key)`` (the charset is required)."""
+    lexer.sp()
+    charset = lexer.astring().decode("ascii", "replace").upper()
+    lexer.sp()
+    return charset, parse_search_keys(lexer, charset, max_depth)
+
+
+def _sort(lexer: Lexer, tag: str, uid: bool, max_depth: int = 64) -> c.Command:
+    lexer.sp()
+    words = _paren_words(lexer)
+    keys: list[tuple[c.SortKey, bool]] = []
+    reverse = False
+    for word in words:
+        if word == "REVERSE" and not reverse:
+            reverse = True
+            continue
+        try:
+            keys.append((c.SortKey(word), reverse))
+        except ValueError:
+            raise ParseError(f"unknown SORT key {word[:30]}") from None
+        reverse = False
+    if not keys or reverse:
+        raise ParseError("SORT needs sort keys")
+    charset, criteria = _charset_and_criteria(lexer, max_depth)
+    return c.Sort(tag, tuple(keys), charset, criteria, uid)
+
+
+def _thread(lexer: Lexer, tag: str, uid: bool, max_depth: int = 64) -> c.Command:
+    lexer.sp()
+    word = lexer.word()
+    try:
+        algorithm = c.ThreadAlgorithm(word)
+    except ValueError:
+        raise ParseError(f"unknown THREAD algorithm {word[:30]}") from None
+    charset, criteria = _charset_and_criteria(lexer, max_depth)
+    return c.Thread(tag, algorithm, charset, criteria, uid)
+
+
 def _fetch(lexer: Lexer, tag: str, uid: bool) -> c.Command:
     lexer.sp()
     sequence = lexer.sequence_set()
@@ -507,12 +546,15 @@ _COMMANDS: dict[str, _Parse] = {
     "UNSELECT": _no_arguments(c.Unselect),
     "EXPUNGE": _expunge,
     "SEARCH": _search,
+    "SORT": _sort,
+    "THREAD": _thread,
     "FETCH": _fetch,
     "STORE": _store,
     "COPY": _copy_like(c.Copy),
     "MOVE": _copy_like(c.Move),
 }
-UID_COMMAND_NAMES = frozenset({"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE"})
+UID_COMMAND_NAMES = frozenset({"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT",
+                               "THREAD"})
 """The commands that have a UID form."""
 
 COMMAND_NAMES = frozenset(_COMMANDS)
@@ -548,6 +590,10 @@ def parse_command(frame: Frame, max_search_depth: int = 64) -> c.Command:
             raise CommandError(tag, f"Unknown command {name[:30]}")
         if name == "SEARCH":
             return _search(lexer, tag, uid, max_search_depth)
+        if name == "SORT":
+            return _sort(lexer, tag, uid, max_search_depth)
+        if name == "THREAD":
+            return _thread(lexer, tag, uid, max_search_depth)
         return handler(lexer, tag, uid)
     except UnknownCharset as exc:
         raise CommandError(tag, exc.text, bad_charset=True) from None

@@ -40,8 +40,11 @@ from imapd.commands import (
     QResync,
     Search,
     SelectBase,
+    Sort,
     Store,
     StoreMode,
+    Thread,
+    ThreadAlgorithm,
     UidExpunge,
 )
 from imapd.connection import Connection
@@ -49,6 +52,7 @@ from imapd.errors import MailboxGone, TryCreate
 from imapd.fetch import fetch_items, flag_names, plan_fetch
 from imapd.fetchatts import BodySection
 from imapd.mailboxview import MailboxView
+from imapd.ordering import sort_entries
 from imapd.response import (
     CORRUPTION,
     UNAVAILABLE,
@@ -65,8 +69,11 @@ from imapd.response import (
     Response,
     ResponseCode,
     SearchData,
+    SortData,
     Status,
     Tagged,
+    ThreadData,
+    ThreadNode,
     UidNext,
     UidValidity,
     Unseen,
@@ -77,13 +84,14 @@ from imapd.response import Expunge as ExpungeResponse
 from imapd.response import FetchFlags as FetchFlagsItem
 from imapd.response import FetchItem as ResponseItem
 from imapd.response import Flags as FlagsResponse
-from imapd.searchkeys import uses_modseq
+from imapd.searchkeys import SearchKey, uses_modseq
 from imapd.searchmap import to_criterion
 from imapd.sequence import MAX_NUMBER, SequenceSet
+from imapd.threads import Node, ordered_subject, references
 from metadata.errors import NoSuchMailbox
 from metadata.flags import SEEN, SYSTEM_FLAGS, Flags
 from metadata.messages import StoreMode as StoreModeName
-from metadata.records import CopyResult, MessageEntry, User
+from metadata.records import CopyResult, MessageEntry, SortEntry, User
 from metadata.uidset import MAX_UID, UidSet
 
 __all__ = ["Extensions", "MailboxGone", "SelectedMailbox", "TryCreate"]
@@ -486,6 +494,45 @@ class SelectedMailbox:
             view.saved = _saved(options, found)
         if response is not None:
             conn.send([response])
+        return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
+
+    # -- SORT / THREAD ------------------------------------------------------------------------
+
+    async def _sort_entries(self, criteria: SearchKey) -> tuple[list[SortEntry], bool]:
+        """The announced entries matching ``criteria`` with their SORT/THREAD keys (one
+        query, no message read), and whether the criteria use MODSEQ."""
+        criterion = to_criterion(criteria, self.view)
+        with_modseq = uses_modseq(criteria)
+        if with_modseq:
+            self.ext.condstore = True
+        entries = await self.backend.store.messages.sort_entries(
+            self.user.id, self.view.mailbox_id, criterion)
+        return [e for e in entries if e.uid in self.view], with_modseq
+
+    def _number(self, entry: SortEntry, uid: bool) -> int:
+        return entry.uid if uid else self.view.seq_of(entry.uid) or 0
+
+    async def sort(self, cmd: Sort, conn: Connection) -> Tagged:
+        """SORT / UID SORT (RFC 5256, RFC 5957 DISPLAY keys)."""
+        entries, with_modseq = await self._sort_entries(cmd.criteria)
+        ordered = sort_entries(entries, cmd.keys)
+        modseq = max((e.modseq for e in entries), default=None) if with_modseq else None
+        conn.send([SortData(tuple(self._number(e, cmd.uid) for e in ordered), modseq)])
+        return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
+
+    async def thread(self, cmd: Thread, conn: Connection) -> Tagged:
+        """THREAD / UID THREAD (RFC 5256 ORDEREDSUBJECT and REFERENCES)."""
+        entries, _ = await self._sort_entries(cmd.criteria)
+        if cmd.algorithm is ThreadAlgorithm.REFERENCES:
+            roots = references(entries)
+        else:
+            roots = ordered_subject(entries)
+
+        def render(node: Node) -> ThreadNode:
+            number = None if node.entry is None else self._number(node.entry, cmd.uid)
+            return ThreadNode(number, tuple(render(child) for child in node.children))
+
+        conn.send([ThreadData(tuple(render(root) for root in roots))])
         return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
 
     # -- COPY / MOVE / EXPUNGE -----------------------------------------------------------------

@@ -634,3 +634,93 @@ def test_searchres_saves_a_result_for_dollar(dsn: str) -> None:
         assert await c.send("o FETCH $ (UID)") == b"o OK FETCH completed\r\n"
 
     run(dsn, body, messages=())
+
+
+_SORTABLE = (
+    b'From: "Zed" <alice@x.org>\r\nTo: bob@y.org\r\nSubject: Re: beta\r\n'
+    b"Date: Wed, 3 Jul 2024 10:00:00 +0000\r\n\r\n" + b"a" * 1000 + b"\r\n",
+    b"From: Bob Smith <carol@x.org>\r\nTo: \"Anna\" <zed@y.org>\r\nCc: m@z.org\r\n"
+    b"Subject: alpha\r\nDate: Mon, 1 Jul 2024 10:00:00 +0000\r\n\r\n" + b"b" * 4000 + b"\r\n",
+    b"From: dave@x.org\r\nTo: amy@y.org\r\nCc: a@z.org\r\nSubject: [list] Gamma\r\n\r\nc\r\n",
+    b"From: aaron@x.org\r\nTo: \"Zoe\" <bob@y.org>\r\nSubject: Fwd: Alpha (fwd)\r\n"
+    b"Date: Tue, 2 Jul 2024 23:00:00 -0500\r\n\r\n" + b"d" * 2000 + b"\r\n",
+)
+
+
+def test_sort_orders_by_keys_stored_at_delivery(dsn: str) -> None:
+    """SORT orders by every RFC 5256 and RFC 5957 key (base subject, first address's
+    mailbox or display name, sent date with INTERNALDATE for a message without one, size),
+    REVERSE per key, exact ties by sequence number, over the searched messages only; UID
+    SORT answers UIDs; rows stored before the keys existed get them from their header."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        for raw in _SORTABLE:
+            await env.deliver(name, raw)
+        await c.send("a SELECT INBOX")
+        cases = {
+            "(SUBJECT) UTF-8 ALL": b"2 4 1 3",
+            "(SUBJECT REVERSE DATE) UTF-8 ALL": b"4 2 1 3",
+            "(REVERSE SUBJECT) UTF-8 ALL": b"3 1 2 4",
+            "(FROM) UTF-8 ALL": b"4 1 2 3",
+            "(DISPLAYFROM) UTF-8 ALL": b"4 2 3 1",
+            "(DATE) UTF-8 ALL": b"2 4 1 3",
+            "(SIZE) US-ASCII ALL": b"3 1 4 2",
+            "(CC) UTF-8 ALL": b"1 4 3 2",
+            "(TO) UTF-8 ALL": b"3 1 4 2",
+            "(DISPLAYTO) UTF-8 ALL": b"3 2 1 4",
+            "(DATE) UTF-8 SUBJECT alpha": b"2 4",
+            "(ARRIVAL) UTF-8 2:3": b"2 3",
+        }
+        for arguments, expected in cases.items():
+            assert await c.send(f"b SORT {arguments}") == (
+                b"* SORT " + expected + b"\r\nb OK SORT completed\r\n"), arguments
+        assert await c.send("c UID SORT (SIZE) UTF-8 NOT 3") == (
+            b"* SORT 1 4 2\r\nc OK UID SORT completed\r\n")
+        assert await c.send("d SORT (SUBJECT) UTF-8 KEYWORD none") == (
+            b"* SORT\r\nd OK SORT completed\r\n")
+        assert (await c.send("e SORT (BOGUS) UTF-8 ALL")).startswith(b"e BAD ")
+        assert (await c.send("f SORT (SUBJECT) X-NONE ALL")).startswith(b"f NO [BADCHARSET")
+        async with env.store.db.connection() as conn:
+            await conn.execute(
+                "UPDATE messages SET sort_subject = NULL, sort_from = NULL "
+                "WHERE user_id = $1", env.users[name].id)
+        assert await c.send("g SORT (SUBJECT) UTF-8 ALL") == (
+            b"* SORT 2 4 1 3\r\ng OK SORT completed\r\n")
+        async with env.store.db.connection() as conn:
+            stored = await conn.fetch(
+                "SELECT sort_subject, sort_from FROM messages WHERE user_id = $1 ORDER BY id",
+                env.users[name].id)
+        assert [tuple(r) for r in stored] == [
+            ("beta", "alice"), ("alpha", "carol"), ("gamma", "dave"), ("alpha", "aaron")]
+
+    run(dsn, body, messages=())
+
+
+def test_thread_references_and_orderedsubject(dsn: str) -> None:
+    """THREAD REFERENCES links replies by Message-ID/In-Reply-To/References and orders
+    siblings by sent date; ORDEREDSUBJECT hangs each base subject under its first message;
+    UID THREAD answers UIDs over the searched messages."""
+    thread = (
+        b"Message-ID: <a@x>\r\nSubject: Plan\r\nDate: Mon, 1 Jul 2024 10:00:00 +0000\r\n",
+        b"Message-ID: <b@x>\r\nIn-Reply-To: <a@x>\r\nSubject: Re: Plan\r\n"
+        b"Date: Wed, 3 Jul 2024 10:00:00 +0000\r\n",
+        b"Message-ID: <c@x>\r\nReferences: <a@x> <b@x>\r\nSubject: Re: Plan\r\n"
+        b"Date: Thu, 4 Jul 2024 10:00:00 +0000\r\n",
+        b"Message-ID: <d@x>\r\nIn-Reply-To: <a@x>\r\nSubject: Re: Plan\r\n"
+        b"Date: Tue, 2 Jul 2024 10:00:00 +0000\r\n",
+        b"Message-ID: <e@x>\r\nSubject: Other\r\nDate: Fri, 5 Jul 2024 10:00:00 +0000\r\n",
+    )
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        for header in thread:
+            await env.deliver(name, header + b"\r\nbody\r\n")
+        await c.send("a SELECT INBOX")
+        assert await c.send("b THREAD REFERENCES UTF-8 ALL") == (
+            b"* THREAD (1 (4)(2 3))(5)\r\nb OK THREAD completed\r\n")
+        assert await c.send("c THREAD ORDEREDSUBJECT UTF-8 ALL") == (
+            b"* THREAD (1 (4)(2)(3))(5)\r\nc OK THREAD completed\r\n")
+        assert await c.send("d UID THREAD REFERENCES UTF-8 NOT 4") == (
+            b"* THREAD (1 2 3)(5)\r\nd OK UID THREAD completed\r\n")
+        assert (await c.send("e THREAD BOGUS UTF-8 ALL")).startswith(b"e BAD ")
+
+    run(dsn, body, messages=())
