@@ -40,13 +40,17 @@ class CommandError(ImapdError, kinds.InvalidInput):
     :ivar tag: the command's tag, None if even that was unreadable.
     :ivar text: reason for the client.
     :ivar bad_charset: the SEARCH CHARSET was unknown (answered NO [BADCHARSET]).
+    :ivar clears_saved: a ``SEARCH RETURN (SAVE)`` failed, which empties ``$`` (RFC 5182
+        2.1) even though it never reached the session.
     """
 
-    def __init__(self, tag: str | None, text: str, bad_charset: bool = False) -> None:
+    def __init__(self, tag: str | None, text: str, bad_charset: bool = False,
+                 clears_saved: bool = False) -> None:
         super().__init__(text)
         self.tag = tag
         self.text = text
         self.bad_charset = bad_charset
+        self.clears_saved = clears_saved
 
 
 # -- shared pieces --------------------------------------------------------------------------
@@ -379,6 +383,19 @@ def _search(lexer: Lexer, tag: str, uid: bool, max_depth: int = 64) -> c.Command
             if option not in _ESEARCH_RETURN:
                 raise ParseError(f"unknown SEARCH return option {option[:30]}")
         lexer.sp()
+    if return_options is None or "SAVE" not in return_options:
+        return _search_criteria(lexer, tag, uid, max_depth, return_options)
+    try:
+        return _search_criteria(lexer, tag, uid, max_depth, return_options)
+    except UnknownCharset as exc:
+        raise CommandError(tag, exc.text, bad_charset=True, clears_saved=True) from None
+    except ParseError as exc:
+        raise CommandError(tag, f"Error in IMAP command {'UID ' if uid else ''}SEARCH: "
+                           f"{exc.text}", clears_saved=True) from None
+
+
+def _search_criteria(lexer: Lexer, tag: str, uid: bool, max_depth: int,
+                     return_options: tuple[str, ...] | None) -> c.Search:
     charset: str | None = None
     if lexer.peek_word() == "CHARSET":
         lexer.atom()

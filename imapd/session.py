@@ -210,8 +210,14 @@ class Session:
             return Tagged(event.tag, Status.NO, "Log in first")
         return None
 
-    def bad_command(self) -> bool:
-        """Count a BAD answer from the parser; True when the client should be cut off."""
+    def bad_command(self, *, clears_saved: bool = False) -> bool:
+        """Count a BAD (or BADCHARSET) answer from the parser; True when the client should
+        be cut off.
+
+        :param clears_saved: it was a failed ``SEARCH RETURN (SAVE)``, which empties ``$``.
+        """
+        if clears_saved and self.selected is not None:
+            self.selected.view.saved = []
         self._bad_in_a_row += 1
         return self._bad_in_a_row >= MAX_BAD_COMMANDS
 

@@ -629,6 +629,13 @@ def test_searchres_saves_a_result_for_dollar(dsn: str) -> None:
         await c.send("j SEARCH RETURN (SAVE) ALL")
         assert (await c.send("k SEARCH RETURN (SAVE) 99")).startswith(b"k BAD ")
         assert await c.send("l FETCH $ (UID)") == b"l OK FETCH completed\r\n"
+        await c.send("l1 SEARCH RETURN (SAVE) ALL")
+        assert (await c.send("l2 SEARCH RETURN (SAVE) CHARSET X-NONE ALL")).startswith(
+            b"l2 NO [BADCHARSET")
+        assert await c.send("l3 FETCH $ (UID)") == b"l3 OK FETCH completed\r\n"
+        await c.send("l4 SEARCH RETURN (SAVE) ALL")
+        assert (await c.send("l5 SEARCH RETURN (SAVE) BOGUS")).startswith(b"l5 BAD ")
+        assert await c.send("l6 FETCH $ (UID)") == b"l6 OK FETCH completed\r\n"
         await c.send("m SEARCH RETURN (SAVE) ALL")
         await c.send("n SELECT INBOX")
         assert await c.send("o FETCH $ (UID)") == b"o OK FETCH completed\r\n"
