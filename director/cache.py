@@ -94,7 +94,7 @@ class DiskCache:
             data = txn.get(key.encode())
         if data is None:
             return None
-        if self._ids.id_of(data) != key:
+        if not self._ids.matches(key, data):
             self.discard(key)
             return None
         return bytes(data)
@@ -116,6 +116,11 @@ class DiskCache:
                 evicted = txn.pop(old, db=self._blobs)
                 if evicted is not None:
                     self._bytes -= len(evicted)
+
+    @property
+    def size(self) -> int:
+        """Bytes held."""
+        return self._bytes
 
     def discard(self, key: str) -> None:
         with self._lock, self._env.begin(write=True) as txn:

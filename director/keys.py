@@ -20,13 +20,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from runtime.nodekeys import DEFAULT_PREFIX, hot_key, report_key
+from director.errors import DirectorError
+from runtime import errors as kinds
+from runtime.nodekeys import DEFAULT_PREFIX, REGISTRY_TAG, hot_key, registry_key, report_key
 
 #: Prefix of every key objmail writes (``cluster.redis_prefix`` by default).
 PREFIX = DEFAULT_PREFIX
-
-#: Hash tag shared by the registry keys, so one Lua script can update them together.
-REGISTRY_TAG = "{reg}"
 
 #: Bucket counts allowed: powers of two in this range (16 .. 2^28 buckets).
 MIN_BUCKET_BITS = 4
@@ -42,7 +41,7 @@ _BLOB_ID = re.compile(r"[0-9a-f]{64}")
 _BLOB_ID_BYTES = re.compile(rb"[0-9a-f]{64}")
 
 
-class InvalidBlobId(ValueError):
+class InvalidBlobId(DirectorError, kinds.InvalidInput):
     """A string that is not a blob id (64 lowercase hex digits, a SHA-256)."""
 
 
@@ -199,6 +198,12 @@ class Keyspace:
         """HASH: ``buckets`` (fixed when the index is first used), ``created``."""
         return f"{self.prefix}index"
 
+    @property
+    def keyring(self) -> str:
+        """HASH: fingerprints of the installation's keys, ``id`` and ``key:<n>``
+        (director/keyregistry.py); written once per key, compared at every start."""
+        return f"{self.prefix}keyring"
+
     # -- repair queue ----------------------------------------------------------------
 
     def repair_shard(self, shard: int) -> str:
@@ -230,8 +235,9 @@ class Keyspace:
     # -- node registry (one hash slot: {reg}) ----------------------------------------
 
     def node(self, node_id: str) -> str:
-        """HASH: address, zone, tier, weight, state, number, added, changed."""
-        return f"{self.prefix}{REGISTRY_TAG}:node:{node_id}"
+        """HASH: address, zone, tier, weight, state, number, added, changed (objstored
+        reads ``number`` and ``state`` of its own)."""
+        return registry_key(node_id, self.prefix)
 
     @property
     def node_numbers(self) -> str:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Final, cast
 
 from director.config import DirectorConfig
+from director.errors import DirectorError
 from objstore.auth import AUTH_REFUSALS, E_UNAUTHENTICATED, auth_request
 from objstore.replies import (
     NEED_DATA,
@@ -50,13 +51,15 @@ from objstore.replies import (
     Values,
     VersionReply,
 )
+from runtime import errors as kinds
 from runtime.secrets import read_authfile
 
 log = logging.getLogger(__name__)
 
 
-class NodeError(Exception):
-    """An object server could not serve a request."""
+class NodeError(DirectorError, kinds.Unavailable):
+    """An object server could not serve a request (whatever the reason, a dependency
+    failing: the caller tries another replica or answers "try again")."""
 
 
 class NodeUnavailable(NodeError):

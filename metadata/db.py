@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
 from metadata.errors import SchemaError, Unavailable
+from runtime.errors import reason
 
-__all__ = ["SERVER_SETTINGS", "Database", "translate_errors"]
+__all__ = ["SERVER_SETTINGS", "UNAVAILABLE", "Database", "translate_errors", "unreachable",
+           "where"]
 
 #: Driver errors that mean the server is unreachable or went away.
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
+UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
@@ -49,12 +52,29 @@ def translate_errors() -> Iterator[None]:
             asyncpg.exceptions.UndefinedColumnError) as exc:
         raise SchemaError(f"database schema missing or outdated ({exc}); "
                           "run `objmail db migrate`") from exc
-    except _UNAVAILABLE as exc:
+    except UNAVAILABLE as exc:
         raise Unavailable(f"PostgreSQL unavailable: {exc or type(exc).__name__}") from exc
     except asyncpg.exceptions.InvalidAuthorizationSpecificationError as exc:
         # A wrong password or user, or pg_hba.conf refusing us: unusable until an operator
         # fixes the credentials (a daemon exits 69 at start-up, a command says NO/451).
         raise Unavailable(f"PostgreSQL refused the credentials: {exc}") from exc
+
+
+def unreachable(dsn: str, exc: BaseException) -> Unavailable:
+    """The error for a connection to ``dsn`` that could not be made: one line naming the
+    server and the cause (``PostgreSQL unreachable at db1:5432/objmail: Connection
+    refused``)."""
+    return Unavailable(f"PostgreSQL unreachable at {where(dsn)}: {reason(exc)}")
+
+
+def where(dsn: str) -> str:
+    """``host:port/database`` of a DSN, for messages: never its user or password."""
+    if "://" not in dsn:
+        return "the configured server (cluster.pg_dsn)"
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2] or parse_qs(parts.query).get(
+        "host", ["localhost"])[0]
+    return host + (parts.path if parts.path not in ("", "/") else "")
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -74,7 +94,7 @@ def _lost(conn: asyncpg.Connection, exc: BaseException) -> bool:
     """Whether ``exc`` comes from ``conn`` having gone away."""
     cause: BaseException | None = exc.__context__
     while cause is not None:
-        if isinstance(cause, _UNAVAILABLE):
+        if isinstance(cause, UNAVAILABLE):
             return True
         cause = cause.__context__
     try:
@@ -105,12 +125,15 @@ class Database:
         :param command_timeout: seconds a single statement may run.
         :raises Unavailable: PostgreSQL cannot be reached.
         """
-        with translate_errors():
-            pool = await asyncpg.create_pool(dsn, password=password,
-                                             min_size=min_size, max_size=max_size,
-                                             command_timeout=command_timeout,
-                                             timeout=acquire_timeout, reset=_keep_session,
-                                             server_settings=SERVER_SETTINGS)
+        with translate_errors():  # refused credentials
+            try:
+                pool = await asyncpg.create_pool(dsn, password=password,
+                                                 min_size=min_size, max_size=max_size,
+                                                 command_timeout=command_timeout,
+                                                 timeout=acquire_timeout, reset=_keep_session,
+                                                 server_settings=SERVER_SETTINGS)
+            except UNAVAILABLE as exc:
+                raise unreachable(dsn, exc) from exc
         return cls(pool, dsn, acquire_timeout)
 
     async def close(self) -> None:

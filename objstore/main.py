@@ -59,6 +59,8 @@ from runtime.secrets import NO_REDIS_AUTH, RedisAuth, load_credentials
 log = logging.getLogger("objstored")
 
 NODE_ID_FILE: Final = "node_id"
+#: The node's number in the directors' registry, as last learned (objstore.reporter).
+NODE_NUMBER_FILE: Final = "node_number"
 LOCK_FILE: Final = "objstored.lock"
 LMDB_DIR: Final = "lmdb"
 SHARED_STATS_FILE: Final = "workers.stats"
@@ -124,6 +126,29 @@ def resolve_node_id(data_dir: Path, wanted: str) -> str:
     tmp.write_text(node_id + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return node_id
+
+
+def read_node_number(data_dir: Path) -> int:
+    """The registry number kept in ``data_dir`` (0 when none was learned yet)."""
+    try:
+        return max(0, int((data_dir / NODE_NUMBER_FILE).read_text(encoding="ascii")))
+    except (OSError, ValueError):
+        return 0
+
+
+def keep_node_number(data_dir: Path, number: int) -> None:
+    """Keep ``number`` in ``data_dir`` (atomically); 0 forgets it.  A failure is logged:
+    the number is kept in memory and written again when it next changes."""
+    path = data_dir / NODE_NUMBER_FILE
+    try:
+        if number <= 0:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{number}\n", encoding="ascii")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not keep the node number in %s: %s", path, exc)
 
 
 def _lock_data_dir(data_dir: Path) -> int:
@@ -200,9 +225,25 @@ class Worker:
         from objstore.items import Result
         from objstore.lmdbstore import LmdbStore
         from objstore.metrics import ObjstoreCollector
-        from objstore.reporter import Identity, LoadReporter, LoadSample, RedisClusterSink
+        from objstore.reporter import (
+            Identity,
+            LoadReporter,
+            LoadSample,
+            ProcReader,
+            RedisClusterSink,
+            disk_space,
+        )
         from objstore.server import ObjstoreFactory, listen
-        from objstore.stats import OP_NAMES, Counters, HotKeys, SharedSlots, totals
+        from objstore.stats import (
+            COMMIT_BUCKETS,
+            LATENCY_BUCKETS,
+            OP_NAMES,
+            Counters,
+            HotKeys,
+            SharedSlots,
+            histogram,
+            totals,
+        )
         from runtime.metrics import JobMetrics, listen_metrics, new_registry
 
         config, r, index = self.config, self.reactor, self.index
@@ -269,13 +310,26 @@ class Worker:
                             tier=config.tier, workers=config.workers,
                             version=VERSION.decode())
 
+        proc = ProcReader(data_dir)
+
         def sample() -> LoadSample:
             info = storage.info()
             counts = node_figures()
+            space = disk_space(data_dir, occupied=info["lmdb_used_bytes"],
+                               map_size=config.map_size, configured=config.capacity_bytes)
+            pids = [os.getpid(), *(shared.pids() if shared is not None else ())]
             return LoadSample(
-                at=time.time(), capacity_bytes=config.capacity_bytes or config.map_size,
+                at=time.time(), capacity_bytes=space.capacity,
                 used_bytes=info["bytes"], items=info["curr_items"],
                 ops=[counts[f"ops_{n}"] for n in OP_NAMES], hot=node_hot(4096),
+                fs_free_bytes=space.fs_free, system=proc.read(pids),
+                latency={
+                    "get": (LATENCY_BUCKETS, histogram(counts, "get_latency_bucket_",
+                                                       len(LATENCY_BUCKETS))),
+                    "set": (LATENCY_BUCKETS, histogram(counts, "set_latency_bucket_",
+                                                       len(LATENCY_BUCKETS))),
+                    "commit": (COMMIT_BUCKETS, histogram(counts, "commit_bucket_",
+                                                         len(COMMIT_BUCKETS)))},
                 extra={"curr_connections": counts["curr_connections"],
                        "corrupt_reads": counts["corrupt_reads"],
                        "quarantined_items": info["quarantined_items"],
@@ -287,7 +341,9 @@ class Worker:
         self.reporter = LoadReporter(identity, sample, sink, r, deferToThread,
                                      config.report_interval, config.report_ttl,
                                      config.hot_keys, on_report=hot.clear,
-                                     recorder=jobs.job("load_report"))
+                                     recorder=jobs.job("load_report"),
+                                     number=read_node_number(data_dir),
+                                     on_number=lambda n: keep_node_number(data_dir, n))
         self.reporter.start()
         if config.expire_sweep_interval > 0:
             self.sweep = ExpirySweep(storage, data_dir / STATE_FILE, r, jobs.job("expiry"))

@@ -4,11 +4,12 @@ Shared by ``objmail repair``, ``objmail level`` and ``objmail node drain --wait`
 a blob client, turn the first Ctrl-C into a stop request that the pass honours at its
 next checkpoint (so only the item in hand is at stake, and a rerun resumes from the
 saved cursor; a second Ctrl-C aborts at once), draw a progress line on a terminal, and
-map the director's errors to exit codes.
+map errors to exit codes (:mod:`ops.exitcodes`).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -20,20 +21,14 @@ from typing import Any
 
 from director.background import BackgroundJob, PassStats
 from director.client import BlobClient
-from director.errors import LeaseHeld, LeaseLost
 from director.jobstate import JobState
-from director.redisconn import RetryPolicy
-from ops.cli import (
-    EX_OK,
-    EX_TEMPFAIL,
-    CommandContext,
-)
-from ops.director_exit import DIRECTOR_FAILURES, director_exit
+from ops.cli import CommandContext
+from ops.config import ConfigError, parse_size
+from ops.exitcodes import EX_INTERRUPTED, EX_OK, EX_TEMPFAIL, FAILURES, fail
+from ops.node_command import CLI_RETRY
 
-#: An operator waits this long for an unreachable Redis before being told so.
-CLI_RETRY = RetryPolicy(deadline=10.0)
-#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
-EX_INTERRUPTED = 130
+__all__ = ["CLI_RETRY", "EX_INTERRUPTED", "ProgressLine", "StopFlag", "add_run_arguments",
+           "cancel_run", "combine", "human", "parse_rate", "run_job", "when"]
 
 
 class StopFlag:
@@ -85,6 +80,30 @@ class ProgressLine:
                   + (f", {stats.errors} failed" if stats.errors else ""))
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, rate_help: str) -> None:
+    """``--rate``, ``--status`` | ``--cancel`` and ``--json``: the options of a resumable
+    job that reads stored bytes (scrub, index rebuild)."""
+    parser.add_argument("--rate", metavar="BYTES", default=None, help=rate_help)
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--status", action="store_true", help="show a run in progress")
+    what.add_argument("--cancel", action="store_true",
+                      help="forget a run in progress (the next one starts afresh)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def parse_rate(value: str | None) -> float | None:
+    """``--rate`` in bytes per second (``50M``); None when not given.
+
+    :raises ConfigError: not a size, or not positive.
+    """
+    if value is None:
+        return None
+    rate = float(parse_size(value, "--rate"))
+    if rate <= 0:
+        raise ConfigError("--rate", "must be positive")
+    return rate
+
+
 def run_job(ctx: CommandContext,
             work: Callable[[BlobClient, StopFlag], Awaitable[int]]) -> int:
     """Open the blob client, run ``work`` with a stop flag wired to Ctrl-C, close."""
@@ -109,14 +128,8 @@ def run_job(ctx: CommandContext,
     except asyncio.CancelledError:
         ctx.warn("objmail: aborted")
         return EX_INTERRUPTED
-    except LeaseHeld as exc:
-        ctx.warn(f"objmail: {exc}; try again later")
-        return EX_TEMPFAIL
-    except LeaseLost as exc:
-        ctx.warn(f"objmail: {exc}; another director carries the job on")
-        return EX_TEMPFAIL
-    except DIRECTOR_FAILURES as exc:
-        return director_exit(ctx, exc)
+    except FAILURES as exc:
+        return fail(ctx, exc)
 
 
 async def cancel_run(ctx: CommandContext, job: BackgroundJob[Any], fields: Sequence[str]) -> int:
@@ -136,7 +149,8 @@ async def cancel_run(ctx: CommandContext, job: BackgroundJob[Any], fields: Seque
 
 
 #: Integer stats that are levels, not counts: a combined result keeps the last one.
-GAUGES = frozenset({"total", "cursor", "buckets", "remaining", "backlog"})
+GAUGES = frozenset({"total", "cursor", "buckets", "remaining", "backlog", "urgent",
+                    "full_sweep_left", "to_move"})
 
 
 def combine(passes: list[Any]) -> dict[str, Any]:
