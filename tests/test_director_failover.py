@@ -62,7 +62,8 @@ class _Garbage(socketserver.BaseRequestHandler):
 
 
 class _Liar(socketserver.BaseRequestHandler):
-    """Speaks the protocol, but every value it returns is the wrong bytes."""
+    """Speaks the protocol (it answers ``version``, wanting no login), but every value it
+    returns is the wrong bytes."""
 
     def handle(self) -> None:
         buf = b""
@@ -75,6 +76,8 @@ class _Liar(socketserver.BaseRequestHandler):
                     junk = b"definitely not the blob you stored"
                     self.request.sendall(b"VALUE %s 0 %d\r\n%s\r\nEND\r\n"
                                          % (words[1], len(junk), junk))
+                elif words == [b"version"]:
+                    self.request.sendall(b"VERSION 1.6.18-liar\r\n")
                 else:
                     self.request.sendall(b"ERROR\r\n")
 
