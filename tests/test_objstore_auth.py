@@ -235,3 +235,17 @@ def test_refusals_serialize_as_memcached_lines() -> None:
     """The refusal replies are exactly memcached's lines."""
     assert serialize(E_UNAUTHENTICATED) == UNAUTH
     assert serialize(E_AUTH_FAILURE) == FAILURE
+
+
+def test_binary_protocol_never_authenticates(h: Harness) -> None:
+    """The binary protocol (and its SASL) is not spoken: a binary SASL request gets no
+    access, and past the small pre-login line limit the connection is closed."""
+    proto, tr = h.connect()
+    # A binary-protocol SASL LIST MECHS request header (magic 0x80, opcode 0x20).
+    header = bytes([0x80, 0x20]) + bytes(22)
+    proto.dataReceived(header)
+    assert tr.value() == b"" and not tr.disconnecting
+    proto.dataReceived(header * (AUTH_LIMITS.max_line // len(header) + 1))
+    assert tr.value() == b"CLIENT_ERROR line too long\r\n"
+    assert tr.disconnecting
+    assert h.counters.auth_cmds == 0
