@@ -134,6 +134,10 @@ class ProxyHandler:
             p.MetaDebug: lambda _cmd: self._unsupported(b"me"),
         }
 
+    #: A write takes effect only when its replicas answered: it waits for every earlier
+    #: command of its connection, so a connection's commands take effect in order.
+    serial_writes = True
+
     @staticmethod
     def is_write(cmd: p.Command) -> bool:
         """Writes hold later reads of the same connection until they are done."""

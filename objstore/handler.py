@@ -172,6 +172,10 @@ class Handler:
             p.TooLarge: self._too_large,
         }
 
+    #: Writes take effect in the store in the order they are executed (the group commit
+    #: applies them in queue order): a later write need not wait for an earlier one.
+    serial_writes = False
+
     @staticmethod
     def is_write(cmd: p.Command) -> bool:
         """True for commands answered only after a durable write."""
