@@ -158,7 +158,13 @@ class Coalescer(Generic[A]):
                 self._waiting[bid] = (self._merge(queued[0], arg), [*queued[1], fut])
         if self._task is None and self._waiting:
             self._task = loop.create_task(self._drain())
-        return {bid: await fut for bid, fut in mine.items()}
+        try:
+            return {bid: await fut for bid, fut in mine.items()}
+        except asyncio.CancelledError:
+            # Nobody waits for the others any more: the batch skips done futures.
+            for fut in mine.values():
+                fut.cancel()
+            raise
 
     async def one(self, bid: str, arg: A) -> tuple[int, ...]:
         return (await self.many({bid: arg}))[bid]

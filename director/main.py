@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
 import sys
@@ -163,12 +165,31 @@ class Directord:
             await self.client.aclose()
 
 
+#: glibc's M_MMAP_THRESHOLD (mallopt), and the size from which allocations get their own
+#: mapping.
+_M_MMAP_THRESHOLD: Final = -3
+_MMAP_FROM: Final = 256 * 1024
+
+
+def _return_big_buffers() -> None:
+    """Make glibc map every allocation of 256 KiB or more on its own, so the big values a
+    burst of gets brought through go back to the system when freed.  (glibc's default
+    threshold rises to 32 MiB after the first such free, and the heap then keeps freed
+    item buffers for good.)  Nothing happens on another C library."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_FROM)
+    except (OSError, AttributeError):
+        pass
+
+
 def serve(config: DirectordConfig) -> int:
     """Run directord until SIGTERM/SIGINT; returns the exit status.
 
     :raises ConfigError: a secret file is missing or not private (78).
     """
     auth = load_credentials(config.cluster).redis
+    _return_big_buffers()
     reactor = install_asyncio_reactor()
     logs.route_twisted()
     server = Directord(config, reactor, auth)

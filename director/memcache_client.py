@@ -132,6 +132,13 @@ class MemcacheConnection(asyncio.Protocol):
             self._transport.abort()
 
 
+def _consume(fut: asyncio.Future[Reply]) -> None:
+    """Retrieve a reply future's outcome that no caller awaits any more, so asyncio does
+    not log "Future exception was never retrieved" for it."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 @dataclass(frozen=True)
 class NodeAddress:
     host: str
@@ -189,8 +196,14 @@ class NodeClient:
             reply = await asyncio.wait_for(asyncio.shield(fut), limit)
         except TimeoutError:
             # Later replies on this connection would be misattributed: drop it.
+            fut.add_done_callback(_consume)
             conn.abort(NodeTimeout(f"{self.address}: no reply within {limit}s"))
             raise NodeTimeout(f"{self.address}: no reply within {limit}s") from None
+        except asyncio.CancelledError:
+            # The caller went away (its client disconnected); the reply still comes, or
+            # the connection's failure, and nobody else will look at it.
+            fut.add_done_callback(_consume)
+            raise
         except NodeError as exc:
             raise type(exc)(f"{self.address}: {exc}") from exc
         if isinstance(reply, ErrorReply):
