@@ -117,6 +117,11 @@ class DiskCache:
                 if evicted is not None:
                     self._bytes -= len(evicted)
 
+    @property
+    def size(self) -> int:
+        """Bytes held."""
+        return self._bytes
+
     def discard(self, key: str) -> None:
         with self._lock, self._env.begin(write=True) as txn:
             data = txn.pop(key.encode(), db=self._blobs)

@@ -10,9 +10,9 @@ plain items, filtered by its number):
   *unindexed* key: a copy left by a delete that failed, a put that missed its quorum or
   crashed before its index record, an index write a Redis failover lost).
 
-Keys map to index entries as everywhere else: a blob id is its own entry, a chunk
-``<id>/<n>`` belongs to its blob's entry, any other key (a directord item) to
-:func:`director.keys.item_index_id` of the key.  A blob written between the key list and
+Keys map to index entries as everywhere else (:class:`director.listing.Listing`): a blob
+id is its own entry, a chunk ``<id>/<n>`` belongs to its blob's entry, any other key (a
+directord item) to :func:`director.keys.item_index_id` of the key.  A blob written between the key list and
 the scan can look missing; repair then finds it whole, so the race costs a probe.
 
 **Fixing** (``objmail inventory --fix``, :class:`Reclaim`).  Without it nothing is
@@ -22,8 +22,9 @@ blob id) whose youngest key was last written more than the grace period ago
 store's references in hand (:class:`~director.collector.ReferenceChecker`):
 
 * referenced by some message and listed nowhere in the index (an index write that was
-  lost): the copy is verified and **adopted** (its location recorded), and queued for
-  repair, which makes the other copies;
+  lost): the copy is verified and **adopted** (its location recorded, as ``objmail index
+  rebuild`` does: :func:`director.listing.index_verified`), and queued for repair,
+  which makes the other copies;
 * referenced, listed elsewhere with fewer than ``replicas`` locations, on a node that
   takes new blobs: verified and adopted too; on a draining node it is left until repair
   has filled the blob's copies elsewhere;
@@ -51,20 +52,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from director.background import BackgroundJob, PassControl, PassStats, throttle
-from director.codec import CodecError, is_chunk_key
+from director.codec import CodecError
 from director.collector import ReferenceChecker
 from director.jobstate import JobState
-from director.keys import is_blob_id, item_index_id
+from director.listing import HeldBlob, Listing, index_verified
 from director.memcache_client import NodeError
 from director.nodes import Node, NodeState
 from director.planner import Health
-from objstore.replies import MetadumpEntry
 
 if TYPE_CHECKING:
     from director.client import BlobClient
@@ -137,24 +136,6 @@ class InventoryStats(PassStats):
     reclaimed_examples: list[str] = field(default_factory=list)
 
 
-@dataclass
-class _Unindexed:
-    """One blob's keys on the node, none of which the index places there."""
-
-    head: MetadumpEntry | None = None
-    chunks: list[MetadumpEntry] = field(default_factory=list)
-
-    @property
-    def entries(self) -> list[MetadumpEntry]:
-        """Head first: a head never outlives its chunks while they are deleted."""
-        return ([self.head] if self.head is not None else []) + self.chunks
-
-    @property
-    def written(self) -> int:
-        """When the youngest of its keys was last written (unix seconds)."""
-        return max(e.la for e in self.entries)
-
-
 class Inventory(BackgroundJob[InventoryStats]):
     """The inventory of one node (see the module docstring).
 
@@ -181,11 +162,9 @@ class Inventory(BackgroundJob[InventoryStats]):
         except (NodeError, OSError):
             stats.errors += 1
             return stats
-        stats.keys = len(dump)
-        # index id -> the key that stands for it on the node (for the report)
-        held: dict[str, str] = {}
-        for entry in dump:
-            held.setdefault(_index_id(entry.key), entry.key.decode("ascii", "backslashreplace"))
+        listing = Listing.of(dump)
+        stats.keys = listing.keys
+        held = listing.index_ids()
         listed: set[str] = set()
         for space in (self.index, self.client.items):
             async for page in space.iterate(node=node.number):
@@ -194,8 +173,8 @@ class Inventory(BackgroundJob[InventoryStats]):
                 if not await control.checkpoint(stats):
                     return stats
         stats.indexed = len(listed)
-        missing = sorted(listed - held.keys())
-        unindexed = sorted(held[i] for i in held.keys() - listed)
+        missing = sorted(listed - held)
+        unindexed = sorted(listing.key_of(i) for i in held - listed)
         if missing:
             await self.client.repair.add(missing)
         stats.missing, stats.unindexed = len(missing), len(unindexed)
@@ -206,26 +185,17 @@ class Inventory(BackgroundJob[InventoryStats]):
             "checked_at": self.now(), "keys": stats.keys, "indexed": stats.indexed,
             "missing": stats.missing, "unindexed": stats.unindexed})
         if self.fix is not None and unindexed:
-            await self._reclaim(self.fix, node, dump, listed, control, state, stats)
+            await self._reclaim(self.fix, node, listing, listed, control, state, stats)
         elif self.fix is not None:
             stats.fixed = True
         return stats
 
     # -- the fix ------------------------------------------------------------------------
 
-    async def _reclaim(self, fix: Reclaim, node: Node, dump: tuple[MetadumpEntry, ...],
+    async def _reclaim(self, fix: Reclaim, node: Node, listing: Listing,
                        listed: set[str], control: PassControl, state: JobState,
                        stats: InventoryStats) -> None:
-        groups: dict[str, _Unindexed] = defaultdict(_Unindexed)
-        for entry in dump:
-            if is_blob_id(entry.key):
-                bid = entry.key.decode()
-                if bid not in listed:
-                    groups[bid].head = entry
-            elif is_chunk_key(entry.key):
-                bid = entry.key.split(b"/", 1)[0].decode()
-                if bid not in listed:
-                    groups[bid].chunks.append(entry)
+        groups = {bid: held for bid, held in listing.blobs.items() if bid not in listed}
         cursor = (await state.load()).get("fix_cursor", "")
         cutoff = self.now() - fix.grace
         todo = sorted(b for b in groups if b > cursor)
@@ -248,54 +218,53 @@ class Inventory(BackgroundJob[InventoryStats]):
         await state.forget(*FIX_FIELDS)
         stats.fixed = True
 
-    async def _decide(self, fix: Reclaim, node: Node, page: dict[str, _Unindexed],
+    async def _decide(self, fix: Reclaim, node: Node, page: dict[str, HeldBlob],
                       stats: InventoryStats) -> int:
         """Adopt, delete or leave each unindexed blob of one page; the bytes read."""
         live = await fix.references.referenced(page)
         where = await self.index.lookup(page)
-        client = self.client.node_client(node)
         takes_blobs = node.state is NodeState.ACTIVE
-        sem = asyncio.Semaphore(FIX_PARALLELISM)
-        read = 0
-        adopt: list[str] = []
-
-        async def one(bid: str, found: _Unindexed) -> None:
-            nonlocal read
+        adoptable: list[str] = []
+        others: list[str] = []
+        for bid in page:
             elsewhere = [n for n in where.get(bid, ()) if n != node.number]
             if bid in live and len(elsewhere) < self.client.policy.replicas:
                 if elsewhere and not takes_blobs:
                     stats.kept += 1  # repair fills the copies elsewhere first
-                    return
-                async with sem:
-                    seen = await self.client.reader.probe(bid, client)
-                if seen.blob is not None:
-                    read += seen.blob.stored_bytes
-                    adopt.append(bid)
-                elif seen.health is Health.UNREACHABLE:
-                    stats.errors += 1
                 else:
-                    stats.kept += 1
-                    log.warning("inventory %s: unindexed copy of referenced blob %s does "
-                                "not verify (%s); left alone", self.node_id, bid, seen.detail)
-                return
+                    adoptable.append(bid)
+            else:
+                others.append(bid)
+        sem = asyncio.Semaphore(FIX_PARALLELISM)
+        read = 0
+
+        async def reclaim(bid: str) -> None:
+            nonlocal read
             async with sem:
-                ours, size = await self._ours(bid, found, node)
+                ours, size = await self._ours(bid, page[bid], node)
             read += size
             if ours is None:
                 stats.errors += 1
             elif not ours:
-                stats.foreign += len(found.entries)
+                stats.foreign += len(page[bid].entries)
             else:
-                await self._delete(bid, found, node, stats)
+                await self._delete(bid, page[bid], node, stats)
 
-        await asyncio.gather(*(one(b, g) for b, g in page.items()))
-        if adopt:
-            await self.index.add_many({bid: [node.number] for bid in adopt})
-            await self.client.repair.add(adopt)  # the other copies
-            stats.adopted += len(adopt)
+        adopted = await index_verified(self.client, node, adoptable,
+                                       parallelism=FIX_PARALLELISM)
+        await asyncio.gather(*(reclaim(b) for b in others))
+        read += adopted.bytes
+        stats.errors += len(adopted.unreachable)
+        for bid, why in adopted.bad.items():
+            stats.kept += 1
+            log.warning("inventory %s: unindexed copy of referenced blob %s does not "
+                        "verify (%s); left alone", self.node_id, bid, why)
+        if adopted.indexed:
+            await self.client.repair.add(adopted.indexed)  # the other copies
+            stats.adopted += len(adopted.indexed)
         return read
 
-    async def _ours(self, bid: str, found: _Unindexed, node: Node) -> tuple[bool | None, int]:
+    async def _ours(self, bid: str, found: HeldBlob, node: Node) -> tuple[bool | None, int]:
         """Whether the copy is this installation's (None: the node could not be asked),
         and the stored bytes read to tell."""
         client = self.client.node_client(node)
@@ -317,7 +286,7 @@ class Inventory(BackgroundJob[InventoryStats]):
             return False, len(got.value)
         return True, len(got.value)
 
-    async def _delete(self, bid: str, found: _Unindexed, node: Node,
+    async def _delete(self, bid: str, found: HeldBlob, node: Node,
                       stats: InventoryStats) -> None:
         client = self.client.node_client(node)
         deleted = 0
@@ -339,11 +308,3 @@ class Inventory(BackgroundJob[InventoryStats]):
             if len(stats.reclaimed_examples) < EXAMPLES:
                 stats.reclaimed_examples.append(bid)
 
-
-def _index_id(key: bytes) -> str:
-    """The index entry an object-server key belongs to."""
-    if is_chunk_key(key):
-        return key.split(b"/", 1)[0].decode()
-    if is_blob_id(key):
-        return key.decode()
-    return item_index_id(key)

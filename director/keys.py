@@ -20,13 +20,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from runtime.nodekeys import DEFAULT_PREFIX, hot_key, report_key
+from runtime.nodekeys import DEFAULT_PREFIX, REGISTRY_TAG, hot_key, registry_key, report_key
 
 #: Prefix of every key objmail writes (``cluster.redis_prefix`` by default).
 PREFIX = DEFAULT_PREFIX
-
-#: Hash tag shared by the registry keys, so one Lua script can update them together.
-REGISTRY_TAG = "{reg}"
 
 #: Bucket counts allowed: powers of two in this range (16 .. 2^28 buckets).
 MIN_BUCKET_BITS = 4
@@ -230,8 +227,9 @@ class Keyspace:
     # -- node registry (one hash slot: {reg}) ----------------------------------------
 
     def node(self, node_id: str) -> str:
-        """HASH: address, zone, tier, weight, state, number, added, changed."""
-        return f"{self.prefix}{REGISTRY_TAG}:node:{node_id}"
+        """HASH: address, zone, tier, weight, state, number, added, changed (objstored
+        reads ``number`` and ``state`` of its own)."""
+        return registry_key(node_id, self.prefix)
 
     @property
     def node_numbers(self) -> str:

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 HOT_KEYS = 100
 #: Size queries in flight at once, per pass.
 SIZE_PARALLELISM = 16
+#: Moves per debug log line (a pass can make thousands: one line each would flood the
+#: log, one line for all of them made a 474 KB line).
+MOVES_PER_LOG_LINE = 50
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,8 @@ class LevelStats(PassStats):
     :param balanced: every node was within tolerance already.
     :param planned: moves planned; ``moved`` of them done (``hot_moved`` of hot blobs).
     :param skipped: moves not done (bad source copy, target refused, blob collected).
-    :param moves: each move: blob, source, target, size, heat, done.
+    :param moves: each move: blob, source, target, size, heat, done (left out of the
+        repr, which the background loop logs: :func:`log_pass` logs them in batches).
     """
 
     job: str = "level"
@@ -90,7 +94,24 @@ class LevelStats(PassStats):
     moved: int = 0
     hot_moved: int = 0
     skipped: int = 0
-    moves: list[dict[str, Any]] = field(default_factory=list)
+    moves: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+
+def log_pass(stats: LevelStats) -> None:
+    """One summary line at info level; the moves at debug level, in lines of at most
+    :data:`MOVES_PER_LOG_LINE` moves."""
+    if not stats.planned:
+        return
+    log.info("level: %d of %d planned move(s) done (%d hot), %d skipped, %d bytes copied; "
+             "spread %.4f, %.4f once done", stats.moved, stats.planned, stats.hot_moved,
+             stats.skipped, stats.bytes, stats.spread_before, stats.spread_planned)
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    for at in range(0, len(stats.moves), MOVES_PER_LOG_LINE):
+        batch = stats.moves[at:at + MOVES_PER_LOG_LINE]
+        log.debug("level: moves %d-%d of %d: %s", at + 1, at + len(batch), len(stats.moves),
+                  "; ".join(f"{m['blob']} {m['source']}->{m['target']} {m['size']}B"
+                            + ("" if m["done"] else " skipped") for m in batch))
 
 
 class Leveler(BackgroundJob[LevelStats]):
@@ -161,6 +182,7 @@ class Leveler(BackgroundJob[LevelStats]):
         await state.save({"passes": integer(fields, "passes") + 1, "last_pass_at": self.now(),
                           "last_moved": stats.moved, "last_bytes": stats.bytes,
                           "spread": stats.spread_before})
+        log_pass(stats)
         return stats
 
     async def move(self, move: Move, snap: RegistrySnapshot, stats: LevelStats) -> bool:

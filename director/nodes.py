@@ -46,6 +46,9 @@ class LoadReport:
     #: Unix time the report was written.
     reported_at: float
     hot_keys: tuple[str, ...] = ()
+    #: The registry number the node was given and keeps in its data dir (0: none), so
+    #: that re-registering it after the registry was lost gives it the same one.
+    number: int = 0
 
     @property
     def free_bytes(self) -> int:
@@ -106,6 +109,6 @@ def parse_report(fields: dict[bytes, bytes] | dict[str, str]) -> LoadReport | No
             tier=text.get("tier", ""), capacity_bytes=int(text["capacity_bytes"]),
             used_bytes=int(text["used_bytes"]), items=int(text.get("items", "0")),
             ops_per_sec=float(text.get("ops_per_sec", "0")),
-            reported_at=float(text["reported_at"]))
+            reported_at=float(text["reported_at"]), number=int(text.get("number", "0")))
     except (KeyError, ValueError):
         return None

@@ -15,10 +15,21 @@ object server's ``report_ttl``, and a node without a live report is ``down``.
 All registry keys share the hash tag ``{reg}`` so that adding a node (number, record,
 id -> number map) is one Lua script, atomic.  Reports live under the object server's
 own keys (:mod:`objstore.reporter`); they are read, never written, here.
+
+*Numbers outlive the registry.*  The location index names nodes by number, so a node
+must keep its number even when Redis loses the registry (a FLUSHALL of the masters, a
+master lost with its replica).  Each object server reads the ``number`` of its own record
+with every load report, keeps it in its data directory and reports it; :meth:`Registry.add`
+of a node the registry does not know gives it the number it reports (unless another node
+has it), and when the number counter is gone too, hands new nodes numbers above every
+number a reporting node keeps.  :meth:`Registry.reregister` (run by ``objmail index
+rebuild``) adds back every node that reports a kept number.  A removed node's object
+server forgets its number, so it is never brought back by this.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,8 +54,13 @@ from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
 
+log = logging.getLogger(__name__)
+
 # KEYS: node record, id->number map, number counter.  ARGV: id, address, zone, tier,
-# weight, now.  A removed node may be added again: it keeps its number.
+# weight, now, wanted, floor.  A removed node may be added again: it keeps its number.
+# A node the map does not know gets ``wanted`` (the number it reports keeping from a
+# registry that was lost) unless another id has it; otherwise the next number, above
+# ``floor`` (the highest number any node reports) when the counter was lost too.
 _ADD = LuaScript("objmail_registry_add", """
 local node_key, numbers, counter = KEYS[1], KEYS[2], KEYS[3]
 local id = ARGV[1]
@@ -52,7 +68,23 @@ local state = redis.call('HGET', node_key, 'state')
 if state and state ~= 'removed' then return {'exists', state} end
 local num = redis.call('HGET', numbers, id)
 if not num then
-  num = tostring(redis.call('INCR', counter))
+  local wanted = tonumber(ARGV[7])
+  if wanted and wanted > 0 then
+    for _, taken in ipairs(redis.call('HVALS', numbers)) do
+      if tonumber(taken) == wanted then wanted = nil; break end
+    end
+  else
+    wanted = nil
+  end
+  local last = tonumber(redis.call('GET', counter) or '0')
+  local floor = tonumber(ARGV[8]) or 0
+  if wanted then
+    num = tostring(wanted)
+    if wanted > last then redis.call('SET', counter, wanted) end
+  else
+    if floor > last then redis.call('SET', counter, floor) end
+    num = tostring(redis.call('INCR', counter))
+  end
   redis.call('HSET', numbers, id, num)
 end
 redis.call('HSET', node_key, 'id', id, 'address', ARGV[2], 'zone', ARGV[3], 'tier', ARGV[4],
@@ -234,15 +266,53 @@ class Registry:
                     and _same_address(other.address, address)):
                 raise RegistryError(f"{address} is already registered as node {other.id}")
         keys = [self.keys.node(node_id), self.keys.node_numbers, self.keys.next_number]
+        wanted, floor = await self._kept_numbers(node_id)
         now = repr(self._clock())
         (reply,) = await self.runner.run("node add", [Command(
             keys[0], ("EVALSHA", _ADD.sha, 3, *keys, node_id, address, zone, tier,
-                      repr(float(weight)), now))], durable=True)
+                      repr(float(weight)), now, wanted, floor))], durable=True)
         status = _text(reply[0])
         if status == "exists":
             raise RegistryError(f"node {node_id} is already registered "
                                 f"(state {_text(reply[1])})")
         return await self.get(node_id)
+
+    async def _kept_numbers(self, node_id: str) -> tuple[int, int]:
+        """The number the node reports keeping (0: none), and, when the registry's
+        counter is gone (a new installation, or a lost registry), the highest number any
+        reporting node keeps: no new node may take a number an old one comes back with."""
+        counter = self.keys.next_number
+        report, last = await self.runner.run("registry read", [
+            Command(self.keys.report(node_id), ("HGETALL", self.keys.report(node_id))),
+            Command(counter, ("GET", counter))])
+        mine = parse_report(_as_dict(report))
+        wanted = mine.number if mine is not None and mine.node_id == node_id else 0
+        floor = 0
+        if last is None:
+            floor = max((n.report.number for n in await self.unregistered()
+                         if n.report is not None), default=0)
+        return wanted, floor
+
+    async def reregister(self) -> list[Node]:
+        """Register again every object server that reports a number it kept but that the
+        registry does not know (the registry was lost: a FLUSHALL of the Redis masters),
+        with that number, the zone and tier it reports, weight 1 and state active.
+
+        A node an operator removed forgot its number (objstored follows its record), so
+        it is not brought back.  Weights and drains set before the loss must be set
+        again.
+        """
+        back = []
+        for node in sorted(await self.unregistered(), key=lambda n: n.id):
+            report = node.report
+            if report is None or report.number <= 0:
+                continue
+            try:
+                back.append(await self.add(node.id, report.address, zone=report.zone or
+                                           "default", tier=report.tier or "default"))
+            except RegistryError as exc:  # added meanwhile, or its address is taken
+                log.warning("could not register %s again: %s", node.id, exc)
+        return back
 
     async def set_state(self, node_id: str, state: NodeState) -> Node:
         """Set the admin state (``active``, ``draining`` or ``removed``).

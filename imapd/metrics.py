@@ -6,7 +6,8 @@ attempt, the LMTP adapter each reply it sends (by command and reply code).  It i
 collector: registered in the process's registry (:func:`runtime.metrics.new_registry`),
 it turns the counts into metric families when Prometheus scrapes, along with the gauges
 :class:`ImapdCollector` reads then (open connections per listener, change-listener
-reconnects, blob-client counters).  Every name is listed in docs/metrics.md.
+reconnects, blob-client counters, the frontend cache's hits, misses and bytes).  Every
+name is listed in docs/metrics.md.
 
 The series an operator alerts on exist from the start, at 0 (failed logins, LMTP 4xx and
 5xx), so that a rate over them is 0 rather than empty before the first failure.
@@ -113,3 +114,28 @@ class ImapdCollector:
                 yield counter_family(f"imapd_blob_{attr}",
                                      f"Blob client {attr.replace('_', ' ')}.",
                                      rows=[((), getattr(stats, attr))])
+        cache = getattr(services.blobs, "cache", None)
+        if cache is not None:
+            yield from cache_families(cache)
+
+
+def cache_families(cache: Any) -> Iterator[Metric]:
+    """The blob client's frontend cache (:class:`director.cache.BlobCache`): hits by tier,
+    misses, evictions from memory, bytes held by tier."""
+    stats = cache.stats
+    tiers = [("memory", cache.memory.size)]
+    if cache.disk is not None:
+        tiers.append(("disk", cache.disk.size))
+    yield counter_family("imapd_blob_cache_hits",
+                         "Blob reads served by the frontend cache, by tier.", ["tier"],
+                         [(("memory",), stats.hits - stats.disk_hits),
+                          (("disk",), stats.disk_hits)])
+    yield counter_family("imapd_blob_cache_misses",
+                         "Blob reads the frontend cache could not serve (they went to the "
+                         "object servers).", rows=[((), stats.misses)])
+    yield counter_family("imapd_blob_cache_evictions",
+                         "Blobs evicted from the frontend cache's memory tier.",
+                         rows=[((), cache.memory.evictions)])
+    yield gauge_family("imapd_blob_cache_bytes",
+                       "Bytes of blobs the frontend cache holds, by tier.", ["tier"],
+                       [((tier,), size) for tier, size in tiers])

@@ -54,6 +54,8 @@ from runtime.secrets import NO_REDIS_AUTH, RedisAuth, load_credentials
 log = logging.getLogger("objstored")
 
 NODE_ID_FILE: Final = "node_id"
+#: The node's number in the directors' registry, as last learned (objstore.reporter).
+NODE_NUMBER_FILE: Final = "node_number"
 LOCK_FILE: Final = "objstored.lock"
 LMDB_DIR: Final = "lmdb"
 SHARED_STATS_FILE: Final = "workers.stats"
@@ -119,6 +121,29 @@ def resolve_node_id(data_dir: Path, wanted: str) -> str:
     tmp.write_text(node_id + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return node_id
+
+
+def read_node_number(data_dir: Path) -> int:
+    """The registry number kept in ``data_dir`` (0 when none was learned yet)."""
+    try:
+        return max(0, int((data_dir / NODE_NUMBER_FILE).read_text(encoding="ascii")))
+    except (OSError, ValueError):
+        return 0
+
+
+def keep_node_number(data_dir: Path, number: int) -> None:
+    """Keep ``number`` in ``data_dir`` (atomically); 0 forgets it.  A failure is logged:
+    the number is kept in memory and written again when it next changes."""
+    path = data_dir / NODE_NUMBER_FILE
+    try:
+        if number <= 0:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(f"{number}\n", encoding="ascii")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not keep the node number in %s: %s", path, exc)
 
 
 def _lock_data_dir(data_dir: Path) -> int:
@@ -275,7 +300,9 @@ class Worker:
         self.reporter = LoadReporter(identity, sample, sink, r, deferToThread,
                                      config.report_interval, config.report_ttl,
                                      config.hot_keys, on_report=hot.clear,
-                                     recorder=jobs.job("load_report"))
+                                     recorder=jobs.job("load_report"),
+                                     number=read_node_number(data_dir),
+                                     on_number=lambda n: keep_node_number(data_dir, n))
         self.reporter.start()
         if config.expire_sweep_interval > 0:
             self.sweep = ExpirySweep(storage, data_dir / STATE_FILE, r, jobs.job("expiry"))

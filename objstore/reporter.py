@@ -12,6 +12,15 @@ where ``<prefix>`` is ``cluster.redis_prefix`` (``objmail:`` by default), both w
 seen as down.  The hash tag ``{<node_id>}`` keeps one node's keys in one slot, which lets one
 MULTI/EXEC replace both atomically.
 
+*The node's number.*  With each report the node reads its own record in the directors'
+registry (``<prefix>{reg}:node:<node_id>``: ``number`` and ``state``) and keeps the number
+in its data directory (``on_number``); the report carries it (``number``).  When the
+registry is lost (a FLUSHALL of the Redis masters), the node goes on reporting the
+number it was given, and re-registering it (``objmail node add``, ``objmail index
+rebuild``) gives it that number back, which the location index built from the nodes'
+keys then uses.  A node whose record says ``removed`` forgets its number; one without a
+record keeps it.
+
 Serving never waits for Redis: the blocking redis-py cluster client runs in a worker thread
 (``run_in_thread``, Twisted's ``deferToThread`` in production) and a failed report is retried
 with exponential backoff while the server carries on.  What to report is decided by the pure
@@ -29,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from twisted.internet import defer
 
 from objstore.stats import OP_NAMES
-from runtime.nodekeys import DEFAULT_PREFIX, hot_key, report_key
+from runtime.nodekeys import DEFAULT_PREFIX, hot_key, registry_key, report_key
 from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 if TYPE_CHECKING:
@@ -66,11 +75,21 @@ class LoadSample:
     extra: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Registration:
+    """What the directors' registry records of this node."""
+
+    number: int
+    removed: bool = False
+
+
 def build_report(identity: Identity, previous: LoadSample | None, current: LoadSample,
-                 hot_keys: int) -> tuple[dict[str, str], dict[bytes, float]]:
+                 hot_keys: int, number: int = 0) -> tuple[dict[str, str], dict[bytes, float]]:
     """The hash fields and hot-key scores to write, from two consecutive samples.
 
     Rates are per second over the time between the samples (0 for the first report).
+
+    :param number: the node's number in the registry, as last learned (0: none).
     """
     elapsed = current.at - previous.at if previous is not None else 0.0
     fields: dict[str, str] = {
@@ -86,6 +105,8 @@ def build_report(identity: Identity, previous: LoadSample | None, current: LoadS
         "reported_at": f"{current.at:.3f}",
         "interval": f"{elapsed:.3f}",
     }
+    if number > 0:
+        fields["number"] = str(number)
     total = 0.0
     for i, name in enumerate(OP_NAMES):
         rate = 0.0
@@ -107,7 +128,9 @@ class ReportSink(Protocol):
     """Where reports go (Redis Cluster in production)."""
 
     def write(self, node_id: str, fields: dict[str, str], hot: dict[bytes, float],
-              ttl: int) -> None: ...
+              ttl: int) -> Registration | None:
+        """Write one report; return the node's registry record (None: there is none)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -147,7 +170,7 @@ class RedisClusterSink:
                             retry=Retry(NoBackoff(), 0), **self._auth.client_kwargs())
 
     def write(self, node_id: str, fields: dict[str, str], hot: dict[bytes, float],
-              ttl: int) -> None:
+              ttl: int) -> Registration | None:
         if self._client is None:
             self._client = self._connect()
         try:
@@ -161,9 +184,16 @@ class RedisClusterSink:
                 pipe.zadd(hkey, hot)
                 pipe.expire(hkey, ttl)
             pipe.execute()
+            # Another slot than the report's: a command of its own.
+            number, state = self._client.hmget(registry_key(node_id, self._prefix),
+                                               "number", "state")
         except Exception:
             self.close()
             raise
+        try:
+            return Registration(int(number), removed=state == b"removed")
+        except (TypeError, ValueError):
+            return None  # not registered (or a damaged record: keep what we know)
 
     def close(self) -> None:
         client, self._client = self._client, None
@@ -183,13 +213,17 @@ class LoadReporter:
     :param clock: scheduler (a ``task.Clock`` in tests).
     :param run_in_thread: ``deferToThread`` or, in tests, a synchronous stand-in.
     :param recorder: the job metrics of the reports (``objstore_job_*{job="load_report"}``).
+    :param number: the node's registry number kept from before (0: none), reported.
+    :param on_number: called with the number when the registry says another one (0 when
+        the node was removed): the caller keeps it (objstored, in its data directory).
     """
 
     def __init__(self, identity: Identity, sample: Callable[[], LoadSample], sink: ReportSink,
                  clock: Any, run_in_thread: Callable[..., defer.Deferred[Any]],
                  interval: float, ttl: int, hot_keys: int = 32,
                  on_report: Callable[[], None] | None = None,
-                 recorder: JobRecorder | None = None) -> None:
+                 recorder: JobRecorder | None = None, number: int = 0,
+                 on_number: Callable[[int], None] | None = None) -> None:
         self.identity = identity
         self._sample = sample
         self._sink = sink
@@ -200,6 +234,8 @@ class LoadReporter:
         self.hot_keys = hot_keys
         self._on_report = on_report
         self._recorder = recorder
+        self.number = number
+        self._on_number = on_number
         self._previous: LoadSample | None = None
         self._call: Any = None
         self._busy = False
@@ -241,14 +277,16 @@ class LoadReporter:
         if self._busy:
             return defer.succeed(False)
         current = self._sample()
-        fields, hot = build_report(self.identity, self._previous, current, self.hot_keys)
+        fields, hot = build_report(self.identity, self._previous, current, self.hot_keys,
+                                   self.number)
         self._busy = True
         if self._recorder is not None:
             self._recorder.started()
         d = self._run(self._sink.write, self.identity.node_id, fields, hot, self.ttl)
 
-        def ok(_: object) -> bool:
+        def ok(registration: Registration | None) -> bool:
             self._busy = False
+            self._learn(registration)
             self._previous = current
             self.failures = 0
             self.reports += 1
@@ -272,6 +310,19 @@ class LoadReporter:
             return False
 
         return d.addCallbacks(ok, failed)
+
+    def _learn(self, registration: Registration | None) -> None:
+        """Follow the registry's number for this node (none when it was removed); with no
+        record at all (never added, or the registry was lost) keep the one we have."""
+        if registration is None:
+            return
+        number = 0 if registration.removed else registration.number
+        if number != self.number:
+            log.info("node %s: registry number %d (was %d)", self.identity.node_id, number,
+                     self.number)
+            self.number = number
+            if self._on_number is not None:
+                self._on_number(number)
 
 
 def wall_clock() -> float:

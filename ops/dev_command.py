@@ -1,4 +1,15 @@
-"""``objmail dev up|down|status``: the local cluster for development and demos."""
+"""``objmail dev up|down|status|stop|start|restart``: the local cluster for development
+and demos.
+
+``up`` starts every process that is not running and names each one it started.  A
+process stopped with ``dev stop NAME`` is *held*: ``up`` leaves it stopped (and says
+so) until ``dev start NAME`` or ``dev restart NAME``; ``dev down`` stops everything and
+forgets the holds, so the next ``up`` starts the whole cluster.  NAME is a process
+(``objstored-2``, ``imapd``, ``redis-7001``) or a kind (``objstored``, ``redis``).
+
+The run directory is ``--dir``; without it, the directory of a config written by
+``dev up`` when one is named (``--config var2/objmail.toml`` means ``var2``), else ``./var``.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +20,27 @@ import time
 from pathlib import Path
 
 from ops.binaries import MissingBinary
-from ops.cli import EX_OK, EX_UNAVAILABLE, CommandContext
+from ops.cli import EX_OK, EX_UNAVAILABLE, EX_USAGE, CommandContext
 from ops.config import ENV_PG_DSN, ENV_REDIS_NODES, load_config
-from ops.devcluster import DevCluster, DevOptions
+from ops.devcluster import DEV_CONFIG_HEADER, DevCluster, DevOptions
 from ops.launcher import LaunchError
 from runtime.secrets import load_credentials
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("dev", help="run a complete local cluster under ./var")
-    parser.add_argument("action", choices=("up", "down", "status", "demo"),
-                        help="up: start what is missing; down: stop all; status: a table; "
-                             "demo: create the demo user with sample mail")
-    parser.add_argument("--dir", default="var", type=Path,
-                        help="run directory for data, logs and pid files (default ./var)")
+    parser.add_argument("action", choices=("up", "down", "status", "demo", "stop", "start",
+                                           "restart"),
+                        help="up: start what is not running (except held processes); down: "
+                             "stop all; status: a table; demo: create the demo user with "
+                             "sample mail; stop NAME: stop and hold; start NAME: release and "
+                             "start; restart NAME")
+    parser.add_argument("names", metavar="NAME", nargs="*",
+                        help="with stop, start, restart: processes (objstored-2, imapd) or "
+                             "kinds (objstored, redis)")
+    parser.add_argument("--dir", default=None, type=Path,
+                        help="run directory for data, logs and pid files (default: that of "
+                             "a dev config given with --config, else ./var)")
     parser.add_argument("--objstores", type=int, default=3,
                         help="number of object servers (default 3, zones a, b, c)")
     parser.add_argument("--json", action="store_true", help="machine-readable status")
@@ -32,8 +50,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(handler=run)
 
 
+def run_dir_of(ctx: CommandContext) -> Path:
+    """``--dir``; else the directory of the config file when ``dev up`` wrote it (its
+    pid files are beside it); else ``./var``."""
+    if ctx.args.dir is not None:
+        return Path(ctx.args.dir)
+    path = ctx.config_path
+    if path is not None and written_by_dev(path):
+        return path.parent
+    return Path("var")
+
+
+def written_by_dev(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().startswith(DEV_CONFIG_HEADER)
+    except OSError:
+        return False
+
+
 def make_cluster(ctx: CommandContext) -> DevCluster:
-    run_dir: Path = ctx.args.dir
+    run_dir = run_dir_of(ctx)
     config = ctx.config
     # A cluster that was brought up keeps its own config: reuse it, so that
     # `down` and `status` see the same ports `up` used.
@@ -47,9 +84,18 @@ def make_cluster(ctx: CommandContext) -> DevCluster:
 
 
 def run(ctx: CommandContext) -> int:
+    action = ctx.args.action
+    named = action in ("stop", "start", "restart")
+    if named != bool(ctx.args.names):
+        ctx.warn(f"objmail dev {action}: " + ("name the processes (objmail dev status "
+                                               "lists them)" if named else
+                                               "takes no process names"))
+        return EX_USAGE
     try:
         cluster = make_cluster(ctx)
-        if ctx.args.action == "up":
+        if named:
+            return _one(ctx, cluster, action, ctx.args.names)
+        if action == "up":
             return _up(ctx, cluster)
         if ctx.args.action == "demo":
             return _demo(ctx, cluster)
@@ -59,7 +105,7 @@ def run(ctx: CommandContext) -> int:
             return EX_OK
         return _status(ctx, cluster)
     except (LaunchError, MissingBinary) as exc:
-        ctx.warn(f"objmail dev {ctx.args.action}: {exc}")
+        ctx.warn(f"objmail dev {action}: {exc}")
         return EX_UNAVAILABLE
 
 
@@ -68,11 +114,28 @@ def _up(ctx: CommandContext, cluster: DevCluster) -> int:
     started = cluster.up(progress=ctx.say)
     elapsed = time.monotonic() - t0
     if started:
-        ctx.say(f"started {len(started)} process(es) in {elapsed:.1f}s; "
-                f"config: {cluster.config_path}")
+        ctx.say(f"started {len(started)} process(es) in {elapsed:.1f}s: "
+                f"{', '.join(started)}; config: {cluster.config_path}")
     else:
-        ctx.say("everything was already running")
+        ctx.say("nothing to start: every process runs (or is held)")
     _status(ctx, cluster)
+    return EX_OK
+
+
+def _one(ctx: CommandContext, cluster: DevCluster, action: str, names: list[str]) -> int:
+    """``dev stop|start|restart NAME...``."""
+    try:
+        cluster.select(names)
+    except KeyError as exc:
+        ctx.warn(f"objmail dev {action}: {exc.args[0]}")
+        return EX_USAGE
+    if action in ("stop", "restart"):
+        stopped = cluster.stop_named(names, progress=ctx.say)
+        if action == "stop":
+            ctx.say(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
+            return EX_OK
+    started = cluster.start_named(names, progress=ctx.say)
+    ctx.say(f"started {', '.join(started)}" if started else "already running")
     return EX_OK
 
 

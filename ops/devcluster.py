@@ -42,6 +42,9 @@ from ops.launcher import (
 )
 from runtime.secrets import Credentials, RedisAuth, load_credentials, write_secret
 
+#: First line of the config ``dev up`` writes (``objmail dev`` knows its run dir by it).
+DEV_CONFIG_HEADER = "# Written by `objmail dev up`"
+
 #: Zones given to the dev object servers in turn.
 DEV_ZONES = ("a", "b", "c")
 
@@ -296,7 +299,7 @@ class DevCluster:
                     "--dir", str(node_dir), "--appendonly", "yes",
                     "--appendfsync", "everysec", "--save", "", "--daemonize", "no",
                     "--logfile", ""]
-            specs.append(ProcessSpec(f"redis-{port}", "redis", tuple(argv),
+            specs.append(ProcessSpec(_redis_name(port), "redis", tuple(argv),
                                      (port, port + 10000),
                                      _redis_ping_probe(host, port, self._redis_auth),
                                      host=host, cwd=str(self.run_dir)))
@@ -310,9 +313,15 @@ class DevCluster:
         return Stage("redis", specs, after_start=self._form_redis_cluster, before_start=before)
 
     def _form_redis_cluster(self) -> None:
-        """Create the cluster once; later starts just wait for it to be healthy again."""
+        """Create the cluster once; later starts just wait for it to be healthy again
+        (without the nodes held stopped: the cluster fails over around them)."""
         addresses = self.redis_addresses
         auth = self._redis_auth()
+        held = {(h, p) for h, p in addresses if self.launcher.held(_redis_name(p))}
+        if held:
+            running = [a for a in addresses if a not in held]
+            wait_redis_cluster_ok(running, timeout=60, auth=auth, known=len(addresses))
+            return
         infos = [_redis_cluster_info(h, p, auth) for h, p in addresses]
         formed = all(int(i.get("cluster_known_nodes", "1")) >= len(addresses) for i in infos)
         if not formed:
@@ -357,6 +366,7 @@ class DevCluster:
         from director.redisstate import RedisState
 
         wanted = self.dev_objstores()
+        held = {n.name for n in wanted if self.launcher.held(n.name)}
 
         async def register() -> None:
             state = await RedisState.open(self.config.cluster, self.config.director,
@@ -370,8 +380,9 @@ class DevCluster:
                 deadline = time.monotonic() + 30
                 while True:
                     nodes = {n.id: n for n in (await state.registry.snapshot()).nodes}
-                    waiting = [n.name for n in wanted
-                               if nodes[n.name].state is not NodeState.ACTIVE]
+                    # Held ones (objmail dev stop) stay down: no report to wait for.
+                    waiting = [n.name for n in wanted if n.name not in held
+                               and nodes[n.name].state is not NodeState.ACTIVE]
                     if not waiting:
                         return
                     if time.monotonic() > deadline:
@@ -478,7 +489,7 @@ class DevCluster:
         password files it names."""
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.ensure_secrets()
-        text = ("# Written by `objmail dev up`; every daemon of this cluster reads it.\n"
+        text = (f"{DEV_CONFIG_HEADER}; every daemon of this cluster reads it.\n"
                 + to_toml(self.config))
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(text)
@@ -486,40 +497,120 @@ class DevCluster:
         return self.config_path
 
     def up(self, progress: Callable[[str], None] = lambda _msg: None) -> list[str]:
-        """Start every missing process; return the names of those started.
+        """Start every process that is not running, except those the operator stopped
+        with :meth:`stop_named` (held: named in ``progress``, left stopped); return the
+        names of those started.
 
         :raises LaunchError: a port is taken, a process failed, or a step failed;
             the message names the part and its log.
         """
         self.write_config()
         stages = self.stages()
+        held = {spec.name for st in stages for spec in st.specs
+                if self.launcher.held(spec.name)}
         # Check every port before starting anything, so a clash leaves nothing behind.
-        self.launcher.check_ports([s for st in stages for s in st.specs])
+        self.launcher.check_ports([s for st in stages for s in st.specs if s.name not in held])
         started: list[str] = []
         for stage in stages:
-            if stage.before_start is not None:
-                stage.before_start()
-            for spec in stage.specs:
-                progress(f"{spec.name}: starting on port {spec.port}")
-                t0 = time.monotonic()
-                if self.launcher.start(spec):
-                    started.append(spec.name)
-                    progress(f"{spec.name}: ready in {time.monotonic() - t0:.1f}s")
-                else:
-                    progress(f"{spec.name}: already running")
-            if stage.after_start is not None:
-                stage.after_start()
+            for name in sorted(held.intersection(s.name for s in stage.specs)):
+                progress(f"{name}: held (stopped with objmail dev stop); objmail dev start "
+                         f"{name} starts it")
+            wanted = [s for s in stage.specs if s.name not in held]
+            if wanted:
+                started += self._start_stage(stage, wanted, progress)
+        return started
+
+    def _start_stage(self, stage: Stage, specs: Sequence[ProcessSpec],
+                     progress: Callable[[str], None]) -> list[str]:
+        """Start ``specs`` of ``stage`` (those not running), with the stage's steps."""
+        if stage.before_start is not None:
+            stage.before_start()
+        started = []
+        for spec in specs:
+            progress(f"{spec.name}: starting on port {spec.port}")
+            t0 = time.monotonic()
+            if self.launcher.start(spec):
+                started.append(spec.name)
+                progress(f"{spec.name}: ready in {time.monotonic() - t0:.1f}s")
+            else:
+                progress(f"{spec.name}: already running")
+        if stage.after_start is not None:
+            stage.after_start()
         return started
 
     def down(self, progress: Callable[[str], None] = lambda _msg: None) -> list[str]:
-        """Stop every process this cluster started (reverse order)."""
-        stopped = []
+        """Stop every process this cluster started (reverse order) and forget which were
+        held, so the next :meth:`up` starts everything.
+
+        :raises LaunchError: some process survived SIGKILL (the others were stopped).
+        """
+        stopped: list[str] = []
+        failed: list[str] = []
         for stage in reversed(self.stages()):
             for spec in reversed(stage.specs):
+                try:
+                    if self.launcher.stop(spec):
+                        stopped.append(spec.name)
+                        progress(f"{spec.name}: stopped")
+                except LaunchError as exc:
+                    failed.append(str(exc))
+                    progress(f"{spec.name}: {exc}")
+                self.launcher.release(spec.name)
+        if failed:
+            raise LaunchError("; ".join(failed))
+        return stopped
+
+    # -- one component ----------------------------------------------------------------
+
+    def select(self, names: Sequence[str]) -> list[tuple[Stage, list[ProcessSpec]]]:
+        """The processes ``names`` mean, by stage in start order: a process name
+        (``objstored-2``), a kind (``objstored``, ``redis``) or a stage (``objstore``).
+
+        :raises KeyError: a name that is none of these (the message lists the names).
+        """
+        stages = self.stages()
+        wanted: set[str] = set()
+        for name in names:
+            hit = {spec.name for st in stages for spec in st.specs
+                   if name in (spec.name, spec.kind, st.name)}
+            if not hit:
+                known = ", ".join(spec.name for st in stages for spec in st.specs)
+                raise KeyError(f"no process {name!r} in this cluster (one of: {known}, or a "
+                               "kind such as objstored, redis)")
+            wanted |= hit
+        return [(st, [s for s in st.specs if s.name in wanted]) for st in stages
+                if any(s.name in wanted for s in st.specs)]
+
+    def stop_named(self, names: Sequence[str],
+                   progress: Callable[[str], None] = lambda _msg: None) -> list[str]:
+        """Stop the processes ``names`` mean and hold them: :meth:`up` leaves them
+        stopped until :meth:`start_named` (or :meth:`down`, which forgets every hold)."""
+        stopped = []
+        for _stage, specs in reversed(self.select(names)):
+            for spec in reversed(specs):
+                self.launcher.hold(spec.name)
                 if self.launcher.stop(spec):
                     stopped.append(spec.name)
-                    progress(f"{spec.name}: stopped")
+                    progress(f"{spec.name}: stopped (held until objmail dev start "
+                             f"{spec.name})")
+                else:
+                    progress(f"{spec.name}: was not running (held until objmail dev start "
+                             f"{spec.name})")
         return stopped
+
+    def start_named(self, names: Sequence[str],
+                    progress: Callable[[str], None] = lambda _msg: None) -> list[str]:
+        """Release and start the processes ``names`` mean (those not running), with
+        their stage's steps (a registration, the Redis Cluster's health)."""
+        selected = self.select(names)
+        self.write_config()
+        self.launcher.check_ports([s for _st, specs in selected for s in specs])
+        started = []
+        for stage, specs in selected:
+            for spec in specs:
+                self.launcher.release(spec.name)
+            started += self._start_stage(stage, specs, progress)
+        return started
 
     def status(self) -> list[ProcessStatus]:
         return [self.launcher.status(spec) for stage in self.stages() for spec in stage.specs]
@@ -552,13 +643,15 @@ def objstored_process_spec(name: str, host: str, port: int, data_dir: Path,
 
 
 def wait_redis_cluster_ok(addresses: Sequence[tuple[str, int]], timeout: float, *,
-                          auth: RedisAuth) -> None:
-    """Wait until every node says ``cluster_state:ok`` and knows all the others."""
+                          auth: RedisAuth, known: int | None = None) -> None:
+    """Wait until every node says ``cluster_state:ok`` and knows all the others (or
+    ``known`` nodes, when some of the cluster's nodes are not among ``addresses``)."""
     deadline = time.monotonic() + timeout
+    known = len(addresses) if known is None else known
     while True:
         infos = [_redis_cluster_info(h, p, auth) for h, p in addresses]
         if all(i.get("cluster_state") == "ok"
-               and int(i.get("cluster_known_nodes", "0")) >= len(addresses) for i in infos):
+               and int(i.get("cluster_known_nodes", "0")) >= known for i in infos):
             return
         if time.monotonic() > deadline:
             bad = [f"{h}:{p} ({i.get('cluster_state', 'unreachable')})"
@@ -611,6 +704,10 @@ def _redis_cluster_info(host: str, port: int, auth: RedisAuth) -> dict[str, str]
         return {}
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+def _redis_name(port: int) -> str:
+    return f"redis-{port}"
 
 
 def redis_auth_conf(auth: RedisAuth) -> str:

@@ -24,8 +24,8 @@ from director.inventory import Inventory, InventoryStats, Reclaim
 from metadata.errors import MetadataError
 from metadata.store import MetadataStore
 from ops.cli import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, CommandContext
-from ops.config import ConfigError, parse_size
-from ops.jobrun import EX_INTERRUPTED, StopFlag, run_job
+from ops.config import ConfigError
+from ops.jobrun import EX_INTERRUPTED, StopFlag, parse_rate, run_job
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,16 +55,11 @@ def run(ctx: CommandContext) -> int:
                  f"{dconf.gc_min_grace:g} s (director.gc_min_grace): a put in flight could "
                  "lose its copies")
         return EX_USAGE
-    rate: float | None = None
-    if ctx.args.rate is not None:
-        try:
-            rate = float(parse_size(ctx.args.rate, "--rate"))
-        except ConfigError as exc:
-            ctx.warn(f"objmail: {exc}")
-            return EX_USAGE
-        if rate <= 0:
-            ctx.warn("objmail: --rate must be positive")
-            return EX_USAGE
+    try:
+        rate = parse_rate(ctx.args.rate)
+    except ConfigError as exc:
+        ctx.warn(f"objmail: {exc}")
+        return EX_USAGE
 
     async def work(client: BlobClient, stop: StopFlag) -> int:
         if not ctx.args.fix:

@@ -9,6 +9,7 @@ map the director's errors to exit codes.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -28,6 +29,7 @@ from ops.cli import (
     EX_TEMPFAIL,
     CommandContext,
 )
+from ops.config import ConfigError, parse_size
 from ops.director_exit import DIRECTOR_FAILURES, director_exit
 
 #: An operator waits this long for an unreachable Redis before being told so.
@@ -83,6 +85,30 @@ class ProgressLine:
         total = f"/{stats.total}" if stats.total is not None else ""
         self.show(f"{stats.items}{total} items, {human(stats.bytes)} copied"
                   + (f", {stats.errors} failed" if stats.errors else ""))
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, rate_help: str) -> None:
+    """``--rate``, ``--status`` | ``--cancel`` and ``--json``: the options of a resumable
+    job that reads stored bytes (scrub, index rebuild)."""
+    parser.add_argument("--rate", metavar="BYTES", default=None, help=rate_help)
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--status", action="store_true", help="show a run in progress")
+    what.add_argument("--cancel", action="store_true",
+                      help="forget a run in progress (the next one starts afresh)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def parse_rate(value: str | None) -> float | None:
+    """``--rate`` in bytes per second (``50M``); None when not given.
+
+    :raises ConfigError: not a size, or not positive.
+    """
+    if value is None:
+        return None
+    rate = float(parse_size(value, "--rate"))
+    if rate <= 0:
+        raise ConfigError("--rate", "must be positive")
+    return rate
 
 
 def run_job(ctx: CommandContext,

@@ -8,6 +8,13 @@ checks the ports before it starts anything (so a clash names the port instead
 of surfacing as a crash in some log), and waits for readiness with a timeout.
 ``stop`` signals exactly the processes whose pid files it wrote, after checking
 that the pid still belongs to the same program, and escalates to SIGKILL.
+
+A pid file holds one pid and nothing else, so ``kill $(cat run/imapd.pid)`` signals that
+process alone.  The kernel's start time of the process, which tells a recycled pid from
+ours, is kept beside it in ``run/<name>.start``.  A process is signalled through its
+process group when it leads one (the launcher starts each in a session of its own, so
+its workers get the signal too) and by pid otherwise (a pid file the launcher did not
+write, a daemon that left its group); every wait is bounded.
 """
 
 from __future__ import annotations
@@ -69,11 +76,13 @@ class ProcessStatus:
     pid: int | None
     healthy: bool
     log: Path
+    #: Stopped on purpose (``objmail dev stop NAME``): ``up`` leaves it stopped.
+    held: bool = False
 
     @property
     def state(self) -> str:
         if self.pid is None:
-            return "stopped"
+            return "held" if self.held else "stopped"
         return "healthy" if self.healthy else "unhealthy"
 
 
@@ -206,6 +215,10 @@ class Launcher:
     def pidfile(self, name: str) -> Path:
         return self.pid_dir / f"{name}.pid"
 
+    def startfile(self, name: str) -> Path:
+        """The kernel's start time of the process in the pid file (a recycled pid differs)."""
+        return self.pid_dir / f"{name}.start"
+
     def logfile(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
@@ -217,17 +230,22 @@ class Launcher:
             pid = int(fields[0])
         except (OSError, ValueError, IndexError):
             return None
-        recorded_start = fields[1] if len(fields) > 1 else None
+        # Pid files of earlier releases held the start time as a second number.
+        recorded_start = fields[1] if len(fields) > 1 else _read(self.startfile(spec.name))
         if _pid_alive(pid) and (recorded_start is None or _start_time(pid) == recorded_start):
             return pid
-        path.unlink(missing_ok=True)
+        self._forget(spec.name)
         return None
+
+    def _forget(self, name: str) -> None:
+        self.pidfile(name).unlink(missing_ok=True)
+        self.startfile(name).unlink(missing_ok=True)
 
     def status(self, spec: ProcessSpec) -> ProcessStatus:
         pid = self.pid_of(spec)
         healthy = pid is not None and _safe_probe(spec.probe)
         return ProcessStatus(spec.name, spec.kind, spec.port, pid, healthy,
-                             self.logfile(spec.name))
+                             self.logfile(spec.name), self.held(spec.name))
 
     def check_ports(self, specs: Sequence[ProcessSpec]) -> None:
         """Fail, naming the port, when a process we must start finds its port taken."""
@@ -263,7 +281,7 @@ class Launcher:
                 list(spec.argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=env, cwd=spec.cwd, user=spec.user, umask=spec.umask,
                 start_new_session=True, close_fds=True)
-        self.pidfile(spec.name).write_text(f"{proc.pid} {_start_time(proc.pid) or ''}\n")
+        self._record(spec.name, proc.pid)
         self.wait_ready(spec, proc)
         return True
 
@@ -272,7 +290,7 @@ class Launcher:
         delay = 0.02
         while True:
             if proc is not None and proc.poll() is not None:
-                self.pidfile(spec.name).unlink(missing_ok=True)
+                self._forget(spec.name)
                 raise LaunchError(
                     f"{spec.name} exited with status {proc.returncode} while starting; "
                     f"see {self.logfile(spec.name)}:\n{self.tail(spec.name)}")
@@ -286,39 +304,69 @@ class Launcher:
             time.sleep(delay)
             delay = min(delay * 1.5, 0.25)
 
-    def stop(self, spec: ProcessSpec, timeout: float = 15.0) -> bool:
+    def _record(self, name: str, pid: int) -> None:
+        """Write the pid file (one pid) and, first, the start time beside it."""
+        start = _start_time(pid)
+        if start is not None:
+            _write(self.startfile(name), f"{start}\n")
+        else:
+            self.startfile(name).unlink(missing_ok=True)
+        _write(self.pidfile(name), f"{pid}\n")
+
+    def stop(self, spec: ProcessSpec, timeout: float = 15.0, kill_wait: float = 5.0) -> bool:
         """Stop the process of ``spec`` if it runs; SIGKILL after ``timeout``.
 
         :returns: True when a process was stopped.
+        :raises LaunchError: it outlived SIGKILL by ``kill_wait`` seconds (stuck in the
+            kernel, or not ours to kill); its pid file is left in place.
         """
         pid = self.pid_of(spec)
         if pid is None:
             return False
         self.signal(spec, spec.stop_signal)
-        deadline = time.monotonic() + timeout
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            _reap(pid)
-            time.sleep(0.02)
-        if _pid_alive(pid):
+        if not _wait_gone(pid, timeout):
             self.signal(spec, signal.SIGKILL)
-            while _pid_alive(pid):
-                _reap(pid)
-                time.sleep(0.02)
-        _reap(pid)
-        self.pidfile(spec.name).unlink(missing_ok=True)
+            if not _wait_gone(pid, kill_wait):
+                raise LaunchError(f"{spec.name} (pid {pid}) is still alive {kill_wait:.0f}s "
+                                  "after SIGKILL; its pid file is kept")
+        self._forget(spec.name)
         return True
 
     def signal(self, spec: ProcessSpec, sig: int) -> None:
-        """Send ``sig`` to the process group of ``spec`` (its workers too)."""
+        """Send ``sig`` to the process of ``spec``: to its whole group (its workers too)
+        when it leads one, to it alone otherwise."""
         pid = self.pid_of(spec)
         if pid is None:
             return
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            os.kill(pid, sig)
+        with contextlib.suppress(ProcessLookupError):
+            if _leads_group(pid):
+                try:
+                    os.killpg(pid, sig)
+                    return
+                except PermissionError:
+                    pass  # a member we may not signal: the leader at least
+            try:
+                os.kill(pid, sig)
+            except PermissionError:
+                raise LaunchError(f"{spec.name} (pid {pid}): not permitted to signal it "
+                                  f"(see {self.pidfile(spec.name)})") from None
+
+    # -- held: stopped by the operator ----------------------------------------------
+
+    def heldfile(self, name: str) -> Path:
+        return self.pid_dir / f"{name}.held"
+
+    def hold(self, name: str) -> None:
+        """Mark process ``name`` as stopped on purpose: :meth:`held` says so until
+        :meth:`release`."""
+        self.pid_dir.mkdir(parents=True, exist_ok=True)
+        _write(self.heldfile(name), f"stopped at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+
+    def release(self, name: str) -> None:
+        self.heldfile(name).unlink(missing_ok=True)
+
+    def held(self, name: str) -> bool:
+        return self.heldfile(name).exists()
 
     def tail(self, name: str, lines: int = 15) -> str:
         try:
@@ -326,6 +374,39 @@ class Launcher:
         except OSError:
             return "(no log)"
         return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+def _leads_group(pid: int) -> bool:
+    """True when ``pid`` is its process group's leader (killpg would reach it).
+
+    :raises ProcessLookupError: there is no such process.
+    """
+    return os.getpgid(pid) == pid
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``pid`` to exit; True once it has."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _reap(pid)
+        if not _pid_alive(pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _reap(pid: int) -> None:

@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from director.errors import RemoveRefused
@@ -180,8 +180,13 @@ def node_table(nodes: list[Node], now: float) -> list[str]:
             str(r.items) if r else "-",
             f"{r.ops_per_sec:.1f}" if r else "-",
             f"{human_age(now - r.reported_at)} ago" if r else "none"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    right = {1, 7, 8}
+    return format_table(rows, right={1, 7, 8})
+
+
+def format_table(rows: Sequence[Sequence[str]], right: Collection[int] = ()) -> list[str]:
+    """Rows as aligned columns (the first row is the header); columns in ``right`` are
+    right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.rjust(w) if i in right else cell.ljust(w)
                       for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
             for row in rows]

@@ -17,14 +17,16 @@ import json
 from director.client import BlobClient
 from director.scrubber import RUN_FIELDS, Scrubber, ScrubStats
 from ops.cli import EX_OK, EX_TEMPFAIL, EX_USAGE, CommandContext
-from ops.config import ConfigError, parse_size
+from ops.config import ConfigError
 from ops.jobrun import (
     EX_INTERRUPTED,
     ProgressLine,
     StopFlag,
+    add_run_arguments,
     cancel_run,
     combine,
     human,
+    parse_rate,
     run_job,
     when,
 )
@@ -34,28 +36,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("scrub", help="read back and verify every stored copy; queue "
                                           "bad ones for repair (resumable)")
     parser.add_argument("--node", metavar="ID", help="only the copies on this object server")
-    parser.add_argument("--rate", metavar="BYTES", default=None,
-                        help="read at most this much per second (e.g. 50M; default: no "
-                             "limit)")
-    what = parser.add_mutually_exclusive_group()
-    what.add_argument("--status", action="store_true", help="show a run in progress")
-    what.add_argument("--cancel", action="store_true",
-                      help="forget a run in progress (the next one starts afresh)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_run_arguments(parser, "read at most this much per second (e.g. 50M; default: no "
+                              "limit)")
     parser.set_defaults(handler=run)
 
 
 def run(ctx: CommandContext) -> int:
-    rate: float | None = None
-    if ctx.args.rate is not None:
-        try:
-            rate = float(parse_size(ctx.args.rate, "--rate"))
-        except ConfigError as exc:
-            ctx.warn(f"objmail: {exc}")
-            return EX_USAGE
-        if rate <= 0:
-            ctx.warn("objmail: --rate must be positive")
-            return EX_USAGE
+    try:
+        rate = parse_rate(ctx.args.rate)
+    except ConfigError as exc:
+        ctx.warn(f"objmail: {exc}")
+        return EX_USAGE
 
     async def work(client: BlobClient, stop: StopFlag) -> int:
         scrubber = Scrubber(client, node_id=ctx.args.node, rate=rate)

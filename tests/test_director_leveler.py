@@ -193,3 +193,29 @@ def test_new_node_gets_hot_blobs_first_until_level(inst: Installation,
         assert again["balanced"] and again["moved"] == 0
     finally:
         inst.cluster.launcher.stop(spec)
+
+
+def test_a_pass_logs_a_summary_and_its_moves_in_bounded_lines(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A pass of thousands of moves logs one short summary line at info level (the stats'
+    repr, which the background loop logs, leaves the moves out) and its moves at debug
+    level in lines of at most MOVES_PER_LOG_LINE moves."""
+    from director.leveler import MOVES_PER_LOG_LINE, LevelStats, log_pass
+
+    stats = LevelStats(planned=2000, moved=1990, skipped=10, bytes=2000 * BLOB)
+    stats.moves = [{"blob": f"{i:064x}", "source": "objstored-1", "target": "objstored-4",
+                    "size": BLOB, "heat": 0.0, "done": i >= 10} for i in range(2000)]
+    assert "objstored-4" not in repr(stats) and len(repr(stats)) < 400
+    with caplog.at_level("INFO", logger="director.leveler"):
+        log_pass(stats)
+    (summary,) = caplog.records
+    assert "1990 of 2000 planned" in summary.getMessage()
+    assert len(summary.getMessage()) < 300
+    caplog.clear()
+    with caplog.at_level("DEBUG", logger="director.leveler"):
+        log_pass(stats)
+    batches = [r.getMessage() for r in caplog.records if r.levelname == "DEBUG"]
+    assert len(batches) == 2000 // MOVES_PER_LOG_LINE
+    assert all(b.count("->") <= MOVES_PER_LOG_LINE for b in batches)
+    assert sum(b.count("->") for b in batches) == 2000
+    assert batches[0].count("skipped") == 10

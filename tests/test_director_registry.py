@@ -18,7 +18,13 @@ from director.nodes import NodeState
 from director.policy import PlacementPolicy
 from director.redisconn import ClusterRunner, Command
 from director.registry import Registry, remove_node
-from objstore.reporter import Identity, LoadSample, RedisClusterSink, build_report
+from objstore.reporter import (
+    Identity,
+    LoadSample,
+    RedisClusterSink,
+    Registration,
+    build_report,
+)
 from objstore.stats import OP_NAMES
 from tests.conftest import RunningRedis
 
@@ -26,7 +32,8 @@ GIB = 1 << 30
 
 
 def report_fields(node_id: str, address: str, *, zone: str = "a", tier: str = "ssd",
-                  used: int = 10 * GIB, capacity: int = 100 * GIB) -> dict[str, str]:
+                  used: int = 10 * GIB, capacity: int = 100 * GIB,
+                  number: int = 0) -> dict[str, str]:
     """A report exactly as objstored builds it."""
     ident = Identity(node_id=node_id, address=address, zone=zone, tier=tier)
     zeros = [0] * len(OP_NAMES)
@@ -34,7 +41,7 @@ def report_fields(node_id: str, address: str, *, zone: str = "a", tier: str = "s
                       ops=zeros)
     cur = LoadSample(at=time.time(), capacity_bytes=capacity, used_bytes=used, items=42,
                      ops=[5] * len(OP_NAMES))
-    fields, _hot = build_report(ident, prev, cur, hot_keys=0)
+    fields, _hot = build_report(ident, prev, cur, hot_keys=0, number=number)
     return fields
 
 
@@ -263,3 +270,58 @@ def test_hot_keys_written_by_objstored_are_read_hottest_first(
     two, every = with_env(redis_cluster, body, keys)
     assert two == {node_id: (("hottest", 90.0), ("warm", 12.0)), quiet: ()}
     assert [k for k, _s in every[node_id]] == ["hottest", "warm", "cold-ish"]
+
+
+def test_numbers_come_back_after_the_registry_is_lost(redis_cluster: RunningRedis) -> None:
+    """Once every registry key is gone, a node that reports the number it kept gets it
+    back from node add, a new node gets a number above every kept one (never one an old
+    node comes back with), and reregister adds back each reporting node that kept one."""
+
+    async def body(env: Env) -> Any:
+        r = env.registry
+        first = [await r.add(f"n{i}", f"127.255.1.{i}:1", zone="abc"[i - 1], tier="ssd")
+                 for i in (1, 2, 3)]
+        for node in first:
+            await env.report(node.id, node.address, zone=node.zone, number=node.number)
+        lost = [env.keys.node(n.id) for n in first] + [env.keys.node_numbers,
+                                                        env.keys.next_number]
+        await env.runner.run("lose", [Command(k, ("DEL", k)) for k in lost])
+        assert (await r.snapshot()).nodes == ()
+        fresh = await r.add("n9", "127.255.1.9:1", zone="a", tier="ssd")
+        back = await r.add("n2", "127.255.1.2:1", zone="b", tier="ssd")
+        again = await r.reregister()
+        return ([n.number for n in first], fresh.number, back.number,
+                [(n.id, n.number, n.zone, n.state) for n in again], await r.reregister())
+
+    numbers, fresh, back, again, twice = with_env(redis_cluster, body)
+    assert numbers == [1, 2, 3]
+    assert (fresh, back) == (4, 2)
+    assert again == [("n1", 1, "a", NodeState.ACTIVE), ("n3", 3, "c", NodeState.ACTIVE)]
+    assert twice == []
+
+
+def test_objstored_writer_reads_its_registry_number(redis_cluster: RunningRedis) -> None:
+    """objstored's report writer answers with its node's registry record: none before it
+    is added, its number once added, removed once removed."""
+    node_id = f"obj-{uuid.uuid4().hex[:10]}"
+    address = f"127.{1 + uuid.uuid4().int % 250}.0.2:9"
+    keys = Keyspace(f"t-{uuid.uuid4().hex[:8]}:")
+    sink = RedisClusterSink(redis_cluster.nodes, prefix=keys.prefix, auth=redis_cluster.auth)
+
+    def write() -> Registration | None:
+        return sink.write(node_id, report_fields(node_id, address), {}, 30)
+
+    async def add(env: Env) -> int:
+        return (await env.registry.add(node_id, address, zone="a", tier="ssd")).number
+
+    async def remove(env: Env) -> None:
+        await env.registry.set_state(node_id, NodeState.REMOVED)
+
+    try:
+        assert write() is None
+        number = with_env(redis_cluster, add, keys)
+        assert write() == Registration(number)
+        with_env(redis_cluster, remove, keys)
+        assert write() == Registration(number, removed=True)
+    finally:
+        sink.close()

@@ -4,6 +4,8 @@ prometheus_client's parser; LMTP replies counted through the real adapter."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -107,3 +109,29 @@ def test_lmtp_451_on_unreachable_database_is_counted() -> None:
         assert got["imapd_lmtp_replies_total", (("code", "250"), ("command", "MAIL"))] == 1
 
     asyncio.run(go())
+
+
+def test_frontend_cache_hits_misses_and_bytes_are_exported(tmp_path: Path) -> None:
+    """The blob client's frontend cache is exported: hits by tier (memory, disk), misses,
+    memory evictions and the bytes each tier holds."""
+    from director.blobids import BlobIds
+    from director.cache import BlobCache, DiskCache
+
+    cache = BlobCache(4096, DiskCache(tmp_path / "cache", 1 << 20, BlobIds()))
+    blobs = {hashlib.sha256(bytes([i]) * 400).hexdigest(): bytes([i]) * 400 for i in range(12)}
+    for key, data in blobs.items():
+        assert cache.get(key) is None
+        cache.put(key, data)
+    first = next(iter(blobs))
+    assert cache.get(first) == blobs[first]  # evicted from memory: served from disk
+    assert cache.get(first) == blobs[first]  # now in memory again
+    services = SimpleNamespace(changes=SimpleNamespace(reconnects=0),
+                               blobs=SimpleNamespace(stats=None, cache=cache))
+    got = scrape(ImapdCollector(lambda: [], lambda: services))
+    assert got["imapd_blob_cache_hits_total", (("tier", "memory"),)] == 1
+    assert got["imapd_blob_cache_hits_total", (("tier", "disk"),)] == 1
+    assert got["imapd_blob_cache_misses_total", ()] == 12
+    assert got["imapd_blob_cache_evictions_total", ()] == cache.memory.evictions > 0
+    assert got["imapd_blob_cache_bytes", (("tier", "memory"),)] == cache.memory.size <= 4096
+    assert got["imapd_blob_cache_bytes", (("tier", "disk"),)] == 12 * 400
+    cache.close()

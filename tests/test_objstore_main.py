@@ -306,3 +306,18 @@ def test_load_report_appears_in_redis_cluster(tmp_path: Path, redis_cluster: Any
         wait_until(lambda: not rc.exists("objmail:node:{rep-1}:report"), 10, interval=0.2,
                    what="the stopped node's report expired")
         rc.close()
+
+
+def test_node_number_is_kept_in_the_data_dir(tmp_path: Path) -> None:
+    """The registry number objstored learns is kept in its data dir (read back at the
+    next start), 0 forgets it, and an unreadable file counts as none."""
+    from objstore.main import NODE_NUMBER_FILE, keep_node_number, read_node_number
+
+    assert read_node_number(tmp_path) == 0
+    keep_node_number(tmp_path, 12)
+    assert read_node_number(tmp_path) == 12
+    assert (tmp_path / NODE_NUMBER_FILE).read_text() == "12\n"
+    keep_node_number(tmp_path, 0)
+    assert not (tmp_path / NODE_NUMBER_FILE).exists()
+    (tmp_path / NODE_NUMBER_FILE).write_text("garbage")
+    assert read_node_number(tmp_path) == 0

@@ -11,6 +11,7 @@ from objstore.reporter import (
     Identity,
     LoadReporter,
     LoadSample,
+    Registration,
     build_report,
     hot_key,
     report_key,
@@ -69,10 +70,11 @@ class Sink:
         self.writes: list[tuple[str, dict[str, str], dict[bytes, float], int]] = []
 
     def write(self, node_id: str, fields: dict[str, str], hot: dict[bytes, float],
-              ttl: int) -> None:
+              ttl: int) -> Registration | None:
         if self.fail:
             raise ConnectionError("redis is down")
         self.writes.append((node_id, fields, hot, ttl))
+        return None  # never registered
 
     def close(self) -> None:
         pass
@@ -117,3 +119,40 @@ def test_schedule_backoff_and_recovery() -> None:
     reporter.stop()
     clock.advance(100)
     assert len(sink.writes) == 4
+
+
+class RegisteredSink(Sink):
+    """A sink that answers with a registry record, as RedisClusterSink does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.registration: Registration | None = None
+
+    def write(self, node_id: str, fields: dict[str, str], hot: dict[bytes, float],
+              ttl: int) -> Registration | None:
+        super().write(node_id, fields, hot, ttl)
+        return self.registration
+
+
+def test_reports_carry_the_number_the_registry_gave() -> None:
+    """A node reports the number it kept; it follows the number its registry record
+    says (told to on_number), keeps it while the record is gone (a lost registry), and
+    forgets it once the record says removed."""
+    clock = task.Clock()
+    sink = RegisteredSink()
+    kept: list[int] = []
+    reporter = LoadReporter(IDENT, lambda: sample(clock.seconds(), 1), sink, clock, run_now,
+                            interval=5.0, ttl=60, number=3, on_number=kept.append)
+    reporter.start()
+    clock.advance(0)
+    sink.registration = Registration(7)
+    clock.advance(5)
+    sink.registration = None
+    clock.advance(5)
+    sink.registration = Registration(7, removed=True)
+    clock.advance(5)
+    clock.advance(5)
+    reporter.stop()
+    numbers = [w[1].get("number") for w in sink.writes]
+    assert numbers == ["3", "3", "7", "7", None]
+    assert kept == [7, 0]

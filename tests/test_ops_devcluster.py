@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import random
 import socket
@@ -345,3 +346,58 @@ def test_secrets_logs_and_data_are_private(postgres: str, redis_cluster: Running
         except OSError:
             continue
         assert not any(p in cmdline for p in passwords if p), f"password in ps: {pid}"
+
+
+@pytest.mark.system
+def test_stop_holds_one_process_until_started(own_cluster: DevCluster,
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`objmail --config F dev ...` works on the cluster F belongs to (its run dir, not
+    ./var); `dev stop NAME` stops that process alone and holds it: `dev up` leaves it
+    stopped and names it, `dev start NAME` brings it back, `dev down` forgets the hold."""
+    from ops.cli import EX_OK, EX_UNAVAILABLE, main
+
+    for name in ("OBJMAIL_PG_DSN", "OBJMAIL_REDIS_NODES", "OBJMAIL_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(own_cluster.run_dir.parent)  # ./var exists, but is another dir
+    (own_cluster.run_dir.parent / "var" / "run").mkdir(parents=True, exist_ok=True)
+
+    def dev(*args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = main(["--config", str(own_cluster.config_path), "dev", *args,
+                     "--objstores", "0"])
+        return code, capsys.readouterr().out
+
+    try:
+        own_cluster.up()
+        code, out = dev("status", "--json")
+        assert code == EX_OK, out
+        states = {row["name"]: row["state"] for row in json.loads(out)}
+        assert len(states) == 7 and set(states.values()) == {"healthy"}
+        pids = {s.name: s.pid for s in own_cluster.status()}
+
+        code, out = dev("stop", "postgres")
+        assert code == EX_OK and "stopped postgres" in out
+        code, out = dev("status", "--json")
+        states = {row["name"]: row["state"] for row in json.loads(out)}
+        assert code == EX_UNAVAILABLE and states.pop("postgres") == "held"
+        assert set(states.values()) == {"healthy"}
+
+        code, out = dev("up")
+        assert code == EX_OK
+        assert "postgres: held" in out and "nothing to start" in out
+        assert own_cluster.launcher.pid_of(own_cluster.spec("postgres")) is None
+
+        code, out = dev("start", "postgres")
+        assert code == EX_OK and "started postgres" in out
+        now = {s.name: s.pid for s in own_cluster.status()}
+        assert all(now[n] == pids[n] for n in now if n != "postgres")
+        assert now["postgres"] not in (None, pids["postgres"])
+
+        assert dev("stop", "nosuch")[0] == 64
+        assert dev("stop", "redis-1")[0] == 64
+        dev("stop", "postgres")
+    finally:
+        own_cluster.down()
+    assert not own_cluster.launcher.held("postgres")
+    assert own_cluster.status()[0].state == "stopped"
