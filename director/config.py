@@ -24,6 +24,7 @@ class DirectorConfig:
     max_reply_buffer: int = 8 * MIB
     idle_timeout: float = 0.0
     slow_reader_timeout: float = 30.0
+    flush_all_enabled: bool = False
     replicas: int = 2
     write_quorum: int = 2
     write_tier: str = "ssd"

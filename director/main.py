@@ -135,7 +135,8 @@ class Directord:
 
         config, dconf, r = self.config, self.config.director, self.reactor
         self.client = await BlobClient.open(config.cluster, dconf, auth=self.auth)
-        handler = ProxyHandler(self.client, self.metrics, cache_bytes=dconf.cache_bytes)
+        handler = ProxyHandler(self.client, self.metrics, cache_bytes=dconf.cache_bytes,
+                               config=dconf, counters=self.counters)
         # The same protocol adapter as objstored's, with directord's own limits.
         self.factory = ObjstoreFactory(handler, dconf, self.counters, r)
         host, port = parse_hostport(dconf.listen, "director.listen")
