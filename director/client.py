@@ -106,7 +106,7 @@ from director.registry import Registry, RegistrySnapshot
 from director.repairqueue import RepairQueue
 from objstore import protocol as p
 from objstore.protocol import is_valid_key as is_text_key
-from objstore.replies import Expect, MetaReply, Reply, Value
+from objstore.replies import Expect, MetaDebugReply, MetaReply, Reply, Value
 from runtime.config import ClusterConfig, parse_hostport
 from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
@@ -959,8 +959,13 @@ class BlobClient:
                          int(reply.flag("c") or 0))
 
     async def _primary_cas(self, key: bytes, primary: Node) -> int | None:
-        reply = await self.node_client(primary).meta(b"mg %s b c u" % b64encode(key))
-        return int(reply.flag("c") or 0) if reply.code == b"HD" else None
+        """The cas unique of the primary's copy (None: it holds none), asked with ``me``,
+        which changes nothing (an ``mg`` of a stale item would take its win token)."""
+        reply = await self.node_client(primary).call([b"me %s b\r\n" % b64encode(key)],
+                                                     Expect.META)
+        if not isinstance(reply, MetaDebugReply):
+            return None
+        return int(dict(reply.fields).get(b"cas", b"0"))
 
     async def _copy_to(self, key: bytes, index: LocationIndex, index_id: str, primary: Node,
                        others: list[Node], copy: Copy, state: ItemState | None,

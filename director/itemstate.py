@@ -28,6 +28,8 @@ from objstore import protocol as p
 #: Low bits of a cas unique that are random (two directords writing one key in the
 #: same microsecond still differ, almost surely).
 CAS_RANDOM_BITS: Final = 10
+#: The smallest cas unique that directord chose (2017-07-14): smaller ones tell no time.
+_FIRST_TIMED_CAS: Final = 1_500_000_000_000_000 << CAS_RANDOM_BITS
 #: memcached's exptime rule: up to this many seconds is relative, beyond it a unix time.
 REALTIME_MAXDELTA: Final = 30 * 24 * 3600
 
@@ -71,8 +73,13 @@ def flush_cutoff(delay: int, now: float) -> float:
 
 
 def is_flushed(cas: int | None, cutoff: float, now: float) -> bool:
-    """True when a ``flush_all`` whose cut-off has come hides the value with ``cas``."""
-    return bool(cutoff) and cutoff <= now and cas is not None and written_at(cas) <= cutoff
+    """True when a ``flush_all`` whose cut-off has come hides the value with ``cas``.
+
+    Only cas uniques directord chose tell a time; one a client chose (``E``) or an
+    object server chose (an item older than directord's choosing) does not, and such an
+    item is not hidden."""
+    return (bool(cutoff) and cutoff <= now and cas is not None and cas >= _FIRST_TIMED_CAS
+            and written_at(cas) <= cutoff)
 
 
 class Copy(enum.Enum):
