@@ -750,6 +750,9 @@ class BlobClient:
                 return None
             return await self._read_item(key, ids[key], numbers, cas=cas)
 
+        if len(unique) == 1:  # the common case: no task for a gather
+            got = await one(unique[0])
+            return {} if got is None else {unique[0]: got}
         found = await asyncio.gather(*(one(k) for k in unique))
         return {k: v for k, v in zip(unique, found, strict=True) if v is not None}
 
