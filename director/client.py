@@ -85,7 +85,6 @@ from director.itemstate import (
     flush_cutoff,
     is_flushed,
     ttl_to_exptime,
-    wire_key,
 )
 from director.keys import is_blob_id, item_index_id
 from director.memcache_client import (
@@ -852,8 +851,7 @@ class BlobClient:
         else:
             return None
         cas = self.cas_clock.next() if write.new_cas else None
-        line = write.line(wire_key(key, write.flags), cas)
-        primary, reply = await self._on_primary(key, nodes, line, write.value)
+        primary, reply = await self._on_primary(key, nodes, write.request(key, cas))
         copy = copy_after(write, reply.code, reply.flags)
         if copy is Copy.NONE:
             return reply
@@ -889,13 +887,17 @@ class BlobClient:
                 f"{self.policy.tier!r}; write_quorum is {self.policy.write_quorum}")
         return candidates
 
-    async def _on_primary(self, key: bytes, nodes: Sequence[Node], line: bytes,
-                          value: bytes | None) -> tuple[Node, MetaReply]:
-        """The first of ``nodes`` that answers ``line``, and its answer."""
+    async def _on_primary(self, key: bytes, nodes: Sequence[Node], request: bytes
+                          ) -> tuple[Node, MetaReply]:
+        """The first of ``nodes`` that answers the meta ``request``, and its answer."""
         errors: list[str] = []
         for node in nodes:
+            client = self.node_client(node)
             try:
-                return node, await self.node_client(node).meta(line, value)
+                reply = await client.call([request], Expect.META)
+                if not isinstance(reply, MetaReply):
+                    raise NodeProtocolError(f"{client.address}: meta answered {reply!r}")
+                return node, reply
             except NodeRefused:
                 raise
             except (NodeError, OSError) as exc:
@@ -916,8 +918,8 @@ class BlobClient:
         nodes = await self._ordered(index_id, numbers, primary=True)
         if await self._flushed_away(key, index_id, numbers, nodes):
             return None
-        line = ItemWrite(b"mg", flags, new_cas=False).line(wire_key(key, flags), None)
-        return (await self._on_primary(key, nodes, line, None))[1]
+        request = ItemWrite(b"mg", flags, new_cas=False).request(key, None)
+        return (await self._on_primary(key, nodes, request))[1]
 
     async def debug_item(self, key: bytes, base64: bool) -> Reply | None:
         """``me <key>`` answered by the item's primary replica (``ME ...`` or ``EN``);

@@ -16,6 +16,7 @@ hides every item written before it.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import enum
 import random
 import time
@@ -98,8 +99,7 @@ class ItemWrite:
     """A client's write, as the meta command it becomes on the item's primary replica.
 
     :param verb: ``ms``, ``md``, ``ma`` or ``mg`` (mg with T, N or R writes).
-    :param flags: the meta flags to send; ``q`` is never sent (the proxy applies it), and
-        the write's ``E`` is added by :meth:`line`.
+    :param flags: the meta flags to send (``q`` is never sent: the proxy applies it).
     :param value: the data block of an ms.
     :param creates: the write may create a missing item (add, set modes, vivify).
     :param copy: what the other replicas get when it succeeds (:func:`copy_after` may
@@ -114,50 +114,28 @@ class ItemWrite:
     copy: Copy = Copy.NONE
     new_cas: bool = True
 
-    def line(self, key: bytes, cas: int | None) -> bytes:
-        """The command line for the primary, with ``E<cas>`` unless the client gave E."""
+    def request(self, key: bytes, cas: int | None) -> bytes:
+        """The request for the primary, with ``E<cas>`` unless the client gave E."""
         f = self.flags
-        tokens = [self.verb, key]
-        if self.value is not None:
-            tokens.append(b"%d" % len(self.value))
-        tokens += meta_tokens(f)
-        explicit = f.explicit_cas if f.explicit_cas is not None else cas
-        if explicit is not None and self.new_cas and self.verb in (b"ms", b"ma"):
-            tokens.append(b"E%d" % explicit)
-        return b" ".join(tokens)
+        explicit = f.explicit_cas
+        if explicit is None and self.new_cas and self.verb in (b"ms", b"ma"):
+            explicit = cas
+        flags = dataclasses.replace(f, quiet=False, explicit_cas=explicit)
+        cmd: p.Command
+        if self.verb == b"ms":
+            cmd = p.MetaSet(key, self.value or b"", flags)
+        elif self.verb == b"mg":
+            cmd = p.MetaGet(key, flags)
+        elif self.verb == b"md":
+            cmd = p.MetaDelete(key, flags)
+        else:
+            cmd = p.MetaArith(key, flags)
+        return p.encode_command(cmd)
 
     def cas_of(self, cas: int) -> int:
         """The cas unique the item gets: the client's E, else ours."""
         e = self.flags.explicit_cas
         return cas if e is None else e
-
-
-def meta_tokens(f: p.MetaFlags) -> list[bytes]:
-    """The flag tokens of ``f`` as a request carries them, without ``q`` and ``E``."""
-    out: list[bytes] = []
-    for flag in f.returns:
-        out.append(b"O" + (f.opaque or b"") if flag == 0x4F else bytes((flag,)))
-    if f.value:
-        out.append(b"v")
-    for letter, number in ((b"T", f.ttl), (b"N", f.vivify), (b"C", f.compare_cas),
-                           (b"F", f.client_flags), (b"D", f.delta), (b"J", f.initial),
-                           (b"R", f.recache)):
-        if number is not None:
-            out.append(letter + b"%d" % number)
-    if f.mode is not None:
-        out.append(b"M" + f.mode)
-    if f.invalidate:
-        out.append(b"I")
-    if f.no_bump:
-        out.append(b"u")
-    if f.remove_value:
-        out.append(b"x")
-    return out
-
-
-def wire_key(key: bytes, f: p.MetaFlags) -> bytes:
-    """The key as a meta request carries it (base64 when the client sent it so)."""
-    return base64.b64encode(key) if f.base64 else key
 
 
 #: Reply codes that say a write took effect.

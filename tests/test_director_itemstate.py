@@ -15,9 +15,7 @@ from director.itemstate import (
     copy_after,
     flush_cutoff,
     is_flushed,
-    meta_tokens,
     ttl_to_exptime,
-    wire_key,
     written_at,
 )
 from objstore import protocol as p
@@ -67,41 +65,30 @@ def test_flushed_means_written_before_a_cutoff_that_has_come() -> None:
     assert not is_flushed(None, NOW, NOW)
 
 
-def test_meta_tokens_round_trip_through_the_parser() -> None:
-    """The tokens written for a command's flags parse back to the same flags (q and E
-    aside, which the proxy handles)."""
+def test_a_write_request_parses_back_with_our_cas_and_without_q() -> None:
+    """The request sent to the primary carries the client's flags, without q (the proxy
+    applies it), with E<our cas> unless the client chose its own."""
     parser = p.CommandParser()
-    parser.feed(b"ms a2V5 2 T30 F5 C99 MA I N10 c k b O7 q E12\r\nhi\r\n")
+    parser.feed(b"ms a2V5 2 T30 F5 C99 MA I N10 c k b O7 q\r\nhi\r\n")
     cmd = parser.next_command()
     assert isinstance(cmd, p.MetaSet)
-    tokens = meta_tokens(cmd.flags)
-    assert b"q" not in tokens and not any(t.startswith(b"E") for t in tokens)
-    parser.feed(b"ms a2V5 2 " + b" ".join(tokens) + b"\r\nhi\r\n")
+    write = ItemWrite(b"ms", cmd.flags, cmd.value)
+    parser.feed(write.request(cmd.key, 77))
     again = parser.next_command()
     assert isinstance(again, p.MetaSet)
-    assert again.key == cmd.key == b"key"
-    assert again.flags == dataclasses.replace(cmd.flags, quiet=False, explicit_cas=None)
+    assert (again.key, again.value) == (b"key", b"hi")
+    assert again.flags == dataclasses.replace(cmd.flags, quiet=False, explicit_cas=77)
+    assert write.cas_of(77) == 77
+    mine = ItemWrite(b"ma", p.MetaFlags(explicit_cas=5))
+    assert mine.request(b"k", 77) == b"ma k E5\r\n" and mine.cas_of(77) == 5
+    assert ItemWrite(b"md", p.MetaFlags(invalidate=True), new_cas=False).request(
+        b"k", None) == b"md k I\r\n"
+    assert ItemWrite(b"mg", p.MetaFlags(returns=b"kc", value=True), new_cas=False).request(
+        b"k", None) == b"mg k k c v\r\n"
 
 
-def test_a_write_line_carries_our_cas_unless_the_client_chose_one() -> None:
-    """ms and ma go to the primary with E<our cas>; the client's own E wins; md and mg
-    never get one."""
-    f = p.MetaFlags(client_flags=3, ttl=0, mode=b"R")
-    assert ItemWrite(b"ms", f, b"vv").line(b"k", 77) == b"ms k 2 T0 F3 MR E77"
-    mine = p.MetaFlags(explicit_cas=5)
-    assert ItemWrite(b"ma", mine).line(b"k", 77) == b"ma k E5"
-    assert ItemWrite(b"ma", mine).cas_of(77) == 5
-    assert ItemWrite(b"md", p.MetaFlags(invalidate=True), new_cas=False).line(b"k", None) \
-        == b"md k I"
-    assert ItemWrite(b"mg", p.MetaFlags(returns=b"kc", value=True), new_cas=False).line(
-        b"k", None) == b"mg k k c v"
-
-
-def test_keys_travel_as_the_client_sent_them() -> None:
-    """A base64 key (meta b) is forwarded in base64; copies always carry base64 keys, so
-    any byte of a key is safe."""
-    assert wire_key(b"a b", p.MetaFlags(base64=True)) == b"YSBi"
-    assert wire_key(b"plain", p.MetaFlags()) == b"plain"
+def test_copies_carry_keys_in_base64() -> None:
+    """A copy's ms carries its key in base64, so any byte of a key is safe."""
     assert ItemState(b"xy", 7, 0, 99).ms_line(b"a b") == b"ms YSBi 2 b F7 T0 E99"
 
 
