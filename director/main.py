@@ -139,6 +139,7 @@ class Directord:
                                config=dconf, counters=self.counters)
         # The same protocol adapter as objstored's, with directord's own limits.
         self.factory = ObjstoreFactory(handler, dconf, self.counters, r)
+        handler.connections = self.factory.describe_connections
         host, port = parse_hostport(dconf.listen, "director.listen")
         self.ports.append(r.listenTCP(port, self.factory, interface=host, backlog=1024))
         if dconf.metrics_listen:

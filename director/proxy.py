@@ -85,7 +85,7 @@ from objstore.replies import (
     VersionReply,
 )
 from objstore.server import Answer
-from objstore.stats import Counters
+from objstore.stats import Counters, connection_rows
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,8 @@ class ProxyHandler:
         self._clock = clock
         self._wall = wall_clock
         self._started = wall_clock()
+        #: The open connections, for ``stats conns`` (set by whoever owns the factory).
+        self.connections: Callable[[], list[tuple[str, str, int]]] | None = None
         self._dispatch: dict[type, Callable[[Any], Answer]] = {
             p.Get: self._get,
             p.Store: self._store,
@@ -182,6 +184,7 @@ class ProxyHandler:
             p.ProtocolError: self._protocol_error,
             p.TooLarge: self._too_large,
             p.Metadump: lambda _cmd: self._unsupported(b"lru_crawler"),
+            p.Slabs: lambda _cmd: self._unsupported(b"slabs"),
         }
 
     @staticmethod
@@ -485,7 +488,9 @@ class ProxyHandler:
         elif group == b"reset":
             self.counters.reset()
             reply = Status(RESET)
-        elif group in (b"items", b"slabs", b"sizes", b"conns"):
+        elif group == b"conns":
+            reply = StatsReply(connection_rows(self.connections() if self.connections else []))
+        elif group in (b"items", b"slabs", b"sizes"):
             reply = StatsReply(())  # directord holds no items, slabs or sizes of its own
         else:
             reply = ErrorReply(b"ERROR")

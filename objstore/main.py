@@ -244,6 +244,7 @@ class Worker:
         storage.start(deliver, config.group_commit_max)
         handler = Handler(storage, config, counters, hot, node_totals, node_id=config.node_id)
         self.factory = ObjstoreFactory(handler, config, counters, r)
+        handler.connections = self.factory.describe_connections
         host, port = parse_hostport(config.listen, "objstore.listen")
         self.ports.append(listen(r, host, port, self.factory))
         log.info("objstored worker %d (pid %d) node %s serving %s, data in %s", index,

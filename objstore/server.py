@@ -167,6 +167,8 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         self._unsent_at_pause: int | None = None
         self._counted = False
         self._direct_socket: Any = None
+        #: When the client last sent something (``stats conns``).
+        self.last_read = factory.clock.seconds()
 
     def callLater(self, period: Any, func: Any) -> Any:
         """TimeoutMixin's scheduler: the factory's injected clock."""
@@ -242,6 +244,7 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        self.last_read = self.factory.clock.seconds()
         self.counters.bytes_read += len(data)
         self.parser.feed(data)
         if self.timeOut:
@@ -534,6 +537,19 @@ class ObjstoreFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> ObjstoreProtocol:  # type: ignore[override]
         return ObjstoreProtocol(self)
+
+    def describe_connections(self) -> list[tuple[str, str, int]]:
+        """``(peer, local address, seconds since it last sent)`` of each open connection,
+        for ``stats conns``."""
+        now = self.clock.seconds()
+        out = []
+        for proto in self.protocols:
+            transport = proto.transport
+            peer, host = transport.getPeer(), transport.getHost()
+            out.append((f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', 0)}",
+                        f"{getattr(host, 'host', '?')}:{getattr(host, 'port', 0)}",
+                        int(now - proto.last_read)))
+        return out
 
     def close_all(self, timeout: float) -> defer.Deferred[None]:
         """Close every connection once its pending replies are out (shutdown); fires when

@@ -412,3 +412,18 @@ def test_slow_reader_that_keeps_reading_is_not_cut(tmp_path: Path) -> None:
     assert tr.disconnected
     assert h.counters.slow_readers_dropped == 1
     h.close()
+
+
+def test_stats_conns_lists_open_connections(h: Harness) -> None:
+    """stats conns answers, per open connection, its peer, local address, state and idle
+    seconds, as memcached does."""
+    other, _ = h.connect()
+    proto, tr = h.connect()
+    h.clock.advance(7)
+    out = exchange(proto, tr, b"stats conns\r\n").decode()
+    lines = out.splitlines()
+    assert lines[-1] == "END"
+    assert sum(1 for line in lines if line.endswith(":state conn_parse_cmd")) == 2
+    assert any(line.startswith("STAT ") and ":addr tcp:" in line for line in lines)
+    assert any(line.endswith(":secs_since_last_cmd 7") for line in lines)  # the silent one
+    other.connectionLost(None)
