@@ -41,8 +41,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import logging
 import socket
+import struct
+import termios
 import typing
 from collections.abc import Iterator
 from typing import Any, Final
@@ -505,13 +508,22 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
 
 
 def _unsent(transport: Any) -> int | None:
-    """Bytes Twisted's TCP transport holds unsent (None for other transports): how a
-    slow reader is told from one that stopped reading."""
+    """Bytes not yet taken by the client: those Twisted's TCP transport holds, plus those
+    in the kernel's send queue (None for other transports).  How a slow reader is told
+    from one that stopped: the kernel queue shrinks as the client reads, while Twisted's
+    buffer may not move for long (the kernel wakes writers only once half its queue
+    drained)."""
     buffer = getattr(transport, "dataBuffer", None)
     if buffer is None:
         return None
-    return (len(buffer) - getattr(transport, "offset", 0)
-            + getattr(transport, "_tempDataLen", 0))
+    held = len(buffer) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
+    sock = getattr(transport, "socket", None)
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # type: ignore[union-attr]
+        (queued,) = struct.unpack("i", raw)
+    except (AttributeError, OSError, ValueError):
+        queued = 0
+    return held + queued
 
 
 class ObjstoreFactory(Factory):
