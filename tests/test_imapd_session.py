@@ -401,6 +401,48 @@ def test_two_sessions_see_each_others_changes_at_the_right_moments(dsn: str) -> 
     run(dsn, body)
 
 
+def test_noop_reads_postgresql_only_when_the_feed_reported_a_change(dsn: str) -> None:
+    """NOOP re-reads the mailbox only after a notification (or while the change feed is
+    down, when one may have been lost), and still reports other sessions' changes."""
+
+    async def body(env: Env) -> None:
+        name = fresh("nia")
+        await env.user(name)
+        for n in range(2):
+            await env.deliver(name, f"Subject: m{n}\r\n\r\nbody {n}\r\n".encode())
+        a, b = env.client(), env.client()
+        for client in (a, b):
+            await client.login(name)
+            await client.send("s SELECT INBOX")
+        reads: list[int] = []
+        mailboxes = env.store.mailboxes
+        get_by_id = mailboxes.get_by_id
+
+        async def counted(user_id: int, mailbox_id: int) -> Any:
+            reads.append(mailbox_id)
+            return await get_by_id(user_id, mailbox_id)
+
+        mailboxes.get_by_id = counted  # type: ignore[method-assign]
+        heard = await env.hear(name)
+        assert await a.send("a1 NOOP") == b"a1 OK NOOP completed\r\n"
+        assert reads == []
+        await b.send("b1 STORE 1 +FLAGS (\\Flagged)")
+        await heard.of("flags")
+        # A selected first, so it holds \\Recent.
+        assert await a.send("a2 NOOP") == (
+            b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent))\r\na2 OK NOOP completed\r\n")
+        assert len(reads) == 1
+        assert await a.send("a3 NOOP") == b"a3 OK NOOP completed\r\n"
+        assert len(reads) == 1
+        # Feed down: B's change is never notified, so NOOP must look for itself.
+        await env.listener.close()
+        await b.send("b2 STORE 2 +FLAGS (\\Seen)")
+        assert await a.send("a4 NOOP") == (
+            b"* 2 FETCH (UID 2 FLAGS (\\Seen \\Recent))\r\na4 OK NOOP completed\r\n")
+
+    run(dsn, body)
+
+
 def test_deleting_the_selected_mailbox_elsewhere_ends_the_session(dsn: str) -> None:
     """When another session deletes the selected mailbox, the next command gets BYE."""
 
