@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 
-from metadata.errors import NoSuchMailbox, NoSuchUser, OverQuota, UidsExhausted
+from metadata.errors import NoSuchMailbox, NoSuchUser, OverQuota, QueryTooLong, UidsExhausted
 from metadata.flags import ANSWERED, DELETED, FLAGGED, SEEN, Flags
 from metadata.messages import NewMessage
 from metadata.notify import Change, ChangeListener
-from metadata.records import User
+from metadata.records import SearchHits, User
+from metadata.search import BodyContains, Criterion, HasFlag
 from metadata.store import MetadataStore
 from metadata.uidset import MAX_UID, UidSet
 from tests.metadata_support import FAST_SCRYPT, blob, fresh_database, sample_row
@@ -617,5 +618,51 @@ def test_mailbox_counters_follow_every_change_of_the_entries(dsn: str) -> None:
             counts = await counted(dsn, user.id)
             assert counts[renamed.id] == (1, 0, 0, 10)
             assert counts[inbox] == (0, 0, 0, 0)
+
+    asyncio.run(run())
+
+
+def test_statement_timeouts_cancel_long_queries_and_search_has_its_own(dsn: str) -> None:
+    """A statement that waits past ``statement_timeout`` fails with QueryTooLong and the pool
+    goes on; a substring SEARCH runs under ``search_timeout`` instead, longer or shorter."""
+
+    async def blocked_search(store: MetadataStore, user_id: int, inbox: int,
+                             criterion: Criterion, hold: float) -> SearchHits:
+        """Run the search while another transaction holds mailbox_messages for ``hold`` s."""
+        locker = await asyncpg.connect(dsn)
+        try:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE mailbox_messages IN ACCESS EXCLUSIVE MODE")
+                search = asyncio.ensure_future(
+                    store.messages.search(user_id, inbox, criterion))
+                await asyncio.sleep(hold)
+            return await search
+        finally:
+            await locker.close()
+
+    async def run() -> None:
+        store = await MetadataStore.open(dsn, pool_min=1, pool_max=2,
+                                         password_params=FAST_SCRYPT, statement_timeout=0.3,
+                                         search_timeout=3.0)
+        try:
+            user, inbox = await new_user(store, "patient")
+            await store.messages.insert(user.id, inbox, sample_row("to1"), [],
+                                        internaldate=NOW)
+            with pytest.raises(QueryTooLong):
+                await blocked_search(store, user.id, inbox, HasFlag(SEEN), 1.0)
+            # Waiting longer than statement_timeout, within search_timeout.
+            hits = await blocked_search(store, user.id, inbox, BodyContains("zzz"), 0.8)
+            assert hits.uids == ()
+            assert await store.messages.uids(user.id, inbox) == [1]
+        finally:
+            await store.close()
+        store = await MetadataStore.open(dsn, pool_min=1, pool_max=2,
+                                         password_params=FAST_SCRYPT, statement_timeout=30.0,
+                                         search_timeout=0.3)
+        try:
+            with pytest.raises(QueryTooLong):
+                await blocked_search(store, user.id, inbox, BodyContains("zzz"), 1.0)
+        finally:
+            await store.close()
 
     asyncio.run(run())
