@@ -150,6 +150,7 @@ class Session:
         self._heard: list[Change] = []
         self._idle_tag: str | None = None
         self._refresh_task: asyncio.Task[None] | None = None
+        self._search_task: asyncio.Task[Tagged] | None = None
         self._failed_logins = 0
         self._bad_in_a_row = 0
         self._subscribed = False
@@ -247,6 +248,13 @@ class Session:
             self.conn.send([tagged])
             self.backend.metrics.observe("imap", _command_name(event), tagged.status.value,
                                          time.perf_counter() - started)
+
+    def connection_lost(self) -> None:
+        """The client went away while a command may run: a SEARCH nobody will read is
+        cancelled, and its PostgreSQL query with it (asyncpg cancels it on the server).
+        Commands that write run to the end."""
+        if self._search_task is not None:
+            self._search_task.cancel()
 
     async def close(self) -> None:
         """The connection is gone: stop listening for changes."""
@@ -702,8 +710,18 @@ class Session:
     async def _uid_expunge(self, cmd: c.UidExpunge) -> Tagged:
         return await self._selected.expunge(cmd.tag, self.conn, cmd)
 
-    async def _search(self, cmd: c.Search) -> Tagged:
-        return await self._selected.search(cmd, self.conn)
+    async def _search(self, cmd: c.Search) -> Tagged | None:
+        task = asyncio.ensure_future(self._selected.search(cmd, self.conn))
+        self._search_task = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and not (current is not None and current.cancelling()):
+                return None  # connection_lost: nobody to answer
+            raise
+        finally:
+            self._search_task = None
 
     async def _fetch(self, cmd: c.Fetch) -> Tagged:
         return await self._selected.fetch(cmd, self.conn)

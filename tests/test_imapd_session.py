@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 
 from tests.imapd_support import (
@@ -629,5 +630,49 @@ def test_a_nul_in_a_login_literal_is_a_failed_login(dsn: str) -> None:
         reply = await client.send(b"a LOGIN {%d+}\r\n%s secret" % (len(user), user))
         assert reply == b"a NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
         await client.login(name)
+
+    run(dsn, body)
+
+
+def test_a_search_stops_with_its_query_when_the_client_goes_away(dsn: str) -> None:
+    """A SEARCH whose client disconnects is cancelled at once with its PostgreSQL query,
+    unanswered, and the session's next command on the pool still works."""
+
+    async def waiting_on_lock(watch: asyncpg.Connection) -> int:
+        return int(await watch.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE '%mailbox_messages%'"))
+
+    async def body(env: Env) -> None:
+        name = fresh("sam")
+        await env.user(name)
+        await env.deliver(name, b"Subject: s\r\n\r\nneedle in here\r\n")
+        c = env.client()
+        await c.login(name)
+        await c.send("s SELECT INBOX")
+        locker = await asyncpg.connect(dsn)
+        watch = await asyncpg.connect(dsn)
+        try:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE mailbox_messages IN ACCESS EXCLUSIVE MODE")
+                pending = asyncio.ensure_future(c.send("t SEARCH BODY needle"))
+                for _ in range(250):
+                    if await waiting_on_lock(watch):
+                        break
+                    await asyncio.sleep(0.02)
+                assert await waiting_on_lock(watch) == 1
+                c.session.connection_lost()
+                # Done while the lock is still held: cancelled, not finished.
+                assert await asyncio.wait_for(pending, 5) == b""
+                for _ in range(250):
+                    if not await waiting_on_lock(watch):
+                        break
+                    await asyncio.sleep(0.02)
+                assert await waiting_on_lock(watch) == 0
+            assert await c.send("u SEARCH BODY needle") == (
+                b"* SEARCH 1\r\nu OK SEARCH completed\r\n")
+        finally:
+            await watch.close()
+            await locker.close()
 
     run(dsn, body)
