@@ -81,6 +81,24 @@ class BlobCorrupt(BlobError, kinds.Corruption):
     """Every replica that answered returned bytes that do not hash to the blob's id."""
 
 
+class KeyUnavailable(DirectorError, kinds.Misconfigured):
+    """A stored value is encrypted under a key this process does not hold: a
+    configuration problem (a keyring that lacks the key, or none), never corruption.
+
+    Readers do not count such a copy bad or queue it for repair; scrub, repair and the
+    ``objmail`` jobs stop with a configuration error (exit 78), imapd answers
+    ``NO [CONTACTADMIN] Server misconfigured`` (a kind: misconfigured).
+
+    :param key_id: the key id the value names (0: the legacy ``encryption_key_file``).
+    """
+
+    def __init__(self, key_id: int, why: str) -> None:
+        self.key_id = key_id
+        super().__init__(f"cannot decrypt: value encrypted under key id {key_id}, and {why} "
+                         "(every frontend's keyring must hold each key id `objmail keys "
+                         "status` lists; docs/security.md, Keys)")
+
+
 class LeaseHeld(DirectorError, kinds.Unavailable):
     """Another director holds the lease of a background job: it runs the job now.
 

@@ -198,6 +198,12 @@ class Keyspace:
         """HASH: ``buckets`` (fixed when the index is first used), ``created``."""
         return f"{self.prefix}index"
 
+    @property
+    def keyring(self) -> str:
+        """HASH: fingerprints of the installation's keys, ``id`` and ``key:<n>``
+        (director/keyregistry.py); written once per key, compared at every start."""
+        return f"{self.prefix}keyring"
+
     # -- repair queue ----------------------------------------------------------------
 
     def repair_shard(self, shard: int) -> str:

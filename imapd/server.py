@@ -136,7 +136,7 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
                 self.send([refusal])
         elif isinstance(event, BadCommand):
             self.send([event.response()])
-            if session.bad_command():
+            if session.bad_command(clears_saved=event.clears_saved):
                 self.send([Untagged(Status.BYE, "Too many invalid commands")])
                 self.close()
         elif isinstance(event, Command | IdleDone | AuthResponse):

@@ -115,7 +115,7 @@ _SELECTED = frozenset({State.SELECTED})
 
 # Commands during which EXPUNGE must not be sent (RFC 3501 7.4.1): sequence numbers in
 # their answers would become ambiguous.
-_NO_EXPUNGE = (c.Fetch, c.Store, c.Search)
+_NO_EXPUNGE = (c.Fetch, c.Store, c.Search, c.Sort, c.Thread)
 
 _Handler = Callable[[Any], Awaitable[Tagged | None]]
 
@@ -182,6 +182,8 @@ class Session:
             c.Expunge: (_SELECTED, self._expunge),
             c.UidExpunge: (_SELECTED, self._uid_expunge),
             c.Search: (_SELECTED, self._search),
+            c.Sort: (_SELECTED, self._sort),
+            c.Thread: (_SELECTED, self._thread),
             c.Fetch: (_SELECTED, self._fetch),
             c.Store: (_SELECTED, self._store),
             c.Copy: (_SELECTED, self._copy),
@@ -213,8 +215,14 @@ class Session:
             return Tagged(event.tag, Status.NO, "Log in first")
         return None
 
-    def bad_command(self) -> bool:
-        """Count a BAD answer from the parser; True when the client should be cut off."""
+    def bad_command(self, *, clears_saved: bool = False) -> bool:
+        """Count a BAD (or BADCHARSET) answer from the parser; True when the client should
+        be cut off.
+
+        :param clears_saved: it was a failed ``SEARCH RETURN (SAVE)``, which empties ``$``.
+        """
+        if clears_saved and self.selected is not None:
+            self.selected.view.saved = []
         self._bad_in_a_row += 1
         return self._bad_in_a_row >= MAX_BAD_COMMANDS
 
@@ -722,6 +730,12 @@ class Session:
             raise
         finally:
             self._search_task = None
+
+    async def _sort(self, cmd: c.Sort) -> Tagged:
+        return await self._selected.sort(cmd, self.conn)
+
+    async def _thread(self, cmd: c.Thread) -> Tagged:
+        return await self._selected.thread(cmd, self.conn)
 
     async def _fetch(self, cmd: c.Fetch) -> Tagged:
         return await self._selected.fetch(cmd, self.conn)

@@ -41,6 +41,7 @@ from metadata.mimetree import parse
 from metadata.records import Mailbox, MessageRow, User
 from metadata.searchtext import search_text
 from metadata.sections import section_map
+from metadata.sortkeys import sort_keys_of
 from metadata.splitter import SplitMessage, blob_id, split
 from metadata.store import MetadataStore
 
@@ -138,6 +139,7 @@ def prepare(raw: bytes, threshold: int,
         message_id=text.message_id,
         headers=text.headers,
         body_text=text.body,
+        sort=sort_keys_of(tree.root),
     )
     return PreparedMessage(len(raw), stored, row)
 

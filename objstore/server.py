@@ -29,6 +29,7 @@ import collections
 import contextlib
 import logging
 import socket
+import time
 import typing
 from collections.abc import Iterator
 from typing import Any, Final
@@ -41,7 +42,7 @@ from zope.interface import implementer
 
 from objstore import protocol as p
 from objstore.replies import ErrorReply, Reply, error_reply, serialize_into
-from objstore.stats import Counters
+from objstore.stats import GET, SET, Counters, LatencySampler
 from runtime.directwrite import nothing_queued, send_now
 from runtime.errors import kind_of
 from runtime.receivebuffer import RemoteProtocolError
@@ -105,6 +106,10 @@ class _Slot:
         self.stream = stream
         self.ready = chunks is not None
         self.write = write
+
+
+#: Commands whose latency is sampled, by kind.
+_LATENCY_KIND: Final = {p.Get: GET, p.MetaGet: GET, p.Store: SET, p.MetaSet: SET}
 
 
 @implementer(interfaces.IPushProducer)
@@ -213,6 +218,7 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         try:
             parser = self.parser
             handler = self.handler
+            sampler = self.factory.latency
             limit = self.factory.config.max_pipeline
             while not self._closing and not self._output_paused:
                 if self._held is not None:
@@ -239,7 +245,8 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
                     self._closing = True
                     break
                 try:
-                    answer = handler.execute(cmd)  # type: ignore[arg-type]
+                    answer = (self._timed(cmd) if sampler.due()  # type: ignore[arg-type]
+                              else handler.execute(cmd))  # type: ignore[arg-type]
                 except Exception as exc:
                     answer = _failed(exc, cmd)
                 self._answer(answer, cmd)
@@ -255,6 +262,25 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         self._flush()
         if self._closing:
             self._maybe_close()
+
+    def _timed(self, cmd: p.Command) -> Answer:
+        """Execute ``cmd`` and count its latency (a sampled get or set; see
+        :class:`~objstore.stats.LatencySampler`): a read's service time, a write's time
+        to its durable reply."""
+        kind = _LATENCY_KIND.get(type(cmd))
+        if kind is None:
+            return self.handler.execute(cmd)
+        record = self.factory.latency.record
+        started = time.perf_counter()
+        answer = self.handler.execute(cmd)
+        if isinstance(answer, defer.Deferred):
+            def done(result: object) -> object:
+                record(kind, time.perf_counter() - started)
+                return result
+            answer.addBoth(done)
+        else:
+            record(kind, time.perf_counter() - started)
+        return answer
 
     def _answer(self, answer: Answer, cmd: p.Command | p.NeedData) -> None:
         if answer is None:
@@ -433,6 +459,7 @@ class ObjstoreFactory(Factory):
         self.clock = clock
         self.open_connections = 0
         self.protocols: set[ObjstoreProtocol] = set()
+        self.latency = LatencySampler(counters)
         self.limits = p.Limits(max_line=config.max_line, max_item_size=config.max_item_size)
 
     def buildProtocol(self, addr: Any) -> ObjstoreProtocol:  # type: ignore[override]

@@ -80,6 +80,7 @@ COMMAND_MODULES = (
     "ops.gc_command",
     "ops.scrub_command",
     "ops.import_command",
+    "ops.keys_command",
 )
 
 

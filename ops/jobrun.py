@@ -149,7 +149,8 @@ async def cancel_run(ctx: CommandContext, job: BackgroundJob[Any], fields: Seque
 
 
 #: Integer stats that are levels, not counts: a combined result keeps the last one.
-GAUGES = frozenset({"total", "cursor", "buckets", "remaining", "backlog"})
+GAUGES = frozenset({"total", "cursor", "buckets", "remaining", "backlog", "urgent",
+                    "full_sweep_left", "to_move"})
 
 
 def combine(passes: list[Any]) -> dict[str, Any]:

@@ -179,6 +179,7 @@ class Client:
                 continue
             if isinstance(event, BadCommand):
                 self.conn.send([event.response()])
+                self.session.bad_command(clears_saved=event.clears_saved)  # as the adapter
                 continue
             assert isinstance(event, (IdleDone, AuthResponse)) or hasattr(event, "tag")
             await self.session.dispatch(event)

@@ -61,7 +61,7 @@ class TwinSession:
             return Tagged(event.tag or "*", Status.NO, "no appends here")
         return None
 
-    def bad_command(self) -> bool:
+    def bad_command(self, *, clears_saved: bool = False) -> bool:
         self.bads += 1
         return self.bads >= 3
 

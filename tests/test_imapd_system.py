@@ -144,6 +144,37 @@ def test_imapclient_session_covers_the_commands(imapd: Imapd, mail: Mail) -> Non
     assert c.logout() == b"Logging out"
 
 
+def test_imapclient_sorts_threads_and_saves_searches(imapd: Imapd, mail: Mail) -> None:
+    """Over the real process, imapclient's SORT and THREAD see the keys stored at delivery,
+    and ESEARCH/SEARCHRES answer a UID SEARCH RETURN and a later FETCH of ``$``."""
+    user = new_user(mail)
+    c = connect(imapd, user)
+    caps = c.capabilities()
+    for cap in (b"ESEARCH", b"SEARCHRES", b"SORT", b"SORT=DISPLAY", b"THREAD=REFERENCES",
+                b"THREAD=ORDEREDSUBJECT"):
+        assert cap in caps
+    for header in (b"Message-ID: <a@x>\r\nFrom: zoe@x\r\nSubject: Plan\r\n"
+                   b"Date: Mon, 1 Jul 2024 10:00:00 +0000",
+                   b"Message-ID: <b@x>\r\nFrom: adam@x\r\nIn-Reply-To: <a@x>\r\n"
+                   b"Subject: Re: Plan\r\nDate: Tue, 2 Jul 2024 10:00:00 +0000",
+                   b"Message-ID: <c@x>\r\nFrom: mia@x\r\nSubject: Budget\r\n"
+                   b"Date: Wed, 3 Jul 2024 10:00:00 +0000"):
+        c.append("INBOX", header + b"\r\n\r\nbody\r\n")
+    c.select_folder("INBOX")
+    assert c.sort(["FROM"]) == [2, 3, 1]
+    assert c.sort(["SUBJECT", "REVERSE", "DATE"]) == [3, 2, 1]
+    assert c.thread("REFERENCES") == ((1, 2), (3,))
+    assert c.thread("ORDEREDSUBJECT") == ((1, 2), (3,))
+    imap = c._imap  # imapclient has no ESEARCH wrapper
+    typ, data = imap._simple_command("UID", "SEARCH", "RETURN", "(MIN MAX COUNT SAVE)", "ALL")
+    assert typ == "OK"
+    assert imap._untagged_response(typ, data, "ESEARCH")[1][0].endswith(
+        b"UID MIN 1 MAX 3 COUNT 3")
+    typ, data = imap.fetch("$", "(UID)")
+    assert (typ, data) == ("OK", [b"1 (UID 1)", b"2 (UID 2)", b"3 (UID 3)"])
+    c.logout()
+
+
 def test_imaps_starttls_and_authenticate_plain(imapd: Imapd, mail: Mail) -> None:
     """IMAPS with the configured certificate and STARTTLS on the plain port both work,
     and AUTHENTICATE PLAIN logs in over them."""

@@ -26,6 +26,7 @@ from director.errors import (
     RemoveRefused,
     UnknownNode,
 )
+from director.keyring import Keyring, write_keyring
 from director.keys import InvalidBlobId
 from director.memcache_client import NodeTimeout
 from metadata.errors import (
@@ -164,11 +165,15 @@ def test_commands_fail_fast_with_one_line_when_redis_and_postgres_are_down(
         (("user", "list"), "objmail user list: " + pg_line),
         (("stats",), "objmail stats: " + pg_line),
     ]
+    # A keyring, so that commands which open a blob client get as far as Redis.
+    write_keyring(tmp_path / "keyring.toml", Keyring.generate())
+    (tmp_path / "objmail.toml").write_text('[director]\nkeyring_file = "keyring.toml"\n')
     for args, line in cases:
         result, took = objmail(tmp_path, *args, env=env)
         assert (result.returncode, result.stderr) == (EX_UNAVAILABLE, line), args
         assert "secret" not in result.stderr
-        assert took < 9.0, (args, took)
+        # Well under the 30 s a daemon keeps retrying a cluster it once reached.
+        assert took < 20.0, (args, took)
 
 
 @pytest.mark.system
@@ -179,4 +184,4 @@ def test_deliver_defers_when_postgres_is_down(tmp_path: Path) -> None:
                            stdin="Subject: x\r\n\r\nbody\r\n")
     assert result.returncode == EX_TEMPFAIL
     assert result.stderr.startswith("objmail deliver: PostgreSQL unreachable at")
-    assert took < 9.0
+    assert took < 20.0
