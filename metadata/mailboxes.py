@@ -389,7 +389,7 @@ class Mailboxes:
         an id or a name.
 
         MESSAGES, UNSEEN, \\Deleted and SIZE are the mailbox row's counters (kept by the
-        triggers of migration 3), so the cost does not grow with the mailbox; \\Recent
+        triggers of migration 4), so the cost does not grow with the mailbox; \\Recent
         counts the UIDs from ``recent_uid`` on, and the first unseen UID is one index probe.
 
         :raises NoSuchMailbox: no such selectable mailbox.

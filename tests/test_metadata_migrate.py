@@ -231,14 +231,14 @@ def test_version_2_keeps_old_rows_searchable_and_lists_mailbox_keywords(
         assert keywords == ["$Label1", "$Label2"]
 
 
-def test_version_3_counts_the_entries_already_stored(postgres: str) -> None:
-    """Migrating a version-2 database fills each mailbox's MESSAGES, UNSEEN, \\Deleted and
+def test_version_4_counts_the_entries_already_stored(postgres: str) -> None:
+    """Migrating a version-3 database fills each mailbox's MESSAGES, UNSEEN, \\Deleted and
     SIZE counters from the entries it already holds; later changes keep them exact."""
     with fresh_database(postgres, migrate=False) as dsn:
         async def run() -> tuple[asyncpg.Record, asyncpg.Record]:
             conn = await asyncpg.connect(dsn)
             try:
-                await migrate(conn, load_migrations()[:2])
+                await migrate(conn, load_migrations()[:3])
                 user = await conn.fetchval(
                     "INSERT INTO users (name, password_hash) VALUES ('old', 'x') RETURNING id")
                 box = await conn.fetchval(

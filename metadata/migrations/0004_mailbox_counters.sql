@@ -1,4 +1,4 @@
--- objmail metadata schema, version 3: each mailbox keeps its own counts.
+-- objmail metadata schema, version 4: each mailbox keeps its own counts.
 --
 -- STATUS and SELECT counted the mailbox's entries on every call (1.8 ms at 1k messages,
 -- 15.9 ms at 50k).  The mailbox row now holds MESSAGES, UNSEEN, \Deleted and SIZE, kept by
