@@ -89,6 +89,68 @@ async def throttle(control: PassControl, stats: PassStats, *, rate: float | None
     return True
 
 
+class TokenBucket:
+    """A rate limit: ``rate`` units per second on average, bursts up to ``burst``.
+
+    :meth:`take` never refuses: it takes the units (running into debt if it must) and
+    says how long to wait before going on, so an item larger than the burst (a big blob)
+    passes and the items after it wait for it to be paid off.  Time is ``clock()``
+    (monotonic seconds; a fake one in tests).
+
+    :param rate: units per second; ``None`` or 0: no limit (:meth:`take` returns 0).
+    :param burst: units that may go at once after a quiet spell (default: one second's).
+    """
+
+    def __init__(self, rate: float | None, *, clock: Callable[[], float],
+                 burst: float | None = None) -> None:
+        self.rate = rate or 0.0
+        self.burst = burst if burst is not None else self.rate
+        self._clock = clock
+        self._tokens = self.burst
+        self._at = clock()
+
+    def take(self, amount: float) -> float:
+        """Take ``amount`` units; returns the seconds to wait before using them."""
+        if self.rate <= 0:
+            return 0.0
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        self._tokens -= amount
+        return max(0.0, -self._tokens / self.rate)
+
+
+class RateLimiter:
+    """A total rate and a rate per source (bytes/s moved by level or repair): each
+    :meth:`take` waits for both.
+
+    :param total: units per second, all sources together (None/0: no limit).
+    :param per_source: units per second from any one source (None/0: no limit).
+    """
+
+    def __init__(self, total: float | None, per_source: float | None, *,
+                 clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.total = TokenBucket(total, clock=clock)
+        self.per_source_rate = per_source or 0.0
+        self._sources: dict[str, TokenBucket] = {}
+
+    @property
+    def limited(self) -> bool:
+        return self.total.rate > 0 or self.per_source_rate > 0
+
+    def take(self, source: str, amount: float) -> float:
+        """Take ``amount`` units from ``source``; the seconds to wait before moving them."""
+        wait = self.total.take(amount)
+        if self.per_source_rate > 0:
+            bucket = self._sources.get(source)
+            if bucket is None:
+                bucket = self._sources[source] = TokenBucket(self.per_source_rate,
+                                                             clock=self._clock)
+            wait = max(wait, bucket.take(amount))
+        return wait
+
+
 class PassControl:
     """What a pass consults between items.
 

@@ -21,6 +21,13 @@ is never re-encoded on the way) and, when asked for, the content.  Only this mod
 makes one, and :func:`director.copier.write_verified` takes nothing else: a copy is
 always of bytes that verified against the id.
 
+*Keys.*  A value sealed under a key id this process lacks raises
+:class:`~director.errors.KeyUnavailable` when the installation has that key (the keyring
+here is behind: a configuration problem, which no reader may count as a bad copy), and
+:class:`CodecError` when it never had it (a forged label:
+:meth:`director.keyregistry.KeyRegistry.known`).  :meth:`BlobReader.probe` lets
+``KeyUnavailable`` through, so scrub and repair stop instead of queueing good copies.
+
 Chunks are fetched :data:`PARALLELISM` at a time and hashed in order as they arrive, so a
 copy or a scrub holds the stored bytes and one window of decoded chunks, never the
 content twice.  :meth:`BlobReader.stream` releases a chunked blob's content chunk by
@@ -34,15 +41,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from director.blobids import BlobIds
+from director.blobids import BlobIds, IdHasher
 from director.codec import FLAG_MANIFEST, BlobCodec, CodecError, Manifest, chunk_key
-from director.errors import BlobUnavailable
+from director.errors import BlobUnavailable, DirectorError, KeyUnavailable
 from director.memcache_client import NodeClient, NodeError
 from director.planner import Health
 from objstore.replies import Value
+from runtime import errors as kinds
 
 #: Chunks of one blob fetched at the same time.
 PARALLELISM = 4
@@ -51,8 +59,9 @@ PARALLELISM = 4
 ChunkErrorHook = Callable[[NodeClient, Exception], None]
 
 
-class NotHeld(LookupError):
-    """The object server answered that it does not hold the blob (or one of its chunks)."""
+class NotHeld(DirectorError, kinds.Unavailable):
+    """The object server answered that it does not hold the blob (or one of its chunks):
+    another replica (or a repair) may serve it."""
 
 
 @dataclass(frozen=True)
@@ -115,8 +124,9 @@ def stored_form(codec: BlobCodec, ids: BlobIds, bid: str, data: bytes,
     for n, start in enumerate(range(0, len(data), chunk_size)):
         chunk = data[start:start + chunk_size]
         chunk_ids.append(ids.id_of(chunk))
-        payload, flags = codec.encode(chunk, bid)
-        items.append(StoredItem(chunk_key(bid, n).encode(), payload, flags))
+        key = chunk_key(bid, n)
+        payload, flags = codec.encode(chunk, key)
+        items.append(StoredItem(key.encode(), payload, flags))
     head, flags = codec.encode_manifest(Manifest(len(data), tuple(chunk_ids)), bid)
     return (*items, StoredItem(bid.encode(), head, flags))
 
@@ -124,13 +134,17 @@ def stored_form(codec: BlobCodec, ids: BlobIds, bid: str, data: bytes,
 class BlobReader:
     """Reads blobs from object servers and verifies them (see the module docstring).
 
-    :param codec: decodes stored values (holds the encryption key, if any).
+    :param codec: decodes stored values (holds the keys, if any).
     :param ids: computes and checks blob ids.
+    :param known_key: whether the installation has a key id (None: every key id is
+        taken as the installation's, so a missing one is always a configuration error).
     """
 
-    def __init__(self, codec: BlobCodec, ids: BlobIds) -> None:
+    def __init__(self, codec: BlobCodec, ids: BlobIds, *,
+                 known_key: Callable[[int], Awaitable[bool]] | None = None) -> None:
         self.codec = codec
         self.ids = ids
+        self._known_key = known_key
 
     # -- whole reads --------------------------------------------------------------------
 
@@ -157,20 +171,23 @@ class BlobReader:
             return VerifiedBlob(bid, (_item(head),), len(plain), plain if content else None,
                                 head.cas)
         manifest = Manifest.from_bytes(plain)
-        hasher = self.ids.hasher()
+        hasher: IdHasher | None = None
         items: list[StoredItem] = []
         parts: list[bytes] = []
         size = 0
         chunks = self._chunks(bid, manifest, chunk_sources or (node,), on_chunk_error)
         async with contextlib.aclosing(chunks):
             async for item, chunk in chunks:
-                hasher.update(chunk)
+                if hasher is None:
+                    hasher = self.ids.hasher_like(manifest.chunk_ids[0], chunk)
+                else:
+                    hasher.update(chunk)
                 size += len(chunk)
                 items.append(item)
                 if content:
                     parts.append(chunk)
         _check_size(size, manifest)
-        if hasher.hexdigest() != bid:
+        if (hasher or self.ids.hasher()).hexdigest() != bid:
             raise CodecError("content does not match its id (a manifest and chunks that "
                              "agree with each other, not with the id)")
         return VerifiedBlob(bid, (*items, _item(head)), size,
@@ -215,7 +232,7 @@ class BlobReader:
             yield plain
             return
         manifest = Manifest.from_bytes(plain)
-        hasher = self.ids.hasher()
+        hasher: IdHasher | None = None
         size = 0
         held: bytes | None = None
         chunks = self._chunks(bid, manifest, chunk_sources or (node,), on_chunk_error)
@@ -223,11 +240,14 @@ class BlobReader:
             async for _item, chunk in chunks:
                 if held is not None:
                     yield held
-                hasher.update(chunk)
+                if hasher is None:
+                    hasher = self.ids.hasher_like(manifest.chunk_ids[0], chunk)
+                else:
+                    hasher.update(chunk)
                 size += len(chunk)
                 held = chunk
         _check_size(size, manifest)
-        if hasher.hexdigest() != bid:
+        if (hasher or self.ids.hasher()).hexdigest() != bid:
             raise CodecError("content does not match its id (a manifest and chunks that "
                              "agree with each other, not with the id)")
         yield held if held is not None else b""  # one piece at least, even if empty
@@ -280,7 +300,21 @@ class BlobReader:
         head = await node.get(bid.encode(), cas=cas)
         if head is None:
             raise NotHeld(f"{node.address}: does not hold {bid}")
-        return head, self.codec.decode(head.value, head.flags, bid)
+        return head, await self.decode(head.value, head.flags, bid)
+
+    async def decode(self, value: bytes, flags: int, key: str) -> bytes:
+        """:meth:`BlobCodec.decode`, a missing key told apart from a forged label.
+
+        :raises KeyUnavailable: the installation has the key, this keyring does not.
+        :raises CodecError: bad bytes, or a key id the installation never had.
+        """
+        try:
+            return self.codec.decode(value, flags, key)
+        except KeyUnavailable as exc:
+            if self._known_key is None or await self._known_key(exc.key_id):
+                raise
+            raise CodecError(f"sealed under key id {exc.key_id}, which this installation "
+                             "never had (a forged or damaged value)") from None
 
     async def _chunks(self, bid: str, manifest: Manifest, sources: Sequence[NodeClient],
                       on_error: ChunkErrorHook | None
@@ -313,8 +347,8 @@ class BlobReader:
                 got = await source.get(key.encode())
                 if got is None:
                     raise NotHeld(f"{source.address}: chunk {n} of {bid} is missing")
-                plain = self.codec.decode(got.value, got.flags, key)
-                if self.ids.id_of(plain) != cid:
+                plain = await self.decode(got.value, got.flags, key)
+                if not self.ids.matches(cid, plain):
                     raise CodecError(f"chunk {n} does not match the manifest")
                 return _item(got), plain
             except (NotHeld, CodecError, NodeError, OSError) as exc:

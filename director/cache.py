@@ -94,7 +94,7 @@ class DiskCache:
             data = txn.get(key.encode())
         if data is None:
             return None
-        if self._ids.id_of(data) != key:
+        if not self._ids.matches(key, data):
             self.discard(key)
             return None
         return bytes(data)

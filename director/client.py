@@ -4,11 +4,16 @@ Used in-process (asyncio) by imapd, the LMTP delivery path, directord and ops to
 
 Theory of operation.
 
+*Keys*: :meth:`BlobClient.open` loads the keyring the config names (refusing to run
+without one unless ``director.allow_plaintext``), checks it against the fingerprints the
+installation recorded in Redis (:mod:`director.keyregistry`), and builds the keyed
+:class:`BlobIds` and the sealing :class:`BlobCodec` from it.
+
 *put(data)*: the id is computed from the content (:mod:`director.blobids`; a caller
 that named its blobs with :meth:`BlobClient.id_of` already passes them named, through
 :meth:`BlobClient.put_named`, and they are not hashed again).  If the location index knows
-the id, nothing is uploaded (dedup).  Otherwise the blob is encoded (zlib-ng,
-optional AES-GCM; see :mod:`director.codec`), placed by weighted rendezvous
+the id, nothing is uploaded (dedup).  Otherwise the blob is encoded (zlib-ng, then
+AES-GCM under the keyring's current key; see :mod:`director.codec`), placed by weighted rendezvous
 hashing on ``replicas`` active nodes in distinct zones (:class:`PlacementPolicy`, built
 once from the config), and written to them in
 parallel.  A target that fails is replaced by the next fallback candidate.  The
@@ -17,12 +22,13 @@ disk on the object server); the locations are then recorded in the index, and a
 repair entry is queued when fewer than ``replicas`` copies were made.  Blobs larger
 than an object server's item size are cut into chunks stored next to a manifest.
 
-*get(id)*: memory/disk cache, else the index's locations, ordered live-and-idle
-first; each replica is tried in turn (with a per-request timeout) and read by
-:class:`director.blobreader.BlobReader`, which verifies the whole content against the
-id (a chunk missing or bad on that replica is taken from another).  A replica that
-errs, times out, misses or returns bad bytes is skipped and queued for repair; the
-first verified copy wins.
+*get(id)*: memory/disk cache, else the index's locations, live ones first in a random
+order weighted by inverse load (:func:`director.placement.read_order`: reads spread over
+the replicas instead of herding onto the one that looked idlest); each replica is tried
+in turn (with a per-request timeout) and read by :class:`director.blobreader.BlobReader`,
+which verifies the whole content against the id (a chunk missing or bad on that replica
+is taken from another).  A replica that errs, times out, misses or returns bad bytes is
+skipped and queued for repair; the first verified copy wins.
 
 *Items* (:meth:`BlobClient.put_item`, :meth:`BlobClient.get_items`...) are what
 directord stores for plain memcached clients: a value and client flags under any key,
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from base64 import b64encode
 from collections.abc import (
@@ -73,7 +80,14 @@ from director.cache import BlobCache, DiskCache
 from director.codec import ENVELOPE_SLACK, BlobCodec, CodecError, load_key
 from director.config import DirectorConfig
 from director.copier import delete_copy, write_items
-from director.errors import BlobCorrupt, BlobNotFound, BlobUnavailable, DirectorError
+from director.errors import (
+    BadKeyFile,
+    BlobCorrupt,
+    BlobNotFound,
+    BlobUnavailable,
+    DirectorError,
+    KeyUnavailable,
+)
 from director.gcwatch import GcWatch
 from director.index import LocationIndex
 from director.itemstate import (
@@ -86,6 +100,8 @@ from director.itemstate import (
     is_flushed,
     ttl_to_exptime,
 )
+from director.keyregistry import KeyRegistry
+from director.keyring import LEGACY_KEY_ID, Keyring, KeyringError, fingerprint, load_keyring
 from director.keys import is_blob_id, item_index_id
 from director.memcache_client import (
     NodeAddress,
@@ -97,7 +113,7 @@ from director.memcache_client import (
     NodeUnavailable,
 )
 from director.nodes import Node, NodeState
-from director.placement import Placer
+from director.placement import Placer, read_order
 from director.policy import PlacementPolicy
 from director.redisconn import RetryPolicy
 from director.redisstate import RedisState
@@ -106,7 +122,7 @@ from director.repairqueue import RepairQueue
 from objstore import protocol as p
 from objstore.protocol import is_valid_key as is_text_key
 from objstore.replies import Expect, MetaDebugReply, MetaReply, Reply, Value
-from runtime.config import ClusterConfig, parse_hostport
+from runtime.config import ClusterConfig, ConfigError, parse_hostport
 from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 log = logging.getLogger(__name__)
@@ -223,7 +239,9 @@ class BlobClient:
     def __init__(self, dconf: DirectorConfig, index: LocationIndex, registry: Registry,
                  repair: RepairQueue, *, codec: BlobCodec | None = None,
                  ids: BlobIds | None = None, cache: BlobCache | None = None,
+                 key_registry: KeyRegistry | None = None,
                  clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.dconf = dconf
         self.index = index
@@ -232,13 +250,17 @@ class BlobClient:
         self.codec = codec or BlobCodec(self.dconf.compression_level)
         #: How blob ids are computed and checked (the one place: director.blobids).
         self.ids = ids or BlobIds()
+        #: The installation's key fingerprints (director/keyregistry.py).
+        self.keys = key_registry or KeyRegistry(index.runner, index.keys)
         #: Reads blobs back from object servers, verified whole; every reader uses it.
-        self.reader = BlobReader(self.codec, self.ids)
+        self.reader = BlobReader(self.codec, self.ids, known_key=self.keys.known)
         #: Where copies go and how many: asked by puts, repair, drain and level.
         self.policy = PlacementPolicy.from_config(self.dconf)
         self.cache = cache or BlobCache(self.dconf.cache_bytes)
         self.stats = ClientStats()
         self._clock = clock
+        #: Picks which replica a read tries first (:func:`director.placement.read_order`).
+        self._rng = rng or random.Random()
         self._snapshot: RegistrySnapshot | None = None
         self._placer: Placer | None = None
         self._snapshot_at = float("-inf")
@@ -272,15 +294,22 @@ class BlobClient:
         :param retry: how long Redis operations are retried (``objmail`` commands wait
             less than daemons).
         :param auth: Redis credentials (``runtime.secrets.load_credentials(cluster)``).
+        :raises KeyringError: see :func:`open_keys` and :meth:`KeyRegistry.check`.
         """
+        keyring, legacy = open_keys(dconf)
         state = await RedisState.open(cluster, dconf, retry=retry, auth=auth)
-        key = load_key(dconf.encryption_key_file) if dconf.encryption_key_file else None
-        ids = BlobIds()
+        try:
+            keys = KeyRegistry(state.runner, state.index.keys)
+            await keys.check(installation_fingerprints(keyring, legacy))
+        except BaseException:
+            await state.aclose()
+            raise
+        ids = BlobIds(keyring.id_key if keyring is not None else None)
         disk = (DiskCache(Path(dconf.disk_cache_dir), dconf.disk_cache_bytes, ids)
                 if dconf.disk_cache_dir else None)
         return cls(dconf, state.index, state.registry, state.repairs,
-                   codec=BlobCodec(dconf.compression_level, key), ids=ids,
-                   cache=BlobCache(dconf.cache_bytes, disk))
+                   codec=BlobCodec(dconf.compression_level, keyring, legacy_key=legacy),
+                   ids=ids, cache=BlobCache(dconf.cache_bytes, disk), key_registry=keys)
 
     async def aclose(self) -> None:
         for node in self._nodes.values():
@@ -538,7 +567,7 @@ class BlobClient:
 
     async def _ordered(self, bid: str, numbers: Sequence[int], *,
                        primary: bool = False) -> list[Node]:
-        """The replicas of ``bid`` in the order reads try them: live and idle first; with
+        """The replicas of ``bid`` in the order reads try them (:func:`read_order`); with
         ``primary``, live ones by node number, so every directord picks the same first
         replica (the one item writes go to)."""
         if not numbers:
@@ -550,16 +579,11 @@ class BlobClient:
             snap = await self.snapshot(force=True)
             nodes = [n for n in snap.resolve(numbers) if n.state is not NodeState.REMOVED]
 
-        def rank(node: Node) -> tuple[int, bool, float]:
-            # Live nodes first, least busy first; suspect and "down" ones are still
-            # worth a try last (a late load report is not a dead disk).
-            live = 0 if node.readable else 1
-            if primary:
-                return (live, self._suspect(node), node.number)
-            ops = node.report.ops_per_sec if node.report else 0.0
-            return (live, self._suspect(node), ops)
-
-        return sorted(nodes, key=rank)
+        if primary:
+            # Live ones by node number: every directord picks the same first replica.
+            return sorted(nodes, key=lambda n: (not n.readable, self._suspect(n), n.number))
+        return read_order(nodes, self._rng,
+                          suspect=[n.id for n in nodes if self._suspect(n)])
 
     async def _read(self, bid: str, numbers: Sequence[int]) -> bytes:
         replicas = await self._ordered(bid, numbers)
@@ -612,20 +636,27 @@ class BlobClient:
 
         ``attempt`` raises :class:`CodecError` for bad bytes, :class:`NotHeld` when the
         replica lacks the key, :class:`NodeError` when it cannot answer.  Replicas that
-        failed are queued for repair when ``repair``.
+        failed are queued for repair when ``repair``.  A copy sealed under a key this
+        keyring lacks is skipped (another copy may be under a key it has, in the middle
+        of a rotation) but never counted bad.
 
         :returns: None when every replica answered that it lacks the key and ``miss_ok``.
         :raises BlobCorrupt: every replica had bad bytes.
+        :raises KeyUnavailable: no replica could serve it, some for want of a key.
         :raises BlobUnavailable: no replica could serve it.
         """
         errors: list[str] = []
         corrupt = misses = 0
         bad: list[Node] = []
+        unkeyed: KeyUnavailable | None = None
         for i, node in enumerate(replicas):
             if i:
                 self.stats.failovers += 1
             try:
                 result = await attempt(node)
+            except KeyUnavailable as exc:
+                unkeyed = exc
+                continue
             except CodecError as exc:
                 corrupt += 1
                 bad.append(node)
@@ -650,6 +681,9 @@ class BlobClient:
             return result
         if bad and repair:
             await self._queue_repair([index_id])
+        if unkeyed is not None:
+            log.error("%s: %s", what, unkeyed)
+            raise unkeyed
         if miss_ok and misses == len(errors):
             return None
         if corrupt and corrupt == len(errors):
@@ -1123,6 +1157,37 @@ class BlobClient:
         if self.cache.disk is not None:
             self.cache.disk.discard(bid)
         return await self.index.delete(bid)
+
+
+def open_keys(dconf: DirectorConfig) -> tuple[Keyring | None, bytes | None]:
+    """The keyring and the legacy key the config names.
+
+    :raises KeyringError: no keyring and ``allow_plaintext`` is off; a keyring or legacy
+        key file that is missing, unsafe or malformed.
+    """
+    keyring = load_keyring(dconf.keyring_file) if dconf.keyring_file else None
+    if keyring is None and not dconf.allow_plaintext:
+        raise KeyringError(
+            "no keyring is configured, so blobs would be stored in plaintext under "
+            "guessable ids; create one with `objmail keys new --out FILE` and set "
+            "director.keyring_file = FILE (or set director.allow_plaintext = true to run "
+            "without encryption on purpose)")
+    legacy = None
+    if dconf.encryption_key_file:
+        try:
+            legacy = load_key(dconf.encryption_key_file)
+        except (OSError, BadKeyFile) as exc:
+            raise ConfigError("director.encryption_key_file", str(exc)) from None
+    return keyring, legacy
+
+
+def installation_fingerprints(keyring: Keyring | None, legacy: bytes | None
+                              ) -> dict[str, str]:
+    """What :class:`KeyRegistry` records and compares for these keys."""
+    out = keyring.fingerprints() if keyring is not None else {}
+    if legacy is not None:
+        out[f"key:{LEGACY_KEY_ID}"] = fingerprint(legacy)
+    return out
 
 
 def _item_name(key: bytes) -> str:

@@ -29,6 +29,8 @@ class DirectorConfig:
     write_quorum: int = 2
     write_tier: str = "ssd"
     compression_level: int = 1
+    keyring_file: str = ""
+    allow_plaintext: bool = False
     encryption_key_file: str = ""
     object_max_item_size: int = 1 * MIB
     timeout: float = 2.0
@@ -47,9 +49,12 @@ class DirectorConfig:
     repair_scan_buckets: int = 4096
     drain_interval: float = 10.0
     drain_max_blobs: int = 10000
+    repair_rate: int = 64 * MIB
     level_interval: float = 300.0
-    level_tolerance: float = 0.05
+    level_tolerance: float = 0.10
     level_bytes_per_pass: int = 256 * MIB
+    level_rate: int = 64 * MIB
+    level_source_rate: int = 32 * MIB
     level_scan_entries: int = 2000
     gc_grace: float = 3600.0
     gc_min_grace: float = MIN_GC_GRACE
@@ -97,8 +102,10 @@ class DirectorConfig:
               f"must be 0..8, got {self.index_write_replicas}")
         check(self.index_write_timeout > 0, "index_write_timeout", "must be positive")
         check(0 < self.level_tolerance < 1, "level_tolerance",
-               f"must be a fraction of capacity between 0 and 1, got {self.level_tolerance}")
+               f"must be a fraction of the mean between 0 and 1, got {self.level_tolerance}")
         check(self.level_bytes_per_pass >= 1, "level_bytes_per_pass", "must be at least 1")
+        for key in ("repair_rate", "level_rate", "level_source_rate"):
+            check(getattr(self, key) >= 0, key, "must be 0 (no limit) or positive bytes/s")
 
 @dataclass(frozen=True)
 class DirectordConfig:

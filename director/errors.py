@@ -1,14 +1,24 @@
-"""The director's exceptions: one shallow hierarchy, mapped to protocol words at the edge."""
+"""The director's exceptions: one shallow hierarchy under :class:`DirectorError`.
+
+Each class is also one of the kinds in :mod:`runtime.errors` (corruption, unavailable,
+limit, invalid input, misconfigured); the protocols' error maps (memcached for directord,
+IMAP/POP3/LMTP in imapd, exit codes in ops) choose the words for a kind once.  The
+object-server client's :class:`~director.memcache_client.NodeError` and the codec's
+:class:`~director.codec.CodecError` belong here too.
+"""
 
 from __future__ import annotations
+
+from runtime import errors as kinds
 
 
 class DirectorError(Exception):
     """Base of every error the director package raises on purpose."""
 
 
-class IndexUnavailable(DirectorError):
-    """Redis Cluster did not answer within the retry deadline (outage, failover too long)."""
+class IndexUnavailable(DirectorError, kinds.Unavailable):
+    """Redis Cluster cannot serve the index: unreachable, still failing when the retry
+    deadline passed (outage, failover too long), or refusing commands (out of memory)."""
 
 
 class WriteUnconfirmed(IndexUnavailable):
@@ -17,12 +27,20 @@ class WriteUnconfirmed(IndexUnavailable):
     it does not count (a temporary failure)."""
 
 
-class IndexLayoutMismatch(DirectorError):
+class IndexLayoutMismatch(DirectorError, kinds.Misconfigured):
     """The index in Redis was created with another bucket count than the config says."""
 
 
-class RegistryError(DirectorError):
+class BadKeyFile(DirectorError, kinds.Misconfigured):
+    """The encryption key file (``director.encryption_key_file``) holds no usable key."""
+
+
+class RegistryError(DirectorError, kinds.InvalidInput):
     """A node registry operation was refused; the message says why."""
+
+
+class RegistryDamaged(DirectorError, kinds.Corruption):
+    """A node's record in the registry cannot be read (edited by hand, or damaged)."""
 
 
 class UnknownNode(RegistryError):
@@ -50,19 +68,38 @@ class BlobError(DirectorError):
     """A blob could not be stored or read."""
 
 
-class BlobUnavailable(BlobError):
+class BlobUnavailable(BlobError, kinds.Unavailable):
     """No replica could serve the blob, or too few object servers took a write."""
 
 
-class BlobNotFound(BlobError):
-    """The index knows no such blob (never stored, or collected)."""
+class BlobNotFound(BlobError, kinds.Corruption):
+    """The index knows no such blob (never stored, or collected): whoever refers to it
+    refers to data the store does not hold."""
 
 
-class BlobCorrupt(BlobError):
+class BlobCorrupt(BlobError, kinds.Corruption):
     """Every replica that answered returned bytes that do not hash to the blob's id."""
 
 
-class LeaseHeld(DirectorError):
+class KeyUnavailable(DirectorError, kinds.Misconfigured):
+    """A stored value is encrypted under a key this process does not hold: a
+    configuration problem (a keyring that lacks the key, or none), never corruption.
+
+    Readers do not count such a copy bad or queue it for repair; scrub, repair and the
+    ``objmail`` jobs stop with a configuration error (exit 78), imapd answers
+    ``NO [CONTACTADMIN] Server misconfigured`` (a kind: misconfigured).
+
+    :param key_id: the key id the value names (0: the legacy ``encryption_key_file``).
+    """
+
+    def __init__(self, key_id: int, why: str) -> None:
+        self.key_id = key_id
+        super().__init__(f"cannot decrypt: value encrypted under key id {key_id}, and {why} "
+                         "(every frontend's keyring must hold each key id `objmail keys "
+                         "status` lists; docs/security.md, Keys)")
+
+
+class LeaseHeld(DirectorError, kinds.Unavailable):
     """Another director holds the lease of a background job: it runs the job now.
 
     :param job: the job (``repair``, ``level``, ``drain:<node id>``).
@@ -76,5 +113,5 @@ class LeaseHeld(DirectorError):
                          f"({holder or 'just finished'})")
 
 
-class LeaseLost(DirectorError):
+class LeaseLost(DirectorError, kinds.Unavailable):
     """This director's lease on a job ran out (another may have taken over): stop."""

@@ -281,7 +281,7 @@ class Inventory(BackgroundJob[InventoryStats]):
         if got is None:
             return True, 0  # gone meanwhile: the conditional deletes find nothing
         try:
-            self.client.codec.decode(got.value, got.flags, bid)
+            await self.client.reader.decode(got.value, got.flags, first.decode())
         except CodecError:
             return False, len(got.value)
         return True, len(got.value)

@@ -20,6 +20,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from director.errors import DirectorError
+from runtime import errors as kinds
 from runtime.nodekeys import DEFAULT_PREFIX, REGISTRY_TAG, hot_key, registry_key, report_key
 
 #: Prefix of every key objmail writes (``cluster.redis_prefix`` by default).
@@ -39,7 +41,7 @@ _BLOB_ID = re.compile(r"[0-9a-f]{64}")
 _BLOB_ID_BYTES = re.compile(rb"[0-9a-f]{64}")
 
 
-class InvalidBlobId(ValueError):
+class InvalidBlobId(DirectorError, kinds.InvalidInput):
     """A string that is not a blob id (64 lowercase hex digits, a SHA-256)."""
 
 
@@ -196,6 +198,12 @@ class Keyspace:
         """HASH: ``buckets`` (fixed when the index is first used), ``created``, and
         ``items_flushed_before`` (the last ``flush_all`` through directord)."""
         return f"{self.prefix}index"
+
+    @property
+    def keyring(self) -> str:
+        """HASH: fingerprints of the installation's keys, ``id`` and ``key:<n>``
+        (director/keyregistry.py); written once per key, compared at every start."""
+        return f"{self.prefix}keyring"
 
     # -- repair queue ----------------------------------------------------------------
 

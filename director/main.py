@@ -126,6 +126,8 @@ class Directord:
         """Open the blob client, then the ports, then start the background jobs.
 
         :raises IndexUnavailable: Redis Cluster cannot be reached (exit 69).
+        :raises KeyringError: no keyring (without ``allow_plaintext``), or one that is
+            missing, unsafe or not the installation's (exit 78).
         :raises CannotListenError: a port is taken (exit 71).
         """
         from director.client import BlobClient

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
+from director.errors import DirectorError
 from objstore.replies import (
     NEED_DATA,
     ErrorReply,
@@ -37,10 +38,12 @@ from objstore.replies import (
     Values,
     VersionReply,
 )
+from runtime import errors as kinds
 
 
-class NodeError(Exception):
-    """An object server could not serve a request."""
+class NodeError(DirectorError, kinds.Unavailable):
+    """An object server could not serve a request (whatever the reason, a dependency
+    failing: the caller tries another replica or answers "try again")."""
 
 
 class NodeUnavailable(NodeError):

@@ -9,7 +9,11 @@ and adding or removing a node only moves the blobs it wins or held).
 Weights combine three things, each damped so that placement nudges rather than
 stampedes (the leveler moves existing data; placement only steers new writes):
 
-* the configured weight (set it proportional to capacity for mixed hardware);
+* the configured weight (leave it at 1 unless some hardware should get more or less
+  than its capacity's share: capacity is weighed already);
+* the node's capacity relative to the mean of the candidates' (what its reports say: by
+  default its data dir's filesystem, used + free), so a disk twice as large draws twice
+  the writes;
 * the free fraction of the node's capacity raised to ``1 / free_root``: with the
   default cube root a new empty node draws about 1.5 times the writes of a 70%-full
   peer instead of 3.3 times, so it is not flooded with every new (hot) blob;
@@ -23,13 +27,23 @@ Replicas go to distinct zones when there are enough: the ranked list is reordere
 in *zone rounds* (each zone's best node, by score, then each zone's second best...),
 so the first ``replicas`` entries span as many zones as exist and the fallbacks
 keep the same preference.  Everything here is pure and deterministic.
+
+*Reads* (:func:`read_order`) pick among a blob's replicas at random, weighted by inverse
+load with damping: a replica whose load is ``r`` times the mean of the replicas' gets
+weight ``1 / (1 + r)``.  Loads come from reports up to one report interval old, so
+"always the least loaded" would send every read to the same node until the next report
+and then every read to another (ops/s swinging 0 -> 179 between reports); with the
+damped weights an idle replica takes three reads in four from one twice the mean, equal
+loads split evenly, and the split converges instead of oscillating.  The randomness is
+the caller's seeded ``Random``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Sequence
+import random
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from director.nodes import Node
@@ -44,10 +58,12 @@ def hash64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
-def node_weight(node: Node, policy: PlacementPolicy, mean_ops: float) -> float:
+def node_weight(node: Node, policy: PlacementPolicy, mean_ops: float,
+                mean_capacity: float = 0.0) -> float:
     """Placement weight of ``node``; 0 means it takes no new blobs.
 
     :param mean_ops: mean reported ops/s over the eligible nodes (load reference).
+    :param mean_capacity: mean reported capacity over them (0: capacity not weighed).
     """
     report = node.report
     if not policy.may_hold(node) or report is None or node.weight <= 0:
@@ -56,6 +72,8 @@ def node_weight(node: Node, policy: PlacementPolicy, mean_ops: float) -> float:
     if free < policy.min_free_fraction or free <= 0:
         return 0.0
     weight = node.weight * free ** (1.0 / policy.free_root)
+    if mean_capacity > 0:
+        weight *= report.capacity_bytes / mean_capacity
     if policy.load_penalty and mean_ops > 0 and report.ops_per_sec > mean_ops:
         weight /= 1.0 + policy.load_penalty * (report.ops_per_sec / mean_ops - 1.0)
     return weight
@@ -64,6 +82,12 @@ def node_weight(node: Node, policy: PlacementPolicy, mean_ops: float) -> float:
 def _mean_ops(nodes: Iterable[Node]) -> float:
     loads = [n.report.ops_per_sec for n in nodes if n.report is not None]
     return sum(loads) / len(loads) if loads else 0.0
+
+
+def _mean_capacity(nodes: Iterable[Node]) -> float:
+    sizes = [n.report.capacity_bytes for n in nodes
+             if n.report is not None and n.report.capacity_bytes > 0]
+    return sum(sizes) / len(sizes) if sizes else 0.0
 
 
 @dataclass(frozen=True)
@@ -90,8 +114,8 @@ class Placer:
     def __init__(self, nodes: Iterable[Node], policy: PlacementPolicy | None = None) -> None:
         self.policy = policy or PlacementPolicy()
         pool = [n for n in nodes if self.policy.may_hold(n)]
-        mean = _mean_ops(pool)
-        weighted = [(n, node_weight(n, self.policy, mean)) for n in pool]
+        mean, size = _mean_ops(pool), _mean_capacity(pool)
+        weighted = [(n, node_weight(n, self.policy, mean, size)) for n in pool]
         # Sorted by id so that equal scores (practically never) break ties the same way.
         self._eligible = sorted(((n, w) for n, w in weighted if w > 0), key=lambda p: p[0].id)
         self._seeds = [(hash64(n.id), w, n) for n, w in self._eligible]
@@ -146,3 +170,43 @@ class Placer:
 def place(key: str, nodes: Sequence[Node], policy: PlacementPolicy | None = None) -> Placement:
     """One-off placement (builds a :class:`Placer`; keep one for repeated use)."""
     return Placer(nodes, policy).place(key)
+
+
+def relative_loads(*columns: Sequence[float]) -> list[float]:
+    """Each node's load relative to the mean: for every node (one value per column, the
+    nodes in the same order in each), the largest of its values over their column's
+    mean (a column nobody reports, all 0, counts as 0)."""
+    out: list[float] = []
+    for column in columns:
+        mean = sum(column) / len(column) if column else 0.0
+        rel = [v / mean if mean > 0 else 0.0 for v in column]
+        out = rel if not out else [max(a, b) for a, b in zip(out, rel, strict=True)]
+    return out
+
+
+def read_loads(nodes: Sequence[Node]) -> list[float]:
+    """Each node's load for reads, relative to the others': the larger of its ops/s and
+    its CPU over their means."""
+    return relative_loads([n.report.ops_per_sec if n.report else 0.0 for n in nodes],
+                          [n.report.cpu_process if n.report else 0.0 for n in nodes])
+
+
+def read_order(nodes: Sequence[Node], rng: random.Random, *,
+               suspect: Collection[str] = ()) -> list[Node]:
+    """The order in which to try a blob's replicas for one read.
+
+    Readable nodes that are not ``suspect`` (ids of nodes that failed a request lately)
+    come first, in a random order weighted by inverse load with damping (see the module
+    docstring); then suspect ones; then the rest (down, dead: a late report is not a dead
+    disk, so they are still worth a try last).  Pure: the randomness is ``rng``'s.
+    """
+    live = [n for n in nodes if n.readable and n.id not in suspect]
+    if len(live) > 1:
+        # Efraimidis-Spirakis: sorting by u ** (1 / w) samples without replacement with
+        # probability proportional to w.
+        weights = [1.0 / (1.0 + r) for r in read_loads(live)]
+        keys = [rng.random() ** (1.0 / w) for w in weights]
+        live = [n for _k, n in sorted(zip(keys, live, strict=True), key=lambda p: -p[0])]
+    later = [n for n in nodes if n.readable and n.id in suspect]
+    last = [n for n in nodes if not n.readable]
+    return live + later + last

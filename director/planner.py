@@ -10,28 +10,42 @@ plan on every director, and the plans are tested without Redis or object servers
 drain, when its node is up) and its node is ``active`` or ``draining`` (a draining node's
 copy is moved, never dropped, before the node goes).  A copy on a node that is ``down`` is
 unknown: it still counts while the node is within its grace period (a reboot should not
-trigger a full re-replication), and not after.  Copies on ``removed`` nodes, or under
-numbers the registry no longer knows, never count but may still serve as a source.
+trigger a full re-replication), and not after; a copy on a node the operator declared
+``dead`` never counts.  Copies on ``removed`` nodes, or under numbers the registry no
+longer knows, never count but may still serve as a source.
 
 *Where new copies go.*  The placement candidates of the blob (rendezvous order over the
 active nodes of the write tier, :meth:`director.placement.Placer.candidates`), minus the
 nodes the index lists already, with nodes in zones that hold no counted copy first.
 
-*Leveling* (:func:`plan_moves`).  Usage is the fraction of capacity used; the target is
-the cluster-wide fraction (total used / total capacity), which moves do not change.
-While some node is further than ``tolerance`` from it, a blob moves from the fullest node
-that has a movable one to the emptiest node that can take it, hot blobs first (the load
-reports name each node's hottest keys: moving them spreads read load too), then others
-in a seeded pseudo-random order; a move must reduce the larger of the two nodes'
-deviations, never lower a blob's zone spread, and fit in the byte budget of the pass; a
-node either gives or takes within one plan, so no blob is moved twice over.
+*Leveling* (:func:`plan_moves`).  Each node's *target* is its capacity's share of the
+bytes stored: ``capacity * total used / total capacity`` (the mean bytes per node when
+capacities are equal), which moves do not change; its *deviation* is how far its bytes
+are from the target, relative to the target (-0.14 = 14% below it), so the tolerance
+means the same at 0.1% fill as at 90%.  When some node deviates by more than
+``tolerance``, the plan moves blobs until every node is within half of it (so that the
+next reports, which lag and count bytes the plan estimated, still find them within): a
+blob moves from the node furthest above its target that has a movable one to the node
+furthest below, hot blobs first (the load reports name each node's hottest keys: moving
+them spreads read load too), then others in a seeded pseudo-random order; a move must
+reduce the larger of the two nodes' deviations, never lower a blob's zone spread, and
+fit in the byte budget of the pass; a node either gives or takes within one plan, so no
+blob is moved twice over.
+
+*Load* (:func:`busy_nodes`, the ``busy`` argument of :func:`plan_moves`).  A node whose
+CPU or storage I/O stays well above the mean of its peers (over ``BUSY_PASSES``
+consecutive plans, and above a floor, so an idle cluster's noise moves nothing) gives
+its hottest blobs, before any byte leveling, to the least loaded nodes, as long as the
+receivers stay within tolerance of their byte targets: enough heat to bring it back
+towards the mean, at most :data:`BUSY_MOVES` blobs per plan.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from director.nodes import Node, NodeState
 from director.placement import hash64
@@ -149,20 +163,36 @@ def plan_repair(replicas: Sequence[Replica], candidates: Sequence[Node], want: i
     return RepairPlan(sources, rewrite, targets, need, forget, len(counted))
 
 
-def needs_repair(locations: Sequence[int], nodes: Mapping[int, Node], want: int, *,
-                 waiting: frozenset[int] = frozenset()) -> bool:
-    """Whether an index entry looks under-replicated, from the registry alone (the
-    repairer's sweep; nothing is probed): fewer than ``want`` locations on up nodes
-    that keep their copies (or down ones within their grace), or a location on a
-    removed or unknown node."""
+def copies_left(locations: Sequence[int], nodes: Mapping[int, Node], want: int, *,
+                waiting: frozenset[int] = frozenset()) -> int | None:
+    """How many copies an under-replicated index entry has left, from the registry alone
+    (the repairer's sweep; nothing is probed), or None when it looks whole: it is short
+    with fewer than ``want`` locations on up nodes that keep their copies (or down ones
+    within their grace), or with a location on a removed or unknown node."""
     counted = 0
+    gone = False
     for number in locations:
         node = nodes.get(number)
         if node is None or node.state is NodeState.REMOVED:
-            return True
-        if node.state in COUNTING or number in waiting:
+            gone = True
+        elif node.state in COUNTING or number in waiting:
             counted += 1
-    return counted < want
+    return counted if gone or counted < want else None
+
+
+def needs_repair(locations: Sequence[int], nodes: Mapping[int, Node], want: int, *,
+                 waiting: frozenset[int] = frozenset()) -> bool:
+    """Whether an index entry looks under-replicated (:func:`copies_left`)."""
+    return copies_left(locations, nodes, want, waiting=waiting) is not None
+
+
+def lost_nodes(nodes: Iterable[Node], waiting: frozenset[int]) -> frozenset[str]:
+    """Ids of nodes whose copies no longer count: declared dead, removed, or down past
+    their grace (not in ``waiting``).  A node joining this set is what makes the
+    repairer sweep the whole index at once."""
+    return frozenset(n.id for n in nodes if n.number and (
+        n.state in (NodeState.DEAD, NodeState.REMOVED)
+        or (n.state is NodeState.DOWN and n.number not in waiting)))
 
 
 def down_waiting(nodes: Iterable[Node], down_since: Mapping[str, float], now: float,
@@ -202,6 +232,18 @@ def plan_drain(locations: Sequence[int], draining: int, nodes: Mapping[int, Node
 
 # -- leveling -------------------------------------------------------------------------
 
+#: Once a plan starts, it aims at this fraction of the tolerance (see the module docstring).
+AIM: Final = 0.5
+#: A node is busy when its CPU or I/O is above (1 + BUSY_MARGIN) times its peers' mean...
+BUSY_MARGIN: Final = 0.5
+#: ...and above these floors (cores; bytes/s)...
+BUSY_CPU_FLOOR: Final = 0.25
+BUSY_IO_FLOOR: Final = 1 << 20
+#: ...in this many consecutive plans.
+BUSY_PASSES: Final = 2
+#: Hot blobs a busy node gives away per plan at most.
+BUSY_MOVES: Final = 16
+
 
 @dataclass(frozen=True)
 class NodeUsage:
@@ -216,6 +258,19 @@ class NodeUsage:
     @property
     def fraction(self) -> float:
         return self.used / self.capacity if self.capacity > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class NodeLoad:
+    """How busy one node is (from its load report).
+
+    :param cpu: cores its processes used.
+    :param io: bytes/s its processes read from and wrote to storage.
+    """
+
+    node_id: str
+    cpu: float
+    io: float
 
 
 @dataclass(frozen=True)
@@ -235,7 +290,10 @@ class BlobCandidate:
 
 @dataclass(frozen=True)
 class Move:
-    """Move one copy of ``blob_id`` from ``source`` to ``target`` (node ids)."""
+    """Move one copy of ``blob_id`` from ``source`` to ``target`` (node ids).
+
+    :param busy: moved to take read load off a busy source, not for its bytes.
+    """
 
     blob_id: str
     source: str
@@ -244,40 +302,92 @@ class Move:
     target_number: int
     size: int
     heat: float = 0.0
+    busy: bool = False
 
 
 @dataclass(frozen=True)
 class Usage:
-    """Usage figures of a set of nodes."""
+    """Usage figures of a set of nodes.
+
+    :param mean: the cluster-wide fraction of capacity used (total used / total capacity).
+    :param spread: the largest deviation of a node from its target (relative: 0.1 = 10%).
+    :param fractions: node id -> its fraction of capacity used.
+    :param targets: node id -> its target bytes (its capacity's share of the bytes).
+    :param deviations: node id -> (used - target) / target.
+    """
 
     mean: float
     spread: float
     fractions: dict[str, float] = field(default_factory=dict)
+    targets: dict[str, float] = field(default_factory=dict)
+    deviations: dict[str, float] = field(default_factory=dict)
+
+    def to_move(self, used: Mapping[str, int]) -> int:
+        """Bytes above their targets, all nodes together: what leveling has to move."""
+        return int(sum(max(0.0, used[n] - t) for n, t in self.targets.items() if n in used))
+
+
+def deviation(used: float, target: float) -> float:
+    """How far ``used`` bytes are from ``target``, relative to it (0 when both are 0)."""
+    if target > 0:
+        return (used - target) / target
+    return 0.0 if used <= 0 else float("inf")
 
 
 def usage(nodes: Sequence[NodeUsage]) -> Usage:
-    """The cluster-wide fraction used and the largest deviation from it."""
-    capacity = sum(n.capacity for n in nodes if n.capacity > 0)
+    """The cluster-wide fraction used, each node's target and the largest deviation."""
+    live = [n for n in nodes if n.capacity > 0]
+    capacity = sum(n.capacity for n in live)
     if not capacity:
-        return Usage(0.0, 0.0, {})
-    mean = sum(n.used for n in nodes if n.capacity > 0) / capacity
-    fractions = {n.node_id: n.fraction for n in nodes if n.capacity > 0}
-    spread = max(abs(f - mean) for f in fractions.values())
-    return Usage(mean, spread, fractions)
+        return Usage(0.0, 0.0)
+    mean = sum(n.used for n in live) / capacity
+    targets = {n.node_id: mean * n.capacity for n in live}
+    deviations = {n.node_id: deviation(n.used, targets[n.node_id]) for n in live}
+    spread = max(abs(d) for d in deviations.values())
+    return Usage(mean, spread, {n.node_id: n.fraction for n in live}, targets, deviations)
+
+
+def busy_nodes(loads: Sequence[NodeLoad], streaks: Mapping[str, int], *,
+               margin: float = BUSY_MARGIN, passes: int = BUSY_PASSES
+               ) -> tuple[frozenset[str], dict[str, int]]:
+    """Which nodes stay busy: their CPU or I/O above ``1 + margin`` times the mean of
+    ``loads`` (and above the floors) in ``passes`` consecutive plans.
+
+    :param streaks: node id -> consecutive earlier plans it was above (the leveler keeps
+        them in its job state).
+    :returns: the busy node ids, and the streaks to keep for the next plan.
+    """
+    if len(loads) < 2:
+        return frozenset(), {}
+    mean_cpu = sum(n.cpu for n in loads) / len(loads)
+    mean_io = sum(n.io for n in loads) / len(loads)
+    now: dict[str, int] = {}
+    for n in loads:
+        above = (n.cpu > max(BUSY_CPU_FLOOR, (1 + margin) * mean_cpu)
+                 or n.io > max(BUSY_IO_FLOOR, (1 + margin) * mean_io))
+        if above:
+            now[n.node_id] = streaks.get(n.node_id, 0) + 1
+    return frozenset(k for k, v in now.items() if v >= passes), now
 
 
 def plan_moves(nodes: Sequence[NodeUsage], hot: Mapping[str, Sequence[BlobCandidate]],
                tolerance: float, budget: int, *,
                cold: Mapping[str, Sequence[BlobCandidate]] | None = None,
+               busy: Collection[str] = (), loads: Mapping[str, float] | None = None,
                seed: int = 0) -> list[Move]:
-    """Moves that bring every node within ``tolerance`` of the mean fraction used.
+    """Moves that bring every node within ``tolerance`` of its byte target, after taking
+    hot blobs off ``busy`` nodes (see the module docstring).
 
     :param nodes: the nodes to level among (one tier, active, with a capacity).
     :param hot: node id -> blobs among its hottest keys (heat = reads/s there).
     :param cold: node id -> other blobs it holds (from an index scan).
-    :param tolerance: allowed deviation of a node's fraction from the mean (0.05 = 5
-        points of capacity).
+    :param tolerance: allowed deviation of a node's bytes from its target, relative to
+        the target (0.1 = within 10%).
     :param budget: bytes the moves may add up to.
+    :param busy: ids of nodes whose CPU or I/O stays above the mean
+        (:func:`busy_nodes`): they give hot blobs away first.
+    :param loads: node id -> load relative to the mean (busy nodes' hot blobs go to the
+        least loaded first; default: all equal).
     :param seed: orders blobs of equal heat, so that passes and directors vary which
         cold blobs they take.
     :returns: moves in the order to carry them out (each blob moves at most once).
@@ -286,50 +396,34 @@ def plan_moves(nodes: Sequence[NodeUsage], hot: Mapping[str, Sequence[BlobCandid
     if len(live) < 2 or budget <= 0:
         return []
     stat = usage(live)
-    mean = stat.mean
+    target = stat.targets
     used = {n.node_id: n.used for n in live}
-    by_id = {n.node_id: n for n in live}
     zone_of = {n.number: n.zone for n in nodes}
     queues = {n.node_id: _queue(n.node_id, hot, cold or {}, seed) for n in live}
     planned: set[str] = set()
     moves: list[Move] = []
     spent = 0
+    # A node gives or takes within one plan, never both: no blob travels A -> B -> C.
+    gave: set[str] = set()
+    took: set[str] = set()
 
-    def frac(node_id: str, delta: int = 0) -> float:
-        return (used[node_id] + delta) / by_id[node_id].capacity
+    def dev(node_id: str, delta: int = 0) -> float:
+        return deviation(used[node_id] + delta, target[node_id])
 
-    def movable(src: NodeUsage, dst: NodeUsage, blob: BlobCandidate) -> bool:
+    def allowed(src: NodeUsage, dst: NodeUsage, blob: BlobCandidate) -> bool:
         if blob.blob_id in planned or dst.number in blob.holders \
                 or src.number not in blob.holders or spent + blob.size > budget:
             return False
         others = {zone_of[h] for h in blob.holders if h != src.number and h in zone_of}
-        if dst.zone in others and src.zone not in others:
-            return False  # the blob would lose a zone
-        before = max(abs(frac(src.node_id) - mean), abs(frac(dst.node_id) - mean))
-        after = max(abs(frac(src.node_id, -blob.size) - mean),
-                    abs(frac(dst.node_id, blob.size) - mean))
+        return not (dst.zone in others and src.zone not in others)  # it would lose a zone
+
+    def levels(src: NodeUsage, dst: NodeUsage, blob: BlobCandidate) -> bool:
+        before = max(abs(dev(src.node_id)), abs(dev(dst.node_id)))
+        after = max(abs(dev(src.node_id, -blob.size)), abs(dev(dst.node_id, blob.size)))
         return after < before
 
-    # A node gives or takes within one plan, never both: no blob travels A -> B -> C.
-    gave: set[str] = set()
-    took: set[str] = set()
-    while max(abs(frac(n.node_id) - mean) for n in live) > tolerance:
-        sources = sorted((n for n in live if frac(n.node_id) > mean and n.node_id not in took),
-                         key=lambda n: (-frac(n.node_id), n.node_id))
-        targets = sorted((n for n in live if frac(n.node_id) < mean and n.node_id not in gave),
-                         key=lambda n: (frac(n.node_id), n.node_id))
-        chosen: tuple[NodeUsage, NodeUsage, BlobCandidate] | None = None
-        for src in sources:
-            for dst in targets:
-                blob = next((b for b in queues[src.node_id] if movable(src, dst, b)), None)
-                if blob is not None:
-                    chosen = (src, dst, blob)
-                    break
-            if chosen is not None:
-                break
-        if chosen is None:
-            break
-        src, dst, blob = chosen
+    def do(src: NodeUsage, dst: NodeUsage, blob: BlobCandidate, for_load: bool) -> None:
+        nonlocal spent
         planned.add(blob.blob_id)
         queues[src.node_id].remove(blob)
         used[src.node_id] -= blob.size
@@ -338,7 +432,54 @@ def plan_moves(nodes: Sequence[NodeUsage], hot: Mapping[str, Sequence[BlobCandid
         gave.add(src.node_id)
         took.add(dst.node_id)
         moves.append(Move(blob.blob_id, src.node_id, dst.node_id, src.number, dst.number,
-                          blob.size, blob.heat))
+                          blob.size, blob.heat, for_load))
+
+    # 1. Load: a busy node's hottest blobs go to the least loaded nodes that stay
+    #    within tolerance of their byte targets.
+    relative = loads or {}
+    for src in sorted((n for n in live if n.node_id in busy),
+                      key=lambda n: (-relative.get(n.node_id, 1.0), n.node_id)):
+        load = relative.get(src.node_id, 1.0)
+        heats = [b.heat for b in queues[src.node_id] if b.heat > 0]
+        # Shed the share of its heat that is above the mean (half of it when unknown).
+        want = sum(heats) * (1.0 - 1.0 / load if load > 1 else 0.5)
+        shed, count = 0.0, 0
+        receivers = sorted((n for n in live if n.node_id not in busy
+                            and n.node_id != src.node_id and n.node_id not in gave),
+                           key=lambda n: (relative.get(n.node_id, 1.0), dev(n.node_id),
+                                          n.node_id))
+        for blob in [b for b in queues[src.node_id] if b.heat > 0]:
+            if shed >= want or count >= BUSY_MOVES or src.node_id in took:
+                break
+            dst = next((d for d in receivers if allowed(src, d, blob)
+                        and dev(d.node_id, blob.size) <= tolerance), None)
+            if dst is not None:
+                do(src, dst, blob, True)
+                shed += blob.heat
+                count += 1
+
+    # 2. Bytes.
+    if max(abs(dev(n.node_id)) for n in live) <= tolerance:
+        return moves
+    aim = tolerance * AIM
+    while max(abs(dev(n.node_id)) for n in live) > aim:
+        sources = sorted((n for n in live if dev(n.node_id) > 0 and n.node_id not in took),
+                         key=lambda n: (-dev(n.node_id), n.node_id))
+        targets = sorted((n for n in live if dev(n.node_id) < 0 and n.node_id not in gave),
+                         key=lambda n: (dev(n.node_id), n.node_id))
+        chosen: tuple[NodeUsage, NodeUsage, BlobCandidate] | None = None
+        for src in sources:
+            for dst in targets:
+                pick = next((b for b in queues[src.node_id]
+                             if allowed(src, dst, b) and levels(src, dst, b)), None)
+                if pick is not None:
+                    chosen = (src, dst, pick)
+                    break
+            if chosen is not None:
+                break
+        if chosen is None:
+            break
+        do(*chosen, False)
     return moves
 
 

@@ -21,10 +21,11 @@ commands take effect in the order sent (``serial_writes``).
 
 Requests that reach Redis or object servers run as asyncio coroutines on the reactor's
 loop (Twisted runs on the asyncio reactor) and come back to the protocol as Deferreds
-(``Deferred.fromFuture``).  This module is the one boundary where the director's
-exceptions become memcached's words: an unreachable index or too few object servers
-is ``SERVER_ERROR <why>``, a value that would corrupt a blob is ``CLIENT_ERROR <why>``,
-and what the primary replica refused (``incr`` of a non-number) is answered in its words.
+(``Deferred.fromFuture``).  Their errors become memcached's words through the one
+memcached error map, :func:`objstore.replies.error_reply`: an unreachable index or too few
+object servers is ``SERVER_ERROR <why>``, a bug ``SERVER_ERROR internal error``.  A value
+that would corrupt a blob is refused before any I/O, ``CLIENT_ERROR <why>``; what the
+primary replica refused (``incr`` of a non-number) is answered in its words.
 
 Blob ids are content addresses shared by many messages, so a key that is a blob id (64
 lowercase hex digits) is guarded: a stored value must decode, per its flags
@@ -59,7 +60,6 @@ from director.cache import MemoryCache
 from director.client import BlobClient
 from director.codec import FLAG_MANIFEST, CodecError, is_chunk_key
 from director.config import DirectorConfig
-from director.errors import DirectorError
 from director.itemstate import Copy, ItemWrite
 from director.keys import is_blob_id
 from director.memcache_client import NodeRefused
@@ -67,6 +67,7 @@ from director.metrics import ProxyMetrics
 from objstore import protocol as p
 from objstore.replies import (
     DELETED,
+    E_INTERNAL,
     EXISTS,
     NOT_FOUND,
     NOT_STORED,
@@ -83,9 +84,12 @@ from objstore.replies import (
     Value,
     Values,
     VersionReply,
+    error_reply,
+    one_line,
 )
 from objstore.server import Answer
 from objstore.stats import Counters, connection_rows
+from runtime.errors import kind_of
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +97,6 @@ log = logging.getLogger(__name__)
 VERSION: Final = b"1.6.18-directord"
 
 E_TOO_LARGE: Final = ErrorReply(b"SERVER_ERROR", b"object too large for cache")
-E_INTERNAL: Final = ErrorReply(b"SERVER_ERROR", b"internal error")
 E_CHUNK_KEY: Final = ErrorReply(b"CLIENT_ERROR", b"keys <blob id>/<n> are reserved for "
                                                  b"chunks of blobs")
 E_BLOB_EXPIRY: Final = ErrorReply(b"CLIENT_ERROR", b"blob ids never expire (exptime must be 0)")
@@ -232,13 +235,11 @@ class ProxyHandler:
             # The primary replica's own answer (incr of a non-number, an append past
             # the item size): the client's error, in memcached's words.
             reply = exc.reply
-        except DirectorError as exc:
-            error = "server"
-            reply = ErrorReply(b"SERVER_ERROR", _one_line(str(exc)))
-        except Exception:
-            log.exception("%s failed", name)
-            error = "internal"
-            reply = E_INTERNAL
+        except Exception as exc:
+            if kind_of(exc) is None:
+                log.exception("%s failed", name)
+                error = "internal"
+            reply = error_reply(exc)
         if isinstance(reply, ErrorReply) and error is None:
             error = "client" if reply.kind == b"CLIENT_ERROR" else "server"
         self.metrics.observe(name, self._clock() - start, error)
@@ -265,7 +266,7 @@ class ProxyHandler:
             self.client.reader.check_value(key.decode("ascii"), value, flags)
         except CodecError as exc:
             return ErrorReply(b"CLIENT_ERROR", b"value does not match its blob id: "
-                              + _one_line(str(exc)))
+                              + one_line(str(exc)))
         return None
 
     # -- cache of blob-id values ----------------------------------------------------------
@@ -760,8 +761,3 @@ class ProxyHandler:
 _MISS: Final = frozenset((b"EN",))
 _DONE_QUIET: Final = frozenset((b"HD",))
 
-
-def _one_line(text: str) -> bytes:
-    """A message fit for a memcached error line: one line, printable, bounded."""
-    flat = " ".join(text.split())
-    return flat.encode("ascii", "replace")[:1000]

@@ -6,7 +6,11 @@ is one redis-py cluster pipeline (grouped by slot owner, one round trip per mast
 When a master dies the batch fails with connection errors, then ``CLUSTERDOWN`` or
 ``MOVED`` while its replica takes over; the runner drops the cached topology, sleeps
 with exponential backoff and full jitter, and re-runs the whole batch, until the
-retry deadline passes (then :class:`~director.errors.IndexUnavailable`).
+retry deadline passes (then :class:`~director.errors.IndexUnavailable`).  A cluster
+the runner has never reached, where no node accepts a connection, is not failing over:
+it is down or misaddressed, and the runner says so after
+:attr:`RetryPolicy.unreachable` seconds (each connection attempt bounded by it too)
+instead of waiting out the whole deadline.
 
 Redis replicates asynchronously, so a write a master acknowledged can still die with
 it.  For writes the runner therefore appends ``WAIT numreplicas timeout`` for every
@@ -44,8 +48,9 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from director.errors import DirectorError, IndexUnavailable, WriteUnconfirmed
+from director.errors import IndexUnavailable, WriteUnconfirmed
 from runtime.config import parse_hostport
+from runtime.errors import reason
 from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,9 @@ class RetryPolicy:
 
     #: Give up (IndexUnavailable) after this many seconds of failures for one batch.
     deadline: float = 30.0
+    #: Give up sooner, after this many seconds, while no node of a cluster never reached
+    #: yet accepts a connection (nothing to fail over: it is down or misaddressed).
+    unreachable: float = 3.0
     first_delay: float = 0.05
     max_delay: float = 2.0
 
@@ -149,6 +157,9 @@ class ClusterRunner:
         self._monotonic = monotonic
         self._rng = rng or random.Random()
         self._scripts: dict[str, LuaScript] = {}
+        #: Whether an operation ever succeeded (until then, connection errors mean
+        #: "unreachable", see RetryPolicy.unreachable).
+        self._reached = False
 
     def register(self, *scripts: LuaScript) -> None:
         for script in scripts:
@@ -168,8 +179,8 @@ class ClusterRunner:
         :param durable: the batch writes: acknowledge only once replicas hold it.
         :raises WriteUnconfirmed: ``durable``, and a master's replicas did not
             acknowledge within ``wait_timeout`` (not retried).
-        :raises IndexUnavailable: still failing when the retry deadline passed.
-        :raises DirectorError: Redis refused a command for a reason retrying cannot fix.
+        :raises IndexUnavailable: still failing when the retry deadline passed, or Redis
+            refused a command for a reason retrying cannot fix.
         """
         if not commands:
             return []
@@ -183,7 +194,12 @@ class ClusterRunner:
 
     async def _initialize(self) -> None:
         try:
-            await self.client.initialize()
+            if self._reached:
+                await self.client.initialize()  # at once unless the topology is stale
+            else:
+                # redis-py tries the startup nodes one after the other, each with its
+                # connect timeout: bound the whole first connection.
+                await asyncio.wait_for(self.client.initialize(), self.retry.unreachable)
         except rx.RedisClusterException as exc:
             if isinstance(exc.__cause__, rx.AuthenticationError):
                 raise exc.__cause__ from None  # wrong credentials: not retried
@@ -191,11 +207,11 @@ class ClusterRunner:
             raise rx.ConnectionError(str(exc)) from exc
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        deadline = self._monotonic() + self.retry.deadline
+        started = self._monotonic()
         failures = 0
         while True:
             try:
-                return await attempt()
+                result = await attempt()
             except _ScriptsMissing:
                 await self._load_scripts()
                 continue
@@ -203,23 +219,43 @@ class ClusterRunner:
                 # Retrying cannot fix a wrong ACL user or password (a ConnectionError to
                 # redis-py): say so at once, exit 69 at start-up, not after the deadline.
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                raise IndexUnavailable(f"Redis Cluster refused the credentials for {what}: "
-                                       f"{exc}") from exc
+                raise IndexUnavailable(f"Redis Cluster at {self._where()} refused the "
+                                       f"credentials: {exc}") from exc
             except RETRYABLE as exc:
                 failures += 1
                 self.stats.retries += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                unreachable = not self._reached and _connection_failed(exc)
+                deadline = started + (min(self.retry.unreachable, self.retry.deadline)
+                                      if unreachable else self.retry.deadline)
                 now = self._monotonic()
                 if now >= deadline:
-                    raise IndexUnavailable(
-                        f"Redis Cluster unavailable for {what} after {failures} attempt(s) "
-                        f"in {self.retry.deadline:.0f}s: {self.stats.last_error}") from exc
+                    log.info("redis %s failed %d time(s): %s", what, failures,
+                             self.stats.last_error)
+                    raise IndexUnavailable(self._give_up(exc, unreachable)) from exc
                 log.info("redis %s failed (%s); retry %d", what, self.stats.last_error, failures)
                 # Forget the topology: the next attempt asks the cluster who owns what.
                 await self.client.aclose()
                 delay = min(self.retry.max_delay, self.retry.first_delay * 2 ** (failures - 1))
                 await self._sleep(min(delay * self._rng.uniform(0.5, 1.0),
                                       max(0.0, deadline - now)))
+            else:
+                self._reached = True
+                return result
+
+    def _where(self) -> str:
+        """The startup nodes, for messages (the first three)."""
+        names = list(self.client.nodes_manager.startup_nodes)
+        return ",".join(names[:3]) + (",..." if len(names) > 3 else "")
+
+    def _give_up(self, exc: BaseException, unreachable: bool) -> str:
+        """One line for whoever reads it (an operator): where, and why, without the
+        internals of which batch happened to fail."""
+        where = self._where()
+        if unreachable:
+            return f"Redis Cluster unreachable at {where}: {reason(exc)}"
+        return (f"Redis Cluster unavailable at {where} for {self.retry.deadline:.0f}s: "
+                f"{reason(exc)}")
 
     async def _run_once(self, commands: Sequence[Command], durable: bool) -> list[Any]:
         replies = await self._execute(commands, durable)
@@ -284,7 +320,7 @@ class ClusterRunner:
         for e in errors:
             if isinstance(e, RETRYABLE):
                 raise e
-        raise DirectorError(f"Redis refused a command: {errors[0]}") from errors[0]
+        raise IndexUnavailable(f"Redis refused a command: {errors[0]}") from errors[0]
 
     async def _load_scripts(self) -> None:
         async def load(client: RedisCluster) -> None:
@@ -294,6 +330,21 @@ class ClusterRunner:
 
         self.stats.script_loads += 1
         await self.call("SCRIPT LOAD", load)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or during, outermost first."""
+    chain = [exc]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None \
+            and nxt not in chain:
+        chain.append(nxt)
+    return chain
+
+
+def _connection_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from a connection that could not be made (a socket error
+    underneath), as opposed to a cluster that answered (CLUSTERDOWN, MOVED...)."""
+    return any(isinstance(e, OSError) for e in _causes(exc))
 
 
 class _ScriptsMissing(Exception):

@@ -9,8 +9,9 @@ location index stores instead of the id; numbers are never reused) and makes it
 ``active``.
 
 A registered node's effective state combines what the operator set (``active``,
-``draining``, ``removed``) with its load report: a report expires after the
-object server's ``report_ttl``, and a node without a live report is ``down``.
+``draining``, ``dead``, ``removed``) with its load report: a report expires after the
+object server's ``report_ttl``, and a node without a live report, or whose report is
+late (:attr:`director.nodes.LoadReport.stale`), is ``down``.
 
 All registry keys share the hash tag ``{reg}`` so that adding a node (number, record,
 id -> number map) is one Lua script, atomic.  Reports live under the object server's
@@ -35,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from director.errors import RegistryError, RemoveRefused, UnknownNode
+from director.errors import RegistryDamaged, RegistryError, RemoveRefused, UnknownNode
 from director.index import LocationIndex, StripResult
 from director.keys import Keyspace, check_node_id
 from director.nodes import ADMIN_STATES, LoadReport, Node, NodeState, parse_report
@@ -169,14 +170,14 @@ class Registry:
         for node_id in ids:
             commands.append(Command(self.keys.node(node_id),
                                     ("HGETALL", self.keys.node(node_id))))
-            commands.append(Command(self.keys.report(node_id),
-                                    ("HGETALL", self.keys.report(node_id))))
+            commands += self._report_commands(node_id)
         replies = await self.runner.run("registry read", commands)
         nodes = []
         for i, node_id in enumerate(ids):
-            record, report = _as_dict(replies[2 * i]), _as_dict(replies[2 * i + 1])
+            record = _as_dict(replies[3 * i])
             if record:
-                nodes.append(_node_from(node_id, record, parse_report(report)))
+                nodes.append(_node_from(node_id, record,
+                                        _report_from(replies[3 * i + 1], replies[3 * i + 2])))
         nodes.sort(key=lambda n: n.number)
         return RegistrySnapshot(tuple(nodes), self._clock())
 
@@ -186,12 +187,17 @@ class Registry:
         :raises UnknownNode: no node with that id was ever added.
         """
         key = self.keys.node(check_node_id(node_id))
-        record, report = await self.runner.run("registry read", [
-            Command(key, ("HGETALL", key)),
-            Command(self.keys.report(node_id), ("HGETALL", self.keys.report(node_id)))])
+        record, report, ttl = await self.runner.run("registry read", [
+            Command(key, ("HGETALL", key)), *self._report_commands(node_id)])
         if not record:
             raise UnknownNode(f"no node {node_id!r} is registered (see objmail node list)")
-        return _node_from(node_id, _as_dict(record), parse_report(_as_dict(report)))
+        return _node_from(node_id, _as_dict(record), _report_from(report, ttl))
+
+    def _report_commands(self, node_id: str) -> list[Command]:
+        """Read a node's report and how long it still lives (its age, without
+        comparing clocks: see :func:`director.nodes.parse_report`)."""
+        key = self.keys.report(node_id)
+        return [Command(key, ("HGETALL", key)), Command(key, ("PTTL", key))]
 
     async def unregistered(self) -> list[Node]:
         """Object servers that report but were never added: state ``new``.
@@ -212,10 +218,10 @@ class Registry:
 
         ids = sorted(set(await self.runner.call("registry discover", scan)))
         replies = await self.runner.run("registry read", [
-            Command(self.keys.report(i), ("HGETALL", self.keys.report(i))) for i in ids])
+            c for i in ids for c in self._report_commands(i)])
         out = []
-        for node_id, reply in zip(ids, replies, strict=True):
-            report = parse_report(_as_dict(reply))
+        for i, node_id in enumerate(ids):
+            report = _report_from(replies[2 * i], replies[2 * i + 1])
             if report is not None:
                 out.append(Node(id=node_id, number=0, address=report.address,
                                 zone=report.zone, tier=report.tier, weight=0.0,
@@ -334,6 +340,11 @@ class Registry:
                                 f"node add")
         return await self.get(node_id)
 
+    async def dead(self, node_id: str) -> Node:
+        """Declare the node gone for good (``objmail node dead``): its copies stop counting
+        at once, so repair replaces them without waiting for ``repair_down_grace``."""
+        return await self.set_state(node_id, NodeState.DEAD)
+
     async def drain(self, node_id: str) -> Node:
         """Stop placing new blobs on the node; the directors move its blobs away."""
         return await self.set_state(node_id, NodeState.DRAINING)
@@ -388,7 +399,14 @@ def _node_from(node_id: str, record: dict[bytes, bytes], report: LoadReport | No
                     else None,
                     added_at=float(text.get("added", "0")))
     except (KeyError, ValueError) as exc:
-        raise RegistryError(f"registry record of node {node_id} is damaged: {exc}") from exc
+        raise RegistryDamaged(f"registry record of node {node_id} is damaged: {exc}") from exc
+
+
+def _report_from(fields: Any, pttl: Any) -> LoadReport | None:
+    """A report from its HGETALL and PTTL replies (PTTL is milliseconds, negative when
+    the key has no TTL or is gone)."""
+    ttl_ms = int(pttl) if pttl is not None else -1
+    return parse_report(_as_dict(fields), ttl_left=ttl_ms / 1000 if ttl_ms >= 0 else None)
 
 
 def _same_address(a: str, b: str) -> bool:

@@ -12,8 +12,10 @@ every entry reads the copy from that object server and verifies it as repair doe
 against the manifest and the whole content against the id, so a forged manifest with
 matching chunks is found too).  A copy found corrupt or missing queues its blob for repair,
 which rewrites it from a good copy; a node that cannot be asked is counted and left for
-a later run (repair's down-node handling owns outages).  Scrub itself writes nothing to
-the object servers.
+a later run (repair's down-node handling owns outages).  A copy sealed under a key this
+keyring lacks is no finding: the run stops with
+:class:`~director.errors.KeyUnavailable` (a configuration error) and the page in hand
+queues nothing.  Scrub itself writes nothing to the object servers.
 
 A run is resumable: the cursor and the counters so far live in the job hash, so Ctrl-C,
 a crash or a lost lease cost at most the page in hand, and the next invocation carries

@@ -21,7 +21,7 @@ from director.errors import BlobUnavailable
 from imapd.fetchatts import BodySection, Section, SectionText
 from imapd.headerfields import filter_fields
 from metadata.records import MessageEntry
-from metadata.sections import SectionMap, SectionRange, imap_view
+from metadata.sections import SectionMap, SectionMapError, SectionRange, imap_view
 from metadata.splitter import (
     Skeleton,
     blobs_for_window,
@@ -109,7 +109,8 @@ class BodyReader:
         A section that names no part is answered with empty octets.
 
         :raises metadata.splitter.SkeletonError: a stored skeleton or blob is corrupt.
-        :raises ValueError: a stored section map is corrupt.
+        :raises metadata.sections.SectionMapError: a stored section map is corrupt or not
+            the skeleton's.
         """
         result: dict[tuple[int, BodySection], bytes] = {}
         deep = [att for att in atts if not _top_header(att.section)]
@@ -129,6 +130,11 @@ class BodyReader:
         for entry in entries:
             skeleton = skeletons[entry.uid]
             sections = SectionMap.from_bytes(entry.section_map or b"")
+            if sections.entries[0].end != skeleton.size:
+                # Its ranges would read outside the message (or miss its end).
+                raise SectionMapError(f"section map of UID {entry.uid} covers "
+                                      f"{sections.entries[0].end} bytes, its message "
+                                      f"{skeleton.size}")
             for att in deep:
                 rng = sections.locate(locate_spec(att.section))
                 whole = bool(att.section.fields)

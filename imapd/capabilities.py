@@ -28,6 +28,12 @@ _AUTHENTICATED = (
     "QRESYNC",
     "LIST-STATUS",
     "STATUS=SIZE",
+    "ESEARCH",
+    "SEARCHRES",
+    "SORT",
+    "SORT=DISPLAY",
+    "THREAD=ORDEREDSUBJECT",
+    "THREAD=REFERENCES",
 )
 
 #: What ENABLE (RFC 5161) can switch on.

@@ -5,10 +5,10 @@ Extensions: IDLE (RFC 2177), NAMESPACE (RFC 2342), UIDPLUS (RFC 4315: UID EXPUNG
 (RFC 6851), SPECIAL-USE (RFC 6154: CREATE ... (USE (...)), LIST RETURN (SPECIAL-USE)),
 LIST-EXTENDED syntax (RFC 5258), LITERAL+ (RFC 7888, in the parser), ENABLE (RFC 5161),
 ID (RFC 2971), UNSELECT (RFC 3691), CONDSTORE and QRESYNC (RFC 7162), MULTIAPPEND (RFC 3502),
-SASL-IR (RFC 4959).  The syntax of BINARY (RFC 3516: ``literal8``, ``BINARY[...]`` items) and
-of ESEARCH/SEARCHRES (RFC 4731, RFC 5182: ``SEARCH RETURN``, ``$``) is parsed too, but those
-extensions are not announced (:mod:`imapd.capabilities`) and the session answers their
-FETCH items, SEARCH RETURN and ``$`` with BAD.
+SASL-IR (RFC 4959), ESEARCH and SEARCHRES (RFC 4731, RFC 5182: ``SEARCH RETURN``, ``$``).
+The syntax of BINARY (RFC 3516: ``literal8``, ``BINARY[...]`` items) is parsed too, but
+BINARY is not announced (:mod:`imapd.capabilities`) and the session answers its FETCH items
+with BAD.
 
 Every command carries its ``tag``; ``NAME`` is the command word as IMAP spells it. Mailbox
 names are decoded from modified UTF-7, and any case of ``INBOX`` is ``"INBOX"``. The commands
@@ -56,11 +56,15 @@ __all__ = [
     "Search",
     "Select",
     "SelectBase",
+    "Sort",
+    "SortKey",
     "StartTLS",
     "Status",
     "Store",
     "StoreMode",
     "Subscribe",
+    "Thread",
+    "ThreadAlgorithm",
     "UidExpunge",
     "Unselect",
     "Unsubscribe",
@@ -373,8 +377,7 @@ class Search(Command):
     :ivar charset: the CHARSET named by the client, upper-cased (strings in ``criteria``
         are already decoded with it).
     :ivar return_options: ESEARCH return options (``MIN``, ``MAX``, ``ALL``, ``COUNT``,
-        ``SAVE``) when the client wrote ``RETURN (...)``; None for a plain SEARCH.  ESEARCH
-        is not announced: the session refuses them with BAD.
+        ``SAVE``) when the client wrote ``RETURN (...)``; None for a plain SEARCH.
     """
 
     NAME: ClassVar[str] = "SEARCH"
@@ -382,6 +385,50 @@ class Search(Command):
     charset: str | None = None
     uid: bool = False
     return_options: tuple[str, ...] | None = None
+
+
+class SortKey(enum.Enum):
+    """A SORT key (RFC 5256 ``sort-key``, RFC 5957 DISPLAYFROM/DISPLAYTO)."""
+
+    ARRIVAL = "ARRIVAL"
+    CC = "CC"
+    DATE = "DATE"
+    FROM = "FROM"
+    SIZE = "SIZE"
+    SUBJECT = "SUBJECT"
+    TO = "TO"
+    DISPLAYFROM = "DISPLAYFROM"
+    DISPLAYTO = "DISPLAYTO"
+
+
+@dataclass(frozen=True)
+class Sort(Command):
+    """SORT / UID SORT (RFC 5256): ``criteria`` ordered by ``keys``, each ``(key,
+    reverse)``, most significant first."""
+
+    NAME: ClassVar[str] = "SORT"
+    keys: tuple[tuple[SortKey, bool], ...]
+    charset: str
+    criteria: SearchKey
+    uid: bool = False
+
+
+class ThreadAlgorithm(enum.Enum):
+    """THREAD algorithms (RFC 5256)."""
+
+    ORDEREDSUBJECT = "ORDEREDSUBJECT"
+    REFERENCES = "REFERENCES"
+
+
+@dataclass(frozen=True)
+class Thread(Command):
+    """THREAD / UID THREAD (RFC 5256)."""
+
+    NAME: ClassVar[str] = "THREAD"
+    algorithm: ThreadAlgorithm
+    charset: str
+    criteria: SearchKey
+    uid: bool = False
 
 
 @dataclass(frozen=True)

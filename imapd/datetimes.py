@@ -11,6 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+from imapd.errors import ImapdError
+from runtime import errors as kinds
+
 __all__ = ["DateError", "format_date", "format_datetime", "parse_date", "parse_datetime"]
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -31,7 +34,7 @@ MIN_YEAR = 2
 MAX_YEAR = 9998
 
 
-class DateError(ValueError):
+class DateError(ImapdError, kinds.InvalidInput):
     """A date or date-time is not in IMAP syntax or does not exist."""
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from imapd.bodies import needs_skeleton
+from imapd.errors import ImapdError
 from imapd.fetchatts import BinarySection, BinarySize, BodySection, FetchAtt, FetchItem
 from imapd.response import (
     FetchDate,
@@ -28,11 +29,12 @@ from imapd.response import (
 )
 from metadata.flags import Flags
 from metadata.records import MessageEntry
+from runtime import errors as kinds
 
 __all__ = ["FetchPlan", "Unsupported", "fetch_items", "flag_names", "plan_fetch"]
 
 
-class Unsupported(ValueError):
+class Unsupported(ImapdError, kinds.InvalidInput):
     """The client asked for something this server does not offer (answered BAD)."""
 
 

@@ -14,10 +14,12 @@ import re
 from collections.abc import Callable
 
 from imapd import commands as c
+from imapd.errors import ImapdError
 from imapd.fetchatts import parse_fetch_atts
 from imapd.lexer import Frame, Lexer, ParseError
-from imapd.searchkeys import UnknownCharset, parse_search_keys
+from imapd.searchkeys import SearchKey, UnknownCharset, parse_search_keys
 from imapd.sequence import SequenceSet
+from runtime import errors as kinds
 
 __all__ = ["COMMAND_NAMES", "UID_COMMAND_NAMES", "CommandError", "parse_command"]
 
@@ -32,19 +34,23 @@ _SPECIAL_USE_CASE = {name.upper(): name for name in _SPECIAL_USE}
 _ESEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
 
 
-class CommandError(Exception):
+class CommandError(ImapdError, kinds.InvalidInput):
     """A command could not be parsed.
 
     :ivar tag: the command's tag, None if even that was unreadable.
     :ivar text: reason for the client.
     :ivar bad_charset: the SEARCH CHARSET was unknown (answered NO [BADCHARSET]).
+    :ivar clears_saved: a ``SEARCH RETURN (SAVE)`` failed, which empties ``$`` (RFC 5182
+        2.1) even though it never reached the session.
     """
 
-    def __init__(self, tag: str | None, text: str, bad_charset: bool = False) -> None:
+    def __init__(self, tag: str | None, text: str, bad_charset: bool = False,
+                 clears_saved: bool = False) -> None:
         super().__init__(text)
         self.tag = tag
         self.text = text
         self.bad_charset = bad_charset
+        self.clears_saved = clears_saved
 
 
 # -- shared pieces --------------------------------------------------------------------------
@@ -154,6 +160,15 @@ def _enable(lexer: Lexer, tag: str, uid: bool) -> c.Command:
 # -- authenticated --------------------------------------------------------------------------
 
 
+def _known_set(lexer: Lexer) -> SequenceSet:
+    """A set of QRESYNC's SELECT parameter: ``$`` means nothing there, as SELECT empties
+    the saved search result (RFC 5182 2.1)."""
+    ids = lexer.sequence_set()
+    if ids.saved:
+        raise ParseError("'$' cannot be used in SELECT")
+    return ids
+
+
 def _qresync(lexer: Lexer) -> c.QResync:
     lexer.sp()
     lexer.expect(b"(")
@@ -164,14 +179,14 @@ def _qresync(lexer: Lexer) -> c.QResync:
     seq_match: tuple[SequenceSet, SequenceSet] | None = None
     if lexer.accept(b" "):
         if lexer.peek() != ord("("):
-            known_uids = lexer.sequence_set()
+            known_uids = _known_set(lexer)
             if not lexer.accept(b" "):
                 lexer.expect(b")")
                 return c.QResync(uidvalidity, modseq, known_uids)
         lexer.expect(b"(")
-        known_seqs = lexer.sequence_set()
+        known_seqs = _known_set(lexer)
         lexer.sp()
-        seq_match = (known_seqs, lexer.sequence_set())
+        seq_match = (known_seqs, _known_set(lexer))
         lexer.expect(b")")
     lexer.expect(b")")
     return c.QResync(uidvalidity, modseq, known_uids, seq_match)
@@ -368,6 +383,19 @@ def _search(lexer: Lexer, tag: str, uid: bool, max_depth: int = 64) -> c.Command
             if option not in _ESEARCH_RETURN:
                 raise ParseError(f"unknown SEARCH return option {option[:30]}")
         lexer.sp()
+    if return_options is None or "SAVE" not in return_options:
+        return _search_criteria(lexer, tag, uid, max_depth, return_options)
+    try:
+        return _search_criteria(lexer, tag, uid, max_depth, return_options)
+    except UnknownCharset as exc:
+        raise CommandError(tag, exc.text, bad_charset=True, clears_saved=True) from None
+    except ParseError as exc:
+        raise CommandError(tag, f"Error in IMAP command {'UID ' if uid else ''}SEARCH: "
+                           f"{exc.text}", clears_saved=True) from None
+
+
+def _search_criteria(lexer: Lexer, tag: str, uid: bool, max_depth: int,
+                     return_options: tuple[str, ...] | None) -> c.Search:
     charset: str | None = None
     if lexer.peek_word() == "CHARSET":
         lexer.atom()
@@ -376,6 +404,45 @@ def _search(lexer: Lexer, tag: str, uid: bool, max_depth: int = 64) -> c.Command
         lexer.sp()
     criteria = parse_search_keys(lexer, charset, max_depth)
     return c.Search(tag, criteria, charset, uid, return_options)
+
+
+def _charset_and_criteria(lexer: Lexer, max_depth: int) -> tuple[str, SearchKey]:
+    """SORT's and THREAD's ``SP charset 1*(SP search-key)`` (the charset is required)."""
+    lexer.sp()
+    charset = lexer.astring().decode("ascii", "replace").upper()
+    lexer.sp()
+    return charset, parse_search_keys(lexer, charset, max_depth)
+
+
+def _sort(lexer: Lexer, tag: str, uid: bool, max_depth: int = 64) -> c.Command:
+    lexer.sp()
+    words = _paren_words(lexer)
+    keys: list[tuple[c.SortKey, bool]] = []
+    reverse = False
+    for word in words:
+        if word == "REVERSE" and not reverse:
+            reverse = True
+            continue
+        try:
+            keys.append((c.SortKey(word), reverse))
+        except ValueError:
+            raise ParseError(f"unknown SORT key {word[:30]}") from None
+        reverse = False
+    if not keys or reverse:
+        raise ParseError("SORT needs sort keys")
+    charset, criteria = _charset_and_criteria(lexer, max_depth)
+    return c.Sort(tag, tuple(keys), charset, criteria, uid)
+
+
+def _thread(lexer: Lexer, tag: str, uid: bool, max_depth: int = 64) -> c.Command:
+    lexer.sp()
+    word = lexer.word()
+    try:
+        algorithm = c.ThreadAlgorithm(word)
+    except ValueError:
+        raise ParseError(f"unknown THREAD algorithm {word[:30]}") from None
+    charset, criteria = _charset_and_criteria(lexer, max_depth)
+    return c.Thread(tag, algorithm, charset, criteria, uid)
 
 
 def _fetch(lexer: Lexer, tag: str, uid: bool) -> c.Command:
@@ -496,12 +563,15 @@ _COMMANDS: dict[str, _Parse] = {
     "UNSELECT": _no_arguments(c.Unselect),
     "EXPUNGE": _expunge,
     "SEARCH": _search,
+    "SORT": _sort,
+    "THREAD": _thread,
     "FETCH": _fetch,
     "STORE": _store,
     "COPY": _copy_like(c.Copy),
     "MOVE": _copy_like(c.Move),
 }
-UID_COMMAND_NAMES = frozenset({"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE"})
+UID_COMMAND_NAMES = frozenset({"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT",
+                               "THREAD"})
 """The commands that have a UID form."""
 
 COMMAND_NAMES = frozenset(_COMMANDS)
@@ -537,6 +607,10 @@ def parse_command(frame: Frame, max_search_depth: int = 64) -> c.Command:
             raise CommandError(tag, f"Unknown command {name[:30]}")
         if name == "SEARCH":
             return _search(lexer, tag, uid, max_search_depth)
+        if name == "SORT":
+            return _sort(lexer, tag, uid, max_search_depth)
+        if name == "THREAD":
+            return _thread(lexer, tag, uid, max_search_depth)
         return handler(lexer, tag, uid)
     except UnknownCharset as exc:
         raise CommandError(tag, exc.text, bad_charset=True) from None

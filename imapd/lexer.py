@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from imapd import datetimes, mutf7
+from imapd.errors import ImapdError
 from imapd.sequence import SequenceSet, SequenceSetError
+from runtime import errors as kinds
 
 __all__ = [
     "SYSTEM_FLAGS",
@@ -48,7 +50,7 @@ SYSTEM_FLAGS: Final = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draf
 _SYSTEM_FLAG_CASE = {flag.upper(): flag for flag in SYSTEM_FLAGS}
 
 
-class ParseError(Exception):
+class ParseError(ImapdError, kinds.InvalidInput):
     """The client sent bytes that are not valid IMAP; answered with BAD.
 
     :ivar text: human-readable reason, safe to echo to the client.

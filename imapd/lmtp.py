@@ -15,9 +15,10 @@ a recipient's 250 is sent only after its mailbox entry committed.  The message
 is analysed and its blobs stored once for all recipients; each recipient then
 gets its own transaction, so one recipient's failure never affects another's.
 
-Replies (enhanced status codes, RFC 3463):
-``550 5.1.1`` unknown user, ``552 5.2.2`` over quota, ``552 5.3.4`` too big,
-``451 4.3.0`` PostgreSQL or object servers unavailable (the MTA retries).
+Replies (enhanced status codes, RFC 3463) to failures come from the one LMTP error map,
+:func:`imapd.errormap.lmtp_reply`: ``550 5.1.1`` unknown user, ``552 5.2.2`` over quota,
+``552 5.3.4`` too big, ``451 4.3.0`` PostgreSQL or object servers unavailable (the MTA
+retries), ``554 5.3.0`` corrupt stored data.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from typing import Any
 
 from twisted.internet.interfaces import IAddress
 
-from director.errors import DirectorError
 from imapd.adapter import SessionFactory, SessionProtocol
 from imapd.config import ImapdConfig
+from imapd.errormap import lmtp_reply, log_failure
 from imapd.lmtp_parser import (
     MAX_LINE,
     Command,
@@ -44,14 +45,7 @@ from imapd.lmtp_parser import (
 )
 from imapd.metrics import ImapMetrics
 from metadata.delivery import Deliverer, MessageTooBig
-from metadata.errors import (
-    InvalidName,
-    MetadataError,
-    NoSuchMailbox,
-    NoSuchUser,
-    OverQuota,
-    Unavailable,
-)
+from metadata.errors import InvalidName, NoSuchMailbox, NoSuchUser
 from metadata.records import User
 from runtime.receivebuffer import RemoteProtocolError
 
@@ -185,11 +179,9 @@ class LMTPSession:
             return [f"550 5.1.1 <{_CONTROL.sub('', address)}>: no such user here"]
         try:
             user, mailbox = await self._resolve(address)
-        except NoSuchUser:
-            return [f"550 5.1.1 <{address}>: no such user here"]
-        except (Unavailable, DirectorError, OSError) as exc:
-            log.warning("RCPT %s: %s", address, exc)
-            return ["451 4.3.0 Temporary failure looking up the recipient"]
+        except Exception as exc:  # CancelledError is not one
+            log_failure(log, exc, f"RCPT <{address}>")
+            return [lmtp_reply(exc, address)]
         self.txn.recipients.append((address, user, mailbox))
         return [f"250 2.1.5 <{address}> OK"]
 
@@ -208,7 +200,7 @@ class LMTPSession:
             try:
                 box = await self.deliverer.store.mailboxes.get(user.id, detail)
                 return user, box.name
-            except (NoSuchMailbox, InvalidName):
+            except (NoSuchMailbox, InvalidName):  # no such folder: the INBOX gets it
                 pass
         return user, "INBOX"
 
@@ -221,11 +213,12 @@ class LMTPSession:
         count = len(self.txn.recipients)
         try:
             replies = await self._data_replies(message)
-        except Exception:
-            log.exception("LMTP DATA failed")
-            replies = []
-        if len(replies) != count:
-            replies = ["451 4.3.0 Internal error, try again later"] * count
+        except Exception as exc:
+            log_failure(log, exc, "LMTP DATA")
+            return [lmtp_reply(exc)] * count
+        if len(replies) != count:  # a bug: the MTA must still get its replies
+            log.error("LMTP DATA made %d replies for %d recipients", len(replies), count)
+            replies = [lmtp_reply(AssertionError("reply count"))] * count
         return replies
 
     async def _data_replies(self, message: MessageData) -> list[str]:
@@ -234,7 +227,7 @@ class LMTPSession:
         assert txn is not None
         count = len(txn.recipients)
         if message.too_big or message.size > self.max_size:
-            return [f"552 5.3.4 Message size exceeds fixed limit of {self.max_size}"] * count
+            return [lmtp_reply(MessageTooBig(message.size, self.max_size))] * count
 
         async def one(address: str, user: User, mailbox: str) -> str:
             try:
@@ -244,18 +237,9 @@ class LMTPSession:
                     trace_fields(txn.sender, address, message.data) + message.data)
                 await self.deliverer.upload(prepared)
                 done = await self.deliverer.commit(user, prepared, mailbox=mailbox)
-            except MessageTooBig:
-                return f"552 5.3.4 Message size exceeds fixed limit of {self.max_size}"
-            except OverQuota:
-                return f"552 5.2.2 <{address}>: mailbox full"
-            except NoSuchUser:
-                return f"550 5.1.1 <{address}>: no such user here"
-            except (MetadataError, DirectorError, OSError) as exc:
-                log.warning("delivery to <%s> failed: %s", address, exc)
-                return f"451 4.3.0 <{address}>: temporary failure"
-            except Exception:
-                log.exception("delivery to <%s> failed", address)
-                return f"451 4.3.0 <{address}>: internal error, try again later"
+            except Exception as exc:
+                log_failure(log, exc, f"delivery to <{address}>")
+                return lmtp_reply(exc, address)
             log.info("delivered to %s %s uid %d (%d bytes)", user.name, done.mailbox,
                      done.uid, done.size)
             return f"250 2.0.0 <{address}> delivered as UID {done.uid}"
@@ -351,9 +335,9 @@ class LMTPProtocol(SessionProtocol[LMTPSession, LMTPParser]):
         await self.drain()
         try:
             lines, start_data = await session.handle(cmd)
-        except Exception:
-            log.exception("LMTP session error for %s", self.peer)
-            lines, start_data = ["451 4.3.0 Internal error"], False
+        except Exception as exc:
+            log_failure(log, exc, f"LMTP {cmd.verb} from {self.peer}")
+            lines, start_data = [lmtp_reply(exc)], False
         if self._closing or self._gone:
             return
         self._write(lines, cmd.verb)

@@ -41,7 +41,9 @@ from typing import Any, Protocol
 
 from director.errors import DirectorError
 from director.redisconn import ClusterRunner, Command
+from imapd.errors import ImapdError
 from metadata.records import User
+from runtime import errors as kinds
 
 __all__ = ["LIMITED_TEXT", "LoginLimiter", "LoginsLimited", "NoLoginLimit",
            "RedisLoginLimiter", "WindowKeys", "address_subject", "authenticate",
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 LIMITED_TEXT = "Too many failed logins, try again later"
 
 
-class LoginsLimited(Exception):
+class LoginsLimited(ImapdError, kinds.LimitExceeded):
     """Too many recent failed logins from this address or for this account."""
 
 

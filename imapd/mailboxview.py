@@ -18,13 +18,15 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 
+from imapd.errors import ImapdError
 from imapd.sequence import SequenceSet
 from metadata.uidset import UidSet
+from runtime import errors as kinds
 
 __all__ = ["InvalidSequence", "MailboxView"]
 
 
-class InvalidSequence(ValueError):
+class InvalidSequence(ImapdError, kinds.InvalidInput):
     """A sequence number beyond the messages the client knows (answered BAD)."""
 
 
@@ -47,6 +49,9 @@ class MailboxView:
         self.own_modseqs: set[int] = set()
         #: Keywords announced in FLAGS (the session sends FLAGS again when one is new).
         self.keywords: set[str] = set()
+        #: UIDs of the result ``SEARCH RETURN (SAVE)`` kept (SEARCHRES, RFC 5182): what
+        #: ``$`` means; expunged ones drop out when resolved.
+        self.saved: list[int] = []
 
     @property
     def exists(self) -> int:
@@ -79,9 +84,17 @@ class MailboxView:
         A sequence set naming a number beyond the message count is an error, except in an
         empty mailbox, where every set is simply empty.
 
+        ``$`` is the saved search result, whichever form the command has (RFC 5182 2.1).
+
         :raises InvalidSequence: see above.
-        :raises ValueError: ``ids`` is ``$`` (the session substitutes it first).
         """
+        if ids.saved:
+            kept: list[tuple[int, int]] = []
+            for saved_uid in self.saved:
+                seq = self.seq_of(saved_uid)
+                if seq is not None:
+                    kept.append((seq, saved_uid))
+            return kept
         if uid:
             found: list[tuple[int, int]] = []
             for low, high in ids.resolve(max(self.max_uid, 1) if self.uids else 0):

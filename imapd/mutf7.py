@@ -12,10 +12,13 @@ import base64
 import binascii
 import re
 
+from imapd.errors import ImapdError
+from runtime import errors as kinds
+
 __all__ = ["MUTF7Error", "Undecodable", "decode", "encode"]
 
 
-class MUTF7Error(ValueError):
+class MUTF7Error(ImapdError, kinds.InvalidInput):
     """A mailbox name is not valid modified UTF-7."""
 
 

@@ -154,12 +154,14 @@ class BadCommand:
     :ivar status: BAD for syntax and limits; NO where an RFC says so (unknown SEARCH charset,
         APPEND literal too large).
     :ivar code: the response code to send, if any (TOOBIG, BADCHARSET).
+    :ivar clears_saved: a ``SEARCH RETURN (SAVE)`` failed: the session empties ``$``.
     """
 
     tag: str | None
     text: str
     code: ResponseCode | None = None
     status: Status = Status.BAD
+    clears_saved: bool = False
 
     def response(self) -> Tagged | Untagged:
         """The reply the server sends for this event."""
@@ -444,8 +446,8 @@ class Parser:
             return parse_command(frame, self.limits.max_search_depth)
         except CommandError as exc:
             if exc.bad_charset:
-                return BadCommand(exc.tag, exc.text, BadCharset(), Status.NO)
-            return BadCommand(exc.tag, exc.text)
+                return BadCommand(exc.tag, exc.text, BadCharset(), Status.NO, exc.clears_saved)
+            return BadCommand(exc.tag, exc.text, clears_saved=exc.clears_saved)
         except RecursionError:
             # max_search_depth keeps SEARCH shallow; this guards any other nesting.
             return BadCommand(_frame_tag(frame), "Command nested too deeply")

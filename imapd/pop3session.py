@@ -31,16 +31,15 @@ from typing import Protocol
 
 from twisted.internet import task
 
-from director.errors import DirectorError
 from imapd.backend import Backend
 from imapd.bodies import BodyReader
+from imapd.errormap import log_failure, pop3_error
 from imapd.logins import LIMITED_TEXT, LoginsLimited, authenticate
 from imapd.pop3parser import AuthLine, Pop3Command, err, multiline, ok
 from imapd.sasl import ProxyRefused, SaslError, decode_plain
-from metadata.errors import MetadataError, NoSuchMailbox, Unavailable
+from metadata.errors import NoSuchMailbox, Unavailable
 from metadata.flags import DELETED, Flags
 from metadata.records import User
-from metadata.splitter import SkeletonError
 from metadata.uidset import UidSet
 
 __all__ = ["Pop3Connection", "Pop3Session", "Pop3State"]
@@ -138,14 +137,9 @@ class Pop3Session:
                 self._write([await self._auth_line(event.data)])
                 return
             await self._command(event)
-        except (Unavailable, DirectorError) as exc:
-            log.warning("POP3 backend unavailable for %s: %s", self._who(), exc)
-            self._write([err("Temporarily unavailable, try again", "SYS/TEMP")])
-        except SkeletonError as exc:
-            log.error("corrupt message for %s: %s", self._who(), exc)
-            self._write([err("Message data is corrupt", "SYS/PERM")])
-        except MetadataError as exc:
-            self._write([err(str(exc))])
+        except Exception as exc:  # the one POP3 error map; CancelledError is not one
+            log_failure(log, exc, f"POP3 command of {self._who()} from {self.conn.peer}")
+            self._write([pop3_error(exc)])
 
     async def close(self) -> None:
         """The connection ended; without QUIT nothing is deleted (RFC 1939 6)."""

@@ -65,6 +65,7 @@ __all__ = [
     "Code",
     "Continuation",
     "CopyUid",
+    "ESearchData",
     "Enabled",
     "Exists",
     "Expunge",
@@ -87,9 +88,12 @@ __all__ = [
     "Response",
     "ResponseCode",
     "SearchData",
+    "SortData",
     "Status",
     "StatusData",
     "Tagged",
+    "ThreadData",
+    "ThreadNode",
     "UidNext",
     "UidValidity",
     "Unseen",
@@ -495,6 +499,44 @@ class SearchData:
 
 
 @dataclass(frozen=True)
+class SortData:
+    """``* SORT n n ...`` (RFC 5256) with ``(MODSEQ n)`` when a CONDSTORE search found
+    messages (RFC 7162 3.1.5)."""
+
+    numbers: tuple[int, ...]
+    modseq: int | None = None
+
+
+@dataclass(frozen=True)
+class ThreadNode:
+    """One message of a thread (``number`` None for a dummy parent) and its replies."""
+
+    number: int | None
+    children: tuple[ThreadNode, ...] = ()
+
+
+@dataclass(frozen=True)
+class ThreadData:
+    """``* THREAD (...)(...)`` (RFC 5256): one tree per thread."""
+
+    threads: tuple[ThreadNode, ...]
+
+
+@dataclass(frozen=True)
+class ESearchData:
+    """``* ESEARCH (TAG "t") [UID] MIN n MAX n COUNT n ALL set [MODSEQ n]`` (RFC 4731, with
+    RFC 7162's MODSEQ); an item that is None is left out."""
+
+    tag: str
+    uid: bool = False
+    min: int | None = None
+    max: int | None = None
+    count: int | None = None
+    all: SequenceSet | None = None
+    modseq: int | None = None
+
+
+@dataclass(frozen=True)
 class NamespaceData:
     """``* NAMESPACE personal other shared``; each is None or ``((prefix, delimiter), ...)``."""
 
@@ -605,6 +647,9 @@ Response = (
     | ListItem
     | StatusData
     | SearchData
+    | ESearchData
+    | SortData
+    | ThreadData
     | NamespaceData
     | IdData
     | Enabled
@@ -658,6 +703,23 @@ def _fetch_items(seq: int, items: tuple[FetchItem, ...]) -> list[bytes]:
     return chunks
 
 
+def _thread_members(node: ThreadNode) -> bytes:
+    """The inside of a ``thread-list``: a chain of single replies as numbers, then one
+    nested list per branch (``3 6 (4 23)(44 7 96)``); a dummy parent is only its
+    branches."""
+    parts: list[bytes] = []
+    while True:
+        if node.number is not None:
+            parts.append(_number(node.number, "THREAD member", 1))
+            if len(node.children) == 1:
+                node = node.children[0]
+                continue
+        if node.children:
+            parts.append(b"".join(b"(" + _thread_members(child) + b")"
+                                  for child in node.children))
+        return b" ".join(parts)
+
+
 def _line(response: Response) -> bytes:
     match response:
         case Tagged(tag, status, text, code):
@@ -698,6 +760,29 @@ def _line(response: Response) -> bytes:
             if modseq is not None and numbers:
                 line += b" (MODSEQ %s)" % _number(modseq, "MODSEQ")
             return line
+        case SortData(numbers, modseq):
+            line = b" ".join([b"* SORT", *(_number(n, "SORT result", 1) for n in numbers)])
+            if modseq is not None and numbers:
+                line += b" (MODSEQ %s)" % _number(modseq, "MODSEQ")
+            return line
+        case ThreadData(threads):
+            return b"* THREAD " + b"".join(b"(" + _thread_members(t) + b")" for t in threads) \
+                if threads else b"* THREAD"
+        case ESearchData(tag, uid, low, high, count, found, modseq):
+            parts = [b'* ESEARCH (TAG ' + string(tag) + b")"]
+            if uid:
+                parts.append(b"UID")
+            if low is not None:
+                parts.append(b"MIN " + _number(low, "ESEARCH MIN", 1))
+            if high is not None:
+                parts.append(b"MAX " + _number(high, "ESEARCH MAX", 1))
+            if count is not None:
+                parts.append(b"COUNT " + _number(count, "ESEARCH COUNT"))
+            if found is not None:
+                parts.append(b"ALL " + _concrete_set(found))
+            if modseq is not None:
+                parts.append(b"MODSEQ " + _number(modseq, "MODSEQ"))
+            return b" ".join(parts)
         case NamespaceData(personal, other, shared):
             return b"* NAMESPACE %s %s %s" % (
                 _namespace(personal),

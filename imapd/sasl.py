@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from imapd.errors import ImapdError
+from runtime import errors as kinds
+
 __all__ = ["MECHANISMS", "PlainCredentials", "ProxyRefused", "SaslError", "decode_plain"]
 
 #: Mechanisms offered.
@@ -18,7 +21,7 @@ MECHANISMS = ("PLAIN",)
 _MAX_FIELD = 1024
 
 
-class SaslError(ValueError):
+class SaslError(ImapdError, kinds.InvalidInput):
     """The client's SASL message is malformed (answered BAD / -ERR, not a failed login)."""
 
 

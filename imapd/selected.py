@@ -40,18 +40,24 @@ from imapd.commands import (
     QResync,
     Search,
     SelectBase,
+    Sort,
     Store,
     StoreMode,
+    Thread,
+    ThreadAlgorithm,
     UidExpunge,
 )
 from imapd.connection import Connection
-from imapd.fetch import Unsupported, fetch_items, flag_names, plan_fetch
+from imapd.errors import MailboxGone, TryCreate
+from imapd.fetch import fetch_items, flag_names, plan_fetch
 from imapd.fetchatts import BodySection
 from imapd.mailboxview import MailboxView
+from imapd.ordering import sort_entries
 from imapd.response import (
     CORRUPTION,
     UNAVAILABLE,
     CopyUid,
+    ESearchData,
     Exists,
     FetchData,
     FetchModSeq,
@@ -63,8 +69,11 @@ from imapd.response import (
     Response,
     ResponseCode,
     SearchData,
+    SortData,
     Status,
     Tagged,
+    ThreadData,
+    ThreadNode,
     UidNext,
     UidValidity,
     Unseen,
@@ -75,13 +84,14 @@ from imapd.response import Expunge as ExpungeResponse
 from imapd.response import FetchFlags as FetchFlagsItem
 from imapd.response import FetchItem as ResponseItem
 from imapd.response import Flags as FlagsResponse
-from imapd.searchkeys import uses_modseq
+from imapd.searchkeys import SearchKey, uses_modseq
 from imapd.searchmap import to_criterion
 from imapd.sequence import MAX_NUMBER, SequenceSet
+from imapd.threads import Node, ordered_subject, references
 from metadata.errors import NoSuchMailbox
 from metadata.flags import SEEN, SYSTEM_FLAGS, Flags
 from metadata.messages import StoreMode as StoreModeName
-from metadata.records import CopyResult, MessageEntry, User
+from metadata.records import CopyResult, MessageEntry, SortEntry, User
 from metadata.uidset import MAX_UID, UidSet
 
 __all__ = ["Extensions", "MailboxGone", "SelectedMailbox", "TryCreate"]
@@ -104,15 +114,6 @@ _READ_FAILURES = (DirectorError, ValueError)
 #: Of those, the failures retrying will not cure: the data is damaged or gone for good
 #: (SkeletonError is a ValueError, like a damaged section map).
 _LASTING = (BlobCorrupt, BlobNotFound, ValueError)
-
-
-class MailboxGone(Exception):
-    """The selected mailbox was deleted or recreated by someone else: the session must
-    end (``* BYE``), since its UIDs mean nothing any more."""
-
-
-class TryCreate(Exception):
-    """The target mailbox of COPY/MOVE/APPEND does not exist (``NO [TRYCREATE]``)."""
 
 
 @dataclass
@@ -333,8 +334,6 @@ class SelectedMailbox:
         """FETCH / UID FETCH, streamed in batches as the client reads them."""
         if cmd.vanished and not self.ext.qresync:
             return Tagged(cmd.tag, Status.BAD, "VANISHED needs ENABLE QRESYNC")
-        if cmd.sequence.saved:
-            raise Unsupported("$ (SEARCHRES) is not supported")
         plan = plan_fetch(cmd.attributes, uid=cmd.uid, changedsince=cmd.changedsince)
         if cmd.changedsince is not None:
             self.ext.condstore = True
@@ -342,7 +341,8 @@ class SelectedMailbox:
         view = self.view
         pairs = view.resolve(cmd.sequence, uid=cmd.uid)
         if cmd.vanished and cmd.changedsince is not None:
-            requested = UidSet.of(cmd.sequence.resolve(max(view.uidnext - 1, 1)))
+            requested = (UidSet.from_uids(view.saved) if cmd.sequence.saved
+                         else UidSet.of(cmd.sequence.resolve(max(view.uidnext - 1, 1))))
             gone = await store.messages.vanished(self.user.id, view.mailbox_id,
                                                  cmd.changedsince, requested)
             if gone:
@@ -423,8 +423,6 @@ class SelectedMailbox:
         """STORE / UID STORE, with CONDSTORE UNCHANGEDSINCE."""
         if self.view.read_only:
             return Tagged(cmd.tag, Status.NO, "Mailbox is read-only")
-        if cmd.sequence.saved:
-            raise Unsupported("$ (SEARCHRES) is not supported")
         flags = Flags.from_names(cmd.flags)
         if cmd.unchangedsince is not None:
             self.ext.condstore = True
@@ -468,21 +466,73 @@ class SelectedMailbox:
     # -- SEARCH --------------------------------------------------------------------------------
 
     async def search(self, cmd: Search, conn: Connection) -> Tagged:
-        """SEARCH / UID SEARCH, answered by PostgreSQL (full text included)."""
-        if cmd.return_options is not None:
-            raise Unsupported("SEARCH RETURN (ESEARCH) is not supported")
-        criterion = to_criterion(cmd.criteria, self.view)
-        with_modseq = uses_modseq(cmd.criteria)
+        """SEARCH / UID SEARCH, answered by PostgreSQL (full text included), with ESEARCH
+        return options (RFC 4731) and SEARCHRES's SAVE (RFC 5182)."""
+        options = cmd.return_options
+        saving = options is not None and "SAVE" in options
+        try:
+            criterion = to_criterion(cmd.criteria, self.view)
+            with_modseq = uses_modseq(cmd.criteria)
+            if with_modseq:
+                self.ext.condstore = True
+            hits = await self.backend.store.messages.search(self.user.id, self.view.mailbox_id,
+                                                             criterion)
+        except BaseException:
+            if saving:
+                # A failed SEARCH ... SAVE leaves $ empty (RFC 5182 2.1).
+                self.view.saved = []
+            raise
+        view = self.view
+        # Messages this session has not been told about yet are left out.
+        found = [(u, m) for u, m in zip(hits.uids, hits.modseqs, strict=True) if u in view]
+        if options is None:
+            numbers = [u if cmd.uid else view.seq_of(u) or 0 for u, _ in found]
+            conn.send([SearchData(tuple(numbers), hits.highest_modseq if with_modseq else None)])
+            return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
+        response = _esearch(cmd, options, found, view, with_modseq)
+        if saving:
+            view.saved = _saved(options, found)
+        if response is not None:
+            conn.send([response])
+        return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
+
+    # -- SORT / THREAD ------------------------------------------------------------------------
+
+    async def _sort_entries(self, criteria: SearchKey) -> tuple[list[SortEntry], bool]:
+        """The announced entries matching ``criteria`` with their SORT/THREAD keys (one
+        query, no message read), and whether the criteria use MODSEQ."""
+        criterion = to_criterion(criteria, self.view)
+        with_modseq = uses_modseq(criteria)
         if with_modseq:
             self.ext.condstore = True
-        hits = await self.backend.store.messages.search(self.user.id, self.view.mailbox_id,
-                                                         criterion)
-        view = self.view
-        if cmd.uid:
-            numbers = [u for u in hits.uids if u in view]
+        entries = await self.backend.store.messages.sort_entries(
+            self.user.id, self.view.mailbox_id, criterion)
+        return [e for e in entries if e.uid in self.view], with_modseq
+
+    def _number(self, entry: SortEntry, uid: bool) -> int:
+        return entry.uid if uid else self.view.seq_of(entry.uid) or 0
+
+    async def sort(self, cmd: Sort, conn: Connection) -> Tagged:
+        """SORT / UID SORT (RFC 5256, RFC 5957 DISPLAY keys)."""
+        entries, with_modseq = await self._sort_entries(cmd.criteria)
+        ordered = sort_entries(entries, cmd.keys)
+        modseq = max((e.modseq for e in entries), default=None) if with_modseq else None
+        conn.send([SortData(tuple(self._number(e, cmd.uid) for e in ordered), modseq)])
+        return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
+
+    async def thread(self, cmd: Thread, conn: Connection) -> Tagged:
+        """THREAD / UID THREAD (RFC 5256 ORDEREDSUBJECT and REFERENCES)."""
+        entries, _ = await self._sort_entries(cmd.criteria)
+        if cmd.algorithm is ThreadAlgorithm.REFERENCES:
+            roots = references(entries)
         else:
-            numbers = [s for s in (view.seq_of(u) for u in hits.uids) if s is not None]
-        conn.send([SearchData(tuple(numbers), hits.highest_modseq if with_modseq else None)])
+            roots = ordered_subject(entries)
+
+        def render(node: Node) -> ThreadNode:
+            number = None if node.entry is None else self._number(node.entry, cmd.uid)
+            return ThreadNode(number, tuple(render(child) for child in node.children))
+
+        conn.send([ThreadData(tuple(render(root) for root in roots))])
         return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
 
     # -- COPY / MOVE / EXPUNGE -----------------------------------------------------------------
@@ -495,8 +545,6 @@ class SelectedMailbox:
 
     async def _transfer(self, cmd: Copy | Move) -> tuple[list[tuple[int, int]], int]:
         """The messages COPY or MOVE names and the id of its target mailbox."""
-        if cmd.sequence.saved:
-            raise Unsupported("$ (SEARCHRES) is not supported")
         pairs = self.view.resolve(cmd.sequence, uid=cmd.uid)
         return pairs, await self._target(cmd.mailbox)
 
@@ -542,8 +590,6 @@ class SelectedMailbox:
             return Tagged(tag, Status.NO, "Mailbox is read-only")
         uids: UidSet | None = None
         if cmd is not None:
-            if cmd.uids.saved:
-                raise Unsupported("$ (SEARCHRES) is not supported")
             uids = self.view.uid_set(self.view.resolve(cmd.uids, uid=True))
             if not uids:
                 return Tagged(tag, Status.OK, "Expunge completed")
@@ -571,6 +617,47 @@ def _fetch_failure(cmd: Fetch, failed: dict[int, Exception]) -> Tagged:
                       CORRUPTION)
     return Tagged(cmd.tag, Status.NO, f"Some messages could not be read now (UID {uids}), "
                   "try again", UNAVAILABLE)
+
+
+def _esearch(cmd: Search, options: tuple[str, ...], found: Sequence[tuple[int, int]],
+             view: MailboxView, with_modseq: bool) -> ESearchData | None:
+    """The ESEARCH response to ``SEARCH RETURN (options)`` (RFC 4731 3.1): ``RETURN ()`` is
+    ``ALL``, MIN/MAX/ALL are left out when nothing matched, and ``SAVE`` alone answers
+    nothing (RFC 5182 2.4).  ``found`` holds ``(uid, modseq)`` ascending."""
+    wanted = set(options) - {"SAVE"}
+    if not wanted:
+        if options:
+            return None
+        wanted = {"ALL"}
+    numbers = [u if cmd.uid else view.seq_of(u) or 0 for u, _ in found]
+    low = numbers[0] if numbers and "MIN" in wanted else None
+    high = numbers[-1] if numbers and "MAX" in wanted else None
+    modseq: int | None = None
+    if with_modseq and found:
+        # With only MIN/MAX the mod-sequence is theirs, else that of every match (RFC 7162
+        # 3.1.10).
+        if wanted <= {"MIN", "MAX"}:
+            returned = ([found[0][1]] if "MIN" in wanted else []) + (
+                [found[-1][1]] if "MAX" in wanted else [])
+            modseq = max(returned)
+        else:
+            modseq = max(m for _, m in found)
+    return ESearchData(
+        cmd.tag, cmd.uid, low, high,
+        len(numbers) if "COUNT" in wanted else None,
+        SequenceSet.from_values(numbers) if numbers and "ALL" in wanted else None,
+        modseq)
+
+
+def _saved(options: tuple[str, ...], found: Sequence[tuple[int, int]]) -> list[int]:
+    """The UIDs SAVE keeps: just the MIN and/or MAX message when those are the only other
+    options, else every match (RFC 5182 2.4)."""
+    others = set(options) - {"SAVE"}
+    uids = [u for u, _ in found]
+    if uids and others and others <= {"MIN", "MAX"}:
+        return sorted({uids[0] if "MIN" in others else uids[-1],
+                       uids[-1] if "MAX" in others else uids[0]})
+    return uids
 
 
 def _copy_uid(result: CopyResult) -> CopyUid:

@@ -14,7 +14,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
+from imapd.errors import ImapdError
 from metadata.uidset import merge_ranges
+from runtime import errors as kinds
 
 __all__ = ["MAX_NUMBER", "STAR", "SequenceSet", "SequenceSetError"]
 
@@ -27,7 +29,7 @@ MAX_NUMBER: Final = 0xFFFFFFFF
 _SYNTAX = re.compile(r"(?:\*|[1-9][0-9]*)(?::(?:\*|[1-9][0-9]*))?\Z")
 
 
-class SequenceSetError(ValueError):
+class SequenceSetError(ImapdError, kinds.InvalidInput):
     """Text is not a valid sequence set."""
 
 

@@ -136,7 +136,7 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
                 self.send([refusal])
         elif isinstance(event, BadCommand):
             self.send([event.response()])
-            if session.bad_command():
+            if session.bad_command(clears_saved=event.clears_saved):
                 self.send([Untagged(Status.BYE, "Too many invalid commands")])
                 self.close()
         elif isinstance(event, Command | IdleDone | AuthResponse):
@@ -166,6 +166,8 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
         if self._login_deadline is not None:
             self._login_deadline.cancel()
             self._login_deadline = None
+        if self.session is not None:
+            self.session.connection_lost()
         super().connectionLost(reason)
 
 

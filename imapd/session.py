@@ -22,9 +22,11 @@ selected mailbox re-reads what moved (:meth:`SelectedMailbox.refresh`) at the en
 next command, or at once while the client IDLEs.  One asyncio lock serialises commands and
 those background refreshes, so responses never interleave.
 
-Errors are mapped to IMAP words here and only here: PostgreSQL or the object servers
-unreachable is ``NO [UNAVAILABLE]``, a client mistake BAD, a bug ``NO [SERVERBUG]`` with the
-traceback logged; the session survives all of them.
+Every failure of a command reaches :meth:`Session._guard`, which answers it through the
+one IMAP error map (:func:`imapd.errormap.imap_error`): PostgreSQL or the object servers
+unreachable is ``NO [UNAVAILABLE]``, corrupt stored data ``NO [CORRUPTION]``, a client
+mistake BAD, a bug ``NO [SERVERBUG]`` with the traceback logged; the session survives all
+of them.
 """
 
 from __future__ import annotations
@@ -38,34 +40,24 @@ from typing import Any
 
 from twisted.internet import task
 
-from director.errors import BlobCorrupt, DirectorError
 from imapd import commands as c
 from imapd.backend import Backend
 from imapd.capabilities import ENABLEABLE, capabilities
 from imapd.config import ImapdConfig
 from imapd.connection import Connection
-from imapd.fetch import Unsupported
+from imapd.errormap import imap_error, log_failure
 from imapd.logins import LIMITED_TEXT, LoginsLimited, authenticate
-from imapd.mailboxview import InvalidSequence
 from imapd.mutf7 import Undecodable
 from imapd.parser import AuthResponse, ContinuationNeeded, IdleDone
 from imapd.response import (
-    ALREADYEXISTS,
     AUTHENTICATIONFAILED,
     AUTHORIZATIONFAILED,
     CANNOT,
     CLOSED,
-    CORRUPTION,
-    EXPUNGEISSUED,
-    LIMIT,
     NONEXISTENT,
-    OVERQUOTA,
     PRIVACYREQUIRED,
     READ_ONLY,
     READ_WRITE,
-    SERVERBUG,
-    TOOBIG,
-    TRYCREATE,
     UNAVAILABLE,
     AppendUid,
     CapabilityCode,
@@ -86,24 +78,16 @@ from imapd.response import (
 from imapd.sasl import ProxyRefused, SaslError, decode_plain
 from imapd.selected import Extensions, MailboxGone, SelectedMailbox, TryCreate
 from imapd.sequence import SequenceSet
-from metadata.delivery import MessageTooBig
 from metadata.errors import (
-    InvalidName,
-    MailboxExists,
-    MailboxRefused,
     NoSuchMailbox,
-    NoSuchMessage,
-    OverQuota,
-    SchemaError,
-    UidsExhausted,
-    Unavailable,
 )
-from metadata.flags import DELETED, Flags, InvalidFlag
+from metadata.flags import DELETED, Flags
 from metadata.mailboxes import SPECIAL_USES
 from metadata.mailboxnames import DELIMITER
+from metadata.notify import Change
 from metadata.records import ListedMailbox, User
-from metadata.splitter import SkeletonError
 from metadata.uidset import UidSet
+from runtime import errors as kinds
 
 __all__ = ["MAX_BAD_COMMANDS", "MAX_FAILED_LOGINS", "SERVER_ID", "Session", "State"]
 
@@ -131,7 +115,7 @@ _SELECTED = frozenset({State.SELECTED})
 
 # Commands during which EXPUNGE must not be sent (RFC 3501 7.4.1): sequence numbers in
 # their answers would become ambiguous.
-_NO_EXPUNGE = (c.Fetch, c.Store, c.Search)
+_NO_EXPUNGE = (c.Fetch, c.Store, c.Search, c.Sort, c.Thread)
 
 _Handler = Callable[[Any], Awaitable[Tagged | None]]
 
@@ -161,8 +145,12 @@ class Session:
         self.ext = Extensions()
         self._lock = asyncio.Lock()
         self._dirty = False
+        #: A command is running: changes to the selected mailbox wait in ``_heard``.
+        self._running = False
+        self._heard: list[Change] = []
         self._idle_tag: str | None = None
         self._refresh_task: asyncio.Task[None] | None = None
+        self._search_task: asyncio.Task[Tagged] | None = None
         self._failed_logins = 0
         self._bad_in_a_row = 0
         self._subscribed = False
@@ -194,6 +182,8 @@ class Session:
             c.Expunge: (_SELECTED, self._expunge),
             c.UidExpunge: (_SELECTED, self._uid_expunge),
             c.Search: (_SELECTED, self._search),
+            c.Sort: (_SELECTED, self._sort),
+            c.Thread: (_SELECTED, self._thread),
             c.Fetch: (_SELECTED, self._fetch),
             c.Store: (_SELECTED, self._store),
             c.Copy: (_SELECTED, self._copy),
@@ -225,8 +215,14 @@ class Session:
             return Tagged(event.tag, Status.NO, "Log in first")
         return None
 
-    def bad_command(self) -> bool:
-        """Count a BAD answer from the parser; True when the client should be cut off."""
+    def bad_command(self, *, clears_saved: bool = False) -> bool:
+        """Count a BAD (or BADCHARSET) answer from the parser; True when the client should
+        be cut off.
+
+        :param clears_saved: it was a failed ``SEARCH RETURN (SAVE)``, which empties ``$``.
+        """
+        if clears_saved and self.selected is not None:
+            self.selected.view.saved = []
         self._bad_in_a_row += 1
         return self._bad_in_a_row >= MAX_BAD_COMMANDS
 
@@ -234,12 +230,17 @@ class Session:
         """Handle one event from the parser, then report changes and complete it."""
         started = time.perf_counter()
         async with self._lock:
-            if isinstance(event, IdleDone):
-                tagged: Tagged | None = await self._idle_done(event)
-            elif isinstance(event, AuthResponse):
-                tagged = await self._guard(event.tag, self._auth_response(event))
-            else:
-                tagged = await self._command(event)
+            self._running = True
+            try:
+                if isinstance(event, IdleDone):
+                    tagged: Tagged | None = await self._idle_done(event)
+                elif isinstance(event, AuthResponse):
+                    tagged = await self._guard(event.tag, self._auth_response(event))
+                else:
+                    tagged = await self._command(event)
+            finally:
+                self._running = False
+                self._settle_heard()
             if tagged is None:
                 return
             if self.selected is not None and self._dirty and self.state is State.SELECTED:
@@ -255,6 +256,13 @@ class Session:
             self.conn.send([tagged])
             self.backend.metrics.observe("imap", _command_name(event), tagged.status.value,
                                          time.perf_counter() - started)
+
+    def connection_lost(self) -> None:
+        """The client went away while a command may run: a SEARCH nobody will read is
+        cancelled, and its PostgreSQL query with it (asyncpg cancels it on the server).
+        Commands that write run to the end."""
+        if self._search_task is not None:
+            self._search_task.cancel()
 
     async def close(self) -> None:
         """The connection is gone: stop listening for changes."""
@@ -305,44 +313,9 @@ class Session:
             self.conn.send([Untagged(Status.BYE, "The selected mailbox was deleted")])
             self._end()
             return None
-        except (Unavailable, DirectorError) as exc:
-            if isinstance(exc, BlobCorrupt):
-                log.error("corrupt blob for user %s: %s", self._who(), exc)
-                return Tagged(tag, Status.NO, "Message data is corrupt", CORRUPTION)
-            log.warning("backend unavailable for user %s: %s", self._who(), exc)
-            return Tagged(tag, Status.NO, "Temporarily unavailable, try again", UNAVAILABLE)
-        except SkeletonError as exc:
-            log.error("corrupt message for user %s: %s", self._who(), exc)
-            return Tagged(tag, Status.NO, "Message data is corrupt", CORRUPTION)
-        except TryCreate:
-            return Tagged(tag, Status.NO, "No such mailbox", TRYCREATE)
-        except NoSuchMailbox:
-            return Tagged(tag, Status.NO, "No such mailbox", NONEXISTENT)
-        except MailboxExists:
-            return Tagged(tag, Status.NO, "Mailbox already exists", ALREADYEXISTS)
-        except InvalidName as exc:
-            return Tagged(tag, Status.NO, f"Invalid mailbox name: {exc}", CANNOT)
-        except MailboxRefused as exc:
-            return Tagged(tag, Status.NO, str(exc), CANNOT)
-        except OverQuota:
-            return Tagged(tag, Status.NO, "Quota exceeded", OVERQUOTA)
-        except MessageTooBig:
-            return Tagged(tag, Status.NO, "Message too large", TOOBIG)
-        except UidsExhausted:
-            return Tagged(tag, Status.NO, "Mailbox has used every UID", LIMIT)
-        except NoSuchMessage:
-            return Tagged(tag, Status.NO, "Some messages were expunged meanwhile",
-                          EXPUNGEISSUED)
-        except (InvalidFlag, InvalidSequence, Unsupported) as exc:
-            return Tagged(tag, Status.BAD, str(exc))
-        except SchemaError as exc:
-            log.error("metadata schema problem: %s", exc)
-            return Tagged(tag, Status.NO, "Server misconfigured", SERVERBUG)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("command failed for user %s from %s", self._who(), self.conn.peer)
-            return Tagged(tag, Status.NO, "Internal server error", SERVERBUG)
+        except Exception as exc:  # CancelledError is not one: it ends the session
+            log_failure(log, exc, f"command of user {self._who()} from {self.conn.peer}")
+            return imap_error(tag, exc)
 
     def _who(self) -> str:
         return self.user.name if self.user is not None else "-"
@@ -354,7 +327,7 @@ class Session:
 
     # -- changes made elsewhere ------------------------------------------------------------
 
-    def _on_change(self, change: Any) -> None:
+    def _on_change(self, change: Change) -> None:
         """ChangeListener callback: never blocks, never raises."""
         if self.state is State.LOGOUT:
             return
@@ -362,11 +335,30 @@ class Session:
         if change.kind in ("flags", "expunge", "append"):
             if selected is None or change.mailbox_id != selected.mailbox_id:
                 return
+            if self._running:
+                # The running command may have made this change: its notification can
+                # arrive before the command records the mod-sequence as its own, and
+                # judging it now would re-read the mailbox for nothing.
+                self._heard.append(change)
+                return
             if selected.is_own_change(change.kind, change.uidnext, change.modseq):
                 return
         elif change.kind == "mailbox" and (selected is None or change.mailbox_id not in (
                 None, selected.mailbox_id)):
             return
+        self._mark_dirty()
+
+    def _settle_heard(self) -> None:
+        """Judge the changes heard while the command ran, now that it recorded its own."""
+        heard, self._heard = self._heard, []
+        selected = self.selected
+        if selected is None or self.state is State.LOGOUT:
+            return
+        if any(change.mailbox_id == selected.mailbox_id and not selected.is_own_change(
+                change.kind, change.uidnext, change.modseq) for change in heard):
+            self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
         self._dirty = True
         if self._idle_tag is not None and (self._refresh_task is None
                                            or self._refresh_task.done()):
@@ -392,7 +384,7 @@ class Session:
             self.conn.send([Untagged(Status.BYE, "The selected mailbox was deleted")])
             self._end()
             return
-        except (Unavailable, DirectorError) as exc:
+        except kinds.Unavailable as exc:
             # Nothing is lost: the watermarks did not move; the next command retries.
             log.warning("cannot read mailbox changes: %s", exc)
             self._dirty = True
@@ -408,8 +400,12 @@ class Session:
         return Tagged(cmd.tag, Status.OK, "Capability completed")
 
     async def _noop(self, cmd: c.Noop | c.Check) -> Tagged:
-        if self.selected is not None:
-            self._dirty = True  # NOOP is the client's explicit poll
+        # NOOP is the client's poll, but the change feed already marked the session dirty
+        # for every change made elsewhere: re-reading when it did not costs a query per
+        # NOOP for nothing.  Only while the feed is down (notifications may be missed
+        # until it reconnects and says resync) does NOOP look for itself.
+        if self.selected is not None and not self.backend.changes.connected:
+            self._dirty = True
         return Tagged(cmd.tag, Status.OK, f"{cmd.NAME} completed")
 
     async def _logout(self, cmd: c.Logout) -> None:
@@ -722,8 +718,24 @@ class Session:
     async def _uid_expunge(self, cmd: c.UidExpunge) -> Tagged:
         return await self._selected.expunge(cmd.tag, self.conn, cmd)
 
-    async def _search(self, cmd: c.Search) -> Tagged:
-        return await self._selected.search(cmd, self.conn)
+    async def _search(self, cmd: c.Search) -> Tagged | None:
+        task = asyncio.ensure_future(self._selected.search(cmd, self.conn))
+        self._search_task = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and not (current is not None and current.cancelling()):
+                return None  # connection_lost: nobody to answer
+            raise
+        finally:
+            self._search_task = None
+
+    async def _sort(self, cmd: c.Sort) -> Tagged:
+        return await self._selected.sort(cmd, self.conn)
+
+    async def _thread(self, cmd: c.Thread) -> Tagged:
+        return await self._selected.thread(cmd, self.conn)
 
     async def _fetch(self, cmd: c.Fetch) -> Tagged:
         return await self._selected.fetch(cmd, self.conn)

@@ -34,28 +34,20 @@ from typing import Protocol
 from metadata.bodystructure import render_body, render_bodystructure
 from metadata.config import MetadataConfig
 from metadata.envelope import tree_envelope
-from metadata.errors import MetadataError, OverQuota
+from metadata.errors import MessageTooBig, OverQuota
 from metadata.flags import Flags
 from metadata.messages import NewMessage
 from metadata.mimetree import parse
 from metadata.records import Mailbox, MessageRow, User
 from metadata.searchtext import search_text
 from metadata.sections import section_map
+from metadata.sortkeys import sort_keys_of
 from metadata.splitter import SplitMessage, blob_id, split
 from metadata.store import MetadataStore
 
 #: Messages at least this large are analysed off the event loop's thread, so a
 #: multi-megabyte parse does not stall every other session for its duration.
 OFFLOAD_BYTES = 256 * 1024
-
-
-class MessageTooBig(MetadataError):
-    """The message exceeds ``imapd.max_message_size``."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        self.size = size
-        self.limit = limit
-        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
 
 
 #: The gc generation of a message prepared without reading it: its commit always checks.
@@ -147,6 +139,7 @@ def prepare(raw: bytes, threshold: int,
         message_id=text.message_id,
         headers=text.headers,
         body_text=text.body,
+        sort=sort_keys_of(tree.root),
     )
     return PreparedMessage(len(raw), stored, row)
 

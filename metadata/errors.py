@@ -1,55 +1,72 @@
-"""The metadata store's exceptions: one shallow hierarchy, mapped to protocol words by callers.
+"""The metadata store's exceptions: one shallow hierarchy under :class:`MetadataError`.
 
-Callers (IMAP, LMTP, the CLI) catch :class:`MetadataError` subclasses and answer in their own
-protocol's terms: :class:`Unavailable` is ``NO [UNAVAILABLE]`` / ``451 4.3.0`` / EX_TEMPFAIL,
-:class:`OverQuota` is ``NO [OVERQUOTA]`` / ``552 5.2.2``, :class:`NoSuchUser` is
-``550 5.1.1``.  A misuse of this API by our own code (a bad argument type, a negative size)
-raises ``ValueError``/``TypeError`` instead: that is a bug, not a condition to answer.
+Each class is also one of the kinds in :mod:`runtime.errors`; callers (IMAP, POP3, LMTP,
+the CLI) answer in their own protocol's terms through their one error map
+(:mod:`imapd.errormap`, :mod:`ops.exitcodes`): :class:`Unavailable` is
+``NO [UNAVAILABLE]`` / ``451 4.3.0`` / EX_UNAVAILABLE, :class:`OverQuota` is
+``NO [OVERQUOTA]`` / ``552 5.2.2``, :class:`NoSuchUser` is ``550 5.1.1``.  A misuse of this
+API by our own code (a bad argument type, a negative size) raises ``ValueError``/
+``TypeError`` instead: that is a bug, not a condition to answer.
 """
 
 from __future__ import annotations
+
+from runtime import errors as kinds
 
 
 class MetadataError(Exception):
     """Base of every condition the metadata store reports."""
 
 
-class Unavailable(MetadataError):
+class Unavailable(MetadataError, kinds.Unavailable):
     """PostgreSQL cannot be reached or went away mid-transaction; nothing was committed
     unless the caller saw the call return."""
 
 
-class SchemaError(MetadataError):
+class SchemaError(MetadataError, kinds.Misconfigured):
     """The database schema is missing, older than the code, or differs from the migrations
     that were applied (``objmail db migrate`` / ``objmail db status`` tell more)."""
 
 
-class NoSuchUser(MetadataError):
+class CorruptMessage(MetadataError, kinds.Corruption):
+    """A stored message's data (its skeleton, blobs or section map) does not make up a
+    valid message: never serve it."""
+
+
+class NoSuchUser(MetadataError, kinds.InvalidInput):
     """No user has this name or id."""
 
 
-class UserExists(MetadataError):
+class UserExists(MetadataError, kinds.InvalidInput):
     """A user with this name (compared case-insensitively) already exists."""
 
 
-class InvalidName(MetadataError):
+class InvalidName(MetadataError, kinds.InvalidInput):
     """A user or mailbox name is empty, too long or holds characters it must not."""
 
 
-class NoSuchMailbox(MetadataError):
+class InvalidPassword(MetadataError, kinds.InvalidInput):
+    """A new password is empty or too long."""
+
+
+class NoSuchMailbox(MetadataError, kinds.InvalidInput):
     """The user has no mailbox of this name or id (or it cannot be selected)."""
 
 
-class MailboxExists(MetadataError):
+class MailboxExists(MetadataError, kinds.InvalidInput):
     """The user already has a mailbox of this name."""
 
 
-class MailboxRefused(MetadataError):
+class MailboxRefused(MetadataError, kinds.InvalidInput):
     """The operation is not allowed on this mailbox: deleting INBOX, deleting a
     ``\\Noselect`` name that still has children, renaming a mailbox under itself."""
 
 
-class OverQuota(MetadataError):
+class NoSuchMessage(MetadataError, kinds.InvalidInput):
+    """A message named by UID disappeared (expunged concurrently) during the operation."""
+
+
+class OverQuota(MetadataError, kinds.LimitExceeded):
     """Storing the messages would take the user past their quota.
 
     :ivar used: bytes in use before the refused change.
@@ -64,10 +81,20 @@ class OverQuota(MetadataError):
         super().__init__(f"over quota: {used} + {needed} bytes exceeds the limit of {limit}")
 
 
-class UidsExhausted(MetadataError):
+class MessageTooBig(MetadataError, kinds.LimitExceeded):
+    """The message exceeds ``imapd.max_message_size``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
+
+
+class QueryTooLong(MetadataError, kinds.LimitExceeded):
+    """PostgreSQL cancelled a statement that ran past its ``statement_timeout``
+    (``metadata.statement_timeout``, ``metadata.search_timeout`` for SEARCH)."""
+
+
+class UidsExhausted(MetadataError, kinds.LimitExceeded):
     """The mailbox's next UID would pass 2^32-1; it must be recreated with a new
     UIDVALIDITY (RFC 3501 2.3.1.1)."""
-
-
-class NoSuchMessage(MetadataError):
-    """A message named by UID disappeared (expunged concurrently) during the operation."""

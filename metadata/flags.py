@@ -13,6 +13,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from metadata.errors import MetadataError
+from runtime import errors as kinds
+
 __all__ = [
     "ANSWERED",
     "DELETED",
@@ -47,7 +50,7 @@ ALL_SYSTEM_BITS = sum(SYSTEM_FLAGS)
 _KEYWORD = re.compile(r"[^\x00-\x20\x7f(){%*\"\\\]]{1,255}\Z")
 
 
-class InvalidFlag(ValueError):
+class InvalidFlag(MetadataError, kinds.InvalidInput):
     """A flag name is neither a storable system flag nor a valid keyword."""
 
 

@@ -29,7 +29,7 @@ from typing import Literal
 
 import asyncpg
 
-from metadata.db import Database
+from metadata.db import Database, timeout_setting
 from metadata.errors import (
     NoSuchMailbox,
     NoSuchMessage,
@@ -49,9 +49,11 @@ from metadata.records import (
     MessageRow,
     MoveResult,
     SearchHits,
+    SortEntry,
     StoreResult,
 )
 from metadata.search import Criterion, compile_criteria
+from metadata.sortkeys import MAX_KEY_CHARS, SortKeys, sort_keys
 from metadata.uidset import MAX_UID, UidSet
 
 __all__ = ["FETCH_ITEMS", "Messages", "NewMessage", "StoreMode"]
@@ -153,8 +155,23 @@ _INSERT_MESSAGE = (
     "INSERT INTO messages (user_id, skeleton_id, size, sent_at, sent_date, "
     "search_subject, search_from, search_to, search_cc, search_bcc, "
     "message_id_header, header_fields, header_block, envelope, bodystructure, "
-    "body, section_map, search_header, search_body) VALUES ($1, $2, $3, $4, $5, $6, $7, "
-    "$8, $9, $10, $11, $12::jsonb, $13, $14, $15, $16, $17, $18, $19) RETURNING id")
+    "body, section_map, search_header, search_body, sort_subject, sort_reply, sort_from, "
+    "sort_to, sort_cc, display_from, display_to, thread_message_id, thread_references) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13, $14, $15, $16, "
+    "$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28) RETURNING id")
+
+
+_SORT_COLUMNS = ("m.sort_subject, m.sort_reply, m.sort_from, m.sort_to, m.sort_cc, "
+                 "m.display_from, m.display_to, m.thread_message_id, m.thread_references")
+
+
+def sort_values(keys: SortKeys) -> tuple[object, ...]:
+    """The nine sort/thread columns of ``messages`` (migration 0003) for ``keys``."""
+    limit = MAX_KEY_CHARS
+    return (_clean(keys.subject, limit), keys.reply, _clean(keys.from_, limit),
+            _clean(keys.to, limit), _clean(keys.cc, limit), _clean(keys.display_from, limit),
+            _clean(keys.display_to, limit), _clean(keys.message_id, limit),
+            [_clean(ref, limit) for ref in keys.references])
 
 
 def _message_values(user_id: int, row: MessageRow) -> tuple[object, ...]:
@@ -168,7 +185,7 @@ def _message_values(user_id: int, row: MessageRow) -> tuple[object, ...]:
             _clean(row.message_id, MESSAGE_ID_LIMIT), header_fields, row.header_block,
             row.envelope, row.bodystructure, row.body, row.section_map,
             _fold(_header_text(row), HEADER_TEXT_LIMIT),
-            _fold(row.body_text, BODY_TEXT_LIMIT))
+            _fold(row.body_text, BODY_TEXT_LIMIT), *sort_values(row.sort))
 
 
 async def charge(conn: asyncpg.Connection, user_id: int, size: int, count: int) -> None:
@@ -605,11 +622,62 @@ class Messages:
             # Whether the trigram index pays depends on the string and the mailbox size: a
             # generic plan (which a prepared statement switches to after five runs) knows
             # neither and would walk every entry of a 100,000-message mailbox.
+            settings = "SET LOCAL plan_cache_mode = force_custom_plan"
+            if self.db.search_timeout is not None:
+                # In the same round trip: SEARCH may scan longer than other statements.
+                settings += (f"; SET LOCAL statement_timeout = "
+                             f"{timeout_setting(self.db.search_timeout)}")
             async with self.db.transaction(readonly=True) as conn:
-                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                await conn.execute(settings)
                 rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
-        return SearchHits(tuple(r["uid"] for r in rows),
-                          max((r["modseq"] for r in rows), default=None))
+        modseqs = tuple(r["modseq"] for r in rows)
+        return SearchHits(tuple(r["uid"] for r in rows), max(modseqs, default=None), modseqs)
+
+    async def sort_entries(self, user_id: int, mailbox_id: int,
+                           criterion: Criterion) -> list[SortEntry]:
+        """The entries matching ``criterion`` with their SORT/THREAD keys, by UID: one
+        query, no blob.  Rows older than those keys get them from their header block here
+        (written back, so that happens once per message)."""
+        compiled = compile_criteria(criterion, first_param=3)
+        query = (f"SELECT mm.uid, mm.modseq, mm.internaldate, mm.size, m.id, m.sent_at, {_SORT_COLUMNS}, "
+                 "CASE WHEN m.sort_subject IS NULL THEN m.header_block END AS header_block "
+                 "FROM mailbox_messages mm JOIN messages m ON m.user_id = $1 "
+                 "AND m.id = mm.message_id "
+                 f"WHERE mm.user_id = $1 AND mm.mailbox_id = $2 AND {compiled.sql} "
+                 "ORDER BY mm.uid")
+        async with self.db.transaction(readonly=True) as conn:
+            if compiled.substring:
+                # See search(): a generic plan would walk every entry.
+                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
+        entries: list[SortEntry] = []
+        computed: dict[int, SortKeys] = {}
+        for r in rows:
+            if r["header_block"] is not None:
+                keys = computed.get(r["id"])
+                if keys is None:
+                    keys = computed[r["id"]] = sort_keys(r["header_block"])
+            else:
+                keys = SortKeys(r["sort_subject"], r["sort_reply"], r["sort_from"],
+                                r["sort_to"], r["sort_cc"], r["display_from"],
+                                r["display_to"], r["thread_message_id"],
+                                tuple(r["thread_references"]))
+            entries.append(SortEntry(r["uid"], r["modseq"], r["internaldate"],
+                                     r["sent_at"] or r["internaldate"], r["size"], keys))
+        if computed:
+            await self._store_sort_keys(user_id, computed)
+        return entries
+
+    async def _store_sort_keys(self, user_id: int, computed: dict[int, SortKeys]) -> None:
+        """Write keys computed for rows older than migration 0003."""
+        async with self.db.connection() as conn:
+            await conn.executemany(
+                "UPDATE messages SET sort_subject = $3, sort_reply = $4, sort_from = $5, "
+                "sort_to = $6, sort_cc = $7, display_from = $8, display_to = $9, "
+                "thread_message_id = $10, thread_references = $11 "
+                "WHERE user_id = $1 AND id = $2",
+                [(user_id, message_id, *sort_values(keys))
+                 for message_id, keys in computed.items()])
 
     async def vanished(self, user_id: int, mailbox_id: int, since_modseq: int,
                        uids: UidSet | None = None) -> list[int]:

@@ -25,6 +25,7 @@ from typing import Literal
 
 import asyncpg
 
+from metadata.db import UNAVAILABLE, unreachable
 from metadata.errors import SchemaError
 
 __all__ = [
@@ -191,7 +192,10 @@ async def check_schema(conn: asyncpg.Connection,
 async def _with_connection(dsn: str, migrations: Sequence[Migration] | None,
                            apply: bool, password: str | None,
                            ) -> list[Migration] | list[MigrationState]:
-    conn = await asyncpg.connect(dsn, password=password)
+    try:
+        conn = await asyncpg.connect(dsn, password=password)
+    except UNAVAILABLE as exc:
+        raise unreachable(dsn, exc) from exc
     try:
         if apply:
             return await migrate(conn, migrations)

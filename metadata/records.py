@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from metadata.flags import Flags
+from metadata.sortkeys import NO_SORT_KEYS, SortKeys
 
 __all__ = [
     "Appended",
@@ -144,6 +145,7 @@ class MessageRow:
     :ivar headers: top-level header fields as (name, decoded value), in order, for
         SEARCH HEADER.
     :ivar body_text: decoded text of the text parts, for SEARCH BODY/TEXT.
+    :ivar sort: SORT and THREAD keys (:mod:`metadata.sortkeys`).
     """
 
     skeleton_id: str
@@ -162,6 +164,7 @@ class MessageRow:
     message_id: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     body_text: str = ""
+    sort: SortKeys = NO_SORT_KEYS
 
     def __post_init__(self) -> None:
         if not BLOB_ID.match(self.skeleton_id):
@@ -257,10 +260,30 @@ class MoveResult:
     expunged: Expunged
 
 
+@dataclass(frozen=True, slots=True)
+class SortEntry:
+    """One mailbox entry as SORT and THREAD see it: what orders it, no message content.
+
+    :ivar sent_at: the Date field, or the INTERNALDATE when it has none (RFC 5256 DATE).
+    """
+
+    uid: int
+    modseq: int
+    internaldate: dt.datetime
+    sent_at: dt.datetime
+    size: int
+    keys: SortKeys
+
+
 @dataclass(frozen=True)
 class SearchHits:
     """SEARCH results: matching UIDs ascending, and the highest mod-sequence among them
-    (for the CONDSTORE ``(MODSEQ n)`` response); None when nothing matched."""
+    (for the CONDSTORE ``(MODSEQ n)`` response); None when nothing matched.
+
+    :ivar modseqs: each UID's mod-sequence, in the order of ``uids`` (ESEARCH's MODSEQ of
+        only the MIN/MAX messages, RFC 7162 3.1.10).
+    """
 
     uids: tuple[int, ...]
     highest_modseq: int | None
+    modseqs: tuple[int, ...] = ()

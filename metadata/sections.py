@@ -28,12 +28,15 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from metadata.errors import CorruptMessage, MetadataError
 from metadata.mimetree import MimePart, MimeTree, PartKind, iter_parts
+from runtime import errors as kinds
 
 __all__ = [
     "PartEntry",
     "SectionError",
     "SectionMap",
+    "SectionMapError",
     "SectionRange",
     "imap_view",
     "section_map",
@@ -43,8 +46,13 @@ _MAGIC = b"OMSM\x01"
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
-class SectionError(ValueError):
+class SectionError(MetadataError, kinds.InvalidInput):
     """The section specifier is not valid IMAP syntax (the client's error: BAD)."""
+
+
+class SectionMapError(CorruptMessage):
+    """A stored section map is not one (damaged, or not the message's): corruption, like
+    a bad skeleton, never the client's fault."""
 
 
 def imap_view(data: bytes, *, after_cr: bool = False) -> bytes:
@@ -96,7 +104,7 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
     n = shift = 0
     while True:
         if pos >= len(data):
-            raise ValueError("truncated section map")
+            raise SectionMapError("truncated section map")
         b = data[pos]
         pos += 1
         n |= (b & 0x7F) << shift
@@ -213,10 +221,10 @@ class SectionMap:
     def from_bytes(cls, data: bytes) -> SectionMap:
         """Inverse of :meth:`to_bytes`.
 
-        :raises ValueError: if *data* is not a section map.
+        :raises SectionMapError: if *data* is not a section map.
         """
         if not data.startswith(_MAGIC):
-            raise ValueError("not a section map")
+            raise SectionMapError("not a section map")
         pos = len(_MAGIC)
         count, pos = _read_varint(data, pos)
         entries: list[PartEntry] = []
@@ -227,7 +235,7 @@ class SectionMap:
             hv, pos = _read_varint(data, pos)
             bv, pos = _read_varint(data, pos)
             if pos >= len(data) or data[pos] not in _CODE_KIND:
-                raise ValueError("bad part kind in section map")
+                raise SectionMapError("bad part kind in section map")
             kind = _CODE_KIND[data[pos]]
             pos += 1
             nchild, pos = _read_varint(data, pos)
@@ -235,13 +243,16 @@ class SectionMap:
             for _ in range(nchild):
                 c, pos = _read_varint(data, pos)
                 if not 0 < c < count:
-                    raise ValueError("bad child index in section map")
+                    raise SectionMapError("bad child index in section map")
                 children.append(c)
+            if kind is PartKind.MESSAGE and nchild != 1:
+                # locate() steps into a message/rfc822 part's one child.
+                raise SectionMapError("message part without its message in section map")
             entries.append(
                 PartEntry(start, start + hlen, start + hlen + blen, hv, bv, kind, tuple(children))
             )
         if pos != len(data) or not entries:
-            raise ValueError("malformed section map")
+            raise SectionMapError("malformed section map")
         return cls(tuple(entries))
 
 

@@ -2,8 +2,8 @@
 
 Why: a PDF mailed to a thousand people should be stored once. Every leaf body of at
 least ``threshold`` bytes becomes a blob whose id is computed from its stored bytes
-(the SHA-256 by default; delivery passes the blob store's own id function, so the store
-need not hash them again);
+(the SHA-256 by default; delivery passes the blob store's own id function, a keyed one,
+so the store need not hash them again);
 everything else (headers, boundaries, preambles, epilogues, small parts) stays in the
 *skeleton*, itself one small blob. ``reassemble(split(m)) == m`` for every message,
 byte for byte: nothing is normalised, and a message the MIME parser cannot make sense
@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from metadata.bodystructure import part_data
+from metadata.errors import CorruptMessage
 from metadata.mimetree import MimeTree, PartKind, iter_parts, parse
 from metadata.sections import SectionRange, imap_view
 
@@ -74,7 +75,7 @@ _EOL_CRLF = 0x01
 _EOL_FINAL = 0x02
 
 
-class SkeletonError(ValueError):
+class SkeletonError(CorruptMessage):
     """Stored skeleton or blobs do not make up a valid message (corruption: never serve)."""
 
 
@@ -145,15 +146,16 @@ class BlobSegment:
     recipe: Base64Recipe | None = None
     stored_length: int = -1
 
-    def expand(self, stored: bytes, *, verify: bool = True) -> bytes:
+    def expand(self, stored: bytes) -> bytes:
         """The message bytes, from the blob's stored bytes.
 
-        :param verify: check the bytes' SHA-256 against the id (False: the caller named
-            the bytes itself a moment ago).
-        :raises SkeletonError: if the stored bytes are not this segment's.
+        The bytes are not checked against the id here: only the blob store can compute
+        its (keyed) ids, and it verified every blob it returned against its id before
+        (``director.blobreader``); :func:`reassemble` also checks the whole message
+        against the skeleton's SHA-256.
+
+        :raises SkeletonError: if the stored bytes do not have this segment's length.
         """
-        if verify and blob_id(stored) != self.blob_id:
-            raise SkeletonError(f"blob {self.blob_id} fails its hash check")
         data = stored if self.recipe is None else self.recipe.encode(stored)
         if len(data) != self.length:
             raise SkeletonError(
@@ -437,8 +439,7 @@ def split(
     skeleton = Skeleton(
         tuple(segments), len(raw), vsize, hashlib.sha256(raw).digest(), tree is None
     )
-    # The blobs were named from these very bytes: checking their ids again is wasted work.
-    if tree is not None and b"".join(_expand_all(skeleton, blobs, verify=False)) != raw:
+    if tree is not None and b"".join(_expand_all(skeleton, blobs)) != raw:
         # Cannot happen unless the parser's offsets are wrong; exactness comes first.
         segments, blobs = _opaque(raw, threshold, id_of)
         skeleton = Skeleton(tuple(segments), len(raw), vsize, skeleton.sha256, True)
@@ -450,9 +451,7 @@ def split(
 # --- reassembly and range reads ----------------------------------------------------
 
 
-def _expand_all(
-    skeleton: Skeleton, blobs: Mapping[str, bytes], *, verify: bool = True
-) -> Iterator[bytes]:
+def _expand_all(skeleton: Skeleton, blobs: Mapping[str, bytes]) -> Iterator[bytes]:
     for seg in skeleton.segments:
         if isinstance(seg, InlineSegment):
             yield seg.data
@@ -460,13 +459,14 @@ def _expand_all(
             stored = blobs.get(seg.blob_id)
             if stored is None:
                 raise SkeletonError(f"missing blob {seg.blob_id}")
-            yield seg.expand(stored, verify=verify)
+            yield seg.expand(stored)
 
 
 def reassemble(skeleton_bytes: bytes, blobs: Mapping[str, bytes], *, verify: bool = True) -> bytes:
     """The message bytes, exactly as delivered.
 
-    :param verify: also check the whole message's SHA-256 (blobs are always checked).
+    :param verify: check the whole message's SHA-256 (the skeleton records it); the
+        blobs are verified by the blob store that returned them.
     :raises SkeletonError: on a corrupt skeleton, a missing or corrupt blob.
     """
     skeleton = parse_skeleton(skeleton_bytes)

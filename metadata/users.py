@@ -14,7 +14,7 @@ from collections.abc import Callable
 import asyncpg
 
 from metadata.db import Database
-from metadata.errors import InvalidName, NoSuchUser, UserExists
+from metadata.errors import InvalidName, InvalidPassword, NoSuchUser, UserExists
 from metadata.mailboxes import create_defaults
 from metadata.notify import Change, publish
 from metadata.passwords import (
@@ -70,7 +70,11 @@ class Users:
         self._decoy: str | None = None
 
     async def _hash(self, password: str) -> str:
-        return await asyncio.to_thread(hash_password, password, self.password_params)
+        """:raises InvalidPassword: empty or too long (the user's to fix)."""
+        try:
+            return await asyncio.to_thread(hash_password, password, self.password_params)
+        except ValueError as exc:
+            raise InvalidPassword(str(exc)) from None
 
     async def create(self, name: str, password: str, *, quota_bytes: int = 0) -> User:
         """Create a user with the default mailboxes (INBOX, Drafts, Sent, Trash, Junk,
@@ -79,7 +83,8 @@ class Users:
         :param quota_bytes: storage quota; 0 means unlimited.
         :raises UserExists: the name is taken (compared case-insensitively).
         :raises InvalidName: see :func:`validate_user_name`.
-        :raises ValueError: empty password or negative quota.
+        :raises InvalidPassword: empty or too long password.
+        :raises ValueError: negative quota (the caller's bug).
         """
         validate_user_name(name)
         if quota_bytes < 0:
@@ -163,6 +168,7 @@ class Users:
         """Replace the user's password.
 
         :raises NoSuchUser: there is no such user.
+        :raises InvalidPassword: empty or too long password.
         """
         hashed = await self._hash(password)
         async with self.db.connection() as conn:

@@ -21,8 +21,9 @@ from typing import Protocol
 
 from twisted.internet import defer
 
+from objstore.errors import StorageError
 from objstore.items import Callback, Result, WriteOp
-from objstore.record import StorageError
+from runtime import errors as kinds
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[list[tuple[Callback, Result]]], None]
 
 
-class ShuttingDown(StorageError):
+class ShuttingDown(StorageError, kinds.Unavailable):
     """A write arrived after the committer was told to stop."""
 
 

@@ -217,9 +217,25 @@ class Worker:
         from objstore.items import Result
         from objstore.lmdbstore import LmdbStore
         from objstore.metrics import ObjstoreCollector
-        from objstore.reporter import Identity, LoadReporter, LoadSample, RedisClusterSink
+        from objstore.reporter import (
+            Identity,
+            LoadReporter,
+            LoadSample,
+            ProcReader,
+            RedisClusterSink,
+            disk_space,
+        )
         from objstore.server import ObjstoreFactory, listen
-        from objstore.stats import OP_NAMES, Counters, HotKeys, SharedSlots, totals
+        from objstore.stats import (
+            COMMIT_BUCKETS,
+            LATENCY_BUCKETS,
+            OP_NAMES,
+            Counters,
+            HotKeys,
+            SharedSlots,
+            histogram,
+            totals,
+        )
         from runtime.metrics import JobMetrics, listen_metrics, new_registry
 
         config, r, index = self.config, self.reactor, self.index
@@ -283,13 +299,26 @@ class Worker:
                             tier=config.tier, workers=config.workers,
                             version=VERSION.decode())
 
+        proc = ProcReader(data_dir)
+
         def sample() -> LoadSample:
             info = storage.info()
             counts = node_figures()
+            space = disk_space(data_dir, occupied=info["lmdb_used_bytes"],
+                               map_size=config.map_size, configured=config.capacity_bytes)
+            pids = [os.getpid(), *(shared.pids() if shared is not None else ())]
             return LoadSample(
-                at=time.time(), capacity_bytes=config.capacity_bytes or config.map_size,
+                at=time.time(), capacity_bytes=space.capacity,
                 used_bytes=info["bytes"], items=info["curr_items"],
                 ops=[counts[f"ops_{n}"] for n in OP_NAMES], hot=node_hot(4096),
+                fs_free_bytes=space.fs_free, system=proc.read(pids),
+                latency={
+                    "get": (LATENCY_BUCKETS, histogram(counts, "get_latency_bucket_",
+                                                       len(LATENCY_BUCKETS))),
+                    "set": (LATENCY_BUCKETS, histogram(counts, "set_latency_bucket_",
+                                                       len(LATENCY_BUCKETS))),
+                    "commit": (COMMIT_BUCKETS, histogram(counts, "commit_bucket_",
+                                                         len(COMMIT_BUCKETS)))},
                 extra={"curr_connections": counts["curr_connections"],
                        "corrupt_reads": counts["corrupt_reads"],
                        "quarantined_items": info["quarantined_items"],

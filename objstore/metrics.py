@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
 from objstore.config import ObjstoreConfig
-from objstore.stats import COMMIT_BUCKETS, OP_NAMES
+from objstore.reporter import disk_space
+from objstore.stats import COMMIT_BUCKETS, LATENCY_BUCKETS, LATENCY_KINDS, OP_NAMES, histogram
 from runtime.metrics import counter_family, cumulative, gauge_family
 
 __all__ = ["ObjstoreCollector"]
@@ -81,14 +82,31 @@ class ObjstoreCollector:
             t[f"commit_bucket_{i}"] for i in range(len(COMMIT_BUCKETS) + 1)]),
             t["commit_microseconds"] / 1e6)
         yield commit
+        latency = HistogramMetricFamily(
+            "objstore_request_seconds",
+            "Sampled request latency (one in 16): a get's service time, a set's time to "
+            "its durable reply.", labels=["kind"])
+        for kind in LATENCY_KINDS:
+            counts = histogram(t, f"{kind}_latency_bucket_", len(LATENCY_BUCKETS))
+            latency.add_metric([kind], cumulative(LATENCY_BUCKETS, counts), 0.0)
+        yield latency
         cfg = self.config
+        try:
+            space = disk_space(cfg.data_dir, occupied=info["lmdb_used_bytes"],
+                               map_size=cfg.map_size, configured=cfg.capacity_bytes)
+            capacity, fs_free = space.capacity, space.fs_free
+        except OSError:  # the data dir went away: say what the config says
+            capacity, fs_free = cfg.capacity_bytes or cfg.map_size, 0
         for name, value, doc in (
                 ("objstore_items", info["curr_items"], "Items in the store."),
                 ("objstore_item_bytes", info["bytes"], "Bytes of keys and values stored."),
                 ("objstore_quarantined_items", info["quarantined_items"],
                  "Corrupt records set aside (see docs/objstore.md, Corruption)."),
-                ("objstore_capacity_bytes", cfg.capacity_bytes or cfg.map_size,
-                 "Bytes this node offers (objstore.capacity_bytes, else map_size)."),
+                ("objstore_capacity_bytes", capacity,
+                 "Bytes this node offers (objstore.capacity_bytes, else what its data "
+                 "dir's filesystem can hold: used + free, capped by map_size)."),
+                ("objstore_filesystem_free_bytes", fs_free,
+                 "Free bytes of the data dir's filesystem."),
                 ("objstore_lmdb_map_size_bytes", info["lmdb_map_size"],
                  "Size of the LMDB map: the most the store can hold."),
                 ("objstore_lmdb_used_bytes", info["lmdb_used_bytes"],

@@ -20,6 +20,8 @@ from typing import Final
 
 from zlib_ng import zlib_ng
 
+from objstore.errors import CorruptRecord, StorageError
+
 HEADER: Final = struct.Struct("<BBHIqQII")
 HEADER_SIZE: Final = HEADER.size  # 32
 #: Bytes of the header covered by the checksum (all but the checksum itself).
@@ -31,14 +33,6 @@ CHECKSUM: Final = "crc32 (zlib-ng)"
 
 crc32: Final = zlib_ng.crc32
 _CRC: Final = struct.Struct("<I")
-
-
-class StorageError(Exception):
-    """Base of the storage errors."""
-
-
-class CorruptRecord(StorageError):
-    """A record failed its checksum or is not a record at all."""
 
 
 def checksum(key: bytes, prefix: bytes | memoryview, value: bytes | memoryview) -> int:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
+from objstore.errors import ObjstoreError
+from runtime import errors as kinds
 from runtime.receivebuffer import (
     NEED_DATA,
     BadBlockEnd,
@@ -32,6 +34,7 @@ from runtime.receivebuffer import (
 )
 
 __all__ = [
+    "E_INTERNAL",
     "NEED_DATA",
     "ErrorReply",
     "Expect",
@@ -48,7 +51,9 @@ __all__ = [
     "Value",
     "Values",
     "VersionReply",
+    "error_reply",
     "format_metadump_line",
+    "one_line",
     "serialize",
     "serialize_into",
 ]
@@ -87,6 +92,32 @@ class ErrorReply:
     @property
     def line(self) -> bytes:
         return self.kind + b" " + self.message if self.message else self.kind
+
+
+#: The reply to an error that is a bug (no kind): the details go to the log, not the client.
+E_INTERNAL: Final = ErrorReply(b"SERVER_ERROR", b"internal error")
+
+
+def error_reply(exc: BaseException) -> ErrorReply:
+    """memcached's words for ``exc``: the one error map of objstored and directord.
+
+    The client's mistake (:class:`~runtime.errors.InvalidInput`) is ``CLIENT_ERROR``;
+    corruption, an unavailable dependency, a limit or a misconfiguration is
+    ``SERVER_ERROR`` with the error's message on one line (memcached's own
+    ``SERVER_ERROR object too large for cache`` is a limit too); a bug is
+    ``SERVER_ERROR internal error``.
+    """
+    kind = kinds.kind_of(exc)
+    if kind is None:
+        return E_INTERNAL
+    word = b"CLIENT_ERROR" if kind is kinds.InvalidInput else b"SERVER_ERROR"
+    return ErrorReply(word, one_line(str(exc)) or kind.__name__.encode())
+
+
+def one_line(text: str) -> bytes:
+    """A message fit for a memcached error line: one line, printable ASCII, bounded."""
+    flat = " ".join(text.split())
+    return flat.encode("ascii", "replace")[:1000]
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +297,7 @@ class Expect(enum.Enum):
     METADUMP = "metadump"
 
 
-class ReplyError(RemoteProtocolError, ValueError):
+class ReplyError(ObjstoreError, RemoteProtocolError):
     """The server sent something that is not a memcached reply; drop the connection."""
 
 

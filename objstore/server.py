@@ -46,6 +46,7 @@ import logging
 import socket
 import struct
 import termios
+import time
 import typing
 from collections.abc import Iterator
 from typing import Any, Final
@@ -57,9 +58,10 @@ from twisted.python import failure
 from zope.interface import implementer
 
 from objstore import protocol as p
-from objstore.replies import ErrorReply, Reply, serialize_into
-from objstore.stats import Counters
+from objstore.replies import ErrorReply, Reply, error_reply, serialize_into
+from objstore.stats import GET, SET, Counters, LatencySampler
 from runtime.directwrite import nothing_queued, send_now
+from runtime.errors import kind_of
 from runtime.receivebuffer import RemoteProtocolError
 
 log = logging.getLogger(__name__)
@@ -106,7 +108,15 @@ class ConnectionSettings(typing.Protocol):
 TOO_MANY_CONNECTIONS: Final = b"ERROR Too many open connections\r\n"
 #: Write what has accumulated once it exceeds this, so the transport can push back.
 FLUSH_THRESHOLD: Final = 256 * 1024
-E_INTERNAL: Final = ErrorReply(b"SERVER_ERROR", b"internal error")
+
+
+def _failed(exc: Exception, cmd: object) -> ErrorReply:
+    """The reply to a handler that raised: a bug is logged with its traceback."""
+    if kind_of(exc) is None:
+        log.exception("command %r failed", cmd)
+    else:
+        log.warning("command %r failed: %s", cmd, exc)
+    return error_reply(exc)
 
 
 class _Slot:
@@ -131,6 +141,10 @@ def _size(chunks: list[bytes]) -> int:
     for chunk in chunks:
         n += len(chunk)
     return n
+
+
+#: Commands whose latency is sampled, by kind.
+_LATENCY_KIND: Final = {p.Get: GET, p.MetaGet: GET, p.Store: SET, p.MetaSet: SET}
 
 
 @implementer(interfaces.IPushProducer)
@@ -279,6 +293,7 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         try:
             parser = self.parser
             handler = self.handler
+            sampler = self.factory.latency
             while not self._closing and not self._output_paused:
                 if self._held is not None:
                     if self._must_wait(self._held_write):
@@ -306,10 +321,10 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
                     self._closing = True
                     break
                 try:
-                    answer = handler.execute(cmd)  # type: ignore[arg-type]
-                except Exception:
-                    log.exception("command %r failed", cmd)
-                    answer = E_INTERNAL
+                    answer = (self._timed(cmd) if sampler.due()  # type: ignore[arg-type]
+                              else handler.execute(cmd))  # type: ignore[arg-type]
+                except Exception as exc:
+                    answer = _failed(exc, cmd)
                 self._answer(answer, cmd)
                 if isinstance(cmd, p.ProtocolError) and cmd.fatal:
                     self._closing = True
@@ -323,6 +338,25 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         self._flush()
         if self._closing:
             self._maybe_close()
+
+    def _timed(self, cmd: p.Command) -> Answer:
+        """Execute ``cmd`` and count its latency (a sampled get or set; see
+        :class:`~objstore.stats.LatencySampler`): a read's service time, a write's time
+        to its durable reply."""
+        kind = _LATENCY_KIND.get(type(cmd))
+        if kind is None:
+            return self.handler.execute(cmd)
+        record = self.factory.latency.record
+        started = time.perf_counter()
+        answer = self.handler.execute(cmd)
+        if isinstance(answer, defer.Deferred):
+            def done(result: object) -> object:
+                record(kind, time.perf_counter() - started)
+                return result
+            answer.addBoth(done)
+        else:
+            record(kind, time.perf_counter() - started)
+        return answer
 
     def _answer(self, answer: Answer, cmd: p.Command | p.NeedData) -> None:
         if answer is None:
@@ -397,8 +431,12 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
             # connectionLost cancelled it: nobody is waiting for the reply.
             self._answer_done(None, slot)
             return
-        log.error("command failed: %s", reason.getTraceback())
-        self._answer_done(E_INTERNAL, slot)
+        exc = reason.value if reason.value is not None else Exception("unknown failure")
+        if kind_of(exc) is None:
+            log.error("command failed: %s", reason.getTraceback())
+        else:
+            log.warning("command failed: %s", reason.getErrorMessage())
+        self._answer_done(error_reply(exc), slot)
 
     def _drain(self) -> None:
         """Move finished slots at the head of the FIFO to the output."""
@@ -545,6 +583,7 @@ class ObjstoreFactory(Factory):
         self.clock = clock
         self.open_connections = 0
         self.protocols: set[ObjstoreProtocol] = set()
+        self.latency = LatencySampler(counters)
         self.limits = p.Limits(max_line=config.max_line, max_item_size=config.max_item_size)
 
     def buildProtocol(self, addr: Any) -> ObjstoreProtocol:  # type: ignore[override]

@@ -14,7 +14,7 @@ import mmap
 import os
 import random
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -49,6 +49,20 @@ _COMMIT_BUCKET_NAMES: Final = tuple(f"commit_bucket_{i}" for i in range(len(COMM
 STORE_NAMES: Final = ("commits", "committed_ops", "reclaimed", "commit_microseconds",
                       *_COMMIT_BUCKET_NAMES)
 
+#: Upper bounds (seconds) of the sampled request-latency histograms (a get's service time:
+#: the store lookup and the reply, page faults included; a set's time to its durable
+#: reply, group commit included); +Inf is implied.
+LATENCY_BUCKETS: Final = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05,
+                          0.1, 0.25, 1.0)
+#: Request kinds with a latency histogram, in the order of :data:`LATENCY_NAMES`.
+LATENCY_KINDS: Final = ("get", "set")
+GET: Final = 0
+SET: Final = 1
+LATENCY_NAMES: Final = tuple(f"{kind}_latency_bucket_{i}" for kind in LATENCY_KINDS
+                             for i in range(len(LATENCY_BUCKETS) + 1))
+#: Requests timed: one in this many, on average.
+LATENCY_SAMPLE: Final = 16
+
 
 def count_commit(counts: dict[str, int], seconds: float, ops: int) -> None:
     """Count one committed write transaction of ``ops`` ops that took ``seconds`` to
@@ -62,7 +76,7 @@ def count_commit(counts: dict[str, int], seconds: float, ops: int) -> None:
 class Counters:
     """Counters of this process.  ``ops[i]`` counts commands named ``OP_NAMES[i]``."""
 
-    __slots__ = (*COUNTER_NAMES, "ops", "store")
+    __slots__ = (*COUNTER_NAMES, "latency", "ops", "store")
     cmd_get: int
     cmd_set: int
     cmd_flush: int
@@ -96,16 +110,21 @@ class Counters:
     ops: list[int]
     #: The store's counts (STORE_NAMES), copied from it by :meth:`sync_store`.
     store: list[int]
+    #: Sampled request latencies (LATENCY_NAMES), counted by :class:`LatencySampler`.
+    latency: list[int]
 
     def __init__(self) -> None:
         for name in COUNTER_NAMES:
             setattr(self, name, 0)
         self.ops = [0] * len(OP_NAMES)
         self.store = [0] * len(STORE_NAMES)
+        self.latency = [0] * len(LATENCY_NAMES)
 
     def snapshot(self) -> list[int]:
-        """All values in a fixed order: COUNTER_NAMES, OP_NAMES, STORE_NAMES."""
-        return [getattr(self, n) for n in COUNTER_NAMES] + self.ops + self.store
+        """All values in a fixed order: COUNTER_NAMES, OP_NAMES, STORE_NAMES,
+        LATENCY_NAMES."""
+        return [getattr(self, n) for n in COUNTER_NAMES] + self.ops + self.store + \
+            self.latency
 
     def sync_store(self, counts: dict[str, int]) -> None:
         """Copy the store's counts (its ``counters``) for sharing."""
@@ -117,6 +136,7 @@ class Counters:
         for name in COUNTER_NAMES:
             setattr(self, name, 0)
         self.ops = [0] * len(OP_NAMES)
+        self.latency = [0] * len(LATENCY_NAMES)
         self.curr_connections = keep
 
 
@@ -135,12 +155,69 @@ def connection_rows(connections: Iterable[tuple[str, str, int]]
 
 def totals(snapshots: Iterable[Sequence[int]]) -> dict[str, int]:
     """Sum snapshots from several workers into ``{name: value}`` (ops as ``ops_<name>``)."""
-    names = [*COUNTER_NAMES, *(f"ops_{n}" for n in OP_NAMES), *STORE_NAMES]
+    names = [*COUNTER_NAMES, *(f"ops_{n}" for n in OP_NAMES), *STORE_NAMES, *LATENCY_NAMES]
     sums = [0] * len(names)
     for snap in snapshots:
         for i, v in enumerate(snap):
             sums[i] += v
     return dict(zip(names, sums, strict=True))
+
+
+def histogram(figures: Mapping[str, int], prefix: str, buckets: int) -> list[int]:
+    """The counts of one histogram (``<prefix>0`` .. ``<prefix><buckets>``) from
+    :func:`totals`' figures."""
+    return [figures.get(f"{prefix}{i}", 0) for i in range(buckets + 1)]
+
+
+def quantile(bounds: Sequence[float], before: Sequence[int], after: Sequence[int],
+             q: float) -> float:
+    """The ``q`` quantile (0..1) of what a cumulative histogram counted between two
+    readings: the upper bound of the bucket holding it (the last bound for the +Inf
+    bucket), 0.0 when nothing was counted."""
+    deltas = [max(a - b, 0) for a, b in zip(after, before, strict=True)]
+    total = sum(deltas)
+    if not total:
+        return 0.0
+    rank = q * total
+    seen = 0
+    for i, count in enumerate(deltas):
+        seen += count
+        if seen >= rank:
+            return bounds[min(i, len(bounds) - 1)]
+    return bounds[-1]
+
+
+class LatencySampler:
+    """Times one request in :data:`LATENCY_SAMPLE` (on average) into ``counters.latency``.
+
+    The hot path pays one decrement (:meth:`due`); the gap to the next timed request is
+    drawn at random so a client's regular pattern cannot hide its slow requests.
+    """
+
+    __slots__ = ("_countdown", "_rng", "counters", "sample")
+
+    def __init__(self, counters: Counters, sample: int = LATENCY_SAMPLE,
+                 rng: random.Random | None = None) -> None:
+        self.counters = counters
+        self.sample = sample
+        self._rng = rng or random.Random()
+        self._countdown = self._gap()
+
+    def _gap(self) -> int:
+        return self._rng.randint(1, 2 * self.sample - 1) if self.sample > 1 else 1
+
+    def due(self) -> bool:
+        """True when the next request is to be timed."""
+        self._countdown -= 1
+        if self._countdown:
+            return False
+        self._countdown = self._gap()
+        return True
+
+    def record(self, kind: int, seconds: float) -> None:
+        """Count one timed request of ``kind`` (:data:`GET` or :data:`SET`)."""
+        offset = kind * (len(LATENCY_BUCKETS) + 1)
+        self.counters.latency[offset + bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
 
 class HotKeys:
@@ -191,7 +268,7 @@ class HotKeys:
 
 # -- sharing between worker processes ---------------------------------------------------
 
-_NUMBERS: Final = len(COUNTER_NAMES) + len(OP_NAMES) + len(STORE_NAMES)
+_NUMBERS: Final = len(COUNTER_NAMES) + len(OP_NAMES) + len(STORE_NAMES) + len(LATENCY_NAMES)
 _HOT_BYTES: Final = 16 * 1024
 # slot: <Q sequence><Q pid><numbers * Q><I hot length><hot bytes>
 _SLOT_HEAD: Final = struct.Struct(f"<QQ{_NUMBERS}QI")
@@ -269,6 +346,17 @@ class SharedSlots:
             if struct.unpack_from("<Q", self._map, offset)[0] == seq1:
                 return list(head[2:-1]), _decode_hot(hot)
         return None
+
+    def pids(self) -> list[int]:
+        """The process ids of the other workers that have published (for their CPU and
+        I/O figures)."""
+        out = []
+        for i in range(self.workers):
+            if i != self.index:
+                pid = struct.unpack_from("<Q", self._map, i * SLOT_SIZE + 8)[0]
+                if pid:
+                    out.append(pid)
+        return out
 
     def others(self) -> list[tuple[list[int], list[tuple[bytes, int]]]]:
         out = []

@@ -15,9 +15,9 @@ import json
 import asyncpg
 
 from metadata.db import translate_errors
-from metadata.errors import SchemaError, Unavailable
 from metadata.migrate import migrate_dsn, status_dsn
-from ops.cli import EX_CONFIG, EX_OK, EX_UNAVAILABLE, CommandContext
+from ops.cli import EX_CONFIG, EX_OK, CommandContext
+from ops.exitcodes import FAILURES, fail
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,16 +35,12 @@ def run(ctx: CommandContext) -> int:
             if ctx.args.action == "migrate":
                 return _migrate(ctx, dsn)
             return _status(ctx, dsn)
-    except Unavailable as exc:
-        ctx.warn(f"objmail db {ctx.args.action}: {exc}")
-        return EX_UNAVAILABLE
     except asyncpg.exceptions.InvalidCatalogNameError as exc:
         ctx.warn(f"objmail db {ctx.args.action}: {exc}; create it first "
                  "(`createdb`, or `objmail dev up` for a local cluster)")
         return EX_CONFIG
-    except SchemaError as exc:
-        ctx.warn(f"objmail db {ctx.args.action}: {exc}")
-        return EX_CONFIG
+    except FAILURES as exc:
+        return fail(ctx, exc, f"objmail db {ctx.args.action}")
 
 
 def _migrate(ctx: CommandContext, dsn: str) -> int:

@@ -1,9 +1,10 @@
 """``objmail deliver --user U [--mailbox M]``: a local delivery agent reading stdin.
 
 Like an LDA (dovecot-lda, procmail) for an MTA's pipe transport or for scripts.
-Exit codes follow sysexits.h, so an MTA bounces permanent failures and retries
-temporary ones: 0 delivered, 67 no such user, 73 no such mailbox, 77 over quota,
-65 message too big, 75 temporary failure (PostgreSQL or object servers).
+Exit codes follow sysexits.h (:mod:`ops.exitcodes`), so an MTA bounces permanent failures
+and retries temporary ones: 0 delivered, 67 no such user, 73 no such mailbox, 77 over quota,
+65 message too big, 75 temporary failure (PostgreSQL, Redis Cluster or object servers), 78
+misconfigured (schema not migrated: retried too), 64 a bad --flag.
 """
 
 from __future__ import annotations
@@ -14,15 +15,11 @@ import datetime as dt
 import sys
 
 from director.client import BlobClient
-from director.errors import DirectorError
-from metadata.delivery import Deliverer, MessageTooBig
-from metadata.errors import MetadataError, NoSuchMailbox, NoSuchUser, OverQuota
+from metadata.delivery import Deliverer
 from metadata.flags import InvalidFlag
 from metadata.store import MetadataStore
-from ops.cli import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE, CommandContext
-
-EX_CANTCREAT = 73
-EX_NOPERM = 77
+from ops.cli import CommandContext
+from ops.exitcodes import EX_DATAERR, EX_OK, EX_TEMPFAIL, EX_USAGE, FAILURES, fail
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,21 +59,8 @@ def run(ctx: CommandContext) -> int:
 
     try:
         return asyncio.run(deliver())
-    except NoSuchUser as exc:
-        ctx.warn(f"objmail deliver: {exc}")
-        return EX_NOUSER
-    except NoSuchMailbox as exc:
-        ctx.warn(f"objmail deliver: {exc}")
-        return EX_CANTCREAT
-    except OverQuota as exc:
-        ctx.warn(f"objmail deliver: {exc}")
-        return EX_NOPERM
-    except MessageTooBig as exc:
-        ctx.warn(f"objmail deliver: {exc}")
-        return EX_DATAERR
-    except InvalidFlag as exc:
+    except InvalidFlag as exc:  # from our command line, not from the message
         ctx.warn(f"objmail deliver: {exc}")
         return EX_USAGE
-    except (MetadataError, DirectorError, OSError) as exc:
-        ctx.warn(f"objmail deliver: temporary failure: {exc}")
-        return EX_TEMPFAIL
+    except FAILURES as exc:  # an MTA retries 75 and bounces 69: outages are temporary
+        return fail(ctx, exc, "objmail deliver", unavailable=EX_TEMPFAIL)

@@ -30,6 +30,7 @@ from secrets import token_urlsafe
 from typing import Any
 from urllib.parse import urlsplit
 
+from director.keyring import Keyring, write_keyring
 from ops import binaries
 from ops.config import Config, parse_hostport, to_toml
 from ops.launcher import (
@@ -99,7 +100,8 @@ class DevCluster:
     def __init__(self, config: Config, run_dir: Path, options: DevOptions | None = None) -> None:
         self.run_dir = run_dir.resolve()
         self.options = options or DevOptions()
-        self.config = self._with_dev_credentials(self._with_dev_tls(config))
+        self.config = self._with_dev_keyring(self._with_dev_credentials(
+            self._with_dev_tls(config)))
         self.launcher = Launcher(self.run_dir)
         self.config_path = self.run_dir / "objmail.toml"
         self._credentials: Credentials | None = None
@@ -119,6 +121,20 @@ class DevCluster:
         return dataclasses.replace(config, imapd=dataclasses.replace(
             imapd, tls_cert=str(cert), tls_key=str(key),
             allow_plaintext_auth=imapd.allow_plaintext_auth or loopback))
+
+    @property
+    def keyring_path(self) -> Path:
+        """The dev cluster's keyring, made by :meth:`ensure_secrets` when missing."""
+        return self.secrets_dir / "keyring.toml"
+
+    def _with_dev_keyring(self, config: Config) -> Config:
+        """Point the director at the cluster's own keyring unless the config names one
+        (or runs without encryption on purpose): encryption is on by default."""
+        director = config.director
+        if director.keyring_file or director.allow_plaintext:
+            return config
+        return dataclasses.replace(config, director=dataclasses.replace(
+            director, keyring_file=str(self.keyring_path)))
 
     @property
     def tls_paths(self) -> tuple[Path, Path]:
@@ -145,14 +161,19 @@ class DevCluster:
         return dataclasses.replace(config, cluster=dataclasses.replace(cluster, **changes))
 
     def ensure_secrets(self) -> None:
-        """Create the generated password files that do not exist yet (0600, in a 0700
-        directory); a file the config names outside :attr:`secrets_dir` is the operator's."""
+        """Create the generated password files and keyring that do not exist yet (0600,
+        in a 0700 directory); a file the config names outside :attr:`secrets_dir` is the
+        operator's."""
         cluster = self.config.cluster
         for name in (cluster.redis_password_file, cluster.pg_password_file):
             path = Path(name) if name else None
             if path is not None and path.parent == self.secrets_dir and not path.exists():
                 private_dir(self.secrets_dir)
                 write_secret(path, token_urlsafe(32))
+        if Path(self.config.director.keyring_file) == self.keyring_path \
+                and not self.keyring_path.exists():
+            private_dir(self.secrets_dir)
+            write_keyring(self.keyring_path, Keyring.generate())
 
     @property
     def credentials(self) -> Credentials:
@@ -486,7 +507,7 @@ class DevCluster:
 
     def write_config(self) -> Path:
         """The config every daemon of this cluster reads (``var/objmail.toml``), and the
-        password files it names."""
+        password files and keyring it names."""
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.ensure_secrets()
         text = (f"{DEV_CONFIG_HEADER}; every daemon of this cluster reads it.\n"

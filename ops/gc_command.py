@@ -21,9 +21,10 @@ from dataclasses import asdict
 from director.client import BlobClient
 from director.collector import RUN_FIELDS, Collector, GcStats
 from director.jobstate import number
-from metadata.errors import MetadataError
+from metadata.errors import Unavailable
 from metadata.store import MetadataStore
 from ops.cli import EX_OK, EX_TEMPFAIL, EX_USAGE, CommandContext
+from ops.exitcodes import fail
 from ops.jobrun import (
     EX_INTERRUPTED,
     ProgressLine,
@@ -60,13 +61,8 @@ def run(ctx: CommandContext) -> int:
         return EX_USAGE
 
     async def work(client: BlobClient, stop: StopFlag) -> int:
-        try:
-            store = await MetadataStore.open(ctx.config.cluster.pg_dsn, pool_min=1,
-                                             pool_max=2,
-                                             password=ctx.credentials.pg_password)
-        except (MetadataError, OSError) as exc:
-            ctx.warn(f"objmail: PostgreSQL is unavailable: {exc}")
-            return EX_TEMPFAIL
+        store = await MetadataStore.open(ctx.config.cluster.pg_dsn, pool_min=1, pool_max=2,
+                                         password=ctx.credentials.pg_password)
         try:
             # metadata's References is the collector's ReferenceChecker.
             collector = Collector(client, store.references, grace=ctx.args.grace)
@@ -77,9 +73,8 @@ def run(ctx: CommandContext) -> int:
             if ctx.args.cancel:
                 return await cancel_run(ctx, collector, RUN_FIELDS)
             return await collect(ctx, collector, stop)
-        except MetadataError as exc:
-            ctx.warn(f"objmail: PostgreSQL: {exc}; run gc again to resume")
-            return EX_TEMPFAIL
+        except Unavailable as exc:  # PostgreSQL went away during the run
+            return fail(ctx, exc, hint="run gc again to resume")
         finally:
             await store.close()
 

@@ -20,19 +20,24 @@ from dataclasses import asdict
 from pathlib import Path
 
 from director.client import BlobClient
-from director.errors import DirectorError
 from metadata.delivery import Deliverer
-from metadata.errors import MetadataError, NoSuchMailbox, NoSuchUser, OverQuota
+from metadata.errors import NoSuchMailbox, OverQuota
 from metadata.mailboxnames import INBOX
 from metadata.store import MetadataStore
-from ops.cli import EX_DATAERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, CommandContext
-from ops.deliver_command import EX_CANTCREAT, EX_NOPERM
-from ops.director_exit import DIRECTOR_FAILURES, director_exit
+from ops.cli import CommandContext
+from ops.exitcodes import (
+    EX_DATAERR,
+    EX_INTERRUPTED,
+    EX_NOINPUT,
+    EX_OK,
+    EX_TEMPFAIL,
+    FAILURES,
+    exit_code,
+    fail,
+)
 from ops.importer import Importer, ImportStats
-from ops.jobrun import EX_INTERRUPTED, ProgressLine, StopFlag, human
+from ops.jobrun import ProgressLine, StopFlag, human
 from ops.mailsource import SourceError, SourceFolder, discover
-
-EX_NOINPUT = 66
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -82,7 +87,7 @@ def run(ctx: CommandContext) -> int:
                                     progress=progress)
                 try:
                     return await importer.run(folders), None
-                except (MetadataError, DirectorError, OSError) as exc:
+                except FAILURES as exc:
                     return importer.stats, exc
             finally:
                 await blobs.aclose()
@@ -92,14 +97,8 @@ def run(ctx: CommandContext) -> int:
 
     try:
         stats, failure = asyncio.run(work())
-    except NoSuchUser as exc:
-        ctx.warn(f"objmail import: {exc}")
-        return EX_NOUSER
-    except DIRECTOR_FAILURES as exc:  # the index or registry refused: not a retry case
-        return director_exit(ctx, exc)
-    except (MetadataError, DirectorError, OSError) as exc:
-        ctx.warn(f"objmail import: temporary failure: {exc}")
-        return EX_TEMPFAIL
+    except FAILURES as exc:  # before any message: an outage is worth a rerun (75)
+        return fail(ctx, exc, "objmail import", unavailable=EX_TEMPFAIL)
     finally:
         line.done()
     report(ctx, stats)
@@ -112,15 +111,16 @@ def run(ctx: CommandContext) -> int:
 
 
 def failed(ctx: CommandContext, exc: BaseException) -> int:
+    """End an import stopped by ``exc`` after its report, saying how to go on."""
     if isinstance(exc, NoSuchMailbox):
-        ctx.warn(f"objmail import: {exc} (leave out --no-create to create it)")
-        return EX_CANTCREAT
-    if isinstance(exc, OverQuota):
-        ctx.warn(f"objmail import: {exc}; stopped (raise the quota and run again)")
-        return EX_NOPERM
-    ctx.warn(f"objmail import: temporary failure: {exc}; run the same command again to "
-             "resume")
-    return EX_TEMPFAIL
+        hint = "leave out --no-create to create it"
+    elif isinstance(exc, OverQuota):
+        hint = "stopped (raise the quota and run again)"
+    elif exit_code(exc, unavailable=EX_TEMPFAIL) == EX_TEMPFAIL:
+        hint = "run the same command again to resume"
+    else:
+        hint = ""
+    return fail(ctx, exc, "objmail import", unavailable=EX_TEMPFAIL, hint=hint)
 
 
 def report(ctx: CommandContext, stats: ImportStats) -> None:

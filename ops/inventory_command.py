@@ -21,10 +21,11 @@ from typing import Any
 
 from director.client import BlobClient
 from director.inventory import Inventory, InventoryStats, Reclaim
-from metadata.errors import MetadataError
+from metadata.errors import Unavailable
 from metadata.store import MetadataStore
 from ops.cli import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, CommandContext
 from ops.config import ConfigError
+from ops.exitcodes import fail
 from ops.jobrun import EX_INTERRUPTED, StopFlag, parse_rate, run_job
 
 
@@ -64,18 +65,12 @@ def run(ctx: CommandContext) -> int:
     async def work(client: BlobClient, stop: StopFlag) -> int:
         if not ctx.args.fix:
             return await inventory(ctx, client, stop, None)
-        try:
-            store = await MetadataStore.open(ctx.config.cluster.pg_dsn, pool_min=1,
-                                             pool_max=2)
-        except (MetadataError, OSError) as exc:
-            ctx.warn(f"objmail: PostgreSQL is unavailable: {exc}")
-            return EX_TEMPFAIL
+        store = await MetadataStore.open(ctx.config.cluster.pg_dsn, pool_min=1, pool_max=2)
         try:
             # metadata's References is the fix's ReferenceChecker.
             return await inventory(ctx, client, stop, Reclaim(store.references, grace, rate))
-        except MetadataError as exc:
-            ctx.warn(f"objmail: PostgreSQL: {exc}; run the command again to resume")
-            return EX_TEMPFAIL
+        except Unavailable as exc:  # PostgreSQL went away during the run
+            return fail(ctx, exc, hint="run the command again to resume")
         finally:
             await store.close()
 

@@ -4,7 +4,7 @@ Shared by ``objmail repair``, ``objmail level`` and ``objmail node drain --wait`
 a blob client, turn the first Ctrl-C into a stop request that the pass honours at its
 next checkpoint (so only the item in hand is at stake, and a rerun resumes from the
 saved cursor; a second Ctrl-C aborts at once), draw a progress line on a terminal, and
-map the director's errors to exit codes.
+map errors to exit codes (:mod:`ops.exitcodes`).
 """
 
 from __future__ import annotations
@@ -21,21 +21,14 @@ from typing import Any
 
 from director.background import BackgroundJob, PassStats
 from director.client import BlobClient
-from director.errors import LeaseHeld, LeaseLost
 from director.jobstate import JobState
-from director.redisconn import RetryPolicy
-from ops.cli import (
-    EX_OK,
-    EX_TEMPFAIL,
-    CommandContext,
-)
+from ops.cli import CommandContext
 from ops.config import ConfigError, parse_size
-from ops.director_exit import DIRECTOR_FAILURES, director_exit
+from ops.exitcodes import EX_INTERRUPTED, EX_OK, EX_TEMPFAIL, FAILURES, fail
+from ops.node_command import CLI_RETRY
 
-#: An operator waits this long for an unreachable Redis before being told so.
-CLI_RETRY = RetryPolicy(deadline=10.0)
-#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
-EX_INTERRUPTED = 130
+__all__ = ["CLI_RETRY", "EX_INTERRUPTED", "ProgressLine", "StopFlag", "add_run_arguments",
+           "cancel_run", "combine", "human", "parse_rate", "run_job", "when"]
 
 
 class StopFlag:
@@ -135,14 +128,8 @@ def run_job(ctx: CommandContext,
     except asyncio.CancelledError:
         ctx.warn("objmail: aborted")
         return EX_INTERRUPTED
-    except LeaseHeld as exc:
-        ctx.warn(f"objmail: {exc}; try again later")
-        return EX_TEMPFAIL
-    except LeaseLost as exc:
-        ctx.warn(f"objmail: {exc}; another director carries the job on")
-        return EX_TEMPFAIL
-    except DIRECTOR_FAILURES as exc:
-        return director_exit(ctx, exc)
+    except FAILURES as exc:
+        return fail(ctx, exc)
 
 
 async def cancel_run(ctx: CommandContext, job: BackgroundJob[Any], fields: Sequence[str]) -> int:
@@ -162,7 +149,8 @@ async def cancel_run(ctx: CommandContext, job: BackgroundJob[Any], fields: Seque
 
 
 #: Integer stats that are levels, not counts: a combined result keeps the last one.
-GAUGES = frozenset({"total", "cursor", "buckets", "remaining", "backlog"})
+GAUGES = frozenset({"total", "cursor", "buckets", "remaining", "backlog", "urgent",
+                    "full_sweep_left", "to_move"})
 
 
 def combine(passes: list[Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""``objmail node add|list|drain|activate|remove``: the object servers in the registry.
+"""``objmail node add|list|drain|activate|dead|remove``: the object servers in the registry.
 
 Registration is explicit (see :mod:`director.registry`): an object server that
 reports to Redis but was never added is listed as ``new`` and gets no blobs.
@@ -13,20 +13,15 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
-from director.errors import RemoveRefused
 from director.nodes import Node, NodeState
 from director.redisconn import RetryPolicy
 from director.redisstate import RedisState
 from director.registry import remove_node
-from ops.cli import (
-    EX_DATAERR,
-    EX_OK,
-    EX_TEMPFAIL,
-    CommandContext,
-)
-from ops.director_exit import DIRECTOR_FAILURES, director_exit
+from ops.cli import CommandContext
+from ops.exitcodes import EX_DATAERR, EX_INTERRUPTED, EX_OK, EX_TEMPFAIL, FAILURES, fail
 
-#: An operator waits this long for an unreachable Redis before being told so.
+#: An operator waits this long for a Redis Cluster in trouble before being told so (one
+#: that cannot be reached at all is reported after RetryPolicy.unreachable seconds).
 CLI_RETRY = RetryPolicy(deadline=10.0)
 
 
@@ -39,8 +34,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.add_argument("--zone", required=True, help="failure domain (replicas spread over zones)")
     add.add_argument("--tier", required=True, help="storage class, e.g. ssd or hdd")
     add.add_argument("--weight", type=float, default=1.0,
-                     help="relative share of new blobs; make it proportional to capacity "
-                          "for mixed hardware (default 1)")
+                     help="relative share of new blobs on top of the node's capacity "
+                          "share, which its load reports give (default 1)")
     add.add_argument("--id", dest="node_id",
                      help="node id (default: the id the object server at ADDR reports)")
     add.set_defaults(handler=run_add)
@@ -64,6 +59,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     activate.add_argument("node_id", metavar="ID")
     activate.set_defaults(handler=run_activate)
 
+    dead = actions.add_parser("dead", help="declare a node gone (disk lost, machine "
+                                           "dead): repair replaces its copies now, without "
+                                           "waiting for director.repair_down_grace")
+    dead.add_argument("node_id", metavar="ID")
+    dead.set_defaults(handler=run_dead)
+
     remove = actions.add_parser("remove", help="remove a node for good (refused while it "
                                                "holds the only copy of any blob)")
     remove.add_argument("node_id", metavar="ID")
@@ -81,11 +82,8 @@ def with_state(ctx: CommandContext, work: Callable[[RedisState], Awaitable[int]]
 
     try:
         return asyncio.run(main())
-    except RemoveRefused as exc:
-        ctx.warn(f"objmail: refused: {exc}")
-        return EX_TEMPFAIL
-    except DIRECTOR_FAILURES as exc:
-        return director_exit(ctx, exc)
+    except FAILURES as exc:
+        return fail(ctx, exc)
 
 
 def progress_printer(ctx: CommandContext, what: str) -> Callable[[int, int], None]:
@@ -163,13 +161,20 @@ def node_json(node: Node, now: float) -> dict[str, Any]:
         "used_bytes": r.used_bytes if r else None,
         "items": r.items if r else None,
         "ops_per_sec": r.ops_per_sec if r else None,
+        "fs_free_bytes": r.fs_free_bytes if r and r.fs_free_bytes >= 0 else None,
+        "cpu_process": r.cpu_process if r else None,
+        "cpu_host": r.cpu_host if r else None,
+        "io_bps": r.io_bps if r else None,
+        "disk_util": r.disk_util if r else None,
+        "get_p99_ms": r.get_p99_ms if r else None,
+        "set_p99_ms": r.set_p99_ms if r else None,
         "report_age": round(max(0.0, now - r.reported_at), 1) if r else None,
     }
 
 
 def node_table(nodes: list[Node], now: float) -> list[str]:
     header = ("ID", "NUM", "ADDRESS", "ZONE", "TIER", "STATE", "USED/CAPACITY", "ITEMS",
-              "OPS/S", "REPORT")
+              "OPS/S", "CPU", "IO/S", "REPORT")
     rows = [header]
     for n in nodes:
         r = n.report
@@ -179,8 +184,10 @@ def node_table(nodes: list[Node], now: float) -> list[str]:
             f"{human_bytes(r.used_bytes)}/{human_bytes(r.capacity_bytes)}" if r else "-",
             str(r.items) if r else "-",
             f"{r.ops_per_sec:.1f}" if r else "-",
+            f"{r.cpu_process:.2f}" if r else "-",
+            human_bytes(int(r.io_bps)) if r else "-",
             f"{human_age(now - r.reported_at)} ago" if r else "none"))
-    return format_table(rows, right={1, 7, 8})
+    return format_table(rows, right={1, 7, 8, 9, 10})
 
 
 def format_table(rows: Sequence[Sequence[str]], right: Collection[int] = ()) -> list[str]:
@@ -245,7 +252,7 @@ def drain_until_empty(ctx: CommandContext, node_id: str) -> int:
     names, 130 after Ctrl-C (a rerun resumes)."""
     from director.drainer import Drainer, DrainStats
     from director.errors import LeaseHeld
-    from ops.jobrun import EX_INTERRUPTED, ProgressLine, combine, human, run_job
+    from ops.jobrun import ProgressLine, combine, human, run_job
 
     async def work(client: Any, stop: Any) -> int:
         drainer = Drainer(client, node_id)
@@ -311,6 +318,23 @@ def run_activate(ctx: CommandContext) -> int:
     async def work(state: RedisState) -> int:
         node = await state.registry.activate(ctx.args.node_id)
         ctx.say(f"node {node.id} is active again (state {node.state})")
+        return EX_OK
+
+    return with_state(ctx, work)
+
+
+def run_dead(ctx: CommandContext) -> int:
+    async def work(state: RedisState) -> int:
+        before = await state.registry.get(ctx.args.node_id)
+        node = await state.registry.dead(ctx.args.node_id)
+        items = f"its {before.report.items} blobs" if before.report else "its blobs"
+        ctx.say(f"node {node.id} is dead: its copies no longer count, and the directors' "
+                f"repair re-replicates {items} now (objmail repair does it in the "
+                f"foreground); objmail node remove {node.id} once that is done, or objmail "
+                f"node activate {node.id} if it comes back intact")
+        if before.report is not None and not before.report.stale:
+            ctx.warn(f"note: {node.id} still reports to Redis; it gets no reads or writes "
+                     "from now on")
         return EX_OK
 
     return with_state(ctx, work)

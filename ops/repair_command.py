@@ -1,4 +1,5 @@
-"""``objmail repair [--once] [--json]``: bring under-replicated blobs back to full copies.
+"""``objmail repair [--once] [--json] [--rate R]``: bring under-replicated blobs back to
+full copies.
 
 Runs the directors' repair job (:mod:`director.repairer`) in the foreground, under the
 job's lease: when a directord is running it at that moment, the command says so and
@@ -17,6 +18,7 @@ from director.client import BlobClient
 from director.repairer import Repairer, RepairStats
 from ops.cli import EX_OK, EX_TEMPFAIL, CommandContext
 from ops.jobrun import EX_INTERRUPTED, ProgressLine, StopFlag, combine, human, run_job
+from ops.level_command import rate
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,12 +27,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--once", action="store_true",
                         help="one pass (a slice of the index sweep and the due queue)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--rate", type=rate, metavar="BYTES",
+                        help="bytes/s copied at most, e.g. 100M; 0 = no limit (default "
+                             "director.repair_rate; copies replacing those of a dead node "
+                             "are never held back)")
     parser.set_defaults(handler=run)
 
 
 def run(ctx: CommandContext) -> int:
     async def work(client: BlobClient, stop: StopFlag) -> int:
-        repairer = Repairer(client)
+        repairer = Repairer(client, rate=ctx.args.rate)
         line = ProgressLine(ctx, "repair")
         passes: list[RepairStats] = []
         wrapped = False
@@ -40,7 +46,7 @@ def run(ctx: CommandContext) -> int:
                 passes.append(stats)
                 wrapped = wrapped or stats.sweep_wrapped
                 if ctx.args.once or stop() or stats.interrupted \
-                        or (wrapped and not stats.claimed):
+                        or (wrapped and not stats.claimed and not stats.full_sweep_left):
                     break
         finally:
             line.done()
@@ -54,6 +60,7 @@ def run(ctx: CommandContext) -> int:
 
 def report(ctx: CommandContext, passes: list[RepairStats]) -> None:
     total = combine(passes)
+    total["lost_nodes"] = passes[-1].lost_nodes
     if ctx.args.json:
         ctx.say(json.dumps(total, indent=2))
         return
@@ -61,9 +68,11 @@ def report(ctx: CommandContext, passes: list[RepairStats]) -> None:
             f"pass(es): {total['repaired']} repaired ({total['copies_made']} new copies, "
             f"{total['rewritten']} rewritten in place, {human(total['bytes'])}), "
             f"{total['whole']} already whole, {total['gone']} collected")
+    lost = f" (lost node(s): {', '.join(total['lost_nodes'])})" if total["lost_nodes"] else ""
     ctx.say(f"index sweep: {total['swept_buckets']} bucket(s) checked, "
-            f"{total['sweep_queued']} blob(s) found short of copies; "
-            f"{total['backlog']} left in the queue")
+            f"{total['sweep_queued']} blob(s) found short of copies, "
+            f"{total['sweep_last_copy']} of them down to one{lost}; "
+            f"{total['backlog']} left in the queue ({total['urgent']} short of copies)")
     if total["unrepairable"] or total["lost"]:
         ctx.warn(f"warning: {total['unrepairable']} blob(s) could not be repaired now (no "
                  f"good copy reachable, or too few nodes; retried later), "

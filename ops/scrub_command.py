@@ -6,7 +6,8 @@ stops after the page of index buckets in hand; running the command again resumes
 same run where it stopped, its counters intact.  ``--status`` shows a run in progress;
 ``--cancel`` forgets it, so the next invocation starts from the first bucket.  Exits 0
 when every copy verified, 75 when some were bad (queued for repair: ``objmail repair``,
-or a directord, rewrites them) or could not be asked.
+or a directord, rewrites them) or could not be asked, 78 when the keyring lacks a key
+some copy is sealed under (nothing is queued for it).
 """
 
 from __future__ import annotations

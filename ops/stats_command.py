@@ -14,14 +14,15 @@ import asyncio
 import json
 from dataclasses import asdict, dataclass
 
-from director.errors import DirectorError
 from director.memcache_client import NodeAddress, NodeClient, NodeError
 from director.nodes import Node, NodeState
+from director.redisconn import RetryPolicy
 from director.redisstate import RedisState
-from metadata.errors import MetadataError
 from metadata.store import MetadataStore
-from ops.cli import EX_OK, EX_TEMPFAIL, CommandContext
+from ops.cli import EX_OK, CommandContext
 from ops.config import Config, parse_hostport
+from ops.exitcodes import FAILURES, fail
+from ops.node_command import CLI_RETRY
 from runtime.secrets import Credentials
 
 
@@ -54,15 +55,20 @@ async def node_bytes(node: Node, timeout: float) -> int | None:
         await client.close()
 
 
-async def collect(config: Config, credentials: Credentials) -> StorageStats:
-    """Gather the figures from PostgreSQL, the registry, the index and the nodes."""
+async def collect(config: Config, credentials: Credentials, *,
+                  retry: RetryPolicy | None = None) -> StorageStats:
+    """Gather the figures from PostgreSQL, the registry, the index and the nodes.
+
+    :param retry: how long Redis operations are retried (the command waits less than the
+        daemons' default).
+    """
     store = await MetadataStore.open(config.cluster.pg_dsn, pool_min=1, pool_max=2,
                                      password=credentials.pg_password)
     try:
         totals = await store.users.totals()
     finally:
         await store.close()
-    async with await RedisState.open(config.cluster, config.director,
+    async with await RedisState.open(config.cluster, config.director, retry=retry,
                                      auth=credentials.redis) as state:
         nodes = [n for n in (await state.registry.snapshot()).nodes
                  if n.state is not NodeState.REMOVED]
@@ -89,10 +95,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(ctx: CommandContext) -> int:
     try:
-        stats = asyncio.run(collect(ctx.config, ctx.credentials))
-    except (MetadataError, DirectorError, OSError) as exc:
-        ctx.warn(f"objmail stats: {exc}")
-        return EX_TEMPFAIL
+        stats = asyncio.run(collect(ctx.config, ctx.credentials, retry=CLI_RETRY))
+    except FAILURES as exc:
+        return fail(ctx, exc, "objmail stats")
     if ctx.args.json:
         ctx.say(json.dumps(dict(asdict(stats), dedup_ratio=round(stats.dedup_ratio, 3)),
                            indent=2))

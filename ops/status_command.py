@@ -120,6 +120,9 @@ def progress_of(kind: str, fields: dict[str, str], buckets: int, held: bool) -> 
                 f"bucket {integer(fields, 'cursor')}/{buckets}")
     if kind == "inventory" and "fix_cursor" in fields:
         return f"fixing: after {fields['fix_cursor'][:12]}..."
+    if kind == "repair" and integer(fields, "full_left"):
+        return (f"whole-index sweep for lost node(s) {fields.get('full_for', '?')}: "
+                f"{integer(fields, 'full_left')} buckets left")
     if kind == "repair" and held:
         return f"sweep at bucket {integer(fields, 'cursor')}/{buckets}"
     return ""

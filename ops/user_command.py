@@ -3,9 +3,9 @@
 Passwords are read from the terminal without echo (asked twice), or with
 ``--password-stdin`` from the first line of standard input, for scripts.  They are never
 taken from the command line, where other local users could read them in the process list.
-Exit codes: EX_NOUSER for an unknown user, EX_DATAERR for a taken or invalid name or a bad
-password, EX_USAGE when no password source is available, EX_UNAVAILABLE when PostgreSQL
-cannot be reached, EX_CONFIG when its schema is not migrated.
+Exit codes (:mod:`ops.exitcodes`): EX_NOUSER for an unknown user, EX_DATAERR for a taken or
+invalid name or a bad password, EX_USAGE when no password source is available,
+EX_UNAVAILABLE when PostgreSQL cannot be reached, EX_CONFIG when its schema is not migrated.
 """
 
 from __future__ import annotations
@@ -18,25 +18,11 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from metadata.errors import (
-    InvalidName,
-    NoSuchUser,
-    SchemaError,
-    Unavailable,
-    UserExists,
-)
 from metadata.records import User
 from metadata.store import MetadataStore
-from ops.cli import (
-    EX_CONFIG,
-    EX_DATAERR,
-    EX_NOUSER,
-    EX_OK,
-    EX_UNAVAILABLE,
-    EX_USAGE,
-    CommandContext,
-)
+from ops.cli import CommandContext
 from ops.config import ConfigError, parse_size
+from ops.exitcodes import EX_DATAERR, EX_OK, EX_USAGE, FAILURES, fail
 
 Prompt = Callable[[str], str]
 
@@ -138,18 +124,8 @@ def run(ctx: CommandContext, *, stdin: TextIO | None = None, prompt: Prompt | No
     except ConfigError as exc:
         ctx.warn(f"objmail user {action}: {exc.message}")
         return EX_USAGE
-    except NoSuchUser as exc:
-        ctx.warn(f"objmail user {action}: {exc}")
-        return EX_NOUSER
-    except (UserExists, InvalidName, ValueError) as exc:
-        ctx.warn(f"objmail user {action}: {exc}")
-        return EX_DATAERR
-    except Unavailable as exc:
-        ctx.warn(f"objmail user {action}: {exc}")
-        return EX_UNAVAILABLE
-    except SchemaError as exc:
-        ctx.warn(f"objmail user {action}: {exc}")
-        return EX_CONFIG
+    except FAILURES as exc:
+        return fail(ctx, exc, f"objmail user {action}")
 
 
 async def _dispatch(ctx: CommandContext, action: str, password: str | None, quota: int) -> int:

@@ -12,8 +12,9 @@ import shlex
 
 from director.keys import IndexLayout, InvalidBlobId, Keyspace, check_blob_id
 from director.redisstate import RedisState
-from ops.cli import EX_DATAERR, EX_OK, CommandContext
+from ops.cli import EX_OK, CommandContext
 from ops.config import ClusterConfig, parse_hostport
+from ops.exitcodes import fail
 from ops.node_command import with_state
 
 #: Exit status when the blob is not in the index.
@@ -69,8 +70,7 @@ def run(ctx: CommandContext) -> int:
     try:
         blob_id = check_blob_id(ctx.args.blob_id.strip().lower())
     except InvalidBlobId as exc:
-        ctx.warn(f"objmail where: {exc}")
-        return EX_DATAERR
+        return fail(ctx, exc, "objmail where")
 
     async def work(state: RedisState) -> int:
         index = state.index

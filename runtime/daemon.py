@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from runtime import errors as kinds
 from runtime import logs
 from runtime.config import ConfigError, find_config_path, load
 
@@ -116,16 +117,18 @@ def replace_section(config: C, section: str, changes: Mapping[str, Any]) -> C:
 def exit_code(exc: BaseException, unavailable: tuple[type[BaseException], ...] = ()) -> int:
     """The sysexits status for what stopped a daemon from starting.
 
-    :param unavailable: the daemon's own exceptions meaning "a dependency cannot be
-        reached" (this package cannot import them).
+    Errors of a kind (:mod:`runtime.errors`) say it themselves: misconfigured (schema not
+    migrated, index layout, key file) is 78, unavailable (PostgreSQL, Redis Cluster) 69.
+
+    :param unavailable: more exceptions meaning "a dependency cannot be reached".
     """
     from twisted.internet.error import BindError
 
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, ConfigError | kinds.Misconfigured):
         return EX_CONFIG
     if isinstance(exc, StartError):
         return exc.code
-    if unavailable and isinstance(exc, unavailable):
+    if isinstance(exc, kinds.Unavailable) or (unavailable and isinstance(exc, unavailable)):
         return EX_UNAVAILABLE
     if isinstance(exc, OSError | BindError):  # CannotListenError is a BindError
         return EX_OSERR

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from runtime import errors as kinds
+
 __all__ = ["NEED_DATA", "BadBlockEnd", "NeedData", "ReceiveBuffer", "RemoteProtocolError"]
 
 #: Drop the consumed prefix once it is this long and at least half the buffer.
@@ -59,7 +61,7 @@ class NeedData:
 NEED_DATA: Final = NeedData()
 
 
-class RemoteProtocolError(Exception):
+class RemoteProtocolError(kinds.InvalidInput):
     """The peer broke the protocol or one of its limits; the connection cannot go on.
 
     :ivar reason: what went wrong, in words fit for the peer (``line too long``).

@@ -28,10 +28,11 @@ __all__ = ["NO_REDIS_AUTH", "Credentials", "RedisAuth", "load_credentials", "rea
 MAX_SECRET_BYTES = 4096
 
 
-def read_secret(path: str | Path, key: str) -> str:
+def read_secret(path: str | Path, key: str, *, limit: int = MAX_SECRET_BYTES) -> str:
     """The secret in ``path``, without its trailing newline.
 
     :param key: the dotted config key naming the file, for the error.
+    :param limit: the longest file accepted (a keyring holds more than a password).
     :raises ConfigError: missing, unreadable, readable or writable by group or others,
         empty, too long, or not UTF-8.
     """
@@ -46,12 +47,11 @@ def read_secret(path: str | Path, key: str) -> str:
         if mode & 0o077:
             raise ConfigError(key, f"{path} is accessible by group or others (mode "
                                    f"{stat.S_IMODE(mode):04o}); chmod 600 {path}")
-        data = os.read(fd, MAX_SECRET_BYTES + 1)
+        data = os.read(fd, limit + 1)
     finally:
         os.close(fd)
-    if len(data) > MAX_SECRET_BYTES:
-        raise ConfigError(key, f"{path} is longer than {MAX_SECRET_BYTES} bytes: "
-                               f"not a password file")
+    if len(data) > limit:
+        raise ConfigError(key, f"{path} is longer than {limit} bytes: not a secret file")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -25,7 +25,9 @@ from typing import Any, TypeVar
 import pytest
 from redis.cluster import RedisCluster
 
-from director.client import REGISTRY_REFRESH, BlobClient
+from director.client import REGISTRY_REFRESH, BlobClient, open_keys
+from director.codec import BlobCodec
+from director.keyring import Keyring, write_keyring
 from director.nodes import NodeState
 from director.redisstate import RedisState
 from ops.config import Config, DirectorConfig, ObjstoreConfig
@@ -116,6 +118,8 @@ def private_installation(redis: RunningRedis, run_dir: Path, *, objstores: int =
             config.objstore, **objstore_settings))
     cluster = DevCluster(config, run_dir, DevOptions(
         objstore_count=objstores, only=frozenset(stages), install_missing=False))
+    config = cluster.config  # with the installation's own keyring
+    cluster.write_config()
     try:
         if before_start is not None:
             before_start(config)
@@ -145,6 +149,21 @@ def installation_fixture(name: str, **settings: Any) -> Any:
     return installation
 
 
+def with_new_keyring(config: Config, directory: Path) -> Config:
+    """``config`` with a fresh keyring of its own, written (0600) under ``directory``."""
+    path = directory / "keyring.toml"
+    write_keyring(path, Keyring.generate())
+    return dataclasses.replace(config, director=dataclasses.replace(
+        config.director, keyring_file=str(path)))
+
+
+def installation_codec(config: Config) -> BlobCodec:
+    """The codec the installation's blob clients use (its keyring), for tests that read
+    stored values themselves."""
+    keyring, legacy = open_keys(config.director)
+    return BlobCodec(config.director.compression_level, keyring, legacy_key=legacy)
+
+
 def with_client(config: Config, body: Callable[[BlobClient], Awaitable[T]]) -> T:
     """Run ``body`` with a fresh blob client of the installation, on a fresh event loop."""
     async def go() -> T:
@@ -162,8 +181,9 @@ def wait_idle(config: Config, timeout: float = 30.0) -> None:
     """Return once every reporting node's last load report says 0 ops/s, and every
     director's cached registry snapshot is old enough to be read again.
 
-    Readers order replicas by reported load: a test that predicts which replica a
-    director reads first must let both see the same, idle, reports.
+    Readers weigh replicas by inverse reported load (:func:`director.placement.read_order`):
+    a test that wants every replica equally likely to be read first waits for idle
+    reports.
     """
     async def go(client: BlobClient) -> None:
         deadline = time.monotonic() + timeout

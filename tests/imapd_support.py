@@ -60,7 +60,17 @@ class MemoryBlobs:
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
         self.reads: list[str] = []
-        self.unavailable = False
+        #: What every call raises while set (failure injection).
+        self.failure: Exception | None = None
+
+    @property
+    def unavailable(self) -> bool:
+        return isinstance(self.failure, BlobUnavailable)
+
+    @unavailable.setter
+    def unavailable(self, down: bool) -> None:
+        self.failure = BlobUnavailable("object servers unreachable (test switch)") \
+            if down else None
 
     async def put(self, data: bytes) -> str:
         return (await self.put_many([data]))[0]
@@ -75,8 +85,8 @@ class MemoryBlobs:
 
     async def put_named(self, blobs: Mapping[str, bytes],
                         named_by: Callable[[bytes], str]) -> None:
-        if self.unavailable:
-            raise BlobUnavailable("object servers unreachable (test switch)")
+        if self.failure is not None:
+            raise self.failure
         for bid, data in blobs.items():
             assert named_by == self.id_of or self.id_of(data) == bid
             self.data[bid] = data
@@ -93,8 +103,8 @@ class MemoryBlobs:
         return (await self.get_many([blob_id]))[blob_id]
 
     async def get_many(self, ids: Iterable[str]) -> dict[str, bytes]:
-        if self.unavailable:
-            raise BlobUnavailable("object servers unreachable (test switch)")
+        if self.failure is not None:
+            raise self.failure
         out = {}
         for bid in ids:
             self.reads.append(bid)
@@ -169,6 +179,7 @@ class Client:
                 continue
             if isinstance(event, BadCommand):
                 self.conn.send([event.response()])
+                self.session.bad_command(clears_saved=event.clears_saved)  # as the adapter
                 continue
             assert isinstance(event, (IdleDone, AuthResponse)) or hasattr(event, "tag")
             await self.session.dispatch(event)

@@ -10,7 +10,7 @@ from typing import cast
 from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
 
-from director.background import Loop, PassControl, PassStats
+from director.background import Loop, PassControl, PassStats, RateLimiter, TokenBucket
 from director.errors import LeaseHeld
 from director.keys import Keyspace
 from director.lease import Lease
@@ -182,3 +182,46 @@ def test_loop_reports_passes_to_job_metrics() -> None:
         await loop.stop()
 
     asyncio.run(go())
+
+
+def test_token_bucket_paces_to_its_rate() -> None:
+    """A bucket of 100 units/s lets one second's worth through at once, then makes each
+    taker wait until its units are paid for; an item larger than the burst passes and
+    the next waits for it; a quiet spell refills it only up to the burst."""
+    clock = task.Clock()
+    bucket = TokenBucket(100, clock=clock.seconds)
+    assert bucket.take(60) == 0 and bucket.take(40) == 0
+    assert bucket.take(50) == 0.5
+    clock.advance(0.5)
+    assert bucket.take(0) == 0
+    assert bucket.take(300) == 3.0  # larger than the burst: it goes, the debt is paid later
+    clock.advance(3.0)
+    assert bucket.take(1) == 0.01
+    clock.advance(60)
+    assert bucket.take(100) == 0 and bucket.take(100) == 1.0
+    assert TokenBucket(0, clock=clock.seconds).take(10**12) == 0  # no limit
+
+
+def test_rate_limiter_waits_for_the_total_and_each_source() -> None:
+    """With 100/s in total and 60/s per source, one source is held to 60/s while two
+    together share 100/s; moving at the waits' pace keeps both limits."""
+    clock = task.Clock()
+    limiter = RateLimiter(100, 60, clock=clock.seconds)
+    assert limiter.take("a", 60) == 0
+    assert limiter.take("a", 30) == 0.5       # a's own bucket is empty
+    assert limiter.take("b", 10) == 0         # the total still had 10 left
+    assert limiter.take("b", 50) == 0.5       # now the total is 50 in debt
+    # Steady movers, each waiting as told: beyond the first burst, at most the rates.
+    one = RateLimiter(100, 60, clock=clock.seconds)
+    start, moved = clock.seconds(), 0
+    for _ in range(200):
+        clock.advance(one.take("a", 6))
+        moved += 6
+    assert moved - 60 <= 60 * (clock.seconds() - start) < moved
+    both = RateLimiter(100, 60, clock=clock.seconds)
+    start, moved = clock.seconds(), 0
+    for i in range(400):
+        clock.advance(both.take("ab"[i % 2], 5))
+        moved += 5
+    assert moved - 100 <= 100 * (clock.seconds() - start) < moved
+    assert not RateLimiter(0, 0, clock=clock.seconds).limited

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from director.blobids import BlobIds
 from director.cache import BlobCache, DiskCache, MemoryCache
+from director.keyring import Keyring
 
 IDS = BlobIds()
 blob_id = IDS.id_of
@@ -79,3 +81,18 @@ def test_blob_cache_counts_hits_and_promotes_from_disk(tmp_path: Path) -> None:
     assert cache.get(key) == data
     assert (cache.stats.hits, cache.stats.misses, cache.stats.disk_hits) == (2, 1, 1)
     cache.close()
+
+
+def test_keyed_disk_cache_serves_keyed_and_legacy_ids(tmp_path: Path) -> None:
+    """With keyed ids the disk tier serves content under its keyed id and under its
+    legacy (plain SHA-256) id, and drops it under any other id."""
+    keyed = BlobIds(Keyring.generate().id_key)
+    disk = DiskCache(tmp_path / "c", 1 << 20, keyed)
+    data = b"cached content " * 40
+    other = keyed.id_of(b"other content")
+    for key in (keyed.id_of(data), hashlib.sha256(data).hexdigest(), other):
+        disk.put(key, data)
+    assert disk.get(keyed.id_of(data)) == data
+    assert disk.get(hashlib.sha256(data).hexdigest()) == data
+    assert disk.get(other) is None
+    disk.close()

@@ -22,7 +22,6 @@ import pytest
 
 from director.blobids import BlobIds
 from director.client import BlobClient
-from director.codec import BlobCodec
 from director.errors import BlobCorrupt, BlobUnavailable, WriteUnconfirmed
 from director.keys import item_index_id
 from director.nodes import NodeState
@@ -32,6 +31,7 @@ from runtime.nodekeys import report_key
 from tests.conftest import RunningRedis
 from tests.director_installation import (
     Installation,
+    installation_codec,
     private_installation,
     register_node,
     wait_idle,
@@ -164,8 +164,8 @@ def test_kill_9_one_objstored(setup: Setup) -> None:
     inst = setup.installation
     replicas = inst.config.director.replicas
     before = [*blobs(60, "before"), os.urandom(int(1.5 * inst.config.objstore.max_item_size))]
-    # The victim is the real server with the lowest node number: once the load reports
-    # say every server is idle, it is the first replica read for every blob it holds.
+    # Reads pick among idle replicas at random: the victim is read first for about half
+    # of the blobs it holds.
     victim = inst.objstores()[0].name
 
     async def write_before(client: BlobClient) -> tuple[list[str], list[str]]:
@@ -178,7 +178,7 @@ def test_kill_9_one_objstored(setup: Setup) -> None:
 
     ids, on_victim = with_client(setup.config, write_before)
     assert on_victim, f"{victim} got none of {len(ids)} blobs"
-    wait_idle(setup.config)  # every server reports 0 ops/s: ties go by node number
+    wait_idle(setup.config)  # every server reports 0 ops/s: replicas weigh the same
     inst.kill(victim)
     during = blobs(30, "during")
     try:
@@ -186,7 +186,9 @@ def test_kill_9_one_objstored(setup: Setup) -> None:
                                                       int]:
             snap = await client.snapshot(force=True)
             number = snap.get(victim).number  # type: ignore[union-attr]
-            first = 0
+            # Once its report is late (a few report intervals) the victim is down, read
+            # last without a try; until then reads try it and fail over.
+            first = 0 if snap.get(victim).readable else -1  # type: ignore[union-attr]
             for bid in ids:
                 order = await client._ordered(bid, await client.index.locations(bid))
                 first += order[0].id == victim
@@ -203,8 +205,9 @@ def test_kill_9_one_objstored(setup: Setup) -> None:
             return failovers, again, first, [found[i] for i in new_ids], number
 
         failovers, again, first, placed, number = with_client(setup.config, outage)
-        assert first >= len(on_victim), "the dead server should be read first for its blobs"
-        assert failovers >= 1, "reads that tried the dead server first failed over"
+        if first >= 0:
+            assert first >= 1, "the dead server is still read first for some of its blobs"
+            assert failovers >= 1, "reads that tried the dead server first failed over"
         assert again == 0, "a server that failed is read last for a while"
         assert all(len(p) == replicas and number not in p for p in placed)
     finally:
@@ -214,7 +217,7 @@ def test_kill_9_one_objstored(setup: Setup) -> None:
     async def after(client: BlobClient) -> None:
         node = (await client.snapshot(force=True)).get(victim)
         assert node is not None
-        codec = BlobCodec(inst.config.director.compression_level)
+        codec = installation_codec(inst.config)
         for bid in on_victim:
             raw = await client.node_client(node).get(bid.encode())
             assert raw is not None
@@ -244,14 +247,21 @@ def test_bad_server_is_failed_over(setup: Setup, fake: str) -> None:
     bid = with_client(setup.config, lambda client: client.put(data))
     _index_with(setup, bid, fake)
 
-    async def read(client: BlobClient) -> tuple[bytes, float, list[str]]:
-        order = await client._ordered(bid, await client.index.locations(bid))
-        started = time.monotonic()
-        got = await client.get(bid)
-        return got, time.monotonic() - started, [n.id for n in order]
+    async def read(client: BlobClient) -> tuple[bytes, float]:
+        # Reads pick a replica at random (the idle fake more often than not); the first
+        # that tries the fake first fails over (the fake is then suspect, read last).
+        numbers = await client.index.locations(bid)
+        for _attempt in range(40):
+            before = client.stats.failovers
+            started = time.monotonic()
+            got = await client._read(bid, numbers)  # past the cache
+            took = time.monotonic() - started
+            assert got == data
+            if client.stats.failovers > before:
+                return got, took
+        raise AssertionError("no read tried the fake first")
 
-    got, took, order = with_client(setup.config, read)
-    assert order[0] == setup.fakes[fake].node_id, "the idle fake must be read first"
+    got, took = with_client(setup.config, read)
     assert got == data
     if fake == "hang":
         assert TIMEOUT * 0.9 <= took < TIMEOUT * 10
@@ -267,9 +277,12 @@ def test_bad_server_is_failed_over_for_items(setup: Setup, fake: str) -> None:
     async def body(client: BlobClient) -> bytes | None:
         assert await client.put_item(key, b"item value", 5)
         await client.items.add_locations(item_index_id(key), [setup.fakes[fake].number])
-        item = await client.get_item(key)
-        assert client.stats.failovers >= 1
-        return None if item is None else item.value
+        for _attempt in range(40):  # until a read picks the fake first (it is random)
+            item = await client.get_item(key)
+            assert item is not None and item.value == b"item value"
+            if client.stats.failovers:
+                return item.value
+        return None
 
     assert with_client(setup.config, body) == b"item value"
 

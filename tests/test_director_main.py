@@ -16,11 +16,16 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from director.keyring import Keyring, write_keyring
 from ops.config import parse_hostport, to_toml
 from ops.launcher import free_port
 from runtime.secrets import write_secret
 from tests.conftest import RunningRedis
-from tests.director_installation import private_config, private_installation
+from tests.director_installation import (
+    private_config,
+    private_installation,
+    with_new_keyring,
+)
 from tests.objstore_process import REPO
 
 
@@ -55,7 +60,8 @@ def test_unreachable_redis_exits_unavailable(tmp_path: Path) -> None:
     with exit 69 (EX_UNAVAILABLE) instead of serving."""
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[cluster]\nredis_nodes = ["127.0.0.1:{free_port()}"]\n'
-                   f'[director]\nlisten = "127.0.0.1:{free_port()}"\nmetrics_listen = ""\n')
+                   f'[director]\nlisten = "127.0.0.1:{free_port()}"\nmetrics_listen = ""\n'
+                   'allow_plaintext = true\n')
     result = run_directord(["--config", str(cfg)], timeout=120)
     assert result.returncode == 69, result.stderr[-2000:]
     assert b"directord cannot start" in result.stderr
@@ -77,6 +83,26 @@ def test_a_secret_file_others_can_read_exits_config(tmp_path: Path) -> None:
     assert b"hunter2" not in result.stderr
 
 
+@pytest.mark.system
+def test_no_keyring_or_an_unsafe_one_exits_config(tmp_path: Path) -> None:
+    """Without a keyring (and without allow_plaintext), with a missing one or one others
+    can read, directord exits 78 before reaching Redis, naming director.keyring_file
+    and what to do."""
+    listen = f'listen = "127.0.0.1:{free_port()}"\nmetrics_listen = ""\n'
+    ring = tmp_path / "keyring.toml"
+    cases = {"": b"objmail keys new", f'keyring_file = "{ring}"\n': b"does not exist"}
+    for extra, says in cases.items():
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f"[director]\n{listen}{extra}")
+        result = run_directord(["--config", str(cfg)])
+        assert result.returncode == 78, result.stderr[-2000:]
+        assert b"director.keyring_file" in result.stderr and says in result.stderr
+    write_keyring(ring, Keyring.generate())
+    ring.chmod(0o640)
+    result = run_directord(["--config", str(cfg)])
+    assert result.returncode == 78 and b"chmod 600" in result.stderr
+
+
 def test_a_wrong_redis_password_exits_unavailable(tmp_path: Path,
                                                   redis_cluster: RunningRedis) -> None:
     """Redis refusing directord's password stops the start at once (not after the retry
@@ -84,7 +110,7 @@ def test_a_wrong_redis_password_exits_unavailable(tmp_path: Path,
     refused, without the password."""
     secret = tmp_path / "wrong.password"
     write_secret(secret, "not-the-password")
-    config = private_config(redis_cluster, 0)
+    config = with_new_keyring(private_config(redis_cluster, 0), tmp_path)
     config = dataclasses.replace(config, cluster=dataclasses.replace(
         config.cluster, redis_password_file=str(secret)))
     cfg = tmp_path / "c.toml"
@@ -100,7 +126,7 @@ def test_a_wrong_redis_password_exits_unavailable(tmp_path: Path,
 def test_port_in_use_exits_nonzero(tmp_path: Path, redis_cluster: RunningRedis) -> None:
     """A taken port is reported and directord exits 71 (EX_OSERR) instead of running
     deaf."""
-    config = private_config(redis_cluster, 0)
+    config = with_new_keyring(private_config(redis_cluster, 0), tmp_path)
     cfg = tmp_path / "c.toml"
     cfg.write_text(to_toml(config))
     with socket.socket() as busy:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from collections import Counter
 
 import pytest
 
 from director.nodes import LoadReport, Node, NodeState
-from director.placement import Placer, node_weight, place
+from director.placement import Placer, node_weight, place, read_order
 from director.policy import PlacementPolicy
 
 GIB = 1 << 30
@@ -186,3 +187,64 @@ def test_tier_none_accepts_every_tier() -> None:
     nodes = [make_node(1, tier="ssd"), make_node(2, tier="hdd")]
     placer = Placer(nodes, PlacementPolicy(replicas=1, tier=None))
     assert set(primary_shares(placer, IDS[:2_000])) == {"node-1", "node-2"}
+
+
+def test_capacity_share_weighs_placement() -> None:
+    """At equal free fractions a node with twice the capacity is first choice for about
+    twice the blobs: capacity comes from the reports, the configured weight stays 1."""
+    nodes = [make_node(1, capacity=1000 * GIB, used=100 * GIB),
+             make_node(2, capacity=1000 * GIB, used=100 * GIB),
+             make_node(3, capacity=2000 * GIB, used=200 * GIB)]
+    shares = primary_shares(Placer(nodes, PlacementPolicy(replicas=1)), IDS[:40_000])
+    assert shares["node-3"] == pytest.approx(0.5, rel=0.05)
+    assert shares["node-1"] == pytest.approx(0.25, rel=0.05)
+
+
+def first_choices(nodes: list[Node], reads: int, seed: int = 1,
+                  suspect: tuple[str, ...] = ()) -> Counter[str]:
+    rng = random.Random(seed)
+    return Counter(read_order(nodes, rng, suspect=suspect)[0].id for _ in range(reads))
+
+
+def test_reads_spread_over_equally_loaded_replicas() -> None:
+    """Replicas with equal (or no) reported load each take about half of the first
+    reads: no single replica gets them all."""
+    nodes = [make_node(1, ops=50.0), make_node(2, ops=50.0)]
+    firsts = first_choices(nodes, 10_000)
+    assert firsts["node-1"] / 10_000 == pytest.approx(0.5, abs=0.03)
+    silent = [make_node(1, ops=0.0), make_node(2, ops=0.0), make_node(3, ops=0.0)]
+    assert all(c / 9_000 == pytest.approx(1 / 3, abs=0.03)
+               for c in first_choices(silent, 9_000).values())
+
+
+def test_reads_favour_the_idle_replica_without_herding() -> None:
+    """An idle replica beside one at 179 ops/s (a report up to 5 s old) takes three reads
+    in four, not all of them; feeding each round's split back as the next reports
+    converges to an even split instead of swinging 0 <-> all."""
+    busy = [make_node(1, ops=0.0), make_node(2, ops=179.0)]
+    firsts = first_choices(busy, 10_000)
+    assert firsts["node-1"] / 10_000 == pytest.approx(0.75, abs=0.03)
+    loads = [0.0, 179.0]
+    rng = random.Random(7)
+    shares = []
+    for _round in range(8):
+        nodes = [make_node(1, ops=loads[0]), make_node(2, ops=loads[1])]
+        picks = Counter(read_order(nodes, rng)[0].id for _ in range(2000))
+        share = picks["node-1"] / 2000
+        shares.append(share)
+        loads = [180.0 * share, 180.0 * (1 - share)]
+    assert max(shares) < 0.8 and min(shares) > 0.2, shares
+    assert abs(shares[-1] - 0.5) < 0.05, shares
+
+
+def test_read_order_puts_suspect_then_unreadable_replicas_last() -> None:
+    """Live replicas come first, then suspect ones, then down or dead ones (a last
+    resort); the same seed gives the same order."""
+    live = make_node(1)
+    suspect = make_node(2)
+    down = make_node(3, reported=False)
+    dead = make_node(4, state=NodeState.DEAD)
+    nodes = [dead, down, suspect, live]
+    order = read_order(nodes, random.Random(3), suspect=["node-2"])
+    assert [n.id for n in order] == ["node-1", "node-2", "node-4", "node-3"]
+    assert read_order(nodes, random.Random(5)) == read_order(nodes, random.Random(5))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,9 +13,14 @@ from director.nodes import LoadReport, Node, NodeState
 from director.planner import (
     BlobCandidate,
     Health,
+    Move,
+    NodeLoad,
     NodeUsage,
     Replica,
+    busy_nodes,
+    copies_left,
     down_waiting,
+    lost_nodes,
     needs_repair,
     plan_drain,
     plan_moves,
@@ -29,8 +36,8 @@ def node(number: int, zone: str, state: NodeState = NodeState.ACTIVE, *,
          reporting: bool = True) -> Node:
     report = LoadReport(f"n{number}", f"127.0.0.1:{11000 + number}", zone, "ssd", GIB, 0, 0,
                         0.0, 0.0) if reporting else None
-    admin = state if state in (NodeState.ACTIVE, NodeState.DRAINING, NodeState.REMOVED) \
-        else NodeState.ACTIVE
+    admin = state if state in (NodeState.ACTIVE, NodeState.DRAINING, NodeState.REMOVED,
+                               NodeState.DEAD) else NodeState.ACTIVE
     return Node(f"n{number}", number, f"127.0.0.1:{11000 + number}", zone, "ssd", 1.0, admin,
                 report)
 
@@ -130,6 +137,31 @@ def test_sweep_flags_short_entries_from_the_registry_alone() -> None:
     assert needs_repair((1, 2, 42), nodes, 2)
 
 
+def test_copies_left_ranks_short_entries_and_dead_nodes_get_no_grace() -> None:
+    """The sweep knows how many copies a short entry has left (its queue priority); a
+    dead node's copy never counts, even where a down one's would be waited for."""
+    nodes = dict(N)
+    nodes[7] = node(7, "a", reporting=False)
+    nodes[8] = node(8, "b", NodeState.REMOVED)
+    nodes[10] = node(10, "a", NodeState.DEAD)
+    assert copies_left((1, 2), nodes, 2) is None
+    assert copies_left((1, 7), nodes, 2) == 1
+    assert copies_left((1, 10), nodes, 2) == 1
+    assert copies_left((7, 10), nodes, 2) == 0
+    assert copies_left((1, 2, 8), nodes, 2) == 2  # whole, but a removed location to drop
+    plan = plan_repair([good(N[1]), Replica(10, nodes[10], Health.DOWN)], [N[2], N[3]], 2)
+    assert plan.need == 1 and plan.counted == 1
+
+
+def test_lost_nodes_are_dead_removed_or_down_past_grace() -> None:
+    """A node is lost (its blobs swept for at once) when declared dead, removed, or down
+    and no longer waited for; a down node within grace, or an active one, is not."""
+    nodes = [N[1], node(7, "a", reporting=False), node(8, "b", NodeState.REMOVED),
+             node(10, "c", NodeState.DEAD), node(11, "a", reporting=False)]
+    assert lost_nodes(nodes, frozenset({7})) == {"n8", "n10", "n11"}
+    assert lost_nodes(nodes, frozenset({7, 11})) == {"n8", "n10"}
+
+
 def test_down_nodes_wait_out_their_grace() -> None:
     """A down node is waited for until grace seconds after it was first seen down;
     a node never seen down before is seen down now."""
@@ -173,10 +205,109 @@ def blobs_on(number: int, count: int, size: int, *, other: int, tag: str,
 
 
 def test_usage_is_total_used_over_total_capacity() -> None:
-    """The mean weighs nodes by capacity; the spread is the largest deviation from it."""
+    """The mean weighs nodes by capacity; each node's target is its capacity's share of
+    the bytes, and the spread is the largest deviation from a target, relative to it."""
     stat = usage([NodeUsage("a", 1, "a", 300, 1000), NodeUsage("b", 2, "b", 100, 3000)])
     assert stat.mean == 0.1
-    assert abs(stat.spread - 0.2) < 1e-12
+    assert stat.targets == {"a": 100.0, "b": 300.0}
+    assert stat.deviations == {"a": 2.0, "b": -2 / 3}
+    assert stat.spread == 2.0
+    assert stat.to_move({"a": 300, "b": 100}) == 200
+
+
+def level_after(nodes: list[NodeUsage], moves: list[Move]) -> list[NodeUsage]:
+    used = {n.node_id: n.used for n in nodes}
+    for m in moves:
+        used[m.source] -= m.size
+        used[m.target] += m.size
+    return [dataclasses.replace(n, used=used[n.node_id]) for n in nodes]
+
+
+@pytest.mark.parametrize(("fill", "size"), [
+    (0.001, 2_000),            # 0.1% full (the old tolerance of capacity: "nothing to move")
+    (0.5, 2_000_000),          # half full
+])
+def test_new_node_levels_to_within_tolerance_of_the_mean_at_any_fill(fill: float,
+                                                                      size: int) -> None:
+    """Three equal nodes at ``fill`` and a new empty one of the same capacity: the plan
+    leaves every node within half the 10% tolerance of the mean bytes per node, whatever
+    the fill (the tolerance is relative to the mean, not to capacity)."""
+    capacity = 10**10
+    per_node = int(capacity * fill)
+    count = per_node // size
+    nodes = usages(per_node, per_node, per_node, 0, capacity=capacity)
+    other = {1: 2, 2: 3, 3: 2}
+    cold = {f"n{i}": blobs_on(i, count, size, other=other[i], tag=f"c{i}-")
+            for i in (1, 2, 3)}
+    moves = plan_moves(nodes, {}, 0.10, 10**15, cold=cold)
+    after = usage(level_after(nodes, moves))
+    assert after.spread <= 0.05
+    assert all(m.target == "n4" for m in moves)
+    new = next(n for n in level_after(nodes, moves) if n.node_id == "n4")
+    mean = 3 * per_node / 4
+    assert abs(new.used - mean) <= 0.05 * mean
+
+
+def test_unequal_capacities_level_to_each_nodes_share() -> None:
+    """With capacities 1:1:2 each node's target is its capacity's share of the bytes: the
+    large new node ends with about half of them, the small ones a quarter each."""
+    nodes = [NodeUsage("n1", 1, "a", 600, 1000), NodeUsage("n2", 2, "b", 600, 1000),
+             NodeUsage("n3", 3, "c", 0, 2000)]
+    cold = {"n1": blobs_on(1, 60, 10, other=2, tag="x"),
+            "n2": blobs_on(2, 60, 10, other=1, tag="y")}
+    moves = plan_moves(nodes, {}, 0.10, 10**9, cold=cold)
+    after = {n.node_id: n.used for n in level_after(nodes, moves)}
+    assert after["n3"] == pytest.approx(600, rel=0.05)
+    assert after["n1"] == pytest.approx(300, rel=0.05)
+    assert after["n2"] == pytest.approx(300, rel=0.05)
+
+
+def test_a_pass_that_stopped_short_is_continued_by_the_next() -> None:
+    """A budget stops the first plan with the new node short of its target (by more than
+    the tolerance); planning again on the result goes on until it is within it."""
+    nodes = usages(900, 900, 900, 0)
+    other = {1: 2, 2: 3, 3: 2}
+    cold = {f"n{i}": blobs_on(i, 90, 10, other=other[i], tag=f"p{i}-") for i in (1, 2, 3)}
+    first = plan_moves(nodes, {}, 0.10, 400, cold=cold)
+    mid = level_after(nodes, first)
+    assert usage(mid).deviations["n4"] < -0.10
+    left = {k: [b for b in v if b.blob_id not in {m.blob_id for m in first}]
+            for k, v in cold.items()}
+    second = plan_moves(mid, {}, 0.10, 10**9, cold=left, seed=1)
+    assert usage(level_after(mid, second)).spread <= 0.10
+
+
+def test_busy_node_gives_hot_blobs_to_the_least_loaded() -> None:
+    """Byte-level nodes: a node that stays busy gives its hottest blobs to the least
+    loaded node, enough heat to come back towards the mean, while every receiver stays
+    within the byte tolerance; a node that is not busy gives nothing."""
+    nodes = usages(500, 500, 500)
+    hot = {"n1": [BlobCandidate(bid(f"h{i}"), 5, (1, 2), float(100 - i)) for i in range(10)],
+           "n2": [BlobCandidate(bid("h2"), 5, (2, 3), 50.0)]}
+    loads = {"n1": 2.0, "n2": 0.9, "n3": 0.1}
+    moves = plan_moves(nodes, hot, 0.10, 10**9, busy={"n1"}, loads=loads)
+    assert moves and all(m.busy and m.source == "n1" and m.target == "n3" for m in moves)
+    assert [m.heat for m in moves] == sorted((m.heat for m in moves), reverse=True)
+    shed = sum(m.heat for m in moves)
+    total = sum(b.heat for b in hot["n1"])
+    assert 0.5 * total <= shed < 0.5 * total + 100, "about the share above the mean"
+    assert usage(level_after(nodes, moves)).spread <= 0.10
+    assert plan_moves(nodes, hot, 0.10, 10**9, loads=loads) == []
+
+
+def test_busy_means_above_the_mean_for_several_plans() -> None:
+    """A node is busy when its CPU or I/O is well above its peers' mean, above the floors,
+    in BUSY_PASSES plans in a row; idle noise and a single spike are not."""
+    calm = [NodeLoad("a", 0.05, 0), NodeLoad("b", 0.01, 0), NodeLoad("c", 0.02, 0)]
+    assert busy_nodes(calm, {}) == (frozenset(), {})
+    hot_cpu = [NodeLoad("a", 1.5, 0), NodeLoad("b", 0.3, 0), NodeLoad("c", 0.3, 0)]
+    busy, streaks = busy_nodes(hot_cpu, {})
+    assert busy == frozenset() and streaks == {"a": 1}
+    busy, streaks = busy_nodes(hot_cpu, streaks)
+    assert busy == {"a"} and streaks == {"a": 2}
+    hot_io = [NodeLoad("a", 0.1, 0), NodeLoad("b", 0.1, 50 << 20), NodeLoad("c", 0.1, 1 << 20)]
+    assert busy_nodes(hot_io, {"b": 1, "a": 5})[0] == {"b"}
+    assert busy_nodes(hot_cpu[:2], {"a": 1})[0] == {"a"}
 
 
 def test_level_nodes_need_no_moves() -> None:

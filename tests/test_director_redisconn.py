@@ -76,8 +76,10 @@ def test_durable_batch_is_confirmed_by_a_replica(redis_cluster: RunningRedis) ->
     assert masters == 3
 
 
-def test_unreachable_cluster_fails_after_the_deadline_with_backoff() -> None:
-    """Nothing listening: IndexUnavailable after the deadline, delays growing to the cap."""
+def test_unreachable_cluster_fails_fast_with_backoff() -> None:
+    """Nothing listening on a cluster never reached: IndexUnavailable after the short
+    `unreachable` deadline (not the failover deadline), with growing delays, and a
+    message that names the nodes and the cause, not the operation."""
     port = free_port_block(2)
     sleeps = Sleeps()
     clock = [0.0]
@@ -88,21 +90,63 @@ def test_unreachable_cluster_fails_after_the_deadline_with_backoff() -> None:
 
     async def go() -> ClusterRunner:
         runner = ClusterRunner(new_cluster_client([f"127.0.0.1:{port}"], socket_timeout=0.2),
-                               retry=RetryPolicy(deadline=5.0, first_delay=0.1, max_delay=1.0),
+                               retry=RetryPolicy(deadline=30.0, unreachable=2.0,
+                                                 first_delay=0.1, max_delay=1.0),
                                sleep=fake_sleep, monotonic=lambda: clock[0],
                                rng=random.Random(7))
         try:
-            with pytest.raises(IndexUnavailable, match="unavailable for test op"):
+            with pytest.raises(IndexUnavailable) as caught:
                 await runner.run("test op", [Command("k", ("GET", "k"))])
+            assert str(caught.value) == (
+                f"Redis Cluster unreachable at 127.0.0.1:{port}: Connection refused")
             return runner
         finally:
             await runner.aclose()
 
     runner = run(go)
-    assert runner.stats.retries >= 5
+    assert runner.stats.retries >= 4
     assert all(d <= 1.0 for d in sleeps.delays)
     assert sleeps.delays[0] <= 0.1 and max(sleeps.delays) > 0.5
-    assert sum(sleeps.delays) == pytest.approx(5.0, abs=1e-9)
+    assert sum(sleeps.delays) == pytest.approx(2.0, abs=1e-9)
+
+
+def test_a_cluster_reached_before_gets_the_whole_deadline(redis_cluster: RunningRedis) -> None:
+    """Once an operation succeeded, connection errors are a failover to ride out: the
+    runner retries until the full deadline, then says for how long it was unavailable."""
+    sleeps = Sleeps()
+    clock = [0.0]
+    calls = [0]
+
+    async def fake_sleep(delay: float) -> None:
+        clock[0] += delay
+        await sleeps(delay)
+
+    async def then_refused(client: RedisCluster) -> str:
+        calls[0] += 1
+        if calls[0] == 1:
+            return "reached"
+        try:
+            raise ConnectionRefusedError(111, "Connection refused")
+        except OSError as exc:
+            raise rx.ConnectionError("injected") from exc
+
+    async def go() -> str:
+        runner = ClusterRunner(new_cluster_client(redis_cluster.nodes,
+                                                  auth=redis_cluster.auth),
+                               retry=RetryPolicy(deadline=8.0, unreachable=1.0),
+                               sleep=fake_sleep, monotonic=lambda: clock[0])
+        try:
+            assert await runner.call("first", then_refused) == "reached"
+            with pytest.raises(IndexUnavailable) as caught:
+                await runner.call("later", then_refused)
+            return str(caught.value)
+        finally:
+            await runner.aclose()
+
+    message = run(go)
+    assert message.startswith("Redis Cluster unavailable at ")
+    assert message.endswith(" for 8s: Connection refused")
+    assert sum(sleeps.delays) == pytest.approx(8.0, abs=1e-9)
 
 
 def test_transient_errors_are_retried(redis_cluster: RunningRedis) -> None:
@@ -282,8 +326,9 @@ def test_cluster_client_speaks_tls_with_client_certificate_and_acl_user(
             await runner.aclose()
 
     assert asyncio.run(batch(auth)) == [b"v"]
-    refused = [(dataclasses.replace(auth, tls=False), "cannot be connected"),
-               (dataclasses.replace(auth, tls_cert="", tls_key=""), "cannot be connected"),
+    refused = [(dataclasses.replace(auth, tls=False), "unreachable at"),
+               (dataclasses.replace(auth, tls_cert="", tls_key=""),
+                "unreachable at .*: TLS handshake failed"),
                (dataclasses.replace(auth, password=None), "invalid username-password")]
     for wrong, why in refused:
         with pytest.raises(IndexUnavailable, match=why):

@@ -21,12 +21,17 @@ import pytest
 from director.client import BlobClient
 from director.errors import LeaseHeld
 from director.lease import Lease
-from director.nodes import Node
+from director.nodes import Node, NodeState
 from director.repairer import Repairer
 from ops.cli import EX_OK, EX_TEMPFAIL, main
 from ops.config import to_toml
 from tests.conftest import CORPUS
-from tests.director_installation import Installation, installation_fixture, with_client
+from tests.director_installation import (
+    Installation,
+    installation_fixture,
+    wait_state,
+    with_client,
+)
 
 inst = installation_fixture("repair", objstores=3, write_quorum=1, cache_bytes=0, timeout=0.5,
                             repair_retry_delay=60.0)
@@ -40,13 +45,16 @@ def corpus_blobs(n: int, tag: str) -> list[bytes]:
             for f in files]
 
 
-async def verified_holders(client: BlobClient, bid: str) -> list[str]:
-    """Ids of the nodes whose copy of ``bid`` reads back and verifies."""
+async def verified_holders(client: BlobClient, bid: str, *, skip: str = "") -> list[str]:
+    """Ids of the nodes whose copy of ``bid`` reads back and verifies (``skip``: a node
+    the index may still list, not asked)."""
     snap = await client.snapshot(force=True)
     out = []
     for number in await client.index.locations(bid):
         node = snap.by_number(number)
         assert node is not None
+        if node.id == skip:
+            continue
         blob = await client.reader.read(bid, client.node_client(node), content=False)
         assert blob.blob_id == bid
         out.append(node.id)
@@ -206,6 +214,62 @@ def test_directord_repairs_in_the_background(inst: Installation, tmp_path: Path)
         with_client(inst.config, wait)
     finally:
         inst.cluster.launcher.stop(spec)
+
+
+def test_node_dead_re_replicates_at_once_without_the_grace(
+        inst: Installation, capsys: pytest.CaptureFixture[str]) -> None:
+    """kill -9 a node: it is seen down within a few report intervals (its report late,
+    not expired), and within repair_down_grace its copies still count, so a pass copies
+    nothing; after objmail node dead, the next pass sweeps the whole index at once and
+    gives every blob it held a second verified copy elsewhere, last copies first."""
+    datas = corpus_blobs(8, "dead")
+    victim = inst.objstores()[1].name
+    config = str(inst.cluster.config_path)
+
+    async def write(client: BlobClient) -> list[str]:
+        ids = await client.put_many(datas)
+        number = (await client.snapshot(force=True)).get(victim).number  # type: ignore[union-attr]
+        found = await client.index.lookup(ids)
+        await client.repair.done(await client.repair.claim(1000))  # an empty queue
+        return [b for b in ids if number in found[b]]
+
+    on_victim = with_client(inst.config, write)
+    assert on_victim
+    inst.kill(victim)
+    killed = time.monotonic()
+    try:
+        wait_state(inst.config, victim, NodeState.DOWN)
+        assert time.monotonic() - killed < inst.config.objstore.report_ttl, \
+            "down once its report is late, before the report expires"
+
+        async def within_grace(client: BlobClient) -> None:
+            stats = await Repairer(client).run_once()
+            assert stats.copies_made == 0 and victim not in stats.lost_nodes
+
+        with_client(inst.config, within_grace)
+        capsys.readouterr()
+        assert main(["--config", config, "node", "dead", victim]) == EX_OK
+        assert "is dead" in capsys.readouterr().out
+
+        async def repair(client: BlobClient) -> None:
+            stats = await Repairer(client).run_once()
+            assert victim in stats.lost_nodes
+            assert stats.swept_buckets == inst.config.director.index_buckets
+            assert stats.sweep_last_copy >= len(on_victim)
+            assert stats.copies_made >= len(on_victim) and stats.unrepairable == 0
+            for bid in on_victim:
+                holders = await verified_holders(client, bid, skip=victim)
+                assert len(holders) == 2 and victim not in holders
+            by_id = {client.id_of(d): d for d in datas}
+            assert await client.get_many(on_victim) == {b: by_id[b] for b in on_victim}
+            again = await Repairer(client).run_once()
+            assert again.copies_made == again.sweep_queued == again.full_sweep_left == 0
+
+        with_client(inst.config, repair)
+    finally:
+        inst.start(victim)
+    assert main(["--config", config, "node", "activate", victim]) == EX_OK
+    wait_state(inst.config, victim, NodeState.ACTIVE)
 
 
 def test_blobs_of_a_removed_node_are_re_replicated(inst: Installation,

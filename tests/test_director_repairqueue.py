@@ -132,3 +132,40 @@ def test_retry_later_puts_claimed_entries_back_with_a_delay(
     claimed, now, later = with_queue(redis_cluster, clock, body)
     assert now == claimed[2:3]
     assert sorted(later) == sorted(claimed[:2])
+
+
+def test_blobs_with_fewer_copies_left_are_claimed_first(redis_cluster: RunningRedis) -> None:
+    """Claims take due entries by priority: no copies left, then one, then the others
+    (a priority queued later still goes first); a normal entry queued again with a more
+    urgent priority moves up; retries and leases keep an entry's priority; entries not
+    yet due wait whatever their priority; backlog(urgent=True) counts the prioritised."""
+    clock = Clock()
+    normal, one, none, later = (blob_ids(6, "n"), blob_ids(6, "o"), blob_ids(3, "z"),
+                                blob_ids(2, "l"))
+
+    async def body(q: RepairQueue) -> tuple[Any, ...]:
+        assert await q.add(normal) == 6
+        assert await q.add(one, priority=1) == 6
+        assert await q.add(none, priority=0) == 3
+        assert await q.add(later, priority=0, delay=60) == 2
+        assert await q.add(normal[:2], priority=1) == 0  # moved up, not new
+        assert await q.add(one[:1]) == 0                  # a normal add keeps priority 1
+        counts = (await q.backlog(), await q.backlog(urgent=True))
+        first = await q.claim(4, lease=30)
+        second = await q.claim(5, lease=30)
+        await q.retry_later(first, 10)
+        clock.now += 31  # every lease ran out; the retries are due too
+        again = await q.claim(100, lease=30)
+        clock.now += 60
+        last = await q.claim(100)
+        return counts, first, second, again, last
+
+    counts, first, second, again, last = with_queue(redis_cluster, clock, body)
+    assert counts == (17, 13)
+    assert set(first[:3]) == set(none) and first[3] in one + normal[:2]
+    assert set(second) <= set(one + normal[:2]) and len(second) == 5
+    urgent = set(none) | set(one) | set(normal[:2])
+    assert set(again[:len(urgent)]) == urgent, "priorities survive leases and retries"
+    assert set(again[len(urgent):]) == set(normal[2:])
+    assert set(again[:3]) == set(none)
+    assert set(last) >= set(later)

@@ -29,6 +29,7 @@ def test_after_login() -> None:
     caps = capabilities(authenticated=True, secure=False, tls_available=True,
                         allow_plaintext_auth=False)
     for name in ("IDLE", "NAMESPACE", "UIDPLUS", "MOVE", "SPECIAL-USE", "LITERAL+", "ENABLE",
-                 "ID", "UNSELECT", "CONDSTORE", "QRESYNC"):
+                 "ID", "UNSELECT", "CONDSTORE", "QRESYNC", "ESEARCH", "SEARCHRES", "SORT",
+                 "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES"):
         assert name in caps
     assert "STARTTLS" not in caps and "LOGINDISABLED" not in caps

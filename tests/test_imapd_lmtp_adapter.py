@@ -228,14 +228,14 @@ def test_no_command_starts_while_replies_are_unread() -> None:
 
 
 def test_long_line_and_session_errors_are_answered_and_survived() -> None:
-    """A command line over the limit gets 500 5.5.2 and a session crash 451 4.3.0; the
-    connection goes on."""
+    """A command line over the limit gets 500 5.5.2 and a session crash the LMTP map's
+    451 4.3.0 for a bug; the connection goes on."""
 
     async def body() -> None:
         h = Harness()
         h.output()
         out = await h.feed(b"X" * 5000 + b"\r\nCRASH\r\nNOOP\r\n")
-        assert out == b"500 5.5.2 Line too long\r\n451 4.3.0 Internal error\r\n250 NOOP ok\r\n"
+        assert out == b"500 5.5.2 Line too long\r\n451 4.3.0 internal error\r\n250 NOOP ok\r\n"
         assert not h.transport.disconnecting
 
     run(body)

@@ -548,3 +548,186 @@ def test_search_from_ignores_comments_and_body_is_a_substring_search(dsn: str) -
             b"* SEARCH 5\r\nf OK SEARCH completed\r\n")
 
     run(dsn, body)
+
+
+def _six_flagged_mailbox() -> tuple[bytes, ...]:
+    return tuple(b"Subject: m%d\r\n\r\nbody %d\r\n" % (n, n) for n in range(1, 7))
+
+
+async def _expunge_first_flag_some(c: Client) -> None:
+    """UIDs 1..6, then UID 1 expunged (sequence numbers 1..5 are UIDs 2..6) and UIDs 2, 4
+    and 5 (sequence numbers 1, 3, 4) flagged."""
+    await c.send("s1 SELECT INBOX")
+    await c.send("s2 STORE 1 +FLAGS.SILENT (\\Deleted)")
+    assert await c.send("s3 EXPUNGE") == b"* 1 EXPUNGE\r\ns3 OK EXPUNGE completed\r\n"
+    await c.send("s4 UID STORE 2,4:5 +FLAGS.SILENT (\\Flagged)")
+
+
+def test_esearch_return_options(dsn: str) -> None:
+    """SEARCH RETURN answers one ESEARCH line tagged with the command (RFC 4731's examples):
+    MIN/MAX/ALL are left out when nothing matched, COUNT 0 is not, RETURN () is ALL, UID
+    SEARCH answers UIDs, and a MODSEQ search adds the mod-sequence of what is returned."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        for raw in _six_flagged_mailbox():
+            await env.deliver(name, raw)
+        await _expunge_first_flag_some(c)
+        cases = {
+            "a SEARCH RETURN (MIN COUNT) FLAGGED": b'* ESEARCH (TAG "a") MIN 1 COUNT 3',
+            "b SEARCH RETURN () FLAGGED": b'* ESEARCH (TAG "b") ALL 1,3:4',
+            "c SEARCH RETURN (MIN MAX) KEYWORD none": b'* ESEARCH (TAG "c")',
+            "d UID SEARCH RETURN (MIN MAX) ALL": b'* ESEARCH (TAG "d") UID MIN 2 MAX 6',
+            "e SEARCH RETURN (COUNT) KEYWORD none": b'* ESEARCH (TAG "e") COUNT 0',
+            "f UID SEARCH RETURN (ALL) FLAGGED": b'* ESEARCH (TAG "f") UID ALL 2,4:5',
+            "g SEARCH RETURN (MAX ALL COUNT MIN) 2:5": (
+                b'* ESEARCH (TAG "g") MIN 2 MAX 5 COUNT 4 ALL 2:5'),
+        }
+        for command, expected in cases.items():
+            tag, rest = command.split(" ", 1)
+            name = rest.split(" RETURN")[0]
+            assert await c.send(command) == (
+                expected + f"\r\n{tag} OK {name} completed\r\n".encode()), command
+        reply = await c.send("h UID STORE 5 +FLAGS.SILENT (\\Seen)")
+        modseq = int(re.search(rb"MODSEQ \((\d+)\)", await c.send(
+            "i UID FETCH 5 (MODSEQ)")).group(1))  # type: ignore[union-attr]
+        assert reply.endswith(b"h OK UID STORE completed\r\n")
+        assert await c.send("j SEARCH RETURN (MIN) MODSEQ 1") == (
+            b'* ESEARCH (TAG "j") MIN 1 MODSEQ %d\r\nj OK SEARCH completed\r\n'
+            % (modseq - 1))
+        assert await c.send("k SEARCH RETURN (COUNT) MODSEQ 1") == (
+            b'* ESEARCH (TAG "k") COUNT 5 MODSEQ %d\r\nk OK SEARCH completed\r\n' % modseq)
+
+    run(dsn, body, messages=())
+
+
+def test_searchres_saves_a_result_for_dollar(dsn: str) -> None:
+    """SEARCH RETURN (SAVE) answers no ESEARCH and keeps the result as ``$`` for later
+    FETCH, SEARCH, STORE and COPY (RFC 5182's examples); with only MIN/MAX it keeps those;
+    expunged messages leave it; a failed SAVE search and SELECT empty it."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        for raw in _six_flagged_mailbox():
+            await env.deliver(name, raw)
+        await _expunge_first_flag_some(c)
+        assert await c.send("a SEARCH RETURN (SAVE) FLAGGED") == b"a OK SEARCH completed\r\n"
+        assert await c.send("b FETCH $ (UID)") == (
+            b"* 1 FETCH (UID 2)\r\n* 3 FETCH (UID 4)\r\n* 4 FETCH (UID 5)\r\n"
+            b"b OK FETCH completed\r\n")
+        assert await c.send("c UID SEARCH $ NOT UID 4") == (
+            b"* SEARCH 2 5\r\nc OK UID SEARCH completed\r\n")
+        assert await c.send("d SEARCH RETURN (SAVE MIN MAX) $ NOT 3") == (
+            b'* ESEARCH (TAG "d") MIN 1 MAX 4\r\nd OK SEARCH completed\r\n')
+        assert await c.send("e SEARCH RETURN (ALL) UID $") == (
+            b'* ESEARCH (TAG "e") ALL 1,4\r\ne OK SEARCH completed\r\n')
+        assert await c.send("f UID STORE $ +FLAGS.SILENT (\\Deleted)") == (
+            b"f OK UID STORE completed\r\n")
+        await c.send("g0 CREATE Kept")
+        assert (await c.send("g COPY $ Kept")).startswith(b"g OK [COPYUID ")
+        assert await c.send("h EXPUNGE") == (
+            b"* 1 EXPUNGE\r\n* 3 EXPUNGE\r\nh OK EXPUNGE completed\r\n")
+        assert await c.send("i FETCH $ (UID)") == b"i OK FETCH completed\r\n"
+        await c.send("j SEARCH RETURN (SAVE) ALL")
+        assert (await c.send("k SEARCH RETURN (SAVE) 99")).startswith(b"k BAD ")
+        assert await c.send("l FETCH $ (UID)") == b"l OK FETCH completed\r\n"
+        await c.send("l1 SEARCH RETURN (SAVE) ALL")
+        assert (await c.send("l2 SEARCH RETURN (SAVE) CHARSET X-NONE ALL")).startswith(
+            b"l2 NO [BADCHARSET")
+        assert await c.send("l3 FETCH $ (UID)") == b"l3 OK FETCH completed\r\n"
+        await c.send("l4 SEARCH RETURN (SAVE) ALL")
+        assert (await c.send("l5 SEARCH RETURN (SAVE) BOGUS")).startswith(b"l5 BAD ")
+        assert await c.send("l6 FETCH $ (UID)") == b"l6 OK FETCH completed\r\n"
+        await c.send("m SEARCH RETURN (SAVE) ALL")
+        await c.send("n SELECT INBOX")
+        assert await c.send("o FETCH $ (UID)") == b"o OK FETCH completed\r\n"
+
+    run(dsn, body, messages=())
+
+
+_SORTABLE = (
+    b'From: "Zed" <alice@x.org>\r\nTo: bob@y.org\r\nSubject: Re: beta\r\n'
+    b"Date: Wed, 3 Jul 2024 10:00:00 +0000\r\n\r\n" + b"a" * 1000 + b"\r\n",
+    b"From: Bob Smith <carol@x.org>\r\nTo: \"Anna\" <zed@y.org>\r\nCc: m@z.org\r\n"
+    b"Subject: alpha\r\nDate: Mon, 1 Jul 2024 10:00:00 +0000\r\n\r\n" + b"b" * 4000 + b"\r\n",
+    b"From: dave@x.org\r\nTo: amy@y.org\r\nCc: a@z.org\r\nSubject: [list] Gamma\r\n\r\nc\r\n",
+    b"From: aaron@x.org\r\nTo: \"Zoe\" <bob@y.org>\r\nSubject: Fwd: Alpha (fwd)\r\n"
+    b"Date: Tue, 2 Jul 2024 23:00:00 -0500\r\n\r\n" + b"d" * 2000 + b"\r\n",
+)
+
+
+def test_sort_orders_by_keys_stored_at_delivery(dsn: str) -> None:
+    """SORT orders by every RFC 5256 and RFC 5957 key (base subject, first address's
+    mailbox or display name, sent date with INTERNALDATE for a message without one, size),
+    REVERSE per key, exact ties by sequence number, over the searched messages only; UID
+    SORT answers UIDs; rows stored before the keys existed get them from their header."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        for raw in _SORTABLE:
+            await env.deliver(name, raw)
+        await c.send("a SELECT INBOX")
+        cases = {
+            "(SUBJECT) UTF-8 ALL": b"2 4 1 3",
+            "(SUBJECT REVERSE DATE) UTF-8 ALL": b"4 2 1 3",
+            "(REVERSE SUBJECT) UTF-8 ALL": b"3 1 2 4",
+            "(FROM) UTF-8 ALL": b"4 1 2 3",
+            "(DISPLAYFROM) UTF-8 ALL": b"4 2 3 1",
+            "(DATE) UTF-8 ALL": b"2 4 1 3",
+            "(SIZE) US-ASCII ALL": b"3 1 4 2",
+            "(CC) UTF-8 ALL": b"1 4 3 2",
+            "(TO) UTF-8 ALL": b"3 1 4 2",
+            "(DISPLAYTO) UTF-8 ALL": b"3 2 1 4",
+            "(DATE) UTF-8 SUBJECT alpha": b"2 4",
+            "(ARRIVAL) UTF-8 2:3": b"2 3",
+        }
+        for arguments, expected in cases.items():
+            assert await c.send(f"b SORT {arguments}") == (
+                b"* SORT " + expected + b"\r\nb OK SORT completed\r\n"), arguments
+        assert await c.send("c UID SORT (SIZE) UTF-8 NOT 3") == (
+            b"* SORT 1 4 2\r\nc OK UID SORT completed\r\n")
+        assert await c.send("d SORT (SUBJECT) UTF-8 KEYWORD none") == (
+            b"* SORT\r\nd OK SORT completed\r\n")
+        assert (await c.send("e SORT (BOGUS) UTF-8 ALL")).startswith(b"e BAD ")
+        assert (await c.send("f SORT (SUBJECT) X-NONE ALL")).startswith(b"f NO [BADCHARSET")
+        async with env.store.db.connection() as conn:
+            await conn.execute(
+                "UPDATE messages SET sort_subject = NULL, sort_from = NULL "
+                "WHERE user_id = $1", env.users[name].id)
+        assert await c.send("g SORT (SUBJECT) UTF-8 ALL") == (
+            b"* SORT 2 4 1 3\r\ng OK SORT completed\r\n")
+        async with env.store.db.connection() as conn:
+            stored = await conn.fetch(
+                "SELECT sort_subject, sort_from FROM messages WHERE user_id = $1 ORDER BY id",
+                env.users[name].id)
+        assert [tuple(r) for r in stored] == [
+            ("beta", "alice"), ("alpha", "carol"), ("gamma", "dave"), ("alpha", "aaron")]
+
+    run(dsn, body, messages=())
+
+
+def test_thread_references_and_orderedsubject(dsn: str) -> None:
+    """THREAD REFERENCES links replies by Message-ID/In-Reply-To/References and orders
+    siblings by sent date; ORDEREDSUBJECT hangs each base subject under its first message;
+    UID THREAD answers UIDs over the searched messages."""
+    thread = (
+        b"Message-ID: <a@x>\r\nSubject: Plan\r\nDate: Mon, 1 Jul 2024 10:00:00 +0000\r\n",
+        b"Message-ID: <b@x>\r\nIn-Reply-To: <a@x>\r\nSubject: Re: Plan\r\n"
+        b"Date: Wed, 3 Jul 2024 10:00:00 +0000\r\n",
+        b"Message-ID: <c@x>\r\nReferences: <a@x> <b@x>\r\nSubject: Re: Plan\r\n"
+        b"Date: Thu, 4 Jul 2024 10:00:00 +0000\r\n",
+        b"Message-ID: <d@x>\r\nIn-Reply-To: <a@x>\r\nSubject: Re: Plan\r\n"
+        b"Date: Tue, 2 Jul 2024 10:00:00 +0000\r\n",
+        b"Message-ID: <e@x>\r\nSubject: Other\r\nDate: Fri, 5 Jul 2024 10:00:00 +0000\r\n",
+    )
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        for header in thread:
+            await env.deliver(name, header + b"\r\nbody\r\n")
+        await c.send("a SELECT INBOX")
+        assert await c.send("b THREAD REFERENCES UTF-8 ALL") == (
+            b"* THREAD (1 (4)(2 3))(5)\r\nb OK THREAD completed\r\n")
+        assert await c.send("c THREAD ORDEREDSUBJECT UTF-8 ALL") == (
+            b"* THREAD (1 (4)(2)(3))(5)\r\nc OK THREAD completed\r\n")
+        assert await c.send("d UID THREAD REFERENCES UTF-8 NOT 4") == (
+            b"* THREAD (1 2 3)(5)\r\nd OK UID THREAD completed\r\n")
+        assert (await c.send("e THREAD BOGUS UTF-8 ALL")).startswith(b"e BAD ")
+
+    run(dsn, body, messages=())

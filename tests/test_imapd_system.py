@@ -144,6 +144,37 @@ def test_imapclient_session_covers_the_commands(imapd: Imapd, mail: Mail) -> Non
     assert c.logout() == b"Logging out"
 
 
+def test_imapclient_sorts_threads_and_saves_searches(imapd: Imapd, mail: Mail) -> None:
+    """Over the real process, imapclient's SORT and THREAD see the keys stored at delivery,
+    and ESEARCH/SEARCHRES answer a UID SEARCH RETURN and a later FETCH of ``$``."""
+    user = new_user(mail)
+    c = connect(imapd, user)
+    caps = c.capabilities()
+    for cap in (b"ESEARCH", b"SEARCHRES", b"SORT", b"SORT=DISPLAY", b"THREAD=REFERENCES",
+                b"THREAD=ORDEREDSUBJECT"):
+        assert cap in caps
+    for header in (b"Message-ID: <a@x>\r\nFrom: zoe@x\r\nSubject: Plan\r\n"
+                   b"Date: Mon, 1 Jul 2024 10:00:00 +0000",
+                   b"Message-ID: <b@x>\r\nFrom: adam@x\r\nIn-Reply-To: <a@x>\r\n"
+                   b"Subject: Re: Plan\r\nDate: Tue, 2 Jul 2024 10:00:00 +0000",
+                   b"Message-ID: <c@x>\r\nFrom: mia@x\r\nSubject: Budget\r\n"
+                   b"Date: Wed, 3 Jul 2024 10:00:00 +0000"):
+        c.append("INBOX", header + b"\r\n\r\nbody\r\n")
+    c.select_folder("INBOX")
+    assert c.sort(["FROM"]) == [2, 3, 1]
+    assert c.sort(["SUBJECT", "REVERSE", "DATE"]) == [3, 2, 1]
+    assert c.thread("REFERENCES") == ((1, 2), (3,))
+    assert c.thread("ORDEREDSUBJECT") == ((1, 2), (3,))
+    imap = c._imap  # imapclient has no ESEARCH wrapper
+    typ, data = imap._simple_command("UID", "SEARCH", "RETURN", "(MIN MAX COUNT SAVE)", "ALL")
+    assert typ == "OK"
+    assert imap._untagged_response(typ, data, "ESEARCH")[1][0].endswith(
+        b"UID MIN 1 MAX 3 COUNT 3")
+    typ, data = imap.fetch("$", "(UID)")
+    assert (typ, data) == ("OK", [b"1 (UID 1)", b"2 (UID 2)", b"3 (UID 3)"])
+    c.logout()
+
+
 def test_imaps_starttls_and_authenticate_plain(imapd: Imapd, mail: Mail) -> None:
     """IMAPS with the configured certificate and STARTTLS on the plain port both work,
     and AUTHENTICATE PLAIN logs in over them."""
@@ -215,6 +246,44 @@ def test_two_processes_see_each_others_changes(cluster: Cluster,
         wait_for(b"EXPUNGE")
         watcher.idle_done()
         assert watcher.search() == [2]
+        watcher.logout()
+        actor.logout()
+    finally:
+        second.stop()
+
+
+def test_noop_reports_another_process_flags_and_expunges(cluster: Cluster,
+                                                        certificate: tuple[Path, Path],
+                                                        imapd: Imapd, mail: Mail) -> None:
+    """NOOP, which now re-reads only what the change feed reported, still shows a flag
+    change and an expunge made on another imapd process, and nothing when nothing moved."""
+    second = start_imapd(cluster, "imapd-2", certificate)
+    try:
+        user = new_user(mail)
+        mail.deliver(user, [b"Subject: a\r\n\r\na\r\n", b"Subject: b\r\n\r\nb\r\n"])
+        watcher = connect(imapd, user)
+        watcher.select_folder("INBOX")
+        actor = connect(second, user)
+        actor.select_folder("INBOX")
+        assert watcher.noop()[1] == []
+
+        def poll_for(kind: bytes) -> list[object]:
+            heard: list[object] = []
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                heard.extend(watcher.noop()[1])
+                if any(isinstance(r, tuple) and kind in r for r in heard):
+                    return heard
+                time.sleep(0.05)
+            raise AssertionError(f"no {kind!r} in {heard}")
+
+        actor.add_flags([2], [b"\\Flagged"])
+        assert any(r[:2] == (2, b"FETCH") for r in poll_for(b"FETCH")
+                   if isinstance(r, tuple))
+        actor.delete_messages([1])
+        actor.expunge()
+        assert (1, b"EXPUNGE") in poll_for(b"EXPUNGE")
+        assert b"\\Flagged" in watcher.get_flags([2])[2]  # UID 2, now message 1
         watcher.logout()
         actor.logout()
     finally:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from metadata.mimetree import parse
-from metadata.sections import SectionError, SectionMap, SectionRange, imap_view, section_map
+from metadata.sections import (
+    SectionError,
+    SectionMap,
+    SectionMapError,
+    SectionRange,
+    imap_view,
+    section_map,
+)
 from tests.conftest import CORPUS
 from tests.corpus_features import feature_rows
 
@@ -99,12 +106,13 @@ def test_vsize_counts_the_imap_view() -> None:
 
 
 def test_serialisation_round_trip() -> None:
-    """The stored form decodes to the same map; junk is rejected."""
+    """The stored form decodes to the same map; junk is rejected as corruption
+    (SectionMapError, a CorruptMessage like a bad skeleton), never a bare ValueError."""
     smap = section_map(parse(NESTED))
     data = smap.to_bytes()
     assert SectionMap.from_bytes(data) == smap
     for junk in (b"", b"OMSM", data[:-1], data + b"\0", b"XXXX" + data[4:]):
-        with pytest.raises(ValueError):
+        with pytest.raises(SectionMapError):
             SectionMap.from_bytes(junk)
 
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 
-from metadata.errors import InvalidName, NoSuchUser, UserExists
+from metadata.errors import InvalidName, InvalidPassword, NoSuchUser, UserExists
 from metadata.passwords import ScryptParams, verify_password
 from metadata.store import MetadataStore
 from tests.metadata_support import FAST_SCRYPT, blob, fresh_database, sample_row
@@ -77,7 +77,7 @@ def test_names_are_unique_case_insensitively_and_validated(dsn: str) -> None:
                     await store.users.create(bad, "pw")
             with pytest.raises(ValueError):
                 await store.users.create("erin", "pw", quota_bytes=-1)
-            with pytest.raises(ValueError):
+            with pytest.raises(InvalidPassword):
                 await store.users.create("erin", "")
             with pytest.raises(NoSuchUser):
                 await store.users.get("erin")

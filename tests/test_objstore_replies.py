@@ -23,10 +23,12 @@ from objstore.replies import (
     Value,
     Values,
     VersionReply,
+    error_reply,
     format_metadump_line,
     serialize,
     serialize_into,
 )
+from runtime import errors as kinds
 
 WIRE: list[tuple[Reply, bytes, Expect]] = [
     (Status(b"STORED"), b"STORED\r\n", Expect.LINE),
@@ -166,3 +168,23 @@ def test_fuzz_values_round_trip(items: list[tuple[bytes, int, bytes, int | None]
     """Any get reply survives serialize -> parse, however it is chunked."""
     reply = Values(tuple(Value(*i) for i in items))
     assert _parse(serialize(reply), [Expect.GET], chunk) == [reply]
+
+
+@pytest.mark.parametrize(("exc", "line"), [
+    (kinds.InvalidInput("bad key\r\nsecond line"), b"CLIENT_ERROR bad key second line"),
+    (kinds.Corruption("blob ab: every replica is corrupt"),
+     b"SERVER_ERROR blob ab: every replica is corrupt"),
+    (kinds.Unavailable("Redis Cluster unreachable"), b"SERVER_ERROR Redis Cluster unreachable"),
+    (kinds.LimitExceeded("object too large for cache"),
+     b"SERVER_ERROR object too large for cache"),
+    (kinds.Misconfigured("index_buckets"), b"SERVER_ERROR index_buckets"),
+    (ConnectionResetError(104, "Connection reset by peer"),
+     b"SERVER_ERROR [Errno 104] Connection reset by peer"),
+    (KeyError("internals"), b"SERVER_ERROR internal error"),
+    (ReplyError("not a memcached reply"), b"CLIENT_ERROR not a memcached reply"),
+])
+def test_error_reply_maps_each_kind(exc: BaseException, line: bytes) -> None:
+    """memcached's error map: the client's mistake is CLIENT_ERROR, every other kind
+    SERVER_ERROR with its message on one line, a bug SERVER_ERROR internal error (its
+    details stay in the log)."""
+    assert serialize(error_reply(exc)) == line + b"\r\n"

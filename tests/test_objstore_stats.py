@@ -14,13 +14,20 @@ import pytest
 from objstore.stats import (
     COMMIT_BUCKETS,
     COUNTER_NAMES,
+    GET,
+    LATENCY_BUCKETS,
+    LATENCY_NAMES,
     OP_INDEX,
     OP_NAMES,
+    SET,
     STORE_NAMES,
     Counters,
     HotKeys,
+    LatencySampler,
     SharedSlots,
     count_commit,
+    histogram,
+    quantile,
     totals,
 )
 
@@ -37,7 +44,8 @@ def test_counters_snapshot_and_reset() -> None:
     count_commit(store, 2.0, 1)
     c.sync_store(store)
     snap = c.snapshot()
-    assert len(snap) == len(COUNTER_NAMES) + len(OP_NAMES) + len(STORE_NAMES)
+    assert len(snap) == len(COUNTER_NAMES) + len(OP_NAMES) + len(STORE_NAMES) + \
+        len(LATENCY_NAMES)
     t = totals([snap, snap])
     assert t["cmd_get"] == 6 and t["ops_mg"] == 10
     assert (t["commits"], t["committed_ops"], t["commit_microseconds"]) == (4, 10, 4_006_000)
@@ -103,3 +111,35 @@ def test_shared_slots_between_processes(tmp_path: Path) -> None:
     assert SharedSlots(path, 2, 1).read(0) == ([0] * len(numbers), [])
     assert os.path.getsize(path) > 0
     mine.close()
+
+
+def test_latency_sampler_times_one_request_in_n_into_histograms() -> None:
+    """About one request in 16 is due for timing; recorded latencies land in their kind's
+    bucket (above the last bound: +Inf), summed across workers by totals, and reset."""
+    c = Counters()
+    sampler = LatencySampler(c, rng=random.Random(3))
+    due = sum(sampler.due() for _ in range(16_000))
+    assert 900 <= due <= 1100
+    sampler.record(GET, 0.00015)
+    sampler.record(GET, 0.00015)
+    sampler.record(SET, 0.003)
+    sampler.record(SET, 30.0)
+    t = totals([c.snapshot(), c.snapshot()])
+    gets = histogram(t, "get_latency_bucket_", len(LATENCY_BUCKETS))
+    sets = histogram(t, "set_latency_bucket_", len(LATENCY_BUCKETS))
+    assert gets[LATENCY_BUCKETS.index(0.0002)] == 4 and sum(gets) == 4
+    assert sets[LATENCY_BUCKETS.index(0.005)] == 2 and sets[-1] == 2
+    c.reset()
+    assert sum(c.latency) == 0
+
+
+def test_quantile_of_histogram_deltas() -> None:
+    """The p99 between two readings is the bound of the bucket holding it: what was
+    counted before the first reading does not count; nothing counted is 0."""
+    bounds = (0.001, 0.01, 0.1)
+    before = [1000, 0, 0, 0]
+    after = [1098, 1, 1, 0]        # 100 new: 98 fast, one at 10 ms, one at 100 ms
+    assert quantile(bounds, before, after, 0.99) == 0.01
+    assert quantile(bounds, before, after, 0.5) == 0.001
+    assert quantile(bounds, before, [1000, 0, 0, 5], 0.99) == 0.1  # +Inf: the last bound
+    assert quantile(bounds, before, before, 0.99) == 0.0

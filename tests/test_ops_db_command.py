@@ -51,12 +51,13 @@ def test_migrate_then_status(postgres: str, tmp_path: Path,
 
 def test_unreachable_and_missing_database(postgres: str, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    """A server nobody answers on gives EX_UNAVAILABLE; a database that does not exist
-    gives EX_CONFIG with a hint; both name the problem."""
+    """A server nobody answers on gives EX_UNAVAILABLE and one line naming where; a
+    database that does not exist gives EX_CONFIG with a hint; both name the problem."""
     port = free_port()
     cfg = config_file(tmp_path, f"postgresql://postgres@127.0.0.1:{port}/objmail")
     assert main(["--config", cfg, "db", "migrate"]) == EX_UNAVAILABLE
-    assert "PostgreSQL unavailable" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"objmail db migrate: PostgreSQL unreachable at "
+                                       f"127.0.0.1:{port}/objmail: Connection refused\n")
 
     cfg = config_file(tmp_path, with_database(postgres, "objmail_no_such_db"))
     assert main(["--config", cfg, "db", "status"]) == EX_CONFIG

@@ -312,12 +312,14 @@ def _mode(path: Path) -> int:
 
 def test_secrets_logs_and_data_are_private(postgres: str, redis_cluster: RunningRedis,
                                            test_cluster: SessionCluster) -> None:
-    """The generated passwords are 0600 files in a 0700 directory; logs, Redis and
-    PostgreSQL data are in 0700 directories and nothing in them is readable by group or
-    others; no password shows in the config or in any process's command line (ps)."""
+    """The generated passwords and keyring are 0600 files in a 0700 directory, and the
+    config names the keyring; logs, Redis and PostgreSQL data are in 0700 directories
+    and nothing in them is readable by group or others; no password shows in the config
+    or in any process's command line (ps)."""
     run_dir = test_cluster.run_dir
     cluster = test_cluster.config.cluster
-    secret_files = [Path(cluster.redis_password_file), Path(cluster.pg_password_file)]
+    secret_files = [Path(cluster.redis_password_file), Path(cluster.pg_password_file),
+                    Path(test_cluster.config.director.keyring_file)]
     assert {p.parent for p in secret_files} == {run_dir / "secrets"}
     assert _mode(run_dir / "secrets") == 0o700
     assert all(_mode(p) == 0o600 for p in secret_files)

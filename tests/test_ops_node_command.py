@@ -74,7 +74,7 @@ def test_add_then_list(cli: Cli) -> None:
     code, out, _err = cli("node", "list")
     header, *lines = out.splitlines()
     assert header.split() == ["ID", "NUM", "ADDRESS", "ZONE", "TIER", "STATE",
-                              "USED/CAPACITY", "ITEMS", "OPS/S", "REPORT"]
+                              "USED/CAPACITY", "ITEMS", "OPS/S", "CPU", "IO/S", "REPORT"]
     mine = [line for line in lines if line.startswith(node_id)]
     assert mine and mine[0].split()[2:6] == [address, "z1", "hdd", "down"]
 
@@ -139,6 +139,21 @@ def test_drain_and_activate(cli: Cli) -> None:
     code, out, _err = cli("node", "activate", node_id)
     assert code == EX_OK and listed(cli)[node_id]["admin_state"] == "active"
     code, _out, err = cli("node", "drain", "no-such-node")
+    assert code == EX_DATAERR and "no-such-node" in err
+
+
+def test_dead_marks_a_node_gone_until_activated(cli: Cli) -> None:
+    """node dead marks a node dead (its state whatever its report says) and points at
+    repair and remove; activate brings it back; an unknown id is an error naming it."""
+    node_id = unique("n")
+    cli("node", "add", unique_address(), "--zone", "a", "--tier", "ssd", "--id", node_id)
+    code, out, _err = cli("node", "dead", node_id)
+    assert code == EX_OK and "is dead" in out and f"node remove {node_id}" in out
+    row = listed(cli)[node_id]
+    assert (row["state"], row["admin_state"]) == ("dead", "dead")
+    assert cli("node", "activate", node_id)[0] == EX_OK
+    assert listed(cli)[node_id]["state"] == "down"
+    code, _out, err = cli("node", "dead", "no-such-node")
     assert code == EX_DATAERR and "no-such-node" in err
 
 

@@ -10,17 +10,20 @@ from pathlib import Path
 
 import pytest
 
+from director.keyring import Keyring, write_keyring
 from ops.cli import EX_CONFIG, EX_OK, main
 from tests.conftest import RunningRedis, credential_keys
 
 
 def config_file(tmp_path: Path, redis_cluster: RunningRedis, buckets: int = 64) -> Path:
     path = tmp_path / "objmail.toml"
+    keyring = tmp_path / "keyring.toml"
+    write_keyring(keyring, Keyring.generate())
     nodes = ", ".join(f'"{n}"' for n in redis_cluster.nodes)
     path.write_text(f'[cluster]\nredis_nodes = [{nodes}]\n'
                     f'redis_prefix = "t{uuid.uuid4().hex[:8]}:"\n'
                     + credential_keys(redis_cluster.cluster.config.cluster) +
-                    f'[director]\nindex_buckets = {buckets}\n')
+                    f'[director]\nindex_buckets = {buckets}\nkeyring_file = "{keyring}"\n')
     return path
 
 

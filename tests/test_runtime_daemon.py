@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 from twisted.internet.error import CannotListenError
 
+from director.errors import IndexLayoutMismatch, IndexUnavailable
+from metadata.errors import SchemaError
+from metadata.errors import Unavailable as MetadataUnavailable
 from objstore.config import ObjstoredConfig
 from runtime.config import ConfigError
 from runtime.daemon import (
@@ -41,6 +44,15 @@ def test_exit_codes_follow_sysexits() -> None:
         == EX_OSERR
     assert exit_code(OSError(errno.EACCES, "denied")) == EX_OSERR
     assert exit_code(KeyError("bug")) == EX_SOFTWARE
+
+
+def test_errors_of_a_kind_give_their_exit_code() -> None:
+    """A component's error of kind misconfigured exits 78 and of kind unavailable 69,
+    without the daemon listing its exception classes."""
+    assert exit_code(SchemaError("run objmail db migrate")) == EX_CONFIG
+    assert exit_code(IndexLayoutMismatch("index_buckets")) == EX_CONFIG
+    assert exit_code(IndexUnavailable("Redis Cluster unreachable")) == EX_UNAVAILABLE
+    assert exit_code(MetadataUnavailable("PostgreSQL unreachable")) == EX_UNAVAILABLE
 
 
 def test_common_options_and_overrides_name_the_key(tmp_path: Path) -> None:

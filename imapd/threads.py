@@ -1,0 +1,217 @@
+"""THREAD (RFC 5256): ORDEREDSUBJECT and REFERENCES over stored keys, in memory.
+
+Both algorithms work on :class:`~metadata.records.SortEntry` rows (base subject, sent
+date, Message-ID, parents' ids), which one query returns for the searched entries; no
+message is read.  The result is a forest of :class:`Node` with entries at the nodes
+(None for a dummy parent), which the session turns into ``* THREAD`` numbers.
+
+Messages are compared by sent date, then sequence number (the entries' order), wherever
+RFC 5256 says "sorted by sent date".  Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from metadata.records import SortEntry
+
+__all__ = ["Node", "ordered_subject", "references"]
+
+
+@dataclass(eq=False)
+class Node:
+    """A thread member (``entry`` None for a dummy) and its children in order."""
+
+    entry: SortEntry | None = None
+    children: list[Node] = field(default_factory=list)
+    parent: Node | None = None
+    #: Position in the searched entries, the tie-break after the sent date.
+    index: int = -1
+
+    def first_entry(self) -> Node:
+        """This node, or for a dummy its first child with a message (RFC 5256: a dummy
+        sorts by its first child)."""
+        node = self
+        while node.entry is None and node.children:
+            node = node.children[0]
+        return node
+
+
+def _date_key(node: Node) -> tuple[object, int]:
+    first = node.first_entry()
+    if first.entry is None:
+        return (0, -1)
+    return (first.entry.sent_at.timestamp(), first.index)
+
+
+def ordered_subject(entries: Sequence[SortEntry]) -> list[Node]:
+    """ORDEREDSUBJECT (RFC 5256 3): messages grouped by base subject, each group sorted by
+    sent date; the first is the parent of all the others; groups ordered by the sent date
+    of their first message."""
+    nodes = [Node(entry, index=i) for i, entry in enumerate(entries)]
+    groups: dict[str, list[Node]] = {}
+    for node in sorted(nodes, key=_date_key):
+        assert node.entry is not None
+        groups.setdefault(node.entry.keys.subject, []).append(node)
+    roots: list[Node] = []
+    for members in groups.values():
+        root = members[0]
+        root.children = members[1:]
+        roots.append(root)
+    roots.sort(key=_date_key)
+    return roots
+
+
+def _linked(ancestor: Node, node: Node) -> bool:
+    """Whether ``ancestor`` is ``node`` or one of its ancestors (a link would loop)."""
+    current: Node | None = node
+    while current is not None:
+        if current is ancestor:
+            return True
+        current = current.parent
+    return False
+
+
+def _set_parent(child: Node, parent: Node) -> None:
+    if child.parent is not None:
+        child.parent.children.remove(child)
+    child.parent = parent
+    parent.children.append(child)
+
+
+def _prune(children: Iterable[Node], *, at_root: bool) -> list[Node]:
+    """RFC 5256 REFERENCES step 3: dummies without children go; a dummy's children take
+    its place, except at the root when there are several of them."""
+    kept: list[Node] = []
+    for node in children:
+        node.children = _prune(node.children, at_root=False)
+        for child in node.children:
+            child.parent = node
+        if node.entry is not None:
+            kept.append(node)
+        elif not node.children:
+            continue
+        elif at_root and len(node.children) > 1:
+            kept.append(node)
+        else:
+            kept.extend(node.children)
+    return kept
+
+
+def references(entries: Sequence[SortEntry]) -> list[Node]:
+    """REFERENCES (RFC 5256 3): parent/child links from Message-ID and References, then
+    subject grouping of the roots, children and roots sorted by sent date."""
+    table: dict[str, Node] = {}
+    nodes: list[Node] = []
+    for index, entry in enumerate(entries):
+        # (1A) a message's own container; a missing or repeated Message-ID gets a unique one.
+        own = entry.keys.message_id
+        node = table.get(own) if own else None
+        if node is None or node.entry is not None:
+            node = Node()
+            if own and own not in table:
+                table[own] = node
+        node.entry = entry
+        node.index = index
+        nodes.append(node)
+        # (1B) link the references in order, never creating a loop or overriding a link.
+        previous: Node | None = None
+        for ref in entry.keys.references:
+            container = table.get(ref)
+            if container is None:
+                container = table[ref] = Node()
+            if (previous is not None and container.parent is None
+                    and not _linked(container, previous)):
+                _set_parent(container, previous)
+            previous = container
+        # (1C) the last reference is the message's parent (replacing an earlier guess).
+        if previous is not None and not _linked(node, previous):
+            if node.parent is not previous:
+                _set_parent(node, previous)
+        elif node.parent is not None:
+            node.parent.children.remove(node)
+            node.parent = None
+    # (2) the root set: containers without a parent.
+    seen: set[int] = set()
+    roots: list[Node] = []
+    for node in [*table.values(), *nodes]:
+        if node.parent is None and id(node) not in seen:
+            seen.add(id(node))
+            roots.append(node)
+    # (3) prune dummies.
+    roots = _prune(roots, at_root=True)
+    # (4) sort each level by the sent date of its (first) message.
+    _sort_tree(roots)
+    # (5) group the roots by base subject.
+    roots = _group_by_subject(roots)
+    # (6) sort once more (grouping added children), roots included.
+    _sort_tree(roots)
+    return roots
+
+
+def _sort_tree(level: list[Node]) -> None:
+    for node in level:
+        _sort_tree(node.children)
+    level.sort(key=_date_key)
+
+
+def _subject(node: Node) -> tuple[str, bool] | None:
+    first = node.first_entry()
+    if first.entry is None:
+        return None
+    return first.entry.keys.subject, first.entry.keys.reply
+
+
+def _group_by_subject(roots: list[Node]) -> list[Node]:
+    """RFC 5256 REFERENCES step 5: roots with the same base subject come together."""
+    subjects: dict[str, Node] = {}
+    for root in roots:
+        found = _subject(root)
+        if found is None or not found[0]:
+            continue
+        subject, reply = found
+        old = subjects.get(subject)
+        if old is None:
+            subjects[subject] = root
+            continue
+        # (5B) prefer a dummy, then a non-reply, as the group's holder.
+        old_reply = old.entry is not None and old.entry.keys.reply
+        if (old.entry is not None and root.entry is None) or (old_reply and not reply):
+            subjects[subject] = root
+    result: list[Node] = []
+    for root in roots:
+        found = _subject(root)
+        holder = subjects.get(found[0]) if found is not None and found[0] else None
+        if holder is None or holder is root:
+            result.append(root)
+            continue
+        _merge(holder, root)
+    return result
+
+
+def _merge(holder: Node, root: Node) -> None:
+    """Put ``root`` into ``holder``'s thread (RFC 5256 5C)."""
+    holder_reply = holder.entry is not None and holder.entry.keys.reply
+    root_reply = root.entry is not None and root.entry.keys.reply
+    if holder.entry is None and root.entry is None:
+        # (i) both dummies: the root's children join the holder.
+        for child in root.children:
+            child.parent = holder
+            holder.children.append(child)
+        root.children = []
+        return
+    if holder.entry is None or (root_reply and not holder_reply):
+        # (ii) a dummy holder takes the message; (iii) a reply becomes a child.
+        root.parent = holder
+        holder.children.append(root)
+        return
+    # (iv) otherwise both become children of a new dummy in the holder's place.
+    copy = Node(holder.entry, holder.children, index=holder.index)
+    for child in copy.children:
+        child.parent = copy
+    holder.entry = None
+    holder.index = -1
+    holder.children = [copy, root]
+    copy.parent = holder
+    root.parent = holder
