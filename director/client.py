@@ -946,7 +946,7 @@ class BlobClient:
         stale marks and TTLs read as one object server keeps them; None when the index
         does not know the key."""
         index_id = item_index_id(key)
-        numbers = await self._item_lookups.one(index_id, None)
+        numbers = await self._item_space(key)[0].one(index_id, None)
         if not numbers:
             return None
         nodes = await self._ordered(index_id, numbers, primary=True)
@@ -959,7 +959,7 @@ class BlobClient:
         """``me <key>`` answered by the item's primary replica (``ME ...`` or ``EN``);
         None when the index does not know the key."""
         index_id = item_index_id(key)
-        numbers = await self._item_lookups.one(index_id, None)
+        numbers = await self._item_space(key)[0].one(index_id, None)
         if not numbers:
             return None
         nodes = await self._ordered(index_id, numbers, primary=True)
