@@ -54,6 +54,7 @@ import asyncio
 import logging
 import random
 import time
+from base64 import b64encode
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -89,6 +90,16 @@ from director.errors import (
 )
 from director.gcwatch import GcWatch
 from director.index import LocationIndex
+from director.itemstate import (
+    CasClock,
+    Copy,
+    ItemState,
+    ItemWrite,
+    copy_after,
+    flush_cutoff,
+    is_flushed,
+    ttl_to_exptime,
+)
 from director.keyregistry import KeyRegistry
 from director.keyring import LEGACY_KEY_ID, Keyring, KeyringError, fingerprint, load_keyring
 from director.keys import is_blob_id, item_index_id
@@ -99,6 +110,7 @@ from director.memcache_client import (
     NodeClient,
     NodeError,
     NodeProtocolError,
+    NodeRefused,
     NodeTimeout,
     NodeUnavailable,
 )
@@ -109,7 +121,9 @@ from director.redisconn import RetryPolicy
 from director.redisstate import RedisState
 from director.registry import Registry, RegistrySnapshot
 from director.repairqueue import RepairQueue
-from objstore.replies import Value
+from objstore import protocol as p
+from objstore.protocol import is_valid_key as is_text_key
+from objstore.replies import Expect, MetaDebugReply, MetaReply, Reply, Value
 from runtime.config import ClusterConfig, ConfigError, parse_hostport
 from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
@@ -122,6 +136,9 @@ A = TypeVar("A")
 REGISTRY_REFRESH = 2.0
 #: Seconds a node that failed to answer is tried after the others.
 SUSPECT_FOR = 5.0
+#: Times an item write's copies are redone when the primary changed while they were
+#: written (by a concurrent write through another connection or directord).
+COPY_ROUNDS = 3
 
 
 @dataclass
@@ -176,7 +193,13 @@ class Coalescer(Generic[A]):
                 self._waiting[bid] = (self._merge(queued[0], arg), [*queued[1], fut])
         if self._task is None and self._waiting:
             self._task = loop.create_task(self._drain())
-        return {bid: await fut for bid, fut in mine.items()}
+        try:
+            return {bid: await fut for bid, fut in mine.items()}
+        except asyncio.CancelledError:
+            # Nobody waits for the others any more: the batch skips done futures.
+            for fut in mine.values():
+                fut.cancel()
+            raise
 
     async def one(self, bid: str, arg: A) -> tuple[int, ...]:
         return (await self.many({bid: arg}))[bid]
@@ -221,6 +244,8 @@ class BlobClient:
                  key_registry: KeyRegistry | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None,
+                 wall_clock: Callable[[], float] = time.time,
+
                  access: NodeAccess = OPEN_ACCESS) -> None:
         self.dconf = dconf
         #: How connections to object servers are made (credentials, TLS).
@@ -258,6 +283,11 @@ class BlobClient:
         self._item_adds: Coalescer[frozenset[int]] = Coalescer(self.items.add_many,
                                                                frozenset.union)
         self.gc_watch = GcWatch(index, clock=clock)
+        #: Cas uniques of item writes (every copy of an item carries the same one).
+        self.cas_clock = CasClock(wall_clock)
+        self._wall = wall_clock
+        #: The items' flush_all cut-off (unix seconds, 0 = none), read with the registry.
+        self._flush_cutoff = 0.0
         # Largest stored value an object server takes, minus room for the envelope.
         self.chunk_size = dconf.object_max_item_size - ENVELOPE_SLACK
 
@@ -313,6 +343,7 @@ class BlobClient:
                     self._clock() - self._snapshot_at >= REGISTRY_REFRESH:
                 self._snapshot = await self.registry.snapshot()
                 self._placer = self._snapshot.placer(self.policy)
+                self._flush_cutoff = await self.items.flush_cutoff()
                 self._snapshot_at = self._clock()
         return self._snapshot
 
@@ -548,7 +579,11 @@ class BlobClient:
         if trouble:
             await self._queue_repair([bid])
 
-    async def _ordered(self, bid: str, numbers: Sequence[int]) -> list[Node]:
+    async def _ordered(self, bid: str, numbers: Sequence[int], *,
+                       primary: bool = False) -> list[Node]:
+        """The replicas of ``bid`` in the order reads try them (:func:`read_order`); with
+        ``primary``, live ones by node number, so every directord picks the same first
+        replica (the one item writes go to)."""
         if not numbers:
             raise BlobNotFound(f"blob {bid} is not in the index")
         snap = await self.snapshot()
@@ -558,6 +593,9 @@ class BlobClient:
             snap = await self.snapshot(force=True)
             nodes = [n for n in snap.resolve(numbers) if n.state is not NodeState.REMOVED]
 
+        if primary:
+            # Live ones by node number: every directord picks the same first replica.
+            return sorted(nodes, key=lambda n: (not n.readable, self._suspect(n), n.number))
         return read_order(nodes, self._rng,
                           suspect=[n.id for n in nodes if self._suspect(n)])
 
@@ -671,25 +709,33 @@ class BlobClient:
     async def put_item(self, key: bytes, value: bytes, flags: int = 0, exptime: int = 0, *,
                        only_new: bool = False) -> bool:
         """Store ``value`` and ``flags`` under ``key``, as given, on ``replicas`` object
-        servers placed by the key's index id; record the locations.
+        servers placed by the key's index id, every copy with the same new cas unique;
+        record the locations.
 
         A previous value of the key on nodes that did not take this write is deleted
         there and dropped from the index, so reads never find an older value.
 
         :param exptime: memcached expiry, passed to the object servers.
-        :param only_new: memcached's ``add``: do nothing when the key holds a value.
+        :param only_new: memcached's ``add``: do nothing when the key holds a value (run
+            on the item's primary replica, so two adds never both succeed).
         :returns: False when ``only_new`` found a value (``NOT_STORED``), else True.
         :raises BlobUnavailable: fewer than ``write_quorum`` object servers took it.
         """
+        if only_new:
+            add = ItemWrite(b"ms", p.MetaFlags(client_flags=flags, ttl=exptime, mode=b"E"),
+                            value, creates=True, copy=Copy.VALUE)
+            reply = await self.write_item(key, add)
+            return reply is not None and reply.code == b"HD"
         index_id = item_index_id(key)
         lookups, adds, index = self._item_space(key)
         known = await lookups.one(index_id, None)
-        if only_new and known and await self._read_item(key, index_id, known) is not None:
-            return False
+        state = ItemState(value, flags, exptime, self.cas_clock.next())
+        line = state.ms_line(key)
 
         async def write(node: Node) -> None:
-            if not await self.node_client(node).set(key, value, flags, exptime):
-                raise NodeError(f"{node.address}: set {key!r} not stored")
+            reply = await self.node_client(node).meta(line, value)
+            if reply.code != b"HD":
+                raise NodeError(f"{node.address}: ms {key!r} answered {reply.code.decode()}")
 
         what = _item_name(key)
         done = await self._place_and_write(what, index_id, write)
@@ -716,7 +762,7 @@ class BlobClient:
         """Forget (and best-effort delete) copies of ``key`` on ``numbers``."""
         for node in (await self.snapshot()).resolve(numbers):
             try:
-                await self.node_client(node).delete(key)
+                await _delete(self.node_client(node), key)
             except (NodeError, OSError) as exc:
                 # Not in the index any more, so never read; inventory cleans it up.
                 self._node_failed(node, exc)
@@ -724,13 +770,14 @@ class BlobClient:
             await index.remove_location(index_id, number)
 
     async def get_item(self, key: bytes, *, cas: bool = False) -> Value | None:
-        """The item stored under ``key`` (with the replica's cas unique when ``cas``),
-        or None when no replica holds it."""
+        """The item stored under ``key`` (with its cas unique when ``cas``), or None when
+        no replica holds it."""
         return (await self.get_items([key], cas=cas)).get(key)
 
     async def get_items(self, keys: Sequence[bytes], *, cas: bool = False
                         ) -> dict[bytes, Value]:
-        """Several items: one index lookup, reads in parallel; misses are left out.
+        """Several items: one index lookup, reads in parallel; misses (and items a
+        ``flush_all`` hides) are left out.
 
         :raises BlobUnavailable: some key is indexed but no replica could answer for it.
         :raises BlobCorrupt: a blob id key whose every replica had bad bytes.
@@ -750,6 +797,9 @@ class BlobClient:
                 return None
             return await self._read_item(key, ids[key], numbers, cas=cas)
 
+        if len(unique) == 1:  # the common case: no task for a gather
+            got = await one(unique[0])
+            return {} if got is None else {unique[0]: got}
         found = await asyncio.gather(*(one(k) for k in unique))
         return {k: v for k, v in zip(unique, found, strict=True) if v is not None}
 
@@ -766,13 +816,16 @@ class BlobClient:
             return Value(key, blob.head.flags, blob.head.value, blob.cas)
 
         async def attempt(node: Node) -> Value:
-            got = await self.node_client(node).get(key, cas=cas)
+            got = await self.node_client(node).get(key, cas=True)
             if got is None:
                 raise NotHeld(f"{node.address}: does not have it")
             return got
 
-        return await self._first_replica(what, index_id, replicas, attempt, miss_ok=True,
-                                         repair=False)
+        found = await self._first_replica(what, index_id, replicas, attempt, miss_ok=True,
+                                          repair=False)
+        if found is None or self._hidden(found.cas):
+            return None
+        return found if cas else Value(key, found.flags, found.value)
 
     async def delete_item(self, key: bytes) -> bool:
         """Delete ``key`` from every object server holding it and from the index.
@@ -785,17 +838,21 @@ class BlobClient:
         numbers = await lookups.one(index_id, None)
         if not numbers:
             return False
-        outcomes = await self._on_each(key, numbers, lambda c: c.delete(key))
+        if await self._flushed_away(key, index_id, numbers):
+            return False
+        outcomes = await self._on_each(key, numbers, lambda c: _delete(c, key))
         await index.delete(index_id)
         self.cache.memory.discard(index_id)
         return any(o is not False for o in outcomes)
 
     async def touch_item(self, key: bytes, exptime: int) -> bool:
-        """Set a new expiry on every copy of ``key``; True when one replica had it."""
-        numbers = await self._item_space(key)[0].one(item_index_id(key), None)
-        if not numbers:
+        """Set a new expiry on every copy of ``key`` (the cas unique stays); True when one
+        replica had it."""
+        index_id = item_index_id(key)
+        numbers = await self._item_space(key)[0].one(index_id, None)
+        if not numbers or await self._flushed_away(key, index_id, numbers):
             return False
-        outcomes = await self._on_each(key, numbers, lambda c: c.touch(key, exptime))
+        outcomes = await self._on_each(key, numbers, lambda c: _touch(c, key, exptime))
         return any(o is True for o in outcomes)
 
     async def _on_each(self, key: bytes, numbers: Sequence[int],
@@ -811,6 +868,260 @@ class BlobClient:
                 return None
 
         return list(await asyncio.gather(*(one(n) for n in nodes)))
+
+    # -- item writes on the primary replica ------------------------------------------------
+
+    async def write_item(self, key: bytes, write: ItemWrite) -> MetaReply | None:
+        """Run ``write`` (a meta command) on the item's primary replica, which applies it
+        atomically (a cas compare, an append, an incr), then bring the other replicas to
+        the primary's new state (:class:`director.itemstate.Copy`).
+
+        The primary is the first live replica by node number, the same for every
+        directord; when it cannot answer, the next one is.  A replica that does not take
+        the copy is dropped from the index (and its copy deleted, best effort), so no read
+        finds an older value there.  A missing item is created (when the write may) on
+        the key's placement candidates, the first as primary.
+
+        :returns: the primary's reply, or None when the item does not exist and ``write``
+            cannot create it.
+        :raises NodeRefused: the primary refused it (``CLIENT_ERROR``...: the client's
+            answer, e.g. incr of a non-number).
+        :raises BlobUnavailable: no replica could take it.
+        """
+        index_id = item_index_id(key)
+        lookups, adds, index = self._item_space(key)
+        numbers = await lookups.one(index_id, None)
+        if numbers:
+            nodes = await self._ordered(index_id, numbers, primary=True)
+            await self._flushed_away(key, index_id, numbers, nodes)
+        elif write.creates:
+            nodes = await self._create_order(index_id)
+        else:
+            return None
+        cas = self.cas_clock.next() if write.new_cas else None
+        primary, reply = await self._on_primary(key, nodes, write.request(key, cas))
+        copy = copy_after(write, reply.code, reply.flags)
+        if copy is Copy.NONE:
+            return reply
+        self.stats.item_puts += 1
+        if numbers:
+            others = [n for n in nodes if n is not primary]
+            await self._copy_to(key, index, index_id, primary, others, copy,
+                                self._written_state(write, cas), write.flags.ttl or 0)
+            return reply
+        # Created: copies on the next candidates, then the index names them all.
+        made = [primary]
+        if copy is not Copy.DROP:
+            state = self._written_state(write, cas)
+            if state is None:
+                state = await self._primary_state(key, primary)
+            if state is not None:
+                made += await self._copies(key, state, nodes[nodes.index(primary) + 1:],
+                                           self.policy.replicas - 1)
+        await adds.one(index_id, frozenset(n.number for n in made))
+        if copy is not Copy.DROP and len(made) < self.policy.write_quorum:
+            raise BlobUnavailable(f"{_item_name(key)}: only {len(made)} of "
+                                  f"{self.policy.write_quorum} required object servers "
+                                  f"took the write")
+        return reply
+
+    async def _create_order(self, index_id: str) -> list[Node]:
+        """Where a new item goes: its placement candidates, suspect ones last."""
+        placer = await self._placer_now()
+        candidates = sorted(placer.candidates(index_id), key=self._suspect)
+        if len(candidates) < self.policy.write_quorum:
+            raise BlobUnavailable(
+                f"only {len(candidates)} active object server(s) in tier "
+                f"{self.policy.tier!r}; write_quorum is {self.policy.write_quorum}")
+        return candidates
+
+    async def _on_primary(self, key: bytes, nodes: Sequence[Node], request: bytes
+                          ) -> tuple[Node, MetaReply]:
+        """The first of ``nodes`` that answers the meta ``request``, and its answer."""
+        errors: list[str] = []
+        for node in nodes:
+            client = self.node_client(node)
+            try:
+                reply = await client.call([request], Expect.META)
+                if not isinstance(reply, MetaReply):
+                    raise NodeProtocolError(f"{client.address}: meta answered {reply!r}")
+                return node, reply
+            except NodeRefused:
+                raise
+            except (NodeError, OSError) as exc:
+                self._node_failed(node, exc)
+                errors.append(f"{node.id}: {exc}")
+        raise BlobUnavailable(f"{_item_name(key)}: no replica could answer "
+                              f"({'; '.join(errors) or 'none placed'})")
+
+    async def meta_get_item(self, key: bytes, flags: p.MetaFlags) -> MetaReply | None:
+        """A meta get that changes nothing (no T, N, R), answered by the item's primary
+        replica as it would answer it (the next replica when it cannot), so win tokens,
+        stale marks and TTLs read as one object server keeps them; None when the index
+        does not know the key."""
+        index_id = item_index_id(key)
+        numbers = await self._item_space(key)[0].one(index_id, None)
+        if not numbers:
+            return None
+        nodes = await self._ordered(index_id, numbers, primary=True)
+        if await self._flushed_away(key, index_id, numbers, nodes):
+            return None
+        request = ItemWrite(b"mg", flags, new_cas=False).request(key, None)
+        return (await self._on_primary(key, nodes, request))[1]
+
+    async def debug_item(self, key: bytes, base64: bool) -> Reply | None:
+        """``me <key>`` answered by the item's primary replica (``ME ...`` or ``EN``);
+        None when the index does not know the key."""
+        index_id = item_index_id(key)
+        numbers = await self._item_space(key)[0].one(index_id, None)
+        if not numbers:
+            return None
+        nodes = await self._ordered(index_id, numbers, primary=True)
+        if await self._flushed_away(key, index_id, numbers, nodes):
+            return None
+        line = b"me %s%s\r\n" % (b64encode(key) if base64 else key, b" b" if base64 else b"")
+        errors: list[str] = []
+        for node in nodes:
+            try:
+                return await self.node_client(node).call([line], Expect.META)
+            except NodeRefused:
+                raise
+            except (NodeError, OSError) as exc:
+                self._node_failed(node, exc)
+                errors.append(f"{node.id}: {exc}")
+        raise BlobUnavailable(f"{_item_name(key)}: no replica could answer "
+                              f"({'; '.join(errors)})")
+
+    @staticmethod
+    def _written_state(write: ItemWrite, cas: int | None) -> ItemState | None:
+        """The item a write leaves when it carries all of it (a set, cas, add, replace);
+        None when the primary computed it (append, incr) and it must be read back."""
+        if write.copy is not Copy.VALUE or write.value is None or cas is None:
+            return None
+        f = write.flags
+        return ItemState(write.value, f.client_flags or 0, f.ttl or 0, write.cas_of(cas))
+
+    async def _primary_state(self, key: bytes, primary: Node) -> ItemState | None:
+        """The primary's copy as it is now, or None when it holds none."""
+        reply = await self.node_client(primary).meta(
+            b"mg %s b v f t c u" % b64encode(key))
+        if reply.code != b"VA" or reply.value is None:
+            return None
+        return ItemState(reply.value, int(reply.flag("f") or 0),
+                         ttl_to_exptime(int(reply.flag("t") or -1)),
+                         int(reply.flag("c") or 0))
+
+    async def _primary_cas(self, key: bytes, primary: Node) -> int | None:
+        """The cas unique of the primary's copy (None: it holds none), asked with ``me``,
+        which changes nothing (an ``mg`` of a stale item would take its win token)."""
+        reply = await self.node_client(primary).call([b"me %s b\r\n" % b64encode(key)],
+                                                     Expect.META)
+        if not isinstance(reply, MetaDebugReply):
+            return None
+        return int(dict(reply.fields).get(b"cas", b"0"))
+
+    async def _copy_to(self, key: bytes, index: LocationIndex, index_id: str, primary: Node,
+                       others: list[Node], copy: Copy, state: ItemState | None,
+                       ttl: int) -> None:
+        """Bring ``others`` to the primary's state after a write (see :meth:`write_item`).
+
+        Copies of concurrent writes may land in any order, so whoever copies checks the
+        primary afterwards and copies again until the primary still holds what it copied:
+        the last copier leaves the replicas as the primary is.
+        """
+        if not others:
+            return
+        if copy is Copy.DELETE:
+            await self._on_each(key, [n.number for n in others], lambda c: _delete(c, key))
+            await index.delete(index_id)
+            return
+        if copy is Copy.DROP:
+            await self._drop_copies(key, index, index_id, [n.number for n in others])
+            return
+        if copy is Copy.TOUCH:
+            got = await self._on_each(key, [n.number for n in others],
+                                      lambda c: _touch(c, key, ttl))
+            failed = [n.number for n, ok in zip(others, got, strict=True) if ok is not True]
+            if failed:
+                await self._drop_copies(key, index, index_id, failed)
+            return
+        for _ in range(COPY_ROUNDS):
+            if state is None:
+                state = await self._primary_state(key, primary)
+            if state is None:  # gone meanwhile (deleted, expired): so are the copies
+                await self._on_each(key, [n.number for n in others],
+                                    lambda c: _delete(c, key))
+                return
+            took = await self._copies(key, state, others, len(others))
+            failed = [n.number for n in others if n not in took]
+            if failed:
+                await self._drop_copies(key, index, index_id, failed)
+                others = took
+            if not others or await self._primary_cas(key, primary) == state.cas:
+                return
+            state = None  # changed meanwhile: copy what it is now
+        log.warning("%s kept changing while its copies were written; they may lag until "
+                    "its next write", _item_name(key))
+
+    async def _copies(self, key: bytes, state: ItemState, nodes: Sequence[Node],
+                      want: int) -> list[Node]:
+        """Write ``state`` on up to ``want`` of ``nodes``, in parallel, the next node
+        standing in for one that fails; the nodes that took it."""
+        queue = list(nodes)
+        done: list[Node] = []
+        line = state.ms_line(key)
+
+        async def slot() -> None:
+            while queue:
+                node = queue.pop(0)
+                try:
+                    reply = await self.node_client(node).meta(line, state.value)
+                    if reply.code != b"HD":
+                        raise NodeError(f"{node.address}: copy answered {reply.code!r}")
+                except (NodeError, OSError) as exc:
+                    self._node_failed(node, exc)
+                    continue
+                done.append(node)
+                return
+
+        await asyncio.gather(*(slot() for _ in range(min(want, len(queue)))))
+        return done
+
+    # -- flush_all --------------------------------------------------------------------------
+
+    async def flush_items(self, delay: int = 0) -> None:
+        """memcached's ``flush_all [delay]`` for the items: every item written before the
+        cut-off (now, or ``delay`` as memcached reads it) reads as missing once it has
+        come, through every directord (they read the cut-off with the registry)."""
+        cutoff = flush_cutoff(delay, self._wall())
+        await self.items.set_flush_cutoff(cutoff)
+        self._flush_cutoff = cutoff
+
+    def _hidden(self, cas: int | None) -> bool:
+        return is_flushed(cas, self._flush_cutoff, self._wall())
+
+    async def _flushed_away(self, key: bytes, index_id: str, numbers: Sequence[int],
+                            nodes: Sequence[Node] | None = None) -> bool:
+        """True when a ``flush_all`` hides the item; its copies are then deleted (only
+        those of the flushed value: ``md C<cas>``), so a write finds it missing."""
+        if not self._flush_cutoff or is_blob_id(key):
+            return False
+        if nodes is None:
+            nodes = await self._ordered(index_id, numbers, primary=True)
+        try:
+            cas = await self._primary_cas(key, nodes[0])
+        except (NodeError, OSError) as exc:
+            self._node_failed(nodes[0], exc)
+            return False
+        if not self._hidden(cas):
+            return False
+        line = b"md %s b C%d" % (b64encode(key), cas or 0)
+
+        async def drop(client: NodeClient) -> bool:
+            return (await client.meta(line)).code == b"HD"
+
+        await self._on_each(key, [n.number for n in nodes], drop)
+        return True
 
     # -- gc fence (metadata/delivery.py; director/gcwatch.py) -----------------------------
 
@@ -896,3 +1207,16 @@ def installation_fingerprints(keyring: Keyring | None, legacy: bytes | None
 def _item_name(key: bytes) -> str:
     """How errors and logs name an item (its key, printable)."""
     return f"item {key.decode('ascii', 'backslashreplace')}"
+
+
+async def _delete(client: NodeClient, key: bytes) -> bool:
+    """Delete an item's copy (any key: meta commands carry it in base64)."""
+    return (await client.meta(b"md %s b" % b64encode(key))).code == b"HD"
+
+
+async def _touch(client: NodeClient, key: bytes, exptime: int) -> bool:
+    """A new exptime for an item's copy, its cas unchanged; True when it was there."""
+    if is_text_key(key):
+        return await client.touch(key, exptime)
+    reply = await client.meta(b"mg %s b T%d u" % (b64encode(key), exptime))
+    return reply.code == b"HD"

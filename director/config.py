@@ -28,9 +28,11 @@ class DirectorConfig:
     max_connections: int = 1024
     max_line: int = 8 * KIB
     max_item_size: int = 1 * MIB
-    max_pipeline: int = 1024
+    max_pipeline: int = 128
+    max_reply_buffer: int = 8 * MIB
     idle_timeout: float = 0.0
     slow_reader_timeout: float = 30.0
+    flush_all_enabled: bool = False
     replicas: int = 2
     write_quorum: int = 2
     write_tier: str = "ssd"
@@ -89,6 +91,7 @@ class DirectorConfig:
         check(KIB <= self.max_item_size <= 64 * MIB, "max_item_size",
               f"must be between 1 KiB and 64 MiB, got {self.max_item_size}")
         check(self.max_pipeline >= 1, "max_pipeline", "must be at least 1")
+        check(self.max_reply_buffer >= 64 * KIB, "max_reply_buffer", "must be at least 64 KiB")
         check(self.idle_timeout >= 0, "idle_timeout", "must be 0 (off) or positive")
         check(self.slow_reader_timeout >= 0, "slow_reader_timeout",
               "must be 0 (off) or positive")

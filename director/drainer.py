@@ -53,6 +53,7 @@ from director.codec import is_chunk_key
 from director.copier import delete_copy, write_verified
 from director.errors import LeaseHeld
 from director.index import SCAN_BUCKETS
+from director.itemstate import ItemState
 from director.jobstate import JobState, integer, number
 from director.keys import is_blob_id, item_index_id
 from director.memcache_client import NodeClient, NodeError
@@ -338,7 +339,7 @@ class Drainer(BackgroundJob[DrainStats]):
     async def _move_item(self, source: NodeClient, key: bytes, exp: int, index_id: str,
                          nums: tuple[int, ...], node: Node, snap: RegistrySnapshot,
                          placer: Placer, stats: DrainStats, now: float) -> None:
-        got = await source.get(key)
+        got = await source.get(key, cas=True)
         if got is None or 0 < exp <= now:  # gone or expired meanwhile
             if len(nums) > 1:
                 await self.client.items.update(index_id, remove=[node.number])
@@ -350,8 +351,10 @@ class Drainer(BackgroundJob[DrainStats]):
             if len(made) >= plan.need:
                 break
             try:
-                if await self.client.node_client(target).set(key, got.value, got.flags,
-                                                             max(exp, 0)):
+                # The copy keeps the item's cas unique, as every copy of it does.
+                copy = ItemState(got.value, got.flags, max(exp, 0), got.cas or 0)
+                reply = await self.client.node_client(target).meta(copy.ms_line(key), got.value)
+                if reply.code == b"HD":
                     made.append(target.number)
             except (NodeError, OSError) as exc:
                 log.warning("drain %s: copy of item %r to %s failed: %s", self.node_id, key,

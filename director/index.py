@@ -259,6 +259,22 @@ class LocationIndex:
         """Close the connections (the runner's, shared with whoever else uses it)."""
         await self.runner.aclose()
 
+    # -- the items' flush_all cut-off (director/itemstate.py) ----------------------------
+
+    async def flush_cutoff(self) -> float:
+        """When the last ``flush_all`` through directord cut items off (unix seconds;
+        0 = never): items written before it read as missing once it has come."""
+        meta = self.keys.index_meta
+        (value,) = await self.runner.run("flush cut-off", [
+            Command(meta, ("HGET", meta, "items_flushed_before"))])
+        return float(value) if value else 0.0
+
+    async def set_flush_cutoff(self, cutoff: float) -> None:
+        meta = self.keys.index_meta
+        await self.runner.run("flush cut-off", [
+            Command(meta, ("HSET", meta, "items_flushed_before", repr(cutoff)))],
+            durable=True)
+
     # -- reading ------------------------------------------------------------------------
 
     async def lookup(self, ids: Iterable[str]) -> dict[str, tuple[int, ...]]:

@@ -195,7 +195,8 @@ class Keyspace:
 
     @property
     def index_meta(self) -> str:
-        """HASH: ``buckets`` (fixed when the index is first used), ``created``."""
+        """HASH: ``buckets`` (fixed when the index is first used), ``created``, and
+        ``items_flushed_before`` (the last ``flush_all`` through directord)."""
         return f"{self.prefix}index"
 
     @property

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
 import sys
@@ -150,9 +152,11 @@ class Directord:
         security = self.security or OPEN
         self.client = await BlobClient.open(config.cluster, dconf, auth=self.auth,
                                             access=self.access)
-        handler = ProxyHandler(self.client, self.metrics, cache_bytes=dconf.cache_bytes)
+        handler = ProxyHandler(self.client, self.metrics, cache_bytes=dconf.cache_bytes,
+                               config=dconf, counters=self.counters)
         # The same protocol adapter as objstored's, with directord's own limits.
         self.factory = ObjstoreFactory(handler, dconf, self.counters, r, auth=security.auth)
+        handler.connections = self.factory.describe_connections
         host, port = parse_hostport(dconf.listen, "director.listen")
         if security.tls is not None:
             self.ports.append(r.listenSSL(port, self.factory, security.tls, interface=host,
@@ -186,6 +190,24 @@ class Directord:
             await self.client.aclose()
 
 
+#: glibc's M_MMAP_THRESHOLD (mallopt), and the size from which allocations get their own
+#: mapping.
+_M_MMAP_THRESHOLD: Final = -3
+_MMAP_FROM: Final = 256 * 1024
+
+
+def _return_big_buffers() -> None:
+    """Make glibc map every allocation of 256 KiB or more on its own, so the big values a
+    burst of gets brought through go back to the system when freed.  (glibc's default
+    threshold rises to 32 MiB after the first such free, and the heap then keeps freed
+    item buffers for good.)  Nothing happens on another C library."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_FROM)
+    except (OSError, AttributeError):
+        pass
+
+
 def serve(config: DirectordConfig) -> int:
     """Run directord until SIGTERM/SIGINT; returns the exit status.
 
@@ -198,6 +220,7 @@ def serve(config: DirectordConfig) -> int:
     auth = load_credentials(config.cluster).redis
     security = Security.load("director", config.director)
     access = NodeAccess.load(config.director)
+    _return_big_buffers()
     reactor = install_asyncio_reactor()
     logs.route_twisted()
     server = Directord(config, reactor, auth, security, access)

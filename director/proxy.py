@@ -2,31 +2,44 @@
 client's item operations.
 
 :class:`ProxyHandler` plugs into :class:`objstore.server.ObjstoreProtocol` (the same
-sans-IO parser and Twisted adapter objstored uses).  Supported: ``get``/``gets`` (several
-keys), ``set``, ``add``, ``delete``, ``touch``, the meta commands ``mg``/``ms``/``md`` (and
-``mn``, which quiet-mode clients send to flush), ``version`` and ``quit``.  Every other
-command is answered ``SERVER_ERROR <cmd> not supported by directord``; an unknown one gets
-memcached's ``ERROR``.
+sans-IO parser and Twisted adapter objstored uses).  It speaks memcached's whole text
+protocol for plain items: ``get``/``gets``/``gat``/``gats``, ``set``/``add``/``replace``/
+``append``/``prepend``/``cas``, ``incr``/``decr``, ``delete``, ``touch``, the meta
+commands ``mg``/``ms``/``md``/``ma``/``me``/``mn`` with their flags and modes,
+``flush_all`` (only where ``director.flush_all_enabled`` allows it), ``stats`` (directord's
+own counters), ``verbosity``, ``version`` and ``quit``.  ``lru_crawler`` is answered
+``SERVER_ERROR lru_crawler not supported by directord`` (directord holds no items of its
+own to list); an unknown command gets memcached's ``ERROR``.
+
+Plain sets and gets take the fast paths: a set writes every replica in parallel, a get
+reads the least busy one.  Every other write (and every meta get, so win tokens and
+TTLs read as one object server keeps them) runs on the item's primary replica, which
+applies it atomically, and is then copied to the others
+(:meth:`director.client.BlobClient.write_item`; docs/director.md says how cas and incr
+stay correct with replicas and failover).  The protocol adapter makes a connection's
+commands take effect in the order sent (``serial_writes``).
 
 Requests that reach Redis or object servers run as asyncio coroutines on the reactor's
 loop (Twisted runs on the asyncio reactor) and come back to the protocol as Deferreds
 (``Deferred.fromFuture``).  Their errors become memcached's words through the one
 memcached error map, :func:`objstore.replies.error_reply`: an unreachable index or too few
 object servers is ``SERVER_ERROR <why>``, a bug ``SERVER_ERROR internal error``.  A value
-that would corrupt a blob is refused before any I/O, ``CLIENT_ERROR <why>``.
+that would corrupt a blob is refused before any I/O, ``CLIENT_ERROR <why>``; what the
+primary replica refused (``incr`` of a non-number) is answered in its words.
 
 Blob ids are content addresses shared by many messages, so a key that is a blob id (64
 lowercase hex digits) is guarded: a stored value must decode, per its flags
 (:mod:`director.codec`), to content with that id; a value read is returned as stored
 (a chunked blob's manifest) only once the whole content verified against the id
 (:mod:`director.blobreader`); a blob already indexed is not uploaded again (a dedup
-hit); blob ids never expire and are deleted only by gc, which collects those no message
-references.  Every other key is the client's own: it is indexed in the items' key space
+hit); blob ids are only set or added, never changed in place, never expire and are
+deleted only by gc, which collects those no message references.  Every other key is
+the client's own: it is indexed in the items' key space
 (:meth:`director.index.LocationIndex.item_space`), which gc never sweeps, so it lives
-until the client deletes it or it expires.  Keys of
-the form ``<blob id>/<n>`` are reserved for chunks of large blobs.  Values of blob ids
-read through directord are cached in memory (they never change); other keys are not,
-since another directord may change them.
+until the client deletes it or it expires.  Keys of the form ``<blob id>/<n>`` are
+reserved for chunks of large blobs.  Values of blob ids read through directord are
+cached in memory (they never change); other keys are not, since another directord may
+change them.
 """
 
 from __future__ import annotations
@@ -34,6 +47,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
+import resource
 import struct
 import time
 from collections.abc import Callable, Coroutine
@@ -44,18 +59,27 @@ from twisted.internet import defer
 from director.cache import MemoryCache
 from director.client import BlobClient
 from director.codec import FLAG_MANIFEST, CodecError, is_chunk_key
+from director.config import DirectorConfig
+from director.itemstate import Copy, ItemWrite
 from director.keys import is_blob_id
+from director.memcache_client import NodeRefused
 from director.metrics import ProxyMetrics
 from objstore import protocol as p
 from objstore.replies import (
     DELETED,
+    E_INTERNAL,
+    EXISTS,
     NOT_FOUND,
     NOT_STORED,
+    OK,
+    RESET,
     STORED,
     TOUCHED,
     ErrorReply,
     MetaReply,
+    Number,
     Reply,
+    StatsReply,
     Status,
     Value,
     Values,
@@ -64,6 +88,7 @@ from objstore.replies import (
     one_line,
 )
 from objstore.server import Answer
+from objstore.stats import Counters, connection_rows
 from runtime.errors import kind_of
 
 log = logging.getLogger(__name__)
@@ -79,19 +104,30 @@ E_BLOB_DELETE: Final = ErrorReply(b"CLIENT_ERROR", b"blob ids are deleted by gc,
                                                    b"clients")
 E_BLOB_MANIFEST: Final = ErrorReply(b"CLIENT_ERROR", b"chunked blobs cannot be stored "
                                                      b"through directord")
+E_BLOB_IMMUTABLE: Final = ErrorReply(b"CLIENT_ERROR", b"blob ids are immutable (set or add "
+                                                      b"them whole)")
+E_FLUSH_DISABLED: Final = ErrorReply(b"CLIENT_ERROR", b"flush_all not allowed")
 _STORED: Final = Status(STORED)
 _NOT_STORED: Final = Status(NOT_STORED)
+_EXISTS: Final = Status(EXISTS)
 _DELETED: Final = Status(DELETED)
 _NOT_FOUND: Final = Status(NOT_FOUND)
 _TOUCHED: Final = Status(TOUCHED)
+_OK: Final = Status(OK)
 _MN: Final = MetaReply(b"MN")
+_EN: Final = MetaReply(b"EN")
 _FLAGS: Final = struct.Struct(">I")
+#: A meta reply's code as a classic storage command's status word.
+_STORE_WORDS: Final = {b"HD": _STORED, b"NS": _NOT_STORED, b"EX": _EXISTS,
+                       b"NF": _NOT_FOUND}
 
-#: Return flags of mg that directord can answer (t, h, l need the object server's item
-#: metadata, which a proxied read does not carry).
-_MG_RETURNS: Final = frozenset(b"bcfkOs")
-_MS_RETURNS: Final = frozenset(b"bkO")
-_MD_RETURNS: Final = frozenset(b"bkO")
+#: Return flags of mg that a blob id's verified read can answer (it never expires: t-1).
+_MG_BLOB_RETURNS: Final = frozenset(b"bcfkOst")
+#: ms/md flags the fast paths answer themselves (every other goes to the primary).
+_ECHO_ONLY: Final = frozenset(b"bkO")
+_MS_BLOB_RETURNS: Final = _ECHO_ONLY
+_WRITES: Final = (p.Store, p.Delete, p.Touch, p.Arith, p.FlushAll, p.MetaSet, p.MetaDelete,
+                  p.MetaArith, p.TooLarge)
 
 
 def unsupported(name: bytes) -> ErrorReply:
@@ -105,42 +141,66 @@ class ProxyHandler:
     :param client: the blob client (opened on the reactor's asyncio loop).
     :param metrics: where requests, errors, latency, dedup and cache hits are counted.
     :param cache_bytes: bound of the memory cache of blob-id values (0 = no cache).
+    :param config: directord's settings (``flush_all_enabled``, what ``stats settings``
+        shows).
+    :param counters: memcached's counters for ``stats`` (the protocol adapter counts
+        connections and bytes in the same object).
     :param clock: monotonic seconds, for latency.
+    :param wall_clock: unix seconds, for ``stats``.
     """
 
+    #: A write takes effect only when its replicas answered: it waits for every earlier
+    #: command of its connection, so a connection's commands take effect in order.
+    serial_writes = True
+
     def __init__(self, client: BlobClient, metrics: ProxyMetrics, *, cache_bytes: int = 0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 config: DirectorConfig | None = None, counters: Counters | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.client = client
         self.metrics = metrics
         self.cache = MemoryCache(cache_bytes) if cache_bytes > 0 else None
+        self.config = config or DirectorConfig()
+        self.counters = counters or Counters()
+        self.verbosity = 0
         self._clock = clock
+        self._wall = wall_clock
+        self._started = wall_clock()
+        #: The open connections, for ``stats conns`` (set by whoever owns the factory).
+        self.connections: Callable[[], list[tuple[str, str, int]]] | None = None
         self._dispatch: dict[type, Callable[[Any], Answer]] = {
             p.Get: self._get,
             p.Store: self._store,
             p.Delete: self._delete,
             p.Touch: self._touch,
+            p.Arith: self._arith,
             p.MetaGet: self._mg,
             p.MetaSet: self._ms,
             p.MetaDelete: self._md,
+            p.MetaArith: self._ma,
+            p.MetaDebug: self._me,
             p.MetaNoop: lambda _cmd: self._immediate(b"mn", _MN),
             p.Version: lambda _cmd: self._immediate(b"version", VersionReply(VERSION)),
+            p.Verbosity: self._verbosity,
+            p.FlushAll: self._flush_all,
+            p.Stats: self._stats,
             p.ProtocolError: self._protocol_error,
             p.TooLarge: self._too_large,
-            p.Arith: lambda cmd: self._unsupported(b"incr" if cmd.incr else b"decr",
-                                                   cmd.noreply),
-            p.FlushAll: lambda cmd: self._unsupported(b"flush_all", cmd.noreply),
-            p.Verbosity: lambda cmd: self._unsupported(b"verbosity", cmd.noreply),
-            p.Stats: lambda _cmd: self._unsupported(b"stats"),
             p.Metadump: lambda _cmd: self._unsupported(b"lru_crawler"),
-            p.MetaArith: lambda _cmd: self._unsupported(b"ma"),
-            p.MetaDebug: lambda _cmd: self._unsupported(b"me"),
+            p.Slabs: lambda _cmd: self._unsupported(b"slabs"),
         }
 
     @staticmethod
     def is_write(cmd: p.Command) -> bool:
-        """Writes hold later reads of the same connection until they are done."""
-        return isinstance(cmd, p.Store | p.Delete | p.Touch | p.MetaSet | p.MetaDelete
-                          | p.TooLarge)
+        """Writes hold later commands of the same connection until they are done."""
+        if isinstance(cmd, _WRITES):
+            return True
+        if isinstance(cmd, p.Get):
+            return cmd.touch is not None
+        if isinstance(cmd, p.MetaGet):
+            f = cmd.flags
+            return f.ttl is not None or f.vivify is not None or f.recache is not None
+        return False
 
     def execute(self, cmd: p.Command) -> Answer:
         """Run one command (not Quit: the protocol handles that)."""
@@ -171,6 +231,10 @@ class ProxyHandler:
         error = None
         try:
             reply = await coro
+        except NodeRefused as exc:
+            # The primary replica's own answer (incr of a non-number, an append past
+            # the item size): the client's error, in memcached's words.
+            reply = exc.reply
         except Exception as exc:
             if kind_of(exc) is None:
                 log.exception("%s failed", name)
@@ -225,8 +289,10 @@ class ProxyHandler:
     # -- classic commands -----------------------------------------------------------------
 
     def _get(self, cmd: p.Get) -> Answer:
+        c = self.counters
+        c.cmd_get += len(cmd.keys)
         if cmd.touch is not None:
-            return self._unsupported(cmd.name)
+            return self._gat(cmd, cmd.touch)
         found: dict[bytes, Value] = {}
         todo: list[bytes] = []
         for key in dict.fromkeys(cmd.keys):
@@ -236,6 +302,7 @@ class ProxyHandler:
             else:
                 found[key] = hit
         if not todo:
+            c.get_hits += len(cmd.keys)
             return self._immediate(cmd.name, Values(tuple(found[k] for k in cmd.keys)))
         return self._run(cmd.name, self._get_async(cmd.keys, todo, found, cmd.with_cas))
 
@@ -245,22 +312,50 @@ class ProxyHandler:
         for key, item in got.items():
             self._remember(key, item.value, item.flags)
         found.update(got)
-        # memcached answers a key as often as it was asked for, in request order.
-        return Values(tuple(Value(k, found[k].flags, found[k].value,
-                                  found[k].cas if with_cas else None)
-                            for k in keys if k in found))
+        return self._values(keys, found, with_cas)
+
+    def _values(self, keys: tuple[bytes, ...], found: dict[bytes, Value],
+                with_cas: bool) -> Values:
+        """memcached answers a key as often as it was asked for, in request order."""
+        out = tuple(Value(k, found[k].flags, found[k].value,
+                          found[k].cas if with_cas else None)
+                    for k in keys if k in found)
+        self.counters.get_hits += len(out)
+        self.counters.get_misses += len(keys) - len(out)
+        return Values(out)
+
+    def _gat(self, cmd: p.Get, exptime: int) -> Answer:
+        self.counters.cmd_touch += len(cmd.keys)
+        for key in cmd.keys:
+            refusal = self._check_key(key, exptime)
+            if refusal is not None:
+                return self._refuse(cmd.name, refusal)
+
+        async def gat() -> Reply:
+            plain = [k for k in dict.fromkeys(cmd.keys) if not is_blob_id(k)]
+            touched = await asyncio.gather(*(self.client.touch_item(k, exptime)
+                                             for k in plain))
+            self.counters.touch_hits += sum(touched)
+            self.counters.touch_misses += len(touched) - sum(touched)
+            got = await self.client.get_items(list(dict.fromkeys(cmd.keys)),
+                                              cas=cmd.with_cas)
+            return self._values(cmd.keys, got, cmd.with_cas)
+
+        return self._run(cmd.name, gat())
 
     def _store(self, cmd: p.Store) -> Answer:
-        if cmd.name not in (b"set", b"add"):
-            return self._unsupported(cmd.name, cmd.noreply)
+        self.counters.cmd_set += 1
         refusal = self._check_key(cmd.key, cmd.exptime)
         if refusal is None and is_blob_id(cmd.key):
-            refusal = self._check_blob_value(cmd.key, cmd.value, cmd.flags)
+            refusal = E_BLOB_IMMUTABLE if cmd.name not in (b"set", b"add") else \
+                self._check_blob_value(cmd.key, cmd.value, cmd.flags)
         if refusal is not None:
             return self._refuse(cmd.name, refusal, cmd.noreply)
-        return self._run(cmd.name, self._store_async(cmd.key, cmd.value, cmd.flags,
-                                                     cmd.exptime, cmd.name == b"add"),
-                         cmd.noreply)
+        if cmd.name in (b"set", b"add"):
+            return self._run(cmd.name, self._store_async(cmd.key, cmd.value, cmd.flags,
+                                                         cmd.exptime, cmd.name == b"add"),
+                             cmd.noreply)
+        return self._run(cmd.name, self._update_async(cmd), cmd.noreply)
 
     async def _store_async(self, key: bytes, value: bytes, flags: int, exptime: int,
                            only_new: bool) -> Reply:
@@ -275,7 +370,34 @@ class ProxyHandler:
             self._remember(key, value, flags)
         return _STORED if stored else _NOT_STORED
 
+    async def _update_async(self, cmd: p.Store) -> Reply:
+        """replace, append, prepend and cas: on the item's primary replica."""
+        name = cmd.name
+        if name == b"cas":
+            f = p.MetaFlags(client_flags=cmd.flags, ttl=cmd.exptime,
+                            compare_cas=cmd.cas_unique)
+            copy = Copy.VALUE
+        elif name == b"replace":
+            f = p.MetaFlags(client_flags=cmd.flags, ttl=cmd.exptime, mode=b"R")
+            copy = Copy.VALUE
+        else:  # append/prepend keep the item's flags and exptime, as memcached's do
+            f = p.MetaFlags(mode=b"A" if name == b"append" else b"P")
+            copy = Copy.READ
+        reply = await self.client.write_item(cmd.key, ItemWrite(b"ms", f, cmd.value,
+                                                                copy=copy))
+        code = reply.code if reply is not None else b"NF" if name == b"cas" else b"NS"
+        if name == b"cas":
+            c = self.counters
+            if code == b"HD":
+                c.cas_hits += 1
+            elif code == b"EX":
+                c.cas_badval += 1
+            elif code == b"NF":
+                c.cas_misses += 1
+        return _STORE_WORDS.get(code, E_INTERNAL)
+
     def _too_large(self, cmd: p.TooLarge) -> Answer:
+        self.counters.store_too_large += 1
         reply = None if cmd.noreply else E_TOO_LARGE
         if cmd.name in (b"set", b"ms") and cmd.key and not is_blob_id(cmd.key) \
                 and not is_chunk_key(cmd.key):
@@ -295,29 +417,131 @@ class ProxyHandler:
         return self._run(b"delete", self._delete_async(cmd.key), cmd.noreply)
 
     async def _delete_async(self, key: bytes) -> Reply:
-        return _DELETED if await self.client.delete_item(key) else _NOT_FOUND
+        if await self.client.delete_item(key):
+            self.counters.delete_hits += 1
+            return _DELETED
+        self.counters.delete_misses += 1
+        return _NOT_FOUND
 
     def _touch(self, cmd: p.Touch) -> Answer:
+        self.counters.cmd_touch += 1
         refusal = self._check_key(cmd.key, cmd.exptime)
         if refusal is not None:
             return self._refuse(b"touch", refusal, cmd.noreply)
         return self._run(b"touch", self._touch_async(cmd.key, cmd.exptime), cmd.noreply)
 
     async def _touch_async(self, key: bytes, exptime: int) -> Reply:
-        return _TOUCHED if await self.client.touch_item(key, exptime) else _NOT_FOUND
+        if await self.client.touch_item(key, exptime):
+            self.counters.touch_hits += 1
+            return _TOUCHED
+        self.counters.touch_misses += 1
+        return _NOT_FOUND
+
+    def _arith(self, cmd: p.Arith) -> Answer:
+        name = b"incr" if cmd.incr else b"decr"
+        refusal = self._check_mutable(cmd.key)
+        if refusal is not None:
+            return self._refuse(name, refusal, cmd.noreply)
+
+        async def arith() -> Reply:
+            f = p.MetaFlags(mode=b"I" if cmd.incr else b"D", delta=cmd.delta, value=True)
+            reply = await self.client.write_item(cmd.key, ItemWrite(b"ma", f, copy=Copy.READ))
+            hit = reply is not None and reply.code == b"VA"
+            c = self.counters
+            if cmd.incr:
+                c.incr_hits += hit
+                c.incr_misses += not hit
+            else:
+                c.decr_hits += hit
+                c.decr_misses += not hit
+            if reply is None or reply.code == b"NF":
+                return _NOT_FOUND
+            if not hit or reply.value is None:
+                return E_INTERNAL
+            return Number(int(reply.value))
+
+        return self._run(name, arith(), cmd.noreply)
+
+    def _verbosity(self, cmd: p.Verbosity) -> Answer:
+        self.verbosity = cmd.level
+        return self._immediate(b"verbosity", None if cmd.noreply else _OK)
+
+    def _flush_all(self, cmd: p.FlushAll) -> Answer:
+        if not self.config.flush_all_enabled:
+            # Refused even with noreply: silently keeping data would be worse.
+            return self._refuse(b"flush_all", E_FLUSH_DISABLED)
+        self.counters.cmd_flush += 1
+
+        async def flush() -> Reply:
+            await self.client.flush_items(cmd.delay)
+            return _OK
+
+        return self._run(b"flush_all", flush(), cmd.noreply)
+
+    # -- stats ----------------------------------------------------------------------------
+
+    def _stats(self, cmd: p.Stats) -> Answer:
+        group = cmd.args[0] if cmd.args else b""
+        if group == b"":
+            reply: Reply = StatsReply(self._general_stats())
+        elif group == b"settings":
+            reply = StatsReply(self._settings_stats())
+        elif group == b"reset":
+            self.counters.reset()
+            reply = Status(RESET)
+        elif group == b"conns":
+            reply = StatsReply(connection_rows(self.connections() if self.connections else []))
+        elif group in (b"items", b"slabs", b"sizes"):
+            reply = StatsReply(())  # directord holds no items, slabs or sizes of its own
+        else:
+            reply = ErrorReply(b"ERROR")
+        return self._immediate(b"stats", reply)
+
+    def _general_stats(self) -> tuple[tuple[bytes, bytes], ...]:
+        now = self._wall()
+        c = self.counters
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        client = self.client.stats
+        rows: list[tuple[str, object]] = [
+            ("pid", os.getpid()), ("uptime", int(now - self._started)), ("time", int(now)),
+            ("version", VERSION.decode()), ("pointer_size", 64),
+            ("rusage_user", f"{usage.ru_utime:.6f}"),
+            ("rusage_system", f"{usage.ru_stime:.6f}"),
+            ("max_connections", self.config.max_connections),
+        ]
+        for name in ("curr_connections", "total_connections", "rejected_connections",
+                     "cmd_get", "cmd_set", "cmd_flush", "cmd_touch", "cmd_meta", "get_hits",
+                     "get_misses", "get_expired", "get_flushed", "delete_misses",
+                     "delete_hits", "incr_misses", "incr_hits", "decr_misses", "decr_hits",
+                     "cas_misses", "cas_hits", "cas_badval", "touch_hits", "touch_misses",
+                     "store_too_large", "store_no_memory", "bytes_read", "bytes_written",
+                     "slow_readers_dropped", "idle_dropped"):
+            rows.append((name, getattr(c, name)))
+        rows += [
+            ("accepting_conns", 1), ("threads", 1),
+            ("item_puts", client.item_puts), ("item_gets", client.item_gets),
+            ("failovers", client.failovers), ("bad_replicas", client.bad_replicas),
+            ("dedup_hits", self.metrics.dedup_hits), ("cache_hits", self.metrics.cache_hits),
+            ("replicas", self.config.replicas), ("write_quorum", self.config.write_quorum),
+        ]
+        return tuple((k.encode(), str(v).encode()) for k, v in rows)
+
+    def _settings_stats(self) -> tuple[tuple[bytes, bytes], ...]:
+        cfg = self.config
+        host, _, port = cfg.listen.rpartition(":")
+        rows: list[tuple[str, object]] = [
+            ("maxconns", cfg.max_connections), ("tcpport", port), ("udpport", 0),
+            ("inter", host.strip("[]")), ("verbosity", self.verbosity), ("evictions", "off"),
+            ("cas_enabled", "yes"), ("binding_protocol", "ascii"),
+            ("item_size_max", cfg.max_item_size), ("max_line", cfg.max_line),
+            ("max_pipeline", cfg.max_pipeline), ("max_reply_buffer", cfg.max_reply_buffer),
+            ("idle_timeout", int(cfg.idle_timeout)),
+            ("flush_enabled", "yes" if cfg.flush_all_enabled else "no"),
+            ("replicas", cfg.replicas), ("write_quorum", cfg.write_quorum),
+        ]
+        return tuple((k.encode(), str(v).encode()) for k, v in rows)
 
     # -- meta commands --------------------------------------------------------------------
-
-    def _meta_unsupported(self, name: bytes, f: p.MetaFlags, allowed: frozenset[int],
-                          refused: tuple[tuple[str, bytes], ...]) -> Reply | None:
-        """The error for flags directord cannot honour, or None when all are fine."""
-        letters = [bytes((c,)) for c in f.returns if c not in allowed]
-        letters += [letter for attr, letter in refused if getattr(f, attr) not in (None, False)]
-        if not letters:
-            return None
-        return self._immediate(name, ErrorReply(
-            b"SERVER_ERROR", name + b" flag(s) " + b" ".join(letters)
-            + b" not supported by directord"), "unsupported")
 
     @staticmethod
     def _echo(key: bytes, f: p.MetaFlags) -> list[bytes]:
@@ -332,9 +556,49 @@ class ProxyHandler:
                 out.append(b"O" + (f.opaque or b""))
         return out
 
+    def _check_mutable(self, key: bytes) -> ErrorReply | None:
+        """Keys no write but set, add (and gc's delete) may change: blob ids, chunks."""
+        if is_blob_id(key):
+            return E_BLOB_IMMUTABLE
+        if is_chunk_key(key):
+            return E_CHUNK_KEY
+        return None
+
+    def _quiet(self, f: p.MetaFlags, reply: MetaReply, hide: frozenset[bytes]) -> Reply | None:
+        """``q``: the codes memcached leaves out for this command are not sent."""
+        return None if f.quiet and reply.code in hide else reply
+
     def _mg(self, cmd: p.MetaGet) -> Answer:
+        self.counters.cmd_get += 1
+        self.counters.cmd_meta += 1
         f = cmd.flags
-        refusal = self._meta_unsupported(b"mg", f, _MG_RETURNS, (
+        if is_blob_id(cmd.key):
+            return self._mg_blob(cmd)
+        write = f.ttl is not None or f.vivify is not None or f.recache is not None
+        if f.ttl is not None:
+            self.counters.cmd_touch += 1
+
+        async def mg() -> Reply | None:
+            if write:
+                reply = await self.client.write_item(cmd.key, ItemWrite(
+                    b"mg", f, creates=f.vivify is not None,
+                    copy=Copy.TOUCH if f.ttl is not None else Copy.NONE, new_cas=False))
+            else:
+                reply = await self.client.meta_get_item(cmd.key, f)
+            if reply is None:
+                reply = MetaReply(b"EN", tuple(self._echo(cmd.key, f)))
+            if reply.code == b"EN":
+                self.counters.get_misses += 1
+            else:
+                self.counters.get_hits += 1
+            return self._quiet(f, reply, _MISS)
+
+        return self._run(b"mg", mg())
+
+    def _mg_blob(self, cmd: p.MetaGet) -> Answer:
+        """mg of a blob id: the verified read (and the cache), flags it can answer."""
+        f = cmd.flags
+        refusal = self._meta_unsupported(b"mg", f, _MG_BLOB_RETURNS, (
             ("ttl", b"T"), ("vivify", b"N"), ("recache", b"R")))
         if refusal is not None:
             return refusal
@@ -343,6 +607,17 @@ class ProxyHandler:
         if hit is not None:
             return self._immediate(b"mg", self._mg_reply(cmd, hit))
         return self._run(b"mg", self._mg_async(cmd, with_cas))
+
+    def _meta_unsupported(self, name: bytes, f: p.MetaFlags, allowed: frozenset[int],
+                          refused: tuple[tuple[str, bytes], ...]) -> Reply | None:
+        """The error for flags a blob id cannot honour, or None when all are fine."""
+        letters = [bytes((c,)) for c in f.returns if c not in allowed]
+        letters += [letter for attr, letter in refused if getattr(f, attr) not in (None, False)]
+        if not letters:
+            return None
+        return self._immediate(name, ErrorReply(
+            b"CLIENT_ERROR", name + b" flag(s) " + b" ".join(letters)
+            + b" not valid for a blob id"), "client")
 
     async def _mg_async(self, cmd: p.MetaGet, with_cas: bool) -> Reply | None:
         item = await self.client.get_item(cmd.key, cas=with_cas)
@@ -367,30 +642,54 @@ class ProxyHandler:
                 flags.append(b"f%d" % item.flags)
             elif flag == 0x73:
                 flags.append(b"s%d" % len(item.value))
+            elif flag == 0x74:  # t: blob ids never expire
+                flags.append(b"t-1")
         if f.value:
             return MetaReply(b"VA", tuple(flags), item.value)
         return MetaReply(b"HD", tuple(flags))
 
     def _ms(self, cmd: p.MetaSet) -> Answer:
+        self.counters.cmd_set += 1
+        self.counters.cmd_meta += 1
         f = cmd.flags
-        if f.mode not in (None, b"S", b"E"):
-            return self._immediate(b"ms", ErrorReply(
-                b"SERVER_ERROR", b"ms mode " + f.mode + b" not supported by directord"),
-                "unsupported")
-        refusal = self._meta_unsupported(b"ms", f, _MS_RETURNS, (
-            ("compare_cas", b"C"), ("explicit_cas", b"E"), ("invalidate", b"I"),
-            ("vivify", b"N")))
-        if refusal is not None:
-            return refusal
         flags, exptime = f.client_flags or 0, f.ttl or 0
         error = self._check_key(cmd.key, exptime)
         if error is None and is_blob_id(cmd.key):
-            error = self._check_blob_value(cmd.key, cmd.value, flags)
+            error = self._ms_blob_refusal(cmd)
         if error is not None:
             return self._refuse(b"ms", error)
-        return self._run(b"ms", self._ms_async(cmd, flags, exptime))
+        plain = (f.mode in (None, b"S") and f.compare_cas is None and not f.invalidate
+                 and f.explicit_cas is None and all(c in _ECHO_ONLY for c in f.returns))
+        if plain or is_blob_id(cmd.key):
+            return self._run(b"ms", self._ms_plain(cmd, flags, exptime))
+        mode = f.mode or b"S"
+        creates = f.compare_cas is None and (mode in (b"S", b"E") or f.vivify is not None)
+        copy = Copy.DROP if f.invalidate else Copy.READ if mode in (b"A", b"P") else Copy.VALUE
 
-    async def _ms_async(self, cmd: p.MetaSet, flags: int, exptime: int) -> Reply | None:
+        async def ms() -> Reply | None:
+            reply = await self.client.write_item(cmd.key, ItemWrite(
+                b"ms", f, cmd.value, creates=creates, copy=copy))
+            if reply is None:  # no such item: what memcached says for the mode
+                code = b"NF" if f.compare_cas is not None else b"NS"
+                reply = MetaReply(code, tuple(self._echo(cmd.key, f)))
+            return self._quiet(f, reply, _DONE_QUIET)
+
+        return self._run(b"ms", ms())
+
+    def _ms_blob_refusal(self, cmd: p.MetaSet) -> ErrorReply | None:
+        f = cmd.flags
+        bad = [bytes((c,)) for c in f.returns if c not in _MS_BLOB_RETURNS]
+        bad += [letter for attr, letter in (
+            ("compare_cas", b"C"), ("explicit_cas", b"E"), ("invalidate", b"I"),
+            ("vivify", b"N")) if getattr(f, attr) not in (None, False)]
+        if f.mode not in (None, b"S", b"E"):
+            return E_BLOB_IMMUTABLE
+        if bad:
+            return ErrorReply(b"CLIENT_ERROR", b"ms flag(s) " + b" ".join(bad)
+                              + b" not valid for a blob id")
+        return self._check_blob_value(cmd.key, cmd.value, f.client_flags or 0)
+
+    async def _ms_plain(self, cmd: p.MetaSet, flags: int, exptime: int) -> Reply | None:
         f = cmd.flags
         status = await self._store_async(cmd.key, cmd.value, flags, exptime, f.mode == b"E")
         if status is _STORED:
@@ -398,21 +697,67 @@ class ProxyHandler:
         return MetaReply(b"NS", tuple(self._echo(cmd.key, f)))
 
     def _md(self, cmd: p.MetaDelete) -> Answer:
+        self.counters.cmd_meta += 1
         f = cmd.flags
-        refusal = self._meta_unsupported(b"md", f, _MD_RETURNS, (
-            ("compare_cas", b"C"), ("explicit_cas", b"E"), ("invalidate", b"I"),
-            ("ttl", b"T"), ("remove_value", b"x")))
-        if refusal is not None:
-            return refusal
         if is_blob_id(cmd.key):
             return self._refuse(b"md", E_BLOB_DELETE)
         if is_chunk_key(cmd.key):
             return self._refuse(b"md", E_CHUNK_KEY)
-        return self._run(b"md", self._md_async(cmd))
+        plain = (f.compare_cas is None and not f.invalidate and f.ttl is None
+                 and not f.remove_value and all(c in _ECHO_ONLY for c in f.returns))
 
-    async def _md_async(self, cmd: p.MetaDelete) -> Reply | None:
+        async def md() -> Reply | None:
+            if plain:
+                found = await self.client.delete_item(cmd.key)
+                reply = MetaReply(b"HD" if found else b"NF", tuple(self._echo(cmd.key, f)))
+            else:
+                got = await self.client.write_item(cmd.key, ItemWrite(
+                    b"md", f, copy=Copy.DROP if f.invalidate or f.remove_value
+                    else Copy.DELETE, new_cas=False))
+                reply = got or MetaReply(b"NF", tuple(self._echo(cmd.key, f)))
+            if reply.code == b"HD":
+                self.counters.delete_hits += 1
+            elif reply.code == b"NF":
+                self.counters.delete_misses += 1
+            return self._quiet(f, reply, _DONE_QUIET)
+
+        return self._run(b"md", md())
+
+    def _ma(self, cmd: p.MetaArith) -> Answer:
+        self.counters.cmd_meta += 1
         f = cmd.flags
-        if await self.client.delete_item(cmd.key):
-            return None if f.quiet else MetaReply(b"HD", tuple(self._echo(cmd.key, f)))
-        return MetaReply(b"NF", tuple(self._echo(cmd.key, f)))
+        refusal = self._check_mutable(cmd.key)
+        if refusal is not None:
+            return self._refuse(b"ma", refusal)
+
+        async def ma() -> Reply | None:
+            reply = await self.client.write_item(cmd.key, ItemWrite(
+                b"ma", f, creates=f.vivify is not None, copy=Copy.READ))
+            if reply is None:
+                reply = MetaReply(b"NF", tuple(self._echo(cmd.key, f)))
+            hit = reply.code in (b"HD", b"VA")
+            c = self.counters
+            if f.mode == b"D":
+                c.decr_hits += hit
+                c.decr_misses += reply.code == b"NF"
+            else:
+                c.incr_hits += hit
+                c.incr_misses += reply.code == b"NF"
+            return self._quiet(f, reply, _DONE_QUIET | {b"VA"})
+
+        return self._run(b"ma", ma())
+
+    def _me(self, cmd: p.MetaDebug) -> Answer:
+        self.counters.cmd_meta += 1
+
+        async def me() -> Reply:
+            got = await self.client.debug_item(cmd.key, cmd.base64)
+            return _EN if got is None else got
+
+        return self._run(b"me", me())
+
+
+#: Codes ``q`` hides: a meta get's miss; a write's success.
+_MISS: Final = frozenset((b"EN",))
+_DONE_QUIET: Final = frozenset((b"HD",))
 

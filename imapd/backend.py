@@ -55,6 +55,10 @@ class ChangeFeed(Protocol):
 
     async def unsubscribe(self, user_id: int, callback: Callable[[Change], None]) -> None: ...
 
+    @property
+    def connected(self) -> bool:
+        """Whether notifications arrive now (False while reconnecting: some may be lost)."""
+
 
 @dataclass(frozen=True)
 class Backend:

@@ -141,7 +141,8 @@ class MailServer:
             config.cluster.pg_dsn, pool_min=config.metadata.pool_min,
             pool_max=config.metadata.pool_max,
             verified=VerifiedLogins(ttl=config.metadata.login_cache_ttl),
-            password=creds.pg_password)
+            password=creds.pg_password, statement_timeout=config.metadata.statement_timeout,
+            search_timeout=config.metadata.search_timeout)
         changes = ChangeListener(config.cluster.pg_dsn, keepalive=config.imapd.notify_keepalive,
                                  password=creds.pg_password)
         await changes.start()

@@ -166,6 +166,8 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
         if self._login_deadline is not None:
             self._login_deadline.cancel()
             self._login_deadline = None
+        if self.session is not None:
+            self.session.connection_lost()
         super().connectionLost(reason)
 
 

@@ -84,6 +84,7 @@ from metadata.errors import (
 from metadata.flags import DELETED, Flags
 from metadata.mailboxes import SPECIAL_USES
 from metadata.mailboxnames import DELIMITER
+from metadata.notify import Change
 from metadata.records import ListedMailbox, User
 from metadata.uidset import UidSet
 from runtime import errors as kinds
@@ -144,8 +145,12 @@ class Session:
         self.ext = Extensions()
         self._lock = asyncio.Lock()
         self._dirty = False
+        #: A command is running: changes to the selected mailbox wait in ``_heard``.
+        self._running = False
+        self._heard: list[Change] = []
         self._idle_tag: str | None = None
         self._refresh_task: asyncio.Task[None] | None = None
+        self._search_task: asyncio.Task[Tagged] | None = None
         self._failed_logins = 0
         self._bad_in_a_row = 0
         self._subscribed = False
@@ -225,12 +230,17 @@ class Session:
         """Handle one event from the parser, then report changes and complete it."""
         started = time.perf_counter()
         async with self._lock:
-            if isinstance(event, IdleDone):
-                tagged: Tagged | None = await self._idle_done(event)
-            elif isinstance(event, AuthResponse):
-                tagged = await self._guard(event.tag, self._auth_response(event))
-            else:
-                tagged = await self._command(event)
+            self._running = True
+            try:
+                if isinstance(event, IdleDone):
+                    tagged: Tagged | None = await self._idle_done(event)
+                elif isinstance(event, AuthResponse):
+                    tagged = await self._guard(event.tag, self._auth_response(event))
+                else:
+                    tagged = await self._command(event)
+            finally:
+                self._running = False
+                self._settle_heard()
             if tagged is None:
                 return
             if self.selected is not None and self._dirty and self.state is State.SELECTED:
@@ -246,6 +256,13 @@ class Session:
             self.conn.send([tagged])
             self.backend.metrics.observe("imap", _command_name(event), tagged.status.value,
                                          time.perf_counter() - started)
+
+    def connection_lost(self) -> None:
+        """The client went away while a command may run: a SEARCH nobody will read is
+        cancelled, and its PostgreSQL query with it (asyncpg cancels it on the server).
+        Commands that write run to the end."""
+        if self._search_task is not None:
+            self._search_task.cancel()
 
     async def close(self) -> None:
         """The connection is gone: stop listening for changes."""
@@ -310,7 +327,7 @@ class Session:
 
     # -- changes made elsewhere ------------------------------------------------------------
 
-    def _on_change(self, change: Any) -> None:
+    def _on_change(self, change: Change) -> None:
         """ChangeListener callback: never blocks, never raises."""
         if self.state is State.LOGOUT:
             return
@@ -318,11 +335,30 @@ class Session:
         if change.kind in ("flags", "expunge", "append"):
             if selected is None or change.mailbox_id != selected.mailbox_id:
                 return
+            if self._running:
+                # The running command may have made this change: its notification can
+                # arrive before the command records the mod-sequence as its own, and
+                # judging it now would re-read the mailbox for nothing.
+                self._heard.append(change)
+                return
             if selected.is_own_change(change.kind, change.uidnext, change.modseq):
                 return
         elif change.kind == "mailbox" and (selected is None or change.mailbox_id not in (
                 None, selected.mailbox_id)):
             return
+        self._mark_dirty()
+
+    def _settle_heard(self) -> None:
+        """Judge the changes heard while the command ran, now that it recorded its own."""
+        heard, self._heard = self._heard, []
+        selected = self.selected
+        if selected is None or self.state is State.LOGOUT:
+            return
+        if any(change.mailbox_id == selected.mailbox_id and not selected.is_own_change(
+                change.kind, change.uidnext, change.modseq) for change in heard):
+            self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
         self._dirty = True
         if self._idle_tag is not None and (self._refresh_task is None
                                            or self._refresh_task.done()):
@@ -364,8 +400,12 @@ class Session:
         return Tagged(cmd.tag, Status.OK, "Capability completed")
 
     async def _noop(self, cmd: c.Noop | c.Check) -> Tagged:
-        if self.selected is not None:
-            self._dirty = True  # NOOP is the client's explicit poll
+        # NOOP is the client's poll, but the change feed already marked the session dirty
+        # for every change made elsewhere: re-reading when it did not costs a query per
+        # NOOP for nothing.  Only while the feed is down (notifications may be missed
+        # until it reconnects and says resync) does NOOP look for itself.
+        if self.selected is not None and not self.backend.changes.connected:
+            self._dirty = True
         return Tagged(cmd.tag, Status.OK, f"{cmd.NAME} completed")
 
     async def _logout(self, cmd: c.Logout) -> None:
@@ -678,8 +718,18 @@ class Session:
     async def _uid_expunge(self, cmd: c.UidExpunge) -> Tagged:
         return await self._selected.expunge(cmd.tag, self.conn, cmd)
 
-    async def _search(self, cmd: c.Search) -> Tagged:
-        return await self._selected.search(cmd, self.conn)
+    async def _search(self, cmd: c.Search) -> Tagged | None:
+        task = asyncio.ensure_future(self._selected.search(cmd, self.conn))
+        self._search_task = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and not (current is not None and current.cancelling()):
+                return None  # connection_lost: nobody to answer
+            raise
+        finally:
+            self._search_task = None
 
     async def _sort(self, cmd: c.Sort) -> Tagged:
         return await self._selected.sort(cmd, self.conn)

@@ -7,8 +7,9 @@ installed and running) and close it on that same loop.  Every multi-row change r
 
 Driver exceptions that mean "PostgreSQL is not there" (refused connection, server shutdown,
 connection lost mid-query, pool acquire timeout, refused credentials) leave as :class:`~metadata.errors.Unavailable`
-and "the schema is missing" as :class:`~metadata.errors.SchemaError`; callers map only these
-two to their protocol.  Everything else (constraint violations the store did not expect,
+and "the schema is missing" as :class:`~metadata.errors.SchemaError`, a statement PostgreSQL
+cancelled (``statement_timeout``) as :class:`~metadata.errors.QueryTooLong`; callers map only
+these to their protocol.  Everything else (constraint violations the store did not expect,
 syntax errors) stays a driver exception: a bug.
 """
 
@@ -20,11 +21,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from metadata.errors import SchemaError, Unavailable
+from metadata.errors import QueryTooLong, SchemaError, Unavailable
 from runtime.errors import reason
 
-__all__ = ["SERVER_SETTINGS", "UNAVAILABLE", "Database", "translate_errors", "unreachable",
-           "where"]
+__all__ = ["SERVER_SETTINGS", "UNAVAILABLE", "Database", "timeout_setting", "translate_errors",
+           "unreachable", "where"]
 
 #: Driver errors that mean the server is unreachable or went away.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -52,12 +53,22 @@ def translate_errors() -> Iterator[None]:
             asyncpg.exceptions.UndefinedColumnError) as exc:
         raise SchemaError(f"database schema missing or outdated ({exc}); "
                           "run `objmail db migrate`") from exc
+    except asyncpg.exceptions.QueryCanceledError as exc:
+        # statement_timeout (or an operator's pg_cancel_backend): the command fails, the
+        # session and the pooled connection carry on.  (A subclass of
+        # OperatorInterventionError, which otherwise means the server is going away.)
+        raise QueryTooLong(f"the query took too long and was cancelled ({exc})") from exc
     except UNAVAILABLE as exc:
         raise Unavailable(f"PostgreSQL unavailable: {exc or type(exc).__name__}") from exc
     except asyncpg.exceptions.InvalidAuthorizationSpecificationError as exc:
         # A wrong password or user, or pg_hba.conf refusing us: unusable until an operator
         # fixes the credentials (a daemon exits 69 at start-up, a command says NO/451).
         raise Unavailable(f"PostgreSQL refused the credentials: {exc}") from exc
+
+
+def timeout_setting(seconds: float | None) -> str:
+    """``statement_timeout`` in milliseconds for ``seconds`` (None or 0: no limit)."""
+    return str(round(seconds * 1000)) if seconds else "0"
 
 
 def unreachable(dsn: str, exc: BaseException) -> Unavailable:
@@ -106,15 +117,20 @@ def _lost(conn: asyncpg.Connection, exc: BaseException) -> bool:
 class Database:
     """A pool of connections to the metadata database."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str, acquire_timeout: float = 10.0) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str, acquire_timeout: float = 10.0,
+                 search_timeout: float | None = None) -> None:
         self.pool = pool
         self.dsn = dsn
         self.acquire_timeout = acquire_timeout
+        #: Seconds a substring SEARCH may run (it sets it per transaction); None: the
+        #: pool's ``statement_timeout``.
+        self.search_timeout = search_timeout
 
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10,
                    acquire_timeout: float = 10.0, command_timeout: float | None = 60.0,
-                   password: str | None = None) -> Database:
+                   password: str | None = None, statement_timeout: float | None = None,
+                   search_timeout: float | None = None) -> Database:
         """Connect the pool (``min_size`` connections at once).
 
         :param password: the DSN user's password (``cluster.pg_password_file``, read by
@@ -122,7 +138,12 @@ class Database:
 
         :param acquire_timeout: seconds to wait for a free connection before
             :class:`Unavailable`.
-        :param command_timeout: seconds a single statement may run.
+        :param command_timeout: seconds the client waits for a statement before it gives
+            up on the connection.
+        :param statement_timeout: seconds PostgreSQL lets a statement run before it cancels
+            it (:class:`QueryTooLong`); None: no limit.  One user's runaway query must not
+            pin a backend for minutes.
+        :param search_timeout: the same for substring SEARCH, which may scan a mailbox.
         :raises Unavailable: PostgreSQL cannot be reached.
         """
         with translate_errors():  # refused credentials
@@ -131,10 +152,13 @@ class Database:
                                                  min_size=min_size, max_size=max_size,
                                                  command_timeout=command_timeout,
                                                  timeout=acquire_timeout, reset=_keep_session,
-                                                 server_settings=SERVER_SETTINGS)
+                                                 server_settings={
+                                                     **SERVER_SETTINGS,
+                                                     "statement_timeout":
+                                                         timeout_setting(statement_timeout)})
             except UNAVAILABLE as exc:
                 raise unreachable(dsn, exc) from exc
-        return cls(pool, dsn, acquire_timeout)
+        return cls(pool, dsn, acquire_timeout, search_timeout)
 
     async def close(self) -> None:
         """Close every connection (waits for those in use to be released)."""

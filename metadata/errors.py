@@ -90,6 +90,11 @@ class MessageTooBig(MetadataError, kinds.LimitExceeded):
         super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes")
 
 
+class QueryTooLong(MetadataError, kinds.LimitExceeded):
+    """PostgreSQL cancelled a statement that ran past its ``statement_timeout``
+    (``metadata.statement_timeout``, ``metadata.search_timeout`` for SEARCH)."""
+
+
 class UidsExhausted(MetadataError, kinds.LimitExceeded):
     """The mailbox's next UID would pass 2^32-1; it must be recreated with a new
     UIDVALIDITY (RFC 3501 2.3.1.1)."""

@@ -53,6 +53,17 @@ SPECIAL_USES = frozenset({"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk
 _COLUMNS = ("user_id, id, name, uidvalidity, uidnext, highestmodseq, special_use, noselect, "
             "keywords")
 _SUBTREE = "(name = $2 OR starts_with(name, $2 || '/'))"
+#: STATUS/SELECT: the mailbox row with its counters, the \Recent count and the first
+#: unseen UID (``{key}`` is ``name`` or ``id``).
+_STATUS = (
+    f"SELECT {_COLUMNS}, n_messages, n_unseen, n_deleted, total_size, "
+    "(SELECT count(*) FROM mailbox_messages mm WHERE mm.user_id = mb.user_id "
+    " AND mm.mailbox_id = mb.id AND mm.uid >= mb.recent_uid) AS recent, "
+    "(SELECT min(mm.uid) FROM mailbox_messages mm WHERE mm.user_id = mb.user_id "
+    " AND mm.mailbox_id = mb.id AND mm.flags & 1 = 0) AS first_unseen "
+    "FROM mailboxes mb WHERE mb.user_id = $1 AND mb.{key} = $2")
+_STATUS_BY_NAME = _STATUS.format(key="name")
+_STATUS_BY_ID = _STATUS.format(key="id")
 
 
 def _mailbox(row: asyncpg.Record) -> Mailbox:
@@ -374,31 +385,22 @@ class Mailboxes:
         return bool(status == "DELETE 1")
 
     async def status(self, user_id: int, mailbox: int | str) -> MailboxStatus:
-        """Counts for SELECT and STATUS, from one consistent snapshot; ``mailbox`` is an id
-        or a name.
+        """Counts for SELECT and STATUS, from one statement (one snapshot); ``mailbox`` is
+        an id or a name.
+
+        MESSAGES, UNSEEN, \\Deleted and SIZE are the mailbox row's counters (kept by the
+        triggers of migration 4), so the cost does not grow with the mailbox; \\Recent
+        counts the UIDs from ``recent_uid`` on, and the first unseen UID is one index probe.
 
         :raises NoSuchMailbox: no such selectable mailbox.
         """
-        async with self.db.transaction(readonly=True, isolation="repeatable_read") as conn:
-            if isinstance(mailbox, str):
-                name = _normalize(mailbox)
-                row = await conn.fetchrow(f"SELECT {_COLUMNS}, recent_uid FROM mailboxes "
-                                          "WHERE user_id = $1 AND name = $2", user_id, name)
-            else:
-                row = await conn.fetchrow(f"SELECT {_COLUMNS}, recent_uid FROM mailboxes "
-                                          "WHERE user_id = $1 AND id = $2", user_id, mailbox)
-            if row is None or row["noselect"]:
-                raise NoSuchMailbox(f"no selectable mailbox {mailbox!r}")
-            counts = await conn.fetchrow(
-                "SELECT count(*) AS messages, "
-                "count(*) FILTER (WHERE flags & 1 = 0) AS unseen, "
-                "count(*) FILTER (WHERE flags & 8 <> 0) AS deleted, "
-                "count(*) FILTER (WHERE uid >= $3) AS recent, "
-                "min(uid) FILTER (WHERE flags & 1 = 0) AS first_unseen, "
-                "coalesce(sum(size), 0) AS size "
-                "FROM mailbox_messages WHERE user_id = $1 AND mailbox_id = $2",
-                user_id, row["id"], row["recent_uid"])
-        return MailboxStatus(_mailbox(row), counts["messages"], counts["recent"],
-                             counts["unseen"], counts["deleted"], int(counts["size"]),
-                             counts["first_unseen"])
+        key = "name" if isinstance(mailbox, str) else "id"
+        value = _normalize(mailbox) if isinstance(mailbox, str) else mailbox
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(_STATUS_BY_NAME if key == "name" else _STATUS_BY_ID,
+                                      user_id, value)
+        if row is None or row["noselect"]:
+            raise NoSuchMailbox(f"no selectable mailbox {mailbox!r}")
+        return MailboxStatus(_mailbox(row), row["n_messages"], row["recent"], row["n_unseen"],
+                             row["n_deleted"], row["total_size"], row["first_unseen"])
 

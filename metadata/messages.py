@@ -29,7 +29,7 @@ from typing import Literal
 
 import asyncpg
 
-from metadata.db import Database
+from metadata.db import Database, timeout_setting
 from metadata.errors import (
     NoSuchMailbox,
     NoSuchMessage,
@@ -622,8 +622,13 @@ class Messages:
             # Whether the trigram index pays depends on the string and the mailbox size: a
             # generic plan (which a prepared statement switches to after five runs) knows
             # neither and would walk every entry of a 100,000-message mailbox.
+            settings = "SET LOCAL plan_cache_mode = force_custom_plan"
+            if self.db.search_timeout is not None:
+                # In the same round trip: SEARCH may scan longer than other statements.
+                settings += (f"; SET LOCAL statement_timeout = "
+                             f"{timeout_setting(self.db.search_timeout)}")
             async with self.db.transaction(readonly=True) as conn:
-                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                await conn.execute(settings)
                 rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
         modseqs = tuple(r["modseq"] for r in rows)
         return SearchHits(tuple(r["uid"] for r in rows), max(modseqs, default=None), modseqs)

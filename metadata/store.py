@@ -36,7 +36,8 @@ class MetadataStore:
                    check_schema: bool = True,
                    password_params: ScryptParams = DEFAULT_PARAMS,
                    verified: VerifiedLogins | None = None,
-                   password: str | None = None) -> MetadataStore:
+                   password: str | None = None, statement_timeout: float | None = None,
+                   search_timeout: float | None = None) -> MetadataStore:
         """Connect a pool and, unless told not to, refuse a schema that is not this
         release's.
 
@@ -44,11 +45,15 @@ class MetadataStore:
             with a 300 s TTL).
         :param password: PostgreSQL password of the DSN's user (read by ``main()`` from
             ``cluster.pg_password_file``).
+        :param statement_timeout: seconds PostgreSQL lets a statement run (None: no limit).
+        :param search_timeout: the same for substring SEARCH.
 
         :raises Unavailable: PostgreSQL cannot be reached.
         :raises SchemaError: migrations are pending, modified or unknown.
         """
-        db = await Database.open(dsn, min_size=pool_min, max_size=pool_max, password=password)
+        db = await Database.open(dsn, min_size=pool_min, max_size=pool_max, password=password,
+                                 statement_timeout=statement_timeout,
+                                 search_timeout=search_timeout)
         try:
             if check_schema:
                 async with db.connection() as conn:

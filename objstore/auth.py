@@ -27,7 +27,9 @@ then closes the connection (memcached keeps it open); the ``set`` must be well f
 lines of :data:`AUTH_LIMITS` ``max_line`` bytes and values of its ``max_item_size``
 (memcached closes after 2048 bytes without a newline and waits forever for a longer
 value): a longer ``set`` value is an authentication failure, a longer line closes the
-connection.  The binary protocol (and its SASL) is not spoken at all.
+connection.  The binary protocol (and its SASL) is not spoken at all: its magic byte
+gets ``ERROR`` and the connection closes, before login as after; an HTTP request line
+closes it silently.
 
 Credentials are compared in constant time against every entry, so the time taken says
 nothing about which user exists.
@@ -100,9 +102,10 @@ class AuthTable:
         return found
 
 
-def authenticate(cmd: p.Command, table: AuthTable) -> tuple[Reply, bool | None]:
-    """memcached's reply to ``cmd`` from a connection not authenticated yet, and what it
-    was: True (now authenticated), False (a failed attempt) or None (not an attempt)."""
+def authenticate(cmd: p.Command, table: AuthTable) -> tuple[Reply | None, bool | None]:
+    """memcached's reply to ``cmd`` from a connection not authenticated yet (None: close
+    without a word), and what it was: True (now authenticated), False (a failed attempt)
+    or None (not an attempt)."""
     if type(cmd) is p.Store:
         if cmd.name != b"set":
             return E_UNAUTHENTICATED, None
@@ -118,7 +121,10 @@ def authenticate(cmd: p.Command, table: AuthTable) -> tuple[Reply, bool | None]:
         if cmd.message == p.E_BAD_CHUNK:
             return E_AUTH_TERMINATION, None
         if cmd.fatal:
-            # The stream is lost (a line too long): say so, and the adapter closes.
+            # The stream is lost (a line too long, the binary protocol, an HTTP request):
+            # the same words as after login, and the adapter closes.
+            if cmd.noreply:
+                return None, None
             kind, _, message = cmd.message.partition(b" ")
             return ErrorReply(kind, message), None
     return E_UNAUTHENTICATED, None

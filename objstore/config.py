@@ -29,6 +29,7 @@ class ObjstoreConfig:
     hot_keys: int = 32
     idle_timeout: float = 0.0
     max_pipeline: int = 1024
+    max_reply_buffer: int = 8 * MIB
     slow_reader_timeout: float = 30.0
     expire_sweep_interval: float = 60.0
     metrics_listen: str = "127.0.0.1:9111"
@@ -58,6 +59,7 @@ class ObjstoreConfig:
         check(self.capacity_bytes >= 0, "capacity_bytes", "must not be negative")
         check(self.idle_timeout >= 0, "idle_timeout", "must be 0 (off) or positive")
         check(self.max_pipeline >= 1, "max_pipeline", "must be at least 1")
+        check(self.max_reply_buffer >= 64 * KIB, "max_reply_buffer", "must be at least 64 KiB")
         check(self.slow_reader_timeout >= 0, "slow_reader_timeout",
                "must be 0 (off) or positive")
         check(self.expire_sweep_interval >= 0, "expire_sweep_interval",

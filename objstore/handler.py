@@ -60,7 +60,7 @@ from objstore.replies import (
     format_metadump_line,
 )
 from objstore.server import Answer
-from objstore.stats import OP_INDEX, OTHER, Counters, HotKeys
+from objstore.stats import OP_INDEX, OTHER, Counters, HotKeys, connection_rows
 
 #: What ``version`` answers: memcached's protocol level, then who we are.
 VERSION: Final = b"1.6.18-objstore"
@@ -72,6 +72,7 @@ E_NON_NUMERIC: Final = ErrorReply(b"CLIENT_ERROR",
                                   b"cannot increment or decrement non-numeric value")
 E_FLUSH_DISABLED: Final = ErrorReply(b"CLIENT_ERROR", b"flush_all not allowed")
 E_BADCLASS: Final = ErrorReply(b"BADCLASS", b"invalid class id")
+E_DETAIL_USAGE: Final = ErrorReply(b"CLIENT_ERROR", b"usage: stats detail on|off|dump")
 _STORED: Final = Status(STORED)
 _NOT_STORED: Final = Status(NOT_STORED)
 _EXISTS: Final = Status(EXISTS)
@@ -109,6 +110,9 @@ _META_NAMES: Final = frozenset((b"mg", b"ms", b"md", b"ma", b"mn", b"me"))
 
 #: Lines per chunk of a metadump stream.
 METADUMP_BATCH: Final = 1000
+#: Keys remembered as read since their last write, for mg's ``h`` (memcached's fetched
+#: bit); past this many the oldest are forgotten (and answer h0 again).
+FETCHED_KEYS: Final = 65536
 
 Outcome_ = Reply | None
 
@@ -151,6 +155,11 @@ class Handler:
         self._started = clock()
         self.node_id = node_id
         self.verbosity = 0
+        self.detail_enabled = False
+        #: Keys read since their last write (insertion-ordered, bounded): mg's ``h``.
+        self._fetched: dict[bytes, None] = {}
+        #: The open connections, for ``stats conns`` (set by whoever owns the factory).
+        self.connections: Callable[[], list[tuple[str, str, int]]] | None = None
         self._dispatch: dict[type, Callable[..., Answer]] = {
             p.Get: self._get,
             p.Store: self._store,
@@ -161,6 +170,7 @@ class Handler:
             p.Verbosity: self._verbosity,
             p.FlushAll: self._flush_all,
             p.Stats: self._stats,
+            p.Slabs: self._slabs,
             p.Metadump: self._metadump,
             p.MetaGet: self._mg,
             p.MetaSet: self._ms,
@@ -171,6 +181,10 @@ class Handler:
             p.ProtocolError: self._protocol_error,
             p.TooLarge: self._too_large,
         }
+
+    #: Writes take effect in the store in the order they are executed (the group commit
+    #: applies them in queue order): a later write need not wait for an earlier one.
+    serial_writes = False
 
     @staticmethod
     def is_write(cmd: p.Command) -> bool:
@@ -203,6 +217,13 @@ class Handler:
     def _now(self) -> int:
         return int(self._clock())
 
+    def _fetch(self, key: bytes) -> None:
+        """Remember that ``key`` was read (mg's ``h``)."""
+        fetched = self._fetched
+        fetched[key] = None
+        if len(fetched) > FETCHED_KEYS:
+            del fetched[next(iter(fetched))]
+
     # -- classic commands -----------------------------------------------------------------
 
     def _get(self, cmd: p.Get) -> Answer:
@@ -232,6 +253,7 @@ class Handler:
                 return _EMPTY
             c.get_hits += 1
             self.hot.hit(key)
+            self._fetch(key)
             flags, cas, value = found
             if cmd.with_cas:
                 head = b"VALUE %s %d %d %d\r\n" % (key, flags, len(value), cas)
@@ -255,6 +277,7 @@ class Handler:
             if touch:
                 c.touch_hits += 1
             hot.hit(key)
+            self._fetch(key)
             items.append(Value(key, rec.flags, rec.value, rec.cas if with_cas else None))
         return Values(tuple(items))
 
@@ -262,6 +285,7 @@ class Handler:
         c = self.counters
         self._count(cmd.name)
         c.cmd_set += 1
+        self._fetched.pop(cmd.key, None)
         name = cmd.name
         is_cas = name == b"cas"
         op = StoreOp(b"set" if is_cas else name, cmd.key, cmd.value, cmd.flags, cmd.exptime,
@@ -295,6 +319,7 @@ class Handler:
     def _delete(self, cmd: p.Delete) -> Answer:
         c = self.counters
         self._count(b"delete")
+        self._fetched.pop(cmd.key, None)
 
         def done(res: Result) -> Reply | None:
             if res.outcome is Outcome.DELETED:
@@ -417,6 +442,30 @@ class Handler:
         if group == b"reset":
             self.counters.reset()
             return Status(RESET)
+        if group == b"detail":
+            # Per-prefix statistics are not kept: on/off are remembered, dump is empty.
+            what = cmd.args[1] if len(cmd.args) > 1 else b""
+            if what in (b"on", b"off"):
+                self.detail_enabled = what == b"on"
+                return _OK
+            if what == b"dump":
+                return StatsReply(())
+            return E_DETAIL_USAGE
+        if group == b"sizes":
+            return StatsReply(((b"sizes_status", b"disabled"),))
+        if group == b"conns":
+            return StatsReply(connection_rows(self.connections() if self.connections else []))
+        return ErrorReply(b"ERROR")
+
+    def _slabs(self, cmd: p.Slabs) -> Answer:
+        """``slabs automove 0|1|2`` is accepted (the store has no slabs to move);
+        ``slabs reassign`` has nothing to give, as memcached says of an empty class."""
+        self._count(b"other")
+        args = cmd.args
+        if args[0] == b"automove" and len(args) == 2 and args[1] in (b"0", b"1", b"2"):
+            return _OK
+        if args[0] == b"reassign" and len(args) == 3:
+            return ErrorReply(b"NOSPARE", b"source class has no spare pages")
         return ErrorReply(b"ERROR")
 
     def sync_storage_counters(self) -> None:
@@ -482,7 +531,8 @@ class Handler:
             ("verbosity", self.verbosity), ("oldest", 0), ("evictions", "off"),
             ("domain_socket", "NULL"), ("umask", 700), ("growth_factor", "1.25"),
             ("chunk_size", 48), ("num_threads", cfg.workers), ("stat_key_prefix", ":"),
-            ("detail_enabled", "no"), ("reqs_per_event", 20), ("cas_enabled", "yes"),
+            ("detail_enabled", "yes" if self.detail_enabled else "no"),
+            ("reqs_per_event", 20), ("cas_enabled", "yes"),
             ("tcp_backlog", 1024), ("binding_protocol", "ascii"), ("auth_enabled_sasl", "no"),
             ("auth_enabled_ascii", cfg.auth_file or "no"),
             ("item_size_max", cfg.max_item_size), ("maxconns_fast", "yes"),
@@ -524,8 +574,9 @@ class Handler:
     # -- meta commands --------------------------------------------------------------------
 
     def _meta_flags(self, key: bytes, f: p.MetaFlags, rec: Record | None,
-                    size: int | None = None) -> list[bytes]:
-        """The returned flags, in the order the request listed them."""
+                    size: int | None = None, zero_cas: bool = False) -> list[bytes]:
+        """The returned flags, in the order the request listed them (``zero_cas``: a
+        miss still answers ``c0``, as memcached's ms does)."""
         out: list[bytes] = []
         now = self._now()
         for flag in f.returns:
@@ -538,6 +589,8 @@ class Handler:
             elif flag == 0x4F:  # O
                 out.append(b"O" + (f.opaque or b""))
             elif rec is None:
+                if flag == 0x63 and zero_cas:
+                    out.append(b"c0")
                 continue  # a miss echoes only k, O and b
             elif flag == 0x63:  # c
                 out.append(b"c%d" % rec.cas)
@@ -547,8 +600,8 @@ class Handler:
                 out.append(b"s%d" % (len(rec.value) if size is None else size))
             elif flag == 0x74:  # t
                 out.append(b"t%d" % rec.ttl(now))
-            elif flag == 0x68:  # h: hits are not tracked per item
-                out.append(b"h0")
+            elif flag == 0x68:  # h: read before, since its last write (this process)
+                out.append(b"h1" if key in self._fetched else b"h0")
             elif flag == 0x6C:  # l: seconds since the last write or touch
                 out.append(b"l%d" % max(now - rec.mtime, 0))
         return out
@@ -588,6 +641,7 @@ class Handler:
         c.get_hits += 1
         self.hot.hit(cmd.key)
         flags = self._meta_flags(cmd.key, f, rec)
+        self._fetch(cmd.key)
         if win == b"W":
             if rec.stale:
                 flags.append(b"X")
@@ -606,6 +660,7 @@ class Handler:
         c = self.counters
         self._count(b"ms")
         c.cmd_set += 1
+        self._fetched.pop(cmd.key, None)
         f = cmd.flags
         mode = {None: b"set", b"S": b"set", b"E": b"add", b"A": b"append", b"P": b"prepend",
                 b"R": b"replace"}[f.mode]
@@ -622,13 +677,15 @@ class Handler:
             if code == b"HD" and f.quiet:
                 return None
             rec = res.record if outcome is Outcome.STORED else None
-            return MetaReply(code, tuple(self._meta_flags(cmd.key, f, rec)))
+            # memcached answers c0 for the cas of a set that did not happen.
+            return MetaReply(code, tuple(self._meta_flags(cmd.key, f, rec, zero_cas=True)))
 
         return self._write(op, done)
 
     def _md(self, cmd: p.MetaDelete) -> Answer:
         c = self.counters
         self._count(b"md")
+        self._fetched.pop(cmd.key, None)
         f = cmd.flags
         if f.remove_value:
             op: WriteOp = StoreOp(b"replace", cmd.key, b"", 0, 0, compare_cas=f.compare_cas)

@@ -269,6 +269,7 @@ class Worker:
         handler = Handler(storage, config, counters, hot, node_totals, node_id=config.node_id)
         security = self.security
         self.factory = ObjstoreFactory(handler, config, counters, r, auth=security.auth)
+        handler.connections = self.factory.describe_connections
         host, port = parse_hostport(config.listen, "objstore.listen")
         self.ports.append(listen(r, host, port, self.factory, tls=security.tls))
         log.info("objstored worker %d (pid %d) node %s serving %s%s%s, data in %s", index,

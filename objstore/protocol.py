@@ -104,6 +104,7 @@ E_BAD_EXPTIME: Final = b"CLIENT_ERROR invalid exptime argument"
 E_DELETE_USAGE: Final = b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]"
 E_INVALID_FLAG: Final = b"CLIENT_ERROR invalid flag"
 E_INVALID_OR_DUP_FLAG: Final = b"CLIENT_ERROR invalid or duplicate flag"
+E_DUP_FLAG: Final = b"CLIENT_ERROR duplicate flag"
 E_BAD_TOKEN: Final = b"CLIENT_ERROR bad token in command line format"
 E_OPAQUE_TOO_LONG: Final = b"CLIENT_ERROR opaque token too long"
 E_DECODING_KEY: Final = b"CLIENT_ERROR error decoding key"
@@ -222,6 +223,13 @@ class Stats:
 
 
 @dataclass(frozen=True, slots=True)
+class Slabs:
+    """slabs automove|reassign ...: ``args`` holds the words after ``slabs``."""
+
+    args: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Metadump:
     """``lru_crawler metadump <which>``; only ``all`` (or slab class 1) is meaningful."""
 
@@ -322,7 +330,7 @@ class TooLarge:
 
 Command = (
     Get | Store | Delete | Arith | Touch | Version | Verbosity | Quit | FlushAll | Stats
-    | Metadump | MetaGet | MetaSet | MetaDelete | MetaArith | MetaDebug | MetaNoop
+    | Slabs | Metadump | MetaGet | MetaSet | MetaDelete | MetaArith | MetaDebug | MetaNoop
     | ProtocolError | TooLarge
 )
 
@@ -383,7 +391,7 @@ def _key(token: bytes, limits: Limits) -> bytes:
 _META_RETURN_FLAGS: Final = {
     b"mg": frozenset(b"bcfhklOst"),
     b"ms": frozenset(b"bcklOs"),
-    b"md": frozenset(b"bkO"),
+    b"md": frozenset(b"bckO"),  # memcached accepts c on md and returns nothing for it
     b"ma": frozenset(b"bcklOst"),
 }
 _META_VALUE_FLAGS: Final = {
@@ -423,17 +431,24 @@ _MA_MODES: Final = {b"I": b"I", b"i": b"I", b"+": b"I", b"D": b"D", b"d": b"D", 
 
 
 def _meta_flags(cmd: bytes, tokens: list[bytes]) -> MetaFlags:
-    """Decode meta flags; errors in memcached's per-command wording."""
+    """Decode meta flags; errors in memcached's per-command wording (a flag given twice
+    is refused, as memcached refuses it)."""
     invalid = E_INVALID_OR_DUP_FLAG if cmd in (b"md", b"ma") else E_INVALID_FLAG
+    duplicate = E_INVALID_OR_DUP_FLAG if cmd in (b"md", b"ma") else E_DUP_FLAG
     bad_number = E_INVALID_OR_DUP_FLAG if cmd == b"ma" else E_BAD_TOKEN
     returns = bytearray()
     kwargs: dict[str, object] = {}
     return_flags = _META_RETURN_FLAGS[cmd]
     value_flags = _META_VALUE_FLAGS[cmd]
     numeric_flags = _META_NUMERIC_FLAGS[cmd]
+    seen = 0  # one bit per flag letter (all are ASCII letters)
     for tok in tokens:
         flag = tok[0]
         arg = tok[1:]
+        bit = 1 << (flag & 0x7F)
+        if seen & bit:
+            raise _Refuse(duplicate)
+        seen |= bit
         if flag in return_flags:
             if flag == ord("O"):
                 if len(arg) > MAX_OPAQUE_LENGTH:
@@ -441,8 +456,7 @@ def _meta_flags(cmd: bytes, tokens: list[bytes]) -> MetaFlags:
                 kwargs["opaque"] = arg
             if flag == ord("b"):
                 kwargs["base64"] = True
-            if flag not in returns:
-                returns.append(flag)
+            returns.append(flag)
         elif flag in value_flags:
             if flag == ord("v"):
                 kwargs["value"] = True
@@ -566,6 +580,8 @@ class CommandParser:
             return self._data_block()
         line = buf.maybe_extract_line()
         if line is None:
+            if buf.peek(1) == b"\x80":
+                return self._binary()
             limits = self._limits
             limit = limits.max_line
             if len(buf) > limit and _is_get(buf.peek(128)):
@@ -578,6 +594,13 @@ class CommandParser:
         if cmd is None:  # a storage command: its data block follows
             return self._data_block()
         return cmd
+
+    def _binary(self) -> ProtocolError:
+        """The binary protocol's magic byte: not spoken here, and the stream cannot be read
+        as text any more: ERROR, then the connection closes."""
+        self._closed = True
+        self._buf.clear()
+        return ProtocolError(E_ERROR, fatal=True)
 
     def _data_block(self) -> Command | NeedData:
         assert self._pending is not None
@@ -615,6 +638,13 @@ class CommandParser:
                 return self._meta(name, tokens)
             handler = _SIMPLE.get(name)
             if handler is None:
+                if name[0] == 0x80:
+                    return self._binary()
+                if len(tokens) > 1 and tokens[-1].startswith(b"HTTP/"):
+                    # An HTTP request sent to a memcached port (a cross-protocol attack
+                    # or a lost browser): memcached closes without a word, so do we.
+                    self._closed = True
+                    return ProtocolError(b"", fatal=True, noreply=True)
                 return ProtocolError(E_ERROR)
             return handler(self, tokens)
         except _Refuse as exc:
@@ -773,6 +803,11 @@ class CommandParser:
     def _stats(self, tokens: list[bytes]) -> Command:
         return Stats(tuple(tokens[1:]))
 
+    def _slabs(self, tokens: list[bytes]) -> Command:
+        if len(tokens) < 2:
+            return ProtocolError(E_ERROR)
+        return Slabs(tuple(tokens[1:]))
+
     def _lru_crawler(self, tokens: list[bytes]) -> Command:
         if len(tokens) >= 3 and tokens[1] == b"metadump":
             return Metadump(tokens[2])
@@ -789,6 +824,7 @@ _SIMPLE = {
     b"verbosity": CommandParser._verbosity,
     b"flush_all": CommandParser._flush_all,
     b"stats": CommandParser._stats,
+    b"slabs": CommandParser._slabs,
     b"lru_crawler": CommandParser._lru_crawler,
 }
 
@@ -856,6 +892,8 @@ def encode_command(cmd: Command) -> bytes:
         return b"flush_all " + str(cmd.delay).encode() + (nr if cmd.noreply else b"") + b"\r\n"
     if isinstance(cmd, Stats):
         return b" ".join((b"stats", *cmd.args)) + b"\r\n"
+    if isinstance(cmd, Slabs):
+        return b" ".join((b"slabs", *cmd.args)) + b"\r\n"
     if isinstance(cmd, Metadump):
         return b"lru_crawler metadump " + cmd.which + b"\r\n"
     if isinstance(cmd, MetaNoop):

@@ -8,16 +8,30 @@ Bytes go to :class:`~objstore.protocol.CommandParser`; each command goes to a
 :class:`~director.proxy.ProxyHandler`), whose answer is a reply (written at once), a
 Deferred (a write waiting for its group commit, a read waiting for another server) or an
 iterator of chunks (a metadump stream).  Replies leave in request order: each answer takes
-a slot in a FIFO and the FIFO is written out up to its first unfinished slot.  A read that
-follows a pending write on the same connection waits until that write is done, so a client
-reads its own writes; reads answered later (Deferreds) run concurrently.
+a slot in a FIFO and the FIFO is written out up to its first unfinished slot.
+
+Order of effects on one connection: a read that follows a pending write waits until that
+write is done, so a client reads its own writes; reads answered later (Deferreds) run
+concurrently.  A handler whose writes take effect when they are executed, in execution order
+(objstored: the store applies them in queue order) lets writes run ahead of each other;
+one whose writes take effect only when their Deferred fires (directord: replicas written
+over the network) sets ``serial_writes``, and then a write also waits for every earlier
+command of the connection, so ``set; delete; set; delete`` takes effect in the order sent.
 
 Back-pressure lives here and nowhere else:
 
 * the protocol is a streaming producer for its transport: when the transport's buffer is
   full (a slow reader) it stops reading and stops executing buffered commands; a reader that
-  stays slow for ``slow_reader_timeout`` seconds is cut off;
+  stops reading for ``slow_reader_timeout`` seconds is cut off (one that reads, however
+  slowly, is served);
 * at most ``max_pipeline`` answers may be outstanding per connection, then reading pauses;
+* replies are bounded in bytes: reading and executing pause while the replies waiting to
+  be written (behind an unfinished answer, or held while the transport is full) exceed
+  ``max_reply_buffer``, or while the answers in flight, each counted at the connection's
+  recent reply size (see :meth:`ObjstoreProtocol._full`), would; a transport that is full
+  gets no more bytes until it drained, so what a client does not read stays bounded;
+* a closed connection cancels the reads it was still waiting for and drops the commands it
+  had sent but not yet started; writes already started finish;
 * ``max_connections`` connections at most, the next one gets memcached's
   ``ERROR Too many open connections`` and is closed;
 * ``idle_timeout`` (0 = off) closes connections that say nothing.
@@ -36,8 +50,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import logging
 import socket
+import struct
+import termios
 import time
 import typing
 from collections.abc import Iterator
@@ -75,6 +92,11 @@ class CommandHandler(typing.Protocol):
     def is_write(self, cmd: p.Command) -> bool:
         """True when later reads on the same connection must wait for this command."""
 
+    @property
+    def serial_writes(self) -> bool:
+        """True when a write must also wait for every earlier command of its connection
+        (its effect happens only when its answer is ready)."""
+
 
 class ConnectionSettings(typing.Protocol):
     """The limits the protocol enforces (:class:`~ops.config.ObjstoreConfig` has them)."""
@@ -91,6 +113,8 @@ class ConnectionSettings(typing.Protocol):
     def idle_timeout(self) -> float: ...
     @property
     def slow_reader_timeout(self) -> float: ...
+    @property
+    def max_reply_buffer(self) -> int: ...
 
 class SecuritySettings(typing.Protocol):
     """Who may use a listener (``[objstore]`` and ``[director]`` both have these keys)."""
@@ -153,16 +177,27 @@ def _failed(exc: Exception, cmd: object) -> ErrorReply:
 
 
 class _Slot:
-    """One answer in the reply FIFO; ``write`` marks a pending write that holds reads."""
+    """One answer in the reply FIFO; ``write`` marks a pending write that holds reads,
+    ``size`` the bytes of a ready answer, ``deferred`` the answer still to come."""
 
-    __slots__ = ("chunks", "ready", "stream", "write")
+    __slots__ = ("chunks", "deferred", "ready", "size", "stream", "write")
 
     def __init__(self, chunks: list[bytes] | None = None,
-                 stream: Iterator[bytes] | None = None, write: bool = False) -> None:
+                 stream: Iterator[bytes] | None = None, write: bool = False,
+                 size: int = 0) -> None:
         self.chunks = chunks
         self.stream = stream
         self.ready = chunks is not None
         self.write = write
+        self.size = size
+        self.deferred: defer.Deferred[Reply | None] | None = None
+
+
+def _size(chunks: list[bytes]) -> int:
+    n = 0
+    for chunk in chunks:
+        n += len(chunk)
+    return n
 
 
 #: Commands whose latency is sampled, by kind.
@@ -184,19 +219,32 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         self._authenticated = factory.auth is None
         self.parser = p.CommandParser(factory.limits if self._auth is None else AUTH_LIMITS)
         self._is_write = factory.handler.is_write
+        self._serial = factory.handler.serial_writes
+        self._budget = factory.config.max_reply_buffer
         self._slots: collections.deque[_Slot] = collections.deque()
         self._out: list[bytes] = []
         self._out_len = 0
+        #: Bytes of ready answers still in the FIFO (behind an unfinished one).
+        self._queued = 0
+        #: Deferred answers not yet fired, and how many of them are writes.
+        self._pending = 0
         self._inflight = 0
+        #: What a reply still to come is counted at: the item size limit until the
+        #: connection's replies show otherwise, then a slowly decaying recent maximum.
+        self._estimate = factory.config.max_item_size
         self._held: p.Command | None = None
+        self._held_write = False
         self._output_paused = False
         self._reading_paused = False
         self._closing = False
         self._gone = False
         self._processing = False
         self._slow_timer: Any = None
+        self._unsent_at_pause: int | None = None
         self._counted = False
         self._direct_socket: Any = None
+        #: When the client last sent something (``stats conns``).
+        self.last_read = factory.clock.seconds()
 
     def callLater(self, period: Any, func: Any) -> Any:
         """TimeoutMixin's scheduler: the factory's injected clock."""
@@ -235,8 +283,17 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
             self.factory.protocols.discard(self)
             self.factory.open_connections -= 1
             self.counters.curr_connections -= 1
-        self._slots.clear()
+        # Nobody will read these: drop what is buffered, cancel the reads still running
+        # (a write already started finishes, so the store is not left half-written).
+        slots, self._slots = self._slots, collections.deque()
+        self._held = None
         self._out = []
+        self._out_len = self._queued = 0
+        self.parser = p.CommandParser(self.factory.limits)
+        for slot in slots:
+            if slot.deferred is not None and not slot.ready and not slot.write:
+                slot.deferred.cancel()
+            slot.chunks = slot.stream = None
 
     def close_gracefully(self) -> None:
         """Stop taking commands; close once the pending replies are written."""
@@ -261,11 +318,29 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        self.last_read = self.factory.clock.seconds()
         self.counters.bytes_read += len(data)
         self.parser.feed(data)
         if self.timeOut:
             self.resetTimeout()
         self._process()
+
+    def _must_wait(self, write: bool) -> bool:
+        """A read waits for this connection's pending writes; with serial writes a write
+        waits for every pending answer."""
+        if write:
+            return self._serial and self._pending > 0
+        return self._inflight > 0
+
+    def _full(self) -> bool:
+        """True when no further command may start: ``max_pipeline`` answers outstanding,
+        or the replies queued plus those in flight (each counted at the estimate) would
+        pass ``max_reply_buffer``."""
+        if len(self._slots) >= self.factory.config.max_pipeline:
+            return True
+        held = self._queued + self._out_len
+        return held > self._budget or (
+            self._pending > 0 and held + self._pending * self._estimate > self._budget)
 
     def _process(self) -> None:
         """Execute buffered commands until input runs out or something says wait."""
@@ -276,15 +351,14 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
             parser = self.parser
             handler = self.handler
             sampler = self.factory.latency
-            limit = self.factory.config.max_pipeline
             while not self._closing and not self._output_paused:
                 if self._held is not None:
-                    if self._inflight:
+                    if self._must_wait(self._held_write):
                         break
                     cmd: p.Command | p.NeedData = self._held
                     self._held = None
                 else:
-                    if len(self._slots) >= limit:
+                    if self._full():
                         self._pause_reading()
                         break
                     try:
@@ -294,10 +368,12 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
                         cmd = p.ProtocolError(b"CLIENT_ERROR " + exc.reason.encode(), fatal=True)
                     if cmd is p.NEED_DATA:
                         break
-                    if self._inflight and not self._is_write(cmd):  # type: ignore[arg-type]
-                        # Reads wait for this connection's pending writes.
-                        self._held = cmd  # type: ignore[assignment]
-                        break
+                    if self._pending:
+                        write = self._is_write(cmd)  # type: ignore[arg-type]
+                        if self._must_wait(write):
+                            self._held = cmd  # type: ignore[assignment]
+                            self._held_write = write
+                            break
                 if not self._authenticated:
                     self._answer(self._authenticate(cmd), cmd)  # type: ignore[arg-type]
                     if type(cmd) is p.Quit or (type(cmd) is p.ProtocolError and cmd.fatal):
@@ -318,7 +394,7 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
                     break
                 if self._out_len > FLUSH_THRESHOLD:
                     self._flush()
-            if self._reading_paused and len(self._slots) < limit and not self._output_paused:
+            if self._reading_paused and not self._output_paused and not self._full():
                 self._resume_reading()
         finally:
             self._processing = False
@@ -326,7 +402,7 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         if self._closing:
             self._maybe_close()
 
-    def _authenticate(self, cmd: p.Command) -> Reply:
+    def _authenticate(self, cmd: p.Command) -> Reply | None:
         """The gate's reply to a command of a connection not authenticated yet."""
         assert self._auth is not None
         reply, outcome = authenticate(cmd, self._auth)
@@ -364,7 +440,9 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         if type(answer) is list:
             # Wire chunks ready to go (the handler's fast path).
             if self._slots:
-                self._slots.append(_Slot(answer))
+                size = _size(answer)
+                self._slots.append(_Slot(answer, size=size))
+                self._queued += size
             else:
                 self._out += answer
                 for chunk in answer:
@@ -373,8 +451,10 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         if isinstance(answer, defer.Deferred):
             slot = _Slot(write=self._is_write(cmd))  # type: ignore[arg-type]
             self._slots.append(slot)
+            self._pending += 1
             if slot.write:
                 self._inflight += 1
+            slot.deferred = answer
             answer.addCallbacks(self._answer_done, self._answer_failed, callbackArgs=(slot,),
                                 errbackArgs=(slot,))
             return
@@ -385,7 +465,9 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         if self._slots:
             chunks: list[bytes] = []
             serialize_into(answer, chunks)  # type: ignore[arg-type]
-            self._slots.append(_Slot(chunks))
+            size = _size(chunks)
+            self._slots.append(_Slot(chunks, size=size))
+            self._queued += size
         else:
             out = self._out
             before = len(out)
@@ -396,15 +478,23 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
     # -- completions of deferred answers --------------------------------------------------
 
     def _answer_done(self, reply: Reply | None, slot: _Slot) -> None:
-        chunks: list[bytes] = []
-        if reply is not None:
-            serialize_into(reply, chunks)
-        slot.chunks = chunks
-        slot.ready = True
+        slot.deferred = None
+        self._pending -= 1
         if slot.write:
             self._inflight -= 1
         if self._gone:
             return
+        chunks: list[bytes] = []
+        if reply is not None:
+            serialize_into(reply, chunks)
+        size = _size(chunks)
+        estimate = self._estimate
+        # Up at once, down slowly: a connection that just read a big item may read more.
+        self._estimate = size if size >= estimate else estimate - (estimate >> 4)
+        slot.chunks = chunks
+        slot.size = size
+        slot.ready = True
+        self._queued += size
         self._drain()
         self._flush()
         if self._held is not None or self._reading_paused or self.parser.buffered:
@@ -413,6 +503,10 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
             self._maybe_close()
 
     def _answer_failed(self, reason: failure.Failure, slot: _Slot) -> None:
+        if self._gone and reason.check(defer.CancelledError):
+            # connectionLost cancelled it: nobody is waiting for the reply.
+            self._answer_done(None, slot)
+            return
         exc = reason.value if reason.value is not None else Exception("unknown failure")
         if kind_of(exc) is None:
             log.error("command failed: %s", reason.getTraceback())
@@ -440,13 +534,15 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
                 return
             slots.popleft()
             assert head.chunks is not None
+            self._queued -= head.size
             out = self._out
-            for chunk in head.chunks:
-                out.append(chunk)
-                self._out_len += len(chunk)
+            out += head.chunks
+            self._out_len += head.size
+            head.chunks = None
 
-    def _flush(self) -> None:
-        if not self._out or self._gone:
+    def _flush(self, force: bool = False) -> None:
+        """Hand the output to the transport, unless it is full (``force``: even then)."""
+        if not self._out or self._gone or (self._output_paused and not force):
             return
         self.counters.bytes_written += self._out_len
         out = self._out
@@ -462,7 +558,7 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
 
     def _maybe_close(self) -> None:
         if not self._slots and not self._gone:
-            self._flush()
+            self._flush(force=True)
             self._close_now(abort=False)
 
     # -- back-pressure --------------------------------------------------------------------
@@ -478,13 +574,14 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
             self.transport.resumeProducing()
 
     def pauseProducing(self) -> None:
-        """The transport's buffer is full: stop reading and executing."""
+        """The transport's buffer is full: stop reading, executing and writing."""
         if self._output_paused:
             return
         self._output_paused = True
         self.transport.pauseProducing()
         timeout = self.factory.config.slow_reader_timeout
         if timeout > 0 and self._slow_timer is None:
+            self._unsent_at_pause = _unsent(self.transport)
             self._slow_timer = self.factory.clock.callLater(timeout, self._slow_reader)
 
     def resumeProducing(self) -> None:
@@ -510,10 +607,37 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
 
     def _slow_reader(self) -> None:
         self._slow_timer = None
+        unsent = _unsent(self.transport)
+        if unsent is not None and self._unsent_at_pause is not None \
+                and unsent < self._unsent_at_pause:
+            # The client read some of its replies since: slow, not stuck.  Look again.
+            self._unsent_at_pause = unsent
+            self._slow_timer = self.factory.clock.callLater(
+                self.factory.config.slow_reader_timeout, self._slow_reader)
+            return
         self.counters.slow_readers_dropped += 1
         log.warning("dropping a client that did not read its replies for %ss",
                     self.factory.config.slow_reader_timeout)
         self._close_now(abort=True)
+
+
+def _unsent(transport: Any) -> int | None:
+    """Bytes not yet taken by the client: those Twisted's TCP transport holds, plus those
+    in the kernel's send queue (None for other transports).  How a slow reader is told
+    from one that stopped: the kernel queue shrinks as the client reads, while Twisted's
+    buffer may not move for long (the kernel wakes writers only once half its queue
+    drained)."""
+    buffer = getattr(transport, "dataBuffer", None)
+    if buffer is None:
+        return None
+    held = len(buffer) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
+    sock = getattr(transport, "socket", None)
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")  # type: ignore[union-attr]
+        (queued,) = struct.unpack("i", raw)
+    except (AttributeError, OSError, ValueError):
+        queued = 0
+    return held + queued
 
 
 class ObjstoreFactory(Factory):
@@ -542,6 +666,19 @@ class ObjstoreFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> ObjstoreProtocol:  # type: ignore[override]
         return ObjstoreProtocol(self)
+
+    def describe_connections(self) -> list[tuple[str, str, int]]:
+        """``(peer, local address, seconds since it last sent)`` of each open connection,
+        for ``stats conns``."""
+        now = self.clock.seconds()
+        out = []
+        for proto in self.protocols:
+            transport = proto.transport
+            peer, host = transport.getPeer(), transport.getHost()
+            out.append((f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', 0)}",
+                        f"{getattr(host, 'host', '?')}:{getattr(host, 'port', 0)}",
+                        int(now - proto.last_read)))
+        return out
 
     def close_all(self, timeout: float) -> defer.Deferred[None]:
         """Close every connection once its pending replies are out (shutdown); fires when

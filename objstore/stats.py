@@ -143,6 +143,19 @@ class Counters:
         self.curr_connections = keep
 
 
+def connection_rows(connections: Iterable[tuple[str, str, int]]
+                    ) -> tuple[tuple[bytes, bytes], ...]:
+    """``stats conns``: memcached's lines for each ``(peer, local address, idle
+    seconds)``."""
+    rows: list[tuple[bytes, bytes]] = []
+    for n, (peer, listen, idle) in enumerate(connections):
+        rows += [(b"%d:addr" % n, b"tcp:" + peer.encode()),
+                 (b"%d:listen_addr" % n, b"tcp:" + listen.encode()),
+                 (b"%d:state" % n, b"conn_parse_cmd"),
+                 (b"%d:secs_since_last_cmd" % n, b"%d" % idle)]
+    return tuple(rows)
+
+
 def totals(snapshots: Iterable[Sequence[int]]) -> dict[str, int]:
     """Sum snapshots from several workers into ``{name: value}`` (ops as ``ops_<name>``)."""
     names = [*COUNTER_NAMES, *(f"ops_{n}" for n in OP_NAMES), *STORE_NAMES, *LATENCY_NAMES]

@@ -83,6 +83,9 @@ class DevOptions:
     fast: bool = False
     redis_node_timeout_ms: int = 5000
     install_missing: bool = True
+    #: directord demands the blob plane's login too (off: only the object servers do,
+    #: for clients that cannot log in, such as libmemcached's tools).
+    directord_auth: bool = True
 
 
 @dataclass(frozen=True)
@@ -188,8 +191,9 @@ class DevCluster:
             blob_auth = str(self.blob_auth_path)
             config = dataclasses.replace(
                 config, objstore=dataclasses.replace(config.objstore, auth_file=blob_auth),
-                director=dataclasses.replace(director, auth_file=blob_auth,
-                                             objstore_auth_file=blob_auth))
+                director=dataclasses.replace(
+                    director, auth_file=blob_auth if self.options.directord_auth else "",
+                    objstore_auth_file=blob_auth))
         return config
 
     def ensure_secrets(self) -> None:

@@ -103,6 +103,7 @@ def private_installation(redis: RunningRedis, run_dir: Path, *, objstores: int =
                          stages: tuple[str, ...] = ("objstore",),
                          before_start: Callable[[Config], None] | None = None,
                          objstore_settings: Mapping[str, Any] | None = None,
+                         directord_auth: bool = True,
                          **director: Any) -> Iterator[Installation]:
     """Run ``objstores`` objstored (zones a, b, c, a...) registered under a private
     prefix, plus the other ``stages`` (e.g. ``directord``), for the block.
@@ -110,6 +111,8 @@ def private_installation(redis: RunningRedis, run_dir: Path, *, objstores: int =
     :param before_start: called with the config before anything starts (to register
         nodes that must get the lowest node numbers).
     :param objstore_settings: ``[objstore]`` settings to change.
+    :param directord_auth: directord demands the blob plane's login (as every dev
+        cluster's does); off for clients that cannot log in (libmemcached's tools).
     :param director: ``[director]`` settings to change.
     """
     config = private_config(redis, objstores, **director)
@@ -117,7 +120,8 @@ def private_installation(redis: RunningRedis, run_dir: Path, *, objstores: int =
         config = dataclasses.replace(config, objstore=dataclasses.replace(
             config.objstore, **objstore_settings))
     cluster = DevCluster(config, run_dir, DevOptions(
-        objstore_count=objstores, only=frozenset(stages), install_missing=False))
+        objstore_count=objstores, only=frozenset(stages), install_missing=False,
+        directord_auth=directord_auth))
     config = cluster.config  # with the installation's own keyring
     cluster.write_config()
     try:

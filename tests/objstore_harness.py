@@ -88,6 +88,7 @@ class Harness:
                                lambda: totals([self.counters.snapshot()]),
                                clock=self.clock.seconds, node_id="test-node")
         self.factory = ObjstoreFactory(self.handler, self.config, self.counters, self.clock)
+        self.handler.connections = self.factory.describe_connections
 
     def hold_writes(self) -> HeldCommitter:
         committer = HeldCommitter(self.storage)

@@ -50,6 +50,7 @@ class TwinSession:
         self.gates: dict[str, asyncio.Event] = {}
         self.closed = False
         self.bads = 0
+        self.lost = False
         self.user: str | None = None
 
     def greeting(self) -> Response:
@@ -96,6 +97,9 @@ class TwinSession:
         if isinstance(event, c.Login):
             self.user = event.username
         self.conn.send([Tagged(tag, Status.OK, f"{event.NAME} done")])
+
+    def connection_lost(self) -> None:
+        self.lost = True
 
     async def close(self) -> None:
         self.closed = True
@@ -298,8 +302,9 @@ def test_a_slow_reader_makes_the_session_wait() -> None:
 
 
 def test_disconnect_mid_command_drops_output_and_closes_the_session_after() -> None:
-    """If the client goes away while a command runs, the command finishes, nothing more
-    is written, pipelined commands are not run, and the session is closed afterwards."""
+    """If the client goes away while a command runs, the session is told (to stop a
+    SEARCH), the command finishes, nothing more is written, pipelined commands are not
+    run, and the session is closed afterwards."""
 
     async def body() -> None:
         h = Harness()
@@ -307,7 +312,7 @@ def test_disconnect_mid_command_drops_output_and_closes_the_session_after() -> N
         gate = h.session.gates["a"] = asyncio.Event()
         await h.feed(b"a NOOP\r\nb NOOP\r\n")
         h.proto.connectionLost(failure.Failure(ConnectionError("gone")))
-        assert not h.session.closed
+        assert not h.session.closed and h.session.lost  # told, to stop a SEARCH
         gate.set()
         await settle()
         assert h.output() == b""

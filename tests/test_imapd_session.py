@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 
 from tests.imapd_support import (
@@ -401,6 +402,48 @@ def test_two_sessions_see_each_others_changes_at_the_right_moments(dsn: str) -> 
     run(dsn, body)
 
 
+def test_noop_reads_postgresql_only_when_the_feed_reported_a_change(dsn: str) -> None:
+    """NOOP re-reads the mailbox only after a notification (or while the change feed is
+    down, when one may have been lost), and still reports other sessions' changes."""
+
+    async def body(env: Env) -> None:
+        name = fresh("nia")
+        await env.user(name)
+        for n in range(2):
+            await env.deliver(name, f"Subject: m{n}\r\n\r\nbody {n}\r\n".encode())
+        a, b = env.client(), env.client()
+        for client in (a, b):
+            await client.login(name)
+            await client.send("s SELECT INBOX")
+        reads: list[int] = []
+        mailboxes = env.store.mailboxes
+        get_by_id = mailboxes.get_by_id
+
+        async def counted(user_id: int, mailbox_id: int) -> Any:
+            reads.append(mailbox_id)
+            return await get_by_id(user_id, mailbox_id)
+
+        mailboxes.get_by_id = counted  # type: ignore[method-assign]
+        heard = await env.hear(name)
+        assert await a.send("a1 NOOP") == b"a1 OK NOOP completed\r\n"
+        assert reads == []
+        await b.send("b1 STORE 1 +FLAGS (\\Flagged)")
+        await heard.of("flags")
+        # A selected first, so it holds \\Recent.
+        assert await a.send("a2 NOOP") == (
+            b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent))\r\na2 OK NOOP completed\r\n")
+        assert len(reads) == 1
+        assert await a.send("a3 NOOP") == b"a3 OK NOOP completed\r\n"
+        assert len(reads) == 1
+        # Feed down: B's change is never notified, so NOOP must look for itself.
+        await env.listener.close()
+        await b.send("b2 STORE 2 +FLAGS (\\Seen)")
+        assert await a.send("a4 NOOP") == (
+            b"* 2 FETCH (UID 2 FLAGS (\\Seen \\Recent))\r\na4 OK NOOP completed\r\n")
+
+    run(dsn, body)
+
+
 def test_deleting_the_selected_mailbox_elsewhere_ends_the_session(dsn: str) -> None:
     """When another session deletes the selected mailbox, the next command gets BYE."""
 
@@ -587,5 +630,49 @@ def test_a_nul_in_a_login_literal_is_a_failed_login(dsn: str) -> None:
         reply = await client.send(b"a LOGIN {%d+}\r\n%s secret" % (len(user), user))
         assert reply == b"a NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
         await client.login(name)
+
+    run(dsn, body)
+
+
+def test_a_search_stops_with_its_query_when_the_client_goes_away(dsn: str) -> None:
+    """A SEARCH whose client disconnects is cancelled at once with its PostgreSQL query,
+    unanswered, and the session's next command on the pool still works."""
+
+    async def waiting_on_lock(watch: asyncpg.Connection) -> int:
+        return int(await watch.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE '%mailbox_messages%'"))
+
+    async def body(env: Env) -> None:
+        name = fresh("sam")
+        await env.user(name)
+        await env.deliver(name, b"Subject: s\r\n\r\nneedle in here\r\n")
+        c = env.client()
+        await c.login(name)
+        await c.send("s SELECT INBOX")
+        locker = await asyncpg.connect(dsn)
+        watch = await asyncpg.connect(dsn)
+        try:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE mailbox_messages IN ACCESS EXCLUSIVE MODE")
+                pending = asyncio.ensure_future(c.send("t SEARCH BODY needle"))
+                for _ in range(250):
+                    if await waiting_on_lock(watch):
+                        break
+                    await asyncio.sleep(0.02)
+                assert await waiting_on_lock(watch) == 1
+                c.session.connection_lost()
+                # Done while the lock is still held: cancelled, not finished.
+                assert await asyncio.wait_for(pending, 5) == b""
+                for _ in range(250):
+                    if not await waiting_on_lock(watch):
+                        break
+                    await asyncio.sleep(0.02)
+                assert await waiting_on_lock(watch) == 0
+            assert await c.send("u SEARCH BODY needle") == (
+                b"* SEARCH 1\r\nu OK SEARCH completed\r\n")
+        finally:
+            await watch.close()
+            await locker.close()
 
     run(dsn, body)

@@ -252,6 +252,44 @@ def test_two_processes_see_each_others_changes(cluster: Cluster,
         second.stop()
 
 
+def test_noop_reports_another_process_flags_and_expunges(cluster: Cluster,
+                                                        certificate: tuple[Path, Path],
+                                                        imapd: Imapd, mail: Mail) -> None:
+    """NOOP, which now re-reads only what the change feed reported, still shows a flag
+    change and an expunge made on another imapd process, and nothing when nothing moved."""
+    second = start_imapd(cluster, "imapd-2", certificate)
+    try:
+        user = new_user(mail)
+        mail.deliver(user, [b"Subject: a\r\n\r\na\r\n", b"Subject: b\r\n\r\nb\r\n"])
+        watcher = connect(imapd, user)
+        watcher.select_folder("INBOX")
+        actor = connect(second, user)
+        actor.select_folder("INBOX")
+        assert watcher.noop()[1] == []
+
+        def poll_for(kind: bytes) -> list[object]:
+            heard: list[object] = []
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                heard.extend(watcher.noop()[1])
+                if any(isinstance(r, tuple) and kind in r for r in heard):
+                    return heard
+                time.sleep(0.05)
+            raise AssertionError(f"no {kind!r} in {heard}")
+
+        actor.add_flags([2], [b"\\Flagged"])
+        assert any(r[:2] == (2, b"FETCH") for r in poll_for(b"FETCH")
+                   if isinstance(r, tuple))
+        actor.delete_messages([1])
+        actor.expunge()
+        assert (1, b"EXPUNGE") in poll_for(b"EXPUNGE")
+        assert b"\\Flagged" in watcher.get_flags([2])[2]  # UID 2, now message 1
+        watcher.logout()
+        actor.logout()
+    finally:
+        second.stop()
+
+
 def test_keywords_reach_the_sessions_of_another_process(cluster: Cluster,
                                                       certificate: tuple[Path, Path],
                                                       imapd: Imapd, mail: Mail) -> None:

@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 
-from metadata.errors import NoSuchMailbox, NoSuchUser, OverQuota, UidsExhausted
+from metadata.errors import NoSuchMailbox, NoSuchUser, OverQuota, QueryTooLong, UidsExhausted
 from metadata.flags import ANSWERED, DELETED, FLAGGED, SEEN, Flags
 from metadata.messages import NewMessage
 from metadata.notify import Change, ChangeListener
-from metadata.records import User
+from metadata.records import SearchHits, User
+from metadata.search import BodyContains, Criterion, HasFlag
 from metadata.store import MetadataStore
 from metadata.uidset import MAX_UID, UidSet
 from tests.metadata_support import FAST_SCRYPT, blob, fresh_database, sample_row
@@ -559,5 +560,109 @@ def test_claim_recent_gives_each_message_to_one_session(dsn: str) -> None:
             assert await store.messages.claim_recent(user.id, inbox) == (4, 5)
             with pytest.raises(NoSuchMailbox):
                 await store.messages.claim_recent(user.id, 123_456_789)
+
+    asyncio.run(run())
+
+
+async def counted(dsn: str, user_id: int) -> dict[int, tuple[int, int, int, int]]:
+    """Each mailbox's kept counters and, beside them, what counting the entries gives."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT mb.id, mb.n_messages, mb.n_unseen, mb.n_deleted, mb.total_size, "
+            "count(mm.uid) AS messages, count(mm.uid) FILTER (WHERE mm.flags & 1 = 0) AS unseen, "
+            "count(mm.uid) FILTER (WHERE mm.flags & 8 <> 0) AS deleted, "
+            "coalesce(sum(mm.size), 0) AS size FROM mailboxes mb LEFT JOIN mailbox_messages mm "
+            "ON mm.user_id = mb.user_id AND mm.mailbox_id = mb.id WHERE mb.user_id = $1 "
+            "GROUP BY mb.user_id, mb.id", user_id)
+    finally:
+        await conn.close()
+    for r in rows:
+        kept = (r["n_messages"], r["n_unseen"], r["n_deleted"], r["total_size"])
+        assert kept == (r["messages"], r["unseen"], r["deleted"], r["size"]), r["id"]
+    return {r["id"]: (r["n_messages"], r["n_unseen"], r["n_deleted"], r["total_size"])
+            for r in rows}
+
+
+def test_mailbox_counters_follow_every_change_of_the_entries(dsn: str) -> None:
+    """The mailbox row's MESSAGES, UNSEEN, \\Deleted and SIZE counters equal a count of the
+    entries after inserts, STORE, COPY, MOVE, EXPUNGE, RENAME INBOX and DELETE, and STATUS
+    answers from them."""
+
+    async def run() -> None:
+        async with opened(dsn) as store:
+            user, inbox = await new_user(store, "counter")
+            for i in range(4):
+                await store.messages.insert(user.id, inbox, sample_row(f"ct{i}", size=10 + i),
+                                            [], internaldate=NOW,
+                                            flags=Flags(SEEN if i == 0 else 0))
+            assert (await counted(dsn, user.id))[inbox] == (4, 3, 0, 46)
+            await store.messages.store_flags(user.id, inbox, UidSet.from_uids([2, 3]), "add",
+                                             Flags(SEEN | DELETED))
+            await store.messages.store_flags(user.id, inbox, UidSet.from_uids([4]), "add",
+                                             Flags(FLAGGED))
+            assert (await counted(dsn, user.id))[inbox] == (4, 1, 2, 46)
+            trash = await store.mailboxes.get(user.id, "Trash")
+            await store.messages.copy(user.id, inbox, UidSet.from_uids([1, 4]), trash.id)
+            archive = await store.mailboxes.get(user.id, "Archive")
+            await store.messages.move(user.id, inbox, UidSet.from_uids([4]), archive.id)
+            await store.messages.expunge(user.id, inbox)
+            counts = await counted(dsn, user.id)
+            assert (counts[inbox], counts[trash.id], counts[archive.id]) == (
+                (1, 0, 0, 10), (2, 1, 0, 23), (1, 1, 0, 13))
+            status = await store.mailboxes.status(user.id, "Trash")
+            assert (status.messages, status.unseen, status.deleted, status.size,
+                    status.recent, status.first_unseen_uid) == (2, 1, 0, 23, 2, 2)
+            renamed = await store.mailboxes.rename(user.id, "INBOX", "Old")
+            await store.mailboxes.delete(user.id, "Archive")
+            counts = await counted(dsn, user.id)
+            assert counts[renamed.id] == (1, 0, 0, 10)
+            assert counts[inbox] == (0, 0, 0, 0)
+
+    asyncio.run(run())
+
+
+def test_statement_timeouts_cancel_long_queries_and_search_has_its_own(dsn: str) -> None:
+    """A statement that waits past ``statement_timeout`` fails with QueryTooLong and the pool
+    goes on; a substring SEARCH runs under ``search_timeout`` instead, longer or shorter."""
+
+    async def blocked_search(store: MetadataStore, user_id: int, inbox: int,
+                             criterion: Criterion, hold: float) -> SearchHits:
+        """Run the search while another transaction holds mailbox_messages for ``hold`` s."""
+        locker = await asyncpg.connect(dsn)
+        try:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE mailbox_messages IN ACCESS EXCLUSIVE MODE")
+                search = asyncio.ensure_future(
+                    store.messages.search(user_id, inbox, criterion))
+                await asyncio.sleep(hold)
+            return await search
+        finally:
+            await locker.close()
+
+    async def run() -> None:
+        store = await MetadataStore.open(dsn, pool_min=1, pool_max=2,
+                                         password_params=FAST_SCRYPT, statement_timeout=0.3,
+                                         search_timeout=3.0)
+        try:
+            user, inbox = await new_user(store, "patient")
+            await store.messages.insert(user.id, inbox, sample_row("to1"), [],
+                                        internaldate=NOW)
+            with pytest.raises(QueryTooLong):
+                await blocked_search(store, user.id, inbox, HasFlag(SEEN), 1.0)
+            # Waiting longer than statement_timeout, within search_timeout.
+            hits = await blocked_search(store, user.id, inbox, BodyContains("zzz"), 0.8)
+            assert hits.uids == ()
+            assert await store.messages.uids(user.id, inbox) == [1]
+        finally:
+            await store.close()
+        store = await MetadataStore.open(dsn, pool_min=1, pool_max=2,
+                                         password_params=FAST_SCRYPT, statement_timeout=30.0,
+                                         search_timeout=0.3)
+        try:
+            with pytest.raises(QueryTooLong):
+                await blocked_search(store, user.id, inbox, BodyContains("zzz"), 1.0)
+        finally:
+            await store.close()
 
     asyncio.run(run())

@@ -229,3 +229,42 @@ def test_version_2_keeps_old_rows_searchable_and_lists_mailbox_keywords(
         assert sorted(row["search_header"].split()) == ["hello", "subject"]
         assert sorted(row["search_body"].split()) == ["an", "invoice"]
         assert keywords == ["$Label1", "$Label2"]
+
+
+def test_version_4_counts_the_entries_already_stored(postgres: str) -> None:
+    """Migrating a version-3 database fills each mailbox's MESSAGES, UNSEEN, \\Deleted and
+    SIZE counters from the entries it already holds; later changes keep them exact."""
+    with fresh_database(postgres, migrate=False) as dsn:
+        async def run() -> tuple[asyncpg.Record, asyncpg.Record]:
+            conn = await asyncpg.connect(dsn)
+            try:
+                await migrate(conn, load_migrations()[:3])
+                user = await conn.fetchval(
+                    "INSERT INTO users (name, password_hash) VALUES ('old', 'x') RETURNING id")
+                box = await conn.fetchval(
+                    "INSERT INTO mailboxes (user_id, name, uidvalidity, uidnext) "
+                    "VALUES ($1, 'INBOX', 1, 4) RETURNING id", user)
+                msg = await conn.fetchval(
+                    "INSERT INTO messages (user_id, skeleton_id, size, header_block, envelope, "
+                    "bodystructure, body, section_map) VALUES ($1, $2, 10, '', '', '', '', '') "
+                    "RETURNING id", user, "0" * 64)
+                for uid, flags in ((1, 1), (2, 0), (3, 8)):  # \Seen, none, \Deleted
+                    await conn.execute(
+                        "INSERT INTO mailbox_messages (user_id, mailbox_id, uid, message_id, "
+                        "flags, modseq, internaldate, size) VALUES ($1, $2, $3, $4, $5, 1, "
+                        "now(), $6)", user, box, uid, msg, flags, uid * 100)
+                await migrate(conn)
+                query = ("SELECT n_messages, n_unseen, n_deleted, total_size FROM mailboxes "
+                         "WHERE id = $1")
+                backfilled = await conn.fetchrow(query, box)
+                await conn.execute("UPDATE mailbox_messages SET flags = flags | 1 "
+                                   "WHERE mailbox_id = $1", box)
+                await conn.execute("DELETE FROM mailbox_messages WHERE mailbox_id = $1 "
+                                   "AND uid = 1", box)
+                return backfilled, await conn.fetchrow(query, box)
+            finally:
+                await conn.close()
+
+        backfilled, after = asyncio.run(run())
+        assert tuple(backfilled) == (3, 2, 1, 600)
+        assert tuple(after) == (2, 0, 1, 500)

@@ -238,14 +238,20 @@ def test_refusals_serialize_as_memcached_lines() -> None:
 
 
 def test_binary_protocol_never_authenticates(h: Harness) -> None:
-    """The binary protocol (and its SASL) is not spoken: a binary SASL request gets no
-    access, and past the small pre-login line limit the connection is closed."""
+    """The binary protocol (and its SASL) is not spoken: a binary SASL request gets ERROR
+    and the connection closes, as it does after login."""
     proto, tr = h.connect()
     # A binary-protocol SASL LIST MECHS request header (magic 0x80, opcode 0x20).
-    header = bytes([0x80, 0x20]) + bytes(22)
-    proto.dataReceived(header)
-    assert tr.value() == b"" and not tr.disconnecting
-    proto.dataReceived(header * (AUTH_LIMITS.max_line // len(header) + 1))
-    assert tr.value() == b"CLIENT_ERROR line too long\r\n"
+    proto.dataReceived(bytes([0x80, 0x20]) + bytes(22))
+    assert tr.value() == b"ERROR\r\n"
     assert tr.disconnecting
     assert h.counters.auth_cmds == 0
+
+
+def test_http_request_before_login_closes_silently(h: Harness) -> None:
+    """An HTTP request line closes the connection without a word, before login as
+    after (memcached does the same)."""
+    proto, tr = h.connect()
+    proto.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert tr.value() == b""
+    assert tr.disconnecting

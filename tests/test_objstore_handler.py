@@ -100,6 +100,21 @@ SCRIPTS: list[tuple[list[bytes], list[bytes]]] = [
      [b"BADCLASS invalid class id\r\n", b"END\r\n", b"STORED\r\n",
       b"key=b%25c exp=-1 la=1800000000 cas=1 fetch=no cls=1 size=36\nEND\r\n"]),
     ([b"stats nonsense\r\n", b"stats reset\r\n"], [b"ERROR\r\n", b"RESET\r\n"]),
+    # A set that did not happen still answers c (c0), as memcached's ms does.
+    ([b"ms a 1\r\nx\r\n", b"ms a 1 c C99\r\ny\r\n", b"ms z 1 C5 c k\r\ny\r\n",
+      b"ms a 1 ME c\r\ny\r\n", b"md a C99 c\r\n"],
+     [b"HD\r\n", b"EX c0\r\n", b"NF c0 kz\r\n", b"NS c0\r\n", b"EX\r\n"]),
+    # h: read before since the last write (memcached's fetched bit).
+    ([b"ms a 1 T0\r\nx\r\n", b"mg a h\r\n", b"mg a h v\r\n", b"get a\r\n",
+      b"set a 0 0 1\r\ny\r\n", b"mg a h\r\n"],
+     [b"HD\r\n", b"HD h0\r\n", b"VA 1 h1\r\nx\r\n", b"VALUE a 0 1\r\nx\r\nEND\r\n",
+      b"STORED\r\n", b"HD h0\r\n"]),
+    ([b"stats detail on\r\n", b"stats detail dump\r\n", b"stats detail off\r\n",
+      b"stats detail\r\n", b"stats sizes\r\n", b"slabs automove 1\r\n",
+      b"slabs automove\r\n", b"slabs reassign 1 2\r\n"],
+     [b"OK\r\n", b"END\r\n", b"OK\r\n", b"CLIENT_ERROR usage: stats detail on|off|dump\r\n",
+      b"STAT sizes_status disabled\r\nEND\r\n", b"OK\r\n", b"ERROR\r\n",
+      b"NOSPARE source class has no spare pages\r\n"]),
 ]
 
 

@@ -26,6 +26,7 @@ from objstore.protocol import (
     ProtocolError,
     Quit,
     RemoteProtocolError,
+    Slabs,
     Stats,
     Store,
     TooLarge,
@@ -176,6 +177,18 @@ TABLE: list[tuple[bytes, list[object]]] = [
     (b"ma k M+\r\n", [MetaArith(b"k", MetaFlags(mode=b"I"))]),
     (b"ma k MX\r\n", [ProtocolError(p.E_MA_MODE)]),
     (b"ma k Dx\r\n", [ProtocolError(p.E_INVALID_OR_DUP_FLAG)]),
+    # A flag given twice: memcached's words per command.
+    (b"mg k v v\r\n", [ProtocolError(p.E_DUP_FLAG)]),
+    (b"mg k k k\r\n", [ProtocolError(p.E_DUP_FLAG)]),
+    (b"mg k T1 T2\r\n", [ProtocolError(p.E_DUP_FLAG)]),
+    (b"ms k 2 T1 T2\r\nhi\r\nmn\r\n", [ProtocolError(p.E_DUP_FLAG), MetaNoop()]),
+    (b"md k q q\r\n", [ProtocolError(p.E_INVALID_OR_DUP_FLAG)]),
+    (b"ma k N0 N0\r\n", [ProtocolError(p.E_INVALID_OR_DUP_FLAG)]),
+    (b"md k C9 c\r\n", [MetaDelete(b"k", MetaFlags(returns=b"c", compare_cas=9))]),
+    (b"slabs automove 1\r\n", [Slabs((b"automove", b"1"))]),
+    (b"slabs\r\n", [ERR]),
+    # Not HTTP: a get whose last key happens to start with HTTP/.
+    (b"get / HTTP/1.0\r\n", [Get((b"/", b"HTTP/1.0"))]),
 ]
 
 
@@ -300,6 +313,28 @@ def test_binary_value_with_crlf_inside() -> None:
         Store(b"set", b"k", 0, 0, value)]
 
 
+@pytest.mark.parametrize("line", [b"GET / HTTP/1.0\r\n", b"PUT /x HTTP/1.1\r\n",
+                                  b"DELETE /k HTTP/1.1\r\n", b"POST / HTTP/1.1\r\n"])
+def test_http_request_lines_close_silently(line: bytes) -> None:
+    """A line that looks like an HTTP request (an unknown command whose last word starts
+    with HTTP/) ends the connection without a reply, as memcached does; nothing after it
+    is parsed."""
+    assert parse_all(line + b"Host: x\r\n\r\nversion\r\n") == [
+        ProtocolError(b"", fatal=True, noreply=True)]
+
+
+@pytest.mark.parametrize("data", [
+    b"\x80\x0a" + b"\x00" * 22,  # a binary noop: no newline anywhere
+    b"\x80\x00\x00\x03" + b"\x00" * 7 + b"\x03" + b"\x00" * 12 + b"foo",  # binary get
+    b"\x80\x0a\x00\x00\n" + b"\x00" * 19,  # one that happens to hold a newline
+])
+def test_binary_protocol_is_answered_error_and_closes(data: bytes) -> None:
+    """A request with the binary protocol's magic byte gets ERROR at once and ends the
+    connection (its stream cannot be read as text)."""
+    assert parse_all(data + b"version\r\n") == [ProtocolError(p.E_ERROR, fatal=True)]
+    assert parse_all(data, chunk=1)[:1] == [ProtocolError(p.E_ERROR, fatal=True)]
+
+
 def test_quit_stops_parsing() -> None:
     """Nothing after quit is parsed."""
     assert parse_all(b"quit\r\nget a\r\n") == [Quit()]
@@ -319,7 +354,7 @@ ROUND_TRIP = [c for c in PIPELINE_CMDS if not isinstance(c, ProtocolError)] + [
     MetaGet(b"\x00\xffbin", MetaFlags(returns=b"bkO", base64=True, opaque=b"7", value=True)),
     MetaArith(b"c", MetaFlags(returns=b"t", mode=b"D", delta=5, initial=1, vivify=0)),
     MetaDelete(b"d", MetaFlags(invalidate=True, ttl=5, quiet=True)),
-    Store(b"cas", b"k", 3, -1, b"\x00\r\n", 77, True),
+    Store(b"cas", b"k", 3, -1, b"\x00\r\n", 77, True), Slabs((b"automove", b"0")),
 ]
 
 

@@ -3,8 +3,10 @@ limits and timeouts."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet import defer, task
@@ -16,6 +18,7 @@ from objstore.server import (
     TOO_MANY_CONNECTIONS,
     Answer,
     ObjstoreFactory,
+    ObjstoreProtocol,
     reuseport_socket,
 )
 from objstore.stats import Counters
@@ -232,16 +235,19 @@ def test_reuseport_socket_allows_a_second_listener() -> None:
 class _DeferredHandler:
     """A handler whose every answer comes later (as directord's do): the test fires them."""
 
-    def __init__(self) -> None:
+    def __init__(self, serial_writes: bool = False) -> None:
         self.pending: list[tuple[bytes, defer.Deferred[Reply | None]]] = []
+        self.serial_writes = serial_writes
+        self.cancelled: list[bytes] = []
 
     @staticmethod
     def is_write(cmd: p.Command) -> bool:
-        return isinstance(cmd, p.Store)
+        return isinstance(cmd, p.Store | p.Delete)
 
     def execute(self, cmd: p.Command) -> Answer:
-        d: defer.Deferred[Reply | None] = defer.Deferred()
         key = cmd.keys[0] if isinstance(cmd, p.Get) else getattr(cmd, "key", b"")
+        d: defer.Deferred[Reply | None] = defer.Deferred(
+            lambda _d: self.cancelled.append(key))
         self.pending.append((key, d))
         return d
 
@@ -274,3 +280,150 @@ def test_any_handler_deferred_reads_run_together_replies_keep_order(tmp_path: Pa
     assert [k for k, _ in handler.pending] == [b"c"]
     handler.fire(b"c", Values(()))
     assert tr.value().endswith(b"STORED\r\nEND\r\n")
+
+
+def _deferred_connection(handler: _DeferredHandler, **config: Any
+                         ) -> tuple[ObjstoreProtocol, StringTransport]:
+    factory = ObjstoreFactory(handler, dataclasses.replace(ObjstoreConfig(), **config),
+                              Counters(), task.Clock())
+    proto = factory.buildProtocol(None)
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    return proto, tr
+
+
+def test_serial_writes_take_effect_in_the_order_sent(tmp_path: Path) -> None:
+    """With a handler whose writes take effect when answered, each write starts only once
+    every earlier command of the connection is answered, and reads wait for writes."""
+    handler = _DeferredHandler(serial_writes=True)
+    proto, tr = _deferred_connection(handler)
+    proto.dataReceived(b"get r\r\nset k 0 0 2\r\nv1\r\ndelete k\r\nset k 0 0 2\r\nv2\r\n"
+                       b"delete k\r\nget k\r\n")
+    assert [k for k, _ in handler.pending] == [b"r"]  # the set waits for the read
+    handler.fire(b"r", Values(()))
+    for reply in (b"STORED", b"DELETED", b"STORED", b"DELETED"):
+        assert [k for k, _ in handler.pending] == [b"k"]  # one write at a time
+        handler.fire(b"k", Status(reply))
+    assert [k for k, _ in handler.pending] == [b"k"]  # the last get, after the writes
+    handler.fire(b"k", Values(()))
+    assert tr.value() == b"END\r\nSTORED\r\nDELETED\r\nSTORED\r\nDELETED\r\nEND\r\n"
+
+
+def test_serial_writes_leave_reads_concurrent(tmp_path: Path) -> None:
+    """Serial writes do not serialise reads: pipelined reads with no write between them
+    all start at once."""
+    handler = _DeferredHandler(serial_writes=True)
+    proto, _tr = _deferred_connection(handler)
+    proto.dataReceived(b"get a\r\nget b\r\nmg c v\r\n")
+    assert [k for k, _ in handler.pending] == [b"a", b"b", b"c"]
+
+
+class _BigValues(_DeferredHandler):
+    """Every get answers, later, one value of ``size`` bytes."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(serial_writes=True)
+        self.value = b"x" * size
+
+    def fire_all(self) -> None:
+        while self.pending:
+            key, d = self.pending.pop(0)
+            d.callback(Values((Value(key, 0, self.value),)))
+
+
+def test_unread_replies_are_bounded_in_bytes(tmp_path: Path) -> None:
+    """A client that pipelines gets of big values without reading them gets at most about
+    max_reply_buffer bytes of replies queued: past it no command starts and the connection
+    is not read; once the client reads, the rest are served."""
+    mib = 1 << 20
+    handler = _BigValues(mib)
+    proto, tr = _deferred_connection(handler, max_reply_buffer=4 * mib, max_item_size=mib)
+    proto.pauseProducing()  # the client reads nothing: its socket is full
+    proto.dataReceived(b"".join(b"get k%d\r\n" % i for i in range(200)))
+    started = 0
+    for _ in range(200):
+        if not handler.pending:
+            break
+        started += len(handler.pending)
+        handler.fire_all()
+    assert started == 0  # nothing runs while the transport is full
+    proto.resumeProducing()
+    proto.pauseProducing()
+    started = 0
+    while handler.pending:
+        started += len(handler.pending)
+        handler.fire_all()
+    # At most the budget's worth of 1 MiB values started (and one more in flight).
+    assert 0 < started <= 5
+    assert proto._queued + proto._out_len <= 5 * (mib + 100)
+    assert tr.producerState == "paused"
+    served = 0
+    for _ in range(400):
+        proto.resumeProducing()
+        served += tr.value().count(b"VALUE ")
+        tr.clear()
+        handler.fire_all()
+        if served == 200:
+            break
+    assert served == 200
+
+
+def test_connection_lost_cancels_pending_reads_not_writes(tmp_path: Path) -> None:
+    """A connection that goes away cancels the reads it was waiting for, lets started
+    writes finish, and drops the commands it had not started."""
+    handler = _DeferredHandler(serial_writes=True)
+    proto, _tr = _deferred_connection(handler)
+    proto.dataReceived(b"set w 0 0 1\r\nx\r\n")
+    write = handler.pending[0][1]
+    proto.dataReceived(b"get r\r\n")  # held behind the write
+    handler.fire(b"w", Status(b"STORED"))
+    read = handler.pending[0][1]
+    proto.dataReceived(b"set w2 0 0 1\r\ny\r\n")  # held behind the read
+    proto.connectionLost(None)
+    assert read.called and write.called
+    assert [k for k, _ in handler.pending] == [b"r"]  # w2 never started
+    assert handler.cancelled == [b"r"]
+
+
+class _TcpLikeTransport(StringTransport):
+    """StringTransport with the unsent-bytes bookkeeping of Twisted's TCP transport."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dataBuffer = b""
+        self.offset = 0
+        self._tempDataLen = 0
+
+
+def test_slow_reader_that_keeps_reading_is_not_cut(tmp_path: Path) -> None:
+    """A reader whose transport stays full but keeps draining is served past
+    slow_reader_timeout; one that drains nothing for that long is aborted."""
+    h = Harness(tmp_path, slow_reader_timeout=5.0)
+    proto = h.factory.buildProtocol(None)
+    tr = _TcpLikeTransport()
+    proto.makeConnection(tr)
+    tr._tempDataLen = 100_000
+    proto.pauseProducing()
+    for _ in range(20):
+        h.clock.advance(1)
+        tr._tempDataLen -= 1000  # the client reads a little every second
+    assert not tr.disconnected
+    h.clock.pump([1] * 11)  # nothing read for two checks (one every 5 s)
+    assert tr.disconnected
+    assert h.counters.slow_readers_dropped == 1
+    h.close()
+
+
+def test_stats_conns_lists_open_connections(h: Harness) -> None:
+    """stats conns answers, per open connection, its peer, local address, state and idle
+    seconds, as memcached does."""
+    other, _ = h.connect()
+    proto, tr = h.connect()
+    h.clock.advance(7)
+    out = exchange(proto, tr, b"stats conns\r\n").decode()
+    lines = out.splitlines()
+    assert lines[-1] == "END"
+    assert sum(1 for line in lines if line.endswith(":state conn_parse_cmd")) == 2
+    assert any(line.startswith("STAT ") and ":addr tcp:" in line for line in lines)
+    assert any(line.endswith(":secs_since_last_cmd 7") for line in lines)  # the silent one
+    other.connectionLost(None)

@@ -229,6 +229,14 @@ INTEROP_SCRIPT = [
     b"mg zz v\r\n", b"mg zz v q\r\nmn\r\n", b"md m q\r\nmn\r\n", b"md m\r\n",
     b"ma c N0 J13 v\r\n", b"ma c v\r\n", b"ma c MD D100 v\r\n", b"ms m 2 MA\r\nhi\r\n",
     b"mg m O77 k\r\n", b"set e 0 -1 1\r\nx\r\n", b"get e\r\n",
+    # Issue 15: duplicate flags, c0 on a set that did not happen, md's c, h (fetched).
+    b"mg m v v\r\n", b"ms m 2 T1 T2\r\nxx\r\n", b"md m q q\r\n", b"ma m N0 N0\r\n",
+    b"ms m 2 c C999\r\nyy\r\n", b"ms zz 2 c C999 k\r\nyy\r\n", b"md m C999 c\r\n",
+    b"ms h 1 T0\r\nx\r\n", b"mg h h\r\n", b"mg h h v\r\n", b"set h 0 0 1\r\ny\r\n",
+    b"mg h h\r\n", b"stats detail on\r\n", b"stats detail dump\r\n",
+    b"stats detail off\r\n", b"stats detail\r\n", b"stats sizes\r\n",
+    b"slabs automove 1\r\n", b"slabs automove 0\r\n", b"ms t1 2 T-1\r\nxx\r\n",
+    b"mg t1 t v\r\n", b"get / HTTP/1.0\r\n",
 ]
 
 
@@ -273,6 +281,62 @@ def test_same_script_as_real_memcached(tmp_path: Path) -> None:
     with objstored(tmp_path) as s:
         ours = _script_replies(s.port)
     assert ours == theirs
+
+
+@pytest.mark.parametrize("line", [b"GET / HTTP/1.0\r\n\r\n", b"PUT /x HTTP/1.1\r\n",
+                                  b"DELETE /k HTTP/1.1\r\n"])
+def test_http_request_is_closed_without_a_word(server: Objstored, line: bytes) -> None:
+    """An HTTP request sent to objstored is not answered; the connection closes, as
+    memcached closes it."""
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(line)
+        assert sock.recv(1024) == b""
+
+
+def test_binary_protocol_is_answered_and_closed(server: Objstored) -> None:
+    """A binary-protocol request (magic 0x80) is answered ERROR at once and the connection
+    closes (issue 15: it used to hang unanswered)."""
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(b"\x80\x0a" + b"\x00" * 22)
+        got = b""
+        while chunk := sock.recv(1024):
+            got += chunk
+        assert got == b"ERROR\r\n"
+        assert time.monotonic() - started < 2
+
+
+def test_slow_reader_that_keeps_reading_is_served(tmp_path: Path) -> None:
+    """A client reading its pipelined replies slowly but steadily gets all of them, even
+    though its replies wait longer than slow_reader_timeout; one that stops reading is cut
+    off."""
+    value = os.urandom(10_000)
+    with objstored(tmp_path, slow_reader_timeout=0.5) as s:
+        with socket.create_connection((s.host, s.port), timeout=10) as sock:
+            assert send(sock, b"set v 0 0 %d\r\n%s\r\n" % (len(value), value),
+                        b"\r\n") == b"STORED\r\n"
+        count = 1000
+        reply = b"VALUE v 0 %d\r\n%s\r\nEND\r\n" % (len(value), value)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as slow:
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+            slow.connect((s.host, s.port))
+            slow.sendall(b"get v\r\n" * count)
+            got = 0
+            slow.settimeout(10)
+            while got < len(reply) * count:
+                chunk = slow.recv(32 * 1024)
+                assert chunk, f"cut off after {got // len(reply)} of {count} replies"
+                got += len(chunk)
+                time.sleep(0.01)  # about 3 MB/s: replies wait seconds in objstored
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as stuck:
+            stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+            stuck.connect((s.host, s.port))
+            stuck.sendall(b"get v\r\n" * count)
+            time.sleep(3)
+            stuck.settimeout(10)
+            with pytest.raises(ConnectionResetError):
+                while stuck.recv(1 << 20):
+                    pass
 
 
 # -- durability and corruption ------------------------------------------------------------
