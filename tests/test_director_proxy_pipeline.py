@@ -23,8 +23,10 @@ pytestmark = pytest.mark.system
 TRIES = 50
 MIB = 1 << 20
 
+# Ordering and memory, not the login (tests/test_objstore_security.py covers that): this
+# directord serves without one, as tests/test_director_proxy_protocol.py's does.
 installation = installation_fixture("pipeline", stages=("objstore", "directord"),
-                                    objstores=3, timeout=2.0)
+                                    objstores=3, timeout=2.0, directord_auth=False)
 
 
 @pytest.fixture
