@@ -34,7 +34,7 @@ from redis.cluster import RedisCluster as SyncRedisCluster
 from director.redisconn import new_cluster_client
 from ops.config import ClusterConfig, Config, DirectorConfig, ImapdConfig, ObjstoreConfig
 from ops.devcluster import DevCluster, DevOptions
-from ops.launcher import free_port, free_port_block
+from ops.launcher import free_port_block
 from runtime.config import parse_hostport
 from runtime.config import toml_value as to_toml_value
 from runtime.secrets import Credentials, RedisAuth, load_credentials
@@ -200,16 +200,24 @@ def dsn_with_password(dsn: str, password: str | None) -> str:
 def make_test_config(rng: random.Random | None = None) -> Config:
     """A config whose every port is free right now."""
     redis_base = free_port_block(6, bus_offset=10000, rng=rng)
-    objstore_base = free_port_block(3, rng=rng)
-    objstore_metrics = free_port_block(3, rng=rng)
+    redis_ports = {redis_base + i + bus for i in range(6) for bus in (0, 10000)}
+    # Every other port from one block, drawn apart from Redis's: ports handed out one at
+    # a time are not reserved until bound, so two draws could return the same one.
+    # Layout: 3 objstored, their 3 metrics ports, PostgreSQL, then one port per listener.
+    while True:
+        base = free_port_block(14, rng=rng)
+        if not redis_ports & set(range(base, base + 14)):
+            break
+    objstore_base, objstore_metrics, pg_port = base, base + 3, base + 6
+    ports = iter(range(base + 7, base + 14))
     cluster = ClusterConfig(
-        pg_dsn=f"postgresql://postgres@127.0.0.1:{free_port()}/objmail",
+        pg_dsn=f"postgresql://postgres@127.0.0.1:{pg_port}/objmail",
         redis_nodes=tuple(f"127.0.0.1:{redis_base + i}" for i in range(6)))
     objstore = ObjstoreConfig(listen=f"127.0.0.1:{objstore_base}", report_interval=1.0,
                               report_ttl=5, metrics_listen=f"127.0.0.1:{objstore_metrics}")
 
     def free() -> str:
-        return f"127.0.0.1:{free_port()}"
+        return f"127.0.0.1:{next(ports)}"
 
     director = DirectorConfig(listen=free(), metrics_listen=free())
     imapd = ImapdConfig(imap_listen=free(), imaps_listen=free(), pop3_listen=free(),

@@ -84,9 +84,12 @@ def private_config(redis: RunningRedis, objstores: int, **director: Any) -> Conf
     Load reports live 15 s so that a Redis failover (reporters back off while it lasts)
     does not make the object servers look down.
     """
-    objstore_base = free_port_block(objstores)
-    objstore_metrics = free_port_block(max(objstores, 1))
-    director_base = free_port_block(2)
+    # One block for every port: separately drawn blocks are not reserved until bound,
+    # so two of them could overlap.
+    metrics_count = max(objstores, 1)
+    objstore_base = free_port_block(objstores + metrics_count + 2)
+    objstore_metrics = objstore_base + objstores
+    director_base = objstore_metrics + metrics_count
     return Config(
         cluster=dataclasses.replace(redis.cluster.config.cluster,
                                     redis_prefix=f"t{uuid.uuid4().hex[:10]}:"),
