@@ -5,7 +5,7 @@ Extensions: IDLE (RFC 2177), NAMESPACE (RFC 2342), UIDPLUS (RFC 4315: UID EXPUNG
 (RFC 6851), SPECIAL-USE (RFC 6154: CREATE ... (USE (...)), LIST RETURN (SPECIAL-USE)),
 LIST-EXTENDED syntax (RFC 5258), LITERAL+ (RFC 7888, in the parser), ENABLE (RFC 5161),
 ID (RFC 2971), UNSELECT (RFC 3691), CONDSTORE and QRESYNC (RFC 7162), MULTIAPPEND (RFC 3502),
-SASL-IR (RFC 4959), ESEARCH and SEARCHRES (RFC 4731, RFC 5182: ``SEARCH RETURN``, ``$``).
+SASL-IR (RFC 4959), COMPRESS (RFC 4978), ESEARCH and SEARCHRES (RFC 4731, RFC 5182: ``SEARCH RETURN``, ``$``).
 The syntax of BINARY (RFC 3516: ``literal8``, ``BINARY[...]`` items) is parsed too, but
 BINARY is not announced (:mod:`imapd.capabilities`) and the session answers its FETCH items
 with BAD.
@@ -35,6 +35,7 @@ __all__ = [
     "Check",
     "Close",
     "Command",
+    "Compress",
     "Copy",
     "Create",
     "Delete",
@@ -324,6 +325,14 @@ class Idle(Command):
     """IDLE: the server answers ``+ idling`` and calls ``Parser.start_idle``."""
 
     NAME: ClassVar[str] = "IDLE"
+
+
+@dataclass(frozen=True)
+class Compress(Command):
+    """COMPRESS (RFC 4978); ``DEFLATE`` is the one mechanism there is."""
+
+    NAME: ClassVar[str] = "COMPRESS"
+    mechanism: str = "DEFLATE"
 
 
 # -- selected ------------------------------------------------------------------------------

@@ -524,6 +524,15 @@ def _copy_like(factory: type[c.Copy] | type[c.Move]) -> Callable[[Lexer, str, bo
     return parse
 
 
+def _compress(lexer: Lexer, tag: str, uid: bool) -> c.Command:
+    lexer.sp()
+    mechanism = lexer.word()
+    if mechanism != "DEFLATE":  # RFC 4978 3: an unknown argument is BAD
+        raise ParseError(f"unknown compression mechanism {mechanism[:30]}")
+    lexer.end()
+    return c.Compress(tag, mechanism)
+
+
 def _expunge(lexer: Lexer, tag: str, uid: bool) -> c.Command:
     if not uid:
         lexer.end()
@@ -558,6 +567,7 @@ _COMMANDS: dict[str, _Parse] = {
     "APPEND": _append,
     "NAMESPACE": _no_arguments(c.Namespace),
     "IDLE": _no_arguments(c.Idle),
+    "COMPRESS": _compress,
     "CHECK": _no_arguments(c.Check),
     "CLOSE": _no_arguments(c.Close),
     "UNSELECT": _no_arguments(c.Unselect),

@@ -99,6 +99,8 @@ SERVER_ID = (("name", "objmail"), ("vendor", "objmail"), ("support-url", None))
 MAX_FAILED_LOGINS = 5
 #: Consecutive BAD answers before the server hangs up on a client that sends garbage.
 MAX_BAD_COMMANDS = 20
+#: RFC 4978's answer to a second COMPRESS.
+COMPRESSIONACTIVE = Code("COMPRESSIONACTIVE")
 
 
 class State(enum.Enum):
@@ -154,6 +156,7 @@ class Session:
         self._failed_logins = 0
         self._bad_in_a_row = 0
         self._subscribed = False
+        self._compressing = False
         self._handlers: dict[type[c.Command], tuple[frozenset[State], _Handler]] = {
             c.Capability: (_ANY, self._capability),
             c.Noop: (_ANY, self._noop),
@@ -176,6 +179,7 @@ class Session:
             c.Append: (_AUTH, self._append),
             c.Namespace: (_AUTH, self._namespace),
             c.Idle: (_AUTH, self._idle),
+            c.Compress: (_AUTH, self._compress),
             c.Check: (_SELECTED, self._noop),
             c.Close: (_SELECTED, self._close),
             c.Unselect: (_SELECTED, self._unselect),
@@ -684,6 +688,16 @@ class Session:
         self._idle_tag = cmd.tag
         if self._dirty and self.selected is not None:
             self._refresh_task = asyncio.ensure_future(self._idle_refresh())
+        return None
+
+    async def _compress(self, cmd: c.Compress) -> Tagged | None:
+        if self._compressing:
+            return Tagged(cmd.tag, Status.NO, "DEFLATE is active already", COMPRESSIONACTIVE)
+        # RFC 4978 3: the OK goes out as it is; compression starts right after its CRLF.
+        self.conn.send([Tagged(cmd.tag, Status.OK, "DEFLATE active")])
+        self.conn.start_compress()
+        self._compressing = True
+        log.info("DEFLATE on for %s from %s", self._who(), self.conn.peer)
         return None
 
     async def _idle_done(self, event: IdleDone) -> Tagged:

@@ -124,6 +124,7 @@ class ScriptedConnection:
     sent: list[Response] = field(default_factory=list)
     closed: bool = False
     tls_started: bool = False
+    compressing: bool = False
     parser: Parser | None = None
 
     def send(self, responses: Sequence[Response]) -> None:
@@ -144,6 +145,9 @@ class ScriptedConnection:
     def start_tls(self) -> None:
         self.tls_started = True
         self.secure = True
+
+    def start_compress(self) -> None:
+        self.compressing = True
 
     def close(self) -> None:
         self.closed = True

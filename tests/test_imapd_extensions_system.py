@@ -1,0 +1,163 @@
+"""End to end against a real imapd process over real PostgreSQL, Redis Cluster and object
+servers: COMPRESS=DEFLATE from a raw-socket client doing raw DEFLATE with the stdlib's zlib
+(imaplib has no COMPRESS), in cleartext, where replies leave by the direct socket write,
+and inside TLS (IMAPS)."""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import time
+import zlib
+from typing import Any
+
+import pytest
+
+from metadata.sections import imap_view
+from tests.imapd_process import Imapd, Mail, imapd_fixtures, imaps_context
+from tests.imapd_support import ATTACHMENT, PICTURE, corpus
+
+pytestmark = pytest.mark.timeout(120)
+
+cluster, certificate, imapd, mail = imapd_fixtures("imapd-ext")
+
+
+def new_user(mail: Mail, label: str) -> str:
+    name = f"{label}{time.time_ns() % 10**12}"
+    mail.create_user(name)
+    return name
+
+
+class DeflateClient:
+    """A line-at-a-time IMAP client over a socket that can switch to raw DEFLATE."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self.compressor: Any = None
+        self.decompressor: Any = None
+        self.buffer = b""
+        self.received = 0  # octets off the socket (compressed, once compressing)
+
+    def send(self, data: bytes) -> None:
+        if self.compressor is not None:
+            data = self.compressor.compress(data) + self.compressor.flush(zlib.Z_SYNC_FLUSH)
+        self.sock.sendall(data)
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        self.received += len(chunk)
+        if self.decompressor is not None:
+            chunk = self.decompressor.decompress(chunk)
+        self.buffer += chunk
+
+    def read_exactly(self, count: int) -> bytes:
+        while len(self.buffer) < count:
+            self._fill()
+        out, self.buffer = self.buffer[:count], self.buffer[count:]
+        return out
+
+    def readline(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            self._fill()
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line + b"\r\n"
+
+    def command(self, tag: str, text: bytes) -> list[bytes]:
+        """Send ``tag text``; every line and literal until the tagged answer."""
+        self.send(tag.encode() + b" " + text + b"\r\n")
+        out = []
+        while True:
+            line = self.readline()
+            out.append(line)
+            found = re.search(rb"\{(\d+)\}\r\n$", line)
+            if found:
+                out.append(self.read_exactly(int(found.group(1))))
+                continue
+            if line.startswith(tag.encode() + b" "):
+                return out
+
+    def compress(self) -> bytes:
+        self.send(b"z COMPRESS DEFLATE\r\n")
+        answer = self.readline()  # the OK itself is not compressed
+        assert not self.buffer, "the server sent something compressed before we asked"
+        self.compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+        self.decompressor = zlib.decompressobj(-15)
+        return answer
+
+
+def literals(answer: list[bytes]) -> list[bytes]:
+    """The literals of an answer from :meth:`DeflateClient.command`."""
+    return [answer[i + 1] for i, line in enumerate(answer[:-1])
+            if re.search(rb"\{\d+\}\r\n$", line)]
+
+
+def session(imapd: Imapd, user: str, client: DeflateClient) -> None:
+    """Log in, COMPRESS, then APPEND, FETCH and pipelined commands, all compressed."""
+    assert client.readline().startswith(b"* OK")
+    login = client.command("a", f"LOGIN {user} secret".encode())[-1]
+    assert login.startswith(b"a OK [CAPABILITY ") and b"COMPRESS=DEFLATE" in login
+    assert client.compress() == b"z OK DEFLATE active\r\n"
+    assert client.command("y", b"COMPRESS DEFLATE")[-1] == (
+        b"y NO [COMPRESSIONACTIVE] DEFLATE is active already\r\n")
+    raw = corpus(PICTURE)
+    client.send(b"b APPEND INBOX {%d}\r\n" % len(raw))
+    assert client.readline().startswith(b"+ ")
+    client.send(raw + b"\r\n")
+    assert client.readline().startswith(b"b OK [APPENDUID ")
+    assert client.command("c", b"SELECT INBOX")[-1].startswith(b"c OK [READ-WRITE]")
+    before = client.received
+    fetched = client.command("d", b"FETCH 1:2 (UID BODY.PEEK[])")
+    bodies = literals(fetched)
+    assert sorted(bodies) == sorted([imap_view(corpus(ATTACHMENT)), imap_view(raw)])
+    assert fetched[-1] == b"d OK FETCH completed\r\n"
+    # The 42 KB of base64 and the 79 KB message took fewer octets on the wire.
+    assert client.received - before < sum(map(len, bodies))
+    # Pipelined, in one compressed burst: answered in order, each burst inflatable.
+    client.send(b"e NOOP\r\nf STORE 1 +FLAGS (\\Flagged)\r\ng LOGOUT\r\n")
+    lines = [client.readline() for _ in range(5)]
+    assert lines[0] == b"e OK NOOP completed\r\n"
+    assert lines[1].startswith(b"* 1 FETCH (FLAGS (\\Flagged")
+    assert lines[2].startswith(b"f OK ")
+    assert lines[3].startswith(b"* BYE") and lines[4].startswith(b"g OK")
+
+
+def test_compress_deflate_over_a_raw_socket(imapd: Imapd, mail: Mail) -> None:
+    """In cleartext (replies take imapd's direct socket write when nothing is queued):
+    COMPRESS's OK arrives plain, everything after it is raw DEFLATE both ways, a second
+    COMPRESS is NO [COMPRESSIONACTIVE], bodies come back exact and smaller on the wire."""
+    user = new_user(mail, "deflate")
+    mail.deliver(user, [corpus(ATTACHMENT)])
+    with socket.create_connection(("127.0.0.1", imapd.imap_port), timeout=10) as sock:
+        session(imapd, user, DeflateClient(sock))
+    assert f"DEFLATE on for {user}" in imapd.log()
+
+
+def test_compress_deflate_inside_tls(imapd: Imapd, mail: Mail) -> None:
+    """Over IMAPS the same session works: compression runs inside TLS."""
+    user = new_user(mail, "deflatetls")
+    mail.deliver(user, [corpus(ATTACHMENT)])
+    raw_sock = socket.create_connection(("127.0.0.1", imapd.imaps_port), timeout=10)
+    with imaps_context().wrap_socket(raw_sock, server_hostname="localhost") as sock:
+        assert isinstance(sock, ssl.SSLSocket)
+        session(imapd, user, DeflateClient(sock))
+
+
+def test_garbage_after_compress_ends_the_connection(imapd: Imapd, mail: Mail) -> None:
+    """Octets that are not raw DEFLATE after COMPRESS get a (compressed) BYE and the
+    connection is closed; the server goes on serving others."""
+    user = new_user(mail, "deflatebad")
+    with socket.create_connection(("127.0.0.1", imapd.imap_port), timeout=10) as sock:
+        client = DeflateClient(sock)
+        client.readline()
+        client.command("a", f"LOGIN {user} secret".encode())
+        client.compress()
+        sock.sendall(b"\xff\xff\xff\xff plain text is not deflate\r\n")
+        assert client.readline() == b"* BYE Invalid compressed data\r\n"
+        with pytest.raises(ConnectionError):
+            client.readline()
+    with socket.create_connection(("127.0.0.1", imapd.imap_port), timeout=10) as sock:
+        client = DeflateClient(sock)
+        assert client.readline().startswith(b"* OK")
