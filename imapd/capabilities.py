@@ -34,7 +34,8 @@ _AUTHENTICATED = (
     "SORT=DISPLAY",
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
-    "COMPRESS=DEFLATE",  # RFC 4978: authenticated state only (its ABNF: command-auth)
+    "COMPRESS=DEFLATE",
+    "BINARY",  # RFC 4978: authenticated state only (its ABNF: command-auth)
 )
 
 #: What ENABLE (RFC 5161) can switch on.

@@ -6,9 +6,8 @@ Extensions: IDLE (RFC 2177), NAMESPACE (RFC 2342), UIDPLUS (RFC 4315: UID EXPUNG
 LIST-EXTENDED syntax (RFC 5258), LITERAL+ (RFC 7888, in the parser), ENABLE (RFC 5161),
 ID (RFC 2971), UNSELECT (RFC 3691), CONDSTORE and QRESYNC (RFC 7162), MULTIAPPEND (RFC 3502),
 SASL-IR (RFC 4959), COMPRESS (RFC 4978), ESEARCH and SEARCHRES (RFC 4731, RFC 5182: ``SEARCH RETURN``, ``$``).
-The syntax of BINARY (RFC 3516: ``literal8``, ``BINARY[...]`` items) is parsed too, but
-BINARY is not announced (:mod:`imapd.capabilities`) and the session answers its FETCH items
-with BAD.
+BINARY (RFC 3516): ``literal8`` in APPEND, ``BINARY[...]``, ``BINARY.PEEK[...]`` and
+``BINARY.SIZE[...]`` FETCH items.
 
 Every command carries its ``tag``; ``NAME`` is the command word as IMAP spells it. Mailbox
 names are decoded from modified UTF-7, and any case of ``INBOX`` is ``"INBOX"``. The commands

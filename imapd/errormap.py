@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from imapd.binary import UnknownCte
 from imapd.errors import TryCreate
 from imapd.pop3parser import err
 from imapd.response import (
@@ -81,6 +82,7 @@ _IMAP_OWN: tuple[tuple[type[Exception], Status, Callable[[Exception], str], Code
     (OverQuota, Status.NO, lambda e: "Quota exceeded", OVERQUOTA),
     (MessageTooBig, Status.NO, lambda e: "Message too large", TOOBIG),
     (UidsExhausted, Status.NO, lambda e: "Mailbox has used every UID", LIMIT),
+    (UnknownCte, Status.NO, str, Code("UNKNOWN-CTE")),  # RFC 3516 4.3
 )
 
 #: The words for each kind: (status, text, code); text None means the error's own.
