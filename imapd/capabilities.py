@@ -35,7 +35,8 @@ _AUTHENTICATED = (
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
     "COMPRESS=DEFLATE",
-    "BINARY",  # RFC 4978: authenticated state only (its ABNF: command-auth)
+    "BINARY",
+    "CATENATE",  # RFC 4978: authenticated state only (its ABNF: command-auth)
 )
 
 #: What ENABLE (RFC 5161) can switch on.

@@ -33,6 +33,7 @@ import logging
 from collections.abc import Callable
 
 from imapd.binary import UnknownCte
+from imapd.catenate import BadUrl
 from imapd.errors import TryCreate
 from imapd.pop3parser import err
 from imapd.response import (
@@ -52,6 +53,7 @@ from imapd.response import (
     Status,
     Tagged,
 )
+from imapd.response import BadUrl as BadUrlCode
 from metadata.errors import (
     InvalidName,
     MailboxExists,
@@ -98,6 +100,8 @@ _IMAP_KINDS: dict[type[kinds.Error] | None, tuple[Status, str | None, Code | Non
 
 def imap_error(tag: str, exc: BaseException) -> Tagged:
     """The tagged IMAP answer to a command that failed with ``exc``."""
+    if isinstance(exc, BadUrl):  # its code carries the URL (RFC 4469 5.1)
+        return Tagged(tag, Status.NO, exc.reason, BadUrlCode(exc.url))
     for cls, status, text, code in _IMAP_OWN:
         if isinstance(exc, cls):
             return Tagged(tag, status, text(exc), code)

@@ -362,11 +362,37 @@ def _append(lexer: Lexer, tag: str, uid: bool) -> c.Command:
         if lexer.peek() == ord('"'):
             internaldate = lexer.date_time()
             lexer.sp()
+        if lexer.peek_word() == "CATENATE":
+            lexer.atom()
+            lexer.sp()
+            messages.append(c.AppendMessage(b"", flags, internaldate,
+                                            catenate=_cat_parts(lexer)))
+            continue
         if not lexer.at_literal():
             raise ParseError("APPEND data must be a literal")
         data, binary = lexer.literal(binary_ok=True)
         messages.append(c.AppendMessage(data, flags, internaldate, binary))
     return c.Append(tag, mailbox, tuple(messages))
+
+
+def _cat_parts(lexer: Lexer) -> tuple[c.CatText | c.CatUrl, ...]:
+    """CATENATE's ``"(" cat-part *(SP cat-part) ")"`` (RFC 4469 5)."""
+    lexer.expect(b"(")
+    parts: list[c.CatText | c.CatUrl] = []
+    while True:
+        word = lexer.word()
+        lexer.sp()
+        if word == "TEXT":
+            if not lexer.at_literal():
+                raise ParseError("CATENATE TEXT must be a literal")
+            parts.append(c.CatText(lexer.literal(binary_ok=True)[0]))
+        elif word == "URL":
+            parts.append(c.CatUrl(lexer.utf8(lexer.astring(), "URL")))
+        else:
+            raise ParseError(f"unknown CATENATE part {word[:30]}")
+        if lexer.accept(b")"):
+            return tuple(parts)
+        lexer.sp()
 
 
 # -- selected -------------------------------------------------------------------------------

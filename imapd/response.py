@@ -59,6 +59,7 @@ __all__ = [
     "UNAVAILABLE",
     "AppendUid",
     "BadCharset",
+    "BadUrl",
     "CapabilityCode",
     "CapabilityData",
     "Challenge",
@@ -339,6 +340,19 @@ class BadCharset:
         return b"BADCHARSET (" + b" ".join(astring(name) for name in self.charsets) + b")"
 
 
+@dataclass(frozen=True)
+class BadUrl:
+    """``[BADURL url]`` (RFC 4469): a CATENATE URL that names nothing this user can read."""
+
+    url: str
+
+    def render(self) -> bytes:
+        """The code without brackets (the URL's characters outside TEXT-CHAR and ``]``
+        as ``?``: it echoes what the client sent)."""
+        text = re.sub(r"[^\x20-\x5c\x5e-\x7e]", "?", self.url[:300]) or "?"
+        return b"BADURL " + text.encode("ascii")
+
+
 ResponseCode = (
     Code
     | CapabilityCode
@@ -351,6 +365,7 @@ ResponseCode = (
     | CopyUid
     | Modified
     | BadCharset
+    | BadUrl
 )
 
 

@@ -42,7 +42,9 @@ from twisted.internet import task
 
 from imapd import commands as c
 from imapd.backend import Backend
+from imapd.bodies import BodyReader
 from imapd.capabilities import ENABLEABLE, capabilities
+from imapd.catenate import BadUrl, catenate, parse_url
 from imapd.config import ImapdConfig
 from imapd.connection import Connection
 from imapd.errormap import imap_error, log_failure
@@ -651,8 +653,12 @@ class Session:
         done = []
         try:
             for message in cmd.messages:
+                data = message.data
+                if message.catenate is not None:
+                    data = await catenate(message.catenate, read=self._url_data,
+                                          limit=self.config.max_message_size)
                 done.append(await self.backend.deliverer.deliver(
-                    user.name, message.data, mailbox=cmd.mailbox, flags=message.flags,
+                    user.name, data, mailbox=cmd.mailbox, flags=message.flags,
                     internaldate=message.internaldate))
         except NoSuchMailbox:
             raise TryCreate(cmd.mailbox) from None
@@ -667,6 +673,30 @@ class Session:
             self.selected.view.own_modseqs.update(d.modseq for d in done if d.modseq)
         code = AppendUid(done[0].uidvalidity, SequenceSet.from_values(d.uid for d in done))
         return Tagged(cmd.tag, Status.OK, "Append completed", code)
+
+    async def _url_data(self, url: str) -> bytes:
+        """What a CATENATE URL names, read from this user's own mailbox."""
+        ref = parse_url(url, user=self._user.name)
+        store = self.backend.store
+        if ref.mailbox is None:
+            if self.selected is None:
+                raise BadUrl(url, "A relative URL needs a selected mailbox")
+            mailbox_id, uidvalidity = self.selected.mailbox_id, self.selected.view.uidvalidity
+        else:
+            try:
+                mailbox = await store.mailboxes.get(self._user.id, ref.mailbox)
+            except NoSuchMailbox:
+                raise BadUrl(url, "No such mailbox") from None
+            mailbox_id, uidvalidity = mailbox.id, mailbox.uidvalidity
+        if ref.uidvalidity is not None and ref.uidvalidity != uidvalidity:
+            raise BadUrl(url, "UIDVALIDITY does not match")
+        entries = await store.messages.fetch(self._user.id, mailbox_id,
+                                             UidSet.from_uids([ref.uid]),
+                                             items=("skeleton", "sections", "header"))
+        if not entries:
+            raise BadUrl(url, "No such message")
+        read = await BodyReader(self.backend.blobs).read(entries, [ref.section])
+        return read[ref.uid, ref.section]
 
     async def _undo_append(self, done: list[Any]) -> None:
         messages = self.backend.store.messages

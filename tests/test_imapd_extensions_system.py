@@ -2,7 +2,8 @@
 servers: COMPRESS=DEFLATE from a raw-socket client doing raw DEFLATE with the stdlib's zlib
 (imaplib has no COMPRESS), in cleartext, where replies leave by the direct socket write,
 and inside TLS (IMAPS); BINARY (RFC 3516) of every leaf part of the corpus messages with
-an encoding, byte for byte against Python's email package (over COMPRESS as well)."""
+an encoding, byte for byte against Python's email package (over COMPRESS as well);
+CATENATE (RFC 4469) as its example runs it, synchronizing literals between URL parts."""
 
 from __future__ import annotations
 
@@ -240,3 +241,47 @@ def test_binary_of_corpus_parts_matches_the_email_package(
     compared = len(alike)
     if not compared:
         pytest.skip("Python's email and objmail's parser delimit every part differently")
+
+
+def test_catenate_as_rfc_4469_runs_it(imapd: Imapd, mail: Mail) -> None:
+    """RFC 4469's example over a socket: URL parts and TEXT literals, each literal
+    waiting for the server's continuation, make a message that FETCH returns exactly;
+    a URL with a UIDVALIDITY that does not match is NO [BADURL ...]."""
+    user = new_user(mail, "catenate")
+    draft = (b"From: a@example.org\r\nSubject: draft\r\nMIME-Version: 1.0\r\n"
+             b"Content-Type: multipart/mixed; boundary=\"--------------030308070208000400050907\""
+             b"\r\n\r\n----------------030308070208000400050907\r\n"
+             b"Content-Type: text/plain\r\n\r\nthe first part\r\n"
+             b"----------------030308070208000400050907--\r\n")
+    with socket.create_connection(("127.0.0.1", imapd.imap_port), timeout=10) as sock:
+        client = DeflateClient(sock)
+        client.readline()
+        assert b"CATENATE" in client.command("a", f"LOGIN {user} secret".encode())[-1]
+        client.command("b", b"CREATE Drafts")
+        client.send(b"c APPEND Drafts (\\Draft) {%d}\r\n" % len(draft))
+        assert client.readline().startswith(b"+ ")
+        client.send(draft + b"\r\n")
+        appended = client.readline()
+        found = re.match(rb"c OK \[APPENDUID (\d+) (\d+)\]", appended)
+        assert found is not None, appended
+        validity, uid = int(found.group(1)), int(found.group(2))
+        base = b"/Drafts;UIDVALIDITY=%d/;UID=%d" % (validity, uid)
+        text1 = b"\r\n----------------030308070208000400050907\r\n"
+        text2 = b"\r\n----------------030308070208000400050907--\r\n"
+        client.send(b'A003 APPEND Drafts (\\Seen \\Draft $MDNSent) CATENATE (URL "%s/;section=HEADER"'
+                    b" TEXT {%d}\r\n" % (base, len(text1)))
+        assert client.readline().startswith(b"+ ")
+        client.send(text1 + b' URL "%s/;section=1.MIME" URL "%s/;section=1" TEXT {%d}\r\n'
+                    % (base, base, len(text2)))
+        assert client.readline().startswith(b"+ ")
+        client.send(text2 + b")\r\n")
+        assert client.readline().startswith(b"A003 OK [APPENDUID %d %d]" % (validity, uid + 1))
+        header = draft.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"  # section=HEADER
+        expected = (header + text1 + b"Content-Type: text/plain\r\n\r\n"  # section=1.MIME
+                    + b"the first part" + text2)  # section=1, then the last TEXT
+        client.command("d", b"SELECT Drafts")
+        answer = client.command("e", b"UID FETCH %d (BODY.PEEK[])" % (uid + 1))
+        assert literals(answer) == [expected]
+        bad = b'/Drafts;UIDVALIDITY=%d/;UID=%d' % (validity + 1, uid)
+        assert client.command("f", b'APPEND Drafts CATENATE (URL "%s")' % bad) == [
+            b"f NO [BADURL %s] UIDVALIDITY does not match\r\n" % bad]
