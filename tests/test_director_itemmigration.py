@@ -129,6 +129,10 @@ def test_old_items_are_migrated_online_and_survive_gc(
     status = json.loads(out)
     assert code == EX_OK and status["running"] and status["items"] == 4
     assert status["items_keyspace"] is None
+    code, out = objmail(config_path, capsys, "status", "--json")
+    jobs = {j["job"]: j for j in json.loads(out)["jobs"]}
+    assert jobs["items-migrate"]["progress"] == f"at {first.node}: 4 item keys, " \
+        f"{first.moved} moved"
 
     code, out = objmail(config_path, capsys, "index", "migrate-items", "--json")
     assert code == EX_OK, out
