@@ -163,17 +163,23 @@ def write_maildir(root: Path, messages: Sequence[bytes]) -> Path:
     return root
 
 
-def import_objmail(cluster: ObjmailCluster, user: str, src: Path, count: int) -> float:
+def import_objmail(cluster: ObjmailCluster, user: str, src: Path, count: int,
+                   log: Callable[[str], None]) -> float:
+    """``objmail import`` of ``src``, resumed as the tool says when a run stops (a
+    busy machine can make an object server miss its reply deadline); seconds in all."""
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "ops.cli", "--config",
-                           str(cluster.cluster.config_path), "import", "--user", user,
-                           "--json", str(src)], capture_output=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"objmail import failed: {done.stderr.decode()}")
-    imported = json.loads(done.stdout)["imported"]
-    if imported != count:
-        raise SystemExit(f"objmail imported {imported} of {count}")
-    return time.monotonic() - started
+    for attempt in range(1, 11):
+        done = subprocess.run([sys.executable, "-m", "ops.cli", "--config",
+                               str(cluster.cluster.config_path), "import", "--user", user,
+                               "--json", str(src)], capture_output=True, check=False)
+        if done.returncode == 0:
+            stats = json.loads(done.stdout)
+            if stats["imported"] + stats["skipped"] != count:
+                raise SystemExit(f"objmail import: {stats} of {count}")
+            return time.monotonic() - started
+        log(f"objmail import attempt {attempt} stopped, resuming: "
+            f"{done.stderr.decode().strip().splitlines()[-1:]}")
+    raise SystemExit(f"objmail import failed: {done.stderr.decode()}")
 
 
 def fill_dovecot(dove: PrivateDovecot, user: str, src: Path) -> None:
@@ -308,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             loaded = {}
             for user, src in sources.items():
                 n = len(list((src / "cur").iterdir()))
-                loaded[user] = import_objmail(objmail, user, src, n)
+                loaded[user] = import_objmail(objmail, user, src, n, log)
                 log(f"objmail import of {n:,} messages for {user}: {loaded[user]:.0f} s")
                 fill_dovecot(dove, user, src)
             load = f"{wait_for_quiet(args.max_load, args.wait):.2f}"
