@@ -23,6 +23,7 @@ __all__ = [
     "ListedMailbox",
     "Mailbox",
     "MailboxStatus",
+    "MailboxTree",
     "MessageEntry",
     "MessageRow",
     "MoveResult",
@@ -95,6 +96,14 @@ class ListedMailbox:
     name: str
     attributes: tuple[str, ...]
     mailbox: Mailbox | None
+
+
+@dataclass(frozen=True)
+class MailboxTree:
+    """A user's mailbox rows and subscribed names, read in one snapshot (what LIST needs)."""
+
+    mailboxes: tuple[Mailbox, ...]
+    subscribed: frozenset[str]
 
 
 @dataclass(frozen=True)
