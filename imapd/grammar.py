@@ -338,6 +338,32 @@ def _list_select_options(lexer: Lexer) -> tuple[str, ...]:
     return tuple(dict.fromkeys(options))
 
 
+def _getquota(lexer: Lexer, tag: str, uid: bool) -> c.Command:
+    lexer.sp()
+    root = lexer.utf8(lexer.astring(), "quota root")
+    lexer.end()
+    return c.GetQuota(tag, root)
+
+
+def _setquota(lexer: Lexer, tag: str, uid: bool) -> c.Command:
+    """``SETQUOTA root (resource limit ...)`` (RFC 9208 4.1.3)."""
+    lexer.sp()
+    root = lexer.utf8(lexer.astring(), "quota root")
+    lexer.sp()
+    lexer.expect(b"(")
+    limits: list[tuple[str, int]] = []
+    if not lexer.accept(b")"):
+        while True:
+            resource = lexer.word()
+            lexer.sp()
+            limits.append((resource, lexer.number64()))
+            if lexer.accept(b")"):
+                break
+            lexer.sp()
+    lexer.end()
+    return c.SetQuota(tag, root, tuple(limits))
+
+
 def _lsub(lexer: Lexer, tag: str, uid: bool) -> c.Command:
     lexer.sp()
     reference = lexer.mailbox()
@@ -575,6 +601,9 @@ _COMMANDS: dict[str, _Parse] = {
     "STATUS": _status,
     "APPEND": _append,
     "NAMESPACE": _no_arguments(c.Namespace),
+    "GETQUOTA": _getquota,
+    "GETQUOTAROOT": _one_mailbox(c.GetQuotaRoot),
+    "SETQUOTA": _setquota,
     "IDLE": _no_arguments(c.Idle),
     "CHECK": _no_arguments(c.Check),
     "CLOSE": _no_arguments(c.Close),

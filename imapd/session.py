@@ -41,7 +41,7 @@ from typing import Any
 from twisted.internet import task
 
 from imapd import commands as c
-from imapd import listing
+from imapd import listing, quota
 from imapd.backend import Backend
 from imapd.capabilities import ENABLEABLE, capabilities
 from imapd.config import ImapdConfig
@@ -56,6 +56,7 @@ from imapd.response import (
     CANNOT,
     CLOSED,
     NONEXISTENT,
+    NOPERM,
     PRIVACYREQUIRED,
     READ_ONLY,
     READ_WRITE,
@@ -70,6 +71,8 @@ from imapd.response import (
     IdData,
     ListItem,
     NamespaceData,
+    QuotaData,
+    QuotaRootData,
     Response,
     Status,
     StatusData,
@@ -122,7 +125,7 @@ _Handler = Callable[[Any], Awaitable[Tagged | None]]
 
 #: The commands that name mailboxes (see :func:`_undecodable`).
 _NAMING = (c.SelectBase, c.Create, c.Delete, c.Rename, c.Subscribe, c.Unsubscribe, c.List,
-           c.Lsub, c.Status, c.Append, c.Copy, c.Move)
+           c.Lsub, c.Status, c.Append, c.Copy, c.Move, c.GetQuotaRoot)
 
 
 def _undecodable(cmd: c.Command) -> bool:
@@ -177,6 +180,9 @@ class Session:
             c.Append: (_AUTH, self._append),
             c.Namespace: (_AUTH, self._namespace),
             c.Idle: (_AUTH, self._idle),
+            c.GetQuota: (_AUTH, self._getquota),
+            c.GetQuotaRoot: (_AUTH, self._getquotaroot),
+            c.SetQuota: (_AUTH, self._setquota),
             c.Check: (_SELECTED, self._noop),
             c.Close: (_SELECTED, self._close),
             c.Unselect: (_SELECTED, self._unselect),
@@ -658,6 +664,28 @@ class Session:
         self.conn.send([NamespaceData()])
         return Tagged(cmd.tag, Status.OK, "Namespace completed")
 
+    async def _getquota(self, cmd: c.GetQuota) -> Tagged:
+        user = await self.backend.store.users.get_by_id(self._user.id)
+        limited = quota.resources(user)
+        if cmd.root != quota.ROOT or not limited:
+            return Tagged(cmd.tag, Status.NO, "No such quota root", NONEXISTENT)
+        self.conn.send([QuotaData(quota.ROOT, limited)])
+        return Tagged(cmd.tag, Status.OK, "Getquota completed")
+
+    async def _getquotaroot(self, cmd: c.GetQuotaRoot) -> Tagged:
+        box = await self.backend.store.mailboxes.get(self._user.id, cmd.mailbox,
+                                                     selectable=False)
+        limited = quota.resources(await self.backend.store.users.get_by_id(self._user.id))
+        out: list[Response] = [QuotaRootData(box.name, (quota.ROOT,) if limited else ())]
+        if limited:
+            out.append(QuotaData(quota.ROOT, limited))
+        self.conn.send(out)
+        return Tagged(cmd.tag, Status.OK, "Getquotaroot completed")
+
+    async def _setquota(self, cmd: c.SetQuota) -> Tagged:
+        # RFC 9208 4.1.3 lets a server refuse; QUOTASET is not announced.
+        return Tagged(cmd.tag, Status.NO, "Quotas are set by the administrator", NOPERM)
+
     async def _idle(self, cmd: c.Idle) -> None:
         self.conn.send([Continuation("idling")])
         self.conn.start_idle(cmd.tag)
@@ -752,5 +780,6 @@ def _status_data(st: MailboxStatus, items: tuple[str, ...]) -> StatusData:
         "HIGHESTMODSEQ": st.highestmodseq,
         "SIZE": st.size,
         "DELETED": st.deleted,
+        "DELETED-STORAGE": quota.deleted_storage(st.deleted_size),
     }
     return StatusData(st.mailbox.name, tuple((item, values[item]) for item in items))

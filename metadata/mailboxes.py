@@ -56,7 +56,7 @@ _SUBTREE = "(name = $2 OR starts_with(name, $2 || '/'))"
 #: STATUS/SELECT: the mailbox row with its counters, the \Recent count and the first
 #: unseen UID (``{key}`` is ``name`` or ``id``).
 _STATUS = (
-    f"SELECT {_COLUMNS}, n_messages, n_unseen, n_deleted, total_size, "
+    f"SELECT {_COLUMNS}, n_messages, n_unseen, n_deleted, total_size, deleted_size, "
     "(SELECT count(*) FROM mailbox_messages mm WHERE mm.user_id = mb.user_id "
     " AND mm.mailbox_id = mb.id AND mm.uid >= mb.recent_uid) AS recent, "
     "(SELECT min(mm.uid) FROM mailbox_messages mm WHERE mm.user_id = mb.user_id "
@@ -67,7 +67,7 @@ _STATUS_BY_ID = _STATUS.format(key="id")
 #: LIST-STATUS: the same counts for many mailboxes in one statement (no first unseen UID,
 #: which STATUS does not report).
 _STATUSES = (
-    f"SELECT {_COLUMNS}, n_messages, n_unseen, n_deleted, total_size, "
+    f"SELECT {_COLUMNS}, n_messages, n_unseen, n_deleted, total_size, deleted_size, "
     "(SELECT count(*) FROM mailbox_messages mm WHERE mm.user_id = mb.user_id "
     " AND mm.mailbox_id = mb.id AND mm.uid >= mb.recent_uid) AS recent "
     "FROM mailboxes mb WHERE mb.user_id = $1 AND mb.id = ANY($2::bigint[]) "
@@ -231,7 +231,8 @@ class Mailboxes:
         async with self.db.connection() as conn:
             rows = await conn.fetch(_STATUSES, user_id, mailbox_ids)
         return {r["id"]: MailboxStatus(_mailbox(r), r["n_messages"], r["recent"], r["n_unseen"],
-                                       r["n_deleted"], r["total_size"], None)
+                                       r["n_deleted"], r["total_size"], None,
+                                       r["deleted_size"])
                 for r in rows}
 
     async def list(self, user_id: int, pattern: str = "*", *,
@@ -433,5 +434,6 @@ class Mailboxes:
         if row is None or row["noselect"]:
             raise NoSuchMailbox(f"no selectable mailbox {mailbox!r}")
         return MailboxStatus(_mailbox(row), row["n_messages"], row["recent"], row["n_unseen"],
-                             row["n_deleted"], row["total_size"], row["first_unseen"])
+                             row["n_deleted"], row["total_size"], row["first_unseen"],
+                             row["deleted_size"])
 

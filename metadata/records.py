@@ -47,6 +47,8 @@ class User:
     used_bytes: int
     message_count: int
     created_at: dt.datetime
+    quota_messages: int = 0
+    """Most mailbox entries the user may hold (``message_count``); 0 means unlimited."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ class MailboxStatus:
     deleted: int
     size: int
     first_unseen_uid: int | None
+    #: RFC822.SIZE summed over the ``\\Deleted`` entries (STATUS DELETED-STORAGE).
+    deleted_size: int = 0
 
     @property
     def uidnext(self) -> int:

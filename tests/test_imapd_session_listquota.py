@@ -134,3 +134,87 @@ def test_list_status_reports_every_listed_mailbox_from_the_counters(dsn: str) ->
         assert b'* STATUS "Work/Reports" (MESSAGES 3 UIDNEXT 4)\r\n' in everything
 
     run(dsn, body)
+
+
+def test_getquota_and_getquotaroot_report_the_users_counters(dsn: str) -> None:
+    """GETQUOTAROOT names the root "" for every mailbox and GETQUOTA "" reports STORAGE in
+    KiB and MESSAGE as counted by APPEND, COPY and EXPUNGE; QUOTA is announced, SETQUOTA is
+    NO [NOPERM], an unknown root or mailbox NO [NONEXISTENT]."""
+
+    async def body(env: Env) -> None:
+        name = fresh("quo")
+        await env.user(name, quota=512 * 1024)
+        await env.store.users.set_quota(name, None, 1000)
+        c = env.client()
+        caps = await c.login(name)
+        assert b" QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE " in caps
+        assert b"QUOTASET" not in caps
+        assert await c.send("A003 GETQUOTAROOT INBOX") == (
+            b'* QUOTAROOT "INBOX" ""\r\n* QUOTA "" (STORAGE 0 512 MESSAGE 0 1000)\r\n'
+            b"A003 OK Getquotaroot completed\r\n")
+        raw = b"Subject: q\r\n\r\n" + b"x" * 3000 + b"\r\n"  # 3016 octets: 3 KiB rounded up
+        for tag in ("b1", "b2"):
+            assert (await c.send(append_line(tag, "INBOX", raw))).startswith(
+                tag.encode() + b" OK")
+        assert (await c.send("c SELECT INBOX")).endswith(b"c OK [READ-WRITE] SELECT completed\r\n")
+        assert (await c.send("d COPY 1:2 Trash")).startswith(b"d OK [COPYUID ")
+        assert await c.send('G0001 GETQUOTA ""') == (
+            b'* QUOTA "" (STORAGE 12 512 MESSAGE 4 1000)\r\nG0001 OK Getquota completed\r\n')
+        assert (await c.send("e STORE 1 +FLAGS.SILENT (\\Deleted)")).startswith(b"e OK")
+        assert await c.send("f STATUS INBOX (MESSAGES DELETED DELETED-STORAGE)") == (
+            b'* STATUS "INBOX" (MESSAGES 2 DELETED 1 DELETED-STORAGE 2)\r\n'
+            b"f OK Status completed\r\n")
+        assert (await c.send("g EXPUNGE")).startswith(b"* 1 EXPUNGE\r\n")
+        assert await c.send('h GETQUOTA ""') == (
+            b'* QUOTA "" (STORAGE 9 512 MESSAGE 3 1000)\r\nh OK Getquota completed\r\n')
+        assert (await c.send('i GETQUOTA "#user/other"')).startswith(b"i NO [NONEXISTENT]")
+        assert (await c.send("j GETQUOTAROOT Nowhere")).startswith(b"j NO [NONEXISTENT]")
+        assert (await c.send('S0001 SETQUOTA "" (STORAGE 510)')).startswith(
+            b"S0001 NO [NOPERM]")
+
+    run(dsn, body)
+
+
+def test_a_user_without_limits_has_no_quota_root(dsn: str) -> None:
+    """Unlimited storage and messages: GETQUOTAROOT lists no root and GETQUOTA "" is NO."""
+
+    async def body(env: Env) -> None:
+        name = fresh("free")
+        await env.user(name)
+        c = env.client()
+        await c.login(name)
+        assert await c.send("a GETQUOTAROOT Sent") == (
+            b'* QUOTAROOT "Sent"\r\na OK Getquotaroot completed\r\n')
+        assert (await c.send('b GETQUOTA ""')).startswith(b"b NO [NONEXISTENT]")
+
+    run(dsn, body)
+
+
+def test_over_quota_is_overquota_on_append_copy_and_move(dsn: str) -> None:
+    """Past the message limit APPEND and COPY are NO [OVERQUOTA] and store nothing, while
+    MOVE, which adds no message, still works; past the storage limit the same."""
+
+    async def body(env: Env) -> None:
+        name = fresh("full")
+        await env.user(name, quota=10 * 1024)
+        await env.store.users.set_quota(name, None, 2)
+        c = env.client()
+        await c.login(name)
+        raw = b"Subject: m\r\n\r\nsmall\r\n"
+        for tag in ("a1", "a2"):
+            assert (await c.send(append_line(tag, "INBOX", raw))).startswith(
+                tag.encode() + b" OK")
+        assert (await c.send(append_line("b", "INBOX", raw))).startswith(
+            b"b NO [OVERQUOTA] ")
+        await c.send("c SELECT INBOX")
+        assert (await c.send("d COPY 1 Trash")).startswith(b"d NO [OVERQUOTA] ")
+        assert (await c.send("e MOVE 1 Trash")).startswith(b"* OK [COPYUID ")
+        assert b"MESSAGES 1)" in await c.send("f STATUS Trash (MESSAGES)")
+        await env.store.users.set_quota(name, None, 0)
+        big = b"Subject: big\r\n\r\n" + b"y" * (11 * 1024) + b"\r\n"
+        assert (await c.send(append_line("g", "Drafts", big))).startswith(
+            b"g NO [OVERQUOTA] ")
+        assert await c.send('h GETQUOTA ""') == (
+            b'* QUOTA "" (STORAGE 1 10)\r\nh OK Getquota completed\r\n')
+
+    run(dsn, body)
