@@ -595,7 +595,8 @@ class Session:
         if cmd.return_status:
             # One statement for every listed mailbox (LIST-STATUS, RFC 5819).
             counts = await mailboxes.statuses(self._user.id, [
-                e.mailbox.id for e in entries if e.wants_status and e.mailbox is not None])
+                e.mailbox.id for e in entries if e.wants_status and e.mailbox is not None],
+                recent="RECENT" in cmd.return_status)
             if "HIGHESTMODSEQ" in cmd.return_status:
                 self.ext.condstore = True
         out: list[Response] = []

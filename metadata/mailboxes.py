@@ -68,10 +68,14 @@ _STATUS_BY_ID = _STATUS.format(key="id")
 #: which STATUS does not report).
 _STATUSES = (
     f"SELECT {_COLUMNS}, n_messages, n_unseen, n_deleted, total_size, deleted_size, "
-    "(SELECT count(*) FROM mailbox_messages mm WHERE mm.user_id = mb.user_id "
-    " AND mm.mailbox_id = mb.id AND mm.uid >= mb.recent_uid) AS recent "
+    "{recent} AS recent "
     "FROM mailboxes mb WHERE mb.user_id = $1 AND mb.id = ANY($2::bigint[]) "
     "AND NOT mb.noselect")
+_STATUSES_RECENT = _STATUSES.format(recent=(
+    "(SELECT count(*) FROM mailbox_messages mm WHERE mm.user_id = mb.user_id "
+    " AND mm.mailbox_id = mb.id AND mm.uid >= mb.recent_uid)"))
+#: Without RECENT, the statement reads the mailbox rows alone.
+_STATUSES_COUNTERS = _STATUSES.format(recent="0")
 
 
 def _mailbox(row: asyncpg.Record) -> Mailbox:
@@ -222,14 +226,20 @@ class Mailboxes:
         return MailboxTree(tuple(_mailbox(r) for r in rows),
                            frozenset(r["name"] for r in subscribed))
 
-    async def statuses(self, user_id: int, mailbox_ids: list[int]) -> dict[int, MailboxStatus]:
+    async def statuses(self, user_id: int, mailbox_ids: list[int], *,
+                       recent: bool = True) -> dict[int, MailboxStatus]:
         """STATUS counts of several mailboxes by id in one statement (LIST-STATUS, RFC
         5819); ids of mailboxes deleted meanwhile (or ``\\Noselect``) are left out.
-        ``first_unseen_uid`` is None: STATUS has no use for it."""
+        ``first_unseen_uid`` is None: STATUS has no use for it.
+
+        :param recent: count ``\\Recent`` (the only count that reads entries); when False
+            ``recent`` is 0 and only the mailbox rows are read.
+        """
         if not mailbox_ids:
             return {}
         async with self.db.connection() as conn:
-            rows = await conn.fetch(_STATUSES, user_id, mailbox_ids)
+            rows = await conn.fetch(_STATUSES_RECENT if recent else _STATUSES_COUNTERS,
+                                    user_id, mailbox_ids)
         return {r["id"]: MailboxStatus(_mailbox(r), r["n_messages"], r["recent"], r["n_unseen"],
                                        r["n_deleted"], r["total_size"], None,
                                        r["deleted_size"])
