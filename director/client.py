@@ -121,6 +121,7 @@ from director.redisconn import RetryPolicy
 from director.redisstate import RedisState
 from director.registry import Registry, RegistrySnapshot
 from director.repairqueue import RepairQueue
+from director.temperature import ReadSampler, TemperatureSettings, TemperatureStore
 from objstore import protocol as p
 from objstore.protocol import is_valid_key as is_text_key
 from objstore.replies import Expect, MetaDebugReply, MetaReply, Reply, Value
@@ -245,7 +246,7 @@ class BlobClient:
                  clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None,
                  wall_clock: Callable[[], float] = time.time,
-
+                 temperature: ReadSampler | None = None,
                  access: NodeAccess = OPEN_ACCESS) -> None:
         self.dconf = dconf
         #: How connections to object servers are made (credentials, TLS).
@@ -263,6 +264,11 @@ class BlobClient:
         #: Where copies go and how many: asked by puts, repair, drain and level.
         self.policy = PlacementPolicy.from_config(self.dconf)
         self.cache = cache or BlobCache(self.dconf.cache_bytes)
+        #: The read temperature of the blobs (director/temperature.py): ``heat`` reads
+        #: it, ``temperature`` is where this frontend reports the reads it serves.
+        self.heat = TemperatureStore(index.runner, index.keys,
+                                     TemperatureSettings.from_config(dconf), clock=wall_clock)
+        self.temperature = temperature or ReadSampler(self.heat)
         self.stats = ClientStats()
         self._clock = clock
         #: Picks which replica a read tries first (:func:`director.placement.read_order`).
@@ -325,6 +331,7 @@ class BlobClient:
                    access=access)
 
     async def aclose(self) -> None:
+        await self.temperature.aclose()
         for node in self._nodes.values():
             await node.close()
         self._nodes.clear()
@@ -431,6 +438,8 @@ class BlobClient:
         # Before the lookup: a running gc must not collect what this put dedups onto.
         await self.gc_watch.before_put(ids)
         known = await self._lookups.many(dict.fromkeys(ids))
+        for bid in ids:
+            self.temperature.wrote(bid)
         todo = {bid: data for bid, data in blobs.items() if not known.get(bid)}
         if todo:
             await asyncio.gather(*(self._upload(bid, data) for bid, data in todo.items()))
@@ -501,6 +510,7 @@ class BlobClient:
         :raises BlobUnavailable: no replica could serve it.
         :raises BlobCorrupt: every replica that answered had bad bytes.
         """
+        self.temperature.read(bid)
         cached = self.cache.get(bid)
         if cached is not None:
             return cached
@@ -515,6 +525,7 @@ class BlobClient:
         out: dict[str, bytes] = {}
         missing = []
         for bid in dict.fromkeys(ids):
+            self.temperature.read(bid)
             cached = self.cache.get(bid)
             if cached is not None:
                 out[bid] = cached
@@ -541,6 +552,7 @@ class BlobClient:
 
         :raises BlobNotFound, BlobUnavailable, BlobCorrupt: as :meth:`get`.
         """
+        self.temperature.read(bid)
         cached = self.cache.get(bid)
         if cached is not None:
             yield cached
@@ -745,8 +757,10 @@ class BlobClient:
         stale = [n for n in known if n not in numbers]
         if stale:
             await self._drop_copies(key, index, index_id, stale)
-        if is_blob_id(key) and len(done) < self.policy.replicas:
-            await self._queue_repair([index_id])
+        if is_blob_id(key):
+            self.temperature.wrote(index_id)
+            if len(done) < self.policy.replicas:
+                await self._queue_repair([index_id])
         return True
 
     def _item_space(self, key: bytes) -> tuple[Coalescer[None], Coalescer[frozenset[int]],
@@ -808,6 +822,7 @@ class BlobClient:
         replicas = await self._ordered(index_id, numbers)
         what = _item_name(key)
         if is_blob_id(key):
+            self.temperature.read(index_id)
             # Served as stored (a chunked blob: its manifest), once verified whole.
             blob = await self._read_verified(index_id, replicas, content=False, cas=cas,
                                              what=what, miss_ok=True)

@@ -11,9 +11,9 @@ the pass ends at once.  Otherwise:
 1. **Load.**  Each node's CPU and storage I/O from its report; one above the others'
    mean in consecutive passes (:func:`director.planner.busy_nodes`, streaks kept in the
    job's state) is *busy*.
-2. **Candidates.**  For every node above its target, and every busy node: its hottest
-   keys from its load report (a chunk key stands for its blob), which the index confirms
-   it holds; and, when those do not add up to its excess, up to ``level_scan_entries``
+2. **Candidates.**  For every node above its target, and every busy node: the hottest
+   blobs by the frontends' read temperature (:mod:`director.temperature`: decayed
+   counts of sampled reads, frontend cache hits included) that the index says it holds; and, when those do not add up to its excess, up to ``level_scan_entries``
    more of its blobs from an index scan filtered by its number, resumed from a per-node
    cursor in the job's state so successive passes offer different blobs.  Each
    candidate's size on the node is asked with a meta get (``mg <id> s f``; a chunked
@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -50,7 +49,6 @@ from director.background import BackgroundJob, PassControl, PassStats, RateLimit
 from director.copier import delete_copy, write_verified
 from director.index import SCAN_BUCKETS
 from director.jobstate import JobState, integer
-from director.keys import is_blob_id
 from director.memcache_client import NodeError
 from director.nodes import Node, NodeState
 from director.placement import relative_loads
@@ -70,7 +68,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Hottest keys read per node from its report.
+#: Hottest blobs considered per source node.
 HOT_KEYS = 100
 #: Size queries in flight at once, per pass.
 SIZE_PARALLELISM = 16
@@ -338,25 +336,19 @@ class Leveler(BackgroundJob[LevelStats]):
                 and n.report.capacity_bytes > 0]
 
     async def _hot(self, sources: Sequence[Node]) -> dict[str, list[BlobCandidate]]:
-        """Each source's hottest blobs that the index confirms it holds, with sizes."""
+        """Each source's hottest blobs, with sizes: the blobs the frontends read most
+        (the decayed counters of :mod:`director.temperature`, cache hits included) that
+        the index says the source holds."""
         if not sources:
             return {}
-        reported = await self.client.registry.hot([n.id for n in sources], HOT_KEYS)
-        heat: dict[str, dict[str, float]] = {}
-        for node in sources:
-            per: dict[str, float] = defaultdict(float)
-            for key, score in reported.get(node.id, ()):
-                bid = key.split("/", 1)[0]  # a chunk's heat is its blob's
-                if is_blob_id(bid.encode()):
-                    per[bid] += score
-            heat[node.id] = per
-        ids = {bid for per in heat.values() for bid in per}
-        holders = await self.index.lookup(ids) if ids else {}
+        hottest = await self.client.heat.hottest(HOT_KEYS * len(sources))
+        heat = dict(hottest)
+        holders = await self.index.lookup(list(heat)) if heat else {}
         out: dict[str, list[BlobCandidate]] = {}
         for node in sources:
-            mine = [(bid, h) for bid, h in heat[node.id].items()
-                    if node.number in holders.get(bid, ())]
-            out[node.id] = await self._sized(node, [(b, holders[b], h) for b, h in mine])
+            mine = [(bid, holders[bid], h) for bid, h in hottest
+                    if node.number in holders.get(bid, ())][:HOT_KEYS]
+            out[node.id] = await self._sized(node, mine)
         return out
 
     async def _cold(self, node: Node, cursor: int, hot: Sequence[BlobCandidate]
