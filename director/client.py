@@ -608,8 +608,11 @@ class BlobClient:
         if primary:
             # Live ones by node number: every directord picks the same first replica.
             return sorted(nodes, key=lambda n: (not n.readable, self._suspect(n), n.number))
-        return read_order(nodes, self._rng,
-                          suspect=[n.id for n in nodes if self._suspect(n)])
+        suspect = [n.id for n in nodes if self._suspect(n)]
+        order = read_order(nodes, self._rng, suspect=suspect)
+        tiers = self.policy.tiers
+        # A storage hierarchy: the fastest tier holding a copy serves the read.
+        return tiers.fastest_first(order, suspect) if tiers is not None else order
 
     async def _read(self, bid: str, numbers: Sequence[int]) -> bytes:
         replicas = await self._ordered(bid, numbers)

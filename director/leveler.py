@@ -2,7 +2,9 @@
 first, at a bounded rate.
 
 Theory of operation.  A leveling pass (job ``level``, one director at a time) reads the
-registry snapshot, takes the active nodes of the write tier that report a capacity, and
+registry snapshot, takes the active nodes of the write tier that report a capacity (with
+a storage hierarchy, :mod:`director.tiers`: each tier's nodes as a pool of its own, planned
+the same way one after the other, so no move crosses tiers), and
 compares each one's bytes with its *target*, its capacity's share of all the bytes (the
 mean per node when capacities are equal; see :mod:`director.planner`).  When every node
 is within ``level_tolerance`` of its target (relative: 0.10 = 10%) and no node is busy,
@@ -202,12 +204,22 @@ class Leveler(BackgroundJob[LevelStats]):
         state = state or JobState(self.runner, self.keys, self.job)
         snap = await self.client.snapshot(force=True)
         nodes = self._levelled(snap)
+        fields = await state.load()
+        tiers = self.client.policy.tiers
+        if tiers is None:
+            return await self._plan_pool(nodes, state, fields, saving)
+        # A storage hierarchy: each tier is levelled on its own; no move crosses tiers.
+        return merge_plans([await self._plan_pool(pool, state, fields, saving)
+                            for pool in tiers.pools(nodes)], self.tolerance)
+
+    async def _plan_pool(self, nodes: Sequence[Node], state: JobState,
+                         fields: dict[str, str], saving: bool) -> LevelPlan:
+        """Plan the moves among ``nodes`` (all of them, or one tier's)."""
         usages = tuple(NodeUsage(n.id, n.number, n.zone,
                                  n.report.used_bytes if n.report else 0,
                                  n.report.capacity_bytes if n.report else 0) for n in nodes)
         stat = usage(usages)
         used = {u.node_id: u.used for u in usages}
-        fields = await state.load()
         loads = [NodeLoad(n.id, n.report.cpu_process, n.report.io_bps)
                  for n in nodes if n.report is not None]
         streaks = {n.id: integer(fields, f"busy:{n.id}") for n in nodes}
@@ -394,6 +406,26 @@ class Leveler(BackgroundJob[LevelStats]):
         except (NodeError, OSError) as exc:
             log.warning("level: could not delete %s from %s: %s", keys[-1].decode(), node.id,
                         exc)
+
+
+def merge_plans(plans: Sequence[LevelPlan], tolerance: float) -> LevelPlan:
+    """One plan of several pools' (the tiers of a hierarchy): their moves one after the
+    other, the largest spread, the cluster-wide fill."""
+    if len(plans) == 1:
+        return plans[0]
+    nodes = tuple(u for p in plans for u in p.nodes)
+    capacity = sum(u.capacity for u in nodes)
+    merged: dict[str, dict[str, float]] = {"projected": {}, "deviations": {}, "planned": {}}
+    for p in plans:
+        merged["projected"].update(p.projected)
+        merged["deviations"].update(p.deviations)
+        merged["planned"].update(p.planned)
+    return LevelPlan(nodes, tuple(m for p in plans for m in p.moves),
+                     sum(u.used for u in nodes) / capacity if capacity else 0.0,
+                     max((p.spread for p in plans), default=0.0), merged["projected"],
+                     tolerance, merged["deviations"], merged["planned"],
+                     sum(p.to_move for p in plans),
+                     tuple(sorted(b for p in plans for b in p.busy)))
 
 
 def load_ratios(loads: Sequence[NodeLoad]) -> dict[str, float]:
