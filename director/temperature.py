@@ -25,8 +25,9 @@ hash tag of its own so the shards spread over the cluster's slots.  A shard hold
 * ``seen``, a sorted set of last-access times (sampled reads and writes);
 * both trimmed to ``temperature_keep`` entries by every write: ``reads`` keeps the
   hottest, ``seen`` the most recently accessed; the latest time trimmed from ``seen``
-  is kept as the shard's ``floor``, so "not accessed since T" stays decidable for a
-  blob no longer listed (it was last accessed no later than the floor).
+  is kept as the shard's ``floor`` (first set to the shard's creation: of the time
+  before, nothing is known), so "not accessed since T" stays decidable for a blob not
+  listed (it was last accessed no later than the floor).
 
 Memory is thus bounded by ``HEAT_SHARDS * temperature_keep`` entries per set, whatever
 the number of blobs.  The decay math (:func:`decay_factor`, :func:`forward_weight`) is
@@ -77,6 +78,10 @@ if landmark == nil or now - landmark > {RESCALE_HALF_LIVES} * half then
       else redis.call('ZADD', KEYS[1], num(v), all[i]) end
     end
   end
+  if landmark == nil then
+    -- A new shard: nothing before now is known, so no blob counts as unread before it.
+    redis.call('HSETNX', KEYS[3], 'floor', num(now))
+  end
   landmark = now
   redis.call('HSET', KEYS[3], 'landmark', num(now))
 end
@@ -118,7 +123,8 @@ class Heat:
     :param last_access: unix time of its last recorded access (sampled read or write);
         None when the blob is not listed (never recorded, or trimmed).
     :param floor: the blob's shard's floor: a blob not listed was last accessed no later
-        than this (0: nothing was ever trimmed, so it was never accessed at all).
+        than this (the latest time trimmed, or when the shard began: an installation
+        that turns temperature on finds no blob unread for longer than that).
     """
 
     reads: float = 0.0
@@ -186,13 +192,14 @@ class TemperatureStore:
         await self.runner.run("temperature record", cmds)
 
     async def _metas(self, shards: Iterable[int]) -> dict[int, tuple[float, float]]:
-        """Each shard's (landmark, floor); a shard never written has (now, 0)."""
+        """Each shard's (landmark, floor); a shard never written has (now, now): nothing
+        is known of its blobs, so none counts as unread for any time."""
         shards = sorted(set(shards))
         replies = await self.runner.run("temperature meta", [
             Command(self.keys.heat_meta(i), ("HMGET", self.keys.heat_meta(i), "landmark",
                                              "floor")) for i in shards])
         now = self.clock()
-        return {i: (_float(r[0], now), _float(r[1], 0.0))
+        return {i: (_float(r[0], now), _float(r[1], now))
                 for i, r in zip(shards, replies, strict=True)}
 
     async def hottest(self, limit: int) -> list[tuple[str, float]]:

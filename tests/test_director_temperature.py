@@ -94,17 +94,34 @@ def test_hottest_are_ordered_and_last_access_kept(redis_cluster: RunningRedis) -
     clock = Clock()
     ids = blob_ids(20, "order")
 
+    start = clock.now
+
     async def body(store: TemperatureStore) -> tuple[list[tuple[str, float]], Any]:
+        unknown = await store.lookup([ids[11]])  # before anything was recorded
         await store.record({bid: float(i + 1) for i, bid in enumerate(ids[:10])})
         clock.now += 60
-        await store.record({ids[10]: 0.0})
-        return await store.hottest(3), await store.lookup([ids[0], ids[10], ids[11]])
+        await store.record({ids[10]: 0.0, ids[11]: 0.0})
+        clock.now += 60
+        return await store.hottest(3), (unknown, await store.lookup(ids[:12]))
 
-    hottest, heat = with_store(redis_cluster, clock, body)
+    keys = Keyspace()
+    # A blob of ids[0]'s shard, never recorded: its shard began at ``start``.
+    sibling = next(b for b in blob_ids(2000, "sibling")
+                   if keys.heat_shard_of(b) == keys.heat_shard_of(ids[0]) and b not in ids)
+
+    async def body_and_sibling(store: TemperatureStore) -> Any:
+        got = await body(store)
+        return got, await store.lookup([sibling])
+
+    (hottest, (unknown, heat)), near = with_store(redis_cluster, clock, body_and_sibling)
+    assert near[sibling].last_access is None
+    assert near[sibling].accessed_before == pytest.approx(start)
     assert [bid for bid, _r in hottest] == [ids[9], ids[8], ids[7]]
-    assert heat[ids[0]].last_access == pytest.approx(clock.now - 60)
-    assert heat[ids[10]].reads == 0 and heat[ids[10]].last_access == pytest.approx(clock.now)
-    assert heat[ids[11]].last_access is None and heat[ids[11]].accessed_before == 0
+    assert heat[ids[0]].last_access == pytest.approx(start)
+    assert heat[ids[10]].reads == 0 and heat[ids[10]].last_access == pytest.approx(start + 60)
+    # Nothing known of a blob of a shard never written: it counts as accessed just now.
+    assert unknown[ids[11]].last_access is None
+    assert unknown[ids[11]].accessed_before == pytest.approx(start)
 
 
 def test_memory_stays_bounded_and_the_floor_remembers(redis_cluster: RunningRedis) -> None:
