@@ -14,7 +14,8 @@ frontends report into the read temperature (:mod:`director.temperature`).  A pas
    (:data:`~director.index.SCAN_BUCKETS` buckets), so a pass cut short (Ctrl-C, the
    ``tier_max_blobs`` budget, a lost lease) resumes where it stopped; for each entry not
    in the cold layout, asks the temperature whether it is cold (one pipelined lookup per
-   page) and moves it if so.  The sweep ends at the last bucket and the next pass starts
+   page) and moves it if so.  An entry in neither layout that is not cold (stored before
+   the tiers were configured, e.g. two SSD copies) gets the hot one.  The sweep ends at the last bucket and the next pass starts
    again from the first.
 
 Moving a blob to a layout (:meth:`Tierer.relayout`): the tiers that lack copies and those
@@ -43,7 +44,7 @@ from director.copier import delete_copy, write_verified
 from director.index import SCAN_BUCKETS
 from director.jobstate import JobState, integer, number
 from director.memcache_client import NodeError
-from director.nodes import Node
+from director.nodes import Node, NodeState
 from director.placement import Placer
 from director.planner import COUNTING, rank_targets
 from director.registry import RegistrySnapshot
@@ -67,7 +68,8 @@ RUN_FIELDS = ("cursor", "started_at")
 class TierStats(PassStats):
     """What a tier pass did.
 
-    :param promoted: blobs given the hot layout; ``demoted`` the cold one.
+    :param promoted: hot blobs given the hot layout; ``demoted`` cold ones given the cold
+        one; ``fixed`` blobs in neither layout and not cold given the hot one.
     :param checked: index entries the demotion sweep looked at.
     :param cold_found: of them, cold ones not in the cold layout (moved, or planned when
         ``dry_run``).
@@ -83,6 +85,7 @@ class TierStats(PassStats):
     dry_run: bool = False
     promoted: int = 0
     demoted: int = 0
+    fixed: int = 0
     checked: int = 0
     cold_found: int = 0
     skipped: int = 0
@@ -151,14 +154,21 @@ class Tierer(BackgroundJob[TierStats]):
                      if not self._in_layout(tiers, snap, nums, tiers.cold)]
             heat = await self.client.heat.lookup([bid for bid, _n in wrong])
             for bid, nums in wrong:
-                if not self.cold(heat[bid]):
+                if self.cold(heat[bid]):
+                    stats.cold_found += 1
+                    if await self.relayout(bid, nums, tiers.cold, "cold", snap, placer,
+                                           limiter, stats):
+                        stats.demoted += 1
+                elif not self._in_layout(tiers, snap, nums, tiers.hot):
+                    # In neither layout (stored before the tiers were configured, or
+                    # left so by a failure) and not cold: the hot one.
+                    if await self.relayout(bid, nums, tiers.hot, "hot", snap, placer,
+                                           limiter, stats):
+                        stats.fixed += 1
+                else:
                     continue
-                stats.cold_found += 1
-                if await self.relayout(bid, nums, tiers.cold, "cold", snap, placer, limiter,
-                                       stats):
-                    stats.demoted += 1
                 stats.items += 1
-                if stats.promoted + stats.demoted >= self.max_blobs \
+                if stats.promoted + stats.demoted + stats.fixed >= self.max_blobs \
                         or not await control.checkpoint(stats):
                     # This page again next time: what moved is in its layout by then.
                     stats.interrupted = True
@@ -222,9 +232,11 @@ class Tierer(BackgroundJob[TierStats]):
         held: list[Node] = [h for h in holders if h is not None]
         have = tiers.counts(held)
         needs = tiers.needs(have, layout)
-        drop = []
+        drop: list[Node] = []
         for tier, extra in tiers.surplus(have, layout).items():
-            drop += [h for h in held if h.tier == tier][-extra:]
+            # Copies on draining nodes go first (they are leaving anyway).
+            drop += sorted((h for h in held if h.tier == tier),
+                           key=lambda h: h.state is NodeState.ACTIVE)[:extra]
         kept_zones = [h.zone for h in held if h not in drop]
         ranked = rank_targets(placer.candidates(bid), nums, kept_zones)
         move: dict[str, Any] = {"blob": bid, "to": kind, "added": [],

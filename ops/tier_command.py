@@ -94,7 +94,8 @@ async def tier(ctx: CommandContext, tierer: Tierer, stop: StopFlag) -> int:
     else:
         verb = "would move" if tierer.dry_run else "moved"
         ctx.say(f"tier: {verb} {total['promoted']} blob(s) to the hot layout and "
-                f"{total['demoted']} to the cold one ({human(total['bytes'])} copied) in "
+                f"{total['demoted']} to the cold one, {total['fixed']} in neither to the "
+                f"hot one ({human(total['bytes'])} copied) in "
                 f"{total['passes']} pass(es); {total['checked']} checked, "
                 f"{total['skipped']} left as they were, {total['bad']} queued for repair"
                 + ("" if passes[-1].finished else

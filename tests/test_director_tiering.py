@@ -17,7 +17,7 @@ import pytest
 
 from director.client import BlobClient
 from director.config import TierConfig
-from director.copier import delete_copy
+from director.copier import delete_copy, write_verified
 from director.redisstate import RedisState
 from director.repairer import Repairer
 from director.tiering import Tierer
@@ -173,3 +173,39 @@ def test_repair_replaces_a_lost_ssd_copy_on_ssd(inst: Installation) -> None:
     tiers, back, _lost_on = with_client(inst.config, body)
     assert tiers == ["hdd", "ssd"]
     assert back == data
+
+
+def test_a_blob_from_before_the_tiers_gets_the_hot_layout(inst: Installation,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    """A recently read blob on two SSD nodes (as stored before tiers were configured)
+    is in neither layout: the tier job gives it the hot one (one SSD copy, one HDD copy),
+    deleting the surplus SSD copy only after the index lists the HDD one."""
+    data = os.urandom(25_000)
+
+    async def two_ssd(client: BlobClient) -> str:
+        bid = await client.put(data)
+        snap = await client.snapshot(force=True)
+        held = [snap.by_number(n) for n in await client.index.locations(bid)]
+        hdd = next(n for n in held if n is not None and n.tier == "hdd")
+        ssd = next(n for n in snap.nodes if n.tier == "ssd" and n not in held)
+        blob = (await client.reader.probe(bid, client.node_client(hdd))).blob
+        assert blob is not None
+        await write_verified(client.node_client(ssd), blob)
+        await client.index.update(bid, add=[ssd.number], remove=[hdd.number])
+        await delete_copy(client.node_client(hdd), blob.keys)
+        await client.temperature.flush()
+        return bid
+
+    bid = with_client(inst.config, two_ssd)
+    assert with_client(inst.config, lambda c: layout(c, [bid]))[bid] == ["ssd", "ssd"]
+    done = run_cli(inst, capsys)
+    assert done["fixed"] >= 1 and done["finished"]
+    assert next(m for m in done["moves"] if m["blob"] == bid)["to"] == "hot"
+
+    async def check(client: BlobClient) -> bytes:
+        assert (await layout(client, [bid]))[bid] == ["hdd", "ssd"]
+        client.cache.memory.discard(bid)
+        return await client.get(bid)
+
+    assert with_client(inst.config, check) == data
