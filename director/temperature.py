@@ -293,33 +293,44 @@ class ReadSampler:
         self._pending: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        sample = self.settings.sample
+        #: What a sampled read counts (0: temperature off).
+        self._weight = 1.0 / sample if store is not None and sample > 0 else 0.0
+        self._max_pending = self.settings.max_pending
 
     @property
     def enabled(self) -> bool:
-        return self.store is not None and self.settings.sample > 0
+        return self._weight > 0
 
     def read(self, bid: str) -> None:
-        """One read of ``bid`` (served from a cache or not)."""
-        if not self.enabled:
+        """One read of ``bid`` (served from a cache or not).  On every fetch's path, so
+        kept to a few dict and attribute operations."""
+        weight = self._weight
+        if not weight:
             return
-        self.stats.reads += 1
-        sample = self.settings.sample
-        if sample < 1 and self._rng.random() >= sample:
+        stats = self.stats
+        stats.reads += 1
+        # weight = 1 / sample: a read is sampled with probability 1 / weight.
+        if weight > 1.0 and self._rng.random() * weight >= 1.0:
             return
-        if self._add(bid, 1.0 / sample):
-            self.stats.sampled += 1
+        if self._add(bid, weight):
+            stats.sampled += 1
 
     def wrote(self, bid: str) -> None:
         """``bid`` was stored (or found stored): an access, not a read."""
-        if self.enabled:
+        if self._weight:
             self._add(bid, 0.0)
 
     def _add(self, bid: str, weight: float) -> bool:
         pending = self._pending
-        if bid not in pending and len(pending) >= self.settings.max_pending:
+        had = pending.get(bid)
+        if had is not None:
+            pending[bid] = had + weight
+            return True
+        if len(pending) >= self._max_pending:
             self.stats.dropped += 1
             return False
-        pending[bid] = pending.get(bid, 0.0) + weight
+        pending[bid] = weight
         if self._task is None and not self._closed:
             try:
                 loop = asyncio.get_running_loop()
