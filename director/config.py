@@ -133,8 +133,9 @@ class DirectorConfig:
         check(self.slow_reader_timeout >= 0, "slow_reader_timeout",
               "must be 0 (off) or positive")
         check(1 <= self.replicas <= 8, "replicas", f"must be 1..8, got {self.replicas}")
-        check(1 <= self.write_quorum <= self.replicas, "write_quorum",
-               f"must be 1..replicas ({self.replicas}), got {self.write_quorum}")
+        # With tiers the copies are their hot layout's (checked below), not ``replicas``.
+        check(bool(self.tiers) or 1 <= self.write_quorum <= self.replicas, "write_quorum",
+              f"must be 1..replicas ({self.replicas}), got {self.write_quorum}")
         check(-1 <= self.compression_level <= 9, "compression_level",
                "must be -1 (off) or 0..9")
         check(KIB <= self.object_max_item_size <= 64 * MIB, "object_max_item_size",
@@ -185,7 +186,7 @@ class DirectorConfig:
             check(1 <= hot <= 8, "tiers", f"the tiers' replicas must add up to 1..8, got {hot}")
             check(1 <= cold <= 8, "tiers",
                   f"the tiers' cold_replicas must add up to 1..8, got {cold}")
-            check(self.write_quorum <= hot, "write_quorum",
+            check(1 <= self.write_quorum <= hot, "write_quorum",
                   f"must be at most the tiers' replicas ({hot}), got {self.write_quorum}")
         check(self.tier_cold_after > 0, "tier_cold_after", "must be positive")
         check(self.tier_hot_reads > 0, "tier_hot_reads", "must be positive")

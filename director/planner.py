@@ -176,19 +176,27 @@ def plan_repair(replicas: Sequence[Replica], candidates: Sequence[Node], want: i
 
 
 def copies_left(locations: Sequence[int], nodes: Mapping[int, Node], want: int, *,
-                waiting: frozenset[int] = frozenset()) -> int | None:
+                waiting: frozenset[int] = frozenset(),
+                tiers: TierPolicy | None = None) -> int | None:
     """How many copies an under-replicated index entry has left, from the registry alone
     (the repairer's sweep; nothing is probed), or None when it looks whole: it is short
     with fewer than ``want`` locations on up nodes that keep their copies (or down ones
-    within their grace), or with a location on a removed or unknown node."""
+    within their grace), or with a location on a removed or unknown node; with a storage
+    hierarchy (``tiers``), also when those copies fill neither the hot nor the cold
+    layout (a tier lacks a copy of each)."""
     counted = 0
     gone = False
+    kept: list[Node] = []
     for number in locations:
         node = nodes.get(number)
         if node is None or node.state is NodeState.REMOVED:
             gone = True
         elif node.state in COUNTING or number in waiting:
             counted += 1
+            kept.append(node)
+    if tiers is not None and not gone and counted >= want:
+        have = TierPolicy.counts(kept)
+        gone = bool(tiers.needs(have, tiers.hot)) and bool(tiers.needs(have, tiers.cold))
     return counted if gone or counted < want else None
 
 

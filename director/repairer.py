@@ -233,7 +233,8 @@ class Repairer(BackgroundJob[RepairStats]):
                 nodes = {n.number: n for n in (await self.client.snapshot(force=True)).nodes}
             by_priority: dict[int, list[str]] = defaultdict(list)
             for bid, nums in page.entries:
-                copies = copies_left(nums, nodes, want, waiting=waiting)
+                copies = copies_left(nums, nodes, want, waiting=waiting,
+                                     tiers=self.client.policy.tiers)
                 if copies is not None:
                     by_priority[priority_of(copies)].append(bid)
             for priority, short in sorted(by_priority.items()):

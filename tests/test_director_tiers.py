@@ -11,7 +11,7 @@ import pytest
 from director.config import DirectorConfig, TierConfig
 from director.nodes import NodeState
 from director.placement import Placer, read_order
-from director.planner import Health, Replica, plan_drain, plan_repair
+from director.planner import Health, Replica, copies_left, plan_drain, plan_repair
 from director.policy import PlacementPolicy
 from director.tiers import Tier, TierPolicy, is_cold, is_hot
 from runtime.config import ConfigError
@@ -140,3 +140,15 @@ def test_without_tiers_placement_is_as_before() -> None:
     assert p.tiers is None and p.tier == "ssd" and p.min_copies == p.replicas
     nodes = [*cluster(), make_node(8, tier="ssd", state=NodeState.DRAINING)]
     assert {n.tier for n in Placer(nodes, p).candidates(IDS[3])} == {"ssd"}
+
+
+def test_the_sweep_finds_entries_filling_neither_layout() -> None:
+    """With hot = ssd 2 + hdd 1 and cold = hdd 2, an entry with one SSD and one HDD copy
+    has the fewest copies of a layout yet fills neither: short; one with two HDD copies
+    (cold) or the hot layout is whole."""
+    tiers = TierPolicy((Tier("ssd", 0, 2, 0), Tier("hdd", 1, 1, 2)))
+    nodes = {n.number: n for n in cluster()}
+    assert copies_left([1, 4], nodes, tiers.fewest_copies, tiers=tiers) == 2
+    assert copies_left([4, 5], nodes, tiers.fewest_copies, tiers=tiers) is None
+    assert copies_left([1, 2, 4], nodes, tiers.fewest_copies, tiers=tiers) is None
+    assert copies_left([1, 4], nodes, 2) is None  # without tiers: two copies are enough
