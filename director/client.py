@@ -30,6 +30,12 @@ which verifies the whole content against the id (a chunk missing or bad on that 
 is taken from another).  A replica that errs, times out, misses or returns bad bytes is
 skipped and queued for repair; the first verified copy wins.
 
+*Temperature*: every read of a blob (cache hits included) and every put is reported to
+:attr:`BlobClient.temperature` (:class:`director.temperature.ReadSampler`): a dict update
+on the call's path, written to Redis in batches by a task of the event loop.  With a
+storage hierarchy (:mod:`director.tiers`) reads try the fastest tier holding a live copy
+first.
+
 *Items* (:meth:`BlobClient.put_item`, :meth:`BlobClient.get_items`...) are what
 directord stores for plain memcached clients: a value and client flags under any key,
 stored as given.  They take the same paths: placement and quorum writes on the key's
