@@ -9,15 +9,18 @@ reads prefer it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import time
 
 import pytest
+from twisted.internet import task
 
 from director.client import BlobClient
 from director.config import TierConfig
 from director.copier import delete_copy, write_verified
+from director.main import start_background
 from director.redisstate import RedisState
 from director.repairer import Repairer
 from director.tiering import Tierer
@@ -209,3 +212,46 @@ def test_a_blob_from_before_the_tiers_gets_the_hot_layout(inst: Installation,
         return await client.get(bid)
 
     assert with_client(inst.config, check) == data
+
+
+def test_directord_runs_the_tier_job_in_its_background_work(inst: Installation) -> None:
+    """With tiers and a ``tier_interval``, directord's background work includes the tier
+    job: after one interval (an injected clock) a pass runs under the job's lease and
+    records its finished sweep."""
+    dconf = dataclasses.replace(inst.config.director, tier_interval=30.0,
+                                repair_interval=0.0, level_interval=0.0,
+                                drain_interval=0.0)
+
+    async def go() -> tuple[list[str], dict[str, str], bool]:
+        client = await BlobClient.open(inst.config.cluster, dconf,
+                                       auth=redis_auth(inst.config.cluster))
+        clock = task.Clock()
+        loops = start_background(client, clock)
+        try:
+            before = await Tierer(client).status()
+            clock.advance(30.0)
+            deadline = time.monotonic() + 60
+            while True:
+                after = await Tierer(client).status()
+                if after.get("last_finished") != before.get("last_finished"):
+                    break
+                assert time.monotonic() < deadline, "no tier pass ended"
+                await asyncio.sleep(0.1)
+            # The pass gives its lease back as it returns (well before its TTL).
+            lease = Tierer(client).lease()
+            soon = time.monotonic() + 10  # far inside the lease's 60 s TTL
+            while not (free := await lease.acquire()) and time.monotonic() < soon:
+                await asyncio.sleep(0.1)
+            if free:
+                await lease.release()
+            return [lp.name for lp in loops], {"before": str(before.get("last_finished")),
+                                               "after": str(after.get("last_finished"))}, free
+        finally:
+            for lp in loops:
+                await lp.stop()
+            await client.aclose()
+
+    names, finished, free = asyncio.run(go())
+    assert names == ["tier"]
+    assert finished["after"] != finished["before"] and finished["after"] != "None"
+    assert free, "the pass gave its lease back"
