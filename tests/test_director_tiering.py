@@ -255,3 +255,28 @@ def test_directord_runs_the_tier_job_in_its_background_work(inst: Installation) 
     assert names == ["tier"]
     assert finished["after"] != finished["before"] and finished["after"] != "None"
     assert free, "the pass gave its lease back"
+
+
+def test_a_pass_is_paced_by_its_rate(inst: Installation) -> None:
+    """Copies are paced by ``tier_rate``: a pass over blobs that became cold waits, on
+    its injected clock, as long as their bytes take at the rate (beyond the first
+    second's burst)."""
+    datas = [os.urandom(30_000) for _ in range(8)]
+    ids = with_client(inst.config, lambda c: c.put_many(datas))
+    written = time.time()
+    time.sleep(max(0.0, written + COLD_AFTER + 0.5 - time.time()))
+    rate = 50_000.0
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    async def go(client: BlobClient) -> tuple[int, int, float]:
+        stats = await Tierer(client, rate=rate, sleep=sleep, clock=lambda: now[0]).run_once()
+        return stats.demoted, stats.bytes, now[0]
+
+    demoted, copied, waited = with_client(inst.config, go)
+    assert demoted >= len(ids) and copied >= len(ids) * 30_000
+    assert waited == pytest.approx((copied - rate) / rate, rel=0.05)
+    assert set(map(tuple, with_client(inst.config,
+                                      lambda c: layout(c, ids)).values())) == {("hdd", "hdd")}
