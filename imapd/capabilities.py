@@ -26,17 +26,21 @@ _AUTHENTICATED = (
     "MULTIAPPEND",
     "CONDSTORE",
     "QRESYNC",
+    "LIST-EXTENDED",
     "LIST-STATUS",
     "STATUS=SIZE",
+    "QUOTA",
+    "QUOTA=RES-STORAGE",
+    "QUOTA=RES-MESSAGE",
     "ESEARCH",
     "SEARCHRES",
     "SORT",
     "SORT=DISPLAY",
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
-    "COMPRESS=DEFLATE",
+    "COMPRESS=DEFLATE",  # RFC 4978: authenticated state only (its ABNF: command-auth)
     "BINARY",
-    "CATENATE",  # RFC 4978: authenticated state only (its ABNF: command-auth)
+    "CATENATE",
 )
 
 #: What ENABLE (RFC 5161) can switch on.
