@@ -34,9 +34,10 @@ from runtime.receivebuffer import RemoteProtocolError
 
 __all__ = ["DEFAULT_LEVEL", "INVALID_DATA", "Deflater", "Inflater"]
 
-#: zlib-ng level 1 ("fast") compresses IMAP text nearly as well as 6 at a fraction of the
-#: CPU: IMAP output is mostly headers and already-encoded (base64) bodies.
-DEFAULT_LEVEL: Final = 1
+#: zlib-ng level 2: on the corpus as FETCH responses, within 3% of the size zlib's level 6
+#: gives (Dovecot's default) at 2.6 times its speed; zlib-ng's level 1 is another
+#: algorithm, faster again but a third larger (BENCHMARKS.md, ops/bench/compress_bench.py).
+DEFAULT_LEVEL: Final = 2
 
 #: The BYE text when the client's compressed stream is not valid raw DEFLATE.
 INVALID_DATA: Final = "Invalid compressed data"
