@@ -578,13 +578,15 @@ COMMAND_NAMES = frozenset(_COMMANDS)
 """Every command word the grammar knows."""
 
 
-def parse_command(frame: Frame, max_search_depth: int = 64) -> c.Command:
+def parse_command(frame: Frame, max_search_depth: int = 64, *,
+                  utf8_names: bool = False) -> c.Command:
     """Parse one complete command.
 
     :param max_search_depth: deepest nesting accepted in SEARCH criteria.
+    :param utf8_names: mailbox names are UTF-8, not modified UTF-7 (IMAP4rev2).
     :raises CommandError: with the tag (when readable) and a reason for the client.
     """
-    lexer = Lexer(frame)
+    lexer = Lexer(frame, utf8_names=utf8_names)
     try:
         tag = lexer.tag()
     except ParseError:

@@ -142,9 +142,15 @@ def nstring(value: bytes | str | None) -> bytes:
     return b"NIL" if value is None else string(value)
 
 
-def mailbox(name: str) -> bytes:
-    """A mailbox name: modified UTF-7, quoted (a literal only if encoding left CR/LF, never)."""
-    return string(mutf7.encode(name).encode("ascii"))
+def mailbox(name: str, utf8: bool = False) -> bytes:
+    """A mailbox name: modified UTF-7, quoted (a literal only if encoding left CR/LF, never);
+    with ``utf8`` (IMAP4rev2 enabled) UTF-8, quoted too, as RFC 9051's ``quoted`` allows."""
+    if not utf8:
+        return string(mutf7.encode(name).encode("ascii"))
+    data = name.encode("utf-8")
+    if b"\x00" in data or b"\r" in data or b"\n" in data:
+        return string(data)
+    return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
 def _atom(value: str, what: str) -> bytes:
@@ -720,7 +726,7 @@ def _thread_members(node: ThreadNode) -> bytes:
         return b" ".join(parts)
 
 
-def _line(response: Response) -> bytes:
+def _line(response: Response, utf8: bool = False) -> bytes:
     match response:
         case Tagged(tag, status, text, code):
             return tag.encode("ascii") + b" " + _condition(status, code, text)
@@ -745,7 +751,7 @@ def _line(response: Response) -> bytes:
                 b"LSUB" if lsub else b"LIST",
                 _flag_list(attributes),
                 nstring(delimiter),
-                mailbox(name),
+                mailbox(name, utf8),
             )
             if child_info:
                 line += b' ("CHILDINFO" (%s))' % b" ".join(string(v) for v in child_info)
@@ -754,7 +760,7 @@ def _line(response: Response) -> bytes:
             pairs = b" ".join(
                 _atom(item, "STATUS item") + b" " + _number(value, item) for item, value in items
             )
-            return b"* STATUS %s (%s)" % (mailbox(name), pairs)
+            return b"* STATUS %s (%s)" % (mailbox(name, utf8), pairs)
         case SearchData(numbers, modseq):
             line = b" ".join([b"* SEARCH", *(_number(n, "SEARCH result", 1) for n in numbers)])
             if modseq is not None and numbers:
@@ -801,18 +807,21 @@ def _line(response: Response) -> bytes:
     raise TypeError(f"not a response: {response!r}")
 
 
-def render(response: Response) -> list[bytes]:
-    """The wire form of ``response`` as chunks to write in order."""
+def render(response: Response, *, utf8: bool = False) -> list[bytes]:
+    """The wire form of ``response`` as chunks to write in order.
+
+    :param utf8: mailbox names go out as UTF-8 (the session enabled IMAP4rev2).
+    """
     if isinstance(response, FetchData):
         return _fetch_items(response.seq, response.items)
-    return [_line(response) + CRLF]
+    return [_line(response, utf8) + CRLF]
 
 
-def render_all(responses: Iterable[Response]) -> list[bytes]:
+def render_all(responses: Iterable[Response], *, utf8: bool = False) -> list[bytes]:
     """The chunks of several responses, in order."""
     chunks: list[bytes] = []
     for response in responses:
-        chunks.extend(render(response))
+        chunks.extend(render(response, utf8=utf8))
     return chunks
 
 

@@ -46,6 +46,7 @@ from imapd.capabilities import ENABLEABLE, capabilities
 from imapd.config import ImapdConfig
 from imapd.connection import Connection
 from imapd.errormap import imap_error, log_failure
+from imapd.lexer import ParseError
 from imapd.logins import LIMITED_TEXT, LoginsLimited, authenticate
 from imapd.mutf7 import Undecodable
 from imapd.parser import AuthResponse, ContinuationNeeded, IdleDone
@@ -426,7 +427,14 @@ class Session:
         for name in cmd.capabilities:
             if name not in ENABLEABLE:
                 continue
-            if name == "QRESYNC" and not self.ext.qresync:
+            if name == "IMAP4REV2":
+                if not self.ext.rev2 and "IMAP4rev2" in self.capabilities():
+                    self.ext.rev2 = True
+                    # Mailbox names are UTF-8 from the next command on, both ways (RFC
+                    # 9051 5.1; modified UTF-7 is rev1's, Appendix A).
+                    self.conn.use_utf8_names()
+                    enabled.append("IMAP4rev2")
+            elif name == "QRESYNC" and not self.ext.qresync:
                 self.ext.qresync = True
                 self.ext.condstore = True
                 enabled.append(name)
@@ -529,7 +537,7 @@ class Session:
         return self.user
 
     def _deselect(self) -> None:
-        if self.selected is not None and self.ext.qresync:
+        if self.selected is not None and (self.ext.qresync or self.ext.rev2):
             self.conn.send([Untagged(Status.OK, "Previous mailbox closed", CLOSED)])
         self.selected = None
         self._dirty = False
@@ -623,6 +631,8 @@ class Session:
         return Tagged(cmd.tag, Status.OK, "Lsub completed")
 
     async def _status_data(self, name: str, items: tuple[str, ...]) -> StatusData:
+        if self.ext.rev2 and "RECENT" in items:
+            raise ParseError("RECENT is not a STATUS item of IMAP4rev2")
         st = await self.backend.store.mailboxes.status(self._user.id, name)
         values = {
             "MESSAGES": st.messages,
