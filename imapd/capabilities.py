@@ -34,6 +34,7 @@ _AUTHENTICATED = (
     "SORT=DISPLAY",
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
+    "NOTIFY",
 )
 
 #: What ENABLE (RFC 5161) can switch on (upper-cased, as the grammar reads them); IMAP4rev2

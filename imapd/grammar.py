@@ -17,6 +17,7 @@ from imapd import commands as c
 from imapd.errors import ImapdError
 from imapd.fetchatts import parse_fetch_atts
 from imapd.lexer import Frame, Lexer, ParseError
+from imapd.notify import parse_notify
 from imapd.searchkeys import SearchKey, UnknownCharset, parse_search_keys
 from imapd.sequence import SequenceSet
 from runtime import errors as kinds
@@ -569,6 +570,7 @@ _COMMANDS: dict[str, _Parse] = {
     "STORE": _store,
     "COPY": _copy_like(c.Copy),
     "MOVE": _copy_like(c.Move),
+    "NOTIFY": parse_notify,
 }
 UID_COMMAND_NAMES = frozenset({"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT",
                                "THREAD"})

@@ -47,6 +47,7 @@ __all__ = [
     "NOMODSEQ",
     "NONEXISTENT",
     "NOPERM",
+    "NOTIFICATIONOVERFLOW",
     "OVERQUOTA",
     "PARSE",
     "PRIVACYREQUIRED",
@@ -59,6 +60,7 @@ __all__ = [
     "UNAVAILABLE",
     "AppendUid",
     "BadCharset",
+    "BadEvent",
     "CapabilityCode",
     "CapabilityData",
     "Challenge",
@@ -210,6 +212,7 @@ INUSE = Code("INUSE")
 LIMIT = Code("LIMIT")
 NOMODSEQ = Code("NOMODSEQ")
 NONEXISTENT = Code("NONEXISTENT")
+NOTIFICATIONOVERFLOW = Code("NOTIFICATIONOVERFLOW")
 NOPERM = Code("NOPERM")
 OVERQUOTA = Code("OVERQUOTA")
 PARSE = Code("PARSE")
@@ -345,8 +348,21 @@ class BadCharset:
         return b"BADCHARSET (" + b" ".join(astring(name) for name in self.charsets) + b")"
 
 
+@dataclass(frozen=True)
+class BadEvent:
+    """``[BADEVENT (event ...)]`` (RFC 5465 4): a NOTIFY asked for an event the server does
+    not support; the code lists those it does."""
+
+    events: tuple[str, ...]
+
+    def render(self) -> bytes:
+        """The code without brackets."""
+        return b"BADEVENT (" + b" ".join(_atom(e, "NOTIFY event") for e in self.events) + b")"
+
+
 ResponseCode = (
     Code
+    | BadEvent
     | CapabilityCode
     | PermanentFlags
     | UidNext
@@ -479,6 +495,7 @@ class ListItem:
     """``* LIST (attributes) "delimiter" mailbox`` or the same as LSUB.
 
     :ivar child_info: LIST-EXTENDED ``CHILDINFO`` extended data, e.g. ``("SUBSCRIBED",)``.
+    :ivar old_name: ``OLDNAME`` extended data (RFC 5465 5.4): the mailbox was renamed.
     """
 
     mailbox: str
@@ -486,6 +503,7 @@ class ListItem:
     delimiter: str | None = "/"
     lsub: bool = False
     child_info: tuple[str, ...] = ()
+    old_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -746,7 +764,7 @@ def _line(response: Response, utf8: bool = False) -> bytes:
             return b"* %s EXPUNGE" % _number(seq, "EXPUNGE", 1)
         case Flags(flags):
             return b"* FLAGS " + _flag_list(flags)
-        case ListItem(name, attributes, delimiter, lsub, child_info):
+        case ListItem(name, attributes, delimiter, lsub, child_info, old_name):
             line = b"* %s %s %s %s" % (
                 b"LSUB" if lsub else b"LIST",
                 _flag_list(attributes),
@@ -755,6 +773,8 @@ def _line(response: Response, utf8: bool = False) -> bytes:
             )
             if child_info:
                 line += b' ("CHILDINFO" (%s))' % b" ".join(string(v) for v in child_info)
+            if old_name is not None:
+                line += b' ("OLDNAME" (%s))' % mailbox(old_name, utf8)
             return line
         case StatusData(name, items):
             pairs = b" ".join(

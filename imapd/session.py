@@ -49,6 +49,8 @@ from imapd.errormap import imap_error, log_failure
 from imapd.lexer import ParseError
 from imapd.logins import LIMITED_TEXT, LoginsLimited, authenticate
 from imapd.mutf7 import Undecodable
+from imapd.notifier import Notifier
+from imapd.notify import SUPPORTED, Notify, NotifySpec
 from imapd.parser import AuthResponse, ContinuationNeeded, IdleDone
 from imapd.response import (
     AUTHENTICATIONFAILED,
@@ -61,6 +63,7 @@ from imapd.response import (
     READ_WRITE,
     UNAVAILABLE,
     AppendUid,
+    BadEvent,
     CapabilityCode,
     CapabilityData,
     Challenge,
@@ -155,6 +158,9 @@ class Session:
         self._failed_logins = 0
         self._bad_in_a_row = 0
         self._subscribed = False
+        #: NOTIFY SET in force (RFC 5465), and the task telling the client between commands.
+        self.notifier: Notifier | None = None
+        self._push_task: asyncio.Task[None] | None = None
         self._handlers: dict[type[c.Command], tuple[frozenset[State], _Handler]] = {
             c.Capability: (_ANY, self._capability),
             c.Noop: (_ANY, self._noop),
@@ -177,6 +183,7 @@ class Session:
             c.Append: (_AUTH, self._append),
             c.Namespace: (_AUTH, self._namespace),
             c.Idle: (_AUTH, self._idle),
+            Notify: (_AUTH, self._notify),
             c.Check: (_SELECTED, self._noop),
             c.Close: (_SELECTED, self._close),
             c.Unselect: (_SELECTED, self._unselect),
@@ -269,6 +276,9 @@ class Session:
         """The connection is gone: stop listening for changes."""
         self.state = State.LOGOUT
         self._idle_tag = None
+        self.notifier = None
+        if self._push_task is not None:
+            self._push_task.cancel()
         if self._subscribed and self.user is not None:
             self._subscribed = False
             try:
@@ -333,6 +343,11 @@ class Session:
         if self.state is State.LOGOUT:
             return
         selected = self.selected
+        if self.notifier is not None and self.notifier.heard(
+                change, selected.mailbox_id if selected is not None else None):
+            self._schedule_push()
+        if change.kind == "subscription":
+            return  # nothing a selected mailbox shows
         if change.kind in ("flags", "expunge", "append"):
             if selected is None or change.mailbox_id != selected.mailbox_id:
                 return
@@ -364,6 +379,42 @@ class Session:
         if self._idle_tag is not None and (self._refresh_task is None
                                            or self._refresh_task.done()):
             self._refresh_task = asyncio.ensure_future(self._idle_refresh())
+        elif self.notifier is not None and self.notifier.spec.selected_events:
+            # NOTIFY SET (SELECTED ...): the client hears of it now, not at its next command.
+            self._schedule_push()
+
+    def _schedule_push(self) -> None:
+        if self._push_task is None or self._push_task.done():
+            self._push_task = asyncio.ensure_future(self._push())
+
+    async def _push(self) -> None:
+        """NOTIFY: send what the notifier and the selected mailbox have to tell, between
+        commands or during IDLE (a running command finishes first: the lock)."""
+        # A client that does not read holds the push here, not the lock; meanwhile the
+        # notifier only grows to its bound (then NOTIFICATIONOVERFLOW).
+        await self.conn.drain()
+        async with self._lock:
+            notifier = self.notifier
+            if notifier is None or self.state is State.LOGOUT:
+                return
+            selected = self.selected
+            try:
+                if selected is not None and self._dirty and notifier.spec.selected_events:
+                    # SELECTED sends expunges at once; SELECTED-DELAYED keeps RFC 3501's
+                    # rule (only while a command, IDLE, is in progress).
+                    await self._report_changes(
+                        allow_expunge=not notifier.spec.delayed or self._idle_tag is not None)
+                out = await notifier.flush(selected.mailbox_id if selected is not None
+                                           else None)
+            except kinds.Unavailable as exc:
+                log.warning("NOTIFY update failed for user %s: %s", self._who(), exc)
+                return  # what was heard stays recorded; the next change retries
+            except Exception:
+                log.exception("NOTIFY update failed for user %s", self._who())
+                return
+            if notifier.overflowed:
+                self.notifier = None
+            self.conn.send(out)
 
     async def _idle_refresh(self) -> None:
         async with self._lock:
@@ -379,6 +430,7 @@ class Session:
         if selected is None:
             return
         self._dirty = False
+        announced = selected.view.uidnext
         try:
             out, pending = await selected.refresh(allow_expunge=allow_expunge)
         except MailboxGone:
@@ -392,7 +444,17 @@ class Session:
             return
         if pending:
             self._dirty = True
+            if (self.notifier is not None and self.notifier.spec.selected_events
+                    and not self.notifier.spec.delayed):
+                self._schedule_push()  # NOTIFY SELECTED: the held-back expunges go next
         self.conn.send(out)
+        atts = self.notifier.spec.fetch_atts if self.notifier is not None else ()
+        if atts and selected.view.uidnext > announced:
+            # NOTIFY's MessageNew (RFC 5465 5.2): the new messages' requested attributes.
+            new = [uid for uid in selected.view.uids if uid >= announced]
+            if new:
+                await selected.fetch(c.Fetch("notify", SequenceSet.from_values(new), atts,
+                                             uid=True), self.conn)
 
     # -- any state -----------------------------------------------------------------------------
 
@@ -683,6 +745,22 @@ class Session:
             await messages.expunge(self._user.id, done[0].mailbox_id, uids)
         except Exception:
             log.exception("could not undo a partial MULTIAPPEND for %s", self._who())
+
+    async def _notify(self, cmd: Notify) -> Tagged:
+        """NOTIFY SET / NONE (RFC 5465): a new SET replaces the one in force; one asking
+        for events objmail does not report changes nothing."""
+        if cmd.groups is None:
+            self.notifier = None
+            return Tagged(cmd.tag, Status.OK, "NOTIFY completed")
+        spec = NotifySpec(cmd.groups)
+        if spec.unsupported():
+            return Tagged(cmd.tag, Status.NO, "Unsupported NOTIFY events", BadEvent(SUPPORTED))
+        notifier = Notifier(self.backend.store, self._user.id, spec, self.ext)
+        selected = self.selected
+        self.conn.send(await notifier.start(
+            selected.mailbox_id if selected is not None else None, status=cmd.status))
+        self.notifier = notifier
+        return Tagged(cmd.tag, Status.OK, "NOTIFY completed")
 
     async def _namespace(self, cmd: c.Namespace) -> Tagged:
         self.conn.send([NamespaceData()])

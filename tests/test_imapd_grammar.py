@@ -10,6 +10,7 @@ from imapd import commands as c
 from imapd.fetchatts import BodySection, FetchItem, Section, SectionText
 from imapd.grammar import COMMAND_NAMES, UID_COMMAND_NAMES, CommandError, parse_command
 from imapd.lexer import Frame
+from imapd.notify import EventGroup, Notify
 from imapd.searchkeys import All, And, Flag, Header, ModSeq, Not, Text, Uid
 from imapd.sequence import SequenceSet
 
@@ -260,6 +261,8 @@ CASES: list[tuple[bytes, tuple[bytes, ...], c.Command]] = [
     (b"a COPY 2:4 MEETING", (), c.Copy("a", seq("2:4"), "MEETING")),
     (b'a UID COPY 5 "Trash"', (), c.Copy("a", seq("5"), "Trash", True)),
     (b"a MOVE 1:3 Archive", (), c.Move("a", seq("1:3"), "Archive")),
+    (b"a NOTIFY SET (personal (MailboxName))", (),
+     Notify("a", (EventGroup("PERSONAL", (), ("MailboxName",)),))),
     (b'a UID MOVE 42 "[Gmail]/Trash"', (), c.Move("a", seq("42"), "[Gmail]/Trash", True)),
 ]
 
