@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
-from imapd.capabilities import REV2_NEEDS, capabilities, rev2_missing
 from tests.imapd_support import Client, Env, environment
 from tests.metadata_support import fresh_database
 from tests.waiting import eventually
@@ -45,17 +44,6 @@ def rev2(client: Client) -> None:
     """
     client.session.ext.rev2 = True
     client.conn.use_utf8_names()
-
-
-def test_imap4rev2_is_announced_and_enabled_only_with_everything_it_folds_in() -> None:
-    """IMAP4rev2 appears in CAPABILITY exactly when none of REV2_NEEDS is missing; a list
-    lacking BINARY is not enough, one with all of them is."""
-    caps = capabilities(authenticated=True, secure=True, tls_available=False,
-                        allow_plaintext_auth=True)
-    assert ("IMAP4rev2" in caps) == (not rev2_missing(caps))
-    assert rev2_missing(tuple(REV2_NEEDS)) == frozenset()
-    assert rev2_missing(tuple(REV2_NEEDS - {"BINARY"})) == {"BINARY"}
-    assert "IMAP4rev1" in caps  # rev1 clients keep working either way
 
 
 def test_enable_imap4rev2_follows_the_announcement(dsn: str) -> None:
