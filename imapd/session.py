@@ -46,7 +46,6 @@ from imapd.capabilities import ENABLEABLE, capabilities
 from imapd.config import ImapdConfig
 from imapd.connection import Connection
 from imapd.errormap import imap_error, log_failure
-from imapd.lexer import ParseError
 from imapd.logins import LIMITED_TEXT, LoginsLimited, authenticate
 from imapd.mutf7 import Undecodable
 from imapd.notifier import Notifier
@@ -170,6 +169,7 @@ class Session:
             c.Login: (_NOT_AUTH, self._login),
             c.Authenticate: (_NOT_AUTH, self._authenticate),
             c.Enable: (_AUTH, self._enable),
+            Notify: (_AUTH, self._notify),
             c.Select: (_AUTH, self._select),
             c.Examine: (_AUTH, self._select),
             c.Create: (_AUTH, self._create),
@@ -183,7 +183,6 @@ class Session:
             c.Append: (_AUTH, self._append),
             c.Namespace: (_AUTH, self._namespace),
             c.Idle: (_AUTH, self._idle),
-            Notify: (_AUTH, self._notify),
             c.Check: (_SELECTED, self._noop),
             c.Close: (_SELECTED, self._close),
             c.Unselect: (_SELECTED, self._unselect),
@@ -294,6 +293,8 @@ class Session:
             return Tagged(cmd.tag, Status.BAD, self._wrong_state(cmd))
         if isinstance(cmd, _NAMING) and _undecodable(cmd):
             return self._no_such_name(cmd)
+        if self.ext.rev2 and _asks_recent(cmd):
+            return Tagged(cmd.tag, Status.BAD, "RECENT is not a STATUS item of IMAP4rev2")
         return await self._guard(cmd.tag, handler(cmd))
 
     def _no_such_name(self, cmd: c.Command) -> Tagged:
@@ -693,8 +694,6 @@ class Session:
         return Tagged(cmd.tag, Status.OK, "Lsub completed")
 
     async def _status_data(self, name: str, items: tuple[str, ...]) -> StatusData:
-        if self.ext.rev2 and "RECENT" in items:
-            raise ParseError("RECENT is not a STATUS item of IMAP4rev2")
         st = await self.backend.store.mailboxes.status(self._user.id, name)
         values = {
             "MESSAGES": st.messages,
@@ -839,6 +838,13 @@ class Session:
 
     async def _move(self, cmd: c.Move) -> Tagged:
         return await self._selected.move(cmd, self.conn)
+
+
+def _asks_recent(cmd: c.Command) -> bool:
+    """Whether ``cmd`` asks for the STATUS item RECENT, which IMAP4rev2 does not have."""
+    if isinstance(cmd, c.Status):
+        return "RECENT" in cmd.items
+    return isinstance(cmd, c.List) and "RECENT" in cmd.return_status
 
 
 def _command_name(event: c.Command | IdleDone | AuthResponse) -> str:

@@ -104,7 +104,7 @@ def test_a_rev2_session_sees_no_recent_and_leaves_it_to_rev1_sessions(dsn: str) 
 
 def test_search_answers_esearch_and_status_knows_rev2_items(dsn: str) -> None:
     """SEARCH and UID SEARCH answer ``* ESEARCH`` (``ALL`` only when something matched);
-    STATUS answers SIZE and DELETED and refuses RECENT with BAD; selecting another mailbox
+    STATUS answers SIZE and DELETED and refuses RECENT with BAD (LIST RETURN STATUS too); selecting another mailbox
     first says [CLOSED]."""
 
     async def body(env: Env) -> None:
@@ -126,6 +126,8 @@ def test_search_answers_esearch_and_status_knows_rev2_items(dsn: str) -> None:
         status = await client.send("f STATUS INBOX (MESSAGES DELETED UNSEEN)")
         assert status.startswith(b'* STATUS "INBOX" (MESSAGES 3 DELETED 1 UNSEEN 3)\r\n')
         assert (await client.send("g STATUS INBOX (RECENT)")).startswith(b"g BAD ")
+        listed = await client.send('i LIST "" INBOX RETURN (STATUS (RECENT))')
+        assert listed.startswith(b"i BAD ")
         reselect = await client.send("h EXAMINE INBOX")
         assert reselect.startswith(b"* OK [CLOSED] ")
         await client.close()
