@@ -24,6 +24,7 @@ _AUTHENTICATED = (
     "UNSELECT",
     "CHILDREN",
     "MULTIAPPEND",
+    "NOTIFY",
     "CONDSTORE",
     "QRESYNC",
     "LIST-STATUS",
@@ -34,7 +35,6 @@ _AUTHENTICATED = (
     "SORT=DISPLAY",
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
-    "NOTIFY",
 )
 
 #: What ENABLE (RFC 5161) can switch on (upper-cased, as the grammar reads them); IMAP4rev2

@@ -265,12 +265,12 @@ class Parser:
         self._literal = bytearray()
         self._remaining = 0
         self._pending: _Marker | None = None
+        self._utf8_names = False
         # Skipping: the last octets of the discarded line, to spot a literal marker.
         self._skip_tail = b""
         # IDLE / AUTHENTICATE.
         self._mode_tag = ""
         self._prelogin = prelogin
-        self._utf8_names = False
 
     # -- input ------------------------------------------------------------------------------
 

@@ -336,6 +336,18 @@ class Modified:
 
 
 @dataclass(frozen=True)
+class BadEvent:
+    """``[BADEVENT (event ...)]`` (RFC 5465 4): a NOTIFY asked for an event the server does
+    not support; the code lists those it does."""
+
+    events: tuple[str, ...]
+
+    def render(self) -> bytes:
+        """The code without brackets."""
+        return b"BADEVENT (" + b" ".join(_atom(e, "NOTIFY event") for e in self.events) + b")"
+
+
+@dataclass(frozen=True)
 class BadCharset:
     """``[BADCHARSET (UTF-8 US-ASCII)]``: the charsets SEARCH supports."""
 
@@ -346,18 +358,6 @@ class BadCharset:
         if not self.charsets:
             return b"BADCHARSET"
         return b"BADCHARSET (" + b" ".join(astring(name) for name in self.charsets) + b")"
-
-
-@dataclass(frozen=True)
-class BadEvent:
-    """``[BADEVENT (event ...)]`` (RFC 5465 4): a NOTIFY asked for an event the server does
-    not support; the code lists those it does."""
-
-    events: tuple[str, ...]
-
-    def render(self) -> bytes:
-        """The code without brackets."""
-        return b"BADEVENT (" + b" ".join(_atom(e, "NOTIFY event") for e in self.events) + b")"
 
 
 ResponseCode = (

@@ -119,12 +119,12 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
     def start_idle(self, tag: str) -> None:
         self.parser.start_idle(tag)
 
+    def start_authenticate(self, tag: str) -> None:
+        self.parser.start_authenticate(tag)
+
     def use_utf8_names(self) -> None:
         self._utf8_names = True
         self.parser.use_utf8_names()
-
-    def start_authenticate(self, tag: str) -> None:
-        self.parser.start_authenticate(tag)
 
     # -- input ----------------------------------------------------------------------------
 

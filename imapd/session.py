@@ -154,12 +154,12 @@ class Session:
         self._idle_tag: str | None = None
         self._refresh_task: asyncio.Task[None] | None = None
         self._search_task: asyncio.Task[Tagged] | None = None
-        self._failed_logins = 0
-        self._bad_in_a_row = 0
-        self._subscribed = False
         #: NOTIFY SET in force (RFC 5465), and the task telling the client between commands.
         self.notifier: Notifier | None = None
         self._push_task: asyncio.Task[None] | None = None
+        self._failed_logins = 0
+        self._bad_in_a_row = 0
+        self._subscribed = False
         self._handlers: dict[type[c.Command], tuple[frozenset[State], _Handler]] = {
             c.Capability: (_ANY, self._capability),
             c.Noop: (_ANY, self._noop),
