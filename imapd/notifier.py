@@ -93,7 +93,9 @@ class Notifier:
         out: list[Response] = []
         if status:
             for mailbox_id, known in list(self._known.items()):
-                if mailbox_id != selected_id and not known.noselect:
+                if (mailbox_id != selected_id and not known.noselect
+                        and self.spec.events_for(known.name, self._subscribed)
+                        & MESSAGE_EVENTS):
                     out += await self._status(mailbox_id)
         return out
 

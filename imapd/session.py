@@ -157,6 +157,7 @@ class Session:
         #: NOTIFY SET in force (RFC 5465), and the task telling the client between commands.
         self.notifier: Notifier | None = None
         self._push_task: asyncio.Task[None] | None = None
+        self._push_again = False
         self._failed_logins = 0
         self._bad_in_a_row = 0
         self._subscribed = False
@@ -386,18 +387,27 @@ class Session:
 
     def _schedule_push(self) -> None:
         if self._push_task is None or self._push_task.done():
+            self._push_again = False
             self._push_task = asyncio.ensure_future(self._push())
+        else:
+            # The running push may have read the state already: it goes round once more.
+            self._push_again = True
 
     async def _push(self) -> None:
         """NOTIFY: send what the notifier and the selected mailbox have to tell, between
         commands or during IDLE (a running command finishes first: the lock)."""
+        while await self._push_once() and self._push_again:
+            self._push_again = False
+
+    async def _push_once(self) -> bool:
+        """One round of :meth:`_push`; False when there is nothing more to do."""
         # A client that does not read holds the push here, not the lock; meanwhile the
         # notifier only grows to its bound (then NOTIFICATIONOVERFLOW).
         await self.conn.drain()
         async with self._lock:
             notifier = self.notifier
             if notifier is None or self.state is State.LOGOUT:
-                return
+                return False
             selected = self.selected
             try:
                 if selected is not None and self._dirty and notifier.spec.selected_events:
@@ -409,13 +419,14 @@ class Session:
                                            else None)
             except kinds.Unavailable as exc:
                 log.warning("NOTIFY update failed for user %s: %s", self._who(), exc)
-                return  # what was heard stays recorded; the next change retries
+                return False  # what was heard stays recorded; the next change retries
             except Exception:
                 log.exception("NOTIFY update failed for user %s", self._who())
-                return
+                return False
             if notifier.overflowed:
                 self.notifier = None
             self.conn.send(out)
+            return True
 
     async def _idle_refresh(self) -> None:
         async with self._lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -241,5 +242,45 @@ def test_the_notifier_bounds_what_waits_and_folds_repeats(dsn: str) -> None:
         assert len(out) == 1 and b"NOTIFICATIONOVERFLOW" in repr(out).encode()
         assert await small.flush(None) == []
         assert not small.heard(Change(user.id, "append", boxes[0].id), None)
+
+    run(dsn, body)
+
+
+def test_a_change_heard_during_a_push_gets_a_push_of_its_own(dsn: str) -> None:
+    """A change that arrives while a push is reading the state (after it looked) is not
+    left waiting for the next change: the push goes round once more."""
+
+    async def body(env: Env) -> None:
+        name = fresh("nr")
+        await env.user(name)
+        a, b = env.client(), env.client()
+        for client in (a, b):
+            await client.login(name)
+        await b.send("c CREATE Lists")
+        await a.send("n NOTIFY SET (PERSONAL (MessageNew MessageExpunge))")
+        notifier = a.session.notifier
+        assert notifier is not None
+        original = notifier.flush
+        entered, gate = asyncio.Event(), asyncio.Event()
+
+        async def held_flush(selected_id: int | None) -> list[Any]:
+            out = await original(selected_id)
+            if not entered.is_set():  # the first push read its state: hold it there
+                entered.set()
+                await gate.wait()
+            return out
+
+        notifier.flush = held_flush  # type: ignore[method-assign]
+        heard = await env.hear(name)
+        mark = len(a.conn.sent)
+        await b.send(f"p APPEND Lists {{{len(MESSAGE)}+}}\r\n".encode() + MESSAGE + b"\r\n")
+        await asyncio.wait_for(entered.wait(), 10)
+        await heard.of("append")
+        await b.send(f"q APPEND Lists {{{len(MESSAGE)}+}}\r\n".encode() + MESSAGE + b"\r\n")
+        await heard.of("append")  # A heard the second one while its push was held
+        gate.set()
+        await told(a, mark, b'* STATUS "Lists" (MESSAGES 2 UIDNEXT 3 ')
+        for client in (a, b):
+            await client.close()
 
     run(dsn, body)
