@@ -502,7 +502,10 @@ class Session:
             if name not in ENABLEABLE:
                 continue
             if name == "IMAP4REV2":
-                if not self.ext.rev2 and "IMAP4rev2" in self.capabilities():
+                # Not once a mailbox is selected (RFC 5161 3: ENABLE comes before SELECT):
+                # its view already holds \Recent claims and rev1 answers.
+                if (not self.ext.rev2 and self.selected is None
+                        and "IMAP4rev2" in self.capabilities()):
                     self.ext.rev2 = True
                     # Mailbox names are UTF-8 from the next command on, both ways (RFC
                     # 9051 5.1; modified UTF-7 is rev1's, Appendix A).
