@@ -86,6 +86,7 @@ def start_imapd(tc: SessionCluster, name: str, tls: tuple[Path, Path], **imapd: 
         "allow_plaintext_auth": True,
         "login_delay": 0.2,
         "metrics_listen": f"127.0.0.1:{free_port()}",
+        "workers": 1,  # one process unless a test asks for more
     }
     settings.update(imapd)
     config = dataclasses.replace(tc.config, imapd=ImapdConfig(**settings))  # type: ignore[arg-type]
