@@ -284,3 +284,27 @@ def test_a_change_heard_during_a_push_gets_a_push_of_its_own(dsn: str) -> None:
             await client.close()
 
     run(dsn, body)
+
+
+def test_each_session_hears_names_in_its_own_encoding(dsn: str) -> None:
+    """A mailbox a rev1 session creates as ``Entw&APw-rfe`` reaches a rev2 session's
+    NOTIFY as UTF-8 ``Entwürfe``, and a rev1 watcher's as modified UTF-7."""
+
+    async def body(env: Env) -> None:
+        name = fresh("nu")
+        await env.user(name)
+        new, old, actor = env.client(), env.client(), env.client()
+        for client in (new, old, actor):
+            await client.login(name)
+        new.session.ext.rev2 = True  # as ENABLE IMAP4rev2 does once it is announced
+        new.conn.use_utf8_names()
+        for client in (new, old):
+            await client.send("n NOTIFY SET (PERSONAL (MailboxName))")
+        marks = len(new.conn.sent), len(old.conn.sent)
+        await actor.send('c CREATE "Entw&APw-rfe"')
+        await told(new, marks[0], '* LIST () "/" "Entwürfe"\r\n'.encode())
+        await told(old, marks[1], b'* LIST () "/" "Entw&APw-rfe"\r\n')
+        for client in (new, old, actor):
+            await client.close()
+
+    run(dsn, body)
