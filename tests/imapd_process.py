@@ -142,13 +142,15 @@ class Mail:
         self.config = config
         self.credentials = load_credentials(config.cluster)
 
-    def create_user(self, name: str, password: str = "secret") -> None:
+    def create_user(self, name: str, password: str = "secret", *, quota_bytes: int = 0,
+                    quota_messages: int = 0) -> None:
         async def create() -> None:
             store = await MetadataStore.open(self.config.cluster.pg_dsn, pool_min=1,
                                              pool_max=2,
                                              password=self.credentials.pg_password)
             try:
-                await store.users.create(name, password)
+                await store.users.create(name, password, quota_bytes=quota_bytes,
+                                         quota_messages=quota_messages)
             finally:
                 await store.close()
 

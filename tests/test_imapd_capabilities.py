@@ -47,3 +47,17 @@ def test_notify_and_imap4rev2_follow_what_they_need() -> None:
     assert ("IMAP4rev2" in before) == ("IMAP4rev2" in caps)
     assert rev2_missing(tuple(REV2_NEEDS)) == frozenset()
     assert rev2_missing(tuple(REV2_NEEDS - {"BINARY"})) == {"BINARY"}
+
+
+def test_list_extended_list_status_and_quota_after_login() -> None:
+    """LIST-EXTENDED, LIST-STATUS and QUOTA with both resources are announced after login,
+    QUOTASET never (SETQUOTA is refused), none of them before."""
+    caps = capabilities(authenticated=True, secure=True, tls_available=True,
+                        allow_plaintext_auth=False)
+    for name in ("LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE",
+                 "QUOTA=RES-MESSAGE"):
+        assert name in caps
+    assert "QUOTASET" not in caps
+    before = capabilities(authenticated=False, secure=True, tls_available=True,
+                          allow_plaintext_auth=False)
+    assert not {"LIST-EXTENDED", "QUOTA"} & set(before)
