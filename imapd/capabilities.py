@@ -48,7 +48,7 @@ ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC", "IMAP4REV2"})
 #: The extensions RFC 9051 folds into IMAP4rev2 (Appendix E, docs/imap-protocol.md): a
 #: rev2 client may use any of them without looking, so IMAP4rev2 is announced only once
 #: every one is.  LITERAL+ stands for LITERAL- (RFC 7888 5: a superset), and the extensions
-#: built on other branches (BINARY, LIST-EXTENDED) turn rev2 on by being announced.
+#: built elsewhere (BINARY, on branch imapcompress) turn rev2 on by being announced.
 REV2_NEEDS = frozenset({
     "NAMESPACE", "UNSELECT", "UIDPLUS", "ESEARCH", "SEARCHRES", "ENABLE", "IDLE", "SASL-IR",
     "LIST-EXTENDED", "LIST-STATUS", "MOVE", "LITERAL+", "BINARY", "SPECIAL-USE",

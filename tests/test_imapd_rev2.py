@@ -39,7 +39,7 @@ def rev2(client: Client) -> None:
     """Switch ``client``'s session to IMAP4rev2 as a successful ENABLE IMAP4rev2 does.
 
     ENABLE itself refuses IMAP4rev2 until every extension rev2 folds in is announced
-    (BINARY and LIST-EXTENDED come from other branches); the semantics are tested here
+    (BINARY comes from another branch); the semantics are tested here
     regardless, and the ENABLE path by the test below.
     """
     client.session.ext.rev2 = True
