@@ -63,6 +63,7 @@ __all__ = [
     "CapabilityData",
     "Challenge",
     "Code",
+    "ContextUpdate",
     "Continuation",
     "CopyUid",
     "ESearchData",
@@ -83,6 +84,8 @@ __all__ = [
     "ListItem",
     "Modified",
     "NamespaceData",
+    "NoUpdate",
+    "PartialResult",
     "PermanentFlags",
     "Recent",
     "Response",
@@ -339,6 +342,17 @@ class BadCharset:
         return b"BADCHARSET (" + b" ".join(astring(name) for name in self.charsets) + b")"
 
 
+@dataclass(frozen=True)
+class NoUpdate:
+    """``[NOUPDATE "tag"]`` (RFC 5267 4.3.1): the search tagged ``tag`` gets no updates."""
+
+    tag: str
+
+    def render(self) -> bytes:
+        """The code without brackets."""
+        return b"NOUPDATE " + string(self.tag)
+
+
 ResponseCode = (
     Code
     | CapabilityCode
@@ -351,6 +365,7 @@ ResponseCode = (
     | CopyUid
     | Modified
     | BadCharset
+    | NoUpdate
 )
 
 
@@ -523,9 +538,34 @@ class ThreadData:
 
 
 @dataclass(frozen=True)
+class PartialResult:
+    """``PARTIAL (low:high set)`` (RFC 5267 4.4): the requested range as written, and the
+    results in it (None: ``NIL``, nothing there)."""
+
+    low: int
+    high: int
+    found: SequenceSet | None
+
+
+@dataclass(frozen=True)
+class ContextUpdate:
+    """``ADDTO (pos set ...)`` or ``REMOVEFROM (pos set ...)`` (RFC 5267 4.3.3, 4.3.4):
+    ``pairs`` of a context position (0: anywhere, for SEARCH) and results in order."""
+
+    kind: str
+    pairs: tuple[tuple[int, SequenceSet], ...]
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("ADDTO", "REMOVEFROM") or not self.pairs:
+            raise ValueError(f"not a context update: {self.kind!r} {self.pairs!r}")
+
+
+@dataclass(frozen=True)
 class ESearchData:
     """``* ESEARCH (TAG "t") [UID] MIN n MAX n COUNT n ALL set [MODSEQ n]`` (RFC 4731, with
-    RFC 7162's MODSEQ); an item that is None is left out."""
+    RFC 7162's MODSEQ), and RFC 5267's ``PARTIAL``, ``ADDTO`` and ``REMOVEFROM``; an item
+    that is None (or empty) is left out.  For ESORT, ``all`` holds its ranges in the
+    requested order."""
 
     tag: str
     uid: bool = False
@@ -534,6 +574,8 @@ class ESearchData:
     count: int | None = None
     all: SequenceSet | None = None
     modseq: int | None = None
+    partial: PartialResult | None = None
+    updates: tuple[ContextUpdate, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -768,7 +810,7 @@ def _line(response: Response) -> bytes:
         case ThreadData(threads):
             return b"* THREAD " + b"".join(b"(" + _thread_members(t) + b")" for t in threads) \
                 if threads else b"* THREAD"
-        case ESearchData(tag, uid, low, high, count, found, modseq):
+        case ESearchData(tag, uid, low, high, count, found, modseq, partial, updates):
             parts = [b'* ESEARCH (TAG ' + string(tag) + b")"]
             if uid:
                 parts.append(b"UID")
@@ -780,6 +822,14 @@ def _line(response: Response) -> bytes:
                 parts.append(b"COUNT " + _number(count, "ESEARCH COUNT"))
             if found is not None:
                 parts.append(b"ALL " + _concrete_set(found))
+            if partial is not None:
+                parts.append(b"PARTIAL (%s:%s %s)" % (
+                    _number(partial.low, "PARTIAL", 1), _number(partial.high, "PARTIAL", 1),
+                    b"NIL" if partial.found is None else _concrete_set(partial.found)))
+            for update in updates:
+                parts.append(update.kind.encode("ascii") + b" (" + b" ".join(
+                    _number(position, "context position") + b" " + _concrete_set(ids)
+                    for position, ids in update.pairs) + b")")
             if modseq is not None:
                 parts.append(b"MODSEQ " + _number(modseq, "MODSEQ"))
             return b" ".join(parts)
