@@ -1,17 +1,31 @@
-"""Kept results of updating searches (RFC 5267): ordered sets, the ADDTO/REMOVEFROM position
-arithmetic (checked against the client's side, :func:`apply_update`, and the RFC's
-examples), limits and what each context answers.  Pure: no I/O."""
+"""Updating searches (RFC 5267): ordered sets, the ADDTO/REMOVEFROM position arithmetic
+(checked against the client's side, :func:`apply_update`, and the RFC's examples), limits
+and what each context answers, pure; then ESORT, PARTIAL and UPDATE through the session's
+handlers over a real PostgreSQL, one session and two."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import re
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import pytest
 
 from imapd.commands import SortKey
-from imapd.contextsearch import Context, Contexts, apply_update, diff, ordered_set
+from imapd.contextsearch import (
+    MAX_CONTEXTS,
+    Context,
+    Contexts,
+    apply_update,
+    diff,
+    ordered_set,
+)
 from imapd.response import ESearchData, to_bytes
 from imapd.searchkeys import All
+from tests.imapd_support import Client, Env, environment
+from tests.metadata_support import fresh_database
+from tests.waiting import eventually
 
 
 def test_ordered_set_keeps_the_order_and_only_ascending_runs() -> None:
@@ -143,3 +157,207 @@ def test_changes_answer_removefrom_then_addto_in_one_response() -> None:
     update = contexts.changes(ordered, [9, 7, 6, 4], seq.__getitem__)
     assert update is not None
     assert to_bytes(update) == b'* ESEARCH (TAG "E01") ADDTO (2 4,3)\r\n'
+
+
+# -- over a real PostgreSQL: the session's handlers (tests/imapd_support.py) -------------------
+
+
+@pytest.fixture(scope="module")
+def dsn(postgres: str) -> Iterator[str]:
+    with fresh_database(postgres) as target:
+        yield target
+
+
+_counter = iter(range(1_000_000))
+
+
+def run(dsn: str, body: Callable[[Env, Client, str], Awaitable[None]],
+        messages: Sequence[bytes] = ()) -> None:
+    """Deliver ``messages`` to a fresh user's INBOX, log a client in, SELECT, run ``body``."""
+
+    async def main() -> None:
+        async with environment(dsn) as env:
+            name = f"ctx{next(_counter)}"
+            await env.user(name)
+            for raw in messages:
+                await env.deliver(name, raw)
+            client = env.client()
+            await client.login(name)
+            await client.send("s0 SELECT INBOX")
+            await body(env, client, name)
+            await client.close()
+
+    asyncio.run(main())
+
+
+def _sized(n: int, body_length: int) -> bytes:
+    return f"Subject: m{n}\r\n\r\n".encode() + b"x" * body_length + b"\r\n"
+
+
+#: UIDs 1..4 with sizes ordering them 2, 4, 1, 3.
+_FOUR = tuple(_sized(n, length) for n, length in enumerate((300, 100, 400, 200), start=1))
+
+
+def test_esort_and_partial_answer_with_esearch(dsn: str) -> None:
+    """SORT RETURN answers ESEARCH (RFC 5267 3): MIN/MAX are the first and last sorted
+    message, ALL keeps the sort order (ranges only where it ascends), RETURN () and CONTEXT
+    alone are ALL; PARTIAL returns a window of the results (SORT order for SORT, mailbox
+    order for SEARCH), echoes the range as written, NIL past the end; SAVE with PARTIAL
+    keeps the window."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        cases = {
+            "a SORT RETURN (MIN MAX COUNT) (SIZE) UTF-8 ALL":
+                b'* ESEARCH (TAG "a") MIN 2 MAX 3 COUNT 4',
+            "b UID SORT RETURN () (REVERSE SIZE) UTF-8 ALL": b'* ESEARCH (TAG "b") UID ALL 3,1,4,2',
+            "c SORT RETURN (ALL) (ARRIVAL) UTF-8 ALL": b'* ESEARCH (TAG "c") ALL 1:4',
+            "d SORT RETURN (PARTIAL 2:3) (SIZE) UTF-8 ALL": b'* ESEARCH (TAG "d") PARTIAL (2:3 4,1)',
+            "e SEARCH RETURN (PARTIAL 3:1) ALL": b'* ESEARCH (TAG "e") PARTIAL (3:1 1:3)',
+            "f UID SEARCH RETURN (PARTIAL 4:10 COUNT) ALL":
+                b'* ESEARCH (TAG "f") UID COUNT 4 PARTIAL (4:10 4)',
+            "g SEARCH RETURN (PARTIAL 5:6) ALL": b'* ESEARCH (TAG "g") PARTIAL (5:6 NIL)',
+            "h SORT RETURN (COUNT) (SIZE) UTF-8 KEYWORD none": b'* ESEARCH (TAG "h") COUNT 0',
+            "i SORT RETURN (MIN) (SIZE) UTF-8 KEYWORD none": b'* ESEARCH (TAG "i")',
+            "j SORT RETURN (CONTEXT) (SIZE) UTF-8 ALL": b'* ESEARCH (TAG "j") ALL 2,4,1,3',
+            "k SEARCH RETURN (CONTEXT MIN) 2:4": b'* ESEARCH (TAG "k") MIN 2',
+        }
+        for command, expected in cases.items():
+            tag, rest = command.split(" ", 1)
+            name = rest.split(" RETURN")[0]
+            assert await c.send(command) == (
+                expected + f"\r\n{tag} OK {name} completed\r\n".encode()), command
+        assert await c.send("l SEARCH RETURN (SAVE PARTIAL 2:3) ALL") == (
+            b'* ESEARCH (TAG "l") PARTIAL (2:3 2:3)\r\nl OK SEARCH completed\r\n')
+        assert await c.send("m UID FETCH $ (UID)") == (
+            b"* 2 FETCH (UID 2)\r\n* 3 FETCH (UID 3)\r\nm OK UID FETCH completed\r\n")
+        assert (await c.send("n SORT RETURN (PARTIAL 1:2 ALL) (SIZE) UTF-8 ALL")).startswith(
+            b"n BAD ")
+        # A plain SORT still answers * SORT.
+        assert await c.send("o SORT (SIZE) UTF-8 ALL") == (
+            b"* SORT 2 4 1 3\r\no OK SORT completed\r\n")
+
+    run(dsn, body, _FOUR)
+
+
+def test_update_follows_this_sessions_own_changes(dsn: str) -> None:
+    """UID SEARCH RETURN (UPDATE) keeps its result: the session's own STORE answers ADDTO
+    or REMOVEFROM after its FETCH, a delivery answers ADDTO after EXISTS, an EXPUNGE
+    answers REMOVEFROM before EXPUNGE; reusing the tag is BAD; after CANCELUPDATE nothing
+    more is sent."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        assert await c.send("a UID SEARCH RETURN (UPDATE) FLAGGED") == (
+            b'* ESEARCH (TAG "a") UID\r\na OK UID SEARCH completed, will notify\r\n')
+        reply = await c.send("b STORE 2 +FLAGS (\\Flagged)")
+        assert re.fullmatch(rb'\* 2 FETCH \(FLAGS \([^)]*\)\)\r\n'
+                            rb'\* ESEARCH \(TAG "a"\) UID ADDTO \(0 2\)\r\n'
+                            rb"b OK STORE completed\r\n", reply), reply
+        assert await c.send("c UID STORE 3:4 +FLAGS.SILENT (\\Flagged)") == (
+            b'* ESEARCH (TAG "a") UID ADDTO (0 3:4)\r\nc OK UID STORE completed\r\n')
+        assert await c.send("d STORE 2 -FLAGS.SILENT (\\Flagged)") == (
+            b'* ESEARCH (TAG "a") UID REMOVEFROM (0 2)\r\nd OK STORE completed\r\n')
+        heard = await env.hear(name)
+        await env.deliver(name, _sized(5, 50), flags=["\\Flagged"])
+        await env.deliver(name, _sized(6, 50))
+        await heard.of("append")
+        reply = await c.send("e NOOP")
+        assert reply.startswith(b"* 6 EXISTS\r\n")
+        assert reply.endswith(b'* ESEARCH (TAG "a") UID ADDTO (0 5)\r\ne OK NOOP completed\r\n')
+        await c.send("f STORE 1,3 +FLAGS.SILENT (\\Deleted)")
+        assert await c.send("g EXPUNGE") == (
+            b'* ESEARCH (TAG "a") UID REMOVEFROM (0 3)\r\n'
+            b"* 1 EXPUNGE\r\n* 2 EXPUNGE\r\ng OK EXPUNGE completed\r\n")
+        assert await c.send("a SEARCH RETURN (UPDATE) ALL") == (
+            b"a BAD Tag reuse: an updating search has this tag\r\n")
+        assert await c.send('h CANCELUPDATE "a" "unknown"') == b"h OK CANCELUPDATE completed\r\n"
+        assert await c.send("i STORE 1 +FLAGS.SILENT (\\Flagged)") == b"i OK STORE completed\r\n"
+        # The tag is free again once cancelled.
+        assert await c.send("a UID SEARCH RETURN (UPDATE COUNT) FLAGGED") == (
+            b'* ESEARCH (TAG "a") UID COUNT 3\r\na OK UID SEARCH completed, will notify\r\n')
+
+    run(dsn, body, _FOUR)
+
+
+def test_sequence_number_contexts_sort_positions_and_noupdate(dsn: str) -> None:
+    """A SEARCH context without UID speaks sequence numbers valid when sent; a SORT context
+    names exact positions (REMOVEFROM before EXPUNGE, ADDTO after EXISTS); a search whose
+    sequence number no longer exists gets NO [NOUPDATE]; past MAX_CONTEXTS a search is
+    answered but not kept."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        assert await c.send("s SEARCH RETURN (UPDATE COUNT) 3") == (
+            b'* ESEARCH (TAG "s") COUNT 1\r\ns OK SEARCH completed, will notify\r\n')
+        assert await c.send("o SORT RETURN (UPDATE) (REVERSE ARRIVAL) UTF-8 UNDELETED") == (
+            b'* ESEARCH (TAG "o") ALL 3,2,1\r\no OK SORT completed, will notify\r\n')
+        assert await c.send("q SEARCH RETURN (UPDATE) 2:*") == (
+            b'* ESEARCH (TAG "q") ALL 2:3\r\nq OK SEARCH completed, will notify\r\n')
+        # \Deleted takes message 1 out of "o" at its position, 3.
+        assert await c.send("t STORE 1 +FLAGS.SILENT (\\Deleted)") == (
+            b'* ESEARCH (TAG "o") REMOVEFROM (3 1)\r\nt OK STORE completed\r\n')
+        # After the EXPUNGE, "3" names no message (NOUPDATE) and "2:*" names UID 3 only.
+        assert await c.send("u EXPUNGE") == (
+            b"* 1 EXPUNGE\r\n"
+            b'* NO [NOUPDATE "s"] Search can no longer be updated: message sequence number '
+            b"out of range\r\n"
+            b'* ESEARCH (TAG "q") REMOVEFROM (0 1)\r\n'
+            b"u OK EXPUNGE completed\r\n")
+        heard = await env.hear(name)
+        await env.deliver(name, _sized(4, 10))
+        await heard.of("append")
+        assert await c.send("v NOOP") == (
+            b"* 3 EXISTS\r\n* 3 RECENT\r\n"
+            b'* ESEARCH (TAG "o") ADDTO (1 3)\r\n'
+            b'* ESEARCH (TAG "q") ADDTO (0 3)\r\n'
+            b"v OK NOOP completed\r\n")
+        for n in range(3):  # o, q and these three make MAX_CONTEXTS
+            assert (await c.send(f"w{n} SEARCH RETURN (UPDATE) ALL")).endswith(b"will notify\r\n")
+        assert await c.send("x SEARCH RETURN (UPDATE MIN) ALL") == (
+            b'* NO [NOUPDATE "x"] Too many updating searches (at most %d)\r\n'
+            b'* ESEARCH (TAG "x") MIN 1\r\nx OK SEARCH completed, will not notify\r\n'
+            % MAX_CONTEXTS)
+        assert await c.send("y UNSELECT") == b"y OK Unselect completed\r\n"
+        assert await c.send("z SELECT INBOX") != b""
+        # The contexts ended with the selection: the tag is free.
+        assert (await c.send("o SORT RETURN (UPDATE) (SIZE) UTF-8 ALL")).endswith(
+            b"will notify\r\n")
+
+    run(dsn, body, _FOUR[:3])
+
+
+def test_idle_session_hears_addto_and_removefrom_for_another_sessions_changes(
+        dsn: str) -> None:
+    """While IDLE, a session with an updating search hears another session's keyword STORE
+    as FLAGS, FETCH then ADDTO, a delivery as EXISTS then ADDTO, and an EXPUNGE as
+    REMOVEFROM then EXPUNGE, through the change feed."""
+
+    async def body(env: Env, watcher: Client, name: str) -> None:
+        assert await watcher.send("a UID SEARCH RETURN (UPDATE) KEYWORD $Todo") == (
+            b'* ESEARCH (TAG "a") UID\r\na OK UID SEARCH completed, will notify\r\n')
+        actor = env.client()
+        await actor.login(name)
+        await actor.send("s SELECT INBOX")
+        assert await watcher.send("b IDLE") == b"+ idling\r\n"
+        mark = len(watcher.conn.sent)
+        await actor.send("c STORE 1 +FLAGS ($Todo)")
+        await eventually(lambda: b"ADDTO" in watcher.since(mark))
+        heard = watcher.since(mark)
+        assert re.fullmatch(rb"\* FLAGS \([^)]*\$Todo\)\r\n\* OK \[PERMANENTFLAGS [^\r]*\r\n"
+                            rb"\* 1 FETCH \(UID 1 FLAGS \([^)]*\)\)\r\n"
+                            rb'\* ESEARCH \(TAG "a"\) UID ADDTO \(0 1\)\r\n', heard), heard
+        mark = len(watcher.conn.sent)
+        await env.deliver(name, _sized(9, 10), flags=["$Todo"])
+        await eventually(lambda: b"ADDTO" in watcher.since(mark))
+        assert re.fullmatch(rb"\* 4 EXISTS\r\n\* 4 RECENT\r\n"
+                            rb'\* ESEARCH \(TAG "a"\) UID ADDTO \(0 4\)\r\n',
+                            watcher.since(mark)), watcher.since(mark)
+        mark = len(watcher.conn.sent)
+        await actor.send("d STORE 1 +FLAGS.SILENT (\\Deleted)")
+        await actor.send("e EXPUNGE")
+        await eventually(lambda: b"EXPUNGE" in watcher.since(mark))
+        after = watcher.since(mark)
+        assert after.endswith(b'* ESEARCH (TAG "a") UID REMOVEFROM (0 1)\r\n* 1 EXPUNGE\r\n'), \
+            after
+        assert await watcher.send("DONE") == b"b OK IDLE terminated\r\n"
+        await actor.close()
+
+    run(dsn, body, _FOUR[:3])
