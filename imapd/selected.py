@@ -556,6 +556,7 @@ class SelectedMailbox:
             if saving:
                 # A failed SEARCH ... SAVE leaves $ empty (RFC 5182 2.1).
                 self.view.saved = []
+                self._contexts_seen = None
             raise
         view = self.view
         # Messages this session has not been told about yet are left out.
