@@ -29,12 +29,14 @@ so the messages kept keep their relative order; should they not (a sort key that
 change), only the longest run still in order is kept and the rest is removed and re-added.
 
 Limits (RFC 5267 4.3.1 lets a server refuse with NOUPDATE): :data:`MAX_CONTEXTS` updating
-searches per session, and results of at most :data:`MAX_KEPT` messages.  Pure: no I/O.
+searches per session, and results of at most :data:`MAX_KEPT` messages, kept as 32-bit
+arrays (400 KB each at most, 2 MB per session).  Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import bisect
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -175,14 +177,19 @@ class Context:
     """One updating search (see the module docstring).
 
     :ivar keys: the SORT keys; None for a SEARCH (results in mailbox order).
-    :ivar uids: the result as the client holds it.
+    :ivar uids: the result as the client holds it (UIDs are 32-bit: a compact array).
     """
 
     tag: str
     uid: bool
     criteria: SearchKey
     keys: tuple[tuple[SortKey, bool], ...] | None
-    uids: list[int]
+    uids: array[int]
+
+    @classmethod
+    def of(cls, tag: str, uid: bool, criteria: SearchKey,
+           keys: tuple[tuple[SortKey, bool], ...] | None, uids: Iterable[int]) -> Context:
+        return cls(tag, uid, criteria, keys, array("I", uids))
 
     @property
     def ordered(self) -> bool:
@@ -250,7 +257,7 @@ class Contexts:
         ``seq_of`` numbers the messages of a context that is not by UID; every UID of the
         old and the new result must be announced to the client at this point."""
         removals, additions = diff(context.uids, new, ordered=context.ordered)
-        context.uids = list(new)
+        context.uids = array("I", new)
         if not removals and not additions:
             return None
 

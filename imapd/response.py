@@ -539,8 +539,8 @@ class ThreadData:
 
 @dataclass(frozen=True)
 class PartialResult:
-    """``PARTIAL (low:high set)`` (RFC 5267 4.4): the requested range as written, and the
-    results in it (None: ``NIL``, nothing there)."""
+    """``PARTIAL (low:high set)`` (RFC 5267 4.4): the requested range (``low`` first, as
+    Dovecot writes it: ``3:1`` is ``1:3``), and the results in it (None: ``NIL``)."""
 
     low: int
     high: int
@@ -562,7 +562,7 @@ class ContextUpdate:
 
 @dataclass(frozen=True)
 class ESearchData:
-    """``* ESEARCH (TAG "t") [UID] MIN n MAX n COUNT n ALL set [MODSEQ n]`` (RFC 4731, with
+    """``* ESEARCH (TAG "t") [UID] MIN n MAX n ALL set COUNT n [MODSEQ n]`` (RFC 4731, with
     RFC 7162's MODSEQ), and RFC 5267's ``PARTIAL``, ``ADDTO`` and ``REMOVEFROM``; an item
     that is None (or empty) is left out.  For ESORT, ``all`` holds its ranges in the
     requested order."""
@@ -818,14 +818,15 @@ def _line(response: Response) -> bytes:
                 parts.append(b"MIN " + _number(low, "ESEARCH MIN", 1))
             if high is not None:
                 parts.append(b"MAX " + _number(high, "ESEARCH MAX", 1))
-            if count is not None:
-                parts.append(b"COUNT " + _number(count, "ESEARCH COUNT"))
+            # ALL or PARTIAL before COUNT: any order is valid, this is Dovecot's.
             if found is not None:
                 parts.append(b"ALL " + _concrete_set(found))
             if partial is not None:
                 parts.append(b"PARTIAL (%s:%s %s)" % (
                     _number(partial.low, "PARTIAL", 1), _number(partial.high, "PARTIAL", 1),
                     b"NIL" if partial.found is None else _concrete_set(partial.found)))
+            if count is not None:
+                parts.append(b"COUNT " + _number(count, "ESEARCH COUNT"))
             for update in updates:
                 parts.append(update.kind.encode("ascii") + b" (" + b" ".join(
                     _number(position, "context position") + b" " + _concrete_set(ids)

@@ -593,7 +593,7 @@ class SelectedMailbox:
         if refusal is not None:
             conn.send([Untagged(Status.NO, refusal, NoUpdate(tag))])
             return ", will not notify"
-        self.contexts.add(Context(tag, uid, criteria, keys, [u for u, _ in found]))
+        self.contexts.add(Context.of(tag, uid, criteria, keys, (u for u, _ in found)))
         # Run the kept searches again at the next refresh: a change may have committed
         # since the query, and its notification may already have been judged.
         self._contexts_seen = None
@@ -744,8 +744,8 @@ def _esearch(tag: str, uid: bool, options: tuple[str, ...], partial: tuple[int, 
     """The ESEARCH response to ``SEARCH RETURN (options)`` (RFC 4731 3.1) or ``SORT RETURN
     (options)`` (RFC 5267 3.1): ``RETURN ()`` is ``ALL``, MIN/MAX/ALL are left out when
     nothing matched, and ``SAVE`` alone answers nothing (RFC 5182 2.4).  ``CONTEXT`` and
-    ``UPDATE`` ask for no data: with no other option they answer ``ALL`` (the client needs
-    the result its updates apply to).  ``found`` holds ``(uid, modseq)`` in mailbox order,
+    ``UPDATE`` ask for no data: ``UPDATE`` without a result option answers an ESEARCH with
+    none (the updates follow), ``CONTEXT`` alone is ``ALL``, as Dovecot does.  ``found`` holds ``(uid, modseq)`` in mailbox order,
     or for SORT (``ordered``) in the requested order, where MIN and MAX are the first and
     last sorted message and ALL keeps the order.  ``PARTIAL low:high`` returns results
     ``low`` to ``high`` (1 is the first; RFC 5267 4.4)."""
@@ -753,6 +753,8 @@ def _esearch(tag: str, uid: bool, options: tuple[str, ...], partial: tuple[int, 
     if not wanted:
         if "SAVE" in options:
             return None
+        if "UPDATE" in options:
+            return ESearchData(tag, uid)
         wanted = {"ALL"}
     numbers = [number(u) for u, _ in found]
     low = numbers[0] if numbers and "MIN" in wanted else None
@@ -761,8 +763,7 @@ def _esearch(tag: str, uid: bool, options: tuple[str, ...], partial: tuple[int, 
     if partial is not None:
         first, last = sorted(partial)
         part = numbers[first - 1:last]
-        window = PartialResult(partial[0], partial[1], _number_set(part, ordered)
-                               if part else None)
+        window = PartialResult(first, last, _number_set(part, ordered) if part else None)
     modseq: int | None = None
     if with_modseq and found:
         # With only MIN/MAX the mod-sequence is theirs, else that of every match (RFC 7162

@@ -155,7 +155,7 @@ LINES = [
     ),
     (
         r.ESearchData("A01", count=74, partial=r.PartialResult(1, 2, SequenceSet.parse("3"))),
-        b'* ESEARCH (TAG "A01") COUNT 74 PARTIAL (1:2 3)\r\n',
+        b'* ESEARCH (TAG "A01") PARTIAL (1:2 3) COUNT 74\r\n',
     ),
     (
         r.ESearchData("B01", True, updates=(r.ContextUpdate(
