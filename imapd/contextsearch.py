@@ -16,9 +16,12 @@ Two moments change a result:
    REMOVEFROM for every context holding one of the UIDs, *before* the EXPUNGE responses,
    while their sequence numbers are still valid (RFC 5267 4.3.4);
 2. anything else (new messages after EXISTS, flags, a message leaving a sequence range):
-   the selected mailbox runs each context's query again, as the unmodified command would
-   run now, and :meth:`Contexts.changes` answers the difference with REMOVEFROM then
-   ADDTO (:func:`diff`).
+   the selected mailbox works out the new result and :meth:`Contexts.changes` answers the
+   difference with REMOVEFROM then ADDTO (:func:`diff`).  A SEARCH whose criteria judge a
+   message by its own data alone (:func:`by_message_alone`: no sequence numbers, ``*``,
+   ``$`` or ``\\Recent``) can only change for messages whose mod-sequence moved, so only
+   those are searched again (:func:`merged`); any other search runs again whole, as the
+   unmodified command would run now.
 
 For SEARCH every update uses context position 0 and a set in mailbox order (RFC 5267 4.3.3
 allows that and recommends mailbox order).  For SORT the positions are exact: removals walk
@@ -42,7 +45,7 @@ from dataclasses import dataclass
 
 from imapd.commands import SortKey
 from imapd.response import ContextUpdate, ESearchData
-from imapd.searchkeys import SearchKey
+from imapd.searchkeys import Flag, SearchKey, SeqNumbers, Uid, walk
 from imapd.sequence import SequenceSet
 
 __all__ = [
@@ -52,7 +55,9 @@ __all__ = [
     "Contexts",
     "Pairs",
     "apply_update",
+    "by_message_alone",
     "diff",
+    "merged",
     "ordered_set",
 ]
 
@@ -81,6 +86,27 @@ def ordered_set(numbers: Sequence[int]) -> SequenceSet:
     if not ranges:
         raise ValueError("cannot build a sequence set from no numbers")
     return SequenceSet(tuple(ranges))
+
+
+def by_message_alone(criteria: SearchKey) -> bool:
+    """Whether ``criteria`` judge a message by its own data: no sequence numbers, no ``*``
+    or ``$`` (they depend on the session's view) and no ``\\Recent`` (claimed per
+    session).  Such a result changes only where a message's mod-sequence moved (a
+    delivery or a flag change) or a message was expunged."""
+    for node in walk(criteria):
+        if isinstance(node, SeqNumbers):
+            return False
+        if isinstance(node, Uid) and (node.ids.saved or node.ids.uses_star):
+            return False
+        if isinstance(node, Flag) and node.name == "\\Recent":
+            return False
+    return True
+
+
+def merged(old: Iterable[int], changed: Iterable[int], matching: Iterable[int]) -> list[int]:
+    """A mailbox-order result after some messages changed: ``old`` without the ``changed``
+    ones, plus those of them that match now (``matching``)."""
+    return sorted(set(old).difference(changed).union(matching))
 
 
 def _increasing_run(values: Sequence[int]) -> set[int]:
@@ -178,6 +204,8 @@ class Context:
 
     :ivar keys: the SORT keys; None for a SEARCH (results in mailbox order).
     :ivar uids: the result as the client holds it (UIDs are 32-bit: a compact array).
+    :ivar incremental: a SEARCH by message data alone (:func:`by_message_alone`), which
+        only the changed messages can change.
     """
 
     tag: str
@@ -185,11 +213,13 @@ class Context:
     criteria: SearchKey
     keys: tuple[tuple[SortKey, bool], ...] | None
     uids: array[int]
+    incremental: bool = False
 
     @classmethod
     def of(cls, tag: str, uid: bool, criteria: SearchKey,
            keys: tuple[tuple[SortKey, bool], ...] | None, uids: Iterable[int]) -> Context:
-        return cls(tag, uid, criteria, keys, array("I", uids))
+        return cls(tag, uid, criteria, keys, array("I", uids),
+                   keys is None and by_message_alone(criteria))
 
     @property
     def ordered(self) -> bool:

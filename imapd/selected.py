@@ -53,7 +53,7 @@ from imapd.commands import (
     UidExpunge,
 )
 from imapd.connection import Connection
-from imapd.contextsearch import Context, Contexts, ordered_set
+from imapd.contextsearch import Context, Contexts, merged, ordered_set
 from imapd.errors import MailboxGone, TryCreate
 from imapd.fetch import fetch_items, flag_names, plan_fetch
 from imapd.fetchatts import BodySection
@@ -100,6 +100,7 @@ from metadata.errors import NoSuchMailbox
 from metadata.flags import SEEN, SYSTEM_FLAGS, Flags
 from metadata.messages import StoreMode as StoreModeName
 from metadata.records import CopyResult, MessageEntry, SortEntry, User
+from metadata.search import AllOf, ModSeqAtLeast, UidIn
 from metadata.uidset import MAX_UID, UidSet
 from runtime import errors as kinds
 
@@ -278,7 +279,8 @@ class SelectedMailbox:
         if self.contexts:
             mark = self._contexts_mark(mailbox.highestmodseq)
             if mark != self._contexts_seen:
-                updates, kept_up = await self._update_contexts()
+                updates, kept_up = await self._update_contexts(
+                    None if self._contexts_seen is None else self._contexts_seen[0])
                 out += updates
                 self._contexts_seen = mark if kept_up else None
                 pending = pending or not kept_up
@@ -290,14 +292,27 @@ class SelectedMailbox:
         numbers, ``*``), which change when EXISTS or EXPUNGE is sent."""
         return highestmodseq, self.view.exists, self.view.max_uid
 
-    async def _update_contexts(self) -> tuple[list[Response], bool]:
-        """Run every kept search again; REMOVEFROM/ADDTO for what changed, and NOUPDATE for
-        a search that can no longer be kept.  Also returns False when PostgreSQL could not
-        answer (the rest is retried at the next refresh; nothing is lost)."""
+    async def _update_contexts(self, since: int | None) -> tuple[list[Response], bool]:
+        """Bring every kept search up to date; REMOVEFROM/ADDTO for what changed, and
+        NOUPDATE for a search that can no longer be kept.  Also returns False when
+        PostgreSQL could not answer (the rest is retried at the next refresh; nothing is
+        lost).
+
+        :param since: the mailbox mod-sequence the kept results are current to (None:
+            unknown, every search runs whole).  A message changed after it has a higher
+            mod-sequence, one delivered too; the mailbox row was read before, so a change
+            committing meanwhile is looked at again next time, never missed.
+        """
         out: list[Response] = []
+        changed: list[int] | None = None
         for context in self.contexts:
             try:
-                new = await self._context_result(context)
+                if context.incremental and since is not None:
+                    if changed is None:
+                        changed = await self._changed_since(since)
+                    new = await self._context_merged(context, changed)
+                else:
+                    new = await self._context_result(context)
             except kinds.Unavailable as exc:
                 log.warning("cannot update the search %r: %s", context.tag, exc)
                 return out, False
@@ -316,6 +331,22 @@ class SelectedMailbox:
             if update is not None:
                 out.append(update)
         return out, True
+
+    async def _changed_since(self, modseq: int) -> list[int]:
+        """The announced messages whose mod-sequence passed ``modseq``."""
+        hits = await self.backend.store.messages.search(
+            self.user.id, self.view.mailbox_id, ModSeqAtLeast(modseq + 1))
+        return [u for u in hits.uids if u in self.view]
+
+    async def _context_merged(self, context: Context, changed: list[int]) -> list[int]:
+        """The result of an incremental ``context`` now: only ``changed`` is searched."""
+        if not changed:
+            return list(context.uids)
+        criterion = AllOf((to_criterion(context.criteria, self.view),
+                           UidIn(UidSet.from_uids(changed))))
+        hits = await self.backend.store.messages.search(
+            self.user.id, self.view.mailbox_id, criterion)
+        return merged(context.uids, changed, (u for u in hits.uids if u in self.view))
 
     async def _context_result(self, context: Context) -> list[int]:
         """The UIDs the unmodified searching command of ``context`` would return now."""

@@ -10,20 +10,27 @@ import random
 import re
 import socket
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 
-from imapd.commands import SortKey
+from imapd.commands import Search, SortKey
 from imapd.contextsearch import (
     MAX_CONTEXTS,
     Context,
     Contexts,
     apply_update,
+    by_message_alone,
     diff,
+    merged,
     ordered_set,
 )
+from imapd.grammar import parse_command
+from imapd.lexer import Frame
 from imapd.response import ESearchData, to_bytes
 from imapd.searchkeys import All
+from metadata import search as s
+from metadata.uidset import UidSet
 from ops.bench.dovecot import PrivateDovecot, dovecot_installed
 from tests.imapd_support import Client, Env, environment
 from tests.metadata_support import fresh_database
@@ -102,6 +109,32 @@ def test_apply_update_refuses_a_removal_of_what_is_not_there() -> None:
     that position (so a wrong server position fails the tests above)."""
     with pytest.raises(ValueError):
         apply_update([1, 2, 3], "REMOVEFROM", [(1, [2])])
+
+
+def test_only_searches_by_message_data_alone_are_updated_from_the_changed_messages() -> None:
+    """A SEARCH on flags, headers, dates, sizes or explicit UIDs changes only where messages
+    changed; sequence numbers, ``*``, ``$`` and ``\\Recent`` depend on the session's view,
+    so such a search (and every SORT) runs again whole."""
+    def parsed(criteria: str) -> Context:
+        command = parse_command(Frame.from_line(f"a SEARCH {criteria}".encode()))
+        assert isinstance(command, Search)
+        return Context.of("a", False, command.criteria, None, [])
+
+    for criteria in ("FLAGGED", "NOT KEYWORD $Junk SINCE 1-Jan-2020", "OR FROM x LARGER 9",
+                     "UID 1:5,9", "ALL", "MODSEQ 5"):
+        assert by_message_alone(parsed(criteria).criteria), criteria
+        assert parsed(criteria).incremental
+    for criteria in ("1:5", "UID 5:*", "$", "UID $", "RECENT", "NOT NEW", "OR 3 FLAGGED"):
+        assert not by_message_alone(parsed(criteria).criteria), criteria
+    assert not Context.of("s", False, All(), ((SortKey.DATE, False),), []).incremental
+
+
+def test_merged_replaces_the_changed_messages_only() -> None:
+    """After a change, the changed messages leave the result unless they match now, new
+    ones join, the rest stays; mailbox order."""
+    assert merged([2, 4, 6, 8], changed=[4, 5, 8, 9], matching=[5, 8]) == [2, 5, 6, 8]
+    assert merged([], changed=[1], matching=[1]) == [1]
+    assert merged([3], changed=[], matching=[]) == [3]
 
 
 def _context(tag: str, uids: list[int], *, uid: bool = True, ordered: bool = False) -> Context:
@@ -279,6 +312,41 @@ def test_update_follows_this_sessions_own_changes(dsn: str) -> None:
         # The tag is free again once cancelled.
         assert await c.send("a UID SEARCH RETURN (UPDATE COUNT) FLAGGED") == (
             b'* ESEARCH (TAG "a") UID COUNT 3\r\na OK UID SEARCH completed, will notify\r\n')
+
+    run(dsn, body, _FOUR)
+
+
+def test_a_search_by_message_data_reads_only_the_changed_messages(dsn: str) -> None:
+    """After its first refresh, a kept FLAGGED search is brought up to date by asking
+    PostgreSQL about the changed messages only (the mod-sequence query, then the criteria
+    restricted to their UIDs), a kept search on sequence numbers runs whole, and nothing
+    runs while nothing changed."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        messages = env.store.messages
+        search = messages.search
+        asked: list[s.Criterion] = []
+
+        async def recorded(user_id: int, mailbox_id: int, criterion: s.Criterion) -> Any:
+            asked.append(criterion)
+            return await search(user_id, mailbox_id, criterion)
+
+        messages.search = recorded  # type: ignore[method-assign]
+        await c.send("a UID SEARCH RETURN (UPDATE) FLAGGED")
+        await c.send("b NOOP")  # the first refresh runs every kept search whole
+        asked.clear()
+        assert await c.send("c NOOP") == b"c OK NOOP completed\r\n"
+        assert asked == []
+        assert await c.send("d UID STORE 3:4 +FLAGS.SILENT (\\Flagged)") == (
+            b'* ESEARCH (TAG "a") UID ADDTO (0 3:4)\r\nd OK UID STORE completed\r\n')
+        assert len(asked) == 2 and isinstance(asked[0], s.ModSeqAtLeast), asked
+        assert isinstance(asked[1], s.AllOf), asked
+        assert s.UidIn(UidSet.of([(3, 4)])) in asked[1].criteria, asked
+        await c.send("e SEARCH RETURN (UPDATE) 2:*")
+        await c.send("f NOOP")
+        asked.clear()
+        await c.send("g UID STORE 1 +FLAGS.SILENT (\\Flagged)")
+        assert [type(a) for a in asked] == [s.ModSeqAtLeast, s.AllOf, s.UidIn], asked
 
     run(dsn, body, _FOUR)
 
