@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from imapd.commands import Search, SortKey
+from imapd.commands import CancelUpdate, Noop, Search, Sort, SortKey
 from imapd.contextsearch import (
     MAX_CONTEXTS,
     Context,
@@ -27,14 +27,47 @@ from imapd.contextsearch import (
 )
 from imapd.grammar import parse_command
 from imapd.lexer import Frame
+from imapd.parser import NEED_DATA, Parser
 from imapd.response import ESearchData, to_bytes
-from imapd.searchkeys import All
+from imapd.searchkeys import All, And, Flag, Not
 from metadata import search as s
 from metadata.uidset import UidSet
 from ops.bench.dovecot import PrivateDovecot, dovecot_installed
 from tests.imapd_support import Client, Env, environment
 from tests.metadata_support import fresh_database
 from tests.waiting import eventually
+
+#: RFC 5267's example commands on the wire, and what the parser makes of them.
+_WIRE = (
+    (b"E01 UID SORT RETURN () (REVERSE DATE) UTF-8 UNDELETED UNKEYWORD $Junk\r\n",
+     Sort("E01", ((SortKey.DATE, True),), "UTF-8",
+          And((Not(Flag("\\Deleted")), Not(Flag("$Junk")))), True, ())),
+    (b"A02 UID SEARCH RETURN (PARTIAL 23500:24000) UNDELETED UNKEYWORD $Junk\r\n",
+     Search("A02", And((Not(Flag("\\Deleted")), Not(Flag("$Junk")))), None, True,
+            ("PARTIAL",), (23500, 24000))),
+    (b"B01 UID SEARCH RETURN (UPDATE CONTEXT COUNT) DELETED\r\n",
+     Search("B01", Flag("\\Deleted"), None, True, ("UPDATE", "CONTEXT", "COUNT"))),
+    (b'B04 CANCELUPDATE "B01" {3+}\r\nB02\r\n', CancelUpdate("B04", ("B01", "B02"))),
+)
+
+
+@pytest.mark.parametrize(("wire", "expected"), _WIRE, ids=[w[:24].decode() for w, _ in _WIRE])
+def test_rfc_5267_commands_parse_whole_bytewise_and_pipelined(wire: bytes,
+                                                               expected: object) -> None:
+    """Each example command parses the same fed whole, one byte at a time, and followed by
+    the next pipelined command."""
+    def commands(chunks: Sequence[bytes]) -> list[object]:
+        parser = Parser()
+        found: list[object] = []
+        for chunk in chunks:
+            parser.feed(chunk)
+            while (event := parser.next_event()) is not NEED_DATA:
+                found.append(event)
+        return found
+
+    assert commands([wire]) == [expected]
+    assert commands([wire[i:i + 1] for i in range(len(wire))]) == [expected]
+    assert commands([wire + b"n NOOP\r\n"]) == [expected, Noop("n")]
 
 
 def test_ordered_set_keeps_the_order_and_only_ascending_runs() -> None:
