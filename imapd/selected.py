@@ -586,8 +586,7 @@ class SelectedMailbox:
         except BaseException:
             if saving:
                 # A failed SEARCH ... SAVE leaves $ empty (RFC 5182 2.1).
-                self.view.saved = []
-                self._contexts_seen = None
+                self.save([])
             raise
         view = self.view
         # Messages this session has not been told about yet are left out.
@@ -600,12 +599,17 @@ class SelectedMailbox:
         response = _esearch(cmd.tag, cmd.uid, options, cmd.partial, found, number,
                             with_modseq, ordered=False)
         if saving:
-            view.saved = _saved(options, cmd.partial, found)
-            self._contexts_seen = None  # a kept search may use $
+            self.save(_saved(options, cmd.partial, found))
         note = self._keep(cmd.tag, cmd.uid, cmd.criteria, None, found, options, conn)
         if response is not None:
             conn.send([response])
         return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed{note}")
+
+    def save(self, uids: list[int]) -> None:
+        """Make ``uids`` the saved result ``$`` (RFC 5182); a kept search using ``$`` runs
+        again at the next refresh."""
+        self.view.saved = uids
+        self._contexts_seen = None
 
     def _numberer(self, uid: bool) -> Callable[[int], int]:
         if uid:

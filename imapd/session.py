@@ -223,7 +223,7 @@ class Session:
         :param clears_saved: it was a failed ``SEARCH RETURN (SAVE)``, which empties ``$``.
         """
         if clears_saved and self.selected is not None:
-            self.selected.view.saved = []
+            self.selected.save([])
         self._bad_in_a_row += 1
         return self._bad_in_a_row >= MAX_BAD_COMMANDS
 

@@ -384,6 +384,23 @@ def test_a_search_by_message_data_reads_only_the_changed_messages(dsn: str) -> N
     run(dsn, body, _FOUR)
 
 
+def test_a_kept_search_on_dollar_follows_the_saved_result(dsn: str) -> None:
+    """A kept ``UID $`` search changes when ``$`` does: emptied by a SAVE search the parser
+    refused (reported at the next command), set again by a successful SAVE."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        await c.send("a SEARCH RETURN (SAVE) 1:2")
+        assert await c.send("b UID SEARCH RETURN (UPDATE ALL) UID $") == (
+            b'* ESEARCH (TAG "b") UID ALL 1:2\r\nb OK UID SEARCH completed, will notify\r\n')
+        assert (await c.send("c SEARCH RETURN (SAVE) BOGUS")).startswith(b"c BAD ")
+        assert await c.send("d NOOP") == (
+            b'* ESEARCH (TAG "b") UID REMOVEFROM (0 1:2)\r\nd OK NOOP completed\r\n')
+        assert await c.send("e SEARCH RETURN (SAVE) 3:4") == (
+            b'* ESEARCH (TAG "b") UID ADDTO (0 3:4)\r\ne OK SEARCH completed\r\n')
+
+    run(dsn, body, _FOUR)
+
+
 def test_sequence_number_contexts_sort_positions_and_noupdate(dsn: str) -> None:
     """A SEARCH context without UID speaks sequence numbers valid when sent; a SORT context
     names exact positions (REMOVEFROM before EXPUNGE, ADDTO after EXISTS); a search whose
