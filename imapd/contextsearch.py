@@ -20,8 +20,9 @@ Two moments change a result:
    difference with REMOVEFROM then ADDTO (:func:`diff`).  A SEARCH whose criteria judge a
    message by its own data alone (:func:`by_message_alone`: no sequence numbers, ``*``,
    ``$`` or ``\\Recent``) can only change for messages whose mod-sequence moved, so only
-   those are searched again (:func:`merged`); any other search runs again whole, as the
-   unmodified command would run now.
+   those are searched again (:func:`merged`); such a SORT, whose keys never change after
+   delivery, runs again whole only when one of them entered or left the result; any other
+   search runs again whole, as the unmodified command would run now.
 
 For SEARCH every update uses context position 0 and a set in mailbox order (RFC 5267 4.3.3
 allows that and recommends mailbox order).  For SORT the positions are exact: removals walk
@@ -204,8 +205,8 @@ class Context:
 
     :ivar keys: the SORT keys; None for a SEARCH (results in mailbox order).
     :ivar uids: the result as the client holds it (UIDs are 32-bit: a compact array).
-    :ivar incremental: a SEARCH by message data alone (:func:`by_message_alone`), which
-        only the changed messages can change.
+    :ivar by_data: the criteria judge messages by their own data alone
+        (:func:`by_message_alone`), so only the changed messages can change the result.
     """
 
     tag: str
@@ -213,13 +214,12 @@ class Context:
     criteria: SearchKey
     keys: tuple[tuple[SortKey, bool], ...] | None
     uids: array[int]
-    incremental: bool = False
+    by_data: bool = False
 
     @classmethod
     def of(cls, tag: str, uid: bool, criteria: SearchKey,
            keys: tuple[tuple[SortKey, bool], ...] | None, uids: Iterable[int]) -> Context:
-        return cls(tag, uid, criteria, keys, array("I", uids),
-                   keys is None and by_message_alone(criteria))
+        return cls(tag, uid, criteria, keys, array("I", uids), by_message_alone(criteria))
 
     @property
     def ordered(self) -> bool:

@@ -307,10 +307,13 @@ class SelectedMailbox:
         changed: list[int] | None = None
         for context in self.contexts:
             try:
-                if context.incremental and since is not None:
+                if context.by_data and since is not None:
                     if changed is None:
                         changed = await self._changed_since(since)
-                    new = await self._context_merged(context, changed)
+                    if context.keys is None:
+                        new = await self._context_merged(context, changed)
+                    else:
+                        new = await self._sorted_if_moved(context, changed)
                 else:
                     new = await self._context_result(context)
             except kinds.Unavailable as exc:
@@ -338,15 +341,31 @@ class SelectedMailbox:
             self.user.id, self.view.mailbox_id, ModSeqAtLeast(modseq + 1))
         return [u for u in hits.uids if u in self.view]
 
-    async def _context_merged(self, context: Context, changed: list[int]) -> list[int]:
-        """The result of an incremental ``context`` now: only ``changed`` is searched."""
-        if not changed:
-            return list(context.uids)
+    async def _matching(self, context: Context, changed: list[int]) -> set[int]:
+        """Which of the ``changed`` messages match the criteria of ``context`` now."""
         criterion = AllOf((to_criterion(context.criteria, self.view),
                            UidIn(UidSet.from_uids(changed))))
         hits = await self.backend.store.messages.search(
             self.user.id, self.view.mailbox_id, criterion)
-        return merged(context.uids, changed, (u for u in hits.uids if u in self.view))
+        return {u for u in hits.uids if u in self.view}
+
+    async def _context_merged(self, context: Context, changed: list[int]) -> list[int]:
+        """The result of a SEARCH ``context`` by message data now: only ``changed`` is
+        searched."""
+        if not changed:
+            return list(context.uids)
+        return merged(context.uids, changed, await self._matching(context, changed))
+
+    async def _sorted_if_moved(self, context: Context, changed: list[int]) -> list[int]:
+        """The result of a SORT ``context`` by message data now: sort keys never change
+        after delivery, so the order moves only when a changed message entered or left
+        the result; only then does the SORT run again whole."""
+        if not changed:
+            return list(context.uids)
+        held = set(changed).intersection(context.uids)
+        if await self._matching(context, changed) == held:
+            return list(context.uids)
+        return await self._context_result(context)
 
     async def _context_result(self, context: Context) -> list[int]:
         """The UIDs the unmodified searching command of ``context`` would return now."""

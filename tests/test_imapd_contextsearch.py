@@ -147,7 +147,7 @@ def test_apply_update_refuses_a_removal_of_what_is_not_there() -> None:
 def test_only_searches_by_message_data_alone_are_updated_from_the_changed_messages() -> None:
     """A SEARCH on flags, headers, dates, sizes or explicit UIDs changes only where messages
     changed; sequence numbers, ``*``, ``$`` and ``\\Recent`` depend on the session's view,
-    so such a search (and every SORT) runs again whole."""
+    so such a search runs again whole."""
     def parsed(criteria: str) -> Context:
         command = parse_command(Frame.from_line(f"a SEARCH {criteria}".encode()))
         assert isinstance(command, Search)
@@ -156,10 +156,10 @@ def test_only_searches_by_message_data_alone_are_updated_from_the_changed_messag
     for criteria in ("FLAGGED", "NOT KEYWORD $Junk SINCE 1-Jan-2020", "OR FROM x LARGER 9",
                      "UID 1:5,9", "ALL", "MODSEQ 5"):
         assert by_message_alone(parsed(criteria).criteria), criteria
-        assert parsed(criteria).incremental
+        assert parsed(criteria).by_data
     for criteria in ("1:5", "UID 5:*", "$", "UID $", "RECENT", "NOT NEW", "OR 3 FLAGGED"):
         assert not by_message_alone(parsed(criteria).criteria), criteria
-    assert not Context.of("s", False, All(), ((SortKey.DATE, False),), []).incremental
+    assert Context.of("s", False, All(), ((SortKey.DATE, False),), []).by_data
 
 
 def test_merged_replaces_the_changed_messages_only() -> None:
@@ -380,6 +380,49 @@ def test_a_search_by_message_data_reads_only_the_changed_messages(dsn: str) -> N
         asked.clear()
         await c.send("g UID STORE 1 +FLAGS.SILENT (\\Flagged)")
         assert [type(a) for a in asked] == [s.ModSeqAtLeast, s.AllOf, s.UidIn], asked
+
+    run(dsn, body, _FOUR)
+
+
+def test_a_kept_sort_runs_again_only_when_its_members_change(dsn: str) -> None:
+    """A kept SORT on message data runs again whole only when a changed message entered or
+    left its result (sort keys never change): a \\Seen change costs the two small
+    queries, a \\Deleted one (leaving UNDELETED) the whole SORT, answered REMOVEFROM at
+    its position, and a delivery ADDTO at its place after EXISTS."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        messages = env.store.messages
+        search, sort_entries = messages.search, messages.sort_entries
+        searches: list[s.Criterion] = []
+        sorts: list[s.Criterion] = []
+
+        async def recorded_search(user_id: int, mailbox_id: int,
+                                  criterion: s.Criterion) -> Any:
+            searches.append(criterion)
+            return await search(user_id, mailbox_id, criterion)
+
+        async def recorded_sort(user_id: int, mailbox_id: int, criterion: s.Criterion) -> Any:
+            sorts.append(criterion)
+            return await sort_entries(user_id, mailbox_id, criterion)
+
+        messages.search = recorded_search  # type: ignore[method-assign]
+        messages.sort_entries = recorded_sort  # type: ignore[method-assign]
+        assert await c.send("o SORT RETURN (UPDATE ALL) (SIZE) UTF-8 UNDELETED") == (
+            b'* ESEARCH (TAG "o") ALL 2,4,1,3\r\no OK SORT completed, will notify\r\n')
+        await c.send("n NOOP")
+        searches.clear()
+        sorts.clear()
+        assert await c.send("a STORE 1 +FLAGS.SILENT (\\Seen)") == b"a OK STORE completed\r\n"
+        assert sorts == [] and [type(x) for x in searches] == [s.ModSeqAtLeast, s.AllOf]
+        assert await c.send("b STORE 4 +FLAGS.SILENT (\\Deleted)") == (
+            b'* ESEARCH (TAG "o") REMOVEFROM (2 4)\r\nb OK STORE completed\r\n')
+        assert len(sorts) == 1
+        heard = await env.hear(name)
+        await env.deliver(name, _sized(5, 10))
+        await heard.of("append")
+        reply = await c.send("d NOOP")
+        assert reply.startswith(b"* 5 EXISTS\r\n")
+        assert reply.endswith(b'* ESEARCH (TAG "o") ADDTO (1 5)\r\nd OK NOOP completed\r\n')
 
     run(dsn, body, _FOUR)
 
