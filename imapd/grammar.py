@@ -17,6 +17,7 @@ from imapd import commands as c
 from imapd.errors import ImapdError
 from imapd.fetchatts import parse_fetch_atts
 from imapd.lexer import Frame, Lexer, ParseError
+from imapd.notify import parse_notify
 from imapd.searchkeys import SearchKey, UnknownCharset, parse_search_keys
 from imapd.sequence import SequenceSet
 from runtime import errors as kinds
@@ -662,6 +663,7 @@ _COMMANDS: dict[str, _Parse] = {
     "STORE": _store,
     "COPY": _copy_like(c.Copy),
     "MOVE": _copy_like(c.Move),
+    "NOTIFY": parse_notify,
 }
 UID_COMMAND_NAMES = frozenset({"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT",
                                "THREAD"})
@@ -671,13 +673,15 @@ COMMAND_NAMES = frozenset(_COMMANDS)
 """Every command word the grammar knows."""
 
 
-def parse_command(frame: Frame, max_search_depth: int = 64) -> c.Command:
+def parse_command(frame: Frame, max_search_depth: int = 64, *,
+                  utf8_names: bool = False) -> c.Command:
     """Parse one complete command.
 
     :param max_search_depth: deepest nesting accepted in SEARCH criteria.
+    :param utf8_names: mailbox names are UTF-8, not modified UTF-7 (IMAP4rev2).
     :raises CommandError: with the tag (when readable) and a reason for the client.
     """
-    lexer = Lexer(frame)
+    lexer = Lexer(frame, utf8_names=utf8_names)
     try:
         tag = lexer.tag()
     except ParseError:

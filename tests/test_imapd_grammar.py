@@ -10,6 +10,7 @@ from imapd import commands as c
 from imapd.fetchatts import BodySection, FetchItem, Section, SectionText
 from imapd.grammar import COMMAND_NAMES, UID_COMMAND_NAMES, CommandError, parse_command
 from imapd.lexer import Frame
+from imapd.notify import EventGroup, Notify
 from imapd.searchkeys import All, And, Flag, Header, ModSeq, Not, Text, Uid
 from imapd.sequence import SequenceSet
 
@@ -309,6 +310,8 @@ CASES: list[tuple[bytes, tuple[bytes, ...], c.Command]] = [
     (b"a COPY 2:4 MEETING", (), c.Copy("a", seq("2:4"), "MEETING")),
     (b'a UID COPY 5 "Trash"', (), c.Copy("a", seq("5"), "Trash", True)),
     (b"a MOVE 1:3 Archive", (), c.Move("a", seq("1:3"), "Archive")),
+    (b"a NOTIFY SET (personal (MailboxName))", (),
+     Notify("a", (EventGroup("PERSONAL", (), ("MailboxName",)),))),
     (b'a UID MOVE 42 "[Gmail]/Trash"', (), c.Move("a", seq("42"), "[Gmail]/Trash", True)),
 ]
 
@@ -429,3 +432,21 @@ def test_every_command_word_is_covered():
             seen.add(name)
     assert seen >= COMMAND_NAMES
     assert {"UID " + name for name in UID_COMMAND_NAMES} <= seen
+
+
+def test_mailbox_names_are_utf8_once_rev2_is_enabled():
+    """With ``utf8_names`` a name is read as UTF-8 (``&`` is a plain character); without,
+    as modified UTF-7; invalid UTF-8 is marked undecodable, as invalid modified UTF-7 is."""
+    from imapd.mutf7 import Undecodable
+
+    line = 'a SELECT "Tom & Jerry/Entwürfe"'.encode()
+    assert parse_command(Frame.from_line(line), utf8_names=True) == c.Select(
+        "a", "Tom & Jerry/Entwürfe")
+    old = parse_command(Frame.from_line(b'a SELECT "Entw&APw-rfe"'))
+    assert old == c.Select("a", "Entwürfe")
+    raw = parse_command(Frame.from_line(b'a SELECT "Entw&APw-rfe"'), utf8_names=True)
+    assert raw == c.Select("a", "Entw&APw-rfe")
+    bad = parse_command(Frame.from_line(b'a LIST "" "\xff*"'), utf8_names=True)
+    assert isinstance(bad, c.List) and isinstance(bad.patterns[0], Undecodable)
+    inbox = parse_command(Frame.from_line(b"a STATUS inbox (MESSAGES)"), utf8_names=True)
+    assert inbox == c.Status("a", "INBOX", ("MESSAGES",))
