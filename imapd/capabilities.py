@@ -37,6 +37,9 @@ _AUTHENTICATED = (
     "SEARCHRES",
     "SORT",
     "SORT=DISPLAY",
+    "ESORT",
+    "CONTEXT=SEARCH",
+    "CONTEXT=SORT",
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
     "COMPRESS=DEFLATE",  # RFC 4978: authenticated state only (its ABNF: command-auth)
