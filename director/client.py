@@ -90,6 +90,7 @@ from director.errors import (
 )
 from director.gcwatch import GcWatch
 from director.index import LocationIndex
+from director.itemreads import ItemReads
 from director.itemstate import (
     CasClock,
     Copy,
@@ -280,6 +281,8 @@ class BlobClient:
         self.items = index.item_space()
         self._item_lookups: Coalescer[None] = Coalescer(
             lambda reqs: self.items.lookup(list(reqs)), lambda a, _b: a)
+        #: Plain-item reads of a loop turn, served together (director/itemreads.py).
+        self.item_reads = ItemReads(self)
         self._item_adds: Coalescer[frozenset[int]] = Coalescer(self.items.add_many,
                                                                frozenset.union)
         self.gc_watch = GcWatch(index, clock=clock)
@@ -325,6 +328,7 @@ class BlobClient:
                    access=access)
 
     async def aclose(self) -> None:
+        await self.item_reads.close()
         for node in self._nodes.values():
             await node.close()
         self._nodes.clear()
@@ -362,6 +366,16 @@ class BlobClient:
                                 access=self.access)
             self._nodes[node.address] = client
         return client
+
+    @property
+    def item_lookups(self) -> Coalescer[None]:
+        """Coalesced index lookups of plain items (:mod:`director.itemreads` uses them)."""
+        return self._item_lookups
+
+    def node_failed(self, node: Node, exc: BaseException) -> None:
+        """Count a failed request to ``node``; one that could not answer is suspect for
+        :data:`SUSPECT_FOR` seconds (read last, written after the others)."""
+        self._node_failed(node, exc)
 
     def _node_failed(self, node: Node, exc: BaseException) -> None:
         self.stats.by_node_errors[node.id] = self.stats.by_node_errors.get(node.id, 0) + 1
@@ -587,17 +601,26 @@ class BlobClient:
         if not numbers:
             raise BlobNotFound(f"blob {bid} is not in the index")
         snap = await self.snapshot()
-        nodes = [n for n in snap.resolve(numbers) if n.state is not NodeState.REMOVED]
-        if len(nodes) < len(numbers):
+        nodes, whole = self.order_replicas(snap, numbers, primary=primary)
+        if not whole:
             # A node added since the snapshot: read the registry again once.
             snap = await self.snapshot(force=True)
-            nodes = [n for n in snap.resolve(numbers) if n.state is not NodeState.REMOVED]
+            nodes, _whole = self.order_replicas(snap, numbers, primary=primary)
+        return nodes
 
+    def order_replicas(self, snap: RegistrySnapshot, numbers: Sequence[int], *,
+                       primary: bool = False) -> tuple[list[Node], bool]:
+        """The replicas of ``numbers`` in ``snap`` in the order reads try them (see
+        :meth:`_ordered`), and whether ``snap`` knew every number (False: a node added
+        since; the caller reads the registry again)."""
+        nodes = [n for n in snap.resolve(numbers) if n.state is not NodeState.REMOVED]
+        whole = len(nodes) >= len(numbers)
         if primary:
             # Live ones by node number: every directord picks the same first replica.
-            return sorted(nodes, key=lambda n: (not n.readable, self._suspect(n), n.number))
+            return sorted(nodes, key=lambda n: (not n.readable, self._suspect(n),
+                                                n.number)), whole
         return read_order(nodes, self._rng,
-                          suspect=[n.id for n in nodes if self._suspect(n)])
+                          suspect=[n.id for n in nodes if self._suspect(n)]), whole
 
     async def _read(self, bid: str, numbers: Sequence[int]) -> bytes:
         replicas = await self._ordered(bid, numbers)
@@ -783,6 +806,12 @@ class BlobClient:
         :raises BlobCorrupt: a blob id key whose every replica had bad bytes.
         """
         unique = list(dict.fromkeys(keys))
+        if not any(is_blob_id(k) for k in unique):
+            # Plain items: read with the other reads of this turn (director/itemreads.py).
+            items = await self.item_reads.read(unique)
+            if cas:
+                return items
+            return {k: Value(k, v.flags, v.value) for k, v in items.items()}
         ids = {key: item_index_id(key) for key in unique}
         blobs = [ids[k] for k in unique if is_blob_id(k)]
         plain = [ids[k] for k in unique if not is_blob_id(k)]
@@ -1097,8 +1126,11 @@ class BlobClient:
         await self.items.set_flush_cutoff(cutoff)
         self._flush_cutoff = cutoff
 
-    def _hidden(self, cas: int | None) -> bool:
+    def hidden(self, cas: int | None) -> bool:
+        """True when a ``flush_all`` cut off the item write that carried ``cas``."""
         return is_flushed(cas, self._flush_cutoff, self._wall())
+
+    _hidden = hidden
 
     async def _flushed_away(self, key: bytes, index_id: str, numbers: Sequence[int],
                             nodes: Sequence[Node] | None = None) -> bool:

@@ -48,6 +48,7 @@ raw socket there and send plaintext).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import fcntl
@@ -503,8 +504,9 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
             self._maybe_close()
 
     def _answer_failed(self, reason: failure.Failure, slot: _Slot) -> None:
-        if self._gone and reason.check(defer.CancelledError):
-            # connectionLost cancelled it: nobody is waiting for the reply.
+        if self._gone and reason.check(defer.CancelledError, asyncio.CancelledError):
+            # connectionLost cancelled it: nobody is waiting for the reply.  (A Deferred
+            # made from an asyncio future fails with asyncio's CancelledError.)
             self._answer_done(None, slot)
             return
         exc = reason.value if reason.value is not None else Exception("unknown failure")

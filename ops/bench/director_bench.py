@@ -24,7 +24,13 @@ What is measured, each with ``--conns`` requests in flight (50):
 Usage::
 
     python -m ops.bench.director_bench [--seconds 4] [--reps 3] [--sizes 4096,262144]
-        [--conns 50] [--json results.json]
+        [--depths 1] [--conns 50] [--targets objstored,directord,library]
+        [--json results.json]
+
+``--depths 1,16`` runs mcload with that many requests in flight per connection
+(pipelining) against direct objstored and directord.  For each (size, op, depth) the reps
+alternate between the two targets, so both see the same machine; the CPU the target's
+process used per operation is reported too (µs of user+system time per op).
 
 The machine has two cores shared by every process above and the load generator.
 """
@@ -36,6 +42,7 @@ import asyncio
 import json
 import os
 import random
+import statistics
 import struct
 import sys
 import tempfile
@@ -61,6 +68,13 @@ class Result:
     ops_per_sec: float
     p99_us: float
     errors: int = 0
+    depth: int = 1
+    #: CPU seconds per wall second the target's server process used during the run.
+    server_cpu: float = 0.0
+
+    @property
+    def cpu_us_per_op(self) -> float:
+        return self.server_cpu * 1e6 / self.ops_per_sec if self.ops_per_sec else 0.0
 
 
 def bench_config(rng: random.Random) -> Config:
@@ -129,11 +143,42 @@ async def library_run(config: Config, auth: RedisAuth, op: str, size: int, conns
     return Result("library", op, size, len(latencies) / seconds, p99, errors)
 
 
+def pid_of(cluster: DevCluster, name: str) -> int:
+    """The pid of one of the cluster's processes (for its CPU time)."""
+    return int(cluster.launcher.pidfile(name).read_text().split()[0])
+
+
 def median(results: list[Result]) -> Result:
-    return median_run(results, errors=sum(r.errors for r in results))
+    return median_run(results, errors=sum(r.errors for r in results),
+                      server_cpu=statistics.median(r.server_cpu for r in results))
 
 
-def table(results: dict[tuple[str, str, int], Result], sizes: list[int]) -> str:
+def depth_table(results: dict[tuple[str, str, int, int], Result], sizes: list[int],
+                depths: list[int]) -> str:
+    """direct objstored against directord for every size and pipeline depth."""
+    def cell(r: Result | None) -> str:
+        if r is None:
+            return "-"
+        errs = f", {r.errors} errors" if r.errors else ""
+        return (f"{r.ops_per_sec:,.0f} ({r.p99_us / 1000:,.1f} ms, "
+                f"{r.cpu_us_per_op:,.0f} µs cpu/op{errs})")
+
+    rows: list[list[str]] = []
+    for op in ("get", "set"):
+        for size in sizes:
+            for depth in depths:
+                o = results.get(("objstored", op, size, depth))
+                d = results.get(("directord", op, size, depth))
+                if o is None and d is None:
+                    continue
+                ratio = f"{d.ops_per_sec / o.ops_per_sec:.2f}x" if o and d else "-"
+                rows.append([op.upper(), human(size), str(depth) if depth > 1 else "no",
+                             cell(o), cell(d), ratio])
+    return markdown_table(["op", "blob", "pipeline", "direct objstored, 1 copy",
+                           "directord, 2 replicas + index", "directord / direct"], rows)
+
+
+def table(results: dict[tuple[str, str, int, int], Result], sizes: list[int]) -> str:
     def cell(r: Result | None) -> str:
         if r is None:
             return "-"
@@ -143,15 +188,15 @@ def table(results: dict[tuple[str, str, int], Result], sizes: list[int]) -> str:
     rows: list[list[str]] = []
     for op, lib_op in (("get", "get"), ("set", "put")):
         for size in sizes:
-            o = results.get(("objstored", op, size))
-            d = results.get(("directord", op, size))
-            b = results.get(("library", lib_op, size))
+            o = results.get(("objstored", op, size, 1))
+            d = results.get(("directord", op, size, 1))
+            b = results.get(("library", lib_op, size, 1))
             rd = f"{d.ops_per_sec / o.ops_per_sec:.2f}x" if o and d else "-"
             rb = f"{b.ops_per_sec / o.ops_per_sec:.2f}x" if o and b else "-"
             name = "GET" if op == "get" else "PUT (set)"
             rows.append([name, human(size), cell(o), cell(d), cell(b), rd, rb])
     for size in sizes:
-        r = results.get(("library", "dedup", size))
+        r = results.get(("library", "dedup", size, 1))
         rows.append(["PUT, dedup hit", human(size), "-", "-", cell(r), "-", "-"])
     return markdown_table(["op", "blob", "direct objstored, 1 copy",
                            "directord, 2 replicas + index", "library, 2 replicas + index",
@@ -164,19 +209,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--sizes", default="4096,262144")
+    ap.add_argument("--depths", default="1", help="mcload requests in flight per connection")
+    ap.add_argument("--ops", default="get,set", help="mcload operations (get, set)")
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
+    depths = [int(d) for d in args.depths.split(",")]
     targets = args.targets.split(",")
     rng = random.Random()
     config = bench_config(rng)
-    results: dict[tuple[str, str, int], Result] = {}
+    results: dict[tuple[str, str, int, int], Result] = {}
 
     def record(res: Result) -> None:
-        results[(res.target, res.op, res.size)] = res
-        print(f"{res.target} {res.op} {human(res.size)}: {res.ops_per_sec:,.0f} ops/s, "
-              f"p99 {res.p99_us / 1000:,.1f} ms, {res.errors} errors", file=sys.stderr)
+        results[(res.target, res.op, res.size, res.depth)] = res
+        print(f"{res.target} {res.op} {human(res.size)} depth {res.depth}: "
+              f"{res.ops_per_sec:,.0f} ops/s, p99 {res.p99_us / 1000:,.1f} ms, "
+              f"{res.cpu_us_per_op:,.0f} µs cpu/op, {res.errors} errors", file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="director-bench-") as tmp:
         work = Path(tmp)
@@ -190,18 +239,27 @@ def main(argv: list[str] | None = None) -> int:
             # The dev cluster's blob plane wants a login; mcload logs every connection in.
             access = cluster.node_access
             login = ["-a", f"{access.user}:{access.password}"] if access.user else []
+            pids = {"objstored": pid_of(cluster, "objstored-1"),
+                    "directord": pid_of(cluster, "directord")}
+            mc_targets = [(t, port) for t, port in (("objstored", direct_port),
+                                                     ("directord", proxy_port))
+                          if t in targets]
             for size in sizes:
-                for target, port in (("objstored", direct_port), ("directord", proxy_port)):
-                    if target not in targets:
-                        continue
+                for _target, port in mc_targets:
                     warm(mcload, port, size, login)
-                    for op in ("get", "set"):
-                        runs = []
+                for op in args.ops.split(","):
+                    for depth in depths:
+                        runs: dict[str, list[Result]] = {t: [] for t, _p in mc_targets}
+                        # Alternate the targets rep by rep: both see the same machine.
                         for _ in range(args.reps):
-                            r = run_mcload(mcload, port, op, size, 1, args.conns,
-                                           args.seconds, [], login)
-                            runs.append(Result(target, op, size, r.ops_per_sec, r.p99_us))
-                        record(median(runs))
+                            for target, port in mc_targets:
+                                r = run_mcload(mcload, port, op, size, depth, args.conns,
+                                               args.seconds, [pids[target]], login)
+                                runs[target].append(Result(target, op, size, r.ops_per_sec,
+                                                           r.p99_us, depth=depth,
+                                                           server_cpu=r.server_cpu))
+                        for target_runs in runs.values():
+                            record(median(target_runs))
                 if "library" in targets:
                     base = os.urandom(size)
                     counter = [0]
@@ -216,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             cluster.down()
     print(table(results, sizes))
+    print()
+    print(depth_table(results, sizes, depths))
     print(f"\nkeys per mcload run: {', '.join(f'{human(s)}: {keys_for(s)}' for s in sizes)}")
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results.values()], indent=1))
