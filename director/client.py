@@ -116,7 +116,7 @@ from director.memcache_client import (
     NodeUnavailable,
 )
 from director.nodes import Node, NodeState
-from director.placement import Placer, read_order
+from director.placement import Placer, ReadOrder, read_order
 from director.policy import PlacementPolicy
 from director.redisconn import RetryPolicy
 from director.redisstate import RedisState
@@ -621,6 +621,19 @@ class BlobClient:
                                                 n.number)), whole
         return read_order(nodes, self._rng,
                           suspect=[n.id for n in nodes if self._suspect(n)]), whole
+
+    def read_plan(self, snap: RegistrySnapshot, numbers: Sequence[int]
+                  ) -> tuple[ReadOrder, bool]:
+        """:meth:`order_replicas` for reads, before the random draw: a batch of reads of
+        items on the same nodes computes it once (``plan.draw(self.rng)`` per read)."""
+        nodes = [n for n in snap.resolve(numbers) if n.state is not NodeState.REMOVED]
+        return (ReadOrder(nodes, [n.id for n in nodes if self._suspect(n)]),
+                len(nodes) >= len(numbers))
+
+    @property
+    def rng(self) -> random.Random:
+        """What picks the replica a read tries first."""
+        return self._rng
 
     async def _read(self, bid: str, numbers: Sequence[int]) -> bytes:
         replicas = await self._ordered(bid, numbers)

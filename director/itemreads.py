@@ -36,14 +36,17 @@ Blob-id keys never come here: their reads are verified whole against the id
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Final
 
 from director.errors import BlobUnavailable
 from director.keys import item_index_id
 from director.memcache_client import NodeError, NodeRefused
 from director.nodes import Node
+from director.placement import ReadOrder
 from objstore.replies import Value
 
 if TYPE_CHECKING:
@@ -84,6 +87,15 @@ class _Key:
         self.settled = False
 
 
+def _tell(read: _Read, result: dict[bytes, Value] | BaseException) -> None:
+    """Call a read's callback; a callback that raises (a bug) must not keep the other
+    reads of its batch from their answers."""
+    try:
+        read.done(result)
+    except Exception:
+        log.exception("a read's callback failed")
+
+
 class ItemReads:
     """Batches plain-item reads for one :class:`~director.client.BlobClient`."""
 
@@ -93,6 +105,10 @@ class ItemReads:
         #: Batches being served (held so their tasks are not collected mid-flight).
         self._running: set[asyncio.Task[None]] = set()
         self.batches = 0
+        #: Wraps the delivery of a batch's results: directord's protocol adapter holds
+        #: the replies they complete and writes each connection's together
+        #: (:meth:`objstore.server.ObjstoreFactory.replies_together`).
+        self.delivery: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
 
     def submit(self, keys: Sequence[bytes], done: ReadDone) -> None:
         """Read the plain ``keys``; ``done`` is called once, with the items found (misses
@@ -139,13 +155,19 @@ class ItemReads:
             await self._locate(keys)
             await self._rounds(keys)
         except Exception as exc:  # the batch failed as a whole (index unreachable...)
-            for read in batch:
-                read.done(exc)
+            with self.delivery():
+                for read in batch:
+                    _tell(read, exc)
             return
         except BaseException as exc:  # cancelled: the loop is closing
             for read in batch:
-                read.done(exc)
+                _tell(read, exc)
             raise
+        with self.delivery():
+            self._deliver(batch, keys)
+
+    @staticmethod
+    def _deliver(batch: list[_Read], keys: dict[bytes, _Key]) -> None:
         for read in batch:
             found: dict[bytes, Value] = {}
             error: BaseException | None = None
@@ -158,7 +180,7 @@ class ItemReads:
                         f"item {key.decode('ascii', 'backslashreplace')}: no replica could "
                         f"serve it ({'; '.join(k.failed)})")
                     break
-            read.done(found if error is None else error)
+            _tell(read, found if error is None else error)
 
     async def _locate(self, keys: dict[bytes, _Key]) -> None:
         """Each key's replicas, in the order a single read would try them."""
@@ -171,11 +193,18 @@ class ItemReads:
             if again:
                 snap = await client.snapshot(force=True)
             complete = True
+            plans: dict[tuple[int, ...], ReadOrder] = {}
+            rng = client.rng
             for k in keys.values():
                 numbers = locations.get(k.index_id, ())
-                if numbers:
-                    k.replicas, whole = client.order_replicas(snap, numbers)
+                if not numbers:
+                    continue
+                plan = plans.get(numbers)
+                if plan is None:
+                    plan, whole = client.read_plan(snap, numbers)
+                    plans[numbers] = plan
                     complete = complete and whole
+                k.replicas = plan.draw(rng)
             if complete:
                 return
             # A node added since the snapshot: read the registry again, once.
