@@ -285,6 +285,10 @@ class BlobClient:
         self.item_reads = ItemReads(self)
         self._item_adds: Coalescer[frozenset[int]] = Coalescer(self.items.add_many,
                                                                frozenset.union)
+        # Plain items written whole: the entry becomes their new copies; the answer is
+        # what it was (two sets of one key in one batch are both recorded: union).
+        self._item_sets: Coalescer[frozenset[int]] = Coalescer(self.items.replace_many,
+                                                               frozenset.union)
         self.gc_watch = GcWatch(index, clock=clock)
         #: Cas uniques of item writes (every copy of an item carries the same one).
         self.cas_clock = CasClock(wall_clock)
@@ -764,7 +768,11 @@ class BlobClient:
             return reply is not None and reply.code == b"HD"
         index_id = item_index_id(key)
         lookups, adds, index = self._item_space(key)
-        known = await lookups.one(index_id, None)
+        blob = is_blob_id(key)
+        # A blob id's entry only grows by merges (gc owns it): look it up first.  A plain
+        # item's entry is replaced by its new copies, and the old one comes back with
+        # the answer: one Redis round trip instead of two.
+        known = await lookups.one(index_id, None) if blob else ()
         state = ItemState(value, flags, exptime, self.cas_clock.next())
         line = state.ms_line(key)
 
@@ -776,11 +784,17 @@ class BlobClient:
         what = _item_name(key)
         done = await self._place_and_write(what, index_id, write)
         numbers = [n.number for n in done]
-        await adds.one(index_id, frozenset(numbers))
+        if blob:
+            await adds.one(index_id, frozenset(numbers))
+        else:
+            known = await self._item_sets.one(index_id, frozenset(numbers))
         self.stats.item_puts += 1
         stale = [n for n in known if n not in numbers]
-        if stale:
+        if stale and blob:
             await self._drop_copies(key, index, index_id, stale)
+        elif stale:
+            # No longer indexed, so never read; deleted so no older value lingers there.
+            await self._delete_copies(key, stale)
         if is_blob_id(key) and len(done) < self.policy.replicas:
             await self._queue_repair([index_id])
         return True
@@ -792,6 +806,15 @@ class BlobClient:
         if is_blob_id(key):
             return self._lookups, self._adds, self.index
         return self._item_lookups, self._item_adds, self.items
+
+    async def _delete_copies(self, key: bytes, numbers: Sequence[int]) -> None:
+        """Best-effort delete of ``key``'s copies on ``numbers`` (no longer indexed)."""
+        for node in (await self.snapshot()).resolve(numbers):
+            try:
+                await _delete(self.node_client(node), key)
+            except (NodeError, OSError) as exc:
+                # Never read (not in the index); inventory cleans it up.
+                self._node_failed(node, exc)
 
     async def _drop_copies(self, key: bytes, index: LocationIndex, index_id: str,
                            numbers: Sequence[int]) -> None:
