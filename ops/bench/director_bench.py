@@ -249,16 +249,16 @@ def main(argv: list[str] | None = None) -> int:
                     warm(mcload, port, size, login)
                 for op in args.ops.split(","):
                     for depth in depths:
-                        runs: dict[str, list[Result]] = {t: [] for t, _p in mc_targets}
+                        by_target: dict[str, list[Result]] = {t: [] for t, _p in mc_targets}
                         # Alternate the targets rep by rep: both see the same machine.
                         for _ in range(args.reps):
                             for target, port in mc_targets:
                                 r = run_mcload(mcload, port, op, size, depth, args.conns,
                                                args.seconds, [pids[target]], login)
-                                runs[target].append(Result(target, op, size, r.ops_per_sec,
+                                by_target[target].append(Result(target, op, size, r.ops_per_sec,
                                                            r.p99_us, depth=depth,
                                                            server_cpu=r.server_cpu))
-                        for target_runs in runs.values():
+                        for target_runs in by_target.values():
                             record(median(target_runs))
                 if "library" in targets:
                     base = os.urandom(size)
