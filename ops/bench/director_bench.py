@@ -44,14 +44,16 @@ import os
 import random
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from director.client import BlobClient
-from ops.bench.common import free_block, human, markdown_table, median_run
+from ops.bench.common import free_block, human, markdown_table, median_run, wait_for_port
 from ops.bench.objstore_bench import build_mcload, keys_for, run_mcload, warm
 from ops.config import ClusterConfig, Config, DirectorConfig, ObjstoreConfig, parse_hostport
 from ops.devcluster import DevCluster, DevOptions
@@ -143,6 +145,36 @@ async def library_run(config: Config, auth: RedisAuth, op: str, size: int, conns
     return Result("library", op, size, len(latencies) / seconds, p99, errors)
 
 
+#: The name the directord of ``--compare-code`` is measured under.
+BEFORE = "directord-before"
+
+
+def start_directord(tree: Path, cluster: DevCluster, port: int, work: Path
+                    ) -> subprocess.Popen[bytes]:
+    """A directord of the source tree ``tree`` on ``port`` (metrics on the next one), with
+    the cluster's configuration: the same Redis, object servers and credentials."""
+    log = open(work / "directord-before.log", "wb")  # noqa: SIM115 (closed with the dir)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "director.main", "--config", str(cluster.config_path),
+         "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{port + 1}"],
+        cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, stdout=log, stderr=log)
+    try:
+        wait_for_port(port, timeout=60)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def pid_of(cluster: DevCluster, name: str) -> int:
     """The pid of one of the cluster's processes (for its CPU time)."""
     return int(cluster.launcher.pidfile(name).read_text().split()[0])
@@ -154,7 +186,7 @@ def median(results: list[Result]) -> Result:
 
 
 def depth_table(results: dict[tuple[str, str, int, int], Result], sizes: list[int],
-                depths: list[int]) -> str:
+                depths: list[int], other: str | None = None) -> str:
     """direct objstored against directord for every size and pipeline depth."""
     def cell(r: Result | None) -> str:
         if r is None:
@@ -172,10 +204,17 @@ def depth_table(results: dict[tuple[str, str, int, int], Result], sizes: list[in
                 if o is None and d is None:
                     continue
                 ratio = f"{d.ops_per_sec / o.ops_per_sec:.2f}x" if o and d else "-"
-                rows.append([op.upper(), human(size), str(depth) if depth > 1 else "no",
-                             cell(o), cell(d), ratio])
-    return markdown_table(["op", "blob", "pipeline", "direct objstored, 1 copy",
-                           "directord, 2 replicas + index", "directord / direct"], rows)
+                row = [op.upper(), human(size), str(depth) if depth > 1 else "no", cell(o),
+                       cell(d), ratio]
+                if other is not None:
+                    b = results.get((other, op, size, depth))
+                    row += [cell(b), f"{b.ops_per_sec / o.ops_per_sec:.2f}x" if o and b else "-"]
+                rows.append(row)
+    header = ["op", "blob", "pipeline", "direct objstored, 1 copy",
+              "directord, 2 replicas + index", "directord / direct"]
+    if other is not None:
+        header += [f"{other}, 2 replicas + index", f"{other} / direct"]
+    return markdown_table(header, rows)
 
 
 def table(results: dict[tuple[str, str, int, int], Result], sizes: list[int]) -> str:
@@ -212,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depths", default="1", help="mcload requests in flight per connection")
     ap.add_argument("--ops", default="get,set", help="mcload operations (get, set)")
     ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--compare-code", metavar="DIR",
+                    help="also run a directord from the source tree DIR (another commit, "
+                         "e.g. unpacked with `git archive`) on the same cluster, measured "
+                         "in the same alternation as 'directord-before'")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -227,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{res.ops_per_sec:,.0f} ops/s, p99 {res.p99_us / 1000:,.1f} ms, "
               f"{res.cpu_us_per_op:,.0f} µs cpu/op, {res.errors} errors", file=sys.stderr)
 
-    with tempfile.TemporaryDirectory(prefix="director-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="director-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         cluster = DevCluster(config, work / "var", DevOptions(
             objstore_count=3, only=frozenset({"redis", "objstore", "directord"})))
@@ -244,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
             mc_targets = [(t, port) for t, port in (("objstored", direct_port),
                                                      ("directord", proxy_port))
                           if t in targets]
+            if args.compare_code:
+                before_port = free_block(2, rng)
+                before = start_directord(Path(args.compare_code), cluster, before_port, work)
+                stack.callback(stop_process, before)
+                pids[BEFORE] = before.pid
+                mc_targets.append((BEFORE, before_port))
             for size in sizes:
                 for _target, port in mc_targets:
                     warm(mcload, port, size, login)
@@ -275,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             cluster.down()
     print(table(results, sizes))
     print()
-    print(depth_table(results, sizes, depths))
+    print(depth_table(results, sizes, depths, BEFORE if args.compare_code else None))
     print(f"\nkeys per mcload run: {', '.join(f'{human(s)}: {keys_for(s)}' for s in sizes)}")
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results.values()], indent=1))
