@@ -24,13 +24,16 @@ What is measured, each with ``--conns`` requests in flight (50):
 Usage::
 
     python -m ops.bench.director_bench [--seconds 4] [--reps 3] [--sizes 4096,262144]
-        [--depths 1] [--conns 50] [--targets objstored,directord,library]
-        [--json results.json]
+        [--depths 1] [--ops get,set] [--conns 50] [--targets objstored,directord,library]
+        [--compare-code DIR] [--json results.json]
 
 ``--depths 1,16`` runs mcload with that many requests in flight per connection
 (pipelining) against direct objstored and directord.  For each (size, op, depth) the reps
 alternate between the two targets, so both see the same machine; the CPU the target's
 process used per operation is reported too (µs of user+system time per op).
+``--compare-code DIR`` also starts a directord from another source tree (an older commit,
+unpacked with ``git archive``) on the same cluster and measures it in the same
+alternation, so before and after are compared on the same machine load.
 
 The machine has two cores shared by every process above and the load generator.
 """
