@@ -30,6 +30,12 @@ which verifies the whole content against the id (a chunk missing or bad on that 
 is taken from another).  A replica that errs, times out, misses or returns bad bytes is
 skipped and queued for repair; the first verified copy wins.
 
+*Temperature*: every read of a blob (cache hits included) and every put is reported to
+:attr:`BlobClient.temperature` (:class:`director.temperature.ReadSampler`): a dict update
+on the call's path, written to Redis in batches by a task of the event loop.  With a
+storage hierarchy (:mod:`director.tiers`) reads try the fastest tier holding a live copy
+first.
+
 *Items* (:meth:`BlobClient.put_item`, :meth:`BlobClient.get_items`...) are what
 directord stores for plain memcached clients: a value and client flags under any key,
 stored as given.  They take the same paths: placement and quorum writes on the key's
@@ -122,6 +128,7 @@ from director.redisconn import RetryPolicy
 from director.redisstate import RedisState
 from director.registry import Registry, RegistrySnapshot
 from director.repairqueue import RepairQueue
+from director.temperature import ReadSampler, TemperatureSettings, TemperatureStore
 from objstore import protocol as p
 from objstore.protocol import is_valid_key as is_text_key
 from objstore.replies import Expect, MetaDebugReply, MetaReply, Reply, Value
@@ -246,7 +253,7 @@ class BlobClient:
                  clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None,
                  wall_clock: Callable[[], float] = time.time,
-
+                 temperature: ReadSampler | None = None,
                  access: NodeAccess = OPEN_ACCESS) -> None:
         self.dconf = dconf
         #: How connections to object servers are made (credentials, TLS).
@@ -264,6 +271,11 @@ class BlobClient:
         #: Where copies go and how many: asked by puts, repair, drain and level.
         self.policy = PlacementPolicy.from_config(self.dconf)
         self.cache = cache or BlobCache(self.dconf.cache_bytes)
+        #: The read temperature of the blobs (director/temperature.py): ``heat`` reads
+        #: it, ``temperature`` is where this frontend reports the reads it serves.
+        self.heat = TemperatureStore(index.runner, index.keys,
+                                     TemperatureSettings.from_config(dconf), clock=wall_clock)
+        self.temperature = temperature or ReadSampler(self.heat)
         self.stats = ClientStats()
         self._clock = clock
         #: Picks which replica a read tries first (:func:`director.placement.read_order`).
@@ -333,6 +345,7 @@ class BlobClient:
 
     async def aclose(self) -> None:
         await self.item_reads.close()
+        await self.temperature.aclose()
         for node in self._nodes.values():
             await node.close()
         self._nodes.clear()
@@ -449,6 +462,8 @@ class BlobClient:
         # Before the lookup: a running gc must not collect what this put dedups onto.
         await self.gc_watch.before_put(ids)
         known = await self._lookups.many(dict.fromkeys(ids))
+        for bid in ids:
+            self.temperature.wrote(bid)
         todo = {bid: data for bid, data in blobs.items() if not known.get(bid)}
         if todo:
             await asyncio.gather(*(self._upload(bid, data) for bid, data in todo.items()))
@@ -519,6 +534,7 @@ class BlobClient:
         :raises BlobUnavailable: no replica could serve it.
         :raises BlobCorrupt: every replica that answered had bad bytes.
         """
+        self.temperature.read(bid)
         cached = self.cache.get(bid)
         if cached is not None:
             return cached
@@ -533,6 +549,7 @@ class BlobClient:
         out: dict[str, bytes] = {}
         missing = []
         for bid in dict.fromkeys(ids):
+            self.temperature.read(bid)
             cached = self.cache.get(bid)
             if cached is not None:
                 out[bid] = cached
@@ -559,6 +576,7 @@ class BlobClient:
 
         :raises BlobNotFound, BlobUnavailable, BlobCorrupt: as :meth:`get`.
         """
+        self.temperature.read(bid)
         cached = self.cache.get(bid)
         if cached is not None:
             yield cached
@@ -623,16 +641,24 @@ class BlobClient:
             # Live ones by node number: every directord picks the same first replica.
             return sorted(nodes, key=lambda n: (not n.readable, self._suspect(n),
                                                 n.number)), whole
-        return read_order(nodes, self._rng,
-                          suspect=[n.id for n in nodes if self._suspect(n)]), whole
+        suspect = [n.id for n in nodes if self._suspect(n)]
+        return self.tiered(read_order(nodes, self._rng, suspect=suspect), suspect), whole
+
+    def tiered(self, order: list[Node], suspect: Sequence[str]) -> list[Node]:
+        """A read order with a storage hierarchy's fastest tier holding a copy first (as
+        is, without tiers)."""
+        tiers = self.policy.tiers
+        return tiers.fastest_first(order, suspect) if tiers is not None else order
 
     def read_plan(self, snap: RegistrySnapshot, numbers: Sequence[int]
-                  ) -> tuple[ReadOrder, bool]:
+                  ) -> tuple[ReadOrder, list[str], bool]:
         """:meth:`order_replicas` for reads, before the random draw: a batch of reads of
-        items on the same nodes computes it once (``plan.draw(self.rng)`` per read)."""
+        items on the same nodes computes it once, then per read
+        ``self.tiered(plan.draw(self.rng), suspect)``.  Returns the plan, the suspect
+        nodes' ids, and whether ``snap`` knew every number."""
         nodes = [n for n in snap.resolve(numbers) if n.state is not NodeState.REMOVED]
-        return (ReadOrder(nodes, [n.id for n in nodes if self._suspect(n)]),
-                len(nodes) >= len(numbers))
+        suspect = [n.id for n in nodes if self._suspect(n)]
+        return ReadOrder(nodes, suspect), suspect, len(nodes) >= len(numbers)
 
     @property
     def rng(self) -> random.Random:
@@ -795,8 +821,10 @@ class BlobClient:
         elif stale:
             # No longer indexed, so never read; deleted so no older value lingers there.
             await self._delete_copies(key, stale)
-        if is_blob_id(key) and len(done) < self.policy.replicas:
-            await self._queue_repair([index_id])
+        if blob:
+            self.temperature.wrote(index_id)
+            if len(done) < self.policy.replicas:
+                await self._queue_repair([index_id])
         return True
 
     def _item_space(self, key: bytes) -> tuple[Coalescer[None], Coalescer[frozenset[int]],
@@ -873,6 +901,7 @@ class BlobClient:
         replicas = await self._ordered(index_id, numbers)
         what = _item_name(key)
         if is_blob_id(key):
+            self.temperature.read(index_id)
             # Served as stored (a chunked blob: its manifest), once verified whole.
             blob = await self._read_verified(index_id, replicas, content=False, cas=cas,
                                              what=what, miss_ok=True)

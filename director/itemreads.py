@@ -193,18 +193,18 @@ class ItemReads:
             if again:
                 snap = await client.snapshot(force=True)
             complete = True
-            plans: dict[tuple[int, ...], ReadOrder] = {}
+            plans: dict[tuple[int, ...], tuple[ReadOrder, list[str]]] = {}
             rng = client.rng
             for k in keys.values():
                 numbers = locations.get(k.index_id, ())
                 if not numbers:
                     continue
-                plan = plans.get(numbers)
-                if plan is None:
-                    plan, whole = client.read_plan(snap, numbers)
-                    plans[numbers] = plan
+                known = plans.get(numbers)
+                if known is None:
+                    plan, suspect, whole = client.read_plan(snap, numbers)
+                    known = plans[numbers] = (plan, suspect)
                     complete = complete and whole
-                k.replicas = plan.draw(rng)
+                k.replicas = client.tiered(known[0].draw(rng), known[1])
             if complete:
                 return
             # A node added since the snapshot: read the registry again, once.

@@ -49,6 +49,7 @@ from typing import Final
 
 from director.nodes import Node, NodeState
 from director.placement import hash64
+from director.tiers import Layout, TierPolicy
 
 #: Node states whose copies count towards ``replicas``.
 COUNTING = frozenset({NodeState.ACTIVE, NodeState.DRAINING})
@@ -131,7 +132,8 @@ def rank_targets(candidates: Iterable[Node], holders: Iterable[int],
 
 
 def plan_repair(replicas: Sequence[Replica], candidates: Sequence[Node], want: int, *,
-                waiting: frozenset[int] = frozenset()) -> RepairPlan:
+                waiting: frozenset[int] = frozenset(), tiers: TierPolicy | None = None,
+                layout: Layout | None = None) -> RepairPlan:
     """Plan the repair of one blob from what its replicas were found to be.
 
     :param replicas: every location the index lists, with its health.
@@ -140,6 +142,9 @@ def plan_repair(replicas: Sequence[Replica], candidates: Sequence[Node], want: i
     :param want: copies wanted (``director.replicas``).
     :param waiting: numbers of down nodes still within their grace period: their copies
         count as if good, and they are neither rewritten nor forgotten.
+    :param tiers: the storage hierarchy, with ``layout`` the blob's (hot or cold): copies
+        are wanted per tier (``want`` is then unused); targets fill the tiers short of
+        copies first (:meth:`TierPolicy.arrange`).
     """
     good = [r for r in replicas if r.health is Health.GOOD]
     # Prefer active sources, then draining, then whatever else answered (removed nodes).
@@ -157,26 +162,41 @@ def plan_repair(replicas: Sequence[Replica], candidates: Sequence[Node], want: i
                        and (r.node is None or r.node.state is not NodeState.ACTIVE)))
     have = len(counted) + len(rewrite)
     need = max(0, want - have)
+    needs: dict[str, int] | None = None
+    if tiers is not None and layout is not None:
+        per_tier = TierPolicy.counts([r.node for r in counted if r.node is not None])
+        per_tier.update(TierPolicy.counts(rewrite))
+        needs = tiers.needs(per_tier, layout)
+        need = sum(needs.values())
     zones = {r.node.zone for r in counted if r.node is not None} | {n.zone for n in rewrite}
-    targets = tuple(rank_targets(candidates, (r.number for r in replicas), zones)) \
-        if need else ()
-    return RepairPlan(sources, rewrite, targets, need, forget, len(counted))
+    ranked = rank_targets(candidates, (r.number for r in replicas), zones) if need else []
+    if needs is not None and tiers is not None and need:
+        ranked = tiers.arrange(ranked, needs)
+    return RepairPlan(sources, rewrite, tuple(ranked), need, forget, len(counted))
 
 
 def copies_left(locations: Sequence[int], nodes: Mapping[int, Node], want: int, *,
-                waiting: frozenset[int] = frozenset()) -> int | None:
+                waiting: frozenset[int] = frozenset(),
+                tiers: TierPolicy | None = None) -> int | None:
     """How many copies an under-replicated index entry has left, from the registry alone
     (the repairer's sweep; nothing is probed), or None when it looks whole: it is short
     with fewer than ``want`` locations on up nodes that keep their copies (or down ones
-    within their grace), or with a location on a removed or unknown node."""
+    within their grace), or with a location on a removed or unknown node; with a storage
+    hierarchy (``tiers``), also when those copies fill neither the hot nor the cold
+    layout (a tier lacks a copy of each)."""
     counted = 0
     gone = False
+    kept: list[Node] = []
     for number in locations:
         node = nodes.get(number)
         if node is None or node.state is NodeState.REMOVED:
             gone = True
         elif node.state in COUNTING or number in waiting:
             counted += 1
+            kept.append(node)
+    if tiers is not None and not gone and counted >= want:
+        have = TierPolicy.counts(kept)
+        gone = bool(tiers.needs(have, tiers.hot)) and bool(tiers.needs(have, tiers.cold))
     return counted if gone or counted < want else None
 
 
@@ -217,16 +237,21 @@ class DrainPlan:
 
 
 def plan_drain(locations: Sequence[int], draining: int, nodes: Mapping[int, Node],
-               candidates: Sequence[Node], want: int) -> DrainPlan:
+               candidates: Sequence[Node], want: int, *,
+               tiers: TierPolicy | None = None) -> DrainPlan:
     """Plan moving one blob off the ``draining`` node.
 
     The other locations are not probed (that is the repairer's work): a copy elsewhere
-    counts when its node is up and active or draining.
+    counts when its node is up and active or draining.  With a storage hierarchy
+    (``tiers``) the copy stays in its tier: that tier's candidates come first.
     """
     others = [nodes[n] for n in locations if n != draining and n in nodes
               and nodes[n].state in COUNTING]
     need = max(1, want - len(others))
     targets = rank_targets(candidates, locations, (n.zone for n in others))
+    leaving = nodes.get(draining)
+    if tiers is not None and leaving is not None:
+        targets = tiers.same_tier_first(targets, leaving.tier)
     return DrainPlan(tuple(targets), need)
 
 

@@ -74,6 +74,7 @@ from director.planner import (
 )
 from director.registry import RegistrySnapshot
 from director.repairqueue import priority_of
+from director.tiers import is_cold
 
 if TYPE_CHECKING:
     from director.client import BlobClient
@@ -224,7 +225,7 @@ class Repairer(BackgroundJob[RepairStats]):
         left = min(full_left, self.dconf.repair_scan_buckets * FULL_SWEEP_FACTOR) if full \
             else self.dconf.repair_scan_buckets
         nodes = {n.number: n for n in snap.nodes}
-        want = self.client.policy.replicas
+        want = self.client.policy.min_copies
         while left > 0:
             page = await self.index.scan(cursor, buckets=min(SCAN_BUCKETS, left))
             if any(n not in nodes for _bid, nums in page.entries for n in nums):
@@ -232,7 +233,8 @@ class Repairer(BackgroundJob[RepairStats]):
                 nodes = {n.number: n for n in (await self.client.snapshot(force=True)).nodes}
             by_priority: dict[int, list[str]] = defaultdict(list)
             for bid, nums in page.entries:
-                copies = copies_left(nums, nodes, want, waiting=waiting)
+                copies = copies_left(nums, nodes, want, waiting=waiting,
+                                     tiers=self.client.policy.tiers)
                 if copies is not None:
                     by_priority[priority_of(copies)].append(bid)
             for priority, short in sorted(by_priority.items()):
@@ -352,8 +354,10 @@ class Repairer(BackgroundJob[RepairStats]):
         replicas = list(await asyncio.gather(*(look(n) for n in locations)))
         # A copy lost on a node the operator declared dead is replaced at full speed.
         urgent = any(r.node is not None and r.node.state is NodeState.DEAD for r in replicas)
-        plan = plan_repair(replicas, placer.candidates(bid), self.client.policy.replicas,
-                           waiting=waiting)
+        policy = self.client.policy
+        layout = await self._layout(bid) if policy.tiers is not None else None
+        plan = plan_repair(replicas, placer.candidates(bid), policy.replicas,
+                           waiting=waiting, tiers=policy.tiers, layout=layout)
         unsure = any(r.number in waiting and r.health is Health.DOWN for r in replicas)
         if plan.whole:
             stats.whole += 1
@@ -401,8 +405,7 @@ class Repairer(BackgroundJob[RepairStats]):
             stats.forgotten += len(plan.forget)
         stats.rewritten += fixed
         stats.copies_made += made
-        if plan.counted + fixed + made >= self.client.policy.replicas \
-                and fixed == len(plan.rewrite):
+        if made >= plan.need and fixed == len(plan.rewrite):
             stats.repaired += 1
             if unsure:
                 await queue.retry_later([bid], self.dconf.repair_retry_delay)
@@ -413,6 +416,18 @@ class Repairer(BackgroundJob[RepairStats]):
             if len(stats.examples) < EXAMPLES:
                 stats.examples.append(bid)
             await queue.retry_later([bid], self.dconf.repair_retry_delay)
+
+    async def _layout(self, bid: str) -> dict[str, int]:
+        """The tier layout ``bid`` should have: cold once its read temperature says it
+        was not accessed for ``tier_cold_after`` (as the tier job decides), else hot."""
+        tiers = self.client.policy.tiers
+        assert tiers is not None
+        if self.dconf.temperature_sample <= 0:  # no temperature: nothing is known cold
+            return tiers.hot
+        heat = (await self.client.heat.lookup([bid]))[bid]
+        return tiers.layout(cold=is_cold(heat.accessed_before, heat.reads, self.now(),
+                                         cold_after=self.dconf.tier_cold_after,
+                                         hot_reads=self.dconf.tier_hot_reads))
 
     async def _last_resort(self, bid: str, replicas: list[Replica],
                            probes: dict[int, Probe]) -> VerifiedBlob | None:

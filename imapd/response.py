@@ -47,6 +47,7 @@ __all__ = [
     "NOMODSEQ",
     "NONEXISTENT",
     "NOPERM",
+    "NOTIFICATIONOVERFLOW",
     "OVERQUOTA",
     "PARSE",
     "PRIVACYREQUIRED",
@@ -59,6 +60,7 @@ __all__ = [
     "UNAVAILABLE",
     "AppendUid",
     "BadCharset",
+    "BadEvent",
     "CapabilityCode",
     "CapabilityData",
     "Challenge",
@@ -84,6 +86,8 @@ __all__ = [
     "Modified",
     "NamespaceData",
     "PermanentFlags",
+    "QuotaData",
+    "QuotaRootData",
     "Recent",
     "Response",
     "ResponseCode",
@@ -142,9 +146,15 @@ def nstring(value: bytes | str | None) -> bytes:
     return b"NIL" if value is None else string(value)
 
 
-def mailbox(name: str) -> bytes:
-    """A mailbox name: modified UTF-7, quoted (a literal only if encoding left CR/LF, never)."""
-    return string(mutf7.encode(name).encode("ascii"))
+def mailbox(name: str, utf8: bool = False) -> bytes:
+    """A mailbox name: modified UTF-7, quoted (a literal only if encoding left CR/LF, never);
+    with ``utf8`` (IMAP4rev2 enabled) UTF-8, quoted too, as RFC 9051's ``quoted`` allows."""
+    if not utf8:
+        return string(mutf7.encode(name).encode("ascii"))
+    data = name.encode("utf-8")
+    if b"\x00" in data or b"\r" in data or b"\n" in data:
+        return string(data)
+    return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
 def _atom(value: str, what: str) -> bytes:
@@ -204,6 +214,7 @@ INUSE = Code("INUSE")
 LIMIT = Code("LIMIT")
 NOMODSEQ = Code("NOMODSEQ")
 NONEXISTENT = Code("NONEXISTENT")
+NOTIFICATIONOVERFLOW = Code("NOTIFICATIONOVERFLOW")
 NOPERM = Code("NOPERM")
 OVERQUOTA = Code("OVERQUOTA")
 PARSE = Code("PARSE")
@@ -327,6 +338,18 @@ class Modified:
 
 
 @dataclass(frozen=True)
+class BadEvent:
+    """``[BADEVENT (event ...)]`` (RFC 5465 4): a NOTIFY asked for an event the server does
+    not support; the code lists those it does."""
+
+    events: tuple[str, ...]
+
+    def render(self) -> bytes:
+        """The code without brackets."""
+        return b"BADEVENT (" + b" ".join(_atom(e, "NOTIFY event") for e in self.events) + b")"
+
+
+@dataclass(frozen=True)
 class BadCharset:
     """``[BADCHARSET (UTF-8 US-ASCII)]``: the charsets SEARCH supports."""
 
@@ -341,6 +364,7 @@ class BadCharset:
 
 ResponseCode = (
     Code
+    | BadEvent
     | CapabilityCode
     | PermanentFlags
     | UidNext
@@ -473,6 +497,7 @@ class ListItem:
     """``* LIST (attributes) "delimiter" mailbox`` or the same as LSUB.
 
     :ivar child_info: LIST-EXTENDED ``CHILDINFO`` extended data, e.g. ``("SUBSCRIBED",)``.
+    :ivar old_name: ``OLDNAME`` extended data (RFC 5465 5.4): the mailbox was renamed.
     """
 
     mailbox: str
@@ -480,6 +505,7 @@ class ListItem:
     delimiter: str | None = "/"
     lsub: bool = False
     child_info: tuple[str, ...] = ()
+    old_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -488,6 +514,22 @@ class StatusData:
 
     mailbox: str
     items: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class QuotaData:
+    """``* QUOTA root (resource usage limit ...)`` (RFC 9208 5.1)."""
+
+    root: str
+    resources: tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True)
+class QuotaRootData:
+    """``* QUOTAROOT mailbox root ...`` (RFC 9208 5.2)."""
+
+    mailbox: str
+    roots: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -646,6 +688,8 @@ Response = (
     | Flags
     | ListItem
     | StatusData
+    | QuotaData
+    | QuotaRootData
     | SearchData
     | ESearchData
     | SortData
@@ -720,7 +764,7 @@ def _thread_members(node: ThreadNode) -> bytes:
         return b" ".join(parts)
 
 
-def _line(response: Response) -> bytes:
+def _line(response: Response, utf8: bool = False) -> bytes:
     match response:
         case Tagged(tag, status, text, code):
             return tag.encode("ascii") + b" " + _condition(status, code, text)
@@ -740,21 +784,30 @@ def _line(response: Response) -> bytes:
             return b"* %s EXPUNGE" % _number(seq, "EXPUNGE", 1)
         case Flags(flags):
             return b"* FLAGS " + _flag_list(flags)
-        case ListItem(name, attributes, delimiter, lsub, child_info):
+        case ListItem(name, attributes, delimiter, lsub, child_info, old_name):
             line = b"* %s %s %s %s" % (
                 b"LSUB" if lsub else b"LIST",
                 _flag_list(attributes),
                 nstring(delimiter),
-                mailbox(name),
+                mailbox(name, utf8),
             )
             if child_info:
                 line += b' ("CHILDINFO" (%s))' % b" ".join(string(v) for v in child_info)
+            if old_name is not None:
+                line += b' ("OLDNAME" (%s))' % mailbox(old_name, utf8)
             return line
         case StatusData(name, items):
             pairs = b" ".join(
                 _atom(item, "STATUS item") + b" " + _number(value, item) for item, value in items
             )
-            return b"* STATUS %s (%s)" % (mailbox(name), pairs)
+            return b"* STATUS %s (%s)" % (mailbox(name, utf8), pairs)
+        case QuotaData(root, resources):
+            triples = b" ".join(
+                _atom(name, "quota resource") + b" " + _number(usage, name) + b" "
+                + _number(limit, name) for name, usage, limit in resources)
+            return b"* QUOTA %s (%s)" % (string(root), triples)
+        case QuotaRootData(name, roots):
+            return b" ".join([b"* QUOTAROOT", mailbox(name, utf8), *(string(r) for r in roots)])
         case SearchData(numbers, modseq):
             line = b" ".join([b"* SEARCH", *(_number(n, "SEARCH result", 1) for n in numbers)])
             if modseq is not None and numbers:
@@ -801,18 +854,21 @@ def _line(response: Response) -> bytes:
     raise TypeError(f"not a response: {response!r}")
 
 
-def render(response: Response) -> list[bytes]:
-    """The wire form of ``response`` as chunks to write in order."""
+def render(response: Response, *, utf8: bool = False) -> list[bytes]:
+    """The wire form of ``response`` as chunks to write in order.
+
+    :param utf8: mailbox names go out as UTF-8 (the session enabled IMAP4rev2).
+    """
     if isinstance(response, FetchData):
         return _fetch_items(response.seq, response.items)
-    return [_line(response) + CRLF]
+    return [_line(response, utf8) + CRLF]
 
 
-def render_all(responses: Iterable[Response]) -> list[bytes]:
+def render_all(responses: Iterable[Response], *, utf8: bool = False) -> list[bytes]:
     """The chunks of several responses, in order."""
     chunks: list[bytes] = []
     for response in responses:
-        chunks.extend(render(response))
+        chunks.extend(render(response, utf8=utf8))
     return chunks
 
 

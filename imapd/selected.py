@@ -63,6 +63,7 @@ from imapd.response import (
     FetchModSeq,
     FetchNumber,
     HighestModSeq,
+    ListItem,
     Modified,
     PermanentFlags,
     Recent,
@@ -90,8 +91,9 @@ from imapd.sequence import MAX_NUMBER, SequenceSet
 from imapd.threads import Node, ordered_subject, references
 from metadata.errors import NoSuchMailbox
 from metadata.flags import SEEN, SYSTEM_FLAGS, Flags
+from metadata.mailboxnames import DELIMITER
 from metadata.messages import StoreMode as StoreModeName
-from metadata.records import CopyResult, MessageEntry, SortEntry, User
+from metadata.records import CopyResult, Mailbox, MessageEntry, SortEntry, User
 from metadata.uidset import MAX_UID, UidSet
 
 __all__ = ["Extensions", "MailboxGone", "SelectedMailbox", "TryCreate"]
@@ -118,10 +120,14 @@ _LASTING = (BlobCorrupt, BlobNotFound, ValueError)
 
 @dataclass
 class Extensions:
-    """Per-session switches that change response contents (RFC 7162 CONDSTORE/QRESYNC)."""
+    """Per-session switches that change response contents (RFC 7162 CONDSTORE/QRESYNC,
+    RFC 9051 IMAP4rev2)."""
 
     condstore: bool = False
     qresync: bool = False
+    #: ENABLE IMAP4rev2: no \\Recent (the session claims none, so no FETCH shows it and no
+    #: RECENT is sent), SELECT answers LIST instead of UNSEEN, SEARCH answers ESEARCH.
+    rev2: bool = False
 
 
 def _chunks(pairs: Sequence[tuple[int, int]], size: int) -> Iterable[Sequence[tuple[int, int]]]:
@@ -165,7 +171,9 @@ class SelectedMailbox:
         view = MailboxView(mailbox.id, mailbox.name, mailbox.uidvalidity, uids,
                            uidnext=mailbox.uidnext, highestmodseq=mailbox.highestmodseq,
                            read_only=cmd.READ_ONLY)
-        if cmd.READ_ONLY:
+        if ext.rev2:
+            pass  # IMAP4rev2 has no \Recent: claim none, leave them to rev1 sessions
+        elif cmd.READ_ONLY:
             # EXAMINE must not take \Recent away from others: show what is unclaimed.
             if status.recent:
                 view.recent.update(view.uids[-status.recent:])
@@ -175,12 +183,10 @@ class SelectedMailbox:
         view.keywords.update(mailbox.keywords)
         selected = cls(backend, user, view, ext)
         flags, permanent = selected._flag_lists()
-        out: list[Response] = [
-            flags,
-            Exists(view.exists),
-            Recent(len(view.recent)),
-        ]
-        if status.first_unseen_uid is not None:
+        out: list[Response] = [flags, Exists(view.exists)]
+        if not ext.rev2:
+            out.append(Recent(len(view.recent)))
+        if status.first_unseen_uid is not None and not ext.rev2:
             seq = view.seq_of(status.first_unseen_uid)
             if seq is not None:
                 out.append(Untagged(Status.OK, f"First unseen message is {seq}", Unseen(seq)))
@@ -190,6 +196,14 @@ class SelectedMailbox:
             Untagged(Status.OK, "Predicted next UID", UidNext(mailbox.uidnext)),
             Untagged(Status.OK, "Highest", HighestModSeq(mailbox.highestmodseq)),
         ]
+        if ext.rev2:
+            # RFC 9051 6.3.2: the mailbox's LIST response, its name as the server spells it
+            # and its attributes accurate (the name as a pattern can only match more).
+            listed = [item for item in await store.mailboxes.list(user.id, mailbox.name)
+                      if item.name == mailbox.name]
+            attributes = tuple(a for a in listed[0].attributes if a != "\\Subscribed") \
+                if listed else _select_attributes(mailbox)
+            out.append(ListItem(mailbox.name, attributes, DELIMITER))
         if cmd.qresync is not None and cmd.qresync.uidvalidity == mailbox.uidvalidity:
             out += await selected._resync(cmd.qresync)
         return selected, out
@@ -272,11 +286,13 @@ class SelectedMailbox:
         out = self._keyword_news(k for e in entries for k in e.flags.keywords)
         added = view.add(e.uid for e in entries)
         view.uidnext = max(view.uidnext, uidnext)
-        if not view.read_only:
+        if not view.read_only and not self.ext.rev2:
             low, high = await store.messages.claim_recent(self.user.id, view.mailbox_id)
             view.claim_recent(low, high)
         if added:
-            out += [Exists(view.exists), Recent(len(view.recent))]
+            out.append(Exists(view.exists))
+            if not self.ext.rev2:
+                out.append(Recent(len(view.recent)))
         return out
 
     def _flag_lists(self) -> tuple[FlagsResponse, Untagged]:
@@ -485,6 +501,8 @@ class SelectedMailbox:
         view = self.view
         # Messages this session has not been told about yet are left out.
         found = [(u, m) for u, m in zip(hits.uids, hits.modseqs, strict=True) if u in view]
+        if options is None and self.ext.rev2:
+            options = ()  # RFC 9051 6.4.4: SEARCH answers ESEARCH, as RETURN () would
         if options is None:
             numbers = [u if cmd.uid else view.seq_of(u) or 0 for u, _ in found]
             conn.send([SearchData(tuple(numbers), hits.highest_modseq if with_modseq else None)])
@@ -602,6 +620,12 @@ class SelectedMailbox:
         conn.send(self.expunged(result.uids))
         name = "UID EXPUNGE" if cmd is not None else "EXPUNGE"
         return Tagged(tag, Status.OK, f"{name} completed")
+
+
+def _select_attributes(mailbox: Mailbox) -> tuple[str, ...]:
+    """The attributes of a selected mailbox's LIST response (RFC 9051 6.3.2): its
+    SPECIAL-USE, if any (children are LIST's business, and a client asks LIST for them)."""
+    return (mailbox.special_use,) if mailbox.special_use else ()
 
 
 def _fetch_failure(cmd: Fetch, failed: dict[int, Exception]) -> Tagged:

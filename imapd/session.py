@@ -41,6 +41,7 @@ from typing import Any
 from twisted.internet import task
 
 from imapd import commands as c
+from imapd import listing, quota
 from imapd.backend import Backend
 from imapd.capabilities import ENABLEABLE, capabilities
 from imapd.config import ImapdConfig
@@ -48,6 +49,8 @@ from imapd.connection import Connection
 from imapd.errormap import imap_error, log_failure
 from imapd.logins import LIMITED_TEXT, LoginsLimited, authenticate
 from imapd.mutf7 import Undecodable
+from imapd.notifier import Notifier
+from imapd.notify import SUPPORTED, Notify, NotifySpec
 from imapd.parser import AuthResponse, ContinuationNeeded, IdleDone
 from imapd.response import (
     AUTHENTICATIONFAILED,
@@ -55,11 +58,13 @@ from imapd.response import (
     CANNOT,
     CLOSED,
     NONEXISTENT,
+    NOPERM,
     PRIVACYREQUIRED,
     READ_ONLY,
     READ_WRITE,
     UNAVAILABLE,
     AppendUid,
+    BadEvent,
     CapabilityCode,
     CapabilityData,
     Challenge,
@@ -69,6 +74,8 @@ from imapd.response import (
     IdData,
     ListItem,
     NamespaceData,
+    QuotaData,
+    QuotaRootData,
     Response,
     Status,
     StatusData,
@@ -85,7 +92,7 @@ from metadata.flags import DELETED, Flags
 from metadata.mailboxes import SPECIAL_USES
 from metadata.mailboxnames import DELIMITER
 from metadata.notify import Change
-from metadata.records import ListedMailbox, User
+from metadata.records import MailboxStatus, User
 from metadata.uidset import UidSet
 from runtime import errors as kinds
 
@@ -121,7 +128,7 @@ _Handler = Callable[[Any], Awaitable[Tagged | None]]
 
 #: The commands that name mailboxes (see :func:`_undecodable`).
 _NAMING = (c.SelectBase, c.Create, c.Delete, c.Rename, c.Subscribe, c.Unsubscribe, c.List,
-           c.Lsub, c.Status, c.Append, c.Copy, c.Move)
+           c.Lsub, c.Status, c.Append, c.Copy, c.Move, c.GetQuotaRoot)
 
 
 def _undecodable(cmd: c.Command) -> bool:
@@ -151,6 +158,10 @@ class Session:
         self._idle_tag: str | None = None
         self._refresh_task: asyncio.Task[None] | None = None
         self._search_task: asyncio.Task[Tagged] | None = None
+        #: NOTIFY SET in force (RFC 5465), and the task telling the client between commands.
+        self.notifier: Notifier | None = None
+        self._push_task: asyncio.Task[None] | None = None
+        self._push_again = False
         self._failed_logins = 0
         self._bad_in_a_row = 0
         self._subscribed = False
@@ -163,6 +174,7 @@ class Session:
             c.Login: (_NOT_AUTH, self._login),
             c.Authenticate: (_NOT_AUTH, self._authenticate),
             c.Enable: (_AUTH, self._enable),
+            Notify: (_AUTH, self._notify),
             c.Select: (_AUTH, self._select),
             c.Examine: (_AUTH, self._select),
             c.Create: (_AUTH, self._create),
@@ -176,6 +188,9 @@ class Session:
             c.Append: (_AUTH, self._append),
             c.Namespace: (_AUTH, self._namespace),
             c.Idle: (_AUTH, self._idle),
+            c.GetQuota: (_AUTH, self._getquota),
+            c.GetQuotaRoot: (_AUTH, self._getquotaroot),
+            c.SetQuota: (_AUTH, self._setquota),
             c.Check: (_SELECTED, self._noop),
             c.Close: (_SELECTED, self._close),
             c.Unselect: (_SELECTED, self._unselect),
@@ -268,6 +283,9 @@ class Session:
         """The connection is gone: stop listening for changes."""
         self.state = State.LOGOUT
         self._idle_tag = None
+        self.notifier = None
+        if self._push_task is not None:
+            self._push_task.cancel()
         if self._subscribed and self.user is not None:
             self._subscribed = False
             try:
@@ -283,6 +301,8 @@ class Session:
             return Tagged(cmd.tag, Status.BAD, self._wrong_state(cmd))
         if isinstance(cmd, _NAMING) and _undecodable(cmd):
             return self._no_such_name(cmd)
+        if self.ext.rev2 and _asks_recent(cmd):
+            return Tagged(cmd.tag, Status.BAD, "RECENT is not a STATUS item of IMAP4rev2")
         return await self._guard(cmd.tag, handler(cmd))
 
     def _no_such_name(self, cmd: c.Command) -> Tagged:
@@ -332,6 +352,11 @@ class Session:
         if self.state is State.LOGOUT:
             return
         selected = self.selected
+        if self.notifier is not None and self.notifier.heard(
+                change, selected.mailbox_id if selected is not None else None):
+            self._schedule_push()
+        if change.kind == "subscription":
+            return  # nothing a selected mailbox shows
         if change.kind in ("flags", "expunge", "append"):
             if selected is None or change.mailbox_id != selected.mailbox_id:
                 return
@@ -363,6 +388,52 @@ class Session:
         if self._idle_tag is not None and (self._refresh_task is None
                                            or self._refresh_task.done()):
             self._refresh_task = asyncio.ensure_future(self._idle_refresh())
+        elif self.notifier is not None and self.notifier.spec.selected_events:
+            # NOTIFY SET (SELECTED ...): the client hears of it now, not at its next command.
+            self._schedule_push()
+
+    def _schedule_push(self) -> None:
+        if self._push_task is None or self._push_task.done():
+            self._push_again = False
+            self._push_task = asyncio.ensure_future(self._push())
+        else:
+            # The running push may have read the state already: it goes round once more.
+            self._push_again = True
+
+    async def _push(self) -> None:
+        """NOTIFY: send what the notifier and the selected mailbox have to tell, between
+        commands or during IDLE (a running command finishes first: the lock)."""
+        while await self._push_once() and self._push_again:
+            self._push_again = False
+
+    async def _push_once(self) -> bool:
+        """One round of :meth:`_push`; False when there is nothing more to do."""
+        # A client that does not read holds the push here, not the lock; meanwhile the
+        # notifier only grows to its bound (then NOTIFICATIONOVERFLOW).
+        await self.conn.drain()
+        async with self._lock:
+            notifier = self.notifier
+            if notifier is None or self.state is State.LOGOUT:
+                return False
+            selected = self.selected
+            try:
+                if selected is not None and self._dirty and notifier.spec.selected_events:
+                    # SELECTED sends expunges at once; SELECTED-DELAYED keeps RFC 3501's
+                    # rule (only while a command, IDLE, is in progress).
+                    await self._report_changes(
+                        allow_expunge=not notifier.spec.delayed or self._idle_tag is not None)
+                out = await notifier.flush(selected.mailbox_id if selected is not None
+                                           else None)
+            except kinds.Unavailable as exc:
+                log.warning("NOTIFY update failed for user %s: %s", self._who(), exc)
+                return False  # what was heard stays recorded; the next change retries
+            except Exception:
+                log.exception("NOTIFY update failed for user %s", self._who())
+                return False
+            if notifier.overflowed:
+                self.notifier = None
+            self.conn.send(out)
+            return True
 
     async def _idle_refresh(self) -> None:
         async with self._lock:
@@ -378,6 +449,7 @@ class Session:
         if selected is None:
             return
         self._dirty = False
+        announced = selected.view.uidnext
         try:
             out, pending = await selected.refresh(allow_expunge=allow_expunge)
         except MailboxGone:
@@ -391,7 +463,17 @@ class Session:
             return
         if pending:
             self._dirty = True
+            if (self.notifier is not None and self.notifier.spec.selected_events
+                    and not self.notifier.spec.delayed):
+                self._schedule_push()  # NOTIFY SELECTED: the held-back expunges go next
         self.conn.send(out)
+        atts = self.notifier.spec.fetch_atts if self.notifier is not None else ()
+        if atts and selected.view.uidnext > announced:
+            # NOTIFY's MessageNew (RFC 5465 5.2): the new messages' requested attributes.
+            new = [uid for uid in selected.view.uids if uid >= announced]
+            if new:
+                await selected.fetch(c.Fetch("notify", SequenceSet.from_values(new), atts,
+                                             uid=True), self.conn)
 
     # -- any state -----------------------------------------------------------------------------
 
@@ -426,7 +508,17 @@ class Session:
         for name in cmd.capabilities:
             if name not in ENABLEABLE:
                 continue
-            if name == "QRESYNC" and not self.ext.qresync:
+            if name == "IMAP4REV2":
+                # Not once a mailbox is selected (RFC 5161 3: ENABLE comes before SELECT):
+                # its view already holds \Recent claims and rev1 answers.
+                if (not self.ext.rev2 and self.selected is None
+                        and "IMAP4rev2" in self.capabilities()):
+                    self.ext.rev2 = True
+                    # Mailbox names are UTF-8 from the next command on, both ways (RFC
+                    # 9051 5.1; modified UTF-7 is rev1's, Appendix A).
+                    self.conn.use_utf8_names()
+                    enabled.append("IMAP4rev2")
+            elif name == "QRESYNC" and not self.ext.qresync:
                 self.ext.qresync = True
                 self.ext.condstore = True
                 enabled.append(name)
@@ -529,7 +621,7 @@ class Session:
         return self.user
 
     def _deselect(self) -> None:
-        if self.selected is not None and self.ext.qresync:
+        if self.selected is not None and (self.ext.qresync or self.ext.rev2):
             self.conn.send([Untagged(Status.OK, "Previous mailbox closed", CLOSED)])
         self.selected = None
         self._dirty = False
@@ -579,33 +671,26 @@ class Session:
         return Tagged(cmd.tag, Status.OK, "Unsubscribe completed")
 
     async def _list(self, cmd: c.List) -> Tagged:
-        if len(cmd.patterns) == 1 and cmd.patterns[0] == "" and not cmd.extended:
-            # RFC 3501 6.3.8: the hierarchy delimiter and root.
+        if listing.is_delimiter_request(cmd):
             self.conn.send([ListItem("", ("\\Noselect",), DELIMITER)])
             return Tagged(cmd.tag, Status.OK, "List completed")
-        select = set(cmd.select_options)
-        wanted = set(cmd.return_options)
-        subscribed_only = "SUBSCRIBED" in select
-        show_subscribed = subscribed_only or "SUBSCRIBED" in wanted
-        special_only = "SPECIAL-USE" in select
-        found: dict[str, ListedMailbox] = {}
-        for pattern in cmd.patterns:
-            if not pattern:
-                continue
-            full = _join(cmd.reference, pattern)
-            for item in await self.backend.store.mailboxes.list(
-                    self._user.id, full, subscribed_only=subscribed_only):
-                found.setdefault(item.name, item)
+        mailboxes = self.backend.store.mailboxes
+        entries = listing.select(cmd, await mailboxes.tree(self._user.id))
+        counts: dict[int, MailboxStatus] = {}
+        if cmd.return_status:
+            # One statement for every listed mailbox (LIST-STATUS, RFC 5819).
+            counts = await mailboxes.statuses(self._user.id, [
+                e.mailbox.id for e in entries if e.wants_status and e.mailbox is not None],
+                recent="RECENT" in cmd.return_status)
+            if "HIGHESTMODSEQ" in cmd.return_status:
+                self.ext.condstore = True
         out: list[Response] = []
-        for item in found.values():
-            if special_only and (item.mailbox is None or not item.mailbox.special_use):
-                continue
-            attrs = tuple(a for a in item.attributes
-                          if (a != "\\Subscribed" or show_subscribed)
-                          and (a != "\\NonExistent" or subscribed_only))
-            out.append(ListItem(item.name, attrs, DELIMITER))
-            if cmd.return_status and item.mailbox is not None and not item.mailbox.noselect:
-                out.append(await self._status_data(item.name, cmd.return_status))
+        for entry in entries:
+            out.append(ListItem(entry.name, entry.attributes, DELIMITER,
+                                child_info=entry.child_info))
+            status = counts.get(entry.mailbox.id) if entry.mailbox is not None else None
+            if status is not None:
+                out.append(_status_data(status, cmd.return_status))
         self.conn.send(out)
         return Tagged(cmd.tag, Status.OK, "List completed")
 
@@ -614,7 +699,7 @@ class Session:
             self.conn.send([ListItem("", ("\\Noselect",), DELIMITER, lsub=True)])
             return Tagged(cmd.tag, Status.OK, "Lsub completed")
         items = await self.backend.store.mailboxes.list(
-            self._user.id, _join(cmd.reference, cmd.pattern), subscribed_only=True)
+            self._user.id, listing.join(cmd.reference, cmd.pattern), subscribed_only=True)
         self.conn.send([
             ListItem(item.name, tuple(a for a in item.attributes
                                       if a not in ("\\Subscribed", "\\NonExistent")),
@@ -622,24 +707,11 @@ class Session:
             for item in items])
         return Tagged(cmd.tag, Status.OK, "Lsub completed")
 
-    async def _status_data(self, name: str, items: tuple[str, ...]) -> StatusData:
-        st = await self.backend.store.mailboxes.status(self._user.id, name)
-        values = {
-            "MESSAGES": st.messages,
-            "RECENT": st.recent,
-            "UIDNEXT": st.uidnext,
-            "UIDVALIDITY": st.uidvalidity,
-            "UNSEEN": st.unseen,
-            "HIGHESTMODSEQ": st.highestmodseq,
-            "SIZE": st.size,
-            "DELETED": st.deleted,
-        }
-        if "HIGHESTMODSEQ" in items:
-            self.ext.condstore = True
-        return StatusData(st.mailbox.name, tuple((item, values[item]) for item in items))
-
     async def _status(self, cmd: c.Status) -> Tagged:
-        self.conn.send([await self._status_data(cmd.mailbox, cmd.items)])
+        status = await self.backend.store.mailboxes.status(self._user.id, cmd.mailbox)
+        if "HIGHESTMODSEQ" in cmd.items:
+            self.ext.condstore = True
+        self.conn.send([_status_data(status, cmd.items)])
         return Tagged(cmd.tag, Status.OK, "Status completed")
 
     async def _append(self, cmd: c.Append) -> Tagged:
@@ -674,9 +746,47 @@ class Session:
         except Exception:
             log.exception("could not undo a partial MULTIAPPEND for %s", self._who())
 
+    async def _notify(self, cmd: Notify) -> Tagged:
+        """NOTIFY SET / NONE (RFC 5465): a new SET replaces the one in force; one asking
+        for events objmail does not report changes nothing."""
+        if cmd.groups is None:
+            self.notifier = None
+            return Tagged(cmd.tag, Status.OK, "NOTIFY completed")
+        spec = NotifySpec(cmd.groups)
+        if spec.unsupported():
+            return Tagged(cmd.tag, Status.NO, "Unsupported NOTIFY events", BadEvent(SUPPORTED))
+        notifier = Notifier(self.backend.store, self._user.id, spec, self.ext)
+        selected = self.selected
+        self.conn.send(await notifier.start(
+            selected.mailbox_id if selected is not None else None, status=cmd.status))
+        self.notifier = notifier
+        return Tagged(cmd.tag, Status.OK, "NOTIFY completed")
+
     async def _namespace(self, cmd: c.Namespace) -> Tagged:
         self.conn.send([NamespaceData()])
         return Tagged(cmd.tag, Status.OK, "Namespace completed")
+
+    async def _getquota(self, cmd: c.GetQuota) -> Tagged:
+        user = await self.backend.store.users.get_by_id(self._user.id)
+        limited = quota.resources(user)
+        if cmd.root != quota.ROOT or not limited:
+            return Tagged(cmd.tag, Status.NO, "No such quota root", NONEXISTENT)
+        self.conn.send([QuotaData(quota.ROOT, limited)])
+        return Tagged(cmd.tag, Status.OK, "Getquota completed")
+
+    async def _getquotaroot(self, cmd: c.GetQuotaRoot) -> Tagged:
+        box = await self.backend.store.mailboxes.get(self._user.id, cmd.mailbox,
+                                                     selectable=False)
+        limited = quota.resources(await self.backend.store.users.get_by_id(self._user.id))
+        out: list[Response] = [QuotaRootData(box.name, (quota.ROOT,) if limited else ())]
+        if limited:
+            out.append(QuotaData(quota.ROOT, limited))
+        self.conn.send(out)
+        return Tagged(cmd.tag, Status.OK, "Getquotaroot completed")
+
+    async def _setquota(self, cmd: c.SetQuota) -> Tagged:
+        # RFC 9208 4.1.3 lets a server refuse; QUOTASET is not announced.
+        return Tagged(cmd.tag, Status.NO, "Quotas are set by the administrator", NOPERM)
 
     async def _idle(self, cmd: c.Idle) -> None:
         self.conn.send([Continuation("idling")])
@@ -753,6 +863,13 @@ class Session:
         return await self._selected.move(cmd, self.conn)
 
 
+def _asks_recent(cmd: c.Command) -> bool:
+    """Whether ``cmd`` asks for the STATUS item RECENT, which IMAP4rev2 does not have."""
+    if isinstance(cmd, c.Status):
+        return "RECENT" in cmd.items
+    return isinstance(cmd, c.List) and "RECENT" in cmd.return_status
+
+
 def _command_name(event: c.Command | IdleDone | AuthResponse) -> str:
     if isinstance(event, IdleDone):
         return "IDLE"
@@ -761,12 +878,17 @@ def _command_name(event: c.Command | IdleDone | AuthResponse) -> str:
     return event.display_name
 
 
-def _join(reference: str, pattern: str) -> str:
-    """LIST's reference and pattern as one name pattern (RFC 3501 6.3.8)."""
-    if not reference or pattern.startswith(DELIMITER):
-        return pattern
-    if reference.endswith(DELIMITER):
-        return reference + pattern
-    return reference + DELIMITER + pattern
-
-
+def _status_data(st: MailboxStatus, items: tuple[str, ...]) -> StatusData:
+    """``* STATUS`` with ``items`` in the order asked (STATUS and LIST-STATUS)."""
+    values = {
+        "MESSAGES": st.messages,
+        "RECENT": st.recent,
+        "UIDNEXT": st.uidnext,
+        "UIDVALIDITY": st.uidvalidity,
+        "UNSEEN": st.unseen,
+        "HIGHESTMODSEQ": st.highestmodseq,
+        "SIZE": st.size,
+        "DELETED": st.deleted,
+        "DELETED-STORAGE": quota.deleted_storage(st.deleted_size),
+    }
+    return StatusData(st.mailbox.name, tuple((item, values[item]) for item in items))

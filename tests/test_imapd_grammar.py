@@ -10,6 +10,7 @@ from imapd import commands as c
 from imapd.fetchatts import BodySection, FetchItem, Section, SectionText
 from imapd.grammar import COMMAND_NAMES, UID_COMMAND_NAMES, CommandError, parse_command
 from imapd.lexer import Frame
+from imapd.notify import EventGroup, Notify
 from imapd.searchkeys import All, And, Flag, Header, ModSeq, Not, Text, Uid
 from imapd.sequence import SequenceSet
 
@@ -114,6 +115,22 @@ CASES: list[tuple[bytes, tuple[bytes, ...], c.Command]] = [
     ),
     (b'a LIST () "" % RETURN ()', (), c.List("a", "", ("%",), (), (), (), True)),
     (b'a LSUB "#news." "comp.mail.*"', (), c.Lsub("a", "#news.", "comp.mail.*")),
+    (b'a LIST (SUBSCRIBED RECURSIVEMATCH REMOTE) "" %', (),
+     c.List("a", "", ("%",), ("SUBSCRIBED", "RECURSIVEMATCH", "REMOTE"), (), (), True)),
+    (b'a LIST (SPECIAL-USE RECURSIVEMATCH) "" % RETURN (SUBSCRIBED CHILDREN SPECIAL-USE)', (),
+     c.List("a", "", ("%",), ("SPECIAL-USE", "RECURSIVEMATCH"),
+            ("SUBSCRIBED", "CHILDREN", "SPECIAL-USE"), (), True)),
+    # RFC 9208 4.1.1 to 4.1.3's examples.
+    (b'G0001 GETQUOTA "!partition/sda4"', (), c.GetQuota("G0001", "!partition/sda4")),
+    (b"A003 GETQUOTAROOT INBOX", (), c.GetQuotaRoot("A003", "INBOX")),
+    (b'A003 GETQUOTAROOT "inbox"', (), c.GetQuotaRoot("A003", "INBOX")),
+    (b'S0001 SETQUOTA "#user/alice" (STORAGE 510)', (),
+     c.SetQuota("S0001", "#user/alice", (("STORAGE", 510),))),
+    (b'S0002 SETQUOTA "" (storage 512 MESSAGE 1000)', (),
+     c.SetQuota("S0002", "", (("STORAGE", 512), ("MESSAGE", 1000)))),
+    (b'S0003 SETQUOTA "" ()', (), c.SetQuota("S0003", "", ())),
+    (b"a STATUS INBOX (DELETED DELETED-STORAGE)", (),
+     c.Status("a", "INBOX", ("DELETED", "DELETED-STORAGE"))),
     (
         b"a STATUS blurdybloop (UIDNEXT MESSAGES)",
         (),
@@ -260,6 +277,8 @@ CASES: list[tuple[bytes, tuple[bytes, ...], c.Command]] = [
     (b"a COPY 2:4 MEETING", (), c.Copy("a", seq("2:4"), "MEETING")),
     (b'a UID COPY 5 "Trash"', (), c.Copy("a", seq("5"), "Trash", True)),
     (b"a MOVE 1:3 Archive", (), c.Move("a", seq("1:3"), "Archive")),
+    (b"a NOTIFY SET (personal (MailboxName))", (),
+     Notify("a", (EventGroup("PERSONAL", (), ("MailboxName",)),))),
     (b'a UID MOVE 42 "[Gmail]/Trash"', (), c.Move("a", seq("42"), "[Gmail]/Trash", True)),
 ]
 
@@ -296,6 +315,10 @@ ERRORS = [
     (b"a STATUS INBOX (BOGUS)", (), "a", "STATUS item"),
     (b"a STATUS INBOX ()", (), "a", "STATUS"),
     (b"a LIST", (), "a", "LIST"),
+    (b"a GETQUOTA", (), "a", "GETQUOTA"),
+    (b"a SETQUOTA x (STORAGE)", (), "a", "SETQUOTA"),
+    (b"a SETQUOTA x (STORAGE -1)", (), "a", "SETQUOTA"),
+    (b"a GETQUOTAROOT", (), "a", "GETQUOTAROOT"),
     (b'a LIST "" * FOO (X)', (), "a", "RETURN"),
     (b"a APPEND INBOX", (), "a", "APPEND"),
     (b'a APPEND INBOX "abc"', (), "a", "APPEND"),
@@ -367,3 +390,21 @@ def test_every_command_word_is_covered():
             seen.add(name)
     assert seen >= COMMAND_NAMES
     assert {"UID " + name for name in UID_COMMAND_NAMES} <= seen
+
+
+def test_mailbox_names_are_utf8_once_rev2_is_enabled():
+    """With ``utf8_names`` a name is read as UTF-8 (``&`` is a plain character); without,
+    as modified UTF-7; invalid UTF-8 is marked undecodable, as invalid modified UTF-7 is."""
+    from imapd.mutf7 import Undecodable
+
+    line = 'a SELECT "Tom & Jerry/Entwürfe"'.encode()
+    assert parse_command(Frame.from_line(line), utf8_names=True) == c.Select(
+        "a", "Tom & Jerry/Entwürfe")
+    old = parse_command(Frame.from_line(b'a SELECT "Entw&APw-rfe"'))
+    assert old == c.Select("a", "Entwürfe")
+    raw = parse_command(Frame.from_line(b'a SELECT "Entw&APw-rfe"'), utf8_names=True)
+    assert raw == c.Select("a", "Entw&APw-rfe")
+    bad = parse_command(Frame.from_line(b'a LIST "" "\xff*"'), utf8_names=True)
+    assert isinstance(bad, c.List) and isinstance(bad.patterns[0], Undecodable)
+    inbox = parse_command(Frame.from_line(b"a STATUS inbox (MESSAGES)"), utf8_names=True)
+    assert inbox == c.Status("a", "INBOX", ("MESSAGES",))

@@ -134,6 +134,21 @@ LINES = [
         r.StatusData("blurdybloop", (("MESSAGES", 231), ("UIDNEXT", 44292))),
         b'* STATUS "blurdybloop" (MESSAGES 231 UIDNEXT 44292)\r\n',
     ),
+    # RFC 9208 4.1.1, 4.1.2 and 4.1.3's examples.
+    (
+        r.QuotaData("!partition/sda4", (("STORAGE", 104, 10923847),)),
+        b'* QUOTA "!partition/sda4" (STORAGE 104 10923847)\r\n',
+    ),
+    (
+        r.QuotaData("#user/alice", (("STORAGE", 54, 111), ("MESSAGE", 42, 1000))),
+        b'* QUOTA "#user/alice" (STORAGE 54 111 MESSAGE 42 1000)\r\n',
+    ),
+    (r.QuotaRootData("INBOX", ("",)), b'* QUOTAROOT "INBOX" ""\r\n'),
+    (
+        r.QuotaRootData("INBOX", ("#user/alice", "!partition/sda4")),
+        b'* QUOTAROOT "INBOX" "#user/alice" "!partition/sda4"\r\n',
+    ),
+    (r.QuotaRootData("comp.mail.mime", ()), b'* QUOTAROOT "comp.mail.mime"\r\n'),
     (r.SearchData((2, 3, 6)), b"* SEARCH 2 3 6\r\n"),
     (r.SearchData(()), b"* SEARCH\r\n"),
     (r.SearchData((2, 5), 917162500), b"* SEARCH 2 5 (MODSEQ 917162500)\r\n"),
@@ -395,3 +410,22 @@ def test_simple_codes(code):
     """Every argument-less response code renders as [NAME] before the text."""
     wire = r.to_bytes(r.Tagged("t", r.Status.NO, "Failed", code))
     assert wire == b"t NO [" + code.name.encode() + b"] Failed\r\n"
+
+
+@pytest.mark.parametrize(("name", "utf8", "wire"), [
+    ("Entwürfe", False, b'* LIST () "/" "Entw&APw-rfe"\r\n'),
+    ("Entwürfe", True, '* LIST () "/" "Entwürfe"\r\n'.encode()),
+    ('Tom & "J"', True, b'* LIST () "/" "Tom & \\"J\\""\r\n'),
+    ("Tom & Jerry", False, b'* LIST () "/" "Tom &- Jerry"\r\n'),
+])
+def test_mailbox_names_are_modified_utf7_or_utf8_in_rev2(name, utf8, wire):
+    """Mailbox names render as modified UTF-7, or as quoted UTF-8 once a session enabled
+    IMAP4rev2 (RFC 9051 5.1)."""
+    assert b"".join(r.render(r.ListItem(name), utf8=utf8)) == wire
+
+
+def test_status_names_follow_the_same_switch():
+    """STATUS names its mailbox in the session's encoding too."""
+    data = r.StatusData("Café", (("MESSAGES", 1),))
+    assert b"".join(r.render(data)) == b'* STATUS "Caf&AOk-" (MESSAGES 1)\r\n'
+    assert b"".join(r.render(data, utf8=True)) == '* STATUS "Café" (MESSAGES 1)\r\n'.encode()
