@@ -24,7 +24,9 @@ than an object server's item size are cut into chunks stored next to a manifest.
 
 *get(id)*: memory/disk cache, else the index's locations, live ones first in a random
 order weighted by inverse load (:func:`director.placement.read_order`: reads spread over
-the replicas instead of herding onto the one that looked idlest); each replica is tried
+the replicas instead of herding onto the one that looked idlest), those in the process's
+own ``site`` before the others (:meth:`director.sites.SitePolicy.local_first`); each
+replica is tried
 in turn (with a per-request timeout) and read by :class:`director.blobreader.BlobReader`,
 which verifies the whole content against the id (a chunk missing or bad on that replica
 is taken from another).  A replica that errs, times out, misses or returns bad bytes is
@@ -443,7 +445,7 @@ class BlobClient:
         await self._adds.one(bid, frozenset(n.number for n in done))
         self.stats.uploads += 1
         self.stats.bytes_uploaded += len(data)
-        if len(done) < self.policy.replicas:
+        if len(done) < self.policy.replicas or await self._crowded(done):
             await self._queue_repair([bid])
 
     async def _place_and_write(self, what: str, index_id: str,
@@ -483,6 +485,12 @@ class BlobClient:
                 f"{what}: only {len(done)} of {policy.write_quorum} required object "
                 f"servers took the write")
         return done
+
+    async def _crowded(self, done: Sequence[Node]) -> bool:
+        """Whether copies just made break the site rule (a site was down: the write went
+        to the sites that were up, and the repairer moves a copy when it is back)."""
+        placer = await self._placer_now()
+        return self.policy.sites.crowded([n.site for n in done], placer.sites)
 
     async def _queue_repair(self, ids: Iterable[str]) -> None:
         ids = list(ids)
@@ -596,8 +604,11 @@ class BlobClient:
         if primary:
             # Live ones by node number: every directord picks the same first replica.
             return sorted(nodes, key=lambda n: (not n.readable, self._suspect(n), n.number))
-        return read_order(nodes, self._rng,
-                          suspect=[n.id for n in nodes if self._suspect(n)])
+        order = read_order(nodes, self._rng,
+                           suspect=[n.id for n in nodes if self._suspect(n)])
+        # Copies in this frontend's own site first (every copy is verified all the same).
+        return self.policy.sites.local_first(
+            order, lambda n: n.readable and not self._suspect(n))
 
     async def _read(self, bid: str, numbers: Sequence[int]) -> bytes:
         replicas = await self._ordered(bid, numbers)
@@ -745,7 +756,8 @@ class BlobClient:
         stale = [n for n in known if n not in numbers]
         if stale:
             await self._drop_copies(key, index, index_id, stale)
-        if is_blob_id(key) and len(done) < self.policy.replicas:
+        if is_blob_id(key) and (len(done) < self.policy.replicas
+                                or await self._crowded(done)):
             await self._queue_repair([index_id])
         return True
 

@@ -270,7 +270,8 @@ class Drainer(BackgroundJob[DrainStats]):
                 self._example(stats, bid)
             return
         plan = plan_drain(nums, node.number, {n.number: n for n in snap.nodes},
-                          placer.candidates(bid), self.client.policy.replicas)
+                          placer.candidates(bid), self.client.policy.replicas,
+                          sites=self.client.policy.sites)
         made: list[int] = []
         for target in plan.targets:
             if len(made) >= plan.need:
@@ -345,7 +346,8 @@ class Drainer(BackgroundJob[DrainStats]):
                 await self.client.items.update(index_id, remove=[node.number])
             return
         plan = plan_drain(nums, node.number, {n.number: n for n in snap.nodes},
-                          placer.candidates(index_id), self.client.policy.replicas)
+                          placer.candidates(index_id), self.client.policy.replicas,
+                          sites=self.client.policy.sites)
         made: list[int] = []
         for target in plan.targets:
             if len(made) >= plan.need:

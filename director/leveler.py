@@ -21,7 +21,8 @@ the pass ends at once.  Otherwise:
 3. **Plan.**  :func:`director.planner.plan_moves` (pure, seeded by the pass number): a
    busy node's hot blobs to the least loaded nodes, then bytes from the nodes furthest
    above their targets to those furthest below, hottest blobs first, within
-   ``level_bytes_per_pass`` bytes, never lowering a blob's zone spread.
+   ``level_bytes_per_pass`` bytes, never lowering a blob's zone or site spread nor
+   crowding a site beyond ``replicas_per_site`` (:mod:`director.sites`).
 4. **Moves**, :data:`PARALLELISM` at a time, each paced by a token bucket
    (``level_rate`` bytes/s in total, ``level_source_rate`` from any one source): a
    verified copy (:mod:`director.copier`) to the target, one atomic index update (add the
@@ -206,7 +207,8 @@ class Leveler(BackgroundJob[LevelStats]):
         nodes = self._levelled(snap)
         usages = tuple(NodeUsage(n.id, n.number, n.zone,
                                  n.report.used_bytes if n.report else 0,
-                                 n.report.capacity_bytes if n.report else 0) for n in nodes)
+                                 n.report.capacity_bytes if n.report else 0, n.site)
+                       for n in nodes)
         stat = usage(usages)
         used = {u.node_id: u.used for u in usages}
         fields = await state.load()
@@ -224,7 +226,7 @@ class Leveler(BackgroundJob[LevelStats]):
                 projected[m.source] -= m.size
                 projected[m.target] += m.size
             after = usage([NodeUsage(u.node_id, u.number, u.zone, projected[u.node_id],
-                                     u.capacity) for u in usages])
+                                     u.capacity, u.site) for u in usages])
             return LevelPlan(usages, tuple(moves), stat.mean, stat.spread, after.fractions,
                              tolerance, stat.deviations, after.deviations,
                              stat.to_move(used), tuple(sorted(busy)))
@@ -246,7 +248,10 @@ class Leveler(BackgroundJob[LevelStats]):
             await state.save({f"cursor:{k}": v for k, v in cursors.items()})
         return planned(plan_moves(usages, hot, tolerance, self.dconf.level_bytes_per_pass,
                                   cold=cold, busy=busy, loads=load_ratios(loads),
-                                  seed=integer(fields, "passes")))
+                                  seed=integer(fields, "passes"),
+                                  sites=self.client.policy.sites,
+                                  places={n.number: (n.site, n.zone) for n in snap.nodes
+                                          if n.number}))
 
     async def run_pass(self, control: PassControl) -> LevelStats:
         stats = LevelStats()

@@ -5,15 +5,17 @@ starts (:meth:`PlacementPolicy.from_config`) and asked by everything that places
 counts copies: puts (:mod:`director.placement` ranks the nodes it allows), repair, drain
 and level.  Nothing else reads ``replicas``, ``write_quorum`` or ``write_tier``, so a
 richer policy (more tiers, sites) changes this object and what it answers, not its
-callers.
+callers.  Each further concern is an object of its own held here: sites
+(:class:`director.sites.SitePolicy`, ``replicas_per_site`` and the frontend's ``site``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from director.config import DirectorConfig
 from director.nodes import Node, NodeState
+from director.sites import SitePolicy
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class PlacementPolicy:
     min_free_fraction: float = 0.02
     #: How strongly a node busier than its peers' mean is avoided (0 = ignore load).
     load_penalty: float = 0.5
+    #: How copies spread over sites, and the site reads prefer (director.sites).
+    sites: SitePolicy = field(default_factory=SitePolicy)
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -52,7 +56,8 @@ class PlacementPolicy:
     def from_config(cls, dconf: DirectorConfig) -> PlacementPolicy:
         """The policy the ``[director]`` section describes."""
         return cls(replicas=dconf.replicas, write_quorum=dconf.write_quorum,
-                   tier=dconf.write_tier or None)
+                   tier=dconf.write_tier or None,
+                   sites=SitePolicy(dconf.replicas_per_site, dconf.site))
 
     def may_hold(self, node: Node) -> bool:
         """Whether ``node`` may take new copies (before weighing how much room and load
