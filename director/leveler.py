@@ -14,7 +14,7 @@ the pass ends at once.  Otherwise:
 2. **Candidates.**  For every node above its target, and every busy node: its hottest
    keys from its load report (a chunk key stands for its blob), which the index confirms
    it holds; and, when those do not add up to its excess, up to ``level_scan_entries``
-   more of its blobs from an index scan filtered by its number, resumed from a per-node
+   more of its blobs from one index sweep serving every such node, resumed from a
    cursor in the job's state so successive passes offer different blobs.  Each
    candidate's size on the node is asked with a meta get (``mg <id> s f``; a chunked
    blob's size comes from its manifest).
@@ -43,7 +43,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +75,9 @@ log = logging.getLogger(__name__)
 HOT_KEYS = 100
 #: Size queries in flight at once, per pass.
 SIZE_PARALLELISM = 16
+#: Index buckets read per round trip by the cold-blob sweep (empty buckets cost little;
+#: round trips are what a sweep of a small index spends its time on).
+COLD_SCAN_BUCKETS = 4 * SCAN_BUCKETS
 #: Moves in flight at once (the rate limit paces them).
 PARALLELISM = 4
 #: Moves kept in a pass's stats (for ``--json``; the counters cover all of them).
@@ -237,15 +240,13 @@ class Leveler(BackgroundJob[LevelStats]):
         hot = await self._hot(sources)
         excess = {u.node_id: u.used - stat.targets.get(u.node_id, 0.0) for u in usages}
         cold: dict[str, list[BlobCandidate]] = {}
-        cursors: dict[str, int] = {}
         if stat.spread > tolerance:
-            for node in sources:
-                if excess[node.id] > 0 and \
-                        sum(b.size for b in hot.get(node.id, ())) < excess[node.id]:
-                    cold[node.id], cursors[node.id] = await self._cold(
-                        node, integer(fields, f"cursor:{node.id}"), hot.get(node.id, ()))
-        if cursors and saving:  # a dry run leaves the cursors alone
-            await state.save({f"cursor:{k}": v for k, v in cursors.items()})
+            short = [n for n in sources if excess[n.id] > 0
+                     and sum(b.size for b in hot.get(n.id, ())) < excess[n.id]]
+            if short:
+                cold, cursor = await self._cold(short, integer(fields, "cursor"), hot)
+                if saving:  # a dry run leaves the cursor alone
+                    await state.save({"cursor": cursor})
         return planned(plan_moves(usages, hot, tolerance, self.dconf.level_bytes_per_pass,
                                   cold=cold, busy=busy, loads=load_ratios(loads),
                                   seed=integer(fields, "passes"),
@@ -364,24 +365,37 @@ class Leveler(BackgroundJob[LevelStats]):
             out[node.id] = await self._sized(node, [(b, holders[b], h) for b, h in mine])
         return out
 
-    async def _cold(self, node: Node, cursor: int, hot: Sequence[BlobCandidate]
-                    ) -> tuple[list[BlobCandidate], int]:
-        """Up to ``level_scan_entries`` of the node's blobs from the index, from
-        ``cursor``; returns them and the cursor to resume from."""
-        if not 0 <= cursor < self.index.layout.buckets:
-            cursor = 0
-        skip = {b.blob_id for b in hot}
-        found: list[tuple[str, tuple[int, ...], float]] = []
+    async def _cold(self, nodes: Sequence[Node], cursor: int,
+                    hot: Mapping[str, Sequence[BlobCandidate]]
+                    ) -> tuple[dict[str, list[BlobCandidate]], int]:
+        """Up to ``level_scan_entries`` blobs of each of ``nodes`` from the index (hot
+        ones left out), from ``cursor``; returns them and the cursor to resume from.
+
+        One sweep serves every node: a node holding fewer blobs than that makes the
+        sweep go round the whole index, and one round per node (Redis reads competing
+        with the frontends' lookups) was most of a pass's time on a small index.
+        """
         total = self.index.layout.buckets
+        if not 0 <= cursor < total:
+            cursor = 0
+        limit = self.dconf.level_scan_entries
+        by_number = {n.number: n for n in nodes}
+        skip = {n.id: {b.blob_id for b in hot.get(n.id, ())} for n in nodes}
+        found: dict[str, list[tuple[str, tuple[int, ...], float]]] = {n.id: [] for n in nodes}
         scanned = 0
-        while len(found) < self.dconf.level_scan_entries and scanned < total:
-            step = min(SCAN_BUCKETS, total - scanned)
-            page = await self.index.scan(cursor, buckets=step, node=node.number)
-            found += [(bid, nums, 0.0) for bid, nums in page.entries if bid not in skip]
+        while scanned < total and any(len(f) < limit for f in found.values()):
+            step = min(COLD_SCAN_BUCKETS, total - scanned)
+            page = await self.index.scan(cursor, buckets=step)
+            for bid, nums in page.entries:
+                for number in nums:
+                    node = by_number.get(number)
+                    if node is not None and len(found[node.id]) < limit \
+                            and bid not in skip[node.id]:
+                        found[node.id].append((bid, nums, 0.0))
             scanned += page.buckets_done - cursor
             cursor = page.next_cursor or 0
-        found = found[:self.dconf.level_scan_entries]
-        return await self._sized(node, found), cursor
+        sized = await asyncio.gather(*(self._sized(n, found[n.id]) for n in nodes))
+        return {n.id: s for n, s in zip(nodes, sized, strict=True)}, cursor
 
     async def _sized(self, node: Node, blobs: Sequence[tuple[str, tuple[int, ...], float]]
                      ) -> list[BlobCandidate]:

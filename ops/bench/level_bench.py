@@ -11,8 +11,7 @@ stores ``--data`` bytes of random (incompressible) blobs of 16 KiB-512 KiB throu
 
 1. start one more objstored (empty) and register it (``objmail node add``);
 2. **before**: the IMAP mix (:mod:`ops.bench.imap_bench`, fetches only by default) for
-   as long as the leveling is expected to take (bytes to move / ``--rate``, at most
-   ``--max-window``);
+   ``--window`` seconds;
 3. **during**: ``objmail level --wait --rate R --json`` in its own process, as an
    operator runs it, and the same IMAP mix for the same time, started with it;
 4. once it ends: the bytes it moved over its wall time, and the new node's deviation
@@ -26,7 +25,7 @@ gives each rep and the medians; the p99 ratio during/before is the figure to wat
 
 Usage::
 
-    python -m ops.bench.level_bench [--data 600M] [--rate 8M] [--clients 8] [--reps 3]
+    python -m ops.bench.level_bench [--data 600M] [--rate 8M] [--clients 8] [--window 30] [--reps 3]
         [--json results.json]
 """
 
@@ -75,6 +74,8 @@ class Rep:
     to_move: int
     moved: int
     level_seconds: float
+    pass_seconds: float
+    passes: int
     window: float
     deviation_after: float
     spread_after: float
@@ -204,7 +205,7 @@ def one_rep(args: argparse.Namespace, oc: ObjmailCluster, k: int, nodes_before: 
     name = f"objstored-new{k}"
     add_node(oc, name)
     to_move, _dev, _spread = asyncio.run(level_figures(oc, name, time.time()))
-    window = max(5.0, min(args.max_window, 0.8 * to_move / args.rate))
+    window = args.window
     print(f"rep {k}: {name} added; {mib(to_move)} to move; windows of {window:.0f} s",
           file=sys.stderr)
     before = imap_run(args, oc, window)
@@ -220,9 +221,16 @@ def one_rep(args: argparse.Namespace, oc: ObjmailCluster, k: int, nodes_before: 
     finished = time.time()
     if mover.returncode != 0:
         raise SystemExit(f"objmail level exited {mover.returncode}: {out[-2000:]!r}")
-    moved = int(json.loads(out)["bytes"])
+    summary = json.loads(out)
+    moved = int(summary["bytes"])
+    print(f"rep {k}: objmail level: {summary['passes']} pass(es), {summary['moved']} of "
+          f"{summary['planned']} planned moves, {mib(moved)} in {seconds:.1f} s wall, "
+          f"{summary.get('seconds', 0):.1f} s in passes; IMAP window {window:.0f} s "
+          f"{'inside' if seconds >= window else 'LONGER THAN'} the leveling",
+          file=sys.stderr)
     _left, deviation, spread = asyncio.run(level_figures(oc, name, finished))
-    return Rep(name, nodes_before, to_move, moved, seconds, window, deviation, spread,
+    return Rep(name, nodes_before, to_move, moved, seconds, float(summary.get("seconds", 0)),
+               int(summary["passes"]), window, deviation, spread,
                fetch_figures(before, "p99_ms"), fetch_figures(during, "p99_ms"),
                fetch_figures(before, "p50_ms"), fetch_figures(during, "p50_ms"),
                sum(int(r["count"]) for n, r in before["per_command"].items()
@@ -240,14 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mix", default=FETCHES, help=f"IMAP mix ({FETCHES})")
     ap.add_argument("--corpus", default=str(DEFAULT_CORPUS))
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--max-window", type=float, default=60.0,
-                    help="longest IMAP window before and during, s (60)")
+    ap.add_argument("--window", type=float, default=30.0,
+                    help="IMAP load before, and during the leveling (which should last "
+                         "longer: see the report), s (30)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     args.rate = parse_size(args.rate, "--rate")
     total = parse_size(args.data, "--data")
     rng = random.Random(1)
-    config = objmail_config(seed=1)
+    config = objmail_config()
     # directord levels nothing by itself: the run's objmail level is the only mover.
     config = dataclasses.replace(config, director=dataclasses.replace(
         config.director, level_interval=0.0))
