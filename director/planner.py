@@ -121,16 +121,20 @@ class RepairPlan:
     unplaced: bool = False
     #: Copies wanted (``replicas``): drops never leave fewer.
     want: int = 0
+    #: Of ``counted``, the copies verified just now (not a down node's, counted on trust):
+    #: only those make a surplus copy safe to drop.
+    verified: int = 0
 
     @property
     def whole(self) -> bool:
         """Nothing to do: enough copies, none to fix, nothing to forget or drop."""
         return not self.need and not self.rewrite and not self.forget and not self.drops(0)
 
-    def drops(self, made: int) -> int:
-        """Surplus copies to drop once ``made`` new copies (and the rewrites) exist."""
-        return max(0, min(len(self.surplus),
-                          self.counted + len(self.rewrite) + made - self.want))
+    def drops(self, made: int, fixed: int | None = None) -> int:
+        """Surplus copies to drop once ``made`` new copies and ``fixed`` rewrites (default:
+        all of them) exist: never so many that fewer than ``want`` verified copies stay."""
+        fixed = len(self.rewrite) if fixed is None else fixed
+        return max(0, min(len(self.surplus), self.verified + fixed + made - self.want))
 
     @property
     def possible(self) -> bool:
@@ -200,7 +204,7 @@ def plan_repair(replicas: Sequence[Replica], candidates: Sequence[Node], want: i
         surplus = sites.surplus(sorted(held, key=lambda n: position.get(n.id, len(position))))
     targets = tuple(ranked) if need else ()
     return RepairPlan(sources, rewrite, targets, need, forget, len(counted),
-                      tuple(surplus), unplaced, want)
+                      tuple(surplus), unplaced, want, sum(1 for r in replicas if r.counts))
 
 
 def copies_left(locations: Sequence[int], nodes: Mapping[int, Node], want: int, *,

@@ -407,8 +407,7 @@ class Repairer(BackgroundJob[RepairStats]):
         if added or plan.forget:
             await self.index.update(bid, add=added, remove=plan.forget)
             stats.forgotten += len(plan.forget)
-        drop = plan.surplus[:max(0, min(len(plan.surplus),
-                                         plan.counted + fixed + made - plan.want))]
+        drop = plan.surplus[:plan.drops(made, fixed)]
         if drop and source is not None:
             await self._drop(bid, drop, source, stats)
         stats.rewritten += fixed

@@ -146,6 +146,15 @@ def test_repair_of_a_lost_copy_goes_to_the_site_that_lacks_it() -> None:
     assert plan.need == 1 and plan.targets[0].id == "n4"
 
 
+def test_nothing_is_dropped_on_trust() -> None:
+    """A copy on a down node within its grace counts, but is not verified: the crowded
+    site keeps both its copies until the down node's copy is seen again."""
+    plan = plan_repair([good(A1), good(A2), Replica(3, B1_DOWN, Health.DOWN)], [A1, A2], 2,
+                       waiting=frozenset({3}), sites=RULE, owed={"x", "y"})
+    assert plan.counted == 3 and plan.verified == 2 and plan.surplus
+    assert plan.drops(0) == 0 and plan.whole
+
+
 def test_without_the_rule_nothing_is_dropped() -> None:
     """No rule: a crowded site is no fault, extra copies stay."""
     plan = plan_repair([good(A1), good(A2), good(B1)], [A1, B1], 2, owed={"x", "y"})
