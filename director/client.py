@@ -32,6 +32,12 @@ which verifies the whole content against the id (a chunk missing or bad on that 
 is taken from another).  A replica that errs, times out, misses or returns bad bytes is
 skipped and queued for repair; the first verified copy wins.
 
+*Temperature*: every read of a blob (cache hits included) and every put is reported to
+:attr:`BlobClient.temperature` (:class:`director.temperature.ReadSampler`): a dict update
+on the call's path, written to Redis in batches by a task of the event loop.  With a
+storage hierarchy (:mod:`director.tiers`) reads try the fastest tier holding a live copy
+first.
+
 *Items* (:meth:`BlobClient.put_item`, :meth:`BlobClient.get_items`...) are what
 directord stores for plain memcached clients: a value and client flags under any key,
 stored as given.  They take the same paths: placement and quorum writes on the key's
@@ -123,6 +129,7 @@ from director.redisconn import RetryPolicy
 from director.redisstate import RedisState
 from director.registry import Registry, RegistrySnapshot
 from director.repairqueue import RepairQueue
+from director.temperature import ReadSampler, TemperatureSettings, TemperatureStore
 from objstore import protocol as p
 from objstore.protocol import is_valid_key as is_text_key
 from objstore.replies import Expect, MetaDebugReply, MetaReply, Reply, Value
@@ -247,7 +254,7 @@ class BlobClient:
                  clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None,
                  wall_clock: Callable[[], float] = time.time,
-
+                 temperature: ReadSampler | None = None,
                  access: NodeAccess = OPEN_ACCESS) -> None:
         self.dconf = dconf
         #: How connections to object servers are made (credentials, TLS).
@@ -265,6 +272,11 @@ class BlobClient:
         #: Where copies go and how many: asked by puts, repair, drain and level.
         self.policy = PlacementPolicy.from_config(self.dconf)
         self.cache = cache or BlobCache(self.dconf.cache_bytes)
+        #: The read temperature of the blobs (director/temperature.py): ``heat`` reads
+        #: it, ``temperature`` is where this frontend reports the reads it serves.
+        self.heat = TemperatureStore(index.runner, index.keys,
+                                     TemperatureSettings.from_config(dconf), clock=wall_clock)
+        self.temperature = temperature or ReadSampler(self.heat)
         self.stats = ClientStats()
         self._clock = clock
         #: Picks which replica a read tries first (:func:`director.placement.read_order`).
@@ -327,6 +339,7 @@ class BlobClient:
                    access=access)
 
     async def aclose(self) -> None:
+        await self.temperature.aclose()
         for node in self._nodes.values():
             await node.close()
         self._nodes.clear()
@@ -433,6 +446,8 @@ class BlobClient:
         # Before the lookup: a running gc must not collect what this put dedups onto.
         await self.gc_watch.before_put(ids)
         known = await self._lookups.many(dict.fromkeys(ids))
+        for bid in ids:
+            self.temperature.wrote(bid)
         todo = {bid: data for bid, data in blobs.items() if not known.get(bid)}
         if todo:
             await asyncio.gather(*(self._upload(bid, data) for bid, data in todo.items()))
@@ -509,6 +524,7 @@ class BlobClient:
         :raises BlobUnavailable: no replica could serve it.
         :raises BlobCorrupt: every replica that answered had bad bytes.
         """
+        self.temperature.read(bid)
         cached = self.cache.get(bid)
         if cached is not None:
             return cached
@@ -523,6 +539,7 @@ class BlobClient:
         out: dict[str, bytes] = {}
         missing = []
         for bid in dict.fromkeys(ids):
+            self.temperature.read(bid)
             cached = self.cache.get(bid)
             if cached is not None:
                 out[bid] = cached
@@ -549,6 +566,7 @@ class BlobClient:
 
         :raises BlobNotFound, BlobUnavailable, BlobCorrupt: as :meth:`get`.
         """
+        self.temperature.read(bid)
         cached = self.cache.get(bid)
         if cached is not None:
             yield cached
@@ -604,11 +622,16 @@ class BlobClient:
         if primary:
             # Live ones by node number: every directord picks the same first replica.
             return sorted(nodes, key=lambda n: (not n.readable, self._suspect(n), n.number))
-        order = read_order(nodes, self._rng,
-                           suspect=[n.id for n in nodes if self._suspect(n)])
-        # Copies in this frontend's own site first (every copy is verified all the same).
+        suspect = [n.id for n in nodes if self._suspect(n)]
+        order = read_order(nodes, self._rng, suspect=suspect)
+        tiers = self.policy.tiers
+        # A storage hierarchy: the fastest tier holding a copy serves the read.
+        if tiers is not None:
+            order = tiers.fastest_first(order, suspect)
+        # Copies in this frontend's own site before the others (the tier order kept
+        # within each; every copy is verified all the same).
         return self.policy.sites.local_first(
-            order, lambda n: n.readable and not self._suspect(n))
+            order, lambda n: n.readable and n.id not in suspect)
 
     async def _read(self, bid: str, numbers: Sequence[int]) -> bytes:
         replicas = await self._ordered(bid, numbers)
@@ -756,9 +779,10 @@ class BlobClient:
         stale = [n for n in known if n not in numbers]
         if stale:
             await self._drop_copies(key, index, index_id, stale)
-        if is_blob_id(key) and (len(done) < self.policy.replicas
-                                or await self._crowded(done)):
-            await self._queue_repair([index_id])
+        if is_blob_id(key):
+            self.temperature.wrote(index_id)
+            if len(done) < self.policy.replicas or await self._crowded(done):
+                await self._queue_repair([index_id])
         return True
 
     def _item_space(self, key: bytes) -> tuple[Coalescer[None], Coalescer[frozenset[int]],
@@ -820,6 +844,7 @@ class BlobClient:
         replicas = await self._ordered(index_id, numbers)
         what = _item_name(key)
         if is_blob_id(key):
+            self.temperature.read(index_id)
             # Served as stored (a chunked blob: its manifest), once verified whole.
             blob = await self._read_verified(index_id, replicas, content=False, cas=cas,
                                              what=what, miss_ok=True)

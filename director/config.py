@@ -21,6 +21,31 @@ MIN_GC_GRACE = 600.0
 
 
 @dataclass(frozen=True)
+class TierConfig:
+    """One storage tier (``[[director.tiers]]``): the nodes registered with this tier
+    name, how fast they are, and how many copies of a blob they hold.
+
+    A blob is *hot* while it is new or read often, *cold* once it has not been read
+    for ``director.tier_cold_after``; it keeps ``replicas`` copies here while hot and
+    ``cold_replicas`` while cold (``objmail tier`` moves it between the two layouts).
+    """
+
+    name: str = ""
+    #: Speed rank: reads prefer the lowest rank holding a copy (0 = fastest).
+    rank: int = 0
+    #: Copies of a hot (or new) blob on this tier.
+    replicas: int = 0
+    #: Copies of a cold blob on this tier.
+    cold_replicas: int = 0
+
+    def __post_init__(self) -> None:
+        check(bool(self.name), "name", "a tier needs a name (the nodes' --tier)")
+        check(self.rank >= 0, "rank", "must not be negative")
+        for key in ("replicas", "cold_replicas"):
+            check(0 <= getattr(self, key) <= 8, key, "must be 0..8")
+
+
+@dataclass(frozen=True)
 class DirectorConfig:
     """Placement, replication and the blob client used in-process and by directord."""
 
@@ -68,6 +93,18 @@ class DirectorConfig:
     level_rate: int = 64 * MIB
     level_source_rate: int = 32 * MIB
     level_scan_entries: int = 2000
+    temperature_half_life: float = 3600.0
+    temperature_sample: float = 1.0
+    temperature_keep: int = 2048
+    temperature_flush_interval: float = 1.0
+    temperature_max_pending: int = 65536
+    #: Storage hierarchy: empty = one tier (``write_tier``), ``replicas`` copies.
+    tiers: tuple[TierConfig, ...] = ()
+    tier_cold_after: float = 3 * 86400.0
+    tier_hot_reads: float = 8.0
+    tier_interval: float = 600.0
+    tier_rate: int = 32 * MIB
+    tier_max_blobs: int = 10000
     gc_grace: float = 3600.0
     gc_min_grace: float = MIN_GC_GRACE
     index_write_replicas: int = 1
@@ -100,8 +137,9 @@ class DirectorConfig:
         check(self.slow_reader_timeout >= 0, "slow_reader_timeout",
               "must be 0 (off) or positive")
         check(1 <= self.replicas <= 8, "replicas", f"must be 1..8, got {self.replicas}")
-        check(1 <= self.write_quorum <= self.replicas, "write_quorum",
-               f"must be 1..replicas ({self.replicas}), got {self.write_quorum}")
+        # With tiers the copies are their hot layout's (checked below), not ``replicas``.
+        check(bool(self.tiers) or 1 <= self.write_quorum <= self.replicas, "write_quorum",
+              f"must be 1..replicas ({self.replicas}), got {self.write_quorum}")
         check(0 <= self.replicas_per_site <= self.replicas, "replicas_per_site",
               f"must be 0 (no rule) to replicas ({self.replicas}), got "
               f"{self.replicas_per_site}")
@@ -137,8 +175,30 @@ class DirectorConfig:
               "objstore_tls_cert and objstore_tls_key must be set together")
         check(not self.objstore_tls_cert or bool(self.objstore_tls_ca), "objstore_tls_ca",
               "a client certificate is for TLS, which objstore_tls_ca turns on")
-        for key in ("repair_rate", "level_rate", "level_source_rate"):
+        for key in ("repair_rate", "level_rate", "level_source_rate", "tier_rate"):
             check(getattr(self, key) >= 0, key, "must be 0 (no limit) or positive bytes/s")
+        check(self.temperature_half_life > 0, "temperature_half_life", "must be positive")
+        check(0 <= self.temperature_sample <= 1, "temperature_sample",
+              f"must be a fraction of reads, 0 (off) to 1, got {self.temperature_sample}")
+        check(self.temperature_keep >= 16, "temperature_keep", "must be at least 16")
+        check(self.temperature_flush_interval > 0, "temperature_flush_interval",
+              "must be positive")
+        check(self.temperature_max_pending >= 1, "temperature_max_pending",
+              "must be at least 1")
+        names = [t.name for t in self.tiers]
+        check(len(set(names)) == len(names), "tiers", f"tier names repeat: {names}")
+        if self.tiers:
+            hot = sum(t.replicas for t in self.tiers)
+            cold = sum(t.cold_replicas for t in self.tiers)
+            check(1 <= hot <= 8, "tiers", f"the tiers' replicas must add up to 1..8, got {hot}")
+            check(1 <= cold <= 8, "tiers",
+                  f"the tiers' cold_replicas must add up to 1..8, got {cold}")
+            check(1 <= self.write_quorum <= hot, "write_quorum",
+                  f"must be at most the tiers' replicas ({hot}), got {self.write_quorum}")
+        check(self.tier_cold_after > 0, "tier_cold_after", "must be positive")
+        check(self.tier_hot_reads > 0, "tier_hot_reads", "must be positive")
+        check(self.tier_interval >= 0, "tier_interval", "must be 0 (off) or positive")
+        check(self.tier_max_blobs >= 1, "tier_max_blobs", "must be at least 1")
 
 @dataclass(frozen=True)
 class DirectordConfig:

@@ -269,9 +269,10 @@ class Drainer(BackgroundJob[DrainStats]):
                 stats.errors += 1
                 self._example(stats, bid)
             return
+        policy = self.client.policy
         plan = plan_drain(nums, node.number, {n.number: n for n in snap.nodes},
-                          placer.candidates(bid), self.client.policy.replicas,
-                          sites=self.client.policy.sites)
+                          placer.candidates(bid), policy.min_copies, tiers=policy.tiers,
+                          sites=policy.sites)
         made: list[int] = []
         for target in plan.targets:
             if len(made) >= plan.need:
@@ -297,7 +298,7 @@ class Drainer(BackgroundJob[DrainStats]):
                     await self._delete(target_node, source.keys)
         if node.readable and here is not None and here.health is not Health.UNREACHABLE:
             await self._delete(node, source.keys)
-        if len(others) + len(made) < self.client.policy.replicas:
+        if len(others) + len(made) < policy.min_copies:
             await self.client.repair.add([bid])
         stats.moved += 1
 

@@ -34,6 +34,11 @@ MAX_BUCKET_BITS = 28
 #: Shards of the repair queue (one sorted set each, spread over the masters).
 REPAIR_SHARDS = 16
 
+#: Shards of the read temperature (director/temperature.py): each is a hash tag of its
+#: own, so the shards spread over the cluster's slots (and masters) and no one master
+#: takes every frontend's writes.
+HEAT_SHARDS = 64
+
 #: What directord hashes in front of a client key to make its index id (see item_index_id).
 ITEM_ID_PREFIX = b"objmail-item:"
 
@@ -213,6 +218,27 @@ class Keyspace:
 
     def repair_shard_of(self, blob_id: str) -> int:
         return int(blob_id[0], 16) % REPAIR_SHARDS
+
+    # -- read temperature (director/temperature.py) ----------------------------------
+
+    def heat_shard_of(self, blob_id: str) -> int:
+        return int(blob_id[:2], 16) % HEAT_SHARDS
+
+    def heat(self, shard: int) -> str:
+        """ZSET: member = blob id, score = forward-decayed reads (see
+        director/temperature.py); trimmed to the hottest ``temperature_keep``."""
+        return f"{self.prefix}heat:{{h{shard:02x}}}:reads"
+
+    def heat_seen(self, shard: int) -> str:
+        """ZSET: member = blob id, score = unix time of its last recorded access (a
+        sampled read or a write); trimmed to the ``temperature_keep`` most recent."""
+        return f"{self.prefix}heat:{{h{shard:02x}}}:seen"
+
+    def heat_meta(self, shard: int) -> str:
+        """HASH: ``landmark`` (the time the shard's scores are relative to) and ``floor``
+        (the latest access time trimmed from ``seen``: any blob not listed there was
+        last accessed no later than this)."""
+        return f"{self.prefix}heat:{{h{shard:02x}}}:meta"
 
     # -- background work (director/background.py) ------------------------------------
 

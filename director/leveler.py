@@ -2,7 +2,9 @@
 first, at a bounded rate.
 
 Theory of operation.  A leveling pass (job ``level``, one director at a time) reads the
-registry snapshot, takes the active nodes of the write tier that report a capacity, and
+registry snapshot, takes the active nodes of the write tier that report a capacity (with
+a storage hierarchy, :mod:`director.tiers`: each tier's nodes as a pool of its own, planned
+the same way one after the other, so no move crosses tiers), and
 compares each one's bytes with its *target*, its capacity's share of all the bytes (the
 mean per node when capacities are equal; see :mod:`director.planner`).  When every node
 is within ``level_tolerance`` of its target (relative: 0.10 = 10%) and no node is busy,
@@ -11,10 +13,11 @@ the pass ends at once.  Otherwise:
 1. **Load.**  Each node's CPU and storage I/O from its report; one above the others'
    mean in consecutive passes (:func:`director.planner.busy_nodes`, streaks kept in the
    job's state) is *busy*.
-2. **Candidates.**  For every node above its target, and every busy node: its hottest
-   keys from its load report (a chunk key stands for its blob), which the index confirms
-   it holds; and, when those do not add up to its excess, up to ``level_scan_entries``
-   more of its blobs from one index sweep serving every such node, resumed from a
+2. **Candidates.**  For every node above its target, and every busy node: the hottest
+   blobs by the frontends' read temperature (:mod:`director.temperature`: decayed
+   counts of sampled reads, frontend cache hits included) that the index says it holds;
+   and, when those do not add up to its excess, up to ``level_scan_entries`` more of its
+   blobs from one index sweep serving every such node, resumed from a
    cursor in the job's state so successive passes offer different blobs.  Each
    candidate's size on the node is asked with a meta get (``mg <id> s f``; a chunked
    blob's size comes from its manifest).
@@ -42,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -51,7 +53,6 @@ from director.background import BackgroundJob, PassControl, PassStats, RateLimit
 from director.copier import delete_copy, write_verified
 from director.index import SCAN_BUCKETS
 from director.jobstate import JobState, integer
-from director.keys import is_blob_id
 from director.memcache_client import NodeError
 from director.nodes import Node, NodeState
 from director.placement import relative_loads
@@ -71,7 +72,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Hottest keys read per node from its report.
+#: Hottest blobs considered per source node.
 HOT_KEYS = 100
 #: Size queries in flight at once, per pass.
 SIZE_PARALLELISM = 16
@@ -208,13 +209,27 @@ class Leveler(BackgroundJob[LevelStats]):
         state = state or JobState(self.runner, self.keys, self.job)
         snap = await self.client.snapshot(force=True)
         nodes = self._levelled(snap)
+        fields = await state.load()
+        tiers = self.client.policy.tiers
+        # Where every registered node is (site, zone): copies on nodes not levelled here
+        # count for the site and zone rules.
+        places = {n.number: (n.site, n.zone) for n in snap.nodes if n.number}
+        if tiers is None:
+            return await self._plan_pool(nodes, state, fields, saving, places)
+        # A storage hierarchy: each tier is levelled on its own; no move crosses tiers.
+        return merge_plans([await self._plan_pool(pool, state, fields, saving, places)
+                            for pool in tiers.pools(nodes)], self.tolerance)
+
+    async def _plan_pool(self, nodes: Sequence[Node], state: JobState,
+                         fields: dict[str, str], saving: bool,
+                         places: Mapping[int, tuple[str, str]]) -> LevelPlan:
+        """Plan the moves among ``nodes`` (all of them, or one tier's)."""
         usages = tuple(NodeUsage(n.id, n.number, n.zone,
                                  n.report.used_bytes if n.report else 0,
                                  n.report.capacity_bytes if n.report else 0, n.site)
                        for n in nodes)
         stat = usage(usages)
         used = {u.node_id: u.used for u in usages}
-        fields = await state.load()
         loads = [NodeLoad(n.id, n.report.cpu_process, n.report.io_bps)
                  for n in nodes if n.report is not None]
         streaks = {n.id: integer(fields, f"busy:{n.id}") for n in nodes}
@@ -244,15 +259,17 @@ class Leveler(BackgroundJob[LevelStats]):
             short = [n for n in sources if excess[n.id] > 0
                      and sum(b.size for b in hot.get(n.id, ())) < excess[n.id]]
             if short:
-                cold, cursor = await self._cold(short, integer(fields, "cursor"), hot)
+                # One cursor per pool (a storage hierarchy levels each tier apart).
+                key = "cursor" if self.client.policy.tiers is None \
+                    else f"cursor:{short[0].tier}"
+                cold, cursor = await self._cold(short, integer(fields, key), hot)
                 if saving:  # a dry run leaves the cursor alone
-                    await state.save({"cursor": cursor})
+                    await state.save({key: cursor})
         return planned(plan_moves(usages, hot, tolerance, self.dconf.level_bytes_per_pass,
                                   cold=cold, busy=busy, loads=load_ratios(loads),
                                   seed=integer(fields, "passes"),
                                   sites=self.client.policy.sites,
-                                  places={n.number: (n.site, n.zone) for n in snap.nodes
-                                          if n.number}))
+                                  places=places))
 
     async def run_pass(self, control: PassControl) -> LevelStats:
         stats = LevelStats()
@@ -344,25 +361,19 @@ class Leveler(BackgroundJob[LevelStats]):
                 and n.report.capacity_bytes > 0]
 
     async def _hot(self, sources: Sequence[Node]) -> dict[str, list[BlobCandidate]]:
-        """Each source's hottest blobs that the index confirms it holds, with sizes."""
+        """Each source's hottest blobs, with sizes: the blobs the frontends read most
+        (the decayed counters of :mod:`director.temperature`, cache hits included) that
+        the index says the source holds."""
         if not sources:
             return {}
-        reported = await self.client.registry.hot([n.id for n in sources], HOT_KEYS)
-        heat: dict[str, dict[str, float]] = {}
-        for node in sources:
-            per: dict[str, float] = defaultdict(float)
-            for key, score in reported.get(node.id, ()):
-                bid = key.split("/", 1)[0]  # a chunk's heat is its blob's
-                if is_blob_id(bid.encode()):
-                    per[bid] += score
-            heat[node.id] = per
-        ids = {bid for per in heat.values() for bid in per}
-        holders = await self.index.lookup(ids) if ids else {}
+        hottest = await self.client.heat.hottest(HOT_KEYS * len(sources))
+        heat = dict(hottest)
+        holders = await self.index.lookup(list(heat)) if heat else {}
         out: dict[str, list[BlobCandidate]] = {}
         for node in sources:
-            mine = [(bid, h) for bid, h in heat[node.id].items()
-                    if node.number in holders.get(bid, ())]
-            out[node.id] = await self._sized(node, [(b, holders[b], h) for b, h in mine])
+            mine = [(bid, holders[bid], h) for bid, h in hottest
+                    if node.number in holders.get(bid, ())][:HOT_KEYS]
+            out[node.id] = await self._sized(node, mine)
         return out
 
     async def _cold(self, nodes: Sequence[Node], cursor: int,
@@ -421,6 +432,26 @@ class Leveler(BackgroundJob[LevelStats]):
         except (NodeError, OSError) as exc:
             log.warning("level: could not delete %s from %s: %s", keys[-1].decode(), node.id,
                         exc)
+
+
+def merge_plans(plans: Sequence[LevelPlan], tolerance: float) -> LevelPlan:
+    """One plan of several pools' (the tiers of a hierarchy): their moves one after the
+    other, the largest spread, the cluster-wide fill."""
+    if len(plans) == 1:
+        return plans[0]
+    nodes = tuple(u for p in plans for u in p.nodes)
+    capacity = sum(u.capacity for u in nodes)
+    merged: dict[str, dict[str, float]] = {"projected": {}, "deviations": {}, "planned": {}}
+    for p in plans:
+        merged["projected"].update(p.projected)
+        merged["deviations"].update(p.deviations)
+        merged["planned"].update(p.planned)
+    return LevelPlan(nodes, tuple(m for p in plans for m in p.moves),
+                     sum(u.used for u in nodes) / capacity if capacity else 0.0,
+                     max((p.spread for p in plans), default=0.0), merged["projected"],
+                     tolerance, merged["deviations"], merged["planned"],
+                     sum(p.to_move for p in plans),
+                     tuple(sorted(b for p in plans for b in p.busy)))
 
 
 def load_ratios(loads: Sequence[NodeLoad]) -> dict[str, float]:

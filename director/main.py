@@ -75,7 +75,7 @@ def configure(args: argparse.Namespace) -> DirectordConfig:
 
 
 def start_background(client: Any, clock: Any, jobs: JobMetrics | None = None) -> list[Any]:
-    """Start the background jobs whose interval is set (repair, drain, level), each on
+    """Start the background jobs whose interval is set (repair, drain, level, tier), each on
     a LoopingCall of ``clock``; returns their loops (:class:`director.background.Loop`).
 
     :param jobs: where the jobs' metrics go (``directord_job_*{job=...}``).
@@ -84,6 +84,7 @@ def start_background(client: Any, clock: Any, jobs: JobMetrics | None = None) ->
     from director.drainer import drain_all
     from director.leveler import Leveler
     from director.repairer import Repairer
+    from director.tiering import Tierer
 
     dconf = client.dconf
     loops: list[Loop] = []
@@ -91,6 +92,8 @@ def start_background(client: Any, clock: Any, jobs: JobMetrics | None = None) ->
         loops.append(Repairer(client).run_forever(clock, dconf.repair_interval, jobs))
     if dconf.level_interval:
         loops.append(Leveler(client).run_forever(clock, dconf.level_interval, jobs))
+    if dconf.tier_interval and client.policy.tiers is not None:
+        loops.append(Tierer(client).run_forever(clock, dconf.tier_interval, jobs))
     if dconf.drain_interval:
         recorder = jobs.job("drain") if jobs is not None else None
         progress = recorder.progress if recorder is not None else None

@@ -103,6 +103,22 @@ class DirectordCollector:
         yield counter_family("directord_index_retries",
                              "Redis Cluster batches retried (failover, timeouts).",
                              rows=[((), client.index.runner.stats.retries)])
+        sampler = getattr(client, "temperature", None)
+        if sampler is not None:
+            yield from temperature_families("directord", sampler.stats)
         yield counter_family("directord_object_server_errors",
                              "Failed requests to an object server, by node.", ["node"],
                              [((node,), n) for node, n in sorted(st.by_node_errors.items())])
+
+
+def temperature_families(prefix: str, stats: Any) -> Iterator[Metric]:
+    """A frontend's read-temperature reporting (:class:`director.temperature.SamplerStats`):
+    reads seen, sampled, dropped (batch full), batches written and failed."""
+    for attr, doc in (("reads", "Blob reads seen by the read-temperature sampler (cache "
+                                "hits included)."),
+                      ("sampled", "Blob reads counted into the read temperature."),
+                      ("dropped", "Accesses dropped because the pending batch was full."),
+                      ("flushes", "Batches of read counts written to Redis."),
+                      ("failures", "Batches of read counts Redis refused (counts lost).")):
+        yield counter_family(f"{prefix}_temperature_{attr}", doc,
+                             rows=[((), getattr(stats, attr))])

@@ -157,8 +157,10 @@ class Placer:
         return scored
 
     def candidates(self, key: str) -> list[Node]:
-        """Every eligible node, ordered in site rounds of zone rounds of descending
-        score."""
+        """Every eligible node, ordered in site rounds of zone rounds of descending score
+        (with a storage hierarchy, rearranged by :meth:`director.tiers.TierPolicy.arrange`
+        so that the first ``replicas`` fill the hot layout; within a tier the site
+        rounds' order is kept)."""
         rounds: dict[tuple[str, str], int] = {}
         keyed = []
         for position, (_score, node) in enumerate(self._scored(key)):
@@ -167,7 +169,10 @@ class Placer:
             rounds[zone] = r + 1
             keyed.append((r, position, node))
         keyed.sort(key=lambda t: (t[0], t[1]))
-        return self.policy.sites.rounds([node for _r, _p, node in keyed])
+        ordered = self.policy.sites.rounds([node for _r, _p, node in keyed])
+        tiers = self.policy.tiers
+        # A storage hierarchy: the first ones fill a new blob's (hot) tier layout.
+        return tiers.arrange(ordered, tiers.hot) if tiers is not None else ordered
 
     def place(self, key: str, replicas: int | None = None) -> Placement:
         """Targets and fallbacks for a new blob ``key`` (its id)."""

@@ -50,6 +50,7 @@ from typing import Final
 from director.nodes import DEFAULT_SITE, Node, NodeState
 from director.placement import hash64
 from director.sites import SitePolicy
+from director.tiers import Layout, TierPolicy
 
 #: No site rule (sites still come before zones when ranking targets).
 NO_SITE_RULE: Final = SitePolicy()
@@ -157,7 +158,8 @@ def rank_targets(candidates: Iterable[Node], holders: Iterable[int],
 
 
 def plan_repair(replicas: Sequence[Replica], candidates: Sequence[Node], want: int, *,
-                waiting: frozenset[int] = frozenset(), sites: SitePolicy = NO_SITE_RULE,
+                waiting: frozenset[int] = frozenset(), tiers: TierPolicy | None = None,
+                layout: Layout | None = None, sites: SitePolicy = NO_SITE_RULE,
                 owed: Collection[str] = ()) -> RepairPlan:
     """Plan the repair of one blob from what its replicas were found to be.
 
@@ -167,11 +169,15 @@ def plan_repair(replicas: Sequence[Replica], candidates: Sequence[Node], want: i
     :param want: copies wanted (``director.replicas``).
     :param waiting: numbers of down nodes still within their grace period: their copies
         count as if good, and they are neither rewritten nor forgotten.
+    :param tiers: the storage hierarchy, with ``layout`` the blob's (hot or cold): copies
+        are wanted per tier (``want`` is then unused); targets fill the tiers short of
+        copies first (:meth:`TierPolicy.arrange`).
     :param sites: the site rule; ``owed``: the sites that could take copies, up or not
         (:attr:`director.placement.Placer.sites`).  Copies in a crowded site count once
         per allowed copy: the missing ones go to sites with room, then the surplus is
         dropped; when no site with room is up, the blob keeps its copies and stays
-        queued (``unplaced``).
+        queued (``unplaced``).  With a storage hierarchy only the per-tier needs apply
+        (the site rule is not combined with tier layouts).
     """
     good = [r for r in replicas if r.health is Health.GOOD]
     # Prefer active sources, then draining, then whatever else answered (removed nodes).
@@ -191,6 +197,13 @@ def plan_repair(replicas: Sequence[Replica], candidates: Sequence[Node], want: i
     need = max(0, want - have)
     held = [r.node for r in counted if r.node is not None] + list(rewrite)
     ranked = rank_targets(candidates, (r.number for r in replicas), held, sites)
+    if tiers is not None and layout is not None:
+        per_tier = TierPolicy.counts(held)
+        needs = tiers.needs(per_tier, layout)
+        need = sum(needs.values())
+        ranked = tiers.arrange(ranked, needs) if need else []
+        return RepairPlan(sources, rewrite, tuple(ranked), need, forget, len(counted),
+                          want=want, verified=sum(1 for r in replicas if r.counts))
     surplus: list[Node] = []
     unplaced = False
     if sites.crowded((n.site for n in held), owed):
@@ -208,23 +221,32 @@ def plan_repair(replicas: Sequence[Replica], candidates: Sequence[Node], want: i
 
 
 def copies_left(locations: Sequence[int], nodes: Mapping[int, Node], want: int, *,
-                waiting: frozenset[int] = frozenset(), sites: SitePolicy = NO_SITE_RULE,
+                waiting: frozenset[int] = frozenset(),
+                tiers: TierPolicy | None = None, sites: SitePolicy = NO_SITE_RULE,
                 owed: Collection[str] = ()) -> int | None:
     """How many copies an under-replicated index entry has left, from the registry alone
     (the repairer's sweep; nothing is probed), or None when it looks whole: it is short
     with fewer than ``want`` locations on up nodes that keep their copies (or down ones
-    within their grace), with a location on a removed or unknown node, or with copies
-    crowding a site while a site in ``owed`` lacks them (the site rule)."""
-    counted: list[Node] = []
+    within their grace), or with a location on a removed or unknown node; with a storage
+    hierarchy (``tiers``), also when those copies fill neither the hot nor the cold
+    layout (a tier lacks a copy of each); with the site rule, also when they crowd a
+    site while another in ``owed`` could hold them."""
+    counted = 0
     gone = False
+    kept: list[Node] = []
     for number in locations:
         node = nodes.get(number)
         if node is None or node.state is NodeState.REMOVED:
             gone = True
         elif node.state in COUNTING or number in waiting:
-            counted.append(node)
-    short = gone or len(counted) < want or sites.crowded((n.site for n in counted), owed)
-    return len(counted) if short else None
+            counted += 1
+            kept.append(node)
+    if tiers is not None and not gone and counted >= want:
+        have = TierPolicy.counts(kept)
+        gone = bool(tiers.needs(have, tiers.hot)) and bool(tiers.needs(have, tiers.cold))
+    elif not gone and counted >= want:
+        gone = sites.crowded((n.site for n in kept), owed)
+    return counted if gone or counted < want else None
 
 
 def needs_repair(locations: Sequence[int], nodes: Mapping[int, Node], want: int, *,
@@ -267,18 +289,23 @@ class DrainPlan:
 
 def plan_drain(locations: Sequence[int], draining: int, nodes: Mapping[int, Node],
                candidates: Sequence[Node], want: int, *,
+               tiers: TierPolicy | None = None,
                sites: SitePolicy = NO_SITE_RULE) -> DrainPlan:
     """Plan moving one blob off the ``draining`` node.
 
     The other locations are not probed (that is the repairer's work): a copy elsewhere
     counts when its node is up and active or draining.  Targets in sites with room under
     the site rule come first (the draining node's own site, when it held the site's
-    copy), then new zones.
+    copy), then new zones.  With a storage hierarchy (``tiers``) the copy stays in its
+    tier: that tier's candidates come first (sites then order them within it).
     """
     others = [nodes[n] for n in locations if n != draining and n in nodes
               and nodes[n].state in COUNTING]
     need = max(1, want - len(others))
     targets = rank_targets(candidates, locations, others, sites)
+    leaving = nodes.get(draining)
+    if tiers is not None and leaving is not None:
+        targets = tiers.same_tier_first(targets, leaving.tier)
     return DrainPlan(tuple(targets), need)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from director.config import DirectorConfig
 from director.nodes import Node, NodeState
 from director.sites import SitePolicy
+from director.tiers import TierPolicy
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class PlacementPolicy:
     min_free_fraction: float = 0.02
     #: How strongly a node busier than its peers' mean is avoided (0 = ignore load).
     load_penalty: float = 0.5
+    #: The storage hierarchy (``[[director.tiers]]``, :mod:`director.tiers`); None = one
+    #: tier, ``tier``.  When set, ``replicas`` is its hot layout's copies and every tier
+    #: it names takes copies.
+    tiers: TierPolicy | None = None
     #: How copies spread over sites, and the site reads prefer (director.sites).
     sites: SitePolicy = field(default_factory=SitePolicy)
 
@@ -55,11 +60,25 @@ class PlacementPolicy:
     @classmethod
     def from_config(cls, dconf: DirectorConfig) -> PlacementPolicy:
         """The policy the ``[director]`` section describes."""
+        sites = SitePolicy(dconf.replicas_per_site, dconf.site)
+        tiers = TierPolicy.from_config(dconf)
+        if tiers is not None:
+            return cls(replicas=sum(tiers.hot.values()), write_quorum=dconf.write_quorum,
+                       tier=None, tiers=tiers, sites=sites)
         return cls(replicas=dconf.replicas, write_quorum=dconf.write_quorum,
-                   tier=dconf.write_tier or None,
-                   sites=SitePolicy(dconf.replicas_per_site, dconf.site))
+                   tier=dconf.write_tier or None, sites=sites)
 
     def may_hold(self, node: Node) -> bool:
         """Whether ``node`` may take new copies (before weighing how much room and load
-        it has): an active node of the write tier."""
-        return node.state is NodeState.ACTIVE and (self.tier is None or node.tier == self.tier)
+        it has): an active node of the write tier, or of any tier of the hierarchy."""
+        if node.state is not NodeState.ACTIVE:
+            return False
+        if self.tiers is not None:
+            return self.tiers.holds(node.tier)
+        return self.tier is None or node.tier == self.tier
+
+    @property
+    def min_copies(self) -> int:
+        """Counted copies below which an index entry is short whatever its tier layout
+        (the repairer's sweep; the per-tier check is the repair plan's)."""
+        return self.tiers.fewest_copies if self.tiers is not None else self.replicas

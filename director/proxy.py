@@ -279,6 +279,8 @@ class ProxyHandler:
             self.metrics.cache_misses += 1
             return None
         self.metrics.cache_hits += 1
+        # A read the blob client never sees: its temperature counts it all the same.
+        self.client.temperature.read(key.decode("ascii"))
         (flags,) = _FLAGS.unpack_from(raw)
         return Value(key, flags, raw[_FLAGS.size:])
 

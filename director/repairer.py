@@ -74,6 +74,7 @@ from director.planner import (
 )
 from director.registry import RegistrySnapshot
 from director.repairqueue import priority_of
+from director.tiers import is_cold
 
 if TYPE_CHECKING:
     from director.client import BlobClient
@@ -228,7 +229,7 @@ class Repairer(BackgroundJob[RepairStats]):
             else self.dconf.repair_scan_buckets
         nodes = {n.number: n for n in snap.nodes}
         policy = self.client.policy
-        want = policy.replicas
+        want = policy.min_copies
         owed = snap.placer(policy).sites
         while left > 0:
             page = await self.index.scan(cursor, buckets=min(SCAN_BUCKETS, left))
@@ -238,7 +239,7 @@ class Repairer(BackgroundJob[RepairStats]):
             by_priority: dict[int, list[str]] = defaultdict(list)
             for bid, nums in page.entries:
                 copies = copies_left(nums, nodes, want, waiting=waiting,
-                                     sites=policy.sites, owed=owed)
+                                     tiers=policy.tiers, sites=policy.sites, owed=owed)
                 if copies is not None:
                     by_priority[priority_of(copies)].append(bid)
             for priority, short in sorted(by_priority.items()):
@@ -358,8 +359,11 @@ class Repairer(BackgroundJob[RepairStats]):
         replicas = list(await asyncio.gather(*(look(n) for n in locations)))
         # A copy lost on a node the operator declared dead is replaced at full speed.
         urgent = any(r.node is not None and r.node.state is NodeState.DEAD for r in replicas)
-        plan = plan_repair(replicas, placer.candidates(bid), self.client.policy.replicas,
-                           waiting=waiting, sites=self.client.policy.sites, owed=placer.sites)
+        policy = self.client.policy
+        layout = await self._layout(bid) if policy.tiers is not None else None
+        plan = plan_repair(replicas, placer.candidates(bid), policy.replicas,
+                           waiting=waiting, tiers=policy.tiers, layout=layout,
+                           sites=policy.sites, owed=placer.sites)
         # A copy counted on trust, or one a site that is down is owed: look again later.
         unsure = any(r.number in waiting and r.health is Health.DOWN for r in replicas) \
             or plan.unplaced
@@ -412,8 +416,7 @@ class Repairer(BackgroundJob[RepairStats]):
             await self._drop(bid, drop, source, stats)
         stats.rewritten += fixed
         stats.copies_made += made
-        if plan.counted + fixed + made >= self.client.policy.replicas \
-                and fixed == len(plan.rewrite):
+        if made >= plan.need and fixed == len(plan.rewrite):
             stats.repaired += 1
             if unsure:
                 await queue.retry_later([bid], self.dconf.repair_retry_delay)
@@ -424,6 +427,18 @@ class Repairer(BackgroundJob[RepairStats]):
             if len(stats.examples) < EXAMPLES:
                 stats.examples.append(bid)
             await queue.retry_later([bid], self.dconf.repair_retry_delay)
+
+    async def _layout(self, bid: str) -> dict[str, int]:
+        """The tier layout ``bid`` should have: cold once its read temperature says it
+        was not accessed for ``tier_cold_after`` (as the tier job decides), else hot."""
+        tiers = self.client.policy.tiers
+        assert tiers is not None
+        if self.dconf.temperature_sample <= 0:  # no temperature: nothing is known cold
+            return tiers.hot
+        heat = (await self.client.heat.lookup([bid]))[bid]
+        return tiers.layout(cold=is_cold(heat.accessed_before, heat.reads, self.now(),
+                                         cold_after=self.dconf.tier_cold_after,
+                                         hot_reads=self.dconf.tier_hot_reads))
 
     async def _last_resort(self, bid: str, replicas: list[Replica],
                            probes: dict[int, Probe]) -> VerifiedBlob | None:

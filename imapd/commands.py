@@ -42,6 +42,8 @@ __all__ = [
     "Examine",
     "Expunge",
     "Fetch",
+    "GetQuota",
+    "GetQuotaRoot",
     "Id",
     "Idle",
     "List",
@@ -56,6 +58,7 @@ __all__ = [
     "Search",
     "Select",
     "SelectBase",
+    "SetQuota",
     "Sort",
     "SortKey",
     "StartTLS",
@@ -71,9 +74,11 @@ __all__ = [
 ]
 
 STATUS_ITEMS = frozenset(
-    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE", "DELETED"}
+    {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ", "SIZE", "DELETED",
+     "DELETED-STORAGE"}
 )
-"""STATUS data items understood (RFC 3501, RFC 7162 HIGHESTMODSEQ, RFC 8438 SIZE, RFC 9051 DELETED)."""
+"""STATUS data items understood (RFC 3501, RFC 7162 HIGHESTMODSEQ, RFC 8438 SIZE, RFC 9051
+DELETED, RFC 9208 DELETED-STORAGE)."""
 
 
 @dataclass(frozen=True)
@@ -486,3 +491,32 @@ class Move(Command):
     sequence: SequenceSet
     mailbox: str
     uid: bool = False
+
+
+# -- QUOTA (RFC 9208) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GetQuota(Command):
+    """GETQUOTA: the usage and limits of one quota root."""
+
+    NAME: ClassVar[str] = "GETQUOTA"
+    root: str
+
+
+@dataclass(frozen=True)
+class GetQuotaRoot(Command):
+    """GETQUOTAROOT: the quota roots of a mailbox, and each one's usage and limits."""
+
+    NAME: ClassVar[str] = "GETQUOTAROOT"
+    mailbox: str
+
+
+@dataclass(frozen=True)
+class SetQuota(Command):
+    """SETQUOTA: new limits for a quota root, as ``(resource, limit)`` with the resource
+    names upper-cased."""
+
+    NAME: ClassVar[str] = "SETQUOTA"
+    root: str
+    limits: tuple[tuple[str, int], ...]

@@ -41,6 +41,9 @@ class ImapdConfig:
     pop3_idle_timeout: float = 600.0
     notify_keepalive: float = 30.0
     metrics_listen: str = "127.0.0.1:9102"
+    #: Processes sharing the ports (SO_REUSEPORT); 0 = one per core this process may use.
+    #: Worker i serves its metrics on metrics_listen's port + i.
+    workers: int = 0
 
     def __post_init__(self) -> None:
         if self.metrics_listen:
@@ -51,6 +54,7 @@ class ImapdConfig:
         check(self.prelogin_timeout >= 0, "prelogin_timeout", "must be 0 (off) or positive")
         check(self.pop3_idle_timeout >= 0, "pop3_idle_timeout", "must be 0 (off) or positive")
         check(self.notify_keepalive > 0, "notify_keepalive", "must be positive")
+        check(0 <= self.workers <= 64, "workers", f"must be 0 (one per core) to 64, got {self.workers}")
         for key in ("imap_listen", "imaps_listen", "pop3_listen", "lmtp_listen"):
             value = getattr(self, key)
             if value:

@@ -32,6 +32,10 @@ _SPECIAL_USE = frozenset(
 )
 _SPECIAL_USE_CASE = {name.upper(): name for name in _SPECIAL_USE}
 _ESEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+#: LIST-EXTENDED selection options whose criteria RECURSIVEMATCH can extend to children.
+_LIST_SELECT_BASE = frozenset({"SUBSCRIBED", "SPECIAL-USE"})
+_LIST_SELECT = _LIST_SELECT_BASE | {"REMOTE", "RECURSIVEMATCH"}
+_LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
 
 
 class CommandError(ImapdError, kinds.InvalidInput):
@@ -273,10 +277,10 @@ def _list(lexer: Lexer, tag: str, uid: bool) -> c.Command:
     extended = False
     select_options: tuple[str, ...] = ()
     if lexer.peek() == ord("("):
-        select_options = _paren_words(lexer)
+        select_options = _list_select_options(lexer)
         extended = True
         lexer.sp()
-    reference = lexer.mailbox() if lexer.peek() != ord("(") else ""
+    reference = lexer.mailbox()
     # "mailbox" above turns a reference of "inbox" into "INBOX"; harmless for a prefix.
     lexer.sp()
     patterns: list[str] = []
@@ -301,6 +305,8 @@ def _list(lexer: Lexer, tag: str, uid: bool) -> c.Command:
         if not lexer.accept(b")"):
             while True:
                 option = lexer.word()
+                if option not in _LIST_RETURN:
+                    raise ParseError(f"unknown LIST return option {option[:30]}")
                 return_options.append(option)
                 if option == "STATUS":
                     lexer.sp()
@@ -318,6 +324,44 @@ def _list(lexer: Lexer, tag: str, uid: bool) -> c.Command:
         return_status,
         extended,
     )
+
+
+def _list_select_options(lexer: Lexer) -> tuple[str, ...]:
+    """LIST-EXTENDED selection options (RFC 5258 3.1, RFC 6154 SPECIAL-USE): an unknown
+    one is BAD, and so is RECURSIVEMATCH without a base option for it to modify."""
+    options = _paren_words(lexer)
+    for option in options:
+        if option not in _LIST_SELECT:
+            raise ParseError(f"unknown LIST selection option {option[:30]}")
+    if "RECURSIVEMATCH" in options and not _LIST_SELECT_BASE.intersection(options):
+        raise ParseError("RECURSIVEMATCH needs SUBSCRIBED or SPECIAL-USE")
+    return tuple(dict.fromkeys(options))
+
+
+def _getquota(lexer: Lexer, tag: str, uid: bool) -> c.Command:
+    lexer.sp()
+    root = lexer.utf8(lexer.astring(), "quota root")
+    lexer.end()
+    return c.GetQuota(tag, root)
+
+
+def _setquota(lexer: Lexer, tag: str, uid: bool) -> c.Command:
+    """``SETQUOTA root (resource limit ...)`` (RFC 9208 4.1.3)."""
+    lexer.sp()
+    root = lexer.utf8(lexer.astring(), "quota root")
+    lexer.sp()
+    lexer.expect(b"(")
+    limits: list[tuple[str, int]] = []
+    if not lexer.accept(b")"):
+        while True:
+            resource = lexer.word()
+            lexer.sp()
+            limits.append((resource, lexer.number64()))
+            if lexer.accept(b")"):
+                break
+            lexer.sp()
+    lexer.end()
+    return c.SetQuota(tag, root, tuple(limits))
 
 
 def _lsub(lexer: Lexer, tag: str, uid: bool) -> c.Command:
@@ -557,6 +601,9 @@ _COMMANDS: dict[str, _Parse] = {
     "STATUS": _status,
     "APPEND": _append,
     "NAMESPACE": _no_arguments(c.Namespace),
+    "GETQUOTA": _getquota,
+    "GETQUOTAROOT": _one_mailbox(c.GetQuotaRoot),
+    "SETQUOTA": _setquota,
     "IDLE": _no_arguments(c.Idle),
     "CHECK": _no_arguments(c.Check),
     "CLOSE": _no_arguments(c.Close),

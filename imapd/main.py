@@ -6,6 +6,14 @@
 It runs as every objmail daemon does (:func:`runtime.daemon.run_daemon`): the config is
 loaded once, Twisted's asyncio reactor is installed on uvloop's loop
 (:mod:`runtime.eventloop`) before anything imports the reactor, and the reactor runs.
+With ``[imapd] workers`` above 1 (0, the default, means one per core) the first process
+is a supervisor (:func:`runtime.workers.supervise`): it checks that every port is free,
+then forks the workers, each of which runs everything below on its own loop and accepts
+on the same ports (SO_REUSEPORT), with its metrics on ``metrics_listen``'s port plus its
+index.  Sessions in different workers see each other's changes through PostgreSQL's
+change feed, as sessions in different imapd processes always have; failed-login counts
+live in Redis, so the limits hold across workers.
+
 Once the loop runs, :meth:`MailServer.start` builds the process-wide services in order
 (the PostgreSQL pool, the change listener, the blob client, the deliverer) and then opens
 every listener of :func:`listeners` and the metrics endpoint.  SIGTERM/SIGINT stop the
@@ -41,6 +49,7 @@ from runtime.daemon import (
 )
 from runtime.eventloop import install_asyncio_reactor
 from runtime.secrets import Credentials, load_credentials
+from runtime.workers import adopt_listener, check_port_free, cpu_count, supervise
 
 __all__ = ["EX_CONFIG", "Listener", "MailServer", "Services", "listeners", "main"]
 
@@ -102,13 +111,15 @@ class MailServer:
     """The running process: services, ports, and an orderly stop."""
 
     def __init__(self, config: ImapdProcessConfig, reactor: Any,
-                 credentials: Credentials | None = None) -> None:
+                 credentials: Credentials | None = None, *, reuse_port: bool = False) -> None:
         from imapd.metrics import ImapdCollector, ImapMetrics
         from runtime.metrics import new_registry
 
         self.config = config
         self.reactor = reactor
         self.credentials = credentials or Credentials()
+        #: Listen with SO_REUSEPORT: one of several workers on the same ports.
+        self.reuse_port = reuse_port
         self.services: Services | None = None
         self.ports: list[Any] = []
         self.factories: list[Any] = []
@@ -154,7 +165,10 @@ class MailServer:
         self.services = Services(config, store, blobs, deliverer, changes, backend, tls)
         for listener in listeners(self.services):
             host, port = parse_hostport(listener.address, f"imapd.{listener.name}_listen")
-            if listener.tls is not None:
+            if self.reuse_port:
+                listening = adopt_listener(self.reactor, host, port, listener.factory,
+                                           listener.tls)
+            elif listener.tls is not None:
                 listening = self.reactor.listenSSL(port, listener.factory, listener.tls,
                                                    interface=host)
             else:
@@ -239,17 +253,48 @@ def configure(args: argparse.Namespace) -> ImapdProcessConfig:
     return config
 
 
-def serve(config: ImapdProcessConfig) -> int:
-    """Run imapd until SIGTERM/SIGINT; the exit status.
+def worker_config(config: ImapdProcessConfig, index: int) -> ImapdProcessConfig:
+    """Worker ``index``'s config: its metrics on ``metrics_listen``'s port + ``index``."""
+    if not config.imapd.metrics_listen or index == 0:
+        return config
+    host, port = parse_hostport(config.imapd.metrics_listen, "imapd.metrics_listen")
+    address = f"[{host}]:{port + index}" if ":" in host else f"{host}:{port + index}"
+    return replace_section(config, "imapd", {"metrics_listen": address})
 
-    :raises ConfigError: a secret file is missing or not private (78).
-    """
-    credentials = load_credentials(config.cluster)
+
+def run_server(config: ImapdProcessConfig, credentials: Credentials, name: str = "imapd",
+               *, reuse_port: bool = False) -> int:
+    """One serving process on its own reactor, until SIGTERM/SIGINT; its exit status."""
     reactor = install_asyncio_reactor()
     logs.route_twisted()
-    server = MailServer(config, reactor, credentials)
-    return run_reactor(reactor, "imapd", server.start, server.stop,
+    server = MailServer(config, reactor, credentials, reuse_port=reuse_port)
+    return run_reactor(reactor, name, server.start, server.stop,
                        unavailable=(Unavailable, IndexUnavailable))
+
+
+def serve(config: ImapdProcessConfig) -> int:
+    """Run imapd (one process, or a supervisor and its workers) until SIGTERM/SIGINT;
+    the exit status.
+
+    :raises ConfigError: a secret file is missing or not private (78).
+    :raises StartError: with several workers, a port is taken (71).
+    """
+    credentials = load_credentials(config.cluster)
+    workers = config.imapd.workers or cpu_count()
+    if workers == 1:
+        return run_server(config, credentials)
+    conf = config.imapd
+    for key in ("imap_listen", "imaps_listen", "pop3_listen", "lmtp_listen"):
+        if getattr(conf, key) and (key != "imaps_listen" or conf.tls_cert):
+            check_port_free(getattr(conf, key), f"imapd.{key}")
+    for index in range(workers):
+        metrics = worker_config(config, index).imapd.metrics_listen
+        if metrics:
+            check_port_free(metrics, "imapd.metrics_listen")
+    log.info("imapd supervisor (pid %d) starting %d workers", os.getpid(), workers)
+    return supervise(workers, lambda index: run_server(
+        worker_config(config, index), credentials, f"imapd worker {index}",
+        reuse_port=True), log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from prometheus_client.metrics_core import Metric
 
+from director.metrics import temperature_families
 from runtime.metrics import Histogram, counter_family, gauge_family, histogram_family
 
 __all__ = ["LMTP_COMMANDS", "ImapMetrics", "ImapdCollector"]
@@ -117,6 +118,9 @@ class ImapdCollector:
         cache = getattr(services.blobs, "cache", None)
         if cache is not None:
             yield from cache_families(cache)
+        sampler = getattr(services.blobs, "temperature", None)
+        if sampler is not None:
+            yield from temperature_families("imapd", sampler.stats)
 
 
 def cache_families(cache: Any) -> Iterator[Metric]:

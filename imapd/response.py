@@ -84,6 +84,8 @@ __all__ = [
     "Modified",
     "NamespaceData",
     "PermanentFlags",
+    "QuotaData",
+    "QuotaRootData",
     "Recent",
     "Response",
     "ResponseCode",
@@ -491,6 +493,22 @@ class StatusData:
 
 
 @dataclass(frozen=True)
+class QuotaData:
+    """``* QUOTA root (resource usage limit ...)`` (RFC 9208 5.1)."""
+
+    root: str
+    resources: tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True)
+class QuotaRootData:
+    """``* QUOTAROOT mailbox root ...`` (RFC 9208 5.2)."""
+
+    mailbox: str
+    roots: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SearchData:
     """``* SEARCH n n ...`` with ``(MODSEQ n)`` when a CONDSTORE search found messages."""
 
@@ -646,6 +664,8 @@ Response = (
     | Flags
     | ListItem
     | StatusData
+    | QuotaData
+    | QuotaRootData
     | SearchData
     | ESearchData
     | SortData
@@ -755,6 +775,13 @@ def _line(response: Response) -> bytes:
                 _atom(item, "STATUS item") + b" " + _number(value, item) for item, value in items
             )
             return b"* STATUS %s (%s)" % (mailbox(name), pairs)
+        case QuotaData(root, resources):
+            triples = b" ".join(
+                _atom(name, "quota resource") + b" " + _number(usage, name) + b" "
+                + _number(limit, name) for name, usage, limit in resources)
+            return b"* QUOTA %s (%s)" % (string(root), triples)
+        case QuotaRootData(name, roots):
+            return b" ".join([b"* QUOTAROOT", mailbox(name), *(string(r) for r in roots)])
         case SearchData(numbers, modseq):
             line = b" ".join([b"* SEARCH", *(_number(n, "SEARCH result", 1) for n in numbers)])
             if modseq is not None and numbers:

@@ -41,6 +41,7 @@ from typing import Any
 from twisted.internet import task
 
 from imapd import commands as c
+from imapd import listing, quota
 from imapd.backend import Backend
 from imapd.capabilities import ENABLEABLE, capabilities
 from imapd.config import ImapdConfig
@@ -55,6 +56,7 @@ from imapd.response import (
     CANNOT,
     CLOSED,
     NONEXISTENT,
+    NOPERM,
     PRIVACYREQUIRED,
     READ_ONLY,
     READ_WRITE,
@@ -69,6 +71,8 @@ from imapd.response import (
     IdData,
     ListItem,
     NamespaceData,
+    QuotaData,
+    QuotaRootData,
     Response,
     Status,
     StatusData,
@@ -85,7 +89,7 @@ from metadata.flags import DELETED, Flags
 from metadata.mailboxes import SPECIAL_USES
 from metadata.mailboxnames import DELIMITER
 from metadata.notify import Change
-from metadata.records import ListedMailbox, User
+from metadata.records import MailboxStatus, User
 from metadata.uidset import UidSet
 from runtime import errors as kinds
 
@@ -121,7 +125,7 @@ _Handler = Callable[[Any], Awaitable[Tagged | None]]
 
 #: The commands that name mailboxes (see :func:`_undecodable`).
 _NAMING = (c.SelectBase, c.Create, c.Delete, c.Rename, c.Subscribe, c.Unsubscribe, c.List,
-           c.Lsub, c.Status, c.Append, c.Copy, c.Move)
+           c.Lsub, c.Status, c.Append, c.Copy, c.Move, c.GetQuotaRoot)
 
 
 def _undecodable(cmd: c.Command) -> bool:
@@ -176,6 +180,9 @@ class Session:
             c.Append: (_AUTH, self._append),
             c.Namespace: (_AUTH, self._namespace),
             c.Idle: (_AUTH, self._idle),
+            c.GetQuota: (_AUTH, self._getquota),
+            c.GetQuotaRoot: (_AUTH, self._getquotaroot),
+            c.SetQuota: (_AUTH, self._setquota),
             c.Check: (_SELECTED, self._noop),
             c.Close: (_SELECTED, self._close),
             c.Unselect: (_SELECTED, self._unselect),
@@ -579,33 +586,26 @@ class Session:
         return Tagged(cmd.tag, Status.OK, "Unsubscribe completed")
 
     async def _list(self, cmd: c.List) -> Tagged:
-        if len(cmd.patterns) == 1 and cmd.patterns[0] == "" and not cmd.extended:
-            # RFC 3501 6.3.8: the hierarchy delimiter and root.
+        if listing.is_delimiter_request(cmd):
             self.conn.send([ListItem("", ("\\Noselect",), DELIMITER)])
             return Tagged(cmd.tag, Status.OK, "List completed")
-        select = set(cmd.select_options)
-        wanted = set(cmd.return_options)
-        subscribed_only = "SUBSCRIBED" in select
-        show_subscribed = subscribed_only or "SUBSCRIBED" in wanted
-        special_only = "SPECIAL-USE" in select
-        found: dict[str, ListedMailbox] = {}
-        for pattern in cmd.patterns:
-            if not pattern:
-                continue
-            full = _join(cmd.reference, pattern)
-            for item in await self.backend.store.mailboxes.list(
-                    self._user.id, full, subscribed_only=subscribed_only):
-                found.setdefault(item.name, item)
+        mailboxes = self.backend.store.mailboxes
+        entries = listing.select(cmd, await mailboxes.tree(self._user.id))
+        counts: dict[int, MailboxStatus] = {}
+        if cmd.return_status:
+            # One statement for every listed mailbox (LIST-STATUS, RFC 5819).
+            counts = await mailboxes.statuses(self._user.id, [
+                e.mailbox.id for e in entries if e.wants_status and e.mailbox is not None],
+                recent="RECENT" in cmd.return_status)
+            if "HIGHESTMODSEQ" in cmd.return_status:
+                self.ext.condstore = True
         out: list[Response] = []
-        for item in found.values():
-            if special_only and (item.mailbox is None or not item.mailbox.special_use):
-                continue
-            attrs = tuple(a for a in item.attributes
-                          if (a != "\\Subscribed" or show_subscribed)
-                          and (a != "\\NonExistent" or subscribed_only))
-            out.append(ListItem(item.name, attrs, DELIMITER))
-            if cmd.return_status and item.mailbox is not None and not item.mailbox.noselect:
-                out.append(await self._status_data(item.name, cmd.return_status))
+        for entry in entries:
+            out.append(ListItem(entry.name, entry.attributes, DELIMITER,
+                                child_info=entry.child_info))
+            status = counts.get(entry.mailbox.id) if entry.mailbox is not None else None
+            if status is not None:
+                out.append(_status_data(status, cmd.return_status))
         self.conn.send(out)
         return Tagged(cmd.tag, Status.OK, "List completed")
 
@@ -614,7 +614,7 @@ class Session:
             self.conn.send([ListItem("", ("\\Noselect",), DELIMITER, lsub=True)])
             return Tagged(cmd.tag, Status.OK, "Lsub completed")
         items = await self.backend.store.mailboxes.list(
-            self._user.id, _join(cmd.reference, cmd.pattern), subscribed_only=True)
+            self._user.id, listing.join(cmd.reference, cmd.pattern), subscribed_only=True)
         self.conn.send([
             ListItem(item.name, tuple(a for a in item.attributes
                                       if a not in ("\\Subscribed", "\\NonExistent")),
@@ -622,24 +622,11 @@ class Session:
             for item in items])
         return Tagged(cmd.tag, Status.OK, "Lsub completed")
 
-    async def _status_data(self, name: str, items: tuple[str, ...]) -> StatusData:
-        st = await self.backend.store.mailboxes.status(self._user.id, name)
-        values = {
-            "MESSAGES": st.messages,
-            "RECENT": st.recent,
-            "UIDNEXT": st.uidnext,
-            "UIDVALIDITY": st.uidvalidity,
-            "UNSEEN": st.unseen,
-            "HIGHESTMODSEQ": st.highestmodseq,
-            "SIZE": st.size,
-            "DELETED": st.deleted,
-        }
-        if "HIGHESTMODSEQ" in items:
-            self.ext.condstore = True
-        return StatusData(st.mailbox.name, tuple((item, values[item]) for item in items))
-
     async def _status(self, cmd: c.Status) -> Tagged:
-        self.conn.send([await self._status_data(cmd.mailbox, cmd.items)])
+        status = await self.backend.store.mailboxes.status(self._user.id, cmd.mailbox)
+        if "HIGHESTMODSEQ" in cmd.items:
+            self.ext.condstore = True
+        self.conn.send([_status_data(status, cmd.items)])
         return Tagged(cmd.tag, Status.OK, "Status completed")
 
     async def _append(self, cmd: c.Append) -> Tagged:
@@ -677,6 +664,28 @@ class Session:
     async def _namespace(self, cmd: c.Namespace) -> Tagged:
         self.conn.send([NamespaceData()])
         return Tagged(cmd.tag, Status.OK, "Namespace completed")
+
+    async def _getquota(self, cmd: c.GetQuota) -> Tagged:
+        user = await self.backend.store.users.get_by_id(self._user.id)
+        limited = quota.resources(user)
+        if cmd.root != quota.ROOT or not limited:
+            return Tagged(cmd.tag, Status.NO, "No such quota root", NONEXISTENT)
+        self.conn.send([QuotaData(quota.ROOT, limited)])
+        return Tagged(cmd.tag, Status.OK, "Getquota completed")
+
+    async def _getquotaroot(self, cmd: c.GetQuotaRoot) -> Tagged:
+        box = await self.backend.store.mailboxes.get(self._user.id, cmd.mailbox,
+                                                     selectable=False)
+        limited = quota.resources(await self.backend.store.users.get_by_id(self._user.id))
+        out: list[Response] = [QuotaRootData(box.name, (quota.ROOT,) if limited else ())]
+        if limited:
+            out.append(QuotaData(quota.ROOT, limited))
+        self.conn.send(out)
+        return Tagged(cmd.tag, Status.OK, "Getquotaroot completed")
+
+    async def _setquota(self, cmd: c.SetQuota) -> Tagged:
+        # RFC 9208 4.1.3 lets a server refuse; QUOTASET is not announced.
+        return Tagged(cmd.tag, Status.NO, "Quotas are set by the administrator", NOPERM)
 
     async def _idle(self, cmd: c.Idle) -> None:
         self.conn.send([Continuation("idling")])
@@ -761,12 +770,17 @@ def _command_name(event: c.Command | IdleDone | AuthResponse) -> str:
     return event.display_name
 
 
-def _join(reference: str, pattern: str) -> str:
-    """LIST's reference and pattern as one name pattern (RFC 3501 6.3.8)."""
-    if not reference or pattern.startswith(DELIMITER):
-        return pattern
-    if reference.endswith(DELIMITER):
-        return reference + pattern
-    return reference + DELIMITER + pattern
-
-
+def _status_data(st: MailboxStatus, items: tuple[str, ...]) -> StatusData:
+    """``* STATUS`` with ``items`` in the order asked (STATUS and LIST-STATUS)."""
+    values = {
+        "MESSAGES": st.messages,
+        "RECENT": st.recent,
+        "UIDNEXT": st.uidnext,
+        "UIDVALIDITY": st.uidvalidity,
+        "UNSEEN": st.unseen,
+        "HIGHESTMODSEQ": st.highestmodseq,
+        "SIZE": st.size,
+        "DELETED": st.deleted,
+        "DELETED-STORAGE": quota.deleted_storage(st.deleted_size),
+    }
+    return StatusData(st.mailbox.name, tuple((item, values[item]) for item in items))

@@ -28,6 +28,8 @@ class Node:
     parent: Node | None = None
     #: Position in the searched entries, the tie-break after the sent date.
     index: int = -1
+    #: The entry's sent date as a number, computed once (sorting compares it often).
+    stamp: float = 0.0
 
     def first_entry(self) -> Node:
         """This node, or for a dummy its first child with a message (RFC 5256: a dummy
@@ -38,18 +40,25 @@ class Node:
         return node
 
 
-def _date_key(node: Node) -> tuple[object, int]:
+def _date_key(node: Node) -> tuple[float, int]:
     first = node.first_entry()
     if first.entry is None:
-        return (0, -1)
-    return (first.entry.sent_at.timestamp(), first.index)
+        return (0.0, -1)
+    return (first.stamp, first.index)
+
+
+def _stamped(node: Node, entry: SortEntry, index: int) -> Node:
+    node.entry = entry
+    node.index = index
+    node.stamp = entry.sent_at.timestamp()
+    return node
 
 
 def ordered_subject(entries: Sequence[SortEntry]) -> list[Node]:
     """ORDEREDSUBJECT (RFC 5256 3): messages grouped by base subject, each group sorted by
     sent date; the first is the parent of all the others; groups ordered by the sent date
     of their first message."""
-    nodes = [Node(entry, index=i) for i, entry in enumerate(entries)]
+    nodes = [_stamped(Node(), entry, i) for i, entry in enumerate(entries)]
     groups: dict[str, list[Node]] = {}
     for node in sorted(nodes, key=_date_key):
         assert node.entry is not None
@@ -112,9 +121,7 @@ def references(entries: Sequence[SortEntry]) -> list[Node]:
             node = Node()
             if own and own not in table:
                 table[own] = node
-        node.entry = entry
-        node.index = index
-        nodes.append(node)
+        nodes.append(_stamped(node, entry, index))
         # (1B) link the references in order, never creating a loop or overriding a link.
         previous: Node | None = None
         for ref in entry.keys.references:
@@ -152,8 +159,10 @@ def references(entries: Sequence[SortEntry]) -> list[Node]:
 
 def _sort_tree(level: list[Node]) -> None:
     for node in level:
-        _sort_tree(node.children)
-    level.sort(key=_date_key)
+        if node.children:  # most nodes are leaves: no call for them
+            _sort_tree(node.children)
+    if len(level) > 1:
+        level.sort(key=_date_key)
 
 
 def _subject(node: Node) -> tuple[str, bool] | None:
@@ -207,7 +216,7 @@ def _merge(holder: Node, root: Node) -> None:
         holder.children.append(root)
         return
     # (iv) otherwise both become children of a new dummy in the holder's place.
-    copy = Node(holder.entry, holder.children, index=holder.index)
+    copy = Node(holder.entry, holder.children, index=holder.index, stamp=holder.stamp)
     for child in copy.children:
         child.parent = copy
     holder.entry = None

@@ -250,3 +250,5 @@ def _check_quota(user: User, size: int) -> None:
     """Refuse early when the message cannot fit (the insert checks again, atomically)."""
     if user.quota_bytes and user.used_bytes + size > user.quota_bytes:
         raise OverQuota(user.used_bytes, user.quota_bytes, size)
+    if user.quota_messages and user.message_count + 1 > user.quota_messages:
+        raise OverQuota(user.message_count, user.quota_messages, 1, "MESSAGE")

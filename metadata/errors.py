@@ -69,16 +69,19 @@ class NoSuchMessage(MetadataError, kinds.InvalidInput):
 class OverQuota(MetadataError, kinds.LimitExceeded):
     """Storing the messages would take the user past their quota.
 
-    :ivar used: bytes in use before the refused change.
-    :ivar limit: the user's quota in bytes.
-    :ivar needed: bytes the refused change would have added.
+    :ivar used: bytes (or messages) in use before the refused change.
+    :ivar limit: the user's quota in bytes (or messages).
+    :ivar needed: bytes (or messages) the refused change would have added.
+    :ivar resource: ``"STORAGE"`` or ``"MESSAGE"``, as IMAP QUOTA (RFC 9208) names them.
     """
 
-    def __init__(self, used: int, limit: int, needed: int) -> None:
+    def __init__(self, used: int, limit: int, needed: int, resource: str = "STORAGE") -> None:
         self.used = used
         self.limit = limit
         self.needed = needed
-        super().__init__(f"over quota: {used} + {needed} bytes exceeds the limit of {limit}")
+        self.resource = resource
+        unit = "bytes" if resource == "STORAGE" else "messages"
+        super().__init__(f"over quota: {used} + {needed} {unit} exceeds the limit of {limit}")
 
 
 class MessageTooBig(MetadataError, kinds.LimitExceeded):

@@ -26,7 +26,7 @@ from metadata.errors import (
 from metadata.mailboxnames import INBOX, ancestors, compile_pattern, is_inferior
 from metadata.messages import remove_entries
 from metadata.notify import Change, publish
-from metadata.records import ListedMailbox, Mailbox, MailboxStatus
+from metadata.records import ListedMailbox, Mailbox, MailboxStatus, MailboxTree
 from metadata.uidset import MAX_UID
 
 __all__ = [
@@ -56,7 +56,7 @@ _SUBTREE = "(name = $2 OR starts_with(name, $2 || '/'))"
 #: STATUS/SELECT: the mailbox row with its counters, the \Recent count and the first
 #: unseen UID (``{key}`` is ``name`` or ``id``).
 _STATUS = (
-    f"SELECT {_COLUMNS}, n_messages, n_unseen, n_deleted, total_size, "
+    f"SELECT {_COLUMNS}, n_messages, n_unseen, n_deleted, total_size, deleted_size, "
     "(SELECT count(*) FROM mailbox_messages mm WHERE mm.user_id = mb.user_id "
     " AND mm.mailbox_id = mb.id AND mm.uid >= mb.recent_uid) AS recent, "
     "(SELECT min(mm.uid) FROM mailbox_messages mm WHERE mm.user_id = mb.user_id "
@@ -64,6 +64,18 @@ _STATUS = (
     "FROM mailboxes mb WHERE mb.user_id = $1 AND mb.{key} = $2")
 _STATUS_BY_NAME = _STATUS.format(key="name")
 _STATUS_BY_ID = _STATUS.format(key="id")
+#: LIST-STATUS: the same counts for many mailboxes in one statement (no first unseen UID,
+#: which STATUS does not report).
+_STATUSES = (
+    f"SELECT {_COLUMNS}, n_messages, n_unseen, n_deleted, total_size, deleted_size, "
+    "{recent} AS recent "
+    "FROM mailboxes mb WHERE mb.user_id = $1 AND mb.id = ANY($2::bigint[]) "
+    "AND NOT mb.noselect")
+_STATUSES_RECENT = _STATUSES.format(recent=(
+    "(SELECT count(*) FROM mailbox_messages mm WHERE mm.user_id = mb.user_id "
+    " AND mm.mailbox_id = mb.id AND mm.uid >= mb.recent_uid)"))
+#: Without RECENT, the statement reads the mailbox rows alone.
+_STATUSES_COUNTERS = _STATUSES.format(recent="0")
 
 
 def _mailbox(row: asyncpg.Record) -> Mailbox:
@@ -202,6 +214,36 @@ class Mailboxes:
         """
         async with self.db.connection() as conn:
             return await _get_by_id(conn, user_id, mailbox_id)
+
+    async def tree(self, user_id: int) -> MailboxTree:
+        """Every mailbox row and subscribed name of the user, from one snapshot (LIST
+        chooses among them, :mod:`imapd.listing`)."""
+        async with self.db.transaction(readonly=True, isolation="repeatable_read") as conn:
+            rows = await conn.fetch(f"SELECT {_COLUMNS} FROM mailboxes WHERE user_id = $1",
+                                    user_id)
+            subscribed = await conn.fetch("SELECT name FROM subscriptions WHERE user_id = $1",
+                                          user_id)
+        return MailboxTree(tuple(_mailbox(r) for r in rows),
+                           frozenset(r["name"] for r in subscribed))
+
+    async def statuses(self, user_id: int, mailbox_ids: list[int], *,
+                       recent: bool = True) -> dict[int, MailboxStatus]:
+        """STATUS counts of several mailboxes by id in one statement (LIST-STATUS, RFC
+        5819); ids of mailboxes deleted meanwhile (or ``\\Noselect``) are left out.
+        ``first_unseen_uid`` is None: STATUS has no use for it.
+
+        :param recent: count ``\\Recent`` (the only count that reads entries); when False
+            ``recent`` is 0 and only the mailbox rows are read.
+        """
+        if not mailbox_ids:
+            return {}
+        async with self.db.connection() as conn:
+            rows = await conn.fetch(_STATUSES_RECENT if recent else _STATUSES_COUNTERS,
+                                    user_id, mailbox_ids)
+        return {r["id"]: MailboxStatus(_mailbox(r), r["n_messages"], r["recent"], r["n_unseen"],
+                                       r["n_deleted"], r["total_size"], None,
+                                       r["deleted_size"])
+                for r in rows}
 
     async def list(self, user_id: int, pattern: str = "*", *,
                    subscribed_only: bool = False) -> list[ListedMailbox]:
@@ -402,5 +444,6 @@ class Mailboxes:
         if row is None or row["noselect"]:
             raise NoSuchMailbox(f"no selectable mailbox {mailbox!r}")
         return MailboxStatus(_mailbox(row), row["n_messages"], row["recent"], row["n_unseen"],
-                             row["n_deleted"], row["total_size"], row["first_unseen"])
+                             row["n_deleted"], row["total_size"], row["first_unseen"],
+                             row["deleted_size"])
 

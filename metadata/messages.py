@@ -189,22 +189,27 @@ def _message_values(user_id: int, row: MessageRow) -> tuple[object, ...]:
 
 
 async def charge(conn: asyncpg.Connection, user_id: int, size: int, count: int) -> None:
-    """Add ``size`` bytes and ``count`` entries to the user's usage, within the quota.
+    """Add ``size`` bytes and ``count`` entries to the user's usage, within the quotas.
 
-    :raises OverQuota: when a positive ``size`` would pass a non-zero quota.
+    :raises OverQuota: when a positive ``size`` (``count``) would pass a non-zero storage
+        (message) quota.
     :raises NoSuchUser: the user has no usage row (deleted concurrently).
     """
     done = await conn.fetchval(
         "UPDATE user_usage SET used_bytes = used_bytes + $2, "
         "message_count = message_count + $3 WHERE user_id = $1 AND "
-        "($2 <= 0 OR quota_bytes = 0 OR used_bytes + $2 <= quota_bytes) RETURNING 1",
+        "($2 <= 0 OR quota_bytes = 0 OR used_bytes + $2 <= quota_bytes) AND "
+        "($3 <= 0 OR quota_messages = 0 OR message_count + $3 <= quota_messages) RETURNING 1",
         user_id, size, count)
     if done is None:
         row = await conn.fetchrow(
-            "SELECT used_bytes, quota_bytes FROM user_usage WHERE user_id = $1", user_id)
+            "SELECT used_bytes, quota_bytes, message_count, quota_messages FROM user_usage "
+            "WHERE user_id = $1", user_id)
         if row is None:
             raise NoSuchUser(f"no user with id {user_id}")
-        raise OverQuota(row["used_bytes"], row["quota_bytes"], size)
+        if size > 0 and row["quota_bytes"] and row["used_bytes"] + size > row["quota_bytes"]:
+            raise OverQuota(row["used_bytes"], row["quota_bytes"], size)
+        raise OverQuota(row["message_count"], row["quota_messages"], count, "MESSAGE")
 
 
 async def delete_entries(conn: asyncpg.Connection, user_id: int, mailbox_id: int,

@@ -23,6 +23,7 @@ __all__ = [
     "ListedMailbox",
     "Mailbox",
     "MailboxStatus",
+    "MailboxTree",
     "MessageEntry",
     "MessageRow",
     "MoveResult",
@@ -46,6 +47,8 @@ class User:
     used_bytes: int
     message_count: int
     created_at: dt.datetime
+    quota_messages: int = 0
+    """Most mailbox entries the user may hold (``message_count``); 0 means unlimited."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,14 @@ class ListedMailbox:
 
 
 @dataclass(frozen=True)
+class MailboxTree:
+    """A user's mailbox rows and subscribed names, read in one snapshot (what LIST needs)."""
+
+    mailboxes: tuple[Mailbox, ...]
+    subscribed: frozenset[str]
+
+
+@dataclass(frozen=True)
 class MailboxStatus:
     """Counts for SELECT/EXAMINE and STATUS (RFC 3501, RFC 7162 HIGHESTMODSEQ, RFC 8438 SIZE)."""
 
@@ -108,6 +119,8 @@ class MailboxStatus:
     deleted: int
     size: int
     first_unseen_uid: int | None
+    #: RFC822.SIZE summed over the ``\\Deleted`` entries (STATUS DELETED-STORAGE).
+    deleted_size: int = 0
 
     @property
     def uidnext(self) -> int:

@@ -33,8 +33,8 @@ MAX_USER_NAME = 255
 # Printable, no whitespace: names appear in IMAP LOGIN atoms, LMTP addresses and logs.
 _USER_NAME = re.compile(r"[^\x00-\x20\x7f\s]+\Z")
 
-_SELECT = ("SELECT u.id, u.name, u.created_at, g.quota_bytes, g.used_bytes, g.message_count "
-           "FROM users u JOIN user_usage g ON g.user_id = u.id")
+_SELECT = ("SELECT u.id, u.name, u.created_at, g.quota_bytes, g.used_bytes, g.message_count, "
+           "g.quota_messages FROM users u JOIN user_usage g ON g.user_id = u.id")
 
 
 _SELECT_WITH_HASH = _SELECT.replace("SELECT u.id,", "SELECT u.password_hash, u.id,", 1)
@@ -54,7 +54,7 @@ def validate_user_name(name: str) -> str:
 
 def _user(row: asyncpg.Record) -> User:
     return User(row["id"], row["name"], row["quota_bytes"], row["used_bytes"],
-                row["message_count"], row["created_at"])
+                row["message_count"], row["created_at"], row["quota_messages"])
 
 
 class Users:
@@ -76,18 +76,20 @@ class Users:
         except ValueError as exc:
             raise InvalidPassword(str(exc)) from None
 
-    async def create(self, name: str, password: str, *, quota_bytes: int = 0) -> User:
+    async def create(self, name: str, password: str, *, quota_bytes: int = 0,
+                     quota_messages: int = 0) -> User:
         """Create a user with the default mailboxes (INBOX, Drafts, Sent, Trash, Junk,
         Archive, all subscribed), in one transaction.
 
         :param quota_bytes: storage quota; 0 means unlimited.
+        :param quota_messages: most messages (mailbox entries); 0 means unlimited.
         :raises UserExists: the name is taken (compared case-insensitively).
         :raises InvalidName: see :func:`validate_user_name`.
         :raises InvalidPassword: empty or too long password.
         :raises ValueError: negative quota (the caller's bug).
         """
         validate_user_name(name)
-        if quota_bytes < 0:
+        if quota_bytes < 0 or quota_messages < 0:
             raise ValueError("quota must not be negative")
         hashed = await self._hash(password)
         try:
@@ -95,8 +97,9 @@ class Users:
                 user_id = await conn.fetchval(
                     "INSERT INTO users (name, password_hash) VALUES ($1, $2) RETURNING id",
                     name, hashed)
-                await conn.execute("INSERT INTO user_usage (user_id, quota_bytes) VALUES ($1, $2)",
-                                   user_id, quota_bytes)
+                await conn.execute("INSERT INTO user_usage (user_id, quota_bytes, "
+                                   "quota_messages) VALUES ($1, $2, $3)",
+                                   user_id, quota_bytes, quota_messages)
                 await create_defaults(conn, user_id)
                 row = await conn.fetchrow(f"{_SELECT} WHERE u.id = $1", user_id)
         except asyncpg.exceptions.UniqueViolationError:
@@ -177,17 +180,21 @@ class Users:
         if status != "UPDATE 1":
             raise NoSuchUser(f"no user {name!r}")
 
-    async def set_quota(self, name: str, quota_bytes: int) -> User:
-        """Set the quota (0 = unlimited).  Lowering it below usage refuses new mail only.
+    async def set_quota(self, name: str, quota_bytes: int | None,
+                        quota_messages: int | None = None) -> User:
+        """Set the storage quota in bytes and/or the message quota (0 = unlimited, None =
+        unchanged).  Lowering one below usage refuses new mail only.
 
         :raises NoSuchUser: there is no such user.
         """
-        if quota_bytes < 0:
+        if (quota_bytes or 0) < 0 or (quota_messages or 0) < 0:
             raise ValueError("quota must not be negative")
         async with self.db.connection() as conn:
             status = await conn.execute(
-                "UPDATE user_usage g SET quota_bytes = $2 FROM users u "
-                "WHERE g.user_id = u.id AND lower(u.name) = lower($1)", name, quota_bytes)
+                "UPDATE user_usage g SET quota_bytes = coalesce($2, g.quota_bytes), "
+                "quota_messages = coalesce($3, g.quota_messages) FROM users u "
+                "WHERE g.user_id = u.id AND lower(u.name) = lower($1)", name, quota_bytes,
+                quota_messages)
         if status != "UPDATE 1":
             raise NoSuchUser(f"no user {name!r}")
         return await self.get(name)

@@ -27,14 +27,10 @@ malformed or (the auth file) group- or world-readable one exits 78.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import errno
 import fcntl
 import logging
 import os
-import signal
-import socket
 import sys
 import time
 import uuid
@@ -55,6 +51,7 @@ from runtime.daemon import (
     run_reactor,
 )
 from runtime.secrets import NO_REDIS_AUTH, RedisAuth, load_credentials
+from runtime.workers import check_port_free, supervise
 
 log = logging.getLogger("objstored")
 
@@ -64,7 +61,6 @@ NODE_NUMBER_FILE: Final = "node_number"
 LOCK_FILE: Final = "objstored.lock"
 LMDB_DIR: Final = "lmdb"
 SHARED_STATS_FILE: Final = "workers.stats"
-_PR_SET_PDEATHSIG: Final = 1
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
@@ -166,27 +162,6 @@ def _lock_data_dir(data_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
-
-
-def _check_port_free(address: str, key: str) -> None:
-    """SO_REUSEPORT would let us share a port with a stranger; refuse that up front."""
-    host, port = parse_hostport(address, key)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise StartError(f"{key}: cannot listen on {host}:{port}: "
-                             f"{exc.strerror}") from None
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the supervisor still forwards SIGTERM
-        pass
 
 
 class Worker:
@@ -418,59 +393,6 @@ def _run_callbacks(batch: list[tuple[Any, Any]]) -> None:
             log.exception("write completion callback failed")
 
 
-def supervise(config: ObjstoreConfig, cluster: ClusterConfig,
-              auth: RedisAuth = NO_REDIS_AUTH, security: Security = OPEN) -> int:
-    """Fork ``config.workers`` workers and keep them running until SIGTERM/SIGINT."""
-    children: dict[int, int] = {}  # pid -> worker index
-    stopping = False
-
-    def spawn(index: int) -> None:
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                _die_with_parent()
-                code = run_worker(config, cluster, index, auth, security)
-            except BaseException:
-                log.exception("worker %d crashed", index)
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        children[pid] = index
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    for i in range(config.workers):
-        spawn(i)
-    failures = 0
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        index = children.pop(pid, None)
-        if index is None or stopping:
-            continue
-        code = os.waitstatus_to_exitcode(status)
-        failures += 1
-        log.error("worker %d (pid %d) exited with %d; restarting", index, pid, code)
-        time.sleep(min(0.5 * failures, 5.0))
-        if not stopping:
-            spawn(index)
-    return 0
-
-
 def serve(config: ObjstoredConfig) -> int:
     """Read the secrets, take the data directory, check the ports, run the worker(s);
     the exit status.
@@ -485,13 +407,15 @@ def serve(config: ObjstoredConfig) -> int:
     security = Security.load("objstore", section)
     lock_fd = _lock_data_dir(Path(section.data_dir))
     try:
-        _check_port_free(section.listen, "objstore.listen")
+        check_port_free(section.listen, "objstore.listen")
         if section.metrics_listen:
             # Worker 0 would otherwise fail, be restarted, and fail again.
-            _check_port_free(section.metrics_listen, "objstore.metrics_listen")
+            check_port_free(section.metrics_listen, "objstore.metrics_listen")
         if section.workers == 1:
             return run_worker(section, config.cluster, 0, auth, security)
-        return supervise(section, config.cluster, auth, security)
+        return supervise(section.workers,
+                         lambda index: run_worker(section, config.cluster, index, auth, security),
+                         log)
     finally:
         os.close(lock_fd)
 

@@ -52,7 +52,6 @@ import collections
 import contextlib
 import fcntl
 import logging
-import socket
 import struct
 import termios
 import time
@@ -74,6 +73,7 @@ from objstore.stats import GET, SET, Counters, LatencySampler
 from runtime.directwrite import nothing_queued, send_now
 from runtime.errors import kind_of
 from runtime.receivebuffer import RemoteProtocolError
+from runtime.workers import adopt_listener
 
 log = logging.getLogger(__name__)
 
@@ -698,37 +698,12 @@ class ObjstoreFactory(Factory):
         return done
 
 
-def reuseport_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
-    """A listening, non-blocking TCP socket with SO_REUSEPORT, so several worker
-    processes can each accept on the same port (the kernel spreads connections)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 def listen(reactor: Any, host: str, port: int, factory: ObjstoreFactory,
            tls: Any = None) -> Any:
-    """Listen on ``host:port`` with SO_REUSEPORT; returns Twisted's listening port.
+    """Listen on ``host:port`` with SO_REUSEPORT (:func:`runtime.workers.adopt_listener`);
+    returns Twisted's listening port.
 
     :param tls: a server context factory (:func:`runtime.tls.server_context`): every
         connection speaks TLS from its first byte.
     """
-    served: Any = factory
-    if tls is not None:
-        from twisted.protocols.tls import TLSMemoryBIOFactory
-
-        served = TLSMemoryBIOFactory(tls, False, factory)  # type: ignore[arg-type]
-    sock = reuseport_socket(host, port)
-    try:
-        return reactor.adoptStreamPort(sock.fileno(), sock.family, served)
-    finally:
-        sock.close()  # adoptStreamPort dup()s the descriptor
+    return adopt_listener(reactor, host, port, factory, tls)

@@ -75,6 +75,7 @@ COMMAND_MODULES = (
     "ops.status_command",
     "ops.repair_command",
     "ops.level_command",
+    "ops.tier_command",
     "ops.inventory_command",
     "ops.index_command",
     "ops.gc_command",

@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="read the password from the first line of standard input")
     add.add_argument("--quota", default="0",
                      help="storage quota such as 500M or 2G (default 0 = unlimited)")
+    add.add_argument("--messages", type=_count, default=0, metavar="N",
+                     help="most messages over all mailboxes (default 0 = unlimited)")
 
     passwd = actions.add_parser("passwd", help="change a user's password")
     passwd.add_argument("name")
@@ -57,11 +59,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listing = actions.add_parser("list", help="list users with quota and usage")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
 
-    quota = actions.add_parser("quota", help="set a user's quota (0 = unlimited)")
+    quota = actions.add_parser("quota", help="set a user's quotas (0 = unlimited)")
     quota.add_argument("name")
-    quota.add_argument("size", help="such as 500M or 2G")
+    quota.add_argument("size", nargs="?", help="storage, such as 500M or 2G (omitted: "
+                       "unchanged)")
+    quota.add_argument("--messages", type=_count, default=None, metavar="N",
+                       help="most messages over all mailboxes (omitted: unchanged)")
 
     parser.set_defaults(handler=run)
+
+
+def _count(text: str) -> int:
+    """A message count for ``--messages``."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a message count: {text!r}")
+    return int(text)
 
 
 def read_password(ctx: CommandContext, *, stdin: TextIO, prompt: Prompt,
@@ -99,6 +111,7 @@ def _human(size: int) -> str:
 def _user_json(user: User) -> dict[str, Any]:
     return {"name": user.name, "id": user.id, "quota_bytes": user.quota_bytes,
             "used_bytes": user.used_bytes, "messages": user.message_count,
+            "quota_messages": user.quota_messages,
             "created_at": user.created_at.isoformat()}
 
 
@@ -111,9 +124,13 @@ def run(ctx: CommandContext, *, stdin: TextIO | None = None, prompt: Prompt | No
     interactive = stdin.isatty() if interactive is None else interactive
     action = ctx.args.user_action
     try:
-        quota = 0
-        if action in ("add", "quota"):
-            quota = parse_size(ctx.args.quota if action == "add" else ctx.args.size, "quota")
+        quota: int | None = 0
+        if action == "add":
+            quota = parse_size(ctx.args.quota, "quota")
+        elif action == "quota":
+            if ctx.args.size is None and ctx.args.messages is None:
+                raise ConfigError("", "give a storage size, --messages N, or both")
+            quota = None if ctx.args.size is None else parse_size(ctx.args.size, "quota")
         password = None
         if action in ("add", "passwd"):
             password = read_password(ctx, stdin=stdin, prompt=prompt, interactive=interactive)
@@ -128,16 +145,17 @@ def run(ctx: CommandContext, *, stdin: TextIO | None = None, prompt: Prompt | No
         return fail(ctx, exc, f"objmail user {action}")
 
 
-async def _dispatch(ctx: CommandContext, action: str, password: str | None, quota: int) -> int:
+async def _dispatch(ctx: CommandContext, action: str, password: str | None,
+                    quota: int | None) -> int:
     store = await MetadataStore.open(ctx.config.cluster.pg_dsn, pool_min=1, pool_max=2,
                                      password=ctx.credentials.pg_password)
     try:
         name = getattr(ctx.args, "name", "")
         if action == "add":
             assert password is not None
-            user = await store.users.create(name, password, quota_bytes=quota)
-            limit = _human(user.quota_bytes) if user.quota_bytes else "unlimited"
-            ctx.say(f"created user {user.name} (quota {limit}) with mailboxes "
+            user = await store.users.create(name, password, quota_bytes=quota or 0,
+                                            quota_messages=ctx.args.messages)
+            ctx.say(f"created user {user.name} (quota {_limits(user)}) with mailboxes "
                     "INBOX, Drafts, Sent, Trash, Junk, Archive")
         elif action == "passwd":
             assert password is not None
@@ -148,14 +166,24 @@ async def _dispatch(ctx: CommandContext, action: str, password: str | None, quot
             ctx.say(f"deleted user {gone.name}: {gone.mailboxes} mailbox(es), "
                     f"{gone.messages} message(s), {gone.references} blob reference(s) dropped")
         elif action == "quota":
-            user = await store.users.set_quota(name, quota)
-            limit = _human(user.quota_bytes) if user.quota_bytes else "unlimited"
-            ctx.say(f"quota of {user.name} is {limit} ({_human(user.used_bytes)} used)")
+            user = await store.users.set_quota(name, quota, ctx.args.messages)
+            ctx.say(f"quota of {user.name} is {_limits(user)} ({_human(user.used_bytes)}, "
+                    f"{user.message_count} messages used)")
         else:
             _list(ctx, await store.users.list())
         return EX_OK
     finally:
         await store.close()
+
+
+def _limits(user: User) -> str:
+    """The user's limits in words: ``1.0G``, ``1.0G, 5000 messages``, ``unlimited``."""
+    parts = []
+    if user.quota_bytes:
+        parts.append(_human(user.quota_bytes))
+    if user.quota_messages:
+        parts.append(f"{user.quota_messages} messages")
+    return ", ".join(parts) or "unlimited"
 
 
 def _list(ctx: CommandContext, users: list[User]) -> None:

@@ -299,8 +299,18 @@ def to_toml(config: Any) -> str:
     for section in dataclasses.fields(config):
         lines.append(f"[{section.name}]")
         sub = getattr(config, section.name)
+        tables: list[tuple[str, Any]] = []
         for f in dataclasses.fields(sub):
-            lines.append(f"{f.name} = {toml_value(getattr(sub, f.name))}")
+            value = getattr(sub, f.name)
+            if isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+                # A list of tables ([[director.tiers]]) must follow the section's keys.
+                tables += [(f.name, item) for item in value]
+                continue
+            lines.append(f"{f.name} = {toml_value(value)}")
+        for name, item in tables:
+            lines.append(f"[[{section.name}.{name}]]")
+            lines += [f"{g.name} = {toml_value(getattr(item, g.name))}"
+                      for g in dataclasses.fields(item)]
         lines.append("")
     return "\n".join(lines)
 

@@ -221,7 +221,8 @@ def make_test_config(rng: random.Random | None = None) -> Config:
 
     director = DirectorConfig(listen=free(), metrics_listen=free())
     imapd = ImapdConfig(imap_listen=free(), imaps_listen=free(), pop3_listen=free(),
-                        lmtp_listen=free(), metrics_listen=free(), login_delay=0.2)
+                        lmtp_listen=free(), metrics_listen=free(), login_delay=0.2,
+                        workers=1)  # one process: tests read its metrics and logs
     return Config(cluster=cluster, objstore=objstore, director=director, imapd=imapd)
 
 

@@ -86,6 +86,7 @@ def start_imapd(tc: SessionCluster, name: str, tls: tuple[Path, Path], **imapd: 
         "allow_plaintext_auth": True,
         "login_delay": 0.2,
         "metrics_listen": f"127.0.0.1:{free_port()}",
+        "workers": 1,  # one process unless a test asks for more
     }
     settings.update(imapd)
     config = dataclasses.replace(tc.config, imapd=ImapdConfig(**settings))  # type: ignore[arg-type]
@@ -141,13 +142,15 @@ class Mail:
         self.config = config
         self.credentials = load_credentials(config.cluster)
 
-    def create_user(self, name: str, password: str = "secret") -> None:
+    def create_user(self, name: str, password: str = "secret", *, quota_bytes: int = 0,
+                    quota_messages: int = 0) -> None:
         async def create() -> None:
             store = await MetadataStore.open(self.config.cluster.pg_dsn, pool_min=1,
                                              pool_max=2,
                                              password=self.credentials.pg_password)
             try:
-                await store.users.create(name, password)
+                await store.users.create(name, password, quota_bytes=quota_bytes,
+                                         quota_messages=quota_messages)
             finally:
                 await store.close()
 

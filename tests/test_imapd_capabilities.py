@@ -33,3 +33,17 @@ def test_after_login() -> None:
                  "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES"):
         assert name in caps
     assert "STARTTLS" not in caps and "LOGINDISABLED" not in caps
+
+
+def test_list_extended_list_status_and_quota_after_login() -> None:
+    """LIST-EXTENDED, LIST-STATUS and QUOTA with both resources are announced after login,
+    QUOTASET never (SETQUOTA is refused), none of them before."""
+    caps = capabilities(authenticated=True, secure=True, tls_available=True,
+                        allow_plaintext_auth=False)
+    for name in ("LIST-EXTENDED", "LIST-STATUS", "QUOTA", "QUOTA=RES-STORAGE",
+                 "QUOTA=RES-MESSAGE"):
+        assert name in caps
+    assert "QUOTASET" not in caps
+    before = capabilities(authenticated=False, secure=True, tls_available=True,
+                          allow_plaintext_auth=False)
+    assert not {"LIST-EXTENDED", "QUOTA"} & set(before)

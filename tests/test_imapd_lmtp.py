@@ -71,6 +71,25 @@ def test_one_reply_per_recipient_in_rcpt_order(stack: MailStack) -> None:
     assert stack.run(stack.store.mailboxes.status(full.id, "INBOX")).messages == 0
 
 
+def test_a_full_message_quota_is_552_for_that_recipient(stack: MailStack) -> None:
+    """A recipient at their message limit gets 552 5.2.2 (mailbox full), the others 250."""
+    ok = stack.new_user("room")
+    full = stack.new_user("counted")
+    stack.run(stack.store.users.set_quota(full.name, None, 1))
+    stack.run(stack.deliverer.deliver(full.name, b"Subject: one\r\n\r\n1\r\n"))
+    s = session(stack)
+    say(stack, s, "LHLO mx")
+    say(stack, s, "MAIL FROM:<sender@example.org>")
+    assert codes(say(stack, s, f"RCPT TO:<{full.name}@example.org>")) == ["250 2.1.5"]
+    assert codes(say(stack, s, f"RCPT TO:<{ok.name}@example.org>")) == ["250 2.1.5"]
+    stack.run(s.handle(Command("DATA", "")))
+    raw = b"Subject: two\r\n\r\n2\r\n"
+    replies = stack.run(s.data(MessageData(raw, len(raw))))
+    assert replies[0].startswith("552 5.2.2 ") and "mailbox full" in replies[0]
+    assert codes(replies[1:]) == ["250 2.0.0"]
+    assert stack.run(stack.store.mailboxes.status(full.id, "INBOX")).messages == 1
+
+
 def test_plus_detail_and_full_address(stack: MailStack) -> None:
     """user+Folder@domain delivers into Folder; an unknown folder falls back to INBOX."""
     user = stack.new_user("plus")

@@ -503,7 +503,7 @@ GARBAGE = [
     (b"a\r\n", "a"),
     (b"a FOO\r\n", "a"),
     (b"a FETCH\r\n", "a"),
-    (b"a getquotaroot INBOX\r\n", "a"),
+    (b"a xyzzy INBOX\r\n", "a"),
     (b'a SELECT "unterminated\r\n', "a"),
     (b"a LOGIN {x}\r\n", "a"),
     (b"a NOOP\rb NOOP\r\n", "a"),

@@ -134,6 +134,21 @@ LINES = [
         r.StatusData("blurdybloop", (("MESSAGES", 231), ("UIDNEXT", 44292))),
         b'* STATUS "blurdybloop" (MESSAGES 231 UIDNEXT 44292)\r\n',
     ),
+    # RFC 9208 4.1.1, 4.1.2 and 4.1.3's examples.
+    (
+        r.QuotaData("!partition/sda4", (("STORAGE", 104, 10923847),)),
+        b'* QUOTA "!partition/sda4" (STORAGE 104 10923847)\r\n',
+    ),
+    (
+        r.QuotaData("#user/alice", (("STORAGE", 54, 111), ("MESSAGE", 42, 1000))),
+        b'* QUOTA "#user/alice" (STORAGE 54 111 MESSAGE 42 1000)\r\n',
+    ),
+    (r.QuotaRootData("INBOX", ("",)), b'* QUOTAROOT "INBOX" ""\r\n'),
+    (
+        r.QuotaRootData("INBOX", ("#user/alice", "!partition/sda4")),
+        b'* QUOTAROOT "INBOX" "#user/alice" "!partition/sda4"\r\n',
+    ),
+    (r.QuotaRootData("comp.mail.mime", ()), b'* QUOTAROOT "comp.mail.mime"\r\n'),
     (r.SearchData((2, 3, 6)), b"* SEARCH 2 3 6\r\n"),
     (r.SearchData(()), b"* SEARCH\r\n"),
     (r.SearchData((2, 5), 917162500), b"* SEARCH 2 5 (MODSEQ 917162500)\r\n"),

@@ -4,6 +4,7 @@ other's changes, TLS both ways, POP3, and failure injection (object servers down
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import imaplib
@@ -20,7 +21,10 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 from prometheus_client.parser import text_string_to_metric_families
 
+from director.client import BlobClient
 from metadata.sections import imap_view
+from metadata.store import MetadataStore
+from metadata.uidset import UidSet
 from tests.conftest import SessionCluster as Cluster
 from tests.imapd_process import (
     Imapd,
@@ -456,3 +460,39 @@ def test_sigterm_says_bye_and_stops_cleanly(cluster: Cluster, certificate: tuple
         assert "imapd stopped" in server.log()
     finally:
         server.stop()
+
+
+def test_fetches_through_imapd_make_the_message_hot(imapd: Imapd, mail: Mail) -> None:
+    """Every FETCH of a message through imapd counts as a read of its skeleton blob in
+    the decayed read counters (director/temperature.py), whether imapd's blob cache
+    served it or not; the counters reach Redis in imapd's background flush."""
+    user = new_user(mail)
+    (delivered,) = mail.deliver(user, [corpus(ATTACHMENT)])
+    c = connect(imapd, user)
+    c.select_folder("INBOX", readonly=True)
+    for _ in range(6):
+        assert c.fetch([delivered.uid], ["BODY.PEEK[]"])
+    c.logout()
+
+    async def heat() -> float:
+        store = await MetadataStore.open(mail.config.cluster.pg_dsn, pool_min=1, pool_max=1,
+                                         password=mail.credentials.pg_password)
+        blobs = await BlobClient.open(mail.config.cluster, mail.config.director,
+                                      auth=mail.credentials.redis)
+        try:
+            owner = await store.users.get(user)
+            (entry,) = await store.messages.fetch(owner.id, delivered.mailbox_id,
+                                                  UidSet.all(), items={"skeleton"})
+            assert entry.skeleton_id is not None
+            deadline = time.monotonic() + 20
+            while True:
+                reads = (await blobs.heat.lookup([entry.skeleton_id]))[
+                    entry.skeleton_id].reads
+                if reads >= 5.9 or time.monotonic() > deadline:  # decayed a little
+                    return reads
+                await asyncio.sleep(0.2)
+        finally:
+            await blobs.aclose()
+            await store.close()
+
+    assert asyncio.run(heat()) >= 5.9

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator, Iterator
 
@@ -274,5 +275,42 @@ def test_status_counts(dsn: str) -> None:
             assert (await store.mailboxes.status(user.id, inbox.id)).recent == 0
             with pytest.raises(NoSuchMailbox):
                 await store.mailboxes.status(user.id, 10**9)
+
+    asyncio.run(run())
+
+
+def test_statuses_of_many_mailboxes_in_one_statement(dsn: str) -> None:
+    """statuses() gives every listed selectable mailbox the counts status() gives it (the
+    first unseen UID aside), leaves out \\Noselect names and unknown ids, and reports
+    \\Recent as 0 when not asked to count it; tree() is the names and subscriptions."""
+
+    async def run() -> None:
+        async with opened(dsn) as store:
+            user = await user_named(store, "many")
+            await store.mailboxes.create(user.id, "Work/Reports")
+            await store.mailboxes.delete(user.id, "Work")  # kept as \Noselect
+            tree = await store.mailboxes.tree(user.id)
+            boxes = {b.name: b for b in tree.mailboxes}
+            assert set(boxes) == {"INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash",
+                                  "Work", "Work/Reports"}
+            assert boxes["Work"].noselect
+            assert tree.subscribed == {"INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"}
+            for i, flags in enumerate([SEEN, 0, DELETED]):
+                await store.messages.insert(user.id, boxes["Work/Reports"].id,
+                                            sample_row(f"m{i}", size=2000 + i), [],
+                                            internaldate=NOW, flags=Flags(flags))
+            ids = [b.id for b in tree.mailboxes] + [10**9]
+            found = await store.mailboxes.statuses(user.id, ids)
+            assert set(found) == {b.id for b in tree.mailboxes if not b.noselect}
+            for box_id, many in found.items():
+                one = await store.mailboxes.status(user.id, box_id)
+                assert many == dataclasses.replace(one, first_unseen_uid=None)
+            reports = found[boxes["Work/Reports"].id]
+            assert (reports.messages, reports.unseen, reports.deleted, reports.recent,
+                    reports.size, reports.deleted_size) == (3, 2, 1, 3, 6003, 2002)
+            counters = await store.mailboxes.statuses(user.id, ids, recent=False)
+            assert counters[boxes["Work/Reports"].id] == dataclasses.replace(
+                reports, recent=0)
+            assert await store.mailboxes.statuses(user.id, []) == {}
 
     asyncio.run(run())

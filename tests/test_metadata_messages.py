@@ -446,6 +446,36 @@ def test_quota_refusal_leaves_nothing_behind(dsn: str) -> None:
     asyncio.run(run())
 
 
+def test_message_quota_counts_entries_and_refuses_past_the_limit(dsn: str) -> None:
+    """With a message quota, an insert or a COPY that would pass it raises OverQuota naming
+    the MESSAGE resource and stores nothing; EXPUNGE gives the room back."""
+
+    async def run() -> None:
+        async with opened(dsn) as store:
+            user, inbox = await new_user(store, "counted")
+            await store.users.set_quota(user.name, None, 2)
+            for i in range(2):
+                await store.messages.insert(user.id, inbox, sample_row(f"mq{i}", size=10), [],
+                                            internaldate=NOW)
+            with pytest.raises(OverQuota) as refused:
+                await store.messages.insert(user.id, inbox, sample_row("mq2", size=10), [],
+                                            internaldate=NOW)
+            assert (refused.value.resource, refused.value.used, refused.value.limit,
+                    refused.value.needed) == ("MESSAGE", 2, 2, 1)
+            trash = await store.mailboxes.get(user.id, "Trash")
+            with pytest.raises(OverQuota):
+                await store.messages.copy(user.id, inbox, UidSet.from_uids([1]), trash.id)
+            usage = await store.users.get_by_id(user.id)
+            assert (usage.message_count, usage.used_bytes, usage.quota_messages) == (2, 20, 2)
+            await store.messages.store_flags(user.id, inbox, UidSet.from_uids([1]), "add",
+                                             Flags(DELETED))
+            await store.messages.expunge(user.id, inbox)
+            await store.messages.copy(user.id, inbox, UidSet.all(), trash.id)
+            assert (await store.users.get_by_id(user.id)).message_count == 2
+
+    asyncio.run(run())
+
+
 def test_insert_into_missing_or_noselect_mailbox(dsn: str) -> None:
     """Delivery to a deleted or \\Noselect mailbox, or for a deleted user, fails and stores
     nothing."""
@@ -570,8 +600,10 @@ async def counted(dsn: str, user_id: int) -> dict[int, tuple[int, int, int, int]
     try:
         rows = await conn.fetch(
             "SELECT mb.id, mb.n_messages, mb.n_unseen, mb.n_deleted, mb.total_size, "
+            "mb.deleted_size, "
             "count(mm.uid) AS messages, count(mm.uid) FILTER (WHERE mm.flags & 1 = 0) AS unseen, "
             "count(mm.uid) FILTER (WHERE mm.flags & 8 <> 0) AS deleted, "
+            "coalesce(sum(mm.size) FILTER (WHERE mm.flags & 8 <> 0), 0) AS deleted_bytes, "
             "coalesce(sum(mm.size), 0) AS size FROM mailboxes mb LEFT JOIN mailbox_messages mm "
             "ON mm.user_id = mb.user_id AND mm.mailbox_id = mb.id WHERE mb.user_id = $1 "
             "GROUP BY mb.user_id, mb.id", user_id)
@@ -580,6 +612,7 @@ async def counted(dsn: str, user_id: int) -> dict[int, tuple[int, int, int, int]
     for r in rows:
         kept = (r["n_messages"], r["n_unseen"], r["n_deleted"], r["total_size"])
         assert kept == (r["messages"], r["unseen"], r["deleted"], r["size"]), r["id"]
+        assert r["deleted_size"] == r["deleted_bytes"], r["id"]
     return {r["id"]: (r["n_messages"], r["n_unseen"], r["n_deleted"], r["total_size"])
             for r in rows}
 
@@ -602,6 +635,7 @@ def test_mailbox_counters_follow_every_change_of_the_entries(dsn: str) -> None:
             await store.messages.store_flags(user.id, inbox, UidSet.from_uids([4]), "add",
                                              Flags(FLAGGED))
             assert (await counted(dsn, user.id))[inbox] == (4, 1, 2, 46)
+            assert (await store.mailboxes.status(user.id, inbox)).deleted_size == 11 + 12
             trash = await store.mailboxes.get(user.id, "Trash")
             await store.messages.copy(user.id, inbox, UidSet.from_uids([1, 4]), trash.id)
             archive = await store.mailboxes.get(user.id, "Archive")

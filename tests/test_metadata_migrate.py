@@ -268,3 +268,42 @@ def test_version_4_counts_the_entries_already_stored(postgres: str) -> None:
         backfilled, after = asyncio.run(run())
         assert tuple(backfilled) == (3, 2, 1, 600)
         assert tuple(after) == (2, 0, 1, 500)
+
+
+def test_version_5_adds_the_message_quota_and_backfills_deleted_bytes(postgres: str) -> None:
+    """Migrating a version-4 database gives every user an unlimited message quota and each
+    mailbox the bytes of its \\Deleted entries, which later changes keep exact."""
+    with fresh_database(postgres, migrate=False) as dsn:
+        async def run() -> tuple[int, int, int]:
+            conn = await asyncpg.connect(dsn)
+            try:
+                await migrate(conn, load_migrations()[:4])
+                user = await conn.fetchval(
+                    "INSERT INTO users (name, password_hash) VALUES ('old', 'x') RETURNING id")
+                await conn.execute("INSERT INTO user_usage (user_id) VALUES ($1)", user)
+                box = await conn.fetchval(
+                    "INSERT INTO mailboxes (user_id, name, uidvalidity, uidnext) "
+                    "VALUES ($1, 'INBOX', 1, 4) RETURNING id", user)
+                msg = await conn.fetchval(
+                    "INSERT INTO messages (user_id, skeleton_id, size, header_block, envelope, "
+                    "bodystructure, body, section_map) VALUES ($1, $2, 10, '', '', '', '', '') "
+                    "RETURNING id", user, "0" * 64)
+                for uid, flags in ((1, 8), (2, 0), (3, 8)):  # \Deleted, none, \Deleted
+                    await conn.execute(
+                        "INSERT INTO mailbox_messages (user_id, mailbox_id, uid, message_id, "
+                        "flags, modseq, internaldate, size) VALUES ($1, $2, $3, $4, $5, 1, "
+                        "now(), $6)", user, box, uid, msg, flags, uid * 100)
+                await migrate(conn)
+                quota = await conn.fetchval(
+                    "SELECT quota_messages FROM user_usage WHERE user_id = $1", user)
+                query = "SELECT deleted_size FROM mailboxes WHERE id = $1"
+                backfilled = await conn.fetchval(query, box)
+                await conn.execute("UPDATE mailbox_messages SET flags = 8 WHERE mailbox_id = $1 "
+                                   "AND uid = 2", box)
+                await conn.execute("DELETE FROM mailbox_messages WHERE mailbox_id = $1 "
+                                   "AND uid = 1", box)
+                return quota, backfilled, await conn.fetchval(query, box)
+            finally:
+                await conn.close()
+
+        assert asyncio.run(run()) == (0, 400, 500)

@@ -19,10 +19,10 @@ from objstore.server import (
     Answer,
     ObjstoreFactory,
     ObjstoreProtocol,
-    reuseport_socket,
 )
 from objstore.stats import Counters
 from ops.config import ObjstoreConfig
+from runtime.workers import reuseport_socket
 from tests.objstore_harness import Harness, exchange
 
 

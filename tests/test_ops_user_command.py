@@ -120,7 +120,8 @@ def test_add_prompts_twice_on_a_terminal(dsn: str) -> None:
 def test_passwd_quota_list_and_errors(cfg: str, dsn: str,
                                       capsys: pytest.CaptureFixture[str],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """passwd changes the password; quota changes the limit; list shows both as text and
+    """passwd changes the password; quota changes the limits (storage, --messages, each
+    left alone when not given); list shows both as text and
     JSON; a taken name, an unknown user, a bad size and an empty password get their exit
     codes."""
     monkeypatch.setattr(sys, "stdin", io.StringIO("first\n"))
@@ -133,9 +134,13 @@ def test_passwd_quota_list_and_errors(cfg: str, dsn: str,
 
     assert main(["--config", cfg, "user", "quota", "nina", "1G"]) == EX_OK
     assert "quota of nina is 1.0G" in capsys.readouterr().out
+    assert main(["--config", cfg, "user", "quota", "nina", "--messages", "5000"]) == EX_OK
+    assert "quota of nina is 1.0G, 5000 messages" in capsys.readouterr().out
     assert main(["--config", cfg, "user", "list", "--json"]) == EX_OK
     users = {u["name"]: u for u in json.loads(capsys.readouterr().out)}
     assert users["nina"]["quota_bytes"] == 1 << 30 and users["nina"]["used_bytes"] == 0
+    assert users["nina"]["quota_messages"] == 5000
+    assert main(["--config", cfg, "user", "quota", "nina"]) == EX_USAGE
     assert main(["--config", cfg, "user", "list"]) == EX_OK
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["NAME", "QUOTA", "USED", "MESSAGES", "CREATED"]
