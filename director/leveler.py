@@ -53,6 +53,7 @@ from director.background import BackgroundJob, PassControl, PassStats, RateLimit
 from director.copier import delete_copy, write_verified
 from director.index import SCAN_BUCKETS
 from director.jobstate import JobState, integer
+from director.lease import Lease
 from director.memcache_client import NodeError
 from director.nodes import Node, NodeState
 from director.placement import relative_loads
@@ -262,7 +263,8 @@ class Leveler(BackgroundJob[LevelStats]):
                 # One cursor per pool (a storage hierarchy levels each tier apart).
                 key = "cursor" if self.client.policy.tiers is None \
                     else f"cursor:{short[0].tier}"
-                cold, cursor = await self._cold(short, integer(fields, key), hot)
+                cold, cursor = await self._cold(short, integer(fields, key), hot,
+                                                lease=state.lease)
                 if saving:  # a dry run leaves the cursor alone
                     await state.save({key: cursor})
         return planned(plan_moves(usages, hot, tolerance, self.dconf.level_bytes_per_pass,
@@ -377,14 +379,18 @@ class Leveler(BackgroundJob[LevelStats]):
         return out
 
     async def _cold(self, nodes: Sequence[Node], cursor: int,
-                    hot: Mapping[str, Sequence[BlobCandidate]]
+                    hot: Mapping[str, Sequence[BlobCandidate]], *,
+                    lease: Lease | None = None
                     ) -> tuple[dict[str, list[BlobCandidate]], int]:
         """Up to ``level_scan_entries`` blobs of each of ``nodes`` from the index (hot
         ones left out), from ``cursor``; returns them and the cursor to resume from.
 
         One sweep serves every node: a node holding fewer blobs than that makes the
         sweep go round the whole index, and one round per node (Redis reads competing
-        with the frontends' lookups) was most of a pass's time on a small index.
+        with the frontends' lookups) was most of a pass's time on a small index.  The
+        job's ``lease`` is kept alive page by page: on a loaded machine a sweep of the
+        whole index has outlasted the lease's TTL, and the pass then lost its lease
+        before its first move.
         """
         total = self.index.layout.buckets
         if not 0 <= cursor < total:
@@ -405,7 +411,11 @@ class Leveler(BackgroundJob[LevelStats]):
                         found[node.id].append((bid, nums, 0.0))
             scanned += page.buckets_done - cursor
             cursor = page.next_cursor or 0
+            if lease is not None:
+                await lease.keep()
         sized = await asyncio.gather(*(self._sized(n, found[n.id]) for n in nodes))
+        if lease is not None:
+            await lease.keep()
         return {n.id: s for n, s in zip(nodes, sized, strict=True)}, cursor
 
     async def _sized(self, node: Node, blobs: Sequence[tuple[str, tuple[int, ...], float]]
