@@ -86,6 +86,7 @@ class Rep:
     fetches_before: int
     fetches_during: int
     load: str
+    exit_code: int = 0
 
     @property
     def rate(self) -> float:
@@ -224,9 +225,8 @@ def one_rep(args: argparse.Namespace, oc: ObjmailCluster, k: int, nodes_before: 
         # 75: not within the tolerance when it gave up (reported below).
         print(f"rep {k}: objmail level exited {mover.returncode}: {err[-2000:].decode()}",
               file=sys.stderr)
-        if not out.strip():
-            raise SystemExit(f"objmail level exited {mover.returncode} without a report")
-    summary = json.loads(out)
+    summary = json.loads(out) if out.strip() else {"bytes": 0, "passes": 0, "moved": 0,
+                                                    "planned": 0}
     moved = int(summary["bytes"])
     print(f"rep {k}: objmail level: {summary['passes']} pass(es), {summary['moved']} of "
           f"{summary['planned']} planned moves, {mib(moved)} in {seconds:.1f} s wall, "
@@ -241,7 +241,7 @@ def one_rep(args: argparse.Namespace, oc: ObjmailCluster, k: int, nodes_before: 
                sum(int(r["count"]) for n, r in before["per_command"].items()
                    if n.startswith("fetch")),
                sum(int(r["count"]) for n, r in during["per_command"].items()
-                   if n.startswith("fetch")), load_text())
+                   if n.startswith("fetch")), load_text(), mover.returncode)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,7 +300,8 @@ def table(reps: list[Rep], args: argparse.Namespace, total: int, disk_write: flo
                 f"(x{r.ratio(cmd):.2f})")
 
     for i, r in enumerate(reps, 1):
-        lines.append(f"| {i} | {r.nodes_before}+1 | {mib(r.to_move)} | {mib(r.moved)} | "
+        failed = f" (objmail level exit {r.exit_code})" if r.exit_code else ""
+        lines.append(f"| {i} | {r.nodes_before}+1 | {mib(r.to_move)} | {mib(r.moved)}{failed} | "
                      f"{r.level_seconds:.1f} s | {mib(r.rate)}/s "
                      f"({100 * r.rate / args.rate:.0f}%) | {100 * r.deviation_after:+.1f}% | "
                      f"{p99(r, 'fetch_message')} | {p99(r, 'fetch_headers')} |")
