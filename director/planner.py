@@ -202,8 +202,16 @@ def plan_repair(replicas: Sequence[Replica], candidates: Sequence[Node], want: i
         needs = tiers.needs(per_tier, layout)
         need = sum(needs.values())
         ranked = tiers.arrange(ranked, needs) if need else []
+        # Copies a tier holds beyond the layout (the wrong mix: two HDD copies of a hot
+        # blob): dropped once the missing ones are made and indexed, verified ones only,
+        # those on draining nodes first.
+        verified = [r.node for r in replicas if r.counts and r.node is not None]
+        extra: list[Node] = []
+        for tier, n in tiers.surplus(per_tier, layout).items():
+            extra += sorted((v for v in verified if v.tier == tier),
+                            key=lambda v: v.state is NodeState.ACTIVE)[:n]
         return RepairPlan(sources, rewrite, tuple(ranked), need, forget, len(counted),
-                          want=want, verified=sum(1 for r in replicas if r.counts))
+                          tuple(extra), want=sum(layout.values()), verified=len(verified))
     surplus: list[Node] = []
     unplaced = False
     if sites.crowded((n.site for n in held), owed):
@@ -228,9 +236,12 @@ def copies_left(locations: Sequence[int], nodes: Mapping[int, Node], want: int, 
     (the repairer's sweep; nothing is probed), or None when it looks whole: it is short
     with fewer than ``want`` locations on up nodes that keep their copies (or down ones
     within their grace), or with a location on a removed or unknown node; with a storage
-    hierarchy (``tiers``), also when those copies fill neither the hot nor the cold
-    layout (a tier lacks a copy of each); with the site rule, also when they crowd a
-    site while another in ``owed`` could hold them."""
+    hierarchy (``tiers``), also when those copies are in neither the hot nor the cold
+    layout (a tier lacks copies or holds too many for each: two HDD copies plus an SSD
+    one, two SSD ones where the layouts want SSD+HDD or two HDD); whether an entry in
+    the cold layout should be hot is the temperature's to say (:func:`in_cold_layout`);
+    with the site rule, also when they crowd a site while another in ``owed`` could
+    hold them."""
     counted = 0
     gone = False
     kept: list[Node] = []
@@ -243,10 +254,21 @@ def copies_left(locations: Sequence[int], nodes: Mapping[int, Node], want: int, 
             kept.append(node)
     if tiers is not None and not gone and counted >= want:
         have = TierPolicy.counts(kept)
-        gone = bool(tiers.needs(have, tiers.hot)) and bool(tiers.needs(have, tiers.cold))
+        gone = not tiers.matches(have, tiers.hot) and not tiers.matches(have, tiers.cold)
     elif not gone and counted >= want:
         gone = sites.crowded((n.site for n in kept), owed)
     return counted if gone or counted < want else None
+
+
+def in_cold_layout(locations: Sequence[int], nodes: Mapping[int, Node], tiers: TierPolicy,
+                   waiting: frozenset[int] = frozenset()) -> bool:
+    """Whether an entry's copies (on up nodes, or down ones within their grace) are
+    exactly the cold layout, and it is not also the hot one: such an entry is whole
+    unless its temperature says the blob is hot (:meth:`TierPolicy.wanted`)."""
+    kept = [nodes[n] for n in locations if n in nodes
+            and (nodes[n].state in COUNTING or n in waiting)]
+    have = TierPolicy.counts(kept)
+    return tiers.matches(have, tiers.cold) and not tiers.matches(have, tiers.hot)
 
 
 def needs_repair(locations: Sequence[int], nodes: Mapping[int, Node], want: int, *,

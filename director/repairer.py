@@ -51,7 +51,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -69,12 +69,14 @@ from director.planner import (
     Replica,
     copies_left,
     down_waiting,
+    in_cold_layout,
     lost_nodes,
     plan_repair,
 )
 from director.registry import RegistrySnapshot
 from director.repairqueue import priority_of
-from director.tiers import is_cold
+from director.temperature import Heat
+from director.tiers import is_cold, is_hot
 
 if TYPE_CHECKING:
     from director.client import BlobClient
@@ -237,11 +239,22 @@ class Repairer(BackgroundJob[RepairStats]):
                 # A node added since the snapshot is not a removed one: look again.
                 nodes = {n.number: n for n in (await self.client.snapshot(force=True)).nodes}
             by_priority: dict[int, list[str]] = defaultdict(list)
+            cold_layout: list[tuple[str, int]] = []
             for bid, nums in page.entries:
                 copies = copies_left(nums, nodes, want, waiting=waiting,
                                      tiers=policy.tiers, sites=policy.sites, owed=owed)
                 if copies is not None:
                     by_priority[priority_of(copies)].append(bid)
+                elif policy.tiers is not None and self.dconf.temperature_sample > 0 \
+                        and in_cold_layout(nums, nodes, policy.tiers, waiting):
+                    cold_layout.append((bid, len(nums)))
+            if cold_layout:
+                # In the cold layout but hot now: the wrong mix of tiers (one pipelined
+                # temperature lookup per page; promotion's rule, not one read).
+                heat = await self.client.heat.lookup([bid for bid, _n in cold_layout])
+                for bid, copies in cold_layout:
+                    if self._hot(heat[bid]):
+                        by_priority[priority_of(copies)].append(bid)
             for priority, short in sorted(by_priority.items()):
                 queued = await self.client.repair.add(short, priority=priority)
                 stats.sweep_queued += queued
@@ -360,7 +373,11 @@ class Repairer(BackgroundJob[RepairStats]):
         # A copy lost on a node the operator declared dead is replaced at full speed.
         urgent = any(r.node is not None and r.node.state is NodeState.DEAD for r in replicas)
         policy = self.client.policy
-        layout = await self._layout(bid) if policy.tiers is not None else None
+        layout = None
+        if policy.tiers is not None:
+            layout = await self._layout(bid, policy.tiers.counts(
+                r.node for r in replicas if r.node is not None and (
+                    r.counts or (r.number in waiting and r.health is not Health.GOOD))))
         plan = plan_repair(replicas, placer.candidates(bid), policy.replicas,
                            waiting=waiting, tiers=policy.tiers, layout=layout,
                            sites=policy.sites, owed=placer.sites)
@@ -428,17 +445,25 @@ class Repairer(BackgroundJob[RepairStats]):
                 stats.examples.append(bid)
             await queue.retry_later([bid], self.dconf.repair_retry_delay)
 
-    async def _layout(self, bid: str) -> dict[str, int]:
-        """The tier layout ``bid`` should have: cold once its read temperature says it
-        was not accessed for ``tier_cold_after`` (as the tier job decides), else hot."""
+    async def _layout(self, bid: str, have: Mapping[str, int]) -> dict[str, int]:
+        """The tier layout ``bid`` (with copies ``have`` per tier) should have, by the
+        tier job's rules (:meth:`TierPolicy.wanted`): cold once its read temperature says
+        it was not accessed for ``tier_cold_after``; in the cold layout until hot; else
+        hot."""
         tiers = self.client.policy.tiers
         assert tiers is not None
         if self.dconf.temperature_sample <= 0:  # no temperature: nothing is known cold
             return tiers.hot
         heat = (await self.client.heat.lookup([bid]))[bid]
-        return tiers.layout(cold=is_cold(heat.accessed_before, heat.reads, self.now(),
-                                         cold_after=self.dconf.tier_cold_after,
-                                         hot_reads=self.dconf.tier_hot_reads))
+        return tiers.wanted(have, cold=self._cold(heat), hot=self._hot(heat))
+
+    def _cold(self, heat: Heat) -> bool:
+        return is_cold(heat.accessed_before, heat.reads, self.now(),
+                       cold_after=self.dconf.tier_cold_after,
+                       hot_reads=self.dconf.tier_hot_reads)
+
+    def _hot(self, heat: Heat) -> bool:
+        return is_hot(heat.reads, hot_reads=self.dconf.tier_hot_reads)
 
     async def _last_resort(self, bid: str, replicas: list[Replica],
                            probes: dict[int, Probe]) -> VerifiedBlob | None:

@@ -128,6 +128,16 @@ class TierPolicy:
     def matches(self, have: Mapping[str, int], layout: Layout) -> bool:
         return not self.needs(have, layout) and not self.surplus(have, layout)
 
+    def wanted(self, have: Mapping[str, int], *, cold: bool, hot: bool) -> dict[str, int]:
+        """The layout a blob with copies ``have`` per tier should have, by the rules the
+        tier job moves blobs with: the cold one once ``cold`` (:func:`is_cold`); a blob
+        already in the cold layout stays there until ``hot`` (:func:`is_hot`: promotion
+        needs ``tier_hot_reads``, not one read after a demotion); anything else (a new
+        blob, a mix of neither layout) the hot one."""
+        if cold or (not hot and self.matches(have, self.cold)):
+            return self.cold
+        return self.hot
+
     def arrange(self, candidates: Sequence[Node], layout: Layout) -> list[Node]:
         """``candidates`` (in placement order) rearranged: first, for each tier by rank,
         its first ``layout[tier]`` candidates (the targets); then the rest of each tier

@@ -280,3 +280,61 @@ def test_a_pass_is_paced_by_its_rate(inst: Installation) -> None:
     assert waited == pytest.approx((copied - rate) / rate, rel=0.05)
     assert set(map(tuple, with_client(inst.config,
                                       lambda c: layout(c, ids)).values())) == {("hdd", "hdd")}
+
+
+async def move_copy(client: BlobClient, bid: str, tier: str, to: str) -> None:
+    """Move ``bid``'s copy on a ``tier`` node to a ``to`` node that lacks one: written
+    there and indexed, then forgotten and deleted where it was."""
+    snap = await client.snapshot(force=True)
+    held = [snap.by_number(n) for n in await client.index.locations(bid)]
+    src = next(n for n in held if n is not None and n.tier == tier)
+    dst = next(n for n in snap.nodes if n.tier == to and n not in held)
+    blob = (await client.reader.probe(bid, client.node_client(src))).blob
+    assert blob is not None
+    await write_verified(client.node_client(dst), blob)
+    await client.index.update(bid, add=[dst.number], remove=[src.number])
+    await delete_copy(client.node_client(src), blob.keys)
+
+
+def test_repair_sweep_fixes_the_wrong_mix_of_tiers(inst: Installation) -> None:
+    """Entries with the right number of copies on the wrong tiers are flagged by the
+    repair sweep and given their layout: a hot blob (read ``tier_hot_reads`` times) on
+    two HDD nodes gets an SSD copy for one of them, a recently written blob on two SSD
+    nodes an HDD copy for one of them; the surplus copy is deleted from its node after
+    the new one is indexed, every byte the same.  A blob in its layout stays queued for
+    nothing, and a blob on two HDD nodes read once is not promoted by repair (promotion
+    needs ``tier_hot_reads``)."""
+    datas = [os.urandom(21_000 + i) for i in range(4)]
+
+    async def go(client: BlobClient) -> None:
+        hot, fresh, lukewarm, fine = await client.put_many(datas)
+        await move_copy(client, hot, "ssd", "hdd")
+        await move_copy(client, fresh, "hdd", "ssd")
+        await move_copy(client, lukewarm, "ssd", "hdd")
+        for _ in range(int(HOT_READS) + 1):
+            assert await client.get(hot) == datas[0]
+        assert await client.get(lukewarm) == datas[2]
+        await client.temperature.flush()
+        assert (await client.heat.lookup([hot]))[hot].reads >= HOT_READS
+        before = await layout(client, [hot, fresh, lukewarm, fine])
+        assert before == {hot: ["hdd", "hdd"], fresh: ["ssd", "ssd"],
+                          lukewarm: ["hdd", "hdd"], fine: ["hdd", "ssd"]}
+        snap = await client.snapshot(force=True)
+        old = {bid: {snap.by_number(n) for n in await client.index.locations(bid)}
+               for bid in (hot, fresh)}
+
+        stats = await Repairer(client).run_once()
+        assert stats.sweep_queued == 2 and stats.repaired == 2 and stats.dropped == 2
+        after = await layout(client, [hot, fresh, lukewarm, fine])
+        assert after == {hot: ["hdd", "ssd"], fresh: ["hdd", "ssd"],
+                         lukewarm: ["hdd", "hdd"], fine: ["hdd", "ssd"]}
+        for bid in (hot, fresh):
+            now = {snap.by_number(n) for n in await client.index.locations(bid)}
+            for gone in old[bid] - now:  # deleted, not merely unindexed
+                assert gone is not None
+                assert await client.node_client(gone).get(bid.encode()) is None
+            client.cache.memory.discard(bid)
+        assert await client.get_many([hot, fresh]) == {hot: datas[0], fresh: datas[1]}
+        assert (await Repairer(client).run_once()).sweep_queued == 0
+
+    with_client(inst.config, go)
