@@ -871,15 +871,19 @@ class BlobClient:
         for number in numbers:
             await index.remove_location(index_id, number)
 
-    async def get_item(self, key: bytes, *, cas: bool = False) -> Value | None:
+    async def get_item(self, key: bytes, *, cas: bool = False, read: bool = True
+                       ) -> Value | None:
         """The item stored under ``key`` (with its cas unique when ``cas``), or None when
         no replica holds it."""
-        return (await self.get_items([key], cas=cas)).get(key)
+        return (await self.get_items([key], cas=cas, read=read)).get(key)
 
-    async def get_items(self, keys: Sequence[bytes], *, cas: bool = False
+    async def get_items(self, keys: Sequence[bytes], *, cas: bool = False, read: bool = True
                         ) -> dict[bytes, Value]:
         """Several items: one index lookup, reads in parallel; misses (and items a
         ``flush_all`` hides) are left out.
+
+        :param read: the values go out to a client: blob ids' reads count into the read
+            temperature (not for a size or flags check, ``mg <id> s``).
 
         :raises BlobUnavailable: some key is indexed but no replica could answer for it.
         :raises BlobCorrupt: a blob id key whose every replica had bad bytes.
@@ -903,7 +907,7 @@ class BlobClient:
             numbers = locations.get(ids[key], ())
             if not numbers:
                 return None
-            return await self._read_item(key, ids[key], numbers, cas=cas)
+            return await self._read_item(key, ids[key], numbers, cas=cas, read=read)
 
         if len(unique) == 1:  # the common case: no task for a gather
             got = await one(unique[0])
@@ -912,11 +916,12 @@ class BlobClient:
         return {k: v for k, v in zip(unique, found, strict=True) if v is not None}
 
     async def _read_item(self, key: bytes, index_id: str, numbers: Sequence[int], *,
-                         cas: bool = False) -> Value | None:
+                         cas: bool = False, read: bool = True) -> Value | None:
         replicas = await self._ordered(index_id, numbers)
         what = _item_name(key)
         if is_blob_id(key):
-            self.temperature.read(index_id)
+            if read:
+                self.temperature.read(index_id)
             # Served as stored (a chunked blob: its manifest), once verified whole.
             blob = await self._read_verified(index_id, replicas, content=False, cas=cas,
                                              what=what, miss_ok=True)

@@ -271,7 +271,9 @@ class ProxyHandler:
 
     # -- cache of blob-id values ----------------------------------------------------------
 
-    def _cached(self, key: bytes) -> Value | None:
+    def _cached(self, key: bytes, *, read: bool = True) -> Value | None:
+        """The cached value of blob id ``key``; ``read``: its value is going out (a read
+        the temperature counts), not only its size or flags."""
         if self.cache is None or not is_blob_id(key):
             return None
         raw = self.cache.get(key.decode("ascii"))
@@ -279,8 +281,8 @@ class ProxyHandler:
             self.metrics.cache_misses += 1
             return None
         self.metrics.cache_hits += 1
-        # A read the blob client never sees: its temperature counts it all the same.
-        self.client.temperature.read(key.decode("ascii"))
+        if read:  # a read the blob client never sees: its temperature counts it the same
+            self.client.temperature.read(key.decode("ascii"))
         (flags,) = _FLAGS.unpack_from(raw)
         return Value(key, flags, raw[_FLAGS.size:])
 
@@ -638,7 +640,9 @@ class ProxyHandler:
         if refusal is not None:
             return refusal
         with_cas = 0x63 in f.returns  # c
-        hit = None if with_cas else self._cached(cmd.key)
+        # Only an mg returning the value is a read: a size or flags check (mg <id> s) must
+        # not make a blob look hot (and keep it on the fast tier).
+        hit = None if with_cas else self._cached(cmd.key, read=f.value)
         if hit is not None:
             return self._immediate(b"mg", self._mg_reply(cmd, hit))
         return self._run(b"mg", self._mg_async(cmd, with_cas))
@@ -655,7 +659,7 @@ class ProxyHandler:
             + b" not valid for a blob id"), "client")
 
     async def _mg_async(self, cmd: p.MetaGet, with_cas: bool) -> Reply | None:
-        item = await self.client.get_item(cmd.key, cas=with_cas)
+        item = await self.client.get_item(cmd.key, cas=with_cas, read=cmd.flags.value)
         if item is not None:
             self._remember(cmd.key, item.value, item.flags)
         return self._mg_reply(cmd, item)

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import socket
 import time
 
 import pytest
@@ -29,7 +30,8 @@ from ops.config import Config, parse_hostport
 from ops.devcluster import DEV_ZONES
 from tests.conftest import redis_auth
 from tests.director_installation import Installation, installation_fixture, with_client
-from tests.memcache_auth import LoginClient
+from tests.memcache_auth import LoginClient, login_request
+from tests.waiting import wait_until
 
 COLD_AFTER = 3.0
 HOT_READS = 8.0
@@ -338,3 +340,56 @@ def test_repair_sweep_fixes_the_wrong_mix_of_tiers(inst: Installation) -> None:
         assert (await Repairer(client).run_once()).sweep_queued == 0
 
     with_client(inst.config, go)
+
+
+def meta_get(inst: Installation, key: str, flags: bytes, times: int) -> list[bytes]:
+    """``mg <key> <flags>`` through directord ``times`` times; each reply's header line
+    (a value, when one comes, read and checked for its length)."""
+    host, port = parse_hostport(inst.config.director.listen)
+    access = inst.cluster.directord_access()
+    heads: list[bytes] = []
+    with socket.create_connection((host, port), timeout=10) as sock:
+        buf = b""
+
+        def line() -> bytes:
+            nonlocal buf
+            while b"\r\n" not in buf:
+                chunk = sock.recv(65536)
+                assert chunk, "directord closed the connection"
+                buf += chunk
+            head, buf = buf.split(b"\r\n", 1)
+            return head
+
+        if access.user:
+            sock.sendall(login_request(access))
+            assert line() == b"STORED"
+        for _ in range(times):
+            sock.sendall(b"mg " + key.encode() + b" " + flags + b"\r\n")
+            head = line()
+            if head.startswith(b"VA "):
+                size = int(head.split()[1])
+                while len(buf) < size + 2:
+                    buf += sock.recv(65536)
+                buf = buf[size + 2:]
+            heads.append(head)
+    return heads
+
+
+def test_directord_meta_gets_of_values_count_as_reads(inst: Installation) -> None:
+    """``mg <blob id> v`` through directord is a read its temperature counts, as ``get``
+    is; ``mg <blob id> s`` (a size check, no value) heats nothing."""
+    data = os.urandom(22_000)
+    bid = with_client(inst.config, lambda c: c.put(data))
+
+    async def reads(client: BlobClient) -> float:
+        return (await client.heat.lookup([bid]))[bid].reads
+
+    sizes = meta_get(inst, bid, b"s", 5)  # the stored size (as the blob id's codec has it)
+    assert len(set(sizes)) == 1 and sizes[0].startswith(b"HD s")
+    size = int(sizes[0][4:])
+    assert meta_get(inst, bid, b"v s", 6) == [b"VA %d s%d" % (size, size)] * 6
+    # directord flushes its batch every temperature_flush_interval: wait for the reads.
+    counted = wait_until(lambda: (r := with_client(inst.config, reads)) >= 5.5 and r,
+                         timeout=30, interval=0.2, what=f"6 decayed reads of {bid}")
+    # The size checks (sent first, flushed with the reads or before) counted nothing.
+    assert counted < 6.5
