@@ -22,7 +22,7 @@ from pathlib import Path
 from ops.binaries import MissingBinary
 from ops.cli import EX_OK, EX_UNAVAILABLE, EX_USAGE, CommandContext
 from ops.config import ENV_PG_DSN, ENV_REDIS_NODES, load_config
-from ops.devcluster import DEV_CONFIG_HEADER, DevCluster, DevOptions
+from ops.devcluster import DEV_CONFIG_HEADER, DevCluster, DevOptions, parse_dev_tiers
 from ops.launcher import LaunchError
 from runtime.secrets import load_credentials
 
@@ -46,6 +46,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--sites", type=int, default=1,
                         help="sites the object servers are dealt into in turn (default 1: "
                              "all in site 'default'; 2: s1, s2, s1...)")
+    parser.add_argument("--tiers", default=None, metavar="FAST:N,SLOW:M",
+                        help="a storage hierarchy to try tiering on (e.g. ssd:2,hdd:2): that "
+                             "many object servers in each tier (instead of --objstores), and "
+                             "[[director.tiers]] keeping a hot blob on one FAST and one SLOW "
+                             "node, a cold one on two SLOW nodes")
     parser.add_argument("--json", action="store_true", help="machine-readable status")
     parser.add_argument("--user", default="demo", help="demo user name (default demo)")
     parser.add_argument("--password", default="demo",
@@ -80,8 +85,11 @@ def make_cluster(ctx: CommandContext) -> DevCluster:
     generated = run_dir / "objmail.toml"
     if ctx.config_path is None and generated.is_file():
         config = load_config(generated, ctx.environ)
-    options = DevOptions(objstore_count=ctx.args.objstores,
-                         sites=max(1, getattr(ctx.args, "sites", 1)),
+    text = getattr(ctx.args, "tiers", None)
+    tiers = parse_dev_tiers(text) if text else ()
+    options = DevOptions(objstore_count=sum(n for _t, n in tiers) if tiers
+                         else ctx.args.objstores,
+                         sites=max(1, getattr(ctx.args, "sites", 1)), tiers=tiers,
                          external_pg=bool(ctx.environ.get(ENV_PG_DSN)),
                          external_redis=bool(ctx.environ.get(ENV_REDIS_NODES)))
     return DevCluster(config, run_dir, options)
@@ -94,6 +102,11 @@ def run(ctx: CommandContext) -> int:
         ctx.warn(f"objmail dev {action}: " + ("name the processes (objmail dev status "
                                                "lists them)" if named else
                                                "takes no process names"))
+        return EX_USAGE
+    try:
+        parse_dev_tiers(ctx.args.tiers) if getattr(ctx.args, "tiers", None) else ()
+    except ValueError as exc:
+        ctx.warn(f"objmail dev {action}: {exc}")
         return EX_USAGE
     try:
         cluster = make_cluster(ctx)

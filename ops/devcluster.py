@@ -36,6 +36,7 @@ from secrets import token_urlsafe
 from typing import Any
 from urllib.parse import urlsplit
 
+from director.config import TierConfig
 from director.keyring import Keyring, write_keyring
 from director.memcache_client import OPEN_ACCESS, NodeAccess
 from director.nodes import DEFAULT_SITE
@@ -64,6 +65,37 @@ DEV_CONFIG_HEADER = "# Written by `objmail dev up`"
 #: Zones given to the dev object servers in turn.
 DEV_ZONES = ("a", "b", "c")
 
+#: Copies of a cold blob ``dev up --tiers`` keeps on its slower tier (fewer when it has
+#: fewer nodes).
+DEV_COLD_COPIES = 2
+
+
+def parse_dev_tiers(text: str) -> tuple[tuple[str, int], ...]:
+    """``dev up --tiers FAST:N,SLOW:M`` (e.g. ``ssd:2,hdd:2``): two tiers, fastest
+    first, and how many object servers each gets.
+
+    :raises ValueError: not two ``name:count`` items with distinct names and counts >= 1.
+    """
+    out: list[tuple[str, int]] = []
+    for item in text.split(","):
+        name, sep, count = item.strip().partition(":")
+        if not sep or not name or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--tiers wants NAME:NODES items (ssd:2,hdd:2), got {item!r}")
+        out.append((name, int(count)))
+    if len(out) != 2 or out[0][0] == out[1][0]:
+        raise ValueError(f"--tiers wants two tiers, fastest first (ssd:2,hdd:2), got {text!r}")
+    return tuple(out)
+
+
+def dev_tier_configs(tiers: Sequence[tuple[str, int]]) -> tuple[TierConfig, ...]:
+    """The ``[[director.tiers]]`` of ``dev up --tiers``: a hot blob keeps one copy on the
+    fast tier and one on the slow one, a cold blob :data:`DEV_COLD_COPIES` on the slow
+    one (as many as it has nodes, up to that)."""
+    (fast, _n), (slow, slow_nodes) = tiers
+    return (TierConfig(fast, 0, 1, 0),
+            TierConfig(slow, 1, 1, min(DEV_COLD_COPIES, slow_nodes)))
+
+
 #: The Redis ACL user the dev cluster creates for objmail (the ``default`` user is off).
 DEV_REDIS_USER = "objmail"
 
@@ -78,6 +110,10 @@ class DevOptions:
     objstore_count: int = 3
     #: Sites the object servers are dealt into in turn (1: all in the default site).
     sites: int = 1
+    #: Storage tiers, fastest first, and their object servers (``--tiers ssd:2,hdd:2``):
+    #: the first ones of ``objstore_count`` get the first tier, and so on; with them the
+    #: config gets :func:`dev_tier_configs`.  Empty: every node in ``objstore.tier``.
+    tiers: tuple[tuple[str, int], ...] = ()
     #: Stages to run; None = all that exist.
     only: frozenset[str] | None = None
     external_pg: bool = False
@@ -108,6 +144,7 @@ class DevObjstore:
     data_dir: Path
     metrics_listen: str = ""
     site: str = DEFAULT_SITE
+    tier: str = "ssd"
 
 
 @dataclass
@@ -128,11 +165,18 @@ class DevCluster:
         self.run_dir = run_dir.resolve()
         self.options = options or DevOptions()
         self.config = self._with_dev_keyring(self._with_dev_credentials(
-            self._with_dev_tls(config)))
+            self._with_dev_tls(self._with_dev_tiers(config))))
         self.launcher = Launcher(self.run_dir)
         self.config_path = self.run_dir / "objmail.toml"
         self._credentials: Credentials | None = None
         self._node_access: NodeAccess | None = None
+
+    def _with_dev_tiers(self, config: Config) -> Config:
+        """With ``--tiers``, the storage hierarchy of :func:`dev_tier_configs`."""
+        if not self.options.tiers:
+            return config
+        return dataclasses.replace(config, director=dataclasses.replace(
+            config.director, tiers=dev_tier_configs(self.options.tiers)))
 
     def _with_dev_tls(self, config: Config) -> Config:
         """Give imapd the cluster's self-signed certificate unless one is configured.
@@ -441,7 +485,7 @@ class DevCluster:
     def _stage_objstore(self) -> Stage | None:
         specs = [self.objstored_spec(n.name, n.host, n.port, n.data_dir, zone=n.zone,
                                      metrics_listen=n.metrics_listen,
-                                     extra_args=("--site", n.site))
+                                     extra_args=("--site", n.site, "--tier", n.tier))
                  for n in self.dev_objstores()]
         if not specs:
             return None
@@ -470,7 +514,7 @@ class DevCluster:
                 for n in wanted:
                     if n.name not in known:
                         await state.registry.add(n.name, f"{n.host}:{n.port}", zone=n.zone,
-                                                 tier=self.config.objstore.tier, site=n.site)
+                                                 tier=n.tier, site=n.site)
                 deadline = time.monotonic() + 30
                 while True:
                     nodes = {n.id: n for n in (await state.registry.snapshot()).nodes}
@@ -494,6 +538,7 @@ class DevCluster:
         serving metrics on consecutive ports from ``objstore.metrics_listen``'s (9111,
         9112... by default), as they listen on consecutive ports from ``objstore.listen``."""
         metrics = self.config.objstore.metrics_listen
+        tiers = [name for name, count in self.options.tiers for _ in range(count)]
         out = []
         for i, (host, port) in enumerate(self.objstore_addresses, start=1):
             if metrics:
@@ -505,7 +550,9 @@ class DevCluster:
             out.append(DevObjstore(f"objstored-{i}", host, port,
                                    DEV_ZONES[(i - 1) % len(DEV_ZONES)],
                                    self.run_dir / "objstore" / str(i), metrics_listen,
-                                   f"s{(i - 1) % sites + 1}" if sites > 1 else DEFAULT_SITE))
+                                   f"s{(i - 1) % sites + 1}" if sites > 1 else DEFAULT_SITE,
+                                   tiers[i - 1] if i <= len(tiers)
+                                   else self.config.objstore.tier))
         return out
 
     def objstored_spec(self, name: str, host: str, port: int, data_dir: Path, *,

@@ -107,6 +107,7 @@ def private_installation(redis: RunningRedis, run_dir: Path, *, objstores: int =
                          before_start: Callable[[Config], None] | None = None,
                          objstore_settings: Mapping[str, Any] | None = None,
                          directord_auth: bool = True, sites: int = 1,
+                         dev_tiers: tuple[tuple[str, int], ...] = (),
                          **director: Any) -> Iterator[Installation]:
     """Run ``objstores`` objstored (zones a, b, c, a...) registered under a private
     prefix, plus the other ``stages`` (e.g. ``directord``), for the block.
@@ -118,6 +119,8 @@ def private_installation(redis: RunningRedis, run_dir: Path, *, objstores: int =
         cluster's does); off for clients that cannot log in (libmemcached's tools).
     :param sites: sites the object servers are dealt into in turn (s1, s2, s1...; 1: all
         in the default site).
+    :param dev_tiers: ``objmail dev up --tiers`` (:func:`ops.devcluster.parse_dev_tiers`):
+        the object servers' tiers and the ``[[director.tiers]]`` that go with them.
     :param director: ``[director]`` settings to change.
     """
     config = private_config(redis, objstores, **director)
@@ -126,7 +129,7 @@ def private_installation(redis: RunningRedis, run_dir: Path, *, objstores: int =
             config.objstore, **objstore_settings))
     cluster = DevCluster(config, run_dir, DevOptions(
         objstore_count=objstores, only=frozenset(stages), install_missing=False,
-        directord_auth=directord_auth, sites=sites))
+        directord_auth=directord_auth, sites=sites, tiers=dev_tiers))
     config = cluster.config  # with the installation's own keyring
     cluster.write_config()
     try:
