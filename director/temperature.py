@@ -292,6 +292,8 @@ class ReadSampler:
         self._sleep = sleep
         self._pending: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
+        #: The flush task is sending a batch (not sleeping): aclose waits for it.
+        self._sending = False
         self._closed = False
         sample = self.settings.sample
         #: What a sampled read counts (0: temperature off).
@@ -341,9 +343,13 @@ class ReadSampler:
 
     async def _run(self) -> None:
         try:
-            while self._pending:
+            while self._pending and not self._closed:
                 await self._sleep(self.settings.flush_interval)
-                await self.flush()
+                self._sending = True
+                try:
+                    await self.flush()
+                finally:
+                    self._sending = False
         finally:
             self._task = None
 
@@ -363,10 +369,14 @@ class ReadSampler:
         self.stats.flushed += len(batch)
 
     async def aclose(self) -> None:
+        """Stop the flush task and send what is pending.  A batch being sent is waited
+        for, not cancelled: it was taken out of the pending dict, so cancelling its send
+        would lose its reads (a client closed right after its reads, on a slow Redis)."""
         self._closed = True
         task = self._task
         if task is not None and not task.done():
-            task.cancel()
+            if not self._sending:
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.flush()

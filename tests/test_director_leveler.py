@@ -29,11 +29,15 @@ from tests.director_installation import Installation, installation_fixture, with
 CAPACITY = 8 * MIB
 TOLERANCE = 0.10
 BLOB = 40 * 1024
+#: Reads of each hot blob.
+READS = 20
 
 
+# The node timeout stays the default: a pass's copies must not time out on a loaded
+# machine (a skipped move fails the test), and no node here is ever down.
 inst = installation_fixture("level", objstores=3,
                             objstore_settings={"capacity_bytes": CAPACITY}, cache_bytes=0,
-                            timeout=0.5, level_tolerance=TOLERANCE,
+                            level_tolerance=TOLERANCE,
                             level_bytes_per_pass=16 * MIB)
 
 
@@ -63,7 +67,7 @@ def spread_now(config: Config, since: float) -> float:
 def test_new_node_gets_hot_blobs_first_until_level(inst: Installation,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """Three nodes 20% full and a new empty one: the dry run plans moves onto the new
-    node, a source's hot blobs before its others; a pass carries them out (each a
+    node, each source's hot blobs before its others (every hot blob moved once); a pass carries them out (each a
     verified copy, the index updated, the source copy deleted), leaving every node
     within tolerance by the next load reports, every blob readable with 2 copies; a
     further pass finds nothing to do."""
@@ -103,13 +107,27 @@ def test_new_node_gets_hot_blobs_first_until_level(inst: Installation,
         with_client(inst.config, add)
         config = str(inst.cluster.config_path)
         # Reads through a frontend's blob client make them hot: its sampled reads
-        # reach the decayed counters when it closes (flushing its batch).
-        async def read_hot(client: BlobClient) -> None:
-            for _ in range(20):
+        # reach the decayed counters when it closes (flushing its batch); the plan
+        # depends on them, so wait until the counters show every read.
+        async def read_hot(client: BlobClient) -> dict[str, float]:
+            for _ in range(READS):
                 for bid in hot:
                     await client.get(bid)
+            await client.temperature.flush()
 
-        with_client(inst.config, read_hot)
+            def counted() -> bool:
+                return all(h.reads >= READS - 0.5 for h in heat.values())
+
+            # (A send of the flush task may still be in flight: wait for it too.)
+            deadline = time.monotonic() + 30
+            heat = await client.heat.lookup(hot)
+            while not counted():
+                assert time.monotonic() < deadline, f"reads not counted: {heat}"
+                await asyncio.sleep(0.1)
+                heat = await client.heat.lookup(hot)
+            return {b: h.reads for b, h in heat.items()}
+
+        assert len(with_client(inst.config, read_hot)) == len(hot)
         # The plan works from load reports: every node's must count all the writes
         # (on a busy machine a report can lag behind its interval).
         with_client(inst.config, lambda client: fresh_reports(client, written))
@@ -118,16 +136,31 @@ def test_new_node_gets_hot_blobs_first_until_level(inst: Installation,
         plan = json.loads(capsys.readouterr().out)
         assert not plan["balanced"] and plan["spread"] > 0.1
         to_new = sum(m["size"] for m in plan["moves"] if m["target"] == "objstored-new")
-        assert to_new >= 0.8 * plan["bytes"], "the new node takes most of the moves"
+        # Moves go to nodes below their target: the new one gets (nearly) all of its
+        # share.  (Not "most of the moves": placement weighs nodes by their reported
+        # load, so on a busy machine an old node may hold few blobs and take some too.)
+        below = {n["id"] for n in plan["nodes"] if n["deviation"] < 0}
+        assert {m["target"] for m in plan["moves"]} <= below, json.dumps(plan)[:3000]
+        new_node = next(n for n in plan["nodes"] if n["id"] == "objstored-new")
+        assert to_new >= (1 - TOLERANCE) * plan["mean"] * new_node["capacity"], \
+            json.dumps(plan)[:3000]
         stats = with_client(inst.config, lambda client: Leveler(client).run_once())
         finished = time.time()
         assert stats.moved == stats.planned > 0 and stats.skipped == 0
+        # Heat is the blob's (the frontends' reads), so a hot blob is hot on both of its
+        # nodes and moves from whichever source gets to it first (the fullest node's
+        # other holder may): each hot blob moves once, and every source gives its hot
+        # blobs before its others.
+        hot_moves = [m for m in stats.moves if m["blob"] in hot]
+        assert sorted(m["blob"] for m in hot_moves) == sorted(hot)
+        assert all(m["heat"] > 0 for m in hot_moves)
+        assert all(m["heat"] == 0 for m in stats.moves if m["blob"] not in hot)
         from_hot = [m for m in stats.moves if m["source"] == hot_node.name]
-        assert [m["blob"] for m in from_hot[:len(hot)]] and \
-            {m["blob"] for m in from_hot[:len(hot)]} == set(hot), \
-            "the hot node's hot blobs move before its others"
-        assert all(m["heat"] > 0 for m in from_hot[:len(hot)])
-        assert all(m["heat"] == 0 for m in from_hot[len(hot):])
+        assert any(m["blob"] in hot for m in from_hot)
+        for source in {m["source"] for m in stats.moves}:
+            heats = [m["heat"] > 0 for m in stats.moves if m["source"] == source]
+            assert heats == sorted(heats, reverse=True), \
+                f"{source} moved a cold blob before a hot one"
         assert stats.hot_moved >= len(hot)
         assert stats.spread_planned <= TOLERANCE
         assert spread_now(inst.config, finished) <= TOLERANCE
@@ -156,7 +189,12 @@ def test_new_node_gets_hot_blobs_first_until_level(inst: Installation,
         capsys.readouterr()
         assert main(["--config", config, "level", "--once", "--json"]) == EX_OK
         again = json.loads(capsys.readouterr().out)
-        assert again["balanced"] and again["moved"] == 0
+        # Nothing left to level by bytes.  (A node whose real CPU or I/O stayed above
+        # the mean in this plan and the pass's, e.g. a source busy deleting, or any on a
+        # loaded machine, may give hot blobs away: load moves, not byte ones.)
+        assert again["spread_before"] <= TOLERANCE, json.dumps(again)[:3000]
+        assert all(m["busy"] for m in again["moves"]), json.dumps(again)[:3000]
+        assert again["balanced"] == (not again["busy"])
     finally:
         inst.cluster.launcher.stop(spec)
 

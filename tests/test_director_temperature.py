@@ -231,3 +231,27 @@ def test_sampler_flushes_off_the_read_path(redis_cluster: RunningRedis) -> None:
     assert before[a].reads == 0 and before[b].last_access is None
     assert after[a].reads == pytest.approx(1.0) and after[a].last_access == clock.now
     assert after[b].reads == 0 and after[b].last_access == clock.now
+
+
+def test_closing_waits_for_a_batch_being_sent(redis_cluster: RunningRedis) -> None:
+    """A client closed while its flush task is sending a batch (a slow Redis) waits for
+    that send instead of cancelling it: the batch was taken out of the pending reads, so
+    a cancelled send would lose them."""
+    clock = Clock()
+    (a,) = blob_ids(1, "closing")
+
+    async def body(store: TemperatureStore) -> float:
+        sending = asyncio.Event()
+
+        async def sleep(_seconds: float) -> None:
+            sending.set()  # returns at once: the task goes on into its send
+
+        sampler = ReadSampler(store, sleep=sleep)
+        for _ in range(5):
+            sampler.read(a)
+        await sending.wait()  # the task now waits on Redis inside its send
+        assert sampler.stats.flushes == 0
+        await sampler.aclose()
+        return (await store.lookup([a]))[a].reads
+
+    assert with_store(redis_cluster, clock, body) == pytest.approx(5.0)
