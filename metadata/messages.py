@@ -176,15 +176,16 @@ def sort_values(keys: SortKeys) -> tuple[object, ...]:
 
 def _message_values(user_id: int, row: MessageRow) -> tuple[object, ...]:
     """The parameters of :data:`_INSERT_MESSAGE` for ``row`` (casefolded search text)."""
-    header_fields = json.dumps([[_clean(name, 200).lower(), _fold(value)]
-                                for name, value in row.headers])
+    header_text = _header_text(row)
+    header_fields = "[]" if _lines_hold_fields(row, header_text) else json.dumps(
+        [[_clean(name, 200).lower(), _fold(value)] for name, value in row.headers])
     sent_date = row.sent_at.date() if row.sent_at is not None else None
     return (user_id, row.skeleton_id, row.size, row.sent_at, sent_date,
             _fold(row.subject), _fold(row.from_addr), _fold(row.to_addr),
             _fold(row.cc_addr), _fold(row.bcc_addr),
             _clean(row.message_id, MESSAGE_ID_LIMIT), header_fields, row.header_block,
             row.envelope, row.bodystructure, row.body, row.section_map,
-            _fold(_header_text(row), HEADER_TEXT_LIMIT),
+            _fold(header_text, HEADER_TEXT_LIMIT),
             _fold(row.body_text, BODY_TEXT_LIMIT), *sort_values(row.sort))
 
 
@@ -310,6 +311,20 @@ def _add_keywords(param: str) -> str:
 
 def _header_text(row: MessageRow) -> str:
     return "\n".join(f"{name}: {value}" for name, value in row.headers)
+
+
+def _lines_hold_fields(row: MessageRow, header_text: str) -> bool:
+    """Whether ``search_header`` (``header_text`` casefolded) holds every header field as
+    its own ``name: value`` line, exactly what ``header_fields`` would say: then SEARCH
+    HEADER reads the lines and ``header_fields`` is stored empty (schema 6: the same text
+    was kept twice).  Not when a decoded value holds a line break (an RFC 2047 word can),
+    a name is not plain ASCII (``lower`` and ``casefold`` could differ), or something
+    would have been cut."""
+    if len(header_text) > HEADER_TEXT_LIMIT:
+        return False
+    return all(name.isascii() and 0 < len(name) <= 200 and ":" not in name
+               and "\n" not in name and "\n" not in value and len(value) <= FIELD_TEXT_LIMIT
+               for name, value in row.headers)
 
 
 class Messages:
