@@ -310,9 +310,9 @@ def test_version_5_adds_the_message_quota_and_backfills_deleted_bytes(postgres: 
 
 
 def test_version_6_compresses_message_rows_in_place_and_runs_twice(postgres: str) -> None:
-    """Migrating a version-5 database keeps an old row as it was, stores the next one's
-    FETCH data compressed in the row (lz4 where the server has it) and its body text where
-    TOAST puts it; applying the file a second time changes nothing."""
+    """Migrating a version-5 database keeps an old row as it was; a row over 2 KB stored
+    next gets its FETCH data compressed in the row too (lz4 where the server has it), not
+    only its body text moved out; applying the file a second time changes nothing."""
     with fresh_database(postgres, migrate=False) as dsn:
         async def run() -> tuple[list[asyncpg.Record], list[asyncpg.Record], str | None]:
             conn = await asyncpg.connect(dsn)
@@ -326,7 +326,7 @@ def test_version_6_compresses_message_rows_in_place_and_runs_twice(postgres: str
                           "RETURNING id")
                 header = b"Received: from a.example by b.example\r\n" * 10
                 text = "received: from a.example by b.example\n" * 10
-                old = await conn.fetchval(insert, user, "0" * 64, header, text, text)
+                old = await conn.fetchval(insert, user, "0" * 64, header, text, text * 200)
                 await migrate(conn)
                 sql = load_migrations()[5].sql
                 await conn.execute(sql)  # idempotent
@@ -354,7 +354,55 @@ def test_version_6_compresses_message_rows_in_place_and_runs_twice(postgres: str
         assert {c["attname"]: c["storage"] for c in columns} == {
             "header_block": "m", "search_header": "m", "search_body": "x"}
         assert options == "toast_tuple_target=128"
-        assert old["header"] is None and old["same"]  # a row of 1.2 KB: never compressed
+        # Both rows pass 2 KB with their body text; before, moving that out was enough.
+        assert old["header"] is None and old["same"]
         assert new["header"] == ("lz4" if lz4 else "pglz") and new["same"]
         assert new["text"] == new["header"]
         assert new["header_size"] < new["header_raw"] // 4
+
+
+def test_compact_drops_only_the_field_lists_the_lines_repeat(postgres: str) -> None:
+    """`compact_batch` empties header_fields where search_header's lines say the same, in
+    key order and resumable, and leaves the lists the lines cannot stand for."""
+    from metadata.compact import compact_batch
+
+    with fresh_database(postgres) as dsn:
+        async def run() -> tuple[list[tuple[int, int, int | None]], dict[str, str]]:
+            conn = await asyncpg.connect(dsn)
+            try:
+                user = await conn.fetchval(
+                    "INSERT INTO users (name, password_hash) VALUES ('old', 'x') RETURNING id")
+                rows = {  # label: (header_fields, search_header) as schema 5 stored them
+                    "same": ('[["subject", "hi"], ["x-a", "b: c"]]', "subject: hi\nx-a: b: c"),
+                    "break": ('[["x", "a\\nb"]]', "x: a\nb"),
+                    "colon": ('[["x:y", "z"]]', "x:y: z"),
+                    "words": ('[["subject", "hi"]]', "hi subject"),
+                    "empty": ("[]", ""),
+                }
+                ids = {}
+                for label, (fields, text) in rows.items():
+                    ids[label] = await conn.fetchval(
+                        "INSERT INTO messages (user_id, skeleton_id, size, header_block, "
+                        "envelope, bodystructure, body, section_map, header_fields, "
+                        "search_header) VALUES ($1, $2, 10, '', '', '', '', '', $3::jsonb, $4) "
+                        "RETURNING id", user, "0" * 64, fields, text)
+                batches = []
+                after = (0, 0)
+                while True:
+                    done = await compact_batch(conn, after, 2)
+                    batches.append((done.seen, done.changed,
+                                    None if done.last is None else done.last[1]))
+                    if done.last is None:
+                        break
+                    after = done.last
+                fields_now = {label: await conn.fetchval(
+                    "SELECT header_fields::text FROM messages WHERE id = $1", mid)
+                    for label, mid in ids.items()}
+                return batches, fields_now
+            finally:
+                await conn.close()
+
+        batches, fields = asyncio.run(run())
+        assert [b[:2] for b in batches] == [(2, 1), (2, 0), (1, 0), (0, 0)]
+        assert fields == {"same": "[]", "break": '[["x", "a\\nb"]]', "colon": '[["x:y", "z"]]',
+                          "words": '[["subject", "hi"]]', "empty": "[]"}

@@ -1,24 +1,25 @@
 -- objmail metadata schema, version 6: compress the messages row.
 --
 -- A message's pre-rendered IMAP data (header block, ENVELOPE, BODYSTRUCTURE, BODY, section
--- map) and its casefolded search text were stored as given unless the whole row passed
--- 2 KB; most rows stayed below that, so most of it was kept uncompressed, and what did
--- pass went to the TOAST table with pglz.  Now (docs/metadata.md, "Storage"):
+-- map) and its casefolded search text are compressed only when the whole row passes 2 KB
+-- (TOAST_TUPLE_THRESHOLD, compiled into the server), and then only until it is back under
+-- 2 KB: most often by moving search_body out alone, leaving the rest plain.  Now
+-- (docs/metadata.md, "Storage"):
 --
--- * every row is compressed from 128 bytes on (toast_tuple_target), so each large value
---   is compressed whatever the row's size;
--- * with lz4 where the server has it (PostgreSQL 14+ built --with-lz4): a few times
+-- * a row over 2 KB is compressed down towards 128 bytes (toast_tuple_target), value by
+--   value, largest first; a row under 2 KB is still stored as is (PostgreSQL starts no
+--   compression below the compiled threshold, whatever the target says);
+-- * with lz4 where the server has it (PostgreSQL 14+ built --with-lz4): several times
 --   faster to decompress than pglz, which FETCH ENVELOPE / BODY[HEADER...] pay per row;
 -- * what FETCH reads, and the header text SEARCH TEXT rechecks row by row, stays in the
 --   row (STORAGE MAIN: compressed in place, moved out only when the row passes a page);
 --   what only SEARCH BODY/TEXT and SEARCH HEADER read (search_body, header_fields) may
 --   move to the TOAST table, which keeps the rows FETCH walks small.
 --
--- All of it is metadata: nothing is rewritten, the ALTERs take their lock for an instant,
--- and running this twice changes nothing.  Rows stored before keep their old format
--- (still readable, same values) until they are next written or the table is rewritten
--- (pg_repack, or VACUUM FULL in a maintenance window): rewriting 60k rows online is what
--- an operator chooses, not a migration's side effect.
+-- All of it is table settings: nothing is rewritten, the ALTERs hold their lock for an
+-- instant, and running this twice changes nothing.  Rows stored before keep their format
+-- (same values) until rewritten: `objmail db compact` does it online in small batches
+-- (metadata/compact.py), and drops the header_fields list a new row no longer keeps.
 DO $$
 BEGIN
     ALTER TABLE messages
