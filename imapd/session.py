@@ -199,6 +199,7 @@ class Session:
             c.Search: (_SELECTED, self._search),
             c.Sort: (_SELECTED, self._sort),
             c.Thread: (_SELECTED, self._thread),
+            c.CancelUpdate: (_SELECTED, self._cancelupdate),
             c.Fetch: (_SELECTED, self._fetch),
             c.Store: (_SELECTED, self._store),
             c.Copy: (_SELECTED, self._copy),
@@ -237,7 +238,7 @@ class Session:
         :param clears_saved: it was a failed ``SEARCH RETURN (SAVE)``, which empties ``$``.
         """
         if clears_saved and self.selected is not None:
-            self.selected.view.saved = []
+            self.selected.save([])
         self._bad_in_a_row += 1
         return self._bad_in_a_row >= MAX_BAD_COMMANDS
 
@@ -258,7 +259,9 @@ class Session:
                 self._settle_heard()
             if tagged is None:
                 return
-            if self.selected is not None and self._dirty and self.state is State.SELECTED:
+            # Updating searches (RFC 5267) follow this session's own changes too.
+            if self.selected is not None and self.state is State.SELECTED and (
+                    self._dirty or self.selected.contexts):
                 allow = not isinstance(event, _NO_EXPUNGE) or getattr(event, "uid", False)
                 await self._report_changes(allow_expunge=allow)
             if tagged.status is Status.BAD:
@@ -846,6 +849,10 @@ class Session:
 
     async def _thread(self, cmd: c.Thread) -> Tagged:
         return await self._selected.thread(cmd, self.conn)
+
+    async def _cancelupdate(self, cmd: c.CancelUpdate) -> Tagged:
+        self._selected.contexts.cancel(cmd.tags)
+        return Tagged(cmd.tag, Status.OK, "CANCELUPDATE completed")
 
     async def _fetch(self, cmd: c.Fetch) -> Tagged:
         return await self._selected.fetch(cmd, self.conn)
