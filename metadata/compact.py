@@ -1,14 +1,14 @@
 """Bring rows stored before schema 6 to its compact form, online, in small batches.
 
-Schema 6 (``migrations/0006_compact_messages.sql``) changed only table settings: a row
-stored before keeps its uncompressed values and its ``header_fields`` list, which a new
-row leaves empty when the lines of ``search_header`` say the same
-(:func:`metadata.messages._lines_hold_fields`).  :func:`compact_batch` rewrites one batch
-of such rows: ``header_fields`` becomes ``'[]'`` where the stored text proves it
-redundant (in SQL: the lines equal the list, no value holds a line break, every name is
-plain ASCII without a colon), and the rewrite itself passes each row through the toaster
-again, which compresses what was stored plain.  Rows whose text does not match (schema
-1 rows' word lists, truncated text) keep their list, which SEARCH HEADER reads for them.
+Schema 6 (``migrations/0006_compact_messages.sql``) stores ``messages.header_fields``
+empty when the lines of ``search_header`` say the same
+(:func:`metadata.messages._lines_hold_fields`); a row stored before keeps its list.
+:func:`compact_batch` empties the lists of one batch of such rows where the stored text
+proves them redundant (in SQL: the lines equal the list joined, no value holds a line
+break, every name is plain ASCII without a colon).  Rows whose text does not match
+(schema 1 rows' word lists, text cut at its limit) keep their list, which SEARCH HEADER
+reads for them.  The space freed is reused by later rows (VACUUM), or returned to the
+file system by a table rewrite the operator schedules (pg_repack, VACUUM FULL).
 
 Each batch is one short transaction over at most ``batch`` rows in key order, resumable
 from the last key; deliveries and IMAP sessions go on meanwhile (a row being changed by

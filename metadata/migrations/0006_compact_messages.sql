@@ -1,49 +1,22 @@
--- objmail metadata schema, version 6: compress the messages row.
+-- objmail metadata schema, version 6: header fields kept once.
 --
--- A message's pre-rendered IMAP data (header block, ENVELOPE, BODYSTRUCTURE, BODY, section
--- map) and its casefolded search text are compressed only when the whole row passes 2 KB
--- (TOAST_TUPLE_THRESHOLD, compiled into the server), and then only until it is back under
--- 2 KB: most often by moving search_body out alone, leaving the rest plain.  Now
--- (docs/metadata.md, "Storage"):
+-- messages.header_fields repeated, as a jsonb list, the "name: value" lines search_header
+-- already holds (about 0.8 KB per message of corpus mail, the largest column after the
+-- search text).  From this version a delivery stores it empty ('[]') whenever those
+-- lines stand for it exactly (metadata.messages._lines_hold_fields: no decoded value
+-- with a line break, names plain ASCII without a colon, nothing cut), and SEARCH HEADER
+-- reads the lines of such rows (metadata/search.py).  A server older than this version
+-- would read the empty list and miss matches, so the version number itself is the point:
+-- daemons refuse a database that knows a version they do not.
 --
--- * a row over 2 KB is compressed down towards 128 bytes (toast_tuple_target), value by
---   value, largest first; a row under 2 KB is still stored as is (PostgreSQL starts no
---   compression below the compiled threshold, whatever the target says);
--- * with lz4 where the server has it (PostgreSQL 14+ built --with-lz4): several times
---   faster to decompress than pglz, which FETCH ENVELOPE / BODY[HEADER...] pay per row;
--- * what FETCH reads, and the header text SEARCH TEXT rechecks row by row, stays in the
---   row (STORAGE MAIN: compressed in place, moved out only when the row passes a page);
---   what only SEARCH BODY/TEXT and SEARCH HEADER read (search_body, header_fields) may
---   move to the TOAST table, which keeps the rows FETCH walks small.
+-- Nothing is rewritten here.  Rows stored before keep their list and are searched by it;
+-- `objmail db compact` empties the lists their lines provably repeat, online, a batch per
+-- short transaction (metadata/compact.py).
 --
--- All of it is table settings: nothing is rewritten, the ALTERs hold their lock for an
--- instant, and running this twice changes nothing.  Rows stored before keep their format
--- (same values) until rewritten: `objmail db compact` does it online in small batches
--- (metadata/compact.py), and drops the header_fields list a new row no longer keeps.
-DO $$
-BEGIN
-    ALTER TABLE messages
-        ALTER COLUMN header_block SET COMPRESSION lz4,
-        ALTER COLUMN envelope SET COMPRESSION lz4,
-        ALTER COLUMN bodystructure SET COMPRESSION lz4,
-        ALTER COLUMN body SET COMPRESSION lz4,
-        ALTER COLUMN section_map SET COMPRESSION lz4,
-        ALTER COLUMN header_fields SET COMPRESSION lz4,
-        ALTER COLUMN search_header SET COMPRESSION lz4,
-        ALTER COLUMN search_body SET COMPRESSION lz4;
-EXCEPTION WHEN feature_not_supported OR syntax_error THEN
-    -- A server without lz4 keeps pglz: the rest of this migration still applies.
-    RAISE NOTICE 'lz4 compression unavailable, messages keep pglz';
-END
-$$;
-
-ALTER TABLE messages
-    ALTER COLUMN header_block SET STORAGE MAIN,
-    ALTER COLUMN envelope SET STORAGE MAIN,
-    ALTER COLUMN bodystructure SET STORAGE MAIN,
-    ALTER COLUMN body SET STORAGE MAIN,
-    ALTER COLUMN section_map SET STORAGE MAIN,
-    ALTER COLUMN search_header SET STORAGE MAIN,
-    ALTER COLUMN header_fields SET STORAGE EXTENDED,
-    ALTER COLUMN search_body SET STORAGE EXTENDED;
-ALTER TABLE messages SET (toast_tuple_target = 128);
+-- Measured and left out (BENCHMARKS.md, "PostgreSQL footprint"): lz4 compression,
+-- STORAGE MAIN for the FETCH columns and toast_tuple_target = 128 made the table larger
+-- (inline rows pack pages worse than TOAST chunks, lz4 compresses these small values
+-- less than pglz), and PostgreSQL compresses nothing in a row under 2 KB whatever the
+-- target says (TOAST_TUPLE_THRESHOLD is compiled in).
+COMMENT ON COLUMN messages.header_fields IS
+    'Top-level header fields as [[lowercase name, casefolded decoded value], ...] for SEARCH HEADER; ''[]'' since schema 6 when the lines of search_header hold the same fields.';
