@@ -375,8 +375,11 @@ class SelectedMailbox:
         if kind == "append":
             return uidnext is not None and uidnext <= self.view.uidnext
         if kind in ("flags", "expunge") and modseq is not None:
-            return modseq in self.view.own_modseqs or (
-                kind == "flags" and modseq <= self.view.flags_modseq)
+            # At or below a watermark it was reported already (the session's own
+            # mod-sequences are forgotten once the watermarks pass them, and their
+            # notification may arrive later than that).
+            watermark = self.view.flags_modseq if kind == "flags" else self.view.expunge_modseq
+            return modseq in self.view.own_modseqs or modseq <= watermark
         return False
 
     # -- FETCH ---------------------------------------------------------------------------------
