@@ -61,10 +61,12 @@ __all__ = [
     "AppendUid",
     "BadCharset",
     "BadEvent",
+    "BadUrl",
     "CapabilityCode",
     "CapabilityData",
     "Challenge",
     "Code",
+    "ContextUpdate",
     "Continuation",
     "CopyUid",
     "ESearchData",
@@ -85,6 +87,8 @@ __all__ = [
     "ListItem",
     "Modified",
     "NamespaceData",
+    "NoUpdate",
+    "PartialResult",
     "PermanentFlags",
     "QuotaData",
     "QuotaRootData",
@@ -362,6 +366,30 @@ class BadCharset:
         return b"BADCHARSET (" + b" ".join(astring(name) for name in self.charsets) + b")"
 
 
+@dataclass(frozen=True)
+class BadUrl:
+    """``[BADURL url]`` (RFC 4469): a CATENATE URL that names nothing this user can read."""
+
+    url: str
+
+    def render(self) -> bytes:
+        """The code without brackets (the URL's characters outside TEXT-CHAR and ``]``
+        as ``?``: it echoes what the client sent)."""
+        text = re.sub(r"[^\x20-\x5c\x5e-\x7e]", "?", self.url[:300]) or "?"
+        return b"BADURL " + text.encode("ascii")
+
+
+@dataclass(frozen=True)
+class NoUpdate:
+    """``[NOUPDATE "tag"]`` (RFC 5267 4.3.1): the search tagged ``tag`` gets no updates."""
+
+    tag: str
+
+    def render(self) -> bytes:
+        """The code without brackets."""
+        return b"NOUPDATE " + string(self.tag)
+
+
 ResponseCode = (
     Code
     | BadEvent
@@ -375,6 +403,8 @@ ResponseCode = (
     | CopyUid
     | Modified
     | BadCharset
+    | BadUrl
+    | NoUpdate
 )
 
 
@@ -565,9 +595,34 @@ class ThreadData:
 
 
 @dataclass(frozen=True)
+class PartialResult:
+    """``PARTIAL (low:high set)`` (RFC 5267 4.4): the requested range (``low`` first, as
+    Dovecot writes it: ``3:1`` is ``1:3``), and the results in it (None: ``NIL``)."""
+
+    low: int
+    high: int
+    found: SequenceSet | None
+
+
+@dataclass(frozen=True)
+class ContextUpdate:
+    """``ADDTO (pos set ...)`` or ``REMOVEFROM (pos set ...)`` (RFC 5267 4.3.3, 4.3.4):
+    ``pairs`` of a context position (0: anywhere, for SEARCH) and results in order."""
+
+    kind: str
+    pairs: tuple[tuple[int, SequenceSet], ...]
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("ADDTO", "REMOVEFROM") or not self.pairs:
+            raise ValueError(f"not a context update: {self.kind!r} {self.pairs!r}")
+
+
+@dataclass(frozen=True)
 class ESearchData:
-    """``* ESEARCH (TAG "t") [UID] MIN n MAX n COUNT n ALL set [MODSEQ n]`` (RFC 4731, with
-    RFC 7162's MODSEQ); an item that is None is left out."""
+    """``* ESEARCH (TAG "t") [UID] MIN n MAX n ALL set COUNT n [MODSEQ n]`` (RFC 4731, with
+    RFC 7162's MODSEQ), and RFC 5267's ``PARTIAL``, ``ADDTO`` and ``REMOVEFROM``; an item
+    that is None (or empty) is left out.  For ESORT, ``all`` holds its ranges in the
+    requested order."""
 
     tag: str
     uid: bool = False
@@ -576,6 +631,8 @@ class ESearchData:
     count: int | None = None
     all: SequenceSet | None = None
     modseq: int | None = None
+    partial: PartialResult | None = None
+    updates: tuple[ContextUpdate, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -821,7 +878,7 @@ def _line(response: Response, utf8: bool = False) -> bytes:
         case ThreadData(threads):
             return b"* THREAD " + b"".join(b"(" + _thread_members(t) + b")" for t in threads) \
                 if threads else b"* THREAD"
-        case ESearchData(tag, uid, low, high, count, found, modseq):
+        case ESearchData(tag, uid, low, high, count, found, modseq, partial, updates):
             parts = [b'* ESEARCH (TAG ' + string(tag) + b")"]
             if uid:
                 parts.append(b"UID")
@@ -829,10 +886,19 @@ def _line(response: Response, utf8: bool = False) -> bytes:
                 parts.append(b"MIN " + _number(low, "ESEARCH MIN", 1))
             if high is not None:
                 parts.append(b"MAX " + _number(high, "ESEARCH MAX", 1))
-            if count is not None:
-                parts.append(b"COUNT " + _number(count, "ESEARCH COUNT"))
+            # ALL or PARTIAL before COUNT: any order is valid, this is Dovecot's.
             if found is not None:
                 parts.append(b"ALL " + _concrete_set(found))
+            if partial is not None:
+                parts.append(b"PARTIAL (%s:%s %s)" % (
+                    _number(partial.low, "PARTIAL", 1), _number(partial.high, "PARTIAL", 1),
+                    b"NIL" if partial.found is None else _concrete_set(partial.found)))
+            if count is not None:
+                parts.append(b"COUNT " + _number(count, "ESEARCH COUNT"))
+            for update in updates:
+                parts.append(update.kind.encode("ascii") + b" (" + b" ".join(
+                    _number(position, "context position") + b" " + _concrete_set(ids)
+                    for position, ids in update.pairs) + b")")
             if modseq is not None:
                 parts.append(b"MODSEQ " + _number(modseq, "MODSEQ"))
             return b" ".join(parts)

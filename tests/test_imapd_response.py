@@ -153,6 +153,47 @@ LINES = [
     (r.SearchData(()), b"* SEARCH\r\n"),
     (r.SearchData((2, 5), 917162500), b"* SEARCH 2 5 (MODSEQ 917162500)\r\n"),
     (r.SearchData((), 917162500), b"* SEARCH\r\n"),
+    # RFC 5267's examples: ESORT's ordered ALL, PARTIAL, ADDTO/REMOVEFROM, NOUPDATE.
+    (
+        r.ESearchData("E01", True, all=SequenceSet(((23765, 23765), (23764, 23764),
+                                                    (23763, 23763), (23761, 23761)))),
+        b'* ESEARCH (TAG "E01") UID ALL 23765,23764,23763,23761\r\n',
+    ),
+    (
+        r.ESearchData("A02", True, partial=r.PartialResult(
+            23500, 24000, SequenceSet.parse("67,100:102"))),
+        b'* ESEARCH (TAG "A02") UID PARTIAL (23500:24000 67,100:102)\r\n',
+    ),
+    (
+        r.ESearchData("A04", True, partial=r.PartialResult(24000, 24500, None)),
+        b'* ESEARCH (TAG "A04") UID PARTIAL (24000:24500 NIL)\r\n',
+    ),
+    (
+        r.ESearchData("A01", count=74, partial=r.PartialResult(1, 2, SequenceSet.parse("3"))),
+        b'* ESEARCH (TAG "A01") PARTIAL (1:2 3) COUNT 74\r\n',
+    ),
+    (
+        r.ESearchData("B01", True, updates=(r.ContextUpdate(
+            "ADDTO", ((0, SequenceSet.parse("32768:32769")),)),)),
+        b'* ESEARCH (TAG "B01") UID ADDTO (0 32768:32769)\r\n',
+    ),
+    (
+        r.ESearchData("C01", True, updates=(
+            r.ContextUpdate("ADDTO", ((1, SequenceSet.parse("2733")),)),
+            r.ContextUpdate("ADDTO", ((1, SequenceSet.parse("2731:2732")),)))),
+        b'* ESEARCH (TAG "C01") UID ADDTO (1 2733) ADDTO (1 2731:2732)\r\n',
+    ),
+    (
+        r.ESearchData("s", updates=(
+            r.ContextUpdate("REMOVEFROM", ((2, SequenceSet.parse("7")),
+                                           (4, SequenceSet(((9, 9), (8, 8)))))),
+            r.ContextUpdate("ADDTO", ((1, SequenceSet.parse("5:6")),)))),
+        b'* ESEARCH (TAG "s") REMOVEFROM (2 7 4 9,8) ADDTO (1 5:6)\r\n',
+    ),
+    (
+        r.Untagged(r.Status.NO, "Too many contexts", r.NoUpdate("B02")),
+        b'* NO [NOUPDATE "B02"] Too many contexts\r\n',
+    ),
     (r.NamespaceData(), b'* NAMESPACE (("" "/")) NIL NIL\r\n'),
     (
         r.NamespaceData((("", "/"),), (("~", "/"),), (("#shared/", "/"), ("#public/", None))),
@@ -321,6 +362,9 @@ def test_text_is_sanitised():
         ),
         lambda: r.to_bytes(r.Vanished(SequenceSet.parse("$"))),
         lambda: r.to_bytes(r.SearchData((0,))),
+        lambda: r.ContextUpdate("ADDTO", ()),
+        lambda: r.ContextUpdate("REMOVETO", ((0, SequenceSet.parse("1")),)),
+        lambda: r.to_bytes(r.ESearchData("a", partial=r.PartialResult(0, 5, None))),
         lambda: r.to_bytes(r.FetchData(1, (r.FetchDate(dt.datetime(2020, 1, 1)),))),
         lambda: r.to_bytes(r.Untagged(r.Status.OK, "x", r.Code("NOT AN ATOM"))),
         lambda: r.to_bytes(r.StatusData("INBOX", (("MESSAGES", True),))),
