@@ -826,10 +826,11 @@ class Session:
         return Tagged(cmd.tag, Status.OK, "Getquota completed")
 
     async def _getquotaroot(self, cmd: c.GetQuotaRoot) -> Tagged:
-        box = await self.backend.store.mailboxes.get(self._user.id, cmd.mailbox,
-                                                     selectable=False)
+        # RFC 9208 4.1.2: the name need not be an existing mailbox (the root a mailbox
+        # would fall under once created); Dovecot 2.3 answers so too.  Every name of the
+        # user is under the one root, so the mailbox is not looked up.
         limited = quota.resources(await self.backend.store.users.get_by_id(self._user.id))
-        out: list[Response] = [QuotaRootData(box.name, (quota.ROOT,) if limited else ())]
+        out: list[Response] = [QuotaRootData(cmd.mailbox, (quota.ROOT,) if limited else ())]
         if limited:
             out.append(QuotaData(quota.ROOT, limited))
         self.conn.send(out)
