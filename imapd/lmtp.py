@@ -47,7 +47,7 @@ from imapd.lmtp_parser import (
 )
 from imapd.metrics import ImapMetrics
 from metadata.delivery import Deliverer, MessageTooBig, PreparedMessage
-from metadata.errors import InvalidName, NoSuchMailbox, NoSuchUser
+from metadata.errors import InvalidName, NoSuchMailbox
 from metadata.records import User
 from runtime.receivebuffer import RemoteProtocolError
 
@@ -190,14 +190,12 @@ class LMTPSession:
     async def _resolve(self, address: str) -> tuple[User, str]:
         """The user an address names: the whole address if a user has that name,
         else its local part; ``user+Folder@dom`` delivers to Folder if it exists."""
-        users = self.deliverer.store.users
-        try:
-            return await users.get(address), "INBOX"
-        except NoSuchUser:
-            pass
         local = address.rpartition("@")[0] if "@" in address else address
         name, _, detail = local.partition("+")
-        user = await users.get(name)
+        # One query for both readings; the whole address wins.
+        which, user = await self.deliverer.store.users.first_of([address, name])
+        if which == 0:
+            return user, "INBOX"
         if detail:
             try:
                 box = await self.deliverer.store.mailboxes.get(user.id, detail)
