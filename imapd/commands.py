@@ -5,7 +5,9 @@ Extensions: IDLE (RFC 2177), NAMESPACE (RFC 2342), UIDPLUS (RFC 4315: UID EXPUNG
 (RFC 6851), SPECIAL-USE (RFC 6154: CREATE ... (USE (...)), LIST RETURN (SPECIAL-USE)),
 LIST-EXTENDED syntax (RFC 5258), LITERAL+ (RFC 7888, in the parser), ENABLE (RFC 5161),
 ID (RFC 2971), UNSELECT (RFC 3691), CONDSTORE and QRESYNC (RFC 7162), MULTIAPPEND (RFC 3502),
-SASL-IR (RFC 4959), ESEARCH and SEARCHRES (RFC 4731, RFC 5182: ``SEARCH RETURN``, ``$``).
+SASL-IR (RFC 4959), ESEARCH and SEARCHRES (RFC 4731, RFC 5182: ``SEARCH RETURN``, ``$``),
+ESORT and CONTEXT=SEARCH/CONTEXT=SORT (RFC 5267: ``SORT RETURN``, the CONTEXT, UPDATE and
+PARTIAL return options, CANCELUPDATE).
 The syntax of BINARY (RFC 3516: ``literal8``, ``BINARY[...]`` items) is parsed too, but
 BINARY is not announced (:mod:`imapd.capabilities`) and the session answers its FETCH items
 with BAD.
@@ -31,6 +33,7 @@ __all__ = [
     "Append",
     "AppendMessage",
     "Authenticate",
+    "CancelUpdate",
     "Capability",
     "Check",
     "Close",
@@ -382,7 +385,9 @@ class Search(Command):
     :ivar charset: the CHARSET named by the client, upper-cased (strings in ``criteria``
         are already decoded with it).
     :ivar return_options: ESEARCH return options (``MIN``, ``MAX``, ``ALL``, ``COUNT``,
-        ``SAVE``) when the client wrote ``RETURN (...)``; None for a plain SEARCH.
+        ``SAVE``, and RFC 5267's ``CONTEXT``, ``UPDATE``, ``PARTIAL``) when the client wrote
+        ``RETURN (...)``; None for a plain SEARCH.
+    :ivar partial: the range of ``PARTIAL low:high`` as written (RFC 5267 4.4).
     """
 
     NAME: ClassVar[str] = "SEARCH"
@@ -390,6 +395,7 @@ class Search(Command):
     charset: str | None = None
     uid: bool = False
     return_options: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
 
 
 class SortKey(enum.Enum):
@@ -409,13 +415,29 @@ class SortKey(enum.Enum):
 @dataclass(frozen=True)
 class Sort(Command):
     """SORT / UID SORT (RFC 5256): ``criteria`` ordered by ``keys``, each ``(key,
-    reverse)``, most significant first."""
+    reverse)``, most significant first.
+
+    :ivar return_options: ESORT return options (RFC 5267 3.1: ``MIN``, ``MAX``, ``ALL``,
+        ``COUNT``; 4: ``CONTEXT``, ``UPDATE``, ``PARTIAL``) when the client wrote
+        ``RETURN (...)``, answered with ESEARCH; None for a plain SORT.
+    :ivar partial: the range of ``PARTIAL low:high`` as written.
+    """
 
     NAME: ClassVar[str] = "SORT"
     keys: tuple[tuple[SortKey, bool], ...]
     charset: str
     criteria: SearchKey
     uid: bool = False
+    return_options: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class CancelUpdate(Command):
+    """CANCELUPDATE (RFC 5267 4.3.5): stop the updates of the searches tagged ``tags``."""
+
+    NAME: ClassVar[str] = "CANCELUPDATE"
+    tags: tuple[str, ...]
 
 
 class ThreadAlgorithm(enum.Enum):

@@ -46,6 +46,10 @@ class Connection(Protocol):
     def start_authenticate(self, tag: str) -> None:
         """The next line is a SASL response (call right after sending a challenge)."""
 
+    def use_utf8_names(self) -> None:
+        """From the next command on, mailbox names are UTF-8 both ways, not modified UTF-7
+        (IMAP4rev2 was enabled; call before the tagged OK of ENABLE is sent)."""
+
     def start_tls(self) -> None:
         """Negotiate TLS now (the tagged OK to STARTTLS has been sent); input buffered
         before it is discarded."""

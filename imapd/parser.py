@@ -265,6 +265,7 @@ class Parser:
         self._literal = bytearray()
         self._remaining = 0
         self._pending: _Marker | None = None
+        self._utf8_names = False
         # Skipping: the last octets of the discarded line, to spot a literal marker.
         self._skip_tail = b""
         # IDLE / AUTHENTICATE.
@@ -328,6 +329,10 @@ class Parser:
     def end_prelogin(self) -> None:
         """The client has logged in: literals up to the full limits from now on."""
         self._prelogin = False
+
+    def use_utf8_names(self) -> None:
+        """Mailbox names in the commands framed from now on are UTF-8 (IMAP4rev2)."""
+        self._utf8_names = True
 
     def start_idle(self, tag: str) -> None:
         """Expect the line ending IDLE (call after answering IDLE with ``+ idling``)."""
@@ -443,7 +448,8 @@ class Parser:
         frame = Frame(tuple(self._segments), tuple(self._literals))
         self._reset_command()
         try:
-            return parse_command(frame, self.limits.max_search_depth)
+            return parse_command(frame, self.limits.max_search_depth,
+                                 utf8_names=self._utf8_names)
         except CommandError as exc:
             if exc.bad_charset:
                 return BadCommand(exc.tag, exc.text, BadCharset(), Status.NO, exc.clears_saved)

@@ -73,6 +73,7 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
         self._direct_socket: Any = None
         self._logged_in = False
         self._login_deadline: Any = None  # an IDelayedCall while the client has not logged in
+        self._utf8_names = False  # IMAP4rev2 enabled: names are UTF-8 both ways
 
     def _new_parser(self) -> Parser:
         # A new connection, or one starting TLS (which happens before login).
@@ -102,7 +103,7 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
     def send(self, responses: Any) -> None:
         if self._gone or not responses:
             return
-        out = render_all(responses)
+        out = render_all(responses, utf8=self._utf8_names)
         transport = self.transport
         sock = self._direct_socket
         if (sock is not None and not getattr(transport, "TLS", False)
@@ -120,6 +121,10 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
 
     def start_authenticate(self, tag: str) -> None:
         self.parser.start_authenticate(tag)
+
+    def use_utf8_names(self) -> None:
+        self._utf8_names = True
+        self.parser.use_utf8_names()
 
     # -- input ----------------------------------------------------------------------------
 
