@@ -86,6 +86,20 @@ end
 return out
 """)
 
+# KEYS[1] = bucket; ARGV = field, numbers, ...  Sets each field's list to the numbers
+# given (a plain item written whole: its new copies are all that hold it) and returns each
+# field's list before ('' = none), so the writer can delete the copies left out.
+_REPLACE = LuaScript("objmail_index_replace", """
+local key = KEYS[1]
+local out = {}
+for i = 1, #ARGV, 2 do
+  local cur = redis.call('HGET', key, ARGV[i])
+  if cur ~= ARGV[i + 1] then redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+  out[#out + 1] = cur or ''
+end
+return out
+""")
+
 # KEYS[1] = bucket; ARGV[1] = keep_last ('1' keeps a field whose last number would go);
 # then field, number pairs.  Returns each field's remaining list ('' = none left).
 _REMOVE = LuaScript("objmail_index_remove", """
@@ -216,7 +230,7 @@ class LocationIndex:
         #: This is the key space of directord's plain items, not of blobs.
         self.items = items
         self._bucket_key = self.keys.item_bucket if items else self.keys.index_bucket
-        runner.register(_ADD, _REMOVE, _UPDATE, _COLLECT)
+        runner.register(_ADD, _REMOVE, _UPDATE, _COLLECT, _REPLACE)
 
     def item_space(self) -> LocationIndex:
         """The same index over directord's plain items (same runner and layout)."""
@@ -362,6 +376,18 @@ class LocationIndex:
             check_blob_id(blob_id)
             by_key[self._key(blob_id)].append((blob_id, encode_nodes(nodes)))
         return await self._scripted(_ADD, by_key, prefix=())
+
+    async def replace_many(self, entries: Mapping[str, Iterable[int]]
+                           ) -> dict[str, tuple[int, ...]]:
+        """Record that exactly ``nodes`` hold each id (a plain item written whole on
+        them); returns the locations each had before (``()``: none).  Acknowledged once a
+        Redis replica has it.  Not for blobs: their locations only grow and shrink by
+        merges (:meth:`add_many`, :meth:`remove_many`)."""
+        by_key: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+        for blob_id, nodes in entries.items():
+            check_blob_id(blob_id)
+            by_key[self._key(blob_id)].append((blob_id, encode_nodes(nodes)))
+        return await self._scripted(_REPLACE, by_key, prefix=())
 
     async def remove_location(self, blob_id: str, node: int, *,
                               keep_last: bool = False) -> tuple[int, ...]:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from director.errors import BlobCorrupt, BlobNotFound, DirectorError
 from imapd.backend import Backend
-from imapd.bodies import BodyReader
+from imapd.bodies import BinaryAtt, BodyReader
 from imapd.commands import (
     Copy,
     Fetch,
@@ -55,7 +55,7 @@ from imapd.commands import (
 from imapd.connection import Connection
 from imapd.contextsearch import Context, Contexts, merged, ordered_set
 from imapd.errors import MailboxGone, TryCreate
-from imapd.fetch import fetch_items, flag_names, plan_fetch
+from imapd.fetch import FetchPlan, fetch_items, flag_names, plan_fetch
 from imapd.fetchatts import BodySection
 from imapd.mailboxview import MailboxView
 from imapd.ordering import sort_entries
@@ -496,8 +496,9 @@ class SelectedMailbox:
                                                  view.uid_set(chunk), items=plan.items,
                                                  changed_since=cmd.changedsince)
             bodies: dict[tuple[int, BodySection], bytes] = {}
-            if plan.bodies:
-                bodies, lost = await self._read_bodies(entries, plan.bodies)
+            binaries: dict[tuple[int, BinaryAtt], bytes | int] = {}
+            if plan.bodies or plan.binaries:
+                bodies, binaries, lost = await self._read_bodies(entries, plan)
                 if lost:
                     failed.update(lost)
                     entries = [e for e in entries if e.uid not in lost]
@@ -508,7 +509,8 @@ class SelectedMailbox:
             out: list[Response] = self._keyword_news(
                 k for e in entries for k in e.flags.keywords)
             out += [FetchData(seqs[e.uid], fetch_items(
-                plan, e, bodies, recent=e.uid in view.recent, add_flags=e.uid in seen_now))
+                plan, e, bodies, recent=e.uid in view.recent, add_flags=e.uid in seen_now,
+                binaries=binaries))
                 for e in entries]
             conn.send(out)
             await conn.drain()
@@ -516,25 +518,30 @@ class SelectedMailbox:
             return _fetch_failure(cmd, failed)
         return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
 
-    async def _read_bodies(self, entries: Sequence[MessageEntry],
-                           atts: Sequence[BodySection],
-                           ) -> tuple[dict[tuple[int, BodySection], bytes], dict[int, Exception]]:
-        """The body sections of ``entries``, and the messages that could not be read (by
-        UID): when the batch fails, each message is read alone, so one unreadable
-        message does not hide the others."""
+    async def _read_bodies(self, entries: Sequence[MessageEntry], plan: FetchPlan,
+                           ) -> tuple[dict[tuple[int, BodySection], bytes],
+                                      dict[tuple[int, BinaryAtt], bytes | int],
+                                      dict[int, Exception]]:
+        """The body sections and BINARY items of ``entries``, and the messages that could
+        not be read (by UID): when the batch fails, each message is read alone, so one
+        unreadable message does not hide the others."""
+        reader = self.reader
         try:
-            return await self.reader.read(entries, atts), {}
+            return (await reader.read(entries, plan.bodies),
+                    await reader.read_binary(entries, plan.binaries), {})
         except _READ_FAILURES as exc:
             if len(entries) == 1:
-                return {}, {entries[0].uid: exc}
+                return {}, {}, {entries[0].uid: exc}
         bodies: dict[tuple[int, BodySection], bytes] = {}
+        binaries: dict[tuple[int, BinaryAtt], bytes | int] = {}
         lost: dict[int, Exception] = {}
         for entry in entries:
             try:
-                bodies.update(await self.reader.read([entry], atts))
+                bodies.update(await reader.read([entry], plan.bodies))
+                binaries.update(await reader.read_binary([entry], plan.binaries))
             except _READ_FAILURES as exc:
                 lost[entry.uid] = exc
-        return bodies, lost
+        return bodies, binaries, lost
 
     async def _mark_seen(self, entries: list[MessageEntry],
                          ) -> tuple[list[MessageEntry], set[int]]:
