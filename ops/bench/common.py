@@ -284,14 +284,14 @@ class LmtpClient:
 
 
 async def deliver_over(clients: Sequence[LmtpClient], count: int,
-                       delivery: Callable[[int], tuple[str, str, bytes]],
+                       delivery: Callable[[int], tuple[str, str | Sequence[str], bytes]],
                        ) -> tuple[float, list[float], int]:
     """Deliver messages ``0 .. count - 1`` over the open ``clients``, which take them from
     one queue and are closed at the end; the wall time, each delivery's latency, and how
     many recipients were refused.
 
-    :param delivery: message ``n``'s sender, recipient and payload, made just before it is
-        sent (so that a large batch never sits in memory whole).
+    :param delivery: message ``n``'s sender, recipient (or recipients) and payload, made
+        just before it is sent (so that a large batch never sits in memory whole).
     """
     queue = list(reversed(range(count)))
     latencies: list[float] = []
@@ -302,7 +302,8 @@ async def deliver_over(clients: Sequence[LmtpClient], count: int,
         while queue:
             sender, rcpt, payload = delivery(queue.pop())
             t0 = time.perf_counter()
-            codes = await client.deliver(sender, [rcpt], payload)
+            codes = await client.deliver(sender, [rcpt] if isinstance(rcpt, str) else rcpt,
+                                         payload)
             latencies.append(time.perf_counter() - t0)
             refused += sum(1 for c in codes if c != 250)
 
