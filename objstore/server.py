@@ -56,7 +56,7 @@ import struct
 import termios
 import time
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -544,6 +544,10 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         """Hand the output to the transport, unless it is full (``force``: even then)."""
         if not self._out or self._gone or (self._output_paused and not force):
             return
+        corked = self.factory.corked
+        if corked is not None and not force:
+            corked[self] = None  # sent once the whole batch of completions has run
+            return
         self.counters.bytes_written += self._out_len
         out = self._out
         self._out = []
@@ -663,6 +667,24 @@ class ObjstoreFactory(Factory):
         self.protocols: set[ObjstoreProtocol] = set()
         self.latency = LatencySampler(counters)
         self.limits = p.Limits(max_line=config.max_line, max_item_size=config.max_item_size)
+        #: While :meth:`complete_writes` runs: the connections whose output waits for its end.
+        self.corked: dict[ObjstoreProtocol, None] | None = None
+
+    def complete_writes(self, batch: list[tuple[Callable[[Any], object], Any]]) -> None:
+        """Fire a committed batch's write callbacks (on the reactor thread), then send each
+        connection's replies with one write: a connection with several writes in the
+        batch (pipelining) costs one ``sendmsg``, not one per reply."""
+        corked = self.corked = {}
+        try:
+            for callback, result in batch:
+                try:
+                    callback(result)
+                except Exception:
+                    log.exception("write completion callback failed")
+        finally:
+            self.corked = None
+            for proto in corked:
+                proto._flush()
 
     def buildProtocol(self, addr: Any) -> ObjstoreProtocol:  # type: ignore[override]
         return ObjstoreProtocol(self)

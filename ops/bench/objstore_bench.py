@@ -77,6 +77,8 @@ class Target:
 #: The two Redis references: ``always`` makes the same promise as objstored (the reply
 #: follows the fsync); ``everysec`` may lose the last second of acknowledged writes.
 REDIS_TARGETS = {"always": "redis-always", "everysec": "redis"}
+#: objstored from --baseline-tree.
+BEFORE = "objstored before"
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -182,12 +184,17 @@ def warm(exe: Path, port: int, size: int, extra: list[str] | None = None) -> Non
 
 
 def run_redis_benchmark(port: int, op: str, size: int, depth: int, conns: int,
-                        seconds: int, pids: list[int], fsync_each: bool = False) -> Result:
-    # Aim for ~seconds of work from a rough rate guess; redis-benchmark counts requests.
-    guess = 80_000 if size <= 4096 else 20_000 if size <= 65536 else 1_500
-    if fsync_each and op == "set":
-        guess //= 4  # appendfsync always waits for the disk on every event-loop turn
-    n = max(guess * seconds * (4 if depth > 1 else 1), 1000)
+                        seconds: int, pids: list[int], fsync_each: bool = False,
+                        rate: float | None = None) -> Result:
+    """One redis-benchmark run of about ``seconds``: it counts requests, not time, so the
+    count comes from ``rate`` (the previous repetition's ops/s) or a rough guess."""
+    if rate is None:
+        rate = 80_000 if size <= 4096 else 3_000 if size <= 65536 else 300
+        if fsync_each and op == "set":
+            rate //= 4  # appendfsync always waits for the disk on every event-loop turn
+        if depth > 1:
+            rate *= 4
+    n = max(int(rate * seconds), 1000)
     args = ["redis-benchmark", "-p", str(port), "-t", op, "-d", str(size), "-c", str(conns),
             "-n", str(n), "-r", str(keys_for(size)), "--csv", "-q"]
     if depth > 1:
@@ -235,6 +242,33 @@ def table(results: dict[tuple[str, str, int, int], Result], sizes: list[int],
                            "objstored/Redis always", "objstored/Redis everysec"], rows)
 
 
+def before_after_table(results: dict[tuple[str, str, int, int], Result], sizes: list[int],
+                       depths: list[int]) -> str:
+    """objstored from --baseline-tree against this tree's, in the same run."""
+    rows = []
+    for op in ("set", "get"):
+        for size in sizes:
+            for depth in depths:
+                b = results.get((BEFORE, op, size, depth))
+                o = results.get(("objstored", op, size, depth))
+                a = results.get(("redis-always", op, size, depth))
+                m = results.get(("memcached", op, size, depth))
+                if b is None or o is None:
+                    continue
+                ref = a if op == "set" else m
+
+                def ratio(x: Result, y: Result | None) -> str:
+                    return f"{x.ops_per_sec / y.ops_per_sec:.2f}x" if y else "-"
+
+                rows.append([op.upper(), human(size), depth if depth > 1 else "no",
+                             f"{b.ops_per_sec:,.0f} ({b.server_cpu * 100:.0f}% cpu)",
+                             f"{o.ops_per_sec:,.0f} ({o.server_cpu * 100:.0f}% cpu)",
+                             ratio(o, b), ratio(b, ref), ratio(o, ref)])
+    return markdown_table(["op", "value", "pipeline", "before ops/s", "after ops/s",
+                           "after/before", "before/ref", "after/ref (SET: Redis always, "
+                           "GET: memcached)"], rows)
+
+
 def security_table(results: dict[tuple[str, str, int, int], Result], sizes: list[int],
                    depths: list[int], settings: list[str]) -> str:
     """objstored with each --security setting, and its ratio to plain objstored."""
@@ -272,7 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--security", default="plain",
                     help=f"objstored runs, comma-separated, among {','.join(SECURITY)}")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--baseline-tree", help="also run objstored from this checkout (e.g. "
+                    "`git worktree add /tmp/base main`) as the target 'objstored before'")
     args = ap.parse_args(argv)
+    # A SIGTERM unwinds like an exception, so every server started here is stopped.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     sizes = [int(s) for s in args.sizes.split(",")]
     depths = [int(d) for d in args.depths.split(",")]
     targets = args.targets.split(",")
@@ -314,6 +352,19 @@ def main(argv: list[str] | None = None) -> int:
                 proc = stack.enter_context(process(cmd, port, cwd=REPO))
                 name = "objstored" if setting == "plain" else f"objstored {setting}"
                 servers.append(Target(name, port, proc.pid, extra))
+        if "objstored" in targets and args.baseline_tree:
+            port = free_port()
+            tree = Path(args.baseline_tree).resolve()
+            config = work / "objstored-before.toml"
+            config.write_text("[objstore]\nmax_connections = 4096\n"
+                              f"[cluster]\nredis_nodes = [\"127.0.0.1:{free_port()}\"]\n")
+            cmd = [sys.executable, "-m", "objstore.main", "--config", str(config),
+                   "--listen", f"127.0.0.1:{port}", "--data", str(work / "objstored-before"),
+                   "--workers", str(args.workers), "--max-item-size", "2M",
+                   "--metrics-listen", ""]
+            proc = stack.enter_context(process(cmd, port, cwd=tree,
+                                               env={**os.environ, "PYTHONPATH": str(tree)}))
+            servers.append(Target(BEFORE, port, proc.pid, []))
         for policy in ("always", "everysec"):
             if REDIS_TARGETS[policy] not in targets:
                 continue
@@ -336,9 +387,11 @@ def main(argv: list[str] | None = None) -> int:
                         for t in servers:
                             pids = children(t.pid)
                             if t.redis:
+                                before = runs[t.name]
                                 res = run_redis_benchmark(
                                     t.port, op, size, depth, args.conns, args.seconds, pids,
-                                    fsync_each=t.name == REDIS_TARGETS["always"])
+                                    fsync_each=t.name == REDIS_TARGETS["always"],
+                                    rate=before[-1].ops_per_sec if before else None)
                             else:
                                 res = run_mcload(mcload, t.port, op, size, depth, args.conns,
                                                  args.seconds, pids, t.extra)
@@ -353,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average (1 min) during the run: min {min(loads):.1f}, "
           f"median {statistics.median(loads):.1f}, max {max(loads):.1f}\n")
     print(table(results, sizes, depths))
+    if args.baseline_tree:
+        print()
+        print(before_after_table(results, sizes, depths))
     if settings != ["plain"]:
         print()
         print(security_table(results, sizes, depths, settings))
