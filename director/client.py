@@ -96,6 +96,7 @@ from director.errors import (
 )
 from director.gcwatch import GcWatch
 from director.index import LocationIndex
+from director.itemreads import ItemReads
 from director.itemstate import (
     CasClock,
     Copy,
@@ -121,7 +122,7 @@ from director.memcache_client import (
     NodeUnavailable,
 )
 from director.nodes import Node, NodeState
-from director.placement import Placer, read_order
+from director.placement import Placer, ReadOrder, read_order
 from director.policy import PlacementPolicy
 from director.redisconn import RetryPolicy
 from director.redisstate import RedisState
@@ -292,7 +293,13 @@ class BlobClient:
         self.items = index.item_space()
         self._item_lookups: Coalescer[None] = Coalescer(
             lambda reqs: self.items.lookup(list(reqs)), lambda a, _b: a)
+        #: Plain-item reads of a loop turn, served together (director/itemreads.py).
+        self.item_reads = ItemReads(self)
         self._item_adds: Coalescer[frozenset[int]] = Coalescer(self.items.add_many,
+                                                               frozenset.union)
+        # Plain items written whole: the entry becomes their new copies; the answer is
+        # what it was (two sets of one key in one batch are both recorded: union).
+        self._item_sets: Coalescer[frozenset[int]] = Coalescer(self.items.replace_many,
                                                                frozenset.union)
         self.gc_watch = GcWatch(index, clock=clock)
         #: Cas uniques of item writes (every copy of an item carries the same one).
@@ -337,6 +344,7 @@ class BlobClient:
                    access=access)
 
     async def aclose(self) -> None:
+        await self.item_reads.close()
         await self.temperature.aclose()
         for node in self._nodes.values():
             await node.close()
@@ -375,6 +383,16 @@ class BlobClient:
                                 access=self.access)
             self._nodes[node.address] = client
         return client
+
+    @property
+    def item_lookups(self) -> Coalescer[None]:
+        """Coalesced index lookups of plain items (:mod:`director.itemreads` uses them)."""
+        return self._item_lookups
+
+    def node_failed(self, node: Node, exc: BaseException) -> None:
+        """Count a failed request to ``node``; one that could not answer is suspect for
+        :data:`SUSPECT_FOR` seconds (read last, written after the others)."""
+        self._node_failed(node, exc)
 
     def _node_failed(self, node: Node, exc: BaseException) -> None:
         self.stats.by_node_errors[node.id] = self.stats.by_node_errors.get(node.id, 0) + 1
@@ -605,20 +623,47 @@ class BlobClient:
         if not numbers:
             raise BlobNotFound(f"blob {bid} is not in the index")
         snap = await self.snapshot()
-        nodes = [n for n in snap.resolve(numbers) if n.state is not NodeState.REMOVED]
-        if len(nodes) < len(numbers):
+        nodes, whole = self.order_replicas(snap, numbers, primary=primary)
+        if not whole:
             # A node added since the snapshot: read the registry again once.
             snap = await self.snapshot(force=True)
-            nodes = [n for n in snap.resolve(numbers) if n.state is not NodeState.REMOVED]
+            nodes, _whole = self.order_replicas(snap, numbers, primary=primary)
+        return nodes
 
+    def order_replicas(self, snap: RegistrySnapshot, numbers: Sequence[int], *,
+                       primary: bool = False) -> tuple[list[Node], bool]:
+        """The replicas of ``numbers`` in ``snap`` in the order reads try them (see
+        :meth:`_ordered`), and whether ``snap`` knew every number (False: a node added
+        since; the caller reads the registry again)."""
+        nodes = [n for n in snap.resolve(numbers) if n.state is not NodeState.REMOVED]
+        whole = len(nodes) >= len(numbers)
         if primary:
             # Live ones by node number: every directord picks the same first replica.
-            return sorted(nodes, key=lambda n: (not n.readable, self._suspect(n), n.number))
+            return sorted(nodes, key=lambda n: (not n.readable, self._suspect(n),
+                                                n.number)), whole
         suspect = [n.id for n in nodes if self._suspect(n)]
-        order = read_order(nodes, self._rng, suspect=suspect)
+        return self.tiered(read_order(nodes, self._rng, suspect=suspect), suspect), whole
+
+    def tiered(self, order: list[Node], suspect: Sequence[str]) -> list[Node]:
+        """A read order with a storage hierarchy's fastest tier holding a copy first (as
+        is, without tiers)."""
         tiers = self.policy.tiers
-        # A storage hierarchy: the fastest tier holding a copy serves the read.
         return tiers.fastest_first(order, suspect) if tiers is not None else order
+
+    def read_plan(self, snap: RegistrySnapshot, numbers: Sequence[int]
+                  ) -> tuple[ReadOrder, list[str], bool]:
+        """:meth:`order_replicas` for reads, before the random draw: a batch of reads of
+        items on the same nodes computes it once, then per read
+        ``self.tiered(plan.draw(self.rng), suspect)``.  Returns the plan, the suspect
+        nodes' ids, and whether ``snap`` knew every number."""
+        nodes = [n for n in snap.resolve(numbers) if n.state is not NodeState.REMOVED]
+        suspect = [n.id for n in nodes if self._suspect(n)]
+        return ReadOrder(nodes, suspect), suspect, len(nodes) >= len(numbers)
+
+    @property
+    def rng(self) -> random.Random:
+        """What picks the replica a read tries first."""
+        return self._rng
 
     async def _read(self, bid: str, numbers: Sequence[int]) -> bytes:
         replicas = await self._ordered(bid, numbers)
@@ -749,7 +794,11 @@ class BlobClient:
             return reply is not None and reply.code == b"HD"
         index_id = item_index_id(key)
         lookups, adds, index = self._item_space(key)
-        known = await lookups.one(index_id, None)
+        blob = is_blob_id(key)
+        # A blob id's entry only grows by merges (gc owns it): look it up first.  A plain
+        # item's entry is replaced by its new copies, and the old one comes back with
+        # the answer: one Redis round trip instead of two.
+        known = await lookups.one(index_id, None) if blob else ()
         state = ItemState(value, flags, exptime, self.cas_clock.next())
         line = state.ms_line(key)
 
@@ -761,12 +810,18 @@ class BlobClient:
         what = _item_name(key)
         done = await self._place_and_write(what, index_id, write)
         numbers = [n.number for n in done]
-        await adds.one(index_id, frozenset(numbers))
+        if blob:
+            await adds.one(index_id, frozenset(numbers))
+        else:
+            known = await self._item_sets.one(index_id, frozenset(numbers))
         self.stats.item_puts += 1
         stale = [n for n in known if n not in numbers]
-        if stale:
+        if stale and blob:
             await self._drop_copies(key, index, index_id, stale)
-        if is_blob_id(key):
+        elif stale:
+            # No longer indexed, so never read; deleted so no older value lingers there.
+            await self._delete_copies(key, stale)
+        if blob:
             self.temperature.wrote(index_id)
             if len(done) < self.policy.replicas:
                 await self._queue_repair([index_id])
@@ -779,6 +834,15 @@ class BlobClient:
         if is_blob_id(key):
             return self._lookups, self._adds, self.index
         return self._item_lookups, self._item_adds, self.items
+
+    async def _delete_copies(self, key: bytes, numbers: Sequence[int]) -> None:
+        """Best-effort delete of ``key``'s copies on ``numbers`` (no longer indexed)."""
+        for node in (await self.snapshot()).resolve(numbers):
+            try:
+                await _delete(self.node_client(node), key)
+            except (NodeError, OSError) as exc:
+                # Never read (not in the index); inventory cleans it up.
+                self._node_failed(node, exc)
 
     async def _drop_copies(self, key: bytes, index: LocationIndex, index_id: str,
                            numbers: Sequence[int]) -> None:
@@ -806,6 +870,12 @@ class BlobClient:
         :raises BlobCorrupt: a blob id key whose every replica had bad bytes.
         """
         unique = list(dict.fromkeys(keys))
+        if not any(is_blob_id(k) for k in unique):
+            # Plain items: read with the other reads of this turn (director/itemreads.py).
+            items = await self.item_reads.read(unique)
+            if cas:
+                return items
+            return {k: Value(k, v.flags, v.value) for k, v in items.items()}
         ids = {key: item_index_id(key) for key in unique}
         blobs = [ids[k] for k in unique if is_blob_id(k)]
         plain = [ids[k] for k in unique if not is_blob_id(k)]
@@ -1121,8 +1191,11 @@ class BlobClient:
         await self.items.set_flush_cutoff(cutoff)
         self._flush_cutoff = cutoff
 
-    def _hidden(self, cas: int | None) -> bool:
+    def hidden(self, cas: int | None) -> bool:
+        """True when a ``flush_all`` cut off the item write that carried ``cas``."""
         return is_flushed(cas, self._flush_cutoff, self._wall())
+
+    _hidden = hidden
 
     async def _flushed_away(self, key: bytes, index_id: str, numbers: Sequence[int],
                             nodes: Sequence[Node] | None = None) -> bool:

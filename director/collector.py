@@ -42,7 +42,10 @@ is reclaimed by ``objmail inventory --fix`` (:mod:`director.inventory`), not by 
 
 gc treats PostgreSQL as the only owner of blobs: a blob stored through directord under
 its blob id and referenced by no message is collected like an orphan.  directord's
-plain-key items live in their own index key space, which gc never scans.
+plain-key items live in their own index key space, which gc never scans.  An index from
+before that key space may still hold items among the blobs: gc refuses to run on it
+(:class:`~director.errors.ItemsNotMigrated`) until ``objmail index migrate-items``
+(:mod:`director.itemmigration`) has moved them.
 
 The metadata store is reached through :class:`ReferenceChecker` (``objmail gc`` wires
 :class:`metadata.references.References` to it): the director does not import metadata.
@@ -59,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from director.background import BackgroundJob, PassControl, PassStats
 from director.codec import FLAG_MANIFEST, CodecError
+from director.errors import ItemsNotMigrated
 from director.gcwatch import GC_FLAG_MARGIN, GC_FLAG_TTL, GC_JOB
 from director.jobstate import JobState, integer, number
 from director.memcache_client import NodeError
@@ -165,6 +169,11 @@ class Collector(BackgroundJob[GcStats]):
     # -- a run --------------------------------------------------------------------------
 
     async def run_pass(self, control: PassControl) -> GcStats:
+        if await self.index.items_keyspace() is None:
+            # directord's items may still sit in the blobs' key space, which gc sweeps.
+            raise ItemsNotMigrated(
+                "this index was created before directord's items had a key space of their "
+                "own; run `objmail index migrate-items` first (gc would collect them)")
         state = control.state(self)
         fields = await state.load()
         stats = GcStats(buckets=self.index.layout.buckets)

@@ -31,6 +31,11 @@ class IndexLayoutMismatch(DirectorError, kinds.Misconfigured):
     """The index in Redis was created with another bucket count than the config says."""
 
 
+class ItemsNotMigrated(DirectorError, kinds.Misconfigured):
+    """The index was written before directord's items had a key space of their own, and
+    ``objmail index migrate-items`` has not moved them yet: gc would collect them."""
+
+
 class BadKeyFile(DirectorError, kinds.Misconfigured):
     """The encryption key file (``director.encryption_key_file``) holds no usable key."""
 

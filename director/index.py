@@ -14,7 +14,10 @@ recording replicas of the same blob at once both get recorded.
 Blob ids and directord's plain-key items (indexed under :func:`director.keys.item_index_id`)
 live in two key spaces with the same layout: ``ix:<bucket>`` and ``ixi:<bucket>``
 (:meth:`LocationIndex.item_space`).  gc sweeps the blobs' space only, so a plain item,
-which no message references, is never collected.
+which no message references, is never collected.  An index created before the items' space
+existed holds its items in the blobs' space; ``index_meta``'s ``items_keyspace`` field says
+that every item is in its own space (set when the index is created, or by the migration
+that moves the old ones, :mod:`director.itemmigration`), and gc runs only once it is there.
 
 "Which blobs are on node N" is answered by scanning buckets and filtering
 (:meth:`LocationIndex.iterate` with ``node=N``): a per-node set would cost as much
@@ -49,6 +52,10 @@ from director.redisconn import (
 )
 from runtime.secrets import NO_REDIS_AUTH, RedisAuth
 
+#: ``index_meta`` field: every directord item is in the items' key space (its value says
+#: since when: ``created`` with the index, or ``migrated <unix time>``).
+ITEMS_KEYSPACE = "items_keyspace"
+
 #: Commands per pipeline; each is one bucket's worth of fields.
 BATCH_COMMANDS = 500
 #: Buckets read per pipeline when scanning.
@@ -75,6 +82,20 @@ for i = 1, #ARGV, 2 do
   local val = table.concat(nums, ',')
   if val ~= cur then redis.call('HSET', key, field, val) end
   out[#out + 1] = val
+end
+return out
+""")
+
+# KEYS[1] = bucket; ARGV = field, numbers, ...  Sets each field's list to the numbers
+# given (a plain item written whole: its new copies are all that hold it) and returns each
+# field's list before ('' = none), so the writer can delete the copies left out.
+_REPLACE = LuaScript("objmail_index_replace", """
+local key = KEYS[1]
+local out = {}
+for i = 1, #ARGV, 2 do
+  local cur = redis.call('HGET', key, ARGV[i])
+  if cur ~= ARGV[i + 1] then redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+  out[#out + 1] = cur or ''
 end
 return out
 """)
@@ -209,7 +230,7 @@ class LocationIndex:
         #: This is the key space of directord's plain items, not of blobs.
         self.items = items
         self._bucket_key = self.keys.item_bucket if items else self.keys.index_bucket
-        runner.register(_ADD, _REMOVE, _UPDATE, _COLLECT)
+        runner.register(_ADD, _REMOVE, _UPDATE, _COLLECT, _REPLACE)
 
     def item_space(self) -> LocationIndex:
         """The same index over directord's plain items (same runner and layout)."""
@@ -238,10 +259,15 @@ class LocationIndex:
         layout = IndexLayout(buckets)
         meta = keys.index_meta
         try:
-            await runner.run("index meta", [
+            _buckets, created = await runner.run("index meta", [
                 Command(meta, ("HSETNX", meta, "buckets", buckets)),
                 Command(meta, ("HSETNX", meta, "created", repr(clock()))),
             ], durable=True)
+            if int(created):
+                # A new index: it records items in their own space from the start.  (An
+                # index from before that space lacks the field until they are migrated.)
+                await runner.run("index meta", [
+                    Command(meta, ("HSETNX", meta, ITEMS_KEYSPACE, "created"))], durable=True)
             (stored,) = await runner.run("index meta", [Command(meta, ("HGET", meta, "buckets"))])
         except BaseException:
             if owned:
@@ -274,6 +300,43 @@ class LocationIndex:
         await self.runner.run("flush cut-off", [
             Command(meta, ("HSET", meta, "items_flushed_before", repr(cutoff)))],
             durable=True)
+
+    # -- the items' key space (director/itemmigration.py) ---------------------------------
+
+    async def items_keyspace(self) -> str | None:
+        """Since when every directord item is in the items' key space (``created``,
+        ``migrated <unix time>``); None for an index from before that space whose items
+        were not migrated yet."""
+        meta = self.keys.index_meta
+        (value,) = await self.runner.run("index meta", [
+            Command(meta, ("HGET", meta, ITEMS_KEYSPACE))])
+        if value is None:
+            return None
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    async def set_items_keyspace(self, since: str) -> None:
+        meta = self.keys.index_meta
+        await self.runner.run("index meta", [
+            Command(meta, ("HSET", meta, ITEMS_KEYSPACE, since))], durable=True)
+
+    async def add_absent(self, entries: Mapping[str, Iterable[int]]) -> set[str]:
+        """Record each id's locations only where the index has no entry for it yet (one
+        ``HSETNX`` each: an entry written meanwhile wins); the ids recorded."""
+        ids = list(entries)
+        commands = []
+        for blob_id in ids:
+            check_blob_id(blob_id)
+            key = self._key(blob_id)
+            commands.append(Command(key, ("HSETNX", key, self.layout.field_of(blob_id),
+                                          encode_nodes(entries[blob_id]))))
+        done: set[str] = set()
+        offset = 0
+        for chunk in chunked(commands, BATCH_COMMANDS):
+            replies = await self.runner.run("index add absent", chunk, durable=True)
+            done.update(i for i, r in zip(ids[offset:offset + len(chunk)], replies,
+                                          strict=True) if int(r))
+            offset += len(chunk)
+        return done
 
     # -- reading ------------------------------------------------------------------------
 
@@ -313,6 +376,18 @@ class LocationIndex:
             check_blob_id(blob_id)
             by_key[self._key(blob_id)].append((blob_id, encode_nodes(nodes)))
         return await self._scripted(_ADD, by_key, prefix=())
+
+    async def replace_many(self, entries: Mapping[str, Iterable[int]]
+                           ) -> dict[str, tuple[int, ...]]:
+        """Record that exactly ``nodes`` hold each id (a plain item written whole on
+        them); returns the locations each had before (``()``: none).  Acknowledged once a
+        Redis replica has it.  Not for blobs: their locations only grow and shrink by
+        merges (:meth:`add_many`, :meth:`remove_many`)."""
+        by_key: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+        for blob_id, nodes in entries.items():
+            check_blob_id(blob_id)
+            by_key[self._key(blob_id)].append((blob_id, encode_nodes(nodes)))
+        return await self._scripted(_REPLACE, by_key, prefix=())
 
     async def remove_location(self, blob_id: str, node: int, *,
                               keep_last: bool = False) -> tuple[int, ...]:

@@ -160,6 +160,9 @@ class Directord:
         # The same protocol adapter as objstored's, with directord's own limits.
         self.factory = ObjstoreFactory(handler, dconf, self.counters, r, auth=security.auth)
         handler.connections = self.factory.describe_connections
+        # A batch of reads completes many connections' answers at once: each
+        # connection's replies leave in one write.
+        self.client.item_reads.delivery = self.factory.replies_together
         host, port = parse_hostport(dconf.listen, "director.listen")
         if security.tls is not None:
             self.ports.append(r.listenSSL(port, self.factory, security.tls, interface=host,

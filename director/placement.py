@@ -196,6 +196,34 @@ def read_loads(nodes: Sequence[Node]) -> list[float]:
                           [n.report.cpu_process if n.report else 0.0 for n in nodes])
 
 
+class ReadOrder:
+    """What :func:`read_order` computes from the nodes alone, done once; :meth:`draw`
+    then orders them for one read.  Reads of many blobs with the same replicas (a batch
+    of item reads) share one.
+    """
+
+    __slots__ = ("_exponents", "_live", "_rest")
+
+    def __init__(self, nodes: Sequence[Node], suspect: Collection[str] = ()) -> None:
+        live = [n for n in nodes if n.readable and n.id not in suspect]
+        #: Efraimidis-Spirakis: sorting by u ** (1 / w) samples without replacement
+        #: with probability proportional to w (the weight: inverse load, damped).
+        self._exponents = ([1.0 / (1.0 / (1.0 + r)) for r in read_loads(live)]
+                           if len(live) > 1 else [])
+        self._live = live
+        later = [n for n in nodes if n.readable and n.id in suspect]
+        last = [n for n in nodes if not n.readable]
+        self._rest = later + last
+
+    def draw(self, rng: random.Random) -> list[Node]:
+        """One read's order (a new list); the randomness is ``rng``'s."""
+        live = self._live
+        if len(live) > 1:
+            keys = [rng.random() ** e for e in self._exponents]
+            live = [n for _k, n in sorted(zip(keys, live, strict=True), key=lambda p: -p[0])]
+        return live + self._rest
+
+
 def read_order(nodes: Sequence[Node], rng: random.Random, *,
                suspect: Collection[str] = ()) -> list[Node]:
     """The order in which to try a blob's replicas for one read.
@@ -205,13 +233,4 @@ def read_order(nodes: Sequence[Node], rng: random.Random, *,
     docstring); then suspect ones; then the rest (down, dead: a late report is not a dead
     disk, so they are still worth a try last).  Pure: the randomness is ``rng``'s.
     """
-    live = [n for n in nodes if n.readable and n.id not in suspect]
-    if len(live) > 1:
-        # Efraimidis-Spirakis: sorting by u ** (1 / w) samples without replacement with
-        # probability proportional to w.
-        weights = [1.0 / (1.0 + r) for r in read_loads(live)]
-        keys = [rng.random() ** (1.0 / w) for w in weights]
-        live = [n for _k, n in sorted(zip(keys, live, strict=True), key=lambda p: -p[0])]
-    later = [n for n in nodes if n.readable and n.id in suspect]
-    last = [n for n in nodes if not n.readable]
-    return live + later + last
+    return ReadOrder(nodes, suspect).draw(rng)

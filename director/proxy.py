@@ -306,7 +306,40 @@ class ProxyHandler:
         if not todo:
             c.get_hits += len(cmd.keys)
             return self._immediate(cmd.name, Values(tuple(found[k] for k in cmd.keys)))
+        if not found and not any(is_blob_id(k) for k in todo):
+            # Plain keys: read with every other read of this loop turn, answered by a
+            # callback (no task, no future of its own: director/itemreads.py).
+            answer: defer.Deferred[Reply | None] = defer.Deferred()
+            start = self._clock()
+            name = cmd.name.decode()
+
+            def done(result: dict[bytes, Value] | BaseException) -> None:
+                if answer.called:  # cancelled: the connection is gone
+                    return
+                reply: Reply
+                error: str | None = None
+                if isinstance(result, BaseException):
+                    failed = self._read_failed(name, result)
+                    error = "internal" if failed is E_INTERNAL else \
+                        "client" if failed.kind == b"CLIENT_ERROR" else "server"
+                    reply = failed
+                else:
+                    reply = self._values(cmd.keys, result, cmd.with_cas)
+                self.metrics.observe(name, self._clock() - start, error)
+                answer.callback(reply)
+
+            self.client.item_reads.submit(todo, done)
+            return answer
         return self._run(cmd.name, self._get_async(cmd.keys, todo, found, cmd.with_cas))
+
+    @staticmethod
+    def _read_failed(name: str, exc: BaseException) -> ErrorReply:
+        """The reply to a read that failed, in memcached's words (as :meth:`_guarded`)."""
+        if not isinstance(exc, Exception):
+            exc = Exception(f"{name} cancelled")
+        elif kind_of(exc) is None:
+            log.error("%s failed", name, exc_info=exc)
+        return error_reply(exc)
 
     async def _get_async(self, keys: tuple[bytes, ...], todo: list[bytes],
                          found: dict[bytes, Value], with_cas: bool) -> Reply:

@@ -17,6 +17,7 @@ from imapd import commands as c
 from imapd.errors import ImapdError
 from imapd.fetchatts import parse_fetch_atts
 from imapd.lexer import Frame, Lexer, ParseError
+from imapd.notify import parse_notify
 from imapd.searchkeys import SearchKey, UnknownCharset, parse_search_keys
 from imapd.sequence import SequenceSet
 from runtime import errors as kinds
@@ -31,7 +32,11 @@ _SPECIAL_USE = frozenset(
     {"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash", "\\Important"}
 )
 _SPECIAL_USE_CASE = {name.upper(): name for name in _SPECIAL_USE}
-_ESEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+#: SEARCH return options: ESEARCH and SEARCHRES (RFC 4731, 5182), CONTEXT=SEARCH (RFC 5267).
+_SEARCH_RETURN = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "CONTEXT", "UPDATE",
+                            "PARTIAL"})
+#: SORT return options: ESORT and CONTEXT=SORT (RFC 5267); SAVE is not offered with SORT.
+_SORT_RETURN = _SEARCH_RETURN - {"SAVE"}
 #: LIST-EXTENDED selection options whose criteria RECURSIVEMATCH can extend to children.
 _LIST_SELECT_BASE = frozenset({"SUBSCRIBED", "SPECIAL-USE"})
 _LIST_SELECT = _LIST_SELECT_BASE | {"REMOTE", "RECURSIVEMATCH"}
@@ -406,11 +411,37 @@ def _append(lexer: Lexer, tag: str, uid: bool) -> c.Command:
         if lexer.peek() == ord('"'):
             internaldate = lexer.date_time()
             lexer.sp()
+        if lexer.peek_word() == "CATENATE":
+            lexer.atom()
+            lexer.sp()
+            messages.append(c.AppendMessage(b"", flags, internaldate,
+                                            catenate=_cat_parts(lexer)))
+            continue
         if not lexer.at_literal():
             raise ParseError("APPEND data must be a literal")
         data, binary = lexer.literal(binary_ok=True)
         messages.append(c.AppendMessage(data, flags, internaldate, binary))
     return c.Append(tag, mailbox, tuple(messages))
+
+
+def _cat_parts(lexer: Lexer) -> tuple[c.CatText | c.CatUrl, ...]:
+    """CATENATE's ``"(" cat-part *(SP cat-part) ")"`` (RFC 4469 5)."""
+    lexer.expect(b"(")
+    parts: list[c.CatText | c.CatUrl] = []
+    while True:
+        word = lexer.word()
+        lexer.sp()
+        if word == "TEXT":
+            if not lexer.at_literal():
+                raise ParseError("CATENATE TEXT must be a literal")
+            parts.append(c.CatText(lexer.literal(binary_ok=True)[0]))
+        elif word == "URL":
+            parts.append(c.CatUrl(lexer.utf8(lexer.astring(), "URL")))
+        else:
+            raise ParseError(f"unknown CATENATE part {word[:30]}")
+        if lexer.accept(b")"):
+            return tuple(parts)
+        lexer.sp()
 
 
 # -- selected -------------------------------------------------------------------------------
@@ -419,18 +450,13 @@ def _append(lexer: Lexer, tag: str, uid: bool) -> c.Command:
 def _search(lexer: Lexer, tag: str, uid: bool, max_depth: int = 64) -> c.Command:
     lexer.sp()
     return_options: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
     if lexer.peek_word() == "RETURN":
-        lexer.atom()
-        lexer.sp()
-        return_options = _paren_words(lexer)
-        for option in return_options:
-            if option not in _ESEARCH_RETURN:
-                raise ParseError(f"unknown SEARCH return option {option[:30]}")
-        lexer.sp()
+        return_options, partial = _return_options(lexer, _SEARCH_RETURN, "SEARCH")
     if return_options is None or "SAVE" not in return_options:
-        return _search_criteria(lexer, tag, uid, max_depth, return_options)
+        return _search_criteria(lexer, tag, uid, max_depth, return_options, partial)
     try:
-        return _search_criteria(lexer, tag, uid, max_depth, return_options)
+        return _search_criteria(lexer, tag, uid, max_depth, return_options, partial)
     except UnknownCharset as exc:
         raise CommandError(tag, exc.text, bad_charset=True, clears_saved=True) from None
     except ParseError as exc:
@@ -438,8 +464,41 @@ def _search(lexer: Lexer, tag: str, uid: bool, max_depth: int = 64) -> c.Command
                            f"{exc.text}", clears_saved=True) from None
 
 
+def _return_options(lexer: Lexer, allowed: frozenset[str], command: str,
+                    ) -> tuple[tuple[str, ...], tuple[int, int] | None]:
+    """``RETURN (...) SP``: the upper-cased options and PARTIAL's range (RFC 4466
+    ``search-return-opts``; RFC 5267 ``partial-range = nz-number ":" nz-number``, where
+    ``500:400`` means ``400:500``).  One PARTIAL or one ALL at most (RFC 5267 4.4)."""
+    lexer.atom()
+    lexer.sp()
+    lexer.expect(b"(")
+    options: list[str] = []
+    partial: tuple[int, int] | None = None
+    if not lexer.accept(b")"):
+        while True:
+            option = lexer.word()
+            if option not in allowed:
+                raise ParseError(f"unknown {command} return option {option[:30]}")
+            if option == "PARTIAL":
+                if partial is not None:
+                    raise ParseError("only one PARTIAL return option is allowed")
+                lexer.sp()
+                low = lexer.nz_number()
+                lexer.expect(b":")
+                partial = (low, lexer.nz_number())
+            options.append(option)
+            if lexer.accept(b")"):
+                break
+            lexer.sp()
+    if partial is not None and "ALL" in options:
+        raise ParseError("PARTIAL and ALL cannot be combined")
+    lexer.sp()
+    return tuple(options), partial
+
+
 def _search_criteria(lexer: Lexer, tag: str, uid: bool, max_depth: int,
-                     return_options: tuple[str, ...] | None) -> c.Search:
+                     return_options: tuple[str, ...] | None,
+                     partial: tuple[int, int] | None) -> c.Search:
     charset: str | None = None
     if lexer.peek_word() == "CHARSET":
         lexer.atom()
@@ -447,7 +506,7 @@ def _search_criteria(lexer: Lexer, tag: str, uid: bool, max_depth: int,
         charset = lexer.astring().decode("ascii", "replace").upper()
         lexer.sp()
     criteria = parse_search_keys(lexer, charset, max_depth)
-    return c.Search(tag, criteria, charset, uid, return_options)
+    return c.Search(tag, criteria, charset, uid, return_options, partial)
 
 
 def _charset_and_criteria(lexer: Lexer, max_depth: int) -> tuple[str, SearchKey]:
@@ -460,6 +519,10 @@ def _charset_and_criteria(lexer: Lexer, max_depth: int) -> tuple[str, SearchKey]
 
 def _sort(lexer: Lexer, tag: str, uid: bool, max_depth: int = 64) -> c.Command:
     lexer.sp()
+    return_options: tuple[str, ...] | None = None
+    partial: tuple[int, int] | None = None
+    if lexer.peek_word() == "RETURN":
+        return_options, partial = _return_options(lexer, _SORT_RETURN, "SORT")
     words = _paren_words(lexer)
     keys: list[tuple[c.SortKey, bool]] = []
     reverse = False
@@ -475,7 +538,16 @@ def _sort(lexer: Lexer, tag: str, uid: bool, max_depth: int = 64) -> c.Command:
     if not keys or reverse:
         raise ParseError("SORT needs sort keys")
     charset, criteria = _charset_and_criteria(lexer, max_depth)
-    return c.Sort(tag, tuple(keys), charset, criteria, uid)
+    return c.Sort(tag, tuple(keys), charset, criteria, uid, return_options, partial)
+
+
+def _cancelupdate(lexer: Lexer, tag: str, uid: bool) -> c.Command:
+    """``CANCELUPDATE 1*(SP quoted)`` (RFC 5267 4.3.5): the tags of updating searches."""
+    tags: list[str] = []
+    while not lexer.at_end() or not tags:
+        lexer.sp()
+        tags.append(lexer.string().decode("ascii", "replace"))
+    return c.CancelUpdate(tag, tuple(tags))
 
 
 def _thread(lexer: Lexer, tag: str, uid: bool, max_depth: int = 64) -> c.Command:
@@ -568,6 +640,15 @@ def _copy_like(factory: type[c.Copy] | type[c.Move]) -> Callable[[Lexer, str, bo
     return parse
 
 
+def _compress(lexer: Lexer, tag: str, uid: bool) -> c.Command:
+    lexer.sp()
+    mechanism = lexer.word()
+    if mechanism != "DEFLATE":  # RFC 4978 3: an unknown argument is BAD
+        raise ParseError(f"unknown compression mechanism {mechanism[:30]}")
+    lexer.end()
+    return c.Compress(tag, mechanism)
+
+
 def _expunge(lexer: Lexer, tag: str, uid: bool) -> c.Command:
     if not uid:
         lexer.end()
@@ -605,6 +686,7 @@ _COMMANDS: dict[str, _Parse] = {
     "GETQUOTAROOT": _one_mailbox(c.GetQuotaRoot),
     "SETQUOTA": _setquota,
     "IDLE": _no_arguments(c.Idle),
+    "COMPRESS": _compress,
     "CHECK": _no_arguments(c.Check),
     "CLOSE": _no_arguments(c.Close),
     "UNSELECT": _no_arguments(c.Unselect),
@@ -612,10 +694,12 @@ _COMMANDS: dict[str, _Parse] = {
     "SEARCH": _search,
     "SORT": _sort,
     "THREAD": _thread,
+    "CANCELUPDATE": _cancelupdate,
     "FETCH": _fetch,
     "STORE": _store,
     "COPY": _copy_like(c.Copy),
     "MOVE": _copy_like(c.Move),
+    "NOTIFY": parse_notify,
 }
 UID_COMMAND_NAMES = frozenset({"FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT",
                                "THREAD"})
@@ -625,13 +709,15 @@ COMMAND_NAMES = frozenset(_COMMANDS)
 """Every command word the grammar knows."""
 
 
-def parse_command(frame: Frame, max_search_depth: int = 64) -> c.Command:
+def parse_command(frame: Frame, max_search_depth: int = 64, *,
+                  utf8_names: bool = False) -> c.Command:
     """Parse one complete command.
 
     :param max_search_depth: deepest nesting accepted in SEARCH criteria.
+    :param utf8_names: mailbox names are UTF-8, not modified UTF-7 (IMAP4rev2).
     :raises CommandError: with the tag (when readable) and a reason for the client.
     """
-    lexer = Lexer(frame)
+    lexer = Lexer(frame, utf8_names=utf8_names)
     try:
         tag = lexer.tag()
     except ParseError:

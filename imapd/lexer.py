@@ -101,7 +101,9 @@ class Frame:
 class Lexer:
     """A cursor over one :class:`Frame`; every read method raises :class:`ParseError`."""
 
-    def __init__(self, frame: Frame) -> None:
+    def __init__(self, frame: Frame, *, utf8_names: bool = False) -> None:
+        """:param utf8_names: mailbox names are UTF-8, not modified UTF-7 (IMAP4rev2)."""
+        self._decode_name = _decode_utf8_name if utf8_names else _decode_mailbox
         self._segments = frame.segments
         self._literals = frame.literals
         self._index = 0
@@ -266,17 +268,17 @@ class Lexer:
 
     def mailbox(self) -> str:
         """Read a ``mailbox``: modified UTF-7 decoded; any case of INBOX becomes ``INBOX``."""
-        name = _decode_mailbox(self.astring())
+        name = self._decode_name(self.astring())
         return "INBOX" if name.upper() == "INBOX" and type(name) is str else name
 
     def list_mailbox(self) -> str:
         """Read a ``list-mailbox`` (a pattern that may hold the wildcards ``%`` and ``*``)."""
         if self.peek() in (ord('"'), ord("{")):
-            return _decode_mailbox(self.string())
+            return self._decode_name(self.string())
         value = self.match(_LIST_MAILBOX)
         if value is None:
             raise ParseError("expected a mailbox pattern")
-        return _decode_mailbox(value)
+        return self._decode_name(value)
 
     # -- flags, sets, dates ----------------------------------------------------------------
 
@@ -341,6 +343,15 @@ class Lexer:
             return datetimes.parse_datetime(self.quoted())
         except datetimes.DateError as exc:
             raise ParseError(str(exc)) from None
+
+
+def _decode_utf8_name(raw: bytes) -> str:
+    """The UTF-8 name, or the raw one marked :class:`~imapd.mutf7.Undecodable` (a name no
+    mailbox can have, answered NO as an invalid modified UTF-7 one is)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return mutf7.Undecodable(raw.decode("latin-1"))
 
 
 def _decode_mailbox(raw: bytes) -> str:

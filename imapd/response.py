@@ -47,6 +47,7 @@ __all__ = [
     "NOMODSEQ",
     "NONEXISTENT",
     "NOPERM",
+    "NOTIFICATIONOVERFLOW",
     "OVERQUOTA",
     "PARSE",
     "PRIVACYREQUIRED",
@@ -59,10 +60,13 @@ __all__ = [
     "UNAVAILABLE",
     "AppendUid",
     "BadCharset",
+    "BadEvent",
+    "BadUrl",
     "CapabilityCode",
     "CapabilityData",
     "Challenge",
     "Code",
+    "ContextUpdate",
     "Continuation",
     "CopyUid",
     "ESearchData",
@@ -83,6 +87,8 @@ __all__ = [
     "ListItem",
     "Modified",
     "NamespaceData",
+    "NoUpdate",
+    "PartialResult",
     "PermanentFlags",
     "QuotaData",
     "QuotaRootData",
@@ -144,9 +150,15 @@ def nstring(value: bytes | str | None) -> bytes:
     return b"NIL" if value is None else string(value)
 
 
-def mailbox(name: str) -> bytes:
-    """A mailbox name: modified UTF-7, quoted (a literal only if encoding left CR/LF, never)."""
-    return string(mutf7.encode(name).encode("ascii"))
+def mailbox(name: str, utf8: bool = False) -> bytes:
+    """A mailbox name: modified UTF-7, quoted (a literal only if encoding left CR/LF, never);
+    with ``utf8`` (IMAP4rev2 enabled) UTF-8, quoted too, as RFC 9051's ``quoted`` allows."""
+    if not utf8:
+        return string(mutf7.encode(name).encode("ascii"))
+    data = name.encode("utf-8")
+    if b"\x00" in data or b"\r" in data or b"\n" in data:
+        return string(data)
+    return b'"' + data.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
 def _atom(value: str, what: str) -> bytes:
@@ -206,6 +218,7 @@ INUSE = Code("INUSE")
 LIMIT = Code("LIMIT")
 NOMODSEQ = Code("NOMODSEQ")
 NONEXISTENT = Code("NONEXISTENT")
+NOTIFICATIONOVERFLOW = Code("NOTIFICATIONOVERFLOW")
 NOPERM = Code("NOPERM")
 OVERQUOTA = Code("OVERQUOTA")
 PARSE = Code("PARSE")
@@ -329,6 +342,18 @@ class Modified:
 
 
 @dataclass(frozen=True)
+class BadEvent:
+    """``[BADEVENT (event ...)]`` (RFC 5465 4): a NOTIFY asked for an event the server does
+    not support; the code lists those it does."""
+
+    events: tuple[str, ...]
+
+    def render(self) -> bytes:
+        """The code without brackets."""
+        return b"BADEVENT (" + b" ".join(_atom(e, "NOTIFY event") for e in self.events) + b")"
+
+
+@dataclass(frozen=True)
 class BadCharset:
     """``[BADCHARSET (UTF-8 US-ASCII)]``: the charsets SEARCH supports."""
 
@@ -341,8 +366,33 @@ class BadCharset:
         return b"BADCHARSET (" + b" ".join(astring(name) for name in self.charsets) + b")"
 
 
+@dataclass(frozen=True)
+class BadUrl:
+    """``[BADURL url]`` (RFC 4469): a CATENATE URL that names nothing this user can read."""
+
+    url: str
+
+    def render(self) -> bytes:
+        """The code without brackets (the URL's characters outside TEXT-CHAR and ``]``
+        as ``?``: it echoes what the client sent)."""
+        text = re.sub(r"[^\x20-\x5c\x5e-\x7e]", "?", self.url[:300]) or "?"
+        return b"BADURL " + text.encode("ascii")
+
+
+@dataclass(frozen=True)
+class NoUpdate:
+    """``[NOUPDATE "tag"]`` (RFC 5267 4.3.1): the search tagged ``tag`` gets no updates."""
+
+    tag: str
+
+    def render(self) -> bytes:
+        """The code without brackets."""
+        return b"NOUPDATE " + string(self.tag)
+
+
 ResponseCode = (
     Code
+    | BadEvent
     | CapabilityCode
     | PermanentFlags
     | UidNext
@@ -353,6 +403,8 @@ ResponseCode = (
     | CopyUid
     | Modified
     | BadCharset
+    | BadUrl
+    | NoUpdate
 )
 
 
@@ -475,6 +527,7 @@ class ListItem:
     """``* LIST (attributes) "delimiter" mailbox`` or the same as LSUB.
 
     :ivar child_info: LIST-EXTENDED ``CHILDINFO`` extended data, e.g. ``("SUBSCRIBED",)``.
+    :ivar old_name: ``OLDNAME`` extended data (RFC 5465 5.4): the mailbox was renamed.
     """
 
     mailbox: str
@@ -482,6 +535,7 @@ class ListItem:
     delimiter: str | None = "/"
     lsub: bool = False
     child_info: tuple[str, ...] = ()
+    old_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -541,9 +595,34 @@ class ThreadData:
 
 
 @dataclass(frozen=True)
+class PartialResult:
+    """``PARTIAL (low:high set)`` (RFC 5267 4.4): the requested range (``low`` first, as
+    Dovecot writes it: ``3:1`` is ``1:3``), and the results in it (None: ``NIL``)."""
+
+    low: int
+    high: int
+    found: SequenceSet | None
+
+
+@dataclass(frozen=True)
+class ContextUpdate:
+    """``ADDTO (pos set ...)`` or ``REMOVEFROM (pos set ...)`` (RFC 5267 4.3.3, 4.3.4):
+    ``pairs`` of a context position (0: anywhere, for SEARCH) and results in order."""
+
+    kind: str
+    pairs: tuple[tuple[int, SequenceSet], ...]
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("ADDTO", "REMOVEFROM") or not self.pairs:
+            raise ValueError(f"not a context update: {self.kind!r} {self.pairs!r}")
+
+
+@dataclass(frozen=True)
 class ESearchData:
-    """``* ESEARCH (TAG "t") [UID] MIN n MAX n COUNT n ALL set [MODSEQ n]`` (RFC 4731, with
-    RFC 7162's MODSEQ); an item that is None is left out."""
+    """``* ESEARCH (TAG "t") [UID] MIN n MAX n ALL set COUNT n [MODSEQ n]`` (RFC 4731, with
+    RFC 7162's MODSEQ), and RFC 5267's ``PARTIAL``, ``ADDTO`` and ``REMOVEFROM``; an item
+    that is None (or empty) is left out.  For ESORT, ``all`` holds its ranges in the
+    requested order."""
 
     tag: str
     uid: bool = False
@@ -552,6 +631,8 @@ class ESearchData:
     count: int | None = None
     all: SequenceSet | None = None
     modseq: int | None = None
+    partial: PartialResult | None = None
+    updates: tuple[ContextUpdate, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -740,7 +821,7 @@ def _thread_members(node: ThreadNode) -> bytes:
         return b" ".join(parts)
 
 
-def _line(response: Response) -> bytes:
+def _line(response: Response, utf8: bool = False) -> bytes:
     match response:
         case Tagged(tag, status, text, code):
             return tag.encode("ascii") + b" " + _condition(status, code, text)
@@ -760,28 +841,30 @@ def _line(response: Response) -> bytes:
             return b"* %s EXPUNGE" % _number(seq, "EXPUNGE", 1)
         case Flags(flags):
             return b"* FLAGS " + _flag_list(flags)
-        case ListItem(name, attributes, delimiter, lsub, child_info):
+        case ListItem(name, attributes, delimiter, lsub, child_info, old_name):
             line = b"* %s %s %s %s" % (
                 b"LSUB" if lsub else b"LIST",
                 _flag_list(attributes),
                 nstring(delimiter),
-                mailbox(name),
+                mailbox(name, utf8),
             )
             if child_info:
                 line += b' ("CHILDINFO" (%s))' % b" ".join(string(v) for v in child_info)
+            if old_name is not None:
+                line += b' ("OLDNAME" (%s))' % mailbox(old_name, utf8)
             return line
         case StatusData(name, items):
             pairs = b" ".join(
                 _atom(item, "STATUS item") + b" " + _number(value, item) for item, value in items
             )
-            return b"* STATUS %s (%s)" % (mailbox(name), pairs)
+            return b"* STATUS %s (%s)" % (mailbox(name, utf8), pairs)
         case QuotaData(root, resources):
             triples = b" ".join(
                 _atom(name, "quota resource") + b" " + _number(usage, name) + b" "
                 + _number(limit, name) for name, usage, limit in resources)
             return b"* QUOTA %s (%s)" % (string(root), triples)
         case QuotaRootData(name, roots):
-            return b" ".join([b"* QUOTAROOT", mailbox(name), *(string(r) for r in roots)])
+            return b" ".join([b"* QUOTAROOT", mailbox(name, utf8), *(string(r) for r in roots)])
         case SearchData(numbers, modseq):
             line = b" ".join([b"* SEARCH", *(_number(n, "SEARCH result", 1) for n in numbers)])
             if modseq is not None and numbers:
@@ -795,7 +878,7 @@ def _line(response: Response) -> bytes:
         case ThreadData(threads):
             return b"* THREAD " + b"".join(b"(" + _thread_members(t) + b")" for t in threads) \
                 if threads else b"* THREAD"
-        case ESearchData(tag, uid, low, high, count, found, modseq):
+        case ESearchData(tag, uid, low, high, count, found, modseq, partial, updates):
             parts = [b'* ESEARCH (TAG ' + string(tag) + b")"]
             if uid:
                 parts.append(b"UID")
@@ -803,10 +886,19 @@ def _line(response: Response) -> bytes:
                 parts.append(b"MIN " + _number(low, "ESEARCH MIN", 1))
             if high is not None:
                 parts.append(b"MAX " + _number(high, "ESEARCH MAX", 1))
-            if count is not None:
-                parts.append(b"COUNT " + _number(count, "ESEARCH COUNT"))
+            # ALL or PARTIAL before COUNT: any order is valid, this is Dovecot's.
             if found is not None:
                 parts.append(b"ALL " + _concrete_set(found))
+            if partial is not None:
+                parts.append(b"PARTIAL (%s:%s %s)" % (
+                    _number(partial.low, "PARTIAL", 1), _number(partial.high, "PARTIAL", 1),
+                    b"NIL" if partial.found is None else _concrete_set(partial.found)))
+            if count is not None:
+                parts.append(b"COUNT " + _number(count, "ESEARCH COUNT"))
+            for update in updates:
+                parts.append(update.kind.encode("ascii") + b" (" + b" ".join(
+                    _number(position, "context position") + b" " + _concrete_set(ids)
+                    for position, ids in update.pairs) + b")")
             if modseq is not None:
                 parts.append(b"MODSEQ " + _number(modseq, "MODSEQ"))
             return b" ".join(parts)
@@ -828,18 +920,21 @@ def _line(response: Response) -> bytes:
     raise TypeError(f"not a response: {response!r}")
 
 
-def render(response: Response) -> list[bytes]:
-    """The wire form of ``response`` as chunks to write in order."""
+def render(response: Response, *, utf8: bool = False) -> list[bytes]:
+    """The wire form of ``response`` as chunks to write in order.
+
+    :param utf8: mailbox names go out as UTF-8 (the session enabled IMAP4rev2).
+    """
     if isinstance(response, FetchData):
         return _fetch_items(response.seq, response.items)
-    return [_line(response) + CRLF]
+    return [_line(response, utf8) + CRLF]
 
 
-def render_all(responses: Iterable[Response]) -> list[bytes]:
+def render_all(responses: Iterable[Response], *, utf8: bool = False) -> list[bytes]:
     """The chunks of several responses, in order."""
     chunks: list[bytes] = []
     for response in responses:
-        chunks.extend(render(response))
+        chunks.extend(render(response, utf8=utf8))
     return chunks
 
 

@@ -16,7 +16,11 @@ calls :meth:`SelectedMailbox.refresh`, which re-reads only what moved since its 
    during FETCH, STORE or SEARCH, RFC 3501 7.4.1), as EXPUNGE or, with QRESYNC, VANISHED;
 2. new messages: UIDs from ``uidnext`` to the mailbox's UIDNEXT, as EXISTS (and RECENT);
 3. flag changes: entries whose mod-sequence passed ``flags_modseq``, as FETCH (FLAGS),
-   skipping the session's own changes (it answered those already).
+   skipping the session's own changes (it answered those already);
+4. updating searches (RFC 5267, :mod:`imapd.contextsearch`): REMOVEFROM goes out before the
+   EXPUNGE of a message a kept result holds, and after the steps above every kept search
+   runs again when the mailbox or the announced messages changed, answered with
+   REMOVEFROM/ADDTO (so an ADDTO of a new message follows its EXISTS).
 
 Each step reads the mailbox row's watermark *before* the rows, so a change that commits in
 between is at worst reported twice (harmless: the view filters expunges it already made,
@@ -27,12 +31,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from director.errors import BlobCorrupt, BlobNotFound, DirectorError
 from imapd.backend import Backend
-from imapd.bodies import BodyReader
+from imapd.bodies import BinaryAtt, BodyReader
 from imapd.commands import (
     Copy,
     Fetch,
@@ -41,6 +45,7 @@ from imapd.commands import (
     Search,
     SelectBase,
     Sort,
+    SortKey,
     Store,
     StoreMode,
     Thread,
@@ -48,8 +53,9 @@ from imapd.commands import (
     UidExpunge,
 )
 from imapd.connection import Connection
+from imapd.contextsearch import Context, Contexts, merged, ordered_set
 from imapd.errors import MailboxGone, TryCreate
-from imapd.fetch import fetch_items, flag_names, plan_fetch
+from imapd.fetch import FetchPlan, fetch_items, flag_names, plan_fetch
 from imapd.fetchatts import BodySection
 from imapd.mailboxview import MailboxView
 from imapd.ordering import sort_entries
@@ -63,7 +69,10 @@ from imapd.response import (
     FetchModSeq,
     FetchNumber,
     HighestModSeq,
+    ListItem,
     Modified,
+    NoUpdate,
+    PartialResult,
     PermanentFlags,
     Recent,
     Response,
@@ -90,9 +99,12 @@ from imapd.sequence import MAX_NUMBER, SequenceSet
 from imapd.threads import Node, ordered_subject, references
 from metadata.errors import NoSuchMailbox
 from metadata.flags import SEEN, SYSTEM_FLAGS, Flags
+from metadata.mailboxnames import DELIMITER
 from metadata.messages import StoreMode as StoreModeName
-from metadata.records import CopyResult, MessageEntry, SortEntry, User
+from metadata.records import CopyResult, Mailbox, MessageEntry, SortEntry, User
+from metadata.search import AllOf, ModSeqAtLeast, UidIn
 from metadata.uidset import MAX_UID, UidSet
+from runtime import errors as kinds
 
 __all__ = ["Extensions", "MailboxGone", "SelectedMailbox", "TryCreate"]
 
@@ -118,10 +130,14 @@ _LASTING = (BlobCorrupt, BlobNotFound, ValueError)
 
 @dataclass
 class Extensions:
-    """Per-session switches that change response contents (RFC 7162 CONDSTORE/QRESYNC)."""
+    """Per-session switches that change response contents (RFC 7162 CONDSTORE/QRESYNC,
+    RFC 9051 IMAP4rev2)."""
 
     condstore: bool = False
     qresync: bool = False
+    #: ENABLE IMAP4rev2: no \\Recent (the session claims none, so no FETCH shows it and no
+    #: RECENT is sent), SELECT answers LIST instead of UNSEEN, SEARCH answers ESEARCH.
+    rev2: bool = False
 
 
 def _chunks(pairs: Sequence[tuple[int, int]], size: int) -> Iterable[Sequence[tuple[int, int]]]:
@@ -143,6 +159,11 @@ class SelectedMailbox:
         self.view = view
         self.ext = ext
         self.reader = BodyReader(backend.blobs)
+        #: Updating searches (RFC 5267); they end with the selection.
+        self.contexts = Contexts()
+        #: What the kept searches were last run against (see :meth:`_contexts_mark`);
+        #: None when they must run again at the next refresh.
+        self._contexts_seen: tuple[int, int, int] | None = None
 
     @property
     def mailbox_id(self) -> int:
@@ -165,7 +186,9 @@ class SelectedMailbox:
         view = MailboxView(mailbox.id, mailbox.name, mailbox.uidvalidity, uids,
                            uidnext=mailbox.uidnext, highestmodseq=mailbox.highestmodseq,
                            read_only=cmd.READ_ONLY)
-        if cmd.READ_ONLY:
+        if ext.rev2:
+            pass  # IMAP4rev2 has no \Recent: claim none, leave them to rev1 sessions
+        elif cmd.READ_ONLY:
             # EXAMINE must not take \Recent away from others: show what is unclaimed.
             if status.recent:
                 view.recent.update(view.uids[-status.recent:])
@@ -175,12 +198,10 @@ class SelectedMailbox:
         view.keywords.update(mailbox.keywords)
         selected = cls(backend, user, view, ext)
         flags, permanent = selected._flag_lists()
-        out: list[Response] = [
-            flags,
-            Exists(view.exists),
-            Recent(len(view.recent)),
-        ]
-        if status.first_unseen_uid is not None:
+        out: list[Response] = [flags, Exists(view.exists)]
+        if not ext.rev2:
+            out.append(Recent(len(view.recent)))
+        if status.first_unseen_uid is not None and not ext.rev2:
             seq = view.seq_of(status.first_unseen_uid)
             if seq is not None:
                 out.append(Untagged(Status.OK, f"First unseen message is {seq}", Unseen(seq)))
@@ -190,6 +211,14 @@ class SelectedMailbox:
             Untagged(Status.OK, "Predicted next UID", UidNext(mailbox.uidnext)),
             Untagged(Status.OK, "Highest", HighestModSeq(mailbox.highestmodseq)),
         ]
+        if ext.rev2:
+            # RFC 9051 6.3.2: the mailbox's LIST response, its name as the server spells it
+            # and its attributes accurate (the name as a pattern can only match more).
+            listed = [item for item in await store.mailboxes.list(user.id, mailbox.name)
+                      if item.name == mailbox.name]
+            attributes = tuple(a for a in listed[0].attributes if a != "\\Subscribed") \
+                if listed else _select_attributes(mailbox)
+            out.append(ListItem(mailbox.name, attributes, DELIMITER))
         if cmd.qresync is not None and cmd.qresync.uidvalidity == mailbox.uidvalidity:
             out += await selected._resync(cmd.qresync)
         return selected, out
@@ -261,7 +290,112 @@ class SelectedMailbox:
             view.flags_modseq = mailbox.highestmodseq
             view.forget_own()
         pending = mailbox.highestmodseq > view.expunge_modseq
+        if self.contexts:
+            mark = self._contexts_mark(mailbox.highestmodseq)
+            if mark != self._contexts_seen:
+                updates, kept_up = await self._update_contexts(
+                    None if self._contexts_seen is None else self._contexts_seen[0])
+                out += updates
+                self._contexts_seen = mark if kept_up else None
+                pending = pending or not kept_up
         return out, pending
+
+    def _contexts_mark(self, highestmodseq: int) -> tuple[int, int, int]:
+        """What a kept search's result depends on besides ``$``: the mailbox's mod-sequence
+        (flags, expunges, deliveries all raise it) and the announced messages (sequence
+        numbers, ``*``), which change when EXISTS or EXPUNGE is sent."""
+        return highestmodseq, self.view.exists, self.view.max_uid
+
+    async def _update_contexts(self, since: int | None) -> tuple[list[Response], bool]:
+        """Bring every kept search up to date; REMOVEFROM/ADDTO for what changed, and
+        NOUPDATE for a search that can no longer be kept.  Also returns False when
+        PostgreSQL could not answer (the rest is retried at the next refresh; nothing is
+        lost).
+
+        :param since: the mailbox mod-sequence the kept results are current to (None:
+            unknown, every search runs whole).  A message changed after it has a higher
+            mod-sequence, one delivered too; the mailbox row was read before, so a change
+            committing meanwhile is looked at again next time, never missed.
+        """
+        out: list[Response] = []
+        changed: list[int] | None = None
+        for context in self.contexts:
+            try:
+                if context.by_data and since is not None:
+                    if changed is None:
+                        changed = await self._changed_since(since)
+                    if context.keys is None:
+                        new = await self._context_merged(context, changed)
+                    else:
+                        new = await self._sorted_if_moved(context, changed)
+                else:
+                    new = await self._context_result(context)
+            except kinds.Unavailable as exc:
+                log.warning("cannot update the search %r: %s", context.tag, exc)
+                return out, False
+            except kinds.InvalidInput as exc:
+                # e.g. a sequence number the mailbox no longer has: the search would fail.
+                self.contexts.drop(context.tag)
+                out.append(Untagged(Status.NO, f"Search can no longer be updated: {exc}",
+                                    NoUpdate(context.tag)))
+                continue
+            if len(new) > self.contexts.max_kept:
+                self.contexts.drop(context.tag)
+                out.append(Untagged(Status.NO, "Result too large to keep updated",
+                                    NoUpdate(context.tag)))
+                continue
+            update = self.contexts.changes(context, new, self._seq)
+            if update is not None:
+                out.append(update)
+        return out, True
+
+    async def _changed_since(self, modseq: int) -> list[int]:
+        """The announced messages whose mod-sequence passed ``modseq``."""
+        hits = await self.backend.store.messages.search(
+            self.user.id, self.view.mailbox_id, ModSeqAtLeast(modseq + 1))
+        return [u for u in hits.uids if u in self.view]
+
+    async def _matching(self, context: Context, changed: list[int]) -> set[int]:
+        """Which of the ``changed`` messages match the criteria of ``context`` now."""
+        criterion = AllOf((to_criterion(context.criteria, self.view),
+                           UidIn(UidSet.from_uids(changed))))
+        hits = await self.backend.store.messages.search(
+            self.user.id, self.view.mailbox_id, criterion)
+        return {u for u in hits.uids if u in self.view}
+
+    async def _context_merged(self, context: Context, changed: list[int]) -> list[int]:
+        """The result of a SEARCH ``context`` by message data now: only ``changed`` is
+        searched."""
+        if not changed:
+            return list(context.uids)
+        return merged(context.uids, changed, await self._matching(context, changed))
+
+    async def _sorted_if_moved(self, context: Context, changed: list[int]) -> list[int]:
+        """The result of a SORT ``context`` by message data now: sort keys never change
+        after delivery, so the order moves only when a changed message entered or left
+        the result; only then does the SORT run again whole."""
+        if not changed:
+            return list(context.uids)
+        held = set(changed).intersection(context.uids)
+        if await self._matching(context, changed) == held:
+            return list(context.uids)
+        return await self._context_result(context)
+
+    async def _context_result(self, context: Context) -> list[int]:
+        """The UIDs the unmodified searching command of ``context`` would return now."""
+        if context.keys is None:
+            criterion = to_criterion(context.criteria, self.view)
+            hits = await self.backend.store.messages.search(
+                self.user.id, self.view.mailbox_id, criterion)
+            return [u for u in hits.uids if u in self.view]
+        entries, _ = await self._sort_entries(context.criteria)
+        return [e.uid for e in sort_entries(entries, context.keys)]
+
+    def _seq(self, uid: int) -> int:
+        seq = self.view.seq_of(uid)
+        if seq is None:  # every result is announced (the module docstring says why)
+            raise AssertionError(f"UID {uid} of a kept search is not announced")
+        return seq
 
     async def _announce_new(self, uidnext: int) -> list[Response]:
         """EXISTS and RECENT for the messages from the view's UIDNEXT to ``uidnext``."""
@@ -272,11 +406,13 @@ class SelectedMailbox:
         out = self._keyword_news(k for e in entries for k in e.flags.keywords)
         added = view.add(e.uid for e in entries)
         view.uidnext = max(view.uidnext, uidnext)
-        if not view.read_only:
+        if not view.read_only and not self.ext.rev2:
             low, high = await store.messages.claim_recent(self.user.id, view.mailbox_id)
             view.claim_recent(low, high)
         if added:
-            out += [Exists(view.exists), Recent(len(view.recent))]
+            out.append(Exists(view.exists))
+            if not self.ext.rev2:
+                out.append(Recent(len(view.recent)))
         return out
 
     def _flag_lists(self) -> tuple[FlagsResponse, Untagged]:
@@ -314,10 +450,12 @@ class SelectedMailbox:
         present = [u for u in uids if u in self.view]
         if not present:
             return []
+        # A kept search loses them first, while their sequence numbers are valid.
+        out: list[Response] = list(self.contexts.expunged(present, self._seq))
         if self.ext.qresync:
             self.view.remove(present)
-            return [Vanished(SequenceSet.from_values(present))]
-        return [ExpungeResponse(seq) for seq in self.view.remove(present)]
+            return [*out, Vanished(SequenceSet.from_values(present))]
+        return out + [ExpungeResponse(seq) for seq in self.view.remove(present)]
 
     def is_own_change(self, kind: str, uidnext: int | None, modseq: int | None) -> bool:
         """Whether a notification only reports what this session did or already knows."""
@@ -358,8 +496,9 @@ class SelectedMailbox:
                                                  view.uid_set(chunk), items=plan.items,
                                                  changed_since=cmd.changedsince)
             bodies: dict[tuple[int, BodySection], bytes] = {}
-            if plan.bodies:
-                bodies, lost = await self._read_bodies(entries, plan.bodies)
+            binaries: dict[tuple[int, BinaryAtt], bytes | int] = {}
+            if plan.bodies or plan.binaries:
+                bodies, binaries, lost = await self._read_bodies(entries, plan)
                 if lost:
                     failed.update(lost)
                     entries = [e for e in entries if e.uid not in lost]
@@ -370,7 +509,8 @@ class SelectedMailbox:
             out: list[Response] = self._keyword_news(
                 k for e in entries for k in e.flags.keywords)
             out += [FetchData(seqs[e.uid], fetch_items(
-                plan, e, bodies, recent=e.uid in view.recent, add_flags=e.uid in seen_now))
+                plan, e, bodies, recent=e.uid in view.recent, add_flags=e.uid in seen_now,
+                binaries=binaries))
                 for e in entries]
             conn.send(out)
             await conn.drain()
@@ -378,25 +518,30 @@ class SelectedMailbox:
             return _fetch_failure(cmd, failed)
         return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
 
-    async def _read_bodies(self, entries: Sequence[MessageEntry],
-                           atts: Sequence[BodySection],
-                           ) -> tuple[dict[tuple[int, BodySection], bytes], dict[int, Exception]]:
-        """The body sections of ``entries``, and the messages that could not be read (by
-        UID): when the batch fails, each message is read alone, so one unreadable
-        message does not hide the others."""
+    async def _read_bodies(self, entries: Sequence[MessageEntry], plan: FetchPlan,
+                           ) -> tuple[dict[tuple[int, BodySection], bytes],
+                                      dict[tuple[int, BinaryAtt], bytes | int],
+                                      dict[int, Exception]]:
+        """The body sections and BINARY items of ``entries``, and the messages that could
+        not be read (by UID): when the batch fails, each message is read alone, so one
+        unreadable message does not hide the others."""
+        reader = self.reader
         try:
-            return await self.reader.read(entries, atts), {}
+            return (await reader.read(entries, plan.bodies),
+                    await reader.read_binary(entries, plan.binaries), {})
         except _READ_FAILURES as exc:
             if len(entries) == 1:
-                return {}, {entries[0].uid: exc}
+                return {}, {}, {entries[0].uid: exc}
         bodies: dict[tuple[int, BodySection], bytes] = {}
+        binaries: dict[tuple[int, BinaryAtt], bytes | int] = {}
         lost: dict[int, Exception] = {}
         for entry in entries:
             try:
-                bodies.update(await self.reader.read([entry], atts))
+                bodies.update(await reader.read([entry], plan.bodies))
+                binaries.update(await reader.read_binary([entry], plan.binaries))
             except _READ_FAILURES as exc:
                 lost[entry.uid] = exc
-        return bodies, lost
+        return bodies, binaries, lost
 
     async def _mark_seen(self, entries: list[MessageEntry],
                          ) -> tuple[list[MessageEntry], set[int]]:
@@ -467,9 +612,12 @@ class SelectedMailbox:
 
     async def search(self, cmd: Search, conn: Connection) -> Tagged:
         """SEARCH / UID SEARCH, answered by PostgreSQL (full text included), with ESEARCH
-        return options (RFC 4731) and SEARCHRES's SAVE (RFC 5182)."""
+        return options (RFC 4731), SEARCHRES's SAVE (RFC 5182) and RFC 5267's CONTEXT,
+        UPDATE and PARTIAL."""
         options = cmd.return_options
         saving = options is not None and "SAVE" in options
+        if options is not None and "UPDATE" in options and cmd.tag in self.contexts:
+            return Tagged(cmd.tag, Status.BAD, "Tag reuse: an updating search has this tag")
         try:
             criterion = to_criterion(cmd.criteria, self.view)
             with_modseq = uses_modseq(cmd.criteria)
@@ -480,21 +628,55 @@ class SelectedMailbox:
         except BaseException:
             if saving:
                 # A failed SEARCH ... SAVE leaves $ empty (RFC 5182 2.1).
-                self.view.saved = []
+                self.save([])
             raise
         view = self.view
         # Messages this session has not been told about yet are left out.
         found = [(u, m) for u, m in zip(hits.uids, hits.modseqs, strict=True) if u in view]
+        if options is None and self.ext.rev2:
+            options = ()  # RFC 9051 6.4.4: SEARCH answers ESEARCH, as RETURN () would
         if options is None:
             numbers = [u if cmd.uid else view.seq_of(u) or 0 for u, _ in found]
             conn.send([SearchData(tuple(numbers), hits.highest_modseq if with_modseq else None)])
             return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
-        response = _esearch(cmd, options, found, view, with_modseq)
+        number = self._numberer(cmd.uid)
+        response = _esearch(cmd.tag, cmd.uid, options, cmd.partial, found, number,
+                            with_modseq, ordered=False)
         if saving:
-            view.saved = _saved(options, found)
+            self.save(_saved(options, cmd.partial, found))
+        note = self._keep(cmd.tag, cmd.uid, cmd.criteria, None, found, options, conn)
         if response is not None:
             conn.send([response])
-        return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
+        return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed{note}")
+
+    def save(self, uids: list[int]) -> None:
+        """Make ``uids`` the saved result ``$`` (RFC 5182); a kept search using ``$`` runs
+        again at the next refresh."""
+        self.view.saved = uids
+        self._contexts_seen = None
+
+    def _numberer(self, uid: bool) -> Callable[[int], int]:
+        if uid:
+            return lambda u: u
+        return lambda u: self.view.seq_of(u) or 0
+
+    def _keep(self, tag: str, uid: bool, criteria: SearchKey,
+              keys: tuple[tuple[SortKey, bool], ...] | None, found: Sequence[tuple[int, int]],
+              options: tuple[str, ...], conn: Connection) -> str:
+        """Keep the result of a ``RETURN (UPDATE)`` search, or refuse with NOUPDATE (RFC
+        5267 4.3.1; the other return options are answered all the same).  Returns what
+        the tagged OK adds."""
+        if "UPDATE" not in options:
+            return ""
+        refusal = self.contexts.refusal(len(found))
+        if refusal is not None:
+            conn.send([Untagged(Status.NO, refusal, NoUpdate(tag))])
+            return ", will not notify"
+        self.contexts.add(Context.of(tag, uid, criteria, keys, (u for u, _ in found)))
+        # Run the kept searches again at the next refresh: a change may have committed
+        # since the query, and its notification may already have been judged.
+        self._contexts_seen = None
+        return ", will notify"
 
     # -- SORT / THREAD ------------------------------------------------------------------------
 
@@ -513,12 +695,24 @@ class SelectedMailbox:
         return entry.uid if uid else self.view.seq_of(entry.uid) or 0
 
     async def sort(self, cmd: Sort, conn: Connection) -> Tagged:
-        """SORT / UID SORT (RFC 5256, RFC 5957 DISPLAY keys)."""
+        """SORT / UID SORT (RFC 5256, RFC 5957 DISPLAY keys); with ``RETURN (...)``
+        answered by ESEARCH (RFC 5267 ESORT, CONTEXT=SORT)."""
+        options = cmd.return_options
+        if options is not None and "UPDATE" in options and cmd.tag in self.contexts:
+            return Tagged(cmd.tag, Status.BAD, "Tag reuse: an updating search has this tag")
         entries, with_modseq = await self._sort_entries(cmd.criteria)
         ordered = sort_entries(entries, cmd.keys)
-        modseq = max((e.modseq for e in entries), default=None) if with_modseq else None
-        conn.send([SortData(tuple(self._number(e, cmd.uid) for e in ordered), modseq)])
-        return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
+        if options is None:
+            modseq = max((e.modseq for e in entries), default=None) if with_modseq else None
+            conn.send([SortData(tuple(self._number(e, cmd.uid) for e in ordered), modseq)])
+            return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
+        found = [(e.uid, e.modseq) for e in ordered]
+        response = _esearch(cmd.tag, cmd.uid, options, cmd.partial, found,
+                            self._numberer(cmd.uid), with_modseq, ordered=True)
+        note = self._keep(cmd.tag, cmd.uid, cmd.criteria, cmd.keys, found, options, conn)
+        if response is not None:
+            conn.send([response])
+        return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed{note}")
 
     async def thread(self, cmd: Thread, conn: Connection) -> Tagged:
         """THREAD / UID THREAD (RFC 5256 ORDEREDSUBJECT and REFERENCES)."""
@@ -604,6 +798,12 @@ class SelectedMailbox:
         return Tagged(tag, Status.OK, f"{name} completed")
 
 
+def _select_attributes(mailbox: Mailbox) -> tuple[str, ...]:
+    """The attributes of a selected mailbox's LIST response (RFC 9051 6.3.2): its
+    SPECIAL-USE, if any (children are LIST's business, and a client asks LIST for them)."""
+    return (mailbox.special_use,) if mailbox.special_use else ()
+
+
 def _fetch_failure(cmd: Fetch, failed: dict[int, Exception]) -> Tagged:
     """The tagged NO of a FETCH that returned what it could read: CORRUPTION when a
     message's data is damaged or gone for good, else UNAVAILABLE (worth retrying)."""
@@ -619,19 +819,36 @@ def _fetch_failure(cmd: Fetch, failed: dict[int, Exception]) -> Tagged:
                   "try again", UNAVAILABLE)
 
 
-def _esearch(cmd: Search, options: tuple[str, ...], found: Sequence[tuple[int, int]],
-             view: MailboxView, with_modseq: bool) -> ESearchData | None:
-    """The ESEARCH response to ``SEARCH RETURN (options)`` (RFC 4731 3.1): ``RETURN ()`` is
-    ``ALL``, MIN/MAX/ALL are left out when nothing matched, and ``SAVE`` alone answers
-    nothing (RFC 5182 2.4).  ``found`` holds ``(uid, modseq)`` ascending."""
-    wanted = set(options) - {"SAVE"}
+#: Return options that ask for no result data themselves.
+_NOT_RESULTS = frozenset({"SAVE", "CONTEXT", "UPDATE"})
+
+
+def _esearch(tag: str, uid: bool, options: tuple[str, ...], partial: tuple[int, int] | None,
+             found: Sequence[tuple[int, int]], number: Callable[[int], int],
+             with_modseq: bool, *, ordered: bool) -> ESearchData | None:
+    """The ESEARCH response to ``SEARCH RETURN (options)`` (RFC 4731 3.1) or ``SORT RETURN
+    (options)`` (RFC 5267 3.1): ``RETURN ()`` is ``ALL``, MIN/MAX/ALL are left out when
+    nothing matched, and ``SAVE`` alone answers nothing (RFC 5182 2.4).  ``CONTEXT`` and
+    ``UPDATE`` ask for no data: ``UPDATE`` without a result option answers an ESEARCH with
+    none (the updates follow), ``CONTEXT`` alone is ``ALL``, as Dovecot does.  ``found`` holds ``(uid, modseq)`` in mailbox order,
+    or for SORT (``ordered``) in the requested order, where MIN and MAX are the first and
+    last sorted message and ALL keeps the order.  ``PARTIAL low:high`` returns results
+    ``low`` to ``high`` (1 is the first; RFC 5267 4.4)."""
+    wanted = set(options) - _NOT_RESULTS
     if not wanted:
-        if options:
+        if "SAVE" in options:
             return None
+        if "UPDATE" in options:
+            return ESearchData(tag, uid)
         wanted = {"ALL"}
-    numbers = [u if cmd.uid else view.seq_of(u) or 0 for u, _ in found]
+    numbers = [number(u) for u, _ in found]
     low = numbers[0] if numbers and "MIN" in wanted else None
     high = numbers[-1] if numbers and "MAX" in wanted else None
+    window: PartialResult | None = None
+    if partial is not None:
+        first, last = sorted(partial)
+        part = numbers[first - 1:last]
+        window = PartialResult(first, last, _number_set(part, ordered) if part else None)
     modseq: int | None = None
     if with_modseq and found:
         # With only MIN/MAX the mod-sequence is theirs, else that of every match (RFC 7162
@@ -643,17 +860,26 @@ def _esearch(cmd: Search, options: tuple[str, ...], found: Sequence[tuple[int, i
         else:
             modseq = max(m for _, m in found)
     return ESearchData(
-        cmd.tag, cmd.uid, low, high,
+        tag, uid, low, high,
         len(numbers) if "COUNT" in wanted else None,
-        SequenceSet.from_values(numbers) if numbers and "ALL" in wanted else None,
-        modseq)
+        _number_set(numbers, ordered) if numbers and "ALL" in wanted else None,
+        modseq, window)
 
 
-def _saved(options: tuple[str, ...], found: Sequence[tuple[int, int]]) -> list[int]:
+def _number_set(numbers: Sequence[int], ordered: bool) -> SequenceSet:
+    return ordered_set(numbers) if ordered else SequenceSet.from_values(numbers)
+
+
+def _saved(options: tuple[str, ...], partial: tuple[int, int] | None,
+           found: Sequence[tuple[int, int]]) -> list[int]:
     """The UIDs SAVE keeps: just the MIN and/or MAX message when those are the only other
-    options, else every match (RFC 5182 2.4)."""
-    others = set(options) - {"SAVE"}
+    options (RFC 5182 2.4), the PARTIAL window when one was asked for (what the command
+    returned), else every match."""
+    others = set(options) - _NOT_RESULTS
     uids = [u for u, _ in found]
+    if partial is not None:
+        first, last = sorted(partial)
+        return uids[first - 1:last]
     if uids and others and others <= {"MIN", "MAX"}:
         return sorted({uids[0] if "MIN" in others else uids[-1],
                        uids[-1] if "MAX" in others else uids[0]})

@@ -43,12 +43,16 @@ from twisted.internet import task
 from imapd import commands as c
 from imapd import listing, quota
 from imapd.backend import Backend
+from imapd.bodies import BodyReader
 from imapd.capabilities import ENABLEABLE, capabilities
+from imapd.catenate import BadUrl, catenate, parse_url
 from imapd.config import ImapdConfig
 from imapd.connection import Connection
 from imapd.errormap import imap_error, log_failure
 from imapd.logins import LIMITED_TEXT, LoginsLimited, authenticate
 from imapd.mutf7 import Undecodable
+from imapd.notifier import Notifier
+from imapd.notify import SUPPORTED, Notify, NotifySpec
 from imapd.parser import AuthResponse, ContinuationNeeded, IdleDone
 from imapd.response import (
     AUTHENTICATIONFAILED,
@@ -62,6 +66,7 @@ from imapd.response import (
     READ_WRITE,
     UNAVAILABLE,
     AppendUid,
+    BadEvent,
     CapabilityCode,
     CapabilityData,
     Challenge,
@@ -103,6 +108,8 @@ SERVER_ID = (("name", "objmail"), ("vendor", "objmail"), ("support-url", None))
 MAX_FAILED_LOGINS = 5
 #: Consecutive BAD answers before the server hangs up on a client that sends garbage.
 MAX_BAD_COMMANDS = 20
+#: RFC 4978's answer to a second COMPRESS.
+COMPRESSIONACTIVE = Code("COMPRESSIONACTIVE")
 
 
 class State(enum.Enum):
@@ -155,9 +162,14 @@ class Session:
         self._idle_tag: str | None = None
         self._refresh_task: asyncio.Task[None] | None = None
         self._search_task: asyncio.Task[Tagged] | None = None
+        #: NOTIFY SET in force (RFC 5465), and the task telling the client between commands.
+        self.notifier: Notifier | None = None
+        self._push_task: asyncio.Task[None] | None = None
+        self._push_again = False
         self._failed_logins = 0
         self._bad_in_a_row = 0
         self._subscribed = False
+        self._compressing = False
         self._handlers: dict[type[c.Command], tuple[frozenset[State], _Handler]] = {
             c.Capability: (_ANY, self._capability),
             c.Noop: (_ANY, self._noop),
@@ -167,6 +179,7 @@ class Session:
             c.Login: (_NOT_AUTH, self._login),
             c.Authenticate: (_NOT_AUTH, self._authenticate),
             c.Enable: (_AUTH, self._enable),
+            Notify: (_AUTH, self._notify),
             c.Select: (_AUTH, self._select),
             c.Examine: (_AUTH, self._select),
             c.Create: (_AUTH, self._create),
@@ -180,6 +193,7 @@ class Session:
             c.Append: (_AUTH, self._append),
             c.Namespace: (_AUTH, self._namespace),
             c.Idle: (_AUTH, self._idle),
+            c.Compress: (_AUTH, self._compress),
             c.GetQuota: (_AUTH, self._getquota),
             c.GetQuotaRoot: (_AUTH, self._getquotaroot),
             c.SetQuota: (_AUTH, self._setquota),
@@ -191,6 +205,7 @@ class Session:
             c.Search: (_SELECTED, self._search),
             c.Sort: (_SELECTED, self._sort),
             c.Thread: (_SELECTED, self._thread),
+            c.CancelUpdate: (_SELECTED, self._cancelupdate),
             c.Fetch: (_SELECTED, self._fetch),
             c.Store: (_SELECTED, self._store),
             c.Copy: (_SELECTED, self._copy),
@@ -229,7 +244,7 @@ class Session:
         :param clears_saved: it was a failed ``SEARCH RETURN (SAVE)``, which empties ``$``.
         """
         if clears_saved and self.selected is not None:
-            self.selected.view.saved = []
+            self.selected.save([])
         self._bad_in_a_row += 1
         return self._bad_in_a_row >= MAX_BAD_COMMANDS
 
@@ -250,7 +265,9 @@ class Session:
                 self._settle_heard()
             if tagged is None:
                 return
-            if self.selected is not None and self._dirty and self.state is State.SELECTED:
+            # Updating searches (RFC 5267) follow this session's own changes too.
+            if self.selected is not None and self.state is State.SELECTED and (
+                    self._dirty or self.selected.contexts):
                 allow = not isinstance(event, _NO_EXPUNGE) or getattr(event, "uid", False)
                 await self._report_changes(allow_expunge=allow)
             if tagged.status is Status.BAD:
@@ -275,6 +292,9 @@ class Session:
         """The connection is gone: stop listening for changes."""
         self.state = State.LOGOUT
         self._idle_tag = None
+        self.notifier = None
+        if self._push_task is not None:
+            self._push_task.cancel()
         if self._subscribed and self.user is not None:
             self._subscribed = False
             try:
@@ -290,6 +310,8 @@ class Session:
             return Tagged(cmd.tag, Status.BAD, self._wrong_state(cmd))
         if isinstance(cmd, _NAMING) and _undecodable(cmd):
             return self._no_such_name(cmd)
+        if self.ext.rev2 and _asks_recent(cmd):
+            return Tagged(cmd.tag, Status.BAD, "RECENT is not a STATUS item of IMAP4rev2")
         return await self._guard(cmd.tag, handler(cmd))
 
     def _no_such_name(self, cmd: c.Command) -> Tagged:
@@ -339,6 +361,11 @@ class Session:
         if self.state is State.LOGOUT:
             return
         selected = self.selected
+        if self.notifier is not None and self.notifier.heard(
+                change, selected.mailbox_id if selected is not None else None):
+            self._schedule_push()
+        if change.kind == "subscription":
+            return  # nothing a selected mailbox shows
         if change.kind in ("flags", "expunge", "append"):
             if selected is None or change.mailbox_id != selected.mailbox_id:
                 return
@@ -370,6 +397,52 @@ class Session:
         if self._idle_tag is not None and (self._refresh_task is None
                                            or self._refresh_task.done()):
             self._refresh_task = asyncio.ensure_future(self._idle_refresh())
+        elif self.notifier is not None and self.notifier.spec.selected_events:
+            # NOTIFY SET (SELECTED ...): the client hears of it now, not at its next command.
+            self._schedule_push()
+
+    def _schedule_push(self) -> None:
+        if self._push_task is None or self._push_task.done():
+            self._push_again = False
+            self._push_task = asyncio.ensure_future(self._push())
+        else:
+            # The running push may have read the state already: it goes round once more.
+            self._push_again = True
+
+    async def _push(self) -> None:
+        """NOTIFY: send what the notifier and the selected mailbox have to tell, between
+        commands or during IDLE (a running command finishes first: the lock)."""
+        while await self._push_once() and self._push_again:
+            self._push_again = False
+
+    async def _push_once(self) -> bool:
+        """One round of :meth:`_push`; False when there is nothing more to do."""
+        # A client that does not read holds the push here, not the lock; meanwhile the
+        # notifier only grows to its bound (then NOTIFICATIONOVERFLOW).
+        await self.conn.drain()
+        async with self._lock:
+            notifier = self.notifier
+            if notifier is None or self.state is State.LOGOUT:
+                return False
+            selected = self.selected
+            try:
+                if selected is not None and self._dirty and notifier.spec.selected_events:
+                    # SELECTED sends expunges at once; SELECTED-DELAYED keeps RFC 3501's
+                    # rule (only while a command, IDLE, is in progress).
+                    await self._report_changes(
+                        allow_expunge=not notifier.spec.delayed or self._idle_tag is not None)
+                out = await notifier.flush(selected.mailbox_id if selected is not None
+                                           else None)
+            except kinds.Unavailable as exc:
+                log.warning("NOTIFY update failed for user %s: %s", self._who(), exc)
+                return False  # what was heard stays recorded; the next change retries
+            except Exception:
+                log.exception("NOTIFY update failed for user %s", self._who())
+                return False
+            if notifier.overflowed:
+                self.notifier = None
+            self.conn.send(out)
+            return True
 
     async def _idle_refresh(self) -> None:
         async with self._lock:
@@ -385,6 +458,7 @@ class Session:
         if selected is None:
             return
         self._dirty = False
+        announced = selected.view.uidnext
         try:
             out, pending = await selected.refresh(allow_expunge=allow_expunge)
         except MailboxGone:
@@ -398,7 +472,17 @@ class Session:
             return
         if pending:
             self._dirty = True
+            if (self.notifier is not None and self.notifier.spec.selected_events
+                    and not self.notifier.spec.delayed):
+                self._schedule_push()  # NOTIFY SELECTED: the held-back expunges go next
         self.conn.send(out)
+        atts = self.notifier.spec.fetch_atts if self.notifier is not None else ()
+        if atts and selected.view.uidnext > announced:
+            # NOTIFY's MessageNew (RFC 5465 5.2): the new messages' requested attributes.
+            new = [uid for uid in selected.view.uids if uid >= announced]
+            if new:
+                await selected.fetch(c.Fetch("notify", SequenceSet.from_values(new), atts,
+                                             uid=True), self.conn)
 
     # -- any state -----------------------------------------------------------------------------
 
@@ -433,7 +517,17 @@ class Session:
         for name in cmd.capabilities:
             if name not in ENABLEABLE:
                 continue
-            if name == "QRESYNC" and not self.ext.qresync:
+            if name == "IMAP4REV2":
+                # Not once a mailbox is selected (RFC 5161 3: ENABLE comes before SELECT):
+                # its view already holds \Recent claims and rev1 answers.
+                if (not self.ext.rev2 and self.selected is None
+                        and "IMAP4rev2" in self.capabilities()):
+                    self.ext.rev2 = True
+                    # Mailbox names are UTF-8 from the next command on, both ways (RFC
+                    # 9051 5.1; modified UTF-7 is rev1's, Appendix A).
+                    self.conn.use_utf8_names()
+                    enabled.append("IMAP4rev2")
+            elif name == "QRESYNC" and not self.ext.qresync:
                 self.ext.qresync = True
                 self.ext.condstore = True
                 enabled.append(name)
@@ -536,7 +630,7 @@ class Session:
         return self.user
 
     def _deselect(self) -> None:
-        if self.selected is not None and self.ext.qresync:
+        if self.selected is not None and (self.ext.qresync or self.ext.rev2):
             self.conn.send([Untagged(Status.OK, "Previous mailbox closed", CLOSED)])
         self.selected = None
         self._dirty = False
@@ -634,8 +728,12 @@ class Session:
         done = []
         try:
             for message in cmd.messages:
+                data = message.data
+                if message.catenate is not None:
+                    data = await catenate(message.catenate, read=self._url_data,
+                                          limit=self.config.max_message_size)
                 done.append(await self.backend.deliverer.deliver(
-                    user.name, message.data, mailbox=cmd.mailbox, flags=message.flags,
+                    user.name, data, mailbox=cmd.mailbox, flags=message.flags,
                     internaldate=message.internaldate))
         except NoSuchMailbox:
             raise TryCreate(cmd.mailbox) from None
@@ -651,6 +749,30 @@ class Session:
         code = AppendUid(done[0].uidvalidity, SequenceSet.from_values(d.uid for d in done))
         return Tagged(cmd.tag, Status.OK, "Append completed", code)
 
+    async def _url_data(self, url: str) -> bytes:
+        """What a CATENATE URL names, read from this user's own mailbox."""
+        ref = parse_url(url, user=self._user.name)
+        store = self.backend.store
+        if ref.mailbox is None:
+            if self.selected is None:
+                raise BadUrl(url, "A relative URL needs a selected mailbox")
+            mailbox_id, uidvalidity = self.selected.mailbox_id, self.selected.view.uidvalidity
+        else:
+            try:
+                mailbox = await store.mailboxes.get(self._user.id, ref.mailbox)
+            except NoSuchMailbox:
+                raise BadUrl(url, "No such mailbox") from None
+            mailbox_id, uidvalidity = mailbox.id, mailbox.uidvalidity
+        if ref.uidvalidity is not None and ref.uidvalidity != uidvalidity:
+            raise BadUrl(url, "UIDVALIDITY does not match")
+        entries = await store.messages.fetch(self._user.id, mailbox_id,
+                                             UidSet.from_uids([ref.uid]),
+                                             items=("skeleton", "sections", "header"))
+        if not entries:
+            raise BadUrl(url, "No such message")
+        read = await BodyReader(self.backend.blobs).read(entries, [ref.section])
+        return read[ref.uid, ref.section]
+
     async def _undo_append(self, done: list[Any]) -> None:
         messages = self.backend.store.messages
         uids = UidSet.from_uids(d.uid for d in done)
@@ -660,6 +782,22 @@ class Session:
             await messages.expunge(self._user.id, done[0].mailbox_id, uids)
         except Exception:
             log.exception("could not undo a partial MULTIAPPEND for %s", self._who())
+
+    async def _notify(self, cmd: Notify) -> Tagged:
+        """NOTIFY SET / NONE (RFC 5465): a new SET replaces the one in force; one asking
+        for events objmail does not report changes nothing."""
+        if cmd.groups is None:
+            self.notifier = None
+            return Tagged(cmd.tag, Status.OK, "NOTIFY completed")
+        spec = NotifySpec(cmd.groups)
+        if spec.unsupported():
+            return Tagged(cmd.tag, Status.NO, "Unsupported NOTIFY events", BadEvent(SUPPORTED))
+        notifier = Notifier(self.backend.store, self._user.id, spec, self.ext)
+        selected = self.selected
+        self.conn.send(await notifier.start(
+            selected.mailbox_id if selected is not None else None, status=cmd.status))
+        self.notifier = notifier
+        return Tagged(cmd.tag, Status.OK, "NOTIFY completed")
 
     async def _namespace(self, cmd: c.Namespace) -> Tagged:
         self.conn.send([NamespaceData()])
@@ -693,6 +831,16 @@ class Session:
         self._idle_tag = cmd.tag
         if self._dirty and self.selected is not None:
             self._refresh_task = asyncio.ensure_future(self._idle_refresh())
+        return None
+
+    async def _compress(self, cmd: c.Compress) -> Tagged | None:
+        if self._compressing:
+            return Tagged(cmd.tag, Status.NO, "DEFLATE is active already", COMPRESSIONACTIVE)
+        # RFC 4978 3: the OK goes out as it is; compression starts right after its CRLF.
+        self.conn.send([Tagged(cmd.tag, Status.OK, "DEFLATE active")])
+        self.conn.start_compress()
+        self._compressing = True
+        log.info("DEFLATE on for %s from %s", self._who(), self.conn.peer)
         return None
 
     async def _idle_done(self, event: IdleDone) -> Tagged:
@@ -746,6 +894,10 @@ class Session:
     async def _thread(self, cmd: c.Thread) -> Tagged:
         return await self._selected.thread(cmd, self.conn)
 
+    async def _cancelupdate(self, cmd: c.CancelUpdate) -> Tagged:
+        self._selected.contexts.cancel(cmd.tags)
+        return Tagged(cmd.tag, Status.OK, "CANCELUPDATE completed")
+
     async def _fetch(self, cmd: c.Fetch) -> Tagged:
         return await self._selected.fetch(cmd, self.conn)
 
@@ -760,6 +912,13 @@ class Session:
 
     async def _move(self, cmd: c.Move) -> Tagged:
         return await self._selected.move(cmd, self.conn)
+
+
+def _asks_recent(cmd: c.Command) -> bool:
+    """Whether ``cmd`` asks for the STATUS item RECENT, which IMAP4rev2 does not have."""
+    if isinstance(cmd, c.Status):
+        return "RECENT" in cmd.items
+    return isinstance(cmd, c.List) and "RECENT" in cmd.return_status
 
 
 def _command_name(event: c.Command | IdleDone | AuthResponse) -> str:

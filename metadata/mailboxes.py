@@ -413,17 +413,21 @@ class Mailboxes:
     async def subscribe(self, user_id: int, name: str) -> bool:
         """SUBSCRIBE ``name`` (which need not exist); False if it already was."""
         name = _normalize(name)
-        async with self.db.connection() as conn:
+        async with self.db.transaction() as conn:
             status = await conn.execute("INSERT INTO subscriptions (user_id, name) VALUES ($1, $2) "
                                         "ON CONFLICT DO NOTHING", user_id, name)
+            if status == "INSERT 0 1":
+                await publish(conn, Change(user_id, "subscription"))
         return bool(status == "INSERT 0 1")
 
     async def unsubscribe(self, user_id: int, name: str) -> bool:
         """UNSUBSCRIBE ``name``; False if it was not subscribed."""
         name = _normalize(name)
-        async with self.db.connection() as conn:
+        async with self.db.transaction() as conn:
             status = await conn.execute("DELETE FROM subscriptions WHERE user_id = $1 "
                                         "AND name = $2", user_id, name)
+            if status == "DELETE 1":
+                await publish(conn, Change(user_id, "subscription"))
         return bool(status == "DELETE 1")
 
     async def status(self, user_id: int, mailbox: int | str) -> MailboxStatus:

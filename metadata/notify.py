@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "objmail_user_"
 
-Kind = Literal["append", "flags", "expunge", "mailbox", "user", "resync"]
-_KINDS = frozenset({"append", "flags", "expunge", "mailbox", "user", "resync"})
+Kind = Literal["append", "flags", "expunge", "mailbox", "subscription", "user", "resync"]
+_KINDS = frozenset({"append", "flags", "expunge", "mailbox", "subscription", "user", "resync"})
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ class Change:
 
     ``kind``: ``append`` (new messages, ``uidnext`` is the new UIDNEXT), ``flags`` (flags
     changed, up to ``modseq``), ``expunge`` (messages removed at ``modseq``), ``mailbox``
-    (mailboxes created, renamed or deleted; ``mailbox_id`` may be None), ``user`` (the user
+    (mailboxes created, renamed or deleted; ``mailbox_id`` may be None), ``subscription``
+    (the user's subscriptions changed; IMAP NOTIFY's SubscriptionChange), ``user`` (the user
     was deleted), ``resync`` (notifications may have been lost: re-read everything).
     """
 

@@ -471,7 +471,10 @@ class ReplyParser:
 
     def _value_header(self, line: bytes) -> None:
         parts = line.split(b" ")
-        if len(parts) not in (4, 5) or not all(p.isdigit() for p in parts[2:]):
+        n = len(parts)
+        # Spelled out, not all(...): a multi-get reply has one such line per item.
+        if not (n == 4 or n == 5) or not parts[2].isdigit() or not parts[3].isdigit() \
+                or (n == 5 and not parts[4].isdigit()):
             raise ReplyError(f"bad VALUE line {line[:80]!r}")
         length = int(parts[3])
         if length > self._max_value:

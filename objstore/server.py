@@ -48,6 +48,7 @@ raw socket there and send plaintext).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import fcntl
@@ -243,6 +244,8 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         self._unsent_at_pause: int | None = None
         self._counted = False
         self._direct_socket: Any = None
+        #: Registered with the factory to be flushed when its held replies go out.
+        self._flush_due = False
         #: When the client last sent something (``stats conns``).
         self.last_read = factory.clock.seconds()
 
@@ -503,8 +506,9 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
             self._maybe_close()
 
     def _answer_failed(self, reason: failure.Failure, slot: _Slot) -> None:
-        if self._gone and reason.check(defer.CancelledError):
-            # connectionLost cancelled it: nobody is waiting for the reply.
+        if self._gone and reason.check(defer.CancelledError, asyncio.CancelledError):
+            # connectionLost cancelled it: nobody is waiting for the reply.  (A Deferred
+            # made from an asyncio future fails with asyncio's CancelledError.)
             self._answer_done(None, slot)
             return
         exc = reason.value if reason.value is not None else Exception("unknown failure")
@@ -544,9 +548,11 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         """Hand the output to the transport, unless it is full (``force``: even then)."""
         if not self._out or self._gone or (self._output_paused and not force):
             return
-        corked = self.factory.corked
-        if corked is not None and not force:
-            corked[self] = None  # sent once the whole batch of completions has run
+        if self.factory.holding and not force:
+            # Answers are completing in a burst (:meth:`ObjstoreFactory.replies_together`): one write later.
+            if not self._flush_due:
+                self._flush_due = True
+                self.factory.flush_due.append(self)
             return
         self.counters.bytes_written += self._out_len
         out = self._out
@@ -667,24 +673,39 @@ class ObjstoreFactory(Factory):
         self.protocols: set[ObjstoreProtocol] = set()
         self.latency = LatencySampler(counters)
         self.limits = p.Limits(max_line=config.max_line, max_item_size=config.max_item_size)
-        #: While :meth:`complete_writes` runs: the connections whose output waits for its end.
-        self.corked: dict[ObjstoreProtocol, None] | None = None
+        #: Inside :meth:`replies_together` (a depth, for nesting).
+        self.holding = 0
+        #: Connections with replies held back until the outermost one ends.
+        self.flush_due: list[ObjstoreProtocol] = []
+
+    @contextlib.contextmanager
+    def replies_together(self) -> Iterator[None]:
+        """Answers completed inside this block are written when it ends, each
+        connection's in one write: a handler that completes many answers at once
+        (directord's batched reads, a pipeline's worth of replies for one connection)
+        saves a system call per reply.  Nothing is delayed past the block, and forced
+        writes (closing) are not held."""
+        self.holding += 1
+        try:
+            yield
+        finally:
+            self.holding -= 1
+            if not self.holding:
+                due, self.flush_due = self.flush_due, []
+                for proto in due:
+                    proto._flush_due = False
+                    proto._flush()
 
     def complete_writes(self, batch: list[tuple[Callable[[Any], object], Any]]) -> None:
-        """Fire a committed batch's write callbacks (on the reactor thread), then send each
-        connection's replies with one write: a connection with several writes in the
-        batch (pipelining) costs one ``sendmsg``, not one per reply."""
-        corked = self.corked = {}
-        try:
+        """Fire a committed batch's write callbacks (on the reactor thread) inside
+        :meth:`replies_together`: a connection with several writes in the batch
+        (pipelining) gets its replies in one ``sendmsg``, not one per reply."""
+        with self.replies_together():
             for callback, result in batch:
                 try:
                     callback(result)
                 except Exception:
                     log.exception("write completion callback failed")
-        finally:
-            self.corked = None
-            for proto in corked:
-                proto._flush()
 
     def buildProtocol(self, addr: Any) -> ObjstoreProtocol:  # type: ignore[override]
         return ObjstoreProtocol(self)

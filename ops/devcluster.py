@@ -86,6 +86,9 @@ class DevOptions:
     #: directord demands the blob plane's login too (off: only the object servers do,
     #: for clients that cannot log in, such as libmemcached's tools).
     directord_auth: bool = True
+    #: The object servers and directord demand the blob plane's login at all (off: an
+    #: open blob plane, for benchmarks that measure what the login costs).
+    blob_auth: bool = True
 
 
 @dataclass(frozen=True)
@@ -186,8 +189,8 @@ class DevCluster:
         if changes:
             config = dataclasses.replace(config, cluster=dataclasses.replace(cluster, **changes))
         director = config.director
-        if not (config.objstore.auth_file or director.auth_file
-                or director.objstore_auth_file):
+        if self.options.blob_auth and not (config.objstore.auth_file or director.auth_file
+                                           or director.objstore_auth_file):
             blob_auth = str(self.blob_auth_path)
             config = dataclasses.replace(
                 config, objstore=dataclasses.replace(config.objstore, auth_file=blob_auth),

@@ -12,6 +12,13 @@ back and verified before it is indexed.  Ctrl-C stops after the page in hand; ru
 the command again resumes the run, its counters intact.  ``--status`` shows a run in
 progress; ``--cancel`` forgets it.  Exits 0 when every node was rebuilt and every copy
 verified, 75 when some node was skipped or some copy was bad, 130 after Ctrl-C.
+
+``objmail index migrate-items [--status | --cancel] [--json]``: the upgrade step of an
+index written before directord's items had a key space of their own
+(:mod:`director.itemmigration`): moves their entries out of the blobs' key space, online
+and resumable the same way; gc refuses to run until a migration has covered every node.
+Exits 0 once every item is in its own space, 75 when some node was skipped (run it again
+once the node answers), 130 after Ctrl-C.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ import time
 
 from director.client import BlobClient
 from director.indexrebuild import RUN_FIELDS, IndexRebuild, RebuildStats
+from director.itemmigration import RUN_FIELDS as MIGRATE_FIELDS
+from director.itemmigration import ItemMigration, MigrateStats
 from director.nodes import Node
 from ops.cli import EX_OK, EX_TEMPFAIL, EX_USAGE, CommandContext
 from ops.config import ConfigError
@@ -51,6 +60,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_run_arguments(rebuild, "read at most this much per second to verify copies (e.g. "
                                "50M; default: no limit)")
     rebuild.set_defaults(handler=run)
+    migrate = actions.add_parser(
+        "migrate-items", help="move directord's items recorded before they had a key space "
+                              "of their own out of the blobs' (an upgrade step; online, "
+                              "resumable; gc waits for it)")
+    what = migrate.add_mutually_exclusive_group()
+    what.add_argument("--status", action="store_true",
+                      help="show a run in progress and whether the items are migrated")
+    what.add_argument("--cancel", action="store_true",
+                      help="forget a run in progress (the next one starts afresh)")
+    migrate.add_argument("--json", action="store_true", help="machine-readable output")
+    migrate.set_defaults(handler=run_migrate)
 
 
 def run(ctx: CommandContext) -> int:
@@ -160,4 +180,86 @@ async def status(ctx: CommandContext, job: IndexRebuild) -> int:
                 f"{fields.get('indexed', 0):.0f} copies indexed, {fields.get('bad', 0):.0f} "
                 "bad so far" + (f"; skipped {fields['skipped']}" if fields.get("skipped")
                                 else ""))
+    return EX_OK
+
+
+# -- migrate-items --------------------------------------------------------------------------
+
+
+def run_migrate(ctx: CommandContext) -> int:
+    async def work(client: BlobClient, stop: StopFlag) -> int:
+        job = ItemMigration(client)
+        if ctx.args.status:
+            return await migrate_status(ctx, job)
+        if ctx.args.cancel:
+            return await cancel_run(ctx, job, MIGRATE_FIELDS)
+        return await migrate(ctx, job, stop)
+
+    return run_job(ctx, work)
+
+
+async def migrate(ctx: CommandContext, job: ItemMigration, stop: StopFlag) -> int:
+    line = ProgressLine(ctx, job.job)
+
+    def progress(stats: object) -> None:
+        assert isinstance(stats, MigrateStats)
+        line.show(f"{stats.node} (node {stats.nodes_done + 1}/{stats.nodes}): "
+                  f"{stats.items}/{stats.total or 0} item keys, {stats.moved} moved, "
+                  f"{stats.already} already there, {stats.unindexed} unindexed")
+
+    try:
+        stats = await job.run_once(stop=stop, progress=progress)
+    finally:
+        line.done()
+    if ctx.args.json:
+        ctx.say(json.dumps(combine([stats]), indent=2))
+    else:
+        head = (f"{job.job}: " + ("done" if stats.finished else
+                f"stopped at {stats.node or 'the start'}; run objmail index migrate-items "
+                "again to resume"))
+        ctx.say(f"{head}: {stats.nodes_done} of {stats.nodes} node(s), {stats.keys} key(s) "
+                f"listed; {stats.moved} item entr(ies) moved to the items' key space, "
+                f"{stats.superseded} superseded by a newer one, {stats.already} already "
+                f"there, {stats.unindexed} unindexed")
+        if stats.unindexed:
+            ctx.say("  unindexed items are in neither key space: objmail index rebuild "
+                    "records them again, objmail inventory lists them")
+        for node_id in stats.skipped:
+            ctx.warn(f"not migrated: {node_id} (down, or it did not answer); run objmail "
+                     "index migrate-items again once it is up (gc waits until then)")
+        if stats.complete:
+            ctx.say("every directord item is in its own key space: gc may run")
+    if stop() or not stats.finished:
+        return EX_INTERRUPTED
+    return EX_OK if stats.complete else EX_TEMPFAIL
+
+
+async def migrate_status(ctx: CommandContext, job: ItemMigration) -> int:
+    fields = await job.status()
+    since = await job.index.items_keyspace()
+    fields["items_keyspace"] = since
+    if ctx.args.json:
+        ctx.say(json.dumps(fields, indent=2))
+        return EX_OK
+    if since is None:
+        state = "not migrated yet (gc refuses to run until it is)"
+    elif since == "created":
+        state = "in their own key space since the index was created (nothing to migrate)"
+    else:
+        state = f"migrated {when(float(since.split()[-1]))}"
+    ctx.say(f"directord items: {state}")
+    if fields["running"]:
+        node = fields.get("node") or "the first node"
+        ctx.say(f"{job.job}: a run is in progress since {when(fields['started_at'])}: at "
+                f"{node}, {fields.get('items', 0):.0f} item keys done, "
+                f"{fields.get('moved', 0):.0f} moved so far"
+                + (f"; skipped {fields['skipped']}" if fields.get("skipped") else ""))
+    elif fields.get("last_finished"):
+        ctx.say(f"{job.job}: the last run finished at {when(fields['last_finished'])} with "
+                f"{fields.get('last_moved', 0):.0f} moved, "
+                f"{fields.get('last_unindexed', 0):.0f} unindexed"
+                + (f", {fields['last_skipped']} skipped" if fields.get("last_skipped")
+                   else ""))
+    else:
+        ctx.say(f"{job.job}: no run in progress")
     return EX_OK

@@ -4,7 +4,7 @@
   tier, fill (used over capacity, from its load report), ops/s, state and the age of its
   report, as ``objmail node list`` computes them.
 * **Jobs**: every background job that ran or runs (``repair``, ``level``, ``gc``,
-  ``scrub``, ``index-rebuild`` and the per-node ``drain:``, ``inventory:``, ``scrub:``,
+  ``scrub``, ``index-rebuild``, ``items-migrate`` and the per-node ``drain:``, ``inventory:``, ``scrub:``,
   ``index-rebuild:``): which director holds its lease now, when its last pass or run
   ended (a date and an age), and the progress of a run in progress, from the job hashes
   the jobs' own ``--status`` read.
@@ -33,12 +33,13 @@ from ops.jobrun import human, when
 from ops.node_command import format_table, human_age, node_json, state_label, with_state
 
 #: Jobs every installation has (per-node jobs are found from the registry).
-GLOBAL_JOBS = ("repair", "level", "gc", "scrub", "index-rebuild")
+GLOBAL_JOBS = ("repair", "level", "gc", "scrub", "index-rebuild", "items-migrate")
 #: Per-node jobs, ``<kind>:<node id>``.
 NODE_JOBS = ("drain", "inventory", "scrub", "index-rebuild")
 #: The job-hash field that says when a job's last pass or run ended, by job kind.
 LAST_FIELD = {"repair": "swept_at", "level": "last_pass_at", "gc": "last_finished",
               "scrub": "last_finished", "index-rebuild": "last_finished",
+              "items-migrate": "last_finished",
               "drain": "updated_at", "inventory": "checked_at"}
 
 
@@ -115,6 +116,9 @@ def progress_of(kind: str, fields: dict[str, str], buckets: int, held: bool) -> 
         return (f"at {fields.get('node') or 'the first node'}: {integer(fields, 'items')} "
                 f"entries, {integer(fields, 'indexed')} copies indexed, "
                 f"{integer(fields, 'bad')} bad")
+    if kind == "items-migrate" and "started_at" in fields:
+        return (f"at {fields.get('node') or 'the first node'}: {integer(fields, 'items')} "
+                f"item keys, {integer(fields, 'moved')} moved")
     if kind == "drain" and "empty_at" not in fields and "started_at" in fields:
         return (f"{integer(fields, 'moved')} blobs moved ({human(integer(fields, 'bytes'))}), "
                 f"bucket {integer(fields, 'cursor')}/{buckets}")

@@ -124,7 +124,9 @@ class ScriptedConnection:
     sent: list[Response] = field(default_factory=list)
     closed: bool = False
     tls_started: bool = False
+    compressing: bool = False
     parser: Parser | None = None
+    utf8_names: bool = False
 
     def send(self, responses: Sequence[Response]) -> None:
         if not self.closed:
@@ -141,9 +143,17 @@ class ScriptedConnection:
         assert self.parser is not None
         self.parser.start_authenticate(tag)
 
+    def use_utf8_names(self) -> None:
+        assert self.parser is not None
+        self.utf8_names = True
+        self.parser.use_utf8_names()
+
     def start_tls(self) -> None:
         self.tls_started = True
         self.secure = True
+
+    def start_compress(self) -> None:
+        self.compressing = True
 
     def close(self) -> None:
         self.closed = True
@@ -161,7 +171,7 @@ class Client:
         self.tasks: list[asyncio.Task[None]] = []
 
     def wire(self, responses: Sequence[Response]) -> bytes:
-        return b"".join(render_all(responses))
+        return b"".join(render_all(responses, utf8=self.conn.utf8_names))
 
     async def send(self, data: bytes | str) -> bytes:
         """Feed ``data`` (CRLF added when missing) and run every complete event."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imapd.capabilities import capabilities
+from imapd.capabilities import REV2_NEEDS, capabilities, rev2_missing
 
 
 def test_cleartext_without_plaintext_auth() -> None:
@@ -33,6 +33,20 @@ def test_after_login() -> None:
                  "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES"):
         assert name in caps
     assert "STARTTLS" not in caps and "LOGINDISABLED" not in caps
+
+
+def test_notify_and_imap4rev2_follow_what_they_need() -> None:
+    """NOTIFY is announced after login; IMAP4rev2 (before login too) exactly when every
+    extension it folds in is announced, which a list lacking BINARY is not."""
+    caps = capabilities(authenticated=True, secure=True, tls_available=False,
+                        allow_plaintext_auth=True)
+    assert "NOTIFY" in caps and "IMAP4rev1" in caps
+    assert ("IMAP4rev2" in caps) == (not rev2_missing(caps))
+    before = capabilities(authenticated=False, secure=True, tls_available=False,
+                          allow_plaintext_auth=True)
+    assert ("IMAP4rev2" in before) == ("IMAP4rev2" in caps)
+    assert rev2_missing(tuple(REV2_NEEDS)) == frozenset()
+    assert rev2_missing(tuple(REV2_NEEDS - {"BINARY"})) == {"BINARY"}
 
 
 def test_list_extended_list_status_and_quota_after_login() -> None:

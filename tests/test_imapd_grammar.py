@@ -10,6 +10,7 @@ from imapd import commands as c
 from imapd.fetchatts import BodySection, FetchItem, Section, SectionText
 from imapd.grammar import COMMAND_NAMES, UID_COMMAND_NAMES, CommandError, parse_command
 from imapd.lexer import Frame
+from imapd.notify import EventGroup, Notify
 from imapd.searchkeys import All, And, Flag, Header, ModSeq, Not, Text, Uid
 from imapd.sequence import SequenceSet
 
@@ -174,6 +175,7 @@ CASES: list[tuple[bytes, tuple[bytes, ...], c.Command]] = [
     ),
     (b"a NAMESPACE", (), c.Namespace("a")),
     (b"a IDLE", (), c.Idle("a")),
+    (b"a COMPRESS deflate", (), c.Compress("a", "DEFLATE")),
     (b"a CHECK", (), c.Check("a")),
     (b"a CLOSE", (), c.Close("a")),
     (b"a UNSELECT", (), c.Unselect("a")),
@@ -200,6 +202,39 @@ CASES: list[tuple[bytes, tuple[bytes, ...], c.Command]] = [
     ),
     (b"a UID SORT (SIZE) UTF-8 ALL", (), c.Sort("a", ((c.SortKey.SIZE, False),), "UTF-8",
                                                   All(), uid=True)),
+    # RFC 5267's examples: ESORT, the CONTEXT, UPDATE and PARTIAL options, CANCELUPDATE.
+    (
+        b"E01 UID SORT RETURN () (REVERSE DATE) UTF-8 UNDELETED UNKEYWORD $Junk",
+        (),
+        c.Sort("E01", ((c.SortKey.DATE, True),), "UTF-8",
+               And((Not(Flag("\\Deleted")), Not(Flag("$Junk")))), uid=True,
+               return_options=()),
+    ),
+    (
+        b"A01 SEARCH RETURN (CONTEXT COUNT) UNDELETED UNKEYWORD $Junk",
+        (),
+        c.Search("A01", And((Not(Flag("\\Deleted")), Not(Flag("$Junk")))), None, False,
+                 ("CONTEXT", "COUNT")),
+    ),
+    (
+        b"A02 UID SEARCH RETURN (PARTIAL 23500:24000) UNDELETED UNKEYWORD $Junk",
+        (),
+        c.Search("A02", And((Not(Flag("\\Deleted")), Not(Flag("$Junk")))), None, True,
+                 ("PARTIAL",), (23500, 24000)),
+    ),
+    (
+        b"B01 UID SEARCH RETURN (UPDATE) DELETED",
+        (),
+        c.Search("B01", Flag("\\Deleted"), None, True, ("UPDATE",)),
+    ),
+    (
+        b"a SORT RETURN (update min partial 500:400) (SIZE) UTF-8 ALL",
+        (),
+        c.Sort("a", ((c.SortKey.SIZE, False),), "UTF-8", All(), False,
+               ("UPDATE", "MIN", "PARTIAL"), (500, 400)),
+    ),
+    (b'B04 CANCELUPDATE "B01"', (), c.CancelUpdate("B04", ("B01",))),
+    (b'a CANCELUPDATE "x" {1}', (b"y",), c.CancelUpdate("a", ("x", "y"))),
     (b"a THREAD ORDEREDSUBJECT UTF-8 ALL", (),
      c.Thread("a", c.ThreadAlgorithm.ORDEREDSUBJECT, "UTF-8", All())),
     (
@@ -276,6 +311,8 @@ CASES: list[tuple[bytes, tuple[bytes, ...], c.Command]] = [
     (b"a COPY 2:4 MEETING", (), c.Copy("a", seq("2:4"), "MEETING")),
     (b'a UID COPY 5 "Trash"', (), c.Copy("a", seq("5"), "Trash", True)),
     (b"a MOVE 1:3 Archive", (), c.Move("a", seq("1:3"), "Archive")),
+    (b"a NOTIFY SET (personal (MailboxName))", (),
+     Notify("a", (EventGroup("PERSONAL", (), ("MailboxName",)),))),
     (b'a UID MOVE 42 "[Gmail]/Trash"', (), c.Move("a", seq("42"), "[Gmail]/Trash", True)),
 ]
 
@@ -297,6 +334,8 @@ ERRORS = [
     (b"a", (), "a", "Error in IMAP command"),
     (b"a NOSUCH", (), "a", "Unknown command NOSUCH"),
     (b"a UID LOGIN x y", (), "a", "Unknown UID command LOGIN"),
+    (b"a COMPRESS LZW", (), "a", "unknown compression mechanism LZW"),
+    (b"a COMPRESS", (), "a", "Error in IMAP command COMPRESS"),
     (b"a NOOP extra", (), "a", "extra arguments"),
     (b"a NOOP ", (), "a", "NOOP"),
     (b"a LOGIN onlyuser", (), "a", "LOGIN"),
@@ -334,6 +373,15 @@ ERRORS = [
     (b"a UID EXPUNGE", (), "a", "UID EXPUNGE"),
     (b"a SEARCH", (), "a", "SEARCH"),
     (b"a SEARCH RETURN (BOGUS) ALL", (), "a", "return option"),
+    (b"a SEARCH RETURN (PARTIAL 1:10 ALL) ALL", (), "a", "PARTIAL and ALL"),
+    (b"a SEARCH RETURN (PARTIAL 1:10 PARTIAL 11:20) ALL", (), "a", "one PARTIAL"),
+    (b"a SEARCH RETURN (PARTIAL 0:10) ALL", (), "a", "non-zero"),
+    (b"a SEARCH RETURN (PARTIAL) ALL", (), "a", "SEARCH"),
+    (b"a SEARCH RETURN (PARTIAL 1:*) ALL", (), "a", "SEARCH"),
+    (b"a SORT RETURN (SAVE) (DATE) UTF-8 ALL", (), "a", "SORT return option"),
+    (b"a SORT RETURN (MIN) UTF-8 ALL", (), "a", "SORT"),
+    (b"a CANCELUPDATE", (), "a", "CANCELUPDATE"),
+    (b"a CANCELUPDATE B01", (), "a", "string"),
     (b"a SELECT INBOX (QRESYNC (1 2 $))", (), "a", "'$'"),
     (b"a SORT (SUBJECT) ALL", (), "a", "SORT"),
     (b"a SORT () UTF-8 ALL", (), "a", "sort keys"),
@@ -387,3 +435,21 @@ def test_every_command_word_is_covered():
             seen.add(name)
     assert seen >= COMMAND_NAMES
     assert {"UID " + name for name in UID_COMMAND_NAMES} <= seen
+
+
+def test_mailbox_names_are_utf8_once_rev2_is_enabled():
+    """With ``utf8_names`` a name is read as UTF-8 (``&`` is a plain character); without,
+    as modified UTF-7; invalid UTF-8 is marked undecodable, as invalid modified UTF-7 is."""
+    from imapd.mutf7 import Undecodable
+
+    line = 'a SELECT "Tom & Jerry/Entwürfe"'.encode()
+    assert parse_command(Frame.from_line(line), utf8_names=True) == c.Select(
+        "a", "Tom & Jerry/Entwürfe")
+    old = parse_command(Frame.from_line(b'a SELECT "Entw&APw-rfe"'))
+    assert old == c.Select("a", "Entwürfe")
+    raw = parse_command(Frame.from_line(b'a SELECT "Entw&APw-rfe"'), utf8_names=True)
+    assert raw == c.Select("a", "Entw&APw-rfe")
+    bad = parse_command(Frame.from_line(b'a LIST "" "\xff*"'), utf8_names=True)
+    assert isinstance(bad, c.List) and isinstance(bad.patterns[0], Undecodable)
+    inbox = parse_command(Frame.from_line(b"a STATUS inbox (MESSAGES)"), utf8_names=True)
+    assert inbox == c.Status("a", "INBOX", ("MESSAGES",))

@@ -1019,3 +1019,17 @@ def test_before_login_literals_are_bound_by_max_prelogin_literal():
         assert events == [BadCommand("a", "Literal too large", TOOBIG)]
         assert error == "Literal too large to skip"
         assert parser.buffered_bytes == 0
+
+
+def test_utf8_names_apply_from_the_next_command_framed():
+    """use_utf8_names (ENABLE IMAP4rev2 succeeded) changes how the commands framed after it
+    read mailbox names, also those already buffered, fed one byte at a time."""
+    parser = Parser()
+    data = 'a SELECT "Entw&APw-rfe"\r\nb SELECT "Entwürfe"\r\n'.encode()
+    for octet in data[:26]:
+        parser.feed(bytes([octet]))
+    assert drain(parser) == [c.Select("a", "Entwürfe")]
+    parser.use_utf8_names()
+    for octet in data[26:]:
+        parser.feed(bytes([octet]))
+    assert drain(parser) == [c.Select("b", "Entwürfe")]

@@ -153,6 +153,47 @@ LINES = [
     (r.SearchData(()), b"* SEARCH\r\n"),
     (r.SearchData((2, 5), 917162500), b"* SEARCH 2 5 (MODSEQ 917162500)\r\n"),
     (r.SearchData((), 917162500), b"* SEARCH\r\n"),
+    # RFC 5267's examples: ESORT's ordered ALL, PARTIAL, ADDTO/REMOVEFROM, NOUPDATE.
+    (
+        r.ESearchData("E01", True, all=SequenceSet(((23765, 23765), (23764, 23764),
+                                                    (23763, 23763), (23761, 23761)))),
+        b'* ESEARCH (TAG "E01") UID ALL 23765,23764,23763,23761\r\n',
+    ),
+    (
+        r.ESearchData("A02", True, partial=r.PartialResult(
+            23500, 24000, SequenceSet.parse("67,100:102"))),
+        b'* ESEARCH (TAG "A02") UID PARTIAL (23500:24000 67,100:102)\r\n',
+    ),
+    (
+        r.ESearchData("A04", True, partial=r.PartialResult(24000, 24500, None)),
+        b'* ESEARCH (TAG "A04") UID PARTIAL (24000:24500 NIL)\r\n',
+    ),
+    (
+        r.ESearchData("A01", count=74, partial=r.PartialResult(1, 2, SequenceSet.parse("3"))),
+        b'* ESEARCH (TAG "A01") PARTIAL (1:2 3) COUNT 74\r\n',
+    ),
+    (
+        r.ESearchData("B01", True, updates=(r.ContextUpdate(
+            "ADDTO", ((0, SequenceSet.parse("32768:32769")),)),)),
+        b'* ESEARCH (TAG "B01") UID ADDTO (0 32768:32769)\r\n',
+    ),
+    (
+        r.ESearchData("C01", True, updates=(
+            r.ContextUpdate("ADDTO", ((1, SequenceSet.parse("2733")),)),
+            r.ContextUpdate("ADDTO", ((1, SequenceSet.parse("2731:2732")),)))),
+        b'* ESEARCH (TAG "C01") UID ADDTO (1 2733) ADDTO (1 2731:2732)\r\n',
+    ),
+    (
+        r.ESearchData("s", updates=(
+            r.ContextUpdate("REMOVEFROM", ((2, SequenceSet.parse("7")),
+                                           (4, SequenceSet(((9, 9), (8, 8)))))),
+            r.ContextUpdate("ADDTO", ((1, SequenceSet.parse("5:6")),)))),
+        b'* ESEARCH (TAG "s") REMOVEFROM (2 7 4 9,8) ADDTO (1 5:6)\r\n',
+    ),
+    (
+        r.Untagged(r.Status.NO, "Too many contexts", r.NoUpdate("B02")),
+        b'* NO [NOUPDATE "B02"] Too many contexts\r\n',
+    ),
     (r.NamespaceData(), b'* NAMESPACE (("" "/")) NIL NIL\r\n'),
     (
         r.NamespaceData((("", "/"),), (("~", "/"),), (("#shared/", "/"), ("#public/", None))),
@@ -321,6 +362,9 @@ def test_text_is_sanitised():
         ),
         lambda: r.to_bytes(r.Vanished(SequenceSet.parse("$"))),
         lambda: r.to_bytes(r.SearchData((0,))),
+        lambda: r.ContextUpdate("ADDTO", ()),
+        lambda: r.ContextUpdate("REMOVETO", ((0, SequenceSet.parse("1")),)),
+        lambda: r.to_bytes(r.ESearchData("a", partial=r.PartialResult(0, 5, None))),
         lambda: r.to_bytes(r.FetchData(1, (r.FetchDate(dt.datetime(2020, 1, 1)),))),
         lambda: r.to_bytes(r.Untagged(r.Status.OK, "x", r.Code("NOT AN ATOM"))),
         lambda: r.to_bytes(r.StatusData("INBOX", (("MESSAGES", True),))),
@@ -410,3 +454,22 @@ def test_simple_codes(code):
     """Every argument-less response code renders as [NAME] before the text."""
     wire = r.to_bytes(r.Tagged("t", r.Status.NO, "Failed", code))
     assert wire == b"t NO [" + code.name.encode() + b"] Failed\r\n"
+
+
+@pytest.mark.parametrize(("name", "utf8", "wire"), [
+    ("Entwürfe", False, b'* LIST () "/" "Entw&APw-rfe"\r\n'),
+    ("Entwürfe", True, '* LIST () "/" "Entwürfe"\r\n'.encode()),
+    ('Tom & "J"', True, b'* LIST () "/" "Tom & \\"J\\""\r\n'),
+    ("Tom & Jerry", False, b'* LIST () "/" "Tom &- Jerry"\r\n'),
+])
+def test_mailbox_names_are_modified_utf7_or_utf8_in_rev2(name, utf8, wire):
+    """Mailbox names render as modified UTF-7, or as quoted UTF-8 once a session enabled
+    IMAP4rev2 (RFC 9051 5.1)."""
+    assert b"".join(r.render(r.ListItem(name), utf8=utf8)) == wire
+
+
+def test_status_names_follow_the_same_switch():
+    """STATUS names its mailbox in the session's encoding too."""
+    data = r.StatusData("Café", (("MESSAGES", 1),))
+    assert b"".join(r.render(data)) == b'* STATUS "Caf&AOk-" (MESSAGES 1)\r\n'
+    assert b"".join(r.render(data, utf8=True)) == '* STATUS "Café" (MESSAGES 1)\r\n'.encode()

@@ -580,7 +580,7 @@ def test_esearch_return_options(dsn: str) -> None:
             "e SEARCH RETURN (COUNT) KEYWORD none": b'* ESEARCH (TAG "e") COUNT 0',
             "f UID SEARCH RETURN (ALL) FLAGGED": b'* ESEARCH (TAG "f") UID ALL 2,4:5',
             "g SEARCH RETURN (MAX ALL COUNT MIN) 2:5": (
-                b'* ESEARCH (TAG "g") MIN 2 MAX 5 COUNT 4 ALL 2:5'),
+                b'* ESEARCH (TAG "g") MIN 2 MAX 5 ALL 2:5 COUNT 4'),
         }
         for command, expected in cases.items():
             tag, rest = command.split(" ", 1)

@@ -329,6 +329,71 @@ def test_keywords_reach_the_sessions_of_another_process(cluster: Cluster,
         second.stop()
 
 
+def test_updating_search_hears_another_process_changes(cluster: Cluster,
+                                                      certificate: tuple[Path, Path],
+                                                      imapd: Imapd, mail: Mail) -> None:
+    """A raw-socket session IDLE on one imapd process with ``UID SEARCH RETURN (UPDATE)
+    FLAGGED`` hears ADDTO when a session of another process flags a message or appends a
+    flagged one, and REMOVEFROM before the EXPUNGE when it expunges one (RFC 5267 over the
+    change feed); after CANCELUPDATE it hears no more."""
+    second = start_imapd(cluster, "imapd-2", certificate)
+    try:
+        user = new_user(mail)
+        mail.deliver(user, [b"Subject: a\r\n\r\na\r\n", b"Subject: b\r\n\r\nb\r\n"])
+        with socket.create_connection(("127.0.0.1", imapd.imap_port), timeout=10) as sock:
+            reader = sock.makefile("rb")
+            assert reader.readline().startswith(b"* OK")
+
+            def until(end: bytes, *, tagged: bool = False) -> list[bytes]:
+                """Lines up to the one holding ``end`` (starting with it: ``tagged``)."""
+                lines = [reader.readline()]
+                while not (lines[-1].startswith(end) if tagged else end in lines[-1]):
+                    lines.append(reader.readline())
+                return lines
+
+            def command(line: bytes) -> list[bytes]:
+                sock.sendall(line + b"\r\n")
+                return until(line.split(b" ", 1)[0] + b" ", tagged=True)
+
+            assert command(f"a LOGIN {user} secret".encode())[-1].startswith(b"a OK")
+            assert command(b"b SELECT INBOX")[-1].startswith(b"b OK")
+            assert command(b"c UID SEARCH RETURN (UPDATE) FLAGGED") == [
+                b'* ESEARCH (TAG "c") UID\r\n', b"c OK UID SEARCH completed, will notify\r\n"]
+            sock.sendall(b"d IDLE\r\n")
+            assert reader.readline() == b"+ idling\r\n"
+            actor = connect(second, user)
+            actor.select_folder("INBOX")
+            actor.add_flags([2], [b"\\Flagged"])
+            heard = until(b"ADDTO")
+            assert heard[-1] == b'* ESEARCH (TAG "c") UID ADDTO (0 2)\r\n', heard
+            assert any(line.startswith(b"* 2 FETCH") for line in heard), heard
+            actor.append("INBOX", b"Subject: c\r\n\r\nc\r\n", flags=[b"\\Flagged"])
+            heard = until(b"ADDTO")
+            assert heard[0] == b"* 3 EXISTS\r\n", heard
+            assert heard[-1] == b'* ESEARCH (TAG "c") UID ADDTO (0 3)\r\n', heard
+            actor.delete_messages([2])
+            actor.expunge()
+            heard = until(b"EXPUNGE")
+            assert heard[-2:] == [b'* ESEARCH (TAG "c") UID REMOVEFROM (0 2)\r\n',
+                                  b"* 2 EXPUNGE\r\n"], heard
+            sock.sendall(b"DONE\r\n")
+            assert until(b"d ", tagged=True)[-1] == b"d OK IDLE terminated\r\n"
+            assert command(b'e CANCELUPDATE "c"') == [b"e OK CANCELUPDATE completed\r\n"]
+            actor.add_flags([1], [b"\\Flagged"])
+            polled: list[bytes] = []
+            deadline = time.monotonic() + 10
+            while not any(line.startswith(b"* 1 FETCH") for line in polled):
+                assert time.monotonic() < deadline, polled
+                polled += command(b"f NOOP")
+                time.sleep(0.05)
+            # The flag change came (in the refresh that would carry an update): no ESEARCH.
+            assert not any(b"ESEARCH" in line for line in polled), polled
+            actor.logout()
+            assert command(b"g LOGOUT")[-1] == b"g OK Logout completed\r\n"
+    finally:
+        second.stop()
+
+
 def test_metrics_endpoint_counts_commands(imapd: Imapd, mail: Mail) -> None:
     """GET /metrics on imapd.metrics_listen shows the commands, successful and failed
     logins just made, the open connections per listener, and build and process metrics;

@@ -309,6 +309,49 @@ def test_serial_writes_take_effect_in_the_order_sent(tmp_path: Path) -> None:
     assert tr.value() == b"END\r\nSTORED\r\nDELETED\r\nSTORED\r\nDELETED\r\nEND\r\n"
 
 
+class _CountingTransport(StringTransport):
+    """StringTransport that counts the writes it was handed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+    def writeSequence(self, seq: Any) -> None:
+        self.writes += 1
+        super().writeSequence(seq)
+
+
+def test_replies_completed_together_leave_in_one_write(tmp_path: Path) -> None:
+    """Answers completed inside replies_together() are written when it ends, each
+    connection's replies in one write, in request order; outside it each completion is
+    written at once."""
+    handler = _DeferredHandler()
+    factory = ObjstoreFactory(handler, ObjstoreConfig(), Counters(), task.Clock())
+    protos, transports = [], []
+    for _ in range(2):
+        proto = factory.buildProtocol(None)
+        tr = _CountingTransport()
+        proto.makeConnection(tr)
+        proto.dataReceived(b"get a\r\nget b\r\nget c\r\n")
+        protos.append(proto)
+        transports.append(tr)
+    with factory.replies_together():
+        for _ in range(2):
+            for key in (b"a", b"b"):
+                handler.fire(key, Values((Value(key, 0, key.upper()),)))
+        assert [tr.writes for tr in transports] == [0, 0]  # held until the block ends
+    assert [tr.writes for tr in transports] == [1, 1]
+    assert [tr.value() for tr in transports] == [
+        b"VALUE a 0 1\r\nA\r\nEND\r\nVALUE b 0 1\r\nB\r\nEND\r\n"] * 2
+    handler.fire(b"c", Values(()))  # outside the block: written at once
+    assert [tr.writes for tr in transports] == [2, 1]
+    assert transports[0].value().endswith(b"B\r\nEND\r\nEND\r\n")
+
+
 def test_serial_writes_leave_reads_concurrent(tmp_path: Path) -> None:
     """Serial writes do not serialise reads: pipelined reads with no write between them
     all start at once."""

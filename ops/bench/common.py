@@ -8,6 +8,15 @@ ports under a temporary directory, *durable* (PostgreSQL with fsync and synchron
 objstored acknowledging after its LMDB commit), with the release's default settings
 otherwise; it is always stopped and removed at the end.  Dovecot, the reference, comes
 from :mod:`ops.bench.dovecot`.
+
+Its security is one of :data:`SECURITY`: ``secure`` is the release's default (a keyring,
+so keyed HMAC blob ids and AES-256-GCM; the blob plane's memcached login on objstored and
+directord; Redis with an ACL user, PostgreSQL with scram-sha-256), ``plain`` the same
+cluster with encryption and the blob-plane login off (``director.allow_plaintext``, no
+``auth_file``).  Redis and PostgreSQL keep their passwords in both: the dev launcher always
+sets them, and they cost one handshake per pooled connection, not per request.  The
+benchmarks name the two ``objmail`` and ``objmail-plain`` (:data:`OBJMAIL_TARGETS`) and run
+them side by side, alternating, to measure what security costs.
 """
 
 from __future__ import annotations
@@ -41,13 +50,20 @@ from ops.devcluster import DevCluster, DevOptions
 from ops.launcher import ProcessSpec, free_port, free_port_block
 
 __all__ = [
-    "DEFAULT_CORPUS", "LmtpClient", "LmtpError", "ObjmailCluster", "corpus_messages",
+    "DEFAULT_CORPUS", "OBJMAIL_TARGETS", "SECURITY", "LmtpClient", "LmtpError",
+    "ObjmailCluster", "corpus_messages",
     "deliver_over", "free_block", "free_port", "human", "lmtp_payload", "load_text",
     "markdown_table", "median", "median_run", "objmail_config", "percentile", "process_tree",
     "tree_cpu_seconds", "wait_for_port", "wait_for_quiet",
 ]
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
+
+#: The security settings an :class:`ObjmailCluster` runs with (see the module docstring).
+SECURITY = ("secure", "plain")
+
+#: Benchmark target names of objmail clusters, and the security each runs with.
+OBJMAIL_TARGETS = {"objmail": "secure", "objmail-plain": "plain"}
 _NOT_MAIL = ("FEATURES.tsv", "MANIFEST.sha256", "README.md")
 
 
@@ -327,17 +343,28 @@ class ObjmailCluster:
 
     :param config: from :func:`objmail_config` unless given.
     :param progress: where start-up messages go.
+    :param security: one of :data:`SECURITY`; ``plain`` turns encryption and the blob
+        plane's login off.
     """
 
     config: Config | None = None
     progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
+    security: str = "secure"
 
     def __post_init__(self) -> None:
+        if self.security not in SECURITY:
+            raise ValueError(f"security must be one of {', '.join(SECURITY)}")
         if self.config is None:
             self.config = objmail_config()
-        self._tmp = tempfile.TemporaryDirectory(prefix="objmail-bench-")
+        plain = self.security == "plain"
+        if plain:
+            # No keyring: the dev launcher leaves the director unkeyed (sha256 ids, no
+            # encryption) when the config says so.
+            self.config = dataclasses.replace(self.config, director=dataclasses.replace(
+                self.config.director, keyring_file="", allow_plaintext=True))
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"objmail-bench-{self.security}-")
         self.cluster = DevCluster(self.config, Path(self._tmp.name) / "var",
-                                  DevOptions(objstore_count=3))
+                                  DevOptions(objstore_count=3, blob_auth=not plain))
         self.config = self.cluster.config
         self._extra: list[ProcessSpec] = []
 

@@ -24,7 +24,16 @@ What is measured, each with ``--conns`` requests in flight (50):
 Usage::
 
     python -m ops.bench.director_bench [--seconds 4] [--reps 3] [--sizes 4096,262144]
-        [--conns 50] [--json results.json]
+        [--depths 1] [--ops get,set] [--conns 50] [--targets objstored,directord,library]
+        [--compare-code DIR] [--json results.json]
+
+``--depths 1,16`` runs mcload with that many requests in flight per connection
+(pipelining) against direct objstored and directord.  For each (size, op, depth) the reps
+alternate between the two targets, so both see the same machine; the CPU the target's
+process used per operation is reported too (µs of user+system time per op).
+``--compare-code DIR`` also starts a directord from another source tree (an older commit,
+unpacked with ``git archive``) on the same cluster and measures it in the same
+alternation, so before and after are compared on the same machine load.
 
 The machine has two cores shared by every process above and the load generator.
 """
@@ -36,15 +45,18 @@ import asyncio
 import json
 import os
 import random
+import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from director.client import BlobClient
-from ops.bench.common import free_block, human, markdown_table, median_run
+from ops.bench.common import free_block, human, markdown_table, median_run, wait_for_port
 from ops.bench.objstore_bench import build_mcload, keys_for, run_mcload, warm
 from ops.config import ClusterConfig, Config, DirectorConfig, ObjstoreConfig, parse_hostport
 from ops.devcluster import DevCluster, DevOptions
@@ -61,6 +73,13 @@ class Result:
     ops_per_sec: float
     p99_us: float
     errors: int = 0
+    depth: int = 1
+    #: CPU seconds per wall second the target's server process used during the run.
+    server_cpu: float = 0.0
+
+    @property
+    def cpu_us_per_op(self) -> float:
+        return self.server_cpu * 1e6 / self.ops_per_sec if self.ops_per_sec else 0.0
 
 
 def bench_config(rng: random.Random) -> Config:
@@ -129,11 +148,79 @@ async def library_run(config: Config, auth: RedisAuth, op: str, size: int, conns
     return Result("library", op, size, len(latencies) / seconds, p99, errors)
 
 
+#: The name the directord of ``--compare-code`` is measured under.
+BEFORE = "directord-before"
+
+
+def start_directord(tree: Path, cluster: DevCluster, port: int, work: Path
+                    ) -> subprocess.Popen[bytes]:
+    """A directord of the source tree ``tree`` on ``port`` (metrics on the next one), with
+    the cluster's configuration: the same Redis, object servers and credentials."""
+    log = open(work / "directord-before.log", "wb")  # noqa: SIM115 (closed with the dir)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "director.main", "--config", str(cluster.config_path),
+         "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{port + 1}"],
+        cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, stdout=log, stderr=log)
+    try:
+        wait_for_port(port, timeout=60)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def pid_of(cluster: DevCluster, name: str) -> int:
+    """The pid of one of the cluster's processes (for its CPU time)."""
+    return int(cluster.launcher.pidfile(name).read_text().split()[0])
+
+
 def median(results: list[Result]) -> Result:
-    return median_run(results, errors=sum(r.errors for r in results))
+    return median_run(results, errors=sum(r.errors for r in results),
+                      server_cpu=statistics.median(r.server_cpu for r in results))
 
 
-def table(results: dict[tuple[str, str, int], Result], sizes: list[int]) -> str:
+def depth_table(results: dict[tuple[str, str, int, int], Result], sizes: list[int],
+                depths: list[int], other: str | None = None) -> str:
+    """direct objstored against directord for every size and pipeline depth."""
+    def cell(r: Result | None) -> str:
+        if r is None:
+            return "-"
+        errs = f", {r.errors} errors" if r.errors else ""
+        return (f"{r.ops_per_sec:,.0f} ({r.p99_us / 1000:,.1f} ms, "
+                f"{r.cpu_us_per_op:,.0f} µs cpu/op{errs})")
+
+    rows: list[list[str]] = []
+    for op in ("get", "set"):
+        for size in sizes:
+            for depth in depths:
+                o = results.get(("objstored", op, size, depth))
+                d = results.get(("directord", op, size, depth))
+                if o is None and d is None:
+                    continue
+                ratio = f"{d.ops_per_sec / o.ops_per_sec:.2f}x" if o and d else "-"
+                row = [op.upper(), human(size), str(depth) if depth > 1 else "no", cell(o),
+                       cell(d), ratio]
+                if other is not None:
+                    b = results.get((other, op, size, depth))
+                    row += [cell(b), f"{b.ops_per_sec / o.ops_per_sec:.2f}x" if o and b else "-"]
+                rows.append(row)
+    header = ["op", "blob", "pipeline", "direct objstored, 1 copy",
+              "directord, 2 replicas + index", "directord / direct"]
+    if other is not None:
+        header += [f"{other}, 2 replicas + index", f"{other} / direct"]
+    return markdown_table(header, rows)
+
+
+def table(results: dict[tuple[str, str, int, int], Result], sizes: list[int]) -> str:
     def cell(r: Result | None) -> str:
         if r is None:
             return "-"
@@ -143,15 +230,15 @@ def table(results: dict[tuple[str, str, int], Result], sizes: list[int]) -> str:
     rows: list[list[str]] = []
     for op, lib_op in (("get", "get"), ("set", "put")):
         for size in sizes:
-            o = results.get(("objstored", op, size))
-            d = results.get(("directord", op, size))
-            b = results.get(("library", lib_op, size))
+            o = results.get(("objstored", op, size, 1))
+            d = results.get(("directord", op, size, 1))
+            b = results.get(("library", lib_op, size, 1))
             rd = f"{d.ops_per_sec / o.ops_per_sec:.2f}x" if o and d else "-"
             rb = f"{b.ops_per_sec / o.ops_per_sec:.2f}x" if o and b else "-"
             name = "GET" if op == "get" else "PUT (set)"
             rows.append([name, human(size), cell(o), cell(d), cell(b), rd, rb])
     for size in sizes:
-        r = results.get(("library", "dedup", size))
+        r = results.get(("library", "dedup", size, 1))
         rows.append(["PUT, dedup hit", human(size), "-", "-", cell(r), "-", "-"])
     return markdown_table(["op", "blob", "direct objstored, 1 copy",
                            "directord, 2 replicas + index", "library, 2 replicas + index",
@@ -164,21 +251,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--conns", type=int, default=50)
     ap.add_argument("--sizes", default="4096,262144")
+    ap.add_argument("--depths", default="1", help="mcload requests in flight per connection")
+    ap.add_argument("--ops", default="get,set", help="mcload operations (get, set)")
     ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--compare-code", metavar="DIR",
+                    help="also run a directord from the source tree DIR (another commit, "
+                         "e.g. unpacked with `git archive`) on the same cluster, measured "
+                         "in the same alternation as 'directord-before'")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
+    depths = [int(d) for d in args.depths.split(",")]
     targets = args.targets.split(",")
     rng = random.Random()
     config = bench_config(rng)
-    results: dict[tuple[str, str, int], Result] = {}
+    results: dict[tuple[str, str, int, int], Result] = {}
 
     def record(res: Result) -> None:
-        results[(res.target, res.op, res.size)] = res
-        print(f"{res.target} {res.op} {human(res.size)}: {res.ops_per_sec:,.0f} ops/s, "
-              f"p99 {res.p99_us / 1000:,.1f} ms, {res.errors} errors", file=sys.stderr)
+        results[(res.target, res.op, res.size, res.depth)] = res
+        print(f"{res.target} {res.op} {human(res.size)} depth {res.depth}: "
+              f"{res.ops_per_sec:,.0f} ops/s, p99 {res.p99_us / 1000:,.1f} ms, "
+              f"{res.cpu_us_per_op:,.0f} µs cpu/op, {res.errors} errors", file=sys.stderr)
 
-    with tempfile.TemporaryDirectory(prefix="director-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="director-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         cluster = DevCluster(config, work / "var", DevOptions(
             objstore_count=3, only=frozenset({"redis", "objstore", "directord"})))
@@ -190,18 +285,33 @@ def main(argv: list[str] | None = None) -> int:
             # The dev cluster's blob plane wants a login; mcload logs every connection in.
             access = cluster.node_access
             login = ["-a", f"{access.user}:{access.password}"] if access.user else []
+            pids = {"objstored": pid_of(cluster, "objstored-1"),
+                    "directord": pid_of(cluster, "directord")}
+            mc_targets = [(t, port) for t, port in (("objstored", direct_port),
+                                                     ("directord", proxy_port))
+                          if t in targets]
+            if args.compare_code:
+                before_port = free_block(2, rng)
+                before = start_directord(Path(args.compare_code), cluster, before_port, work)
+                stack.callback(stop_process, before)
+                pids[BEFORE] = before.pid
+                mc_targets.append((BEFORE, before_port))
             for size in sizes:
-                for target, port in (("objstored", direct_port), ("directord", proxy_port)):
-                    if target not in targets:
-                        continue
+                for _target, port in mc_targets:
                     warm(mcload, port, size, login)
-                    for op in ("get", "set"):
-                        runs = []
+                for op in args.ops.split(","):
+                    for depth in depths:
+                        by_target: dict[str, list[Result]] = {t: [] for t, _p in mc_targets}
+                        # Alternate the targets rep by rep: both see the same machine.
                         for _ in range(args.reps):
-                            r = run_mcload(mcload, port, op, size, 1, args.conns,
-                                           args.seconds, [], login)
-                            runs.append(Result(target, op, size, r.ops_per_sec, r.p99_us))
-                        record(median(runs))
+                            for target, port in mc_targets:
+                                r = run_mcload(mcload, port, op, size, depth, args.conns,
+                                               args.seconds, [pids[target]], login)
+                                by_target[target].append(Result(target, op, size, r.ops_per_sec,
+                                                           r.p99_us, depth=depth,
+                                                           server_cpu=r.server_cpu))
+                        for target_runs in by_target.values():
+                            record(median(target_runs))
                 if "library" in targets:
                     base = os.urandom(size)
                     counter = [0]
@@ -216,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             cluster.down()
     print(table(results, sizes))
+    print()
+    print(depth_table(results, sizes, depths, BEFORE if args.compare_code else None))
     print(f"\nkeys per mcload run: {', '.join(f'{human(s)}: {keys_for(s)}' for s in sizes)}")
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results.values()], indent=1))

@@ -35,6 +35,14 @@ the ratio objmail/Dovecot::
 
     .venv/bin/python -m ops.bench.imap_bench --compare --clients 20 --duration 30 --reps 3
 
+``--targets objmail,objmail-plain`` measures what security costs instead: two objmail
+clusters, one with the release's defaults (keyed ids, AES-GCM, the blob plane's login) and
+one with encryption and the blob-plane login off (``ops.bench.common.OBJMAIL_TARGETS``),
+seeded and measured alike, alternating; the ratio column is then secure/plain.  The ratio is
+always the first target over the second::
+
+    .venv/bin/python -m ops.bench.imap_bench --compare --targets objmail,objmail-plain
+
 ``--imapd N`` starts N-1 more imapd processes over the same storage and spreads the
 objmail clients over them, as a load balancer in front of stateless frontends would.
 """
@@ -59,6 +67,7 @@ from typing import Any
 
 from ops.bench.common import (
     DEFAULT_CORPUS,
+    OBJMAIL_TARGETS,
     ObjmailCluster,
     corpus_messages,
     lmtp_payload,
@@ -316,7 +325,8 @@ async def run(args: argparse.Namespace, cpu_pids: Sequence[int] = ()) -> dict[st
 
 # -- objmail against Dovecot --------------------------------------------------------------
 
-TARGETS = ("objmail", "dovecot")
+TARGETS = ("objmail", "objmail-plain", "dovecot")
+_TITLES = {"objmail": "objmail", "objmail-plain": "objmail-plain", "dovecot": "Dovecot"}
 
 
 def seed_deliveries(args: argparse.Namespace, corpus: Sequence[bytes],
@@ -333,7 +343,10 @@ def seed_deliveries(args: argparse.Namespace, corpus: Sequence[bytes],
 
 
 def compare_table(reports: dict[str, list[dict[str, Any]]]) -> str:
-    """Per command and for the whole mix: medians over the reps of each server."""
+    """Per command and for the whole mix: medians over the reps of each server; the ratio
+    is the first target's over the second's."""
+    first, second = list(reports)[:2]
+    one, two = _TITLES.get(first, first), _TITLES.get(second, second)
 
     def cmd(target: str, name: str, key: str) -> float | None:
         values = []
@@ -356,20 +369,20 @@ def compare_table(reports: dict[str, list[dict[str, Any]]]) -> str:
     for name in [*OPERATIONS, "login", "select"]:
         if name not in names:
             continue
-        o_rate, d_rate = cmd("objmail", name, "per_second"), cmd("dovecot", name, "per_second")
+        o_rate, d_rate = cmd(first, name, "per_second"), cmd(second, name, "per_second")
         ratio = f"{o_rate / d_rate:.2f}x" if o_rate is not None and d_rate else "-"
-        rows.append([name, fmt(o_rate), fmt(cmd("objmail", name, "p50_ms"), 1),
-                     fmt(cmd("objmail", name, "p99_ms"), 1), fmt(d_rate),
-                     fmt(cmd("dovecot", name, "p50_ms"), 1),
-                     fmt(cmd("dovecot", name, "p99_ms"), 1), ratio])
+        rows.append([name, fmt(o_rate), fmt(cmd(first, name, "p50_ms"), 1),
+                     fmt(cmd(first, name, "p99_ms"), 1), fmt(d_rate),
+                     fmt(cmd(second, name, "p50_ms"), 1),
+                     fmt(cmd(second, name, "p99_ms"), 1), ratio])
     totals = {t: median(float(r["commands_per_second"]) for r in rs)
               for t, rs in reports.items() if rs}
-    ratio = (f"**{totals['objmail'] / totals['dovecot']:.2f}x**"
-             if totals.get("dovecot") and "objmail" in totals else "-")
-    rows.append(["**mix**", f"**{fmt(totals.get('objmail'))}**", "", "",
-                 f"**{fmt(totals.get('dovecot'))}**", "", "", ratio])
-    table = markdown_table(["command", "objmail /s", "p50 ms", "p99 ms", "Dovecot /s",
-                            "p50 ms", "p99 ms", "objmail/Dovecot"], rows)
+    ratio = (f"**{totals[first] / totals[second]:.2f}x**"
+             if totals.get(second) and first in totals else "-")
+    rows.append(["**mix**", f"**{fmt(totals.get(first))}**", "", "",
+                 f"**{fmt(totals.get(second))}**", "", "", ratio])
+    table = markdown_table(["command", f"{one} /s", "p50 ms", "p99 ms", f"{two} /s",
+                            "p50 ms", "p99 ms", f"{one}/{two}"], rows)
     reps = []
     for target, rs in reports.items():
         per_rep = " / ".join(f"{float(r['commands_per_second']):,.0f}"
@@ -396,12 +409,22 @@ def compare(args: argparse.Namespace) -> int:
     users = [args.user_format.format(n=n)
              for n in range(args.first_user, args.first_user + args.clients)]
     reports: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
-    with ObjmailCluster() as objmail, PrivateDovecot(users, password=args.password) as dovecot:
-        objmail.add_users(users, args.password)
-        imap_ports = [objmail.imap_port] + [objmail.add_imapd(f"imapd-{k}")[0]
-                                            for k in range(2, args.imapd + 1)]
-        servers = {"objmail": (imap_ports, objmail.lmtp_port, objmail.server_pids()),
-                   "dovecot": ([dovecot.imap_port], dovecot.lmtp_port, [dovecot.pid or 0])}
+    if unknown := set(targets) - set(TARGETS):
+        raise SystemExit(f"unknown target(s) {', '.join(sorted(unknown))}")
+    if len(targets) < 2:
+        raise SystemExit("--compare needs two targets (the ratio is the first over the second)")
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, tuple[list[int], int, list[int]]] = {}
+        for target in targets:
+            if target == "dovecot":
+                dovecot = stack.enter_context(PrivateDovecot(users, password=args.password))
+                servers[target] = ([dovecot.imap_port], dovecot.lmtp_port, [dovecot.pid or 0])
+                continue
+            objmail = stack.enter_context(ObjmailCluster(security=OBJMAIL_TARGETS[target]))
+            objmail.add_users(users, args.password)
+            imap_ports = [objmail.imap_port] + [objmail.add_imapd(f"imapd-{k}")[0]
+                                                for k in range(2, args.imapd + 1)]
+            servers[target] = (imap_ports, objmail.lmtp_port, objmail.server_pids())
         seed = seed_deliveries(args, corpus, users)
         for target in targets:
             _imap, lmtp, _pids = servers[target]
@@ -451,7 +474,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--compare", action="store_true",
                     help="start objmail and Dovecot with the same mail and run against both")
-    ap.add_argument("--targets", default=",".join(TARGETS), help="with --compare")
+    ap.add_argument("--targets", default="objmail,dovecot",
+                    help="with --compare: two or three of " + ", ".join(TARGETS)
+                    + "; ratios are the first over the second")
     ap.add_argument("--reps", type=int, default=3, help="with --compare")
     ap.add_argument("--max-load", type=float, default=1.0,
                     help="with --compare: wait for the 1-minute load average to drop below")

@@ -10,6 +10,12 @@ delivers ``--messages`` corpus messages to each over ``--conns`` parallel LMTP c
 p50/p99 latency of a delivery (MAIL to the recipient's 250), the CPU seconds the servers'
 process trees used per message, and the ratio objmail/Dovecot.
 
+``--targets objmail,objmail-plain`` measures what security costs instead: two objmail
+clusters, one with the release's defaults (keyed ids, AES-GCM, the blob plane's login) and
+one with encryption and the blob-plane login off (``ops.bench.common.OBJMAIL_TARGETS``),
+alternating in the same run; the report gives the secure/plain ratio.  Any two or three of
+``objmail``, ``objmail-plain`` and ``dovecot`` may be named.
+
 Every delivery carries a ``Received:`` line unique to it (an MTA adds one), so no two
 deliveries are the same message: objmail stores a new skeleton for each, while a part body
 of 4 KiB or more that a corpus message shares with an earlier delivery of it is a dedup hit
@@ -20,12 +26,14 @@ Usage::
 
     python -m ops.bench.lmtp_bench [--corpus /work/shared/corpus] [--messages 1000]
         [--conns 10] [--users 10] [--reps 3] [--json results.json]
+        [--targets objmail,dovecot | objmail,objmail-plain]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -34,6 +42,7 @@ from pathlib import Path
 
 from ops.bench.common import (
     DEFAULT_CORPUS,
+    OBJMAIL_TARGETS,
     LmtpClient,
     ObjmailCluster,
     corpus_messages,
@@ -48,7 +57,7 @@ from ops.bench.common import (
 )
 from ops.bench.dovecot import PrivateDovecot
 
-TARGETS = ("objmail", "dovecot")
+TARGETS = ("objmail", "objmail-plain", "dovecot")
 
 
 @dataclass
@@ -132,9 +141,14 @@ def report(runs: Sequence[Run], args: argparse.Namespace, load_before: str) -> s
     table = markdown_table(["server", "msgs/s per rep", "median msgs/s", "p50 ms", "p99 ms",
                             "server CPU ms/msg", "refused"], rows)
     lines = [table, ""]
-    if "objmail" in s and "dovecot" in s and s["dovecot"]["per_second"]:
-        ratio = s["objmail"]["per_second"] / s["dovecot"]["per_second"]
-        lines.append(f"objmail / Dovecot: {ratio:.2f}x messages/s")
+    for mine, reference in (("objmail", "dovecot"), ("objmail-plain", "dovecot"),
+                            ("objmail", "objmail-plain")):
+        if mine in s and reference in s and s[reference]["per_second"]:
+            ratio = s[mine]["per_second"] / s[reference]["per_second"]
+            cpu = (s[mine]["cpu_ms_per_message"] / s[reference]["cpu_ms_per_message"]
+                   if s[reference]["cpu_ms_per_message"] else 0.0)
+            lines.append(f"{mine} / {reference}: {ratio:.2f}x messages/s, {cpu:.2f}x server "
+                         "CPU per message")
     lines.append(f"{args.messages} messages per rep, {args.conns} connections, {args.users} "
                  f"users, {args.reps} reps; load average before: {load_before}, after: "
                  f"{load_text()}")
@@ -148,24 +162,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--conns", type=int, default=10, help="parallel LMTP connections")
     ap.add_argument("--users", type=int, default=10)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--targets", default="objmail,dovecot",
+                    help="two or three of " + ", ".join(TARGETS))
     ap.add_argument("--max-load", type=float, default=1.0,
                     help="wait for the 1-minute load average to drop below this")
     ap.add_argument("--wait", type=float, default=1200, help="longest wait for that, s")
     ap.add_argument("--json", type=Path, help="also write every run here")
     args = ap.parse_args(argv)
     targets = args.targets.split(",")
+    if unknown := set(targets) - set(TARGETS):
+        raise SystemExit(f"unknown target(s) {', '.join(sorted(unknown))}")
     corpus = corpus_messages(args.corpus, max_size=64 * 1024 * 1024)
     if not corpus:
         raise SystemExit(f"no messages under {args.corpus}")
     users = [f"bench{n}" for n in range(args.users)]
     runs: list[Run] = []
-    with ObjmailCluster() as objmail, PrivateDovecot(users, password="secret") as dovecot:
-        objmail.add_users(users, "secret", fast_hash=True)
-        servers = {
-            "objmail": (objmail.lmtp_port, objmail.server_pids()),
-            "dovecot": (dovecot.lmtp_port, [dovecot.pid or 0]),
-        }
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, tuple[int, list[int]]] = {}
+        for target in targets:
+            if target == "dovecot":
+                dovecot = stack.enter_context(PrivateDovecot(users, password="secret"))
+                servers[target] = (dovecot.lmtp_port, [dovecot.pid or 0])
+            else:
+                objmail = stack.enter_context(ObjmailCluster(security=OBJMAIL_TARGETS[target]))
+                objmail.add_users(users, "secret", fast_hash=True)
+                servers[target] = (objmail.lmtp_port, objmail.server_pids())
         # Warm-up: connections, caches, first-time mailbox creation (not measured).
         for target in targets:
             port, _ = servers[target]
