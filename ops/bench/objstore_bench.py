@@ -23,7 +23,13 @@ Usage::
 
     python -m ops.bench.objstore_bench [--seconds 4] [--reps 3] [--workers 2]
         [--sizes 100,4096,65536,1048576] [--security plain,auth,tls,auth+tls]
+        [--targets memcached,objstored,redis-always,redis] [--baseline-tree DIR]
         [--json results.json]
+
+Every server runs for the whole benchmark and each repetition runs every target in turn,
+so the shared machine's changing load falls on all alike; the 1-minute load average is
+printed.  ``--baseline-tree DIR`` adds objstored from another checkout (say main) as the
+target "objstored before", with a before/after table.
 
 The machine has two cores shared with the load generator; run it on a quiet machine.
 """
