@@ -640,7 +640,10 @@ class Handler:
                 return None
             return MetaReply(b"EN", tuple(self._meta_flags(cmd.key, f, None)))
         c.get_hits += 1
-        self.hot.hit(cmd.key)
+        if f.value:
+            # A read of the value; a size or presence probe (the leveler's sizes, a
+            # copy's check) is no read and must not make a cold blob look hot.
+            self.hot.hit(cmd.key)
         flags = self._meta_flags(cmd.key, f, rec)
         self._fetch(cmd.key)
         if win == b"W":

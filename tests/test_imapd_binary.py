@@ -129,7 +129,9 @@ def run(dsn: str, body: object) -> None:
     asyncio.run(main())
 
 
-#: RFC 3516 4.4's APPEND example: a binary body ending in a NUL, sent as literal8.
+#: RFC 3501 6.3.11's APPEND example message (the one RFC 9051 6.3.12 repeats), made
+#: binary here: Content-Transfer-Encoding binary and a body line holding a NUL, which only
+#: a literal8 can carry.
 RFC_DRAFT = (
     b"Date: Mon, 7 Feb 1994 21:52:25 -0800 (PST)\r\n"
     b"From: Fred Foobar <foobar@Blurdybloop.COM>\r\n"
@@ -146,7 +148,7 @@ RFC_DRAFT = (
 
 
 def test_literal8_append_and_binary_fetch_keep_a_nul(dsn: str) -> None:
-    """BINARY is announced after login; the RFC's literal8 APPEND is stored as sent and
+    """BINARY is announced after login; a literal8 APPEND (RFC 3516) is stored as sent and
     BINARY[1] returns its body as a literal8 with the NUL, BINARY.SIZE[1] its size,
     while BODY[1] shows the NUL as IMAP text does (0x80)."""
 

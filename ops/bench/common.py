@@ -345,17 +345,23 @@ class ObjmailCluster:
     :param progress: where start-up messages go.
     :param security: one of :data:`SECURITY`; ``plain`` turns encryption and the blob
         plane's login off.
+    :param imapd_workers: ``[imapd] workers`` (0: one per core, the release's default;
+        None: as ``config`` says).
     """
 
     config: Config | None = None
     progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
     security: str = "secure"
+    imapd_workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.security not in SECURITY:
             raise ValueError(f"security must be one of {', '.join(SECURITY)}")
         if self.config is None:
             self.config = objmail_config()
+        if self.imapd_workers is not None:
+            self.config = dataclasses.replace(self.config, imapd=dataclasses.replace(
+                self.config.imapd, workers=self.imapd_workers))
         plain = self.security == "plain"
         if plain:
             # No keyring: the dev launcher leaves the director unkeyed (sha256 ids, no
