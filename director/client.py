@@ -24,7 +24,9 @@ than an object server's item size are cut into chunks stored next to a manifest.
 
 *get(id)*: memory/disk cache, else the index's locations, live ones first in a random
 order weighted by inverse load (:func:`director.placement.read_order`: reads spread over
-the replicas instead of herding onto the one that looked idlest); each replica is tried
+the replicas instead of herding onto the one that looked idlest), those in the process's
+own ``site`` before the others (:meth:`director.sites.SitePolicy.local_first`); each
+replica is tried
 in turn (with a per-request timeout) and read by :class:`director.blobreader.BlobReader`,
 which verifies the whole content against the id (a chunk missing or bad on that replica
 is taken from another).  A replica that errs, times out, misses or returns bad bytes is
@@ -476,7 +478,7 @@ class BlobClient:
         await self._adds.one(bid, frozenset(n.number for n in done))
         self.stats.uploads += 1
         self.stats.bytes_uploaded += len(data)
-        if len(done) < self.policy.replicas:
+        if len(done) < self.policy.replicas or await self._crowded(done):
             await self._queue_repair([bid])
 
     async def _place_and_write(self, what: str, index_id: str,
@@ -516,6 +518,12 @@ class BlobClient:
                 f"{what}: only {len(done)} of {policy.write_quorum} required object "
                 f"servers took the write")
         return done
+
+    async def _crowded(self, done: Sequence[Node]) -> bool:
+        """Whether copies just made break the site rule (a site was down: the write went
+        to the sites that were up, and the repairer moves a copy when it is back)."""
+        placer = await self._placer_now()
+        return self.policy.sites.crowded([n.site for n in done], placer.sites)
 
     async def _queue_repair(self, ids: Iterable[str]) -> None:
         ids = list(ids)
@@ -645,10 +653,17 @@ class BlobClient:
         return self.tiered(read_order(nodes, self._rng, suspect=suspect), suspect), whole
 
     def tiered(self, order: list[Node], suspect: Sequence[str]) -> list[Node]:
-        """A read order with a storage hierarchy's fastest tier holding a copy first (as
-        is, without tiers)."""
+        """A read order with a storage hierarchy's fastest tier holding a copy first, and
+        the copies in this process's ``site`` before the others (as is, without tiers
+        or a site)."""
         tiers = self.policy.tiers
-        return tiers.fastest_first(order, suspect) if tiers is not None else order
+        # A storage hierarchy: the fastest tier holding a copy serves the read.
+        if tiers is not None:
+            order = tiers.fastest_first(order, suspect)
+        # Copies in this frontend's own site before the others (the tier order kept
+        # within each; every copy is verified all the same).
+        return self.policy.sites.local_first(
+            order, lambda n: n.readable and n.id not in suspect)
 
     def read_plan(self, snap: RegistrySnapshot, numbers: Sequence[int]
                   ) -> tuple[ReadOrder, list[str], bool]:
@@ -823,7 +838,7 @@ class BlobClient:
             await self._delete_copies(key, stale)
         if blob:
             self.temperature.wrote(index_id)
-            if len(done) < self.policy.replicas:
+            if len(done) < self.policy.replicas or await self._crowded(done):
                 await self._queue_repair([index_id])
         return True
 

@@ -60,6 +60,10 @@ class DirectorConfig:
     flush_all_enabled: bool = False
     replicas: int = 2
     write_quorum: int = 2
+    #: At most this many copies of a blob per site (0: no rule; see director.sites).
+    replicas_per_site: int = 0
+    #: This process's site: its reads try copies there first ("" = none).
+    site: str = ""
     write_tier: str = "ssd"
     compression_level: int = 1
     keyring_file: str = ""
@@ -136,6 +140,9 @@ class DirectorConfig:
         # With tiers the copies are their hot layout's (checked below), not ``replicas``.
         check(bool(self.tiers) or 1 <= self.write_quorum <= self.replicas, "write_quorum",
               f"must be 1..replicas ({self.replicas}), got {self.write_quorum}")
+        check(0 <= self.replicas_per_site <= self.replicas, "replicas_per_site",
+              f"must be 0 (no rule) to replicas ({self.replicas}), got "
+              f"{self.replicas_per_site}")
         check(-1 <= self.compression_level <= 9, "compression_level",
                "must be -1 (off) or 0..9")
         check(KIB <= self.object_max_item_size <= 64 * MIB, "object_max_item_size",

@@ -271,7 +271,8 @@ class Drainer(BackgroundJob[DrainStats]):
             return
         policy = self.client.policy
         plan = plan_drain(nums, node.number, {n.number: n for n in snap.nodes},
-                          placer.candidates(bid), policy.min_copies, tiers=policy.tiers)
+                          placer.candidates(bid), policy.min_copies, tiers=policy.tiers,
+                          sites=policy.sites)
         made: list[int] = []
         for target in plan.targets:
             if len(made) >= plan.need:
@@ -346,7 +347,8 @@ class Drainer(BackgroundJob[DrainStats]):
                 await self.client.items.update(index_id, remove=[node.number])
             return
         plan = plan_drain(nums, node.number, {n.number: n for n in snap.nodes},
-                          placer.candidates(index_id), self.client.policy.replicas)
+                          placer.candidates(index_id), self.client.policy.replicas,
+                          sites=self.client.policy.sites)
         made: list[int] = []
         for target in plan.targets:
             if len(made) >= plan.need:

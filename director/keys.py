@@ -262,7 +262,7 @@ class Keyspace:
     # -- node registry (one hash slot: {reg}) ----------------------------------------
 
     def node(self, node_id: str) -> str:
-        """HASH: address, zone, tier, weight, state, number, added, changed (objstored
+        """HASH: address, site, zone, tier, weight, state, number, added, changed (objstored
         reads ``number`` and ``state`` of its own)."""
         return registry_key(node_id, self.prefix)
 

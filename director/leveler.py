@@ -15,15 +15,17 @@ the pass ends at once.  Otherwise:
    job's state) is *busy*.
 2. **Candidates.**  For every node above its target, and every busy node: the hottest
    blobs by the frontends' read temperature (:mod:`director.temperature`: decayed
-   counts of sampled reads, frontend cache hits included) that the index says it holds; and, when those do not add up to its excess, up to ``level_scan_entries``
-   more of its blobs from an index scan filtered by its number, resumed from a per-node
+   counts of sampled reads, frontend cache hits included) that the index says it holds;
+   and, when those do not add up to its excess, up to ``level_scan_entries`` more of its
+   blobs from one index sweep serving every such node, resumed from a
    cursor in the job's state so successive passes offer different blobs.  Each
    candidate's size on the node is asked with a meta get (``mg <id> s f``; a chunked
    blob's size comes from its manifest).
 3. **Plan.**  :func:`director.planner.plan_moves` (pure, seeded by the pass number): a
    busy node's hot blobs to the least loaded nodes, then bytes from the nodes furthest
    above their targets to those furthest below, hottest blobs first, within
-   ``level_bytes_per_pass`` bytes, never lowering a blob's zone spread.
+   ``level_bytes_per_pass`` bytes, never lowering a blob's zone or site spread nor
+   crowding a site beyond ``replicas_per_site`` (:mod:`director.sites`).
 4. **Moves**, :data:`PARALLELISM` at a time, each paced by a token bucket
    (``level_rate`` bytes/s in total, ``level_source_rate`` from any one source): a
    verified copy (:mod:`director.copier`) to the target, one atomic index update (add the
@@ -43,7 +45,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +53,7 @@ from director.background import BackgroundJob, PassControl, PassStats, RateLimit
 from director.copier import delete_copy, write_verified
 from director.index import SCAN_BUCKETS
 from director.jobstate import JobState, integer
+from director.lease import Lease
 from director.memcache_client import NodeError
 from director.nodes import Node, NodeState
 from director.placement import relative_loads
@@ -74,6 +77,9 @@ log = logging.getLogger(__name__)
 HOT_KEYS = 100
 #: Size queries in flight at once, per pass.
 SIZE_PARALLELISM = 16
+#: Index buckets read per round trip by the cold-blob sweep (empty buckets cost little;
+#: round trips are what a sweep of a small index spends its time on).
+COLD_SCAN_BUCKETS = 4 * SCAN_BUCKETS
 #: Moves in flight at once (the rate limit paces them).
 PARALLELISM = 4
 #: Moves kept in a pass's stats (for ``--json``; the counters cover all of them).
@@ -206,18 +212,23 @@ class Leveler(BackgroundJob[LevelStats]):
         nodes = self._levelled(snap)
         fields = await state.load()
         tiers = self.client.policy.tiers
+        # Where every registered node is (site, zone): copies on nodes not levelled here
+        # count for the site and zone rules.
+        places = {n.number: (n.site, n.zone) for n in snap.nodes if n.number}
         if tiers is None:
-            return await self._plan_pool(nodes, state, fields, saving)
+            return await self._plan_pool(nodes, state, fields, saving, places)
         # A storage hierarchy: each tier is levelled on its own; no move crosses tiers.
-        return merge_plans([await self._plan_pool(pool, state, fields, saving)
+        return merge_plans([await self._plan_pool(pool, state, fields, saving, places)
                             for pool in tiers.pools(nodes)], self.tolerance)
 
     async def _plan_pool(self, nodes: Sequence[Node], state: JobState,
-                         fields: dict[str, str], saving: bool) -> LevelPlan:
+                         fields: dict[str, str], saving: bool,
+                         places: Mapping[int, tuple[str, str]]) -> LevelPlan:
         """Plan the moves among ``nodes`` (all of them, or one tier's)."""
         usages = tuple(NodeUsage(n.id, n.number, n.zone,
                                  n.report.used_bytes if n.report else 0,
-                                 n.report.capacity_bytes if n.report else 0) for n in nodes)
+                                 n.report.capacity_bytes if n.report else 0, n.site)
+                       for n in nodes)
         stat = usage(usages)
         used = {u.node_id: u.used for u in usages}
         loads = [NodeLoad(n.id, n.report.cpu_process, n.report.io_bps)
@@ -234,7 +245,7 @@ class Leveler(BackgroundJob[LevelStats]):
                 projected[m.source] -= m.size
                 projected[m.target] += m.size
             after = usage([NodeUsage(u.node_id, u.number, u.zone, projected[u.node_id],
-                                     u.capacity) for u in usages])
+                                     u.capacity, u.site) for u in usages])
             return LevelPlan(usages, tuple(moves), stat.mean, stat.spread, after.fractions,
                              tolerance, stat.deviations, after.deviations,
                              stat.to_move(used), tuple(sorted(busy)))
@@ -245,18 +256,22 @@ class Leveler(BackgroundJob[LevelStats]):
         hot = await self._hot(sources)
         excess = {u.node_id: u.used - stat.targets.get(u.node_id, 0.0) for u in usages}
         cold: dict[str, list[BlobCandidate]] = {}
-        cursors: dict[str, int] = {}
         if stat.spread > tolerance:
-            for node in sources:
-                if excess[node.id] > 0 and \
-                        sum(b.size for b in hot.get(node.id, ())) < excess[node.id]:
-                    cold[node.id], cursors[node.id] = await self._cold(
-                        node, integer(fields, f"cursor:{node.id}"), hot.get(node.id, ()))
-        if cursors and saving:  # a dry run leaves the cursors alone
-            await state.save({f"cursor:{k}": v for k, v in cursors.items()})
+            short = [n for n in sources if excess[n.id] > 0
+                     and sum(b.size for b in hot.get(n.id, ())) < excess[n.id]]
+            if short:
+                # One cursor per pool (a storage hierarchy levels each tier apart).
+                key = "cursor" if self.client.policy.tiers is None \
+                    else f"cursor:{short[0].tier}"
+                cold, cursor = await self._cold(short, integer(fields, key), hot,
+                                                lease=state.lease)
+                if saving:  # a dry run leaves the cursor alone
+                    await state.save({key: cursor})
         return planned(plan_moves(usages, hot, tolerance, self.dconf.level_bytes_per_pass,
                                   cold=cold, busy=busy, loads=load_ratios(loads),
-                                  seed=integer(fields, "passes")))
+                                  seed=integer(fields, "passes"),
+                                  sites=self.client.policy.sites,
+                                  places=places))
 
     async def run_pass(self, control: PassControl) -> LevelStats:
         stats = LevelStats()
@@ -363,24 +378,45 @@ class Leveler(BackgroundJob[LevelStats]):
             out[node.id] = await self._sized(node, mine)
         return out
 
-    async def _cold(self, node: Node, cursor: int, hot: Sequence[BlobCandidate]
-                    ) -> tuple[list[BlobCandidate], int]:
-        """Up to ``level_scan_entries`` of the node's blobs from the index, from
-        ``cursor``; returns them and the cursor to resume from."""
-        if not 0 <= cursor < self.index.layout.buckets:
-            cursor = 0
-        skip = {b.blob_id for b in hot}
-        found: list[tuple[str, tuple[int, ...], float]] = []
+    async def _cold(self, nodes: Sequence[Node], cursor: int,
+                    hot: Mapping[str, Sequence[BlobCandidate]], *,
+                    lease: Lease | None = None
+                    ) -> tuple[dict[str, list[BlobCandidate]], int]:
+        """Up to ``level_scan_entries`` blobs of each of ``nodes`` from the index (hot
+        ones left out), from ``cursor``; returns them and the cursor to resume from.
+
+        One sweep serves every node: a node holding fewer blobs than that makes the
+        sweep go round the whole index, and one round per node (Redis reads competing
+        with the frontends' lookups) was most of a pass's time on a small index.  The
+        job's ``lease`` is kept alive page by page: on a loaded machine a sweep of the
+        whole index has outlasted the lease's TTL, and the pass then lost its lease
+        before its first move.
+        """
         total = self.index.layout.buckets
+        if not 0 <= cursor < total:
+            cursor = 0
+        limit = self.dconf.level_scan_entries
+        by_number = {n.number: n for n in nodes}
+        skip = {n.id: {b.blob_id for b in hot.get(n.id, ())} for n in nodes}
+        found: dict[str, list[tuple[str, tuple[int, ...], float]]] = {n.id: [] for n in nodes}
         scanned = 0
-        while len(found) < self.dconf.level_scan_entries and scanned < total:
-            step = min(SCAN_BUCKETS, total - scanned)
-            page = await self.index.scan(cursor, buckets=step, node=node.number)
-            found += [(bid, nums, 0.0) for bid, nums in page.entries if bid not in skip]
+        while scanned < total and any(len(f) < limit for f in found.values()):
+            step = min(COLD_SCAN_BUCKETS, total - scanned)
+            page = await self.index.scan(cursor, buckets=step)
+            for bid, nums in page.entries:
+                for number in nums:
+                    node = by_number.get(number)
+                    if node is not None and len(found[node.id]) < limit \
+                            and bid not in skip[node.id]:
+                        found[node.id].append((bid, nums, 0.0))
             scanned += page.buckets_done - cursor
             cursor = page.next_cursor or 0
-        found = found[:self.dconf.level_scan_entries]
-        return await self._sized(node, found), cursor
+            if lease is not None:
+                await lease.keep()
+        sized = await asyncio.gather(*(self._sized(n, found[n.id]) for n in nodes))
+        if lease is not None:
+            await lease.keep()
+        return {n.id: s for n, s in zip(nodes, sized, strict=True)}, cursor
 
     async def _sized(self, node: Node, blobs: Sequence[tuple[str, tuple[int, ...], float]]
                      ) -> list[BlobCandidate]:

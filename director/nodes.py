@@ -19,6 +19,9 @@ from typing import Final
 STALE_INTERVALS: Final = 3.0
 #: ...plus this many seconds of slack for a busy reporter or a slow Redis write.
 STALE_SLACK: Final = 2.0
+#: The site of a node registered without one (before sites existed): an upgraded
+#: installation is one site.
+DEFAULT_SITE: Final = "default"
 
 
 class NodeState(enum.StrEnum):
@@ -95,6 +98,8 @@ class LoadReport:
     #: Seconds since the report was written, as Redis counts them (from its TTL; no
     #: clock comparison between hosts), when the registry read it.
     age: float = 0.0
+    #: The site the object server says it is in ("" from an older objstored).
+    site: str = ""
 
     @property
     def stale(self) -> bool:
@@ -139,6 +144,8 @@ class Node:
     report: LoadReport | None = None
     #: Unix time the node was added (0 when never added).
     added_at: float = 0.0
+    #: The failure domain above the zone (a building, a region): see director.sites.
+    site: str = DEFAULT_SITE
 
     @property
     def state(self) -> NodeState:
@@ -189,6 +196,7 @@ def parse_report(fields: dict[bytes, bytes] | dict[str, str], *,
             disk_read_ms=num("disk_read_ms"), disk_write_ms=num("disk_write_ms"),
             disk_util=num("disk_util"), get_p99_ms=num("get_p99_ms"),
             set_p99_ms=num("set_p99_ms"), commit_p99_ms=num("commit_p99_ms"),
-            report_interval=num("report_interval"), report_ttl=ttl, age=age)
+            report_interval=num("report_interval"), report_ttl=ttl, age=age,
+            site=text.get("site", ""))
     except (KeyError, ValueError):
         return None

@@ -26,7 +26,10 @@ or nearly full (free fraction below ``min_free_fraction``) are never candidates.
 Replicas go to distinct zones when there are enough: the ranked list is reordered
 in *zone rounds* (each zone's best node, by score, then each zone's second best...),
 so the first ``replicas`` entries span as many zones as exist and the fallbacks
-keep the same preference.  Everything here is pure and deterministic.
+keep the same preference.  Sites come above zones: the zone rounds are then reordered in
+*site rounds* (:meth:`director.sites.SitePolicy.rounds`: each site's best
+``replicas_per_site`` nodes, one without that rule, then the next ones), and a zone is
+named by its site and its name.  Everything here is pure and deterministic.
 
 *Reads* (:func:`read_order`) pick among a blob's replicas at random, weighted by inverse
 load with damping: a replica whose load is ``r`` times the mean of the replicas' gets
@@ -48,6 +51,7 @@ from dataclasses import dataclass
 
 from director.nodes import Node
 from director.policy import PlacementPolicy
+from director.sites import holding_sites
 
 _MASK = (1 << 64) - 1
 _TWO64 = float(1 << 64)
@@ -112,6 +116,7 @@ class Placer:
     """
 
     def __init__(self, nodes: Iterable[Node], policy: PlacementPolicy | None = None) -> None:
+        nodes = list(nodes)
         self.policy = policy or PlacementPolicy()
         pool = [n for n in nodes if self.policy.may_hold(n)]
         mean, size = _mean_ops(pool), _mean_capacity(pool)
@@ -119,6 +124,8 @@ class Placer:
         # Sorted by id so that equal scores (practically never) break ties the same way.
         self._eligible = sorted(((n, w) for n, w in weighted if w > 0), key=lambda p: p[0].id)
         self._seeds = [(hash64(n.id), w, n) for n, w in self._eligible]
+        #: Sites owed copies under the site rule (up or not): see director.sites.
+        self.sites = holding_sites(nodes, self.policy.tier)
 
     @property
     def weights(self) -> dict[str, float]:
@@ -150,17 +157,19 @@ class Placer:
         return scored
 
     def candidates(self, key: str) -> list[Node]:
-        """Every eligible node, ordered in zone rounds of descending score (with a
-        storage hierarchy, rearranged by :meth:`director.tiers.TierPolicy.arrange` so
-        that the first ``replicas`` fill the hot layout)."""
-        rounds: dict[str, int] = {}
+        """Every eligible node, ordered in site rounds of zone rounds of descending score
+        (with a storage hierarchy, rearranged by :meth:`director.tiers.TierPolicy.arrange`
+        so that the first ``replicas`` fill the hot layout; within a tier the site
+        rounds' order is kept)."""
+        rounds: dict[tuple[str, str], int] = {}
         keyed = []
         for position, (_score, node) in enumerate(self._scored(key)):
-            r = rounds.get(node.zone, 0)
-            rounds[node.zone] = r + 1
+            zone = (node.site, node.zone)
+            r = rounds.get(zone, 0)
+            rounds[zone] = r + 1
             keyed.append((r, position, node))
         keyed.sort(key=lambda t: (t[0], t[1]))
-        ordered = [node for _r, _p, node in keyed]
+        ordered = self.policy.sites.rounds([node for _r, _p, node in keyed])
         tiers = self.policy.tiers
         # A storage hierarchy: the first ones fill a new blob's (hot) tier layout.
         return tiers.arrange(ordered, tiers.hot) if tiers is not None else ordered

@@ -47,9 +47,13 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from director.nodes import Node, NodeState
+from director.nodes import DEFAULT_SITE, Node, NodeState
 from director.placement import hash64
+from director.sites import SitePolicy
 from director.tiers import Layout, TierPolicy
+
+#: No site rule (sites still come before zones when ranking targets).
+NO_SITE_RULE: Final = SitePolicy()
 
 #: Node states whose copies count towards ``replicas``.
 COUNTING = frozenset({NodeState.ACTIVE, NodeState.DRAINING})
@@ -102,6 +106,10 @@ class RepairPlan:
     :param need: new copies wanted on ``targets``.
     :param forget: numbers to drop from the index entry once the copies are made.
     :param counted: copies that count now (verified, or waited for on a down node).
+    :param surplus: copies beyond ``replicas_per_site`` in a crowded site, least wanted
+        first: drop as many as leave ``replicas`` copies once the new ones are made.
+    :param unplaced: the site rule wants copies in a site that cannot take them now (it
+        is down): keep the blob queued.
     """
 
     sources: tuple[int, ...]
@@ -110,11 +118,24 @@ class RepairPlan:
     need: int
     forget: tuple[int, ...]
     counted: int
+    surplus: tuple[Node, ...] = ()
+    unplaced: bool = False
+    #: Copies wanted (``replicas``): drops never leave fewer.
+    want: int = 0
+    #: Of ``counted``, the copies verified just now (not a down node's, counted on trust):
+    #: only those make a surplus copy safe to drop.
+    verified: int = 0
 
     @property
     def whole(self) -> bool:
-        """Nothing to do: enough copies, none to fix, nothing to forget."""
-        return not self.need and not self.rewrite and not self.forget
+        """Nothing to do: enough copies, none to fix, nothing to forget or drop."""
+        return not self.need and not self.rewrite and not self.forget and not self.drops(0)
+
+    def drops(self, made: int, fixed: int | None = None) -> int:
+        """Surplus copies to drop once ``made`` new copies and ``fixed`` rewrites (default:
+        all of them) exist: never so many that fewer than ``want`` verified copies stay."""
+        fixed = len(self.rewrite) if fixed is None else fixed
+        return max(0, min(len(self.surplus), self.verified + fixed + made - self.want))
 
     @property
     def possible(self) -> bool:
@@ -123,17 +144,23 @@ class RepairPlan:
 
 
 def rank_targets(candidates: Iterable[Node], holders: Iterable[int],
-                 held_zones: Iterable[str]) -> list[Node]:
-    """Placement candidates that do not hold the blob, new zones first (stable)."""
+                 held: Iterable[Node], sites: SitePolicy = NO_SITE_RULE) -> list[Node]:
+    """Placement candidates that do not hold the blob: in sites with room under the site
+    rule first (:meth:`SitePolicy.split`), new sites, then new zones first (stable)."""
     taken = set(holders)
-    zones = set(held_zones)
-    free = [n for n in candidates if n.number not in taken]
-    return sorted(free, key=lambda n: n.zone in zones)
+    held = list(held)
+    held_sites = {n.site for n in held}
+    zones = {(n.site, n.zone) for n in held}
+    free = sorted((n for n in candidates if n.number not in taken),
+                  key=lambda n: (n.site in held_sites, (n.site, n.zone) in zones))
+    room, rest = sites.split(free, (n.site for n in held))
+    return room + rest
 
 
 def plan_repair(replicas: Sequence[Replica], candidates: Sequence[Node], want: int, *,
                 waiting: frozenset[int] = frozenset(), tiers: TierPolicy | None = None,
-                layout: Layout | None = None) -> RepairPlan:
+                layout: Layout | None = None, sites: SitePolicy = NO_SITE_RULE,
+                owed: Collection[str] = ()) -> RepairPlan:
     """Plan the repair of one blob from what its replicas were found to be.
 
     :param replicas: every location the index lists, with its health.
@@ -145,6 +172,12 @@ def plan_repair(replicas: Sequence[Replica], candidates: Sequence[Node], want: i
     :param tiers: the storage hierarchy, with ``layout`` the blob's (hot or cold): copies
         are wanted per tier (``want`` is then unused); targets fill the tiers short of
         copies first (:meth:`TierPolicy.arrange`).
+    :param sites: the site rule; ``owed``: the sites that could take copies, up or not
+        (:attr:`director.placement.Placer.sites`).  Copies in a crowded site count once
+        per allowed copy: the missing ones go to sites with room, then the surplus is
+        dropped; when no site with room is up, the blob keeps its copies and stays
+        queued (``unplaced``).  With a storage hierarchy only the per-tier needs apply
+        (the site rule is not combined with tier layouts).
     """
     good = [r for r in replicas if r.health is Health.GOOD]
     # Prefer active sources, then draining, then whatever else answered (removed nodes).
@@ -162,28 +195,42 @@ def plan_repair(replicas: Sequence[Replica], candidates: Sequence[Node], want: i
                        and (r.node is None or r.node.state is not NodeState.ACTIVE)))
     have = len(counted) + len(rewrite)
     need = max(0, want - have)
-    needs: dict[str, int] | None = None
+    held = [r.node for r in counted if r.node is not None] + list(rewrite)
+    ranked = rank_targets(candidates, (r.number for r in replicas), held, sites)
     if tiers is not None and layout is not None:
-        per_tier = TierPolicy.counts([r.node for r in counted if r.node is not None])
-        per_tier.update(TierPolicy.counts(rewrite))
+        per_tier = TierPolicy.counts(held)
         needs = tiers.needs(per_tier, layout)
         need = sum(needs.values())
-    zones = {r.node.zone for r in counted if r.node is not None} | {n.zone for n in rewrite}
-    ranked = rank_targets(candidates, (r.number for r in replicas), zones) if need else []
-    if needs is not None and tiers is not None and need:
-        ranked = tiers.arrange(ranked, needs)
-    return RepairPlan(sources, rewrite, tuple(ranked), need, forget, len(counted))
+        ranked = tiers.arrange(ranked, needs) if need else []
+        return RepairPlan(sources, rewrite, tuple(ranked), need, forget, len(counted),
+                          want=want, verified=sum(1 for r in replicas if r.counts))
+    surplus: list[Node] = []
+    unplaced = False
+    if sites.crowded((n.site for n in held), owed):
+        # Copies a site with room should hold: made there, then the surplus dropped.
+        short = max(0, want - sites.valid(n.site for n in held))
+        room, _rest = sites.split(ranked, (n.site for n in held))
+        need = max(need, min(short, len(room)))
+        unplaced = short > len(room)
+        # Keep the copies placement prefers; drop the others first.
+        position = {n.id: i for i, n in enumerate(candidates)}
+        surplus = sites.surplus(sorted(held, key=lambda n: position.get(n.id, len(position))))
+    targets = tuple(ranked) if need else ()
+    return RepairPlan(sources, rewrite, targets, need, forget, len(counted),
+                      tuple(surplus), unplaced, want, sum(1 for r in replicas if r.counts))
 
 
 def copies_left(locations: Sequence[int], nodes: Mapping[int, Node], want: int, *,
                 waiting: frozenset[int] = frozenset(),
-                tiers: TierPolicy | None = None) -> int | None:
+                tiers: TierPolicy | None = None, sites: SitePolicy = NO_SITE_RULE,
+                owed: Collection[str] = ()) -> int | None:
     """How many copies an under-replicated index entry has left, from the registry alone
     (the repairer's sweep; nothing is probed), or None when it looks whole: it is short
     with fewer than ``want`` locations on up nodes that keep their copies (or down ones
     within their grace), or with a location on a removed or unknown node; with a storage
     hierarchy (``tiers``), also when those copies fill neither the hot nor the cold
-    layout (a tier lacks a copy of each)."""
+    layout (a tier lacks a copy of each); with the site rule, also when they crowd a
+    site while another in ``owed`` could hold them."""
     counted = 0
     gone = False
     kept: list[Node] = []
@@ -197,13 +244,17 @@ def copies_left(locations: Sequence[int], nodes: Mapping[int, Node], want: int, 
     if tiers is not None and not gone and counted >= want:
         have = TierPolicy.counts(kept)
         gone = bool(tiers.needs(have, tiers.hot)) and bool(tiers.needs(have, tiers.cold))
+    elif not gone and counted >= want:
+        gone = sites.crowded((n.site for n in kept), owed)
     return counted if gone or counted < want else None
 
 
 def needs_repair(locations: Sequence[int], nodes: Mapping[int, Node], want: int, *,
-                 waiting: frozenset[int] = frozenset()) -> bool:
+                 waiting: frozenset[int] = frozenset(), sites: SitePolicy = NO_SITE_RULE,
+                 owed: Collection[str] = ()) -> bool:
     """Whether an index entry looks under-replicated (:func:`copies_left`)."""
-    return copies_left(locations, nodes, want, waiting=waiting) is not None
+    return copies_left(locations, nodes, want, waiting=waiting, sites=sites,
+                       owed=owed) is not None
 
 
 def lost_nodes(nodes: Iterable[Node], waiting: frozenset[int]) -> frozenset[str]:
@@ -238,17 +289,20 @@ class DrainPlan:
 
 def plan_drain(locations: Sequence[int], draining: int, nodes: Mapping[int, Node],
                candidates: Sequence[Node], want: int, *,
-               tiers: TierPolicy | None = None) -> DrainPlan:
+               tiers: TierPolicy | None = None,
+               sites: SitePolicy = NO_SITE_RULE) -> DrainPlan:
     """Plan moving one blob off the ``draining`` node.
 
     The other locations are not probed (that is the repairer's work): a copy elsewhere
-    counts when its node is up and active or draining.  With a storage hierarchy
-    (``tiers``) the copy stays in its tier: that tier's candidates come first.
+    counts when its node is up and active or draining.  Targets in sites with room under
+    the site rule come first (the draining node's own site, when it held the site's
+    copy), then new zones.  With a storage hierarchy (``tiers``) the copy stays in its
+    tier: that tier's candidates come first (sites then order them within it).
     """
     others = [nodes[n] for n in locations if n != draining and n in nodes
               and nodes[n].state in COUNTING]
     need = max(1, want - len(others))
-    targets = rank_targets(candidates, locations, (n.zone for n in others))
+    targets = rank_targets(candidates, locations, others, sites)
     leaving = nodes.get(draining)
     if tiers is not None and leaving is not None:
         targets = tiers.same_tier_first(targets, leaving.tier)
@@ -279,6 +333,7 @@ class NodeUsage:
     zone: str
     used: int
     capacity: int
+    site: str = DEFAULT_SITE
 
     @property
     def fraction(self) -> float:
@@ -399,7 +454,8 @@ def plan_moves(nodes: Sequence[NodeUsage], hot: Mapping[str, Sequence[BlobCandid
                tolerance: float, budget: int, *,
                cold: Mapping[str, Sequence[BlobCandidate]] | None = None,
                busy: Collection[str] = (), loads: Mapping[str, float] | None = None,
-               seed: int = 0) -> list[Move]:
+               seed: int = 0, sites: SitePolicy = NO_SITE_RULE,
+               places: Mapping[int, tuple[str, str]] | None = None) -> list[Move]:
     """Moves that bring every node within ``tolerance`` of its byte target, after taking
     hot blobs off ``busy`` nodes (see the module docstring).
 
@@ -415,6 +471,11 @@ def plan_moves(nodes: Sequence[NodeUsage], hot: Mapping[str, Sequence[BlobCandid
         least loaded first; default: all equal).
     :param seed: orders blobs of equal heat, so that passes and directors vary which
         cold blobs they take.
+    :param sites: the site rule: a move never puts more than ``replicas_per_site`` copies
+        in a site (nor takes a blob out of a site it would then lack: sites, like zones,
+        never lose spread).
+    :param places: node number -> (site, zone) of every registered node (default: those
+        of ``nodes``), so copies on nodes not levelled here still count.
     :returns: moves in the order to carry them out (each blob moves at most once).
     """
     live = [n for n in nodes if n.capacity > 0]
@@ -423,7 +484,9 @@ def plan_moves(nodes: Sequence[NodeUsage], hot: Mapping[str, Sequence[BlobCandid
     stat = usage(live)
     target = stat.targets
     used = {n.node_id: n.used for n in live}
-    zone_of = {n.number: n.zone for n in nodes}
+    place_of = dict(places) if places is not None else {}
+    for n in nodes:
+        place_of.setdefault(n.number, (n.site, n.zone))
     queues = {n.node_id: _queue(n.node_id, hot, cold or {}, seed) for n in live}
     planned: set[str] = set()
     moves: list[Move] = []
@@ -439,8 +502,16 @@ def plan_moves(nodes: Sequence[NodeUsage], hot: Mapping[str, Sequence[BlobCandid
         if blob.blob_id in planned or dst.number in blob.holders \
                 or src.number not in blob.holders or spent + blob.size > budget:
             return False
-        others = {zone_of[h] for h in blob.holders if h != src.number and h in zone_of}
-        return not (dst.zone in others and src.zone not in others)  # it would lose a zone
+        others = [place_of[h] for h in blob.holders if h != src.number and h in place_of]
+        zones = set(others)
+        if (dst.site, dst.zone) in zones and (src.site, src.zone) not in zones:
+            return False  # it would lose a zone
+        if dst.site == src.site:
+            return True
+        in_site = [s for s, _z in others]
+        if dst.site in in_site and src.site not in in_site:
+            return False  # it would lose a site
+        return not sites.enforced or in_site.count(dst.site) < sites.per_site
 
     def levels(src: NodeUsage, dst: NodeUsage, blob: BlobCandidate) -> bool:
         before = max(abs(dev(src.node_id)), abs(dev(dst.node_id)))

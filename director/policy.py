@@ -5,15 +5,17 @@ starts (:meth:`PlacementPolicy.from_config`) and asked by everything that places
 counts copies: puts (:mod:`director.placement` ranks the nodes it allows), repair, drain
 and level.  Nothing else reads ``replicas``, ``write_quorum`` or ``write_tier``, so a
 richer policy (more tiers, sites) changes this object and what it answers, not its
-callers.
+callers.  Each further concern is an object of its own held here: sites
+(:class:`director.sites.SitePolicy`, ``replicas_per_site`` and the frontend's ``site``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from director.config import DirectorConfig
 from director.nodes import Node, NodeState
+from director.sites import SitePolicy
 from director.tiers import TierPolicy
 
 
@@ -39,6 +41,8 @@ class PlacementPolicy:
     #: tier, ``tier``.  When set, ``replicas`` is its hot layout's copies and every tier
     #: it names takes copies.
     tiers: TierPolicy | None = None
+    #: How copies spread over sites, and the site reads prefer (director.sites).
+    sites: SitePolicy = field(default_factory=SitePolicy)
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -56,12 +60,13 @@ class PlacementPolicy:
     @classmethod
     def from_config(cls, dconf: DirectorConfig) -> PlacementPolicy:
         """The policy the ``[director]`` section describes."""
+        sites = SitePolicy(dconf.replicas_per_site, dconf.site)
         tiers = TierPolicy.from_config(dconf)
         if tiers is not None:
             return cls(replicas=sum(tiers.hot.values()), write_quorum=dconf.write_quorum,
-                       tier=None, tiers=tiers)
+                       tier=None, tiers=tiers, sites=sites)
         return cls(replicas=dconf.replicas, write_quorum=dconf.write_quorum,
-                   tier=dconf.write_tier or None)
+                   tier=dconf.write_tier or None, sites=sites)
 
     def may_hold(self, node: Node) -> bool:
         """Whether ``node`` may take new copies (before weighing how much room and load

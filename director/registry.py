@@ -39,7 +39,14 @@ from typing import TYPE_CHECKING, Any
 from director.errors import RegistryDamaged, RegistryError, RemoveRefused, UnknownNode
 from director.index import LocationIndex, StripResult
 from director.keys import Keyspace, check_node_id
-from director.nodes import ADMIN_STATES, LoadReport, Node, NodeState, parse_report
+from director.nodes import (
+    ADMIN_STATES,
+    DEFAULT_SITE,
+    LoadReport,
+    Node,
+    NodeState,
+    parse_report,
+)
 from director.placement import Placer
 from director.policy import PlacementPolicy
 from director.redisconn import (
@@ -58,7 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # KEYS: node record, id->number map, number counter.  ARGV: id, address, zone, tier,
-# weight, now, wanted, floor.  A removed node may be added again: it keeps its number.
+# weight, now, wanted, floor, site.  A removed node may be added again: it keeps its number.
 # A node the map does not know gets ``wanted`` (the number it reports keeping from a
 # registry that was lost) unless another id has it; otherwise the next number, above
 # ``floor`` (the highest number any node reports) when the counter was lost too.
@@ -90,7 +97,7 @@ if not num then
 end
 redis.call('HSET', node_key, 'id', id, 'address', ARGV[2], 'zone', ARGV[3], 'tier', ARGV[4],
            'weight', ARGV[5], 'state', 'active', 'number', num, 'added', ARGV[6],
-           'changed', ARGV[6])
+           'changed', ARGV[6], 'site', ARGV[9])
 return {'ok', num}
 """)
 
@@ -225,6 +232,7 @@ class Registry:
             if report is not None:
                 out.append(Node(id=node_id, number=0, address=report.address,
                                 zone=report.zone, tier=report.tier, weight=0.0,
+                                site=report.site or DEFAULT_SITE,
                                 admin_state=NodeState.NEW, report=report))
         return out
 
@@ -252,7 +260,7 @@ class Registry:
     # -- writing ------------------------------------------------------------------------
 
     async def add(self, node_id: str, address: str, *, zone: str, tier: str,
-                  weight: float = 1.0) -> Node:
+                  weight: float = 1.0, site: str = DEFAULT_SITE) -> Node:
         """Register a node (or bring back a removed one, with its old number) as active.
 
         :raises RegistryError: the id is registered already, another registered node
@@ -263,8 +271,8 @@ class Registry:
             parse_hostport(address, "address")
         except ValueError as exc:
             raise RegistryError(str(exc)) from None
-        if not zone or not tier:
-            raise RegistryError("a node needs a zone and a tier")
+        if not zone or not tier or not site:
+            raise RegistryError("a node needs a site, a zone and a tier")
         if not weight > 0:
             raise RegistryError(f"weight must be positive, got {weight}")
         for other in (await self.snapshot()).nodes:
@@ -276,7 +284,7 @@ class Registry:
         now = repr(self._clock())
         (reply,) = await self.runner.run("node add", [Command(
             keys[0], ("EVALSHA", _ADD.sha, 3, *keys, node_id, address, zone, tier,
-                      repr(float(weight)), now, wanted, floor))], durable=True)
+                      repr(float(weight)), now, wanted, floor, site))], durable=True)
         status = _text(reply[0])
         if status == "exists":
             raise RegistryError(f"node {node_id} is already registered "
@@ -302,7 +310,7 @@ class Registry:
     async def reregister(self) -> list[Node]:
         """Register again every object server that reports a number it kept but that the
         registry does not know (the registry was lost: a FLUSHALL of the Redis masters),
-        with that number, the zone and tier it reports, weight 1 and state active.
+        with that number, the site, zone and tier it reports, weight 1 and state active.
 
         A node an operator removed forgot its number (objstored follows its record), so
         it is not brought back.  Weights and drains set before the loss must be set
@@ -315,7 +323,8 @@ class Registry:
                 continue
             try:
                 back.append(await self.add(node.id, report.address, zone=report.zone or
-                                           "default", tier=report.tier or "default"))
+                                           "default", tier=report.tier or "default",
+                                           site=report.site or DEFAULT_SITE))
             except RegistryError as exc:  # added meanwhile, or its address is taken
                 log.warning("could not register %s again: %s", node.id, exc)
         return back
@@ -397,7 +406,9 @@ def _node_from(node_id: str, record: dict[bytes, bytes], report: LoadReport | No
                     admin_state=admin,
                     report=report if report is not None and report.node_id == node_id
                     else None,
-                    added_at=float(text.get("added", "0")))
+                    added_at=float(text.get("added", "0")),
+                    # A record from before sites: the installation's one site.
+                    site=text.get("site") or DEFAULT_SITE)
     except (KeyError, ValueError) as exc:
         raise RegistryDamaged(f"registry record of node {node_id} is damaged: {exc}") from exc
 

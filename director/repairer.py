@@ -51,13 +51,13 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from director.background import BackgroundJob, PassControl, PassStats, RateLimiter
 from director.blobreader import Probe, VerifiedBlob
-from director.copier import write_verified
+from director.copier import delete_copy, write_verified
 from director.errors import KeyUnavailable
 from director.index import SCAN_BUCKETS
 from director.jobstate import JobState, integer, number
@@ -101,6 +101,8 @@ class RepairStats(PassStats):
     :param rewritten: missing or corrupt copies written again in place.
     :param forgotten: locations dropped from the index (removed nodes, bad copies on
         draining nodes).
+    :param dropped: surplus copies deleted from a site crowded beyond
+        ``replicas_per_site`` once the blob had its copy in the site that lacked it.
     :param unrepairable: blobs sent back to the queue with a delay (no good copy
         reachable, or too few nodes to copy to).
     :param corrupt: of the unrepairable, blobs with no copy that verifies and at least
@@ -126,6 +128,7 @@ class RepairStats(PassStats):
     copies_made: int = 0
     rewritten: int = 0
     forgotten: int = 0
+    dropped: int = 0
     unrepairable: int = 0
     corrupt: int = 0
     lost: int = 0
@@ -225,7 +228,9 @@ class Repairer(BackgroundJob[RepairStats]):
         left = min(full_left, self.dconf.repair_scan_buckets * FULL_SWEEP_FACTOR) if full \
             else self.dconf.repair_scan_buckets
         nodes = {n.number: n for n in snap.nodes}
-        want = self.client.policy.min_copies
+        policy = self.client.policy
+        want = policy.min_copies
+        owed = snap.placer(policy).sites
         while left > 0:
             page = await self.index.scan(cursor, buckets=min(SCAN_BUCKETS, left))
             if any(n not in nodes for _bid, nums in page.entries for n in nums):
@@ -234,7 +239,7 @@ class Repairer(BackgroundJob[RepairStats]):
             by_priority: dict[int, list[str]] = defaultdict(list)
             for bid, nums in page.entries:
                 copies = copies_left(nums, nodes, want, waiting=waiting,
-                                     tiers=self.client.policy.tiers)
+                                     tiers=policy.tiers, sites=policy.sites, owed=owed)
                 if copies is not None:
                     by_priority[priority_of(copies)].append(bid)
             for priority, short in sorted(by_priority.items()):
@@ -357,8 +362,11 @@ class Repairer(BackgroundJob[RepairStats]):
         policy = self.client.policy
         layout = await self._layout(bid) if policy.tiers is not None else None
         plan = plan_repair(replicas, placer.candidates(bid), policy.replicas,
-                           waiting=waiting, tiers=policy.tiers, layout=layout)
-        unsure = any(r.number in waiting and r.health is Health.DOWN for r in replicas)
+                           waiting=waiting, tiers=policy.tiers, layout=layout,
+                           sites=policy.sites, owed=placer.sites)
+        # A copy counted on trust, or one a site that is down is owed: look again later.
+        unsure = any(r.number in waiting and r.health is Health.DOWN for r in replicas) \
+            or plan.unplaced
         if plan.whole:
             stats.whole += 1
             if unsure:  # a down node's copy counted on trust: look again later
@@ -403,6 +411,9 @@ class Repairer(BackgroundJob[RepairStats]):
         if added or plan.forget:
             await self.index.update(bid, add=added, remove=plan.forget)
             stats.forgotten += len(plan.forget)
+        drop = plan.surplus[:plan.drops(made, fixed)]
+        if drop and source is not None:
+            await self._drop(bid, drop, source, stats)
         stats.rewritten += fixed
         stats.copies_made += made
         if made >= plan.need and fixed == len(plan.rewrite):
@@ -439,6 +450,20 @@ class Repairer(BackgroundJob[RepairStats]):
                     probes[r.number] = found
                     return found.blob
         return None
+
+    async def _drop(self, bid: str, nodes: Sequence[Node], source: VerifiedBlob,
+                    stats: RepairStats) -> None:
+        """Drop copies a crowded site holds beyond the site rule (the blob has its copies
+        elsewhere now): out of the index first, so reads stop going there, then off the
+        object servers."""
+        await self.index.update(bid, remove=[n.number for n in nodes])
+        for node in nodes:
+            try:
+                await delete_copy(self.client.node_client(node), source.keys)
+            except (NodeError, OSError) as exc:  # unindexed: inventory finds it later
+                log.warning("repair: could not delete surplus copy of %s from %s: %s",
+                            bid, node.id, exc)
+        stats.dropped += len(nodes)
 
     async def _write_each(self, nodes: tuple[Node, ...], source: VerifiedBlob,
                           stats: RepairStats) -> int:

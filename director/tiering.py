@@ -237,8 +237,8 @@ class Tierer(BackgroundJob[TierStats]):
             # Copies on draining nodes go first (they are leaving anyway).
             drop += sorted((h for h in held if h.tier == tier),
                            key=lambda h: h.state is NodeState.ACTIVE)[:extra]
-        kept_zones = [h.zone for h in held if h not in drop]
-        ranked = rank_targets(placer.candidates(bid), nums, kept_zones)
+        kept = [h for h in held if h not in drop]
+        ranked = rank_targets(placer.candidates(bid), nums, kept)
         move: dict[str, Any] = {"blob": bid, "to": kind, "added": [],
                                 "removed": [d.id for d in drop], "done": False}
         if len(stats.moves) < KEPT_MOVES:

@@ -6,6 +6,7 @@ blob.  Everything else needs the message's *skeleton* (one small blob) and then 
 part blobs that the requested window overlaps: :func:`metadata.splitter.blobs_for_window`
 walks the skeleton's segments counting IMAP-view octets with the sizes the skeleton records,
 so ``BODY[1]<0.2048>`` of a message with a 20 MB attachment never fetches the attachment.
+BINARY (RFC 3516) is read the same way and decoded by :mod:`imapd.binary`.
 
 :class:`BodyReader` serves a whole batch of FETCH entries with two round trips to the blob
 store at most: every skeleton at once, then every part blob the batch needs at once.
@@ -18,18 +19,22 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from director.errors import BlobUnavailable
-from imapd.fetchatts import BodySection, Section, SectionText
+from imapd import binary
+from imapd.fetchatts import BinarySection, BinarySize, BodySection, Section, SectionText
 from imapd.headerfields import filter_fields
 from metadata.records import MessageEntry
 from metadata.sections import SectionMap, SectionMapError, SectionRange, imap_view
 from metadata.splitter import (
     Skeleton,
+    blobs_for_range,
     blobs_for_window,
     parse_skeleton,
     read_imap_range,
+    read_range,
 )
 
 __all__ = [
+    "BinaryAtt",
     "BlobSource",
     "BodyReader",
     "blobs_for_window",
@@ -37,6 +42,9 @@ __all__ = [
     "needs_skeleton",
     "slice_window",
 ]
+
+
+BinaryAtt = BinarySection | BinarySize
 
 
 class BlobSource(Protocol):
@@ -81,6 +89,19 @@ def needs_skeleton(atts: Iterable[BodySection]) -> bool:
 def _filtered(header: bytes, section: Section) -> bytes:
     return filter_fields(header, section.fields,
                          exclude=section.text is SectionText.HEADER_FIELDS_NOT)
+
+
+def _section_map(entry: MessageEntry, skeleton: Skeleton) -> SectionMap:
+    """The entry's stored section map, checked against its skeleton.
+
+    :raises SectionMapError: it is damaged, or describes another message.
+    """
+    sections = SectionMap.from_bytes(entry.section_map or b"")
+    if sections.entries[0].end != skeleton.size:
+        # Its ranges would read outside the message (or miss its end).
+        raise SectionMapError(f"section map of UID {entry.uid} covers "
+                              f"{sections.entries[0].end} bytes, its message {skeleton.size}")
+    return sections
 
 
 @dataclass(frozen=True)
@@ -129,12 +150,7 @@ class BodyReader:
         wanted: dict[str, None] = {}
         for entry in entries:
             skeleton = skeletons[entry.uid]
-            sections = SectionMap.from_bytes(entry.section_map or b"")
-            if sections.entries[0].end != skeleton.size:
-                # Its ranges would read outside the message (or miss its end).
-                raise SectionMapError(f"section map of UID {entry.uid} covers "
-                                      f"{sections.entries[0].end} bytes, its message "
-                                      f"{skeleton.size}")
+            sections = _section_map(entry, skeleton)
             for att in deep:
                 rng = sections.locate(locate_spec(att.section))
                 whole = bool(att.section.fields)
@@ -146,16 +162,94 @@ class BodyReader:
                 else:
                     ids = blobs_for_window(skeleton, rng, att.partial.origin, att.partial.count)
                 wanted.update(dict.fromkeys(ids))
-        parts = await self.blobs.get_many(wanted) if wanted else {}
-        missing = wanted.keys() - parts.keys()
-        if missing:
-            raise BlobUnavailable(f"blob {min(missing)} could not be read")
+        parts = await self._parts(wanted)
         for entry in entries:
             skeleton = skeletons[entry.uid]
             for att in deep:
                 plan = plans[entry.uid, att]
                 result[entry.uid, att] = self._answer(skeleton, parts, plan, att)
         return result
+
+    async def read_binary(self, entries: Sequence[MessageEntry], atts: Sequence[BinaryAtt],
+                          ) -> dict[tuple[int, BinaryAtt], bytes | int]:
+        """``BINARY[...]`` octets and ``BINARY.SIZE[...]`` sizes of every attribute of
+        every entry, by ``(uid, att)`` (see :mod:`imapd.binary`): the skeletons, then (if
+        a part's MIME header is not kept in its skeleton) header blobs, then only the
+        blobs the decoding needs.  A part that does not exist is empty (size 0).
+
+        :raises imapd.binary.UnknownCte: a part is in an encoding this server cannot undo.
+        :raises metadata.splitter.SkeletonError: stored data is corrupt.
+        """
+        result: dict[tuple[int, BinaryAtt], bytes | int] = {}
+        if not entries or not atts:
+            return result
+        skeletons = await self._skeletons(entries)
+        numbers = list(dict.fromkeys(att.part for att in atts))
+        located: dict[tuple[int, tuple[int, ...]], tuple[SectionRange | None,
+                                                          SectionRange | None]] = {}
+        wanted: dict[str, None] = {}
+        for entry in entries:
+            skeleton = skeletons[entry.uid]
+            sections = _section_map(entry, skeleton)
+            for part in numbers:
+                body, header = located[entry.uid, part] = binary.locate_binary(sections, part)
+                if header is not None:
+                    wanted.update(dict.fromkeys(
+                        blobs_for_range(skeleton, header.start, header.end)))
+        parts = await self._parts(wanted)  # nearly always none: headers stay inline
+        encodings: dict[tuple[int, tuple[int, ...]], str] = {}
+        wanted = {}
+        for entry in entries:
+            skeleton = skeletons[entry.uid]
+            for part in numbers:
+                body, header = located[entry.uid, part]
+                if body is None:
+                    continue
+                encoding = "" if header is None else binary.transfer_encoding(
+                    read_range(skeleton, parts, header.start, header.end))
+                binary.check(encoding)
+                encodings[entry.uid, part] = encoding
+                for att in atts:
+                    if att.part == part:
+                        wanted.update(dict.fromkeys(binary.blobs_needed(
+                            skeleton, body, encoding,
+                            size_only=isinstance(att, BinarySize))))
+        parts.update(await self._parts(wanted.keys() - parts.keys()))
+        for entry in entries:
+            skeleton = skeletons[entry.uid]
+            done: dict[tuple[int, ...], bytes] = {}
+            for att in atts:
+                body, _ = located[entry.uid, att.part]
+                if body is None:
+                    result[entry.uid, att] = 0 if isinstance(att, BinarySize) else b""
+                    continue
+                encoding = encodings[entry.uid, att.part]
+                if isinstance(att, BinarySize):
+                    result[entry.uid, att] = (
+                        len(done[att.part]) if att.part in done
+                        else binary.decoded_size(skeleton, parts, body, encoding))
+                    continue
+                data = done.get(att.part)
+                if data is None:
+                    data = done[att.part] = binary.decoded(skeleton, parts, body, encoding)
+                if att.partial is not None:
+                    data = slice_window(data, att.partial.origin, att.partial.count)
+                result[entry.uid, att] = data
+        return result
+
+    async def _parts(self, ids: Iterable[str]) -> dict[str, bytes]:
+        """The stored bytes of blobs ``ids``, all of them.
+
+        :raises BlobUnavailable: one could not be read.
+        """
+        wanted = list(ids)
+        if not wanted:
+            return {}
+        parts = await self.blobs.get_many(wanted)
+        missing = set(wanted) - parts.keys()
+        if missing:
+            raise BlobUnavailable(f"blob {min(missing)} could not be read")
+        return parts
 
     async def read_message(self, entry: MessageEntry) -> bytes:
         """The whole message as IMAP and POP3 send it (CRLF line ends, NUL as 0x80)."""

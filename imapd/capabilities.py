@@ -42,6 +42,9 @@ _AUTHENTICATED = (
     "CONTEXT=SORT",
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
+    "COMPRESS=DEFLATE",  # RFC 4978: authenticated state only (its ABNF: command-auth)
+    "BINARY",
+    "CATENATE",
 )
 
 #: What ENABLE (RFC 5161) can switch on (upper-cased, as the grammar reads them); IMAP4rev2
@@ -50,8 +53,8 @@ ENABLEABLE = frozenset({"CONDSTORE", "QRESYNC", "IMAP4REV2"})
 
 #: The extensions RFC 9051 folds into IMAP4rev2 (Appendix E, docs/imap-protocol.md): a
 #: rev2 client may use any of them without looking, so IMAP4rev2 is announced only once
-#: every one is.  LITERAL+ stands for LITERAL- (RFC 7888 5: a superset), and the extensions
-#: built elsewhere (BINARY, on branch imapcompress) turn rev2 on by being announced.
+#: every one is.  LITERAL+ stands for LITERAL- (RFC 7888 5: a superset); BINARY, the last
+#: to come, completed the set.
 REV2_NEEDS = frozenset({
     "NAMESPACE", "UNSELECT", "UIDPLUS", "ESEARCH", "SEARCHRES", "ENABLE", "IDLE", "SASL-IR",
     "LIST-EXTENDED", "LIST-STATUS", "MOVE", "LITERAL+", "BINARY", "SPECIAL-USE",

@@ -5,12 +5,11 @@ Extensions: IDLE (RFC 2177), NAMESPACE (RFC 2342), UIDPLUS (RFC 4315: UID EXPUNG
 (RFC 6851), SPECIAL-USE (RFC 6154: CREATE ... (USE (...)), LIST RETURN (SPECIAL-USE)),
 LIST-EXTENDED syntax (RFC 5258), LITERAL+ (RFC 7888, in the parser), ENABLE (RFC 5161),
 ID (RFC 2971), UNSELECT (RFC 3691), CONDSTORE and QRESYNC (RFC 7162), MULTIAPPEND (RFC 3502),
-SASL-IR (RFC 4959), ESEARCH and SEARCHRES (RFC 4731, RFC 5182: ``SEARCH RETURN``, ``$``),
-ESORT and CONTEXT=SEARCH/CONTEXT=SORT (RFC 5267: ``SORT RETURN``, the CONTEXT, UPDATE and
-PARTIAL return options, CANCELUPDATE).
-The syntax of BINARY (RFC 3516: ``literal8``, ``BINARY[...]`` items) is parsed too, but
-BINARY is not announced (:mod:`imapd.capabilities`) and the session answers its FETCH items
-with BAD.
+SASL-IR (RFC 4959), COMPRESS (RFC 4978), CATENATE (RFC 4469), ESEARCH and SEARCHRES
+(RFC 4731, RFC 5182: ``SEARCH RETURN``, ``$``), ESORT and CONTEXT=SEARCH/CONTEXT=SORT
+(RFC 5267: ``SORT RETURN``, the CONTEXT, UPDATE and PARTIAL return options, CANCELUPDATE).
+BINARY (RFC 3516): ``literal8`` in APPEND, ``BINARY[...]``, ``BINARY.PEEK[...]`` and
+``BINARY.SIZE[...]`` FETCH items.
 
 Every command carries its ``tag``; ``NAME`` is the command word as IMAP spells it. Mailbox
 names are decoded from modified UTF-7, and any case of ``INBOX`` is ``"INBOX"``. The commands
@@ -35,9 +34,12 @@ __all__ = [
     "Authenticate",
     "CancelUpdate",
     "Capability",
+    "CatText",
+    "CatUrl",
     "Check",
     "Close",
     "Command",
+    "Compress",
     "Copy",
     "Create",
     "Delete",
@@ -293,16 +295,33 @@ class Status(Command):
 
 
 @dataclass(frozen=True)
+class CatText:
+    """``TEXT literal``: octets of a CATENATE (RFC 4469)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class CatUrl:
+    """``URL astring``: an IMAP URL whose data a CATENATE includes (RFC 4469)."""
+
+    url: str
+
+
+@dataclass(frozen=True)
 class AppendMessage:
     """One message of an APPEND: flags, optional INTERNALDATE, and the octets.
 
     :ivar binary: sent as ``literal8`` (RFC 3516), so it may hold NUL octets.
+    :ivar catenate: the parts of a ``CATENATE (...)`` (RFC 4469) to join into the
+        message, in order; ``data`` is empty then.
     """
 
     data: bytes
     flags: tuple[str, ...] = ()
     internaldate: dt.datetime | None = None
     binary: bool = False
+    catenate: tuple[CatText | CatUrl, ...] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -332,6 +351,14 @@ class Idle(Command):
     """IDLE: the server answers ``+ idling`` and calls ``Parser.start_idle``."""
 
     NAME: ClassVar[str] = "IDLE"
+
+
+@dataclass(frozen=True)
+class Compress(Command):
+    """COMPRESS (RFC 4978); ``DEFLATE`` is the one mechanism there is."""
+
+    NAME: ClassVar[str] = "COMPRESS"
+    mechanism: str = "DEFLATE"
 
 
 # -- selected ------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The session never touches a transport.  It sends responses, waits for a slow reader to
 catch up (:meth:`Connection.drain`), and asks the adapter to switch the parser into its raw
-line modes (IDLE's ``DONE``, a SASL response), to start TLS, or to close.  The adapter
+line modes (IDLE's ``DONE``, a SASL response), to start TLS or compression, or to close.  The adapter
 (:mod:`imapd.server`) implements it; tests implement it over a list.
 """
 
@@ -53,6 +53,10 @@ class Connection(Protocol):
     def start_tls(self) -> None:
         """Negotiate TLS now (the tagged OK to STARTTLS has been sent); input buffered
         before it is discarded."""
+
+    def start_compress(self) -> None:
+        """Compress both ways from now on (COMPRESS=DEFLATE, RFC 4978; the tagged OK has
+        been sent uncompressed); input buffered after the command was compressed too."""
 
     def close(self) -> None:
         """Close the connection once what was sent is written."""

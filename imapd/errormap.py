@@ -32,6 +32,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from imapd.binary import UnknownCte
+from imapd.catenate import BadUrl
 from imapd.errors import TryCreate
 from imapd.pop3parser import err
 from imapd.response import (
@@ -51,6 +53,7 @@ from imapd.response import (
     Status,
     Tagged,
 )
+from imapd.response import BadUrl as BadUrlCode
 from metadata.errors import (
     InvalidName,
     MailboxExists,
@@ -81,6 +84,7 @@ _IMAP_OWN: tuple[tuple[type[Exception], Status, Callable[[Exception], str], Code
     (OverQuota, Status.NO, lambda e: "Quota exceeded", OVERQUOTA),
     (MessageTooBig, Status.NO, lambda e: "Message too large", TOOBIG),
     (UidsExhausted, Status.NO, lambda e: "Mailbox has used every UID", LIMIT),
+    (UnknownCte, Status.NO, str, Code("UNKNOWN-CTE")),  # RFC 3516 4.3
 )
 
 #: The words for each kind: (status, text, code); text None means the error's own.
@@ -96,6 +100,8 @@ _IMAP_KINDS: dict[type[kinds.Error] | None, tuple[Status, str | None, Code | Non
 
 def imap_error(tag: str, exc: BaseException) -> Tagged:
     """The tagged IMAP answer to a command that failed with ``exc``."""
+    if isinstance(exc, BadUrl):  # its code carries the URL (RFC 4469 5.1)
+        return Tagged(tag, Status.NO, exc.reason, BadUrlCode(exc.url))
     for cls, status, text, code in _IMAP_OWN:
         if isinstance(exc, cls):
             return Tagged(tag, status, text(exc), code)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from imapd.bodies import needs_skeleton
+from imapd.bodies import BinaryAtt, needs_skeleton
 from imapd.errors import ImapdError
 from imapd.fetchatts import BinarySection, BinarySize, BodySection, FetchAtt, FetchItem
 from imapd.response import (
@@ -46,12 +46,14 @@ class FetchPlan:
     :ivar items: the cached columns to read (names of ``metadata.messages.FETCH_ITEMS``).
     :ivar bodies: the body sections among ``atts``.
     :ivar sets_seen: answering sets ``\\Seen`` (in a read-write mailbox).
+    :ivar binaries: the BINARY and BINARY.SIZE items among ``atts`` (RFC 3516).
     """
 
     atts: tuple[FetchAtt, ...]
     items: frozenset[str]
     bodies: tuple[BodySection, ...]
     sets_seen: bool
+    binaries: tuple[BinarySection | BinarySize, ...] = ()
 
 
 _ITEM_COLUMNS = {
@@ -62,30 +64,32 @@ _ITEM_COLUMNS = {
 
 
 def plan_fetch(atts: tuple[FetchAtt, ...], *, uid: bool, changedsince: int | None) -> FetchPlan:
-    """Plan a FETCH.
-
-    :raises Unsupported: BINARY was asked for (not announced).
-    """
+    """Plan a FETCH."""
     ordered = list(atts)
-    if any(isinstance(att, BinarySection | BinarySize) for att in ordered):
-        raise Unsupported("BINARY is not supported")
     if uid and FetchItem.UID not in ordered:
         ordered.insert(0, FetchItem.UID)
     if changedsince is not None and FetchItem.MODSEQ not in ordered:
         ordered.append(FetchItem.MODSEQ)  # RFC 7162 3.1.4.1
     items: set[str] = set()
     bodies: list[BodySection] = []
+    binaries: list[BinarySection | BinarySize] = []
     for att in ordered:
         if isinstance(att, FetchItem) and att in _ITEM_COLUMNS:
             items.add(_ITEM_COLUMNS[att])
         elif isinstance(att, BodySection):
             bodies.append(att)
+        elif isinstance(att, BinarySection | BinarySize):
+            binaries.append(att)
     if bodies:
         items.add("header")
         if needs_skeleton(bodies):
             items.update(("skeleton", "sections"))
-    sets_seen = any(isinstance(att, BodySection) and att.sets_seen for att in ordered)
-    return FetchPlan(tuple(ordered), frozenset(items), tuple(bodies), sets_seen)
+    if binaries:
+        items.update(("skeleton", "sections"))
+    sets_seen = any(isinstance(att, BodySection | BinarySection) and att.sets_seen
+                    for att in ordered)
+    return FetchPlan(tuple(ordered), frozenset(items), tuple(bodies), sets_seen,
+                     tuple(binaries))
 
 
 def flag_names(flags: Flags, recent: bool) -> tuple[str, ...]:
@@ -96,16 +100,30 @@ def flag_names(flags: Flags, recent: bool) -> tuple[str, ...]:
 
 
 def fetch_items(plan: FetchPlan, entry: MessageEntry, bodies: Mapping[tuple[int, BodySection],
-                bytes], *, recent: bool, add_flags: bool = False) -> tuple[ResponseItem, ...]:
+                bytes], *, recent: bool, add_flags: bool = False,
+                binaries: Mapping[tuple[int, BinaryAtt], bytes | int] | None = None,
+                ) -> tuple[ResponseItem, ...]:
     """The response items for ``entry``.
 
     :param bodies: body octets by ``(uid, attribute)`` from :class:`imapd.bodies.BodyReader`.
     :param add_flags: append FLAGS although not asked (``\\Seen`` was just set by fetching).
+    :param binaries: BINARY octets and BINARY.SIZE sizes by ``(uid, attribute)``
+        (:meth:`imapd.bodies.BodyReader.read_binary`).
     """
     out: list[ResponseItem] = []
     for att in plan.atts:
         if isinstance(att, BodySection):
             out.append(FetchLiteral(att.response_name, bodies[entry.uid, att]))
+            continue
+        if isinstance(att, BinarySection | BinarySize):
+            value = binaries[entry.uid, att] if binaries is not None else None
+            if isinstance(att, BinarySize) and isinstance(value, int):
+                out.append(FetchNumber(att.response_name, value))
+            elif isinstance(att, BinarySection) and isinstance(value, bytes):
+                # RFC 3516 4.2: octets with NUL go as literal8 (~{n}).
+                out.append(FetchLiteral(att.response_name, value, binary=b"\0" in value))
+            else:
+                raise ValueError(f"no BINARY data read for {att!r} of UID {entry.uid}")
             continue
         match att:
             case FetchItem.FLAGS:

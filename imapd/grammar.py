@@ -411,11 +411,37 @@ def _append(lexer: Lexer, tag: str, uid: bool) -> c.Command:
         if lexer.peek() == ord('"'):
             internaldate = lexer.date_time()
             lexer.sp()
+        if lexer.peek_word() == "CATENATE":
+            lexer.atom()
+            lexer.sp()
+            messages.append(c.AppendMessage(b"", flags, internaldate,
+                                            catenate=_cat_parts(lexer)))
+            continue
         if not lexer.at_literal():
             raise ParseError("APPEND data must be a literal")
         data, binary = lexer.literal(binary_ok=True)
         messages.append(c.AppendMessage(data, flags, internaldate, binary))
     return c.Append(tag, mailbox, tuple(messages))
+
+
+def _cat_parts(lexer: Lexer) -> tuple[c.CatText | c.CatUrl, ...]:
+    """CATENATE's ``"(" cat-part *(SP cat-part) ")"`` (RFC 4469 5)."""
+    lexer.expect(b"(")
+    parts: list[c.CatText | c.CatUrl] = []
+    while True:
+        word = lexer.word()
+        lexer.sp()
+        if word == "TEXT":
+            if not lexer.at_literal():
+                raise ParseError("CATENATE TEXT must be a literal")
+            parts.append(c.CatText(lexer.literal(binary_ok=True)[0]))
+        elif word == "URL":
+            parts.append(c.CatUrl(lexer.utf8(lexer.astring(), "URL")))
+        else:
+            raise ParseError(f"unknown CATENATE part {word[:30]}")
+        if lexer.accept(b")"):
+            return tuple(parts)
+        lexer.sp()
 
 
 # -- selected -------------------------------------------------------------------------------
@@ -614,6 +640,15 @@ def _copy_like(factory: type[c.Copy] | type[c.Move]) -> Callable[[Lexer, str, bo
     return parse
 
 
+def _compress(lexer: Lexer, tag: str, uid: bool) -> c.Command:
+    lexer.sp()
+    mechanism = lexer.word()
+    if mechanism != "DEFLATE":  # RFC 4978 3: an unknown argument is BAD
+        raise ParseError(f"unknown compression mechanism {mechanism[:30]}")
+    lexer.end()
+    return c.Compress(tag, mechanism)
+
+
 def _expunge(lexer: Lexer, tag: str, uid: bool) -> c.Command:
     if not uid:
         lexer.end()
@@ -651,6 +686,7 @@ _COMMANDS: dict[str, _Parse] = {
     "GETQUOTAROOT": _one_mailbox(c.GetQuotaRoot),
     "SETQUOTA": _setquota,
     "IDLE": _no_arguments(c.Idle),
+    "COMPRESS": _compress,
     "CHECK": _no_arguments(c.Check),
     "CLOSE": _no_arguments(c.Close),
     "UNSELECT": _no_arguments(c.Unselect),

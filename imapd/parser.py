@@ -49,6 +49,7 @@ import binascii
 import enum
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 from imapd.commands import Command
 from imapd.grammar import COMMAND_NAMES, UID_COMMAND_NAMES, CommandError, parse_command
@@ -63,6 +64,7 @@ __all__ = [
     "ContinuationNeeded",
     "Event",
     "IdleDone",
+    "InputFilter",
     "Limits",
     "NeedData",
     "Parser",
@@ -245,6 +247,35 @@ def _head(first_line: bytes) -> tuple[str | None, str]:
     return (None if tag == "*" else tag), words
 
 
+class InputFilter(Protocol):
+    """What :meth:`Parser.start_filter` puts between the client's bytes and the parser: a
+    transformation of the stream (COMPRESS=DEFLATE's :class:`imapd.deflate.Inflater`)."""
+
+    def feed(self, data: bytes) -> None:
+        """Add octets received from the client."""
+
+    def read(self, limit: int) -> bytes:
+        """At most ``limit`` octets for the parser; empty when none are ready.
+
+        :raises RemoteProtocolError: the stream is invalid.
+        """
+        ...
+
+    @property
+    def pending(self) -> int:
+        """Octets fed and not read yet."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """:meth:`read` may return octets (input is pending, or output is held back)."""
+        ...
+
+
+#: The most octets the parser takes from an :class:`InputFilter` at once.
+FILTER_CHUNK = 64 * KiB
+
+
 class Parser:
     """Turns the client's byte stream into IMAP events; see the module docstring."""
 
@@ -271,6 +302,7 @@ class Parser:
         # IDLE / AUTHENTICATE.
         self._mode_tag = ""
         self._prelogin = prelogin
+        self._filter: InputFilter | None = None
 
     # -- input ------------------------------------------------------------------------------
 
@@ -278,6 +310,12 @@ class Parser:
         """Add bytes received from the client. Never raises for any input."""
         if self._state is ParserState.FATAL or not data:
             return
+        if self._filter is not None:
+            self._filter.feed(data)  # read when next_event needs it
+            return
+        self._feed_plain(data)
+
+    def _feed_plain(self, data: bytes) -> None:
         if self._state is ParserState.LITERAL and not self._buf:
             # Fast path: literal octets go straight to the literal, not via the buffer.
             take = min(self._remaining, len(data))
@@ -290,7 +328,10 @@ class Parser:
 
     @property
     def buffered_bytes(self) -> int:
-        """Octets fed but not yet consumed (literal octets already collected excluded)."""
+        """Octets fed but not yet consumed (literal octets already collected excluded);
+        with a filter, its pending input too."""
+        if self._filter is not None:
+            return len(self._buf) + self._filter.pending
         return len(self._buf)
 
     @property
@@ -342,6 +383,24 @@ class Parser:
         """Expect one SASL response line (call after sending a :class:`Challenge`)."""
         self._enter_raw_mode(ParserState.AUTHENTICATE, tag)
 
+    def start_filter(self, stream: InputFilter) -> None:
+        """Read everything from now on through ``stream`` (call right after the command
+        event that asks for it, e.g. COMPRESS): octets already buffered after that command
+        were sent through it too, so they move into it.
+
+        :raises RuntimeError: in the middle of a command, or a filter is set already.
+        """
+        if self._filter is not None:
+            raise RuntimeError("the input is filtered already")
+        if self._state is ParserState.FATAL:
+            return
+        if self._state is not ParserState.COMMAND or self._segments:
+            raise RuntimeError("cannot filter the input in the middle of a command")
+        rest = self._buf.maybe_extract_at_most(len(self._buf))
+        if rest:
+            stream.feed(rest)
+        self._filter = stream
+
     def _enter_raw_mode(self, state: ParserState, tag: str) -> None:
         if self._state is ParserState.FATAL:
             return
@@ -355,9 +414,32 @@ class Parser:
     def next_event(self) -> Event:
         """The next event, or :data:`NEED_DATA`.
 
+        With a filter (:meth:`start_filter`), its output is taken :data:`FILTER_CHUNK`
+        octets at a time and only while no event is complete and less than
+        :attr:`Limits.pause_buffer` waits here, so every limit holds as without it.
+
         :raises RemoteProtocolError: the client broke a limit the connection cannot survive
-            (see ``FATAL`` in the module docstring); raised again on every later call.
+            (see ``FATAL`` in the module docstring), or the filter found its input invalid;
+            raised again on every later call.
         """
+        event = self._next_event()
+        stream = self._filter
+        if stream is None:
+            return event
+        while (event is NEED_DATA and stream.ready and self._state is not ParserState.FATAL
+               and len(self._buf) < self.limits.pause_buffer):
+            try:
+                data = stream.read(FILTER_CHUNK)
+            except RemoteProtocolError as exc:
+                self._die(exc.reason)
+                raise
+            if not data:
+                break
+            self._feed_plain(data)
+            event = self._next_event()
+        return event
+
+    def _next_event(self) -> Event:
         while True:
             state = self._state
             if state is ParserState.FATAL or state is ParserState.AWAIT_DECISION:

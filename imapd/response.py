@@ -61,6 +61,7 @@ __all__ = [
     "AppendUid",
     "BadCharset",
     "BadEvent",
+    "BadUrl",
     "CapabilityCode",
     "CapabilityData",
     "Challenge",
@@ -366,6 +367,19 @@ class BadCharset:
 
 
 @dataclass(frozen=True)
+class BadUrl:
+    """``[BADURL url]`` (RFC 4469): a CATENATE URL that names nothing this user can read."""
+
+    url: str
+
+    def render(self) -> bytes:
+        """The code without brackets (the URL's characters outside TEXT-CHAR and ``]``
+        as ``?``: it echoes what the client sent)."""
+        text = re.sub(r"[^\x20-\x5c\x5e-\x7e]", "?", self.url[:300]) or "?"
+        return b"BADURL " + text.encode("ascii")
+
+
+@dataclass(frozen=True)
 class NoUpdate:
     """``[NOUPDATE "tag"]`` (RFC 5267 4.3.1): the search tagged ``tag`` gets no updates."""
 
@@ -389,6 +403,7 @@ ResponseCode = (
     | CopyUid
     | Modified
     | BadCharset
+    | BadUrl
     | NoUpdate
 )
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from director.errors import BlobCorrupt, BlobNotFound, DirectorError
 from imapd.backend import Backend
-from imapd.bodies import BodyReader
+from imapd.bodies import BinaryAtt, BodyReader
 from imapd.commands import (
     Copy,
     Fetch,
@@ -55,7 +55,7 @@ from imapd.commands import (
 from imapd.connection import Connection
 from imapd.contextsearch import Context, Contexts, merged, ordered_set
 from imapd.errors import MailboxGone, TryCreate
-from imapd.fetch import fetch_items, flag_names, plan_fetch
+from imapd.fetch import FetchPlan, fetch_items, flag_names, plan_fetch
 from imapd.fetchatts import BodySection
 from imapd.mailboxview import MailboxView
 from imapd.ordering import sort_entries
@@ -300,6 +300,43 @@ class SelectedMailbox:
                 pending = pending or not kept_up
         return out, pending
 
+    async def appended(self, added: Sequence[tuple[int, int, Flags]]) -> list[Response] | None:
+        """EXISTS (and RECENT) for the session's own APPEND of ``added`` (UID, mod-sequence,
+        flags of each, in order) without re-reading the mailbox, or None when a refresh
+        must: the mailbox row and the new entries are known from the insert itself when
+        nobody else took a UID or a mod-sequence in between (the UIDs follow the view's
+        UIDNEXT one by one and every mod-sequence since the watermarks is the session's
+        own).  A change another session makes later has a later mod-sequence and reaches
+        the session through the change feed as usual."""
+        view = self.view
+        if self.contexts:
+            return None  # kept searches (CONTEXT=SEARCH) are updated by the refresh
+        if not added or any(uid != view.uidnext + i for i, (uid, _m, _f) in enumerate(added)):
+            return None
+        modseqs = [modseq for _uid, modseq, _flags in added]
+        if 0 in modseqs or modseqs != list(range(modseqs[0], modseqs[0] + len(modseqs))):
+            return None
+        last = modseqs[-1]
+        view.own_modseqs.update(modseqs)
+        if not (view.only_own_since(view.flags_modseq, last)
+                and view.only_own_since(view.expunge_modseq, last)):
+            return None
+        if not view.read_only and not self.ext.rev2:
+            # Before the view moves: should this fail, the refresh does it all again.
+            low, high = await self.backend.store.messages.claim_recent(self.user.id,
+                                                                       view.mailbox_id)
+            view.claim_recent(low, high)
+        out = self._keyword_news(k for _u, _m, flags in added for k in flags.keywords)
+        count = view.add(uid for uid, _m, _f in added)
+        view.uidnext = added[-1][0] + 1
+        view.flags_modseq = view.expunge_modseq = last
+        view.forget_own()
+        if count:
+            out.append(Exists(view.exists))
+            if not self.ext.rev2:
+                out.append(Recent(len(view.recent)))
+        return out
+
     def _contexts_mark(self, highestmodseq: int) -> tuple[int, int, int]:
         """What a kept search's result depends on besides ``$``: the mailbox's mod-sequence
         (flags, expunges, deliveries all raise it) and the announced messages (sequence
@@ -462,8 +499,11 @@ class SelectedMailbox:
         if kind == "append":
             return uidnext is not None and uidnext <= self.view.uidnext
         if kind in ("flags", "expunge") and modseq is not None:
-            return modseq in self.view.own_modseqs or (
-                kind == "flags" and modseq <= self.view.flags_modseq)
+            # At or below a watermark it was reported already (the session's own
+            # mod-sequences are forgotten once the watermarks pass them, and their
+            # notification may arrive later than that).
+            watermark = self.view.flags_modseq if kind == "flags" else self.view.expunge_modseq
+            return modseq in self.view.own_modseqs or modseq <= watermark
         return False
 
     # -- FETCH ---------------------------------------------------------------------------------
@@ -496,8 +536,9 @@ class SelectedMailbox:
                                                  view.uid_set(chunk), items=plan.items,
                                                  changed_since=cmd.changedsince)
             bodies: dict[tuple[int, BodySection], bytes] = {}
-            if plan.bodies:
-                bodies, lost = await self._read_bodies(entries, plan.bodies)
+            binaries: dict[tuple[int, BinaryAtt], bytes | int] = {}
+            if plan.bodies or plan.binaries:
+                bodies, binaries, lost = await self._read_bodies(entries, plan)
                 if lost:
                     failed.update(lost)
                     entries = [e for e in entries if e.uid not in lost]
@@ -508,7 +549,8 @@ class SelectedMailbox:
             out: list[Response] = self._keyword_news(
                 k for e in entries for k in e.flags.keywords)
             out += [FetchData(seqs[e.uid], fetch_items(
-                plan, e, bodies, recent=e.uid in view.recent, add_flags=e.uid in seen_now))
+                plan, e, bodies, recent=e.uid in view.recent, add_flags=e.uid in seen_now,
+                binaries=binaries))
                 for e in entries]
             conn.send(out)
             await conn.drain()
@@ -516,25 +558,30 @@ class SelectedMailbox:
             return _fetch_failure(cmd, failed)
         return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
 
-    async def _read_bodies(self, entries: Sequence[MessageEntry],
-                           atts: Sequence[BodySection],
-                           ) -> tuple[dict[tuple[int, BodySection], bytes], dict[int, Exception]]:
-        """The body sections of ``entries``, and the messages that could not be read (by
-        UID): when the batch fails, each message is read alone, so one unreadable
-        message does not hide the others."""
+    async def _read_bodies(self, entries: Sequence[MessageEntry], plan: FetchPlan,
+                           ) -> tuple[dict[tuple[int, BodySection], bytes],
+                                      dict[tuple[int, BinaryAtt], bytes | int],
+                                      dict[int, Exception]]:
+        """The body sections and BINARY items of ``entries``, and the messages that could
+        not be read (by UID): when the batch fails, each message is read alone, so one
+        unreadable message does not hide the others."""
+        reader = self.reader
         try:
-            return await self.reader.read(entries, atts), {}
+            return (await reader.read(entries, plan.bodies),
+                    await reader.read_binary(entries, plan.binaries), {})
         except _READ_FAILURES as exc:
             if len(entries) == 1:
-                return {}, {entries[0].uid: exc}
+                return {}, {}, {entries[0].uid: exc}
         bodies: dict[tuple[int, BodySection], bytes] = {}
+        binaries: dict[tuple[int, BinaryAtt], bytes | int] = {}
         lost: dict[int, Exception] = {}
         for entry in entries:
             try:
-                bodies.update(await self.reader.read([entry], atts))
+                bodies.update(await reader.read([entry], plan.bodies))
+                binaries.update(await reader.read_binary([entry], plan.binaries))
             except _READ_FAILURES as exc:
                 lost[entry.uid] = exc
-        return bodies, lost
+        return bodies, binaries, lost
 
     async def _mark_seen(self, entries: list[MessageEntry],
                          ) -> tuple[list[MessageEntry], set[int]]:

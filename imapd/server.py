@@ -7,7 +7,8 @@ STARTTLS, the connection limit, disconnects mid-command) is shared with POP3 and
 in :mod:`imapd.adapter`.  What is IMAP's own lives here: the parser limits, answering a
 synchronizing literal's continuation request (or refusing the literal) before the command
 reaches the session, the BYE words, writing responses straight to the socket when
-nothing is queued in Twisted, and what holds until the client logs in: literals of a few
+nothing is queued in Twisted, COMPRESS=DEFLATE (every response compressed in :meth:`send`,
+whichever way it leaves; input inflated by the parser, :mod:`imapd.deflate`), and what holds until the client logs in: literals of a few
 KiB at most (:attr:`~imapd.parser.Limits.max_prelogin_literal`) and a deadline to log in
 (``imapd.prelogin_timeout``) that no trickle of bytes postpones.
 """
@@ -23,6 +24,7 @@ from imapd.adapter import SessionFactory, SessionProtocol
 from imapd.backend import Backend
 from imapd.commands import Command
 from imapd.config import ImapdConfig
+from imapd.deflate import Deflater, Inflater
 from imapd.parser import (
     AuthResponse,
     BadCommand,
@@ -71,6 +73,7 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
         self.pause_buffer = factory.limits.pause_buffer
         self.max_buffer = factory.limits.max_buffer
         self._direct_socket: Any = None
+        self._deflater: Deflater | None = None  # once COMPRESS=DEFLATE is active
         self._logged_in = False
         self._login_deadline: Any = None  # an IDelayedCall while the client has not logged in
         self._utf8_names = False  # IMAP4rev2 enabled: names are UTF-8 both ways
@@ -104,6 +107,10 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
         if self._gone or not responses:
             return
         out = render_all(responses, utf8=self._utf8_names)
+        if self._deflater is not None:
+            # Before any way out, the direct write included: once COMPRESS is active no
+            # byte may reach the client uncompressed.
+            out = [self._deflater.compress(out)]
         transport = self.transport
         sock = self._direct_socket
         if (sock is not None and not getattr(transport, "TLS", False)
@@ -118,6 +125,12 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
 
     def start_idle(self, tag: str) -> None:
         self.parser.start_idle(tag)
+
+    def start_compress(self) -> None:
+        if self._gone or self._deflater is not None:
+            return
+        self._deflater = Deflater()
+        self.parser.start_filter(Inflater())
 
     def start_authenticate(self, tag: str) -> None:
         self.parser.start_authenticate(tag)

@@ -32,6 +32,7 @@ of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -43,7 +44,9 @@ from twisted.internet import task
 from imapd import commands as c
 from imapd import listing, quota
 from imapd.backend import Backend
+from imapd.bodies import BodyReader
 from imapd.capabilities import ENABLEABLE, capabilities
+from imapd.catenate import BadUrl, catenate, parse_url
 from imapd.config import ImapdConfig
 from imapd.connection import Connection
 from imapd.errormap import imap_error, log_failure
@@ -106,6 +109,8 @@ SERVER_ID = (("name", "objmail"), ("vendor", "objmail"), ("support-url", None))
 MAX_FAILED_LOGINS = 5
 #: Consecutive BAD answers before the server hangs up on a client that sends garbage.
 MAX_BAD_COMMANDS = 20
+#: RFC 4978's answer to a second COMPRESS.
+COMPRESSIONACTIVE = Code("COMPRESSIONACTIVE")
 
 
 class State(enum.Enum):
@@ -165,6 +170,7 @@ class Session:
         self._failed_logins = 0
         self._bad_in_a_row = 0
         self._subscribed = False
+        self._compressing = False
         self._handlers: dict[type[c.Command], tuple[frozenset[State], _Handler]] = {
             c.Capability: (_ANY, self._capability),
             c.Noop: (_ANY, self._noop),
@@ -188,6 +194,7 @@ class Session:
             c.Append: (_AUTH, self._append),
             c.Namespace: (_AUTH, self._namespace),
             c.Idle: (_AUTH, self._idle),
+            c.Compress: (_AUTH, self._compress),
             c.GetQuota: (_AUTH, self._getquota),
             c.GetQuotaRoot: (_AUTH, self._getquotaroot),
             c.SetQuota: (_AUTH, self._setquota),
@@ -722,8 +729,12 @@ class Session:
         done = []
         try:
             for message in cmd.messages:
+                data = message.data
+                if message.catenate is not None:
+                    data = await catenate(message.catenate, read=self._url_data,
+                                          limit=self.config.max_message_size)
                 done.append(await self.backend.deliverer.deliver(
-                    user.name, message.data, mailbox=cmd.mailbox, flags=message.flags,
+                    user.name, data, mailbox=cmd.mailbox, flags=message.flags,
                     internaldate=message.internaldate))
         except NoSuchMailbox:
             raise TryCreate(cmd.mailbox) from None
@@ -731,13 +742,50 @@ class Session:
             if done:  # MULTIAPPEND is all or nothing (RFC 3502)
                 await self._undo_append(done)
             raise
-        if self.selected is not None and done[0].mailbox_id == self.selected.mailbox_id:
-            self._dirty = True  # RFC 3501 6.3.11: announce it with EXISTS now
-            # Its mod-sequences are this session's own: no flags of announced messages
-            # changed and nothing was expunged with them.
-            self.selected.view.own_modseqs.update(d.modseq for d in done if d.modseq)
+        selected = self.selected
+        if selected is not None and done[0].mailbox_id == selected.mailbox_id:
+            # RFC 3501 6.3.11: announce it with EXISTS now.  When nothing else is pending
+            # (and NOTIFY wants no FETCH of new messages), from what the insert returned.
+            out = None
+            if not self._dirty and not (self.notifier is not None
+                                        and self.notifier.spec.fetch_atts):
+                with contextlib.suppress(kinds.Unavailable):  # then the refresh retries
+                    out = await selected.appended([
+                        (d.uid, d.modseq, Flags.from_names(m.flags))
+                        for d, m in zip(done, cmd.messages, strict=True)])
+            if out is None:
+                self._dirty = True
+                # Its mod-sequences are this session's own: no flags of announced messages
+                # changed and nothing was expunged with them.
+                selected.view.own_modseqs.update(d.modseq for d in done if d.modseq)
+            else:
+                self.conn.send(out)
         code = AppendUid(done[0].uidvalidity, SequenceSet.from_values(d.uid for d in done))
         return Tagged(cmd.tag, Status.OK, "Append completed", code)
+
+    async def _url_data(self, url: str) -> bytes:
+        """What a CATENATE URL names, read from this user's own mailbox."""
+        ref = parse_url(url, user=self._user.name)
+        store = self.backend.store
+        if ref.mailbox is None:
+            if self.selected is None:
+                raise BadUrl(url, "A relative URL needs a selected mailbox")
+            mailbox_id, uidvalidity = self.selected.mailbox_id, self.selected.view.uidvalidity
+        else:
+            try:
+                mailbox = await store.mailboxes.get(self._user.id, ref.mailbox)
+            except NoSuchMailbox:
+                raise BadUrl(url, "No such mailbox") from None
+            mailbox_id, uidvalidity = mailbox.id, mailbox.uidvalidity
+        if ref.uidvalidity is not None and ref.uidvalidity != uidvalidity:
+            raise BadUrl(url, "UIDVALIDITY does not match")
+        entries = await store.messages.fetch(self._user.id, mailbox_id,
+                                             UidSet.from_uids([ref.uid]),
+                                             items=("skeleton", "sections", "header"))
+        if not entries:
+            raise BadUrl(url, "No such message")
+        read = await BodyReader(self.backend.blobs).read(entries, [ref.section])
+        return read[ref.uid, ref.section]
 
     async def _undo_append(self, done: list[Any]) -> None:
         messages = self.backend.store.messages
@@ -778,10 +826,11 @@ class Session:
         return Tagged(cmd.tag, Status.OK, "Getquota completed")
 
     async def _getquotaroot(self, cmd: c.GetQuotaRoot) -> Tagged:
-        box = await self.backend.store.mailboxes.get(self._user.id, cmd.mailbox,
-                                                     selectable=False)
+        # RFC 9208 4.1.2: the name need not be an existing mailbox (the root a mailbox
+        # would fall under once created); Dovecot 2.3 answers so too.  Every name of the
+        # user is under the one root, so the mailbox is not looked up.
         limited = quota.resources(await self.backend.store.users.get_by_id(self._user.id))
-        out: list[Response] = [QuotaRootData(box.name, (quota.ROOT,) if limited else ())]
+        out: list[Response] = [QuotaRootData(cmd.mailbox, (quota.ROOT,) if limited else ())]
         if limited:
             out.append(QuotaData(quota.ROOT, limited))
         self.conn.send(out)
@@ -797,6 +846,16 @@ class Session:
         self._idle_tag = cmd.tag
         if self._dirty and self.selected is not None:
             self._refresh_task = asyncio.ensure_future(self._idle_refresh())
+        return None
+
+    async def _compress(self, cmd: c.Compress) -> Tagged | None:
+        if self._compressing:
+            return Tagged(cmd.tag, Status.NO, "DEFLATE is active already", COMPRESSIONACTIVE)
+        # RFC 4978 3: the OK goes out as it is; compression starts right after its CRLF.
+        self.conn.send([Tagged(cmd.tag, Status.OK, "DEFLATE active")])
+        self.conn.start_compress()
+        self._compressing = True
+        log.info("DEFLATE on for %s from %s", self._who(), self.conn.peer)
         return None
 
     async def _idle_done(self, event: IdleDone) -> Tagged:

@@ -15,6 +15,7 @@ class ObjstoreConfig:
     data_dir: str = "var/objstore/1"
     node_id: str = ""
     zone: str = "default"
+    site: str = "default"
     tier: str = "ssd"
     workers: int = 1
     max_item_size: int = 1 * MIB

@@ -510,6 +510,7 @@ class Handler:
             ("slow_readers_dropped", totals["slow_readers_dropped"]),
             ("idle_dropped", totals["idle_dropped"]),
             ("group_commits", sc["commits"]), ("group_committed_ops", sc["committed_ops"]),
+            ("group_syncs", sc["syncs"]), ("group_synced_by_others", sc["synced_by_others"]),
             ("lmdb_map_size", info["lmdb_map_size"]),
             ("lmdb_page_size", info["lmdb_page_size"]),
             ("lmdb_used_pages", info["lmdb_used_pages"]),
@@ -639,7 +640,10 @@ class Handler:
                 return None
             return MetaReply(b"EN", tuple(self._meta_flags(cmd.key, f, None)))
         c.get_hits += 1
-        self.hot.hit(cmd.key)
+        if f.value:
+            # A read of the value; a size or presence probe (the leveler's sizes, a
+            # copy's check) is no read and must not make a cold blob look hot.
+            self.hot.hit(cmd.key)
         flags = self._meta_flags(cmd.key, f, rec)
         self._fetch(cmd.key)
         if win == b"W":

@@ -1,6 +1,6 @@
 """``objstored``: parse the command line, load the config, run one or N worker processes.
 
-``objstored --listen 127.0.0.1:11211 --data DIR [--config FILE] [--node-id ID] [--zone Z]
+``objstored --listen 127.0.0.1:11211 --data DIR [--config FILE] [--node-id ID] [--zone Z] [--site S]
 [--tier T] [--workers N] [--max-item-size BYTES] [--flush-all-enabled]
 [--metrics-listen HOST:PORT] [--log-format text|json] [--log-level LEVEL]``
 
@@ -70,6 +70,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", help="data directory (default from config)")
     ap.add_argument("--node-id", help="node id (default: generated once, kept in the data dir)")
     ap.add_argument("--zone", help="failure zone reported to the directors")
+    ap.add_argument("--site", help="site (above the zone) reported to the directors")
     ap.add_argument("--tier", help="storage tier reported to the directors (ssd, hdd...)")
     ap.add_argument("--workers", type=int, help="processes sharing the port and the store")
     ap.add_argument("--max-item-size", help="largest value in bytes (e.g. 1M, up to 64M)")
@@ -87,7 +88,8 @@ def configure(args: argparse.Namespace) -> ObjstoredConfig:
     config = load_config(ObjstoredConfig, args)
     changes: dict[str, Any] = {}
     for attr, key in (("listen", "listen"), ("data", "data_dir"), ("node_id", "node_id"),
-                      ("zone", "zone"), ("tier", "tier"), ("workers", "workers"),
+                      ("zone", "zone"), ("site", "site"), ("tier", "tier"),
+                      ("workers", "workers"),
                       ("flush_all_enabled", "flush_all_enabled"),
                       ("metrics_listen", "metrics_listen")):
         value = getattr(args, attr)
@@ -238,7 +240,7 @@ class Worker:
             return totals(snaps)
 
         def deliver(batch: list[tuple[Any, Result]]) -> None:
-            r.callFromThread(_run_callbacks, batch)
+            r.callFromThread(self.factory.complete_writes, batch)
 
         storage.start(deliver, config.group_commit_max)
         handler = Handler(storage, config, counters, hot, node_totals, node_id=config.node_id)
@@ -283,7 +285,7 @@ class Worker:
                                             lambda: node_hot(4096)))
         jobs = JobMetrics(registry, "objstore", r.seconds)
         identity = Identity(node_id=config.node_id, address=config.listen, zone=config.zone,
-                            tier=config.tier, workers=config.workers,
+                            tier=config.tier, site=config.site, workers=config.workers,
                             version=VERSION.decode())
 
         proc = ProcReader(data_dir)
@@ -381,14 +383,6 @@ def run_worker(config: ObjstoreConfig, cluster: ClusterConfig, index: int,
     worker.close()
     log.info("worker %d stopped", index)
     return code
-
-
-def _run_callbacks(batch: list[tuple[Any, Any]]) -> None:
-    for callback, result in batch:
-        try:
-            callback(result)
-        except Exception:
-            log.exception("write completion callback failed")
 
 
 def serve(config: ObjstoredConfig) -> int:

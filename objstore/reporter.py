@@ -65,6 +65,7 @@ class Identity:
     tier: str
     workers: int = 1
     version: str = ""
+    site: str = ""
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,7 @@ def build_report(identity: Identity, previous: LoadSample | None, current: LoadS
         "node_id": identity.node_id,
         "addr": identity.address,
         "zone": identity.zone,
+        "site": identity.site,
         "tier": identity.tier,
         "workers": str(identity.workers),
         "version": identity.version,

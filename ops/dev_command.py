@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                              "a dev config given with --config, else ./var)")
     parser.add_argument("--objstores", type=int, default=3,
                         help="number of object servers (default 3, zones a, b, c)")
+    parser.add_argument("--sites", type=int, default=1,
+                        help="sites the object servers are dealt into in turn (default 1: "
+                             "all in site 'default'; 2: s1, s2, s1...)")
     parser.add_argument("--json", action="store_true", help="machine-readable status")
     parser.add_argument("--user", default="demo", help="demo user name (default demo)")
     parser.add_argument("--password", default="demo",
@@ -78,6 +81,7 @@ def make_cluster(ctx: CommandContext) -> DevCluster:
     if ctx.config_path is None and generated.is_file():
         config = load_config(generated, ctx.environ)
     options = DevOptions(objstore_count=ctx.args.objstores,
+                         sites=max(1, getattr(ctx.args, "sites", 1)),
                          external_pg=bool(ctx.environ.get(ENV_PG_DSN)),
                          external_redis=bool(ctx.environ.get(ENV_REDIS_NODES)))
     return DevCluster(config, run_dir, options)

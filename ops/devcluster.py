@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 from director.keyring import Keyring, write_keyring
 from director.memcache_client import OPEN_ACCESS, NodeAccess
+from director.nodes import DEFAULT_SITE
 from objstore.auth import auth_request
 from ops import binaries
 from ops.config import Config, parse_hostport, to_toml
@@ -75,6 +76,8 @@ class DevOptions:
     """What the local cluster consists of, beyond the ports in the config."""
 
     objstore_count: int = 3
+    #: Sites the object servers are dealt into in turn (1: all in the default site).
+    sites: int = 1
     #: Stages to run; None = all that exist.
     only: frozenset[str] | None = None
     external_pg: bool = False
@@ -104,6 +107,7 @@ class DevObjstore:
     zone: str
     data_dir: Path
     metrics_listen: str = ""
+    site: str = DEFAULT_SITE
 
 
 @dataclass
@@ -436,7 +440,8 @@ class DevCluster:
 
     def _stage_objstore(self) -> Stage | None:
         specs = [self.objstored_spec(n.name, n.host, n.port, n.data_dir, zone=n.zone,
-                                     metrics_listen=n.metrics_listen)
+                                     metrics_listen=n.metrics_listen,
+                                     extra_args=("--site", n.site))
                  for n in self.dev_objstores()]
         if not specs:
             return None
@@ -465,7 +470,7 @@ class DevCluster:
                 for n in wanted:
                     if n.name not in known:
                         await state.registry.add(n.name, f"{n.host}:{n.port}", zone=n.zone,
-                                                 tier=self.config.objstore.tier)
+                                                 tier=self.config.objstore.tier, site=n.site)
                 deadline = time.monotonic() + 30
                 while True:
                     nodes = {n.id: n for n in (await state.registry.snapshot()).nodes}
@@ -496,9 +501,11 @@ class DevCluster:
                 metrics_listen = f"{mhost}:{mport + i - 1}"
             else:
                 metrics_listen = ""
+            sites = self.options.sites
             out.append(DevObjstore(f"objstored-{i}", host, port,
                                    DEV_ZONES[(i - 1) % len(DEV_ZONES)],
-                                   self.run_dir / "objstore" / str(i), metrics_listen))
+                                   self.run_dir / "objstore" / str(i), metrics_listen,
+                                   f"s{(i - 1) % sites + 1}" if sites > 1 else DEFAULT_SITE))
         return out
 
     def objstored_spec(self, name: str, host: str, port: int, data_dir: Path, *,

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
-from director.nodes import Node, NodeState
+from director.nodes import DEFAULT_SITE, Node, NodeState
 from director.redisconn import RetryPolicy
 from director.redisstate import RedisState
 from director.registry import remove_node
@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add = actions.add_parser("add", help="register an object server; it then takes blobs")
     add.add_argument("address", metavar="ADDR", help="host:port the object server serves on")
     add.add_argument("--zone", required=True, help="failure domain (replicas spread over zones)")
+    add.add_argument("--site", help="failure domain above the zone, e.g. a building: replicas "
+                                    "spread over sites first (default: the site the object "
+                                    "server reports, else 'default')")
     add.add_argument("--tier", required=True, help="storage class, e.g. ssd or hdd")
     add.add_argument("--weight", type=float, default=1.0,
                      help="relative share of new blobs on top of the node's capacity "
@@ -115,10 +118,16 @@ def run_add(ctx: CommandContext) -> int:
             ctx.warn(f"objmail: no object server reports from {args.address} (is it running "
                      f"and pointed at this Redis Cluster?); pass --id to register it anyway")
             return EX_DATAERR
+        site = args.site or (report.site if report is not None and report.site else
+                             DEFAULT_SITE)
         node = await state.registry.add(node_id, args.address, zone=args.zone,
-                                        tier=args.tier, weight=args.weight)
-        ctx.say(f"added node {node.id} (number {node.number}) at {node.address}: zone "
-                f"{node.zone}, tier {node.tier}, weight {node.weight:g}; state {node.state}")
+                                        tier=args.tier, weight=args.weight, site=site)
+        ctx.say(f"added node {node.id} (number {node.number}) at {node.address}: site "
+                f"{node.site}, zone {node.zone}, tier {node.tier}, weight {node.weight:g}; "
+                f"state {node.state}")
+        if report is not None and report.site and report.site != node.site:
+            ctx.warn(f"note: the object server itself reports site {report.site}; "
+                     f"placement uses the registry's site {node.site}")
         if report is not None and (report.zone, report.tier) != (node.zone, node.tier):
             ctx.warn(f"note: the object server itself reports zone {report.zone}, tier "
                      f"{report.tier}; placement uses the registry's zone {node.zone}, "
@@ -155,7 +164,7 @@ def node_json(node: Node, now: float) -> dict[str, Any]:
     r = node.report
     return {
         "id": node.id, "number": node.number or None, "address": node.address,
-        "zone": node.zone, "tier": node.tier, "weight": node.weight,
+        "site": node.site, "zone": node.zone, "tier": node.tier, "weight": node.weight,
         "state": node.state.value, "admin_state": node.admin_state.value,
         "capacity_bytes": r.capacity_bytes if r else None,
         "used_bytes": r.used_bytes if r else None,
@@ -173,13 +182,13 @@ def node_json(node: Node, now: float) -> dict[str, Any]:
 
 
 def node_table(nodes: list[Node], now: float) -> list[str]:
-    header = ("ID", "NUM", "ADDRESS", "ZONE", "TIER", "STATE", "USED/CAPACITY", "ITEMS",
-              "OPS/S", "CPU", "IO/S", "REPORT")
+    header = ("ID", "NUM", "ADDRESS", "SITE", "ZONE", "TIER", "STATE", "USED/CAPACITY",
+              "ITEMS", "OPS/S", "CPU", "IO/S", "REPORT")
     rows = [header]
     for n in nodes:
         r = n.report
         rows.append((
-            n.id, str(n.number) if n.number else "-", n.address, n.zone, n.tier,
+            n.id, str(n.number) if n.number else "-", n.address, n.site, n.zone, n.tier,
             state_label(n),
             f"{human_bytes(r.used_bytes)}/{human_bytes(r.capacity_bytes)}" if r else "-",
             str(r.items) if r else "-",
@@ -187,7 +196,7 @@ def node_table(nodes: list[Node], now: float) -> list[str]:
             f"{r.cpu_process:.2f}" if r else "-",
             human_bytes(int(r.io_bps)) if r else "-",
             f"{human_age(now - r.reported_at)} ago" if r else "none"))
-    return format_table(rows, right={1, 7, 8, 9, 10})
+    return format_table(rows, right={1, 8, 9, 10, 11})
 
 
 def format_table(rows: Sequence[Sequence[str]], right: Collection[int] = ()) -> list[str]:

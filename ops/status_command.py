@@ -1,6 +1,6 @@
 """``objmail status [--json]``: the installation on one screen.
 
-* **Nodes**: every object server (registered or only reporting): number, address, zone,
+* **Nodes**: every object server (registered or only reporting): number, address, site, zone,
   tier, fill (used over capacity, from its load report), ops/s, state and the age of its
   report, as ``objmail node list`` computes them.
 * **Jobs**: every background job that ran or runs (``repair``, ``level``, ``gc``,
@@ -187,14 +187,16 @@ def as_json(status: Status) -> dict[str, Any]:
 
 def render(status: Status) -> list[str]:
     now = status.taken_at
-    rows = [("ID", "NUM", "ADDRESS", "ZONE", "TIER", "FILL", "OPS/S", "STATE", "REPORT")]
+    rows = [("ID", "NUM", "ADDRESS", "SITE", "ZONE", "TIER", "FILL", "OPS/S", "STATE",
+             "REPORT")]
     for n in status.nodes:
         r, f = n.report, fill(n)
-        rows.append((n.id, str(n.number) if n.number else "-", n.address, n.zone, n.tier,
+        rows.append((n.id, str(n.number) if n.number else "-", n.address, n.site, n.zone,
+                     n.tier,
                      "-" if f is None else f"{100 * f:.1f}%",
                      f"{r.ops_per_sec:.1f}" if r else "-", state_label(n),
                      f"{human_age(now - r.reported_at)} ago" if r else "none"))
-    out = ["Nodes", *format_table(rows, right={1, 5, 6}), "", "Jobs"]
+    out = ["Nodes", *format_table(rows, right={1, 6, 7}), "", "Jobs"]
     jobs = [("JOB", "HELD BY", "LAST PASS", "IN PROGRESS")]
     for j in status.jobs:
         jobs.append((j.job, j.holder or "-", when(j.last, now) if j.last else "never",

@@ -88,6 +88,7 @@ def run(ctx: CommandContext) -> int:
             node = snapshot.by_number(number)
             rows.append({"number": number, "id": node.id if node else None,
                          "address": node.address if node else None,
+                         "site": node.site if node else None,
                          "zone": node.zone if node else None,
                          "tier": node.tier if node else None,
                          "state": node.state.value if node else "unknown"})
@@ -101,7 +102,8 @@ def run(ctx: CommandContext) -> int:
                 ctx.say("  not in the index")
             for row in rows:
                 ctx.say(f"  node {row['number']:>4}  {row['id'] or '(not registered)'}  "
-                        f"{row['address'] or '-'}  zone {row['zone'] or '-'}  "
+                        f"{row['address'] or '-'}  site {row['site'] or '-'}  "
+                        f"zone {row['zone'] or '-'}  "
                         f"tier {row['tier'] or '-'}  {row['state']}")
             ctx.say(f"  index: {bucket} (hash), field = id bytes {layout.field_offset}..31")
             ctx.say(f"  raw:   {cli}")

@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
+from hypothesis import HealthCheck, settings
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode
 from redis.cluster import RedisCluster as SyncRedisCluster
@@ -38,6 +39,12 @@ from ops.launcher import free_port_block
 from runtime.config import parse_hostport
 from runtime.config import toml_value as to_toml_value
 from runtime.secrets import Credentials, RedisAuth, load_credentials
+
+# Hypothesis's timing checks measure the machine, not the code: on a shared 2-core
+# machine a slow example is load, so no deadline and no too-slow health check.
+settings.register_profile("objmail", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("objmail")
 
 
 def _find_corpus() -> Path:

@@ -106,7 +106,7 @@ def private_installation(redis: RunningRedis, run_dir: Path, *, objstores: int =
                          stages: tuple[str, ...] = ("objstore",),
                          before_start: Callable[[Config], None] | None = None,
                          objstore_settings: Mapping[str, Any] | None = None,
-                         directord_auth: bool = True,
+                         directord_auth: bool = True, sites: int = 1,
                          **director: Any) -> Iterator[Installation]:
     """Run ``objstores`` objstored (zones a, b, c, a...) registered under a private
     prefix, plus the other ``stages`` (e.g. ``directord``), for the block.
@@ -116,6 +116,8 @@ def private_installation(redis: RunningRedis, run_dir: Path, *, objstores: int =
     :param objstore_settings: ``[objstore]`` settings to change.
     :param directord_auth: directord demands the blob plane's login (as every dev
         cluster's does); off for clients that cannot log in (libmemcached's tools).
+    :param sites: sites the object servers are dealt into in turn (s1, s2, s1...; 1: all
+        in the default site).
     :param director: ``[director]`` settings to change.
     """
     config = private_config(redis, objstores, **director)
@@ -124,7 +126,7 @@ def private_installation(redis: RunningRedis, run_dir: Path, *, objstores: int =
             config.objstore, **objstore_settings))
     cluster = DevCluster(config, run_dir, DevOptions(
         objstore_count=objstores, only=frozenset(stages), install_missing=False,
-        directord_auth=directord_auth))
+        directord_auth=directord_auth, sites=sites))
     config = cluster.config  # with the installation's own keyring
     cluster.write_config()
     try:

@@ -124,6 +124,7 @@ class ScriptedConnection:
     sent: list[Response] = field(default_factory=list)
     closed: bool = False
     tls_started: bool = False
+    compressing: bool = False
     parser: Parser | None = None
     utf8_names: bool = False
 
@@ -150,6 +151,9 @@ class ScriptedConnection:
     def start_tls(self) -> None:
         self.tls_started = True
         self.secure = True
+
+    def start_compress(self) -> None:
+        self.compressing = True
 
     def close(self) -> None:
         self.closed = True

@@ -117,7 +117,7 @@ def test_no_good_copy_means_not_possible_now() -> None:
 
 def test_rank_targets_keeps_candidate_order_within_zone_preference() -> None:
     """Candidates holding the blob are left out; new zones come first, order kept."""
-    ranked = rank_targets([N[1], N[2], N[3], N[4], N[5]], holders=[2], held_zones=["a"])
+    ranked = rank_targets([N[1], N[2], N[3], N[4], N[5]], holders=[2], held=[N[1]])
     assert [n.number for n in ranked] == [3, 5, 1, 4]
 
 

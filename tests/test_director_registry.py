@@ -33,9 +33,9 @@ GIB = 1 << 30
 
 def report_fields(node_id: str, address: str, *, zone: str = "a", tier: str = "ssd",
                   used: int = 10 * GIB, capacity: int = 100 * GIB,
-                  number: int = 0) -> dict[str, str]:
+                  number: int = 0, site: str = "") -> dict[str, str]:
     """A report exactly as objstored builds it."""
-    ident = Identity(node_id=node_id, address=address, zone=zone, tier=tier)
+    ident = Identity(node_id=node_id, address=address, zone=zone, tier=tier, site=site)
     zeros = [0] * len(OP_NAMES)
     prev = LoadSample(at=time.time() - 5, capacity_bytes=capacity, used_bytes=used, items=0,
                       ops=zeros)
@@ -91,6 +91,33 @@ def test_add_numbers_nodes_and_reads_their_reports(redis_cluster: RunningRedis) 
     assert snap.by_number(1).report.items == 42
     assert snap.by_number(1).report.used_bytes == 10 * GIB
     assert [n.id for n in snap.resolve([2, 9, 1])] == ["n2", "n1"]
+
+
+def test_sites_are_kept_and_old_records_are_in_the_default_site(
+        redis_cluster: RunningRedis) -> None:
+    """A node added with a site keeps it; a record written before sites (no site field)
+    reads as site 'default'; an object server's reported site is what reregister gives
+    it back after the registry was lost."""
+
+    async def body(env: Env) -> Any:
+        r = env.registry
+        east = await r.add("n1", "127.255.2.1:1", zone="a", tier="ssd", site="east")
+        old = await r.add("n2", "127.255.2.2:1", zone="b", tier="ssd")
+        await env.runner.run("old record", [Command(env.keys.node("n2"), (
+            "HDEL", env.keys.node("n2"), "site"))])
+        await env.report("n1", east.address, number=east.number, site="east")
+        snap = await r.snapshot()
+        await env.runner.run("lose", [Command(k, ("DEL", k)) for k in (
+            env.keys.node("n1"), env.keys.node("n2"), env.keys.node_numbers,
+            env.keys.next_number)])
+        back = await r.reregister()
+        return east, old, snap, back
+
+    east, old, snap, back = with_env(redis_cluster, body)
+    assert (east.site, old.site) == ("east", "default")
+    assert [(n.id, n.site) for n in snap.nodes] == [("n1", "east"), ("n2", "default")]
+    assert snap.get("n1").report.site == "east"
+    assert [(n.id, n.number, n.site) for n in back] == [("n1", 1, "east")]
 
 
 @pytest.mark.parametrize(("node_id", "address", "words"), [

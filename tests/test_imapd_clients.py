@@ -1,6 +1,6 @@
 """Real clients from Debian against a real imapd process: mbsync (isync) and offlineimap3
-sync a mailbox down and up — new messages, flag changes, deletions — and the local maildir
-holds exactly the delivered bytes; getmail6 fetches and deletes over POP3.
+sync a mailbox down and up — new messages, flag changes, deletions — over COMPRESS=DEFLATE,
+and the local maildir holds exactly the delivered bytes; getmail6 fetches and deletes over POP3.
 
 The messages are LF-only corpus files: maildir clients store LF line ends (IMAP sends CRLF
 and they convert back), so for these the maildir file must equal the delivered file byte
@@ -162,6 +162,8 @@ SyncState *
 """)
     sync = ["mbsync", "-c", str(config), "-a"]
     run_client(sync)
+    # isync 1.4 compresses whenever the server offers COMPRESS=DEFLATE (inside TLS here).
+    assert f"DEFLATE on for {user}" in imapd.log()
     inbox = local / "INBOX"
 
     def local_messages() -> list[bytes]:
@@ -242,12 +244,14 @@ remoteuser = {user}
 remotepass = secret
 ssl = no
 starttls = no
+usecompression = yes
 folderfilter = lambda folder: folder == "INBOX"
 """)
     sync = ["offlineimap", "-c", str(config), "-o", "-u", "quiet"]
     run_client(sync, {"HOME": str(tmp_path)})
     inbox = local / "INBOX"
     assert contents(inbox) == sorted(raws)
+    assert f"DEFLATE on for {user}" in imapd.log()  # it synced over COMPRESS=DEFLATE
 
     with imap(imapd, user) as c:
         c.select_folder("INBOX")

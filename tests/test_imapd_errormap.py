@@ -17,6 +17,7 @@ from director.errors import (
     IndexUnavailable,
 )
 from director.memcache_client import NodeTimeout
+from imapd.binary import UnknownCte
 from imapd.errormap import imap_error, lmtp_reply, log_failure, pop3_error
 from imapd.errors import TryCreate
 from imapd.fetch import Unsupported
@@ -69,7 +70,9 @@ from tests.metadata_support import fresh_database
     # the client's mistakes
     (InvalidFlag("bad flag \\Foo"), "t BAD bad flag \\Foo"),
     (SectionError("invalid section '1.X'"), "t BAD invalid section '1.X'"),
-    (Unsupported("BINARY is not supported"), "t BAD BINARY is not supported"),
+    (Unsupported("cannot answer that"), "t BAD cannot answer that"),
+    (UnknownCte("Unknown Content-Transfer-Encoding x-gzip"),
+     "t NO [UNKNOWN-CTE] Unknown Content-Transfer-Encoding x-gzip"),
     (TryCreate("no mailbox 'x'"), "t NO [TRYCREATE] No such mailbox"),
     (NoSuchMailbox("no mailbox"), "t NO [NONEXISTENT] No such mailbox"),
     (MailboxExists("exists"), "t NO [ALREADYEXISTS] Mailbox already exists"),

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from imapd import fetchatts
-from imapd.fetch import Unsupported, fetch_items, flag_names, plan_fetch
+from imapd.fetch import fetch_items, flag_names, plan_fetch
 from imapd.fetchatts import FetchItem
 from imapd.response import FetchFlags, FetchLiteral, FetchModSeq, FetchNumber, FetchRaw
 from metadata.flags import SEEN, Flags
@@ -33,10 +33,30 @@ def test_uid_and_modseq_are_added_when_required() -> None:
     assert plan.atts == (FetchItem.UID, FetchItem.FLAGS, FetchItem.MODSEQ)
 
 
-def test_binary_is_not_offered() -> None:
-    """BINARY is not announced, so asking for it is Unsupported (BAD)."""
-    with pytest.raises(Unsupported):
-        plan_fetch(fetchatts.parse(b"BINARY[1]"), uid=False, changedsince=None)
+def test_binary_reads_skeleton_and_sections_and_sets_seen_unless_peek() -> None:
+    """BINARY and BINARY.SIZE need the skeleton and the section map; BINARY sets
+    \\Seen, BINARY.PEEK and BINARY.SIZE do not."""
+    plan = plan_fetch(fetchatts.parse(b"(BINARY.PEEK[1] BINARY.SIZE[2])"), uid=False,
+                      changedsince=None)
+    assert plan.items == {"skeleton", "sections"} and not plan.sets_seen
+    assert len(plan.binaries) == 2 and not plan.bodies
+    assert plan_fetch(fetchatts.parse(b"BINARY[1]"), uid=False, changedsince=None).sets_seen
+
+
+def test_binary_items_use_literal8_only_for_nul() -> None:
+    """BINARY octets with a NUL are a literal8 (~{n}), others a plain literal; sizes are
+    numbers; a partial BINARY answers as BINARY[...]<origin> (RFC 3516 4.2)."""
+    entry = MessageEntry(uid=3, message_id=1, flags=Flags(), modseq=1,
+                         internaldate=dt.datetime(2024, 1, 2, tzinfo=dt.UTC), size=9)
+    plan = plan_fetch(fetchatts.parse(b"(BINARY.PEEK[1] BINARY[2]<4.3> BINARY.SIZE[1])"),
+                      uid=False, changedsince=None)
+    one, two, size = plan.binaries
+    items = fetch_items(plan, entry, {}, recent=False,
+                        binaries={(3, one): b"a\0b", (3, two): b"xyz", (3, size): 3})
+    assert items == (FetchLiteral("BINARY[1]", b"a\0b", binary=True),
+                     FetchLiteral("BINARY[2]<4>", b"xyz"), FetchNumber("BINARY.SIZE[1]", 3))
+    with pytest.raises(ValueError):
+        fetch_items(plan, entry, {}, recent=False)
 
 
 def test_items_in_the_order_asked() -> None:

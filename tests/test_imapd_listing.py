@@ -1,5 +1,6 @@
 """Tests for imapd.listing: LIST-EXTENDED (RFC 5258) selection, CHILDINFO and attributes,
-on the mailboxes of RFC 5258's examples (section 5), parsed from the RFC's command lines.
+on the mailboxes of RFC 5258's examples (sections 5.1 to 5.10, checked against the RFC's
+text), parsed from the RFC's command lines.
 
 The RFC's example server also sends ``\\Marked`` and ``\\NoInferiors``, which objmail does
 not track; objmail always sends ``\\HasChildren``/``\\HasNoChildren`` (it announces
@@ -32,7 +33,8 @@ def listing(line: bytes, where: MailboxTree) -> list[tuple[str, tuple[str, ...],
     return [(e.name, e.attributes, e.child_info) for e in select(cmd, where)]
 
 
-#: RFC 5258 section 5, examples 1 to 5: Fruit/Peach is subscribed but does not exist.
+#: RFC 5258 section 5.1's hierarchy (``C: A01 LIST "" "*"``) with section 5.2's subscriptions:
+#: Fruit/Peach is subscribed but does not exist.
 FRUIT = tree(
     {"INBOX": None, "Fruit": None, "Fruit/Apple": None, "Fruit/Banana": None, "Tofu": None,
      "Vegetable": None, "Vegetable/Broccoli": None, "Vegetable/Corn": None},
@@ -42,19 +44,28 @@ NO, HAS = "\\HasNoChildren", "\\HasChildren"
 SUB, GONE = "\\Subscribed", "\\NonExistent"
 
 
-def test_rfc5258_example_1_plain_list_lists_existing_mailboxes_only() -> None:
-    """LIST "" % and LIST "" * return existing names, never a subscription of nothing."""
+def test_rfc5258_5_1_plain_list_lists_existing_mailboxes_only() -> None:
+    """RFC 5258 5.1: ``A01 LIST "" "*"`` answers the eight mailboxes, never the subscription
+    of nothing (Fruit/Peach); with % only the top level."""
+    assert [n for n, _, _ in listing(b'A01 LIST "" "*"', FRUIT)] == [
+        "INBOX", "Fruit", "Fruit/Apple", "Fruit/Banana", "Tofu", "Vegetable",
+        "Vegetable/Broccoli", "Vegetable/Corn"]
     assert listing(b'A01 LIST "" %', FRUIT) == [
         ("INBOX", (NO,), ()), ("Fruit", (HAS,), ()), ("Tofu", (NO,), ()),
         ("Vegetable", (HAS,), ())]
-    assert [n for n, _, _ in listing(b'A02 LIST "" *', FRUIT)] == [
-        "INBOX", "Fruit", "Fruit/Apple", "Fruit/Banana", "Tofu", "Vegetable",
-        "Vegetable/Broccoli", "Vegetable/Corn"]
 
 
-def test_rfc5258_example_2_subscribed_lists_subscriptions_with_nonexistent() -> None:
-    """LIST (SUBSCRIBED) lists subscribed names, those that are not mailboxes as
-    \\NonExistent, all with \\Subscribed."""
+def test_rfc5258_5_2_subscribed_lists_subscriptions_with_nonexistent() -> None:
+    """RFC 5258 5.2, the RFC's exchange::
+
+        C: A02 LIST (SUBSCRIBED) "" "*"
+        S: * LIST (\\Marked \\NoInferiors \\Subscribed) "/" "inbox"
+        S: * LIST (\\Subscribed) "/" "Fruit/Banana"
+        S: * LIST (\\Subscribed \\NonExistent) "/" "Fruit/Peach"
+        S: * LIST (\\Subscribed) "/" "Vegetable"
+        S: * LIST (\\Subscribed) "/" "Vegetable/Broccoli"
+
+    Fruit, not subscribed, is not listed although it has subscribed children."""
     assert listing(b'A02 LIST (SUBSCRIBED) "" "*"', FRUIT) == [
         ("INBOX", (NO, SUB), ()),
         ("Fruit/Banana", (NO, SUB), ()),
@@ -63,72 +74,120 @@ def test_rfc5258_example_2_subscribed_lists_subscriptions_with_nonexistent() -> 
         ("Vegetable/Broccoli", (NO, SUB), ())]
 
 
-def test_rfc5258_example_3_return_children_and_subscribed() -> None:
-    """RETURN (CHILDREN) gives the children attributes; RETURN (SUBSCRIBED) marks the
-    subscribed mailboxes of a plain listing without listing \\NonExistent ones."""
+def test_rfc5258_5_3_and_5_4_return_children() -> None:
+    """RFC 5258 5.3 ``A03 LIST () "" "%" RETURN (CHILDREN)``: Fruit and Vegetable
+    \\HasChildren, Tofu \\HasNoChildren.  5.4 adds REMOTE; with no remote mailboxes the
+    answer is the same (no Bread, no Meat)."""
     assert listing(b'A03 LIST () "" "%" RETURN (CHILDREN)', FRUIT) == [
         ("INBOX", (NO,), ()), ("Fruit", (HAS,), ()), ("Tofu", (NO,), ()),
         ("Vegetable", (HAS,), ())]
-    assert listing(b'A04 LIST "" "*" RETURN (SUBSCRIBED)', FRUIT) == [
+    assert listing(b'A04 LIST (REMOTE) "" "%" RETURN (CHILDREN)', FRUIT) == \
+        listing(b'A03 LIST () "" "%" RETURN (CHILDREN)', FRUIT)
+
+
+def test_rfc5258_5_5_and_5_6_remote_subscribed_and_return_subscribed() -> None:
+    """RFC 5258 5.5 ``A05 LIST (REMOTE SUBSCRIBED) "" "*"`` is 5.2's answer (plus remote
+    Bread, which objmail has not); 5.6 ``A06 LIST (REMOTE) "" "*" RETURN (SUBSCRIBED)``
+    marks the subscribed mailboxes of the plain listing, without Fruit/Peach."""
+    assert listing(b'A05 LIST (REMOTE SUBSCRIBED) "" "*"', FRUIT) == \
+        listing(b'A02 LIST (SUBSCRIBED) "" "*"', FRUIT)
+    assert listing(b'A06 LIST (REMOTE) "" "*" RETURN (SUBSCRIBED)', FRUIT) == [
         ("INBOX", (NO, SUB), ()), ("Fruit", (HAS,), ()), ("Fruit/Apple", (NO,), ()),
         ("Fruit/Banana", (NO, SUB), ()), ("Tofu", (NO,), ()), ("Vegetable", (HAS, SUB), ()),
         ("Vegetable/Broccoli", (NO, SUB), ()), ("Vegetable/Corn", (NO,), ())]
 
 
-def test_rfc5258_example_4_remote_changes_nothing_here() -> None:
-    """REMOTE is accepted; with no remote mailboxes the answer is the plain one."""
-    assert listing(b'A05 LIST (REMOTE) "" "%" RETURN (CHILDREN)', FRUIT) == \
-        listing(b'A03 LIST () "" "%" RETURN (CHILDREN)', FRUIT)
-
-
-def test_rfc5258_example_5_recursivematch_reports_subscribed_children() -> None:
-    """LIST (SUBSCRIBED RECURSIVEMATCH) "" % returns Fruit, not subscribed, because of its
-    subscribed children, and Vegetable, subscribed, with CHILDINFO too; Tofu not at all."""
-    assert listing(b'A04 LIST (SUBSCRIBED RECURSIVEMATCH) "" "%" RETURN (CHILDREN)',
-                   FRUIT) == [
-        ("INBOX", (NO, SUB), ()),
-        ("Fruit", (HAS,), ("SUBSCRIBED",)),
-        ("Vegetable", (HAS, SUB), ("SUBSCRIBED",))]
-
-
-#: RFC 5258 section 5, example 8: subscriptions at several depths, and a subscribed name
-#: (Foo/Bar, once a mailbox) whose parent Foo does not exist either.
-DEEP = tree(
-    {"INBOX": None, "Moo": None, "Moo/Bar": None, "Moo/Bar/Baz": None, "Zoo": None,
-     "Zoo/Bar": None},
-    {"Foo/Bar", "Moo/Bar/Baz", "Zoo"})
-
-
-def test_rfc5258_example_8_childinfo_for_each_level() -> None:
-    """With %, every top-level name above a subscription the pattern misses is listed with
-    CHILDINFO, a name that is not a mailbox as \\NonExistent."""
-    assert listing(b'C01 LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"', DEEP) == [
-        ("Foo", (NO, GONE), ("SUBSCRIBED",)),
-        ("Moo", (HAS,), ("SUBSCRIBED",)),
-        ("Zoo", (HAS, SUB), ())]
-    assert listing(b'C02 LIST (SUBSCRIBED RECURSIVEMATCH) "" "%/%"', DEEP) == [
-        ("Foo/Bar", (NO, GONE, SUB), ()),
-        ("Moo/Bar", (HAS,), ("SUBSCRIBED",))]
-
-
-def test_rfc5258_childinfo_is_suppressed_when_the_child_is_listed_anyway() -> None:
-    """With *, every subscribed descendant is returned itself, so no CHILDINFO (section
-    3.5: servers SHOULD suppress redundant CHILDINFO), and unsubscribed parents are not
-    listed."""
-    assert listing(b'C03 LIST (SUBSCRIBED RECURSIVEMATCH) "" "*"', DEEP) == [
-        ("Foo/Bar", (NO, GONE, SUB), ()),
-        ("Moo/Bar/Baz", (NO, SUB), ()),
-        ("Zoo", (HAS, SUB), ())]
-
-
-def test_rfc5258_example_9_several_patterns_in_one_command() -> None:
-    """LIST "" ("INBOX" "Drafts" "Sent/%") lists what any pattern matches, each name once."""
+def test_rfc5258_5_7_several_patterns_in_one_command() -> None:
+    """RFC 5258 5.7 ``BBB LIST "" ("INBOX" "Drafts" "Sent/%")``: what any pattern matches,
+    each name once (a repeated pattern adds nothing)."""
     where = tree({"INBOX": None, "Drafts": "\\Drafts", "Sent": "\\Sent",
                   "Sent/March2004": None, "Sent/December2003": None, "Sent/August2004": None,
                   "Trash": "\\Trash"}, set())
-    assert [n for n, _, _ in listing(b'A01 LIST "" ("INBOX" "Drafts" "Sent/%" "INBOX")',
+    assert [n for n, _, _ in listing(b'BBB LIST "" ("INBOX" "Drafts" "Sent/%" "INBOX")',
                                      where)] == [
         "INBOX", "Drafts", "Sent/August2004", "Sent/December2003", "Sent/March2004"]
+
+
+def _foo(existing: tuple[str, ...], subscribed: set[str]) -> MailboxTree:
+    return tree({"INBOX": None, **{n: None for n in existing}}, subscribed)
+
+
+def test_rfc5258_5_8_childinfo_against_haschildren() -> None:
+    """RFC 5258 5.8 on INBOX, Foo, Foo/Bar, Foo/Baz, Moo, each case as the RFC gives it:
+
+    A) only Foo/Baz subscribed: ``C02 LIST (SUBSCRIBED) "" "*"`` gives Foo/Baz;
+       ``LIST (SUBSCRIBED) "" "%"`` nothing; ``C04 LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"``
+       gives ``* LIST () "/" "Foo" ("CHILDINFO" ("SUBSCRIBED"))``.
+    A1) Foo subscribed too: ``* LIST (\\Subscribed) "/" "Foo" ("CHILDINFO" ("SUBSCRIBED"))``.
+    A2) no mailbox Foo: ``* LIST (\\NonExistent) "/" "Foo" ("CHILDINFO" ("SUBSCRIBED"))``.
+    B) nothing subscribed: no responses.
+    C) Foo and Moo subscribed, ``RETURN (CHILDREN)``: ``(\\HasChildren \\Subscribed) "Foo"``
+       and ``(\\HasNoChildren \\Subscribed) "Moo"``, no CHILDINFO."""
+    every = ("Foo", "Foo/Bar", "Foo/Baz", "Moo")
+    a = _foo(every, {"Foo/Baz"})
+    assert listing(b'CA3 LIST "" "%" RETURN (CHILDREN)', a) == [
+        ("INBOX", (NO,), ()), ("Foo", (HAS,), ()), ("Moo", (NO,), ())]
+    assert listing(b'C02 LIST (SUBSCRIBED) "" "*"', a) == [("Foo/Baz", (NO, SUB), ())]
+    assert listing(b'C03 LIST (SUBSCRIBED) "" "%"', a) == []
+    recursive = b'C04 LIST (SUBSCRIBED RECURSIVEMATCH) "" "%"'
+    assert listing(recursive, a) == [("Foo", (HAS,), ("SUBSCRIBED",))]
+    assert listing(recursive, _foo(every, {"Foo", "Foo/Baz"})) == [
+        ("Foo", (HAS, SUB), ("SUBSCRIBED",))]
+    assert listing(recursive, _foo(("Foo/Bar", "Foo/Baz", "Moo"), {"Foo/Baz"})) == [
+        ("Foo", (HAS, GONE), ("SUBSCRIBED",))]
+    assert listing(recursive, _foo(every, set())) == []
+    assert listing(recursive + b" RETURN (CHILDREN)", _foo(every, {"Foo", "Moo"})) == [
+        ("Foo", (HAS, SUB), ()), ("Moo", (NO, SUB), ())]
+
+
+def test_rfc5258_5_9_childinfo_whether_or_not_children_match() -> None:
+    """RFC 5258 5.9, the RFC's exchange (objmail lists in name order and adds the
+    children attributes; qux2/bar2 exists here with a parent qux2 the store creates)::
+
+        C: D03 LIST (RECURSIVEMATCH SUBSCRIBED) "" "*2"
+        S: * LIST () "/" "foo2" ("CHILDINFO" ("SUBSCRIBED"))
+        S: * LIST (\\Subscribed) "/" "foo2/bar2"
+        S: * LIST (\\Subscribed) "/" "baz2/bar2"
+        S: * LIST (\\Subscribed) "/" "baz2/bar22"
+        S: * LIST (\\Subscribed) "/" "baz2/bar222"
+        S: * LIST (\\Subscribed) "/" "eps2" ("CHILDINFO" ("SUBSCRIBED"))
+        S: * LIST (\\Subscribed) "/" "qux2/bar2"
+
+    foo2 carries CHILDINFO for foo2/bar1, which "*2" misses; baz2 is left out, every
+    subscribed child of it being listed itself (3.5: redundant CHILDINFO SHOULD NOT be
+    sent); eps2 carries it for eps2/mamba."""
+    names = ("foo2", "foo2/bar1", "foo2/bar2", "baz2", "baz2/bar2", "baz2/bar22",
+             "baz2/bar222", "eps2", "eps2/mamba", "qux2", "qux2/bar2")
+    subscribed = {"foo2/bar1", "foo2/bar2", "baz2/bar2", "baz2/bar22", "baz2/bar222", "eps2",
+                  "eps2/mamba", "qux2/bar2"}
+    assert sorted(listing(b'D03 LIST (RECURSIVEMATCH SUBSCRIBED) "" "*2"',
+                          _foo(names, subscribed))) == sorted([
+        ("foo2", (HAS,), ("SUBSCRIBED",)),
+        ("foo2/bar2", (NO, SUB), ()),
+        ("baz2/bar2", (NO, SUB), ()),
+        ("baz2/bar22", (NO, SUB), ()),
+        ("baz2/bar222", (NO, SUB), ()),
+        ("eps2", (HAS, SUB), ("SUBSCRIBED",)),
+        ("qux2/bar2", (NO, SUB), ())])
+
+
+def test_rfc5258_5_10_childinfo_for_a_nonexistent_subscribed_child() -> None:
+    """RFC 5258 5.10::
+
+        C: a1 LIST "" ("foo")
+        S: * LIST () "/" foo
+        C: a2 LIST (SUBSCRIBED) "" "foo/*"
+        S: * LIST (\\Subscribed \\NonExistent) "/" foo/bar
+        C: a3 LIST (SUBSCRIBED RECURSIVEMATCH) "" foo RETURN (CHILDREN)
+        S: * LIST (\\HasNoChildren) "/" foo ("CHILDINFO" ("SUBSCRIBED"))
+
+    CHILDINFO does not imply \\HasChildren: foo/bar is only a subscription."""
+    where = _foo(("foo",), {"foo/bar"})
+    assert listing(b'a1 LIST "" ("foo")', where) == [("foo", (NO,), ())]
+    assert listing(b'a2 LIST (SUBSCRIBED) "" "foo/*"', where) == [
+        ("foo/bar", (NO, GONE, SUB), ())]
+    assert listing(b'a3 LIST (SUBSCRIBED RECURSIVEMATCH) "" foo RETURN (CHILDREN)',
+                   where) == [("foo", (NO,), ("SUBSCRIBED",))]
 
 
 def test_rfc6154_special_use_selection_and_recursivematch() -> None:

@@ -8,6 +8,8 @@ test_imapd_session.py); what is under test is only how bytes, events and respons
 from __future__ import annotations
 
 import asyncio
+import socket
+import zlib
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
@@ -83,6 +85,10 @@ class TwinSession:
         if isinstance(event, c.StartTLS):
             self.conn.send([Tagged(tag, Status.OK, "go")])
             self.conn.start_tls()
+            return
+        if isinstance(event, c.Compress):
+            self.conn.send([Tagged(tag, Status.OK, "deflating")])
+            self.conn.start_compress()
             return
         if isinstance(event, c.Logout):
             self.conn.send([Untagged(Status.BYE, "bye"), Tagged(tag, Status.OK, "out")])
@@ -352,6 +358,82 @@ def test_starttls_discards_pipelined_plaintext() -> None:
         assert h.transport.tls_context is h.factory.tls and h.proto.secure
         assert [type(e) for e in h.session.events] == [c.StartTLS]
         assert await h.feed(b"t NOOP\r\n") == b"t OK NOOP done\r\n"
+
+    run(body)
+
+
+def _client_deflate() -> Any:
+    return zlib.compressobj(6, zlib.DEFLATED, -15)
+
+
+def test_compress_deflates_every_answer_after_its_ok() -> None:
+    """COMPRESS's OK goes out plain; then the adapter inflates what the client sends (a
+    command pipelined right behind COMPRESS included) and every answer is raw DEFLATE,
+    each burst inflatable at once."""
+
+    async def body() -> None:
+        h = Harness()
+        h.output()
+        sender, reader = _client_deflate(), zlib.decompressobj(-15)
+        first = sender.compress(b"b NOOP\r\n") + sender.flush(zlib.Z_SYNC_FLUSH)
+        reply = await h.feed(b"a COMPRESS DEFLATE\r\n" + first)
+        head, rest = reply.split(b"\r\n", 1)
+        assert head == b"a OK deflating"
+        assert reader.decompress(rest) == b"b OK NOOP done\r\n"
+        for octet in sender.compress(b"c LOGOUT\r\n") + sender.flush(zlib.Z_SYNC_FLUSH):
+            h.proto.dataReceived(bytes([octet]))
+        await settle()
+        assert reader.decompress(h.output()) == b"* BYE bye\r\nc OK out\r\n"
+        assert [type(e) for e in h.session.events] == [c.Compress, c.Noop, c.Logout]
+
+    run(body)
+
+
+def test_the_direct_socket_write_carries_compressed_bytes_too() -> None:
+    """With a socket to write to directly (nothing queued in Twisted), answers after
+    COMPRESS reach the socket deflated, never as plain text."""
+
+    async def body() -> None:
+        h = Harness()
+        h.output()
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            h.proto._direct_socket = ours
+            transport = cast(Any, h.transport)
+            transport.dataBuffer, transport._tempDataBuffer = b"", []
+            transport.disconnecting = False
+            assert await h.feed(b"a NOOP\r\n") == b""  # it took the direct way
+            assert theirs.recv(100) == b"a OK NOOP done\r\n"
+            assert await h.feed(b"z COMPRESS DEFLATE\r\n") == b""
+            assert theirs.recv(100) == b"z OK deflating\r\n"
+            sender, reader = _client_deflate(), zlib.decompressobj(-15)
+            wire = sender.compress(b"b NOOP\r\n") + sender.flush(zlib.Z_SYNC_FLUSH)
+            assert await h.feed(wire) == b""
+            compressed = theirs.recv(100)
+            assert b"NOOP" not in compressed
+            assert reader.decompress(compressed) == b"b OK NOOP done\r\n"
+
+    run(body)
+
+
+def test_a_decompression_bomb_meets_the_line_limit() -> None:
+    """A compressed line that inflates far beyond max_line is answered BAD [TOOBIG] and
+    skipped, as plain input would be; the command after it runs."""
+
+    async def body() -> None:
+        h = Harness()
+        h.output()
+        await h.feed(b"a COMPRESS DEFLATE\r\n")
+        sender, reader = _client_deflate(), zlib.decompressobj(-15)
+        bomb = sender.compress(b"b LOGIN {5}\r\n" + b"x" * (20 * 1024 * 1024) + b"\r\nc NOOP\r\n")
+        bomb += sender.flush(zlib.Z_SYNC_FLUSH)
+        assert len(bomb) < 100 * 1024
+        h.proto.dataReceived(bomb)
+        await settle()
+        # The twin accepts the literal; then the rest is one line far over every limit.
+        out = reader.decompress(h.output())
+        assert out.startswith(b"+ Ready for literal data\r\nb BAD [TOOBIG]")
+        assert out.endswith(b"\r\nc OK NOOP done\r\n")
 
     run(body)
 

@@ -139,7 +139,8 @@ def test_list_status_reports_every_listed_mailbox_from_the_counters(dsn: str) ->
 def test_getquota_and_getquotaroot_report_the_users_counters(dsn: str) -> None:
     """GETQUOTAROOT names the root "" for every mailbox and GETQUOTA "" reports STORAGE in
     KiB and MESSAGE as counted by APPEND, COPY and EXPUNGE; QUOTA is announced, SETQUOTA is
-    NO [NOPERM], an unknown root or mailbox NO [NONEXISTENT]."""
+    NO [NOPERM], an unknown root NO [NONEXISTENT]; a mailbox that does not exist (yet) is
+    under the root "" too (RFC 9208 4.1.2)."""
 
     async def body(env: Env) -> None:
         name = fresh("quo")
@@ -168,7 +169,10 @@ def test_getquota_and_getquotaroot_report_the_users_counters(dsn: str) -> None:
         assert await c.send('h GETQUOTA ""') == (
             b'* QUOTA "" (STORAGE 9 512 MESSAGE 3 1000)\r\nh OK Getquota completed\r\n')
         assert (await c.send('i GETQUOTA "#user/other"')).startswith(b"i NO [NONEXISTENT]")
-        assert (await c.send("j GETQUOTAROOT Nowhere")).startswith(b"j NO [NONEXISTENT]")
+        # RFC 9208 4.1.2: the mailbox need not exist (Dovecot 2.3 answers the same way).
+        assert await c.send("j GETQUOTAROOT Nowhere") == (
+            b'* QUOTAROOT "Nowhere" ""\r\n* QUOTA "" (STORAGE 9 512 MESSAGE 3 1000)\r\n'
+            b"j OK Getquotaroot completed\r\n")
         assert (await c.send('S0001 SETQUOTA "" (STORAGE 510)')).startswith(
             b"S0001 NO [NOPERM]")
 

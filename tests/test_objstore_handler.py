@@ -211,6 +211,16 @@ def test_hot_keys_follow_reads(h: Harness) -> None:
     assert [k for k, _ in h.hot.top(2)] == [b"a", b"b"]
 
 
+def test_size_probes_are_not_reads(h: Harness) -> None:
+    """A meta get without the value (the leveler's size query, a copy's check) counts as a
+    hit but does not make the key hot; one with the value does."""
+    proto, tr = h.connect()
+    exchange(proto, tr, b"set a 0 0 1\r\nx\r\nset b 0 0 1\r\ny\r\n")
+    exchange(proto, tr, b"mg a s f\r\n" * 5 + b"mg b s v\r\n")
+    assert [k for k, _ in h.hot.top(2)] == [b"b"]
+    assert _stats(h)[b"get_hits"] == b"6"
+
+
 @pytest.mark.parametrize(("requests", "replies"), [
     ([b"set a 0 0 1\r\nx\r\nget a\r\n", b"set a 0 0 1 noreply\r\nx\r\nmn\r\n"],
      [b"SERVER_ERROR storage failure\r\nEND\r\n", b"MN\r\n"]),

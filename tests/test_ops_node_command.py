@@ -59,24 +59,33 @@ def listed(cli: Cli, *extra: str) -> dict[str, dict[str, object]]:
 
 
 def test_add_then_list(cli: Cli) -> None:
-    """node add registers a node with a number; node list shows it, as a table and as
-    JSON; without a report it is down."""
+    """node add registers a node with a number (in site 'default' unless --site says
+    otherwise); node list shows it, as a table and as JSON; without a report it is
+    down."""
     node_id, address = unique("n"), unique_address()
     code, out, err = cli("node", "add", address, "--zone", "z1", "--tier", "hdd",
                          "--weight", "3", "--id", node_id)
     assert code == EX_OK, err
-    assert f"added node {node_id} (number " in out
+    assert f"added node {node_id} (number " in out and ": site default, zone z1" in out
     assert "no live load report" in err
-    row = listed(cli)[node_id]
-    assert (row["address"], row["zone"], row["tier"], row["weight"], row["state"]) == \
-        (address, "z1", "hdd", 3.0, "down")
+    other_id, other_address = unique("n"), unique_address()
+    code, out, err = cli("node", "add", other_address, "--site", "east", "--zone", "z2",
+                         "--tier", "hdd", "--id", other_id)
+    assert code == EX_OK, err
+    rows = listed(cli)
+    row = rows[node_id]
+    assert (row["address"], row["site"], row["zone"], row["tier"], row["weight"],
+            row["state"]) == (address, "default", "z1", "hdd", 3.0, "down")
     assert isinstance(row["number"], int) and row["report_age"] is None
+    assert (rows[other_id]["site"], rows[other_id]["zone"]) == ("east", "z2")
     code, out, _err = cli("node", "list")
     header, *lines = out.splitlines()
-    assert header.split() == ["ID", "NUM", "ADDRESS", "ZONE", "TIER", "STATE",
+    assert header.split() == ["ID", "NUM", "ADDRESS", "SITE", "ZONE", "TIER", "STATE",
                               "USED/CAPACITY", "ITEMS", "OPS/S", "CPU", "IO/S", "REPORT"]
     mine = [line for line in lines if line.startswith(node_id)]
-    assert mine and mine[0].split()[2:6] == [address, "z1", "hdd", "down"]
+    assert mine and mine[0].split()[2:7] == [address, "default", "z1", "hdd", "down"]
+    other = [line for line in lines if line.startswith(other_id)]
+    assert other and other[0].split()[3:5] == ["east", "z2"]
 
 
 def test_add_without_id_needs_a_reporting_server(cli: Cli) -> None:

@@ -72,8 +72,8 @@ def test_status_shows_nodes_jobs_backlog_and_index(
     out = capsys.readouterr().out
     assert out.startswith("Nodes\n") and "\nJobs\n" in out
     header = out.splitlines()[1].split()
-    assert header == ["ID", "NUM", "ADDRESS", "ZONE", "TIER", "FILL", "OPS/S", "STATE",
-                      "REPORT"]
+    assert header == ["ID", "NUM", "ADDRESS", "SITE", "ZONE", "TIER", "FILL", "OPS/S",
+                      "STATE", "REPORT"]
     level = next(line for line in out.splitlines() if line.startswith("level "))
     assert "otherhost:4242:abc" in level and "never" in level
     scrub = next(line for line in out.splitlines() if line.startswith("scrub "))

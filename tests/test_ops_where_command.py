@@ -33,7 +33,7 @@ def test_where_lists_the_nodes_holding_a_blob(cli: Cli, redis_cluster: RunningRe
                lambda index: index.add_locations(blob, [num, 99_999]), Keyspace())
     code, out, _err = cli("where", blob)
     assert code == EX_OK
-    assert f"{a}  {addr}  zone za" in out
+    assert f"{a}  {addr}  site default  zone za" in out
     assert "(not registered)" in out  # 99999 is no node
     code, out, _err = cli("where", blob.upper(), "--json")
     assert code == EX_OK
