@@ -12,8 +12,10 @@ socket; a command is not started while the client leaves its replies unread.
 
 Per RFC 2033, DATA is answered once per accepted recipient, in RCPT order, and
 a recipient's 250 is sent only after its mailbox entry committed.  The message
-is analysed and its blobs stored once for all recipients; each recipient then
-gets its own transaction, so one recipient's failure never affects another's.
+is analysed and its blobs stored once for all recipients (with one index lookup:
+dedup); each recipient's ``Return-Path``/``Delivered-To`` change only its skeleton and
+header columns (:func:`metadata.delivery.with_fields`).  Each recipient then gets its
+own transaction, so one recipient's failure never affects another's.
 
 Replies (enhanced status codes, RFC 3463) to failures come from the one LMTP error map,
 :func:`imapd.errormap.lmtp_reply`: ``550 5.1.1`` unknown user, ``552 5.2.2`` over quota,
@@ -44,8 +46,8 @@ from imapd.lmtp_parser import (
     MessageData,
 )
 from imapd.metrics import ImapMetrics
-from metadata.delivery import Deliverer, MessageTooBig
-from metadata.errors import InvalidName, NoSuchMailbox, NoSuchUser
+from metadata.delivery import Deliverer, MessageTooBig, PreparedMessage
+from metadata.errors import InvalidName, NoSuchMailbox
 from metadata.records import User
 from runtime.receivebuffer import RemoteProtocolError
 
@@ -188,14 +190,12 @@ class LMTPSession:
     async def _resolve(self, address: str) -> tuple[User, str]:
         """The user an address names: the whole address if a user has that name,
         else its local part; ``user+Folder@dom`` delivers to Folder if it exists."""
-        users = self.deliverer.store.users
-        try:
-            return await users.get(address), "INBOX"
-        except NoSuchUser:
-            pass
         local = address.rpartition("@")[0] if "@" in address else address
         name, _, detail = local.partition("+")
-        user = await users.get(name)
+        # One query for both readings; the whole address wins.
+        which, user = await self.deliverer.store.users.first_of([address, name])
+        if which == 0:
+            return user, "INBOX"
         if detail:
             try:
                 box = await self.deliverer.store.mailboxes.get(user.id, detail)
@@ -229,22 +229,48 @@ class LMTPSession:
         if message.too_big or message.size > self.max_size:
             return [lmtp_reply(MessageTooBig(message.size, self.max_size))] * count
 
-        async def one(address: str, user: User, mailbox: str) -> str:
-            try:
-                # Each recipient's copy starts with its own trace fields; the rest of the
-                # message splits into the same blobs, so only a small skeleton is new.
-                prepared = await self.deliverer.prepare(
-                    trace_fields(txn.sender, address, message.data) + message.data)
-                await self.deliverer.upload(prepared)
-                done = await self.deliverer.commit(user, prepared, mailbox=mailbox)
-            except Exception as exc:
-                log_failure(log, exc, f"delivery to <{address}>")
-                return lmtp_reply(exc, address)
-            log.info("delivered to %s %s uid %d (%d bytes)", user.name, done.mailbox,
-                     done.uid, done.size)
-            return f"250 2.0.0 <{address}> delivered as UID {done.uid}"
+        if count == 1:
+            # One recipient: its trace fields go on top before the one analysis.
+            address, user, mailbox = txn.recipients[0]
+            return [await self._deliver_one(txn, address, user, mailbox, message.data)]
+        # Many: the message is analysed once and its blobs stored once; each recipient's
+        # trace fields change only its skeleton and header columns (a small blob each).
+        try:
+            base = await self.deliverer.prepare(message.data)
+            copies = [await self.deliverer.prepare_with(
+                          base, message.data, trace_fields(txn.sender, address, message.data))
+                      for address, _user, _box in txn.recipients]
+            await self.deliverer.upload_many(copies)
+        except Exception as exc:  # the same for every recipient: nothing stored for any
+            log_failure(log, exc, "LMTP DATA")
+            return [lmtp_reply(exc, address) for address, _u, _b in txn.recipients]
+        return list(await asyncio.gather(*(
+            self._commit_one(address, user, mailbox, copy)
+            for (address, user, mailbox), copy in zip(txn.recipients, copies, strict=True))))
 
-        return list(await asyncio.gather(*(one(*r) for r in txn.recipients)))
+    async def _deliver_one(self, txn: Transaction, address: str, user: User, mailbox: str,
+                           data: bytes) -> str:
+        """The reply to the only recipient: analyse, store, commit."""
+        try:
+            prepared = await self.deliverer.prepare(
+                trace_fields(txn.sender, address, data) + data)
+            await self.deliverer.upload(prepared)
+        except Exception as exc:
+            log_failure(log, exc, f"delivery to <{address}>")
+            return lmtp_reply(exc, address)
+        return await self._commit_one(address, user, mailbox, prepared)
+
+    async def _commit_one(self, address: str, user: User, mailbox: str,
+                          prepared: PreparedMessage) -> str:
+        """One recipient's own transaction and reply: its failure is only its own."""
+        try:
+            done = await self.deliverer.commit(user, prepared, mailbox=mailbox)
+        except Exception as exc:
+            log_failure(log, exc, f"delivery to <{address}>")
+            return lmtp_reply(exc, address)
+        log.info("delivered to %s %s uid %d (%d bytes)", user.name, done.mailbox,
+                 done.uid, done.size)
+        return f"250 2.0.0 <{address}> delivered as UID {done.uid}"
 
 
 def trace_fields(sender: str, recipient: str, raw: bytes) -> bytes:

@@ -268,8 +268,21 @@ def run_server(config: ImapdProcessConfig, credentials: Credentials, name: str =
     reactor = install_asyncio_reactor()
     logs.route_twisted()
     server = MailServer(config, reactor, credentials, reuse_port=reuse_port)
-    return run_reactor(reactor, name, server.start, server.stop,
-                       unavailable=(Unavailable, IndexUnavailable))
+    profile_dir = os.environ.get("OBJMAIL_IMAPD_PROFILE")
+    if not profile_dir:
+        return run_reactor(reactor, name, server.start, server.stop,
+                           unavailable=(Unavailable, IndexUnavailable))
+    # Benchmarks only (BENCHMARKS.md): cProfile of the whole process, one file per process.
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        return run_reactor(reactor, name, server.start, server.stop,
+                           unavailable=(Unavailable, IndexUnavailable))
+    finally:
+        profiler.disable()
+        profiler.dump_stats(os.path.join(profile_dir, f"imapd-{os.getpid()}.prof"))
 
 
 def serve(config: ImapdProcessConfig) -> int:

@@ -300,6 +300,43 @@ class SelectedMailbox:
                 pending = pending or not kept_up
         return out, pending
 
+    async def appended(self, added: Sequence[tuple[int, int, Flags]]) -> list[Response] | None:
+        """EXISTS (and RECENT) for the session's own APPEND of ``added`` (UID, mod-sequence,
+        flags of each, in order) without re-reading the mailbox, or None when a refresh
+        must: the mailbox row and the new entries are known from the insert itself when
+        nobody else took a UID or a mod-sequence in between (the UIDs follow the view's
+        UIDNEXT one by one and every mod-sequence since the watermarks is the session's
+        own).  A change another session makes later has a later mod-sequence and reaches
+        the session through the change feed as usual."""
+        view = self.view
+        if self.contexts:
+            return None  # kept searches (CONTEXT=SEARCH) are updated by the refresh
+        if not added or any(uid != view.uidnext + i for i, (uid, _m, _f) in enumerate(added)):
+            return None
+        modseqs = [modseq for _uid, modseq, _flags in added]
+        if 0 in modseqs or modseqs != list(range(modseqs[0], modseqs[0] + len(modseqs))):
+            return None
+        last = modseqs[-1]
+        view.own_modseqs.update(modseqs)
+        if not (view.only_own_since(view.flags_modseq, last)
+                and view.only_own_since(view.expunge_modseq, last)):
+            return None
+        if not view.read_only and not self.ext.rev2:
+            # Before the view moves: should this fail, the refresh does it all again.
+            low, high = await self.backend.store.messages.claim_recent(self.user.id,
+                                                                       view.mailbox_id)
+            view.claim_recent(low, high)
+        out = self._keyword_news(k for _u, _m, flags in added for k in flags.keywords)
+        count = view.add(uid for uid, _m, _f in added)
+        view.uidnext = added[-1][0] + 1
+        view.flags_modseq = view.expunge_modseq = last
+        view.forget_own()
+        if count:
+            out.append(Exists(view.exists))
+            if not self.ext.rev2:
+                out.append(Recent(len(view.recent)))
+        return out
+
     def _contexts_mark(self, highestmodseq: int) -> tuple[int, int, int]:
         """What a kept search's result depends on besides ``$``: the mailbox's mod-sequence
         (flags, expunges, deliveries all raise it) and the announced messages (sequence
@@ -462,8 +499,11 @@ class SelectedMailbox:
         if kind == "append":
             return uidnext is not None and uidnext <= self.view.uidnext
         if kind in ("flags", "expunge") and modseq is not None:
-            return modseq in self.view.own_modseqs or (
-                kind == "flags" and modseq <= self.view.flags_modseq)
+            # At or below a watermark it was reported already (the session's own
+            # mod-sequences are forgotten once the watermarks pass them, and their
+            # notification may arrive later than that).
+            watermark = self.view.flags_modseq if kind == "flags" else self.view.expunge_modseq
+            return modseq in self.view.own_modseqs or modseq <= watermark
         return False
 
     # -- FETCH ---------------------------------------------------------------------------------

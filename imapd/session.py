@@ -32,6 +32,7 @@ of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -741,11 +742,24 @@ class Session:
             if done:  # MULTIAPPEND is all or nothing (RFC 3502)
                 await self._undo_append(done)
             raise
-        if self.selected is not None and done[0].mailbox_id == self.selected.mailbox_id:
-            self._dirty = True  # RFC 3501 6.3.11: announce it with EXISTS now
-            # Its mod-sequences are this session's own: no flags of announced messages
-            # changed and nothing was expunged with them.
-            self.selected.view.own_modseqs.update(d.modseq for d in done if d.modseq)
+        selected = self.selected
+        if selected is not None and done[0].mailbox_id == selected.mailbox_id:
+            # RFC 3501 6.3.11: announce it with EXISTS now.  When nothing else is pending
+            # (and NOTIFY wants no FETCH of new messages), from what the insert returned.
+            out = None
+            if not self._dirty and not (self.notifier is not None
+                                        and self.notifier.spec.fetch_atts):
+                with contextlib.suppress(kinds.Unavailable):  # then the refresh retries
+                    out = await selected.appended([
+                        (d.uid, d.modseq, Flags.from_names(m.flags))
+                        for d, m in zip(done, cmd.messages, strict=True)])
+            if out is None:
+                self._dirty = True
+                # Its mod-sequences are this session's own: no flags of announced messages
+                # changed and nothing was expunged with them.
+                selected.view.own_modseqs.update(d.modseq for d in done if d.modseq)
+            else:
+                self.conn.send(out)
         code = AppendUid(done[0].uidvalidity, SequenceSet.from_values(d.uid for d in done))
         return Tagged(cmd.tag, Status.OK, "Append completed", code)
 

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -40,9 +42,9 @@ from metadata.messages import NewMessage
 from metadata.mimetree import parse
 from metadata.records import Mailbox, MessageRow, User
 from metadata.searchtext import search_text
-from metadata.sections import section_map
+from metadata.sections import PartEntry, SectionMap, section_map
 from metadata.sortkeys import sort_keys_of
-from metadata.splitter import SplitMessage, blob_id, split
+from metadata.splitter import InlineSegment, Skeleton, SplitMessage, blob_id, split
 from metadata.store import MetadataStore
 
 #: Messages at least this large are analysed off the event loop's thread, so a
@@ -52,6 +54,10 @@ OFFLOAD_BYTES = 256 * 1024
 
 #: The gc generation of a message prepared without reading it: its commit always checks.
 UNKNOWN_GENERATION = -1
+
+#: A header field's first line (RFC 5322 field name, then the colon): a message that
+#: starts with one keeps its parse when fields are put on top of it.
+_FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
 
 
 class BlobStore(Protocol):
@@ -144,6 +150,51 @@ def prepare(raw: bytes, threshold: int,
     return PreparedMessage(len(raw), stored, row)
 
 
+def with_fields(base: PreparedMessage, raw: bytes, fields: bytes,
+                id_of: Callable[[bytes], str] = blob_id) -> PreparedMessage | None:
+    """What :func:`prepare` would make of ``fields + raw``, from ``base`` (the analysis of
+    ``raw``) without analysing the message again: LMTP puts each recipient's trace
+    fields on top of one message, and only the skeleton and the header-derived columns
+    change (the part blobs, ENVELOPE, BODYSTRUCTURE, body text and sort keys do not).
+
+    :param fields: whole header lines, each ending in the message's own line ending.
+    :returns: None when the result could differ from a fresh analysis (a message kept
+        opaque, or one whose first line is not a header field, which ``fields`` would
+        change the meaning of): the caller prepares ``fields + raw`` itself.
+    """
+    stored = base.split
+    skeleton = stored.skeleton
+    first = skeleton.segments[0] if skeleton.segments else None
+    if (skeleton.opaque or not isinstance(first, InlineSegment) or not fields
+            or not fields.endswith(b"\n") or _FIELD_START.match(raw) is None):
+        return None
+    shift = len(fields)
+    vshift = shift + fields.count(b"\n") - fields.count(b"\r\n")  # bare LF is CRLF in IMAP
+    digest = hashlib.sha256(fields)
+    digest.update(raw)
+    traced = Skeleton((InlineSegment(fields + first.data), *skeleton.segments[1:]),
+                      skeleton.size + shift, skeleton.vsize + vshift, digest.digest())
+    skeleton_bytes = traced.to_bytes()
+    skeleton_id = id_of(skeleton_bytes)
+    old = SectionMap.from_bytes(base.row.section_map)
+    # Every part moves down by the fields; the message itself still starts at 0.
+    entries = [PartEntry(0 if i == 0 else e.start + shift, e.header_end + shift,
+                         e.end + shift, e.header_vsize + (vshift if i == 0 else 0),
+                         e.body_vsize, e.kind, e.children)
+               for i, e in enumerate(old.entries)]
+    # The fields alone make a header that parses as they will in the message (a field
+    # name starts the message's next line), so their decoded values are the same.
+    eol = b"\r\n" if fields.endswith(b"\r\n") else b"\n"
+    own = search_text(fields + eol).headers
+    row = replace(base.row, skeleton_id=skeleton_id, size=base.row.size + vshift,
+                  header_block=fields + base.row.header_block,
+                  section_map=SectionMap(tuple(entries)).to_bytes(),
+                  headers=own + base.row.headers)
+    split_ = SplitMessage(traced, skeleton_bytes, stored.blobs, None, skeleton_id,
+                          stored.named_by)
+    return replace(base, raw_size=base.raw_size + shift, split=split_, row=row)
+
+
 class Deliverer:
     """Delivers messages into users' mailboxes.
 
@@ -177,13 +228,45 @@ class Deliverer:
                                                   self.blobs.id_of)
         return replace(prepared, gc_generation=generation)
 
+    async def prepare_with(self, base: PreparedMessage, raw: bytes,
+                           fields: bytes) -> PreparedMessage:
+        """``fields + raw`` prepared from ``base``, the analysis of ``raw``
+        (:func:`with_fields`), or analysed afresh when that cannot be derived."""
+        if len(raw) < OFFLOAD_BYTES:
+            derived = with_fields(base, raw, fields, self.blobs.id_of)
+        else:  # hashing the whole message again: off the event loop too
+            loop = asyncio.get_running_loop()
+            derived = await loop.run_in_executor(None, with_fields, base, raw, fields,
+                                                 self.blobs.id_of)
+        if derived is None:
+            return replace(await self.prepare(fields + raw), gc_generation=base.gc_generation)
+        return derived
+
     async def upload(self, prepared: PreparedMessage) -> None:
         """Store the skeleton and part blobs (known ones are not uploaded again).
 
         :raises director.errors.BlobUnavailable: too few object servers took them.
         """
-        stored = prepared.split
-        await self.blobs.put_named(stored.named_blobs, stored.named_by)
+        await self.upload_many([prepared])
+
+    async def upload_many(self, prepared: Iterable[PreparedMessage]) -> None:
+        """Store the blobs of several messages with one index lookup: blobs they share
+        (one message's copies for many recipients) are sent once, or not at all when
+        the store has them.
+
+        :raises director.errors.BlobUnavailable: too few object servers took them.
+        """
+        named: dict[str, bytes] = {}
+        named_by: Callable[[bytes], str] | None = None
+        for one in prepared:
+            stored = one.split
+            if named_by is not None and stored.named_by != named_by:
+                await self.blobs.put_named(named, named_by)  # not named alike: apart
+                named = {}
+            named_by = stored.named_by
+            named.update(stored.named_blobs)
+        if named_by is not None:
+            await self.blobs.put_named(named, named_by)
 
     async def commit(self, user: User, prepared: PreparedMessage, *, mailbox: str = "INBOX",
                      flags: Iterable[str] = (), internaldate: dt.datetime | None = None,

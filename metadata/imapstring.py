@@ -11,6 +11,8 @@ Values are C strings: anything from a NUL on is not sent.
 
 from __future__ import annotations
 
+import re
+
 from metadata.rfc822 import cstring
 
 __all__ = ["QUOTED_MAX_ESCAPES", "literal", "nstring", "nstring_nolf", "string_for_humans"]
@@ -18,7 +20,11 @@ __all__ = ["QUOTED_MAX_ESCAPES", "literal", "nstring", "nstring_nolf", "string_f
 #: After this many quote/backslash escapes a literal is preferred to a quoted string.
 QUOTED_MAX_ESCAPES = 4
 
-_QUOTED_SPECIALS = frozenset(b'"\\')
+# Byte classes matched by the C regex engine rather than a Python loop per byte: these
+# run for every address and subject of every delivered message.
+_UNQUOTABLE = re.compile(rb"[\r\n\x80-\xff]")
+_NOT_PLAIN = re.compile(rb'["\\\x00\x80-\xff]')
+_LWSP_RUN = re.compile(rb"[ \t\r\n]+")
 
 
 def literal(value: bytes) -> bytes:
@@ -31,14 +37,9 @@ def nstring(value: bytes | None) -> bytes:
     if value is None:
         return b"NIL"
     value = cstring(value)
-    escapes = 0
-    for c in value:
-        if c in _QUOTED_SPECIALS:
-            escapes += 1
-            if escapes > QUOTED_MAX_ESCAPES:
-                return literal(value)
-        elif c in (0x0D, 0x0A) or c >= 0x80:
-            return literal(value)
+    escapes = value.count(b'"') + value.count(b"\\")
+    if escapes > QUOTED_MAX_ESCAPES or _UNQUOTABLE.search(value) is not None:
+        return literal(value)
     if escapes:
         value = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
     return b'"' + value + b'"'
@@ -65,26 +66,10 @@ def string_for_humans(value: bytes) -> bytes:
     """A display string: whitespace runs collapsed to one space and trimmed, NUL shown
     as 0x80; sent quoted when nothing had to change, else as a literal."""
     value = cstring(value)
-    out = bytearray()
-    last_lwsp = True
-    modify = False
-    for c in value:
-        if c in b" \t\r\n":
-            if c != 0x20 or last_lwsp:
-                modify = True
-            if not last_lwsp:
-                out.append(0x20)
-            last_lwsp = True
-        else:
-            if c in _QUOTED_SPECIALS or c >= 0x80 or c == 0:
-                modify = True
-            out.append(0x80 if c == 0 else c)
-            last_lwsp = False
-    if out and out[-1] == 0x20:
-        out.pop()
-        modify = True
-    if not modify:
+    # Runs of whitespace become one space, none at either end.
+    out = _LWSP_RUN.sub(b" ", value).strip(b" ")
+    if out == value and _NOT_PLAIN.search(value) is None:
         return b'"' + value + b'"'
     if not out:
         return b'""'
-    return literal(bytes(out))
+    return literal(out.replace(b"\0", b"\x80"))

@@ -161,6 +161,11 @@ _INSERT_MESSAGE = (
     "$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28) RETURNING id")
 
 
+#: The message row and its blob references ($29: the blob ids) in one statement.
+_INSERT_MESSAGE_WITH_BLOBS = (
+    f"WITH m AS ({_INSERT_MESSAGE}), b AS (INSERT INTO message_blobs (user_id, message_id, "
+    "blob_id) SELECT $1, m.id, x FROM m, unnest($29::text[]) AS x) SELECT id FROM m")
+
 _SORT_COLUMNS = ("m.sort_subject, m.sort_reply, m.sort_from, m.sort_to, m.sort_cc, "
                  "m.display_from, m.display_to, m.thread_message_id, m.thread_references")
 
@@ -176,31 +181,42 @@ def sort_values(keys: SortKeys) -> tuple[object, ...]:
 
 def _message_values(user_id: int, row: MessageRow) -> tuple[object, ...]:
     """The parameters of :data:`_INSERT_MESSAGE` for ``row`` (casefolded search text)."""
-    header_fields = json.dumps([[_clean(name, 200).lower(), _fold(value)]
-                                for name, value in row.headers])
+    header_text = _header_text(row)
+    header_fields = "[]" if _lines_hold_fields(row, header_text) else json.dumps(
+        [[_clean(name, 200).lower(), _fold(value)] for name, value in row.headers])
     sent_date = row.sent_at.date() if row.sent_at is not None else None
     return (user_id, row.skeleton_id, row.size, row.sent_at, sent_date,
             _fold(row.subject), _fold(row.from_addr), _fold(row.to_addr),
             _fold(row.cc_addr), _fold(row.bcc_addr),
             _clean(row.message_id, MESSAGE_ID_LIMIT), header_fields, row.header_block,
             row.envelope, row.bodystructure, row.body, row.section_map,
-            _fold(_header_text(row), HEADER_TEXT_LIMIT),
+            _fold(header_text, HEADER_TEXT_LIMIT),
             _fold(row.body_text, BODY_TEXT_LIMIT), *sort_values(row.sort))
 
 
-async def charge(conn: asyncpg.Connection, user_id: int, size: int, count: int) -> None:
+_CHARGE = ("UPDATE user_usage SET used_bytes = used_bytes + $2, "
+           "message_count = message_count + $3 WHERE user_id = $1 AND "
+           "($2 <= 0 OR quota_bytes = 0 OR used_bytes + $2 <= quota_bytes) AND "
+           "($3 <= 0 OR quota_messages = 0 OR message_count + $3 <= quota_messages) "
+           "RETURNING 1")
+
+
+async def charge(conn: asyncpg.Connection, user_id: int, size: int, count: int, *,
+                 notify: Change | None = None) -> None:
     """Add ``size`` bytes and ``count`` entries to the user's usage, within the quotas.
 
+    :param notify: also publish this change, in the same round trip (a refusal raises,
+        and the rollback drops the notification with the rest).
     :raises OverQuota: when a positive ``size`` (``count``) would pass a non-zero storage
         (message) quota.
     :raises NoSuchUser: the user has no usage row (deleted concurrently).
     """
-    done = await conn.fetchval(
-        "UPDATE user_usage SET used_bytes = used_bytes + $2, "
-        "message_count = message_count + $3 WHERE user_id = $1 AND "
-        "($2 <= 0 OR quota_bytes = 0 OR used_bytes + $2 <= quota_bytes) AND "
-        "($3 <= 0 OR quota_messages = 0 OR message_count + $3 <= quota_messages) RETURNING 1",
-        user_id, size, count)
+    if notify is None:
+        done = await conn.fetchval(_CHARGE, user_id, size, count)
+    else:
+        done = await conn.fetchval(
+            f"WITH c AS ({_CHARGE}) SELECT (SELECT 1 FROM c), pg_notify($4, $5)",
+            user_id, size, count, channel(notify.user_id), encode(notify))
     if done is None:
         row = await conn.fetchrow(
             "SELECT used_bytes, quota_bytes, message_count, quota_messages FROM user_usage "
@@ -308,8 +324,41 @@ def _add_keywords(param: str) -> str:
             "AS t(k, n) WHERE k <> ALL (keywords) ORDER BY n)")
 
 
+#: The next ``$4`` UIDs and one mod-sequence from the mailbox row (none when it is gone,
+#: \Noselect or out of UIDs), and the entries at those UIDs, in one statement: message
+#: ids ($6), flag bits ($7), keywords as JSON arrays ($8), INTERNALDATEs ($9), their
+#: offsets ($10) and sizes ($11), in UID order.
+_ALLOCATE_AND_ENTER = (
+    "WITH a AS (UPDATE mailboxes SET uidnext = uidnext + $4, "
+    f"highestmodseq = highestmodseq + 1, {_add_keywords('$5')} "
+    "WHERE user_id = $1 AND id = $2 AND NOT noselect AND uidnext + $4 - 1 <= $3 "
+    "RETURNING uidnext - $4 AS first_uid, highestmodseq, uidvalidity), "
+    "e AS (INSERT INTO mailbox_messages (user_id, mailbox_id, uid, message_id, flags, "
+    "keywords, modseq, internaldate, internaldate_offset, size) "
+    "SELECT $1, $2, a.first_uid + t.n - 1, t.mid, t.flags, "
+    "ARRAY(SELECT k FROM jsonb_array_elements_text(t.kw::jsonb) WITH ORDINALITY "
+    "AS j(k, i) ORDER BY i), a.highestmodseq, t.idate, t.off, t.size "
+    "FROM a, unnest($6::bigint[], $7::integer[], $8::text[], $9::timestamptz[], "
+    "$10::smallint[], $11::bigint[]) WITH ORDINALITY AS t(mid, flags, kw, idate, off, size, n)) "
+    "SELECT first_uid, highestmodseq, uidvalidity FROM a")
+
+
 def _header_text(row: MessageRow) -> str:
     return "\n".join(f"{name}: {value}" for name, value in row.headers)
+
+
+def _lines_hold_fields(row: MessageRow, header_text: str) -> bool:
+    """Whether ``search_header`` (``header_text`` casefolded) holds every header field as
+    its own ``name: value`` line, exactly what ``header_fields`` would say: then SEARCH
+    HEADER reads the lines and ``header_fields`` is stored empty (schema 6: the same text
+    was kept twice).  Not when a decoded value holds a line break (an RFC 2047 word can),
+    a name is not plain ASCII (``lower`` and ``casefold`` could differ), or something
+    would have been cut."""
+    if len(header_text) > HEADER_TEXT_LIMIT:
+        return False
+    return all(name.isascii() and 0 < len(name) <= 200 and ":" not in name
+               and "\n" not in name and "\n" not in value and len(value) <= FIELD_TEXT_LIMIT
+               for name, value in row.headers)
 
 
 class Messages:
@@ -356,34 +405,26 @@ class Messages:
                 if not BLOB_ID.match(blob):
                     raise ValueError(f"blob id is not a lowercase hex SHA-256: {blob!r}")
             blob_lists.append(blobs)
+        # Five round trips whatever the batch: BEGIN, one statement per message (its row
+        # and its blob references), one for the UIDs and the entries, one for the quota
+        # and the notification, COMMIT.
         async with self.db.transaction() as conn:
-            message_ids = [await conn.fetchval(_INSERT_MESSAGE, *_message_values(user_id, m.row))
-                           for m in new]
-            await conn.execute(
-                "INSERT INTO message_blobs (user_id, message_id, blob_id) "
-                "SELECT $1, m, b FROM unnest($2::bigint[], $3::text[]) AS t(m, b)", user_id,
-                [mid for mid, blobs in zip(message_ids, blob_lists, strict=True) for _ in blobs],
-                [b for blobs in blob_lists for b in blobs])
+            message_ids = [await conn.fetchval(_INSERT_MESSAGE_WITH_BLOBS,
+                                               *_message_values(user_id, m.row), blobs)
+                           for m, blobs in zip(new, blob_lists, strict=True)]
             # The mailbox lock is taken as late as possible: it is held until commit.
             keywords = dict.fromkeys(k for m in new for k in m.flags.keywords)
             alloc = await conn.fetchrow(
-                "UPDATE mailboxes SET uidnext = uidnext + $4, "
-                f"highestmodseq = highestmodseq + 1, {_add_keywords('$5')} "
-                "WHERE user_id = $1 AND id = $2 AND NOT noselect AND uidnext + $4 - 1 <= $3 "
-                "RETURNING uidnext - $4 AS first_uid, highestmodseq, uidvalidity",
-                user_id, mailbox_id, MAX_UID, len(new), list(keywords))
+                _ALLOCATE_AND_ENTER, user_id, mailbox_id, MAX_UID, len(new), list(keywords),
+                message_ids, [m.flags.system for m in new],
+                [json.dumps(list(m.flags.keywords)) for m in new],
+                [m.internaldate for m in new], [_offset_minutes(m.internaldate) for m in new],
+                [m.row.size for m in new])
             if alloc is None:
                 await self._explain_no_uid(conn, user_id, mailbox_id)
             first, modseq = alloc["first_uid"], alloc["highestmodseq"]
-            await conn.executemany(
-                "INSERT INTO mailbox_messages (user_id, mailbox_id, uid, message_id, flags, "
-                "keywords, modseq, internaldate, internaldate_offset, size) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                [(user_id, mailbox_id, first + n, mid, m.flags.system, list(m.flags.keywords),
-                  modseq, m.internaldate, _offset_minutes(m.internaldate), m.row.size)
-                 for n, (m, mid) in enumerate(zip(new, message_ids, strict=True))])
-            await charge(conn, user_id, sum(m.row.size for m in new), len(new))
-            await publish(conn, Change(user_id, "append", mailbox_id,
+            await charge(conn, user_id, sum(m.row.size for m in new), len(new),
+                         notify=Change(user_id, "append", mailbox_id,
                                        uidnext=first + len(new), modseq=modseq))
             if before_commit is not None:
                 await before_commit()

@@ -257,10 +257,25 @@ class _Builder:
         folded = value.casefold()
         if folded and lname in ADDRESS_COLUMNS:
             return f"(strpos(m.{ADDRESS_COLUMNS[lname]}, {self.param(folded, '::text')}) > 0)"
-        test = f"h.f->>0 = {self.param(lname, '::text')}"
+        name_param = self.param(lname, '::text')
+        test = f"h.f->>0 = {name_param}"
+        # A stored name in the lines has no colon, so a name with one matches no line
+        # (else "x: y" would find field x with a value starting "y: ").
+        line_test = ("FALSE" if ":" in lname or not lname
+                     else f"starts_with(l.line, {self.param(lname + ': ', '::text')})")
         if folded:
-            test += f" AND strpos(h.f->>1, {self.param(folded, '::text')}) > 0"
-        return f"EXISTS (SELECT 1 FROM jsonb_array_elements(m.header_fields) AS h(f) WHERE {test})"
+            value_param = self.param(folded, '::text')
+            test += f" AND strpos(h.f->>1, {value_param}) > 0"
+            if line_test != "FALSE":
+                line_test += (f" AND strpos(substr(l.line, "
+                              f"{self.param(len(lname) + 3, '::int')}), {value_param}) > 0")
+        # Rows since schema 6 keep the fields only as the lines of search_header (their
+        # header_fields is empty); older rows, and those whose lines would be ambiguous
+        # (metadata.messages._lines_hold_fields), keep the jsonb list.
+        return (f"(CASE WHEN m.header_fields = '[]'::jsonb THEN EXISTS (SELECT 1 FROM "
+                f"regexp_split_to_table(m.search_header, E'\\n') AS l(line) WHERE {line_test}) "
+                f"ELSE EXISTS (SELECT 1 FROM jsonb_array_elements(m.header_fields) AS h(f) "
+                f"WHERE {test}) END)")
 
     def fulltext(self, value: str, columns: tuple[str, ...]) -> str:
         """A substring test on the casefolded body (and, for TEXT, header) text, which the

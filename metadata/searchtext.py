@@ -87,7 +87,8 @@ def _codec(charset: bytes | str | None) -> str:
 
 
 def _to_str(data: bytes, charset: bytes | str | None = None) -> str:
-    codec = _codec(charset)
+    # No charset (every header field) needs no codec lookup.
+    codec = "utf-8" if charset is None else _codec(charset)
     try:
         text = data.decode(codec)
     except (UnicodeDecodeError, LookupError):

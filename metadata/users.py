@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import asyncpg
 
@@ -118,6 +118,25 @@ class Users:
         if row is None:
             raise NoSuchUser(f"no user {name!r}")
         return _user(row)
+
+    async def first_of(self, names: Sequence[str]) -> tuple[int, User]:
+        """The user called by the first of ``names`` (any case) that names one, and that
+        name's index, in one query: LMTP tries a whole address, then its local part.
+
+        :raises NoSuchUser: none of them does.
+        """
+        # PostgreSQL text cannot hold NUL: no user is called that.
+        wanted = [("" if "\x00" in n else n) for n in names]
+        row = None
+        if any(wanted):
+            async with self.db.connection() as conn:
+                row = await conn.fetchrow(
+                    f"{_SELECT.replace('SELECT ', 'SELECT c.n, ', 1)} "
+                    "JOIN unnest($1::text[]) WITH ORDINALITY AS c(name, n) "
+                    "ON lower(u.name) = lower(c.name) ORDER BY c.n LIMIT 1", wanted)
+        if row is None:
+            raise NoSuchUser(f"no user {' or '.join(map(repr, names))}")
+        return row["n"] - 1, _user(row)
 
     async def get_by_id(self, user_id: int) -> User:
         """:raises NoSuchUser: there is none."""

@@ -3,12 +3,14 @@
 Theory of operation
 -------------------
 The reactor thread queues write ops (:meth:`GroupCommitter.submit`, which returns a
-Deferred).  The committer thread takes every op waiting (up to ``max_batch``), applies them
-in one write transaction of the store, commits it, and hands all their outcomes back
-together once the commit is on disk, through ``deliver`` (the daemon passes a function that
-runs them on the reactor thread).  So a result exists only once its write is durable, and
-concurrent writers share the fsync.  :meth:`GroupCommitter.run` explains why one fdatasync
-per batch suffices.
+Deferred).  The committer thread waits for the store's write lock (other worker processes
+may hold it), then takes every op waiting (up to ``max_batch``), applies them in one write
+transaction of the store, commits it, and hands all their outcomes back together once the
+commit is on disk, through ``deliver`` (the daemon passes a function that runs them on the
+reactor thread).  So a result exists only once its write is durable, and concurrent writers
+share the fsync.  There is no timer: a batch is whatever arrived while the previous commit
+(of this worker or another) ran.  :meth:`GroupCommitter.run` explains why one fdatasync per
+batch suffices.
 """
 
 from __future__ import annotations
@@ -41,9 +43,14 @@ class BatchStore(Protocol):
     #: ``commits`` counts the write transactions committed.
     counters: collections.Counter[str]
 
-    def apply_batch(self, ops: Sequence[WriteOp]) -> list[Result]:
-        """Apply and commit ``ops`` in one transaction (its meta page may stay unflushed
-        until the next commit or :meth:`sync`)."""
+    def commit_queued(self, take: Callable[[], Sequence[WriteOp]]
+                      ) -> tuple[Sequence[WriteOp], list[Result], int]:
+        """Wait for the write lock, then apply and commit the ops ``take`` returns in one
+        transaction (its meta page may stay unflushed until a later commit or
+        :meth:`sync`): the ops, their results and the transaction id (0: no ops)."""
+
+    def last_txnid(self) -> int:
+        """The newest transaction whose meta page is written, by any process."""
 
     def sync(self) -> None:
         """Flush the last commit completely."""
@@ -60,8 +67,13 @@ class GroupCommitter(threading.Thread):
         self._queue: collections.deque[tuple[WriteOp, Callback]] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._taken: list[tuple[WriteOp, Callback]] = []
+        #: Commits made; the most ops one carried; explicit syncs; and batches another
+        #: process's later commit made durable (no sync of our own needed).
         self.batches = 0
         self.largest_batch = 0
+        self.syncs = 0
+        self.synced_by_others = 0
 
     @property
     def queued(self) -> int:
@@ -89,34 +101,58 @@ class GroupCommitter(threading.Thread):
         """Commit batches; acknowledge each once its commit is certainly on disk.
 
         The LMDB environment runs with MDB_NOMETASYNC: a commit fdatasync()s its data pages
-        but only writes its meta page.  That meta page reaches the disk with the *next*
-        commit's fdatasync (same file) or with an explicit ``sync()`` when nothing else is
-        queued.  So a batch's outcomes are delivered after the following commit or sync:
-        one fsync per batch under load instead of two, and STORED still means on disk.
+        (and with them every page of the file written before) and then only writes its meta
+        page.  So transaction T is on disk once any later transaction's meta page is
+        written, by this process or another sharing the environment: that commit's
+        fdatasync ran after T's meta page was written (LMDB's write lock orders them).
+        A batch's outcomes are therefore delivered after the next commit, or, when nothing
+        is queued, at once if another worker's commit has passed it, or else after an
+        explicit ``sync()``: one fsync per batch under load instead of two, and STORED
+        still means on disk.
         """
         queue = self._queue
         store = self._store
         unsynced: list[tuple[Callback, Result]] = []
+        unsynced_txnid = 0
         while True:
             with self._cond:
                 while not queue and not self._stopping and not unsynced:
                     self._cond.wait()
                 if not queue and self._stopping and not unsynced:
                     return
-                batch = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
-            if not batch:
-                store.sync()
+                idle = not queue
+            if idle:
+                # No lock needed to look: waiting for another worker's commit would tie
+                # our replies to its CPU time too; a sync needs none.
+                if store.last_txnid() > unsynced_txnid:
+                    self.synced_by_others += 1  # a later commit's fdatasync covered ours
+                    store.counters["synced_by_others"] += 1
+                else:
+                    store.sync()
+                    self.syncs += 1
+                    store.counters["syncs"] += 1
                 self._hand_over(unsynced)
                 unsynced = []
                 continue
-            commits = store.counters["commits"]
-            results = store.apply_batch([op for op, _ in batch])
+            self._taken = []
+            ops, results, txnid = store.commit_queued(self._take)
+            if not ops:
+                continue
             self.batches += 1
-            self.largest_batch = max(self.largest_batch, len(batch))
-            if unsynced and store.counters["commits"] == commits:
+            self.largest_batch = max(self.largest_batch, len(ops))
+            if unsynced and txnid <= unsynced_txnid:
                 store.sync()  # nothing was committed, so nothing flushed the old meta
             self._hand_over(unsynced)
-            unsynced = [(cb, res) for (_, cb), res in zip(batch, results, strict=True)]
+            unsynced = [(cb, res) for (_, cb), res in zip(self._taken, results, strict=True)]
+            unsynced_txnid = txnid
+
+    def _take(self) -> list[WriteOp]:
+        """The ops queued now (up to ``max_batch``); called with the write lock held."""
+        with self._cond:
+            queue = self._queue
+            taken = self._taken = [queue.popleft()
+                                   for _ in range(min(len(queue), self._max_batch))]
+        return [op for op, _ in taken]
 
     def _hand_over(self, done: list[tuple[Callback, Result]]) -> None:
         if done:

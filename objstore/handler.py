@@ -510,6 +510,7 @@ class Handler:
             ("slow_readers_dropped", totals["slow_readers_dropped"]),
             ("idle_dropped", totals["idle_dropped"]),
             ("group_commits", sc["commits"]), ("group_committed_ops", sc["committed_ops"]),
+            ("group_syncs", sc["syncs"]), ("group_synced_by_others", sc["synced_by_others"]),
             ("lmdb_map_size", info["lmdb_map_size"]),
             ("lmdb_page_size", info["lmdb_page_size"]),
             ("lmdb_used_pages", info["lmdb_used_pages"]),

@@ -543,6 +543,22 @@ class BaseStore(abc.ABC):
     def sync(self) -> None:
         """Make every commit so far durable."""
 
+    def commit_queued(self, take: Callable[[], Sequence[WriteOp]]
+                      ) -> tuple[Sequence[WriteOp], list[Result], int]:
+        """Apply the ops ``take`` returns in one transaction, taking them once no other
+        writer can commit (what :class:`~objstore.groupcommit.GroupCommitter` calls):
+        the ops, their results and the transaction's id (0: no ops).  This default
+        suits a store with no other writer; LMDB's waits for its write lock."""
+        ops = take()
+        if not ops:
+            return ops, [], 0
+        results = self.apply_batch(ops)
+        return ops, results, self.last_txnid()
+
+    def last_txnid(self) -> int:
+        """The id of the newest committed transaction (here: commits made)."""
+        return self.counters["commits"]
+
     @abc.abstractmethod
     def close(self) -> None:
         """Commit what is queued, stop the committer and release the store."""

@@ -319,28 +319,58 @@ class LmdbStore(BaseStore):
         When the map is full the batch is retried one op per transaction so only the ops
         that do not fit fail (with NO_SPACE).
         """
-        now = self.now()
+        return self.commit_queued(lambda: ops)[1]
+
+    def commit_queued(self, take: Callable[[], Sequence[WriteOp]]
+                      ) -> tuple[Sequence[WriteOp], list[Result], int]:
+        """Wait for LMDB's write lock, *then* call ``take`` for the ops to apply, and commit
+        them in one transaction: ``(ops, results, txnid)``.  ``txnid`` is the committed
+        transaction's id, at least; 0 when ``take`` gave no ops.  (After a retry one op per
+        transaction it is the newest id then, which may be another process's: waiting for a
+        later commit than that is later than needed, never too early.)
+
+        Taking the ops only once the lock is ours puts into this commit every op that
+        arrived while another worker's commit (and its fsync) held the lock.  The wait
+        releases the GIL.
+        """
+        txn = self._env.begin(write=True, buffers=True)
+        ops: Sequence[WriteOp] = ()
         try:
-            with self._env.begin(write=True, buffers=True) as txn:
-                tx = _LmdbTxn(txn, self._items, self._meta, self._quarantine, now,
-                              self.max_item_size, self.counters, self._report_corrupt)
-                results = [op.apply(tx) for op in ops]
-                tx.finish()
-                committing = time.perf_counter()
-            # The commit (pages written, fdatasync) is what every write of the batch waits on.
-            count_commit(self.counters, time.perf_counter() - committing, len(ops))
-            return results
+            ops = take()
+            if not ops:
+                txn.abort()
+                return ops, [], 0
+            txnid = txn.id()
+            tx = _LmdbTxn(txn, self._items, self._meta, self._quarantine, self.now(),
+                          self.max_item_size, self.counters, self._report_corrupt)
+            results = [op.apply(tx) for op in ops]
+            tx.finish()
+            committing = time.perf_counter()
+            txn.commit()
         except lmdb.MapFullError:
+            txn.abort()
             if len(ops) == 1:
                 self.counters["store_no_memory"] += 1
                 log.warning("LMDB map full in %s", self.path)
-                return [Result(Outcome.NO_SPACE)]
-            return [self.apply_batch([op])[0] for op in ops]
+                return ops, [Result(Outcome.NO_SPACE)], self.last_txnid()
+            return ops, [self.apply_batch([op])[0] for op in ops], self.last_txnid()
         except Exception:
+            txn.abort()
             if len(ops) == 1:
                 log.exception("write op %r failed", ops[0])
-                return [Result(Outcome.FAILED)]
-            return [self.apply_batch([op])[0] for op in ops]
+                return ops, [Result(Outcome.FAILED)], self.last_txnid()
+            return ops, [self.apply_batch([op])[0] for op in ops], self.last_txnid()
+        # The commit (pages written, fdatasync) is what every write of the batch waits on.
+        count_commit(self.counters, time.perf_counter() - committing, len(ops))
+        return ops, results, txnid
+
+    def last_txnid(self) -> int:
+        """The id of the newest transaction whose meta page is written (by any process).
+
+        Its commit fdatasync'd the file after every earlier commit's meta page was written,
+        so every older transaction is on disk (see GroupCommitter.run).
+        """
+        return int(self._env.info()["last_txnid"])
 
     def sync(self) -> None:
         """Flush the last commit's meta page (commits do not, see GroupCommitter.run)."""

@@ -240,7 +240,7 @@ class Worker:
             return totals(snaps)
 
         def deliver(batch: list[tuple[Any, Result]]) -> None:
-            r.callFromThread(_run_callbacks, batch)
+            r.callFromThread(self.factory.complete_writes, batch)
 
         storage.start(deliver, config.group_commit_max)
         handler = Handler(storage, config, counters, hot, node_totals, node_id=config.node_id)
@@ -383,14 +383,6 @@ def run_worker(config: ObjstoreConfig, cluster: ClusterConfig, index: int,
     worker.close()
     log.info("worker %d stopped", index)
     return code
-
-
-def _run_callbacks(batch: list[tuple[Any, Any]]) -> None:
-    for callback, result in batch:
-        try:
-            callback(result)
-        except Exception:
-            log.exception("write completion callback failed")
 
 
 def serve(config: ObjstoredConfig) -> int:

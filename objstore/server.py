@@ -57,7 +57,7 @@ import struct
 import termios
 import time
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -695,6 +695,17 @@ class ObjstoreFactory(Factory):
                 for proto in due:
                     proto._flush_due = False
                     proto._flush()
+
+    def complete_writes(self, batch: list[tuple[Callable[[Any], object], Any]]) -> None:
+        """Fire a committed batch's write callbacks (on the reactor thread) inside
+        :meth:`replies_together`: a connection with several writes in the batch
+        (pipelining) gets its replies in one ``sendmsg``, not one per reply."""
+        with self.replies_together():
+            for callback, result in batch:
+                try:
+                    callback(result)
+                except Exception:
+                    log.exception("write completion callback failed")
 
     def buildProtocol(self, addr: Any) -> ObjstoreProtocol:  # type: ignore[override]
         return ObjstoreProtocol(self)

@@ -244,7 +244,7 @@ async def commit_waiting(dsn: str, user_id: int) -> None:
         for _ in range(400):
             if await conn.fetchval(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND query LIKE 'UPDATE mailboxes SET uidnext%'"):
+                    "AND query LIKE '%UPDATE mailboxes SET uidnext%'"):
                 return
             await asyncio.sleep(0.05)
         raise AssertionError(f"no delivery of user {user_id} waits for its mailbox")

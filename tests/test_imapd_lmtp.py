@@ -6,6 +6,8 @@ tests/test_imapd_lmtp_wire.py; here the session logic is driven command by comma
 
 from __future__ import annotations
 
+import base64
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -186,6 +188,69 @@ def test_each_recipient_gets_its_trace_fields_and_shares_the_blobs(stack: MailSt
 
     shared = blobs(a, "INBOX") & blobs(b, "Archive")
     assert len(shared) == 1 and len(blobs(a, "INBOX")) == 2
+
+
+def _with_attachment(tag: str) -> bytes:
+    """A message with a new 6 KB base64 attachment (stored decoded, as one blob)."""
+    attachment = base64.encodebytes(secrets.token_bytes(4500)).replace(b"\n", b"\r\n")
+    return (b"Received: from mx.example by lmtp.test; Mon, 7 Dec 2026 10:00:00 +0000\r\n"
+            b"From: a@example.org\r\nSubject: " + tag.encode() + b"\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b1\r\n\r\n"
+            b"--b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+            b"--b1\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n" + attachment + b"--b1--\r\n")
+
+
+def test_ten_recipients_one_analysis_one_attachment(stack: MailStack) -> None:
+    """Ten recipients of one DATA: each gets the message byte for byte under its own
+    Return-Path and Delivered-To, the one over quota gets 552 and the others 250, and
+    the attachment is uploaded once and referenced by every copy (dedup across
+    recipients); each copy's skeleton is its own."""
+    users = [stack.new_user(f"t{n}") for n in range(9)]
+    full = stack.new_user("tfull", quota=100)
+    order = [*users[:4], full, *users[4:]]
+    raw = _with_attachment("ten")
+    s = session(stack)
+    say(stack, s, "LHLO mx")
+    say(stack, s, "MAIL FROM:<list@example.org>")
+    for user in order:
+        assert codes(say(stack, s, f"RCPT TO:<{user.name}@example.org>")) == ["250 2.1.5"]
+    stack.run(s.handle(Command("DATA", "")))
+    uploads = stack.blobs.stats.uploads
+    replies = stack.run(s.data(MessageData(raw, len(raw))))
+    assert codes(replies) == ["250 2.0.0"] * 4 + ["552 5.2.2"] + ["250 2.0.0"] * 5
+    # 10 skeletons (the refused recipient's was stored before its commit) + 1 attachment.
+    assert stack.blobs.stats.uploads - uploads == 11
+    skeletons = set()
+    for user in users:
+        assert stack.only_message(user) == (
+            f"Return-Path: <list@example.org>\r\nDelivered-To: {user.name}@example.org\r\n"
+            .encode() + raw)
+        box = stack.run(stack.store.mailboxes.get(user.id, "INBOX"))
+        (entry,) = stack.run(stack.store.messages.fetch(user.id, box.id, UidSet.all(),
+                                                        items={"skeleton"}))
+        skeletons.add(entry.skeleton_id)
+        parts = set(stack.run(stack.store.messages.blob_ids(user.id, entry.message_id)))
+        assert len(parts - {entry.skeleton_id}) == 1
+    assert len(skeletons) == 9
+    assert stack.run(stack.store.mailboxes.status(full.id, "INBOX")).messages == 0
+
+
+def test_a_copy_that_cannot_be_derived_is_analysed_for_its_recipient(
+        stack: MailStack) -> None:
+    """A message that does not start with a header field (an mbox From line) is analysed
+    again for each recipient, and each still gets its exact copy."""
+    a, b = stack.new_user("fa"), stack.new_user("fb")
+    raw = b"From someone Mon Dec  7 10:00:00 2026\r\n" + _with_attachment("from-line")
+    s = session(stack)
+    say(stack, s, "LHLO mx")
+    say(stack, s, "MAIL FROM:<>")
+    say(stack, s, f"RCPT TO:<{a.name}>")
+    say(stack, s, f"RCPT TO:<{b.name}>")
+    stack.run(s.handle(Command("DATA", "")))
+    assert codes(stack.run(s.data(MessageData(raw, len(raw))))) == ["250 2.0.0"] * 2
+    for user in (a, b):
+        assert stack.only_message(user) == trace_fields("", user.name, raw) + raw
 
 
 def test_a_nul_in_rcpt_to_is_an_unknown_user(stack: MailStack) -> None:

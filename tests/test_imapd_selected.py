@@ -731,3 +731,34 @@ def test_thread_references_and_orderedsubject(dsn: str) -> None:
         assert (await c.send("e THREAD BOGUS UTF-8 ALL")).startswith(b"e BAD ")
 
     run(dsn, body, messages=())
+
+
+def test_own_append_is_announced_exactly_and_updates_kept_searches(dsn: str) -> None:
+    """A session's own APPEND answers FLAGS for a new keyword, EXISTS and RECENT (from what
+    the insert returned), then nothing more at NOOP; with a search kept (CONTEXT=SEARCH),
+    its ADDTO comes with the APPEND too; MULTIAPPEND announces both messages once."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        await c.send("a SELECT INBOX")
+        raw = b"Subject: new\r\n\r\nnew\r\n"
+        reply = await c.send(b"b APPEND INBOX ($New) {%d+}\r\n%s" % (len(raw), raw) + b"\r\n")
+        assert re.sub(rb"APPENDUID \d+ ", b"APPENDUID V ", reply) == (
+            b"* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $New)\r\n"
+            b"* OK [PERMANENTFLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft $New \\*)]"
+            b" Flags permitted\r\n"
+            b"* 4 EXISTS\r\n* 4 RECENT\r\n"
+            b"b OK [APPENDUID V 4] Append completed\r\n")
+        assert await c.send("c NOOP") == b"c OK NOOP completed\r\n"
+        assert await c.send("d FETCH 4 (UID FLAGS)") == (
+            b"* 4 FETCH (UID 4 FLAGS ($New \\Recent))\r\nd OK FETCH completed\r\n")
+        await c.send("e SEARCH RETURN (UPDATE) ALL")
+        reply = await c.send(b"f APPEND INBOX {%d+}\r\n%s" % (len(raw), raw) + b"\r\n")
+        assert b"* 5 EXISTS\r\n" in reply and b'* ESEARCH (TAG "e") ADDTO (0 5)' in reply, reply
+        reply = await c.send(b"g APPEND INBOX {%d+}\r\n%s {%d+}\r\n%s"
+                             % (len(raw), raw, len(raw), raw) + b"\r\n")
+        assert reply.count(b"EXISTS") == 1 and b"* 7 EXISTS\r\n" in reply, reply
+        assert await c.send("h NOOP") == b"h OK NOOP completed\r\n"
+        assert await c.send("i UID SEARCH ALL") == (
+            b"* SEARCH 1 2 3 4 5 6 7\r\ni OK UID SEARCH completed\r\n")
+
+    run(dsn, body)

@@ -561,3 +561,105 @@ def test_fetches_through_imapd_make_the_message_hot(imapd: Imapd, mail: Mail) ->
             await store.close()
 
     assert asyncio.run(heat()) >= 5.9
+
+
+class _Raw:
+    """A bare IMAP client that returns the untagged lines of each command as sent, to
+    check exactly what a session was told (imapclient hides and merges them)."""
+
+    def __init__(self, imapd: Imapd, user: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", imapd.imap_port), timeout=10)
+        self.file = self.sock.makefile("rb")
+        self.file.readline()  # the greeting
+        self.counter = 0
+        self.command(f'LOGIN "{user}" "secret"'.encode())
+
+    def command(self, text: bytes, literal: bytes | None = None) -> list[bytes]:
+        self.counter += 1
+        tag = b"r%d" % self.counter
+        if literal is None:
+            self.sock.sendall(tag + b" " + text + b"\r\n")
+        else:
+            self.sock.sendall(tag + b" " + text + b" {%d+}\r\n" % len(literal) + literal
+                              + b"\r\n")
+        untagged: list[bytes] = []
+        while True:
+            line = self.file.readline()
+            assert line, "connection closed"
+            if line.startswith(tag + b" "):
+                assert line.split()[1] == b"OK", line
+                return untagged
+            untagged.append(line.rstrip(b"\r\n"))
+
+    def close(self) -> None:
+        self.command(b"LOGOUT")
+        self.sock.close()
+
+
+def _exists(lines: list[bytes]) -> list[int]:
+    return [int(line.split()[1]) for line in lines if line.endswith(b" EXISTS")]
+
+
+def test_own_appends_and_another_process_changes_are_reported_exactly(
+        cluster: Cluster, certificate: tuple[Path, Path], imapd: Imapd, mail: Mail) -> None:
+    """A session's own APPEND is announced from what the insert returned, not re-read:
+    two sessions on two imapd processes append, store and expunge in turn, and each is
+    told exactly what the other did (EXISTS, FLAGS, FETCH, EXPUNGE) and its own new
+    messages once, with the sequence numbers PostgreSQL agrees with."""
+    second = start_imapd(cluster, "imapd-2", certificate)
+    try:
+        user = new_user(mail)
+        mail.deliver(user, [b"Subject: one\r\n\r\none\r\n"])
+        a, b = _Raw(imapd, user), _Raw(second, user)
+        a.command(b"SELECT INBOX")
+        b.command(b"SELECT INBOX")
+        # A's own APPEND, with a keyword new to the mailbox: FLAGS before EXISTS.
+        told = a.command(b"APPEND INBOX ($Fresh)", b"Subject: two\r\n\r\ntwo\r\n")
+        assert _exists(told) == [2]
+        assert told[0].startswith(b"* FLAGS (") and b"$Fresh" in told[0], told
+        assert b"* 2 RECENT" in told and not any(b"FETCH" in line for line in told), told
+        assert a.command(b"NOOP") == []
+        # B hears of it (the feed, then NOOP's re-read), with the keyword first.
+        deadline = time.monotonic() + 10
+        heard: list[bytes] = []
+        while not _exists(heard) and time.monotonic() < deadline:
+            heard += b.command(b"NOOP")
+        assert _exists(heard) == [2] and b"* 0 RECENT" in heard, heard
+        assert b"$Fresh" in heard[0], heard
+        # B changes a flag; A appends right after: A must hear B's flag change too, not
+        # just its own message (the fast path must not skip someone else's mod-sequence).
+        assert b.command(b"STORE 1 +FLAGS (\\Flagged)") == [b"* 1 FETCH (FLAGS (\\Flagged))"]
+        told = a.command(b"APPEND INBOX ()", b"Subject: three\r\n\r\nthree\r\n")
+        told += a.command(b"NOOP")
+        deadline = time.monotonic() + 10
+        flagged = b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent))"  # recent to A
+        while flagged not in told and time.monotonic() < deadline:
+            told += a.command(b"NOOP")
+        assert flagged in told and told.count(flagged) == 1, told
+        assert _exists(told) == [3], told
+        # B appends and A appends: A's EXISTS covers both, B's own comes once.
+        told_b = b.command(b"APPEND INBOX ()", b"Subject: four\r\n\r\nfour\r\n")
+        assert _exists(told_b) == [3, 4] or _exists(told_b) == [4], told_b
+        told = a.command(b"APPEND INBOX ()", b"Subject: five\r\n\r\nfive\r\n")
+        assert _exists(told) == [5], told
+        assert a.command(b"NOOP") == []
+        # A expunges message 1 (its own STORE and EXPUNGE): B hears one EXPUNGE, then
+        # A appends again and both agree on the UIDs.
+        a.command(b"STORE 1 +FLAGS.SILENT (\\Deleted)")
+        assert a.command(b"EXPUNGE") == [b"* 1 EXPUNGE"]
+        told = a.command(b"APPEND INBOX ()", b"Subject: six\r\n\r\nsix\r\n")
+        assert _exists(told) == [5], told
+        heard = []
+        deadline = time.monotonic() + 10
+        while not _exists(heard) and time.monotonic() < deadline:
+            heard += b.command(b"NOOP")
+        assert [line for line in heard if line.endswith(b"EXPUNGE")] == [b"* 1 EXPUNGE"]
+        assert _exists(heard) == [5], heard
+        for session in (a, b):
+            uids = [line for line in session.command(b"FETCH 1:* (UID)")]
+            assert uids == [b"* %d FETCH (UID %d)" % (n, n + 1) for n in range(1, 6)], uids
+            assert session.command(b"UID SEARCH ALL") == [b"* SEARCH 2 3 4 5 6"]
+        a.close()
+        b.close()
+    finally:
+        second.stop()

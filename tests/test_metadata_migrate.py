@@ -307,3 +307,82 @@ def test_version_5_adds_the_message_quota_and_backfills_deleted_bytes(postgres: 
                 await conn.close()
 
         assert asyncio.run(run()) == (0, 400, 500)
+
+
+def test_version_6_keeps_old_rows_and_runs_twice(postgres: str) -> None:
+    """Migrating a version-5 database leaves a stored row as it was (its field list is
+    what SEARCH HEADER reads for it) and says what the empty list means; applying the
+    file a second time changes nothing."""
+    with fresh_database(postgres, migrate=False) as dsn:
+        async def run() -> tuple[str, str]:
+            conn = await asyncpg.connect(dsn)
+            try:
+                await migrate(conn, load_migrations()[:5])
+                user = await conn.fetchval(
+                    "INSERT INTO users (name, password_hash) VALUES ('old', 'x') RETURNING id")
+                old = await conn.fetchval(
+                    "INSERT INTO messages (user_id, skeleton_id, size, header_block, envelope, "
+                    "bodystructure, body, section_map, header_fields, search_header) VALUES "
+                    "($1, $2, 10, '', '', '', '', '', '[[\"x\", \"y\"]]', 'x: y') RETURNING id",
+                    user, "0" * 64)
+                await migrate(conn)
+                await conn.execute(load_migrations()[5].sql)  # idempotent
+                fields = await conn.fetchval(
+                    "SELECT header_fields::text FROM messages WHERE id = $1", old)
+                comment = await conn.fetchval(
+                    "SELECT col_description('messages'::regclass, attnum) FROM pg_attribute "
+                    "WHERE attrelid = 'messages'::regclass AND attname = 'header_fields'")
+                return fields, comment
+            finally:
+                await conn.close()
+
+        fields, comment = asyncio.run(run())
+        assert fields == '[["x", "y"]]'
+        assert "since schema 6" in comment
+
+
+def test_compact_drops_only_the_field_lists_the_lines_repeat(postgres: str) -> None:
+    """`compact_batch` empties header_fields where search_header's lines say the same, in
+    key order and resumable, and leaves the lists the lines cannot stand for."""
+    from metadata.compact import compact_batch
+
+    with fresh_database(postgres) as dsn:
+        async def run() -> tuple[list[tuple[int, int, int | None]], dict[str, str]]:
+            conn = await asyncpg.connect(dsn)
+            try:
+                user = await conn.fetchval(
+                    "INSERT INTO users (name, password_hash) VALUES ('old', 'x') RETURNING id")
+                rows = {  # label: (header_fields, search_header) as schema 5 stored them
+                    "same": ('[["subject", "hi"], ["x-a", "b: c"]]', "subject: hi\nx-a: b: c"),
+                    "break": ('[["x", "a\\nb"]]', "x: a\nb"),
+                    "colon": ('[["x:y", "z"]]', "x:y: z"),
+                    "words": ('[["subject", "hi"]]', "hi subject"),
+                    "empty": ("[]", ""),
+                }
+                ids = {}
+                for label, (fields, text) in rows.items():
+                    ids[label] = await conn.fetchval(
+                        "INSERT INTO messages (user_id, skeleton_id, size, header_block, "
+                        "envelope, bodystructure, body, section_map, header_fields, "
+                        "search_header) VALUES ($1, $2, 10, '', '', '', '', '', $3::jsonb, $4) "
+                        "RETURNING id", user, "0" * 64, fields, text)
+                batches = []
+                after = (0, 0)
+                while True:
+                    done = await compact_batch(conn, after, 2)
+                    batches.append((done.seen, done.changed,
+                                    None if done.last is None else done.last[1]))
+                    if done.last is None:
+                        break
+                    after = done.last
+                fields_now = {label: await conn.fetchval(
+                    "SELECT header_fields::text FROM messages WHERE id = $1", mid)
+                    for label, mid in ids.items()}
+                return batches, fields_now
+            finally:
+                await conn.close()
+
+        batches, fields = asyncio.run(run())
+        assert [b[:2] for b in batches] == [(2, 1), (2, 0), (1, 0), (0, 0)]
+        assert fields == {"same": "[]", "break": '[["x", "a\\nb"]]', "colon": '[["x:y", "z"]]',
+                          "words": '[["subject", "hi"]]', "empty": "[]"}

@@ -241,3 +241,66 @@ def test_body_search_is_served_by_the_trigram_index(dsn: str) -> None:
     assert "messages_search_body_trgm_idx" in body, body
     assert "messages_search_header_trgm_idx" in text, text
     assert "messages_search_body_trgm_idx" in text, text
+
+
+def test_header_search_reads_lines_or_the_field_list(dsn: str) -> None:
+    """SEARCH HEADER answers the same from a row's search_header lines (schema 6: its
+    header_fields is stored empty) as from the jsonb field list, which is kept for a
+    value with a line break and for rows stored before."""
+
+    async def run() -> tuple[dict[str, tuple[int, ...]], dict[int, str]]:
+        store = await MetadataStore.open(dsn, pool_min=1, pool_max=1,
+                                         password_params=FAST_SCRYPT)
+        try:
+            user = await store.users.create("header-lines", "pw")
+            inbox = (await store.mailboxes.get(user.id, "INBOX")).id
+            headers = [(("X-Multi", "line one\nline two"), ("Subject", "s")),
+                       (("X", "y: secret"), ("X-Long", "Ünïcode ÅBC")),
+                       (("X-Old", "kept"),)]
+            when = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
+            for n, fields in enumerate(headers):
+                await store.messages.insert(user.id, inbox, sample_row(f"h{n}", headers=fields),
+                                            [], internaldate=when)
+            async with store.db.connection() as conn:
+                # A row as schema 5 stored it: the list filled, the text of other words.
+                await conn.execute(
+                    "UPDATE messages SET header_fields = '[[\"x-old\", \"kept\"]]', "
+                    "search_header = 'unrelated words' WHERE user_id = $1 AND id = "
+                    "(SELECT max(id) FROM messages WHERE user_id = $1)", user.id)
+                stored = {r["id"]: r["f"] for r in await conn.fetch(
+                    "SELECT id, header_fields::text AS f FROM messages WHERE user_id = $1 "
+                    "ORDER BY id", user.id)}
+            queries = {
+                "value across the line break": HeaderContains("x-multi", "one\nline"),
+                "name only": HeaderContains("X-MULTI", ""),
+                "value after a colon": HeaderContains("X", "SECRET"),
+                "name with a colon is no prefix": HeaderContains("x: y", ""),
+                "name with a colon and value": HeaderContains("X: Y", "secret"),
+                "unicode value folded": HeaderContains("x-long", "åbc"),
+                "not another field's value": HeaderContains("x-long", "secret"),
+                "old row's list": HeaderContains("X-Old", "KEPT"),
+                "old row's list only": HeaderContains("unrelated", ""),
+                "no such field": HeaderContains("X-None", ""),
+            }
+            found = {label: (await store.messages.search(user.id, inbox, c)).uids
+                     for label, c in queries.items()}
+            return found, stored
+        finally:
+            await store.close()
+
+    found, stored = asyncio.run(run())
+    assert found == {
+        "value across the line break": (1,),
+        "name only": (1,),
+        "value after a colon": (2,),
+        "name with a colon is no prefix": (),
+        "name with a colon and value": (),
+        "unicode value folded": (2,),
+        "not another field's value": (),
+        "old row's list": (3,),
+        "old row's list only": (),
+        "no such field": (),
+    }
+    first, second, _third = sorted(stored)
+    assert stored[first] != "[]"  # a value with a line break keeps the list
+    assert stored[second] == "[]"  # the lines hold it

@@ -200,3 +200,23 @@ def test_a_verified_password_skips_scrypt_until_it_changes(dsn: str) -> None:
             assert calls == ["first", "wrong", "first", "second"]
 
     asyncio.run(run())
+
+
+def test_first_of_prefers_the_earlier_name(dsn: str) -> None:
+    """``first_of`` answers the first candidate that names a user (any case), with its
+    index; a NUL or no match at all is NoSuchUser."""
+    async def go() -> None:
+        async with opened(dsn) as store:
+            await store.users.create("firstof@example.org", "secret")
+            await store.users.create("firstof", "secret")
+            which, user = await store.users.first_of(["FirstOf@Example.org", "firstof"])
+            assert (which, user.name) == (0, "firstof@example.org")
+            which, user = await store.users.first_of(["other@example.org", "FIRSTOF"])
+            assert (which, user.name) == (1, "firstof")
+            which, user = await store.users.first_of(["firstof\x00@x", "firstof"])
+            assert (which, user.name) == (1, "firstof")
+            for names in (["nobody@x", "nobody"], ["a\x00b"], []):
+                with pytest.raises(NoSuchUser):
+                    await store.users.first_of(names)
+
+    asyncio.run(go())

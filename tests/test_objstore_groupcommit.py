@@ -4,7 +4,10 @@ on disk, draining on stop, and refusal after stop through the Deferred."""
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterator, Sequence
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -60,10 +63,15 @@ class _Recording:
         self.counters = store.counters
         self.events = events
 
-    def apply_batch(self, ops: Sequence[WriteOp]) -> list[Result]:
-        results = self.store.apply_batch(ops)
-        self.events.append(("commit", [op.key for op in ops]))  # type: ignore[attr-defined]
-        return results
+    def commit_queued(self, take: Callable[[], Sequence[WriteOp]]
+                      ) -> tuple[Sequence[WriteOp], list[Result], int]:
+        ops, results, txnid = self.store.commit_queued(take)
+        if ops:
+            self.events.append(("commit", [op.key for op in ops]))  # type: ignore[attr-defined]
+        return ops, results, txnid
+
+    def last_txnid(self) -> int:
+        return self.store.last_txnid()
 
     def sync(self) -> None:
         self.store.sync()
@@ -99,6 +107,76 @@ def test_outcomes_wait_for_the_next_commit_or_a_sync(store: LmdbStore) -> None:
         assert any(kind in ("commit", "sync") for kind, _ in events[committed + 1:at]), events
     assert sorted(delivered) == sorted(keys)
     run_delivered(batches, len(keys))
+
+
+def test_ops_arriving_while_the_write_lock_is_held_join_one_commit(store: LmdbStore) -> None:
+    """The committer takes its batch only once LMDB's write lock is its own, so every op
+    queued while another writer held the lock goes into one commit."""
+    batches: queue.Queue[Batch] = queue.Queue()
+    committer = store.start(batches.put, group_commit_max=256)
+    holding, release = threading.Event(), threading.Event()
+
+    def other_writer() -> None:
+        with store.env.begin(write=True):  # another worker's commit, in effect
+            holding.set()
+            release.wait(30)
+
+    other = threading.Thread(target=other_writer)
+    other.start()
+    holding.wait(30)
+    for i in range(50):
+        store.submit(StoreOp(b"set", b"k%d" % i, b"v"))
+    release.set()
+    other.join()
+    run_delivered(batches, 50)
+    assert (committer.batches, committer.largest_batch) == (1, 50)
+    store.close_committer()
+
+
+def _commit_elsewhere(path: Path) -> None:
+    """One write transaction by another process on the same environment."""
+    subprocess.run([sys.executable, "-c", (
+        "import lmdb, sys; env = lmdb.open(sys.argv[1], max_dbs=4, metasync=False); "
+        "db = env.open_db(b'other'); "
+        "txn = env.begin(write=True, db=db); txn.put(b'k', b'v'); txn.commit()"),
+        str(path)], check=True, timeout=60)
+
+
+class _OtherProcessCommits(_Recording):
+    """The first time the committer looks for a later commit, another process makes one."""
+
+    def last_txnid(self) -> int:
+        if not any(kind == "other" for kind, _ in self.events):
+            _commit_elsewhere(self.store.path)
+            self.events.append(("other", []))
+        return self.store.last_txnid()
+
+
+@pytest.mark.system
+def test_a_later_commit_by_another_process_makes_a_batch_durable(store: LmdbStore) -> None:
+    """With nothing queued, a batch whose commit another process's later commit has passed
+    is acknowledged without a sync of its own (that commit's fdatasync covered it); one
+    that nobody passed waits for an explicit sync."""
+    events: list[tuple[str, list[bytes]]] = []
+    batches: queue.Queue[Batch] = queue.Queue()
+
+    def deliver(batch: Batch) -> None:
+        events.append(("deliver", [res.record.key for _, res in batch  # type: ignore[union-attr]
+                                   ]))
+        batches.put(batch)
+
+    committer = GroupCommitter(_OtherProcessCommits(store, events), deliver, 16)
+    committer.start()
+    committer.submit(StoreOp(b"set", b"a", b"v"))
+    run_delivered(batches, 1)
+    assert [kind for kind, _ in events] == ["commit", "other", "deliver"]
+    assert (committer.syncs, committer.synced_by_others) == (0, 1)
+    committer.submit(StoreOp(b"set", b"b", b"v"))
+    run_delivered(batches, 1)
+    assert [kind for kind, _ in events[3:]] == ["commit", "sync", "deliver"]
+    assert (committer.syncs, committer.synced_by_others) == (1, 1)
+    committer.stop()
+    assert store.get(b"a") is not None and store.get(b"b") is not None
 
 
 def test_stop_commits_what_is_queued(store: LmdbStore) -> None:

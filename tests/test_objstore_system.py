@@ -345,6 +345,7 @@ WRITER = r"""
 import hashlib, sys, threading
 from pymemcache.client.base import Client
 port, prefix, out_path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+depth = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 lock = threading.Lock()
 out = open(out_path, "a", buffering=1)
 
@@ -356,17 +357,17 @@ def run(t):
     c = Client(("127.0.0.1", port), timeout=5, connect_timeout=2)
     i = 0
     while True:
-        key = f"{prefix}-{t}-{i}"
+        keys = [f"{prefix}-{t}-{i + j}" for j in range(depth)]
         try:
-            ok = c.set(key, value(key), noreply=False)
+            # set_many sends the sets pipelined and returns the keys not stored.
+            failed = c.set_many({k: value(k) for k in keys}, noreply=False)
         except Exception:
             return
-        if ok:
-            with lock:
-                out.write(key + "\n")
-        i += 1
+        with lock:
+            out.writelines(k + "\n" for k in keys if k not in failed)
+        i += depth
 
-threads = [threading.Thread(target=run, args=(t,)) for t in range(4)]
+threads = [threading.Thread(target=run, args=(t,)) for t in range(8)]
 for th in threads: th.start()
 for th in threads: th.join()
 """
@@ -377,13 +378,15 @@ def _value(key: str) -> bytes:
     return seed * (seed[0] * 8 % 2048 + 1)
 
 
-def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("workers", "depth"), [(1, 1), (2, 16)])
+def test_acknowledged_writes_survive_kill_9(tmp_path: Path, workers: int, depth: int) -> None:
     """Every set acknowledged STORED before a kill -9 reads back byte-identical after a
-    restart on the same data."""
+    restart on the same data: one set at a time, and pipelined over two workers whose
+    commits make each other's batches durable (group commit across processes)."""
     acked = tmp_path / "acked.txt"
-    with objstored(tmp_path / "srv") as s:
+    with objstored(tmp_path / "srv", workers=workers) as s:
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(s.port), "dur",
-                                   str(acked)], cwd=REPO)
+                                   str(acked), str(depth)], cwd=REPO)
         try:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:

@@ -62,3 +62,34 @@ def test_unreachable_and_missing_database(postgres: str, tmp_path: Path,
     cfg = config_file(tmp_path, with_database(postgres, "objmail_no_such_db"))
     assert main(["--config", cfg, "db", "status"]) == EX_CONFIG
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_compact_runs_over_every_message(postgres: str, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """compact rewrites old rows batch by batch and reports how many of how many; a second
+    run finds nothing left to do; a batch of 0 is refused."""
+    import asyncio
+
+    import asyncpg
+
+    with fresh_database(postgres) as dsn:
+        async def seed() -> None:
+            conn = await asyncpg.connect(dsn)
+            try:
+                user = await conn.fetchval(
+                    "INSERT INTO users (name, password_hash) VALUES ('old', 'x') RETURNING id")
+                await conn.execute(
+                    "INSERT INTO messages (user_id, skeleton_id, size, header_block, envelope, "
+                    "bodystructure, body, section_map, header_fields, search_header) "
+                    "SELECT $1, $2, 10, '', '', '', '', '', '[[\"x\", \"y\"]]', 'x: y' "
+                    "FROM generate_series(1, 5)", user, "0" * 64)
+            finally:
+                await conn.close()
+
+        asyncio.run(seed())
+        cfg = config_file(tmp_path, dsn)
+        assert main(["--config", cfg, "db", "compact", "--batch", "2"]) == EX_OK
+        assert capsys.readouterr().out == "5 of 5 messages compacted\n"
+        assert main(["--config", cfg, "db", "compact", "--json"]) == EX_OK
+        assert json.loads(capsys.readouterr().out) == {"messages": 5, "compacted": 0}
+        assert main(["--config", cfg, "db", "compact", "--batch", "0"]) == EX_CONFIG

@@ -284,14 +284,14 @@ class LmtpClient:
 
 
 async def deliver_over(clients: Sequence[LmtpClient], count: int,
-                       delivery: Callable[[int], tuple[str, str, bytes]],
+                       delivery: Callable[[int], tuple[str, str | Sequence[str], bytes]],
                        ) -> tuple[float, list[float], int]:
     """Deliver messages ``0 .. count - 1`` over the open ``clients``, which take them from
     one queue and are closed at the end; the wall time, each delivery's latency, and how
     many recipients were refused.
 
-    :param delivery: message ``n``'s sender, recipient and payload, made just before it is
-        sent (so that a large batch never sits in memory whole).
+    :param delivery: message ``n``'s sender, recipient (or recipients) and payload, made
+        just before it is sent (so that a large batch never sits in memory whole).
     """
     queue = list(reversed(range(count)))
     latencies: list[float] = []
@@ -302,7 +302,8 @@ async def deliver_over(clients: Sequence[LmtpClient], count: int,
         while queue:
             sender, rcpt, payload = delivery(queue.pop())
             t0 = time.perf_counter()
-            codes = await client.deliver(sender, [rcpt], payload)
+            codes = await client.deliver(sender, [rcpt] if isinstance(rcpt, str) else rcpt,
+                                         payload)
             latencies.append(time.perf_counter() - t0)
             refused += sum(1 for c in codes if c != 250)
 
@@ -345,17 +346,23 @@ class ObjmailCluster:
     :param progress: where start-up messages go.
     :param security: one of :data:`SECURITY`; ``plain`` turns encryption and the blob
         plane's login off.
+    :param imapd_workers: ``[imapd] workers`` (0: one per core, the release's default;
+        None: as ``config`` says).
     """
 
     config: Config | None = None
     progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
     security: str = "secure"
+    imapd_workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.security not in SECURITY:
             raise ValueError(f"security must be one of {', '.join(SECURITY)}")
         if self.config is None:
             self.config = objmail_config()
+        if self.imapd_workers is not None:
+            self.config = dataclasses.replace(self.config, imapd=dataclasses.replace(
+                self.config.imapd, workers=self.imapd_workers))
         plain = self.security == "plain"
         if plain:
             # No keyring: the dev launcher leaves the director unkeyed (sha256 ids, no

@@ -45,6 +45,10 @@ always the first target over the second::
 
 ``--imapd N`` starts N-1 more imapd processes over the same storage and spreads the
 objmail clients over them, as a load balancer in front of stateless frontends would.
+``--workers N`` sets ``[imapd] workers`` of each (0, the default: one per core), worker
+processes sharing the ports (SO_REUSEPORT)::
+
+    .venv/bin/python -m ops.bench.imap_bench --compare --workers 1
 """
 
 from __future__ import annotations
@@ -420,7 +424,8 @@ def compare(args: argparse.Namespace) -> int:
                 dovecot = stack.enter_context(PrivateDovecot(users, password=args.password))
                 servers[target] = ([dovecot.imap_port], dovecot.lmtp_port, [dovecot.pid or 0])
                 continue
-            objmail = stack.enter_context(ObjmailCluster(security=OBJMAIL_TARGETS[target]))
+            objmail = stack.enter_context(ObjmailCluster(security=OBJMAIL_TARGETS[target],
+                                                         imapd_workers=args.workers))
             objmail.add_users(users, args.password)
             imap_ports = [objmail.imap_port] + [objmail.add_imapd(f"imapd-{k}")[0]
                                                 for k in range(2, args.imapd + 1)]
@@ -447,7 +452,8 @@ def compare(args: argparse.Namespace) -> int:
                 print(f"rep {rep + 1} {target}: {report['commands_per_second']} commands/s "
                       f"(load {load_text()})", file=sys.stderr)
     print(compare_table(reports))
-    print(f"\nobjmail with {args.imapd} imapd process(es); "
+    workers = "one per core" if args.workers == 0 else args.workers
+    print(f"\nobjmail with {args.imapd} imapd process(es) of {workers} worker(s); "
           f"{args.clients} clients, {args.duration:.0f} s per rep, {args.reps} reps, seed "
           f"{args.seed} messages per INBOX, mix {args.mix}; load average before: "
           f"{load:.2f} ({load_before}), after: {load_text()}")
@@ -484,6 +490,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--json-file", help="with --compare: write every run's report here")
     ap.add_argument("--imapd", type=int, default=1,
                     help="with --compare: objmail imapd processes, clients spread over them")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="with --compare: [imapd] workers of each objmail imapd (0: one per "
+                    "core, the default; the kernel spreads connections over them)")
     return ap
 
 

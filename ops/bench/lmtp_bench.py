@@ -6,7 +6,8 @@ One run starts an objmail cluster (:class:`ops.bench.common.ObjmailCluster`: the
 (:class:`ops.bench.dovecot.PrivateDovecot`, maildir, ``mail_fsync = optimized``), creates the
 same ``--users`` in both, then, ``--reps`` times and alternating which server goes first,
 delivers ``--messages`` corpus messages to each over ``--conns`` parallel LMTP connections
-(one recipient per message, users in turn).  It reports the median messages/s, the median
+(one recipient per message, users in turn; with ``--rcpts N``, ``--messages / N``
+transactions of N recipients each, and rates count the N copies).  It reports the median messages/s, the median
 p50/p99 latency of a delivery (MAIL to the recipient's 250), the CPU seconds the servers'
 process trees used per message, and the ratio objmail/Dovecot.
 
@@ -25,7 +26,7 @@ them.
 Usage::
 
     python -m ops.bench.lmtp_bench [--corpus /work/shared/corpus] [--messages 1000]
-        [--conns 10] [--users 10] [--reps 3] [--json results.json]
+        [--conns 10] [--users 10] [--rcpts 1] [--reps 3] [--json results.json]
         [--targets objmail,dovecot | objmail,objmail-plain]
 """
 
@@ -84,7 +85,7 @@ def stamped(raw: bytes, tag: str) -> bytes:
     return line + raw
 
 
-async def deliver_batch(port: int, payloads: Sequence[tuple[str, bytes]], conns: int,
+async def deliver_batch(port: int, payloads: Sequence[tuple[str | list[str], bytes]], conns: int,
                         sender: str = "bench@example.org") -> tuple[float, list[float], int]:
     """Deliver ``(recipient, payload)`` pairs over ``conns`` connections sharing one queue;
     the wall time, each delivery's latency, and how many were not accepted."""
@@ -94,22 +95,26 @@ async def deliver_batch(port: int, payloads: Sequence[tuple[str, bytes]], conns:
 
 
 def batch(corpus: Sequence[bytes], users: Sequence[str], count: int, tag: str,
-          offset: int) -> list[tuple[str, bytes]]:
-    """``count`` deliveries cycling through the corpus and the users."""
+          offset: int, rcpts: int = 1) -> list[tuple[list[str], bytes]]:
+    """``count`` deliveries cycling through the corpus and the users, ``rcpts`` users
+    each (one LMTP transaction)."""
     out = []
     for i in range(count):
         raw = corpus[(offset + i) % len(corpus)]
-        out.append((f"{users[i % len(users)]}@example.org", lmtp_payload(stamped(raw, f"{tag}.{i}"))))
+        to = [f"{users[(i * rcpts + r) % len(users)]}@example.org" for r in range(rcpts)]
+        out.append((to, lmtp_payload(stamped(raw, f"{tag}.{i}"))))
     return out
 
 
-def measure(target: str, port: int, pids: Sequence[int], deliveries: list[tuple[str, bytes]],
-            conns: int) -> Run:
+def measure(target: str, port: int, pids: Sequence[int],
+            deliveries: list[tuple[list[str], bytes]], conns: int) -> Run:
+    """One timed batch; ``messages`` counts recipients' copies (what a user receives)."""
     cpu0 = tree_cpu_seconds(pids)
     elapsed, latencies, refused = asyncio.run(deliver_batch(port, deliveries, conns))
     cpu = tree_cpu_seconds(pids) - cpu0
-    return Run(target, len(deliveries), elapsed, percentile(latencies, 50) * 1000,
-               percentile(latencies, 99) * 1000, cpu * 1000 / len(deliveries), refused)
+    copies = sum(len(to) for to, _payload in deliveries)
+    return Run(target, copies, elapsed, percentile(latencies, 50) * 1000,
+               percentile(latencies, 99) * 1000, cpu * 1000 / copies, refused)
 
 
 def summary(runs: Sequence[Run]) -> dict[str, dict[str, float]]:
@@ -149,8 +154,9 @@ def report(runs: Sequence[Run], args: argparse.Namespace, load_before: str) -> s
                    if s[reference]["cpu_ms_per_message"] else 0.0)
             lines.append(f"{mine} / {reference}: {ratio:.2f}x messages/s, {cpu:.2f}x server "
                          "CPU per message")
-    lines.append(f"{args.messages} messages per rep, {args.conns} connections, {args.users} "
-                 f"users, {args.reps} reps; load average before: {load_before}, after: "
+    lines.append(f"{args.messages} messages per rep ({args.rcpts} recipient(s) per "
+                 f"transaction), {args.conns} connections, {args.users} users, {args.reps} "
+                 f"reps; load average before: {load_before}, after: "
                  f"{load_text()}")
     return "\n".join(lines)
 
@@ -161,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--messages", type=int, default=1000, help="deliveries per rep and server")
     ap.add_argument("--conns", type=int, default=10, help="parallel LMTP connections")
     ap.add_argument("--users", type=int, default=10)
+    ap.add_argument("--rcpts", type=int, default=1,
+                    help="recipients per LMTP transaction (rates count their copies)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--targets", default="objmail,dovecot",
                     help="two or three of " + ", ".join(TARGETS))
@@ -198,8 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             order = targets if rep % 2 == 0 else list(reversed(targets))
             for target in order:
                 port, pids = servers[target]
-                deliveries = batch(corpus, users, args.messages, f"{target}.{rep}",
-                                   rep * args.messages)
+                deliveries = batch(corpus, users, args.messages // args.rcpts,
+                                   f"{target}.{rep}", rep * args.messages, args.rcpts)
                 run = measure(target, port, pids, deliveries, args.conns)
                 runs.append(run)
                 print(f"rep {rep + 1} {target}: {run.per_second:,.1f} msgs/s, p99 "

@@ -1,4 +1,4 @@
-"""Benchmark objstored against memcached and Redis (appendonly, appendfsync everysec).
+"""Benchmark objstored against memcached and Redis (appendonly, appendfsync always and everysec).
 
 One run starts every server on loopback in a temporary directory, drives it, stops it, and
 prints a Markdown table (ops/s and p99 latency, medians of ``--reps`` runs) with the ratios
@@ -23,7 +23,13 @@ Usage::
 
     python -m ops.bench.objstore_bench [--seconds 4] [--reps 3] [--workers 2]
         [--sizes 100,4096,65536,1048576] [--security plain,auth,tls,auth+tls]
+        [--targets memcached,objstored,redis-always,redis] [--baseline-tree DIR]
         [--json results.json]
+
+Every server runs for the whole benchmark and each repetition runs every target in turn,
+so the shared machine's changing load falls on all alike; the 1-minute load average is
+printed.  ``--baseline-tree DIR`` adds objstored from another checkout (say main) as the
+target "objstored before", with a before/after table.
 
 The machine has two cores shared with the load generator; run it on a quiet machine.
 """
@@ -61,6 +67,24 @@ class Result:
     ops_per_sec: float
     p99_us: float
     server_cpu: float = 0.0  # CPU seconds per wall second used by the server
+
+
+@dataclass
+class Target:
+    """A running server under test: mcload drives it, or redis-benchmark when ``redis``."""
+
+    name: str
+    port: int
+    pid: int
+    extra: list[str]
+    redis: bool = False
+
+
+#: The two Redis references: ``always`` makes the same promise as objstored (the reply
+#: follows the fsync); ``everysec`` may lose the last second of acknowledged writes.
+REDIS_TARGETS = {"always": "redis-always", "everysec": "redis"}
+#: objstored from --baseline-tree.
+BEFORE = "objstored before"
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -166,10 +190,17 @@ def warm(exe: Path, port: int, size: int, extra: list[str] | None = None) -> Non
 
 
 def run_redis_benchmark(port: int, op: str, size: int, depth: int, conns: int,
-                        seconds: int, pids: list[int]) -> Result:
-    # Aim for ~seconds of work from a rough rate guess; redis-benchmark counts requests.
-    guess = 80_000 if size <= 4096 else 20_000 if size <= 65536 else 1_500
-    n = max(guess * seconds * (4 if depth > 1 else 1), 1000)
+                        seconds: int, pids: list[int], fsync_each: bool = False,
+                        rate: float | None = None) -> Result:
+    """One redis-benchmark run of about ``seconds``: it counts requests, not time, so the
+    count comes from ``rate`` (the previous repetition's ops/s) or a rough guess."""
+    if rate is None:
+        rate = 80_000 if size <= 4096 else 3_000 if size <= 65536 else 300
+        if fsync_each and op == "set":
+            rate //= 4  # appendfsync always waits for the disk on every event-loop turn
+        if depth > 1:
+            rate *= 4
+    n = max(int(rate * seconds), 1000)
     args = ["redis-benchmark", "-p", str(port), "-t", op, "-d", str(size), "-c", str(conns),
             "-n", str(n), "-r", str(keys_for(size)), "--csv", "-q"]
     if depth > 1:
@@ -195,6 +226,7 @@ def table(results: dict[tuple[str, str, int, int], Result], sizes: list[int],
                 m = results.get(("memcached", op, size, depth))
                 o = results.get(("objstored", op, size, depth))
                 r = results.get(("redis", op, size, depth))
+                a = results.get(("redis-always", op, size, depth))
                 if o is None:
                     continue
 
@@ -206,11 +238,41 @@ def table(results: dict[tuple[str, str, int, int], Result], sizes: list[int],
 
                 ratio_m = f"{o.ops_per_sec / m.ops_per_sec:.2f}x" if m else "-"
                 ratio_r = f"{o.ops_per_sec / r.ops_per_sec:.2f}x" if r else "-"
+                ratio_a = f"{o.ops_per_sec / a.ops_per_sec:.2f}x" if a else "-"
                 rows.append([op.upper(), human(size), depth if depth > 1 else "no",
-                             cell(m, cpu=True), cell(o), cell(r), ratio_m, ratio_r])
+                             cell(m, cpu=True), cell(o, cpu=True), cell(a), cell(r), ratio_m,
+                             ratio_a, ratio_r])
     return markdown_table(["op", "value", "pipeline", "memcached ops/s (p99 µs, cpu)",
-                           "objstored ops/s (p99 µs)", "Redis everysec ops/s (p99 µs)",
-                           "objstored/memcached", "objstored/Redis"], rows)
+                           "objstored ops/s (p99 µs, cpu)", "Redis always ops/s (p99 µs)",
+                           "Redis everysec ops/s (p99 µs)", "objstored/memcached",
+                           "objstored/Redis always", "objstored/Redis everysec"], rows)
+
+
+def before_after_table(results: dict[tuple[str, str, int, int], Result], sizes: list[int],
+                       depths: list[int]) -> str:
+    """objstored from --baseline-tree against this tree's, in the same run."""
+    rows = []
+    for op in ("set", "get"):
+        for size in sizes:
+            for depth in depths:
+                b = results.get((BEFORE, op, size, depth))
+                o = results.get(("objstored", op, size, depth))
+                a = results.get(("redis-always", op, size, depth))
+                m = results.get(("memcached", op, size, depth))
+                if b is None or o is None:
+                    continue
+                ref = a if op == "set" else m
+
+                def ratio(x: Result, y: Result | None) -> str:
+                    return f"{x.ops_per_sec / y.ops_per_sec:.2f}x" if y else "-"
+
+                rows.append([op.upper(), human(size), depth if depth > 1 else "no",
+                             f"{b.ops_per_sec:,.0f} ({b.server_cpu * 100:.0f}% cpu)",
+                             f"{o.ops_per_sec:,.0f} ({o.server_cpu * 100:.0f}% cpu)",
+                             ratio(o, b), ratio(b, ref), ratio(o, ref)])
+    return markdown_table(["op", "value", "pipeline", "before ops/s", "after ops/s",
+                           "after/before", "before/ref", "after/ref (SET: Redis always, "
+                           "GET: memcached)"], rows)
 
 
 def security_table(results: dict[tuple[str, str, int, int], Result], sizes: list[int],
@@ -245,11 +307,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memcached-threads", type=int, default=2)
     ap.add_argument("--sizes", default="100,4096,65536,1048576")
     ap.add_argument("--depths", default="1,16", help="requests in flight per connection")
-    ap.add_argument("--targets", default="memcached,objstored,redis")
+    ap.add_argument("--targets", default="memcached,objstored,redis-always,redis",
+                    help="among memcached, objstored, redis-always, redis (everysec)")
     ap.add_argument("--security", default="plain",
                     help=f"objstored runs, comma-separated, among {','.join(SECURITY)}")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--baseline-tree", help="also run objstored from this checkout (e.g. "
+                    "`git worktree add /tmp/base main`) as the target 'objstored before'")
     args = ap.parse_args(argv)
+    # A SIGTERM unwinds like an exception, so every server started here is stopped.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(143))
     sizes = [int(s) for s in args.sizes.split(",")]
     depths = [int(d) for d in args.depths.split(",")]
     targets = args.targets.split(",")
@@ -262,93 +329,92 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{tool} is required", file=sys.stderr)
             return 2
     results: dict[tuple[str, str, int, int], Result] = {}
-    with tempfile.TemporaryDirectory(prefix="objstore-bench-") as tmp:
+    loads: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="objstore-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         mcload = build_mcload(work, tls=any("tls" in s for s in settings))
-
-        def bench_mc_like(name: str, port: int, pid: int,
-                          extra: list[str] | None = None) -> None:
-            for size in sizes:
-                warm(mcload, port, size, extra)
-                for op in ("get", "set"):
-                    for depth in depths:
-                        pids = children(pid)
-                        runs = [run_mcload(mcload, port, op, size, depth, args.conns,
-                                           args.seconds, pids, extra)
-                                for _ in range(args.reps)]
-                        res = median_result(runs)
-                        res.target = name
-                        results[(name, op, size, depth)] = res
-                        print(f"{name} {op} {size} depth={depth}: {res.ops_per_sec:,.0f} ops/s "
-                              f"p99 {res.p99_us:,.0f} us cpu {res.server_cpu:.2f}",
-                              file=sys.stderr)
-
-        def bench_interleaved(servers: list[tuple[str, int, int, list[str]]]) -> None:
-            for size in sizes:
-                for _name, port, _pid, extra in servers:
-                    warm(mcload, port, size, extra)
-                for op in ("get", "set"):
-                    for depth in depths:
-                        runs: dict[str, list[Result]] = {name: [] for name, *_ in servers}
-                        for _ in range(args.reps):
-                            for name, port, pid, extra in servers:
-                                runs[name].append(run_mcload(
-                                    mcload, port, op, size, depth, args.conns, args.seconds,
-                                    children(pid), extra))
-                        for name, *_ in servers:
-                            res = median_result(runs[name])
-                            res.target = name
-                            results[(name, op, size, depth)] = res
-                            print(f"{name} {op} {size} depth={depth}: "
-                                  f"{res.ops_per_sec:,.0f} ops/s p99 {res.p99_us:,.0f} us "
-                                  f"cpu {res.server_cpu:.2f}", file=sys.stderr)
-
+        # Every server runs for the whole benchmark, and each repetition of a measurement
+        # runs every target in turn: the shared machine's changing load falls on all alike.
+        servers: list[Target] = []
         if "memcached" in targets:
             port = free_port()
             cmd = ["memcached", "-p", str(port), "-U", "0", "-l", "127.0.0.1", "-t",
                    str(args.memcached_threads), "-m", "2048", "-c", "4096", "-I", "2m"]
             if os.geteuid() == 0:
                 cmd += ["-u", "root"]
-            with process(cmd, port) as proc:
-                bench_mc_like("memcached", port, proc.pid)
+            proc = stack.enter_context(process(cmd, port))
+            servers.append(Target("memcached", port, proc.pid, []))
         if "objstored" in targets:
-            # One server per setting, all running; every measurement runs each setting in
-            # turn, so the machine's changing load falls on all of them alike.
-            with ExitStack() as stack:
-                servers = []
-                for setting in settings:
-                    port = free_port()
-                    config = work / f"objstored-{setting}.toml"
-                    lines, extra = security_setup(work, setting)
-                    config.write_text("[objstore]\nmax_connections = 4096\n" + lines +
-                                      f"[cluster]\nredis_nodes = [\"127.0.0.1:{free_port()}\"]\n")
-                    cmd = [sys.executable, "-m", "objstore.main", "--config", str(config),
-                           "--listen", f"127.0.0.1:{port}", "--data",
-                           str(work / f"objstored-{setting}"), "--workers", str(args.workers),
-                           "--max-item-size", "2M", "--metrics-listen", ""]
-                    proc = stack.enter_context(process(cmd, port, cwd=REPO))
-                    name = "objstored" if setting == "plain" else f"objstored {setting}"
-                    servers.append((name, port, proc.pid, extra))
-                bench_interleaved(servers)
-        if "redis" in targets:
+            for setting in settings:
+                port = free_port()
+                config = work / f"objstored-{setting}.toml"
+                lines, extra = security_setup(work, setting)
+                config.write_text("[objstore]\nmax_connections = 4096\n" + lines +
+                                  f"[cluster]\nredis_nodes = [\"127.0.0.1:{free_port()}\"]\n")
+                cmd = [sys.executable, "-m", "objstore.main", "--config", str(config),
+                       "--listen", f"127.0.0.1:{port}", "--data",
+                       str(work / f"objstored-{setting}"), "--workers", str(args.workers),
+                       "--max-item-size", "2M", "--metrics-listen", ""]
+                proc = stack.enter_context(process(cmd, port, cwd=REPO))
+                name = "objstored" if setting == "plain" else f"objstored {setting}"
+                servers.append(Target(name, port, proc.pid, extra))
+        if "objstored" in targets and args.baseline_tree:
             port = free_port()
-            rdir = work / "redis"
+            tree = Path(args.baseline_tree).resolve()
+            config = work / "objstored-before.toml"
+            config.write_text("[objstore]\nmax_connections = 4096\n"
+                              f"[cluster]\nredis_nodes = [\"127.0.0.1:{free_port()}\"]\n")
+            cmd = [sys.executable, "-m", "objstore.main", "--config", str(config),
+                   "--listen", f"127.0.0.1:{port}", "--data", str(work / "objstored-before"),
+                   "--workers", str(args.workers), "--max-item-size", "2M",
+                   "--metrics-listen", ""]
+            proc = stack.enter_context(process(cmd, port, cwd=tree,
+                                               env={**os.environ, "PYTHONPATH": str(tree)}))
+            servers.append(Target(BEFORE, port, proc.pid, []))
+        for policy in ("always", "everysec"):
+            if REDIS_TARGETS[policy] not in targets:
+                continue
+            port = free_port()
+            rdir = work / f"redis-{policy}"
             rdir.mkdir()
             cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--appendonly",
-                   "yes", "--appendfsync", "everysec", "--save", "", "--dir", str(rdir)]
-            with process(cmd, port) as proc:
-                for size in sizes:
-                    for op in ("set", "get"):  # set first so gets hit
-                        for depth in depths:
-                            runs = [run_redis_benchmark(port, op, size, depth, args.conns,
-                                                        args.seconds, [proc.pid])
-                                    for _ in range(args.reps)]
-                            res = median_result(runs)
-                            results[("redis", op, size, depth)] = res
-                            print(f"redis {op} {size} depth={depth}: "
-                                  f"{res.ops_per_sec:,.0f} ops/s p99 {res.p99_us:,.0f} us",
-                                  file=sys.stderr)
+                   "yes", "--appendfsync", policy, "--save", "", "--dir", str(rdir)]
+            proc = stack.enter_context(process(cmd, port))
+            servers.append(Target(REDIS_TARGETS[policy], port, proc.pid, [], redis=True))
+        for size in sizes:
+            for t in servers:
+                if not t.redis:
+                    warm(mcload, t.port, size, t.extra)
+            for op in ("set", "get"):  # sets first, so Redis's gets hit
+                for depth in depths:
+                    runs: dict[str, list[Result]] = {t.name: [] for t in servers}
+                    for _ in range(args.reps):
+                        loads.append(os.getloadavg()[0])
+                        for t in servers:
+                            pids = children(t.pid)
+                            if t.redis:
+                                before = runs[t.name]
+                                res = run_redis_benchmark(
+                                    t.port, op, size, depth, args.conns, args.seconds, pids,
+                                    fsync_each=t.name == REDIS_TARGETS["always"],
+                                    rate=before[-1].ops_per_sec if before else None)
+                            else:
+                                res = run_mcload(mcload, t.port, op, size, depth, args.conns,
+                                                 args.seconds, pids, t.extra)
+                            runs[t.name].append(res)
+                    for t in servers:
+                        res = median_result(runs[t.name])
+                        res.target = t.name
+                        results[(t.name, op, size, depth)] = res
+                        print(f"{t.name} {op} {size} depth={depth}: {res.ops_per_sec:,.0f} "
+                              f"ops/s p99 {res.p99_us:,.0f} us cpu {res.server_cpu:.2f}",
+                              file=sys.stderr, flush=True)
+    print(f"load average (1 min) during the run: min {min(loads):.1f}, "
+          f"median {statistics.median(loads):.1f}, max {max(loads):.1f}\n")
     print(table(results, sizes, depths))
+    if args.baseline_tree:
+        print()
+        print(before_after_table(results, sizes, depths))
     if settings != ["plain"]:
         print()
         print(security_table(results, sizes, depths, settings))

@@ -1,0 +1,22 @@
+-- objmail metadata schema, version 6: header fields kept once.
+--
+-- messages.header_fields repeated, as a jsonb list, the "name: value" lines search_header
+-- already holds (about 0.8 KB per message of corpus mail, the largest column after the
+-- search text).  From this version a delivery stores it empty ('[]') whenever those
+-- lines stand for it exactly (metadata.messages._lines_hold_fields: no decoded value
+-- with a line break, names plain ASCII without a colon, nothing cut), and SEARCH HEADER
+-- reads the lines of such rows (metadata/search.py).  A server older than this version
+-- would read the empty list and miss matches, so the version number itself is the point:
+-- daemons refuse a database that knows a version they do not.
+--
+-- Nothing is rewritten here.  Rows stored before keep their list and are searched by it;
+-- `objmail db compact` empties the lists their lines provably repeat, online, a batch per
+-- short transaction (metadata/compact.py).
+--
+-- Measured and left out (BENCHMARKS.md, "PostgreSQL footprint"): lz4 compression,
+-- STORAGE MAIN for the FETCH columns and toast_tuple_target = 128 made the table larger
+-- (inline rows pack pages worse than TOAST chunks, lz4 compresses these small values
+-- less than pglz), and PostgreSQL compresses nothing in a row under 2 KB whatever the
+-- target says (TOAST_TUPLE_THRESHOLD is compiled in).
+COMMENT ON COLUMN messages.header_fields IS
+    'Top-level header fields as [[lowercase name, casefolded decoded value], ...] for SEARCH HEADER; ''[]'' since schema 6 when the lines of search_header hold the same fields.';
