@@ -16,7 +16,7 @@ from director.planner import Health
 from tests.conftest import CORPUS
 from tests.director_installation import Installation, installation_fixture, with_client
 
-inst = installation_fixture("copier", objstores=3, cache_bytes=0, timeout=0.5)
+inst = installation_fixture("copier", objstores=3, cache_bytes=0)
 
 
 def corpus_message() -> bytes:

@@ -26,7 +26,7 @@ from ops.config import Config, to_toml
 from tests.conftest import CORPUS
 from tests.director_installation import Installation, installation_fixture, with_client
 
-inst = installation_fixture("drain", objstores=4, cache_bytes=0, timeout=0.5,
+inst = installation_fixture("drain", objstores=4, cache_bytes=0,
                             gc_min_grace=0.0)
 
 

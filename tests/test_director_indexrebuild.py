@@ -21,7 +21,7 @@ from director.lease import Lease
 from ops.cli import EX_OK, EX_TEMPFAIL, EX_USAGE, main
 from tests.director_installation import Installation, installation_fixture, with_client
 
-inst = installation_fixture("indexrebuild", objstores=3, cache_bytes=0, timeout=0.5)
+inst = installation_fixture("indexrebuild", objstores=3, cache_bytes=0)
 
 
 async def put_mail_like(client: BlobClient, n: int) -> tuple[dict[str, bytes], list[bytes]]:

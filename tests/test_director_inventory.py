@@ -23,7 +23,7 @@ from ops.config import to_toml
 from tests.director_installation import Installation, installation_fixture, with_client
 from tests.mailstack import open_stack
 
-inst = installation_fixture("inventory", objstores=2, cache_bytes=0, timeout=0.5,
+inst = installation_fixture("inventory", objstores=2, cache_bytes=0,
                             gc_min_grace=0.0)
 
 
