@@ -20,7 +20,7 @@ from director.client import BlobClient
 from director.drainer import Drainer
 from director.index import SCAN_BUCKETS
 from director.jobstate import JobState
-from director.keys import is_blob_id
+from director.keys import is_blob_id, item_index_id
 from ops.cli import EX_OK, EX_TEMPFAIL, main
 from ops.config import Config, to_toml
 from tests.conftest import CORPUS
@@ -51,6 +51,17 @@ def test_drain_survives_an_interruption_and_empties_the_node(
             assert await client.put_item(key, value, flags=7)
         node = (await client.snapshot(force=True)).get(victim)
         assert node is not None
+        # Placement is by key: add items until one has a copy on the victim, so the
+        # interrupted pass below has an item to move whatever the random keys were.
+        for _ in range(64):
+            where = await client.items.lookup({item_index_id(k) for k in items})
+            if any(node.number in nums for nums in where.values()):
+                break
+            key, value = f"drain-item-x-{os.urandom(3).hex()}".encode(), os.urandom(200)
+            assert await client.put_item(key, value, flags=7)
+            items[key] = value
+        else:
+            raise AssertionError("no item placed on the victim in 64 tries")
         mine = [b for b, nums in (await client.index.lookup(ids)).items()
                 if node.number in nums]
         assert len(mine) > 10
