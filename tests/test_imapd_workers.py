@@ -88,6 +88,9 @@ def test_two_workers_share_the_port_and_see_each_others_changes(
     supervisor = server.launcher.pid_of(server.spec)
     assert supervisor is not None
     wait_until(lambda: two_workers(supervisor), timeout=20, what="two workers")
+    # A worker's process exists before its metrics port is bound: wait for both.
+    wait_until(lambda: all(_answers(port) for port in metrics), timeout=30,
+               what="both workers' metrics")
     user = f"workers{os.getpid()}"
     mail.create_user(user)
     counts = [open_connections(port) for port in metrics]
