@@ -3,7 +3,8 @@ under their mypyc build (:mod:`runtime.compiled`), in fresh interpreters, altern
 
 Each rep starts one interpreter with ``OBJMAIL_PURE=1`` and one without (alternating which
 goes first); each interpreter times every benchmark as the median of ``--rounds`` rounds of
-about ``--round-s`` seconds, and the report gives the median over the reps:
+about ``--round-s`` CPU seconds (process time: on a shared machine, time spent waiting for a
+core is not the code's), and the report gives the median over the reps:
 
 ``imap_parse``      one IMAP command of the benchmark mix through :class:`imapd.parser.Parser`
                     (feed, frame, lex, grammar), per command
@@ -60,15 +61,16 @@ IMAP_COMMANDS = (
 
 
 def _timed(fn: Callable[[], int], rounds: int, round_s: float) -> float:
-    """Median over rounds of the seconds per operation; ``fn`` runs a batch, returns ops."""
+    """Median over rounds of the CPU seconds per operation; ``fn`` runs a batch, returns
+    ops.  CPU time, not wall time: on a shared machine waiting for a core is not work."""
     fn()  # warm up
     per_op = []
     for _ in range(rounds):
         ops = 0
-        start = time.perf_counter()
+        start = time.process_time()
         while True:
             ops += fn()
-            elapsed = time.perf_counter() - start
+            elapsed = time.process_time() - start
             if elapsed >= round_s:
                 break
         per_op.append(elapsed / ops)
