@@ -193,7 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return child(args)
     runs: dict[str, list[dict[str, float]]] = {"pure": [], "compiled": []}
     load_before = load_text()
-    passed = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
+    passed = ["--rounds", str(args.rounds), "--round-s", str(args.round_s),
+              "--corpus", args.corpus, "--limit", str(args.limit)]
+    if args.only:
+        passed += ["--only", *args.only]
     for rep in range(args.reps):
         order = ("pure", "compiled") if rep % 2 == 0 else ("compiled", "pure")
         for mode in order:
