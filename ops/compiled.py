@@ -14,6 +14,7 @@ build) it says so in one line and exits 1, and the daemons run the pure modules.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shutil
@@ -22,13 +23,21 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
-from runtime.compiled import MANIFEST, MODULES, builds_dir, project_root, source_key
+from runtime.compiled import (
+    MANIFEST,
+    MODULES,
+    builds_dir,
+    matches,
+    project_root,
+    source_key,
+    source_path,
+)
 
-__all__ = ["build", "main", "missing_toolchain"]
+__all__ = ["build", "built", "dependencies", "main", "missing_toolchain"]
 
 #: The packages copied for a build: those of the compiled modules and all they import.
 PACKAGES: Final = ("runtime", "objstore", "director", "metadata", "imapd")
@@ -57,6 +66,55 @@ def missing_toolchain() -> str | None:
     except ImportError:
         return "no mypyc (pip install 'mypy[mypyc]')"
     return None
+
+
+def _imported(root: Path, module: str, packages: Sequence[str]) -> set[str]:
+    """The modules of *packages* that *module* imports (absolute imports; the project
+    uses no others)."""
+    tree = ast.parse(source_path(root, module).read_bytes())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    found = set()
+    for name in names:
+        parts = name.split(".")
+        if parts[0] not in packages:
+            continue
+        # "from imapd.lexer import Frame" names a module and a class: keep the module.
+        while parts and not source_path(root, ".".join(parts)).is_file():
+            parts.pop()
+        if parts:
+            found.add(".".join(parts))
+    return found
+
+
+def dependencies(root: Path, modules: Iterable[str], packages: Sequence[str]) -> list[str]:
+    """The modules of *packages* that *modules* import, directly or not, themselves
+    excluded: what mypyc compiles them against."""
+    listed = set(modules)
+    seen: set[str] = set()
+    todo = list(listed)
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        todo.extend(_imported(root, module, packages) - seen)
+    return sorted(seen - listed)
+
+
+def built(root: Path, builds: Path, modules: Sequence[str] = MODULES) -> bool:
+    """Whether a build matches the sources under *root*, dependencies included."""
+    manifest_file = builds / source_key(root, modules) / MANIFEST
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and matches(root, manifest)
 
 
 def _copy_sources(root: Path, dest: Path, packages: Sequence[str]) -> None:
@@ -96,8 +154,7 @@ def build(root: Path, builds: Path, log: Path, *, force: bool = False,
         in one line; the compiler's output is in *log*).
     """
     key = source_key(root, modules)
-    target = builds / key
-    if (target / MANIFEST).is_file() and not force:
+    if built(root, builds, modules) and not force:
         return key
     missing = missing_toolchain()
     if missing is not None:
@@ -107,6 +164,7 @@ def build(root: Path, builds: Path, log: Path, *, force: bool = False,
     try:
         _copy_sources(root, work, packages)
         key = source_key(work, modules)  # the bytes actually compiled
+        deps = dependencies(work, modules, packages)
         target = builds / key
         group = f"objmail_{key[:16]}"
         paths = [str(Path(*m.split(".")).with_suffix(".py")) for m in modules]
@@ -123,10 +181,12 @@ def build(root: Path, builds: Path, log: Path, *, force: bool = False,
             if not (lib / rel).is_file():
                 raise RuntimeError(f"mypyc build made no {rel}, see {log}")
         manifest = {"key": key, "modules": files, "shared": f"{group}__mypyc",
-                    "shared_file": shared_file, "python": sys.version.split()[0],
+                    "shared_file": shared_file, "deps": deps,
+                    "deps_key": source_key(work, deps), "python": sys.version.split()[0],
                     "mypy": _mypy_version()}
         (lib / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        if force and target.exists():
+        if target.exists():
+            # Forced, or built against dependencies that have changed since.
             shutil.rmtree(target)
         try:
             # Atomic: a process never sees half a build.
@@ -167,9 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if missing is None else 1
     if args.command == "status":
         key = source_key(root)
-        built = (builds / key / MANIFEST).is_file()
-        print(f"{key} {'built' if built else 'not built'} {builds / key}")
-        return 0 if built else 1
+        ok = built(root, builds)
+        print(f"{key} {'built' if ok else 'not built'} {builds / key}")
+        return 0 if ok else 1
     log = builds / "build.log"
     try:
         builds.mkdir(parents=True, exist_ok=True)

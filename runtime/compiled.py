@@ -30,7 +30,7 @@ import logging
 import os
 import sys
 import sysconfig
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
@@ -45,6 +45,7 @@ __all__ = [
     "active_key",
     "builds_dir",
     "install",
+    "matches",
     "project_root",
     "source_key",
 ]
@@ -97,8 +98,27 @@ def builds_dir() -> Path:
 
 
 def source_path(root: Path, module: str) -> Path:
-    """Return the ``.py`` file of a dotted *module* name under *root*."""
-    return root.joinpath(*module.split(".")).with_suffix(".py")
+    """Return the ``.py`` file of a dotted *module* name under *root* (a package's
+    ``__init__.py``)."""
+    path = root.joinpath(*module.split("."))
+    package = path / "__init__.py"
+    return package if package.is_file() else path.with_suffix(".py")
+
+
+def matches(root: Path, manifest: Mapping[str, object]) -> bool:
+    """Whether the modules a build was compiled against are unchanged under *root*.
+
+    mypyc compiles a listed module against the types of what it imports, so a build also
+    records the project modules its listed ones import, directly or not, and their key
+    (``deps``, ``deps_key``): a changed return type there must not meet stale code either.
+    """
+    deps = manifest.get("deps")
+    if not isinstance(deps, list):
+        return False
+    try:
+        return source_key(root, [str(d) for d in deps]) == manifest.get("deps_key")
+    except OSError:
+        return False  # a dependency is gone
 
 
 def source_key(root: Path, modules: Iterable[str] = MODULES) -> str:
@@ -169,6 +189,10 @@ class CompiledFinder(importlib.abc.MetaPathFinder):
         manifest = json.loads((build / MANIFEST).read_text())
         if manifest["key"] != key or set(manifest["modules"]) != self.modules:
             raise ValueError(f"manifest of {build} does not match its key")
+        if not matches(self.root, manifest):
+            _log.info("a module the compiled build depends on changed; running pure Python "
+                      "(build: python -m ops.compiled build)")
+            return {}
         files = {name: build / rel for name, rel in manifest["modules"].items()}
         shared = manifest["shared"]
         # Load mypyc's shared library now, so that a library that will not load (missing

@@ -18,8 +18,10 @@ pytestmark = pytest.mark.system  # runs mypy and the C compiler
 
 MODS = ("pkgy.calc",)
 SOURCE = textwrap.dedent("""\
+    from pkgy.start import start
+
     def total(values: list[int]) -> int:
-        acc = 0
+        acc = start()
         for v in values:
             acc += v
         return acc
@@ -30,6 +32,7 @@ def make_tree(root: Path) -> Path:
     (root / "pkgy").mkdir(parents=True)
     (root / "pkgy" / "__init__.py").write_text("")
     (root / "pkgy" / "calc.py").write_text(SOURCE)
+    (root / "pkgy" / "start.py").write_text("def start() -> int:\n    return 0\n")
     return root
 
 
@@ -53,8 +56,8 @@ def import_in_child(root: Path, builds: Path) -> dict[str, object]:
 
 
 def test_build_is_loaded_while_it_matches(tmp_path: Path) -> None:
-    """A build serves the module until its source changes; a second build call with the
-    same sources does nothing; then the edited source runs pure."""
+    """A build serves the module until its source, or a module it imports, changes; a
+    second build call with the same sources does nothing, one after a change rebuilds."""
     if missing_toolchain() is not None:
         pytest.skip("no C toolchain or mypyc here")
     root = make_tree(tmp_path / "src")
@@ -63,8 +66,10 @@ def test_build_is_loaded_while_it_matches(tmp_path: Path) -> None:
     assert key == source_key(root, MODS)
     manifest = json.loads((builds / key / MANIFEST).read_text())
     assert manifest["key"] == key
+    assert manifest["deps"] == ["pkgy.start"]
     # Nothing was written next to the sources.
-    assert sorted(p.name for p in (root / "pkgy").iterdir()) == ["__init__.py", "calc.py"]
+    assert sorted(p.name for p in (root / "pkgy").iterdir()) == [
+        "__init__.py", "calc.py", "start.py"]
 
     loaded = import_in_child(root, builds)
     assert loaded["key"] == key
@@ -75,7 +80,15 @@ def test_build_is_loaded_while_it_matches(tmp_path: Path) -> None:
     assert build(root, builds, tmp_path / "build.log", modules=MODS, packages=("pkgy",)) == key
     assert (builds / key / MANIFEST).stat().st_mtime_ns == before
 
-    (root / "pkgy" / "calc.py").write_text(SOURCE.replace("acc = 0", "acc = 100"))
+    # The dependency edited: the build is stale though calc.py is not.
+    (root / "pkgy" / "start.py").write_text("def start() -> int:\n    return 10\n")
+    stale = import_in_child(root, builds)
+    assert stale["key"] is None and stale["total"] == 16
+    assert build(root, builds, tmp_path / "build.log", modules=MODS, packages=("pkgy",)) == key
+    rebuilt = import_in_child(root, builds)
+    assert rebuilt["key"] == key and rebuilt["total"] == 16
+
+    (root / "pkgy" / "calc.py").write_text(SOURCE.replace("acc = start()", "acc = 100"))
     edited = import_in_child(root, builds)
     assert edited["key"] is None
     assert edited["file"] == str(root / "pkgy" / "calc.py")

@@ -27,16 +27,20 @@ def make_tree(root: Path) -> Path:
     (root / "pkgx" / "__init__.py").write_text("")
     (root / "pkgx" / "one.py").write_text("X = 1\n")
     (root / "pkgx" / "two.py").write_text("Y = 2\n")
+    (root / "pkgx" / "dep.py").write_text("def f() -> int:\n    return 1\n")
     return root
 
 
-def fake_build(builds: Path, key: str, shared: bytes = b"not an ELF file") -> Path:
-    """A build directory with a manifest for *key* whose files are not real libraries."""
-    build = builds / key
+def fake_build(root: Path, builds: Path, shared: bytes = b"not an ELF file") -> Path:
+    """A build of the tree under *root* (``pkgx.two`` importing ``pkgx.dep``) whose files
+    are not real libraries."""
+    build = builds / source_key(root, MODS)
     (build / "pkgx").mkdir(parents=True)
     (build / "objmail_x__mypyc.so").write_bytes(shared)
-    manifest = {"key": key, "modules": {"pkgx.one": "pkgx/one.so", "pkgx.two": "pkgx/two.so"},
-                "shared": "objmail_x__mypyc", "shared_file": "objmail_x__mypyc.so"}
+    manifest = {"key": source_key(root, MODS),
+                "modules": {"pkgx.one": "pkgx/one.so", "pkgx.two": "pkgx/two.so"},
+                "shared": "objmail_x__mypyc", "shared_file": "objmail_x__mypyc.so",
+                "deps": ["pkgx", "pkgx.dep"], "deps_key": source_key(root, ["pkgx", "pkgx.dep"])}
     (build / MANIFEST).write_text(json.dumps(manifest))
     return build
 
@@ -76,11 +80,24 @@ def test_no_build_means_pure(tmp_path: Path) -> None:
 def test_edited_source_means_pure(tmp_path: Path) -> None:
     """A build made before a source was edited is never used."""
     root = make_tree(tmp_path / "src")
-    fake_build(tmp_path / "builds", source_key(root, MODS))
+    fake_build(root, tmp_path / "builds")
     (root / "pkgx" / "one.py").write_text("X = 10\n")
     finder = CompiledFinder(root, tmp_path / "builds", MODS)
     assert finder.find_spec("pkgx.one", [str(root / "pkgx")]) is None
     assert finder.key is None
+
+
+def test_edited_dependency_means_pure(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A build is not used once a module it was compiled against changed, though the
+    listed modules did not: its types may have."""
+    root = make_tree(tmp_path / "src")
+    fake_build(root, tmp_path / "builds")
+    (root / "pkgx" / "dep.py").write_text("def f() -> str:\n    return '1'\n")
+    finder = CompiledFinder(root, tmp_path / "builds", MODS)
+    with caplog.at_level(logging.INFO, logger="runtime.compiled"):
+        assert finder.find_spec("pkgx.one", [str(root / "pkgx")]) is None
+    assert finder.key is None
+    assert "depends on changed" in caplog.text
 
 
 def test_unloadable_build_logs_once_and_means_pure(tmp_path: Path,
@@ -88,7 +105,7 @@ def test_unloadable_build_logs_once_and_means_pure(tmp_path: Path,
     """A matching build whose library does not load is logged in one line; the pure
     modules are imported, for every listed module."""
     root = make_tree(tmp_path / "src")
-    fake_build(tmp_path / "builds", source_key(root, MODS))
+    fake_build(root, tmp_path / "builds")
     finder = CompiledFinder(root, tmp_path / "builds", MODS)
     with caplog.at_level(logging.WARNING, logger="runtime.compiled"):
         assert finder.find_spec("pkgx.one", [str(root / "pkgx")]) is None
@@ -102,7 +119,7 @@ def test_other_tree_and_unlisted_modules_are_not_served(tmp_path: Path) -> None:
     """The finder looks at listed modules of the tree it hashed, nothing else."""
     root = make_tree(tmp_path / "src")
     other = make_tree(tmp_path / "other")
-    fake_build(tmp_path / "builds", source_key(root, MODS))
+    fake_build(root, tmp_path / "builds")
     finder = CompiledFinder(root, tmp_path / "builds", MODS)
     assert finder.find_spec("pkgx.one", [str(other / "pkgx")]) is None
     assert finder.find_spec("pkgx", None) is None
@@ -147,9 +164,10 @@ def test_pure_switch_imports_every_source() -> None:
 def test_build_serves_the_listed_modules() -> None:
     """When a build matches the sources (always under ``./ops/test``'s compiled run), a fresh
     interpreter imports every listed module from it."""
-    key = source_key(ROOT)
-    build = compiled.builds_dir() / key
-    if not (build / MANIFEST).is_file():
+    from ops.compiled import built
+
+    build = compiled.builds_dir() / source_key(ROOT)
+    if not built(ROOT, compiled.builds_dir()):
         if os.environ.get("OBJMAIL_EXPECT_COMPILED") == "1":
             pytest.fail(f"./ops/test expected a compiled build at {build}")
         pytest.skip("no compiled build for these sources (python -m ops.compiled build)")
