@@ -304,19 +304,6 @@ async def remove_entries(conn: asyncpg.Connection, user_id: int, mailbox_id: int
     return Expunged(tuple(removed), modseq)
 
 
-async def _bump_and_publish(conn: asyncpg.Connection, change: Change,
-                            keywords: Sequence[str] = ()) -> None:
-    """Set the mailbox's HIGHESTMODSEQ to ``change.modseq``, add ``keywords`` to its
-    keyword list and :func:`publish` ``change``, in one statement (one round trip of the
-    few a STORE takes)."""
-    assert change.mailbox_id is not None and change.modseq is not None
-    await conn.execute(
-        f"WITH bump AS (UPDATE mailboxes SET highestmodseq = $3, {_add_keywords('$6')} "
-        "WHERE user_id = $1 AND id = $2) SELECT pg_notify($4, $5)", change.user_id,
-        change.mailbox_id, change.modseq, channel(change.user_id), encode(change),
-        list(keywords))
-
-
 def _add_keywords(param: str) -> str:
     """SQL setting a mailbox row's ``keywords`` with the text array ``param`` added (those
     it lacks, in order): the mailbox's keyword list only grows."""
@@ -500,56 +487,31 @@ class Messages:
         :param unchanged_since: CONDSTORE UNCHANGEDSINCE: messages whose mod-sequence is
             above it are left alone and reported in ``modified``.
         """
-        if mode == "add":
-            new_flags = "mm.flags | $5"
-            new_keywords = ("mm.keywords || ARRAY(SELECT k FROM unnest($6::text[]) "
-                            "WITH ORDINALITY AS t(k, n) WHERE k <> ALL (mm.keywords) ORDER BY n)")
-            changes = "(mm.flags | $5 <> mm.flags OR NOT mm.keywords @> $6::text[])"
-        elif mode == "remove":
-            new_flags = "mm.flags & ~$5"
-            new_keywords = ("ARRAY(SELECT k FROM unnest(mm.keywords) WITH ORDINALITY "
-                            "AS t(k, n) WHERE k <> ALL ($6::text[]) ORDER BY n)")
-            changes = "(mm.flags & $5 <> 0 OR mm.keywords && $6::text[])"
-        elif mode == "replace":
-            new_flags = "$5"
-            new_keywords = "$6::text[]"
-            changes = ("(mm.flags <> $5 OR NOT (mm.keywords @> $6::text[] "
-                       "AND mm.keywords <@ $6::text[]))")
-        else:
+        if mode not in ("add", "remove", "replace"):
             raise ValueError(f"unknown store mode {mode!r}")
         if not uids:
             return StoreResult((), (), (), None)
         lows, highs = uids.arrays()
-        async with self.db.transaction() as conn:
-            mailbox = (await lock_mailboxes(conn, user_id, [mailbox_id]))[mailbox_id]
-            modseq = mailbox["highestmodseq"] + 1
-            # One round trip for the update and every entry's state after it: the outer
-            # SELECT sees the entries as they were before the statement, which for the
-            # unchanged ones is as they are (the mailbox lock keeps other STOREs out).
-            rows = await conn.fetch(
-                f"WITH changed AS (UPDATE mailbox_messages mm SET flags = {new_flags}, "
-                f"keywords = {new_keywords}, modseq = $7 FROM {_RANGES} "
-                "WHERE mm.user_id = $1 AND mm.mailbox_id = $2 AND mm.uid BETWEEN r.lo AND r.hi "
-                f"AND {changes} AND ($8::bigint IS NULL OR mm.modseq <= $8) "
-                "RETURNING mm.uid, mm.flags, mm.keywords, mm.modseq) "
-                "SELECT uid, flags, keywords, modseq, true AS changed FROM changed "
-                "UNION ALL SELECT mm.uid, mm.flags, mm.keywords, mm.modseq, false "
-                f"FROM {_RANGES} JOIN mailbox_messages mm ON mm.user_id = $1 "
-                "AND mm.mailbox_id = $2 AND mm.uid BETWEEN r.lo AND r.hi "
-                "WHERE mm.uid NOT IN (SELECT uid FROM changed) ORDER BY uid",
-                user_id, mailbox_id, lows, highs, flags.system, list(flags.keywords), modseq,
-                unchanged_since)
-            changed_uids = [r["uid"] for r in rows if r["changed"]]
-            if changed_uids:
-                await _bump_and_publish(
-                    conn, Change(user_id, "flags", mailbox_id, modseq=modseq),
-                    flags.keywords if mode != "remove" else ())
+        # One round trip (migration 0007): the function locks the mailbox row, updates
+        # the entries, raises HIGHESTMODSEQ and queues the notification, as one
+        # transaction of its own.
+        async with self.db.connection() as conn:
+            try:
+                rows = await conn.fetch(
+                    "SELECT o_uid AS uid, o_flags AS flags, o_keywords AS keywords, "
+                    "o_modseq AS modseq, o_changed AS changed "
+                    "FROM objmail_store_flags($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    user_id, mailbox_id, lows, highs, mode, flags.system,
+                    list(flags.keywords), unchanged_since, channel(user_id))
+            except asyncpg.NoDataFoundError as exc:
+                raise NoSuchMailbox(str(exc)) from None
+        changed_uids = [r["uid"] for r in rows if r["changed"]]
+        modseq = next((r["modseq"] for r in rows if r["changed"]), None)
         done = set(changed_uids)
         modified = () if unchanged_since is None else tuple(
             r["uid"] for r in rows if r["uid"] not in done and r["modseq"] > unchanged_since)
         states = tuple(FlagState(r["uid"], _flags(r), r["modseq"]) for r in rows)
-        return StoreResult(states, tuple(changed_uids), modified,
-                           modseq if changed_uids else None)
+        return StoreResult(states, tuple(changed_uids), modified, modseq)
 
     async def _copy_into(self, conn: asyncpg.Connection, user_id: int, source: int,
                          uids: UidSet, target: asyncpg.Record) -> tuple[CopyResult, int]:
