@@ -398,13 +398,9 @@ class ObjmailCluster:
         launcher = self.cluster.launcher
         return pids + [pid for spec in self._extra if (pid := launcher.pid_of(spec))]
 
-    def add_imapd(self, name: str, tree: Path | None = None) -> tuple[int, int]:
+    def add_imapd(self, name: str) -> tuple[int, int]:
         """Start one more imapd over the same storage, as a second frontend behind a load
-        balancer would be (imapd keeps no state); its IMAP and LMTP ports.
-
-        :param tree: run that source tree's imapd (e.g. ``git archive main``) instead of
-            this one's, to compare two versions over the same storage in the same run.
-        """
+        balancer would be (imapd keeps no state); its IMAP and LMTP ports."""
         def free() -> str:
             return f"127.0.0.1:{free_port()}"
 
@@ -415,8 +411,6 @@ class ObjmailCluster:
         path = self.cluster.run_dir / f"{name}.toml"
         path.write_text(to_toml(config))
         spec = self.cluster.imapd_spec(name=name, config=config, config_path=path)
-        if tree is not None:
-            spec = dataclasses.replace(spec, cwd=str(tree), env={"PYTHONPATH": str(tree)})
         self._extra.append(spec)
         self.cluster.launcher.start(spec)
         return parse_hostport(imapd.imap_listen)[1], parse_hostport(imapd.lmtp_listen)[1]

@@ -43,14 +43,6 @@ always the first target over the second::
 
     .venv/bin/python -m ops.bench.imap_bench --compare --targets objmail,objmail-plain
 
-``--baseline TREE`` adds the target ``baseline``: one more imapd of the first objmail
-target's cluster, run from the source tree ``TREE`` (e.g. ``git archive main | tar -x -C
-/tmp/base``), so that a change to imapd is measured against the code before it over the
-same PostgreSQL and objstore, alternating, in the same run (name it in ``--targets``)::
-
-    .venv/bin/python -m ops.bench.imap_bench --compare --baseline /tmp/base \\
-        --targets objmail,baseline,dovecot
-
 ``--imapd N`` starts N-1 more imapd processes over the same storage and spreads the
 objmail clients over them, as a load balancer in front of stateless frontends would.
 ``--workers N`` sets ``[imapd] workers`` of each (0, the default: one per core), worker
@@ -337,9 +329,8 @@ async def run(args: argparse.Namespace, cpu_pids: Sequence[int] = ()) -> dict[st
 
 # -- objmail against Dovecot --------------------------------------------------------------
 
-TARGETS = ("objmail", "objmail-plain", "dovecot", "baseline")
-_TITLES = {"objmail": "objmail", "objmail-plain": "objmail-plain", "dovecot": "Dovecot",
-           "baseline": "baseline"}
+TARGETS = ("objmail", "objmail-plain", "dovecot")
+_TITLES = {"objmail": "objmail", "objmail-plain": "objmail-plain", "dovecot": "Dovecot"}
 
 
 def seed_deliveries(args: argparse.Namespace, corpus: Sequence[bytes],
@@ -426,17 +417,9 @@ def compare(args: argparse.Namespace) -> int:
         raise SystemExit(f"unknown target(s) {', '.join(sorted(unknown))}")
     if len(targets) < 2:
         raise SystemExit("--compare needs two targets (the ratio is the first over the second)")
-    if "baseline" in targets and not args.baseline:
-        raise SystemExit("the target baseline needs --baseline TREE")
     with contextlib.ExitStack() as stack:
         servers: dict[str, tuple[list[int], int, list[int]]] = {}
-        first_cluster: ObjmailCluster | None = None
-        # The baseline shares the storage (and so the users and their mail) of the first
-        # objmail cluster: it is seeded with it, not again.
-        seeded_with: dict[str, str] = {}
         for target in targets:
-            if target == "baseline":
-                continue
             if target == "dovecot":
                 dovecot = stack.enter_context(PrivateDovecot(users, password=args.password))
                 servers[target] = ([dovecot.imap_port], dovecot.lmtp_port, [dovecot.pid or 0])
@@ -447,22 +430,8 @@ def compare(args: argparse.Namespace) -> int:
             imap_ports = [objmail.imap_port] + [objmail.add_imapd(f"imapd-{k}")[0]
                                                 for k in range(2, args.imapd + 1)]
             servers[target] = (imap_ports, objmail.lmtp_port, objmail.server_pids())
-            first_cluster = first_cluster or objmail
-        if "baseline" in targets:
-            if first_cluster is None:
-                raise SystemExit("the target baseline needs an objmail target beside it")
-            base_imap, base_lmtp = first_cluster.add_imapd("imapd-baseline",
-                                                           Path(args.baseline).resolve())
-            owner = next(t for t in targets if t in OBJMAIL_TARGETS)
-            # Every process of the cluster: the CPU of PostgreSQL & co. counts for both.
-            servers["baseline"] = ([base_imap], base_lmtp, first_cluster.server_pids())
-            servers[owner] = (servers[owner][0], servers[owner][1],
-                              first_cluster.server_pids())
-            seeded_with["baseline"] = owner
         seed = seed_deliveries(args, corpus, users)
         for target in targets:
-            if target in seeded_with:
-                continue
             _imap, lmtp, _pids = servers[target]
             elapsed, _lat, refused = asyncio.run(deliver_batch(lmtp, seed, 10))
             if refused:
@@ -519,9 +488,6 @@ def build_arg_parser() -> argparse.ArgumentParser:
                     help="with --compare: wait for the 1-minute load average to drop below")
     ap.add_argument("--wait", type=float, default=1200, help="longest wait for that, s")
     ap.add_argument("--json-file", help="with --compare: write every run's report here")
-    ap.add_argument("--baseline", metavar="TREE",
-                    help="with --compare: the target 'baseline' is an imapd run from the "
-                    "source tree TREE over the first objmail target's storage")
     ap.add_argument("--imapd", type=int, default=1,
                     help="with --compare: objmail imapd processes, clients spread over them")
     ap.add_argument("--workers", type=int, default=0,
