@@ -23,7 +23,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -143,12 +143,14 @@ def _prune(builds: Path, keep: str) -> None:
 
 
 def build(root: Path, builds: Path, log: Path, *, force: bool = False,
-          modules: Sequence[str] = MODULES, packages: Sequence[str] = PACKAGES) -> str:
+          modules: Sequence[str] = MODULES, packages: Sequence[str] = PACKAGES,
+          say: Callable[[str], None] = lambda message: None) -> str:
     """Build the compiled modules of the sources under *root* unless built; return the key.
 
     :param modules: the modules to compile (:data:`runtime.compiled.MODULES`).
     :param packages: the packages copied for the build: those of *modules* and what they
         import.
+    :param say: told once the compiling starts (it takes minutes).
 
     :raises RuntimeError: when the toolchain is missing or the build fails (the reason,
         in one line; the compiler's output is in *log*).
@@ -160,6 +162,7 @@ def build(root: Path, builds: Path, log: Path, *, force: bool = False,
     if missing is not None:
         raise RuntimeError(missing)
     builds.mkdir(parents=True, exist_ok=True)
+    say("compiling the hot-path modules with mypyc (one to three minutes, once per change)")
     work = Path(tempfile.mkdtemp(prefix=".tmp-", dir=builds))
     try:
         _copy_sources(root, work, packages)
@@ -216,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="compile the modules unless a build matches the sources")
     b.add_argument("--force", action="store_true", help="rebuild even when a build matches")
-    b.add_argument("--verbose", action="store_true", help="say where the build is")
+    b.add_argument("--verbose", action="store_true", help="say when compiling starts and where the build is")
     sub.add_parser("status", help="print the sources' key and whether a build serves them")
     sub.add_parser("toolchain", help="say what is missing to build, if anything")
     args = parser.parse_args(argv)
@@ -233,7 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = builds / "build.log"
     try:
         builds.mkdir(parents=True, exist_ok=True)
-        key = build(root, builds, log, force=args.force)
+        key = build(root, builds, log, force=args.force,
+                    say=(lambda message: print(message, flush=True)) if args.verbose
+                    else (lambda message: None))
     except (RuntimeError, OSError) as exc:
         print(f"compiled modules not built: {exc}; running pure Python", file=sys.stderr)
         return 1
