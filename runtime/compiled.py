@@ -61,7 +61,6 @@ MODULES: Final = (
     "imapd.searchkeys",
     "imapd.sequence",
     "imapd.fetchatts",
-    "imapd.datetimes",
     "imapd.response",
     "imapd.fetch",
     "imapd.bodies",
