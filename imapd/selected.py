@@ -736,14 +736,8 @@ class SelectedMailbox:
         found = await self.backend.store.messages.sort_order(
             self.user.id, self.view.mailbox_id, criterion,
             [(key.value, reverse) for key, reverse in keys])
-        view = self.view
-        return [f for f in found if f[0] in view], with_modseq
-
-    def _numbers(self, uids: Iterable[int], uid: bool) -> tuple[int, ...]:
-        if uid:
-            return tuple(uids)
-        seq_of = self.view.seq_of
-        return tuple(seq_of(u) or 0 for u in uids)
+        seqs = self.view.seq_numbers()
+        return [f for f in found if f[0] in seqs], with_modseq
 
     async def sort(self, cmd: Sort, conn: Connection) -> Tagged:
         """SORT / UID SORT (RFC 5256, RFC 5957 DISPLAY keys); with ``RETURN (...)``
@@ -754,7 +748,12 @@ class SelectedMailbox:
         found, with_modseq = await self._sorted(cmd.criteria, cmd.keys)
         if options is None:
             modseq = max((m for _, m in found), default=None) if with_modseq else None
-            conn.send([SortData(self._numbers((u for u, _ in found), cmd.uid), modseq)])
+            if cmd.uid:
+                numbers = tuple(u for u, _ in found)
+            else:
+                seqs = self.view.seq_numbers()
+                numbers = tuple(seqs[u] for u, _ in found)
+            conn.send([SortData(numbers, modseq)])
             return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
         response = _esearch(cmd.tag, cmd.uid, options, cmd.partial, found,
                             self._numberer(cmd.uid), with_modseq, ordered=True)
@@ -770,14 +769,18 @@ class SelectedMailbox:
         links = cmd.algorithm is ThreadAlgorithm.REFERENCES
         entries = await self.backend.store.messages.thread_entries(
             self.user.id, self.view.mailbox_id, criterion, links=links)
-        view = self.view
-        entries = [e for e in entries if e.uid in view]
+        seqs = self.view.seq_numbers()
+        entries = [e for e in entries if e.uid in seqs]
         roots = references(entries) if links else ordered_subject(entries)
-        number = (lambda u: u) if cmd.uid else (lambda u: view.seq_of(u) or 0)
+        if cmd.uid:
+            seqs = {e.uid: e.uid for e in entries}
 
         def render(node: Node) -> ThreadNode:
-            children = tuple(render(child) for child in node.children)
-            return ThreadNode(None if node.entry is None else number(node.entry.uid), children)
+            entry = node.entry
+            if not node.children:  # most members are leaves
+                return ThreadNode(None if entry is None else seqs[entry.uid])
+            return ThreadNode(None if entry is None else seqs[entry.uid],
+                              tuple([render(child) for child in node.children]))
 
         conn.send([ThreadData(tuple(render(root) for root in roots))])
         return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
