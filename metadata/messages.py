@@ -704,9 +704,13 @@ class Messages:
 
     async def sort_entries(self, user_id: int, mailbox_id: int,
                            criterion: Criterion) -> list[SortEntry]:
-        """The entries matching ``criterion`` with their SORT/THREAD keys, by UID: one
+        """The entries matching ``criterion`` with every SORT/THREAD key, by UID: one
         query, no blob.  Rows older than those keys get them from their header block here
-        (written back, so that happens once per message)."""
+        (written back, so that happens once per message).
+
+        SORT and THREAD use :meth:`sort_order` and :meth:`thread_entries`, which fetch only
+        what they read; this full form is what the tests compare them with (the previous
+        in-memory SORT and THREAD over these rows are kept there as the reference)."""
         compiled = compile_criteria(criterion, first_param=3)
         query = (f"SELECT mm.uid, mm.modseq, mm.internaldate, mm.size, m.id, m.sent_at, {_SORT_COLUMNS}, "
                  "CASE WHEN m.sort_subject IS NULL THEN m.header_block END AS header_block "
@@ -754,11 +758,15 @@ class Messages:
                  f"WHERE mm.user_id = $1 AND mm.mailbox_id = $2 AND {compiled.sql} "
                  f"ORDER BY {order}")
         for _ in range(2):
-            async with self.db.transaction(readonly=True) as conn:
-                if compiled.substring:
+            if not compiled.substring:
+                # One statement is atomic alone: no BEGIN/COMMIT round trips.
+                async with self.db.connection() as conn:
+                    rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
+            else:
+                async with self.db.transaction(readonly=True) as conn:
                     # See search(): a generic plan would walk every entry.
                     await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-                rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
+                    rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
             if not needs_message:
                 return rows
             last = len(rows[0]) - 1 if rows else 0
