@@ -47,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         clusters = {}
         for name, tree in trees.items():
             os.environ["PYTHONPATH"] = str(Path(tree).resolve())  # the daemons' code
-            cluster = stack.enter_context(ObjmailCluster(imapd_workers=args.workers))
+            cluster = stack.enter_context(ObjmailCluster(imapd_workers=args.workers,
+                                                         source_root=tree))
             cluster.add_users(users, seed_args.password)
             seed = imap_bench.seed_deliveries(seed_args, corpus, users)
             asyncio.run(deliver_batch(cluster.lmtp_port, seed, 10))

@@ -170,14 +170,17 @@ def write_maildir(root: Path, messages: Sequence[bytes]) -> Path:
 
 
 def import_objmail(cluster: ObjmailCluster, user: str, src: Path, count: int,
-                   log: Callable[[str], None]) -> float:
+                   log: Callable[[str], None], *, cwd: str | None = None) -> float:
     """``objmail import`` of ``src``, resumed as the tool says when a run stops (a
-    busy machine can make an object server miss its reply deadline); seconds in all."""
+    busy machine can make an object server miss its reply deadline); seconds in all.
+
+    :param cwd: the source tree to run (``python -m`` puts it first on ``sys.path``)."""
     started = time.monotonic()
     for attempt in range(1, 11):
         done = subprocess.run([sys.executable, "-m", "ops.cli", "--config",
                                str(cluster.cluster.config_path), "import", "--user", user,
-                               "--json", str(src)], capture_output=True, check=False)
+                               "--json", str(src)], capture_output=True, check=False,
+                              cwd=cwd)
         if done.returncode == 0:
             stats = json.loads(done.stdout)
             if stats["imported"] + stats["skipped"] != count:
@@ -355,11 +358,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, tree in trees.items():
                 if tree is not None:
                     os.environ["PYTHONPATH"] = tree  # the daemons' and the import's code
-                objmail = stack.enter_context(ObjmailCluster())
+                objmail = stack.enter_context(ObjmailCluster(source_root=tree or ""))
                 objmail.add_users(users, "secret")
                 for user, src in sources.items():
                     n = len(list((src / "cur").iterdir()))
-                    took = import_objmail(objmail, user, src, n, log)
+                    took = import_objmail(objmail, user, src, n, log, cwd=tree)
                     log(f"objmail {name}: import of {n:,} messages for {user}: {took:.0f} s")
                 ports[name] = objmail.imap_port
             for user, src in sources.items():
