@@ -2,7 +2,8 @@
 run two source trees (before and after a change), alternating which goes first; commands/s,
 the whole cluster's CPU per command and imapd's own.
 
-Each cluster's processes import the tree given for it (its ``PYTHONPATH``), so a change to
+Each cluster's processes run the tree given for it (their working directory, which
+``python -m`` puts first on ``sys.path``, and ``PYTHONPATH``), so a change to
 imapd is measured against the same code without it, in the same run and under the same
 load, which on a shared machine moves far more than most single changes do::
 
