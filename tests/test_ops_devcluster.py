@@ -237,6 +237,23 @@ def test_dev_objstores_get_their_own_metrics_ports(tmp_path: Path) -> None:
     assert special.ports == (1,)
 
 
+def test_daemons_run_the_source_tree_they_are_given(tmp_path: Path) -> None:
+    """Every Python daemon starts in ``DevOptions.source_root`` (``python -m`` puts its
+    working directory ahead of ``PYTHONPATH``, so that is the code it runs), and in this
+    checkout when none is given."""
+    from ops.config import Config
+
+    checkout = str(Path(__file__).resolve().parent.parent)
+    tree = tmp_path / "before"
+    tree.mkdir()
+    for options, expected in ((DevOptions(), checkout),
+                              (DevOptions(source_root=str(tree)), str(tree))):
+        cluster = DevCluster(Config(), tmp_path, options)
+        for name in ("objstored-1", "directord", "imapd"):
+            spec = cluster.spec(name)
+            assert spec.argv[1] == "-m" and spec.cwd == expected, (name, spec.cwd)
+
+
 def test_free_ports_stay_out_of_the_ephemeral_range() -> None:
     """Ports handed to servers never come from the range the kernel picks outgoing
     connections' local ports from: a client reconnecting to a killed server there can
