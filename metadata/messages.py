@@ -166,6 +166,38 @@ _INSERT_MESSAGE_WITH_BLOBS = (
     f"WITH m AS ({_INSERT_MESSAGE}), b AS (INSERT INTO message_blobs (user_id, message_id, "
     "blob_id) SELECT $1, m.id, x FROM m, unnest($29::text[]) AS x) SELECT id FROM m")
 
+#: Many message rows and their blob references in one statement (a batch of an import):
+#: the rows' columns as arrays ($2..$28, in :data:`_INSERT_MESSAGE`'s order after the
+#: user; the thread references as JSON arrays, $28), and the references as pairs of the
+#: row's position from 1 ($29) and a blob id ($30).  The ids are drawn first, in the
+#: rows' order, so that the references can name them; one row per message comes back.
+_INSERT_MESSAGES_WITH_BLOBS = (
+    "WITH src AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence('messages', 'id')) "
+    "AS id, t.* FROM unnest($2::text[], $3::bigint[], $4::timestamptz[], $5::date[], "
+    "$6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], "
+    "$12::text[], $13::bytea[], $14::bytea[], $15::bytea[], $16::bytea[], $17::bytea[], "
+    "$18::text[], $19::text[], $20::text[], $21::boolean[], $22::text[], $23::text[], "
+    "$24::text[], $25::text[], $26::text[], $27::text[], $28::text[]) WITH ORDINALITY "
+    "AS t(skeleton_id, size, sent_at, sent_date, search_subject, search_from, search_to, "
+    "search_cc, search_bcc, message_id_header, header_fields, header_block, envelope, "
+    "bodystructure, body, section_map, search_header, search_body, sort_subject, "
+    "sort_reply, sort_from, sort_to, sort_cc, display_from, display_to, "
+    "thread_message_id, thread_references, n)), "
+    "m AS (INSERT INTO messages (user_id, id, skeleton_id, size, sent_at, sent_date, "
+    "search_subject, search_from, search_to, search_cc, search_bcc, "
+    "message_id_header, header_fields, header_block, envelope, bodystructure, "
+    "body, section_map, search_header, search_body, sort_subject, sort_reply, sort_from, "
+    "sort_to, sort_cc, display_from, display_to, thread_message_id, thread_references) "
+    "SELECT $1, id, skeleton_id, size, sent_at, sent_date, search_subject, search_from, "
+    "search_to, search_cc, search_bcc, message_id_header, header_fields::jsonb, "
+    "header_block, envelope, bodystructure, body, section_map, search_header, search_body, "
+    "sort_subject, sort_reply, sort_from, sort_to, sort_cc, display_from, display_to, "
+    "thread_message_id, ARRAY(SELECT r FROM jsonb_array_elements_text("
+    "thread_references::jsonb) WITH ORDINALITY AS j(r, i) ORDER BY i) FROM src), "
+    "b AS (INSERT INTO message_blobs (user_id, message_id, blob_id) SELECT $1, src.id, x.blob "
+    "FROM unnest($29::bigint[], $30::text[]) AS x(n, blob) JOIN src ON src.n = x.n) "
+    "SELECT id FROM src ORDER BY n")
+
 _SORT_COLUMNS = ("m.sort_subject, m.sort_reply, m.sort_from, m.sort_to, m.sort_cc, "
                  "m.display_from, m.display_to, m.thread_message_id, m.thread_references")
 
@@ -361,6 +393,24 @@ def _lines_hold_fields(row: MessageRow, header_text: str) -> bool:
                for name, value in row.headers)
 
 
+async def _insert_rows(conn: asyncpg.Connection, user_id: int, new: Sequence[NewMessage],
+                       blob_lists: Sequence[Sequence[str]]) -> list[int]:
+    """Insert the rows of ``new`` and their references (``blob_lists``) in one statement
+    (:data:`_INSERT_MESSAGES_WITH_BLOBS`); their ids, in order.  A statement per message
+    cost a round trip and PostgreSQL's per-statement work each (BENCHMARKS.md, "Bulk
+    import")."""
+    values = [_message_values(user_id, m.row) for m in new]
+    # Columns 1..26 of the single-row parameters (the user is $1 of both), then the
+    # references as JSON: an array of arrays must be rectangular.
+    columns: list[list[object]] = [[v[i] for v in values] for i in range(1, 27)]
+    refs = [json.dumps(v[27]) for v in values]
+    positions = [n for n, blobs in enumerate(blob_lists, 1) for _b in blobs]
+    blobs = [b for blob_list in blob_lists for b in blob_list]
+    rows = await conn.fetch(_INSERT_MESSAGES_WITH_BLOBS, user_id, *columns, refs,
+                            positions, blobs)
+    return [r["id"] for r in rows]
+
+
 class Messages:
     """Message operations on one user's mailboxes; every method is one transaction."""
 
@@ -405,13 +455,16 @@ class Messages:
                 if not BLOB_ID.match(blob):
                     raise ValueError(f"blob id is not a lowercase hex SHA-256: {blob!r}")
             blob_lists.append(blobs)
-        # Five round trips whatever the batch: BEGIN, one statement per message (its row
-        # and its blob references), one for the UIDs and the entries, one for the quota
-        # and the notification, COMMIT.
+        # Five round trips whatever the batch: BEGIN, one statement for the rows and their
+        # blob references, one for the UIDs and the entries, one for the quota and the
+        # notification, COMMIT.
         async with self.db.transaction() as conn:
-            message_ids = [await conn.fetchval(_INSERT_MESSAGE_WITH_BLOBS,
-                                               *_message_values(user_id, m.row), blobs)
-                           for m, blobs in zip(new, blob_lists, strict=True)]
+            if len(new) == 1:
+                message_ids = [await conn.fetchval(_INSERT_MESSAGE_WITH_BLOBS,
+                                                   *_message_values(user_id, new[0].row),
+                                                   blob_lists[0])]
+            else:
+                message_ids = await _insert_rows(conn, user_id, new, blob_lists)
             # The mailbox lock is taken as late as possible: it is held until commit.
             keywords = dict.fromkeys(k for m in new for k in m.flags.keywords)
             alloc = await conn.fetchrow(
