@@ -8,9 +8,10 @@ Once NOTIFY SET is in force, the session also hands each change to :meth:`Notifi
 which reads nothing: it records *which* mailbox moved (a set of ids), or that the mailbox
 list or the subscriptions changed (two flags), and says whether a push is worth scheduling.
 The push calls :meth:`Notifier.flush`, which reads the current state once for everything
-recorded -- the STATUS of each changed mailbox the filters cover, the mailbox list diffed
-against the last one seen (LIST; ``OLDNAME`` for a rename, ``\\NonExistent`` for a
-deletion), the subscriptions diffed likewise -- and returns the untagged responses.
+recorded -- the STATUS of every changed mailbox the filters cover (one statement for them
+all), the mailbox list diffed against the last one seen (LIST; ``OLDNAME`` for a rename,
+``\\NonExistent`` for a deletion), the subscriptions diffed likewise -- and returns the
+untagged responses.
 
 So nothing polls: a session costs nothing until its user's mailboxes change, a notification
 is a hint to re-read rather than the data, twenty deliveries to one mailbox between two
@@ -39,7 +40,6 @@ from imapd.notify import (
 )
 from imapd.response import NOTIFICATIONOVERFLOW, ListItem, Response, Status, StatusData, Untagged
 from imapd.selected import Extensions
-from metadata.errors import NoSuchMailbox
 from metadata.mailboxnames import DELIMITER
 from metadata.notify import Change
 from metadata.store import MetadataStore
@@ -90,14 +90,12 @@ class Notifier:
         events were asked for, the selected one excepted."""
         await self._read_names()
         await self._read_subscriptions()
-        out: list[Response] = []
-        if status:
-            for mailbox_id, known in list(self._known.items()):
-                if (mailbox_id != selected_id and not known.noselect
-                        and self.spec.events_for(known.name, self._subscribed)
-                        & MESSAGE_EVENTS):
-                    out += await self._status(mailbox_id)
-        return out
+        if not status:
+            return []
+        return await self._statuses([
+            mailbox_id for mailbox_id, known in self._known.items()
+            if mailbox_id != selected_id and not known.noselect
+            and self.spec.events_for(known.name, self._subscribed) & MESSAGE_EVENTS])
 
     def heard(self, change: Change, selected_id: int | None) -> bool:
         """Record ``change`` (never blocks, never reads); True when a push should run."""
@@ -148,16 +146,11 @@ class Notifier:
         if self._subscriptions_changed:
             out += await self._diff_subscriptions()
             self._subscriptions_changed = False
-        pending = sorted(self._pending)
-        for index, mailbox_id in enumerate(pending):
-            if mailbox_id == selected_id:
-                continue
-            try:
-                out += await self._status(mailbox_id)
-            except BaseException:
-                self._pending = set(pending[index:]) | self._pending
-                raise
-            self._pending.discard(mailbox_id)
+        # Every changed mailbox in one statement; should it fail, they all stay pending.
+        wanted = sorted(self._pending - {selected_id} if selected_id is not None
+                        else self._pending)
+        out += await self._statuses(wanted)
+        self._pending.difference_update(wanted)
         return out
 
     # -- reading -------------------------------------------------------------------------
@@ -169,26 +162,32 @@ class Notifier:
     def _watching(self, name: str, event: str) -> bool:
         return event in self.spec.events_for(name, self._subscribed)
 
-    async def _status(self, mailbox_id: int) -> list[Response]:
-        """STATUS of a changed mailbox (RFC 5465 5.2-5.4) when the client asked for its
-        message events and something it shows moved."""
-        try:
-            st = await self.store.mailboxes.status(self.user_id, mailbox_id)
-        except NoSuchMailbox:
-            self._sent.pop(mailbox_id, None)
+    async def _statuses(self, mailbox_ids: list[int]) -> list[Response]:
+        """STATUS of each changed mailbox (RFC 5465 5.2-5.4), read in one statement, when
+        the client asked for its message events and something it shows moved (none of the
+        items is \\Recent, so only the mailbox rows are read)."""
+        if not mailbox_ids:
             return []
-        name = st.mailbox.name
-        if not self.spec.events_for(name, self._subscribed) & MESSAGE_EVENTS:
-            return []
-        items: tuple[tuple[str, int], ...] = (
-            ("MESSAGES", st.messages), ("UIDNEXT", st.uidnext),
-            ("UIDVALIDITY", st.uidvalidity), ("UNSEEN", st.unseen))
-        if self.ext.condstore:
-            items += (("HIGHESTMODSEQ", st.highestmodseq),)
-        if self._sent.get(mailbox_id) == items:
-            return []
-        self._sent[mailbox_id] = items
-        return [StatusData(name, items)]
+        found = await self.store.mailboxes.statuses(self.user_id, mailbox_ids, recent=False)
+        out: list[Response] = []
+        for mailbox_id in mailbox_ids:
+            st = found.get(mailbox_id)
+            if st is None:  # deleted or \Noselect meanwhile
+                self._sent.pop(mailbox_id, None)
+                continue
+            name = st.mailbox.name
+            if not self.spec.events_for(name, self._subscribed) & MESSAGE_EVENTS:
+                continue
+            items: tuple[tuple[str, int], ...] = (
+                ("MESSAGES", st.messages), ("UIDNEXT", st.uidnext),
+                ("UIDVALIDITY", st.uidvalidity), ("UNSEEN", st.unseen))
+            if self.ext.condstore:
+                items += (("HIGHESTMODSEQ", st.highestmodseq),)
+            if self._sent.get(mailbox_id) == items:
+                continue
+            self._sent[mailbox_id] = items
+            out.append(StatusData(name, items))
+        return out
 
     async def _read_names(self) -> dict[int, _Known]:
         before = self._known

@@ -623,6 +623,12 @@ class SelectedMailbox:
         out = self._keyword_news(k for st in result.states for k in st.flags.keywords)
         changed = set(result.changed)
         refused = set(result.modified)
+        # .SILENT leaves out what the client asked for, but not what another session did
+        # to these messages since this one last heard (RFC 3501 6.4.6): the STORE gave
+        # them this session's own mod-sequence, which the refresh skips, so their flags
+        # are sent now when anyone else changed anything since the flag watermark.
+        masking = (cmd.silent and result.modseq is not None
+                   and not view.only_own_since(view.flags_modseq, result.modseq - 1))
         for state in result.states:
             seq = view.seq_of(state.uid)
             if seq is None or state.uid in refused:
@@ -630,7 +636,7 @@ class SelectedMailbox:
             items: list[ResponseItem] = []
             if cmd.uid:
                 items.append(FetchNumber("UID", state.uid))
-            if cmd.silent:
+            if cmd.silent and not (masking and state.uid in changed):
                 if not (self.ext.condstore and state.uid in changed):
                     continue
             else:

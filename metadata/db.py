@@ -50,7 +50,8 @@ def translate_errors() -> Iterator[None]:
     try:
         yield
     except (asyncpg.exceptions.UndefinedTableError,
-            asyncpg.exceptions.UndefinedColumnError) as exc:
+            asyncpg.exceptions.UndefinedColumnError,
+            asyncpg.exceptions.UndefinedFunctionError) as exc:
         raise SchemaError(f"database schema missing or outdated ({exc}); "
                           "run `objmail db migrate`") from exc
     except asyncpg.exceptions.QueryCanceledError as exc:

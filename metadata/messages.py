@@ -229,24 +229,39 @@ async def charge(conn: asyncpg.Connection, user_id: int, size: int, count: int, 
 
 
 async def delete_entries(conn: asyncpg.Connection, user_id: int, mailbox_id: int,
-                         uids: UidSet | None, *, only_deleted: bool) -> list[asyncpg.Record]:
+                         uids: UidSet | None, *, only_deleted: bool, modseq: int | None = None,
+                         tombstones: bool = False) -> list[asyncpg.Record]:
     """Delete mailbox entries (all, or those in ``uids``; only ``\\Deleted`` ones if asked);
     return their ``uid, message_id, size`` by UID.  References are left to
-    :func:`drop_orphans`."""
+    :func:`drop_orphans`.
+
+    :param modseq: when something is deleted, raise the mailbox's HIGHESTMODSEQ to it (and
+        with ``tombstones`` record the UIDs for VANISHED under it), in the same statement:
+        one round trip of the few an EXPUNGE takes.
+    """
     condition = " AND mm.flags & 8 <> 0" if only_deleted else ""
-    if uids is None:
-        rows = await conn.fetch(
-            "DELETE FROM mailbox_messages mm WHERE mm.user_id = $1 AND mm.mailbox_id = $2"
-            f"{condition} RETURNING mm.uid, mm.message_id, mm.size", user_id, mailbox_id)
-    elif not uids:
-        return []
-    else:
-        lows, highs = uids.arrays()
-        rows = await conn.fetch(
-            f"DELETE FROM mailbox_messages mm USING {_RANGES} WHERE mm.user_id = $1 "
-            f"AND mm.mailbox_id = $2 AND mm.uid BETWEEN r.lo AND r.hi{condition} "
-            "RETURNING mm.uid, mm.message_id, mm.size", user_id, mailbox_id, lows, highs)
-    return sorted(rows, key=lambda r: r["uid"])
+    args: list[object] = [user_id, mailbox_id]
+    using = within = ""
+    if uids is not None:
+        if not uids:
+            return []
+        args += uids.arrays()
+        using, within = f" USING {_RANGES}", " AND mm.uid BETWEEN r.lo AND r.hi"
+    steps = ""
+    if modseq is not None:
+        args.append(modseq)
+        at = f"${len(args)}::bigint"
+        steps = (f", bump AS (UPDATE mailboxes SET highestmodseq = {at} WHERE user_id = $1 "
+                 "AND id = $2 AND EXISTS (SELECT 1 FROM d))")
+        if tombstones:
+            steps += (", tomb AS (INSERT INTO expunged_uids (user_id, mailbox_id, uid, modseq) "
+                      f"SELECT $1, $2, d.uid, {at} FROM d ON CONFLICT (user_id, mailbox_id, "
+                      "uid) DO UPDATE SET modseq = excluded.modseq)")
+    return list(await conn.fetch(
+        f"WITH d AS (DELETE FROM mailbox_messages mm{using} WHERE mm.user_id = $1 "
+        f"AND mm.mailbox_id = $2{within}{condition} "
+        f"RETURNING mm.uid, mm.message_id, mm.size){steps} "
+        "SELECT uid, message_id, size FROM d ORDER BY uid", *args))
 
 
 async def drop_orphans(conn: asyncpg.Connection, user_id: int,
@@ -262,19 +277,18 @@ async def drop_orphans(conn: asyncpg.Connection, user_id: int,
         return 0, 0
     await conn.execute("SELECT 1 FROM messages WHERE user_id = $1 AND id = ANY($2::bigint[]) "
                        "ORDER BY id FOR UPDATE", user_id, ids)
-    orphans = await conn.fetchval(
-        "SELECT coalesce(array_agg(x.id), '{}') FROM unnest($2::bigint[]) AS x(id) "
+    # One statement finds the orphans and deletes them with their references.
+    row = await conn.fetchrow(
+        "WITH orphans AS (SELECT x.id FROM unnest($2::bigint[]) AS x(id) "
         "WHERE NOT EXISTS (SELECT 1 FROM mailbox_messages mm "
-        "WHERE mm.user_id = $1 AND mm.message_id = x.id)", user_id, ids)
-    if not orphans:
-        return 0, 0
-    refs = await conn.fetchval(
-        "WITH gone AS (DELETE FROM message_blobs WHERE user_id = $1 "
-        "AND message_id = ANY($2::bigint[]) RETURNING 1) SELECT count(*) FROM gone",
-        user_id, orphans)
-    await conn.execute("DELETE FROM messages WHERE user_id = $1 AND id = ANY($2::bigint[])",
-                       user_id, orphans)
-    return len(orphans), int(refs)
+        "WHERE mm.user_id = $1 AND mm.message_id = x.id)), "
+        "refs AS (DELETE FROM message_blobs b USING orphans o WHERE b.user_id = $1 "
+        "AND b.message_id = o.id RETURNING 1), "
+        "gone AS (DELETE FROM messages m USING orphans o WHERE m.user_id = $1 "
+        "AND m.id = o.id RETURNING 1) "
+        "SELECT (SELECT count(*) FROM gone) AS messages, (SELECT count(*) FROM refs) AS refs",
+        user_id, ids)
+    return int(row["messages"]), int(row["refs"])
 
 
 async def remove_entries(conn: asyncpg.Connection, user_id: int, mailbox_id: int,
@@ -284,37 +298,19 @@ async def remove_entries(conn: asyncpg.Connection, user_id: int, mailbox_id: int
     tombstones, bump HIGHESTMODSEQ, drop orphaned messages and references, refund quota
     (unless the caller re-files the entries elsewhere), and notify.  Everything happens in
     the caller's transaction."""
-    rows = await delete_entries(conn, user_id, mailbox_id, uids, only_deleted=only_deleted)
+    modseq = highestmodseq + 1
+    rows = await delete_entries(conn, user_id, mailbox_id, uids, only_deleted=only_deleted,
+                                modseq=modseq, tombstones=tombstones)
     if not rows:
         return Expunged((), None)
-    modseq = highestmodseq + 1
     removed = [r["uid"] for r in rows]
-    await conn.execute("UPDATE mailboxes SET highestmodseq = $3 WHERE user_id = $1 AND id = $2",
-                       user_id, mailbox_id, modseq)
-    if tombstones:
-        await conn.execute(
-            "INSERT INTO expunged_uids (user_id, mailbox_id, uid, modseq) "
-            "SELECT $1, $2, u, $4 FROM unnest($3::bigint[]) AS u "
-            "ON CONFLICT (user_id, mailbox_id, uid) DO UPDATE SET modseq = excluded.modseq",
-            user_id, mailbox_id, removed, modseq)
     await drop_orphans(conn, user_id, (r["message_id"] for r in rows))
+    change = Change(user_id, "expunge", mailbox_id, modseq=modseq)
     if refund:
-        await charge(conn, user_id, -sum(r["size"] for r in rows), -len(rows))
-    await publish(conn, Change(user_id, "expunge", mailbox_id, modseq=modseq))
+        await charge(conn, user_id, -sum(r["size"] for r in rows), -len(rows), notify=change)
+    else:
+        await publish(conn, change)
     return Expunged(tuple(removed), modseq)
-
-
-async def _bump_and_publish(conn: asyncpg.Connection, change: Change,
-                            keywords: Sequence[str] = ()) -> None:
-    """Set the mailbox's HIGHESTMODSEQ to ``change.modseq``, add ``keywords`` to its
-    keyword list and :func:`publish` ``change``, in one statement (one round trip of the
-    few a STORE takes)."""
-    assert change.mailbox_id is not None and change.modseq is not None
-    await conn.execute(
-        f"WITH bump AS (UPDATE mailboxes SET highestmodseq = $3, {_add_keywords('$6')} "
-        "WHERE user_id = $1 AND id = $2) SELECT pg_notify($4, $5)", change.user_id,
-        change.mailbox_id, change.modseq, channel(change.user_id), encode(change),
-        list(keywords))
 
 
 def _add_keywords(param: str) -> str:
@@ -500,56 +496,31 @@ class Messages:
         :param unchanged_since: CONDSTORE UNCHANGEDSINCE: messages whose mod-sequence is
             above it are left alone and reported in ``modified``.
         """
-        if mode == "add":
-            new_flags = "mm.flags | $5"
-            new_keywords = ("mm.keywords || ARRAY(SELECT k FROM unnest($6::text[]) "
-                            "WITH ORDINALITY AS t(k, n) WHERE k <> ALL (mm.keywords) ORDER BY n)")
-            changes = "(mm.flags | $5 <> mm.flags OR NOT mm.keywords @> $6::text[])"
-        elif mode == "remove":
-            new_flags = "mm.flags & ~$5"
-            new_keywords = ("ARRAY(SELECT k FROM unnest(mm.keywords) WITH ORDINALITY "
-                            "AS t(k, n) WHERE k <> ALL ($6::text[]) ORDER BY n)")
-            changes = "(mm.flags & $5 <> 0 OR mm.keywords && $6::text[])"
-        elif mode == "replace":
-            new_flags = "$5"
-            new_keywords = "$6::text[]"
-            changes = ("(mm.flags <> $5 OR NOT (mm.keywords @> $6::text[] "
-                       "AND mm.keywords <@ $6::text[]))")
-        else:
+        if mode not in ("add", "remove", "replace"):
             raise ValueError(f"unknown store mode {mode!r}")
         if not uids:
             return StoreResult((), (), (), None)
         lows, highs = uids.arrays()
-        async with self.db.transaction() as conn:
-            mailbox = (await lock_mailboxes(conn, user_id, [mailbox_id]))[mailbox_id]
-            modseq = mailbox["highestmodseq"] + 1
-            # One round trip for the update and every entry's state after it: the outer
-            # SELECT sees the entries as they were before the statement, which for the
-            # unchanged ones is as they are (the mailbox lock keeps other STOREs out).
-            rows = await conn.fetch(
-                f"WITH changed AS (UPDATE mailbox_messages mm SET flags = {new_flags}, "
-                f"keywords = {new_keywords}, modseq = $7 FROM {_RANGES} "
-                "WHERE mm.user_id = $1 AND mm.mailbox_id = $2 AND mm.uid BETWEEN r.lo AND r.hi "
-                f"AND {changes} AND ($8::bigint IS NULL OR mm.modseq <= $8) "
-                "RETURNING mm.uid, mm.flags, mm.keywords, mm.modseq) "
-                "SELECT uid, flags, keywords, modseq, true AS changed FROM changed "
-                "UNION ALL SELECT mm.uid, mm.flags, mm.keywords, mm.modseq, false "
-                f"FROM {_RANGES} JOIN mailbox_messages mm ON mm.user_id = $1 "
-                "AND mm.mailbox_id = $2 AND mm.uid BETWEEN r.lo AND r.hi "
-                "WHERE mm.uid NOT IN (SELECT uid FROM changed) ORDER BY uid",
-                user_id, mailbox_id, lows, highs, flags.system, list(flags.keywords), modseq,
-                unchanged_since)
-            changed_uids = [r["uid"] for r in rows if r["changed"]]
-            if changed_uids:
-                await _bump_and_publish(
-                    conn, Change(user_id, "flags", mailbox_id, modseq=modseq),
-                    flags.keywords if mode != "remove" else ())
+        # One round trip (migration 0007): the function locks the mailbox row, updates
+        # the entries, raises HIGHESTMODSEQ and queues the notification, as one
+        # transaction of its own.
+        async with self.db.connection() as conn:
+            try:
+                rows = await conn.fetch(
+                    "SELECT o_uid AS uid, o_flags AS flags, o_keywords AS keywords, "
+                    "o_modseq AS modseq, o_changed AS changed "
+                    "FROM objmail_store_flags($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    user_id, mailbox_id, lows, highs, mode, flags.system,
+                    list(flags.keywords), unchanged_since, channel(user_id))
+            except asyncpg.NoDataFoundError as exc:
+                raise NoSuchMailbox(str(exc)) from None
+        changed_uids = [r["uid"] for r in rows if r["changed"]]
+        modseq = next((r["modseq"] for r in rows if r["changed"]), None)
         done = set(changed_uids)
         modified = () if unchanged_since is None else tuple(
             r["uid"] for r in rows if r["uid"] not in done and r["modseq"] > unchanged_since)
         states = tuple(FlagState(r["uid"], _flags(r), r["modseq"]) for r in rows)
-        return StoreResult(states, tuple(changed_uids), modified,
-                           modseq if changed_uids else None)
+        return StoreResult(states, tuple(changed_uids), modified, modseq)
 
     async def _copy_into(self, conn: asyncpg.Connection, user_id: int, source: int,
                          uids: UidSet, target: asyncpg.Record) -> tuple[CopyResult, int]:
@@ -629,17 +600,11 @@ class Messages:
                 return MoveResult(copied, Expunged((), None))
             highest = await conn.fetchval("SELECT highestmodseq FROM mailboxes "
                                           "WHERE user_id = $1 AND id = $2", user_id, source)
-            rows = await delete_entries(conn, user_id, source,
-                                        UidSet.from_uids(copied.source_uids), only_deleted=False)
             modseq = highest + 1
+            rows = await delete_entries(conn, user_id, source,
+                                        UidSet.from_uids(copied.source_uids), only_deleted=False,
+                                        modseq=modseq, tombstones=True)
             removed = [r["uid"] for r in rows]
-            await conn.execute("UPDATE mailboxes SET highestmodseq = $3 "
-                               "WHERE user_id = $1 AND id = $2", user_id, source, modseq)
-            await conn.execute(
-                "INSERT INTO expunged_uids (user_id, mailbox_id, uid, modseq) "
-                "SELECT $1, $2, u, $4 FROM unnest($3::bigint[]) AS u ON CONFLICT "
-                "(user_id, mailbox_id, uid) DO UPDATE SET modseq = excluded.modseq",
-                user_id, source, removed, modseq)
             await publish(conn, Change(user_id, "expunge", source, modseq=modseq))
         return MoveResult(copied, Expunged(tuple(removed), modseq))
 

@@ -293,6 +293,62 @@ def test_store_flags_modes_modseq_and_unchangedsince(dsn: str) -> None:
     asyncio.run(run())
 
 
+def test_concurrent_stores_get_distinct_modseqs_and_lose_no_flag(dsn: str) -> None:
+    """STOREs racing on one message from many connections (one statement each, migration
+    0007): each reads the entry after taking the mailbox lock, so none overwrites another's
+    flags; each gets its own mod-sequence, HIGHESTMODSEQ ends at the last, the mailbox's
+    keyword list and counters follow, and every change is notified with its mod-sequence."""
+    tasks = 12
+
+    async def run() -> None:
+        async with opened(dsn, pool_max=tasks) as store:
+            user, inbox = await new_user(store, "racing-stores")
+            await store.messages.insert(user.id, inbox, sample_row("race"), [],
+                                        internaldate=NOW)
+            base = (await store.mailboxes.get(user.id, "INBOX")).highestmodseq
+            seen: list[Change] = []
+            listener = ChangeListener(dsn)
+            await listener.start()
+            await listener.subscribe(user.id, seen.append)
+            one = UidSet.from_uids([1])
+            # A keyword each, and \Seen set and cleared by turns: a read of the entry taken
+            # before the lock would drop keywords or leave the unseen count wrong.
+            results = await asyncio.gather(*(
+                store.messages.store_flags(user.id, inbox, one, "add",
+                                           Flags(SEEN if t % 2 else 0, (f"k{t}",)))
+                for t in range(tasks)), *(
+                store.messages.store_flags(user.id, inbox, one, "remove", Flags(SEEN))
+                for _ in range(tasks // 2)))
+            modseqs = sorted(r.modseq for r in results if r.modseq is not None)
+            assert len(modseqs) == len(set(modseqs))
+            assert modseqs[:tasks] == list(range(base + 1, base + tasks + 1))
+            entry = (await store.messages.fetch(user.id, inbox, one))[0]
+            assert set(entry.flags.keywords) == {f"k{t}" for t in range(tasks)}
+            mailbox = await store.mailboxes.get(user.id, "INBOX")
+            assert mailbox.highestmodseq == modseqs[-1] == entry.modseq
+            assert set(mailbox.keywords) >= {f"k{t}" for t in range(tasks)}
+            unseen = await scalar(dsn, "SELECT n_unseen FROM mailboxes WHERE id = $1", inbox)
+            assert unseen == (0 if entry.flags.system & SEEN else 1)
+            await eventually(lambda: len(seen) >= len(modseqs), 5,
+                             what=f"{len(modseqs)} notifications")
+            assert sorted(c.modseq for c in seen if c.kind == "flags" and c.modseq) == modseqs
+            # A STORE that changes nothing takes no mod-sequence and notifies nothing.
+            same = await store.messages.store_flags(user.id, inbox, one, "add",
+                                                    Flags(0, ("k0",)))
+            assert same.modseq is None and same.changed == ()
+            assert same.states[0].flags == entry.flags
+            assert (await store.mailboxes.get(user.id, "INBOX")).highestmodseq == modseqs[-1]
+            await listener.close()
+            # A deleted mailbox is no place to STORE.
+            await store.mailboxes.create(user.id, "Gone")
+            gone = await store.mailboxes.get(user.id, "Gone")
+            await store.mailboxes.delete(user.id, "Gone")
+            with pytest.raises(NoSuchMailbox):
+                await store.messages.store_flags(user.id, gone.id, one, "add", Flags(SEEN))
+
+    asyncio.run(run())
+
+
 def test_copy_shares_the_message_and_charges_quota(dsn: str) -> None:
     """COPY gives consecutive new UIDs in source order (COPYUID), keeps flags and
     INTERNALDATE, shares the message row and its references, and counts against quota."""

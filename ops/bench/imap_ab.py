@@ -35,10 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--workers", type=int, default=1, help="[imapd] workers")
     ap.add_argument("--corpus", default=str(DEFAULT_CORPUS))
+    ap.add_argument("--mix", default=imap_bench.DEFAULT_MIX,
+                    help="name=weight,... as imap_bench's (e.g. store=3,expunge=1 to "
+                    "measure the writes alone)")
     args = ap.parse_args(argv)
     trees = {"before": args.before, "after": args.after}
     bench = ["--clients", str(args.clients), "--duration", str(args.duration),
-             "--corpus", args.corpus]
+             "--corpus", args.corpus, "--mix", args.mix]
     seed_args = imap_bench.build_arg_parser().parse_args(bench)
     corpus = imap_bench.load_corpus(Path(args.corpus), seed_args.corpus_limit)
     users = [seed_args.user_format.format(n=n) for n in range(args.clients)]
