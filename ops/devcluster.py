@@ -129,6 +129,10 @@ class DevOptions:
     #: The object servers and directord demand the blob plane's login at all (off: an
     #: open blob plane, for benchmarks that measure what the login costs).
     blob_auth: bool = True
+    #: The source tree the daemons run (their working directory, which ``python -m``
+    #: puts first on ``sys.path``, ahead of ``PYTHONPATH``); "" = this checkout.  A
+    #: benchmark comparing two trees in one run gives each cluster its own.
+    source_root: str = ""
 
 
 @dataclass(frozen=True)
@@ -556,6 +560,12 @@ class DevCluster:
                                    else self.config.objstore.tier))
         return out
 
+    @property
+    def source_root(self) -> str:
+        """Where the daemons' code is (:attr:`DevOptions.source_root`)."""
+        return str(Path(self.options.source_root).resolve() if self.options.source_root
+                   else _project_root())
+
     def objstored_spec(self, name: str, host: str, port: int, data_dir: Path, *,
                        zone: str, extra_args: Sequence[str] = (),
                        config_path: Path | None = None,
@@ -566,7 +576,8 @@ class DevCluster:
                                       config_path or self.config_path,
                                       ["--node-id", name, "--zone", zone, *extra_args],
                                       metrics_listen=metrics_listen,
-                                      access=lambda: self.node_access)
+                                      access=lambda: self.node_access,
+                                      cwd=self.source_root)
 
     def _stage_directord(self) -> Stage | None:
         # It fronts this cluster's object servers: none (--objstores 0, only the
@@ -590,7 +601,7 @@ class DevCluster:
             ports += [metrics + i for i in range(workers)]
         return ProcessSpec(name, "directord", tuple(argv), tuple(ports),
                            memcache_version_probe(host, port, self.directord_access),
-                           host=host, cwd=str(_project_root()), ready_timeout=60)
+                           host=host, cwd=self.source_root, ready_timeout=60)
 
     def _stage_imapd(self) -> Stage | None:
         # The mailbox server needs object servers to serve anything.
@@ -628,7 +639,7 @@ class DevCluster:
         return ProcessSpec(name, "imapd", tuple(argv),
                            tuple(parse_hostport(a)[1] for a in addresses),
                            _greeting_probe(host, port, b"* OK "), host=host,
-                           cwd=str(_project_root()), ready_timeout=60)
+                           cwd=self.source_root, ready_timeout=60)
 
     # -- operations -----------------------------------------------------------------
 
@@ -775,8 +786,8 @@ def objstored_process_spec(name: str, host: str, port: int, data_dir: Path,
                            config_path: Path, extra_args: Sequence[str] = (), *,
                            env: Mapping[str, str] | None = None,
                            metrics_listen: str = "",
-                           access: Callable[[], NodeAccess] = lambda: OPEN_ACCESS
-                           ) -> ProcessSpec:
+                           access: Callable[[], NodeAccess] = lambda: OPEN_ACCESS,
+                           cwd: str = "") -> ProcessSpec:
     """How the launcher runs one objstored (``python -m objstore.main``), ready once it
     answers ``version``: the dev cluster's object servers and the tests' own.
 
@@ -791,7 +802,7 @@ def objstored_process_spec(name: str, host: str, port: int, data_dir: Path,
     ports = (port, parse_hostport(metrics_listen)[1]) if metrics_listen else (port,)
     return ProcessSpec(name, "objstored", tuple(argv), ports,
                        memcache_version_probe(host, port, access), host=host,
-                       env=dict(env or {}), cwd=str(_project_root()))
+                       env=dict(env or {}), cwd=cwd or str(_project_root()))
 
 
 def wait_redis_cluster_ok(addresses: Sequence[tuple[str, int]], timeout: float, *,

@@ -253,6 +253,23 @@ def test_dev_directord_checks_every_workers_metrics_port(tmp_path: Path) -> None
     assert spec.ports == (11311, 9101, 9102, 9103)
 
 
+def test_daemons_run_the_source_tree_they_are_given(tmp_path: Path) -> None:
+    """Every Python daemon starts in ``DevOptions.source_root`` (``python -m`` puts its
+    working directory ahead of ``PYTHONPATH``, so that is the code it runs), and in this
+    checkout when none is given."""
+    from ops.config import Config
+
+    checkout = str(Path(__file__).resolve().parent.parent)
+    tree = tmp_path / "before"
+    tree.mkdir()
+    for options, expected in ((DevOptions(), checkout),
+                              (DevOptions(source_root=str(tree)), str(tree))):
+        cluster = DevCluster(Config(), tmp_path, options)
+        for name in ("objstored-1", "directord", "imapd"):
+            spec = cluster.spec(name)
+            assert spec.argv[1] == "-m" and spec.cwd == expected, (name, spec.cwd)
+
+
 def test_free_ports_stay_out_of_the_ephemeral_range() -> None:
     """Ports handed to servers never come from the range the kernel picks outgoing
     connections' local ports from: a client reconnecting to a killed server there can

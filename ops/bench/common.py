@@ -348,12 +348,15 @@ class ObjmailCluster:
         plane's login off.
     :param imapd_workers: ``[imapd] workers`` (0: one per core, the release's default;
         None: as ``config`` says).
+    :param source_root: the source tree the daemons run ("" = this checkout); setting
+        ``PYTHONPATH`` alone is not enough, ``python -m`` puts the working directory first.
     """
 
     config: Config | None = None
     progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
     security: str = "secure"
     imapd_workers: int | None = None
+    source_root: str = ""
 
     def __post_init__(self) -> None:
         if self.security not in SECURITY:
@@ -371,7 +374,8 @@ class ObjmailCluster:
                 self.config.director, keyring_file="", allow_plaintext=True))
         self._tmp = tempfile.TemporaryDirectory(prefix=f"objmail-bench-{self.security}-")
         self.cluster = DevCluster(self.config, Path(self._tmp.name) / "var",
-                                  DevOptions(objstore_count=3, blob_auth=not plain))
+                                  DevOptions(objstore_count=3, blob_auth=not plain,
+                                             source_root=self.source_root))
         self.config = self.cluster.config
         self._extra: list[ProcessSpec] = []
 
