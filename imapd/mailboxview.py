@@ -74,6 +74,11 @@ class MailboxView:
             raise InvalidSequence(f"no message {seq}")
         return self.uids[seq - 1]
 
+    def seq_numbers(self) -> dict[int, int]:
+        """Every announced UID's sequence number, for numbering a whole mailbox at once
+        (SORT, THREAD): one dictionary instead of a search per message."""
+        return dict(zip(self.uids, range(1, len(self.uids) + 1), strict=True))
+
     def __contains__(self, uid: object) -> bool:
         return isinstance(uid, int) and self.seq_of(uid) is not None
 

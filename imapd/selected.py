@@ -58,7 +58,6 @@ from imapd.errors import MailboxGone, TryCreate
 from imapd.fetch import FetchPlan, fetch_items, flag_names, plan_fetch
 from imapd.fetchatts import BodySection
 from imapd.mailboxview import MailboxView
-from imapd.ordering import sort_entries
 from imapd.response import (
     CORRUPTION,
     UNAVAILABLE,
@@ -101,8 +100,8 @@ from metadata.errors import NoSuchMailbox
 from metadata.flags import SEEN, SYSTEM_FLAGS, Flags
 from metadata.mailboxnames import DELIMITER
 from metadata.messages import StoreMode as StoreModeName
-from metadata.records import CopyResult, Mailbox, MessageEntry, SortEntry, User
-from metadata.search import AllOf, ModSeqAtLeast, UidIn
+from metadata.records import CopyResult, Mailbox, MessageEntry, User
+from metadata.search import AllOf, Criterion, ModSeqAtLeast, UidIn
 from metadata.uidset import MAX_UID, UidSet
 from runtime import errors as kinds
 
@@ -425,8 +424,8 @@ class SelectedMailbox:
             hits = await self.backend.store.messages.search(
                 self.user.id, self.view.mailbox_id, criterion)
             return [u for u in hits.uids if u in self.view]
-        entries, _ = await self._sort_entries(context.criteria)
-        return [e.uid for e in sort_entries(entries, context.keys)]
+        found, _ = await self._sorted(context.criteria, context.keys)
+        return [uid for uid, _ in found]
 
     def _seq(self, uid: int) -> int:
         seq = self.view.seq_of(uid)
@@ -726,19 +725,25 @@ class SelectedMailbox:
 
     # -- SORT / THREAD ------------------------------------------------------------------------
 
-    async def _sort_entries(self, criteria: SearchKey) -> tuple[list[SortEntry], bool]:
-        """The announced entries matching ``criteria`` with their SORT/THREAD keys (one
-        query, no message read), and whether the criteria use MODSEQ."""
-        criterion = to_criterion(criteria, self.view)
+    def _criterion(self, criteria: SearchKey) -> tuple[Criterion, bool]:
+        """``criteria`` for the store, and whether they use MODSEQ (which turns CONDSTORE
+        on)."""
         with_modseq = uses_modseq(criteria)
         if with_modseq:
             self.ext.condstore = True
-        entries = await self.backend.store.messages.sort_entries(
-            self.user.id, self.view.mailbox_id, criterion)
-        return [e for e in entries if e.uid in self.view], with_modseq
+        return to_criterion(criteria, self.view), with_modseq
 
-    def _number(self, entry: SortEntry, uid: bool) -> int:
-        return entry.uid if uid else self.view.seq_of(entry.uid) or 0
+    async def _sorted(self, criteria: SearchKey, keys: Sequence[tuple[SortKey, bool]],
+                      ) -> tuple[list[tuple[int, int]], bool]:
+        """``(uid, modseq)`` of the announced entries matching ``criteria`` in the order of
+        ``keys`` (PostgreSQL orders: one query, no message read), and whether the
+        criteria use MODSEQ."""
+        criterion, with_modseq = self._criterion(criteria)
+        found = await self.backend.store.messages.sort_order(
+            self.user.id, self.view.mailbox_id, criterion,
+            [(key.value, reverse) for key, reverse in keys])
+        seqs = self.view.seq_numbers()
+        return [f for f in found if f[0] in seqs], with_modseq
 
     async def sort(self, cmd: Sort, conn: Connection) -> Tagged:
         """SORT / UID SORT (RFC 5256, RFC 5957 DISPLAY keys); with ``RETURN (...)``
@@ -746,13 +751,16 @@ class SelectedMailbox:
         options = cmd.return_options
         if options is not None and "UPDATE" in options and cmd.tag in self.contexts:
             return Tagged(cmd.tag, Status.BAD, "Tag reuse: an updating search has this tag")
-        entries, with_modseq = await self._sort_entries(cmd.criteria)
-        ordered = sort_entries(entries, cmd.keys)
+        found, with_modseq = await self._sorted(cmd.criteria, cmd.keys)
         if options is None:
-            modseq = max((e.modseq for e in entries), default=None) if with_modseq else None
-            conn.send([SortData(tuple(self._number(e, cmd.uid) for e in ordered), modseq)])
+            modseq = max((m for _, m in found), default=None) if with_modseq else None
+            if cmd.uid:
+                numbers = tuple(u for u, _ in found)
+            else:
+                seqs = self.view.seq_numbers()
+                numbers = tuple(seqs[u] for u, _ in found)
+            conn.send([SortData(numbers, modseq)])
             return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
-        found = [(e.uid, e.modseq) for e in ordered]
         response = _esearch(cmd.tag, cmd.uid, options, cmd.partial, found,
                             self._numberer(cmd.uid), with_modseq, ordered=True)
         note = self._keep(cmd.tag, cmd.uid, cmd.criteria, cmd.keys, found, options, conn)
@@ -761,16 +769,24 @@ class SelectedMailbox:
         return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed{note}")
 
     async def thread(self, cmd: Thread, conn: Connection) -> Tagged:
-        """THREAD / UID THREAD (RFC 5256 ORDEREDSUBJECT and REFERENCES)."""
-        entries, _ = await self._sort_entries(cmd.criteria)
-        if cmd.algorithm is ThreadAlgorithm.REFERENCES:
-            roots = references(entries)
-        else:
-            roots = ordered_subject(entries)
+        """THREAD / UID THREAD (RFC 5256 ORDEREDSUBJECT and REFERENCES) over the keys the
+        algorithm reads, fetched in one query."""
+        criterion, _ = self._criterion(cmd.criteria)
+        links = cmd.algorithm is ThreadAlgorithm.REFERENCES
+        entries = await self.backend.store.messages.thread_entries(
+            self.user.id, self.view.mailbox_id, criterion, links=links)
+        seqs = self.view.seq_numbers()
+        entries = [e for e in entries if e.uid in seqs]
+        roots = references(entries) if links else ordered_subject(entries)
+        if cmd.uid:
+            seqs = {e.uid: e.uid for e in entries}
 
         def render(node: Node) -> ThreadNode:
-            number = None if node.entry is None else self._number(node.entry, cmd.uid)
-            return ThreadNode(number, tuple(render(child) for child in node.children))
+            entry = node.entry
+            if not node.children:  # most members are leaves
+                return ThreadNode(None if entry is None else seqs[entry.uid])
+            return ThreadNode(None if entry is None else seqs[entry.uid],
+                              tuple([render(child) for child in node.children]))
 
         conn.send([ThreadData(tuple(render(root) for root in roots))])
         return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from metadata.flags import Flags
 from metadata.sortkeys import NO_SORT_KEYS, SortKeys
@@ -29,6 +31,7 @@ __all__ = [
     "MoveResult",
     "SearchHits",
     "StoreResult",
+    "ThreadEntry",
     "UsageTotals",
     "User",
 ]
@@ -286,6 +289,29 @@ class SortEntry:
     sent_at: dt.datetime
     size: int
     keys: SortKeys
+
+
+class ThreadEntry(NamedTuple):
+    """One mailbox entry as THREAD sees it: only what the algorithms read.
+
+    A named tuple, not a dataclass: a THREAD over 10,000 messages builds 10,000 of them
+    straight from the query's rows.
+
+    :ivar rank: the entry's position when the searched entries are ordered by sent date
+        (the Date field, or INTERNALDATE without one), then UID: RFC 5256's "sorted by
+        sent date" with sequence order breaking ties, as one integer.
+    :ivar subject: the base subject, casefolded (``SortKeys.subject``).
+    :ivar reply: ``SortKeys.reply``; False when the algorithm does not ask (ORDEREDSUBJECT).
+    :ivar message_id: ``SortKeys.message_id``; "" when not asked.
+    :ivar references: ``SortKeys.references``; empty when not asked.
+    """
+
+    uid: int
+    rank: int
+    subject: str
+    reply: bool = False
+    message_id: str = ""
+    references: Sequence[str] = ()
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from runtime.secrets import (
     read_authfile,
     write_secret,
 )
+from runtime.workers import cpu_count
 
 #: First line of the config ``dev up`` writes (``objmail dev`` knows its run dir by it).
 DEV_CONFIG_HEADER = "# Written by `objmail dev up`"
@@ -128,6 +129,10 @@ class DevOptions:
     #: The object servers and directord demand the blob plane's login at all (off: an
     #: open blob plane, for benchmarks that measure what the login costs).
     blob_auth: bool = True
+    #: The source tree the daemons run (their working directory, which ``python -m``
+    #: puts first on ``sys.path``, ahead of ``PYTHONPATH``); "" = this checkout.  A
+    #: benchmark comparing two trees in one run gives each cluster its own.
+    source_root: str = ""
 
 
 @dataclass(frozen=True)
@@ -555,6 +560,12 @@ class DevCluster:
                                    else self.config.objstore.tier))
         return out
 
+    @property
+    def source_root(self) -> str:
+        """Where the daemons' code is (:attr:`DevOptions.source_root`)."""
+        return str(Path(self.options.source_root).resolve() if self.options.source_root
+                   else _project_root())
+
     def objstored_spec(self, name: str, host: str, port: int, data_dir: Path, *,
                        zone: str, extra_args: Sequence[str] = (),
                        config_path: Path | None = None,
@@ -565,7 +576,8 @@ class DevCluster:
                                       config_path or self.config_path,
                                       ["--node-id", name, "--zone", zone, *extra_args],
                                       metrics_listen=metrics_listen,
-                                      access=lambda: self.node_access)
+                                      access=lambda: self.node_access,
+                                      cwd=self.source_root)
 
     def _stage_directord(self) -> Stage | None:
         # It fronts this cluster's object servers: none (--objstores 0, only the
@@ -578,15 +590,18 @@ class DevCluster:
     def directord_spec(self, host: str, port: int, *, name: str = "directord",
                        config_path: Path | None = None) -> ProcessSpec:
         """The memcached proxy; ready when it answers ``version`` (it opens its port only
-        once Redis Cluster is reachable)."""
+        once Redis Cluster is reachable).  With ``director.workers`` above 1 every
+        worker's metrics port (``metrics_listen``'s + its index) must be free too."""
         argv = [sys.executable, "-m", "director.main", "--config",
                 str(config_path or self.config_path), "--listen", f"{host}:{port}"]
         ports = [port]
         if self.config.director.metrics_listen:
-            ports.append(parse_hostport(self.config.director.metrics_listen)[1])
+            metrics = parse_hostport(self.config.director.metrics_listen)[1]
+            workers = self.config.director.workers or cpu_count()
+            ports += [metrics + i for i in range(workers)]
         return ProcessSpec(name, "directord", tuple(argv), tuple(ports),
                            memcache_version_probe(host, port, self.directord_access),
-                           host=host, cwd=str(_project_root()), ready_timeout=60)
+                           host=host, cwd=self.source_root, ready_timeout=60)
 
     def _stage_imapd(self) -> Stage | None:
         # The mailbox server needs object servers to serve anything.
@@ -624,7 +639,7 @@ class DevCluster:
         return ProcessSpec(name, "imapd", tuple(argv),
                            tuple(parse_hostport(a)[1] for a in addresses),
                            _greeting_probe(host, port, b"* OK "), host=host,
-                           cwd=str(_project_root()), ready_timeout=60)
+                           cwd=self.source_root, ready_timeout=60)
 
     # -- operations -----------------------------------------------------------------
 
@@ -771,8 +786,8 @@ def objstored_process_spec(name: str, host: str, port: int, data_dir: Path,
                            config_path: Path, extra_args: Sequence[str] = (), *,
                            env: Mapping[str, str] | None = None,
                            metrics_listen: str = "",
-                           access: Callable[[], NodeAccess] = lambda: OPEN_ACCESS
-                           ) -> ProcessSpec:
+                           access: Callable[[], NodeAccess] = lambda: OPEN_ACCESS,
+                           cwd: str = "") -> ProcessSpec:
     """How the launcher runs one objstored (``python -m objstore.main``), ready once it
     answers ``version``: the dev cluster's object servers and the tests' own.
 
@@ -787,7 +802,7 @@ def objstored_process_spec(name: str, host: str, port: int, data_dir: Path,
     ports = (port, parse_hostport(metrics_listen)[1]) if metrics_listen else (port,)
     return ProcessSpec(name, "objstored", tuple(argv), ports,
                        memcache_version_probe(host, port, access), host=host,
-                       env=dict(env or {}), cwd=str(_project_root()))
+                       env=dict(env or {}), cwd=cwd or str(_project_root()))
 
 
 def wait_redis_cluster_ok(addresses: Sequence[tuple[str, int]], timeout: float, *,

@@ -43,11 +43,17 @@ async def _admin(dsn: str, sql: str) -> None:
 
 
 @contextlib.contextmanager
-def fresh_database(dsn: str, *, migrate: bool = True) -> Iterator[str]:
+def fresh_database(dsn: str, *, migrate: bool = True, icu_locale: str = "") -> Iterator[str]:
     """Create ``objmail_test_<random>`` on the server of ``dsn``, migrated unless told
-    otherwise; yield its DSN; drop it at the end."""
+    otherwise; yield its DSN; drop it at the end.
+
+    :param icu_locale: make the database's default collation this ICU locale's (a
+        linguistic order, as production databases created under a locale have) instead
+        of the test cluster's "C"."""
     name = f"objmail_test_{secrets.token_hex(6)}"
-    asyncio.run(_admin(dsn, f'CREATE DATABASE "{name}"'))
+    options = (f" TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu "
+               f"ICU_LOCALE '{icu_locale}'" if icu_locale else "")
+    asyncio.run(_admin(dsn, f'CREATE DATABASE "{name}"{options}'))
     try:
         target = with_database(dsn, name)
         if migrate:

@@ -392,7 +392,7 @@ def test_a_kept_sort_runs_again_only_when_its_members_change(dsn: str) -> None:
 
     async def body(env: Env, c: Client, name: str) -> None:
         messages = env.store.messages
-        search, sort_entries = messages.search, messages.sort_entries
+        search, sort_order = messages.search, messages.sort_order
         searches: list[s.Criterion] = []
         sorts: list[s.Criterion] = []
 
@@ -401,12 +401,13 @@ def test_a_kept_sort_runs_again_only_when_its_members_change(dsn: str) -> None:
             searches.append(criterion)
             return await search(user_id, mailbox_id, criterion)
 
-        async def recorded_sort(user_id: int, mailbox_id: int, criterion: s.Criterion) -> Any:
+        async def recorded_sort(user_id: int, mailbox_id: int, criterion: s.Criterion,
+                                keys: Any) -> Any:
             sorts.append(criterion)
-            return await sort_entries(user_id, mailbox_id, criterion)
+            return await sort_order(user_id, mailbox_id, criterion, keys)
 
         messages.search = recorded_search  # type: ignore[method-assign]
-        messages.sort_entries = recorded_sort  # type: ignore[method-assign]
+        messages.sort_order = recorded_sort  # type: ignore[method-assign]
         assert await c.send("o SORT RETURN (UPDATE ALL) (SIZE) UTF-8 UNDELETED") == (
             b'* ESEARCH (TAG "o") ALL 2,4,1,3\r\no OK SORT completed, will notify\r\n')
         await c.send("n NOOP")

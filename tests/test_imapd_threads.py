@@ -1,25 +1,27 @@
-"""THREAD ORDEREDSUBJECT and REFERENCES (RFC 5256 3) over stored keys, in memory."""
+"""THREAD ORDEREDSUBJECT and REFERENCES (RFC 5256 3) over stored keys, in memory; the same
+threads as the previous implementation (tests/sort_reference.py) on random mailboxes."""
 
 from __future__ import annotations
 
 import datetime as dt
+import random
+
+import pytest
 
 from imapd.response import ThreadData, ThreadNode, to_bytes
 from imapd.threads import Node, ordered_subject, references
-from metadata.records import SortEntry
+from metadata.records import SortEntry, ThreadEntry
 from metadata.sortkeys import SortKeys, base_subject
-
-_START = dt.datetime(2024, 7, 1, tzinfo=dt.UTC)
+from tests import sort_reference as reference
 
 
 def entry(uid: int, subject: str = "s", *, msgid: str = "", refs: tuple[str, ...] = (),
-          minute: int | None = None) -> SortEntry:
-    """Message ``uid`` sent ``minute`` minutes after a start (its UID by default)."""
+          minute: int | None = None) -> ThreadEntry:
+    """Message ``uid`` sent ``minute`` minutes after a start (its UID by default); its
+    rank is that minute, then the UID (distinct, ordered as sent date then UID)."""
     base, reply = base_subject(subject)
-    when = _START + dt.timedelta(minutes=uid if minute is None else minute)
-    return SortEntry(uid, 1, when, when, 100,
-                     SortKeys(subject=base.casefold(), reply=reply, message_id=msgid,
-                              references=refs))
+    return ThreadEntry(uid, (uid if minute is None else minute) * 1000 + uid,
+                       base.casefold(), reply, msgid, refs)
 
 
 def wire(roots: list[Node]) -> bytes:
@@ -102,3 +104,46 @@ def test_references_survives_loops_duplicates_and_no_ids() -> None:
         entry(4, ""),
         entry(5, "")])
     assert wire(roots) == b"* THREAD (2 1)(3)(4)(5)"
+
+
+def _random_mailbox(rng: random.Random, count: int) -> list[SortEntry]:
+    """Entries with every hard case drawn often: repeated and missing Message-IDs,
+    references to absent and later messages, loops, equal sent dates, subjects shared
+    by replies and originals, and none."""
+    ids = [f"id{n}" for n in range(count // 2 + 2)]
+    subjects = ["", "plan", "Re: plan", "Fwd: plan", "trip", "Re: trip", "[x] Re: trip",
+                "lunch (fwd)"]
+    start = dt.datetime(2024, 7, 1, tzinfo=dt.UTC)
+    out = []
+    for uid in range(1, count + 1):
+        base, reply = base_subject(rng.choice(subjects))
+        refs = tuple(rng.choice(ids) for _ in range(rng.choice((0, 0, 1, 2, 3, 5))))
+        when = start + dt.timedelta(minutes=rng.randrange(count // 3 + 1))
+        out.append(SortEntry(uid, 1, when, when, 100, SortKeys(
+            subject=base.casefold(), reply=reply,
+            message_id=rng.choice(["", *ids]) if rng.random() < 0.9 else "",
+            references=refs)))
+    return out
+
+
+def _narrowed(entries: list[SortEntry]) -> list[ThreadEntry]:
+    """What :meth:`metadata.messages.Messages.thread_entries` returns for ``entries``:
+    the rank is the position by sent date, then UID."""
+    order = sorted(range(len(entries)), key=lambda i: (entries[i].sent_at, entries[i].uid))
+    rank = {entries[i].uid: position + 1 for position, i in enumerate(order)}
+    return [ThreadEntry(e.uid, rank[e.uid], e.keys.subject, e.keys.reply, e.keys.message_id,
+                        e.keys.references) for e in entries]
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_both_algorithms_thread_as_the_reference_does(seed: int) -> None:
+    """On random mailboxes full of duplicates, loops, absent parents and date ties, the
+    rank-based REFERENCES and ORDEREDSUBJECT give the same threads as the previous
+    implementation over full rows (tests/sort_reference.py)."""
+    rng = random.Random(seed)
+    entries = _random_mailbox(rng, rng.randrange(1, 60))
+    narrowed = _narrowed(entries)
+    assert [reference.shape(n) for n in references(narrowed)] == [
+        reference.shape(n) for n in reference.references(entries)]
+    assert [reference.shape(n) for n in ordered_subject(narrowed)] == [
+        reference.shape(n) for n in reference.ordered_subject(entries)]

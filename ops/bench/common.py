@@ -355,6 +355,8 @@ class ObjmailCluster:
     :param imapd_workers: ``[imapd] workers`` (0: one per core, the release's default;
         None: as ``config`` says).
     :param pure: start the daemons with ``OBJMAIL_PURE=1``: no compiled modules.
+    :param source_root: the source tree the daemons run ("" = this checkout); setting
+        ``PYTHONPATH`` alone is not enough, ``python -m`` puts the working directory first.
     """
 
     config: Config | None = None
@@ -362,6 +364,7 @@ class ObjmailCluster:
     security: str = "secure"
     imapd_workers: int | None = None
     pure: bool = False
+    source_root: str = ""
 
     def __post_init__(self) -> None:
         if self.security not in SECURITY:
@@ -379,7 +382,8 @@ class ObjmailCluster:
                 self.config.director, keyring_file="", allow_plaintext=True))
         self._tmp = tempfile.TemporaryDirectory(prefix=f"objmail-bench-{self.security}-")
         self.cluster = DevCluster(self.config, Path(self._tmp.name) / "var",
-                                  DevOptions(objstore_count=3, blob_auth=not plain))
+                                  DevOptions(objstore_count=3, blob_auth=not plain,
+                                             source_root=self.source_root))
         self.config = self.cluster.config
         self._extra: list[ProcessSpec] = []
 

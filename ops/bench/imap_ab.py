@@ -2,7 +2,8 @@
 run two source trees (before and after a change), alternating which goes first; commands/s,
 the whole cluster's CPU per command and imapd's own.
 
-Each cluster's processes import the tree given for it (its ``PYTHONPATH``), so a change to
+Each cluster's processes run the tree given for it (their working directory, which
+``python -m`` puts first on ``sys.path``, and ``PYTHONPATH``), so a change to
 imapd is measured against the same code without it, in the same run and under the same
 load, which on a shared machine moves far more than most single changes do::
 
@@ -58,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, tree in trees.items():
             os.environ["PYTHONPATH"] = str(Path(tree).resolve())  # the daemons' code
             cluster = stack.enter_context(ObjmailCluster(imapd_workers=args.workers,
-                                                         pure=name == args.pure))
+                                                         pure=name == args.pure,
+                                                         source_root=tree))
             cluster.add_users(users, seed_args.password)
             seed = imap_bench.seed_deliveries(seed_args, corpus, users)
             asyncio.run(deliver_batch(cluster.lmtp_port, seed, 10))

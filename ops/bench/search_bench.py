@@ -23,10 +23,16 @@ index; both caches warm), then each query runs ``--reps`` times, alternating whi
 goes first; reported are the median wall time per command (send to tagged OK) and the
 ratio.
 
+With ``--tree NAME=PATH`` (given twice or more) each tree gets its own objmail cluster
+whose daemons and import run that source tree (its ``PYTHONPATH``), so a change is
+measured against the code without it in the same run, beside Dovecot, the servers taking
+turns first.  ``--search-messages 0`` leaves the search mailbox out (THREAD and SORT
+only).
+
 Usage::
 
     python -m ops.bench.search_bench [--search-messages 100000] [--thread-messages 10000]
-        [--reps 5] [--json results.json]
+        [--reps 5] [--json results.json] [--tree before=/tmp/before --tree after=.]
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from pathlib import Path
 from ops.bench.common import ObjmailCluster, load_text, markdown_table, median, wait_for_quiet
 from ops.bench.dovecot import PrivateDovecot
 
-TARGETS = ("objmail", "dovecot")
+DOVECOT = "dovecot"
 SEARCH_USER = "searcher"
 THREAD_USER = "threader"
 #: Planted words use q, x and z, which the vocabulary never does, so a substring of them
@@ -164,14 +170,17 @@ def write_maildir(root: Path, messages: Sequence[bytes]) -> Path:
 
 
 def import_objmail(cluster: ObjmailCluster, user: str, src: Path, count: int,
-                   log: Callable[[str], None]) -> float:
+                   log: Callable[[str], None], *, cwd: str | None = None) -> float:
     """``objmail import`` of ``src``, resumed as the tool says when a run stops (a
-    busy machine can make an object server miss its reply deadline); seconds in all."""
+    busy machine can make an object server miss its reply deadline); seconds in all.
+
+    :param cwd: the source tree to run (``python -m`` puts it first on ``sys.path``)."""
     started = time.monotonic()
     for attempt in range(1, 11):
         done = subprocess.run([sys.executable, "-m", "ops.cli", "--config",
                                str(cluster.cluster.config_path), "import", "--user", user,
-                               "--json", str(src)], capture_output=True, check=False)
+                               "--json", str(src)], capture_output=True, check=False,
+                              cwd=cwd)
         if done.returncode == 0:
             stats = json.loads(done.stdout)
             if stats["imported"] + stats["skipped"] != count:
@@ -221,7 +230,7 @@ class Session:
 
 
 def queries(search_counts: dict[str, int], search_n: int, thread_n: int) -> list[Query]:
-    return [
+    searches = [
         Query("SEARCH BODY rare word (0.1%)", SEARCH_USER, f"SEARCH BODY {RARE}",
               search_counts["rare"]),
         Query("SEARCH BODY substring of it", SEARCH_USER, f"SEARCH BODY {RARE_PART}",
@@ -231,6 +240,9 @@ def queries(search_counts: dict[str, int], search_n: int, thread_n: int) -> list
         Query("SEARCH BODY absent word", SEARCH_USER, f"SEARCH BODY {ABSENT}", 0),
         Query("SEARCH TEXT header-only word", SEARCH_USER, f"SEARCH TEXT {HEADER_ONLY}",
               search_counts["header"]),
+    ] if search_n else []
+    return [
+        *searches,
         Query(f"THREAD REFERENCES ({thread_n:,})", THREAD_USER,
               "THREAD REFERENCES UTF-8 ALL", thread_n),
         Query(f"THREAD ORDEREDSUBJECT ({thread_n:,})", THREAD_USER,
@@ -239,20 +251,30 @@ def queries(search_counts: dict[str, int], search_n: int, thread_n: int) -> list
               thread_n),
         Query(f"SORT (REVERSE DATE) ({thread_n:,})", THREAD_USER,
               "SORT (REVERSE DATE) UTF-8 ALL", thread_n),
+        Query(f"SORT (DISPLAYFROM SIZE) ({thread_n:,})", THREAD_USER,
+              "SORT (DISPLAYFROM SIZE) UTF-8 ALL", thread_n),
+        Query(f"SORT (ARRIVAL) ({thread_n:,})", THREAD_USER, "SORT (ARRIVAL) UTF-8 ALL",
+              thread_n),
+        # ESORT (RFC 5267): the answer is ESEARCH, not counted here.
+        Query(f"SORT RETURN (MIN MAX COUNT) (SUBJECT) ({thread_n:,})", THREAD_USER,
+              "SORT RETURN (MIN MAX COUNT) (SUBJECT) UTF-8 ALL", None),
     ]
 
 
 def measure(ports: dict[str, int], qs: Sequence[Query], reps: int,
             log: Callable[[str], None]) -> list[Timing]:
-    sessions = {(t, u): Session(ports[t], u) for t in TARGETS
+    targets = list(ports)
+    sessions = {(t, u): Session(ports[t], u) for t in targets
                 for u in {q.user for q in qs}}
     timings: list[Timing] = []
     try:
         for q in qs:  # once each, unmeasured: Dovecot's index and every cache warm
-            for target in TARGETS:
+            for target in targets:
                 sessions[target, q.user].run(q.command)
         for rep in range(reps):
-            order = TARGETS if rep % 2 == 0 else tuple(reversed(TARGETS))
+            # Each server takes its turn first.
+            shift = rep % len(targets)
+            order = targets[shift:] + targets[:shift]
             for q in qs:
                 for target in order:
                     seconds, found = sessions[target, q.user].run(q.command)
@@ -268,17 +290,26 @@ def measure(ports: dict[str, int], qs: Sequence[Query], reps: int,
 
 
 def report(qs: Sequence[Query], timings: Sequence[Timing], header: str) -> str:
+    """A row per query: the median of each server, each objmail's speed against
+    Dovecot's, and with several trees the last one's speed-up over the first."""
+    trees = list(dict.fromkeys(x.target for x in timings if x.target != DOVECOT))
     rows = []
     for q in qs:
         med = {t: median(x.seconds for x in timings if x.query == q.name and x.target == t)
-               for t in TARGETS}
+               for t in [*trees, DOVECOT]}
         found = next(x.matches for x in timings if x.query == q.name)
-        rows.append([q.name, f"{found:,}", f"{med['objmail'] * 1000:,.1f} ms",
-                     f"{med['dovecot'] * 1000:,.1f} ms",
-                     f"**{med['dovecot'] / med['objmail']:.2f}x**" if med["objmail"] else "-"])
-    table = markdown_table(["command", "matches", "objmail (median)", "Dovecot (median)",
-                            "objmail speed / Dovecot's"], rows)
-    return header + "\n\n" + table
+        row = [q.name, f"{found:,}" if q.expected is not None else "-",
+               *(f"{med[t] * 1000:,.1f} ms" for t in [*trees, DOVECOT]),
+               *(f"**{med[DOVECOT] / med[t]:.2f}x**" if med[t] else "-" for t in trees)]
+        if len(trees) > 1:
+            row.append(f"{med[trees[0]] / med[trees[-1]]:.1f}x" if med[trees[-1]] else "-")
+        rows.append(row)
+    names = ["objmail" if t == "objmail" else f"objmail {t}" for t in trees]
+    columns = ["command", "matches", *(f"{n} (median)" for n in names), "Dovecot (median)",
+               *(f"{n} speed / Dovecot's" for n in names)]
+    if len(trees) > 1:
+        columns.append(f"{trees[-1]} / {trees[0]}")
+    return header + "\n\n" + markdown_table(columns, rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -291,7 +322,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="wait for the 1-minute load average to drop below this")
     ap.add_argument("--wait", type=float, default=600, help="longest wait for that, s")
     ap.add_argument("--json", type=Path, help="also write every timing here")
+    ap.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
+                    help="an objmail cluster running the source tree at PATH (repeat to "
+                         "compare trees; default: one cluster of this environment's code)")
     args = ap.parse_args(argv)
+    trees: dict[str, str | None] = {"objmail": None}
+    if args.tree:
+        trees = {}
+        for spec in args.tree:
+            name, sep, path = spec.partition("=")
+            if not sep or not name or name == DOVECOT or not Path(path).is_dir():
+                ap.error(f"--tree {spec!r}: expected NAME=DIRECTORY")
+            trees[name] = str(Path(path).resolve())
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -305,25 +347,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="objmail-search-bench-") as tmp:
         root = Path(tmp)
         root.chmod(0o755)
-        sources = {SEARCH_USER: write_maildir(root / "search", search_mail),
-                   THREAD_USER: write_maildir(root / "thread", thread_mail)}
+        sources = {THREAD_USER: write_maildir(root / "thread", thread_mail)}
+        if search_mail:
+            sources[SEARCH_USER] = write_maildir(root / "search", search_mail)
         del search_mail, thread_mail
         users = list(sources)
-        with ObjmailCluster() as objmail, PrivateDovecot(users, protocols=("imap",)) as dove:
-            objmail.add_users(users, "secret")
-            loaded = {}
+        with contextlib.ExitStack() as stack:
+            dove = stack.enter_context(PrivateDovecot(users, protocols=("imap",)))
+            ports = {}
+            for name, tree in trees.items():
+                if tree is not None:
+                    os.environ["PYTHONPATH"] = tree  # the daemons' and the import's code
+                objmail = stack.enter_context(ObjmailCluster(source_root=tree or ""))
+                objmail.add_users(users, "secret")
+                for user, src in sources.items():
+                    n = len(list((src / "cur").iterdir()))
+                    took = import_objmail(objmail, user, src, n, log, cwd=tree)
+                    log(f"objmail {name}: import of {n:,} messages for {user}: {took:.0f} s")
+                ports[name] = objmail.imap_port
             for user, src in sources.items():
-                n = len(list((src / "cur").iterdir()))
-                loaded[user] = import_objmail(objmail, user, src, n, log)
-                log(f"objmail import of {n:,} messages for {user}: {loaded[user]:.0f} s")
                 fill_dovecot(dove, user, src)
+            ports[DOVECOT] = dove.imap_port
             load = f"{wait_for_quiet(args.max_load, args.wait):.2f}"
             qs = queries(counts, args.search_messages, args.thread_messages)
-            timings = measure({"objmail": objmail.imap_port, "dovecot": dove.imap_port},
-                              qs, args.reps, log)
+            timings = measure(ports, qs, args.reps, log)
     header = (f"{args.search_messages:,} messages searched ({size / 2**20:.0f} MiB), "
               f"{args.thread_messages:,} threaded; {args.reps} reps alternating; "
-              f"load average before: {load}")
+              f"load average before: {load}, after: {load_text()}")
     print(report(qs, timings, header))
     if args.json:
         args.json.write_text(json.dumps([asdict(t) for t in timings], indent=2))
