@@ -807,21 +807,37 @@ def _fetch_items(seq: int, items: tuple[FetchItem, ...]) -> list[bytes]:
     return chunks
 
 
-def _thread_members(node: ThreadNode) -> bytes:
-    """The inside of a ``thread-list``: a chain of single replies as numbers, then one
-    nested list per branch (``3 6 (4 23)(44 7 96)``); a dummy parent is only its
-    branches."""
-    parts: list[bytes] = []
-    while True:
-        if node.number is not None:
-            parts.append(_number(node.number, "THREAD member", 1))
-            if len(node.children) == 1:
-                node = node.children[0]
-                continue
+def _thread_lists(threads: tuple[ThreadNode, ...]) -> bytes:
+    """The ``thread-list`` of each tree, concatenated: a chain of single replies as
+    numbers, then one nested list per branch (``(3 6 (4 23)(44 7 96))``); a dummy parent
+    is only its branches.
+
+    Branches nest as deep as the thread does, and anyone can mail a user a thread
+    thousands of levels deep: an explicit stack, never recursion."""
+    out: list[bytes] = []
+    # Bytes to write and nodes whose members to write, popped from the end.
+    stack: list[bytes | ThreadNode] = []
+    for thread in reversed(threads):
+        stack += (b")", thread, b"(")
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bytes):
+            out.append(item)
+            continue
+        node = item
+        numbers: list[bytes] = []
+        while node.number is not None:
+            numbers.append(_number(node.number, "THREAD member", 1))
+            if len(node.children) != 1:
+                break
+            node = node.children[0]
+        out.append(b" ".join(numbers))
         if node.children:
-            parts.append(b"".join(b"(" + _thread_members(child) + b")"
-                                  for child in node.children))
-        return b" ".join(parts)
+            if numbers:
+                out.append(b" ")
+            for child in reversed(node.children):
+                stack += (b")", child, b"(")
+    return b"".join(out)
 
 
 def _line(response: Response, utf8: bool = False) -> bytes:
@@ -879,8 +895,7 @@ def _line(response: Response, utf8: bool = False) -> bytes:
                 line += b" (MODSEQ %s)" % _number(modseq, "MODSEQ")
             return line
         case ThreadData(threads):
-            return b"* THREAD " + b"".join(b"(" + _thread_members(t) + b")" for t in threads) \
-                if threads else b"* THREAD"
+            return b"* THREAD " + _thread_lists(threads) if threads else b"* THREAD"
         case ESearchData(tag, uid, low, high, count, found, modseq, partial, updates):
             parts = [b'* ESEARCH (TAG ' + string(tag) + b")"]
             if uid:

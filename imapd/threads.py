@@ -12,7 +12,12 @@ Every rank is distinct, so a sort never meets a tie and the order a level was bu
 does not matter: the links are set as parent pointers only, in one pass over the
 messages, and the children lists are built once afterwards (no list removal when a link
 moves).  Cost: one dictionary lookup per Message-ID and reference, a walk up the parents
-per link (the loop check, RFC 5256 step 1B), and one sort of integers per level.
+per link to a container something already hangs under (the loop check, RFC 5256 step 1B),
+and one sort of integers per level.
+
+Nothing recurses: anyone can mail a user a reply chain thousands of messages deep, so the
+steps over the tree (pruning, sorting) walk it with an explicit list, as the renderer in
+:mod:`imapd.response` does; a tree of any depth threads.
 
 ``tests/sort_reference.py`` holds the previous implementation (over full rows, dates as
 floats); the tests check that both give the same threads.  Pure: no I/O.
@@ -25,7 +30,7 @@ from operator import attrgetter
 
 from metadata.records import ThreadEntry
 
-__all__ = ["Node", "ordered_subject", "references"]
+__all__ = ["Node", "inner_nodes", "ordered_subject", "references"]
 
 
 class Node:
@@ -36,13 +41,15 @@ class Node:
     """
 
     # Slots: a 10,000-message THREAD makes 10,000+ of these.
-    __slots__ = ("children", "entry", "parent", "rank")
+    __slots__ = ("children", "entry", "kids", "parent", "rank")
 
     def __init__(self, entry: ThreadEntry | None = None, rank: int = -1) -> None:
         self.entry = entry
         self.rank = rank
         self.children: list[Node] = []
         self.parent: Node | None = None
+        #: How many nodes have this one as parent while the links are made (step 1).
+        self.kids = 0
 
 
 _RANK = attrgetter("rank")
@@ -66,6 +73,12 @@ def ordered_subject(entries: Sequence[ThreadEntry]) -> list[Node]:
 
 def _linked(ancestor: Node, node: Node) -> bool:
     """Whether ``ancestor`` is ``node`` or one of its ancestors (a link would loop)."""
+    if ancestor is node:
+        return True
+    if not ancestor.kids:
+        # Nothing hangs under it: no walk.  A chain delivered in order links each new
+        # message under the previous one; walking up every time would be quadratic.
+        return False
     current: Node | None = node
     while current is not None:
         if current is ancestor:
@@ -104,10 +117,14 @@ def references(entries: Sequence[ThreadEntry]) -> list[Node]:
             if (previous is not None and container.parent is None
                     and not _linked(container, previous)):
                 container.parent = previous
+                previous.kids += 1
             previous = container
         # (1C) the last reference is the message's parent (replacing an earlier guess).
+        if node.parent is not None:
+            node.parent.kids -= 1
         if previous is not None and not _linked(node, previous):
             node.parent = previous
+            previous.kids += 1
         else:
             node.parent = None
     # (2) the root set, and the children lists from the parent pointers.
@@ -119,7 +136,7 @@ def references(entries: Sequence[ThreadEntry]) -> list[Node]:
         else:
             parent.children.append(node)
     # (3) prune dummies.
-    roots = _prune(roots, at_root=True)
+    roots = _prune(roots)
     # (4) sort each level by the sent date of its (first) message.
     _sort_tree(roots)
     # (5) group the roots by base subject.
@@ -129,13 +146,31 @@ def references(entries: Sequence[ThreadEntry]) -> list[Node]:
     return roots
 
 
-def _prune(children: list[Node], *, at_root: bool) -> list[Node]:
+def inner_nodes(level: list[Node]) -> list[Node]:
+    """The nodes in and under ``level`` that have children, each before its descendants
+    (reversed, each after them): a walk of the tree without recursion."""
+    order: list[Node] = []
+    stack = [node for node in level if node.children]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(child for child in node.children if child.children)
+    return order
+
+
+def _prune(roots: list[Node]) -> list[Node]:
     """RFC 5256 REFERENCES step 3: dummies without children go; a dummy's children take
     its place, except at the root when there are several of them."""
+    # Children before parents: a node's children are pruned when its own list is.
+    for node in reversed(inner_nodes(roots)):
+        node.children = _pruned(node.children, at_root=False)
+    return _pruned(roots, at_root=True)
+
+
+def _pruned(children: list[Node], *, at_root: bool) -> list[Node]:
+    """``children`` with their dummies replaced, theirs already pruned."""
     kept: list[Node] = []
     for node in children:
-        if node.children:
-            node.children = _prune(node.children, at_root=False)
         if node.entry is not None:
             kept.append(node)
         elif not node.children:
@@ -150,11 +185,12 @@ def _prune(children: list[Node], *, at_root: bool) -> list[Node]:
 def _sort_tree(level: list[Node]) -> None:
     """Sort every level below and then ``level`` by rank; a dummy takes its first child's
     rank once its children are sorted."""
-    for node in level:
-        if node.children:  # most nodes are leaves: no call for them
-            _sort_tree(node.children)
-            if node.entry is None:
-                node.rank = node.children[0].rank
+    # Children before parents: a dummy's rank is set before its own level is sorted.
+    for node in reversed(inner_nodes(level)):
+        if len(node.children) > 1:
+            node.children.sort(key=_RANK)
+        if node.entry is None:
+            node.rank = node.children[0].rank
     if len(level) > 1:
         level.sort(key=_RANK)
 
