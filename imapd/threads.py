@@ -41,15 +41,17 @@ class Node:
     """
 
     # Slots: a 10,000-message THREAD makes 10,000+ of these.
-    __slots__ = ("children", "entry", "kids", "parent", "rank")
+    __slots__ = ("children", "entry", "group", "kids", "parent", "rank")
 
     def __init__(self, entry: ThreadEntry | None = None, rank: int = -1) -> None:
         self.entry = entry
         self.rank = rank
         self.children: list[Node] = []
         self.parent: Node | None = None
-        #: How many nodes have this one as parent while the links are made (step 1).
+        #: While the links are made (step 1): how many nodes have this one as parent, and
+        #: a union-find pointer towards a node of every tree this one was ever linked in.
         self.kids = 0
+        self.group: Node = self
 
 
 _RANK = attrgetter("rank")
@@ -71,13 +73,32 @@ def ordered_subject(entries: Sequence[ThreadEntry]) -> list[Node]:
     return list(groups.values())
 
 
+def _group(node: Node) -> Node:
+    """The representative of every node ``node`` was ever linked with (union-find with
+    path halving): two nodes in different groups are in different trees.  A link cut in
+    step 1C does not split a group, so one group may hold several trees."""
+    while node.group is not node:
+        node.group = node = node.group.group
+    return node
+
+
+def _link(child: Node, parent: Node) -> None:
+    """Hang ``child`` (without a parent) under ``parent``."""
+    child.parent = parent
+    parent.kids += 1
+    top, other = _group(parent), _group(child)
+    if top is not other:
+        other.group = top
+
+
 def _linked(ancestor: Node, node: Node) -> bool:
     """Whether ``ancestor`` is ``node`` or one of its ancestors (a link would loop)."""
     if ancestor is node:
         return True
-    if not ancestor.kids:
-        # Nothing hangs under it: no walk.  A chain delivered in order links each new
-        # message under the previous one; walking up every time would be quadratic.
+    if not ancestor.kids or _group(ancestor) is not _group(node):
+        # Nothing hangs under it, or they were never in one tree: no walk.  A long chain
+        # links message after message into one tree; walking up it every time would be
+        # quadratic in its depth.
         return False
     current: Node | None = node
     while current is not None:
@@ -116,15 +137,17 @@ def references(entries: Sequence[ThreadEntry]) -> list[Node]:
                 containers.append(container)
             if (previous is not None and container.parent is None
                     and not _linked(container, previous)):
-                container.parent = previous
-                previous.kids += 1
+                _link(container, previous)
             previous = container
         # (1C) the last reference is the message's parent (replacing an earlier guess).
+        if previous is not None and node.parent is previous:
+            # Already its parent (an earlier message's References said so): no loop
+            # to look for, and in a long chain that walk would cost its depth.
+            continue
         if node.parent is not None:
             node.parent.kids -= 1
         if previous is not None and not _linked(node, previous):
-            node.parent = previous
-            previous.kids += 1
+            _link(node, previous)
         else:
             node.parent = None
     # (2) the root set, and the children lists from the parent pointers.
