@@ -813,30 +813,31 @@ def _thread_lists(threads: tuple[ThreadNode, ...]) -> bytes:
     is only its branches.
 
     Branches nest as deep as the thread does, and anyone can mail a user a thread
-    thousands of levels deep: an explicit stack, never recursion."""
+    thousands of levels deep: a stack of the levels being written, never recursion."""
     out: list[bytes] = []
-    # Bytes to write and nodes whose members to write, popped from the end.
-    stack: list[bytes | ThreadNode] = []
-    for thread in reversed(threads):
-        stack += (b")", thread, b"(")
-    while stack:
-        item = stack.pop()
-        if isinstance(item, bytes):
-            out.append(item)
-            continue
-        node = item
-        numbers: list[bytes] = []
-        while node.number is not None:
-            numbers.append(_number(node.number, "THREAD member", 1))
-            if len(node.children) != 1:
-                break
-            node = node.children[0]
-        out.append(b" ".join(numbers))
-        if node.children:
-            if numbers:
-                out.append(b" ")
-            for child in reversed(node.children):
-                stack += (b")", child, b"(")
+    levels = [iter(threads)]
+    while levels:
+        for node in levels[-1]:
+            if node.number is not None and not node.children:  # most members are leaves
+                out.append(b"(" + _number(node.number, "THREAD member", 1) + b")")
+                continue
+            numbers: list[bytes] = []
+            while node.number is not None:
+                numbers.append(_number(node.number, "THREAD member", 1))
+                if len(node.children) != 1:
+                    break
+                node = node.children[0]
+            if not node.children:
+                out.append(b"(" + b" ".join(numbers) + b")")
+                continue
+            # Its branches next; the list is closed when they are all written.
+            out.append(b"(" + b" ".join(numbers) + b" " if numbers else b"(")
+            levels.append(iter(node.children))
+            break
+        else:
+            levels.pop()
+            if levels:
+                out.append(b")")
     return b"".join(out)
 
 

@@ -785,17 +785,16 @@ class SelectedMailbox:
         # member's ThreadNode is made after its children's.
         made: dict[int, ThreadNode] = {}
 
-        def render(node: Node) -> ThreadNode:
-            if node.children:
-                return made.pop(id(node))
-            entry = node.entry  # most members are leaves
-            return ThreadNode(None if entry is None else seqs[entry.uid])
+        def render(level: list[Node]) -> tuple[ThreadNode, ...]:
+            return tuple([made.pop(id(node)) if node.children  # most members are leaves
+                          else ThreadNode(None if node.entry is None else seqs[node.entry.uid])
+                          for node in level])
 
         for node in reversed(inner_nodes(roots)):
             entry = node.entry
             made[id(node)] = ThreadNode(None if entry is None else seqs[entry.uid],
-                                        tuple([render(child) for child in node.children]))
-        conn.send([ThreadData(tuple([render(root) for root in roots]))])
+                                        render(node.children))
+        conn.send([ThreadData(render(roots))])
         return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
 
     # -- COPY / MOVE / EXPUNGE -----------------------------------------------------------------

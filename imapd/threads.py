@@ -158,14 +158,26 @@ def references(entries: Sequence[ThreadEntry]) -> list[Node]:
             roots.append(node)
         else:
             parent.children.append(node)
-    # (3) prune dummies.
-    roots = _prune(roots)
+    # (3) prune dummies.  One walk serves steps 3 and 4: pruning only moves nodes up, so
+    # in its reverse every node still comes after the nodes now under it.
+    bottom_up = inner_nodes(roots)
+    bottom_up.reverse()
+    roots = _prune(roots, bottom_up)
     # (4) sort each level by the sent date of its (first) message.
-    _sort_tree(roots)
+    for node in bottom_up:
+        if node.children:  # a pruned dummy may have lost them all
+            _sort_level(node)
+    _sort_roots(roots)
     # (5) group the roots by base subject.
-    roots = _group_by_subject(roots)
-    # (6) sort once more (grouping added children), roots included.
-    _sort_tree(roots)
+    copies: list[Node] = []
+    roots = _group_by_subject(roots, copies)
+    # (6) sort once more, roots included.  Grouping changed the children of roots and of
+    # the copies it made of them (5C iv), nothing below (a merged root keeps its sorted
+    # tree under its new parent): only those levels.
+    for node in (*copies, *roots):
+        if node.children:
+            _sort_level(node)
+    _sort_roots(roots)
     return roots
 
 
@@ -177,15 +189,18 @@ def inner_nodes(level: list[Node]) -> list[Node]:
     while stack:
         node = stack.pop()
         order.append(node)
-        stack.extend(child for child in node.children if child.children)
+        for child in node.children:
+            if child.children:  # most nodes are leaves: not listed
+                stack.append(child)
     return order
 
 
-def _prune(roots: list[Node]) -> list[Node]:
+def _prune(roots: list[Node], bottom_up: list[Node]) -> list[Node]:
     """RFC 5256 REFERENCES step 3: dummies without children go; a dummy's children take
-    its place, except at the root when there are several of them."""
-    # Children before parents: a node's children are pruned when its own list is.
-    for node in reversed(inner_nodes(roots)):
+    its place, except at the root when there are several of them.
+
+    :param bottom_up: the nodes with children, each after the nodes under it."""
+    for node in bottom_up:
         node.children = _pruned(node.children, at_root=False)
     return _pruned(roots, at_root=True)
 
@@ -205,17 +220,18 @@ def _pruned(children: list[Node], *, at_root: bool) -> list[Node]:
     return kept
 
 
-def _sort_tree(level: list[Node]) -> None:
-    """Sort every level below and then ``level`` by rank; a dummy takes its first child's
-    rank once its children are sorted."""
-    # Children before parents: a dummy's rank is set before its own level is sorted.
-    for node in reversed(inner_nodes(level)):
-        if len(node.children) > 1:
-            node.children.sort(key=_RANK)
-        if node.entry is None:
-            node.rank = node.children[0].rank
-    if len(level) > 1:
-        level.sort(key=_RANK)
+def _sort_level(node: Node) -> None:
+    """Sort ``node``'s children by rank (the levels below already sorted); a dummy then
+    takes its first child's rank."""
+    if len(node.children) > 1:
+        node.children.sort(key=_RANK)
+    if node.entry is None:
+        node.rank = node.children[0].rank
+
+
+def _sort_roots(roots: list[Node]) -> None:
+    if len(roots) > 1:
+        roots.sort(key=_RANK)
 
 
 def _first(node: Node) -> ThreadEntry | None:
@@ -225,8 +241,10 @@ def _first(node: Node) -> ThreadEntry | None:
     return node.entry
 
 
-def _group_by_subject(roots: list[Node]) -> list[Node]:
-    """RFC 5256 REFERENCES step 5: roots with the same base subject come together."""
+def _group_by_subject(roots: list[Node], copies: list[Node]) -> list[Node]:
+    """RFC 5256 REFERENCES step 5: roots with the same base subject come together.
+
+    :param copies: gets the nodes made for a holder's message (5C iv)."""
     subjects: dict[str, Node] = {}
     firsts: list[ThreadEntry | None] = []
     for root in roots:
@@ -250,11 +268,11 @@ def _group_by_subject(roots: list[Node]) -> list[Node]:
         if holder is None or holder is root:
             result.append(root)
             continue
-        _merge(holder, root)
+        _merge(holder, root, copies)
     return result
 
 
-def _merge(holder: Node, root: Node) -> None:
+def _merge(holder: Node, root: Node, copies: list[Node]) -> None:
     """Put ``root`` into ``holder``'s thread (RFC 5256 5C)."""
     holder_reply = holder.entry is not None and holder.entry.reply
     root_reply = root.entry is not None and root.entry.reply
@@ -270,5 +288,6 @@ def _merge(holder: Node, root: Node) -> None:
     # (iv) otherwise both become children of a new dummy in the holder's place.
     copy = Node(holder.entry, holder.rank)
     copy.children = holder.children
+    copies.append(copy)
     holder.entry = None
     holder.children = [copy, root]
