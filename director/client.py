@@ -96,6 +96,7 @@ from director.errors import (
     DirectorError,
     KeyUnavailable,
 )
+from director.flushboard import FlushBoard
 from director.gcwatch import GcWatch
 from director.index import LocationIndex
 from director.itemreads import ItemReads
@@ -256,7 +257,8 @@ class BlobClient:
                  rng: random.Random | None = None,
                  wall_clock: Callable[[], float] = time.time,
                  temperature: ReadSampler | None = None,
-                 access: NodeAccess = OPEN_ACCESS) -> None:
+                 access: NodeAccess = OPEN_ACCESS,
+                 flush_board: FlushBoard | None = None) -> None:
         self.dconf = dconf
         #: How connections to object servers are made (credentials, TLS).
         self.access = access
@@ -309,6 +311,10 @@ class BlobClient:
         self._wall = wall_clock
         #: The items' flush_all cut-off (unix seconds, 0 = none), read with the registry.
         self._flush_cutoff = 0.0
+        #: The cut-off directord's workers share (director/flushboard.py), and the
+        #: generation of it this process has taken.
+        self._flush_board = flush_board
+        self._board_seen = 0
         # Largest stored value an object server takes, minus room for the envelope.
         self.chunk_size = dconf.object_max_item_size - ENVELOPE_SLACK
 
@@ -316,7 +322,8 @@ class BlobClient:
     async def open(cls, cluster: ClusterConfig, dconf: DirectorConfig, *,
                    retry: RetryPolicy | None = None,
                    auth: RedisAuth = NO_REDIS_AUTH,
-                   access: NodeAccess | None = None) -> BlobClient:
+                   access: NodeAccess | None = None,
+                   flush_board: FlushBoard | None = None) -> BlobClient:
         """Connect to Redis Cluster; object-server connections open on first use.
 
         :param retry: how long Redis operations are retried (``objmail`` commands wait
@@ -324,6 +331,8 @@ class BlobClient:
         :param auth: Redis credentials (``runtime.secrets.load_credentials(cluster)``).
         :param access: credentials and TLS for the object servers; None reads the files
             ``dconf`` names (:meth:`NodeAccess.load`) now.
+        :param flush_board: the ``flush_all`` cut-off shared with the other workers of a
+            directord (None: this process alone).
         :raises KeyringError: see :func:`open_keys` and :meth:`KeyRegistry.check`.
         :raises ConfigError: a file ``dconf`` names is missing or malformed.
         """
@@ -343,7 +352,7 @@ class BlobClient:
         return cls(dconf, state.index, state.registry, state.repairs,
                    codec=BlobCodec(dconf.compression_level, keyring, legacy_key=legacy),
                    ids=ids, cache=BlobCache(dconf.cache_bytes, disk), key_registry=keys,
-                   access=access)
+                   access=access, flush_board=flush_board)
 
     async def aclose(self) -> None:
         await self.item_reads.close()
@@ -366,7 +375,11 @@ class BlobClient:
                     self._clock() - self._snapshot_at >= REGISTRY_REFRESH:
                 self._snapshot = await self.registry.snapshot()
                 self._placer = self._snapshot.placer(self.policy)
+                posted = self._board_generation()
                 self._flush_cutoff = await self.items.flush_cutoff()
+                # Redis has every cut-off posted before the read; one a worker posts
+                # during it is newer than what was read, and is taken on the next read.
+                self._board_seen = posted
                 self._snapshot_at = self._clock()
         return self._snapshot
 
@@ -1210,10 +1223,26 @@ class BlobClient:
         cutoff = flush_cutoff(delay, self._wall())
         await self.items.set_flush_cutoff(cutoff)
         self._flush_cutoff = cutoff
+        if self._flush_board is not None:
+            self._board_seen = self._flush_board.post(cutoff)
+
+    def _board_generation(self) -> int:
+        return self._flush_board.generation() if self._flush_board is not None else 0
+
+    def _current_cutoff(self) -> float:
+        """The cut-off in force here: the last one read from Redis, or one another worker
+        of this directord posted since (director/flushboard.py)."""
+        board = self._flush_board
+        if board is not None:
+            generation = board.generation()
+            if generation != self._board_seen:
+                self._flush_cutoff = board.cutoff()
+                self._board_seen = generation
+        return self._flush_cutoff
 
     def hidden(self, cas: int | None) -> bool:
         """True when a ``flush_all`` cut off the item write that carried ``cas``."""
-        return is_flushed(cas, self._flush_cutoff, self._wall())
+        return is_flushed(cas, self._current_cutoff(), self._wall())
 
     _hidden = hidden
 
@@ -1221,7 +1250,7 @@ class BlobClient:
                             nodes: Sequence[Node] | None = None) -> bool:
         """True when a ``flush_all`` hides the item; its copies are then deleted (only
         those of the flushed value: ``md C<cas>``), so a write finds it missing."""
-        if not self._flush_cutoff or is_blob_id(key):
+        if not self._current_cutoff() or is_blob_id(key):
             return False
         if nodes is None:
             nodes = await self._ordered(index_id, numbers, primary=True)

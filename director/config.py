@@ -77,6 +77,9 @@ class DirectorConfig:
     pool_size: int = 8
     index_buckets: int = 65536
     metrics_listen: str = "127.0.0.1:9101"
+    #: directord's processes sharing ``listen`` (SO_REUSEPORT); 0 = one per core.  Worker
+    #: i serves its metrics on ``metrics_listen``'s port + i.
+    workers: int = 1
     lease_ttl: float = 60.0
     repair_interval: float = 30.0
     repair_batch: int = 256
@@ -127,6 +130,8 @@ class DirectorConfig:
         parse_hostport(self.listen, "listen")
         if self.metrics_listen:
             parse_hostport(self.metrics_listen, "metrics_listen")
+        check(0 <= self.workers <= 64, "workers",
+              f"must be 0 (one per core) to 64, got {self.workers}")
         check(self.max_connections >= 1, "max_connections", "must be at least 1")
         check(self.max_line >= 512, "max_line", "must be at least 512")
         check(KIB <= self.max_item_size <= 64 * MIB, "max_item_size",

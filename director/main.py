@@ -1,6 +1,6 @@
 """``directord``: the memcached-protocol proxy in front of the object servers.
 
-``directord [--config FILE] [--listen HOST:PORT] [--metrics-listen HOST:PORT]
+``directord [--config FILE] [--listen HOST:PORT] [--workers N] [--metrics-listen HOST:PORT]
 [--log-format text|json] [--log-level LEVEL]``
 
 It runs as every objmail daemon does (:func:`runtime.daemon.run_daemon`): exit status 78
@@ -17,6 +17,16 @@ authentication with ``director.auth_file``, TLS with ``tls_cert``/``tls_key``/``
 What directord needs to reach the object servers (``director.objstore_auth_file``,
 ``objstore_tls_*``) is read in :func:`serve` too, with the auth and TLS files: a missing
 or malformed one exits 78 before anything starts.
+
+With ``director.workers`` (``--workers``) above 1 (0 means one per core) the first process
+is a supervisor (:func:`runtime.workers.supervise`), as objstored's and imapd's: it reads
+the secret, auth and TLS files, checks that the port and every worker's metrics port are
+free, then forks the workers.  Each worker is a whole directord on its own loop (its blob
+client, cache, cas clock and counters) accepting on the same port (SO_REUSEPORT), its
+metrics on ``metrics_listen``'s port plus its index; only worker 0 runs the background
+jobs (their leases would keep the others waiting anyway).  Workers share nothing but the
+port and the ``flush_all`` cut-off (:class:`director.flushboard.FlushBoard`): several
+directords are supported by design (docs/director.md, "Workers").
 
 SIGTERM (or SIGINT) stops accepting, lets every connection finish the replies it owes
 (5 s at most), stops the background jobs, closes the client and exits 0.
@@ -36,12 +46,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from director.config import DirectordConfig
 from director.errors import IndexUnavailable
+from director.flushboard import FlushBoard
 from runtime import logs
 from runtime.config import parse_hostport
 from runtime.daemon import arg_parser, load_config, replace_section, run_daemon, run_reactor
 from runtime.eventloop import install_asyncio_reactor
 from runtime.metrics import JobMetrics
 from runtime.secrets import NO_REDIS_AUTH, RedisAuth, load_credentials
+from runtime.workers import adopt_listener, check_port_free, cpu_count, supervise
 
 if TYPE_CHECKING:
     from director.memcache_client import NodeAccess
@@ -59,6 +71,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
                     metrics_key="director.metrics_listen")
     ap.add_argument("--listen", help="host:port to serve memcached clients on "
                                      "(default: director.listen)")
+    ap.add_argument("--workers", type=int, help="processes sharing the port, 0 = one per "
+                                                "core (default: director.workers)")
     return ap
 
 
@@ -69,7 +83,8 @@ def configure(args: argparse.Namespace) -> DirectordConfig:
     """
     config = load_config(DirectordConfig, args)
     changes = {key: value for key, value in (("listen", args.listen),
-                                             ("metrics_listen", args.metrics_listen))
+                                             ("metrics_listen", args.metrics_listen),
+                                             ("workers", args.workers))
                if value is not None}
     return replace_section(config, "director", changes)
 
@@ -113,11 +128,15 @@ class Directord:
     :param auth: Redis credentials (``runtime.secrets.load_credentials``).
     :param security: who may use directord's port (None: anyone, in plaintext).
     :param access: how to reach the object servers (None: read from the config).
+    :param index: this worker's index (0 runs the background jobs).
+    :param reuse_port: listen with SO_REUSEPORT: one of several workers on the port.
+    :param flush_board: the ``flush_all`` cut-off the workers share (None: one process).
     """
 
     def __init__(self, config: DirectordConfig, reactor: Any,
                  auth: RedisAuth = NO_REDIS_AUTH, security: Security | None = None,
-                 access: NodeAccess | None = None) -> None:
+                 access: NodeAccess | None = None, *, index: int = 0,
+                 reuse_port: bool = False, flush_board: FlushBoard | None = None) -> None:
         from director.metrics import DirectordCollector, ProxyMetrics
         from objstore.stats import Counters
         from runtime.metrics import new_registry
@@ -127,6 +146,9 @@ class Directord:
         self.auth = auth
         self.security = security
         self.access = access
+        self.index = index
+        self.reuse_port = reuse_port
+        self.flush_board = flush_board
         self.client: Any = None
         self.factory: Any = None
         self.ports: list[Any] = []
@@ -154,7 +176,7 @@ class Directord:
         config, dconf, r = self.config, self.config.director, self.reactor
         security = self.security or OPEN
         self.client = await BlobClient.open(config.cluster, dconf, auth=self.auth,
-                                            access=self.access)
+                                            access=self.access, flush_board=self.flush_board)
         handler = ProxyHandler(self.client, self.metrics, cache_bytes=dconf.cache_bytes,
                                config=dconf, counters=self.counters)
         # The same protocol adapter as objstored's, with directord's own limits.
@@ -164,7 +186,9 @@ class Directord:
         # connection's replies leave in one write.
         self.client.item_reads.delivery = self.factory.replies_together
         host, port = parse_hostport(dconf.listen, "director.listen")
-        if security.tls is not None:
+        if self.reuse_port:
+            self.ports.append(adopt_listener(r, host, port, self.factory, security.tls))
+        elif security.tls is not None:
             self.ports.append(r.listenSSL(port, self.factory, security.tls, interface=host,
                                           backlog=1024))
         else:
@@ -172,9 +196,11 @@ class Directord:
         if dconf.metrics_listen:
             self.ports.append(listen_metrics(r, dconf.metrics_listen, "director.metrics_listen",
                                              self.registry))
-        self.loops = start_background(self.client, r, self.jobs)
-        log.info("directord (pid %d) serving memcached clients on %s%s%s, metrics on %s; "
-                 "Redis prefix %r", os.getpid(), dconf.listen,
+        if self.index == 0:
+            self.loops = start_background(self.client, r, self.jobs)
+        log.info("directord %s(pid %d) serving memcached clients on %s%s%s, metrics on %s; "
+                 "Redis prefix %r", f"worker {self.index} " if self.reuse_port else "",
+                 os.getpid(), dconf.listen,
                  " over TLS" if security.tls is not None else "",
                  " (authenticated)" if security.auth is not None else "",
                  dconf.metrics_listen or "-", config.cluster.redis_prefix)
@@ -214,26 +240,60 @@ def _return_big_buffers() -> None:
         pass
 
 
+def worker_config(config: DirectordConfig, index: int) -> DirectordConfig:
+    """Worker ``index``'s config: its metrics on ``metrics_listen``'s port + ``index``."""
+    if not config.director.metrics_listen or index == 0:
+        return config
+    host, port = parse_hostport(config.director.metrics_listen, "director.metrics_listen")
+    address = f"[{host}]:{port + index}" if ":" in host else f"{host}:{port + index}"
+    return replace_section(config, "director", {"metrics_listen": address})
+
+
+def run_server(config: DirectordConfig, auth: RedisAuth, security: Security,
+               access: NodeAccess, *, index: int = 0, reuse_port: bool = False,
+               flush_board: FlushBoard | None = None) -> int:
+    """One serving process on its own reactor, until SIGTERM/SIGINT; its exit status."""
+    reactor = install_asyncio_reactor()
+    logs.route_twisted()
+    server = Directord(config, reactor, auth, security, access, index=index,
+                       reuse_port=reuse_port, flush_board=flush_board)
+    name = f"directord worker {index}" if reuse_port else "directord"
+    code = run_reactor(reactor, name, server.start, server.stop,
+                       unavailable=(IndexUnavailable,))
+    log.info("%s stopped", name)
+    return code
+
+
 def serve(config: DirectordConfig) -> int:
-    """Run directord until SIGTERM/SIGINT; returns the exit status.
+    """Run directord (one process, or a supervisor and its workers) until SIGTERM/SIGINT;
+    returns the exit status.
 
     :raises ConfigError: a secret, auth or TLS file is missing, malformed or (a secret)
         not private (78).
+    :raises StartError: with several workers, a port is taken (71).
     """
     from director.memcache_client import NodeAccess
     from objstore.server import Security
 
+    # Read once, before forking: every worker gets them, none reads the files again.
     auth = load_credentials(config.cluster).redis
     security = Security.load("director", config.director)
     access = NodeAccess.load(config.director)
     _return_big_buffers()
-    reactor = install_asyncio_reactor()
-    logs.route_twisted()
-    server = Directord(config, reactor, auth, security, access)
-    code = run_reactor(reactor, "directord", server.start, server.stop,
-                       unavailable=(IndexUnavailable,))
-    log.info("directord stopped")
-    return code
+    workers = config.director.workers or cpu_count()
+    if workers == 1:
+        return run_server(config, auth, security, access)
+    check_port_free(config.director.listen, "director.listen")
+    for index in range(workers):
+        metrics = worker_config(config, index).director.metrics_listen
+        if metrics:
+            check_port_free(metrics, "director.metrics_listen")
+    # Made before the fork, so every worker (a replacement too) maps the same page.
+    board = FlushBoard()
+    log.info("directord supervisor (pid %d) starting %d workers", os.getpid(), workers)
+    return supervise(workers, lambda index: run_server(
+        worker_config(config, index), auth, security, access, index=index,
+        reuse_port=True, flush_board=board), log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

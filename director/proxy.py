@@ -557,6 +557,9 @@ class ProxyHandler:
         rows += [
             ("accepting_conns", 1), ("threads", 1),
             ("item_puts", client.item_puts), ("item_gets", client.item_gets),
+            # Batches of plain-item reads (director/itemreads.py): item_gets over this is
+            # the keys a batch served, what its per-batch writes are shared by.
+            ("item_read_batches", self.client.item_reads.batches),
             ("failovers", client.failovers), ("bad_replicas", client.bad_replicas),
             ("dedup_hits", self.metrics.dedup_hits), ("cache_hits", self.metrics.cache_hits),
             ("replicas", self.config.replicas), ("write_quorum", self.config.write_quorum),

@@ -71,7 +71,8 @@ class Transaction:
 
     sender: str
     declared_size: int | None = None
-    recipients: list[tuple[str, User, str]] = field(default_factory=list)
+    #: (address, user, mailbox name, mailbox id when RCPT's lookup found it).
+    recipients: list[tuple[str, User, str, int | None]] = field(default_factory=list)
 
 
 def _parse_path(argument: str, keyword: str) -> tuple[str, str] | None:
@@ -180,29 +181,30 @@ class LMTPSession:
         if _CONTROL.search(address):  # no user is called that (NUL cannot even be looked up)
             return [f"550 5.1.1 <{_CONTROL.sub('', address)}>: no such user here"]
         try:
-            user, mailbox = await self._resolve(address)
+            user, mailbox, mailbox_id = await self._resolve(address)
         except Exception as exc:  # CancelledError is not one
             log_failure(log, exc, f"RCPT <{address}>")
             return [lmtp_reply(exc, address)]
-        self.txn.recipients.append((address, user, mailbox))
+        self.txn.recipients.append((address, user, mailbox, mailbox_id))
         return [f"250 2.1.5 <{address}> OK"]
 
-    async def _resolve(self, address: str) -> tuple[User, str]:
+    async def _resolve(self, address: str) -> tuple[User, str, int | None]:
         """The user an address names: the whole address if a user has that name,
-        else its local part; ``user+Folder@dom`` delivers to Folder if it exists."""
+        else its local part; ``user+Folder@dom`` delivers to Folder if it exists.  With
+        the mailbox's id when known (the commit then does not look it up again)."""
         local = address.rpartition("@")[0] if "@" in address else address
         name, _, detail = local.partition("+")
-        # One query for both readings; the whole address wins.
-        which, user = await self.deliverer.store.users.first_of([address, name])
+        # One query for both readings, and the INBOX's id; the whole address wins.
+        which, user, inbox = await self.deliverer.store.users.recipient([address, name])
         if which == 0:
-            return user, "INBOX"
+            return user, "INBOX", inbox
         if detail:
             try:
                 box = await self.deliverer.store.mailboxes.get(user.id, detail)
-                return user, box.name
+                return user, box.name, box.id
             except (NoSuchMailbox, InvalidName):  # no such folder: the INBOX gets it
                 pass
-        return user, "INBOX"
+        return user, "INBOX", inbox
 
     async def data(self, message: MessageData) -> list[str]:
         """Exactly one reply per accepted recipient, in RCPT order, whatever happens: the
@@ -231,25 +233,27 @@ class LMTPSession:
 
         if count == 1:
             # One recipient: its trace fields go on top before the one analysis.
-            address, user, mailbox = txn.recipients[0]
-            return [await self._deliver_one(txn, address, user, mailbox, message.data)]
+            address, user, mailbox, mailbox_id = txn.recipients[0]
+            return [await self._deliver_one(txn, address, user, mailbox, mailbox_id,
+                                            message.data)]
         # Many: the message is analysed once and its blobs stored once; each recipient's
         # trace fields change only its skeleton and header columns (a small blob each).
         try:
             base = await self.deliverer.prepare(message.data)
             copies = [await self.deliverer.prepare_with(
                           base, message.data, trace_fields(txn.sender, address, message.data))
-                      for address, _user, _box in txn.recipients]
+                      for address, _user, _box, _id in txn.recipients]
             await self.deliverer.upload_many(copies)
         except Exception as exc:  # the same for every recipient: nothing stored for any
             log_failure(log, exc, "LMTP DATA")
-            return [lmtp_reply(exc, address) for address, _u, _b in txn.recipients]
+            return [lmtp_reply(exc, address) for address, _u, _b, _i in txn.recipients]
         return list(await asyncio.gather(*(
-            self._commit_one(address, user, mailbox, copy)
-            for (address, user, mailbox), copy in zip(txn.recipients, copies, strict=True))))
+            self._commit_one(address, user, mailbox, mailbox_id, copy)
+            for (address, user, mailbox, mailbox_id), copy
+            in zip(txn.recipients, copies, strict=True))))
 
     async def _deliver_one(self, txn: Transaction, address: str, user: User, mailbox: str,
-                           data: bytes) -> str:
+                           mailbox_id: int | None, data: bytes) -> str:
         """The reply to the only recipient: analyse, store, commit."""
         try:
             prepared = await self.deliverer.prepare(
@@ -258,13 +262,14 @@ class LMTPSession:
         except Exception as exc:
             log_failure(log, exc, f"delivery to <{address}>")
             return lmtp_reply(exc, address)
-        return await self._commit_one(address, user, mailbox, prepared)
+        return await self._commit_one(address, user, mailbox, mailbox_id, prepared)
 
     async def _commit_one(self, address: str, user: User, mailbox: str,
-                          prepared: PreparedMessage) -> str:
+                          mailbox_id: int | None, prepared: PreparedMessage) -> str:
         """One recipient's own transaction and reply: its failure is only its own."""
         try:
-            done = await self.deliverer.commit(user, prepared, mailbox=mailbox)
+            done = await self.deliverer.commit(user, prepared, mailbox=mailbox,
+                                               mailbox_id=mailbox_id)
         except Exception as exc:
             log_failure(log, exc, f"delivery to <{address}>")
             return lmtp_reply(exc, address)

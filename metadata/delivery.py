@@ -270,29 +270,36 @@ class Deliverer:
 
     async def commit(self, user: User, prepared: PreparedMessage, *, mailbox: str = "INBOX",
                      flags: Iterable[str] = (), internaldate: dt.datetime | None = None,
-                     box: Mailbox | None = None) -> Delivered:
+                     box: Mailbox | None = None, mailbox_id: int | None = None) -> Delivered:
         """Insert the message for ``user`` in one transaction (blobs already stored).
 
         :param box: the row of ``mailbox`` when the caller has just read it (saves a
             query; the insert itself refuses a mailbox deleted meanwhile).
+        :param mailbox_id: or only its id (``mailbox`` then being its name), as LMTP's
+            recipient lookup found it.
         """
         (done,) = await self.commit_many(user, [(prepared, flags, internaldate)],
-                                         mailbox=mailbox, box=box)
+                                         mailbox=mailbox, box=box, mailbox_id=mailbox_id)
         return done
 
     async def commit_many(self, user: User,
                           messages: Sequence[tuple[PreparedMessage, Iterable[str],
                                                    dt.datetime | None]], *,
                           mailbox: str = "INBOX", box: Mailbox | None = None,
-                          ) -> list[Delivered]:
+                          mailbox_id: int | None = None) -> list[Delivered]:
         """Insert several ``(prepared, flags, internaldate)`` messages (blobs already
         stored) in one transaction, with consecutive UIDs in this order: all or none.
 
         :raises director.errors.BlobUnavailable: gc collected some of their blobs while
             they waited to commit; nothing was committed (a temporary failure).
         """
-        if box is None:
-            box = await self.store.mailboxes.get(user.id, mailbox)
+        if box is not None:
+            box_id, box_name = box.id, box.name
+        elif mailbox_id is not None:
+            box_id, box_name = mailbox_id, mailbox
+        else:
+            found = await self.store.mailboxes.get(user.id, mailbox)
+            box_id, box_name = found.id, found.name
         now = dt.datetime.now(dt.UTC)
         ids = {b for prepared, _f, _w in messages
                for b in (prepared.row.skeleton_id, *prepared.blob_ids)}
@@ -302,10 +309,10 @@ class Deliverer:
         async def fence() -> None:
             await self.blobs.check_kept(ids, oldest)
 
-        appended = await self.store.messages.insert_many(user.id, box.id, [
+        appended = await self.store.messages.insert_many(user.id, box_id, [
             NewMessage(prepared.row, prepared.blob_ids, when or now, Flags.from_names(flags))
             for prepared, flags, when in messages], before_commit=fence)
-        return [Delivered(user.name, box.name, box.id, a.uidvalidity, a.uid, a.message_id,
+        return [Delivered(user.name, box_name, box_id, a.uidvalidity, a.uid, a.message_id,
                           prepared.row.size, a.modseq)
                 for a, (prepared, _f, _w) in zip(appended, messages, strict=True)]
 

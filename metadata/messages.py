@@ -1,9 +1,10 @@
 """Messages in mailboxes: delivery, FETCH rows, STORE, COPY/MOVE, EXPUNGE, SEARCH.
 
-Theory of operation.  A delivery inserts the ``messages`` row and its ``message_blobs``
-references first (new rows: nobody else can be waiting on them), then takes the next UID with
-``UPDATE mailboxes SET uidnext = uidnext + 1 ... RETURNING``, inserts the mailbox entry,
-charges the user's quota and queues a notification, all in one transaction.  The
+Theory of operation.  A delivery (or an import's batch) is one statement that inserts the
+``messages`` rows and their ``message_blobs`` references (new rows: nobody else can be
+waiting on them), takes the next UIDs with ``UPDATE mailboxes SET uidnext = uidnext + n ...
+RETURNING`` and inserts the mailbox entries; a second one charges the user's quota and
+queues a notification; all in one transaction.  The
 ``UPDATE`` holds the mailbox row lock until commit, so concurrent deliveries to one mailbox
 get strictly increasing UIDs *and commit in UID order*: a session that has seen UID n never
 sees a smaller UID appear later.  A rolled-back delivery hands its UID back unobserved.
@@ -152,20 +153,63 @@ class NewMessage:
     flags: Flags = NO_FLAGS
 
 
-_INSERT_MESSAGE = (
-    "INSERT INTO messages (user_id, skeleton_id, size, sent_at, sent_date, "
-    "search_subject, search_from, search_to, search_cc, search_bcc, "
-    "message_id_header, header_fields, header_block, envelope, bodystructure, "
-    "body, section_map, search_header, search_body, sort_subject, sort_reply, sort_from, "
-    "sort_to, sort_cc, display_from, display_to, thread_message_id, thread_references) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13, $14, $15, $16, "
-    "$17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28) RETURNING id")
+def _add_keywords(param: str) -> str:
+    """SQL setting a mailbox row's ``keywords`` with the text array ``param`` added (those
+    it lacks, in order): the mailbox's keyword list only grows."""
+    return (f"keywords = keywords || ARRAY(SELECT k FROM unnest({param}::text[]) WITH ORDINALITY "
+            "AS t(k, n) WHERE k <> ALL (keywords) ORDER BY n)")
 
 
-#: The message row and its blob references ($29: the blob ids) in one statement.
-_INSERT_MESSAGE_WITH_BLOBS = (
-    f"WITH m AS ({_INSERT_MESSAGE}), b AS (INSERT INTO message_blobs (user_id, message_id, "
-    "blob_id) SELECT $1, m.id, x FROM m, unnest($29::text[]) AS x) SELECT id FROM m")
+#: The columns :func:`_message_values` gives, after the user, in its order.
+_ROW_COLUMNS = (
+    "skeleton_id, size, sent_at, sent_date, search_subject, search_from, search_to, "
+    "search_cc, search_bcc, message_id_header, header_fields, header_block, envelope, "
+    "bodystructure, body, section_map, search_header, search_body, sort_subject, "
+    "sort_reply, sort_from, sort_to, sort_cc, display_from, display_to, "
+    "thread_message_id, thread_references")
+
+#: A delivery's or an import batch's whole write but the quota in one statement (one
+#: round trip whatever the batch): the message rows, their blob references, the next
+#: UIDs and one mod-sequence from the mailbox row, and the entries at those UIDs.
+#: $1 user; $2..$28 the rows' columns as arrays (:data:`_ROW_COLUMNS`; header fields and
+#: thread references as JSON text: an array of arrays must be rectangular); $29, $30 the
+#: references as pairs of a row's position from 1 and a blob id; $31 the mailbox, $32 the
+#: last UID, $33 how many, $34 keywords new to the mailbox; $35..$39 each entry's flag
+#: bits, keywords (JSON arrays), INTERNALDATE, its offset, size.  The ids are drawn first,
+#: in the rows' order, so that the references and entries can name them.  Always one
+#: row: the ids, and the allocation (NULL when the mailbox is gone, \Noselect or out of
+#: UIDs; the caller then rolls back).
+_INSERT_AND_ENTER = (
+    "WITH src AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence('messages', 'id')) "
+    "AS id, t.* FROM unnest($2::text[], $3::bigint[], $4::timestamptz[], $5::date[], "
+    "$6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], "
+    "$12::text[], $13::bytea[], $14::bytea[], $15::bytea[], $16::bytea[], $17::bytea[], "
+    "$18::text[], $19::text[], $20::text[], $21::boolean[], $22::text[], $23::text[], "
+    "$24::text[], $25::text[], $26::text[], $27::text[], $28::text[]) WITH ORDINALITY "
+    f"AS t({_ROW_COLUMNS}, n)), "
+    f"m AS (INSERT INTO messages (user_id, id, {_ROW_COLUMNS}) "
+    "SELECT $1, id, skeleton_id, size, sent_at, sent_date, search_subject, search_from, "
+    "search_to, search_cc, search_bcc, message_id_header, header_fields::jsonb, "
+    "header_block, envelope, bodystructure, body, section_map, search_header, search_body, "
+    "sort_subject, sort_reply, sort_from, sort_to, sort_cc, display_from, display_to, "
+    "thread_message_id, ARRAY(SELECT r FROM jsonb_array_elements_text("
+    "thread_references::jsonb) WITH ORDINALITY AS j(r, i) ORDER BY i) FROM src), "
+    "b AS (INSERT INTO message_blobs (user_id, message_id, blob_id) SELECT $1, src.id, x.blob "
+    "FROM unnest($29::bigint[], $30::text[]) AS x(n, blob) JOIN src ON src.n = x.n), "
+    "a AS (UPDATE mailboxes SET uidnext = uidnext + $33, "
+    f"highestmodseq = highestmodseq + 1, {_add_keywords('$34')} "
+    "WHERE user_id = $1 AND id = $31 AND NOT noselect AND uidnext + $33 - 1 <= $32 "
+    "RETURNING uidnext - $33 AS first_uid, highestmodseq, uidvalidity), "
+    "e AS (INSERT INTO mailbox_messages (user_id, mailbox_id, uid, message_id, flags, "
+    "keywords, modseq, internaldate, internaldate_offset, size) "
+    "SELECT $1, $31, a.first_uid + t.n - 1, src.id, t.flags, "
+    "ARRAY(SELECT k FROM jsonb_array_elements_text(t.kw::jsonb) WITH ORDINALITY "
+    "AS j(k, i) ORDER BY i), a.highestmodseq, t.idate, t.off, t.size "
+    "FROM a, unnest($35::integer[], $36::text[], $37::timestamptz[], $38::smallint[], "
+    "$39::bigint[]) WITH ORDINALITY AS t(flags, kw, idate, off, size, n) "
+    "JOIN src ON src.n = t.n) "
+    "SELECT (SELECT array_agg(id ORDER BY n) FROM src) AS ids, a.first_uid, "
+    "a.highestmodseq, a.uidvalidity FROM (SELECT) AS one LEFT JOIN a ON true")
 
 _SORT_COLUMNS = ("m.sort_subject, m.sort_reply, m.sort_from, m.sort_to, m.sort_cc, "
                  "m.display_from, m.display_to, m.thread_message_id, m.thread_references")
@@ -203,7 +247,7 @@ def sort_values(keys: SortKeys) -> tuple[object, ...]:
 
 
 def _message_values(user_id: int, row: MessageRow) -> tuple[object, ...]:
-    """The parameters of :data:`_INSERT_MESSAGE` for ``row`` (casefolded search text)."""
+    """The user, then ``row``'s :data:`_ROW_COLUMNS` values (casefolded search text)."""
     header_text = _header_text(row)
     header_fields = "[]" if _lines_hold_fields(row, header_text) else json.dumps(
         [[_clean(name, 200).lower(), _fold(value)] for name, value in row.headers])
@@ -336,32 +380,6 @@ async def remove_entries(conn: asyncpg.Connection, user_id: int, mailbox_id: int
     return Expunged(tuple(removed), modseq)
 
 
-def _add_keywords(param: str) -> str:
-    """SQL setting a mailbox row's ``keywords`` with the text array ``param`` added (those
-    it lacks, in order): the mailbox's keyword list only grows."""
-    return (f"keywords = keywords || ARRAY(SELECT k FROM unnest({param}::text[]) WITH ORDINALITY "
-            "AS t(k, n) WHERE k <> ALL (keywords) ORDER BY n)")
-
-
-#: The next ``$4`` UIDs and one mod-sequence from the mailbox row (none when it is gone,
-#: \Noselect or out of UIDs), and the entries at those UIDs, in one statement: message
-#: ids ($6), flag bits ($7), keywords as JSON arrays ($8), INTERNALDATEs ($9), their
-#: offsets ($10) and sizes ($11), in UID order.
-_ALLOCATE_AND_ENTER = (
-    "WITH a AS (UPDATE mailboxes SET uidnext = uidnext + $4, "
-    f"highestmodseq = highestmodseq + 1, {_add_keywords('$5')} "
-    "WHERE user_id = $1 AND id = $2 AND NOT noselect AND uidnext + $4 - 1 <= $3 "
-    "RETURNING uidnext - $4 AS first_uid, highestmodseq, uidvalidity), "
-    "e AS (INSERT INTO mailbox_messages (user_id, mailbox_id, uid, message_id, flags, "
-    "keywords, modseq, internaldate, internaldate_offset, size) "
-    "SELECT $1, $2, a.first_uid + t.n - 1, t.mid, t.flags, "
-    "ARRAY(SELECT k FROM jsonb_array_elements_text(t.kw::jsonb) WITH ORDINALITY "
-    "AS j(k, i) ORDER BY i), a.highestmodseq, t.idate, t.off, t.size "
-    "FROM a, unnest($6::bigint[], $7::integer[], $8::text[], $9::timestamptz[], "
-    "$10::smallint[], $11::bigint[]) WITH ORDINALITY AS t(mid, flags, kw, idate, off, size, n)) "
-    "SELECT first_uid, highestmodseq, uidvalidity FROM a")
-
-
 def _header_text(row: MessageRow) -> str:
     return "\n".join(f"{name}: {value}" for name, value in row.headers)
 
@@ -424,23 +442,26 @@ class Messages:
                 if not BLOB_ID.match(blob):
                     raise ValueError(f"blob id is not a lowercase hex SHA-256: {blob!r}")
             blob_lists.append(blobs)
-        # Five round trips whatever the batch: BEGIN, one statement per message (its row
-        # and its blob references), one for the UIDs and the entries, one for the quota
-        # and the notification, COMMIT.
+        # Four round trips whatever the batch: BEGIN, one statement for the rows, their
+        # references, the UIDs and the entries, one for the quota and the notification,
+        # COMMIT.  The mailbox row is locked in that statement and held until commit.
+        values = [_message_values(user_id, m.row) for m in new]
+        keywords = dict.fromkeys(k for m in new for k in m.flags.keywords)
         async with self.db.transaction() as conn:
-            message_ids = [await conn.fetchval(_INSERT_MESSAGE_WITH_BLOBS,
-                                               *_message_values(user_id, m.row), blobs)
-                           for m, blobs in zip(new, blob_lists, strict=True)]
-            # The mailbox lock is taken as late as possible: it is held until commit.
-            keywords = dict.fromkeys(k for m in new for k in m.flags.keywords)
             alloc = await conn.fetchrow(
-                _ALLOCATE_AND_ENTER, user_id, mailbox_id, MAX_UID, len(new), list(keywords),
-                message_ids, [m.flags.system for m in new],
+                _INSERT_AND_ENTER, user_id,
+                *([v[i] for v in values] for i in range(1, 27)),
+                [json.dumps(v[27]) for v in values],
+                [n for n, blobs in enumerate(blob_lists, 1) for _b in blobs],
+                [b for blobs in blob_lists for b in blobs],
+                mailbox_id, MAX_UID, len(new), list(keywords),
+                [m.flags.system for m in new],
                 [json.dumps(list(m.flags.keywords)) for m in new],
                 [m.internaldate for m in new], [_offset_minutes(m.internaldate) for m in new],
                 [m.row.size for m in new])
-            if alloc is None:
+            if alloc["first_uid"] is None:
                 await self._explain_no_uid(conn, user_id, mailbox_id)
+            message_ids = alloc["ids"]
             first, modseq = alloc["first_uid"], alloc["highestmodseq"]
             await charge(conn, user_id, sum(m.row.size for m in new), len(new),
                          notify=Change(user_id, "append", mailbox_id,

@@ -16,6 +16,7 @@ import asyncpg
 from metadata.db import Database
 from metadata.errors import InvalidName, InvalidPassword, NoSuchUser, UserExists
 from metadata.mailboxes import create_defaults
+from metadata.mailboxnames import INBOX
 from metadata.notify import Change, publish
 from metadata.passwords import (
     DEFAULT_PARAMS,
@@ -36,6 +37,10 @@ _USER_NAME = re.compile(r"[^\x00-\x20\x7f\s]+\Z")
 _SELECT = ("SELECT u.id, u.name, u.created_at, g.quota_bytes, g.used_bytes, g.message_count, "
            "g.quota_messages FROM users u JOIN user_usage g ON g.user_id = u.id")
 
+
+#: What :meth:`Users.recipient` reads besides the user ($2: INBOX's name).
+_RECIPIENT_COLUMNS = ("SELECT c.n, (SELECT mb.id FROM mailboxes mb WHERE mb.user_id = u.id "
+                      "AND mb.name = $2 AND NOT mb.noselect) AS inbox_id, ")
 
 _SELECT_WITH_HASH = _SELECT.replace("SELECT u.id,", "SELECT u.password_hash, u.id,", 1)
 
@@ -125,18 +130,27 @@ class Users:
 
         :raises NoSuchUser: none of them does.
         """
+        which, user, _inbox = await self.recipient(names)
+        return which, user
+
+    async def recipient(self, names: Sequence[str]) -> tuple[int, User, int | None]:
+        """:meth:`first_of`, with the id of the user's INBOX (None if not selectable) from
+        the same query: an LMTP delivery to the INBOX then needs no mailbox lookup.
+
+        :raises NoSuchUser: none of ``names`` names a user.
+        """
         # PostgreSQL text cannot hold NUL: no user is called that.
         wanted = [("" if "\x00" in n else n) for n in names]
         row = None
         if any(wanted):
             async with self.db.connection() as conn:
                 row = await conn.fetchrow(
-                    f"{_SELECT.replace('SELECT ', 'SELECT c.n, ', 1)} "
+                    f"{_SELECT.replace('SELECT ', _RECIPIENT_COLUMNS, 1)} "
                     "JOIN unnest($1::text[]) WITH ORDINALITY AS c(name, n) "
-                    "ON lower(u.name) = lower(c.name) ORDER BY c.n LIMIT 1", wanted)
+                    "ON lower(u.name) = lower(c.name) ORDER BY c.n LIMIT 1", wanted, INBOX)
         if row is None:
             raise NoSuchUser(f"no user {' or '.join(map(repr, names))}")
-        return row["n"] - 1, _user(row)
+        return row["n"] - 1, _user(row), row["inbox_id"]
 
     async def get_by_id(self, user_id: int) -> User:
         """:raises NoSuchUser: there is none."""

@@ -58,6 +58,7 @@ from runtime.secrets import (
     read_authfile,
     write_secret,
 )
+from runtime.workers import cpu_count
 
 #: First line of the config ``dev up`` writes (``objmail dev`` knows its run dir by it).
 DEV_CONFIG_HEADER = "# Written by `objmail dev up`"
@@ -589,12 +590,15 @@ class DevCluster:
     def directord_spec(self, host: str, port: int, *, name: str = "directord",
                        config_path: Path | None = None) -> ProcessSpec:
         """The memcached proxy; ready when it answers ``version`` (it opens its port only
-        once Redis Cluster is reachable)."""
+        once Redis Cluster is reachable).  With ``director.workers`` above 1 every
+        worker's metrics port (``metrics_listen``'s + its index) must be free too."""
         argv = [sys.executable, "-m", "director.main", "--config",
                 str(config_path or self.config_path), "--listen", f"{host}:{port}"]
         ports = [port]
         if self.config.director.metrics_listen:
-            ports.append(parse_hostport(self.config.director.metrics_listen)[1])
+            metrics = parse_hostport(self.config.director.metrics_listen)[1]
+            workers = self.config.director.workers or cpu_count()
+            ports += [metrics + i for i in range(workers)]
         return ProcessSpec(name, "directord", tuple(argv), tuple(ports),
                            memcache_version_probe(host, port, self.directord_access),
                            host=host, cwd=self.source_root, ready_timeout=60)

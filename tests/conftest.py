@@ -226,7 +226,8 @@ def make_test_config(rng: random.Random | None = None) -> Config:
     def free() -> str:
         return f"127.0.0.1:{next(ports)}"
 
-    director = DirectorConfig(listen=free(), metrics_listen=free())
+    # One directord process: tests read its metrics, logs and stats.
+    director = DirectorConfig(listen=free(), metrics_listen=free(), workers=1)
     imapd = ImapdConfig(imap_listen=free(), imaps_listen=free(), pop3_listen=free(),
                         lmtp_listen=free(), metrics_listen=free(), login_delay=0.2,
                         workers=1)  # one process: tests read its metrics and logs

@@ -98,7 +98,7 @@ def private_config(redis: RunningRedis, objstores: int, **director: Any) -> Conf
         director=dataclasses.replace(
             DirectorConfig(listen=f"127.0.0.1:{director_base}",
                            metrics_listen=f"127.0.0.1:{director_base + 1}",
-                           index_buckets=1024), **director))
+                           index_buckets=1024, workers=1), **director))
 
 
 @contextlib.contextmanager

@@ -237,17 +237,19 @@ def lmtp(stack: MailStack, recipient: str) -> LMTPSession:
     return session
 
 
-async def commit_waiting(dsn: str, user_id: int) -> None:
-    """Return once a transaction waits for a lock on one of the user's mailbox rows."""
+async def commit_waiting(dsn: str, locker_pid: int) -> None:
+    """Return once a transaction waits for a lock the backend ``locker_pid`` holds (the
+    recipient's mailbox row): found by who blocks it, not by its statement's text, which
+    pg_stat_activity cuts at track_activity_query_size."""
     conn = await asyncpg.connect(dsn)
     try:
         for _ in range(400):
             if await conn.fetchval(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND query LIKE '%UPDATE mailboxes SET uidnext%'"):
+                    "AND $1 = ANY (pg_blocking_pids(pid))", locker_pid):
                 return
             await asyncio.sleep(0.05)
-        raise AssertionError(f"no delivery of user {user_id} waits for its mailbox")
+        raise AssertionError(f"no delivery waits for the lock backend {locker_pid} holds")
     finally:
         await conn.close()
 
@@ -268,7 +270,8 @@ def race_gc(stack: MailStack, raw: bytes, recipient: str, user_id: int, *,
             await locker.execute("SELECT 1 FROM mailboxes WHERE user_id = $1 "
                                  "AND name = 'INBOX' FOR UPDATE", user_id)
             delivery = asyncio.ensure_future(session.data(MessageData(raw, len(raw))))
-            await commit_waiting(dsn, user_id)  # uploaded; its commit waits for the lock
+            # Uploaded; its commit waits for the lock.
+            await commit_waiting(dsn, locker.get_server_pid())
             stats = await collector(stack).run_once()
             if meanwhile is not None:
                 await stack.deliverer.deliver(other, meanwhile)

@@ -48,12 +48,30 @@ def test_cli_errors_name_the_key(tmp_path: Path) -> None:
     assert bad.returncode == 78 and b"director.listen" in bad.stderr
     bad = run_directord(["--config", str(cfg), "--metrics-listen", "x:99999"])
     assert bad.returncode == 78 and b"director.metrics_listen" in bad.stderr
+    bad = run_directord(["--config", str(cfg), "--workers", "65"])
+    assert bad.returncode == 78 and b"director.workers" in bad.stderr
     cfg.write_text("[director]\nreplicas = 0\n")
     bad = run_directord(["--config", str(cfg), "--log-format", "json"])
     (line,) = bad.stderr.decode().splitlines()
     fields = json.loads(line)
     assert bad.returncode == 78 and list(fields) == ["ts", "level", "logger", "pid", "msg"]
     assert fields["level"] == "error" and "director.replicas" in fields["msg"]
+
+
+@pytest.mark.system
+def test_workers_refuse_a_taken_port(tmp_path: Path) -> None:
+    """With several workers the supervisor checks the port before forking (SO_REUSEPORT
+    would share it with a stranger): a taken port exits 71, naming the key."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'[director]\nlisten = "127.0.0.1:{port}"\nmetrics_listen = ""\n'
+                       'allow_plaintext = true\n')
+        result = run_directord(["--config", str(cfg), "--workers", "2"])
+    assert result.returncode == 71, result.stderr[-2000:]
+    assert b"director.listen" in result.stderr
 
 
 @pytest.mark.system

@@ -343,8 +343,8 @@ def test_flush_all_hides_items_through_every_directord(
 
 
 def test_stats_are_directords_own_counters(address: tuple[str, int]) -> None:
-    """stats answers directord's counters (gets, hits, misses, sets, connections),
-    stats settings its limits, stats reset zeroes the counters."""
+    """stats answers directord's counters (gets, hits, misses, sets, connections, read
+    batches), stats settings its limits, stats reset zeroes the counters."""
     mc = client(address)
     before = mc.stats()
     key = unique("stats")
@@ -358,6 +358,9 @@ def test_stats_are_directords_own_counters(address: tuple[str, int]) -> None:
     assert after[b"get_hits"] - before[b"get_hits"] == 1
     assert after[b"get_misses"] - before[b"get_misses"] == 1
     assert after[b"cmd_set"] - before[b"cmd_set"] == 1
+    # Two gets one at a time: two read batches, each of one key.
+    assert after[b"item_read_batches"] - before[b"item_read_batches"] == 2
+    assert after[b"item_gets"] - before[b"item_gets"] == 2
     settings = mc.stats("settings")
     assert settings[b"flush_enabled"] == b"yes" and settings[b"cas_enabled"] == b"yes"
     assert settings[b"item_size_max"] == 1024 * 1024

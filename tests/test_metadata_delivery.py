@@ -114,6 +114,22 @@ def test_delivery_to_another_mailbox_with_flags(stack: MailStack) -> None:
     assert entry.internaldate == when
 
 
+def test_commit_by_mailbox_id_refuses_a_mailbox_deleted_meanwhile(stack: MailStack) -> None:
+    """A commit given the mailbox's id (LMTP found it at RCPT) lands there without a
+    lookup; when that mailbox was deleted since, it is refused and nothing stays."""
+    user = stack.new_user("byid")
+    box = stack.run(stack.store.mailboxes.create(user.id, "Later"))
+    prepared = stack.run(stack.deliverer.prepare(b"Subject: id\r\n\r\nhi\r\n"))
+    stack.run(stack.deliverer.upload(prepared))
+    done = stack.run(stack.deliverer.commit(user, prepared, mailbox="Later",
+                                            mailbox_id=box.id))
+    assert (done.mailbox, done.mailbox_id, done.uid) == ("Later", box.id, 1)
+    stack.run(stack.store.mailboxes.delete(user.id, "Later"))
+    with pytest.raises(NoSuchMailbox):
+        stack.run(stack.deliverer.commit(user, prepared, mailbox="Later", mailbox_id=box.id))
+    assert stack.run(stack.store.users.get_by_id(user.id)).message_count == 0
+
+
 def test_no_object_servers_means_nothing_visible(stack: MailStack) -> None:
     """When no object server can take the blobs, delivery fails and nothing is visible."""
     user = stack.new_user("down")

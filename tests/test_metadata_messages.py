@@ -627,6 +627,66 @@ def test_insert_many_is_one_transaction_with_consecutive_uids(dsn: str) -> None:
     asyncio.run(run())
 
 
+_BATCH_SOURCES = (
+    b"From: =?utf-8?q?J=C3=B6rg?= <j@example.org>\r\nTo: a@example.org, b@example.org\r\n"
+    b"Subject: Re: [list] =?utf-8?b?w6TDtsO8?=\r\nDate: Tue, 1 Feb 2022 10:00:00 +0100\r\n"
+    b"Message-ID: <m1@example.org>\r\nReferences: <r1@x> <r2@x>\r\n  <r3@x>\r\n\r\n"
+    b"Hello \xc3\xa4 body text\r\n",
+    # No Date, no Message-ID, a decoded value with a line break (header_fields kept).
+    b"Subject: =?utf-8?q?two=0Alines?=\r\nX-\xc3\xa4: v\r\n\r\nplain\r\n",
+    b"From: x@example.org\r\nIn-Reply-To: <p@x>\r\nContent-Type: multipart/mixed; "
+    b"boundary=b\r\n\r\n--b\r\nContent-Type: text/html\r\n\r\n<p>Hi &amp; bye</p>\r\n"
+    b"--b\r\nContent-Type: application/octet-stream\r\n\r\nxyz\r\n--b--\r\n",
+)
+
+
+def test_insert_many_stores_rows_as_single_inserts_do(dsn: str) -> None:
+    """A batch's rows (one statement for all of them) hold exactly what inserting each
+    message alone stores: every column, the thread references in order, the blob
+    references of each message."""
+    from metadata.delivery import prepare
+
+    rows = [prepare(raw, 4096).row for raw in _BATCH_SOURCES]
+    blob_sets = [(blob("s1"), blob("s2")), (), (blob("s2"),)]
+    columns = ("skeleton_id, size, sent_at, sent_date, search_subject, search_from, "
+               "search_to, search_cc, search_bcc, message_id_header, header_fields, "
+               "header_block, envelope, bodystructure, body, section_map, search_header, "
+               "search_body, sort_subject, sort_reply, sort_from, sort_to, sort_cc, "
+               "display_from, display_to, thread_message_id, thread_references")
+
+    async def stored(user_id: int, message_ids: list[int]) -> list[tuple[object, ...]]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            out = []
+            for mid in message_ids:
+                row = await conn.fetchrow(f"SELECT {columns} FROM messages "
+                                          "WHERE user_id = $1 AND id = $2", user_id, mid)
+                refs = await conn.fetch("SELECT blob_id FROM message_blobs WHERE user_id = $1 "
+                                        "AND message_id = $2 ORDER BY blob_id", user_id, mid)
+                out.append((*row.values(), [r["blob_id"] for r in refs]))
+            return out
+        finally:
+            await conn.close()
+
+    async def run() -> None:
+        async with opened(dsn) as store:
+            one, one_inbox = await new_user(store, "rows1")
+            many, many_inbox = await new_user(store, "rowsn")
+            singles = [await store.messages.insert(one.id, one_inbox, row, blobs,
+                                                   internaldate=NOW)
+                       for row, blobs in zip(rows, blob_sets, strict=True)]
+            batch = await store.messages.insert_many(many.id, many_inbox, [
+                NewMessage(row, blobs, NOW) for row, blobs in zip(rows, blob_sets, strict=True)])
+            alone = await stored(one.id, [a.message_id for a in singles])
+            together = await stored(many.id, [a.message_id for a in batch])
+            assert together == alone
+            assert together[0][26] == ["r1@x", "r2@x", "r3@x"]
+            assert together[1][10] != "[]"  # kept: a decoded value has a line break
+            assert [a.uid for a in batch] == [1, 2, 3]
+
+    asyncio.run(run())
+
+
 def test_claim_recent_gives_each_message_to_one_session(dsn: str) -> None:
     """\\Recent goes to the first session that claims it; later claims get only newer
     messages."""

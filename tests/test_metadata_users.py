@@ -202,6 +202,31 @@ def test_a_verified_password_skips_scrypt_until_it_changes(dsn: str) -> None:
     asyncio.run(run())
 
 
+def test_recipient_gives_the_inbox_id_with_the_user(dsn: str) -> None:
+    """``recipient`` is ``first_of`` plus the user's INBOX id from the same query: each
+    user's own INBOX, the one ``mailboxes.get`` finds; none when it is ``\\Noselect``."""
+    async def go() -> None:
+        async with opened(dsn) as store:
+            one = await store.users.create("rcpt1", "secret")
+            two = await store.users.create("rcpt2", "secret")
+            for user, names in ((one, ["RCPT1@example.org", "rcpt1"]),
+                                (two, ["rcpt2@example.org", "rcpt2"])):
+                which, found, inbox = await store.users.recipient(names)
+                assert (which, found.id) == (1, user.id)
+                assert inbox == (await store.mailboxes.get(user.id, "INBOX")).id
+            conn = await asyncpg.connect(dsn)
+            try:
+                await conn.execute("UPDATE mailboxes SET noselect = true WHERE user_id = $1 "
+                                   "AND name = 'INBOX'", two.id)
+            finally:
+                await conn.close()
+            assert (await store.users.recipient(["rcpt2"]))[2] is None
+            with pytest.raises(NoSuchUser):
+                await store.users.recipient(["nobody"])
+
+    asyncio.run(go())
+
+
 def test_first_of_prefers_the_earlier_name(dsn: str) -> None:
     """``first_of`` answers the first candidate that names a user (any case), with its
     index; a NUL or no match at all is NoSuchUser."""

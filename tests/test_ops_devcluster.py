@@ -237,6 +237,22 @@ def test_dev_objstores_get_their_own_metrics_ports(tmp_path: Path) -> None:
     assert special.ports == (1,)
 
 
+def test_dev_directord_checks_every_workers_metrics_port(tmp_path: Path) -> None:
+    """directord's spec claims its port and, per worker, metrics_listen's port + its
+    index (9101 alone with the default one worker; 9101..9103 with three)."""
+    import dataclasses
+
+    from ops.config import Config
+
+    cluster = DevCluster(Config(), tmp_path, DevOptions(objstore_count=3))
+    assert cluster.spec("directord").ports == (11311, 9101)
+    config = Config()
+    config = dataclasses.replace(config, director=dataclasses.replace(config.director,
+                                                                      workers=3))
+    spec = DevCluster(config, tmp_path, DevOptions(objstore_count=3)).spec("directord")
+    assert spec.ports == (11311, 9101, 9102, 9103)
+
+
 def test_daemons_run_the_source_tree_they_are_given(tmp_path: Path) -> None:
     """Every Python daemon starts in ``DevOptions.source_root`` (``python -m`` puts its
     working directory ahead of ``PYTHONPATH``, so that is the code it runs), and in this

@@ -25,7 +25,7 @@ Usage::
 
     python -m ops.bench.director_bench [--seconds 4] [--reps 3] [--sizes 4096,262144]
         [--depths 1] [--ops get,set] [--conns 50] [--targets objstored,directord,library]
-        [--compare-code DIR] [--json results.json]
+        [--compare-code DIR] [--director-workers 1,2] [--json results.json]
 
 ``--depths 1,16`` runs mcload with that many requests in flight per connection
 (pipelining) against direct objstored and directord.  For each (size, op, depth) the reps
@@ -34,6 +34,11 @@ process used per operation is reported too (µs of user+system time per op).
 ``--compare-code DIR`` also starts a directord from another source tree (an older commit,
 unpacked with ``git archive``) on the same cluster and measures it in the same
 alternation, so before and after are compared on the same machine load.
+``--director-workers 1,2`` runs the cluster's directord with the first count of worker
+processes (``director.workers``) and starts one more directord of this tree for each
+further count, named ``directord-w<N>``, on the same cluster and in the same alternation;
+their CPU is the supervisor's and its workers'.  The load average (1 min) is read before
+every rep and printed.
 
 The machine has two cores shared by every process above and the load generator.
 """
@@ -51,13 +56,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from director.client import BlobClient
 from ops.bench.common import free_block, human, markdown_table, median_run, wait_for_port
-from ops.bench.objstore_bench import build_mcload, keys_for, run_mcload, warm
+from ops.bench.objstore_bench import build_mcload, children, keys_for, run_mcload, warm
 from ops.config import ClusterConfig, Config, DirectorConfig, ObjstoreConfig, parse_hostport
 from ops.devcluster import DevCluster, DevOptions
 from runtime.secrets import RedisAuth
@@ -152,14 +158,20 @@ async def library_run(config: Config, auth: RedisAuth, op: str, size: int, conns
 BEFORE = "directord-before"
 
 
-def start_directord(tree: Path, cluster: DevCluster, port: int, work: Path
+def start_directord(tree: Path, cluster: DevCluster, port: int, work: Path,
+                    name: str = BEFORE, workers: int | None = None
                     ) -> subprocess.Popen[bytes]:
-    """A directord of the source tree ``tree`` on ``port`` (metrics on the next one), with
-    the cluster's configuration: the same Redis, object servers and credentials."""
-    log = open(work / "directord-before.log", "wb")  # noqa: SIM115 (closed with the dir)
+    """A directord of the source tree ``tree`` on ``port`` (metrics on the next ones),
+    with the cluster's configuration: the same Redis, object servers and credentials.
+
+    :param workers: its worker processes (``--workers``); None: the config's.
+    """
+    log = open(work / f"{name}.log", "wb")  # noqa: SIM115 (closed with the dir)
+    extra = ["--workers", str(workers)] if workers is not None else []
     proc = subprocess.Popen(
         [sys.executable, "-m", "director.main", "--config", str(cluster.config_path),
-         "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{port + 1}"],
+         "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{port + 1}",
+         *extra],
         cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, stdout=log, stderr=log)
     try:
         wait_for_port(port, timeout=60)
@@ -189,8 +201,9 @@ def median(results: list[Result]) -> Result:
 
 
 def depth_table(results: dict[tuple[str, str, int, int], Result], sizes: list[int],
-                depths: list[int], other: str | None = None) -> str:
-    """direct objstored against directord for every size and pipeline depth."""
+                depths: list[int], others: Sequence[str] = (), name: str = "directord"
+                ) -> str:
+    """direct objstored against directord (and ``others``) for every size and depth."""
     def cell(r: Result | None) -> str:
         if r is None:
             return "-"
@@ -209,13 +222,13 @@ def depth_table(results: dict[tuple[str, str, int, int], Result], sizes: list[in
                 ratio = f"{d.ops_per_sec / o.ops_per_sec:.2f}x" if o and d else "-"
                 row = [op.upper(), human(size), str(depth) if depth > 1 else "no", cell(o),
                        cell(d), ratio]
-                if other is not None:
+                for other in others:
                     b = results.get((other, op, size, depth))
                     row += [cell(b), f"{b.ops_per_sec / o.ops_per_sec:.2f}x" if o and b else "-"]
                 rows.append(row)
     header = ["op", "blob", "pipeline", "direct objstored, 1 copy",
-              "directord, 2 replicas + index", "directord / direct"]
-    if other is not None:
+              f"{name}, 2 replicas + index", f"{name} / direct"]
+    for other in others:
         header += [f"{other}, 2 replicas + index", f"{other} / direct"]
     return markdown_table(header, rows)
 
@@ -258,13 +271,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run a directord from the source tree DIR (another commit, "
                          "e.g. unpacked with `git archive`) on the same cluster, measured "
                          "in the same alternation as 'directord-before'")
+    ap.add_argument("--director-workers", default="1", metavar="N,M,...",
+                    help="directord's worker processes: the cluster's directord runs the "
+                         "first count, one more directord per further count "
+                         "('directord-w<N>'), measured in the same alternation")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
+    worker_counts = [int(n) for n in args.director_workers.split(",")]
     sizes = [int(s) for s in args.sizes.split(",")]
     depths = [int(d) for d in args.depths.split(",")]
     targets = args.targets.split(",")
     rng = random.Random()
     config = bench_config(rng)
+    config = replace(config, director=replace(config.director, workers=worker_counts[0]))
+    loads: list[float] = []
     results: dict[tuple[str, str, int, int], Result] = {}
 
     def record(res: Result) -> None:
@@ -296,6 +316,14 @@ def main(argv: list[str] | None = None) -> int:
                 stack.callback(stop_process, before)
                 pids[BEFORE] = before.pid
                 mc_targets.append((BEFORE, before_port))
+            for count in worker_counts[1:]:
+                name = f"directord-w{count}"
+                extra_port = free_block(count + 1, rng)
+                extra = start_directord(Path(__file__).resolve().parents[2], cluster, extra_port,
+                                        work, name, count)
+                stack.callback(stop_process, extra)
+                pids[name] = extra.pid
+                mc_targets.append((name, extra_port))
             for size in sizes:
                 for _target, port in mc_targets:
                     warm(mcload, port, size, login)
@@ -304,9 +332,11 @@ def main(argv: list[str] | None = None) -> int:
                         by_target: dict[str, list[Result]] = {t: [] for t, _p in mc_targets}
                         # Alternate the targets rep by rep: both see the same machine.
                         for _ in range(args.reps):
+                            loads.append(os.getloadavg()[0])
                             for target, port in mc_targets:
+                                # A supervisor's workers too (their CPU is the target's).
                                 r = run_mcload(mcload, port, op, size, depth, args.conns,
-                                               args.seconds, [pids[target]], login)
+                                               args.seconds, children(pids[target]), login)
                                 by_target[target].append(Result(target, op, size, r.ops_per_sec,
                                                            r.p99_us, depth=depth,
                                                            server_cpu=r.server_cpu))
@@ -327,7 +357,13 @@ def main(argv: list[str] | None = None) -> int:
             cluster.down()
     print(table(results, sizes))
     print()
-    print(depth_table(results, sizes, depths, BEFORE if args.compare_code else None))
+    others = [*([BEFORE] if args.compare_code else []),
+              *(f"directord-w{count}" for count in worker_counts[1:])]
+    name = "directord" if len(worker_counts) == 1 else f"directord-w{worker_counts[0]}"
+    print(depth_table(results, sizes, depths, others, name))
+    if loads:
+        print(f"\nload average (1 min) before each rep: median {statistics.median(loads):.2f}, "
+              f"min {min(loads):.2f}, max {max(loads):.2f}")
     print(f"\nkeys per mcload run: {', '.join(f'{human(s)}: {keys_for(s)}' for s in sizes)}")
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results.values()], indent=1))
