@@ -457,9 +457,9 @@ def _search(lexer: Lexer, tag: str, uid: bool, max_depth: int = 64) -> c.Command
         return _search_criteria(lexer, tag, uid, max_depth, return_options, partial)
     try:
         return _search_criteria(lexer, tag, uid, max_depth, return_options, partial)
-    except UnknownCharset as exc:
-        raise CommandError(tag, exc.text, bad_charset=True, clears_saved=True) from None
-    except ParseError as exc:
+    except UnknownCharset as unknown:
+        raise CommandError(tag, unknown.text, bad_charset=True, clears_saved=True) from None
+    except ParseError as exc:  # a name of its own per type: compiled, a name has one type
         raise CommandError(tag, f"Error in IMAP command {'UID ' if uid else ''}SEARCH: "
                            f"{exc.text}", clears_saved=True) from None
 
@@ -745,8 +745,8 @@ def parse_command(frame: Frame, max_search_depth: int = 64, *,
         if name == "THREAD":
             return _thread(lexer, tag, uid, max_search_depth)
         return handler(lexer, tag, uid)
-    except UnknownCharset as exc:
-        raise CommandError(tag, exc.text, bad_charset=True) from None
-    except ParseError as exc:
+    except UnknownCharset as unknown:
+        raise CommandError(tag, unknown.text, bad_charset=True) from None
+    except ParseError as exc:  # a name of its own per type: compiled, a name has one type
         where = f" {'UID ' if uid else ''}{name}" if name else ""
         raise CommandError(tag, f"Error in IMAP command{where}: {exc.text}") from None

@@ -26,7 +26,7 @@ import enum
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from imapd import datetimes, mutf7
 from imapd.sequence import SequenceSet
@@ -184,7 +184,9 @@ def _text(text: str, default: str) -> bytes:
     return cleaned.encode("ascii")
 
 
-def _number(value: int, what: str, minimum: int = 0) -> bytes:
+def _number(value: object, what: str, minimum: int = 0) -> bytes:
+    # ``object``, not ``int``: compiled (runtime.compiled), an ``int`` parameter would take a
+    # bool as 0 or 1 before this check could refuse it.
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{what} must be an integer >= {minimum}, not {value!r}")
     return b"%d" % value
@@ -874,10 +876,14 @@ def _line(response: Response, utf8: bool = False) -> bytes:
                 line += b' ("OLDNAME" (%s))' % mailbox(old_name, utf8)
             return line
         case StatusData(name, items):
-            pairs = b" ".join(
-                _atom(item, "STATUS item") + b" " + _number(value, item) for item, value in items
-            )
-            return b"* STATUS %s (%s)" % (mailbox(name, utf8), pairs)
+            # Each pair as objects: compiled, unpacking a (str, int) would turn a bool (a
+            # caller's bug that _number refuses) into 0 or 1 first.
+            boxed: tuple[object, ...] = items
+            rendered = []
+            for pair in boxed:
+                item, value = cast(tuple[str, object], pair)
+                rendered.append(_atom(item, "STATUS item") + b" " + _number(value, item))
+            return b"* STATUS %s (%s)" % (mailbox(name, utf8), b" ".join(rendered))
         case QuotaData(root, resources):
             triples = b" ".join(
                 _atom(name, "quota resource") + b" " + _number(usage, name) + b" "

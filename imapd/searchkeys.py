@@ -382,8 +382,9 @@ def render(key: SearchKey) -> str:
         case And(keys):
             return "(" + " ".join(render(k) for k in keys) + ")"
         case Header(name, value):
-            field = name if is_atom(name.encode("ascii", "replace")) else _quote(name)
-            return f"HEADER {field} {_quote(value)}"
+            # Not "field", bound to a DateField below: compiled, a name has one type.
+            header = name if is_atom(name.encode("ascii", "replace")) else _quote(name)
+            return f"HEADER {header} {_quote(value)}"
         case Body(value):
             return f"BODY {_quote(value)}"
         case Text(value):

@@ -27,7 +27,7 @@ adapter maps the error to its protocol's last words (memcached ``CLIENT_ERROR``,
 
 from __future__ import annotations
 
-from typing import Final
+from typing import ClassVar, Final
 
 from runtime import errors as kinds
 
@@ -43,7 +43,7 @@ class NeedData:
     """Type of :data:`NEED_DATA`: no event until more bytes are fed (a singleton)."""
 
     __slots__ = ()
-    _instance: NeedData | None = None
+    _instance: ClassVar[NeedData | None] = None
 
     def __new__(cls) -> NeedData:
         if cls._instance is None:

@@ -16,12 +16,16 @@ cluster with encryption and the blob-plane login off (``director.allow_plaintext
 ``auth_file``).  Redis and PostgreSQL keep their passwords in both: the dev launcher always
 sets them, and they cost one handshake per pooled connection, not per request.  The
 benchmarks name the two ``objmail`` and ``objmail-plain`` (:data:`OBJMAIL_TARGETS`) and run
-them side by side, alternating, to measure what security costs.
+them side by side, alternating, to measure what security costs.  ``objmail-pure`` is the
+release's cluster with ``OBJMAIL_PURE=1`` in its daemons' environment: the pure-Python
+modules instead of their mypyc build (:mod:`runtime.compiled`), to measure what compiling
+buys.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import random
@@ -31,7 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -50,7 +54,7 @@ from ops.devcluster import DevCluster, DevOptions
 from ops.launcher import ProcessSpec, free_port, free_port_block
 
 __all__ = [
-    "DEFAULT_CORPUS", "OBJMAIL_TARGETS", "SECURITY", "LmtpClient", "LmtpError",
+    "DEFAULT_CORPUS", "OBJMAIL_TARGETS", "PURE_TARGETS", "SECURITY", "LmtpClient", "LmtpError",
     "ObjmailCluster", "corpus_messages",
     "deliver_over", "free_block", "free_port", "human", "lmtp_payload", "load_text",
     "markdown_table", "median", "median_run", "objmail_config", "percentile", "process_tree",
@@ -63,7 +67,9 @@ DEFAULT_CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus"
 SECURITY = ("secure", "plain")
 
 #: Benchmark target names of objmail clusters, and the security each runs with.
-OBJMAIL_TARGETS = {"objmail": "secure", "objmail-plain": "plain"}
+OBJMAIL_TARGETS = {"objmail": "secure", "objmail-plain": "plain", "objmail-pure": "secure"}
+#: Targets whose daemons run the pure-Python modules (``OBJMAIL_PURE=1``).
+PURE_TARGETS = frozenset({"objmail-pure"})
 _NOT_MAIL = ("FEATURES.tsv", "MANIFEST.sha256", "README.md")
 
 
@@ -348,6 +354,7 @@ class ObjmailCluster:
         plane's login off.
     :param imapd_workers: ``[imapd] workers`` (0: one per core, the release's default;
         None: as ``config`` says).
+    :param pure: start the daemons with ``OBJMAIL_PURE=1``: no compiled modules.
     :param source_root: the source tree the daemons run ("" = this checkout); setting
         ``PYTHONPATH`` alone is not enough, ``python -m`` puts the working directory first.
     """
@@ -356,6 +363,7 @@ class ObjmailCluster:
     progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
     security: str = "secure"
     imapd_workers: int | None = None
+    pure: bool = False
     source_root: str = ""
 
     def __post_init__(self) -> None:
@@ -416,7 +424,8 @@ class ObjmailCluster:
         path.write_text(to_toml(config))
         spec = self.cluster.imapd_spec(name=name, config=config, config_path=path)
         self._extra.append(spec)
-        self.cluster.launcher.start(spec)
+        with self._daemon_environ():
+            self.cluster.launcher.start(spec)
         return parse_hostport(imapd.imap_listen)[1], parse_hostport(imapd.lmtp_listen)[1]
 
     def add_users(self, names: Sequence[str], password: str, *, fast_hash: bool = False) -> None:
@@ -446,9 +455,27 @@ class ObjmailCluster:
 
         asyncio.run(create())
 
+    @contextlib.contextmanager
+    def _daemon_environ(self) -> Iterator[None]:
+        """Daemons started inside inherit ``OBJMAIL_PURE=1`` when the cluster is pure (the
+        launcher passes this process's environment on)."""
+        if not self.pure:
+            yield
+            return
+        before = os.environ.get("OBJMAIL_PURE")
+        os.environ["OBJMAIL_PURE"] = "1"
+        try:
+            yield
+        finally:
+            if before is None:
+                del os.environ["OBJMAIL_PURE"]
+            else:
+                os.environ["OBJMAIL_PURE"] = before
+
     def __enter__(self) -> ObjmailCluster:
         try:
-            self.cluster.up(progress=self.progress)
+            with self._daemon_environ():
+                self.cluster.up(progress=self.progress)
         except BaseException:
             self._down()
             raise

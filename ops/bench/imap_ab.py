@@ -9,6 +9,11 @@ load, which on a shared machine moves far more than most single changes do::
 
     git archive main | tar -x -C /tmp/before
     python -m ops.bench.imap_ab /tmp/before "$PWD" --reps 7 --duration 15 --workers 1
+
+``--pure before`` (or ``after``) runs that cluster's daemons with ``OBJMAIL_PURE=1``: with
+the same tree twice, what the compiled modules (:mod:`runtime.compiled`) buy::
+
+    python -m ops.bench.imap_ab "$PWD" "$PWD" --pure before --reps 7 --workers 1
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--workers", type=int, default=1, help="[imapd] workers")
     ap.add_argument("--corpus", default=str(DEFAULT_CORPUS))
+    ap.add_argument("--pure", choices=("before", "after"),
+                    help="run this cluster's daemons on the pure-Python modules")
     ap.add_argument("--mix", default=imap_bench.DEFAULT_MIX,
                     help="name=weight,... as imap_bench's (e.g. store=3,expunge=1 to "
                     "measure the writes alone)")
@@ -52,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, tree in trees.items():
             os.environ["PYTHONPATH"] = str(Path(tree).resolve())  # the daemons' code
             cluster = stack.enter_context(ObjmailCluster(imapd_workers=args.workers,
+                                                         pure=name == args.pure,
                                                          source_root=tree))
             cluster.add_users(users, seed_args.password)
             seed = imap_bench.seed_deliveries(seed_args, corpus, users)

@@ -43,6 +43,9 @@ always the first target over the second::
 
     .venv/bin/python -m ops.bench.imap_bench --compare --targets objmail,objmail-plain
 
+``--targets objmail,objmail-pure`` measures what the compiled modules buy: the same cluster
+with and without ``OBJMAIL_PURE=1`` (:mod:`runtime.compiled`).
+
 ``--imapd N`` starts N-1 more imapd processes over the same storage and spreads the
 objmail clients over them, as a load balancer in front of stateless frontends would.
 ``--workers N`` sets ``[imapd] workers`` of each (0, the default: one per core), worker
@@ -72,6 +75,7 @@ from typing import Any
 from ops.bench.common import (
     DEFAULT_CORPUS,
     OBJMAIL_TARGETS,
+    PURE_TARGETS,
     ObjmailCluster,
     corpus_messages,
     lmtp_payload,
@@ -329,8 +333,9 @@ async def run(args: argparse.Namespace, cpu_pids: Sequence[int] = ()) -> dict[st
 
 # -- objmail against Dovecot --------------------------------------------------------------
 
-TARGETS = ("objmail", "objmail-plain", "dovecot")
-_TITLES = {"objmail": "objmail", "objmail-plain": "objmail-plain", "dovecot": "Dovecot"}
+TARGETS = ("objmail", "objmail-plain", "objmail-pure", "dovecot")
+_TITLES = {"objmail": "objmail", "objmail-plain": "objmail-plain", "objmail-pure": "objmail-pure",
+           "dovecot": "Dovecot"}
 
 
 def seed_deliveries(args: argparse.Namespace, corpus: Sequence[bytes],
@@ -425,6 +430,7 @@ def compare(args: argparse.Namespace) -> int:
                 servers[target] = ([dovecot.imap_port], dovecot.lmtp_port, [dovecot.pid or 0])
                 continue
             objmail = stack.enter_context(ObjmailCluster(security=OBJMAIL_TARGETS[target],
+                                                         pure=target in PURE_TARGETS,
                                                          imapd_workers=args.workers))
             objmail.add_users(users, args.password)
             imap_ports = [objmail.imap_port] + [objmail.add_imapd(f"imapd-{k}")[0]

@@ -15,7 +15,8 @@ process trees used per message, and the ratio objmail/Dovecot.
 clusters, one with the release's defaults (keyed ids, AES-GCM, the blob plane's login) and
 one with encryption and the blob-plane login off (``ops.bench.common.OBJMAIL_TARGETS``),
 alternating in the same run; the report gives the secure/plain ratio.  Any two or three of
-``objmail``, ``objmail-plain`` and ``dovecot`` may be named.
+``objmail``, ``objmail-plain``, ``objmail-pure`` (the pure-Python modules, no compiled
+build: :mod:`runtime.compiled`) and ``dovecot`` may be named.
 
 Every delivery carries a ``Received:`` line unique to it (an MTA adds one), so no two
 deliveries are the same message: objmail stores a new skeleton for each, while a part body
@@ -27,7 +28,7 @@ Usage::
 
     python -m ops.bench.lmtp_bench [--corpus /work/shared/corpus] [--messages 1000]
         [--conns 10] [--users 10] [--rcpts 1] [--reps 3] [--json results.json]
-        [--targets objmail,dovecot | objmail,objmail-plain]
+        [--targets objmail,dovecot | objmail,objmail-plain | objmail,objmail-pure]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pathlib import Path
 from ops.bench.common import (
     DEFAULT_CORPUS,
     OBJMAIL_TARGETS,
+    PURE_TARGETS,
     LmtpClient,
     ObjmailCluster,
     corpus_messages,
@@ -58,7 +60,7 @@ from ops.bench.common import (
 )
 from ops.bench.dovecot import PrivateDovecot
 
-TARGETS = ("objmail", "objmail-plain", "dovecot")
+TARGETS = ("objmail", "objmail-plain", "objmail-pure", "dovecot")
 
 
 @dataclass
@@ -147,7 +149,7 @@ def report(runs: Sequence[Run], args: argparse.Namespace, load_before: str) -> s
                             "server CPU ms/msg", "refused"], rows)
     lines = [table, ""]
     for mine, reference in (("objmail", "dovecot"), ("objmail-plain", "dovecot"),
-                            ("objmail", "objmail-plain")):
+                            ("objmail", "objmail-plain"), ("objmail", "objmail-pure")):
         if mine in s and reference in s and s[reference]["per_second"]:
             ratio = s[mine]["per_second"] / s[reference]["per_second"]
             cpu = (s[mine]["cpu_ms_per_message"] / s[reference]["cpu_ms_per_message"]
@@ -192,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dovecot = stack.enter_context(PrivateDovecot(users, password="secret"))
                 servers[target] = (dovecot.lmtp_port, [dovecot.pid or 0])
             else:
-                objmail = stack.enter_context(ObjmailCluster(security=OBJMAIL_TARGETS[target]))
+                objmail = stack.enter_context(ObjmailCluster(security=OBJMAIL_TARGETS[target],
+                                                            pure=target in PURE_TARGETS))
                 objmail.add_users(users, "secret", fast_hash=True)
                 servers[target] = (objmail.lmtp_port, objmail.server_pids())
         # Warm-up: connections, caches, first-time mailbox creation (not measured).
