@@ -809,21 +809,38 @@ def _fetch_items(seq: int, items: tuple[FetchItem, ...]) -> list[bytes]:
     return chunks
 
 
-def _thread_members(node: ThreadNode) -> bytes:
-    """The inside of a ``thread-list``: a chain of single replies as numbers, then one
-    nested list per branch (``3 6 (4 23)(44 7 96)``); a dummy parent is only its
-    branches."""
-    parts: list[bytes] = []
-    while True:
-        if node.number is not None:
-            parts.append(_number(node.number, "THREAD member", 1))
-            if len(node.children) == 1:
-                node = node.children[0]
+def _thread_lists(threads: tuple[ThreadNode, ...]) -> bytes:
+    """The ``thread-list`` of each tree, concatenated: a chain of single replies as
+    numbers, then one nested list per branch (``(3 6 (4 23)(44 7 96))``); a dummy parent
+    is only its branches.
+
+    Branches nest as deep as the thread does, and anyone can mail a user a thread
+    thousands of levels deep: a stack of the levels being written, never recursion."""
+    out: list[bytes] = []
+    levels = [iter(threads)]
+    while levels:
+        for node in levels[-1]:
+            if node.number is not None and not node.children:  # most members are leaves
+                out.append(b"(" + _number(node.number, "THREAD member", 1) + b")")
                 continue
-        if node.children:
-            parts.append(b"".join(b"(" + _thread_members(child) + b")"
-                                  for child in node.children))
-        return b" ".join(parts)
+            numbers: list[bytes] = []
+            while node.number is not None:
+                numbers.append(_number(node.number, "THREAD member", 1))
+                if len(node.children) != 1:
+                    break
+                node = node.children[0]
+            if not node.children:
+                out.append(b"(" + b" ".join(numbers) + b")")
+                continue
+            # Its branches next; the list is closed when they are all written.
+            out.append(b"(" + b" ".join(numbers) + b" " if numbers else b"(")
+            levels.append(iter(node.children))
+            break
+        else:
+            levels.pop()
+            if levels:
+                out.append(b")")
+    return b"".join(out)
 
 
 def _line(response: Response, utf8: bool = False) -> bytes:
@@ -885,8 +902,7 @@ def _line(response: Response, utf8: bool = False) -> bytes:
                 line += b" (MODSEQ %s)" % _number(modseq, "MODSEQ")
             return line
         case ThreadData(threads):
-            return b"* THREAD " + b"".join(b"(" + _thread_members(t) + b")" for t in threads) \
-                if threads else b"* THREAD"
+            return b"* THREAD " + _thread_lists(threads) if threads else b"* THREAD"
         case ESearchData(tag, uid, low, high, count, found, modseq, partial, updates):
             parts = [b'* ESEARCH (TAG ' + string(tag) + b")"]
             if uid:

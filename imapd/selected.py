@@ -95,7 +95,7 @@ from imapd.response import Flags as FlagsResponse
 from imapd.searchkeys import SearchKey, uses_modseq
 from imapd.searchmap import to_criterion
 from imapd.sequence import MAX_NUMBER, SequenceSet
-from imapd.threads import Node, ordered_subject, references
+from imapd.threads import Node, inner_nodes, ordered_subject, references
 from metadata.errors import NoSuchMailbox
 from metadata.flags import SEEN, SYSTEM_FLAGS, Flags
 from metadata.mailboxnames import DELIMITER
@@ -781,14 +781,20 @@ class SelectedMailbox:
         if cmd.uid:
             seqs = {e.uid: e.uid for e in entries}
 
-        def render(node: Node) -> ThreadNode:
-            entry = node.entry
-            if not node.children:  # most members are leaves
-                return ThreadNode(None if entry is None else seqs[entry.uid])
-            return ThreadNode(None if entry is None else seqs[entry.uid],
-                              tuple([render(child) for child in node.children]))
+        # Bottom up, without recursion (a thread can be thousands of replies deep): each
+        # member's ThreadNode is made after its children's.
+        made: dict[int, ThreadNode] = {}
 
-        conn.send([ThreadData(tuple(render(root) for root in roots))])
+        def render(level: list[Node]) -> tuple[ThreadNode, ...]:
+            return tuple([made.pop(id(node)) if node.children  # most members are leaves
+                          else ThreadNode(None if node.entry is None else seqs[node.entry.uid])
+                          for node in level])
+
+        for node in reversed(inner_nodes(roots)):
+            entry = node.entry
+            made[id(node)] = ThreadNode(None if entry is None else seqs[entry.uid],
+                                        render(node.children))
+        conn.send([ThreadData(render(roots))])
         return Tagged(cmd.tag, Status.OK, f"{cmd.display_name} completed")
 
     # -- COPY / MOVE / EXPUNGE -----------------------------------------------------------------

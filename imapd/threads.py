@@ -12,7 +12,12 @@ Every rank is distinct, so a sort never meets a tie and the order a level was bu
 does not matter: the links are set as parent pointers only, in one pass over the
 messages, and the children lists are built once afterwards (no list removal when a link
 moves).  Cost: one dictionary lookup per Message-ID and reference, a walk up the parents
-per link (the loop check, RFC 5256 step 1B), and one sort of integers per level.
+per link to a container something already hangs under (the loop check, RFC 5256 step 1B),
+and one sort of integers per level.
+
+Nothing recurses: anyone can mail a user a reply chain thousands of messages deep, so the
+steps over the tree (pruning, sorting) walk it with an explicit list, as the renderer in
+:mod:`imapd.response` does; a tree of any depth threads.
 
 ``tests/sort_reference.py`` holds the previous implementation (over full rows, dates as
 floats); the tests check that both give the same threads.  Pure: no I/O.
@@ -25,7 +30,7 @@ from operator import attrgetter
 
 from metadata.records import ThreadEntry
 
-__all__ = ["Node", "ordered_subject", "references"]
+__all__ = ["Node", "inner_nodes", "ordered_subject", "references"]
 
 
 class Node:
@@ -36,13 +41,17 @@ class Node:
     """
 
     # Slots: a 10,000-message THREAD makes 10,000+ of these.
-    __slots__ = ("children", "entry", "parent", "rank")
+    __slots__ = ("children", "entry", "group", "kids", "parent", "rank")
 
     def __init__(self, entry: ThreadEntry | None = None, rank: int = -1) -> None:
         self.entry = entry
         self.rank = rank
         self.children: list[Node] = []
         self.parent: Node | None = None
+        #: While the links are made (step 1): how many nodes have this one as parent, and
+        #: a union-find pointer towards a node of every tree this one was ever linked in.
+        self.kids = 0
+        self.group: Node = self
 
 
 _RANK = attrgetter("rank")
@@ -64,8 +73,33 @@ def ordered_subject(entries: Sequence[ThreadEntry]) -> list[Node]:
     return list(groups.values())
 
 
+def _group(node: Node) -> Node:
+    """The representative of every node ``node`` was ever linked with (union-find with
+    path halving): two nodes in different groups are in different trees.  A link cut in
+    step 1C does not split a group, so one group may hold several trees."""
+    while node.group is not node:
+        node.group = node = node.group.group
+    return node
+
+
+def _link(child: Node, parent: Node) -> None:
+    """Hang ``child`` (without a parent) under ``parent``."""
+    child.parent = parent
+    parent.kids += 1
+    top, other = _group(parent), _group(child)
+    if top is not other:
+        other.group = top
+
+
 def _linked(ancestor: Node, node: Node) -> bool:
     """Whether ``ancestor`` is ``node`` or one of its ancestors (a link would loop)."""
+    if ancestor is node:
+        return True
+    if not ancestor.kids or _group(ancestor) is not _group(node):
+        # Nothing hangs under it, or they were never in one tree: no walk.  A long chain
+        # links message after message into one tree; walking up it every time would be
+        # quadratic in its depth.
+        return False
     current: Node | None = node
     while current is not None:
         if current is ancestor:
@@ -103,11 +137,17 @@ def references(entries: Sequence[ThreadEntry]) -> list[Node]:
                 containers.append(container)
             if (previous is not None and container.parent is None
                     and not _linked(container, previous)):
-                container.parent = previous
+                _link(container, previous)
             previous = container
         # (1C) the last reference is the message's parent (replacing an earlier guess).
+        if previous is not None and node.parent is previous:
+            # Already its parent (an earlier message's References said so): no loop
+            # to look for, and in a long chain that walk would cost its depth.
+            continue
+        if node.parent is not None:
+            node.parent.kids -= 1
         if previous is not None and not _linked(node, previous):
-            node.parent = previous
+            _link(node, previous)
         else:
             node.parent = None
     # (2) the root set, and the children lists from the parent pointers.
@@ -118,24 +158,57 @@ def references(entries: Sequence[ThreadEntry]) -> list[Node]:
             roots.append(node)
         else:
             parent.children.append(node)
-    # (3) prune dummies.
-    roots = _prune(roots, at_root=True)
+    # (3) prune dummies.  One walk serves steps 3 and 4: pruning only moves nodes up, so
+    # in its reverse every node still comes after the nodes now under it.
+    bottom_up = inner_nodes(roots)
+    bottom_up.reverse()
+    roots = _prune(roots, bottom_up)
     # (4) sort each level by the sent date of its (first) message.
-    _sort_tree(roots)
+    for node in bottom_up:
+        if node.children:  # a pruned dummy may have lost them all
+            _sort_level(node)
+    _sort_roots(roots)
     # (5) group the roots by base subject.
-    roots = _group_by_subject(roots)
-    # (6) sort once more (grouping added children), roots included.
-    _sort_tree(roots)
+    copies: list[Node] = []
+    roots = _group_by_subject(roots, copies)
+    # (6) sort once more, roots included.  Grouping changed the children of roots and of
+    # the copies it made of them (5C iv), nothing below (a merged root keeps its sorted
+    # tree under its new parent): only those levels.
+    for node in (*copies, *roots):
+        if node.children:
+            _sort_level(node)
+    _sort_roots(roots)
     return roots
 
 
-def _prune(children: list[Node], *, at_root: bool) -> list[Node]:
+def inner_nodes(level: list[Node]) -> list[Node]:
+    """The nodes in and under ``level`` that have children, each before its descendants
+    (reversed, each after them): a walk of the tree without recursion."""
+    order: list[Node] = []
+    stack = [node for node in level if node.children]
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        for child in node.children:
+            if child.children:  # most nodes are leaves: not listed
+                stack.append(child)
+    return order
+
+
+def _prune(roots: list[Node], bottom_up: list[Node]) -> list[Node]:
     """RFC 5256 REFERENCES step 3: dummies without children go; a dummy's children take
-    its place, except at the root when there are several of them."""
+    its place, except at the root when there are several of them.
+
+    :param bottom_up: the nodes with children, each after the nodes under it."""
+    for node in bottom_up:
+        node.children = _pruned(node.children, at_root=False)
+    return _pruned(roots, at_root=True)
+
+
+def _pruned(children: list[Node], *, at_root: bool) -> list[Node]:
+    """``children`` with their dummies replaced, theirs already pruned."""
     kept: list[Node] = []
     for node in children:
-        if node.children:
-            node.children = _prune(node.children, at_root=False)
         if node.entry is not None:
             kept.append(node)
         elif not node.children:
@@ -147,16 +220,18 @@ def _prune(children: list[Node], *, at_root: bool) -> list[Node]:
     return kept
 
 
-def _sort_tree(level: list[Node]) -> None:
-    """Sort every level below and then ``level`` by rank; a dummy takes its first child's
-    rank once its children are sorted."""
-    for node in level:
-        if node.children:  # most nodes are leaves: no call for them
-            _sort_tree(node.children)
-            if node.entry is None:
-                node.rank = node.children[0].rank
-    if len(level) > 1:
-        level.sort(key=_RANK)
+def _sort_level(node: Node) -> None:
+    """Sort ``node``'s children by rank (the levels below already sorted); a dummy then
+    takes its first child's rank."""
+    if len(node.children) > 1:
+        node.children.sort(key=_RANK)
+    if node.entry is None:
+        node.rank = node.children[0].rank
+
+
+def _sort_roots(roots: list[Node]) -> None:
+    if len(roots) > 1:
+        roots.sort(key=_RANK)
 
 
 def _first(node: Node) -> ThreadEntry | None:
@@ -166,8 +241,10 @@ def _first(node: Node) -> ThreadEntry | None:
     return node.entry
 
 
-def _group_by_subject(roots: list[Node]) -> list[Node]:
-    """RFC 5256 REFERENCES step 5: roots with the same base subject come together."""
+def _group_by_subject(roots: list[Node], copies: list[Node]) -> list[Node]:
+    """RFC 5256 REFERENCES step 5: roots with the same base subject come together.
+
+    :param copies: gets the nodes made for a holder's message (5C iv)."""
     subjects: dict[str, Node] = {}
     firsts: list[ThreadEntry | None] = []
     for root in roots:
@@ -191,11 +268,11 @@ def _group_by_subject(roots: list[Node]) -> list[Node]:
         if holder is None or holder is root:
             result.append(root)
             continue
-        _merge(holder, root)
+        _merge(holder, root, copies)
     return result
 
 
-def _merge(holder: Node, root: Node) -> None:
+def _merge(holder: Node, root: Node, copies: list[Node]) -> None:
     """Put ``root`` into ``holder``'s thread (RFC 5256 5C)."""
     holder_reply = holder.entry is not None and holder.entry.reply
     root_reply = root.entry is not None and root.entry.reply
@@ -211,5 +288,6 @@ def _merge(holder: Node, root: Node) -> None:
     # (iv) otherwise both become children of a new dummy in the holder's place.
     copy = Node(holder.entry, holder.rank)
     copy.children = holder.children
+    copies.append(copy)
     holder.entry = None
     holder.children = [copy, root]

@@ -12,10 +12,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from imapd.commands import SortKey
+from imapd.response import ThreadNode
 from imapd.threads import Node as NewNode
 from metadata.records import SortEntry
 
-__all__ = ["Node", "Shape", "ordered_subject", "references", "shape", "sort_entries"]
+__all__ = ["Node", "Shape", "ordered_subject", "references", "shape", "sort_entries",
+           "thread_line"]
 
 _KEYS: dict[SortKey, Callable[[SortEntry], object]] = {
     SortKey.ARRIVAL: lambda e: e.internaldate,
@@ -254,3 +256,25 @@ def shape(node: Node | NewNode) -> Shape:
     """A thread of either implementation as nested ``(uid or None, children)``."""
     return (None if node.entry is None else node.entry.uid,
             tuple(shape(child) for child in node.children))
+
+
+def _thread_members(node: ThreadNode) -> bytes:
+    """The renderer of main before the stack-based one (recursive per branch), kept as
+    the oracle of its bytes."""
+    parts: list[bytes] = []
+    while True:
+        if node.number is not None:
+            parts.append(b"%d" % node.number)
+            if len(node.children) == 1:
+                node = node.children[0]
+                continue
+        if node.children:
+            parts.append(b"".join(b"(" + _thread_members(child) + b")"
+                                  for child in node.children))
+        return b" ".join(parts)
+
+
+def thread_line(threads: Sequence[ThreadNode]) -> bytes:
+    """``* THREAD ...`` for ``threads`` as the recursive renderer wrote it."""
+    return b"* THREAD " + b"".join(b"(" + _thread_members(t) + b")" for t in threads) \
+        if threads else b"* THREAD"

@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 import imaplib
 import poplib
+import re
 import signal
 import socket
 import ssl
@@ -176,6 +177,65 @@ def test_imapclient_sorts_threads_and_saves_searches(imapd: Imapd, mail: Mail) -
         b"UID MIN 1 MAX 3 COUNT 3")
     typ, data = imap.fetch("$", "(UID)")
     assert (typ, data) == ("OK", [b"1 (UID 1)", b"2 (UID 2)", b"3 (UID 3)"])
+    c.logout()
+
+
+def _thread_uids(line: bytes) -> tuple[int, list[int]]:
+    """The deepest nesting and the numbers, in order, of a ``* THREAD`` answer, parsed
+    without recursion (imapclient's parser recurses per nesting level)."""
+    depth = deepest = 0
+    numbers: list[int] = []
+    assert line.startswith(b"THREAD (")
+    for token in re.findall(rb"\(|\)|\d+|.", line[len(b"THREAD "):]):
+        if token == b"(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token == b")":
+            depth -= 1
+            assert depth >= 0
+        elif token.isdigit():
+            numbers.append(int(token))
+        else:
+            assert token == b" "
+    assert depth == 0
+    return deepest, numbers
+
+
+def test_thread_answers_for_a_reply_chain_deeper_than_the_recursion_limit(
+        imapd: Imapd, mail: Mail) -> None:
+    """A 3,000-message reply chain (anyone can mail one) where every other message also
+    has a lone reply threads over the real process: THREAD REFERENCES nests 1,500 lists
+    deep with every UID once, UID THREAD too, and ORDEREDSUBJECT groups them all."""
+    user = new_user(mail)
+    c = connect(imapd, user)
+    count = 3_000
+
+    def message(n: int) -> bytes:
+        # n even: the next of the chain, replying to n - 2; n odd: a reply to n - 1.
+        parent = b"" if n == 0 else b"In-Reply-To: <%d@chain>\r\n" % (n - 2 + n % 2)
+        return (b"Message-ID: <%d@chain>\r\n%sSubject: %sdeep\r\n"
+                b"Date: Mon, 1 Jul 2024 10:00:00 +0000\r\n\r\nbody\r\n"
+                % (n, parent, b"Re: " if n else b""))
+
+    mail.deliver_many(user, map(message, range(count)))
+    imap = c._imap  # imapclient's THREAD parser recurses per nesting level
+    c.select_folder("INBOX")
+    links = count // 2 - 1
+    expected = (b"THREAD ("
+                + b"".join(b"%d (%d)(" % (2 * k + 1, 2 * k + 2) for k in range(links))
+                + b"%d %d" % (count - 1, count) + b")" * links + b")")
+    for command in (("THREAD",), ("UID", "THREAD")):
+        typ, data = imap._simple_command(*command, "REFERENCES", "UTF-8", "ALL")
+        assert typ == "OK", data
+        (line,) = imap._untagged_response(typ, data, "THREAD")[1]
+        line = b"THREAD " + line
+        assert _thread_uids(line) == (links + 1, list(range(1, count + 1)))
+        assert line == expected
+    typ, data = imap._simple_command("THREAD", "ORDEREDSUBJECT", "UTF-8", "ALL")
+    assert typ == "OK", data
+    (line,) = imap._untagged_response(typ, data, "THREAD")[1]
+    assert b"THREAD " + line == b"THREAD (1 " + b"".join(
+        b"(%d)" % n for n in range(2, count + 1)) + b")"
     c.logout()
 
 

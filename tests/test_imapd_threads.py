@@ -9,9 +9,9 @@ import random
 import pytest
 
 from imapd.response import ThreadData, ThreadNode, to_bytes
-from imapd.threads import Node, ordered_subject, references
+from imapd.threads import Node, inner_nodes, ordered_subject, references
 from metadata.records import SortEntry, ThreadEntry
-from metadata.sortkeys import SortKeys, base_subject
+from metadata.sortkeys import MAX_REFERENCES, SortKeys, base_subject
 from tests import sort_reference as reference
 
 
@@ -25,12 +25,18 @@ def entry(uid: int, subject: str = "s", *, msgid: str = "", refs: tuple[str, ...
 
 
 def wire(roots: list[Node]) -> bytes:
-    """The ``* THREAD`` line for ``roots``, numbered by UID."""
+    """The ``* THREAD`` line for ``roots``, numbered by UID (built bottom up, as the
+    session does: threads may be deeper than Python's recursion limit)."""
+    made: dict[int, ThreadNode] = {}
 
     def convert(node: Node) -> ThreadNode:
-        number = None if node.entry is None else node.entry.uid
-        return ThreadNode(number, tuple(convert(child) for child in node.children))
+        if node.children:
+            return made.pop(id(node))
+        return ThreadNode(None if node.entry is None else node.entry.uid)
 
+    for node in reversed(inner_nodes(roots)):
+        made[id(node)] = ThreadNode(None if node.entry is None else node.entry.uid,
+                                    tuple(convert(child) for child in node.children))
     return to_bytes(ThreadData(tuple(convert(root) for root in roots))).rstrip(b"\r\n")
 
 
@@ -147,3 +153,68 @@ def test_both_algorithms_thread_as_the_reference_does(seed: int) -> None:
         reference.shape(n) for n in reference.references(entries)]
     assert [reference.shape(n) for n in ordered_subject(narrowed)] == [
         reference.shape(n) for n in reference.ordered_subject(entries)]
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_rendering_is_the_recursive_renderers(seed: int) -> None:
+    """On the threads of random mailboxes (dummies, branches, chains), the stack-based
+    renderer writes the bytes the recursive one did (tests/sort_reference.py)."""
+    rng = random.Random(seed)
+    narrowed = _narrowed(_random_mailbox(rng, rng.randrange(1, 60)))
+    for roots in (references(narrowed), ordered_subject(narrowed)):
+        threads = [_tree(root) for root in roots]
+        assert wire(roots) == reference.thread_line(threads)
+
+
+def _tree(node: Node) -> ThreadNode:
+    return ThreadNode(None if node.entry is None else node.entry.uid,
+                      tuple(_tree(child) for child in node.children))
+
+
+#: Far deeper than Python's recursion limit (1,000): a chain anyone can mail a user.
+DEEP = 20_000
+
+
+def _chain(order: list[int], parents: int) -> list[ThreadEntry]:
+    """A reply chain of :data:`DEEP` messages, message ``n`` (UID n + 1, sent n-th)
+    replying to ``n - 1``, stored in ``order``: each names its last ``parents`` ancestors
+    (References as stored, cut to MAX_REFERENCES), or 1 for In-Reply-To only."""
+    ids = [f"<{n}@chain>" for n in range(DEEP)]
+    rows = {n: ThreadEntry(n + 1, n + 1, "chain", n > 0, ids[n],
+                           tuple(ids[max(0, n - parents):n])) for n in range(DEEP)}
+    return [rows[n] for n in order]
+
+
+ORDERS = {
+    "sent": list(range(DEEP)),
+    "reversed": list(reversed(range(DEEP))),
+    "shuffled": random.Random(5).sample(range(DEEP), DEEP),
+}
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("parents", [MAX_REFERENCES, 1], ids=["references", "in-reply-to"])
+def test_a_chain_deeper_than_the_recursion_limit_threads(order: str, parents: int) -> None:
+    """A 20,000-message reply chain, linked by References or by In-Reply-To and stored
+    in any order, is one thread written as a flat run of numbers (RFC 5256: single
+    replies do not nest); ORDEREDSUBJECT puts the rest under the first."""
+    entries = _chain(ORDERS[order], parents)
+    chain = b" ".join(b"%d" % uid for uid in range(1, DEEP + 1))
+    assert wire(references(entries)) == b"* THREAD (" + chain + b")"
+    flat = b"".join(b"(%d)" % uid for uid in range(2, DEEP + 1))
+    assert wire(ordered_subject(entries)) == b"* THREAD (1 " + flat + b")"
+
+
+def test_a_branching_chain_nests_as_deep_as_it_goes() -> None:
+    """Each message of a 10,000-deep chain also has a lone reply: every level but the
+    last is a branch, so the lists nest 9,999 deep, and still thread and render."""
+    ids = [f"<{n}@tree>" for n in range(DEEP)]
+    # UID 2k+1 is the k-th of the chain, UID 2k+2 a leaf reply to it (sent first).
+    entries = [ThreadEntry(n + 1, n + 1, "tree", n > 0, ids[n],
+                           () if n == 0 else (ids[n - 2 if n % 2 == 0 else n - 1],))
+               for n in range(DEEP)]
+    links = DEEP // 2 - 1
+    expected = (b"* THREAD ("
+                + b"".join(b"%d (%d)(" % (2 * k + 1, 2 * k + 2) for k in range(links))
+                + b"%d %d" % (DEEP - 1, DEEP) + b")" * links + b")")
+    assert wire(references(entries)) == expected
