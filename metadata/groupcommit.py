@@ -21,12 +21,13 @@ What holds for each delivery is what holds for a lone commit:
   transaction holding it committed;
 * a batch that fails for any reason (one recipient's mailbox gone or over quota, a
   constraint, the gc fence, a deadlock) committed nothing, and each of its deliveries is
-  then committed alone, in order, and answered by its own outcome;
+  then committed alone (concurrently, as they were before group commit) and answered by its
+  own outcome;
 * the gc fence is the batch transaction's last step, over all its blobs, from the oldest
   gc generation any of them read: a refusal fails the batch, and the retries fence each
   delivery alone, exactly as single commits do;
-* deliveries to one mailbox get their UIDs in arrival order; one connection has at most one
-  message in flight, so its order is unchanged;
+* deliveries to one mailbox in one batch get their UIDs in arrival order; one connection
+  has at most one message in flight, so its order is unchanged;
 * quotas are charged by the insert as before, per user (a user's several messages in one
   batch are charged together, and alone again on a retry).
 
@@ -81,7 +82,8 @@ class GroupCommitter:
         #: Lanes running: counted down by the lane itself as it finds the queue empty (a
         #: done task's callbacks run later, when a new arrival must already see it gone).
         self._running = 0
-        #: How many commits carried n deliveries (1: the single path), by n.
+        #: How many transactions carried n deliveries, by n (1: the single path, taken by a
+        #: lone delivery and by each delivery of a failed batch; a failed batch counts too).
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         #: Batches that failed and were committed one delivery at a time.
         self.retried = 0
@@ -132,8 +134,8 @@ class GroupCommitter:
                 raise
 
     async def _commit(self, batch: list[_Waiting]) -> None:
-        self.batch_sizes[len(batch)] += 1
         if len(batch) > 1:
+            self.batch_sizes[len(batch)] += 1
             try:
                 done = await self.deliverer.commit_batch(
                     [(w.user, w.prepared, w.mailbox, w.mailbox_id) for w in batch])
@@ -147,10 +149,11 @@ class GroupCommitter:
                     if not one.future.done():
                         one.future.set_result(delivered)
                 return
-        for one in batch:
-            await self._alone(one)
+        # Alone, at once: one that waits for a lock (or fails) does not hold the others up.
+        await asyncio.gather(*(self._alone(one) for one in batch))
 
     async def _alone(self, one: _Waiting) -> None:
+        self.batch_sizes[1] += 1
         try:
             delivered = await self.deliverer.commit(one.user, one.prepared,
                                                     mailbox=one.mailbox,
