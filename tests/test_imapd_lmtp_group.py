@@ -19,6 +19,7 @@ from director.client import BlobClient
 from director.errors import BlobUnavailable
 from imapd.lmtp import LMTPSession, trace_fields
 from imapd.lmtp_parser import Command, MessageData
+from imapd.metrics import commit_families
 from metadata.delivery import Deliverer, prepare
 from metadata.groupcommit import GroupCommitter
 from metadata.records import User
@@ -246,3 +247,17 @@ def test_a_lone_delivery_takes_the_single_path(stack: MailStack) -> None:
     assert stack.run(s.data(MessageData(raw, len(raw))))[0].startswith("250 2.0.0")
     assert committer.batch_sizes == {1: 1}
     assert list(messages(stack, user).values()) == [stored(user.name, raw)]
+
+
+def test_commits_are_exported_by_deliveries_each(stack: MailStack) -> None:
+    """imapd_lmtp_commits_total counts transactions by the deliveries they carried, and
+    imapd_lmtp_batch_retries_total the failed batches (what the collector serves)."""
+    committer = GroupCommitter(stack.deliverer)
+    committer.batch_sizes.update({1: 3, 5: 2})
+    committer.retried = 1
+    families = {f.name: f for f in commit_families([committer])}
+    assert {(s.labels["deliveries"], s.value)
+            for s in families["imapd_lmtp_commits"].samples
+            if s.name.endswith("_total")} == {("1", 3), ("5", 2)}
+    assert [s.value for s in families["imapd_lmtp_batch_retries"].samples
+            if s.name.endswith("_total")] == [1]
