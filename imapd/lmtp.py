@@ -14,8 +14,11 @@ Per RFC 2033, DATA is answered once per accepted recipient, in RCPT order, and
 a recipient's 250 is sent only after its mailbox entry committed.  The message
 is analysed and its blobs stored once for all recipients (with one index lookup:
 dedup); each recipient's ``Return-Path``/``Delivered-To`` change only its skeleton and
-header columns (:func:`metadata.delivery.with_fields`).  Each recipient then gets its
-own transaction, so one recipient's failure never affects another's.
+header columns (:func:`metadata.delivery.with_fields`).  Each recipient's commit is then
+its own, so one recipient's failure never affects another's; the commits of one imapd
+process's connections go through one :class:`metadata.groupcommit.GroupCommitter`, which
+puts those that wait at the same moment into one PostgreSQL transaction (and commits each
+alone again when that transaction fails).
 
 Replies (enhanced status codes, RFC 3463) to failures come from the one LMTP error map,
 :func:`imapd.errormap.lmtp_reply`: ``550 5.1.1`` unknown user, ``552 5.2.2`` over quota,
@@ -48,6 +51,7 @@ from imapd.lmtp_parser import (
 from imapd.metrics import ImapMetrics
 from metadata.delivery import Deliverer, MessageTooBig, PreparedMessage
 from metadata.errors import InvalidName, NoSuchMailbox
+from metadata.groupcommit import GroupCommitter
 from metadata.records import User
 from runtime.receivebuffer import RemoteProtocolError
 
@@ -95,10 +99,16 @@ def _params(text: str) -> dict[str, str]:
 
 
 class LMTPSession:
-    """The state of one LMTP connection; each method returns the reply lines."""
+    """The state of one LMTP connection; each method returns the reply lines.
 
-    def __init__(self, deliverer: Deliverer, config: ImapdConfig, hostname: str) -> None:
+    :param committer: the process's group committer, shared by its connections (without
+        one each recipient is committed in a transaction of its own).
+    """
+
+    def __init__(self, deliverer: Deliverer, config: ImapdConfig, hostname: str,
+                 committer: GroupCommitter | None = None) -> None:
         self.deliverer = deliverer
+        self.committer = committer
         self.hostname = hostname
         self.max_size = config.max_message_size
         self.greeted = False
@@ -266,10 +276,14 @@ class LMTPSession:
 
     async def _commit_one(self, address: str, user: User, mailbox: str,
                           mailbox_id: int | None, prepared: PreparedMessage) -> str:
-        """One recipient's own transaction and reply: its failure is only its own."""
+        """One recipient's commit and reply: its failure is only its own."""
         try:
-            done = await self.deliverer.commit(user, prepared, mailbox=mailbox,
-                                               mailbox_id=mailbox_id)
+            if self.committer is not None and mailbox_id is not None:
+                done = await self.committer.commit(user, prepared, mailbox=mailbox,
+                                                   mailbox_id=mailbox_id)
+            else:
+                done = await self.deliverer.commit(user, prepared, mailbox=mailbox,
+                                                   mailbox_id=mailbox_id)
         except Exception as exc:
             log_failure(log, exc, f"delivery to <{address}>")
             return lmtp_reply(exc, address)
@@ -312,7 +326,8 @@ class LMTPProtocol(SessionProtocol[LMTPSession, LMTPParser]):
         return LMTPParser(max_line=MAX_LINE, max_message=self.factory.config.max_message_size)
 
     def _new_session(self) -> LMTPSession:
-        return LMTPSession(self.factory.deliverer, self.factory.config, self.factory.hostname)
+        return LMTPSession(self.factory.deliverer, self.factory.config, self.factory.hostname,
+                           self.factory.committer)
 
     def _refuse(self) -> None:
         self._write([f"421 4.3.2 {self.factory.hostname} too many connections, "
@@ -409,6 +424,8 @@ class LMTPFactory(SessionFactory[LMTPProtocol]):
         super().__init__(max_connections=config.max_connections, max_per_address=0,
                          idle_timeout=config.idle_timeout, clock=clock)
         self.deliverer = deliverer
+        #: One per process: its connections' commits are grouped.
+        self.committer = GroupCommitter(deliverer)
         self.metrics = metrics if metrics is not None else ImapMetrics()
         self.config = config
         self.hostname = hostname()

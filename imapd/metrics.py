@@ -103,6 +103,10 @@ class ImapdCollector:
                            ["listener"],
                            [((name,), getattr(f, "open_connections", 0))
                             for name, f in self._listeners()])
+        committers = [f.committer for _name, f in self._listeners()
+                      if getattr(f, "committer", None) is not None]
+        if committers:
+            yield from commit_families(committers)
         services = self._services()
         if services is None:
             return
@@ -121,6 +125,22 @@ class ImapdCollector:
         sampler = getattr(services.blobs, "temperature", None)
         if sampler is not None:
             yield from temperature_families("imapd", sampler.stats)
+
+
+def commit_families(committers: Sequence[Any]) -> Iterator[Metric]:
+    """LMTP's group commit (:class:`metadata.groupcommit.GroupCommitter`): commits by the
+    deliveries they carried (1: alone), and batches that failed and were retried alone."""
+    sizes: Counter[int] = Counter()
+    for committer in committers:
+        sizes.update(committer.batch_sizes)
+    yield counter_family("imapd_lmtp_commits",
+                         "PostgreSQL transactions LMTP deliveries were committed in, by how "
+                         "many deliveries each carried.", ["deliveries"],
+                         [((str(n),), count) for n, count in sorted(sizes.items())])
+    yield counter_family("imapd_lmtp_batch_retries",
+                         "Batches of LMTP deliveries that failed and were committed one "
+                         "delivery at a time.",
+                         rows=[((), sum(c.retried for c in committers))])
 
 
 def cache_families(cache: Any) -> Iterator[Metric]:

@@ -316,6 +316,42 @@ class Deliverer:
                           prepared.row.size, a.modseq)
                 for a, (prepared, _f, _w) in zip(appended, messages, strict=True)]
 
+    async def commit_batch(self, items: Sequence[tuple[User, PreparedMessage, str, int]]
+                           ) -> list[Delivered]:
+        """Insert ``(user, prepared, mailbox name, mailbox id)`` deliveries (blobs already
+        stored), for any users and mailboxes, in one transaction: all or none (LMTP's
+        group commit, :mod:`metadata.groupcommit`).  Deliveries to one mailbox get
+        consecutive UIDs in the order given.  The gc fence is the transaction's last
+        step, as in :meth:`commit_many`, over every blob of the batch from the oldest
+        generation any of them read.
+
+        :raises: whatever :meth:`commit_many` raises for any one delivery; nothing was
+            committed then.
+        """
+        groups: dict[tuple[int, int], list[int]] = {}
+        for n, (user, _p, _name, box_id) in enumerate(items):
+            groups.setdefault((user.id, box_id), []).append(n)
+        now = dt.datetime.now(dt.UTC)
+        ids = {b for _u, prepared, _n, _i in items
+               for b in (prepared.row.skeleton_id, *prepared.blob_ids)}
+        oldest = min((prepared.gc_generation for _u, prepared, _n, _i in items),
+                     default=UNKNOWN_GENERATION)
+
+        async def fence() -> None:
+            await self.blobs.check_kept(ids, oldest)
+
+        appended = await self.store.messages.insert_groups([
+            (user_id, box_id, [NewMessage(items[n][1].row, items[n][1].blob_ids, now)
+                               for n in members])
+            for (user_id, box_id), members in groups.items()], before_commit=fence)
+        out: dict[int, Delivered] = {}
+        for members, group in zip(groups.values(), appended, strict=True):
+            for n, a in zip(members, group, strict=True):
+                user, prepared, name, box_id = items[n]
+                out[n] = Delivered(user.name, name, box_id, a.uidvalidity, a.uid,
+                                   a.message_id, prepared.row.size, a.modseq)
+        return [out[n] for n in range(len(items))]
+
     async def deliver(self, user: str, raw: bytes, *, mailbox: str = "INBOX",
                       flags: Iterable[str] = (),
                       internaldate: dt.datetime | None = None) -> Delivered:

@@ -435,6 +435,42 @@ class Messages:
         """
         if not new:
             return []
+        async with self.db.transaction() as conn:
+            alloc = await self._enter(conn, user_id, mailbox_id, new)
+            await self._charge(conn, user_id, mailbox_id, new, alloc)
+            if before_commit is not None:
+                await before_commit()
+        return self._appended(alloc, len(new))
+
+    async def insert_groups(self, groups: Sequence[tuple[int, int, Sequence[NewMessage]]], *,
+                            before_commit: Callable[[], Awaitable[None]] | None = None,
+                            ) -> list[list[Appended]]:
+        """:meth:`insert_many` for several ``(user id, mailbox id, messages)`` groups in
+        one transaction (LMTP's group commit): all or none.  Each mailbox appears once.
+        Every mailbox row is locked (ascending id) before any usage row (ascending user
+        id), the store's lock order, so batches cannot deadlock with each other nor with
+        single transactions.  The errors are :meth:`insert`'s, for whichever group failed
+        (quota: a user's groups are charged one after the other, each against the usage
+        the previous left).
+        """
+        if len({mailbox for _u, mailbox, _n in groups}) != len(groups):
+            raise ValueError("a mailbox appears in two groups")
+        allocs: dict[int, asyncpg.Record] = {}
+        async with self.db.transaction() as conn:
+            for i in sorted(range(len(groups)), key=lambda i: groups[i][1]):
+                user_id, mailbox_id, new = groups[i]
+                allocs[i] = await self._enter(conn, user_id, mailbox_id, new)
+            for i in sorted(range(len(groups)), key=lambda i: groups[i][:2]):
+                user_id, mailbox_id, new = groups[i]
+                await self._charge(conn, user_id, mailbox_id, new, allocs[i])
+            if before_commit is not None:
+                await before_commit()
+        return [self._appended(allocs[i], len(new)) for i, (_u, _m, new) in enumerate(groups)]
+
+    async def _enter(self, conn: asyncpg.Connection, user_id: int, mailbox_id: int,
+                     new: Sequence[NewMessage]) -> asyncpg.Record:
+        """Insert ``new`` (not empty) into the mailbox in one statement (rows, references,
+        UIDs, entries), locking its row until commit: the allocation."""
         blob_lists = []
         for message in new:
             blobs = sorted({message.row.skeleton_id, *message.blob_ids})
@@ -447,29 +483,35 @@ class Messages:
         # COMMIT.  The mailbox row is locked in that statement and held until commit.
         values = [_message_values(user_id, m.row) for m in new]
         keywords = dict.fromkeys(k for m in new for k in m.flags.keywords)
-        async with self.db.transaction() as conn:
-            alloc = await conn.fetchrow(
-                _INSERT_AND_ENTER, user_id,
-                *([v[i] for v in values] for i in range(1, 27)),
-                [json.dumps(v[27]) for v in values],
-                [n for n, blobs in enumerate(blob_lists, 1) for _b in blobs],
-                [b for blobs in blob_lists for b in blobs],
-                mailbox_id, MAX_UID, len(new), list(keywords),
-                [m.flags.system for m in new],
-                [json.dumps(list(m.flags.keywords)) for m in new],
-                [m.internaldate for m in new], [_offset_minutes(m.internaldate) for m in new],
-                [m.row.size for m in new])
-            if alloc["first_uid"] is None:
-                await self._explain_no_uid(conn, user_id, mailbox_id)
-            message_ids = alloc["ids"]
-            first, modseq = alloc["first_uid"], alloc["highestmodseq"]
-            await charge(conn, user_id, sum(m.row.size for m in new), len(new),
-                         notify=Change(user_id, "append", mailbox_id,
-                                       uidnext=first + len(new), modseq=modseq))
-            if before_commit is not None:
-                await before_commit()
+        alloc = await conn.fetchrow(
+            _INSERT_AND_ENTER, user_id,
+            *([v[i] for v in values] for i in range(1, 27)),
+            [json.dumps(v[27]) for v in values],
+            [n for n, blobs in enumerate(blob_lists, 1) for _b in blobs],
+            [b for blobs in blob_lists for b in blobs],
+            mailbox_id, MAX_UID, len(new), list(keywords),
+            [m.flags.system for m in new],
+            [json.dumps(list(m.flags.keywords)) for m in new],
+            [m.internaldate for m in new], [_offset_minutes(m.internaldate) for m in new],
+            [m.row.size for m in new])
+        if alloc["first_uid"] is None:
+            await self._explain_no_uid(conn, user_id, mailbox_id)
+        return alloc
+
+    @staticmethod
+    async def _charge(conn: asyncpg.Connection, user_id: int, mailbox_id: int,
+                      new: Sequence[NewMessage], alloc: asyncpg.Record) -> None:
+        """Charge the user's quota for ``new`` and queue the append's notification."""
+        first, modseq = alloc["first_uid"], alloc["highestmodseq"]
+        await charge(conn, user_id, sum(m.row.size for m in new), len(new),
+                     notify=Change(user_id, "append", mailbox_id,
+                                   uidnext=first + len(new), modseq=modseq))
+
+    @staticmethod
+    def _appended(alloc: asyncpg.Record, count: int) -> list[Appended]:
+        first, modseq = alloc["first_uid"], alloc["highestmodseq"]
         return [Appended(alloc["uidvalidity"], first + n, modseq, mid)
-                for n, mid in enumerate(message_ids)]
+                for n, mid in enumerate(alloc["ids"][:count])]
 
     @staticmethod
     async def _explain_no_uid(conn: asyncpg.Connection, user_id: int, mailbox_id: int) -> None:

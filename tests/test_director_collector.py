@@ -33,6 +33,7 @@ from director.gcwatch import GC_FLAG_TTL
 from director.jobstate import JobState
 from imapd.lmtp import LMTPSession, trace_fields
 from imapd.lmtp_parser import Command, MessageData
+from metadata.groupcommit import GroupCommitter
 from ops.cli import EX_OK, EX_USAGE, main
 from ops.config import Config, ConfigError, DirectorConfig, to_toml
 from tests.conftest import CORPUS, redis_auth
@@ -315,6 +316,69 @@ def test_a_delivery_whose_blobs_came_back_lands_readable(stack: MailStack) -> No
     assert reply.startswith("250 2.0.0"), reply
     assert stack.only_message(user) == traced
     assert stack.only_message(other) == traced
+
+
+def test_a_batch_that_waits_out_gc_fails_and_each_delivery_alone_too(
+        stack: MailStack) -> None:
+    """The fence holds for LMTP's group commit: while a first delivery's commit waits for
+    a locked INBOX (holding the committer's one lane), two more reach their commit and wait
+    for it; a whole gc run collects all their uploaded blobs; then the lock goes.  The first
+    is refused by its fence, the batch of the other two by the batch's, and each of the two
+    again alone: three 451s, nothing committed; delivered again, both land readable."""
+    locked, a, b = stack.new_user("lock"), stack.new_user("ba"), stack.new_user("bb")
+    committer = GroupCommitter(stack.deliverer, lanes=1)
+    raws = {user.name: message_with_attachment(os.urandom(20_000), user.name)
+            for user in (locked, a, b)}
+
+    def session(recipient: str) -> LMTPSession:
+        s = LMTPSession(stack.deliverer, stack.config.imapd, "lmtp.test", committer)
+        for verb, arg in (("LHLO", "mx"), ("MAIL", "FROM:<sender@example.org>"),
+                          ("RCPT", f"TO:<{recipient}@example.org>"), ("DATA", "")):
+            lines, _start = stack.run(s.handle(Command(verb, arg)))
+            assert lines[0][:1] in ("2", "3"), lines
+        return s
+
+    sessions = {user.name: session(user.name) for user in (locked, a, b)}
+    dsn = stack.config.cluster.pg_dsn
+    refusals = stack.blobs.gc_watch.fence_refusals
+
+    async def go() -> list[str]:
+        locker = await asyncpg.connect(dsn)
+        try:
+            held = locker.transaction()
+            await held.start()
+            await locker.execute("SELECT 1 FROM mailboxes WHERE user_id = $1 "
+                                 "AND name = 'INBOX' FOR UPDATE", locked.id)
+            tasks = [asyncio.ensure_future(sessions[locked.name].data(
+                MessageData(raws[locked.name], len(raws[locked.name]))))]
+            await commit_waiting(dsn, locker.get_server_pid())
+            tasks += [asyncio.ensure_future(sessions[u.name].data(
+                MessageData(raws[u.name], len(raws[u.name])))) for u in (a, b)]
+            for _ in range(2000):  # both uploaded and waiting behind the lane
+                if committer.waiting == 2 or any(t.done() for t in tasks):
+                    break
+                await asyncio.sleep(0.01)
+            assert committer.waiting == 2
+            stats = await collector(stack).run_once()
+            assert stats.finished and stats.collected >= 6, stats  # 3 skeletons, 3 parts
+            await held.rollback()
+            return [reply for t in tasks for reply in await t]
+        finally:
+            await locker.close()
+
+    replies = stack.run(go())
+    assert [r[:9] for r in replies] == ["451 4.3.0"] * 3, replies
+    assert committer.batch_sizes == {1: 3, 2: 1} and committer.retried == 1
+    assert stack.blobs.gc_watch.fence_refusals >= refusals + 3
+    for user in (locked, a, b):
+        assert stack.run(stack.store.mailboxes.status(user.id, "INBOX")).messages == 0
+
+    for user in (a, b):
+        raw = raws[user.name]
+        (again,) = stack.run(session(user.name).data(MessageData(raw, len(raw))))
+        assert again.startswith("250 2.0.0"), again
+        traced = trace_fields("sender@example.org", f"{user.name}@example.org", raw)
+        assert stack.only_message(user) == traced + raw
 
 
 def test_a_commit_pays_nothing_when_no_gc_ran(stack: MailStack) -> None:

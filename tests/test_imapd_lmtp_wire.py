@@ -17,10 +17,13 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from metadata.splitter import parse_skeleton, reassemble
+from metadata.uidset import UidSet
 from ops.config import Config
 from ops.stats_command import collect
 from tests.conftest import CORPUS, SessionCluster
@@ -277,3 +280,54 @@ def test_pipelining_during_a_delivery_keeps_memory_bounded(
             .encode() + raw)
     finally:
         server.stop()
+
+
+def lmtp_commits(server: Imapd) -> dict[int, float]:
+    """imapd_lmtp_commits_total from the process's /metrics: deliveries each -> commits."""
+    url = f"http://{server.config.imapd.metrics_listen}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {int(s.labels["deliveries"]): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == "imapd_lmtp_commits_total"}
+
+
+def test_parallel_deliveries_through_the_group_committer(imapd: Imapd,
+                                                         stack: MailStack) -> None:
+    """20 connections deliver 4 distinct messages to each of 5 users at once through the
+    process's group committer: every one 250, stored byte for byte, UIDs 1 to 4 in each
+    INBOX, and every delivery counted in one commit (alone or batched)."""
+    users = [stack.new_user("gw") for _ in range(5)]
+    raw = (CORPUS / "apache-james-mime4j/mimetools-testmsgs/bluedot-simple.msg").read_bytes()
+    assert b"\r\n." not in raw and raw.count(b"\n") == raw.count(b"\r\n")
+    jobs = [(users[n % 5], b"X-Group-Test: %d\r\n" % n + raw) for n in range(20)]
+    before = lmtp_commits(imapd)
+
+    def deliver(job: tuple[Any, bytes]) -> dict[str, tuple[int, bytes]]:
+        user, message = job
+        client = lmtp(imapd)
+        try:
+            client.ehlo("mx.test")
+            return client.sendmail("s@example.org", [f"{user.name}@example.org"], message)
+        finally:
+            client.quit()
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        assert list(pool.map(deliver, jobs)) == [{}] * len(jobs)
+    after = lmtp_commits(imapd)
+    committed = sum(n * (after.get(n, 0) - before.get(n, 0)) for n in after)
+    assert committed == len(jobs)
+    for user in users:
+        box = stack.run(stack.store.mailboxes.get(user.id, "INBOX"))
+        entries = stack.run(stack.store.messages.fetch(user.id, box.id, UidSet.all(),
+                                                       items={"skeleton"}))
+        assert sorted(e.uid for e in entries) == [1, 2, 3, 4]
+        got = set()
+        for entry in entries:
+            assert entry.skeleton_id is not None
+            skeleton = stack.run(stack.blobs.get(entry.skeleton_id))
+            parts = stack.run(stack.blobs.get_many(parse_skeleton(skeleton).blob_ids()))
+            got.add(reassemble(skeleton, parts))
+        trace = (f"Return-Path: <s@example.org>\r\nDelivered-To: {user.name}@example.org\r\n"
+                 .encode())
+        assert got == {trace + message for u, message in jobs if u is user}

@@ -24,11 +24,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from ops.bench.common import DEFAULT_CORPUS, ObjmailCluster, corpus_messages, process_tree
 from ops.bench.lmtp_bench import batch, deliver_batch
+from runtime.config import parse_hostport
 
 GROUPS = ("imapd", "postgres", "redis", "objstored", "directord")
 
@@ -60,6 +64,27 @@ def per_message(before: dict[str, float], after: dict[str, float], count: int) -
     return ", ".join(parts) + f"; cluster {total * 1000 / count:.2f} ms/msg"
 
 
+def lmtp_commits(cluster: ObjmailCluster) -> str:
+    """imapd's ``imapd_lmtp_commits_total`` summed over its workers (worker i serves metrics
+    on the configured port + i), as ``deliveries per commit: commits``; empty when imapd does
+    not export it (a tree without LMTP group commit)."""
+    host, port = parse_hostport(cluster.conf.imapd.metrics_listen)
+    found: dict[int, float] = {}
+    for worker in range(os.cpu_count() or 1):
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port + worker}/metrics",
+                                        timeout=5) as reply:
+                text = reply.read().decode()
+        except OSError:
+            continue
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "imapd_lmtp_commits_total":
+                    n = int(sample.labels["deliveries"])
+                    found[n] = found.get(n, 0) + sample.value
+    return ", ".join(f"{n}: {int(c)}" for n, c in sorted(found.items()))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
@@ -82,6 +107,10 @@ def main() -> int:
             print(f"LMTP: {args.messages / took:.0f} msgs/s, {refused} refused; CPU ms/msg: "
                   f"{per_message(start, group_cpu(roots), args.messages)}; "
                   f"load {os.getloadavg()[0]:.1f}", flush=True)
+            commits = lmtp_commits(cluster)
+            if commits:
+                print(f"LMTP commits by deliveries each (warm-up included): {commits}",
+                      flush=True)
         if "import" in args.what:
             with tempfile.TemporaryDirectory() as tmp:
                 src = Path(tmp) / "src.mbox"
