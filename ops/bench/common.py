@@ -162,6 +162,31 @@ def process_tree(roots: Iterable[int]) -> list[int]:
     return found
 
 
+#: Process groups of a cluster, told apart by their command lines.
+GROUPS = ("imapd", "postgres", "redis", "objstored", "directord")
+
+
+def group_cpu(roots: Iterable[int]) -> dict[str, float]:
+    """CPU seconds (user + system, reaped children included) by process group."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = dict.fromkeys(GROUPS, 0.0)
+    for pid in process_tree(roots):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        name = stat.split("(", 1)[1].rsplit(")", 1)[0]
+        fields = stat.rsplit(")", 1)[1].split()
+        key = next((g for g in ("imapd", "objstore", "director") if g in cmd), None)
+        if key is None:
+            key = "redis" if "redis" in name else "postgres" if "postgres" in name else None
+        if key is not None:
+            group = {"objstore": "objstored", "director": "directord"}.get(key, key)
+            out[group] += sum(int(f) for f in fields[11:15]) / ticks
+    return out
+
+
 def tree_cpu_seconds(roots: Iterable[int]) -> float:
     """User + system CPU seconds of the process trees under ``roots``, reaped children
     included (a snapshot; take the difference around a measurement)."""

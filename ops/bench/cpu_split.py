@@ -25,37 +25,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops.bench.common import DEFAULT_CORPUS, ObjmailCluster, corpus_messages, process_tree
+from ops.bench.common import DEFAULT_CORPUS, GROUPS, ObjmailCluster, corpus_messages, group_cpu
 from ops.bench.lmtp_bench import batch, deliver_batch
 from runtime.config import parse_hostport
-
-GROUPS = ("imapd", "postgres", "redis", "objstored", "directord")
-
-
-def group_cpu(roots: Iterable[int]) -> dict[str, float]:
-    """CPU seconds (user + system, reaped children included) by process group."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    out = dict.fromkeys(GROUPS, 0.0)
-    for pid in process_tree(roots):
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        name = stat.split("(", 1)[1].rsplit(")", 1)[0]
-        fields = stat.rsplit(")", 1)[1].split()
-        key = next((g for g in ("imapd", "objstore", "director") if g in cmd), None)
-        if key is None:
-            key = "redis" if "redis" in name else "postgres" if "postgres" in name else None
-        if key is not None:
-            group = {"objstore": "objstored", "director": "directord"}.get(key, key)
-            out[group] += sum(int(f) for f in fields[11:15]) / ticks
-    return out
 
 
 def per_message(before: dict[str, float], after: dict[str, float], count: int) -> str:

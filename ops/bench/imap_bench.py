@@ -74,10 +74,12 @@ from typing import Any
 
 from ops.bench.common import (
     DEFAULT_CORPUS,
+    GROUPS,
     OBJMAIL_TARGETS,
     PURE_TARGETS,
     ObjmailCluster,
     corpus_messages,
+    group_cpu,
     lmtp_payload,
     load_text,
     markdown_table,
@@ -296,12 +298,14 @@ async def run(args: argparse.Namespace, cpu_pids: Sequence[int] = ()) -> dict[st
                for n in range(args.first_user, args.first_user + args.clients)]
     await asyncio.gather(*(c.connect() for c in clients))
     cpu0 = tree_cpu_seconds(cpu_pids)
+    groups0 = group_cpu(cpu_pids)
     own0 = time.process_time()
     start = time.monotonic()
     deadline = start + args.duration
     await asyncio.gather(*(c.loop(mix, deadline) for c in clients))
     elapsed = time.monotonic() - start
     cpu = tree_cpu_seconds(cpu_pids) - cpu0
+    groups1 = group_cpu(cpu_pids)
     own = time.process_time() - own0
     await asyncio.gather(*(c.conn.close() for c in clients if c.conn is not None))
     for client in clients:
@@ -328,6 +332,10 @@ async def run(args: argparse.Namespace, cpu_pids: Sequence[int] = ()) -> dict[st
     if cpu_pids:
         report["server_cpu_ms_per_command"] = round(cpu * 1000 / max(loop_total, 1), 3)
         report["server_cpu_cores"] = round(cpu / elapsed, 2)
+        # Where it goes, for objmail's cluster (Dovecot's processes fall in no group).
+        report["server_cpu_ms_by_process"] = {
+            g: round((groups1[g] - groups0[g]) * 1000 / max(loop_total, 1), 3)
+            for g in GROUPS if groups1[g] > groups0[g]}
     return report
 
 
@@ -401,9 +409,12 @@ def compare_table(reports: dict[str, list[dict[str, Any]]]) -> str:
         errors = sum(int(row["errors"]) for r in rs
                      for row in r["per_command"].values())
         client = median(float(r.get("client_cpu_cores", 0)) for r in rs)
+        split = ", ".join(
+            f"{g} {median(float(r.get('server_cpu_ms_by_process', {}).get(g, 0)) for r in rs):.2f}"
+            for g in GROUPS if any(g in r.get("server_cpu_ms_by_process", {}) for r in rs))
         reps.append(f"{target}: commands/s per rep {per_rep}; server CPU {cpu:.2f} ms per "
-                    f"command, {cores:.2f} cores busy; load generator {client:.2f} cores; "
-                    f"{errors} errors")
+                    f"command{f' ({split})' if split else ''}, {cores:.2f} cores busy; "
+                    f"load generator {client:.2f} cores; {errors} errors")
     return table + "\n\n" + "\n".join(reps)
 
 
