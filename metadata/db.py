@@ -130,7 +130,8 @@ class Database:
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10,
                    acquire_timeout: float = 10.0, command_timeout: float | None = 60.0,
-                   password: str | None = None, statement_timeout: float | None = None,
+                   connect_timeout: float = 10.0, password: str | None = None,
+                   statement_timeout: float | None = None,
                    search_timeout: float | None = None) -> Database:
         """Connect the pool (``min_size`` connections at once).
 
@@ -139,6 +140,9 @@ class Database:
 
         :param acquire_timeout: seconds to wait for a free connection before
             :class:`Unavailable`.
+        :param connect_timeout: seconds one new connection may take (TCP, SCRAM, settings);
+            apart from ``acquire_timeout``, since a loaded PostgreSQL can take longer to let
+            a backend in than a caller should wait for a busy pool.
         :param command_timeout: seconds the client waits for a statement before it gives
             up on the connection.
         :param statement_timeout: seconds PostgreSQL lets a statement run before it cancels
@@ -152,7 +156,7 @@ class Database:
                 pool = await asyncpg.create_pool(dsn, password=password,
                                                  min_size=min_size, max_size=max_size,
                                                  command_timeout=command_timeout,
-                                                 timeout=acquire_timeout, reset=_keep_session,
+                                                 timeout=connect_timeout, reset=_keep_session,
                                                  server_settings={
                                                      **SERVER_SETTINGS,
                                                      "statement_timeout":
