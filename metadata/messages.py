@@ -30,7 +30,7 @@ from typing import Literal
 
 import asyncpg
 
-from metadata.db import Database, timeout_setting
+from metadata.db import Database
 from metadata.errors import (
     NoSuchMailbox,
     NoSuchMessage,
@@ -712,21 +712,12 @@ class Messages:
         query = (f"SELECT mm.uid, mm.modseq FROM mailbox_messages mm{join} "
                  f"WHERE mm.user_id = $1 AND mm.mailbox_id = $2 AND {compiled.sql} "
                  "ORDER BY mm.uid")
-        if not compiled.substring:
-            async with self.db.connection() as conn:
-                rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
-        else:
-            # Whether the trigram index pays depends on the string and the mailbox size: a
-            # generic plan (which a prepared statement switches to after five runs) knows
-            # neither and would walk every entry of a 100,000-message mailbox.
-            settings = "SET LOCAL plan_cache_mode = force_custom_plan"
-            if self.db.search_timeout is not None:
-                # In the same round trip: SEARCH may scan longer than other statements.
-                settings += (f"; SET LOCAL statement_timeout = "
-                             f"{timeout_setting(self.db.search_timeout)}")
-            async with self.db.transaction(readonly=True) as conn:
-                await conn.execute(settings)
-                rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
+        # A substring test's plan depends on the string and the mailbox size, and it may
+        # scan the mailbox: the search pool plans every run for its parameters and allows
+        # search_timeout (metadata.db).  Either way one statement, one round trip.
+        connection = self.db.search_connection if compiled.substring else self.db.connection
+        async with connection() as conn:
+            rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
         modseqs = tuple(r["modseq"] for r in rows)
         return SearchHits(tuple(r["uid"] for r in rows), max(modseqs, default=None), modseqs)
 
@@ -746,10 +737,9 @@ class Messages:
                  "AND m.id = mm.message_id "
                  f"WHERE mm.user_id = $1 AND mm.mailbox_id = $2 AND {compiled.sql} "
                  "ORDER BY mm.uid")
-        async with self.db.transaction(readonly=True) as conn:
-            if compiled.substring:
-                # See search(): a generic plan would walk every entry.
-                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        # See search(): one statement, on the search pool when a string is sought.
+        connection = self.db.search_connection if compiled.substring else self.db.connection
+        async with connection() as conn:
             rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
         entries: list[SortEntry] = []
         computed: dict[int, SortKeys] = {}
@@ -785,16 +775,11 @@ class Messages:
         query = (f"SELECT {columns}{stale} FROM mailbox_messages mm{join} "
                  f"WHERE mm.user_id = $1 AND mm.mailbox_id = $2 AND {compiled.sql} "
                  f"ORDER BY {order}")
+        # See search(): one statement, on the search pool when a string is sought.
+        connection = self.db.search_connection if compiled.substring else self.db.connection
         for _ in range(2):
-            if not compiled.substring:
-                # One statement is atomic alone: no BEGIN/COMMIT round trips.
-                async with self.db.connection() as conn:
-                    rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
-            else:
-                async with self.db.transaction(readonly=True) as conn:
-                    # See search(): a generic plan would walk every entry.
-                    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-                    rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
+            async with connection() as conn:
+                rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
             if not needs_message:
                 return rows
             last = len(rows[0]) - 1 if rows else 0

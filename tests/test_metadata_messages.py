@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from typing import TypeVar
 
 import asyncpg
 import pytest
@@ -22,6 +23,8 @@ from metadata.store import MetadataStore
 from metadata.uidset import MAX_UID, UidSet
 from tests.metadata_support import FAST_SCRYPT, blob, fresh_database, sample_row
 from tests.waiting import eventually
+
+T = TypeVar("T")
 
 NOW = dt.datetime(2024, 3, 9, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-8)))
 
@@ -774,21 +777,24 @@ def test_mailbox_counters_follow_every_change_of_the_entries(dsn: str) -> None:
 
 def test_statement_timeouts_cancel_long_queries_and_search_has_its_own(dsn: str) -> None:
     """A statement that waits past ``statement_timeout`` fails with QueryTooLong and the pool
-    goes on; a substring SEARCH runs under ``search_timeout`` instead, longer or shorter."""
+    goes on; a substring SEARCH (and SORT) runs under ``search_timeout`` instead, longer or
+    shorter, and its pool goes on too."""
 
-    async def blocked_search(store: MetadataStore, user_id: int, inbox: int,
-                             criterion: Criterion, hold: float) -> SearchHits:
-        """Run the search while another transaction holds mailbox_messages for ``hold`` s."""
+    async def blocked(work: Awaitable[T], hold: float) -> T:
+        """Run ``work`` while another transaction holds mailbox_messages for ``hold`` s."""
         locker = await asyncpg.connect(dsn)
         try:
             async with locker.transaction():
                 await locker.execute("LOCK TABLE mailbox_messages IN ACCESS EXCLUSIVE MODE")
-                search = asyncio.ensure_future(
-                    store.messages.search(user_id, inbox, criterion))
+                running = asyncio.ensure_future(work)
                 await asyncio.sleep(hold)
-            return await search
+            return await running
         finally:
             await locker.close()
+
+    async def blocked_search(store: MetadataStore, user_id: int, inbox: int,
+                             criterion: Criterion, hold: float) -> SearchHits:
+        return await blocked(store.messages.search(user_id, inbox, criterion), hold)
 
     async def run() -> None:
         store = await MetadataStore.open(dsn, pool_min=1, pool_max=2,
@@ -812,6 +818,12 @@ def test_statement_timeouts_cancel_long_queries_and_search_has_its_own(dsn: str)
         try:
             with pytest.raises(QueryTooLong):
                 await blocked_search(store, user.id, inbox, BodyContains("zzz"), 1.0)
+            with pytest.raises(QueryTooLong):
+                await blocked(store.messages.sort_order(user.id, inbox, BodyContains("zzz"),
+                                                        [("SUBJECT", False)]), 1.0)
+            # Within the timeout, on the same (single) search connection.
+            hits = await blocked_search(store, user.id, inbox, BodyContains("zzz"), 0.1)
+            assert hits.uids == ()
         finally:
             await store.close()
 
