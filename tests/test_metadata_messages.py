@@ -713,6 +713,76 @@ def test_claim_recent_gives_each_message_to_one_session(dsn: str) -> None:
     asyncio.run(run())
 
 
+def test_an_insert_claims_recent_in_its_own_statement(dsn: str) -> None:
+    """An insert asked to claim \\Recent takes every unclaimed message up to its own, as
+    claim_recent would right after it; a refused insert claims nothing."""
+
+    async def run() -> None:
+        async with opened(dsn) as store:
+            user, inbox = await new_user(store, "recent-insert")
+            await store.messages.insert(user.id, inbox, sample_row("ri0"), [],
+                                        internaldate=NOW)
+            two = await store.messages.insert_many(user.id, inbox, [
+                NewMessage(sample_row(f"ri{i}"), (), NOW) for i in (1, 2)], claim_recent=True)
+            assert [(a.uid, a.recent) for a in two] == [(2, (1, 4)), (3, (1, 4))]
+            assert (await store.mailboxes.status(user.id, inbox)).recent == 0
+            assert await store.messages.claim_recent(user.id, inbox) == (4, 4)
+            plain = await store.messages.insert(user.id, inbox, sample_row("ri3"), [],
+                                                internaldate=NOW)
+            assert plain.recent is None
+            assert (await store.mailboxes.status(user.id, inbox)).recent == 1
+            await store.users.set_quota("recent-insert", 1)
+            with pytest.raises(OverQuota):
+                await store.messages.insert_many(user.id, inbox, [
+                    NewMessage(sample_row("ri4"), (), NOW)], claim_recent=True)
+            assert await store.messages.claim_recent(user.id, inbox) == (4, 5)
+            with pytest.raises(NoSuchMailbox):
+                await store.messages.insert_many(user.id, 123_456_789, [
+                    NewMessage(sample_row("ri5"), (), NOW)], claim_recent=True)
+
+    asyncio.run(run())
+
+
+def test_recent_goes_to_exactly_one_claimer_among_concurrent_inserts(dsn: str) -> None:
+    """Inserts that claim \\Recent, plain deliveries and claim_recent calls racing on one
+    mailbox: the claimed ranges never overlap, each claiming insert's range holds its own
+    message, and with what is still unclaimed they cover every UID once."""
+    tasks, rounds = 12, 6
+
+    async def run() -> None:
+        async with opened(dsn, pool_max=12) as store:
+            user, inbox = await new_user(store, "recent-race")
+            claims: list[tuple[int, int]] = []
+
+            async def work(task: int) -> None:
+                for i in range(rounds):
+                    kind = (task + i) % 3
+                    if kind == 0:
+                        (done,) = await store.messages.insert_many(user.id, inbox, [
+                            NewMessage(sample_row(f"rr{task}-{i}"), (), NOW)],
+                            claim_recent=True)
+                        assert done.recent is not None
+                        assert done.recent[0] <= done.uid < done.recent[1]
+                        claims.append(done.recent)
+                    elif kind == 1:
+                        await store.messages.insert(user.id, inbox,
+                                                    sample_row(f"rr{task}-{i}"), [],
+                                                    internaldate=NOW)
+                    else:
+                        claims.append(await store.messages.claim_recent(user.id, inbox))
+
+            await asyncio.gather(*(work(t) for t in range(tasks)))
+            mailbox = await store.mailboxes.get(user.id, "INBOX")
+            unclaimed = (await store.mailboxes.status(user.id, inbox)).recent
+            covered = [u for low, high in claims for u in range(low, high)]
+            assert len(covered) == len(set(covered))
+            total = mailbox.uidnext - 1
+            assert total == tasks * rounds * 2 // 3
+            assert sorted(covered) == list(range(1, total - unclaimed + 1))
+
+    asyncio.run(run())
+
+
 async def counted(dsn: str, user_id: int) -> dict[int, tuple[int, int, int, int]]:
     """Each mailbox's kept counters and, beside them, what counting the entries gives."""
     conn = await asyncpg.connect(dsn)
