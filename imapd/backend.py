@@ -38,14 +38,18 @@ class Delivered(Protocol):
     @property
     def modseq(self) -> int: ...
 
+    @property
+    def recent(self) -> tuple[int, int] | None:
+        """The ``\\Recent`` range claimed with the delivery, if asked for."""
+
 
 class MessageDeliverer(Protocol):
     """Stores a message for a user: blobs first, then the metadata transaction
     (``metadata.delivery.Deliverer``)."""
 
     async def deliver(self, user: str, raw: bytes, *, mailbox: str = "INBOX",
-                      flags: Iterable[str] = (),
-                      internaldate: dt.datetime | None = None) -> Delivered: ...
+                      flags: Iterable[str] = (), internaldate: dt.datetime | None = None,
+                      claim_recent_in: int | None = None) -> Delivered: ...
 
 
 class ChangeFeed(Protocol):

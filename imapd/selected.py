@@ -299,14 +299,15 @@ class SelectedMailbox:
                 pending = pending or not kept_up
         return out, pending
 
-    async def appended(self, added: Sequence[tuple[int, int, Flags]]) -> list[Response] | None:
+    def appended(self, added: Sequence[tuple[int, int, Flags]]) -> list[Response] | None:
         """EXISTS (and RECENT) for the session's own APPEND of ``added`` (UID, mod-sequence,
         flags of each, in order) without re-reading the mailbox, or None when a refresh
         must: the mailbox row and the new entries are known from the insert itself when
         nobody else took a UID or a mod-sequence in between (the UIDs follow the view's
         UIDNEXT one by one and every mod-sequence since the watermarks is the session's
         own).  A change another session makes later has a later mod-sequence and reaches
-        the session through the change feed as usual."""
+        the session through the change feed as usual.  ``\\Recent`` was claimed by the
+        insert itself (``Session._append``), which recorded the range in the view."""
         view = self.view
         if self.contexts:
             return None  # kept searches (CONTEXT=SEARCH) are updated by the refresh
@@ -320,11 +321,6 @@ class SelectedMailbox:
         if not (view.only_own_since(view.flags_modseq, last)
                 and view.only_own_since(view.expunge_modseq, last)):
             return None
-        if not view.read_only and not self.ext.rev2:
-            # Before the view moves: should this fail, the refresh does it all again.
-            low, high = await self.backend.store.messages.claim_recent(self.user.id,
-                                                                       view.mailbox_id)
-            view.claim_recent(low, high)
         out = self._keyword_news(k for _u, _m, flags in added for k in flags.keywords)
         count = view.add(uid for uid, _m, _f in added)
         view.uidnext = added[-1][0] + 1

@@ -5,6 +5,11 @@ with :meth:`Database.open` once the loop runs (under Twisted, once the asyncio r
 installed and running) and close it on that same loop.  Every multi-row change runs in
 :meth:`Database.transaction`; reads that need one consistent view too.
 
+A second, smaller pool serves the statements that may scan a mailbox (substring SEARCH, and
+SORT/THREAD with substring criteria): its connections are planned for their parameters at
+every run and carry ``search_timeout``, both set when they open, so such a statement is one
+round trip, not a transaction with ``SET LOCAL`` in it (:meth:`Database.search_connection`).
+
 Driver exceptions that mean "PostgreSQL is not there" (refused connection, server shutdown,
 connection lost mid-query, pool acquire timeout, refused credentials) leave as :class:`~metadata.errors.Unavailable`
 and "the schema is missing" as :class:`~metadata.errors.SchemaError`, a statement PostgreSQL
@@ -16,7 +21,7 @@ syntax errors) stays a driver exception: a bug.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -24,8 +29,8 @@ import asyncpg
 from metadata.errors import QueryTooLong, SchemaError, Unavailable
 from runtime.errors import reason
 
-__all__ = ["SERVER_SETTINGS", "UNAVAILABLE", "Database", "timeout_setting", "translate_errors",
-           "unreachable", "where"]
+__all__ = ["SEARCH_SETTINGS", "SERVER_SETTINGS", "UNAVAILABLE", "Database", "search_pool_size",
+           "timeout_setting", "translate_errors", "unreachable", "where"]
 
 #: Driver errors that mean the server is unreachable or went away.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -42,6 +47,21 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 #: user's rows; a trigram SEARCH over a large mailbox can pass the planner's JIT cost
 #: threshold, and compiling it takes longer than running it.
 SERVER_SETTINGS = {"jit": "off"}
+
+#: Set, besides :data:`SERVER_SETTINGS`, on the search pool's connections.  Whether the
+#: trigram index pays depends on the string and the mailbox size; a generic plan, which a
+#: prepared statement (asyncpg names and caches every statement) switches to after five
+#: runs when it looks no dearer, knows neither, and would walk every entry of a
+#: 100,000-message mailbox.  On every connection it would re-plan the short OLTP
+#: statements at each run for nothing.
+SEARCH_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+
+
+def search_pool_size(max_size: int) -> int:
+    """Connections of the search pool for a main pool of ``max_size``: half.  A substring
+    SEARCH is a few percent of the commands but the longest statement; its own pool keeps a
+    burst of them from taking every connection the other commands need."""
+    return max(1, max_size // 2)
 
 
 @contextlib.contextmanager
@@ -118,14 +138,13 @@ def _lost(conn: asyncpg.Connection, exc: BaseException) -> bool:
 class Database:
     """A pool of connections to the metadata database."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str, acquire_timeout: float = 10.0,
-                 search_timeout: float | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, search_pool: asyncpg.Pool, dsn: str,
+                 acquire_timeout: float = 10.0) -> None:
         self.pool = pool
+        #: Connections for statements that may scan a mailbox (see the module doc).
+        self.search_pool = search_pool
         self.dsn = dsn
         self.acquire_timeout = acquire_timeout
-        #: Seconds a substring SEARCH may run (it sets it per transaction); None: the
-        #: pool's ``statement_timeout``.
-        self.search_timeout = search_timeout
 
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10,
@@ -148,37 +167,60 @@ class Database:
         :param statement_timeout: seconds PostgreSQL lets a statement run before it cancels
             it (:class:`QueryTooLong`); None: no limit.  One user's runaway query must not
             pin a backend for minutes.
-        :param search_timeout: the same for substring SEARCH, which may scan a mailbox.
+        :param search_timeout: the same for the statements of the search pool, which may
+            scan a mailbox; None: ``statement_timeout``.
         :raises Unavailable: PostgreSQL cannot be reached.
         """
+        def create(min_size: int, max_size: int, timeout: float | None,
+                   extra: dict[str, str]) -> Awaitable[asyncpg.Pool]:
+            return asyncpg.create_pool(dsn, password=password, min_size=min_size,
+                                       max_size=max_size, command_timeout=command_timeout,
+                                       timeout=connect_timeout, reset=_keep_session,
+                                       server_settings={**SERVER_SETTINGS, **extra,
+                                                        "statement_timeout":
+                                                            timeout_setting(timeout)})
+
         with translate_errors():  # refused credentials
             try:
-                pool = await asyncpg.create_pool(dsn, password=password,
-                                                 min_size=min_size, max_size=max_size,
-                                                 command_timeout=command_timeout,
-                                                 timeout=connect_timeout, reset=_keep_session,
-                                                 server_settings={
-                                                     **SERVER_SETTINGS,
-                                                     "statement_timeout":
-                                                         timeout_setting(statement_timeout)})
+                pool = await create(min_size, max_size, statement_timeout, {})
             except UNAVAILABLE as exc:
                 raise unreachable(dsn, exc) from exc
-        return cls(pool, dsn, acquire_timeout, search_timeout)
+        try:
+            # Connected on first use (min_size 0): most processes never search.
+            search_pool = await create(
+                0, search_pool_size(max_size),
+                statement_timeout if search_timeout is None else search_timeout,
+                SEARCH_SETTINGS)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool, search_pool, dsn, acquire_timeout)
 
     async def close(self) -> None:
         """Close every connection (waits for those in use to be released)."""
+        await self.search_pool.close()
         await self.pool.close()
 
-    def _acquire_timeout(self) -> float | None:
+    def _acquire_timeout(self, pool: asyncpg.Pool) -> float | None:
         """No timeout when a connection sits idle in the pool: it is handed over without
         waiting, and arming a timer for it costs as much as the pool's own work."""
-        return None if self.pool.get_idle_size() else self.acquire_timeout
+        return None if pool.get_idle_size() else self.acquire_timeout
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection outside any transaction (each statement commits alone)."""
         with translate_errors():
-            async with self.pool.acquire(timeout=self._acquire_timeout()) as conn:
+            async with self.pool.acquire(timeout=self._acquire_timeout(self.pool)) as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def search_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the search pool, outside any transaction: its statements are
+        planned for their parameters at every run and may take ``search_timeout``.  For
+        one statement that reads (a single statement is atomic alone), never for writes."""
+        pool = self.search_pool
+        with translate_errors():
+            async with pool.acquire(timeout=self._acquire_timeout(pool)) as conn:
                 yield conn
 
     @contextlib.asynccontextmanager
@@ -187,7 +229,7 @@ class Database:
         """A pooled connection inside one transaction, committed when the block ends
         normally and rolled back when it raises."""
         with translate_errors():
-            async with self.pool.acquire(timeout=self._acquire_timeout()) as conn:
+            async with self.pool.acquire(timeout=self._acquire_timeout(self.pool)) as conn:
                 try:
                     async with conn.transaction(readonly=readonly, isolation=isolation):
                         yield conn

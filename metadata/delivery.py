@@ -116,6 +116,8 @@ class Delivered:
     size: int
     modseq: int = 0
     """The mailbox's mod-sequence after this delivery (the entry's own)."""
+    recent: tuple[int, int] | None = None
+    """The ``\\Recent`` range claimed with it (``Deliverer.deliver``'s ``claim_recent_in``)."""
 
 
 def prepare(raw: bytes, threshold: int,
@@ -270,23 +272,28 @@ class Deliverer:
 
     async def commit(self, user: User, prepared: PreparedMessage, *, mailbox: str = "INBOX",
                      flags: Iterable[str] = (), internaldate: dt.datetime | None = None,
-                     box: Mailbox | None = None, mailbox_id: int | None = None) -> Delivered:
+                     box: Mailbox | None = None, mailbox_id: int | None = None,
+                     claim_recent: bool = False) -> Delivered:
         """Insert the message for ``user`` in one transaction (blobs already stored).
 
         :param box: the row of ``mailbox`` when the caller has just read it (saves a
             query; the insert itself refuses a mailbox deleted meanwhile).
         :param mailbox_id: or only its id (``mailbox`` then being its name), as LMTP's
             recipient lookup found it.
+        :param claim_recent: claim ``\\Recent`` in the same transaction
+            (``Messages.insert_many``).
         """
         (done,) = await self.commit_many(user, [(prepared, flags, internaldate)],
-                                         mailbox=mailbox, box=box, mailbox_id=mailbox_id)
+                                         mailbox=mailbox, box=box, mailbox_id=mailbox_id,
+                                         claim_recent=claim_recent)
         return done
 
     async def commit_many(self, user: User,
                           messages: Sequence[tuple[PreparedMessage, Iterable[str],
                                                    dt.datetime | None]], *,
                           mailbox: str = "INBOX", box: Mailbox | None = None,
-                          mailbox_id: int | None = None) -> list[Delivered]:
+                          mailbox_id: int | None = None,
+                          claim_recent: bool = False) -> list[Delivered]:
         """Insert several ``(prepared, flags, internaldate)`` messages (blobs already
         stored) in one transaction, with consecutive UIDs in this order: all or none.
 
@@ -311,9 +318,10 @@ class Deliverer:
 
         appended = await self.store.messages.insert_many(user.id, box_id, [
             NewMessage(prepared.row, prepared.blob_ids, when or now, Flags.from_names(flags))
-            for prepared, flags, when in messages], before_commit=fence)
+            for prepared, flags, when in messages], before_commit=fence,
+            claim_recent=claim_recent)
         return [Delivered(user.name, box_name, box_id, a.uidvalidity, a.uid, a.message_id,
-                          prepared.row.size, a.modseq)
+                          prepared.row.size, a.modseq, a.recent)
                 for a, (prepared, _f, _w) in zip(appended, messages, strict=True)]
 
     async def commit_batch(self, items: Sequence[tuple[User, PreparedMessage, str, int]]
@@ -353,9 +361,14 @@ class Deliverer:
         return [out[n] for n in range(len(items))]
 
     async def deliver(self, user: str, raw: bytes, *, mailbox: str = "INBOX",
-                      flags: Iterable[str] = (),
-                      internaldate: dt.datetime | None = None) -> Delivered:
+                      flags: Iterable[str] = (), internaldate: dt.datetime | None = None,
+                      claim_recent_in: int | None = None) -> Delivered:
         """Deliver ``raw`` to one mailbox of one user.
+
+        :param claim_recent_in: when ``mailbox`` turns out to be the mailbox with this id,
+            claim ``\\Recent`` for the caller in the delivery's own transaction (an
+            APPEND to the mailbox a read-write IMAP4rev1 session has selected: the claim
+            it would make next, without its round trip); ``Delivered.recent`` has the range.
 
         :raises NoSuchUser, NoSuchMailbox, OverQuota, Unavailable, MessageTooBig:
             nothing was committed.
@@ -369,7 +382,8 @@ class Deliverer:
         prepared = await self.prepare(raw)
         await self.upload(prepared)
         return await self.commit(account, prepared, mailbox=mailbox_row.name, flags=flags,
-                                 internaldate=internaldate, box=mailbox_row)
+                                 internaldate=internaldate, box=mailbox_row,
+                                 claim_recent=mailbox_row.id == claim_recent_in)
 
 
 def _check_quota(user: User, size: int) -> None:

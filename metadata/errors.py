@@ -95,7 +95,8 @@ class MessageTooBig(MetadataError, kinds.LimitExceeded):
 
 class QueryTooLong(MetadataError, kinds.LimitExceeded):
     """PostgreSQL cancelled a statement that ran past its ``statement_timeout``
-    (``metadata.statement_timeout``, ``metadata.search_timeout`` for SEARCH)."""
+    (``metadata.statement_timeout``; ``metadata.search_timeout`` for SEARCH, SORT and
+    THREAD with a BODY/TEXT substring test)."""
 
 
 class UidsExhausted(MetadataError, kinds.LimitExceeded):

@@ -30,7 +30,7 @@ from typing import Literal
 
 import asyncpg
 
-from metadata.db import Database, timeout_setting
+from metadata.db import Database
 from metadata.errors import (
     NoSuchMailbox,
     NoSuchMessage,
@@ -168,48 +168,68 @@ _ROW_COLUMNS = (
     "sort_reply, sort_from, sort_to, sort_cc, display_from, display_to, "
     "thread_message_id, thread_references")
 
-#: A delivery's or an import batch's whole write but the quota in one statement (one
-#: round trip whatever the batch): the message rows, their blob references, the next
-#: UIDs and one mod-sequence from the mailbox row, and the entries at those UIDs.
-#: $1 user; $2..$28 the rows' columns as arrays (:data:`_ROW_COLUMNS`; header fields and
-#: thread references as JSON text: an array of arrays must be rectangular); $29, $30 the
-#: references as pairs of a row's position from 1 and a blob id; $31 the mailbox, $32 the
-#: last UID, $33 how many, $34 keywords new to the mailbox; $35..$39 each entry's flag
-#: bits, keywords (JSON arrays), INTERNALDATE, its offset, size.  The ids are drawn first,
-#: in the rows' order, so that the references and entries can name them.  Always one
-#: row: the ids, and the allocation (NULL when the mailbox is gone, \Noselect or out of
-#: UIDs; the caller then rolls back).
-_INSERT_AND_ENTER = (
-    "WITH src AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence('messages', 'id')) "
-    "AS id, t.* FROM unnest($2::text[], $3::bigint[], $4::timestamptz[], $5::date[], "
-    "$6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], "
-    "$12::text[], $13::bytea[], $14::bytea[], $15::bytea[], $16::bytea[], $17::bytea[], "
-    "$18::text[], $19::text[], $20::text[], $21::boolean[], $22::text[], $23::text[], "
-    "$24::text[], $25::text[], $26::text[], $27::text[], $28::text[]) WITH ORDINALITY "
-    f"AS t({_ROW_COLUMNS}, n)), "
-    f"m AS (INSERT INTO messages (user_id, id, {_ROW_COLUMNS}) "
-    "SELECT $1, id, skeleton_id, size, sent_at, sent_date, search_subject, search_from, "
-    "search_to, search_cc, search_bcc, message_id_header, header_fields::jsonb, "
-    "header_block, envelope, bodystructure, body, section_map, search_header, search_body, "
-    "sort_subject, sort_reply, sort_from, sort_to, sort_cc, display_from, display_to, "
-    "thread_message_id, ARRAY(SELECT r FROM jsonb_array_elements_text("
-    "thread_references::jsonb) WITH ORDINALITY AS j(r, i) ORDER BY i) FROM src), "
-    "b AS (INSERT INTO message_blobs (user_id, message_id, blob_id) SELECT $1, src.id, x.blob "
-    "FROM unnest($29::bigint[], $30::text[]) AS x(n, blob) JOIN src ON src.n = x.n), "
-    "a AS (UPDATE mailboxes SET uidnext = uidnext + $33, "
-    f"highestmodseq = highestmodseq + 1, {_add_keywords('$34')} "
-    "WHERE user_id = $1 AND id = $31 AND NOT noselect AND uidnext + $33 - 1 <= $32 "
-    "RETURNING uidnext - $33 AS first_uid, highestmodseq, uidvalidity), "
-    "e AS (INSERT INTO mailbox_messages (user_id, mailbox_id, uid, message_id, flags, "
-    "keywords, modseq, internaldate, internaldate_offset, size) "
-    "SELECT $1, $31, a.first_uid + t.n - 1, src.id, t.flags, "
-    "ARRAY(SELECT k FROM jsonb_array_elements_text(t.kw::jsonb) WITH ORDINALITY "
-    "AS j(k, i) ORDER BY i), a.highestmodseq, t.idate, t.off, t.size "
-    "FROM a, unnest($35::integer[], $36::text[], $37::timestamptz[], $38::smallint[], "
-    "$39::bigint[]) WITH ORDINALITY AS t(flags, kw, idate, off, size, n) "
-    "JOIN src ON src.n = t.n) "
-    "SELECT (SELECT array_agg(id ORDER BY n) FROM src) AS ids, a.first_uid, "
-    "a.highestmodseq, a.uidvalidity FROM (SELECT) AS one LEFT JOIN a ON true")
+def _insert_and_enter(claim: bool) -> str:
+    """A delivery's or an import batch's whole write but the quota in one statement (one
+    round trip whatever the batch): the message rows, their blob references, the next
+    UIDs and one mod-sequence from the mailbox row, and the entries at those UIDs.
+
+    $1 user; $2..$28 the rows' columns as arrays (:data:`_ROW_COLUMNS`; header fields and
+    thread references as JSON text: an array of arrays must be rectangular); $29, $30 the
+    references as pairs of a row's position from 1 and a blob id; $31 the mailbox, $32 the
+    last UID, $33 how many, $34 keywords new to the mailbox; $35..$39 each entry's flag
+    bits, keywords (JSON arrays), INTERNALDATE, its offset, size.  The ids are drawn first,
+    in the rows' order, so that the references and entries can name them.  Always one
+    row: the ids, and the allocation (NULL when the mailbox is gone, \\Noselect or out of
+    UIDs; the caller then rolls back).
+
+    :param claim: the mailbox row's update also claims ``\\Recent`` up to the new UIDNEXT,
+        as :meth:`Messages.claim_recent` does, and the row carries the old marker as
+        ``recent_low``.  The old marker comes from the sub-select that locks the row, as in
+        ``claim_recent`` (an UPDATE returns only new values): it waits for the lock, so it
+        reads the latest committed marker, which nobody can move before this commits.
+    """
+    mark, lock, low = "", "", ""
+    if claim:
+        mark = "recent_uid = uidnext + $33, "
+        lock = (" FROM (SELECT recent_uid FROM mailboxes WHERE user_id = $1 AND id = $31 "
+                "FOR NO KEY UPDATE) AS old")
+        low = ", old.recent_uid AS recent_low"
+    return (
+        "WITH src AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence('messages', 'id')) "
+        "AS id, t.* FROM unnest($2::text[], $3::bigint[], $4::timestamptz[], $5::date[], "
+        "$6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], "
+        "$12::text[], $13::bytea[], $14::bytea[], $15::bytea[], $16::bytea[], $17::bytea[], "
+        "$18::text[], $19::text[], $20::text[], $21::boolean[], $22::text[], $23::text[], "
+        "$24::text[], $25::text[], $26::text[], $27::text[], $28::text[]) WITH ORDINALITY "
+        f"AS t({_ROW_COLUMNS}, n)), "
+        f"m AS (INSERT INTO messages (user_id, id, {_ROW_COLUMNS}) "
+        "SELECT $1, id, skeleton_id, size, sent_at, sent_date, search_subject, search_from, "
+        "search_to, search_cc, search_bcc, message_id_header, header_fields::jsonb, "
+        "header_block, envelope, bodystructure, body, section_map, search_header, "
+        "search_body, sort_subject, sort_reply, sort_from, sort_to, sort_cc, display_from, "
+        "display_to, thread_message_id, ARRAY(SELECT r FROM jsonb_array_elements_text("
+        "thread_references::jsonb) WITH ORDINALITY AS j(r, i) ORDER BY i) FROM src), "
+        "b AS (INSERT INTO message_blobs (user_id, message_id, blob_id) SELECT $1, src.id, "
+        "x.blob FROM unnest($29::bigint[], $30::text[]) AS x(n, blob) JOIN src ON src.n = x.n), "
+        f"a AS (UPDATE mailboxes mb SET uidnext = uidnext + $33, {mark}"
+        f"highestmodseq = highestmodseq + 1, {_add_keywords('$34')}{lock} "
+        "WHERE mb.user_id = $1 AND mb.id = $31 AND NOT noselect AND uidnext + $33 - 1 <= $32 "
+        f"RETURNING uidnext - $33 AS first_uid, highestmodseq, uidvalidity{low}), "
+        "e AS (INSERT INTO mailbox_messages (user_id, mailbox_id, uid, message_id, flags, "
+        "keywords, modseq, internaldate, internaldate_offset, size) "
+        "SELECT $1, $31, a.first_uid + t.n - 1, src.id, t.flags, "
+        "ARRAY(SELECT k FROM jsonb_array_elements_text(t.kw::jsonb) WITH ORDINALITY "
+        "AS j(k, i) ORDER BY i), a.highestmodseq, t.idate, t.off, t.size "
+        "FROM a, unnest($35::integer[], $36::text[], $37::timestamptz[], $38::smallint[], "
+        "$39::bigint[]) WITH ORDINALITY AS t(flags, kw, idate, off, size, n) "
+        "JOIN src ON src.n = t.n) "
+        "SELECT (SELECT array_agg(id ORDER BY n) FROM src) AS ids, a.first_uid, "
+        f"a.highestmodseq, a.uidvalidity{low and ', a.recent_low'} "
+        "FROM (SELECT) AS one LEFT JOIN a ON true")
+
+
+_INSERT_AND_ENTER = _insert_and_enter(claim=False)
+_INSERT_ENTER_AND_CLAIM = _insert_and_enter(claim=True)
 
 _SORT_COLUMNS = ("m.sort_subject, m.sort_reply, m.sort_from, m.sort_to, m.sort_cc, "
                  "m.display_from, m.display_to, m.thread_message_id, m.thread_references")
@@ -422,7 +442,7 @@ class Messages:
     async def insert_many(self, user_id: int, mailbox_id: int,
                           new: Sequence[NewMessage], *,
                           before_commit: Callable[[], Awaitable[None]] | None = None,
-                          ) -> list[Appended]:
+                          claim_recent: bool = False) -> list[Appended]:
         """Store several messages in one transaction, with consecutive UIDs in the order
         given and one mod-sequence: one commit (one fsync) for all, which is what makes
         a bulk import fast.  All or none are stored; the errors are :meth:`insert`'s (the
@@ -432,11 +452,15 @@ class Messages:
         :param before_commit: awaited as the transaction's last step, once every lock is
             held; whatever it raises rolls the transaction back and propagates (delivery's
             gc fence: metadata/delivery.py).
+        :param claim_recent: claim ``\\Recent`` for the caller in the same statement, up
+            to the new messages included (:meth:`claim_recent` without its round trip: an
+            APPEND to the mailbox a read-write session has selected); each
+            :class:`Appended` then carries the range.
         """
         if not new:
             return []
         async with self.db.transaction() as conn:
-            alloc = await self._enter(conn, user_id, mailbox_id, new)
+            alloc = await self._enter(conn, user_id, mailbox_id, new, claim_recent=claim_recent)
             await self._charge(conn, user_id, mailbox_id, new, alloc)
             if before_commit is not None:
                 await before_commit()
@@ -468,7 +492,8 @@ class Messages:
         return [self._appended(allocs[i], len(new)) for i, (_u, _m, new) in enumerate(groups)]
 
     async def _enter(self, conn: asyncpg.Connection, user_id: int, mailbox_id: int,
-                     new: Sequence[NewMessage]) -> asyncpg.Record:
+                     new: Sequence[NewMessage], *, claim_recent: bool = False,
+                     ) -> asyncpg.Record:
         """Insert ``new`` (not empty) into the mailbox in one statement (rows, references,
         UIDs, entries), locking its row until commit: the allocation."""
         blob_lists = []
@@ -484,7 +509,7 @@ class Messages:
         values = [_message_values(user_id, m.row) for m in new]
         keywords = dict.fromkeys(k for m in new for k in m.flags.keywords)
         alloc = await conn.fetchrow(
-            _INSERT_AND_ENTER, user_id,
+            _INSERT_ENTER_AND_CLAIM if claim_recent else _INSERT_AND_ENTER, user_id,
             *([v[i] for v in values] for i in range(1, 27)),
             [json.dumps(v[27]) for v in values],
             [n for n, blobs in enumerate(blob_lists, 1) for _b in blobs],
@@ -510,7 +535,9 @@ class Messages:
     @staticmethod
     def _appended(alloc: asyncpg.Record, count: int) -> list[Appended]:
         first, modseq = alloc["first_uid"], alloc["highestmodseq"]
-        return [Appended(alloc["uidvalidity"], first + n, modseq, mid)
+        low = alloc.get("recent_low")  # only when claimed (_insert_and_enter)
+        recent = None if low is None else (low, first + count)
+        return [Appended(alloc["uidvalidity"], first + n, modseq, mid, recent)
                 for n, mid in enumerate(alloc["ids"][:count])]
 
     @staticmethod
@@ -712,21 +739,12 @@ class Messages:
         query = (f"SELECT mm.uid, mm.modseq FROM mailbox_messages mm{join} "
                  f"WHERE mm.user_id = $1 AND mm.mailbox_id = $2 AND {compiled.sql} "
                  "ORDER BY mm.uid")
-        if not compiled.substring:
-            async with self.db.connection() as conn:
-                rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
-        else:
-            # Whether the trigram index pays depends on the string and the mailbox size: a
-            # generic plan (which a prepared statement switches to after five runs) knows
-            # neither and would walk every entry of a 100,000-message mailbox.
-            settings = "SET LOCAL plan_cache_mode = force_custom_plan"
-            if self.db.search_timeout is not None:
-                # In the same round trip: SEARCH may scan longer than other statements.
-                settings += (f"; SET LOCAL statement_timeout = "
-                             f"{timeout_setting(self.db.search_timeout)}")
-            async with self.db.transaction(readonly=True) as conn:
-                await conn.execute(settings)
-                rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
+        # A substring test's plan depends on the string and the mailbox size, and it may
+        # scan the mailbox: the search pool plans every run for its parameters and allows
+        # search_timeout (metadata.db).  Either way one statement, one round trip.
+        connection = self.db.search_connection if compiled.substring else self.db.connection
+        async with connection() as conn:
+            rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
         modseqs = tuple(r["modseq"] for r in rows)
         return SearchHits(tuple(r["uid"] for r in rows), max(modseqs, default=None), modseqs)
 
@@ -746,10 +764,9 @@ class Messages:
                  "AND m.id = mm.message_id "
                  f"WHERE mm.user_id = $1 AND mm.mailbox_id = $2 AND {compiled.sql} "
                  "ORDER BY mm.uid")
-        async with self.db.transaction(readonly=True) as conn:
-            if compiled.substring:
-                # See search(): a generic plan would walk every entry.
-                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        # See search(): one statement, on the search pool when a string is sought.
+        connection = self.db.search_connection if compiled.substring else self.db.connection
+        async with connection() as conn:
             rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
         entries: list[SortEntry] = []
         computed: dict[int, SortKeys] = {}
@@ -785,16 +802,11 @@ class Messages:
         query = (f"SELECT {columns}{stale} FROM mailbox_messages mm{join} "
                  f"WHERE mm.user_id = $1 AND mm.mailbox_id = $2 AND {compiled.sql} "
                  f"ORDER BY {order}")
+        # See search(): one statement, on the search pool when a string is sought.
+        connection = self.db.search_connection if compiled.substring else self.db.connection
         for _ in range(2):
-            if not compiled.substring:
-                # One statement is atomic alone: no BEGIN/COMMIT round trips.
-                async with self.db.connection() as conn:
-                    rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
-            else:
-                async with self.db.transaction(readonly=True) as conn:
-                    # See search(): a generic plan would walk every entry.
-                    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-                    rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
+            async with connection() as conn:
+                rows = await conn.fetch(query, user_id, mailbox_id, *compiled.params)
             if not needs_message:
                 return rows
             last = len(rows[0]) - 1 if rows else 0

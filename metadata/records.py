@@ -199,6 +199,9 @@ class Appended:
     uid: int
     modseq: int
     message_id: int
+    #: The ``\Recent`` range ``[low, high)`` claimed in the same transaction (see
+    #: :meth:`~metadata.messages.Messages.claim_recent`), when the caller asked for it.
+    recent: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -733,6 +733,64 @@ def test_thread_references_and_orderedsubject(dsn: str) -> None:
     run(dsn, body, messages=())
 
 
+def test_own_append_claims_recent_in_its_delivery_transaction(dsn: str) -> None:
+    """An APPEND into the mailbox a read-write session has selected claims \\Recent in the
+    delivery's own transaction (the mailbox row's last writer is the one that inserted the
+    entry), for the new message and for one delivered before it unannounced; another
+    session gets neither.  EXAMINE claims none, nor does an APPEND to another mailbox."""
+
+    async def body(env: Env, c: Client, name: str) -> None:
+        user = env.users[name]
+        inbox = (await env.store.mailboxes.get(user.id, "INBOX")).id
+
+        async def writers(uid: int) -> tuple[int, int]:
+            """xmin of the mailbox row and of the entry at ``uid``."""
+            async with env.store.db.connection() as conn:
+                row = await conn.fetchrow(
+                    "SELECT (SELECT xmin::text::bigint FROM mailboxes WHERE user_id = $1 "
+                    "AND id = $2) AS mailbox, (SELECT xmin::text::bigint FROM mailbox_messages "
+                    "WHERE user_id = $1 AND mailbox_id = $2 AND uid = $3) AS entry",
+                    user.id, inbox, uid)
+            return row["mailbox"], row["entry"]
+
+        raw = b"Subject: r\r\n\r\nr\r\n"
+
+        def append_line(tag: str, mailbox: str, raw: bytes) -> bytes:
+            return f"{tag} APPEND {mailbox} {{{len(raw)}+}}\r\n".encode() + raw + b"\r\n"
+
+        assert b"* 0 RECENT\r\n" in await c.send("a SELECT INBOX")
+        reply = await c.send(append_line("b", "INBOX", raw))
+        assert reply.startswith(b"* 1 EXISTS\r\n* 1 RECENT\r\nb OK [APPENDUID "), reply
+        mailbox_writer, entry_writer = await writers(1)
+        assert mailbox_writer == entry_writer
+        other = env.client()
+        await other.login(name)
+        assert b"* 0 RECENT\r\n" in await other.send("o1 SELECT INBOX")
+        heard = await env.hear(name)
+        await env.deliver(name, raw)  # UID 2, which c has not been told of
+        await heard.of("append")
+        reply = await c.send(append_line("c", "INBOX", raw))
+        assert reply.startswith(b"* 3 EXISTS\r\n* 3 RECENT\r\nc OK [APPENDUID "), reply
+        assert await c.send("d FETCH 2:3 (FLAGS)") == (
+            b"* 2 FETCH (FLAGS (\\Recent))\r\n* 3 FETCH (FLAGS (\\Recent))\r\n"
+            b"d OK FETCH completed\r\n")
+        assert await other.send("o2 NOOP") == (
+            b"* 3 EXISTS\r\n* 0 RECENT\r\no2 OK NOOP completed\r\n")
+        # Read-only: the message stays unclaimed, for the next read-write session.
+        await c.send("e EXAMINE INBOX")
+        reply = await c.send(append_line("f", "INBOX", raw))
+        assert reply.startswith(b"* 4 EXISTS\r\n"), reply
+        assert await other.send("o3 NOOP") == (
+            b"* 4 EXISTS\r\n* 1 RECENT\r\no3 OK NOOP completed\r\n")
+        # Into another mailbox: nothing is claimed there.
+        await c.send("g SELECT INBOX")
+        await c.send(append_line("h", "Drafts", raw))
+        assert b"RECENT 1" in await c.send("i STATUS Drafts (RECENT)")
+        await other.close()
+
+    run(dsn, body, messages=())
+
+
 def test_own_append_is_announced_exactly_and_updates_kept_searches(dsn: str) -> None:
     """A session's own APPEND answers FLAGS for a new keyword, EXISTS and RECENT (from what
     the insert returned), then nothing more at NOOP; with a search kept (CONTEXT=SEARCH),

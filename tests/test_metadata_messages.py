@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from typing import TypeVar
 
 import asyncpg
 import pytest
@@ -22,6 +23,8 @@ from metadata.store import MetadataStore
 from metadata.uidset import MAX_UID, UidSet
 from tests.metadata_support import FAST_SCRYPT, blob, fresh_database, sample_row
 from tests.waiting import eventually
+
+T = TypeVar("T")
 
 NOW = dt.datetime(2024, 3, 9, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-8)))
 
@@ -710,6 +713,76 @@ def test_claim_recent_gives_each_message_to_one_session(dsn: str) -> None:
     asyncio.run(run())
 
 
+def test_an_insert_claims_recent_in_its_own_statement(dsn: str) -> None:
+    """An insert asked to claim \\Recent takes every unclaimed message up to its own, as
+    claim_recent would right after it; a refused insert claims nothing."""
+
+    async def run() -> None:
+        async with opened(dsn) as store:
+            user, inbox = await new_user(store, "recent-insert")
+            await store.messages.insert(user.id, inbox, sample_row("ri0"), [],
+                                        internaldate=NOW)
+            two = await store.messages.insert_many(user.id, inbox, [
+                NewMessage(sample_row(f"ri{i}"), (), NOW) for i in (1, 2)], claim_recent=True)
+            assert [(a.uid, a.recent) for a in two] == [(2, (1, 4)), (3, (1, 4))]
+            assert (await store.mailboxes.status(user.id, inbox)).recent == 0
+            assert await store.messages.claim_recent(user.id, inbox) == (4, 4)
+            plain = await store.messages.insert(user.id, inbox, sample_row("ri3"), [],
+                                                internaldate=NOW)
+            assert plain.recent is None
+            assert (await store.mailboxes.status(user.id, inbox)).recent == 1
+            await store.users.set_quota("recent-insert", 1)
+            with pytest.raises(OverQuota):
+                await store.messages.insert_many(user.id, inbox, [
+                    NewMessage(sample_row("ri4"), (), NOW)], claim_recent=True)
+            assert await store.messages.claim_recent(user.id, inbox) == (4, 5)
+            with pytest.raises(NoSuchMailbox):
+                await store.messages.insert_many(user.id, 123_456_789, [
+                    NewMessage(sample_row("ri5"), (), NOW)], claim_recent=True)
+
+    asyncio.run(run())
+
+
+def test_recent_goes_to_exactly_one_claimer_among_concurrent_inserts(dsn: str) -> None:
+    """Inserts that claim \\Recent, plain deliveries and claim_recent calls racing on one
+    mailbox: the claimed ranges never overlap, each claiming insert's range holds its own
+    message, and with what is still unclaimed they cover every UID once."""
+    tasks, rounds = 12, 6
+
+    async def run() -> None:
+        async with opened(dsn, pool_max=12) as store:
+            user, inbox = await new_user(store, "recent-race")
+            claims: list[tuple[int, int]] = []
+
+            async def work(task: int) -> None:
+                for i in range(rounds):
+                    kind = (task + i) % 3
+                    if kind == 0:
+                        (done,) = await store.messages.insert_many(user.id, inbox, [
+                            NewMessage(sample_row(f"rr{task}-{i}"), (), NOW)],
+                            claim_recent=True)
+                        assert done.recent is not None
+                        assert done.recent[0] <= done.uid < done.recent[1]
+                        claims.append(done.recent)
+                    elif kind == 1:
+                        await store.messages.insert(user.id, inbox,
+                                                    sample_row(f"rr{task}-{i}"), [],
+                                                    internaldate=NOW)
+                    else:
+                        claims.append(await store.messages.claim_recent(user.id, inbox))
+
+            await asyncio.gather(*(work(t) for t in range(tasks)))
+            mailbox = await store.mailboxes.get(user.id, "INBOX")
+            unclaimed = (await store.mailboxes.status(user.id, inbox)).recent
+            covered = [u for low, high in claims for u in range(low, high)]
+            assert len(covered) == len(set(covered))
+            total = mailbox.uidnext - 1
+            assert total == tasks * rounds * 2 // 3
+            assert sorted(covered) == list(range(1, total - unclaimed + 1))
+
+    asyncio.run(run())
+
+
 async def counted(dsn: str, user_id: int) -> dict[int, tuple[int, int, int, int]]:
     """Each mailbox's kept counters and, beside them, what counting the entries gives."""
     conn = await asyncpg.connect(dsn)
@@ -774,21 +847,24 @@ def test_mailbox_counters_follow_every_change_of_the_entries(dsn: str) -> None:
 
 def test_statement_timeouts_cancel_long_queries_and_search_has_its_own(dsn: str) -> None:
     """A statement that waits past ``statement_timeout`` fails with QueryTooLong and the pool
-    goes on; a substring SEARCH runs under ``search_timeout`` instead, longer or shorter."""
+    goes on; a substring SEARCH (and SORT) runs under ``search_timeout`` instead, longer or
+    shorter, and its pool goes on too."""
 
-    async def blocked_search(store: MetadataStore, user_id: int, inbox: int,
-                             criterion: Criterion, hold: float) -> SearchHits:
-        """Run the search while another transaction holds mailbox_messages for ``hold`` s."""
+    async def blocked(work: Awaitable[T], hold: float) -> T:
+        """Run ``work`` while another transaction holds mailbox_messages for ``hold`` s."""
         locker = await asyncpg.connect(dsn)
         try:
             async with locker.transaction():
                 await locker.execute("LOCK TABLE mailbox_messages IN ACCESS EXCLUSIVE MODE")
-                search = asyncio.ensure_future(
-                    store.messages.search(user_id, inbox, criterion))
+                running = asyncio.ensure_future(work)
                 await asyncio.sleep(hold)
-            return await search
+            return await running
         finally:
             await locker.close()
+
+    async def blocked_search(store: MetadataStore, user_id: int, inbox: int,
+                             criterion: Criterion, hold: float) -> SearchHits:
+        return await blocked(store.messages.search(user_id, inbox, criterion), hold)
 
     async def run() -> None:
         store = await MetadataStore.open(dsn, pool_min=1, pool_max=2,
@@ -812,6 +888,12 @@ def test_statement_timeouts_cancel_long_queries_and_search_has_its_own(dsn: str)
         try:
             with pytest.raises(QueryTooLong):
                 await blocked_search(store, user.id, inbox, BodyContains("zzz"), 1.0)
+            with pytest.raises(QueryTooLong):
+                await blocked(store.messages.sort_order(user.id, inbox, BodyContains("zzz"),
+                                                        [("SUBJECT", False)]), 1.0)
+            # Within the timeout, on the same (single) search connection.
+            hits = await blocked_search(store, user.id, inbox, BodyContains("zzz"), 0.1)
+            assert hits.uids == ()
         finally:
             await store.close()
 

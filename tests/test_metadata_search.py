@@ -304,3 +304,84 @@ def test_header_search_reads_lines_or_the_field_list(dsn: str) -> None:
     first, second, _third = sorted(stored)
     assert stored[first] != "[]"  # a value with a line break keeps the list
     assert stored[second] == "[]"  # the lines hold it
+
+
+def _bulk_mailbox_sql() -> list[str]:
+    """A user ($1) with 20,000 entries in one mailbox ($2) among 40 others' 20,000 messages,
+    bodies and headers of a few hundred bytes (hex words: each string is rare)."""
+    return [
+        "INSERT INTO messages (user_id, skeleton_id, size, header_block, envelope, "
+        "bodystructure, body, section_map, search_header, search_body) "
+        "SELECT CASE WHEN i <= 20000 THEN $1 ELSE o[1 + i % 40] END, "
+        "md5(i::text) || md5(i::text), 10, '', '', '', '', '', "
+        "'subject: ' || md5(i::text) || repeat(' ' || md5((i * 5)::text), 8), "
+        "md5(i::text) || repeat(' ' || md5((i * 3)::text), 10) "
+        "FROM generate_series(1, 40000) AS i, CAST($2 AS bigint[]) AS o",
+        "INSERT INTO mailbox_messages (user_id, mailbox_id, uid, message_id, flags, modseq, "
+        "internaldate, internaldate_offset, size) "
+        "SELECT $1, $2, row_number() OVER (ORDER BY id), id, 0, 1, now(), 0, 10 "
+        "FROM messages WHERE user_id = $1",
+        "UPDATE mailboxes SET uidnext = 20001 WHERE user_id = $1 AND id = $2",
+    ]
+
+
+def test_substring_search_is_planned_for_its_parameters_at_every_run(dsn: str) -> None:
+    """SEARCH, SORT and THREAD with a substring test run as one statement on the search
+    pool, planned for their parameters at every run: no generic plan after the fifth run,
+    which the same prepared statement on the main pool gets; over a 20,000-message
+    mailbox the plan reads the trigram index."""
+
+    async def run(target: str) -> None:
+        store = await MetadataStore.open(target, pool_min=1, pool_max=2,
+                                         password_params=FAST_SCRYPT, statement_timeout=None,
+                                         search_timeout=30.0)
+        try:
+            user = await store.users.create("big", "pw")
+            inbox = (await store.mailboxes.get(user.id, "INBOX")).id
+            others = [(await store.users.create(f"other{n}", "pw")).id for n in range(40)]
+            async with store.db.connection() as conn:
+                insert, enter, uidnext = _bulk_mailbox_sql()
+                await conn.execute(insert, user.id, others)
+                await conn.execute(enter, user.id, inbox)
+                await conn.execute(uidnext, user.id, inbox)
+                await conn.execute("ANALYZE")
+            needle = BodyContains("c4ca4238a0")  # md5('1'): message 1's body
+            for _ in range(8):
+                assert (await store.messages.search(user.id, inbox, needle)).uids == (1,)
+                assert await store.messages.sort_order(
+                    user.id, inbox, needle, [("SUBJECT", False)]) == [(1, 1)]
+                assert [e.uid for e in await store.messages.thread_entries(
+                    user.id, inbox, needle, links=True)] == [1]
+            compiled = compile_criteria(needle, first_param=3)
+            query = ("SELECT mm.uid, mm.modseq FROM mailbox_messages mm JOIN messages m "
+                     "ON m.user_id = $1 AND m.id = mm.message_id WHERE mm.user_id = $1 AND "
+                     f"mm.mailbox_id = $2 AND {compiled.sql} ORDER BY mm.uid")
+            async with store.db.search_connection() as conn:
+                plans = await conn.fetch(
+                    "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements "
+                    "WHERE statement LIKE '%ILIKE%' AND statement NOT LIKE '%pg_prepared%'")
+                settings = await conn.fetchrow(
+                    "SELECT current_setting('plan_cache_mode') AS mode, "
+                    "current_setting('statement_timeout') AS timeout")
+                plan = "\n".join(r[0] for r in await conn.fetch(
+                    f"EXPLAIN {query}", user.id, inbox, *compiled.params))
+            assert query in [r["statement"] for r in plans]
+            assert len(plans) == 3, plans  # SEARCH, SORT, THREAD
+            # (8 runs each; the first SORT runs twice: the bulk rows had no sort keys yet.)
+            assert all(r["generic_plans"] == 0 and r["custom_plans"] >= 8 for r in plans), plans
+            assert (settings["mode"], settings["timeout"]) == ("force_custom_plan", "30s")
+            assert "messages_search_body_trgm_idx" in plan, plan
+            # Why: on a connection without the setting the same statement goes generic.
+            for _ in range(8):
+                async with store.db.connection() as conn:
+                    await conn.fetch(query, user.id, inbox, *compiled.params)
+            async with store.db.connection() as conn:
+                generic = await conn.fetchval(
+                    "SELECT generic_plans FROM pg_prepared_statements WHERE statement = $1",
+                    query)
+            assert generic > 0
+        finally:
+            await store.close()
+
+    with fresh_database(dsn) as target:
+        asyncio.run(run(target))

@@ -9,6 +9,8 @@ the mix until ``--duration`` runs out:
 ``fetch_headers``  ``UID FETCH <random 20> (FLAGS BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE)])``
 ``fetch_message``  ``UID FETCH <random 1> BODY.PEEK[]``
 ``search``         ``UID SEARCH`` on a flag, a header word, or a body word
+``search_body``    ``UID SEARCH BODY`` of a word (not in the default mix: the body search
+                   alone, e.g. ``--mix search_body=1``)
 ``store``          ``UID STORE <random 1> +FLAGS/-FLAGS (\\Flagged)``
 ``append``         ``APPEND INBOX`` of a corpus message (its UID from APPENDUID)
 ``expunge``        ``UID STORE <oldest> +FLAGS (\\Deleted)`` then ``EXPUNGE``; the oldest
@@ -247,6 +249,9 @@ class Client:
             query = self.rng.choice([b"UNSEEN", b"FLAGGED", b"FROM example", b"SUBJECT re",
                                      b"BODY the", b"SINCE 1-Jan-2020"])
             await self.timed(name, b"UID SEARCH " + query)
+        elif name == "search_body":
+            word = self.rng.choice([b"the", b"message", b"please", b"mail"])
+            await self.timed(name, b"UID SEARCH BODY " + word)
         elif name == "store":
             sign = self.rng.choice([b"+", b"-"])
             await self.timed(name, b"UID STORE %s %sFLAGS (\\Flagged)" % (self.some_uids(1),
@@ -277,7 +282,8 @@ class Client:
                     return
 
 
-OPERATIONS = ("fetch_headers", "fetch_message", "search", "store", "append", "expunge", "noop")
+OPERATIONS = ("fetch_headers", "fetch_message", "search", "search_body", "store", "append",
+              "expunge", "noop")
 
 
 def load_corpus(directory: Path, limit: int) -> list[bytes]:
