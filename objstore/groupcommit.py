@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-The reactor thread queues write ops (:meth:`GroupCommitter.submit`, which returns a
-Deferred).  The committer thread waits for the store's write lock (other worker processes
+The reactor thread queues write ops, each with the plain function to call with its result
+(:meth:`GroupCommitter.enqueue`; :meth:`GroupCommitter.submit` wraps it in a Deferred for
+callers that want one).  The committer thread waits for the store's write lock (other worker processes
 may hold it), then takes every op waiting (up to ``max_batch``), applies them in one write
 transaction of the store, commits it, and hands all their outcomes back together once the
 commit is on disk, through ``deliver`` (the daemon passes a function that runs them on the
@@ -79,15 +80,27 @@ class GroupCommitter(threading.Thread):
     def queued(self) -> int:
         return len(self._queue)
 
-    def submit(self, op: WriteOp) -> defer.Deferred[Result]:
-        """Queue ``op``; the Deferred fires (through ``deliver``) once it is durable, or has
-        already failed with :class:`ShuttingDown` after :meth:`stop`."""
-        d: defer.Deferred[Result] = defer.Deferred()
+    def enqueue(self, op: WriteOp, done: Callback) -> None:
+        """Queue ``op``; ``done`` is called with its result (through ``deliver``, once per
+        batch for all its ops) once it is durable.  No Deferred: a durable write's
+        completion is one plain call, the hot path of every set.
+
+        :raises ShuttingDown: after :meth:`stop`.
+        """
         with self._cond:
             if self._stopping:
-                return defer.fail(ShuttingDown("the store is shutting down"))
-            self._queue.append((op, d.callback))
+                raise ShuttingDown("the store is shutting down")
+            self._queue.append((op, done))
             self._cond.notify()
+
+    def submit(self, op: WriteOp) -> defer.Deferred[Result]:
+        """:meth:`enqueue` with a Deferred: it fires (through ``deliver``) once ``op`` is
+        durable, or has already failed with :class:`ShuttingDown` after :meth:`stop`."""
+        d: defer.Deferred[Result] = defer.Deferred()
+        try:
+            self.enqueue(op, d.callback)
+        except ShuttingDown:
+            return defer.fail()
         return d
 
     def stop(self, timeout: float | None = 30.0) -> None:

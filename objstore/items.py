@@ -36,7 +36,7 @@ from typing import Final, Protocol
 from twisted.internet import defer
 from twisted.python import failure
 
-from objstore.record import BIT_STALE, BIT_WIN_SENT, CorruptRecord, Record
+from objstore.record import BIT_STALE, BIT_WIN_SENT, CorruptRecord, Record, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -464,14 +464,18 @@ class ReapOp(WriteOp):
 
 
 Callback = Callable[[Result], None]
+#: What a refused write (the store is shutting down) is answered with.
+_REFUSED: Final = Result(Outcome.FAILED)
 
 
 class Committer(Protocol):
     """Where a store sends its writes (see :meth:`BaseStore.use_committer`)."""
 
-    def submit(self, op: WriteOp) -> defer.Deferred[Result]:
-        """Queue ``op``: the Deferred fires with its result once the write is durable, or
-        fails (:class:`~objstore.record.StorageError`) when the op is refused."""
+    def enqueue(self, op: WriteOp, done: Callback) -> None:
+        """Queue ``op``: ``done`` is called with its result once the write is durable.
+
+        :raises StorageError: the op is refused (the committer was stopped).
+        """
 
     def stop(self) -> None:
         """Commit what is queued, then refuse further ops."""
@@ -504,6 +508,11 @@ class ItemStore(Protocol):
 
     def write(self, op: WriteOp) -> defer.Deferred[Result]:
         """Apply ``op`` durably; the Deferred fails (never raises) on a refusal."""
+
+    def enqueue(self, op: WriteOp, done: Callback) -> None:
+        """Apply ``op`` durably and call ``done`` with its result (a refusal: with
+        :attr:`Outcome.FAILED`, logged); never raises for a refusal.  Without a Deferred:
+        the command handler's writes."""
 
 
 class BaseStore(abc.ABC):
@@ -577,12 +586,35 @@ class BaseStore(abc.ABC):
         Deferred fires once the write is durable and fails, never raises, on a refusal."""
         committer = self._committer
         if committer is not None:
-            return committer.submit(op)
+            d: defer.Deferred[Result] = defer.Deferred()
+            try:
+                committer.enqueue(op, d.callback)
+            except StorageError:
+                return defer.fail()
+            return d
         try:
             result = self.execute(op)
         except Exception:
             return defer.fail()
         return defer.succeed(result)
+
+    def enqueue(self, op: WriteOp, done: Callback) -> None:
+        """See :meth:`ItemStore.enqueue`.  Without a committer ``done`` runs before this
+        returns."""
+        committer = self._committer
+        if committer is not None:
+            try:
+                committer.enqueue(op, done)
+            except StorageError as exc:
+                log.error("write %r refused: %s", op, exc)
+                done(_REFUSED)
+            return
+        try:
+            result = self.execute(op)
+        except StorageError as exc:
+            log.error("write %r refused: %s", op, exc)
+            result = _REFUSED
+        done(result)
 
     def submit(self, op: WriteOp, callback: Callback | None = None) -> None:
         """:meth:`write` for callers that want a callback (or nothing) and no Deferred;
