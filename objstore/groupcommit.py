@@ -90,8 +90,13 @@ class GroupCommitter(threading.Thread):
         with self._cond:
             if self._stopping:
                 raise ShuttingDown("the store is shutting down")
-            self._queue.append((op, done))
-            self._cond.notify()
+            queue = self._queue
+            if not queue:
+                # The thread waits only while the queue is empty (it looks under this
+                # lock), so only the first op of a batch has to wake it; notify() is
+                # not free (Python code, a deque per call).
+                self._cond.notify()
+            queue.append((op, done))
 
     def submit(self, op: WriteOp) -> defer.Deferred[Result]:
         """:meth:`enqueue` with a Deferred: it fires (through ``deliver``) once ``op`` is

@@ -148,6 +148,9 @@ class Handler:
         self.detail_enabled = False
         #: Keys read since their last write (insertion-ordered, bounded): mg's ``h``.
         self._fetched: dict[bytes, None] = {}
+        #: The completions of set/add/replace/append/prepend, bound once.
+        self._set_done = self._stored
+        self._set_quiet_done = self._stored_quietly
         #: The open connections, for ``stats conns`` (set by whoever owns the factory).
         self.connections: Callable[[], list[tuple[str, str, int]]] | None = None
         self._dispatch: dict[type, Callable[..., Answer]] = {
@@ -287,8 +290,8 @@ class Handler:
         if not is_cas:
             # The hot path (set, add, ...): no closure, one shared completion.
             op = StoreOp(name, key, cmd.value, cmd.flags, cmd.exptime)
-            pending: Pending[Result] = Pending(self._stored_quietly if noreply
-                                               else self._stored)
+            pending: Pending[Result] = Pending(self._set_quiet_done if noreply
+                                               else self._set_done)
             self.storage.enqueue(op, pending.complete)
             return pending
         op = StoreOp(b"set", key, cmd.value, cmd.flags, cmd.exptime,

@@ -15,8 +15,9 @@ This layout is what LMDB stores hold on disk: changing it breaks existing data
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 from zlib_ng import zlib_ng
 
@@ -33,6 +34,8 @@ CHECKSUM: Final = "crc32 (zlib-ng)"
 
 crc32: Final = zlib_ng.crc32
 _CRC: Final = struct.Struct("<I")
+#: The header without its checksum (what the checksum covers).
+_PREFIX: Final = struct.Struct("<BBHIqQI")
 
 
 def checksum(key: bytes, prefix: bytes | memoryview, value: bytes | memoryview) -> int:
@@ -43,11 +46,11 @@ def checksum(key: bytes, prefix: bytes | memoryview, value: bytes | memoryview) 
 def encode_record(key: bytes, value: bytes, flags: int, exptime: int, cas: int, mtime: int,
                   bits: int = 0) -> bytes:
     """Build the stored bytes of a record."""
-    prefix = HEADER.pack(RECORD_VERSION, bits, 0, flags, exptime, cas, mtime, 0)[:PREFIX_SIZE]
-    return prefix + _CRC.pack(checksum(key, prefix, value)) + value
+    prefix = _PREFIX.pack(RECORD_VERSION, bits, 0, flags, exptime, cas, mtime)
+    return b"".join((prefix, _CRC.pack(crc32(value, crc32(prefix, crc32(key)))), value))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Record:
     """An item as read from a store (``value`` is b"" when it was not read)."""
 
@@ -58,6 +61,18 @@ class Record:
     cas: int
     mtime: int
     bits: int = 0
+
+    def __init__(self, key: bytes, value: bytes, flags: int, exptime: int, cas: int,
+                 mtime: int, bits: int = 0) -> None:
+        # One is built per write and per read: the frozen dataclass's own __init__
+        # (object.__setattr__ per field) costs three times these slot setters.
+        _set_key(self, key)
+        _set_value(self, value)
+        _set_flags(self, flags)
+        _set_exptime(self, exptime)
+        _set_cas(self, cas)
+        _set_mtime(self, mtime)
+        _set_bits(self, bits)
 
     @property
     def stale(self) -> bool:
@@ -75,6 +90,21 @@ class Record:
     def ttl(self, now: int) -> int:
         """Seconds left, -1 for never (memcached's ``t`` flag)."""
         return -1 if self.exptime == 0 else max(self.exptime - now, 0)
+
+
+def slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
+    """The slot's own setter: writes a frozen dataclass's field without its __setattr__
+    (for a hand-written ``__init__`` on a hot path)."""
+    return cast(Callable[[object, object], None], cls.__dict__[name].__set__)
+
+
+_set_key: Final = slot_setter(Record, "key")
+_set_value: Final = slot_setter(Record, "value")
+_set_flags: Final = slot_setter(Record, "flags")
+_set_exptime: Final = slot_setter(Record, "exptime")
+_set_cas: Final = slot_setter(Record, "cas")
+_set_mtime: Final = slot_setter(Record, "mtime")
+_set_bits: Final = slot_setter(Record, "bits")
 
 
 def decode_record(key: bytes, raw: bytes | memoryview, with_value: bool = True) -> Record:
@@ -122,4 +152,5 @@ __all__ = [
     "decode_header",
     "decode_record",
     "encode_record",
+    "slot_setter",
 ]

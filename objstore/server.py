@@ -210,7 +210,10 @@ class Pending(_Slot, typing.Generic[T]):
     __slots__ = ("owner", "reply", "then")
 
     def __init__(self, then: Callable[[T], Reply | None]) -> None:
-        _Slot.__init__(self)
+        # _Slot's fields, set here: one call less per write.
+        self.chunks = self.stream = self.deferred = None
+        self.ready = self.write = False
+        self.size = 0
         self.then = then
         self.owner: ObjstoreProtocol | None = None
         self.reply: Reply | None = None
