@@ -68,7 +68,7 @@ class GroupCommitter(threading.Thread):
         self._queue: collections.deque[tuple[WriteOp, Callback]] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._taken: list[tuple[WriteOp, Callback]] = []
+        self._taken: Sequence[tuple[WriteOp, Callback]] = []
         #: Commits made; the most ops one carried; explicit syncs; and batches another
         #: process's later commit made durable (no sync of our own needed).
         self.batches = 0
@@ -128,17 +128,16 @@ class GroupCommitter(threading.Thread):
         explicit ``sync()``: one fsync per batch under load instead of two, and STORED
         still means on disk.
         """
-        queue = self._queue
         store = self._store
         unsynced: list[tuple[Callback, Result]] = []
         unsynced_txnid = 0
         while True:
             with self._cond:
-                while not queue and not self._stopping and not unsynced:
+                while not self._queue and not self._stopping and not unsynced:
                     self._cond.wait()
-                if not queue and self._stopping and not unsynced:
+                if not self._queue and self._stopping and not unsynced:
                     return
-                idle = not queue
+                idle = not self._queue
             if idle:
                 # No lock needed to look: waiting for another worker's commit would tie
                 # our replies to its CPU time too; a sync needs none.
@@ -168,8 +167,15 @@ class GroupCommitter(threading.Thread):
         """The ops queued now (up to ``max_batch``); called with the write lock held."""
         with self._cond:
             queue = self._queue
-            taken = self._taken = [queue.popleft()
-                                   for _ in range(min(len(queue), self._max_batch))]
+            if len(queue) <= self._max_batch:
+                # All of it: swap the deque, so the lock (which enqueue() waits for on
+                # the reactor thread) is held for no loop.
+                self._queue = collections.deque()
+                taken: collections.deque[tuple[WriteOp, Callback]] | list[
+                    tuple[WriteOp, Callback]] = queue
+            else:
+                taken = [queue.popleft() for _ in range(self._max_batch)]
+        self._taken = taken
         return [op for op, _ in taken]
 
     def _hand_over(self, done: list[tuple[Callback, Result]]) -> None:
