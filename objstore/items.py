@@ -42,8 +42,8 @@ from objstore.record import (
     CorruptRecord,
     Record,
     StorageError,
-    slot_setter,
 )
+from runtime.slots import slot_setter
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Result:
     def __init__(self, outcome: Outcome, record: Record | None = None,
                  number: int | None = None, win: bytes = b"",
                  records: tuple[Record | None, ...] = (), scanned: int = 0) -> None:
-        # One per write: the slot setters cost a third of the frozen dataclass's __init__.
+        # One per write: see runtime.slots.
         _set_outcome(self, outcome)
         _set_record(self, record)
         _set_number(self, number)
@@ -224,7 +224,7 @@ class StoreOp(WriteOp):
                  exptime: int = 0, compare_cas: int | None = None,
                  explicit_cas: int | None = None, invalidate: bool = False,
                  vivify: int | None = None) -> None:
-        # One per set: the slot setters cost a third of the frozen dataclass's __init__.
+        # One per set: see runtime.slots.
         _set_mode(self, mode)
         _set_key(self, key)
         _set_value(self, value)

@@ -15,13 +15,13 @@ This layout is what LMDB stores hold on disk: changing it breaks existing data
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import Final
 
 from zlib_ng import zlib_ng
 
 from objstore.errors import CorruptRecord, StorageError
+from runtime.slots import slot_setter
 
 HEADER: Final = struct.Struct("<BBHIqQII")
 HEADER_SIZE: Final = HEADER.size  # 32
@@ -64,8 +64,7 @@ class Record:
 
     def __init__(self, key: bytes, value: bytes, flags: int, exptime: int, cas: int,
                  mtime: int, bits: int = 0) -> None:
-        # One is built per write and per read: the frozen dataclass's own __init__
-        # (object.__setattr__ per field) costs three times these slot setters.
+        # One per write and per read: see runtime.slots.
         _set_key(self, key)
         _set_value(self, value)
         _set_flags(self, flags)
@@ -90,12 +89,6 @@ class Record:
     def ttl(self, now: int) -> int:
         """Seconds left, -1 for never (memcached's ``t`` flag)."""
         return -1 if self.exptime == 0 else max(self.exptime - now, 0)
-
-
-def slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
-    """The slot's own setter: writes a frozen dataclass's field without its __setattr__
-    (for a hand-written ``__init__`` on a hot path)."""
-    return cast(Callable[[object, object], None], cls.__dict__[name].__set__)
 
 
 _set_key: Final = slot_setter(Record, "key")
@@ -152,5 +145,4 @@ __all__ = [
     "decode_header",
     "decode_record",
     "encode_record",
-    "slot_setter",
 ]
