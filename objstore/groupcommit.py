@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-The reactor thread queues write ops (:meth:`GroupCommitter.submit`, which returns a
-Deferred).  The committer thread waits for the store's write lock (other worker processes
+The reactor thread queues write ops, each with the plain function to call with its result
+(:meth:`GroupCommitter.enqueue`; :meth:`GroupCommitter.submit` wraps it in a Deferred for
+callers that want one).  The committer thread waits for the store's write lock (other worker processes
 may hold it), then takes every op waiting (up to ``max_batch``), applies them in one write
 transaction of the store, commits it, and hands all their outcomes back together once the
 commit is on disk, through ``deliver`` (the daemon passes a function that runs them on the
@@ -67,7 +68,7 @@ class GroupCommitter(threading.Thread):
         self._queue: collections.deque[tuple[WriteOp, Callback]] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._taken: list[tuple[WriteOp, Callback]] = []
+        self._taken: Sequence[tuple[WriteOp, Callback]] = []
         #: Commits made; the most ops one carried; explicit syncs; and batches another
         #: process's later commit made durable (no sync of our own needed).
         self.batches = 0
@@ -79,15 +80,32 @@ class GroupCommitter(threading.Thread):
     def queued(self) -> int:
         return len(self._queue)
 
-    def submit(self, op: WriteOp) -> defer.Deferred[Result]:
-        """Queue ``op``; the Deferred fires (through ``deliver``) once it is durable, or has
-        already failed with :class:`ShuttingDown` after :meth:`stop`."""
-        d: defer.Deferred[Result] = defer.Deferred()
+    def enqueue(self, op: WriteOp, done: Callback) -> None:
+        """Queue ``op``; ``done`` is called with its result (through ``deliver``, once per
+        batch for all its ops) once it is durable.  No Deferred: a durable write's
+        completion is one plain call, the hot path of every set.
+
+        :raises ShuttingDown: after :meth:`stop`.
+        """
         with self._cond:
             if self._stopping:
-                return defer.fail(ShuttingDown("the store is shutting down"))
-            self._queue.append((op, d.callback))
-            self._cond.notify()
+                raise ShuttingDown("the store is shutting down")
+            queue = self._queue
+            if not queue:
+                # The thread waits only while the queue is empty (it looks under this
+                # lock), so only the first op of a batch has to wake it; notify() is
+                # not free (Python code, a deque per call).
+                self._cond.notify()
+            queue.append((op, done))
+
+    def submit(self, op: WriteOp) -> defer.Deferred[Result]:
+        """:meth:`enqueue` with a Deferred: it fires (through ``deliver``) once ``op`` is
+        durable, or has already failed with :class:`ShuttingDown` after :meth:`stop`."""
+        d: defer.Deferred[Result] = defer.Deferred()
+        try:
+            self.enqueue(op, d.callback)
+        except ShuttingDown:
+            return defer.fail()
         return d
 
     def stop(self, timeout: float | None = 30.0) -> None:
@@ -110,17 +128,16 @@ class GroupCommitter(threading.Thread):
         explicit ``sync()``: one fsync per batch under load instead of two, and STORED
         still means on disk.
         """
-        queue = self._queue
         store = self._store
         unsynced: list[tuple[Callback, Result]] = []
         unsynced_txnid = 0
         while True:
             with self._cond:
-                while not queue and not self._stopping and not unsynced:
+                while not self._queue and not self._stopping and not unsynced:
                     self._cond.wait()
-                if not queue and self._stopping and not unsynced:
+                if not self._queue and self._stopping and not unsynced:
                     return
-                idle = not queue
+                idle = not self._queue
             if idle:
                 # No lock needed to look: waiting for another worker's commit would tie
                 # our replies to its CPU time too; a sync needs none.
@@ -150,8 +167,15 @@ class GroupCommitter(threading.Thread):
         """The ops queued now (up to ``max_batch``); called with the write lock held."""
         with self._cond:
             queue = self._queue
-            taken = self._taken = [queue.popleft()
-                                   for _ in range(min(len(queue), self._max_batch))]
+            if len(queue) <= self._max_batch:
+                # All of it: swap the deque, so the lock (which enqueue() waits for on
+                # the reactor thread) is held for no loop.
+                self._queue = collections.deque()
+                taken: collections.deque[tuple[WriteOp, Callback]] | list[
+                    tuple[WriteOp, Callback]] = queue
+            else:
+                taken = [queue.popleft() for _ in range(self._max_batch)]
+        self._taken = taken
         return [op for op, _ in taken]
 
     def _hand_over(self, done: list[tuple[Callback, Result]]) -> None:

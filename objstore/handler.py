@@ -1,8 +1,8 @@
 """Executes parsed memcached commands against the store and builds the replies.
 
 Reads run at once on the reactor thread.  Writes go to the store's group-commit queue and
-come back as a :class:`~twisted.internet.defer.Deferred` that fires, with the reply (or None
-for ``noreply``/quiet), once the write is durable.  :meth:`Handler.is_write` tells the
+come back as a :class:`~objstore.server.Pending` that the commit completes, with the reply
+(or None for ``noreply``/quiet), once the write is durable.  :meth:`Handler.is_write` tells the
 protocol which commands are writes, so it can keep a connection's reads behind its own
 pending writes (memcached's read-your-writes order on one connection).
 
@@ -19,9 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Final
 
-from twisted.internet import defer
-from twisted.python import failure
-
 from objstore import protocol as p
 from objstore.config import ObjstoreConfig
 from objstore.items import (
@@ -36,7 +33,7 @@ from objstore.items import (
     TouchOp,
     WriteOp,
 )
-from objstore.record import Record, StorageError
+from objstore.record import Record
 from objstore.replies import (
     DELETED,
     EXISTS,
@@ -59,7 +56,7 @@ from objstore.replies import (
     VersionReply,
     format_metadump_line,
 )
-from objstore.server import Answer
+from objstore.server import Answer, Pending
 from objstore.stats import OP_INDEX, OTHER, Counters, HotKeys, connection_rows
 
 #: What ``version`` answers: memcached's protocol level, then who we are.
@@ -83,7 +80,6 @@ _OK: Final = Status(OK)
 _EMPTY: Final = Values(())
 _CRLF_END: Final = b"\r\nEND\r\n"
 _MN: Final = MetaReply(b"MN")
-_FAILED: Final = Result(Outcome.FAILED)
 
 _STORE_OUTCOMES: Final[dict[Outcome, Reply]] = {
     Outcome.STORED: _STORED,
@@ -124,12 +120,6 @@ def _write_failed(outcome: Outcome) -> Reply:
     return _STORE_OUTCOMES.get(outcome, E_FAILED)
 
 
-def _write_refused(reason: failure.Failure, op: WriteOp,
-                   then: Callable[[Result], Reply | None]) -> Reply | None:
-    """A write the store refused (it is shutting down) is answered as a failed write."""
-    reason.trap(StorageError)
-    log.error("write %r refused: %s", op, reason.getErrorMessage())
-    return then(_FAILED)
 
 
 class Handler:
@@ -158,6 +148,9 @@ class Handler:
         self.detail_enabled = False
         #: Keys read since their last write (insertion-ordered, bounded): mg's ``h``.
         self._fetched: dict[bytes, None] = {}
+        #: The completions of set/add/replace/append/prepend, bound once.
+        self._set_done = self._stored
+        self._set_quiet_done = self._stored_quietly
         #: The open connections, for ``stats conns`` (set by whoever owns the factory).
         self.connections: Callable[[], list[tuple[str, str, int]]] | None = None
         self._dispatch: dict[type, Callable[..., Answer]] = {
@@ -209,10 +202,12 @@ class Handler:
         if name in _META_NAMES:
             self.counters.cmd_meta += 1
 
-    def _write(self, op: WriteOp, then: Callable[[Result], Reply | None]) -> defer.Deferred[
-            Reply | None]:
-        return self.storage.write(op).addCallbacks(then, _write_refused,
-                                                   errbackArgs=(op, then))
+    def _write(self, op: WriteOp, then: Callable[[Result], Reply | None]) -> Pending[Result]:
+        """Queue ``op``; the answer is ``then``'s reply to its result, once durable (a
+        refused write gets :attr:`Outcome.FAILED`)."""
+        pending: Pending[Result] = Pending(then)
+        self.storage.enqueue(op, pending.complete)
+        return pending
 
     def _now(self) -> int:
         return int(self._clock())
@@ -283,14 +278,24 @@ class Handler:
 
     def _store(self, cmd: p.Store) -> Answer:
         c = self.counters
-        self._count(cmd.name)
-        c.cmd_set += 1
-        self._fetched.pop(cmd.key, None)
         name = cmd.name
+        c.ops[OP_INDEX.get(name, OTHER)] += 1
+        c.cmd_set += 1
+        key = cmd.key
+        fetched = self._fetched
+        if key in fetched:
+            del fetched[key]
         is_cas = name == b"cas"
-        op = StoreOp(b"set" if is_cas else name, cmd.key, cmd.value, cmd.flags, cmd.exptime,
-                     compare_cas=cmd.cas_unique if is_cas else None)
         noreply = cmd.noreply
+        if not is_cas:
+            # The hot path (set, add, ...): no closure, one shared completion.
+            op = StoreOp(name, key, cmd.value, cmd.flags, cmd.exptime)
+            pending: Pending[Result] = Pending(self._set_quiet_done if noreply
+                                               else self._set_done)
+            self.storage.enqueue(op, pending.complete)
+            return pending
+        op = StoreOp(b"set", key, cmd.value, cmd.flags, cmd.exptime,
+                     compare_cas=cmd.cas_unique)
 
         def done(res: Result) -> Reply | None:
             outcome = res.outcome
@@ -306,6 +311,19 @@ class Handler:
             return None if noreply else _STORE_OUTCOMES[outcome]
 
         return self._write(op, done)
+
+    def _stored(self, res: Result) -> Reply | None:
+        """The reply to a set/add/replace/append/prepend (not cas)."""
+        outcome = res.outcome
+        if outcome is Outcome.STORED:
+            return _STORED
+        if outcome in (Outcome.TOO_LARGE, Outcome.NO_SPACE):
+            self.counters.store_no_memory += 1
+        return _STORE_OUTCOMES[outcome]
+
+    def _stored_quietly(self, res: Result) -> None:
+        """:meth:`_stored` for ``noreply``: counts, answers nothing."""
+        self._stored(res)
 
     def _too_large(self, cmd: p.TooLarge) -> Answer:
         self.counters.store_too_large += 1

@@ -36,7 +36,14 @@ from typing import Final, Protocol
 from twisted.internet import defer
 from twisted.python import failure
 
-from objstore.record import BIT_STALE, BIT_WIN_SENT, CorruptRecord, Record
+from objstore.record import (
+    BIT_STALE,
+    BIT_WIN_SENT,
+    CorruptRecord,
+    Record,
+    StorageError,
+)
+from runtime.slots import slot_setter
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +89,7 @@ class Outcome(enum.Enum):
     FAILED = "failed"  # an unexpected error; logged
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Result:
     """What a write op did.
 
@@ -99,6 +106,25 @@ class Result:
     records: tuple[Record | None, ...] = ()
     #: for the sweep (ReapOp): keys examined.
     scanned: int = 0
+
+    def __init__(self, outcome: Outcome, record: Record | None = None,
+                 number: int | None = None, win: bytes = b"",
+                 records: tuple[Record | None, ...] = (), scanned: int = 0) -> None:
+        # One per write: see runtime.slots.
+        _set_outcome(self, outcome)
+        _set_record(self, record)
+        _set_number(self, number)
+        _set_win(self, win)
+        _set_records(self, records)
+        _set_scanned(self, scanned)
+
+
+_set_outcome: Final = slot_setter(Result, "outcome")
+_set_record: Final = slot_setter(Result, "record")
+_set_number: Final = slot_setter(Result, "number")
+_set_win: Final = slot_setter(Result, "win")
+_set_records: Final = slot_setter(Result, "records")
+_set_scanned: Final = slot_setter(Result, "scanned")
 
 
 class Txn(Protocol):
@@ -172,7 +198,7 @@ class WriteOp:
         raise NotImplementedError
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class StoreOp(WriteOp):
     """set/add/replace/append/prepend/cas and ms.
 
@@ -194,13 +220,30 @@ class StoreOp(WriteOp):
     invalidate: bool = False
     vivify: int | None = None
 
+    def __init__(self, mode: bytes, key: bytes, value: bytes, flags: int = 0,
+                 exptime: int = 0, compare_cas: int | None = None,
+                 explicit_cas: int | None = None, invalidate: bool = False,
+                 vivify: int | None = None) -> None:
+        # One per set: see runtime.slots.
+        _set_mode(self, mode)
+        _set_key(self, key)
+        _set_value(self, value)
+        _set_flags(self, flags)
+        _set_exptime(self, exptime)
+        _set_compare_cas(self, compare_cas)
+        _set_explicit_cas(self, explicit_cas)
+        _set_invalidate(self, invalidate)
+        _set_vivify(self, vivify)
+
     def apply(self, tx: Txn) -> Result:
         mode = self.mode
         if self.compare_cas is None and mode in (b"set", b"add", b"replace"):
             if mode == b"set":
                 # The hot path: nothing about the old item matters.
+                exptime = self.exptime
                 rec = tx.put(self.key, self.value, self.flags,
-                             absolute_exptime(self.exptime, tx.now), cas=self.explicit_cas)
+                             absolute_exptime(exptime, tx.now) if exptime else 0,
+                             cas=self.explicit_cas)
                 return Result(Outcome.STORED, rec)
             # add/replace never serve the old value: its header says whether it lives.
             old = tx.header(self.key)
@@ -237,6 +280,17 @@ class StoreOp(WriteOp):
         exptime = absolute_exptime(self.exptime, tx.now)
         rec = tx.put(self.key, self.value, self.flags, exptime, bits, cas=self.explicit_cas)
         return Result(Outcome.STORED, rec)
+
+
+_set_mode: Final = slot_setter(StoreOp, "mode")
+_set_key: Final = slot_setter(StoreOp, "key")
+_set_value: Final = slot_setter(StoreOp, "value")
+_set_flags: Final = slot_setter(StoreOp, "flags")
+_set_exptime: Final = slot_setter(StoreOp, "exptime")
+_set_compare_cas: Final = slot_setter(StoreOp, "compare_cas")
+_set_explicit_cas: Final = slot_setter(StoreOp, "explicit_cas")
+_set_invalidate: Final = slot_setter(StoreOp, "invalidate")
+_set_vivify: Final = slot_setter(StoreOp, "vivify")
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,14 +518,18 @@ class ReapOp(WriteOp):
 
 
 Callback = Callable[[Result], None]
+#: What a refused write (the store is shutting down) is answered with.
+_REFUSED: Final = Result(Outcome.FAILED)
 
 
 class Committer(Protocol):
     """Where a store sends its writes (see :meth:`BaseStore.use_committer`)."""
 
-    def submit(self, op: WriteOp) -> defer.Deferred[Result]:
-        """Queue ``op``: the Deferred fires with its result once the write is durable, or
-        fails (:class:`~objstore.record.StorageError`) when the op is refused."""
+    def enqueue(self, op: WriteOp, done: Callback) -> None:
+        """Queue ``op``: ``done`` is called with its result once the write is durable.
+
+        :raises StorageError: the op is refused (the committer was stopped).
+        """
 
     def stop(self) -> None:
         """Commit what is queued, then refuse further ops."""
@@ -504,6 +562,11 @@ class ItemStore(Protocol):
 
     def write(self, op: WriteOp) -> defer.Deferred[Result]:
         """Apply ``op`` durably; the Deferred fails (never raises) on a refusal."""
+
+    def enqueue(self, op: WriteOp, done: Callback) -> None:
+        """Apply ``op`` durably and call ``done`` with its result (a refusal: with
+        :attr:`Outcome.FAILED`, logged); never raises for a refusal.  Without a Deferred:
+        the command handler's writes."""
 
 
 class BaseStore(abc.ABC):
@@ -577,12 +640,35 @@ class BaseStore(abc.ABC):
         Deferred fires once the write is durable and fails, never raises, on a refusal."""
         committer = self._committer
         if committer is not None:
-            return committer.submit(op)
+            d: defer.Deferred[Result] = defer.Deferred()
+            try:
+                committer.enqueue(op, d.callback)
+            except StorageError:
+                return defer.fail()
+            return d
         try:
             result = self.execute(op)
         except Exception:
             return defer.fail()
         return defer.succeed(result)
+
+    def enqueue(self, op: WriteOp, done: Callback) -> None:
+        """See :meth:`ItemStore.enqueue`.  Without a committer ``done`` runs before this
+        returns."""
+        committer = self._committer
+        if committer is not None:
+            try:
+                committer.enqueue(op, done)
+            except StorageError as exc:
+                log.error("write %r refused: %s", op, exc)
+                done(_REFUSED)
+            return
+        try:
+            result = self.execute(op)
+        except StorageError as exc:
+            log.error("write %r refused: %s", op, exc)
+            result = _REFUSED
+        done(result)
 
     def submit(self, op: WriteOp, callback: Callback | None = None) -> None:
         """:meth:`write` for callers that want a callback (or nothing) and no Deferred;

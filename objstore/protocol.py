@@ -47,6 +47,7 @@ from runtime.receivebuffer import (
     ReceiveBuffer,
     RemoteProtocolError,
 )
+from runtime.slots import slot_setter
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -155,7 +156,7 @@ class Get:
 StoreName = Literal[b"set", b"add", b"replace", b"append", b"prepend", b"cas"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Store:
     """set/add/replace/append/prepend/cas with its value block."""
 
@@ -166,6 +167,26 @@ class Store:
     value: bytes
     cas_unique: int = 0
     noreply: bool = False
+
+    def __init__(self, name: bytes, key: bytes, flags: int, exptime: int, value: bytes,
+                 cas_unique: int = 0, noreply: bool = False) -> None:
+        # One per set: see runtime.slots.
+        _set_name(self, name)
+        _set_key(self, key)
+        _set_flags(self, flags)
+        _set_exptime(self, exptime)
+        _set_value(self, value)
+        _set_cas_unique(self, cas_unique)
+        _set_noreply(self, noreply)
+
+
+_set_name: Final = slot_setter(Store, "name")
+_set_key: Final = slot_setter(Store, "key")
+_set_flags: Final = slot_setter(Store, "flags")
+_set_exptime: Final = slot_setter(Store, "exptime")
+_set_value: Final = slot_setter(Store, "value")
+_set_cas_unique: Final = slot_setter(Store, "cas_unique")
+_set_noreply: Final = slot_setter(Store, "noreply")
 
 
 @dataclass(frozen=True, slots=True)

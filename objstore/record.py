@@ -21,6 +21,7 @@ from typing import Final
 from zlib_ng import zlib_ng
 
 from objstore.errors import CorruptRecord, StorageError
+from runtime.slots import slot_setter
 
 HEADER: Final = struct.Struct("<BBHIqQII")
 HEADER_SIZE: Final = HEADER.size  # 32
@@ -33,6 +34,8 @@ CHECKSUM: Final = "crc32 (zlib-ng)"
 
 crc32: Final = zlib_ng.crc32
 _CRC: Final = struct.Struct("<I")
+#: The header without its checksum (what the checksum covers).
+_PREFIX: Final = struct.Struct("<BBHIqQI")
 
 
 def checksum(key: bytes, prefix: bytes | memoryview, value: bytes | memoryview) -> int:
@@ -43,11 +46,11 @@ def checksum(key: bytes, prefix: bytes | memoryview, value: bytes | memoryview) 
 def encode_record(key: bytes, value: bytes, flags: int, exptime: int, cas: int, mtime: int,
                   bits: int = 0) -> bytes:
     """Build the stored bytes of a record."""
-    prefix = HEADER.pack(RECORD_VERSION, bits, 0, flags, exptime, cas, mtime, 0)[:PREFIX_SIZE]
-    return prefix + _CRC.pack(checksum(key, prefix, value)) + value
+    prefix = _PREFIX.pack(RECORD_VERSION, bits, 0, flags, exptime, cas, mtime)
+    return b"".join((prefix, _CRC.pack(crc32(value, crc32(prefix, crc32(key)))), value))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Record:
     """An item as read from a store (``value`` is b"" when it was not read)."""
 
@@ -58,6 +61,17 @@ class Record:
     cas: int
     mtime: int
     bits: int = 0
+
+    def __init__(self, key: bytes, value: bytes, flags: int, exptime: int, cas: int,
+                 mtime: int, bits: int = 0) -> None:
+        # One per write and per read: see runtime.slots.
+        _set_key(self, key)
+        _set_value(self, value)
+        _set_flags(self, flags)
+        _set_exptime(self, exptime)
+        _set_cas(self, cas)
+        _set_mtime(self, mtime)
+        _set_bits(self, bits)
 
     @property
     def stale(self) -> bool:
@@ -75,6 +89,15 @@ class Record:
     def ttl(self, now: int) -> int:
         """Seconds left, -1 for never (memcached's ``t`` flag)."""
         return -1 if self.exptime == 0 else max(self.exptime - now, 0)
+
+
+_set_key: Final = slot_setter(Record, "key")
+_set_value: Final = slot_setter(Record, "value")
+_set_flags: Final = slot_setter(Record, "flags")
+_set_exptime: Final = slot_setter(Record, "exptime")
+_set_cas: Final = slot_setter(Record, "cas")
+_set_mtime: Final = slot_setter(Record, "mtime")
+_set_bits: Final = slot_setter(Record, "bits")
 
 
 def decode_record(key: bytes, raw: bytes | memoryview, with_value: bool = True) -> Record:

@@ -78,9 +78,6 @@ from runtime.workers import adopt_listener
 
 log = logging.getLogger(__name__)
 
-#: What a handler answers: a reply, nothing (noreply), a reply to come, a stream of
-#: chunks, or wire chunks ready to go.
-Answer = Reply | None | defer.Deferred[Reply | None] | Iterator[bytes] | list[bytes]
 
 
 class CommandHandler(typing.Protocol):
@@ -192,6 +189,52 @@ class _Slot:
         self.write = write
         self.size = size
         self.deferred: defer.Deferred[Reply | None] | None = None
+
+
+T = typing.TypeVar("T")
+
+
+class Pending(_Slot, typing.Generic[T]):
+    """A reply to come that one plain call completes: what objstored's handler answers a
+    write with, in place of a Deferred (a durable write's completion is the hot path of
+    every set, and a Deferred with its callback chain costs several times this).
+
+    ``complete(result)`` (the group commit's callback, run on the reactor thread) turns
+    the result into the reply with ``then`` and hands it to the connection.  It never
+    fails (``then`` raising is logged and answered as an error) and is never cancelled: a
+    write started finishes even when its connection is gone.  It may complete before the
+    handler returns it (a store without a committer): the protocol then takes its reply
+    at once.  It is its own slot in the connection's reply FIFO.
+    """
+
+    __slots__ = ("owner", "reply", "then")
+
+    def __init__(self, then: Callable[[T], Reply | None]) -> None:
+        # _Slot's fields, set here: one call less per write.
+        self.chunks = self.stream = self.deferred = None
+        self.ready = self.write = False
+        self.size = 0
+        self.then = then
+        self.owner: ObjstoreProtocol | None = None
+        self.reply: Reply | None = None
+
+    def complete(self, result: T) -> None:
+        try:
+            reply = self.then(result)
+        except Exception as exc:
+            reply = _failed(exc, self.then)
+        owner = self.owner
+        if owner is None:
+            self.reply = reply
+            self.ready = True
+        else:
+            owner._answer_done(reply, self)
+
+
+#: What a handler answers: a reply, nothing (noreply), a reply to come (a Deferred, or a
+#: :class:`Pending` its write completes), a stream of chunks, or wire chunks ready to go.
+Answer = (Reply | None | defer.Deferred[Reply | None] | Pending[Any] | Iterator[bytes]
+          | list[bytes])
 
 
 def _size(chunks: list[bytes]) -> int:
@@ -428,7 +471,15 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
         record = self.factory.latency.record
         started = time.perf_counter()
         answer = self.handler.execute(cmd)
-        if isinstance(answer, defer.Deferred):
+        if type(answer) is Pending and not answer.ready:
+            then = answer.then
+
+            def timed(result: Any) -> Reply | None:
+                reply = then(result)
+                record(kind, time.perf_counter() - started)
+                return reply
+            answer.then = timed
+        elif isinstance(answer, defer.Deferred):
             def done(result: object) -> object:
                 record(kind, time.perf_counter() - started)
                 return result
@@ -439,6 +490,18 @@ class ObjstoreProtocol(Protocol, TimeoutMixin):
 
     def _answer(self, answer: Answer, cmd: p.Command | p.NeedData) -> None:
         if answer is None:
+            return
+        if type(answer) is Pending:
+            if answer.ready:
+                # Completed already (a store without a committer): an immediate reply.
+                self._answer(answer.reply, cmd)
+                return
+            answer.owner = self
+            answer.write = write = self._is_write(cmd)  # type: ignore[arg-type]
+            self._slots.append(answer)
+            self._pending += 1
+            if write:
+                self._inflight += 1
             return
         if type(answer) is list:
             # Wire chunks ready to go (the handler's fast path).

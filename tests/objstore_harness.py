@@ -12,11 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.internet.testing import StringTransport
 
 from objstore.handler import Handler
-from objstore.items import BaseStore, Result, WriteOp
+from objstore.items import BaseStore, Callback, WriteOp
 from objstore.lmdbstore import LmdbStore
 from objstore.memstore import MemStore
 from objstore.server import ObjstoreFactory, ObjstoreProtocol
@@ -53,18 +53,16 @@ class HeldCommitter:
 
     def __init__(self, storage: BaseStore) -> None:
         self.storage = storage
-        self.queue: list[tuple[WriteOp, defer.Deferred[Result]]] = []
+        self.queue: list[tuple[WriteOp, Callback]] = []
 
-    def submit(self, op: WriteOp) -> defer.Deferred[Result]:
-        d: defer.Deferred[Result] = defer.Deferred()
-        self.queue.append((op, d))
-        return d
+    def enqueue(self, op: WriteOp, done: Callback) -> None:
+        self.queue.append((op, done))
 
     def release(self) -> None:
         batch, self.queue = self.queue, []
         results = self.storage.apply_batch([op for op, _ in batch])
-        for (_, d), res in zip(batch, results, strict=True):
-            d.callback(res)
+        for (_, done), res in zip(batch, results, strict=True):
+            done(res)
 
     def stop(self) -> None:
         self.release()

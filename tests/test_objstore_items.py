@@ -7,11 +7,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from twisted.internet import defer
 
 from objstore.items import (
     ArithOp,
     BaseStore,
+    Callback,
     DeleteOp,
     ExpireOp,
     FlushOp,
@@ -25,7 +25,7 @@ from objstore.items import (
     WriteOp,
     absolute_exptime,
 )
-from objstore.record import HEADER_SIZE
+from objstore.record import HEADER_SIZE, StorageError
 from tests.objstore_harness import BACKENDS, MIB, FakeClock, open_store
 
 
@@ -352,20 +352,24 @@ def test_write_without_committer_fires_once_durable(store: BaseStore) -> None:
 class _Refusing:
     """A committer that refuses every op, as one does once it was stopped."""
 
-    def submit(self, op: WriteOp) -> defer.Deferred[Result]:
-        return defer.fail(RuntimeError("refused"))
+    def enqueue(self, op: WriteOp, done: Callback) -> None:
+        raise StorageError("refused")
 
     def stop(self) -> None:
         pass
 
 
 def test_write_refusal_fails_the_deferred(store: BaseStore) -> None:
-    """A refused write fails through its Deferred; submit() logs it and does not raise."""
+    """A refused write fails through its Deferred; submit() logs it and does not raise;
+    enqueue() (the handler's Deferred-free writes) answers it as a FAILED result."""
     store.use_committer(_Refusing())
     failures: list[str] = []
     store.write(StoreOp(b"set", b"k", b"v")).addErrback(
         lambda f: failures.append(f.getErrorMessage()))
     assert failures == ["refused"]
     store.submit(StoreOp(b"set", b"k", b"v"))  # must not raise
+    results: list[Result] = []
+    store.enqueue(StoreOp(b"set", b"k", b"v"), results.append)  # must not raise either
+    assert [r.outcome for r in results] == [Outcome.FAILED]
     store.use_committer(None)
     assert store.get(b"k") is None

@@ -13,14 +13,16 @@ from twisted.internet import defer, task
 from twisted.internet.testing import StringTransport
 
 from objstore import protocol as p
+from objstore.items import StoreOp
 from objstore.replies import Reply, Status, Value, Values
 from objstore.server import (
     TOO_MANY_CONNECTIONS,
     Answer,
     ObjstoreFactory,
     ObjstoreProtocol,
+    Pending,
 )
-from objstore.stats import Counters
+from objstore.stats import LATENCY_BUCKETS, Counters, LatencySampler
 from ops.config import ObjstoreConfig
 from runtime.workers import reuseport_socket
 from tests.objstore_harness import Harness, exchange
@@ -219,6 +221,39 @@ def test_connection_lost_with_pending_writes(h: Harness) -> None:
     held.release()
     assert h.storage.get(b"k") is not None
     assert h.counters.curr_connections == 0
+
+
+def test_sampled_set_latency_is_counted_when_the_write_is_durable(h: Harness) -> None:
+    """A sampled set's latency is its time to the durable reply: counted once its write
+    completes, not when it is queued."""
+    h.factory.latency = LatencySampler(h.counters, sample=1)  # time every request
+    held = h.hold_writes()
+    proto, tr = h.connect()
+    proto.dataReceived(b"set a 0 0 1\r\nx\r\nset b 0 0 1 noreply\r\ny\r\n")
+    assert sum(h.counters.latency) == 0
+    held.release()
+    assert tr.value() == b"STORED\r\n"
+    sets = h.counters.latency[len(LATENCY_BUCKETS) + 1:]
+    assert sum(sets) == 2
+
+
+def test_a_completion_that_raises_is_answered_as_an_error_in_order(h: Harness) -> None:
+    """A write's completion that raises (a bug) is logged and answered SERVER_ERROR in
+    its place; the replies before and after it are unaffected."""
+    held = h.hold_writes()
+    proto, tr = h.connect()
+
+    def broken(_result: object) -> Reply | None:
+        raise RuntimeError("bug")
+
+    proto.dataReceived(b"set a 0 0 1\r\nx\r\n")
+    answer: Pending[object] = Pending(broken)
+    h.storage.enqueue(StoreOp(b"set", b"b", b"y"), answer.complete)
+    proto._answer(answer, p.Store(b"set", b"b", 0, 0, b"y"))
+    proto.dataReceived(b"mn\r\n")
+    held.release()
+    assert tr.value() == b"STORED\r\nSERVER_ERROR internal error\r\nMN\r\n"
+    assert h.storage.get(b"b") is not None
 
 
 def test_reuseport_socket_allows_a_second_listener() -> None:

@@ -25,11 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from twisted.internet import defer, task
+from twisted.internet import task
 from twisted.internet.testing import StringTransport
 
 from objstore.handler import Handler
-from objstore.items import Result, WriteOp
+from objstore.items import Callback, WriteOp
 from objstore.lmdbstore import LmdbStore
 from objstore.server import ObjstoreFactory
 from objstore.stats import Counters, HotKeys, totals
@@ -45,12 +45,10 @@ class HeldCommitter:
     def __init__(self, store: LmdbStore, factory: ObjstoreFactory) -> None:
         self.store = store
         self.factory = factory
-        self.queue: list[tuple[WriteOp, defer.Deferred[Result]]] = []
+        self.queue: list[tuple[WriteOp, Callback]] = []
 
-    def submit(self, op: WriteOp) -> defer.Deferred[Result]:
-        d: defer.Deferred[Result] = defer.Deferred()
-        self.queue.append((op, d))
-        return d
+    def enqueue(self, op: WriteOp, done: Callback) -> None:
+        self.queue.append((op, done))
 
     def stop(self) -> None:
         self.commit()
@@ -58,7 +56,7 @@ class HeldCommitter:
     def commit(self) -> None:
         batch, self.queue = self.queue, []
         results = self.store.apply_batch([op for op, _ in batch])
-        self.factory.complete_writes([(d.callback, res) for (_, d), res in zip(
+        self.factory.complete_writes([(done, res) for (_, done), res in zip(
             batch, results, strict=True)])
 
 
