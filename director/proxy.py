@@ -38,8 +38,8 @@ the client's own: it is indexed in the items' key space
 (:meth:`director.index.LocationIndex.item_space`), which gc never sweeps, so it lives
 until the client deletes it or it expires.  Keys of the form ``<blob id>/<n>`` are
 reserved for chunks of large blobs.  Values of blob ids read through directord are
-cached in memory (they never change); other keys are not, since another directord may
-change them.
+cached in memory (they never change); other keys' values are not, since another
+directord may change them (their index entries may be: director/locationcache.py).
 """
 
 from __future__ import annotations

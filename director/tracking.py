@@ -144,6 +144,8 @@ class InvalidationTracker:
         self._shape: tuple[tuple[str, str, str], ...] | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        #: Addresses whose last connection attempt failed (logged once).
+        self._failing: set[str] = set()
 
     @property
     def connections(self) -> int:
@@ -368,9 +370,19 @@ class InvalidationTracker:
                 try:
                     await self._connect(address)
                 except (TimeoutError, OSError, ConnectionError) as exc:
-                    self.stats.last_error = f"{address}: {exc}"
-                    log.info("tracking connection to %s failed: %s", address, exc)
+                    self._failed(address, exc)
+                else:
+                    self._failing.discard(address)
         self.cache.usable = bool(wanted) and wanted <= set(self._conns)
+
+    def _failed(self, address: str, exc: BaseException) -> None:
+        """A connection attempt failed: logged once until one to ``address`` succeeds
+        (attempts repeat every heartbeat)."""
+        self.stats.last_error = f"{address}: {exc or type(exc).__name__}"
+        if address not in self._failing:
+            self._failing.add(address)
+            log.warning("location cache: tracking connection to %s failed (%s); the "
+                        "cache is unused until it succeeds", address, self.stats.last_error)
 
     async def _topology(self) -> tuple[frozenset[str], tuple[tuple[str, str, str], ...]] | None:
         """``CLUSTER NODES`` from a tracked node (else a seed), parsed; None when no node
@@ -399,7 +411,8 @@ class InvalidationTracker:
             try:
                 await self._connect(seed)
             except (TimeoutError, OSError, ConnectionError) as exc:
-                self.stats.last_error = f"{seed}: {exc}"
+                self._failed(seed, exc)
                 continue
+            self._failing.discard(seed)
             return await self._topology()
         return None
