@@ -34,6 +34,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from director.errors import DirectorError
+from runtime import errors as kinds
+
 
 @dataclass
 class CacheStats:
@@ -220,8 +223,8 @@ class RespError:
     message: bytes
 
 
-class RespProtocolError(Exception):
-    """The peer sent something that is not RESP3."""
+class RespProtocolError(DirectorError, kinds.Unavailable):
+    """The peer sent something that is not RESP3 (the tracking connection is dropped)."""
 
 
 #: Bytes the reader buffers for one message at most (an invalidation of many keys is

@@ -178,7 +178,7 @@ def kill_tracking(redis_cluster: RunningRedis) -> int:
         node = Redis(host=host, port=port, **redis_cluster.auth.client_kwargs())
         try:
             with contextlib.suppress(Exception):
-                killed += int(node.client_kill_filter(_id=client_id))
+                killed += int(node.client_kill_filter(_id=str(client_id)))
         finally:
             node.close()
     return killed
