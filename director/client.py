@@ -370,6 +370,9 @@ class BlobClient:
         await tracker.start()
         self.items.on_write = cache.invalidate
         self.tracker = tracker
+        log.info("location cache of plain items: up to %d entries, tracking %d Redis "
+                 "node(s)%s", entries, tracker.connections,
+                 "" if cache.usable else " (not ready yet: reads go to Redis until it is)")
 
     def forget_location(self, index_id: str) -> None:
         """Drop ``index_id`` from the location cache (an item write that keeps its
