@@ -92,7 +92,8 @@ def ready(address: tuple[str, int]) -> None:
 def test_what_one_directord_writes_the_other_reads(a: tuple[str, int],
                                                    second: tuple[str, int]) -> None:
     """Sets, overwrites, deletes and touches through A are seen by the very next get
-    through B, which serves repeated gets from its cache (hits counted)."""
+    through B, which serves repeated gets from its cache (hits counted), and through A
+    itself (its own writes drop its own entries)."""
     ready(second)
     ma, mb = client(a), client(second)
     keys = [f"ab-{os.urandom(4).hex()}-{i}" for i in range(10)]
@@ -103,10 +104,12 @@ def test_what_one_directord_writes_the_other_reads(a: tuple[str, int],
             assert ma.set(key, value)
             assert mb.get(key) == value
             assert mb.get(key) == value  # from B's cache
+            assert ma.get(key) == value
         if round_ % 5 == 4:
             for key in keys[:5]:
                 assert ma.delete(key)
                 assert mb.get(key) is None
+                assert ma.get(key) is None
     after = stats(second)
     assert after["location_cache_hits"] > before["location_cache_hits"]
     assert after["location_cache_misses"] > before["location_cache_misses"]
