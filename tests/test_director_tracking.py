@@ -10,6 +10,7 @@ most its configured entries; ``stats`` counts hits, misses, invalidations and fl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
@@ -122,22 +123,22 @@ def test_what_one_directord_writes_the_other_reads(a: tuple[str, int],
     assert mb.get(key) == b"back"
 
 
-def move_entry(config: Config, key: bytes, value: bytes) -> list[int]:
+async def move(blobs: BlobClient, key: bytes, value: bytes) -> None:
     """As a third party: write ``value`` on a node that does not hold ``key`` and make
     the index name that node alone (the old copies keep the old value)."""
+    index_id = item_index_id(key)
+    held = await blobs.items.locations(index_id)
+    snap = await blobs.snapshot()
+    other = next(n for n in snap.nodes if n.number not in held)
+    state = ItemState(value, 0, 0, blobs.cas_clock.next())
+    reply = await blobs.node_client(other).meta(state.ms_line(key), value)
+    assert reply.code == b"HD"
+    await blobs.items.replace_many({index_id: [other.number]})
 
-    async def go(blobs: BlobClient) -> list[int]:
-        index_id = item_index_id(key)
-        held = await blobs.items.locations(index_id)
-        snap = await blobs.snapshot()
-        other = next(n for n in snap.nodes if n.number not in held)
-        state = ItemState(value, 0, 0, blobs.cas_clock.next())
-        reply = await blobs.node_client(other).meta(state.ms_line(key), value)
-        assert reply.code == b"HD"
-        await blobs.items.replace_many({index_id: [other.number]})
-        return [other.number]
 
-    return with_client(config, go)
+def move_entry(config: Config, key: bytes, value: bytes) -> None:
+    """:func:`move` with a client of its own."""
+    with_client(config, lambda blobs: move(blobs, key, value))
 
 
 def test_an_entry_moved_by_another_writer_is_not_read_at_its_old_place(
@@ -241,8 +242,9 @@ def test_a_redis_master_killed_flushes_and_reads_stay_right(
         installation: Installation, redis_cluster: RunningRedis, a: tuple[str, int],
         second: tuple[str, int]) -> None:
     """kill -9 a Redis master: B loses that tracking connection and flushes; the replica
-    takes over (a topology change); entries moved through the new master are read
-    right, and B caches again once it tracks every live node."""
+    takes over (a topology change); entries moved meanwhile are read right (a move whose
+    index write went unacknowledged may read either way), and B caches again once it
+    tracks every live node."""
     ready(second)
     wait_replication_links(redis_cluster)
     masters = current_masters(redis_cluster)
@@ -255,20 +257,43 @@ def test_a_redis_master_killed_flushes_and_reads_stay_right(
     before = stats(second)
     _host, port = masters[0]
     spec = cluster.spec(f"redis-{port}")
-    cluster.launcher.signal(spec, signal.SIGKILL)
+    moved: dict[str, bytes] = {}
+    # A move whose index write was not acknowledged (the promoted replica has no replica
+    # of its own until the killed master is back: WriteUnconfirmed) may or may not stand.
+    unsure: set[str] = set()
+
+    def right(key: str, got: bytes | None) -> bool:
+        if key in moved:
+            return got == b"moved"
+        return got in ((b"v0", b"moved") if key in unsure else (b"v0",))
+
+    async def moves(blobs: BlobClient) -> None:
+        # One client opened before the kill: opening one writes the index's meta hash,
+        # which the promoted replica cannot acknowledge until the killed master is back.
+        await blobs.snapshot()
+        cluster.launcher.signal(spec, signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        for key in keys[:len(keys) // 2 + 2]:
+            give_up = min(deadline, time.monotonic() + 10)
+            while True:
+                try:
+                    await move(blobs, key.encode(), b"moved")
+                except Exception:  # the index is failing over
+                    unsure.add(key)
+                    if time.monotonic() > give_up:
+                        break
+                    await asyncio.sleep(0.5)
+                    continue
+                moved[key] = b"moved"
+                unsure.discard(key)
+                break
+
     try:
-        deadline = time.monotonic() + 60
-        moved: dict[str, bytes] = {}
-        while time.monotonic() < deadline and len(moved) < len(keys) // 2:
-            key = keys[len(moved)]
-            try:
-                move_entry(installation.config, key.encode(), b"moved")
-            except Exception:  # the index is failing over; and the write may be short
-                time.sleep(0.5)
-                continue
-            moved[key] = b"moved"
+        with_client(installation.config, moves)
+        assert moved, "no move was acknowledged during the failover"
         for key in keys:
-            assert mb.get(key) == moved.get(key, b"v0")
+            got = mb.get(key)
+            assert right(key, got), (key, got, key in unsure)
         after = stats(second)
         assert after["tracking_lost"] > before["tracking_lost"]
         assert after["location_cache_flushes"] > before["location_cache_flushes"]
@@ -278,6 +303,5 @@ def test_a_redis_master_killed_flushes_and_reads_stay_right(
         restore_roles(redis_cluster, masters)
     ready(second)
     for key in keys:
-        expected = b"moved" if key in moved else b"v0"
-        assert mb.get(key) == expected
-        assert mb.get(key) == expected
+        first, again = mb.get(key), mb.get(key)
+        assert right(key, first) and again == first, (key, first, again)
