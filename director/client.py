@@ -113,6 +113,7 @@ from director.itemstate import (
 from director.keyregistry import KeyRegistry
 from director.keyring import LEGACY_KEY_ID, Keyring, KeyringError, fingerprint, load_keyring
 from director.keys import is_blob_id, item_index_id
+from director.locationcache import LocationCache
 from director.memcache_client import (
     OPEN_ACCESS,
     NodeAccess,
@@ -132,6 +133,7 @@ from director.redisstate import RedisState
 from director.registry import Registry, RegistrySnapshot
 from director.repairqueue import RepairQueue
 from director.temperature import ReadSampler, TemperatureSettings, TemperatureStore
+from director.tracking import InvalidationTracker
 from objstore import protocol as p
 from objstore.protocol import is_valid_key as is_text_key
 from objstore.replies import Expect, MetaDebugReply, MetaReply, Reply, Value
@@ -299,6 +301,9 @@ class BlobClient:
             lambda reqs: self.items.lookup(list(reqs)), lambda a, _b: a)
         #: Plain-item reads of a loop turn, served together (director/itemreads.py).
         self.item_reads = ItemReads(self)
+        #: directord's location cache of plain items and what keeps it exact
+        #: (director/tracking.py); None: every read looks its key up in Redis.
+        self.tracker: InvalidationTracker | None = None
         self._item_adds: Coalescer[frozenset[int]] = Coalescer(self.items.add_many,
                                                                frozenset.union)
         # Plain items written whole: the entry becomes their new copies; the answer is
@@ -354,7 +359,30 @@ class BlobClient:
                    ids=ids, cache=BlobCache(dconf.cache_bytes, disk), key_registry=keys,
                    access=access, flush_board=flush_board)
 
+    async def start_location_cache(self, entries: int, cluster: ClusterConfig,
+                                   auth: RedisAuth = NO_REDIS_AUTH) -> None:
+        """Keep up to ``entries`` plain items' index entries in memory, invalidated by
+        Redis (director/tracking.py); the item index's own writes invalidate at once."""
+        cache = LocationCache(entries)
+        tracker = InvalidationTracker(cache, cluster.redis_nodes,
+                                      self.items.keys.item_bucket(""),
+                                      auth=auth)
+        await tracker.start()
+        self.items.on_write = cache.invalidate
+        self.tracker = tracker
+        log.info("location cache of plain items: up to %d entries, tracking %d Redis "
+                 "node(s)%s", entries, tracker.connections,
+                 "" if cache.usable else " (not ready yet: reads go to Redis until it is)")
+
+    def forget_location(self, index_id: str) -> None:
+        """Drop ``index_id`` from the location cache (an item write that keeps its
+        index entry, such as a touch, still makes its next read ask Redis)."""
+        if self.tracker is not None:
+            self.tracker.cache.drop(index_id)
+
     async def aclose(self) -> None:
+        if self.tracker is not None:
+            await self.tracker.aclose()
         await self.item_reads.close()
         await self.temperature.aclose()
         for node in self._nodes.values():
@@ -980,6 +1008,7 @@ class BlobClient:
         if not numbers or await self._flushed_away(key, index_id, numbers):
             return False
         outcomes = await self._on_each(key, numbers, lambda c: _touch(c, key, exptime))
+        self.forget_location(index_id)
         return any(o is True for o in outcomes)
 
     async def _on_each(self, key: bytes, numbers: Sequence[int],

@@ -72,6 +72,9 @@ class DirectorConfig:
     object_max_item_size: int = 1 * MIB
     timeout: float = 2.0
     cache_bytes: int = 64 * MIB
+    #: directord: plain items' index entries kept in memory, invalidated by Redis
+    #: (director/tracking.py); 0 = every get looks its key up in Redis.
+    location_cache_entries: int = 0
     disk_cache_dir: str = ""
     disk_cache_bytes: int = 1 * GIB
     pool_size: int = 8
@@ -169,6 +172,8 @@ class DirectorConfig:
         check(self.gc_grace >= self.gc_min_grace, "gc_grace",
               f"must be at least gc_min_grace ({self.gc_min_grace:g} s), got "
               f"{self.gc_grace:g}")
+        check(0 <= self.location_cache_entries <= 100_000_000, "location_cache_entries",
+              f"must be 0 (off) to 100000000, got {self.location_cache_entries}")
         check(0 <= self.index_write_replicas <= 8, "index_write_replicas",
               f"must be 0..8, got {self.index_write_replicas}")
         check(self.index_write_timeout > 0, "index_write_timeout", "must be positive")

@@ -230,6 +230,10 @@ class LocationIndex:
         #: This is the key space of directord's plain items, not of blobs.
         self.items = items
         self._bucket_key = self.keys.item_bucket if items else self.keys.index_bucket
+        #: Told the bucket keys of every index write this object makes, whether it
+        #: succeeded or not (directord's location cache forgets their entries at once,
+        #: not only when Redis's invalidation arrives).
+        self.on_write: Callable[[list[str]], None] | None = None
         runner.register(_ADD, _REMOVE, _UPDATE, _COLLECT, _REPLACE)
 
     def item_space(self) -> LocationIndex:
@@ -332,7 +336,7 @@ class LocationIndex:
         done: set[str] = set()
         offset = 0
         for chunk in chunked(commands, BATCH_COMMANDS):
-            replies = await self.runner.run("index add absent", chunk, durable=True)
+            replies = await self._write("index add absent", chunk)
             done.update(i for i, r in zip(ids[offset:offset + len(chunk)], replies,
                                           strict=True) if int(r))
             offset += len(chunk)
@@ -439,7 +443,7 @@ class LocationIndex:
         out: dict[str, tuple[int, ...]] = {}
         offset = 0
         for chunk in chunked(commands, BATCH_COMMANDS):
-            replies = await self.runner.run(_UPDATE.name, chunk, durable=True)
+            replies = await self._write(_UPDATE.name, chunk)
             for items, values in zip(order[offset:offset + len(chunk)], replies, strict=True):
                 for (blob_id, _p, _m), value in zip(items, values, strict=True):
                     out[blob_id] = decode_nodes(value)
@@ -455,8 +459,7 @@ class LocationIndex:
         commands = [Command(key, ("HDEL", key, *fields)) for key, (fields, _i) in groups.items()]
         removed = 0
         for chunk in chunked(commands, BATCH_COMMANDS):
-            removed += sum(int(r) for r in await self.runner.run("index delete", chunk,
-                                                                  durable=True))
+            removed += sum(int(r) for r in await self._write("index delete", chunk))
         return removed
 
     # -- gc (director/collector.py) -----------------------------------------------------
@@ -491,7 +494,7 @@ class LocationIndex:
         deleted: set[str] = set()
         offset = 0
         for chunk in chunked(commands, BATCH_COMMANDS):
-            replies = await self.runner.run(_COLLECT.name, chunk, durable=True)
+            replies = await self._write(_COLLECT.name, chunk)
             for items, flags in zip(order[offset:offset + len(chunk)], replies, strict=True):
                 deleted.update(b for (b, _v), f in zip(items, flags, strict=True) if int(f))
             offset += len(chunk)
@@ -582,6 +585,14 @@ class LocationIndex:
 
     _key = bucket_key
 
+    async def _write(self, what: str, chunk: Sequence[Command]) -> list[Any]:
+        """A durable batch of index writes; :attr:`on_write` hears of its keys."""
+        try:
+            return await self.runner.run(what, chunk, durable=True)
+        finally:
+            if self.on_write is not None:
+                self.on_write([c.key for c in chunk])
+
     def _group(self, ids: Iterable[str]) -> dict[str, tuple[list[bytes], list[str]]]:
         groups: dict[str, tuple[list[bytes], list[str]]] = {}
         for blob_id in ids:
@@ -605,7 +616,7 @@ class LocationIndex:
         out: dict[str, tuple[int, ...]] = {}
         offset = 0
         for chunk in chunked(commands, BATCH_COMMANDS):
-            replies = await self.runner.run(script.name, chunk, durable=True)
+            replies = await self._write(script.name, chunk)
             for items, values in zip(order[offset:offset + len(chunk)], replies, strict=True):
                 for (blob_id, _v), value in zip(items, values, strict=True):
                     out[blob_id] = decode_nodes(value)

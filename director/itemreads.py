@@ -21,6 +21,12 @@ together:
    failed (unreachable, timed out, answered garbage: it is made suspect, as for a single
    read), sends the key on to its next replica in the next round.
 
+With directord's location cache (:mod:`director.locationcache`, kept exact by Redis's
+invalidations: :mod:`director.tracking`), step 1 asks the cache first and Redis only for
+the keys it lacks; a key whose cached location no replica could serve (every replica
+lacked it or failed) is looked up in Redis again, its entry dropped, and read once more
+from what Redis says, so a cached location can cost a read, never an answer.
+
 A key every replica lacks is a miss; a key no replica could answer for (some failed,
 none had it) fails the reads that asked for it with
 :class:`~director.errors.BlobUnavailable`, exactly as :meth:`BlobClient.get_items` does
@@ -74,10 +80,12 @@ class _Read:
 class _Key:
     """One key of a batch: the replicas still to try, and what the tried ones said."""
 
-    __slots__ = ("failed", "found", "index_id", "replicas", "settled", "tried")
+    __slots__ = ("cached", "failed", "found", "index_id", "replicas", "settled", "tried")
 
     def __init__(self, index_id: str) -> None:
         self.index_id = index_id
+        #: Its locations came from the location cache (a miss is checked with Redis).
+        self.cached = False
         self.replicas: list[Node] = []
         self.tried = 0
         #: Replicas that could not answer (as opposed to answering that they lack it).
@@ -154,6 +162,9 @@ class ItemReads:
         try:
             await self._locate(keys)
             await self._rounds(keys)
+            again = {key: k for key, k in keys.items() if k.cached and not k.settled}
+            if again:
+                await self._recheck(again)
         except Exception as exc:  # the batch failed as a whole (index unreachable...)
             with self.delivery():
                 for read in batch:
@@ -182,12 +193,58 @@ class ItemReads:
                     break
             _tell(read, found if error is None else error)
 
-    async def _locate(self, keys: dict[bytes, _Key]) -> None:
+    async def _recheck(self, keys: dict[bytes, _Key]) -> None:
+        """Keys whose cached location served nothing: ask Redis, read again."""
+        tracker = self._client.tracker
+        assert tracker is not None
+        cache = tracker.cache
+        for k in keys.values():
+            cache.drop(k.index_id)
+            cache.stats.fallbacks += 1
+            k.cached = False
+            k.replicas = []
+            k.tried = 0
+            k.failed = []
+        await self._locate(keys, use_cache=False)
+        await self._rounds(keys)
+
+    async def _locate(self, keys: dict[bytes, _Key], *, use_cache: bool = True) -> None:
         """Each key's replicas, in the order a single read would try them."""
         client = self._client
-        client.stats.item_gets += len(keys)
-        ids = {k.index_id: None for k in keys.values()}
-        locations = await client.item_lookups.many(ids)
+        if use_cache:
+            client.stats.item_gets += len(keys)
+        locations: dict[str, tuple[int, ...]] = {}
+        ids: dict[str, None] = {}
+        tracker = client.tracker
+        if tracker is None:
+            ids = {k.index_id: None for k in keys.values()}
+        else:
+            cache = tracker.cache
+            # Every invalidation Redis sent before this instant is applied first.
+            if use_cache and tracker.fresh():
+                for k in keys.values():
+                    numbers = cache.get(k.index_id)
+                    if numbers is None:
+                        ids[k.index_id] = None
+                    else:
+                        locations[k.index_id] = numbers
+                        k.cached = True
+            else:
+                ids = {k.index_id: None for k in keys.values()}
+        if ids:
+            if tracker is None:
+                locations = await client.item_lookups.many(ids)
+            else:
+                bucket_of = client.items.bucket_key
+                buckets = {i: bucket_of(i) for i in ids}
+                # Taken before the lookup leaves: an invalidation meanwhile voids it.
+                ticket = tracker.cache.begin(buckets.values())
+                read: dict[str, tuple[int, ...]] = {}
+                try:
+                    read = await client.item_lookups.many(ids)
+                finally:
+                    tracker.cache.finish(ticket, {i: (n, buckets[i]) for i, n in read.items()})
+                locations.update(read)
         snap = await client.snapshot()
         for again in (False, True):
             if again:

@@ -177,6 +177,13 @@ class Directord:
         security = self.security or OPEN
         self.client = await BlobClient.open(config.cluster, dconf, auth=self.auth,
                                             access=self.access, flush_board=self.flush_board)
+        if dconf.location_cache_entries:
+            if self.auth.tls:
+                log.warning("director.location_cache_entries is ignored: the invalidation "
+                            "connections do not speak TLS (cluster.redis_tls)")
+            else:
+                await self.client.start_location_cache(dconf.location_cache_entries,
+                                                       config.cluster, self.auth)
         handler = ProxyHandler(self.client, self.metrics, cache_bytes=dconf.cache_bytes,
                                config=dconf, counters=self.counters)
         # The same protocol adapter as objstored's, with directord's own limits.

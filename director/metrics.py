@@ -106,9 +106,36 @@ class DirectordCollector:
         sampler = getattr(client, "temperature", None)
         if sampler is not None:
             yield from temperature_families("directord", sampler.stats)
+        tracker = getattr(client, "tracker", None)
+        if tracker is not None:
+            yield from location_cache_families(tracker)
         yield counter_family("directord_object_server_errors",
                              "Failed requests to an object server, by node.", ["node"],
                              [((node,), n) for node, n in sorted(st.by_node_errors.items())])
+
+
+def location_cache_families(tracker: Any) -> Iterator[Metric]:
+    """directord's location cache of plain items and its tracking connections
+    (:class:`director.tracking.InvalidationTracker`)."""
+    cache = tracker.cache
+    cs = cache.stats
+    yield gauge_family("directord_location_cache_entries", "Index entries cached now.",
+                       rows=[((), len(cache))])
+    yield gauge_family("directord_location_cache_ready",
+                       "1 while every Redis node is tracked and the cache is used.",
+                       rows=[((), int(cache.usable))])
+    for attr, doc in (("hits", "Plain-item lookups served by the location cache."),
+                      ("misses", "Plain-item lookups the location cache lacked."),
+                      ("invalidations", "Cached entries dropped by an invalidation."),
+                      ("flushes", "Whole-cache flushes (tracking lost, topology changed)."),
+                      ("evictions", "Entries evicted by the entry limit."),
+                      ("fallbacks", "Cached locations that served nothing, looked up again."),
+                      ("raced", "Lookups not cached: an invalidation or flush raced them.")):
+        yield counter_family(f"directord_location_cache_{attr}", doc,
+                             rows=[((), getattr(cs, attr))])
+    yield counter_family("directord_tracking_lost",
+                         "Tracking connections to Redis lost (each flushes the cache).",
+                         rows=[((), tracker.stats.lost)])
 
 
 def temperature_families(prefix: str, stats: Any) -> Iterator[Metric]:

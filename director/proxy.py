@@ -38,8 +38,8 @@ the client's own: it is indexed in the items' key space
 (:meth:`director.index.LocationIndex.item_space`), which gc never sweeps, so it lives
 until the client deletes it or it expires.  Keys of the form ``<blob id>/<n>`` are
 reserved for chunks of large blobs.  Values of blob ids read through directord are
-cached in memory (they never change); other keys are not, since another directord may
-change them.
+cached in memory (they never change); other keys' values are not, since another
+directord may change them (their index entries may be: director/locationcache.py).
 """
 
 from __future__ import annotations
@@ -564,6 +564,23 @@ class ProxyHandler:
             ("dedup_hits", self.metrics.dedup_hits), ("cache_hits", self.metrics.cache_hits),
             ("replicas", self.config.replicas), ("write_quorum", self.config.write_quorum),
         ]
+        tracker = self.client.tracker
+        if tracker is not None:  # the location cache of plain items (director/tracking.py)
+            cache = tracker.cache
+            cs = cache.stats
+            rows += [
+                ("location_cache_limit", cache.limit), ("location_cache_entries", len(cache)),
+                ("location_cache_ready", int(cache.usable)),
+                ("location_cache_hits", cs.hits), ("location_cache_misses", cs.misses),
+                ("location_cache_invalidations", cs.invalidations),
+                ("location_cache_flushes", cs.flushes),
+                ("location_cache_evictions", cs.evictions),
+                ("location_cache_fallbacks", cs.fallbacks),
+                ("location_cache_raced", cs.raced),
+                ("tracking_connections", tracker.connections),
+                ("tracking_lost", tracker.stats.lost),
+                ("tracking_topology_changes", tracker.stats.topology_changes),
+            ]
         return tuple((k.encode(), str(v).encode()) for k, v in rows)
 
     def _settings_stats(self) -> tuple[tuple[bytes, bytes], ...]:

@@ -10,8 +10,10 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from director.client import ClientStats
+from director.locationcache import LocationCache
 from director.metrics import DirectordCollector, ProxyMetrics
 from director.redisconn import RunnerStats
+from director.tracking import TrackerStats
 from runtime.metrics import new_registry
 
 
@@ -69,3 +71,27 @@ def test_client_counters_and_errors_by_node() -> None:
     assert got["directord_index_retries_total", ()] == 6
     assert got["directord_object_server_errors_total", (("node", "obj-1"),)] == 2
     assert got["directord_object_server_errors_total", (("node", "obj-2"),)] == 5
+
+
+def test_location_cache_figures_are_exported() -> None:
+    """With directord's location cache on, its size, readiness, hits, misses,
+    invalidations and flushes and the tracking connections lost are exported."""
+    cache = LocationCache(10)
+    cache.usable = True
+    ticket = cache.begin(["b"])
+    cache.finish(ticket, {"id": ((1, 2), "b")})
+    cache.get("id")
+    cache.get("other")
+    cache.invalidate(["b"])
+    cache.flush()
+    tracker = SimpleNamespace(cache=cache, stats=TrackerStats(lost=3))
+    client = SimpleNamespace(stats=ClientStats(), tracker=tracker, index=SimpleNamespace(
+        runner=SimpleNamespace(stats=RunnerStats())))
+    got = scrape(DirectordCollector(ProxyMetrics(), lambda: 0, lambda: client))
+    assert got["directord_location_cache_entries", ()] == 0
+    assert got["directord_location_cache_ready", ()] == 1
+    assert got["directord_location_cache_hits_total", ()] == 1
+    assert got["directord_location_cache_misses_total", ()] == 1
+    assert got["directord_location_cache_invalidations_total", ()] == 1
+    assert got["directord_location_cache_flushes_total", ()] == 1
+    assert got["directord_tracking_lost_total", ()] == 3

@@ -64,7 +64,14 @@ from pathlib import Path
 from director.client import BlobClient
 from ops.bench.common import free_block, human, markdown_table, median_run, wait_for_port
 from ops.bench.objstore_bench import build_mcload, children, keys_for, run_mcload, warm
-from ops.config import ClusterConfig, Config, DirectorConfig, ObjstoreConfig, parse_hostport
+from ops.config import (
+    ClusterConfig,
+    Config,
+    DirectorConfig,
+    ObjstoreConfig,
+    parse_hostport,
+    to_toml,
+)
 from ops.devcluster import DevCluster, DevOptions
 from runtime.secrets import RedisAuth
 
@@ -159,17 +166,19 @@ BEFORE = "directord-before"
 
 
 def start_directord(tree: Path, cluster: DevCluster, port: int, work: Path,
-                    name: str = BEFORE, workers: int | None = None
-                    ) -> subprocess.Popen[bytes]:
+                    name: str = BEFORE, workers: int | None = None,
+                    config_path: Path | None = None) -> subprocess.Popen[bytes]:
     """A directord of the source tree ``tree`` on ``port`` (metrics on the next ones),
     with the cluster's configuration: the same Redis, object servers and credentials.
 
     :param workers: its worker processes (``--workers``); None: the config's.
+    :param config_path: another config file (the cluster's with a setting changed).
     """
     log = open(work / f"{name}.log", "wb")  # noqa: SIM115 (closed with the dir)
     extra = ["--workers", str(workers)] if workers is not None else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "director.main", "--config", str(cluster.config_path),
+        [sys.executable, "-m", "director.main", "--config",
+         str(config_path or cluster.config_path),
          "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{port + 1}",
          *extra],
         cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, stdout=log, stderr=log)
@@ -275,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="directord's worker processes: the cluster's directord runs the "
                          "first count, one more directord per further count "
                          "('directord-w<N>'), measured in the same alternation")
+    ap.add_argument("--location-cache", metavar="N,M,...",
+                    help="directord's director.location_cache_entries: the cluster's "
+                         "directord runs the first, one more directord per further value "
+                         "('directord-lc<N>'), measured in the same alternation")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     worker_counts = [int(n) for n in args.director_workers.split(",")]
@@ -283,7 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     targets = args.targets.split(",")
     rng = random.Random()
     config = bench_config(rng)
-    config = replace(config, director=replace(config.director, workers=worker_counts[0]))
+    caches = [int(n) for n in args.location_cache.split(",")] if args.location_cache else []
+    config = replace(config, director=replace(
+        config.director, workers=worker_counts[0],
+        location_cache_entries=caches[0] if caches else config.director.location_cache_entries))
     loads: list[float] = []
     results: dict[tuple[str, str, int, int], Result] = {}
 
@@ -324,6 +340,17 @@ def main(argv: list[str] | None = None) -> int:
                 stack.callback(stop_process, extra)
                 pids[name] = extra.pid
                 mc_targets.append((name, extra_port))
+            for entries in caches[1:]:
+                name = f"directord-lc{entries}"
+                extra_port = free_block(2, rng)
+                path = work / f"{name}.toml"
+                path.write_text(to_toml(replace(cluster.config, director=replace(
+                    cluster.config.director, location_cache_entries=entries))))
+                extra = start_directord(Path(__file__).resolve().parents[2], cluster, extra_port,
+                                        work, name, config_path=path)
+                stack.callback(stop_process, extra)
+                pids[name] = extra.pid
+                mc_targets.append((name, extra_port))
             for size in sizes:
                 for _target, port in mc_targets:
                     warm(mcload, port, size, login)
@@ -358,8 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results, sizes))
     print()
     others = [*([BEFORE] if args.compare_code else []),
-              *(f"directord-w{count}" for count in worker_counts[1:])]
+              *(f"directord-w{count}" for count in worker_counts[1:]),
+              *(f"directord-lc{entries}" for entries in caches[1:])]
     name = "directord" if len(worker_counts) == 1 else f"directord-w{worker_counts[0]}"
+    if caches:
+        name = f"directord-lc{caches[0]}"
     print(depth_table(results, sizes, depths, others, name))
     if loads:
         print(f"\nload average (1 min) before each rep: median {statistics.median(loads):.2f}, "
