@@ -69,6 +69,8 @@ class Session:
         self.uids: list[int] = []
         self.flags: dict[int, frozenset[str]] = {}
         self.exists = 0
+        #: UIDs whose FLAGS the server sent during the last top-level command.
+        self.heard_flags: set[int] = set()
         greeting = self.file.readline()
         assert greeting.startswith(b"* OK"), greeting
 
@@ -81,6 +83,8 @@ class Session:
         """Run one command; apply its untagged responses; return the tagged status."""
         self.counter += 1
         tag = f"t{self.counter}".encode()
+        if catch_up:
+            self.heard_flags = set()
         if literal is None:
             self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
         else:
@@ -133,6 +137,7 @@ class Session:
                     f"{self.name}: FETCH {number} says UID {uid_match.group(1)!r}, "
                     f"the session's sequence numbers say {uid}")
             if flags_match is not None:
+                self.heard_flags.add(uid)
                 self.flags[uid] = frozenset(
                     f.decode() for f in flags_match.group(1).split() if f != b"\\Recent")
 
@@ -182,16 +187,18 @@ def run_script(session: Session, rng: random.Random, first_message: int) -> None
     appended = first_message
     for _step in range(30):
         op = rng.choices(["store", "expunge", "append", "noop", "fetch"], [6, 2, 2, 1, 1])[0]
+        # A message announced and expunged before this session could FETCH it has no
+        # known UID (until its EXPUNGE arrives): not one to name in a command.
+        known = [uid for uid in session.uids if uid != _UNKNOWN]
         if op == "append":
             appended += 1
             session.command("APPEND INBOX", message(appended))
-        elif op == "noop" or not session.uids:
+        elif op == "noop" or not known:
             session.command("NOOP")
         elif op == "fetch":
             session.command("FETCH 1:* (UID FLAGS)")
         elif op == "store":
-            picked = sorted(rng.sample(session.uids, min(len(session.uids),
-                                                         rng.choice([1, 1, 3]))))
+            picked = sorted(rng.sample(known, min(len(known), rng.choice([1, 1, 3]))))
             sign = rng.choice("+-")
             names = " ".join(rng.sample(flags, rng.choice([1, 2])))
             silent = rng.choice(["", ".SILENT"])
@@ -200,13 +207,17 @@ def run_script(session: Session, rng: random.Random, first_message: int) -> None
             if silent:
                 # The client knows what it did (RFC 3501 6.4.6); the server tells it only
                 # what others did.  A message expunged meanwhile is gone from the model.
+                # FLAGS the server sent for a message during the STORE were read after it
+                # (the flags found, or a later change by another session that the report
+                # after the command carried): they include this change, and applying it
+                # again on top could undo the later one.
                 change = frozenset(names.split())
                 for uid in picked:
-                    if uid in session.flags:
+                    if uid in session.flags and uid not in session.heard_flags:
                         old = session.flags[uid]
                         session.flags[uid] = old | change if sign == "+" else old - change
         else:
-            uid = rng.choice(session.uids)
+            uid = rng.choice(known)
             session.command(f"UID STORE {uid} +FLAGS.SILENT (\\Deleted)")
             session.command("EXPUNGE")
 
