@@ -241,19 +241,22 @@ INTEROP_SCRIPT = [
 
 
 def _script_replies(port: int) -> list[bytes]:
+    """Each request's replies.  A meta no-op follows every request: both servers answer
+    ``MN`` after everything sent before it, so a request's replies end at its ``MN``
+    (or where the server closes the connection), however slowly a loaded machine
+    answers; no quiet period is taken for the end of a reply."""
     out = []
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         for request in INTEROP_SCRIPT:
-            sock.sendall(request)
-            time.sleep(0.01)
-            sock.settimeout(0.08)
+            sock.sendall(request + b"mn\r\n")
+            expected = request.count(b"mn\r\n") + 1
             got = b""
-            try:
-                while chunk := sock.recv(65536):
-                    got += chunk
-            except TimeoutError:
-                pass
-            out.append(got)
+            while got.count(b"MN\r\n") < expected:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            out.append(got[:-len(b"MN\r\n")] if got.endswith(b"MN\r\n") else got)
     return out
 
 
