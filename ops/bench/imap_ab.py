@@ -14,6 +14,11 @@ load, which on a shared machine moves far more than most single changes do::
 the same tree twice, what the compiled modules (:mod:`runtime.compiled`) buy::
 
     python -m ops.bench.imap_ab "$PWD" "$PWD" --pure before --reps 7 --workers 1
+
+A tree that is to run compiled but has no build of its own sources (an edited module
+listed in :data:`runtime.compiled.MODULES`, or one its listed modules import) would fall
+back to pure Python without a word and make the comparison one of compiling; the script
+refuses to start then and says how to build it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import asyncio
 import contextlib
 import os
 import statistics
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +36,15 @@ from pathlib import Path
 from ops.bench import imap_bench
 from ops.bench.common import DEFAULT_CORPUS, ObjmailCluster, load_text, tree_cpu_seconds
 from ops.bench.lmtp_bench import deliver_batch
+
+
+def compiled_status(tree: str) -> tuple[bool, str]:
+    """Whether this interpreter's venv holds a build of ``tree``'s compiled modules, and
+    what ``ops.compiled status`` said."""
+    done = subprocess.run([sys.executable, "-m", "ops.compiled", "status"], cwd=tree,
+                          env={**os.environ, "PYTHONPATH": str(Path(tree).resolve())},
+                          capture_output=True, text=True, check=False)
+    return done.returncode == 0, (done.stdout + done.stderr).strip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,6 +63,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "measure the writes alone)")
     args = ap.parse_args(argv)
     trees = {"before": args.before, "after": args.after}
+    for name, tree in trees.items():
+        if name == args.pure:
+            continue
+        ok, said = compiled_status(tree)
+        if not ok:
+            print(f"the {name} tree {tree} has no compiled build of its own sources ({said});"
+                  f" its daemons would run pure Python. Build it first: cd {tree} && "
+                  f"{sys.executable} -m ops.compiled build (or pass --pure {name}).",
+                  file=sys.stderr)
+            return 2
     bench = ["--clients", str(args.clients), "--duration", str(args.duration),
              "--corpus", args.corpus, "--mix", args.mix]
     seed_args = imap_bench.build_arg_parser().parse_args(bench)
