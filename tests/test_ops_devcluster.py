@@ -253,6 +253,28 @@ def test_dev_directord_checks_every_workers_metrics_port(tmp_path: Path) -> None
     assert spec.ports == (11311, 9101, 9102, 9103)
 
 
+def test_dev_directord_runs_with_the_location_cache(tmp_path: Path) -> None:
+    """`objmail dev up` turns directord's location cache on (every Redis node and
+    directord on this host, where it is exact), unless the config sets it, the options
+    say 0, Redis is external (maybe another host) or speaks TLS."""
+    from ops.config import Config
+    from ops.devcluster import DEV_LOCATION_CACHE_ENTRIES
+
+    def entries(config: Config, **options: object) -> int:
+        cluster = DevCluster(config, tmp_path, DevOptions(**options))  # type: ignore[arg-type]
+        return cluster.config.director.location_cache_entries
+
+    config = Config()
+    assert entries(config) == DEV_LOCATION_CACHE_ENTRIES > 0
+    assert entries(config, location_cache_entries=5000) == 5000
+    assert entries(config, location_cache_entries=0) == 0
+    assert entries(config, external_redis=True) == 0
+    assert entries(dataclasses.replace(config, cluster=dataclasses.replace(
+        config.cluster, redis_tls=True))) == 0
+    assert entries(dataclasses.replace(config, director=dataclasses.replace(
+        config.director, location_cache_entries=77))) == 77
+
+
 def test_daemons_run_the_source_tree_they_are_given(tmp_path: Path) -> None:
     """Every Python daemon starts in ``DevOptions.source_root`` (``python -m`` puts its
     working directory ahead of ``PYTHONPATH``, so that is the code it runs), and in this
