@@ -179,6 +179,8 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
     try:
         up = objmail("dev", "up", "--dir", str(run_dir), "--objstores", "0")
         assert up.returncode == 0, up.stderr
+        # Its own Redis on this host: directord's location cache is on (DevOptions).
+        assert "location_cache_entries = 100000" in (run_dir / "objmail.toml").read_text()
         status = objmail("dev", "status", "--dir", str(run_dir), "--objstores", "0")
         assert status.returncode == 0, status.stdout + status.stderr
         assert status.stdout.count("healthy") == 7
