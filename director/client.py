@@ -74,7 +74,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from director.blobids import BlobIds
 from director.blobreader import (
@@ -171,6 +171,12 @@ class ClientStats:
     by_node_errors: dict[str, int] = field(default_factory=dict)
 
 
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    """Mark a future's exception retrieved (nobody waits for it any more)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 class Coalescer(Generic[A]):
     """Coalesces concurrent index operations into one Redis batch.
 
@@ -193,19 +199,29 @@ class Coalescer(Generic[A]):
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
 
+    def _enqueue(self, loop: asyncio.AbstractEventLoop, bid: str, arg: A
+                 ) -> asyncio.Future[tuple[int, ...]]:
+        fut: asyncio.Future[tuple[int, ...]] = loop.create_future()
+        queued = self._waiting.get(bid)
+        if queued is None:
+            self._waiting[bid] = (arg, [fut])
+        else:
+            self._waiting[bid] = (self._merge(queued[0], arg), [*queued[1], fut])
+        if self._task is None:
+            self._task = loop.create_task(self._drain())
+        return fut
+
+    def start(self, bid: str, arg: A) -> asyncio.Future[tuple[int, ...]]:
+        """:meth:`one` without a coroutine: the future of ``bid``'s node numbers, its
+        operation already queued (a caller that stops waiting cancels the future)."""
+        return self._enqueue(asyncio.get_running_loop(), bid, arg)
+
     async def many(self, requests: Mapping[str, A]) -> dict[str, tuple[int, ...]]:
         """Node numbers for each id after the operation (``()``: none)."""
         loop = asyncio.get_running_loop()
         mine: dict[str, asyncio.Future[tuple[int, ...]]] = {}
         for bid, arg in requests.items():
-            fut = mine[bid] = loop.create_future()
-            queued = self._waiting.get(bid)
-            if queued is None:
-                self._waiting[bid] = (arg, [fut])
-            else:
-                self._waiting[bid] = (self._merge(queued[0], arg), [*queued[1], fut])
-        if self._task is None and self._waiting:
-            self._task = loop.create_task(self._drain())
+            mine[bid] = self._enqueue(loop, bid, arg)
         try:
             return {bid: await fut for bid, fut in mine.items()}
         except asyncio.CancelledError:
@@ -523,21 +539,19 @@ class BlobClient:
             await self._queue_repair([bid])
 
     async def _place_and_write(self, what: str, index_id: str,
-                               write: Callable[[Node], Awaitable[None]]) -> list[Node]:
+                               write: Callable[[Node], Awaitable[None]],
+                               candidates: list[Node] | None = None) -> list[Node]:
         """Run ``write`` on ``replicas`` nodes placed by ``index_id``, in parallel; a node
         that fails is replaced by the next placement candidate.
 
+        :param candidates: :meth:`_write_candidates` of ``index_id``, when the caller
+            has them already.
         :returns: the nodes that took the write, at least ``write_quorum`` of them.
         :raises BlobUnavailable: fewer than ``write_quorum`` did.
         """
-        placer = await self._placer_now()
-        # Suspect nodes stay candidates, after the others (sorted() is stable).
-        candidates = sorted(placer.candidates(index_id), key=self._suspect)
+        if candidates is None:
+            candidates = await self._write_candidates(index_id)
         policy = self.policy
-        if len(candidates) < policy.write_quorum:
-            raise BlobUnavailable(
-                f"only {len(candidates)} active object server(s) in tier "
-                f"{policy.tier!r}; write_quorum is {policy.write_quorum}")
         want = min(policy.replicas, len(candidates))
         queue = list(candidates)
         done: list[Node] = []
@@ -559,6 +573,22 @@ class BlobClient:
                 f"{what}: only {len(done)} of {policy.write_quorum} required object "
                 f"servers took the write")
         return done
+
+    async def _write_candidates(self, index_id: str) -> list[Node]:
+        """Where a write of ``index_id`` goes, in order: the first ``replicas`` are its
+        targets, the rest fallbacks; suspect nodes last.
+
+        :raises BlobUnavailable: fewer than ``write_quorum`` active nodes.
+        """
+        placer = await self._placer_now()
+        # Suspect nodes stay candidates, after the others (sorted() is stable).
+        candidates = sorted(placer.candidates(index_id), key=self._suspect)
+        policy = self.policy
+        if len(candidates) < policy.write_quorum:
+            raise BlobUnavailable(
+                f"only {len(candidates)} active object server(s) in tier "
+                f"{policy.tier!r}; write_quorum is {policy.write_quorum}")
+        return candidates
 
     async def _crowded(self, done: Sequence[Node]) -> bool:
         """Whether copies just made break the site rule (a site was down: the write went
@@ -851,10 +881,6 @@ class BlobClient:
         index_id = item_index_id(key)
         lookups, adds, index = self._item_space(key)
         blob = is_blob_id(key)
-        # A blob id's entry only grows by merges (gc owns it): look it up first.  A plain
-        # item's entry is replaced by its new copies, and the old one comes back with
-        # the answer: one Redis round trip instead of two.
-        known = await lookups.one(index_id, None) if blob else ()
         state = ItemState(value, flags, exptime, self.cas_clock.next())
         line = state.ms_line(key)
 
@@ -864,24 +890,62 @@ class BlobClient:
                 raise NodeError(f"{node.address}: ms {key!r} answered {reply.code.decode()}")
 
         what = _item_name(key)
+        if not blob:
+            await self._put_plain(key, index_id, what, write)
+            return True
+        # A blob id's entry only grows by merges (gc owns it), and a dedup hit trusts
+        # that an entry means stored copies: look it up first, record after the writes.
+        known = await lookups.one(index_id, None)
         done = await self._place_and_write(what, index_id, write)
         numbers = [n.number for n in done]
-        if blob:
-            await adds.one(index_id, frozenset(numbers))
-        else:
-            known = await self._item_sets.one(index_id, frozenset(numbers))
+        await adds.one(index_id, frozenset(numbers))
         self.stats.item_puts += 1
         stale = [n for n in known if n not in numbers]
-        if stale and blob:
+        if stale:
             await self._drop_copies(key, index, index_id, stale)
-        elif stale:
+        self.temperature.wrote(index_id)
+        if len(done) < self.policy.replicas or await self._crowded(done):
+            await self._queue_repair([index_id])
+        return True
+
+    async def _put_plain(self, key: bytes, index_id: str, what: str,
+                         write: Callable[[Node], Awaitable[None]]) -> None:
+        """A plain item's set: its copies and its index entry written at once.
+
+        The entry is replaced with the write's targets while they are written (one
+        Redis script that answers the entry it replaced: ``objmail_index_replace``,
+        acknowledged by a Redis replica), not after: the set then waits for the slower
+        of the two, not for their sum.  Nothing is answered before both are done, so an
+        acknowledged set is what it was (both copies durable, the entry naming exactly
+        the nodes that took it).  A target that failed and was replaced by a fallback
+        is corrected with a second replace before the answer.  Until the answer, a
+        read may find the targets before their copies (an older value there, or a miss
+        when the key moves to other nodes): a read concurrent with a set.
+        """
+        candidates = await self._write_candidates(index_id)
+        targets = frozenset(n.number for n in candidates[:self.policy.replicas])
+        record = self._item_sets.start(index_id, targets)
+        try:
+            done = await self._place_and_write(what, index_id, write, candidates)
+        except BaseException:
+            # The entry names targets that may lack the value: the set failed (as a set
+            # memcached cannot store, it may leave the key missing or as it was).  The
+            # record goes ahead; its outcome is nobody's now.
+            if record.done():
+                if not record.cancelled():
+                    record.exception()  # retrieved: the write's error is the answer
+            else:
+                record.add_done_callback(_retrieved)
+            raise
+        known = set(await record)
+        numbers = frozenset(n.number for n in done)
+        if numbers != targets:
+            known.update(await self._item_sets.one(index_id, numbers))
+        self.stats.item_puts += 1
+        stale = [n for n in known if n not in numbers]
+        if stale:
             # No longer indexed, so never read; deleted so no older value lingers there.
             await self._delete_copies(key, stale)
-        if blob:
-            self.temperature.wrote(index_id)
-            if len(done) < self.policy.replicas or await self._crowded(done):
-                await self._queue_repair([index_id])
-        return True
 
     def _item_space(self, key: bytes) -> tuple[Coalescer[None], Coalescer[frozenset[int]],
                                                LocationIndex]:

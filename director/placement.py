@@ -48,6 +48,7 @@ import math
 import random
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from director.nodes import Node
 from director.policy import PlacementPolicy
@@ -108,6 +109,11 @@ class Placement:
         return self.targets + self.fallbacks
 
 
+#: Keys whose candidates one :class:`Placer` remembers (a key written again before the
+#: registry's next refresh costs no scoring; about 150 bytes an entry).
+MEMO_ENTRIES: Final = 16384
+
+
 class Placer:
     """Placement over one snapshot of the registry; build once, call per put.
 
@@ -126,6 +132,9 @@ class Placer:
         self._seeds = [(hash64(n.id), w, n) for n, w in self._eligible]
         #: Sites owed copies under the site rule (up or not): see director.sites.
         self.sites = holding_sites(nodes, self.policy.tier)
+        #: Recent answers of :meth:`candidates` (a placer never changes: a plain
+        #: function of the key); cleared when full.
+        self._memo: dict[str, tuple[Node, ...]] = {}
 
     @property
     def weights(self) -> dict[str, float]:
@@ -160,7 +169,15 @@ class Placer:
         """Every eligible node, ordered in site rounds of zone rounds of descending score
         (with a storage hierarchy, rearranged by :meth:`director.tiers.TierPolicy.arrange`
         so that the first ``replicas`` fill the hot layout; within a tier the site
-        rounds' order is kept)."""
+        rounds' order is kept).  A new list each call (callers may change it)."""
+        known = self._memo.get(key)
+        if known is None:
+            if len(self._memo) >= MEMO_ENTRIES:
+                self._memo.clear()
+            known = self._memo[key] = tuple(self._candidates(key))
+        return list(known)
+
+    def _candidates(self, key: str) -> list[Node]:
         rounds: dict[tuple[str, str], int] = {}
         keyed = []
         for position, (_score, node) in enumerate(self._scored(key)):

@@ -87,7 +87,7 @@ from objstore.replies import (
     error_reply,
     one_line,
 )
-from objstore.server import Answer
+from objstore.server import Answer, Pending
 from objstore.stats import Counters, connection_rows
 from runtime.errors import kind_of
 
@@ -310,14 +310,12 @@ class ProxyHandler:
             return self._immediate(cmd.name, Values(tuple(found[k] for k in cmd.keys)))
         if not found and not any(is_blob_id(k) for k in todo):
             # Plain keys: read with every other read of this loop turn, answered by a
-            # callback (no task, no future of its own: director/itemreads.py).
-            answer: defer.Deferred[Reply | None] = defer.Deferred()
+            # callback (no task, no future, no Deferred of its own: director/itemreads.py).
+            # A read whose connection closed is still read; its reply is dropped.
             start = self._clock()
             name = cmd.name.decode()
 
-            def done(result: dict[bytes, Value] | BaseException) -> None:
-                if answer.called:  # cancelled: the connection is gone
-                    return
+            def then(result: dict[bytes, Value] | BaseException) -> Reply:
                 reply: Reply
                 error: str | None = None
                 if isinstance(result, BaseException):
@@ -328,9 +326,10 @@ class ProxyHandler:
                 else:
                     reply = self._values(cmd.keys, result, cmd.with_cas)
                 self.metrics.observe(name, self._clock() - start, error)
-                answer.callback(reply)
+                return reply
 
-            self.client.item_reads.submit(todo, done)
+            answer: Pending[dict[bytes, Value] | BaseException] = Pending(then)
+            self.client.item_reads.submit(todo, answer.complete)
             return answer
         return self._run(cmd.name, self._get_async(cmd.keys, todo, found, cmd.with_cas))
 

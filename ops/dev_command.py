@@ -22,7 +22,13 @@ from pathlib import Path
 from ops.binaries import MissingBinary
 from ops.cli import EX_OK, EX_UNAVAILABLE, EX_USAGE, CommandContext
 from ops.config import ENV_PG_DSN, ENV_REDIS_NODES, load_config
-from ops.devcluster import DEV_CONFIG_HEADER, DevCluster, DevOptions, parse_dev_tiers
+from ops.devcluster import (
+    DEV_CONFIG_HEADER,
+    DEV_LOCATION_CACHE_ENTRIES,
+    DevCluster,
+    DevOptions,
+    parse_dev_tiers,
+)
 from ops.launcher import LaunchError
 from runtime.secrets import load_credentials
 
@@ -51,6 +57,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                              "many object servers in each tier (instead of --objstores), and "
                              "[[director.tiers]] keeping a hot blob on one FAST and one SLOW "
                              "node, a cold one on two SLOW nodes")
+    parser.add_argument("--location-cache", type=int, default=DEV_LOCATION_CACHE_ENTRIES,
+                        metavar="N",
+                        help="directord's location cache of plain items when the config "
+                             "leaves director.location_cache_entries at 0 (default "
+                             f"{DEV_LOCATION_CACHE_ENTRIES:,}; 0: off; never with an "
+                             "external Redis)")
     parser.add_argument("--json", action="store_true", help="machine-readable status")
     parser.add_argument("--user", default="demo", help="demo user name (default demo)")
     parser.add_argument("--password", default="demo",
@@ -91,7 +103,9 @@ def make_cluster(ctx: CommandContext) -> DevCluster:
                          else ctx.args.objstores,
                          sites=max(1, getattr(ctx.args, "sites", 1)), tiers=tiers,
                          external_pg=bool(ctx.environ.get(ENV_PG_DSN)),
-                         external_redis=bool(ctx.environ.get(ENV_REDIS_NODES)))
+                         external_redis=bool(ctx.environ.get(ENV_REDIS_NODES)),
+                         location_cache_entries=getattr(ctx.args, "location_cache",
+                                                        DEV_LOCATION_CACHE_ENTRIES))
     return DevCluster(config, run_dir, options)
 
 

@@ -103,6 +103,12 @@ DEV_REDIS_USER = "objmail"
 #: The user of the blob plane's authfile (object servers and directord).
 DEV_BLOB_USER = "objmail"
 
+#: directord's location cache in a dev cluster (``director.location_cache_entries``,
+#: about 46 MB when full): on, because every Redis node and every directord of a dev
+#: cluster share one host, where the cache is exact (docs/director.md, "The location
+#: cache of plain items").
+DEV_LOCATION_CACHE_ENTRIES = 100_000
+
 
 @dataclass(frozen=True)
 class DevOptions:
@@ -129,6 +135,10 @@ class DevOptions:
     #: The object servers and directord demand the blob plane's login at all (off: an
     #: open blob plane, for benchmarks that measure what the login costs).
     blob_auth: bool = True
+    #: directord's location cache when the config leaves it off (0): kept off with an
+    #: external Redis (``OBJMAIL_REDIS_NODES``: maybe on another host, where the cache
+    #: is not proven exact) or Redis over TLS (not tracked); 0 keeps it off.
+    location_cache_entries: int = DEV_LOCATION_CACHE_ENTRIES
     #: The source tree the daemons run (their working directory, which ``python -m``
     #: puts first on ``sys.path``, ahead of ``PYTHONPATH``); "" = this checkout.  A
     #: benchmark comparing two trees in one run gives each cluster its own.
@@ -169,12 +179,27 @@ class DevCluster:
     def __init__(self, config: Config, run_dir: Path, options: DevOptions | None = None) -> None:
         self.run_dir = run_dir.resolve()
         self.options = options or DevOptions()
-        self.config = self._with_dev_keyring(self._with_dev_credentials(
-            self._with_dev_tls(self._with_dev_tiers(config))))
+        self.config = self._with_dev_location_cache(self._with_dev_keyring(
+            self._with_dev_credentials(self._with_dev_tls(self._with_dev_tiers(config)))))
         self.launcher = Launcher(self.run_dir)
         self.config_path = self.run_dir / "objmail.toml"
         self._credentials: Credentials | None = None
         self._node_access: NodeAccess | None = None
+
+    def _with_dev_location_cache(self, config: Config) -> Config:
+        """Turn directord's location cache on (:attr:`DevOptions.location_cache_entries`)
+        unless the config sets it, or Redis may be elsewhere (external) or speaks TLS.
+
+        The cache's exactness rests on Redis writing an invalidation into the reading
+        directord's socket before it answers the writer; that holds when the reader and
+        every Redis node share a host (loopback), which is what a dev cluster is: its own
+        Redis nodes and its directords run here."""
+        entries = self.options.location_cache_entries
+        if not entries or config.director.location_cache_entries \
+                or self.options.external_redis or config.cluster.redis_tls:
+            return config
+        return dataclasses.replace(config, director=dataclasses.replace(
+            config.director, location_cache_entries=entries))
 
     def _with_dev_tiers(self, config: Config) -> Config:
         """With ``--tiers``, the storage hierarchy of :func:`dev_tier_configs`."""

@@ -182,6 +182,23 @@ def test_placement_is_deterministic_and_order_free() -> None:
         assert a == [n.id for n in place(blob, nodes).candidates]
 
 
+def test_remembered_candidates_are_the_computed_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A placer remembers each key's candidates (bounded: cleared when full); what it
+    answers from memory is what it computes, in a list of the caller's own."""
+    import director.placement as placement
+
+    monkeypatch.setattr(placement, "MEMO_ENTRIES", 50)
+    nodes = [make_node(i, zone="abc"[i % 3], weight=1 + i % 4) for i in range(1, 13)]
+    placer = Placer(nodes)
+    for _round in range(3):
+        for blob in IDS[:120]:
+            got = placer.candidates(blob)
+            assert got == placer._candidates(blob)
+            got.clear()  # the caller's list: the memory is untouched
+            assert placer.candidates(blob) == Placer(nodes)._candidates(blob)
+    assert len(placer._memo) <= 50
+
+
 def test_tier_none_accepts_every_tier() -> None:
     """Without a write tier, ssd and hdd nodes both take blobs."""
     nodes = [make_node(1, tier="ssd"), make_node(2, tier="hdd")]

@@ -409,6 +409,58 @@ def test_get_fails_over_when_a_replica_dies(installation: Installation,
     mc.close()
 
 
+def test_set_to_a_dead_target_is_indexed_where_it_landed(installation: Installation,
+                                                         address: Endpoint) -> None:
+    """A plain set records its index entry while its copies are written; when a target
+    is dead the copy goes to the next candidate and the entry is corrected before
+    STORED: it names exactly the nodes that took the new value, never the dead target,
+    which holds the old value once restarted and is never read."""
+    mc = client(address)
+    keys = [f"moved-{os.urandom(4).hex()}-{i}".encode() for i in range(12)]
+    replicas = installation.config.director.replicas
+
+    async def holders(blobs: BlobClient) -> dict[bytes, dict[str, bytes | None]]:
+        out: dict[bytes, dict[str, bytes | None]] = {}
+        snap = await blobs.snapshot()
+        for key in keys:
+            numbers = await blobs.items.locations(item_index_id(key))
+            out[key] = {}
+            for node in snap.resolve(numbers):
+                got = await blobs.node_client(node).get(key)
+                out[key][node.id] = None if got is None else got.value
+        return out
+
+    wait_idle(installation.config)  # placement weighs load reports: let them settle
+    for key in keys:
+        assert mc.set(key, b"old " + key)
+    before = with_client(installation.config, holders)
+    counts: dict[str, int] = {}
+    for key in keys:
+        assert before[key] == dict.fromkeys(before[key], b"old " + key)
+        for node_id in before[key]:
+            counts[node_id] = counts.get(node_id, 0) + 1
+    # The node holding most of them: its keys' next sets target it (placement is
+    # deterministic but for load), find it dead and fall back.
+    victim = max(counts, key=lambda n: counts[n])
+    installation.kill(victim)
+    try:
+        for key in keys:
+            assert mc.set(key, b"new " + key)
+        after = with_client(installation.config, holders)
+        for key in keys:
+            assert victim not in after[key]
+            assert after[key] == dict.fromkeys(after[key], b"new " + key)
+            assert len(after[key]) == replicas
+    finally:
+        installation.start(victim)
+    for _ in range(5):
+        for key in keys:
+            assert mc.get(key) == b"new " + key
+    again = with_client(installation.config, holders)
+    assert all(victim not in again[key] for key in keys)
+    mc.close()
+
+
 def test_items_set_through_directord_survive_gc(installation: Installation, postgres: str,
                                                 address: Endpoint) -> None:
     """Issue 11, data loss 3: ``set mykey`` through directord, a whole gc run (which keeps

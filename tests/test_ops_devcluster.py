@@ -179,6 +179,8 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
     try:
         up = objmail("dev", "up", "--dir", str(run_dir), "--objstores", "0")
         assert up.returncode == 0, up.stderr
+        # Its own Redis on this host: directord's location cache is on (DevOptions).
+        assert "location_cache_entries = 100000" in (run_dir / "objmail.toml").read_text()
         status = objmail("dev", "status", "--dir", str(run_dir), "--objstores", "0")
         assert status.returncode == 0, status.stdout + status.stderr
         assert status.stdout.count("healthy") == 7
@@ -251,6 +253,28 @@ def test_dev_directord_checks_every_workers_metrics_port(tmp_path: Path) -> None
                                                                       workers=3))
     spec = DevCluster(config, tmp_path, DevOptions(objstore_count=3)).spec("directord")
     assert spec.ports == (11311, 9101, 9102, 9103)
+
+
+def test_dev_directord_runs_with_the_location_cache(tmp_path: Path) -> None:
+    """`objmail dev up` turns directord's location cache on (every Redis node and
+    directord on this host, where it is exact), unless the config sets it, the options
+    say 0, Redis is external (maybe another host) or speaks TLS."""
+    from ops.config import Config
+    from ops.devcluster import DEV_LOCATION_CACHE_ENTRIES
+
+    def entries(config: Config, **options: object) -> int:
+        cluster = DevCluster(config, tmp_path, DevOptions(**options))  # type: ignore[arg-type]
+        return cluster.config.director.location_cache_entries
+
+    config = Config()
+    assert entries(config) == DEV_LOCATION_CACHE_ENTRIES > 0
+    assert entries(config, location_cache_entries=5000) == 5000
+    assert entries(config, location_cache_entries=0) == 0
+    assert entries(config, external_redis=True) == 0
+    assert entries(dataclasses.replace(config, cluster=dataclasses.replace(
+        config.cluster, redis_tls=True))) == 0
+    assert entries(dataclasses.replace(config, director=dataclasses.replace(
+        config.director, location_cache_entries=77))) == 77
 
 
 def test_daemons_run_the_source_tree_they_are_given(tmp_path: Path) -> None:

@@ -72,7 +72,7 @@ from ops.config import (
     parse_hostport,
     to_toml,
 )
-from ops.devcluster import DevCluster, DevOptions
+from ops.devcluster import DEV_LOCATION_CACHE_ENTRIES, DevCluster, DevOptions
 from runtime.secrets import RedisAuth
 
 TARGETS = ("objstored", "directord", "library")
@@ -311,8 +311,11 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="director-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
+        # Without --location-cache, directord runs as `objmail dev up` runs it (the
+        # cache on); with it, exactly as given (0: off).
         cluster = DevCluster(config, work / "var", DevOptions(
-            objstore_count=3, only=frozenset({"redis", "objstore", "directord"})))
+            objstore_count=3, only=frozenset({"redis", "objstore", "directord"}),
+            location_cache_entries=caches[0] if caches else DEV_LOCATION_CACHE_ENTRIES))
         try:
             cluster.up(progress=lambda msg: print(msg, file=sys.stderr))
             mcload = build_mcload(work)
