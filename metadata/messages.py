@@ -23,6 +23,7 @@ the last two copies at once cannot both believe the other keeps it.  Quota count
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -113,12 +114,31 @@ def _offset_minutes(when: dt.datetime) -> int:
     return minutes
 
 
+@functools.lru_cache(maxsize=256)
+def _zone(offset_minutes: int) -> dt.timezone:
+    """The fixed-offset zone of an INTERNALDATE offset (one object per offset seen)."""
+    return dt.timezone(dt.timedelta(minutes=offset_minutes))
+
+
 def _local(when: dt.datetime, offset_minutes: int) -> dt.datetime:
-    return when.astimezone(dt.timezone(dt.timedelta(minutes=offset_minutes)))
+    return when.astimezone(_zone(offset_minutes))
+
+
+#: Flags read back from entries, by (bits, keywords): the few combinations a mailbox
+#: holds are validated and built once, not once per entry of every FETCH or STORE.
+_KNOWN_FLAGS: dict[tuple[int, tuple[str, ...]], Flags] = {}
+_KNOWN_FLAGS_MAX = 4096
 
 
 def _flags(record: asyncpg.Record) -> Flags:
-    return Flags(record["flags"], tuple(record["keywords"]))
+    key = (record["flags"], tuple(record["keywords"]))
+    found = _KNOWN_FLAGS.get(key)
+    if found is None:
+        found = Flags(*key)
+        if len(_KNOWN_FLAGS) >= _KNOWN_FLAGS_MAX:
+            _KNOWN_FLAGS.clear()
+        _KNOWN_FLAGS[key] = found
+    return found
 
 
 async def lock_mailboxes(conn: asyncpg.Connection, user_id: int,
