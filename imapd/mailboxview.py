@@ -153,7 +153,14 @@ class MailboxView:
         ``Messages.claim_recent``), including those not announced yet."""
         if low >= high:
             return
-        self.recent_claims.append((low, high))
+        claims = self.recent_claims
+        if claims and low <= claims[-1][1] and high >= claims[-1][0]:
+            # Touching or overlapping the last one (a session's successive APPENDs each
+            # claim from where the previous stopped): one range, so that :meth:`_claimed`
+            # does not grow with every APPEND of a long session.
+            claims[-1] = (min(low, claims[-1][0]), max(high, claims[-1][1]))
+        else:
+            claims.append((low, high))
         start = bisect.bisect_left(self.uids, low)
         stop = bisect.bisect_left(self.uids, high)
         self.recent.update(self.uids[start:stop])

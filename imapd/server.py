@@ -7,10 +7,21 @@ STARTTLS, the connection limit, disconnects mid-command) is shared with POP3 and
 in :mod:`imapd.adapter`.  What is IMAP's own lives here: the parser limits, answering a
 synchronizing literal's continuation request (or refusing the literal) before the command
 reaches the session, the BYE words, writing responses straight to the socket when
-nothing is queued in Twisted, COMPRESS=DEFLATE (every response compressed in :meth:`send`,
+nothing is queued in Twisted, holding a command's responses until it completes (below), COMPRESS=DEFLATE (every response compressed in :meth:`send`,
 whichever way it leaves; input inflated by the parser, :mod:`imapd.deflate`), and what holds until the client logs in: literals of a few
 KiB at most (:attr:`~imapd.parser.Limits.max_prelogin_literal`) and a deadline to log in
 (``imapd.prelogin_timeout``) that no trickle of bytes postpones.
+
+While a command runs, what it sends is held and written when it completes, with its
+tagged response: one ``sendmsg`` per command instead of one per :meth:`send` (a FETCH's
+untagged data and its tagged OK were two).  The bytes and their order are the same: each
+response is rendered (and compressed) when sent, and everything held leaves before
+anything written later.  Held output leaves earlier when it reaches
+:data:`HOLD_BYTES`, when the session waits for the client to read
+(:meth:`~imapd.connection.Connection.drain` with the transport's buffer full), and before
+STARTTLS, COMPRESS or a close change what the bytes go through.  A command never waits
+for the client while holding: continuations and IDLE's ``+ idling`` end their command's
+turn (the parser hands over one command at a time), so they leave then.
 """
 
 from __future__ import annotations
@@ -43,6 +54,9 @@ __all__ = ["IMAPFactory", "IMAPServerProtocol", "limits_for"]
 log = logging.getLogger(__name__)
 
 KiB = 1024
+
+#: Bytes a running command's responses may reach before they are written anyway.
+HOLD_BYTES = 64 * KiB
 
 
 def limits_for(config: ImapdConfig) -> Limits:
@@ -77,6 +91,9 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
         self._logged_in = False
         self._login_deadline: Any = None  # an IDelayedCall while the client has not logged in
         self._utf8_names = False  # IMAP4rev2 enabled: names are UTF-8 both ways
+        #: While a command runs: its responses not written yet (rendered, compressed).
+        self._held: list[bytes] | None = None
+        self._held_bytes = 0
 
     def _new_parser(self) -> Parser:
         # A new connection, or one starting TLS (which happens before login).
@@ -111,6 +128,25 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
             # Before any way out, the direct write included: once COMPRESS is active no
             # byte may reach the client uncompressed.
             out = [self._deflater.compress(out)]
+        held = self._held
+        if held is not None:
+            held += out
+            self._held_bytes += sum(map(len, out))
+            if self._held_bytes >= HOLD_BYTES:
+                self._flush()
+            return
+        self._write(out)
+
+    def _flush(self) -> None:
+        """Write what the running command has sent so far."""
+        held = self._held
+        if held:
+            self._held = []
+            self._held_bytes = 0
+            if not self._gone:
+                self._write(held)
+
+    def _write(self, out: list[bytes]) -> None:
         transport = self.transport
         sock = self._direct_socket
         if (sock is not None and not getattr(transport, "TLS", False)
@@ -126,7 +162,21 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
     def start_idle(self, tag: str) -> None:
         self.parser.start_idle(tag)
 
+    async def drain(self) -> None:
+        if self._output_paused or self._held_bytes >= HOLD_BYTES:
+            self._flush()
+        await super().drain()
+
+    def start_tls(self) -> None:
+        self._flush()  # the tagged OK goes out in the clear
+        super().start_tls()
+
+    def close(self) -> None:
+        self._flush()
+        super().close()
+
     def start_compress(self) -> None:
+        self._flush()  # the tagged OK goes out uncompressed
         if self._gone or self._deflater is not None:
             return
         self._deflater = Deflater()
@@ -163,8 +213,14 @@ class IMAPServerProtocol(SessionProtocol[Session, Parser]):
 
     async def _run(self, session: Session, event: Command | IdleDone | AuthResponse) -> None:
         """Dispatch one event; once it logged the client in, lift the pre-login limits
-        before the parser reads what the client pipelined after it."""
-        await session.dispatch(event)
+        before the parser reads what the client pipelined after it.  What it sends is
+        held and written at its end (see the module docstring)."""
+        self._held = []
+        try:
+            await session.dispatch(event)
+        finally:
+            self._flush()
+            self._held = None
         if not self._logged_in and session.user is not None:
             self._logged_in = True
             self.parser.end_prelogin()

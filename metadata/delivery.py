@@ -376,8 +376,7 @@ class Deliverer:
             was committed.
         """
         self.check_size(len(raw))
-        account = await self.store.users.get(user)
-        mailbox_row = await self.store.mailboxes.get(account.id, mailbox)
+        account, mailbox_row = await self.store.users.get_with_mailbox(user, mailbox)
         _check_quota(account, len(raw))
         prepared = await self.prepare(raw)
         await self.upload(prepared)

@@ -31,11 +31,14 @@ from metadata.uidset import MAX_UID
 
 __all__ = [
     "DEFAULT_MAILBOXES",
+    "PREFIXED_COLUMNS",
     "SPECIAL_USES",
     "Mailboxes",
     "allocate_uidvalidity",
     "create_defaults",
     "lock_user",
+    "normalize_name",
+    "prefixed_mailbox",
 ]
 
 #: Created with every user: INBOX and the RFC 6154 special-use mailboxes.
@@ -84,11 +87,37 @@ def _mailbox(row: asyncpg.Record) -> Mailbox:
                    tuple(row["keywords"]))
 
 
-def _normalize(name: str) -> str:
+#: The columns of a mailbox row as ``mb_<column>`` from a table aliased ``mb``, for a
+#: query that reads a mailbox beside other rows (:func:`prefixed_mailbox` reads them back).
+PREFIXED_COLUMNS = ", ".join(f"mb.{c.strip()} AS mb_{c.strip()}" for c in _COLUMNS.split(","))
+
+
+def prefixed_mailbox(row: asyncpg.Record, name: str, *, selectable: bool = True) -> Mailbox:
+    """The mailbox :data:`PREFIXED_COLUMNS` read, looked up by its stored ``name``
+    (:meth:`Mailboxes.get`'s rules).
+
+    :raises NoSuchMailbox: there was none (the columns are NULL), or it is ``\\Noselect``
+        and ``selectable``.
+    """
+    if row["mb_id"] is None or (selectable and row["mb_noselect"]):
+        raise NoSuchMailbox(f"no mailbox {name!r}")
+    return Mailbox(row["mb_user_id"], row["mb_id"], row["mb_name"], row["mb_uidvalidity"],
+                   row["mb_uidnext"], row["mb_highestmodseq"], row["mb_special_use"],
+                   row["mb_noselect"], tuple(row["mb_keywords"]))
+
+
+def normalize_name(name: str) -> str:
+    """The stored form of a mailbox name (INBOX in any case is ``INBOX``).
+
+    :raises InvalidName: not a valid mailbox name.
+    """
     try:
         return mailboxnames.normalize(name)
     except ValueError as exc:
         raise InvalidName(str(exc)) from None
+
+
+_normalize = normalize_name
 
 
 async def lock_user(conn: asyncpg.Connection, user_id: int) -> None:

@@ -15,7 +15,12 @@ import asyncpg
 
 from metadata.db import Database
 from metadata.errors import InvalidName, InvalidPassword, NoSuchUser, UserExists
-from metadata.mailboxes import create_defaults
+from metadata.mailboxes import (
+    PREFIXED_COLUMNS,
+    create_defaults,
+    normalize_name,
+    prefixed_mailbox,
+)
 from metadata.mailboxnames import INBOX
 from metadata.notify import Change, publish
 from metadata.passwords import (
@@ -26,7 +31,7 @@ from metadata.passwords import (
     needs_rehash,
     verify_password,
 )
-from metadata.records import DeletedUser, UsageTotals, User
+from metadata.records import DeletedUser, Mailbox, UsageTotals, User
 
 __all__ = ["MAX_USER_NAME", "Users", "validate_user_name"]
 
@@ -43,6 +48,14 @@ _RECIPIENT_COLUMNS = ("SELECT c.n, (SELECT mb.id FROM mailboxes mb WHERE mb.user
                       "AND mb.name = $2 AND NOT mb.noselect) AS inbox_id, ")
 
 _SELECT_WITH_HASH = _SELECT.replace("SELECT u.id,", "SELECT u.password_hash, u.id,", 1)
+
+#: :meth:`Users.get_with_mailbox`: the user ($1) with one of its mailboxes ($2, the stored
+#: name), NULL columns when it has no such mailbox.
+_SELECT_WITH_MAILBOX = (
+    _SELECT.replace(" FROM users u", f", {PREFIXED_COLUMNS} FROM users u", 1)
+    + " "
+    "LEFT JOIN mailboxes mb ON mb.user_id = u.id AND mb.name = $2 "
+    "WHERE lower(u.name) = lower($1)")
 
 
 def validate_user_name(name: str) -> str:
@@ -123,6 +136,28 @@ class Users:
         if row is None:
             raise NoSuchUser(f"no user {name!r}")
         return _user(row)
+
+    async def get_with_mailbox(self, name: str, mailbox: str) -> tuple[User, Mailbox]:
+        """The user called ``name`` (any case) and its selectable mailbox ``mailbox``, in
+        one query: what :meth:`get` and then ``Mailboxes.get`` return, with their errors in
+        the same order (an APPEND's lookups before its transaction).
+
+        :raises NoSuchUser: there is no such user.
+        :raises InvalidName: ``mailbox`` is not a valid name (the user exists).
+        :raises NoSuchMailbox: the user has no such mailbox, or it is ``\\Noselect``.
+        """
+        try:
+            stored = normalize_name(mailbox)
+        except InvalidName:
+            await self.get(name)  # NoSuchUser comes first, as in two lookups
+            raise
+        if "\x00" in name:  # PostgreSQL text cannot hold NUL: no user is called that
+            raise NoSuchUser("no user with a NUL in the name")
+        async with self.db.connection() as conn:
+            row = await conn.fetchrow(_SELECT_WITH_MAILBOX, name, stored)
+        if row is None:
+            raise NoSuchUser(f"no user {name!r}")
+        return _user(row), prefixed_mailbox(row, stored)
 
     async def first_of(self, names: Sequence[str]) -> tuple[int, User]:
         """The user called by the first of ``names`` (any case) that names one, and that

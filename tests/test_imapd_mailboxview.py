@@ -54,6 +54,19 @@ def test_add_and_recent_claims() -> None:
     assert v.max_uid == 11 and v.exists == 4
 
 
+def test_successive_recent_claims_merge() -> None:
+    """Claims that touch or overlap the last one extend it (a long session's APPENDs
+    keep one range); a disjoint claim is kept apart; what is recent does not change."""
+    v = view([])
+    v.claim_recent(5, 7)
+    v.claim_recent(7, 8)
+    v.claim_recent(6, 10)
+    assert v.recent_claims == [(5, 10)]
+    v.claim_recent(12, 13)
+    assert v.recent_claims == [(5, 10), (12, 13)]
+    assert v.add(range(1, 15)) == 14
+    assert v.recent == {5, 6, 7, 8, 9, 12}
+
 def test_forget_own_keeps_only_unreported_modseqs() -> None:
     """Own mod-sequences at or below the flags watermark are dropped."""
     v = view([1])

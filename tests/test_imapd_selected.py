@@ -770,6 +770,7 @@ def test_own_append_claims_recent_in_its_delivery_transaction(dsn: str) -> None:
         await env.deliver(name, raw)  # UID 2, which c has not been told of
         await heard.of("append")
         reply = await c.send(append_line("c", "INBOX", raw))
+        await heard.of("append")
         assert reply.startswith(b"* 3 EXISTS\r\n* 3 RECENT\r\nc OK [APPENDUID "), reply
         assert await c.send("d FETCH 2:3 (FLAGS)") == (
             b"* 2 FETCH (FLAGS (\\Recent))\r\n* 3 FETCH (FLAGS (\\Recent))\r\n"
@@ -780,6 +781,7 @@ def test_own_append_claims_recent_in_its_delivery_transaction(dsn: str) -> None:
         await c.send("e EXAMINE INBOX")
         reply = await c.send(append_line("f", "INBOX", raw))
         assert reply.startswith(b"* 4 EXISTS\r\n"), reply
+        await heard.of("append")  # the other session has heard it too (same listener)
         assert await other.send("o3 NOOP") == (
             b"* 4 EXISTS\r\n* 1 RECENT\r\no3 OK NOOP completed\r\n")
         # Into another mailbox: nothing is claimed there.

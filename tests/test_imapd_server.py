@@ -572,3 +572,41 @@ def test_connection_limit_per_address() -> None:
         assert factory.per_address == {"192.0.2.1": 2, "192.0.2.2": 1}
 
     run(body)
+
+
+class _CountingSocket:
+    """A socket that counts its sendmsg calls."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.calls = 0
+
+    def sendmsg(self, chunks: list[bytes]) -> int:
+        self.calls += 1
+        return self.sock.sendmsg(chunks)
+
+
+def test_a_commands_responses_leave_in_one_write_with_its_tagged_one() -> None:
+    """What a command sends while it runs (three untagged FETCH, each followed by a drain
+    that need not wait) is written with its tagged response in one sendmsg, the same
+    bytes in the same order; a slow reader still gets the untagged data before the
+    command ends (test_a_slow_reader_makes_the_session_wait)."""
+
+    async def body() -> None:
+        h = Harness()
+        h.output()
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            counting = _CountingSocket(ours)
+            h.proto._direct_socket = counting
+            transport = cast(Any, h.transport)
+            transport.dataBuffer, transport._tempDataBuffer = b"", []
+            transport.disconnecting = False
+            assert await h.feed(b"f FETCH 1:3 BODY[]\r\n") == b""
+            assert counting.calls == 1
+            got = theirs.recv(10_000)
+            body = b"x" * 100
+            assert got == b"".join(b"* %d FETCH (BODY[] {100}\r\n%s)\r\n" % (n, body)
+                                   for n in range(1, 4)) + b"f OK FETCH done\r\n"
+
+    run(body)

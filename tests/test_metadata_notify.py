@@ -9,7 +9,9 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
+from metadata.errors import OverQuota
 from metadata.flags import SEEN, Flags
+from metadata.messages import NewMessage
 from metadata.notify import Change, ChangeListener, channel, decode, encode, publish
 from metadata.store import MetadataStore
 from metadata.uidset import UidSet
@@ -168,5 +170,36 @@ def test_listener_reconnects_and_asks_for_resync(dsn: str) -> None:
         finally:
             await admin.close()
             await listener.close()
+
+    asyncio.run(run())
+
+
+def test_an_insert_notifies_with_encode_payload_and_not_when_refused(dsn: str) -> None:
+    """The append notification the insert statement builds in SQL is byte for byte what
+    :func:`encode` makes of the change; an insert the quota refuses notifies nothing."""
+
+    async def run() -> None:
+        store = await MetadataStore.open(dsn, pool_min=1, pool_max=2,
+                                         password_params=FAST_SCRYPT)
+        raw: list[str] = []
+        conn = await asyncpg.connect(dsn)
+        try:
+            user = await store.users.create("payload", "pw", quota_messages=3)
+            inbox = (await store.mailboxes.get(user.id, "INBOX")).id
+            await conn.add_listener(channel(user.id), lambda *a: raw.append(a[3]))
+            done = await store.messages.insert_many(user.id, inbox, [
+                NewMessage(sample_row(f"p{n}"), (), NOW) for n in range(2)])
+            await eventually(lambda: len(raw) >= 1, 10.0, what="the notification")
+            assert raw == [encode(Change(user.id, "append", inbox, uidnext=done[1].uid + 1,
+                                         modseq=done[0].modseq))]
+            with pytest.raises(OverQuota):
+                await store.messages.insert_many(user.id, inbox, [
+                    NewMessage(sample_row(f"q{n}"), (), NOW) for n in range(2)])
+            await publish(conn, Change(user.id, "mailbox"))  # after anything it sent
+            await eventually(lambda: len(raw) >= 2, 10.0, what="the marker")
+            assert raw[1:] == [encode(Change(user.id, "mailbox"))]
+        finally:
+            await conn.close()
+            await store.close()
 
     asyncio.run(run())

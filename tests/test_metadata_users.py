@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import pytest
 
-from metadata.errors import InvalidName, InvalidPassword, NoSuchUser, UserExists
+from metadata.errors import InvalidName, InvalidPassword, NoSuchMailbox, NoSuchUser, UserExists
 from metadata.passwords import ScryptParams, verify_password
 from metadata.store import MetadataStore
 from tests.metadata_support import FAST_SCRYPT, blob, fresh_database, sample_row
@@ -243,5 +243,35 @@ def test_first_of_prefers_the_earlier_name(dsn: str) -> None:
             for names in (["nobody@x", "nobody"], ["a\x00b"], []):
                 with pytest.raises(NoSuchUser):
                     await store.users.first_of(names)
+
+    asyncio.run(go())
+
+
+def test_get_with_mailbox_is_get_then_mailboxes_get(dsn: str) -> None:
+    """One query answers what ``users.get`` then ``mailboxes.get`` would, errors in the
+    same order: no user first, then an invalid name, then no (selectable) mailbox."""
+    async def go() -> None:
+        async with opened(dsn) as store:
+            user = await store.users.create("withbox", "secret")
+            await store.mailboxes.create(user.id, "Lists/dev")
+            for name in ("INBOX", "inbox", "Sent", "Lists/dev"):
+                got = await store.users.get_with_mailbox("WithBox", name)
+                assert got == (await store.users.get("withbox"),
+                               await store.mailboxes.get(user.id, name))
+            with pytest.raises(NoSuchMailbox) as missing:
+                await store.users.get_with_mailbox("withbox", "Nope")
+            with pytest.raises(NoSuchMailbox) as expected:
+                await store.mailboxes.get(user.id, "Nope")
+            assert str(missing.value) == str(expected.value)
+            await store.mailboxes.delete(user.id, "Lists")  # has a child: \Noselect
+            with pytest.raises(NoSuchMailbox):
+                await store.users.get_with_mailbox("withbox", "Lists")
+            for bad in ("nobody", "with\x00box"):
+                with pytest.raises(NoSuchUser):
+                    await store.users.get_with_mailbox(bad, "INBOX")
+                with pytest.raises(NoSuchUser):
+                    await store.users.get_with_mailbox(bad, "a\x00b")
+            with pytest.raises(InvalidName):
+                await store.users.get_with_mailbox("withbox", "a\x00b")
 
     asyncio.run(go())
