@@ -90,8 +90,6 @@ HEADER_TEXT_LIMIT = 50_000
 BODY_TEXT_LIMIT = 150_000
 #: Characters kept of each casefolded header value and address field.
 FIELD_TEXT_LIMIT = 10_000
-#: Characters kept of Message-ID (it is indexed; btree entries must stay small).
-MESSAGE_ID_LIMIT = 600
 
 StoreMode = Literal["add", "remove", "replace"]
 
@@ -168,7 +166,7 @@ def _add_keywords(param: str) -> str:
 #: The columns :func:`_message_values` gives, after the user, in its order.
 _ROW_COLUMNS = (
     "skeleton_id, size, sent_at, sent_date, search_subject, search_from, search_to, "
-    "search_cc, search_bcc, message_id_header, header_fields, header_block, envelope, "
+    "search_cc, search_bcc, header_fields, header_block, envelope, "
     "bodystructure, section_map, search_header, search_body, sort_subject, "
     "sort_reply, sort_from, sort_to, sort_cc, display_from, display_to, "
     "thread_message_id, thread_references")
@@ -178,11 +176,11 @@ def _insert_and_enter(claim: bool) -> str:
     round trip whatever the batch): the message rows, their blob references, the next
     UIDs and one mod-sequence from the mailbox row, and the entries at those UIDs.
 
-    $1 user; $2..$27 the rows' columns as arrays (:data:`_ROW_COLUMNS`; header fields and
+    $1 user; $2..$26 the rows' columns as arrays (:data:`_ROW_COLUMNS`; header fields and
     thread references as JSON text: an array of arrays must be rectangular; the skeleton
-    id as its 32 bytes); $28, $29 the references as pairs of a row's position from 1 and a
-    blob id (32 bytes); $30 the mailbox, $31 the last UID, $32 how many, $33 keywords new
-    to the mailbox; $34..$38 each entry's flag bits, keywords (JSON arrays), INTERNALDATE,
+    id as its 32 bytes); $27, $28 the references as pairs of a row's position from 1 and a
+    blob id (32 bytes); $29 the mailbox, $30 the last UID, $31 how many, $32 keywords new
+    to the mailbox; $33..$37 each entry's flag bits, keywords (JSON arrays), INTERNALDATE,
     its offset, size.  The ids are drawn first,
     in the rows' order, so that the references and entries can name them.  Always one
     row: the ids, and the allocation (NULL when the mailbox is gone, \\Noselect or out of
@@ -196,38 +194,38 @@ def _insert_and_enter(claim: bool) -> str:
     """
     mark, lock, low = "", "", ""
     if claim:
-        mark = "recent_uid = uidnext + $32, "
-        lock = (" FROM (SELECT recent_uid FROM mailboxes WHERE user_id = $1 AND id = $30 "
+        mark = "recent_uid = uidnext + $31, "
+        lock = (" FROM (SELECT recent_uid FROM mailboxes WHERE user_id = $1 AND id = $29 "
                 "FOR NO KEY UPDATE) AS old")
         low = ", old.recent_uid AS recent_low"
     return (
         "WITH src AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence('messages', 'id')) "
         "AS id, t.* FROM unnest($2::bytea[], $3::bigint[], $4::timestamptz[], $5::date[], "
         "$6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], "
-        "$12::text[], $13::bytea[], $14::bytea[], $15::bytea[], $16::bytea[], "
-        "$17::text[], $18::text[], $19::text[], $20::boolean[], $21::text[], $22::text[], "
-        "$23::text[], $24::text[], $25::text[], $26::text[], $27::text[]) WITH ORDINALITY "
+        "$12::bytea[], $13::bytea[], $14::bytea[], $15::bytea[], "
+        "$16::text[], $17::text[], $18::text[], $19::boolean[], $20::text[], $21::text[], "
+        "$22::text[], $23::text[], $24::text[], $25::text[], $26::text[]) WITH ORDINALITY "
         f"AS t({_ROW_COLUMNS}, n)), "
         f"m AS (INSERT INTO messages (user_id, id, {_ROW_COLUMNS}) "
         "SELECT $1, id, skeleton_id, size, sent_at, sent_date, search_subject, search_from, "
-        "search_to, search_cc, search_bcc, message_id_header, header_fields::jsonb, "
+        "search_to, search_cc, search_bcc, header_fields::jsonb, "
         "header_block, envelope, bodystructure, section_map, search_header, "
         "search_body, sort_subject, sort_reply, sort_from, sort_to, sort_cc, display_from, "
         "display_to, thread_message_id, ARRAY(SELECT r FROM jsonb_array_elements_text("
         "thread_references::jsonb) WITH ORDINALITY AS j(r, i) ORDER BY i) FROM src), "
         "b AS (INSERT INTO message_blobs (user_id, message_id, blob_id) SELECT $1, src.id, "
-        "x.blob FROM unnest($28::bigint[], $29::bytea[]) AS x(n, blob) JOIN src ON src.n = x.n), "
-        f"a AS (UPDATE mailboxes mb SET uidnext = uidnext + $32, {mark}"
-        f"highestmodseq = highestmodseq + 1, {_add_keywords('$33')}{lock} "
-        "WHERE mb.user_id = $1 AND mb.id = $30 AND NOT noselect AND uidnext + $32 - 1 <= $31 "
-        f"RETURNING uidnext - $32 AS first_uid, highestmodseq, uidvalidity{low}), "
+        "x.blob FROM unnest($27::bigint[], $28::bytea[]) AS x(n, blob) JOIN src ON src.n = x.n), "
+        f"a AS (UPDATE mailboxes mb SET uidnext = uidnext + $31, {mark}"
+        f"highestmodseq = highestmodseq + 1, {_add_keywords('$32')}{lock} "
+        "WHERE mb.user_id = $1 AND mb.id = $29 AND NOT noselect AND uidnext + $31 - 1 <= $30 "
+        f"RETURNING uidnext - $31 AS first_uid, highestmodseq, uidvalidity{low}), "
         "e AS (INSERT INTO mailbox_messages (user_id, mailbox_id, uid, message_id, flags, "
         "keywords, modseq, internaldate, internaldate_offset, size) "
-        "SELECT $1, $30, a.first_uid + t.n - 1, src.id, t.flags, "
+        "SELECT $1, $29, a.first_uid + t.n - 1, src.id, t.flags, "
         "ARRAY(SELECT k FROM jsonb_array_elements_text(t.kw::jsonb) WITH ORDINALITY "
         "AS j(k, i) ORDER BY i), a.highestmodseq, t.idate, t.off, t.size "
-        "FROM a, unnest($34::integer[], $35::text[], $36::timestamptz[], $37::smallint[], "
-        "$38::bigint[]) WITH ORDINALITY AS t(flags, kw, idate, off, size, n) "
+        "FROM a, unnest($33::integer[], $34::text[], $35::timestamptz[], $36::smallint[], "
+        "$37::bigint[]) WITH ORDINALITY AS t(flags, kw, idate, off, size, n) "
         "JOIN src ON src.n = t.n) "
         "SELECT (SELECT array_agg(id ORDER BY n) FROM src) AS ids, a.first_uid, "
         f"a.highestmodseq, a.uidvalidity{low and ', a.recent_low'} "
@@ -281,7 +279,7 @@ def _message_values(user_id: int, row: MessageRow) -> tuple[object, ...]:
     return (user_id, blob_key(row.skeleton_id), row.size, row.sent_at, sent_date,
             _fold(row.subject), _fold(row.from_addr), _fold(row.to_addr),
             _fold(row.cc_addr), _fold(row.bcc_addr),
-            _clean(row.message_id, MESSAGE_ID_LIMIT), header_fields, row.header_block,
+            header_fields, row.header_block,
             row.envelope, row.bodystructure, row.section_map,
             _fold(header_text, HEADER_TEXT_LIMIT),
             _fold(row.body_text, BODY_TEXT_LIMIT), *sort_values(row.sort))
@@ -512,8 +510,8 @@ class Messages:
         keywords = dict.fromkeys(k for m in new for k in m.flags.keywords)
         alloc = await conn.fetchrow(
             _INSERT_ENTER_AND_CLAIM if claim_recent else _INSERT_AND_ENTER, user_id,
-            *([v[i] for v in values] for i in range(1, 26)),
-            [json.dumps(v[26]) for v in values],
+            *([v[i] for v in values] for i in range(1, 25)),
+            [json.dumps(v[25]) for v in values],
             [n for n, blobs in enumerate(blob_lists, 1) for _b in blobs],
             [b for blobs in blob_lists for b in blobs],
             mailbox_id, MAX_UID, len(new), list(keywords),

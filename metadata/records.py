@@ -176,7 +176,6 @@ class MessageRow:
     to_addr: str = ""
     cc_addr: str = ""
     bcc_addr: str = ""
-    message_id: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     body_text: str = ""
     sort: SortKeys = NO_SORT_KEYS

@@ -84,4 +84,4 @@ def sample_row(label: str = "m", *, size: int = 1000, subject: str = "Hello",
                        'NIL NIL NIL NIL)').encode(),
         section_map=f"map {label}".encode(),
         sent_at=sent_at, subject=subject, from_addr=from_addr, to_addr=to_addr,
-        message_id=f"<{label}@example.org>", headers=headers, body_text=body_text)
+        headers=headers, body_text=body_text)

@@ -1,4 +1,4 @@
--- objmail metadata schema, version 8: blob ids as 32 bytes, BODY derived, one unread column.
+-- objmail metadata schema, version 8: blob ids as 32 bytes, BODY derived, unread columns gone.
 --
 -- PostgreSQL is the tier that is hardest to scale (issue 13: bytes per message).  Three
 -- columns go smaller or away; nothing a client sees changes.
@@ -15,8 +15,10 @@
 --    the store cuts BODY out of bodystructure at FETCH time
 --    (metadata.bodystructure.body_from_bodystructure; checked equal to the stored BODY
 --    over the whole corpus by the tests).
--- 3. messages.created_at is dropped: nothing ever read it; the entry's INTERNALDATE says
---    when a message arrived.
+-- 3. messages.created_at and messages.message_id_header, with its index
+--    messages_message_id_idx, are dropped: nothing ever read them (the entry's INTERNALDATE
+--    says when a message arrived; THREAD keeps its own thread_message_id, SEARCH HEADER
+--    Message-ID reads the header lines).
 --
 -- Each ALTER TABLE below rewrites its table once (a type change with USING), with its
 -- indexes, under an ACCESS EXCLUSIVE lock: a long step on a large database, taken in the
@@ -29,10 +31,12 @@ ALTER TABLE message_blobs
     ALTER COLUMN blob_id TYPE bytea USING decode(blob_id, 'hex'),
     ADD CONSTRAINT message_blobs_blob_id_check CHECK (octet_length(blob_id) = 32);
 
+DROP INDEX messages_message_id_idx;
 ALTER TABLE messages DROP CONSTRAINT messages_skeleton_id_check;
 ALTER TABLE messages
     DROP COLUMN body,
     DROP COLUMN created_at,
+    DROP COLUMN message_id_header,
     ALTER COLUMN skeleton_id TYPE bytea USING decode(skeleton_id, 'hex'),
     ADD CONSTRAINT messages_skeleton_id_check CHECK (octet_length(skeleton_id) = 32);
 
