@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from metadata.envelope import tree_envelope
+from metadata.errors import CorruptMessage
 from metadata.imapstring import nstring, nstring_nolf
 from metadata.mimetree import MimePart, MimeTree, PartKind
 from metadata.rfc822 import NUL_REPLACEMENT, Tokenizer, parse_content_type, parse_parameters
@@ -255,8 +256,9 @@ def render_body(tree: MimeTree | MimePart) -> bytes:
     return _render(tree, False)
 
 
-class BodyStructureError(ValueError):
-    """Bytes that are not a BODYSTRUCTURE as :func:`render_bodystructure` writes it."""
+class BodyStructureError(CorruptMessage):
+    """Stored bytes that are not a BODYSTRUCTURE as :func:`render_bodystructure` writes
+    it: the row is corrupt, never serve a BODY made from it."""
 
 
 _SP = 0x20
