@@ -292,15 +292,17 @@ def _skip_item(data: bytes, pos: int) -> int:
             pos = _skip_item(data, pos)
     if c == _DQUOTE:
         pos += 1
-        while pos < n:
-            c = data[pos]
-            if c == _BACKSLASH:
-                pos += 2
-            elif c == _DQUOTE:
-                return pos + 1
-            else:
-                pos += 1
-        raise BodyStructureError("unclosed quoted string")
+        while True:
+            # The next quote ends the string unless an odd run of backslashes escapes it.
+            quote = data.find(b'"', pos)
+            if quote < 0:
+                raise BodyStructureError("unclosed quoted string")
+            k = quote - 1
+            while k >= pos and data[k] == _BACKSLASH:
+                k -= 1
+            if (quote - 1 - k) % 2 == 0:
+                return quote + 1
+            pos = quote + 1
     if c == _LBRACE:
         close = data.find(b"}\r\n", pos)
         if close < 0:

@@ -199,3 +199,10 @@ def test_body_derived_equals_rendered_body_over_the_corpus() -> None:
             mismatches.append(name)
     assert len(files) > 400
     assert mismatches == []
+
+
+@pytest.mark.parametrize("description", [b'a\\"b', b"a\\\\", b'\\\\\\"x\\\\', b"", b"(x) {3}"])
+def test_body_derived_skips_escaped_quotes(description: bytes) -> None:
+    """A quoted string ends at the first quote not escaped by an odd run of backslashes."""
+    structure = (b'("text" "plain" NIL NIL "' + description + b'" "7bit" 1 1 NIL NIL NIL NIL)')
+    assert body_from_bodystructure(structure) == structure[:-len(b" NIL NIL NIL NIL)")] + b")"
