@@ -1,7 +1,9 @@
 """IMAP BODY and BODYSTRUCTURE (RFC 3501 section 7.4.2), computed once at delivery.
 
 :func:`render_body` and :func:`render_bodystructure` return the exact bytes an IMAP
-server sends after ``BODY `` / ``BODYSTRUCTURE ``. Sizes and line counts come from
+server sends after ``BODY `` / ``BODYSTRUCTURE ``.  Only BODYSTRUCTURE is stored (schema
+8): BODY is BODYSTRUCTURE without the extension data, and
+:func:`body_from_bodystructure` cuts it out of the stored bytes at FETCH time. Sizes and line counts come from
 :mod:`metadata.mimetree` and count octets as IMAP serves them (a bare LF goes out as
 CRLF). Field values are taken as received: types keep their case, parameters are not
 decoded (an RFC 2231 ``name*`` parameter is reported under its starred name), 8-bit
@@ -21,13 +23,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from metadata.envelope import tree_envelope
+from metadata.errors import CorruptMessage
 from metadata.imapstring import nstring, nstring_nolf
 from metadata.mimetree import MimePart, MimeTree, PartKind
 from metadata.rfc822 import NUL_REPLACEMENT, Tokenizer, parse_content_type, parse_parameters
 
 __all__ = [
     "DEFAULT_CHARSET",
+    "BodyStructureError",
     "PartData",
+    "body_from_bodystructure",
     "part_data",
     "render_body",
     "render_bodystructure",
@@ -249,3 +254,144 @@ def render_bodystructure(tree: MimeTree | MimePart) -> bytes:
 def render_body(tree: MimeTree | MimePart) -> bytes:
     """BODY (no extension data), parenthesized, as sent on the wire."""
     return _render(tree, False)
+
+
+class BodyStructureError(CorruptMessage):
+    """Stored bytes that are not a BODYSTRUCTURE as :func:`render_bodystructure` writes
+    it: the row is corrupt, never serve a BODY made from it."""
+
+
+_SP = 0x20
+_LPAREN = 0x28
+_RPAREN = 0x29
+_DQUOTE = 0x22
+_BACKSLASH = 0x5C
+_LBRACE = 0x7B
+
+
+def _skip_item(data: bytes, pos: int) -> int:
+    """The position just after the item (list, quoted string, literal, atom) at ``pos``."""
+    n = len(data)
+    if pos >= n:
+        raise BodyStructureError("item expected at the end")
+    c = data[pos]
+    if c == _LPAREN:
+        pos += 1
+        first = True
+        while True:
+            if pos >= n:
+                raise BodyStructureError("unclosed list")
+            if data[pos] == _RPAREN:
+                return pos + 1
+            if data[pos] == _SP:
+                if first:
+                    raise BodyStructureError(f"space after ( at {pos}")
+                pos += 1
+            # Lists follow each other without a space (an envelope's addresses).
+            first = False
+            pos = _skip_item(data, pos)
+    if c == _DQUOTE:
+        pos += 1
+        while True:
+            # The next quote ends the string unless an odd run of backslashes escapes it.
+            quote = data.find(b'"', pos)
+            if quote < 0:
+                raise BodyStructureError("unclosed quoted string")
+            k = quote - 1
+            while k >= pos and data[k] == _BACKSLASH:
+                k -= 1
+            if (quote - 1 - k) % 2 == 0:
+                return quote + 1
+            pos = quote + 1
+    if c == _LBRACE:
+        close = data.find(b"}\r\n", pos)
+        if close < 0:
+            raise BodyStructureError("bad literal")
+        length = int(data[pos + 1:close])
+        end = close + 3 + length
+        if end > n:
+            raise BodyStructureError("literal runs past the end")
+        return end
+    start = pos
+    while pos < n and data[pos] != _SP and data[pos] != _RPAREN and data[pos] != _LPAREN:
+        pos += 1
+    if pos == start:
+        raise BodyStructureError(f"unexpected byte {c} at {start}")
+    return pos
+
+
+def _is_digit(data: bytes, pos: int) -> bool:
+    return pos < len(data) and 0x30 <= data[pos] <= 0x39
+
+
+def _strip(data: bytes, pos: int, out: bytearray) -> int:
+    """Copy the body at ``pos`` (a list) without its extension data; return the position
+    after it."""
+    n = len(data)
+    if pos >= n or data[pos] != _LPAREN:
+        raise BodyStructureError("body list expected")
+    out.append(_LPAREN)
+    pos += 1
+    if pos < n and data[pos] == _LPAREN:
+        # body-type-mpart: 1*body SP media-subtype [SP body-ext-mpart]
+        while pos < n and data[pos] == _LPAREN:
+            pos = _strip(data, pos, out)
+        start = pos
+        if pos >= n or data[pos] != _SP:
+            raise BodyStructureError("multipart subtype expected")
+        pos = _skip_item(data, pos + 1)
+        out += data[start:pos]
+    else:
+        # body-fields: type, subtype, parameters, id, description, encoding, octets
+        start = pos
+        for i in range(7):
+            if i:
+                if pos >= n or data[pos] != _SP:
+                    raise BodyStructureError("body field expected")
+                pos += 1
+            pos = _skip_item(data, pos)
+        out += data[start:pos]
+        if pos + 1 < n and data[pos] == _SP and _is_digit(data, pos + 1):
+            # body-type-text: SP body-fld-lines (body-fld-md5 is never a number)
+            start = pos
+            pos = _skip_item(data, pos + 1)
+            out += data[start:pos]
+        elif pos + 1 < n and data[pos] == _SP and data[pos + 1] == _LPAREN:
+            # body-type-msg: SP envelope SP body SP body-fld-lines (the md5 is an nstring)
+            start = pos
+            pos = _skip_item(data, pos + 1)
+            out += data[start:pos]
+            if pos >= n or data[pos] != _SP:
+                raise BodyStructureError("message body expected")
+            out.append(_SP)
+            pos = _strip(data, pos + 1, out)
+            if pos >= n or data[pos] != _SP or not _is_digit(data, pos + 1):
+                raise BodyStructureError("message line count expected")
+            start = pos
+            pos = _skip_item(data, pos + 1)
+            out += data[start:pos]
+    # The extension data, up to the list's end.
+    while True:
+        if pos >= n:
+            raise BodyStructureError("unclosed body")
+        if data[pos] == _RPAREN:
+            out.append(_RPAREN)
+            return pos + 1
+        if data[pos] != _SP:
+            raise BodyStructureError(f"unexpected byte {data[pos]} at {pos}")
+        pos = _skip_item(data, pos + 1)
+
+
+def body_from_bodystructure(bodystructure: bytes) -> bytes:
+    """BODY from the bytes :func:`render_bodystructure` wrote: the same lists, each cut
+    after its basic fields (RFC 3501 7.4.2: BODY is "the same as BODYSTRUCTURE except
+    that extension data is not returned").  Equal to :func:`render_body` of the same
+    tree, which tests check over the whole corpus.
+
+    :raises BodyStructureError: ``bodystructure`` is not such bytes.
+    """
+    out = bytearray()
+    end = _strip(bodystructure, 0, out)
+    if end != len(bodystructure):
+        raise BodyStructureError("bytes after the body")
+    return bytes(out)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from metadata.bodystructure import render_body, render_bodystructure
+from metadata.bodystructure import render_bodystructure
 from metadata.config import MetadataConfig
 from metadata.envelope import tree_envelope
 from metadata.errors import MessageTooBig, OverQuota
@@ -136,7 +136,6 @@ def prepare(raw: bytes, threshold: int,
         header_block=raw[tree.root.header.start:tree.root.header.end],
         envelope=tree_envelope(tree),
         bodystructure=render_bodystructure(tree),
-        body=render_body(tree),
         section_map=section_map(tree).to_bytes(),
         sent_at=text.sent_at,
         subject=text.subject,
@@ -144,7 +143,6 @@ def prepare(raw: bytes, threshold: int,
         to_addr=text.to,
         cc_addr=text.cc,
         bcc_addr=text.bcc,
-        message_id=text.message_id,
         headers=text.headers,
         body_text=text.body,
         sort=sort_keys_of(tree.root),

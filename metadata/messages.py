@@ -31,6 +31,8 @@ from typing import Literal
 
 import asyncpg
 
+from metadata.blobkeys import blob_key, blob_name
+from metadata.bodystructure import body_from_bodystructure
 from metadata.db import Database
 from metadata.errors import (
     NoSuchMailbox,
@@ -42,7 +44,6 @@ from metadata.errors import (
 from metadata.flags import NO_FLAGS, Flags
 from metadata.notify import Change, channel, encode, publish
 from metadata.records import (
-    BLOB_ID,
     Appended,
     CopyResult,
     Expunged,
@@ -63,13 +64,16 @@ __all__ = ["FETCH_ITEMS", "SORT_ORDER", "Messages", "NewMessage", "StoreMode"]
 
 #: Cached data :meth:`Messages.fetch` can return besides flags, dates and size.
 FETCH_ITEMS = frozenset({"skeleton", "envelope", "bodystructure", "body", "header", "sections"})
+#: The ``messages`` column each item is read from.  BODY has no column since schema 8:
+#: it is BODYSTRUCTURE without the extension data, cut out of it here
+#: (:func:`metadata.bodystructure.body_from_bodystructure`).
 _ITEM_COLUMNS = {
-    "skeleton": "m.skeleton_id",
-    "envelope": "m.envelope",
-    "bodystructure": "m.bodystructure",
-    "body": "m.body",
-    "header": "m.header_block",
-    "sections": "m.section_map",
+    "skeleton": "skeleton_id",
+    "envelope": "envelope",
+    "bodystructure": "bodystructure",
+    "body": "bodystructure",
+    "header": "header_block",
+    "sections": "section_map",
 }
 _ITEM_FIELDS = {
     "skeleton": "skeleton_id",
@@ -80,14 +84,13 @@ _ITEM_FIELDS = {
     "sections": "section_map",
 }
 
+
 #: Characters of decoded text kept for SEARCH TEXT/BODY, headers and body: bounds on what
 #: the trigram indexes hold per message.
 HEADER_TEXT_LIMIT = 50_000
 BODY_TEXT_LIMIT = 150_000
 #: Characters kept of each casefolded header value and address field.
 FIELD_TEXT_LIMIT = 10_000
-#: Characters kept of Message-ID (it is indexed; btree entries must stay small).
-MESSAGE_ID_LIMIT = 600
 
 StoreMode = Literal["add", "remove", "replace"]
 
@@ -183,8 +186,8 @@ def _add_keywords(param: str) -> str:
 #: The columns :func:`_message_values` gives, after the user, in its order.
 _ROW_COLUMNS = (
     "skeleton_id, size, sent_at, sent_date, search_subject, search_from, search_to, "
-    "search_cc, search_bcc, message_id_header, header_fields, header_block, envelope, "
-    "bodystructure, body, section_map, search_header, search_body, sort_subject, "
+    "search_cc, search_bcc, header_fields, header_block, envelope, "
+    "bodystructure, section_map, search_header, search_body, sort_subject, "
     "sort_reply, sort_from, sort_to, sort_cc, display_from, display_to, "
     "thread_message_id, thread_references")
 
@@ -193,11 +196,12 @@ def _insert_and_enter(claim: bool, charge: bool = False) -> str:
     round trip whatever the batch): the message rows, their blob references, the next
     UIDs and one mod-sequence from the mailbox row, and the entries at those UIDs.
 
-    $1 user; $2..$28 the rows' columns as arrays (:data:`_ROW_COLUMNS`; header fields and
-    thread references as JSON text: an array of arrays must be rectangular); $29, $30 the
-    references as pairs of a row's position from 1 and a blob id; $31 the mailbox, $32 the
-    last UID, $33 how many, $34 keywords new to the mailbox; $35..$39 each entry's flag
-    bits, keywords (JSON arrays), INTERNALDATE, its offset, size.  The ids are drawn first,
+    $1 user; $2..$26 the rows' columns as arrays (:data:`_ROW_COLUMNS`; header fields and
+    thread references as JSON text: an array of arrays must be rectangular; the skeleton
+    id as its 32 bytes); $27, $28 the references as pairs of a row's position from 1 and a
+    blob id (32 bytes); $29 the mailbox, $30 the last UID, $31 how many, $32 keywords new
+    to the mailbox; $33..$37 each entry's flag bits, keywords (JSON arrays), INTERNALDATE,
+    its offset, size.  The ids are drawn first,
     in the rows' order, so that the references and entries can name them.  Always one
     row: the ids, and the allocation (NULL when the mailbox is gone, \\Noselect or out of
     UIDs; the caller then rolls back).
@@ -209,7 +213,7 @@ def _insert_and_enter(claim: bool, charge: bool = False) -> str:
         reads the latest committed marker, which nobody can move before this commits.
     :param charge: the statement also charges the quota and queues the append's
         notification, as :func:`charge` with ``notify`` does (one round trip less for a
-        single mailbox's insert): $40 the total size, $41 the user's channel.  The usage
+        single mailbox's insert): $38 the total size, $39 the user's channel.  The usage
         row is updated only once the mailbox row's update returned a row (its sub-select
         reads ``a``), so the mailbox row is locked first, the store's lock order; the
         row carries ``charged`` (false: the quota refused, or no usage row; the caller
@@ -217,38 +221,38 @@ def _insert_and_enter(claim: bool, charge: bool = False) -> str:
     """
     mark, lock, low = "", "", ""
     if claim:
-        mark = "recent_uid = uidnext + $33, "
-        lock = (" FROM (SELECT recent_uid FROM mailboxes WHERE user_id = $1 AND id = $31 "
+        mark = "recent_uid = uidnext + $31, "
+        lock = (" FROM (SELECT recent_uid FROM mailboxes WHERE user_id = $1 AND id = $29 "
                 "FOR NO KEY UPDATE) AS old")
         low = ", old.recent_uid AS recent_low"
     return (
         "WITH src AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence('messages', 'id')) "
-        "AS id, t.* FROM unnest($2::text[], $3::bigint[], $4::timestamptz[], $5::date[], "
+        "AS id, t.* FROM unnest($2::bytea[], $3::bigint[], $4::timestamptz[], $5::date[], "
         "$6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], "
-        "$12::text[], $13::bytea[], $14::bytea[], $15::bytea[], $16::bytea[], $17::bytea[], "
-        "$18::text[], $19::text[], $20::text[], $21::boolean[], $22::text[], $23::text[], "
-        "$24::text[], $25::text[], $26::text[], $27::text[], $28::text[]) WITH ORDINALITY "
+        "$12::bytea[], $13::bytea[], $14::bytea[], $15::bytea[], "
+        "$16::text[], $17::text[], $18::text[], $19::boolean[], $20::text[], $21::text[], "
+        "$22::text[], $23::text[], $24::text[], $25::text[], $26::text[]) WITH ORDINALITY "
         f"AS t({_ROW_COLUMNS}, n)), "
         f"m AS (INSERT INTO messages (user_id, id, {_ROW_COLUMNS}) "
         "SELECT $1, id, skeleton_id, size, sent_at, sent_date, search_subject, search_from, "
-        "search_to, search_cc, search_bcc, message_id_header, header_fields::jsonb, "
-        "header_block, envelope, bodystructure, body, section_map, search_header, "
+        "search_to, search_cc, search_bcc, header_fields::jsonb, "
+        "header_block, envelope, bodystructure, section_map, search_header, "
         "search_body, sort_subject, sort_reply, sort_from, sort_to, sort_cc, display_from, "
         "display_to, thread_message_id, ARRAY(SELECT r FROM jsonb_array_elements_text("
         "thread_references::jsonb) WITH ORDINALITY AS j(r, i) ORDER BY i) FROM src), "
         "b AS (INSERT INTO message_blobs (user_id, message_id, blob_id) SELECT $1, src.id, "
-        "x.blob FROM unnest($29::bigint[], $30::text[]) AS x(n, blob) JOIN src ON src.n = x.n), "
-        f"a AS (UPDATE mailboxes mb SET uidnext = uidnext + $33, {mark}"
-        f"highestmodseq = highestmodseq + 1, {_add_keywords('$34')}{lock} "
-        "WHERE mb.user_id = $1 AND mb.id = $31 AND NOT noselect AND uidnext + $33 - 1 <= $32 "
-        f"RETURNING uidnext - $33 AS first_uid, highestmodseq, uidvalidity{low}), "
+        "x.blob FROM unnest($27::bigint[], $28::bytea[]) AS x(n, blob) JOIN src ON src.n = x.n), "
+        f"a AS (UPDATE mailboxes mb SET uidnext = uidnext + $31, {mark}"
+        f"highestmodseq = highestmodseq + 1, {_add_keywords('$32')}{lock} "
+        "WHERE mb.user_id = $1 AND mb.id = $29 AND NOT noselect AND uidnext + $31 - 1 <= $30 "
+        f"RETURNING uidnext - $31 AS first_uid, highestmodseq, uidvalidity{low}), "
         "e AS (INSERT INTO mailbox_messages (user_id, mailbox_id, uid, message_id, flags, "
         "keywords, modseq, internaldate, internaldate_offset, size) "
-        "SELECT $1, $31, a.first_uid + t.n - 1, src.id, t.flags, "
+        "SELECT $1, $29, a.first_uid + t.n - 1, src.id, t.flags, "
         "ARRAY(SELECT k FROM jsonb_array_elements_text(t.kw::jsonb) WITH ORDINALITY "
         "AS j(k, i) ORDER BY i), a.highestmodseq, t.idate, t.off, t.size "
-        "FROM a, unnest($35::integer[], $36::text[], $37::timestamptz[], $38::smallint[], "
-        "$39::bigint[]) WITH ORDINALITY AS t(flags, kw, idate, off, size, n) "
+        "FROM a, unnest($33::integer[], $34::text[], $35::timestamptz[], $36::smallint[], "
+        "$37::bigint[]) WITH ORDINALITY AS t(flags, kw, idate, off, size, n) "
         f"JOIN src ON src.n = t.n){_CHARGE_CTE if charge else ''} "
         "SELECT (SELECT array_agg(id ORDER BY n) FROM src) AS ids, a.first_uid, "
         f"a.highestmodseq, a.uidvalidity{low and ', a.recent_low'}"
@@ -256,20 +260,20 @@ def _insert_and_enter(claim: bool, charge: bool = False) -> str:
         "FROM (SELECT) AS one LEFT JOIN a ON true")
 
 
-#: :func:`_insert_and_enter`'s quota charge (``_CHARGE`` with the count $33, the size $40,
+#: :func:`_insert_and_enter`'s quota charge (``_CHARGE`` with the count $31, the size $38,
 #: once the allocation ``a`` has its row).
 _CHARGE_CTE = (
-    ", c AS (UPDATE user_usage SET used_bytes = used_bytes + $40, "
-    "message_count = message_count + $33 WHERE user_id = $1 AND EXISTS (SELECT FROM a) AND "
-    "($40 <= 0 OR quota_bytes = 0 OR used_bytes + $40 <= quota_bytes) AND "
-    "($33 <= 0 OR quota_messages = 0 OR message_count + $33 <= quota_messages) "
+    ", c AS (UPDATE user_usage SET used_bytes = used_bytes + $38, "
+    "message_count = message_count + $31 WHERE user_id = $1 AND EXISTS (SELECT FROM a) AND "
+    "($38 <= 0 OR quota_bytes = 0 OR used_bytes + $38 <= quota_bytes) AND "
+    "($31 <= 0 OR quota_messages = 0 OR message_count + $31 <= quota_messages) "
     "RETURNING 1)")
 #: Whether it charged, and the append's notification when it did (the JSON of
 #: :func:`metadata.notify.encode` for ``Change(kind="append", mailbox_id, uidnext, modseq)``).
 _CHARGE_COLUMNS = (
     ", EXISTS (SELECT FROM c) AS charged, CASE WHEN EXISTS (SELECT FROM c) THEN "
-    "pg_notify($41, '{\"k\":\"append\",\"m\":' || $31::bigint || ',\"u\":' || "
-    "(a.first_uid + $33) || ',\"s\":' || a.highestmodseq || '}') END AS notified")
+    "pg_notify($39, '{\"k\":\"append\",\"m\":' || $29::bigint || ',\"u\":' || "
+    "(a.first_uid + $31) || ',\"s\":' || a.highestmodseq || '}') END AS notified")
 
 
 _INSERT_AND_ENTER = _insert_and_enter(claim=False)
@@ -318,11 +322,11 @@ def _message_values(user_id: int, row: MessageRow) -> tuple[object, ...]:
     header_fields = "[]" if _lines_hold_fields(row, header_text) else json.dumps(
         [[_clean(name, 200).lower(), _fold(value)] for name, value in row.headers])
     sent_date = row.sent_at.date() if row.sent_at is not None else None
-    return (user_id, row.skeleton_id, row.size, row.sent_at, sent_date,
+    return (user_id, blob_key(row.skeleton_id), row.size, row.sent_at, sent_date,
             _fold(row.subject), _fold(row.from_addr), _fold(row.to_addr),
             _fold(row.cc_addr), _fold(row.bcc_addr),
-            _clean(row.message_id, MESSAGE_ID_LIMIT), header_fields, row.header_block,
-            row.envelope, row.bodystructure, row.body, row.section_map,
+            header_fields, row.header_block,
+            row.envelope, row.bodystructure, row.section_map,
             _fold(header_text, HEADER_TEXT_LIMIT),
             _fold(row.body_text, BODY_TEXT_LIMIT), *sort_values(row.sort))
 
@@ -556,13 +560,9 @@ class Messages:
         :param charge: the same statement charges the quota and queues the notification
             (:meth:`_charge`'s work); raises its errors.
         """
-        blob_lists = []
-        for message in new:
-            blobs = sorted({message.row.skeleton_id, *message.blob_ids})
-            for blob in blobs:
-                if not BLOB_ID.match(blob):
-                    raise ValueError(f"blob id is not a lowercase hex SHA-256: {blob!r}")
-            blob_lists.append(blobs)
+        # Blob ids go to PostgreSQL as their 32 bytes (schema 8; blob_key checks them).
+        blob_lists = [sorted({blob_key(message.row.skeleton_id),
+                              *(blob_key(b) for b in message.blob_ids)}) for message in new]
         # Four round trips whatever the batch: BEGIN, one statement for the rows, their
         # references, the UIDs and the entries, one for the quota and the notification,
         # COMMIT.  The mailbox row is locked in that statement and held until commit.
@@ -577,8 +577,8 @@ class Messages:
             extra = ()
         alloc = await conn.fetchrow(
             sql, user_id,
-            *([v[i] for v in values] for i in range(1, 27)),
-            [json.dumps(v[27]) for v in values],
+            *([v[i] for v in values] for i in range(1, 25)),
+            [json.dumps(v[25]) for v in values],
             [n for n, blobs in enumerate(blob_lists, 1) for _b in blobs],
             [b for blobs in blob_lists for b in blobs],
             mailbox_id, MAX_UID, len(new), list(keywords),
@@ -631,7 +631,8 @@ class Messages:
             raise ValueError(f"unknown fetch items {sorted(unknown)}")
         if not uids:
             return []
-        columns = "".join(f", {_ITEM_COLUMNS[item]}" for item in wanted)
+        columns = "".join(f", m.{column}" for column in
+                          dict.fromkeys(_ITEM_COLUMNS[item] for item in wanted))
         join = (" JOIN messages m ON m.user_id = $1 AND m.id = mm.message_id"
                 if wanted else "")
         lows, highs = uids.arrays()
@@ -645,7 +646,11 @@ class Messages:
                 user_id, mailbox_id, lows, highs, changed_since)
         entries = []
         for r in rows:
-            extra = {_ITEM_FIELDS[item]: r[_ITEM_COLUMNS[item][2:]] for item in wanted}
+            extra = {_ITEM_FIELDS[item]: r[_ITEM_COLUMNS[item]] for item in wanted}
+            if "skeleton_id" in extra:
+                extra["skeleton_id"] = blob_name(r["skeleton_id"])
+            if "body" in extra:
+                extra["body"] = body_from_bodystructure(r["bodystructure"])
             entries.append(MessageEntry(
                 uid=r["uid"], message_id=r["message_id"], flags=_flags(r), modseq=r["modseq"],
                 internaldate=_local(r["internaldate"], r["internaldate_offset"]),
@@ -668,7 +673,7 @@ class Messages:
                 "JOIN messages m ON m.user_id = e.user_id AND m.id = e.message_id "
                 "WHERE e.user_id = $1 AND e.mailbox_id = $2 GROUP BY m.skeleton_id",
                 user_id, mailbox_id)
-        return {r["skeleton_id"]: r["n"] for r in rows}
+        return {blob_name(r["skeleton_id"]): r["n"] for r in rows}
 
     async def store_flags(self, user_id: int, mailbox_id: int, uids: UidSet, mode: StoreMode,
                           flags: Flags, *, unchanged_since: int | None = None) -> StoreResult:
@@ -961,5 +966,5 @@ class Messages:
         async with self.db.connection() as conn:
             rows = await conn.fetch("SELECT blob_id FROM message_blobs WHERE user_id = $1 "
                                     "AND message_id = $2 ORDER BY blob_id", user_id, message_id)
-        return [r["blob_id"] for r in rows]
+        return [blob_name(r["blob_id"]) for r in rows]
 

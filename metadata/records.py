@@ -153,8 +153,8 @@ class MessageRow:
     :ivar header_block: the top-level header exactly as received, blank line included
         (serves BODY[HEADER] and HEADER.FIELDS without a blob).
     :ivar envelope: ENVELOPE as IMAP renders it (the parenthesised list).
-    :ivar bodystructure: BODYSTRUCTURE as IMAP renders it.
-    :ivar body: BODY (non-extensible BODYSTRUCTURE) as IMAP renders it.
+    :ivar bodystructure: BODYSTRUCTURE as IMAP renders it (BODY is derived from it at
+        FETCH time: :func:`metadata.bodystructure.body_from_bodystructure`).
     :ivar section_map: the splitter's serialised map of sections to byte ranges and blobs;
         opaque to the store.
     :ivar sent_at: the Date: header, timezone-aware, or None when missing or unparsable.
@@ -169,7 +169,6 @@ class MessageRow:
     header_block: bytes
     envelope: bytes
     bodystructure: bytes
-    body: bytes
     section_map: bytes
     sent_at: dt.datetime | None = None
     subject: str = ""
@@ -177,7 +176,6 @@ class MessageRow:
     to_addr: str = ""
     cc_addr: str = ""
     bcc_addr: str = ""
-    message_id: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     body_text: str = ""
     sort: SortKeys = NO_SORT_KEYS

@@ -79,7 +79,9 @@ def sample_row(label: str = "m", *, size: int = 1000, subject: str = "Hello",
     return MessageRow(
         skeleton_id=blob(f"skeleton-{label}"), size=size,
         header_block=f"Subject: {subject}\r\n\r\n".encode(),
-        envelope=f"(envelope {label})".encode(), bodystructure=f"(bs {label})".encode(),
-        body=f"(body {label})".encode(), section_map=f"map {label}".encode(),
+        envelope=f"(envelope {label})".encode(),
+        bodystructure=(f'("text" "plain" ("charset" "us-ascii") NIL "{label}" "7bit" 10 1 '
+                       'NIL NIL NIL NIL)').encode(),
+        section_map=f"map {label}".encode(),
         sent_at=sent_at, subject=subject, from_addr=from_addr, to_addr=to_addr,
-        message_id=f"<{label}@example.org>", headers=headers, body_text=body_text)
+        headers=headers, body_text=body_text)

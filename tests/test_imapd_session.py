@@ -499,8 +499,8 @@ def test_corrupt_section_map_and_corrupt_skeleton_get_the_same_answer(
         async with env.store.db.connection() as conn:
             await conn.execute("UPDATE messages SET section_map = $2 WHERE id = $1",
                                first.message_id, b"OMSM\x01\x05junk")
-            skeleton = await conn.fetchval("SELECT skeleton_id FROM messages WHERE id = $1",
-                                           second.message_id)
+            skeleton = (await conn.fetchval("SELECT skeleton_id FROM messages WHERE id = $1",
+                                            second.message_id)).hex()
         env.blobs.data[skeleton] = b"OMSK\x01 not a skeleton any more"
         c = env.client()
         await c.login(name)

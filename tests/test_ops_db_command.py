@@ -80,9 +80,9 @@ def test_compact_runs_over_every_message(postgres: str, tmp_path: Path,
                     "INSERT INTO users (name, password_hash) VALUES ('old', 'x') RETURNING id")
                 await conn.execute(
                     "INSERT INTO messages (user_id, skeleton_id, size, header_block, envelope, "
-                    "bodystructure, body, section_map, header_fields, search_header) "
-                    "SELECT $1, $2, 10, '', '', '', '', '', '[[\"x\", \"y\"]]', 'x: y' "
-                    "FROM generate_series(1, 5)", user, "0" * 64)
+                    "bodystructure, section_map, header_fields, search_header) "
+                    "SELECT $1, $2, 10, '', '', '', '', '[[\"x\", \"y\"]]', 'x: y' "
+                    "FROM generate_series(1, 5)", user, bytes(32))
             finally:
                 await conn.close()
 

@@ -14,6 +14,8 @@ core is not the code's), and the report gives the median over the reps:
 ``mime_split``      :func:`metadata.splitter.split` (parse, cut into skeleton and blobs,
                     hash), per message
 ``mime_render``     BODYSTRUCTURE, BODY and ENVELOPE of a parsed message, per message
+``body_derive``     BODY cut out of a stored BODYSTRUCTURE (FETCH BODY since schema 8), per
+                    message
 ``mime_prepare``    :func:`metadata.delivery.prepare`: everything LMTP delivery computes per
                     message (also search text, section map, sort keys: not compiled)
 ``objstore_parse``  one memcached request (get, set 4 KiB, mg, ms 4 KiB) through
@@ -42,7 +44,7 @@ from ops.bench.common import DEFAULT_CORPUS, corpus_messages, load_text, markdow
 
 #: The benchmarks, in report order.
 BENCHES = ("imap_parse", "imap_render", "mime_parse", "mime_split", "mime_render",
-           "mime_prepare", "objstore_parse", "objstore_reply")
+           "body_derive", "mime_prepare", "objstore_parse", "objstore_reply")
 
 IMAP_COMMANDS = (
     b"a1 UID FETCH 3,9,17:20,44 (FLAGS BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE)])\r\n",
@@ -82,7 +84,11 @@ def _benches(corpus: Sequence[bytes]) -> dict[str, Callable[[], int]]:
 
     from imapd import response as r
     from imapd.parser import BadCommand, Parser
-    from metadata.bodystructure import render_body, render_bodystructure
+    from metadata.bodystructure import (
+        body_from_bodystructure,
+        render_body,
+        render_bodystructure,
+    )
     from metadata.delivery import prepare
     from metadata.envelope import tree_envelope
     from metadata.mimetree import parse
@@ -132,6 +138,14 @@ def _benches(corpus: Sequence[bytes]) -> dict[str, Callable[[], int]]:
             tree_envelope(tree)
         return len(trees)
 
+    structures = [render_bodystructure(tree) for tree in trees]
+
+    def body_derive() -> int:
+        # FETCH BODY since schema 8: cut out of the stored BODYSTRUCTURE.
+        for structure in structures:
+            body_from_bodystructure(structure)
+        return len(structures)
+
     def mime_prepare() -> int:
         for raw in corpus:
             prepare(raw, 4096)
@@ -160,7 +174,8 @@ def _benches(corpus: Sequence[bytes]) -> dict[str, Callable[[], int]]:
         return len(replies)
 
     return {"imap_parse": imap_parse, "imap_render": imap_render, "mime_parse": mime_parse,
-            "mime_split": mime_split, "mime_render": mime_render, "mime_prepare": mime_prepare,
+            "mime_split": mime_split, "mime_render": mime_render, "body_derive": body_derive,
+            "mime_prepare": mime_prepare,
             "objstore_parse": objstore_parse, "objstore_reply": objstore_reply}
 
 

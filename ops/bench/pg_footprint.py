@@ -11,8 +11,12 @@ with a header line of its own, so no two are the same message), then reports:
 - the average ``pg_column_size`` of each ``messages`` column (as stored: compressed or a
   TOAST pointer) next to its raw ``octet_length``;
 - the median time (of ``--reps``) of ``UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (FROM
-  SUBJECT DATE)])`` and ``UID FETCH 1:* ENVELOPE`` over the whole mailbox, on one logged-in
-  session, each response read whole.
+  SUBJECT DATE)])``, ``UID FETCH 1:* ENVELOPE`` and ``UID FETCH 1:* BODY`` over the whole
+  mailbox, on one logged-in session, each response read whole;
+- the median time (of ``3 * --reps``) of the store's own read of the same rows
+  (``Messages.fetch`` of the whole INBOX with the ``header``, ``envelope`` and ``body``
+  items), PostgreSQL and the store without imapd's rendering and the network: the part a
+  schema change moves, with less of the shared machine's noise.
 
 Run it in two trees to compare schemas (before/after), alternating::
 
@@ -43,7 +47,9 @@ PASSWORD = "bench-password"
 FETCHES = {
     "header.fields": b"UID FETCH 1:* (BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)])",
     "envelope": b"UID FETCH 1:* (ENVELOPE)",
+    "body": b"UID FETCH 1:* (BODY)",
 }
+STORE_ITEMS = ("header", "envelope", "body")
 TABLES = ("messages", "message_blobs", "mailbox_messages")
 
 
@@ -147,6 +153,25 @@ def fetch_times(port: int, reps: int) -> dict[str, float]:
     return {name: median(values) for name, values in times.items()}
 
 
+async def store_fetch_times(dsn: str, password: str | None, reps: int) -> dict[str, float]:
+    from metadata.store import MetadataStore
+    from metadata.uidset import UidSet
+
+    store = await MetadataStore.open(dsn, pool_min=1, pool_max=1, password=password)
+    try:
+        user = await store.users.get(USER)
+        inbox = await store.mailboxes.get(user.id, "INBOX")
+        times: dict[str, list[float]] = {item: [] for item in STORE_ITEMS}
+        for _ in range(reps):
+            for item in STORE_ITEMS:
+                started = time.perf_counter()
+                await store.messages.fetch(user.id, inbox.id, UidSet.all(), items=[item])
+                times[item].append(time.perf_counter() - started)
+    finally:
+        await store.close()
+    return {item: median(values) for item, values in times.items()}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     corpus = corpus_messages(Path(args.corpus), max_size=args.max_size)
     with tempfile.TemporaryDirectory(prefix="objmail-footprint-") as tmp, \
@@ -164,6 +189,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                        cluster.cluster.credentials.pg_password))
         report["import_seconds"] = imported
         report["fetch_seconds"] = fetch_times(cluster.imap_port, args.reps)
+        report["store_fetch_seconds"] = asyncio.run(store_fetch_times(
+            cluster.conf.cluster.pg_dsn, cluster.cluster.credentials.pg_password,
+            3 * args.reps))
     return report
 
 
@@ -186,6 +214,9 @@ def render(report: dict[str, Any]) -> str:
     lines.append("")
     for name, seconds in report["fetch_seconds"].items():
         lines.append(f"UID FETCH 1:* {name}: {seconds * 1000:.1f} ms "
+                     f"({seconds / count * 1e6:.1f} us/message, median)")
+    for name, seconds in report.get("store_fetch_seconds", {}).items():
+        lines.append(f"Messages.fetch {name}: {seconds * 1000:.1f} ms "
                      f"({seconds / count * 1e6:.1f} us/message, median)")
     return "\n".join(lines)
 
