@@ -61,10 +61,32 @@ BATCH_COMMANDS = 500
 #: Buckets read per pipeline when scanning.
 SCAN_BUCKETS = 256
 
+# A script that finds every entry already as it would write it writes nothing, and a script
+# that writes nothing is not replicated, so the WAIT after it returns at once (Redis waits
+# for the connection's own last write).  The equal entry may be another writer's, not yet on
+# a replica: a failover then would lose an entry this writer was told is durable.  So such a
+# script writes a fence key of the same slot instead (its replication follows every earlier
+# write of the slot, and WAIT then covers them): ``<prefix>fence:{<bucket key>}``, or
+# ``<prefix>fence:<rest>`` when the prefix carries a hash tag.  It is outside ``ixi:``,
+# the space the location cache tracks, so it invalidates nothing; one per bucket.
+_FENCE = """
+local function fence(key)
+  local p = string.match(key, '^(.-)ixi?:') or ''
+  local open = string.find(key, '{', 1, true)
+  local close = open and string.find(key, '}', open + 1, true)
+  if open and close and close > open + 1 and open <= #p then
+    redis.call('SET', p .. 'fence:' .. string.sub(key, #p + 1), '1')
+  elseif not open and not string.find(key, '}', 1, true) then
+    redis.call('SET', p .. 'fence:{' .. key .. '}', '1')
+  end
+end
+"""
+
 # KEYS[1] = bucket; ARGV = field, numbers, field, numbers...  Merges the numbers into
 # each field's list (sorted, unique) and returns the merged lists.
-_ADD = LuaScript("objmail_index_add", """
+_ADD = LuaScript("objmail_index_add", _FENCE + """
 local key = KEYS[1]
+local wrote = false
 local out = {}
 for i = 1, #ARGV, 2 do
   local field = ARGV[i]
@@ -80,30 +102,34 @@ for i = 1, #ARGV, 2 do
   take(ARGV[i + 1])
   table.sort(nums)
   local val = table.concat(nums, ',')
-  if val ~= cur then redis.call('HSET', key, field, val) end
+  if val ~= cur then redis.call('HSET', key, field, val); wrote = true end
   out[#out + 1] = val
 end
+if not wrote then fence(key) end
 return out
 """)
 
 # KEYS[1] = bucket; ARGV = field, numbers, ...  Sets each field's list to the numbers
 # given (a plain item written whole: its new copies are all that hold it) and returns each
 # field's list before ('' = none), so the writer can delete the copies left out.
-_REPLACE = LuaScript("objmail_index_replace", """
+_REPLACE = LuaScript("objmail_index_replace", _FENCE + """
 local key = KEYS[1]
+local wrote = false
 local out = {}
 for i = 1, #ARGV, 2 do
   local cur = redis.call('HGET', key, ARGV[i])
-  if cur ~= ARGV[i + 1] then redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+  if cur ~= ARGV[i + 1] then redis.call('HSET', key, ARGV[i], ARGV[i + 1]); wrote = true end
   out[#out + 1] = cur or ''
 end
+if not wrote then fence(key) end
 return out
 """)
 
 # KEYS[1] = bucket; ARGV[1] = keep_last ('1' keeps a field whose last number would go);
 # then field, number pairs.  Returns each field's remaining list ('' = none left).
-_REMOVE = LuaScript("objmail_index_remove", """
+_REMOVE = LuaScript("objmail_index_remove", _FENCE + """
 local key = KEYS[1]
+local wrote = false
 local keep_last = ARGV[1] == '1'
 local out = {}
 for i = 2, #ARGV, 2 do
@@ -120,14 +146,15 @@ for i = 2, #ARGV, 2 do
     end
     if #nums == 0 then
       if keep_last then out[#out + 1] = cur
-      else redis.call('HDEL', key, field); out[#out + 1] = '' end
+      else redis.call('HDEL', key, field); wrote = true; out[#out + 1] = '' end
     else
       local val = table.concat(nums, ',')
-      if val ~= cur then redis.call('HSET', key, field, val) end
+      if val ~= cur then redis.call('HSET', key, field, val); wrote = true end
       out[#out + 1] = val
     end
   end
 end
+if not wrote then fence(key) end
 return out
 """)
 
@@ -136,8 +163,9 @@ return out
 # possibly empty).  Changes only entries that exist and never empties one: a blob gc
 # dropped meanwhile stays dropped, and a blob keeps its last location.  Returns each
 # field's list after the change ('' = no such entry).
-_UPDATE = LuaScript("objmail_index_update", """
+_UPDATE = LuaScript("objmail_index_update", _FENCE + """
 local key = KEYS[1]
+local wrote = false
 local out = {}
 for i = 1, #ARGV, 3 do
   local field = ARGV[i]
@@ -160,11 +188,12 @@ for i = 1, #ARGV, 3 do
     else
       table.sort(nums)
       local val = table.concat(nums, ',')
-      if val ~= cur then redis.call('HSET', key, field, val) end
+      if val ~= cur then redis.call('HSET', key, field, val); wrote = true end
       out[#out + 1] = val
     end
   end
 end
+if not wrote then fence(key) end
 return out
 """)
 

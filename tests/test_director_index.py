@@ -374,3 +374,43 @@ def test_update_moves_locations_of_known_blobs_only(redis_cluster: RunningRedis)
     assert moved == (2, 5) and kept == (3,) and absent == ()
     assert found == {a: (2, 5), b: (3,), gone: ()}
     assert many == {a: (2, 6), b: (7,)}
+
+
+@pytest.mark.parametrize("prefix", ["t-TAG:", "{t-TAG}:"])
+def test_a_write_that_changes_nothing_is_still_replicated(redis_cluster: RunningRedis,
+                                                           prefix: str) -> None:
+    """A script that finds its entries already as it would write them writes a fence key
+    of the bucket's slot instead, so it is replicated and the WAIT after it covers the
+    equal entry (maybe another writer's, not yet on a replica).  The fence lies outside
+    the items' space the location cache tracks, under the index's own prefix."""
+    tag = uuid.uuid4().hex[:8]
+    keys = Keyspace(prefix.replace("TAG", tag))
+    b = blob_ids(1, tag)[0]
+
+    async def body(index: LocationIndex) -> list[str]:
+        bucket = index._key(b)
+        await index.add_locations(b, [7])
+        await index.replace_many({b: [3, 7]})
+        wrote = []
+        for change in (lambda: index.add_locations(b, [7]),
+                       lambda: index.replace_many({b: [3, 7]}),
+                       lambda: index.update(b, add=[3])):
+            client = redis_cluster.client()
+            try:
+                await client.initialize()
+                master = client.get_node_from_key(bucket)
+                before = await client.info("replication", target_nodes=master)
+                await change()
+                after = await client.info("replication", target_nodes=master)
+                fences = [k.decode() async for k in client.scan_iter(match=f"{keys.prefix}fence:*")]
+            finally:
+                await client.aclose()
+            assert after["master_repl_offset"] > before["master_repl_offset"]
+            wrote.append(",".join(sorted(fences)))
+        assert await index.locations(b) == (3, 7)
+        return wrote
+
+    wrote = with_index(redis_cluster, 256, body, keys=keys)
+    fence = (f"{keys.prefix}fence:{{{keys.prefix}ix:" if "{" not in keys.prefix
+             else f"{keys.prefix}fence:ix:")
+    assert len(set(wrote)) == 1 and wrote[0].startswith(fence), wrote
